@@ -1,0 +1,185 @@
+//! The application service: runs one command against one aggregate.
+//!
+//! load (snapshot + later events, upcast) -> `handle` -> append at the loaded
+//! version. Guarantee: a command's events are appended only on top of the
+//! exact state they were decided from. When another writer wins the race
+//! (`Conflict`) and the caller did not pin a version, the command is re-run
+//! on the fresh state, at most `max_conflict_retries` times; a pinned version
+//! (`If-Match`) is never retried.
+
+use std::sync::Arc;
+use std::time::Instant;
+use uuid::Uuid;
+
+use crate::domain::{Aggregate, DecodeError, DomainError};
+use crate::envelope::{now_millis, EventEnvelope, Metadata};
+use crate::store::{DynStore, Snapshot, StoreError};
+
+/// Errors of the application layer: business refusal or infrastructure.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("version conflict: expected version {expected}, actual version {actual}")]
+    Conflict { expected: i64, actual: i64 },
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("stored event cannot be decoded: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("event cannot be encoded: {0}")]
+    Encode(String),
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { expected, actual, .. } => AppError::Conflict { expected, actual },
+            other => AppError::Store(other),
+        }
+    }
+}
+
+/// An aggregate's state at a version.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    pub state: A,
+    pub version: i64,
+}
+
+/// What a successful command did.
+#[derive(Debug, Clone)]
+pub struct Outcome<A> {
+    pub state: A,
+    pub version: i64,
+    pub events: Vec<EventEnvelope>,
+    /// Feed position of the last event appended (None when nothing changed).
+    pub last_position: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    pub max_conflict_retries: u32,
+    /// Save a snapshot every this many events (0 = never).
+    pub snapshot_every: i64,
+    /// Currency assumed for v1 events written without one.
+    pub default_currency: String,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        ServiceOptions { max_conflict_retries: 3, snapshot_every: 100, default_currency: "EUR".into() }
+    }
+}
+
+/// Observes store appends (for metrics); the HTTP/actor layer plugs one in.
+pub trait AppendObserver: Send + Sync {
+    fn appended(&self, seconds: f64, events: &[EventEnvelope]);
+}
+
+#[derive(Clone)]
+pub struct CommandService {
+    store: DynStore,
+    opts: ServiceOptions,
+    observer: Option<Arc<dyn AppendObserver>>,
+}
+
+impl CommandService {
+    pub fn new(store: DynStore, opts: ServiceOptions) -> Self {
+        CommandService { store, opts, observer: None }
+    }
+
+    pub fn with_observer(mut self, o: Arc<dyn AppendObserver>) -> Self {
+        self.observer = Some(o);
+        self
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    /// Rebuilds an aggregate from its latest usable snapshot plus later events.
+    pub async fn load<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, AppError> {
+        let mut state = A::default();
+        let mut version = 0;
+        if self.opts.snapshot_every > 0 {
+            if let Some(s) = self.store.load_snapshot(id).await? {
+                // A snapshot of an older state shape is ignored, never fatal.
+                if s.state_schema == A::STATE_SCHEMA && s.aggregate_type == A::TYPE {
+                    if let Ok(st) = serde_json::from_value::<A>(s.state) {
+                        state = st;
+                        version = s.version;
+                    }
+                }
+            }
+        }
+        let events = self.store.load_after(id, version).await?;
+        if let Some(first) = events.first() {
+            if first.aggregate_type != A::TYPE {
+                return Err(AppError::Store(StoreError::NotFound(format!("{id} is a {}, not a {}", first.aggregate_type, A::TYPE))));
+            }
+        }
+        for env in events {
+            let seq = env.sequence;
+            let env = env.upcast(&self.opts.default_currency)?;
+            state.apply(&env.decode::<A::Event>()?);
+            version = seq;
+        }
+        Ok(Loaded { state, version })
+    }
+
+    /// Runs `cmd` against aggregate `id`. `expected_version` pins the version
+    /// the caller saw (conflict instead of retry when it moved).
+    pub async fn execute<A: Aggregate>(&self, id: Uuid, cmd: &A::Command, meta: Metadata, expected_version: Option<i64>) -> Result<Outcome<A>, AppError> {
+        let mut attempt = 0;
+        loop {
+            let loaded = self.load::<A>(id).await?;
+            if let Some(exp) = expected_version {
+                if exp != loaded.version {
+                    return Err(AppError::Conflict { expected: exp, actual: loaded.version });
+                }
+            }
+            let decided = loaded.state.handle(cmd)?;
+            if decided.is_empty() {
+                return Ok(Outcome { state: loaded.state, version: loaded.version, events: vec![], last_position: None });
+            }
+            let at = now_millis();
+            let mut envs = Vec::with_capacity(decided.len());
+            let mut state = loaded.state.clone();
+            for (i, e) in decided.iter().enumerate() {
+                envs.push(EventEnvelope::new::<A>(id, loaded.version + 1 + i as i64, e, meta, at).map_err(|e| AppError::Encode(e.to_string()))?);
+                state.apply(e);
+            }
+            let started = Instant::now();
+            match self.store.append(id, loaded.version, envs.clone()).await {
+                Ok(appended) => {
+                    if let Some(o) = &self.observer {
+                        o.appended(started.elapsed().as_secs_f64(), &envs);
+                    }
+                    self.maybe_snapshot::<A>(id, loaded.version, appended.version, &state).await;
+                    return Ok(Outcome { state, version: appended.version, events: envs, last_position: appended.last_position });
+                }
+                Err(StoreError::Conflict { expected, actual, .. }) => {
+                    if expected_version.is_some() || attempt >= self.opts.max_conflict_retries {
+                        return Err(AppError::Conflict { expected, actual });
+                    }
+                    attempt += 1;
+                    tracing::debug!(%id, attempt, "append conflict, re-running command on fresh state");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn maybe_snapshot<A: Aggregate>(&self, id: Uuid, before: i64, after: i64, state: &A) {
+        let n = self.opts.snapshot_every;
+        if n <= 0 || before / n == after / n {
+            return;
+        }
+        let Ok(value) = serde_json::to_value(state) else { return };
+        let snap = Snapshot { aggregate_id: id, aggregate_type: A::TYPE.into(), version: after, state_schema: A::STATE_SCHEMA, state: value, created_at: now_millis() };
+        if let Err(e) = self.store.save_snapshot(snap).await {
+            // A missing snapshot only costs load time; the events are committed.
+            tracing::warn!(%id, error = %e, "snapshot not saved");
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Circuit breaker guarding the producer, as seed 000 describes it.
+//!
+//! Closed --(failure_threshold consecutive failures)--> Open
+//! Open --(open_timeout elapsed)--> HalfOpen
+//! HalfOpen --(success_threshold successes)--> Closed
+//! HalfOpen --(any failure)--> Open
+//!
+//! Guarantee: the state machine is deterministic given the instants passed
+//! in, so it is unit-tested without sleeping; every transition is counted in
+//! `circuit_breaker_transitions_total` and mirrored in `circuit_breaker_state`.
+
+use std::time::{Duration, Instant};
+
+use crate::config::BreakerConfig;
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+    /// Gauge value: 0 closed, 1 open, 2 half-open.
+    pub fn gauge(&self) -> i64 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        }
+    }
+}
+
+pub struct CircuitBreaker {
+    cfg: BreakerConfig,
+    state: BreakerState,
+    failures: u32,
+    successes: u32,
+    opened_at: Option<Instant>,
+    metrics: Option<Metrics>,
+}
+
+impl CircuitBreaker {
+    pub fn new(cfg: BreakerConfig, metrics: Option<Metrics>) -> Self {
+        let b = CircuitBreaker { cfg, state: BreakerState::Closed, failures: 0, successes: 0, opened_at: None, metrics };
+        if let Some(m) = &b.metrics {
+            m.circuit_breaker_state.set(0);
+        }
+        b
+    }
+
+    /// Current state, moving Open -> HalfOpen when the timeout has passed.
+    pub fn state(&mut self, now: Instant) -> BreakerState {
+        if self.state == BreakerState::Open && self.opened_at.is_some_and(|t| now.duration_since(t) >= self.open_timeout()) {
+            self.transition(BreakerState::HalfOpen, now);
+        }
+        self.state
+    }
+
+    /// Whether a call may go through now.
+    pub fn allows(&mut self, now: Instant) -> bool {
+        self.state(now) != BreakerState::Open
+    }
+
+    /// Time left until an open circuit lets a probe through.
+    pub fn remaining_open(&self, now: Instant) -> Duration {
+        match (self.state, self.opened_at) {
+            (BreakerState::Open, Some(t)) => self.open_timeout().saturating_sub(now.duration_since(t)),
+            _ => Duration::ZERO,
+        }
+    }
+
+    pub fn record_success(&mut self, now: Instant) {
+        match self.state(now) {
+            BreakerState::Closed => self.failures = 0,
+            BreakerState::HalfOpen => {
+                self.successes += 1;
+                if self.successes >= self.cfg.success_threshold {
+                    self.transition(BreakerState::Closed, now);
+                }
+            }
+            BreakerState::Open => {}
+        }
+    }
+
+    pub fn record_failure(&mut self, now: Instant) {
+        match self.state(now) {
+            BreakerState::Closed => {
+                self.failures += 1;
+                if self.failures >= self.cfg.failure_threshold {
+                    self.transition(BreakerState::Open, now);
+                }
+            }
+            BreakerState::HalfOpen => self.transition(BreakerState::Open, now),
+            BreakerState::Open => {}
+        }
+    }
+
+    fn open_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.open_timeout_ms)
+    }
+
+    fn transition(&mut self, to: BreakerState, now: Instant) {
+        let from = self.state;
+        if from == to {
+            return;
+        }
+        self.state = to;
+        self.failures = 0;
+        self.successes = 0;
+        self.opened_at = (to == BreakerState::Open).then_some(now);
+        match to {
+            BreakerState::Open => tracing::warn!(from = from.as_str(), "circuit breaker opened: pausing the relay"),
+            BreakerState::HalfOpen => tracing::info!("circuit breaker half-open: probing the broker"),
+            BreakerState::Closed => tracing::info!("circuit breaker closed: broker healthy again"),
+        }
+        if let Some(m) = &self.metrics {
+            m.circuit_breaker_state.set(to.gauge());
+            m.circuit_breaker_transitions.with_label_values(&[from.as_str(), to.as_str()]).inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cb() -> CircuitBreaker {
+        CircuitBreaker::new(BreakerConfig::default(), Some(Metrics::new()))
+    }
+
+    #[test]
+    fn opens_after_five_consecutive_failures() {
+        let mut b = cb();
+        let t = Instant::now();
+        for _ in 0..4 {
+            b.record_failure(t);
+        }
+        b.record_success(t); // resets the count
+        for _ in 0..4 {
+            b.record_failure(t);
+        }
+        assert_eq!(b.state(t), BreakerState::Closed);
+        b.record_failure(t);
+        assert_eq!(b.state(t), BreakerState::Open);
+        assert!(!b.allows(t + Duration::from_secs(29)));
+        assert_eq!(b.remaining_open(t + Duration::from_secs(10)), Duration::from_secs(20));
+    }
+
+    #[test]
+    fn half_open_after_timeout_closes_after_three_successes() {
+        let mut b = cb();
+        let t = Instant::now();
+        for _ in 0..5 {
+            b.record_failure(t);
+        }
+        let later = t + Duration::from_secs(30);
+        assert_eq!(b.state(later), BreakerState::HalfOpen);
+        b.record_success(later);
+        b.record_success(later);
+        assert_eq!(b.state(later), BreakerState::HalfOpen);
+        b.record_success(later);
+        assert_eq!(b.state(later), BreakerState::Closed);
+        let m = b.metrics.as_ref().unwrap();
+        assert_eq!(m.circuit_breaker_state.get(), 0);
+        assert_eq!(m.circuit_breaker_transitions.with_label_values(&["closed", "open"]).get(), 1);
+        assert_eq!(m.circuit_breaker_transitions.with_label_values(&["half_open", "closed"]).get(), 1);
+    }
+
+    #[test]
+    fn any_half_open_failure_reopens() {
+        let mut b = cb();
+        let t = Instant::now();
+        for _ in 0..5 {
+            b.record_failure(t);
+        }
+        let later = t + Duration::from_secs(31);
+        b.record_success(later);
+        b.record_failure(later);
+        assert_eq!(b.state(later), BreakerState::Open);
+        assert_eq!(b.state(later + Duration::from_secs(29)), BreakerState::Open);
+        assert_eq!(b.state(later + Duration::from_secs(30)), BreakerState::HalfOpen);
+    }
+}

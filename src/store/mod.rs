@@ -1,0 +1,167 @@
+//! The `EventStore` seam: atomic append, load, the ordered feed, checkpoints,
+//! the dead-letter queue and snapshots, behind one async trait.
+//!
+//! Guarantees every backend gives (the store test suite checks each one):
+//! - `append` is an atomic compare-and-set: it writes all events or none, and
+//!   only if the aggregate is exactly at `expected_version`; otherwise it
+//!   returns `StoreError::Conflict` naming expected and actual version.
+//! - Sequence numbers per aggregate are 1-based and gap-free.
+//! - `read_feed` returns events in global commit order (where the backend has
+//!   one; CQL's feed is Scylla CDC, see `relay::cdc`).
+//!
+//! Backends: [`sqlite`] (embedded, default) and [`cql`] (ScyllaDB/Cassandra).
+
+pub mod cql;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::envelope::{EventEnvelope, StoredEvent};
+
+/// Infrastructure errors of the store layer.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum StoreError {
+    /// Another writer appended first (or the caller's version is stale / too high).
+    #[error("version conflict on aggregate {aggregate_id}: expected version {expected}, actual version {actual}")]
+    Conflict { aggregate_id: Uuid, expected: i64, actual: i64 },
+    /// The backend can't be reached or failed; retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored row could not be encoded or decoded.
+    #[error("store codec error: {0}")]
+    Codec(String),
+    /// The caller passed events that can't be appended as given.
+    #[error("invalid append: {0}")]
+    InvalidAppend(String),
+    /// The backend does not offer this operation.
+    #[error("not supported by the {backend} store: {what}")]
+    Unsupported { backend: &'static str, what: String },
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+impl StoreError {
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+}
+
+/// Result of a successful append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The aggregate's version after the append.
+    pub version: i64,
+    /// Feed position of the last appended event, where the backend has one.
+    pub last_position: Option<i64>,
+}
+
+/// One event that could never be published as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: Uuid,
+    /// Feed position of the event (None for CDC-fed backends).
+    pub position: Option<i64>,
+    pub event_id: Uuid,
+    pub aggregate_id: Uuid,
+    pub event_type: String,
+    /// The full envelope as JSON, so replay republishes exactly this event.
+    pub payload: String,
+    pub error_message: String,
+    pub failure_count: i32,
+    pub first_failed_at: DateTime<Utc>,
+    pub last_failed_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A saved aggregate state at `version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub aggregate_id: Uuid,
+    pub aggregate_type: String,
+    pub version: i64,
+    /// `Aggregate::STATE_SCHEMA` at the time it was written.
+    pub state_schema: i32,
+    pub state: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// `sqlite` or `cql`.
+    fn backend(&self) -> &'static str;
+
+    /// Creates or upgrades the backend's tables. Idempotent.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Atomically appends `events` if `aggregate_id` is at `expected_version`.
+    /// Events must carry sequences `expected_version + 1 ..` in order.
+    async fn append(&self, aggregate_id: Uuid, expected_version: i64, events: Vec<EventEnvelope>) -> Result<Appended, StoreError>;
+
+    /// All events of one aggregate in sequence order (empty if unknown).
+    async fn load(&self, aggregate_id: Uuid) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.load_after(aggregate_id, 0).await
+    }
+
+    /// Events of one aggregate with `sequence > after_sequence`, in order.
+    async fn load_after(&self, aggregate_id: Uuid, after_sequence: i64) -> Result<Vec<EventEnvelope>, StoreError>;
+
+    /// Up to `limit` events with `position > after`, in global commit order.
+    async fn read_feed(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Highest committed feed position (0 when empty).
+    async fn head_position(&self) -> Result<i64, StoreError>;
+
+    /// Wakes whenever this process commits an append (value: last position).
+    /// `None` when the backend has no in-process notification.
+    fn subscribe(&self) -> Option<watch::Receiver<i64>> {
+        None
+    }
+
+    async fn get_checkpoint(&self, consumer: &str) -> Result<Option<i64>, StoreError>;
+    async fn set_checkpoint(&self, consumer: &str, position: i64) -> Result<(), StoreError>;
+
+    /// Records a dead letter; a second failure of the same event bumps
+    /// `failure_count` and `last_failed_at` instead of adding a row.
+    async fn dlq_insert(&self, letter: DeadLetter) -> Result<(), StoreError>;
+    async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+    async fn dlq_remove(&self, id: Uuid) -> Result<bool, StoreError>;
+    async fn dlq_count(&self) -> Result<u64, StoreError>;
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError>;
+    async fn load_snapshot(&self, aggregate_id: Uuid) -> Result<Option<Snapshot>, StoreError>;
+}
+
+pub type DynStore = Arc<dyn EventStore>;
+
+/// Checks that `events` carry `expected + 1 ..` for `aggregate_id`.
+pub(crate) fn check_batch(aggregate_id: Uuid, expected_version: i64, events: &[EventEnvelope]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Err(StoreError::InvalidAppend("no events to append".into()));
+    }
+    if expected_version < 0 {
+        return Err(StoreError::InvalidAppend(format!("expected version {expected_version} is negative")));
+    }
+    for (i, e) in events.iter().enumerate() {
+        if e.aggregate_id != aggregate_id {
+            return Err(StoreError::InvalidAppend(format!("event {} belongs to aggregate {}, not {aggregate_id}", e.event_id, e.aggregate_id)));
+        }
+        let want = expected_version + 1 + i as i64;
+        if e.sequence != want {
+            return Err(StoreError::InvalidAppend(format!("event {} has sequence {}, expected {want}", e.event_id, e.sequence)));
+        }
+    }
+    Ok(())
+}
+
+/// Opens the configured backend.
+pub async fn open(cfg: &crate::config::Config) -> Result<DynStore, StoreError> {
+    match cfg.store.backend {
+        crate::config::Backend::Sqlite => Ok(sqlite::SqliteStore::open(&cfg.store.path, cfg.store.sqlite.clone()).await?),
+        crate::config::Backend::Cql => Ok(cql::CqlStore::connect(&cfg.store.cql).await?),
+    }
+}
