@@ -11,6 +11,8 @@
 //!   Only events that can never be published as they are go to the DLQ.
 
 pub mod breaker;
+pub mod cdc;
+pub mod deliver;
 pub mod dlq;
 pub mod pipeline;
 pub mod publisher;
@@ -18,6 +20,7 @@ pub mod retry;
 pub mod topics;
 
 pub use breaker::{BreakerState, CircuitBreaker};
-pub use pipeline::{Relay, RelayStatus};
+pub use deliver::{Deliverer, RelayStatus, Retried};
+pub use pipeline::Relay;
 pub use publisher::{KafkaPublisher, PublishError};
 pub use retry::{Backoff, IsTransient};

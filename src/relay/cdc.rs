@@ -1,0 +1,1 @@
+//! Scylla CDC feed (scylla-cdc): CDC rows of `event_store` -> envelopes -> `Deliverer`.
