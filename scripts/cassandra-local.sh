@@ -113,9 +113,10 @@ fetch_jars() {
   rm -rf "$LIB.tmp"
   if ! mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
         -Dcassandra.version="$CASSANDRA_VERSION" \
-        -DoutputDirectory="$LIB.tmp" >&2; then
+        -DoutputDirectory="$LIB.tmp" >"$CACHE/fetch.log" 2>&1; then
+    tail -n 40 "$CACHE/fetch.log" >&2 || true
     rm -rf "$LIB.tmp"
-    die 1 "maven failed to fetch cassandra-all $CASSANDRA_VERSION"
+    die 1 "maven failed to fetch cassandra-all $CASSANDRA_VERSION (log: $CACHE/fetch.log)"
   fi
   [[ -f "$LIB.tmp/cassandra-all-$CASSANDRA_VERSION.jar" ]] \
     || die 1 "maven did not produce cassandra-all-$CASSANDRA_VERSION.jar"

@@ -19,28 +19,51 @@ pub enum DaemonError {
     Other(String),
 }
 
-/// Waits for SIGINT or SIGTERM.
-pub async fn signal() {
+/// SIGINT/SIGTERM, registered as soon as it is created (before any slow
+/// startup work), so an early signal is never lost.
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    pub fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals { term: signal(SignalKind::terminate()).ok() }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Waits for SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match self.term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
 /// Runs until a signal; returns the process exit code.
 pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
+    let mut signals = Signals::install();
     let store = crate::store::open(&cfg).await?;
     store.migrate().await?;
     let metrics = Metrics::new();
@@ -48,7 +71,7 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     let relay = Relay::new(&cfg, store.clone(), metrics.clone())?;
     let sd = trigger.subscribe();
     let task = tokio::spawn(relay.run(sd));
-    signal().await;
+    signals.recv().await;
     tracing::info!("shutdown signal received");
     trigger.fire();
     let _ = task.await;
