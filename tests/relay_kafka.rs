@@ -182,7 +182,7 @@ async fn sigkill_crashes_lose_nothing_and_only_resend_in_flight_events() {
     c.http.admin_listen = format!("127.0.0.1:{}", free_port());
     let store = open(&c).await;
     let total = 20_000;
-    let writer = tokio::spawn(write_events(store.clone(), total, 20, Duration::from_millis(3)));
+    let writer = tokio::spawn(write_events(store.clone(), total, 20, Duration::from_millis(8)));
 
     let spawn = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
@@ -198,7 +198,7 @@ async fn sigkill_crashes_lose_nothing_and_only_resend_in_flight_events() {
     let mut kills = 0;
     let mut rng_state = 0x9e3779b97f4a7c15u64;
     let mut child = spawn();
-    while kills < 6 {
+    while kills < 8 {
         rng_state ^= rng_state << 13;
         rng_state ^= rng_state >> 7;
         rng_state ^= rng_state << 17;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# test.sh - `make test`: start real Kafka and Cassandra (scripts/*-local.sh),
+# run every cargo test against them, stop exactly what this run started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+: "${KAFKA_LOCAL_DIR:=$PWD/.local/kafka}"
+: "${CASSANDRA_LOCAL_DIR:=$PWD/.local/cassandra}"
+export KAFKA_LOCAL_DIR CASSANDRA_LOCAL_DIR
+
+started=()
+cleanup() {
+  for s in "${started[@]}"; do bash "scripts/$s-local.sh" stop >/dev/null 2>&1 || true; done
+}
+trap cleanup EXIT
+
+# Build first so the servers don't compete with the compiler for the 2 cores.
+cargo build --locked --tests --bins
+
+if ! bash scripts/kafka-local.sh status >/dev/null 2>&1; then started+=(kafka); fi
+KAFKA_BROKERS=$(bash scripts/kafka-local.sh start | sed -n 's/^KAFKA_BROKERS=//p' | tail -1)
+if ! bash scripts/cassandra-local.sh status >/dev/null 2>&1; then started+=(cassandra); fi
+CASSANDRA_URI=$(bash scripts/cassandra-local.sh start | sed -n 's/^CASSANDRA_URI=//p' | tail -1)
+export KAFKA_BROKERS CASSANDRA_URI
+echo "test: KAFKA_BROKERS=$KAFKA_BROKERS CASSANDRA_URI=$CASSANDRA_URI"
+
+make --no-print-directory compose-check
+cargo test --locked -- --test-threads "${TEST_THREADS:-2}"
