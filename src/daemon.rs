@@ -1,13 +1,32 @@
-//! `outboxd run`: wires the store, the relay and the servers, and turns
-//! SIGINT/SIGTERM into one shutdown signal.
+//! `outboxd run`: wires the store, the actor system and both HTTP servers,
+//! and turns SIGINT/SIGTERM into one shutdown.
 //!
-//! Guarantee: on a signal the relay stops reading, waits for in-flight
-//! deliveries, persists its checkpoint, and the process exits 0.
+//! Threads: the caller's multi-threaded tokio runtime runs the relay and the
+//! commands; a dedicated `actix-system` thread runs the actors (an actix
+//! `System`) and owns the HTTP servers (actix-web runs its workers on their
+//! own threads). The two sides talk through actor addresses and channels.
+//!
+//! Guarantees:
+//! - On a signal: intake stops (the command API answers 503), commands
+//!   already accepted finish, the relay stops reading, settles in-flight
+//!   deliveries and persists its checkpoint, the actors stop in reverse
+//!   start order, the servers stop, and `run` returns `Ok(0)` within
+//!   `shutdown_deadline_ms` (past it, with a warning: whatever was not
+//!   confirmed is re-sent after restart, nothing committed is lost).
+//! - When a supervised actor exhausts its restart budget the same shutdown
+//!   runs and `run` returns `Ok(EXIT_RESTART_BUDGET)` (70).
+//! - A port that cannot be bound is an error naming the config key.
 
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+use crate::actors::{ActorDeps, GetDlqActor, GetOrderActor, ShutdownSystem};
 use crate::config::Config;
+use crate::http::{AdminState, ApiState};
 use crate::metrics::Metrics;
-use crate::relay::Relay;
-use crate::shutdown::Trigger;
+
+/// Set to `1` to enable `POST /debug/fail/{actor}` on the admin server (tests only).
+pub const FAULT_INJECTION_ENV: &str = "OUTBOXD_ENABLE_FAULT_INJECTION";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -61,20 +80,113 @@ impl Signals {
     }
 }
 
-/// Runs until a signal; returns the process exit code.
+/// Where the servers listen (reported once the actor system is up).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub api: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+}
+
+fn fault_injection_enabled() -> bool {
+    std::env::var(FAULT_INJECTION_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Runs until a signal (or until a supervised actor gives up); returns the
+/// process exit code.
 pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     let mut signals = Signals::install();
     let store = crate::store::open(&cfg).await?;
     store.migrate().await?;
     let metrics = Metrics::new();
-    let mut trigger = Trigger::new();
-    let relay = Relay::new(&cfg, store.clone(), metrics.clone())?;
-    let sd = trigger.subscribe();
-    let task = tokio::spawn(relay.run(sd));
-    signals.recv().await;
-    tracing::info!("shutdown signal received");
-    trigger.fire();
-    let _ = task.await;
-    trigger.wait_drained().await;
-    Ok(0)
+    crate::actors::prime_metrics(&metrics, &cfg);
+    let deadline = Duration::from_millis(cfg.shutdown_deadline_ms);
+    let fault_injection = fault_injection_enabled();
+    if fault_injection {
+        tracing::warn!("{FAULT_INJECTION_ENV} is set: POST /debug/fail/{{actor}} is enabled on the admin server (tests only)");
+    }
+    let deps = ActorDeps::new(cfg, store, metrics, tokio::runtime::Handle::current());
+
+    let (bound_tx, bound_rx) = oneshot::channel::<Result<Bound, String>>();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (exit_tx, mut exit_rx) = oneshot::channel::<u8>();
+    let thread = std::thread::Builder::new()
+        .name("actix-system".into())
+        .spawn(move || {
+            let code = actix::System::new().block_on(actor_system(deps, fault_injection, bound_tx, stop_rx));
+            let _ = exit_tx.send(code);
+        })
+        .map_err(|e| DaemonError::Other(format!("cannot start the actor system thread: {e}")))?;
+
+    let mut stop_tx = Some(stop_tx);
+    let mut signalled = false;
+    tokio::select! {
+        r = bound_rx => match r {
+            Ok(Ok(b)) => tracing::info!(api = %b.api, admin = %b.admin, "outboxd running"),
+            Ok(Err(e)) => {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                return Err(DaemonError::Other(e));
+            }
+            Err(_) => return Err(DaemonError::Other("the actor system stopped during startup".into())),
+        },
+        _ = signals.recv() => signalled = true,
+    }
+    if !signalled {
+        tokio::select! {
+            _ = signals.recv() => signalled = true,
+            _ = &mut exit_rx => {}
+        }
+    }
+    if signalled {
+        tracing::info!("shutdown signal received");
+        if let Some(tx) = stop_tx.take() {
+            let _ = tx.send(());
+        }
+    }
+    let code = match tokio::time::timeout(deadline + Duration::from_secs(2), &mut exit_rx).await {
+        Ok(Ok(code)) => code,
+        Ok(Err(_)) => return Err(DaemonError::Other("the actor system thread stopped unexpectedly".into())),
+        Err(_) => {
+            tracing::warn!(deadline_ms = deadline.as_millis() as u64, "shutdown did not finish within the deadline; exiting (unconfirmed events are re-sent after restart)");
+            return Ok(0);
+        }
+    };
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    tracing::info!(exit_code = code, "outboxd stopped");
+    Ok(code)
+}
+
+/// The actix side: start the actors and the servers, wait for a stop
+/// request (or the coordinator's own shutdown), stop everything, return the
+/// exit code.
+async fn actor_system(deps: ActorDeps, fault_injection: bool, bound: oneshot::Sender<Result<Bound, String>>, stop: oneshot::Receiver<()>) -> u8 {
+    let (exit_tx, mut exit_rx) = oneshot::channel::<u8>();
+    let coordinator = crate::actors::start_system(deps.clone(), exit_tx);
+    let (order, dlq) = match (coordinator.send(GetOrderActor).await, coordinator.send(GetDlqActor).await) {
+        (Ok(Some(o)), Ok(Some(d))) => (o, d),
+        _ => {
+            let _ = bound.send(Err("the actor system did not start".into()));
+            return 1;
+        }
+    };
+    let api = ApiState { order, intake: deps.intake.clone(), token: deps.cfg.http.api_token.as_deref().map(Into::into) };
+    let admin = AdminState { metrics: deps.metrics.clone(), health: deps.health.subscribe(), coordinator: coordinator.clone(), dlq, fault_injection };
+    let servers = match crate::http::start(&deps.cfg.http, deps.cfg.shutdown_deadline_ms, api, admin, deps.metrics.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = bound.send(Err(e.to_string()));
+            let _ = coordinator.send(ShutdownSystem { reason: "startup failed".into(), exit_code: 1 }).await;
+            return 1;
+        }
+    };
+    let _ = bound.send(Ok(Bound { api: servers.api_addr, admin: servers.admin_addr }));
+
+    let code = tokio::select! {
+        _ = stop => {
+            deps.intake.close();
+            coordinator.send(ShutdownSystem { reason: "signal".into(), exit_code: 0 }).await.unwrap_or(0)
+        }
+        code = &mut exit_rx => code.unwrap_or(1),
+    };
+    servers.stop().await;
+    code
 }

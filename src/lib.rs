@@ -28,3 +28,5 @@ pub mod relay;
 pub mod shutdown;
 pub mod bench;
 pub mod daemon;
+pub mod actors;
+pub mod http;

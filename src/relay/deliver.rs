@@ -13,12 +13,14 @@ use async_trait::async_trait;
 use chrono::Utc;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::domain::upcast::current_version;
 use crate::envelope::EventEnvelope;
 use crate::metrics::Metrics;
 use crate::relay::breaker::{BreakerState, CircuitBreaker};
@@ -93,7 +95,21 @@ pub struct Deliverer {
     status: watch::Sender<RelayStatus>,
     default_currency: String,
     dlq_on_transient_exhaustion: bool,
+    /// Per-event-type metric handles (label lookups are hashed and locked).
+    by_type: Mutex<HashMap<String, TypeMetrics>>,
+    /// Confirmed deliveries not yet folded into the published status.
+    unpublished: Mutex<(u64, Instant)>,
 }
+
+#[derive(Clone)]
+struct TypeMetrics {
+    processed: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+    sent: prometheus::IntCounter,
+}
+
+/// How often the delivered count is folded into `RelayStatus` under load.
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Deliverer {
     pub fn new(config: &Config, sink: Arc<dyn DeadLetterSink>, metrics: Metrics, status: watch::Sender<RelayStatus>) -> Result<Deliverer, PublishError> {
@@ -106,6 +122,8 @@ impl Deliverer {
             status,
             default_currency: config.service.default_currency.clone(),
             dlq_on_transient_exhaustion: config.relay.dlq_on_transient_exhaustion,
+            by_type: Mutex::new(HashMap::new()),
+            unpublished: Mutex::new((0, Instant::now())),
         })
     }
 
@@ -146,18 +164,41 @@ impl Deliverer {
         f(&mut self.breaker.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    fn type_metrics(&self, env: &EventEnvelope, topic: impl FnOnce() -> String) -> TypeMetrics {
+        let mut map = self.by_type.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = map.get(&env.event_type) {
+            return m.clone();
+        }
+        let et = env.event_type.as_str();
+        let m = TypeMetrics {
+            processed: self.metrics.cdc_events_processed.with_label_values(&[et]),
+            duration: self.metrics.cdc_processing_duration.with_label_values(&[et]),
+            sent: self.metrics.messages_sent.with_label_values(&[&topic()]),
+        };
+        map.insert(env.event_type.clone(), m.clone());
+        m
+    }
+
     /// Hands an event to the producer; the future resolves with the broker's verdict.
     pub async fn submit(&self, env: &EventEnvelope) -> BoxFuture<'static, Result<(), PublishError>> {
-        let env = match env.clone().upcast(&self.default_currency) {
-            Ok(e) => e,
-            Err(e) => {
-                let err = PublishError::permanent("undecodable", format!("event cannot be upcast: {e}"));
-                return async move { Err(err) }.boxed();
+        let upcast;
+        let env = if env.schema_version == current_version(&env.event_type) {
+            env
+        } else {
+            match env.clone().upcast(&self.default_currency) {
+                Ok(e) => {
+                    upcast = e;
+                    &upcast
+                }
+                Err(e) => {
+                    let err = PublishError::permanent("undecodable", format!("event cannot be upcast: {e}"));
+                    return async move { Err(err) }.boxed();
+                }
             }
         };
         let publisher = self.publisher();
-        self.metrics.messages_sent.with_label_values(&[&topic_of(publisher.config(), &env)]).inc();
-        match publisher.send(&env).await {
+        self.type_metrics(env, || topic_of(publisher.config(), env)).sent.inc();
+        match publisher.send(env).await {
             Ok(p) => p.map(|r| r.map(|_| ())).boxed(),
             Err(e) => async move { Err(e) }.boxed(),
         }
@@ -165,20 +206,50 @@ impl Deliverer {
 
     /// Records a confirmed delivery.
     pub fn delivered(&self, env: &EventEnvelope, started: Instant) {
+        let now = Instant::now();
         let state = self.with_breaker(|b| {
-            b.record_success(Instant::now());
-            b.state(Instant::now())
+            b.record_success(now);
+            b.state(now)
         });
-        let et = &env.event_type;
-        self.metrics.cdc_events_processed.with_label_values(&[et]).inc();
-        self.metrics.cdc_processing_duration.with_label_values(&[et]).observe(started.elapsed().as_secs_f64());
+        let m = self.type_metrics(env, || topic_of(self.publisher().config(), env));
+        m.processed.inc();
+        m.duration.observe(started.elapsed().as_secs_f64());
         let e2e = (Utc::now() - env.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
         self.metrics.event_end_to_end_latency.observe(e2e);
-        self.update(|s| {
-            s.delivered += 1;
-            s.broker_ok = true;
-            s.breaker = state;
-        });
+        // Fold deliveries into the published status at most every STATUS_EVERY,
+        // and at once after a quiet period or a state change.
+        let flush = {
+            let mut u = self.unpublished.lock().unwrap_or_else(|p| p.into_inner());
+            u.0 += 1;
+            let due = now.duration_since(u.1) >= STATUS_EVERY || state != BreakerState::Closed || !self.status.borrow().broker_ok;
+            if due {
+                let n = u.0;
+                *u = (0, now);
+                Some(n)
+            } else {
+                None
+            }
+        };
+        if let Some(n) = flush {
+            self.update(|s| {
+                s.delivered += n;
+                s.broker_ok = true;
+                s.breaker = state;
+            });
+        }
+    }
+
+    /// Publishes deliveries counted but not yet in the status (call when idle).
+    pub fn flush_status(&self) {
+        let n = {
+            let mut u = self.unpublished.lock().unwrap_or_else(|p| p.into_inner());
+            let n = u.0;
+            *u = (0, Instant::now());
+            n
+        };
+        if n > 0 {
+            self.update(|s| s.delivered += n);
+        }
     }
 
     fn failed(&self, env: &EventEnvelope, err: &PublishError) {

@@ -125,6 +125,7 @@ impl Relay {
                     match self.store.read_feed(next_read, self.cfg.batch_size).await {
                         Ok(v) if v.is_empty() => {
                             idle = true;
+                            self.deliverer.flush_status();
                             self.update(|s| s.store_ok = true);
                             break;
                         }
@@ -297,9 +298,13 @@ impl Relay {
         let lag = (self.head - confirmed).max(0);
         self.metrics.relay_lag_events.set(lag);
         let head = self.head;
-        self.update(|s| {
-            s.head = head;
-            s.lag = lag;
-        });
+        if due {
+            self.deliverer.status().send_if_modified(|s| {
+                let changed = s.head != head || s.lag != lag;
+                s.head = head;
+                s.lag = lag;
+                changed
+            });
+        }
     }
 }

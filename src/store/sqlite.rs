@@ -18,6 +18,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -245,8 +246,14 @@ fn migrate_conn(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Versions this writer committed, to skip the version query when the caller's
+/// expectation matches. Only an optimisation: the UNIQUE key still arbitrates
+/// (a stale entry makes the insert collide, which re-reads the real version).
+const VERSION_CACHE_MAX: usize = 200_000;
+
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, notify: watch::Sender<i64>, group: usize) {
     let mut pending: Option<Job> = None;
+    let mut versions: HashMap<Uuid, i64> = HashMap::new();
     loop {
         let job = match pending.take() {
             Some(j) => j,
@@ -273,7 +280,16 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, notify: watch:
                 Err(_) => break,
             }
         }
-        let results = commit_group(&mut conn, &batch);
+        let results = commit_group(&mut conn, &batch, &versions);
+        if versions.len() > VERSION_CACHE_MAX {
+            versions.clear();
+        }
+        for (job, res) in batch.iter().zip(&results) {
+            match res {
+                Ok(a) => versions.insert(job.aggregate_id, a.version),
+                Err(_) => versions.remove(&job.aggregate_id),
+            };
+        }
         let mut last = None;
         for (job, res) in batch.into_iter().zip(results) {
             if let Ok(a) = &res {
@@ -291,26 +307,29 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, notify: watch:
     }
 }
 
-/// One transaction for the whole group, one savepoint per append.
-fn commit_group(conn: &mut Connection, batch: &[AppendJob]) -> Vec<Result<Appended, StoreError>> {
+/// One transaction for the whole group. A single-event append that fails
+/// inserted nothing; a multi-event append runs inside a savepoint so a
+/// failure part-way rolls back only its own rows.
+fn commit_group(conn: &mut Connection, batch: &[AppendJob], versions: &HashMap<Uuid, i64>) -> Vec<Result<Appended, StoreError>> {
     let fail_all = |e: StoreError| batch.iter().map(|_| Err(e.clone())).collect();
-    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(t) => t,
         Err(e) => return fail_all(unavailable(format!("cannot begin write transaction: {e}"))),
     };
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        let res = (|| {
-            let sp = tx.savepoint().map_err(unavailable)?;
-            let r = append_rows(&sp, job);
-            match r {
-                Ok(a) => {
-                    sp.commit().map_err(unavailable)?;
-                    Ok(a)
+        let res = if job.events.len() == 1 {
+            append_rows(&tx, job, versions)
+        } else {
+            savepoint(&tx, "SAVEPOINT outboxd_append").and_then(|_| match append_rows(&tx, job, versions) {
+                Ok(a) => savepoint(&tx, "RELEASE outboxd_append").map(|_| a),
+                Err(e) => {
+                    let _ = savepoint(&tx, "ROLLBACK TO outboxd_append");
+                    let _ = savepoint(&tx, "RELEASE outboxd_append");
+                    Err(e)
                 }
-                Err(e) => Err(e), // dropping the savepoint rolls it back
-            }
-        })();
+            })
+        };
         results.push(res);
     }
     if let Err(e) = tx.commit() {
@@ -319,22 +338,28 @@ fn commit_group(conn: &mut Connection, batch: &[AppendJob]) -> Vec<Result<Append
     results
 }
 
+fn savepoint(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ()).map_err(unavailable)
+}
+
 fn current_version(conn: &Connection, aggregate_id: &str) -> Result<i64, StoreError> {
-    conn.query_row(
-        "SELECT sequence_number FROM event_store WHERE aggregate_id = ?1 ORDER BY sequence_number DESC LIMIT 1",
-        [aggregate_id],
-        |r| r.get::<_, i64>(0),
-    )
-    .optional()
+    conn.prepare_cached("SELECT sequence_number FROM event_store WHERE aggregate_id = ?1 ORDER BY sequence_number DESC LIMIT 1")
+        .and_then(|mut st| st.query_row([aggregate_id], |r| r.get::<_, i64>(0)).optional())
     .map(|v| v.unwrap_or(0))
     .map_err(unavailable)
 }
 
-fn append_rows(conn: &Connection, job: &AppendJob) -> Result<Appended, StoreError> {
+fn append_rows(conn: &Connection, job: &AppendJob, versions: &HashMap<Uuid, i64>) -> Result<Appended, StoreError> {
     let agg = job.aggregate_id.to_string();
-    let actual = current_version(conn, &agg)?;
-    if actual != job.expected {
-        return Err(StoreError::Conflict { aggregate_id: job.aggregate_id, expected: job.expected, actual });
+    // A new aggregate, or one this writer saw at exactly the expected version,
+    // needs no version query: if someone else appended meanwhile, inserting
+    // `expected + 1` collides on the UNIQUE key and becomes a Conflict below.
+    let known = job.expected == 0 || versions.get(&job.aggregate_id) == Some(&job.expected);
+    if !known {
+        let actual = current_version(conn, &agg)?;
+        if actual != job.expected {
+            return Err(StoreError::Conflict { aggregate_id: job.aggregate_id, expected: job.expected, actual });
+        }
     }
     let mut stmt = conn
         .prepare_cached(

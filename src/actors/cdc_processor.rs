@@ -1,0 +1,280 @@
+//! CdcStreamProcessor: runs the relay (`relay::Relay::run`) and reports its
+//! progress, lag and breaker state.
+//!
+//! Thin shell: the relay owns reading, publishing, retries, the breaker and
+//! checkpoints; this actor starts it as a task on the multi-threaded
+//! runtime, watches that task, and stops it on shutdown.
+//! Policy: restart (actix `Supervised`). When the relay task ends without
+//! being asked to (it returned or panicked) the actor stops itself; the
+//! supervisor restarts it and `started()` starts a fresh relay after the
+//! restart backoff, once the previous task is gone. The relay resumes from
+//! its persisted checkpoint, so a restart re-sends at most the unconfirmed
+//! tail (same `ce_id`). The status channel outlives restarts.
+
+use actix::prelude::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+use tokio::task::AbortHandle;
+
+use crate::relay::deliver::DeadLetterSink;
+use crate::relay::Relay;
+use crate::shutdown::Trigger;
+
+use super::messages::*;
+use super::supervision::RestartBudget;
+use super::ActorDeps;
+
+const NAME: ActorName = ActorName::Cdc;
+
+/// One running relay task.
+struct RelayRun {
+    generation: u64,
+    trigger: Trigger,
+    abort: AbortHandle,
+    /// Closed (sender dropped) when the task is gone, however it ended.
+    gone: watch::Receiver<()>,
+    /// Makes the task panic (failure injection).
+    panic: Option<oneshot::Sender<()>>,
+}
+
+pub struct CdcStreamProcessor {
+    deps: ActorDeps,
+    sink: Arc<dyn DeadLetterSink>,
+    parent: Recipient<ChildGaveUp>,
+    health: Recipient<ComponentEvent>,
+    run: Option<RelayRun>,
+    /// The previous task, which must be gone before a new one starts.
+    previous: Option<watch::Receiver<()>>,
+    generation: u64,
+    lifecycle: Lifecycle,
+    budget: RestartBudget,
+    stopping: bool,
+    last_error: Option<String>,
+}
+
+async fn gone(mut rx: watch::Receiver<()>) {
+    while rx.changed().await.is_ok() {}
+}
+
+impl CdcStreamProcessor {
+    /// `sink` receives dead letters (the DlqActor's [`super::DlqSink`]).
+    pub fn new(deps: ActorDeps, sink: Arc<dyn DeadLetterSink>, parent: Recipient<ChildGaveUp>, health: Recipient<ComponentEvent>) -> CdcStreamProcessor {
+        let budget = RestartBudget::new(&deps.cfg.supervision);
+        CdcStreamProcessor {
+            deps,
+            sink,
+            parent,
+            health,
+            run: None,
+            previous: None,
+            generation: 0,
+            lifecycle: Lifecycle::Starting,
+            budget,
+            stopping: false,
+            last_error: None,
+        }
+    }
+
+    fn event(&self, detail: String) {
+        self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail });
+    }
+
+    fn start_relay(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping || matches!(self.lifecycle, Lifecycle::GaveUp | Lifecycle::Stopped) || self.run.is_some() {
+            return;
+        }
+        let relay = match Relay::with_status(&self.deps.cfg, self.deps.store.clone(), self.deps.metrics.clone(), self.deps.relay_status.clone()) {
+            Ok(r) => r.with_sink(self.sink.clone()),
+            Err(e) => {
+                tracing::error!(actor = %NAME, error = %e, "cannot create the relay");
+                self.last_error = Some(e.to_string());
+                ctx.stop();
+                return;
+            }
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        let trigger = Trigger::new();
+        let sd = trigger.subscribe();
+        let (alive, gone_rx) = watch::channel(());
+        let (panic_tx, panic_rx) = oneshot::channel::<()>();
+        let task = self.deps.runtime.spawn(async move {
+            let _alive = alive;
+            tokio::select! {
+                r = relay.run(sd) => r.map_err(|e| e.to_string()),
+                Ok(()) = panic_rx => panic!("injected failure: relay task panicked"),
+            }
+        });
+        let abort = task.abort_handle();
+        self.run = Some(RelayRun { generation, trigger, abort, gone: gone_rx, panic: Some(panic_tx) });
+        let restarted = matches!(self.lifecycle, Lifecycle::Restarting { .. });
+        self.lifecycle = Lifecycle::Running;
+        let detail = if restarted { format!("relay restarted ({} restarts in total)", self.budget.total()) } else { "relay started".to_string() };
+        tracing::info!(actor = %NAME, generation, "{detail}");
+        self.event(detail);
+        // Watch the task: an end we did not ask for is a failure.
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(task).map(move |res, act, ctx| {
+            if act.stopping || act.run.as_ref().is_none_or(|r| r.generation != generation) {
+                return;
+            }
+            let why = match res {
+                Ok(Ok(())) => "relay task returned unexpectedly".to_string(),
+                Ok(Err(e)) => format!("relay task failed: {e}"),
+                Err(e) if e.is_panic() => "relay task panicked".to_string(),
+                Err(_) => "relay task was aborted".to_string(),
+            };
+            tracing::error!(actor = %NAME, generation, "{why}; stopping the processor so it restarts");
+            act.last_error = Some(why);
+            ctx.stop();
+        }));
+    }
+
+    /// Kills the current relay task, if any (restart path).
+    fn kill_relay(&mut self) {
+        if let Some(run) = self.run.take() {
+            run.trigger.fire();
+            run.abort.abort();
+            self.previous = Some(run.gone);
+        }
+    }
+}
+
+impl Actor for CdcStreamProcessor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let delay = match self.lifecycle {
+            Lifecycle::GaveUp | Lifecycle::Stopped => return,
+            Lifecycle::Restarting { restart } => self.budget.delay(restart),
+            Lifecycle::Starting | Lifecycle::Running => Duration::ZERO,
+        };
+        let previous = self.previous.take();
+        let wait = async move {
+            tokio::time::sleep(delay).await;
+            if let Some(p) = previous {
+                if tokio::time::timeout(Duration::from_secs(30), gone(p)).await.is_err() {
+                    tracing::warn!(actor = %NAME, "previous relay task still running after 30 s; starting anyway");
+                }
+            }
+        };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(wait).map(|_, act, ctx| act.start_relay(ctx)));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        if !self.stopping {
+            self.kill_relay();
+        }
+    }
+}
+
+impl Supervised for CdcStreamProcessor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.kill_relay();
+        if matches!(self.lifecycle, Lifecycle::GaveUp | Lifecycle::Stopped) || self.stopping {
+            return;
+        }
+        let error = self.last_error.take().unwrap_or_else(|| "actor stopped unexpectedly".into());
+        match self.budget.record(Instant::now()) {
+            Ok(n) => {
+                self.deps.metrics.actor_restarts.with_label_values(&[NAME.as_str()]).inc();
+                self.lifecycle = Lifecycle::Restarting { restart: n };
+                let delay = self.budget.delay(n);
+                tracing::warn!(actor = %NAME, restart = n, max = self.deps.cfg.supervision.max_restarts, ?delay, %error, "restarting actor");
+                self.deps.relay_status.send_modify(|s| s.running = false);
+                self.event(format!("restart {n} after: {error}"));
+            }
+            Err(n) => {
+                self.lifecycle = Lifecycle::GaveUp;
+                tracing::error!(actor = %NAME, restarts = n, window_ms = self.deps.cfg.supervision.restart_window_ms, %error, "restart budget exhausted; giving up");
+                self.deps.relay_status.send_modify(|s| s.running = false);
+                self.event(format!("gave up after {n} restarts within {} ms; last error: {error}", self.deps.cfg.supervision.restart_window_ms));
+                self.parent.do_send(ChildGaveUp { actor: NAME, restarts: n, last_error: error });
+            }
+        }
+    }
+}
+
+impl Handler<GetRelayStatus> for CdcStreamProcessor {
+    type Result = MessageResult<GetRelayStatus>;
+
+    fn handle(&mut self, _msg: GetRelayStatus, _ctx: &mut Context<Self>) -> Self::Result {
+        let relay = self.deps.relay_status.borrow().clone();
+        MessageResult(ProcessorStatus {
+            lifecycle: self.lifecycle,
+            restarts_in_window: self.budget.in_window(Instant::now()),
+            relay_running: self.run.is_some() && relay.running,
+            relay,
+        })
+    }
+}
+
+impl Handler<StopActor> for CdcStreamProcessor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    /// Stops the relay gracefully: it stops reading, lets in-flight
+    /// deliveries settle and persists its checkpoint.
+    fn handle(&mut self, msg: StopActor, _ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        self.stopping = true;
+        let run = self.run.take();
+        let previous = self.previous.take();
+        let wait = async move {
+            if let Some(run) = run {
+                run.trigger.fire();
+                if tokio::time::timeout(msg.deadline, gone(run.gone)).await.is_err() {
+                    tracing::warn!(actor = %NAME, "relay did not stop within {:?}; aborting it (unconfirmed events are re-sent on restart)", msg.deadline);
+                    run.abort.abort();
+                }
+            }
+            if let Some(p) = previous {
+                let _ = tokio::time::timeout(Duration::from_secs(5), gone(p)).await;
+            }
+        };
+        Box::pin(actix::fut::wrap_future::<_, Self>(wait).map(|_, act, _| {
+            if act.lifecycle != Lifecycle::GaveUp {
+                act.lifecycle = Lifecycle::Stopped;
+            }
+            tracing::info!(actor = %NAME, "stopped");
+            act.event("relay stopped for shutdown".into());
+        }))
+    }
+}
+
+impl Handler<InjectFailure> for CdcStreamProcessor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: InjectFailure, ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        if self.lifecycle != Lifecycle::Running || self.stopping {
+            return Err(format!("{NAME} is not running ({:?})", self.lifecycle));
+        }
+        tracing::error!(actor = %NAME, mode = ?msg.0, "injected failure");
+        match msg.0 {
+            FailureMode::Stop => {
+                self.last_error = Some("injected failure (stop)".into());
+                ctx.stop();
+            }
+            // The watcher sees the task end and stops the actor.
+            FailureMode::Kill => match &self.run {
+                Some(run) => run.abort.abort(),
+                None => return Err("no relay task is running".into()),
+            },
+            FailureMode::Panic => match self.run.as_mut().and_then(|r| r.panic.take()) {
+                Some(tx) => {
+                    let _ = tx.send(());
+                }
+                None => return Err("no relay task is running".into()),
+            },
+        }
+        Ok(())
+    }
+}
+
+impl Handler<Ping> for CdcStreamProcessor {
+    type Result = MessageResult<Ping>;
+
+    fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.lifecycle)
+    }
+}

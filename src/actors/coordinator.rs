@@ -1,0 +1,229 @@
+//! CoordinatorActor: the root of the supervision tree.
+//!
+//! Starts the children in the seed's order (Health -> DLQ -> Order -> CDC),
+//! holds their addresses, answers lookups, and shuts the system down:
+//! on `ShutdownSystem` (a signal) with exit code 0, or when a supervised
+//! child used up its restart budget (`ChildGaveUp`) with
+//! [`super::EXIT_RESTART_BUDGET`].
+//!
+//! Shutdown sequence (each step bounded by `shutdown_deadline_ms` overall):
+//! 1. close intake (the command API answers 503) and mark /health;
+//! 2. let the OrderActor finish the commands it already accepted;
+//! 3. stop the children in reverse start order: CDC (the relay stops
+//!    reading, settles in-flight deliveries, persists its checkpoint),
+//!    Order, DLQ, Health;
+//! 4. report the exit code.
+
+use actix::prelude::*;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+use super::messages::*;
+use super::{ActorDeps, CdcStreamProcessor, DlqActor, DlqSink, HealthCheckActor, OrderActor, EXIT_RESTART_BUDGET};
+
+const NAME: ActorName = ActorName::Coordinator;
+
+type InjectReply = Pin<Box<dyn std::future::Future<Output = Result<Result<(), String>, MailboxError>>>>;
+
+pub struct CoordinatorActor {
+    deps: ActorDeps,
+    health: Option<Addr<HealthCheckActor>>,
+    dlq: Option<Addr<DlqActor>>,
+    order: Option<Addr<OrderActor>>,
+    cdc: Option<Addr<CdcStreamProcessor>>,
+    exit: Option<oneshot::Sender<u8>>,
+    shutting_down: Option<u8>,
+    done: Vec<oneshot::Sender<u8>>,
+}
+
+impl CoordinatorActor {
+    pub fn new(deps: ActorDeps, exit: oneshot::Sender<u8>) -> CoordinatorActor {
+        CoordinatorActor { deps, health: None, dlq: None, order: None, cdc: None, exit: Some(exit), shutting_down: None, done: Vec::new() }
+    }
+
+    fn start_children(&mut self, ctx: &mut Context<Self>) {
+        tracing::info!("starting supervised child actors");
+        let deps = self.deps.clone();
+        // 1. Health first: it monitors the others.
+        let health = HealthCheckActor::new(deps.clone()).start();
+        // 2. DLQ next: the relay needs it.
+        let dlq = DlqActor::new(deps.clone()).start();
+        let me = ctx.address();
+        // 3. Order: commands.
+        let (d, p, h) = (deps.clone(), me.clone().recipient(), health.clone().recipient());
+        let order = actix::Supervisor::start(move |_| OrderActor::new(d, p, h));
+        // 4. CDC: the relay, dead letters through the DlqActor.
+        let sink = Arc::new(DlqSink(dlq.clone()));
+        let (d, p, h) = (deps, me.recipient(), health.clone().recipient());
+        let cdc = actix::Supervisor::start(move |_| CdcStreamProcessor::new(d, sink, p, h));
+        health.do_send(RegisterComponents { dlq: dlq.clone(), order: order.clone(), cdc: cdc.clone() });
+        self.health = Some(health);
+        self.dlq = Some(dlq);
+        self.order = Some(order);
+        self.cdc = Some(cdc);
+        tracing::info!("all supervised actors started (health_check, dlq_actor, order_actor, cdc_processor)");
+    }
+
+    fn begin_shutdown(&mut self, reason: String, exit_code: u8, ctx: &mut Context<Self>) {
+        if self.shutting_down.is_some() {
+            return;
+        }
+        self.shutting_down = Some(exit_code);
+        tracing::info!(%reason, exit_code, "shutting down the actor system");
+        self.deps.intake.close();
+        let deadline = Duration::from_millis(self.deps.cfg.shutdown_deadline_ms);
+        let started = Instant::now();
+        let remaining = move || deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+        let (health, dlq, order, cdc) = (self.health.clone(), self.dlq.clone(), self.order.clone(), self.cdc.clone());
+        let seq = async move {
+            if let Some(h) = &health {
+                let _ = h.send(MarkShuttingDown).await;
+            }
+            if let Some(o) = &order {
+                match tokio::time::timeout(remaining(), o.send(DrainCommands { deadline: remaining() })).await {
+                    Ok(Ok(0)) => tracing::info!("in-flight commands finished"),
+                    Ok(Ok(n)) => tracing::warn!(still_running = n, "commands still running at the deadline"),
+                    _ => tracing::warn!("order actor did not drain in time"),
+                }
+            }
+            // Reverse start order: CDC, Order, DLQ, Health.
+            if let Some(c) = &cdc {
+                if tokio::time::timeout(remaining(), c.send(StopActor { deadline: remaining().saturating_sub(Duration::from_millis(50)) })).await.is_err() {
+                    tracing::warn!("cdc processor did not stop before the shutdown deadline");
+                }
+            }
+            if let Some(o) = &order {
+                let _ = tokio::time::timeout(remaining(), o.send(StopActor { deadline: remaining() })).await;
+            }
+            if let Some(d) = &dlq {
+                let _ = tokio::time::timeout(remaining(), d.send(StopActor { deadline: remaining() })).await;
+            }
+            if let Some(h) = &health {
+                let _ = tokio::time::timeout(remaining(), h.send(StopActor { deadline: remaining() })).await;
+            }
+        };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(seq).map(move |_, act, _| {
+            tracing::info!(exit_code, "actor system stopped");
+            if let Some(tx) = act.exit.take() {
+                let _ = tx.send(exit_code);
+            }
+            for tx in act.done.drain(..) {
+                let _ = tx.send(exit_code);
+            }
+        }));
+    }
+}
+
+impl Actor for CoordinatorActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        tracing::info!("coordinator started");
+        self.start_children(ctx);
+        // Seed: the coordinator logs the system health every 30 s.
+        ctx.run_interval(Duration::from_secs(30), |act, _| {
+            let r = act.deps.health.borrow();
+            match r.status {
+                super::HealthStatus::Healthy => tracing::debug!("system health: healthy"),
+                s => {
+                    let bad: Vec<String> = r.components.iter().filter(|(_, c)| c.status != super::HealthStatus::Healthy).map(|(n, c)| format!("{n}: {}", c.detail)).collect();
+                    tracing::warn!(status = s.as_str(), "system health: {}", bad.join("; "));
+                }
+            }
+        });
+    }
+}
+
+impl Handler<GetSystemHealth> for CoordinatorActor {
+    type Result = MessageResult<GetSystemHealth>;
+
+    fn handle(&mut self, _msg: GetSystemHealth, _ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        MessageResult(self.deps.health.borrow().clone())
+    }
+}
+
+impl Handler<GetOrderActor> for CoordinatorActor {
+    type Result = Option<Addr<OrderActor>>;
+
+    fn handle(&mut self, _msg: GetOrderActor, _ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        self.order.clone()
+    }
+}
+
+impl Handler<GetHealthCheckActor> for CoordinatorActor {
+    type Result = Option<Addr<HealthCheckActor>>;
+
+    fn handle(&mut self, _msg: GetHealthCheckActor, _ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        self.health.clone()
+    }
+}
+
+impl Handler<GetDlqActor> for CoordinatorActor {
+    type Result = Option<Addr<DlqActor>>;
+
+    fn handle(&mut self, _msg: GetDlqActor, _ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        self.dlq.clone()
+    }
+}
+
+impl Handler<GetCdcProcessor> for CoordinatorActor {
+    type Result = Option<Addr<CdcStreamProcessor>>;
+
+    fn handle(&mut self, _msg: GetCdcProcessor, _ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        self.cdc.clone()
+    }
+}
+
+impl Handler<ShutdownSystem> for CoordinatorActor {
+    type Result = ResponseFuture<u8>;
+
+    fn handle(&mut self, msg: ShutdownSystem, ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        let (tx, rx) = oneshot::channel();
+        self.done.push(tx);
+        self.begin_shutdown(msg.reason, msg.exit_code, ctx);
+        Box::pin(async move { rx.await.unwrap_or(msg.exit_code) })
+    }
+}
+
+impl Handler<ChildGaveUp> for CoordinatorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildGaveUp, ctx: &mut Context<Self>) {
+        self.deps.received(NAME);
+        tracing::error!(actor = %msg.actor, restarts = msg.restarts, last_error = %msg.last_error, "supervised actor gave up; shutting the system down");
+        if let Some(h) = &self.health {
+            h.do_send(CheckNow);
+        }
+        self.begin_shutdown(format!("{} exhausted its restart budget", msg.actor), EXIT_RESTART_BUDGET, ctx);
+    }
+}
+
+impl Handler<InjectFailureInto> for CoordinatorActor {
+    type Result = ResponseFuture<Result<(), String>>;
+
+    fn handle(&mut self, msg: InjectFailureInto, _ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        let m = InjectFailure(msg.mode);
+        let fut: Option<InjectReply> = match msg.actor {
+            ActorName::Order => self.order.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
+            ActorName::Cdc => self.cdc.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
+            ActorName::Dlq => self.dlq.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
+            ActorName::HealthCheck => self.health.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
+            ActorName::Coordinator => return Box::pin(async { Err("the coordinator is the root; it does not take injected failures".to_string()) }),
+        };
+        Box::pin(async move {
+            match fut {
+                Some(f) => f.await.map_err(|e| format!("actor unreachable: {e}"))?,
+                None => Err("actor not started".into()),
+            }
+        })
+    }
+}

@@ -1,0 +1,528 @@
+//! HealthCheckActor: Healthy / Degraded / Unhealthy per component and
+//! overall (seed 001), every `health.interval_ms`.
+//!
+//! Each check probes the store (`head_position`, plus, for SQLite, that the
+//! database file at `store.path` is still the file that was opened), asks
+//! every child for its lifecycle (a child that does not answer is
+//! Unhealthy), and reads the relay's status from the CdcStreamProcessor.
+//! The result is published on a `watch` channel that /health and
+//! /health/ready read (they never query a store) and mirrored in
+//! `actor_health_status{component}` (0 healthy, 1 degraded, 2 unhealthy;
+//! `component="system"` is the overall status).
+//!
+//! Rules:
+//! - store: probe fails or the database file is gone/replaced -> Unhealthy.
+//! - kafka: broker unreachable or circuit breaker not closed -> Degraded.
+//! - cdc_processor: relay cannot read the store -> Unhealthy; lag over
+//!   `health.lag_degraded_events` -> Degraded; restarting -> Degraded;
+//!   gave up or not answering -> Unhealthy.
+//! - order_actor / dlq_actor: restarting -> Degraded; gave up or not
+//!   answering -> Unhealthy.
+//! - overall = the worst component.
+//!
+//! Policy: resume. A failed probe is a health result, never an actor failure.
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::Backend;
+use crate::relay::{BreakerState, RelayStatus};
+
+use super::messages::*;
+use super::{ActorDeps, CdcStreamProcessor, DlqActor, OrderActor};
+
+const NAME: ActorName = ActorName::HealthCheck;
+
+/// The components /health reports, in order.
+pub const COMPONENTS: [&str; 5] = ["store", "kafka", "cdc_processor", "order_actor", "dlq_actor"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+impl HealthStatus {
+    /// Value of `actor_health_status`.
+    pub fn gauge(&self) -> i64 {
+        match self {
+            HealthStatus::Healthy => 0,
+            HealthStatus::Degraded => 1,
+            HealthStatus::Unhealthy => 2,
+        }
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Degraded => "degraded",
+            HealthStatus::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComponentHealth {
+    pub status: HealthStatus,
+    pub detail: String,
+    pub last_check: DateTime<Utc>,
+}
+
+/// What /health returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    /// Overall status: the worst component.
+    pub status: HealthStatus,
+    /// When the last check finished (None before the first one).
+    pub checked_at: Option<DateTime<Utc>>,
+    pub shutting_down: bool,
+    pub components: BTreeMap<String, ComponentHealth>,
+    /// The relay's progress, lag and breaker state at the last check.
+    pub relay: Option<RelayStatus>,
+}
+
+impl HealthReport {
+    /// Before the first check: nothing known yet.
+    pub fn starting() -> HealthReport {
+        let now = Utc::now();
+        let components = COMPONENTS.iter().map(|c| (c.to_string(), ComponentHealth { status: HealthStatus::Healthy, detail: "not checked yet".into(), last_check: now })).collect();
+        HealthReport { status: HealthStatus::Healthy, checked_at: None, shutting_down: false, components, relay: None }
+    }
+
+    pub fn component(&self, name: &str) -> Option<&ComponentHealth> {
+        self.components.get(name)
+    }
+
+    /// Ready for traffic: checked at least once, not shutting down, store reachable.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.shutting_down {
+            return Err("shutting down".into());
+        }
+        if self.checked_at.is_none() {
+            return Err("starting: no health check has completed yet".into());
+        }
+        match self.component("store") {
+            Some(c) if c.status == HealthStatus::Unhealthy => Err(format!("store: {}", c.detail)),
+            Some(_) => Ok(()),
+            None => Err("store not checked".into()),
+        }
+    }
+}
+
+/// What one check gathered (input of [`evaluate`]).
+#[derive(Debug, Clone)]
+pub struct Probes {
+    pub store: Result<i64, String>,
+    pub order: Option<Lifecycle>,
+    pub dlq: Option<Lifecycle>,
+    pub dlq_depth: Option<u64>,
+    pub cdc: Option<ProcessorStatus>,
+    /// Relay status straight from the channel (used when the processor does not answer).
+    pub relay: RelayStatus,
+}
+
+/// Latest lifecycle detail a child reported about itself.
+pub type Reported = HashMap<ActorName, (Lifecycle, String)>;
+
+fn lifecycle_health(actor: ActorName, l: Option<Lifecycle>, reported: &Reported) -> (HealthStatus, String) {
+    let note = reported.get(&actor).map(|(_, d)| d.clone()).unwrap_or_default();
+    match l {
+        None => (HealthStatus::Unhealthy, "not responding".into()),
+        Some(Lifecycle::GaveUp) => (HealthStatus::Unhealthy, if note.is_empty() { "gave up: restart budget exhausted".into() } else { note }),
+        Some(Lifecycle::Restarting { restart }) => (HealthStatus::Degraded, format!("restarting (restart {restart}): {note}")),
+        Some(Lifecycle::Starting) => (HealthStatus::Degraded, "starting".into()),
+        Some(Lifecycle::Stopped) => (HealthStatus::Degraded, "stopped (shutting down)".into()),
+        Some(Lifecycle::Running) => (HealthStatus::Healthy, if note.is_empty() { "running".into() } else { format!("running; {note}") }),
+    }
+}
+
+/// Pure health rules: probes -> status and detail per component.
+pub fn evaluate(p: &Probes, reported: &Reported, lag_degraded_events: i64) -> BTreeMap<&'static str, (HealthStatus, String)> {
+    let mut out = BTreeMap::new();
+    out.insert(
+        "store",
+        match &p.store {
+            Ok(head) => (HealthStatus::Healthy, format!("reachable; head position {head}")),
+            Err(e) => (HealthStatus::Unhealthy, e.clone()),
+        },
+    );
+    let relay = p.cdc.as_ref().map(|c| &c.relay).unwrap_or(&p.relay);
+    let err = relay.last_error.clone().unwrap_or_else(|| "no error recorded".into());
+    out.insert(
+        "kafka",
+        if !relay.broker_ok {
+            (HealthStatus::Degraded, format!("broker unreachable; circuit breaker {}; last error: {err}", relay.breaker.as_str()))
+        } else if relay.breaker == BreakerState::Open {
+            (HealthStatus::Degraded, format!("circuit breaker open; last error: {err}"))
+        } else if relay.breaker == BreakerState::HalfOpen {
+            (HealthStatus::Degraded, "circuit breaker half-open: probing the broker".into())
+        } else {
+            (HealthStatus::Healthy, format!("broker reachable; circuit breaker closed; {} events delivered", relay.delivered))
+        },
+    );
+    let (mut st, mut detail) = lifecycle_health(ActorName::Cdc, p.cdc.as_ref().map(|c| c.lifecycle), reported);
+    if st == HealthStatus::Healthy {
+        let progress = format!("checkpoint {}, head {}, lag {} events", relay.checkpoint, relay.head, relay.lag);
+        (st, detail) = if !relay.store_ok {
+            (HealthStatus::Unhealthy, format!("relay cannot read the store: {err}"))
+        } else if relay.lag > lag_degraded_events {
+            (HealthStatus::Degraded, format!("lag {} events exceeds {lag_degraded_events}; {progress}", relay.lag))
+        } else if !p.cdc.as_ref().is_some_and(|c| c.relay_running) {
+            (HealthStatus::Degraded, format!("relay not running; {progress}"))
+        } else {
+            (HealthStatus::Healthy, format!("relay running; {progress}"))
+        };
+    }
+    out.insert("cdc_processor", (st, detail));
+    out.insert("order_actor", lifecycle_health(ActorName::Order, p.order, reported));
+    let (st, mut detail) = lifecycle_health(ActorName::Dlq, p.dlq, reported);
+    if let Some(n) = p.dlq_depth {
+        detail = format!("{detail}; {n} dead letters");
+    }
+    out.insert("dlq_actor", (st, detail));
+    out
+}
+
+pub struct HealthCheckActor {
+    deps: ActorDeps,
+    order: Option<Addr<OrderActor>>,
+    cdc: Option<Addr<CdcStreamProcessor>>,
+    dlq: Option<Addr<DlqActor>>,
+    reported: Reported,
+    checking: bool,
+    recheck: bool,
+    stopped: bool,
+    sqlite: Option<(PathBuf, Option<(u64, u64)>)>,
+    interval: Option<SpawnHandle>,
+}
+
+#[cfg(unix)]
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_identity(_path: &Path) -> Option<(u64, u64)> {
+    None
+}
+
+/// The SQLite file must still be the one the store opened: a deleted or
+/// replaced file means new commits go to a file nobody will read again.
+fn check_sqlite_file(path: &Path, identity: Option<(u64, u64)>) -> Result<(), String> {
+    use std::io::Read;
+    if std::fs::metadata(path).is_err() {
+        return Err(format!("database file {} is gone", path.display()));
+    }
+    if identity.is_some() && file_identity(path) != identity {
+        return Err(format!("database file {} was replaced by another file", path.display()));
+    }
+    let mut header = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .map_err(|e| format!("database file {} cannot be read: {e}", path.display()))?;
+    if &header != b"SQLite format 3\0" {
+        return Err(format!("database file {} is not a SQLite database any more", path.display()));
+    }
+    Ok(())
+}
+
+impl HealthCheckActor {
+    pub fn new(deps: ActorDeps) -> HealthCheckActor {
+        let sqlite = (deps.cfg.store.backend == Backend::Sqlite).then(|| {
+            let p = deps.cfg.store.path.clone();
+            let id = file_identity(&p);
+            (p, id)
+        });
+        HealthCheckActor { deps, order: None, cdc: None, dlq: None, reported: HashMap::new(), checking: false, recheck: false, stopped: false, sqlite, interval: None }
+    }
+
+    fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.deps.cfg.health.interval_ms).clamp(Duration::from_millis(200), Duration::from_secs(5))
+    }
+
+    fn check(&mut self, ctx: &mut Context<Self>) {
+        if self.checking {
+            self.recheck = true;
+            return;
+        }
+        self.checking = true;
+        let t = self.probe_timeout();
+        let store = self.deps.store.clone();
+        let sqlite = self.sqlite.clone();
+        let (order, cdc, dlq) = (self.order.clone(), self.cdc.clone(), self.dlq.clone());
+        let relay = self.deps.relay_status.borrow().clone();
+        let fut = async move {
+            let store_probe = async {
+                match tokio::time::timeout(t, store.head_position()).await {
+                    Err(_) => Err(format!("no answer within {t:?}")),
+                    Ok(Err(e)) => Err(format!("unreachable: {e}")),
+                    Ok(Ok(head)) => {
+                        if let Some((path, id)) = sqlite {
+                            tokio::task::spawn_blocking(move || check_sqlite_file(&path, id)).await.map_err(|e| e.to_string())??;
+                        }
+                        Ok(head)
+                    }
+                }
+            };
+            let order_probe = async {
+                match order {
+                    Some(a) => tokio::time::timeout(t, a.send(Ping)).await.ok().and_then(|r| r.ok()),
+                    None => Some(Lifecycle::Starting),
+                }
+            };
+            let cdc_probe = async {
+                match cdc {
+                    Some(a) => tokio::time::timeout(t, a.send(GetRelayStatus)).await.ok().and_then(|r| r.ok()),
+                    None => None,
+                }
+            };
+            let dlq_probe = async {
+                match dlq {
+                    Some(a) => {
+                        let l = tokio::time::timeout(t, a.send(Ping)).await.ok().and_then(|r| r.ok());
+                        let n = tokio::time::timeout(t, a.send(CountDeadLetters)).await.ok().and_then(|r| r.ok()).and_then(|r| r.ok());
+                        (l, n)
+                    }
+                    None => (Some(Lifecycle::Starting), None),
+                }
+            };
+            let (store, order, cdc, (dlq, dlq_depth)) = tokio::join!(store_probe, order_probe, cdc_probe, dlq_probe);
+            Probes { store, order, dlq, dlq_depth, cdc, relay }
+        };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(fut).map(|probes, act, ctx| {
+            act.checking = false;
+            act.publish(&probes);
+            if act.recheck {
+                act.recheck = false;
+                act.check(ctx);
+            }
+        }));
+    }
+
+    fn publish(&mut self, probes: &Probes) {
+        let mut verdict = evaluate(probes, &self.reported, self.deps.cfg.health.lag_degraded_events);
+        if self.cdc.is_none() {
+            verdict.insert("cdc_processor", (HealthStatus::Degraded, "starting".into()));
+        }
+        let now = Utc::now();
+        let metrics = &self.deps.metrics;
+        let components: BTreeMap<String, ComponentHealth> = verdict
+            .into_iter()
+            .map(|(name, (status, detail))| {
+                metrics.actor_health_status.with_label_values(&[name]).set(status.gauge());
+                (name.to_string(), ComponentHealth { status, detail, last_check: now })
+            })
+            .collect();
+        let overall = components.values().map(|c| c.status).max().unwrap_or(HealthStatus::Healthy);
+        metrics.actor_health_status.with_label_values(&["system"]).set(overall.gauge());
+        let relay = probes.cdc.as_ref().map(|c| c.relay.clone()).unwrap_or_else(|| probes.relay.clone());
+        let shutting_down = self.stopped || !self.deps.intake.is_open();
+        let previous = self.deps.health.borrow().clone();
+        let report = HealthReport { status: overall, checked_at: Some(now), shutting_down, components, relay: Some(relay) };
+        for (name, c) in &report.components {
+            let before = previous.components.get(name).map(|p| p.status);
+            if previous.checked_at.is_some() && before != Some(c.status) {
+                match c.status {
+                    HealthStatus::Healthy => tracing::info!(component = %name, "component healthy again: {}", c.detail),
+                    HealthStatus::Degraded => tracing::warn!(component = %name, "component degraded: {}", c.detail),
+                    HealthStatus::Unhealthy => tracing::error!(component = %name, "component unhealthy: {}", c.detail),
+                }
+            }
+        }
+        if previous.status != overall || previous.checked_at.is_none() {
+            tracing::info!(status = overall.as_str(), "system health");
+        }
+        self.deps.health.send_replace(report);
+    }
+}
+
+impl Actor for HealthCheckActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        tracing::info!(actor = %NAME, interval_ms = self.deps.cfg.health.interval_ms, "started");
+        let every = Duration::from_millis(self.deps.cfg.health.interval_ms);
+        self.interval = Some(ctx.run_interval(every, |act, ctx| act.check(ctx)));
+        self.check(ctx);
+    }
+}
+
+impl Handler<RegisterComponents> for HealthCheckActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RegisterComponents, ctx: &mut Context<Self>) {
+        self.deps.received(NAME);
+        self.order = Some(msg.order);
+        self.cdc = Some(msg.cdc);
+        self.dlq = Some(msg.dlq);
+        self.check(ctx);
+    }
+}
+
+impl Handler<ComponentEvent> for HealthCheckActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ComponentEvent, ctx: &mut Context<Self>) {
+        self.deps.received(NAME);
+        self.reported.insert(msg.actor, (msg.lifecycle, msg.detail));
+        if !self.stopped {
+            self.check(ctx);
+        }
+    }
+}
+
+impl Handler<CheckNow> for HealthCheckActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CheckNow, ctx: &mut Context<Self>) {
+        self.deps.received(NAME);
+        self.check(ctx);
+    }
+}
+
+impl Handler<MarkShuttingDown> for HealthCheckActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: MarkShuttingDown, _ctx: &mut Context<Self>) {
+        self.deps.received(NAME);
+        self.deps.health.send_modify(|r| r.shutting_down = true);
+    }
+}
+
+impl Handler<GetSystemHealth> for HealthCheckActor {
+    type Result = MessageResult<GetSystemHealth>;
+
+    fn handle(&mut self, _msg: GetSystemHealth, _ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        MessageResult(self.deps.health.borrow().clone())
+    }
+}
+
+impl Handler<StopActor> for HealthCheckActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopActor, ctx: &mut Context<Self>) {
+        self.deps.received(NAME);
+        self.stopped = true;
+        if let Some(h) = self.interval.take() {
+            ctx.cancel_future(h);
+        }
+        self.deps.health.send_modify(|r| r.shutting_down = true);
+        tracing::info!(actor = %NAME, "stopped");
+    }
+}
+
+impl Handler<InjectFailure> for HealthCheckActor {
+    type Result = Result<(), String>;
+
+    /// Resume policy: the failure is logged and checking goes on.
+    fn handle(&mut self, msg: InjectFailure, ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        tracing::error!(actor = %NAME, mode = ?msg.0, "injected failure; resuming (policy: resume)");
+        self.check(ctx);
+        Ok(())
+    }
+}
+
+impl Handler<Ping> for HealthCheckActor {
+    type Result = MessageResult<Ping>;
+
+    fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(if self.stopped { Lifecycle::Stopped } else { Lifecycle::Running })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probes() -> Probes {
+        let relay = RelayStatus { running: true, ..RelayStatus::default() };
+        Probes {
+            store: Ok(10),
+            order: Some(Lifecycle::Running),
+            dlq: Some(Lifecycle::Running),
+            dlq_depth: Some(0),
+            cdc: Some(ProcessorStatus { lifecycle: Lifecycle::Running, restarts_in_window: 0, relay_running: true, relay: relay.clone() }),
+            relay,
+        }
+    }
+
+    fn worst(v: &BTreeMap<&'static str, (HealthStatus, String)>) -> HealthStatus {
+        v.values().map(|(s, _)| *s).max().unwrap()
+    }
+
+    #[test]
+    fn all_good_is_healthy() {
+        let v = evaluate(&probes(), &HashMap::new(), 100);
+        assert_eq!(worst(&v), HealthStatus::Healthy, "{v:?}");
+        assert_eq!(v.len(), COMPONENTS.len());
+    }
+
+    #[test]
+    fn broker_breaker_and_lag_degrade() {
+        let mut p = probes();
+        p.cdc.as_mut().unwrap().relay.broker_ok = false;
+        assert_eq!(evaluate(&p, &HashMap::new(), 100)["kafka"].0, HealthStatus::Degraded);
+        let mut p = probes();
+        p.cdc.as_mut().unwrap().relay.breaker = BreakerState::Open;
+        assert_eq!(evaluate(&p, &HashMap::new(), 100)["kafka"].0, HealthStatus::Degraded);
+        let mut p = probes();
+        p.cdc.as_mut().unwrap().relay.lag = 101;
+        let v = evaluate(&p, &HashMap::new(), 100);
+        assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded);
+        assert!(v["cdc_processor"].1.contains("lag 101"));
+    }
+
+    #[test]
+    fn store_failures_and_gave_up_are_unhealthy() {
+        let mut p = probes();
+        p.store = Err("database file x is gone".into());
+        assert_eq!(evaluate(&p, &HashMap::new(), 100)["store"].0, HealthStatus::Unhealthy);
+        let mut p = probes();
+        p.cdc.as_mut().unwrap().relay.store_ok = false;
+        assert_eq!(evaluate(&p, &HashMap::new(), 100)["cdc_processor"].0, HealthStatus::Unhealthy);
+        let mut p = probes();
+        p.order = Some(Lifecycle::GaveUp);
+        assert_eq!(evaluate(&p, &HashMap::new(), 100)["order_actor"].0, HealthStatus::Unhealthy);
+        let mut p = probes();
+        p.cdc = None;
+        assert_eq!(evaluate(&p, &HashMap::new(), 100)["cdc_processor"].0, HealthStatus::Unhealthy);
+        let mut p = probes();
+        p.order = Some(Lifecycle::Restarting { restart: 1 });
+        assert_eq!(evaluate(&p, &HashMap::new(), 100)["order_actor"].0, HealthStatus::Degraded);
+    }
+
+    #[test]
+    fn ready_needs_a_check_a_store_and_no_shutdown() {
+        let mut r = HealthReport::starting();
+        assert!(r.ready().is_err());
+        r.checked_at = Some(Utc::now());
+        assert!(r.ready().is_ok());
+        r.components.get_mut("store").unwrap().status = HealthStatus::Unhealthy;
+        assert!(r.ready().is_err());
+        r.components.get_mut("store").unwrap().status = HealthStatus::Healthy;
+        r.shutting_down = true;
+        assert!(r.ready().is_err());
+    }
+
+    #[test]
+    fn sqlite_file_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.db");
+        assert!(check_sqlite_file(&p, None).unwrap_err().contains("gone"));
+        std::fs::write(&p, b"SQLite format 3\0rest").unwrap();
+        let id = file_identity(&p);
+        assert!(check_sqlite_file(&p, id).is_ok());
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, b"garbage garbage garbage").unwrap();
+        let e = check_sqlite_file(&p, id).unwrap_err();
+        assert!(e.contains("replaced") || e.contains("not a SQLite"), "{e}");
+    }
+}

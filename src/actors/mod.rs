@@ -1,0 +1,148 @@
+//! Thin Actix shells around the application service and the relay.
+//!
+//! Supervision tree (seed 002):
+//!
+//! ```text
+//! CoordinatorActor (root: starts, answers lookups, shuts down)
+//! ├── HealthCheckActor    resume  (errors are logged, it keeps checking)
+//! ├── DlqActor            resume  (owns dead-letter writes, listing, replay)
+//! ├── OrderActor          restart (actix Supervisor; runs app::CommandService)
+//! └── CdcStreamProcessor  restart (actix Supervisor; runs relay::Relay::run)
+//! ```
+//!
+//! Guarantees:
+//! - No business rule lives here: commands go through [`crate::app::CommandService`],
+//!   publishing through [`crate::relay::Relay`]; actors only route, supervise
+//!   and report.
+//! - A restarting actor gets `supervision.restart_backoff_ms * 2^(n-1)` of
+//!   backoff and at most `supervision.max_restarts` restarts within
+//!   `supervision.restart_window_ms`; each restart increments
+//!   `actor_restarts_total{actor}`. When the budget is exhausted the component
+//!   is Unhealthy and the coordinator shuts the system down with
+//!   [`EXIT_RESTART_BUDGET`].
+//! - Shutdown: intake stops first, in-flight commands finish, then children
+//!   stop in reverse start order (CDC flushes in-flight deliveries and
+//!   persists its checkpoint before the DLQ and health actors stop).
+
+pub mod cdc_processor;
+pub mod coordinator;
+pub mod dlq_actor;
+pub mod health;
+pub mod messages;
+pub mod order_actor;
+pub mod supervision;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::{oneshot, watch};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::relay::RelayStatus;
+use crate::store::DynStore;
+
+pub use cdc_processor::CdcStreamProcessor;
+pub use coordinator::CoordinatorActor;
+pub use dlq_actor::{DlqActor, DlqSink};
+pub use health::{ComponentHealth, HealthCheckActor, HealthReport, HealthStatus};
+pub use messages::*;
+pub use order_actor::OrderActor;
+pub use supervision::RestartBudget;
+
+/// Exit code of `outboxd run` when a supervised actor used up its restart
+/// budget (EX_SOFTWARE).
+pub const EXIT_RESTART_BUDGET: u8 = 70;
+
+/// Whether the command API accepts requests (false once shutdown began).
+#[derive(Debug)]
+pub struct Intake(AtomicBool);
+
+impl Intake {
+    pub fn new() -> Intake {
+        Intake(AtomicBool::new(true))
+    }
+    pub fn is_open(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    pub fn close(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Default for Intake {
+    fn default() -> Self {
+        Intake::new()
+    }
+}
+
+/// What every actor may use: configuration, the store, metrics, and the
+/// multi-threaded tokio runtime that runs command and relay work (the actix
+/// system thread only routes messages).
+#[derive(Clone)]
+pub struct ActorDeps {
+    pub cfg: Arc<Config>,
+    pub store: DynStore,
+    pub metrics: Metrics,
+    pub runtime: tokio::runtime::Handle,
+    pub intake: Arc<Intake>,
+    /// Relay status; the sender outlives relay restarts.
+    pub relay_status: watch::Sender<RelayStatus>,
+    /// The latest health report, published by the HealthCheckActor.
+    pub health: watch::Sender<HealthReport>,
+}
+
+impl ActorDeps {
+    pub fn new(cfg: Config, store: DynStore, metrics: Metrics, runtime: tokio::runtime::Handle) -> ActorDeps {
+        let (relay_status, _) = watch::channel(RelayStatus::default());
+        let (health, _) = watch::channel(HealthReport::starting());
+        ActorDeps { cfg: Arc::new(cfg), store, metrics, runtime, intake: Arc::new(Intake::new()), relay_status, health }
+    }
+
+    /// Counts one message received by `actor` (`messages_received_total`).
+    pub fn received(&self, actor: ActorName) {
+        self.metrics.messages_received.with_label_values(&[actor.as_str()]).inc();
+    }
+}
+
+/// Starts the coordinator (which starts its children) on the current actix
+/// system. `exit` receives the process exit code once the system has shut
+/// down (0 after `ShutdownSystem`, [`EXIT_RESTART_BUDGET`] when a child gave up).
+pub fn start_system(deps: ActorDeps, exit: oneshot::Sender<u8>) -> actix::Addr<CoordinatorActor> {
+    use actix::Actor;
+    CoordinatorActor::new(deps, exit).start()
+}
+
+/// Every known event type, for initialising labelled metrics at 0.
+pub const EVENT_TYPES: &[&str] =
+    &["OrderCreated", "OrderItemsUpdated", "OrderConfirmed", "OrderShipped", "OrderDelivered", "OrderCancelled", "CustomerRegistered", "CustomerEmailChanged"];
+
+/// Creates every labelled series whose labels are known up front at 0, so
+/// /metrics lists the whole catalogue from the first scrape (Prometheus
+/// practice: initialise known label values).
+pub fn prime_metrics(m: &Metrics, cfg: &Config) {
+    for et in EVENT_TYPES {
+        m.cdc_events_processed.with_label_values(&[et]);
+        m.cdc_processing_duration.with_label_values(&[et]);
+        m.dlq_messages_by_event_type.with_label_values(&[et]);
+        m.cdc_events_failed.with_label_values(&[et, "message_timed_out"]);
+    }
+    let op = "publish";
+    m.retry_attempts.with_label_values(&[op]);
+    m.retry_success.with_label_values(&[op]);
+    m.retry_failure.with_label_values(&[op]);
+    for (from, to) in [("closed", "open"), ("open", "half_open"), ("half_open", "closed"), ("half_open", "open")] {
+        m.circuit_breaker_transitions.with_label_values(&[from, to]);
+    }
+    for a in ActorName::ALL {
+        m.messages_received.with_label_values(&[a.as_str()]);
+    }
+    for a in [ActorName::Order, ActorName::Cdc] {
+        m.actor_restarts.with_label_values(&[a.as_str()]);
+    }
+    for c in health::COMPONENTS {
+        m.actor_health_status.with_label_values(&[c]);
+    }
+    for (t, _) in crate::relay::topics::all_topics(cfg) {
+        m.messages_sent.with_label_values(&[&t]);
+    }
+}

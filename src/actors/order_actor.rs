@@ -1,0 +1,245 @@
+//! OrderActor: runs Order and Customer commands through `app::CommandService`.
+//!
+//! Thin shell: it owns a `CommandService` and hands each command to it on
+//! the multi-threaded runtime; the domain decides, the store appends.
+//! Policy: restart (actix `Supervised`). After a failure the service is
+//! rebuilt in `started()` once the restart backoff has passed; while it is
+//! restarting, commands are refused as unavailable (HTTP 503, retry).
+//! Commands already accepted finish even across a restart (they run as
+//! their own tasks), so the caller's answer matches what was appended.
+
+use actix::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+use crate::app::{AppError, CommandService, Loaded, Outcome, ServiceOptions};
+use crate::domain::Aggregate;
+use crate::store::StoreError;
+
+use super::messages::*;
+use super::supervision::RestartBudget;
+use super::ActorDeps;
+
+const NAME: ActorName = ActorName::Order;
+
+/// Commands accepted but not finished yet.
+#[derive(Default)]
+pub struct InFlight {
+    n: AtomicUsize,
+    idle: Notify,
+}
+
+pub struct InFlightGuard(Arc<InFlight>);
+
+impl InFlight {
+    pub fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.n.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.n.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no command is in flight or `deadline` passed; returns
+    /// the number still running.
+    pub async fn wait_idle(&self, deadline: Duration) -> usize {
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.idle.notified();
+            let n = self.count();
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(end, notified).await.is_err() {
+                return self.count();
+            }
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+pub struct OrderActor {
+    deps: ActorDeps,
+    parent: Recipient<ChildGaveUp>,
+    health: Recipient<ComponentEvent>,
+    svc: Option<CommandService>,
+    lifecycle: Lifecycle,
+    budget: RestartBudget,
+    inflight: Arc<InFlight>,
+    draining: bool,
+    last_error: Option<String>,
+}
+
+impl OrderActor {
+    pub fn new(deps: ActorDeps, parent: Recipient<ChildGaveUp>, health: Recipient<ComponentEvent>) -> OrderActor {
+        let budget = RestartBudget::new(&deps.cfg.supervision);
+        OrderActor { deps, parent, health, svc: None, lifecycle: Lifecycle::Starting, budget, inflight: Arc::new(InFlight::default()), draining: false, last_error: None }
+    }
+
+    /// (Re)builds the command service: the "connection" of this actor.
+    fn connect(&mut self) {
+        if matches!(self.lifecycle, Lifecycle::GaveUp | Lifecycle::Stopped) {
+            return;
+        }
+        let s = &self.deps.cfg.service;
+        let opts = ServiceOptions { max_conflict_retries: s.max_conflict_retries, snapshot_every: s.snapshot_every, default_currency: s.default_currency.clone() };
+        self.svc = Some(CommandService::new(self.deps.store.clone(), opts).with_observer(Arc::new(self.deps.metrics.clone())));
+        let restarted = matches!(self.lifecycle, Lifecycle::Restarting { .. });
+        self.lifecycle = Lifecycle::Running;
+        let detail = if restarted { format!("restarted ({} restarts in total)", self.budget.total()) } else { "accepting commands".to_string() };
+        tracing::info!(actor = %NAME, "{detail}");
+        self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail });
+    }
+
+    fn unavailable(&self) -> AppError {
+        let why = match self.lifecycle {
+            Lifecycle::Restarting { .. } | Lifecycle::Starting => "the order actor is restarting; retry shortly",
+            Lifecycle::GaveUp => "the order actor gave up after too many failures",
+            Lifecycle::Stopped | Lifecycle::Running => "the service is shutting down",
+        };
+        AppError::Store(StoreError::Unavailable(why.into()))
+    }
+
+    fn service(&self) -> Option<CommandService> {
+        if self.draining || self.lifecycle != Lifecycle::Running {
+            return None;
+        }
+        self.svc.clone()
+    }
+}
+
+impl Actor for OrderActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        match self.lifecycle {
+            Lifecycle::GaveUp | Lifecycle::Stopped => {}
+            Lifecycle::Restarting { restart } => {
+                let delay = self.budget.delay(restart);
+                ctx.run_later(delay, |act, _| act.connect());
+            }
+            Lifecycle::Starting | Lifecycle::Running => self.connect(),
+        }
+    }
+}
+
+impl Supervised for OrderActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.svc = None;
+        if matches!(self.lifecycle, Lifecycle::GaveUp | Lifecycle::Stopped) {
+            return;
+        }
+        let error = self.last_error.take().unwrap_or_else(|| "actor stopped unexpectedly".into());
+        match self.budget.record(Instant::now()) {
+            Ok(n) => {
+                self.deps.metrics.actor_restarts.with_label_values(&[NAME.as_str()]).inc();
+                self.lifecycle = Lifecycle::Restarting { restart: n };
+                let delay = self.budget.delay(n);
+                tracing::warn!(actor = %NAME, restart = n, max = self.deps.cfg.supervision.max_restarts, ?delay, %error, "restarting actor");
+                self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail: format!("restart {n} after: {error}") });
+            }
+            Err(n) => {
+                self.lifecycle = Lifecycle::GaveUp;
+                tracing::error!(actor = %NAME, restarts = n, window_ms = self.deps.cfg.supervision.restart_window_ms, %error, "restart budget exhausted; giving up");
+                let detail = format!("gave up after {n} restarts within {} ms; last error: {error}", self.deps.cfg.supervision.restart_window_ms);
+                self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail });
+                self.parent.do_send(ChildGaveUp { actor: NAME, restarts: n, last_error: error });
+            }
+        }
+    }
+}
+
+impl<A> Handler<ExecuteCommand<A>> for OrderActor
+where
+    A: Aggregate,
+    A::Command: Sync + 'static,
+{
+    type Result = ResponseFuture<Result<Outcome<A>, AppError>>;
+
+    fn handle(&mut self, msg: ExecuteCommand<A>, _ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        let Some(svc) = self.service() else {
+            let e = self.unavailable();
+            return Box::pin(async move { Err(e) });
+        };
+        let guard = self.inflight.enter();
+        let task = self.deps.runtime.spawn(async move { svc.execute::<A>(msg.id, &msg.command, msg.meta, msg.expected_version).await });
+        Box::pin(async move {
+            let _guard = guard;
+            task.await.unwrap_or_else(|e| Err(AppError::Store(StoreError::Unavailable(format!("command task failed: {e}")))))
+        })
+    }
+}
+
+impl<A: Aggregate> Handler<LoadAggregate<A>> for OrderActor {
+    type Result = ResponseFuture<Result<Loaded<A>, AppError>>;
+
+    fn handle(&mut self, msg: LoadAggregate<A>, _ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        let Some(svc) = self.service() else {
+            let e = self.unavailable();
+            return Box::pin(async move { Err(e) });
+        };
+        let task = self.deps.runtime.spawn(async move { svc.load::<A>(msg.id).await });
+        Box::pin(async move { task.await.unwrap_or_else(|e| Err(AppError::Store(StoreError::Unavailable(format!("load task failed: {e}"))))) })
+    }
+}
+
+impl Handler<DrainCommands> for OrderActor {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, msg: DrainCommands, _ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        self.draining = true;
+        let inflight = self.inflight.clone();
+        Box::pin(async move { inflight.wait_idle(msg.deadline).await })
+    }
+}
+
+impl Handler<StopActor> for OrderActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopActor, _ctx: &mut Context<Self>) {
+        self.deps.received(NAME);
+        self.draining = true;
+        self.svc = None;
+        if self.lifecycle != Lifecycle::GaveUp {
+            self.lifecycle = Lifecycle::Stopped;
+        }
+        tracing::info!(actor = %NAME, "stopped");
+        self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail: "stopped for shutdown".into() });
+    }
+}
+
+impl Handler<InjectFailure> for OrderActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: InjectFailure, ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        if self.lifecycle != Lifecycle::Running {
+            return Err(format!("{NAME} is not running ({:?})", self.lifecycle));
+        }
+        tracing::error!(actor = %NAME, mode = ?msg.0, "injected failure: stopping the actor");
+        self.last_error = Some(format!("injected failure ({:?})", msg.0));
+        ctx.stop();
+        Ok(())
+    }
+}
+
+impl Handler<Ping> for OrderActor {
+    type Result = MessageResult<Ping>;
+
+    fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.lifecycle)
+    }
+}

@@ -1,0 +1,104 @@
+//! Restart policy shared by the supervised actors: a restart budget over a
+//! sliding window and exponential restart backoff.
+//!
+//! Guarantee: `record` allows at most `max_restarts` restarts within any
+//! `restart_window`; the next failure in the window is refused (the caller
+//! gives up). Pure: time is passed in.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::config::SupervisionConfig;
+
+/// Longest backoff between two restarts.
+pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct RestartBudget {
+    max_restarts: u32,
+    window: Duration,
+    backoff: Duration,
+    restarts: VecDeque<Instant>,
+    total: u64,
+}
+
+impl RestartBudget {
+    pub fn new(cfg: &SupervisionConfig) -> RestartBudget {
+        RestartBudget {
+            max_restarts: cfg.max_restarts,
+            window: Duration::from_millis(cfg.restart_window_ms),
+            backoff: Duration::from_millis(cfg.restart_backoff_ms),
+            restarts: VecDeque::new(),
+            total: 0,
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self.restarts.front().is_some_and(|t| now.saturating_duration_since(*t) >= self.window) {
+            self.restarts.pop_front();
+        }
+    }
+
+    /// Records a failure at `now`: `Ok(n)` allows restart number `n` within
+    /// the window; `Err(n)` means `n` restarts already happened in the window
+    /// and the budget is exhausted.
+    pub fn record(&mut self, now: Instant) -> Result<u32, u32> {
+        self.expire(now);
+        let used = self.restarts.len() as u32;
+        if used >= self.max_restarts {
+            return Err(used);
+        }
+        self.restarts.push_back(now);
+        self.total += 1;
+        Ok(used + 1)
+    }
+
+    /// Restarts within the window ending at `now`.
+    pub fn in_window(&mut self, now: Instant) -> u32 {
+        self.expire(now);
+        self.restarts.len() as u32
+    }
+
+    /// Restarts since the actor was created.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Backoff before restart number `n` (1-based): base * 2^(n-1), capped.
+    pub fn delay(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
+        self.backoff.saturating_mul(factor).min(MAX_RESTART_BACKOFF)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(max: u32, window_ms: u64) -> SupervisionConfig {
+        SupervisionConfig { max_restarts: max, restart_window_ms: window_ms, restart_backoff_ms: 100 }
+    }
+
+    #[test]
+    fn budget_allows_max_restarts_per_window() {
+        let mut b = RestartBudget::new(&cfg(2, 1000));
+        let t0 = Instant::now();
+        assert_eq!(b.record(t0), Ok(1));
+        assert_eq!(b.record(t0 + Duration::from_millis(10)), Ok(2));
+        assert_eq!(b.record(t0 + Duration::from_millis(20)), Err(2), "third failure in the window gives up");
+        // Once the first restart leaves the window there is room again.
+        assert_eq!(b.record(t0 + Duration::from_millis(1001)), Ok(2));
+        assert_eq!(b.in_window(t0 + Duration::from_millis(5000)), 0);
+        assert_eq!(b.total(), 3);
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let b = RestartBudget::new(&cfg(5, 1000));
+        assert_eq!(b.delay(1), Duration::from_millis(100));
+        assert_eq!(b.delay(2), Duration::from_millis(200));
+        assert_eq!(b.delay(4), Duration::from_millis(800));
+        assert_eq!(b.delay(60), MAX_RESTART_BACKOFF);
+        assert_eq!(b.delay(0), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,127 @@
+//! The admin server (`http.admin_listen`, default 127.0.0.1:9090).
+//!
+//! - GET /metrics: Prometheus text format 0.0.4 (`Metrics::encode`).
+//! - GET /health: the HealthCheckActor's last report; 200 when Healthy or
+//!   Degraded, 503 when Unhealthy.
+//! - GET /health/live: 200 while the process serves requests.
+//! - GET /health/ready: 200 when not shutting down and the store was
+//!   reachable at the last check, else 503.
+//! - GET /dlq?limit=N, POST /dlq/replay `{"ids": [...]}` or `{"all": true}`:
+//!   dead letters through the DlqActor.
+//! - POST /debug/fail/{actor}?mode=stop|kill|panic: failure injection, only
+//!   when `OUTBOXD_ENABLE_FAULT_INJECTION=1` (tests).
+//!
+//! /metrics and /health read what the actors publish; they never query a
+//! store or the broker.
+
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::actors::{ActorName, CoordinatorActor, DlqActor, FailureMode, HealthReport, HealthStatus, InjectFailureInto, ListDeadLetters, ReplayDeadLetters};
+use crate::metrics::Metrics;
+
+use super::errors::{method_not_allowed, ApiError};
+use super::input::Input;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Metrics,
+    pub health: watch::Receiver<HealthReport>,
+    pub coordinator: Addr<CoordinatorActor>,
+    pub dlq: Addr<DlqActor>,
+    pub fault_injection: bool,
+}
+
+async fn metrics(st: web::Data<AdminState>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(st.metrics.encode())
+}
+
+async fn health(st: web::Data<AdminState>) -> HttpResponse {
+    let report = st.health.borrow().clone();
+    let status = if report.status == HealthStatus::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    HttpResponse::build(status).json(report)
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "alive"}))
+}
+
+async fn ready(st: web::Data<AdminState>) -> HttpResponse {
+    let report = st.health.borrow().clone();
+    match report.ready() {
+        Ok(()) => HttpResponse::Ok().json(json!({"ready": true, "status": report.status})),
+        Err(reason) => HttpResponse::ServiceUnavailable().json(json!({"ready": false, "error": "not_ready", "message": reason})),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+async fn dlq_list(st: web::Data<AdminState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let letters = st.dlq.send(ListDeadLetters { limit }).await.map_err(|_| ApiError::unavailable("dead-letter actor unavailable"))?.map_err(|e| {
+        tracing::warn!(error = %e, "cannot list dead letters");
+        ApiError::unavailable("the store is unavailable")
+    })?;
+    Ok(HttpResponse::Ok().json(json!({"count": letters.len(), "dead_letters": letters})))
+}
+
+async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    let b = Input::body(&body, &["ids", "all"])?;
+    let ids = match (body.get("ids").filter(|v| !v.is_null()), body.get("all").and_then(Value::as_bool)) {
+        (Some(_), _) => {
+            let raw = b.array("ids")?;
+            let mut ids = Vec::with_capacity(raw.len());
+            for (i, v) in raw.iter().enumerate() {
+                ids.push(v.as_str().and_then(|s| Uuid::parse_str(s).ok()).ok_or_else(|| ApiError::invalid(format!("ids[{i}]"), "must be a UUID"))?);
+            }
+            Some(ids)
+        }
+        (None, Some(true)) => None,
+        _ => return Err(ApiError::invalid("ids", "say which dead letters to replay: {\"ids\": [...]} or {\"all\": true}")),
+    };
+    let report = st.dlq.send(ReplayDeadLetters { ids }).await.map_err(|_| ApiError::unavailable("dead-letter actor unavailable"))?.map_err(|e| {
+        tracing::warn!(error = %e, "dead-letter replay failed");
+        ApiError::unavailable("replay failed; see the server log")
+    })?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+#[derive(Deserialize)]
+struct FailQuery {
+    mode: Option<String>,
+}
+
+async fn debug_fail(st: web::Data<AdminState>, path: web::Path<String>, q: web::Query<FailQuery>) -> Result<HttpResponse, ApiError> {
+    if !st.fault_injection {
+        return Err(ApiError::not_found("no such route"));
+    }
+    let actor = ActorName::parse(&path).ok_or_else(|| ApiError::not_found("unknown actor; use order_actor, cdc_processor, dlq_actor or health_check"))?;
+    let default = if actor == ActorName::Cdc { "kill" } else { "stop" };
+    let mode = FailureMode::parse(q.mode.as_deref().unwrap_or(default)).ok_or_else(|| ApiError::bad_request("mode", "mode must be stop, kill or panic"))?;
+    match st.coordinator.send(InjectFailureInto { actor, mode }).await {
+        Ok(Ok(())) => Ok(HttpResponse::Accepted().json(json!({"injected": actor, "mode": mode}))),
+        Ok(Err(e)) => Err(ApiError::new(StatusCode::CONFLICT, "not_running", e)),
+        Err(_) => Err(ApiError::unavailable("coordinator unavailable")),
+    }
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
+    let res = |path: &str, r: actix_web::Route| web::resource(path.to_string()).route(r).default_service(web::to(method_not_allowed));
+    cfg.service(res("/metrics", web::get().to(metrics)))
+        .service(res("/health", web::get().to(health)))
+        .service(res("/health/live", web::get().to(live)))
+        .service(res("/health/ready", web::get().to(ready)))
+        .service(res("/dlq", web::get().to(dlq_list)))
+        .service(res("/dlq/replay", web::post().to(dlq_replay)));
+    if fault_injection {
+        cfg.service(res("/debug/fail/{actor}", web::post().to(debug_fail)));
+    }
+}

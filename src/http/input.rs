@@ -1,0 +1,205 @@
+//! Request bodies -> commands, naming the field at fault.
+//!
+//! Bodies are parsed as raw JSON first (syntax errors are 400), then read
+//! field by field into value objects, so a wrong type, a missing field, an
+//! unknown field or a value a constructor refuses is a 422 that names the
+//! field, e.g. `items[2].unit_price.currency`.
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::domain::{Currency, DomainError, Email, Money, OrderItem, PhoneNumber, Sku};
+
+use super::errors::ApiError;
+
+/// One JSON object being read, with its path for error messages.
+pub struct Input<'a> {
+    map: &'a Map<String, Value>,
+    prefix: String,
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl<'a> Input<'a> {
+    /// The request body: must be an object with only `allowed` keys.
+    pub fn body(v: &'a Value, allowed: &[&str]) -> Result<Input<'a>, ApiError> {
+        match v {
+            Value::Object(map) => Input::checked(map, String::new(), allowed),
+            other => Err(ApiError::new(actix_web::http::StatusCode::UNPROCESSABLE_ENTITY, "validation", format!("the body must be a JSON object, not {}", kind_of(other))).with_field("$")),
+        }
+    }
+
+    fn checked(map: &'a Map<String, Value>, prefix: String, allowed: &[&str]) -> Result<Input<'a>, ApiError> {
+        let input = Input { map, prefix };
+        if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            let shown: String = k.chars().filter(|c| !c.is_control()).take(40).collect();
+            return Err(ApiError::invalid(input.path(&shown), format!("unknown field `{shown}`; expected one of: {}", allowed.join(", "))));
+        }
+        Ok(input)
+    }
+
+    pub fn path(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.prefix)
+        }
+    }
+
+    /// A present, non-null value.
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn required(&self, key: &str) -> Result<&'a Value, ApiError> {
+        self.get(key).ok_or_else(|| ApiError::invalid(self.path(key), format!("{} is required", self.path(key))))
+    }
+
+    fn wrong(&self, key: &str, want: &str, got: &Value) -> ApiError {
+        ApiError::invalid(self.path(key), format!("{} must be {want}, not {}", self.path(key), kind_of(got)))
+    }
+
+    pub fn string(&self, key: &str) -> Result<String, ApiError> {
+        let v = self.required(key)?;
+        let s = v.as_str().ok_or_else(|| self.wrong(key, "a string", v))?;
+        if s.chars().any(|c| c.is_control()) {
+            return Err(ApiError::invalid(self.path(key), format!("{} must not contain control characters", self.path(key))));
+        }
+        Ok(s.to_string())
+    }
+
+    pub fn opt_string(&self, key: &str) -> Result<Option<String>, ApiError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(_) => self.string(key).map(Some),
+        }
+    }
+
+    pub fn int(&self, key: &str) -> Result<i64, ApiError> {
+        let v = self.required(key)?;
+        match v {
+            Value::Number(n) => n.as_i64().ok_or_else(|| ApiError::invalid(self.path(key), format!("{} must be a whole number between -2^63 and 2^63-1", self.path(key)))),
+            other => Err(self.wrong(key, "a whole number", other)),
+        }
+    }
+
+    pub fn uuid(&self, key: &str) -> Result<Uuid, ApiError> {
+        let v = self.required(key)?;
+        let s = v.as_str().ok_or_else(|| self.wrong(key, "a UUID string", v))?;
+        Uuid::parse_str(s).map_err(|_| ApiError::invalid(self.path(key), format!("{} must be a UUID such as 0192d3a4-5b6c-7d8e-9f00-112233445566", self.path(key))))
+    }
+
+    pub fn opt_uuid(&self, key: &str) -> Result<Option<Uuid>, ApiError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(_) => self.uuid(key).map(Some),
+        }
+    }
+
+    pub fn object(&self, key: &str, allowed: &[&str]) -> Result<Input<'a>, ApiError> {
+        let v = self.required(key)?;
+        match v {
+            Value::Object(map) => Input::checked(map, self.path(key), allowed),
+            other => Err(self.wrong(key, "an object", other)),
+        }
+    }
+
+    pub fn array(&self, key: &str) -> Result<&'a Vec<Value>, ApiError> {
+        let v = self.required(key)?;
+        v.as_array().ok_or_else(|| self.wrong(key, "an array", v))
+    }
+}
+
+/// Re-labels a value-object error with the exact field path.
+fn at(field: String) -> impl FnOnce(DomainError) -> ApiError {
+    move |e| ApiError::invalid(field, e.to_string())
+}
+
+/// Most items read from one body (the domain's limit is lower; this only
+/// bounds work on hostile input).
+const MAX_ITEMS_READ: usize = 1000;
+
+/// `items: [{sku, quantity, unit_price: {amount_minor, currency}}]`.
+pub fn items(body: &Input<'_>) -> Result<Vec<OrderItem>, ApiError> {
+    let raw = body.array("items")?;
+    if raw.len() > MAX_ITEMS_READ {
+        return Err(ApiError::invalid("items", format!("too many items: {}", raw.len())));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, v) in raw.iter().enumerate() {
+        let path = format!("items[{i}]");
+        let item = match v {
+            Value::Object(map) => Input::checked(map, path.clone(), &["sku", "quantity", "unit_price"])?,
+            other => return Err(ApiError::invalid(path.clone(), format!("{path} must be an object, not {}", kind_of(other)))),
+        };
+        let sku = Sku::new(item.string("sku")?).map_err(at(item.path("sku")))?;
+        let quantity = item.int("quantity")?;
+        let price = item.object("unit_price", &["amount_minor", "currency"])?;
+        let amount = price.int("amount_minor")?;
+        let currency = Currency::new(&price.string("currency")?).map_err(at(price.path("currency")))?;
+        let money = Money::new(amount, currency).map_err(at(price.path("amount_minor")))?;
+        let item = OrderItem::new(sku, quantity, money).map_err(at(item.path("quantity")))?;
+        out.push(item);
+    }
+    Ok(out)
+}
+
+pub fn email(body: &Input<'_>) -> Result<Email, ApiError> {
+    Email::new(&body.string("email")?).map_err(at(body.path("email")))
+}
+
+pub fn phone(body: &Input<'_>) -> Result<Option<PhoneNumber>, ApiError> {
+    body.opt_string("phone")?.map(|p| PhoneNumber::new(&p).map_err(at(body.path("phone")))).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn field(r: Result<Vec<OrderItem>, ApiError>) -> String {
+        r.unwrap_err().body.field.unwrap()
+    }
+
+    #[test]
+    fn item_errors_name_the_field() {
+        let ok = json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": 100, "currency": "EUR"}}]});
+        assert_eq!(items(&Input::body(&ok, &["items"]).unwrap()).unwrap().len(), 1);
+        let cases = [
+            (json!({"items": [{"sku": "A", "quantity": -1, "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}), "items[0].quantity"),
+            (json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "EUR"}}, {"sku": "B", "quantity": "2", "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}), "items[1].quantity"),
+            (json!({"items": [{"sku": "🙂", "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}), "items[0].sku"),
+            (json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "eur"}}]}), "items[0].unit_price.currency"),
+            (json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": -5, "currency": "EUR"}}]}), "items[0].unit_price.amount_minor"),
+            (json!({"items": [{"sku": "A", "quantity": 18446744073709551615u64, "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}), "items[0].quantity"),
+            (json!({"items": [{"sku": "A", "quantity": 1.5, "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}), "items[0].quantity"),
+            (json!({"items": [{"sku": "A", "quantity": 1}]}), "items[0].unit_price"),
+            (json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "EUR"}, "x": 1}]}), "items[0].x"),
+            (json!({"items": [[1]]}), "items[0]"),
+            (json!({"items": {"sku": "A"}}), "items"),
+        ];
+        for (body, want) in cases {
+            let input = Input::body(&body, &["items"]).unwrap();
+            assert_eq!(field(items(&input)), want, "{body}");
+        }
+    }
+
+    #[test]
+    fn bodies_must_be_objects_without_unknown_fields() {
+        assert_eq!(Input::body(&json!([1]), &["a"]).err().unwrap().body.field.as_deref(), Some("$"));
+        assert_eq!(Input::body(&json!({"b": 1}), &["a"]).err().unwrap().body.field.as_deref(), Some("b"));
+        let v = json!({"a": "x\u{0000}y"});
+        assert!(Input::body(&v, &["a"]).unwrap().string("a").is_err());
+        let v = json!({"a": "مرحبا 🙂"});
+        assert_eq!(Input::body(&v, &["a"]).unwrap().string("a").unwrap(), "مرحبا 🙂");
+    }
+}

@@ -1,0 +1,163 @@
+//! actix-web servers: the command API and the admin server.
+//!
+//! Both bind 127.0.0.1 by default (`http.listen`, `http.admin_listen`).
+//! Every response is counted in `http_requests_total{route,status}` with the
+//! route *pattern* (`/orders/{id}`, or `unmatched`), so the label set stays
+//! bounded whatever paths clients send. Every error is JSON
+//! (`errors::ApiError`), including the ones actix-web's extractors raise.
+
+pub mod admin;
+pub mod api;
+pub mod errors;
+pub mod input;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServerHandle, Service, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{web, App, HttpMessage, HttpServer, ResponseError};
+use futures::future::{Either, FutureExt};
+use std::net::SocketAddr;
+
+use crate::config::HttpConfig;
+use crate::metrics::Metrics;
+
+pub use admin::AdminState;
+pub use api::ApiState;
+
+/// Counts the response of every request by route pattern and status.
+fn count<S, B>(metrics: Metrics) -> impl Fn(ServiceRequest, &S) -> futures::future::LocalBoxFuture<'static, Result<ServiceResponse<B>, actix_web::Error>> + Clone + 'static
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    S::Future: 'static,
+    B: 'static,
+{
+    move |req: ServiceRequest, srv: &S| {
+        let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_string());
+        let metrics = metrics.clone();
+        let fut = srv.call(req);
+        async move {
+            let res = fut.await;
+            let status = match &res {
+                Ok(r) => r.status(),
+                Err(e) => e.as_response_error().status_code(),
+            };
+            metrics.http_requests.with_label_values(&[&route, status.as_str()]).inc();
+            res
+        }
+        .boxed_local()
+    }
+}
+
+fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default().limit(limit).error_handler(errors::json_error)
+}
+
+/// The command API as an actix-web `App` (also usable with `actix_web::test`).
+pub fn api_app(st: ApiState, metrics: Metrics, max_body_bytes: usize) -> App<impl ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error, InitError = ()>> {
+    App::new()
+        .app_data(web::Data::new(st))
+        .app_data(json_config(max_body_bytes))
+        .app_data(web::PayloadConfig::new(max_body_bytes))
+        .app_data(web::PathConfig::default().error_handler(errors::path_error))
+        .app_data(web::QueryConfig::default().error_handler(errors::query_error))
+        .configure(api::routes)
+        .default_service(web::to(errors::route_not_found))
+        .wrap_fn(|req, srv| {
+            let st = req.app_data::<web::Data<ApiState>>().cloned();
+            let checked = match &st {
+                Some(st) => api::gate(st, req.request()),
+                None => Ok(uuid::Uuid::now_v7()),
+            };
+            match checked {
+                Ok(cid) => {
+                    req.extensions_mut().insert(api::CorrelationId(cid));
+                    let fut = srv.call(req);
+                    Either::Left(async move {
+                        let mut res = fut.await?;
+                        let (k, v) = api::correlation_header(cid);
+                        res.headers_mut().insert(k, v);
+                        Ok(res.map_into_left_body())
+                    })
+                }
+                Err((e, cid)) => {
+                    let mut res = req.into_response(e.error_response());
+                    if let Some(cid) = cid {
+                        let (k, v) = api::correlation_header(cid);
+                        res.headers_mut().insert(k, v);
+                    }
+                    Either::Right(futures::future::ready(Ok(res.map_into_right_body())))
+                }
+            }
+        })
+        .wrap_fn(count(metrics))
+}
+
+/// The admin server as an actix-web `App`.
+pub fn admin_app(st: AdminState) -> App<impl ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error, InitError = ()>> {
+    let metrics = st.metrics.clone();
+    let fault_injection = st.fault_injection;
+    App::new()
+        .app_data(web::Data::new(st))
+        .app_data(json_config(64 * 1024))
+        .app_data(web::PathConfig::default().error_handler(errors::path_error))
+        .app_data(web::QueryConfig::default().error_handler(errors::query_error))
+        .configure(move |c| admin::routes(c, fault_injection))
+        .default_service(web::to(errors::route_not_found))
+        .wrap_fn(count(metrics))
+}
+
+/// Both servers, bound and running (spawned on the current actix system).
+pub struct Servers {
+    pub api_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub api: ServerHandle,
+    pub admin: ServerHandle,
+}
+
+impl Servers {
+    /// Stops accepting connections and lets in-flight requests finish.
+    pub async fn stop(&self) {
+        self.api.stop(true).await;
+        self.admin.stop(true).await;
+    }
+}
+
+fn bind_error(key: &str, addr: &str, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("cannot listen on {key} = {addr}: {e}"))
+}
+
+/// Binds both servers and spawns them on the current actix system. Must be
+/// called inside an actix `System`.
+pub fn start(cfg: &HttpConfig, shutdown_deadline_ms: u64, api: ApiState, admin: AdminState, metrics: Metrics) -> std::io::Result<Servers> {
+    let max_body = cfg.max_body_bytes;
+    let grace = (shutdown_deadline_ms / 1000).clamp(1, 30);
+    let api_server = HttpServer::new(move || api_app(api.clone(), metrics.clone(), max_body))
+        .workers(cfg.workers.max(1))
+        .disable_signals()
+        .shutdown_timeout(grace)
+        .bind(&cfg.listen)
+        .map_err(|e| bind_error("http.listen", &cfg.listen, e))?;
+    let api_addr = api_server.addrs().first().copied().ok_or_else(|| std::io::Error::other("http.listen bound no address"))?;
+    let admin_server = HttpServer::new(move || admin_app(admin.clone()))
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(grace)
+        .bind(&cfg.admin_listen)
+        .map_err(|e| bind_error("http.admin_listen", &cfg.admin_listen, e))?;
+    let admin_addr = admin_server.addrs().first().copied().ok_or_else(|| std::io::Error::other("http.admin_listen bound no address"))?;
+    let api_server: Server = api_server.run();
+    let admin_server: Server = admin_server.run();
+    let servers = Servers { api_addr, admin_addr, api: api_server.handle(), admin: admin_server.handle() };
+    actix::spawn(async move {
+        if let Err(e) = api_server.await {
+            tracing::error!(error = %e, "command API server failed");
+        }
+    });
+    actix::spawn(async move {
+        if let Err(e) = admin_server.await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    tracing::info!(addr = %api_addr, "command API listening on http://{api_addr}");
+    tracing::info!(addr = %admin_addr, "admin server listening on http://{admin_addr} (/metrics, /health)");
+    Ok(servers)
+}
