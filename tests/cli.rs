@@ -1,0 +1,116 @@
+//! The CLI as users run it: the order lifecycle, and bad input (invalid
+//! email, zero quantity, unknown id, malformed arguments, bad config) giving
+//! one clear line, a non-zero exit and an unchanged store.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn outboxd(db: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--db").arg(db).args(args).env_remove("RUST_LOG").output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_string()
+}
+
+fn events(db: &Path) -> usize {
+    let o = outboxd(db, &["events", "--after", "0", "--limit", "100000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).lines().count()
+}
+
+/// Asserts a refused command: exit `code`, one line on stderr containing `needle`, no new events.
+fn refused(db: &Path, args: &[&str], code: i32, needle: &str) {
+    let before = events(db);
+    let o = outboxd(db, args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: {err:?} should mention {needle:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    // Argument errors come from clap: one error line plus its usage hint.
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.starts_with("error: ") && first.contains(needle) || err.contains("try '--help'"), "{args:?}: {err:?}");
+    if !err.contains("try '--help'") {
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line, got {err:?}");
+    }
+    assert_eq!(events(db), before, "{args:?} changed the store");
+}
+
+#[test]
+fn order_lifecycle_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let o = outboxd(&db, &["schema"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(outboxd(&db, &["schema"]).status.success(), "schema is idempotent");
+    let c = outboxd(&db, &["customer", "register", "--name", "Ada", "--email", "ada@example.com", "--phone", "+44 20 7946 0000"]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    let customer = stdout(&c);
+    let o = outboxd(&db, &["order", "create", "--customer", &customer, "--item", "BOOK-1:2:1999", "--item", "PEN:10:150"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o);
+    for args in [
+        vec!["order", "update-items", &id, "--item", "BOOK-1:3:1999"],
+        vec!["order", "confirm", &id],
+        vec!["order", "ship", &id, "--tracking-number", "TRK1", "--carrier", "DHL"],
+        vec!["order", "deliver", &id, "--signature", "A. L."],
+    ] {
+        let o = outboxd(&db, &args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+    let show = outboxd(&db, &["order", "show", &id]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    assert_eq!(v["state"]["status"], "delivered");
+    assert_eq!(v["version"], 5);
+    assert_eq!(v["state"]["total"]["amount_minor"], 3 * 1999);
+    assert_eq!(v["events"].as_array().unwrap().len(), 5);
+    assert_eq!(events(&db), 6);
+    // Pinned version: stale -> conflict exit 3.
+    refused(&db, &["order", "cancel", &id, "--reason", "late", "--expected-version", "2"], 3, "conflict");
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    assert!(outboxd(&db, &["schema"]).status.success());
+    let c = stdout(&outboxd(&db, &["customer", "register", "--name", "Ada", "--email", "ada@example.com"]));
+    let order = stdout(&outboxd(&db, &["order", "create", "--customer", &c, "--item", "A:1:100"]));
+    refused(&db, &["customer", "register", "--name", "X", "--email", "not-an-email"], 2, "invalid email address");
+    refused(&db, &["customer", "register", "--name", "X", "--email", "x@y.co", "--phone", "12"], 2, "invalid phone number");
+    refused(&db, &["order", "create", "--customer", &c, "--item", "BOOK:0:1999"], 2, "quantity must be greater than 0");
+    refused(&db, &["order", "create", "--customer", &c, "--item", "BOOK:-1:1999"], 2, "quantity");
+    refused(&db, &["order", "create", "--customer", &c, "--item", "BOOK:two:1999"], 2, "not a whole number");
+    refused(&db, &["order", "create", "--customer", &c, "--item", "BOOK:1"], 2, "SKU:QUANTITY:UNIT_PRICE_MINOR");
+    refused(&db, &["order", "create", "--customer", &c, "--item", "A:1:1", "--currency", "euro"], 2, "invalid currency");
+    refused(&db, &["order", "confirm", "0190a3c2-0000-7000-8000-000000000000"], 2, "order does not exist");
+    refused(&db, &["order", "show", "0190a3c2-0000-7000-8000-000000000000"], 2, "order does not exist");
+    refused(&db, &["order", "ship", &order, "--tracking-number", "T", "--carrier", "DHL"], 2, "cannot ship an order that is created");
+    refused(&db, &["order", "create", "--customer", &c, "--item", "A:1:1", "--id", &order], 2, "already exists");
+    // Malformed arguments (clap): exit 2.
+    refused(&db, &["order", "confirm", "not-a-uuid"], 2, "invalid value");
+    refused(&db, &["order", "frobnicate"], 2, "unrecognized subcommand");
+    refused(&db, &["order", "create", "--customer", &c], 2, "--item");
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--db").arg(&db).arg("events").env("OUTBOX_RELAY__BATCH_SIZE", "lots").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).to_lowercase().contains("batch_size"), "{}", stderr(&o));
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[kafka]\nbrokerz = \"x:1\"\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--config").arg(&cfg).arg("events").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("brokerz"), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).args(["--config", "/nonexistent/outboxd.toml", "events"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    assert!(!db.exists(), "a refused configuration creates no store");
+}
