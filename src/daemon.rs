@@ -130,10 +130,13 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
         },
         _ = signals.recv() => signalled = true,
     }
+    // Either a signal arrives, or the actor system shuts itself down (a
+    // supervised actor exhausted its restart budget).
+    let mut exited = None;
     if !signalled {
         tokio::select! {
             _ = signals.recv() => signalled = true,
-            _ = &mut exit_rx => {}
+            r = &mut exit_rx => exited = Some(r),
         }
     }
     if signalled {
@@ -142,14 +145,17 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
             let _ = tx.send(());
         }
     }
-    let code = match tokio::time::timeout(deadline + Duration::from_secs(2), &mut exit_rx).await {
-        Ok(Ok(code)) => code,
-        Ok(Err(_)) => return Err(DaemonError::Other("the actor system thread stopped unexpectedly".into())),
-        Err(_) => {
-            tracing::warn!(deadline_ms = deadline.as_millis() as u64, "shutdown did not finish within the deadline; exiting (unconfirmed events are re-sent after restart)");
-            return Ok(0);
-        }
+    let exited = match exited {
+        Some(r) => r,
+        None => match tokio::time::timeout(deadline + Duration::from_secs(2), &mut exit_rx).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(deadline_ms = deadline.as_millis() as u64, "shutdown did not finish within the deadline; exiting (unconfirmed events are re-sent after restart)");
+                return Ok(0);
+            }
+        },
     };
+    let code = exited.map_err(|_| DaemonError::Other("the actor system thread stopped unexpectedly".into()))?;
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     tracing::info!(exit_code = code, "outboxd stopped");
     Ok(code)

@@ -30,3 +30,4 @@ pub mod bench;
 pub mod daemon;
 pub mod actors;
 pub mod http;
+pub mod projection;

@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 
 use crate::relay::deliver::DeadLetterSink;
-use crate::relay::Relay;
+use crate::relay::{BreakerState, Relay};
 use crate::shutdown::Trigger;
 
 use super::messages::*;
@@ -26,6 +26,9 @@ use super::supervision::RestartBudget;
 use super::ActorDeps;
 
 const NAME: ActorName = ActorName::Cdc;
+
+/// Longest wait at shutdown for the relay to publish what is already committed.
+const MAX_CATCH_UP: Duration = Duration::from_secs(10);
 
 /// One running relay task.
 struct RelayRun {
@@ -219,8 +222,25 @@ impl Handler<StopActor> for CdcStreamProcessor {
         self.stopping = true;
         let run = self.run.take();
         let previous = self.previous.take();
+        let store = self.deps.store.clone();
+        let mut status = self.deps.relay_status.subscribe();
+        let catch_up = (msg.deadline / 2).min(MAX_CATCH_UP);
         let wait = async move {
             if let Some(run) = run {
+                // Intake is closed: publish what was committed before the
+                // signal, as long as the broker takes it (bounded).
+                if let Ok(Ok(head)) = tokio::time::timeout(catch_up, store.head_position()).await {
+                    let caught_up = tokio::time::timeout(
+                        catch_up,
+                        status.wait_for(|s| s.checkpoint >= head || !s.running || !s.broker_ok || !s.store_ok || s.breaker != BreakerState::Closed),
+                    )
+                    .await
+                    .is_ok();
+                    let cp = status.borrow().checkpoint;
+                    if !caught_up || cp < head {
+                        tracing::info!(actor = %NAME, checkpoint = cp, head, "stopping the relay before it caught up; the rest is published after restart");
+                    }
+                }
                 run.trigger.fire();
                 if tokio::time::timeout(msg.deadline, gone(run.gone)).await.is_err() {
                     tracing::warn!(actor = %NAME, "relay did not stop within {:?}; aborting it (unconfirmed events are re-sent on restart)", msg.deadline);

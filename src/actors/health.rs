@@ -247,6 +247,9 @@ impl HealthCheckActor {
     }
 
     fn check(&mut self, ctx: &mut Context<Self>) {
+        if self.cdc.is_none() {
+            return; // the coordinator registers the children right after starting them
+        }
         if self.checking {
             self.recheck = true;
             return;
@@ -306,10 +309,7 @@ impl HealthCheckActor {
     }
 
     fn publish(&mut self, probes: &Probes) {
-        let mut verdict = evaluate(probes, &self.reported, self.deps.cfg.health.lag_degraded_events);
-        if self.cdc.is_none() {
-            verdict.insert("cdc_processor", (HealthStatus::Degraded, "starting".into()));
-        }
+        let verdict = evaluate(probes, &self.reported, self.deps.cfg.health.lag_degraded_events);
         let now = Utc::now();
         let metrics = &self.deps.metrics;
         let components: BTreeMap<String, ComponentHealth> = verdict
@@ -327,7 +327,7 @@ impl HealthCheckActor {
         let report = HealthReport { status: overall, checked_at: Some(now), shutting_down, components, relay: Some(relay) };
         for (name, c) in &report.components {
             let before = previous.components.get(name).map(|p| p.status);
-            if previous.checked_at.is_some() && before != Some(c.status) {
+            if previous.checked_at.is_some() && !shutting_down && before != Some(c.status) {
                 match c.status {
                     HealthStatus::Healthy => tracing::info!(component = %name, "component healthy again: {}", c.detail),
                     HealthStatus::Degraded => tracing::warn!(component = %name, "component degraded: {}", c.detail),
@@ -335,7 +335,7 @@ impl HealthCheckActor {
                 }
             }
         }
-        if previous.status != overall || previous.checked_at.is_none() {
+        if !shutting_down && (previous.status != overall || previous.checked_at.is_none()) {
             tracing::info!(status = overall.as_str(), "system health");
         }
         self.deps.health.send_replace(report);
@@ -349,7 +349,6 @@ impl Actor for HealthCheckActor {
         tracing::info!(actor = %NAME, interval_ms = self.deps.cfg.health.interval_ms, "started");
         let every = Duration::from_millis(self.deps.cfg.health.interval_ms);
         self.interval = Some(ctx.run_interval(every, |act, ctx| act.check(ctx)));
-        self.check(ctx);
     }
 }
 

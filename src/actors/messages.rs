@@ -20,12 +20,16 @@ use super::{CdcStreamProcessor, DlqActor, HealthCheckActor, OrderActor};
 
 /// The actors of the supervision tree, as named in metrics and /health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
 pub enum ActorName {
+    #[serde(rename = "coordinator")]
     Coordinator,
+    #[serde(rename = "health_check")]
     HealthCheck,
+    #[serde(rename = "dlq_actor")]
     Dlq,
+    #[serde(rename = "order_actor")]
     Order,
+    #[serde(rename = "cdc_processor")]
     Cdc,
 }
 

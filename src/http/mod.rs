@@ -2,8 +2,9 @@
 //!
 //! Both bind 127.0.0.1 by default (`http.listen`, `http.admin_listen`).
 //! Every response is counted in `http_requests_total{route,status}` with the
-//! route *pattern* (`/orders/{id}`, or `unmatched`), so the label set stays
-//! bounded whatever paths clients send. Every error is JSON
+//! route *pattern* written `/orders/:id` (or `unmatched`), so the label set
+//! stays bounded whatever paths clients send. (`:id` rather than actix's
+//! `{id}`: braces inside label values break common exposition parsers.) Every error is JSON
 //! (`errors::ApiError`), including the ones actix-web's extractors raise.
 
 pub mod admin;
@@ -31,7 +32,7 @@ where
     B: 'static,
 {
     move |req: ServiceRequest, srv: &S| {
-        let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_string());
+        let route = req.match_pattern().map(|p| route_label(&p)).unwrap_or_else(|| "unmatched".to_string());
         let metrics = metrics.clone();
         let fut = srv.call(req);
         async move {
@@ -45,6 +46,26 @@ where
         }
         .boxed_local()
     }
+}
+
+/// `/orders/{id}/ship` -> `/orders/:id/ship`.
+pub fn route_label(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    // 0: literal, 1: parameter name, 2: parameter regex (dropped)
+    let mut state = 0;
+    for c in pattern.chars() {
+        match (state, c) {
+            (0, '{') => {
+                state = 1;
+                out.push(':');
+            }
+            (1 | 2, '}') => state = 0,
+            (1, ':') => state = 2,
+            (2, _) => {}
+            (_, c) => out.push(c),
+        }
+    }
+    out
 }
 
 fn json_config(limit: usize) -> web::JsonConfig {
@@ -160,4 +181,15 @@ pub fn start(cfg: &HttpConfig, shutdown_deadline_ms: u64, api: ApiState, admin: 
     tracing::info!(addr = %api_addr, "command API listening on http://{api_addr}");
     tracing::info!(addr = %admin_addr, "admin server listening on http://{admin_addr} (/metrics, /health)");
     Ok(servers)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn route_labels() {
+        assert_eq!(super::route_label("/orders/{id}/ship"), "/orders/:id/ship");
+        assert_eq!(super::route_label("/orders"), "/orders");
+        assert_eq!(super::route_label("/debug/fail/{actor}"), "/debug/fail/:actor");
+        assert_eq!(super::route_label("/a/{id:\\d+}/b"), "/a/:id/b");
+    }
 }

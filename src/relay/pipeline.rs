@@ -33,7 +33,7 @@ pub use crate::relay::deliver::RelayStatus;
 use crate::relay::publisher::{KafkaPublisher, PublishError};
 use crate::relay::topics::all_topics;
 use crate::shutdown::Shutdown;
-use crate::store::DynStore;
+use crate::store::{DynStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -103,7 +103,10 @@ impl Relay {
             return Ok(());
         };
         let mut confirmed = checkpoint;
-        let mut next_read = checkpoint;
+        // Position of the last event read into `buffer`; the next read starts after it.
+        let mut read_pos = checkpoint;
+        // The next feed page, read while the current one is being published.
+        let mut prefetch: Option<tokio::task::JoinHandle<Result<Vec<StoredEvent>, StoreError>>> = None;
         self.metrics.relay_checkpoint_position.set(checkpoint);
         self.update(|s| s.checkpoint = checkpoint);
         let mut buffer: VecDeque<StoredEvent> = VecDeque::new();
@@ -121,8 +124,16 @@ impl Relay {
             // Fill: submit events in feed order while there is capacity.
             let limit = if self.deliverer.breaker_state() == BreakerState::Closed { self.cfg.max_in_flight } else { 1 };
             while !idle && inflight.len() < limit {
+                if buffer.len() < self.cfg.batch_size / 2 && prefetch.is_none() && limit > 1 {
+                    let (store, from, n) = (self.store.clone(), read_pos, self.cfg.batch_size);
+                    prefetch = Some(tokio::spawn(async move { store.read_feed(from, n).await }));
+                }
                 if buffer.is_empty() {
-                    match self.store.read_feed(next_read, self.cfg.batch_size).await {
+                    let page = match prefetch.take() {
+                        Some(h) => h.await.unwrap_or_else(|e| Err(StoreError::Unavailable(format!("feed read task failed: {e}")))),
+                        None => self.store.read_feed(read_pos, self.cfg.batch_size).await,
+                    };
+                    match page {
                         Ok(v) if v.is_empty() => {
                             idle = true;
                             self.deliverer.flush_status();
@@ -131,6 +142,7 @@ impl Relay {
                         }
                         Ok(v) => {
                             self.update(|s| s.store_ok = true);
+                            read_pos = v.last().map(|e| e.position).unwrap_or(read_pos);
                             buffer.extend(v)
                         }
                         Err(e) => {
@@ -147,7 +159,6 @@ impl Relay {
                     }
                 }
                 let Some(ev) = buffer.pop_front() else { break };
-                next_read = ev.position;
                 let fut = self.submit(ev).await;
                 inflight.push_back(fut);
             }
@@ -167,11 +178,14 @@ impl Relay {
                             // after this one (same ce_id), never skipped.
                             while inflight.next().await.is_some() {}
                             buffer.clear();
+                            if let Some(h) = prefetch.take() {
+                                h.abort();
+                            }
                             match self.deliverer.retry(&ev.envelope, Some(ev.position), err, &mut shutdown).await {
                                 Retried::Delivered | Retried::DeadLettered => confirmed = ev.position,
                                 Retried::Shutdown => break 'main,
                             }
-                            next_read = confirmed;
+                            read_pos = confirmed;
                             idle = false;
                         }
                     }

@@ -96,6 +96,7 @@ pub fn schema_statements(keyspace: &str, replication_factor: u32, cdc: bool) -> 
                 .replace("'replication_factor': 1}", &format!("'replication_factor': {replication_factor}}}"));
             if !cdc {
                 s = s.replace("\n  AND cdc = {'enabled': true}", "");
+                s = s.replace("\n  AND tablets = {'enabled': false}", "");
             }
             s
         })
@@ -882,6 +883,8 @@ mod tests {
         assert!(with[1].contains("ks1.event_store") && with[1].ends_with("AND cdc = {'enabled': true}"), "{}", with[1]);
         assert!(with[1].contains("version         bigint STATIC"));
         assert!(!without[1].contains("cdc"), "{}", without[1]);
+        assert!(with[0].ends_with("AND tablets = {'enabled': false}"), "{}", with[0]);
+        assert!(!without[0].contains("tablets"), "{}", without[0]);
         assert!(without[1].ends_with("WITH CLUSTERING ORDER BY (sequence_number ASC)"), "{}", without[1]);
         assert_eq!(with[2..], without[2..]);
         assert!(with.iter().all(|s| !s.contains("--") && !s.contains(';')));

@@ -14,6 +14,10 @@
 //!   transaction, one savepoint per append, so a conflict in one append
 //!   doesn't affect its neighbours. Reads run on `spawn_blocking` with a
 //!   small pool of WAL reader connections.
+//! - Schema version 2 adds the read-model tables maintained by
+//!   `crate::projection` (a v1 file is upgraded in place on open); they are
+//!   written through the same writer thread, batch and checkpoint in one
+//!   transaction.
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -57,7 +61,7 @@ impl Default for SqliteOptions {
 }
 
 /// Current schema version (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// DDL of schema version 1; also shipped for `sqlite3` users in docs.
 pub const SCHEMA_V1: &str = r#"
@@ -103,6 +107,56 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 "#;
 
+/// DDL of schema version 2: the read models maintained by `projection`
+/// (applied on top of version 1; an existing v1 file is upgraded in place).
+///
+/// Every row is derived from events and can be rebuilt
+/// (`outboxd projections rebuild`); `version` is the last applied sequence of
+/// the aggregate (the idempotency key), `last_position` its feed position,
+/// `state` the serialised aggregate (`state_schema` = `Aggregate::STATE_SCHEMA`).
+pub const SCHEMA_V2: &str = r#"
+CREATE TABLE IF NOT EXISTS order_read_model (
+    order_id        TEXT    PRIMARY KEY,
+    customer_id     TEXT,
+    status          TEXT    NOT NULL,
+    total_minor     INTEGER,
+    currency        TEXT,
+    item_count      INTEGER NOT NULL,
+    items           TEXT    NOT NULL,
+    tracking_number TEXT,
+    carrier         TEXT,
+    cancel_reason   TEXT,
+    created_at      TEXT    NOT NULL,
+    updated_at      TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    last_position   INTEGER NOT NULL,
+    state_schema    INTEGER NOT NULL,
+    state           TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS orders_by_customer (
+    customer_id TEXT    NOT NULL,
+    order_id    TEXT    NOT NULL,
+    status      TEXT    NOT NULL,
+    total_minor INTEGER,
+    currency    TEXT,
+    created_at  TEXT    NOT NULL,
+    updated_at  TEXT    NOT NULL,
+    PRIMARY KEY (customer_id, order_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS customer_read_model (
+    customer_id   TEXT    PRIMARY KEY,
+    name          TEXT,
+    email         TEXT,
+    phone         TEXT,
+    created_at    TEXT    NOT NULL,
+    updated_at    TEXT    NOT NULL,
+    version       INTEGER NOT NULL,
+    last_position INTEGER NOT NULL,
+    state_schema  INTEGER NOT NULL,
+    state         TEXT    NOT NULL
+);
+"#;
+
 type ExecFn = Box<dyn FnOnce(&mut Connection) + Send>;
 
 struct AppendJob {
@@ -124,11 +178,11 @@ pub struct SqliteStore {
     notify: watch::Sender<i64>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn codec(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn codec(e: impl std::fmt::Display) -> StoreError {
     StoreError::Codec(e.to_string())
 }
 
@@ -136,11 +190,11 @@ pub(crate) fn ts(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
+pub(crate) fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|e| codec(format!("bad timestamp {s:?}: {e}")))
 }
 
-fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|e| codec(format!("bad uuid {s:?}: {e}")))
 }
 
@@ -201,7 +255,8 @@ impl SqliteStore {
         &self.path
     }
 
-    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    /// Runs `f` on a pooled read-only connection (off the async runtime).
+    pub(crate) async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
         let pool = self.readers.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
@@ -222,7 +277,8 @@ impl SqliteStore {
         .map_err(unavailable)?
     }
 
-    async fn write<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    /// Runs `f` on the writer thread's connection, between append groups.
+    pub(crate) async fn write<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job = Job::Exec(Box::new(move |c| {
             let _ = tx.send(f(c));
@@ -237,10 +293,19 @@ fn migrate_conn(conn: &mut Connection) -> Result<(), StoreError> {
     if v > SCHEMA_VERSION {
         return Err(unavailable(format!("store schema version {v} is newer than this build ({SCHEMA_VERSION}); upgrade outboxd")));
     }
-    if v < 1 {
-        let tx = conn.transaction().map_err(unavailable)?;
-        tx.execute_batch(SCHEMA_V1).map_err(unavailable)?;
-        tx.execute_batch("PRAGMA user_version = 1").map_err(unavailable)?;
+    // One step per version, each in its own IMMEDIATE transaction that
+    // re-reads the version under the write lock, so two processes opening
+    // the same file at once both end at the current version.
+    for (target, ddl) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+        if v >= target {
+            continue;
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
+        if now < target {
+            tx.execute_batch(ddl).map_err(unavailable)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {target}")).map_err(unavailable)?;
+        }
         tx.commit().map_err(unavailable)?;
     }
     Ok(())
@@ -290,19 +355,18 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, notify: watch:
                 Err(_) => versions.remove(&job.aggregate_id),
             };
         }
-        let mut last = None;
-        for (job, res) in batch.into_iter().zip(results) {
-            if let Ok(a) = &res {
-                last = last.max(a.last_position);
-            }
-            let _ = job.reply.send(res);
-        }
+        // Wake feed readers before answering callers, so a caller that saw its
+        // append succeed also sees the notification.
+        let last = results.iter().filter_map(|r| r.as_ref().ok().and_then(|a| a.last_position)).max();
         if let Some(p) = last {
             notify.send_if_modified(|cur| {
                 let changed = p > *cur;
                 *cur = (*cur).max(p);
                 changed
             });
+        }
+        for (job, res) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(res);
         }
     }
 }

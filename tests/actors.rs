@@ -1,0 +1,379 @@
+//! The actor system of a real `outboxd run` process against real Kafka:
+//! supervision (restart, restart budget), health levels (broker outage,
+//! store gone), the metric catalogue, and SIGTERM under load.
+//! Failure injection: `OUTBOXD_ENABLE_FAULT_INJECTION=1` enables
+//! `POST /debug/fail/{actor}` on the admin server.
+
+mod common;
+mod daemon_harness;
+
+use daemon_harness::*;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+fn fault() -> (&'static str, String) {
+    ("OUTBOXD_ENABLE_FAULT_INJECTION", "1".to_string())
+}
+
+/// POSTs an order, retrying while the order actor restarts (503).
+fn create_order(d: &Daemon, sku: &str) -> String {
+    eventually(Duration::from_secs(30), "an order to be accepted", || {
+        let r = d.post("/orders", &order_body(Uuid::now_v7(), sku));
+        match r.status {
+            201 => Some(r.json()["id"].as_str().unwrap().to_string()),
+            503 => None,
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+    })
+}
+
+fn restarts(d: &Daemon, actor: &str) -> f64 {
+    d.metrics().value("actor_restarts_total", &[("actor", actor)])
+}
+
+fn component(h: &Value, name: &str) -> String {
+    h["components"][name]["status"].as_str().unwrap_or_default().to_string()
+}
+
+/// Waits until the relay has confirmed every stored event.
+fn caught_up(d: &Daemon) -> i64 {
+    eventually(Duration::from_secs(60), "the relay to catch up", || {
+        let head = count_events(&d.cfg.store.path);
+        let (_, h) = d.health();
+        (h["relay"]["checkpoint"].as_i64() == Some(head) && head > 0).then_some(head)
+    })
+}
+
+/// Every stored event id is on the topics (duplicates allowed: at-least-once).
+fn assert_all_on_topic(brokers: &str, d: &Daemon) {
+    let stored: HashSet<String> = stored_events(&d.cfg.store.path).into_iter().map(|(e, _, _)| e).collect();
+    let mut want = stored.len();
+    loop {
+        let records = common::consume_all(brokers, &topics(&d.cfg), want, Duration::from_secs(20));
+        let on_topic: HashSet<String> = records.iter().map(|r| r.event_id()).collect();
+        let missing: Vec<_> = stored.difference(&on_topic).cloned().collect();
+        if missing.is_empty() {
+            return;
+        }
+        // Copies re-sent after a kill count towards `want`; read further unless we timed out.
+        assert!(records.len() >= want, "{} of {} stored events missing from Kafka ({} records read): {missing:?}", missing.len(), stored.len(), records.len());
+        want = records.len() + missing.len();
+    }
+}
+
+#[test]
+fn injected_failures_restart_order_and_cdc_actors_and_events_keep_flowing() {
+    let Some(brokers) = common::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[fault()]);
+    create_order(&d, "BEFORE-1");
+    caught_up(&d);
+    assert_eq!(restarts(&d, "order_actor"), 0.0);
+
+    // OrderActor: stops itself, the supervisor restarts it, commands work again.
+    d.inject("order_actor", "stop");
+    create_order(&d, "AFTER-ORDER-1");
+    assert_eq!(restarts(&d, "order_actor"), 1.0);
+    eventually(Duration::from_secs(10), "order_actor healthy again", || (component(&d.health().1, "order_actor") == "healthy").then_some(()));
+
+    // CdcStreamProcessor: the relay task is killed, then panics, then the actor stops.
+    for (i, mode) in ["kill", "panic", "stop"].into_iter().enumerate() {
+        d.inject("cdc_processor", mode);
+        eventually(Duration::from_secs(10), "the cdc restart to be counted", || (restarts(&d, "cdc_processor") == (i + 1) as f64).then_some(()));
+        create_order(&d, &format!("AFTER-CDC-{mode}"));
+        caught_up(&d);
+    }
+    // Resume policy: DLQ and health actors log and keep serving; no restart.
+    d.inject("dlq_actor", "stop");
+    d.inject("health_check", "stop");
+    let before = d.health().1["checked_at"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(5), "health checks to continue", || (d.health().1["checked_at"].as_str().unwrap() != before).then_some(()));
+    assert_eq!(d.admin("GET", "/dlq").status, 200);
+    let m = d.metrics();
+    assert_eq!(m.value("actor_restarts_total", &[("actor", "order_actor")]), 1.0);
+    assert_eq!(m.value("actor_restarts_total", &[("actor", "cdc_processor")]), 3.0);
+    assert_eq!(m.value("actor_restarts_total", &[("actor", "dlq_actor")]) + m.value("actor_restarts_total", &[("actor", "health_check")]), 0.0);
+    let head = caught_up(&d);
+    assert_eq!(head, 5);
+    assert_all_on_topic(&brokers, &d);
+    let (status, h) = d.health();
+    assert_eq!((status, h["status"].as_str()), (200, Some("healthy")), "{h}");
+    let log = d.log_text();
+    assert!(log.contains("relay task panicked") && log.contains("restarting actor"), "{log}");
+    d.stop();
+}
+
+#[test]
+fn exhausted_restart_budget_exits_non_zero() {
+    let Some(brokers) = common::shared_brokers() else { return };
+    for actor in ["order_actor", "cdc_processor"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::start(&daemon_config(&brokers, dir.path()), &[fault(), ("OUTBOX_SUPERVISION__MAX_RESTARTS", "2".into())]);
+        let mode = if actor == "order_actor" { "stop" } else { "kill" };
+        for _ in 0..3 {
+            d.inject(actor, mode);
+        }
+        let status = d.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("{actor}: daemon still running after the budget was exhausted:\n{}", d.log_text()));
+        let log = d.log_text();
+        assert_eq!(status.code(), Some(70), "{actor}: {status:?}\n{log}");
+        assert!(log.contains("restart budget exhausted") && log.contains("gave up"), "{log}");
+        assert_eq!(restarts_in_log(&log, actor), 2, "{log}");
+    }
+}
+
+fn restarts_in_log(log: &str, actor: &str) -> usize {
+    log.lines().filter(|l| l.contains("restarting actor") && l.contains(&format!("actor={actor}"))).count()
+}
+
+#[test]
+fn health_degrades_while_the_broker_is_down_and_recovers_then_shutdown_answers_503() {
+    let kafka = common::PrivateKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = daemon_config(&kafka.brokers, dir.path());
+    cfg.kafka.message_timeout_ms = 2_000;
+    let env = [
+        ("OUTBOX_HEALTH__INTERVAL_MS", "500".to_string()),
+        ("OUTBOX_RELAY__BREAKER__OPEN_TIMEOUT_MS", "2000".to_string()),
+        ("OUTBOX_SHUTDOWN_DEADLINE_MS", "10000".to_string()),
+    ];
+    let mut d = Daemon::start(&cfg, &env);
+    create_order(&d, "UP-1");
+    caught_up(&d);
+    let (status, h) = d.health();
+    assert_eq!((status, h["status"].as_str(), component(&h, "kafka").as_str()), (200, Some("healthy"), "healthy"), "{h}");
+    assert_eq!(d.metrics().value("actor_health_status", &[("component", "kafka")]), 0.0);
+
+    kafka.stop();
+    let down = Instant::now();
+    let h = eventually(Duration::from_secs(60), "/health to report Degraded", || {
+        create_order(&d, "DOWN-1"); // the outbox keeps accepting
+        let (status, h) = d.health();
+        assert_eq!(status, 200, "Degraded still answers 200: {h}");
+        (h["status"] == "degraded").then_some(h)
+    });
+    eprintln!("degraded {:?} after the broker stopped: {}", down.elapsed(), h["components"]["kafka"]["detail"]);
+    assert_eq!(component(&h, "kafka"), "degraded", "{h}");
+    assert_eq!(component(&h, "store"), "healthy");
+    assert_eq!(d.metrics().value("actor_health_status", &[("component", "kafka")]), 1.0);
+    assert_eq!(d.admin("GET", "/health/ready").status, 200, "a broker outage does not make the outbox unready");
+    // Keep the relay failing until the circuit breaker opens.
+    eventually(Duration::from_secs(60), "the circuit breaker to open", || {
+        create_order(&d, "DOWN-2");
+        let (status, h) = d.health();
+        assert_eq!(status, 200);
+        (h["relay"]["breaker"] == "open").then_some(())
+    });
+    assert_eq!(component(&d.health().1, "kafka"), "degraded");
+    assert_eq!(d.metrics().value("circuit_breaker_state", &[]), 1.0);
+
+    kafka.restart();
+    let up = Instant::now();
+    eventually(Duration::from_secs(90), "/health to report Healthy again", || {
+        create_order(&d, "BACK-1");
+        let (status, h) = d.health();
+        (status == 200 && h["status"] == "healthy").then_some(())
+    });
+    eprintln!("healthy {:?} after the broker returned", up.elapsed());
+    caught_up(&d);
+    assert_all_on_topic(&kafka.brokers, &d);
+    assert!(d.metrics().value("circuit_breaker_transitions_total", &[("from", "closed"), ("to", "open")]) >= 1.0);
+
+    // Shutdown while a delivery is in flight to a stopped broker: the relay
+    // waits for it (message timeout), and meanwhile intake answers 503.
+    kafka.stop();
+    let stored_before = count_events(&d.cfg.store.path);
+    create_order(&d, "LAST-1");
+    std::thread::sleep(Duration::from_millis(200));
+    d.sigterm();
+    let mut saw_503 = false;
+    let mut saw_unready = false;
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end && !(saw_503 && saw_unready) {
+        let b = serde_json::to_vec(&order_body(Uuid::now_v7(), "LATE-1")).unwrap();
+        match try_request(d.api, "POST", "/orders", &[("Content-Type", "application/json")], Some(&b)) {
+            Ok(r) if r.status == 503 => {
+                assert_eq!(r.json()["error"], "shutting_down", "{}", r.text());
+                saw_503 = true;
+            }
+            Ok(r) => panic!("after SIGTERM: {} {}", r.status, r.text()),
+            Err(_) => break,
+        }
+        if let Ok(r) = try_request(d.admin, "GET", "/health/ready", &[], None) {
+            if r.status == 503 {
+                assert_eq!(r.json()["ready"], false);
+                saw_unready = true;
+            }
+        }
+    }
+    let status = d.wait_exit(Duration::from_secs(20)).expect("exits within the shutdown deadline");
+    assert_eq!(status.code(), Some(0), "{}", d.log_text());
+    assert!(saw_503, "intake answered 503 while shutting down");
+    assert!(saw_unready, "/health/ready answered 503 while shutting down");
+    assert_eq!(count_events(&d.cfg.store.path), stored_before + 1, "nothing accepted after the signal");
+}
+
+#[test]
+fn store_gone_makes_health_unhealthy_503() {
+    let Some(brokers) = common::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(&daemon_config(&brokers, dir.path()), &[("OUTBOX_HEALTH__INTERVAL_MS", "300".into())]);
+    create_order(&d, "S-1");
+    let (status, h) = d.health();
+    assert_eq!((status, component(&h, "store").as_str()), (200, "healthy"), "{h}");
+    // Remove the database, its WAL and the directory under the running daemon.
+    std::fs::remove_dir_all(d.cfg.store.path.parent().unwrap()).unwrap();
+    let h = eventually(Duration::from_secs(10), "/health to answer 503", || {
+        let (status, h) = d.health();
+        (status == 503).then_some(h)
+    });
+    assert_eq!(h["status"], "unhealthy");
+    assert_eq!(component(&h, "store"), "unhealthy", "{h}");
+    assert!(h["components"]["store"]["detail"].as_str().unwrap().contains("gone"), "{h}");
+    let r = d.admin("GET", "/health/ready");
+    assert_eq!((r.status, r.json()["ready"].as_bool()), (503, Some(false)));
+    assert_eq!(d.admin("GET", "/health/live").status, 200, "still alive");
+    assert_eq!(d.metrics().value("actor_health_status", &[("component", "store")]), 2.0);
+    assert_eq!(d.metrics().value("actor_health_status", &[("component", "system")]), 2.0);
+    assert!(d.alive());
+    d.sigterm();
+    assert_eq!(d.wait_exit(Duration::from_secs(40)).expect("exits").code(), Some(0));
+}
+
+/// The metric names issue 5 lists (histograms by their base name).
+const CATALOGUE: &[&str] = &[
+    "cdc_events_processed_total",
+    "cdc_events_failed_total",
+    "cdc_processing_duration_seconds",
+    "retry_attempts_total",
+    "retry_success_total",
+    "retry_failure_total",
+    "dlq_messages_total",
+    "dlq_messages_by_event_type_total",
+    "circuit_breaker_state",
+    "circuit_breaker_transitions_total",
+    "actor_health_status",
+    "actor_restarts_total",
+    "messages_sent_total",
+    "messages_received_total",
+    "relay_lag_events",
+    "relay_checkpoint_position",
+    "event_end_to_end_latency_seconds",
+    "store_append_duration_seconds",
+    "http_requests_total",
+];
+
+#[test]
+fn metrics_parse_list_the_catalogue_and_move_when_events_flow() {
+    let Some(brokers) = common::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
+    d.admin("GET", "/health");
+    let before = d.metrics();
+    let names = before.names();
+    let missing: Vec<_> = CATALOGUE.iter().filter(|n| !names.contains(**n)).collect();
+    assert!(missing.is_empty(), "missing from /metrics: {missing:?}\n{}", before.text);
+    for (name, kind) in [("cdc_processing_duration_seconds", "histogram"), ("event_end_to_end_latency_seconds", "histogram"), ("store_append_duration_seconds", "histogram"), ("cdc_events_processed_total", "counter"), ("relay_lag_events", "gauge")] {
+        assert!(before.text.contains(&format!("# TYPE {name} {kind}")), "{name} is a {kind}");
+    }
+    // The seed's processing buckets.
+    for le in ["0.001", "0.005", "0.01", "0.05", "0.1", "0.5", "1", "5"] {
+        assert!(before.text.contains(&format!("cdc_processing_duration_seconds_bucket{{event_type=\"OrderCreated\",le=\"{le}\"}}")), "bucket {le}");
+    }
+
+    for i in 0..5 {
+        let id = create_order(&d, &format!("M-{i}"));
+        let r = d.api("POST", &format!("/orders/{id}/confirm"), &[], None);
+        assert_eq!(r.status, 200);
+    }
+    d.post("/customers", &json!({"name": "M", "email": "m@example.com"}));
+    let head = caught_up(&d);
+    assert_eq!(head, 11);
+    let after = d.metrics();
+    let grew = |name: &str, labels: &[(&str, &str)], by: f64| {
+        let (a, b) = (before.value(name, labels), after.value(name, labels));
+        assert!(b - a >= by, "{name}{labels:?} moved {a} -> {b}, expected +{by}");
+    };
+    grew("cdc_events_processed_total", &[("event_type", "OrderCreated")], 5.0);
+    grew("cdc_events_processed_total", &[("event_type", "OrderConfirmed")], 5.0);
+    grew("cdc_events_processed_total", &[("event_type", "CustomerRegistered")], 1.0);
+    grew("cdc_processing_duration_seconds", &[("event_type", "OrderCreated")], 5.0);
+    grew("messages_sent_total", &[("topic", &format!("{}order-events", d.cfg.kafka.topic_prefix))], 10.0);
+    grew("messages_received_total", &[("actor", "order_actor")], 11.0);
+    grew("store_append_duration_seconds", &[], 11.0);
+    grew("event_end_to_end_latency_seconds", &[], 11.0);
+    grew("relay_checkpoint_position", &[], 11.0);
+    grew("http_requests_total", &[("route", "/orders"), ("status", "201")], 5.0);
+    grew("http_requests_total", &[("route", "/orders/:id/confirm"), ("status", "200")], 5.0);
+    assert_eq!(after.value("relay_lag_events", &[]), 0.0);
+    assert_eq!(after.value("circuit_breaker_state", &[]), 0.0);
+    assert_eq!(after.value("actor_health_status", &[("component", "system")]), 0.0);
+    d.stop();
+}
+
+#[test]
+fn sigterm_during_http_load_exits_0_and_loses_no_committed_event() {
+    let Some(brokers) = common::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(&brokers, dir.path());
+    let mut d = Daemon::start(&cfg, &[]);
+    let api = d.api;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|w| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let b = serde_json::to_vec(&order_body(Uuid::now_v7(), &format!("L-{w}-{i}"))).unwrap();
+                    match try_request(api, "POST", "/orders", &[("Content-Type", "application/json")], Some(&b)) {
+                        Ok(r) => seen.push((r.status, r.body)),
+                        Err(_) => break, // the server has closed its listener
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let signalled = Instant::now();
+    d.sigterm();
+    let status = d.wait_exit(Duration::from_secs(40)).expect("exits after SIGTERM");
+    eprintln!("exited {:?} after SIGTERM", signalled.elapsed());
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(status.code(), Some(0), "{}", d.log_text());
+    let mut created = HashSet::new();
+    let mut refused = 0;
+    for c in clients {
+        for (s, body) in c.join().unwrap() {
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            match s {
+                201 => {
+                    created.insert(v["id"].as_str().unwrap().to_string());
+                }
+                503 => {
+                    assert!(v["error"] == "shutting_down" || v["error"] == "unavailable", "{v}");
+                    refused += 1;
+                }
+                other => panic!("unexpected {other}: {v}"),
+            }
+        }
+    }
+    eprintln!("{} orders created, {refused} refused during shutdown", created.len());
+    assert!(created.len() > 10, "load ran");
+    let stored = stored_events(&cfg.store.path);
+    let aggregates: HashSet<String> = stored.iter().map(|(_, a, _)| a.clone()).collect();
+    assert!(created.is_subset(&aggregates), "every acknowledged order is committed");
+    assert_eq!(checkpoint(&cfg.store.path, &cfg.relay.consumer_name), stored.len() as i64, "the relay flushed every committed event before exiting");
+
+    // Restart: nothing left to publish, and every committed event is on the topic.
+    let d = Daemon::start(&cfg, &[]);
+    assert_eq!(caught_up(&d), stored.len() as i64);
+    assert_all_on_topic(&brokers, &d);
+    d.stop();
+}
