@@ -4,6 +4,8 @@
 //! CDC) and `KAFKA_BROKERS` are set; otherwise each case prints why it is
 //! skipped. Each case uses its own keyspace and topic prefix.
 
+mod common;
+use common::order_events;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +16,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use outboxd::config::{CdcConfig, Config, CqlConfig, KafkaConfig};
-use outboxd::domain::{Aggregate, Currency, Money, Order, OrderCommand, OrderItem, Sku};
-use outboxd::envelope::{now_millis, EventEnvelope, Metadata};
+
+use outboxd::envelope::EventEnvelope;
 use outboxd::metrics::Metrics;
 use outboxd::relay::cdc::{start_cdc_reader, CdcReaderHandle};
 use outboxd::relay::deliver::{DeadLetterSink, Deliverer, RelayStatus};
@@ -54,24 +56,6 @@ fn cdc_cfg() -> CdcConfig {
     CdcConfig { window_size_ms: 2_000, safety_interval_ms: 1_000, sleep_interval_ms: 200, checkpoint_interval_ms: 300 }
 }
 
-fn order_events(id: Uuid, from_version: i64, n: usize) -> Vec<EventEnvelope> {
-    let eur = Currency::new("EUR").unwrap();
-    let meta = Metadata { correlation_id: Uuid::now_v7(), causation_id: None };
-    (0..n)
-        .map(|i| {
-            let seq = from_version + 1 + i as i64;
-            let items = vec![OrderItem::new(Sku::new(format!("S{seq}")).unwrap(), seq, Money::new(100, eur).unwrap()).unwrap()];
-            let cmd = if seq == 1 { OrderCommand::Create { customer_id: Uuid::from_u128(1), items } } else { OrderCommand::UpdateItems { items } };
-            let mut o = Order::default();
-            if seq > 1 {
-                let create = OrderCommand::Create { customer_id: Uuid::from_u128(1), items: vec![OrderItem::new(Sku::new("X").unwrap(), 1, Money::new(1, eur).unwrap()).unwrap()] };
-                o.apply(&o.handle(&create).unwrap()[0]);
-            }
-            let e = o.handle(&cmd).unwrap().remove(0);
-            EventEnvelope::new::<Order>(id, seq, &e, meta, now_millis()).unwrap()
-        })
-        .collect()
-}
 
 struct Rig {
     store: Arc<CqlStore>,

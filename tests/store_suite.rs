@@ -5,35 +5,17 @@
 //!
 //! Each test uses its own database file / keyspace.
 
+mod common;
+use common::order_events;
 use std::sync::{Arc, Barrier};
 use uuid::Uuid;
 
 use outboxd::config::CqlConfig;
-use outboxd::domain::{Aggregate, Currency, Customer, CustomerCommand, Email, Money, Order, OrderCommand, OrderItem, Sku};
-use outboxd::envelope::{now_millis, EventEnvelope, Metadata};
+use outboxd::domain::{Aggregate, Customer, CustomerCommand, Email};
+use outboxd::envelope::now_millis;
 use outboxd::store::sqlite::{SqliteOptions, SqliteStore};
 use outboxd::store::{DeadLetter, DynStore, EventStore, Snapshot, StoreError};
 
-fn order_events(id: Uuid, from_version: i64, n: usize) -> Vec<EventEnvelope> {
-    let eur = Currency::new("EUR").unwrap();
-    let meta = Metadata { correlation_id: Uuid::now_v7(), causation_id: Some(Uuid::now_v7()) };
-    let at = now_millis();
-    (0..n)
-        .map(|i| {
-            let seq = from_version + 1 + i as i64;
-            let items = vec![OrderItem::new(Sku::new(format!("S{seq}")).unwrap(), seq, Money::new(100, eur).unwrap()).unwrap()];
-            let cmd = if seq == 1 { OrderCommand::Create { customer_id: Uuid::from_u128(1), items } } else { OrderCommand::UpdateItems { items } };
-            let mut o = Order::default();
-            if seq > 1 {
-                // Any created order accepts UpdateItems.
-                let create = OrderCommand::Create { customer_id: Uuid::from_u128(1), items: vec![OrderItem::new(Sku::new("X").unwrap(), 1, Money::new(1, eur).unwrap()).unwrap()] };
-                o.apply(&o.handle(&create).unwrap()[0]);
-            }
-            let e = o.handle(&cmd).unwrap().remove(0);
-            EventEnvelope::new::<Order>(id, seq, &e, meta, at).unwrap()
-        })
-        .collect()
-}
 
 async fn sqlite() -> Option<(DynStore, Box<dyn std::any::Any + Send>)> {
     let dir = tempfile::tempdir().unwrap();

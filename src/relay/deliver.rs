@@ -288,17 +288,22 @@ impl Deliverer {
             }
         }
         let started = Instant::now();
-        let fut = self.submit(env).await;
-        let res = tokio::select! {
-            r = fut => r,
-            _ = shutdown.recv() => return Retried::Shutdown,
-        };
-        match res {
-            Ok(()) => {
+        match self.send_and_wait(env, shutdown).await {
+            None => Retried::Shutdown,
+            Some(Ok(())) => {
                 self.delivered(env, started);
                 Retried::Delivered
             }
-            Err(e) => self.retry(env, position, e, shutdown).await,
+            Some(Err(e)) => self.retry(env, position, e, shutdown).await,
+        }
+    }
+
+    /// Submits one event and waits for the broker's verdict; None on shutdown.
+    async fn send_and_wait(&self, env: &EventEnvelope, shutdown: &mut Shutdown) -> Option<Result<(), PublishError>> {
+        let fut = self.submit(env).await;
+        tokio::select! {
+            r = fut => Some(r),
+            _ = shutdown.recv() => None,
         }
     }
 
@@ -332,11 +337,7 @@ impl Deliverer {
             attempt += 1;
             self.metrics.retry_attempts.with_label_values(&["publish"]).inc();
             let started = Instant::now();
-            let fut = self.submit(env).await;
-            let res = tokio::select! {
-                r = fut => r,
-                _ = shutdown.recv() => return Retried::Shutdown,
-            };
+            let Some(res) = self.send_and_wait(env, shutdown).await else { return Retried::Shutdown };
             match res {
                 Ok(()) => {
                     self.metrics.retry_success.with_label_values(&["publish"]).inc();

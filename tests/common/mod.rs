@@ -230,3 +230,27 @@ pub async fn register_customer(svc: &CommandService, i: usize) -> Uuid {
     svc.execute::<Customer>(id, &cmd, Metadata::default(), None).await.unwrap();
     id
 }
+
+/// `n` order events for aggregate `id` with sequences `from_version + 1 ..`
+/// (an OrderCreated first, then OrderItemsUpdated).
+pub fn order_events(id: Uuid, from_version: i64, n: usize) -> Vec<outboxd::envelope::EventEnvelope> {
+    use outboxd::domain::Aggregate;
+    let eur = Currency::new("EUR").unwrap();
+    let meta = Metadata { correlation_id: Uuid::now_v7(), causation_id: Some(Uuid::now_v7()) };
+    let at = outboxd::envelope::now_millis();
+    (0..n)
+        .map(|i| {
+            let seq = from_version + 1 + i as i64;
+            let items = vec![OrderItem::new(Sku::new(format!("S{seq}")).unwrap(), seq, Money::new(100, eur).unwrap()).unwrap()];
+            let cmd = if seq == 1 { OrderCommand::Create { customer_id: Uuid::from_u128(1), items } } else { OrderCommand::UpdateItems { items } };
+            let mut o = Order::default();
+            if seq > 1 {
+                // Any created order accepts UpdateItems.
+                let create = OrderCommand::Create { customer_id: Uuid::from_u128(1), items: vec![OrderItem::new(Sku::new("X").unwrap(), 1, Money::new(1, eur).unwrap()).unwrap()] };
+                o.apply(&o.handle(&create).unwrap()[0]);
+            }
+            let e = o.handle(&cmd).unwrap().remove(0);
+            outboxd::envelope::EventEnvelope::new::<Order>(id, seq, &e, meta, at).unwrap()
+        })
+        .collect()
+}
