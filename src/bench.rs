@@ -44,6 +44,20 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Loading one aggregate of N events with and without snapshots.
+    Snapshots {
+        #[arg(long, default_value_t = 10_000)]
+        events: usize,
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Read-model rebuild throughput.
+    Rebuild {
+        #[arg(long, default_value_t = 20_000)]
+        orders: usize,
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// CQL store append vs a raw single-partition conditional insert, same
     /// server (store.cql.uri), same concurrency.
     Cql {
@@ -59,6 +73,18 @@ pub async fn run(cfg: &Config, cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Append { aggregates, events_per_aggregate, concurrency, dir } => bench_append(cfg, aggregates, events_per_aggregate, concurrency, dir).await,
         BenchCmd::Relay { events, size, rate, seconds } => relay_bench::run(cfg, events, size, rate, seconds).await,
         BenchCmd::Cql { events, concurrency } => cql_bench(cfg, events, concurrency).await,
+        BenchCmd::Snapshots { events, dir } => {
+            let d = tempdir(dir)?;
+            println!("{}", crate::projection::bench::bench_snapshots(&d, events).await?);
+            let _ = std::fs::remove_dir_all(&d);
+            Ok(())
+        }
+        BenchCmd::Rebuild { orders, dir } => {
+            let d = tempdir(dir)?;
+            println!("{}", crate::projection::bench::bench_rebuild(&d, orders).await?);
+            let _ = std::fs::remove_dir_all(&d);
+            Ok(())
+        }
     }
 }
 

@@ -69,8 +69,21 @@ enum Cmd {
     /// Benchmarks that print ratios against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(outboxd::bench::BenchCmd),
-    /// Print the effective configuration as TOML-like JSON.
+    /// Read models (order_read_model, orders_by_customer).
+    #[command(subcommand)]
+    Projections(ProjectionsCmd),
+    /// Print the effective configuration as JSON (secrets redacted).
     Config,
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCmd {
+    /// Clear the read models and rebuild them from event 0; reports events/s.
+    Rebuild {
+        /// No progress bar (for logs and scripts).
+        #[arg(long)]
+        no_progress: bool,
+    },
 }
 
 #[derive(Args)]
@@ -274,6 +287,13 @@ async fn async_main(cli: Cli) -> Result<u8, Failure> {
         Cmd::Run => Ok(outboxd::daemon::run(cfg).await?),
         Cmd::Dlq(c) => dlq(&cfg, c).await,
         Cmd::Bench(b) => Ok(outboxd::bench::run(&cfg, b).await.map(|_| 0)?),
+        Cmd::Projections(ProjectionsCmd::Rebuild { no_progress }) => {
+            let (store, models) = outboxd::projection::open_stores(&cfg).await.context("cannot open the store")?;
+            let models = models.ok_or_else(|| BadInput("read models need the sqlite store (store.backend = \"sqlite\")".into()))?;
+            let report = outboxd::projection::rebuild(store, models, &cfg.service.default_currency, !no_progress).await?;
+            println!("{report}");
+            Ok(0)
+        }
     }
 }
 

@@ -57,6 +57,7 @@ fn assert_all_on_topic(brokers: &str, d: &Daemon) {
         let on_topic: HashSet<String> = records.iter().map(|r| r.event_id()).collect();
         let missing: Vec<_> = stored.difference(&on_topic).cloned().collect();
         if missing.is_empty() {
+            eprintln!("{} stored events on the topic as {} records", stored.len(), records.len());
             return;
         }
         // Copies re-sent after a kill count towards `want`; read further unless we timed out.

@@ -363,3 +363,29 @@ fn correlation_id_is_echoed_and_reaches_the_kafka_headers() {
     assert_eq!(orders[0].headers.get("ce_correlationid"), Some(&generated));
     d.stop();
 }
+
+#[test]
+fn restarting_order_actor_answers_503_json_then_recovers() {
+    let Some(brokers) = common::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("OUTBOXD_ENABLE_FAULT_INJECTION", "1".to_string()), ("OUTBOX_SUPERVISION__RESTART_BACKOFF_MS", "3000".to_string())];
+    let d = Daemon::start(&daemon_config(&brokers, dir.path()), &env);
+    d.inject("order_actor", "stop");
+    let r = d.post("/orders", &order_body(Uuid::now_v7(), "R-1"));
+    let v = assert_error(&r, 503, "unavailable");
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    assert!(!v["message"].as_str().unwrap().contains('/'), "no internal detail: {v}");
+    assert_eq!(count_events(&d.cfg.store.path), 0);
+    let r = eventually(Duration::from_secs(15), "the order actor to come back", || {
+        let r = d.post("/orders", &order_body(Uuid::now_v7(), "R-2"));
+        (r.status != 503).then_some(r)
+    });
+    assert_eq!(r.status, 201, "{}", r.text());
+    d.stop();
+
+    // Without the flag the debug route does not exist.
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
+    assert_error(&d.admin("POST", "/debug/fail/order_actor"), 404, "not_found");
+    d.stop();
+}

@@ -53,6 +53,8 @@ pub struct CdcStreamProcessor {
     lifecycle: Lifecycle,
     budget: RestartBudget,
     stopping: bool,
+    /// A failure was injected and the actor is about to restart.
+    failing: bool,
     last_error: Option<String>,
 }
 
@@ -75,6 +77,7 @@ impl CdcStreamProcessor {
             lifecycle: Lifecycle::Starting,
             budget,
             stopping: false,
+            failing: false,
             last_error: None,
         }
     }
@@ -147,6 +150,7 @@ impl Actor for CdcStreamProcessor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.failing = false;
         let delay = match self.lifecycle {
             Lifecycle::GaveUp | Lifecycle::Stopped => return,
             Lifecycle::Restarting { restart } => self.budget.delay(restart),
@@ -266,9 +270,10 @@ impl Handler<InjectFailure> for CdcStreamProcessor {
 
     fn handle(&mut self, msg: InjectFailure, ctx: &mut Context<Self>) -> Self::Result {
         self.deps.received(NAME);
-        if self.lifecycle != Lifecycle::Running || self.stopping {
+        if self.lifecycle != Lifecycle::Running || self.stopping || self.failing || self.run.is_none() {
             return Err(format!("{NAME} is not running ({:?})", self.lifecycle));
         }
+        self.failing = true;
         tracing::error!(actor = %NAME, mode = ?msg.0, "injected failure");
         match msg.0 {
             FailureMode::Stop => {

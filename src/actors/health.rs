@@ -12,7 +12,9 @@
 //!
 //! Rules:
 //! - store: probe fails or the database file is gone/replaced -> Unhealthy.
-//! - kafka: broker unreachable or circuit breaker not closed -> Degraded.
+//! - kafka: broker unreachable or circuit breaker not closed -> Degraded
+//!   (the breaker state is read live from `circuit_breaker_state`; the lag
+//!   is the store head read by this check minus the relay's checkpoint).
 //! - cdc_processor: relay cannot read the store -> Unhealthy; lag over
 //!   `health.lag_degraded_events` -> Degraded; restarting -> Degraded;
 //!   gave up or not answering -> Unhealthy.
@@ -298,9 +300,9 @@ impl HealthCheckActor {
             let (store, order, cdc, (dlq, dlq_depth)) = tokio::join!(store_probe, order_probe, cdc_probe, dlq_probe);
             Probes { store, order, dlq, dlq_depth, cdc, relay }
         };
-        ctx.spawn(actix::fut::wrap_future::<_, Self>(fut).map(|probes, act, ctx| {
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(fut).map(|mut probes, act, ctx| {
             act.checking = false;
-            act.publish(&probes);
+            act.publish(&mut probes);
             if act.recheck {
                 act.recheck = false;
                 act.check(ctx);
@@ -308,7 +310,27 @@ impl HealthCheckActor {
         }));
     }
 
-    fn publish(&mut self, probes: &Probes) {
+    /// Completes the relay's status with live values: the breaker state as
+    /// the breaker itself last set it (`circuit_breaker_state`), and the lag
+    /// against the head this check just read from the store.
+    fn live_relay(&self, probes: &mut Probes) {
+        let breaker = match self.deps.metrics.circuit_breaker_state.get() {
+            1 => BreakerState::Open,
+            2 => BreakerState::HalfOpen,
+            _ => BreakerState::Closed,
+        };
+        let head = probes.store.as_ref().ok().copied();
+        for r in [Some(&mut probes.relay), probes.cdc.as_mut().map(|c| &mut c.relay)].into_iter().flatten() {
+            r.breaker = breaker;
+            if let Some(h) = head {
+                r.head = r.head.max(h);
+                r.lag = (r.head - r.checkpoint).max(0);
+            }
+        }
+    }
+
+    fn publish(&mut self, probes: &mut Probes) {
+        self.live_relay(probes);
         let verdict = evaluate(probes, &self.reported, self.deps.cfg.health.lag_degraded_events);
         let now = Utc::now();
         let metrics = &self.deps.metrics;

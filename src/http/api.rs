@@ -65,7 +65,14 @@ pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
 /// correlation id to echo (if one was valid).
 pub fn gate(st: &ApiState, req: &HttpRequest) -> Result<Uuid, (ApiError, Option<Uuid>)> {
     if let Some(token) = &st.token {
-        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).unwrap_or("");
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .unwrap_or("");
         if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
             return Err((ApiError::unauthorized(), None));
         }

@@ -165,6 +165,12 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().filter(|l| !l.contains("librdkafka")).collect();
+            eprintln!("---- outboxd log (last 80 lines) ----\n{}", tail[tail.len().saturating_sub(80)..].join("\n"));
+            let _ = try_request(self.admin, "GET", "/health", &[], None).map(|r| eprintln!("---- /health ----\n{}", r.text()));
+        }
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
