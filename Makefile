@@ -68,7 +68,8 @@ integration-test:
 	@bash scripts/integration-test.sh
 
 compose-check:
-	@if command -v docker >/dev/null 2>&1; then docker compose -f docker-compose.yml config -q && echo "docker-compose.yml is valid"; else echo "SKIPPED: no docker client to validate docker-compose.yml"; fi
+	@if command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then docker compose -f docker-compose.yml config -q && echo "docker-compose.yml is valid (docker compose config)"; \
+	 else echo "SKIPPED: no docker compose client to validate docker-compose.yml"; fi
 
 ## bench: every benchmark (figures in docs/BENCHMARKS.md)
 bench: deps

@@ -29,3 +29,19 @@ if [ ${#need_apt[@]} -gt 0 ] || [ "${optional_kcat:-0}" = 1 ]; then
     exit 2
   fi
 fi
+
+# `make test` validates docker-compose.yml with `docker compose config` where a
+# docker client exists. The client here may lack the compose plugin: build it
+# from the Go module proxy (best effort, ~2-5 min once; cached afterwards).
+if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 && command -v go >/dev/null 2>&1; then
+  echo "deps: building the docker compose plugin (github.com/docker/compose/v2) for docker-compose.yml validation" >&2
+  mkdir -p "$HOME/.docker/cli-plugins"
+  # `go install pkg@version` refuses this module (its go.mod has exclude
+  # directives), so build it inside its own module directory instead.
+  if dir=$(cd /tmp && timeout 300 go mod download -json github.com/docker/compose/v2@v2.39.4 2>/dev/null | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') && [ -n "$dir" ] \
+     && (cd "$dir" && timeout 900 go build -o "$HOME/.docker/cli-plugins/docker-compose" ./cmd >/dev/null 2>&1); then
+    echo "deps: docker compose plugin installed" >&2
+  else
+    echo "deps: docker compose plugin not built; docker-compose.yml validation will be skipped" >&2
+  fi
+fi

@@ -16,12 +16,16 @@
 //! - When a supervised actor exhausts its restart budget the same shutdown
 //!   runs and `run` returns `Ok(EXIT_RESTART_BUDGET)` (70).
 //! - A port that cannot be bound is an error naming the config key.
+//! - Feeds: the SQLite store's position feed (`relay::Relay`); for
+//!   `store.backend = cql` the Scylla CDC log (`relay::cdc`). A CQL server
+//!   without a CDC log on `event_store` (Apache Cassandra) is refused at
+//!   startup: nothing would ever be published.
 
 use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::actors::{ActorDeps, GetDlqActor, GetOrderActor, ShutdownSystem};
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::http::{AdminState, ApiState};
 use crate::metrics::Metrics;
 
@@ -95,8 +99,20 @@ fn fault_injection_enabled() -> bool {
 /// process exit code.
 pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     let mut signals = Signals::install();
-    let store = crate::store::open(&cfg).await?;
+    let (store, cql) = match cfg.store.backend {
+        Backend::Sqlite => (crate::store::open(&cfg).await?, None),
+        Backend::Cql => {
+            let cql = crate::store::cql::CqlStore::connect(&cfg.store.cql).await?;
+            (cql.clone() as crate::store::DynStore, Some(cql))
+        }
+    };
     store.migrate().await?;
+    if let Some(c) = &cql {
+        // The CQL feed is Scylla CDC: without it nothing would ever be published.
+        if !c.cdc_enabled() {
+            return Err(DaemonError::Other(crate::relay::cdc::CdcError::Unavailable { keyspace: c.keyspace().to_string() }.to_string()));
+        }
+    }
     let metrics = Metrics::new();
     crate::actors::prime_metrics(&metrics, &cfg);
     let deadline = Duration::from_millis(cfg.shutdown_deadline_ms);
@@ -104,7 +120,11 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     if fault_injection {
         tracing::warn!("{FAULT_INJECTION_ENV} is set: POST /debug/fail/{{actor}} is enabled on the admin server (tests only)");
     }
-    let deps = ActorDeps::new(cfg, store, metrics, tokio::runtime::Handle::current());
+    let mut deps = ActorDeps::new(cfg, store, metrics, tokio::runtime::Handle::current());
+    if let Some(c) = cql {
+        deps = deps.with_cql(c);
+    }
+    let intake = deps.intake.clone();
 
     let (bound_tx, bound_rx) = oneshot::channel::<Result<Bound, String>>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -140,6 +160,7 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
         }
     }
     if signalled {
+        intake.close();
         tracing::info!("shutdown signal received");
         if let Some(tx) = stop_tx.take() {
             let _ = tx.send(());

@@ -48,22 +48,17 @@ fn caught_up(d: &Daemon) -> i64 {
     })
 }
 
-/// Every stored event id is on the topics (duplicates allowed: at-least-once).
+/// Every stored event id is on the topics (copies allowed: at-least-once).
 fn assert_all_on_topic(brokers: &str, d: &Daemon) {
     let stored: HashSet<String> = stored_events(&d.cfg.store.path).into_iter().map(|(e, _, _)| e).collect();
-    let mut want = stored.len();
-    loop {
-        let records = common::consume_all(brokers, &topics(&d.cfg), want, Duration::from_secs(20));
-        let on_topic: HashSet<String> = records.iter().map(|r| r.event_id()).collect();
-        let missing: Vec<_> = stored.difference(&on_topic).cloned().collect();
-        if missing.is_empty() {
-            eprintln!("{} stored events on the topic as {} records", stored.len(), records.len());
-            return;
-        }
-        // Copies re-sent after a kill count towards `want`; read further unless we timed out.
-        assert!(records.len() >= want, "{} of {} stored events missing from Kafka ({} records read): {missing:?}", missing.len(), stored.len(), records.len());
-        want = records.len() + missing.len();
-    }
+    let records = consume_until(brokers, &topics(&d.cfg), stored.len(), Duration::from_secs(20), |rs| {
+        let on_topic: HashSet<String> = rs.iter().map(|r| r.event_id()).collect();
+        stored.is_subset(&on_topic)
+    });
+    let on_topic: HashSet<String> = records.iter().map(|r| r.event_id()).collect();
+    let missing: Vec<_> = stored.difference(&on_topic).collect();
+    assert!(missing.is_empty(), "{} of {} stored events missing from Kafka ({} records read): {missing:?}", missing.len(), stored.len(), records.len());
+    eprintln!("{} stored events on the topic as {} records", stored.len(), records.len());
 }
 
 #[test]
@@ -192,6 +187,7 @@ fn health_degrades_while_the_broker_is_down_and_recovers_then_shutdown_answers_5
     d.sigterm();
     let mut saw_503 = false;
     let mut saw_unready = false;
+    let mut raced = 0; // requests that reached the daemon before it handled the signal
     let end = Instant::now() + Duration::from_secs(15);
     while Instant::now() < end && !(saw_503 && saw_unready) {
         let b = serde_json::to_vec(&order_body(Uuid::now_v7(), "LATE-1")).unwrap();
@@ -200,6 +196,7 @@ fn health_degrades_while_the_broker_is_down_and_recovers_then_shutdown_answers_5
                 assert_eq!(r.json()["error"], "shutting_down", "{}", r.text());
                 saw_503 = true;
             }
+            Ok(r) if r.status == 201 && !saw_503 => raced += 1,
             Ok(r) => panic!("after SIGTERM: {} {}", r.status, r.text()),
             Err(_) => break,
         }
@@ -214,7 +211,7 @@ fn health_degrades_while_the_broker_is_down_and_recovers_then_shutdown_answers_5
     assert_eq!(status.code(), Some(0), "{}", d.log_text());
     assert!(saw_503, "intake answered 503 while shutting down");
     assert!(saw_unready, "/health/ready answered 503 while shutting down");
-    assert_eq!(count_events(&d.cfg.store.path), stored_before + 1, "nothing accepted after the signal");
+    assert_eq!(count_events(&d.cfg.store.path), stored_before + 1 + raced, "nothing accepted once intake closed");
 }
 
 #[test]
@@ -376,5 +373,68 @@ fn sigterm_during_http_load_exits_0_and_loses_no_committed_event() {
     let d = Daemon::start(&cfg, &[]);
     assert_eq!(caught_up(&d), stored.len() as i64);
     assert_all_on_topic(&brokers, &d);
+    d.stop();
+}
+
+#[test]
+fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let Some(brokers) = common::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = daemon_config(&brokers, dir.path());
+    cfg.kafka.compression = outboxd::config::Compression::None;
+    let topic = format!("{}order-events", cfg.kafka.topic_prefix);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    rt.block_on(admin.create_topics(&[NewTopic::new(&topic, 3, TopicReplication::Fixed(1)).set("max.message.bytes", "6000")], &opts)).unwrap();
+    let env = [("OUTBOX_RELAY__RETRY__INITIAL_BACKOFF_MS", "20".to_string()), ("OUTBOX_RELAY__RETRY__MAX_BACKOFF_MS", "50".to_string())];
+    let d = Daemon::start(&cfg, &env);
+
+    let small = create_order(&d, "SMALL-1");
+    // 100 items with 64-character SKUs: ~12 KB of JSON, over the topic's limit.
+    let items: Vec<Value> = (0..100).map(|k| json!({"sku": format!("{k:02}-{}", "X".repeat(61)), "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "EUR"}})).collect();
+    let r = d.post("/orders", &json!({"customer_id": Uuid::now_v7(), "items": items}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let poison = r.json()["id"].as_str().unwrap().to_string();
+    let after = create_order(&d, "SMALL-2");
+    caught_up(&d);
+
+    let list = eventually(Duration::from_secs(10), "the dead letter to be listed", || {
+        let v = d.admin("GET", "/dlq").json();
+        (v["count"] == 1).then_some(v)
+    });
+    let letter = &list["dead_letters"][0];
+    assert_eq!(letter["aggregate_id"], poison.as_str());
+    assert!(letter["error_message"].as_str().unwrap().to_lowercase().contains("too large"), "{letter}");
+    let m = d.metrics();
+    assert_eq!(m.value("dlq_messages_total", &[]), 1.0);
+    assert_eq!(m.value("dlq_messages_by_event_type_total", &[("event_type", "OrderCreated")]), 1.0);
+    assert!(m.value("messages_received_total", &[("actor", "dlq_actor")]) >= 2.0, "write + list went through the DlqActor");
+    eventually(Duration::from_secs(5), "/health to count the dead letter", || {
+        d.health().1["components"]["dlq_actor"]["detail"].as_str().unwrap_or_default().contains("1 dead letters").then_some(())
+    });
+    // Events after the poison may be re-sent once (at-least-once).
+    let records = consume_until(&brokers, std::slice::from_ref(&topic), 2, Duration::from_secs(20), |rs| rs.iter().any(|r| r.key == small) && rs.iter().any(|r| r.key == after));
+    let keys: HashSet<String> = records.into_iter().map(|r| r.key).collect();
+    assert!(keys.contains(&small) && keys.contains(&after) && !keys.contains(&poison), "events around the poison are delivered");
+
+    // Raise the limit, then replay through the admin API.
+    rt.block_on(admin.alter_configs(&[AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "1000000")], &opts)).unwrap();
+    let r = eventually(Duration::from_secs(20), "the replay to succeed", || {
+        let r = request(d.admin, "POST", "/dlq/replay", &[("Content-Type", "application/json")], Some(br#"{"all": true}"#));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        (v["replayed"].as_array().map(Vec::len) == Some(1)).then_some(v)
+    });
+    assert_eq!(r["failed"], json!([]));
+    assert_eq!(d.admin("GET", "/dlq").json()["count"], 0);
+    assert_eq!(d.metrics().value("dlq_depth", &[]), 0.0);
+    let records = consume_until(&brokers, &[topic], 3, Duration::from_secs(20), |rs| rs.iter().any(|r| r.key == poison));
+    assert!(records.iter().any(|r| r.key == poison), "poison event delivered after replay");
+    let r = request(d.admin, "POST", "/dlq/replay", &[("Content-Type", "application/json")], Some(b"{}"));
+    assert_eq!((r.status, r.json()["error"].as_str()), (422, Some("validation")));
     d.stop();
 }

@@ -1,5 +1,6 @@
-//! CdcStreamProcessor: runs the relay (`relay::Relay::run`) and reports its
-//! progress, lag and breaker state.
+//! CdcStreamProcessor: runs the relay (`relay::Relay::run` on the store's
+//! position feed; for the CQL backend the Scylla CDC reader of `relay::cdc`)
+//! and reports its progress, lag and breaker state.
 //!
 //! Thin shell: the relay owns reading, publishing, retries, the breaker and
 //! checkpoints; this actor starts it as a task on the multi-threaded
@@ -17,9 +18,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 
-use crate::relay::deliver::DeadLetterSink;
+use futures::future::{BoxFuture, FutureExt};
+
+use crate::config::CdcConfig;
+use crate::relay::cdc::start_cdc_reader;
+use crate::relay::deliver::{DeadLetterSink, Deliverer};
 use crate::relay::{BreakerState, Relay};
-use crate::shutdown::Trigger;
+use crate::shutdown::{Shutdown, Trigger};
+use crate::store::cql::CqlStore;
 
 use super::messages::*;
 use super::supervision::RestartBudget;
@@ -58,6 +64,28 @@ pub struct CdcStreamProcessor {
     last_error: Option<String>,
 }
 
+/// The CQL feed: reads the Scylla CDC log until `shutdown`, then stops the
+/// reader gracefully (finish the window, save progress); abandons it if
+/// that takes longer than 10 s (progress stays at the last saved window).
+async fn run_cdc_reader(cql: Arc<CqlStore>, cdc: CdcConfig, deliverer: Arc<Deliverer>, mut shutdown: Shutdown) -> Result<(), String> {
+    let abandon = Trigger::new();
+    let (mut reader, mut handle) = start_cdc_reader(cql.session(), cql.keyspace(), &cdc, deliverer, abandon.subscribe()).await.map_err(|e| e.to_string())?;
+    tokio::select! {
+        r = &mut handle => return r.map_err(|e| e.to_string())?.map_err(|e| e.to_string()),
+        _ = shutdown.recv() => {}
+    }
+    reader.stop();
+    match tokio::time::timeout(Duration::from_secs(10), &mut handle).await {
+        Ok(r) => r.map_err(|e| e.to_string())?.map_err(|e| e.to_string()),
+        Err(_) => {
+            tracing::warn!(actor = %NAME, "CDC reader did not stop within 10 s; abandoning it (the unsaved tail is re-read after restart)");
+            abandon.fire();
+            let _ = handle.await;
+            Ok(())
+        }
+    }
+}
+
 async fn gone(mut rx: watch::Receiver<()>) {
     while rx.changed().await.is_ok() {}
 }
@@ -86,29 +114,46 @@ impl CdcStreamProcessor {
         self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail });
     }
 
+    /// The feed task: `Relay::run` on the position feed, or the Scylla CDC
+    /// reader for the CQL backend. Resolves when the feed has stopped.
+    fn feed(&self, shutdown: Shutdown) -> Result<BoxFuture<'static, Result<(), String>>, String> {
+        let cfg = &self.deps.cfg;
+        let status = self.deps.relay_status.clone();
+        match self.deps.cql.clone() {
+            None => {
+                let relay = Relay::with_status(cfg, self.deps.store.clone(), self.deps.metrics.clone(), status).map_err(|e| e.to_string())?.with_sink(self.sink.clone());
+                Ok(async move { relay.run(shutdown).await.map_err(|e| e.to_string()) }.boxed())
+            }
+            Some(cql) => {
+                let deliverer = Arc::new(Deliverer::new(cfg, self.sink.clone(), self.deps.metrics.clone(), status).map_err(|e| e.message)?);
+                let cdc = cfg.store.cql.cdc.clone();
+                Ok(run_cdc_reader(cql, cdc, deliverer, shutdown).boxed())
+            }
+        }
+    }
+
     fn start_relay(&mut self, ctx: &mut Context<Self>) {
         if self.stopping || matches!(self.lifecycle, Lifecycle::GaveUp | Lifecycle::Stopped) || self.run.is_some() {
             return;
         }
-        let relay = match Relay::with_status(&self.deps.cfg, self.deps.store.clone(), self.deps.metrics.clone(), self.deps.relay_status.clone()) {
-            Ok(r) => r.with_sink(self.sink.clone()),
+        let trigger = Trigger::new();
+        let feed = match self.feed(trigger.subscribe()) {
+            Ok(f) => f,
             Err(e) => {
                 tracing::error!(actor = %NAME, error = %e, "cannot create the relay");
-                self.last_error = Some(e.to_string());
+                self.last_error = Some(e);
                 ctx.stop();
                 return;
             }
         };
         self.generation += 1;
         let generation = self.generation;
-        let trigger = Trigger::new();
-        let sd = trigger.subscribe();
         let (alive, gone_rx) = watch::channel(());
         let (panic_tx, panic_rx) = oneshot::channel::<()>();
         let task = self.deps.runtime.spawn(async move {
             let _alive = alive;
             tokio::select! {
-                r = relay.run(sd) => r.map_err(|e| e.to_string()),
+                r = feed => r,
                 Ok(()) = panic_rx => panic!("injected failure: relay task panicked"),
             }
         });

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use crate::config::Backend;
 use crate::relay::{BreakerState, RelayStatus};
+use crate::store::StoreError;
 
 use super::messages::*;
 use super::{ActorDeps, CdcStreamProcessor, DlqActor, OrderActor};
@@ -119,7 +120,8 @@ impl HealthReport {
 /// What one check gathered (input of [`evaluate`]).
 #[derive(Debug, Clone)]
 pub struct Probes {
-    pub store: Result<i64, String>,
+    /// The store's head position (None: the backend has no feed positions).
+    pub store: Result<Option<i64>, String>,
     pub order: Option<Lifecycle>,
     pub dlq: Option<Lifecycle>,
     pub dlq_depth: Option<u64>,
@@ -149,7 +151,8 @@ pub fn evaluate(p: &Probes, reported: &Reported, lag_degraded_events: i64) -> BT
     out.insert(
         "store",
         match &p.store {
-            Ok(head) => (HealthStatus::Healthy, format!("reachable; head position {head}")),
+            Ok(Some(head)) => (HealthStatus::Healthy, format!("reachable; head position {head}")),
+            Ok(None) => (HealthStatus::Healthy, "reachable".into()),
             Err(e) => (HealthStatus::Unhealthy, e.clone()),
         },
     );
@@ -259,21 +262,27 @@ impl HealthCheckActor {
         self.checking = true;
         let t = self.probe_timeout();
         let store = self.deps.store.clone();
+        let consumer = self.deps.cfg.relay.consumer_name.clone();
         let sqlite = self.sqlite.clone();
         let (order, cdc, dlq) = (self.order.clone(), self.cdc.clone(), self.dlq.clone());
         let relay = self.deps.relay_status.borrow().clone();
         let fut = async move {
             let store_probe = async {
-                match tokio::time::timeout(t, store.head_position()).await {
-                    Err(_) => Err(format!("no answer within {t:?}")),
-                    Ok(Err(e)) => Err(format!("unreachable: {e}")),
-                    Ok(Ok(head)) => {
-                        if let Some((path, id)) = sqlite {
-                            tokio::task::spawn_blocking(move || check_sqlite_file(&path, id)).await.map_err(|e| e.to_string())??;
-                        }
-                        Ok(head)
-                    }
+                let head = match tokio::time::timeout(t, store.head_position()).await {
+                    Err(_) => return Err(format!("no answer within {t:?}")),
+                    // A backend without feed positions (CQL): probe with a checkpoint read.
+                    Ok(Err(StoreError::Unsupported { .. })) => match tokio::time::timeout(t, store.get_checkpoint(&consumer)).await {
+                        Err(_) => return Err(format!("no answer within {t:?}")),
+                        Ok(Err(e)) => return Err(format!("unreachable: {e}")),
+                        Ok(Ok(_)) => None,
+                    },
+                    Ok(Err(e)) => return Err(format!("unreachable: {e}")),
+                    Ok(Ok(head)) => Some(head),
+                };
+                if let Some((path, id)) = sqlite {
+                    tokio::task::spawn_blocking(move || check_sqlite_file(&path, id)).await.map_err(|e| e.to_string())??;
                 }
+                Ok(head)
             };
             let order_probe = async {
                 match order {
@@ -319,7 +328,7 @@ impl HealthCheckActor {
             2 => BreakerState::HalfOpen,
             _ => BreakerState::Closed,
         };
-        let head = probes.store.as_ref().ok().copied();
+        let head = probes.store.as_ref().ok().copied().flatten();
         for r in [Some(&mut probes.relay), probes.cdc.as_mut().map(|c| &mut c.relay)].into_iter().flatten() {
             r.breaker = breaker;
             if let Some(h) = head {
@@ -466,7 +475,7 @@ mod tests {
     fn probes() -> Probes {
         let relay = RelayStatus { running: true, ..RelayStatus::default() };
         Probes {
-            store: Ok(10),
+            store: Ok(Some(10)),
             order: Some(Lifecycle::Running),
             dlq: Some(Lifecycle::Running),
             dlq_depth: Some(0),

@@ -89,13 +89,22 @@ pub struct ActorDeps {
     pub relay_status: watch::Sender<RelayStatus>,
     /// The latest health report, published by the HealthCheckActor.
     pub health: watch::Sender<HealthReport>,
+    /// The CQL store when `store.backend = cql`: its feed is Scylla CDC
+    /// (`relay::cdc`), read with the store's session.
+    pub cql: Option<Arc<crate::store::cql::CqlStore>>,
 }
 
 impl ActorDeps {
     pub fn new(cfg: Config, store: DynStore, metrics: Metrics, runtime: tokio::runtime::Handle) -> ActorDeps {
         let (relay_status, _) = watch::channel(RelayStatus::default());
         let (health, _) = watch::channel(HealthReport::starting());
-        ActorDeps { cfg: Arc::new(cfg), store, metrics, runtime, intake: Arc::new(Intake::new()), relay_status, health }
+        ActorDeps { cfg: Arc::new(cfg), store, metrics, runtime, intake: Arc::new(Intake::new()), relay_status, health, cql: None }
+    }
+
+    /// Uses the Scylla CDC feed of this CQL store instead of the position feed.
+    pub fn with_cql(mut self, cql: Arc<crate::store::cql::CqlStore>) -> ActorDeps {
+        self.cql = Some(cql);
+        self
     }
 
     /// Counts one message received by `actor` (`messages_received_total`).
@@ -139,7 +148,7 @@ pub fn prime_metrics(m: &Metrics, cfg: &Config) {
     for a in [ActorName::Order, ActorName::Cdc] {
         m.actor_restarts.with_label_values(&[a.as_str()]);
     }
-    for c in health::COMPONENTS {
+    for c in health::COMPONENTS.into_iter().chain(["system"]) {
         m.actor_health_status.with_label_values(&[c]);
     }
     for (t, _) in crate::relay::topics::all_topics(cfg) {

@@ -364,6 +364,20 @@ pub fn order_body(customer: uuid::Uuid, sku: &str) -> serde_json::Value {
     serde_json::json!({"customer_id": customer, "items": [{"sku": sku, "quantity": 2, "unit_price": {"amount_minor": 1999, "currency": "EUR"}}]})
 }
 
+/// Reads the topics from the beginning until `done(records)` holds or no
+/// more records arrive within `timeout` (copies re-sent under at-least-once
+/// may fill any fixed count, so the count grows until `done`).
+pub fn consume_until(brokers: &str, topics: &[String], at_least: usize, timeout: Duration, done: impl Fn(&[crate::common::Record]) -> bool) -> Vec<crate::common::Record> {
+    let mut want = at_least.max(1);
+    loop {
+        let records = crate::common::consume_all(brokers, topics, want, timeout);
+        if done(&records) || records.len() < want {
+            return records;
+        }
+        want = records.len() + 1;
+    }
+}
+
 pub fn topics(c: &Config) -> Vec<String> {
     outboxd::relay::topics::all_topics(c).into_iter().map(|(t, _)| t).collect()
 }
