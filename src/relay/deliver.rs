@@ -221,7 +221,9 @@ impl Deliverer {
         let flush = {
             let mut u = self.unpublished.lock().unwrap_or_else(|p| p.into_inner());
             u.0 += 1;
-            let due = now.duration_since(u.1) >= STATUS_EVERY || state != BreakerState::Closed || !self.status.borrow().broker_ok;
+            let published = self.status.borrow();
+            let due = now.duration_since(u.1) >= STATUS_EVERY || state != published.breaker || !published.broker_ok;
+            drop(published);
             if due {
                 let n = u.0;
                 *u = (0, now);
@@ -247,9 +249,16 @@ impl Deliverer {
             *u = (0, Instant::now());
             n
         };
-        if n > 0 {
-            self.update(|s| s.delivered += n);
-        }
+        let state = self.breaker_state();
+        self.status.send_if_modified(|s| {
+            let changed = n > 0 || s.breaker != state;
+            s.delivered += n;
+            s.breaker = state;
+            if changed {
+                s.updated_at = Utc::now();
+            }
+            changed
+        });
     }
 
     fn failed(&self, env: &EventEnvelope, err: &PublishError) {
