@@ -285,11 +285,14 @@ pub struct HealthConfig {
     pub interval_ms: u64,
     /// Relay lag (events) above which the relay is Degraded.
     pub lag_degraded_events: i64,
+    /// Projection lag (events committed but not yet in the read models)
+    /// above which the `projections` component is Degraded.
+    pub projection_lag_degraded_events: i64,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        HealthConfig { interval_ms: 10_000, lag_degraded_events: 10_000 }
+        HealthConfig { interval_ms: 10_000, lag_degraded_events: 10_000, projection_lag_degraded_events: 10_000 }
     }
 }
 
@@ -393,6 +396,9 @@ impl Config {
         }
         if self.health.interval_ms < 100 {
             return err("health.interval_ms must be >= 100".into());
+        }
+        if self.health.projection_lag_degraded_events < 1 {
+            return err("health.projection_lag_degraded_events must be >= 1 (some lag is normal while events are being applied)".into());
         }
         crate::domain::Currency::new(&self.service.default_currency)
             .map_err(|_| ConfigError(format!("service.default_currency {:?}: expected a code like EUR", self.service.default_currency)))?;

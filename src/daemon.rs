@@ -16,6 +16,8 @@
 //! - When a supervised actor exhausts its restart budget the same shutdown
 //!   runs and `run` returns `Ok(EXIT_RESTART_BUDGET)` (70).
 //! - A port that cannot be bound is an error naming the config key.
+//! - Read models (SQLite only): a supervised ProjectionActor keeps them up
+//!   to date; GET /orders/{id} and GET /customers/{id}/orders read them.
 //! - Feeds: the SQLite store's position feed (`relay::Relay`); for
 //!   `store.backend = cql` the Scylla CDC log (`relay::cdc`). A CQL server
 //!   without a CDC log on `event_store` (Apache Cassandra) is refused at
@@ -99,11 +101,15 @@ fn fault_injection_enabled() -> bool {
 /// process exit code.
 pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     let mut signals = Signals::install();
-    let (store, cql) = match cfg.store.backend {
-        Backend::Sqlite => (crate::store::open(&cfg).await?, None),
+    let (store, cql, read_models) = match cfg.store.backend {
+        // The store and its read models: one SQLite instance (one writer).
+        Backend::Sqlite => {
+            let (store, models) = crate::projection::open_stores(&cfg).await?;
+            (store, None, models)
+        }
         Backend::Cql => {
             let cql = crate::store::cql::CqlStore::connect(&cfg.store.cql).await?;
-            (cql.clone() as crate::store::DynStore, Some(cql))
+            (cql.clone() as crate::store::DynStore, Some(cql), None)
         }
     };
     store.migrate().await?;
@@ -123,6 +129,10 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     let mut deps = ActorDeps::new(cfg, store, metrics, tokio::runtime::Handle::current());
     if let Some(c) = cql {
         deps = deps.with_cql(c);
+    }
+    match read_models {
+        Some(m) => deps = deps.with_read_models(m),
+        None => tracing::info!("read models are not available on the {:?} backend: no projection actor; GET /orders/{{id}} reads the event stream", deps.cfg.store.backend),
     }
     let intake = deps.intake.clone();
 
@@ -195,7 +205,7 @@ async fn actor_system(deps: ActorDeps, fault_injection: bool, bound: oneshot::Se
             return 1;
         }
     };
-    let api = ApiState { order, intake: deps.intake.clone(), token: deps.cfg.http.api_token.as_deref().map(Into::into) };
+    let api = ApiState { order, intake: deps.intake.clone(), token: deps.cfg.http.api_token.as_deref().map(Into::into), read_models: deps.read_models.clone() };
     let admin = AdminState { metrics: deps.metrics.clone(), health: deps.health.subscribe(), coordinator: coordinator.clone(), dlq, fault_injection };
     let servers = match crate::http::start(&deps.cfg.http, deps.cfg.shutdown_deadline_ms, api, admin, deps.metrics.clone()) {
         Ok(s) => s,

@@ -11,23 +11,27 @@
 //! - [`envelope`]: the stored/published form of an event.
 //! - [`store`]: the `EventStore` trait and its SQLite and CQL backends.
 //! - [`app`]: the application service (load -> handle -> append, with retries).
-//! - [`relay`]: feed -> Kafka pipeline with retry, circuit breaker, DLQ, checkpoints.
-//! - [`actors`]: thin Actix shells (coordinator, order, CDC, DLQ, health).
+//! - [`projection`]: read models (order_read_model, orders_by_customer) fed by the store's feed.
+//! - [`relay`]: feed -> Kafka pipeline with retry, circuit breaker, DLQ, checkpoints;
+//!   `relay::cdc` is the Scylla CDC feed.
+//! - [`metrics`]: the Prometheus catalogue; [`shutdown`]: one signal fanned out.
+//! - [`actors`]: thin Actix shells (coordinator, order, CDC, DLQ, health, projection).
 //! - [`http`]: actix-web command API and admin server (/metrics, /health).
+//! - [`daemon`]: `outboxd run` wiring; [`bench`]: `outboxd bench ...`.
 //! - [`config`]: configuration from TOML and `OUTBOX_*` variables.
 //! - `main.rs`: the CLI only.
 #![forbid(unsafe_code)]
 
+pub mod actors;
 pub mod app;
+pub mod bench;
 pub mod config;
+pub mod daemon;
 pub mod domain;
 pub mod envelope;
-pub mod store;
+pub mod http;
 pub mod metrics;
+pub mod projection;
 pub mod relay;
 pub mod shutdown;
-pub mod bench;
-pub mod daemon;
-pub mod actors;
-pub mod http;
-pub mod projection;
+pub mod store;

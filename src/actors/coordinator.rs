@@ -1,6 +1,7 @@
 //! CoordinatorActor: the root of the supervision tree.
 //!
 //! Starts the children in the seed's order (Health -> DLQ -> Order -> CDC),
+//! then the ProjectionActor when the backend has read models,
 //! holds their addresses, answers lookups, and shuts the system down:
 //! on `ShutdownSystem` (a signal) with exit code 0, or when a supervised
 //! child used up its restart budget (`ChildGaveUp`) with
@@ -9,7 +10,8 @@
 //! Shutdown sequence (each step bounded by `shutdown_deadline_ms` overall):
 //! 1. close intake (the command API answers 503) and mark /health;
 //! 2. let the OrderActor finish the commands it already accepted;
-//! 3. stop the children in reverse start order: CDC (the relay stops
+//! 3. stop the children in reverse start order: the projector (the batch
+//!    being committed finishes), CDC (the relay stops
 //!    reading, settles in-flight deliveries, persists its checkpoint),
 //!    Order, DLQ, Health;
 //! 4. report the exit code.
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::messages::*;
-use super::{ActorDeps, CdcStreamProcessor, DlqActor, DlqSink, HealthCheckActor, OrderActor, EXIT_RESTART_BUDGET};
+use super::{ActorDeps, CdcStreamProcessor, DlqActor, DlqSink, HealthCheckActor, OrderActor, ProjectionActor, EXIT_RESTART_BUDGET};
 
 const NAME: ActorName = ActorName::Coordinator;
 
@@ -33,6 +35,7 @@ pub struct CoordinatorActor {
     dlq: Option<Addr<DlqActor>>,
     order: Option<Addr<OrderActor>>,
     cdc: Option<Addr<CdcStreamProcessor>>,
+    projection: Option<Addr<ProjectionActor>>,
     exit: Option<oneshot::Sender<u8>>,
     shutting_down: Option<u8>,
     done: Vec<oneshot::Sender<u8>>,
@@ -40,7 +43,7 @@ pub struct CoordinatorActor {
 
 impl CoordinatorActor {
     pub fn new(deps: ActorDeps, exit: oneshot::Sender<u8>) -> CoordinatorActor {
-        CoordinatorActor { deps, health: None, dlq: None, order: None, cdc: None, exit: Some(exit), shutting_down: None, done: Vec::new() }
+        CoordinatorActor { deps, health: None, dlq: None, order: None, cdc: None, projection: None, exit: Some(exit), shutting_down: None, done: Vec::new() }
     }
 
     fn start_children(&mut self, ctx: &mut Context<Self>) {
@@ -56,14 +59,27 @@ impl CoordinatorActor {
         let order = actix::Supervisor::start(move |_| OrderActor::new(d, p, h));
         // 4. CDC: the relay, dead letters through the DlqActor.
         let sink = Arc::new(DlqSink(dlq.clone()));
-        let (d, p, h) = (deps, me.recipient(), health.clone().recipient());
+        let (d, p, h) = (deps.clone(), me.clone().recipient(), health.clone().recipient());
         let cdc = actix::Supervisor::start(move |_| CdcStreamProcessor::new(d, sink, p, h));
-        health.do_send(RegisterComponents { dlq: dlq.clone(), order: order.clone(), cdc: cdc.clone() });
+        // 5. Projections: only where the backend has read models.
+        let projection = match deps.read_models.clone() {
+            Some(models) => {
+                let (d, p, h) = (deps, me.recipient(), health.clone().recipient());
+                Some(actix::Supervisor::start(move |_| ProjectionActor::new(d, models, p, h)))
+            }
+            None => {
+                tracing::info!(backend = ?deps.cfg.store.backend, "read models are not available on this backend; the projection actor is not started");
+                None
+            }
+        };
+        health.do_send(RegisterComponents { dlq: dlq.clone(), order: order.clone(), cdc: cdc.clone(), projection: projection.clone() });
         self.health = Some(health);
         self.dlq = Some(dlq);
         self.order = Some(order);
         self.cdc = Some(cdc);
-        tracing::info!("all supervised actors started (health_check, dlq_actor, order_actor, cdc_processor)");
+        let started = if projection.is_some() { "health_check, dlq_actor, order_actor, cdc_processor, projection_actor" } else { "health_check, dlq_actor, order_actor, cdc_processor" };
+        self.projection = projection;
+        tracing::info!("all supervised actors started ({started})");
     }
 
     fn begin_shutdown(&mut self, reason: String, exit_code: u8, ctx: &mut Context<Self>) {
@@ -76,7 +92,7 @@ impl CoordinatorActor {
         let deadline = Duration::from_millis(self.deps.cfg.shutdown_deadline_ms);
         let started = Instant::now();
         let remaining = move || deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
-        let (health, dlq, order, cdc) = (self.health.clone(), self.dlq.clone(), self.order.clone(), self.cdc.clone());
+        let (health, dlq, order, cdc, projection) = (self.health.clone(), self.dlq.clone(), self.order.clone(), self.cdc.clone(), self.projection.clone());
         let seq = async move {
             if let Some(h) = &health {
                 let _ = h.send(MarkShuttingDown).await;
@@ -88,7 +104,12 @@ impl CoordinatorActor {
                     _ => tracing::warn!("order actor did not drain in time"),
                 }
             }
-            // Reverse start order: CDC, Order, DLQ, Health.
+            // Reverse start order: Projection, CDC, Order, DLQ, Health.
+            if let Some(p) = &projection {
+                if tokio::time::timeout(remaining(), p.send(StopActor { deadline: remaining().saturating_sub(Duration::from_millis(50)) })).await.is_err() {
+                    tracing::warn!("projection actor did not stop before the shutdown deadline");
+                }
+            }
             if let Some(c) = &cdc {
                 if tokio::time::timeout(remaining(), c.send(StopActor { deadline: remaining().saturating_sub(Duration::from_millis(50)) })).await.is_err() {
                     tracing::warn!("cdc processor did not stop before the shutdown deadline");
@@ -181,6 +202,15 @@ impl Handler<GetCdcProcessor> for CoordinatorActor {
     }
 }
 
+impl Handler<GetProjectionActor> for CoordinatorActor {
+    type Result = Option<Addr<ProjectionActor>>;
+
+    fn handle(&mut self, _msg: GetProjectionActor, _ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        self.projection.clone()
+    }
+}
+
 impl Handler<ShutdownSystem> for CoordinatorActor {
     type Result = ResponseFuture<u8>;
 
@@ -216,6 +246,10 @@ impl Handler<InjectFailureInto> for CoordinatorActor {
             ActorName::Order => self.order.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
             ActorName::Cdc => self.cdc.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
             ActorName::Dlq => self.dlq.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
+            ActorName::Projection => match self.projection.clone() {
+                Some(a) => Some(Box::pin(async move { a.send(m).await }) as _),
+                None => return Box::pin(async { Err("projection_actor is not started: this backend has no read models".to_string()) }),
+            },
             ActorName::HealthCheck => self.health.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
             ActorName::Coordinator => return Box::pin(async { Err("the coordinator is the root; it does not take injected failures".to_string()) }),
         };

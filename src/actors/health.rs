@@ -20,6 +20,12 @@
 //!   gave up or not answering -> Unhealthy.
 //! - order_actor / dlq_actor: restarting -> Degraded; gave up or not
 //!   answering -> Unhealthy.
+//! - projections (the ProjectionActor): the projector reports store errors
+//!   -> Degraded; lag (store head read by this check minus the projection
+//!   checkpoint) over `health.projection_lag_degraded_events` -> Degraded;
+//!   restarting or not running -> Degraded; gave up or not answering ->
+//!   Unhealthy. Backends without read models (CQL) report Healthy with
+//!   "not available". The live lag is mirrored in `projection_lag_events`.
 //! - overall = the worst component.
 //!
 //! Policy: resume. A failed probe is a health result, never an actor failure.
@@ -36,12 +42,12 @@ use crate::relay::{BreakerState, RelayStatus};
 use crate::store::StoreError;
 
 use super::messages::*;
-use super::{ActorDeps, CdcStreamProcessor, DlqActor, OrderActor};
+use super::{ActorDeps, CdcStreamProcessor, DlqActor, OrderActor, ProjectionActor};
 
 const NAME: ActorName = ActorName::HealthCheck;
 
 /// The components /health reports, in order.
-pub const COMPONENTS: [&str; 5] = ["store", "kafka", "cdc_processor", "order_actor", "dlq_actor"];
+pub const COMPONENTS: [&str; 6] = ["store", "kafka", "cdc_processor", "order_actor", "dlq_actor", "projections"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -128,6 +134,23 @@ pub struct Probes {
     pub cdc: Option<ProcessorStatus>,
     /// Relay status straight from the channel (used when the processor does not answer).
     pub relay: RelayStatus,
+    /// Whether the backend has read models (a ProjectionActor was started).
+    pub projection_enabled: bool,
+    /// The ProjectionActor's answer (None: it did not answer).
+    pub projection: Option<ProjectionActorStatus>,
+}
+
+/// Health thresholds (from `health.*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    pub relay_lag_degraded_events: i64,
+    pub projection_lag_degraded_events: i64,
+}
+
+impl Thresholds {
+    pub fn from_config(h: &crate::config::HealthConfig) -> Thresholds {
+        Thresholds { relay_lag_degraded_events: h.lag_degraded_events, projection_lag_degraded_events: h.projection_lag_degraded_events }
+    }
 }
 
 /// Latest lifecycle detail a child reported about itself.
@@ -146,7 +169,8 @@ fn lifecycle_health(actor: ActorName, l: Option<Lifecycle>, reported: &Reported)
 }
 
 /// Pure health rules: probes -> status and detail per component.
-pub fn evaluate(p: &Probes, reported: &Reported, lag_degraded_events: i64) -> BTreeMap<&'static str, (HealthStatus, String)> {
+pub fn evaluate(p: &Probes, reported: &Reported, t: Thresholds) -> BTreeMap<&'static str, (HealthStatus, String)> {
+    let lag_degraded_events = t.relay_lag_degraded_events;
     let mut out = BTreeMap::new();
     out.insert(
         "store",
@@ -190,7 +214,31 @@ pub fn evaluate(p: &Probes, reported: &Reported, lag_degraded_events: i64) -> BT
         detail = format!("{detail}; {n} dead letters");
     }
     out.insert("dlq_actor", (st, detail));
+    out.insert("projections", projections_health(p, reported, t.projection_lag_degraded_events));
     out
+}
+
+fn projections_health(p: &Probes, reported: &Reported, lag_degraded_events: i64) -> (HealthStatus, String) {
+    if !p.projection_enabled {
+        return (HealthStatus::Healthy, "read models are not available on this backend".into());
+    }
+    let (st, detail) = lifecycle_health(ActorName::Projection, p.projection.as_ref().map(|s| s.lifecycle), reported);
+    let Some(s) = &p.projection else { return (st, detail) };
+    let pr = &s.projection;
+    let progress = format!("checkpoint {}, head {}, lag {} events", pr.checkpoint, pr.head, pr.lag);
+    if st != HealthStatus::Healthy {
+        return (st, format!("{detail}; {progress}"));
+    }
+    if !pr.store_ok {
+        let err = pr.last_error.clone().unwrap_or_else(|| "no error recorded".into());
+        (HealthStatus::Degraded, format!("projector cannot read or write the store: {err}; {progress}"))
+    } else if pr.lag > lag_degraded_events {
+        (HealthStatus::Degraded, format!("lag {} events exceeds {lag_degraded_events}; {progress}", pr.lag))
+    } else if !s.projector_running {
+        (HealthStatus::Degraded, format!("projector not running; {progress}"))
+    } else {
+        (HealthStatus::Healthy, format!("projector running; {progress}"))
+    }
 }
 
 pub struct HealthCheckActor {
@@ -198,6 +246,7 @@ pub struct HealthCheckActor {
     order: Option<Addr<OrderActor>>,
     cdc: Option<Addr<CdcStreamProcessor>>,
     dlq: Option<Addr<DlqActor>>,
+    projection: Option<Addr<ProjectionActor>>,
     reported: Reported,
     checking: bool,
     recheck: bool,
@@ -244,7 +293,7 @@ impl HealthCheckActor {
             let id = file_identity(&p);
             (p, id)
         });
-        HealthCheckActor { deps, order: None, cdc: None, dlq: None, reported: HashMap::new(), checking: false, recheck: false, stopped: false, sqlite, interval: None }
+        HealthCheckActor { deps, order: None, cdc: None, dlq: None, projection: None, reported: HashMap::new(), checking: false, recheck: false, stopped: false, sqlite, interval: None }
     }
 
     fn probe_timeout(&self) -> Duration {
@@ -266,6 +315,8 @@ impl HealthCheckActor {
         let sqlite = self.sqlite.clone();
         let (order, cdc, dlq) = (self.order.clone(), self.cdc.clone(), self.dlq.clone());
         let relay = self.deps.relay_status.borrow().clone();
+        let projection = self.projection.clone();
+        let projection_enabled = projection.is_some();
         let fut = async move {
             let store_probe = async {
                 let head = match tokio::time::timeout(t, store.head_position()).await {
@@ -306,8 +357,14 @@ impl HealthCheckActor {
                     None => (Some(Lifecycle::Starting), None),
                 }
             };
-            let (store, order, cdc, (dlq, dlq_depth)) = tokio::join!(store_probe, order_probe, cdc_probe, dlq_probe);
-            Probes { store, order, dlq, dlq_depth, cdc, relay }
+            let projection_probe = async {
+                match projection {
+                    Some(a) => tokio::time::timeout(t, a.send(GetProjectionStatus)).await.ok().and_then(|r| r.ok()),
+                    None => None,
+                }
+            };
+            let (store, order, cdc, (dlq, dlq_depth), projection) = tokio::join!(store_probe, order_probe, cdc_probe, dlq_probe, projection_probe);
+            Probes { store, order, dlq, dlq_depth, cdc, relay, projection_enabled, projection }
         };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(fut).map(|mut probes, act, ctx| {
             act.checking = false;
@@ -336,11 +393,20 @@ impl HealthCheckActor {
                 r.lag = (r.head - r.checkpoint).max(0);
             }
         }
+        // The projection lag against the same head: a projector that is
+        // stopped or stuck does not update its own lag.
+        if let Some(p) = probes.projection.as_mut().map(|s| &mut s.projection) {
+            if let Some(h) = head {
+                p.head = p.head.max(h);
+                p.lag = (p.head - p.checkpoint).max(0);
+            }
+            self.deps.metrics.projection_lag_events.set(p.lag);
+        }
     }
 
     fn publish(&mut self, probes: &mut Probes) {
         self.live_relay(probes);
-        let verdict = evaluate(probes, &self.reported, self.deps.cfg.health.lag_degraded_events);
+        let verdict = evaluate(probes, &self.reported, Thresholds::from_config(&self.deps.cfg.health));
         let now = Utc::now();
         let metrics = &self.deps.metrics;
         let components: BTreeMap<String, ComponentHealth> = verdict
@@ -391,6 +457,7 @@ impl Handler<RegisterComponents> for HealthCheckActor {
         self.order = Some(msg.order);
         self.cdc = Some(msg.cdc);
         self.dlq = Some(msg.dlq);
+        self.projection = msg.projection;
         self.check(ctx);
     }
 }
@@ -481,8 +548,17 @@ mod tests {
             dlq_depth: Some(0),
             cdc: Some(ProcessorStatus { lifecycle: Lifecycle::Running, restarts_in_window: 0, relay_running: true, relay: relay.clone() }),
             relay,
+            projection_enabled: true,
+            projection: Some(ProjectionActorStatus {
+                lifecycle: Lifecycle::Running,
+                restarts_in_window: 0,
+                projector_running: true,
+                projection: crate::projection::ProjectionStatus { running: true, ..Default::default() },
+            }),
         }
     }
+
+    const T: Thresholds = Thresholds { relay_lag_degraded_events: 100, projection_lag_degraded_events: 100 };
 
     fn worst(v: &BTreeMap<&'static str, (HealthStatus, String)>) -> HealthStatus {
         v.values().map(|(s, _)| *s).max().unwrap()
@@ -490,7 +566,7 @@ mod tests {
 
     #[test]
     fn all_good_is_healthy() {
-        let v = evaluate(&probes(), &HashMap::new(), 100);
+        let v = evaluate(&probes(), &HashMap::new(), T);
         assert_eq!(worst(&v), HealthStatus::Healthy, "{v:?}");
         assert_eq!(v.len(), COMPONENTS.len());
     }
@@ -499,13 +575,13 @@ mod tests {
     fn broker_breaker_and_lag_degrade() {
         let mut p = probes();
         p.cdc.as_mut().unwrap().relay.broker_ok = false;
-        assert_eq!(evaluate(&p, &HashMap::new(), 100)["kafka"].0, HealthStatus::Degraded);
+        assert_eq!(evaluate(&p, &HashMap::new(), T)["kafka"].0, HealthStatus::Degraded);
         let mut p = probes();
         p.cdc.as_mut().unwrap().relay.breaker = BreakerState::Open;
-        assert_eq!(evaluate(&p, &HashMap::new(), 100)["kafka"].0, HealthStatus::Degraded);
+        assert_eq!(evaluate(&p, &HashMap::new(), T)["kafka"].0, HealthStatus::Degraded);
         let mut p = probes();
         p.cdc.as_mut().unwrap().relay.lag = 101;
-        let v = evaluate(&p, &HashMap::new(), 100);
+        let v = evaluate(&p, &HashMap::new(), T);
         assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded);
         assert!(v["cdc_processor"].1.contains("lag 101"));
     }
@@ -514,19 +590,48 @@ mod tests {
     fn store_failures_and_gave_up_are_unhealthy() {
         let mut p = probes();
         p.store = Err("database file x is gone".into());
-        assert_eq!(evaluate(&p, &HashMap::new(), 100)["store"].0, HealthStatus::Unhealthy);
+        assert_eq!(evaluate(&p, &HashMap::new(), T)["store"].0, HealthStatus::Unhealthy);
         let mut p = probes();
         p.cdc.as_mut().unwrap().relay.store_ok = false;
-        assert_eq!(evaluate(&p, &HashMap::new(), 100)["cdc_processor"].0, HealthStatus::Unhealthy);
+        assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Unhealthy);
         let mut p = probes();
         p.order = Some(Lifecycle::GaveUp);
-        assert_eq!(evaluate(&p, &HashMap::new(), 100)["order_actor"].0, HealthStatus::Unhealthy);
+        assert_eq!(evaluate(&p, &HashMap::new(), T)["order_actor"].0, HealthStatus::Unhealthy);
         let mut p = probes();
         p.cdc = None;
-        assert_eq!(evaluate(&p, &HashMap::new(), 100)["cdc_processor"].0, HealthStatus::Unhealthy);
+        assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Unhealthy);
         let mut p = probes();
         p.order = Some(Lifecycle::Restarting { restart: 1 });
-        assert_eq!(evaluate(&p, &HashMap::new(), 100)["order_actor"].0, HealthStatus::Degraded);
+        assert_eq!(evaluate(&p, &HashMap::new(), T)["order_actor"].0, HealthStatus::Degraded);
+    }
+
+    #[test]
+    fn projection_lag_store_errors_and_lifecycle() {
+        let mut p = probes();
+        p.projection.as_mut().unwrap().projection.lag = 100;
+        assert_eq!(evaluate(&p, &HashMap::new(), T)["projections"].0, HealthStatus::Healthy);
+        p.projection.as_mut().unwrap().projection.lag = 101;
+        let v = evaluate(&p, &HashMap::new(), T);
+        assert_eq!(v["projections"].0, HealthStatus::Degraded);
+        assert!(v["projections"].1.contains("lag 101"), "{}", v["projections"].1);
+        let mut p = probes();
+        let s = &mut p.projection.as_mut().unwrap().projection;
+        s.store_ok = false;
+        s.last_error = Some("disk I/O error".into());
+        let v = evaluate(&p, &HashMap::new(), T);
+        assert_eq!(v["projections"].0, HealthStatus::Degraded);
+        assert!(v["projections"].1.contains("disk I/O error"));
+        let mut p = probes();
+        p.projection.as_mut().unwrap().lifecycle = Lifecycle::Restarting { restart: 1 };
+        assert_eq!(evaluate(&p, &HashMap::new(), T)["projections"].0, HealthStatus::Degraded);
+        let mut p = probes();
+        p.projection = None;
+        assert_eq!(evaluate(&p, &HashMap::new(), T)["projections"].0, HealthStatus::Unhealthy);
+        // No read models on this backend: nothing to report.
+        p.projection_enabled = false;
+        let v = evaluate(&p, &HashMap::new(), T);
+        assert_eq!(v["projections"].0, HealthStatus::Healthy);
+        assert!(v["projections"].1.contains("not available"));
     }
 
     #[test]

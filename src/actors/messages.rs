@@ -16,7 +16,8 @@ use crate::relay::RelayStatus;
 use crate::store::{DeadLetter, StoreError};
 
 use super::health::HealthReport;
-use super::{CdcStreamProcessor, DlqActor, HealthCheckActor, OrderActor};
+use super::{CdcStreamProcessor, DlqActor, HealthCheckActor, OrderActor, ProjectionActor};
+use crate::projection::ProjectionStatus;
 
 /// The actors of the supervision tree, as named in metrics and /health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -31,10 +32,12 @@ pub enum ActorName {
     Order,
     #[serde(rename = "cdc_processor")]
     Cdc,
+    #[serde(rename = "projection_actor")]
+    Projection,
 }
 
 impl ActorName {
-    pub const ALL: [ActorName; 5] = [ActorName::Coordinator, ActorName::HealthCheck, ActorName::Dlq, ActorName::Order, ActorName::Cdc];
+    pub const ALL: [ActorName; 6] = [ActorName::Coordinator, ActorName::HealthCheck, ActorName::Dlq, ActorName::Order, ActorName::Cdc, ActorName::Projection];
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -43,6 +46,7 @@ impl ActorName {
             ActorName::Dlq => "dlq_actor",
             ActorName::Order => "order_actor",
             ActorName::Cdc => "cdc_processor",
+            ActorName::Projection => "projection_actor",
         }
     }
 
@@ -54,6 +58,7 @@ impl ActorName {
             "dlq_actor" | "dlq" => ActorName::Dlq,
             "order_actor" | "order" => ActorName::Order,
             "cdc_processor" | "cdc" | "relay" => ActorName::Cdc,
+            "projection_actor" | "projection" | "projections" | "projector" => ActorName::Projection,
             _ => return None,
         })
     }
@@ -102,6 +107,11 @@ pub struct GetDlqActor;
 #[rtype(result = "Option<Addr<CdcStreamProcessor>>")]
 pub struct GetCdcProcessor;
 
+/// The ProjectionActor (None when the backend has no read models).
+#[derive(Message)]
+#[rtype(result = "Option<Addr<ProjectionActor>>")]
+pub struct GetProjectionActor;
+
 /// Stops intake, drains commands, stops the children in reverse start order
 /// and reports `exit_code` on the coordinator's exit channel. Idempotent: a
 /// second request while shutting down only waits. Answers the exit code used.
@@ -137,9 +147,9 @@ pub struct InjectFailureInto {
 pub enum FailureMode {
     /// The actor stops itself (`ctx.stop()`), as after a fatal error.
     Stop,
-    /// The relay task is aborted mid-flight (like a killed consumer).
+    /// The relay (or projector) task is aborted mid-flight (like a killed consumer).
     Kill,
-    /// The relay task panics.
+    /// The relay (or projector) task panics.
     Panic,
 }
 
@@ -227,6 +237,23 @@ pub struct ProcessorStatus {
 #[rtype(result = "ProcessorStatus")]
 pub struct GetRelayStatus;
 
+// ---- ProjectionActor ----------------------------------------------------
+
+/// What the ProjectionActor reports: its lifecycle, restarts and the
+/// projector's checkpoint, lag and store errors.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProjectionActorStatus {
+    pub lifecycle: Lifecycle,
+    pub restarts_in_window: u32,
+    /// A projector task is running (and says so).
+    pub projector_running: bool,
+    pub projection: ProjectionStatus,
+}
+
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "ProjectionActorStatus")]
+pub struct GetProjectionStatus;
+
 // ---- DlqActor ------------------------------------------------------------
 
 /// Durably records a dead letter (the relay's `DeadLetterSink`).
@@ -262,6 +289,8 @@ pub struct RegisterComponents {
     pub dlq: Addr<DlqActor>,
     pub order: Addr<OrderActor>,
     pub cdc: Addr<CdcStreamProcessor>,
+    /// None when the backend has no read models (CQL).
+    pub projection: Option<Addr<ProjectionActor>>,
 }
 
 /// A lifecycle change a child reports about itself.

@@ -7,7 +7,9 @@
 //! ├── HealthCheckActor    resume  (errors are logged, it keeps checking)
 //! ├── DlqActor            resume  (owns dead-letter writes, listing, replay)
 //! ├── OrderActor          restart (actix Supervisor; runs app::CommandService)
-//! └── CdcStreamProcessor  restart (actix Supervisor; runs relay::Relay::run)
+//! ├── CdcStreamProcessor  restart (actix Supervisor; runs relay::Relay::run)
+//! └── ProjectionActor     restart (actix Supervisor; runs projection::Projector::run;
+//!                         only when the backend has read models: SQLite)
 //! ```
 //!
 //! Guarantees:
@@ -21,7 +23,7 @@
 //!   is Unhealthy and the coordinator shuts the system down with
 //!   [`EXIT_RESTART_BUDGET`].
 //! - Shutdown: intake stops first, in-flight commands finish, then children
-//!   stop in reverse start order (CDC flushes in-flight deliveries and
+//!   stop in reverse start order (the projector stops first, CDC flushes in-flight deliveries and
 //!   persists its checkpoint before the DLQ and health actors stop).
 
 pub mod cdc_processor;
@@ -30,6 +32,7 @@ pub mod dlq_actor;
 pub mod health;
 pub mod messages;
 pub mod order_actor;
+pub mod projection_actor;
 pub mod supervision;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +41,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::projection::{DynReadModels, ProjectionStatus};
 use crate::relay::RelayStatus;
 use crate::store::DynStore;
 
@@ -47,6 +51,7 @@ pub use dlq_actor::{DlqActor, DlqSink};
 pub use health::{ComponentHealth, HealthCheckActor, HealthReport, HealthStatus};
 pub use messages::*;
 pub use order_actor::OrderActor;
+pub use projection_actor::ProjectionActor;
 pub use supervision::RestartBudget;
 
 /// Exit code of `outboxd run` when a supervised actor used up its restart
@@ -92,13 +97,25 @@ pub struct ActorDeps {
     /// The CQL store when `store.backend = cql`: its feed is Scylla CDC
     /// (`relay::cdc`), read with the store's session.
     pub cql: Option<Arc<crate::store::cql::CqlStore>>,
+    /// The read models when the backend has them (SQLite); None: no
+    /// ProjectionActor, and GET /orders/{id} reads the event stream.
+    pub read_models: Option<DynReadModels>,
+    /// Projector status; the sender outlives projector restarts.
+    pub projection_status: watch::Sender<ProjectionStatus>,
 }
 
 impl ActorDeps {
     pub fn new(cfg: Config, store: DynStore, metrics: Metrics, runtime: tokio::runtime::Handle) -> ActorDeps {
         let (relay_status, _) = watch::channel(RelayStatus::default());
         let (health, _) = watch::channel(HealthReport::starting());
-        ActorDeps { cfg: Arc::new(cfg), store, metrics, runtime, intake: Arc::new(Intake::new()), relay_status, health, cql: None }
+        let (projection_status, _) = watch::channel(ProjectionStatus::default());
+        ActorDeps { cfg: Arc::new(cfg), store, metrics, runtime, intake: Arc::new(Intake::new()), relay_status, health, cql: None, read_models: None, projection_status }
+    }
+
+    /// Maintains these read models with a supervised ProjectionActor.
+    pub fn with_read_models(mut self, models: DynReadModels) -> ActorDeps {
+        self.read_models = Some(models);
+        self
     }
 
     /// Uses the Scylla CDC feed of this CQL store instead of the position feed.
@@ -145,7 +162,7 @@ pub fn prime_metrics(m: &Metrics, cfg: &Config) {
     for a in ActorName::ALL {
         m.messages_received.with_label_values(&[a.as_str()]);
     }
-    for a in [ActorName::Order, ActorName::Cdc] {
+    for a in [ActorName::Order, ActorName::Cdc, ActorName::Projection] {
         m.actor_restarts.with_label_values(&[a.as_str()]);
     }
     for c in health::COMPONENTS.into_iter().chain(["system"]) {

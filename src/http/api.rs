@@ -3,7 +3,7 @@
 //! | route | body | success |
 //! |---|---|---|
 //! | POST /orders | `{customer_id, items, id?}` | 201 order |
-//! | GET /orders/{id} | | 200 order |
+//! | GET /orders/{id} | | 200 order (+ `source`, `projection`) |
 //! | POST /orders/{id}/items | `{items}` | 200 order |
 //! | POST /orders/{id}/confirm | | 200 order |
 //! | POST /orders/{id}/ship | `{tracking_number, carrier}` | 200 order |
@@ -12,6 +12,20 @@
 //! | POST /customers | `{name, email, phone?, id?}` | 201 customer |
 //! | GET /customers/{id} | | 200 customer |
 //! | POST /customers/{id}/email | `{email}` | 200 customer |
+//! | GET /customers/{id}/orders?after=&limit=&offset= | | 200 page |
+//!
+//! Reads from the read models (SQLite backend; see `projection`):
+//! - GET /orders/{id} serves the `order_read_model` row: the order body plus
+//!   `"source": "read_model"`, `"projection": {checkpoint, head, lag_events}`
+//!   and the header `X-Projection-Lag: <lag_events>`; ETag = the row's
+//!   version. An order whose events are not projected yet (or a read-model
+//!   error) falls back to the event stream (`CommandService::load`,
+//!   `"source": "events"`); 404 only when neither has it. Backends without
+//!   read models always read the event stream.
+//! - GET /customers/{id}/orders: a page of `orders_by_customer` (ordered by
+//!   order id): `after=<order uuid>` (keyset cursor, `next_after` of the
+//!   previous page) or `offset=<n>`, `limit=1..=500` (default 50). A bad
+//!   parameter is a 400 naming it. 501 on backends without read models.
 //!
 //! `If-Match: <version>` (quoted or bare) pins the expected version (409 on
 //! mismatch). `X-Correlation-Id` (a UUID) is accepted or generated, stamped
@@ -33,11 +47,14 @@ use crate::actors::{ExecuteCommand, Intake, LoadAggregate, OrderActor};
 use crate::app::{Loaded, Outcome};
 use crate::domain::{Aggregate, Customer, CustomerCommand, Order, OrderCommand};
 use crate::envelope::Metadata;
+use crate::projection::{DynReadModels, Freshness, PageRequest, DEFAULT_PAGE, MAX_PAGE};
 
 use super::errors::{method_not_allowed, ApiError};
 use super::input::{self, Input};
 
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
+/// How many events the read models are behind the event stream.
+pub const PROJECTION_LAG_HEADER: &str = "x-projection-lag";
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -45,6 +62,8 @@ pub struct ApiState {
     pub intake: Arc<Intake>,
     /// `http.api_token`; never logged.
     pub token: Option<Arc<str>>,
+    /// The read models (None: the backend has none; reads use the event stream).
+    pub read_models: Option<DynReadModels>,
 }
 
 /// The correlation id of the current request (set by the gate).
@@ -180,13 +199,90 @@ async fn create_order(st: web::Data<ApiState>, req: HttpRequest, body: web::Json
     Ok(respond(StatusCode::CREATED, out.version, Some(format!("/orders/{id}")), order_view(id, out.version, &out.state)))
 }
 
+fn with_projection(mut resp: HttpResponse, f: Freshness) -> HttpResponse {
+    if let Ok(v) = HeaderValue::from_str(&f.lag_events.to_string()) {
+        resp.headers_mut().insert(header::HeaderName::from_static(PROJECTION_LAG_HEADER), v);
+    }
+    resp
+}
+
+fn read_model_unavailable(e: crate::store::StoreError) -> ApiError {
+    tracing::warn!(error = %e, "read models unavailable");
+    ApiError::unavailable("temporarily unavailable; retry shortly")
+}
+
 async fn get_order(st: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = path_id(&path)?;
+    let mut freshness = None;
+    if let Some(models) = &st.read_models {
+        match models.get_order(id).await {
+            Ok(Some(v)) => {
+                let mut body = order_view(id, v.version, &v.state);
+                body["source"] = json!("read_model");
+                body["stream_version"] = json!(v.stream_version);
+                body["created_at"] = json!(v.created_at);
+                body["updated_at"] = json!(v.updated_at);
+                body["projection"] = json!(v.projection);
+                return Ok(with_projection(respond(StatusCode::OK, v.version, None, body), v.projection));
+            }
+            // Not projected yet: the event stream may have it.
+            Ok(None) => freshness = models.freshness().await.ok(),
+            Err(e) => tracing::warn!(error = %e, order_id = %id, "read model unavailable; reading the event stream"),
+        }
+    }
     let l = load::<Order>(&st, id).await?;
     if l.version == 0 {
         return Err(ApiError::not_found(format!("order {id} does not exist")));
     }
-    Ok(respond(StatusCode::OK, l.version, None, order_view(id, l.version, &l.state)))
+    let mut body = order_view(id, l.version, &l.state);
+    body["source"] = json!("events");
+    let resp = match freshness {
+        Some(f) => {
+            body["projection"] = json!(f);
+            with_projection(respond(StatusCode::OK, l.version, None, body), f)
+        }
+        None => respond(StatusCode::OK, l.version, None, body),
+    };
+    Ok(resp)
+}
+
+/// Parses `after`, `offset`, `limit` of GET /customers/{id}/orders; any
+/// other, repeated or malformed parameter is a 400 naming it.
+pub fn page_request(query: &[(String, String)]) -> Result<PageRequest, ApiError> {
+    let mut page = PageRequest { after: None, offset: 0, limit: DEFAULT_PAGE };
+    let mut seen: Vec<&str> = Vec::new();
+    for (k, v) in query {
+        if seen.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(k, format!("{k} is given more than once")));
+        }
+        seen.push(k.as_str());
+        match k.as_str() {
+            "after" => page.after = Some(Uuid::parse_str(v.trim()).map_err(|_| ApiError::bad_request("after", "after must be an order id (the next_after of the previous page)"))?),
+            "offset" => page.offset = v.trim().parse::<u64>().map_err(|_| ApiError::bad_request("offset", "offset must be a non-negative integer"))?,
+            "limit" => {
+                page.limit = match v.trim().parse::<usize>() {
+                    Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+                    _ => return Err(ApiError::bad_request("limit", format!("limit must be an integer from 1 to {MAX_PAGE}"))),
+                }
+            }
+            other => return Err(ApiError::bad_request(other, format!("unknown query parameter {other:?}; use after, offset or limit"))),
+        }
+    }
+    if page.after.is_some() && page.offset > 0 {
+        return Err(ApiError::bad_request("offset", "give either after (a cursor) or offset, not both"));
+    }
+    Ok(page)
+}
+
+async fn customer_orders(st: web::Data<ApiState>, path: web::Path<String>, q: web::Query<Vec<(String, String)>>) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&path)?;
+    let page = page_request(&q)?;
+    let Some(models) = &st.read_models else {
+        return Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_available", "read models are not available on this store backend"));
+    };
+    let p = models.orders_by_customer(id, page).await.map_err(read_model_unavailable)?;
+    let f = p.projection;
+    Ok(with_projection(HttpResponse::Ok().json(p), f))
 }
 
 async fn order_command(st: &ApiState, req: &HttpRequest, raw_id: &str, cmd: impl FnOnce() -> Result<OrderCommand, ApiError>) -> Result<HttpResponse, ApiError> {
@@ -276,7 +372,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(post("/orders/{id}/cancel", web::post().to(cancel)))
         .service(post("/customers", web::post().to(register_customer)))
         .service(post("/customers/{id}", web::get().to(get_customer)))
-        .service(post("/customers/{id}/email", web::post().to(change_email)));
+        .service(post("/customers/{id}/email", web::post().to(change_email)))
+        .service(post("/customers/{id}/orders", web::get().to(customer_orders)));
 }
 
 #[cfg(test)]
@@ -295,6 +392,29 @@ mod tests {
             assert_eq!(r(bad).unwrap_err().body.field.as_deref(), Some("If-Match"), "{bad}");
         }
         assert_eq!(if_match(&TestRequest::default().to_http_request()).unwrap(), None);
+    }
+
+    #[test]
+    fn page_request_params() {
+        let q = |pairs: &[(&str, &str)]| page_request(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>());
+        assert_eq!(q(&[]).unwrap(), PageRequest { after: None, offset: 0, limit: DEFAULT_PAGE });
+        let id = Uuid::now_v7();
+        assert_eq!(q(&[("after", &id.to_string()), ("limit", "3")]).unwrap(), PageRequest::after(id, 3));
+        assert_eq!(q(&[("offset", "6"), ("limit", "500")]).unwrap(), PageRequest { after: None, offset: 6, limit: 500 });
+        for (bad, field) in [
+            (vec![("limit", "0")], "limit"),
+            (vec![("limit", "501")], "limit"),
+            (vec![("limit", "ten")], "limit"),
+            (vec![("limit", "-1")], "limit"),
+            (vec![("after", "nope")], "after"),
+            (vec![("offset", "-2")], "offset"),
+            (vec![("limit", "2"), ("limit", "3")], "limit"),
+            (vec![("colour", "red")], "colour"),
+            (vec![("after", "0190a0a0-0000-7000-8000-000000000000"), ("offset", "2")], "offset"),
+        ] {
+            let e = q(&bad).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.body.field.as_deref()), (400, Some(field)), "{bad:?}");
+        }
     }
 
     #[test]
