@@ -61,7 +61,8 @@ topics:
 
 cqlsh:
 	@if docker info >/dev/null 2>&1; then docker compose exec scylla cqlsh -k outbox; \
-	 else eval "$$(bash scripts/cassandra-local.sh env)"; cqlsh $${CASSANDRA_URI%:*} $${CASSANDRA_URI#*:} -k outbox; fi
+	 else command -v cqlsh >/dev/null 2>&1 || pip install -q scylla-cqlsh; \
+	 eval "$$(bash scripts/cassandra-local.sh env)"; cqlsh $${CASSANDRA_URI%:*} $${CASSANDRA_URI#*:} -k outbox; fi
 
 ## integration-test: ScyllaDB + Redpanda from docker-compose; scylla-cdc end-to-end tests
 integration-test:
