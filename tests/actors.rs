@@ -106,7 +106,7 @@ fn injected_failures_restart_order_and_cdc_actors_and_events_keep_flowing() {
 #[test]
 fn exhausted_restart_budget_exits_non_zero() {
     let Some(brokers) = common::shared_brokers() else { return };
-    for actor in ["order_actor", "cdc_processor"] {
+    for actor in ["order_actor", "cdc_processor", "projection_actor"] {
         let dir = tempfile::tempdir().unwrap();
         let mut d = Daemon::start(&daemon_config(&brokers, dir.path()), &[fault(), ("OUTBOX_SUPERVISION__MAX_RESTARTS", "2".into())]);
         let mode = if actor == "order_actor" { "stop" } else { "kill" };
@@ -259,6 +259,8 @@ const CATALOGUE: &[&str] = &[
     "messages_received_total",
     "relay_lag_events",
     "relay_checkpoint_position",
+    "projection_lag_events",
+    "projection_checkpoint_position",
     "event_end_to_end_latency_seconds",
     "store_append_duration_seconds",
     "http_requests_total",

@@ -8,7 +8,8 @@
 //!   reachable at the last check, else 503.
 //! - GET /dlq?limit=N, POST /dlq/replay `{"ids": [...]}` or `{"all": true}`:
 //!   dead letters through the DlqActor.
-//! - POST /debug/fail/{actor}?mode=stop|kill|panic: failure injection, only
+//! - POST /debug/fail/{actor}?mode=stop|kill|panic: failure injection
+//!   (order_actor, cdc_processor, projection_actor, dlq_actor, health_check), only
 //!   when `OUTBOXD_ENABLE_FAULT_INJECTION=1` (tests).
 //!
 //! /metrics and /health read what the actors publish; they never query a
@@ -103,8 +104,8 @@ async fn debug_fail(st: web::Data<AdminState>, path: web::Path<String>, q: web::
     if !st.fault_injection {
         return Err(ApiError::not_found("no such route"));
     }
-    let actor = ActorName::parse(&path).ok_or_else(|| ApiError::not_found("unknown actor; use order_actor, cdc_processor, dlq_actor or health_check"))?;
-    let default = if actor == ActorName::Cdc { "kill" } else { "stop" };
+    let actor = ActorName::parse(&path).ok_or_else(|| ApiError::not_found("unknown actor; use order_actor, cdc_processor, projection_actor, dlq_actor or health_check"))?;
+    let default = if matches!(actor, ActorName::Cdc | ActorName::Projection) { "kill" } else { "stop" };
     let mode = FailureMode::parse(q.mode.as_deref().unwrap_or(default)).ok_or_else(|| ApiError::bad_request("mode", "mode must be stop, kill or panic"))?;
     match st.coordinator.send(InjectFailureInto { actor, mode }).await {
         Ok(Ok(())) => Ok(HttpResponse::Accepted().json(json!({"injected": actor, "mode": mode}))),
