@@ -460,6 +460,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Error is large; only in this test
     fn file_and_env_layering() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("o.toml", "[kafka]\nbrokers = \"10.0.0.1:9092\"\npartitions = 3\n")?;

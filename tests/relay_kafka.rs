@@ -326,7 +326,7 @@ async fn poison_event_goes_to_dlq_and_replays_after_the_limit_is_raised() {
     assert_eq!(letters[0].failure_count, 5);
     // Retries re-send events that were in flight behind the poison one (same ce_id),
     // so read until the topic is drained rather than up to a count.
-    let records = consume_all(&brokers, &[topic.clone()], usize::MAX, Duration::from_secs(8));
+    let records = consume_all(&brokers, std::slice::from_ref(&topic), usize::MAX, Duration::from_secs(8));
     let keys: HashSet<String> = records.iter().map(|r| r.key.clone()).collect();
     assert!(keys.contains(&before.to_string()) && keys.contains(&after.to_string()), "events around the poison are delivered");
     assert!(!keys.contains(&poison_id.to_string()));
