@@ -255,6 +255,18 @@ pub struct HealthCheckActor {
     interval: Option<SpawnHandle>,
 }
 
+/// Keeps one descriptor of the database file open for the life of the
+/// process, so its inode can't be freed and reused by a replacement file
+/// (which would defeat the identity check). Never closed: see `check_sqlite_file`.
+fn hold_open(path: &Path) {
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    if let Ok(f) = std::fs::File::open(path) {
+        if let Ok(mut held) = HELD.lock() {
+            held.push(f);
+        }
+    }
+}
+
 #[cfg(unix)]
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -268,20 +280,19 @@ fn file_identity(_path: &Path) -> Option<(u64, u64)> {
 
 /// The SQLite file must still be the one the store opened: a deleted or
 /// replaced file means new commits go to a file nobody will read again.
+///
+/// Only `stat`, never `open`: closing any file descriptor of the database
+/// file drops every POSIX lock this process holds on it, after which another
+/// process may checkpoint and delete the WAL under our live connections
+/// ("How To Corrupt An SQLite Database File", section 2.2). That happened:
+/// a header read here made the daemon see "database disk image is
+/// malformed" while CLI processes wrote to the same file.
 fn check_sqlite_file(path: &Path, identity: Option<(u64, u64)>) -> Result<(), String> {
-    use std::io::Read;
     if std::fs::metadata(path).is_err() {
         return Err(format!("database file {} is gone", path.display()));
     }
     if identity.is_some() && file_identity(path) != identity {
         return Err(format!("database file {} was replaced by another file", path.display()));
-    }
-    let mut header = [0u8; 16];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut header))
-        .map_err(|e| format!("database file {} cannot be read: {e}", path.display()))?;
-    if &header != b"SQLite format 3\0" {
-        return Err(format!("database file {} is not a SQLite database any more", path.display()));
     }
     Ok(())
 }
@@ -290,6 +301,7 @@ impl HealthCheckActor {
     pub fn new(deps: ActorDeps) -> HealthCheckActor {
         let sqlite = (deps.cfg.store.backend == Backend::Sqlite).then(|| {
             let p = deps.cfg.store.path.clone();
+            hold_open(&p);
             let id = file_identity(&p);
             (p, id)
         });
@@ -653,11 +665,12 @@ mod tests {
         let p = dir.path().join("x.db");
         assert!(check_sqlite_file(&p, None).unwrap_err().contains("gone"));
         std::fs::write(&p, b"SQLite format 3\0rest").unwrap();
+        hold_open(&p);
         let id = file_identity(&p);
         assert!(check_sqlite_file(&p, id).is_ok());
         std::fs::remove_file(&p).unwrap();
         std::fs::write(&p, b"garbage garbage garbage").unwrap();
         let e = check_sqlite_file(&p, id).unwrap_err();
-        assert!(e.contains("replaced") || e.contains("not a SQLite"), "{e}");
+        assert!(e.contains("replaced"), "{e}");
     }
 }

@@ -15,7 +15,10 @@
 //! idempotent by (aggregate id, sequence)), so a restart changes no row.
 //! The status channel outlives restarts.
 //!
-//! Only started when the backend has read models (SQLite); see the coordinator.
+//! Only started when the backend has read models; see the coordinator. On
+//! CQL the projector is the CDC projection (`projection::cql::run_cdc_projection`,
+//! its own scylla-cdc progress); without a CDC log (Apache Cassandra) the
+//! actor logs "read models on CQL need ScyllaDB CDC" and stays Stopped.
 
 use actix::prelude::*;
 use std::time::{Duration, Instant};
@@ -90,15 +93,44 @@ impl ProjectionActor {
         if self.stopping || matches!(self.lifecycle, Lifecycle::GaveUp | Lifecycle::Stopped) || self.run.is_some() {
             return;
         }
+        // CQL: the feed is the Scylla CDC log; without it there is nothing to project.
+        if let Some(cql) = &self.deps.cql {
+            if !cql.cdc_enabled() {
+                let why = format!("read models on CQL need ScyllaDB CDC ({}.event_store has no CDC log); projection not started", cql.keyspace());
+                tracing::warn!(actor = %NAME, "{why}");
+                self.lifecycle = Lifecycle::Stopped;
+                self.last_error = Some(why.clone());
+                self.deps.projection_status.send_modify(|s| {
+                    s.running = false;
+                    s.last_error = Some(why.clone());
+                });
+                self.event(why);
+                return;
+            }
+        }
         let trigger = Trigger::new();
-        let projector = Projector::with_status(
-            self.deps.store.clone(),
-            self.models.clone(),
-            self.deps.metrics.clone(),
-            ProjectorOptions::from_config(&self.deps.cfg),
-            self.deps.projection_status.clone(),
-        );
         let shutdown = trigger.subscribe();
+        let projector: futures::future::BoxFuture<'static, ()> = match self.deps.cql.clone() {
+            None => {
+                let projector = Projector::with_status(
+                    self.deps.store.clone(),
+                    self.models.clone(),
+                    self.deps.metrics.clone(),
+                    ProjectorOptions::from_config(&self.deps.cfg),
+                    self.deps.projection_status.clone(),
+                );
+                Box::pin(async move { projector.run(shutdown).await })
+            }
+            Some(cql) => {
+                let cfg = self.deps.cfg.clone();
+                let status = self.deps.projection_status.clone();
+                Box::pin(async move {
+                    if let Err(e) = crate::projection::cql::run_cdc_projection(cql, &cfg, status, shutdown).await {
+                        tracing::error!(actor = %NAME, error = %e, "CQL projection (CDC reader) failed");
+                    }
+                })
+            }
+        };
         self.generation += 1;
         let generation = self.generation;
         let (alive, gone_rx) = watch::channel(());
@@ -106,7 +138,7 @@ impl ProjectionActor {
         let task = self.deps.runtime.spawn(async move {
             let _alive = alive;
             tokio::select! {
-                _ = projector.run(shutdown) => {},
+                _ = projector => {},
                 Ok(()) = panic_rx => panic!("injected failure: projector task panicked"),
             }
         });

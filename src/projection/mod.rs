@@ -21,11 +21,13 @@
 //! - A stored row whose state shape is older than the code (`state_schema`)
 //!   or undecodable is re-derived from its events, never fatal.
 //!
-//! Backends: SQLite (tables of schema version 2, see `store::sqlite`). The
-//! CQL backend has no read models yet ([`open_stores`] returns `None`).
+//! Backends: SQLite (tables of schema version 2, see `store::sqlite`) and
+//! CQL (see [`cql`]: fed by the Scylla CDC log, so [`open_stores`] returns
+//! them only when `event_store` has a CDC log, i.e. on ScyllaDB).
 
 pub mod bench;
 pub mod model;
+pub mod cql;
 mod projector;
 mod sqlite;
 
@@ -184,7 +186,7 @@ pub struct CommitBatch {
     pub customers: Vec<CustomerRow>,
 }
 
-/// Storage of the read models. Implemented by `SqliteStore`.
+/// Storage of the read models. Implemented by `SqliteStore` and `CqlStore`.
 #[async_trait]
 pub trait ReadModelStore: Send + Sync + 'static {
     /// The consumer's checkpoint (0 when it has none).
@@ -218,6 +220,14 @@ pub async fn open_stores(cfg: &crate::config::Config) -> Result<(DynStore, Optio
             let s = crate::store::sqlite::SqliteStore::open(&cfg.store.path, cfg.store.sqlite.clone()).await?;
             Ok((s.clone(), Some(s)))
         }
-        crate::config::Backend::Cql => Ok((crate::store::open(cfg).await?, None)),
+        crate::config::Backend::Cql => {
+            let cql = crate::store::cql::CqlStore::connect(&cfg.store.cql).await?;
+            if cql.cdc_enabled() {
+                Ok((cql.clone(), Some(cql)))
+            } else {
+                tracing::info!(keyspace = cql.keyspace(), "read models on CQL need ScyllaDB CDC (no CDC log on event_store): no read models");
+                Ok((cql, None))
+            }
+        }
     }
 }

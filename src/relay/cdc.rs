@@ -281,6 +281,58 @@ impl ConsumerFactory for OutboxConsumerFactory {
     }
 }
 
+/// Where a second CDC consumer (the read-model projection on CQL) sends each
+/// event. `handle` returns `Ok` only once the event is durably handled (the
+/// reader's checkpoint may then move past it); `Err(CdcError::Shutdown)` on
+/// shutdown, any other error stops the reader.
+#[async_trait]
+pub trait EnvelopeSink: Send + Sync + 'static {
+    async fn handle(&self, env: EventEnvelope, shutdown: &mut Shutdown) -> Result<(), CdcError>;
+}
+
+/// scylla-cdc consumer that hands each event row to an [`EnvelopeSink`]
+/// (same row filtering and error policy as [`OutboxConsumer`]).
+pub struct SinkConsumer<S: EnvelopeSink> {
+    sink: Arc<S>,
+    shutdown: Shutdown,
+}
+
+#[async_trait]
+impl<S: EnvelopeSink> Consumer for SinkConsumer<S> {
+    async fn consume_cdc(&mut self, row: CDCRow<'_>) -> anyhow::Result<()> {
+        let env = match envelope_from_cdc_row(&row) {
+            Ok(Some(env)) => env,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable CDC row of event_store; stopping the CDC reader");
+                return Err(e.into());
+            }
+        };
+        if self.shutdown.is_shutdown() {
+            return Err(CdcError::Shutdown.into());
+        }
+        self.sink.handle(env, &mut self.shutdown).await.map_err(Into::into)
+    }
+}
+
+pub struct SinkConsumerFactory<S: EnvelopeSink> {
+    sink: Arc<S>,
+    shutdown: Shutdown,
+}
+
+impl<S: EnvelopeSink> SinkConsumerFactory<S> {
+    pub fn new(sink: Arc<S>, shutdown: Shutdown) -> Self {
+        SinkConsumerFactory { sink, shutdown }
+    }
+}
+
+#[async_trait]
+impl<S: EnvelopeSink> ConsumerFactory for SinkConsumerFactory<S> {
+    async fn new_consumer(&self) -> Box<dyn Consumer> {
+        Box::new(SinkConsumer { sink: self.sink.clone(), shutdown: self.shutdown.clone() })
+    }
+}
+
 /// Resolves when the reader ends: `Ok` after `CDCLogReader::stop` or
 /// shutdown, `Err` when scylla-cdc failed (the relay should restart it).
 pub type CdcReaderHandle = JoinHandle<Result<(), CdcError>>;
@@ -324,16 +376,55 @@ pub async fn start_cdc_reader(
     deliverer: Arc<Deliverer>,
     shutdown: Shutdown,
 ) -> Result<(CDCLogReader, CdcReaderHandle), CdcError> {
+    let factory = Arc::new(OutboxConsumerFactory::new(deliverer.clone(), shutdown.clone()));
+    let (reader, remote) = build_reader(session, keyspace, cfg, CDC_CHECKPOINT_TABLE, factory).await?;
+    deliverer.update(|s| s.running = true);
+    let handle = spawn_reader(remote, shutdown, "CDC reader", move |res| {
+        deliverer.update(|s| {
+            s.running = false;
+            if let Err(e) = res {
+                s.last_error = Some(e.to_string());
+            }
+        })
+    });
+    Ok((reader, handle))
+}
+
+/// Like [`start_cdc_reader`], but every event goes to `sink` and progress is
+/// kept in `<keyspace>.<checkpoint_table>`, so this reader is independent of
+/// the relay's (used by the read-model projection on CQL).
+pub async fn start_cdc_sink_reader<S: EnvelopeSink>(
+    session: Arc<Session>,
+    keyspace: &str,
+    cfg: &CdcConfig,
+    checkpoint_table: &str,
+    sink: Arc<S>,
+    shutdown: Shutdown,
+) -> Result<(CDCLogReader, CdcReaderHandle), CdcError> {
+    let factory = Arc::new(SinkConsumerFactory::new(sink, shutdown.clone()));
+    let (reader, remote) = build_reader(session, keyspace, cfg, checkpoint_table, factory).await?;
+    let handle = spawn_reader(remote, shutdown, "CDC projection reader", |_| {});
+    Ok((reader, handle))
+}
+
+type RemoteReader = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+
+async fn build_reader(
+    session: Arc<Session>,
+    keyspace: &str,
+    cfg: &CdcConfig,
+    checkpoint_table: &str,
+    factory: Arc<dyn ConsumerFactory>,
+) -> Result<(CDCLogReader, RemoteReader), CdcError> {
     let keyspace = keyspace.to_ascii_lowercase();
     if !cdc_log_exists(&session, &keyspace).await? {
         return Err(CdcError::Unavailable { keyspace });
     }
-    let saver = TableBackedCheckpointSaver::new_with_default_ttl(session.clone(), &keyspace, CDC_CHECKPOINT_TABLE)
+    let saver = TableBackedCheckpointSaver::new_with_default_ttl(session.clone(), &keyspace, checkpoint_table)
         .await
-        .map_err(|e| CdcError::Reader(format!("checkpoint table {keyspace}.{CDC_CHECKPOINT_TABLE}: {e:#}")))?;
+        .map_err(|e| CdcError::Reader(format!("checkpoint table {keyspace}.{checkpoint_table}: {e:#}")))?;
     let start = start_timestamp(&session, &keyspace).await;
     let ms = |v: u64| Duration::from_millis(v.max(1));
-    let factory = Arc::new(OutboxConsumerFactory::new(deliverer.clone(), shutdown.clone()));
     let (reader, remote) = CDCLogReaderBuilder::new()
         .session(session)
         .keyspace(&keyspace)
@@ -350,10 +441,18 @@ pub async fn start_cdc_reader(
         .build()
         .await
         .map_err(|e| CdcError::Reader(format!("cannot start reading {keyspace}.{EVENT_TABLE}: {e:#}")))?;
-    tracing::info!(%keyspace, start_ms = start.as_millis() as u64, "CDC reader started on {keyspace}.{EVENT_TABLE}");
-    deliverer.update(|s| s.running = true);
+    tracing::info!(%keyspace, checkpoint_table, start_ms = start.as_millis() as u64, "CDC reader started on {keyspace}.{EVENT_TABLE}");
+    Ok((reader, Box::pin(remote)))
+}
+
+fn spawn_reader(
+    remote: RemoteReader,
+    shutdown: Shutdown,
+    what: &'static str,
+    on_end: impl FnOnce(&Result<(), CdcError>) + Send + 'static,
+) -> CdcReaderHandle {
     let mut shutdown = shutdown;
-    let handle = tokio::spawn(async move {
+    tokio::spawn(async move {
         let res = tokio::select! {
             r = remote => match r {
                 Ok(()) => Ok(()),
@@ -363,19 +462,13 @@ pub async fn start_cdc_reader(
             // Dropping `remote` cancels the reader and its stream tasks.
             _ = shutdown.recv() => Ok(()),
         };
-        deliverer.update(|s| {
-            s.running = false;
-            if let Err(e) = &res {
-                s.last_error = Some(e.to_string());
-            }
-        });
+        on_end(&res);
         match &res {
-            Ok(()) => tracing::info!("CDC reader stopped"),
-            Err(e) => tracing::error!(error = %e, "CDC reader failed"),
+            Ok(()) => tracing::info!("{what} stopped"),
+            Err(e) => tracing::error!(error = %e, "{what} failed"),
         }
         res
-    });
-    Ok((reader, handle))
+    })
 }
 
 #[cfg(test)]
