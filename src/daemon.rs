@@ -101,7 +101,7 @@ fn fault_injection_enabled() -> bool {
 /// process exit code.
 pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     let mut signals = Signals::install();
-    let (store, cql, read_models) = match cfg.store.backend {
+    let (store, cql, mut read_models) = match cfg.store.backend {
         // The store and its read models: one SQLite instance (one writer).
         Backend::Sqlite => {
             let (store, models) = crate::projection::open_stores(&cfg).await?;
@@ -118,6 +118,8 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
         if !c.cdc_enabled() {
             return Err(DaemonError::Other(crate::relay::cdc::CdcError::Unavailable { keyspace: c.keyspace().to_string() }.to_string()));
         }
+        // With CDC the read models are fed by their own CDC reader (projection::cql).
+        read_models = Some(c.clone() as crate::projection::DynReadModels);
     }
     let metrics = Metrics::new();
     crate::actors::prime_metrics(&metrics, &cfg);

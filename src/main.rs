@@ -288,6 +288,12 @@ async fn async_main(cli: Cli) -> Result<u8, Failure> {
         Cmd::Dlq(c) => dlq(&cfg, c).await,
         Cmd::Bench(b) => Ok(outboxd::bench::run(&cfg, b).await.map(|_| 0)?),
         Cmd::Projections(ProjectionsCmd::Rebuild { no_progress }) => {
+            if cfg.store.backend == outboxd::config::Backend::Cql {
+                return Err(BadInput(
+                    "on the CQL backend the read models are built by the daemon's CDC projection (from the CDC log, 24 h TTL); rebuild is for the sqlite store".into(),
+                )
+                .into());
+            }
             let (store, models) = outboxd::projection::open_stores(&cfg).await.context("cannot open the store")?;
             let models = models.ok_or_else(|| BadInput("read models need the sqlite store (store.backend = \"sqlite\")".into()))?;
             let report = outboxd::projection::rebuild(store, models, &cfg.service.default_currency, !no_progress).await?;
