@@ -28,7 +28,7 @@ use crate::shutdown::{Shutdown, Trigger};
 use crate::store::cql::CqlStore;
 
 use super::messages::*;
-use super::supervision::RestartBudget;
+use super::supervision::{after_previous, gone, record_restart, start_delay, Restart, RestartBudget};
 use super::ActorDeps;
 
 const NAME: ActorName = ActorName::Cdc;
@@ -86,9 +86,6 @@ async fn run_cdc_reader(cql: Arc<CqlStore>, cdc: CdcConfig, deliverer: Arc<Deliv
     }
 }
 
-async fn gone(mut rx: watch::Receiver<()>) {
-    while rx.changed().await.is_ok() {}
-}
 
 impl CdcStreamProcessor {
     /// `sink` receives dead letters (the DlqActor's [`super::DlqSink`]).
@@ -196,20 +193,8 @@ impl Actor for CdcStreamProcessor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.failing = false;
-        let delay = match self.lifecycle {
-            Lifecycle::GaveUp | Lifecycle::Stopped => return,
-            Lifecycle::Restarting { restart } => self.budget.delay(restart),
-            Lifecycle::Starting | Lifecycle::Running => Duration::ZERO,
-        };
-        let previous = self.previous.take();
-        let wait = async move {
-            tokio::time::sleep(delay).await;
-            if let Some(p) = previous {
-                if tokio::time::timeout(Duration::from_secs(30), gone(p)).await.is_err() {
-                    tracing::warn!(actor = %NAME, "previous relay task still running after 30 s; starting anyway");
-                }
-            }
-        };
+        let Some(delay) = start_delay(self.lifecycle, &self.budget) else { return };
+        let wait = after_previous(delay, self.previous.take(), NAME, "relay");
         ctx.spawn(actix::fut::wrap_future::<_, Self>(wait).map(|_, act, ctx| act.start_relay(ctx)));
     }
 
@@ -227,20 +212,15 @@ impl Supervised for CdcStreamProcessor {
             return;
         }
         let error = self.last_error.take().unwrap_or_else(|| "actor stopped unexpectedly".into());
-        match self.budget.record(Instant::now()) {
-            Ok(n) => {
-                self.deps.metrics.actor_restarts.with_label_values(&[NAME.as_str()]).inc();
+        self.deps.relay_status.send_modify(|s| s.running = false);
+        match record_restart(&mut self.budget, &self.deps.metrics, &self.deps.cfg.supervision, NAME, &error) {
+            Restart::Again { n, event } => {
                 self.lifecycle = Lifecycle::Restarting { restart: n };
-                let delay = self.budget.delay(n);
-                tracing::warn!(actor = %NAME, restart = n, max = self.deps.cfg.supervision.max_restarts, ?delay, %error, "restarting actor");
-                self.deps.relay_status.send_modify(|s| s.running = false);
-                self.event(format!("restart {n} after: {error}"));
+                self.event(event);
             }
-            Err(n) => {
+            Restart::GiveUp { n, event } => {
                 self.lifecycle = Lifecycle::GaveUp;
-                tracing::error!(actor = %NAME, restarts = n, window_ms = self.deps.cfg.supervision.restart_window_ms, %error, "restart budget exhausted; giving up");
-                self.deps.relay_status.send_modify(|s| s.running = false);
-                self.event(format!("gave up after {n} restarts within {} ms; last error: {error}", self.deps.cfg.supervision.restart_window_ms));
+                self.event(event);
                 self.parent.do_send(ChildGaveUp { actor: NAME, restarts: n, last_error: error });
             }
         }

@@ -71,6 +71,58 @@ impl RestartBudget {
     }
 }
 
+/// Signalled (by dropping the sender) when a supervised task has ended.
+pub async fn gone(mut rx: tokio::sync::watch::Receiver<()>) {
+    while rx.changed().await.is_ok() {}
+}
+
+/// How long a restart-policy actor waits in `started()` before starting its
+/// task: `None` when it must not start (gave up or stopped).
+pub fn start_delay(lifecycle: super::messages::Lifecycle, budget: &RestartBudget) -> Option<Duration> {
+    use super::messages::Lifecycle;
+    match lifecycle {
+        Lifecycle::GaveUp | Lifecycle::Stopped => None,
+        Lifecycle::Restarting { restart } => Some(budget.delay(restart)),
+        Lifecycle::Starting | Lifecycle::Running => Some(Duration::ZERO),
+    }
+}
+
+/// Sleeps `delay`, then waits (at most 30 s) for the previous task to end.
+pub async fn after_previous(delay: Duration, previous: Option<tokio::sync::watch::Receiver<()>>, actor: super::messages::ActorName, task: &'static str) {
+    tokio::time::sleep(delay).await;
+    if let Some(p) = previous {
+        if tokio::time::timeout(Duration::from_secs(30), gone(p)).await.is_err() {
+            tracing::warn!(actor = %actor, "previous {task} task still running after 30 s; starting anyway");
+        }
+    }
+}
+
+/// The outcome of `Supervised::restarting` for a restart-policy actor.
+pub enum Restart {
+    /// Restart number `n`; the health event to report.
+    Again { n: u32, event: String },
+    /// Budget exhausted after `n` restarts; the health event to report.
+    GiveUp { n: u32, event: String },
+}
+
+/// Counts a restart against the budget, bumps `actor_restarts_total` and
+/// logs; the caller updates its lifecycle, reports the event and, on
+/// `GiveUp`, tells its parent.
+pub fn record_restart(budget: &mut RestartBudget, metrics: &crate::metrics::Metrics, cfg: &SupervisionConfig, actor: super::messages::ActorName, error: &str) -> Restart {
+    match budget.record(Instant::now()) {
+        Ok(n) => {
+            metrics.actor_restarts.with_label_values(&[actor.as_str()]).inc();
+            let delay = budget.delay(n);
+            tracing::warn!(actor = %actor, restart = n, max = cfg.max_restarts, ?delay, %error, "restarting actor");
+            Restart::Again { n, event: format!("restart {n} after: {error}") }
+        }
+        Err(n) => {
+            tracing::error!(actor = %actor, restarts = n, window_ms = cfg.restart_window_ms, %error, "restart budget exhausted; giving up");
+            Restart::GiveUp { n, event: format!("gave up after {n} restarts within {} ms; last error: {error}", cfg.restart_window_ms) }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
