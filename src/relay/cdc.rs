@@ -242,20 +242,28 @@ impl OutboxConsumer {
     }
 }
 
+/// The row filtering and error policy every consumer of `event_store`'s CDC
+/// log shares: `None` for rows that are not event inserts, an error (which
+/// stops the reader) for an undecodable row or after shutdown.
+fn event_of_row(row: &CDCRow<'_>, shutdown: &Shutdown) -> Result<Option<EventEnvelope>, CdcError> {
+    let env = match envelope_from_cdc_row(row) {
+        Ok(Some(env)) => env,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            tracing::error!(error = %e, "undecodable CDC row of event_store; stopping the CDC reader");
+            return Err(e);
+        }
+    };
+    if shutdown.is_shutdown() {
+        return Err(CdcError::Shutdown);
+    }
+    Ok(Some(env))
+}
+
 #[async_trait]
 impl Consumer for OutboxConsumer {
     async fn consume_cdc(&mut self, row: CDCRow<'_>) -> anyhow::Result<()> {
-        let env = match envelope_from_cdc_row(&row) {
-            Ok(Some(env)) => env,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                tracing::error!(error = %e, "undecodable CDC row of event_store; stopping the CDC reader");
-                return Err(e.into());
-            }
-        };
-        if self.shutdown.is_shutdown() {
-            return Err(CdcError::Shutdown.into());
-        }
+        let Some(env) = event_of_row(&row, &self.shutdown)? else { return Ok(()) };
         match self.deliverer.deliver(&env, None, &mut self.shutdown).await {
             Retried::Delivered | Retried::DeadLettered => Ok(()),
             Retried::Shutdown => Err(CdcError::Shutdown.into()),
@@ -300,17 +308,7 @@ pub struct SinkConsumer<S: EnvelopeSink> {
 #[async_trait]
 impl<S: EnvelopeSink> Consumer for SinkConsumer<S> {
     async fn consume_cdc(&mut self, row: CDCRow<'_>) -> anyhow::Result<()> {
-        let env = match envelope_from_cdc_row(&row) {
-            Ok(Some(env)) => env,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                tracing::error!(error = %e, "undecodable CDC row of event_store; stopping the CDC reader");
-                return Err(e.into());
-            }
-        };
-        if self.shutdown.is_shutdown() {
-            return Err(CdcError::Shutdown.into());
-        }
+        let Some(env) = event_of_row(&row, &self.shutdown)? else { return Ok(()) };
         self.sink.handle(env, &mut self.shutdown).await.map_err(Into::into)
     }
 }
