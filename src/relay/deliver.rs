@@ -87,7 +87,8 @@ pub enum Retried {
 }
 
 pub struct Deliverer {
-    publisher: RwLock<KafkaPublisher>,
+    /// Behind an `Arc`: `submit` takes it per event without copying the config.
+    publisher: RwLock<Arc<KafkaPublisher>>,
     breaker: Mutex<CircuitBreaker>,
     backoff: Backoff,
     sink: RwLock<Arc<dyn DeadLetterSink>>,
@@ -114,7 +115,7 @@ const STATUS_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 impl Deliverer {
     pub fn new(config: &Config, sink: Arc<dyn DeadLetterSink>, metrics: Metrics, status: watch::Sender<RelayStatus>) -> Result<Deliverer, PublishError> {
         Ok(Deliverer {
-            publisher: RwLock::new(KafkaPublisher::new(&config.kafka)?),
+            publisher: RwLock::new(Arc::new(KafkaPublisher::new(&config.kafka)?)),
             breaker: Mutex::new(CircuitBreaker::new(config.relay.breaker.clone(), Some(metrics.clone()))),
             backoff: Backoff::new(&config.relay.retry),
             sink: RwLock::new(sink),
@@ -133,7 +134,7 @@ impl Deliverer {
         }
     }
 
-    pub fn publisher(&self) -> KafkaPublisher {
+    pub fn publisher(&self) -> Arc<KafkaPublisher> {
         self.publisher.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -270,7 +271,7 @@ impl Deliverer {
                 tracing::error!(error = %f, "Kafka producer hit a fatal error; recreating it");
                 let cfg = self.publisher().config().clone();
                 if let (Ok(p), Ok(mut slot)) = (KafkaPublisher::new(&cfg), self.publisher.write()) {
-                    *slot = p;
+                    *slot = Arc::new(p);
                 }
             }
         }

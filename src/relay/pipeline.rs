@@ -84,7 +84,7 @@ impl Relay {
         self.deliverer.status().subscribe()
     }
 
-    pub fn publisher(&self) -> KafkaPublisher {
+    pub fn publisher(&self) -> Arc<KafkaPublisher> {
         self.deliverer.publisher()
     }
 
