@@ -133,15 +133,23 @@ impl Relay {
                         Some(h) => h.await.unwrap_or_else(|e| Err(StoreError::Unavailable(format!("feed read task failed: {e}")))),
                         None => self.store.read_feed(read_pos, self.cfg.batch_size).await,
                     };
+                    if page.is_ok() {
+                        // Only a change wakes status readers (pages come every few ms under load).
+                        self.deliverer.status().send_if_modified(|s| {
+                            let changed = !std::mem::replace(&mut s.store_ok, true);
+                            if changed {
+                                s.updated_at = chrono::Utc::now();
+                            }
+                            changed
+                        });
+                    }
                     match page {
                         Ok(v) if v.is_empty() => {
                             idle = true;
                             self.deliverer.flush_status();
-                            self.update(|s| s.store_ok = true);
                             break;
                         }
                         Ok(v) => {
-                            self.update(|s| s.store_ok = true);
                             read_pos = v.last().map(|e| e.position).unwrap_or(read_pos);
                             buffer.extend(v)
                         }
