@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 
 use crate::store::sqlite::SqliteOptions;
 
+/// `OUTBOX_CONFIG` without its prefix: the variable that names the config
+/// file. figment would otherwise read it as a top-level key `config`.
+const CONFIG_FILE_VAR_KEY: &str = "config";
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
@@ -335,7 +339,8 @@ impl Config {
             }
             fig = fig.merge(Toml::file(f));
         }
-        fig = fig.merge(Env::prefixed("OUTBOX_").split("__"));
+        // `OUTBOX_CONFIG` names the file (read by the CLI as `--config`); it is not a key.
+        fig = fig.merge(Env::prefixed("OUTBOX_").ignore(&[CONFIG_FILE_VAR_KEY]).split("__"));
         let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string().replace('\n', "; ")))?;
         cfg.validate()?;
         Ok(cfg)
@@ -471,6 +476,11 @@ mod tests {
             jail.set_env("OUTBOX_KAFKA__PARTITIONS", "many");
             let e = Config::load(Some(Path::new("o.toml"))).unwrap_err().to_string();
             assert!(e.to_lowercase().contains("partitions"), "{e}");
+            // OUTBOX_CONFIG names the file; it is not a configuration key.
+            jail.set_env("OUTBOX_KAFKA__PARTITIONS", "12");
+            jail.set_env("OUTBOX_CONFIG", "o.toml");
+            let c = Config::load(Some(Path::new("o.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.kafka.partitions, 12);
             jail.create_file("typo.toml", "[kafka]\nbrokerz = \"x:1\"\n")?;
             let e = Config::load(Some(Path::new("typo.toml"))).unwrap_err().to_string();
             assert!(e.contains("brokerz"), "{e}");

@@ -114,3 +114,19 @@ fn bad_configuration_exits_2_naming_the_key() {
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
     assert!(!db.exists(), "a refused configuration creates no store");
 }
+
+/// `OUTBOX_CONFIG` (as docker-compose.yml and README use it) selects the file
+/// and is not mistaken for a configuration key.
+#[test]
+fn outbox_config_variable_selects_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("o.toml");
+    std::fs::write(&cfg, "[kafka]\npartitions = 7\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("config").env("OUTBOX_CONFIG", &cfg).env_remove("RUST_LOG").output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["kafka"]["partitions"], 7, "the file named by OUTBOX_CONFIG was read");
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("config").env("OUTBOX_CONFIG", dir.path().join("missing.toml")).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+}

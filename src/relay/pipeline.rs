@@ -159,8 +159,12 @@ impl Relay {
                                 s.store_ok = false;
                                 s.last_error = Some(e.to_string());
                             });
-                            if inflight.is_empty() && !shutdown.sleep(self.deliverer.backoff().delay(3)).await {
-                                break 'main;
+                            if inflight.is_empty() {
+                                // Nothing in flight would wake the select below: wait, then read again.
+                                if !shutdown.sleep(self.deliverer.backoff().delay(3)).await {
+                                    break 'main;
+                                }
+                                continue;
                             }
                             break;
                         }
