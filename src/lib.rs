@@ -30,6 +30,7 @@ pub mod daemon;
 pub mod domain;
 pub mod envelope;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 pub mod projection;
 pub mod relay;

@@ -14,10 +14,12 @@ pub mod breaker;
 pub mod cdc;
 pub mod deliver;
 pub mod dlq;
+pub mod encode;
 pub mod pipeline;
 pub mod publisher;
 pub mod retry;
 pub mod topics;
+pub mod window;
 
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use deliver::{Deliverer, RelayStatus, Retried};

@@ -12,6 +12,8 @@
 //! Backends: [`sqlite`] (embedded, default) and [`cql`] (ScyllaDB/Cassandra).
 
 pub mod cql;
+pub mod feed;
+pub mod lease;
 pub mod sqlite;
 
 use async_trait::async_trait;
