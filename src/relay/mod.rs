@@ -16,6 +16,7 @@ pub mod deliver;
 pub mod dlq;
 pub mod encode;
 pub mod pipeline;
+pub mod producer;
 pub mod publisher;
 pub mod retry;
 pub mod topics;

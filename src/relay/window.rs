@@ -175,6 +175,36 @@ impl<T: Fenced> Window<T> {
         Some((slot, &e.item))
     }
 
+    /// Takes this ready slot (a solo resend), now in flight.
+    pub fn take(&mut self, slot: Slot) -> Option<&T> {
+        let e = self.entries.get_mut(&slot)?;
+        if e.state != State::Ready {
+            return None;
+        }
+        self.ready.remove(&(e.item.position(), slot));
+        e.state = State::InFlight;
+        self.in_flight += 1;
+        Some(&e.item)
+    }
+
+    /// Puts an event taken with `take_ready` back (the producer's queue was full).
+    pub fn requeue(&mut self, slot: Slot) -> bool {
+        match self.entries.get_mut(&slot) {
+            Some(e) if e.state == State::InFlight => {
+                e.state = State::Ready;
+                self.in_flight -= 1;
+                self.ready.insert((e.item.position(), slot));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The failed slots that are the heads of their lanes.
+    pub fn is_failed(&self, slot: Slot) -> bool {
+        self.state(slot) == Some(State::Failed)
+    }
+
     pub fn get(&self, slot: Slot) -> Option<&T> {
         self.entries.get(&slot).map(|e| &e.item)
     }
@@ -264,14 +294,32 @@ impl<T: Fenced> Window<T> {
         e.item
     }
 
-    /// Parks `agg`: every open event of it (none may be in flight) is held and
-    /// returned, and its later events will be held as they arrive. The caller
-    /// must have made the park durable first.
-    pub fn park(&mut self, agg: &AggKey) -> Vec<T> {
+    /// Parks `agg` from position `at` on: its open events at or after `at`
+    /// (none may be in flight) are held and returned, its later events will be
+    /// held as they arrive; earlier ones still flow. The caller must have made
+    /// the park durable first.
+    pub fn park(&mut self, agg: &AggKey, at: i64) -> Vec<T> {
         self.parked.insert(agg.clone());
-        let Some(lane) = self.lanes.remove(agg) else { return Vec::new() };
-        let mut held = Vec::with_capacity(lane.len());
-        for slot in lane {
+        let Some(lane) = self.lanes.get_mut(agg) else { return Vec::new() };
+        let mut keep = VecDeque::new();
+        let mut drop = Vec::new();
+        for slot in lane.drain(..) {
+            let side = self.entries.get(&slot).is_some_and(|e| e.side);
+            let pos = self.entries.get(&slot).map(|e| e.item.position()).unwrap_or(i64::MAX);
+            // Side-lane replays are all at or after the park point of a re-park.
+            if side || pos >= at {
+                drop.push(slot);
+            } else {
+                keep.push_back(slot);
+            }
+        }
+        if keep.is_empty() {
+            self.lanes.remove(agg);
+        } else {
+            *lane = keep;
+        }
+        let mut held = Vec::with_capacity(drop.len());
+        for slot in drop {
             let e = self.entries.remove(&slot).expect("lane slots are open");
             debug_assert_ne!(e.state, State::InFlight, "park only after the head's delivery failed");
             if e.state == State::InFlight {
@@ -290,6 +338,13 @@ impl<T: Fenced> Window<T> {
     /// order) go first on the side lane; its later feed events queue behind them.
     pub fn unpark(&mut self, agg: &AggKey, replay: Vec<T>) -> Vec<Slot> {
         self.parked.remove(agg);
+        self.inject(agg, replay)
+    }
+
+    /// Adds events to re-publish on the side lane (behind `agg`'s open events,
+    /// ahead of its later feed events), without touching its parked state.
+    pub fn inject(&mut self, agg: &AggKey, replay: Vec<T>) -> Vec<Slot> {
+        debug_assert!(replay.iter().all(|i| i.aggregate() == agg));
         replay
             .into_iter()
             .map(|item| match self.insert(item, true) {
@@ -406,7 +461,7 @@ mod tests {
         }
         let sent = take_all(&mut w);
         assert!(w.fail(sent[0].0)); // a@1 is poison
-        let held = w.park(&AggKey::from("a"));
+        let held = w.park(&AggKey::from("a"), 1);
         assert_eq!(held.iter().map(|e| e.pos).collect::<Vec<_>>(), vec![1, 3, 5]);
         assert_eq!(w.push(ev(6, "a")), Pushed::Held, "later events of a are held as they arrive");
         // b goes on, and the watermark passes a's held events.
@@ -429,6 +484,39 @@ mod tests {
         }
         assert_eq!(order, vec![1, 3, 5, 6, 7]);
         assert_eq!(w.watermark(), 7);
+    }
+
+    #[test]
+    fn parking_from_a_position_lets_earlier_events_flow() {
+        let mut w = Window::new(0, 100);
+        w.push(ev(1, "a"));
+        w.push(ev(2, "a"));
+        let (s1, _) = w.take_ready().unwrap();
+        // Row 3 of a is unreadable: a is parked from 3 on; 1 (in flight) and 2 still go.
+        assert!(w.park(&"a".into(), 3).is_empty());
+        assert_eq!(w.push(ev(4, "a")), Pushed::Held);
+        w.confirm(s1).unwrap();
+        let (s2, e2) = w.take_ready().map(|(s, e)| (s, e.pos)).unwrap();
+        assert_eq!(e2, 2);
+        w.confirm(s2).unwrap();
+        assert_eq!(w.watermark(), 4);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn take_and_requeue() {
+        let mut w = Window::new(0, 10);
+        w.push(ev(1, "a"));
+        w.push(ev(2, "b"));
+        let (s1, _) = w.take_ready().unwrap();
+        assert!(w.requeue(s1));
+        assert_eq!(w.in_flight(), 0);
+        let (again, _) = w.take_ready().unwrap();
+        assert_eq!(again, s1, "back at the front");
+        w.fail(s1);
+        w.retry(s1);
+        assert!(w.take(s1).is_some());
+        assert!(w.take(s1).is_none(), "already in flight");
     }
 
     #[test]
