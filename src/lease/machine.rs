@@ -12,6 +12,8 @@
 //!   saw it after it was sent, and waits a whole TTL from then: the holder
 //!   has stopped publishing `TTL - renew_deadline` before anyone can take
 //!   over (the margin covers clock-rate drift between the hosts).
+//! - A holder that stops cleanly releases the lease (holder cleared, same
+//!   epoch): a standby may take a released lease at once.
 //! - An epoch only grows; every checkpoint write is conditional on it (see
 //!   the stores), so a former holder can never move a checkpoint.
 
@@ -97,6 +99,10 @@ impl Machine {
             // Someone took it over: we are a standby from now on.
             self.view = View::Standby { row: row.clone(), since: now };
             return Step::Wait;
+        }
+        if row.holder.is_empty() {
+            // Released by a holder that stopped cleanly: take it at once.
+            return Step::Write(LeaseCas { expected: Some((row.epoch, row.counter)), new: self.row(row.epoch + 1, 0) });
         }
         match &self.view {
             View::Standby { row: seen, since } if same(seen, row) => {
@@ -211,6 +217,14 @@ mod tests {
         // Our renewal to counter 1 was applied but the reply was lost: the row says 1.
         let r = write(a.decide(Some(&lease("a", 1, 1)), t0 + a.pause()));
         assert_eq!((r.expected, r.new.counter), (Some((1, 1)), 2));
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_at_once() {
+        let t0 = Instant::now();
+        let mut b = m("b");
+        let c = write(b.decide(Some(&lease("", 3, 9)), t0));
+        assert_eq!((c.expected, c.new.epoch), (Some((3, 9)), 4));
     }
 
     /// Safety without a shared clock: the holder's last moment as leader is

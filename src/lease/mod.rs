@@ -5,3 +5,4 @@
 //! [`crate::store::lease::LeaseStore`] and publishes this instance's role.
 
 pub mod machine;
+pub mod keeper;

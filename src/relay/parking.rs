@@ -43,43 +43,7 @@ impl Run {
     }
 
     async fn park(&mut self, slot: Slot, item: &Item, e: &PublishError) -> bool {
-        let consumer = self.relay.cfg.consumer_name.clone();
-        let error = format!("{} ({})", e.message, e.kind);
-        let p = match item {
-            Item::Event(ev) => Parked {
-                consumer,
-                aggregate_id: ev.aggregate_key.to_string(),
-                aggregate_type: Some(ev.aggregate_type.clone()),
-                position: Some(ev.position),
-                sequence: Some(ev.sequence),
-                event_id: Some(ev.event_id.to_string()),
-                event_type: Some(ev.event_type.clone()),
-                error,
-                parked_at: Utc::now(),
-            },
-            Item::Marker { position, discarded } => Parked {
-                consumer,
-                aggregate_id: discarded.aggregate_key.to_string(),
-                aggregate_type: Some(discarded.aggregate_type.clone()),
-                position: Some(*position),
-                sequence: Some(discarded.sequence),
-                event_id: Some(discarded.event_id.to_string()),
-                event_type: Some(crate::relay::encode::DISCARDED_TYPE.to_string()),
-                error,
-                parked_at: Utc::now(),
-            },
-            Item::Unreadable(u) => Parked {
-                consumer,
-                aggregate_id: u.aggregate_key.to_string(),
-                aggregate_type: None,
-                position: Some(u.position),
-                sequence: u.sequence,
-                event_id: u.event_id.clone(),
-                event_type: u.event_type.clone(),
-                error,
-                parked_at: Utc::now(),
-            },
-        };
+        let p = parked_record(&self.relay.cfg.consumer_name, item, e);
         if let Err(err) = self.relay.store.park(&p).await {
             tracing::warn!(error = %err, aggregate = %p.aggregate_id, "cannot record the parked aggregate yet; retrying");
             self.relay.status.error(format!("cannot record a parked aggregate: {err}"));
@@ -104,36 +68,12 @@ impl Run {
     }
 
     async fn skip(&mut self, slot: Slot, item: &Item, e: &PublishError) -> bool {
-        let now = Utc::now();
-        let (event_id, aggregate_id, event_type, payload, position) = match item {
-            Item::Event(ev) => {
-                let payload = ev.to_envelope().ok().and_then(|env| serde_json::to_string(&env).ok()).unwrap_or_else(|| ev.payload.get().to_string());
-                (ev.event_id, ev.aggregate_id, ev.event_type.clone(), payload, Some(ev.position))
-            }
-            Item::Marker { .. } => {
-                // A marker that cannot be published: nothing to keep, the discard audit row has the event.
-                self.window.skip(slot);
-                return true;
-            }
-            Item::Unreadable(u) => {
-                let id = u.event_id.as_deref().and_then(|s| Uuid::parse_str(s).ok()).unwrap_or_else(|| Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("outboxd-position-{}", u.position).as_bytes()));
-                let agg = Uuid::parse_str(&u.aggregate_key).unwrap_or(Uuid::nil());
-                (id, agg, u.event_type.clone().unwrap_or_default(), String::new(), Some(u.position))
-            }
+        let Some(letter) = dead_letter_of(item, e, self.window.attempts(slot)) else {
+            // A marker that cannot be published: nothing to keep, the discard audit row has the event.
+            self.window.skip(slot);
+            return true;
         };
-        let letter = DeadLetter {
-            id: Uuid::now_v7(),
-            position,
-            event_id,
-            aggregate_id,
-            event_type: event_type.clone(),
-            payload,
-            error_message: format!("{} ({})", e.message, e.kind),
-            failure_count: self.window.attempts(slot).max(1) as i32,
-            first_failed_at: now,
-            last_failed_at: now,
-            created_at: now,
-        };
+        let (position, event_id, event_type) = (letter.position, letter.event_id, letter.event_type.clone());
         if let Err(err) = self.relay.sink.dead_letter(letter).await {
             tracing::warn!(error = %err, "cannot write the dead letter yet; retrying");
             return false;
@@ -151,4 +91,79 @@ impl Run {
         self.replay_progress(slot).await;
         true
     }
+}
+
+/// The park record of `item`, which failed for good with `e`.
+pub fn parked_record(consumer: &str, item: &Item, e: &PublishError) -> Parked {
+    let consumer = consumer.to_string();
+    let error = format!("{} ({})", e.message, e.kind);
+    match item {
+        Item::Event(ev) => Parked {
+            consumer,
+            aggregate_id: ev.aggregate_key.to_string(),
+            aggregate_type: Some(ev.aggregate_type.clone()),
+            position: Some(ev.position),
+            sequence: Some(ev.sequence),
+            event_id: Some(ev.event_id.to_string()),
+            event_type: Some(ev.event_type.clone()),
+            error,
+            parked_at: Utc::now(),
+        },
+        Item::Marker { position, discarded } => Parked {
+            consumer,
+            aggregate_id: discarded.aggregate_key.to_string(),
+            aggregate_type: Some(discarded.aggregate_type.clone()),
+            position: Some(*position),
+            sequence: Some(discarded.sequence),
+            event_id: Some(discarded.event_id.to_string()),
+            event_type: Some(crate::relay::encode::DISCARDED_TYPE.to_string()),
+            error,
+            parked_at: Utc::now(),
+        },
+        Item::Unreadable(u) => Parked {
+            consumer,
+            aggregate_id: u.aggregate_key.to_string(),
+            aggregate_type: None,
+            position: Some(u.position),
+            sequence: u.sequence,
+            event_id: u.event_id.clone(),
+            event_type: u.event_type.clone(),
+            error,
+            parked_at: Utc::now(),
+        },
+    }
+}
+
+/// The dead letter of `item` (policy "skip"); None for a discard marker.
+pub fn dead_letter_of(item: &Item, e: &PublishError, attempts: u32) -> Option<DeadLetter> {
+    let now = Utc::now();
+    let (event_id, aggregate_id, event_type, payload, position) = match item {
+        Item::Event(ev) => {
+            let payload = ev.to_envelope().ok().and_then(|env| serde_json::to_string(&env).ok()).unwrap_or_else(|| ev.payload.get().to_string());
+            (ev.event_id, ev.aggregate_id, ev.event_type.clone(), payload, Some(ev.position))
+        }
+        Item::Marker { .. } => return None,
+        Item::Unreadable(u) => {
+            let id = u
+                .event_id
+                .as_deref()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .unwrap_or_else(|| Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("outboxd-position-{}", u.position).as_bytes()));
+            let agg = Uuid::parse_str(&u.aggregate_key).unwrap_or(Uuid::nil());
+            (id, agg, u.event_type.clone().unwrap_or_default(), String::new(), Some(u.position))
+        }
+    };
+    Some(DeadLetter {
+        id: Uuid::now_v7(),
+        position: position.filter(|p| *p > 0),
+        event_id,
+        aggregate_id,
+        event_type,
+        payload,
+        error_message: format!("{} ({})", e.message, e.kind),
+        failure_count: attempts.max(1) as i32,
+        first_failed_at: now,
+        last_failed_at: now,
+        created_at: now,
+    })
 }

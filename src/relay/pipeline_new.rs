@@ -623,9 +623,29 @@ impl Run {
         if tokio::time::timeout(deadline, drain).await.is_err() {
             tracing::warn!("relay stop: in-flight deliveries did not settle in time; they are re-sent after restart");
         }
+        if let Exit::Rewound(to) = exit {
+            // Everything after `to` is published again by the next term (same ce_ids).
+            let name = self.relay.cfg.consumer_name.clone();
+            let res = match &self.relay.fence {
+                Some(f) => self.relay.store.set_checkpoint_fenced(&name, f.epoch, to).await,
+                None => self.relay.store.set_checkpoint(&name, to).await,
+            };
+            return match res {
+                Ok(()) => {
+                    self.relay.status.checkpoint(to);
+                    self.relay.metrics.relay_checkpoint_position.set(to);
+                    Ok(exit)
+                }
+                Err(StoreError::Fenced { .. }) => Ok(Exit::LeaseLost),
+                Err(e) => {
+                    tracing::error!(error = %e, to, "cannot move the checkpoint back; the rewind did not happen");
+                    Ok(exit)
+                }
+            };
+        }
         self.persist(true).await;
-        if exit == Exit::LeaseLost {
-            return Ok(exit);
+        if self.exit.take() == Some(Exit::LeaseLost) {
+            return Ok(Exit::LeaseLost);
         }
         let _ = self.producer.flush(Duration::from_secs(2)).await;
         self.relay.status.flush();

@@ -66,164 +66,62 @@ impl Run {
     }
 
     async fn start(&mut self, r: &RelayRequest) -> Result<(), String> {
-        match &r.kind {
-            RequestKind::ReplayAggregate { aggregate_id } => {
-                let key = crate::store::feed::aggregate_key(aggregate_id);
-                self.replay(r.id, vec![key], None).await
-            }
-            RequestKind::ReplayAllParked => {
-                let aggs: Vec<AggKey> = self.window.parked().cloned().collect();
-                if aggs.is_empty() {
-                    self.finish_request(r.id, RequestStatus::Done, json!({ "replayed_aggregates": 0 })).await;
+        let ctx = PlanCtx {
+            store: &*self.relay.store,
+            consumer: &self.relay.cfg.consumer_name,
+            parked: self.window.parked().cloned().collect(),
+            last_pushed: self.window.last_pushed(),
+            checkpoint: self.checkpoint,
+            positions: true,
+        };
+        let plans = plan(&ctx, r).await?;
+        let mut parts = 0;
+        for p in plans {
+            match p {
+                Plan::Done(result) => {
+                    self.finish_request(r.id, RequestStatus::Done, result).await;
                     return Ok(());
                 }
-                self.replay(r.id, aggs, None).await
-            }
-            RequestKind::Discard { event_id, reason } => self.discard(r.id, event_id, reason).await,
-            RequestKind::ReplayDeadLetters { ids } => self.replay_dead_letters(r.id, ids.clone()).await,
-            RequestKind::RewindToPosition { position } => {
-                if *position < 0 || *position > self.checkpoint {
-                    return Err(format!("cannot rewind to position {position}: the checkpoint is {}", self.checkpoint));
+                Plan::Rewind { position } => {
+                    self.finish_request(r.id, RequestStatus::Done, json!({ "rewound_from": self.checkpoint, "rewound_to": position })).await;
+                    self.relay.metrics.relay_rewinds.inc();
+                    tracing::warn!(from = self.checkpoint, to = position, request = %r.id, "rewinding the relay checkpoint on an operator's request");
+                    self.exit = Some(Exit::Rewound(position));
+                    return Ok(());
                 }
-                self.finish_request(r.id, RequestStatus::Done, json!({ "rewound_from": self.checkpoint, "rewound_to": position })).await;
-                self.relay.metrics.relay_rewinds.inc();
-                tracing::warn!(from = self.checkpoint, to = position, request = %r.id, "rewinding the relay checkpoint on an operator's request");
-                self.exit = Some(Exit::Rewound(*position));
-                Ok(())
-            }
-            RequestKind::RewindToTime { .. } => Err("--to-time rewinds a CDC feed (CQL backend); this relay reads feed positions: use --to-position".into()),
-        }
-    }
-
-    /// Unparks `aggs` with their held events (and `first`, a marker in place of the first one).
-    async fn replay(&mut self, id: Uuid, aggs: Vec<AggKey>, first: Option<Item>) -> Result<(), String> {
-        let consumer = self.relay.cfg.consumer_name.clone();
-        let parked = self.relay.store.parked(&consumer).await.map_err(|e| e.to_string())?;
-        let mut slots = BTreeSet::new();
-        let mut replayed = Vec::new();
-        for agg in &aggs {
-            let Some(p) = parked.iter().find(|p| *p.parked.aggregate_id == **agg) else {
-                return Err(format!("aggregate {agg} is not parked"));
-            };
-            let rows = self
-                .relay
-                .store
-                .aggregate_rows(agg, p.parked.position, p.parked.sequence, Some(self.window.last_pushed()))
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut items: Vec<Item> = Vec::with_capacity(rows.len() + 1);
-            if let Some(m) = first.clone() {
-                items.push(m);
-            }
-            let skip = usize::from(first.is_some());
-            for row in rows.into_iter().skip(skip) {
-                items.push(match row {
-                    FeedRow::Event(e) => Item::Event(e),
-                    FeedRow::Unreadable(u) => Item::Unreadable(u),
-                });
-            }
-            if items.is_empty() {
-                self.relay.store.unpark(&consumer, agg).await.map_err(|e| e.to_string())?;
-                self.window.unpark(agg, Vec::new());
-                self.unparked();
-                continue;
-            }
-            replayed.push((agg.clone(), items.len()));
-            slots.extend(self.window.unpark(agg, items));
-        }
-        if slots.is_empty() {
-            self.finish_request(id, RequestStatus::Done, json!({ "replayed_aggregates": aggs.len(), "events": 0 })).await;
-        } else {
-            tracing::info!(request = %id, aggregates = ?replayed, "replaying parked aggregates");
-            // One entry per aggregate, so each unparks as soon as its own events are confirmed.
-            for (agg, _) in &replayed {
-                let mine: BTreeSet<Slot> =
-                    slots.iter().copied().filter(|s| self.window.get(*s).is_some_and(|i| crate::relay::window::Fenced::aggregate(i) == agg)).collect();
-                self.replays.insert((id, agg.clone()), mine);
-            }
-            self.request_parts.insert(id, replayed.len());
-        }
-        Ok(())
-    }
-
-    async fn discard(&mut self, id: Uuid, event_id: &str, reason: &str) -> Result<(), String> {
-        let consumer = self.relay.cfg.consumer_name.clone();
-        let parked = self.relay.store.parked(&consumer).await.map_err(|e| e.to_string())?;
-        let Some(p) = parked.into_iter().find(|p| p.parked.event_id.as_deref() == Some(event_id)) else {
-            return Err(format!("no parked aggregate is held behind event {event_id} (outboxd dlq list shows the first held event of each)"));
-        };
-        let p = p.parked;
-        let agg = crate::store::feed::aggregate_key(&p.aggregate_id);
-        let rows = self.relay.store.aggregate_rows(&agg, p.position, p.sequence, Some(p.position.unwrap_or(i64::MAX))).await.map_err(|e| e.to_string())?;
-        let (payload, sequence, aggregate_type) = match rows.first() {
-            Some(FeedRow::Event(e)) => (Some(e.payload.get().to_string()), Some(e.sequence), Some(e.aggregate_type.clone())),
-            _ => (None, p.sequence, p.aggregate_type.clone()),
-        };
-        let now = Utc::now();
-        let record = DiscardRecord {
-            consumer: consumer.clone(),
-            event_id: event_id.to_string(),
-            aggregate_id: p.aggregate_id.clone(),
-            aggregate_type: aggregate_type.clone(),
-            sequence,
-            position: p.position,
-            event_type: p.event_type.clone(),
-            payload,
-            error: p.error.clone(),
-            reason: reason.to_string(),
-            discarded_at: now,
-        };
-        self.relay.store.record_discard(&record).await.map_err(|e| format!("cannot write the discard audit row: {e}"))?;
-        self.relay.metrics.relay_discards.inc();
-        tracing::warn!(%event_id, aggregate = %p.aggregate_id, %reason, "event discarded on an operator's decision; a marker record takes its place");
-        let marker = Item::Marker {
-            position: p.position.unwrap_or(0),
-            discarded: Discarded {
-                event_id: Uuid::parse_str(event_id).unwrap_or_else(|_| Uuid::new_v5(&Uuid::NAMESPACE_OID, event_id.as_bytes())),
-                aggregate_type: aggregate_type.unwrap_or_else(|| "order".into()),
-                aggregate_key: agg.clone(),
-                sequence: sequence.unwrap_or(0),
-                event_type: p.event_type.clone().unwrap_or_default(),
-                reason: reason.to_string(),
-                discarded_at: now,
-            },
-        };
-        self.replay(id, vec![agg], Some(marker)).await
-    }
-
-    async fn replay_dead_letters(&mut self, id: Uuid, ids: Option<Vec<Uuid>>) -> Result<(), String> {
-        let letters = self.relay.store.dlq_list(100_000).await.map_err(|e| e.to_string())?;
-        let chosen: Vec<_> = match &ids {
-            Some(ids) => letters.into_iter().filter(|l| ids.contains(&l.id)).collect(),
-            None => letters,
-        };
-        if let Some(ids) = &ids {
-            if chosen.len() != ids.len() {
-                return Err("some of the given dead letters do not exist".into());
-            }
-        }
-        let mut slots = BTreeSet::new();
-        let mut unreadable = Vec::new();
-        for l in &chosen {
-            match serde_json::from_str::<crate::envelope::EventEnvelope>(&l.payload).map_err(|e| e.to_string()).and_then(|env| RawEvent::from_envelope(&env, l.position.unwrap_or(0)).map_err(|e| e.to_string())) {
-                Ok(raw) => {
-                    let agg = raw.aggregate_key.clone();
-                    for s in self.window.inject(&agg, vec![Item::Event(raw)]) {
-                        slots.insert(s);
-                        self.letter_slots.insert(s, l.id);
+                Plan::Unpark { agg, items } => {
+                    if items.is_empty() {
+                        let consumer = self.relay.cfg.consumer_name.clone();
+                        self.relay.store.unpark(&consumer, &agg).await.map_err(|e| e.to_string())?;
+                        self.window.unpark(&agg, Vec::new());
+                        self.unparked();
+                        continue;
+                    }
+                    tracing::info!(request = %r.id, aggregate = %agg, events = items.len(), "replaying a parked aggregate");
+                    let slots = self.window.unpark(&agg, items).into_iter().collect();
+                    self.replays.insert((r.id, agg), slots);
+                    parts += 1;
+                }
+                Plan::Letters { items } => {
+                    let mut slots = BTreeSet::new();
+                    for (item, letter) in items {
+                        let agg = crate::relay::window::Fenced::aggregate(&item).clone();
+                        for s in self.window.inject(&agg, vec![item]) {
+                            slots.insert(s);
+                            self.letter_slots.insert(s, letter);
+                        }
+                    }
+                    if !slots.is_empty() {
+                        self.replays.insert((r.id, AggKey::from("")), slots);
+                        parts += 1;
                     }
                 }
-                Err(e) => unreadable.push((l.id, e)),
             }
         }
-        if !unreadable.is_empty() {
-            tracing::warn!(?unreadable, "dead letters whose stored payload is not a valid event are left in place");
-        }
-        if slots.is_empty() {
-            self.finish_request(id, RequestStatus::Done, json!({ "replayed": 0, "failed": unreadable.len() })).await;
+        if parts == 0 {
+            self.finish_request(r.id, RequestStatus::Done, json!({ "events": 0 })).await;
         } else {
-            self.replays.insert((id, AggKey::from("")), slots);
-            self.request_parts.insert(id, 1);
+            self.request_parts.insert(r.id, parts);
         }
         Ok(())
     }
@@ -320,4 +218,158 @@ fn kind_label(k: &RequestKind) -> &'static str {
         RequestKind::RewindToPosition { .. } => "rewind",
         RequestKind::RewindToTime { .. } => "rewind",
     }
+}
+
+/// What carrying out a request takes, independent of how the relay publishes.
+#[derive(Debug)]
+pub enum Plan {
+    /// Publish `items` in order (the held events of parked `agg`, a discard
+    /// marker first where one replaces the poison event), then unpark `agg`.
+    Unpark { agg: AggKey, items: Vec<Item> },
+    /// Publish these dead letters, then delete each confirmed one.
+    Letters { items: Vec<(Item, Uuid)> },
+    /// Move the checkpoint back to `position` (re-publish after it).
+    Rewind { position: i64 },
+    /// Nothing to publish: finished with this result.
+    Done(serde_json::Value),
+}
+
+/// What a plan needs to know about the running relay.
+pub struct PlanCtx<'a> {
+    pub store: &'a dyn crate::store::Store,
+    pub consumer: &'a str,
+    /// Aggregates parked right now (in the relay's memory).
+    pub parked: Vec<AggKey>,
+    /// Held events up to this feed position are replayed; later ones come through the feed.
+    pub last_pushed: i64,
+    pub checkpoint: i64,
+    /// The feed has positions (SQLite); CDC feeds rewind by time.
+    pub positions: bool,
+}
+
+/// Turns a request into plans (writing the discard audit row where asked).
+pub async fn plan(ctx: &PlanCtx<'_>, r: &RelayRequest) -> Result<Vec<Plan>, String> {
+    match &r.kind {
+        RequestKind::ReplayAggregate { aggregate_id } => {
+            let key = crate::store::feed::aggregate_key(aggregate_id);
+            Ok(vec![unpark_plan(ctx, &key, None).await?])
+        }
+        RequestKind::ReplayAllParked => {
+            let mut plans = Vec::new();
+            for agg in &ctx.parked {
+                plans.push(unpark_plan(ctx, agg, None).await?);
+            }
+            if plans.is_empty() {
+                plans.push(Plan::Done(json!({ "replayed_aggregates": 0 })));
+            }
+            Ok(plans)
+        }
+        RequestKind::Discard { event_id, reason } => discard_plan(ctx, event_id, reason).await,
+        RequestKind::ReplayDeadLetters { ids } => letters_plan(ctx, ids.as_deref()).await,
+        RequestKind::RewindToPosition { position } => {
+            if !ctx.positions {
+                return Err("--to-position rewinds a position feed (SQLite); this relay reads the Scylla CDC log: use --to-time".into());
+            }
+            if *position < 0 || *position > ctx.checkpoint {
+                return Err(format!("cannot rewind to position {position}: it must be between 0 and the checkpoint {}", ctx.checkpoint));
+            }
+            Ok(vec![Plan::Rewind { position: *position }])
+        }
+        RequestKind::RewindToTime { .. } => {
+            Err("--to-time rewinds a CDC feed (CQL backend); this relay reads feed positions: use --to-position".into())
+        }
+    }
+}
+
+async fn unpark_plan(ctx: &PlanCtx<'_>, agg: &AggKey, first: Option<Item>) -> Result<Plan, String> {
+    if !ctx.parked.contains(agg) {
+        return Err(format!("aggregate {agg} is not parked"));
+    }
+    let parked = ctx.store.parked(ctx.consumer).await.map_err(|e| e.to_string())?;
+    let Some(p) = parked.into_iter().find(|p| *p.parked.aggregate_id == **agg) else {
+        return Err(format!("aggregate {agg} has no park record"));
+    };
+    let up_to = ctx.positions.then_some(ctx.last_pushed);
+    let rows = ctx.store.aggregate_rows(agg, p.parked.position, p.parked.sequence, up_to).await.map_err(|e| e.to_string())?;
+    let mut items: Vec<Item> = Vec::with_capacity(rows.len() + 1);
+    let skip = usize::from(first.is_some());
+    items.extend(first);
+    for row in rows.into_iter().skip(skip) {
+        items.push(match row {
+            FeedRow::Event(e) => Item::Event(e),
+            FeedRow::Unreadable(u) => Item::Unreadable(u),
+        });
+    }
+    Ok(Plan::Unpark { agg: agg.clone(), items })
+}
+
+async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result<Vec<Plan>, String> {
+    let parked = ctx.store.parked(ctx.consumer).await.map_err(|e| e.to_string())?;
+    let Some(p) = parked.into_iter().find(|p| p.parked.event_id.as_deref() == Some(event_id)) else {
+        return Err(format!("no parked aggregate is held behind event {event_id} (outboxd dlq list shows the first held event of each)"));
+    };
+    let p = p.parked;
+    let agg = crate::store::feed::aggregate_key(&p.aggregate_id);
+    let first = ctx.store.aggregate_rows(&agg, p.position, p.sequence, p.position).await.map_err(|e| e.to_string())?;
+    let (payload, sequence, aggregate_type) = match first.first() {
+        Some(FeedRow::Event(e)) => (Some(e.payload.get().to_string()), Some(e.sequence), Some(e.aggregate_type.clone())),
+        _ => (None, p.sequence, p.aggregate_type.clone()),
+    };
+    let now = Utc::now();
+    let record = DiscardRecord {
+        consumer: ctx.consumer.to_string(),
+        event_id: event_id.to_string(),
+        aggregate_id: p.aggregate_id.clone(),
+        aggregate_type: aggregate_type.clone(),
+        sequence,
+        position: p.position,
+        event_type: p.event_type.clone(),
+        payload,
+        error: p.error.clone(),
+        reason: reason.to_string(),
+        discarded_at: now,
+    };
+    ctx.store.record_discard(&record).await.map_err(|e| format!("cannot write the discard audit row: {e}"))?;
+    tracing::warn!(%event_id, aggregate = %p.aggregate_id, %reason, "event discarded on an operator's decision; a marker record takes its place");
+    let marker = Item::Marker {
+        position: p.position.unwrap_or(0),
+        discarded: Discarded {
+            event_id: Uuid::parse_str(event_id).unwrap_or_else(|_| Uuid::new_v5(&Uuid::NAMESPACE_OID, event_id.as_bytes())),
+            aggregate_type: aggregate_type.unwrap_or_else(|| "order".into()),
+            aggregate_key: agg.clone(),
+            sequence: sequence.unwrap_or(0),
+            event_type: p.event_type.clone().unwrap_or_default(),
+            reason: reason.to_string(),
+            discarded_at: now,
+        },
+    };
+    Ok(vec![unpark_plan(ctx, &agg, Some(marker)).await?])
+}
+
+async fn letters_plan(ctx: &PlanCtx<'_>, ids: Option<&[Uuid]>) -> Result<Vec<Plan>, String> {
+    let letters = ctx.store.dlq_list(100_000).await.map_err(|e| e.to_string())?;
+    let chosen: Vec<_> = match ids {
+        Some(ids) => letters.into_iter().filter(|l| ids.contains(&l.id)).collect(),
+        None => letters,
+    };
+    if let Some(ids) = ids {
+        if chosen.len() != ids.len() {
+            return Err("some of the given dead letters do not exist".into());
+        }
+    }
+    let mut items = Vec::new();
+    let mut bad = Vec::new();
+    for l in &chosen {
+        let raw = serde_json::from_str::<crate::envelope::EventEnvelope>(&l.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|env| RawEvent::from_envelope(&env, l.position.unwrap_or(0)).map_err(|e| e.to_string()));
+        match raw {
+            Ok(raw) => items.push((Item::Event(raw), l.id)),
+            Err(e) => bad.push(json!({ "id": l.id, "error": format!("stored payload is not a valid event: {e}") })),
+        }
+    }
+    if items.is_empty() {
+        return Ok(vec![Plan::Done(json!({ "replayed": 0, "failed": bad }))]);
+    }
+    Ok(vec![Plan::Letters { items }])
 }
