@@ -38,6 +38,7 @@ use crate::relay::feed::{self, FeedReader};
 use crate::relay::producer::{Completion, Delivery, KafkaProducer, SendError};
 use crate::relay::publisher::PublishError;
 use crate::relay::retry::Backoff;
+use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::StatusTx;
 use crate::relay::topics::all_topics;
 use crate::relay::window::{AggKey, Fenced, Pushed, Slot, Window};
@@ -106,6 +107,7 @@ pub struct Relay {
     pub(super) metrics: Metrics,
     pub(super) status: StatusTx,
     pub(super) fence: Option<Fence>,
+    pub(super) sink: Arc<dyn DeadLetterSink>,
 }
 
 /// The mutable state of a running term.
@@ -143,7 +145,14 @@ const PERSIST_EVERY: Duration = Duration::from_millis(200);
 
 impl Relay {
     pub fn new(config: Arc<Config>, store: DynStore, metrics: Metrics, status: StatusTx) -> Relay {
-        Relay { store, cfg: config.relay.clone(), config, metrics, status, fence: None }
+        let sink: Arc<dyn DeadLetterSink> = Arc::new(store.clone());
+        Relay { store, cfg: config.relay.clone(), config, metrics, status, fence: None, sink }
+    }
+
+    /// Routes dead letters (policy `skip`) elsewhere (the DlqActor).
+    pub fn with_sink(mut self, sink: Arc<dyn DeadLetterSink>) -> Relay {
+        self.sink = sink;
+        self
     }
 
     /// Runs under a lease: checkpoint writes are fenced by `fence.epoch`.
@@ -195,7 +204,7 @@ impl Relay {
             errors: self.metrics.relay_feed_errors.clone(),
         };
         let feed_stop = crate::shutdown::Trigger::new();
-        let feed = FeedHandle { template: reader, stop: feed_stop.subscribe() };
+        let feed = FeedHandle::new(reader, feed_stop.subscribe());
         let pages = feed.respawn(checkpoint);
         tracing::info!(consumer = %self.name(), checkpoint, parked = parked.len(), fenced = self.fence.is_some(), "relay started");
         let mut run = Run {
@@ -230,7 +239,7 @@ impl Relay {
         exit
     }
 
-    async fn initial_checkpoint(&self, shutdown: &mut Shutdown) -> Option<i64> {
+    pub(super) async fn initial_checkpoint(&self, shutdown: &mut Shutdown) -> Option<i64> {
         let mut attempt = 0;
         loop {
             match self.store.get_checkpoint(self.name()).await {
@@ -248,7 +257,7 @@ impl Relay {
     }
 
     /// Creates missing topics; retries while the broker is unreachable. False on shutdown.
-    async fn ensure_topics(&self, producer: &KafkaProducer, shutdown: &mut Shutdown) -> bool {
+    pub(super) async fn ensure_topics(&self, producer: &KafkaProducer, shutdown: &mut Shutdown) -> bool {
         let topics: Vec<String> = all_topics(&self.config.kafka).into_iter().map(|(t, _)| t).collect();
         let mut attempt: u32 = 0;
         loop {
@@ -280,7 +289,11 @@ pub(super) struct FeedHandle {
 }
 
 impl FeedHandle {
-    fn respawn(&self, after: i64) -> mpsc::Receiver<Vec<FeedRow>> {
+    pub(super) fn new(template: FeedReader, stop: Shutdown) -> FeedHandle {
+        FeedHandle { template, stop }
+    }
+
+    pub(super) fn respawn(&self, after: i64) -> mpsc::Receiver<Vec<FeedRow>> {
         let mut r = self.template.clone();
         r.after = after;
         feed::spawn(r, 2, self.stop.clone())
@@ -288,7 +301,7 @@ impl FeedHandle {
 }
 
 /// Mirrors the producer's broker state into the relay status.
-fn spawn_broker_watch(producer: KafkaProducer, status: StatusTx, mut shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+pub(super) fn spawn_broker_watch(producer: KafkaProducer, status: StatusTx, mut shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut b = producer.broker();
         loop {
@@ -654,7 +667,7 @@ impl Run {
     }
 }
 
-async fn lease_lost(lost: &mut Option<watch::Receiver<bool>>) {
+pub(super) async fn lease_lost(lost: &mut Option<watch::Receiver<bool>>) {
     match lost {
         Some(rx) => {
             if rx.wait_for(|l| *l).await.is_err() {

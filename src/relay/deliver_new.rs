@@ -1,0 +1,284 @@
+//! `Deliverer`: publishes one event and waits for its fate, with retry,
+//! circuit breaker and the parking policy. The Scylla CDC consumers use it:
+//! scylla-cdc hands each stream's rows one at a time, in log order, and
+//! moves its progress only after `deliver` returned.
+//!
+//! Guarantees:
+//! - `deliver` returns `Delivered` only after the broker confirmed the
+//!   event; `Parked` / `DeadLettered` only after the park record / dead
+//!   letter is durable; `Held` for an event of an aggregate parked earlier
+//!   (held durably by that park record). Transient failures never end a
+//!   delivery: they retry behind the breaker until the broker is back (or
+//!   shutdown), so the CDC progress cannot pass an unconfirmed event.
+//! - Order per aggregate: one aggregate is one partition key, i.e. one CDC
+//!   stream whose rows arrive one at a time; a failed event is retried
+//!   before its stream moves on, so nothing later of its aggregate overtakes
+//!   it (the same fence the position feed gets from its window).
+//! - Safe to share between the stream consumers (`Arc<Deliverer>`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Config, PermanentFailurePolicy};
+use crate::metrics::Metrics;
+use crate::relay::breaker::{BreakerState, CircuitBreaker};
+use crate::relay::encode::Encoder;
+use crate::relay::parking::{dead_letter_of, parked_record};
+use crate::relay::pipeline::Item;
+use crate::relay::producer::{Completion, Delivery, KafkaProducer, SendError};
+use crate::relay::publisher::PublishError;
+use crate::relay::retry::Backoff;
+use crate::relay::sink::DeadLetterSink;
+use crate::relay::status::StatusTx;
+use crate::relay::window::{AggKey, Fenced};
+use crate::shutdown::Shutdown;
+use crate::store::feed::RawEvent;
+use crate::store::DynStore;
+
+/// How one delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    Delivered,
+    /// Its aggregate was parked before: held by that park record.
+    Held,
+    /// It failed for good; its aggregate is parked from it on.
+    Parked,
+    /// It failed for good and went to the dead-letter queue (policy `skip`).
+    DeadLettered,
+    Shutdown,
+}
+
+type Waiters = Arc<Mutex<HashMap<usize, oneshot::Sender<Result<(i32, i64), PublishError>>>>>;
+
+pub struct Deliverer {
+    producer: KafkaProducer,
+    waiters: Waiters,
+    next: Mutex<usize>,
+    encoder: Mutex<Encoder>,
+    breaker: Mutex<CircuitBreaker>,
+    backoff: Backoff,
+    store: DynStore,
+    sink: Arc<dyn DeadLetterSink>,
+    consumer: String,
+    policy: PermanentFailurePolicy,
+    dlq_on_transient_exhaustion: bool,
+    parked: Mutex<HashSet<AggKey>>,
+    metrics: Metrics,
+    status: StatusTx,
+}
+
+impl Deliverer {
+    pub async fn new(config: &Config, store: DynStore, sink: Arc<dyn DeadLetterSink>, metrics: Metrics, status: StatusTx) -> Result<Deliverer, PublishError> {
+        let (producer, completions) = KafkaProducer::new(&config.kafka, &Delivery::AtLeastOnce)?;
+        let waiters: Waiters = Arc::default();
+        tokio::spawn(route(completions, waiters.clone()));
+        let parked = store
+            .parked(&config.relay.consumer_name)
+            .await
+            .map_err(|e| PublishError::transient("store", format!("cannot read parked aggregates: {e}")))?
+            .into_iter()
+            .map(|p| AggKey::from(p.parked.aggregate_id.as_str()))
+            .collect::<HashSet<_>>();
+        metrics.dlq_parked_aggregates.set(parked.len() as i64);
+        Ok(Deliverer {
+            producer,
+            waiters,
+            next: Mutex::new(1),
+            encoder: Mutex::new(Encoder::from_config(&config.kafka)),
+            breaker: Mutex::new(CircuitBreaker::new(config.relay.breaker.clone(), Some(metrics.clone()))),
+            backoff: Backoff::new(&config.relay.retry),
+            store,
+            sink,
+            consumer: config.relay.consumer_name.clone(),
+            policy: config.relay.on_permanent_failure,
+            dlq_on_transient_exhaustion: config.relay.dlq_on_transient_exhaustion,
+            parked: Mutex::new(parked),
+            metrics,
+            status,
+        })
+    }
+
+    pub fn producer(&self) -> &KafkaProducer {
+        &self.producer
+    }
+
+    pub fn status(&self) -> &StatusTx {
+        &self.status
+    }
+
+    pub fn is_parked(&self, agg: &str) -> bool {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).contains(agg)
+    }
+
+    fn breaker<T>(&self, f: impl FnOnce(&mut CircuitBreaker) -> T) -> T {
+        f(&mut self.breaker.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Publishes `e` and waits for its fate (see the module doc).
+    pub async fn deliver(&self, e: &RawEvent, shutdown: &mut Shutdown) -> Delivered {
+        if self.is_parked(&e.aggregate_key) {
+            return Delivered::Held;
+        }
+        let mut attempts: u32 = 0;
+        loop {
+            // Wait while the breaker is open.
+            loop {
+                let now = Instant::now();
+                if self.breaker(|b| b.allows(now)) {
+                    break;
+                }
+                let wait = self.breaker(|b| b.remaining_open(now)).max(std::time::Duration::from_millis(10));
+                if !shutdown.sleep(wait).await {
+                    return Delivered::Shutdown;
+                }
+            }
+            if attempts > 0 {
+                self.metrics.retry_attempts.with_label_values(&["publish"]).inc();
+            }
+            let res = tokio::select! {
+                r = self.send_and_wait(e) => r,
+                _ = shutdown.recv() => return Delivered::Shutdown,
+            };
+            match res {
+                Ok(_) => {
+                    self.breaker(|b| b.record_success(Instant::now()));
+                    self.status.breaker(self.breaker(|b| b.state(Instant::now())));
+                    if attempts > 0 {
+                        self.metrics.retry_success.with_label_values(&["publish"]).inc();
+                    }
+                    self.metrics.cdc_events_processed.with_label_values(&[&e.event_type]).inc();
+                    let e2e = (chrono::Utc::now() - e.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                    self.metrics.event_end_to_end_latency.observe(e2e);
+                    self.status.delivered(1);
+                    return Delivered::Delivered;
+                }
+                Err(err) => {
+                    attempts += 1;
+                    self.metrics.cdc_events_failed.with_label_values(&[&e.event_type, &err.kind]).inc();
+                    self.status.error(err.message.clone());
+                    let max = self.backoff.max_attempts;
+                    if err.transient {
+                        self.breaker(|b| b.record_failure(Instant::now()));
+                        self.status.breaker(self.breaker(|b| b.state(Instant::now())));
+                        if attempts == max {
+                            self.metrics.retry_failure.with_label_values(&["publish"]).inc();
+                            tracing::warn!(event_id = %e.event_id, error = %err, "event still failing after {attempts} attempts with a transient error; retrying behind the breaker");
+                        }
+                        if attempts >= max && self.dlq_on_transient_exhaustion {
+                            return self.give_up(e, err, PermanentFailurePolicy::Skip, attempts, shutdown).await;
+                        }
+                    } else if attempts >= max {
+                        self.metrics.retry_failure.with_label_values(&["publish"]).inc();
+                        return self.give_up(e, err, self.policy, attempts, shutdown).await;
+                    }
+                    if !shutdown.sleep(self.backoff.delay(attempts)).await {
+                        return Delivered::Shutdown;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_and_wait(&self, e: &RawEvent) -> Result<(i32, i64), PublishError> {
+        let token = {
+            let mut n = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            *n += 1;
+            *n
+        };
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(token, tx);
+        let (topic, headers, value) = {
+            let mut enc = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
+            let mut value = Vec::with_capacity(e.payload.get().len() + 400);
+            enc.value(e, &mut value);
+            (enc.topic(&e.aggregate_type, &e.event_type), enc.headers(e), value)
+        };
+        loop {
+            match self.producer.send(&topic, &e.aggregate_key, &value, headers.clone(), e.timestamp.timestamp_millis(), token) {
+                Ok(()) => break,
+                Err(SendError::QueueFull) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                Err(SendError::Failed(err)) => {
+                    self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
+                    return Err(err);
+                }
+            }
+        }
+        self.metrics.messages_sent.with_label_values(&[&*topic]).inc();
+        rx.await.unwrap_or_else(|_| Err(PublishError::transient("canceled", "the delivery report was lost")))
+    }
+
+    async fn give_up(&self, e: &RawEvent, err: PublishError, policy: PermanentFailurePolicy, attempts: u32, shutdown: &mut Shutdown) -> Delivered {
+        let item = Item::Event(e.clone());
+        let mut tries = 0;
+        loop {
+            let res = match policy {
+                PermanentFailurePolicy::ParkAggregate => self.store.park(&parked_record(&self.consumer, &item, &err)).await,
+                PermanentFailurePolicy::Skip => match dead_letter_of(&item, &err, attempts) {
+                    Some(l) => self.sink.dead_letter(l).await,
+                    None => Ok(()),
+                },
+            };
+            match res {
+                Ok(()) => break,
+                Err(store_err) => {
+                    tries += 1;
+                    tracing::warn!(error = %store_err, "cannot record the failed event durably yet; retrying");
+                    if !shutdown.sleep(self.backoff.delay(tries.min(10))).await {
+                        return Delivered::Shutdown;
+                    }
+                }
+            }
+        }
+        match policy {
+            PermanentFailurePolicy::ParkAggregate => {
+                if self.parked.lock().unwrap_or_else(|p| p.into_inner()).insert(item.aggregate().clone()) {
+                    self.metrics.dlq_parked_aggregates.inc();
+                    self.status.update(|s| {
+                        s.parked_aggregates += 1;
+                        true
+                    });
+                }
+                tracing::error!(event_id = %e.event_id, aggregate = %e.aggregate_key, sequence = e.sequence, error = %err, "event can never be published as it is; its aggregate is parked from it on");
+                Delivered::Parked
+            }
+            PermanentFailurePolicy::Skip => {
+                self.metrics.dlq_messages.inc();
+                self.metrics.dlq_messages_by_event_type.with_label_values(&[&e.event_type]).inc();
+                self.metrics.dlq_depth.inc();
+                self.status.update(|s| {
+                    s.dead_lettered += 1;
+                    true
+                });
+                tracing::error!(event_id = %e.event_id, error = %err, "event can never be published as it is; moved to dead_letter_queue");
+                Delivered::DeadLettered
+            }
+        }
+    }
+
+    /// Marks an aggregate unparked (after a replay through this deliverer).
+    pub fn unparked(&self, agg: &str) {
+        if self.parked.lock().unwrap_or_else(|p| p.into_inner()).remove(agg) {
+            self.metrics.dlq_parked_aggregates.dec();
+            self.status.update(|s| {
+                s.parked_aggregates = s.parked_aggregates.saturating_sub(1);
+                true
+            });
+        }
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker(|b| b.state(Instant::now()))
+    }
+}
+
+/// Hands each delivery report to the caller waiting for it.
+async fn route(mut completions: mpsc::UnboundedReceiver<Completion>, waiters: Waiters) {
+    while let Some(c) = completions.recv().await {
+        let w = waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.token);
+        if let Some(tx) = w {
+            let _ = tx.send(c.result);
+        }
+    }
+}
