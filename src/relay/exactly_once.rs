@@ -172,7 +172,7 @@ impl Relay {
 
 impl Txn {
     async fn main(&mut self, mut pages: mpsc::Receiver<Vec<FeedRow>>, feed: &FeedHandle, shutdown: &mut Shutdown) -> Result<Exit, RelayError> {
-        let mut lost = self.relay.fence.as_ref().map(|f| f.lost.clone());
+        let mut lost = self.relay.fence.clone();
         let mut requests = tokio::time::interval(Duration::from_millis(self.relay.cfg.poll_interval_ms.max(100)));
         let max_events = self.relay.cfg.transaction_max_events.max(1);
         let max_wait = Duration::from_millis(self.relay.cfg.transaction_max_ms.max(1));
@@ -283,7 +283,12 @@ impl Txn {
             if shutdown.is_shutdown() {
                 return Ok(Some(Exit::Shutdown));
             }
-            let end = if batch.is_empty() { position } else { position };
+            if batch.is_empty() {
+                // Only held events: nothing to commit; the store checkpoint still moves.
+                self.committed(&[], position).await?;
+                return Ok(None);
+            }
+            let end = position;
             match self.transaction(&batch, end).await {
                 Outcome::Committed => {
                     self.committed(&batch, end).await?;

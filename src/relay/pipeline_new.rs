@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, PermanentFailurePolicy, RelayConfig};
+use crate::lease::keeper::LeaseState;
 use crate::metrics::Metrics;
 use crate::relay::breaker::{BreakerState, CircuitBreaker};
 use crate::relay::encode::{Discarded, Encoder};
@@ -76,8 +77,8 @@ impl Fenced for Item {
 #[derive(Debug, Clone)]
 pub struct Fence {
     pub epoch: i64,
-    /// Turns true when the lease is lost (or is about to expire un-renewed).
-    pub lost: watch::Receiver<bool>,
+    /// The keeper's view; the term ends as soon as it is not `Active { epoch }`.
+    pub lease: watch::Receiver<LeaseState>,
 }
 
 /// Why a relay term ended.
@@ -317,7 +318,7 @@ pub(super) fn spawn_broker_watch(producer: KafkaProducer, status: StatusTx, mut 
 
 impl Run {
     async fn main(&mut self, mut completions: mpsc::UnboundedReceiver<Completion>, mut pages: mpsc::Receiver<Vec<FeedRow>>, shutdown: &mut Shutdown) -> Result<Exit, RelayError> {
-        let mut lost = self.relay.fence.as_ref().map(|f| f.lost.clone());
+        let mut lost = self.relay.fence.clone();
         let mut requests = tokio::time::interval(Duration::from_millis(self.relay.cfg.poll_interval_ms.max(100)));
         requests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -667,12 +668,13 @@ impl Run {
     }
 }
 
-pub(super) async fn lease_lost(lost: &mut Option<watch::Receiver<bool>>) {
-    match lost {
-        Some(rx) => {
-            if rx.wait_for(|l| *l).await.is_err() {
-                // The keeper is gone: treat as lost.
-            }
+/// Resolves when the lease of `fence` is no longer held at its epoch (never without a fence).
+pub(super) async fn lease_lost(fence: &mut Option<Fence>) {
+    match fence {
+        Some(f) => {
+            let epoch = f.epoch;
+            // An error means the keeper is gone: treat as lost.
+            let _ = f.lease.wait_for(|s| s.active_epoch() != Some(epoch)).await;
         }
         None => std::future::pending().await,
     }
