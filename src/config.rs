@@ -69,7 +69,12 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { backend: Backend::Sqlite, path: PathBuf::from("data/outbox.db"), sqlite: SqliteOptions::default(), cql: CqlConfig::default() }
+        StoreConfig {
+            backend: Backend::Sqlite,
+            path: PathBuf::from("data/outbox.db"),
+            sqlite: SqliteOptions::default(),
+            cql: CqlConfig::default(),
+        }
     }
 }
 
@@ -122,7 +127,12 @@ pub struct CdcConfig {
 
 impl Default for CdcConfig {
     fn default() -> Self {
-        CdcConfig { window_size_ms: 30_000, safety_interval_ms: 5_000, sleep_interval_ms: 1_000, checkpoint_interval_ms: 5_000 }
+        CdcConfig {
+            window_size_ms: 30_000,
+            safety_interval_ms: 5_000,
+            sleep_interval_ms: 1_000,
+            checkpoint_interval_ms: 5_000,
+        }
     }
 }
 
@@ -279,7 +289,13 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:8080".into(), admin_listen: "127.0.0.1:9090".into(), api_token: None, max_body_bytes: 64 * 1024, workers: 2 }
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            api_token: None,
+            max_body_bytes: 64 * 1024,
+            workers: 2,
+        }
     }
 }
 
@@ -352,7 +368,10 @@ impl Config {
         if self.store.backend == Backend::Cql {
             validate_hosts("store.cql.uri", &self.store.cql.uri)?;
             if !valid_cql_ident(&self.store.cql.keyspace) {
-                return err(format!("store.cql.keyspace {:?}: use 1-48 letters, digits or '_', starting with a letter", self.store.cql.keyspace));
+                return err(format!(
+                    "store.cql.keyspace {:?}: use 1-48 letters, digits or '_', starting with a letter",
+                    self.store.cql.keyspace
+                ));
             }
         }
         if self.store.path.as_os_str().is_empty() {
@@ -368,7 +387,10 @@ impl Config {
             return err("kafka.replication_factor must be >= 1".into());
         }
         if !(1..=5).contains(&self.kafka.max_in_flight_requests) {
-            return err(format!("kafka.max_in_flight_requests = {}: must be 1..=5 (idempotent producer)", self.kafka.max_in_flight_requests));
+            return err(format!(
+                "kafka.max_in_flight_requests = {}: must be 1..=5 (idempotent producer)",
+                self.kafka.max_in_flight_requests
+            ));
         }
         if self.kafka.message_timeout_ms < 1_000 {
             return err("kafka.message_timeout_ms must be >= 1000".into());
@@ -380,7 +402,11 @@ impl Config {
         if r.consumer_name.trim().is_empty() {
             return err("relay.consumer_name must not be empty".into());
         }
-        if r.retry.max_attempts == 0 || r.retry.initial_backoff_ms == 0 || r.retry.multiplier < 1.0 || r.retry.max_backoff_ms < r.retry.initial_backoff_ms {
+        if r.retry.max_attempts == 0
+            || r.retry.initial_backoff_ms == 0
+            || r.retry.multiplier < 1.0
+            || r.retry.max_backoff_ms < r.retry.initial_backoff_ms
+        {
             return err("relay.retry: max_attempts >= 1, initial_backoff_ms >= 1, multiplier >= 1, max_backoff_ms >= initial_backoff_ms".into());
         }
         if r.breaker.failure_threshold == 0 || r.breaker.success_threshold == 0 || r.breaker.open_timeout_ms == 0 {
@@ -405,8 +431,12 @@ impl Config {
         if self.health.projection_lag_degraded_events < 1 {
             return err("health.projection_lag_degraded_events must be >= 1 (some lag is normal while events are being applied)".into());
         }
-        crate::domain::Currency::new(&self.service.default_currency)
-            .map_err(|_| ConfigError(format!("service.default_currency {:?}: expected a code like EUR", self.service.default_currency)))?;
+        crate::domain::Currency::new(&self.service.default_currency).map_err(|_| {
+            ConfigError(format!(
+                "service.default_currency {:?}: expected a code like EUR",
+                self.service.default_currency
+            ))
+        })?;
         if self.supervision.max_restarts == 0 {
             return err("supervision.max_restarts must be >= 1".into());
         }
@@ -420,7 +450,8 @@ fn validate_hosts(key: &str, list: &str) -> Result<(), ConfigError> {
         return Err(ConfigError(format!("{key} must list at least one host:port")));
     }
     for h in hosts {
-        let ok = h.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        let ok =
+            h.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
         if !ok {
             return Err(ConfigError(format!("{key}: {h:?} is not host:port")));
         }
@@ -430,7 +461,11 @@ fn validate_hosts(key: &str, list: &str) -> Result<(), ConfigError> {
 
 /// Kafka's legal topic names: 1-249 of `[A-Za-z0-9._-]`, not `.` or `..`.
 pub fn validate_topic(t: &str) -> Result<(), ConfigError> {
-    let ok = !t.is_empty() && t.len() <= 249 && t != "." && t != ".." && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let ok = !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
@@ -439,7 +474,10 @@ pub fn validate_topic(t: &str) -> Result<(), ConfigError> {
 }
 
 fn valid_cql_ident(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 48 && s.starts_with(|c: char| c.is_ascii_alphabetic()) && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    !s.is_empty()
+        && s.len() <= 48
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

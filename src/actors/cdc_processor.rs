@@ -67,9 +67,17 @@ pub struct CdcStreamProcessor {
 /// The CQL feed: reads the Scylla CDC log until `shutdown`, then stops the
 /// reader gracefully (finish the window, save progress); abandons it if
 /// that takes longer than 10 s (progress stays at the last saved window).
-async fn run_cdc_reader(cql: Arc<CqlStore>, cdc: CdcConfig, deliverer: Arc<Deliverer>, mut shutdown: Shutdown) -> Result<(), String> {
+async fn run_cdc_reader(
+    cql: Arc<CqlStore>,
+    cdc: CdcConfig,
+    deliverer: Arc<Deliverer>,
+    mut shutdown: Shutdown,
+) -> Result<(), String> {
     let abandon = Trigger::new();
-    let (mut reader, mut handle) = start_cdc_reader(cql.session(), cql.keyspace(), &cdc, deliverer, abandon.subscribe()).await.map_err(|e| e.to_string())?;
+    let (mut reader, mut handle) =
+        start_cdc_reader(cql.session(), cql.keyspace(), &cdc, deliverer, abandon.subscribe())
+            .await
+            .map_err(|e| e.to_string())?;
     tokio::select! {
         r = &mut handle => return r.map_err(|e| e.to_string())?.map_err(|e| e.to_string()),
         _ = shutdown.recv() => {}
@@ -86,10 +94,14 @@ async fn run_cdc_reader(cql: Arc<CqlStore>, cdc: CdcConfig, deliverer: Arc<Deliv
     }
 }
 
-
 impl CdcStreamProcessor {
     /// `sink` receives dead letters (the DlqActor's [`super::DlqSink`]).
-    pub fn new(deps: ActorDeps, sink: Arc<dyn DeadLetterSink>, parent: Recipient<ChildGaveUp>, health: Recipient<ComponentEvent>) -> CdcStreamProcessor {
+    pub fn new(
+        deps: ActorDeps,
+        sink: Arc<dyn DeadLetterSink>,
+        parent: Recipient<ChildGaveUp>,
+        health: Recipient<ComponentEvent>,
+    ) -> CdcStreamProcessor {
         let budget = RestartBudget::new(&deps.cfg.supervision);
         CdcStreamProcessor {
             deps,
@@ -118,11 +130,15 @@ impl CdcStreamProcessor {
         let status = self.deps.relay_status.clone();
         match self.deps.cql.clone() {
             None => {
-                let relay = Relay::with_status(cfg, self.deps.store.clone(), self.deps.metrics.clone(), status).map_err(|e| e.to_string())?.with_sink(self.sink.clone());
+                let relay = Relay::with_status(cfg, self.deps.store.clone(), self.deps.metrics.clone(), status)
+                    .map_err(|e| e.to_string())?
+                    .with_sink(self.sink.clone());
                 Ok(async move { relay.run(shutdown).await.map_err(|e| e.to_string()) }.boxed())
             }
             Some(cql) => {
-                let deliverer = Arc::new(Deliverer::new(cfg, self.sink.clone(), self.deps.metrics.clone(), status).map_err(|e| e.message)?);
+                let deliverer = Arc::new(
+                    Deliverer::new(cfg, self.sink.clone(), self.deps.metrics.clone(), status).map_err(|e| e.message)?,
+                );
                 let cdc = cfg.store.cql.cdc.clone();
                 Ok(run_cdc_reader(cql, cdc, deliverer, shutdown).boxed())
             }
@@ -158,7 +174,11 @@ impl CdcStreamProcessor {
         self.run = Some(RelayRun { generation, trigger, abort, gone: gone_rx, panic: Some(panic_tx) });
         let restarted = matches!(self.lifecycle, Lifecycle::Restarting { .. });
         self.lifecycle = Lifecycle::Running;
-        let detail = if restarted { format!("relay restarted ({} restarts in total)", self.budget.total()) } else { "relay started".to_string() };
+        let detail = if restarted {
+            format!("relay restarted ({} restarts in total)", self.budget.total())
+        } else {
+            "relay started".to_string()
+        };
         tracing::info!(actor = %NAME, generation, "{detail}");
         self.event(detail);
         // Watch the task: an end we did not ask for is a failure.
@@ -261,7 +281,13 @@ impl Handler<StopActor> for CdcStreamProcessor {
                 if let Ok(Ok(head)) = tokio::time::timeout(catch_up, store.head_position()).await {
                     let caught_up = tokio::time::timeout(
                         catch_up,
-                        status.wait_for(|s| s.checkpoint >= head || !s.running || !s.broker_ok || !s.store_ok || s.breaker != BreakerState::Closed),
+                        status.wait_for(|s| {
+                            s.checkpoint >= head
+                                || !s.running
+                                || !s.broker_ok
+                                || !s.store_ok
+                                || s.breaker != BreakerState::Closed
+                        }),
                     )
                     .await
                     .is_ok();

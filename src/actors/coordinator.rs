@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::messages::*;
-use super::{ActorDeps, CdcStreamProcessor, DlqActor, DlqSink, HealthCheckActor, OrderActor, ProjectionActor, EXIT_RESTART_BUDGET};
+use super::{
+    ActorDeps, CdcStreamProcessor, DlqActor, DlqSink, HealthCheckActor, OrderActor, ProjectionActor,
+    EXIT_RESTART_BUDGET,
+};
 
 const NAME: ActorName = ActorName::Coordinator;
 
@@ -43,7 +46,17 @@ pub struct CoordinatorActor {
 
 impl CoordinatorActor {
     pub fn new(deps: ActorDeps, exit: oneshot::Sender<u8>) -> CoordinatorActor {
-        CoordinatorActor { deps, health: None, dlq: None, order: None, cdc: None, projection: None, exit: Some(exit), shutting_down: None, done: Vec::new() }
+        CoordinatorActor {
+            deps,
+            health: None,
+            dlq: None,
+            order: None,
+            cdc: None,
+            projection: None,
+            exit: Some(exit),
+            shutting_down: None,
+            done: Vec::new(),
+        }
     }
 
     fn start_children(&mut self, ctx: &mut Context<Self>) {
@@ -72,12 +85,21 @@ impl CoordinatorActor {
                 None
             }
         };
-        health.do_send(RegisterComponents { dlq: dlq.clone(), order: order.clone(), cdc: cdc.clone(), projection: projection.clone() });
+        health.do_send(RegisterComponents {
+            dlq: dlq.clone(),
+            order: order.clone(),
+            cdc: cdc.clone(),
+            projection: projection.clone(),
+        });
         self.health = Some(health);
         self.dlq = Some(dlq);
         self.order = Some(order);
         self.cdc = Some(cdc);
-        let started = if projection.is_some() { "health_check, dlq_actor, order_actor, cdc_processor, projection_actor" } else { "health_check, dlq_actor, order_actor, cdc_processor" };
+        let started = if projection.is_some() {
+            "health_check, dlq_actor, order_actor, cdc_processor, projection_actor"
+        } else {
+            "health_check, dlq_actor, order_actor, cdc_processor"
+        };
         self.projection = projection;
         tracing::info!("all supervised actors started ({started})");
     }
@@ -92,7 +114,8 @@ impl CoordinatorActor {
         let deadline = Duration::from_millis(self.deps.cfg.shutdown_deadline_ms);
         let started = Instant::now();
         let remaining = move || deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
-        let (health, dlq, order, cdc, projection) = (self.health.clone(), self.dlq.clone(), self.order.clone(), self.cdc.clone(), self.projection.clone());
+        let (health, dlq, order, cdc, projection) =
+            (self.health.clone(), self.dlq.clone(), self.order.clone(), self.cdc.clone(), self.projection.clone());
         let seq = async move {
             if let Some(h) = &health {
                 let _ = h.send(MarkShuttingDown).await;
@@ -106,12 +129,24 @@ impl CoordinatorActor {
             }
             // Reverse start order: Projection, CDC, Order, DLQ, Health.
             if let Some(p) = &projection {
-                if tokio::time::timeout(remaining(), p.send(StopActor { deadline: remaining().saturating_sub(Duration::from_millis(50)) })).await.is_err() {
+                if tokio::time::timeout(
+                    remaining(),
+                    p.send(StopActor { deadline: remaining().saturating_sub(Duration::from_millis(50)) }),
+                )
+                .await
+                .is_err()
+                {
                     tracing::warn!("projection actor did not stop before the shutdown deadline");
                 }
             }
             if let Some(c) = &cdc {
-                if tokio::time::timeout(remaining(), c.send(StopActor { deadline: remaining().saturating_sub(Duration::from_millis(50)) })).await.is_err() {
+                if tokio::time::timeout(
+                    remaining(),
+                    c.send(StopActor { deadline: remaining().saturating_sub(Duration::from_millis(50)) }),
+                )
+                .await
+                .is_err()
+                {
                     tracing::warn!("cdc processor did not stop before the shutdown deadline");
                 }
             }
@@ -149,7 +184,12 @@ impl Actor for CoordinatorActor {
             match r.status {
                 super::HealthStatus::Healthy => tracing::debug!("system health: healthy"),
                 s => {
-                    let bad: Vec<String> = r.components.iter().filter(|(_, c)| c.status != super::HealthStatus::Healthy).map(|(n, c)| format!("{n}: {}", c.detail)).collect();
+                    let bad: Vec<String> = r
+                        .components
+                        .iter()
+                        .filter(|(_, c)| c.status != super::HealthStatus::Healthy)
+                        .map(|(n, c)| format!("{n}: {}", c.detail))
+                        .collect();
                     tracing::warn!(status = s.as_str(), "system health: {}", bad.join("; "));
                 }
             }
@@ -248,10 +288,18 @@ impl Handler<InjectFailureInto> for CoordinatorActor {
             ActorName::Dlq => self.dlq.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
             ActorName::Projection => match self.projection.clone() {
                 Some(a) => Some(Box::pin(async move { a.send(m).await }) as _),
-                None => return Box::pin(async { Err("projection_actor is not started: this backend has no read models".to_string()) }),
+                None => {
+                    return Box::pin(async {
+                        Err("projection_actor is not started: this backend has no read models".to_string())
+                    })
+                }
             },
             ActorName::HealthCheck => self.health.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
-            ActorName::Coordinator => return Box::pin(async { Err("the coordinator is the root; it does not take injected failures".to_string()) }),
+            ActorName::Coordinator => {
+                return Box::pin(async {
+                    Err("the coordinator is the root; it does not take injected failures".to_string())
+                })
+            }
         };
         Box::pin(async move {
             match fut {

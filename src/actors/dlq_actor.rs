@@ -103,7 +103,9 @@ impl Handler<ReplayDeadLetters> for DlqActor {
                 Ok(p) => self.publisher = Some(p),
                 Err(e) => {
                     tracing::error!(actor = %NAME, error = %e, "cannot create a producer for replay");
-                    return AtomicResponse::new(Box::pin(actix::fut::ready(Err("cannot create a Kafka producer".to_string()))));
+                    return AtomicResponse::new(Box::pin(actix::fut::ready(Err(
+                        "cannot create a Kafka producer".to_string()
+                    ))));
                 }
             }
         }
@@ -167,6 +169,9 @@ pub struct DlqSink(pub Addr<DlqActor>);
 #[async_trait]
 impl DeadLetterSink for DlqSink {
     async fn dead_letter(&self, letter: DeadLetter) -> Result<(), StoreError> {
-        self.0.send(WriteDeadLetter(letter)).await.map_err(|e| StoreError::Unavailable(format!("dlq actor unreachable: {e}")))?
+        self.0
+            .send(WriteDeadLetter(letter))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("dlq actor unreachable: {e}")))?
     }
 }

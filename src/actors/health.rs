@@ -99,7 +99,19 @@ impl HealthReport {
     /// Before the first check: nothing known yet.
     pub fn starting() -> HealthReport {
         let now = Utc::now();
-        let components = COMPONENTS.iter().map(|c| (c.to_string(), ComponentHealth { status: HealthStatus::Healthy, detail: "not checked yet".into(), last_check: now })).collect();
+        let components = COMPONENTS
+            .iter()
+            .map(|c| {
+                (
+                    c.to_string(),
+                    ComponentHealth {
+                        status: HealthStatus::Healthy,
+                        detail: "not checked yet".into(),
+                        last_check: now,
+                    },
+                )
+            })
+            .collect();
         HealthReport { status: HealthStatus::Healthy, checked_at: None, shutting_down: false, components, relay: None }
     }
 
@@ -149,7 +161,10 @@ pub struct Thresholds {
 
 impl Thresholds {
     pub fn from_config(h: &crate::config::HealthConfig) -> Thresholds {
-        Thresholds { relay_lag_degraded_events: h.lag_degraded_events, projection_lag_degraded_events: h.projection_lag_degraded_events }
+        Thresholds {
+            relay_lag_degraded_events: h.lag_degraded_events,
+            projection_lag_degraded_events: h.projection_lag_degraded_events,
+        }
     }
 }
 
@@ -160,11 +175,17 @@ fn lifecycle_health(actor: ActorName, l: Option<Lifecycle>, reported: &Reported)
     let note = reported.get(&actor).map(|(_, d)| d.clone()).unwrap_or_default();
     match l {
         None => (HealthStatus::Unhealthy, "not responding".into()),
-        Some(Lifecycle::GaveUp) => (HealthStatus::Unhealthy, if note.is_empty() { "gave up: restart budget exhausted".into() } else { note }),
-        Some(Lifecycle::Restarting { restart }) => (HealthStatus::Degraded, format!("restarting (restart {restart}): {note}")),
+        Some(Lifecycle::GaveUp) => {
+            (HealthStatus::Unhealthy, if note.is_empty() { "gave up: restart budget exhausted".into() } else { note })
+        }
+        Some(Lifecycle::Restarting { restart }) => {
+            (HealthStatus::Degraded, format!("restarting (restart {restart}): {note}"))
+        }
         Some(Lifecycle::Starting) => (HealthStatus::Degraded, "starting".into()),
         Some(Lifecycle::Stopped) => (HealthStatus::Degraded, "stopped (shutting down)".into()),
-        Some(Lifecycle::Running) => (HealthStatus::Healthy, if note.is_empty() { "running".into() } else { format!("running; {note}") }),
+        Some(Lifecycle::Running) => {
+            (HealthStatus::Healthy, if note.is_empty() { "running".into() } else { format!("running; {note}") })
+        }
     }
 }
 
@@ -185,13 +206,19 @@ pub fn evaluate(p: &Probes, reported: &Reported, t: Thresholds) -> BTreeMap<&'st
     out.insert(
         "kafka",
         if !relay.broker_ok {
-            (HealthStatus::Degraded, format!("broker unreachable; circuit breaker {}; last error: {err}", relay.breaker.as_str()))
+            (
+                HealthStatus::Degraded,
+                format!("broker unreachable; circuit breaker {}; last error: {err}", relay.breaker.as_str()),
+            )
         } else if relay.breaker == BreakerState::Open {
             (HealthStatus::Degraded, format!("circuit breaker open; last error: {err}"))
         } else if relay.breaker == BreakerState::HalfOpen {
             (HealthStatus::Degraded, "circuit breaker half-open: probing the broker".into())
         } else {
-            (HealthStatus::Healthy, format!("broker reachable; circuit breaker closed; {} events delivered", relay.delivered))
+            (
+                HealthStatus::Healthy,
+                format!("broker reachable; circuit breaker closed; {} events delivered", relay.delivered),
+            )
         },
     );
     let (mut st, mut detail) = lifecycle_health(ActorName::Cdc, p.cdc.as_ref().map(|c| c.lifecycle), reported);
@@ -305,11 +332,24 @@ impl HealthCheckActor {
             let id = file_identity(&p);
             (p, id)
         });
-        HealthCheckActor { deps, order: None, cdc: None, dlq: None, projection: None, reported: HashMap::new(), checking: false, recheck: false, stopped: false, sqlite, interval: None }
+        HealthCheckActor {
+            deps,
+            order: None,
+            cdc: None,
+            dlq: None,
+            projection: None,
+            reported: HashMap::new(),
+            checking: false,
+            recheck: false,
+            stopped: false,
+            sqlite,
+            interval: None,
+        }
     }
 
     fn probe_timeout(&self) -> Duration {
-        Duration::from_millis(self.deps.cfg.health.interval_ms).clamp(Duration::from_millis(200), Duration::from_secs(5))
+        Duration::from_millis(self.deps.cfg.health.interval_ms)
+            .clamp(Duration::from_millis(200), Duration::from_secs(5))
     }
 
     fn check(&mut self, ctx: &mut Context<Self>) {
@@ -334,16 +374,20 @@ impl HealthCheckActor {
                 let head = match tokio::time::timeout(t, store.head_position()).await {
                     Err(_) => return Err(format!("no answer within {t:?}")),
                     // A backend without feed positions (CQL): probe with a checkpoint read.
-                    Ok(Err(StoreError::Unsupported { .. })) => match tokio::time::timeout(t, store.get_checkpoint(&consumer)).await {
-                        Err(_) => return Err(format!("no answer within {t:?}")),
-                        Ok(Err(e)) => return Err(format!("unreachable: {e}")),
-                        Ok(Ok(_)) => None,
-                    },
+                    Ok(Err(StoreError::Unsupported { .. })) => {
+                        match tokio::time::timeout(t, store.get_checkpoint(&consumer)).await {
+                            Err(_) => return Err(format!("no answer within {t:?}")),
+                            Ok(Err(e)) => return Err(format!("unreachable: {e}")),
+                            Ok(Ok(_)) => None,
+                        }
+                    }
                     Ok(Err(e)) => return Err(format!("unreachable: {e}")),
                     Ok(Ok(head)) => Some(head),
                 };
                 if let Some((path, id)) = sqlite {
-                    tokio::task::spawn_blocking(move || check_sqlite_file(&path, id)).await.map_err(|e| e.to_string())??;
+                    tokio::task::spawn_blocking(move || check_sqlite_file(&path, id))
+                        .await
+                        .map_err(|e| e.to_string())??;
                 }
                 Ok(head)
             };
@@ -363,7 +407,11 @@ impl HealthCheckActor {
                 match dlq {
                     Some(a) => {
                         let l = tokio::time::timeout(t, a.send(Ping)).await.ok().and_then(|r| r.ok());
-                        let n = tokio::time::timeout(t, a.send(CountDeadLetters)).await.ok().and_then(|r| r.ok()).and_then(|r| r.ok());
+                        let n = tokio::time::timeout(t, a.send(CountDeadLetters))
+                            .await
+                            .ok()
+                            .and_then(|r| r.ok())
+                            .and_then(|r| r.ok());
                         (l, n)
                     }
                     None => (Some(Lifecycle::Starting), None),
@@ -375,7 +423,8 @@ impl HealthCheckActor {
                     None => None,
                 }
             };
-            let (store, order, cdc, (dlq, dlq_depth), projection) = tokio::join!(store_probe, order_probe, cdc_probe, dlq_probe, projection_probe);
+            let (store, order, cdc, (dlq, dlq_depth), projection) =
+                tokio::join!(store_probe, order_probe, cdc_probe, dlq_probe, projection_probe);
             Probes { store, order, dlq, dlq_depth, cdc, relay, projection_enabled, projection }
         };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(fut).map(|mut probes, act, ctx| {
@@ -433,7 +482,8 @@ impl HealthCheckActor {
         let relay = probes.cdc.as_ref().map(|c| c.relay.clone()).unwrap_or_else(|| probes.relay.clone());
         let shutting_down = self.stopped || !self.deps.intake.is_open();
         let previous = self.deps.health.borrow().clone();
-        let report = HealthReport { status: overall, checked_at: Some(now), shutting_down, components, relay: Some(relay) };
+        let report =
+            HealthReport { status: overall, checked_at: Some(now), shutting_down, components, relay: Some(relay) };
         for (name, c) in &report.components {
             let before = previous.components.get(name).map(|p| p.status);
             if previous.checked_at.is_some() && !shutting_down && before != Some(c.status) {
@@ -558,7 +608,12 @@ mod tests {
             order: Some(Lifecycle::Running),
             dlq: Some(Lifecycle::Running),
             dlq_depth: Some(0),
-            cdc: Some(ProcessorStatus { lifecycle: Lifecycle::Running, restarts_in_window: 0, relay_running: true, relay: relay.clone() }),
+            cdc: Some(ProcessorStatus {
+                lifecycle: Lifecycle::Running,
+                restarts_in_window: 0,
+                relay_running: true,
+                relay: relay.clone(),
+            }),
             relay,
             projection_enabled: true,
             projection: Some(ProjectionActorStatus {

@@ -37,7 +37,14 @@ pub enum ActorName {
 }
 
 impl ActorName {
-    pub const ALL: [ActorName; 6] = [ActorName::Coordinator, ActorName::HealthCheck, ActorName::Dlq, ActorName::Order, ActorName::Cdc, ActorName::Projection];
+    pub const ALL: [ActorName; 6] = [
+        ActorName::Coordinator,
+        ActorName::HealthCheck,
+        ActorName::Dlq,
+        ActorName::Order,
+        ActorName::Cdc,
+        ActorName::Projection,
+    ];
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -77,7 +84,9 @@ pub enum Lifecycle {
     Starting,
     Running,
     /// Waiting out the backoff before restart number `restart`.
-    Restarting { restart: u32 },
+    Restarting {
+        restart: u32,
+    },
     /// The restart budget is exhausted; the actor does no more work.
     GaveUp,
     /// Stopped by the coordinator during shutdown.

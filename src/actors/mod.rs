@@ -109,7 +109,18 @@ impl ActorDeps {
         let (relay_status, _) = watch::channel(RelayStatus::default());
         let (health, _) = watch::channel(HealthReport::starting());
         let (projection_status, _) = watch::channel(ProjectionStatus::default());
-        ActorDeps { cfg: Arc::new(cfg), store, metrics, runtime, intake: Arc::new(Intake::new()), relay_status, health, cql: None, read_models: None, projection_status }
+        ActorDeps {
+            cfg: Arc::new(cfg),
+            store,
+            metrics,
+            runtime,
+            intake: Arc::new(Intake::new()),
+            relay_status,
+            health,
+            cql: None,
+            read_models: None,
+            projection_status,
+        }
     }
 
     /// Maintains these read models with a supervised ProjectionActor.
@@ -139,8 +150,16 @@ pub fn start_system(deps: ActorDeps, exit: oneshot::Sender<u8>) -> actix::Addr<C
 }
 
 /// Every known event type, for initialising labelled metrics at 0.
-pub const EVENT_TYPES: &[&str] =
-    &["OrderCreated", "OrderItemsUpdated", "OrderConfirmed", "OrderShipped", "OrderDelivered", "OrderCancelled", "CustomerRegistered", "CustomerEmailChanged"];
+pub const EVENT_TYPES: &[&str] = &[
+    "OrderCreated",
+    "OrderItemsUpdated",
+    "OrderConfirmed",
+    "OrderShipped",
+    "OrderDelivered",
+    "OrderCancelled",
+    "CustomerRegistered",
+    "CustomerEmailChanged",
+];
 
 /// Creates every labelled series whose labels are known up front at 0, so
 /// /metrics lists the whole catalogue from the first scrape (Prometheus

@@ -83,7 +83,17 @@ pub struct OrderActor {
 impl OrderActor {
     pub fn new(deps: ActorDeps, parent: Recipient<ChildGaveUp>, health: Recipient<ComponentEvent>) -> OrderActor {
         let budget = RestartBudget::new(&deps.cfg.supervision);
-        OrderActor { deps, parent, health, svc: None, lifecycle: Lifecycle::Starting, budget, inflight: Arc::new(InFlight::default()), draining: false, last_error: None }
+        OrderActor {
+            deps,
+            parent,
+            health,
+            svc: None,
+            lifecycle: Lifecycle::Starting,
+            budget,
+            inflight: Arc::new(InFlight::default()),
+            draining: false,
+            last_error: None,
+        }
     }
 
     /// (Re)builds the command service: the "connection" of this actor.
@@ -92,11 +102,20 @@ impl OrderActor {
             return;
         }
         let s = &self.deps.cfg.service;
-        let opts = ServiceOptions { max_conflict_retries: s.max_conflict_retries, snapshot_every: s.snapshot_every, default_currency: s.default_currency.clone() };
-        self.svc = Some(CommandService::new(self.deps.store.clone(), opts).with_observer(Arc::new(self.deps.metrics.clone())));
+        let opts = ServiceOptions {
+            max_conflict_retries: s.max_conflict_retries,
+            snapshot_every: s.snapshot_every,
+            default_currency: s.default_currency.clone(),
+        };
+        self.svc =
+            Some(CommandService::new(self.deps.store.clone(), opts).with_observer(Arc::new(self.deps.metrics.clone())));
         let restarted = matches!(self.lifecycle, Lifecycle::Restarting { .. });
         self.lifecycle = Lifecycle::Running;
-        let detail = if restarted { format!("restarted ({} restarts in total)", self.budget.total()) } else { "accepting commands".to_string() };
+        let detail = if restarted {
+            format!("restarted ({} restarts in total)", self.budget.total())
+        } else {
+            "accepting commands".to_string()
+        };
         tracing::info!(actor = %NAME, "{detail}");
         self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail });
     }
@@ -146,12 +165,19 @@ impl Supervised for OrderActor {
                 self.lifecycle = Lifecycle::Restarting { restart: n };
                 let delay = self.budget.delay(n);
                 tracing::warn!(actor = %NAME, restart = n, max = self.deps.cfg.supervision.max_restarts, ?delay, %error, "restarting actor");
-                self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail: format!("restart {n} after: {error}") });
+                self.health.do_send(ComponentEvent {
+                    actor: NAME,
+                    lifecycle: self.lifecycle,
+                    detail: format!("restart {n} after: {error}"),
+                });
             }
             Err(n) => {
                 self.lifecycle = Lifecycle::GaveUp;
                 tracing::error!(actor = %NAME, restarts = n, window_ms = self.deps.cfg.supervision.restart_window_ms, %error, "restart budget exhausted; giving up");
-                let detail = format!("gave up after {n} restarts within {} ms; last error: {error}", self.deps.cfg.supervision.restart_window_ms);
+                let detail = format!(
+                    "gave up after {n} restarts within {} ms; last error: {error}",
+                    self.deps.cfg.supervision.restart_window_ms
+                );
                 self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail });
                 self.parent.do_send(ChildGaveUp { actor: NAME, restarts: n, last_error: error });
             }
@@ -173,10 +199,14 @@ where
             return Box::pin(async move { Err(e) });
         };
         let guard = self.inflight.enter();
-        let task = self.deps.runtime.spawn(async move { svc.execute::<A>(msg.id, &msg.command, msg.meta, msg.expected_version).await });
+        let task = self
+            .deps
+            .runtime
+            .spawn(async move { svc.execute::<A>(msg.id, &msg.command, msg.meta, msg.expected_version).await });
         Box::pin(async move {
             let _guard = guard;
-            task.await.unwrap_or_else(|e| Err(AppError::Store(StoreError::Unavailable(format!("command task failed: {e}")))))
+            task.await
+                .unwrap_or_else(|e| Err(AppError::Store(StoreError::Unavailable(format!("command task failed: {e}")))))
         })
     }
 }
@@ -191,7 +221,10 @@ impl<A: Aggregate> Handler<LoadAggregate<A>> for OrderActor {
             return Box::pin(async move { Err(e) });
         };
         let task = self.deps.runtime.spawn(async move { svc.load::<A>(msg.id).await });
-        Box::pin(async move { task.await.unwrap_or_else(|e| Err(AppError::Store(StoreError::Unavailable(format!("load task failed: {e}"))))) })
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|e| Err(AppError::Store(StoreError::Unavailable(format!("load task failed: {e}")))))
+        })
     }
 }
 
@@ -217,7 +250,11 @@ impl Handler<StopActor> for OrderActor {
             self.lifecycle = Lifecycle::Stopped;
         }
         tracing::info!(actor = %NAME, "stopped");
-        self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail: "stopped for shutdown".into() });
+        self.health.do_send(ComponentEvent {
+            actor: NAME,
+            lifecycle: self.lifecycle,
+            detail: "stopped for shutdown".into(),
+        });
     }
 }
 

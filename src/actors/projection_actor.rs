@@ -62,9 +62,13 @@ pub struct ProjectionActor {
     last_error: Option<String>,
 }
 
-
 impl ProjectionActor {
-    pub fn new(deps: ActorDeps, models: DynReadModels, parent: Recipient<ChildGaveUp>, health: Recipient<ComponentEvent>) -> ProjectionActor {
+    pub fn new(
+        deps: ActorDeps,
+        models: DynReadModels,
+        parent: Recipient<ChildGaveUp>,
+        health: Recipient<ComponentEvent>,
+    ) -> ProjectionActor {
         let budget = RestartBudget::new(&deps.cfg.supervision);
         ProjectionActor {
             deps,
@@ -93,7 +97,10 @@ impl ProjectionActor {
         // CQL: the feed is the Scylla CDC log; without it there is nothing to project.
         if let Some(cql) = &self.deps.cql {
             if !cql.cdc_enabled() {
-                let why = format!("read models on CQL need ScyllaDB CDC ({}.event_store has no CDC log); projection not started", cql.keyspace());
+                let why = format!(
+                    "read models on CQL need ScyllaDB CDC ({}.event_store has no CDC log); projection not started",
+                    cql.keyspace()
+                );
                 tracing::warn!(actor = %NAME, "{why}");
                 self.lifecycle = Lifecycle::Stopped;
                 self.last_error = Some(why.clone());
@@ -143,7 +150,11 @@ impl ProjectionActor {
         self.run = Some(ProjectorRun { generation, trigger, abort, gone: gone_rx, panic: Some(panic_tx) });
         let restarted = matches!(self.lifecycle, Lifecycle::Restarting { .. });
         self.lifecycle = Lifecycle::Running;
-        let detail = if restarted { format!("projector restarted ({} restarts in total)", self.budget.total()) } else { "projector started".to_string() };
+        let detail = if restarted {
+            format!("projector restarted ({} restarts in total)", self.budget.total())
+        } else {
+            "projector started".to_string()
+        };
         tracing::info!(actor = %NAME, generation, "{detail}");
         self.event(detail);
         // Watch the task: an end we did not ask for is a failure.

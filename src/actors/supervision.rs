@@ -88,7 +88,12 @@ pub fn start_delay(lifecycle: super::messages::Lifecycle, budget: &RestartBudget
 }
 
 /// Sleeps `delay`, then waits (at most 30 s) for the previous task to end.
-pub async fn after_previous(delay: Duration, previous: Option<tokio::sync::watch::Receiver<()>>, actor: super::messages::ActorName, task: &'static str) {
+pub async fn after_previous(
+    delay: Duration,
+    previous: Option<tokio::sync::watch::Receiver<()>>,
+    actor: super::messages::ActorName,
+    task: &'static str,
+) {
     tokio::time::sleep(delay).await;
     if let Some(p) = previous {
         if tokio::time::timeout(Duration::from_secs(30), gone(p)).await.is_err() {
@@ -108,7 +113,13 @@ pub enum Restart {
 /// Counts a restart against the budget, bumps `actor_restarts_total` and
 /// logs; the caller updates its lifecycle, reports the event and, on
 /// `GiveUp`, tells its parent.
-pub fn record_restart(budget: &mut RestartBudget, metrics: &crate::metrics::Metrics, cfg: &SupervisionConfig, actor: super::messages::ActorName, error: &str) -> Restart {
+pub fn record_restart(
+    budget: &mut RestartBudget,
+    metrics: &crate::metrics::Metrics,
+    cfg: &SupervisionConfig,
+    actor: super::messages::ActorName,
+    error: &str,
+) -> Restart {
     match budget.record(Instant::now()) {
         Ok(n) => {
             metrics.actor_restarts.with_label_values(&[actor.as_str()]).inc();
@@ -118,7 +129,10 @@ pub fn record_restart(budget: &mut RestartBudget, metrics: &crate::metrics::Metr
         }
         Err(n) => {
             tracing::error!(actor = %actor, restarts = n, window_ms = cfg.restart_window_ms, %error, "restart budget exhausted; giving up");
-            Restart::GiveUp { n, event: format!("gave up after {n} restarts within {} ms; last error: {error}", cfg.restart_window_ms) }
+            Restart::GiveUp {
+                n,
+                event: format!("gave up after {n} restarts within {} ms; last error: {error}", cfg.restart_window_ms),
+            }
         }
     }
 }

@@ -85,14 +85,21 @@ impl Aggregate for Customer {
                 if name.chars().count() > MAX_NAME {
                     return Err(DomainError::TooLong { field: "name", max: MAX_NAME });
                 }
-                Ok(vec![CustomerEvent::Registered(CustomerRegistered { name, email: email.clone(), phone: phone.clone() })])
+                Ok(vec![CustomerEvent::Registered(CustomerRegistered {
+                    name,
+                    email: email.clone(),
+                    phone: phone.clone(),
+                })])
             }
             CustomerCommand::ChangeEmail { email } => {
                 let Some(old) = &self.email else { return Err(DomainError::CustomerNotFound) };
                 if old == email {
                     return Err(DomainError::EmailUnchanged);
                 }
-                Ok(vec![CustomerEvent::EmailChanged(CustomerEmailChanged { old_email: old.clone(), new_email: email.clone() })])
+                Ok(vec![CustomerEvent::EmailChanged(CustomerEmailChanged {
+                    old_email: old.clone(),
+                    new_email: email.clone(),
+                })])
             }
         }
     }
@@ -154,7 +161,11 @@ mod tests {
     fn register_needs_a_name() {
         let cmd = CustomerCommand::Register { name: " ".into(), email: Email::new("a@b.co").unwrap(), phone: None };
         assert_eq!(Customer::default().handle(&cmd), Err(DomainError::Blank { field: "name" }));
-        let cmd = CustomerCommand::Register { name: "n".repeat(MAX_NAME + 1), email: Email::new("a@b.co").unwrap(), phone: None };
+        let cmd = CustomerCommand::Register {
+            name: "n".repeat(MAX_NAME + 1),
+            email: Email::new("a@b.co").unwrap(),
+            phone: None,
+        };
         assert_eq!(Customer::default().handle(&cmd), Err(DomainError::TooLong { field: "name", max: MAX_NAME }));
     }
 

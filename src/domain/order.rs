@@ -259,7 +259,10 @@ pub fn validate_items(items: &[OrderItem]) -> Result<Money, DomainError> {
         // Re-checked here because the fields are public.
         let item = OrderItem::new(item.sku.clone(), item.quantity as i64, item.unit_price)?;
         if item.unit_price.currency != currency {
-            return Err(DomainError::CurrencyMismatch { first: currency.to_string(), second: item.unit_price.currency.to_string() });
+            return Err(DomainError::CurrencyMismatch {
+                first: currency.to_string(),
+                second: item.unit_price.currency.to_string(),
+            });
         }
         if !seen.insert(item.sku.clone()) {
             return Err(DomainError::DuplicateSku { sku: item.sku.to_string() });
@@ -396,10 +399,16 @@ mod tests {
         let mut zero = item("A", 1, 1);
         zero.quantity = 0;
         assert!(matches!(o.handle(&create_with(vec![zero])), Err(DomainError::InvalidQuantity { quantity: 0, .. })));
-        assert_eq!(o.handle(&create_with(vec![item("A", 1, 1), item("A", 2, 1)])), Err(DomainError::DuplicateSku { sku: "A".into() }));
+        assert_eq!(
+            o.handle(&create_with(vec![item("A", 1, 1), item("A", 2, 1)])),
+            Err(DomainError::DuplicateSku { sku: "A".into() })
+        );
         let mut usd = item("B", 1, 1);
         usd.unit_price.currency = Currency::new("USD").unwrap();
-        assert!(matches!(o.handle(&create_with(vec![item("A", 1, 1), usd])), Err(DomainError::CurrencyMismatch { .. })));
+        assert!(matches!(
+            o.handle(&create_with(vec![item("A", 1, 1), usd])),
+            Err(DomainError::CurrencyMismatch { .. })
+        ));
         let many: Vec<_> = (0..=MAX_ITEMS).map(|i| item(&format!("S{i}"), 1, 1)).collect();
         assert!(matches!(o.handle(&create_with(many)), Err(DomainError::TooManyItems { .. })));
         let huge = item("H", u32::MAX as i64, crate::domain::values::MAX_UNIT_PRICE_MINOR);
@@ -428,7 +437,10 @@ mod tests {
         let long = OrderCommand::Cancel { reason: "x".repeat(MAX_TEXT + 1) };
         assert_eq!(confirmed.handle(&long), Err(DomainError::TooLong { field: "reason", max: MAX_TEXT }));
         let shipped = given(&[create(), OrderCommand::Confirm, ship()]);
-        assert_eq!(shipped.handle(&OrderCommand::Deliver { signature: "".into() }), Err(DomainError::Blank { field: "signature" }));
+        assert_eq!(
+            shipped.handle(&OrderCommand::Deliver { signature: "".into() }),
+            Err(DomainError::Blank { field: "signature" })
+        );
     }
 
     #[test]
@@ -452,12 +464,18 @@ mod tests {
             }
         }
         all.push(OrderEvent::Cancelled(OrderCancelled { reason: "r".into() }));
-        all.push(OrderEvent::ItemsUpdated(OrderItemsUpdated { items: vec![item("Z", 1, 1)], total: item("Z", 1, 1).unit_price }));
+        all.push(OrderEvent::ItemsUpdated(OrderItemsUpdated {
+            items: vec![item("Z", 1, 1)],
+            total: item("Z", 1, 1).unit_price,
+        }));
         for e in all {
             let v = e.to_payload().unwrap();
             assert_eq!(OrderEvent::from_payload(e.event_type(), v).unwrap(), e);
         }
-        assert_eq!(OrderEvent::from_payload("Nope", serde_json::json!({})), Err(DecodeError::UnknownType("Nope".into())));
+        assert_eq!(
+            OrderEvent::from_payload("Nope", serde_json::json!({})),
+            Err(DecodeError::UnknownType("Nope".into()))
+        );
         assert!(OrderEvent::from_payload("OrderShipped", serde_json::json!({"carrier": 1})).is_err());
     }
 
@@ -465,6 +483,9 @@ mod tests {
     fn messages_read_well() {
         let e = DomainError::InvalidTransition { action: "ship", status: OrderStatus::Created };
         assert_eq!(e.to_string(), "cannot ship an order that is created");
-        assert_eq!(DomainError::InvalidQuantity { sku: "A".into(), quantity: 0 }.to_string(), "item `A`: quantity must be greater than 0, got 0");
+        assert_eq!(
+            DomainError::InvalidQuantity { sku: "A".into(), quantity: 0 }.to_string(),
+            "item `A`: quantity must be greater than 0, got 0"
+        );
     }
 }

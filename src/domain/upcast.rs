@@ -17,7 +17,12 @@ pub const DEFAULT_V1_CURRENCY: &str = "EUR";
 
 /// Rewrites `payload` from `version` to the current schema version of
 /// `event_type`. Returns the new version and body.
-pub fn upcast(event_type: &str, version: i32, payload: Value, default_currency: &str) -> Result<(i32, Value), DecodeError> {
+pub fn upcast(
+    event_type: &str,
+    version: i32,
+    payload: Value,
+    default_currency: &str,
+) -> Result<(i32, Value), DecodeError> {
     let current = current_version(event_type);
     if version > current {
         return Err(DecodeError::FutureVersion { event_type: event_type.to_string(), version, supported: current });
@@ -55,7 +60,8 @@ fn order_created_v1_to_v2(mut body: Value, currency: &str) -> Result<Value, Deco
     let mut total: i64 = 0;
     for item in items.iter_mut() {
         let obj = item.as_object_mut().ok_or_else(|| err("item is not an object"))?;
-        let price = obj.remove("unit_price_minor").and_then(|p| p.as_i64()).ok_or_else(|| err("missing unit_price_minor"))?;
+        let price =
+            obj.remove("unit_price_minor").and_then(|p| p.as_i64()).ok_or_else(|| err("missing unit_price_minor"))?;
         let qty = obj.get("quantity").and_then(Value::as_i64).ok_or_else(|| err("missing quantity"))?;
         total = price.checked_mul(qty).and_then(|l| total.checked_add(l)).ok_or_else(|| err("total overflows"))?;
         obj.insert("unit_price".into(), json!({ "amount_minor": price, "currency": currency }));

@@ -35,10 +35,12 @@ pub fn all_topics(cfg: &Config) -> Vec<(String, &'static str)> {
             (topic_for(k.topic_routing, &k.topic_prefix, "order", ""), "all Order events"),
             (topic_for(k.topic_routing, &k.topic_prefix, "customer", ""), "all Customer events"),
         ],
-        TopicRouting::PerEventType => ["OrderCreated", "OrderUpdated", "OrderCancelled", "CustomerRegistered", "CustomerUpdated"]
-            .into_iter()
-            .map(|t| (format!("{}{t}", k.topic_prefix), "events of this type"))
-            .collect(),
+        TopicRouting::PerEventType => {
+            ["OrderCreated", "OrderUpdated", "OrderCancelled", "CustomerRegistered", "CustomerUpdated"]
+                .into_iter()
+                .map(|t| (format!("{}{t}", k.topic_prefix), "events of this type"))
+                .collect()
+        }
     }
 }
 
@@ -49,7 +51,10 @@ mod tests {
     #[test]
     fn routing() {
         assert_eq!(topic_for(TopicRouting::PerAggregate, "", "order", "OrderShipped"), "order-events");
-        assert_eq!(topic_for(TopicRouting::PerAggregate, "prod.", "customer", "CustomerRegistered"), "prod.customer-events");
+        assert_eq!(
+            topic_for(TopicRouting::PerAggregate, "prod.", "customer", "CustomerRegistered"),
+            "prod.customer-events"
+        );
         assert_eq!(topic_for(TopicRouting::PerEventType, "", "order", "OrderShipped"), "OrderUpdated");
         assert_eq!(topic_for(TopicRouting::PerEventType, "", "order", "OrderCancelled"), "OrderCancelled");
         assert_eq!(topic_for(TopicRouting::PerEventType, "", "order", "OrderCreated"), "OrderCreated");

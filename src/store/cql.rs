@@ -137,12 +137,18 @@ pub fn parse_serial_consistency(s: &str) -> Result<SerialConsistency, StoreError
     match s.trim().to_ascii_lowercase().as_str() {
         "serial" => Ok(SerialConsistency::Serial),
         "local_serial" => Ok(SerialConsistency::LocalSerial),
-        _ => Err(StoreError::Unsupported { backend: "cql", what: format!("store.cql.serial_consistency = {s:?}: expected serial or local_serial") }),
+        _ => Err(StoreError::Unsupported {
+            backend: "cql",
+            what: format!("store.cql.serial_consistency = {s:?}: expected serial or local_serial"),
+        }),
     }
 }
 
 fn valid_keyspace(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 48 && s.starts_with(|c: char| c.is_ascii_alphabetic()) && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    !s.is_empty()
+        && s.len() <= 48
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Driver errors -> store errors. Every server or network failure is
@@ -162,7 +168,10 @@ fn outcome_unknown(e: &ExecutionError) -> bool {
                 db,
                 // CAS write timeouts (contention or Paxos timeouts), commit-phase
                 // write timeouts, and timeouts of the Paxos read phase.
-                DbError::WriteTimeout { .. } | DbError::ReadTimeout { .. } | DbError::Overloaded | DbError::IsBootstrapping
+                DbError::WriteTimeout { .. }
+                    | DbError::ReadTimeout { .. }
+                    | DbError::Overloaded
+                    | DbError::IsBootstrapping
             ),
             _ => false,
         },
@@ -174,7 +183,10 @@ fn outcome_unknown(e: &ExecutionError) -> bool {
 fn lwt_answer(res: QueryResult, column: &str) -> Result<(bool, Option<CqlValue>), StoreError> {
     let rows = res.into_rows_result().map_err(|e| codec(format!("conditional write returned no rows: {e}")))?;
     let specs = rows.column_specs();
-    let applied_idx = specs.get_by_name("[applied]").map(|(i, _)| i).ok_or_else(|| codec("conditional write answer has no [applied] column"))?;
+    let applied_idx = specs
+        .get_by_name("[applied]")
+        .map(|(i, _)| i)
+        .ok_or_else(|| codec("conditional write answer has no [applied] column"))?;
     let col_idx = specs.get_by_name(column).map(|(i, _)| i);
     let mut it = rows.rows::<Row>().map_err(codec)?;
     let Some(first) = it.next() else { return Err(codec("conditional write answer has no row")) };
@@ -227,7 +239,8 @@ impl EventRow {
             sequence,
             event_type: required(self.event_type.clone(), "event_type", &self)?,
             schema_version: required(self.event_version, "event_version", &self)?,
-            payload: serde_json::from_str(&payload).map_err(|e| codec(format!("payload of event {event_id} is not JSON: {e}")))?,
+            payload: serde_json::from_str(&payload)
+                .map_err(|e| codec(format!("payload of event {event_id} is not JSON: {e}")))?,
             causation_id: self.causation_id,
             correlation_id: required(self.correlation_id, "correlation_id", &self)?,
             timestamp: required(self.timestamp, "timestamp", &self)?,
@@ -335,7 +348,12 @@ enum Inject {
 #[cfg(test)]
 fn cas_timeout() -> ExecutionError {
     ExecutionError::LastAttemptError(RequestAttemptError::DbError(
-        DbError::WriteTimeout { consistency: Consistency::LocalQuorum, received: 0, required: 1, write_type: scylla::errors::WriteType::Cas },
+        DbError::WriteTimeout {
+            consistency: Consistency::LocalQuorum,
+            received: 0,
+            required: 1,
+            write_type: scylla::errors::WriteType::Cas,
+        },
         "injected CAS write timeout".into(),
     ))
 }
@@ -351,7 +369,10 @@ impl CqlStore {
         if !valid_keyspace(&keyspace) {
             return Err(StoreError::Unsupported {
                 backend: "cql",
-                what: format!("store.cql.keyspace {:?}: use 1-48 letters, digits or '_', starting with a letter", cfg.keyspace),
+                what: format!(
+                    "store.cql.keyspace {:?}: use 1-48 letters, digits or '_', starting with a letter",
+                    cfg.keyspace
+                ),
             });
         }
         let hosts: Vec<&str> = cfg.uri.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
@@ -429,7 +450,10 @@ impl CqlStore {
 
     async fn prepare(&self, cql: String) -> Result<PreparedStatement, StoreError> {
         self.session.prepare(cql.as_str()).await.map_err(|e| {
-            unavailable(format!("cannot prepare `{cql}` (run `outboxd schema` to create keyspace {} and its tables): {e}", self.keyspace))
+            unavailable(format!(
+                "cannot prepare `{cql}` (run `outboxd schema` to create keyspace {} and its tables): {e}",
+                self.keyspace
+            ))
         })
     }
 
@@ -439,10 +463,13 @@ impl CqlStore {
         let dlq = self.t("dead_letter_queue");
         let dle = self.t("dead_letter_by_event");
         let sn = self.t("snapshots");
-        let mut load_after = self.prepare(format!("SELECT {EVENT_COLS} FROM {es} WHERE aggregate_id = ? AND sequence_number > ?")).await?;
+        let mut load_after = self
+            .prepare(format!("SELECT {EVENT_COLS} FROM {es} WHERE aggregate_id = ? AND sequence_number > ?"))
+            .await?;
         load_after.set_page_size(self.page_size);
         load_after.set_is_idempotent(true);
-        let mut event_id_at = self.prepare(format!("SELECT event_id FROM {es} WHERE aggregate_id = ? AND sequence_number = ?")).await?;
+        let mut event_id_at =
+            self.prepare(format!("SELECT event_id FROM {es} WHERE aggregate_id = ? AND sequence_number = ?")).await?;
         event_id_at.set_consistency(match self.serial {
             SerialConsistency::Serial => Consistency::Serial,
             SerialConsistency::LocalSerial => Consistency::LocalSerial,
@@ -484,11 +511,21 @@ impl CqlStore {
     }
 
     async fn ddl(&self, cql: &str) -> Result<(), StoreError> {
-        self.session.query_unpaged(cql, ()).await.map(|_| ()).map_err(|e| exec_err(&format!("schema statement failed: {cql}"), e))
+        self.session
+            .query_unpaged(cql, ())
+            .await
+            .map(|_| ())
+            .map_err(|e| exec_err(&format!("schema statement failed: {cql}"), e))
     }
 
     /// One attempt of the conditional batch.
-    async fn try_append(&self, s: &Statements, aggregate_id: Uuid, expected: i64, events: &[EventEnvelope]) -> Result<Attempt, StoreError> {
+    async fn try_append(
+        &self,
+        s: &Statements,
+        aggregate_id: Uuid,
+        expected: i64,
+        events: &[EventEnvelope],
+    ) -> Result<Attempt, StoreError> {
         let new_version = expected + events.len() as i64;
         let mut batch = Batch::new(BatchType::Logged);
         let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = Vec::with_capacity(events.len() + 1);
@@ -541,20 +578,30 @@ impl CqlStore {
 
     /// SERIAL read: the event id stored at `sequence` of `aggregate_id`.
     async fn event_id_at(&self, s: &Statements, aggregate_id: Uuid, sequence: i64) -> Result<Option<Uuid>, StoreError> {
-        let res = self.session.execute_unpaged(&s.event_id_at, (aggregate_id, sequence)).await.map_err(|e| exec_err("serial read of the appended event", e))?;
+        let res = self
+            .session
+            .execute_unpaged(&s.event_id_at, (aggregate_id, sequence))
+            .await
+            .map_err(|e| exec_err("serial read of the appended event", e))?;
         let rows = res.into_rows_result().map_err(codec)?;
         let row = rows.maybe_first_row::<(Option<Uuid>,)>().map_err(codec)?;
         Ok(row.and_then(|r| r.0))
     }
 
-    async fn select_rows<T>(&self, stmt: &PreparedStatement, values: impl SerializeRow, what: &str) -> Result<Vec<T>, StoreError>
+    async fn select_rows<T>(
+        &self,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+        what: &str,
+    ) -> Result<Vec<T>, StoreError>
     where
         T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
     {
         let mut out = Vec::new();
         let mut paging = PagingState::start();
         loop {
-            let (res, next) = self.session.execute_single_page(stmt, &values, paging).await.map_err(|e| exec_err(what, e))?;
+            let (res, next) =
+                self.session.execute_single_page(stmt, &values, paging).await.map_err(|e| exec_err(what, e))?;
             let rows = res.into_rows_result().map_err(codec)?;
             for r in rows.rows::<T>().map_err(codec)? {
                 out.push(r.map_err(codec)?);
@@ -588,7 +635,10 @@ async fn detect_scylla(session: &Session) -> Result<bool, String> {
 /// True when `keyspace.event_store` has its Scylla CDC log table.
 pub async fn cdc_log_exists(session: &Session, keyspace: &str) -> Result<bool, StoreError> {
     let res = session
-        .query_unpaged(meta_stmt("SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?"), (keyspace, CDC_LOG_TABLE))
+        .query_unpaged(
+            meta_stmt("SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?"),
+            (keyspace, CDC_LOG_TABLE),
+        )
         .await
         .map_err(|e| exec_err("cannot read system_schema.tables", e))?;
     Ok(res.into_rows_result().map_err(codec)?.rows_num() > 0)
@@ -620,7 +670,10 @@ impl EventStore for CqlStore {
             let now = Utc::now();
             self.session
                 .query_unpaged(
-                    format!("INSERT INTO {} (consumer, position, updated_at) VALUES (?, ?, ?) IF NOT EXISTS", self.t("checkpoints")),
+                    format!(
+                        "INSERT INTO {} (consumer, position, updated_at) VALUES (?, ?, ?) IF NOT EXISTS",
+                        self.t("checkpoints")
+                    ),
                     (CDC_ORIGIN_CHECKPOINT, now.timestamp_millis(), now),
                 )
                 .await
@@ -635,7 +688,12 @@ impl EventStore for CqlStore {
         Ok(())
     }
 
-    async fn append(&self, aggregate_id: Uuid, expected_version: i64, events: Vec<EventEnvelope>) -> Result<Appended, StoreError> {
+    async fn append(
+        &self,
+        aggregate_id: Uuid,
+        expected_version: i64,
+        events: Vec<EventEnvelope>,
+    ) -> Result<Appended, StoreError> {
         check_batch(aggregate_id, expected_version, &events)?;
         let s = self.stmts().await?;
         let done = Appended { version: expected_version + events.len() as i64, last_position: None };
@@ -700,7 +758,8 @@ impl EventStore for CqlStore {
 
     async fn load_after(&self, aggregate_id: Uuid, after_sequence: i64) -> Result<Vec<EventEnvelope>, StoreError> {
         let s = self.stmts().await?;
-        let rows: Vec<EventRow> = self.select_rows(&s.load_after, (aggregate_id, after_sequence), "load events").await?;
+        let rows: Vec<EventRow> =
+            self.select_rows(&s.load_after, (aggregate_id, after_sequence), "load events").await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             if let Some(e) = r.into_envelope()? {
@@ -721,26 +780,39 @@ impl EventStore for CqlStore {
     async fn head_position(&self) -> Result<i64, StoreError> {
         Err(StoreError::Unsupported {
             backend: "cql",
-            what: "feed positions: CQL has no global commit order; the CQL feed is Scylla CDC (relay::cdc) on event_store".into(),
+            what:
+                "feed positions: CQL has no global commit order; the CQL feed is Scylla CDC (relay::cdc) on event_store"
+                    .into(),
         })
     }
 
     async fn get_checkpoint(&self, consumer: &str) -> Result<Option<i64>, StoreError> {
         let s = self.stmts().await?;
-        let res = self.session.execute_unpaged(&s.get_checkpoint, (consumer,)).await.map_err(|e| exec_err("read checkpoint", e))?;
+        let res = self
+            .session
+            .execute_unpaged(&s.get_checkpoint, (consumer,))
+            .await
+            .map_err(|e| exec_err("read checkpoint", e))?;
         let row = res.into_rows_result().map_err(codec)?.maybe_first_row::<(Option<i64>,)>().map_err(codec)?;
         Ok(row.and_then(|r| r.0))
     }
 
     async fn set_checkpoint(&self, consumer: &str, position: i64) -> Result<(), StoreError> {
         let s = self.stmts().await?;
-        self.session.execute_unpaged(&s.set_checkpoint, (consumer, position, Utc::now())).await.map_err(|e| exec_err("write checkpoint", e))?;
+        self.session
+            .execute_unpaged(&s.set_checkpoint, (consumer, position, Utc::now()))
+            .await
+            .map_err(|e| exec_err("write checkpoint", e))?;
         Ok(())
     }
 
     async fn dlq_insert(&self, l: DeadLetter) -> Result<(), StoreError> {
         let s = self.stmts().await?;
-        let claim = self.session.execute_unpaged(&s.dlq_claim, (l.event_id, l.id)).await.map_err(|e| exec_err("dead letter lookup", e))?;
+        let claim = self
+            .session
+            .execute_unpaged(&s.dlq_claim, (l.event_id, l.id))
+            .await
+            .map_err(|e| exec_err("dead letter lookup", e))?;
         let (claimed, existing) = lwt_answer(claim, "id")?;
         let id = if claimed {
             l.id
@@ -751,8 +823,13 @@ impl EventStore for CqlStore {
             }
         };
         for _ in 0..MAX_CAS_ROUNDS {
-            let current = self.session.execute_unpaged(&s.dlq_failure_count, (id,)).await.map_err(|e| exec_err("read dead letter", e))?;
-            let current = current.into_rows_result().map_err(codec)?.maybe_first_row::<(Option<i32>,)>().map_err(codec)?;
+            let current = self
+                .session
+                .execute_unpaged(&s.dlq_failure_count, (id,))
+                .await
+                .map_err(|e| exec_err("read dead letter", e))?;
+            let current =
+                current.into_rows_result().map_err(codec)?.maybe_first_row::<(Option<i32>,)>().map_err(codec)?;
             match current {
                 None => {
                     // First failure (or the row was removed / never written): a fresh row under `id`.
@@ -760,7 +837,19 @@ impl EventStore for CqlStore {
                         .session
                         .execute_unpaged(
                             &s.dlq_insert,
-                            (id, l.position, l.event_id, l.aggregate_id, &l.event_type, &l.payload, &l.error_message, l.failure_count, l.first_failed_at, l.last_failed_at, l.created_at),
+                            (
+                                id,
+                                l.position,
+                                l.event_id,
+                                l.aggregate_id,
+                                &l.event_type,
+                                &l.payload,
+                                &l.error_message,
+                                l.failure_count,
+                                l.first_failed_at,
+                                l.last_failed_at,
+                                l.created_at,
+                            ),
                         )
                         .await
                         .map_err(|e| exec_err("write dead letter", e))?;
@@ -771,7 +860,10 @@ impl EventStore for CqlStore {
                 Some((count,)) => {
                     let res = self
                         .session
-                        .execute_unpaged(&s.dlq_bump, (count.unwrap_or(0) + l.failure_count, &l.error_message, l.last_failed_at, id, count))
+                        .execute_unpaged(
+                            &s.dlq_bump,
+                            (count.unwrap_or(0) + l.failure_count, &l.error_message, l.last_failed_at, id, count),
+                        )
                         .await
                         .map_err(|e| exec_err("update dead letter", e))?;
                     if lwt_answer(res, "failure_count")?.0 {
@@ -796,22 +888,30 @@ impl EventStore for CqlStore {
 
     async fn dlq_remove(&self, id: Uuid) -> Result<bool, StoreError> {
         let s = self.stmts().await?;
-        let res = self.session.execute_unpaged(&s.dlq_event_of, (id,)).await.map_err(|e| exec_err("read dead letter", e))?;
-        let Some((event_id,)) = res.into_rows_result().map_err(codec)?.maybe_first_row::<(Option<Uuid>,)>().map_err(codec)? else {
+        let res =
+            self.session.execute_unpaged(&s.dlq_event_of, (id,)).await.map_err(|e| exec_err("read dead letter", e))?;
+        let Some((event_id,)) =
+            res.into_rows_result().map_err(codec)?.maybe_first_row::<(Option<Uuid>,)>().map_err(codec)?
+        else {
             return Ok(false);
         };
-        let res = self.session.execute_unpaged(&s.dlq_delete, (id,)).await.map_err(|e| exec_err("delete dead letter", e))?;
+        let res =
+            self.session.execute_unpaged(&s.dlq_delete, (id,)).await.map_err(|e| exec_err("delete dead letter", e))?;
         let (deleted, _) = lwt_answer(res, "id")?;
         if let Some(event_id) = event_id {
             // A later failure of this event starts a new dead letter.
-            self.session.execute_unpaged(&s.dlq_unclaim, (event_id, id)).await.map_err(|e| exec_err("delete dead letter lookup", e))?;
+            self.session
+                .execute_unpaged(&s.dlq_unclaim, (event_id, id))
+                .await
+                .map_err(|e| exec_err("delete dead letter lookup", e))?;
         }
         Ok(deleted)
     }
 
     async fn dlq_count(&self) -> Result<u64, StoreError> {
         let s = self.stmts().await?;
-        let res = self.session.execute_unpaged(&s.dlq_count, ()).await.map_err(|e| exec_err("count dead letters", e))?;
+        let res =
+            self.session.execute_unpaged(&s.dlq_count, ()).await.map_err(|e| exec_err("count dead letters", e))?;
         let (n,) = res.into_rows_result().map_err(codec)?.first_row::<(i64,)>().map_err(codec)?;
         Ok(n.max(0) as u64)
     }
@@ -822,7 +922,10 @@ impl EventStore for CqlStore {
         for _ in 0..MAX_CAS_ROUNDS {
             let res = self
                 .session
-                .execute_unpaged(&s.snap_insert, (snap.aggregate_id, &snap.aggregate_type, snap.version, snap.state_schema, &state, snap.created_at))
+                .execute_unpaged(
+                    &s.snap_insert,
+                    (snap.aggregate_id, &snap.aggregate_type, snap.version, snap.state_schema, &state, snap.created_at),
+                )
                 .await
                 .map_err(|e| exec_err("write snapshot", e))?;
             let (inserted, current) = lwt_answer(res, "version")?;
@@ -834,7 +937,18 @@ impl EventStore for CqlStore {
             }
             let res = self
                 .session
-                .execute_unpaged(&s.snap_update, (&snap.aggregate_type, snap.version, snap.state_schema, &state, snap.created_at, snap.aggregate_id, snap.version))
+                .execute_unpaged(
+                    &s.snap_update,
+                    (
+                        &snap.aggregate_type,
+                        snap.version,
+                        snap.state_schema,
+                        &state,
+                        snap.created_at,
+                        snap.aggregate_id,
+                        snap.version,
+                    ),
+                )
                 .await
                 .map_err(|e| exec_err("update snapshot", e))?;
             let (updated, current) = lwt_answer(res, "version")?;
@@ -847,9 +961,15 @@ impl EventStore for CqlStore {
 
     async fn load_snapshot(&self, aggregate_id: Uuid) -> Result<Option<Snapshot>, StoreError> {
         let s = self.stmts().await?;
-        let res = self.session.execute_unpaged(&s.snap_load, (aggregate_id,)).await.map_err(|e| exec_err("read snapshot", e))?;
+        let res = self
+            .session
+            .execute_unpaged(&s.snap_load, (aggregate_id,))
+            .await
+            .map_err(|e| exec_err("read snapshot", e))?;
         type SnapRow = (Option<String>, Option<i64>, Option<i32>, Option<String>, Option<DateTime<Utc>>);
-        let Some((aggregate_type, version, state_schema, state, created_at)) = res.into_rows_result().map_err(codec)?.maybe_first_row::<SnapRow>().map_err(codec)? else {
+        let Some((aggregate_type, version, state_schema, state, created_at)) =
+            res.into_rows_result().map_err(codec)?.maybe_first_row::<SnapRow>().map_err(codec)?
+        else {
             return Ok(None);
         };
         let req = |col: &str| codec(format!("snapshot of {aggregate_id} has null {col}"));
@@ -858,7 +978,8 @@ impl EventStore for CqlStore {
             aggregate_type: aggregate_type.ok_or_else(|| req("aggregate_type"))?,
             version: version.ok_or_else(|| req("version"))?,
             state_schema: state_schema.ok_or_else(|| req("state_schema"))?,
-            state: serde_json::from_str(&state.ok_or_else(|| req("state"))?).map_err(|e| codec(format!("snapshot state of {aggregate_id} is not JSON: {e}")))?,
+            state: serde_json::from_str(&state.ok_or_else(|| req("state"))?)
+                .map_err(|e| codec(format!("snapshot state of {aggregate_id} is not JSON: {e}")))?,
             created_at: created_at.ok_or_else(|| req("created_at"))?,
         }))
     }
@@ -902,7 +1023,8 @@ mod tests {
 
     /// A fresh keyspace on the server of `CASSANDRA_URI` / `SCYLLA_URI`, if set.
     async fn live() -> Option<Arc<CqlStore>> {
-        let uri = std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).filter(|s| !s.is_empty());
+        let uri =
+            std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).filter(|s| !s.is_empty());
         let Some(uri) = uri else {
             eprintln!("SKIPPED: set CASSANDRA_URI or SCYLLA_URI to run the CQL fault-injection cases");
             return None;
@@ -936,7 +1058,11 @@ mod tests {
         let id = Uuid::now_v7();
         let ev = events(id, 0, 2);
         s.inject.lock().unwrap().push_back(Inject::LostReply);
-        assert_eq!(s.append(id, 0, ev.clone()).await.unwrap().version, 2, "the batch was applied; the retry finds our events");
+        assert_eq!(
+            s.append(id, 0, ev.clone()).await.unwrap().version,
+            2,
+            "the batch was applied; the retry finds our events"
+        );
         assert_eq!(s.load(id).await.unwrap(), ev, "written exactly once");
         // Twice lost, then the retry: still exactly once.
         let more = events(id, 2, 1);
@@ -1037,7 +1163,8 @@ mod tests {
     async fn stress_client_timeouts() {
         let Some(admin) = live().await else { return };
         let uri = std::env::var("CASSANDRA_URI").or_else(|_| std::env::var("SCYLLA_URI")).unwrap();
-        let cfg = CqlConfig { uri, keyspace: admin.keyspace().to_string(), request_timeout_ms: 5, ..CqlConfig::default() };
+        let cfg =
+            CqlConfig { uri, keyspace: admin.keyspace().to_string(), request_timeout_ms: 5, ..CqlConfig::default() };
         let s = CqlStore::connect(&cfg).await.unwrap();
         let id = Uuid::now_v7();
         let (mut won, mut lost, mut unknown) = (0, 0, 0);

@@ -56,7 +56,12 @@ pub enum Synchronous {
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { synchronous: Synchronous::Full, busy_timeout_ms: 5_000, group_commit_max: 256, queue_capacity: 4_096 }
+        SqliteOptions {
+            synchronous: Synchronous::Full,
+            busy_timeout_ms: 5_000,
+            group_commit_max: 256,
+            queue_capacity: 4_096,
+        }
     }
 }
 
@@ -191,7 +196,9 @@ pub(crate) fn ts(t: &DateTime<Utc>) -> String {
 }
 
 pub(crate) fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|e| codec(format!("bad timestamp {s:?}: {e}")))
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| codec(format!("bad timestamp {s:?}: {e}")))
 }
 
 pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
@@ -204,7 +211,8 @@ fn open_conn(path: &Path, opts: &SqliteOptions, read_only: bool) -> Result<Conne
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(Duration::from_millis(opts.busy_timeout_ms)).map_err(unavailable)?;
     if !read_only {
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(unavailable)?;
@@ -235,7 +243,9 @@ impl SqliteStore {
         })
         .await
         .map_err(unavailable)??;
-        let head: i64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0)).map_err(unavailable)?;
+        let head: i64 = conn
+            .query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0))
+            .map_err(unavailable)?;
         let (notify, _) = watch::channel(head);
         let (jobs, rx) = mpsc::channel(opts.queue_capacity.max(1));
         let n = notify.clone();
@@ -256,7 +266,10 @@ impl SqliteStore {
     }
 
     /// Runs `f` on a pooled read-only connection (off the async runtime).
-    pub(crate) async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let pool = self.readers.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
@@ -278,7 +291,10 @@ impl SqliteStore {
     }
 
     /// Runs `f` on the writer thread's connection, between append groups.
-    pub(crate) async fn write<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job = Job::Exec(Box::new(move |c| {
             let _ = tx.send(f(c));
@@ -291,7 +307,9 @@ impl SqliteStore {
 fn migrate_conn(conn: &mut Connection) -> Result<(), StoreError> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
     if v > SCHEMA_VERSION {
-        return Err(unavailable(format!("store schema version {v} is newer than this build ({SCHEMA_VERSION}); upgrade outboxd")));
+        return Err(unavailable(format!(
+            "store schema version {v} is newer than this build ({SCHEMA_VERSION}); upgrade outboxd"
+        )));
     }
     // One step per version, each in its own IMMEDIATE transaction that
     // re-reads the version under the write lock, so two processes opening
@@ -374,7 +392,11 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, notify: watch:
 /// One transaction for the whole group. A single-event append that fails
 /// inserted nothing; a multi-event append runs inside a savepoint so a
 /// failure part-way rolls back only its own rows.
-fn commit_group(conn: &mut Connection, batch: &[AppendJob], versions: &HashMap<Uuid, i64>) -> Vec<Result<Appended, StoreError>> {
+fn commit_group(
+    conn: &mut Connection,
+    batch: &[AppendJob],
+    versions: &HashMap<Uuid, i64>,
+) -> Vec<Result<Appended, StoreError>> {
     let fail_all = |e: StoreError| batch.iter().map(|_| Err(e.clone())).collect();
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(t) => t,
@@ -407,8 +429,10 @@ fn savepoint(conn: &Connection, sql: &str) -> Result<(), StoreError> {
 }
 
 fn current_version(conn: &Connection, aggregate_id: &str) -> Result<i64, StoreError> {
-    conn.prepare_cached("SELECT sequence_number FROM event_store WHERE aggregate_id = ?1 ORDER BY sequence_number DESC LIMIT 1")
-        .and_then(|mut st| st.query_row([aggregate_id], |r| r.get::<_, i64>(0)).optional())
+    conn.prepare_cached(
+        "SELECT sequence_number FROM event_store WHERE aggregate_id = ?1 ORDER BY sequence_number DESC LIMIT 1",
+    )
+    .and_then(|mut st| st.query_row([aggregate_id], |r| r.get::<_, i64>(0)).optional())
     .map(|v| v.unwrap_or(0))
     .map_err(unavailable)
 }
@@ -452,7 +476,11 @@ fn append_rows(conn: &Connection, job: &AppendJob, versions: &HashMap<Uuid, i64>
                 let m = msg.unwrap_or_default();
                 if m.contains("sequence_number") {
                     let actual = current_version(conn, &agg)?;
-                    return Err(StoreError::Conflict { aggregate_id: job.aggregate_id, expected: job.expected, actual });
+                    return Err(StoreError::Conflict {
+                        aggregate_id: job.aggregate_id,
+                        expected: job.expected,
+                        actual,
+                    });
                 }
                 return Err(StoreError::InvalidAppend(format!("constraint violated: {m}")));
             }
@@ -522,7 +550,12 @@ impl EventStore for SqliteStore {
         self.write(migrate_conn).await
     }
 
-    async fn append(&self, aggregate_id: Uuid, expected_version: i64, events: Vec<EventEnvelope>) -> Result<Appended, StoreError> {
+    async fn append(
+        &self,
+        aggregate_id: Uuid,
+        expected_version: i64,
+        events: Vec<EventEnvelope>,
+    ) -> Result<Appended, StoreError> {
         check_batch(aggregate_id, expected_version, &events)?;
         let (reply, rx) = oneshot::channel();
         let job = Job::Append(AppendJob { aggregate_id, expected: expected_version, events, reply });
@@ -548,7 +581,10 @@ impl EventStore for SqliteStore {
     }
 
     async fn head_position(&self) -> Result<i64, StoreError> {
-        self.read(|c| c.query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0)).map_err(unavailable)).await
+        self.read(|c| {
+            c.query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0)).map_err(unavailable)
+        })
+        .await
     }
 
     fn subscribe(&self) -> Option<watch::Receiver<i64>> {
@@ -558,7 +594,9 @@ impl EventStore for SqliteStore {
     async fn get_checkpoint(&self, consumer: &str) -> Result<Option<i64>, StoreError> {
         let consumer = consumer.to_string();
         self.read(move |c| {
-            c.query_row("SELECT position FROM checkpoints WHERE consumer = ?1", [consumer], |r| r.get(0)).optional().map_err(unavailable)
+            c.query_row("SELECT position FROM checkpoints WHERE consumer = ?1", [consumer], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)
         })
         .await
     }
@@ -626,11 +664,21 @@ impl EventStore for SqliteStore {
     }
 
     async fn dlq_remove(&self, id: Uuid) -> Result<bool, StoreError> {
-        self.write(move |c| c.execute("DELETE FROM dead_letter_queue WHERE id = ?1", [id.to_string()]).map(|n| n > 0).map_err(unavailable)).await
+        self.write(move |c| {
+            c.execute("DELETE FROM dead_letter_queue WHERE id = ?1", [id.to_string()])
+                .map(|n| n > 0)
+                .map_err(unavailable)
+        })
+        .await
     }
 
     async fn dlq_count(&self) -> Result<u64, StoreError> {
-        self.read(|c| c.query_row("SELECT COUNT(*) FROM dead_letter_queue", [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(unavailable)).await
+        self.read(|c| {
+            c.query_row("SELECT COUNT(*) FROM dead_letter_queue", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(unavailable)
+        })
+        .await
     }
 
     async fn save_snapshot(&self, s: Snapshot) -> Result<(), StoreError> {
