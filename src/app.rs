@@ -76,6 +76,13 @@ pub trait AppendObserver: Send + Sync {
     fn appended(&self, seconds: f64, events: &[EventEnvelope]);
 }
 
+/// The Prometheus catalogue observes appends as `store_append_duration_seconds`.
+impl AppendObserver for crate::metrics::Metrics {
+    fn appended(&self, seconds: f64, _events: &[EventEnvelope]) {
+        self.store_append_duration.observe(seconds);
+    }
+}
+
 #[derive(Clone)]
 pub struct CommandService {
     store: DynStore,

@@ -224,7 +224,7 @@ mod relay_bench {
     use crate::envelope::{now_millis, EventEnvelope, Metadata};
     use crate::metrics::Metrics;
     use crate::relay::publisher::{headers_for, producer_config};
-    use crate::relay::topics::{all_topics, topic_of};
+    use crate::relay::topics::{topic_names, topic_of};
     use crate::relay::Relay;
     use crate::shutdown::Trigger;
     use crate::store::sqlite::SqliteStore;
@@ -271,7 +271,7 @@ mod relay_bench {
 
         // Topics exist before either side is timed.
         let publisher = crate::relay::KafkaPublisher::new(&cfg.kafka).map_err(|e| anyhow::anyhow!(e.message))?;
-        let topics: Vec<String> = all_topics(&cfg).into_iter().map(|(t, _)| t).collect();
+        let topics: Vec<String> = topic_names(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix);
         publisher.ensure_topics(&topics, Duration::from_secs(30)).await.map_err(|e| anyhow::anyhow!(e.message))?;
 
         // Baseline: a bare FutureProducer with the same settings, same records, all in flight.
@@ -284,7 +284,7 @@ mod relay_bench {
                     h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
                 }
                 (
-                    topic_of(&cfg.kafka, e).replace("-events", "-baseline"),
+                    topic_of(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix, e).replace("-events", "-baseline"),
                     e.aggregate_id.to_string(),
                     serde_json::to_vec(e).unwrap_or_default(),
                     h,

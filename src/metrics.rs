@@ -153,9 +153,3 @@ impl Default for Metrics {
         Metrics::new()
     }
 }
-
-impl crate::app::AppendObserver for Metrics {
-    fn appended(&self, seconds: f64, _events: &[crate::envelope::EventEnvelope]) {
-        self.store_append_duration.observe(seconds);
-    }
-}

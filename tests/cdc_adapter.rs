@@ -22,7 +22,7 @@ use outboxd::metrics::Metrics;
 use outboxd::relay::cdc::{start_cdc_reader, CdcReaderHandle};
 use outboxd::relay::deliver::{DeadLetterSink, Deliverer, RelayStatus};
 use outboxd::relay::publisher::KafkaPublisher;
-use outboxd::relay::topics::all_topics;
+use outboxd::relay::topics::topic_names;
 use outboxd::shutdown::Trigger;
 use outboxd::store::cql::CqlStore;
 use outboxd::store::{DynStore, EventStore};
@@ -78,7 +78,7 @@ async fn rig(env: &Env) -> Rig {
     config.store.cql = cql;
     config.relay.retry.initial_backoff_ms = 50;
     config.relay.retry.max_backoff_ms = 200;
-    let topics: Vec<String> = all_topics(&config).into_iter().map(|(t, _)| t).collect();
+    let topics: Vec<String> = topic_names(config.kafka.per_event_type(), &config.kafka.topic_prefix);
     KafkaPublisher::new(&config.kafka)
         .unwrap()
         .ensure_topics(&topics, Duration::from_secs(15))

@@ -439,7 +439,7 @@ async fn raw_v1_rows_load_project_and_relay_as_v2() {
         .expect("status channel open");
     trigger.fire();
     task.await.unwrap().unwrap();
-    let topics: Vec<String> = outboxd::relay::topics::all_topics(&c).into_iter().map(|(t, _)| t).collect();
+    let topics: Vec<String> = outboxd::relay::topics::topic_names(c.kafka.per_event_type(), &c.kafka.topic_prefix);
     let records = consume_all(&brokers, &topics, 2, Duration::from_secs(30));
     let created = records
         .iter()

@@ -12,14 +12,14 @@ use uuid::Uuid;
 use outboxd::app::{CommandService, ServiceOptions};
 use outboxd::config::{Compression, Config};
 use outboxd::metrics::Metrics;
-use outboxd::relay::topics::all_topics;
+use outboxd::relay::topics::topic_names;
 use outboxd::relay::Relay;
 use outboxd::shutdown::Trigger;
 use outboxd::store::sqlite::SqliteStore;
 use outboxd::store::DynStore;
 
 fn topics(c: &Config) -> Vec<String> {
-    all_topics(c).into_iter().map(|(t, _)| t).collect()
+    topic_names(c.kafka.per_event_type(), &c.kafka.topic_prefix)
 }
 
 async fn open(c: &Config) -> DynStore {

@@ -17,12 +17,16 @@
 //! 4. report the exit code.
 
 use actix::prelude::*;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-use super::messages::*;
+use super::cdc_processor::RelayBody;
+use super::health::{CheckNow, GetSystemHealth, MarkShuttingDown, RegisterComponents};
+use super::messages::{ActorError, ActorName, ChildGaveUp, FailureMode, InjectFailure, StopActor};
+use super::order_actor::DrainCommands;
+use super::projection_actor::ProjectionBody;
+use super::supervision::SupervisedTask;
 use super::{
     ActorDeps, CdcStreamProcessor, DlqActor, DlqSink, HealthCheckActor, OrderActor, ProjectionActor,
     EXIT_RESTART_BUDGET,
@@ -30,7 +34,44 @@ use super::{
 
 const NAME: ActorName = ActorName::Coordinator;
 
-type InjectReply = Pin<Box<dyn std::future::Future<Output = Result<Result<(), String>, MailboxError>>>>;
+#[derive(Message)]
+#[rtype(result = "Option<Addr<OrderActor>>")]
+pub struct GetOrderActor;
+
+#[derive(Message)]
+#[rtype(result = "Option<Addr<HealthCheckActor>>")]
+pub struct GetHealthCheckActor;
+
+#[derive(Message)]
+#[rtype(result = "Option<Addr<DlqActor>>")]
+pub struct GetDlqActor;
+
+#[derive(Message)]
+#[rtype(result = "Option<Addr<CdcStreamProcessor>>")]
+pub struct GetCdcProcessor;
+
+/// The ProjectionActor (None when the backend has no read models).
+#[derive(Message)]
+#[rtype(result = "Option<Addr<ProjectionActor>>")]
+pub struct GetProjectionActor;
+
+/// Stops intake, drains commands, stops the children in reverse start order
+/// and reports `exit_code` on the coordinator's exit channel. Idempotent: a
+/// second request while shutting down only waits. Answers the exit code used.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "u8")]
+pub struct ShutdownSystem {
+    pub reason: String,
+    pub exit_code: u8,
+}
+
+/// Routes a test failure to a child (admin `/debug/fail/{actor}`).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct InjectFailureInto {
+    pub actor: ActorName,
+    pub mode: FailureMode,
+}
 
 pub struct CoordinatorActor {
     deps: ActorDeps,
@@ -73,12 +114,12 @@ impl CoordinatorActor {
         // 4. CDC: the relay, dead letters through the DlqActor.
         let sink = Arc::new(DlqSink(dlq.clone()));
         let (d, p, h) = (deps.clone(), me.clone().recipient(), health.clone().recipient());
-        let cdc = actix::Supervisor::start(move |_| CdcStreamProcessor::new(d, sink, p, h));
+        let cdc = actix::Supervisor::start(move |_| SupervisedTask::new(RelayBody::new(d, sink), p, h));
         // 5. Projections: only where the backend has read models.
         let projection = match deps.read_models.clone() {
             Some(models) => {
                 let (d, p, h) = (deps, me.recipient(), health.clone().recipient());
-                Some(actix::Supervisor::start(move |_| ProjectionActor::new(d, models, p, h)))
+                Some(actix::Supervisor::start(move |_| SupervisedTask::new(ProjectionBody::new(d, models), p, h)))
             }
             None => {
                 tracing::info!(backend = ?deps.cfg.store.backend, "read models are not available on this backend; the projection actor is not started");
@@ -277,35 +318,30 @@ impl Handler<ChildGaveUp> for CoordinatorActor {
 }
 
 impl Handler<InjectFailureInto> for CoordinatorActor {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), ActorError>>;
 
     fn handle(&mut self, msg: InjectFailureInto, _ctx: &mut Context<Self>) -> Self::Result {
         self.deps.received(NAME);
-        let m = InjectFailure(msg.mode);
-        let fut: Option<InjectReply> = match msg.actor {
-            ActorName::Order => self.order.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
-            ActorName::Cdc => self.cdc.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
-            ActorName::Dlq => self.dlq.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
-            ActorName::Projection => match self.projection.clone() {
-                Some(a) => Some(Box::pin(async move { a.send(m).await }) as _),
-                None => {
-                    return Box::pin(async {
-                        Err("projection_actor is not started: this backend has no read models".to_string())
-                    })
-                }
-            },
-            ActorName::HealthCheck => self.health.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
+        let actor = msg.actor;
+        let not_started = move |reason: &str| ActorError::NotStarted { actor, reason: reason.into() };
+        let target: Result<Recipient<InjectFailure>, ActorError> = match actor {
+            ActorName::Order => self.order.clone().map(Addr::recipient).ok_or_else(|| not_started("not started yet")),
+            ActorName::Cdc => self.cdc.clone().map(Addr::recipient).ok_or_else(|| not_started("not started yet")),
+            ActorName::Dlq => self.dlq.clone().map(Addr::recipient).ok_or_else(|| not_started("not started yet")),
+            ActorName::HealthCheck => {
+                self.health.clone().map(Addr::recipient).ok_or_else(|| not_started("not started yet"))
+            }
+            ActorName::Projection => self
+                .projection
+                .clone()
+                .map(Addr::recipient)
+                .ok_or_else(|| not_started("this backend has no read models")),
             ActorName::Coordinator => {
-                return Box::pin(async {
-                    Err("the coordinator is the root; it does not take injected failures".to_string())
-                })
+                Err(ActorError::Refused("the coordinator is the root; it does not take injected failures".into()))
             }
         };
-        Box::pin(async move {
-            match fut {
-                Some(f) => f.await.map_err(|e| format!("actor unreachable: {e}"))?,
-                None => Err("actor not started".into()),
-            }
-        })
+        Box::pin(
+            async move { target?.send(InjectFailure(msg.mode)).await.map_err(|e| ActorError::unreachable(actor, e))? },
+        )
     }
 }

@@ -33,11 +33,19 @@ pub enum CustomerEvent {
     EmailChanged(CustomerEmailChanged),
 }
 
+impl CustomerEvent {
+    // The stored `event_type` names (also the Kafka `ce_type`); `DomainEvent::TYPES` lists them.
+    pub const REGISTERED: &'static str = "CustomerRegistered";
+    pub const EMAIL_CHANGED: &'static str = "CustomerEmailChanged";
+}
+
 impl DomainEvent for CustomerEvent {
+    const TYPES: &'static [&'static str] = &[Self::REGISTERED, Self::EMAIL_CHANGED];
+
     fn event_type(&self) -> &'static str {
         match self {
-            CustomerEvent::Registered(_) => "CustomerRegistered",
-            CustomerEvent::EmailChanged(_) => "CustomerEmailChanged",
+            CustomerEvent::Registered(_) => Self::REGISTERED,
+            CustomerEvent::EmailChanged(_) => Self::EMAIL_CHANGED,
         }
     }
     fn schema_version(_event_type: &str) -> i32 {
@@ -51,8 +59,8 @@ impl DomainEvent for CustomerEvent {
     }
     fn from_payload(event_type: &str, v: serde_json::Value) -> Result<Self, DecodeError> {
         Ok(match event_type {
-            "CustomerRegistered" => CustomerEvent::Registered(decode(event_type, v)?),
-            "CustomerEmailChanged" => CustomerEvent::EmailChanged(decode(event_type, v)?),
+            Self::REGISTERED => CustomerEvent::Registered(decode(event_type, v)?),
+            Self::EMAIL_CHANGED => CustomerEvent::EmailChanged(decode(event_type, v)?),
             other => return Err(DecodeError::UnknownType(other.to_string())),
         })
     }

@@ -95,22 +95,35 @@ pub enum OrderEvent {
     Cancelled(OrderCancelled),
 }
 
+impl OrderEvent {
+    // The stored `event_type` names (also the Kafka `ce_type`); `DomainEvent::TYPES` lists them.
+    pub const CREATED: &'static str = "OrderCreated";
+    pub const ITEMS_UPDATED: &'static str = "OrderItemsUpdated";
+    pub const CONFIRMED: &'static str = "OrderConfirmed";
+    pub const SHIPPED: &'static str = "OrderShipped";
+    pub const DELIVERED: &'static str = "OrderDelivered";
+    pub const CANCELLED: &'static str = "OrderCancelled";
+}
+
 impl DomainEvent for OrderEvent {
+    const TYPES: &'static [&'static str] =
+        &[Self::CREATED, Self::ITEMS_UPDATED, Self::CONFIRMED, Self::SHIPPED, Self::DELIVERED, Self::CANCELLED];
+
     fn event_type(&self) -> &'static str {
         match self {
-            OrderEvent::Created(_) => "OrderCreated",
-            OrderEvent::ItemsUpdated(_) => "OrderItemsUpdated",
-            OrderEvent::Confirmed(_) => "OrderConfirmed",
-            OrderEvent::Shipped(_) => "OrderShipped",
-            OrderEvent::Delivered(_) => "OrderDelivered",
-            OrderEvent::Cancelled(_) => "OrderCancelled",
+            OrderEvent::Created(_) => Self::CREATED,
+            OrderEvent::ItemsUpdated(_) => Self::ITEMS_UPDATED,
+            OrderEvent::Confirmed(_) => Self::CONFIRMED,
+            OrderEvent::Shipped(_) => Self::SHIPPED,
+            OrderEvent::Delivered(_) => Self::DELIVERED,
+            OrderEvent::Cancelled(_) => Self::CANCELLED,
         }
     }
 
     fn schema_version(event_type: &str) -> i32 {
         match event_type {
             // v2 added a currency to every price (see domain::upcast).
-            "OrderCreated" => 2,
+            Self::CREATED => 2,
             _ => 1,
         }
     }
@@ -128,12 +141,12 @@ impl DomainEvent for OrderEvent {
 
     fn from_payload(event_type: &str, v: serde_json::Value) -> Result<Self, DecodeError> {
         Ok(match event_type {
-            "OrderCreated" => OrderEvent::Created(decode(event_type, v)?),
-            "OrderItemsUpdated" => OrderEvent::ItemsUpdated(decode(event_type, v)?),
-            "OrderConfirmed" => OrderEvent::Confirmed(decode(event_type, v)?),
-            "OrderShipped" => OrderEvent::Shipped(decode(event_type, v)?),
-            "OrderDelivered" => OrderEvent::Delivered(decode(event_type, v)?),
-            "OrderCancelled" => OrderEvent::Cancelled(decode(event_type, v)?),
+            Self::CREATED => OrderEvent::Created(decode(event_type, v)?),
+            Self::ITEMS_UPDATED => OrderEvent::ItemsUpdated(decode(event_type, v)?),
+            Self::CONFIRMED => OrderEvent::Confirmed(decode(event_type, v)?),
+            Self::SHIPPED => OrderEvent::Shipped(decode(event_type, v)?),
+            Self::DELIVERED => OrderEvent::Delivered(decode(event_type, v)?),
+            Self::CANCELLED => OrderEvent::Cancelled(decode(event_type, v)?),
             other => return Err(DecodeError::UnknownType(other.to_string())),
         })
     }
@@ -468,10 +481,14 @@ mod tests {
             items: vec![item("Z", 1, 1)],
             total: item("Z", 1, 1).unit_price,
         }));
+        let mut seen = std::collections::BTreeSet::new();
         for e in all {
             let v = e.to_payload().unwrap();
+            assert!(OrderEvent::TYPES.contains(&e.event_type()), "{} missing from TYPES", e.event_type());
+            seen.insert(e.event_type());
             assert_eq!(OrderEvent::from_payload(e.event_type(), v).unwrap(), e);
         }
+        assert_eq!(seen.len(), OrderEvent::TYPES.len(), "every listed type is written by some event");
         assert_eq!(
             OrderEvent::from_payload("Nope", serde_json::json!({})),
             Err(DecodeError::UnknownType("Nope".into()))

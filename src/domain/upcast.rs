@@ -9,7 +9,7 @@
 //! `{amount_minor, currency}` and records the order `total`. v1 bodies get
 //! the configured default currency (EUR unless configured otherwise).
 
-use crate::domain::DecodeError;
+use crate::domain::{DecodeError, OrderEvent};
 use serde_json::{json, Value};
 
 /// Currency assumed for v1 events that carried none.
@@ -31,7 +31,7 @@ pub fn upcast(
     let mut body = payload;
     while v < current {
         body = match (event_type, v) {
-            ("OrderCreated", 1) => order_created_v1_to_v2(body, default_currency)?,
+            (OrderEvent::CREATED, 1) => order_created_v1_to_v2(body, default_currency)?,
             _ => {
                 return Err(DecodeError::Body {
                     event_type: event_type.to_string(),
@@ -55,7 +55,7 @@ pub fn current_version(event_type: &str) -> i32 {
 }
 
 fn order_created_v1_to_v2(mut body: Value, currency: &str) -> Result<Value, DecodeError> {
-    let err = |m: &str| DecodeError::Body { event_type: "OrderCreated".into(), message: format!("v1 body: {m}") };
+    let err = |m: &str| DecodeError::Body { event_type: OrderEvent::CREATED.into(), message: format!("v1 body: {m}") };
     let items = body.get_mut("items").and_then(Value::as_array_mut).ok_or_else(|| err("missing items"))?;
     let mut total: i64 = 0;
     for item in items.iter_mut() {

@@ -113,10 +113,7 @@ async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<Value>) -> Result
         .send(ReplayDeadLetters { ids })
         .await
         .map_err(|_| ApiError::unavailable("dead-letter actor unavailable"))?
-        .map_err(|e| {
-            tracing::warn!(error = %e, "dead-letter replay failed");
-            ApiError::unavailable("replay failed; see the server log")
-        })?;
+        .map_err(|e| ApiError::from_actor(e, "replay"))?;
     Ok(HttpResponse::Ok().json(report))
 }
 
@@ -143,7 +140,7 @@ async fn debug_fail(
         .ok_or_else(|| ApiError::bad_request("mode", "mode must be stop, kill or panic"))?;
     match st.coordinator.send(InjectFailureInto { actor, mode }).await {
         Ok(Ok(())) => Ok(HttpResponse::Accepted().json(json!({"injected": actor, "mode": mode}))),
-        Ok(Err(e)) => Err(ApiError::new(StatusCode::CONFLICT, "not_running", e)),
+        Ok(Err(e)) => Err(ApiError::from_actor(e, "failure injection")),
         Err(_) => Err(ApiError::unavailable("coordinator unavailable")),
     }
 }

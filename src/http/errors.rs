@@ -10,6 +10,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use std::fmt;
 
+use crate::actors::ActorError;
 use crate::app::AppError;
 use crate::store::StoreError;
 
@@ -60,6 +61,19 @@ impl ApiError {
 
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// An actor's refusal (409 `not_running`, with the reason) or its
+    /// unavailability (503; the detail is logged, not returned).
+    pub fn from_actor(e: ActorError, what: &str) -> ApiError {
+        match e {
+            ActorError::ShuttingDown => ApiError::shutting_down(),
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "{what} failed");
+                ApiError::unavailable(format!("{what} failed; see the server log"))
+            }
+            e => ApiError::new(StatusCode::CONFLICT, "not_running", e.to_string()),
+        }
     }
 
     pub fn shutting_down() -> ApiError {

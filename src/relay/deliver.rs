@@ -203,7 +203,9 @@ impl Deliverer {
             }
         };
         let publisher = self.publisher();
-        self.type_metrics(env, || topic_of(publisher.config(), env)).sent.inc();
+        self.type_metrics(env, || topic_of(publisher.config().per_event_type(), &publisher.config().topic_prefix, env))
+            .sent
+            .inc();
         match publisher.send(env).await {
             Ok(p) => p.map(|r| r.map(|_| ())).boxed(),
             Err(e) => async move { Err(e) }.boxed(),
@@ -217,7 +219,10 @@ impl Deliverer {
             b.record_success(now);
             b.state(now)
         });
-        let m = self.type_metrics(env, || topic_of(self.publisher().config(), env));
+        let m = self.type_metrics(env, || {
+            let p = self.publisher();
+            topic_of(p.config().per_event_type(), &p.config().topic_prefix, env)
+        });
         m.processed.inc();
         m.duration.observe(started.elapsed().as_secs_f64());
         let e2e = (Utc::now() - env.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;

@@ -31,7 +31,7 @@ use crate::relay::breaker::BreakerState;
 pub use crate::relay::deliver::RelayStatus;
 use crate::relay::deliver::{DeadLetterSink, Deliverer, Retried};
 use crate::relay::publisher::{KafkaPublisher, PublishError};
-use crate::relay::topics::all_topics;
+use crate::relay::topics::topic_names;
 use crate::shutdown::Shutdown;
 use crate::store::{DynStore, StoreError};
 
@@ -73,7 +73,7 @@ impl Relay {
             store,
             deliverer: Arc::new(deliverer),
             cfg: config.relay.clone(),
-            topics: all_topics(config).into_iter().map(|(t, _)| t).collect(),
+            topics: topic_names(config.kafka.per_event_type(), &config.kafka.topic_prefix),
             metrics,
             head: 0,
             last_head_check: None,

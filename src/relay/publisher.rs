@@ -161,7 +161,7 @@ impl KafkaPublisher {
     /// Hands one envelope to the producer; the returned future resolves when
     /// the broker confirmed (or finally refused) it.
     pub async fn send(&self, e: &EventEnvelope) -> Result<Pending, PublishError> {
-        let topic = topic_of(&self.cfg, e);
+        let topic = topic_of(self.cfg.per_event_type(), &self.cfg.topic_prefix, e);
         let value = serde_json::to_vec(e)
             .map_err(|err| PublishError::permanent("unserializable", format!("event cannot be serialised: {err}")))?;
         let key = e.aggregate_id.to_string();

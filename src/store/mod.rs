@@ -51,6 +51,13 @@ impl StoreError {
     }
 }
 
+/// What a health probe of the store found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreProbe {
+    /// The head feed position, where the backend has one (None on CQL).
+    pub head: Option<i64>,
+}
+
 /// Result of a successful append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -120,6 +127,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Highest committed feed position (0 when empty).
     async fn head_position(&self) -> Result<i64, StoreError>;
+
+    /// Checks that the store answers (the health check; no business data is
+    /// read or written). The default reads the head position; a backend
+    /// adds what else "reachable" means for it.
+    async fn probe(&self) -> Result<StoreProbe, StoreError> {
+        Ok(StoreProbe { head: Some(self.head_position().await?) })
+    }
 
     /// Wakes whenever this process commits an append (value: last position).
     /// `None` when the backend has no in-process notification.

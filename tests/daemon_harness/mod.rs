@@ -401,7 +401,7 @@ pub fn consume_until(
 }
 
 pub fn topics(c: &Config) -> Vec<String> {
-    outboxd::relay::topics::all_topics(c).into_iter().map(|(t, _)| t).collect()
+    outboxd::relay::topics::topic_names(c.kafka.per_event_type(), &c.kafka.topic_prefix)
 }
 
 /// Polls `f` until it returns Some or `timeout` passes.
