@@ -78,7 +78,9 @@ pub enum BenchCmd {
 
 pub async fn run(cfg: &Config, cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
-        BenchCmd::Append { aggregates, events_per_aggregate, concurrency, dir } => bench_append(cfg, aggregates, events_per_aggregate, concurrency, dir).await,
+        BenchCmd::Append { aggregates, events_per_aggregate, concurrency, dir } => {
+            bench_append(cfg, aggregates, events_per_aggregate, concurrency, dir).await
+        }
         BenchCmd::Relay { events, size, rate, seconds } => relay_bench::run(cfg, events, size, rate, seconds).await,
         BenchCmd::Cql { events, concurrency } => cql_bench(cfg, events, concurrency).await,
         BenchCmd::Http { clients, requests_per_client } => http_bench::run(cfg, clients, requests_per_client).await,
@@ -108,8 +110,17 @@ pub fn sample_events(n: usize, k: usize) -> Vec<Vec<EventEnvelope>> {
             let mut order = Order::default();
             let mut out = Vec::with_capacity(k);
             for seq in 1..=k as i64 {
-                let items = vec![OrderItem::new(Sku::new(format!("SKU-{i}-{seq}")).expect("sku"), seq, Money::new(1999, eur).expect("money")).expect("item")];
-                let cmd = if seq == 1 { OrderCommand::Create { customer_id: Uuid::from_u128(i as u128), items } } else { OrderCommand::UpdateItems { items } };
+                let items = vec![OrderItem::new(
+                    Sku::new(format!("SKU-{i}-{seq}")).expect("sku"),
+                    seq,
+                    Money::new(1999, eur).expect("money"),
+                )
+                .expect("item")];
+                let cmd = if seq == 1 {
+                    OrderCommand::Create { customer_id: Uuid::from_u128(i as u128), items }
+                } else {
+                    OrderCommand::UpdateItems { items }
+                };
                 let e = order.handle(&cmd).expect("valid command").remove(0);
                 order.apply(&e);
                 out.push(EventEnvelope::new::<Order>(id, seq, &e, meta, at).expect("encodable"));
@@ -119,7 +130,13 @@ pub fn sample_events(n: usize, k: usize) -> Vec<Vec<EventEnvelope>> {
         .collect()
 }
 
-async fn bench_append(cfg: &Config, n: usize, k: usize, concurrency: usize, dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+async fn bench_append(
+    cfg: &Config,
+    n: usize,
+    k: usize,
+    concurrency: usize,
+    dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     let tmp = tempdir(dir)?;
     let events = sample_events(n, k);
     let total = n * k;
@@ -207,7 +224,7 @@ mod relay_bench {
     use crate::envelope::{now_millis, EventEnvelope, Metadata};
     use crate::metrics::Metrics;
     use crate::relay::publisher::{headers_for, producer_config};
-    use crate::relay::topics::{all_topics, topic_of};
+    use crate::relay::topics::{topic_names, topic_of};
     use crate::relay::Relay;
     use crate::shutdown::Trigger;
     use crate::store::sqlite::SqliteStore;
@@ -217,9 +234,14 @@ mod relay_bench {
     fn event(size: usize) -> EventEnvelope {
         let c = Customer::default();
         let pad = size.saturating_sub(420).clamp(1, 199);
-        let cmd = CustomerCommand::Register { name: "x".repeat(pad), email: Email::new("bench@example.com").expect("email"), phone: None };
+        let cmd = CustomerCommand::Register {
+            name: "x".repeat(pad),
+            email: Email::new("bench@example.com").expect("email"),
+            phone: None,
+        };
         let e = c.handle(&cmd).expect("valid").remove(0);
-        let mut env = EventEnvelope::new::<Customer>(Uuid::now_v7(), 1, &e, Metadata::default(), now_millis()).expect("encodable");
+        let mut env = EventEnvelope::new::<Customer>(Uuid::now_v7(), 1, &e, Metadata::default(), now_millis())
+            .expect("encodable");
         // Top up to the requested size with an extra field consumers ignore.
         let len = serde_json::to_vec(&env).map(|v| v.len()).unwrap_or(0);
         if len < size {
@@ -237,7 +259,11 @@ mod relay_bench {
         cfg.kafka.topic_prefix = format!("bench{}.", Uuid::now_v7().simple());
         let store: DynStore = SqliteStore::open(&cfg.store.path, cfg.store.sqlite.clone()).await?;
         let sample = serde_json::to_vec(&event(size))?.len();
-        println!("bench relay: {n} events of ~{sample} bytes, brokers {}, compression {}, acks=all, idempotent", cfg.kafka.brokers, cfg.kafka.compression.as_str());
+        println!(
+            "bench relay: {n} events of ~{sample} bytes, brokers {}, compression {}, acks=all, idempotent",
+            cfg.kafka.brokers,
+            cfg.kafka.compression.as_str()
+        );
         let events: Vec<EventEnvelope> = (0..n).map(|_| event(size)).collect();
         for chunk in events.chunks(1) {
             store.append(chunk[0].aggregate_id, 0, chunk.to_vec()).await?;
@@ -245,7 +271,7 @@ mod relay_bench {
 
         // Topics exist before either side is timed.
         let publisher = crate::relay::KafkaPublisher::new(&cfg.kafka).map_err(|e| anyhow::anyhow!(e.message))?;
-        let topics: Vec<String> = all_topics(&cfg).into_iter().map(|(t, _)| t).collect();
+        let topics: Vec<String> = topic_names(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix);
         publisher.ensure_topics(&topics, Duration::from_secs(30)).await.map_err(|e| anyhow::anyhow!(e.message))?;
 
         // Baseline: a bare FutureProducer with the same settings, same records, all in flight.
@@ -257,7 +283,12 @@ mod relay_bench {
                 for (k, v) in headers_for(e, &cfg.kafka.source) {
                     h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
                 }
-                (topic_of(&cfg.kafka, e).replace("-events", "-baseline"), e.aggregate_id.to_string(), serde_json::to_vec(e).unwrap_or_default(), h)
+                (
+                    topic_of(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix, e).replace("-events", "-baseline"),
+                    e.aggregate_id.to_string(),
+                    serde_json::to_vec(e).unwrap_or_default(),
+                    h,
+                )
             })
             .collect();
         let base_topics: Vec<String> = topics.iter().map(|t| t.replace("-events", "-baseline")).collect();
@@ -271,7 +302,10 @@ mod relay_bench {
                         pending.push(f);
                         break;
                     }
-                    Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        _,
+                    )) => {
                         if let Some(r) = pending.next().await {
                             anyhow::ensure!(matches!(r, Ok(Ok(_))), "baseline delivery failed");
                         }
@@ -334,7 +368,11 @@ mod relay_bench {
         let deadline = Instant::now() + Duration::from_secs(seconds + 30);
         while (hist.len() as usize) < total && Instant::now() < deadline {
             let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else { continue };
-            let id = m.headers().and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).to_string())));
+            let id = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "ce_id")
+                    .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).to_string()))
+            });
             if let Some(id) = id {
                 if let Some(t0) = sent.lock().ok().and_then(|m| m.get(&id).copied()) {
                     hist.record(t0.elapsed().as_micros() as u64)?;
@@ -366,7 +404,10 @@ async fn cql_bench(cfg: &Config, n: usize, concurrency: usize) -> anyhow::Result
     let per_agg = 5;
     let events = sample_events(n.div_ceil(per_agg), per_agg);
     let total: usize = events.iter().map(Vec::len).sum();
-    println!("bench cql: {total} events ({per_agg} per aggregate, one append each), {concurrency} concurrent writers, {}", c.uri);
+    println!(
+        "bench cql: {total} events ({per_agg} per aggregate, one append each), {concurrency} concurrent writers, {}",
+        c.uri
+    );
 
     let insert = session
         .prepare(format!(
@@ -392,10 +433,13 @@ async fn cql_bench(cfg: &Config, n: usize, concurrency: usize) -> anyhow::Result
         .iter()
         .map(|a| {
             let id = Uuid::now_v7();
-            a.iter().cloned().map(|mut e| {
-                e.aggregate_id = id;
-                e
-            }).collect()
+            a.iter()
+                .cloned()
+                .map(|mut e| {
+                    e.aggregate_id = id;
+                    e
+                })
+                .collect()
         })
         .collect();
     let start = Instant::now();
@@ -407,7 +451,21 @@ async fn cql_bench(cfg: &Config, n: usize, concurrency: usize) -> anyhow::Result
                 for e in agg {
                     let payload = serde_json::to_string(&e.payload)?;
                     session
-                        .execute_unpaged(&insert, (e.aggregate_id, e.sequence, e.event_id, e.aggregate_type, e.event_type, e.schema_version, payload, e.causation_id, e.correlation_id, e.timestamp))
+                        .execute_unpaged(
+                            &insert,
+                            (
+                                e.aggregate_id,
+                                e.sequence,
+                                e.event_id,
+                                e.aggregate_type,
+                                e.event_type,
+                                e.schema_version,
+                                payload,
+                                e.causation_id,
+                                e.correlation_id,
+                                e.timestamp,
+                            ),
+                        )
                         .await?;
                 }
             }
@@ -467,7 +525,11 @@ mod http_bench {
         conn.get_mut().write_all(req.as_bytes()).await?;
         let mut line = String::new();
         conn.read_line(&mut line).await?;
-        let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow::anyhow!("bad status line {line:?}"))?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("bad status line {line:?}"))?;
         let mut len = 0usize;
         loop {
             line.clear();

@@ -14,15 +14,21 @@ use uuid::Uuid;
 
 use outboxd::app::{AppError, CommandService, ServiceOptions};
 use outboxd::config::Config;
-use outboxd::domain::{Currency, Customer, CustomerCommand, Email, Money, Order, OrderCommand, OrderItem, PhoneNumber, Sku};
+use outboxd::domain::{
+    Currency, Customer, CustomerCommand, Email, Money, Order, OrderCommand, OrderItem, PhoneNumber, Sku,
+};
 use outboxd::envelope::Metadata;
 use outboxd::store::DynStore;
 
 #[derive(Parser)]
-#[command(name = "outboxd", version, about = "Transactional outbox daemon: event-sourced orders, an atomic event store, and a relay to Kafka",
+#[command(
+    name = "outboxd",
+    version,
+    about = "Transactional outbox daemon: event-sourced orders, an atomic event store, and a relay to Kafka",
     long_about = "Commands change Order and Customer aggregates; their events are appended atomically to an event store \
 (embedded SQLite by default, or ScyllaDB/Cassandra over CQL); `outboxd run` relays every stored event to Kafka in order per aggregate.\n\n\
-Configuration: defaults <- --config FILE (TOML) <- OUTBOX_* environment variables (nested keys joined with __, e.g. OUTBOX_KAFKA__BROKERS).")]
+Configuration: defaults <- --config FILE (TOML) <- OUTBOX_* environment variables (nested keys joined with __, e.g. OUTBOX_KAFKA__BROKERS)."
+)]
 struct Cli {
     /// TOML configuration file.
     #[arg(long, short, global = true, env = "OUTBOX_CONFIG")]
@@ -178,7 +184,9 @@ enum CustomerCmd {
         #[command(flatten)]
         meta: Meta,
     },
-    Show { id: Uuid },
+    Show {
+        id: Uuid,
+    },
 }
 
 #[derive(Subcommand)]
@@ -245,7 +253,8 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rdkafka=warn,librdkafka=warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rdkafka=warn,librdkafka=warn")));
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
@@ -295,8 +304,10 @@ async fn async_main(cli: Cli) -> Result<u8, Failure> {
                 .into());
             }
             let (store, models) = outboxd::projection::open_stores(&cfg).await.context("cannot open the store")?;
-            let models = models.ok_or_else(|| BadInput("read models need the sqlite store (store.backend = \"sqlite\")".into()))?;
-            let report = outboxd::projection::rebuild(store, models, &cfg.service.default_currency, !no_progress).await?;
+            let models = models
+                .ok_or_else(|| BadInput("read models need the sqlite store (store.backend = \"sqlite\")".into()))?;
+            let report =
+                outboxd::projection::rebuild(store, models, &cfg.service.default_currency, !no_progress).await?;
             println!("{report}");
             Ok(0)
         }
@@ -337,10 +348,16 @@ fn parse_items(raw: &[String], currency: &str) -> Result<Vec<OrderItem>, Failure
         .map(|s| {
             let parts: Vec<&str> = s.split(':').collect();
             let [sku, qty, price] = parts[..] else {
-                return Err(BadInput(format!("--item {s:?}: expected SKU:QUANTITY:UNIT_PRICE_MINOR, e.g. BOOK-1:2:1999")).into());
+                return Err(BadInput(format!(
+                    "--item {s:?}: expected SKU:QUANTITY:UNIT_PRICE_MINOR, e.g. BOOK-1:2:1999"
+                ))
+                .into());
             };
-            let qty: i64 = qty.parse().map_err(|_| BadInput(format!("--item {s:?}: quantity {qty:?} is not a whole number")))?;
-            let price: i64 = price.parse().map_err(|_| BadInput(format!("--item {s:?}: unit price {price:?} is not a whole number of minor units")))?;
+            let qty: i64 =
+                qty.parse().map_err(|_| BadInput(format!("--item {s:?}: quantity {qty:?} is not a whole number")))?;
+            let price: i64 = price.parse().map_err(|_| {
+                BadInput(format!("--item {s:?}: unit price {price:?} is not a whole number of minor units"))
+            })?;
             Ok(OrderItem::new(Sku::new(sku)?, qty, Money::new(price, currency)?)?)
         })
         .collect()
@@ -353,25 +370,38 @@ async fn order(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
             let svc = service(cfg, open(cfg).await?);
             let loaded = svc.load::<Order>(id).await?;
             if loaded.version == 0 {
-                return Err(Failure::from(AppError::Domain(outboxd::domain::DomainError::OrderNotFound)).context(format!("order {id}")));
+                return Err(Failure::from(AppError::Domain(outboxd::domain::DomainError::OrderNotFound))
+                    .context(format!("order {id}")));
             }
             let events = svc.store().load(id).await?;
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"id": id, "version": loaded.version, "state": loaded.state, "events": events}))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"id": id, "version": loaded.version, "state": loaded.state, "events": events})
+                )?
+            );
             return Ok(0);
         }
         OrderCmd::Create { customer, items, currency, id, meta: m } => {
             let items = parse_items(&items, &currency)?;
             (id.unwrap_or_else(Uuid::now_v7), OrderCommand::Create { customer_id: customer, items }, m)
         }
-        OrderCmd::UpdateItems { id, items, currency, meta: m } => (id, OrderCommand::UpdateItems { items: parse_items(&items, &currency)? }, m),
+        OrderCmd::UpdateItems { id, items, currency, meta: m } => {
+            (id, OrderCommand::UpdateItems { items: parse_items(&items, &currency)? }, m)
+        }
         OrderCmd::Confirm { id, meta: m } => (id, OrderCommand::Confirm, m),
-        OrderCmd::Ship { id, tracking_number, carrier, meta: m } => (id, OrderCommand::Ship { tracking_number, carrier }, m),
+        OrderCmd::Ship { id, tracking_number, carrier, meta: m } => {
+            (id, OrderCommand::Ship { tracking_number, carrier }, m)
+        }
         OrderCmd::Deliver { id, signature, meta: m } => (id, OrderCommand::Deliver { signature }, m),
         OrderCmd::Cancel { id, reason, meta: m } => (id, OrderCommand::Cancel { reason }, m),
     };
     let is_create = matches!(cmd, OrderCommand::Create { .. });
     let svc = service(cfg, open(cfg).await?);
-    let out = svc.execute::<Order>(id, &cmd, meta(&m), m.expected_version).await.map_err(|e| Failure::from(e).context(format!("order {id}")))?;
+    let out = svc
+        .execute::<Order>(id, &cmd, meta(&m), m.expected_version)
+        .await
+        .map_err(|e| Failure::from(e).context(format!("order {id}")))?;
     if is_create {
         println!("{id}");
     } else {
@@ -386,9 +416,15 @@ async fn customer(cfg: &Config, c: CustomerCmd) -> Result<u8, Failure> {
             let svc = service(cfg, open(cfg).await?);
             let loaded = svc.load::<Customer>(id).await?;
             if loaded.version == 0 {
-                return Err(Failure::from(AppError::Domain(outboxd::domain::DomainError::CustomerNotFound)).context(format!("customer {id}")));
+                return Err(Failure::from(AppError::Domain(outboxd::domain::DomainError::CustomerNotFound))
+                    .context(format!("customer {id}")));
             }
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"id": id, "version": loaded.version, "state": loaded.state}))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"id": id, "version": loaded.version, "state": loaded.state})
+                )?
+            );
             return Ok(0);
         }
         CustomerCmd::Register { name, email, phone, id, meta: m } => {
@@ -396,11 +432,16 @@ async fn customer(cfg: &Config, c: CustomerCmd) -> Result<u8, Failure> {
             let phone = phone.as_deref().map(PhoneNumber::new).transpose()?;
             (id.unwrap_or_else(Uuid::now_v7), CustomerCommand::Register { name, email, phone }, m)
         }
-        CustomerCmd::ChangeEmail { id, email, meta: m } => (id, CustomerCommand::ChangeEmail { email: Email::new(&email)? }, m),
+        CustomerCmd::ChangeEmail { id, email, meta: m } => {
+            (id, CustomerCommand::ChangeEmail { email: Email::new(&email)? }, m)
+        }
     };
     let is_create = matches!(cmd, CustomerCommand::Register { .. });
     let svc = service(cfg, open(cfg).await?);
-    let out = svc.execute::<Customer>(id, &cmd, meta(&m), m.expected_version).await.map_err(|e| Failure::from(e).context(format!("customer {id}")))?;
+    let out = svc
+        .execute::<Customer>(id, &cmd, meta(&m), m.expected_version)
+        .await
+        .map_err(|e| Failure::from(e).context(format!("customer {id}")))?;
     if is_create {
         println!("{id}");
     } else {
@@ -429,7 +470,9 @@ async fn dlq(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
                     l
                 }
                 (None, true) => letters,
-                (None, false) => return Err(BadInput("say which dead letters to replay: --id ID or --all".into()).into()),
+                (None, false) => {
+                    return Err(BadInput("say which dead letters to replay: --id ID or --all".into()).into())
+                }
             };
             let publisher = outboxd::relay::KafkaPublisher::new(&cfg.kafka).map_err(|e| BadInput(e.message))?;
             let report = outboxd::relay::dlq::replay(&store, &publisher, chosen, &cfg.service.default_currency).await?;

@@ -95,22 +95,35 @@ pub enum OrderEvent {
     Cancelled(OrderCancelled),
 }
 
+impl OrderEvent {
+    // The stored `event_type` names (also the Kafka `ce_type`); `DomainEvent::TYPES` lists them.
+    pub const CREATED: &'static str = "OrderCreated";
+    pub const ITEMS_UPDATED: &'static str = "OrderItemsUpdated";
+    pub const CONFIRMED: &'static str = "OrderConfirmed";
+    pub const SHIPPED: &'static str = "OrderShipped";
+    pub const DELIVERED: &'static str = "OrderDelivered";
+    pub const CANCELLED: &'static str = "OrderCancelled";
+}
+
 impl DomainEvent for OrderEvent {
+    const TYPES: &'static [&'static str] =
+        &[Self::CREATED, Self::ITEMS_UPDATED, Self::CONFIRMED, Self::SHIPPED, Self::DELIVERED, Self::CANCELLED];
+
     fn event_type(&self) -> &'static str {
         match self {
-            OrderEvent::Created(_) => "OrderCreated",
-            OrderEvent::ItemsUpdated(_) => "OrderItemsUpdated",
-            OrderEvent::Confirmed(_) => "OrderConfirmed",
-            OrderEvent::Shipped(_) => "OrderShipped",
-            OrderEvent::Delivered(_) => "OrderDelivered",
-            OrderEvent::Cancelled(_) => "OrderCancelled",
+            OrderEvent::Created(_) => Self::CREATED,
+            OrderEvent::ItemsUpdated(_) => Self::ITEMS_UPDATED,
+            OrderEvent::Confirmed(_) => Self::CONFIRMED,
+            OrderEvent::Shipped(_) => Self::SHIPPED,
+            OrderEvent::Delivered(_) => Self::DELIVERED,
+            OrderEvent::Cancelled(_) => Self::CANCELLED,
         }
     }
 
     fn schema_version(event_type: &str) -> i32 {
         match event_type {
             // v2 added a currency to every price (see domain::upcast).
-            "OrderCreated" => 2,
+            Self::CREATED => 2,
             _ => 1,
         }
     }
@@ -128,12 +141,12 @@ impl DomainEvent for OrderEvent {
 
     fn from_payload(event_type: &str, v: serde_json::Value) -> Result<Self, DecodeError> {
         Ok(match event_type {
-            "OrderCreated" => OrderEvent::Created(decode(event_type, v)?),
-            "OrderItemsUpdated" => OrderEvent::ItemsUpdated(decode(event_type, v)?),
-            "OrderConfirmed" => OrderEvent::Confirmed(decode(event_type, v)?),
-            "OrderShipped" => OrderEvent::Shipped(decode(event_type, v)?),
-            "OrderDelivered" => OrderEvent::Delivered(decode(event_type, v)?),
-            "OrderCancelled" => OrderEvent::Cancelled(decode(event_type, v)?),
+            Self::CREATED => OrderEvent::Created(decode(event_type, v)?),
+            Self::ITEMS_UPDATED => OrderEvent::ItemsUpdated(decode(event_type, v)?),
+            Self::CONFIRMED => OrderEvent::Confirmed(decode(event_type, v)?),
+            Self::SHIPPED => OrderEvent::Shipped(decode(event_type, v)?),
+            Self::DELIVERED => OrderEvent::Delivered(decode(event_type, v)?),
+            Self::CANCELLED => OrderEvent::Cancelled(decode(event_type, v)?),
             other => return Err(DecodeError::UnknownType(other.to_string())),
         })
     }
@@ -259,7 +272,10 @@ pub fn validate_items(items: &[OrderItem]) -> Result<Money, DomainError> {
         // Re-checked here because the fields are public.
         let item = OrderItem::new(item.sku.clone(), item.quantity as i64, item.unit_price)?;
         if item.unit_price.currency != currency {
-            return Err(DomainError::CurrencyMismatch { first: currency.to_string(), second: item.unit_price.currency.to_string() });
+            return Err(DomainError::CurrencyMismatch {
+                first: currency.to_string(),
+                second: item.unit_price.currency.to_string(),
+            });
         }
         if !seen.insert(item.sku.clone()) {
             return Err(DomainError::DuplicateSku { sku: item.sku.to_string() });
@@ -396,10 +412,16 @@ mod tests {
         let mut zero = item("A", 1, 1);
         zero.quantity = 0;
         assert!(matches!(o.handle(&create_with(vec![zero])), Err(DomainError::InvalidQuantity { quantity: 0, .. })));
-        assert_eq!(o.handle(&create_with(vec![item("A", 1, 1), item("A", 2, 1)])), Err(DomainError::DuplicateSku { sku: "A".into() }));
+        assert_eq!(
+            o.handle(&create_with(vec![item("A", 1, 1), item("A", 2, 1)])),
+            Err(DomainError::DuplicateSku { sku: "A".into() })
+        );
         let mut usd = item("B", 1, 1);
         usd.unit_price.currency = Currency::new("USD").unwrap();
-        assert!(matches!(o.handle(&create_with(vec![item("A", 1, 1), usd])), Err(DomainError::CurrencyMismatch { .. })));
+        assert!(matches!(
+            o.handle(&create_with(vec![item("A", 1, 1), usd])),
+            Err(DomainError::CurrencyMismatch { .. })
+        ));
         let many: Vec<_> = (0..=MAX_ITEMS).map(|i| item(&format!("S{i}"), 1, 1)).collect();
         assert!(matches!(o.handle(&create_with(many)), Err(DomainError::TooManyItems { .. })));
         let huge = item("H", u32::MAX as i64, crate::domain::values::MAX_UNIT_PRICE_MINOR);
@@ -428,7 +450,10 @@ mod tests {
         let long = OrderCommand::Cancel { reason: "x".repeat(MAX_TEXT + 1) };
         assert_eq!(confirmed.handle(&long), Err(DomainError::TooLong { field: "reason", max: MAX_TEXT }));
         let shipped = given(&[create(), OrderCommand::Confirm, ship()]);
-        assert_eq!(shipped.handle(&OrderCommand::Deliver { signature: "".into() }), Err(DomainError::Blank { field: "signature" }));
+        assert_eq!(
+            shipped.handle(&OrderCommand::Deliver { signature: "".into() }),
+            Err(DomainError::Blank { field: "signature" })
+        );
     }
 
     #[test]
@@ -452,12 +477,22 @@ mod tests {
             }
         }
         all.push(OrderEvent::Cancelled(OrderCancelled { reason: "r".into() }));
-        all.push(OrderEvent::ItemsUpdated(OrderItemsUpdated { items: vec![item("Z", 1, 1)], total: item("Z", 1, 1).unit_price }));
+        all.push(OrderEvent::ItemsUpdated(OrderItemsUpdated {
+            items: vec![item("Z", 1, 1)],
+            total: item("Z", 1, 1).unit_price,
+        }));
+        let mut seen = std::collections::BTreeSet::new();
         for e in all {
             let v = e.to_payload().unwrap();
+            assert!(OrderEvent::TYPES.contains(&e.event_type()), "{} missing from TYPES", e.event_type());
+            seen.insert(e.event_type());
             assert_eq!(OrderEvent::from_payload(e.event_type(), v).unwrap(), e);
         }
-        assert_eq!(OrderEvent::from_payload("Nope", serde_json::json!({})), Err(DecodeError::UnknownType("Nope".into())));
+        assert_eq!(seen.len(), OrderEvent::TYPES.len(), "every listed type is written by some event");
+        assert_eq!(
+            OrderEvent::from_payload("Nope", serde_json::json!({})),
+            Err(DecodeError::UnknownType("Nope".into()))
+        );
         assert!(OrderEvent::from_payload("OrderShipped", serde_json::json!({"carrier": 1})).is_err());
     }
 
@@ -465,6 +500,9 @@ mod tests {
     fn messages_read_well() {
         let e = DomainError::InvalidTransition { action: "ship", status: OrderStatus::Created };
         assert_eq!(e.to_string(), "cannot ship an order that is created");
-        assert_eq!(DomainError::InvalidQuantity { sku: "A".into(), quantity: 0 }.to_string(), "item `A`: quantity must be greater than 0, got 0");
+        assert_eq!(
+            DomainError::InvalidQuantity { sku: "A".into(), quantity: 0 }.to_string(),
+            "item `A`: quantity must be greater than 0, got 0"
+        );
     }
 }

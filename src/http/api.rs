@@ -121,7 +121,12 @@ fn correlation(req: &HttpRequest) -> Uuid {
 /// `If-Match: 3`, `If-Match: "3"` or `W/"3"`; `*` means "any version".
 pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
     let Some(v) = req.headers().get(header::IF_MATCH) else { return Ok(None) };
-    let bad = || ApiError::bad_request("If-Match", "If-Match must be the version number the change is based on, e.g. If-Match: \"3\"");
+    let bad = || {
+        ApiError::bad_request(
+            "If-Match",
+            "If-Match must be the version number the change is based on, e.g. If-Match: \"3\"",
+        )
+    };
     let s = v.to_str().map_err(|_| bad())?.trim();
     if s == "*" {
         return Ok(None);
@@ -175,7 +180,11 @@ where
     let expected_version = if_match(req)?;
     let meta = Metadata { correlation_id: correlation(req), causation_id: None };
     let msg = ExecuteCommand::<A> { id, command, meta, expected_version };
-    st.order.send(msg).await.map_err(|_| ApiError::unavailable("temporarily unavailable; retry shortly"))?.map_err(ApiError::from)
+    st.order
+        .send(msg)
+        .await
+        .map_err(|_| ApiError::unavailable("temporarily unavailable; retry shortly"))?
+        .map_err(ApiError::from)
 }
 
 async fn load<A>(st: &ApiState, id: Uuid) -> Result<Loaded<A>, ApiError>
@@ -184,19 +193,32 @@ where
     OrderActor: Handler<LoadAggregate<A>>,
     <OrderActor as actix::Actor>::Context: ToEnvelope<OrderActor, LoadAggregate<A>>,
 {
-    st.order.send(LoadAggregate::<A>::new(id)).await.map_err(|_| ApiError::unavailable("temporarily unavailable; retry shortly"))?.map_err(ApiError::from)
+    st.order
+        .send(LoadAggregate::<A>::new(id))
+        .await
+        .map_err(|_| ApiError::unavailable("temporarily unavailable; retry shortly"))?
+        .map_err(ApiError::from)
 }
 
 // ---- orders ---------------------------------------------------------------
 
-async fn create_order(st: web::Data<ApiState>, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+async fn create_order(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     if_match(&req)?;
     let b = Input::body(&body, &["id", "customer_id", "items"])?;
     let id = b.opt_uuid("id")?.unwrap_or_else(Uuid::now_v7);
     let customer_id = b.uuid("customer_id")?;
     let items = input::items(&b)?;
     let out = execute::<Order>(&st, &req, id, OrderCommand::Create { customer_id, items }).await?;
-    Ok(respond(StatusCode::CREATED, out.version, Some(format!("/orders/{id}")), order_view(id, out.version, &out.state)))
+    Ok(respond(
+        StatusCode::CREATED,
+        out.version,
+        Some(format!("/orders/{id}")),
+        order_view(id, out.version, &out.state),
+    ))
 }
 
 fn with_projection(mut resp: HttpResponse, f: Freshness) -> HttpResponse {
@@ -257,15 +279,34 @@ pub fn page_request(query: &[(String, String)]) -> Result<PageRequest, ApiError>
         }
         seen.push(k.as_str());
         match k.as_str() {
-            "after" => page.after = Some(Uuid::parse_str(v.trim()).map_err(|_| ApiError::bad_request("after", "after must be an order id (the next_after of the previous page)"))?),
-            "offset" => page.offset = v.trim().parse::<u64>().map_err(|_| ApiError::bad_request("offset", "offset must be a non-negative integer"))?,
+            "after" => {
+                page.after = Some(Uuid::parse_str(v.trim()).map_err(|_| {
+                    ApiError::bad_request("after", "after must be an order id (the next_after of the previous page)")
+                })?)
+            }
+            "offset" => {
+                page.offset = v
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| ApiError::bad_request("offset", "offset must be a non-negative integer"))?
+            }
             "limit" => {
                 page.limit = match v.trim().parse::<usize>() {
                     Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-                    _ => return Err(ApiError::bad_request("limit", format!("limit must be an integer from 1 to {MAX_PAGE}"))),
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "limit",
+                            format!("limit must be an integer from 1 to {MAX_PAGE}"),
+                        ))
+                    }
                 }
             }
-            other => return Err(ApiError::bad_request(other, format!("unknown query parameter {other:?}; use after, offset or limit"))),
+            other => {
+                return Err(ApiError::bad_request(
+                    other,
+                    format!("unknown query parameter {other:?}; use after, offset or limit"),
+                ))
+            }
         }
     }
     if page.after.is_some() && page.offset > 0 {
@@ -274,18 +315,31 @@ pub fn page_request(query: &[(String, String)]) -> Result<PageRequest, ApiError>
     Ok(page)
 }
 
-async fn customer_orders(st: web::Data<ApiState>, path: web::Path<String>, q: web::Query<Vec<(String, String)>>) -> Result<HttpResponse, ApiError> {
+async fn customer_orders(
+    st: web::Data<ApiState>,
+    path: web::Path<String>,
+    q: web::Query<Vec<(String, String)>>,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(&path)?;
     let page = page_request(&q)?;
     let Some(models) = &st.read_models else {
-        return Err(ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_available", "read models are not available on this store backend"));
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_available",
+            "read models are not available on this store backend",
+        ));
     };
     let p = models.orders_by_customer(id, page).await.map_err(read_model_unavailable)?;
     let f = p.projection;
     Ok(with_projection(HttpResponse::Ok().json(p), f))
 }
 
-async fn order_command(st: &ApiState, req: &HttpRequest, raw_id: &str, cmd: impl FnOnce() -> Result<OrderCommand, ApiError>) -> Result<HttpResponse, ApiError> {
+async fn order_command(
+    st: &ApiState,
+    req: &HttpRequest,
+    raw_id: &str,
+    cmd: impl FnOnce() -> Result<OrderCommand, ApiError>,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(raw_id)?;
     if_match(req)?;
     let cmd = cmd()?;
@@ -293,7 +347,12 @@ async fn order_command(st: &ApiState, req: &HttpRequest, raw_id: &str, cmd: impl
     Ok(respond(StatusCode::OK, out.version, None, order_view(id, out.version, &out.state)))
 }
 
-async fn update_items(st: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+async fn update_items(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     order_command(&st, &req, &path, || {
         let b = Input::body(&body, &["items"])?;
         Ok(OrderCommand::UpdateItems { items: input::items(&b)? })
@@ -305,7 +364,12 @@ async fn confirm(st: web::Data<ApiState>, req: HttpRequest, path: web::Path<Stri
     order_command(&st, &req, &path, || Ok(OrderCommand::Confirm)).await
 }
 
-async fn ship(st: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+async fn ship(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     order_command(&st, &req, &path, || {
         let b = Input::body(&body, &["tracking_number", "carrier"])?;
         Ok(OrderCommand::Ship { tracking_number: b.string("tracking_number")?, carrier: b.string("carrier")? })
@@ -313,7 +377,12 @@ async fn ship(st: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>
     .await
 }
 
-async fn deliver(st: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+async fn deliver(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     order_command(&st, &req, &path, || {
         let b = Input::body(&body, &["signature"])?;
         Ok(OrderCommand::Deliver { signature: b.string("signature")? })
@@ -321,7 +390,12 @@ async fn deliver(st: web::Data<ApiState>, req: HttpRequest, path: web::Path<Stri
     .await
 }
 
-async fn cancel(st: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+async fn cancel(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     order_command(&st, &req, &path, || {
         let b = Input::body(&body, &["reason"])?;
         Ok(OrderCommand::Cancel { reason: b.string("reason")? })
@@ -331,7 +405,11 @@ async fn cancel(st: web::Data<ApiState>, req: HttpRequest, path: web::Path<Strin
 
 // ---- customers ------------------------------------------------------------
 
-async fn register_customer(st: web::Data<ApiState>, req: HttpRequest, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+async fn register_customer(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     if_match(&req)?;
     let b = Input::body(&body, &["id", "name", "email", "phone"])?;
     let id = b.opt_uuid("id")?.unwrap_or_else(Uuid::now_v7);
@@ -339,7 +417,12 @@ async fn register_customer(st: web::Data<ApiState>, req: HttpRequest, body: web:
     let email = input::email(&b)?;
     let phone = input::phone(&b)?;
     let out = execute::<Customer>(&st, &req, id, CustomerCommand::Register { name, email, phone }).await?;
-    Ok(respond(StatusCode::CREATED, out.version, Some(format!("/customers/{id}")), customer_view(id, out.version, &out.state)))
+    Ok(respond(
+        StatusCode::CREATED,
+        out.version,
+        Some(format!("/customers/{id}")),
+        customer_view(id, out.version, &out.state),
+    ))
 }
 
 async fn get_customer(st: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -351,7 +434,12 @@ async fn get_customer(st: web::Data<ApiState>, path: web::Path<String>) -> Resul
     Ok(respond(StatusCode::OK, l.version, None, customer_view(id, l.version, &l.state)))
 }
 
-async fn change_email(st: web::Data<ApiState>, req: HttpRequest, path: web::Path<String>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+async fn change_email(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(&path)?;
     if_match(&req)?;
     let b = Input::body(&body, &["email"])?;
@@ -362,7 +450,9 @@ async fn change_email(st: web::Data<ApiState>, req: HttpRequest, path: web::Path
 
 /// Registers the routes (each with a JSON 405 for other methods).
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let post = |path: &str, r: actix_web::Route| web::resource(path.to_string()).route(r).default_service(web::to(method_not_allowed));
+    let post = |path: &str, r: actix_web::Route| {
+        web::resource(path.to_string()).route(r).default_service(web::to(method_not_allowed))
+    };
     cfg.service(post("/orders", web::post().to(create_order)))
         .service(post("/orders/{id}", web::get().to(get_order)))
         .service(post("/orders/{id}/items", web::post().to(update_items)))
@@ -396,11 +486,16 @@ mod tests {
 
     #[test]
     fn page_request_params() {
-        let q = |pairs: &[(&str, &str)]| page_request(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>());
+        let q = |pairs: &[(&str, &str)]| {
+            page_request(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>())
+        };
         assert_eq!(q(&[]).unwrap(), PageRequest { after: None, offset: 0, limit: DEFAULT_PAGE });
         let id = Uuid::now_v7();
         assert_eq!(q(&[("after", &id.to_string()), ("limit", "3")]).unwrap(), PageRequest::after(id, 3));
-        assert_eq!(q(&[("offset", "6"), ("limit", "500")]).unwrap(), PageRequest { after: None, offset: 6, limit: 500 });
+        assert_eq!(
+            q(&[("offset", "6"), ("limit", "500")]).unwrap(),
+            PageRequest { after: None, offset: 6, limit: 500 }
+        );
         for (bad, field) in [
             (vec![("limit", "0")], "limit"),
             (vec![("limit", "501")], "limit"),

@@ -57,7 +57,8 @@ use uuid::Uuid;
 
 use super::model::{apply_event, Applied, OrderColumns, Row};
 use super::{
-    CommitBatch, CustomerOrder, CustomerOrdersPage, CustomerView, Freshness, OrderView, PageRequest, ProjectionStatus, ReadModelStore, StoredRow, StoredRows,
+    CommitBatch, CustomerOrder, CustomerOrdersPage, CustomerView, Freshness, OrderView, PageRequest, ProjectionStatus,
+    ReadModelStore, StoredRow, StoredRows,
 };
 use crate::domain::{Aggregate, Customer, Order};
 use crate::envelope::{EventEnvelope, StoredEvent};
@@ -114,7 +115,10 @@ fn watermark_cache() -> &'static Mutex<HashMap<String, (Instant, i64)>> {
 }
 
 async fn prepare(session: &Session, cql: String) -> Result<PreparedStatement, StoreError> {
-    session.prepare(cql.clone()).await.map_err(|e| unavailable(format!("cannot prepare {cql:?} (did `outboxd schema` run?): {e}")))
+    session
+        .prepare(cql.clone())
+        .await
+        .map_err(|e| unavailable(format!("cannot prepare {cql:?} (did `outboxd schema` run?): {e}")))
 }
 
 async fn stmts(store: &CqlStore) -> Result<Arc<Stmts>, StoreError> {
@@ -148,13 +152,28 @@ async fn stmts(store: &CqlStore) -> Result<Arc<Stmts>, StoreError> {
     Ok(stmts)
 }
 
-type StoredTuple = (Option<i64>, Option<i64>, Option<i32>, Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+type StoredTuple =
+    (Option<i64>, Option<i64>, Option<i32>, Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
 async fn load_stored(store: &CqlStore, stmt: &PreparedStatement, id: Uuid) -> Result<Option<StoredRow>, StoreError> {
-    let res = store.session().execute_unpaged(stmt, (id,)).await.map_err(|e| unavailable(format!("read-model row {id}: {e}")))?;
+    let res = store
+        .session()
+        .execute_unpaged(stmt, (id,))
+        .await
+        .map_err(|e| unavailable(format!("read-model row {id}: {e}")))?;
     let row = res.into_rows_result().map_err(codec)?.maybe_first_row::<StoredTuple>().map_err(codec)?;
-    let Some((Some(version), last_position, state_schema, Some(state), Some(created_at), Some(updated_at))) = row else { return Ok(None) };
-    Ok(Some(StoredRow { version, last_position: last_position.unwrap_or(0), state_schema: state_schema.unwrap_or(0), state, created_at, updated_at }))
+    let Some((Some(version), last_position, state_schema, Some(state), Some(created_at), Some(updated_at))) = row
+    else {
+        return Ok(None);
+    };
+    Ok(Some(StoredRow {
+        version,
+        last_position: last_position.unwrap_or(0),
+        state_schema: state_schema.unwrap_or(0),
+        state,
+        created_at,
+        updated_at,
+    }))
 }
 
 /// What [`apply_envelopes`] did.
@@ -175,10 +194,22 @@ fn stored_event(env: EventEnvelope) -> StoredEvent {
 
 /// Decodes a stored row; an older or unreadable state shape is re-derived
 /// from the aggregate's events up to the row's version.
-async fn decode_row<A: Aggregate>(store: &CqlStore, id: Uuid, stored: StoredRow, currency: &str) -> Result<Row<A>, StoreError> {
+async fn decode_row<A: Aggregate>(
+    store: &CqlStore,
+    id: Uuid,
+    stored: StoredRow,
+    currency: &str,
+) -> Result<Row<A>, StoreError> {
     if stored.state_schema == A::STATE_SCHEMA {
         if let Ok(state) = serde_json::from_str::<A>(&stored.state) {
-            return Ok(Row { id, state, version: stored.version, last_position: stored.last_position, created_at: stored.created_at, updated_at: stored.updated_at });
+            return Ok(Row {
+                id,
+                state,
+                version: stored.version,
+                last_position: stored.last_position,
+                created_at: stored.created_at,
+                updated_at: stored.updated_at,
+            });
         }
     }
     tracing::warn!(%id, state_schema = stored.state_schema, "read-model row has an older or unreadable state; re-deriving it from its events");
@@ -189,7 +220,14 @@ async fn decode_row<A: Aggregate>(store: &CqlStore, id: Uuid, stored: StoredRow,
         }
         apply_event(&mut row, stored_event(env), currency);
     }
-    let mut r = row.unwrap_or_else(|| Row { id, state: A::default(), version: 0, last_position: 0, created_at: stored.created_at, updated_at: stored.updated_at });
+    let mut r = row.unwrap_or_else(|| Row {
+        id,
+        state: A::default(),
+        version: 0,
+        last_position: 0,
+        created_at: stored.created_at,
+        updated_at: stored.updated_at,
+    });
     r.version = stored.version;
     r.last_position = stored.last_position;
     r.created_at = stored.created_at;
@@ -245,7 +283,11 @@ async fn project<A: Aggregate>(
 /// Applies events (any order, any aggregates) to the CQL read models: the
 /// code path of the CDC projection, callable directly. Idempotent: events at
 /// or below a row's version change nothing.
-pub async fn apply_envelopes(store: &CqlStore, events: Vec<EventEnvelope>, currency: &str) -> Result<CqlApplyOutcome, StoreError> {
+pub async fn apply_envelopes(
+    store: &CqlStore,
+    events: Vec<EventEnvelope>,
+    currency: &str,
+) -> Result<CqlApplyOutcome, StoreError> {
     let mut groups: Vec<(Uuid, String, Vec<EventEnvelope>)> = Vec::new();
     let mut index: HashMap<Uuid, usize> = HashMap::new();
     for e in events {
@@ -315,10 +357,16 @@ async fn write_order(store: &CqlStore, st: &Stmts, r: &Row<Order>) -> Result<(),
             batch.append_statement(st.write_order.clone());
             batch.append_statement(st.write_by_customer.clone());
             let by_customer = (cust, r.id, c.status, c.total_minor, c.currency, r.created_at, r.updated_at, ts);
-            session.batch(&batch, (values, by_customer)).await.map_err(|e| unavailable(format!("write order_read_model {}: {e}", r.id)))?;
+            session
+                .batch(&batch, (values, by_customer))
+                .await
+                .map_err(|e| unavailable(format!("write order_read_model {}: {e}", r.id)))?;
         }
         None => {
-            session.execute_unpaged(&st.write_order, values).await.map_err(|e| unavailable(format!("write order_read_model {}: {e}", r.id)))?;
+            session
+                .execute_unpaged(&st.write_order, values)
+                .await
+                .map_err(|e| unavailable(format!("write order_read_model {}: {e}", r.id)))?;
         }
     }
     Ok(())
@@ -343,7 +391,11 @@ async fn write_customer(store: &CqlStore, st: &Stmts, r: &Row<Customer>) -> Resu
         state,
         r.version,
     );
-    store.session().execute_unpaged(&st.write_customer, values).await.map_err(|e| unavailable(format!("write customer_read_model {}: {e}", r.id)))?;
+    store
+        .session()
+        .execute_unpaged(&st.write_customer, values)
+        .await
+        .map_err(|e| unavailable(format!("write customer_read_model {}: {e}", r.id)))?;
     Ok(())
 }
 
@@ -376,8 +428,10 @@ async fn freshness_of(store: &CqlStore) -> Freshness {
 
 fn lwt_applied(res: scylla::response::query_result::QueryResult) -> Result<bool, StoreError> {
     let rows = res.into_rows_result().map_err(|e| codec(format!("conditional write returned no rows: {e}")))?;
-    let idx = rows.column_specs().get_by_name("[applied]").map(|(i, _)| i).ok_or_else(|| codec("no [applied] column"))?;
-    let first = rows.maybe_first_row::<CqlRow>().map_err(codec)?.ok_or_else(|| codec("conditional write answer has no row"))?;
+    let idx =
+        rows.column_specs().get_by_name("[applied]").map(|(i, _)| i).ok_or_else(|| codec("no [applied] column"))?;
+    let first =
+        rows.maybe_first_row::<CqlRow>().map_err(codec)?.ok_or_else(|| codec("conditional write answer has no row"))?;
     match first.columns.get(idx).cloned().flatten() {
         Some(CqlValue::Boolean(b)) => Ok(b),
         other => Err(codec(format!("[applied] is not a boolean: {other:?}"))),
@@ -391,19 +445,23 @@ fn json_of(v: Option<CqlValue>) -> serde_json::Value {
         Some(CqlValue::Text(s)) | Some(CqlValue::Ascii(s)) => s.into(),
         Some(CqlValue::BigInt(n)) => n.into(),
         Some(CqlValue::Int(n)) => n.into(),
-        Some(CqlValue::Timestamp(t)) => DateTime::from_timestamp_millis(t.0).map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_default().into(),
+        Some(CqlValue::Timestamp(t)) => DateTime::from_timestamp_millis(t.0)
+            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default()
+            .into(),
         Some(other) => format!("{other:?}").into(),
     }
 }
 
-async fn dump_table(store: &CqlStore, table: &str, keys: &[&str], out: &mut Vec<serde_json::Value>) -> Result<(), StoreError> {
+async fn dump_table(
+    store: &CqlStore,
+    table: &str,
+    keys: &[&str],
+    out: &mut Vec<serde_json::Value>,
+) -> Result<(), StoreError> {
     let mut q = Statement::new(format!("SELECT * FROM {}.{table}", store.keyspace()));
     q.set_page_size(1000);
-    let pager = store
-        .session()
-        .query_iter(q, ())
-        .await
-        .map_err(|e| unavailable(format!("dump {table}: {e}")))?;
+    let pager = store.session().query_iter(q, ()).await.map_err(|e| unavailable(format!("dump {table}: {e}")))?;
     let names: Vec<String> = pager.column_specs().iter().map(|c| c.name().to_string()).collect();
     let mut rows = pager.rows_stream::<CqlRow>().map_err(codec)?;
     use futures::StreamExt;
@@ -447,7 +505,11 @@ type OrderTuple = (
 impl ReadModelStore for CqlStore {
     async fn projection_checkpoint(&self, consumer: &str) -> Result<i64, StoreError> {
         let st = stmts(self).await?;
-        let res = self.session().execute_unpaged(&st.get_checkpoint, (consumer,)).await.map_err(|e| unavailable(format!("checkpoint {consumer}: {e}")))?;
+        let res = self
+            .session()
+            .execute_unpaged(&st.get_checkpoint, (consumer,))
+            .await
+            .map_err(|e| unavailable(format!("checkpoint {consumer}: {e}")))?;
         let row = res.into_rows_result().map_err(codec)?.maybe_first_row::<(Option<i64>,)>().map_err(codec)?;
         Ok(row.and_then(|(p,)| p).unwrap_or(0))
     }
@@ -483,11 +545,17 @@ impl ReadModelStore for CqlStore {
         let session = self.session();
         let mut applied = false;
         if batch.from == 0 {
-            let res = session.execute_unpaged(&st.cp_insert, (&batch.consumer, batch.to, now)).await.map_err(|e| unavailable(format!("checkpoint {}: {e}", batch.consumer)))?;
+            let res = session
+                .execute_unpaged(&st.cp_insert, (&batch.consumer, batch.to, now))
+                .await
+                .map_err(|e| unavailable(format!("checkpoint {}: {e}", batch.consumer)))?;
             applied = lwt_applied(res)?;
         }
         if !applied {
-            let res = session.execute_unpaged(&st.cp_update, (batch.to, now, &batch.consumer, batch.from)).await.map_err(|e| unavailable(format!("checkpoint {}: {e}", batch.consumer)))?;
+            let res = session
+                .execute_unpaged(&st.cp_update, (batch.to, now, &batch.consumer, batch.from))
+                .await
+                .map_err(|e| unavailable(format!("checkpoint {}: {e}", batch.consumer)))?;
             applied = lwt_applied(res)?;
         }
         Ok(applied)
@@ -497,7 +565,10 @@ impl ReadModelStore for CqlStore {
         let ks = self.keyspace().to_string();
         let session = self.session();
         for t in ["order_read_model", "orders_by_customer", "customer_read_model", PROJECTION_CHECKPOINT_TABLE] {
-            session.query_unpaged(format!("TRUNCATE {ks}.{t}"), ()).await.map_err(|e| unavailable(format!("truncate {ks}.{t}: {e}")))?;
+            session
+                .query_unpaged(format!("TRUNCATE {ks}.{t}"), ())
+                .await
+                .map_err(|e| unavailable(format!("truncate {ks}.{t}: {e}")))?;
         }
         // An LWT delete: the checkpoint row is only ever written with LWTs.
         session
@@ -515,13 +586,44 @@ impl ReadModelStore for CqlStore {
     async fn get_order(&self, order_id: Uuid) -> Result<Option<OrderView>, StoreError> {
         let st = stmts(self).await?;
         let session = self.session();
-        let res = session.execute_unpaged(&st.get_order, (order_id,)).await.map_err(|e| unavailable(format!("order_read_model {order_id}: {e}")))?;
-        let Some(r) = res.into_rows_result().map_err(codec)?.maybe_first_row::<OrderTuple>().map_err(codec)? else { return Ok(None) };
-        let (customer_id, status, total_minor, currency, item_count, _items, tracking_number, carrier, cancel_reason, created, updated, version, last_position, _schema, state) = r;
+        let res = session
+            .execute_unpaged(&st.get_order, (order_id,))
+            .await
+            .map_err(|e| unavailable(format!("order_read_model {order_id}: {e}")))?;
+        let Some(r) = res.into_rows_result().map_err(codec)?.maybe_first_row::<OrderTuple>().map_err(codec)? else {
+            return Ok(None);
+        };
+        let (
+            customer_id,
+            status,
+            total_minor,
+            currency,
+            item_count,
+            _items,
+            tracking_number,
+            carrier,
+            cancel_reason,
+            created,
+            updated,
+            version,
+            last_position,
+            _schema,
+            state,
+        ) = r;
         let missing = |c: &str| codec(format!("order_read_model {order_id} has null {c} (rebuild the read models)"));
-        let state: Order = serde_json::from_str(&state.ok_or_else(|| missing("state"))?).map_err(|e| codec(format!("order_read_model state of {order_id} (rebuild the read models): {e}")))?;
-        let res = session.execute_unpaged(&st.stream_version, (order_id,)).await.map_err(|e| unavailable(format!("event_store {order_id}: {e}")))?;
-        let stream_version = res.into_rows_result().map_err(codec)?.maybe_first_row::<(Option<i64>,)>().map_err(codec)?.and_then(|(v,)| v).unwrap_or(0);
+        let state: Order = serde_json::from_str(&state.ok_or_else(|| missing("state"))?)
+            .map_err(|e| codec(format!("order_read_model state of {order_id} (rebuild the read models): {e}")))?;
+        let res = session
+            .execute_unpaged(&st.stream_version, (order_id,))
+            .await
+            .map_err(|e| unavailable(format!("event_store {order_id}: {e}")))?;
+        let stream_version = res
+            .into_rows_result()
+            .map_err(codec)?
+            .maybe_first_row::<(Option<i64>,)>()
+            .map_err(codec)?
+            .and_then(|(v,)| v)
+            .unwrap_or(0);
         Ok(Some(OrderView {
             order_id,
             customer_id,
@@ -545,12 +647,29 @@ impl ReadModelStore for CqlStore {
 
     async fn get_customer(&self, customer_id: Uuid) -> Result<Option<CustomerView>, StoreError> {
         let st = stmts(self).await?;
-        let res = self.session().execute_unpaged(&st.get_customer, (customer_id,)).await.map_err(|e| unavailable(format!("customer_read_model {customer_id}: {e}")))?;
-        type T = (Option<String>, Option<String>, Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, Option<i64>, Option<i64>, Option<i32>, Option<String>);
-        let Some((name, email, phone, created, updated, version, last_position, _schema, state)) = res.into_rows_result().map_err(codec)?.maybe_first_row::<T>().map_err(codec)? else {
+        let res = self
+            .session()
+            .execute_unpaged(&st.get_customer, (customer_id,))
+            .await
+            .map_err(|e| unavailable(format!("customer_read_model {customer_id}: {e}")))?;
+        type T = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+            Option<i64>,
+            Option<i64>,
+            Option<i32>,
+            Option<String>,
+        );
+        let Some((name, email, phone, created, updated, version, last_position, _schema, state)) =
+            res.into_rows_result().map_err(codec)?.maybe_first_row::<T>().map_err(codec)?
+        else {
             return Ok(None);
         };
-        let missing = |c: &str| codec(format!("customer_read_model {customer_id} has null {c} (rebuild the read models)"));
+        let missing =
+            |c: &str| codec(format!("customer_read_model {customer_id} has null {c} (rebuild the read models)"));
         Ok(Some(CustomerView {
             customer_id,
             name,
@@ -560,8 +679,9 @@ impl ReadModelStore for CqlStore {
             updated_at: updated.ok_or_else(|| missing("updated_at"))?,
             version: version.ok_or_else(|| missing("version"))?,
             last_position: last_position.unwrap_or(0),
-            state: serde_json::from_str(&state.ok_or_else(|| missing("state"))?)
-                .map_err(|e| codec(format!("customer_read_model state of {customer_id} (rebuild the read models): {e}")))?,
+            state: serde_json::from_str(&state.ok_or_else(|| missing("state"))?).map_err(|e| {
+                codec(format!("customer_read_model state of {customer_id} (rebuild the read models): {e}"))
+            })?,
             projection: freshness_of(self).await,
         }))
     }
@@ -569,15 +689,32 @@ impl ReadModelStore for CqlStore {
     async fn orders_by_customer(&self, customer_id: Uuid, page: PageRequest) -> Result<CustomerOrdersPage, StoreError> {
         let limit = page.effective_limit();
         if page.after.is_none() && page.offset > MAX_OFFSET {
-            return Err(StoreError::Unsupported { backend: "cql", what: format!("offset {} (at most {MAX_OFFSET} on CQL; page with the `after` cursor instead)", page.offset) });
+            return Err(StoreError::Unsupported {
+                backend: "cql",
+                what: format!(
+                    "offset {} (at most {MAX_OFFSET} on CQL; page with the `after` cursor instead)",
+                    page.offset
+                ),
+            });
         }
         let st = stmts(self).await?;
         let session = self.session();
-        let res = session.execute_unpaged(&st.count_by_customer, (customer_id,)).await.map_err(|e| unavailable(format!("orders_by_customer {customer_id}: {e}")))?;
-        let total = res.into_rows_result().map_err(codec)?.maybe_first_row::<(i64,)>().map_err(codec)?.map(|(n,)| n).unwrap_or(0);
+        let res = session
+            .execute_unpaged(&st.count_by_customer, (customer_id,))
+            .await
+            .map_err(|e| unavailable(format!("orders_by_customer {customer_id}: {e}")))?;
+        let total = res
+            .into_rows_result()
+            .map_err(codec)?
+            .maybe_first_row::<(i64,)>()
+            .map_err(codec)?
+            .map(|(n,)| n)
+            .unwrap_or(0);
         let res = match page.after {
             Some(a) => session.execute_unpaged(&st.page_after, (customer_id, a, (limit + 1) as i32)).await,
-            None => session.execute_unpaged(&st.page_first, (customer_id, (page.offset as usize + limit + 1) as i32)).await,
+            None => {
+                session.execute_unpaged(&st.page_first, (customer_id, (page.offset as usize + limit + 1) as i32)).await
+            }
         }
         .map_err(|e| unavailable(format!("orders_by_customer {customer_id}: {e}")))?;
         type T = (Uuid, Option<String>, Option<i64>, Option<String>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
@@ -599,7 +736,13 @@ impl ReadModelStore for CqlStore {
         let more = orders.len() > limit;
         orders.truncate(limit);
         let next_after = if more { orders.last().map(|o| o.order_id) } else { None };
-        Ok(CustomerOrdersPage { customer_id, orders, total: total.max(0) as u64, next_after, projection: freshness_of(self).await })
+        Ok(CustomerOrdersPage {
+            customer_id,
+            orders,
+            total: total.max(0) as u64,
+            next_after,
+            projection: freshness_of(self).await,
+        })
     }
 
     async fn dump(&self) -> Result<Vec<serde_json::Value>, StoreError> {
@@ -669,15 +812,27 @@ impl EnvelopeSink for CqlProjectionSink {
 /// Runs the CDC projection until `shutdown`, then stops the reader
 /// gracefully (finish the window, save progress), abandoning it after 10 s.
 /// Errors when the server has no CDC log (Apache Cassandra) or the reader fails.
-pub async fn run_cdc_projection(cql: Arc<CqlStore>, cfg: &crate::config::Config, status: watch::Sender<ProjectionStatus>, mut shutdown: Shutdown) -> Result<(), String> {
+pub async fn run_cdc_projection(
+    cql: Arc<CqlStore>,
+    cfg: &crate::config::Config,
+    status: watch::Sender<ProjectionStatus>,
+    mut shutdown: Shutdown,
+) -> Result<(), String> {
     if !cql.cdc_enabled() {
         return Err(format!("read models on CQL need ScyllaDB CDC: {} has no CDC log on event_store", cql.keyspace()));
     }
     let abandon = Trigger::new();
     let sink = Arc::new(CqlProjectionSink::new(cql.clone(), cfg.service.default_currency.clone(), status.clone()));
-    let (mut reader, mut handle) = start_cdc_sink_reader(cql.session(), cql.keyspace(), &cfg.store.cql.cdc, PROJECTION_CHECKPOINT_TABLE, sink, abandon.subscribe())
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut reader, mut handle) = start_cdc_sink_reader(
+        cql.session(),
+        cql.keyspace(),
+        &cfg.store.cql.cdc,
+        PROJECTION_CHECKPOINT_TABLE,
+        sink,
+        abandon.subscribe(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     status.send_modify(|s| {
         s.running = true;
         s.updated_at = Utc::now();

@@ -26,8 +26,8 @@
 //! them only when `event_store` has a CDC log, i.e. on ScyllaDB).
 
 pub mod bench;
-pub mod model;
 pub mod cql;
+pub mod model;
 mod projector;
 mod sqlite;
 
@@ -130,7 +130,11 @@ impl PageRequest {
         PageRequest { after: Some(cursor), offset: 0, limit }
     }
     pub fn effective_limit(&self) -> usize {
-        if self.limit == 0 { DEFAULT_PAGE } else { self.limit.min(MAX_PAGE) }
+        if self.limit == 0 {
+            DEFAULT_PAGE
+        } else {
+            self.limit.min(MAX_PAGE)
+        }
     }
 }
 
@@ -225,7 +229,10 @@ pub async fn open_stores(cfg: &crate::config::Config) -> Result<(DynStore, Optio
             if cql.cdc_enabled() {
                 Ok((cql.clone(), Some(cql)))
             } else {
-                tracing::info!(keyspace = cql.keyspace(), "read models on CQL need ScyllaDB CDC (no CDC log on event_store): no read models");
+                tracing::info!(
+                    keyspace = cql.keyspace(),
+                    "read models on CQL need ScyllaDB CDC (no CDC log on event_store): no read models"
+                );
                 Ok((cql, None))
             }
         }

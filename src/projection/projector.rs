@@ -35,7 +35,12 @@ pub struct ProjectorOptions {
 
 impl Default for ProjectorOptions {
     fn default() -> Self {
-        ProjectorOptions { batch_size: 500, poll_interval: Duration::from_millis(200), default_currency: "EUR".into(), consumer: CONSUMER.into() }
+        ProjectorOptions {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(200),
+            default_currency: "EUR".into(),
+            consumer: CONSUMER.into(),
+        }
     }
 }
 
@@ -99,10 +104,22 @@ pub(crate) struct BatchOutcome {
 
 /// Decodes a stored row; a row of an older state shape (or unreadable) is
 /// re-derived from its events up to its version instead.
-async fn decode_row<A: Aggregate>(store: &DynStore, id: Uuid, stored: StoredRow, currency: &str) -> Result<Option<Row<A>>, StoreError> {
+async fn decode_row<A: Aggregate>(
+    store: &DynStore,
+    id: Uuid,
+    stored: StoredRow,
+    currency: &str,
+) -> Result<Option<Row<A>>, StoreError> {
     if stored.state_schema == A::STATE_SCHEMA {
         if let Ok(state) = serde_json::from_str::<A>(&stored.state) {
-            return Ok(Some(Row { id, state, version: stored.version, last_position: stored.last_position, created_at: stored.created_at, updated_at: stored.updated_at }));
+            return Ok(Some(Row {
+                id,
+                state,
+                version: stored.version,
+                last_position: stored.last_position,
+                created_at: stored.created_at,
+                updated_at: stored.updated_at,
+            }));
         }
     }
     tracing::warn!(%id, state_schema = stored.state_schema, "read-model row has an older or unreadable state; re-deriving it from its events");
@@ -123,8 +140,17 @@ async fn decode_row<A: Aggregate>(store: &DynStore, id: Uuid, stored: StoredRow,
 }
 
 /// Applies one feed page (read after `from`) and commits rows + checkpoint.
-pub(crate) async fn apply_page(store: &DynStore, models: &dyn ReadModelStore, consumer: &str, from: i64, page: Vec<StoredEvent>, currency: &str) -> Result<BatchOutcome, StoreError> {
-    let Some(to) = page.last().map(|e| e.position) else { return Ok(BatchOutcome { committed: true, ..Default::default() }) };
+pub(crate) async fn apply_page(
+    store: &DynStore,
+    models: &dyn ReadModelStore,
+    consumer: &str,
+    from: i64,
+    page: Vec<StoredEvent>,
+    currency: &str,
+) -> Result<BatchOutcome, StoreError> {
+    let Some(to) = page.last().map(|e| e.position) else {
+        return Ok(BatchOutcome { committed: true, ..Default::default() });
+    };
     let (mut order_ids, mut customer_ids) = (Vec::new(), Vec::new());
     let mut seen = HashSet::new();
     for e in &page {
@@ -216,7 +242,13 @@ impl Projector {
     }
 
     /// Shares a status channel (a supervising actor keeps one across restarts).
-    pub fn with_status(store: DynStore, models: DynReadModels, metrics: Metrics, opts: ProjectorOptions, status: watch::Sender<ProjectionStatus>) -> Projector {
+    pub fn with_status(
+        store: DynStore,
+        models: DynReadModels,
+        metrics: Metrics,
+        opts: ProjectorOptions,
+        status: watch::Sender<ProjectionStatus>,
+    ) -> Projector {
         let wake = store.subscribe();
         Projector { store, models, metrics, opts, status, checkpoint: None, head: 0, last_head_check: None, wake }
     }
@@ -254,7 +286,8 @@ impl Projector {
         }
         let n = page.len();
         let to = page.last().map(|e| e.position).unwrap_or(from);
-        let out = apply_page(&self.store, &*self.models, &self.opts.consumer, from, page, &self.opts.default_currency).await?;
+        let out = apply_page(&self.store, &*self.models, &self.opts.consumer, from, page, &self.opts.default_currency)
+            .await?;
         if !out.committed {
             tracing::info!(consumer = %self.opts.consumer, from, "projection checkpoint moved by another projector (a rebuild?); re-reading it");
             self.checkpoint = None;
@@ -344,7 +377,8 @@ impl Projector {
                         s.last_error = Some(e.to_string());
                     });
                     self.checkpoint = None;
-                    let delay = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5));
+                    let delay =
+                        Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5));
                     if !shutdown.sleep(delay).await {
                         break;
                     }
@@ -369,7 +403,11 @@ pub struct RebuildReport {
 
 impl std::fmt::Display for RebuildReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "rebuilt read models from {} events in {:.2} s ({:.0} events/s), checkpoint {}", self.events, self.seconds, self.events_per_sec, self.checkpoint)
+        write!(
+            f,
+            "rebuilt read models from {} events in {:.2} s ({:.0} events/s), checkpoint {}",
+            self.events, self.seconds, self.events_per_sec, self.checkpoint
+        )
     }
 }
 
@@ -381,12 +419,19 @@ const REBUILD_BATCH: usize = 2_000;
 ///
 /// Safe while a projector runs (both compare-and-set the checkpoint; the
 /// rows end the same), but faster with the daemon stopped.
-pub async fn rebuild(store: DynStore, models: DynReadModels, default_currency: &str, progress: bool) -> Result<RebuildReport, StoreError> {
+pub async fn rebuild(
+    store: DynStore,
+    models: DynReadModels,
+    default_currency: &str,
+    progress: bool,
+) -> Result<RebuildReport, StoreError> {
     let started = Instant::now();
     models.reset(CONSUMER).await?;
     let head = store.head_position().await?;
     let bar = if progress { indicatif::ProgressBar::new(head.max(0) as u64) } else { indicatif::ProgressBar::hidden() };
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} rebuilding read models [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} rebuilding read models [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+    ) {
         bar.set_style(style);
     }
     let mut checkpoint = 0;
@@ -419,7 +464,12 @@ pub async fn rebuild(store: DynStore, models: DynReadModels, default_currency: &
         bar.set_position(checkpoint.max(0) as u64);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let report = RebuildReport { events, seconds, events_per_sec: if seconds > 0.0 { events as f64 / seconds } else { 0.0 }, checkpoint };
+    let report = RebuildReport {
+        events,
+        seconds,
+        events_per_sec: if seconds > 0.0 { events as f64 / seconds } else { 0.0 },
+        checkpoint,
+    };
     bar.finish_and_clear();
     Ok(report)
 }

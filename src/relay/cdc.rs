@@ -130,8 +130,18 @@ impl CdcColumns for HashMap<String, Option<CqlValue>> {
 }
 
 /// Every column an event row has (`version` is static and not needed).
-const EVENT_COLUMNS: [&str; 10] =
-    ["aggregate_id", "sequence_number", "event_id", "aggregate_type", "event_type", "event_version", "payload", "causation_id", "correlation_id", "timestamp"];
+const EVENT_COLUMNS: [&str; 10] = [
+    "aggregate_id",
+    "sequence_number",
+    "event_id",
+    "aggregate_type",
+    "event_type",
+    "event_version",
+    "payload",
+    "causation_id",
+    "correlation_id",
+    "timestamp",
+];
 
 struct Cols<'a, C: CdcColumns + ?Sized> {
     cols: &'a C,
@@ -195,14 +205,16 @@ pub fn envelope_from_columns<C: CdcColumns + ?Sized>(cols: &C) -> Result<Option<
         other => return Err(c.wrong("event_version", "int", other)),
     };
     let payload_text = c.text("payload")?;
-    let payload = serde_json::from_str(&payload_text).map_err(|e| CdcError::Payload { row: c.row.clone(), error: e.to_string() })?;
+    let payload = serde_json::from_str(&payload_text)
+        .map_err(|e| CdcError::Payload { row: c.row.clone(), error: e.to_string() })?;
     let causation_id = match c.opt("causation_id")? {
         None => None,
         Some(v) => Some(c.uuid("causation_id", v)?),
     };
     let correlation_id = c.uuid("correlation_id", c.req("correlation_id")?)?;
     let timestamp: DateTime<Utc> = match c.req("timestamp")? {
-        CqlValue::Timestamp(t) => DateTime::from_timestamp_millis(t.0).ok_or_else(|| c.wrong("timestamp", "timestamp in range", &CqlValue::BigInt(t.0)))?,
+        CqlValue::Timestamp(t) => DateTime::from_timestamp_millis(t.0)
+            .ok_or_else(|| c.wrong("timestamp", "timestamp in range", &CqlValue::BigInt(t.0)))?,
         other => return Err(c.wrong("timestamp", "timestamp", other)),
     };
     Ok(Some(EventEnvelope {
@@ -344,7 +356,10 @@ async fn start_timestamp(session: &Session, keyspace: &str) -> Duration {
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let floor = now.saturating_sub(CDC_LOG_TTL);
     let origin = session
-        .query_unpaged(format!("SELECT position FROM {keyspace}.checkpoints WHERE consumer = ?"), (CDC_ORIGIN_CHECKPOINT,))
+        .query_unpaged(
+            format!("SELECT position FROM {keyspace}.checkpoints WHERE consumer = ?"),
+            (CDC_ORIGIN_CHECKPOINT,),
+        )
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.into_rows_result().map_err(|e| e.to_string()))
@@ -505,7 +520,11 @@ mod tests {
             ("payload", NativeType::Text, Some(CqlValue::Text(e.payload.to_string()))),
             ("causation_id", NativeType::Uuid, e.causation_id.map(CqlValue::Uuid)),
             ("correlation_id", NativeType::Uuid, Some(CqlValue::Uuid(e.correlation_id))),
-            ("timestamp", NativeType::Timestamp, Some(CqlValue::Timestamp(CqlTimestamp(e.timestamp.timestamp_millis())))),
+            (
+                "timestamp",
+                NativeType::Timestamp,
+                Some(CqlValue::Timestamp(CqlTimestamp(e.timestamp.timestamp_millis()))),
+            ),
         ]
     }
 
@@ -554,7 +573,11 @@ mod tests {
     }
 
     /// A real `CDCRow` as scylla-cdc builds it from a log-table row.
-    fn with_cdc_row<T>(op: OperationType, cols: Vec<(&'static str, NativeType, Option<CqlValue>)>, f: impl FnOnce(&CDCRow<'_>) -> T) -> T {
+    fn with_cdc_row<T>(
+        op: OperationType,
+        cols: Vec<(&'static str, NativeType, Option<CqlValue>)>,
+        f: impl FnOnce(&CDCRow<'_>) -> T,
+    ) -> T {
         let table = || TableSpec::borrowed("ks", "event_store_scylla_cdc_log");
         let mut specs = vec![
             ColumnSpec::borrowed("cdc$stream_id", ColumnType::Native(NativeType::Blob), table()),
@@ -590,13 +613,26 @@ mod tests {
         let mut static_cols: Vec<_> = columns_of(&e).into_iter().map(|(n, t, _)| (n, t, None)).collect();
         static_cols[0].2 = Some(CqlValue::Uuid(e.aggregate_id));
         static_cols[2].2 = Some(CqlValue::BigInt(3));
-        assert_eq!(with_cdc_row(OperationType::RowUpdate, static_cols.clone(), |r| envelope_from_cdc_row(r).unwrap()), None);
+        assert_eq!(
+            with_cdc_row(OperationType::RowUpdate, static_cols.clone(), |r| envelope_from_cdc_row(r).unwrap()),
+            None
+        );
         assert_eq!(with_cdc_row(OperationType::RowInsert, static_cols, |r| envelope_from_cdc_row(r).unwrap()), None);
-        for op in [OperationType::RowDelete, OperationType::PartitionDelete, OperationType::PreImage, OperationType::PostImage, OperationType::RowUpdate] {
+        for op in [
+            OperationType::RowDelete,
+            OperationType::PartitionDelete,
+            OperationType::PreImage,
+            OperationType::PostImage,
+            OperationType::RowUpdate,
+        ] {
             assert_eq!(with_cdc_row(op, columns_of(&e), |r| envelope_from_cdc_row(r).unwrap()), None);
         }
         // A table without the event columns is an error, not a panic.
-        let err = with_cdc_row(OperationType::RowInsert, vec![("aggregate_id", NativeType::Uuid, Some(CqlValue::Uuid(e.aggregate_id)))], |r| envelope_from_cdc_row(r).unwrap_err());
+        let err = with_cdc_row(
+            OperationType::RowInsert,
+            vec![("aggregate_id", NativeType::Uuid, Some(CqlValue::Uuid(e.aggregate_id)))],
+            |r| envelope_from_cdc_row(r).unwrap_err(),
+        );
         assert!(matches!(err, CdcError::MissingColumn(_)), "{err:?}");
     }
 
@@ -615,11 +651,19 @@ mod tests {
         assert!(!store.is_scylla() && !store.cdc_enabled());
         let sink: Arc<dyn crate::relay::deliver::DeadLetterSink> = Arc::new(store.clone() as crate::store::DynStore);
         let (status, _) = tokio::sync::watch::channel(Default::default());
-        let deliverer = Arc::new(Deliverer::new(&crate::config::Config::default(), sink, crate::metrics::Metrics::new(), status).unwrap());
+        let deliverer = Arc::new(
+            Deliverer::new(&crate::config::Config::default(), sink, crate::metrics::Metrics::new(), status).unwrap(),
+        );
         let trigger = crate::shutdown::Trigger::new();
-        let err = start_cdc_reader(store.session(), &keyspace, &cfg.cdc, deliverer, trigger.subscribe()).await.err().expect("Cassandra has no CDC log");
+        let err = start_cdc_reader(store.session(), &keyspace, &cfg.cdc, deliverer, trigger.subscribe())
+            .await
+            .err()
+            .expect("Cassandra has no CDC log");
         assert!(matches!(err, CdcError::Unavailable { .. }), "{err:?}");
-        assert!(err.to_string().contains(&format!("CDC feed needs ScyllaDB with cdc enabled on {keyspace}.event_store")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("CDC feed needs ScyllaDB with cdc enabled on {keyspace}.event_store")),
+            "{err}"
+        );
     }
 
     #[test]
