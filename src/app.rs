@@ -169,7 +169,7 @@ impl CommandService {
             let mut state = loaded.state.clone();
             for (i, e) in decided.iter().enumerate() {
                 envs.push(
-                    EventEnvelope::new::<A>(id, loaded.version + 1 + i as i64, e, meta, at)
+                    EventEnvelope::new::<A>(id, loaded.version + 1 + i as i64, e, &meta, at)
                         .map_err(|e| AppError::Encode(e.to_string()))?,
                 );
                 state.apply(e);

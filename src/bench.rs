@@ -123,7 +123,7 @@ pub fn sample_events(n: usize, k: usize) -> Vec<Vec<EventEnvelope>> {
                 };
                 let e = order.handle(&cmd).expect("valid command").remove(0);
                 order.apply(&e);
-                out.push(EventEnvelope::new::<Order>(id, seq, &e, meta, at).expect("encodable"));
+                out.push(EventEnvelope::new::<Order>(id, seq, &e, &meta, at).expect("encodable"));
             }
             out
         })
@@ -240,7 +240,7 @@ mod relay_bench {
             phone: None,
         };
         let e = c.handle(&cmd).expect("valid").remove(0);
-        let mut env = EventEnvelope::new::<Customer>(Uuid::now_v7(), 1, &e, Metadata::default(), now_millis())
+        let mut env = EventEnvelope::new::<Customer>(Uuid::now_v7(), 1, &e, &Metadata::default(), now_millis())
             .expect("encodable");
         // Top up to the requested size with an extra field consumers ignore.
         let len = serde_json::to_vec(&env).map(|v| v.len()).unwrap_or(0);

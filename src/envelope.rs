@@ -2,8 +2,9 @@
 //!
 //! Guarantee: an envelope carries everything a consumer needs to order,
 //! deduplicate and trace an event (event id, aggregate id + sequence,
-//! type + schema version, causation and correlation ids, UTC timestamp), and
-//! round-trips through serde unchanged. Timestamps are truncated to whole
+//! type + schema version, causation and correlation ids, UTC timestamp, the
+//! W3C trace context when the command had one), and round-trips through
+//! serde unchanged. Timestamps are truncated to whole
 //! milliseconds so every backend (SQLite, CQL `timestamp`) stores them exactly.
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -30,6 +31,9 @@ pub struct EventEnvelope {
     /// RFC 3339 in UTC, always with milliseconds (`2026-11-25T13:20:29.900Z`).
     #[serde(with = "millis")]
     pub timestamp: DateTime<Utc>,
+    /// W3C trace context of the command that produced the event, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 /// The envelope's time format: always three fractional digits, as stored
@@ -55,15 +59,17 @@ pub struct StoredEvent {
 }
 
 /// Tracing metadata a command carries into the events it produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metadata {
     pub correlation_id: Uuid,
     pub causation_id: Option<Uuid>,
+    /// W3C trace context received with the command (HTTP `traceparent`/`tracestate`).
+    pub trace: Option<TraceContext>,
 }
 
 impl Default for Metadata {
     fn default() -> Self {
-        Metadata { correlation_id: Uuid::now_v7(), causation_id: None }
+        Metadata { correlation_id: Uuid::now_v7(), causation_id: None, trace: None }
     }
 }
 
@@ -78,7 +84,7 @@ impl EventEnvelope {
         aggregate_id: Uuid,
         sequence: i64,
         event: &A::Event,
-        meta: Metadata,
+        meta: &Metadata,
         at: DateTime<Utc>,
     ) -> Result<Self, serde_json::Error> {
         let event_type = event.event_type();
@@ -93,6 +99,7 @@ impl EventEnvelope {
             causation_id: meta.causation_id,
             correlation_id: meta.correlation_id,
             timestamp: at.trunc_subsecs(3),
+            trace: meta.trace.clone(),
         })
     }
 
@@ -164,8 +171,8 @@ mod tests {
         let c = Customer::default();
         let cmd = CustomerCommand::Register { name: "A".into(), email: Email::new("a@b.co").unwrap(), phone: None };
         let e = &c.handle(&cmd).unwrap()[0];
-        let meta = Metadata { correlation_id: Uuid::now_v7(), causation_id: Some(Uuid::now_v7()) };
-        let env = EventEnvelope::new::<Customer>(Uuid::now_v7(), 1, e, meta, Utc::now()).unwrap();
+        let meta = Metadata { correlation_id: Uuid::now_v7(), causation_id: Some(Uuid::now_v7()), trace: None };
+        let env = EventEnvelope::new::<Customer>(Uuid::now_v7(), 1, e, &meta, Utc::now()).unwrap();
         assert_eq!(env.event_id.get_version_num(), 7);
         assert_eq!(env.timestamp.timestamp_subsec_nanos() % 1_000_000, 0);
         let json = serde_json::to_string(&env).unwrap();

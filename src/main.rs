@@ -338,7 +338,7 @@ fn service(cfg: &Config, store: DynStore) -> CommandService {
 }
 
 fn meta(m: &Meta) -> Metadata {
-    Metadata { correlation_id: m.correlation_id.unwrap_or_else(Uuid::now_v7), causation_id: None }
+    Metadata { correlation_id: m.correlation_id.unwrap_or_else(Uuid::now_v7), causation_id: None, trace: None }
 }
 
 /// Parses `SKU:QUANTITY:UNIT_PRICE_MINOR` items.

@@ -28,6 +28,7 @@
 pub mod bench;
 pub mod cql;
 pub mod model;
+pub mod parking;
 mod projector;
 mod sqlite;
 

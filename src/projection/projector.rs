@@ -12,11 +12,13 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::model::{apply_event, Applied, Row};
+use super::parking::{EventKey, ProjectionParking};
 use super::{CommitBatch, DynReadModels, ReadModelStore, StoredRow, CONSUMER};
 use crate::domain::{Aggregate, Customer, Order};
 use crate::envelope::StoredEvent;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::store::feed::FeedRow;
 use crate::store::{DynStore, StoreError};
 
 #[derive(Debug, Clone)]
@@ -68,8 +70,10 @@ pub struct ProjectionStatus {
     pub applied: u64,
     /// Events seen again (sequence <= row version) and ignored.
     pub duplicates: u64,
-    /// Events that could not be decoded and were stepped over.
+    /// Events that could not be applied: their aggregates are parked.
     pub skipped: u64,
+    /// Aggregates whose read-model rows are parked (see `projection::parking`).
+    pub parked_aggregates: u64,
     pub store_ok: bool,
     pub last_error: Option<String>,
     pub updated_at: chrono::DateTime<Utc>,
@@ -85,6 +89,7 @@ impl Default for ProjectionStatus {
             applied: 0,
             duplicates: 0,
             skipped: 0,
+            parked_aggregates: 0,
             store_ok: true,
             last_error: None,
             updated_at: Utc::now(),
@@ -99,7 +104,10 @@ pub(crate) struct BatchOutcome {
     pub committed: bool,
     pub applied: u64,
     pub duplicates: u64,
+    /// Events that could not be applied (their aggregates were parked).
     pub skipped: u64,
+    /// Events of parked aggregates, not applied.
+    pub held: u64,
 }
 
 /// Decodes a stored row; a row of an older state shape (or unreadable) is
@@ -139,18 +147,19 @@ async fn decode_row<A: Aggregate>(
     }))
 }
 
-/// Applies one feed page (read after `from`) and commits rows + checkpoint.
+/// Applies one feed page (read after `from`, ending at `to`) and commits rows
+/// and checkpoint; an event that cannot be applied parks its aggregate first.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn apply_page(
     store: &DynStore,
     models: &dyn ReadModelStore,
     consumer: &str,
     from: i64,
+    to: i64,
     page: Vec<StoredEvent>,
     currency: &str,
+    parking: &mut ProjectionParking,
 ) -> Result<BatchOutcome, StoreError> {
-    let Some(to) = page.last().map(|e| e.position) else {
-        return Ok(BatchOutcome { committed: true, ..Default::default() });
-    };
     let (mut order_ids, mut customer_ids) = (Vec::new(), Vec::new());
     let mut seen = HashSet::new();
     for e in &page {
@@ -185,6 +194,11 @@ pub(crate) async fn apply_page(
     let (mut dirty_orders, mut dirty_customers) = (HashSet::new(), HashSet::new());
     for ev in page {
         let id = ev.envelope.aggregate_id;
+        if parking.is_parked(&id.to_string()) {
+            out.held += 1;
+            continue;
+        }
+        let key = EventKey::of(&ev);
         let applied = match ev.envelope.aggregate_type.as_str() {
             Order::TYPE => {
                 let row = orders.entry(id).or_default();
@@ -208,7 +222,11 @@ pub(crate) async fn apply_page(
         match applied {
             Applied::Applied => out.applied += 1,
             Applied::Duplicate => out.duplicates += 1,
-            Applied::Skipped(_) => out.skipped += 1,
+            Applied::Skipped(error) => {
+                // Durable before the checkpoint moves past it (commit below).
+                parking.park_event(store, &key, &error).await?;
+                out.skipped += 1;
+            }
         }
     }
     let batch = CommitBatch {
@@ -233,6 +251,7 @@ pub struct Projector {
     head: i64,
     last_head_check: Option<Instant>,
     wake: Option<watch::Receiver<i64>>,
+    parking: ProjectionParking,
 }
 
 impl Projector {
@@ -250,7 +269,8 @@ impl Projector {
         status: watch::Sender<ProjectionStatus>,
     ) -> Projector {
         let wake = store.subscribe();
-        Projector { store, models, metrics, opts, status, checkpoint: None, head: 0, last_head_check: None, wake }
+        let parking = ProjectionParking::new(&opts.consumer);
+        Projector { store, models, metrics, opts, status, checkpoint: None, head: 0, last_head_check: None, wake, parking }
     }
 
     pub fn status(&self) -> watch::Receiver<ProjectionStatus> {
@@ -279,15 +299,28 @@ impl Projector {
         if let Some(w) = self.wake.as_mut() {
             w.borrow_and_update();
         }
-        let page = self.store.read_feed(from, self.opts.batch_size.max(1)).await?;
-        if page.is_empty() {
+        self.parking.load(&self.store).await?;
+        let rows = self.store.read_feed(from, self.opts.batch_size.max(1)).await?;
+        if rows.is_empty() {
             self.refresh(from, false, true).await;
             return Ok(0);
         }
-        let n = page.len();
-        let to = page.last().map(|e| e.position).unwrap_or(from);
-        let out = apply_page(&self.store, &*self.models, &self.opts.consumer, from, page, &self.opts.default_currency)
-            .await?;
+        let n = rows.len();
+        let to = rows.last().map(|e| e.position()).unwrap_or(from);
+        let sorted = self.parking.sort(&self.store, rows).await?;
+        let mut out = apply_page(
+            &self.store,
+            &*self.models,
+            &self.opts.consumer,
+            from,
+            to,
+            sorted.events,
+            &self.opts.default_currency,
+            &mut self.parking,
+        )
+        .await?;
+        out.held += sorted.held;
+        let parked = self.parking.count() as u64;
         if !out.committed {
             tracing::info!(consumer = %self.opts.consumer, from, "projection checkpoint moved by another projector (a rebuild?); re-reading it");
             self.checkpoint = None;
@@ -298,6 +331,7 @@ impl Projector {
             s.applied += out.applied;
             s.duplicates += out.duplicates;
             s.skipped += out.skipped;
+            s.parked_aggregates = parked;
             s.store_ok = true;
         });
         self.refresh(to, false, false).await;
@@ -427,6 +461,8 @@ pub async fn rebuild(
 ) -> Result<RebuildReport, StoreError> {
     let started = Instant::now();
     models.reset(CONSUMER).await?;
+    let mut parking = ProjectionParking::new(CONSUMER);
+    parking.clear(&store).await?;
     let head = store.head_position().await?;
     let bar = if progress { indicatif::ProgressBar::new(head.max(0) as u64) } else { indicatif::ProgressBar::hidden() };
     if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -436,18 +472,19 @@ pub async fn rebuild(
     }
     let mut checkpoint = 0;
     let mut events = 0u64;
-    let mut next: Option<tokio::task::JoinHandle<Result<Vec<StoredEvent>, StoreError>>> = None;
+    let mut next: Option<tokio::task::JoinHandle<Result<Vec<FeedRow>, StoreError>>> = None;
     loop {
         let page = match next.take() {
             Some(h) => h.await.map_err(|e| StoreError::Unavailable(format!("feed read task failed: {e}")))??,
             None => store.read_feed(checkpoint, REBUILD_BATCH).await?,
         };
-        let Some(to) = page.last().map(|e| e.position) else { break };
+        let Some(to) = page.last().map(FeedRow::position) else { break };
         let n = page.len() as u64;
         // Read the next page while this one is applied.
         let s = store.clone();
         next = Some(tokio::spawn(async move { s.read_feed(to, REBUILD_BATCH).await }));
-        let out = apply_page(&store, &*models, CONSUMER, checkpoint, page, default_currency).await?;
+        let sorted = parking.sort(&store, page).await?;
+        let out = apply_page(&store, &*models, CONSUMER, checkpoint, to, sorted.events, default_currency, &mut parking).await?;
         if out.committed {
             checkpoint = to;
             events += n;

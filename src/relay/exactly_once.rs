@@ -501,7 +501,7 @@ impl Txn {
         let consumer = self.relay.cfg.consumer_name.clone();
         let Ok(open) = self.relay.store.requests_open(&consumer, self.epoch).await else { return Ok(None) };
         for r in open {
-            if !matches!(self.relay.store.request_claim(r.id, self.epoch).await, Ok(true)) {
+            if !matches!(self.relay.store.request_claim(&r, self.epoch).await, Ok(true)) {
                 continue;
             }
             let ctx = PlanCtx {
@@ -515,7 +515,7 @@ impl Txn {
             let plans = match plan(&ctx, &r).await {
                 Ok(p) => p,
                 Err(e) => {
-                    let _ = self.relay.store.request_finish(r.id, RequestStatus::Failed, serde_json::json!({ "error": e })).await;
+                    let _ = self.relay.store.request_finish(&consumer, r.id, RequestStatus::Failed, serde_json::json!({ "error": e })).await;
                     continue;
                 }
             };
@@ -528,7 +528,7 @@ impl Txn {
                         // Progress moves back in a transaction of its own; the next term starts there.
                         match self.transaction(&[], position).await {
                             Outcome::Committed => {
-                                let _ = self.relay.store.request_finish(r.id, RequestStatus::Done, serde_json::json!({ "rewound_from": self.position, "rewound_to": position })).await;
+                                let _ = self.relay.store.request_finish(&consumer, r.id, RequestStatus::Done, serde_json::json!({ "rewound_from": self.position, "rewound_to": position })).await;
                                 self.relay.metrics.relay_rewinds.inc();
                                 let name = consumer.clone();
                                 let _ = match &self.relay.fence {
@@ -577,7 +577,7 @@ impl Txn {
                     }
                 }
             }
-            let _ = self.relay.store.request_finish(r.id, status, result).await;
+            let _ = self.relay.store.request_finish(&consumer, r.id, status, result).await;
         }
         Ok(None)
     }

@@ -46,7 +46,7 @@ impl Run {
             if self.request_parts.contains_key(&r.id) {
                 continue;
             }
-            match self.relay.store.request_claim(r.id, self.epoch()).await {
+            match self.relay.store.request_claim(&r, self.epoch()).await {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -188,7 +188,7 @@ impl Run {
             _ => tracing::info!(request = %id, %result, "relay request done"),
         }
         for attempt in 1..=5u32 {
-            match self.relay.store.request_finish(id, status, result.clone()).await {
+            match self.relay.store.request_finish(&self.relay.cfg.consumer_name, id, status, result.clone()).await {
                 Ok(()) => return,
                 Err(e) if attempt == 5 => tracing::error!(error = %e, request = %id, "cannot record the outcome of a relay request"),
                 Err(_) => tokio::time::sleep(self.backoff.delay(attempt)).await,

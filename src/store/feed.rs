@@ -119,7 +119,7 @@ impl RawEvent {
             causation_id: e.causation_id,
             correlation_id: e.correlation_id,
             timestamp: e.timestamp,
-            trace: None,
+            trace: e.trace.clone(),
         })
     }
 
@@ -136,6 +136,7 @@ impl RawEvent {
             causation_id: self.causation_id,
             correlation_id: self.correlation_id,
             timestamp: self.timestamp,
+            trace: self.trace.clone(),
         })
     }
 }

@@ -107,8 +107,9 @@ pub trait RequestStore: Send + Sync {
     /// Requests of `consumer` to carry out: pending ones, and running ones
     /// claimed under an epoch older than `epoch` (their executor lost the lease).
     async fn requests_open(&self, consumer: &str, epoch: i64) -> Result<Vec<RelayRequest>, StoreError>;
-    /// Claims a request for the lease holder at `epoch`; false if someone else did.
-    async fn request_claim(&self, id: Uuid, epoch: i64) -> Result<bool, StoreError>;
+    /// Claims `r` (as read by `requests_open`) for the lease holder at `epoch`;
+    /// false if someone else did meanwhile.
+    async fn request_claim(&self, r: &RelayRequest, epoch: i64) -> Result<bool, StoreError>;
     /// Records the outcome.
-    async fn request_finish(&self, id: Uuid, status: RequestStatus, result: serde_json::Value) -> Result<(), StoreError>;
+    async fn request_finish(&self, consumer: &str, id: Uuid, status: RequestStatus, result: serde_json::Value) -> Result<(), StoreError>;
 }

@@ -265,7 +265,7 @@ pub async fn register_customer(svc: &CommandService, i: usize) -> Uuid {
 pub fn order_events(id: Uuid, from_version: i64, n: usize) -> Vec<outboxd::envelope::EventEnvelope> {
     use outboxd::domain::Aggregate;
     let eur = Currency::new("EUR").unwrap();
-    let meta = Metadata { correlation_id: Uuid::now_v7(), causation_id: Some(Uuid::now_v7()) };
+    let meta = Metadata { correlation_id: Uuid::now_v7(), causation_id: Some(Uuid::now_v7()), trace: None };
     let at = outboxd::envelope::now_millis();
     (0..n)
         .map(|i| {
@@ -287,7 +287,7 @@ pub fn order_events(id: Uuid, from_version: i64, n: usize) -> Vec<outboxd::envel
                 o.apply(&o.handle(&create).unwrap()[0]);
             }
             let e = o.handle(&cmd).unwrap().remove(0);
-            outboxd::envelope::EventEnvelope::new::<Order>(id, seq, &e, meta, at).unwrap()
+            outboxd::envelope::EventEnvelope::new::<Order>(id, seq, &e, &meta, at).unwrap()
         })
         .collect()
 }

@@ -103,8 +103,8 @@ impl CqlStore {
             cas_existing: self.prepare(format!("UPDATE {es} SET version = ? WHERE aggregate_id = ? IF version = ?")).await?,
             insert_event: self
                 .prepare(format!(
-                    "INSERT INTO {es} (aggregate_id, sequence_number, event_id, aggregate_type, event_type, event_version, payload, causation_id, correlation_id, timestamp) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO {es} (aggregate_id, sequence_number, event_id, aggregate_type, event_type, event_version, payload, causation_id, correlation_id, timestamp, trace_parent, trace_state) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ))
                 .await?,
             load_after,
@@ -145,6 +145,16 @@ impl CqlStore {
         let want_cdc = self.scylla;
         for stmt in schema_statements(&self.keyspace, self.replication_factor, want_cdc) {
             self.ddl(&stmt).await?;
+        }
+        // Columns added after a table was first created (schema upgrades).
+        for (col, ty) in [("trace_parent", "text"), ("trace_state", "text")] {
+            let cql = format!("ALTER TABLE {} ADD {col} {ty}", self.t("event_store"));
+            if let Err(e) = self.ddl(&cql).await {
+                let m = e.to_string().to_lowercase();
+                if !(m.contains("already exist") || m.contains("conflicts with an existing column") || m.contains("invalid column name")) {
+                    return Err(e);
+                }
+            }
         }
         let mut on = self.refresh_cdc_flag().await?;
         if want_cdc && !on {

@@ -6,13 +6,13 @@
 //! count is computed from `event_store` itself, so it can never disagree
 //! with what a replay would publish.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::feed::FEED_COLS;
 use super::{parse_ts, ts, unavailable};
 use crate::store::feed::FeedRow;
 use crate::store::parking::{DiscardRecord, Parked, ParkedInfo};
-use crate::store::StoreError;
+use crate::store::{Backlog, StoreError};
 
 pub(super) fn park(c: &Connection, p: &Parked) -> Result<(), StoreError> {
     c.execute(
@@ -125,4 +125,26 @@ pub(super) fn discards(c: &Connection, limit: usize) -> Result<Vec<DiscardRecord
         out.push(d);
     }
     Ok(out)
+}
+
+/// How far `consumer` is behind: events after its checkpoint plus the held
+/// events of its parked aggregates at or before it, and the oldest commit time among them.
+pub(super) fn backlog(c: &Connection, consumer: &str) -> Result<Backlog, StoreError> {
+    let checkpoint: Option<i64> =
+        c.query_row("SELECT position FROM checkpoints WHERE consumer = ?1", [consumer], |r| r.get(0)).optional().map_err(unavailable)?;
+    let cp = checkpoint.unwrap_or(0);
+    let head: i64 = c.query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0)).map_err(unavailable)?;
+    let (held, held_oldest): (i64, Option<String>) = c
+        .query_row(
+            "SELECT COUNT(*), MIN(e.timestamp) FROM parked_aggregates p JOIN event_store e
+               ON e.aggregate_id = p.aggregate_id AND e.position >= COALESCE(p.position, 0)
+             WHERE p.consumer = ?1 AND e.position <= ?2",
+            params![consumer, cp],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(unavailable)?;
+    let next: Option<String> =
+        c.query_row("SELECT timestamp FROM event_store WHERE position > ?1 ORDER BY position LIMIT 1", [cp], |r| r.get(0)).optional().map_err(unavailable)?;
+    let oldest = [next, held_oldest].into_iter().flatten().filter_map(|t| parse_ts(&t).ok()).min();
+    Ok(Backlog { checkpoint, head: Some(head), events: Some((head - cp).max(0) + held), oldest })
 }
