@@ -62,7 +62,7 @@ use crate::store::StoreError;
 
 pub use columns::{envelope_from_cdc_row, envelope_from_columns, CdcColumns};
 pub use consumer::{EnvelopeSink, SinkConsumer, SinkConsumerFactory};
-pub use reader::{start_cdc_reader, start_cdc_sink_reader, CdcReaderHandle};
+pub use reader::{run_until_shutdown, start_cdc_reader, start_cdc_sink_reader, CdcReaderHandle};
 
 /// The base table whose CDC log is the feed.
 pub const EVENT_TABLE: &str = "event_store";

@@ -18,7 +18,10 @@ use super::consumer::{EnvelopeSink, SinkConsumerFactory};
 use super::{CdcError, CDC_CHECKPOINT_TABLE, CDC_LOG_TTL, EVENT_TABLE, ORIGIN_MARGIN};
 use crate::config::CdcConfig;
 use crate::relay::deliver::Deliverer;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, Trigger};
+
+/// How long a graceful stop may take before the reader is abandoned.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 use crate::store::cql::{cdc_log_exists, CDC_ORIGIN_CHECKPOINT};
 
 /// Resolves when the reader ends: `Ok` after `CDCLogReader::stop` or
@@ -96,6 +99,36 @@ pub async fn start_cdc_sink_reader<S: EnvelopeSink>(
     let (reader, remote) = build_reader(session, keyspace, cfg, checkpoint_table, factory).await?;
     let handle = spawn_reader(remote, shutdown, "CDC projection reader", |_| {});
     Ok((reader, handle))
+}
+
+/// Runs a started reader until `shutdown`, then stops it gracefully
+/// (`CDCLogReader::stop`: finish the window, save progress). If that takes
+/// longer than 10 s it is abandoned (`abandon`, the shutdown the reader was
+/// started with, fires): progress stays at the last saved window, whose tail
+/// is read again after a restart. `what` names the reader in logs.
+pub async fn run_until_shutdown(
+    mut reader: CDCLogReader,
+    mut handle: CdcReaderHandle,
+    abandon: Trigger,
+    mut shutdown: Shutdown,
+    what: &str,
+) -> Result<(), CdcError> {
+    let joined =
+        |r: Result<Result<(), CdcError>, tokio::task::JoinError>| r.map_err(|e| CdcError::Reader(e.to_string()))?;
+    tokio::select! {
+        r = &mut handle => return joined(r),
+        _ = shutdown.recv() => {}
+    }
+    reader.stop();
+    match tokio::time::timeout(STOP_GRACE, &mut handle).await {
+        Ok(r) => joined(r),
+        Err(_) => {
+            tracing::warn!("{what} did not stop within {STOP_GRACE:?}; abandoning it (the unsaved tail is read again after restart)");
+            abandon.fire();
+            let _ = handle.await;
+            Ok(())
+        }
+    }
 }
 
 type RemoteReader = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
