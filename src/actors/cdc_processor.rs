@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::CdcConfig;
-use crate::relay::cdc::start_cdc_reader;
+use crate::relay::cdc::{run_until_shutdown, start_cdc_reader};
 use crate::relay::deliver::{DeadLetterSink, Deliverer};
 use crate::relay::{BreakerState, Relay, RelayStatus};
 use crate::shutdown::{Shutdown, Trigger};
@@ -59,31 +59,17 @@ fn failed(e: impl std::fmt::Display) -> TaskError {
 }
 
 /// The CQL feed: reads the Scylla CDC log until `shutdown`, then stops the
-/// reader gracefully (finish the window, save progress); abandons it if
-/// that takes longer than 10 s (progress stays at the last saved window).
+/// reader gracefully (`relay::cdc::run_until_shutdown`).
 async fn run_cdc_reader(
     cql: Arc<CqlStore>,
     cdc: CdcConfig,
     deliverer: Arc<Deliverer>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> Result<(), TaskError> {
     let abandon = Trigger::new();
-    let (mut reader, mut handle) =
+    let (reader, handle) =
         start_cdc_reader(cql.session(), cql.keyspace(), &cdc, deliverer, abandon.subscribe()).await.map_err(failed)?;
-    tokio::select! {
-        r = &mut handle => return r.map_err(failed)?.map_err(failed),
-        _ = shutdown.recv() => {}
-    }
-    reader.stop();
-    match tokio::time::timeout(Duration::from_secs(10), &mut handle).await {
-        Ok(r) => r.map_err(failed)?.map_err(failed),
-        Err(_) => {
-            tracing::warn!(actor = %ActorName::Cdc, "CDC reader did not stop within 10 s; abandoning it (the unsaved tail is re-read after restart)");
-            abandon.fire();
-            let _ = handle.await;
-            Ok(())
-        }
-    }
+    run_until_shutdown(reader, handle, abandon, shutdown, "CDC reader").await.map_err(failed)
 }
 
 impl TaskBody for RelayBody {
