@@ -19,9 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::CdcConfig;
+use crate::lease::gate::while_active;
+use crate::lease::keeper::LeaseState;
 use crate::relay::cdc::{run_until_shutdown, start_cdc_reader};
-use crate::relay::deliver::{DeadLetterSink, Deliverer};
-use crate::relay::{BreakerState, Relay, RelayStatus};
+use crate::relay::deliver::Deliverer;
+use crate::relay::runner::RelayRunner;
+use crate::relay::sink::DeadLetterSink;
+use crate::relay::{BreakerState, RelayStatus, Role, StatusTx};
 use crate::shutdown::{Shutdown, Trigger};
 use crate::store::cql::CqlStore;
 
@@ -37,7 +41,8 @@ pub type CdcStreamProcessor = SupervisedTask<RelayBody>;
 
 impl Progress for RelayStatus {
     fn running(&self) -> bool {
-        self.running
+        // A standby runs as intended when it waits for the lease.
+        self.running || matches!(self.role, Role::Standby { .. })
     }
 }
 
@@ -58,18 +63,49 @@ fn failed(e: impl std::fmt::Display) -> TaskError {
     TaskError::Failed(e.to_string())
 }
 
-/// The CQL feed: reads the Scylla CDC log until `shutdown`, then stops the
-/// reader gracefully (`relay::cdc::run_until_shutdown`).
-async fn run_cdc_reader(
-    cql: Arc<CqlStore>,
-    cdc: CdcConfig,
-    deliverer: Arc<Deliverer>,
-    shutdown: Shutdown,
-) -> Result<(), TaskError> {
-    let abandon = Trigger::new();
-    let (reader, handle) =
-        start_cdc_reader(cql.session(), cql.keyspace(), &cdc, deliverer, abandon.subscribe()).await.map_err(failed)?;
-    run_until_shutdown(reader, handle, abandon, shutdown, "CDC reader").await.map_err(failed)
+/// The CQL feed: while this instance holds the relay lease, reads the Scylla
+/// CDC log until the term ends, then stops the reader gracefully
+/// (`relay::cdc::run_until_shutdown`).
+async fn run_cdc_relay(deps: ActorDeps, cql: Arc<CqlStore>, cdc: CdcConfig, sink: Arc<dyn DeadLetterSink>, shutdown: Shutdown) -> Result<(), TaskError> {
+    let status = StatusTx::new(deps.relay_status.clone());
+    let lease = deps.leases.relay.clone();
+    let role_status = status.clone();
+    while_active(
+        lease.as_ref(),
+        shutdown,
+        |s| role_status.update(|st| {
+            let role = role_of(s);
+            if st.role == role {
+                return false;
+            }
+            st.role = role;
+            true
+        }),
+        |epoch, term| {
+            let (deps, cql, cdc, sink, status) = (deps.clone(), cql.clone(), cdc.clone(), sink.clone(), status.clone());
+            async move {
+                status.update(|st| {
+                    st.role = epoch.map(|epoch| Role::Active { epoch }).unwrap_or(Role::Unfenced);
+                    true
+                });
+                let deliverer = Deliverer::new(&deps.cfg, deps.store.clone(), sink, deps.metrics.clone(), status).await.map_err(|e| failed(e.message))?;
+                let abandon = Trigger::new();
+                let (reader, handle) =
+                    start_cdc_reader(cql.session(), cql.keyspace(), &cdc, Arc::new(deliverer), abandon.subscribe()).await.map_err(failed)?;
+                run_until_shutdown(reader, handle, abandon, term, "CDC reader").await.map_err(failed)
+            }
+        },
+    )
+    .await
+}
+
+/// The relay role a lease state means.
+pub fn role_of(s: &LeaseState) -> Role {
+    match s {
+        LeaseState::Active { epoch } => Role::Active { epoch: *epoch },
+        LeaseState::Standby { holder, epoch, .. } => Role::Standby { holder: holder.clone(), epoch: *epoch },
+        LeaseState::Unknown | LeaseState::Lost { .. } => Role::Unknown,
+    }
 }
 
 impl TaskBody for RelayBody {
@@ -82,22 +118,26 @@ impl TaskBody for RelayBody {
         &self.deps
     }
 
-    /// `Relay::run` on the position feed, or the Scylla CDC reader for the
-    /// CQL backend.
+    /// The lease-gated relay: the position feed (`RelayRunner`), or the Scylla
+    /// CDC reader for the CQL backend.
     fn spawn(&mut self, shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
-        let cfg = &self.deps.cfg;
-        let status = self.deps.relay_status.clone();
+        let deps = self.deps.clone();
         match self.deps.cql.clone() {
             None => {
-                let relay = Relay::with_status(cfg, self.deps.store.clone(), self.deps.metrics.clone(), status)
-                    .map_err(failed)?
-                    .with_sink(self.sink.clone());
-                Ok(async move { relay.run(shutdown).await.map_err(failed) }.boxed())
+                let runner = RelayRunner {
+                    config: deps.cfg.clone(),
+                    store: deps.store.clone(),
+                    metrics: deps.metrics.clone(),
+                    status: StatusTx::new(deps.relay_status.clone()),
+                    sink: self.sink.clone(),
+                    lease: deps.leases.relay.clone(),
+                    pause: deps.relay_pause.clone(),
+                };
+                Ok(async move { runner.run(shutdown).await.map_err(failed) }.boxed())
             }
             Some(cql) => {
-                let deliverer = Deliverer::new(cfg, self.sink.clone(), self.deps.metrics.clone(), status)
-                    .map_err(|e| TaskError::Failed(e.message))?;
-                Ok(run_cdc_reader(cql, cfg.store.cql.cdc.clone(), Arc::new(deliverer), shutdown).boxed())
+                let cdc = deps.cfg.store.cql.cdc.clone();
+                Ok(run_cdc_relay(deps, cql, cdc, self.sink.clone(), shutdown).boxed())
             }
         }
     }
@@ -111,22 +151,30 @@ impl TaskBody for RelayBody {
     }
 
     /// Publish what was committed before the signal, as long as the broker
-    /// takes it (bounded: half the deadline, at most [`MAX_CATCH_UP`]).
+    /// takes it (bounded: half the deadline, at most [`MAX_CATCH_UP`]). A
+    /// standby has nothing to publish.
     fn drain(&self, deadline: Duration) -> BoxFuture<'static, ()> {
         let store = self.deps.store.clone();
         let mut status = self.deps.relay_status.subscribe();
         let catch_up = (deadline / 2).min(MAX_CATCH_UP);
         async move {
+            if !status.borrow().running {
+                return;
+            }
             let Ok(Ok(head)) = tokio::time::timeout(catch_up, store.head_position()).await else { return };
             let caught_up = tokio::time::timeout(
                 catch_up,
                 status.wait_for(|s| {
-                    s.checkpoint >= head || !s.running || !s.broker_ok || !s.store_ok || s.breaker != BreakerState::Closed
+                    s.checkpoint.unwrap_or(0) >= head
+                        || !s.running
+                        || !s.broker.is_reachable()
+                        || s.feed != crate::relay::status::FeedState::Ok
+                        || s.breaker != BreakerState::Closed
                 }),
             )
             .await
             .is_ok();
-            let cp = status.borrow().checkpoint;
+            let cp = status.borrow().checkpoint.unwrap_or(0);
             if !caught_up || cp < head {
                 tracing::info!(actor = %ActorName::Cdc, checkpoint = cp, head, "stopping the relay before it caught up; the rest is published after restart");
             }

@@ -14,9 +14,13 @@
 //! from its checkpoint (on SQLite rows and checkpoint commit together; rows
 //! are idempotent by (aggregate id, sequence)), so a restart changes no row.
 //! Only started when the backend has read models; see the coordinator.
+//! With several instances on one store, only the holder of the
+//! `projections` lease projects; the others stand by (the projector's
+//! compare-and-set on its checkpoint keeps two writers safe anyway).
 
 use futures::future::FutureExt;
 
+use crate::lease::gate::while_active;
 use crate::projection::{DynReadModels, ProjectionStatus, Projector, ProjectorOptions};
 use crate::shutdown::Shutdown;
 
@@ -55,18 +59,22 @@ impl TaskBody for ProjectionBody {
         &self.deps
     }
 
+    /// The projector runs only while this instance holds the projection's
+    /// lease (`projections`); a standby waits.
     fn spawn(&mut self, shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
+        let lease = self.deps.leases.projection.clone();
         let Some(cql) = self.deps.cql.clone() else {
-            let projector = Projector::with_status(
-                self.deps.store.clone(),
-                self.models.clone(),
-                self.deps.metrics.clone(),
-                ProjectorOptions::from_config(&self.deps.cfg),
-                self.deps.projection_status.clone(),
-            );
+            let (store, models, metrics) = (self.deps.store.clone(), self.models.clone(), self.deps.metrics.clone());
+            let (opts, status) = (ProjectorOptions::from_config(&self.deps.cfg), self.deps.projection_status.clone());
             return Ok(async move {
-                projector.run(shutdown).await;
-                Ok(())
+                while_active(lease.as_ref(), shutdown, |_| {}, |_epoch, term| {
+                    let projector = Projector::with_status(store.clone(), models.clone(), metrics.clone(), opts.clone(), status.clone());
+                    async move {
+                        projector.run(term).await;
+                        Ok::<(), TaskError>(())
+                    }
+                })
+                .await
             }
             .boxed());
         };
@@ -85,9 +93,15 @@ impl TaskBody for ProjectionBody {
         let cfg = self.deps.cfg.clone();
         let status = self.deps.projection_status.clone();
         Ok(async move {
-            crate::projection::cql::run_cdc_projection(cql, &cfg, status, shutdown)
-                .await
-                .map_err(|e| TaskError::Failed(format!("CQL projection (CDC reader): {e}")))
+            while_active(lease.as_ref(), shutdown, |_| {}, |_epoch, term| {
+                let (cql, cfg, status) = (cql.clone(), cfg.clone(), status.clone());
+                async move {
+                    crate::projection::cql::run_cdc_projection(cql, &cfg, status, term)
+                        .await
+                        .map_err(|e| TaskError::Failed(format!("CQL projection (CDC reader): {e}")))
+                }
+            })
+            .await
         }
         .boxed())
     }

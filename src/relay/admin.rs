@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::config::KafkaConfig;
 use crate::relay::producer::{producer_config, Delivery};
-use crate::relay::publisher::PublishError;
+use crate::relay::error::PublishError;
 
 /// Creates `topics` (with the configured partitions) where missing.
 pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[String], timeout: Duration) -> Result<(), PublishError> {

@@ -28,7 +28,7 @@ use crate::relay::encode::Encoder;
 use crate::relay::parking::{dead_letter_of, parked_record};
 use crate::relay::pipeline::Item;
 use crate::relay::producer::{Completion, Delivery, KafkaProducer, SendError};
-use crate::relay::publisher::PublishError;
+use crate::relay::error::PublishError;
 use crate::relay::retry::Backoff;
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::StatusTx;

@@ -80,7 +80,8 @@ impl Encoder {
         if let Some(t) = self.topics.get(&(aggregate_type.to_string(), event_type.to_string())) {
             return t.clone();
         }
-        let t: Arc<str> = topic_for(self.routing, &self.prefix, aggregate_type, event_type).into();
+        let per_event_type = self.routing == TopicRouting::PerEventType;
+        let t: Arc<str> = topic_for(per_event_type, &self.prefix, aggregate_type, event_type).into();
         self.topics.insert((aggregate_type.to_string(), event_type.to_string()), t.clone());
         t
     }

@@ -34,7 +34,7 @@ use crate::relay::parking::parked_record;
 use crate::relay::pipeline::{Exit, FeedHandle, Item, Relay, RelayError};
 use crate::relay::producer::{Completion, Delivery, KafkaProducer, SendError, TxnErrorKind};
 use crate::relay::progress::{self, Progress};
-use crate::relay::publisher::PublishError;
+use crate::relay::error::PublishError;
 use crate::relay::requests::{plan, Plan, PlanCtx};
 use crate::relay::retry::Backoff;
 use crate::relay::window::{AggKey, Fenced};
@@ -177,6 +177,7 @@ impl Txn {
         let max_events = self.relay.cfg.transaction_max_events.max(1);
         let max_wait = Duration::from_millis(self.relay.cfg.transaction_max_ms.max(1));
         loop {
+            self.relay.pause.hold().await;
             let first = tokio::select! {
                 biased;
                 _ = shutdown.recv() => return Ok(Exit::Shutdown),
@@ -403,6 +404,8 @@ impl Txn {
             let _ = self.producer.abort_transaction(Duration::from_secs(30)).await;
             return Outcome::Transient(format!("cannot send the progress record: {e:?}"));
         }
+        // Test hook: a pause here freezes the relay mid-transaction (zombie tests).
+        self.relay.pause.hold().await;
         let timeout = Duration::from_millis(self.relay.cfg.transaction_timeout_ms);
         match self.producer.commit_transaction(timeout).await {
             Ok(()) => {

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::config::PermanentFailurePolicy;
 use crate::relay::pipeline::{Item, Run};
-use crate::relay::publisher::PublishError;
+use crate::relay::error::PublishError;
 use crate::relay::window::Slot;
 use crate::store::parking::Parked;
 use crate::store::DeadLetter;
@@ -148,7 +148,7 @@ pub fn dead_letter_of(item: &Item, e: &PublishError, attempts: u32) -> Option<De
                 .event_id
                 .as_deref()
                 .and_then(|s| Uuid::parse_str(s).ok())
-                .unwrap_or_else(|| Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("outboxd-position-{}", u.position).as_bytes()));
+                .unwrap_or_else(|| crate::store::feed::uuid_of(&format!("outboxd-position-{}", u.position)));
             let agg = Uuid::parse_str(&u.aggregate_key).unwrap_or(Uuid::nil());
             (id, agg, u.event_type.clone().unwrap_or_default(), String::new(), Some(u.position))
         }

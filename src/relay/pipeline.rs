@@ -30,14 +30,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, PermanentFailurePolicy, RelayConfig};
+use crate::config::{Config, RelayConfig};
 use crate::lease::keeper::LeaseState;
 use crate::metrics::Metrics;
 use crate::relay::breaker::{BreakerState, CircuitBreaker};
 use crate::relay::encode::{Discarded, Encoder};
 use crate::relay::feed::{self, FeedReader};
 use crate::relay::producer::{Completion, Delivery, KafkaProducer, SendError};
-use crate::relay::publisher::PublishError;
+use crate::relay::error::PublishError;
 use crate::relay::retry::Backoff;
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::StatusTx;
@@ -109,6 +109,7 @@ pub struct Relay {
     pub(super) status: StatusTx,
     pub(super) fence: Option<Fence>,
     pub(super) sink: Arc<dyn DeadLetterSink>,
+    pub(super) pause: crate::relay::pause::PauseHook,
 }
 
 /// The mutable state of a running term.
@@ -137,7 +138,6 @@ pub(super) struct Run {
     pub(super) letter_slots: HashMap<Slot, uuid::Uuid>,
     pub(super) value: Vec<u8>,
     pub(super) feed: FeedHandle,
-    pub(super) shutdown: Shutdown,
     pub(super) sent_by_topic: HashMap<Arc<str>, prometheus::IntCounter>,
     pub(super) exit: Option<Exit>,
 }
@@ -147,7 +147,13 @@ const PERSIST_EVERY: Duration = Duration::from_millis(200);
 impl Relay {
     pub fn new(config: Arc<Config>, store: DynStore, metrics: Metrics, status: StatusTx) -> Relay {
         let sink: Arc<dyn DeadLetterSink> = Arc::new(store.clone());
-        Relay { store, cfg: config.relay.clone(), config, metrics, status, fence: None, sink }
+        Relay { store, cfg: config.relay.clone(), config, metrics, status, fence: None, sink, pause: Default::default() }
+    }
+
+    /// Test hook: lets the admin API freeze this relay's loop (fault injection only).
+    pub fn with_pause(mut self, pause: crate::relay::pause::PauseHook) -> Relay {
+        self.pause = pause;
+        self
     }
 
     /// Routes dead letters (policy `skip`) elsewhere (the DlqActor).
@@ -225,7 +231,6 @@ impl Relay {
             letter_slots: HashMap::new(),
             value: Vec::with_capacity(4096),
             feed,
-            shutdown: shutdown.clone(),
             sent_by_topic: HashMap::new(),
             exit: None,
             relay: self,
@@ -259,7 +264,11 @@ impl Relay {
 
     /// Creates missing topics; retries while the broker is unreachable. False on shutdown.
     pub(super) async fn ensure_topics(&self, producer: &KafkaProducer, shutdown: &mut Shutdown) -> bool {
-        let topics: Vec<String> = all_topics(&self.config.kafka).into_iter().map(|(t, _)| t).collect();
+        let k = &self.config.kafka;
+        let mut topics: Vec<String> = all_topics(k.per_event_type(), &k.topic_prefix).into_iter().map(|(t, _)| t).collect();
+        if self.cfg.delivery == crate::config::DeliveryMode::ExactlyOnce {
+            topics.push(self.cfg.progress_topic.clone());
+        }
         let mut attempt: u32 = 0;
         loop {
             match crate::relay::admin::ensure_topics(&self.config.kafka, &topics, Duration::from_secs(10)).await {
@@ -322,6 +331,7 @@ impl Run {
         let mut requests = tokio::time::interval(Duration::from_millis(self.relay.cfg.poll_interval_ms.max(100)));
         requests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.relay.pause.hold().await;
             if let Some(exit) = self.exit.take() {
                 return self.finish(exit, &mut completions).await;
             }
@@ -685,9 +695,4 @@ async fn sleep_until(at: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
     }
-}
-
-/// The policy for an event that can never be published as it is.
-pub(super) fn policy(cfg: &RelayConfig) -> PermanentFailurePolicy {
-    cfg.on_permanent_failure
 }

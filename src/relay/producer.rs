@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::KafkaConfig;
-use crate::relay::publisher::PublishError;
+use crate::relay::error::PublishError;
 
 /// Default cap of librdkafka's local queue (messages); the relay's window is smaller.
 pub const QUEUE_MAX_MESSAGES: usize = 100_000;

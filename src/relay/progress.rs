@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
 use crate::config::KafkaConfig;
-use crate::relay::publisher::PublishError;
+use crate::relay::error::PublishError;
 
 /// One progress record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,8 +81,9 @@ fn read_blocking(kafka: &KafkaConfig, topic: &str, consumer: &str, timeout: Dura
     let mut last: Option<Progress> = None;
     loop {
         // Done when every partition's position reached its end (control records count).
+        let position = reader.position().ok();
         let done = ends.iter().all(|(p, high)| {
-            reader.position().ok().and_then(|pos| pos.find_partition(topic, *p)).and_then(|e| e.offset().to_raw()).is_some_and(|o| o >= *high)
+            position.as_ref().and_then(|pos| pos.find_partition(topic, *p)).and_then(|e| e.offset().to_raw()).is_some_and(|o| o >= *high)
         });
         if done {
             return Ok(last);

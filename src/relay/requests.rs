@@ -334,7 +334,7 @@ async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result
     let marker = Item::Marker {
         position: p.position.unwrap_or(0),
         discarded: Discarded {
-            event_id: Uuid::parse_str(event_id).unwrap_or_else(|_| Uuid::new_v5(&Uuid::NAMESPACE_OID, event_id.as_bytes())),
+            event_id: Uuid::parse_str(event_id).unwrap_or_else(|_| crate::store::feed::uuid_of(event_id)),
             aggregate_type: aggregate_type.unwrap_or_else(|| "order".into()),
             aggregate_key: agg.clone(),
             sequence: sequence.unwrap_or(0),

@@ -35,6 +35,7 @@ pub struct RelayRunner {
     pub sink: Arc<dyn DeadLetterSink>,
     /// None: run unfenced (one instance only: library use and benchmarks).
     pub lease: Option<LeaseHandle>,
+    pub pause: crate::relay::pause::PauseHook,
 }
 
 impl RelayRunner {
@@ -55,7 +56,9 @@ impl RelayRunner {
                     None => return Ok(()),
                 },
             };
-            let relay = Relay::new(self.config.clone(), self.store.clone(), self.metrics.clone(), self.status.clone()).with_sink(self.sink.clone());
+            let relay = Relay::new(self.config.clone(), self.store.clone(), self.metrics.clone(), self.status.clone())
+                .with_sink(self.sink.clone())
+                .with_pause(self.pause.clone());
             let relay = match fence {
                 Some(f) => relay.with_fence(f),
                 None => relay,

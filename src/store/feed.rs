@@ -98,6 +98,19 @@ pub fn aggregate_key(raw: &str) -> Arc<str> {
     }
 }
 
+/// A stable id for a text that is not a UUID (an unreadable event id column,
+/// a position): the same text always gives the same id.
+pub fn uuid_of(text: &str) -> Uuid {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u64| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        salt.hash(&mut h);
+        text.hash(&mut h);
+        h.finish()
+    };
+    Uuid::from_u64_pair(half(0x6f75_7462_6f78_6431), half(0x6f75_7462_6f78_6432))
+}
+
 /// Checks that `text` is one JSON value and keeps it verbatim.
 pub fn raw_json(text: String) -> Result<Box<RawValue>, String> {
     RawValue::from_string(text).map_err(|e| format!("payload is not JSON: {e}"))

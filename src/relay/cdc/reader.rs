@@ -72,13 +72,17 @@ pub async fn start_cdc_reader(
 ) -> Result<(CDCLogReader, CdcReaderHandle), CdcError> {
     let factory = Arc::new(SinkConsumerFactory::new(deliverer.clone(), shutdown.clone()));
     let (reader, remote) = build_reader(session, keyspace, cfg, CDC_CHECKPOINT_TABLE, factory).await?;
-    deliverer.update(|s| s.running = true);
+    deliverer.status().update(|s| {
+        s.running = true;
+        true
+    });
     let handle = spawn_reader(remote, shutdown, "CDC reader", move |res| {
-        deliverer.update(|s| {
+        deliverer.status().update(|s| {
             s.running = false;
             if let Err(e) = res {
                 s.last_error = Some(e.to_string());
             }
+            true
         })
     });
     Ok((reader, handle))

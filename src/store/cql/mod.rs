@@ -212,7 +212,13 @@ impl EventStore for CqlStore {
         Ok(StoreProbe { head: None })
     }
 
+    /// A fenced checkpoint (kept with the consumer's lease) wins over a plain one.
     async fn get_checkpoint(&self, consumer: &str) -> Result<Option<i64>, StoreError> {
+        if !consumer.starts_with("cdc:") {
+            if let Some(p) = self.lease_position(consumer).await? {
+                return Ok(Some(p));
+            }
+        }
         let s = self.stmts().await?;
         let res = self
             .session
