@@ -16,8 +16,9 @@
 //! - When a supervised actor exhausts its restart budget the same shutdown
 //!   runs and `run` returns `Ok(EXIT_RESTART_BUDGET)` (70).
 //! - A port that cannot be bound is an error naming the config key.
-//! - Read models (SQLite only): a supervised ProjectionActor keeps them up
-//!   to date; GET /orders/{id} and GET /customers/{id}/orders read them.
+//! - Read models (SQLite; CQL when the server has Scylla CDC): a supervised
+//!   ProjectionActor keeps them up to date; GET /orders/{id} and
+//!   GET /customers/{id}/orders read them.
 //! - Feeds: the SQLite store's position feed (`relay::Relay`); for
 //!   `store.backend = cql` the Scylla CDC log (`relay::cdc`). A CQL server
 //!   without a CDC log on `event_store` (Apache Cassandra) is refused at

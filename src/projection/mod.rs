@@ -29,11 +29,14 @@ pub mod bench;
 pub mod cql;
 pub mod model;
 pub mod parking;
+mod page;
 mod projector;
+mod rebuild;
 mod sqlite;
 
 pub use model::{apply_event, Applied, CustomerRow, OrderColumns, OrderRow, Row};
-pub use projector::{dump_read_models, rebuild, ProjectionStatus, Projector, ProjectorOptions, RebuildReport};
+pub use projector::{ProjectionStatus, Projector, ProjectorOptions};
+pub use rebuild::{dump_read_models, rebuild, RebuildReport};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
