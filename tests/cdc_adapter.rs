@@ -20,8 +20,9 @@ use outboxd::config::{CdcConfig, Config, CqlConfig, KafkaConfig};
 use outboxd::envelope::EventEnvelope;
 use outboxd::metrics::Metrics;
 use outboxd::relay::cdc::{start_cdc_reader, CdcReaderHandle};
-use outboxd::relay::deliver::{DeadLetterSink, Deliverer, RelayStatus};
-use outboxd::relay::publisher::KafkaPublisher;
+use outboxd::relay::deliver::Deliverer;
+use outboxd::relay::sink::DeadLetterSink;
+use outboxd::relay::{RelayStatus, StatusTx};
 use outboxd::relay::topics::topic_names;
 use outboxd::shutdown::Trigger;
 use outboxd::store::cql::CqlStore;
@@ -79,11 +80,7 @@ async fn rig(env: &Env) -> Rig {
     config.relay.retry.initial_backoff_ms = 50;
     config.relay.retry.max_backoff_ms = 200;
     let topics: Vec<String> = topic_names(config.kafka.per_event_type(), &config.kafka.topic_prefix);
-    KafkaPublisher::new(&config.kafka)
-        .unwrap()
-        .ensure_topics(&topics, Duration::from_secs(15))
-        .await
-        .expect("create topics");
+    outboxd::relay::admin::ensure_topics(&config.kafka, &topics, Duration::from_secs(15)).await.expect("create topics");
     let topic = topics.into_iter().find(|t| t.ends_with("order-events")).unwrap();
     Rig { store, config, topic }
 }
@@ -95,9 +92,10 @@ struct Running {
 }
 
 async fn start(rig: &Rig) -> Running {
-    let sink: Arc<dyn DeadLetterSink> = Arc::new(rig.store.clone() as DynStore);
+    let store = rig.store.clone() as DynStore;
+    let sink: Arc<dyn DeadLetterSink> = Arc::new(store.clone());
     let (status, _) = watch::channel(RelayStatus::default());
-    let deliverer = Arc::new(Deliverer::new(&rig.config, sink, Metrics::new(), status).expect("deliverer"));
+    let deliverer = Arc::new(Deliverer::new(&rig.config, store, sink, Metrics::new(), StatusTx::new(status)).await.expect("deliverer"));
     let trigger = Trigger::new();
     let (reader, handle) = start_cdc_reader(
         rig.store.session(),

@@ -428,12 +428,11 @@ async fn raw_v1_rows_load_project_and_relay_as_v2() {
     let Some(brokers) = shared_brokers() else { return };
     let c = test_config(&brokers, &path);
     let metrics = Metrics::new();
-    let relay = outboxd::relay::Relay::new(&c, db.store.clone(), metrics).unwrap();
-    let mut status = relay.status();
+    let (relay, mut status) = outboxd::relay::Relay::standalone(&c, db.store.clone(), metrics);
     let trigger = Trigger::new();
     let task = tokio::spawn(relay.run(trigger.subscribe()));
     let head = db.store.head_position().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.checkpoint >= head))
+    tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.checkpoint.unwrap_or(0) >= head))
         .await
         .expect("relay confirms both events")
         .expect("status channel open");

@@ -11,6 +11,8 @@ pub mod customer;
 pub mod dlq;
 pub mod order;
 pub mod projections;
+pub mod relay;
+pub mod relay_ops;
 pub mod store;
 
 use anyhow::Context;

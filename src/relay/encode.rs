@@ -233,6 +233,7 @@ mod tests {
             causation_id: causation.then(Uuid::now_v7),
             correlation_id: Uuid::now_v7(),
             timestamp: Utc.timestamp_millis_opt(ms).unwrap(),
+            trace: None,
         }
     }
 

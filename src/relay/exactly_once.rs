@@ -144,7 +144,8 @@ impl Relay {
         };
         let stop = crate::shutdown::Trigger::new();
         let feed = FeedHandle::new(reader, stop.subscribe());
-        let pages = feed.respawn(position);
+        let (_idle_tx, idle_rx) = mpsc::channel(1);
+        let pages = if self.requests_only { idle_rx } else { feed.respawn(position) };
         let mut t = Txn {
             producer,
             completions,
@@ -159,7 +160,11 @@ impl Relay {
             epoch,
             relay: self,
         };
-        let exit = t.main(pages, &feed, &mut shutdown).await;
+        let exit = if t.relay.requests_only {
+            t.requests().await.map(|e| e.unwrap_or(Exit::Shutdown))
+        } else {
+            t.main(pages, &feed, &mut shutdown).await
+        };
         stop.fire();
         broker_watch.abort();
         t.relay.status.update(|s| {

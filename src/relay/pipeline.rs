@@ -110,6 +110,9 @@ pub struct Relay {
     pub(super) fence: Option<Fence>,
     pub(super) sink: Arc<dyn DeadLetterSink>,
     pub(super) pause: crate::relay::pause::PauseHook,
+    /// Carry out the pending operator requests, then stop (no feed reading):
+    /// the CLI when no relay runs.
+    pub(super) requests_only: bool,
 }
 
 /// The mutable state of a running term.
@@ -132,8 +135,8 @@ pub(super) struct Run {
     /// Side-lane replays in progress: (request, aggregate) -> slots still open
     /// (aggregate "" for dead-letter replays).
     pub(super) replays: HashMap<(uuid::Uuid, AggKey), BTreeSet<Slot>>,
-    /// Requests in progress -> parts (aggregates) not finished yet.
-    pub(super) request_parts: HashMap<uuid::Uuid, usize>,
+    /// Requests in progress -> what is left and what was done.
+    pub(super) request_parts: HashMap<uuid::Uuid, super::requests::Progress>,
     /// Dead letters being replayed: slot -> dead letter id.
     pub(super) letter_slots: HashMap<Slot, uuid::Uuid>,
     pub(super) value: Vec<u8>,
@@ -147,13 +150,26 @@ const PERSIST_EVERY: Duration = Duration::from_millis(200);
 impl Relay {
     pub fn new(config: Arc<Config>, store: DynStore, metrics: Metrics, status: StatusTx) -> Relay {
         let sink: Arc<dyn DeadLetterSink> = Arc::new(store.clone());
-        Relay { store, cfg: config.relay.clone(), config, metrics, status, fence: None, sink, pause: Default::default() }
+        Relay { store, cfg: config.relay.clone(), config, metrics, status, fence: None, sink, pause: Default::default(), requests_only: false }
+    }
+
+    /// Carries out the pending operator requests, then stops; reads no feed.
+    pub fn requests_only(mut self) -> Relay {
+        self.requests_only = true;
+        self
     }
 
     /// Test hook: lets the admin API freeze this relay's loop (fault injection only).
     pub fn with_pause(mut self, pause: crate::relay::pause::PauseHook) -> Relay {
         self.pause = pause;
         self
+    }
+
+    /// A relay with its own status channel, unfenced (one instance: library
+    /// use, tests, benchmarks).
+    pub fn standalone(config: &Config, store: DynStore, metrics: Metrics) -> (Relay, watch::Receiver<crate::relay::RelayStatus>) {
+        let (tx, rx) = watch::channel(crate::relay::RelayStatus::default());
+        (Relay::new(Arc::new(config.clone()), store, metrics, StatusTx::new(tx)), rx)
     }
 
     /// Routes dead letters (policy `skip`) elsewhere (the DlqActor).
@@ -212,7 +228,8 @@ impl Relay {
         };
         let feed_stop = crate::shutdown::Trigger::new();
         let feed = FeedHandle::new(reader, feed_stop.subscribe());
-        let pages = feed.respawn(checkpoint);
+        let (idle_tx, idle_rx) = mpsc::channel(1);
+        let pages = if self.requests_only { idle_rx } else { feed.respawn(checkpoint) };
         tracing::info!(consumer = %self.name(), checkpoint, parked = parked.len(), fenced = self.fence.is_some(), "relay started");
         let mut run = Run {
             producer,
@@ -236,6 +253,7 @@ impl Relay {
             relay: self,
         };
         let exit = run.main(completions, pages, &mut shutdown).await;
+        drop(idle_tx);
         feed_stop.fire();
         broker_watch.abort();
         run.relay.status.update(|s| {
@@ -372,6 +390,9 @@ impl Run {
                 _ = requests.tick() => {
                     self.relay.status.flush();
                     self.poll_requests().await;
+                    if self.relay.requests_only && self.request_parts.is_empty() && self.window.is_empty() {
+                        return self.finish(Exit::Shutdown, &mut completions).await;
+                    }
                     if let Some(f) = self.producer.fatal_error() {
                         self.producer.purge();
                         return Err(RelayError::ProducerFatal(f));

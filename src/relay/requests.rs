@@ -75,7 +75,7 @@ impl Run {
             positions: true,
         };
         let plans = plan(&ctx, r).await?;
-        let mut parts = 0;
+        let mut progress = Progress::default();
         for p in plans {
             match p {
                 Plan::Done(result) => {
@@ -98,9 +98,10 @@ impl Run {
                         continue;
                     }
                     tracing::info!(request = %r.id, aggregate = %agg, events = items.len(), "replaying a parked aggregate");
+                    progress.events += items.len();
                     let slots = self.window.unpark(&agg, items).into_iter().collect();
                     self.replays.insert((r.id, agg), slots);
-                    parts += 1;
+                    progress.parts += 1;
                 }
                 Plan::Letters { items } => {
                     let mut slots = BTreeSet::new();
@@ -112,16 +113,17 @@ impl Run {
                         }
                     }
                     if !slots.is_empty() {
+                        progress.events += slots.len();
                         self.replays.insert((r.id, AggKey::from("")), slots);
-                        parts += 1;
+                        progress.parts += 1;
                     }
                 }
             }
         }
-        if parts == 0 {
-            self.finish_request(r.id, RequestStatus::Done, json!({ "events": 0 })).await;
+        if progress.parts == 0 {
+            self.finish_request(r.id, RequestStatus::Done, json!({ "aggregates": 0, "events": 0 })).await;
         } else {
-            self.request_parts.insert(r.id, parts);
+            self.request_parts.insert(r.id, progress);
         }
         Ok(())
     }
@@ -172,13 +174,14 @@ impl Run {
     }
 
     async fn part_done(&mut self, request: Uuid, agg: &AggKey) {
-        let left = self.request_parts.get_mut(&request).map(|n| {
-            *n -= 1;
-            *n
-        });
-        if left == Some(0) {
-            self.request_parts.remove(&request);
-            self.finish_request(request, RequestStatus::Done, json!({ "last_aggregate": agg.to_string() })).await;
+        let Some(p) = self.request_parts.get_mut(&request) else { return };
+        p.parts -= 1;
+        if !agg.is_empty() {
+            p.aggregates.push(agg.to_string());
+        }
+        if p.parts == 0 {
+            let p = self.request_parts.remove(&request).unwrap_or_default();
+            self.finish_request(request, RequestStatus::Done, json!({ "aggregates": p.aggregates.len(), "unparked": p.aggregates, "events": p.events })).await;
         }
     }
 
@@ -218,6 +221,17 @@ fn kind_label(k: &RequestKind) -> &'static str {
         RequestKind::RewindToPosition { .. } => "rewind",
         RequestKind::RewindToTime { .. } => "rewind",
     }
+}
+
+/// A request being carried out by the at-least-once relay.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Aggregates (or dead-letter batches) not finished yet.
+    pub parts: usize,
+    /// Events published for it.
+    pub events: usize,
+    /// Aggregates unparked so far.
+    pub aggregates: Vec<String>,
 }
 
 /// What carrying out a request takes, independent of how the relay publishes.

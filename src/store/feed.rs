@@ -81,6 +81,14 @@ impl FeedRow {
         }
     }
 
+    /// The row as an envelope (payload parsed); None for an unreadable row.
+    pub fn envelope(&self) -> Option<EventEnvelope> {
+        match self {
+            FeedRow::Event(e) => e.to_envelope().ok(),
+            FeedRow::Unreadable(_) => None,
+        }
+    }
+
     pub fn aggregate_key(&self) -> &Arc<str> {
         match self {
             FeedRow::Event(e) => &e.aggregate_key,

@@ -228,24 +228,24 @@ pub async fn order_lifecycle(svc: &CommandService, i: usize) -> Uuid {
     let id = Uuid::now_v7();
     let meta = Metadata::default();
     let customer = Uuid::from_u128(i as u128 % 17);
-    svc.execute::<Order>(id, &OrderCommand::Create { customer_id: customer, items: items(i, 2) }, meta, None)
+    svc.execute::<Order>(id, &OrderCommand::Create { customer_id: customer, items: items(i, 2) }, meta.clone(), None)
         .await
         .unwrap();
-    svc.execute::<Order>(id, &OrderCommand::UpdateItems { items: items(i, 3) }, meta, None).await.unwrap();
+    svc.execute::<Order>(id, &OrderCommand::UpdateItems { items: items(i, 3) }, meta.clone(), None).await.unwrap();
     if i % 4 == 3 {
-        svc.execute::<Order>(id, &OrderCommand::Cancel { reason: "customer asked".into() }, meta, None).await.unwrap();
+        svc.execute::<Order>(id, &OrderCommand::Cancel { reason: "customer asked".into() }, meta.clone(), None).await.unwrap();
         return id;
     }
-    svc.execute::<Order>(id, &OrderCommand::Confirm, meta, None).await.unwrap();
+    svc.execute::<Order>(id, &OrderCommand::Confirm, meta.clone(), None).await.unwrap();
     svc.execute::<Order>(
         id,
         &OrderCommand::Ship { tracking_number: format!("TRK{i}"), carrier: "DHL".into() },
-        meta,
+        meta.clone(),
         None,
     )
     .await
     .unwrap();
-    svc.execute::<Order>(id, &OrderCommand::Deliver { signature: "J. Doe".into() }, meta, None).await.unwrap();
+    svc.execute::<Order>(id, &OrderCommand::Deliver { signature: "J. Doe".into() }, meta.clone(), None).await.unwrap();
     id
 }
 
