@@ -26,7 +26,7 @@ use crate::shutdown::{Shutdown, Trigger};
 use crate::store::cql::CqlStore;
 
 use super::messages::ActorName;
-use super::supervision::{Progress, SupervisedTask, TaskBody, TaskError, TaskFuture};
+use super::supervision::{SupervisedTask, TaskBody, TaskError, TaskFuture, TaskInfo};
 use super::ActorDeps;
 
 /// Longest wait at shutdown for the relay to publish what is already committed.
@@ -35,23 +35,10 @@ const MAX_CATCH_UP: Duration = Duration::from_secs(10);
 /// The relay actor.
 pub type CdcStreamProcessor = SupervisedTask<RelayBody>;
 
-impl Progress for RelayStatus {
-    fn running(&self) -> bool {
-        self.running
-    }
-}
-
-/// What the CdcStreamProcessor runs: the relay of this backend.
+/// What the CdcStreamProcessor runs: the relay of this backend, with dead
+/// letters going to `sink` (the DlqActor's [`super::DlqSink`]).
 pub struct RelayBody {
-    deps: ActorDeps,
-    /// Where dead letters go (the DlqActor's [`super::DlqSink`]).
-    sink: Arc<dyn DeadLetterSink>,
-}
-
-impl RelayBody {
-    pub fn new(deps: ActorDeps, sink: Arc<dyn DeadLetterSink>) -> RelayBody {
-        RelayBody { deps, sink }
-    }
+    pub sink: Arc<dyn DeadLetterSink>,
 }
 
 fn failed(e: impl std::fmt::Display) -> TaskError {
@@ -73,48 +60,30 @@ async fn run_cdc_reader(
 }
 
 impl TaskBody for RelayBody {
-    const NAME: ActorName = ActorName::Cdc;
-    const TASK: &'static str = "relay";
-    const ON_ABORT: &'static str = "unconfirmed events are re-sent on restart";
+    const INFO: TaskInfo =
+        TaskInfo { actor: ActorName::Cdc, task: "relay", on_abort: "unconfirmed events are re-sent on restart" };
     type Status = RelayStatus;
-
-    fn deps(&self) -> &ActorDeps {
-        &self.deps
-    }
 
     /// `Relay::run` on the position feed, or the Scylla CDC reader for the
     /// CQL backend.
-    fn spawn(&mut self, shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
-        let cfg = &self.deps.cfg;
-        let status = self.deps.relay_status.clone();
-        match self.deps.cql.clone() {
-            None => {
-                let relay = Relay::with_status(cfg, self.deps.store.clone(), self.deps.metrics.clone(), status)
-                    .map_err(failed)?
-                    .with_sink(self.sink.clone());
-                Ok(async move { relay.run(shutdown).await.map_err(failed) }.boxed())
-            }
-            Some(cql) => {
-                let deliverer = Deliverer::new(cfg, self.sink.clone(), self.deps.metrics.clone(), status)
-                    .map_err(|e| TaskError::Failed(e.message))?;
-                Ok(run_cdc_reader(cql, cfg.store.cql.cdc.clone(), Arc::new(deliverer), shutdown).boxed())
-            }
-        }
-    }
-
-    fn status(&self) -> RelayStatus {
-        self.deps.relay_status.borrow().clone()
-    }
-
-    fn mark_stopped(&self) {
-        self.deps.relay_status.send_modify(|s| s.running = false);
+    fn spawn(&mut self, deps: &ActorDeps, shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
+        let (cfg, status) = (&deps.cfg, deps.relay_status.clone());
+        let Some(cql) = deps.cql.clone() else {
+            let relay = Relay::with_status(cfg, deps.store.clone(), deps.metrics.clone(), status)
+                .map_err(failed)?
+                .with_sink(self.sink.clone());
+            return Ok(async move { relay.run(shutdown).await.map_err(failed) }.boxed());
+        };
+        let deliverer = Deliverer::new(cfg, self.sink.clone(), deps.metrics.clone(), status)
+            .map_err(|e| TaskError::Failed(e.message))?;
+        Ok(run_cdc_reader(cql, cfg.store.cql.cdc.clone(), Arc::new(deliverer), shutdown).boxed())
     }
 
     /// Publish what was committed before the signal, as long as the broker
     /// takes it (bounded: half the deadline, at most [`MAX_CATCH_UP`]).
-    fn drain(&self, deadline: Duration) -> BoxFuture<'static, ()> {
-        let store = self.deps.store.clone();
-        let mut status = self.deps.relay_status.subscribe();
+    fn drain(&self, deps: &ActorDeps, deadline: Duration) -> BoxFuture<'static, ()> {
+        let store = deps.store.clone();
+        let mut status = deps.relay_status.subscribe();
         let catch_up = (deadline / 2).min(MAX_CATCH_UP);
         async move {
             let Ok(Ok(head)) = tokio::time::timeout(catch_up, store.head_position()).await else { return };

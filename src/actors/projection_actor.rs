@@ -21,49 +21,29 @@ use crate::projection::{DynReadModels, ProjectionStatus, Projector, ProjectorOpt
 use crate::shutdown::Shutdown;
 
 use super::messages::ActorName;
-use super::supervision::{Progress, SupervisedTask, TaskBody, TaskError, TaskFuture};
+use super::supervision::{SupervisedTask, TaskBody, TaskError, TaskFuture, TaskInfo};
 use super::ActorDeps;
 
 /// The projection actor.
 pub type ProjectionActor = SupervisedTask<ProjectionBody>;
 
-impl Progress for ProjectionStatus {
-    fn running(&self) -> bool {
-        self.running
-    }
-}
-
-/// What the ProjectionActor runs: the projector of this backend.
+/// What the ProjectionActor runs: the projector of this backend, writing
+/// to `models`.
 pub struct ProjectionBody {
-    deps: ActorDeps,
-    models: DynReadModels,
-}
-
-impl ProjectionBody {
-    pub fn new(deps: ActorDeps, models: DynReadModels) -> ProjectionBody {
-        ProjectionBody { deps, models }
-    }
+    pub models: DynReadModels,
 }
 
 impl TaskBody for ProjectionBody {
-    const NAME: ActorName = ActorName::Projection;
-    const TASK: &'static str = "projector";
-    const ON_ABORT: &'static str = "it resumes from its checkpoint";
+    const INFO: TaskInfo =
+        TaskInfo { actor: ActorName::Projection, task: "projector", on_abort: "it resumes from its checkpoint" };
     type Status = ProjectionStatus;
 
-    fn deps(&self) -> &ActorDeps {
-        &self.deps
-    }
-
-    fn spawn(&mut self, shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
-        let Some(cql) = self.deps.cql.clone() else {
-            let projector = Projector::with_status(
-                self.deps.store.clone(),
-                self.models.clone(),
-                self.deps.metrics.clone(),
-                ProjectorOptions::from_config(&self.deps.cfg),
-                self.deps.projection_status.clone(),
-            );
+    fn spawn(&mut self, deps: &ActorDeps, shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
+        let status = deps.projection_status.clone();
+        let Some(cql) = deps.cql.clone() else {
+            let opts = ProjectorOptions::from_config(&deps.cfg);
+            let projector =
+                Projector::with_status(deps.store.clone(), self.models.clone(), deps.metrics.clone(), opts, status);
             return Ok(async move {
                 projector.run(shutdown).await;
                 Ok(())
@@ -76,27 +56,18 @@ impl TaskBody for ProjectionBody {
                 "read models on CQL need ScyllaDB CDC ({}.event_store has no CDC log); projection not started",
                 cql.keyspace()
             );
-            self.deps.projection_status.send_modify(|s| {
+            status.send_modify(|s| {
                 s.running = false;
                 s.last_error = Some(why.clone());
             });
             return Err(TaskError::Disabled(why));
         }
-        let cfg = self.deps.cfg.clone();
-        let status = self.deps.projection_status.clone();
+        let cfg = deps.cfg.clone();
         Ok(async move {
             crate::projection::cql::run_cdc_projection(cql, &cfg, status, shutdown)
                 .await
                 .map_err(|e| TaskError::Failed(format!("CQL projection (CDC reader): {e}")))
         }
         .boxed())
-    }
-
-    fn status(&self) -> ProjectionStatus {
-        self.deps.projection_status.borrow().clone()
-    }
-
-    fn mark_stopped(&self) {
-        self.deps.projection_status.send_modify(|s| s.running = false);
     }
 }
