@@ -1,6 +1,7 @@
 //! The actor system of a real `outboxd run` process against real Kafka:
 //! supervision (restart, restart budget), health levels (broker outage,
-//! store gone), the metric catalogue, and SIGTERM under load.
+//! store gone: /health and the relay's own reads), the metric catalogue, and
+//! SIGTERM under load.
 //! Failure injection: `OUTBOXD_ENABLE_FAULT_INJECTION=1` enables
 //! `POST /debug/fail/{actor}` on the admin server.
 
@@ -232,6 +233,14 @@ fn store_gone_makes_health_unhealthy_503() {
     assert_eq!(h["status"], "unhealthy");
     assert_eq!(component(&h, "store").0, "unhealthy", "{h}");
     assert!(h["components"]["store"]["detail"].as_str().unwrap().contains("gone"), "{h}");
+    // The relay's own reads fail too (a pooled connection would otherwise
+    // keep reading the deleted file): it reports that it cannot read the store.
+    let h = eventually(Duration::from_secs(10), "the relay to report the store unreadable", || {
+        let (_, h) = d.health();
+        (h["relay"]["store_ok"] == false && component(&h, "cdc_processor").0 == "unhealthy").then_some(h)
+    });
+    assert!(component(&h, "cdc_processor").1.contains("relay cannot read the store"), "{h}");
+    assert!(h["relay"]["last_error"].as_str().unwrap_or_default().contains("gone"), "{h}");
     let r = d.admin("GET", "/health/ready");
     assert_eq!((r.status, r.json()["ready"].as_bool()), (503, Some(false)));
     assert_eq!(d.admin("GET", "/health/live").status, 200, "still alive");
