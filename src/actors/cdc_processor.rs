@@ -1,10 +1,14 @@
 //! CdcStreamProcessor (the seeds' name for the relay actor): the
 //! [`SupervisedTask`] that runs the relay, i.e. the feed -> Kafka task of
 //! this backend:
-//! - SQLite: `relay::Relay::run` on the store's position feed;
-//! - CQL: the Scylla CDC reader of `relay::cdc` (`start_cdc_reader`).
+//! - SQLite: `relay::runner::RelayRunner` (lease-gated terms of
+//!   `relay::Relay` on the store's position feed, at-least-once or
+//!   exactly-once);
+//! - CQL: the Scylla CDC reader of `relay::cdc` (`start_cdc_reader`), while
+//!   this instance holds the relay lease.
 //!
-//! It reports the relay's progress, lag and breaker state (`RelayStatus`).
+//! It reports the relay's role (active/standby), progress, broker and
+//! breaker state (`RelayStatus`).
 //! Thin body: the relay owns reading, publishing, retries, the breaker and
 //! checkpoints; the shell (`supervision::shell`) owns spawning, watching,
 //! restarts and stopping. The relay resumes from its persisted checkpoint,
@@ -25,12 +29,13 @@ use crate::relay::cdc::{run_until_shutdown, start_cdc_reader};
 use crate::relay::deliver::Deliverer;
 use crate::relay::runner::RelayRunner;
 use crate::relay::sink::DeadLetterSink;
-use crate::relay::{BreakerState, RelayStatus, Role, StatusTx};
+use crate::relay::status::FeedState;
+use crate::relay::{BreakerState, Role, StatusTx};
 use crate::shutdown::{Shutdown, Trigger};
 use crate::store::cql::CqlStore;
 
 use super::messages::ActorName;
-use super::supervision::{Progress, SupervisedTask, TaskBody, TaskError, TaskFuture};
+use super::supervision::{SupervisedTask, TaskBody, TaskError, TaskFuture, TaskInfo};
 use super::ActorDeps;
 
 /// Longest wait at shutdown for the relay to publish what is already committed.
@@ -39,64 +44,14 @@ const MAX_CATCH_UP: Duration = Duration::from_secs(10);
 /// The relay actor.
 pub type CdcStreamProcessor = SupervisedTask<RelayBody>;
 
-impl Progress for RelayStatus {
-    fn running(&self) -> bool {
-        // A standby runs as intended when it waits for the lease.
-        self.running || matches!(self.role, Role::Standby { .. })
-    }
-}
-
-/// What the CdcStreamProcessor runs: the relay of this backend.
+/// What the CdcStreamProcessor runs: the relay of this backend, with dead
+/// letters going to `sink` (the DlqActor's [`super::DlqSink`]).
 pub struct RelayBody {
-    deps: ActorDeps,
-    /// Where dead letters go (the DlqActor's [`super::DlqSink`]).
-    sink: Arc<dyn DeadLetterSink>,
-}
-
-impl RelayBody {
-    pub fn new(deps: ActorDeps, sink: Arc<dyn DeadLetterSink>) -> RelayBody {
-        RelayBody { deps, sink }
-    }
+    pub sink: Arc<dyn DeadLetterSink>,
 }
 
 fn failed(e: impl std::fmt::Display) -> TaskError {
     TaskError::Failed(e.to_string())
-}
-
-/// The CQL feed: while this instance holds the relay lease, reads the Scylla
-/// CDC log until the term ends, then stops the reader gracefully
-/// (`relay::cdc::run_until_shutdown`).
-async fn run_cdc_relay(deps: ActorDeps, cql: Arc<CqlStore>, cdc: CdcConfig, sink: Arc<dyn DeadLetterSink>, shutdown: Shutdown) -> Result<(), TaskError> {
-    let status = StatusTx::new(deps.relay_status.clone());
-    let lease = deps.leases.relay.clone();
-    let role_status = status.clone();
-    while_active(
-        lease.as_ref(),
-        shutdown,
-        |s| role_status.update(|st| {
-            let role = role_of(s);
-            if st.role == role {
-                return false;
-            }
-            st.role = role;
-            true
-        }),
-        |epoch, term| {
-            let (deps, cql, cdc, sink, status) = (deps.clone(), cql.clone(), cdc.clone(), sink.clone(), status.clone());
-            async move {
-                status.update(|st| {
-                    st.role = epoch.map(|epoch| Role::Active { epoch }).unwrap_or(Role::Unfenced);
-                    true
-                });
-                let deliverer = Deliverer::new(&deps.cfg, deps.store.clone(), sink, deps.metrics.clone(), status).await.map_err(|e| failed(e.message))?;
-                let abandon = Trigger::new();
-                let (reader, handle) =
-                    start_cdc_reader(cql.session(), cql.keyspace(), &cdc, Arc::new(deliverer), abandon.subscribe()).await.map_err(failed)?;
-                run_until_shutdown(reader, handle, abandon, term, "CDC reader").await.map_err(failed)
-            }
-        },
-    )
-    .await
 }
 
 /// The relay role a lease state means.
@@ -108,54 +63,71 @@ pub fn role_of(s: &LeaseState) -> Role {
     }
 }
 
-impl TaskBody for RelayBody {
-    const NAME: ActorName = ActorName::Cdc;
-    const TASK: &'static str = "relay";
-    const ON_ABORT: &'static str = "unconfirmed events are re-sent on restart";
-    type Status = RelayStatus;
+/// The CQL feed: while this instance holds the relay lease, reads the Scylla
+/// CDC log until the term ends, then stops the reader gracefully
+/// (`relay::cdc::run_until_shutdown`).
+async fn run_cdc_relay(deps: ActorDeps, cql: Arc<CqlStore>, cdc: CdcConfig, sink: Arc<dyn DeadLetterSink>, shutdown: Shutdown) -> Result<(), TaskError> {
+    let status = StatusTx::new(deps.relay_status.clone());
+    let lease = deps.leases.relay.clone();
+    let role_status = status.clone();
+    let on_role = move |s: &LeaseState| {
+        let role = role_of(s);
+        role_status.update(|st| {
+            if st.role == role {
+                return false;
+            }
+            st.role = role;
+            true
+        })
+    };
+    while_active(lease.as_ref(), shutdown, on_role, |epoch, term| {
+        let (deps, cql, cdc, sink, status) = (deps.clone(), cql.clone(), cdc.clone(), sink.clone(), status.clone());
+        async move {
+            status.update(|st| {
+                st.role = epoch.map(|epoch| Role::Active { epoch }).unwrap_or(Role::Unfenced);
+                true
+            });
+            let deliverer =
+                Deliverer::new(&deps.cfg, deps.store.clone(), sink, deps.metrics.clone(), status).await.map_err(|e| failed(e.message))?;
+            let abandon = Trigger::new();
+            let (reader, handle) =
+                start_cdc_reader(cql.session(), cql.keyspace(), &cdc, Arc::new(deliverer), abandon.subscribe()).await.map_err(failed)?;
+            run_until_shutdown(reader, handle, abandon, term, "CDC reader").await.map_err(failed)
+        }
+    })
+    .await
+}
 
-    fn deps(&self) -> &ActorDeps {
-        &self.deps
-    }
+impl TaskBody for RelayBody {
+    const INFO: TaskInfo =
+        TaskInfo { actor: ActorName::Cdc, task: "relay", on_abort: "unconfirmed events are re-sent on restart" };
+    type Status = crate::relay::RelayStatus;
 
     /// The lease-gated relay: the position feed (`RelayRunner`), or the Scylla
     /// CDC reader for the CQL backend.
-    fn spawn(&mut self, shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
-        let deps = self.deps.clone();
-        match self.deps.cql.clone() {
-            None => {
-                let runner = RelayRunner {
-                    config: deps.cfg.clone(),
-                    store: deps.store.clone(),
-                    metrics: deps.metrics.clone(),
-                    status: StatusTx::new(deps.relay_status.clone()),
-                    sink: self.sink.clone(),
-                    lease: deps.leases.relay.clone(),
-                    pause: deps.relay_pause.clone(),
-                };
-                Ok(async move { runner.run(shutdown).await.map_err(failed) }.boxed())
-            }
-            Some(cql) => {
-                let cdc = deps.cfg.store.cql.cdc.clone();
-                Ok(run_cdc_relay(deps, cql, cdc, self.sink.clone(), shutdown).boxed())
-            }
-        }
-    }
-
-    fn status(&self) -> RelayStatus {
-        self.deps.relay_status.borrow().clone()
-    }
-
-    fn mark_stopped(&self) {
-        self.deps.relay_status.send_modify(|s| s.running = false);
+    fn spawn(&mut self, deps: &ActorDeps, shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
+        let Some(cql) = deps.cql.clone() else {
+            let runner = RelayRunner {
+                config: deps.cfg.clone(),
+                store: deps.store.clone(),
+                metrics: deps.metrics.clone(),
+                status: StatusTx::new(deps.relay_status.clone()),
+                sink: self.sink.clone(),
+                lease: deps.leases.relay.clone(),
+                pause: deps.relay_pause.clone(),
+            };
+            return Ok(async move { runner.run(shutdown).await.map_err(failed) }.boxed());
+        };
+        let cdc = deps.cfg.store.cql.cdc.clone();
+        Ok(run_cdc_relay(deps.clone(), cql, cdc, self.sink.clone(), shutdown).boxed())
     }
 
     /// Publish what was committed before the signal, as long as the broker
     /// takes it (bounded: half the deadline, at most [`MAX_CATCH_UP`]). A
     /// standby has nothing to publish.
-    fn drain(&self, deadline: Duration) -> BoxFuture<'static, ()> {
-        let store = self.deps.store.clone();
-        let mut status = self.deps.relay_status.subscribe();
+    fn drain(&self, deps: &ActorDeps, deadline: Duration) -> BoxFuture<'static, ()> {
+        let store = deps.store.clone();
+        let mut status = deps.relay_status.subscribe();
         let catch_up = (deadline / 2).min(MAX_CATCH_UP);
         async move {
             if !status.borrow().running {
@@ -168,7 +140,7 @@ impl TaskBody for RelayBody {
                     s.checkpoint.unwrap_or(0) >= head
                         || !s.running
                         || !s.broker.is_reachable()
-                        || s.feed != crate::relay::status::FeedState::Ok
+                        || s.feed != FeedState::Ok
                         || s.breaker != BreakerState::Closed
                 }),
             )

@@ -114,12 +114,18 @@ impl CoordinatorActor {
         // 4. CDC: the relay, dead letters through the DlqActor.
         let sink = Arc::new(DlqSink(dlq.clone()));
         let (d, p, h) = (deps.clone(), me.clone().recipient(), health.clone().recipient());
-        let cdc = actix::Supervisor::start(move |_| SupervisedTask::new(RelayBody::new(d, sink), p, h));
+        let cdc = actix::Supervisor::start(move |_| {
+            let status = d.relay_status.clone();
+            SupervisedTask::new(d, RelayBody { sink }, status, p, h)
+        });
         // 5. Projections: only where the backend has read models.
         let projection = match deps.read_models.clone() {
             Some(models) => {
                 let (d, p, h) = (deps, me.recipient(), health.clone().recipient());
-                Some(actix::Supervisor::start(move |_| SupervisedTask::new(ProjectionBody::new(d, models), p, h)))
+                Some(actix::Supervisor::start(move |_| {
+                    let status = d.projection_status.clone();
+                    SupervisedTask::new(d, ProjectionBody { models }, status, p, h)
+                }))
             }
             None => {
                 tracing::info!(backend = ?deps.cfg.store.backend, "read models are not available on this backend; the projection actor is not started");

@@ -67,7 +67,7 @@ pub use messages::{
 };
 pub use order_actor::{DrainCommands, ExecuteCommand, LoadAggregate, OrderActor};
 pub use projection_actor::{ProjectionActor, ProjectionBody};
-pub use supervision::{GetTaskStatus, RestartBudget, SupervisedTask, TaskBody, TaskStatus};
+pub use supervision::{GetTaskStatus, RestartBudget, SupervisedTask, TaskBody, TaskInfo, TaskStatus};
 
 /// Exit code of `outboxd run` when a supervised actor used up its restart
 /// budget (EX_SOFTWARE).

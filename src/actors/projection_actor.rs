@@ -25,47 +25,31 @@ use crate::projection::{DynReadModels, ProjectionStatus, Projector, ProjectorOpt
 use crate::shutdown::Shutdown;
 
 use super::messages::ActorName;
-use super::supervision::{Progress, SupervisedTask, TaskBody, TaskError, TaskFuture};
+use super::supervision::{SupervisedTask, TaskBody, TaskError, TaskFuture, TaskInfo};
 use super::ActorDeps;
 
 /// The projection actor.
 pub type ProjectionActor = SupervisedTask<ProjectionBody>;
 
-impl Progress for ProjectionStatus {
-    fn running(&self) -> bool {
-        self.running
-    }
-}
-
-/// What the ProjectionActor runs: the projector of this backend.
+/// What the ProjectionActor runs: the projector of this backend, writing
+/// to `models`.
 pub struct ProjectionBody {
-    deps: ActorDeps,
-    models: DynReadModels,
-}
-
-impl ProjectionBody {
-    pub fn new(deps: ActorDeps, models: DynReadModels) -> ProjectionBody {
-        ProjectionBody { deps, models }
-    }
+    pub models: DynReadModels,
 }
 
 impl TaskBody for ProjectionBody {
-    const NAME: ActorName = ActorName::Projection;
-    const TASK: &'static str = "projector";
-    const ON_ABORT: &'static str = "it resumes from its checkpoint";
+    const INFO: TaskInfo =
+        TaskInfo { actor: ActorName::Projection, task: "projector", on_abort: "it resumes from its checkpoint" };
     type Status = ProjectionStatus;
-
-    fn deps(&self) -> &ActorDeps {
-        &self.deps
-    }
 
     /// The projector runs only while this instance holds the projection's
     /// lease (`projections`); a standby waits.
-    fn spawn(&mut self, shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
-        let lease = self.deps.leases.projection.clone();
-        let Some(cql) = self.deps.cql.clone() else {
-            let (store, models, metrics) = (self.deps.store.clone(), self.models.clone(), self.deps.metrics.clone());
-            let (opts, status) = (ProjectorOptions::from_config(&self.deps.cfg), self.deps.projection_status.clone());
+    fn spawn(&mut self, deps: &ActorDeps, shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
+        let status = deps.projection_status.clone();
+        let lease = deps.leases.projection.clone();
+        let Some(cql) = deps.cql.clone() else {
+            let opts = ProjectorOptions::from_config(&deps.cfg);
+            let (store, models, metrics) = (deps.store.clone(), self.models.clone(), deps.metrics.clone());
             return Ok(async move {
                 while_active(lease.as_ref(), shutdown, |_| {}, |_epoch, term| {
                     let projector = Projector::with_status(store.clone(), models.clone(), metrics.clone(), opts.clone(), status.clone());
@@ -84,14 +68,13 @@ impl TaskBody for ProjectionBody {
                 "read models on CQL need ScyllaDB CDC ({}.event_store has no CDC log); projection not started",
                 cql.keyspace()
             );
-            self.deps.projection_status.send_modify(|s| {
+            status.send_modify(|s| {
                 s.running = false;
                 s.last_error = Some(why.clone());
             });
             return Err(TaskError::Disabled(why));
         }
-        let cfg = self.deps.cfg.clone();
-        let status = self.deps.projection_status.clone();
+        let cfg = deps.cfg.clone();
         Ok(async move {
             while_active(lease.as_ref(), shutdown, |_| {}, |_epoch, term| {
                 let (cql, cfg, status) = (cql.clone(), cfg.clone(), status.clone());
@@ -104,13 +87,5 @@ impl TaskBody for ProjectionBody {
             .await
         }
         .boxed())
-    }
-
-    fn status(&self) -> ProjectionStatus {
-        self.deps.projection_status.borrow().clone()
-    }
-
-    fn mark_stopped(&self) {
-        self.deps.projection_status.send_modify(|s| s.running = false);
     }
 }

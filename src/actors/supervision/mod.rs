@@ -50,40 +50,60 @@ pub enum TaskError {
 /// `Err` on failure (an `Ok` end without a signal counts as failure too).
 pub type TaskFuture = BoxFuture<'static, Result<(), TaskError>>;
 
-/// What a supervised task body reports about itself.
+/// What a supervised task publishes about itself on its status channel.
 pub trait Progress: Clone + Send + serde::Serialize + 'static {
     /// The task says it is running (reading its feed).
     fn running(&self) -> bool;
+    /// Cleared by the shell when no task runs any more (restart, stop).
+    fn set_running(&mut self, running: bool);
 }
 
-/// What differs between supervised tasks (see the module doc).
-pub trait TaskBody: Unpin + Sized + 'static {
-    /// The actor's name in metrics, logs and /health.
-    const NAME: ActorName;
+impl Progress for crate::relay::RelayStatus {
+    fn running(&self) -> bool {
+        // A standby runs as intended while it waits for the lease.
+        self.running || matches!(self.role, crate::relay::Role::Standby { .. })
+    }
+    fn set_running(&mut self, running: bool) {
+        self.running = running;
+    }
+}
+
+impl Progress for crate::projection::ProjectionStatus {
+    fn running(&self) -> bool {
+        self.running
+    }
+    fn set_running(&mut self, running: bool) {
+        self.running = running;
+    }
+}
+
+/// How a supervised task is named in metrics, logs and /health.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskInfo {
+    /// The actor's name.
+    pub actor: ActorName,
     /// The task's name in logs and health details (`relay`, `projector`).
-    const TASK: &'static str;
+    pub task: &'static str,
     /// What happens to unfinished work when the task is aborted (logged).
-    const ON_ABORT: &'static str;
-    /// The status the task publishes (read by [`GetTaskStatus`]).
+    pub on_abort: &'static str,
+}
+
+/// What differs between supervised tasks (see the module doc). The shell
+/// passes the actor's [`ActorDeps`] to every hook.
+pub trait TaskBody: Unpin + Sized + 'static {
+    const INFO: TaskInfo;
+    /// The status the task publishes on the channel the shell was given
+    /// (read by [`GetTaskStatus`]; it outlives restarts).
     type Status: Progress;
 
-    /// Configuration, store, metrics and the runtime the task runs on.
-    fn deps(&self) -> &ActorDeps;
-
     /// Creates the task; it runs until `shutdown` fires (or it fails).
-    fn spawn(&mut self, shutdown: Shutdown) -> Result<TaskFuture, TaskError>;
-
-    /// The task's latest published status.
-    fn status(&self) -> Self::Status;
-
-    /// No task runs any more (restart, stop): clear the published running flag.
-    fn mark_stopped(&self);
+    fn spawn(&mut self, deps: &ActorDeps, shutdown: Shutdown) -> Result<TaskFuture, TaskError>;
 
     /// Called by `StopActor` before the task's shutdown signal fires, within
     /// `deadline`: work the task should finish first (the relay publishes
     /// what was committed before shutdown). Default: nothing.
-    fn drain(&self, deadline: Duration) -> BoxFuture<'static, ()> {
-        let _ = deadline;
+    fn drain(&self, deps: &ActorDeps, deadline: Duration) -> BoxFuture<'static, ()> {
+        let _ = (deps, deadline);
         Box::pin(async {})
     }
 }

@@ -23,6 +23,7 @@ use tokio::task::AbortHandle;
 use crate::actors::messages::{
     ActorError, ActorName, ChildGaveUp, ComponentEvent, FailureMode, InjectFailure, Lifecycle, Ping, StopActor,
 };
+use crate::actors::ActorDeps;
 use crate::shutdown::Trigger;
 
 use super::{record_restart, GetTaskStatus, Progress, Restart, RestartBudget, TaskBody, TaskError, TaskStatus};
@@ -42,7 +43,10 @@ struct TaskRun {
 }
 
 pub struct SupervisedTask<B: TaskBody> {
+    deps: ActorDeps,
     body: B,
+    /// Where the task publishes its status (outlives restarts).
+    status: watch::Sender<B::Status>,
     parent: Recipient<ChildGaveUp>,
     health: Recipient<ComponentEvent>,
     run: Option<TaskRun>,
@@ -83,12 +87,20 @@ async fn after_previous(delay: Duration, previous: Option<watch::Receiver<()>>, 
 }
 
 impl<B: TaskBody> SupervisedTask<B> {
-    /// `parent` hears when the budget is exhausted; `health` gets every
-    /// lifecycle change.
-    pub fn new(body: B, parent: Recipient<ChildGaveUp>, health: Recipient<ComponentEvent>) -> SupervisedTask<B> {
-        let budget = RestartBudget::new(&body.deps().cfg.supervision);
+    /// `status` is the channel the body's task publishes on; `parent` hears
+    /// when the budget is exhausted; `health` gets every lifecycle change.
+    pub fn new(
+        deps: ActorDeps,
+        body: B,
+        status: watch::Sender<B::Status>,
+        parent: Recipient<ChildGaveUp>,
+        health: Recipient<ComponentEvent>,
+    ) -> SupervisedTask<B> {
+        let budget = RestartBudget::new(&deps.cfg.supervision);
         SupervisedTask {
+            deps,
             body,
+            status,
             parent,
             health,
             run: None,
@@ -102,8 +114,13 @@ impl<B: TaskBody> SupervisedTask<B> {
         }
     }
 
+    /// No task runs any more: clear the published running flag.
+    fn mark_stopped(&self) {
+        self.status.send_modify(|s| s.set_running(false));
+    }
+
     fn event(&self, detail: String) {
-        self.health.do_send(ComponentEvent { actor: B::NAME, lifecycle: self.lifecycle, detail });
+        self.health.do_send(ComponentEvent { actor: B::INFO.actor, lifecycle: self.lifecycle, detail });
     }
 
     fn start_task(&mut self, ctx: &mut Context<Self>) {
@@ -111,17 +128,17 @@ impl<B: TaskBody> SupervisedTask<B> {
             return;
         }
         let trigger = Trigger::new();
-        let task = match self.body.spawn(trigger.subscribe()) {
+        let task = match self.body.spawn(&self.deps, trigger.subscribe()) {
             Ok(task) => task,
             Err(TaskError::Disabled(why)) => {
-                tracing::warn!(actor = %B::NAME, "{why}");
+                tracing::warn!(actor = %B::INFO.actor, "{why}");
                 self.lifecycle = Lifecycle::Stopped;
                 self.last_error = Some(why.clone());
                 self.event(why);
                 return;
             }
             Err(TaskError::Failed(e)) => {
-                tracing::error!(actor = %B::NAME, error = %e, "cannot create the {}", B::TASK);
+                tracing::error!(actor = %B::INFO.actor, error = %e, "cannot create the {}", B::INFO.task);
                 self.last_error = Some(e);
                 ctx.stop();
                 return;
@@ -131,11 +148,11 @@ impl<B: TaskBody> SupervisedTask<B> {
         let generation = self.generation;
         let (alive, gone_rx) = watch::channel(());
         let (panic_tx, panic_rx) = oneshot::channel::<()>();
-        let handle = self.body.deps().runtime.spawn(async move {
+        let handle = self.deps.runtime.spawn(async move {
             let _alive = alive;
             tokio::select! {
                 r = task => r,
-                Ok(()) = panic_rx => panic!("injected failure: {} task panicked", B::TASK),
+                Ok(()) = panic_rx => panic!("injected failure: {} task panicked", B::INFO.task),
             }
         });
         let abort = handle.abort_handle();
@@ -143,11 +160,11 @@ impl<B: TaskBody> SupervisedTask<B> {
         let restarted = matches!(self.lifecycle, Lifecycle::Restarting { .. });
         self.lifecycle = Lifecycle::Running;
         let detail = if restarted {
-            format!("{} restarted ({} restarts in total)", B::TASK, self.budget.total())
+            format!("{} restarted ({} restarts in total)", B::INFO.task, self.budget.total())
         } else {
-            format!("{} started", B::TASK)
+            format!("{} started", B::INFO.task)
         };
-        tracing::info!(actor = %B::NAME, generation, "{detail}");
+        tracing::info!(actor = %B::INFO.actor, generation, "{detail}");
         self.event(detail);
         // Watch the task: an end we did not ask for is a failure.
         ctx.spawn(actix::fut::wrap_future::<_, Self>(handle).map(move |res, act, ctx| {
@@ -155,12 +172,12 @@ impl<B: TaskBody> SupervisedTask<B> {
                 return;
             }
             let why = match res {
-                Ok(Ok(())) => format!("{} task returned unexpectedly", B::TASK),
-                Ok(Err(e)) => format!("{} task failed: {e}", B::TASK),
-                Err(e) if e.is_panic() => format!("{} task panicked", B::TASK),
-                Err(_) => format!("{} task was aborted", B::TASK),
+                Ok(Ok(())) => format!("{} task returned unexpectedly", B::INFO.task),
+                Ok(Err(e)) => format!("{} task failed: {e}", B::INFO.task),
+                Err(e) if e.is_panic() => format!("{} task panicked", B::INFO.task),
+                Err(_) => format!("{} task was aborted", B::INFO.task),
             };
-            tracing::error!(actor = %B::NAME, generation, "{why}; stopping the actor so it restarts");
+            tracing::error!(actor = %B::INFO.actor, generation, "{why}; stopping the actor so it restarts");
             act.last_error = Some(why);
             ctx.stop();
         }));
@@ -183,7 +200,7 @@ impl<B: TaskBody> Actor for SupervisedTask<B> {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.failing = false;
         let Some(delay) = start_delay(self.lifecycle, &self.budget) else { return };
-        let wait = after_previous(delay, self.previous.take(), B::NAME, B::TASK);
+        let wait = after_previous(delay, self.previous.take(), B::INFO.actor, B::INFO.task);
         ctx.spawn(actix::fut::wrap_future::<_, Self>(wait).map(|_, act, ctx| act.start_task(ctx)));
     }
 
@@ -201,9 +218,8 @@ impl<B: TaskBody> Supervised for SupervisedTask<B> {
             return;
         }
         let error = self.last_error.take().unwrap_or_else(|| "actor stopped unexpectedly".into());
-        self.body.mark_stopped();
-        let deps = self.body.deps();
-        match record_restart(&mut self.budget, &deps.metrics, &deps.cfg.supervision, B::NAME, &error) {
+        self.mark_stopped();
+        match record_restart(&mut self.budget, &self.deps.metrics, &self.deps.cfg.supervision, B::INFO.actor, &error) {
             Restart::Again { n, event } => {
                 self.lifecycle = Lifecycle::Restarting { restart: n };
                 self.event(event);
@@ -211,7 +227,7 @@ impl<B: TaskBody> Supervised for SupervisedTask<B> {
             Restart::GiveUp { n, event } => {
                 self.lifecycle = Lifecycle::GaveUp;
                 self.event(event);
-                self.parent.do_send(ChildGaveUp { actor: B::NAME, restarts: n, last_error: error });
+                self.parent.do_send(ChildGaveUp { actor: B::INFO.actor, restarts: n, last_error: error });
             }
         }
     }
@@ -221,7 +237,7 @@ impl<B: TaskBody> Handler<GetTaskStatus<B::Status>> for SupervisedTask<B> {
     type Result = MessageResult<GetTaskStatus<B::Status>>;
 
     fn handle(&mut self, _msg: GetTaskStatus<B::Status>, _ctx: &mut Context<Self>) -> Self::Result {
-        let progress = self.body.status();
+        let progress = self.status.borrow().clone();
         MessageResult(TaskStatus {
             lifecycle: self.lifecycle,
             restarts_in_window: self.budget.in_window(Instant::now()),
@@ -237,11 +253,11 @@ impl<B: TaskBody> Handler<StopActor> for SupervisedTask<B> {
     /// Drains (the body's hook), fires the task's shutdown signal, waits for
     /// the task until the deadline and aborts it after.
     fn handle(&mut self, msg: StopActor, _ctx: &mut Context<Self>) -> Self::Result {
-        self.body.deps().received(B::NAME);
+        self.deps.received(B::INFO.actor);
         self.stopping = true;
         let run = self.run.take();
         let previous = self.previous.take();
-        let drain = run.as_ref().map(|_| self.body.drain(msg.deadline));
+        let drain = run.as_ref().map(|_| self.body.drain(&self.deps, msg.deadline));
         let wait = async move {
             if let Some(run) = run {
                 if let Some(drain) = drain {
@@ -249,7 +265,7 @@ impl<B: TaskBody> Handler<StopActor> for SupervisedTask<B> {
                 }
                 run.trigger.fire();
                 if tokio::time::timeout(msg.deadline, gone(run.gone)).await.is_err() {
-                    tracing::warn!(actor = %B::NAME, "{} did not stop within {:?}; aborting it ({})", B::TASK, msg.deadline, B::ON_ABORT);
+                    tracing::warn!(actor = %B::INFO.actor, "{} did not stop within {:?}; aborting it ({})", B::INFO.task, msg.deadline, B::INFO.on_abort);
                     run.abort.abort();
                 }
             }
@@ -261,9 +277,9 @@ impl<B: TaskBody> Handler<StopActor> for SupervisedTask<B> {
             if act.lifecycle != Lifecycle::GaveUp {
                 act.lifecycle = Lifecycle::Stopped;
             }
-            act.body.mark_stopped();
-            tracing::info!(actor = %B::NAME, "stopped");
-            act.event(format!("{} stopped for shutdown", B::TASK));
+            act.mark_stopped();
+            tracing::info!(actor = %B::INFO.actor, "stopped");
+            act.event(format!("{} stopped for shutdown", B::INFO.task));
         }))
     }
 }
@@ -272,13 +288,13 @@ impl<B: TaskBody> Handler<InjectFailure> for SupervisedTask<B> {
     type Result = Result<(), ActorError>;
 
     fn handle(&mut self, msg: InjectFailure, ctx: &mut Context<Self>) -> Self::Result {
-        self.body.deps().received(B::NAME);
-        let not_running = ActorError::NotRunning { actor: B::NAME, lifecycle: self.lifecycle };
+        self.deps.received(B::INFO.actor);
+        let not_running = ActorError::NotRunning { actor: B::INFO.actor, lifecycle: self.lifecycle };
         if self.lifecycle != Lifecycle::Running || self.stopping || self.failing {
             return Err(not_running);
         }
         let Some(run) = self.run.as_mut() else { return Err(not_running) };
-        tracing::error!(actor = %B::NAME, mode = ?msg.0, "injected failure");
+        tracing::error!(actor = %B::INFO.actor, mode = ?msg.0, "injected failure");
         match msg.0 {
             FailureMode::Stop => {
                 self.last_error = Some("injected failure (stop)".into());

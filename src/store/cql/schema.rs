@@ -193,8 +193,8 @@ mod tests {
     fn schema_substitutes_keyspace_rf_and_cdc() {
         let with = schema_statements("ks1", 3, true);
         let without = schema_statements("ks1", 3, false);
-        assert_eq!(with.len(), 11);
-        assert_eq!(without.len(), 11);
+        assert_eq!(with.len(), 14);
+        assert_eq!(without.len(), 14);
         assert!(with[0].starts_with("CREATE KEYSPACE IF NOT EXISTS ks1\n"), "{}", with[0]);
         assert!(with[0].contains("'replication_factor': 3}"), "{}", with[0]);
         for s in &with[1..] {
