@@ -17,7 +17,7 @@ use uuid::Uuid;
 use outboxd::app::{CommandService, ServiceOptions};
 use outboxd::domain::{Aggregate, Order, OrderCommand, OrderStatus};
 use outboxd::envelope::{now_millis, Metadata};
-use outboxd::envelope::{EventEnvelope, StoredEvent};
+use outboxd::envelope::{EventEnvelope};
 use outboxd::metrics::Metrics;
 use outboxd::projection::{self, DynReadModels, PageRequest, Projector, ProjectorOptions, CONSUMER};
 use outboxd::shutdown::Trigger;
@@ -535,8 +535,11 @@ impl EventStore for CountingStore {
         self.reads.lock().unwrap().push((after_sequence, events.len()));
         Ok(events)
     }
-    async fn read_feed(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_feed(&self, after: i64, limit: usize) -> Result<Vec<outboxd::store::feed::FeedRow>, StoreError> {
         self.inner.read_feed(after, limit).await
+    }
+    async fn backlog(&self, consumer: &str) -> Result<outboxd::store::Backlog, StoreError> {
+        self.inner.backlog(consumer).await
     }
     async fn head_position(&self) -> Result<i64, StoreError> {
         self.inner.head_position().await
@@ -576,7 +579,7 @@ async fn snapshot_load_of_10k_events_reads_only_the_events_after_the_snapshot() 
     let dir = tempfile::tempdir().unwrap();
     let db = open_with(&dir.path().join("snapshots.db"), fast()).await;
     let counting = Arc::new(CountingStore { inner: db.store.clone(), reads: Default::default() });
-    let store: DynStore = counting.clone();
+    let store: outboxd::store::DynEvents = counting.clone();
     let id = Uuid::now_v7();
     let mut version = 0;
     for chunk in order_events(id, 0, 9_999).chunks(500) {

@@ -186,6 +186,10 @@ impl<T: EventStore + lease::LeaseStore + parking::ParkingStore + requests::Reque
 
 pub type DynStore = Arc<dyn Store>;
 
+/// Just the events (what the application service needs): any `DynStore`
+/// coerces to it.
+pub type DynEvents = Arc<dyn EventStore>;
+
 /// How far one consumer is behind the store (see [`EventStore::backlog`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Backlog {
