@@ -29,8 +29,8 @@ use tokio::sync::oneshot;
 
 use crate::actors::{ActorDeps, GetDlqActor, GetOrderActor, ShutdownSystem};
 use crate::config::{Backend, Config};
-use crate::lease::keeper;
 use crate::http::{AdminState, ApiState};
+use crate::lease::keeper;
 use crate::metrics::Metrics;
 
 /// Set to `1` to enable `POST /debug/fail/{actor}` on the admin server (tests only).
@@ -141,10 +141,24 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     let ttl = Duration::from_millis(cfg.relay.lease_ttl_ms);
     let lease_store: std::sync::Arc<dyn crate::store::lease::LeaseStore> = store.clone();
     let leases = crate::actors::Leases {
-        relay: Some(keeper::spawn(lease_store.clone(), &cfg.relay.consumer_name, &instance, ttl, metrics.clone(), lease_stop.subscribe())),
-        projection: read_models
-            .is_some()
-            .then(|| keeper::spawn(lease_store, crate::projection::CONSUMER, &instance, ttl, metrics.clone(), lease_stop.subscribe())),
+        relay: Some(keeper::spawn(
+            lease_store.clone(),
+            &cfg.relay.consumer_name,
+            &instance,
+            ttl,
+            metrics.clone(),
+            lease_stop.subscribe(),
+        )),
+        projection: read_models.is_some().then(|| {
+            keeper::spawn(
+                lease_store,
+                crate::projection::CONSUMER,
+                &instance,
+                ttl,
+                metrics.clone(),
+                lease_stop.subscribe(),
+            )
+        }),
     };
     tracing::info!(%instance, lease_ttl_ms = cfg.relay.lease_ttl_ms, "instance id in the lease table");
     let mut deps = ActorDeps::new(cfg, store, metrics, tokio::runtime::Handle::current()).with_leases(leases);

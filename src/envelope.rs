@@ -137,7 +137,8 @@ impl TraceContext {
     pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Result<TraceContext, String> {
         let tp = traceparent.trim();
         let parts: Vec<&str> = tp.split('-').collect();
-        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let hex =
+            |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         let ok = parts.len() >= 4
             && hex(parts[0], 2)
             && parts[0] != "ff"
@@ -148,12 +149,18 @@ impl TraceContext {
             && hex(parts[3], 2)
             && (parts[0] != "00" || parts.len() == 4);
         if !ok {
-            return Err("traceparent must look like 00-<32 lowercase hex>-<16 lowercase hex>-<2 hex> (W3C Trace Context)".into());
+            return Err(
+                "traceparent must look like 00-<32 lowercase hex>-<16 lowercase hex>-<2 hex> (W3C Trace Context)"
+                    .into(),
+            );
         }
         let tracestate = match tracestate.map(str::trim).filter(|s| !s.is_empty()) {
             None => None,
             Some(s) if s.len() > Self::MAX_TRACESTATE || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) => {
-                return Err(format!("tracestate must be printable ASCII of at most {} characters", Self::MAX_TRACESTATE))
+                return Err(format!(
+                    "tracestate must be printable ASCII of at most {} characters",
+                    Self::MAX_TRACESTATE
+                ))
             }
             Some(s) => Some(s.to_string()),
         };
@@ -187,11 +194,19 @@ mod tests {
     #[test]
     fn trace_context_is_validated() {
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        assert_eq!(TraceContext::parse(tp, Some("congo=t61rcWkgMzE")).unwrap().tracestate.as_deref(), Some("congo=t61rcWkgMzE"));
+        assert_eq!(
+            TraceContext::parse(tp, Some("congo=t61rcWkgMzE")).unwrap().tracestate.as_deref(),
+            Some("congo=t61rcWkgMzE")
+        );
         assert_eq!(TraceContext::parse(tp, Some("  ")).unwrap().tracestate, None);
-        for bad in ["", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331", "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
-            "00-00000000000000000000000000000000-b7ad6b7169203331-01", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra"] {
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        ] {
             assert!(TraceContext::parse(bad, None).is_err(), "{bad:?}");
         }
         assert!(TraceContext::parse(tp, Some("a=\u{1}")).is_err());

@@ -5,7 +5,10 @@
 //! components only update it and the admin server only encodes it, so
 //! /metrics never touches a store or the broker.
 
-use prometheus::{Encoder, GaugeVec, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
 
 /// Seed buckets for processing durations (1 ms .. 5 s).
 pub const SEED_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
@@ -67,8 +70,12 @@ impl Metrics {
             reg(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"))
         };
         let g = |name: &str, help: &str| reg(&r, IntGauge::new(name, help).expect("valid gauge"));
-        let gv = |name: &str, help: &str, labels: &[&str]| reg(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"));
-        let h = |name: &str, help: &str, b: &[f64]| reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(b.to_vec())).expect("valid histogram"));
+        let gv = |name: &str, help: &str, labels: &[&str]| {
+            reg(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"))
+        };
+        let h = |name: &str, help: &str, b: &[f64]| {
+            reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(b.to_vec())).expect("valid histogram"))
+        };
         Metrics {
             cdc_events_processed: cv(
                 "cdc_events_processed_total",

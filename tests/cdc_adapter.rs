@@ -26,8 +26,8 @@ use outboxd::metrics::Metrics;
 use outboxd::relay::cdc::{start_cdc_reader, CdcReaderHandle};
 use outboxd::relay::deliver::Deliverer;
 use outboxd::relay::sink::DeadLetterSink;
-use outboxd::relay::{RelayStatus, StatusTx};
 use outboxd::relay::topics::topic_names;
+use outboxd::relay::{RelayStatus, StatusTx};
 use outboxd::shutdown::Trigger;
 use outboxd::store::cql::CqlStore;
 use outboxd::store::{DynStore, EventStore};
@@ -100,7 +100,9 @@ async fn start(rig: &Rig) -> Running {
     let store = rig.store.clone() as DynStore;
     let sink: Arc<dyn DeadLetterSink> = Arc::new(store.clone());
     let (status, _) = watch::channel(RelayStatus::default());
-    let deliverer = Arc::new(Deliverer::new(&rig.config, store, sink, Metrics::new(), StatusTx::new(status)).await.expect("deliverer"));
+    let deliverer = Arc::new(
+        Deliverer::new(&rig.config, store, sink, Metrics::new(), StatusTx::new(status)).await.expect("deliverer"),
+    );
     let trigger = Trigger::new();
     let (reader, handle) = start_cdc_reader(
         rig.store.session(),

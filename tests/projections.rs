@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use outboxd::app::{CommandService, ServiceOptions};
 use outboxd::domain::{Aggregate, Order, OrderCommand, OrderStatus};
+use outboxd::envelope::EventEnvelope;
 use outboxd::envelope::{now_millis, Metadata};
-use outboxd::envelope::{EventEnvelope};
 use outboxd::metrics::Metrics;
 use outboxd::projection::{self, DynReadModels, PageRequest, Projector, ProjectorOptions, CONSUMER};
 use outboxd::shutdown::Trigger;

@@ -51,7 +51,9 @@ impl RunningRelay {
         self.trigger.wait_drained().await;
     }
     async fn wait_checkpoint(&mut self, position: i64, timeout: Duration) {
-        let ok = tokio::time::timeout(timeout, self.status.wait_for(|s| s.checkpoint.unwrap_or(0) >= position)).await.is_ok();
+        let ok = tokio::time::timeout(timeout, self.status.wait_for(|s| s.checkpoint.unwrap_or(0) >= position))
+            .await
+            .is_ok();
         assert!(ok, "relay did not reach position {position} in {timeout:?}: {:?}", *self.status.borrow());
     }
 }

@@ -66,7 +66,13 @@ pub fn role_of(s: &LeaseState) -> Role {
 /// The CQL feed: while this instance holds the relay lease, reads the Scylla
 /// CDC log until the term ends, then stops the reader gracefully
 /// (`relay::cdc::run_until_shutdown`).
-async fn run_cdc_relay(deps: ActorDeps, cql: Arc<CqlStore>, cdc: CdcConfig, sink: Arc<dyn DeadLetterSink>, shutdown: Shutdown) -> Result<(), TaskError> {
+async fn run_cdc_relay(
+    deps: ActorDeps,
+    cql: Arc<CqlStore>,
+    cdc: CdcConfig,
+    sink: Arc<dyn DeadLetterSink>,
+    shutdown: Shutdown,
+) -> Result<(), TaskError> {
     let status = StatusTx::new(deps.relay_status.clone());
     let lease = deps.leases.relay.clone();
     let role_status = status.clone();
@@ -87,11 +93,14 @@ async fn run_cdc_relay(deps: ActorDeps, cql: Arc<CqlStore>, cdc: CdcConfig, sink
                 st.role = epoch.map(|epoch| Role::Active { epoch }).unwrap_or(Role::Unfenced);
                 true
             });
-            let deliverer =
-                Deliverer::new(&deps.cfg, deps.store.clone(), sink, deps.metrics.clone(), status).await.map_err(|e| failed(e.message))?;
+            let deliverer = Deliverer::new(&deps.cfg, deps.store.clone(), sink, deps.metrics.clone(), status)
+                .await
+                .map_err(|e| failed(e.message))?;
             let abandon = Trigger::new();
             let (reader, handle) =
-                start_cdc_reader(cql.session(), cql.keyspace(), &cdc, Arc::new(deliverer), abandon.subscribe()).await.map_err(failed)?;
+                start_cdc_reader(cql.session(), cql.keyspace(), &cdc, Arc::new(deliverer), abandon.subscribe())
+                    .await
+                    .map_err(failed)?;
             run_until_shutdown(reader, handle, abandon, term, "CDC reader").await.map_err(failed)
         }
     })

@@ -51,13 +51,24 @@ impl TaskBody for ProjectionBody {
             let opts = ProjectorOptions::from_config(&deps.cfg);
             let (store, models, metrics) = (deps.store.clone(), self.models.clone(), deps.metrics.clone());
             return Ok(async move {
-                while_active(lease.as_ref(), shutdown, |_| {}, |_epoch, term| {
-                    let projector = Projector::with_status(store.clone(), models.clone(), metrics.clone(), opts.clone(), status.clone());
-                    async move {
-                        projector.run(term).await;
-                        Ok::<(), TaskError>(())
-                    }
-                })
+                while_active(
+                    lease.as_ref(),
+                    shutdown,
+                    |_| {},
+                    |_epoch, term| {
+                        let projector = Projector::with_status(
+                            store.clone(),
+                            models.clone(),
+                            metrics.clone(),
+                            opts.clone(),
+                            status.clone(),
+                        );
+                        async move {
+                            projector.run(term).await;
+                            Ok::<(), TaskError>(())
+                        }
+                    },
+                )
                 .await
             }
             .boxed());
@@ -76,14 +87,19 @@ impl TaskBody for ProjectionBody {
         }
         let cfg = deps.cfg.clone();
         Ok(async move {
-            while_active(lease.as_ref(), shutdown, |_| {}, |_epoch, term| {
-                let (cql, cfg, status) = (cql.clone(), cfg.clone(), status.clone());
-                async move {
-                    crate::projection::cql::run_cdc_projection(cql, &cfg, status, term)
-                        .await
-                        .map_err(|e| TaskError::Failed(format!("CQL projection (CDC reader): {e}")))
-                }
-            })
+            while_active(
+                lease.as_ref(),
+                shutdown,
+                |_| {},
+                |_epoch, term| {
+                    let (cql, cfg, status) = (cql.clone(), cfg.clone(), status.clone());
+                    async move {
+                        crate::projection::cql::run_cdc_projection(cql, &cfg, status, term)
+                            .await
+                            .map_err(|e| TaskError::Failed(format!("CQL projection (CDC reader): {e}")))
+                    }
+                },
+            )
             .await
         }
         .boxed())

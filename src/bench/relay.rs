@@ -16,10 +16,10 @@ use crate::envelope::{now_millis, EventEnvelope, Metadata};
 use crate::metrics::Metrics;
 use crate::relay::encode::Encoder;
 use crate::relay::producer::{producer_config, Delivery};
-use crate::store::feed::RawEvent;
 use crate::relay::topics::{topic_names, topic_of};
 use crate::relay::Relay;
 use crate::shutdown::Trigger;
+use crate::store::feed::RawEvent;
 use crate::store::sqlite::SqliteStore;
 use crate::store::DynStore;
 
@@ -64,7 +64,9 @@ pub async fn run(base: &Config, n: usize, size: usize, rate: u64, seconds: u64) 
 
     // Topics exist before either side is timed.
     let topics: Vec<String> = topic_names(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix);
-    crate::relay::admin::ensure_topics(&cfg.kafka, &topics, Duration::from_secs(30)).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    crate::relay::admin::ensure_topics(&cfg.kafka, &topics, Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
 
     // Baseline: a bare FutureProducer with the same settings, same records, all in flight.
     let producer: FutureProducer = producer_config(&cfg.kafka, &Delivery::AtLeastOnce).create()?;
@@ -84,7 +86,9 @@ pub async fn run(base: &Config, n: usize, size: usize, rate: u64, seconds: u64) 
         })
         .collect();
     let base_topics: Vec<String> = topics.iter().map(|t| t.replace("-events", "-baseline")).collect();
-    crate::relay::admin::ensure_topics(&cfg.kafka, &base_topics, Duration::from_secs(30)).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    crate::relay::admin::ensure_topics(&cfg.kafka, &base_topics, Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();
     for (t, k, v, h) in &prepared {

@@ -35,7 +35,8 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
                 (None, None, true) => vec![RequestKind::ReplayAllParked, RequestKind::ReplayDeadLetters { ids: None }],
                 _ => {
                     return Err(BadInput(
-                        "say what to replay: --aggregate ID (a parked aggregate), --id ID (a dead letter) or --all".into(),
+                        "say what to replay: --aggregate ID (a parked aggregate), --id ID (a dead letter) or --all"
+                            .into(),
                     )
                     .into())
                 }

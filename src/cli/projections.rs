@@ -31,7 +31,8 @@ pub async fn status(cfg: &Config) -> Result<u8, Failure> {
     let consumer = outboxd::projection::CONSUMER;
     let backlog = store.backlog(consumer).await?;
     let parked = store.parked(consumer).await?;
-    let lag_seconds = backlog.oldest.map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0).unwrap_or(0.0);
+    let lag_seconds =
+        backlog.oldest.map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0).unwrap_or(0.0);
     println!(
         "{}",
         serde_json::json!({

@@ -17,10 +17,14 @@ pub async fn rewind(cfg: &Config, to_position: Option<i64>, to_time: Option<Stri
         (Some(p), None) if p >= 0 => RequestKind::RewindToPosition { position: p },
         (Some(p), None) => return Err(BadInput(format!("--to-position {p}: must be a feed position >= 0")).into()),
         (None, Some(t)) => {
-            let t = DateTime::parse_from_rfc3339(&t).map_err(|e| BadInput(format!("--to-time {t:?}: expected RFC 3339, e.g. 2026-12-01T10:00:00Z ({e})")))?;
+            let t = DateTime::parse_from_rfc3339(&t).map_err(|e| {
+                BadInput(format!("--to-time {t:?}: expected RFC 3339, e.g. 2026-12-01T10:00:00Z ({e})"))
+            })?;
             RequestKind::RewindToTime { time: t.with_timezone(&Utc) }
         }
-        _ => return Err(BadInput("say where to rewind to: --to-position N (SQLite) or --to-time T (CQL)".into()).into()),
+        _ => {
+            return Err(BadInput("say where to rewind to: --to-position N (SQLite) or --to-time T (CQL)".into()).into())
+        }
     };
     relay_ops::request(cfg, kind, None).await
 }

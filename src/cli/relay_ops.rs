@@ -43,14 +43,20 @@ pub async fn request(cfg: &Config, kind: RequestKind, progress: Option<indicatif
     let ttl = Duration::from_millis(cfg.relay.lease_ttl_ms);
     // No live relay (no lease row, or a released one): carry it out here at once.
     let lease = store.lease_get(&consumer).await?;
-    let unclaimed_after = if lease.as_ref().is_none_or(|l| l.holder.is_empty()) { Duration::ZERO } else { ttl + Duration::from_secs(2) };
+    let unclaimed_after =
+        if lease.as_ref().is_none_or(|l| l.holder.is_empty()) { Duration::ZERO } else { ttl + Duration::from_secs(2) };
     let on_change = |req: &RelayRequest| bar.set_message(format!("request {}: {}", req.id, req.status.as_str()));
     let waited = operator::wait(&store, r.id, unclaimed_after, MAX_WAIT, on_change).await?;
     let done = match waited {
         Waited::Finished(done) => done,
         Waited::TimedOut(p) => {
             bar.finish_and_clear();
-            eprintln!("request {} is still {} on the relay after {MAX_WAIT:?}; see GET /relay/requests/{}", p.id, p.status.as_str(), p.id);
+            eprintln!(
+                "request {} is still {} on the relay after {MAX_WAIT:?}; see GET /relay/requests/{}",
+                p.id,
+                p.status.as_str(),
+                p.id
+            );
             return Ok(1);
         }
         Waited::Unclaimed(_) => {
@@ -75,7 +81,8 @@ pub async fn request(cfg: &Config, kind: RequestKind, progress: Option<indicatif
             Ok(0)
         }
         _ => {
-            let why = result.get("error").and_then(|v| v.as_str()).map(str::to_string).unwrap_or_else(|| result.to_string());
+            let why =
+                result.get("error").and_then(|v| v.as_str()).map(str::to_string).unwrap_or_else(|| result.to_string());
             eprintln!("error: request {} failed: {why}", done.id);
             Ok(1)
         }

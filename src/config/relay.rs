@@ -157,7 +157,8 @@ impl RelayConfig {
         if !(1_000..=900_000).contains(&self.transaction_timeout_ms) {
             return err("relay.transaction_timeout_ms must be between 1000 and 900000 (and within the broker's transaction.max.timeout.ms)");
         }
-        super::validate_topic(&self.progress_topic).map_err(|e| ConfigError(format!("relay.progress_topic: {}", e.0)))?;
+        super::validate_topic(&self.progress_topic)
+            .map_err(|e| ConfigError(format!("relay.progress_topic: {}", e.0)))?;
         let b = &self.breaker;
         if b.failure_threshold == 0 || b.success_threshold == 0 || b.open_timeout_ms == 0 {
             return err("relay.breaker: failure_threshold, success_threshold and open_timeout_ms must be > 0");

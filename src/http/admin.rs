@@ -23,7 +23,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::actors::{ActorName, CoordinatorActor, DlqActor, FailureMode, HealthReport, HealthStatus, InjectFailureInto};
+use crate::actors::{
+    ActorName, CoordinatorActor, DlqActor, FailureMode, HealthReport, HealthStatus, InjectFailureInto,
+};
 use crate::metrics::Metrics;
 use crate::relay::pause::PauseHook;
 use crate::store::DynStore;

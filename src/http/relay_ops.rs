@@ -79,8 +79,12 @@ async fn submit(st: &AdminState, kind: RequestKind, wait: bool) -> Result<HttpRe
         return Ok(HttpResponse::Accepted().json(json!({ "request": r })));
     }
     match operator::wait(&st.store, r.id, WAIT, WAIT, |_| {}).await {
-        Ok(Waited::Finished(done)) if done.status == RequestStatus::Done => Ok(HttpResponse::Ok().json(json!({ "request": done }))),
-        Ok(Waited::Finished(failed)) => Ok(HttpResponse::Conflict().json(json!({ "error": "request_failed", "request": failed }))),
+        Ok(Waited::Finished(done)) if done.status == RequestStatus::Done => {
+            Ok(HttpResponse::Ok().json(json!({ "request": done })))
+        }
+        Ok(Waited::Finished(failed)) => {
+            Ok(HttpResponse::Conflict().json(json!({ "error": "request_failed", "request": failed })))
+        }
         Ok(Waited::Unclaimed(p) | Waited::TimedOut(p)) => Ok(HttpResponse::Accepted().json(json!({
             "request": p,
             "message": "not finished yet (is a relay running?); poll GET /relay/requests/{id}",
@@ -96,7 +100,11 @@ fn uuid_list(b: &Input<'_>, field: &str) -> Result<Vec<Uuid>, ApiError> {
     let raw = b.array(field)?;
     raw.iter()
         .enumerate()
-        .map(|(i, v)| v.as_str().and_then(|s| Uuid::parse_str(s).ok()).ok_or_else(|| ApiError::invalid(format!("{field}[{i}]"), "must be a UUID")))
+        .map(|(i, v)| {
+            v.as_str()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .ok_or_else(|| ApiError::invalid(format!("{field}[{i}]"), "must be a UUID"))
+        })
         .collect()
 }
 
@@ -153,7 +161,10 @@ pub(super) async fn relay_rewind(st: web::Data<AdminState>, body: web::Json<Valu
     submit(&st, kind, wants_wait(&body)?).await
 }
 
-pub(super) async fn request_status(st: web::Data<AdminState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn request_status(
+    st: web::Data<AdminState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = Uuid::parse_str(&path).map_err(|_| ApiError::bad_request("id", "the id in the path must be a UUID"))?;
     match st.store.request_get(id).await {
         Ok(Some(r)) => Ok(HttpResponse::Ok().json(json!({ "request": r }))),
@@ -180,9 +191,15 @@ pub(super) struct StoreFaultQuery {
     fail_reads_ms: Option<u64>,
 }
 
-pub(super) async fn debug_store(st: web::Data<AdminState>, q: web::Query<StoreFaultQuery>) -> Result<HttpResponse, ApiError> {
-    let ms = q.fail_reads_ms.ok_or_else(|| ApiError::bad_request("fail_reads_ms", "say how long reads fail: ?fail_reads_ms=N"))?;
-    let faults = st.store.faults().ok_or_else(|| ApiError::not_found("this store backend has no fault-injection seam"))?;
+pub(super) async fn debug_store(
+    st: web::Data<AdminState>,
+    q: web::Query<StoreFaultQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let ms = q
+        .fail_reads_ms
+        .ok_or_else(|| ApiError::bad_request("fail_reads_ms", "say how long reads fail: ?fail_reads_ms=N"))?;
+    let faults =
+        st.store.faults().ok_or_else(|| ApiError::not_found("this store backend has no fault-injection seam"))?;
     faults.fail_reads_for(Duration::from_millis(ms));
     Ok(HttpResponse::Accepted().json(json!({ "fail_reads_ms": ms })))
 }
@@ -192,7 +209,10 @@ pub(super) struct PauseQuery {
     ms: Option<u64>,
 }
 
-pub(super) async fn debug_pause(st: web::Data<AdminState>, q: web::Query<PauseQuery>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn debug_pause(
+    st: web::Data<AdminState>,
+    q: web::Query<PauseQuery>,
+) -> Result<HttpResponse, ApiError> {
     let ms = q.ms.ok_or_else(|| ApiError::bad_request("ms", "say how long the relay loop freezes: ?ms=N"))?;
     st.relay_pause.pause_for(Duration::from_millis(ms));
     Ok(HttpResponse::Accepted().json(json!({ "paused_ms": ms })))

@@ -12,7 +12,12 @@ use super::keeper::{LeaseHandle, LeaseState};
 use crate::shutdown::{Shutdown, Trigger};
 
 /// Calls `on_role` with every role change while waiting, and `run` for every term.
-pub async fn while_active<F, Fut, E>(lease: Option<&LeaseHandle>, mut shutdown: Shutdown, mut on_role: impl FnMut(&LeaseState), mut run: F) -> Result<(), E>
+pub async fn while_active<F, Fut, E>(
+    lease: Option<&LeaseHandle>,
+    mut shutdown: Shutdown,
+    mut on_role: impl FnMut(&LeaseState),
+    mut run: F,
+) -> Result<(), E>
 where
     F: FnMut(Option<i64>, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), E>>,

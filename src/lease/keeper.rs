@@ -64,7 +64,14 @@ impl LeaseHandle {
 
 /// Starts keeping lease `name` for instance `me`. The keeper stops (and releases
 /// the lease if it holds it) when `shutdown` fires.
-pub fn spawn(store: Arc<dyn LeaseStore>, name: &str, me: &str, ttl: Duration, metrics: Metrics, shutdown: Shutdown) -> LeaseHandle {
+pub fn spawn(
+    store: Arc<dyn LeaseStore>,
+    name: &str,
+    me: &str,
+    ttl: Duration,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) -> LeaseHandle {
     let (tx, rx) = watch::channel(LeaseState::Unknown);
     let machine = Machine::new(name, me, Timing::from_ttl(ttl));
     let keeper = Keeper { store, machine, tx, metrics };
@@ -84,7 +91,9 @@ impl Keeper {
         let state = match (&self.machine.view, self.machine.is_active(now)) {
             (_, Some(epoch)) => LeaseState::Active { epoch },
             (View::Active { epoch, .. }, None) => LeaseState::Lost { epoch: *epoch },
-            (View::Standby { row, .. }, None) => LeaseState::Standby { holder: row.holder.clone(), epoch: row.epoch, ttl_ms: row.ttl_ms },
+            (View::Standby { row, .. }, None) => {
+                LeaseState::Standby { holder: row.holder.clone(), epoch: row.epoch, ttl_ms: row.ttl_ms }
+            }
             (View::Unknown, None) => match &*self.tx.borrow() {
                 LeaseState::Active { epoch } | LeaseState::Lost { epoch } => LeaseState::Lost { epoch: *epoch },
                 _ => LeaseState::Unknown,
@@ -100,9 +109,15 @@ impl Keeper {
                 return false;
             }
             match &state {
-                LeaseState::Active { epoch } => tracing::info!(lease = %name, epoch, "this instance holds the lease (active)"),
-                LeaseState::Standby { holder, epoch, .. } => tracing::info!(lease = %name, %holder, epoch, "another instance holds the lease (standby)"),
-                LeaseState::Lost { epoch } => tracing::warn!(lease = %name, epoch, "lease lost: stop acting as the leader"),
+                LeaseState::Active { epoch } => {
+                    tracing::info!(lease = %name, epoch, "this instance holds the lease (active)")
+                }
+                LeaseState::Standby { holder, epoch, .. } => {
+                    tracing::info!(lease = %name, %holder, epoch, "another instance holds the lease (standby)")
+                }
+                LeaseState::Lost { epoch } => {
+                    tracing::warn!(lease = %name, epoch, "lease lost: stop acting as the leader")
+                }
                 LeaseState::Unknown => {}
             }
             *s = state;
@@ -157,7 +172,9 @@ impl Keeper {
                             }
                             Some(Ok(false)) => self.machine.rejected(Instant::now()),
                             Some(Err(e)) => tracing::warn!(lease = %name, error = %e, "lease write failed; retrying"),
-                            None => tracing::warn!(lease = %name, "lease write did not answer before the renewal deadline"),
+                            None => {
+                                tracing::warn!(lease = %name, "lease write did not answer before the renewal deadline")
+                            }
                         }
                     }
                 }
@@ -185,12 +202,20 @@ impl Keeper {
         let name = self.machine.name.clone();
         let cas = LeaseCas {
             expected: Some((epoch, counter)),
-            new: Lease { name: name.clone(), holder: String::new(), epoch, counter: counter + 1, ttl_ms: self.machine.timing.ttl.as_millis() as i64 },
+            new: Lease {
+                name: name.clone(),
+                holder: String::new(),
+                epoch,
+                counter: counter + 1,
+                ttl_ms: self.machine.timing.ttl.as_millis() as i64,
+            },
         };
         match tokio::time::timeout(Duration::from_secs(2), self.store.lease_cas(&cas)).await {
             Ok(Ok(true)) => tracing::info!(lease = %name, epoch, "lease released"),
             Ok(Ok(false)) => {}
-            Ok(Err(e)) => tracing::warn!(lease = %name, error = %e, "cannot release the lease; a standby takes over after the TTL"),
+            Ok(Err(e)) => {
+                tracing::warn!(lease = %name, error = %e, "cannot release the lease; a standby takes over after the TTL")
+            }
             Err(_) => tracing::warn!(lease = %name, "lease release timed out; a standby takes over after the TTL"),
         }
         self.machine.view = View::Unknown;
@@ -198,4 +223,3 @@ impl Keeper {
         let _ = self.tx.send(LeaseState::Lost { epoch });
     }
 }
-

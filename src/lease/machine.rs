@@ -73,7 +73,11 @@ impl Machine {
     /// True while this instance may act as the leader at `now`.
     pub fn is_active(&self, now: Instant) -> Option<i64> {
         match &self.view {
-            View::Active { epoch, renewed, .. } if now.saturating_duration_since(*renewed) < self.timing.renew_deadline => Some(*epoch),
+            View::Active { epoch, renewed, .. }
+                if now.saturating_duration_since(*renewed) < self.timing.renew_deadline =>
+            {
+                Some(*epoch)
+            }
             _ => None,
         }
     }
@@ -94,7 +98,10 @@ impl Machine {
         if let View::Active { epoch, counter, .. } = self.view {
             if row.holder == self.me && row.epoch == epoch {
                 // Ours (the counter may be ahead if a renewal's reply was lost).
-                return Step::Write(LeaseCas { expected: Some((epoch, row.counter)), new: self.row(epoch, row.counter.max(counter) + 1) });
+                return Step::Write(LeaseCas {
+                    expected: Some((epoch, row.counter)),
+                    new: self.row(epoch, row.counter.max(counter) + 1),
+                });
             }
             // Someone took it over: we are a standby from now on.
             self.view = View::Standby { row: row.clone(), since: now };
@@ -106,7 +113,9 @@ impl Machine {
         }
         match &self.view {
             View::Standby { row: seen, since } if same(seen, row) => {
-                if now.saturating_duration_since(*since) >= self.timing.ttl.max(Duration::from_millis(row.ttl_ms.max(0) as u64)) {
+                if now.saturating_duration_since(*since)
+                    >= self.timing.ttl.max(Duration::from_millis(row.ttl_ms.max(0) as u64))
+                {
                     Step::Write(LeaseCas { expected: Some((row.epoch, row.counter)), new: self.row(row.epoch + 1, 0) })
                 } else {
                     Step::Wait
@@ -240,9 +249,16 @@ mod tests {
         // b reads the row at the moment the renewal was sent (earliest possible).
         assert_eq!(b.decide(Some(&c.new), t0), Step::Wait);
         // a's renewals all fail from now on (store unreachable for a).
-        let last_active = (0..20_000).map(|ms| t0 + Duration::from_millis(ms)).filter(|t| a.is_active(*t).is_some()).last().unwrap();
-        let first_takeover =
-            (0..20_000).map(|ms| t0 + Duration::from_millis(ms)).find(|t| matches!(b.clone().decide(Some(&c.new), *t), Step::Write(_))).unwrap();
-        assert!(first_takeover - last_active >= TTL / 3 - Duration::from_millis(1), "margin {:?}", first_takeover - last_active);
+        let last_active =
+            (0..20_000).map(|ms| t0 + Duration::from_millis(ms)).filter(|t| a.is_active(*t).is_some()).last().unwrap();
+        let first_takeover = (0..20_000)
+            .map(|ms| t0 + Duration::from_millis(ms))
+            .find(|t| matches!(b.clone().decide(Some(&c.new), *t), Step::Write(_)))
+            .unwrap();
+        assert!(
+            first_takeover - last_active >= TTL / 3 - Duration::from_millis(1),
+            "margin {:?}",
+            first_takeover - last_active
+        );
     }
 }

@@ -4,6 +4,6 @@
 //! over, when a holder must stop); [`keeper`] runs them against a
 //! [`crate::store::lease::LeaseStore`] and publishes this instance's role.
 
-pub mod machine;
-pub mod keeper;
 pub mod gate;
+pub mod keeper;
+pub mod machine;

@@ -28,8 +28,8 @@
 pub mod bench;
 pub mod cql;
 pub mod model;
-pub mod parking;
 mod page;
+pub mod parking;
 mod projector;
 mod rebuild;
 mod sqlite;

@@ -42,7 +42,13 @@ pub struct EventKey {
 impl EventKey {
     pub fn of(ev: &StoredEvent) -> EventKey {
         let e = &ev.envelope;
-        EventKey { aggregate_id: e.aggregate_id, position: ev.position, sequence: e.sequence, event_id: e.event_id, event_type: e.event_type.clone() }
+        EventKey {
+            aggregate_id: e.aggregate_id,
+            position: ev.position,
+            sequence: e.sequence,
+            event_id: e.event_id,
+            event_type: e.event_type.clone(),
+        }
     }
 }
 
@@ -71,7 +77,12 @@ impl ProjectionParking {
     /// Loads the parked set once per projector run.
     pub async fn load(&mut self, store: &DynStore) -> Result<(), StoreError> {
         if !self.loaded {
-            self.parked = store.parked(&self.consumer).await?.into_iter().map(|p| Arc::from(p.parked.aggregate_id.as_str())).collect();
+            self.parked = store
+                .parked(&self.consumer)
+                .await?
+                .into_iter()
+                .map(|p| Arc::from(p.parked.aggregate_id.as_str()))
+                .collect();
             self.loaded = true;
         }
         Ok(())
@@ -100,13 +111,29 @@ impl ProjectionParking {
                 FeedRow::Event(e) => match e.to_envelope() {
                     Ok(envelope) => out.events.push(StoredEvent { position: e.position, envelope }),
                     Err(err) => {
-                        let p = record(&self.consumer, &e.aggregate_key, Some(e.position), Some(e.sequence), Some(e.event_id.to_string()), Some(e.event_type.clone()), err.to_string());
+                        let p = record(
+                            &self.consumer,
+                            &e.aggregate_key,
+                            Some(e.position),
+                            Some(e.sequence),
+                            Some(e.event_id.to_string()),
+                            Some(e.event_type.clone()),
+                            err.to_string(),
+                        );
                         self.park(store, p).await?;
                         out.held += 1;
                     }
                 },
                 FeedRow::Unreadable(u) => {
-                    let p = record(&self.consumer, &u.aggregate_key, Some(u.position), u.sequence, u.event_id.clone(), u.event_type.clone(), u.error.clone());
+                    let p = record(
+                        &self.consumer,
+                        &u.aggregate_key,
+                        Some(u.position),
+                        u.sequence,
+                        u.event_id.clone(),
+                        u.event_type.clone(),
+                        u.error.clone(),
+                    );
                     self.park(store, p).await?;
                     out.held += 1;
                 }
@@ -117,7 +144,15 @@ impl ProjectionParking {
 
     /// Parks the aggregate of an event that cannot be applied (`error`).
     pub async fn park_event(&mut self, store: &DynStore, ev: &EventKey, error: &str) -> Result<(), StoreError> {
-        let p = record(&self.consumer, &ev.aggregate_id.to_string(), Some(ev.position), Some(ev.sequence), Some(ev.event_id.to_string()), Some(ev.event_type.clone()), error.to_string());
+        let p = record(
+            &self.consumer,
+            &ev.aggregate_id.to_string(),
+            Some(ev.position),
+            Some(ev.sequence),
+            Some(ev.event_id.to_string()),
+            Some(ev.event_type.clone()),
+            error.to_string(),
+        );
         self.park(store, p).await
     }
 
@@ -130,7 +165,15 @@ impl ProjectionParking {
     }
 }
 
-fn record(consumer: &str, agg: &str, position: Option<i64>, sequence: Option<i64>, event_id: Option<String>, event_type: Option<String>, error: String) -> Parked {
+fn record(
+    consumer: &str,
+    agg: &str,
+    position: Option<i64>,
+    sequence: Option<i64>,
+    event_id: Option<String>,
+    event_type: Option<String>,
+    error: String,
+) -> Parked {
     Parked {
         consumer: consumer.to_string(),
         aggregate_id: agg.to_string(),

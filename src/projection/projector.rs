@@ -11,10 +11,10 @@ use tokio::sync::watch;
 
 use super::page::apply_page;
 use super::parking::ProjectionParking;
-use crate::store::feed::FeedRow;
 use super::{DynReadModels, CONSUMER};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::store::feed::FeedRow;
 use crate::store::{DynStore, StoreError};
 
 #[derive(Debug, Clone)]
@@ -122,7 +122,18 @@ impl Projector {
         status: watch::Sender<ProjectionStatus>,
     ) -> Projector {
         let wake = store.subscribe();
-        Projector { store, models, metrics, parking: ProjectionParking::new(&opts.consumer), opts, status, checkpoint: None, head: 0, last_head_check: None, wake }
+        Projector {
+            store,
+            models,
+            metrics,
+            parking: ProjectionParking::new(&opts.consumer),
+            opts,
+            status,
+            checkpoint: None,
+            head: 0,
+            last_head_check: None,
+            wake,
+        }
     }
 
     pub fn status(&self) -> watch::Receiver<ProjectionStatus> {

@@ -8,8 +8,8 @@
 use std::time::Instant;
 
 use super::page::apply_page;
-use super::{DynReadModels, ReadModelStore, CONSUMER};
 use super::parking::ProjectionParking;
+use super::{DynReadModels, ReadModelStore, CONSUMER};
 use crate::store::feed::FeedRow;
 use crate::store::{DynStore, StoreError};
 
@@ -73,7 +73,8 @@ pub async fn rebuild(
         let s = store.clone();
         next = Some(tokio::spawn(async move { s.read_feed(to, REBUILD_BATCH).await }));
         let sorted = parking.sort(&store, page).await?;
-        let out = apply_page(&store, &*models, CONSUMER, checkpoint, to, sorted.events, default_currency, &mut parking).await?;
+        let out = apply_page(&store, &*models, CONSUMER, checkpoint, to, sorted.events, default_currency, &mut parking)
+            .await?;
         if out.committed {
             checkpoint = to;
             events += n;

@@ -13,12 +13,15 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use std::time::Duration;
 
 use crate::config::KafkaConfig;
-use crate::relay::producer::{producer_config, Delivery};
 use crate::relay::error::PublishError;
+use crate::relay::producer::{producer_config, Delivery};
 
 /// Creates `topics` (with the configured partitions) where missing.
 pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[String], timeout: Duration) -> Result<(), PublishError> {
-    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, cfg.partitions, TopicReplication::Fixed(cfg.replication_factor))).collect();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, cfg.partitions, TopicReplication::Fixed(cfg.replication_factor)))
+        .collect();
     create(cfg, &new, timeout).await
 }
 
@@ -35,12 +38,19 @@ async fn create(cfg: &KafkaConfig, topics: &[NewTopic<'_>], timeout: Duration) -
     let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
     let results = tokio::time::timeout(timeout + Duration::from_secs(1), admin.create_topics(topics, &opts))
         .await
-        .map_err(|_| PublishError::transient("timeout", format!("broker {} did not answer topic creation within {timeout:?}", cfg.brokers)))?
+        .map_err(|_| {
+            PublishError::transient(
+                "timeout",
+                format!("broker {} did not answer topic creation within {timeout:?}", cfg.brokers),
+            )
+        })?
         .map_err(|e| PublishError::from_kafka(&e))?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, RDKafkaErrorCode::InvalidTopic)) => return Err(PublishError::permanent("invalid_topic", format!("broker refused topic name {t:?}"))),
+            Err((t, RDKafkaErrorCode::InvalidTopic)) => {
+                return Err(PublishError::permanent("invalid_topic", format!("broker refused topic name {t:?}")))
+            }
             Err((t, code)) => {
                 let mut e = PublishError::from_kafka(&KafkaError::AdminOp(code));
                 e.message = format!("topic {t}: {}", e.message);

@@ -25,10 +25,10 @@ use crate::config::{Config, PermanentFailurePolicy};
 use crate::metrics::Metrics;
 use crate::relay::breaker::{BreakerState, CircuitBreaker};
 use crate::relay::encode::Encoder;
+use crate::relay::error::PublishError;
 use crate::relay::parking::{dead_letter_of, parked_record};
 use crate::relay::pipeline::Item;
 use crate::relay::producer::{Completion, Delivery, KafkaProducer, SendError};
-use crate::relay::error::PublishError;
 use crate::relay::retry::Backoff;
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::StatusTx;
@@ -70,7 +70,13 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    pub async fn new(config: &Config, store: DynStore, sink: Arc<dyn DeadLetterSink>, metrics: Metrics, status: StatusTx) -> Result<Deliverer, PublishError> {
+    pub async fn new(
+        config: &Config,
+        store: DynStore,
+        sink: Arc<dyn DeadLetterSink>,
+        metrics: Metrics,
+        status: StatusTx,
+    ) -> Result<Deliverer, PublishError> {
         let (producer, completions) = KafkaProducer::new(&config.kafka, &Delivery::AtLeastOnce)?;
         let waiters: Waiters = Arc::default();
         tokio::spawn(route(completions, waiters.clone()));
@@ -196,7 +202,14 @@ impl Deliverer {
             (enc.topic(&e.aggregate_type, &e.event_type), enc.headers(e), value)
         };
         loop {
-            match self.producer.send(&topic, &e.aggregate_key, &value, headers.clone(), e.timestamp.timestamp_millis(), token) {
+            match self.producer.send(
+                &topic,
+                &e.aggregate_key,
+                &value,
+                headers.clone(),
+                e.timestamp.timestamp_millis(),
+                token,
+            ) {
                 Ok(()) => break,
                 Err(SendError::QueueFull) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
                 Err(SendError::Failed(err)) => {
@@ -209,12 +222,21 @@ impl Deliverer {
         rx.await.unwrap_or_else(|_| Err(PublishError::transient("canceled", "the delivery report was lost")))
     }
 
-    async fn give_up(&self, e: &RawEvent, err: PublishError, policy: PermanentFailurePolicy, attempts: u32, shutdown: &mut Shutdown) -> Delivered {
+    async fn give_up(
+        &self,
+        e: &RawEvent,
+        err: PublishError,
+        policy: PermanentFailurePolicy,
+        attempts: u32,
+        shutdown: &mut Shutdown,
+    ) -> Delivered {
         let item = Item::Event(e.clone());
         let mut tries = 0;
         loop {
             let res = match policy {
-                PermanentFailurePolicy::ParkAggregate => self.store.park(&parked_record(&self.consumer, &item, &err)).await,
+                PermanentFailurePolicy::ParkAggregate => {
+                    self.store.park(&parked_record(&self.consumer, &item, &err)).await
+                }
                 PermanentFailurePolicy::Skip => match dead_letter_of(&item, &err, attempts) {
                     Some(l) => self.sink.dead_letter(l).await,
                     None => Ok(()),

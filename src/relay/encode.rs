@@ -43,7 +43,15 @@ pub fn write_time(out: &mut Vec<u8>, t: &DateTime<Utc>) {
         return;
     }
     let ms = t.timestamp_subsec_millis().min(999);
-    let _ = write!(out, "{y:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z", t.month(), t.day(), t.hour(), t.minute(), t.second());
+    let _ = write!(
+        out,
+        "{y:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
 }
 
 fn write_uuid(out: &mut Vec<u8>, u: &Uuid) {
@@ -154,9 +162,15 @@ impl Encoder {
             .insert(Header { key: "ce_type", value: Some(e.event_type.as_str()) })
             .insert(Header { key: "ce_source", value: Some(&*source) })
             .insert(Header { key: "ce_time", value: Some(&time[..]) })
-            .insert(Header { key: "ce_subject", value: Some(e.aggregate_id.hyphenated().encode_lower(subject) as &str) })
+            .insert(Header {
+                key: "ce_subject",
+                value: Some(e.aggregate_id.hyphenated().encode_lower(subject) as &str),
+            })
             .insert(Header { key: "ce_sequence", value: Some(seq.as_str()) })
-            .insert(Header { key: "ce_correlationid", value: Some(e.correlation_id.hyphenated().encode_lower(corr) as &str) })
+            .insert(Header {
+                key: "ce_correlationid",
+                value: Some(e.correlation_id.hyphenated().encode_lower(corr) as &str),
+            })
             .insert(Header { key: "ce_dataschemaversion", value: Some(ver.as_str()) })
             .insert(Header { key: "content-type", value: Some("application/json") });
         if let Some(c) = &e.causation_id {
@@ -281,14 +295,17 @@ mod tests {
     }
 
     fn header_map(h: &OwnedHeaders) -> HashMap<String, String> {
-        h.iter().map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).to_string())).collect()
+        h.iter()
+            .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).to_string()))
+            .collect()
     }
 
     #[test]
     fn headers_carry_the_cloudevents_attributes_and_trace() {
         let e = envelope(1_764_000_000_900, true, serde_json::json!({"a": 1}));
         let mut raw = RawEvent::from_envelope(&e, 3).unwrap();
-        raw.trace = Some(TraceContext::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", Some("k=v")).unwrap());
+        raw.trace =
+            Some(TraceContext::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", Some("k=v")).unwrap());
         let mut enc = Encoder::new(TopicRouting::PerAggregate, "p.", "/outboxd/");
         let h = header_map(&enc.headers(&raw));
         assert_eq!(h["ce_specversion"], "1.0");

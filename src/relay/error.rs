@@ -52,4 +52,3 @@ fn snake(s: &str) -> String {
     }
     out
 }
-

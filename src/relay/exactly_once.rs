@@ -29,12 +29,12 @@ use tokio::sync::mpsc;
 
 use crate::relay::breaker::{BreakerState, CircuitBreaker};
 use crate::relay::encode::Encoder;
+use crate::relay::error::PublishError;
 use crate::relay::feed::FeedReader;
 use crate::relay::parking::parked_record;
 use crate::relay::pipeline::{Exit, FeedHandle, Item, Relay, RelayError};
 use crate::relay::producer::{Completion, Delivery, KafkaProducer, SendError, TxnErrorKind};
 use crate::relay::progress::{self, Progress};
-use crate::relay::error::PublishError;
 use crate::relay::requests::{plan, Plan, PlanCtx};
 use crate::relay::retry::Backoff;
 use crate::relay::window::{AggKey, Fenced};
@@ -108,10 +108,16 @@ impl Relay {
         }
         // 2. Where to resume: the last committed progress record, else the store's checkpoint.
         let position = loop {
-            match progress::read_last(k, &self.cfg.progress_topic, &self.cfg.consumer_name, Duration::from_secs(30)).await {
+            match progress::read_last(k, &self.cfg.progress_topic, &self.cfg.consumer_name, Duration::from_secs(30))
+                .await
+            {
                 Ok(Some(p)) => break p.position,
                 Ok(None) => {
-                    tracing::info!(checkpoint = store_checkpoint, "no progress record on {}: starting from the store's checkpoint", self.cfg.progress_topic);
+                    tracing::info!(
+                        checkpoint = store_checkpoint,
+                        "no progress record on {}: starting from the store's checkpoint",
+                        self.cfg.progress_topic
+                    );
                     break store_checkpoint;
                 }
                 Err(e) => {
@@ -176,7 +182,12 @@ impl Relay {
 }
 
 impl Txn {
-    async fn main(&mut self, mut pages: mpsc::Receiver<Vec<FeedRow>>, feed: &FeedHandle, shutdown: &mut Shutdown) -> Result<Exit, RelayError> {
+    async fn main(
+        &mut self,
+        mut pages: mpsc::Receiver<Vec<FeedRow>>,
+        feed: &FeedHandle,
+        shutdown: &mut Shutdown,
+    ) -> Result<Exit, RelayError> {
         let mut lost = self.relay.fence.clone();
         let mut requests = tokio::time::interval(Duration::from_millis(self.relay.cfg.poll_interval_ms.max(100)));
         let max_events = self.relay.cfg.transaction_max_events.max(1);
@@ -282,7 +293,12 @@ impl Txn {
     }
 
     /// Commits `batch` (in order) with progress `position`, splitting around permanent failures.
-    async fn publish(&mut self, mut batch: Vec<Item>, position: i64, shutdown: &mut Shutdown) -> Result<Option<Exit>, RelayError> {
+    async fn publish(
+        &mut self,
+        mut batch: Vec<Item>,
+        position: i64,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<Exit>, RelayError> {
         let mut attempts: u32 = 0;
         loop {
             self.wait_for_breaker(shutdown).await;
@@ -291,13 +307,14 @@ impl Txn {
             }
             if batch.is_empty() {
                 // Only held events: nothing to commit; the store checkpoint still moves.
-                self.committed(&[], position).await?;
+                self.committed(&[], position, Instant::now()).await?;
                 return Ok(None);
             }
             let end = position;
+            let started = Instant::now();
             match self.transaction(&batch, end).await {
                 Outcome::Committed => {
-                    self.committed(&batch, end).await?;
+                    self.committed(&batch, end, started).await?;
                     return Ok(None);
                 }
                 Outcome::Fenced(m) => {
@@ -324,7 +341,8 @@ impl Txn {
                     batch.truncate(k);
                     if !batch.is_empty() {
                         let before = suspect.position() - 1;
-                        if let Some(exit) = Box::pin(self.publish(std::mem::take(&mut batch), before, shutdown)).await? {
+                        if let Some(exit) = Box::pin(self.publish(std::mem::take(&mut batch), before, shutdown)).await?
+                        {
                             return Ok(Some(exit));
                         }
                     }
@@ -340,7 +358,12 @@ impl Txn {
     }
 
     /// Resends a suspect alone until it commits or has failed `max_attempts` times (then parks it).
-    async fn solo(&mut self, item: Item, mut err: PublishError, shutdown: &mut Shutdown) -> Result<Option<Exit>, RelayError> {
+    async fn solo(
+        &mut self,
+        item: Item,
+        mut err: PublishError,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<Exit>, RelayError> {
         let mut attempts = 1;
         loop {
             if attempts >= self.backoff.max_attempts {
@@ -351,9 +374,10 @@ impl Txn {
                 return Ok(Some(Exit::Shutdown));
             }
             attempts += 1;
+            let started = Instant::now();
             match self.transaction(std::slice::from_ref(&item), item.position()).await {
                 Outcome::Committed => {
-                    self.committed(std::slice::from_ref(&item), item.position()).await?;
+                    self.committed(std::slice::from_ref(&item), item.position(), started).await?;
                     return Ok(None);
                 }
                 Outcome::Permanent(mut f) => err = f.swap_remove(0).1,
@@ -393,7 +417,11 @@ impl Txn {
                     Err(SendError::Failed(e)) => {
                         let _ = self.producer.abort_transaction(Duration::from_secs(30)).await;
                         self.next_token = base + batch.len() + 1;
-                        return if e.transient { Outcome::Transient(e.message) } else { Outcome::Permanent(vec![(i, e)]) };
+                        return if e.transient {
+                            Outcome::Transient(e.message)
+                        } else {
+                            Outcome::Permanent(vec![(i, e)])
+                        };
                     }
                 }
             }
@@ -403,7 +431,14 @@ impl Txn {
         let key = self.relay.cfg.consumer_name.clone();
         let progress_token = base + sent;
         let bytes = progress.to_bytes();
-        let progress_sent = self.producer.send(&self.relay.cfg.progress_topic, &key, &bytes, rdkafka::message::OwnedHeaders::new(), progress.committed_at.timestamp_millis(), progress_token);
+        let progress_sent = self.producer.send(
+            &self.relay.cfg.progress_topic,
+            &key,
+            &bytes,
+            rdkafka::message::OwnedHeaders::new(),
+            progress.committed_at.timestamp_millis(),
+            progress_token,
+        );
         self.next_token = progress_token + 1;
         if let Err(e) = progress_sent {
             let _ = self.producer.abort_transaction(Duration::from_secs(30)).await;
@@ -441,12 +476,26 @@ impl Txn {
                 self.encoder.value(e, &mut self.value);
                 let topic = self.encoder.topic(&e.aggregate_type, &e.event_type);
                 let headers = self.encoder.headers(e);
-                self.producer.send(&topic, &e.aggregate_key, &self.value, headers, e.timestamp.timestamp_millis(), token)
+                self.producer.send(
+                    &topic,
+                    &e.aggregate_key,
+                    &self.value,
+                    headers,
+                    e.timestamp.timestamp_millis(),
+                    token,
+                )
             }
             Item::Marker { discarded, .. } => {
                 let (v, h) = self.encoder.discarded(discarded);
                 let topic = self.encoder.topic(&discarded.aggregate_type, &discarded.event_type);
-                self.producer.send(&topic, &discarded.aggregate_key, &v, h, discarded.discarded_at.timestamp_millis(), token)
+                self.producer.send(
+                    &topic,
+                    &discarded.aggregate_key,
+                    &v,
+                    h,
+                    discarded.discarded_at.timestamp_millis(),
+                    token,
+                )
             }
             Item::Unreadable(u) => Err(SendError::Failed(PublishError::permanent("unreadable", u.error.clone()))),
         }
@@ -472,7 +521,8 @@ impl Txn {
         out
     }
 
-    async fn committed(&mut self, batch: &[Item], position: i64) -> Result<(), RelayError> {
+    async fn committed(&mut self, batch: &[Item], position: i64, started: Instant) -> Result<(), RelayError> {
+        let took = started.elapsed().as_secs_f64();
         self.breaker.record_success(Instant::now());
         self.relay.status.breaker(self.breaker.state(Instant::now()));
         self.relay.metrics.relay_transactions.with_label_values(&["committed"]).inc();
@@ -480,6 +530,7 @@ impl Txn {
         for item in batch {
             if let Item::Event(e) = item {
                 m.cdc_events_processed.with_label_values(&[&e.event_type]).inc();
+                m.cdc_processing_duration.with_label_values(&[&e.event_type]).observe(took);
                 let e2e = (chrono::Utc::now() - e.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
                 m.event_end_to_end_latency.observe(e2e);
             }
@@ -523,7 +574,11 @@ impl Txn {
             let plans = match plan(&ctx, &r).await {
                 Ok(p) => p,
                 Err(e) => {
-                    let _ = self.relay.store.request_finish(&consumer, r.id, RequestStatus::Failed, serde_json::json!({ "error": e })).await;
+                    let _ = self
+                        .relay
+                        .store
+                        .request_finish(&consumer, r.id, RequestStatus::Failed, serde_json::json!({ "error": e }))
+                        .await;
                     continue;
                 }
             };
@@ -536,7 +591,16 @@ impl Txn {
                         // Progress moves back in a transaction of its own; the next term starts there.
                         match self.transaction(&[], position).await {
                             Outcome::Committed => {
-                                let _ = self.relay.store.request_finish(&consumer, r.id, RequestStatus::Done, serde_json::json!({ "rewound_from": self.position, "rewound_to": position })).await;
+                                let _ = self
+                                    .relay
+                                    .store
+                                    .request_finish(
+                                        &consumer,
+                                        r.id,
+                                        RequestStatus::Done,
+                                        serde_json::json!({ "rewound_from": self.position, "rewound_to": position }),
+                                    )
+                                    .await;
                                 self.relay.metrics.relay_rewinds.inc();
                                 let name = consumer.clone();
                                 let _ = match &self.relay.fence {
@@ -570,7 +634,9 @@ impl Txn {
                                     true
                                 });
                             }
-                            Err(e) => tracing::error!(error = %e, aggregate = %agg, "held events were published but the park record could not be removed"),
+                            Err(e) => {
+                                tracing::error!(error = %e, aggregate = %agg, "held events were published but the park record could not be removed")
+                            }
                         }
                     }
                     Plan::Letters { items } => {

@@ -16,7 +16,12 @@ use crate::store::requests::{RelayRequest, RequestKind, RequestStatus};
 use crate::store::{DynStore, StoreError};
 
 /// Writes a request for `consumer`'s relay; returns it (with its id).
-pub async fn submit(store: &DynStore, consumer: &str, kind: RequestKind, requested_by: &str) -> Result<RelayRequest, StoreError> {
+pub async fn submit(
+    store: &DynStore,
+    consumer: &str,
+    kind: RequestKind,
+    requested_by: &str,
+) -> Result<RelayRequest, StoreError> {
     let r = RelayRequest::new(consumer, kind, requested_by);
     store.request_submit(&r).await?;
     Ok(r)

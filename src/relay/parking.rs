@@ -19,8 +19,8 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use crate::config::PermanentFailurePolicy;
-use crate::relay::pipeline::{Item, Run};
 use crate::relay::error::PublishError;
+use crate::relay::pipeline::{Item, Run};
 use crate::relay::window::Slot;
 use crate::store::parking::Parked;
 use crate::store::DeadLetter;
@@ -139,7 +139,11 @@ pub fn dead_letter_of(item: &Item, e: &PublishError, attempts: u32) -> Option<De
     let now = Utc::now();
     let (event_id, aggregate_id, event_type, payload, position) = match item {
         Item::Event(ev) => {
-            let payload = ev.to_envelope().ok().and_then(|env| serde_json::to_string(&env).ok()).unwrap_or_else(|| ev.payload.get().to_string());
+            let payload = ev
+                .to_envelope()
+                .ok()
+                .and_then(|env| serde_json::to_string(&env).ok())
+                .unwrap_or_else(|| ev.payload.get().to_string());
             (ev.event_id, ev.aggregate_id, ev.event_type.clone(), payload, Some(ev.position))
         }
         Item::Marker { .. } => return None,

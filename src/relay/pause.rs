@@ -26,7 +26,10 @@ impl PauseHook {
     pub async fn hold(&self) {
         let until = self.until.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = until {
-            tracing::warn!(ms = t.saturating_duration_since(Instant::now()).as_millis() as u64, "relay loop paused (fault injection)");
+            tracing::warn!(
+                ms = t.saturating_duration_since(Instant::now()).as_millis() as u64,
+                "relay loop paused (fault injection)"
+            );
             tokio::time::sleep_until(t.into()).await;
             tracing::warn!("relay loop resumed after the injected pause");
         }

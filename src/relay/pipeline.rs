@@ -35,9 +35,9 @@ use crate::lease::keeper::LeaseState;
 use crate::metrics::Metrics;
 use crate::relay::breaker::{BreakerState, CircuitBreaker};
 use crate::relay::encode::{Discarded, Encoder};
+use crate::relay::error::PublishError;
 use crate::relay::feed::{self, FeedReader};
 use crate::relay::producer::{Completion, Delivery, KafkaProducer, SendError};
-use crate::relay::error::PublishError;
 use crate::relay::retry::Backoff;
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::StatusTx;
@@ -140,6 +140,8 @@ pub(super) struct Run {
     /// Dead letters being replayed: slot -> dead letter id.
     pub(super) letter_slots: HashMap<Slot, uuid::Uuid>,
     pub(super) value: Vec<u8>,
+    /// When each in-flight slot was handed to the producer.
+    pub(super) sent_at: HashMap<Slot, Instant>,
     pub(super) feed: FeedHandle,
     pub(super) sent_by_topic: HashMap<Arc<str>, prometheus::IntCounter>,
     pub(super) exit: Option<Exit>,
@@ -150,7 +152,17 @@ const PERSIST_EVERY: Duration = Duration::from_millis(200);
 impl Relay {
     pub fn new(config: Arc<Config>, store: DynStore, metrics: Metrics, status: StatusTx) -> Relay {
         let sink: Arc<dyn DeadLetterSink> = Arc::new(store.clone());
-        Relay { store, cfg: config.relay.clone(), config, metrics, status, fence: None, sink, pause: Default::default(), requests_only: false }
+        Relay {
+            store,
+            cfg: config.relay.clone(),
+            config,
+            metrics,
+            status,
+            fence: None,
+            sink,
+            pause: Default::default(),
+            requests_only: false,
+        }
     }
 
     /// Carries out the pending operator requests, then stops; reads no feed.
@@ -167,7 +179,11 @@ impl Relay {
 
     /// A relay with its own status channel, unfenced (one instance: library
     /// use, tests, benchmarks).
-    pub fn standalone(config: &Config, store: DynStore, metrics: Metrics) -> (Relay, watch::Receiver<crate::relay::RelayStatus>) {
+    pub fn standalone(
+        config: &Config,
+        store: DynStore,
+        metrics: Metrics,
+    ) -> (Relay, watch::Receiver<crate::relay::RelayStatus>) {
         let (tx, rx) = watch::channel(crate::relay::RelayStatus::default());
         (Relay::new(Arc::new(config.clone()), store, metrics, StatusTx::new(tx)), rx)
     }
@@ -190,7 +206,8 @@ impl Relay {
 
     /// Runs one term until shutdown, lease loss or rewind.
     pub async fn run(self, mut shutdown: Shutdown) -> Result<Exit, RelayError> {
-        let (producer, completions) = KafkaProducer::new(&self.config.kafka, &Delivery::AtLeastOnce).map_err(|e| RelayError::Config(e.message))?;
+        let (producer, completions) = KafkaProducer::new(&self.config.kafka, &Delivery::AtLeastOnce)
+            .map_err(|e| RelayError::Config(e.message))?;
         let broker_watch = spawn_broker_watch(producer.clone(), self.status.clone(), shutdown.clone());
         let Some(checkpoint) = self.initial_checkpoint(&mut shutdown).await else {
             broker_watch.abort();
@@ -247,6 +264,7 @@ impl Relay {
             request_parts: HashMap::new(),
             letter_slots: HashMap::new(),
             value: Vec::with_capacity(4096),
+            sent_at: HashMap::new(),
             feed,
             sent_by_topic: HashMap::new(),
             exit: None,
@@ -283,7 +301,8 @@ impl Relay {
     /// Creates missing topics; retries while the broker is unreachable. False on shutdown.
     pub(super) async fn ensure_topics(&self, producer: &KafkaProducer, shutdown: &mut Shutdown) -> bool {
         let k = &self.config.kafka;
-        let mut topics: Vec<String> = all_topics(k.per_event_type(), &k.topic_prefix).into_iter().map(|(t, _)| t).collect();
+        let mut topics: Vec<String> =
+            all_topics(k.per_event_type(), &k.topic_prefix).into_iter().map(|(t, _)| t).collect();
         if self.cfg.delivery == crate::config::DeliveryMode::ExactlyOnce {
             topics.push(self.cfg.progress_topic.clone());
         }
@@ -329,7 +348,11 @@ impl FeedHandle {
 }
 
 /// Mirrors the producer's broker state into the relay status.
-pub(super) fn spawn_broker_watch(producer: KafkaProducer, status: StatusTx, mut shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+pub(super) fn spawn_broker_watch(
+    producer: KafkaProducer,
+    status: StatusTx,
+    mut shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut b = producer.broker();
         loop {
@@ -344,7 +367,12 @@ pub(super) fn spawn_broker_watch(producer: KafkaProducer, status: StatusTx, mut 
 }
 
 impl Run {
-    async fn main(&mut self, mut completions: mpsc::UnboundedReceiver<Completion>, mut pages: mpsc::Receiver<Vec<FeedRow>>, shutdown: &mut Shutdown) -> Result<Exit, RelayError> {
+    async fn main(
+        &mut self,
+        mut completions: mpsc::UnboundedReceiver<Completion>,
+        mut pages: mpsc::Receiver<Vec<FeedRow>>,
+        shutdown: &mut Shutdown,
+    ) -> Result<Exit, RelayError> {
         let mut lost = self.relay.fence.clone();
         let mut requests = tokio::time::interval(Duration::from_millis(self.relay.cfg.poll_interval_ms.max(100)));
         requests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -360,7 +388,8 @@ impl Run {
             }
             let next_retry = self.retries.first().map(|(t, _)| *t);
             let breaker_wait = self.breaker_wait();
-            let solo_wait = (!self.suspects.is_empty() && self.solo.is_none() && self.window.in_flight() == 0).then_some(self.solo_not_before);
+            let solo_wait = (!self.suspects.is_empty() && self.solo.is_none() && self.window.in_flight() == 0)
+                .then_some(self.solo_not_before);
             let wake_at = [next_retry, breaker_wait, solo_wait].into_iter().flatten().min();
             let room = self.window.has_room() && self.suspects.is_empty();
             tokio::select! {
@@ -456,12 +485,18 @@ impl Run {
                 let topic = self.encoder.topic(&discarded.aggregate_type, &discarded.event_type);
                 (topic, discarded.aggregate_key.clone(), Some(v), h, discarded.discarded_at.timestamp_millis())
             }
-            Item::Unreadable(_) => return Err(SendError::Failed(PublishError::permanent("unreadable", "the stored row cannot be read"))),
+            Item::Unreadable(_) => {
+                return Err(SendError::Failed(PublishError::permanent("unreadable", "the stored row cannot be read")))
+            }
         };
         let value = value.as_deref().unwrap_or(&self.value);
         self.producer.send(&topic, &key, value, headers, ts, slot)?;
+        self.sent_at.insert(slot, Instant::now());
         let metrics = &self.relay.metrics;
-        self.sent_by_topic.entry(topic.clone()).or_insert_with(|| metrics.messages_sent.with_label_values(&[&*topic])).inc();
+        self.sent_by_topic
+            .entry(topic.clone())
+            .or_insert_with(|| metrics.messages_sent.with_label_values(&[&*topic]))
+            .inc();
         Ok(())
     }
 
@@ -487,6 +522,7 @@ impl Run {
 
     /// A delivery of `slot` failed.
     pub(super) async fn failed(&mut self, slot: Slot, e: PublishError) {
+        self.sent_at.remove(&slot);
         self.window.fail(slot);
         let attempts = self.window.attempts(slot);
         if let Some(Item::Event(ev)) = self.window.get(slot) {
@@ -571,9 +607,13 @@ impl Run {
     }
 
     async fn confirmed(&mut self, slot: Slot, item: Item) {
+        let sent = self.sent_at.remove(&slot);
         if let Item::Event(e) = &item {
             let m = &self.relay.metrics;
             m.cdc_events_processed.with_label_values(&[&e.event_type]).inc();
+            if let Some(t) = sent {
+                m.cdc_processing_duration.with_label_values(&[&e.event_type]).observe(t.elapsed().as_secs_f64());
+            }
             let e2e = (chrono::Utc::now() - e.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
             m.event_end_to_end_latency.observe(e2e);
         }
@@ -637,12 +677,17 @@ impl Run {
     }
 
     /// Ends the term: on shutdown, lets in-flight deliveries settle (bounded) and persists.
-    async fn finish(&mut self, exit: Exit, completions: &mut mpsc::UnboundedReceiver<Completion>) -> Result<Exit, RelayError> {
+    async fn finish(
+        &mut self,
+        exit: Exit,
+        completions: &mut mpsc::UnboundedReceiver<Completion>,
+    ) -> Result<Exit, RelayError> {
         if exit == Exit::LeaseLost {
             self.producer.purge();
             return Ok(exit);
         }
-        let deadline = Duration::from_millis(self.relay.config.kafka.message_timeout_ms) + Duration::from_millis(self.relay.cfg.retry.max_backoff_ms.max(1000));
+        let deadline = Duration::from_millis(self.relay.config.kafka.message_timeout_ms)
+            + Duration::from_millis(self.relay.cfg.retry.max_backoff_ms.max(1000));
         let drain = async {
             while self.window.in_flight() > 0 {
                 match completions.recv().await {

@@ -41,8 +41,13 @@ pub const QUEUE_MAX_KBYTES: usize = 65_536;
 pub enum BrokerState {
     /// No broker has answered yet, and no failure was reported yet.
     Unknown,
-    Reachable { since: DateTime<Utc> },
-    Unreachable { since: DateTime<Utc>, error: String },
+    Reachable {
+        since: DateTime<Utc>,
+    },
+    Unreachable {
+        since: DateTime<Utc>,
+        error: String,
+    },
 }
 
 impl BrokerState {
@@ -64,7 +69,10 @@ pub struct Completion {
 pub enum Delivery {
     AtLeastOnce,
     /// Transactions under this `transactional.id`.
-    Transactional { id: String, timeout_ms: u64 },
+    Transactional {
+        id: String,
+        timeout_ms: u64,
+    },
 }
 
 /// Routes librdkafka's callbacks to the relay.
@@ -102,7 +110,16 @@ impl RelayContext {
 /// librdkafka errors that mean "cannot talk to the cluster".
 fn is_connectivity(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;
-    matches!(code, AllBrokersDown | BrokerTransportFailure | Resolve | Authentication | SaslAuthenticationFailed | SSL | NetworkException)
+    matches!(
+        code,
+        AllBrokersDown
+            | BrokerTransportFailure
+            | Resolve
+            | Authentication
+            | SaslAuthenticationFailed
+            | SSL
+            | NetworkException
+    )
 }
 
 impl ClientContext for RelayContext {
@@ -175,7 +192,10 @@ pub struct KafkaProducer {
 
 impl KafkaProducer {
     /// Creates the producer; its delivery reports arrive on the returned receiver.
-    pub fn new(cfg: &KafkaConfig, delivery: &Delivery) -> Result<(KafkaProducer, mpsc::UnboundedReceiver<Completion>), PublishError> {
+    pub fn new(
+        cfg: &KafkaConfig,
+        delivery: &Delivery,
+    ) -> Result<(KafkaProducer, mpsc::UnboundedReceiver<Completion>), PublishError> {
         let (done, rx) = mpsc::unbounded_channel();
         let (broker, broker_rx) = watch::channel(BrokerState::Unknown);
         let ctx = RelayContext { done, broker };
@@ -195,8 +215,17 @@ impl KafkaProducer {
     }
 
     /// Hands one record to librdkafka; its fate arrives as a [`Completion`] with `token`.
-    pub fn send(&self, topic: &str, key: &str, value: &[u8], headers: OwnedHeaders, timestamp_ms: i64, token: usize) -> Result<(), SendError> {
-        let record = BaseRecord::with_opaque_to(topic, token).key(key).payload(value).headers(headers).timestamp(timestamp_ms);
+    pub fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &[u8],
+        headers: OwnedHeaders,
+        timestamp_ms: i64,
+        token: usize,
+    ) -> Result<(), SendError> {
+        let record =
+            BaseRecord::with_opaque_to(topic, token).key(key).payload(value).headers(headers).timestamp(timestamp_ms);
         match self.inner.send(record) {
             Ok(()) => Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(SendError::QueueFull),
@@ -207,10 +236,11 @@ impl KafkaProducer {
     /// Asks the cluster for metadata; Ok (and Reachable) means a broker answered.
     pub async fn probe(&self, timeout: Duration) -> Result<usize, PublishError> {
         let p = self.inner.clone();
-        let res = tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, timeout).map(|m| m.brokers().len()))
-            .await
-            .map_err(|e| PublishError::transient("join", e.to_string()))?
-            .map_err(|e| PublishError::from_kafka(&e));
+        let res =
+            tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, timeout).map(|m| m.brokers().len()))
+                .await
+                .map_err(|e| PublishError::transient("join", e.to_string()))?
+                .map_err(|e| PublishError::from_kafka(&e));
         let ctx = self.inner.context();
         match &res {
             Ok(_) => ctx.reachable(),
@@ -241,7 +271,10 @@ impl KafkaProducer {
         self.inner.client().fatal_error().map(|(c, m)| format!("{c:?}: {m}"))
     }
 
-    async fn blocking(&self, f: impl FnOnce(&ThreadedProducer<RelayContext>) -> Result<(), KafkaError> + Send + 'static) -> Result<(), PublishError> {
+    async fn blocking(
+        &self,
+        f: impl FnOnce(&ThreadedProducer<RelayContext>) -> Result<(), KafkaError> + Send + 'static,
+    ) -> Result<(), PublishError> {
         let p = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&p))
             .await
@@ -267,12 +300,18 @@ impl KafkaProducer {
         self.txn(move |p| p.abort_transaction(timeout)).await
     }
 
-    async fn txn(&self, f: impl FnOnce(&ThreadedProducer<RelayContext>) -> Result<(), KafkaError> + Send + 'static) -> Result<(), TxnError> {
+    async fn txn(
+        &self,
+        f: impl FnOnce(&ThreadedProducer<RelayContext>) -> Result<(), KafkaError> + Send + 'static,
+    ) -> Result<(), TxnError> {
         let p = self.inner.clone();
         match tokio::task::spawn_blocking(move || f(&p)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(TxnError::from_kafka(&e)),
-            Err(e) => Err(TxnError { kind: TxnErrorKind::Retriable, message: format!("transaction call panicked or was cancelled: {e}") }),
+            Err(e) => Err(TxnError {
+                kind: TxnErrorKind::Retriable,
+                message: format!("transaction call panicked or was cancelled: {e}"),
+            }),
         }
     }
 }
@@ -301,7 +340,10 @@ impl TxnError {
     pub fn from_kafka(e: &KafkaError) -> TxnError {
         let message = e.to_string();
         let kind = match e {
-            KafkaError::Transaction(t) if t.code() == RDKafkaErrorCode::ProducerFenced || t.code() == RDKafkaErrorCode::InvalidProducerEpoch => {
+            KafkaError::Transaction(t)
+                if t.code() == RDKafkaErrorCode::ProducerFenced
+                    || t.code() == RDKafkaErrorCode::InvalidProducerEpoch =>
+            {
                 TxnErrorKind::Fenced
             }
             KafkaError::Transaction(t) if t.is_fatal() => TxnErrorKind::Fatal,
@@ -347,6 +389,9 @@ mod tests {
         let mut b = p.broker();
         assert_eq!(*b.borrow(), BrokerState::Unknown);
         let _ = p.probe(Duration::from_millis(500)).await;
-        tokio::time::timeout(Duration::from_secs(10), b.wait_for(|s| matches!(s, BrokerState::Unreachable { .. }))).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), b.wait_for(|s| matches!(s, BrokerState::Unreachable { .. })))
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

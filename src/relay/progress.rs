@@ -38,14 +38,24 @@ impl Progress {
 }
 
 /// Reads the progress topic read_committed to its end; the last record of `consumer`.
-pub async fn read_last(kafka: &KafkaConfig, topic: &str, consumer: &str, timeout: Duration) -> Result<Option<Progress>, PublishError> {
+pub async fn read_last(
+    kafka: &KafkaConfig,
+    topic: &str,
+    consumer: &str,
+    timeout: Duration,
+) -> Result<Option<Progress>, PublishError> {
     let (kafka, topic, consumer) = (kafka.clone(), topic.to_string(), consumer.to_string());
     tokio::task::spawn_blocking(move || read_blocking(&kafka, &topic, &consumer, timeout))
         .await
         .map_err(|e| PublishError::transient("join", e.to_string()))?
 }
 
-fn read_blocking(kafka: &KafkaConfig, topic: &str, consumer: &str, timeout: Duration) -> Result<Option<Progress>, PublishError> {
+fn read_blocking(
+    kafka: &KafkaConfig,
+    topic: &str,
+    consumer: &str,
+    timeout: Duration,
+) -> Result<Option<Progress>, PublishError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.brokers)
         .set("group.id", format!("outboxd-progress-reader-{}", uuid::Uuid::now_v7()))
@@ -54,11 +64,17 @@ fn read_blocking(kafka: &KafkaConfig, topic: &str, consumer: &str, timeout: Dura
         .set("auto.offset.reset", "earliest");
     for (k, v) in &kafka.extra {
         // Security settings apply to the reader too; producer-only keys are ignored with a warning by librdkafka.
-        if !k.starts_with("transaction") && !k.starts_with("queue.buffering") && !k.starts_with("linger") && k != "acks" && !k.starts_with("enable.idempotence") {
+        if !k.starts_with("transaction")
+            && !k.starts_with("queue.buffering")
+            && !k.starts_with("linger")
+            && k != "acks"
+            && !k.starts_with("enable.idempotence")
+        {
             c.set(k, v);
         }
     }
-    let reader: BaseConsumer = c.create().map_err(|e| PublishError::permanent("config", format!("cannot create the progress reader: {e}")))?;
+    let reader: BaseConsumer =
+        c.create().map_err(|e| PublishError::permanent("config", format!("cannot create the progress reader: {e}")))?;
     let md = reader.fetch_metadata(Some(topic), timeout).map_err(|e| PublishError::from_kafka(&e))?;
     let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
     if partitions == 0 {
@@ -83,20 +99,29 @@ fn read_blocking(kafka: &KafkaConfig, topic: &str, consumer: &str, timeout: Dura
         // Done when every partition's position reached its end (control records count).
         let position = reader.position().ok();
         let done = ends.iter().all(|(p, high)| {
-            position.as_ref().and_then(|pos| pos.find_partition(topic, *p)).and_then(|e| e.offset().to_raw()).is_some_and(|o| o >= *high)
+            position
+                .as_ref()
+                .and_then(|pos| pos.find_partition(topic, *p))
+                .and_then(|e| e.offset().to_raw())
+                .is_some_and(|o| o >= *high)
         });
         if done {
             return Ok(last);
         }
         if Instant::now() >= deadline {
-            return Err(PublishError::transient("timeout", format!("could not read the progress topic {topic} to its end within {timeout:?}")));
+            return Err(PublishError::transient(
+                "timeout",
+                format!("could not read the progress topic {topic} to its end within {timeout:?}"),
+            ));
         }
         match reader.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 if m.key() == Some(consumer.as_bytes()) {
                     match m.payload().map(serde_json::from_slice::<Progress>) {
                         Some(Ok(p)) => last = Some(p),
-                        Some(Err(e)) => tracing::warn!(error = %e, offset = m.offset(), "unreadable progress record; ignored"),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, offset = m.offset(), "unreadable progress record; ignored")
+                        }
                         None => {}
                     }
                 }

@@ -83,7 +83,12 @@ impl Run {
                     return Ok(());
                 }
                 Plan::Rewind { position } => {
-                    self.finish_request(r.id, RequestStatus::Done, json!({ "rewound_from": self.checkpoint, "rewound_to": position })).await;
+                    self.finish_request(
+                        r.id,
+                        RequestStatus::Done,
+                        json!({ "rewound_from": self.checkpoint, "rewound_to": position }),
+                    )
+                    .await;
                     self.relay.metrics.relay_rewinds.inc();
                     tracing::warn!(from = self.checkpoint, to = position, request = %r.id, "rewinding the relay checkpoint on an operator's request");
                     self.exit = Some(Exit::Rewound(position));
@@ -136,8 +141,11 @@ impl Run {
             }
             self.relay.metrics.dlq_depth.dec();
         }
-        let done: Vec<(Uuid, AggKey)> =
-            self.replays.iter_mut().filter_map(|(k, slots)| (slots.remove(&slot) && slots.is_empty()).then(|| k.clone())).collect();
+        let done: Vec<(Uuid, AggKey)> = self
+            .replays
+            .iter_mut()
+            .filter_map(|(k, slots)| (slots.remove(&slot) && slots.is_empty()).then(|| k.clone()))
+            .collect();
         for k in done {
             self.replays.remove(&k);
             let (request, agg) = k;
@@ -161,7 +169,12 @@ impl Run {
             self.replays.remove(&k);
             let request = k.0;
             self.request_parts.remove(&request);
-            self.finish_request(request, RequestStatus::Failed, json!({ "aggregate_id": agg.to_string(), "error": error })).await;
+            self.finish_request(
+                request,
+                RequestStatus::Failed,
+                json!({ "aggregate_id": agg.to_string(), "error": error }),
+            )
+            .await;
         }
     }
 
@@ -181,7 +194,12 @@ impl Run {
         }
         if p.parts == 0 {
             let p = self.request_parts.remove(&request).unwrap_or_default();
-            self.finish_request(request, RequestStatus::Done, json!({ "aggregates": p.aggregates.len(), "unparked": p.aggregates, "events": p.events })).await;
+            self.finish_request(
+                request,
+                RequestStatus::Done,
+                json!({ "aggregates": p.aggregates.len(), "unparked": p.aggregates, "events": p.events }),
+            )
+            .await;
         }
     }
 
@@ -193,7 +211,9 @@ impl Run {
         for attempt in 1..=5u32 {
             match self.relay.store.request_finish(&self.relay.cfg.consumer_name, id, status, result.clone()).await {
                 Ok(()) => return,
-                Err(e) if attempt == 5 => tracing::error!(error = %e, request = %id, "cannot record the outcome of a relay request"),
+                Err(e) if attempt == 5 => {
+                    tracing::error!(error = %e, request = %id, "cannot record the outcome of a relay request")
+                }
                 Err(_) => tokio::time::sleep(self.backoff.delay(attempt)).await,
             }
         }
@@ -285,7 +305,10 @@ pub async fn plan(ctx: &PlanCtx<'_>, r: &RelayRequest) -> Result<Vec<Plan>, Stri
                 return Err("--to-position rewinds a position feed (SQLite); this relay reads the Scylla CDC log: use --to-time".into());
             }
             if *position < 0 || *position > ctx.checkpoint {
-                return Err(format!("cannot rewind to position {position}: it must be between 0 and the checkpoint {}", ctx.checkpoint));
+                return Err(format!(
+                    "cannot rewind to position {position}: it must be between 0 and the checkpoint {}",
+                    ctx.checkpoint
+                ));
             }
             Ok(vec![Plan::Rewind { position: *position }])
         }
@@ -304,7 +327,8 @@ async fn unpark_plan(ctx: &PlanCtx<'_>, agg: &AggKey, first: Option<Item>) -> Re
         return Err(format!("aggregate {agg} has no park record"));
     };
     let up_to = ctx.positions.then_some(ctx.last_pushed);
-    let rows = ctx.store.aggregate_rows(agg, p.parked.position, p.parked.sequence, up_to).await.map_err(|e| e.to_string())?;
+    let rows =
+        ctx.store.aggregate_rows(agg, p.parked.position, p.parked.sequence, up_to).await.map_err(|e| e.to_string())?;
     let mut items: Vec<Item> = Vec::with_capacity(rows.len() + 1);
     let skip = usize::from(first.is_some());
     items.extend(first);
@@ -320,13 +344,17 @@ async fn unpark_plan(ctx: &PlanCtx<'_>, agg: &AggKey, first: Option<Item>) -> Re
 async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result<Vec<Plan>, String> {
     let parked = ctx.store.parked(ctx.consumer).await.map_err(|e| e.to_string())?;
     let Some(p) = parked.into_iter().find(|p| p.parked.event_id.as_deref() == Some(event_id)) else {
-        return Err(format!("no parked aggregate is held behind event {event_id} (outboxd dlq list shows the first held event of each)"));
+        return Err(format!(
+            "no parked aggregate is held behind event {event_id} (outboxd dlq list shows the first held event of each)"
+        ));
     };
     let p = p.parked;
     let agg = crate::store::feed::aggregate_key(&p.aggregate_id);
     let first = ctx.store.aggregate_rows(&agg, p.position, p.sequence, p.position).await.map_err(|e| e.to_string())?;
     let (payload, sequence, aggregate_type) = match first.first() {
-        Some(FeedRow::Event(e)) => (Some(e.payload.get().to_string()), Some(e.sequence), Some(e.aggregate_type.clone())),
+        Some(FeedRow::Event(e)) => {
+            (Some(e.payload.get().to_string()), Some(e.sequence), Some(e.aggregate_type.clone()))
+        }
         _ => (None, p.sequence, p.aggregate_type.clone()),
     };
     let now = Utc::now();

@@ -75,7 +75,9 @@ impl RelayRunner {
                         return Ok(());
                     }
                 }
-                Ok(Exit::Rewound(to)) => tracing::info!(to, "relay rewound; starting a new term from the rewound checkpoint"),
+                Ok(Exit::Rewound(to)) => {
+                    tracing::info!(to, "relay rewound; starting a new term from the rewound checkpoint")
+                }
                 Err(RelayError::ProducerFatal(e)) => {
                     fatal_restarts += 1;
                     tracing::error!(error = %e, restarts = fatal_restarts, "Kafka producer hit a fatal error; re-checking the lease and recreating it");

@@ -49,7 +49,11 @@ pub enum FeedState {
     Unknown,
     Ok,
     /// Reads fail since `since` (`errors` consecutive failures).
-    Failing { since: DateTime<Utc>, errors: u64, error: String },
+    Failing {
+        since: DateTime<Utc>,
+        errors: u64,
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -143,7 +147,9 @@ impl StatusTx {
     pub fn feed_failed(&self, error: String) {
         self.update(|s| {
             s.feed = match &s.feed {
-                FeedState::Failing { since, errors, .. } => FeedState::Failing { since: *since, errors: errors + 1, error: error.clone() },
+                FeedState::Failing { since, errors, .. } => {
+                    FeedState::Failing { since: *since, errors: errors + 1, error: error.clone() }
+                }
                 _ => FeedState::Failing { since: Utc::now(), errors: 1, error: error.clone() },
             };
             s.last_error = Some(error);

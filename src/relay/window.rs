@@ -242,8 +242,12 @@ impl<T: Fenced> Window<T> {
 
     /// Failed slots, oldest position first.
     pub fn failed(&self) -> Vec<Slot> {
-        let mut v: Vec<(i64, Slot)> =
-            self.entries.iter().filter(|(_, e)| e.state == State::Failed).map(|(s, e)| (e.item.position(), *s)).collect();
+        let mut v: Vec<(i64, Slot)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.state == State::Failed)
+            .map(|(s, e)| (e.item.position(), *s))
+            .collect();
         v.sort_unstable();
         v.into_iter().map(|(_, s)| s).collect()
     }
@@ -431,7 +435,11 @@ mod tests {
         assert_eq!(w.failed(), vec![sent[0].0]);
         assert!(w.retry(sent[0].0));
         let again = take_all(&mut w);
-        assert_eq!(again.iter().map(|(_, e)| e.pos).collect::<Vec<_>>(), vec![11], "the same event again, nothing after it");
+        assert_eq!(
+            again.iter().map(|(_, e)| e.pos).collect::<Vec<_>>(),
+            vec![11],
+            "the same event again, nothing after it"
+        );
         w.confirm(again[0].0).unwrap();
         w.confirm(next[0].0).unwrap();
         assert_eq!(w.watermark(), 11, "12 is open");

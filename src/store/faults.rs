@@ -25,7 +25,9 @@ impl StoreFaults {
     pub fn check_read(&self) -> Result<(), StoreError> {
         let until = *self.fail_reads_until.lock().unwrap_or_else(|e| e.into_inner());
         match until {
-            Some(t) if Instant::now() < t => Err(StoreError::Unavailable("injected read failure (fault injection)".into())),
+            Some(t) if Instant::now() < t => {
+                Err(StoreError::Unavailable("injected read failure (fault injection)".into()))
+            }
             _ => Ok(()),
         }
     }

@@ -30,8 +30,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::envelope::EventEnvelope;
-use feed::FeedRow;
 pub use faults::StoreFaults;
+use feed::FeedRow;
 
 /// Infrastructure errors of the store layer.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]

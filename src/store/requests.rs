@@ -111,5 +111,11 @@ pub trait RequestStore: Send + Sync {
     /// false if someone else did meanwhile.
     async fn request_claim(&self, r: &RelayRequest, epoch: i64) -> Result<bool, StoreError>;
     /// Records the outcome.
-    async fn request_finish(&self, consumer: &str, id: Uuid, status: RequestStatus, result: serde_json::Value) -> Result<(), StoreError>;
+    async fn request_finish(
+        &self,
+        consumer: &str,
+        id: Uuid,
+        status: RequestStatus,
+        result: serde_json::Value,
+    ) -> Result<(), StoreError>;
 }

@@ -233,7 +233,9 @@ pub async fn order_lifecycle(svc: &CommandService, i: usize) -> Uuid {
         .unwrap();
     svc.execute::<Order>(id, &OrderCommand::UpdateItems { items: items(i, 3) }, meta.clone(), None).await.unwrap();
     if i % 4 == 3 {
-        svc.execute::<Order>(id, &OrderCommand::Cancel { reason: "customer asked".into() }, meta.clone(), None).await.unwrap();
+        svc.execute::<Order>(id, &OrderCommand::Cancel { reason: "customer asked".into() }, meta.clone(), None)
+            .await
+            .unwrap();
         return id;
     }
     svc.execute::<Order>(id, &OrderCommand::Confirm, meta.clone(), None).await.unwrap();

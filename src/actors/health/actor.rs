@@ -124,10 +124,18 @@ impl HealthCheckActor {
         let backlog_store = self.deps.store.clone();
         let fut = async move {
             let backlogs = async {
-                let relay_backlog = tokio::time::timeout(t, backlog_store.backlog(&consumer)).await.ok().and_then(|r| r.ok());
-                let parked = tokio::time::timeout(t, backlog_store.parked(&consumer)).await.ok().and_then(|r| r.ok()).map(|v| v.len() as u64);
+                let relay_backlog =
+                    tokio::time::timeout(t, backlog_store.backlog(&consumer)).await.ok().and_then(|r| r.ok());
+                let parked = tokio::time::timeout(t, backlog_store.parked(&consumer))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .map(|v| v.len() as u64);
                 let projection_backlog = if projection_enabled {
-                    tokio::time::timeout(t, backlog_store.backlog(crate::projection::CONSUMER)).await.ok().and_then(|r| r.ok())
+                    tokio::time::timeout(t, backlog_store.backlog(crate::projection::CONSUMER))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
                 } else {
                     None
                 };
@@ -210,7 +218,12 @@ impl HealthCheckActor {
             let _ = m.relay_lag_seconds.remove_label_values(&[old]);
         }
         self.lag_role = Some(role);
-        let relay_lag = probes.relay_backlog.map(|b| Lag { checkpoint: b.checkpoint, head: b.head, events: b.events, seconds: lag_seconds(&b, probes.now) });
+        let relay_lag = probes.relay_backlog.map(|b| Lag {
+            checkpoint: b.checkpoint,
+            head: b.head,
+            events: b.events,
+            seconds: lag_seconds(&b, probes.now),
+        });
         if let Some(l) = &relay_lag {
             if let Some(e) = l.events {
                 m.relay_lag_events.with_label_values(&[role]).set(e);
@@ -223,7 +236,12 @@ impl HealthCheckActor {
         if let Some(n) = probes.parked {
             m.dlq_parked_aggregates.set(n as i64);
         }
-        let projection_lag = probes.projection_backlog.map(|b| Lag { checkpoint: b.checkpoint, head: b.head, events: b.events, seconds: lag_seconds(&b, probes.now) });
+        let projection_lag = probes.projection_backlog.map(|b| Lag {
+            checkpoint: b.checkpoint,
+            head: b.head,
+            events: b.events,
+            seconds: lag_seconds(&b, probes.now),
+        });
         if let Some(l) = &projection_lag {
             if let Some(e) = l.events {
                 m.projection_lag_events.set(e);

@@ -88,7 +88,11 @@ impl HealthReport {
             .map(|c| {
                 (
                     c.to_string(),
-                    ComponentHealth { status: HealthStatus::Unknown, detail: "not checked yet".into(), last_check: now },
+                    ComponentHealth {
+                        status: HealthStatus::Unknown,
+                        detail: "not checked yet".into(),
+                        last_check: now,
+                    },
                 )
             })
             .collect();

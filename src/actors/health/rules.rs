@@ -127,21 +127,26 @@ fn kafka_health(relay: &RelayStatus) -> (HealthStatus, String) {
     let err = relay.last_error.clone().unwrap_or_else(|| "no error recorded".into());
     match &relay.role {
         Role::Standby { holder, epoch } => {
-            return (HealthStatus::Healthy, format!("standby: this instance does not publish (active relay {holder}, epoch {epoch})"))
+            return (
+                HealthStatus::Healthy,
+                format!("standby: this instance does not publish (active relay {holder}, epoch {epoch})"),
+            )
         }
         Role::Unknown => return (HealthStatus::Unknown, "the relay lease has not been read yet".into()),
         Role::Active { .. } | Role::Unfenced => {}
     }
     match (&relay.broker, relay.breaker) {
         (BrokerState::Unknown, _) => (HealthStatus::Unknown, "no broker has answered yet".into()),
-        (BrokerState::Unreachable { since, error }, b) => {
-            (HealthStatus::Degraded, format!("broker unreachable since {since}: {error}; circuit breaker {}", b.as_str()))
-        }
+        (BrokerState::Unreachable { since, error }, b) => (
+            HealthStatus::Degraded,
+            format!("broker unreachable since {since}: {error}; circuit breaker {}", b.as_str()),
+        ),
         (_, BreakerState::Open) => (HealthStatus::Degraded, format!("circuit breaker open; last error: {err}")),
         (_, BreakerState::HalfOpen) => (HealthStatus::Degraded, "circuit breaker half-open: probing the broker".into()),
-        (BrokerState::Reachable { .. }, BreakerState::Closed) => {
-            (HealthStatus::Healthy, format!("broker reachable; circuit breaker closed; {} events delivered", relay.delivered))
-        }
+        (BrokerState::Reachable { .. }, BreakerState::Closed) => (
+            HealthStatus::Healthy,
+            format!("broker reachable; circuit breaker closed; {} events delivered", relay.delivered),
+        ),
     }
 }
 
@@ -151,7 +156,9 @@ fn relay_health(p: &Probes, relay: &RelayStatus, running: bool, t: Thresholds) -
     let lag_secs = p.relay_backlog.map(|b| lag_seconds(&b, p.now)).unwrap_or(0.0);
     let parked = p.parked.unwrap_or(relay.parked_aggregates);
     let who = match &relay.role {
-        Role::Standby { holder, epoch } => return (HealthStatus::Healthy, format!("standby (active relay {holder}, epoch {epoch}); {prog}")),
+        Role::Standby { holder, epoch } => {
+            return (HealthStatus::Healthy, format!("standby (active relay {holder}, epoch {epoch}); {prog}"))
+        }
         Role::Unknown => return (HealthStatus::Unknown, format!("waiting for the relay lease to be read; {prog}")),
         Role::Active { epoch } => format!("active, epoch {epoch}"),
         Role::Unfenced => "active".to_string(),
@@ -159,7 +166,10 @@ fn relay_health(p: &Probes, relay: &RelayStatus, running: bool, t: Thresholds) -
     if let FeedState::Failing { since, errors, error } = &relay.feed {
         let failing_for = (p.now - *since).to_std().unwrap_or_default();
         let st = if failing_for >= t.feed_unhealthy_after { HealthStatus::Unhealthy } else { HealthStatus::Degraded };
-        return (st, format!("relay cannot read the store feed since {since} ({errors} failed reads): {error}; {prog}"));
+        return (
+            st,
+            format!("relay cannot read the store feed since {since} ({errors} failed reads): {error}; {prog}"),
+        );
     }
     if let Some((age, ttl)) = p.cdc_ttl {
         let share = if ttl.is_zero() { 0.0 } else { age.as_secs_f64() / ttl.as_secs_f64() };
@@ -167,17 +177,34 @@ fn relay_health(p: &Probes, relay: &RelayStatus, running: bool, t: Thresholds) -
             return (HealthStatus::Unhealthy, format!("the oldest unpublished change is {:.0} s old, {:.0} % of the CDC log TTL ({} s): it is about to be lost; {prog}", age.as_secs_f64(), share * 100.0, ttl.as_secs()));
         }
         if share >= 0.5 {
-            return (HealthStatus::Degraded, format!("the oldest unpublished change is {:.0} s old, {:.0} % of the CDC log TTL ({} s); {prog}", age.as_secs_f64(), share * 100.0, ttl.as_secs()));
+            return (
+                HealthStatus::Degraded,
+                format!(
+                    "the oldest unpublished change is {:.0} s old, {:.0} % of the CDC log TTL ({} s); {prog}",
+                    age.as_secs_f64(),
+                    share * 100.0,
+                    ttl.as_secs()
+                ),
+            );
         }
     }
     if parked > 0 {
-        return (HealthStatus::Degraded, format!("{parked} aggregates parked behind events that cannot be published (outboxd dlq list); {prog}"));
+        return (
+            HealthStatus::Degraded,
+            format!("{parked} aggregates parked behind events that cannot be published (outboxd dlq list); {prog}"),
+        );
     }
     if lag_events > t.relay_lag_degraded_events {
-        return (HealthStatus::Degraded, format!("lag {lag_events} events exceeds {}; {prog}", t.relay_lag_degraded_events));
+        return (
+            HealthStatus::Degraded,
+            format!("lag {lag_events} events exceeds {}; {prog}", t.relay_lag_degraded_events),
+        );
     }
     if lag_secs > t.lag_degraded_seconds as f64 {
-        return (HealthStatus::Degraded, format!("the oldest unpublished event is {lag_secs:.0} s old (over {} s); {prog}", t.lag_degraded_seconds));
+        return (
+            HealthStatus::Degraded,
+            format!("the oldest unpublished event is {lag_secs:.0} s old (over {} s); {prog}", t.lag_degraded_seconds),
+        );
     }
     if !running {
         return (HealthStatus::Degraded, format!("relay not running; {prog}"));

@@ -23,7 +23,12 @@ fn probes() -> Probes {
         order: Some(Lifecycle::Running),
         dlq: Some(Lifecycle::Running),
         dlq_depth: Some(0),
-        cdc: Some(TaskStatus { lifecycle: Lifecycle::Running, restarts_in_window: 0, running: true, progress: relay.clone() }),
+        cdc: Some(TaskStatus {
+            lifecycle: Lifecycle::Running,
+            restarts_in_window: 0,
+            running: true,
+            progress: relay.clone(),
+        }),
         relay,
         relay_backlog: Some(Backlog { checkpoint: Some(10), head: Some(10), events: Some(0), oldest: None }),
         parked: Some(0),
@@ -92,7 +97,8 @@ fn broker_breaker_and_lag_degrade() {
     relay_mut(&mut p).breaker = BreakerState::Open;
     assert_eq!(evaluate(&p, &HashMap::new(), T)["kafka"].0, HealthStatus::Degraded);
     let mut p = probes();
-    p.relay_backlog = Some(Backlog { checkpoint: Some(10), head: Some(111), events: Some(101), oldest: Some(Utc::now()) });
+    p.relay_backlog =
+        Some(Backlog { checkpoint: Some(10), head: Some(111), events: Some(101), oldest: Some(Utc::now()) });
     let v = evaluate(&p, &HashMap::new(), T);
     assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded);
     assert!(v["cdc_processor"].1.contains("lag 101"), "{}", v["cdc_processor"].1);
@@ -106,11 +112,19 @@ fn broker_breaker_and_lag_degrade() {
 #[test]
 fn feed_failures_degrade_then_turn_unhealthy() {
     let mut p = probes();
-    relay_mut(&mut p).feed = FeedState::Failing { since: Utc::now() - chrono::Duration::seconds(5), errors: 3, error: "disk I/O error".into() };
+    relay_mut(&mut p).feed = FeedState::Failing {
+        since: Utc::now() - chrono::Duration::seconds(5),
+        errors: 3,
+        error: "disk I/O error".into(),
+    };
     let v = evaluate(&p, &HashMap::new(), T);
     assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded);
     assert!(v["cdc_processor"].1.contains("disk I/O error"));
-    relay_mut(&mut p).feed = FeedState::Failing { since: Utc::now() - chrono::Duration::seconds(61), errors: 30, error: "disk I/O error".into() };
+    relay_mut(&mut p).feed = FeedState::Failing {
+        since: Utc::now() - chrono::Duration::seconds(61),
+        errors: 30,
+        error: "disk I/O error".into(),
+    };
     assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Unhealthy);
 }
 

@@ -153,7 +153,9 @@ fn trace_of<C: CdcColumns + ?Sized>(c: &Cols<'_, C>) -> Result<Option<crate::env
         Some(Some(CqlValue::Text(s))) | Some(Some(CqlValue::Ascii(s))) => Some(s.clone()),
         _ => None,
     };
-    crate::envelope::TraceContext::parse(&tp, ts.as_deref()).map(Some).map_err(|e| CdcError::Payload { row: c.row.clone(), error: e })
+    crate::envelope::TraceContext::parse(&tp, ts.as_deref())
+        .map(Some)
+        .map_err(|e| CdcError::Payload { row: c.row.clone(), error: e })
 }
 
 /// The envelope of a CDC row of `event_store`, or `Ok(None)` for rows that

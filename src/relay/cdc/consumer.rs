@@ -16,8 +16,8 @@ use super::columns::envelope_from_cdc_row;
 use super::CdcError;
 use crate::envelope::EventEnvelope;
 use crate::relay::deliver::{Delivered, Deliverer};
-use crate::store::feed::RawEvent;
 use crate::shutdown::Shutdown;
+use crate::store::feed::RawEvent;
 
 /// Where a CDC consumer sends each event. `handle` returns `Ok` only once
 /// the event is durably handled (the reader's checkpoint may then move past
@@ -33,7 +33,10 @@ pub trait EnvelopeSink: Send + Sync + 'static {
 #[async_trait]
 impl EnvelopeSink for Deliverer {
     async fn handle(&self, env: EventEnvelope, shutdown: &mut Shutdown) -> Result<(), CdcError> {
-        let raw = RawEvent::from_envelope(&env, 0).map_err(|e| CdcError::Payload { row: format!("{}#{}", env.aggregate_id, env.sequence), error: e.to_string() })?;
+        let raw = RawEvent::from_envelope(&env, 0).map_err(|e| CdcError::Payload {
+            row: format!("{}#{}", env.aggregate_id, env.sequence),
+            error: e.to_string(),
+        })?;
         match self.deliver(&raw, shutdown).await {
             Delivered::Delivered | Delivered::Held | Delivered::Parked | Delivered::DeadLettered => Ok(()),
             Delivered::Shutdown => Err(CdcError::Shutdown),

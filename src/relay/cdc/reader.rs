@@ -221,9 +221,15 @@ mod tests {
         let sink: Arc<dyn crate::relay::sink::DeadLetterSink> = Arc::new(dyn_store.clone());
         let (status, _) = tokio::sync::watch::channel(Default::default());
         let deliverer = Arc::new(
-            Deliverer::new(&crate::config::Config::default(), dyn_store, sink, crate::metrics::Metrics::new(), crate::relay::StatusTx::new(status))
-                .await
-                .unwrap(),
+            Deliverer::new(
+                &crate::config::Config::default(),
+                dyn_store,
+                sink,
+                crate::metrics::Metrics::new(),
+                crate::relay::StatusTx::new(status),
+            )
+            .await
+            .unwrap(),
         );
         let trigger = crate::shutdown::Trigger::new();
         let err = start_cdc_reader(store.session(), &keyspace, &cfg.cdc, deliverer, trigger.subscribe())

@@ -37,13 +37,20 @@ impl CqlStore {
     }
 
     pub(super) async fn lease_read(&self, name: &str) -> Result<Option<Lease>, StoreError> {
-        let st = self.serial_read(format!("SELECT holder, epoch, counter, ttl_ms FROM {} WHERE name = ? LIMIT 1", self.t("relay_leases")));
+        let st = self.serial_read(format!(
+            "SELECT holder, epoch, counter, ttl_ms FROM {} WHERE name = ? LIMIT 1",
+            self.t("relay_leases")
+        ));
         let res = self.session.query_unpaged(st, (name,)).await.map_err(|e| exec_err("read lease", e))?;
         let row = res.into_rows_result().map_err(codec)?.maybe_first_row::<LeaseRow>().map_err(codec)?;
         Ok(match row {
-            Some((holder, Some(epoch), counter, ttl)) => {
-                Some(Lease { name: name.to_string(), holder: holder.unwrap_or_default(), epoch, counter: counter.unwrap_or(0), ttl_ms: ttl.unwrap_or(0) })
-            }
+            Some((holder, Some(epoch), counter, ttl)) => Some(Lease {
+                name: name.to_string(),
+                holder: holder.unwrap_or_default(),
+                epoch,
+                counter: counter.unwrap_or(0),
+                ttl_ms: ttl.unwrap_or(0),
+            }),
             _ => None,
         })
     }
@@ -59,7 +66,9 @@ impl CqlStore {
             }
             Some((epoch, counter)) => {
                 let cql = format!("UPDATE {t} SET holder = ?, epoch = ?, counter = ?, ttl_ms = ?, renewed_at = ? WHERE name = ? IF epoch = ? AND counter = ?");
-                self.session.query_unpaged(cql, (&n.holder, n.epoch, n.counter, n.ttl_ms, now, &n.name, epoch, counter)).await
+                self.session
+                    .query_unpaged(cql, (&n.holder, n.epoch, n.counter, n.ttl_ms, now, &n.name, epoch, counter))
+                    .await
             }
         };
         match res {
@@ -75,7 +84,10 @@ impl CqlStore {
     }
 
     pub(super) async fn lease_all(&self) -> Result<Vec<LeaseInfo>, StoreError> {
-        let cql = format!("SELECT DISTINCT name, holder, epoch, counter, ttl_ms, renewed_at, position FROM {}", self.t("relay_leases"));
+        let cql = format!(
+            "SELECT DISTINCT name, holder, epoch, counter, ttl_ms, renewed_at, position FROM {}",
+            self.t("relay_leases")
+        );
         let res = self.session.query_unpaged(cql, ()).await.map_err(|e| exec_err("list leases", e))?;
         type Row = (String, Option<String>, Option<i64>, Option<i64>, Option<i64>, Option<DateTime<Utc>>, Option<i64>);
         let mut out = Vec::new();
@@ -83,7 +95,13 @@ impl CqlStore {
             let (name, holder, epoch, counter, ttl, renewed_at, position) = r.map_err(codec)?;
             let Some(epoch) = epoch else { continue };
             out.push(LeaseInfo {
-                lease: Lease { name, holder: holder.unwrap_or_default(), epoch, counter: counter.unwrap_or(0), ttl_ms: ttl.unwrap_or(0) },
+                lease: Lease {
+                    name,
+                    holder: holder.unwrap_or_default(),
+                    epoch,
+                    counter: counter.unwrap_or(0),
+                    ttl_ms: ttl.unwrap_or(0),
+                },
                 renewed_at,
                 position,
             });
@@ -98,12 +116,22 @@ impl CqlStore {
             Ok(r) => r,
             Err(e) if outcome_unknown(&e) => {
                 // Resolve: applied iff the epoch is still ours and the position is what we wrote.
-                let st = self.serial_read(format!("SELECT epoch, position FROM {} WHERE name = ? LIMIT 1", self.t("relay_leases")));
-                let res = self.session.query_unpaged(st, (name,)).await.map_err(|e| exec_err("read fenced checkpoint", e))?;
-                let row = res.into_rows_result().map_err(codec)?.maybe_first_row::<(Option<i64>, Option<i64>)>().map_err(codec)?;
+                let st = self.serial_read(format!(
+                    "SELECT epoch, position FROM {} WHERE name = ? LIMIT 1",
+                    self.t("relay_leases")
+                ));
+                let res =
+                    self.session.query_unpaged(st, (name,)).await.map_err(|e| exec_err("read fenced checkpoint", e))?;
+                let row = res
+                    .into_rows_result()
+                    .map_err(codec)?
+                    .maybe_first_row::<(Option<i64>, Option<i64>)>()
+                    .map_err(codec)?;
                 return match row {
                     Some((Some(e), Some(p))) if e == epoch && p == position => Ok(()),
-                    Some((current, _)) if current != Some(epoch) => Err(StoreError::Fenced { name: name.into(), epoch, current }),
+                    Some((current, _)) if current != Some(epoch) => {
+                        Err(StoreError::Fenced { name: name.into(), epoch, current })
+                    }
                     _ => Err(StoreError::Unavailable(format!("fenced checkpoint of {name}: outcome unknown"))),
                 };
             }

@@ -118,7 +118,8 @@ impl CqlStore {
     /// One aggregate's rows after `after_sequence`, as the feed hands them out.
     pub(super) async fn raw_rows(&self, aggregate_id: Uuid, after_sequence: i64) -> Result<Vec<FeedRow>, StoreError> {
         let s = self.stmts().await?;
-        let rows: Vec<EventRow> = self.select_rows(&s.load_after, (aggregate_id, after_sequence), "load events").await?;
+        let rows: Vec<EventRow> =
+            self.select_rows(&s.load_after, (aggregate_id, after_sequence), "load events").await?;
         Ok(rows.into_iter().filter_map(EventRow::into_feed_row).collect())
     }
 

@@ -82,7 +82,10 @@ impl RequestStore for CqlStore {
             .requests_of(Some(consumer), None)
             .await?
             .into_iter()
-            .filter(|r| r.status == RequestStatus::Pending || (r.status == RequestStatus::Running && r.claimed_epoch.unwrap_or(-1) < epoch))
+            .filter(|r| {
+                r.status == RequestStatus::Pending
+                    || (r.status == RequestStatus::Running && r.claimed_epoch.unwrap_or(-1) < epoch)
+            })
             .collect())
     }
 
@@ -90,7 +93,13 @@ impl RequestStore for CqlStore {
         self.request_cas(r, epoch).await
     }
 
-    async fn request_finish(&self, consumer: &str, id: Uuid, status: RequestStatus, result: serde_json::Value) -> Result<(), StoreError> {
+    async fn request_finish(
+        &self,
+        consumer: &str,
+        id: Uuid,
+        status: RequestStatus,
+        result: serde_json::Value,
+    ) -> Result<(), StoreError> {
         self.request_done(consumer, id, status, &result).await
     }
 }

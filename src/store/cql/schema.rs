@@ -151,7 +151,10 @@ impl CqlStore {
             let cql = format!("ALTER TABLE {} ADD {col} {ty}", self.t("event_store"));
             if let Err(e) = self.ddl(&cql).await {
                 let m = e.to_string().to_lowercase();
-                if !(m.contains("already exist") || m.contains("conflicts with an existing column") || m.contains("invalid column name")) {
+                if !(m.contains("already exist")
+                    || m.contains("conflicts with an existing column")
+                    || m.contains("invalid column name"))
+                {
                     return Err(e);
                 }
             }

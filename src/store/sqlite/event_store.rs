@@ -11,13 +11,15 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
+use super::feed::{feed_row, FEED_COLS};
 use super::schema::migrate_conn;
 use super::writer::{AppendJob, Job};
-use super::feed::{feed_row, FEED_COLS};
 use super::{codec, parse_ts, ts, unavailable, SqliteStore};
 use crate::envelope::EventEnvelope;
 use crate::store::feed::FeedRow;
-use crate::store::{check_batch, Appended, Backlog, DeadLetter, EventStore, Snapshot, StoreError, StoreFaults, StoreProbe};
+use crate::store::{
+    check_batch, Appended, Backlog, DeadLetter, EventStore, Snapshot, StoreError, StoreFaults, StoreProbe,
+};
 
 /// Decodes every row selected with `FEED_COLS` into envelopes (a load of one
 /// aggregate: an unreadable row is an error there, the command cannot be decided).
@@ -27,8 +29,12 @@ fn load_rows(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<V
     let mut out = Vec::new();
     while let Some(r) = rows.next().map_err(unavailable)? {
         match feed_row(r) {
-            FeedRow::Event(e) => out.push(e.to_envelope().map_err(|err| codec(format!("event {}: payload is not JSON: {err}", e.event_id)))?),
-            FeedRow::Unreadable(u) => return Err(codec(format!("stored event at position {} cannot be read: {}", u.position, u.error))),
+            FeedRow::Event(e) => out.push(
+                e.to_envelope().map_err(|err| codec(format!("event {}: payload is not JSON: {err}", e.event_id)))?,
+            ),
+            FeedRow::Unreadable(u) => {
+                return Err(codec(format!("stored event at position {} cannot be read: {}", u.position, u.error)))
+            }
         }
     }
     Ok(out)
@@ -96,7 +102,8 @@ impl EventStore for SqliteStore {
 
     fn subscribe(&self) -> Option<watch::Receiver<i64>> {
         // Other processes' commits too (a standby instance, the CLI).
-        self.watcher.get_or_init(|| super::watch_changes::Watcher::start(&self.path, self.notify.clone()).unwrap_or_default());
+        self.watcher
+            .get_or_init(|| super::watch_changes::Watcher::start(&self.path, self.notify.clone()).unwrap_or_default());
         Some(self.notify.subscribe())
     }
 

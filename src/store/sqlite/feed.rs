@@ -63,11 +63,15 @@ fn decode(r: &Row<'_>, position: i64) -> Result<RawEvent, String> {
     let aggregate_id = uuid(3, "aggregate_id")?;
     let causation_id = match text(col(8)) {
         None => None,
-        Some(s) => Some(Uuid::parse_str(s.trim()).map_err(|e| format!("column causation_id is not a UUID ({s:?}): {e}"))?),
+        Some(s) => {
+            Some(Uuid::parse_str(s.trim()).map_err(|e| format!("column causation_id is not a UUID ({s:?}): {e}"))?)
+        }
     };
     let trace = match text(col(11)) {
         None => None,
-        Some(tp) => Some(TraceContext::parse(&tp, text(col(12)).as_deref()).map_err(|e| format!("column trace_parent: {e}"))?),
+        Some(tp) => {
+            Some(TraceContext::parse(&tp, text(col(12)).as_deref()).map_err(|e| format!("column trace_parent: {e}"))?)
+        }
     };
     let timestamp = parse_ts(&req_text(10, "timestamp")?).map_err(|e| e.to_string())?;
     Ok(RawEvent {
@@ -78,7 +82,8 @@ fn decode(r: &Row<'_>, position: i64) -> Result<RawEvent, String> {
         aggregate_id,
         sequence: req_int(4, "sequence_number")?,
         event_type: req_text(5, "event_type")?,
-        schema_version: i32::try_from(req_int(6, "event_version")?).map_err(|_| "column event_version is out of range".to_string())?,
+        schema_version: i32::try_from(req_int(6, "event_version")?)
+            .map_err(|_| "column event_version is out of range".to_string())?,
         payload: raw_json(req_text(7, "payload")?)?,
         causation_id,
         correlation_id: uuid(9, "correlation_id")?,

@@ -28,7 +28,9 @@ pub(super) fn get(c: &Connection, name: &str) -> Result<Option<Lease>, StoreErro
 pub(super) fn cas(c: &mut Connection, cas: &LeaseCas) -> Result<bool, StoreError> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
     let current: Option<(i64, i64)> = tx
-        .query_row("SELECT epoch, counter FROM relay_leases WHERE name = ?1", [&cas.new.name], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT epoch, counter FROM relay_leases WHERE name = ?1", [&cas.new.name], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()
         .map_err(unavailable)?;
     if current != cas.expected {
@@ -71,9 +73,17 @@ pub(super) fn list(c: &Connection) -> Result<Vec<LeaseInfo>, StoreError> {
 }
 
 /// Sets checkpoint `name` to `position` if lease `name` is at `epoch`.
-pub(super) fn set_checkpoint_fenced(c: &mut Connection, name: &str, epoch: i64, position: i64) -> Result<(), StoreError> {
+pub(super) fn set_checkpoint_fenced(
+    c: &mut Connection,
+    name: &str,
+    epoch: i64,
+    position: i64,
+) -> Result<(), StoreError> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-    let current: Option<i64> = tx.query_row("SELECT epoch FROM relay_leases WHERE name = ?1", [name], |r| r.get(0)).optional().map_err(unavailable)?;
+    let current: Option<i64> = tx
+        .query_row("SELECT epoch FROM relay_leases WHERE name = ?1", [name], |r| r.get(0))
+        .optional()
+        .map_err(unavailable)?;
     if current != Some(epoch) {
         return Err(StoreError::Fenced { name: name.to_string(), epoch, current });
     }

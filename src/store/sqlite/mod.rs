@@ -150,7 +150,11 @@ impl SqliteStore {
             .spawn(move || writer_loop(conn, rx, n, group))
             .map_err(|e| unavailable(format!("cannot start writer thread: {e}")))?;
         let file = Arc::new(DbFile::new(&path));
-        let lease_conn = open_conn(&path, &SqliteOptions { busy_timeout_ms: LEASE_BUSY_TIMEOUT.as_millis() as u64, ..opts.clone() }, false)?;
+        let lease_conn = open_conn(
+            &path,
+            &SqliteOptions { busy_timeout_ms: LEASE_BUSY_TIMEOUT.as_millis() as u64, ..opts.clone() },
+            false,
+        )?;
         let store = SqliteStore {
             path,
             jobs,

@@ -54,9 +54,20 @@ pub(super) fn parked(c: &Connection, consumer: &str) -> Result<Vec<ParkedInfo>, 
         .map_err(unavailable)?;
     let mut out = Vec::new();
     for row in rows {
-        let (consumer, aggregate_id, aggregate_type, position, sequence, event_id, event_type, error, parked_at, held) = row.map_err(unavailable)?;
+        let (consumer, aggregate_id, aggregate_type, position, sequence, event_id, event_type, error, parked_at, held) =
+            row.map_err(unavailable)?;
         out.push(ParkedInfo {
-            parked: Parked { consumer, aggregate_id, aggregate_type, position, sequence, event_id, event_type, error, parked_at: parse_ts(&parked_at)? },
+            parked: Parked {
+                consumer,
+                aggregate_id,
+                aggregate_type,
+                position,
+                sequence,
+                event_id,
+                event_type,
+                error,
+                parked_at: parse_ts(&parked_at)?,
+            },
             held_events: held.max(0) as u64,
         });
     }
@@ -64,16 +75,29 @@ pub(super) fn parked(c: &Connection, consumer: &str) -> Result<Vec<ParkedInfo>, 
 }
 
 pub(super) fn unpark(c: &Connection, consumer: &str, aggregate_id: &str) -> Result<bool, StoreError> {
-    c.execute("DELETE FROM parked_aggregates WHERE consumer = ?1 AND aggregate_id = ?2", params![consumer, aggregate_id]).map(|n| n > 0).map_err(unavailable)
+    c.execute(
+        "DELETE FROM parked_aggregates WHERE consumer = ?1 AND aggregate_id = ?2",
+        params![consumer, aggregate_id],
+    )
+    .map(|n| n > 0)
+    .map_err(unavailable)
 }
 
 /// One aggregate's rows from `from_position` (inclusive) up to `up_to` (inclusive), in position order.
-pub(super) fn aggregate_rows(c: &Connection, aggregate_id: &str, from_position: Option<i64>, from_sequence: Option<i64>, up_to: Option<i64>) -> Result<Vec<FeedRow>, StoreError> {
+pub(super) fn aggregate_rows(
+    c: &Connection,
+    aggregate_id: &str,
+    from_position: Option<i64>,
+    from_sequence: Option<i64>,
+    up_to: Option<i64>,
+) -> Result<Vec<FeedRow>, StoreError> {
     let sql = format!(
         "SELECT {FEED_COLS} FROM event_store WHERE aggregate_id = ?1 AND position >= ?2 AND sequence_number >= ?3 AND position <= ?4 ORDER BY position"
     );
     let mut st = c.prepare_cached(&sql).map_err(unavailable)?;
-    let mut rows = st.query(params![aggregate_id, from_position.unwrap_or(0), from_sequence.unwrap_or(0), up_to.unwrap_or(i64::MAX)]).map_err(unavailable)?;
+    let mut rows = st
+        .query(params![aggregate_id, from_position.unwrap_or(0), from_sequence.unwrap_or(0), up_to.unwrap_or(i64::MAX)])
+        .map_err(unavailable)?;
     let mut out = Vec::new();
     while let Some(r) = rows.next().map_err(unavailable)? {
         out.push(super::feed::feed_row(r));
@@ -130,10 +154,13 @@ pub(super) fn discards(c: &Connection, limit: usize) -> Result<Vec<DiscardRecord
 /// How far `consumer` is behind: events after its checkpoint plus the held
 /// events of its parked aggregates at or before it, and the oldest commit time among them.
 pub(super) fn backlog(c: &Connection, consumer: &str) -> Result<Backlog, StoreError> {
-    let checkpoint: Option<i64> =
-        c.query_row("SELECT position FROM checkpoints WHERE consumer = ?1", [consumer], |r| r.get(0)).optional().map_err(unavailable)?;
+    let checkpoint: Option<i64> = c
+        .query_row("SELECT position FROM checkpoints WHERE consumer = ?1", [consumer], |r| r.get(0))
+        .optional()
+        .map_err(unavailable)?;
     let cp = checkpoint.unwrap_or(0);
-    let head: i64 = c.query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0)).map_err(unavailable)?;
+    let head: i64 =
+        c.query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0)).map_err(unavailable)?;
     let (held, held_oldest): (i64, Option<String>) = c
         .query_row(
             "SELECT COUNT(*), MIN(e.timestamp) FROM parked_aggregates p JOIN event_store e
@@ -143,8 +170,12 @@ pub(super) fn backlog(c: &Connection, consumer: &str) -> Result<Backlog, StoreEr
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(unavailable)?;
-    let next: Option<String> =
-        c.query_row("SELECT timestamp FROM event_store WHERE position > ?1 ORDER BY position LIMIT 1", [cp], |r| r.get(0)).optional().map_err(unavailable)?;
+    let next: Option<String> = c
+        .query_row("SELECT timestamp FROM event_store WHERE position > ?1 ORDER BY position LIMIT 1", [cp], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(unavailable)?;
     let oldest = [next, held_oldest].into_iter().flatten().filter_map(|t| parse_ts(&t).ok()).min();
     Ok(Backlog { checkpoint, head: Some(head), events: Some((head - cp).max(0) + held), oldest })
 }

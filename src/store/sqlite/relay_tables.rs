@@ -63,7 +63,8 @@ impl ParkingStore for SqliteStore {
         up_to_position: Option<i64>,
     ) -> Result<Vec<FeedRow>, StoreError> {
         let aggregate_id = aggregate_id.to_string();
-        self.read(move |c| parking::aggregate_rows(c, &aggregate_id, from_position, from_sequence, up_to_position)).await
+        self.read(move |c| parking::aggregate_rows(c, &aggregate_id, from_position, from_sequence, up_to_position))
+            .await
     }
 
     async fn record_discard(&self, d: &DiscardRecord) -> Result<(), StoreError> {
@@ -97,7 +98,13 @@ impl RequestStore for SqliteStore {
         self.write(move |c| requests::claim(c, id, epoch)).await
     }
 
-    async fn request_finish(&self, _consumer: &str, id: Uuid, status: RequestStatus, result: serde_json::Value) -> Result<(), StoreError> {
+    async fn request_finish(
+        &self,
+        _consumer: &str,
+        id: Uuid,
+        status: RequestStatus,
+        result: serde_json::Value,
+    ) -> Result<(), StoreError> {
         self.write(move |c| requests::finish(c, id, status, &result)).await
     }
 }

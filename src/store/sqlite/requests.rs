@@ -85,7 +85,12 @@ pub(super) fn claim(c: &Connection, id: Uuid, epoch: i64) -> Result<bool, StoreE
     .map_err(unavailable)
 }
 
-pub(super) fn finish(c: &Connection, id: Uuid, status: RequestStatus, result: &serde_json::Value) -> Result<(), StoreError> {
+pub(super) fn finish(
+    c: &Connection,
+    id: Uuid,
+    status: RequestStatus,
+    result: &serde_json::Value,
+) -> Result<(), StoreError> {
     c.execute(
         "UPDATE relay_requests SET status = ?2, result = ?3, finished_at = ?4 WHERE id = ?1",
         params![id.to_string(), status.as_str(), result.to_string(), ts(&chrono::Utc::now())],
@@ -93,4 +98,3 @@ pub(super) fn finish(c: &Connection, id: Uuid, status: RequestStatus, result: &s
     .map(|_| ())
     .map_err(unavailable)
 }
-

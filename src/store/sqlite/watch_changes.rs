@@ -32,7 +32,11 @@ impl Drop for Watcher {
 impl Watcher {
     /// Starts watching `path`; `notify` is bumped (receivers woken) on every change.
     pub(super) fn start(path: &Path, notify: watch::Sender<i64>) -> Option<Watcher> {
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX).ok()?;
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .ok()?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         std::thread::Builder::new()

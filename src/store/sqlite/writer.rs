@@ -111,7 +111,9 @@ fn commit_group(
             // (I/O error, disk full, ...): every append of the group is lost,
             // and running the rest now would commit each on its own while its
             // caller is told it failed. Fail the whole group instead.
-            return fail_all(unavailable("the group transaction was rolled back by SQLite after an error; nothing was written"));
+            return fail_all(unavailable(
+                "the group transaction was rolled back by SQLite after an error; nothing was written",
+            ));
         }
         let res = if job.events.len() == 1 {
             append_rows(&tx, job, versions)
@@ -128,7 +130,9 @@ fn commit_group(
         let failed = res.is_err();
         results.push(res);
         if failed && tx.is_autocommit() {
-            return fail_all(unavailable("the group transaction was rolled back by SQLite after an error; nothing was written"));
+            return fail_all(unavailable(
+                "the group transaction was rolled back by SQLite after an error; nothing was written",
+            ));
         }
     }
     if let Err(e) = tx.commit() {
