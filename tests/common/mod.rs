@@ -116,6 +116,8 @@ pub struct Record {
     pub key: String,
     pub headers: HashMap<String, String>,
     pub value: serde_json::Value,
+    /// The record value as the broker returned it, byte for byte.
+    pub raw: Vec<u8>,
 }
 
 impl Record {
@@ -176,6 +178,7 @@ pub fn consume_all(brokers: &str, topics: &[String], want: usize, timeout: Durat
                     key: String::from_utf8_lossy(m.key().unwrap_or_default()).to_string(),
                     headers,
                     value: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(serde_json::Value::Null),
+                    raw: m.payload().unwrap_or_default().to_vec(),
                 });
             }
             Some(Err(e)) => eprintln!("consumer error: {e}"),
