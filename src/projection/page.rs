@@ -17,7 +17,7 @@ use super::parking::{EventKey, ProjectionParking};
 use super::{CommitBatch, ReadModelStore, StoredRow};
 use crate::domain::{Aggregate, Customer, Order};
 use crate::envelope::StoredEvent;
-use crate::store::{DynStore, StoreError};
+use crate::store::{DynStore, EventStore, StoreError};
 
 /// Counts of one applied batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,9 +33,10 @@ pub(crate) struct BatchOutcome {
 }
 
 /// Decodes a stored row; a row of an older state shape (or unreadable) is
-/// re-derived from its events up to its version instead.
-async fn decode_row<A: Aggregate>(
-    store: &DynStore,
+/// re-derived from its events up to its version instead (None when the store
+/// has none of them). Shared by both backends' projections.
+pub(crate) async fn decode_row<A: Aggregate>(
+    store: &dyn EventStore,
     id: Uuid,
     stored: StoredRow,
     currency: &str,
@@ -97,7 +98,7 @@ pub(crate) async fn apply_page(
     let mut orders: HashMap<Uuid, Option<Row<Order>>> = HashMap::with_capacity(order_ids.len());
     for id in order_ids {
         let row = match stored.orders.get(&id) {
-            Some(s) => decode_row::<Order>(store, id, s.clone(), currency).await?,
+            Some(s) => decode_row::<Order>(store.as_ref(), id, s.clone(), currency).await?,
             None => None,
         };
         orders.insert(id, row);
@@ -105,7 +106,7 @@ pub(crate) async fn apply_page(
     let mut customers: HashMap<Uuid, Option<Row<Customer>>> = HashMap::with_capacity(customer_ids.len());
     for id in customer_ids {
         let row = match stored.customers.get(&id) {
-            Some(s) => decode_row::<Customer>(store, id, s.clone(), currency).await?,
+            Some(s) => decode_row::<Customer>(store.as_ref(), id, s.clone(), currency).await?,
             None => None,
         };
         customers.insert(id, row);

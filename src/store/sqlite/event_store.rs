@@ -11,6 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
+use super::dlq;
 use super::feed::{feed_row, FEED_COLS};
 use super::schema::migrate_conn;
 use super::writer::{AppendJob, Job};
@@ -145,19 +146,19 @@ impl EventStore for SqliteStore {
     }
 
     async fn dlq_insert(&self, letter: DeadLetter) -> Result<(), StoreError> {
-        self.insert_letter(letter).await
+        self.write(move |c| dlq::insert(c, &letter)).await
     }
 
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        self.list_letters(limit).await
+        self.read(move |c| dlq::list(c, limit)).await
     }
 
     async fn dlq_remove(&self, id: Uuid) -> Result<bool, StoreError> {
-        self.remove_letter(id).await
+        self.write(move |c| dlq::remove(c, id)).await
     }
 
     async fn dlq_count(&self) -> Result<u64, StoreError> {
-        self.count_letters().await
+        self.read(dlq::count).await
     }
 
     async fn save_snapshot(&self, s: Snapshot) -> Result<(), StoreError> {
