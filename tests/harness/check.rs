@@ -27,10 +27,12 @@ pub fn stored_rows(db: &Path) -> Vec<StoredRow> {
     let mut st = c
         .prepare("SELECT position, event_id, aggregate_id, sequence_number FROM event_store ORDER BY position")
         .unwrap();
-    st.query_map([], |r| Ok(StoredRow { position: r.get(0)?, event_id: r.get(1)?, aggregate_id: r.get(2)?, sequence: r.get(3)? }))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
+    st.query_map([], |r| {
+        Ok(StoredRow { position: r.get(0)?, event_id: r.get(1)?, aggregate_id: r.get(2)?, sequence: r.get(3)? })
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
 }
 
 /// A range of feed positions `(lo, hi]` whose events may legitimately arrive twice.
@@ -74,7 +76,12 @@ impl Verdict {
     /// `excused(row)`: a stored event that must NOT be on the topic (held
     /// behind a parked aggregate); it counts as missing if it is not there
     /// and as an order violation if it is.
-    pub fn judge(records: &[Record], stored: &[StoredRow], excused: impl Fn(&StoredRow) -> bool, windows: &[Window]) -> Verdict {
+    pub fn judge(
+        records: &[Record],
+        stored: &[StoredRow],
+        excused: impl Fn(&StoredRow) -> bool,
+        windows: &[Window],
+    ) -> Verdict {
         let by_id: HashMap<&str, &StoredRow> = stored.iter().map(|r| (r.event_id.as_str(), r)).collect();
         let mut v = Verdict::default();
         let mut sorted: Vec<&Record> = records.iter().collect();
@@ -116,10 +123,30 @@ impl Verdict {
     /// Every stored id present, order at first arrival, nothing unknown, every duplicate explained.
     pub fn assert_sound(&self, context: &str) {
         let show = |v: &[String]| v.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
-        assert!(self.missing.is_empty(), "{context}: {} stored events missing from the topic, e.g. {:?}", self.missing.len(), &self.missing[..self.missing.len().min(5)]);
-        assert!(self.unknown.is_empty(), "{context}: {} records were never stored: {}", self.unknown.len(), show(&self.unknown));
-        assert!(self.order_violations.is_empty(), "{context}: {} order violations at first arrival: {}", self.order_violations.len(), show(&self.order_violations));
-        assert!(self.unexplained.is_empty(), "{context}: {} duplicates outside every window: {}", self.unexplained.len(), show(&self.unexplained));
+        assert!(
+            self.missing.is_empty(),
+            "{context}: {} stored events missing from the topic, e.g. {:?}",
+            self.missing.len(),
+            &self.missing[..self.missing.len().min(5)]
+        );
+        assert!(
+            self.unknown.is_empty(),
+            "{context}: {} records were never stored: {}",
+            self.unknown.len(),
+            show(&self.unknown)
+        );
+        assert!(
+            self.order_violations.is_empty(),
+            "{context}: {} order violations at first arrival: {}",
+            self.order_violations.len(),
+            show(&self.order_violations)
+        );
+        assert!(
+            self.unexplained.is_empty(),
+            "{context}: {} duplicates outside every window: {}",
+            self.unexplained.len(),
+            show(&self.unexplained)
+        );
     }
 
     pub fn summary(&self) -> String {

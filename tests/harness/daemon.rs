@@ -102,6 +102,12 @@ impl Daemon {
         request(self.admin, method, path, &[], None)
     }
 
+    /// POST a JSON body to the admin server.
+    pub fn admin_post(&self, path: &str, body: &serde_json::Value) -> Resp {
+        let b = serde_json::to_vec(body).unwrap();
+        request(self.admin, "POST", path, &[("Content-Type", "application/json")], Some(&b))
+    }
+
     pub fn health(&self) -> (u16, serde_json::Value) {
         let r = self.admin("GET", "/health");
         (r.status, r.json())
@@ -224,4 +230,16 @@ pub fn restarts(d: &Daemon, actor: &str) -> f64 {
 pub fn component(h: &serde_json::Value, name: &str) -> (String, String) {
     let c = &h["components"][name];
     (c["status"].as_str().unwrap_or_default().to_string(), c["detail"].as_str().unwrap_or_default().to_string())
+}
+
+/// Runs the `outboxd` CLI with `cfg` as OUTBOX_* variables; returns (exit code, stdout, stderr).
+pub fn cli(cfg: &Config, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .args(args)
+        .envs(config_env(cfg))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }

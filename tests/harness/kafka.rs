@@ -156,7 +156,6 @@ pub fn consume_all(brokers: &str, topics: &[String], want: usize, timeout: Durat
     out
 }
 
-
 /// Reads the topics from the beginning until `done(records)` holds or no
 /// more records arrive within `timeout` (copies re-sent under at-least-once
 /// may fill any fixed count, so the count grows until `done`).
@@ -179,4 +178,52 @@ pub fn consume_until(
 
 pub fn topics(c: &Config) -> Vec<String> {
     outboxd::relay::topics::topic_names(c.kafka.per_event_type(), &c.kafka.topic_prefix)
+}
+
+/// Creates `topic` with `partitions` and topic-level `configs` (e.g. a small
+/// `max.message.bytes` for a poison test) before the relay would create it.
+pub fn create_topic(brokers: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        t = t.set(k, v);
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let res = rt.block_on(admin.create_topics(&[t], &opts)).unwrap();
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+    }
+}
+
+/// Sets one topic-level config (e.g. raises `max.message.bytes`).
+pub fn alter_topic(brokers: &str, topic: &str, key: &str, value: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let alter = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for r in rt.block_on(admin.alter_configs(&[alter], &opts)).unwrap() {
+        r.unwrap_or_else(|(t, e)| panic!("alter topic {t:?}: {e}"));
+    }
+}
+
+/// Copies of each key's records in first-arrival order: key -> [(ce_sequence, ce_type)].
+pub fn by_key(records: &[Record]) -> HashMap<String, Vec<(i64, String)>> {
+    let mut sorted: Vec<&Record> = records.iter().collect();
+    sorted.sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
+    let mut seen = std::collections::HashSet::new();
+    let mut out: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+    for r in sorted {
+        if seen.insert(r.event_id()) {
+            let t = r.headers.get("ce_type").cloned().unwrap_or_default();
+            out.entry(r.key.clone()).or_default().push((r.sequence(), t));
+        }
+    }
+    out
 }

@@ -196,7 +196,9 @@ fn request_for(id: Uuid, step: u8, n: u64) -> (String, serde_json::Value) {
         (1, _) => (format!("/orders/{id}/items"), serde_json::json!({"items": [item(0), item(1), item(2)]})),
         (2, true) => (format!("/orders/{id}/cancel"), serde_json::json!({"reason": "customer asked"})),
         (2, false) => (format!("/orders/{id}/confirm"), serde_json::json!({})),
-        (3, _) => (format!("/orders/{id}/ship"), serde_json::json!({"tracking_number": format!("TRK{n}"), "carrier": "DHL"})),
+        (3, _) => {
+            (format!("/orders/{id}/ship"), serde_json::json!({"tracking_number": format!("TRK{n}"), "carrier": "DHL"}))
+        }
         _ => (format!("/orders/{id}/deliver"), serde_json::json!({"signature": "J. Doe"})),
     }
 }
