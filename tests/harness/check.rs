@@ -115,6 +115,13 @@ impl Verdict {
         v
     }
 
+    /// True once `records` hold every stored event not `excused`: the stop
+    /// condition for a consumer (partitions arrive in any order).
+    pub fn covers(records: &[Record], stored: &[StoredRow], excused: impl Fn(&StoredRow) -> bool) -> bool {
+        let seen: HashSet<String> = records.iter().map(|r| r.event_id()).collect();
+        stored.iter().all(|r| excused(r) || seen.contains(&r.event_id))
+    }
+
     /// Total extra copies.
     pub fn duplicate_copies(&self) -> usize {
         self.duplicates.values().sum()

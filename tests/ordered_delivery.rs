@@ -1,0 +1,249 @@
+//! Ordered delivery under the faults a relay meets in production, checked by
+//! an independent consumer against the store (tests/harness/check.rs):
+//!
+//! - a row nobody can decode, written with the sqlite3 tool between valid
+//!   events: its aggregate is parked, everything else keeps flowing, /health
+//!   and `outboxd dlq list` say why; a transient read failure resumes alone;
+//! - poison inside a stream (event 3 of 5 over the topic's limit): 1, 2 on
+//!   the topic, 3-5 held; `dlq replay --aggregate` (CLI) delivers 3, 4, 5 in
+//!   order through the running relay; `POST /dlq/discard` (admin API)
+//!   publishes a marker in 3's place, then 4, 5, and keeps an audit row.
+//!
+//! The long faults (outage, kill -9 chaos) are in tests/soak.rs.
+
+mod harness;
+
+use harness::*;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const RELAY: &str = "kafka-relay";
+
+/// POSTs `path` with `body` until it answers 2xx (an actor may be restarting).
+fn post_ok(d: &Daemon, path: &str, body: serde_json::Value) -> serde_json::Value {
+    eventually(Duration::from_secs(30), path, || {
+        let r = d.post(path, &body);
+        match r.status {
+            200 | 201 => Some(r.json()),
+            503 => None,
+            s => panic!("POST {path}: {s} {}", r.text()),
+        }
+    })
+}
+
+fn small_items(n: usize, tag: &str) -> serde_json::Value {
+    (0..n)
+        .map(|k| serde_json::json!({"sku": format!("{tag}-{k}"), "quantity": 1, "unit_price": {"amount_minor": 500, "currency": "EUR"}}))
+        .collect()
+}
+
+/// 100 items with 64-character random SKUs: ~14 KB that compresses badly.
+fn huge_items() -> serde_json::Value {
+    (0..100)
+        .map(|_| {
+            let sku = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+            serde_json::json!({"sku": sku, "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "EUR"}})
+        })
+        .collect()
+}
+
+/// An order with 5 events whose third is `third_items`; returns its id.
+fn five_event_order(d: &Daemon, third_items: serde_json::Value) -> Uuid {
+    let id = Uuid::now_v7();
+    post_ok(
+        d,
+        "/orders",
+        serde_json::json!({"id": id, "customer_id": Uuid::from_u128(7), "items": small_items(1, "A")}),
+    );
+    post_ok(d, &format!("/orders/{id}/items"), serde_json::json!({"items": small_items(2, "B")}));
+    post_ok(d, &format!("/orders/{id}/items"), serde_json::json!({ "items": third_items }));
+    post_ok(d, &format!("/orders/{id}/confirm"), serde_json::json!({}));
+    post_ok(d, &format!("/orders/{id}/ship"), serde_json::json!({"tracking_number": "T1", "carrier": "DHL"}));
+    id
+}
+
+fn sequences(records: &[Record], id: Uuid) -> Vec<(i64, String)> {
+    by_key(records).remove(&id.to_string()).unwrap_or_default()
+}
+
+#[test]
+fn undecodable_row_parks_its_aggregate_and_a_transient_read_failure_resumes_alone() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(&brokers, dir.path());
+    let db = cfg.store.path.clone();
+    let d = Daemon::start(&cfg, &[fault_injection(), ("OUTBOX_HEALTH__FEED_UNHEALTHY_AFTER_MS", "60000".into())]);
+    let customer = Uuid::now_v7();
+    for i in 0..3 {
+        create_order(&d, customer, &format!("BEFORE-{i}"));
+    }
+    // A foreign tool writes a row nobody can decode, between valid events.
+    let bad = Uuid::now_v7();
+    sqlite3(
+        &db,
+        &format!(
+            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, correlation_id, timestamp) \
+             VALUES ('{}', 'Order', '{bad}', 1, 'OrderCreated', 1, '{{not json', '{}', '2026-12-02T00:00:00.000Z')",
+            Uuid::now_v7(),
+            Uuid::now_v7()
+        ),
+    );
+    let after: Vec<Uuid> = (0..3).map(|i| create_order(&d, customer, &format!("AFTER-{i}"))).collect();
+    // Events after the bad row reach the topic within seconds.
+    let started = Instant::now();
+    let head = wait_caught_up(&db, RELAY, Duration::from_secs(30));
+    eprintln!("relay passed the bad row and caught up (head {head}) in {:?}", started.elapsed());
+    let is_bad = |r: &StoredRow| r.aggregate_id == bad.to_string();
+    let stored = stored_rows(&db);
+    let records =
+        consume_until(&brokers, &topics(&cfg), 1, Duration::from_secs(10), |rs| Verdict::covers(rs, &stored, is_bad));
+    assert!(after.iter().all(|a| sequences(&records, *a).len() == 1), "orders created after the bad row");
+    let v = Verdict::judge(&records, &stored, is_bad, &[]);
+    v.assert_sound("after an undecodable row");
+    assert_eq!(v.duplicate_copies(), 0, "{}", v.summary());
+
+    // The parked aggregate is visible: CLI, /health, metrics, projections.
+    let (code, out, err) = cli(&cfg, &["dlq", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let parked: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["kind"] == "parked")
+        .collect();
+    assert_eq!(parked.len(), 1, "{out}");
+    assert_eq!(parked[0]["aggregate_id"], bad.to_string());
+    assert_eq!(parked[0]["held_events"], 1);
+    assert!(parked[0]["error"].as_str().unwrap().contains("payload"), "{}", parked[0]);
+    let h = eventually(Duration::from_secs(5), "/health to show the parked aggregate", || {
+        let (_, h) = d.health();
+        (component(&h, "cdc_processor").0 == "degraded").then_some(h)
+    });
+    assert!(component(&h, "cdc_processor").1.contains("parked"), "{h}");
+    assert_eq!(d.metrics().value("dlq_parked_aggregates", &[]), 1.0);
+    let (code, out, _) = cli(&cfg, &["projections", "status"]);
+    assert_eq!(code, 0);
+    let p: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(p["parked_aggregates"], 1, "the projector parks the bad aggregate too: {p}");
+    assert_eq!(p["checkpoint"], p["head"], "and projects everything else: {p}");
+    assert_eq!(p["lag_events"], 1, "the held event still counts as lag (it is not projected): {p}");
+
+    // A transient read failure (longer than the poll interval and backoffs)
+    // while writes continue: the relay reports it, then resumes by itself.
+    let errors_before = d.metrics().value("relay_feed_errors_total", &[]);
+    let r = d.admin("POST", "/debug/store?fail_reads_ms=4000");
+    assert_eq!(r.status, 202, "{}", r.text());
+    let during: Vec<Uuid> = (0..5).map(|i| create_order(&d, customer, &format!("DURING-{i}"))).collect();
+    let (_, h) = d.health();
+    let (status, detail) = component(&h, "cdc_processor");
+    assert_ne!(status, "healthy", "feed failing shows in /health: {detail}");
+    assert!(d.metrics().value("relay_feed_errors_total", &[]) > errors_before);
+    let pid = d.pid();
+    wait_caught_up(&db, RELAY, Duration::from_secs(30));
+    assert_eq!(d.pid(), pid, "no restart needed");
+    let stored = stored_rows(&db);
+    let records =
+        consume_until(&brokers, &topics(&cfg), 1, Duration::from_secs(10), |rs| Verdict::covers(rs, &stored, is_bad));
+    assert!(during.iter().all(|a| sequences(&records, *a).len() == 1), "orders created during the failure");
+    Verdict::judge(&records, &stored, is_bad, &[]).assert_sound("after a transient read failure");
+    d.stop();
+}
+
+#[test]
+fn poison_inside_a_stream_is_held_then_replayed_or_discarded_in_order() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = daemon_config(&brokers, dir.path());
+    cfg.kafka.compression = outboxd::config::Compression::None;
+    let topic = format!("{}order-events", cfg.kafka.topic_prefix);
+    create_topic(&brokers, &topic, 3, &[("max.message.bytes", "8000")]);
+    let env = [
+        ("OUTBOX_RELAY__RETRY__INITIAL_BACKOFF_MS", "20".to_string()),
+        ("OUTBOX_RELAY__RETRY__MAX_BACKOFF_MS", "100".into()),
+    ];
+    let d = Daemon::start(&cfg, &env);
+    let db = cfg.store.path.clone();
+    let customer = Uuid::now_v7();
+    create_order(&d, customer, "OTHER-0");
+    let replayed = five_event_order(&d, huge_items());
+    create_order(&d, customer, "OTHER-1");
+    let discarded = five_event_order(&d, huge_items());
+    let clean = five_event_order(&d, small_items(3, "C"));
+    create_order(&d, customer, "OTHER-2");
+    wait_caught_up(&db, RELAY, Duration::from_secs(60));
+
+    let held = |r: &StoredRow| {
+        (r.aggregate_id == replayed.to_string() || r.aggregate_id == discarded.to_string()) && r.sequence >= 3
+    };
+    let stored = stored_rows(&db);
+    // Partitions arrive in any order: read until every deliverable event is in.
+    let records = consume_until(&brokers, std::slice::from_ref(&topic), 1, Duration::from_secs(10), |rs| {
+        Verdict::covers(rs, &stored, held)
+    });
+    let seqs = |rs: &[Record], id| sequences(rs, id).into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+    assert_eq!(seqs(&records, replayed), vec![1, 2], "only the events before the poison");
+    assert_eq!(seqs(&records, discarded), vec![1, 2]);
+    assert_eq!(seqs(&records, clean), vec![1, 2, 3, 4, 5], "other aggregates complete");
+    Verdict::judge(&records, &stored, held, &[]).assert_sound("while parked");
+    let (code, out, _) = cli(&cfg, &["dlq", "list"]);
+    assert_eq!(code, 0);
+    let parked: HashMap<String, serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "parked")
+        .map(|v| (v["aggregate_id"].as_str().unwrap().to_string(), v))
+        .collect();
+    assert_eq!(parked.len(), 2, "{out}");
+    for id in [replayed, discarded] {
+        let p = &parked[&id.to_string()];
+        assert_eq!((p["sequence"].as_i64(), p["held_events"].as_i64()), (Some(3), Some(3)), "{p}");
+        assert!(p["error"].as_str().unwrap().to_lowercase().contains("too large"), "{p}");
+    }
+    assert_eq!(sqlite3(&db, "SELECT COUNT(*) FROM dead_letter_queue").trim(), "0", "nothing is dead-lettered");
+
+    // Replay through the running relay (the CLI writes a request row and waits).
+    alter_topic(&brokers, &topic, "max.message.bytes", "1000000");
+    let (code, out, err) = cli(&cfg, &["dlq", "replay", "--aggregate", &replayed.to_string(), "--no-progress"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Discard through the admin API: a marker in 3's place, then 4 and 5.
+    let third = sqlite3(
+        &db,
+        &format!("SELECT event_id FROM event_store WHERE aggregate_id = '{discarded}' AND sequence_number = 3"),
+    );
+    let r = d.admin_post(
+        "/dlq/discard",
+        &serde_json::json!({"event_id": third.trim(), "reason": "bad import, re-sent by hand"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let records = consume_until(&brokers, std::slice::from_ref(&topic), 1, Duration::from_secs(20), |rs| {
+        sequences(rs, replayed).len() == 5
+            && sequences(rs, discarded).len() == 5
+            && Verdict::covers(rs, &stored, |_| false)
+    });
+    assert_eq!(seqs(&records, replayed), vec![1, 2, 3, 4, 5], "replay delivers 3, 4, 5 in order");
+    let marker = sequences(&records, discarded);
+    assert_eq!(marker.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(marker[2].1, "outboxd.EventDiscarded", "a marker keeps the sequence without a gap");
+    assert_eq!(marker[3].1, "OrderConfirmed");
+    let audit = sqlite3(
+        &db,
+        &format!(
+            "SELECT reason, aggregate_id, sequence_number FROM discarded_events WHERE event_id = '{}'",
+            third.trim()
+        ),
+    );
+    assert_eq!(
+        audit.trim(),
+        format!("bad import, re-sent by hand|{discarded}|3"),
+        "the audit row keeps the event and the reason"
+    );
+    let (code, out, _) = cli(&cfg, &["dlq", "list"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("\"parked\""), "nothing parked any more: {out}");
+    eventually(Duration::from_secs(5), "the parked gauge to return to 0", || {
+        (d.metrics().value("dlq_parked_aggregates", &[]) == 0.0).then_some(())
+    });
+    Verdict::judge(&records, &stored_rows(&db), |_| false, &[]).assert_sound("after replay and discard");
+    d.stop();
+}
