@@ -140,6 +140,7 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     let lease_stop = crate::shutdown::Trigger::new();
     let ttl = Duration::from_millis(cfg.relay.lease_ttl_ms);
     let lease_store: std::sync::Arc<dyn crate::store::lease::LeaseStore> = store.clone();
+    let relay_pause = crate::lease::pause::PauseHook::default();
     let leases = crate::actors::Leases {
         relay: Some(keeper::spawn(
             lease_store.clone(),
@@ -147,6 +148,7 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
             &instance,
             ttl,
             metrics.clone(),
+            relay_pause.clone(),
             lease_stop.subscribe(),
         )),
         projection: read_models.is_some().then(|| {
@@ -156,12 +158,14 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
                 &instance,
                 ttl,
                 metrics.clone(),
+                Default::default(),
                 lease_stop.subscribe(),
             )
         }),
     };
     tracing::info!(%instance, lease_ttl_ms = cfg.relay.lease_ttl_ms, "instance id in the lease table");
     let mut deps = ActorDeps::new(cfg, store, metrics, tokio::runtime::Handle::current()).with_leases(leases);
+    deps.relay_pause = relay_pause;
     if let Some(c) = cql {
         deps = deps.with_cql(c);
     }

@@ -121,7 +121,7 @@ pub struct ActorDeps {
     /// The leases this instance keeps (None: single instance, unfenced).
     pub leases: Leases,
     /// The relay's pause hook (fault injection: a "zombie" leader in tests).
-    pub relay_pause: crate::relay::pause::PauseHook,
+    pub relay_pause: crate::lease::pause::PauseHook,
 }
 
 /// The lease keepers of this instance, one per consumer name; they outlive

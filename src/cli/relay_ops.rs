@@ -96,7 +96,8 @@ async fn run_here(cfg: &Config, store: DynStore) -> Result<(), Failure> {
     let ttl = Duration::from_millis(cfg.relay.lease_ttl_ms);
     let mut stop = Trigger::new();
     let lease_store: Arc<dyn outboxd::store::lease::LeaseStore> = store.clone();
-    let handle = keeper::spawn(lease_store, &consumer, &who(), ttl, Metrics::new(), stop.subscribe());
+    let handle =
+        keeper::spawn(lease_store, &consumer, &who(), ttl, Metrics::new(), Default::default(), stop.subscribe());
     let mut rx = handle.state();
     let epoch = tokio::time::timeout(ttl * 3, async {
         loop {

@@ -26,8 +26,8 @@ use tokio::sync::watch;
 use crate::actors::{
     ActorName, CoordinatorActor, DlqActor, FailureMode, HealthReport, HealthStatus, InjectFailureInto,
 };
+use crate::lease::pause::PauseHook;
 use crate::metrics::Metrics;
-use crate::relay::pause::PauseHook;
 use crate::store::DynStore;
 
 use super::errors::{method_not_allowed, ApiError};

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::machine::{Machine, Step, Timing, View};
+use super::pause::PauseHook;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::lease::{Lease, LeaseCas, LeaseStore};
@@ -70,11 +71,12 @@ pub fn spawn(
     me: &str,
     ttl: Duration,
     metrics: Metrics,
+    pause: PauseHook,
     shutdown: Shutdown,
 ) -> LeaseHandle {
     let (tx, rx) = watch::channel(LeaseState::Unknown);
     let machine = Machine::new(name, me, Timing::from_ttl(ttl));
-    let keeper = Keeper { store, machine, tx, metrics };
+    let keeper = Keeper { store, machine, tx, metrics, pause };
     tokio::spawn(keeper.run(shutdown));
     LeaseHandle { name: name.to_string(), instance: me.to_string(), state: rx }
 }
@@ -84,6 +86,8 @@ struct Keeper {
     machine: Machine,
     tx: watch::Sender<LeaseState>,
     metrics: Metrics,
+    /// Test hook: frozen together with the relay (a zombie leader).
+    pause: PauseHook,
 }
 
 impl Keeper {
@@ -126,9 +130,14 @@ impl Keeper {
     }
 
     /// The instant at which an active holder must stop if no renewal succeeds.
+    /// The renewal deadline while it is still ahead. Once it has passed the
+    /// loss is published and store calls get the plain `renew_every` bound:
+    /// a deadline in the past must never turn the loop into a busy spin.
     fn deadline(&self) -> Option<Instant> {
         match self.machine.view {
-            View::Active { renewed, .. } => Some(renewed + self.machine.timing.renew_deadline),
+            View::Active { renewed, .. } => {
+                Some(renewed + self.machine.timing.renew_deadline).filter(|d| *d > Instant::now())
+            }
             _ => None,
         }
     }
@@ -152,6 +161,7 @@ impl Keeper {
             if shutdown.is_shutdown() {
                 break;
             }
+            self.pause.hold().await;
             let was_standby_epoch = match &self.machine.view {
                 View::Standby { row, .. } => Some(row.epoch),
                 _ => None,

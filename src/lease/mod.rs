@@ -6,4 +6,7 @@
 
 pub mod gate;
 pub mod keeper;
+#[cfg(test)]
+mod keeper_tests;
 pub mod machine;
+pub mod pause;

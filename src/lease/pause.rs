@@ -1,12 +1,15 @@
-//! A test hook that freezes the relay loop, as a long GC pause or a stopped
-//! VM would, without stopping the process (a SIGSTOPped process holding
-//! SQLite's write lock would block every other process).
+//! A test hook that freezes the relay and its lease keeper together, as a
+//! long GC pause or a stopped VM would, without stopping the process (a
+//! SIGSTOPped process holding SQLite's write lock would block every other
+//! process): the way to make a "zombie" leader in tests.
 //!
 //! Guarantee: inert unless armed; the daemon arms it only through the admin
 //! route `POST /debug/pause/relay?ms=N`, which exists only with
-//! `OUTBOXD_ENABLE_FAULT_INJECTION=1`. While paused the loop handles
-//! nothing (no completions, no lease-loss signal, no checkpoint); when it
-//! resumes it finds out what happened meanwhile like a real zombie would.
+//! `OUTBOXD_ENABLE_FAULT_INJECTION=1`. Every task that holds on it (the
+//! relay loop, the exactly-once relay just before its commit, the relay
+//! consumer's lease keeper) sleeps until the same instant; meanwhile nothing
+//! is renewed, handled or checkpointed, and on resumption each finds out what
+//! happened like a real zombie would (a newer epoch, a fenced producer).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,15 +20,16 @@ pub struct PauseHook {
 }
 
 impl PauseHook {
-    /// Freezes the relay loop for `d` from its next iteration on.
+    /// Freezes every holder for `d` from its next hold point on.
     pub fn pause_for(&self, d: Duration) {
         *self.until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + d);
     }
 
-    /// Blocks the calling task (not the runtime) while a pause is armed.
+    /// Blocks the calling task (not the runtime) while a pause is armed; any
+    /// number of tasks may hold on the same pause.
     pub async fn hold(&self) {
-        let until = self.until.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(t) = until {
+        let until = *self.until.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = until.filter(|t| *t > Instant::now()) {
             tracing::warn!(
                 ms = t.saturating_duration_since(Instant::now()).as_millis() as u64,
                 "relay loop paused (fault injection)"

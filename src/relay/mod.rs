@@ -32,7 +32,6 @@ pub mod exactly_once;
 pub mod feed;
 pub mod operator;
 pub mod parking;
-pub mod pause;
 pub mod pipeline;
 pub mod producer;
 pub mod progress;

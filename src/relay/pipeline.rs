@@ -143,7 +143,7 @@ pub struct Relay {
     pub(super) status: StatusTx,
     pub(super) fence: Option<Fence>,
     pub(super) sink: Arc<dyn DeadLetterSink>,
-    pub(super) pause: crate::relay::pause::PauseHook,
+    pub(super) pause: crate::lease::pause::PauseHook,
     /// Carry out the pending operator requests, then stop (no feed reading):
     /// the CLI when no relay runs.
     pub(super) requests_only: bool,
@@ -172,7 +172,7 @@ impl Relay {
     }
 
     /// Test hook: lets the admin API freeze this relay's loop (fault injection only).
-    pub fn with_pause(mut self, pause: crate::relay::pause::PauseHook) -> Relay {
+    pub fn with_pause(mut self, pause: crate::lease::pause::PauseHook) -> Relay {
         self.pause = pause;
         self
     }

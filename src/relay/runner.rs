@@ -35,7 +35,7 @@ pub struct RelayRunner {
     pub sink: Arc<dyn DeadLetterSink>,
     /// None: run unfenced (one instance only: library use and benchmarks).
     pub lease: Option<LeaseHandle>,
-    pub pause: crate::relay::pause::PauseHook,
+    pub pause: crate::lease::pause::PauseHook,
 }
 
 impl RelayRunner {

@@ -34,7 +34,7 @@ impl Txn {
         let max_events = self.relay.cfg.transaction_max_events.max(1);
         let max_wait = Duration::from_millis(self.relay.cfg.transaction_max_ms.max(1));
         loop {
-            self.relay.pause.hold().await;
+            // (The pause hook holds this relay only mid-transaction, before its commit.)
             let first = tokio::select! {
                 biased;
                 _ = shutdown.recv() => return Ok(Exit::Shutdown),

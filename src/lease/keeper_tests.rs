@@ -1,0 +1,82 @@
+//! The keeper's error paths against a store that stops answering: the loss
+//! is published at the renewal deadline, and the loop keeps its pace (a
+//! deadline in the past once turned it into a busy spin).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::keeper::{spawn, LeaseState};
+use super::pause::PauseHook;
+use crate::metrics::Metrics;
+use crate::shutdown::Trigger;
+use crate::store::lease::{Lease, LeaseCas, LeaseInfo, LeaseStore};
+use crate::store::StoreError;
+
+/// A lease table in memory that hangs (never answers) once `hang` is set.
+#[derive(Default)]
+struct Hanging {
+    row: Mutex<Option<Lease>>,
+    hang: AtomicBool,
+    calls: AtomicUsize,
+}
+
+impl Hanging {
+    async fn gate(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.hang.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseStore for Hanging {
+    async fn lease_get(&self, _: &str) -> Result<Option<Lease>, StoreError> {
+        self.gate().await;
+        Ok(self.row.lock().unwrap().clone())
+    }
+    async fn lease_cas(&self, cas: &LeaseCas) -> Result<bool, StoreError> {
+        self.gate().await;
+        let mut row = self.row.lock().unwrap();
+        if row.as_ref().map(|r| (r.epoch, r.counter)) != cas.expected {
+            return Ok(false);
+        }
+        *row = Some(cas.new.clone());
+        Ok(true)
+    }
+    async fn lease_list(&self) -> Result<Vec<LeaseInfo>, StoreError> {
+        Ok(vec![])
+    }
+    async fn set_checkpoint_fenced(&self, _: &str, _: i64, _: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_stops_answering_loses_the_lease_at_the_deadline_without_spinning() {
+    let store = Arc::new(Hanging::default());
+    let stop = Trigger::new();
+    let ttl = Duration::from_millis(1500);
+    let handle = spawn(store.clone(), "relay", "me", ttl, Metrics::new(), PauseHook::default(), stop.subscribe());
+    let mut rx = handle.state();
+    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.active_epoch().is_some())).await.unwrap().unwrap();
+
+    store.hang.store(true, Ordering::Relaxed);
+    let hung_at = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| matches!(s, LeaseState::Lost { .. })))
+        .await
+        .expect("the loss is published")
+        .unwrap();
+    assert!(hung_at.elapsed() <= ttl, "published by the renewal deadline (< TTL), took {:?}", hung_at.elapsed());
+
+    // Two more seconds of a silent store: calls keep the renew pace (500 ms), no spin.
+    let before = store.calls.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = store.calls.load(Ordering::Relaxed) - before;
+    assert!(calls <= 8, "{calls} store calls in 2 s: the keeper spins");
+    assert!(calls >= 1, "the keeper keeps trying");
+    stop.fire();
+}
