@@ -421,14 +421,25 @@ fn bearer_token_protects_the_command_api_and_is_never_logged() {
 }
 
 #[test]
-fn correlation_id_is_echoed_and_reaches_the_kafka_headers() {
+fn correlation_id_and_trace_context_are_stored_and_reach_the_kafka_headers() {
     let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
     let cid = Uuid::new_v4().to_string();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let tracestate = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
     let body = serde_json::to_vec(&json!({"name": "Grace", "email": "grace@example.com"})).unwrap();
-    let r =
-        d.api("POST", "/customers", &[("Content-Type", "application/json"), ("X-Correlation-Id", &cid)], Some(&body));
+    let r = d.api(
+        "POST",
+        "/customers",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Correlation-Id", &cid),
+            ("traceparent", traceparent),
+            ("tracestate", tracestate),
+        ],
+        Some(&body),
+    );
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.header("x-correlation-id").as_deref(), Some(cid.as_str()));
     let customer = r.json()["id"].as_str().unwrap().to_string();
@@ -449,6 +460,20 @@ fn correlation_id_is_echoed_and_reaches_the_kafka_headers() {
         400,
         "bad_request",
     );
+    // A malformed traceparent is refused, naming the header; nothing is stored.
+    let before = count_events(&d.cfg.store.path);
+    let v = assert_error(
+        &d.api(
+            "POST",
+            "/customers",
+            &[("Content-Type", "application/json"), ("traceparent", "00-xyz-01")],
+            Some(&body),
+        ),
+        400,
+        "bad_request",
+    );
+    assert_eq!(v["field"], "traceparent", "{v}");
+    assert_eq!(count_events(&d.cfg.store.path), before);
 
     let stored = stored_events(&d.cfg.store.path);
     assert!(
@@ -459,6 +484,8 @@ fn correlation_id_is_echoed_and_reaches_the_kafka_headers() {
     let records = harness::consume_all(&brokers, &[topic], 1, Duration::from_secs(30));
     let rec = records.iter().find(|r| r.key == customer).expect("customer event on the topic");
     assert_eq!(rec.headers.get("ce_correlationid"), Some(&cid), "{:?}", rec.headers);
+    assert_eq!(rec.headers.get("traceparent").map(String::as_str), Some(traceparent), "{:?}", rec.headers);
+    assert_eq!(rec.headers.get("tracestate").map(String::as_str), Some(tracestate), "{:?}", rec.headers);
     let orders = harness::consume_all(
         &brokers,
         &[format!("{}order-events", d.cfg.kafka.topic_prefix)],

@@ -50,7 +50,7 @@ use uuid::Uuid;
 use crate::actors::{ExecuteCommand, Intake, LoadAggregate, OrderActor};
 use crate::app::{Loaded, Outcome};
 use crate::domain::Aggregate;
-use crate::envelope::Metadata;
+use crate::envelope::{Metadata, TraceContext};
 use crate::projection::{DynReadModels, Freshness};
 
 use super::errors::{method_not_allowed, ApiError};
@@ -124,6 +124,20 @@ pub(super) fn correlation(req: &HttpRequest) -> Uuid {
     req.extensions().get::<CorrelationId>().map(|c| c.0).unwrap_or_else(Uuid::now_v7)
 }
 
+/// W3C trace context (`traceparent`, optional `tracestate`): stored with the
+/// command's events and emitted as Kafka headers of the same names. A
+/// malformed `traceparent` is a 400 naming the header, never silently lost.
+pub fn trace_context(req: &HttpRequest) -> Result<Option<TraceContext>, ApiError> {
+    let text = |name: &str| -> Result<Option<&str>, ApiError> {
+        match req.headers().get(name) {
+            None => Ok(None),
+            Some(v) => v.to_str().map(Some).map_err(|_| ApiError::bad_request(name, &format!("{name} must be ASCII"))),
+        }
+    };
+    let Some(tp) = text("traceparent")? else { return Ok(None) };
+    TraceContext::parse(tp, text("tracestate")?).map(Some).map_err(|e| ApiError::bad_request("traceparent", &e))
+}
+
 /// `If-Match: 3`, `If-Match: "3"` or `W/"3"`; `*` means "any version".
 pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
     let Some(v) = req.headers().get(header::IF_MATCH) else { return Ok(None) };
@@ -170,7 +184,7 @@ where
     <OrderActor as actix::Actor>::Context: ToEnvelope<OrderActor, ExecuteCommand<A>>,
 {
     let expected_version = if_match(req)?;
-    let meta = Metadata { correlation_id: correlation(req), causation_id: None, trace: None };
+    let meta = Metadata { correlation_id: correlation(req), causation_id: None, trace: trace_context(req)? };
     let msg = ExecuteCommand::<A> { id, command, meta, expected_version };
     st.order
         .send(msg)
