@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test.sh - `make test`: fmt + clippy (scripts/lint.sh), start real Kafka and
-# Cassandra (scripts/*-local.sh), run every cargo test against them, print
+# Cassandra (scripts/*-local.sh), run every cargo test against them (the
+# soak group last and alone), print
 # the summary (scripts/test-summary.sh: skips with their reasons, then
 # "N passed, N failed, N skipped"), stop exactly what this run started.
 set -euo pipefail
@@ -35,8 +36,14 @@ make --no-print-directory compose-check
 # its reason and counts skips as skips, never as passes.
 log=$(mktemp)
 set +e
-cargo test --locked -- --test-threads "${TEST_THREADS:-2}" 2>&1 | tee "$log"
+cargo test --locked -- --test-threads "${TEST_THREADS:-2}" --skip soak_ 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The soak group (tests/soak.rs: long faults, several daemons, private brokers)
+# runs alone, one test at a time, after Cassandra (not needed there) stopped.
+if [[ " ${started[*]} " == *" cassandra "* ]]; then bash scripts/cassandra-local.sh stop >/dev/null 2>&1 || true; fi
+cargo test --locked --test soak -- --test-threads 1 2>&1 | tee -a "$log"
+soak=${PIPESTATUS[0]}
+if [ "$status" -eq 0 ]; then status=$soak; fi
 set -e
 bash scripts/test-summary.sh "$log" | sed '$ s/^/test: /'
 rm -f "$log"

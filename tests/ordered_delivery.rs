@@ -18,8 +18,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-const RELAY: &str = "kafka-relay";
-
 /// POSTs `path` with `body` until it answers 2xx (an actor may be restarting).
 fn post_ok(d: &Daemon, path: &str, body: serde_json::Value) -> serde_json::Value {
     eventually(Duration::from_secs(30), path, || {

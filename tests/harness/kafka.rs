@@ -100,6 +100,36 @@ impl Record {
 /// Reads every partition of `topics` from the beginning until `want` records
 /// arrived or `timeout` passed.
 pub fn consume_all(brokers: &str, topics: &[String], want: usize, timeout: Duration) -> Vec<Record> {
+    let deadline = Instant::now() + timeout;
+    consume(brokers, topics, deadline, 1, |out, _| out.len() >= want || Instant::now() >= deadline)
+}
+
+/// Reads the topics from the beginning until `done(records)` holds (and at
+/// least `at_least` arrived) or no record arrived for `timeout`. One consumer
+/// keeps reading: copies re-sent under at-least-once make any fixed count
+/// arrive early, so the stop condition is `done`, checked whenever the
+/// consumer is idle and every few thousand records.
+pub fn consume_until(
+    brokers: &str,
+    topics: &[String],
+    at_least: usize,
+    timeout: Duration,
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    consume(brokers, topics, Instant::now() + timeout, 5000, |out, last| {
+        last.elapsed() >= timeout || (out.len() >= at_least && done(out))
+    })
+}
+
+/// The consumer loop: `stop(records, last_arrival)` is asked when a poll
+/// comes back empty and after every `every` records.
+fn consume(
+    brokers: &str,
+    topics: &[String],
+    deadline: Instant,
+    every: usize,
+    stop: impl Fn(&[Record], Instant) -> bool,
+) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-{}", Uuid::now_v7()))
@@ -108,7 +138,6 @@ pub fn consume_all(brokers: &str, topics: &[String], want: usize, timeout: Durat
         .set("isolation.level", "read_committed")
         .create()
         .unwrap();
-    let deadline = Instant::now() + timeout;
     let mut tpl = TopicPartitionList::new();
     for t in topics {
         // Wait for the topic to exist to learn its partitions.
@@ -127,7 +156,8 @@ pub fn consume_all(brokers: &str, topics: &[String], want: usize, timeout: Durat
     }
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
-    while out.len() < want && Instant::now() < deadline {
+    let mut last = Instant::now();
+    loop {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 let mut headers = HashMap::new();
@@ -148,31 +178,18 @@ pub fn consume_all(brokers: &str, topics: &[String], want: usize, timeout: Durat
                     value: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(serde_json::Value::Null),
                     raw: m.payload().unwrap_or_default().to_vec(),
                 });
+                last = Instant::now();
+                if out.len() % every == 0 && stop(&out, last) {
+                    return out;
+                }
             }
             Some(Err(e)) => eprintln!("consumer error: {e}"),
-            None => {}
+            None => {
+                if stop(&out, last) {
+                    return out;
+                }
+            }
         }
-    }
-    out
-}
-
-/// Reads the topics from the beginning until `done(records)` holds or no
-/// more records arrive within `timeout` (copies re-sent under at-least-once
-/// may fill any fixed count, so the count grows until `done`).
-pub fn consume_until(
-    brokers: &str,
-    topics: &[String],
-    at_least: usize,
-    timeout: Duration,
-    done: impl Fn(&[Record]) -> bool,
-) -> Vec<Record> {
-    let mut want = at_least.max(1);
-    loop {
-        let records = consume_all(brokers, topics, want, timeout);
-        if done(&records) || records.len() < want {
-            return records;
-        }
-        want = records.len() + 1;
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod check;
 pub mod daemon;
 pub mod domain;
+pub mod fault;
 pub mod http;
 pub mod kafka;
 pub mod load;
@@ -15,6 +16,7 @@ pub mod sqlite;
 pub use check::*;
 pub use daemon::*;
 pub use domain::*;
+pub use fault::*;
 pub use http::*;
 pub use kafka::*;
 pub use load::*;
