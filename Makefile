@@ -11,7 +11,7 @@ DB ?= $(LOCAL)/dev/outbox.db
 export KAFKA_LOCAL_DIR := $(KAFKA_DIR)
 export CASSANDRA_LOCAL_DIR := $(CASSANDRA_DIR)
 
-.PHONY: dev test unit-test lint schema clean stop kafka cassandra deps metrics health topics cqlsh integration-test bench compose-check
+.PHONY: dev test unit-test lint schema clean stop kafka cassandra cassandra-secure deps metrics health topics cqlsh integration-test bench compose-check
 
 ## dev: the demo (Docker stack when a Docker engine answers, else embedded store + local Kafka)
 dev:
@@ -42,11 +42,16 @@ kafka:
 cassandra:
 	@bash scripts/cassandra-local.sh start
 
+## cassandra-secure: a second Cassandra with password auth + TLS (prints CASSANDRA_SECURE_*)
+cassandra-secure:
+	@bash scripts/cassandra-local.sh start --secure
+
 ## stop: stop the local servers and the dev daemon started by `make dev`
 stop:
 	@if [ -f $(LOCAL)/outboxd.pid ]; then kill $$(cat $(LOCAL)/outboxd.pid) 2>/dev/null || true; rm -f $(LOCAL)/outboxd.pid; fi
 	@bash scripts/kafka-local.sh stop
 	@bash scripts/cassandra-local.sh stop
+	@bash scripts/cassandra-local.sh stop --secure
 
 metrics:
 	@curl -sf http://127.0.0.1:9090/metrics | grep -v '^#' | grep -E 'cdc_|relay_|dlq_|circuit_|retry_|actor_|event_end' || echo "daemon not running? start it with make dev"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# test.sh - `make test`: start real Kafka and Cassandra (scripts/*-local.sh),
-# run every cargo test against them, stop exactly what this run started.
+# test.sh - `make test`: start real Kafka and two Cassandra nodes (the plain
+# one, and `--secure`: password auth + TLS, for the production-shape CQL
+# tests) with scripts/*-local.sh, run every test against them, stop exactly
+# what this run started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,9 +10,13 @@ cd "$(dirname "$0")/.."
 : "${CASSANDRA_LOCAL_DIR:=$PWD/.local/cassandra}"
 export KAFKA_LOCAL_DIR CASSANDRA_LOCAL_DIR
 
-started=()
+started=()   # "script [args]" of each server this run started
 cleanup() {
-  for s in "${started[@]}"; do bash "scripts/$s-local.sh" stop >/dev/null 2>&1 || true; done
+  local s
+  for s in "${started[@]}"; do
+    # shellcheck disable=SC2086 # "cassandra --secure" -> script + flag
+    bash "scripts/${s%% *}-local.sh" stop ${s#"${s%% *}"} >/dev/null 2>&1 || true
+  done
 }
 trap cleanup EXIT
 
@@ -21,8 +27,12 @@ if ! bash scripts/kafka-local.sh status >/dev/null 2>&1; then started+=(kafka); 
 KAFKA_BROKERS=$(bash scripts/kafka-local.sh start | sed -n 's/^KAFKA_BROKERS=//p' | tail -1)
 if ! bash scripts/cassandra-local.sh status >/dev/null 2>&1; then started+=(cassandra); fi
 CASSANDRA_URI=$(bash scripts/cassandra-local.sh start | sed -n 's/^CASSANDRA_URI=//p' | tail -1)
-export KAFKA_BROKERS CASSANDRA_URI
-echo "test: KAFKA_BROKERS=$KAFKA_BROKERS CASSANDRA_URI=$CASSANDRA_URI"
+if ! bash scripts/cassandra-local.sh status --secure >/dev/null 2>&1; then started+=("cassandra --secure"); fi
+secure_env=$(bash scripts/cassandra-local.sh start --secure | grep -E '^CASSANDRA_SECURE_[A-Z_]+=')
+eval "$secure_env"
+export KAFKA_BROKERS CASSANDRA_URI CASSANDRA_SECURE_URI CASSANDRA_SECURE_CA CASSANDRA_SECURE_USER CASSANDRA_SECURE_PASSWORD
+if [ -n "${CASSANDRA_SECURE_CLIENT_CERT:-}" ]; then export CASSANDRA_SECURE_CLIENT_CERT CASSANDRA_SECURE_CLIENT_KEY; fi
+echo "test: KAFKA_BROKERS=$KAFKA_BROKERS CASSANDRA_URI=$CASSANDRA_URI CASSANDRA_SECURE_URI=$CASSANDRA_SECURE_URI (CA $CASSANDRA_SECURE_CA)"
 
 make --no-print-directory compose-check
 cargo test --locked -- --test-threads "${TEST_THREADS:-2}"
