@@ -5,6 +5,8 @@
 //! stop and start a broker start their own private instance.
 #![allow(dead_code)]
 
+pub mod config_check;
+
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
