@@ -11,7 +11,7 @@ DB ?= $(LOCAL)/dev/outbox.db
 export KAFKA_LOCAL_DIR := $(KAFKA_DIR)
 export CASSANDRA_LOCAL_DIR := $(CASSANDRA_DIR)
 
-.PHONY: dev test unit-test lint schema clean stop kafka cassandra cassandra-secure deps metrics health topics consume rpk cqlsh integration-test bench compose-check deploy-check
+.PHONY: dev test unit-test lint schema clean stop kafka cassandra cassandra-secure deps metrics health topics consume rpk cqlsh integration-test bench compose-check deploy-check openapi-check
 
 ## dev: the demo (Docker stack when a Docker engine answers, else embedded store + local Kafka)
 dev:
@@ -87,6 +87,10 @@ deploy-check:
 	promtool check config deploy/prometheus/prometheus.yml
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/alerts.test.yml
+
+## openapi-check: validate docs/openapi.json (OpenAPI 3.1) with openapi-spec-validator
+openapi-check:
+	openapi-spec-validator docs/openapi.json
 
 compose-check:
 	@if command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then docker compose -f docker-compose.yml config -q && echo "docker-compose.yml is valid (docker compose config)"; \

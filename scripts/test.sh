@@ -34,6 +34,6 @@ export KAFKA_BROKERS CASSANDRA_URI CASSANDRA_SECURE_URI CASSANDRA_SECURE_CA CASS
 if [ -n "${CASSANDRA_SECURE_CLIENT_CERT:-}" ]; then export CASSANDRA_SECURE_CLIENT_CERT CASSANDRA_SECURE_CLIENT_KEY; fi
 echo "test: KAFKA_BROKERS=$KAFKA_BROKERS CASSANDRA_URI=$CASSANDRA_URI CASSANDRA_SECURE_URI=$CASSANDRA_SECURE_URI (CA $CASSANDRA_SECURE_CA)"
 
-make --no-print-directory deploy-check
+make --no-print-directory deploy-check openapi-check
 make --no-print-directory compose-check
 cargo test --locked -- --test-threads "${TEST_THREADS:-2}"
