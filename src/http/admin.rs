@@ -7,7 +7,10 @@
 //! - GET /health/ready: 200 when not shutting down and the store was
 //!   reachable at the last check, else 503.
 //! - GET /dlq?limit=N, POST /dlq/replay `{"ids": [...]}` or `{"all": true}`:
-//!   dead letters through the DlqActor.
+//!   dead letters through the DlqActor. With `http.api_token` set, POST
+//!   routes need `Authorization: Bearer <token>` (401 otherwise; checked for
+//!   the whole server in `http::admin_app`).
+//! - GET /openapi.json: the API description (docs/openapi.json).
 //! - POST /debug/fail/{actor}?mode=stop|kill|panic: failure injection
 //!   (order_actor, cdc_processor, projection_actor, dlq_actor, health_check), only
 //!   when `OUTBOXD_ENABLE_FAULT_INJECTION=1` (tests).
@@ -17,9 +20,10 @@
 
 use actix::Addr;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpResponse, ResponseError};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -39,6 +43,8 @@ pub struct AdminState {
     pub coordinator: Addr<CoordinatorActor>,
     pub dlq: Addr<DlqActor>,
     pub fault_injection: bool,
+    /// `http.api_token`: required on the write routes when set; never logged.
+    pub token: Option<Arc<str>>,
 }
 
 async fn metrics(st: web::Data<AdminState>) -> HttpResponse {
@@ -61,7 +67,11 @@ async fn ready(st: web::Data<AdminState>) -> HttpResponse {
     match report.ready() {
         Ok(()) => HttpResponse::Ok().json(json!({"ready": true, "status": report.status})),
         Err(reason) => {
-            HttpResponse::ServiceUnavailable().json(json!({"ready": false, "error": "not_ready", "message": reason}))
+            // A problem document, plus `"ready": false` for simple probes.
+            let e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason);
+            let mut body = e.problem_value();
+            body["ready"] = json!(false);
+            e.error_response().set_body(actix_web::body::BoxBody::new(body.to_string()))
         }
     }
 }
@@ -146,16 +156,17 @@ async fn debug_fail(
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
-    let res = |path: &str, r: actix_web::Route| {
-        web::resource(path.to_string()).route(r).default_service(web::to(method_not_allowed))
+    let res = |path: &str, allow: &'static str, r: actix_web::Route| {
+        web::resource(path.to_string()).route(r).default_service(method_not_allowed(allow))
     };
-    cfg.service(res("/metrics", web::get().to(metrics)))
-        .service(res("/health", web::get().to(health)))
-        .service(res("/health/live", web::get().to(live)))
-        .service(res("/health/ready", web::get().to(ready)))
-        .service(res("/dlq", web::get().to(dlq_list)))
-        .service(res("/dlq/replay", web::post().to(dlq_replay)));
+    cfg.service(res("/metrics", "GET", web::get().to(metrics)))
+        .service(res("/health", "GET", web::get().to(health)))
+        .service(res("/health/live", "GET", web::get().to(live)))
+        .service(res("/health/ready", "GET", web::get().to(ready)))
+        .service(res("/dlq", "GET", web::get().to(dlq_list)))
+        .service(res("/dlq/replay", "POST", web::post().to(dlq_replay)))
+        .service(res("/openapi.json", "GET", web::get().to(super::openapi)));
     if fault_injection {
-        cfg.service(res("/debug/fail/{actor}", web::post().to(debug_fail)));
+        cfg.service(res("/debug/fail/{actor}", "POST", web::post().to(debug_fail)));
     }
 }
