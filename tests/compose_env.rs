@@ -142,7 +142,8 @@ fn every_outboxd_service_config_is_accepted_as_written() {
         let config_file = config_file.unwrap_or_else(|| panic!("{}: OUTBOX_CONFIG names a mounted file", s.name));
         let cfg = effective_config(&env, scratch.path()).unwrap_or_else(|e| panic!("{}: outboxd config: {e}", s.name));
         let baseline = effective_config(&[], scratch.path()).unwrap();
-        let overridden: Vec<Vec<String>> = s.env.keys().filter(|k| k.starts_with("OUTBOX_")).map(|k| env_key_path(k)).collect();
+        let overridden: Vec<Vec<String>> =
+            s.env.keys().filter(|k| k.starts_with("OUTBOX_")).map(|k| env_key_path(k)).collect();
         assert_file_taken(&config_file, &cfg, &overridden, &s.name);
         for (k, v) in &env {
             if k.starts_with("OUTBOX_") && k != "OUTBOX_CONFIG" {

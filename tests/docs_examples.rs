@@ -37,7 +37,8 @@ fn examples_in(line: &str) -> Vec<(String, String)> {
     let mut rest = line;
     while let Some(i) = rest.find("OUTBOX_") {
         let tail = &rest[i..];
-        let name_len = tail.find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')).unwrap_or(tail.len());
+        let name_len =
+            tail.find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')).unwrap_or(tail.len());
         let after = &tail[name_len..];
         rest = after;
         let Some(value) = after.strip_prefix('=') else { continue };
@@ -62,8 +63,14 @@ fn example_extraction() {
         [("OUTBOX_KAFKA__BROKERS".to_string(), "10.0.0.5:9092".to_string()), ("OUTBOX_RELAY__X".into(), "5000".into())]
     );
     assert_eq!(examples_in("(`OUTBOX_HTTP__API_TOKEN`, at least 16)"), []);
-    assert_eq!(examples_in("OUTBOX_KAFKA__PARTITIONS=12."), [("OUTBOX_KAFKA__PARTITIONS".to_string(), "12".to_string())]);
-    assert_eq!(examples_in("OUTBOX_KAFKA__BROKERS=127.0.0.1:<port>"), [("OUTBOX_KAFKA__BROKERS".to_string(), "127.0.0.1:9092".to_string())]);
+    assert_eq!(
+        examples_in("OUTBOX_KAFKA__PARTITIONS=12."),
+        [("OUTBOX_KAFKA__PARTITIONS".to_string(), "12".to_string())]
+    );
+    assert_eq!(
+        examples_in("OUTBOX_KAFKA__BROKERS=127.0.0.1:<port>"),
+        [("OUTBOX_KAFKA__BROKERS".to_string(), "127.0.0.1:9092".to_string())]
+    );
 }
 
 #[test]

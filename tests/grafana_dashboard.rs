@@ -28,8 +28,31 @@ fn panels(d: &Value) -> Vec<&Value> {
 /// `{` selector or standing alone, that are not functions, keywords or label
 /// names inside `by (...)`/`{...}`.
 fn metric_selectors(expr: &str) -> Vec<(String, String)> {
-    const WORDS: &[&str] =
-        &["sum", "max", "min", "avg", "count", "rate", "increase", "histogram_quantile", "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "le", "offset", "irate", "delta", "abs", "clamp_min"];
+    const WORDS: &[&str] = &[
+        "sum",
+        "max",
+        "min",
+        "avg",
+        "count",
+        "rate",
+        "increase",
+        "histogram_quantile",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "le",
+        "offset",
+        "irate",
+        "delta",
+        "abs",
+        "clamp_min",
+    ];
     let b = expr.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -63,7 +86,11 @@ fn metric_selectors(expr: &str) -> Vec<(String, String)> {
                 }
                 let next = expr[i..].trim_start();
                 if !WORDS.contains(&word) && !in_by && !next.starts_with('(') {
-                    let sel = if next.starts_with('{') { next[..next.find('}').unwrap() + 1].to_string() } else { String::new() };
+                    let sel = if next.starts_with('{') {
+                        next[..next.find('}').unwrap() + 1].to_string()
+                    } else {
+                        String::new()
+                    };
                     out.push((word.to_string(), sel));
                 }
                 continue;
@@ -77,7 +104,9 @@ fn metric_selectors(expr: &str) -> Vec<(String, String)> {
 
 #[test]
 fn selector_parser() {
-    let s = metric_selectors(r#"histogram_quantile(0.99, sum(rate(x_bucket{instance=~"$instance"}[1m])) by (le, instance))"#);
+    let s = metric_selectors(
+        r#"histogram_quantile(0.99, sum(rate(x_bucket{instance=~"$instance"}[1m])) by (le, instance))"#,
+    );
     assert_eq!(s, [("x_bucket".to_string(), r#"{instance=~"$instance"}"#.to_string())]);
     assert_eq!(metric_selectors("sum(y) by (a)"), [("y".to_string(), String::new())]);
 }
@@ -103,7 +132,11 @@ fn every_panel_filters_by_instance() {
             let sels = metric_selectors(expr);
             assert!(!sels.is_empty(), "panel {:?}: no metric in {expr}", p["title"]);
             for (metric, sel) in sels {
-                assert!(sel.contains(r#"instance=~"$instance""#), "panel {:?}: {metric} not filtered by $instance in {expr}", p["title"]);
+                assert!(
+                    sel.contains(r#"instance=~"$instance""#),
+                    "panel {:?}: {metric} not filtered by $instance in {expr}",
+                    p["title"]
+                );
                 seen += 1;
             }
         }
@@ -116,7 +149,13 @@ fn a_panel_shows_the_active_relay() {
     let d = dashboard();
     let p = panels(&d)
         .into_iter()
-        .find(|p| p["targets"].as_array().into_iter().flatten().any(|t| t["expr"].as_str().unwrap_or_default().starts_with("relay_leader")))
+        .find(|p| {
+            p["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| t["expr"].as_str().unwrap_or_default().starts_with("relay_leader"))
+        })
         .expect("a panel on relay_leader");
     let mappings = p["fieldConfig"]["defaults"]["mappings"].to_string();
     assert!(mappings.contains("active") && mappings.contains("standby"), "{mappings}");

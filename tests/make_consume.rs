@@ -50,9 +50,12 @@ fn transaction(brokers: &str, topic: &str, key: &str, value: &str, commit: bool)
 
 /// One partition, so offsets (and the expected lines) are exact.
 fn create_topic(brokers: &str, topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let res = rt.block_on(admin.create_topics(&[NewTopic::new(topic, 1, TopicReplication::Fixed(1))], &AdminOptions::new())).unwrap();
+    let res = rt
+        .block_on(admin.create_topics(&[NewTopic::new(topic, 1, TopicReplication::Fixed(1))], &AdminOptions::new()))
+        .unwrap();
     assert!(res.iter().all(|r| r.is_ok()), "create {topic}: {res:?}");
 }
 
@@ -64,7 +67,11 @@ fn make(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
         cmd.env(k, v);
     }
     let out = cmd.output().expect("make runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn rpk_available() -> bool {
@@ -99,9 +106,11 @@ fn make_consume_prints_the_records_and_follows_the_delivery_mode() {
     }
     let topic_arg = format!("TOPIC={topic}");
     for tool in tools {
-        for (delivery, want_aborted, iso) in
-            [("at-least-once", true, "read_uncommitted"), ("exactly-once", false, "read_committed"), ("", true, "read_uncommitted")]
-        {
+        for (delivery, want_aborted, iso) in [
+            ("at-least-once", true, "read_uncommitted"),
+            ("exactly-once", false, "read_committed"),
+            ("", true, "read_uncommitted"),
+        ] {
             let mut env = vec![("KAFKA_BROKERS", brokers.as_str()), ("KAFKA_CLI", tool)];
             if !delivery.is_empty() {
                 env.push(("OUTBOX_RELAY__DELIVERY", delivery));
@@ -117,13 +126,17 @@ fn make_consume_prints_the_records_and_follows_the_delivery_mode() {
             let got: Vec<&str> = out.lines().collect();
             assert_eq!(got, want, "{tool} delivery={delivery:?}: exact records ({err})");
         }
-        let (ok, out, err) = make(&["consume", &topic_arg, "COUNT=2"], &[("KAFKA_BROKERS", &brokers), ("KAFKA_CLI", tool)]);
+        let (ok, out, err) =
+            make(&["consume", &topic_arg, "COUNT=2"], &[("KAFKA_BROKERS", &brokers), ("KAFKA_CLI", tool)]);
         assert!(ok, "{err}");
         assert_eq!(out.lines().collect::<Vec<_>>(), plain[..2].to_vec(), "{tool}: COUNT=2");
 
         let (ok, out, err) = make(&["topics"], &[("KAFKA_BROKERS", &brokers), ("KAFKA_CLI", tool)]);
         assert!(ok, "{err}");
-        assert!(out.lines().any(|l| l.split_whitespace().next() == Some(topic.as_str())), "{tool}: make topics lists {topic}: {out}");
+        assert!(
+            out.lines().any(|l| l.split_whitespace().next() == Some(topic.as_str())),
+            "{tool}: make topics lists {topic}: {out}"
+        );
     }
 }
 

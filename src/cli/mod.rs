@@ -11,6 +11,7 @@ pub mod customer;
 pub mod dlq;
 pub mod order;
 pub mod projections;
+pub mod redact;
 pub mod store;
 
 use anyhow::Context;

@@ -71,7 +71,8 @@ fn same(got: &Value, want: &str) -> bool {
 /// without the variable (for secrets, which show redacted).
 pub fn assert_env_taken(var: &str, value: &str, cfg: &Value, baseline: &Value, context: &str) {
     let path = env_key_path(var);
-    let got = json_at(cfg, &path).unwrap_or_else(|| panic!("{context}: {var}: no key {} in `outboxd config`", path.join(".")));
+    let got = json_at(cfg, &path)
+        .unwrap_or_else(|| panic!("{context}: {var}: no key {} in `outboxd config`", path.join(".")));
     if got.as_str() == Some(REDACTED) {
         assert_ne!(json_at(baseline, &path), Some(got), "{context}: {var} (a secret) made no difference");
         return;
@@ -111,10 +112,16 @@ pub fn assert_file_taken(file: &Path, cfg: &Value, overridden: &[Vec<String>], c
         if overridden.contains(&path) {
             continue;
         }
-        let got = json_at(cfg, &path).unwrap_or_else(|| panic!("{context}: {}: key {} missing", file.display(), path.join(".")));
+        let got = json_at(cfg, &path)
+            .unwrap_or_else(|| panic!("{context}: {}: key {} missing", file.display(), path.join(".")));
         if got.as_str() == Some(REDACTED) {
             continue;
         }
-        assert!(same(got, &as_text(&want)), "{context}: {} sets {} = {want}, `outboxd config` shows {got}", file.display(), path.join("."));
+        assert!(
+            same(got, &as_text(&want)),
+            "{context}: {} sets {} = {want}, `outboxd config` shows {got}",
+            file.display(),
+            path.join(".")
+        );
     }
 }

@@ -51,6 +51,7 @@ pub mod connect;
 mod dlq;
 mod rows;
 pub mod schema;
+pub mod security;
 mod snapshot;
 
 use async_trait::async_trait;
