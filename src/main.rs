@@ -209,8 +209,10 @@ enum DlqCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The daemon and benchmarks log at info; one-shot commands keep stderr for errors.
-    let default_level = if matches!(cli.cmd, Cmd::Run | Cmd::Bench(_)) { "info" } else { "warn" };
+    // The daemon and benchmarks log at info; one-shot commands keep stderr for
+    // errors (their error line already carries the CQL driver's reason).
+    let default_level =
+        if matches!(cli.cmd, Cmd::Run | Cmd::Bench(_)) { "info" } else { "warn,scylla=off,scylla_cdc=off" };
     init_tracing(cli.log_format, default_level);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
