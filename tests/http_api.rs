@@ -90,6 +90,8 @@ fn every_endpoint_with_versions_etags_and_route_metrics() {
     assert_eq!(o["total"], json!({"amount_minor": 3998, "currency": "EUR"}));
     assert_eq!(r.header("location").unwrap(), format!("/orders/{oid}"));
     assert_error(&d.post("/orders", &body), 409, "already_exists");
+    // The order's id is taken for any aggregate: not a customer's 404.
+    assert_error(&d.post("/customers", &json!({"id": oid, "name": "X", "email": "x@y.co"})), 409, "already_exists");
     let r = d.api("GET", &format!("/orders/{oid}"), &[], None);
     assert_eq!((r.status, r.json()["items"][0]["sku"].as_str()), (200, Some("BOOK-1")));
     assert_error(

@@ -82,7 +82,10 @@ struct ListQuery {
 }
 
 async fn dlq_list(st: web::Data<AdminState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request("limit", "limit must be an integer from 1 to 10000"));
+    }
     let letters = st
         .dlq
         .send(ListDeadLetters { limit })
@@ -97,8 +100,14 @@ async fn dlq_list(st: web::Data<AdminState>, q: web::Query<ListQuery>) -> Result
 
 async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     let b = Input::body(&body, &["ids", "all"])?;
-    let ids = match (body.get("ids").filter(|v| !v.is_null()), body.get("all").and_then(Value::as_bool)) {
-        (Some(_), _) => {
+    let all = match body.get("all") {
+        None => false,
+        Some(Value::Bool(v)) => *v,
+        Some(_) => return Err(ApiError::invalid("all", "all must be true or false")),
+    };
+    let ids = match (body.get("ids"), all) {
+        (Some(_), true) => return Err(ApiError::invalid("all", "give either ids or all, not both")),
+        (Some(_), false) => {
             let raw = b.array("ids")?;
             let mut ids = Vec::with_capacity(raw.len());
             for (i, v) in raw.iter().enumerate() {
@@ -110,8 +119,8 @@ async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<Value>) -> Result
             }
             Some(ids)
         }
-        (None, Some(true)) => None,
-        _ => {
+        (None, true) => None,
+        (None, false) => {
             return Err(ApiError::invalid(
                 "ids",
                 "say which dead letters to replay: {\"ids\": [...]} or {\"all\": true}",

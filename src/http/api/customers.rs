@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{
-    execute, if_match, load, path_id, read_model_unavailable, respond, respond_read, with_projection, ApiState,
+    execute, id_taken, if_match, load, path_id, read_model_unavailable, respond, respond_read, with_projection,
+    ApiState,
 };
 use crate::domain::{Customer, CustomerCommand};
 use crate::http::errors::ApiError;
@@ -98,7 +99,9 @@ pub(super) async fn register_customer(
     let name = b.string("name")?;
     let email = input::email(&b)?;
     let phone = input::phone(&b)?;
-    let out = execute::<Customer>(&st, &req, id, CustomerCommand::Register { name, email, phone }).await?;
+    let out = execute::<Customer>(&st, &req, id, CustomerCommand::Register { name, email, phone })
+        .await
+        .map_err(|e| id_taken(e, id))?;
     Ok(respond(
         StatusCode::CREATED,
         out.version,

@@ -165,6 +165,19 @@ pub(super) fn respond_read(req: &HttpRequest, version: i64, body: Value) -> Http
     respond(StatusCode::OK, version, None, body)
 }
 
+/// On a create: an id that another aggregate (an order's id given for a
+/// customer, ...) already uses is taken, 409 `already_exists`, not a 404.
+pub(super) fn id_taken(e: ApiError, id: Uuid) -> ApiError {
+    if e.kind() == "not_found" {
+        return ApiError::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            format!("id {id} is already used by another aggregate"),
+        );
+    }
+    e
+}
+
 pub(super) async fn execute<A>(
     st: &ApiState,
     req: &HttpRequest,
