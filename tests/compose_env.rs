@@ -4,14 +4,16 @@
 //! anchors and merge keys resolved as compose does; the container path of
 //! the config file mapped to the repository file through the service's
 //! `volumes` entry), and `outboxd config` must accept them and show every
-//! value of the file and of the environment.
+//! value of the file and of the environment; `outboxd schema --dry-run`
+//! (the schema job's command, without connecting) must print the DDL for
+//! the configured keyspace.
 //!
 //! This is the test whose absence let `OUTBOX_CONFIG` break the stack (it was
 //! read as a config key and refused, so the schema job exited 2).
 
 mod common;
 
-use common::config_check::{assert_env_taken, assert_file_taken, effective_config, env_key_path};
+use common::config_check::{assert_env_taken, assert_file_taken, effective_config, env_key_path, outboxd};
 use serde_yaml_ng::Value as Yaml;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -153,5 +155,13 @@ fn every_outboxd_service_config_is_accepted_as_written() {
         // The stack is ScyllaDB + Redpanda: the file must say so.
         assert_eq!(cfg["store"]["backend"], "cql", "{}", s.name);
         assert_eq!(cfg["kafka"]["brokers"], "redpanda:9092", "{}", s.name);
+        // The schema job's command (every service shares the schema), as a
+        // dry run: the DDL for the file's keyspace, nothing connected.
+        let out = outboxd(&["schema", "--dry-run"], &env, scratch.path());
+        let ddl = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}: schema --dry-run: {}", s.name, String::from_utf8_lossy(&out.stderr));
+        let ks = cfg["store"]["cql"]["keyspace"].as_str().unwrap();
+        assert!(ddl.contains(&format!("CREATE KEYSPACE IF NOT EXISTS {ks}")), "{}: {ddl}", s.name);
+        assert!(ddl.contains(&format!("CREATE TABLE IF NOT EXISTS {ks}.event_store")), "{}: {ddl}", s.name);
     }
 }
