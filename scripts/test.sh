@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# test.sh - `make test`: start real Kafka and two Cassandra nodes (the plain
-# one, and `--secure`: password auth + TLS, for the production-shape CQL
-# tests) with scripts/*-local.sh, run every test against them, stop exactly
+# test.sh - `make test`: fmt + clippy (scripts/lint.sh), start real Kafka and
+# two Cassandra nodes (the plain one, and `--secure`: password auth + TLS, for
+# the production-shape CQL tests) with scripts/*-local.sh, check the deploy
+# files (promtool, openapi-spec-validator, docker compose config), run every
+# cargo test against them, print the summary (scripts/test-summary.sh: skips
+# with their reasons, then "N passed, N failed, N skipped"), stop exactly
 # what this run started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,4 +42,14 @@ echo "test: KAFKA_BROKERS=$KAFKA_BROKERS CASSANDRA_URI=$CASSANDRA_URI CASSANDRA_
 
 make --no-print-directory deploy-check openapi-check
 make --no-print-directory compose-check
-cargo test --locked -- --test-threads "${TEST_THREADS:-2}"
+
+# Every test; the summary at the end lists each skipped (ignored) test with
+# its reason and counts skips as skips, never as passes.
+log=$(mktemp)
+set +e
+cargo test --locked -- --test-threads "${TEST_THREADS:-2}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+bash scripts/test-summary.sh "$log" | sed '$ s/^/test: /'
+rm -f "$log"
+exit "$status"

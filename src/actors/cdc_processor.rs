@@ -1,10 +1,14 @@
 //! CdcStreamProcessor (the seeds' name for the relay actor): the
 //! [`SupervisedTask`] that runs the relay, i.e. the feed -> Kafka task of
 //! this backend:
-//! - SQLite: `relay::Relay::run` on the store's position feed;
-//! - CQL: the Scylla CDC reader of `relay::cdc` (`start_cdc_reader`).
+//! - SQLite: `relay::runner::RelayRunner` (lease-gated terms of
+//!   `relay::Relay` on the store's position feed, at-least-once or
+//!   exactly-once);
+//! - CQL: the Scylla CDC reader of `relay::cdc` (`start_cdc_reader`), while
+//!   this instance holds the relay lease.
 //!
-//! It reports the relay's progress, lag and breaker state (`RelayStatus`).
+//! It reports the relay's role (active/standby), progress, broker and
+//! breaker state (`RelayStatus`).
 //! Thin body: the relay owns reading, publishing, retries, the breaker and
 //! checkpoints; the shell (`supervision::shell`) owns spawning, watching,
 //! restarts and stopping. The relay resumes from its persisted checkpoint,
@@ -19,9 +23,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::CdcConfig;
+use crate::lease::gate::while_active;
+use crate::lease::keeper::LeaseState;
 use crate::relay::cdc::{run_until_shutdown, start_cdc_reader};
-use crate::relay::deliver::{DeadLetterSink, Deliverer};
-use crate::relay::{BreakerState, Relay, RelayStatus};
+use crate::relay::deliver::Deliverer;
+use crate::relay::runner::RelayRunner;
+use crate::relay::sink::DeadLetterSink;
+use crate::relay::status::FeedState;
+use crate::relay::{BreakerState, Role, StatusTx};
 use crate::shutdown::{Shutdown, Trigger};
 use crate::store::cql::CqlStore;
 
@@ -45,57 +54,108 @@ fn failed(e: impl std::fmt::Display) -> TaskError {
     TaskError::Failed(e.to_string())
 }
 
-/// The CQL feed: reads the Scylla CDC log until `shutdown`, then stops the
-/// reader gracefully (`relay::cdc::run_until_shutdown`).
-async fn run_cdc_reader(
+/// The relay role a lease state means.
+pub fn role_of(s: &LeaseState) -> Role {
+    match s {
+        LeaseState::Active { epoch } => Role::Active { epoch: *epoch },
+        LeaseState::Standby { holder, epoch, .. } => Role::Standby { holder: holder.clone(), epoch: *epoch },
+        LeaseState::Unknown | LeaseState::Lost { .. } => Role::Unknown,
+    }
+}
+
+/// The CQL feed: while this instance holds the relay lease, reads the Scylla
+/// CDC log until the term ends, then stops the reader gracefully
+/// (`relay::cdc::run_until_shutdown`).
+async fn run_cdc_relay(
+    deps: ActorDeps,
     cql: Arc<CqlStore>,
     cdc: CdcConfig,
-    deliverer: Arc<Deliverer>,
+    sink: Arc<dyn DeadLetterSink>,
     shutdown: Shutdown,
 ) -> Result<(), TaskError> {
-    let abandon = Trigger::new();
-    let (reader, handle) =
-        start_cdc_reader(cql.session(), cql.keyspace(), &cdc, deliverer, abandon.subscribe()).await.map_err(failed)?;
-    run_until_shutdown(reader, handle, abandon, shutdown, "CDC reader").await.map_err(failed)
+    let status = StatusTx::new(deps.relay_status.clone());
+    let lease = deps.leases.relay.clone();
+    let role_status = status.clone();
+    let on_role = move |s: &LeaseState| {
+        let role = role_of(s);
+        role_status.update(|st| {
+            if st.role == role {
+                return false;
+            }
+            st.role = role;
+            true
+        })
+    };
+    while_active(lease.as_ref(), shutdown, on_role, |epoch, term| {
+        let (deps, cql, cdc, sink, status) = (deps.clone(), cql.clone(), cdc.clone(), sink.clone(), status.clone());
+        async move {
+            status.update(|st| {
+                st.role = epoch.map(|epoch| Role::Active { epoch }).unwrap_or(Role::Unfenced);
+                true
+            });
+            let deliverer = Deliverer::new(&deps.cfg, deps.store.clone(), sink, deps.metrics.clone(), status)
+                .await
+                .map_err(|e| failed(e.message))?;
+            let abandon = Trigger::new();
+            let (reader, handle) =
+                start_cdc_reader(cql.session(), cql.keyspace(), &cdc, Arc::new(deliverer), abandon.subscribe())
+                    .await
+                    .map_err(failed)?;
+            run_until_shutdown(reader, handle, abandon, term, "CDC reader").await.map_err(failed)
+        }
+    })
+    .await
 }
 
 impl TaskBody for RelayBody {
     const INFO: TaskInfo =
         TaskInfo { actor: ActorName::Cdc, task: "relay", on_abort: "unconfirmed events are re-sent on restart" };
-    type Status = RelayStatus;
+    type Status = crate::relay::RelayStatus;
 
-    /// `Relay::run` on the position feed, or the Scylla CDC reader for the
-    /// CQL backend.
+    /// The lease-gated relay: the position feed (`RelayRunner`), or the Scylla
+    /// CDC reader for the CQL backend.
     fn spawn(&mut self, deps: &ActorDeps, shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
-        let (cfg, status) = (&deps.cfg, deps.relay_status.clone());
         let Some(cql) = deps.cql.clone() else {
-            let relay = Relay::with_status(cfg, deps.store.clone(), deps.metrics.clone(), status)
-                .map_err(failed)?
-                .with_sink(self.sink.clone());
-            return Ok(async move { relay.run(shutdown).await.map_err(failed) }.boxed());
+            let runner = RelayRunner {
+                config: deps.cfg.clone(),
+                store: deps.store.clone(),
+                metrics: deps.metrics.clone(),
+                status: StatusTx::new(deps.relay_status.clone()),
+                sink: self.sink.clone(),
+                lease: deps.leases.relay.clone(),
+                pause: deps.relay_pause.clone(),
+            };
+            return Ok(async move { runner.run(shutdown).await.map_err(failed) }.boxed());
         };
-        let deliverer = Deliverer::new(cfg, self.sink.clone(), deps.metrics.clone(), status)
-            .map_err(|e| TaskError::Failed(e.message))?;
-        Ok(run_cdc_reader(cql, cfg.store.cql.cdc.clone(), Arc::new(deliverer), shutdown).boxed())
+        let cdc = deps.cfg.store.cql.cdc.clone();
+        Ok(run_cdc_relay(deps.clone(), cql, cdc, self.sink.clone(), shutdown).boxed())
     }
 
     /// Publish what was committed before the signal, as long as the broker
-    /// takes it (bounded: half the deadline, at most [`MAX_CATCH_UP`]).
+    /// takes it (bounded: half the deadline, at most [`MAX_CATCH_UP`]). A
+    /// standby has nothing to publish.
     fn drain(&self, deps: &ActorDeps, deadline: Duration) -> BoxFuture<'static, ()> {
         let store = deps.store.clone();
         let mut status = deps.relay_status.subscribe();
         let catch_up = (deadline / 2).min(MAX_CATCH_UP);
         async move {
+            if !status.borrow().running {
+                return;
+            }
             let Ok(Ok(head)) = tokio::time::timeout(catch_up, store.head_position()).await else { return };
             let caught_up = tokio::time::timeout(
                 catch_up,
                 status.wait_for(|s| {
-                    s.checkpoint >= head || !s.running || !s.broker_ok || !s.store_ok || s.breaker != BreakerState::Closed
+                    s.checkpoint.unwrap_or(0) >= head
+                        || !s.running
+                        || !s.broker.is_reachable()
+                        || s.feed != FeedState::Ok
+                        || s.breaker != BreakerState::Closed
                 }),
             )
             .await
             .is_ok();
-            let cp = status.borrow().checkpoint;
+            let cp = status.borrow().checkpoint.unwrap_or(0);
             if !caught_up || cp < head {
                 tracing::info!(actor = %ActorName::Cdc, checkpoint = cp, head, "stopping the relay before it caught up; the rest is published after restart");
             }

@@ -6,10 +6,11 @@
 //! - GET /health/live: 200 while the process serves requests.
 //! - GET /health/ready: 200 when not shutting down and the store was
 //!   reachable at the last check, else 503.
-//! - GET /dlq?limit=N, POST /dlq/replay `{"ids": [...]}` or `{"all": true}`:
-//!   dead letters through the DlqActor. With `http.api_token` set, POST
-//!   routes need `Authorization: Bearer <token>` (401 otherwise; checked for
-//!   the whole server in `http::admin_app`).
+//! - GET /dlq, POST /dlq/replay, POST /dlq/discard, POST /relay/rewind,
+//!   GET /relay/requests/{id}, GET /leases: the relay's operator routes
+//!   (`http::relay_ops`). With `http.api_token` set, every POST route
+//!   except the test-only /debug/fail needs `Authorization: Bearer <token>`
+//!   (401 otherwise; checked for the whole server in `http::admin_app`).
 //! - GET /openapi.json: the API description (docs/openapi.json).
 //! - POST /debug/fail/{actor}?mode=stop|kill|panic: failure injection
 //!   (order_actor, cdc_processor, projection_actor, dlq_actor, health_check), only
@@ -22,19 +23,19 @@ use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, ResponseError};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::watch;
-use uuid::Uuid;
 
 use crate::actors::{
-    ActorName, CoordinatorActor, DlqActor, FailureMode, HealthReport, HealthStatus, InjectFailureInto, ListDeadLetters,
-    ReplayDeadLetters,
+    ActorName, CoordinatorActor, DlqActor, FailureMode, HealthReport, HealthStatus, InjectFailureInto,
 };
 use crate::metrics::Metrics;
+use crate::relay::pause::PauseHook;
+use crate::store::DynStore;
 
 use super::errors::{method_not_allowed, ApiError};
-use super::input::Input;
+use super::relay_ops;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -42,6 +43,11 @@ pub struct AdminState {
     pub health: watch::Receiver<HealthReport>,
     pub coordinator: Addr<CoordinatorActor>,
     pub dlq: Addr<DlqActor>,
+    /// Requests and leases are read from the store directly.
+    pub store: DynStore,
+    /// This instance's id in the lease table.
+    pub instance: String,
+    pub relay_pause: PauseHook,
     pub fault_injection: bool,
     /// `http.api_token`: required on the write routes when set; never logged.
     pub token: Option<Arc<str>>,
@@ -74,66 +80,6 @@ async fn ready(st: web::Data<AdminState>) -> HttpResponse {
             e.error_response().set_body(actix_web::body::BoxBody::new(body.to_string()))
         }
     }
-}
-
-#[derive(Deserialize)]
-struct ListQuery {
-    limit: Option<usize>,
-}
-
-async fn dlq_list(st: web::Data<AdminState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::bad_request("limit", "limit must be an integer from 1 to 10000"));
-    }
-    let letters = st
-        .dlq
-        .send(ListDeadLetters { limit })
-        .await
-        .map_err(|_| ApiError::unavailable("dead-letter actor unavailable"))?
-        .map_err(|e| {
-            tracing::warn!(error = %e, "cannot list dead letters");
-            ApiError::unavailable("the store is unavailable")
-        })?;
-    Ok(HttpResponse::Ok().json(json!({"count": letters.len(), "dead_letters": letters})))
-}
-
-async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
-    let b = Input::body(&body, &["ids", "all"])?;
-    let all = match body.get("all") {
-        None => false,
-        Some(Value::Bool(v)) => *v,
-        Some(_) => return Err(ApiError::invalid("all", "all must be true or false")),
-    };
-    let ids = match (body.get("ids"), all) {
-        (Some(_), true) => return Err(ApiError::invalid("all", "give either ids or all, not both")),
-        (Some(_), false) => {
-            let raw = b.array("ids")?;
-            let mut ids = Vec::with_capacity(raw.len());
-            for (i, v) in raw.iter().enumerate() {
-                ids.push(
-                    v.as_str()
-                        .and_then(|s| Uuid::parse_str(s).ok())
-                        .ok_or_else(|| ApiError::invalid(format!("ids[{i}]"), "must be a UUID"))?,
-                );
-            }
-            Some(ids)
-        }
-        (None, true) => None,
-        (None, false) => {
-            return Err(ApiError::invalid(
-                "ids",
-                "say which dead letters to replay: {\"ids\": [...]} or {\"all\": true}",
-            ))
-        }
-    };
-    let report = st
-        .dlq
-        .send(ReplayDeadLetters { ids })
-        .await
-        .map_err(|_| ApiError::unavailable("dead-letter actor unavailable"))?
-        .map_err(|e| ApiError::from_actor(e, "replay"))?;
-    Ok(HttpResponse::Ok().json(report))
 }
 
 #[derive(Deserialize)]
@@ -172,10 +118,16 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
         .service(res("/health", "GET", web::get().to(health)))
         .service(res("/health/live", "GET", web::get().to(live)))
         .service(res("/health/ready", "GET", web::get().to(ready)))
-        .service(res("/dlq", "GET", web::get().to(dlq_list)))
-        .service(res("/dlq/replay", "POST", web::post().to(dlq_replay)))
+        .service(res("/dlq", "GET", web::get().to(relay_ops::dlq_list)))
+        .service(res("/dlq/replay", "POST", web::post().to(relay_ops::dlq_replay)))
+        .service(res("/dlq/discard", "POST", web::post().to(relay_ops::dlq_discard)))
+        .service(res("/relay/rewind", "POST", web::post().to(relay_ops::relay_rewind)))
+        .service(res("/relay/requests/{id}", "GET", web::get().to(relay_ops::request_status)))
+        .service(res("/leases", "GET", web::get().to(relay_ops::leases)))
         .service(res("/openapi.json", "GET", web::get().to(super::openapi)));
     if fault_injection {
-        cfg.service(res("/debug/fail/{actor}", "POST", web::post().to(debug_fail)));
+        cfg.service(res("/debug/fail/{actor}", "POST", web::post().to(debug_fail)))
+            .service(res("/debug/store", "POST", web::post().to(relay_ops::debug_store)))
+            .service(res("/debug/pause/relay", "POST", web::post().to(relay_ops::debug_pause)));
     }
 }

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod errors;
 pub mod input;
 pub mod openapi;
+pub mod relay_ops;
 
 pub use openapi::openapi;
 

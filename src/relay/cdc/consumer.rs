@@ -15,8 +15,9 @@ use std::sync::Arc;
 use super::columns::envelope_from_cdc_row;
 use super::CdcError;
 use crate::envelope::EventEnvelope;
-use crate::relay::deliver::{Deliverer, Retried};
+use crate::relay::deliver::{Delivered, Deliverer};
 use crate::shutdown::Shutdown;
+use crate::store::feed::RawEvent;
 
 /// Where a CDC consumer sends each event. `handle` returns `Ok` only once
 /// the event is durably handled (the reader's checkpoint may then move past
@@ -26,14 +27,19 @@ pub trait EnvelopeSink: Send + Sync + 'static {
     async fn handle(&self, env: EventEnvelope, shutdown: &mut Shutdown) -> Result<(), CdcError>;
 }
 
-/// The relay's sink: one delivery through retry, breaker and DLQ; returns
-/// once the event is confirmed or dead-lettered.
+/// The relay's sink: one delivery through retry, breaker and the parking
+/// policy; returns once the event is confirmed, parked, held (its aggregate
+/// is parked) or dead-lettered.
 #[async_trait]
 impl EnvelopeSink for Deliverer {
     async fn handle(&self, env: EventEnvelope, shutdown: &mut Shutdown) -> Result<(), CdcError> {
-        match self.deliver(&env, None, shutdown).await {
-            Retried::Delivered | Retried::DeadLettered => Ok(()),
-            Retried::Shutdown => Err(CdcError::Shutdown),
+        let raw = RawEvent::from_envelope(&env, 0).map_err(|e| CdcError::Payload {
+            row: format!("{}#{}", env.aggregate_id, env.sequence),
+            error: e.to_string(),
+        })?;
+        match self.deliver(&raw, shutdown).await {
+            Delivered::Delivered | Delivered::Held | Delivered::Parked | Delivered::DeadLettered => Ok(()),
+            Delivered::Shutdown => Err(CdcError::Shutdown),
         }
     }
 }

@@ -72,13 +72,17 @@ pub async fn start_cdc_reader(
 ) -> Result<(CDCLogReader, CdcReaderHandle), CdcError> {
     let factory = Arc::new(SinkConsumerFactory::new(deliverer.clone(), shutdown.clone()));
     let (reader, remote) = build_reader(session, keyspace, cfg, CDC_CHECKPOINT_TABLE, factory).await?;
-    deliverer.update(|s| s.running = true);
+    deliverer.status().update(|s| {
+        s.running = true;
+        true
+    });
     let handle = spawn_reader(remote, shutdown, "CDC reader", move |res| {
-        deliverer.update(|s| {
+        deliverer.status().update(|s| {
             s.running = false;
             if let Err(e) = res {
                 s.last_error = Some(e.to_string());
             }
+            true
         })
     });
     Ok((reader, handle))
@@ -213,10 +217,19 @@ mod tests {
         let store = crate::store::cql::CqlStore::connect(&cfg).await.unwrap();
         store.migrate().await.unwrap();
         assert!(!store.is_scylla() && !store.cdc_enabled());
-        let sink: Arc<dyn crate::relay::deliver::DeadLetterSink> = Arc::new(store.clone() as crate::store::DynStore);
+        let dyn_store = store.clone() as crate::store::DynStore;
+        let sink: Arc<dyn crate::relay::sink::DeadLetterSink> = Arc::new(dyn_store.clone());
         let (status, _) = tokio::sync::watch::channel(Default::default());
         let deliverer = Arc::new(
-            Deliverer::new(&crate::config::Config::default(), sink, crate::metrics::Metrics::new(), status).unwrap(),
+            Deliverer::new(
+                &crate::config::Config::default(),
+                dyn_store,
+                sink,
+                crate::metrics::Metrics::new(),
+                crate::relay::StatusTx::new(status),
+            )
+            .await
+            .unwrap(),
         );
         let trigger = crate::shutdown::Trigger::new();
         let err = start_cdc_reader(store.session(), &keyspace, &cfg.cdc, deliverer, trigger.subscribe())
