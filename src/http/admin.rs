@@ -21,7 +21,7 @@
 
 use actix::Addr;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -74,10 +74,7 @@ async fn ready(st: web::Data<AdminState>) -> HttpResponse {
         Ok(()) => HttpResponse::Ok().json(json!({"ready": true, "status": report.status})),
         Err(reason) => {
             // A problem document, plus `"ready": false` for simple probes.
-            let e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason);
-            let mut body = e.problem_value();
-            body["ready"] = json!(false);
-            e.error_response().set_body(actix_web::body::BoxBody::new(body.to_string()))
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).response_with(&[("ready", json!(false))])
         }
     }
 }

@@ -29,6 +29,7 @@ pub const KINDS: &[(&str, &str)] = &[
     ("version_conflict", "Version conflict"),
     ("already_exists", "Already exists"),
     ("not_running", "Not running"),
+    ("request_failed", "Relay request failed"),
     ("precondition_failed", "Precondition failed"),
     ("payload_too_large", "Payload too large"),
     ("unsupported_media_type", "Unsupported media type"),
@@ -123,6 +124,15 @@ impl ApiError {
     /// The problem document as a JSON value (to add extension members).
     pub fn problem_value(&self) -> serde_json::Value {
         serde_json::to_value(self.problem()).unwrap_or_default()
+    }
+
+    /// The problem response with extension members (e.g. `"ready": false`).
+    pub fn response_with(&self, extensions: &[(&str, serde_json::Value)]) -> HttpResponse {
+        let mut body = self.problem_value();
+        for (k, v) in extensions {
+            body[*k] = v.clone();
+        }
+        self.error_response().set_body(actix_web::body::BoxBody::new(body.to_string()))
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
