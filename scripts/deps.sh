@@ -6,7 +6,9 @@
 #   dev   (make dev)  a Rust toolchain, Java 17+ and Maven (the local Kafka),
 #                     a C toolchain + cmake (librdkafka), kcat (optional: shows
 #                     the published events).
-#   test  (make test, the default)  everything of `dev`, plus promtool (Debian
+#   test  (make test, the default)  everything of `dev`, plus sqlite3 (the
+#                     tests read and change the store as an operator would,
+#                     with the sqlite3 command-line tool), promtool (Debian
 #                     package prometheus: alert rules are checked and unit
 #                     tested), the Python tools that validate and fuzz the HTTP
 #                     API (openapi-spec-validator, schemathesis), and, where a
@@ -29,6 +31,7 @@ command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 if [ "$mode" = test ]; then
+  command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
   command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 fi

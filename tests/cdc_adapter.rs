@@ -8,8 +8,8 @@
 //! servers, a case fails naming what is missing. Each case uses its own
 //! keyspace and topic prefix.
 
-mod common;
-use common::order_events;
+mod harness;
+use harness::order_events;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -11,9 +11,9 @@
 //! This is the test whose absence let `OUTBOX_CONFIG` break the stack (it was
 //! read as a config key and refused, so the schema job exited 2).
 
-mod common;
+mod harness;
 
-use common::config_check::{assert_env_taken, assert_file_taken, effective_config, env_key_path, outboxd};
+use harness::config_check::{assert_env_taken, assert_file_taken, effective_config, env_key_path, outboxd};
 use serde_yaml_ng::Value as Yaml;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ struct Service {
 }
 
 fn compose() -> Yaml {
-    let path = common::repo_root().join("docker-compose.yml");
+    let path = harness::repo_root().join("docker-compose.yml");
     let text = std::fs::read_to_string(&path).unwrap();
     let mut doc: Yaml = serde_yaml_ng::from_str(&text).expect("docker-compose.yml is YAML");
     doc.apply_merge().expect("merge keys resolve");
@@ -83,7 +83,7 @@ fn outboxd_services(doc: &Yaml) -> Vec<Service> {
             let mut parts = spec.split(':');
             let (src, dst) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             if src.starts_with("./") || src.starts_with('/') {
-                mounts.insert(dst.to_string(), common::repo_root().join(src.trim_start_matches("./")));
+                mounts.insert(dst.to_string(), harness::repo_root().join(src.trim_start_matches("./")));
             }
         }
         out.push(Service { name: scalar(name), env, command, mounts });

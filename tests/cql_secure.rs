@@ -7,9 +7,9 @@
 //! `OUTBOX_STORE__CQL__*` variables, and clear one-line errors that never
 //! contain the password.
 
-mod common;
+mod harness;
 
-use common::config_check::outboxd;
+use harness::config_check::outboxd;
 use std::path::{Path, PathBuf};
 
 struct Secure {

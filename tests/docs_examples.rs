@@ -7,15 +7,15 @@
 //! Placeholders are filled with a sample (`<port>` -> 9092); any other
 //! `<...>` placeholder fails the test until it is given a sample here.
 
-mod common;
+mod harness;
 
-use common::config_check::{assert_env_taken, effective_config};
+use harness::config_check::{assert_env_taken, effective_config};
 use std::path::{Path, PathBuf};
 
 const PLACEHOLDERS: &[(&str, &str)] = &[("<port>", "9092")];
 
 fn documents() -> Vec<PathBuf> {
-    let root = common::repo_root();
+    let root = harness::repo_root();
     let mut files = vec![root.join("README.md")];
     for dir in ["docs", "deploy"] {
         for e in std::fs::read_dir(root.join(dir)).unwrap() {
@@ -53,7 +53,7 @@ fn examples_in(line: &str) -> Vec<(String, String)> {
 }
 
 fn rel(p: &Path) -> String {
-    p.strip_prefix(common::repo_root()).unwrap_or(p).display().to_string()
+    p.strip_prefix(harness::repo_root()).unwrap_or(p).display().to_string()
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn example_extraction() {
 
 #[test]
 fn every_documented_outbox_variable_takes_effect() {
-    let cwd = common::repo_root();
+    let cwd = harness::repo_root();
     let baseline = effective_config(&[], &cwd).expect("outboxd config with no variables");
     let mut checked = 0;
     for doc in documents() {
@@ -94,7 +94,7 @@ fn every_documented_outbox_variable_takes_effect() {
             for (k, v) in &examples {
                 if k == "OUTBOX_CONFIG" {
                     // A file: every value in it must show.
-                    common::config_check::assert_file_taken(&cwd.join(v), &cfg, &[], &at);
+                    harness::config_check::assert_file_taken(&cwd.join(v), &cfg, &[], &at);
                 } else {
                     assert_env_taken(k, v, &cfg, &baseline, &at);
                 }

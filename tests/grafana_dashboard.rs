@@ -4,12 +4,12 @@
 //! lease (`relay_leader`). With two replicas a panel that ignores the
 //! selector would silently mix both instances' figures.
 
-mod common;
+mod harness;
 
 use serde_json::Value;
 
 fn dashboard() -> Value {
-    let p = common::repo_root().join("deploy/grafana/dashboards/outboxd.json");
+    let p = harness::repo_root().join("deploy/grafana/dashboards/outboxd.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).expect("dashboard is JSON")
 }
 

@@ -9,10 +9,8 @@
 //! producer (one aborted, one committed transaction), into a fresh
 //! single-partition topic so the expected output is exact.
 
-mod common;
+mod harness;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::io::Write;
@@ -48,20 +46,9 @@ fn transaction(brokers: &str, topic: &str, key: &str, value: &str, commit: bool)
     }
 }
 
-/// One partition, so offsets (and the expected lines) are exact.
-fn create_topic(brokers: &str, topic: &str) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let res = rt
-        .block_on(admin.create_topics(&[NewTopic::new(topic, 1, TopicReplication::Fixed(1))], &AdminOptions::new()))
-        .unwrap();
-    assert!(res.iter().all(|r| r.is_ok()), "create {topic}: {res:?}");
-}
-
 fn make(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = Command::new("make");
-    cmd.arg("--no-print-directory").args(args).current_dir(common::repo_root());
+    cmd.arg("--no-print-directory").args(args).current_dir(harness::repo_root());
     cmd.env("OUTBOXD", env!("CARGO_BIN_EXE_outboxd"));
     for (k, v) in env {
         cmd.env(k, v);
@@ -75,15 +62,16 @@ fn make(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
 }
 
 fn rpk_available() -> bool {
-    common::repo_root().join(".local/bin/rpk").exists()
+    harness::repo_root().join(".local/bin/rpk").exists()
         || Command::new("rpk").arg("version").output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 #[test]
 fn make_consume_prints_the_records_and_follows_the_delivery_mode() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let topic = format!("make-consume-{}", uuid::Uuid::now_v7().simple());
-    create_topic(&brokers, &topic);
+    // One partition, so offsets (and the expected lines) are exact.
+    harness::create_topic(&brokers, &topic, 1, &[]);
     kcat_produce(&brokers, &topic, "order-1:{\"n\":1}\norder-2:{\"n\":2}\norder-1:{\"n\":3}\n");
     transaction(&brokers, &topic, "order-3", "aborted", false);
     transaction(&brokers, &topic, "order-4", "committed", true);

@@ -8,14 +8,13 @@
 //! The Python tools come from PyPI; `make test` installs them
 //! (scripts/deps.sh test). Elsewhere the fuzzing tests say SKIPPED.
 
-mod common;
-mod daemon_harness;
+mod harness;
 
-use daemon_harness::{daemon_config, Daemon};
+use harness::{daemon_config, Daemon};
 use std::process::Command;
 
 fn doc_path() -> std::path::PathBuf {
-    common::repo_root().join("docs/openapi.json")
+    harness::repo_root().join("docs/openapi.json")
 }
 
 fn have(tool: &str) -> bool {
@@ -24,7 +23,7 @@ fn have(tool: &str) -> bool {
 
 #[test]
 fn both_servers_serve_the_documented_description() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = daemon_config(&brokers, dir.path());
     cfg.http.api_token = Some("openapi-test-token-0123456789".into());
@@ -79,7 +78,7 @@ fn schemathesis_finds_no_server_error_and_no_nonconforming_response() {
         eprintln!("SKIPPED: schemathesis not installed (make test installs it: pip install schemathesis)");
         return;
     }
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = daemon_config(&brokers, dir.path());
     let token = "schemathesis-token-0123456789".to_string();

@@ -6,9 +6,9 @@
 //! failing `outboxd schema` (debug logging on, so a Debug-printed config
 //! would be caught).
 
-mod common;
+mod harness;
 
-use common::config_check::{outboxd, REDACTED};
+use harness::config_check::{outboxd, REDACTED};
 use std::path::Path;
 
 struct Secrets {
@@ -63,8 +63,8 @@ fn run(args: &[&str], config: &Path, dir: &Path) -> (Option<i32>, String) {
     let env = vec![
         ("OUTBOX_CONFIG".to_string(), config.display().to_string()),
         ("RUST_LOG".to_string(), "debug".to_string()),
-        ("OUTBOX_HTTP__LISTEN".to_string(), format!("127.0.0.1:{}", common::free_port())),
-        ("OUTBOX_HTTP__ADMIN_LISTEN".to_string(), format!("127.0.0.1:{}", common::free_port())),
+        ("OUTBOX_HTTP__LISTEN".to_string(), format!("127.0.0.1:{}", harness::free_port())),
+        ("OUTBOX_HTTP__ADMIN_LISTEN".to_string(), format!("127.0.0.1:{}", harness::free_port())),
     ];
     let out = outboxd(args, &env, dir);
     (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))

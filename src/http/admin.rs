@@ -74,7 +74,8 @@ async fn ready(st: web::Data<AdminState>) -> HttpResponse {
         Ok(()) => HttpResponse::Ok().json(json!({"ready": true, "status": report.status})),
         Err(reason) => {
             // A problem document, plus `"ready": false` for simple probes.
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).response_with(&[("ready", json!(false))])
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason)
+                .response_with(&[("ready", json!(false))])
         }
     }
 }
