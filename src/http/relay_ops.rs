@@ -167,7 +167,8 @@ pub(super) async fn dlq_discard(st: web::Data<AdminState>, body: web::Json<Value
 
 pub(super) async fn relay_rewind(st: web::Data<AdminState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     let _ = Input::body(&body, &["to_position", "to_time", "wait"])?;
-    let kind = match (body.get("to_position").filter(|v| !v.is_null()), body.get("to_time").filter(|v| !v.is_null())) {
+    // A member that is present counts, even as null: `{"to_position": 0, "to_time": null}` names both.
+    let kind = match (body.get("to_position"), body.get("to_time")) {
         (Some(p), None) => match p.as_i64() {
             Some(n) if n >= 0 => RequestKind::RewindToPosition { position: n },
             _ => return Err(ApiError::invalid("to_position", "must be a non-negative feed position")),
