@@ -8,7 +8,8 @@
 #                     the published events).
 #   test  (make test, the default)  everything of `dev`, plus sqlite3 (the
 #                     tests read and change the store as an operator would,
-#                     with the sqlite3 command-line tool), promtool (Debian
+#                     with the sqlite3 command-line tool), curl and jq (the
+#                     docs/HTTP.md walkthroughs run as written), promtool (Debian
 #                     package prometheus: alert rules are checked and unit
 #                     tested), the Python tools that validate and fuzz the HTTP
 #                     API (openapi-spec-validator, schemathesis), and, where a
@@ -32,6 +33,8 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 if [ "$mode" = test ]; then
   command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+  command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+  command -v jq >/dev/null 2>&1 || need_apt+=(jq)
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
   command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 fi
