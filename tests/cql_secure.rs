@@ -53,6 +53,22 @@ fn env(s: &Secure, ks: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     e
 }
 
+/// `env` signed in as the secure node's user with `password`, over TLS
+/// trusting `ca_file`, plus `extra`.
+fn signed_in(s: &Secure, ks: &str, password: &str, ca_file: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut e = env(
+        s,
+        ks,
+        &[
+            ("OUTBOX_STORE__CQL__USERNAME", &s.user),
+            ("OUTBOX_STORE__CQL__PASSWORD", password),
+            ("OUTBOX_STORE__CQL__TLS__CA_FILE", ca_file),
+        ],
+    );
+    e.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    e
+}
+
 fn run(args: &[&str], env: &[(String, String)]) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = outboxd(args, env, dir.path());
@@ -71,16 +87,7 @@ fn ca(s: &Secure) -> String {
 fn password_and_tls_with_the_ca_work_end_to_end() {
     let Some(s) = secure() else { return };
     let ks = keyspace();
-    let e = env(
-        &s,
-        &ks,
-        &[
-            ("OUTBOX_STORE__CQL__USERNAME", &s.user),
-            ("OUTBOX_STORE__CQL__PASSWORD", &s.password),
-            ("OUTBOX_STORE__CQL__TLS__CA_FILE", &ca(&s)),
-            ("OUTBOX_STORE__CQL__LOCAL_DC", "datacenter1"),
-        ],
-    );
+    let e = signed_in(&s, &ks, &s.password, &ca(&s), &[("OUTBOX_STORE__CQL__LOCAL_DC", "datacenter1")]);
     let (code, out, err) = run(&["schema"], &e);
     assert_eq!(code, Some(0), "schema over TLS with a password: {out}{err}");
     // A write and a read through the same secured session.
@@ -101,13 +108,12 @@ fn a_client_certificate_is_presented_when_configured() {
         );
         return;
     };
-    let e = env(
+    let e = signed_in(
         &s,
         &keyspace(),
+        &s.password,
+        &ca(&s),
         &[
-            ("OUTBOX_STORE__CQL__USERNAME", &s.user),
-            ("OUTBOX_STORE__CQL__PASSWORD", &s.password),
-            ("OUTBOX_STORE__CQL__TLS__CA_FILE", &ca(&s)),
             ("OUTBOX_STORE__CQL__TLS__CERT_FILE", &cert.display().to_string()),
             ("OUTBOX_STORE__CQL__TLS__KEY_FILE", &key.display().to_string()),
         ],
@@ -120,15 +126,7 @@ fn a_client_certificate_is_presented_when_configured() {
 fn a_wrong_password_is_a_clear_error_without_the_password() {
     let Some(s) = secure() else { return };
     let wrong = format!("wrong-{}", uuid::Uuid::now_v7().simple());
-    let e = env(
-        &s,
-        &keyspace(),
-        &[
-            ("OUTBOX_STORE__CQL__USERNAME", &s.user),
-            ("OUTBOX_STORE__CQL__PASSWORD", &wrong),
-            ("OUTBOX_STORE__CQL__TLS__CA_FILE", &ca(&s)),
-        ],
-    );
+    let e = signed_in(&s, &keyspace(), &wrong, &ca(&s), &[]);
     let (code, out, err) = run(&["schema"], &e);
     assert_eq!(code, Some(1), "an unavailable store exits 1: {err}");
     assert!(
@@ -159,15 +157,7 @@ fn tls_with_another_ca_is_refused() {
     let other = tempfile::tempdir().unwrap();
     let other_ca = other.path().join("other-ca.pem");
     make_other_ca(&other_ca);
-    let e = env(
-        &s,
-        &keyspace(),
-        &[
-            ("OUTBOX_STORE__CQL__USERNAME", &s.user),
-            ("OUTBOX_STORE__CQL__PASSWORD", &s.password),
-            ("OUTBOX_STORE__CQL__TLS__CA_FILE", &other_ca.display().to_string()),
-        ],
-    );
+    let e = signed_in(&s, &keyspace(), &s.password, &other_ca.display().to_string(), &[]);
     let (code, _, err) = run(&["schema"], &e);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.to_lowercase().contains("certificate"), "says it is the certificate: {err}");
@@ -221,16 +211,8 @@ fn make_other_ca(path: &Path) {
 #[test]
 fn an_unknown_local_dc_is_refused_naming_the_known_ones() {
     let Some(s) = secure() else { return };
-    let e = env(
-        &s,
-        &keyspace(),
-        &[
-            ("OUTBOX_STORE__CQL__USERNAME", &s.user),
-            ("OUTBOX_STORE__CQL__PASSWORD", &s.password),
-            ("OUTBOX_STORE__CQL__TLS__CA_FILE", &ca(&s)),
-            ("OUTBOX_STORE__CQL__LOCAL_DC", "dc-that-does-not-exist"),
-        ],
-    );
+    let e =
+        signed_in(&s, &keyspace(), &s.password, &ca(&s), &[("OUTBOX_STORE__CQL__LOCAL_DC", "dc-that-does-not-exist")]);
     let (code, _, err) = run(&["schema"], &e);
     assert_ne!(code, Some(0), "{err}");
     assert!(err.contains("dc-that-does-not-exist") && err.contains("datacenter1"), "{err}");
