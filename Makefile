@@ -11,7 +11,7 @@ DB ?= $(LOCAL)/dev/outbox.db
 export KAFKA_LOCAL_DIR := $(KAFKA_DIR)
 export CASSANDRA_LOCAL_DIR := $(CASSANDRA_DIR)
 
-.PHONY: dev test unit-test lint schema clean stop kafka cassandra deps metrics health topics cqlsh integration-test bench compose-check
+.PHONY: dev test unit-test lint schema clean stop kafka cassandra cassandra-secure deps metrics health topics consume rpk cqlsh integration-test bench compose-check deploy-check openapi-check
 
 ## dev: the demo (Docker stack when a Docker engine answers, else embedded store + local Kafka)
 dev:
@@ -34,8 +34,9 @@ lint:
 schema:
 	$(CARGO) run --quiet --locked -- --db $(DB) schema
 
+## deps: install what `make test` needs (scripts/deps.sh test; `make dev` runs deps.sh dev)
 deps:
-	@bash scripts/deps.sh
+	@bash scripts/deps.sh test
 
 kafka:
 	@bash scripts/kafka-local.sh start
@@ -43,11 +44,16 @@ kafka:
 cassandra:
 	@bash scripts/cassandra-local.sh start
 
+## cassandra-secure: a second Cassandra with password auth + TLS (prints CASSANDRA_SECURE_*)
+cassandra-secure:
+	@bash scripts/cassandra-local.sh start --secure
+
 ## stop: stop the local servers and the dev daemon started by `make dev`
 stop:
 	@if [ -f $(LOCAL)/outboxd.pid ]; then kill $$(cat $(LOCAL)/outboxd.pid) 2>/dev/null || true; rm -f $(LOCAL)/outboxd.pid; fi
 	@bash scripts/kafka-local.sh stop
 	@bash scripts/cassandra-local.sh stop
+	@bash scripts/cassandra-local.sh stop --secure
 
 metrics:
 	@curl -sf http://127.0.0.1:9090/metrics | grep -v '^#' | grep -E 'cdc_|relay_|dlq_|circuit_|retry_|actor_|event_end' || echo "daemon not running? start it with make dev"
@@ -55,10 +61,18 @@ metrics:
 health:
 	@curl -s http://127.0.0.1:9090/health; echo
 
-## topics: show the demo topics (kcat from Debian, or rpk with the Docker stack)
+## topics: list the topics (rpk when present, else kcat; rpk inside the Docker stack)
 topics:
-	@if docker info >/dev/null 2>&1 && docker compose ps -q redpanda >/dev/null 2>&1; then docker compose exec redpanda rpk topic list; \
-	 else eval "$$(bash scripts/kafka-local.sh env)"; kcat -b "$$KAFKA_BROKERS" -L | grep topic; fi
+	@bash scripts/kafka-cli.sh topics
+
+## consume: print a topic's records, e.g. make consume TOPIC=order-events [COUNT=10] [FOLLOW=1]
+## (read_committed only when the relay runs exactly-once: OUTBOX_RELAY__DELIVERY=exactly-once)
+consume:
+	@bash scripts/kafka-cli.sh consume "$(TOPIC)"
+
+## rpk: build Redpanda's rpk from its Go module into .local/bin (optional; needs Go)
+rpk:
+	@bash scripts/rpk.sh
 
 cqlsh:
 	@if docker info >/dev/null 2>&1; then docker compose exec scylla cqlsh -k outbox; \
@@ -69,6 +83,16 @@ cqlsh:
 ## (or SCYLLA_URI); without one they are reported as SKIPPED with the reason, never as passed
 integration-test:
 	@bash scripts/integration-test.sh
+
+## deploy-check: promtool on the Prometheus config, the alert rules and their unit tests
+deploy-check:
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts.test.yml
+
+## openapi-check: validate docs/openapi.json (OpenAPI 3.1) with openapi-spec-validator
+openapi-check:
+	openapi-spec-validator docs/openapi.json
 
 compose-check:
 	@if command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then docker compose -f docker-compose.yml config -q && echo "docker-compose.yml is valid (docker compose config)"; \

@@ -2,7 +2,7 @@
 # cassandra-local.sh — run a REAL Apache Cassandra 5.0 single node on loopback,
 # without Docker, for outboxd's local runs and CI.
 #
-# Usage: scripts/cassandra-local.sh start|stop|status|env
+# Usage: scripts/cassandra-local.sh start|stop|status|env [--secure]
 #
 # Role
 #   Fetches org.apache.cassandra:cassandra-all (plus its runtime classpath) from
@@ -30,19 +30,57 @@
 #   - Lightweight transactions (Paxos: IF conditions, conditional batches) work
 #     with the default Paxos settings.
 #
+# --secure: a second, independent node in production shape (own state dir,
+#   own ports, own pid; runs beside the plain one):
+#   - PasswordAuthenticator + CassandraAuthorizer + CassandraRoleManager; the
+#     default superuser cassandra/cassandra exists before `start` returns
+#     (superuser_setup_delay_ms 0; readiness waits for the role).
+#   - Client encryption from a PKCS12 keystore the script makes once with the
+#     JDK's keytool (state dir tls/): a local CA (tls/ca.pem, PEM for clients)
+#     and a node certificate signed by it for IP 127.0.0.1 and DNS localhost
+#     (EKU serverAuth). Encryption is optional on the CQL port by default, so
+#     plaintext clients with credentials work too (grants tests); TLS clients
+#     get the node certificate. With openssl on PATH a client certificate and
+#     key signed by the same CA are made too (tls/client.pem, tls/client.key);
+#     CASSANDRA_SECURE_CLIENT_AUTH=1 makes the node require one on TLS
+#     connections (require_client_auth, truststore = the CA).
+#   - `start --secure` / `env --secure` print, last line last:
+#       CASSANDRA_SECURE_CA=<dir>/tls/ca.pem
+#       CASSANDRA_SECURE_USER=cassandra
+#       CASSANDRA_SECURE_PASSWORD=cassandra
+#       [CASSANDRA_SECURE_CLIENT_CERT=<dir>/tls/client.pem]
+#       [CASSANDRA_SECURE_CLIENT_KEY=<dir>/tls/client.key]
+#       CASSANDRA_SECURE_URI=127.0.0.1:<port>
+#   - Smaller heap by default (256m / 512m): it only serves tests.
+#
 # Environment
 #   CASSANDRA_LOCAL_DIR      state dir (default: $PWD/.local/cassandra)
 #   CASSANDRA_PORT           CQL port (default: free port, reused from port file)
+#   CASSANDRA_SECURE_DIR     --secure state dir (default: $CASSANDRA_LOCAL_DIR-secure)
+#   CASSANDRA_SECURE_PORT    --secure CQL port (default: free port, reused)
+#   CASSANDRA_SECURE_TLS_OPTIONAL  --secure: 1 (default) plaintext also accepted, 0 TLS only
+#   CASSANDRA_SECURE_CLIENT_AUTH   --secure: 1 requires a client certificate on TLS (default 0)
 #   CASSANDRA_VERSION        cassandra-all version (default below)
 #   OUTBOXD_CACHE            cache root (default: $HOME/.cache/outboxd)
 #   CASSANDRA_START_TIMEOUT  seconds to wait for CQL (default 180)
-#   CASSANDRA_HEAP_MIN / CASSANDRA_HEAP_MAX   JVM heap (default 512m / 1g)
+#   CASSANDRA_HEAP_MIN / CASSANDRA_HEAP_MAX   JVM heap (default 512m / 1g;
+#                            --secure 256m / 512m)
 #   CASSANDRA_JVM_EXTRA      extra JVM flags (word-split)
 #   JAVA_HOME                java to use (default: java on PATH)
 #
 # State dir layout: data/ commitlog/ saved_caches/ hints/ cdc_raw/ triggers/
 #   cassandra.yaml logback.xml cassandra.pid ports cassandra.log (+ .1 previous)
+#   --secure also: tls/ (ca.p12, ca.pem, keystore.p12, truststore.p12,
+#   client.pem, client.key, password) and superuser-ready
 set -euo pipefail
+
+COMMAND="${1:-}"
+SECURE=0
+if [[ $# -eq 2 && "$2" == --secure ]]; then
+  SECURE=1
+elif [[ $# -ne 1 ]]; then
+  COMMAND=usage
+fi
 
 CASSANDRA_VERSION="${CASSANDRA_VERSION:-5.0.9}"
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -53,7 +91,14 @@ LIB="$CACHE/lib"
 MARKER="$CACHE/.complete"
 
 DIR="${CASSANDRA_LOCAL_DIR:-$PWD/.local/cassandra}"
+if (( SECURE )); then
+  DIR="${CASSANDRA_SECURE_DIR:-$DIR-secure}"
+  CASSANDRA_PORT="${CASSANDRA_SECURE_PORT:-}"
+  : "${CASSANDRA_HEAP_MIN:=256m}" "${CASSANDRA_HEAP_MAX:=512m}"
+fi
 [[ "$DIR" == /* ]] || DIR="$PWD/$DIR"
+TLS_DIR="$DIR/tls"
+SUPERUSER_READY="$DIR/superuser-ready"
 PID_FILE="$DIR/cassandra.pid"
 PORT_FILE="$DIR/ports"
 LOG_FILE="$DIR/cassandra.log"
@@ -68,7 +113,7 @@ log() { echo "cassandra-local: $*" >&2; }
 die() { local code="$1"; shift; log "$*"; exit "$code"; }
 
 usage() {
-  echo "usage: $0 start|stop|status|env" >&2
+  echo "usage: $0 start|stop|status|env [--secure]" >&2
   exit 64
 }
 
@@ -208,15 +253,117 @@ choose_ports() {
   mv "$PORT_FILE.tmp" "$PORT_FILE"
 }
 
-uri_line() { echo "CASSANDRA_URI=$HOST:$1"; }
+# The address lines `start` and `env` print (usable with eval); the URI last.
+uri_line() {
+  if (( SECURE )); then
+    echo "CASSANDRA_SECURE_CA=$TLS_DIR/ca.pem"
+    echo "CASSANDRA_SECURE_USER=cassandra"
+    echo "CASSANDRA_SECURE_PASSWORD=cassandra"
+    if [[ -f "$TLS_DIR/client.key" ]]; then
+      echo "CASSANDRA_SECURE_CLIENT_CERT=$TLS_DIR/client.pem"
+      echo "CASSANDRA_SECURE_CLIENT_KEY=$TLS_DIR/client.key"
+    fi
+    echo "CASSANDRA_SECURE_URI=$HOST:$1"
+  else
+    echo "CASSANDRA_URI=$HOST:$1"
+  fi
+}
+
+# ---------------------------------------------------------------- TLS material (--secure)
+
+# kt STORE ARGS...: the JDK's keytool on a PKCS12 store with our password.
+kt() {
+  local store="$1"; shift
+  "$KEYTOOL" -noprompt -storetype PKCS12 -keystore "$store" -storepass "$TLS_PASSWORD" "$@"
+}
+
+# Makes (once per state dir) a local CA, the node's keystore (key + chain
+# signed by the CA, SAN 127.0.0.1/localhost), a truststore holding the CA,
+# ca.pem for clients, and with openssl a client certificate + PKCS#8 key.
+make_tls() {
+  KEYTOOL="$(dirname "$JAVA")/keytool"
+  [[ -x "$KEYTOOL" ]] || KEYTOOL="$(command -v keytool || true)"
+  [[ -n "$KEYTOOL" ]] || die 2 "keytool not found (it ships with the JDK): needed for --secure"
+  mkdir -p "$TLS_DIR"
+  [[ -s "$TLS_DIR/password" ]] || od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$TLS_DIR/password"
+  TLS_PASSWORD="$(<"$TLS_DIR/password")"
+  [[ -s "$TLS_DIR/keystore.p12" && -s "$TLS_DIR/ca.pem" && -s "$TLS_DIR/truststore.p12" ]] && return 0
+  log "making a local CA and the node's TLS keystore in $TLS_DIR (keytool)"
+  rm -f "$TLS_DIR"/{ca.p12,ca.pem,keystore.p12,truststore.p12,node.csr,node.pem,client.*}
+  local ext=(-ext "SAN=ip:127.0.0.1,dns:localhost")
+  kt "$TLS_DIR/ca.p12" -genkeypair -alias ca -keyalg RSA -keysize 2048 -validity 3650 \
+     -dname "CN=outboxd local test CA" -ext bc:c -ext KU:c=keyCertSign,cRLSign >/dev/null 2>&1 \
+     || die 1 "keytool could not make the CA"
+  kt "$TLS_DIR/ca.p12" -exportcert -rfc -alias ca -file "$TLS_DIR/ca.pem" >/dev/null 2>&1
+  kt "$TLS_DIR/keystore.p12" -genkeypair -alias node -keyalg RSA -keysize 2048 -validity 3650 \
+     -dname "CN=localhost" "${ext[@]}" >/dev/null 2>&1 || die 1 "keytool could not make the node key"
+  kt "$TLS_DIR/keystore.p12" -certreq -alias node -file "$TLS_DIR/node.csr" >/dev/null 2>&1
+  kt "$TLS_DIR/ca.p12" -gencert -alias ca -rfc -validity 3650 -infile "$TLS_DIR/node.csr" \
+     -outfile "$TLS_DIR/node.pem" "${ext[@]}" -ext KU:c=digitalSignature,keyEncipherment \
+     -ext EKU=serverAuth >/dev/null 2>&1 || die 1 "keytool could not sign the node certificate"
+  kt "$TLS_DIR/keystore.p12" -importcert -alias ca -file "$TLS_DIR/ca.pem" >/dev/null 2>&1
+  kt "$TLS_DIR/keystore.p12" -importcert -alias node -file "$TLS_DIR/node.pem" >/dev/null 2>&1 \
+     || die 1 "keytool could not import the signed node certificate"
+  kt "$TLS_DIR/truststore.p12" -importcert -alias ca -file "$TLS_DIR/ca.pem" >/dev/null 2>&1
+  if command -v openssl >/dev/null 2>&1; then
+    # Client certificate for the mutual-TLS variant: key made by openssl so
+    # the Rust client can read it as PEM (keytool cannot export keys).
+    openssl req -new -newkey rsa:2048 -nodes -subj "/CN=outboxd-test-client" \
+      -keyout "$TLS_DIR/client.key" -out "$TLS_DIR/client.csr" >/dev/null 2>&1 \
+      && kt "$TLS_DIR/ca.p12" -gencert -alias ca -rfc -validity 3650 -infile "$TLS_DIR/client.csr" \
+           -outfile "$TLS_DIR/client.pem" -ext KU:c=digitalSignature -ext EKU=clientAuth >/dev/null 2>&1 \
+      || { log "warning: no client certificate made (openssl/keytool failed)"; rm -f "$TLS_DIR"/client.*; }
+    rm -f "$TLS_DIR/client.csr"
+  fi
+  rm -f "$TLS_DIR/node.csr"
+}
+
+# cassandra.yaml lines for authentication/authorisation and client TLS.
+security_config() {
+  if (( ! SECURE )); then
+    cat <<EOF
+authenticator: AllowAllAuthenticator
+authorizer: AllowAllAuthorizer
+role_manager: CassandraRoleManager
+network_authorizer: AllowAllNetworkAuthorizer
+EOF
+    return 0
+  fi
+  local optional=true client_auth=false
+  [[ "${CASSANDRA_SECURE_TLS_OPTIONAL:-1}" == 0 ]] && optional=false
+  [[ "${CASSANDRA_SECURE_CLIENT_AUTH:-0}" == 1 ]] && client_auth=true
+  cat <<EOF
+authenticator: PasswordAuthenticator
+authorizer: CassandraAuthorizer
+role_manager: CassandraRoleManager
+network_authorizer: AllowAllNetworkAuthorizer
+# Short auth caches: tests change grants and expect them to apply quickly.
+roles_validity: 2000ms
+permissions_validity: 2000ms
+credentials_validity: 2000ms
+
+client_encryption_options:
+  enabled: true
+  optional: $optional
+  keystore: $TLS_DIR/keystore.p12
+  keystore_password: $TLS_PASSWORD
+  truststore: $TLS_DIR/truststore.p12
+  truststore_password: $TLS_PASSWORD
+  store_type: PKCS12
+  require_client_auth: $client_auth
+  accepted_protocols: [TLSv1.2, TLSv1.3]
+EOF
+}
 
 # ---------------------------------------------------------------- config files
 
 write_config() {
+  local CLUSTER_NAME=outboxd-local
+  (( SECURE )) && CLUSTER_NAME=outboxd-local-secure
   cat >"$YAML" <<EOF
 # Generated by scripts/cassandra-local.sh on every start; edits are overwritten.
 # Single-node, loopback-only Cassandra for tests.
-cluster_name: outboxd-local
+cluster_name: $CLUSTER_NAME
 num_tokens: 1
 initial_token: 0
 partitioner: org.apache.cassandra.dht.Murmur3Partitioner
@@ -231,10 +378,7 @@ storage_port: $STORAGE_PORT
 start_native_transport: true
 native_transport_port: $NATIVE_PORT
 
-authenticator: AllowAllAuthenticator
-authorizer: AllowAllAuthorizer
-role_manager: CassandraRoleManager
-network_authorizer: AllowAllNetworkAuthorizer
+$(security_config)
 
 data_file_directories:
   - $DIR/data
@@ -418,6 +562,18 @@ cmd_stop() {
   rm -f "$PID_FILE"
 }
 
+# --secure: the default superuser exists (created once, shortly after the
+# first start; remembered in the state dir).
+superuser_ready() {
+  (( SECURE )) || return 0
+  [[ -f "$SUPERUSER_READY" ]] && return 0
+  if grep -q -e "Created default superuser role" "$LOG_FILE" 2>/dev/null; then
+    date -u +%FT%TZ >"$SUPERUSER_READY"
+    return 0
+  fi
+  return 1
+}
+
 # Waits until the node answers CQL: the JVM is alive, the log (rotated at each
 # start) says "Startup complete" and the CQL port accepts connections.
 wait_ready() {
@@ -430,7 +586,7 @@ wait_ready() {
       rm -f "$PID_FILE"
       exit 1
     fi
-    if grep -q -e "Startup complete" "$LOG_FILE" 2>/dev/null && port_open "$NATIVE_PORT"; then
+    if grep -q -e "Startup complete" "$LOG_FILE" 2>/dev/null && port_open "$NATIVE_PORT" && superuser_ready; then
       return 0
     fi
     if (( SECONDS >= deadline )); then
@@ -464,6 +620,7 @@ cmd_start() {
   fetch_jars
   mkdir -p "$DIR"/{data,commitlog,saved_caches,hints,cdc_raw,triggers}
   choose_ports
+  if (( SECURE )); then make_tls; fi
   write_config
   jvm_opts
 
@@ -485,8 +642,7 @@ cmd_start() {
   uri_line "$NATIVE_PORT"
 }
 
-[[ $# -eq 1 ]] || usage
-case "$1" in
+case "$COMMAND" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   status) cmd_status ;;

@@ -1,31 +1,80 @@
 #!/usr/bin/env bash
-# deps.sh - install what `make test` / `make dev` need and is missing on a
-# fresh Debian machine: a Rust toolchain, Java 17+ and Maven (for the local
-# Kafka and Cassandra), kcat (to inspect topics). Idempotent and quiet when
-# everything is present; never fails on optional tools.
+# deps.sh [dev|test] - install what `make dev` or `make test` needs and is
+# missing on a fresh Debian machine. Idempotent and quiet when everything is
+# present; says what it installs and why.
+#
+#   dev   (make dev)  a Rust toolchain, Java 17+ and Maven (the local Kafka),
+#                     a C toolchain + cmake (librdkafka), kcat (optional: shows
+#                     the published events).
+#   test  (make test, the default)  everything of `dev`, plus sqlite3 (the
+#                     tests read and change the store as an operator would,
+#                     with the sqlite3 command-line tool), curl and jq (the
+#                     docs/HTTP.md walkthroughs run as written), promtool (Debian
+#                     package prometheus: alert rules are checked and unit
+#                     tested), the Python tools that validate and fuzz the HTTP
+#                     API (openapi-spec-validator, schemathesis), and, where a
+#                     docker client without the compose plugin exists and Go is
+#                     present, the compose plugin built from its Go module so
+#                     docker-compose.yml can be validated (minutes, once).
+#
+# Exit 2 when something required is missing and cannot be installed here
+# (not root / no apt-get): the message names it. Optional tools never fail it.
 set -euo pipefail
 
+mode=${1:-test}
+case "$mode" in dev|test) ;; *) echo "usage: $0 [dev|test]" >&2; exit 64 ;; esac
+note() { echo "deps: $*" >&2; }
+
+command -v cargo >/dev/null 2>&1 || { note "cargo missing: install Rust from your distribution or rustup"; exit 2; }
 need_apt=()
-command -v cargo >/dev/null 2>&1 || { echo "deps: cargo missing: install Rust from your distribution or rustup" >&2; exit 2; }
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+if [ "$mode" = test ]; then
+  command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+  command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+  command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+  command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+  command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+fi
+optional_kcat=0
 command -v kcat >/dev/null 2>&1 || command -v kafkacat >/dev/null 2>&1 || optional_kcat=1
 
-if [ ${#need_apt[@]} -gt 0 ] || [ "${optional_kcat:-0}" = 1 ]; then
+if [ ${#need_apt[@]} -gt 0 ] || [ "$optional_kcat" = 1 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
+    note "apt-get update (package lists for: ${need_apt[*]} $([ "$optional_kcat" = 1 ] && echo kcat))"
     timeout 300 apt-get update -qq >/dev/null 2>&1 || true
     if [ ${#need_apt[@]} -gt 0 ]; then
-      echo "deps: installing ${need_apt[*]}" >&2
-      apt-get install -y -qq "${need_apt[@]}" >/dev/null
+      note "installing ${need_apt[*]}"
+      apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
     fi
-    if [ "${optional_kcat:-0}" = 1 ]; then
-      timeout 300 apt-get install -y -qq kcat >/dev/null 2>&1 && echo "deps: installed kcat" >&2 || echo "deps: kcat not installed (optional)" >&2
+    if [ "$optional_kcat" = 1 ]; then
+      timeout 300 apt-get install -y -qq kcat >/dev/null 2>&1 && note "installed kcat" || note "kcat not installed (optional)"
     fi
   elif [ ${#need_apt[@]} -gt 0 ]; then
-    echo "deps: please install: ${need_apt[*]}" >&2
+    note "please install: ${need_apt[*]}"
+    exit 2
+  fi
+fi
+
+[ "$mode" = test ] || exit 0
+
+# Python tools for the HTTP API checks (PyPI): the OpenAPI document is
+# validated by openapi-spec-validator, the running daemon fuzzed by schemathesis.
+py_missing=()
+command -v openapi-spec-validator >/dev/null 2>&1 || py_missing+=(openapi-spec-validator)
+command -v schemathesis >/dev/null 2>&1 || command -v st >/dev/null 2>&1 || py_missing+=(schemathesis)
+if [ ${#py_missing[@]} -gt 0 ]; then
+  note "installing ${py_missing[*]} (pip)"
+  pip_flags=(-q --disable-pip-version-check)
+  # Debian's system Python refuses global installs (PEP 668) unless told.
+  if python3 -m pip install "${pip_flags[@]}" "${py_missing[@]}" >/dev/null 2>&1 \
+     || python3 -m pip install "${pip_flags[@]}" --break-system-packages "${py_missing[@]}" >/dev/null 2>&1; then
+    hash -r
+  else
+    note "could not pip install ${py_missing[*]}"
     exit 2
   fi
 fi
@@ -34,14 +83,14 @@ fi
 # docker client exists. The client here may lack the compose plugin: build it
 # from the Go module proxy (best effort, ~2-5 min once; cached afterwards).
 if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 && command -v go >/dev/null 2>&1; then
-  echo "deps: building the docker compose plugin (github.com/docker/compose/v2) for docker-compose.yml validation" >&2
+  note "building the docker compose plugin (github.com/docker/compose/v2) for docker-compose.yml validation (a few minutes, once)"
   mkdir -p "$HOME/.docker/cli-plugins"
   # `go install pkg@version` refuses this module (its go.mod has exclude
   # directives), so build it inside its own module directory instead.
   if dir=$(cd /tmp && timeout 300 go mod download -json github.com/docker/compose/v2@v2.39.4 2>/dev/null | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') && [ -n "$dir" ] \
      && (cd "$dir" && timeout 900 go build -o "$HOME/.docker/cli-plugins/docker-compose" ./cmd >/dev/null 2>&1); then
-    echo "deps: docker compose plugin installed" >&2
+    note "docker compose plugin installed"
   else
-    echo "deps: docker compose plugin not built; docker-compose.yml validation will be skipped" >&2
+    note "docker compose plugin not built; docker-compose.yml validation will be skipped"
   fi
 fi

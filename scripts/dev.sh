@@ -1,41 +1,67 @@
 #!/usr/bin/env bash
 # dev.sh - `make dev`: the demo on a fresh machine.
 #  * Docker engine answers: the docker-compose stack (ScyllaDB with CDC,
-#    Redpanda + Console, Prometheus, Grafana, outboxd), then the demo orders.
+#    Redpanda + Console, Prometheus, Grafana, two outboxd replicas), then the
+#    demo orders.
 #  * Otherwise: the embedded SQLite store plus a real local Kafka
 #    (scripts/kafka-local.sh), `outboxd run` in the background, the demo orders.
-# Leaves the servers running; `make stop` stops them.
+# Installs only what the demo needs (scripts/deps.sh dev: no promtool, no
+# Python tools, no compose plugin build). Each long step says what it does and
+# how long it took. Leaves the servers running; `make stop` stops them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh
+T0=$SECONDS
+step_n=0
+step() { step_n=$((step_n + 1)); echo "dev: [$step_n] $* ($(elapsed))"; }
+elapsed() { local s=$((SECONDS - T0)); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
+
+step "checking tools (scripts/deps.sh dev)"
+bash scripts/deps.sh dev
 
 if docker info >/dev/null 2>&1; then
-  echo "dev: Docker engine found: starting the compose stack"
+  step "Docker engine found: building the image and starting the compose stack (first time: several minutes)"
   docker compose up -d --build --wait
-  OUTBOXD=(docker compose exec -T outboxd outboxd)
+  OUTBOXD=(docker compose exec -T outboxd-1 outboxd)
   "${OUTBOXD[@]}" schema
+  step "running the demo orders through outboxd-1"
   bash scripts/demo.sh "${OUTBOXD[@]}"
-  cat <<'MSG'
+  cat <<MSG
 
-The stack is up:
-  command API   http://127.0.0.1:8080      metrics/health http://127.0.0.1:9090/{metrics,health}
-  Redpanda UI   http://127.0.0.1:8088      Grafana http://127.0.0.1:3000   Prometheus http://127.0.0.1:9091
-  watch events  docker compose exec redpanda rpk topic consume order-events
+The stack is up ($(elapsed)):
+  command API   http://127.0.0.1:8080 (outboxd-1), http://127.0.0.1:8081 (outboxd-2)
+  admin         http://127.0.0.1:9090/health (outboxd-1), http://127.0.0.1:9091/health (outboxd-2)
+  Redpanda UI   http://127.0.0.1:8088      Grafana http://127.0.0.1:3000   Prometheus http://127.0.0.1:9099
+  watch events  make consume TOPIC=order-events   (rpk inside the Redpanda container)
   tables        make cqlsh   then   SELECT aggregate_id, sequence_number, event_type FROM event_store;
   stop          docker compose down
 MSG
   exit 0
 fi
 
-echo "dev: no Docker engine: embedded store + local Kafka"
+echo "dev: no Docker engine: embedded SQLite store + a local Kafka"
 export KAFKA_LOCAL_DIR="${KAFKA_LOCAL_DIR:-$PWD/.local/kafka}"
-KAFKA_BROKERS=$(bash scripts/kafka-local.sh start | sed -n 's/^KAFKA_BROKERS=//p' | tail -1)
-cargo build --release --locked --bin outboxd
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/outboxd
 mkdir -p .local/dev
+# Kafka's jars (first run: ~100 MB from Maven Central) download while the
+# compiler runs; the broker starts once the build is done.
+kafka_fetch_log=.local/dev/kafka-start.log
+step "fetching/starting Kafka in the background (log $kafka_fetch_log)"
+( bash scripts/kafka-local.sh start >"$kafka_fetch_log" 2>&1 ) &
+kafka_job=$!
+step "building outboxd (cargo build --bin outboxd; the first build compiles ~400 crates: several minutes on 2 cores)"
+cargo build --locked --bin outboxd
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/debug/outboxd
+step "waiting for Kafka"
+if ! wait "$kafka_job"; then
+  cat "$kafka_fetch_log" >&2
+  echo "dev: Kafka did not start (above)" >&2
+  exit 1
+fi
+KAFKA_BROKERS=$(sed -n 's/^KAFKA_BROKERS=//p' "$kafka_fetch_log" | tail -1)
+echo "dev: Kafka at $KAFKA_BROKERS"
 export OUTBOX_STORE__PATH="$PWD/.local/dev/outbox.db"
 export OUTBOX_KAFKA__BROKERS="$KAFKA_BROKERS"
 export OUTBOX_RELAY__POLL_INTERVAL_MS=100
+step "creating the tables (outboxd schema)"
 "$BIN" schema
 if [ -f .local/outboxd.pid ] && kill -0 "$(cat .local/outboxd.pid)" 2>/dev/null; then
   echo "dev: outboxd already running (pid $(cat .local/outboxd.pid))"
@@ -45,20 +71,19 @@ else
   sleep 1
   echo "dev: outboxd run started (pid $(cat .local/outboxd.pid), log .local/outboxd.log)"
 fi
+step "running the demo orders"
 bash scripts/demo.sh "$BIN"
 sleep 1
 echo
-echo "dev: the relay published (from the local Kafka at $KAFKA_BROKERS):"
-if command -v kcat >/dev/null 2>&1; then
-  kcat -b "$KAFKA_BROKERS" -C -t order-events -e -q -f '%k seq=%h\n' 2>/dev/null | sed -E 's/seq=.*ce_type=([A-Za-z]+).*ce_sequence=([0-9]+).*/\1 #\2/' | tail -12 || true
-fi
+echo "dev: the relay published (make consume TOPIC=order-events, last 12):"
+KAFKA_BROKERS="$KAFKA_BROKERS" OUTBOXD="$BIN" bash scripts/kafka-cli.sh consume order-events 2>/dev/null | tail -12 | cut -c1-160 || true
 cat <<MSG
 
-Running now:
+Ready after $(elapsed). Running now:
   Kafka         $KAFKA_BROKERS   (scripts/kafka-local.sh status)
   outboxd       pid $(cat .local/outboxd.pid), log .local/outboxd.log, store $OUTBOX_STORE__PATH
   command API   http://127.0.0.1:8080      metrics/health http://127.0.0.1:9090/{metrics,health}
-Watch the topic:   kcat -b $KAFKA_BROKERS -C -t order-events -f 'key=%k %h\\n%s\\n\\n'
+Watch a topic:     make consume TOPIC=order-events        (rpk when built with make rpk, else kcat)
 Read the store:    sqlite3 $OUTBOX_STORE__PATH 'SELECT position, aggregate_id, sequence_number, event_type FROM event_store ORDER BY position DESC LIMIT 10'
 Relay progress:    sqlite3 $OUTBOX_STORE__PATH 'SELECT * FROM checkpoints'
 Stop everything:   make stop

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # test.sh - `make test`: fmt + clippy (scripts/lint.sh), start real Kafka and
-# Cassandra (scripts/*-local.sh), run every cargo test against them (the
-# soak group last and alone), print
-# the summary (scripts/test-summary.sh: skips with their reasons, then
-# "N passed, N failed, N skipped"), stop exactly what this run started.
+# two Cassandra nodes (the plain one, and `--secure`: password auth + TLS, for
+# the production-shape CQL tests) with scripts/*-local.sh, check the deploy
+# files (promtool, openapi-spec-validator, docker compose config), run every
+# cargo test against them (the soak group last and alone), print the
+# summary (scripts/test-summary.sh: skips with their reasons, then "N passed, N failed, N skipped"), stop exactly
+# what this run started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,9 +13,13 @@ cd "$(dirname "$0")/.."
 : "${CASSANDRA_LOCAL_DIR:=$PWD/.local/cassandra}"
 export KAFKA_LOCAL_DIR CASSANDRA_LOCAL_DIR
 
-started=()
+started=()   # "script [args]" of each server this run started
 cleanup() {
-  for s in "${started[@]}"; do bash "scripts/$s-local.sh" stop >/dev/null 2>&1 || true; done
+  local s
+  for s in "${started[@]}"; do
+    # shellcheck disable=SC2086 # "cassandra --secure" -> script + flag
+    bash "scripts/${s%% *}-local.sh" stop ${s#"${s%% *}"} >/dev/null 2>&1 || true
+  done
 }
 trap cleanup EXIT
 
@@ -27,9 +33,14 @@ if ! bash scripts/kafka-local.sh status >/dev/null 2>&1; then started+=(kafka); 
 KAFKA_BROKERS=$(bash scripts/kafka-local.sh start | sed -n 's/^KAFKA_BROKERS=//p' | tail -1)
 if ! bash scripts/cassandra-local.sh status >/dev/null 2>&1; then started+=(cassandra); fi
 CASSANDRA_URI=$(bash scripts/cassandra-local.sh start | sed -n 's/^CASSANDRA_URI=//p' | tail -1)
-export KAFKA_BROKERS CASSANDRA_URI
-echo "test: KAFKA_BROKERS=$KAFKA_BROKERS CASSANDRA_URI=$CASSANDRA_URI"
+if ! bash scripts/cassandra-local.sh status --secure >/dev/null 2>&1; then started+=("cassandra --secure"); fi
+secure_env=$(bash scripts/cassandra-local.sh start --secure | grep -E '^CASSANDRA_SECURE_[A-Z_]+=')
+eval "$secure_env"
+export KAFKA_BROKERS CASSANDRA_URI CASSANDRA_SECURE_URI CASSANDRA_SECURE_CA CASSANDRA_SECURE_USER CASSANDRA_SECURE_PASSWORD
+if [ -n "${CASSANDRA_SECURE_CLIENT_CERT:-}" ]; then export CASSANDRA_SECURE_CLIENT_CERT CASSANDRA_SECURE_CLIENT_KEY; fi
+echo "test: KAFKA_BROKERS=$KAFKA_BROKERS CASSANDRA_URI=$CASSANDRA_URI CASSANDRA_SECURE_URI=$CASSANDRA_SECURE_URI (CA $CASSANDRA_SECURE_CA)"
 
+make --no-print-directory deploy-check openapi-check
 make --no-print-directory compose-check
 
 # Every test; the summary at the end lists each skipped (ignored) test with
@@ -39,8 +50,12 @@ set +e
 cargo test --locked -- --test-threads "${TEST_THREADS:-2}" --skip soak_ 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # The soak group (tests/soak.rs: long faults, several daemons, private brokers)
-# runs alone, one test at a time, after Cassandra (not needed there) stopped.
-if [[ " ${started[*]} " == *" cassandra "* ]]; then bash scripts/cassandra-local.sh stop >/dev/null 2>&1 || true; fi
+# runs alone, one test at a time, after the Cassandra nodes this run started
+# (not needed there) stopped, so it has the machine's memory and cores.
+for s in "${started[@]}"; do
+  # shellcheck disable=SC2086 # "cassandra --secure" -> script + flag
+  if [[ $s == cassandra* ]]; then bash scripts/cassandra-local.sh stop ${s#cassandra} >/dev/null 2>&1 || true; fi
+done
 cargo test --locked --test soak -- --test-threads 1 2>&1 | tee -a "$log"
 soak=${PIPESTATUS[0]}
 if [ "$status" -eq 0 ]; then status=$soak; fi

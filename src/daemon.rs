@@ -126,6 +126,7 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
         read_models = Some(c.clone() as crate::projection::DynReadModels);
     }
     let metrics = Metrics::new();
+    metrics.set_build_info(store.backend());
     crate::actors::prime_metrics(&metrics, &cfg);
     let deadline = Duration::from_millis(cfg.shutdown_deadline_ms);
     let fault_injection = fault_injection_enabled();
@@ -288,6 +289,7 @@ async fn actor_system(
         instance: deps.leases.relay.as_ref().map(|l| l.instance.clone()).unwrap_or_default(),
         relay_pause: deps.relay_pause.clone(),
         fault_injection,
+        token: deps.cfg.http.api_token.as_deref().map(Into::into),
     };
     let servers =
         match crate::http::start(&deps.cfg.http, deps.cfg.shutdown_deadline_ms, api, admin, deps.metrics.clone()) {

@@ -50,7 +50,11 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Cmd {
     /// Create or upgrade the store's tables (idempotent).
-    Schema,
+    Schema {
+        /// Print the DDL for the configured backend and exit; connects to nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Order commands and queries.
     #[command(subcommand)]
     Order(OrderCmd),
@@ -241,8 +245,10 @@ pub enum DlqCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The daemon and benchmarks log at info; one-shot commands keep stderr for errors.
-    let default_level = if matches!(cli.cmd, Cmd::Run | Cmd::Bench(_)) { "info" } else { "warn" };
+    // The daemon and benchmarks log at info; one-shot commands keep stderr for
+    // errors (their error line already carries the CQL driver's reason).
+    let default_level =
+        if matches!(cli.cmd, Cmd::Run | Cmd::Bench(_)) { "info" } else { "warn,scylla=off,scylla_cdc=off" };
     init_tracing(cli.log_format, default_level);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -255,7 +261,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("error: {}", format!("{:#}", f.err).replace('\n', " "));
+            eprintln!("error: {}", cli::redact::clean(&format!("{:#}", f.err).replace('\n', " ")));
             ExitCode::from(f.code)
         }
     }
@@ -264,7 +270,7 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rdkafka=warn,librdkafka=warn")));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| cli::redact::ScrubbingStderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().flatten_event(true).init(),
@@ -273,6 +279,7 @@ fn init_tracing(format: LogFormat, level: &str) {
 
 fn load_config(cli: &Cli) -> Result<Config, Failure> {
     let mut cfg = Config::load(cli.config.as_deref())?;
+    cli::redact::set_secrets(cfg.secret_values());
     if let Some(db) = &cli.db {
         cfg.store.path = db.clone();
         cfg.validate()?;
@@ -284,7 +291,7 @@ async fn async_main(cli: Cli) -> Result<u8, Failure> {
     let cfg = load_config(&cli)?;
     match cli.cmd {
         Cmd::Config => cli::config::print(&cfg),
-        Cmd::Schema => cli::store::schema(&cfg).await,
+        Cmd::Schema { dry_run } => cli::store::schema(&cfg, dry_run).await,
         Cmd::Events { after, limit } => cli::store::events(&cfg, after, limit).await,
         Cmd::Order(c) => cli::order::run(&cfg, c).await,
         Cmd::Customer(c) => cli::customer::run(&cfg, c).await,

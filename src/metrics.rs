@@ -3,7 +3,10 @@
 //!
 //! Guarantee: one `Metrics` per process, registered in its own `Registry`;
 //! components only update it and the admin server only encodes it, so
-//! /metrics never touches a store or the broker.
+//! /metrics never touches a store or the broker. The registry also carries
+//! the standard `process_*` metrics (CPU, memory, open fds, threads, start
+//! time; Linux) and, once the daemon knows its store,
+//! `outboxd_build_info{version, backend} 1`.
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -66,6 +69,9 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process metrics register once");
         let cv = |name: &str, help: &str, labels: &[&str]| {
             reg(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"))
         };
@@ -150,6 +156,20 @@ impl Metrics {
             projection_checkpoint_position: g("projection_checkpoint_position", "Feed position of the projection checkpoint"),
             registry: r,
         }
+    }
+
+    /// `outboxd_build_info{version, backend} 1`: which build serves which
+    /// store backend (`sqlite`, `cql`). Call once per process.
+    pub fn set_build_info(&self, backend: &str) {
+        let g = reg(
+            &self.registry,
+            IntGaugeVec::new(
+                Opts::new("outboxd_build_info", "Build and store backend of this process (always 1)"),
+                &["version", "backend"],
+            )
+            .expect("valid gauge"),
+        );
+        g.with_label_values(&[env!("CARGO_PKG_VERSION"), backend]).set(1);
     }
 
     /// Prometheus text format 0.0.4.

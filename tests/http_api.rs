@@ -1,6 +1,8 @@
 //! The command API of a real `outboxd run` process (real SQLite store, real
-//! Kafka from `KAFKA_BROKERS`): every endpoint, every error status, 60+
-//! malformed or hostile requests, bearer tokens and correlation ids.
+//! Kafka from `KAFKA_BROKERS`): every endpoint, every error status as an
+//! RFC 9457 problem, conditional requests (If-Match -> 412, If-None-Match ->
+//! 304), 405 with Allow, 60+ malformed or hostile requests, bearer tokens
+//! (command API and admin write routes) and correlation ids.
 
 mod harness;
 
@@ -9,16 +11,17 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
 
+/// An RFC 9457 problem: `application/problem+json` with type, title,
+/// status, detail, and the `error` kind extension.
 fn assert_error(r: &Resp, status: u16, kind: &str) -> Value {
     assert_eq!(r.status, status, "expected {status} {kind}, got {} {}", r.status, r.text());
-    assert!(
-        r.header("content-type").unwrap_or_default().starts_with("application/json"),
-        "error is JSON: {:?}",
-        r.headers
-    );
+    assert_eq!(r.header("content-type").as_deref(), Some("application/problem+json"), "{:?}", r.headers);
     let v = r.json();
     assert_eq!(v["error"], kind, "{v}");
-    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert_eq!(v["type"], format!("urn:outboxd:problem:{kind}"), "{v}");
+    assert_eq!(v["status"], status, "{v}");
+    assert!(v["title"].as_str().is_some_and(|t| !t.is_empty()), "{v}");
+    assert!(v["detail"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     v
 }
 
@@ -54,8 +57,14 @@ fn every_endpoint_with_versions_etags_and_route_metrics() {
     };
     let r = email("ada@example.org", Some("\"1\""));
     assert_eq!((r.status, r.json()["version"].as_i64()), (200, Some(2)), "{}", r.text());
-    let v = assert_error(&email("ada@example.net", Some("1")), 409, "version_conflict");
+    // If-Match names a version that is no longer current: the precondition failed.
+    let v = assert_error(&email("ada@example.net", Some("1")), 412, "precondition_failed");
     assert_eq!(v["field"], "If-Match");
+    // If-None-Match with the current ETag: 304, no body; another version: 200.
+    let r = d.api("GET", &format!("/customers/{cid}"), &[("If-None-Match", "\"2\"")], None);
+    assert_eq!((r.status, r.body.len(), r.header("etag").as_deref()), (304, 0, Some("\"2\"")), "{}", r.text());
+    let r = d.api("GET", &format!("/customers/{cid}"), &[("If-None-Match", "W/\"1\", \"7\"")], None);
+    assert_eq!(r.status, 200);
     assert_error(&email("ada@example.net", Some("one")), 400, "bad_request");
     assert_eq!(assert_error(&email("ada@example.org", None), 422, "validation")["field"], "email");
     assert_error(&d.post("/customers", &json!({"id": cid, "name": "Again", "email": "a@b.co"})), 409, "already_exists");
@@ -80,6 +89,8 @@ fn every_endpoint_with_versions_etags_and_route_metrics() {
     assert_eq!(o["total"], json!({"amount_minor": 3998, "currency": "EUR"}));
     assert_eq!(r.header("location").unwrap(), format!("/orders/{oid}"));
     assert_error(&d.post("/orders", &body), 409, "already_exists");
+    // The order's id is taken for any aggregate: not a customer's 404.
+    assert_error(&d.post("/customers", &json!({"id": oid, "name": "X", "email": "x@y.co"})), 409, "already_exists");
     let r = d.api("GET", &format!("/orders/{oid}"), &[], None);
     assert_eq!((r.status, r.json()["items"][0]["sku"].as_str()), (200, Some("BOOK-1")));
     assert_error(
@@ -100,9 +111,18 @@ fn every_endpoint_with_versions_etags_and_route_metrics() {
     assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("confirmed")), "{}", r.text());
     assert_error(
         &d.api("POST", &format!("/orders/{oid}/confirm"), &[("If-Match", "2")], None),
-        409,
-        "version_conflict",
+        412,
+        "precondition_failed",
     );
+    // GET's ETag is the version it read (the read model's row, once it caught up).
+    eventually(Duration::from_secs(20), "the read model to reach version 3", || {
+        let r = d.api("GET", &format!("/orders/{oid}"), &[], None);
+        (r.header("etag").as_deref() == Some("\"3\"")).then_some(())
+    });
+    let r = d.api("GET", &format!("/orders/{oid}"), &[("If-None-Match", "\"3\"")], None);
+    assert_eq!((r.status, r.body.len(), r.header("etag").as_deref()), (304, 0, Some("\"3\"")), "{}", r.text());
+    let r = d.api("GET", &format!("/orders/{oid}"), &[("If-None-Match", "\"2\"")], None);
+    assert_eq!(r.status, 200);
     let r = d.post(&format!("/orders/{oid}/ship"), &json!({"tracking_number": "TRK-42", "carrier": "DHL"}));
     assert_eq!(
         (r.status, r.json()["status"].as_str(), r.json()["tracking_number"].as_str()),
@@ -125,8 +145,13 @@ fn every_endpoint_with_versions_etags_and_route_metrics() {
     assert_error(&d.api("GET", &format!("/orders/{cid}"), &[], None), 404, "not_found");
     assert_error(&d.api("GET", "/orders/not-a-uuid", &[], None), 400, "bad_request");
     assert_error(&d.api("GET", "/nope", &[], None), 404, "not_found");
-    assert_error(&d.api("DELETE", "/orders", &[], None), 405, "method_not_allowed");
-    assert_error(&d.api("GET", "/orders", &[], None), 405, "method_not_allowed");
+    for (method, path, allow) in
+        [("DELETE", "/orders", "POST"), ("GET", "/orders", "POST"), ("PUT", "/customers/x", "GET")]
+    {
+        let r = d.api(method, path, &[], None);
+        assert_error(&r, 405, "method_not_allowed");
+        assert_eq!(r.header("allow").as_deref(), Some(allow), "{method} {path}");
+    }
 
     // 13 events: customer 2, order 5, other order 2 ... all stored and all relayed.
     let head = count_events(&d.cfg.store.path);
@@ -318,7 +343,8 @@ fn malformed_and_hostile_requests_get_4xx_json_and_change_nothing() {
             }
         };
         let json: Option<Value> = serde_json::from_slice(&r.body).ok();
-        let kind_ok = json.as_ref().is_some_and(|v| v["error"].is_string() && v["message"].is_string());
+        let kind_ok = json.as_ref().is_some_and(|v| v["error"].is_string() && v["detail"].is_string())
+            && r.header("content-type").as_deref() == Some("application/problem+json");
         if r.status != k.status || !kind_ok {
             failures.push(format!(
                 "{}: want {} JSON error, got {} {}",
@@ -371,7 +397,7 @@ fn malformed_and_hostile_requests_get_4xx_json_and_change_nothing() {
 }
 
 #[test]
-fn bearer_token_protects_the_command_api_and_is_never_logged() {
+fn bearer_token_protects_the_command_api_and_admin_writes_and_is_never_logged() {
     let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let token = format!("tok-{}", Uuid::new_v4().simple());
@@ -399,8 +425,36 @@ fn bearer_token_protects_the_command_api_and_is_never_logged() {
     assert_eq!(r.status, 201, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_string();
     assert_eq!(d.api("GET", &format!("/orders/{id}"), &[("Authorization", &auth)], None).status, 200);
-    // The admin server is separate (loopback) and not token-protected.
+    // The API description is public.
+    assert_eq!(d.api("GET", "/openapi.json", &[], None).status, 200);
+    // The admin server's reads are open (loopback); its write routes need the token.
     assert_eq!(d.admin("GET", "/health").status, 200);
+    assert_eq!(d.admin("GET", "/dlq").status, 200);
+    let replay = br#"{"all": true}"#;
+    let r = request(d.admin, "POST", "/dlq/replay", &[ctype], Some(replay));
+    assert_error(&r, 401, "unauthorized");
+    assert_eq!(r.header("www-authenticate").as_deref(), Some("Bearer"));
+    let r = request(
+        d.admin,
+        "POST",
+        "/dlq/replay",
+        &[ctype, ("Authorization", "Bearer nope-nope-nope-nope")],
+        Some(replay),
+    );
+    assert_error(&r, 401, "unauthorized");
+    let r = request(d.admin, "POST", "/dlq/replay", &[ctype, ("Authorization", &auth)], Some(replay));
+    // With the token: a relay request the active relay carries out (parked aggregates, then dead letters).
+    assert_eq!(r.status, 200, "{}", r.text());
+    let done = &r.json()["request"];
+    assert_eq!(
+        (done["status"].as_str(), done["kind"]["kind"].as_str()),
+        (Some("done"), Some("replay_dead_letters")),
+        "{done}"
+    );
+    // A rewind names exactly one target; a member given as null still counts (Schemathesis found it).
+    let both = br#"{"to_position": 0, "to_time": null}"#;
+    let r = request(d.admin, "POST", "/relay/rewind", &[ctype, ("Authorization", &auth)], Some(both));
+    assert_eq!(assert_error(&r, 422, "validation")["field"], "to_position");
     let cfg_out = std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
         .arg("config")
         .env("OUTBOX_HTTP__API_TOKEN", &token)
@@ -509,7 +563,7 @@ fn restarting_order_actor_answers_503_json_then_recovers() {
     let r = d.post("/orders", &order_body(Uuid::now_v7(), "R-1"));
     let v = assert_error(&r, 503, "unavailable");
     assert_eq!(r.header("retry-after").as_deref(), Some("1"));
-    assert!(!v["message"].as_str().unwrap().contains('/'), "no internal detail: {v}");
+    assert!(!v["detail"].as_str().unwrap().contains('/'), "no internal detail: {v}");
     assert_eq!(count_events(&d.cfg.store.path), 0);
     let r = eventually(Duration::from_secs(15), "the order actor to come back", || {
         let r = d.post("/orders", &order_body(Uuid::now_v7(), "R-2"));

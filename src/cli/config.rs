@@ -1,20 +1,13 @@
 //! `outboxd config`: prints the effective configuration as JSON.
 //!
-//! Guarantee: secrets are redacted (`http.api_token`).
+//! Guarantee: every secret is redacted (`Config::redacted`: the CQL
+//! password, the API token, secret `kafka.extra` keys).
 
 use outboxd::config::Config;
 
 use super::Failure;
 
 pub fn print(cfg: &Config) -> Result<u8, Failure> {
-    println!("{}", serde_json::to_string_pretty(&redacted(cfg))?);
+    println!("{}", serde_json::to_string_pretty(&cfg.redacted())?);
     Ok(0)
-}
-
-fn redacted(cfg: &Config) -> Config {
-    let mut c = cfg.clone();
-    if c.http.api_token.is_some() {
-        c.http.api_token = Some("<redacted>".into());
-    }
-    c
 }

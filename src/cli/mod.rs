@@ -11,6 +11,7 @@ pub mod customer;
 pub mod dlq;
 pub mod order;
 pub mod projections;
+pub mod redact;
 pub mod relay;
 pub mod relay_ops;
 pub mod store;

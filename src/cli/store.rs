@@ -11,8 +11,13 @@ use outboxd::store::feed::FeedRow;
 
 use super::{open, Failure};
 
-/// Creates or upgrades the store's tables.
-pub async fn schema(cfg: &Config) -> Result<u8, Failure> {
+/// Creates or upgrades the store's tables; with `dry_run`, prints the DDL
+/// it would run for the configured backend and connects to nothing.
+pub async fn schema(cfg: &Config, dry_run: bool) -> Result<u8, Failure> {
+    if dry_run {
+        print!("{}", outboxd::store::schema_ddl(cfg));
+        return Ok(0);
+    }
     let store = outboxd::store::open(cfg).await.context("cannot open the store")?;
     store.migrate().await?;
     println!("schema of the {} store is up to date", store.backend());

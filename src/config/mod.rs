@@ -16,6 +16,7 @@
 mod http;
 mod kafka;
 mod relay;
+mod secrets;
 mod service;
 mod store;
 
@@ -29,8 +30,9 @@ pub use kafka::{
     validate_topic, validate_topic_prefix, Compression, KafkaConfig, TopicRouting, MAX_TOPIC_LEN, MAX_TOPIC_PREFIX_LEN,
 };
 pub use relay::{BreakerConfig, DeliveryMode, PermanentFailurePolicy, RelayConfig, RetryConfig};
+pub use secrets::{is_secret_key, scrub, REDACTED};
 pub use service::{HealthConfig, ServiceConfig, SupervisionConfig};
-pub use store::{Backend, CdcConfig, CqlConfig, SqliteOptions, StoreConfig, Synchronous};
+pub use store::{Backend, CdcConfig, CqlConfig, CqlTls, SqliteOptions, StoreConfig, Synchronous};
 
 /// `OUTBOX_CONFIG` without its prefix: the variable that names the config
 /// file. figment would otherwise read it as a top-level key `config`.
@@ -79,8 +81,13 @@ impl Config {
             fig = fig.merge(Toml::file(f));
         }
         // `OUTBOX_CONFIG` names the file (read by the CLI as `--config`); it is not a key.
-        fig = fig.merge(Env::prefixed("OUTBOX_").ignore(&[CONFIG_FILE_VAR_KEY]).split("__"));
-        let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string().replace('\n', "; ")))?;
+        let env = || Env::prefixed("OUTBOX_").ignore(&[CONFIG_FILE_VAR_KEY]).split("__");
+        fig = fig.merge(env());
+        // Secrets exactly as written: figment would parse `000123` as the number 123.
+        for (key, value) in env().iter().filter(|(k, _)| is_secret_key(k.as_str())) {
+            fig = fig.merge(Serialized::default(key.as_str(), value));
+        }
+        let cfg: Config = fig.extract().map_err(config_error)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -95,6 +102,16 @@ impl Config {
         self.service.validate()?;
         self.supervision.validate()
     }
+}
+
+/// figment's message, unless it is about a secret: then only the key (the
+/// message would quote the value).
+fn config_error(e: figment::Error) -> ConfigError {
+    let key = e.path.join(".");
+    if is_secret_key(&key) {
+        return ConfigError(format!("{key}: invalid value (a secret: not shown); give it as a string"));
+    }
+    ConfigError(e.to_string().replace('\n', "; "))
 }
 
 fn validate_hosts(key: &str, list: &str) -> Result<(), ConfigError> {
@@ -166,6 +183,26 @@ mod tests {
             jail.create_file("typo.toml", "[kafka]\nbrokerz = \"x:1\"\n")?;
             let e = Config::load(Some(Path::new("typo.toml"))).unwrap_err().to_string();
             assert!(e.contains("brokerz"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Error is large; only in this test
+    fn secrets_from_the_environment_are_taken_as_written() {
+        figment::Jail::expect_with(|jail| {
+            // figment alone would read these as the numbers 123 and 1234567890123456.
+            jail.set_env("OUTBOX_STORE__CQL__USERNAME", "svc");
+            jail.set_env("OUTBOX_STORE__CQL__PASSWORD", "000123");
+            jail.set_env("OUTBOX_HTTP__API_TOKEN", "1234567890123456");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.store.cql.password.as_deref(), Some("000123"));
+            assert_eq!(c.http.api_token.as_deref(), Some("1234567890123456"));
+            // A type error about a secret names the key, not the value.
+            jail.create_file("s.toml", "[store.cql]\nusername = \"svc\"\npassword = [\"sekrit-value\"]\n")?;
+            jail.clear_env();
+            let e = Config::load(Some(Path::new("s.toml"))).unwrap_err().to_string();
+            assert!(e.contains("store.cql.password") && !e.contains("sekrit-value"), "{e}");
             Ok(())
         });
     }

@@ -40,6 +40,7 @@ impl StoreConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.backend == Backend::Cql {
             validate_hosts("store.cql.uri", &self.cql.uri)?;
+            self.cql.validate_security()?;
             if !valid_cql_ident(&self.cql.keyspace) {
                 return Err(ConfigError(format!(
                     "store.cql.keyspace {:?}: use 1-48 letters, digits or '_', starting with a letter",
@@ -113,7 +114,66 @@ pub struct CqlConfig {
     pub request_timeout_ms: u64,
     /// Rows per page when loading an aggregate.
     pub page_size: i32,
+    /// Password authentication (PasswordAuthenticator): both or neither.
+    pub username: Option<String>,
+    /// A secret: redacted in `outboxd config`, scrubbed from logs and errors.
+    pub password: Option<String>,
+    /// Client-to-node encryption; absent: plaintext.
+    pub tls: Option<CqlTls>,
+    /// The local datacenter: requests go to its nodes first (DC-aware load
+    /// balancing); absent: every node alike. Checked against the cluster at
+    /// connect.
+    pub local_dc: Option<String>,
     pub cdc: CdcConfig,
+}
+
+/// `[store.cql.tls]`: TLS to the CQL nodes (rustls).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CqlTls {
+    /// PEM file with the CA certificate(s) the nodes' certificates chain to.
+    pub ca_file: PathBuf,
+    /// PEM client certificate (chain), for nodes that require one; with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Check that the node's certificate names the address connected to
+    /// (default true). False still verifies the chain against `ca_file`.
+    #[serde(default = "yes")]
+    pub verify_hostname: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl CqlConfig {
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        match (&self.username, &self.password) {
+            (Some(u), Some(_)) if u.is_empty() => {
+                return Err(ConfigError("store.cql.username must not be empty".into()));
+            }
+            (Some(_), None) => return Err(ConfigError("store.cql.username is set: set store.cql.password too".into())),
+            (None, Some(_)) => return Err(ConfigError("store.cql.password is set: set store.cql.username too".into())),
+            _ => {}
+        }
+        if let Some(tls) = &self.tls {
+            if tls.ca_file.as_os_str().is_empty() {
+                return Err(ConfigError("store.cql.tls.ca_file must name a PEM file".into()));
+            }
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(ConfigError(
+                    "store.cql.tls: cert_file and key_file go together (a client certificate and its key)".into(),
+                ));
+            }
+        }
+        if self.local_dc.as_deref().is_some_and(|dc| dc.trim().is_empty()) {
+            return Err(ConfigError("store.cql.local_dc must not be empty (leave it out for no preference)".into()));
+        }
+        Ok(())
+    }
 }
 
 impl Default for CqlConfig {
@@ -126,6 +186,10 @@ impl Default for CqlConfig {
             serial_consistency: "local_serial".into(),
             request_timeout_ms: 10_000,
             page_size: 1000,
+            username: None,
+            password: None,
+            tls: None,
+            local_dc: None,
             cdc: CdcConfig::default(),
         }
     }

@@ -8,7 +8,10 @@
 //!   reachable at the last check, else 503.
 //! - GET /dlq, POST /dlq/replay, POST /dlq/discard, POST /relay/rewind,
 //!   GET /relay/requests/{id}, GET /leases: the relay's operator routes
-//!   (`http::relay_ops`).
+//!   (`http::relay_ops`). With `http.api_token` set, every POST route
+//!   except the test-only /debug/fail needs `Authorization: Bearer <token>`
+//!   (401 otherwise; checked for the whole server in `http::admin_app`).
+//! - GET /openapi.json: the API description (docs/openapi.json).
 //! - POST /debug/fail/{actor}?mode=stop|kill|panic: failure injection
 //!   (order_actor, cdc_processor, projection_actor, dlq_actor, health_check), only
 //!   when `OUTBOXD_ENABLE_FAULT_INJECTION=1` (tests).
@@ -21,6 +24,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::actors::{
@@ -45,6 +49,8 @@ pub struct AdminState {
     pub instance: String,
     pub relay_pause: PauseHook,
     pub fault_injection: bool,
+    /// `http.api_token`: required on the write routes when set; never logged.
+    pub token: Option<Arc<str>>,
 }
 
 async fn metrics(st: web::Data<AdminState>) -> HttpResponse {
@@ -67,7 +73,9 @@ async fn ready(st: web::Data<AdminState>) -> HttpResponse {
     match report.ready() {
         Ok(()) => HttpResponse::Ok().json(json!({"ready": true, "status": report.status})),
         Err(reason) => {
-            HttpResponse::ServiceUnavailable().json(json!({"ready": false, "error": "not_ready", "message": reason}))
+            // A problem document, plus `"ready": false` for simple probes.
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason)
+                .response_with(&[("ready", json!(false))])
         }
     }
 }
@@ -101,22 +109,23 @@ async fn debug_fail(
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
-    let res = |path: &str, r: actix_web::Route| {
-        web::resource(path.to_string()).route(r).default_service(web::to(method_not_allowed))
+    let res = |path: &str, allow: &'static str, r: actix_web::Route| {
+        web::resource(path.to_string()).route(r).default_service(method_not_allowed(allow))
     };
-    cfg.service(res("/metrics", web::get().to(metrics)))
-        .service(res("/health", web::get().to(health)))
-        .service(res("/health/live", web::get().to(live)))
-        .service(res("/health/ready", web::get().to(ready)))
-        .service(res("/dlq", web::get().to(relay_ops::dlq_list)))
-        .service(res("/dlq/replay", web::post().to(relay_ops::dlq_replay)))
-        .service(res("/dlq/discard", web::post().to(relay_ops::dlq_discard)))
-        .service(res("/relay/rewind", web::post().to(relay_ops::relay_rewind)))
-        .service(res("/relay/requests/{id}", web::get().to(relay_ops::request_status)))
-        .service(res("/leases", web::get().to(relay_ops::leases)));
+    cfg.service(res("/metrics", "GET", web::get().to(metrics)))
+        .service(res("/health", "GET", web::get().to(health)))
+        .service(res("/health/live", "GET", web::get().to(live)))
+        .service(res("/health/ready", "GET", web::get().to(ready)))
+        .service(res("/dlq", "GET", web::get().to(relay_ops::dlq_list)))
+        .service(res("/dlq/replay", "POST", web::post().to(relay_ops::dlq_replay)))
+        .service(res("/dlq/discard", "POST", web::post().to(relay_ops::dlq_discard)))
+        .service(res("/relay/rewind", "POST", web::post().to(relay_ops::relay_rewind)))
+        .service(res("/relay/requests/{id}", "GET", web::get().to(relay_ops::request_status)))
+        .service(res("/leases", "GET", web::get().to(relay_ops::leases)))
+        .service(res("/openapi.json", "GET", web::get().to(super::openapi)));
     if fault_injection {
-        cfg.service(res("/debug/fail/{actor}", web::post().to(debug_fail)))
-            .service(res("/debug/store", web::post().to(relay_ops::debug_store)))
-            .service(res("/debug/pause/relay", web::post().to(relay_ops::debug_pause)));
+        cfg.service(res("/debug/fail/{actor}", "POST", web::post().to(debug_fail)))
+            .service(res("/debug/store", "POST", web::post().to(relay_ops::debug_store)))
+            .service(res("/debug/pause/relay", "POST", web::post().to(relay_ops::debug_pause)));
     }
 }

@@ -1,8 +1,13 @@
-//! API errors: one JSON shape for every 4xx/5xx,
-//! `{"error": kind, "message": ..., "field": optional}`.
+//! API errors: every 4xx/5xx of both servers is an RFC 9457 problem
+//! (`application/problem+json`):
+//! `{"type": "urn:outboxd:problem:<kind>", "title", "status", "detail",
+//! "error": kind, "field": optional}`; `error` (the kind as a token) and
+//! `field` (the input at fault) are extensions. A 405 carries `Allow`, a 401
+//! `WWW-Authenticate: Bearer`, a 503 `Retry-After`.
 //!
 //! Guarantee: infrastructure details (paths, driver messages) are logged,
-//! never returned; a client only sees a short message and a stable `kind`.
+//! never returned; a client only sees a short detail and a stable kind, and
+//! every kind is one of [`KINDS`] (the `error` enum of docs/openapi.json).
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
@@ -14,23 +19,120 @@ use crate::actors::ActorError;
 use crate::app::AppError;
 use crate::store::StoreError;
 
+/// Every problem kind with its title (the same for every occurrence).
+pub const KINDS: &[(&str, &str)] = &[
+    ("malformed_json", "Malformed JSON body"),
+    ("bad_request", "Bad request"),
+    ("unauthorized", "Unauthorized"),
+    ("not_found", "Not found"),
+    ("method_not_allowed", "Method not allowed"),
+    ("version_conflict", "Version conflict"),
+    ("already_exists", "Already exists"),
+    ("not_running", "Not running"),
+    ("request_failed", "Relay request failed"),
+    ("precondition_failed", "Precondition failed"),
+    ("payload_too_large", "Payload too large"),
+    ("unsupported_media_type", "Unsupported media type"),
+    ("validation", "Validation failed"),
+    ("invalid_state", "Not allowed in the current state"),
+    ("internal", "Internal error"),
+    ("not_available", "Not available on this store backend"),
+    ("shutting_down", "Shutting down"),
+    ("unavailable", "Temporarily unavailable"),
+    ("not_ready", "Not ready"),
+];
+
+/// The `type` URI of a problem kind.
+pub fn problem_type(kind: &str) -> String {
+    format!("urn:outboxd:problem:{kind}")
+}
+
+fn title(kind: &str) -> &'static str {
+    KINDS.iter().find(|(k, _)| *k == kind).map(|(_, t)| *t).unwrap_or("Error")
+}
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The body of a problem response.
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorBody {
+    /// The problem kind (`error` in the JSON).
     pub error: &'static str,
-    pub message: String,
+    pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind_uri: String,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    error: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub body: ErrorBody,
+    /// The `Allow` header of a 405.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, body: ErrorBody { error: kind, message: message.into(), field: None } }
+    pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> ApiError {
+        debug_assert!(KINDS.iter().any(|(k, _)| *k == kind), "problem kind {kind} missing from KINDS");
+        ApiError { status, body: ErrorBody { error: kind, detail: detail.into(), field: None }, allow: None }
+    }
+
+    /// 405 for a route that supports only `allow` (e.g. "GET").
+    pub fn method_not_allowed(allow: &'static str) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("method not allowed on this route; allowed: {allow}"),
+        );
+        e.allow = Some(allow);
+        e
+    }
+
+    /// 412: `If-Match` names another version than the current one.
+    pub fn precondition_failed(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", detail).with_field("If-Match")
+    }
+
+    fn problem(&self) -> Problem<'_> {
+        Problem {
+            kind_uri: problem_type(self.body.error),
+            title: title(self.body.error),
+            status: self.status.as_u16(),
+            detail: &self.body.detail,
+            error: self.body.error,
+            field: self.body.field.as_deref(),
+        }
+    }
+
+    /// The problem document.
+    pub fn problem_json(&self) -> String {
+        serde_json::to_string(&self.problem()).unwrap_or_default()
+    }
+
+    /// The problem document as a JSON value (to add extension members).
+    pub fn problem_value(&self) -> serde_json::Value {
+        serde_json::to_value(self.problem()).unwrap_or_default()
+    }
+
+    /// The problem response with extension members (e.g. `"ready": false`).
+    pub fn response_with(&self, extensions: &[(&str, serde_json::Value)]) -> HttpResponse {
+        let mut body = self.problem_value();
+        for (k, v) in extensions {
+            body[*k] = v.clone();
+        }
+        self.error_response().set_body(actix_web::body::BoxBody::new(body.to_string()))
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
@@ -99,7 +201,7 @@ impl ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.body.error, self.body.message)
+        write!(f, "{} {}: {}", self.status.as_u16(), self.body.error, self.body.detail)
     }
 }
 
@@ -116,7 +218,10 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             b.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
         }
-        b.json(&self.body)
+        if let Some(allow) = self.allow {
+            b.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+        }
+        b.content_type(PROBLEM_JSON).body(self.problem_json())
     }
 }
 
@@ -136,12 +241,13 @@ impl From<AppError> for ApiError {
                     None => err,
                 }
             }
+            // Without If-Match (with it, the handler answers 412): concurrent
+            // changes kept winning until the retries ran out.
             AppError::Conflict { expected, actual } => ApiError::new(
                 StatusCode::CONFLICT,
                 "version_conflict",
-                format!("expected version {expected}, but the current version is {actual}"),
-            )
-            .with_field("If-Match"),
+                format!("the aggregate changed concurrently (version {expected} became {actual}); retry"),
+            ),
             AppError::Store(StoreError::NotFound(_)) => ApiError::not_found("no such resource"),
             AppError::Store(StoreError::Unavailable(detail)) => {
                 tracing::warn!(%detail, "command refused: unavailable");
@@ -220,6 +326,9 @@ pub async fn route_not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found("no such route"))
 }
 
-pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route"))
+/// The default service of a resource that supports only `allow`: 405 with
+/// `Allow: <allow>`.
+pub fn method_not_allowed(allow: &'static str) -> actix_web::Route {
+    actix_web::web::route()
+        .to(move || async move { Err::<HttpResponse, ApiError>(ApiError::method_not_allowed(allow)) })
 }

@@ -9,12 +9,17 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod errors;
 pub mod input;
+pub mod openapi;
 pub mod relay_ops;
+
+pub use openapi::openapi;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, Service, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::{web, App, HttpMessage, HttpServer, ResponseError};
 use futures::future::{Either, FutureExt};
 use std::net::SocketAddr;
@@ -143,6 +148,7 @@ pub fn admin_app(
 > {
     let metrics = st.metrics.clone();
     let fault_injection = st.fault_injection;
+    let token = st.token.clone();
     App::new()
         .app_data(web::Data::new(st))
         .app_data(json_config(64 * 1024))
@@ -150,6 +156,24 @@ pub fn admin_app(
         .app_data(web::QueryConfig::default().error_handler(errors::query_error))
         .configure(move |c| admin::routes(c, fault_injection))
         .default_service(web::to(errors::route_not_found))
+        .wrap_fn(move |req, srv| {
+            // Operator safety: with `http.api_token` set, every write route
+            // of the admin server (DLQ replay, ...) needs the bearer token;
+            // the test-only fault injection is exempt.
+            let write = !matches!(*req.method(), Method::GET | Method::HEAD);
+            let checked = if write && !req.path().starts_with("/debug/fail/") {
+                auth::require_bearer(token.as_deref(), req.request())
+            } else {
+                Ok(())
+            };
+            match checked {
+                Ok(()) => Either::Left(srv.call(req).map(|r| r.map(|r| r.map_into_left_body()))),
+                Err(e) => {
+                    let res = req.into_response(e.error_response()).map_into_right_body();
+                    Either::Right(futures::future::ready(Ok(res)))
+                }
+            }
+        })
         .wrap_fn(count(metrics))
 }
 

@@ -41,7 +41,10 @@ pub(super) struct ListQuery {
 }
 
 pub(super) async fn dlq_list(st: web::Data<AdminState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request("limit", "limit must be an integer from 1 to 10000"));
+    }
     let view = st
         .dlq
         .send(ListDeadLetters { limit })
@@ -59,12 +62,17 @@ pub(super) async fn dlq_list(st: web::Data<AdminState>, q: web::Query<ListQuery>
     })))
 }
 
-fn wants_wait(body: &Value) -> Result<bool, ApiError> {
-    match body.get("wait") {
-        None | Some(Value::Null) => Ok(true),
+/// A boolean member: absent is `default`; anything but true/false is a 422.
+fn flag(body: &Value, key: &str, default: bool) -> Result<bool, ApiError> {
+    match body.get(key) {
+        None => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(ApiError::invalid("wait", "must be true or false")),
+        Some(_) => Err(ApiError::invalid(key, format!("{key} must be true or false"))),
     }
+}
+
+fn wants_wait(body: &Value) -> Result<bool, ApiError> {
+    flag(body, "wait", true)
 }
 
 /// Submits `kind` and (if asked) waits for the relay to carry it out.
@@ -82,9 +90,12 @@ async fn submit(st: &AdminState, kind: RequestKind, wait: bool) -> Result<HttpRe
         Ok(Waited::Finished(done)) if done.status == RequestStatus::Done => {
             Ok(HttpResponse::Ok().json(json!({ "request": done })))
         }
-        Ok(Waited::Finished(failed)) => {
-            Ok(HttpResponse::Conflict().json(json!({ "error": "request_failed", "request": failed })))
-        }
+        Ok(Waited::Finished(failed)) => Ok(ApiError::new(
+            actix_web::http::StatusCode::CONFLICT,
+            "request_failed",
+            "the relay could not carry out the request; see request.result",
+        )
+        .response_with(&[("request", json!(failed))])),
         Ok(Waited::Unclaimed(p) | Waited::TimedOut(p)) => Ok(HttpResponse::Accepted().json(json!({
             "request": p,
             "message": "not finished yet (is a relay running?); poll GET /relay/requests/{id}",
@@ -111,15 +122,24 @@ fn uuid_list(b: &Input<'_>, field: &str) -> Result<Vec<Uuid>, ApiError> {
 pub(super) async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     let b = Input::body(&body, &["ids", "all", "aggregate_id", "all_parked", "wait"])?;
     let wait = wants_wait(&body)?;
-    let given = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
+    let given = |k: &str| body.get(k).is_some();
+    // Exactly one selector: a body that names two would silently do one of them.
+    let (all_parked, all) = (flag(&body, "all_parked", false)?, flag(&body, "all", false)?);
+    let selected = [given("aggregate_id"), given("ids"), all_parked, all].iter().filter(|s| **s).count();
+    if selected > 1 {
+        return Err(ApiError::invalid(
+            "aggregate_id",
+            "give exactly one of aggregate_id, ids, all_parked: true or all: true",
+        ));
+    }
     let kind = if given("aggregate_id") {
         let agg = b.string("aggregate_id")?;
         RequestKind::ReplayAggregate { aggregate_id: agg }
     } else if given("ids") {
         RequestKind::ReplayDeadLetters { ids: Some(uuid_list(&b, "ids")?) }
-    } else if body.get("all_parked").and_then(Value::as_bool) == Some(true) {
+    } else if all_parked {
         RequestKind::ReplayAllParked
-    } else if body.get("all").and_then(Value::as_bool) == Some(true) {
+    } else if all {
         // Everything: parked aggregates first, then the dead letters.
         let first = submit(&st, RequestKind::ReplayAllParked, wait).await?;
         if !first.status().is_success() || first.status() == actix_web::http::StatusCode::ACCEPTED {
@@ -139,7 +159,7 @@ pub(super) async fn dlq_discard(st: web::Data<AdminState>, body: web::Json<Value
     let b = Input::body(&body, &["event_id", "reason", "wait"])?;
     let event_id = b.string("event_id")?;
     let reason = b.string("reason")?;
-    if reason.trim().len() < 3 {
+    if reason.trim().chars().count() < 3 {
         return Err(ApiError::invalid("reason", "say why the event is discarded (kept in the audit row)"));
     }
     submit(&st, RequestKind::Discard { event_id, reason }, wants_wait(&body)?).await
@@ -147,7 +167,8 @@ pub(super) async fn dlq_discard(st: web::Data<AdminState>, body: web::Json<Value
 
 pub(super) async fn relay_rewind(st: web::Data<AdminState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
     let _ = Input::body(&body, &["to_position", "to_time", "wait"])?;
-    let kind = match (body.get("to_position").filter(|v| !v.is_null()), body.get("to_time").filter(|v| !v.is_null())) {
+    // A member that is present counts, even as null: `{"to_position": 0, "to_time": null}` names both.
+    let kind = match (body.get("to_position"), body.get("to_time")) {
         (Some(p), None) => match p.as_i64() {
             Some(n) if n >= 0 => RequestKind::RewindToPosition { position: n },
             _ => return Err(ApiError::invalid("to_position", "must be a non-negative feed position")),

@@ -234,6 +234,39 @@ pub(crate) fn check_batch(
 }
 
 /// Opens the configured backend.
+/// The DDL `outboxd schema` would run for the configured backend, without
+/// connecting (`outboxd schema --dry-run`): every SQLite migration step
+/// (each applied once, tracked by `PRAGMA user_version`), or the CQL
+/// statements for the configured keyspace and replication factor as
+/// ScyllaDB gets them (on Apache Cassandra the `cdc`/`tablets` options are
+/// left out).
+pub fn schema_ddl(cfg: &crate::config::Config) -> String {
+    let mut out = String::new();
+    match cfg.store.backend {
+        crate::config::Backend::Sqlite => {
+            out.push_str(&format!(
+                "-- SQLite store {} (PRAGMA user_version: the steps below the file's version are skipped)\n",
+                cfg.store.path.display()
+            ));
+            for (version, ddl) in sqlite::schema::MIGRATIONS {
+                out.push_str(&format!("\n-- step to schema version {version}\n{}\n", ddl.trim()));
+                out.push_str(&format!("PRAGMA user_version = {version};\n"));
+            }
+        }
+        crate::config::Backend::Cql => {
+            let keyspace = cfg.store.cql.keyspace.to_ascii_lowercase();
+            out.push_str(&format!(
+                "-- CQL store: keyspace {keyspace} at {} (ScyllaDB; on Apache Cassandra without the cdc/tablets options)\n",
+                cfg.store.cql.uri
+            ));
+            for stmt in cql::schema_statements(&keyspace, cfg.store.cql.replication_factor.max(1), true) {
+                out.push_str(&format!("\n{stmt};\n"));
+            }
+        }
+    }
+    out
+}
+
 pub async fn open(cfg: &crate::config::Config) -> Result<DynStore, StoreError> {
     match cfg.store.backend {
         crate::config::Backend::Sqlite => {

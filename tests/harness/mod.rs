@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod check;
+pub mod config_check;
 pub mod daemon;
 pub mod domain;
 pub mod fault;

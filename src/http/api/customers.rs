@@ -9,7 +9,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{execute, if_match, load, path_id, read_model_unavailable, respond, with_projection, ApiState};
+use super::{
+    execute, id_taken, if_match, load, path_id, read_model_unavailable, respond, respond_read, with_projection,
+    ApiState,
+};
 use crate::domain::{Customer, CustomerCommand};
 use crate::http::errors::ApiError;
 use crate::http::input::{self, Input};
@@ -96,7 +99,9 @@ pub(super) async fn register_customer(
     let name = b.string("name")?;
     let email = input::email(&b)?;
     let phone = input::phone(&b)?;
-    let out = execute::<Customer>(&st, &req, id, CustomerCommand::Register { name, email, phone }).await?;
+    let out = execute::<Customer>(&st, &req, id, CustomerCommand::Register { name, email, phone })
+        .await
+        .map_err(|e| id_taken(e, id))?;
     Ok(respond(
         StatusCode::CREATED,
         out.version,
@@ -105,13 +110,17 @@ pub(super) async fn register_customer(
     ))
 }
 
-pub(super) async fn get_customer(st: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn get_customer(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(&path)?;
     let l = load::<Customer>(&st, id).await?;
     if l.version == 0 {
         return Err(ApiError::not_found(format!("customer {id} does not exist")));
     }
-    Ok(respond(StatusCode::OK, l.version, None, customer_view(id, l.version, &l.state)))
+    Ok(respond_read(&req, l.version, customer_view(id, l.version, &l.state)))
 }
 
 pub(super) async fn change_email(

@@ -48,11 +48,12 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::actors::{ExecuteCommand, Intake, LoadAggregate, OrderActor};
-use crate::app::{Loaded, Outcome};
+use crate::app::{AppError, Loaded, Outcome};
 use crate::domain::Aggregate;
 use crate::envelope::{Metadata, TraceContext};
 use crate::projection::{DynReadModels, Freshness};
 
+use super::auth::require_bearer;
 use super::errors::{method_not_allowed, ApiError};
 use customers::{change_email, customer_orders, get_customer, register_customer};
 use orders::{cancel, confirm, create_order, deliver, get_order, ship, update_items};
@@ -76,31 +77,13 @@ pub struct ApiState {
 
 pub struct CorrelationId(pub Uuid);
 
-/// Compares secrets without an early exit on the first differing byte.
-pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
-    let mut diff = (given.len() != expected.len()) as u8;
-    for (i, e) in expected.iter().enumerate() {
-        diff |= e ^ given.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
-}
-
 /// Checks every request before routing: bearer token, intake open,
 /// correlation id. Returns the correlation id, or the error and the
 /// correlation id to echo (if one was valid).
 pub fn gate(st: &ApiState, req: &HttpRequest) -> Result<Uuid, (ApiError, Option<Uuid>)> {
-    if let Some(token) = &st.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim())
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            return Err((ApiError::unauthorized(), None));
-        }
+    // The API description is public (it holds no data).
+    if req.path() != "/openapi.json" {
+        require_bearer(st.token.as_deref(), req).map_err(|e| (e, None))?;
     }
     let cid = match req.headers().get(CORRELATION_HEADER) {
         None => Uuid::now_v7(),
@@ -172,6 +155,43 @@ pub(super) fn respond(status: StatusCode, version: i64, location: Option<String>
     b.json(body)
 }
 
+/// Does `If-None-Match` (a list of entity tags, or `*`) match `version`?
+/// Weak comparison (RFC 9110 13.1.2): `W/"3"`, `"3"` and a bare `3` all
+/// name version 3; an entry that names no version matches nothing.
+pub fn if_none_match(req: &HttpRequest, version: i64) -> bool {
+    let Some(v) = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) else { return false };
+    v.split(',').map(str::trim).any(|tag| {
+        if tag == "*" {
+            return true;
+        }
+        let tag = tag.strip_prefix("W/").unwrap_or(tag);
+        let tag = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(tag);
+        tag.parse::<i64>().is_ok_and(|n| n == version)
+    })
+}
+
+/// A read: 200 with the body and its ETag, or 304 (ETag only) when the
+/// client's `If-None-Match` already names this version.
+pub(super) fn respond_read(req: &HttpRequest, version: i64, body: Value) -> HttpResponse {
+    if if_none_match(req, version) {
+        return HttpResponse::NotModified().insert_header((header::ETAG, format!("\"{version}\""))).finish();
+    }
+    respond(StatusCode::OK, version, None, body)
+}
+
+/// On a create: an id that another aggregate (an order's id given for a
+/// customer, ...) already uses is taken, 409 `already_exists`, not a 404.
+pub(super) fn id_taken(e: ApiError, id: Uuid) -> ApiError {
+    if e.kind() == "not_found" {
+        return ApiError::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            format!("id {id} is already used by another aggregate"),
+        );
+    }
+    e
+}
+
 pub(super) async fn execute<A>(
     st: &ApiState,
     req: &HttpRequest,
@@ -186,11 +206,16 @@ where
     let expected_version = if_match(req)?;
     let meta = Metadata { correlation_id: correlation(req), causation_id: None, trace: trace_context(req)? };
     let msg = ExecuteCommand::<A> { id, command, meta, expected_version };
-    st.order
-        .send(msg)
-        .await
-        .map_err(|_| ApiError::unavailable("temporarily unavailable; retry shortly"))?
-        .map_err(ApiError::from)
+    st.order.send(msg).await.map_err(|_| ApiError::unavailable("temporarily unavailable; retry shortly"))?.map_err(
+        |e| match (e, expected_version) {
+            // The client named a version and it is not the current one: the
+            // precondition failed (RFC 9110 13.1.1), not a conflict.
+            (AppError::Conflict { actual, .. }, Some(want)) => ApiError::precondition_failed(format!(
+                "If-Match names version {want}, but the current version is {actual}"
+            )),
+            (e, _) => ApiError::from(e),
+        },
+    )
 }
 
 pub(super) async fn load<A>(st: &ApiState, id: Uuid) -> Result<Loaded<A>, ApiError>
@@ -206,22 +231,24 @@ where
         .map_err(ApiError::from)
 }
 
-/// Registers the routes (each with a JSON 405 for other methods).
+/// Registers the routes, each answering other methods with a 405 problem
+/// and `Allow`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let post = |path: &str, r: actix_web::Route| {
-        web::resource(path.to_string()).route(r).default_service(web::to(method_not_allowed))
+    let res = |path: &str, allow: &'static str, r: actix_web::Route| {
+        web::resource(path.to_string()).route(r).default_service(method_not_allowed(allow))
     };
-    cfg.service(post("/orders", web::post().to(create_order)))
-        .service(post("/orders/{id}", web::get().to(get_order)))
-        .service(post("/orders/{id}/items", web::post().to(update_items)))
-        .service(post("/orders/{id}/confirm", web::post().to(confirm)))
-        .service(post("/orders/{id}/ship", web::post().to(ship)))
-        .service(post("/orders/{id}/deliver", web::post().to(deliver)))
-        .service(post("/orders/{id}/cancel", web::post().to(cancel)))
-        .service(post("/customers", web::post().to(register_customer)))
-        .service(post("/customers/{id}", web::get().to(get_customer)))
-        .service(post("/customers/{id}/email", web::post().to(change_email)))
-        .service(post("/customers/{id}/orders", web::get().to(customer_orders)));
+    cfg.service(res("/orders", "POST", web::post().to(create_order)))
+        .service(res("/orders/{id}", "GET", web::get().to(get_order)))
+        .service(res("/orders/{id}/items", "POST", web::post().to(update_items)))
+        .service(res("/orders/{id}/confirm", "POST", web::post().to(confirm)))
+        .service(res("/orders/{id}/ship", "POST", web::post().to(ship)))
+        .service(res("/orders/{id}/deliver", "POST", web::post().to(deliver)))
+        .service(res("/orders/{id}/cancel", "POST", web::post().to(cancel)))
+        .service(res("/customers", "POST", web::post().to(register_customer)))
+        .service(res("/customers/{id}", "GET", web::get().to(get_customer)))
+        .service(res("/customers/{id}/email", "POST", web::post().to(change_email)))
+        .service(res("/customers/{id}/orders", "GET", web::get().to(customer_orders)))
+        .service(res("/openapi.json", "GET", web::get().to(super::openapi)));
 }
 
 pub(super) fn with_projection(mut resp: HttpResponse, f: Freshness) -> HttpResponse {
@@ -242,6 +269,21 @@ mod tests {
     use actix_web::test::TestRequest;
 
     #[test]
+    fn if_none_match_forms() {
+        let m = |v: &str, version| {
+            if_none_match(&TestRequest::default().insert_header((header::IF_NONE_MATCH, v)).to_http_request(), version)
+        };
+        assert!(m("\"3\"", 3));
+        assert!(m("W/\"3\"", 3));
+        assert!(m("3", 3));
+        assert!(m("\"1\", \"3\"", 3));
+        assert!(m("*", 7));
+        assert!(!m("\"2\"", 3));
+        assert!(!m("garbage", 3));
+        assert!(!if_none_match(&TestRequest::default().to_http_request(), 3));
+    }
+
+    #[test]
     fn if_match_forms() {
         let r = |v: &str| if_match(&TestRequest::default().insert_header((header::IF_MATCH, v)).to_http_request());
         assert_eq!(r("3").unwrap(), Some(3));
@@ -252,14 +294,5 @@ mod tests {
             assert_eq!(r(bad).unwrap_err().body.field.as_deref(), Some("If-Match"), "{bad}");
         }
         assert_eq!(if_match(&TestRequest::default().to_http_request()).unwrap(), None);
-    }
-
-    #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"secret-token-123", b"secret-token-123"));
-        assert!(!constant_time_eq(b"secret-token-124", b"secret-token-123"));
-        assert!(!constant_time_eq(b"secret", b"secret-token-123"));
-        assert!(!constant_time_eq(b"secret-token-1234", b"secret-token-123"));
-        assert!(!constant_time_eq(b"", b"secret-token-123"));
     }
 }

@@ -10,7 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{execute, if_match, load, path_id, respond, with_projection, ApiState};
+use super::{execute, id_taken, if_match, load, path_id, respond, respond_read, with_projection, ApiState};
 use crate::domain::{Order, OrderCommand};
 use crate::http::errors::ApiError;
 use crate::http::input::{self, Input};
@@ -40,7 +40,9 @@ pub(super) async fn create_order(
     let id = b.opt_uuid("id")?.unwrap_or_else(Uuid::now_v7);
     let customer_id = b.uuid("customer_id")?;
     let items = input::items(&b)?;
-    let out = execute::<Order>(&st, &req, id, OrderCommand::Create { customer_id, items }).await?;
+    let out = execute::<Order>(&st, &req, id, OrderCommand::Create { customer_id, items })
+        .await
+        .map_err(|e| id_taken(e, id))?;
     Ok(respond(
         StatusCode::CREATED,
         out.version,
@@ -49,7 +51,11 @@ pub(super) async fn create_order(
     ))
 }
 
-pub(super) async fn get_order(st: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn get_order(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path_id(&path)?;
     let mut freshness = None;
     if let Some(models) = &st.read_models {
@@ -61,7 +67,7 @@ pub(super) async fn get_order(st: web::Data<ApiState>, path: web::Path<String>) 
                 body["created_at"] = json!(v.created_at);
                 body["updated_at"] = json!(v.updated_at);
                 body["projection"] = json!(v.projection);
-                return Ok(with_projection(respond(StatusCode::OK, v.version, None, body), v.projection));
+                return Ok(with_projection(respond_read(&req, v.version, body), v.projection));
             }
             // Not projected yet: the event stream may have it.
             Ok(None) => freshness = models.freshness().await.ok(),
@@ -77,9 +83,9 @@ pub(super) async fn get_order(st: web::Data<ApiState>, path: web::Path<String>) 
     let resp = match freshness {
         Some(f) => {
             body["projection"] = json!(f);
-            with_projection(respond(StatusCode::OK, l.version, None, body), f)
+            with_projection(respond_read(&req, l.version, body), f)
         }
-        None => respond(StatusCode::OK, l.version, None, body),
+        None => respond_read(&req, l.version, body),
     };
     Ok(resp)
 }

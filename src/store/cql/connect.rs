@@ -5,6 +5,11 @@
 //! consistency or keyspace name is refused before connecting, an unreachable
 //! cluster is `Unavailable` naming `store.cql.uri`. Metadata queries use their
 //! own 10 s timeout, not a (possibly tight) configured request timeout.
+//! Production shape: password authentication (`store.cql.username`,
+//! `password`), TLS (`store.cql.tls`, see `security`), and DC-aware load
+//! balancing (`store.cql.local_dc`, checked against the cluster's
+//! datacenters at connect); a refused login or certificate says which key
+//! to look at and never shows the password.
 
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -17,9 +22,11 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 
 use super::append::{BatchExecutor, SessionBatches};
+use super::security;
 use super::{codec, exec_err, unavailable, CqlStore, CDC_LOG_TABLE};
 use crate::config::CqlConfig;
 use crate::store::StoreError;
+use scylla::policies::load_balancing::DefaultPolicy;
 
 /// Parses `store.cql.consistency`.
 pub fn parse_consistency(s: &str) -> Result<Consistency, StoreError> {
@@ -89,20 +96,32 @@ impl CqlStore {
             return Err(unavailable(format!("store.cql.uri {:?} lists no host:port", cfg.uri)));
         }
         let timeout = Duration::from_millis(cfg.request_timeout_ms.max(1));
-        let profile = ExecutionProfile::builder()
+        let mut profile = ExecutionProfile::builder()
             .consistency(consistency)
             .serial_consistency(Some(serial))
-            .request_timeout(Some(timeout))
-            .build()
-            .into_handle();
-        let session = SessionBuilder::new()
+            .request_timeout(Some(timeout));
+        if let Some(dc) = &cfg.local_dc {
+            // Token-aware within the local DC first; no silent failover to
+            // remote DCs (LOCAL_* consistencies would not hold there).
+            profile = profile.load_balancing_policy(DefaultPolicy::builder().prefer_datacenter(dc.clone()).build());
+        }
+        let mut builder = SessionBuilder::new()
             .known_nodes(&hosts)
             .connection_timeout(timeout.min(Duration::from_secs(5)))
             .keyspaces_to_fetch([keyspace.clone()])
-            .default_execution_profile_handle(profile)
-            .build()
-            .await
-            .map_err(|e| unavailable(format!("cannot connect to CQL at {}: {e}", cfg.uri)))?;
+            .default_execution_profile_handle(profile.build().into_handle());
+        if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
+            builder = builder.user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &cfg.tls {
+            builder = builder.tls_context(Some(security::client_config(tls)?));
+        }
+        let session = builder.build().await.map_err(|e| {
+            unavailable(security::explain_connect_error(&cfg.uri, cfg.username.as_deref(), &e.to_string()))
+        })?;
+        if let Some(dc) = &cfg.local_dc {
+            check_local_dc(&session, dc)?;
+        }
         let session = Arc::new(session);
         let scylla = detect_scylla(&session).await.map_err(|e| unavailable(format!("CQL at {}: {e}", cfg.uri)))?;
         let store = CqlStore {
@@ -125,6 +144,22 @@ impl CqlStore {
         self.cdc.store(on, Ordering::Relaxed);
         Ok(on)
     }
+}
+
+/// `store.cql.local_dc` must be one of the cluster's datacenters: a typo
+/// would otherwise send every request nowhere ("no nodes in the plan").
+fn check_local_dc(session: &Session, dc: &str) -> Result<(), StoreError> {
+    let state = session.get_cluster_state();
+    let mut known: Vec<String> = state.get_nodes_info().iter().filter_map(|n| n.datacenter.clone()).collect();
+    known.sort();
+    known.dedup();
+    if known.iter().any(|k| k == dc) {
+        return Ok(());
+    }
+    Err(StoreError::Unsupported {
+        backend: "cql",
+        what: format!("store.cql.local_dc = {dc:?}: no such datacenter; the cluster has {}", known.join(", ")),
+    })
 }
 
 /// A metadata query: not subject to a (possibly tight) configured request timeout.

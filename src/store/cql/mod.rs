@@ -54,6 +54,7 @@ mod parking;
 mod relay_tables;
 mod rows;
 pub mod schema;
+pub mod security;
 mod snapshot;
 
 use async_trait::async_trait;

@@ -163,6 +163,9 @@ CREATE TABLE IF NOT EXISTS relay_requests (
 CREATE INDEX IF NOT EXISTS relay_requests_open ON relay_requests (consumer, status);
 "#;
 
+/// Every migration step: (version it brings the file to, its DDL).
+pub const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+
 pub(crate) fn migrate_conn(conn: &mut Connection) -> Result<(), StoreError> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
     if v > SCHEMA_VERSION {
@@ -173,7 +176,7 @@ pub(crate) fn migrate_conn(conn: &mut Connection) -> Result<(), StoreError> {
     // One step per version, each in its own IMMEDIATE transaction that
     // re-reads the version under the write lock, so two processes opening
     // the same file at once both end at the current version.
-    for (target, ddl) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
+    for &(target, ddl) in MIGRATIONS {
         if v >= target {
             continue;
         }

@@ -1,0 +1,107 @@
+//! Every `OUTBOX_*=value` example in README.md, docs/*.md and the deploy/
+//! config files is run exactly as written: the variables of one line
+//! together, against the built binary's `outboxd config`, which must exit 0
+//! and show each value at the key the variable names. A documented variable
+//! that the configuration refuses or ignores fails here.
+//!
+//! Placeholders are filled with a sample (`<port>` -> 9092); any other
+//! `<...>` placeholder fails the test until it is given a sample here.
+
+mod harness;
+
+use harness::config_check::{assert_env_taken, effective_config};
+use std::path::{Path, PathBuf};
+
+const PLACEHOLDERS: &[(&str, &str)] = &[("<port>", "9092")];
+
+fn documents() -> Vec<PathBuf> {
+    let root = harness::repo_root();
+    let mut files = vec![root.join("README.md")];
+    for dir in ["docs", "deploy"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if matches!(p.extension().and_then(|e| e.to_str()), Some("md" | "toml")) {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// `OUTBOX_[A-Z0-9_]+=value` occurrences of one line; the value ends at
+/// whitespace, a quote, a backtick or a closing bracket, and loses a trailing
+/// sentence period or comma.
+fn examples_in(line: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(i) = rest.find("OUTBOX_") {
+        let tail = &rest[i..];
+        let name_len =
+            tail.find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')).unwrap_or(tail.len());
+        let after = &tail[name_len..];
+        rest = after;
+        let Some(value) = after.strip_prefix('=') else { continue };
+        let end = value.find(|c: char| c.is_whitespace() || "`'\")]".contains(c)).unwrap_or(value.len());
+        let mut v = value[..end].trim_end_matches(['.', ',', ';', ':']).to_string();
+        for (ph, sample) in PLACEHOLDERS {
+            v = v.replace(ph, sample);
+        }
+        out.push((tail[..name_len].to_string(), v));
+    }
+    out
+}
+
+fn rel(p: &Path) -> String {
+    p.strip_prefix(harness::repo_root()).unwrap_or(p).display().to_string()
+}
+
+#[test]
+fn example_extraction() {
+    assert_eq!(
+        examples_in("e.g. `OUTBOX_KAFKA__BROKERS=10.0.0.5:9092 OUTBOX_RELAY__X=5000 outboxd run`."),
+        [("OUTBOX_KAFKA__BROKERS".to_string(), "10.0.0.5:9092".to_string()), ("OUTBOX_RELAY__X".into(), "5000".into())]
+    );
+    assert_eq!(examples_in("(`OUTBOX_HTTP__API_TOKEN`, at least 16)"), []);
+    assert_eq!(
+        examples_in("OUTBOX_KAFKA__PARTITIONS=12."),
+        [("OUTBOX_KAFKA__PARTITIONS".to_string(), "12".to_string())]
+    );
+    assert_eq!(
+        examples_in("OUTBOX_KAFKA__BROKERS=127.0.0.1:<port>"),
+        [("OUTBOX_KAFKA__BROKERS".to_string(), "127.0.0.1:9092".to_string())]
+    );
+}
+
+#[test]
+fn every_documented_outbox_variable_takes_effect() {
+    let cwd = harness::repo_root();
+    let baseline = effective_config(&[], &cwd).expect("outboxd config with no variables");
+    let mut checked = 0;
+    for doc in documents() {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let examples = examples_in(line);
+            if examples.is_empty() {
+                continue;
+            }
+            let at = format!("{}:{}", rel(&doc), n + 1);
+            for (_, v) in &examples {
+                assert!(!v.contains('<'), "{at}: placeholder in {v:?}: add a sample to PLACEHOLDERS");
+            }
+            let env: Vec<(String, String)> = examples.clone();
+            let cfg = effective_config(&env, &cwd).unwrap_or_else(|e| panic!("{at}: {line}\n  outboxd config: {e}"));
+            for (k, v) in &examples {
+                if k == "OUTBOX_CONFIG" {
+                    // A file: every value in it must show.
+                    harness::config_check::assert_file_taken(&cwd.join(v), &cfg, &[], &at);
+                } else {
+                    assert_env_taken(k, v, &cfg, &baseline, &at);
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 3, "found {checked} documented OUTBOX_ examples; the extraction must be broken");
+    eprintln!("{checked} documented OUTBOX_* examples took effect");
+}
