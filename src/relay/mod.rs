@@ -24,3 +24,7 @@ pub use deliver::{Deliverer, RelayStatus, Retried};
 pub use pipeline::Relay;
 pub use publisher::{KafkaPublisher, PublishError};
 pub use retry::{Backoff, IsTransient};
+pub mod cdc_progress;
+pub mod cdc_saver;
+#[cfg(test)]
+pub(crate) mod cdc_testkit;
