@@ -28,3 +28,6 @@ pub mod cdc_progress;
 pub mod cdc_saver;
 #[cfg(test)]
 pub(crate) mod cdc_testkit;
+pub mod cdc_start;
+pub mod cdc_health;
+pub mod cdc_options;
