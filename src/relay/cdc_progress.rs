@@ -76,6 +76,8 @@ pub struct ProgressState {
     /// The generation the table holds (the empty-key row).
     generation_saved: Option<i64>,
     streams: HashMap<StreamKey, Entry>,
+    /// Streams whose consumer holds rows it has not finished, from this time on.
+    holds: HashMap<StreamKey, i64>,
 }
 
 impl ProgressState {
@@ -92,7 +94,7 @@ impl ProgressState {
             .filter(|r| generation.is_none() || r.generation.is_none() || r.generation >= generation)
             .filter_map(|r| r.time.map(|t| (r.stream, Entry { time: t, saved: t })))
             .collect();
-        ProgressState { generation, generation_saved: generation, streams }
+        ProgressState { generation, generation_saved: generation, streams, holds: HashMap::new() }
     }
 
     /// The current generation (ms), if known.
@@ -116,9 +118,11 @@ impl ProgressState {
         self.streams.get(stream).map(|e| e.time)
     }
 
-    /// Records that `stream` has been published up to `time`. Returns false
-    /// (and changes nothing) when that is not ahead of what is known.
+    /// Records that `stream` has been published up to `time` (but never past
+    /// a hold). Returns false (and changes nothing) when that is not ahead of
+    /// what is known.
     pub fn admit(&mut self, stream: &StreamKey, time: i64) -> bool {
+        let time = self.holds.get(stream).map_or(time, |h| time.min(*h));
         match self.streams.get_mut(stream) {
             Some(e) if e.time >= time => false,
             Some(e) => {
@@ -130,6 +134,17 @@ impl ProgressState {
                 true
             }
         }
+    }
+
+    /// The consumer of `stream` holds rows from `time` on that it has not
+    /// finished (a buffered batch): progress must not pass `time`.
+    pub fn hold(&mut self, stream: &StreamKey, time: i64) {
+        self.holds.insert(stream.clone(), time);
+    }
+
+    /// The hold of `stream` is over.
+    pub fn release(&mut self, stream: &StreamKey) {
+        self.holds.remove(stream);
     }
 
     /// A generation starts. Returns false for one that is not newer than the
@@ -235,6 +250,20 @@ mod tests {
         // A late mark of an older value does not make the row dirty again.
         s.mark_saved(&[(k(1), 20)]);
         assert_eq!(s.dirty(), vec![(k(2), 10)]);
+    }
+
+    #[test]
+    fn progress_never_passes_a_hold() {
+        let mut s = ProgressState::default();
+        s.admit(&k(1), 100);
+        s.hold(&k(1), 150);
+        assert!(s.admit(&k(1), 500), "up to the hold");
+        assert_eq!(s.loaded(&k(1)), Some(150));
+        assert!(!s.admit(&k(1), 600));
+        assert!(s.admit(&k(2), 600), "other streams are not held");
+        s.release(&k(1));
+        assert!(s.admit(&k(1), 600));
+        assert_eq!(s.loaded(&k(1)), Some(600));
     }
 
     #[test]

@@ -278,6 +278,21 @@ impl LeaseCheckpointSaver {
         Ok(self.state.lock().unwrap().admit(stream, ms))
     }
 
+    /// Progress of `stream` must not pass `ms` until [`Self::release`]: its
+    /// consumer holds rows from there on (a CDC batch not complete yet).
+    pub fn hold(&self, stream: &StreamKey, ms: i64) {
+        self.state.lock().unwrap().hold(stream, ms);
+    }
+
+    pub fn release(&self, stream: &StreamKey) {
+        self.state.lock().unwrap().release(stream);
+    }
+
+    /// The current generation (ms), once scylla-cdc started one.
+    pub fn generation_ms(&self) -> Option<i64> {
+        self.state.lock().unwrap().generation()
+    }
+
     /// A generation starts: recorded and written at once (if newer).
     pub async fn start_generation(&self, ms: i64) -> anyhow::Result<()> {
         self.state.lock().unwrap().start_generation(ms);

@@ -31,3 +31,4 @@ pub(crate) mod cdc_testkit;
 pub mod cdc_start;
 pub mod cdc_health;
 pub mod cdc_options;
+pub mod cdc_batch;
