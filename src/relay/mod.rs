@@ -32,3 +32,4 @@ pub mod cdc_start;
 pub mod cdc_health;
 pub mod cdc_options;
 pub mod cdc_batch;
+pub mod cdc_watermark;
