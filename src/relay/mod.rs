@@ -33,3 +33,6 @@ pub mod cdc_health;
 pub mod cdc_options;
 pub mod cdc_batch;
 pub mod cdc_watermark;
+pub mod cdc_reconcile;
+pub mod cdc_reconcile_table;
+pub mod cdc_reconciler;
