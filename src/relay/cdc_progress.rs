@@ -136,6 +136,13 @@ impl ProgressState {
         }
     }
 
+    /// Every tracked stream has been published up to `time` (a reader run
+    /// with an end timestamp completed). Returns how many moved.
+    pub fn admit_all(&mut self, time: i64) -> usize {
+        let keys: Vec<StreamKey> = self.streams.keys().cloned().collect();
+        keys.iter().filter(|k| self.admit(k, time)).count()
+    }
+
     /// The consumer of `stream` holds rows from `time` on that it has not
     /// finished (a buffered batch): progress must not pass `time`.
     pub fn hold(&mut self, stream: &StreamKey, time: i64) {
@@ -264,6 +271,9 @@ mod tests {
         s.release(&k(1));
         assert!(s.admit(&k(1), 600));
         assert_eq!(s.loaded(&k(1)), Some(600));
+        s.hold(&k(2), 650);
+        assert_eq!(s.admit_all(700), 2);
+        assert_eq!((s.loaded(&k(1)), s.loaded(&k(2))), (Some(700), Some(650)));
     }
 
     #[test]

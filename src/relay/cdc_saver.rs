@@ -278,6 +278,12 @@ impl LeaseCheckpointSaver {
         Ok(self.state.lock().unwrap().admit(stream, ms))
     }
 
+    /// Every tracked stream is published up to `ms` (a run with an end
+    /// timestamp completed); holds still apply.
+    pub fn advance_all(&self, ms: i64) -> usize {
+        self.state.lock().unwrap().admit_all(ms)
+    }
+
     /// Progress of `stream` must not pass `ms` until [`Self::release`]: its
     /// consumer holds rows from there on (a CDC batch not complete yet).
     pub fn hold(&self, stream: &StreamKey, ms: i64) {

@@ -36,3 +36,4 @@ pub mod cdc_watermark;
 pub mod cdc_reconcile;
 pub mod cdc_reconcile_table;
 pub mod cdc_reconciler;
+pub mod cdc_runner;
