@@ -25,9 +25,9 @@ test: deps
 unit-test:
 	$(CARGO) test --lib --locked
 
+## lint: formatting (rustfmt.toml) and clippy, both fatal; `make test` runs the same checks first
 lint:
-	$(CARGO) fmt --check || true
-	$(CARGO) clippy --all-targets --locked -- -D warnings
+	@bash scripts/lint.sh
 
 ## schema: create/upgrade the store's tables (idempotent); OUTBOX_* selects the backend
 schema:

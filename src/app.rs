@@ -76,6 +76,13 @@ pub trait AppendObserver: Send + Sync {
     fn appended(&self, seconds: f64, events: &[EventEnvelope]);
 }
 
+/// The Prometheus catalogue observes appends as `store_append_duration_seconds`.
+impl AppendObserver for crate::metrics::Metrics {
+    fn appended(&self, seconds: f64, _events: &[EventEnvelope]) {
+        self.store_append_duration.observe(seconds);
+    }
+}
+
 #[derive(Clone)]
 pub struct CommandService {
     store: DynStore,
@@ -115,7 +122,11 @@ impl CommandService {
         let events = self.store.load_after(id, version).await?;
         if let Some(first) = events.first() {
             if first.aggregate_type != A::TYPE {
-                return Err(AppError::Store(StoreError::NotFound(format!("{id} is a {}, not a {}", first.aggregate_type, A::TYPE))));
+                return Err(AppError::Store(StoreError::NotFound(format!(
+                    "{id} is a {}, not a {}",
+                    first.aggregate_type,
+                    A::TYPE
+                ))));
             }
         }
         for env in events {
@@ -129,7 +140,13 @@ impl CommandService {
 
     /// Runs `cmd` against aggregate `id`. `expected_version` pins the version
     /// the caller saw (conflict instead of retry when it moved).
-    pub async fn execute<A: Aggregate>(&self, id: Uuid, cmd: &A::Command, meta: Metadata, expected_version: Option<i64>) -> Result<Outcome<A>, AppError> {
+    pub async fn execute<A: Aggregate>(
+        &self,
+        id: Uuid,
+        cmd: &A::Command,
+        meta: Metadata,
+        expected_version: Option<i64>,
+    ) -> Result<Outcome<A>, AppError> {
         let mut attempt = 0;
         loop {
             let loaded = self.load::<A>(id).await?;
@@ -140,13 +157,21 @@ impl CommandService {
             }
             let decided = loaded.state.handle(cmd)?;
             if decided.is_empty() {
-                return Ok(Outcome { state: loaded.state, version: loaded.version, events: vec![], last_position: None });
+                return Ok(Outcome {
+                    state: loaded.state,
+                    version: loaded.version,
+                    events: vec![],
+                    last_position: None,
+                });
             }
             let at = now_millis();
             let mut envs = Vec::with_capacity(decided.len());
             let mut state = loaded.state.clone();
             for (i, e) in decided.iter().enumerate() {
-                envs.push(EventEnvelope::new::<A>(id, loaded.version + 1 + i as i64, e, meta, at).map_err(|e| AppError::Encode(e.to_string()))?);
+                envs.push(
+                    EventEnvelope::new::<A>(id, loaded.version + 1 + i as i64, e, meta, at)
+                        .map_err(|e| AppError::Encode(e.to_string()))?,
+                );
                 state.apply(e);
             }
             let started = Instant::now();
@@ -156,7 +181,12 @@ impl CommandService {
                         o.appended(started.elapsed().as_secs_f64(), &envs);
                     }
                     self.maybe_snapshot::<A>(id, loaded.version, appended.version, &state).await;
-                    return Ok(Outcome { state, version: appended.version, events: envs, last_position: appended.last_position });
+                    return Ok(Outcome {
+                        state,
+                        version: appended.version,
+                        events: envs,
+                        last_position: appended.last_position,
+                    });
                 }
                 Err(StoreError::Conflict { expected, actual, .. }) => {
                     if expected_version.is_some() || attempt >= self.opts.max_conflict_retries {
@@ -176,7 +206,14 @@ impl CommandService {
             return;
         }
         let Ok(value) = serde_json::to_value(state) else { return };
-        let snap = Snapshot { aggregate_id: id, aggregate_type: A::TYPE.into(), version: after, state_schema: A::STATE_SCHEMA, state: value, created_at: now_millis() };
+        let snap = Snapshot {
+            aggregate_id: id,
+            aggregate_type: A::TYPE.into(),
+            version: after,
+            state_schema: A::STATE_SCHEMA,
+            state: value,
+            created_at: now_millis(),
+        };
         if let Err(e) = self.store.save_snapshot(snap).await {
             // A missing snapshot only costs load time; the events are committed.
             tracing::warn!(%id, error = %e, "snapshot not saved");

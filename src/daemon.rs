@@ -16,8 +16,9 @@
 //! - When a supervised actor exhausts its restart budget the same shutdown
 //!   runs and `run` returns `Ok(EXIT_RESTART_BUDGET)` (70).
 //! - A port that cannot be bound is an error naming the config key.
-//! - Read models (SQLite only): a supervised ProjectionActor keeps them up
-//!   to date; GET /orders/{id} and GET /customers/{id}/orders read them.
+//! - Read models (SQLite; CQL when the server has Scylla CDC): a supervised
+//!   ProjectionActor keeps them up to date; GET /orders/{id} and
+//!   GET /customers/{id}/orders read them.
 //! - Feeds: the SQLite store's position feed (`relay::Relay`); for
 //!   `store.backend = cql` the Scylla CDC log (`relay::cdc`). A CQL server
 //!   without a CDC log on `event_store` (Apache Cassandra) is refused at
@@ -116,7 +117,9 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     if let Some(c) = &cql {
         // The CQL feed is Scylla CDC: without it nothing would ever be published.
         if !c.cdc_enabled() {
-            return Err(DaemonError::Other(crate::relay::cdc::CdcError::Unavailable { keyspace: c.keyspace().to_string() }.to_string()));
+            return Err(DaemonError::Other(
+                crate::relay::cdc::CdcError::Unavailable { keyspace: c.keyspace().to_string() }.to_string(),
+            ));
         }
         // With CDC the read models are fed by their own CDC reader (projection::cql).
         read_models = Some(c.clone() as crate::projection::DynReadModels);
@@ -126,7 +129,9 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     let deadline = Duration::from_millis(cfg.shutdown_deadline_ms);
     let fault_injection = fault_injection_enabled();
     if fault_injection {
-        tracing::warn!("{FAULT_INJECTION_ENV} is set: POST /debug/fail/{{actor}} is enabled on the admin server (tests only)");
+        tracing::warn!(
+            "{FAULT_INJECTION_ENV} is set: POST /debug/fail/{{actor}} is enabled on the admin server (tests only)"
+        );
     }
     let mut deps = ActorDeps::new(cfg, store, metrics, tokio::runtime::Handle::current());
     if let Some(c) = cql {
@@ -197,7 +202,12 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
 /// The actix side: start the actors and the servers, wait for a stop
 /// request (or the coordinator's own shutdown), stop everything, return the
 /// exit code.
-async fn actor_system(deps: ActorDeps, fault_injection: bool, bound: oneshot::Sender<Result<Bound, String>>, stop: oneshot::Receiver<()>) -> u8 {
+async fn actor_system(
+    deps: ActorDeps,
+    fault_injection: bool,
+    bound: oneshot::Sender<Result<Bound, String>>,
+    stop: oneshot::Receiver<()>,
+) -> u8 {
     let (exit_tx, mut exit_rx) = oneshot::channel::<u8>();
     let coordinator = crate::actors::start_system(deps.clone(), exit_tx);
     let (order, dlq) = match (coordinator.send(GetOrderActor).await, coordinator.send(GetDlqActor).await) {
@@ -207,16 +217,28 @@ async fn actor_system(deps: ActorDeps, fault_injection: bool, bound: oneshot::Se
             return 1;
         }
     };
-    let api = ApiState { order, intake: deps.intake.clone(), token: deps.cfg.http.api_token.as_deref().map(Into::into), read_models: deps.read_models.clone() };
-    let admin = AdminState { metrics: deps.metrics.clone(), health: deps.health.subscribe(), coordinator: coordinator.clone(), dlq, fault_injection };
-    let servers = match crate::http::start(&deps.cfg.http, deps.cfg.shutdown_deadline_ms, api, admin, deps.metrics.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = bound.send(Err(e.to_string()));
-            let _ = coordinator.send(ShutdownSystem { reason: "startup failed".into(), exit_code: 1 }).await;
-            return 1;
-        }
+    let api = ApiState {
+        order,
+        intake: deps.intake.clone(),
+        token: deps.cfg.http.api_token.as_deref().map(Into::into),
+        read_models: deps.read_models.clone(),
     };
+    let admin = AdminState {
+        metrics: deps.metrics.clone(),
+        health: deps.health.subscribe(),
+        coordinator: coordinator.clone(),
+        dlq,
+        fault_injection,
+    };
+    let servers =
+        match crate::http::start(&deps.cfg.http, deps.cfg.shutdown_deadline_ms, api, admin, deps.metrics.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = bound.send(Err(e.to_string()));
+                let _ = coordinator.send(ShutdownSystem { reason: "startup failed".into(), exit_code: 1 }).await;
+                return 1;
+            }
+        };
     let _ = bound.send(Ok(Bound { api: servers.api_addr, admin: servers.admin_addr }));
 
     let code = tokio::select! {

@@ -57,7 +57,13 @@ pub fn now_millis() -> DateTime<Utc> {
 
 impl EventEnvelope {
     /// Wraps a freshly decided event.
-    pub fn new<A: Aggregate>(aggregate_id: Uuid, sequence: i64, event: &A::Event, meta: Metadata, at: DateTime<Utc>) -> Result<Self, serde_json::Error> {
+    pub fn new<A: Aggregate>(
+        aggregate_id: Uuid,
+        sequence: i64,
+        event: &A::Event,
+        meta: Metadata,
+        at: DateTime<Utc>,
+    ) -> Result<Self, serde_json::Error> {
         let event_type = event.event_type();
         Ok(EventEnvelope {
             event_id: Uuid::now_v7(),
@@ -75,7 +81,8 @@ impl EventEnvelope {
 
     /// Brings the payload to the current schema version (see `domain::upcast`).
     pub fn upcast(mut self, default_currency: &str) -> Result<Self, DecodeError> {
-        let (v, body) = upcast::upcast(&self.event_type, self.schema_version, std::mem::take(&mut self.payload), default_currency)?;
+        let (v, body) =
+            upcast::upcast(&self.event_type, self.schema_version, std::mem::take(&mut self.payload), default_currency)?;
         self.schema_version = v;
         self.payload = body;
         Ok(self)

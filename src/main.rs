@@ -1,28 +1,32 @@
-//! `outboxd`: the command-line entry point. CLI parsing and configuration only;
-//! everything else lives in the library.
+//! `outboxd`: the command-line entry point. CLI parsing and configuration only:
+//! each subcommand's handler lives in its own file under `cli/`, everything
+//! else in the library.
 //!
 //! Exit codes: 0 success, 1 infrastructure failure (store/broker), 2 bad
 //! input (arguments, configuration, a command the domain refuses, unknown
 //! id), 3 version conflict.
 #![forbid(unsafe_code)]
 
-use anyhow::Context;
+mod cli;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use uuid::Uuid;
 
-use outboxd::app::{AppError, CommandService, ServiceOptions};
 use outboxd::config::Config;
-use outboxd::domain::{Currency, Customer, CustomerCommand, Email, Money, Order, OrderCommand, OrderItem, PhoneNumber, Sku};
-use outboxd::envelope::Metadata;
-use outboxd::store::DynStore;
+
+use cli::Failure;
 
 #[derive(Parser)]
-#[command(name = "outboxd", version, about = "Transactional outbox daemon: event-sourced orders, an atomic event store, and a relay to Kafka",
+#[command(
+    name = "outboxd",
+    version,
+    about = "Transactional outbox daemon: event-sourced orders, an atomic event store, and a relay to Kafka",
     long_about = "Commands change Order and Customer aggregates; their events are appended atomically to an event store \
 (embedded SQLite by default, or ScyllaDB/Cassandra over CQL); `outboxd run` relays every stored event to Kafka in order per aggregate.\n\n\
-Configuration: defaults <- --config FILE (TOML) <- OUTBOX_* environment variables (nested keys joined with __, e.g. OUTBOX_KAFKA__BROKERS).")]
+Configuration: defaults <- --config FILE (TOML) <- OUTBOX_* environment variables (nested keys joined with __, e.g. OUTBOX_KAFKA__BROKERS)."
+)]
 struct Cli {
     /// TOML configuration file.
     #[arg(long, short, global = true, env = "OUTBOX_CONFIG")]
@@ -178,7 +182,9 @@ enum CustomerCmd {
         #[command(flatten)]
         meta: Meta,
     },
-    Show { id: Uuid },
+    Show {
+        id: Uuid,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,31 +202,6 @@ enum DlqCmd {
         all: bool,
     },
 }
-
-/// A failure with its exit code.
-struct Failure {
-    code: u8,
-    err: anyhow::Error,
-}
-
-impl<E: Into<anyhow::Error>> From<E> for Failure {
-    fn from(e: E) -> Self {
-        let err = e.into();
-        let code = match err.downcast_ref::<AppError>() {
-            Some(AppError::Domain(_)) | Some(AppError::Decode(_)) => 2,
-            Some(AppError::Conflict { .. }) => 3,
-            _ if err.downcast_ref::<outboxd::config::ConfigError>().is_some() => 2,
-            _ if err.downcast_ref::<outboxd::domain::DomainError>().is_some() => 2,
-            _ if err.downcast_ref::<BadInput>().is_some() => 2,
-            _ => 1,
-        };
-        Failure { code, err }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct BadInput(String);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -245,7 +226,8 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rdkafka=warn,librdkafka=warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rdkafka=warn,librdkafka=warn")));
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
@@ -265,188 +247,14 @@ fn load_config(cli: &Cli) -> Result<Config, Failure> {
 async fn async_main(cli: Cli) -> Result<u8, Failure> {
     let cfg = load_config(&cli)?;
     match cli.cmd {
-        Cmd::Config => {
-            println!("{}", serde_json::to_string_pretty(&redacted(&cfg))?);
-            Ok(0)
-        }
-        Cmd::Schema => {
-            let store = outboxd::store::open(&cfg).await.context("cannot open the store")?;
-            store.migrate().await?;
-            println!("schema of the {} store is up to date", store.backend());
-            Ok(0)
-        }
-        Cmd::Events { after, limit } => {
-            let store = open(&cfg).await?;
-            for e in store.read_feed(after, limit).await? {
-                println!("{}", serde_json::to_string(&e)?);
-            }
-            Ok(0)
-        }
-        Cmd::Order(c) => order(&cfg, c).await,
-        Cmd::Customer(c) => customer(&cfg, c).await,
+        Cmd::Config => cli::config::print(&cfg),
+        Cmd::Schema => cli::store::schema(&cfg).await,
+        Cmd::Events { after, limit } => cli::store::events(&cfg, after, limit).await,
+        Cmd::Order(c) => cli::order::run(&cfg, c).await,
+        Cmd::Customer(c) => cli::customer::run(&cfg, c).await,
         Cmd::Run => Ok(outboxd::daemon::run(cfg).await?),
-        Cmd::Dlq(c) => dlq(&cfg, c).await,
+        Cmd::Dlq(c) => cli::dlq::run(&cfg, c).await,
         Cmd::Bench(b) => Ok(outboxd::bench::run(&cfg, b).await.map(|_| 0)?),
-        Cmd::Projections(ProjectionsCmd::Rebuild { no_progress }) => {
-            if cfg.store.backend == outboxd::config::Backend::Cql {
-                return Err(BadInput(
-                    "on the CQL backend the read models are built by the daemon's CDC projection (from the CDC log, 24 h TTL); rebuild is for the sqlite store".into(),
-                )
-                .into());
-            }
-            let (store, models) = outboxd::projection::open_stores(&cfg).await.context("cannot open the store")?;
-            let models = models.ok_or_else(|| BadInput("read models need the sqlite store (store.backend = \"sqlite\")".into()))?;
-            let report = outboxd::projection::rebuild(store, models, &cfg.service.default_currency, !no_progress).await?;
-            println!("{report}");
-            Ok(0)
-        }
-    }
-}
-
-fn redacted(cfg: &Config) -> Config {
-    let mut c = cfg.clone();
-    if c.http.api_token.is_some() {
-        c.http.api_token = Some("<redacted>".into());
-    }
-    c
-}
-
-async fn open(cfg: &Config) -> Result<DynStore, Failure> {
-    Ok(outboxd::store::open(cfg).await.context("cannot open the store")?)
-}
-
-fn service(cfg: &Config, store: DynStore) -> CommandService {
-    CommandService::new(
-        store,
-        ServiceOptions {
-            max_conflict_retries: cfg.service.max_conflict_retries,
-            snapshot_every: cfg.service.snapshot_every,
-            default_currency: cfg.service.default_currency.clone(),
-        },
-    )
-}
-
-fn meta(m: &Meta) -> Metadata {
-    Metadata { correlation_id: m.correlation_id.unwrap_or_else(Uuid::now_v7), causation_id: None }
-}
-
-/// Parses `SKU:QUANTITY:UNIT_PRICE_MINOR` items.
-fn parse_items(raw: &[String], currency: &str) -> Result<Vec<OrderItem>, Failure> {
-    let currency = Currency::new(currency)?;
-    raw.iter()
-        .map(|s| {
-            let parts: Vec<&str> = s.split(':').collect();
-            let [sku, qty, price] = parts[..] else {
-                return Err(BadInput(format!("--item {s:?}: expected SKU:QUANTITY:UNIT_PRICE_MINOR, e.g. BOOK-1:2:1999")).into());
-            };
-            let qty: i64 = qty.parse().map_err(|_| BadInput(format!("--item {s:?}: quantity {qty:?} is not a whole number")))?;
-            let price: i64 = price.parse().map_err(|_| BadInput(format!("--item {s:?}: unit price {price:?} is not a whole number of minor units")))?;
-            Ok(OrderItem::new(Sku::new(sku)?, qty, Money::new(price, currency)?)?)
-        })
-        .collect()
-}
-
-async fn order(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
-    // Validate the input before touching the store.
-    let (id, cmd, m) = match c {
-        OrderCmd::Show { id } => {
-            let svc = service(cfg, open(cfg).await?);
-            let loaded = svc.load::<Order>(id).await?;
-            if loaded.version == 0 {
-                return Err(Failure::from(AppError::Domain(outboxd::domain::DomainError::OrderNotFound)).context(format!("order {id}")));
-            }
-            let events = svc.store().load(id).await?;
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"id": id, "version": loaded.version, "state": loaded.state, "events": events}))?);
-            return Ok(0);
-        }
-        OrderCmd::Create { customer, items, currency, id, meta: m } => {
-            let items = parse_items(&items, &currency)?;
-            (id.unwrap_or_else(Uuid::now_v7), OrderCommand::Create { customer_id: customer, items }, m)
-        }
-        OrderCmd::UpdateItems { id, items, currency, meta: m } => (id, OrderCommand::UpdateItems { items: parse_items(&items, &currency)? }, m),
-        OrderCmd::Confirm { id, meta: m } => (id, OrderCommand::Confirm, m),
-        OrderCmd::Ship { id, tracking_number, carrier, meta: m } => (id, OrderCommand::Ship { tracking_number, carrier }, m),
-        OrderCmd::Deliver { id, signature, meta: m } => (id, OrderCommand::Deliver { signature }, m),
-        OrderCmd::Cancel { id, reason, meta: m } => (id, OrderCommand::Cancel { reason }, m),
-    };
-    let is_create = matches!(cmd, OrderCommand::Create { .. });
-    let svc = service(cfg, open(cfg).await?);
-    let out = svc.execute::<Order>(id, &cmd, meta(&m), m.expected_version).await.map_err(|e| Failure::from(e).context(format!("order {id}")))?;
-    if is_create {
-        println!("{id}");
-    } else {
-        println!("order {id}: {} (version {})", out.state.status, out.version);
-    }
-    Ok(0)
-}
-
-async fn customer(cfg: &Config, c: CustomerCmd) -> Result<u8, Failure> {
-    let (id, cmd, m) = match c {
-        CustomerCmd::Show { id } => {
-            let svc = service(cfg, open(cfg).await?);
-            let loaded = svc.load::<Customer>(id).await?;
-            if loaded.version == 0 {
-                return Err(Failure::from(AppError::Domain(outboxd::domain::DomainError::CustomerNotFound)).context(format!("customer {id}")));
-            }
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"id": id, "version": loaded.version, "state": loaded.state}))?);
-            return Ok(0);
-        }
-        CustomerCmd::Register { name, email, phone, id, meta: m } => {
-            let email = Email::new(&email)?;
-            let phone = phone.as_deref().map(PhoneNumber::new).transpose()?;
-            (id.unwrap_or_else(Uuid::now_v7), CustomerCommand::Register { name, email, phone }, m)
-        }
-        CustomerCmd::ChangeEmail { id, email, meta: m } => (id, CustomerCommand::ChangeEmail { email: Email::new(&email)? }, m),
-    };
-    let is_create = matches!(cmd, CustomerCommand::Register { .. });
-    let svc = service(cfg, open(cfg).await?);
-    let out = svc.execute::<Customer>(id, &cmd, meta(&m), m.expected_version).await.map_err(|e| Failure::from(e).context(format!("customer {id}")))?;
-    if is_create {
-        println!("{id}");
-    } else {
-        println!("customer {id}: version {}", out.version);
-    }
-    Ok(0)
-}
-
-async fn dlq(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
-    let store = open(cfg).await?;
-    match c {
-        DlqCmd::List { limit } => {
-            for l in store.dlq_list(limit).await? {
-                println!("{}", serde_json::to_string(&l)?);
-            }
-            Ok(0)
-        }
-        DlqCmd::Replay { id, all } => {
-            let letters = store.dlq_list(100_000).await?;
-            let chosen: Vec<_> = match (id, all) {
-                (Some(id), _) => {
-                    let l: Vec<_> = letters.into_iter().filter(|l| l.id == id).collect();
-                    if l.is_empty() {
-                        return Err(BadInput(format!("no dead letter with id {id}")).into());
-                    }
-                    l
-                }
-                (None, true) => letters,
-                (None, false) => return Err(BadInput("say which dead letters to replay: --id ID or --all".into()).into()),
-            };
-            let publisher = outboxd::relay::KafkaPublisher::new(&cfg.kafka).map_err(|e| BadInput(e.message))?;
-            let report = outboxd::relay::dlq::replay(&store, &publisher, chosen, &cfg.service.default_currency).await?;
-            for id in &report.replayed {
-                println!("replayed {id}");
-            }
-            for (id, e) in &report.failed {
-                eprintln!("failed {id}: {e}");
-            }
-            Ok(if report.failed.is_empty() { 0 } else { 1 })
-        }
-    }
-}
-
-impl Failure {
-    fn context(mut self, c: String) -> Self {
-        self.err = self.err.context(c);
-        self
+        Cmd::Projections(ProjectionsCmd::Rebuild { no_progress }) => cli::projections::rebuild(&cfg, no_progress).await,
     }
 }

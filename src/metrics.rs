@@ -5,12 +5,16 @@
 //! components only update it and the admin server only encodes it, so
 //! /metrics never touches a store or the broker.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 /// Seed buckets for processing durations (1 ms .. 5 s).
 pub const SEED_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 /// Finer buckets for end-to-end and append latency.
-pub const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -47,39 +51,87 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let cv = |name: &str, help: &str, labels: &[&str]| reg(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"));
+        let cv = |name: &str, help: &str, labels: &[&str]| {
+            reg(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"))
+        };
         let g = |name: &str, help: &str| reg(&r, IntGauge::new(name, help).expect("valid gauge"));
-        let h = |name: &str, help: &str, b: &[f64]| reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(b.to_vec())).expect("valid histogram"));
+        let h = |name: &str, help: &str, b: &[f64]| {
+            reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(b.to_vec())).expect("valid histogram"))
+        };
         Metrics {
-            cdc_events_processed: cv("cdc_events_processed_total", "Events the relay published and the broker confirmed", &["event_type"]),
-            cdc_events_failed: cv("cdc_events_failed_total", "Failed publish attempts of events", &["event_type", "error_kind"]),
+            cdc_events_processed: cv(
+                "cdc_events_processed_total",
+                "Events the relay published and the broker confirmed",
+                &["event_type"],
+            ),
+            cdc_events_failed: cv(
+                "cdc_events_failed_total",
+                "Failed publish attempts of events",
+                &["event_type", "error_kind"],
+            ),
             cdc_processing_duration: reg(
                 &r,
-                HistogramVec::new(HistogramOpts::new("cdc_processing_duration_seconds", "Time from publish to broker confirmation").buckets(SEED_BUCKETS.to_vec()), &["event_type"])
-                    .expect("valid histogram"),
+                HistogramVec::new(
+                    HistogramOpts::new("cdc_processing_duration_seconds", "Time from publish to broker confirmation")
+                        .buckets(SEED_BUCKETS.to_vec()),
+                    &["event_type"],
+                )
+                .expect("valid histogram"),
             ),
             retry_attempts: cv("retry_attempts_total", "Retries of failed operations", &["operation"]),
             retry_success: cv("retry_success_total", "Operations that succeeded after retrying", &["operation"]),
             retry_failure: cv("retry_failure_total", "Operations that failed after all retries", &["operation"]),
             dlq_messages: g_counter(&r, "dlq_messages_total", "Events moved to the dead-letter queue"),
-            dlq_messages_by_event_type: cv("dlq_messages_by_event_type_total", "Events moved to the dead-letter queue by event type", &["event_type"]),
+            dlq_messages_by_event_type: cv(
+                "dlq_messages_by_event_type_total",
+                "Events moved to the dead-letter queue by event type",
+                &["event_type"],
+            ),
             dlq_depth: g("dlq_depth", "Rows currently in dead_letter_queue"),
-            circuit_breaker_state: g("circuit_breaker_state", "Producer circuit breaker: 0 closed, 1 open, 2 half-open"),
-            circuit_breaker_transitions: cv("circuit_breaker_transitions_total", "Circuit breaker state changes", &["from", "to"]),
+            circuit_breaker_state: g(
+                "circuit_breaker_state",
+                "Producer circuit breaker: 0 closed, 1 open, 2 half-open",
+            ),
+            circuit_breaker_transitions: cv(
+                "circuit_breaker_transitions_total",
+                "Circuit breaker state changes",
+                &["from", "to"],
+            ),
             actor_health_status: reg(
                 &r,
-                IntGaugeVec::new(Opts::new("actor_health_status", "Component health: 0 healthy, 1 degraded, 2 unhealthy"), &["component"]).expect("valid gauge"),
+                IntGaugeVec::new(
+                    Opts::new("actor_health_status", "Component health: 0 healthy, 1 degraded, 2 unhealthy"),
+                    &["component"],
+                )
+                .expect("valid gauge"),
             ),
             actor_restarts: cv("actor_restarts_total", "Supervised actor restarts", &["actor"]),
             messages_sent: cv("messages_sent_total", "Messages handed to the Kafka producer", &["topic"]),
             messages_received: cv("messages_received_total", "Messages received by actors", &["actor"]),
-            relay_lag_events: g("relay_lag_events", "Events committed to the store but not yet confirmed by the broker"),
-            relay_checkpoint_position: g("relay_checkpoint_position", "Feed position of the relay's persisted checkpoint"),
-            event_end_to_end_latency: h("event_end_to_end_latency_seconds", "Time from event timestamp (append) to broker acknowledgement", LATENCY_BUCKETS),
-            store_append_duration: h("store_append_duration_seconds", "Duration of event store appends", LATENCY_BUCKETS),
+            relay_lag_events: g(
+                "relay_lag_events",
+                "Events committed to the store but not yet confirmed by the broker",
+            ),
+            relay_checkpoint_position: g(
+                "relay_checkpoint_position",
+                "Feed position of the relay's persisted checkpoint",
+            ),
+            event_end_to_end_latency: h(
+                "event_end_to_end_latency_seconds",
+                "Time from event timestamp (append) to broker acknowledgement",
+                LATENCY_BUCKETS,
+            ),
+            store_append_duration: h(
+                "store_append_duration_seconds",
+                "Duration of event store appends",
+                LATENCY_BUCKETS,
+            ),
             http_requests: cv("http_requests_total", "HTTP requests by route and status", &["route", "status"]),
             projection_lag_events: g("projection_lag_events", "Events not yet applied to the read models"),
-            projection_checkpoint_position: g("projection_checkpoint_position", "Feed position of the projection checkpoint"),
+            projection_checkpoint_position: g(
+                "projection_checkpoint_position",
+                "Feed position of the projection checkpoint",
+            ),
             registry: r,
         }
     }
@@ -99,11 +151,5 @@ fn g_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
-    }
-}
-
-impl crate::app::AppendObserver for Metrics {
-    fn appended(&self, seconds: f64, _events: &[crate::envelope::EventEnvelope]) {
-        self.store_append_duration.observe(seconds);
     }
 }

@@ -57,7 +57,13 @@ fn assert_all_on_topic(brokers: &str, d: &Daemon) {
     });
     let on_topic: HashSet<String> = records.iter().map(|r| r.event_id()).collect();
     let missing: Vec<_> = stored.difference(&on_topic).collect();
-    assert!(missing.is_empty(), "{} of {} stored events missing from Kafka ({} records read): {missing:?}", missing.len(), stored.len(), records.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {} stored events missing from Kafka ({} records read): {missing:?}",
+        missing.len(),
+        stored.len(),
+        records.len()
+    );
     eprintln!("{} stored events on the topic as {} records", stored.len(), records.len());
 }
 
@@ -74,12 +80,16 @@ fn injected_failures_restart_order_and_cdc_actors_and_events_keep_flowing() {
     d.inject("order_actor", "stop");
     create_order(&d, "AFTER-ORDER-1");
     assert_eq!(restarts(&d, "order_actor"), 1.0);
-    eventually(Duration::from_secs(10), "order_actor healthy again", || (component(&d.health().1, "order_actor") == "healthy").then_some(()));
+    eventually(Duration::from_secs(10), "order_actor healthy again", || {
+        (component(&d.health().1, "order_actor") == "healthy").then_some(())
+    });
 
     // CdcStreamProcessor: the relay task is killed, then panics, then the actor stops.
     for (i, mode) in ["kill", "panic", "stop"].into_iter().enumerate() {
         d.inject("cdc_processor", mode);
-        eventually(Duration::from_secs(10), "the cdc restart to be counted", || (restarts(&d, "cdc_processor") == (i + 1) as f64).then_some(()));
+        eventually(Duration::from_secs(10), "the cdc restart to be counted", || {
+            (restarts(&d, "cdc_processor") == (i + 1) as f64).then_some(())
+        });
         create_order(&d, &format!("AFTER-CDC-{mode}"));
         caught_up(&d);
     }
@@ -87,12 +97,18 @@ fn injected_failures_restart_order_and_cdc_actors_and_events_keep_flowing() {
     d.inject("dlq_actor", "stop");
     d.inject("health_check", "stop");
     let before = d.health().1["checked_at"].as_str().unwrap().to_string();
-    eventually(Duration::from_secs(5), "health checks to continue", || (d.health().1["checked_at"].as_str().unwrap() != before).then_some(()));
+    eventually(Duration::from_secs(5), "health checks to continue", || {
+        (d.health().1["checked_at"].as_str().unwrap() != before).then_some(())
+    });
     assert_eq!(d.admin("GET", "/dlq").status, 200);
     let m = d.metrics();
     assert_eq!(m.value("actor_restarts_total", &[("actor", "order_actor")]), 1.0);
     assert_eq!(m.value("actor_restarts_total", &[("actor", "cdc_processor")]), 3.0);
-    assert_eq!(m.value("actor_restarts_total", &[("actor", "dlq_actor")]) + m.value("actor_restarts_total", &[("actor", "health_check")]), 0.0);
+    assert_eq!(
+        m.value("actor_restarts_total", &[("actor", "dlq_actor")])
+            + m.value("actor_restarts_total", &[("actor", "health_check")]),
+        0.0
+    );
     let head = caught_up(&d);
     assert_eq!(head, 5);
     assert_all_on_topic(&brokers, &d);
@@ -108,12 +124,17 @@ fn exhausted_restart_budget_exits_non_zero() {
     let Some(brokers) = common::shared_brokers() else { return };
     for actor in ["order_actor", "cdc_processor", "projection_actor"] {
         let dir = tempfile::tempdir().unwrap();
-        let mut d = Daemon::start(&daemon_config(&brokers, dir.path()), &[fault(), ("OUTBOX_SUPERVISION__MAX_RESTARTS", "2".into())]);
+        let mut d = Daemon::start(
+            &daemon_config(&brokers, dir.path()),
+            &[fault(), ("OUTBOX_SUPERVISION__MAX_RESTARTS", "2".into())],
+        );
         let mode = if actor == "order_actor" { "stop" } else { "kill" };
         for _ in 0..3 {
             d.inject(actor, mode);
         }
-        let status = d.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| panic!("{actor}: daemon still running after the budget was exhausted:\n{}", d.log_text()));
+        let status = d.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| {
+            panic!("{actor}: daemon still running after the budget was exhausted:\n{}", d.log_text())
+        });
         let log = d.log_text();
         assert_eq!(status.code(), Some(70), "{actor}: {status:?}\n{log}");
         assert!(log.contains("restart budget exhausted") && log.contains("gave up"), "{log}");
@@ -140,7 +161,11 @@ fn health_degrades_while_the_broker_is_down_and_recovers_then_shutdown_answers_5
     create_order(&d, "UP-1");
     caught_up(&d);
     let (status, h) = d.health();
-    assert_eq!((status, h["status"].as_str(), component(&h, "kafka").as_str()), (200, Some("healthy"), "healthy"), "{h}");
+    assert_eq!(
+        (status, h["status"].as_str(), component(&h, "kafka").as_str()),
+        (200, Some("healthy"), "healthy"),
+        "{h}"
+    );
     assert_eq!(d.metrics().value("actor_health_status", &[("component", "kafka")]), 0.0);
 
     kafka.stop();
@@ -276,12 +301,23 @@ fn metrics_parse_list_the_catalogue_and_move_when_events_flow() {
     let names = before.names();
     let missing: Vec<_> = CATALOGUE.iter().filter(|n| !names.contains(**n)).collect();
     assert!(missing.is_empty(), "missing from /metrics: {missing:?}\n{}", before.text);
-    for (name, kind) in [("cdc_processing_duration_seconds", "histogram"), ("event_end_to_end_latency_seconds", "histogram"), ("store_append_duration_seconds", "histogram"), ("cdc_events_processed_total", "counter"), ("relay_lag_events", "gauge")] {
+    for (name, kind) in [
+        ("cdc_processing_duration_seconds", "histogram"),
+        ("event_end_to_end_latency_seconds", "histogram"),
+        ("store_append_duration_seconds", "histogram"),
+        ("cdc_events_processed_total", "counter"),
+        ("relay_lag_events", "gauge"),
+    ] {
         assert!(before.text.contains(&format!("# TYPE {name} {kind}")), "{name} is a {kind}");
     }
     // The seed's processing buckets.
     for le in ["0.001", "0.005", "0.01", "0.05", "0.1", "0.5", "1", "5"] {
-        assert!(before.text.contains(&format!("cdc_processing_duration_seconds_bucket{{event_type=\"OrderCreated\",le=\"{le}\"}}")), "bucket {le}");
+        assert!(
+            before.text.contains(&format!(
+                "cdc_processing_duration_seconds_bucket{{event_type=\"OrderCreated\",le=\"{le}\"}}"
+            )),
+            "bucket {le}"
+        );
     }
 
     for i in 0..5 {
@@ -369,7 +405,11 @@ fn sigterm_during_http_load_exits_0_and_loses_no_committed_event() {
     let stored = stored_events(&cfg.store.path);
     let aggregates: HashSet<String> = stored.iter().map(|(_, a, _)| a.clone()).collect();
     assert!(created.is_subset(&aggregates), "every acknowledged order is committed");
-    assert_eq!(checkpoint(&cfg.store.path, &cfg.relay.consumer_name), stored.len() as i64, "the relay flushed every committed event before exiting");
+    assert_eq!(
+        checkpoint(&cfg.store.path, &cfg.relay.consumer_name),
+        stored.len() as i64,
+        "the relay flushed every committed event before exiting"
+    );
 
     // Restart: nothing left to publish, and every committed event is on the topic.
     let d = Daemon::start(&cfg, &[]);
@@ -389,10 +429,18 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     cfg.kafka.compression = outboxd::config::Compression::None;
     let topic = format!("{}order-events", cfg.kafka.topic_prefix);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    rt.block_on(admin.create_topics(&[NewTopic::new(&topic, 3, TopicReplication::Fixed(1)).set("max.message.bytes", "6000")], &opts)).unwrap();
-    let env = [("OUTBOX_RELAY__RETRY__INITIAL_BACKOFF_MS", "20".to_string()), ("OUTBOX_RELAY__RETRY__MAX_BACKOFF_MS", "50".to_string())];
+    rt.block_on(admin.create_topics(
+        &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1)).set("max.message.bytes", "6000")],
+        &opts,
+    ))
+    .unwrap();
+    let env = [
+        ("OUTBOX_RELAY__RETRY__INITIAL_BACKOFF_MS", "20".to_string()),
+        ("OUTBOX_RELAY__RETRY__MAX_BACKOFF_MS", "50".to_string()),
+    ];
     let d = Daemon::start(&cfg, &env);
 
     let small = create_order(&d, "SMALL-1");
@@ -414,19 +462,36 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     let m = d.metrics();
     assert_eq!(m.value("dlq_messages_total", &[]), 1.0);
     assert_eq!(m.value("dlq_messages_by_event_type_total", &[("event_type", "OrderCreated")]), 1.0);
-    assert!(m.value("messages_received_total", &[("actor", "dlq_actor")]) >= 2.0, "write + list went through the DlqActor");
+    assert!(
+        m.value("messages_received_total", &[("actor", "dlq_actor")]) >= 2.0,
+        "write + list went through the DlqActor"
+    );
     eventually(Duration::from_secs(5), "/health to count the dead letter", || {
-        d.health().1["components"]["dlq_actor"]["detail"].as_str().unwrap_or_default().contains("1 dead letters").then_some(())
+        d.health().1["components"]["dlq_actor"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1 dead letters")
+            .then_some(())
     });
     // Events after the poison may be re-sent once (at-least-once).
-    let records = consume_until(&brokers, std::slice::from_ref(&topic), 2, Duration::from_secs(20), |rs| rs.iter().any(|r| r.key == small) && rs.iter().any(|r| r.key == after));
+    let records = consume_until(&brokers, std::slice::from_ref(&topic), 2, Duration::from_secs(20), |rs| {
+        rs.iter().any(|r| r.key == small) && rs.iter().any(|r| r.key == after)
+    });
     let keys: HashSet<String> = records.into_iter().map(|r| r.key).collect();
-    assert!(keys.contains(&small) && keys.contains(&after) && !keys.contains(&poison), "events around the poison are delivered");
+    assert!(
+        keys.contains(&small) && keys.contains(&after) && !keys.contains(&poison),
+        "events around the poison are delivered"
+    );
 
     // Raise the limit, then replay through the admin API.
-    rt.block_on(admin.alter_configs(&[AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "1000000")], &opts)).unwrap();
+    rt.block_on(admin.alter_configs(
+        &[AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "1000000")],
+        &opts,
+    ))
+    .unwrap();
     let r = eventually(Duration::from_secs(20), "the replay to succeed", || {
-        let r = request(d.admin, "POST", "/dlq/replay", &[("Content-Type", "application/json")], Some(br#"{"all": true}"#));
+        let r =
+            request(d.admin, "POST", "/dlq/replay", &[("Content-Type", "application/json")], Some(br#"{"all": true}"#));
         assert_eq!(r.status, 200, "{}", r.text());
         let v = r.json();
         (v["replayed"].as_array().map(Vec::len) == Some(1)).then_some(v)
@@ -434,7 +499,8 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     assert_eq!(r["failed"], json!([]));
     assert_eq!(d.admin("GET", "/dlq").json()["count"], 0);
     assert_eq!(d.metrics().value("dlq_depth", &[]), 0.0);
-    let records = consume_until(&brokers, &[topic], 3, Duration::from_secs(20), |rs| rs.iter().any(|r| r.key == poison));
+    let records =
+        consume_until(&brokers, &[topic], 3, Duration::from_secs(20), |rs| rs.iter().any(|r| r.key == poison));
     assert!(records.iter().any(|r| r.key == poison), "poison event delivered after replay");
     let r = request(d.admin, "POST", "/dlq/replay", &[("Content-Type", "application/json")], Some(b"{}"));
     assert_eq!((r.status, r.json()["error"].as_str()), (422, Some("validation")));

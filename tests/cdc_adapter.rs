@@ -22,7 +22,7 @@ use outboxd::metrics::Metrics;
 use outboxd::relay::cdc::{start_cdc_reader, CdcReaderHandle};
 use outboxd::relay::deliver::{DeadLetterSink, Deliverer, RelayStatus};
 use outboxd::relay::publisher::KafkaPublisher;
-use outboxd::relay::topics::all_topics;
+use outboxd::relay::topics::topic_names;
 use outboxd::shutdown::Trigger;
 use outboxd::store::cql::CqlStore;
 use outboxd::store::{DynStore, EventStore};
@@ -56,7 +56,6 @@ fn cdc_cfg() -> CdcConfig {
     CdcConfig { window_size_ms: 2_000, safety_interval_ms: 1_000, sleep_interval_ms: 200, checkpoint_interval_ms: 300 }
 }
 
-
 struct Rig {
     store: Arc<CqlStore>,
     config: Config,
@@ -69,13 +68,22 @@ async fn rig(env: &Env) -> Rig {
     let store = CqlStore::connect(&cql).await.expect("connect to ScyllaDB");
     store.migrate().await.expect("create keyspace and tables");
     assert!(store.cdc_enabled(), "ScyllaDB must create event_store with CDC");
-    let kafka = KafkaConfig { brokers: env.brokers.clone(), topic_prefix: format!("t{}.", Uuid::now_v7().simple()), partitions: 3, ..KafkaConfig::default() };
+    let kafka = KafkaConfig {
+        brokers: env.brokers.clone(),
+        topic_prefix: format!("t{}.", Uuid::now_v7().simple()),
+        partitions: 3,
+        ..KafkaConfig::default()
+    };
     let mut config = Config { kafka, ..Config::default() };
     config.store.cql = cql;
     config.relay.retry.initial_backoff_ms = 50;
     config.relay.retry.max_backoff_ms = 200;
-    let topics: Vec<String> = all_topics(&config).into_iter().map(|(t, _)| t).collect();
-    KafkaPublisher::new(&config.kafka).unwrap().ensure_topics(&topics, Duration::from_secs(15)).await.expect("create topics");
+    let topics: Vec<String> = topic_names(config.kafka.per_event_type(), &config.kafka.topic_prefix);
+    KafkaPublisher::new(&config.kafka)
+        .unwrap()
+        .ensure_topics(&topics, Duration::from_secs(15))
+        .await
+        .expect("create topics");
     let topic = topics.into_iter().find(|t| t.ends_with("order-events")).unwrap();
     Rig { store, config, topic }
 }
@@ -91,9 +99,15 @@ async fn start(rig: &Rig) -> Running {
     let (status, _) = watch::channel(RelayStatus::default());
     let deliverer = Arc::new(Deliverer::new(&rig.config, sink, Metrics::new(), status).expect("deliverer"));
     let trigger = Trigger::new();
-    let (reader, handle) = start_cdc_reader(rig.store.session(), rig.store.keyspace(), &rig.config.store.cql.cdc, deliverer, trigger.subscribe())
-        .await
-        .expect("start the CDC reader");
+    let (reader, handle) = start_cdc_reader(
+        rig.store.session(),
+        rig.store.keyspace(),
+        &rig.config.store.cql.cdc,
+        deliverer,
+        trigger.subscribe(),
+    )
+    .await
+    .expect("start the CDC reader");
     Running { reader, handle, trigger }
 }
 
@@ -101,7 +115,11 @@ impl Running {
     /// Graceful: the reader finishes its window and saves progress.
     async fn stop(mut self) {
         self.reader.stop();
-        tokio::time::timeout(Duration::from_secs(60), self.handle).await.expect("reader stops").unwrap().expect("reader ended cleanly");
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("reader stops")
+            .unwrap()
+            .expect("reader ended cleanly");
         drop(self.trigger);
     }
 }
@@ -178,7 +196,11 @@ async fn every_event_arrives_in_order_per_aggregate() {
     receive(&c, &want, &mut seen, Duration::from_secs(90)).await;
     assert_in_order(&seen, &appended);
     running.trigger.fire();
-    tokio::time::timeout(Duration::from_secs(30), running.handle).await.expect("reader stops on shutdown").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), running.handle)
+        .await
+        .expect("reader stops on shutdown")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -218,5 +240,9 @@ async fn restart_resumes_without_losing_events() {
     receive(&c, &want, &mut seen, Duration::from_secs(90)).await;
     assert_in_order(&seen, &appended);
     running.trigger.fire();
-    tokio::time::timeout(Duration::from_secs(30), running.handle).await.expect("reader stops on shutdown").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), running.handle)
+        .await
+        .expect("reader stops on shutdown")
+        .unwrap()
+        .unwrap();
 }

@@ -33,7 +33,10 @@ fn refused(db: &Path, args: &[&str], code: i32, needle: &str) {
     assert!(!err.contains("panicked"), "{err}");
     // Argument errors come from clap: one error line plus its usage hint.
     let first = err.lines().next().unwrap_or_default();
-    assert!(first.starts_with("error: ") && first.contains(needle) || err.contains("try '--help'"), "{args:?}: {err:?}");
+    assert!(
+        first.starts_with("error: ") && first.contains(needle) || err.contains("try '--help'"),
+        "{args:?}: {err:?}"
+    );
     if !err.contains("try '--help'") {
         assert_eq!(err.lines().count(), 1, "{args:?}: one line, got {err:?}");
     }
@@ -47,10 +50,14 @@ fn order_lifecycle_through_the_cli() {
     let o = outboxd(&db, &["schema"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(outboxd(&db, &["schema"]).status.success(), "schema is idempotent");
-    let c = outboxd(&db, &["customer", "register", "--name", "Ada", "--email", "ada@example.com", "--phone", "+44 20 7946 0000"]);
+    let c = outboxd(
+        &db,
+        &["customer", "register", "--name", "Ada", "--email", "ada@example.com", "--phone", "+44 20 7946 0000"],
+    );
     assert!(c.status.success(), "{}", stderr(&c));
     let customer = stdout(&c);
-    let o = outboxd(&db, &["order", "create", "--customer", &customer, "--item", "BOOK-1:2:1999", "--item", "PEN:10:150"]);
+    let o =
+        outboxd(&db, &["order", "create", "--customer", &customer, "--item", "BOOK-1:2:1999", "--item", "PEN:10:150"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let id = stdout(&o);
     for args in [
@@ -81,15 +88,30 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     let c = stdout(&outboxd(&db, &["customer", "register", "--name", "Ada", "--email", "ada@example.com"]));
     let order = stdout(&outboxd(&db, &["order", "create", "--customer", &c, "--item", "A:1:100"]));
     refused(&db, &["customer", "register", "--name", "X", "--email", "not-an-email"], 2, "invalid email address");
-    refused(&db, &["customer", "register", "--name", "X", "--email", "x@y.co", "--phone", "12"], 2, "invalid phone number");
+    refused(
+        &db,
+        &["customer", "register", "--name", "X", "--email", "x@y.co", "--phone", "12"],
+        2,
+        "invalid phone number",
+    );
     refused(&db, &["order", "create", "--customer", &c, "--item", "BOOK:0:1999"], 2, "quantity must be greater than 0");
     refused(&db, &["order", "create", "--customer", &c, "--item", "BOOK:-1:1999"], 2, "quantity");
     refused(&db, &["order", "create", "--customer", &c, "--item", "BOOK:two:1999"], 2, "not a whole number");
     refused(&db, &["order", "create", "--customer", &c, "--item", "BOOK:1"], 2, "SKU:QUANTITY:UNIT_PRICE_MINOR");
-    refused(&db, &["order", "create", "--customer", &c, "--item", "A:1:1", "--currency", "euro"], 2, "invalid currency");
+    refused(
+        &db,
+        &["order", "create", "--customer", &c, "--item", "A:1:1", "--currency", "euro"],
+        2,
+        "invalid currency",
+    );
     refused(&db, &["order", "confirm", "0190a3c2-0000-7000-8000-000000000000"], 2, "order does not exist");
     refused(&db, &["order", "show", "0190a3c2-0000-7000-8000-000000000000"], 2, "order does not exist");
-    refused(&db, &["order", "ship", &order, "--tracking-number", "T", "--carrier", "DHL"], 2, "cannot ship an order that is created");
+    refused(
+        &db,
+        &["order", "ship", &order, "--tracking-number", "T", "--carrier", "DHL"],
+        2,
+        "cannot ship an order that is created",
+    );
     refused(&db, &["order", "create", "--customer", &c, "--item", "A:1:1", "--id", &order], 2, "already exists");
     // Malformed arguments (clap): exit 2.
     refused(&db, &["order", "confirm", "not-a-uuid"], 2, "invalid value");
@@ -101,7 +123,13 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
 fn bad_configuration_exits_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
-    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--db").arg(&db).arg("events").env("OUTBOX_RELAY__BATCH_SIZE", "lots").output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("--db")
+        .arg(&db)
+        .arg("events")
+        .env("OUTBOX_RELAY__BATCH_SIZE", "lots")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).to_lowercase().contains("batch_size"), "{}", stderr(&o));
     let cfg = dir.path().join("bad.toml");
@@ -109,7 +137,10 @@ fn bad_configuration_exits_2_naming_the_key() {
     let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--config").arg(&cfg).arg("events").output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("brokerz"), "{}", stderr(&o));
-    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).args(["--config", "/nonexistent/outboxd.toml", "events"]).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .args(["--config", "/nonexistent/outboxd.toml", "events"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
     assert!(!db.exists(), "a refused configuration creates no store");
@@ -122,11 +153,20 @@ fn outbox_config_variable_selects_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("o.toml");
     std::fs::write(&cfg, "[kafka]\npartitions = 7\n").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("config").env("OUTBOX_CONFIG", &cfg).env_remove("RUST_LOG").output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("config")
+        .env("OUTBOX_CONFIG", &cfg)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["kafka"]["partitions"], 7, "the file named by OUTBOX_CONFIG was read");
-    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("config").env("OUTBOX_CONFIG", dir.path().join("missing.toml")).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("config")
+        .env("OUTBOX_CONFIG", dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
 }

@@ -27,7 +27,8 @@ async fn connect(uri: String) -> Arc<CqlStore> {
 }
 
 async fn cassandra(what: &str) -> Option<Arc<CqlStore>> {
-    let uri = std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).filter(|s| !s.is_empty());
+    let uri =
+        std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).filter(|s| !s.is_empty());
     let Some(uri) = uri else {
         eprintln!("SKIPPED: {what}: set CASSANDRA_URI (or SCYLLA_URI) to run the CQL read-model tests");
         return None;
@@ -79,7 +80,10 @@ async fn orders_and_customers_project_and_a_replay_changes_nothing() {
     let cancelled = store.get_order(orders[2]).await.unwrap().unwrap();
     assert_eq!((cancelled.status.as_str(), cancelled.cancel_reason.as_deref()), ("cancelled", Some("customer asked")));
     let shipped = store.get_order(orders[0]).await.unwrap().unwrap();
-    assert_eq!((shipped.status.as_str(), shipped.tracking_number.as_deref(), shipped.carrier.as_deref()), ("delivered", Some("TRK1"), Some("DHL")));
+    assert_eq!(
+        (shipped.status.as_str(), shipped.tracking_number.as_deref(), shipped.carrier.as_deref()),
+        ("delivered", Some("TRK1"), Some("DHL"))
+    );
     assert!(store.get_order(Uuid::now_v7()).await.unwrap().is_none());
 
     let c = store.get_customer(customer).await.unwrap().expect("customer projected");
@@ -98,7 +102,8 @@ async fn orders_and_customers_project_and_a_replay_changes_nothing() {
     assert_eq!(p2.next_after, None);
     let by_offset = store.orders_by_customer(cust1, PageRequest { after: None, offset: 1, limit: 10 }).await.unwrap();
     assert_eq!(by_offset.orders.iter().map(|o| o.order_id).collect::<Vec<_>>(), mine[1..].to_vec());
-    let too_far = store.orders_by_customer(cust1, PageRequest { after: None, offset: 1_000_000, limit: 10 }).await.unwrap_err();
+    let too_far =
+        store.orders_by_customer(cust1, PageRequest { after: None, offset: 1_000_000, limit: 10 }).await.unwrap_err();
     assert!(too_far.to_string().contains("after"), "{too_far}");
     let other = store.orders_by_customer(Uuid::from_u128(2), PageRequest::first(10)).await.unwrap();
     assert_eq!((other.total, other.orders.len(), other.orders[0].order_id), (1, 1, orders[3]));
@@ -144,14 +149,19 @@ async fn events_out_of_order_and_interleaved_give_the_same_rows() {
     for e in mixed {
         gap_filled += apply_envelopes(&store, vec![e], "EUR").await.unwrap().gap_filled;
     }
-    assert_eq!(gap_filled, (ea.len() - 1 + eb.len() - 1) as u64, "all but the last event of each came from the store first");
+    assert_eq!(
+        gap_filled,
+        (ea.len() - 1 + eb.len() - 1) as u64,
+        "all but the last event of each came from the store first"
+    );
     for id in [a, b] {
         let v = store.get_order(id).await.unwrap().unwrap();
         let l = svc.load::<Order>(id).await.unwrap();
         assert_eq!((v.state, v.version), (l.state, l.version));
     }
     // The same rows as applying in order in a fresh keyspace.
-    let fresh = connect(std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).unwrap()).await;
+    let fresh =
+        connect(std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).unwrap()).await;
     let mut all = ea.clone();
     all.extend(eb.clone());
     // The fresh keyspace's event store is empty: apply in order, no gaps.
@@ -164,7 +174,8 @@ async fn events_out_of_order_and_interleaved_give_the_same_rows() {
 async fn a_raw_v1_row_projects_as_v2() {
     let Some(store) = cassandra("raw v1 row").await else { return };
     let (order, customer) = (Uuid::now_v7(), Uuid::now_v7());
-    let body = serde_json::json!({"customer_id": customer, "items": [{"sku": "A", "quantity": 2, "unit_price_minor": 150}]});
+    let body =
+        serde_json::json!({"customer_id": customer, "items": [{"sku": "A", "quantity": 2, "unit_price_minor": 150}]});
     store
         .session()
         .query_unpaged(
@@ -184,7 +195,10 @@ async fn a_raw_v1_row_projects_as_v2() {
 
     apply_envelopes(&store, store.load(order).await.unwrap(), "EUR").await.unwrap();
     let v = store.get_order(order).await.unwrap().expect("projected");
-    assert_eq!((v.currency.as_deref(), v.total_minor, v.status.as_str(), v.version), (Some("EUR"), Some(300), "confirmed", 2));
+    assert_eq!(
+        (v.currency.as_deref(), v.total_minor, v.status.as_str(), v.version),
+        (Some("EUR"), Some(300), "confirmed", 2)
+    );
     assert_eq!(v.items[0].unit_price.currency.as_str(), "EUR");
     let page = store.orders_by_customer(customer, PageRequest::first(10)).await.unwrap();
     assert_eq!((page.orders.len(), page.orders[0].currency.as_deref()), (1, Some("EUR")));
@@ -222,7 +236,8 @@ async fn cdc_projection_follows_appends_on_scylla() {
     let (status, _) = tokio::sync::watch::channel(Default::default());
     let trigger = outboxd::shutdown::Trigger::new();
     let (st, shutdown) = (store.clone(), trigger.subscribe());
-    let task = tokio::spawn(async move { outboxd::projection::cql::run_cdc_projection(st, &cfg, status, shutdown).await });
+    let task =
+        tokio::spawn(async move { outboxd::projection::cql::run_cdc_projection(st, &cfg, status, shutdown).await });
     let svc = service(&store);
     let id = order_lifecycle(&svc, 1).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

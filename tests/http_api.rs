@@ -12,7 +12,11 @@ use uuid::Uuid;
 
 fn assert_error(r: &Resp, status: u16, kind: &str) -> Value {
     assert_eq!(r.status, status, "expected {status} {kind}, got {} {}", r.status, r.text());
-    assert!(r.header("content-type").unwrap_or_default().starts_with("application/json"), "error is JSON: {:?}", r.headers);
+    assert!(
+        r.header("content-type").unwrap_or_default().starts_with("application/json"),
+        "error is JSON: {:?}",
+        r.headers
+    );
     let v = r.json();
     assert_eq!(v["error"], kind, "{v}");
     assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
@@ -26,11 +30,17 @@ fn every_endpoint_with_versions_etags_and_route_metrics() {
     let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
 
     // Customers.
-    let r = d.post("/customers", &json!({"name": "Ada Lovelace 🙂 مرحبا", "email": "ada@Example.COM", "phone": "+44 20 7946 0958"}));
+    let r = d.post(
+        "/customers",
+        &json!({"name": "Ada Lovelace 🙂 مرحبا", "email": "ada@Example.COM", "phone": "+44 20 7946 0958"}),
+    );
     assert_eq!(r.status, 201, "{}", r.text());
     let c = r.json();
     let cid = c["id"].as_str().unwrap().to_string();
-    assert_eq!((c["version"].as_i64(), c["email"].as_str(), c["phone"].as_str()), (Some(1), Some("ada@example.com"), Some("+442079460958")));
+    assert_eq!(
+        (c["version"].as_i64(), c["email"].as_str(), c["phone"].as_str()),
+        (Some(1), Some("ada@example.com"), Some("+442079460958"))
+    );
     assert_eq!(r.header("location").unwrap(), format!("/customers/{cid}"));
     assert_eq!(r.header("etag").unwrap(), "\"1\"");
     let r = d.api("GET", &format!("/customers/{cid}"), &[], None);
@@ -51,7 +61,11 @@ fn every_endpoint_with_versions_etags_and_route_metrics() {
     assert_eq!(assert_error(&email("ada@example.org", None), 422, "validation")["field"], "email");
     assert_error(&d.post("/customers", &json!({"id": cid, "name": "Again", "email": "a@b.co"})), 409, "already_exists");
     assert_error(&d.api("GET", &format!("/customers/{}", Uuid::now_v7()), &[], None), 404, "not_found");
-    assert_error(&d.post(&format!("/customers/{}/email", Uuid::now_v7()), &json!({"email": "x@y.io"})), 404, "not_found");
+    assert_error(
+        &d.post(&format!("/customers/{}/email", Uuid::now_v7()), &json!({"email": "x@y.io"})),
+        404,
+        "not_found",
+    );
 
     // Orders: the whole lifecycle.
     let oid = Uuid::now_v7();
@@ -60,27 +74,53 @@ fn every_endpoint_with_versions_etags_and_route_metrics() {
     let r = d.post("/orders", &body);
     assert_eq!(r.status, 201, "{}", r.text());
     let o = r.json();
-    assert_eq!((o["id"].as_str(), o["status"].as_str(), o["version"].as_i64()), (Some(oid.to_string().as_str()), Some("created"), Some(1)));
+    assert_eq!(
+        (o["id"].as_str(), o["status"].as_str(), o["version"].as_i64()),
+        (Some(oid.to_string().as_str()), Some("created"), Some(1))
+    );
     assert_eq!(o["total"], json!({"amount_minor": 3998, "currency": "EUR"}));
     assert_eq!(r.header("location").unwrap(), format!("/orders/{oid}"));
     assert_error(&d.post("/orders", &body), 409, "already_exists");
     let r = d.api("GET", &format!("/orders/{oid}"), &[], None);
     assert_eq!((r.status, r.json()["items"][0]["sku"].as_str()), (200, Some("BOOK-1")));
-    assert_error(&d.post(&format!("/orders/{oid}/ship"), &json!({"tracking_number": "T1", "carrier": "DHL"})), 422, "invalid_state");
-    let items = json!({"items": [{"sku": "BOOK-2", "quantity": 3, "unit_price": {"amount_minor": 500, "currency": "EUR"}}]});
+    assert_error(
+        &d.post(&format!("/orders/{oid}/ship"), &json!({"tracking_number": "T1", "carrier": "DHL"})),
+        422,
+        "invalid_state",
+    );
+    let items =
+        json!({"items": [{"sku": "BOOK-2", "quantity": 3, "unit_price": {"amount_minor": 500, "currency": "EUR"}}]});
     let r = d.post(&format!("/orders/{oid}/items"), &items);
-    assert_eq!((r.status, r.json()["version"].as_i64(), r.json()["total"]["amount_minor"].as_i64()), (200, Some(2), Some(1500)), "{}", r.text());
+    assert_eq!(
+        (r.status, r.json()["version"].as_i64(), r.json()["total"]["amount_minor"].as_i64()),
+        (200, Some(2), Some(1500)),
+        "{}",
+        r.text()
+    );
     let r = d.api("POST", &format!("/orders/{oid}/confirm"), &[("If-Match", "W/\"2\"")], None);
     assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("confirmed")), "{}", r.text());
-    assert_error(&d.api("POST", &format!("/orders/{oid}/confirm"), &[("If-Match", "2")], None), 409, "version_conflict");
+    assert_error(
+        &d.api("POST", &format!("/orders/{oid}/confirm"), &[("If-Match", "2")], None),
+        409,
+        "version_conflict",
+    );
     let r = d.post(&format!("/orders/{oid}/ship"), &json!({"tracking_number": "TRK-42", "carrier": "DHL"}));
-    assert_eq!((r.status, r.json()["status"].as_str(), r.json()["tracking_number"].as_str()), (200, Some("shipped"), Some("TRK-42")));
+    assert_eq!(
+        (r.status, r.json()["status"].as_str(), r.json()["tracking_number"].as_str()),
+        (200, Some("shipped"), Some("TRK-42"))
+    );
     let r = d.post(&format!("/orders/{oid}/deliver"), &json!({"signature": "A. L."}));
-    assert_eq!((r.status, r.json()["status"].as_str(), r.header("etag").as_deref()), (200, Some("delivered"), Some("\"5\"")));
+    assert_eq!(
+        (r.status, r.json()["status"].as_str(), r.header("etag").as_deref()),
+        (200, Some("delivered"), Some("\"5\""))
+    );
     assert_error(&d.post(&format!("/orders/{oid}/cancel"), &json!({"reason": "too late"})), 422, "invalid_state");
     let other = d.post("/orders", &order_body(Uuid::now_v7(), "X-1")).json()["id"].as_str().unwrap().to_string();
     let r = d.post(&format!("/orders/{other}/cancel"), &json!({"reason": "changed my mind"}));
-    assert_eq!((r.status, r.json()["status"].as_str(), r.json()["cancel_reason"].as_str()), (200, Some("cancelled"), Some("changed my mind")));
+    assert_eq!(
+        (r.status, r.json()["status"].as_str(), r.json()["cancel_reason"].as_str()),
+        (200, Some("cancelled"), Some("changed my mind"))
+    );
     assert_error(&d.api("GET", &format!("/orders/{}", Uuid::now_v7()), &[], None), 404, "not_found");
     assert_error(&d.api("POST", &format!("/orders/{}/confirm", Uuid::now_v7()), &[], None), 404, "not_found");
     assert_error(&d.api("GET", &format!("/orders/{cid}"), &[], None), 404, "not_found");
@@ -92,7 +132,9 @@ fn every_endpoint_with_versions_etags_and_route_metrics() {
     // 13 events: customer 2, order 5, other order 2 ... all stored and all relayed.
     let head = count_events(&d.cfg.store.path);
     assert_eq!(head, 2 + 5 + 2);
-    eventually(Duration::from_secs(30), "relay to catch up", || (d.health().1["relay"]["checkpoint"].as_i64() == Some(head)).then_some(()));
+    eventually(Duration::from_secs(30), "relay to catch up", || {
+        (d.health().1["relay"]["checkpoint"].as_i64() == Some(head)).then_some(())
+    });
     let m = d.metrics();
     assert!(m.value("http_requests_total", &[("route", "/orders/:id/confirm"), ("status", "200")]) >= 1.0);
     assert!(m.value("http_requests_total", &[("route", "/orders"), ("status", "201")]) >= 2.0);
@@ -100,7 +142,10 @@ fn every_endpoint_with_versions_etags_and_route_metrics() {
     for s in &m.scrape.samples {
         if s.metric == "http_requests_total" {
             let route = s.labels.get("route").unwrap();
-            assert!(!route.contains(&oid.to_string()) && !route.contains("not-a-uuid"), "route label must be the pattern: {route}");
+            assert!(
+                !route.contains(&oid.to_string()) && !route.contains("not-a-uuid"),
+                "route label must be the pattern: {route}"
+            );
         }
     }
     d.stop();
@@ -116,7 +161,13 @@ struct Case {
 }
 
 fn case(name: &'static str, path: &str, status: u16, body: impl Into<Vec<u8>>) -> Case {
-    Case { name, path: path.to_string(), headers: vec![("Content-Type", "application/json".into())], body: body.into(), status }
+    Case {
+        name,
+        path: path.to_string(),
+        headers: vec![("Content-Type", "application/json".into())],
+        body: body.into(),
+        status,
+    }
 }
 
 fn order_json(customer: Uuid, item: Value) -> Vec<u8> {
@@ -133,7 +184,10 @@ fn malformed_and_hostile_requests_get_4xx_json_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
     let existing = d.post("/orders", &order_body(Uuid::now_v7(), "OK-1")).json()["id"].as_str().unwrap().to_string();
-    let customer = d.post("/customers", &json!({"name": "C", "email": "c@example.com"})).json()["id"].as_str().unwrap().to_string();
+    let customer = d.post("/customers", &json!({"name": "C", "email": "c@example.com"})).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let before = count_events(&d.cfg.store.path);
     assert_eq!(before, 2);
 
@@ -147,7 +201,8 @@ fn malformed_and_hostile_requests_get_4xx_json_and_change_nothing() {
     big_json.extend(vec![b'a'; 10 * 1024 * 1024]);
     big_json.extend(b"\"}");
     let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
-    let many_items: Vec<Value> = (0..101).map(|i| item(json!(format!("S-{i}")), json!(1), json!(1), json!("EUR"))).collect();
+    let many_items: Vec<Value> =
+        (0..101).map(|i| item(json!(format!("S-{i}")), json!(1), json!(1), json!("EUR"))).collect();
     let ship = format!("/orders/{existing}/ship");
     let cancel = format!("/orders/{existing}/cancel");
     let email = format!("/customers/{customer}/email");
@@ -266,10 +321,18 @@ fn malformed_and_hostile_requests_get_4xx_json_and_change_nothing() {
         let json: Option<Value> = serde_json::from_slice(&r.body).ok();
         let kind_ok = json.as_ref().is_some_and(|v| v["error"].is_string() && v["message"].is_string());
         if r.status != k.status || !kind_ok {
-            failures.push(format!("{}: want {} JSON error, got {} {}", k.name, k.status, r.status, r.text().chars().take(200).collect::<String>()));
+            failures.push(format!(
+                "{}: want {} JSON error, got {} {}",
+                k.name,
+                k.status,
+                r.status,
+                r.text().chars().take(200).collect::<String>()
+            ));
         }
         // A 422 names the field at fault (unless it is about the order's state).
-        if let Some(v) = json.filter(|v| r.status == 422 && v["error"] != "invalid_state" && v["field"].as_str().is_none()) {
+        if let Some(v) =
+            json.filter(|v| r.status == 422 && v["error"] != "invalid_state" && v["field"].as_str().is_none())
+        {
             failures.push(format!("{}: 422 without a field: {v}", k.name));
         }
     }
@@ -286,7 +349,13 @@ fn malformed_and_hostile_requests_get_4xx_json_and_change_nothing() {
         Ok(r) if r.status == 413 && r.json()["error"] == "payload_too_large" => {}
         other => failures.push(format!("10 MB chunked: {other:?}")),
     }
-    assert!(failures.is_empty(), "{} of {} hostile requests misbehaved:\n{}", failures.len(), cases.len() + 1, failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} hostile requests misbehaved:\n{}",
+        failures.len(),
+        cases.len() + 1,
+        failures.join("\n")
+    );
 
     // Still up, nothing written, nothing panicked.
     assert_eq!(d.admin("GET", "/health/live").status, 200);
@@ -307,13 +376,20 @@ fn bearer_token_protects_the_command_api_and_is_never_logged() {
     let Some(brokers) = common::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let token = format!("tok-{}", Uuid::new_v4().simple());
-    let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[("OUTBOX_HTTP__API_TOKEN", token.clone()), ("RUST_LOG", "debug,rdkafka=warn,librdkafka=warn".into())]);
+    let d = Daemon::start(
+        &daemon_config(&brokers, dir.path()),
+        &[("OUTBOX_HTTP__API_TOKEN", token.clone()), ("RUST_LOG", "debug,rdkafka=warn,librdkafka=warn".into())],
+    );
     let body = serde_json::to_vec(&order_body(Uuid::now_v7(), "T-1")).unwrap();
     let ctype = ("Content-Type", "application/json");
     let r = d.api("POST", "/orders", &[ctype], Some(&body));
     assert_error(&r, 401, "unauthorized");
     assert_eq!(r.header("www-authenticate").as_deref(), Some("Bearer"));
-    assert_error(&d.api("POST", "/orders", &[ctype, ("Authorization", "Bearer wrong-token-wrong-token")], Some(&body)), 401, "unauthorized");
+    assert_error(
+        &d.api("POST", "/orders", &[ctype, ("Authorization", "Bearer wrong-token-wrong-token")], Some(&body)),
+        401,
+        "unauthorized",
+    );
     let almost = format!("Bearer {}", &token[..token.len() - 1]);
     assert_error(&d.api("POST", "/orders", &[ctype, ("Authorization", &almost)], Some(&body)), 401, "unauthorized");
     assert_error(&d.api("POST", "/orders", &[ctype, ("Authorization", &token)], Some(&body)), 401, "unauthorized");
@@ -326,7 +402,11 @@ fn bearer_token_protects_the_command_api_and_is_never_logged() {
     assert_eq!(d.api("GET", &format!("/orders/{id}"), &[("Authorization", &auth)], None).status, 200);
     // The admin server is separate (loopback) and not token-protected.
     assert_eq!(d.admin("GET", "/health").status, 200);
-    let cfg_out = std::process::Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("config").env("OUTBOX_HTTP__API_TOKEN", &token).output().unwrap();
+    let cfg_out = std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("config")
+        .env("OUTBOX_HTTP__API_TOKEN", &token)
+        .output()
+        .unwrap();
     assert!(!String::from_utf8_lossy(&cfg_out.stdout).contains(&token));
     let log = d.log_text();
     d.stop();
@@ -340,7 +420,8 @@ fn correlation_id_is_echoed_and_reaches_the_kafka_headers() {
     let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
     let cid = Uuid::new_v4().to_string();
     let body = serde_json::to_vec(&json!({"name": "Grace", "email": "grace@example.com"})).unwrap();
-    let r = d.api("POST", "/customers", &[("Content-Type", "application/json"), ("X-Correlation-Id", &cid)], Some(&body));
+    let r =
+        d.api("POST", "/customers", &[("Content-Type", "application/json"), ("X-Correlation-Id", &cid)], Some(&body));
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.header("x-correlation-id").as_deref(), Some(cid.as_str()));
     let customer = r.json()["id"].as_str().unwrap().to_string();
@@ -351,15 +432,32 @@ fn correlation_id_is_echoed_and_reaches_the_kafka_headers() {
     let r = d.post("/orders", &json!({}));
     assert_eq!(r.status, 422);
     assert!(r.header("x-correlation-id").is_some_and(|h| Uuid::parse_str(&h).is_ok()));
-    assert_error(&d.api("POST", "/customers", &[("Content-Type", "application/json"), ("X-Correlation-Id", "nope")], Some(&body)), 400, "bad_request");
+    assert_error(
+        &d.api(
+            "POST",
+            "/customers",
+            &[("Content-Type", "application/json"), ("X-Correlation-Id", "nope")],
+            Some(&body),
+        ),
+        400,
+        "bad_request",
+    );
 
     let stored = stored_events(&d.cfg.store.path);
-    assert!(stored.iter().any(|(_, agg, c)| agg == &customer && c == &cid), "stored with the correlation id: {stored:?}");
+    assert!(
+        stored.iter().any(|(_, agg, c)| agg == &customer && c == &cid),
+        "stored with the correlation id: {stored:?}"
+    );
     let topic = format!("{}customer-events", d.cfg.kafka.topic_prefix);
     let records = common::consume_all(&brokers, &[topic], 1, Duration::from_secs(30));
     let rec = records.iter().find(|r| r.key == customer).expect("customer event on the topic");
     assert_eq!(rec.headers.get("ce_correlationid"), Some(&cid), "{:?}", rec.headers);
-    let orders = common::consume_all(&brokers, &[format!("{}order-events", d.cfg.kafka.topic_prefix)], 1, Duration::from_secs(30));
+    let orders = common::consume_all(
+        &brokers,
+        &[format!("{}order-events", d.cfg.kafka.topic_prefix)],
+        1,
+        Duration::from_secs(30),
+    );
     assert_eq!(orders[0].headers.get("ce_correlationid"), Some(&generated));
     d.stop();
 }
@@ -368,7 +466,10 @@ fn correlation_id_is_echoed_and_reaches_the_kafka_headers() {
 fn restarting_order_actor_answers_503_json_then_recovers() {
     let Some(brokers) = common::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let env = [("OUTBOXD_ENABLE_FAULT_INJECTION", "1".to_string()), ("OUTBOX_SUPERVISION__RESTART_BACKOFF_MS", "3000".to_string())];
+    let env = [
+        ("OUTBOXD_ENABLE_FAULT_INJECTION", "1".to_string()),
+        ("OUTBOX_SUPERVISION__RESTART_BACKOFF_MS", "3000".to_string()),
+    ];
     let d = Daemon::start(&daemon_config(&brokers, dir.path()), &env);
     d.inject("order_actor", "stop");
     let r = d.post("/orders", &order_body(Uuid::now_v7(), "R-1"));

@@ -176,13 +176,19 @@ async fn projection_lag_appears_in_metrics_and_status() {
     let mut status = p.status();
     let trigger = Trigger::new();
     let task = tokio::spawn(p.run(trigger.subscribe()));
-    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.checkpoint == head)).await.expect("caught up").expect("status channel open");
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.checkpoint == head))
+        .await
+        .expect("caught up")
+        .expect("status channel open");
     assert_eq!(metrics.projection_lag_events.get(), 0, "no lag after catching up");
     for i in 100..110 {
         order_lifecycle(&svc, i).await;
     }
     let head2 = db.store.head_position().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.checkpoint == head2 && s.lag == 0)).await.expect("follows appends").expect("status channel open");
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.checkpoint == head2 && s.lag == 0))
+        .await
+        .expect("follows appends")
+        .expect("status channel open");
     assert_eq!((metrics.projection_lag_events.get(), metrics.projection_checkpoint_position.get()), (0, head2));
     assert!(status.borrow().running);
     trigger.fire();
@@ -261,7 +267,10 @@ async fn kill9_projector_under_load_then_read_models_equal_a_rebuild() {
         orders += w.await.unwrap();
     }
     let head = db.store.head_position().await.unwrap();
-    eprintln!("crash test: {} kills (checkpoint, head): {kills:?}; {orders} order lifecycles, head {head}", kills.len());
+    eprintln!(
+        "crash test: {} kills (checkpoint, head): {kills:?}; {orders} order lifecycles, head {head}",
+        kills.len()
+    );
     assert!(kills.windows(2).any(|w| w[1].0 > w[0].0), "the projector made progress between kills: {kills:?}");
     assert!(kills.iter().any(|(cp, head)| cp < head), "some kill happened while the projector was behind: {kills:?}");
 
@@ -269,7 +278,11 @@ async fn kill9_projector_under_load_then_read_models_equal_a_rebuild() {
     let mut child = spawn_child(&path, &log);
     let deadline = Instant::now() + Duration::from_secs(120);
     while db.store.get_checkpoint(CONSUMER).await.unwrap().unwrap_or(0) < head {
-        assert!(Instant::now() < deadline, "projector did not catch up; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "projector did not catch up; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child.kill().unwrap();
@@ -278,7 +291,11 @@ async fn kill9_projector_under_load_then_read_models_equal_a_rebuild() {
     let live = projection::dump_read_models(&*db.models).await.unwrap();
     let (rebuilt, report) = rebuild_in_copy(&path, dir.path()).await;
     assert_eq!(report.events, head as u64);
-    assert!(count_table(&live, "order_read_model") >= 100, "enough orders under load: {}", count_table(&live, "order_read_model"));
+    assert!(
+        count_table(&live, "order_read_model") >= 100,
+        "enough orders under load: {}",
+        count_table(&live, "order_read_model")
+    );
     assert_same_rows(&live, &rebuilt);
 }
 
@@ -308,7 +325,10 @@ async fn rebuild_while_a_projector_runs_still_equals_a_rebuild() {
     }
     writer.await.unwrap();
     let head = db.store.head_position().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.checkpoint == head)).await.expect("caught up").expect("status channel open");
+    tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.checkpoint == head))
+        .await
+        .expect("caught up")
+        .expect("status channel open");
     trigger.fire();
     task.await.unwrap();
     let live = projection::dump_read_models(&*db.models).await.unwrap();
@@ -325,13 +345,29 @@ async fn a_stale_read_model_row_is_rederived_from_its_events() {
     let svc = service(&db.store);
     let id = Uuid::now_v7();
     let eur = outboxd::domain::Currency::new("EUR").unwrap();
-    let item = outboxd::domain::OrderItem::new(outboxd::domain::Sku::new("A").unwrap(), 2, outboxd::domain::Money::new(150, eur).unwrap()).unwrap();
-    svc.execute::<Order>(id, &OrderCommand::Create { customer_id: Uuid::from_u128(5), items: vec![item] }, Metadata::default(), None).await.unwrap();
+    let item = outboxd::domain::OrderItem::new(
+        outboxd::domain::Sku::new("A").unwrap(),
+        2,
+        outboxd::domain::Money::new(150, eur).unwrap(),
+    )
+    .unwrap();
+    svc.execute::<Order>(
+        id,
+        &OrderCommand::Create { customer_id: Uuid::from_u128(5), items: vec![item] },
+        Metadata::default(),
+        None,
+    )
+    .await
+    .unwrap();
     let mut p = projector(&db, Metrics::new(), 10);
     p.catch_up().await.unwrap();
     // Simulate a row written by an older build: older state shape, unreadable state.
     let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute("UPDATE order_read_model SET state_schema = 0, state = '\"from an older build\"' WHERE order_id = ?1", [id.to_string()]).unwrap();
+    c.execute(
+        "UPDATE order_read_model SET state_schema = 0, state = '\"from an older build\"' WHERE order_id = ?1",
+        [id.to_string()],
+    )
+    .unwrap();
     svc.execute::<Order>(id, &OrderCommand::Confirm, Metadata::default(), None).await.unwrap();
     p.catch_up().await.unwrap();
     let v = db.models.get_order(id).await.unwrap().unwrap();
@@ -346,7 +382,8 @@ async fn a_stale_read_model_row_is_rederived_from_its_events() {
 fn insert_raw_v1_order_created(path: &Path, order: Uuid, customer: Uuid) {
     let c = rusqlite::Connection::open(path).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
-    let body = serde_json::json!({"customer_id": customer, "items": [{"sku": "A", "quantity": 2, "unit_price_minor": 150}]});
+    let body =
+        serde_json::json!({"customer_id": customer, "items": [{"sku": "A", "quantity": 2, "unit_price_minor": 150}]});
     let at = now_millis().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     c.execute(
         "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, causation_id, correlation_id, timestamp)
@@ -379,7 +416,10 @@ async fn raw_v1_rows_load_project_and_relay_as_v2() {
     // Project.
     projector(&db, Metrics::new(), 10).catch_up().await.unwrap();
     let v = db.models.get_order(order).await.unwrap().expect("projected");
-    assert_eq!((v.currency.as_deref(), v.total_minor, v.status.as_str(), v.version), (Some("EUR"), Some(300), "confirmed", 2));
+    assert_eq!(
+        (v.currency.as_deref(), v.total_minor, v.status.as_str(), v.version),
+        (Some("EUR"), Some(300), "confirmed", 2)
+    );
     assert_eq!(v.items[0].unit_price.currency.as_str(), "EUR");
     let page = db.models.orders_by_customer(customer, PageRequest::first(10)).await.unwrap();
     assert_eq!((page.orders.len(), page.orders[0].currency.as_deref()), (1, Some("EUR")));
@@ -393,12 +433,18 @@ async fn raw_v1_rows_load_project_and_relay_as_v2() {
     let trigger = Trigger::new();
     let task = tokio::spawn(relay.run(trigger.subscribe()));
     let head = db.store.head_position().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.checkpoint >= head)).await.expect("relay confirms both events").expect("status channel open");
+    tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.checkpoint >= head))
+        .await
+        .expect("relay confirms both events")
+        .expect("status channel open");
     trigger.fire();
     task.await.unwrap().unwrap();
-    let topics: Vec<String> = outboxd::relay::topics::all_topics(&c).into_iter().map(|(t, _)| t).collect();
+    let topics: Vec<String> = outboxd::relay::topics::topic_names(c.kafka.per_event_type(), &c.kafka.topic_prefix);
     let records = consume_all(&brokers, &topics, 2, Duration::from_secs(30));
-    let created = records.iter().find(|r| r.headers.get("ce_type").map(String::as_str) == Some("OrderCreated")).expect("OrderCreated on the topic");
+    let created = records
+        .iter()
+        .find(|r| r.headers.get("ce_type").map(String::as_str) == Some("OrderCreated"))
+        .expect("OrderCreated on the topic");
     assert_eq!(created.headers["ce_dataschemaversion"], "2");
     assert_eq!(created.key, order.to_string());
     assert_eq!(created.value["schema_version"], 2);
@@ -414,9 +460,12 @@ async fn raw_v1_rows_load_project_and_relay_as_v2() {
 async fn snapshots_of_an_older_state_schema_or_garbage_are_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_with(&dir.path().join("s.db"), fast()).await;
-    let writer = CommandService::new(db.store.clone(), ServiceOptions { snapshot_every: 0, ..ServiceOptions::default() });
-    let with_snapshots = CommandService::new(db.store.clone(), ServiceOptions { snapshot_every: 100, ..ServiceOptions::default() });
-    let wrong = Order { status: OrderStatus::Cancelled, cancel_reason: Some("from a snapshot".into()), ..Order::default() };
+    let writer =
+        CommandService::new(db.store.clone(), ServiceOptions { snapshot_every: 0, ..ServiceOptions::default() });
+    let with_snapshots =
+        CommandService::new(db.store.clone(), ServiceOptions { snapshot_every: 100, ..ServiceOptions::default() });
+    let wrong =
+        Order { status: OrderStatus::Cancelled, cancel_reason: Some("from a snapshot".into()), ..Order::default() };
     let cases: Vec<(&str, i32, &str, serde_json::Value)> = vec![
         ("older state schema", Order::STATE_SCHEMA - 1, Order::TYPE, serde_json::to_value(&wrong).unwrap()),
         ("garbage state", Order::STATE_SCHEMA, Order::TYPE, serde_json::json!({"not": "an order"})),
@@ -425,7 +474,14 @@ async fn snapshots_of_an_older_state_schema_or_garbage_are_ignored() {
     for (what, state_schema, aggregate_type, state) in cases {
         let id = order_lifecycle(&writer, 0).await;
         let full = writer.load::<Order>(id).await.unwrap();
-        let snap = Snapshot { aggregate_id: id, aggregate_type: aggregate_type.into(), version: 3, state_schema, state, created_at: now_millis() };
+        let snap = Snapshot {
+            aggregate_id: id,
+            aggregate_type: aggregate_type.into(),
+            version: 3,
+            state_schema,
+            state,
+            created_at: now_millis(),
+        };
         db.store.save_snapshot(snap).await.unwrap();
         let l = with_snapshots.load::<Order>(id).await.unwrap_or_else(|e| panic!("{what}: load failed: {e}"));
         assert_eq!((l.version, &l.state), (full.version, &full.state), "{what}: loaded from events");
@@ -433,10 +489,21 @@ async fn snapshots_of_an_older_state_schema_or_garbage_are_ignored() {
     }
     // Control: a usable snapshot is used (its state shows through).
     let id = order_lifecycle(&writer, 0).await;
-    let snap = Snapshot { aggregate_id: id, aggregate_type: Order::TYPE.into(), version: 5, state_schema: Order::STATE_SCHEMA, state: serde_json::to_value(&wrong).unwrap(), created_at: now_millis() };
+    let snap = Snapshot {
+        aggregate_id: id,
+        aggregate_type: Order::TYPE.into(),
+        version: 5,
+        state_schema: Order::STATE_SCHEMA,
+        state: serde_json::to_value(&wrong).unwrap(),
+        created_at: now_millis(),
+    };
     db.store.save_snapshot(snap).await.unwrap();
     assert_eq!(with_snapshots.load::<Order>(id).await.unwrap().state, wrong);
-    assert_eq!(writer.load::<Order>(id).await.unwrap().state.status, OrderStatus::Delivered, "snapshots off reads every event");
+    assert_eq!(
+        writer.load::<Order>(id).await.unwrap().state.status,
+        OrderStatus::Delivered,
+        "snapshots off reads every event"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -470,7 +537,9 @@ async fn a_v1_database_file_is_upgraded_to_v2() {
     assert_eq!(v, outboxd::store::sqlite::SCHEMA_VERSION);
     assert_eq!(v, 2);
     for t in ["order_read_model", "orders_by_customer", "customer_read_model"] {
-        let n: i64 = c.query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1", [t], |r| r.get(0)).unwrap();
+        let n: i64 = c
+            .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1", [t], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 1, "table {t} exists after the upgrade");
     }
     assert_eq!(db.store.load(order).await.unwrap().len(), 1, "v1 events survive the upgrade");

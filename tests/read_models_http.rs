@@ -86,11 +86,23 @@ fn orders_served_from_the_read_model_and_customer_orders_paged() {
     assert_eq!(r.status, 200, "{}", r.text());
     let o = r.json();
     assert_eq!(o["source"], "read_model", "{o}");
-    assert_eq!((o["id"].as_str(), o["version"].as_i64(), o["status"].as_str()), (Some(ids[0].to_string().as_str()), Some(2), Some("confirmed")), "{o}");
+    assert_eq!(
+        (o["id"].as_str(), o["version"].as_i64(), o["status"].as_str()),
+        (Some(ids[0].to_string().as_str()), Some(2), Some("confirmed")),
+        "{o}"
+    );
     assert_eq!(o["customer_id"].as_str(), Some(customer.to_string().as_str()));
     assert_eq!(o["total"], serde_json::json!({"amount_minor": 3998, "currency": "EUR"}));
     assert_eq!(o["items"][0]["sku"], "RM-0");
-    assert_eq!((o["projection"]["checkpoint"].as_i64(), o["projection"]["head"].as_i64(), o["projection"]["lag_events"].as_i64()), (Some(head), Some(head), Some(0)), "{o}");
+    assert_eq!(
+        (
+            o["projection"]["checkpoint"].as_i64(),
+            o["projection"]["head"].as_i64(),
+            o["projection"]["lag_events"].as_i64()
+        ),
+        (Some(head), Some(head), Some(0)),
+        "{o}"
+    );
     assert_eq!(r.header("x-projection-lag").as_deref(), Some("0"));
     assert_eq!(r.header("etag").as_deref(), Some("\"2\""));
     let r = get_order(&d, other);
@@ -137,7 +149,15 @@ fn orders_served_from_the_read_model_and_customer_orders_paged() {
     assert_eq!((r.status, r.json()["total"].as_u64()), (200, Some(0)), "{}", r.text());
 
     // Bad parameters: 400 naming the parameter.
-    for (q, field) in [("limit=0", "limit"), ("limit=501", "limit"), ("limit=abc", "limit"), ("limit=", "limit"), ("after=not-a-uuid", "after"), ("offset=-1", "offset"), ("page=2", "page")] {
+    for (q, field) in [
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=", "limit"),
+        ("after=not-a-uuid", "after"),
+        ("offset=-1", "offset"),
+        ("page=2", "page"),
+    ] {
         assert_bad_param(&d.api("GET", &format!("/customers/{customer}/orders?{q}"), &[], None), field);
     }
     let r = d.api("GET", "/customers/nope/orders", &[], None);
@@ -146,7 +166,11 @@ fn orders_served_from_the_read_model_and_customer_orders_paged() {
     assert_eq!(r.status, 405);
 
     let m = d.metrics();
-    assert!(m.value("http_requests_total", &[("route", "/customers/:id/orders"), ("status", "200")]) >= 6.0, "{}", m.text);
+    assert!(
+        m.value("http_requests_total", &[("route", "/customers/:id/orders"), ("status", "200")]) >= 6.0,
+        "{}",
+        m.text
+    );
     assert!(m.value("http_requests_total", &[("route", "/customers/:id/orders"), ("status", "400")]) >= 7.0);
     assert!(m.value("http_requests_total", &[("route", "/orders/:id"), ("status", "200")]) >= 2.0);
     let detail = eventually(Duration::from_secs(10), "projections healthy", || {
@@ -179,7 +203,12 @@ fn rebuild(db: &Path) {
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    assert!(out.status.success(), "rebuild failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rebuild failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
 }
 
@@ -195,13 +224,19 @@ fn load(d: &Daemon, threads: usize, stop: Arc<AtomicBool>, done: Arc<AtomicUsize
                 while !stop.load(Ordering::SeqCst) {
                     i += 1;
                     let body = serde_json::to_vec(&order_body(customers[i % 3], &format!("L{t}-{i}"))).unwrap();
-                    let Ok(r) = try_request(api, "POST", "/orders", &[("Content-Type", "application/json")], Some(&body)) else { return };
+                    let Ok(r) =
+                        try_request(api, "POST", "/orders", &[("Content-Type", "application/json")], Some(&body))
+                    else {
+                        return;
+                    };
                     if r.status != 201 {
                         continue;
                     }
                     done.fetch_add(1, Ordering::SeqCst);
                     let id = r.json()["id"].as_str().unwrap().to_string();
-                    if i.is_multiple_of(2) && try_request(api, "POST", &format!("/orders/{id}/confirm"), &[], None).is_err() {
+                    if i.is_multiple_of(2)
+                        && try_request(api, "POST", &format!("/orders/{id}/confirm"), &[], None).is_err()
+                    {
                         return;
                     }
                 }
@@ -231,7 +266,10 @@ fn kill_9_under_http_load_then_read_models_equal_a_rebuild() {
     }
     let events = count_events(&cfg.store.path);
     let cp_at_kill = checkpoint(&cfg.store.path, outboxd::projection::CONSUMER);
-    eprintln!("killed after {wait} ms ({status:?}): {} orders accepted, {events} events, projection checkpoint {cp_at_kill}", done.load(Ordering::SeqCst));
+    eprintln!(
+        "killed after {wait} ms ({status:?}): {} orders accepted, {events} events, projection checkpoint {cp_at_kill}",
+        done.load(Ordering::SeqCst)
+    );
     drop(d);
 
     // Restart; the projector resumes from its checkpoint.
@@ -268,7 +306,9 @@ fn projection_actor_restarts_via_fault_injection_and_keeps_projecting() {
     assert_eq!(restarts(&d, "projection_actor"), 0.0);
     for (i, mode) in ["kill", "panic", "stop"].into_iter().enumerate() {
         d.inject("projection_actor", mode);
-        eventually(Duration::from_secs(10), "the projection restart to be counted", || (restarts(&d, "projection_actor") == (i + 1) as f64).then_some(()));
+        eventually(Duration::from_secs(10), "the projection restart to be counted", || {
+            (restarts(&d, "projection_actor") == (i + 1) as f64).then_some(())
+        });
         let id = create_order(&d, customer, &format!("AFTER-{mode}"));
         projected(&d);
         let r = eventually(Duration::from_secs(10), "the order in the read model", || {
@@ -281,8 +321,14 @@ fn projection_actor_restarts_via_fault_injection_and_keeps_projecting() {
     assert_eq!(r.json()["total"].as_u64(), Some(4), "{}", r.text());
     let m = d.metrics();
     assert_eq!(m.value("actor_restarts_total", &[("actor", "projection_actor")]), 3.0);
-    assert_eq!(m.value("actor_restarts_total", &[("actor", "cdc_processor")]) + m.value("actor_restarts_total", &[("actor", "order_actor")]), 0.0);
-    eventually(Duration::from_secs(10), "projections healthy again", || (component(&d.health().1, "projections").0 == "healthy").then_some(()));
+    assert_eq!(
+        m.value("actor_restarts_total", &[("actor", "cdc_processor")])
+            + m.value("actor_restarts_total", &[("actor", "order_actor")]),
+        0.0
+    );
+    eventually(Duration::from_secs(10), "projections healthy again", || {
+        (component(&d.health().1, "projections").0 == "healthy").then_some(())
+    });
     let log = d.log_text();
     assert!(log.contains("projector task panicked") && log.contains("actor=projection_actor"), "{log}");
     d.stop();
@@ -294,12 +340,18 @@ fn health_degrades_over_the_projection_lag_threshold_and_reads_fall_back_to_even
     let dir = tempfile::tempdir().unwrap();
     // Threshold 1; a long restart backoff keeps the projector down
     // deterministically while events are appended.
-    let env = [fault(), ("OUTBOX_HEALTH__PROJECTION_LAG_DEGRADED_EVENTS", "1".to_string()), ("OUTBOX_SUPERVISION__RESTART_BACKOFF_MS", "6000".to_string())];
+    let env = [
+        fault(),
+        ("OUTBOX_HEALTH__PROJECTION_LAG_DEGRADED_EVENTS", "1".to_string()),
+        ("OUTBOX_SUPERVISION__RESTART_BACKOFF_MS", "6000".to_string()),
+    ];
     let d = Daemon::start(&daemon_config(&brokers, dir.path()), &env);
     let customer = Uuid::now_v7();
     let first = create_order(&d, customer, "FIRST");
     projected(&d);
-    eventually(Duration::from_secs(10), "projections healthy", || (component(&d.health().1, "projections").0 == "healthy").then_some(()));
+    eventually(Duration::from_secs(10), "projections healthy", || {
+        (component(&d.health().1, "projections").0 == "healthy").then_some(())
+    });
 
     d.inject("projection_actor", "stop");
     let ids: Vec<Uuid> = (0..3).map(|i| create_order(&d, customer, &format!("LAGGING-{i}"))).collect();
@@ -326,7 +378,9 @@ fn health_degrades_over_the_projection_lag_threshold_and_reads_fall_back_to_even
 
     // After the backoff the projector catches up: healthy, lag 0, read model.
     projected(&d);
-    eventually(Duration::from_secs(10), "projections healthy again", || (component(&d.health().1, "projections").0 == "healthy").then_some(()));
+    eventually(Duration::from_secs(10), "projections healthy again", || {
+        (component(&d.health().1, "projections").0 == "healthy").then_some(())
+    });
     let r = get_order(&d, ids[2]);
     assert_eq!((r.json()["source"].as_str(), r.header("x-projection-lag").as_deref()), (Some("read_model"), Some("0")));
     assert_eq!(restarts(&d, "projection_actor"), 1.0);

@@ -12,14 +12,14 @@ use uuid::Uuid;
 use outboxd::app::{CommandService, ServiceOptions};
 use outboxd::config::{Compression, Config};
 use outboxd::metrics::Metrics;
-use outboxd::relay::topics::all_topics;
+use outboxd::relay::topics::topic_names;
 use outboxd::relay::Relay;
 use outboxd::shutdown::Trigger;
 use outboxd::store::sqlite::SqliteStore;
 use outboxd::store::DynStore;
 
 fn topics(c: &Config) -> Vec<String> {
-    all_topics(c).into_iter().map(|(t, _)| t).collect()
+    topic_names(c.kafka.per_event_type(), &c.kafka.topic_prefix)
 }
 
 async fn open(c: &Config) -> DynStore {
@@ -112,7 +112,11 @@ async fn round_trip_order_headers_and_exactly_once_per_event_id() {
     assert_eq!(m.cdc_events_processed.with_label_values(&["OrderCreated"]).get(), 300);
     assert_eq!(m.relay_lag_events.get(), 0);
     relay.stop().await;
-    assert_eq!(store.get_checkpoint(&c.relay.consumer_name).await.unwrap(), Some(head), "checkpoint persisted at shutdown");
+    assert_eq!(
+        store.get_checkpoint(&c.relay.consumer_name).await.unwrap(),
+        Some(head),
+        "checkpoint persisted at shutdown"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -147,15 +151,39 @@ async fn write_events(store: DynStore, n: usize, writers: usize, pace: Duration)
             while written < per {
                 let id = Uuid::now_v7();
                 let eur = outboxd::domain::Currency::new("EUR").unwrap();
-                let item = |k: i64| outboxd::domain::OrderItem::new(outboxd::domain::Sku::new(format!("S{w}-{i}-{k}")).unwrap(), k, outboxd::domain::Money::new(100, eur).unwrap()).unwrap();
+                let item = |k: i64| {
+                    outboxd::domain::OrderItem::new(
+                        outboxd::domain::Sku::new(format!("S{w}-{i}-{k}")).unwrap(),
+                        k,
+                        outboxd::domain::Money::new(100, eur).unwrap(),
+                    )
+                    .unwrap()
+                };
                 let meta = outboxd::envelope::Metadata::default();
-                svc.execute::<outboxd::domain::Order>(id, &outboxd::domain::OrderCommand::Create { customer_id: Uuid::from_u128(w as u128), items: vec![item(1)] }, meta, None).await.unwrap();
+                svc.execute::<outboxd::domain::Order>(
+                    id,
+                    &outboxd::domain::OrderCommand::Create {
+                        customer_id: Uuid::from_u128(w as u128),
+                        items: vec![item(1)],
+                    },
+                    meta,
+                    None,
+                )
+                .await
+                .unwrap();
                 written += 1;
                 for k in 2..=4 {
                     if written >= per {
                         break;
                     }
-                    svc.execute::<outboxd::domain::Order>(id, &outboxd::domain::OrderCommand::UpdateItems { items: vec![item(k)] }, meta, None).await.unwrap();
+                    svc.execute::<outboxd::domain::Order>(
+                        id,
+                        &outboxd::domain::OrderCommand::UpdateItems { items: vec![item(k)] },
+                        meta,
+                        None,
+                    )
+                    .await
+                    .unwrap();
                     written += 1;
                 }
                 i += 1;
@@ -236,7 +264,10 @@ async fn sigkill_crashes_lose_nothing_and_only_resend_in_flight_events() {
     for r in &records {
         if !seen.insert(r.event_id()) {
             let p = position[&r.event_id()];
-            assert!(windows.iter().any(|(cp, head)| p > *cp && p <= *head), "duplicate of position {p} outside every in-flight window {windows:?}");
+            assert!(
+                windows.iter().any(|(cp, head)| p > *cp && p <= *head),
+                "duplicate of position {p} outside every in-flight window {windows:?}"
+            );
         }
     }
     eprintln!("crash test: {kills} kills, {} records, {dups} duplicates, windows {windows:?}", records.len());
@@ -260,7 +291,11 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_dlq() {
     let writer = tokio::spawn(write_events(store.clone(), 400, 4, Duration::from_millis(150)));
     tokio::time::sleep(Duration::from_secs(21)).await;
     let cp_during = store.get_checkpoint(&c.relay.consumer_name).await.unwrap().unwrap();
-    assert_eq!(relay.metrics.circuit_breaker_transitions.with_label_values(&["closed", "open"]).get(), 1, "breaker opened");
+    assert_eq!(
+        relay.metrics.circuit_breaker_transitions.with_label_values(&["closed", "open"]).get(),
+        1,
+        "breaker opened"
+    );
     assert_eq!(store.dlq_count().await.unwrap(), 0, "nothing dead-lettered during the outage");
     assert!(!relay.status.borrow().broker_ok);
 
@@ -277,7 +312,10 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_dlq() {
     relay.wait_checkpoint(800, Duration::from_secs(60)).await;
     assert!(cp_during < 800);
     let m = &relay.metrics;
-    assert!(m.circuit_breaker_transitions.with_label_values(&["half_open", "closed"]).get() >= 1, "breaker closed again");
+    assert!(
+        m.circuit_breaker_transitions.with_label_values(&["half_open", "closed"]).get() >= 1,
+        "breaker closed again"
+    );
     assert_eq!(m.circuit_breaker_state.get(), 0);
     assert!(m.retry_attempts.with_label_values(&["publish"]).get() > 0);
     assert_eq!(store.dlq_count().await.unwrap(), 0);
@@ -300,9 +338,13 @@ async fn poison_event_goes_to_dlq_and_replays_after_the_limit_is_raised() {
     c.relay.retry.initial_backoff_ms = 20;
     c.relay.retry.max_backoff_ms = 50;
     let topic = format!("{}order-events", c.kafka.topic_prefix);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    admin.create_topics(&[NewTopic::new(&topic, 3, TopicReplication::Fixed(1)).set("max.message.bytes", "6000")], &opts).await.unwrap();
+    admin
+        .create_topics(&[NewTopic::new(&topic, 3, TopicReplication::Fixed(1)).set("max.message.bytes", "6000")], &opts)
+        .await
+        .unwrap();
 
     let store = open(&c).await;
     let mut relay = start_relay(&c, store.clone());
@@ -311,10 +353,24 @@ async fn poison_event_goes_to_dlq_and_replays_after_the_limit_is_raised() {
     // 100 items with long random SKUs: ~12 KB of JSON, over the topic's limit.
     let eur = outboxd::domain::Currency::new("EUR").unwrap();
     let big: Vec<_> = (0..100)
-        .map(|k| outboxd::domain::OrderItem::new(outboxd::domain::Sku::new(format!("{k}-{}", Uuid::new_v4().simple())).unwrap(), 1, outboxd::domain::Money::new(1, eur).unwrap()).unwrap())
+        .map(|k| {
+            outboxd::domain::OrderItem::new(
+                outboxd::domain::Sku::new(format!("{k}-{}", Uuid::new_v4().simple())).unwrap(),
+                1,
+                outboxd::domain::Money::new(1, eur).unwrap(),
+            )
+            .unwrap()
+        })
         .collect();
     let poison_id = Uuid::now_v7();
-    svc.execute::<outboxd::domain::Order>(poison_id, &outboxd::domain::OrderCommand::Create { customer_id: Uuid::nil(), items: big }, Default::default(), None).await.unwrap();
+    svc.execute::<outboxd::domain::Order>(
+        poison_id,
+        &outboxd::domain::OrderCommand::Create { customer_id: Uuid::nil(), items: big },
+        Default::default(),
+        None,
+    )
+    .await
+    .unwrap();
     let after = order_lifecycle(&svc, 2).await;
     let head = store.head_position().await.unwrap();
     relay.wait_checkpoint(head, Duration::from_secs(30)).await;
@@ -328,7 +384,10 @@ async fn poison_event_goes_to_dlq_and_replays_after_the_limit_is_raised() {
     // so read until the topic is drained rather than up to a count.
     let records = consume_all(&brokers, std::slice::from_ref(&topic), usize::MAX, Duration::from_secs(8));
     let keys: HashSet<String> = records.iter().map(|r| r.key.clone()).collect();
-    assert!(keys.contains(&before.to_string()) && keys.contains(&after.to_string()), "events around the poison are delivered");
+    assert!(
+        keys.contains(&before.to_string()) && keys.contains(&after.to_string()),
+        "events around the poison are delivered"
+    );
     assert!(!keys.contains(&poison_id.to_string()));
     assert_eq!(relay.metrics.dlq_messages.get(), 1);
     relay.stop().await;
@@ -336,7 +395,11 @@ async fn poison_event_goes_to_dlq_and_replays_after_the_limit_is_raised() {
     // Raise the limit, then replay with the CLI.
     let alter = AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "1000000");
     admin.alter_configs(&[alter], &opts).await.unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outboxd")).args(["dlq", "replay", "--all"]).envs(config_env(&c)).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .args(["dlq", "replay", "--all"])
+        .envs(config_env(&c))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "replay failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&letters[0].id.to_string()));
     assert_eq!(store.dlq_count().await.unwrap(), 0, "replayed dead letter removed");
@@ -384,4 +447,3 @@ async fn bad_config_exits_2_and_unreachable_broker_degrades_without_panic() {
     assert!(err.contains("Kafka unreachable"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
-

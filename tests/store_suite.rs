@@ -16,7 +16,6 @@ use outboxd::envelope::now_millis;
 use outboxd::store::sqlite::{SqliteOptions, SqliteStore};
 use outboxd::store::{DeadLetter, DynStore, EventStore, Snapshot, StoreError};
 
-
 async fn sqlite() -> Option<(DynStore, Box<dyn std::any::Any + Send>)> {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("store.db"), SqliteOptions::default()).await.unwrap();
@@ -122,14 +121,20 @@ async fn eight_concurrent_writers(s: DynStore) {
             results
         }));
     }
-    let all: Vec<_> = tokio::task::spawn_blocking(move || threads.into_iter().flat_map(|t| t.join().unwrap()).collect()).await.unwrap();
+    let all: Vec<_> =
+        tokio::task::spawn_blocking(move || threads.into_iter().flat_map(|t| t.join().unwrap()).collect())
+            .await
+            .unwrap();
     for round in 0..rounds {
         let in_round: Vec<_> = all.iter().filter(|(r, _)| *r == round).collect();
         assert_eq!(in_round.len(), 8);
         let winners = in_round.iter().filter(|(_, r)| r.is_ok()).count();
         assert_eq!(winners, 1, "round {round}: exactly one writer wins");
         for (_, r) in in_round.iter().filter(|(_, r)| r.is_err()) {
-            assert_eq!(r.as_ref().unwrap_err(), &StoreError::Conflict { aggregate_id: id, expected: round as i64, actual: round as i64 + 1 });
+            assert_eq!(
+                r.as_ref().unwrap_err(),
+                &StoreError::Conflict { aggregate_id: id, expected: round as i64, actual: round as i64 + 1 }
+            );
         }
     }
     let seqs: Vec<i64> = s.load(id).await.unwrap().iter().map(|e| e.sequence).collect();
@@ -181,10 +186,20 @@ async fn snapshots(s: DynStore) {
     let id = Uuid::now_v7();
     assert_eq!(s.load_snapshot(id).await.unwrap(), None);
     let mut c = Customer::default();
-    for e in c.handle(&CustomerCommand::Register { name: "A".into(), email: Email::new("a@b.co").unwrap(), phone: None }).unwrap() {
+    for e in c
+        .handle(&CustomerCommand::Register { name: "A".into(), email: Email::new("a@b.co").unwrap(), phone: None })
+        .unwrap()
+    {
         c.apply(&e);
     }
-    let snap = Snapshot { aggregate_id: id, aggregate_type: "customer".into(), version: 10, state_schema: 1, state: serde_json::to_value(&c).unwrap(), created_at: now_millis() };
+    let snap = Snapshot {
+        aggregate_id: id,
+        aggregate_type: "customer".into(),
+        version: 10,
+        state_schema: 1,
+        state: serde_json::to_value(&c).unwrap(),
+        created_at: now_millis(),
+    };
     s.save_snapshot(snap.clone()).await.unwrap();
     assert_eq!(s.load_snapshot(id).await.unwrap(), Some(snap.clone()));
     let older = Snapshot { version: 5, ..snap.clone() };

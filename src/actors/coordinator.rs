@@ -17,17 +17,61 @@
 //! 4. report the exit code.
 
 use actix::prelude::*;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-use super::messages::*;
-use super::{ActorDeps, CdcStreamProcessor, DlqActor, DlqSink, HealthCheckActor, OrderActor, ProjectionActor, EXIT_RESTART_BUDGET};
+use super::cdc_processor::RelayBody;
+use super::health::{CheckNow, GetSystemHealth, MarkShuttingDown, RegisterComponents};
+use super::messages::{ActorError, ActorName, ChildGaveUp, FailureMode, InjectFailure, StopActor};
+use super::order_actor::DrainCommands;
+use super::projection_actor::ProjectionBody;
+use super::supervision::SupervisedTask;
+use super::{
+    ActorDeps, CdcStreamProcessor, DlqActor, DlqSink, HealthCheckActor, OrderActor, ProjectionActor,
+    EXIT_RESTART_BUDGET,
+};
 
 const NAME: ActorName = ActorName::Coordinator;
 
-type InjectReply = Pin<Box<dyn std::future::Future<Output = Result<Result<(), String>, MailboxError>>>>;
+#[derive(Message)]
+#[rtype(result = "Option<Addr<OrderActor>>")]
+pub struct GetOrderActor;
+
+#[derive(Message)]
+#[rtype(result = "Option<Addr<HealthCheckActor>>")]
+pub struct GetHealthCheckActor;
+
+#[derive(Message)]
+#[rtype(result = "Option<Addr<DlqActor>>")]
+pub struct GetDlqActor;
+
+#[derive(Message)]
+#[rtype(result = "Option<Addr<CdcStreamProcessor>>")]
+pub struct GetCdcProcessor;
+
+/// The ProjectionActor (None when the backend has no read models).
+#[derive(Message)]
+#[rtype(result = "Option<Addr<ProjectionActor>>")]
+pub struct GetProjectionActor;
+
+/// Stops intake, drains commands, stops the children in reverse start order
+/// and reports `exit_code` on the coordinator's exit channel. Idempotent: a
+/// second request while shutting down only waits. Answers the exit code used.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "u8")]
+pub struct ShutdownSystem {
+    pub reason: String,
+    pub exit_code: u8,
+}
+
+/// Routes a test failure to a child (admin `/debug/fail/{actor}`).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct InjectFailureInto {
+    pub actor: ActorName,
+    pub mode: FailureMode,
+}
 
 pub struct CoordinatorActor {
     deps: ActorDeps,
@@ -43,7 +87,17 @@ pub struct CoordinatorActor {
 
 impl CoordinatorActor {
     pub fn new(deps: ActorDeps, exit: oneshot::Sender<u8>) -> CoordinatorActor {
-        CoordinatorActor { deps, health: None, dlq: None, order: None, cdc: None, projection: None, exit: Some(exit), shutting_down: None, done: Vec::new() }
+        CoordinatorActor {
+            deps,
+            health: None,
+            dlq: None,
+            order: None,
+            cdc: None,
+            projection: None,
+            exit: Some(exit),
+            shutting_down: None,
+            done: Vec::new(),
+        }
     }
 
     fn start_children(&mut self, ctx: &mut Context<Self>) {
@@ -60,24 +114,39 @@ impl CoordinatorActor {
         // 4. CDC: the relay, dead letters through the DlqActor.
         let sink = Arc::new(DlqSink(dlq.clone()));
         let (d, p, h) = (deps.clone(), me.clone().recipient(), health.clone().recipient());
-        let cdc = actix::Supervisor::start(move |_| CdcStreamProcessor::new(d, sink, p, h));
+        let cdc = actix::Supervisor::start(move |_| {
+            let status = d.relay_status.clone();
+            SupervisedTask::new(d, RelayBody { sink }, status, p, h)
+        });
         // 5. Projections: only where the backend has read models.
         let projection = match deps.read_models.clone() {
             Some(models) => {
                 let (d, p, h) = (deps, me.recipient(), health.clone().recipient());
-                Some(actix::Supervisor::start(move |_| ProjectionActor::new(d, models, p, h)))
+                Some(actix::Supervisor::start(move |_| {
+                    let status = d.projection_status.clone();
+                    SupervisedTask::new(d, ProjectionBody { models }, status, p, h)
+                }))
             }
             None => {
                 tracing::info!(backend = ?deps.cfg.store.backend, "read models are not available on this backend; the projection actor is not started");
                 None
             }
         };
-        health.do_send(RegisterComponents { dlq: dlq.clone(), order: order.clone(), cdc: cdc.clone(), projection: projection.clone() });
+        health.do_send(RegisterComponents {
+            dlq: dlq.clone(),
+            order: order.clone(),
+            cdc: cdc.clone(),
+            projection: projection.clone(),
+        });
         self.health = Some(health);
         self.dlq = Some(dlq);
         self.order = Some(order);
         self.cdc = Some(cdc);
-        let started = if projection.is_some() { "health_check, dlq_actor, order_actor, cdc_processor, projection_actor" } else { "health_check, dlq_actor, order_actor, cdc_processor" };
+        let started = if projection.is_some() {
+            "health_check, dlq_actor, order_actor, cdc_processor, projection_actor"
+        } else {
+            "health_check, dlq_actor, order_actor, cdc_processor"
+        };
         self.projection = projection;
         tracing::info!("all supervised actors started ({started})");
     }
@@ -92,7 +161,8 @@ impl CoordinatorActor {
         let deadline = Duration::from_millis(self.deps.cfg.shutdown_deadline_ms);
         let started = Instant::now();
         let remaining = move || deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
-        let (health, dlq, order, cdc, projection) = (self.health.clone(), self.dlq.clone(), self.order.clone(), self.cdc.clone(), self.projection.clone());
+        let (health, dlq, order, cdc, projection) =
+            (self.health.clone(), self.dlq.clone(), self.order.clone(), self.cdc.clone(), self.projection.clone());
         let seq = async move {
             if let Some(h) = &health {
                 let _ = h.send(MarkShuttingDown).await;
@@ -106,12 +176,24 @@ impl CoordinatorActor {
             }
             // Reverse start order: Projection, CDC, Order, DLQ, Health.
             if let Some(p) = &projection {
-                if tokio::time::timeout(remaining(), p.send(StopActor { deadline: remaining().saturating_sub(Duration::from_millis(50)) })).await.is_err() {
+                if tokio::time::timeout(
+                    remaining(),
+                    p.send(StopActor { deadline: remaining().saturating_sub(Duration::from_millis(50)) }),
+                )
+                .await
+                .is_err()
+                {
                     tracing::warn!("projection actor did not stop before the shutdown deadline");
                 }
             }
             if let Some(c) = &cdc {
-                if tokio::time::timeout(remaining(), c.send(StopActor { deadline: remaining().saturating_sub(Duration::from_millis(50)) })).await.is_err() {
+                if tokio::time::timeout(
+                    remaining(),
+                    c.send(StopActor { deadline: remaining().saturating_sub(Duration::from_millis(50)) }),
+                )
+                .await
+                .is_err()
+                {
                     tracing::warn!("cdc processor did not stop before the shutdown deadline");
                 }
             }
@@ -149,7 +231,12 @@ impl Actor for CoordinatorActor {
             match r.status {
                 super::HealthStatus::Healthy => tracing::debug!("system health: healthy"),
                 s => {
-                    let bad: Vec<String> = r.components.iter().filter(|(_, c)| c.status != super::HealthStatus::Healthy).map(|(n, c)| format!("{n}: {}", c.detail)).collect();
+                    let bad: Vec<String> = r
+                        .components
+                        .iter()
+                        .filter(|(_, c)| c.status != super::HealthStatus::Healthy)
+                        .map(|(n, c)| format!("{n}: {}", c.detail))
+                        .collect();
                     tracing::warn!(status = s.as_str(), "system health: {}", bad.join("; "));
                 }
             }
@@ -237,27 +324,30 @@ impl Handler<ChildGaveUp> for CoordinatorActor {
 }
 
 impl Handler<InjectFailureInto> for CoordinatorActor {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), ActorError>>;
 
     fn handle(&mut self, msg: InjectFailureInto, _ctx: &mut Context<Self>) -> Self::Result {
         self.deps.received(NAME);
-        let m = InjectFailure(msg.mode);
-        let fut: Option<InjectReply> = match msg.actor {
-            ActorName::Order => self.order.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
-            ActorName::Cdc => self.cdc.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
-            ActorName::Dlq => self.dlq.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
-            ActorName::Projection => match self.projection.clone() {
-                Some(a) => Some(Box::pin(async move { a.send(m).await }) as _),
-                None => return Box::pin(async { Err("projection_actor is not started: this backend has no read models".to_string()) }),
-            },
-            ActorName::HealthCheck => self.health.clone().map(|a| Box::pin(async move { a.send(m).await }) as _),
-            ActorName::Coordinator => return Box::pin(async { Err("the coordinator is the root; it does not take injected failures".to_string()) }),
-        };
-        Box::pin(async move {
-            match fut {
-                Some(f) => f.await.map_err(|e| format!("actor unreachable: {e}"))?,
-                None => Err("actor not started".into()),
+        let actor = msg.actor;
+        let not_started = move |reason: &str| ActorError::NotStarted { actor, reason: reason.into() };
+        let target: Result<Recipient<InjectFailure>, ActorError> = match actor {
+            ActorName::Order => self.order.clone().map(Addr::recipient).ok_or_else(|| not_started("not started yet")),
+            ActorName::Cdc => self.cdc.clone().map(Addr::recipient).ok_or_else(|| not_started("not started yet")),
+            ActorName::Dlq => self.dlq.clone().map(Addr::recipient).ok_or_else(|| not_started("not started yet")),
+            ActorName::HealthCheck => {
+                self.health.clone().map(Addr::recipient).ok_or_else(|| not_started("not started yet"))
             }
-        })
+            ActorName::Projection => self
+                .projection
+                .clone()
+                .map(Addr::recipient)
+                .ok_or_else(|| not_started("this backend has no read models")),
+            ActorName::Coordinator => {
+                Err(ActorError::Refused("the coordinator is the root; it does not take injected failures".into()))
+            }
+        };
+        Box::pin(
+            async move { target?.send(InjectFailure(msg.mode)).await.map_err(|e| ActorError::unreachable(actor, e))? },
+        )
     }
 }

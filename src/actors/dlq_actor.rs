@@ -9,14 +9,38 @@
 use actix::prelude::*;
 use async_trait::async_trait;
 use std::collections::HashSet;
+use uuid::Uuid;
 
 use crate::relay::deliver::DeadLetterSink;
 use crate::relay::dlq::{replay, ReplayReport};
 use crate::relay::KafkaPublisher;
 use crate::store::{DeadLetter, StoreError};
 
-use super::messages::*;
+use super::messages::{ActorError, ActorName, InjectFailure, Lifecycle, Ping, StopActor};
 use super::ActorDeps;
+
+/// Durably records a dead letter (the relay's `DeadLetterSink`).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct WriteDeadLetter(pub DeadLetter);
+
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Result<Vec<DeadLetter>, StoreError>")]
+pub struct ListDeadLetters {
+    pub limit: usize,
+}
+
+/// Re-publishes dead letters (all, or the given ids) and removes the ones
+/// the broker confirmed.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<ReplayReport, ActorError>")]
+pub struct ReplayDeadLetters {
+    pub ids: Option<Vec<Uuid>>,
+}
+
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct CountDeadLetters;
 
 const NAME: ActorName = ActorName::Dlq;
 
@@ -91,19 +115,19 @@ impl Handler<CountDeadLetters> for DlqActor {
 
 impl Handler<ReplayDeadLetters> for DlqActor {
     /// One replay at a time (the actor waits for it).
-    type Result = AtomicResponse<Self, Result<ReplayReport, String>>;
+    type Result = AtomicResponse<Self, Result<ReplayReport, ActorError>>;
 
     fn handle(&mut self, msg: ReplayDeadLetters, _ctx: &mut Context<Self>) -> Self::Result {
         self.deps.received(NAME);
         if self.stopped {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err("shutting down".to_string()))));
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(ActorError::ShuttingDown))));
         }
         if self.publisher.is_none() {
             match KafkaPublisher::new(&self.deps.cfg.kafka) {
                 Ok(p) => self.publisher = Some(p),
                 Err(e) => {
                     tracing::error!(actor = %NAME, error = %e, "cannot create a producer for replay");
-                    return AtomicResponse::new(Box::pin(actix::fut::ready(Err("cannot create a Kafka producer".to_string()))));
+                    return AtomicResponse::new(Box::pin(actix::fut::ready(Err(ActorError::Publisher(e.message)))));
                 }
             }
         }
@@ -112,7 +136,7 @@ impl Handler<ReplayDeadLetters> for DlqActor {
         let currency = self.deps.cfg.service.default_currency.clone();
         let gauge = self.deps.metrics.dlq_depth.clone();
         let fut = async move {
-            let letters = store.dlq_list(100_000).await.map_err(|e| e.to_string())?;
+            let letters = store.dlq_list(100_000).await?;
             let chosen: Vec<DeadLetter> = match msg.ids {
                 None => letters,
                 Some(ids) => {
@@ -120,7 +144,7 @@ impl Handler<ReplayDeadLetters> for DlqActor {
                     letters.into_iter().filter(|l| ids.contains(&l.id)).collect()
                 }
             };
-            let report = replay(&store, &publisher, chosen, &currency).await.map_err(|e| e.to_string())?;
+            let report = replay(&store, &publisher, chosen, &currency).await?;
             if let Ok(n) = store.dlq_count().await {
                 gauge.set(n as i64);
             }
@@ -142,7 +166,7 @@ impl Handler<StopActor> for DlqActor {
 }
 
 impl Handler<InjectFailure> for DlqActor {
-    type Result = Result<(), String>;
+    type Result = Result<(), ActorError>;
 
     /// Resume policy: the failure is logged and the actor keeps serving.
     fn handle(&mut self, msg: InjectFailure, ctx: &mut Context<Self>) -> Self::Result {
@@ -167,6 +191,9 @@ pub struct DlqSink(pub Addr<DlqActor>);
 #[async_trait]
 impl DeadLetterSink for DlqSink {
     async fn dead_letter(&self, letter: DeadLetter) -> Result<(), StoreError> {
-        self.0.send(WriteDeadLetter(letter)).await.map_err(|e| StoreError::Unavailable(format!("dlq actor unreachable: {e}")))?
+        self.0
+            .send(WriteDeadLetter(letter))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("dlq actor unreachable: {e}")))?
     }
 }

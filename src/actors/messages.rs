@@ -1,23 +1,17 @@
-//! Every message the actors exchange, by name.
+//! The actor protocol every actor shares: names, lifecycles, the messages
+//! every child answers, and the actor layer's error.
 //!
 //! Guarantee: messages carry data only; what a message *does* is decided by
-//! the application service or the relay the receiving actor wraps.
+//! the application service or the relay the receiving actor wraps. This file
+//! imports no actor type: a message that only one actor handles lives next
+//! to that actor (`order_actor`, `dlq_actor`, `coordinator`, `health`,
+//! `supervision`).
 
 use actix::prelude::*;
 use std::fmt;
 use std::time::Duration;
-use uuid::Uuid;
 
-use crate::app::{AppError, Loaded, Outcome};
-use crate::domain::Aggregate;
-use crate::envelope::Metadata;
-use crate::relay::dlq::ReplayReport;
-use crate::relay::RelayStatus;
-use crate::store::{DeadLetter, StoreError};
-
-use super::health::HealthReport;
-use super::{CdcStreamProcessor, DlqActor, HealthCheckActor, OrderActor, ProjectionActor};
-use crate::projection::ProjectionStatus;
+use crate::store::StoreError;
 
 /// The actors of the supervision tree, as named in metrics and /health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -37,7 +31,14 @@ pub enum ActorName {
 }
 
 impl ActorName {
-    pub const ALL: [ActorName; 6] = [ActorName::Coordinator, ActorName::HealthCheck, ActorName::Dlq, ActorName::Order, ActorName::Cdc, ActorName::Projection];
+    pub const ALL: [ActorName; 6] = [
+        ActorName::Coordinator,
+        ActorName::HealthCheck,
+        ActorName::Dlq,
+        ActorName::Order,
+        ActorName::Cdc,
+        ActorName::Projection,
+    ];
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -77,52 +78,56 @@ pub enum Lifecycle {
     Starting,
     Running,
     /// Waiting out the backoff before restart number `restart`.
-    Restarting { restart: u32 },
+    Restarting {
+        restart: u32,
+    },
     /// The restart budget is exhausted; the actor does no more work.
     GaveUp,
-    /// Stopped by the coordinator during shutdown.
+    /// Stopped by the coordinator during shutdown (or not startable here).
     Stopped,
 }
 
-// ---- Coordinator -------------------------------------------------------
-
-/// The latest aggregated health (from the HealthCheckActor).
-#[derive(Message)]
-#[rtype(result = "HealthReport")]
-pub struct GetSystemHealth;
-
-#[derive(Message)]
-#[rtype(result = "Option<Addr<OrderActor>>")]
-pub struct GetOrderActor;
-
-#[derive(Message)]
-#[rtype(result = "Option<Addr<HealthCheckActor>>")]
-pub struct GetHealthCheckActor;
-
-#[derive(Message)]
-#[rtype(result = "Option<Addr<DlqActor>>")]
-pub struct GetDlqActor;
-
-#[derive(Message)]
-#[rtype(result = "Option<Addr<CdcStreamProcessor>>")]
-pub struct GetCdcProcessor;
-
-/// The ProjectionActor (None when the backend has no read models).
-#[derive(Message)]
-#[rtype(result = "Option<Addr<ProjectionActor>>")]
-pub struct GetProjectionActor;
-
-/// Stops intake, drains commands, stops the children in reverse start order
-/// and reports `exit_code` on the coordinator's exit channel. Idempotent: a
-/// second request while shutting down only waits. Answers the exit code used.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "u8")]
-pub struct ShutdownSystem {
-    pub reason: String,
-    pub exit_code: u8,
+/// The errors actors answer with (the actor layer's one error enum). The
+/// HTTP layer maps them: `is_unavailable` -> 503, otherwise 409.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ActorError {
+    /// The actor cannot take this request in its current lifecycle.
+    #[error("{actor} is not running ({lifecycle:?})")]
+    NotRunning { actor: ActorName, lifecycle: Lifecycle },
+    /// The actor does not exist in this deployment (or not yet).
+    #[error("{actor} is not started: {reason}")]
+    NotStarted { actor: ActorName, reason: String },
+    /// The request makes no sense for this actor.
+    #[error("{0}")]
+    Refused(String),
+    /// The actor's mailbox is closed or full.
+    #[error("{actor} unreachable: {reason}")]
+    Unreachable { actor: ActorName, reason: String },
+    #[error("shutting down")]
+    ShuttingDown,
+    /// A Kafka producer could not be created.
+    #[error("cannot create a Kafka producer: {0}")]
+    Publisher(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-/// A supervised child used up its restart budget.
+impl ActorError {
+    /// Retrying later may succeed (503), rather than a refusal (409).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            ActorError::Unreachable { .. } | ActorError::ShuttingDown | ActorError::Publisher(_) | ActorError::Store(_)
+        )
+    }
+
+    /// `Unreachable` from a failed `send`.
+    pub fn unreachable(actor: ActorName, e: MailboxError) -> ActorError {
+        ActorError::Unreachable { actor, reason: e.to_string() }
+    }
+}
+
+/// A supervised child used up its restart budget (child -> parent).
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct ChildGaveUp {
@@ -131,15 +136,14 @@ pub struct ChildGaveUp {
     pub last_error: String,
 }
 
-/// Routes a test failure to a child (admin `/debug/fail/{actor}`).
+/// A lifecycle change a child reports about itself (child -> health check).
 #[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<(), String>")]
-pub struct InjectFailureInto {
+#[rtype(result = "()")]
+pub struct ComponentEvent {
     pub actor: ActorName,
-    pub mode: FailureMode,
+    pub lifecycle: Lifecycle,
+    pub detail: String,
 }
-
-// ---- Children (common) -------------------------------------------------
 
 /// How an injected failure hits an actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -166,7 +170,7 @@ impl FailureMode {
 
 /// Test-only failure injection (enabled by `OUTBOXD_ENABLE_FAULT_INJECTION=1`).
 #[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), ActorError>")]
 pub struct InjectFailure(pub FailureMode);
 
 /// Liveness probe; answers the actor's lifecycle.
@@ -181,133 +185,3 @@ pub struct StopActor {
     /// How long the actor may take to finish in-flight work.
     pub deadline: Duration,
 }
-
-// ---- OrderActor ----------------------------------------------------------
-
-/// Runs one command against one Order or Customer through `CommandService`.
-#[derive(Debug)]
-pub struct ExecuteCommand<A: Aggregate> {
-    pub id: Uuid,
-    pub command: A::Command,
-    pub meta: Metadata,
-    pub expected_version: Option<i64>,
-}
-
-impl<A: Aggregate> Message for ExecuteCommand<A> {
-    type Result = Result<Outcome<A>, AppError>;
-}
-
-/// Loads one aggregate's current state (version 0 = unknown id).
-#[derive(Debug)]
-pub struct LoadAggregate<A: Aggregate> {
-    pub id: Uuid,
-    _a: std::marker::PhantomData<fn() -> A>,
-}
-
-impl<A: Aggregate> LoadAggregate<A> {
-    pub fn new(id: Uuid) -> Self {
-        LoadAggregate { id, _a: std::marker::PhantomData }
-    }
-}
-
-impl<A: Aggregate> Message for LoadAggregate<A> {
-    type Result = Result<Loaded<A>, AppError>;
-}
-
-/// Waits until every command already accepted has finished (shutdown).
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "usize")]
-pub struct DrainCommands {
-    pub deadline: Duration,
-}
-
-// ---- CdcStreamProcessor --------------------------------------------------
-
-/// What the CDC processor reports: its lifecycle, restarts and the relay's
-/// progress, lag and breaker state.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ProcessorStatus {
-    pub lifecycle: Lifecycle,
-    pub restarts_in_window: u32,
-    pub relay_running: bool,
-    pub relay: RelayStatus,
-}
-
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "ProcessorStatus")]
-pub struct GetRelayStatus;
-
-// ---- ProjectionActor ----------------------------------------------------
-
-/// What the ProjectionActor reports: its lifecycle, restarts and the
-/// projector's checkpoint, lag and store errors.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ProjectionActorStatus {
-    pub lifecycle: Lifecycle,
-    pub restarts_in_window: u32,
-    /// A projector task is running (and says so).
-    pub projector_running: bool,
-    pub projection: ProjectionStatus,
-}
-
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "ProjectionActorStatus")]
-pub struct GetProjectionStatus;
-
-// ---- DlqActor ------------------------------------------------------------
-
-/// Durably records a dead letter (the relay's `DeadLetterSink`).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<(), StoreError>")]
-pub struct WriteDeadLetter(pub DeadLetter);
-
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "Result<Vec<DeadLetter>, StoreError>")]
-pub struct ListDeadLetters {
-    pub limit: usize,
-}
-
-/// Re-publishes dead letters (all, or the given ids) and removes the ones
-/// the broker confirmed.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<ReplayReport, String>")]
-pub struct ReplayDeadLetters {
-    pub ids: Option<Vec<Uuid>>,
-}
-
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "Result<u64, StoreError>")]
-pub struct CountDeadLetters;
-
-// ---- HealthCheckActor ----------------------------------------------------
-
-/// Tells the health actor whom to check (sent by the coordinator once the
-/// children are started).
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct RegisterComponents {
-    pub dlq: Addr<DlqActor>,
-    pub order: Addr<OrderActor>,
-    pub cdc: Addr<CdcStreamProcessor>,
-    /// None when the backend has no read models (CQL).
-    pub projection: Option<Addr<ProjectionActor>>,
-}
-
-/// A lifecycle change a child reports about itself.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct ComponentEvent {
-    pub actor: ActorName,
-    pub lifecycle: Lifecycle,
-    pub detail: String,
-}
-
-/// Runs a health check now (besides the periodic ones).
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct CheckNow;
-
-/// Marks the system as shutting down in the published report.
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "()")]
-pub struct MarkShuttingDown;

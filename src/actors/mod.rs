@@ -7,10 +7,17 @@
 //! ├── HealthCheckActor    resume  (errors are logged, it keeps checking)
 //! ├── DlqActor            resume  (owns dead-letter writes, listing, replay)
 //! ├── OrderActor          restart (actix Supervisor; runs app::CommandService)
-//! ├── CdcStreamProcessor  restart (actix Supervisor; runs relay::Relay::run)
-//! └── ProjectionActor     restart (actix Supervisor; runs projection::Projector::run;
-//!                         only when the backend has read models: SQLite)
+//! ├── CdcStreamProcessor  restart (SupervisedTask<RelayBody>: relay::Relay::run on SQLite,
+//! │                       the Scylla CDC reader of relay::cdc on CQL)
+//! └── ProjectionActor     restart (SupervisedTask<ProjectionBody>: projection::Projector::run
+//!                         on SQLite, projection::cql's CDC projection on ScyllaDB;
+//!                         only when the backend has read models)
 //! ```
+//!
+//! Files: the shared protocol in [`messages`] (names, lifecycles, the
+//! messages every child answers, [`ActorError`]); a message only one actor
+//! handles lives next to that actor. [`supervision`] holds the restart
+//! policy and the one generic supervised-task shell both task actors use.
 //!
 //! Guarantees:
 //! - No business rule lives here: commands go through [`crate::app::CommandService`],
@@ -45,14 +52,22 @@ use crate::projection::{DynReadModels, ProjectionStatus};
 use crate::relay::RelayStatus;
 use crate::store::DynStore;
 
-pub use cdc_processor::CdcStreamProcessor;
-pub use coordinator::CoordinatorActor;
-pub use dlq_actor::{DlqActor, DlqSink};
-pub use health::{ComponentHealth, HealthCheckActor, HealthReport, HealthStatus};
-pub use messages::*;
-pub use order_actor::OrderActor;
-pub use projection_actor::ProjectionActor;
-pub use supervision::RestartBudget;
+pub use cdc_processor::{CdcStreamProcessor, RelayBody};
+pub use coordinator::{
+    CoordinatorActor, GetCdcProcessor, GetDlqActor, GetHealthCheckActor, GetOrderActor, GetProjectionActor,
+    InjectFailureInto, ShutdownSystem,
+};
+pub use dlq_actor::{CountDeadLetters, DlqActor, DlqSink, ListDeadLetters, ReplayDeadLetters, WriteDeadLetter};
+pub use health::{
+    CheckNow, ComponentHealth, GetSystemHealth, HealthCheckActor, HealthReport, HealthStatus, MarkShuttingDown,
+    RegisterComponents,
+};
+pub use messages::{
+    ActorError, ActorName, ChildGaveUp, ComponentEvent, FailureMode, InjectFailure, Lifecycle, Ping, StopActor,
+};
+pub use order_actor::{DrainCommands, ExecuteCommand, LoadAggregate, OrderActor};
+pub use projection_actor::{ProjectionActor, ProjectionBody};
+pub use supervision::{GetTaskStatus, RestartBudget, SupervisedTask, TaskBody, TaskInfo, TaskStatus};
 
 /// Exit code of `outboxd run` when a supervised actor used up its restart
 /// budget (EX_SOFTWARE).
@@ -97,7 +112,8 @@ pub struct ActorDeps {
     /// The CQL store when `store.backend = cql`: its feed is Scylla CDC
     /// (`relay::cdc`), read with the store's session.
     pub cql: Option<Arc<crate::store::cql::CqlStore>>,
-    /// The read models when the backend has them (SQLite); None: no
+    /// The read models when the backend has them (SQLite always; CQL when
+    /// the server has Scylla CDC, fed by the CDC projection); None: no
     /// ProjectionActor, and GET /orders/{id} reads the event stream.
     pub read_models: Option<DynReadModels>,
     /// Projector status; the sender outlives projector restarts.
@@ -109,7 +125,18 @@ impl ActorDeps {
         let (relay_status, _) = watch::channel(RelayStatus::default());
         let (health, _) = watch::channel(HealthReport::starting());
         let (projection_status, _) = watch::channel(ProjectionStatus::default());
-        ActorDeps { cfg: Arc::new(cfg), store, metrics, runtime, intake: Arc::new(Intake::new()), relay_status, health, cql: None, read_models: None, projection_status }
+        ActorDeps {
+            cfg: Arc::new(cfg),
+            store,
+            metrics,
+            runtime,
+            intake: Arc::new(Intake::new()),
+            relay_status,
+            health,
+            cql: None,
+            read_models: None,
+            projection_status,
+        }
     }
 
     /// Maintains these read models with a supervised ProjectionActor.
@@ -138,15 +165,11 @@ pub fn start_system(deps: ActorDeps, exit: oneshot::Sender<u8>) -> actix::Addr<C
     CoordinatorActor::new(deps, exit).start()
 }
 
-/// Every known event type, for initialising labelled metrics at 0.
-pub const EVENT_TYPES: &[&str] =
-    &["OrderCreated", "OrderItemsUpdated", "OrderConfirmed", "OrderShipped", "OrderDelivered", "OrderCancelled", "CustomerRegistered", "CustomerEmailChanged"];
-
 /// Creates every labelled series whose labels are known up front at 0, so
 /// /metrics lists the whole catalogue from the first scrape (Prometheus
 /// practice: initialise known label values).
 pub fn prime_metrics(m: &Metrics, cfg: &Config) {
-    for et in EVENT_TYPES {
+    for et in crate::domain::EVENT_TYPES {
         m.cdc_events_processed.with_label_values(&[et]);
         m.cdc_processing_duration.with_label_values(&[et]);
         m.dlq_messages_by_event_type.with_label_values(&[et]);
@@ -168,7 +191,7 @@ pub fn prime_metrics(m: &Metrics, cfg: &Config) {
     for c in health::COMPONENTS.into_iter().chain(["system"]) {
         m.actor_health_status.with_label_values(&[c]);
     }
-    for (t, _) in crate::relay::topics::all_topics(cfg) {
+    for t in crate::relay::topics::topic_names(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix) {
         m.messages_sent.with_label_values(&[&t]);
     }
 }

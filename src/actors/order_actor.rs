@@ -11,16 +11,56 @@
 use actix::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
+
+use uuid::Uuid;
 
 use crate::app::{AppError, CommandService, Loaded, Outcome, ServiceOptions};
 use crate::domain::Aggregate;
+use crate::envelope::Metadata;
 use crate::store::StoreError;
 
-use super::messages::*;
-use super::supervision::RestartBudget;
+use super::messages::{ActorError, ActorName, ChildGaveUp, ComponentEvent, InjectFailure, Lifecycle, Ping, StopActor};
+use super::supervision::{record_restart, Restart, RestartBudget};
 use super::ActorDeps;
+
+/// Runs one command against one Order or Customer through `CommandService`.
+#[derive(Debug)]
+pub struct ExecuteCommand<A: Aggregate> {
+    pub id: Uuid,
+    pub command: A::Command,
+    pub meta: Metadata,
+    pub expected_version: Option<i64>,
+}
+
+impl<A: Aggregate> Message for ExecuteCommand<A> {
+    type Result = Result<Outcome<A>, AppError>;
+}
+
+/// Loads one aggregate's current state (version 0 = unknown id).
+#[derive(Debug)]
+pub struct LoadAggregate<A: Aggregate> {
+    pub id: Uuid,
+    _a: std::marker::PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> LoadAggregate<A> {
+    pub fn new(id: Uuid) -> Self {
+        LoadAggregate { id, _a: std::marker::PhantomData }
+    }
+}
+
+impl<A: Aggregate> Message for LoadAggregate<A> {
+    type Result = Result<Loaded<A>, AppError>;
+}
+
+/// Waits until every command already accepted has finished (shutdown).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "usize")]
+pub struct DrainCommands {
+    pub deadline: Duration,
+}
 
 const NAME: ActorName = ActorName::Order;
 
@@ -83,7 +123,17 @@ pub struct OrderActor {
 impl OrderActor {
     pub fn new(deps: ActorDeps, parent: Recipient<ChildGaveUp>, health: Recipient<ComponentEvent>) -> OrderActor {
         let budget = RestartBudget::new(&deps.cfg.supervision);
-        OrderActor { deps, parent, health, svc: None, lifecycle: Lifecycle::Starting, budget, inflight: Arc::new(InFlight::default()), draining: false, last_error: None }
+        OrderActor {
+            deps,
+            parent,
+            health,
+            svc: None,
+            lifecycle: Lifecycle::Starting,
+            budget,
+            inflight: Arc::new(InFlight::default()),
+            draining: false,
+            last_error: None,
+        }
     }
 
     /// (Re)builds the command service: the "connection" of this actor.
@@ -92,11 +142,20 @@ impl OrderActor {
             return;
         }
         let s = &self.deps.cfg.service;
-        let opts = ServiceOptions { max_conflict_retries: s.max_conflict_retries, snapshot_every: s.snapshot_every, default_currency: s.default_currency.clone() };
-        self.svc = Some(CommandService::new(self.deps.store.clone(), opts).with_observer(Arc::new(self.deps.metrics.clone())));
+        let opts = ServiceOptions {
+            max_conflict_retries: s.max_conflict_retries,
+            snapshot_every: s.snapshot_every,
+            default_currency: s.default_currency.clone(),
+        };
+        self.svc =
+            Some(CommandService::new(self.deps.store.clone(), opts).with_observer(Arc::new(self.deps.metrics.clone())));
         let restarted = matches!(self.lifecycle, Lifecycle::Restarting { .. });
         self.lifecycle = Lifecycle::Running;
-        let detail = if restarted { format!("restarted ({} restarts in total)", self.budget.total()) } else { "accepting commands".to_string() };
+        let detail = if restarted {
+            format!("restarted ({} restarts in total)", self.budget.total())
+        } else {
+            "accepting commands".to_string()
+        };
         tracing::info!(actor = %NAME, "{detail}");
         self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail });
     }
@@ -140,19 +199,14 @@ impl Supervised for OrderActor {
             return;
         }
         let error = self.last_error.take().unwrap_or_else(|| "actor stopped unexpectedly".into());
-        match self.budget.record(Instant::now()) {
-            Ok(n) => {
-                self.deps.metrics.actor_restarts.with_label_values(&[NAME.as_str()]).inc();
+        match record_restart(&mut self.budget, &self.deps.metrics, &self.deps.cfg.supervision, NAME, &error) {
+            Restart::Again { n, event } => {
                 self.lifecycle = Lifecycle::Restarting { restart: n };
-                let delay = self.budget.delay(n);
-                tracing::warn!(actor = %NAME, restart = n, max = self.deps.cfg.supervision.max_restarts, ?delay, %error, "restarting actor");
-                self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail: format!("restart {n} after: {error}") });
+                self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail: event });
             }
-            Err(n) => {
+            Restart::GiveUp { n, event } => {
                 self.lifecycle = Lifecycle::GaveUp;
-                tracing::error!(actor = %NAME, restarts = n, window_ms = self.deps.cfg.supervision.restart_window_ms, %error, "restart budget exhausted; giving up");
-                let detail = format!("gave up after {n} restarts within {} ms; last error: {error}", self.deps.cfg.supervision.restart_window_ms);
-                self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail });
+                self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail: event });
                 self.parent.do_send(ChildGaveUp { actor: NAME, restarts: n, last_error: error });
             }
         }
@@ -173,10 +227,14 @@ where
             return Box::pin(async move { Err(e) });
         };
         let guard = self.inflight.enter();
-        let task = self.deps.runtime.spawn(async move { svc.execute::<A>(msg.id, &msg.command, msg.meta, msg.expected_version).await });
+        let task = self
+            .deps
+            .runtime
+            .spawn(async move { svc.execute::<A>(msg.id, &msg.command, msg.meta, msg.expected_version).await });
         Box::pin(async move {
             let _guard = guard;
-            task.await.unwrap_or_else(|e| Err(AppError::Store(StoreError::Unavailable(format!("command task failed: {e}")))))
+            task.await
+                .unwrap_or_else(|e| Err(AppError::Store(StoreError::Unavailable(format!("command task failed: {e}")))))
         })
     }
 }
@@ -191,7 +249,10 @@ impl<A: Aggregate> Handler<LoadAggregate<A>> for OrderActor {
             return Box::pin(async move { Err(e) });
         };
         let task = self.deps.runtime.spawn(async move { svc.load::<A>(msg.id).await });
-        Box::pin(async move { task.await.unwrap_or_else(|e| Err(AppError::Store(StoreError::Unavailable(format!("load task failed: {e}"))))) })
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|e| Err(AppError::Store(StoreError::Unavailable(format!("load task failed: {e}")))))
+        })
     }
 }
 
@@ -217,17 +278,21 @@ impl Handler<StopActor> for OrderActor {
             self.lifecycle = Lifecycle::Stopped;
         }
         tracing::info!(actor = %NAME, "stopped");
-        self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail: "stopped for shutdown".into() });
+        self.health.do_send(ComponentEvent {
+            actor: NAME,
+            lifecycle: self.lifecycle,
+            detail: "stopped for shutdown".into(),
+        });
     }
 }
 
 impl Handler<InjectFailure> for OrderActor {
-    type Result = Result<(), String>;
+    type Result = Result<(), ActorError>;
 
     fn handle(&mut self, msg: InjectFailure, ctx: &mut Context<Self>) -> Self::Result {
         self.deps.received(NAME);
         if self.lifecycle != Lifecycle::Running {
-            return Err(format!("{NAME} is not running ({:?})", self.lifecycle));
+            return Err(ActorError::NotRunning { actor: NAME, lifecycle: self.lifecycle });
         }
         tracing::error!(actor = %NAME, mode = ?msg.0, "injected failure: stopping the actor");
         self.last_error = Some(format!("injected failure ({:?})", msg.0));

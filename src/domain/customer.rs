@@ -33,11 +33,19 @@ pub enum CustomerEvent {
     EmailChanged(CustomerEmailChanged),
 }
 
+impl CustomerEvent {
+    // The stored `event_type` names (also the Kafka `ce_type`); `DomainEvent::TYPES` lists them.
+    pub const REGISTERED: &'static str = "CustomerRegistered";
+    pub const EMAIL_CHANGED: &'static str = "CustomerEmailChanged";
+}
+
 impl DomainEvent for CustomerEvent {
+    const TYPES: &'static [&'static str] = &[Self::REGISTERED, Self::EMAIL_CHANGED];
+
     fn event_type(&self) -> &'static str {
         match self {
-            CustomerEvent::Registered(_) => "CustomerRegistered",
-            CustomerEvent::EmailChanged(_) => "CustomerEmailChanged",
+            CustomerEvent::Registered(_) => Self::REGISTERED,
+            CustomerEvent::EmailChanged(_) => Self::EMAIL_CHANGED,
         }
     }
     fn schema_version(_event_type: &str) -> i32 {
@@ -51,8 +59,8 @@ impl DomainEvent for CustomerEvent {
     }
     fn from_payload(event_type: &str, v: serde_json::Value) -> Result<Self, DecodeError> {
         Ok(match event_type {
-            "CustomerRegistered" => CustomerEvent::Registered(decode(event_type, v)?),
-            "CustomerEmailChanged" => CustomerEvent::EmailChanged(decode(event_type, v)?),
+            Self::REGISTERED => CustomerEvent::Registered(decode(event_type, v)?),
+            Self::EMAIL_CHANGED => CustomerEvent::EmailChanged(decode(event_type, v)?),
             other => return Err(DecodeError::UnknownType(other.to_string())),
         })
     }
@@ -85,14 +93,21 @@ impl Aggregate for Customer {
                 if name.chars().count() > MAX_NAME {
                     return Err(DomainError::TooLong { field: "name", max: MAX_NAME });
                 }
-                Ok(vec![CustomerEvent::Registered(CustomerRegistered { name, email: email.clone(), phone: phone.clone() })])
+                Ok(vec![CustomerEvent::Registered(CustomerRegistered {
+                    name,
+                    email: email.clone(),
+                    phone: phone.clone(),
+                })])
             }
             CustomerCommand::ChangeEmail { email } => {
                 let Some(old) = &self.email else { return Err(DomainError::CustomerNotFound) };
                 if old == email {
                     return Err(DomainError::EmailUnchanged);
                 }
-                Ok(vec![CustomerEvent::EmailChanged(CustomerEmailChanged { old_email: old.clone(), new_email: email.clone() })])
+                Ok(vec![CustomerEvent::EmailChanged(CustomerEmailChanged {
+                    old_email: old.clone(),
+                    new_email: email.clone(),
+                })])
             }
         }
     }
@@ -154,7 +169,11 @@ mod tests {
     fn register_needs_a_name() {
         let cmd = CustomerCommand::Register { name: " ".into(), email: Email::new("a@b.co").unwrap(), phone: None };
         assert_eq!(Customer::default().handle(&cmd), Err(DomainError::Blank { field: "name" }));
-        let cmd = CustomerCommand::Register { name: "n".repeat(MAX_NAME + 1), email: Email::new("a@b.co").unwrap(), phone: None };
+        let cmd = CustomerCommand::Register {
+            name: "n".repeat(MAX_NAME + 1),
+            email: Email::new("a@b.co").unwrap(),
+            phone: None,
+        };
         assert_eq!(Customer::default().handle(&cmd), Err(DomainError::TooLong { field: "name", max: MAX_NAME }));
     }
 

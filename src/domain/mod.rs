@@ -20,6 +20,8 @@ use serde::{de::DeserializeOwned, Serialize};
 
 /// A domain event that can be stored in an envelope.
 pub trait DomainEvent: Sized + Clone + std::fmt::Debug + Send + Sync + 'static {
+    /// Every `event_type` this enum writes (one per variant).
+    const TYPES: &'static [&'static str];
     /// The stable name stored as `event_type` (e.g. `OrderCreated`).
     fn event_type(&self) -> &'static str;
     /// The schema version this code writes for `event_type`.
@@ -29,6 +31,27 @@ pub trait DomainEvent: Sized + Clone + std::fmt::Debug + Send + Sync + 'static {
     /// Parses an event body written at the current schema version
     /// (older versions are upcast first, see [`upcast`]).
     fn from_payload(event_type: &str, payload: serde_json::Value) -> Result<Self, DecodeError>;
+}
+
+/// Every event type of the domain, from the event enums (`DomainEvent::TYPES`
+/// of `OrderEvent` then `CustomerEvent`): the one list that topic routing and
+/// the labelled metrics use.
+pub const EVENT_TYPES: [&str; OrderEvent::TYPES.len() + CustomerEvent::TYPES.len()] =
+    concat_types(OrderEvent::TYPES, CustomerEvent::TYPES);
+
+const fn concat_types<const N: usize>(a: &[&'static str], b: &[&'static str]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < a.len() {
+        out[i] = a[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < b.len() {
+        out[i + j] = b[j];
+        j += 1;
+    }
+    out
 }
 
 /// An event body that could not be decoded into a known event.
@@ -65,4 +88,18 @@ fn body_err(event_type: &str, e: serde_json::Error) -> DecodeError {
 
 pub(crate) fn decode<T: DeserializeOwned>(event_type: &str, v: serde_json::Value) -> Result<T, DecodeError> {
     serde_json::from_value(v).map_err(|e| body_err(event_type, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_list_both_aggregates_once() {
+        assert_eq!(&EVENT_TYPES[..OrderEvent::TYPES.len()], OrderEvent::TYPES);
+        assert_eq!(&EVENT_TYPES[OrderEvent::TYPES.len()..], CustomerEvent::TYPES);
+        let unique: std::collections::BTreeSet<_> = EVENT_TYPES.iter().collect();
+        assert_eq!(unique.len(), EVENT_TYPES.len());
+        assert!(EVENT_TYPES.contains(&"OrderCreated") && EVENT_TYPES.contains(&"CustomerEmailChanged"));
+    }
 }

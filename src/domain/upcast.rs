@@ -9,7 +9,7 @@
 //! `{amount_minor, currency}` and records the order `total`. v1 bodies get
 //! the configured default currency (EUR unless configured otherwise).
 
-use crate::domain::DecodeError;
+use crate::domain::{DecodeError, OrderEvent};
 use serde_json::{json, Value};
 
 /// Currency assumed for v1 events that carried none.
@@ -17,7 +17,12 @@ pub const DEFAULT_V1_CURRENCY: &str = "EUR";
 
 /// Rewrites `payload` from `version` to the current schema version of
 /// `event_type`. Returns the new version and body.
-pub fn upcast(event_type: &str, version: i32, payload: Value, default_currency: &str) -> Result<(i32, Value), DecodeError> {
+pub fn upcast(
+    event_type: &str,
+    version: i32,
+    payload: Value,
+    default_currency: &str,
+) -> Result<(i32, Value), DecodeError> {
     let current = current_version(event_type);
     if version > current {
         return Err(DecodeError::FutureVersion { event_type: event_type.to_string(), version, supported: current });
@@ -26,7 +31,7 @@ pub fn upcast(event_type: &str, version: i32, payload: Value, default_currency: 
     let mut body = payload;
     while v < current {
         body = match (event_type, v) {
-            ("OrderCreated", 1) => order_created_v1_to_v2(body, default_currency)?,
+            (OrderEvent::CREATED, 1) => order_created_v1_to_v2(body, default_currency)?,
             _ => {
                 return Err(DecodeError::Body {
                     event_type: event_type.to_string(),
@@ -50,12 +55,13 @@ pub fn current_version(event_type: &str) -> i32 {
 }
 
 fn order_created_v1_to_v2(mut body: Value, currency: &str) -> Result<Value, DecodeError> {
-    let err = |m: &str| DecodeError::Body { event_type: "OrderCreated".into(), message: format!("v1 body: {m}") };
+    let err = |m: &str| DecodeError::Body { event_type: OrderEvent::CREATED.into(), message: format!("v1 body: {m}") };
     let items = body.get_mut("items").and_then(Value::as_array_mut).ok_or_else(|| err("missing items"))?;
     let mut total: i64 = 0;
     for item in items.iter_mut() {
         let obj = item.as_object_mut().ok_or_else(|| err("item is not an object"))?;
-        let price = obj.remove("unit_price_minor").and_then(|p| p.as_i64()).ok_or_else(|| err("missing unit_price_minor"))?;
+        let price =
+            obj.remove("unit_price_minor").and_then(|p| p.as_i64()).ok_or_else(|| err("missing unit_price_minor"))?;
         let qty = obj.get("quantity").and_then(Value::as_i64).ok_or_else(|| err("missing quantity"))?;
         total = price.checked_mul(qty).and_then(|l| total.checked_add(l)).ok_or_else(|| err("total overflows"))?;
         obj.insert("unit_price".into(), json!({ "amount_minor": price, "currency": currency }));

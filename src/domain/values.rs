@@ -22,7 +22,11 @@ impl Sku {
         let ok = !s.is_empty()
             && s.len() <= 64
             && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if ok { Ok(Sku(s)) } else { Err(DomainError::InvalidSku(truncate(&s))) }
+        if ok {
+            Ok(Sku(s))
+        } else {
+            Err(DomainError::InvalidSku(truncate(&s)))
+        }
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -133,7 +137,13 @@ impl Email {
         }
         let (local, domain) = s.rsplit_once('@').ok_or_else(bad)?;
         let local_ok = local.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
-        if !local_ok || local.is_empty() || local.len() > 64 || local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+        if !local_ok
+            || local.is_empty()
+            || local.len() > 64
+            || local.starts_with('.')
+            || local.ends_with('.')
+            || local.contains("..")
+        {
             return Err(bad());
         }
         let labels: Vec<&str> = domain.split('.').collect();
@@ -235,7 +245,21 @@ mod tests {
             assert!(Email::new(ok).is_ok(), "{ok}");
         }
         assert_eq!(Email::new("A@Example.COM").unwrap().as_str(), "A@example.com");
-        for bad in ["", "a", "a@", "@b.co", "a@b", "a b@c.de", "a@@b.co", "a@b..co", "a@-b.co", "a@b.c0", ".a@b.co", "a..b@c.de", "ä@b.co\n"] {
+        for bad in [
+            "",
+            "a",
+            "a@",
+            "@b.co",
+            "a@b",
+            "a b@c.de",
+            "a@@b.co",
+            "a@b..co",
+            "a@-b.co",
+            "a@b.c0",
+            ".a@b.co",
+            "a..b@c.de",
+            "ä@b.co\n",
+        ] {
             assert!(matches!(Email::new(bad), Err(DomainError::InvalidEmail(_))), "{bad:?} accepted");
         }
         assert!(Email::new(&format!("{}@b.co", "a".repeat(65))).is_err());

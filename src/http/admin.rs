@@ -23,7 +23,10 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::actors::{ActorName, CoordinatorActor, DlqActor, FailureMode, HealthReport, HealthStatus, InjectFailureInto, ListDeadLetters, ReplayDeadLetters};
+use crate::actors::{
+    ActorName, CoordinatorActor, DlqActor, FailureMode, HealthReport, HealthStatus, InjectFailureInto, ListDeadLetters,
+    ReplayDeadLetters,
+};
 use crate::metrics::Metrics;
 
 use super::errors::{method_not_allowed, ApiError};
@@ -44,7 +47,8 @@ async fn metrics(st: web::Data<AdminState>) -> HttpResponse {
 
 async fn health(st: web::Data<AdminState>) -> HttpResponse {
     let report = st.health.borrow().clone();
-    let status = if report.status == HealthStatus::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let status =
+        if report.status == HealthStatus::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     HttpResponse::build(status).json(report)
 }
 
@@ -56,7 +60,9 @@ async fn ready(st: web::Data<AdminState>) -> HttpResponse {
     let report = st.health.borrow().clone();
     match report.ready() {
         Ok(()) => HttpResponse::Ok().json(json!({"ready": true, "status": report.status})),
-        Err(reason) => HttpResponse::ServiceUnavailable().json(json!({"ready": false, "error": "not_ready", "message": reason})),
+        Err(reason) => {
+            HttpResponse::ServiceUnavailable().json(json!({"ready": false, "error": "not_ready", "message": reason}))
+        }
     }
 }
 
@@ -67,10 +73,15 @@ struct ListQuery {
 
 async fn dlq_list(st: web::Data<AdminState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    let letters = st.dlq.send(ListDeadLetters { limit }).await.map_err(|_| ApiError::unavailable("dead-letter actor unavailable"))?.map_err(|e| {
-        tracing::warn!(error = %e, "cannot list dead letters");
-        ApiError::unavailable("the store is unavailable")
-    })?;
+    let letters = st
+        .dlq
+        .send(ListDeadLetters { limit })
+        .await
+        .map_err(|_| ApiError::unavailable("dead-letter actor unavailable"))?
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot list dead letters");
+            ApiError::unavailable("the store is unavailable")
+        })?;
     Ok(HttpResponse::Ok().json(json!({"count": letters.len(), "dead_letters": letters})))
 }
 
@@ -81,17 +92,28 @@ async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<Value>) -> Result
             let raw = b.array("ids")?;
             let mut ids = Vec::with_capacity(raw.len());
             for (i, v) in raw.iter().enumerate() {
-                ids.push(v.as_str().and_then(|s| Uuid::parse_str(s).ok()).ok_or_else(|| ApiError::invalid(format!("ids[{i}]"), "must be a UUID"))?);
+                ids.push(
+                    v.as_str()
+                        .and_then(|s| Uuid::parse_str(s).ok())
+                        .ok_or_else(|| ApiError::invalid(format!("ids[{i}]"), "must be a UUID"))?,
+                );
             }
             Some(ids)
         }
         (None, Some(true)) => None,
-        _ => return Err(ApiError::invalid("ids", "say which dead letters to replay: {\"ids\": [...]} or {\"all\": true}")),
+        _ => {
+            return Err(ApiError::invalid(
+                "ids",
+                "say which dead letters to replay: {\"ids\": [...]} or {\"all\": true}",
+            ))
+        }
     };
-    let report = st.dlq.send(ReplayDeadLetters { ids }).await.map_err(|_| ApiError::unavailable("dead-letter actor unavailable"))?.map_err(|e| {
-        tracing::warn!(error = %e, "dead-letter replay failed");
-        ApiError::unavailable("replay failed; see the server log")
-    })?;
+    let report = st
+        .dlq
+        .send(ReplayDeadLetters { ids })
+        .await
+        .map_err(|_| ApiError::unavailable("dead-letter actor unavailable"))?
+        .map_err(|e| ApiError::from_actor(e, "replay"))?;
     Ok(HttpResponse::Ok().json(report))
 }
 
@@ -100,22 +122,33 @@ struct FailQuery {
     mode: Option<String>,
 }
 
-async fn debug_fail(st: web::Data<AdminState>, path: web::Path<String>, q: web::Query<FailQuery>) -> Result<HttpResponse, ApiError> {
+async fn debug_fail(
+    st: web::Data<AdminState>,
+    path: web::Path<String>,
+    q: web::Query<FailQuery>,
+) -> Result<HttpResponse, ApiError> {
     if !st.fault_injection {
         return Err(ApiError::not_found("no such route"));
     }
-    let actor = ActorName::parse(&path).ok_or_else(|| ApiError::not_found("unknown actor; use order_actor, cdc_processor, projection_actor, dlq_actor or health_check"))?;
+    let actor = ActorName::parse(&path).ok_or_else(|| {
+        ApiError::not_found(
+            "unknown actor; use order_actor, cdc_processor, projection_actor, dlq_actor or health_check",
+        )
+    })?;
     let default = if matches!(actor, ActorName::Cdc | ActorName::Projection) { "kill" } else { "stop" };
-    let mode = FailureMode::parse(q.mode.as_deref().unwrap_or(default)).ok_or_else(|| ApiError::bad_request("mode", "mode must be stop, kill or panic"))?;
+    let mode = FailureMode::parse(q.mode.as_deref().unwrap_or(default))
+        .ok_or_else(|| ApiError::bad_request("mode", "mode must be stop, kill or panic"))?;
     match st.coordinator.send(InjectFailureInto { actor, mode }).await {
         Ok(Ok(())) => Ok(HttpResponse::Accepted().json(json!({"injected": actor, "mode": mode}))),
-        Ok(Err(e)) => Err(ApiError::new(StatusCode::CONFLICT, "not_running", e)),
+        Ok(Err(e)) => Err(ApiError::from_actor(e, "failure injection")),
         Err(_) => Err(ApiError::unavailable("coordinator unavailable")),
     }
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
-    let res = |path: &str, r: actix_web::Route| web::resource(path.to_string()).route(r).default_service(web::to(method_not_allowed));
+    let res = |path: &str, r: actix_web::Route| {
+        web::resource(path.to_string()).route(r).default_service(web::to(method_not_allowed))
+    };
     cfg.service(res("/metrics", web::get().to(metrics)))
         .service(res("/health", web::get().to(health)))
         .service(res("/health/live", web::get().to(live)))

@@ -10,6 +10,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use std::fmt;
 
+use crate::actors::ActorError;
 use crate::app::AppError;
 use crate::store::StoreError;
 
@@ -62,12 +63,33 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// An actor's refusal (409 `not_running`, with the reason) or its
+    /// unavailability (503; the detail is logged, not returned).
+    pub fn from_actor(e: ActorError, what: &str) -> ApiError {
+        match e {
+            ActorError::ShuttingDown => ApiError::shutting_down(),
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "{what} failed");
+                ApiError::unavailable(format!("{what} failed; see the server log"))
+            }
+            e => ApiError::new(StatusCode::CONFLICT, "not_running", e.to_string()),
+        }
+    }
+
     pub fn shutting_down() -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the service is shutting down; retry against another instance")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the service is shutting down; retry against another instance",
+        )
     }
 
     pub fn unauthorized() -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required (Authorization: Bearer <token>)")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+        )
     }
 
     pub fn internal() -> ApiError {
@@ -114,9 +136,12 @@ impl From<AppError> for ApiError {
                     None => err,
                 }
             }
-            AppError::Conflict { expected, actual } => {
-                ApiError::new(StatusCode::CONFLICT, "version_conflict", format!("expected version {expected}, but the current version is {actual}")).with_field("If-Match")
-            }
+            AppError::Conflict { expected, actual } => ApiError::new(
+                StatusCode::CONFLICT,
+                "version_conflict",
+                format!("expected version {expected}, but the current version is {actual}"),
+            )
+            .with_field("If-Match"),
             AppError::Store(StoreError::NotFound(_)) => ApiError::not_found("no such resource"),
             AppError::Store(StoreError::Unavailable(detail)) => {
                 tracing::warn!(%detail, "command refused: unavailable");
@@ -134,12 +159,20 @@ impl From<AppError> for ApiError {
 pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     use actix_web::error::{JsonPayloadError as J, PayloadError as P};
     let e = match &err {
-        J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("request body is larger than {limit} bytes"))
-        }
-        J::ContentType => ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send the body as JSON with Content-Type: application/json"),
+        J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {limit} bytes"),
+        ),
+        J::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        ),
         J::Deserialize(e) => ApiError::malformed_json(describe_json_error(e)),
-        J::Payload(P::Overflow) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large"),
+        J::Payload(P::Overflow) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
+        }
         J::Payload(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "the request body could not be read"),
         _ => ApiError::malformed_json("the request body is not valid JSON"),
     };

@@ -34,7 +34,12 @@ impl<'a> Input<'a> {
     pub fn body(v: &'a Value, allowed: &[&str]) -> Result<Input<'a>, ApiError> {
         match v {
             Value::Object(map) => Input::checked(map, String::new(), allowed),
-            other => Err(ApiError::new(actix_web::http::StatusCode::UNPROCESSABLE_ENTITY, "validation", format!("the body must be a JSON object, not {}", kind_of(other))).with_field("$")),
+            other => Err(ApiError::new(
+                actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                format!("the body must be a JSON object, not {}", kind_of(other)),
+            )
+            .with_field("$")),
         }
     }
 
@@ -42,7 +47,10 @@ impl<'a> Input<'a> {
         let input = Input { map, prefix };
         if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
             let shown: String = k.chars().filter(|c| !c.is_control()).take(40).collect();
-            return Err(ApiError::invalid(input.path(&shown), format!("unknown field `{shown}`; expected one of: {}", allowed.join(", "))));
+            return Err(ApiError::invalid(
+                input.path(&shown),
+                format!("unknown field `{shown}`; expected one of: {}", allowed.join(", ")),
+            ));
         }
         Ok(input)
     }
@@ -72,7 +80,10 @@ impl<'a> Input<'a> {
         let v = self.required(key)?;
         let s = v.as_str().ok_or_else(|| self.wrong(key, "a string", v))?;
         if s.chars().any(|c| c.is_control()) {
-            return Err(ApiError::invalid(self.path(key), format!("{} must not contain control characters", self.path(key))));
+            return Err(ApiError::invalid(
+                self.path(key),
+                format!("{} must not contain control characters", self.path(key)),
+            ));
         }
         Ok(s.to_string())
     }
@@ -87,7 +98,12 @@ impl<'a> Input<'a> {
     pub fn int(&self, key: &str) -> Result<i64, ApiError> {
         let v = self.required(key)?;
         match v {
-            Value::Number(n) => n.as_i64().ok_or_else(|| ApiError::invalid(self.path(key), format!("{} must be a whole number between -2^63 and 2^63-1", self.path(key)))),
+            Value::Number(n) => n.as_i64().ok_or_else(|| {
+                ApiError::invalid(
+                    self.path(key),
+                    format!("{} must be a whole number between -2^63 and 2^63-1", self.path(key)),
+                )
+            }),
             other => Err(self.wrong(key, "a whole number", other)),
         }
     }
@@ -95,7 +111,12 @@ impl<'a> Input<'a> {
     pub fn uuid(&self, key: &str) -> Result<Uuid, ApiError> {
         let v = self.required(key)?;
         let s = v.as_str().ok_or_else(|| self.wrong(key, "a UUID string", v))?;
-        Uuid::parse_str(s).map_err(|_| ApiError::invalid(self.path(key), format!("{} must be a UUID such as 0192d3a4-5b6c-7d8e-9f00-112233445566", self.path(key))))
+        Uuid::parse_str(s).map_err(|_| {
+            ApiError::invalid(
+                self.path(key),
+                format!("{} must be a UUID such as 0192d3a4-5b6c-7d8e-9f00-112233445566", self.path(key)),
+            )
+        })
     }
 
     pub fn opt_uuid(&self, key: &str) -> Result<Option<Uuid>, ApiError> {
@@ -139,7 +160,12 @@ pub fn items(body: &Input<'_>) -> Result<Vec<OrderItem>, ApiError> {
         let path = format!("items[{i}]");
         let item = match v {
             Value::Object(map) => Input::checked(map, path.clone(), &["sku", "quantity", "unit_price"])?,
-            other => return Err(ApiError::invalid(path.clone(), format!("{path} must be an object, not {}", kind_of(other)))),
+            other => {
+                return Err(ApiError::invalid(
+                    path.clone(),
+                    format!("{path} must be an object, not {}", kind_of(other)),
+                ))
+            }
         };
         let sku = Sku::new(item.string("sku")?).map_err(at(item.path("sku")))?;
         let quantity = item.int("quantity")?;
@@ -172,18 +198,43 @@ mod tests {
 
     #[test]
     fn item_errors_name_the_field() {
-        let ok = json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": 100, "currency": "EUR"}}]});
+        let ok =
+            json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": 100, "currency": "EUR"}}]});
         assert_eq!(items(&Input::body(&ok, &["items"]).unwrap()).unwrap().len(), 1);
         let cases = [
-            (json!({"items": [{"sku": "A", "quantity": -1, "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}), "items[0].quantity"),
-            (json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "EUR"}}, {"sku": "B", "quantity": "2", "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}), "items[1].quantity"),
-            (json!({"items": [{"sku": "🙂", "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}), "items[0].sku"),
-            (json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "eur"}}]}), "items[0].unit_price.currency"),
-            (json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": -5, "currency": "EUR"}}]}), "items[0].unit_price.amount_minor"),
-            (json!({"items": [{"sku": "A", "quantity": 18446744073709551615u64, "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}), "items[0].quantity"),
-            (json!({"items": [{"sku": "A", "quantity": 1.5, "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}), "items[0].quantity"),
+            (
+                json!({"items": [{"sku": "A", "quantity": -1, "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}),
+                "items[0].quantity",
+            ),
+            (
+                json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "EUR"}}, {"sku": "B", "quantity": "2", "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}),
+                "items[1].quantity",
+            ),
+            (
+                json!({"items": [{"sku": "🙂", "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}),
+                "items[0].sku",
+            ),
+            (
+                json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "eur"}}]}),
+                "items[0].unit_price.currency",
+            ),
+            (
+                json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": -5, "currency": "EUR"}}]}),
+                "items[0].unit_price.amount_minor",
+            ),
+            (
+                json!({"items": [{"sku": "A", "quantity": 18446744073709551615u64, "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}),
+                "items[0].quantity",
+            ),
+            (
+                json!({"items": [{"sku": "A", "quantity": 1.5, "unit_price": {"amount_minor": 1, "currency": "EUR"}}]}),
+                "items[0].quantity",
+            ),
             (json!({"items": [{"sku": "A", "quantity": 1}]}), "items[0].unit_price"),
-            (json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "EUR"}, "x": 1}]}), "items[0].x"),
+            (
+                json!({"items": [{"sku": "A", "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "EUR"}, "x": 1}]}),
+                "items[0].x",
+            ),
             (json!({"items": [[1]]}), "items[0]"),
             (json!({"items": {"sku": "A"}}), "items"),
         ];

@@ -25,7 +25,11 @@ pub use admin::AdminState;
 pub use api::ApiState;
 
 /// Counts the response of every request by route pattern and status.
-fn count<S, B>(metrics: Metrics) -> impl Fn(ServiceRequest, &S) -> futures::future::LocalBoxFuture<'static, Result<ServiceResponse<B>, actix_web::Error>> + Clone + 'static
+fn count<S, B>(
+    metrics: Metrics,
+) -> impl Fn(ServiceRequest, &S) -> futures::future::LocalBoxFuture<'static, Result<ServiceResponse<B>, actix_web::Error>>
+       + Clone
+       + 'static
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
     S::Future: 'static,
@@ -73,7 +77,19 @@ fn json_config(limit: usize) -> web::JsonConfig {
 }
 
 /// The command API as an actix-web `App` (also usable with `actix_web::test`).
-pub fn api_app(st: ApiState, metrics: Metrics, max_body_bytes: usize) -> App<impl ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error, InitError = ()>> {
+pub fn api_app(
+    st: ApiState,
+    metrics: Metrics,
+    max_body_bytes: usize,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
     App::new()
         .app_data(web::Data::new(st))
         .app_data(json_config(max_body_bytes))
@@ -113,7 +129,17 @@ pub fn api_app(st: ApiState, metrics: Metrics, max_body_bytes: usize) -> App<imp
 }
 
 /// The admin server as an actix-web `App`.
-pub fn admin_app(st: AdminState) -> App<impl ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error, InitError = ()>> {
+pub fn admin_app(
+    st: AdminState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
     let metrics = st.metrics.clone();
     let fault_injection = st.fault_injection;
     App::new()
@@ -148,7 +174,13 @@ fn bind_error(key: &str, addr: &str, e: std::io::Error) -> std::io::Error {
 
 /// Binds both servers and spawns them on the current actix system. Must be
 /// called inside an actix `System`.
-pub fn start(cfg: &HttpConfig, shutdown_deadline_ms: u64, api: ApiState, admin: AdminState, metrics: Metrics) -> std::io::Result<Servers> {
+pub fn start(
+    cfg: &HttpConfig,
+    shutdown_deadline_ms: u64,
+    api: ApiState,
+    admin: AdminState,
+    metrics: Metrics,
+) -> std::io::Result<Servers> {
     let max_body = cfg.max_body_bytes;
     let grace = (shutdown_deadline_ms / 1000).clamp(1, 30);
     let api_server = HttpServer::new(move || api_app(api.clone(), metrics.clone(), max_body))
@@ -157,14 +189,19 @@ pub fn start(cfg: &HttpConfig, shutdown_deadline_ms: u64, api: ApiState, admin: 
         .shutdown_timeout(grace)
         .bind(&cfg.listen)
         .map_err(|e| bind_error("http.listen", &cfg.listen, e))?;
-    let api_addr = api_server.addrs().first().copied().ok_or_else(|| std::io::Error::other("http.listen bound no address"))?;
+    let api_addr =
+        api_server.addrs().first().copied().ok_or_else(|| std::io::Error::other("http.listen bound no address"))?;
     let admin_server = HttpServer::new(move || admin_app(admin.clone()))
         .workers(1)
         .disable_signals()
         .shutdown_timeout(grace)
         .bind(&cfg.admin_listen)
         .map_err(|e| bind_error("http.admin_listen", &cfg.admin_listen, e))?;
-    let admin_addr = admin_server.addrs().first().copied().ok_or_else(|| std::io::Error::other("http.admin_listen bound no address"))?;
+    let admin_addr = admin_server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("http.admin_listen bound no address"))?;
     let api_server: Server = api_server.run();
     let admin_server: Server = admin_server.run();
     let servers = Servers { api_addr, admin_addr, api: api_server.handle(), admin: admin_server.handle() };

@@ -31,8 +31,16 @@ pub struct SnapshotBench {
 
 impl std::fmt::Display for SnapshotBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "bench snapshots: load one order with {} events (SQLite, median of {} loads each)", self.events, self.iterations)?;
-        writeln!(f, "  without snapshots (snapshot_every=0):          {:>9.3} ms  (reads {} events)", self.without_ms, self.events)?;
+        writeln!(
+            f,
+            "bench snapshots: load one order with {} events (SQLite, median of {} loads each)",
+            self.events, self.iterations
+        )?;
+        writeln!(
+            f,
+            "  without snapshots (snapshot_every=0):          {:>9.3} ms  (reads {} events)",
+            self.without_ms, self.events
+        )?;
         writeln!(
             f,
             "  with snapshots (snapshot_every={:<3}):           {:>9.3} ms  (snapshot at {} + {} events)",
@@ -73,8 +81,13 @@ fn one_order(id: Uuid, n: usize) -> anyhow::Result<(Vec<EventEnvelope>, Vec<Orde
         let items = (0..3)
             .map(|k| OrderItem::new(Sku::new(format!("SKU-{k}"))?, 1 + (seq + k) % 7, Money::new(999 + k * 100, eur)?))
             .collect::<Result<Vec<_>, _>>()?;
-        let cmd = if seq == 1 { OrderCommand::Create { customer_id: Uuid::from_u128(7), items } } else { OrderCommand::UpdateItems { items } };
-        let e = order.handle(&cmd)?.into_iter().next().ok_or_else(|| anyhow::anyhow!("command {seq} decided nothing"))?;
+        let cmd = if seq == 1 {
+            OrderCommand::Create { customer_id: Uuid::from_u128(7), items }
+        } else {
+            OrderCommand::UpdateItems { items }
+        };
+        let e =
+            order.handle(&cmd)?.into_iter().next().ok_or_else(|| anyhow::anyhow!("command {seq} decided nothing"))?;
         order.apply(&e);
         envs.push(EventEnvelope::new::<Order>(id, seq, &e, meta, at)?);
         states.push(order.clone());
@@ -84,7 +97,12 @@ fn one_order(id: Uuid, n: usize) -> anyhow::Result<(Vec<EventEnvelope>, Vec<Orde
 
 /// Measures `CommandService::load::<Order>` of one order with `events`
 /// events, snapshots off vs on (every `snapshot_every` events).
-pub async fn measure_snapshots(dir: &Path, events: usize, snapshot_every: i64, iterations: usize) -> anyhow::Result<SnapshotBench> {
+pub async fn measure_snapshots(
+    dir: &Path,
+    events: usize,
+    snapshot_every: i64,
+    iterations: usize,
+) -> anyhow::Result<SnapshotBench> {
     anyhow::ensure!(events >= 1 && snapshot_every >= 1, "events and snapshot_every must be >= 1");
     let store: DynStore = SqliteStore::open(fresh_db(dir, "snapshots.db")?, fast_opts()).await?;
     let id = Uuid::now_v7();
@@ -98,7 +116,14 @@ pub async fn measure_snapshots(dir: &Path, events: usize, snapshot_every: i64, i
         if version % snapshot_every == 0 {
             let state = serde_json::to_value(&states[version as usize - 1])?;
             store
-                .save_snapshot(Snapshot { aggregate_id: id, aggregate_type: Order::TYPE.into(), version, state_schema: Order::STATE_SCHEMA, state, created_at: now_millis() })
+                .save_snapshot(Snapshot {
+                    aggregate_id: id,
+                    aggregate_type: Order::TYPE.into(),
+                    version,
+                    state_schema: Order::STATE_SCHEMA,
+                    state,
+                    created_at: now_millis(),
+                })
                 .await?;
         }
     }
@@ -116,7 +141,12 @@ pub async fn measure_snapshots(dir: &Path, events: usize, snapshot_every: i64, i
         let t = Instant::now();
         let b = on.load::<Order>(id).await?;
         let d_on = t.elapsed();
-        anyhow::ensure!(a.version == events as i64 && b.version == events as i64, "loaded versions {} / {}, expected {events}", a.version, b.version);
+        anyhow::ensure!(
+            a.version == events as i64 && b.version == events as i64,
+            "loaded versions {} / {}, expected {events}",
+            a.version,
+            b.version
+        );
         anyhow::ensure!(a.state == expected && b.state == expected, "snapshot load and full load disagree");
         if i > 0 {
             t_off.push(d_off);
@@ -128,7 +158,15 @@ pub async fn measure_snapshots(dir: &Path, events: usize, snapshot_every: i64, i
         v[v.len() / 2].as_secs_f64() * 1e3
     };
     let (without_ms, with_ms) = (median(&mut t_off), median(&mut t_on));
-    Ok(SnapshotBench { events, snapshot_every, iterations: t_off.len(), snapshot_version, without_ms, with_ms, ratio: without_ms / with_ms.max(1e-9) })
+    Ok(SnapshotBench {
+        events,
+        snapshot_every,
+        iterations: t_off.len(),
+        snapshot_version,
+        without_ms,
+        with_ms,
+        ratio: without_ms / with_ms.max(1e-9),
+    })
 }
 
 /// `outboxd bench snapshots`: an order with `events` events (10 000 in the
@@ -148,7 +186,9 @@ pub async fn bench_rebuild(dir: &Path, orders: usize) -> anyhow::Result<String> 
     let mut work = Vec::with_capacity(orders);
     for i in 0..orders {
         let id = Uuid::now_v7();
-        let items = (0..3).map(|k| OrderItem::new(Sku::new(format!("SKU-{i}-{k}"))?, 1 + k, Money::new(1999, eur)?)).collect::<Result<Vec<_>, _>>()?;
+        let items = (0..3)
+            .map(|k| OrderItem::new(Sku::new(format!("SKU-{i}-{k}"))?, 1 + k, Money::new(1999, eur)?))
+            .collect::<Result<Vec<_>, _>>()?;
         let cmds = [
             OrderCommand::Create { customer_id: Uuid::from_u128((i % 1000) as u128), items: items[..2].to_vec() },
             OrderCommand::UpdateItems { items },

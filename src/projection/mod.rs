@@ -26,13 +26,16 @@
 //! them only when `event_store` has a CDC log, i.e. on ScyllaDB).
 
 pub mod bench;
-pub mod model;
 pub mod cql;
+pub mod model;
+mod page;
 mod projector;
+mod rebuild;
 mod sqlite;
 
 pub use model::{apply_event, Applied, CustomerRow, OrderColumns, OrderRow, Row};
-pub use projector::{dump_read_models, rebuild, ProjectionStatus, Projector, ProjectorOptions, RebuildReport};
+pub use projector::{ProjectionStatus, Projector, ProjectorOptions};
+pub use rebuild::{dump_read_models, rebuild, RebuildReport};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -130,7 +133,11 @@ impl PageRequest {
         PageRequest { after: Some(cursor), offset: 0, limit }
     }
     pub fn effective_limit(&self) -> usize {
-        if self.limit == 0 { DEFAULT_PAGE } else { self.limit.min(MAX_PAGE) }
+        if self.limit == 0 {
+            DEFAULT_PAGE
+        } else {
+            self.limit.min(MAX_PAGE)
+        }
     }
 }
 
@@ -225,7 +232,10 @@ pub async fn open_stores(cfg: &crate::config::Config) -> Result<(DynStore, Optio
             if cql.cdc_enabled() {
                 Ok((cql.clone(), Some(cql)))
             } else {
-                tracing::info!(keyspace = cql.keyspace(), "read models on CQL need ScyllaDB CDC (no CDC log on event_store): no read models");
+                tracing::info!(
+                    keyspace = cql.keyspace(),
+                    "read models on CQL need ScyllaDB CDC (no CDC log on event_store): no read models"
+                );
                 Ok((cql, None))
             }
         }

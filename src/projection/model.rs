@@ -156,7 +156,10 @@ mod tests {
         assert_eq!(once.created_at, events[0].envelope.timestamp);
         assert_eq!(once.updated_at, events[3].envelope.timestamp);
         let cols = OrderColumns::of(&once.state);
-        assert_eq!((cols.status, cols.total_minor, cols.item_count, cols.currency.as_deref()), ("shipped", Some(300), 2, Some("EUR")));
+        assert_eq!(
+            (cols.status, cols.total_minor, cols.item_count, cols.currency.as_deref()),
+            ("shipped", Some(300), 2, Some("EUR"))
+        );
         for e in events {
             assert_eq!(apply_event(&mut row, e, "EUR"), Applied::Duplicate);
         }

@@ -1,4 +1,4 @@
-//! The projector loop (feed -> read models) and the rebuild from event 0.
+//! The projector loop (feed -> read models).
 //!
 //! Same shape as the relay's feed loop: read a page after the checkpoint,
 //! apply it, move the checkpoint; when the feed is empty wait for the
@@ -6,15 +6,11 @@
 //! Store failures are retried with backoff and never lose the position.
 
 use chrono::Utc;
-use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use uuid::Uuid;
 
-use super::model::{apply_event, Applied, Row};
-use super::{CommitBatch, DynReadModels, ReadModelStore, StoredRow, CONSUMER};
-use crate::domain::{Aggregate, Customer, Order};
-use crate::envelope::StoredEvent;
+use super::page::apply_page;
+use super::{DynReadModels, CONSUMER};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{DynStore, StoreError};
@@ -35,7 +31,12 @@ pub struct ProjectorOptions {
 
 impl Default for ProjectorOptions {
     fn default() -> Self {
-        ProjectorOptions { batch_size: 500, poll_interval: Duration::from_millis(200), default_currency: "EUR".into(), consumer: CONSUMER.into() }
+        ProjectorOptions {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(200),
+            default_currency: "EUR".into(),
+            consumer: CONSUMER.into(),
+        }
     }
 }
 
@@ -87,115 +88,6 @@ impl Default for ProjectionStatus {
     }
 }
 
-/// Counts of one applied batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct BatchOutcome {
-    /// False when another projector moved the checkpoint first (nothing written).
-    pub committed: bool,
-    pub applied: u64,
-    pub duplicates: u64,
-    pub skipped: u64,
-}
-
-/// Decodes a stored row; a row of an older state shape (or unreadable) is
-/// re-derived from its events up to its version instead.
-async fn decode_row<A: Aggregate>(store: &DynStore, id: Uuid, stored: StoredRow, currency: &str) -> Result<Option<Row<A>>, StoreError> {
-    if stored.state_schema == A::STATE_SCHEMA {
-        if let Ok(state) = serde_json::from_str::<A>(&stored.state) {
-            return Ok(Some(Row { id, state, version: stored.version, last_position: stored.last_position, created_at: stored.created_at, updated_at: stored.updated_at }));
-        }
-    }
-    tracing::warn!(%id, state_schema = stored.state_schema, "read-model row has an older or unreadable state; re-deriving it from its events");
-    let mut row: Option<Row<A>> = None;
-    for env in store.load(id).await? {
-        if env.sequence > stored.version {
-            break;
-        }
-        apply_event(&mut row, StoredEvent { position: stored.last_position, envelope: env }, currency);
-    }
-    Ok(row.map(|mut r| {
-        r.version = stored.version;
-        r.last_position = stored.last_position;
-        r.created_at = stored.created_at;
-        r.updated_at = stored.updated_at;
-        r
-    }))
-}
-
-/// Applies one feed page (read after `from`) and commits rows + checkpoint.
-pub(crate) async fn apply_page(store: &DynStore, models: &dyn ReadModelStore, consumer: &str, from: i64, page: Vec<StoredEvent>, currency: &str) -> Result<BatchOutcome, StoreError> {
-    let Some(to) = page.last().map(|e| e.position) else { return Ok(BatchOutcome { committed: true, ..Default::default() }) };
-    let (mut order_ids, mut customer_ids) = (Vec::new(), Vec::new());
-    let mut seen = HashSet::new();
-    for e in &page {
-        let env = &e.envelope;
-        if seen.insert(env.aggregate_id) {
-            match env.aggregate_type.as_str() {
-                Order::TYPE => order_ids.push(env.aggregate_id),
-                Customer::TYPE => customer_ids.push(env.aggregate_id),
-                _ => {}
-            }
-        }
-    }
-    let stored = models.load_rows(order_ids.clone(), customer_ids.clone()).await?;
-    let mut orders: HashMap<Uuid, Option<Row<Order>>> = HashMap::with_capacity(order_ids.len());
-    for id in order_ids {
-        let row = match stored.orders.get(&id) {
-            Some(s) => decode_row::<Order>(store, id, s.clone(), currency).await?,
-            None => None,
-        };
-        orders.insert(id, row);
-    }
-    let mut customers: HashMap<Uuid, Option<Row<Customer>>> = HashMap::with_capacity(customer_ids.len());
-    for id in customer_ids {
-        let row = match stored.customers.get(&id) {
-            Some(s) => decode_row::<Customer>(store, id, s.clone(), currency).await?,
-            None => None,
-        };
-        customers.insert(id, row);
-    }
-
-    let mut out = BatchOutcome::default();
-    let (mut dirty_orders, mut dirty_customers) = (HashSet::new(), HashSet::new());
-    for ev in page {
-        let id = ev.envelope.aggregate_id;
-        let applied = match ev.envelope.aggregate_type.as_str() {
-            Order::TYPE => {
-                let row = orders.entry(id).or_default();
-                let r = apply_event(row, ev, currency);
-                if row.is_some() && r != Applied::Duplicate {
-                    dirty_orders.insert(id);
-                }
-                r
-            }
-            Customer::TYPE => {
-                let row = customers.entry(id).or_default();
-                let r = apply_event(row, ev, currency);
-                if row.is_some() && r != Applied::Duplicate {
-                    dirty_customers.insert(id);
-                }
-                r
-            }
-            // An aggregate type without a read model: nothing to do.
-            _ => Applied::Duplicate,
-        };
-        match applied {
-            Applied::Applied => out.applied += 1,
-            Applied::Duplicate => out.duplicates += 1,
-            Applied::Skipped(_) => out.skipped += 1,
-        }
-    }
-    let batch = CommitBatch {
-        consumer: consumer.to_string(),
-        from,
-        to,
-        orders: dirty_orders.into_iter().filter_map(|id| orders.remove(&id).flatten()).collect(),
-        customers: dirty_customers.into_iter().filter_map(|id| customers.remove(&id).flatten()).collect(),
-    };
-    out.committed = models.commit_batch(batch).await?;
-    Ok(out)
-}
-
 /// Keeps the read models up to date with the feed.
 pub struct Projector {
     store: DynStore,
@@ -216,7 +108,13 @@ impl Projector {
     }
 
     /// Shares a status channel (a supervising actor keeps one across restarts).
-    pub fn with_status(store: DynStore, models: DynReadModels, metrics: Metrics, opts: ProjectorOptions, status: watch::Sender<ProjectionStatus>) -> Projector {
+    pub fn with_status(
+        store: DynStore,
+        models: DynReadModels,
+        metrics: Metrics,
+        opts: ProjectorOptions,
+        status: watch::Sender<ProjectionStatus>,
+    ) -> Projector {
         let wake = store.subscribe();
         Projector { store, models, metrics, opts, status, checkpoint: None, head: 0, last_head_check: None, wake }
     }
@@ -254,7 +152,8 @@ impl Projector {
         }
         let n = page.len();
         let to = page.last().map(|e| e.position).unwrap_or(from);
-        let out = apply_page(&self.store, &*self.models, &self.opts.consumer, from, page, &self.opts.default_currency).await?;
+        let out = apply_page(&self.store, &*self.models, &self.opts.consumer, from, page, &self.opts.default_currency)
+            .await?;
         if !out.committed {
             tracing::info!(consumer = %self.opts.consumer, from, "projection checkpoint moved by another projector (a rebuild?); re-reading it");
             self.checkpoint = None;
@@ -344,7 +243,8 @@ impl Projector {
                         s.last_error = Some(e.to_string());
                     });
                     self.checkpoint = None;
-                    let delay = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5));
+                    let delay =
+                        Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5));
                     if !shutdown.sleep(delay).await {
                         break;
                     }
@@ -354,78 +254,4 @@ impl Projector {
         self.update(|s| s.running = false);
         tracing::info!(consumer = %self.opts.consumer, checkpoint = self.checkpoint.unwrap_or(0), "projector stopped");
     }
-}
-
-/// What a rebuild did.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct RebuildReport {
-    /// Events read and applied by the rebuild.
-    pub events: u64,
-    pub seconds: f64,
-    pub events_per_sec: f64,
-    /// Checkpoint at the end.
-    pub checkpoint: i64,
-}
-
-impl std::fmt::Display for RebuildReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "rebuilt read models from {} events in {:.2} s ({:.0} events/s), checkpoint {}", self.events, self.seconds, self.events_per_sec, self.checkpoint)
-    }
-}
-
-/// Events per rebuild transaction.
-const REBUILD_BATCH: usize = 2_000;
-
-/// Clears the read models and the projection checkpoint, then re-applies the
-/// whole feed from event 0 (a progress bar on stderr when `progress`).
-///
-/// Safe while a projector runs (both compare-and-set the checkpoint; the
-/// rows end the same), but faster with the daemon stopped.
-pub async fn rebuild(store: DynStore, models: DynReadModels, default_currency: &str, progress: bool) -> Result<RebuildReport, StoreError> {
-    let started = Instant::now();
-    models.reset(CONSUMER).await?;
-    let head = store.head_position().await?;
-    let bar = if progress { indicatif::ProgressBar::new(head.max(0) as u64) } else { indicatif::ProgressBar::hidden() };
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} rebuilding read models [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})") {
-        bar.set_style(style);
-    }
-    let mut checkpoint = 0;
-    let mut events = 0u64;
-    let mut next: Option<tokio::task::JoinHandle<Result<Vec<StoredEvent>, StoreError>>> = None;
-    loop {
-        let page = match next.take() {
-            Some(h) => h.await.map_err(|e| StoreError::Unavailable(format!("feed read task failed: {e}")))??,
-            None => store.read_feed(checkpoint, REBUILD_BATCH).await?,
-        };
-        let Some(to) = page.last().map(|e| e.position) else { break };
-        let n = page.len() as u64;
-        // Read the next page while this one is applied.
-        let s = store.clone();
-        next = Some(tokio::spawn(async move { s.read_feed(to, REBUILD_BATCH).await }));
-        let out = apply_page(&store, &*models, CONSUMER, checkpoint, page, default_currency).await?;
-        if out.committed {
-            checkpoint = to;
-            events += n;
-        } else {
-            // A running projector got there first; continue from its checkpoint.
-            if let Some(h) = next.take() {
-                h.abort();
-            }
-            checkpoint = models.projection_checkpoint(CONSUMER).await?;
-        }
-        if checkpoint as u64 > bar.length().unwrap_or(0) {
-            bar.set_length(checkpoint as u64);
-        }
-        bar.set_position(checkpoint.max(0) as u64);
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let report = RebuildReport { events, seconds, events_per_sec: if seconds > 0.0 { events as f64 / seconds } else { 0.0 }, checkpoint };
-    bar.finish_and_clear();
-    Ok(report)
-}
-
-/// Every read-model row as JSON, sorted by (table, key), for comparing two
-/// databases row by row.
-pub async fn dump_read_models(models: &dyn ReadModelStore) -> Result<Vec<serde_json::Value>, StoreError> {
-    models.dump().await
 }

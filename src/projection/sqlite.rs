@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use super::model::{OrderColumns, Row};
 use super::{
-    CommitBatch, CustomerOrder, CustomerOrdersPage, CustomerView, Freshness, OrderView, PageRequest, ReadModelStore, StoredRow, StoredRows, CONSUMER,
+    CommitBatch, CustomerOrder, CustomerOrdersPage, CustomerView, Freshness, OrderView, PageRequest, ReadModelStore,
+    StoredRow, StoredRows, CONSUMER,
 };
 use crate::domain::{Aggregate, Customer, Order};
 use crate::store::sqlite::{codec, parse_ts, parse_uuid, ts, unavailable, SqliteStore};
@@ -81,7 +82,8 @@ fn checkpoint_of(c: &Connection, consumer: &str) -> Result<i64, StoreError> {
 
 fn freshness_of(c: &Connection) -> Result<Freshness, StoreError> {
     let checkpoint = checkpoint_of(c, CONSUMER)?;
-    let head: i64 = c.query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0)).map_err(unavailable)?;
+    let head: i64 =
+        c.query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0)).map_err(unavailable)?;
     Ok(Freshness::new(checkpoint, head))
 }
 
@@ -91,12 +93,29 @@ fn load_stored(c: &Connection, sql: &str, ids: &[Uuid]) -> Result<HashMap<Uuid, 
     for id in ids {
         let row = st
             .query_row([id.to_string()], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i32>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i32>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
             })
             .optional()
             .map_err(unavailable)?;
         if let Some((version, last_position, state_schema, state, created, updated)) = row {
-            out.insert(*id, StoredRow { version, last_position, state_schema, state, created_at: parse_ts(&created)?, updated_at: parse_ts(&updated)? });
+            out.insert(
+                *id,
+                StoredRow {
+                    version,
+                    last_position,
+                    state_schema,
+                    state,
+                    created_at: parse_ts(&created)?,
+                    updated_at: parse_ts(&updated)?,
+                },
+            );
         }
     }
     Ok(out)
@@ -249,7 +268,10 @@ impl ReadModelStore for SqliteStore {
         let consumer = consumer.to_string();
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
-            tx.execute_batch("DELETE FROM order_read_model; DELETE FROM orders_by_customer; DELETE FROM customer_read_model;").map_err(unavailable)?;
+            tx.execute_batch(
+                "DELETE FROM order_read_model; DELETE FROM orders_by_customer; DELETE FROM customer_read_model;",
+            )
+            .map_err(unavailable)?;
             tx.execute("DELETE FROM checkpoints WHERE consumer = ?1", [consumer]).map_err(unavailable)?;
             tx.commit().map_err(unavailable)
         })

@@ -51,7 +51,8 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub fn new(cfg: BreakerConfig, metrics: Option<Metrics>) -> Self {
-        let b = CircuitBreaker { cfg, state: BreakerState::Closed, failures: 0, successes: 0, opened_at: None, metrics };
+        let b =
+            CircuitBreaker { cfg, state: BreakerState::Closed, failures: 0, successes: 0, opened_at: None, metrics };
         if let Some(m) = &b.metrics {
             m.circuit_breaker_state.set(0);
         }
@@ -60,7 +61,9 @@ impl CircuitBreaker {
 
     /// Current state, moving Open -> HalfOpen when the timeout has passed.
     pub fn state(&mut self, now: Instant) -> BreakerState {
-        if self.state == BreakerState::Open && self.opened_at.is_some_and(|t| now.duration_since(t) >= self.open_timeout()) {
+        if self.state == BreakerState::Open
+            && self.opened_at.is_some_and(|t| now.duration_since(t) >= self.open_timeout())
+        {
             self.transition(BreakerState::HalfOpen, now);
         }
         self.state

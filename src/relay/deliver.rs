@@ -113,7 +113,12 @@ struct TypeMetrics {
 const STATUS_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Deliverer {
-    pub fn new(config: &Config, sink: Arc<dyn DeadLetterSink>, metrics: Metrics, status: watch::Sender<RelayStatus>) -> Result<Deliverer, PublishError> {
+    pub fn new(
+        config: &Config,
+        sink: Arc<dyn DeadLetterSink>,
+        metrics: Metrics,
+        status: watch::Sender<RelayStatus>,
+    ) -> Result<Deliverer, PublishError> {
         Ok(Deliverer {
             publisher: RwLock::new(Arc::new(KafkaPublisher::new(&config.kafka)?)),
             breaker: Mutex::new(CircuitBreaker::new(config.relay.breaker.clone(), Some(metrics.clone()))),
@@ -198,7 +203,9 @@ impl Deliverer {
             }
         };
         let publisher = self.publisher();
-        self.type_metrics(env, || topic_of(publisher.config(), env)).sent.inc();
+        self.type_metrics(env, || topic_of(publisher.config().per_event_type(), &publisher.config().topic_prefix, env))
+            .sent
+            .inc();
         match publisher.send(env).await {
             Ok(p) => p.map(|r| r.map(|_| ())).boxed(),
             Err(e) => async move { Err(e) }.boxed(),
@@ -212,7 +219,10 @@ impl Deliverer {
             b.record_success(now);
             b.state(now)
         });
-        let m = self.type_metrics(env, || topic_of(self.publisher().config(), env));
+        let m = self.type_metrics(env, || {
+            let p = self.publisher();
+            topic_of(p.config().per_event_type(), &p.config().topic_prefix, env)
+        });
         m.processed.inc();
         m.duration.observe(started.elapsed().as_secs_f64());
         let e2e = (Utc::now() - env.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
@@ -318,7 +328,13 @@ impl Deliverer {
     }
 
     /// Retries one event alone until it is delivered, dead-lettered or shutdown.
-    pub async fn retry(&self, env: &EventEnvelope, position: Option<i64>, first: PublishError, shutdown: &mut Shutdown) -> Retried {
+    pub async fn retry(
+        &self,
+        env: &EventEnvelope,
+        position: Option<i64>,
+        first: PublishError,
+        shutdown: &mut Shutdown,
+    ) -> Retried {
         let mut err = first;
         let mut attempt: u32 = 1;
         let first_failed = Utc::now();
@@ -337,7 +353,13 @@ impl Deliverer {
                     "event still failing after {attempt} attempts with a transient error; relay paused until the broker recovers");
             }
             let now = Instant::now();
-            let wait = self.with_breaker(|b| if b.state(now) == BreakerState::Open { b.remaining_open(now) } else { self.backoff.delay(attempt) });
+            let wait = self.with_breaker(|b| {
+                if b.state(now) == BreakerState::Open {
+                    b.remaining_open(now)
+                } else {
+                    self.backoff.delay(attempt)
+                }
+            });
             if !shutdown.sleep(wait).await {
                 return Retried::Shutdown;
             }
@@ -363,7 +385,15 @@ impl Deliverer {
         }
     }
 
-    async fn dead_letter(&self, env: &EventEnvelope, position: Option<i64>, err: &PublishError, attempts: u32, first_failed: chrono::DateTime<Utc>, shutdown: &mut Shutdown) -> Retried {
+    async fn dead_letter(
+        &self,
+        env: &EventEnvelope,
+        position: Option<i64>,
+        err: &PublishError,
+        attempts: u32,
+        first_failed: chrono::DateTime<Utc>,
+        shutdown: &mut Shutdown,
+    ) -> Retried {
         let now = Utc::now();
         let letter = DeadLetter {
             id: Uuid::now_v7(),

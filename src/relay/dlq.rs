@@ -18,10 +18,18 @@ pub struct ReplayReport {
 }
 
 /// Re-publishes `letters` in order; removes each delivered one.
-pub async fn replay(store: &DynStore, publisher: &KafkaPublisher, letters: Vec<DeadLetter>, default_currency: &str) -> Result<ReplayReport, StoreError> {
+pub async fn replay(
+    store: &DynStore,
+    publisher: &KafkaPublisher,
+    letters: Vec<DeadLetter>,
+    default_currency: &str,
+) -> Result<ReplayReport, StoreError> {
     let mut report = ReplayReport::default();
     for l in letters {
-        let env: EventEnvelope = match serde_json::from_str::<EventEnvelope>(&l.payload).map_err(|e| e.to_string()).and_then(|e| e.upcast(default_currency).map_err(|e| e.to_string())) {
+        let env: EventEnvelope = match serde_json::from_str::<EventEnvelope>(&l.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|e| e.upcast(default_currency).map_err(|e| e.to_string()))
+        {
             Ok(e) => e,
             Err(e) => {
                 report.failed.push((l.id, format!("stored payload is not a valid event: {e}")));
@@ -31,7 +39,9 @@ pub async fn replay(store: &DynStore, publisher: &KafkaPublisher, letters: Vec<D
         let res = match publisher.send(&env).await {
             Ok(p) => tokio::time::timeout(Duration::from_millis(publisher.config().message_timeout_ms + 5_000), p)
                 .await
-                .unwrap_or_else(|_| Err(crate::relay::PublishError::transient("timeout", "no delivery report in time"))),
+                .unwrap_or_else(|_| {
+                    Err(crate::relay::PublishError::transient("timeout", "no delivery report in time"))
+                }),
             Err(e) => Err(e),
         };
         match res {

@@ -28,10 +28,10 @@ use crate::config::{Config, RelayConfig};
 use crate::envelope::StoredEvent;
 use crate::metrics::Metrics;
 use crate::relay::breaker::BreakerState;
-use crate::relay::deliver::{DeadLetterSink, Deliverer, Retried};
 pub use crate::relay::deliver::RelayStatus;
+use crate::relay::deliver::{DeadLetterSink, Deliverer, Retried};
 use crate::relay::publisher::{KafkaPublisher, PublishError};
-use crate::relay::topics::all_topics;
+use crate::relay::topics::topic_names;
 use crate::shutdown::Shutdown;
 use crate::store::{DynStore, StoreError};
 
@@ -60,14 +60,20 @@ impl Relay {
     }
 
     /// Shares a status channel (the CdcStreamProcessor keeps one across restarts).
-    pub fn with_status(config: &Config, store: DynStore, metrics: Metrics, status: watch::Sender<RelayStatus>) -> Result<Relay, RelayError> {
+    pub fn with_status(
+        config: &Config,
+        store: DynStore,
+        metrics: Metrics,
+        status: watch::Sender<RelayStatus>,
+    ) -> Result<Relay, RelayError> {
         let sink: Arc<dyn DeadLetterSink> = Arc::new(store.clone());
-        let deliverer = Deliverer::new(config, sink, metrics.clone(), status).map_err(|e| RelayError::Config(e.message))?;
+        let deliverer =
+            Deliverer::new(config, sink, metrics.clone(), status).map_err(|e| RelayError::Config(e.message))?;
         Ok(Relay {
             store,
             deliverer: Arc::new(deliverer),
             cfg: config.relay.clone(),
-            topics: all_topics(config).into_iter().map(|(t, _)| t).collect(),
+            topics: topic_names(config.kafka.per_event_type(), &config.kafka.topic_prefix),
             metrics,
             head: 0,
             last_head_check: None,
@@ -130,7 +136,9 @@ impl Relay {
                 }
                 if buffer.is_empty() {
                     let page = match prefetch.take() {
-                        Some(h) => h.await.unwrap_or_else(|e| Err(StoreError::Unavailable(format!("feed read task failed: {e}")))),
+                        Some(h) => h
+                            .await
+                            .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("feed read task failed: {e}")))),
                         None => self.store.read_feed(read_pos, self.cfg.batch_size).await,
                     };
                     if page.is_ok() {
@@ -215,7 +223,8 @@ impl Relay {
 
         // Shutdown: stop reading, let in-flight deliveries finish (in order,
         // stopping at the first failure), persist the checkpoint.
-        let deadline = Duration::from_millis(self.cfg.retry.max_backoff_ms.max(1000)) + Duration::from_millis(self.deliverer.publisher().config().message_timeout_ms);
+        let deadline = Duration::from_millis(self.cfg.retry.max_backoff_ms.max(1000))
+            + Duration::from_millis(self.deliverer.publisher().config().message_timeout_ms);
         let drain = async {
             while let Some((ev, started, res)) = inflight.next().await {
                 match res {
@@ -228,7 +237,9 @@ impl Relay {
             }
         };
         if tokio::time::timeout(deadline, drain).await.is_err() {
-            tracing::warn!("relay shutdown: in-flight deliveries did not settle in time; they will be re-sent on restart");
+            tracing::warn!(
+                "relay shutdown: in-flight deliveries did not settle in time; they will be re-sent on restart"
+            );
         }
         if confirmed > checkpoint {
             self.persist(&name, confirmed).await;

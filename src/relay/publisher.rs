@@ -131,17 +131,27 @@ impl KafkaPublisher {
         let admin: AdminClient<DefaultClientContext> = producer_config(&self.cfg)
             .create()
             .map_err(|e| PublishError::permanent("config", format!("cannot create Kafka admin client: {e}")))?;
-        let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, self.cfg.partitions, TopicReplication::Fixed(self.cfg.replication_factor))).collect();
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, self.cfg.partitions, TopicReplication::Fixed(self.cfg.replication_factor)))
+            .collect();
         let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
         let results = tokio::time::timeout(timeout + Duration::from_secs(1), admin.create_topics(&new, &opts))
             .await
-            .map_err(|_| PublishError::transient("timeout", format!("broker {} did not answer topic creation within {timeout:?}", self.cfg.brokers)))?
+            .map_err(|_| {
+                PublishError::transient(
+                    "timeout",
+                    format!("broker {} did not answer topic creation within {timeout:?}", self.cfg.brokers),
+                )
+            })?
             .map_err(|e| PublishError::from_kafka(&e))?;
         for r in results {
             match r {
                 Ok(_) => {}
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, RDKafkaErrorCode::InvalidTopic)) => return Err(PublishError::permanent("invalid_topic", format!("broker refused topic name {t:?}"))),
+                Err((t, RDKafkaErrorCode::InvalidTopic)) => {
+                    return Err(PublishError::permanent("invalid_topic", format!("broker refused topic name {t:?}")))
+                }
                 Err((t, code)) => return Err(PublishError::from_kafka(&KafkaError::AdminOp(code)).with_context(&t)),
             }
         }
@@ -151,8 +161,9 @@ impl KafkaPublisher {
     /// Hands one envelope to the producer; the returned future resolves when
     /// the broker confirmed (or finally refused) it.
     pub async fn send(&self, e: &EventEnvelope) -> Result<Pending, PublishError> {
-        let topic = topic_of(&self.cfg, e);
-        let value = serde_json::to_vec(e).map_err(|err| PublishError::permanent("unserializable", format!("event cannot be serialised: {err}")))?;
+        let topic = topic_of(self.cfg.per_event_type(), &self.cfg.topic_prefix, e);
+        let value = serde_json::to_vec(e)
+            .map_err(|err| PublishError::permanent("unserializable", format!("event cannot be serialised: {err}")))?;
         let key = e.aggregate_id.to_string();
         let mut headers = OwnedHeaders::new();
         for (k, v) in headers_for(e, &self.cfg.source) {
@@ -193,7 +204,10 @@ impl KafkaPublisher {
     /// Waits until every queued message is delivered or failed.
     pub async fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
         let p = self.producer.clone();
-        tokio::task::spawn_blocking(move || p.flush(timeout)).await.map_err(|e| PublishError::transient("join", e.to_string()))?.map_err(|e| PublishError::from_kafka(&e))
+        tokio::task::spawn_blocking(move || p.flush(timeout))
+            .await
+            .map_err(|e| PublishError::transient("join", e.to_string()))?
+            .map_err(|e| PublishError::from_kafka(&e))
     }
 
     /// The idempotent producer's fatal error, if it hit one (then it must be recreated).

@@ -51,6 +51,13 @@ impl StoreError {
     }
 }
 
+/// What a health probe of the store found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreProbe {
+    /// The head feed position, where the backend has one (None on CQL).
+    pub head: Option<i64>,
+}
+
 /// Result of a successful append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -100,7 +107,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Atomically appends `events` if `aggregate_id` is at `expected_version`.
     /// Events must carry sequences `expected_version + 1 ..` in order.
-    async fn append(&self, aggregate_id: Uuid, expected_version: i64, events: Vec<EventEnvelope>) -> Result<Appended, StoreError>;
+    async fn append(
+        &self,
+        aggregate_id: Uuid,
+        expected_version: i64,
+        events: Vec<EventEnvelope>,
+    ) -> Result<Appended, StoreError>;
 
     /// All events of one aggregate in sequence order (empty if unknown).
     async fn load(&self, aggregate_id: Uuid) -> Result<Vec<EventEnvelope>, StoreError> {
@@ -115,6 +127,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Highest committed feed position (0 when empty).
     async fn head_position(&self) -> Result<i64, StoreError>;
+
+    /// Checks that the store answers (the health check; no business data is
+    /// read or written). The default reads the head position; a backend
+    /// adds what else "reachable" means for it.
+    async fn probe(&self) -> Result<StoreProbe, StoreError> {
+        Ok(StoreProbe { head: Some(self.head_position().await?) })
+    }
 
     /// Wakes whenever this process commits an append (value: last position).
     /// `None` when the backend has no in-process notification.
@@ -139,7 +158,11 @@ pub trait EventStore: Send + Sync + 'static {
 pub type DynStore = Arc<dyn EventStore>;
 
 /// Checks that `events` carry `expected + 1 ..` for `aggregate_id`.
-pub(crate) fn check_batch(aggregate_id: Uuid, expected_version: i64, events: &[EventEnvelope]) -> Result<(), StoreError> {
+pub(crate) fn check_batch(
+    aggregate_id: Uuid,
+    expected_version: i64,
+    events: &[EventEnvelope],
+) -> Result<(), StoreError> {
     if events.is_empty() {
         return Err(StoreError::InvalidAppend("no events to append".into()));
     }
@@ -148,11 +171,17 @@ pub(crate) fn check_batch(aggregate_id: Uuid, expected_version: i64, events: &[E
     }
     for (i, e) in events.iter().enumerate() {
         if e.aggregate_id != aggregate_id {
-            return Err(StoreError::InvalidAppend(format!("event {} belongs to aggregate {}, not {aggregate_id}", e.event_id, e.aggregate_id)));
+            return Err(StoreError::InvalidAppend(format!(
+                "event {} belongs to aggregate {}, not {aggregate_id}",
+                e.event_id, e.aggregate_id
+            )));
         }
         let want = expected_version + 1 + i as i64;
         if e.sequence != want {
-            return Err(StoreError::InvalidAppend(format!("event {} has sequence {}, expected {want}", e.event_id, e.sequence)));
+            return Err(StoreError::InvalidAppend(format!(
+                "event {} has sequence {}, expected {want}",
+                e.event_id, e.sequence
+            )));
         }
     }
     Ok(())
@@ -161,7 +190,9 @@ pub(crate) fn check_batch(aggregate_id: Uuid, expected_version: i64, events: &[E
 /// Opens the configured backend.
 pub async fn open(cfg: &crate::config::Config) -> Result<DynStore, StoreError> {
     match cfg.store.backend {
-        crate::config::Backend::Sqlite => Ok(sqlite::SqliteStore::open(&cfg.store.path, cfg.store.sqlite.clone()).await?),
+        crate::config::Backend::Sqlite => {
+            Ok(sqlite::SqliteStore::open(&cfg.store.path, cfg.store.sqlite.clone()).await?)
+        }
         crate::config::Backend::Cql => Ok(cql::CqlStore::connect(&cfg.store.cql).await?),
     }
 }

@@ -67,7 +67,11 @@ fn kafka_script(dir: &Path, action: &str) -> Result<String, String> {
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!("kafka-local.sh {action}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "kafka-local.sh {action}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     Ok(stdout.lines().rev().find_map(|l| l.strip_prefix("KAFKA_BROKERS=")).unwrap_or_default().to_string())
@@ -159,7 +163,10 @@ pub fn consume_all(brokers: &str, topics: &[String], want: usize, timeout: Durat
                 let mut headers = HashMap::new();
                 if let Some(h) = m.headers() {
                     for hd in h.iter() {
-                        headers.insert(hd.key.to_string(), String::from_utf8_lossy(hd.value.unwrap_or_default()).to_string());
+                        headers.insert(
+                            hd.key.to_string(),
+                            String::from_utf8_lossy(hd.value.unwrap_or_default()).to_string(),
+                        );
                     }
                 }
                 out.push(Record {
@@ -204,7 +211,16 @@ use outboxd::envelope::Metadata;
 
 fn items(i: usize, n: usize) -> Vec<OrderItem> {
     let eur = Currency::new("EUR").unwrap();
-    (0..n).map(|k| OrderItem::new(Sku::new(format!("SKU-{i}-{k}")).unwrap(), 1 + k as i64, Money::new(999 + k as i64, eur).unwrap()).unwrap()).collect()
+    (0..n)
+        .map(|k| {
+            OrderItem::new(
+                Sku::new(format!("SKU-{i}-{k}")).unwrap(),
+                1 + k as i64,
+                Money::new(999 + k as i64, eur).unwrap(),
+            )
+            .unwrap()
+        })
+        .collect()
 }
 
 /// Runs one order through its whole lifecycle (5 events) or a cancel (3 events).
@@ -212,21 +228,34 @@ pub async fn order_lifecycle(svc: &CommandService, i: usize) -> Uuid {
     let id = Uuid::now_v7();
     let meta = Metadata::default();
     let customer = Uuid::from_u128(i as u128 % 17);
-    svc.execute::<Order>(id, &OrderCommand::Create { customer_id: customer, items: items(i, 2) }, meta, None).await.unwrap();
+    svc.execute::<Order>(id, &OrderCommand::Create { customer_id: customer, items: items(i, 2) }, meta, None)
+        .await
+        .unwrap();
     svc.execute::<Order>(id, &OrderCommand::UpdateItems { items: items(i, 3) }, meta, None).await.unwrap();
     if i % 4 == 3 {
         svc.execute::<Order>(id, &OrderCommand::Cancel { reason: "customer asked".into() }, meta, None).await.unwrap();
         return id;
     }
     svc.execute::<Order>(id, &OrderCommand::Confirm, meta, None).await.unwrap();
-    svc.execute::<Order>(id, &OrderCommand::Ship { tracking_number: format!("TRK{i}"), carrier: "DHL".into() }, meta, None).await.unwrap();
+    svc.execute::<Order>(
+        id,
+        &OrderCommand::Ship { tracking_number: format!("TRK{i}"), carrier: "DHL".into() },
+        meta,
+        None,
+    )
+    .await
+    .unwrap();
     svc.execute::<Order>(id, &OrderCommand::Deliver { signature: "J. Doe".into() }, meta, None).await.unwrap();
     id
 }
 
 pub async fn register_customer(svc: &CommandService, i: usize) -> Uuid {
     let id = Uuid::now_v7();
-    let cmd = CustomerCommand::Register { name: format!("Customer {i}"), email: Email::new(&format!("c{i}@example.com")).unwrap(), phone: None };
+    let cmd = CustomerCommand::Register {
+        name: format!("Customer {i}"),
+        email: Email::new(&format!("c{i}@example.com")).unwrap(),
+        phone: None,
+    };
     svc.execute::<Customer>(id, &cmd, Metadata::default(), None).await.unwrap();
     id
 }
@@ -241,12 +270,20 @@ pub fn order_events(id: Uuid, from_version: i64, n: usize) -> Vec<outboxd::envel
     (0..n)
         .map(|i| {
             let seq = from_version + 1 + i as i64;
-            let items = vec![OrderItem::new(Sku::new(format!("S{seq}")).unwrap(), seq, Money::new(100, eur).unwrap()).unwrap()];
-            let cmd = if seq == 1 { OrderCommand::Create { customer_id: Uuid::from_u128(1), items } } else { OrderCommand::UpdateItems { items } };
+            let items =
+                vec![OrderItem::new(Sku::new(format!("S{seq}")).unwrap(), seq, Money::new(100, eur).unwrap()).unwrap()];
+            let cmd = if seq == 1 {
+                OrderCommand::Create { customer_id: Uuid::from_u128(1), items }
+            } else {
+                OrderCommand::UpdateItems { items }
+            };
             let mut o = Order::default();
             if seq > 1 {
                 // Any created order accepts UpdateItems.
-                let create = OrderCommand::Create { customer_id: Uuid::from_u128(1), items: vec![OrderItem::new(Sku::new("X").unwrap(), 1, Money::new(1, eur).unwrap()).unwrap()] };
+                let create = OrderCommand::Create {
+                    customer_id: Uuid::from_u128(1),
+                    items: vec![OrderItem::new(Sku::new("X").unwrap(), 1, Money::new(1, eur).unwrap()).unwrap()],
+                };
                 o.apply(&o.handle(&create).unwrap()[0]);
             }
             let e = o.handle(&cmd).unwrap().remove(0);

@@ -112,7 +112,11 @@ impl Daemon {
     pub fn metrics(&self) -> Metrics {
         let r = self.admin("GET", "/metrics");
         assert_eq!(r.status, 200);
-        assert!(r.header("content-type").unwrap_or_default().starts_with("text/plain; version=0.0.4"), "{:?}", r.headers);
+        assert!(
+            r.header("content-type").unwrap_or_default().starts_with("text/plain; version=0.0.4"),
+            "{:?}",
+            r.headers
+        );
         Metrics::parse(&r.text())
     }
 
@@ -169,7 +173,8 @@ impl Drop for Daemon {
             let log = self.log_text();
             let tail: Vec<&str> = log.lines().filter(|l| !l.contains("librdkafka")).collect();
             eprintln!("---- outboxd log (last 80 lines) ----\n{}", tail[tail.len().saturating_sub(80)..].join("\n"));
-            let _ = try_request(self.admin, "GET", "/health", &[], None).map(|r| eprintln!("---- /health ----\n{}", r.text()));
+            let _ = try_request(self.admin, "GET", "/health", &[], None)
+                .map(|r| eprintln!("---- /health ----\n{}", r.text()));
         }
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
@@ -187,7 +192,8 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("response is not JSON ({e}): {} {:?}", self.status, self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {} {:?}", self.status, self.text()))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).to_string()
@@ -204,7 +210,13 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`). The
 /// body is written from a second thread while the response is read, so a
 /// server that answers early (413) and closes is handled.
-pub fn try_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> std::io::Result<Resp> {
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<Resp> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     let has = |n: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
     for (k, v) in headers {
@@ -255,7 +267,8 @@ pub fn raw(addr: SocketAddr, head: &[u8], body: &[u8]) -> std::io::Result<Resp> 
     if let Some(w) = writer {
         let _ = w.join();
     }
-    parse_response(&buf).ok_or_else(|| std::io::Error::other(format!("incomplete response: {:?}", String::from_utf8_lossy(&buf))))
+    parse_response(&buf)
+        .ok_or_else(|| std::io::Error::other(format!("incomplete response: {:?}", String::from_utf8_lossy(&buf))))
 }
 
 fn split_head(buf: &[u8]) -> Option<(usize, &[u8])> {
@@ -316,7 +329,8 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn parse(text: &str) -> Metrics {
-        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("/metrics parses as Prometheus text");
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("/metrics parses as Prometheus text");
         Metrics { scrape, text: text.to_string() }
     }
 
@@ -333,7 +347,9 @@ impl Metrics {
             .iter()
             .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
             .map(|s| match &s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
                 prometheus_parse::Value::Histogram(h) => h.iter().map(|c| c.count).fold(0.0, f64::max),
                 prometheus_parse::Value::Summary(_) => 0.0,
             })
@@ -367,7 +383,13 @@ pub fn order_body(customer: uuid::Uuid, sku: &str) -> serde_json::Value {
 /// Reads the topics from the beginning until `done(records)` holds or no
 /// more records arrive within `timeout` (copies re-sent under at-least-once
 /// may fill any fixed count, so the count grows until `done`).
-pub fn consume_until(brokers: &str, topics: &[String], at_least: usize, timeout: Duration, done: impl Fn(&[crate::common::Record]) -> bool) -> Vec<crate::common::Record> {
+pub fn consume_until(
+    brokers: &str,
+    topics: &[String],
+    at_least: usize,
+    timeout: Duration,
+    done: impl Fn(&[crate::common::Record]) -> bool,
+) -> Vec<crate::common::Record> {
     let mut want = at_least.max(1);
     loop {
         let records = crate::common::consume_all(brokers, topics, want, timeout);
@@ -379,7 +401,7 @@ pub fn consume_until(brokers: &str, topics: &[String], at_least: usize, timeout:
 }
 
 pub fn topics(c: &Config) -> Vec<String> {
-    outboxd::relay::topics::all_topics(c).into_iter().map(|(t, _)| t).collect()
+    outboxd::relay::topics::topic_names(c.kafka.per_event_type(), &c.kafka.topic_prefix)
 }
 
 /// Polls `f` until it returns Some or `timeout` passes.

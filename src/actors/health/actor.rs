@@ -1,0 +1,319 @@
+//! HealthCheckActor: runs the health check every `health.interval_ms` (and
+//! on every lifecycle event a child reports), publishes the [`HealthReport`]
+//! on a `watch` channel that /health and /health/ready read (they never
+//! query a store), and mirrors it in `actor_health_status{component}` (0
+//! healthy, 1 degraded, 2 unhealthy; `component="system"` is the overall).
+//!
+//! One check: `EventStore::probe` (the backend decides what reachable means;
+//! on SQLite it also stats the database file, never opening it), a `Ping` to
+//! every child (a child that does not answer is Unhealthy), the status of
+//! the relay (CdcStreamProcessor) and the projector, the DLQ depth. The
+//! verdict is the pure [`super::rules::evaluate`].
+//!
+//! Policy: resume. A failed probe is a health result, never an actor failure.
+
+use actix::prelude::*;
+use chrono::Utc;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use crate::relay::BreakerState;
+
+use super::report::{ComponentHealth, HealthReport, HealthStatus};
+use super::rules::{evaluate, Probes, Reported, Thresholds};
+use crate::actors::dlq_actor::CountDeadLetters;
+use crate::actors::messages::{ActorError, ActorName, ComponentEvent, InjectFailure, Lifecycle, Ping, StopActor};
+use crate::actors::supervision::GetTaskStatus;
+use crate::actors::{ActorDeps, CdcStreamProcessor, DlqActor, OrderActor, ProjectionActor};
+
+const NAME: ActorName = ActorName::HealthCheck;
+
+/// Tells the health actor whom to check (sent by the coordinator once the
+/// children are started).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct RegisterComponents {
+    pub dlq: Addr<DlqActor>,
+    pub order: Addr<OrderActor>,
+    pub cdc: Addr<CdcStreamProcessor>,
+    /// None when the backend has no read models (`ActorDeps.read_models`).
+    pub projection: Option<Addr<ProjectionActor>>,
+}
+
+/// The latest aggregated health (answered by this actor and the coordinator).
+#[derive(Message)]
+#[rtype(result = "HealthReport")]
+pub struct GetSystemHealth;
+
+/// Runs a health check now (besides the periodic ones).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct CheckNow;
+
+/// Marks the system as shutting down in the published report.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct MarkShuttingDown;
+
+pub struct HealthCheckActor {
+    deps: ActorDeps,
+    order: Option<Addr<OrderActor>>,
+    cdc: Option<Addr<CdcStreamProcessor>>,
+    dlq: Option<Addr<DlqActor>>,
+    projection: Option<Addr<ProjectionActor>>,
+    reported: Reported,
+    checking: bool,
+    recheck: bool,
+    stopped: bool,
+    interval: Option<SpawnHandle>,
+}
+
+impl HealthCheckActor {
+    pub fn new(deps: ActorDeps) -> HealthCheckActor {
+        HealthCheckActor {
+            deps,
+            order: None,
+            cdc: None,
+            dlq: None,
+            projection: None,
+            reported: HashMap::new(),
+            checking: false,
+            recheck: false,
+            stopped: false,
+            interval: None,
+        }
+    }
+
+    fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.deps.cfg.health.interval_ms)
+            .clamp(Duration::from_millis(200), Duration::from_secs(5))
+    }
+
+    fn check(&mut self, ctx: &mut Context<Self>) {
+        if self.cdc.is_none() {
+            return; // the coordinator registers the children right after starting them
+        }
+        if self.checking {
+            self.recheck = true;
+            return;
+        }
+        self.checking = true;
+        let t = self.probe_timeout();
+        let store = self.deps.store.clone();
+        let (order, cdc, dlq) = (self.order.clone(), self.cdc.clone(), self.dlq.clone());
+        let relay = self.deps.relay_status.borrow().clone();
+        let projection = self.projection.clone();
+        let projection_enabled = projection.is_some();
+        let fut = async move {
+            let store_probe = async {
+                match tokio::time::timeout(t, store.probe()).await {
+                    Err(_) => Err(format!("no answer within {t:?}")),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Ok(probe)) => Ok(probe.head),
+                }
+            };
+            let order_probe = async {
+                match order {
+                    Some(a) => tokio::time::timeout(t, a.send(Ping)).await.ok().and_then(|r| r.ok()),
+                    None => Some(Lifecycle::Starting),
+                }
+            };
+            let cdc_probe = async {
+                match cdc {
+                    Some(a) => tokio::time::timeout(t, a.send(GetTaskStatus::new())).await.ok().and_then(|r| r.ok()),
+                    None => None,
+                }
+            };
+            let dlq_probe = async {
+                match dlq {
+                    Some(a) => {
+                        let l = tokio::time::timeout(t, a.send(Ping)).await.ok().and_then(|r| r.ok());
+                        let n = tokio::time::timeout(t, a.send(CountDeadLetters))
+                            .await
+                            .ok()
+                            .and_then(|r| r.ok())
+                            .and_then(|r| r.ok());
+                        (l, n)
+                    }
+                    None => (Some(Lifecycle::Starting), None),
+                }
+            };
+            let projection_probe = async {
+                match projection {
+                    Some(a) => tokio::time::timeout(t, a.send(GetTaskStatus::new())).await.ok().and_then(|r| r.ok()),
+                    None => None,
+                }
+            };
+            let (store, order, cdc, (dlq, dlq_depth), projection) =
+                tokio::join!(store_probe, order_probe, cdc_probe, dlq_probe, projection_probe);
+            Probes { store, order, dlq, dlq_depth, cdc, relay, projection_enabled, projection }
+        };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(fut).map(|mut probes, act, ctx| {
+            act.checking = false;
+            act.publish(&mut probes);
+            if act.recheck {
+                act.recheck = false;
+                act.check(ctx);
+            }
+        }));
+    }
+
+    /// Completes the relay's status with live values: the breaker state as
+    /// the breaker itself last set it (`circuit_breaker_state`), and the lag
+    /// against the head this check just read from the store.
+    fn live_relay(&self, probes: &mut Probes) {
+        let breaker = match self.deps.metrics.circuit_breaker_state.get() {
+            1 => BreakerState::Open,
+            2 => BreakerState::HalfOpen,
+            _ => BreakerState::Closed,
+        };
+        let head = probes.store.as_ref().ok().copied().flatten();
+        for r in [Some(&mut probes.relay), probes.cdc.as_mut().map(|c| &mut c.progress)].into_iter().flatten() {
+            r.breaker = breaker;
+            if let Some(h) = head {
+                r.head = r.head.max(h);
+                r.lag = (r.head - r.checkpoint).max(0);
+            }
+        }
+        // The projection lag against the same head: a projector that is
+        // stopped or stuck does not update its own lag.
+        if let Some(p) = probes.projection.as_mut().map(|s| &mut s.progress) {
+            if let Some(h) = head {
+                p.head = p.head.max(h);
+                p.lag = (p.head - p.checkpoint).max(0);
+            }
+            self.deps.metrics.projection_lag_events.set(p.lag);
+        }
+    }
+
+    fn publish(&mut self, probes: &mut Probes) {
+        self.live_relay(probes);
+        let verdict = evaluate(probes, &self.reported, Thresholds::from_config(&self.deps.cfg.health));
+        let now = Utc::now();
+        let metrics = &self.deps.metrics;
+        let components: BTreeMap<String, ComponentHealth> = verdict
+            .into_iter()
+            .map(|(name, (status, detail))| {
+                metrics.actor_health_status.with_label_values(&[name]).set(status.gauge());
+                (name.to_string(), ComponentHealth { status, detail, last_check: now })
+            })
+            .collect();
+        let overall = components.values().map(|c| c.status).max().unwrap_or(HealthStatus::Healthy);
+        metrics.actor_health_status.with_label_values(&["system"]).set(overall.gauge());
+        let relay = probes.cdc.as_ref().map(|c| c.progress.clone()).unwrap_or_else(|| probes.relay.clone());
+        let shutting_down = self.stopped || !self.deps.intake.is_open();
+        let previous = self.deps.health.borrow().clone();
+        let report =
+            HealthReport { status: overall, checked_at: Some(now), shutting_down, components, relay: Some(relay) };
+        for (name, c) in &report.components {
+            let before = previous.components.get(name).map(|p| p.status);
+            if previous.checked_at.is_some() && !shutting_down && before != Some(c.status) {
+                match c.status {
+                    HealthStatus::Healthy => tracing::info!(component = %name, "component healthy again: {}", c.detail),
+                    HealthStatus::Degraded => tracing::warn!(component = %name, "component degraded: {}", c.detail),
+                    HealthStatus::Unhealthy => tracing::error!(component = %name, "component unhealthy: {}", c.detail),
+                }
+            }
+        }
+        if !shutting_down && (previous.status != overall || previous.checked_at.is_none()) {
+            tracing::info!(status = overall.as_str(), "system health");
+        }
+        self.deps.health.send_replace(report);
+    }
+}
+
+impl Actor for HealthCheckActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        tracing::info!(actor = %NAME, interval_ms = self.deps.cfg.health.interval_ms, "started");
+        let every = Duration::from_millis(self.deps.cfg.health.interval_ms);
+        self.interval = Some(ctx.run_interval(every, |act, ctx| act.check(ctx)));
+    }
+}
+
+impl Handler<RegisterComponents> for HealthCheckActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RegisterComponents, ctx: &mut Context<Self>) {
+        self.deps.received(NAME);
+        self.order = Some(msg.order);
+        self.cdc = Some(msg.cdc);
+        self.dlq = Some(msg.dlq);
+        self.projection = msg.projection;
+        self.check(ctx);
+    }
+}
+
+impl Handler<ComponentEvent> for HealthCheckActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ComponentEvent, ctx: &mut Context<Self>) {
+        self.deps.received(NAME);
+        self.reported.insert(msg.actor, (msg.lifecycle, msg.detail));
+        if !self.stopped {
+            self.check(ctx);
+        }
+    }
+}
+
+impl Handler<CheckNow> for HealthCheckActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CheckNow, ctx: &mut Context<Self>) {
+        self.deps.received(NAME);
+        self.check(ctx);
+    }
+}
+
+impl Handler<MarkShuttingDown> for HealthCheckActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: MarkShuttingDown, _ctx: &mut Context<Self>) {
+        self.deps.received(NAME);
+        self.deps.health.send_modify(|r| r.shutting_down = true);
+    }
+}
+
+impl Handler<GetSystemHealth> for HealthCheckActor {
+    type Result = MessageResult<GetSystemHealth>;
+
+    fn handle(&mut self, _msg: GetSystemHealth, _ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        MessageResult(self.deps.health.borrow().clone())
+    }
+}
+
+impl Handler<StopActor> for HealthCheckActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopActor, ctx: &mut Context<Self>) {
+        self.deps.received(NAME);
+        self.stopped = true;
+        if let Some(h) = self.interval.take() {
+            ctx.cancel_future(h);
+        }
+        self.deps.health.send_modify(|r| r.shutting_down = true);
+        tracing::info!(actor = %NAME, "stopped");
+    }
+}
+
+impl Handler<InjectFailure> for HealthCheckActor {
+    type Result = Result<(), ActorError>;
+
+    /// Resume policy: the failure is logged and checking goes on.
+    fn handle(&mut self, msg: InjectFailure, ctx: &mut Context<Self>) -> Self::Result {
+        self.deps.received(NAME);
+        tracing::error!(actor = %NAME, mode = ?msg.0, "injected failure; resuming (policy: resume)");
+        self.check(ctx);
+        Ok(())
+    }
+}
+
+impl Handler<Ping> for HealthCheckActor {
+    type Result = MessageResult<Ping>;
+
+    fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(if self.stopped { Lifecycle::Stopped } else { Lifecycle::Running })
+    }
+}

@@ -1,0 +1,118 @@
+//! What /health returns: the status per component and overall, and the
+//! relay's progress at the last check (read by the HTTP layer).
+//!
+//! Guarantee: plain data; `ready` is the one readiness rule (checked once,
+//! not shutting down, store reachable).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+use crate::relay::RelayStatus;
+
+/// The components /health reports, in order.
+pub const COMPONENTS: [&str; 6] = ["store", "kafka", "cdc_processor", "order_actor", "dlq_actor", "projections"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+impl HealthStatus {
+    /// Value of `actor_health_status`.
+    pub fn gauge(&self) -> i64 {
+        match self {
+            HealthStatus::Healthy => 0,
+            HealthStatus::Degraded => 1,
+            HealthStatus::Unhealthy => 2,
+        }
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Degraded => "degraded",
+            HealthStatus::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComponentHealth {
+    pub status: HealthStatus,
+    pub detail: String,
+    pub last_check: DateTime<Utc>,
+}
+
+/// What /health returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    /// Overall status: the worst component.
+    pub status: HealthStatus,
+    /// When the last check finished (None before the first one).
+    pub checked_at: Option<DateTime<Utc>>,
+    pub shutting_down: bool,
+    pub components: BTreeMap<String, ComponentHealth>,
+    /// The relay's progress, lag and breaker state at the last check.
+    pub relay: Option<RelayStatus>,
+}
+
+impl HealthReport {
+    /// Before the first check: nothing known yet.
+    pub fn starting() -> HealthReport {
+        let now = Utc::now();
+        let components = COMPONENTS
+            .iter()
+            .map(|c| {
+                (
+                    c.to_string(),
+                    ComponentHealth {
+                        status: HealthStatus::Healthy,
+                        detail: "not checked yet".into(),
+                        last_check: now,
+                    },
+                )
+            })
+            .collect();
+        HealthReport { status: HealthStatus::Healthy, checked_at: None, shutting_down: false, components, relay: None }
+    }
+
+    pub fn component(&self, name: &str) -> Option<&ComponentHealth> {
+        self.components.get(name)
+    }
+
+    /// Ready for traffic: checked at least once, not shutting down, store reachable.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.shutting_down {
+            return Err("shutting down".into());
+        }
+        if self.checked_at.is_none() {
+            return Err("starting: no health check has completed yet".into());
+        }
+        match self.component("store") {
+            Some(c) if c.status == HealthStatus::Unhealthy => Err(format!("store: {}", c.detail)),
+            Some(_) => Ok(()),
+            None => Err("store not checked".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_needs_a_check_a_store_and_no_shutdown() {
+        let mut r = HealthReport::starting();
+        assert!(r.ready().is_err());
+        r.checked_at = Some(Utc::now());
+        assert!(r.ready().is_ok());
+        r.components.get_mut("store").unwrap().status = HealthStatus::Unhealthy;
+        assert!(r.ready().is_err());
+        r.components.get_mut("store").unwrap().status = HealthStatus::Healthy;
+        r.shutting_down = true;
+        assert!(r.ready().is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! `bench cql`: the CQL store's conditional append against a raw
+//! single-partition conditional insert, same server, same concurrency.
+//!
+//! Guarantee: only measures and prints.
+
+use std::time::Instant;
+use uuid::Uuid;
+
+use super::sample_events;
+use crate::config::Config;
+use crate::envelope::EventEnvelope;
+use crate::store::EventStore;
+
+/// Each of `concurrency` workers appends single events to its own aggregates
+/// (one conditional batch each); the baseline inserts the same rows with
+/// `INSERT ... IF NOT EXISTS` (one LWT each) through the same session.
+pub(super) async fn cql_bench(cfg: &Config, n: usize, concurrency: usize) -> anyhow::Result<()> {
+    use crate::store::cql::CqlStore;
+    let mut c = cfg.store.cql.clone();
+    c.keyspace = format!("bench_{}", Uuid::now_v7().simple());
+    let store = CqlStore::connect(&c).await?;
+    store.migrate().await?;
+    let session = store.session();
+    let ks = store.keyspace().to_string();
+    let per_agg = 5;
+    let events = sample_events(n.div_ceil(per_agg), per_agg);
+    let total: usize = events.iter().map(Vec::len).sum();
+    println!(
+        "bench cql: {total} events ({per_agg} per aggregate, one append each), {concurrency} concurrent writers, {}",
+        c.uri
+    );
+
+    let insert = session
+        .prepare(format!(
+            "INSERT INTO {ks}.event_store (aggregate_id, sequence_number, event_id, aggregate_type, event_type, event_version, payload, causation_id, correlation_id, timestamp) VALUES (?,?,?,?,?,?,?,?,?,?) IF NOT EXISTS"
+        ))
+        .await?;
+    let split = |evs: &Vec<Vec<EventEnvelope>>| {
+        let mut w: Vec<Vec<Vec<EventEnvelope>>> = (0..concurrency.max(1)).map(|_| Vec::new()).collect();
+        for (i, a) in evs.iter().enumerate() {
+            w[i % concurrency.max(1)].push(a.clone());
+        }
+        w
+    };
+    // Warm-up (untimed): the JVM's JIT and Paxos paths, so neither side pays for them.
+    let warm = sample_events(200, 5);
+    for agg in &warm {
+        for (i, e) in agg.iter().enumerate() {
+            store.append(e.aggregate_id, i as i64, vec![e.clone()]).await?;
+        }
+    }
+    // Baseline: raw conditional inserts of fresh copies (new aggregate ids).
+    let raw: Vec<Vec<EventEnvelope>> = events
+        .iter()
+        .map(|a| {
+            let id = Uuid::now_v7();
+            a.iter()
+                .cloned()
+                .map(|mut e| {
+                    e.aggregate_id = id;
+                    e
+                })
+                .collect()
+        })
+        .collect();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for work in split(&raw) {
+        let (session, insert) = (session.clone(), insert.clone());
+        tasks.push(tokio::spawn(async move {
+            for agg in work {
+                for e in agg {
+                    let payload = serde_json::to_string(&e.payload)?;
+                    session
+                        .execute_unpaged(
+                            &insert,
+                            (
+                                e.aggregate_id,
+                                e.sequence,
+                                e.event_id,
+                                e.aggregate_type,
+                                e.event_type,
+                                e.schema_version,
+                                payload,
+                                e.causation_id,
+                                e.correlation_id,
+                                e.timestamp,
+                            ),
+                        )
+                        .await?;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let raw_secs = start.elapsed().as_secs_f64();
+
+    let dyn_store: crate::store::DynStore = store.clone();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for work in split(&events) {
+        let s = dyn_store.clone();
+        tasks.push(tokio::spawn(async move {
+            for agg in work {
+                for (i, e) in agg.into_iter().enumerate() {
+                    s.append(e.aggregate_id, i as i64, vec![e]).await?;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let store_secs = start.elapsed().as_secs_f64();
+    let (raw_rate, store_rate) = (total as f64 / raw_secs, total as f64 / store_secs);
+    println!("raw conditional insert (LWT)  : {raw_rate:>8.0} events/s ({raw_secs:.2} s)");
+    println!("store append (LWT batch + CAS): {store_rate:>8.0} events/s ({store_secs:.2} s)");
+    println!("ratio store/raw: {:.2}x (goal >= 0.7x)", store_rate / raw_rate);
+    let _ = session.query_unpaged(format!("DROP KEYSPACE {ks}"), ()).await;
+    Ok(())
+}

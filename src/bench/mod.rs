@@ -1,0 +1,145 @@
+//! `outboxd bench ...`: throughput and latency measured against a baseline
+//! in the same run, printed as ratios (see docs/BENCHMARKS.md).
+//!
+//! Guarantee: benchmarks only print numbers; nothing here is a pass/fail test.
+//!
+//! One file per benchmark: `append` (SQLite store vs raw INSERT), `relay`
+//! (relay vs bare producer, e2e latency), `http` (command API vs bare
+//! append), `cql` (CQL append vs raw LWT); `snapshots` and `rebuild` live
+//! in `projection::bench`.
+
+mod append;
+mod cql;
+mod http;
+mod relay;
+
+use clap::Subcommand;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::domain::{Aggregate, Currency, Money, Order, OrderCommand, OrderItem, Sku};
+use crate::envelope::{now_millis, EventEnvelope, Metadata};
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum BenchCmd {
+    /// SQLite store append vs a raw batched INSERT of the same rows.
+    Append {
+        /// Aggregates (each gets `events_per_aggregate` events, one append per event).
+        #[arg(long, default_value_t = 20_000)]
+        aggregates: usize,
+        #[arg(long, default_value_t = 5)]
+        events_per_aggregate: usize,
+        /// Concurrent appenders.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Directory for the benchmark databases (default: a temp dir).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Relay throughput vs a bare rdkafka producer with identical settings,
+    /// then append -> consumed latency at a moderate rate.
+    Relay {
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Approximate size of each event's JSON in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Events per second for the latency phase.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        /// Seconds of the latency phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// The command API under concurrent clients (a real `outboxd run` child
+    /// with relay to kafka.brokers) next to the bare store append rate.
+    Http {
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 300)]
+        requests_per_client: usize,
+    },
+    /// Loading one aggregate of N events with and without snapshots.
+    Snapshots {
+        #[arg(long, default_value_t = 10_000)]
+        events: usize,
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Read-model rebuild throughput.
+    Rebuild {
+        #[arg(long, default_value_t = 20_000)]
+        orders: usize,
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// CQL store append vs a raw single-partition conditional insert, same
+    /// server (store.cql.uri), same concurrency.
+    Cql {
+        #[arg(long, default_value_t = 3_000)]
+        events: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+}
+
+pub async fn run(cfg: &Config, cmd: BenchCmd) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Append { aggregates, events_per_aggregate, concurrency, dir } => {
+            append::bench_append(cfg, aggregates, events_per_aggregate, concurrency, dir).await
+        }
+        BenchCmd::Relay { events, size, rate, seconds } => relay::run(cfg, events, size, rate, seconds).await,
+        BenchCmd::Cql { events, concurrency } => cql::cql_bench(cfg, events, concurrency).await,
+        BenchCmd::Http { clients, requests_per_client } => http::run(cfg, clients, requests_per_client).await,
+        BenchCmd::Snapshots { events, dir } => {
+            let d = tempdir(dir)?;
+            println!("{}", crate::projection::bench::bench_snapshots(&d, events).await?);
+            let _ = std::fs::remove_dir_all(&d);
+            Ok(())
+        }
+        BenchCmd::Rebuild { orders, dir } => {
+            let d = tempdir(dir)?;
+            println!("{}", crate::projection::bench::bench_rebuild(&d, orders).await?);
+            let _ = std::fs::remove_dir_all(&d);
+            Ok(())
+        }
+    }
+}
+
+/// Envelopes for `n` orders with `k` events each (created + updates).
+pub fn sample_events(n: usize, k: usize) -> Vec<Vec<EventEnvelope>> {
+    let eur = Currency::new("EUR").expect("EUR");
+    let meta = Metadata::default();
+    let at = now_millis();
+    (0..n)
+        .map(|i| {
+            let id = Uuid::now_v7();
+            let mut order = Order::default();
+            let mut out = Vec::with_capacity(k);
+            for seq in 1..=k as i64 {
+                let items = vec![OrderItem::new(
+                    Sku::new(format!("SKU-{i}-{seq}")).expect("sku"),
+                    seq,
+                    Money::new(1999, eur).expect("money"),
+                )
+                .expect("item")];
+                let cmd = if seq == 1 {
+                    OrderCommand::Create { customer_id: Uuid::from_u128(i as u128), items }
+                } else {
+                    OrderCommand::UpdateItems { items }
+                };
+                let e = order.handle(&cmd).expect("valid command").remove(0);
+                order.apply(&e);
+                out.push(EventEnvelope::new::<Order>(id, seq, &e, meta, at).expect("encodable"));
+            }
+            out
+        })
+        .collect()
+}
+
+pub(crate) fn tempdir(dir: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    let base = dir.unwrap_or_else(std::env::temp_dir);
+    let p = base.join(format!("outboxd-bench-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}

@@ -1,0 +1,75 @@
+//! The subcommand handlers of `outboxd` (bin-private), one file per command
+//! group; `main.rs` parses the command line and calls them.
+//!
+//! Guarantee: every handler returns the process exit code or a [`Failure`]
+//! carrying it: 0 success, 1 infrastructure failure (store/broker), 2 bad
+//! input (arguments, configuration, a command the domain refuses, unknown
+//! id), 3 version conflict. Input is validated before the store is touched.
+
+pub mod config;
+pub mod customer;
+pub mod dlq;
+pub mod order;
+pub mod projections;
+pub mod store;
+
+use anyhow::Context;
+use uuid::Uuid;
+
+use outboxd::app::{AppError, CommandService, ServiceOptions};
+use outboxd::config::Config;
+use outboxd::envelope::Metadata;
+use outboxd::store::DynStore;
+
+use crate::Meta;
+
+/// A failure with its exit code.
+pub struct Failure {
+    pub code: u8,
+    pub err: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let err = e.into();
+        let code = match err.downcast_ref::<AppError>() {
+            Some(AppError::Domain(_)) | Some(AppError::Decode(_)) => 2,
+            Some(AppError::Conflict { .. }) => 3,
+            _ if err.downcast_ref::<outboxd::config::ConfigError>().is_some() => 2,
+            _ if err.downcast_ref::<outboxd::domain::DomainError>().is_some() => 2,
+            _ if err.downcast_ref::<BadInput>().is_some() => 2,
+            _ => 1,
+        };
+        Failure { code, err }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+impl Failure {
+    fn context(mut self, c: String) -> Self {
+        self.err = self.err.context(c);
+        self
+    }
+}
+
+pub async fn open(cfg: &Config) -> Result<DynStore, Failure> {
+    Ok(outboxd::store::open(cfg).await.context("cannot open the store")?)
+}
+
+pub fn service(cfg: &Config, store: DynStore) -> CommandService {
+    CommandService::new(
+        store,
+        ServiceOptions {
+            max_conflict_retries: cfg.service.max_conflict_retries,
+            snapshot_every: cfg.service.snapshot_every,
+            default_currency: cfg.service.default_currency.clone(),
+        },
+    )
+}
+
+pub fn meta(m: &Meta) -> Metadata {
+    Metadata { correlation_id: m.correlation_id.unwrap_or_else(Uuid::now_v7), causation_id: None }
+}

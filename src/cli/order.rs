@@ -1,0 +1,83 @@
+//! `outboxd order ...`: Order commands and `order show`.
+//!
+//! Guarantee: items are parsed and validated before the store is opened;
+//! a refused command changes nothing (exit 2), a pinned version that is
+//! stale is a conflict (exit 3).
+
+use uuid::Uuid;
+
+use outboxd::app::AppError;
+use outboxd::config::Config;
+use outboxd::domain::{Currency, Money, Order, OrderCommand, OrderItem, Sku};
+
+use super::{meta, open, service, BadInput, Failure};
+use crate::OrderCmd;
+
+/// Parses `SKU:QUANTITY:UNIT_PRICE_MINOR` items.
+fn parse_items(raw: &[String], currency: &str) -> Result<Vec<OrderItem>, Failure> {
+    let currency = Currency::new(currency)?;
+    raw.iter()
+        .map(|s| {
+            let parts: Vec<&str> = s.split(':').collect();
+            let [sku, qty, price] = parts[..] else {
+                return Err(BadInput(format!(
+                    "--item {s:?}: expected SKU:QUANTITY:UNIT_PRICE_MINOR, e.g. BOOK-1:2:1999"
+                ))
+                .into());
+            };
+            let qty: i64 =
+                qty.parse().map_err(|_| BadInput(format!("--item {s:?}: quantity {qty:?} is not a whole number")))?;
+            let price: i64 = price.parse().map_err(|_| {
+                BadInput(format!("--item {s:?}: unit price {price:?} is not a whole number of minor units"))
+            })?;
+            Ok(OrderItem::new(Sku::new(sku)?, qty, Money::new(price, currency)?)?)
+        })
+        .collect()
+}
+
+pub async fn run(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
+    // Validate the input before touching the store.
+    let (id, cmd, m) = match c {
+        OrderCmd::Show { id } => {
+            let svc = service(cfg, open(cfg).await?);
+            let loaded = svc.load::<Order>(id).await?;
+            if loaded.version == 0 {
+                return Err(Failure::from(AppError::Domain(outboxd::domain::DomainError::OrderNotFound))
+                    .context(format!("order {id}")));
+            }
+            let events = svc.store().load(id).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"id": id, "version": loaded.version, "state": loaded.state, "events": events})
+                )?
+            );
+            return Ok(0);
+        }
+        OrderCmd::Create { customer, items, currency, id, meta: m } => {
+            let items = parse_items(&items, &currency)?;
+            (id.unwrap_or_else(Uuid::now_v7), OrderCommand::Create { customer_id: customer, items }, m)
+        }
+        OrderCmd::UpdateItems { id, items, currency, meta: m } => {
+            (id, OrderCommand::UpdateItems { items: parse_items(&items, &currency)? }, m)
+        }
+        OrderCmd::Confirm { id, meta: m } => (id, OrderCommand::Confirm, m),
+        OrderCmd::Ship { id, tracking_number, carrier, meta: m } => {
+            (id, OrderCommand::Ship { tracking_number, carrier }, m)
+        }
+        OrderCmd::Deliver { id, signature, meta: m } => (id, OrderCommand::Deliver { signature }, m),
+        OrderCmd::Cancel { id, reason, meta: m } => (id, OrderCommand::Cancel { reason }, m),
+    };
+    let is_create = matches!(cmd, OrderCommand::Create { .. });
+    let svc = service(cfg, open(cfg).await?);
+    let out = svc
+        .execute::<Order>(id, &cmd, meta(&m), m.expected_version)
+        .await
+        .map_err(|e| Failure::from(e).context(format!("order {id}")))?;
+    if is_create {
+        println!("{id}");
+    } else {
+        println!("order {id}: {} (version {})", out.state.status, out.version);
+    }
+    Ok(0)
+}

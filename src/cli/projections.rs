@@ -1,0 +1,26 @@
+//! `outboxd projections rebuild`: clear the read models and rebuild them
+//! from event 0 (SQLite store).
+//!
+//! Guarantee: on the CQL backend it refuses (exit 2) and says why: there the
+//! daemon's CDC projection builds the read models.
+
+use anyhow::Context;
+
+use outboxd::config::Config;
+
+use super::{BadInput, Failure};
+
+pub async fn rebuild(cfg: &Config, no_progress: bool) -> Result<u8, Failure> {
+    if cfg.store.backend == outboxd::config::Backend::Cql {
+        return Err(BadInput(
+            "on the CQL backend the read models are built by the daemon's CDC projection (from the CDC log, 24 h TTL); rebuild is for the sqlite store".into(),
+        )
+        .into());
+    }
+    let (store, models) = outboxd::projection::open_stores(cfg).await.context("cannot open the store")?;
+    let models =
+        models.ok_or_else(|| BadInput("read models need the sqlite store (store.backend = \"sqlite\")".into()))?;
+    let report = outboxd::projection::rebuild(store, models, &cfg.service.default_currency, !no_progress).await?;
+    println!("{report}");
+    Ok(0)
+}

@@ -1,0 +1,53 @@
+//! `[http]`: the command API and the admin server.
+//!
+//! Guarantee: plain option types with their defaults (both servers on
+//! loopback) and the checks of their own keys.
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Command API address.
+    pub listen: String,
+    /// Admin server (/metrics, /health).
+    pub admin_listen: String,
+    /// When set, the command API requires `Authorization: Bearer <token>`.
+    pub api_token: Option<String>,
+    pub max_body_bytes: usize,
+    pub workers: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            api_token: None,
+            max_body_bytes: 64 * 1024,
+            workers: 2,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        for (k, v) in [("http.listen", &self.listen), ("http.admin_listen", &self.admin_listen)] {
+            if v.parse::<std::net::SocketAddr>().is_err() {
+                return err(format!("{k} = {v:?}: expected ip:port, e.g. 127.0.0.1:8080"));
+            }
+        }
+        if self.max_body_bytes < 1024 {
+            return err("http.max_body_bytes must be >= 1024".into());
+        }
+        if let Some(t) = &self.api_token {
+            if t.len() < 16 {
+                return err("http.api_token must be at least 16 characters".into());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! `[kafka]`: the broker, topic naming and producer settings.
+//!
+//! Guarantee: plain option types with their defaults and the checks of their
+//! own keys, including Kafka's topic-name rule for `topic_prefix`; which
+//! topic an event goes to is decided by `relay::topics`.
+
+use serde::{Deserialize, Serialize};
+
+use super::{validate_hosts, ConfigError};
+
+/// Longest `kafka.topic_prefix`. Every topic name is the prefix plus one of
+/// the routing's fixed suffixes (at most 49 characters, checked by the tests
+/// of `relay::topics`), so a valid prefix always gives valid topic names.
+pub const MAX_TOPIC_PREFIX_LEN: usize = 200;
+
+/// Kafka's longest topic name.
+pub const MAX_TOPIC_LEN: usize = 249;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TopicRouting {
+    /// `order-events`, `customer-events` (default; keeps one aggregate's events in one topic).
+    PerAggregate,
+    /// The seeds' `OrderCreated`, `OrderUpdated`, `OrderCancelled`, ... topics.
+    PerEventType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated `host:port`.
+    pub brokers: String,
+    pub topic_routing: TopicRouting,
+    /// Prepended to every topic name (e.g. `prod.`).
+    pub topic_prefix: String,
+    /// Partitions for topics the relay creates.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub compression: Compression,
+    /// librdkafka `max.in.flight.requests.per.connection` (<= 5 with idempotence).
+    pub max_in_flight_requests: u32,
+    /// librdkafka `linger.ms`.
+    pub linger_ms: u32,
+    /// How long one delivery may take before it counts as failed.
+    pub message_timeout_ms: u64,
+    /// `ce_source` header value.
+    pub source: String,
+    /// Extra librdkafka properties (e.g. security settings).
+    pub extra: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic_routing: TopicRouting::PerAggregate,
+            topic_prefix: String::new(),
+            partitions: 6,
+            replication_factor: 1,
+            compression: Compression::Lz4,
+            max_in_flight_requests: 5,
+            linger_ms: 5,
+            message_timeout_ms: 10_000,
+            source: "/outboxd".into(),
+            extra: Default::default(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// True for the seeds' per-event-type topics (`relay::topics` takes this flag).
+    pub fn per_event_type(&self) -> bool {
+        self.topic_routing == TopicRouting::PerEventType
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        validate_hosts("kafka.brokers", &self.brokers)?;
+        validate_topic_prefix(&self.topic_prefix)?;
+        if !(1..=10_000).contains(&self.partitions) {
+            return err(format!("kafka.partitions = {}: must be 1..=10000", self.partitions));
+        }
+        if self.replication_factor < 1 {
+            return err("kafka.replication_factor must be >= 1".into());
+        }
+        if !(1..=5).contains(&self.max_in_flight_requests) {
+            return err(format!(
+                "kafka.max_in_flight_requests = {}: must be 1..=5 (idempotent producer)",
+                self.max_in_flight_requests
+            ));
+        }
+        if self.message_timeout_ms < 1_000 {
+            return err("kafka.message_timeout_ms must be >= 1000".into());
+        }
+        Ok(())
+    }
+}
+
+fn legal_topic_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Kafka's legal topic names: 1-249 of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn validate_topic(t: &str) -> Result<(), ConfigError> {
+    let ok = !t.is_empty() && t.len() <= MAX_TOPIC_LEN && t != "." && t != ".." && t.chars().all(legal_topic_char);
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "topic name {t:?} is not valid for Kafka: use 1-249 of letters, digits, '.', '_' or '-' (check kafka.topic_prefix)"
+        )))
+    }
+}
+
+/// `kafka.topic_prefix`: Kafka's topic characters, at most [`MAX_TOPIC_PREFIX_LEN`].
+pub fn validate_topic_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if prefix.len() <= MAX_TOPIC_PREFIX_LEN && prefix.chars().all(legal_topic_char) {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "kafka.topic_prefix {prefix:?} would make topic names Kafka refuses: use at most {MAX_TOPIC_PREFIX_LEN} of letters, digits, '.', '_' or '-'"
+        )))
+    }
+}

@@ -1,0 +1,172 @@
+//! Configuration: defaults <- TOML file <- `OUTBOX_*` environment variables.
+//!
+//! Nested keys use `__` in variable names: `OUTBOX_KAFKA__BROKERS`,
+//! `OUTBOX_STORE__BACKEND`, `OUTBOX_RELAY__RETRY__MAX_ATTEMPTS`.
+//! Guarantee: `Config::load` either returns a validated configuration or a
+//! `ConfigError` whose message names the key and what is wrong with it (the
+//! CLI prints it and exits 2); unknown keys in the file are errors, not
+//! silently ignored typos.
+//!
+//! One file per section ([`store`], [`kafka`], [`relay`], [`http`],
+//! [`service`]); each owns its option types, defaults and key checks, and the
+//! types are re-exported here (`crate::config::KafkaConfig`, ...). This layer
+//! holds plain option types only: it imports nothing but the domain (to check
+//! `service.default_currency`).
+
+mod http;
+mod kafka;
+mod relay;
+mod service;
+mod store;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub use http::HttpConfig;
+pub use kafka::{
+    validate_topic, validate_topic_prefix, Compression, KafkaConfig, TopicRouting, MAX_TOPIC_LEN, MAX_TOPIC_PREFIX_LEN,
+};
+pub use relay::{BreakerConfig, RelayConfig, RetryConfig};
+pub use service::{HealthConfig, ServiceConfig, SupervisionConfig};
+pub use store::{Backend, CdcConfig, CqlConfig, SqliteOptions, StoreConfig, Synchronous};
+
+/// `OUTBOX_CONFIG` without its prefix: the variable that names the config
+/// file. figment would otherwise read it as a top-level key `config`.
+const CONFIG_FILE_VAR_KEY: &str = "config";
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub kafka: KafkaConfig,
+    pub relay: RelayConfig,
+    pub http: HttpConfig,
+    pub health: HealthConfig,
+    pub service: ServiceConfig,
+    pub supervision: SupervisionConfig,
+    pub shutdown_deadline_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            store: StoreConfig::default(),
+            kafka: KafkaConfig::default(),
+            relay: RelayConfig::default(),
+            http: HttpConfig::default(),
+            health: HealthConfig::default(),
+            service: ServiceConfig::default(),
+            supervision: SupervisionConfig::default(),
+            shutdown_deadline_ms: 30_000,
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given; must exist), then `OUTBOX_*`.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", f.display())));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        // `OUTBOX_CONFIG` names the file (read by the CLI as `--config`); it is not a key.
+        fig = fig.merge(Env::prefixed("OUTBOX_").ignore(&[CONFIG_FILE_VAR_KEY]).split("__"));
+        let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string().replace('\n', "; ")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every section; the first problem found is the error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        self.store.validate()?;
+        self.relay.validate()?;
+        self.http.validate()?;
+        self.health.validate()?;
+        self.service.validate()?;
+        self.supervision.validate()
+    }
+}
+
+fn validate_hosts(key: &str, list: &str) -> Result<(), ConfigError> {
+    let hosts: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if hosts.is_empty() {
+        return Err(ConfigError(format!("{key} must list at least one host:port")));
+    }
+    for h in hosts {
+        let ok =
+            h.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            return Err(ConfigError(format!("{key}: {h:?} is not host:port")));
+        }
+    }
+    Ok(())
+}
+
+fn valid_cql_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 48
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut c = Config::default();
+        c.kafka.topic_prefix = "bad topic/".into();
+        assert!(c.validate().unwrap_err().to_string().contains("kafka.topic_prefix"));
+        let mut c = Config::default();
+        c.kafka.brokers = "localhost".into();
+        assert!(c.validate().unwrap_err().to_string().contains("kafka.brokers"));
+        let mut c = Config::default();
+        c.http.listen = "nope".into();
+        assert!(c.validate().unwrap_err().to_string().contains("http.listen"));
+        let mut c = Config::default();
+        c.kafka.topic_prefix = "p".repeat(MAX_TOPIC_PREFIX_LEN);
+        c.validate().unwrap();
+        c.kafka.topic_prefix.push('p');
+        assert!(c.validate().unwrap_err().to_string().contains("kafka.topic_prefix"));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Error is large; only in this test
+    fn file_and_env_layering() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("o.toml", "[kafka]\nbrokers = \"10.0.0.1:9092\"\npartitions = 3\n")?;
+            jail.set_env("OUTBOX_KAFKA__PARTITIONS", "12");
+            let c = Config::load(Some(Path::new("o.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.kafka.brokers, "10.0.0.1:9092");
+            assert_eq!(c.kafka.partitions, 12);
+            jail.set_env("OUTBOX_KAFKA__PARTITIONS", "many");
+            let e = Config::load(Some(Path::new("o.toml"))).unwrap_err().to_string();
+            assert!(e.to_lowercase().contains("partitions"), "{e}");
+            // OUTBOX_CONFIG names the file; it is not a configuration key.
+            jail.set_env("OUTBOX_KAFKA__PARTITIONS", "12");
+            jail.set_env("OUTBOX_CONFIG", "o.toml");
+            let c = Config::load(Some(Path::new("o.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.kafka.partitions, 12);
+            jail.create_file("typo.toml", "[kafka]\nbrokerz = \"x:1\"\n")?;
+            let e = Config::load(Some(Path::new("typo.toml"))).unwrap_err().to_string();
+            assert!(e.contains("brokerz"), "{e}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,98 @@
+//! `[relay]`: the feed -> Kafka relay, its retry policy and circuit breaker.
+//!
+//! Guarantee: plain option types with their defaults (the seeds' values for
+//! retry and breaker) and the checks of their own keys.
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts per event before the breaker / DLQ decides (seed: 5).
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub multiplier: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { max_attempts: 5, initial_backoff_ms: 100, max_backoff_ms: 500, multiplier: 2.0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the circuit (seed: 5).
+    pub failure_threshold: u32,
+    /// Time the circuit stays open before a half-open probe (seed: 30 s).
+    pub open_timeout_ms: u64,
+    /// Successes in half-open that close it (seed: 3).
+    pub success_threshold: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig { failure_threshold: 5, open_timeout_ms: 30_000, success_threshold: 3 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Checkpoint name of this relay in the `checkpoints` table.
+    pub consumer_name: String,
+    /// Events read from the feed per query.
+    pub batch_size: usize,
+    /// Most events published but not yet confirmed.
+    pub max_in_flight: usize,
+    /// Fallback poll when no in-process wake-up arrives (other writers).
+    pub poll_interval_ms: u64,
+    /// Seed behaviour: dead-letter even transient failures after the retries.
+    /// Off by default: an outage must pause the relay, not empty it into the DLQ.
+    pub dlq_on_transient_exhaustion: bool,
+    pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            consumer_name: "kafka-relay".into(),
+            batch_size: 1000,
+            max_in_flight: 10_000,
+            poll_interval_ms: 500,
+            dlq_on_transient_exhaustion: false,
+            retry: RetryConfig::default(),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+impl RelayConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: &str| Err(ConfigError(m.into()));
+        if self.batch_size == 0 || self.max_in_flight == 0 || self.poll_interval_ms == 0 {
+            return err("relay.batch_size, relay.max_in_flight and relay.poll_interval_ms must be > 0");
+        }
+        if self.consumer_name.trim().is_empty() {
+            return err("relay.consumer_name must not be empty");
+        }
+        let r = &self.retry;
+        if r.max_attempts == 0
+            || r.initial_backoff_ms == 0
+            || r.multiplier < 1.0
+            || r.max_backoff_ms < r.initial_backoff_ms
+        {
+            return err("relay.retry: max_attempts >= 1, initial_backoff_ms >= 1, multiplier >= 1, max_backoff_ms >= initial_backoff_ms");
+        }
+        let b = &self.breaker;
+        if b.failure_threshold == 0 || b.success_threshold == 0 || b.open_timeout_ms == 0 {
+            return err("relay.breaker: failure_threshold, success_threshold and open_timeout_ms must be > 0");
+        }
+        Ok(())
+    }
+}

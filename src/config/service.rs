@@ -1,0 +1,88 @@
+//! `[health]`, `[service]` and `[supervision]`: how the daemon checks,
+//! runs commands and restarts its actors.
+//!
+//! Guarantee: plain option types with their defaults and the checks of their
+//! own keys.
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    pub interval_ms: u64,
+    /// Relay lag (events) above which the relay is Degraded.
+    pub lag_degraded_events: i64,
+    /// Projection lag (events committed but not yet in the read models)
+    /// above which the `projections` component is Degraded.
+    pub projection_lag_degraded_events: i64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig { interval_ms: 10_000, lag_degraded_events: 10_000, projection_lag_degraded_events: 10_000 }
+    }
+}
+
+impl HealthConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval_ms < 100 {
+            return Err(ConfigError("health.interval_ms must be >= 100".into()));
+        }
+        if self.projection_lag_degraded_events < 1 {
+            return Err(ConfigError(
+                "health.projection_lag_degraded_events must be >= 1 (some lag is normal while events are being applied)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub max_conflict_retries: u32,
+    pub snapshot_every: i64,
+    pub default_currency: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig { max_conflict_retries: 3, snapshot_every: 100, default_currency: "EUR".into() }
+    }
+}
+
+impl ServiceConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        crate::domain::Currency::new(&self.default_currency).map_err(|_| {
+            ConfigError(format!("service.default_currency {:?}: expected a code like EUR", self.default_currency))
+        })?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisionConfig {
+    /// Restarts allowed within `restart_window_ms` before giving up.
+    pub max_restarts: u32,
+    pub restart_window_ms: u64,
+    pub restart_backoff_ms: u64,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        SupervisionConfig { max_restarts: 5, restart_window_ms: 60_000, restart_backoff_ms: 200 }
+    }
+}
+
+impl SupervisionConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_restarts == 0 {
+            return Err(ConfigError("supervision.max_restarts must be >= 1".into()));
+        }
+        Ok(())
+    }
+}

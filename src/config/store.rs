@@ -1,0 +1,157 @@
+//! `[store]`: which backend holds the events, and its options.
+//!
+//! Guarantee: plain option types with their defaults and the checks of their
+//! own keys; the store layer reads them, nothing here opens anything.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+use super::{valid_cql_ident, validate_hosts, ConfigError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Cql,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub backend: Backend,
+    /// SQLite database file.
+    pub path: PathBuf,
+    pub sqlite: SqliteOptions,
+    pub cql: CqlConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: Backend::Sqlite,
+            path: PathBuf::from("data/outbox.db"),
+            sqlite: SqliteOptions::default(),
+            cql: CqlConfig::default(),
+        }
+    }
+}
+
+impl StoreConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.backend == Backend::Cql {
+            validate_hosts("store.cql.uri", &self.cql.uri)?;
+            if !valid_cql_ident(&self.cql.keyspace) {
+                return Err(ConfigError(format!(
+                    "store.cql.keyspace {:?}: use 1-48 letters, digits or '_', starting with a letter",
+                    self.cql.keyspace
+                )));
+            }
+        }
+        if self.path.as_os_str().is_empty() {
+            return Err(ConfigError("store.path must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Tuning of the SQLite backend (`[store.sqlite]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteOptions {
+    /// `full` (fsync every commit; default, nothing acknowledged is lost on
+    /// power failure) or `normal` (WAL default; survives process crashes).
+    pub synchronous: Synchronous,
+    /// How long a write waits for another process holding the lock.
+    pub busy_timeout_ms: u64,
+    /// Most appends group-committed in one transaction.
+    pub group_commit_max: usize,
+    /// Bound of the writer queue.
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+impl Synchronous {
+    /// The value of `PRAGMA synchronous`.
+    pub fn pragma(&self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            synchronous: Synchronous::Full,
+            busy_timeout_ms: 5_000,
+            group_commit_max: 256,
+            queue_capacity: 4_096,
+        }
+    }
+}
+
+/// `[store.cql]`: the ScyllaDB / Cassandra cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CqlConfig {
+    /// Contact points, comma separated `host:port`.
+    pub uri: String,
+    pub keyspace: String,
+    /// Replication used when `outboxd schema` creates the keyspace.
+    pub replication_factor: u32,
+    /// Consistency of writes and reads (`local_quorum`, `quorum`, `one`, ...).
+    pub consistency: String,
+    /// Serial consistency of the conditional append (`local_serial` or `serial`).
+    pub serial_consistency: String,
+    pub request_timeout_ms: u64,
+    /// Rows per page when loading an aggregate.
+    pub page_size: i32,
+    pub cdc: CdcConfig,
+}
+
+impl Default for CqlConfig {
+    fn default() -> Self {
+        CqlConfig {
+            uri: "127.0.0.1:9042".into(),
+            keyspace: "outbox".into(),
+            replication_factor: 1,
+            consistency: "local_quorum".into(),
+            serial_consistency: "local_serial".into(),
+            request_timeout_ms: 10_000,
+            page_size: 1000,
+            cdc: CdcConfig::default(),
+        }
+    }
+}
+
+/// scylla-cdc reader tuning (see docs/OPERATIONS.md for the latency floor).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CdcConfig {
+    /// Width of each CDC log query window.
+    pub window_size_ms: u64,
+    /// Rows younger than this are not read yet (lets in-flight writes land).
+    pub safety_interval_ms: u64,
+    /// Pause between window queries once caught up.
+    pub sleep_interval_ms: u64,
+    /// How often scylla-cdc saves stream progress.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for CdcConfig {
+    fn default() -> Self {
+        CdcConfig {
+            window_size_ms: 30_000,
+            safety_interval_ms: 5_000,
+            sleep_interval_ms: 1_000,
+            checkpoint_interval_ms: 5_000,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The Customer routes of the command API, and a customer's orders from the
+//! `orders_by_customer` read model (paged).
+//!
+//! Guarantee: a bad page parameter is a 400 naming it; backends without read
+//! models answer 501 for the orders page.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{execute, if_match, load, path_id, read_model_unavailable, respond, with_projection, ApiState};
+use crate::domain::{Customer, CustomerCommand};
+use crate::http::errors::ApiError;
+use crate::http::input::{self, Input};
+use crate::projection::{PageRequest, DEFAULT_PAGE, MAX_PAGE};
+
+pub(super) fn customer_view(id: Uuid, version: i64, c: &Customer) -> Value {
+    json!({"id": id, "version": version, "name": c.name, "email": c.email, "phone": c.phone})
+}
+
+/// Parses `after`, `offset`, `limit` of GET /customers/{id}/orders; any
+/// other, repeated or malformed parameter is a 400 naming it.
+pub fn page_request(query: &[(String, String)]) -> Result<PageRequest, ApiError> {
+    let mut page = PageRequest { after: None, offset: 0, limit: DEFAULT_PAGE };
+    let mut seen: Vec<&str> = Vec::new();
+    for (k, v) in query {
+        if seen.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(k, format!("{k} is given more than once")));
+        }
+        seen.push(k.as_str());
+        match k.as_str() {
+            "after" => {
+                page.after = Some(Uuid::parse_str(v.trim()).map_err(|_| {
+                    ApiError::bad_request("after", "after must be an order id (the next_after of the previous page)")
+                })?)
+            }
+            "offset" => {
+                page.offset = v
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| ApiError::bad_request("offset", "offset must be a non-negative integer"))?
+            }
+            "limit" => {
+                page.limit = match v.trim().parse::<usize>() {
+                    Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "limit",
+                            format!("limit must be an integer from 1 to {MAX_PAGE}"),
+                        ))
+                    }
+                }
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    other,
+                    format!("unknown query parameter {other:?}; use after, offset or limit"),
+                ))
+            }
+        }
+    }
+    if page.after.is_some() && page.offset > 0 {
+        return Err(ApiError::bad_request("offset", "give either after (a cursor) or offset, not both"));
+    }
+    Ok(page)
+}
+
+pub(super) async fn customer_orders(
+    st: web::Data<ApiState>,
+    path: web::Path<String>,
+    q: web::Query<Vec<(String, String)>>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&path)?;
+    let page = page_request(&q)?;
+    let Some(models) = &st.read_models else {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_available",
+            "read models are not available on this store backend",
+        ));
+    };
+    let p = models.orders_by_customer(id, page).await.map_err(read_model_unavailable)?;
+    let f = p.projection;
+    Ok(with_projection(HttpResponse::Ok().json(p), f))
+}
+
+pub(super) async fn register_customer(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    if_match(&req)?;
+    let b = Input::body(&body, &["id", "name", "email", "phone"])?;
+    let id = b.opt_uuid("id")?.unwrap_or_else(Uuid::now_v7);
+    let name = b.string("name")?;
+    let email = input::email(&b)?;
+    let phone = input::phone(&b)?;
+    let out = execute::<Customer>(&st, &req, id, CustomerCommand::Register { name, email, phone }).await?;
+    Ok(respond(
+        StatusCode::CREATED,
+        out.version,
+        Some(format!("/customers/{id}")),
+        customer_view(id, out.version, &out.state),
+    ))
+}
+
+pub(super) async fn get_customer(st: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&path)?;
+    let l = load::<Customer>(&st, id).await?;
+    if l.version == 0 {
+        return Err(ApiError::not_found(format!("customer {id} does not exist")));
+    }
+    Ok(respond(StatusCode::OK, l.version, None, customer_view(id, l.version, &l.state)))
+}
+
+pub(super) async fn change_email(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&path)?;
+    if_match(&req)?;
+    let b = Input::body(&body, &["email"])?;
+    let email = input::email(&b)?;
+    let out = execute::<Customer>(&st, &req, id, CustomerCommand::ChangeEmail { email }).await?;
+    Ok(respond(StatusCode::OK, out.version, None, customer_view(id, out.version, &out.state)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_request_params() {
+        let q = |pairs: &[(&str, &str)]| {
+            page_request(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>())
+        };
+        assert_eq!(q(&[]).unwrap(), PageRequest { after: None, offset: 0, limit: DEFAULT_PAGE });
+        let id = Uuid::now_v7();
+        assert_eq!(q(&[("after", &id.to_string()), ("limit", "3")]).unwrap(), PageRequest::after(id, 3));
+        assert_eq!(
+            q(&[("offset", "6"), ("limit", "500")]).unwrap(),
+            PageRequest { after: None, offset: 6, limit: 500 }
+        );
+        for (bad, field) in [
+            (vec![("limit", "0")], "limit"),
+            (vec![("limit", "501")], "limit"),
+            (vec![("limit", "ten")], "limit"),
+            (vec![("limit", "-1")], "limit"),
+            (vec![("after", "nope")], "after"),
+            (vec![("offset", "-2")], "offset"),
+            (vec![("limit", "2"), ("limit", "3")], "limit"),
+            (vec![("colour", "red")], "colour"),
+            (vec![("after", "0190a0a0-0000-7000-8000-000000000000"), ("offset", "2")], "offset"),
+        ] {
+            let e = q(&bad).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.body.field.as_deref()), (400, Some(field)), "{bad:?}");
+        }
+    }
+}

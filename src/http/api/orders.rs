@@ -1,0 +1,158 @@
+//! The Order routes of the command API: commands through the OrderActor,
+//! GET from the read model when it has the order (else the event stream).
+//!
+//! Guarantee: a command's response is the state the command produced, with
+//! its version as ETag; GET says where it read from (`source`) and how far
+//! the read model lags (`X-Projection-Lag`).
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{execute, if_match, load, path_id, respond, with_projection, ApiState};
+use crate::domain::{Order, OrderCommand};
+use crate::http::errors::ApiError;
+use crate::http::input::{self, Input};
+
+pub(super) fn order_view(id: Uuid, version: i64, o: &Order) -> Value {
+    json!({
+        "id": id,
+        "version": version,
+        "status": o.status,
+        "customer_id": o.customer_id,
+        "items": o.items,
+        "total": o.total,
+        "tracking_number": o.tracking_number,
+        "carrier": o.carrier,
+        "signature": o.signature,
+        "cancel_reason": o.cancel_reason,
+    })
+}
+
+pub(super) async fn create_order(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    if_match(&req)?;
+    let b = Input::body(&body, &["id", "customer_id", "items"])?;
+    let id = b.opt_uuid("id")?.unwrap_or_else(Uuid::now_v7);
+    let customer_id = b.uuid("customer_id")?;
+    let items = input::items(&b)?;
+    let out = execute::<Order>(&st, &req, id, OrderCommand::Create { customer_id, items }).await?;
+    Ok(respond(
+        StatusCode::CREATED,
+        out.version,
+        Some(format!("/orders/{id}")),
+        order_view(id, out.version, &out.state),
+    ))
+}
+
+pub(super) async fn get_order(st: web::Data<ApiState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&path)?;
+    let mut freshness = None;
+    if let Some(models) = &st.read_models {
+        match models.get_order(id).await {
+            Ok(Some(v)) => {
+                let mut body = order_view(id, v.version, &v.state);
+                body["source"] = json!("read_model");
+                body["stream_version"] = json!(v.stream_version);
+                body["created_at"] = json!(v.created_at);
+                body["updated_at"] = json!(v.updated_at);
+                body["projection"] = json!(v.projection);
+                return Ok(with_projection(respond(StatusCode::OK, v.version, None, body), v.projection));
+            }
+            // Not projected yet: the event stream may have it.
+            Ok(None) => freshness = models.freshness().await.ok(),
+            Err(e) => tracing::warn!(error = %e, order_id = %id, "read model unavailable; reading the event stream"),
+        }
+    }
+    let l = load::<Order>(&st, id).await?;
+    if l.version == 0 {
+        return Err(ApiError::not_found(format!("order {id} does not exist")));
+    }
+    let mut body = order_view(id, l.version, &l.state);
+    body["source"] = json!("events");
+    let resp = match freshness {
+        Some(f) => {
+            body["projection"] = json!(f);
+            with_projection(respond(StatusCode::OK, l.version, None, body), f)
+        }
+        None => respond(StatusCode::OK, l.version, None, body),
+    };
+    Ok(resp)
+}
+
+pub(super) async fn order_command(
+    st: &ApiState,
+    req: &HttpRequest,
+    raw_id: &str,
+    cmd: impl FnOnce() -> Result<OrderCommand, ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(raw_id)?;
+    if_match(req)?;
+    let cmd = cmd()?;
+    let out = execute::<Order>(st, req, id, cmd).await?;
+    Ok(respond(StatusCode::OK, out.version, None, order_view(id, out.version, &out.state)))
+}
+
+pub(super) async fn update_items(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    order_command(&st, &req, &path, || {
+        let b = Input::body(&body, &["items"])?;
+        Ok(OrderCommand::UpdateItems { items: input::items(&b)? })
+    })
+    .await
+}
+
+pub(super) async fn confirm(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    order_command(&st, &req, &path, || Ok(OrderCommand::Confirm)).await
+}
+
+pub(super) async fn ship(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    order_command(&st, &req, &path, || {
+        let b = Input::body(&body, &["tracking_number", "carrier"])?;
+        Ok(OrderCommand::Ship { tracking_number: b.string("tracking_number")?, carrier: b.string("carrier")? })
+    })
+    .await
+}
+
+pub(super) async fn deliver(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    order_command(&st, &req, &path, || {
+        let b = Input::body(&body, &["signature"])?;
+        Ok(OrderCommand::Deliver { signature: b.string("signature")? })
+    })
+    .await
+}
+
+pub(super) async fn cancel(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    order_command(&st, &req, &path, || {
+        let b = Input::body(&body, &["reason"])?;
+        Ok(OrderCommand::Cancel { reason: b.string("reason")? })
+    })
+    .await
+}

@@ -1,0 +1,147 @@
+//! One feed page -> one read-model commit: the apply step the projector loop
+//! and the rebuild share.
+//!
+//! Guarantee: the rows a page touches are loaded, every event is applied with
+//! the pure `model::apply_event` (duplicates and out-of-order events change
+//! nothing), and rows plus the checkpoint move `from -> last position` in one
+//! `commit_batch`, which refuses (nothing written) when another projector
+//! moved the checkpoint first.
+
+use std::collections::{HashMap, HashSet};
+use uuid::Uuid;
+
+use super::model::{apply_event, Applied, Row};
+use super::{CommitBatch, ReadModelStore, StoredRow};
+use crate::domain::{Aggregate, Customer, Order};
+use crate::envelope::StoredEvent;
+use crate::store::{DynStore, StoreError};
+
+/// Counts of one applied batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BatchOutcome {
+    /// False when another projector moved the checkpoint first (nothing written).
+    pub committed: bool,
+    pub applied: u64,
+    pub duplicates: u64,
+    pub skipped: u64,
+}
+
+/// Decodes a stored row; a row of an older state shape (or unreadable) is
+/// re-derived from its events up to its version instead.
+async fn decode_row<A: Aggregate>(
+    store: &DynStore,
+    id: Uuid,
+    stored: StoredRow,
+    currency: &str,
+) -> Result<Option<Row<A>>, StoreError> {
+    if stored.state_schema == A::STATE_SCHEMA {
+        if let Ok(state) = serde_json::from_str::<A>(&stored.state) {
+            return Ok(Some(Row {
+                id,
+                state,
+                version: stored.version,
+                last_position: stored.last_position,
+                created_at: stored.created_at,
+                updated_at: stored.updated_at,
+            }));
+        }
+    }
+    tracing::warn!(%id, state_schema = stored.state_schema, "read-model row has an older or unreadable state; re-deriving it from its events");
+    let mut row: Option<Row<A>> = None;
+    for env in store.load(id).await? {
+        if env.sequence > stored.version {
+            break;
+        }
+        apply_event(&mut row, StoredEvent { position: stored.last_position, envelope: env }, currency);
+    }
+    Ok(row.map(|mut r| {
+        r.version = stored.version;
+        r.last_position = stored.last_position;
+        r.created_at = stored.created_at;
+        r.updated_at = stored.updated_at;
+        r
+    }))
+}
+
+/// Applies one feed page (read after `from`) and commits rows + checkpoint.
+pub(crate) async fn apply_page(
+    store: &DynStore,
+    models: &dyn ReadModelStore,
+    consumer: &str,
+    from: i64,
+    page: Vec<StoredEvent>,
+    currency: &str,
+) -> Result<BatchOutcome, StoreError> {
+    let Some(to) = page.last().map(|e| e.position) else {
+        return Ok(BatchOutcome { committed: true, ..Default::default() });
+    };
+    let (mut order_ids, mut customer_ids) = (Vec::new(), Vec::new());
+    let mut seen = HashSet::new();
+    for e in &page {
+        let env = &e.envelope;
+        if seen.insert(env.aggregate_id) {
+            match env.aggregate_type.as_str() {
+                Order::TYPE => order_ids.push(env.aggregate_id),
+                Customer::TYPE => customer_ids.push(env.aggregate_id),
+                _ => {}
+            }
+        }
+    }
+    let stored = models.load_rows(order_ids.clone(), customer_ids.clone()).await?;
+    let mut orders: HashMap<Uuid, Option<Row<Order>>> = HashMap::with_capacity(order_ids.len());
+    for id in order_ids {
+        let row = match stored.orders.get(&id) {
+            Some(s) => decode_row::<Order>(store, id, s.clone(), currency).await?,
+            None => None,
+        };
+        orders.insert(id, row);
+    }
+    let mut customers: HashMap<Uuid, Option<Row<Customer>>> = HashMap::with_capacity(customer_ids.len());
+    for id in customer_ids {
+        let row = match stored.customers.get(&id) {
+            Some(s) => decode_row::<Customer>(store, id, s.clone(), currency).await?,
+            None => None,
+        };
+        customers.insert(id, row);
+    }
+
+    let mut out = BatchOutcome::default();
+    let (mut dirty_orders, mut dirty_customers) = (HashSet::new(), HashSet::new());
+    for ev in page {
+        let id = ev.envelope.aggregate_id;
+        let applied = match ev.envelope.aggregate_type.as_str() {
+            Order::TYPE => {
+                let row = orders.entry(id).or_default();
+                let r = apply_event(row, ev, currency);
+                if row.is_some() && r != Applied::Duplicate {
+                    dirty_orders.insert(id);
+                }
+                r
+            }
+            Customer::TYPE => {
+                let row = customers.entry(id).or_default();
+                let r = apply_event(row, ev, currency);
+                if row.is_some() && r != Applied::Duplicate {
+                    dirty_customers.insert(id);
+                }
+                r
+            }
+            // An aggregate type without a read model: nothing to do.
+            _ => Applied::Duplicate,
+        };
+        match applied {
+            Applied::Applied => out.applied += 1,
+            Applied::Duplicate => out.duplicates += 1,
+            Applied::Skipped(_) => out.skipped += 1,
+        }
+    }
+    let batch = CommitBatch {
+        consumer: consumer.to_string(),
+        from,
+        to,
+        orders: dirty_orders.into_iter().filter_map(|id| orders.remove(&id).flatten()).collect(),
+        customers: dirty_customers.into_iter().filter_map(|id| customers.remove(&id).flatten()).collect(),
+    };
+    out.committed = models.commit_batch(batch).await?;
+    Ok(out)
+}

@@ -1,0 +1,237 @@
+//! The conditional append of the CQL store, and its unknown-outcome resolution.
+//!
+//! Guarantees:
+//! - ONE single-partition conditional LOGGED batch (a Paxos lightweight
+//!   transaction): `UPDATE event_store SET version = <new> WHERE aggregate_id
+//!   = ? IF version = <expected>` (`IF version = null` for a new aggregate;
+//!   `version` is a STATIC column) plus one INSERT per event. All events are
+//!   written or none, and only if the aggregate is exactly at the expected
+//!   version; when the condition fails, the LWT answer carries the current
+//!   `version`, which becomes `StoreError::Conflict { actual }` (0 when null).
+//! - Unknown outcomes are resolved, never guessed: a CAS write timeout (or a
+//!   client timeout / broken connection) means the batch may or may not have
+//!   been applied. The append then re-proposes the *same* batch (safe: the
+//!   condition lets at most one of the attempts apply, and Paxos never
+//!   completes a proposal older than a later commit). If the re-proposal
+//!   fails its condition, the row at `expected + 1` is read with SERIAL
+//!   consistency: our `event_id` there means an earlier attempt landed
+//!   (success), anything else is a `Conflict`. If the attempts run out while
+//!   the outcome is still unknown, the error is `Unavailable` (never success).
+//! - The batch goes through a [`BatchExecutor`]: the driver session in
+//!   production ([`SessionBatches`]); the tests plug in one that loses
+//!   requests or replies, so the resolution is exercised against a real server.
+
+use async_trait::async_trait;
+use scylla::client::session::Session;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::value::MaybeUnset;
+use std::time::Duration;
+use uuid::Uuid;
+
+use super::rows::{as_bigint, lwt_answer};
+use super::schema::Statements;
+use super::{codec, exec_err, unavailable, CqlStore};
+use crate::envelope::EventEnvelope;
+use crate::store::{check_batch, Appended, EventStore, StoreError};
+
+/// How often an append with an unknown outcome (CAS timeout) is re-proposed.
+const MAX_APPEND_ATTEMPTS: u32 = 6;
+
+/// The values of one batch, one row per statement.
+pub type BatchValues = Vec<Box<dyn SerializeRow + Send + Sync>>;
+
+/// Sends the conditional batch of an append.
+#[async_trait]
+pub trait BatchExecutor: Send + Sync + 'static {
+    async fn execute(
+        &self,
+        session: &Session,
+        batch: &Batch,
+        values: BatchValues,
+    ) -> Result<QueryResult, ExecutionError>;
+}
+
+/// The production executor: the driver session.
+pub struct SessionBatches;
+
+#[async_trait]
+impl BatchExecutor for SessionBatches {
+    async fn execute(
+        &self,
+        session: &Session,
+        batch: &Batch,
+        values: BatchValues,
+    ) -> Result<QueryResult, ExecutionError> {
+        session.batch(batch, values).await
+    }
+}
+
+enum Attempt {
+    Applied,
+    /// The condition failed; the aggregate's current version.
+    Rejected(i64),
+    Failed(Box<ExecutionError>),
+}
+
+/// True when an error leaves the outcome of a (conditional) write unknown:
+/// the request may have reached the coordinator and been applied.
+pub(super) fn outcome_unknown(e: &ExecutionError) -> bool {
+    match e {
+        ExecutionError::RequestTimeout(_) => true,
+        ExecutionError::LastAttemptError(a) => match a {
+            RequestAttemptError::BrokenConnectionError(_) => true,
+            RequestAttemptError::DbError(db, _) => matches!(
+                db,
+                // CAS write timeouts (contention or Paxos timeouts), commit-phase
+                // write timeouts, and timeouts of the Paxos read phase.
+                DbError::WriteTimeout { .. }
+                    | DbError::ReadTimeout { .. }
+                    | DbError::Overloaded
+                    | DbError::IsBootstrapping
+            ),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 10u64 << attempt.min(5);
+    Duration::from_millis(base + rand::random::<u64>() % (base + 1))
+}
+
+impl CqlStore {
+    /// One attempt of the conditional batch.
+    async fn try_append(
+        &self,
+        s: &Statements,
+        aggregate_id: Uuid,
+        expected: i64,
+        events: &[EventEnvelope],
+    ) -> Result<Attempt, StoreError> {
+        let new_version = expected + events.len() as i64;
+        let mut batch = Batch::new(BatchType::Logged);
+        let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = Vec::with_capacity(events.len() + 1);
+        if expected == 0 {
+            batch.append_statement(s.cas_new.clone());
+            values.push(Box::new((new_version, aggregate_id)));
+        } else {
+            batch.append_statement(s.cas_existing.clone());
+            values.push(Box::new((new_version, aggregate_id, expected)));
+        }
+        for e in events {
+            batch.append_statement(s.insert_event.clone());
+            let payload = serde_json::to_string(&e.payload).map_err(codec)?;
+            let causation = match e.causation_id {
+                Some(c) => MaybeUnset::Set(c),
+                None => MaybeUnset::Unset,
+            };
+            values.push(Box::new((
+                aggregate_id,
+                e.sequence,
+                e.event_id,
+                e.aggregate_type.clone(),
+                e.event_type.clone(),
+                e.schema_version,
+                payload,
+                causation,
+                e.correlation_id,
+                e.timestamp,
+            )));
+        }
+        let res = match self.batches.execute(&self.session, &batch, values).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Attempt::Failed(Box::new(e))),
+        };
+        Ok(match lwt_answer(res, "version")? {
+            (true, _) => Attempt::Applied,
+            (false, v) => Attempt::Rejected(as_bigint(v)?.unwrap_or(0)),
+        })
+    }
+
+    /// SERIAL read: the event id stored at `sequence` of `aggregate_id`.
+    async fn event_id_at(&self, s: &Statements, aggregate_id: Uuid, sequence: i64) -> Result<Option<Uuid>, StoreError> {
+        let res = self
+            .session
+            .execute_unpaged(&s.event_id_at, (aggregate_id, sequence))
+            .await
+            .map_err(|e| exec_err("serial read of the appended event", e))?;
+        let rows = res.into_rows_result().map_err(codec)?;
+        let row = rows.maybe_first_row::<(Option<Uuid>,)>().map_err(codec)?;
+        Ok(row.and_then(|r| r.0))
+    }
+
+    /// `EventStore::append` (see the module doc).
+    pub(super) async fn append_events(
+        &self,
+        aggregate_id: Uuid,
+        expected_version: i64,
+        events: Vec<EventEnvelope>,
+    ) -> Result<Appended, StoreError> {
+        check_batch(aggregate_id, expected_version, &events)?;
+        let s = self.stmts().await?;
+        let done = Appended { version: expected_version + events.len() as i64, last_position: None };
+        let conflict = |actual| StoreError::Conflict { aggregate_id, expected: expected_version, actual };
+        let mut uncertain: Option<String> = None;
+        for attempt in 0..MAX_APPEND_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            match self.try_append(s, aggregate_id, expected_version, &events).await? {
+                Attempt::Applied => return Ok(done),
+                Attempt::Rejected(actual) => {
+                    if uncertain.is_some() && actual >= done.version {
+                        // An earlier attempt of ours may be the one that landed.
+                        match self.event_id_at(s, aggregate_id, expected_version + 1).await {
+                            Ok(id) if id == Some(events[0].event_id) => {
+                                tracing::debug!(%aggregate_id, expected_version, "append with an unknown outcome had been applied");
+                                return Ok(done);
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                // Cannot tell yet; the next round asks again.
+                                uncertain = Some(e.to_string());
+                                continue;
+                            }
+                        }
+                    }
+                    return Err(conflict(actual));
+                }
+                Attempt::Failed(e) if outcome_unknown(&e) => {
+                    tracing::debug!(%aggregate_id, expected_version, attempt, error = %e, "conditional append outcome unknown; re-proposing");
+                    uncertain = Some(e.to_string());
+                }
+                Attempt::Failed(e) => {
+                    if uncertain.is_none() {
+                        return Err(exec_err("append failed", *e));
+                    }
+                    // Still unknown; keep trying to resolve it.
+                    uncertain = Some(e.to_string());
+                }
+            }
+        }
+        // Attempts exhausted with the outcome unknown: report success only if
+        // the events are provably there.
+        if let Ok(Some(id)) = self.event_id_at(s, aggregate_id, expected_version + 1).await {
+            if id == events[0].event_id {
+                return Ok(done);
+            }
+            let actual = match self.load_after(aggregate_id, expected_version).await {
+                Ok(evs) => evs.last().map(|e| e.sequence).unwrap_or(expected_version),
+                Err(_) => expected_version + 1,
+            };
+            return Err(conflict(actual));
+        }
+        Err(unavailable(format!(
+            "append to aggregate {aggregate_id} at version {expected_version}: outcome unknown after {MAX_APPEND_ATTEMPTS} attempts (the events may or may not have been written; reload the aggregate): {}",
+            uncertain.unwrap_or_default()
+        )))
+    }
+}
+
+#[cfg(test)]
+#[path = "append_tests.rs"]
+mod tests;

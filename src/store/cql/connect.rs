@@ -1,0 +1,180 @@
+//! Connecting to a CQL cluster: configuration strings, the session, and what
+//! the server is (ScyllaDB or Apache Cassandra, CDC log or not).
+//!
+//! Guarantee: `connect` creates nothing (that is `migrate`); a bad
+//! consistency or keyspace name is refused before connecting, an unreachable
+//! cluster is `Unavailable` naming `store.cql.uri`. Metadata queries use their
+//! own 10 s timeout, not a (possibly tight) configured request timeout.
+
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{ExecutionError, RequestAttemptError};
+use scylla::statement::{Consistency, SerialConsistency, Statement};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+use super::append::{BatchExecutor, SessionBatches};
+use super::{codec, exec_err, unavailable, CqlStore, CDC_LOG_TABLE};
+use crate::config::CqlConfig;
+use crate::store::StoreError;
+
+/// Parses `store.cql.consistency`.
+pub fn parse_consistency(s: &str) -> Result<Consistency, StoreError> {
+    Ok(match s.trim().to_ascii_lowercase().as_str() {
+        "any" => Consistency::Any,
+        "one" => Consistency::One,
+        "two" => Consistency::Two,
+        "three" => Consistency::Three,
+        "quorum" => Consistency::Quorum,
+        "all" => Consistency::All,
+        "local_quorum" => Consistency::LocalQuorum,
+        "each_quorum" => Consistency::EachQuorum,
+        "local_one" => Consistency::LocalOne,
+        _ => {
+            return Err(StoreError::Unsupported {
+                backend: "cql",
+                what: format!("store.cql.consistency = {s:?}: expected one of any, one, two, three, quorum, all, local_quorum, each_quorum, local_one"),
+            })
+        }
+    })
+}
+
+/// Parses `store.cql.serial_consistency`.
+pub fn parse_serial_consistency(s: &str) -> Result<SerialConsistency, StoreError> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "serial" => Ok(SerialConsistency::Serial),
+        "local_serial" => Ok(SerialConsistency::LocalSerial),
+        _ => Err(StoreError::Unsupported {
+            backend: "cql",
+            what: format!("store.cql.serial_consistency = {s:?}: expected serial or local_serial"),
+        }),
+    }
+}
+
+fn valid_keyspace(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 48
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl CqlStore {
+    /// Connects to the contact points of `cfg.uri`. Does not create anything;
+    /// call `migrate` for that.
+    pub async fn connect(cfg: &CqlConfig) -> Result<Arc<CqlStore>, StoreError> {
+        CqlStore::connect_with(cfg, Arc::new(SessionBatches)).await
+    }
+
+    /// Like [`CqlStore::connect`], with the appends' conditional batches sent
+    /// through `batches` (the fault-injection seam of the append tests).
+    pub async fn connect_with(cfg: &CqlConfig, batches: Arc<dyn BatchExecutor>) -> Result<Arc<CqlStore>, StoreError> {
+        let consistency = parse_consistency(&cfg.consistency)?;
+        let serial = parse_serial_consistency(&cfg.serial_consistency)?;
+        // Unquoted CQL identifiers are case-insensitive (stored lower-case).
+        let keyspace = cfg.keyspace.to_ascii_lowercase();
+        if !valid_keyspace(&keyspace) {
+            return Err(StoreError::Unsupported {
+                backend: "cql",
+                what: format!(
+                    "store.cql.keyspace {:?}: use 1-48 letters, digits or '_', starting with a letter",
+                    cfg.keyspace
+                ),
+            });
+        }
+        let hosts: Vec<&str> = cfg.uri.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
+        if hosts.is_empty() {
+            return Err(unavailable(format!("store.cql.uri {:?} lists no host:port", cfg.uri)));
+        }
+        let timeout = Duration::from_millis(cfg.request_timeout_ms.max(1));
+        let profile = ExecutionProfile::builder()
+            .consistency(consistency)
+            .serial_consistency(Some(serial))
+            .request_timeout(Some(timeout))
+            .build()
+            .into_handle();
+        let session = SessionBuilder::new()
+            .known_nodes(&hosts)
+            .connection_timeout(timeout.min(Duration::from_secs(5)))
+            .keyspaces_to_fetch([keyspace.clone()])
+            .default_execution_profile_handle(profile)
+            .build()
+            .await
+            .map_err(|e| unavailable(format!("cannot connect to CQL at {}: {e}", cfg.uri)))?;
+        let session = Arc::new(session);
+        let scylla = detect_scylla(&session).await.map_err(|e| unavailable(format!("CQL at {}: {e}", cfg.uri)))?;
+        let store = CqlStore {
+            session,
+            keyspace,
+            replication_factor: cfg.replication_factor.max(1),
+            page_size: cfg.page_size.max(1),
+            serial,
+            scylla,
+            cdc: AtomicBool::new(false),
+            stmts: OnceCell::new(),
+            batches,
+        };
+        store.refresh_cdc_flag().await?;
+        Ok(Arc::new(store))
+    }
+
+    pub(super) async fn refresh_cdc_flag(&self) -> Result<bool, StoreError> {
+        let on = cdc_log_exists(&self.session, &self.keyspace).await?;
+        self.cdc.store(on, Ordering::Relaxed);
+        Ok(on)
+    }
+}
+
+/// A metadata query: not subject to a (possibly tight) configured request timeout.
+fn meta_stmt(cql: &str) -> Statement {
+    let mut st = Statement::new(cql);
+    st.set_request_timeout(Some(Duration::from_secs(10)));
+    st.set_is_idempotent(true);
+    st
+}
+
+/// ScyllaDB has `system.scylla_local`; Apache Cassandra answers "unconfigured table".
+async fn detect_scylla(session: &Session) -> Result<bool, String> {
+    match session.query_unpaged(meta_stmt("SELECT key FROM system.scylla_local LIMIT 1"), ()).await {
+        Ok(_) => Ok(true),
+        Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(_, _))) => Ok(false),
+        Err(e) => Err(format!("cannot query the server: {e}")),
+    }
+}
+
+/// True when `keyspace.event_store` has its Scylla CDC log table.
+pub async fn cdc_log_exists(session: &Session, keyspace: &str) -> Result<bool, StoreError> {
+    let res = session
+        .query_unpaged(
+            meta_stmt("SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?"),
+            (keyspace, CDC_LOG_TABLE),
+        )
+        .await
+        .map_err(|e| exec_err("cannot read system_schema.tables", e))?;
+    Ok(res.into_rows_result().map_err(codec)?.rows_num() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistency_strings() {
+        assert_eq!(parse_consistency("LOCAL_QUORUM").unwrap(), Consistency::LocalQuorum);
+        assert_eq!(parse_consistency("one").unwrap(), Consistency::One);
+        assert!(parse_consistency("most").unwrap_err().to_string().contains("store.cql.consistency"));
+        assert_eq!(parse_serial_consistency("local_serial").unwrap(), SerialConsistency::LocalSerial);
+        assert_eq!(parse_serial_consistency("SERIAL").unwrap(), SerialConsistency::Serial);
+        assert!(parse_serial_consistency("quorum").unwrap_err().to_string().contains("serial_consistency"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_unavailable_and_names_the_uri() {
+        let cfg = CqlConfig { uri: "127.0.0.1:1".into(), request_timeout_ms: 500, ..CqlConfig::default() };
+        let err = CqlStore::connect(&cfg).await.err().expect("nothing listens on port 1");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+    }
+}

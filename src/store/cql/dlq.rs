@@ -1,0 +1,126 @@
+//! The dead-letter queue of the CQL store.
+//!
+//! Guarantee: one dead letter per event: `dead_letter_by_event` (event_id ->
+//! id, written with `IF NOT EXISTS`) finds the existing row of an event; its
+//! `failure_count` is bumped with a compare-and-set (`IF failure_count = ?`),
+//! so concurrent failures of one event add up exactly. All DLQ writes are
+//! LWTs (never mixed with plain writes on the same cells).
+
+use scylla::value::CqlValue;
+use uuid::Uuid;
+
+use super::rows::{lwt_answer, LetterRow};
+use super::{codec, exec_err, unavailable, CqlStore, MAX_CAS_ROUNDS};
+use crate::store::{DeadLetter, StoreError};
+
+impl CqlStore {
+    pub(super) async fn insert_letter(&self, l: DeadLetter) -> Result<(), StoreError> {
+        let s = self.stmts().await?;
+        let claim = self
+            .session
+            .execute_unpaged(&s.dlq_claim, (l.event_id, l.id))
+            .await
+            .map_err(|e| exec_err("dead letter lookup", e))?;
+        let (claimed, existing) = lwt_answer(claim, "id")?;
+        let id = if claimed {
+            l.id
+        } else {
+            match existing {
+                Some(CqlValue::Uuid(u)) => u,
+                other => return Err(codec(format!("dead_letter_by_event.id is not a uuid: {other:?}"))),
+            }
+        };
+        for _ in 0..MAX_CAS_ROUNDS {
+            let current = self
+                .session
+                .execute_unpaged(&s.dlq_failure_count, (id,))
+                .await
+                .map_err(|e| exec_err("read dead letter", e))?;
+            let current =
+                current.into_rows_result().map_err(codec)?.maybe_first_row::<(Option<i32>,)>().map_err(codec)?;
+            match current {
+                None => {
+                    // First failure (or the row was removed / never written): a fresh row under `id`.
+                    let res = self
+                        .session
+                        .execute_unpaged(
+                            &s.dlq_insert,
+                            (
+                                id,
+                                l.position,
+                                l.event_id,
+                                l.aggregate_id,
+                                &l.event_type,
+                                &l.payload,
+                                &l.error_message,
+                                l.failure_count,
+                                l.first_failed_at,
+                                l.last_failed_at,
+                                l.created_at,
+                            ),
+                        )
+                        .await
+                        .map_err(|e| exec_err("write dead letter", e))?;
+                    if lwt_answer(res, "id")?.0 {
+                        return Ok(());
+                    }
+                }
+                Some((count,)) => {
+                    let res = self
+                        .session
+                        .execute_unpaged(
+                            &s.dlq_bump,
+                            (count.unwrap_or(0) + l.failure_count, &l.error_message, l.last_failed_at, id, count),
+                        )
+                        .await
+                        .map_err(|e| exec_err("update dead letter", e))?;
+                    if lwt_answer(res, "failure_count")?.0 {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Err(unavailable(format!("dead letter of event {}: too much contention updating failure_count", l.event_id)))
+    }
+
+    pub(super) async fn list_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let s = self.stmts().await?;
+        // The DLQ is small by design; a full scan sorted here is the only way
+        // to order a CQL table by something other than its key.
+        let rows: Vec<LetterRow> = self.select_rows(&s.dlq_list, (), "list dead letters").await?;
+        let mut out = rows.into_iter().map(LetterRow::into_letter).collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|l| (l.created_at, l.position, l.id));
+        out.truncate(limit.clamp(1, 100_000));
+        Ok(out)
+    }
+
+    pub(super) async fn remove_letter(&self, id: Uuid) -> Result<bool, StoreError> {
+        let s = self.stmts().await?;
+        let res =
+            self.session.execute_unpaged(&s.dlq_event_of, (id,)).await.map_err(|e| exec_err("read dead letter", e))?;
+        let Some((event_id,)) =
+            res.into_rows_result().map_err(codec)?.maybe_first_row::<(Option<Uuid>,)>().map_err(codec)?
+        else {
+            return Ok(false);
+        };
+        let res =
+            self.session.execute_unpaged(&s.dlq_delete, (id,)).await.map_err(|e| exec_err("delete dead letter", e))?;
+        let (deleted, _) = lwt_answer(res, "id")?;
+        if let Some(event_id) = event_id {
+            // A later failure of this event starts a new dead letter.
+            self.session
+                .execute_unpaged(&s.dlq_unclaim, (event_id, id))
+                .await
+                .map_err(|e| exec_err("delete dead letter lookup", e))?;
+        }
+        Ok(deleted)
+    }
+
+    pub(super) async fn count_letters(&self) -> Result<u64, StoreError> {
+        let s = self.stmts().await?;
+        let res =
+            self.session.execute_unpaged(&s.dlq_count, ()).await.map_err(|e| exec_err("count dead letters", e))?;
+        let (n,) = res.into_rows_result().map_err(codec)?.first_row::<(i64,)>().map_err(codec)?;
+        Ok(n.max(0) as u64)
+    }
+}

@@ -1,0 +1,203 @@
+//! The CQL schema (`schema.cql`), its migration and the prepared statements.
+//!
+//! Guarantee: `migrate` runs the statements of `schema.cql` (idempotent
+//! `IF NOT EXISTS` DDL) with the configured keyspace and replication factor,
+//! turns CDC on for `event_store` on ScyllaDB, and records the CDC origin once;
+//! statements are prepared once, lazily (a fresh keyspace has no tables until
+//! `migrate` ran), and every statement names the keyspace explicitly.
+
+use chrono::Utc;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+
+use super::rows::{EVENT_COLS, LETTER_COLS};
+use super::{exec_err, unavailable, CqlStore, CDC_ORIGIN_CHECKPOINT};
+use crate::store::StoreError;
+
+/// The DDL for cqlsh users (keyspace `outbox`); `migrate` runs the same text.
+pub const SCHEMA_CQL: &str = include_str!("schema.cql");
+
+/// The schema of one keyspace: the statements of `schema.cql` with `keyspace`,
+/// `replication_factor` substituted and, when `cdc` is false, the CDC option
+/// of `event_store` removed.
+pub fn schema_statements(keyspace: &str, replication_factor: u32, cdc: bool) -> Vec<String> {
+    let text: String = SCHEMA_CQL.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+    text.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let mut s = s
+                .replace("KEYSPACE IF NOT EXISTS outbox\n", &format!("KEYSPACE IF NOT EXISTS {keyspace}\n"))
+                .replace(" outbox.", &format!(" {keyspace}."))
+                .replace("'replication_factor': 1}", &format!("'replication_factor': {replication_factor}}}"));
+            if !cdc {
+                s = s.replace("\n  AND cdc = {'enabled': true}", "");
+                s = s.replace("\n  AND tablets = {'enabled': false}", "");
+            }
+            s
+        })
+        .collect()
+}
+
+/// Every statement, prepared once.
+pub(super) struct Statements {
+    /// `UPDATE event_store SET version = ? WHERE aggregate_id = ? IF version = null`
+    pub(super) cas_new: PreparedStatement,
+    /// `UPDATE event_store SET version = ? WHERE aggregate_id = ? IF version = ?`
+    pub(super) cas_existing: PreparedStatement,
+    pub(super) insert_event: PreparedStatement,
+    pub(super) load_after: PreparedStatement,
+    /// SERIAL read of one event's id (resolves unknown append outcomes).
+    pub(super) event_id_at: PreparedStatement,
+    pub(super) get_checkpoint: PreparedStatement,
+    pub(super) set_checkpoint: PreparedStatement,
+    pub(super) dlq_claim: PreparedStatement,
+    pub(super) dlq_insert: PreparedStatement,
+    pub(super) dlq_failure_count: PreparedStatement,
+    pub(super) dlq_bump: PreparedStatement,
+    pub(super) dlq_list: PreparedStatement,
+    pub(super) dlq_event_of: PreparedStatement,
+    pub(super) dlq_delete: PreparedStatement,
+    pub(super) dlq_unclaim: PreparedStatement,
+    pub(super) dlq_count: PreparedStatement,
+    pub(super) snap_insert: PreparedStatement,
+    pub(super) snap_update: PreparedStatement,
+    pub(super) snap_load: PreparedStatement,
+}
+
+impl CqlStore {
+    pub(super) async fn stmts(&self) -> Result<&Statements, StoreError> {
+        self.stmts.get_or_try_init(|| self.prepare_all()).await
+    }
+
+    async fn prepare(&self, cql: String) -> Result<PreparedStatement, StoreError> {
+        self.session.prepare(cql.as_str()).await.map_err(|e| {
+            unavailable(format!(
+                "cannot prepare `{cql}` (run `outboxd schema` to create keyspace {} and its tables): {e}",
+                self.keyspace
+            ))
+        })
+    }
+
+    async fn prepare_all(&self) -> Result<Statements, StoreError> {
+        let es = self.t("event_store");
+        let cp = self.t("checkpoints");
+        let dlq = self.t("dead_letter_queue");
+        let dle = self.t("dead_letter_by_event");
+        let sn = self.t("snapshots");
+        let mut load_after = self
+            .prepare(format!("SELECT {EVENT_COLS} FROM {es} WHERE aggregate_id = ? AND sequence_number > ?"))
+            .await?;
+        load_after.set_page_size(self.page_size);
+        load_after.set_is_idempotent(true);
+        let mut event_id_at =
+            self.prepare(format!("SELECT event_id FROM {es} WHERE aggregate_id = ? AND sequence_number = ?")).await?;
+        event_id_at.set_consistency(match self.serial {
+            SerialConsistency::Serial => Consistency::Serial,
+            SerialConsistency::LocalSerial => Consistency::LocalSerial,
+        });
+        let mut dlq_list = self.prepare(format!("SELECT {LETTER_COLS} FROM {dlq}")).await?;
+        dlq_list.set_page_size(self.page_size);
+        Ok(Statements {
+            cas_new: self.prepare(format!("UPDATE {es} SET version = ? WHERE aggregate_id = ? IF version = null")).await?,
+            cas_existing: self.prepare(format!("UPDATE {es} SET version = ? WHERE aggregate_id = ? IF version = ?")).await?,
+            insert_event: self
+                .prepare(format!(
+                    "INSERT INTO {es} (aggregate_id, sequence_number, event_id, aggregate_type, event_type, event_version, payload, causation_id, correlation_id, timestamp) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ))
+                .await?,
+            load_after,
+            event_id_at,
+            get_checkpoint: self.prepare(format!("SELECT position FROM {cp} WHERE consumer = ?")).await?,
+            set_checkpoint: self.prepare(format!("INSERT INTO {cp} (consumer, position, updated_at) VALUES (?, ?, ?)")).await?,
+            dlq_claim: self.prepare(format!("INSERT INTO {dle} (event_id, id) VALUES (?, ?) IF NOT EXISTS")).await?,
+            dlq_insert: self.prepare(format!("INSERT INTO {dlq} ({LETTER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")).await?,
+            dlq_failure_count: self.prepare(format!("SELECT failure_count FROM {dlq} WHERE id = ?")).await?,
+            dlq_bump: self
+                .prepare(format!("UPDATE {dlq} SET failure_count = ?, error_message = ?, last_failed_at = ? WHERE id = ? IF failure_count = ?"))
+                .await?,
+            dlq_list,
+            dlq_event_of: self.prepare(format!("SELECT event_id FROM {dlq} WHERE id = ?")).await?,
+            dlq_delete: self.prepare(format!("DELETE FROM {dlq} WHERE id = ? IF EXISTS")).await?,
+            dlq_unclaim: self.prepare(format!("DELETE FROM {dle} WHERE event_id = ? IF id = ?")).await?,
+            dlq_count: self.prepare(format!("SELECT COUNT(*) FROM {dlq}")).await?,
+            snap_insert: self
+                .prepare(format!("INSERT INTO {sn} (aggregate_id, aggregate_type, version, state_schema, state, created_at) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"))
+                .await?,
+            snap_update: self
+                .prepare(format!("UPDATE {sn} SET aggregate_type = ?, version = ?, state_schema = ?, state = ?, created_at = ? WHERE aggregate_id = ? IF version < ?"))
+                .await?,
+            snap_load: self.prepare(format!("SELECT aggregate_type, version, state_schema, state, created_at FROM {sn} WHERE aggregate_id = ?")).await?,
+        })
+    }
+
+    async fn ddl(&self, cql: &str) -> Result<(), StoreError> {
+        self.session
+            .query_unpaged(cql, ())
+            .await
+            .map(|_| ())
+            .map_err(|e| exec_err(&format!("schema statement failed: {cql}"), e))
+    }
+
+    /// `EventStore::migrate`.
+    pub(super) async fn migrate_schema(&self) -> Result<(), StoreError> {
+        let want_cdc = self.scylla;
+        for stmt in schema_statements(&self.keyspace, self.replication_factor, want_cdc) {
+            self.ddl(&stmt).await?;
+        }
+        let mut on = self.refresh_cdc_flag().await?;
+        if want_cdc && !on {
+            // An event table created before CDC was wanted (or by hand): enable it.
+            self.ddl(&format!("ALTER TABLE {} WITH cdc = {{'enabled': true}}", self.t("event_store"))).await?;
+            on = self.refresh_cdc_flag().await?;
+        }
+        if on {
+            let now = Utc::now();
+            self.session
+                .query_unpaged(
+                    format!(
+                        "INSERT INTO {} (consumer, position, updated_at) VALUES (?, ?, ?) IF NOT EXISTS",
+                        self.t("checkpoints")
+                    ),
+                    (CDC_ORIGIN_CHECKPOINT, now.timestamp_millis(), now),
+                )
+                .await
+                .map_err(|e| exec_err("cannot record the CDC origin", e))?;
+        } else if self.scylla {
+            tracing::warn!(keyspace = %self.keyspace, "ScyllaDB did not enable CDC on event_store; the CDC feed (relay) is unavailable");
+        } else {
+            tracing::info!(keyspace = %self.keyspace,
+                "event_store created without CDC: this server is not ScyllaDB, so the CDC feed (relay::cdc) is unavailable; the store itself works");
+        }
+        self.stmts().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_substitutes_keyspace_rf_and_cdc() {
+        let with = schema_statements("ks1", 3, true);
+        let without = schema_statements("ks1", 3, false);
+        assert_eq!(with.len(), 11);
+        assert_eq!(without.len(), 11);
+        assert!(with[0].starts_with("CREATE KEYSPACE IF NOT EXISTS ks1\n"), "{}", with[0]);
+        assert!(with[0].contains("'replication_factor': 3}"), "{}", with[0]);
+        for s in &with[1..] {
+            assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");
+            assert!(!s.contains("outbox"), "{s}");
+        }
+        assert!(with[1].contains("ks1.event_store") && with[1].ends_with("AND cdc = {'enabled': true}"), "{}", with[1]);
+        assert!(with[1].contains("version         bigint STATIC"));
+        assert!(!without[1].contains("cdc"), "{}", without[1]);
+        assert!(with[0].ends_with("AND tablets = {'enabled': false}"), "{}", with[0]);
+        assert!(!without[0].contains("tablets"), "{}", without[0]);
+        assert!(without[1].ends_with("WITH CLUSTERING ORDER BY (sequence_number ASC)"), "{}", without[1]);
+        assert_eq!(with[2..], without[2..]);
+        assert!(with.iter().all(|s| !s.contains("--") && !s.contains(';')));
+    }
+}

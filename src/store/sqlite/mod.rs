@@ -1,0 +1,174 @@
+//! Embedded SQLite backend (the default store; no server needed).
+//!
+//! Guarantees:
+//! - Append is one transaction per command: a version check plus the inserts,
+//!   under SQLite's write lock, with `UNIQUE (aggregate_id, sequence_number)`
+//!   as the final arbiter, so two writers (threads or processes) can never both
+//!   win the same version. A failed append leaves no rows.
+//! - The feed position is the `INTEGER PRIMARY KEY AUTOINCREMENT` key. SQLite
+//!   serialises writers, so positions increase in commit order and a reader
+//!   never sees position N+1 before N.
+//! - All writes run on one dedicated writer thread fed by a bounded queue
+//!   (back-pressure instead of unbounded memory); the async runtime never
+//!   blocks on SQLite. Appends queued together are group-committed in one
+//!   transaction; a multi-event append gets its own savepoint, so a conflict
+//!   in one append doesn't affect its neighbours. Reads run on
+//!   `spawn_blocking` with a small pool of WAL reader connections.
+//! - Schema version 2 adds the read-model tables maintained by
+//!   `crate::projection` (a v1 file is upgraded in place on open); they are
+//!   written through the same writer thread, batch and checkpoint in one
+//!   transaction.
+//!
+//! Files: [`schema`] (DDL, upgrade), `writer` (the writer thread, group
+//! commit), `event_store` (the trait), `dlq` (dead letters), [`file`] (the
+//! probe's stat-only identity check). Tuning: `config::SqliteOptions`.
+
+mod dlq;
+mod event_store;
+pub mod file;
+pub mod schema;
+mod writer;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+pub use crate::config::{SqliteOptions, Synchronous};
+pub use schema::{SCHEMA_V1, SCHEMA_V2, SCHEMA_VERSION};
+
+use crate::store::StoreError;
+use file::DbFile;
+use schema::migrate_conn;
+use writer::{writer_loop, Job};
+
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    notify: watch::Sender<i64>,
+    /// The database file as opened (its identity, for the health probe).
+    file: Arc<DbFile>,
+}
+
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+pub(crate) fn codec(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Codec(e.to_string())
+}
+
+pub(crate) fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub(crate) fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| codec(format!("bad timestamp {s:?}: {e}")))
+}
+
+pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|e| codec(format!("bad uuid {s:?}: {e}")))
+}
+
+fn open_conn(path: &Path, opts: &SqliteOptions, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(Duration::from_millis(opts.busy_timeout_ms)).map_err(unavailable)?;
+    if !read_only {
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(unavailable)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(unavailable(format!("{} does not support WAL (journal_mode={mode})", path.display())));
+        }
+        let sync = opts.synchronous.pragma();
+        conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;")).map_err(unavailable)?;
+    }
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and migrates its schema.
+    pub async fn open(path: impl AsRef<Path>, opts: SqliteOptions) -> Result<Arc<Self>, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let (p, o) = (path.clone(), opts.clone());
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            let mut conn = open_conn(&p, &o, false)?;
+            migrate_conn(&mut conn)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(unavailable)??;
+        let head: i64 = conn
+            .query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0))
+            .map_err(unavailable)?;
+        let (notify, _) = watch::channel(head);
+        let (jobs, rx) = mpsc::channel(opts.queue_capacity.max(1));
+        let n = notify.clone();
+        let group = opts.group_commit_max.max(1);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, n, group))
+            .map_err(|e| unavailable(format!("cannot start writer thread: {e}")))?;
+        let file = Arc::new(DbFile::new(&path));
+        let store = SqliteStore { path, jobs, readers: Arc::new(Mutex::new(Vec::new())), notify, file };
+        // Open the first reader now so a bad path fails at startup.
+        let r = open_conn(&store.path, &opts, true)?;
+        store.readers.lock().map_err(unavailable)?.push(r);
+        Ok(Arc::new(store))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a pooled read-only connection (off the async runtime).
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.lock().map_err(unavailable)?.pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_conn(&path, &SqliteOptions::default(), true)?,
+            };
+            let out = f(&conn);
+            if let Ok(mut p) = pool.lock() {
+                if p.len() < 8 {
+                    p.push(conn);
+                }
+            }
+            out
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    /// Runs `f` on the writer thread's connection, between append groups.
+    pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Exec(Box::new(move |c| {
+            let _ = tx.send(f(c));
+        }));
+        self.jobs.send(job).await.map_err(|_| unavailable("sqlite writer thread has stopped"))?;
+        rx.await.map_err(|_| unavailable("sqlite writer thread has stopped"))?
+    }
+}

@@ -1,0 +1,134 @@
+//! The SQLite schema: versioned DDL and the in-place upgrade.
+//!
+//! Guarantee: `migrate_conn` brings a file of any older version to
+//! [`SCHEMA_VERSION`] one step at a time, each step in its own IMMEDIATE
+//! transaction that re-reads the version under the write lock (two processes
+//! opening the same file at once both end at the current version); a file of
+//! a newer version is refused, never downgraded.
+
+use rusqlite::Connection;
+
+use super::unavailable;
+use crate::store::StoreError;
+
+/// Current schema version (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// DDL of schema version 1; also shipped for `sqlite3` users in docs.
+pub const SCHEMA_V1: &str = r#"
+CREATE TABLE IF NOT EXISTS event_store (
+    position        INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id        TEXT    NOT NULL UNIQUE,
+    aggregate_type  TEXT    NOT NULL,
+    aggregate_id    TEXT    NOT NULL,
+    sequence_number INTEGER NOT NULL CHECK (sequence_number > 0),
+    event_type      TEXT    NOT NULL,
+    event_version   INTEGER NOT NULL,
+    payload         TEXT    NOT NULL,
+    causation_id    TEXT,
+    correlation_id  TEXT    NOT NULL,
+    timestamp       TEXT    NOT NULL,
+    UNIQUE (aggregate_id, sequence_number)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    consumer   TEXT PRIMARY KEY,
+    position   INTEGER NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letter_queue (
+    id              TEXT PRIMARY KEY,
+    position        INTEGER,
+    event_id        TEXT NOT NULL UNIQUE,
+    aggregate_id    TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    error_message   TEXT NOT NULL,
+    failure_count   INTEGER NOT NULL,
+    first_failed_at TEXT NOT NULL,
+    last_failed_at  TEXT NOT NULL,
+    created_at      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    aggregate_id   TEXT PRIMARY KEY,
+    aggregate_type TEXT NOT NULL,
+    version        INTEGER NOT NULL,
+    state_schema   INTEGER NOT NULL,
+    state          TEXT NOT NULL,
+    created_at     TEXT NOT NULL
+);
+"#;
+
+/// DDL of schema version 2: the read models maintained by `projection`
+/// (applied on top of version 1; an existing v1 file is upgraded in place).
+///
+/// Every row is derived from events and can be rebuilt
+/// (`outboxd projections rebuild`); `version` is the last applied sequence of
+/// the aggregate (the idempotency key), `last_position` its feed position,
+/// `state` the serialised aggregate (`state_schema` = `Aggregate::STATE_SCHEMA`).
+pub const SCHEMA_V2: &str = r#"
+CREATE TABLE IF NOT EXISTS order_read_model (
+    order_id        TEXT    PRIMARY KEY,
+    customer_id     TEXT,
+    status          TEXT    NOT NULL,
+    total_minor     INTEGER,
+    currency        TEXT,
+    item_count      INTEGER NOT NULL,
+    items           TEXT    NOT NULL,
+    tracking_number TEXT,
+    carrier         TEXT,
+    cancel_reason   TEXT,
+    created_at      TEXT    NOT NULL,
+    updated_at      TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    last_position   INTEGER NOT NULL,
+    state_schema    INTEGER NOT NULL,
+    state           TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS orders_by_customer (
+    customer_id TEXT    NOT NULL,
+    order_id    TEXT    NOT NULL,
+    status      TEXT    NOT NULL,
+    total_minor INTEGER,
+    currency    TEXT,
+    created_at  TEXT    NOT NULL,
+    updated_at  TEXT    NOT NULL,
+    PRIMARY KEY (customer_id, order_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS customer_read_model (
+    customer_id   TEXT    PRIMARY KEY,
+    name          TEXT,
+    email         TEXT,
+    phone         TEXT,
+    created_at    TEXT    NOT NULL,
+    updated_at    TEXT    NOT NULL,
+    version       INTEGER NOT NULL,
+    last_position INTEGER NOT NULL,
+    state_schema  INTEGER NOT NULL,
+    state         TEXT    NOT NULL
+);
+"#;
+
+pub(crate) fn migrate_conn(conn: &mut Connection) -> Result<(), StoreError> {
+    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
+    if v > SCHEMA_VERSION {
+        return Err(unavailable(format!(
+            "store schema version {v} is newer than this build ({SCHEMA_VERSION}); upgrade outboxd"
+        )));
+    }
+    // One step per version, each in its own IMMEDIATE transaction that
+    // re-reads the version under the write lock, so two processes opening
+    // the same file at once both end at the current version.
+    for (target, ddl) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+        if v >= target {
+            continue;
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
+        if now < target {
+            tx.execute_batch(ddl).map_err(unavailable)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {target}")).map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)?;
+    }
+    Ok(())
+}

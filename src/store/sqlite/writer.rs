@@ -1,0 +1,193 @@
+//! The writer thread: every write of the SQLite store, group-committed.
+//!
+//! Guarantee: appends queued together are committed in one transaction; a
+//! single-event append that fails inserted nothing, a multi-event append runs
+//! inside its own savepoint so a failure part-way rolls back only its rows and
+//! never its neighbours. A version check plus `UNIQUE (aggregate_id,
+//! sequence_number)` decide conflicts, so two writers (threads or processes)
+//! can never both win the same version. Feed readers are woken before callers
+//! get their answer.
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use std::collections::HashMap;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use super::{codec, ts, unavailable};
+use crate::envelope::EventEnvelope;
+use crate::store::{Appended, StoreError};
+
+pub(super) type ExecFn = Box<dyn FnOnce(&mut Connection) + Send>;
+
+pub(super) struct AppendJob {
+    pub(super) aggregate_id: Uuid,
+    pub(super) expected: i64,
+    pub(super) events: Vec<EventEnvelope>,
+    pub(super) reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+pub(super) enum Job {
+    Append(AppendJob),
+    Exec(ExecFn),
+}
+
+/// Versions this writer committed, to skip the version query when the caller's
+/// expectation matches. Only an optimisation: the UNIQUE key still arbitrates
+/// (a stale entry makes the insert collide, which re-reads the real version).
+const VERSION_CACHE_MAX: usize = 200_000;
+
+pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, notify: watch::Sender<i64>, group: usize) {
+    let mut pending: Option<Job> = None;
+    let mut versions: HashMap<Uuid, i64> = HashMap::new();
+    loop {
+        let job = match pending.take() {
+            Some(j) => j,
+            None => match rx.blocking_recv() {
+                Some(j) => j,
+                None => return, // every handle dropped: finish
+            },
+        };
+        let first = match job {
+            Job::Exec(f) => {
+                f(&mut conn);
+                continue;
+            }
+            Job::Append(a) => a,
+        };
+        let mut batch = vec![first];
+        while batch.len() < group {
+            match rx.try_recv() {
+                Ok(Job::Append(a)) => batch.push(a),
+                Ok(exec) => {
+                    pending = Some(exec);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let results = commit_group(&mut conn, &batch, &versions);
+        if versions.len() > VERSION_CACHE_MAX {
+            versions.clear();
+        }
+        for (job, res) in batch.iter().zip(&results) {
+            match res {
+                Ok(a) => versions.insert(job.aggregate_id, a.version),
+                Err(_) => versions.remove(&job.aggregate_id),
+            };
+        }
+        // Wake feed readers before answering callers, so a caller that saw its
+        // append succeed also sees the notification.
+        let last = results.iter().filter_map(|r| r.as_ref().ok().and_then(|a| a.last_position)).max();
+        if let Some(p) = last {
+            notify.send_if_modified(|cur| {
+                let changed = p > *cur;
+                *cur = (*cur).max(p);
+                changed
+            });
+        }
+        for (job, res) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(res);
+        }
+    }
+}
+
+/// One transaction for the whole group. A single-event append that fails
+/// inserted nothing; a multi-event append runs inside a savepoint so a
+/// failure part-way rolls back only its own rows.
+fn commit_group(
+    conn: &mut Connection,
+    batch: &[AppendJob],
+    versions: &HashMap<Uuid, i64>,
+) -> Vec<Result<Appended, StoreError>> {
+    let fail_all = |e: StoreError| batch.iter().map(|_| Err(e.clone())).collect();
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(t) => t,
+        Err(e) => return fail_all(unavailable(format!("cannot begin write transaction: {e}"))),
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let res = if job.events.len() == 1 {
+            append_rows(&tx, job, versions)
+        } else {
+            savepoint(&tx, "SAVEPOINT outboxd_append").and_then(|_| match append_rows(&tx, job, versions) {
+                Ok(a) => savepoint(&tx, "RELEASE outboxd_append").map(|_| a),
+                Err(e) => {
+                    let _ = savepoint(&tx, "ROLLBACK TO outboxd_append");
+                    let _ = savepoint(&tx, "RELEASE outboxd_append");
+                    Err(e)
+                }
+            })
+        };
+        results.push(res);
+    }
+    if let Err(e) = tx.commit() {
+        return fail_all(unavailable(format!("commit failed: {e}")));
+    }
+    results
+}
+
+fn savepoint(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ()).map_err(unavailable)
+}
+
+fn current_version(conn: &Connection, aggregate_id: &str) -> Result<i64, StoreError> {
+    conn.prepare_cached(
+        "SELECT sequence_number FROM event_store WHERE aggregate_id = ?1 ORDER BY sequence_number DESC LIMIT 1",
+    )
+    .and_then(|mut st| st.query_row([aggregate_id], |r| r.get::<_, i64>(0)).optional())
+    .map(|v| v.unwrap_or(0))
+    .map_err(unavailable)
+}
+
+fn append_rows(conn: &Connection, job: &AppendJob, versions: &HashMap<Uuid, i64>) -> Result<Appended, StoreError> {
+    let agg = job.aggregate_id.to_string();
+    // A new aggregate, or one this writer saw at exactly the expected version,
+    // needs no version query: if someone else appended meanwhile, inserting
+    // `expected + 1` collides on the UNIQUE key and becomes a Conflict below.
+    let known = job.expected == 0 || versions.get(&job.aggregate_id) == Some(&job.expected);
+    if !known {
+        let actual = current_version(conn, &agg)?;
+        if actual != job.expected {
+            return Err(StoreError::Conflict { aggregate_id: job.aggregate_id, expected: job.expected, actual });
+        }
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, causation_id, correlation_id, timestamp)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(unavailable)?;
+    let mut last = 0;
+    for e in &job.events {
+        let payload = serde_json::to_string(&e.payload).map_err(codec)?;
+        let r = stmt.execute(params![
+            e.event_id.to_string(),
+            e.aggregate_type,
+            agg,
+            e.sequence,
+            e.event_type,
+            e.schema_version,
+            payload,
+            e.causation_id.map(|c| c.to_string()),
+            e.correlation_id.to_string(),
+            ts(&e.timestamp),
+        ]);
+        match r {
+            Ok(_) => last = conn.last_insert_rowid(),
+            Err(rusqlite::Error::SqliteFailure(f, msg)) if f.code == ErrorCode::ConstraintViolation => {
+                let m = msg.unwrap_or_default();
+                if m.contains("sequence_number") {
+                    let actual = current_version(conn, &agg)?;
+                    return Err(StoreError::Conflict {
+                        aggregate_id: job.aggregate_id,
+                        expected: job.expected,
+                        actual,
+                    });
+                }
+                return Err(StoreError::InvalidAppend(format!("constraint violated: {m}")));
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    Ok(Appended { version: job.expected + job.events.len() as i64, last_position: Some(last) })
+}
