@@ -41,6 +41,7 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub projection_lag_events: IntGauge,
     pub projection_checkpoint_position: IntGauge,
+    pub cdc_unreconciled_appends: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -131,6 +132,10 @@ impl Metrics {
             projection_checkpoint_position: g(
                 "projection_checkpoint_position",
                 "Feed position of the projection checkpoint",
+            ),
+            cdc_unreconciled_appends: g(
+                "cdc_unreconciled_appends",
+                "Appends whose outcome was unknown, resolved as applied, and not yet confirmed published (CQL backend)",
             ),
             registry: r,
         }

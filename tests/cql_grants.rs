@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-use outboxd::relay::cdc_progress::StreamKey;
-use outboxd::relay::cdc_reconcile_table::ReconcileTable;
-use outboxd::relay::cdc_runner::read_origin;
-use outboxd::relay::cdc_saver::{Flushed, LeaseCheckpointSaver};
+use outboxd::relay::cdc::progress::StreamKey;
+use outboxd::store::cql::reconcile::ReconcileTable;
+use outboxd::relay::cdc::runner::read_origin;
+use outboxd::relay::cdc::saver::{Flushed, LeaseCheckpointSaver};
 use outboxd::store::cql::{cdc_log_exists, schema_statements};
 
 struct Secure {
@@ -72,12 +72,9 @@ async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
     let Some(sec) = secure() else { return };
     let admin = session(&sec.uri, &sec.user, &sec.password).await;
     let ks = format!("g_{}", Uuid::now_v7().simple());
-    for stmt in schema_statements(&ks, 1, false) {
+    for stmt in schema_statements(&ks, 1, false, 86_400) {
         admin.query_unpaged(stmt, ()).await.expect("outboxd schema as the admin role");
     }
-    // PHASE-A stand-in until schema.cql has them.
-    admin.query_unpaged(format!("CREATE TABLE {ks}.relay_leases (name text, stream_id blob, epoch bigint STATIC, generation timestamp, time timestamp, PRIMARY KEY ((name), stream_id))"), ()).await.unwrap();
-    admin.query_unpaged(format!("CREATE TABLE {ks}.append_reconciliation (aggregate_id uuid, sequence_number bigint, event_id uuid, resolved_at timestamp, PRIMARY KEY (aggregate_id, sequence_number))"), ()).await.unwrap();
     admin.await_schema_agreement().await.unwrap();
     let role = format!("relay_{}", Uuid::now_v7().simple());
     admin.query_unpaged(format!("CREATE ROLE {role} WITH PASSWORD = 'relay-pw' AND LOGIN = true"), ()).await.unwrap();
@@ -109,7 +106,7 @@ async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
     read_origin(&relay, &ks).await;
     relay.query_unpaged(format!("SELECT position FROM {ks}.checkpoints WHERE consumer = 'cdc:origin'"), ()).await.expect("SELECT on checkpoints");
     // The checkpoint saver, fenced by the lease epoch (conditional batches).
-    let saver = LeaseCheckpointSaver::open(relay.clone(), &ks, "kafka-relay", Some(1), Duration::from_secs(86_400)).await.expect("saver opens without CREATE");
+    let saver = LeaseCheckpointSaver::open(relay.clone(), &ks, "kafka-relay", Some(1), Duration::from_secs(86_400), None).await.expect("saver opens without CREATE");
     saver.start_generation(1_000).await.expect("generation row");
     saver.record(&StreamKey(vec![1; 16]), 5_000).unwrap();
     assert_eq!(saver.flush().await.unwrap(), Flushed::Saved(1));

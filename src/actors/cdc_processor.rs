@@ -2,7 +2,7 @@
 //! [`SupervisedTask`] that runs the relay, i.e. the feed -> Kafka task of
 //! this backend:
 //! - SQLite: `relay::Relay::run` on the store's position feed;
-//! - CQL: the Scylla CDC reader of `relay::cdc` (`start_cdc_reader`).
+//! - CQL: the Scylla CDC feed of `relay::cdc` (`run_relay_feed`).
 //!
 //! It reports the relay's progress, lag and breaker state (`RelayStatus`).
 //! Thin body: the relay owns reading, publishing, retries, the breaker and
@@ -18,12 +18,10 @@ use futures::future::{BoxFuture, FutureExt};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::CdcConfig;
-use crate::relay::cdc::{run_until_shutdown, start_cdc_reader};
+use crate::relay::cdc::run_relay_feed;
 use crate::relay::deliver::{DeadLetterSink, Deliverer};
 use crate::relay::{BreakerState, Relay, RelayStatus};
-use crate::shutdown::{Shutdown, Trigger};
-use crate::store::cql::CqlStore;
+use crate::shutdown::Shutdown;
 
 use super::messages::ActorName;
 use super::supervision::{SupervisedTask, TaskBody, TaskError, TaskFuture, TaskInfo};
@@ -45,20 +43,6 @@ fn failed(e: impl std::fmt::Display) -> TaskError {
     TaskError::Failed(e.to_string())
 }
 
-/// The CQL feed: reads the Scylla CDC log until `shutdown`, then stops the
-/// reader gracefully (`relay::cdc::run_until_shutdown`).
-async fn run_cdc_reader(
-    cql: Arc<CqlStore>,
-    cdc: CdcConfig,
-    deliverer: Arc<Deliverer>,
-    shutdown: Shutdown,
-) -> Result<(), TaskError> {
-    let abandon = Trigger::new();
-    let (reader, handle) =
-        start_cdc_reader(cql.session(), cql.keyspace(), &cdc, deliverer, abandon.subscribe()).await.map_err(failed)?;
-    run_until_shutdown(reader, handle, abandon, shutdown, "CDC reader").await.map_err(failed)
-}
-
 impl TaskBody for RelayBody {
     const INFO: TaskInfo =
         TaskInfo { actor: ActorName::Cdc, task: "relay", on_abort: "unconfirmed events are re-sent on restart" };
@@ -76,7 +60,9 @@ impl TaskBody for RelayBody {
         };
         let deliverer = Deliverer::new(cfg, self.sink.clone(), deps.metrics.clone(), status)
             .map_err(|e| TaskError::Failed(e.message))?;
-        Ok(run_cdc_reader(cql, cfg.store.cql.cdc.clone(), Arc::new(deliverer), shutdown).boxed())
+        let (cfg, metrics) = (cfg.clone(), deps.metrics.clone());
+        Ok(async move { run_relay_feed(cql, &cfg, Arc::new(deliverer), &metrics, None, shutdown).await.map_err(failed) }
+            .boxed())
     }
 
     /// Publish what was committed before the signal, as long as the broker

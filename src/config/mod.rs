@@ -7,12 +7,13 @@
 //! CLI prints it and exits 2); unknown keys in the file are errors, not
 //! silently ignored typos.
 //!
-//! One file per section ([`store`], [`kafka`], [`relay`], [`http`],
+//! One file per section ([`store`] with [`cdc`], [`kafka`], [`relay`], [`http`],
 //! [`service`]); each owns its option types, defaults and key checks, and the
 //! types are re-exported here (`crate::config::KafkaConfig`, ...). This layer
 //! holds plain option types only: it imports nothing but the domain (to check
 //! `service.default_currency`).
 
+mod cdc;
 mod http;
 mod kafka;
 mod relay;
@@ -30,7 +31,8 @@ pub use kafka::{
 };
 pub use relay::{BreakerConfig, RelayConfig, RetryConfig};
 pub use service::{HealthConfig, ServiceConfig, SupervisionConfig};
-pub use store::{Backend, CdcConfig, CqlConfig, SqliteOptions, StoreConfig, Synchronous};
+pub use cdc::CdcConfig;
+pub use store::{Backend, CqlConfig, SqliteOptions, StoreConfig, Synchronous};
 
 /// `OUTBOX_CONFIG` without its prefix: the variable that names the config
 /// file. figment would otherwise read it as a top-level key `config`.

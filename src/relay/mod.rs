@@ -24,16 +24,3 @@ pub use deliver::{Deliverer, RelayStatus, Retried};
 pub use pipeline::Relay;
 pub use publisher::{KafkaPublisher, PublishError};
 pub use retry::{Backoff, IsTransient};
-pub mod cdc_progress;
-pub mod cdc_saver;
-#[cfg(test)]
-pub(crate) mod cdc_testkit;
-pub mod cdc_start;
-pub mod cdc_health;
-pub mod cdc_options;
-pub mod cdc_batch;
-pub mod cdc_watermark;
-pub mod cdc_reconcile;
-pub mod cdc_reconcile_table;
-pub mod cdc_reconciler;
-pub mod cdc_runner;

@@ -119,6 +119,26 @@ async fn cas_timeout_with_lost_reply_is_resolved_as_success() {
     faults.inject([Inject::LostReply, Inject::LostReply]);
     assert_eq!(s.append(id, 2, more.clone()).await.unwrap().version, 3);
     assert_eq!(s.load(id).await.unwrap().len(), 3);
+    // Both appends were resolved as applied after an unknown outcome: each
+    // event is on record for the relay's reconciliation, with its event id.
+    let table = crate::store::cql::reconcile::ReconcileTable::open(s.session(), s.keyspace()).await.unwrap();
+    let mut pending: Vec<(i64, Uuid)> =
+        table.list().await.unwrap().into_iter().filter(|p| p.aggregate_id == id).map(|p| (p.sequence, p.event_id)).collect();
+    pending.sort();
+    let want: Vec<(i64, Uuid)> = ev.iter().chain(&more).map(|e| (e.sequence, e.event_id)).collect();
+    assert_eq!(pending, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_with_a_known_outcome_are_not_recorded_for_reconciliation() {
+    let Some((s, faults)) = live().await else { return };
+    let id = Uuid::now_v7();
+    s.append(id, 0, events(id, 0, 1)).await.unwrap();
+    // A lost request: the re-proposal applies with a known outcome.
+    faults.inject([Inject::LostRequest]);
+    s.append(id, 1, events(id, 1, 1)).await.unwrap();
+    let table = crate::store::cql::reconcile::ReconcileTable::open(s.session(), s.keyspace()).await.unwrap();
+    assert!(table.list().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

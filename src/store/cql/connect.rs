@@ -9,7 +9,7 @@
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::errors::{ExecutionError, RequestAttemptError};
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::statement::{Consistency, SerialConsistency, Statement};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -113,7 +113,9 @@ impl CqlStore {
             serial,
             scylla,
             cdc: AtomicBool::new(false),
+            log_ttl_seconds: cfg.cdc.log_ttl_seconds,
             stmts: OnceCell::new(),
+            reconcile: OnceCell::new(),
             batches,
         };
         store.refresh_cdc_flag().await?;
@@ -135,10 +137,13 @@ fn meta_stmt(cql: &str) -> Statement {
     st
 }
 
-/// ScyllaDB has `system.scylla_local`; Apache Cassandra answers "unconfigured table".
+/// ScyllaDB has `system.scylla_local`; Apache Cassandra answers "unconfigured
+/// table". A role not allowed to read it gets `Unauthorized`, which the
+/// server only checks for a table that exists: ScyllaDB too.
 async fn detect_scylla(session: &Session) -> Result<bool, String> {
     match session.query_unpaged(meta_stmt("SELECT key FROM system.scylla_local LIMIT 1"), ()).await {
         Ok(_) => Ok(true),
+        Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Unauthorized, _))) => Ok(true),
         Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(_, _))) => Ok(false),
         Err(e) => Err(format!("cannot query the server: {e}")),
     }

@@ -47,7 +47,10 @@
 //!   millisecond-truncated, so they round-trip exactly.
 
 pub mod append;
+pub mod cdc_options;
 pub mod connect;
+pub mod progress;
+pub mod reconcile;
 mod dlq;
 mod rows;
 pub mod schema;
@@ -105,7 +108,11 @@ pub struct CqlStore {
     serial: SerialConsistency,
     scylla: bool,
     cdc: AtomicBool,
+    /// `store.cql.cdc.log_ttl_seconds`: the CDC options `migrate` sets.
+    log_ttl_seconds: u64,
     stmts: OnceCell<Statements>,
+    /// `append_reconciliation`, opened on the first unknown-outcome append.
+    reconcile: OnceCell<reconcile::ReconcileTable>,
     /// Sends the appends' conditional batches (the session, or a test's faults).
     batches: Arc<dyn BatchExecutor>,
 }

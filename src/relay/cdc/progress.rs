@@ -22,6 +22,8 @@
 
 use std::collections::HashMap;
 
+use crate::store::cql::progress::current_progress;
+
 /// The bytes of a CDC stream id. The empty key is the row that holds the
 /// last generation in the progress table.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,13 +55,7 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
-/// One row of the progress table as stored (times in ms since the epoch).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SavedRow {
-    pub stream: StreamKey,
-    pub generation: Option<i64>,
-    pub time: Option<i64>,
-}
+pub use crate::store::cql::progress::SavedRow;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
@@ -87,14 +83,19 @@ impl ProgressState {
     /// generation row every stream row counts.
     pub fn from_rows(rows: impl IntoIterator<Item = SavedRow>) -> ProgressState {
         let rows: Vec<SavedRow> = rows.into_iter().collect();
-        let generation = rows.iter().find(|r| r.stream.0.is_empty()).and_then(|r| r.generation);
-        let streams = rows
-            .into_iter()
-            .filter(|r| !r.stream.0.is_empty())
-            .filter(|r| generation.is_none() || r.generation.is_none() || r.generation >= generation)
-            .filter_map(|r| r.time.map(|t| (r.stream, Entry { time: t, saved: t })))
-            .collect();
+        let (generation, current) = current_progress(&rows);
+        let streams = current.into_iter().map(|(k, t)| (StreamKey(k.to_vec()), Entry { time: t, saved: t })).collect();
         ProgressState { generation, generation_saved: generation, streams, holds: HashMap::new() }
+    }
+
+    /// Nothing of this state is in the table yet (it was taken from
+    /// elsewhere): the next flush writes all of it.
+    pub fn unsaved(mut self) -> ProgressState {
+        self.generation_saved = None;
+        for e in self.streams.values_mut() {
+            e.saved = i64::MIN;
+        }
+        self
     }
 
     /// The current generation (ms), if known.
@@ -209,7 +210,7 @@ mod tests {
     }
 
     fn row(stream: StreamKey, generation: i64, time: Option<i64>) -> SavedRow {
-        SavedRow { stream, generation: Some(generation), time }
+        SavedRow { stream: stream.0, generation: Some(generation), time }
     }
 
     #[test]
@@ -301,7 +302,7 @@ mod tests {
             row(StreamKey(vec![]), 200, None),
             row(k(1), 100, Some(150)), // old generation, awaiting its TTL
             row(k(2), 200, Some(900)),
-            SavedRow { stream: k(3), generation: None, time: Some(950) },
+            SavedRow { stream: k(3).0, generation: None, time: Some(950) },
             row(k(4), 200, None), // no time: nothing to resume from
         ]);
         assert_eq!(s.generation(), Some(200));

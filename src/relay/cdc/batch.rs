@@ -21,7 +21,7 @@
 use scylla_cdc::consumer::CDCRow;
 use uuid::Uuid;
 
-use super::cdc_progress::StreamKey;
+use super::progress::StreamKey;
 
 /// The rows of one CDC batch share their stream and `cdc$time`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -115,7 +115,7 @@ impl<T> BatchBuffer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::cdc_testkit::{cdc_row, static_row_columns};
+    use crate::relay::cdc::testkit::{cdc_row, static_row_columns};
     use scylla_cdc::consumer::OperationType;
 
     fn time(n: u128) -> Uuid {
@@ -179,7 +179,7 @@ mod tests {
 
     #[test]
     fn timeuuid_milliseconds() {
-        let u = crate::relay::cdc_testkit::timeuuid_at(1_700_000_000_123, 4_567);
+        let u = crate::relay::cdc::testkit::timeuuid_at(1_700_000_000_123, 4_567);
         assert_eq!(timeuuid_ms(&u), Some(1_700_000_000_123));
         assert_eq!(timeuuid_ms(&Uuid::now_v7()).map(|_| ()), Some(()), "v7 carries a time too");
         assert_eq!(timeuuid_ms(&Uuid::nil()), None);

@@ -24,9 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
 
-use super::cdc::{CdcError, EnvelopeSink};
-use super::cdc_reconcile::{PendingAppend, Plan, ReconcileState};
-use super::cdc_reconcile_table::ReconcileTable;
+use super::{CdcError, EnvelopeSink};
+use super::reconcile::{PendingAppend, Plan, ReconcileState};
+use crate::store::cql::reconcile::ReconcileTable;
 use crate::envelope::EventEnvelope;
 use crate::shutdown::Shutdown;
 use crate::store::{DynStore, StoreError};
@@ -202,5 +202,5 @@ pub async fn run_reconciler<S: EnvelopeSink>(sink: Arc<ReconcilingSink<S>>, ever
 }
 
 #[cfg(test)]
-#[path = "cdc_reconciler_tests.rs"]
+#[path = "reconciler_tests.rs"]
 mod tests;

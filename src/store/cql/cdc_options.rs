@@ -4,8 +4,9 @@
 //!
 //! Guarantees:
 //! - One source: `store.cql.cdc.log_ttl_seconds` gives the log TTL in the
-//!   schema, the TTL guard (`cdc_health`), the read start floor (`cdc_start`)
-//!   and the progress rows' TTL, so code and table cannot drift apart.
+//!   schema (`schema.cql`, `migrate`), the TTL guard (`relay::cdc::health`),
+//!   the read start floor (`relay::cdc::start`) and the progress rows' TTL, so
+//!   code and table cannot drift apart; `migrate` corrects a drifted table.
 //! - The options are explicit (`'delta': 'full'`, no pre/post-images), so a
 //!   change of Scylla's defaults cannot change what the relay reads.
 

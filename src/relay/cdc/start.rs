@@ -137,7 +137,7 @@ impl IdleCost {
         IdleCost {
             log_reads_per_s: f64::from(groups) / cycle,
             generation_reads_per_s: 2.0 / sleep.as_secs_f64().max(1e-3),
-            checkpoint_writes_per_s: f64::from(streams.div_ceil(super::cdc_saver::SAVE_BATCH_ROWS as u32)) / every,
+            checkpoint_writes_per_s: f64::from(streams.div_ceil(super::saver::SAVE_BATCH_ROWS as u32)) / every,
             library_checkpoint_writes_per_s: f64::from(streams) / every,
         }
     }

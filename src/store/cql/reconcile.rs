@@ -16,10 +16,19 @@ use scylla::statement::prepared::PreparedStatement;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use super::cdc_reconcile::PendingAppend;
 use crate::store::StoreError;
 
 pub const RECONCILIATION_TABLE: &str = "append_reconciliation";
+
+/// One row of `append_reconciliation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingAppend {
+    pub aggregate_id: Uuid,
+    pub sequence: i64,
+    pub event_id: Uuid,
+    /// When the store resolved the append (ms since the epoch).
+    pub resolved_at_ms: i64,
+}
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {e}"))

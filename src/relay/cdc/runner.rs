@@ -14,8 +14,8 @@
 //!   and once more when a run ends (fenced when the saver has an epoch).
 //! - Shutdown stops the reader gracefully (it finishes its window) within
 //!   `stop_grace`, else abandons it; unsaved progress is re-read after a
-//!   restart (duplicates, never loss). A fenced saver ends the run with
-//!   `CdcError::Reader` naming the lease.
+//!   restart (duplicates, never loss). A fenced saver ends the run at once
+//!   with `CdcError::Fenced` (the reader is cancelled, nothing more is saved).
 
 use scylla::client::session::Session;
 use scylla_cdc::consumer::ConsumerFactory;
@@ -23,14 +23,11 @@ use scylla_cdc::log_reader::CDCLogReaderBuilder;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::cdc::CdcError;
-use super::cdc_saver::{run_flusher, Flushed, LeaseCheckpointSaver};
-use super::cdc_start::{read_plan, start_point, PlanInputs, ReadPlan, ReadSettings, StartFrom, StartInputs};
+use super::{CdcError, EVENT_TABLE};
+use super::saver::{run_flusher, Flushed, LeaseCheckpointSaver};
+use super::start::{read_plan, start_point, PlanInputs, ReadPlan, ReadSettings, StartFrom, StartInputs};
 use crate::shutdown::{Shutdown, Trigger};
 use crate::store::cql::CDC_ORIGIN_CHECKPOINT;
-
-/// The base table whose CDC log is read.
-const EVENT_TABLE: &str = "event_store";
 
 /// Everything a run needs, in plain values (from `store.cql.cdc`).
 #[derive(Debug, Clone)]
@@ -147,7 +144,7 @@ pub async fn run_reader(
         stop_flusher.fire();
         let flushed = flusher.await.unwrap_or(Flushed::Saved(0));
         if saver.is_fenced() || matches!(flushed, Flushed::Fenced { .. }) {
-            return Err(CdcError::Reader(format!("CDC progress of {} is fenced: another instance holds the lease", saver.name())));
+            return Err(CdcError::Fenced { consumer: saver.name().to_string() });
         }
         if let Err(e) = res {
             if e.chain().any(|c| matches!(c.downcast_ref::<CdcError>(), Some(CdcError::Shutdown))) {

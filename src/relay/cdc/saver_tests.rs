@@ -3,7 +3,7 @@
 //! progress never moves backwards, the lease epoch fences writes.
 
 use super::*;
-use crate::relay::cdc_testkit::{live_store, set_epoch};
+use crate::relay::cdc::testkit::{live_store, set_epoch};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -17,7 +17,7 @@ fn key(b: u8) -> StreamKey {
 
 async fn table_time(s: &LeaseCheckpointSaver, ks: &str, st: &StreamID) -> Option<i64> {
     let rows = read_progress(&s.session, ks, s.name()).await.unwrap();
-    rows.into_iter().find(|r| r.stream == StreamKey::of(st)).and_then(|r| r.time)
+    rows.into_iter().find(|r| r.stream == StreamKey::of(st).0).and_then(|r| r.time)
 }
 
 #[test]
@@ -31,12 +31,12 @@ fn generation_timestamps_round_trip() {
 async fn load_then_an_older_save_leaves_the_progress_unchanged() {
     let Some(store) = live_store("CDC saver: older save after load").await else { return };
     let (session, ks) = (store.session(), store.keyspace().to_string());
-    let s1 = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY).await.unwrap();
+    let s1 = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, None).await.unwrap();
     s1.start_generation(1_000).await.unwrap();
     s1.record(&key(1), 50_000).unwrap();
     assert_eq!(s1.flush().await.unwrap(), Flushed::Saved(1));
 
-    let s2 = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY).await.unwrap();
+    let s2 = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, None).await.unwrap();
     assert_eq!(s2.load_last_checkpoint(&stream(1)).await.unwrap(), Some(Duration::from_millis(50_000)));
     assert_eq!(s2.load_last_generation().await.unwrap().map(|g| generation_ms(&g)), Some(1_000));
     // What scylla-cdc does right after a start: save the lower bound.
@@ -48,7 +48,7 @@ async fn load_then_an_older_save_leaves_the_progress_unchanged() {
     assert_eq!(s2.flush().await.unwrap(), Flushed::Saved(1));
     assert_eq!(table_time(&s2, &ks, &stream(1)).await, Some(60_000));
     // The row carries the generation the saver knows, not scylla-cdc's start bound.
-    let row = read_progress(&session, &ks, "kafka-relay").await.unwrap().into_iter().find(|r| r.stream == StreamKey::of(&stream(1))).unwrap();
+    let row = read_progress(&session, &ks, "kafka-relay").await.unwrap().into_iter().find(|r| r.stream == StreamKey::of(&stream(1)).0).unwrap();
     assert_eq!(row.generation, Some(1_000));
 }
 
@@ -63,14 +63,14 @@ async fn restarts_never_move_progress_backwards() {
     let Some(store) = live_store("CDC saver: restart").await else { return };
     let (session, ks) = (store.session(), store.keyspace().to_string());
     let streams: Vec<StreamID> = (1..=3).map(stream).collect();
-    let ours = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY).await.unwrap();
+    let ours = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, None).await.unwrap();
     ours.start_generation(500).await.unwrap();
     for s in &streams {
         ours.record(&StreamKey::of(s), 90_000).unwrap();
     }
     ours.flush().await.unwrap();
     for _ in 0..3 {
-        let again = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY).await.unwrap();
+        let again = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, None).await.unwrap();
         for s in &streams {
             assert_eq!(again.load_last_checkpoint(s).await.unwrap(), Some(Duration::from_millis(90_000)));
         }
@@ -90,7 +90,7 @@ async fn a_stale_epoch_is_refused_and_fences_the_saver() {
     let Some(store) = live_store("CDC saver: fencing").await else { return };
     let (session, ks) = (store.session(), store.keyspace().to_string());
     set_epoch(&session, &ks, "kafka-relay", None, 1).await;
-    let old = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", Some(1), DAY).await.unwrap();
+    let old = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", Some(1), DAY, None).await.unwrap();
     old.start_generation(10).await.unwrap();
     old.record(&key(1), 5_000).unwrap();
     assert_eq!(old.flush().await.unwrap(), Flushed::Saved(1));
@@ -107,14 +107,14 @@ async fn a_stale_epoch_is_refused_and_fences_the_saver() {
     assert!(old.start_generation(20).await.is_err());
 
     // The new holder writes with its epoch.
-    let new = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", Some(2), DAY).await.unwrap();
+    let new = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", Some(2), DAY, None).await.unwrap();
     assert_eq!(new.load_last_checkpoint(&stream(1)).await.unwrap(), Some(Duration::from_millis(5_000)));
     new.record(&key(1), 7_000).unwrap();
     assert_eq!(new.flush().await.unwrap(), Flushed::Saved(1));
     assert_eq!(table_time(&new, &ks, &stream(1)).await, Some(7_000));
 
     // Unfenced (`epoch: None`) writes unconditionally, whatever the epoch.
-    let plain = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY).await.unwrap();
+    let plain = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, None).await.unwrap();
     plain.record(&key(2), 8_000).unwrap();
     assert_eq!(plain.flush().await.unwrap(), Flushed::Saved(1));
     assert_eq!(table_time(&plain, &ks, &stream(2)).await, Some(8_000));
@@ -125,7 +125,7 @@ async fn many_streams_are_saved_in_several_batches_and_generations_move_forward(
     let Some(store) = live_store("CDC saver: batches").await else { return };
     let (session, ks) = (store.session(), store.keyspace().to_string());
     set_epoch(&session, &ks, "projections", None, 7).await;
-    let s = LeaseCheckpointSaver::open(session.clone(), &ks, "projections", Some(7), DAY).await.unwrap();
+    let s = LeaseCheckpointSaver::open(session.clone(), &ks, "projections", Some(7), DAY, None).await.unwrap();
     s.start_generation(100).await.unwrap();
     let streams: Vec<StreamID> = (0..150u8).map(stream).collect();
     for (i, st) in streams.iter().enumerate() {
@@ -135,14 +135,14 @@ async fn many_streams_are_saved_in_several_batches_and_generations_move_forward(
     assert_eq!(s.flush().await.unwrap(), Flushed::Saved(0));
     let rows = read_progress(&session, &ks, "projections").await.unwrap();
     assert_eq!(rows.len(), 151, "150 streams and the generation row");
-    assert_eq!(rows.iter().find(|r| r.stream.0.is_empty()).unwrap().generation, Some(100));
+    assert_eq!(rows.iter().find(|r| r.stream.is_empty()).unwrap().generation, Some(100));
     assert_eq!(s.oldest_progress_ms(), Some(1_000));
 
     // A newer generation: the finished streams leave the lag computation.
     s.start_generation(5_000).await.unwrap();
     assert_eq!(s.oldest_progress_ms(), None);
     s.start_generation(4_000).await.unwrap();
-    let reloaded = LeaseCheckpointSaver::open(session.clone(), &ks, "projections", Some(7), DAY).await.unwrap();
+    let reloaded = LeaseCheckpointSaver::open(session.clone(), &ks, "projections", Some(7), DAY, None).await.unwrap();
     assert_eq!(reloaded.load_last_generation().await.unwrap().map(|g| generation_ms(&g)), Some(5_000));
     assert_eq!(reloaded.progress().len(), 0, "rows of the finished generation do not count");
     // Other consumers' partitions are untouched.
@@ -153,7 +153,7 @@ async fn many_streams_are_saved_in_several_batches_and_generations_move_forward(
 async fn the_flusher_saves_periodically_and_once_more_on_stop() {
     let Some(store) = live_store("CDC saver: flusher").await else { return };
     let (session, ks) = (store.session(), store.keyspace().to_string());
-    let s = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY).await.unwrap();
+    let s = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, None).await.unwrap();
     s.start_generation(1).await.unwrap();
     let trigger = crate::shutdown::Trigger::new();
     let task = tokio::spawn(run_flusher(s.clone(), Duration::from_millis(50), trigger.subscribe()));
@@ -172,6 +172,36 @@ async fn the_flusher_saves_periodically_and_once_more_on_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_table_names_outboxd_schema() {
     let Some(store) = live_store("CDC saver: missing table").await else { return };
-    let err = LeaseCheckpointSaver::open(store.session(), "no_such_keyspace_x", "kafka-relay", None, DAY).await.err().expect("no table");
+    let err = LeaseCheckpointSaver::open(store.session(), "no_such_keyspace_x", "kafka-relay", None, DAY, None).await.err().expect("no table");
     assert!(err.to_string().contains("outboxd schema"), "{err}");
+}
+
+/// An upgrade: progress saved by scylla-cdc's own saver (table
+/// `cdc_checkpoints`, generation in the `[0]` row) is the starting point
+/// when the lease partition holds none yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_of_the_former_library_table_is_taken_over_once() {
+    let Some(store) = live_store("CDC saver: legacy progress").await else { return };
+    let (session, ks) = (store.session(), store.keyspace().to_string());
+    session
+        .query_unpaged(format!("CREATE TABLE {ks}.cdc_checkpoints (stream_id blob PRIMARY KEY, generation timestamp, time timestamp)"), ())
+        .await
+        .unwrap();
+    let ins = format!("INSERT INTO {ks}.cdc_checkpoints (stream_id, generation, time) VALUES (?, ?, ?)");
+    session.query_unpaged(ins.clone(), (vec![0u8], CqlTimestamp(700), CqlTimestamp(i64::MAX))).await.unwrap();
+    session.query_unpaged(ins, (vec![1u8; 16], CqlTimestamp(1), CqlTimestamp(42_000))).await.unwrap();
+    let s = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, Some("cdc_checkpoints")).await.unwrap();
+    assert_eq!(s.load_last_generation().await.unwrap().map(|g| generation_ms(&g)), Some(700));
+    assert_eq!(s.load_last_checkpoint(&stream(1)).await.unwrap(), Some(Duration::from_millis(42_000)));
+    // Written to the lease partition with the first real progress; from
+    // then on the former table is not read any more.
+    s.start_generation(700).await.unwrap();
+    s.record(&key(1), 43_000).unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(table_time(&s, &ks, &stream(1)).await, Some(43_000));
+    let rows = read_progress(&session, &ks, "kafka-relay").await.unwrap();
+    assert_eq!(rows.iter().find(|r| r.stream.is_empty()).and_then(|r| r.generation), Some(700), "generation row written");
+    // A missing former table is no error.
+    let other = LeaseCheckpointSaver::open(session.clone(), &ks, "projections", None, DAY, Some("no_such_table")).await.unwrap();
+    assert!(other.progress().is_empty());
 }

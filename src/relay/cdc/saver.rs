@@ -41,13 +41,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-use super::cdc_progress::{ProgressState, SavedRow, StreamKey};
+use super::progress::{ProgressState, SavedRow, StreamKey};
 use crate::shutdown::Shutdown;
+pub use crate::store::cql::progress::{read_progress, LEASE_TABLE};
 use crate::store::StoreError;
 
-/// The lease table; one partition per consumer name holds its lease (static
-/// columns) and its CDC progress (one row per stream, `0x` = generation).
-pub const LEASE_TABLE: &str = "relay_leases";
 /// Most progress rows written by one batch (keeps a batch ~4 KB, under
 /// Cassandra's 5 KB warning and far under Scylla's limits).
 pub const SAVE_BATCH_ROWS: usize = 64;
@@ -99,23 +97,27 @@ pub struct LeaseCheckpointSaver {
     fenced: watch::Sender<Option<Option<i64>>>,
 }
 
-/// Every progress row of `name` in `keyspace.relay_leases`.
-pub async fn read_progress(session: &Session, keyspace: &str, name: &str) -> Result<Vec<SavedRow>, StoreError> {
-    let q = format!("SELECT stream_id, generation, time FROM {keyspace}.{LEASE_TABLE} WHERE name = ?");
-    let mut st = scylla::statement::Statement::new(q);
-    st.set_page_size(5_000);
-    st.set_is_idempotent(true);
-    let mut out = Vec::new();
-    let rows = session.query_iter(st, (name,)).await.map_err(|e| unavailable(&format!("read CDC progress of {name} (run `outboxd schema` to create {keyspace}.{LEASE_TABLE})"), e))?;
-    let mut rows = rows.rows_stream::<(Option<Vec<u8>>, Option<CqlTimestamp>, Option<CqlTimestamp>)>().map_err(|e| StoreError::Codec(e.to_string()))?;
-    use futures::StreamExt;
-    while let Some(r) = rows.next().await {
-        let (stream, generation, time) = r.map_err(|e| unavailable(&format!("read CDC progress of {name}"), e))?;
-        // A row with only static columns (the lease itself) has no stream id.
-        let Some(stream) = stream else { continue };
-        out.push(SavedRow { stream: StreamKey(stream), generation: generation.map(|t| t.0), time: time.map(|t| t.0) });
+/// Progress saved by scylla-cdc's `TableBackedCheckpointSaver` in
+/// `keyspace.table` (before outboxd had its own saver): the `[0]` row holds
+/// the generation; the per-stream `generation` column held the reader's
+/// start bound, not the generation, so it is ignored. Empty when the table
+/// does not exist or cannot be read.
+async fn read_legacy_progress(session: &Session, keyspace: &str, table: &str) -> Vec<SavedRow> {
+    let q = format!("SELECT stream_id, generation, time FROM {keyspace}.{table}");
+    let Ok(res) = session.query_unpaged(q, ()).await else { return Vec::new() };
+    let Ok(rows) = res.into_rows_result() else { return Vec::new() };
+    let Ok(iter) = rows.rows::<(Vec<u8>, Option<CqlTimestamp>, Option<CqlTimestamp>)>() else { return Vec::new() };
+    let out: Vec<SavedRow> = iter
+        .flatten()
+        .map(|(stream, generation, time)| match stream.as_slice() {
+            [0] => SavedRow { stream: Vec::new(), generation: generation.map(|g| g.0), time: None },
+            _ => SavedRow { stream, generation: None, time: time.map(|t| t.0) },
+        })
+        .collect();
+    if !out.is_empty() {
+        tracing::info!(%keyspace, table, rows = out.len(), "CDC progress taken over from scylla-cdc's former checkpoint table");
     }
-    Ok(out)
+    out
 }
 
 /// `[applied]` and `epoch` of a conditional write's answer.
@@ -135,7 +137,17 @@ fn lwt_epoch(res: QueryResult) -> Result<(bool, Option<i64>), StoreError> {
 
 impl LeaseCheckpointSaver {
     /// Prepares the statements and loads `name`'s progress. Creates nothing.
-    pub async fn open(session: Arc<Session>, keyspace: &str, name: &str, epoch: Option<i64>, row_ttl: Duration) -> Result<Arc<Self>, StoreError> {
+    /// When the partition holds no progress yet and `legacy_table` (the
+    /// table scylla-cdc's own saver used before) exists, its progress is the
+    /// starting point, so an upgrade does not replay the whole CDC log.
+    pub async fn open(
+        session: Arc<Session>,
+        keyspace: &str,
+        name: &str,
+        epoch: Option<i64>,
+        row_ttl: Duration,
+        legacy_table: Option<&str>,
+    ) -> Result<Arc<Self>, StoreError> {
         let table = format!("{keyspace}.{LEASE_TABLE}");
         let fence = if epoch.is_some() { " IF epoch = ?" } else { "" };
         let prepare = |cql: String| {
@@ -149,7 +161,11 @@ impl LeaseCheckpointSaver {
             save: prepare(format!("UPDATE {table} USING TTL ? SET generation = ?, time = ? WHERE name = ? AND stream_id = ?{fence}")).await?,
             save_generation: prepare(format!("UPDATE {table} USING TTL ? SET generation = ? WHERE name = ? AND stream_id = ?{fence}")).await?,
         };
-        let state = ProgressState::from_rows(read_progress(&session, keyspace, name).await?);
+        let rows = read_progress(&session, keyspace, name).await?;
+        let state = match legacy_table {
+            Some(legacy) if rows.is_empty() => ProgressState::from_rows(read_legacy_progress(&session, keyspace, legacy).await).unsaved(),
+            _ => ProgressState::from_rows(rows),
+        };
         let (fenced, _) = watch::channel(None);
         Ok(Arc::new(LeaseCheckpointSaver {
             session,
@@ -349,5 +365,5 @@ pub async fn run_flusher(saver: Arc<LeaseCheckpointSaver>, every: Duration, mut 
 }
 
 #[cfg(test)]
-#[path = "cdc_saver_tests.rs"]
+#[path = "saver_tests.rs"]
 mod tests;

@@ -4,7 +4,7 @@
 //! publish.
 
 use super::*;
-use crate::relay::cdc_testkit::live_store;
+use crate::relay::cdc::testkit::live_store;
 use crate::shutdown::Trigger;
 use crate::store::EventStore;
 use std::sync::Mutex as StdMutex;
@@ -120,7 +120,7 @@ async fn overdue_rows_are_published_by_the_reconciler_and_recent_ones_wait() {
     let (pending, age) = rig.sink.pending();
     assert_eq!(pending, 3);
     assert!(age.unwrap() >= Duration::from_secs(590));
-    assert_eq!(crate::relay::cdc_health::reconcile_health(pending, age, rig.sink.bound()).0, crate::relay::cdc_health::Verdict::Degraded);
+    assert_eq!(crate::relay::cdc::health::reconcile_health(pending, age, rig.sink.bound()).0, crate::relay::cdc::health::Verdict::Degraded);
 
     assert_eq!(rig.sink.reconcile_overdue(&mut rig.shutdown).await.unwrap(), 2);
     assert_eq!(rig.recorder.of(b), vec![1, 2], "published from event_store, in order");

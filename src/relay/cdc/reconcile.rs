@@ -30,15 +30,7 @@
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
-/// One row of `append_reconciliation`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PendingAppend {
-    pub aggregate_id: Uuid,
-    pub sequence: i64,
-    pub event_id: Uuid,
-    /// When the store resolved the append (ms since the epoch).
-    pub resolved_at_ms: i64,
-}
+pub use crate::store::cql::reconcile::PendingAppend;
 
 /// What to do with event `s` of an aggregate.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-use super::cdc_progress::StreamKey;
+use super::progress::StreamKey;
 
 /// Position of a row in its stream, in Scylla's clustering order.
 pub fn log_order(time: &Uuid, batch_seq_no: i32) -> (u64, u64, i32) {
@@ -113,7 +113,7 @@ pub fn already_published(watermarks: &CdcWatermarks, stream: &StreamKey, generat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::cdc_testkit::timeuuid_at;
+    use crate::relay::cdc::testkit::timeuuid_at;
 
     fn s(b: u8) -> StreamKey {
         StreamKey(vec![b; 16])

@@ -23,18 +23,8 @@ pub async fn live_store(what: &str) -> Option<Arc<CqlStore>> {
     let cfg = CqlConfig { uri, keyspace: format!("k_{}", Uuid::now_v7().simple()), ..CqlConfig::default() };
     let store = CqlStore::connect(&cfg).await.expect("connect to the CQL server");
     store.migrate().await.expect("outboxd schema");
-    // PHASE-A stand-in: these two tables move into schema.cql (migrate).
-    for ddl in [PHASE_A_LEASES, PHASE_A_RECONCILIATION] {
-        store.session().query_unpaged(ddl.replace("outbox.", &format!("{}.", store.keyspace())), ()).await.expect("create table");
-    }
     Some(store)
 }
-
-const PHASE_A_LEASES: &str = "CREATE TABLE IF NOT EXISTS outbox.relay_leases (name text, stream_id blob, holder text STATIC, epoch bigint STATIC, \
-    counter bigint STATIC, ttl_ms bigint STATIC, renewed_at timestamp STATIC, position bigint STATIC, generation timestamp, time timestamp, \
-    PRIMARY KEY ((name), stream_id))";
-const PHASE_A_RECONCILIATION: &str = "CREATE TABLE IF NOT EXISTS outbox.append_reconciliation (aggregate_id uuid, sequence_number bigint, \
-    event_id uuid, resolved_at timestamp, PRIMARY KEY (aggregate_id, sequence_number))";
 
 /// Moves the lease epoch of `name` from `from` to `to` with a compare-and-set
 /// (what a takeover does; the lease code owns the real one).
@@ -112,6 +102,21 @@ pub fn cdc_row<T>(
     cols: Vec<Col>,
     f: impl FnOnce(&scylla_cdc::consumer::CDCRow<'_>) -> T,
 ) -> T {
+    let (schema, row) = cdc_row_parts(op, stream, time, batch_seq_no, end_of_batch, cols);
+    let row = scylla_cdc::consumer::CDCRow::from_row(row, &schema);
+    f(&row)
+}
+
+/// The schema and the raw row of [`cdc_row`]: `CDCRow::from_row(row, &schema)`
+/// gives an owned row to hand to a consumer.
+pub fn cdc_row_parts(
+    op: scylla_cdc::consumer::OperationType,
+    stream: &[u8],
+    time: uuid::Uuid,
+    batch_seq_no: i32,
+    end_of_batch: bool,
+    cols: Vec<Col>,
+) -> (scylla_cdc::consumer::CDCRowSchema, scylla::value::Row) {
     use scylla::frame::response::result::{ColumnSpec, ColumnType, NativeType, TableSpec};
     use scylla::response::query_result::ColumnSpecs;
     use scylla::value::{CqlTimeuuid, CqlValue, Row};
@@ -136,7 +141,5 @@ pub fn cdc_row<T>(
         specs.push(ColumnSpec::borrowed(name, ColumnType::Native(typ), table()));
         values.push(v);
     }
-    let schema = scylla_cdc::consumer::CDCRowSchema::new(ColumnSpecs::new(&specs));
-    let row = scylla_cdc::consumer::CDCRow::from_row(Row { columns: values }, &schema);
-    f(&row)
+    (scylla_cdc::consumer::CDCRowSchema::new(ColumnSpecs::new(&specs)), Row { columns: values })
 }

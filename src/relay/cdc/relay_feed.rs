@@ -1,0 +1,62 @@
+//! The relay's CDC feed: the CDC log of `event_store` -> the reconciling
+//! sink -> the `Deliverer` (the one delivery call), plus the reconciler task.
+//!
+//! Guarantees: everything of `CdcFeed` (progress in the relay's lease
+//! partition, catch-up, graceful stop) and of `ReconcilingSink` (unknown-
+//! outcome appends published in order, within the bound); `RelayStatus.running`
+//! is true exactly while the feed runs; the reconciler stops with the feed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::reader::{CdcFeed, FeedSpec};
+use super::reconciler::{run_reconciler, ReconcilingSink};
+use super::{CdcError, LEGACY_RELAY_CHECKPOINT_TABLE};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::relay::deliver::Deliverer;
+use crate::shutdown::{Shutdown, Trigger};
+use crate::store::cql::reconcile::ReconcileTable;
+use crate::store::cql::CqlStore;
+use crate::store::DynStore;
+
+/// Runs the relay on the CDC log until `shutdown` (Ok) or a failure.
+/// `epoch`: the relay lease's epoch, fencing its progress writes.
+pub async fn run_relay_feed(
+    cql: Arc<CqlStore>,
+    cfg: &Config,
+    deliverer: Arc<Deliverer>,
+    metrics: &Metrics,
+    epoch: Option<i64>,
+    shutdown: Shutdown,
+) -> Result<(), CdcError> {
+    let cdc = &cfg.store.cql.cdc;
+    let spec = FeedSpec { consumer: &cfg.relay.consumer_name, epoch, legacy_table: Some(LEGACY_RELAY_CHECKPOINT_TABLE) };
+    let feed = CdcFeed::open(cql.session(), cql.keyspace(), cdc, spec).await?;
+    let table = ReconcileTable::open(cql.session(), cql.keyspace()).await?;
+    let sink = ReconcilingSink::new(
+        deliverer.clone(),
+        cql.clone() as DynStore,
+        table,
+        cdc.reconcile_bound(),
+        cdc.reconcile_remember_aggregates,
+        Some(metrics.cdc_unreconciled_appends.clone()),
+    );
+    let stop_reconciler = Trigger::new();
+    let reconciler = tokio::spawn(run_reconciler(
+        sink.clone(),
+        Duration::from_millis(cdc.reconcile_refresh_ms),
+        stop_reconciler.subscribe(),
+    ));
+    deliverer.update(|s| s.running = true);
+    let res = feed.run(sink, shutdown).await;
+    deliverer.update(|s| {
+        s.running = false;
+        if let Err(e) = &res {
+            s.last_error = Some(e.to_string());
+        }
+    });
+    stop_reconciler.fire();
+    let _ = reconciler.await;
+    res
+}
