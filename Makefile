@@ -17,7 +17,8 @@ export CASSANDRA_LOCAL_DIR := $(CASSANDRA_DIR)
 dev:
 	@bash scripts/dev.sh
 
-## test: install what is missing, start Kafka and Cassandra, run every test, stop them
+## test: fmt + clippy, install what is missing, start Kafka and Cassandra, run every test, stop them;
+## ends with every skipped test and its reason and "N passed, N failed, N skipped"
 test: deps
 	@bash scripts/test.sh
 
@@ -64,7 +65,8 @@ cqlsh:
 	 else command -v cqlsh >/dev/null 2>&1 || pip install -q scylla-cqlsh; \
 	 eval "$$(bash scripts/cassandra-local.sh env)"; cqlsh $${CASSANDRA_URI%:*} $${CASSANDRA_URI#*:} -k outbox; fi
 
-## integration-test: ScyllaDB + Redpanda from docker-compose; scylla-cdc end-to-end tests
+## integration-test: the ScyllaDB-only tests (scylla-cdc end to end) against docker-compose's ScyllaDB
+## (or SCYLLA_URI); without one they are reported as SKIPPED with the reason, never as passed
 integration-test:
 	@bash scripts/integration-test.sh
 

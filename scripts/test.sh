@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# test.sh - `make test`: start real Kafka and Cassandra (scripts/*-local.sh),
-# run every cargo test against them, stop exactly what this run started.
+# test.sh - `make test`: fmt + clippy (scripts/lint.sh), start real Kafka and
+# Cassandra (scripts/*-local.sh), run every cargo test against them, print
+# the summary (scripts/test-summary.sh: skips with their reasons, then
+# "N passed, N failed, N skipped"), stop exactly what this run started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,4 +30,14 @@ export KAFKA_BROKERS CASSANDRA_URI
 echo "test: KAFKA_BROKERS=$KAFKA_BROKERS CASSANDRA_URI=$CASSANDRA_URI"
 
 make --no-print-directory compose-check
-cargo test --locked -- --test-threads "${TEST_THREADS:-2}"
+
+# Every test; the summary at the end lists each skipped (ignored) test with
+# its reason and counts skips as skips, never as passes.
+log=$(mktemp)
+set +e
+cargo test --locked -- --test-threads "${TEST_THREADS:-2}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+bash scripts/test-summary.sh "$log" | sed '$ s/^/test: /'
+rm -f "$log"
+exit "$status"

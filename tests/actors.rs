@@ -1,6 +1,7 @@
 //! The actor system of a real `outboxd run` process against real Kafka:
 //! supervision (restart, restart budget), health levels (broker outage,
-//! store gone), the metric catalogue, and SIGTERM under load.
+//! store gone: /health and the relay's own reads), the metric catalogue, and
+//! SIGTERM under load.
 //! Failure injection: `OUTBOXD_ENABLE_FAULT_INJECTION=1` enables
 //! `POST /debug/fail/{actor}` on the admin server.
 
@@ -14,30 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-fn fault() -> (&'static str, String) {
-    ("OUTBOXD_ENABLE_FAULT_INJECTION", "1".to_string())
-}
-
-/// POSTs an order, retrying while the order actor restarts (503).
-fn create_order(d: &Daemon, sku: &str) -> String {
-    eventually(Duration::from_secs(30), "an order to be accepted", || {
-        let r = d.post("/orders", &order_body(Uuid::now_v7(), sku));
-        match r.status {
-            201 => Some(r.json()["id"].as_str().unwrap().to_string()),
-            503 => None,
-            s => panic!("unexpected {s}: {}", r.text()),
-        }
-    })
-}
-
-fn restarts(d: &Daemon, actor: &str) -> f64 {
-    d.metrics().value("actor_restarts_total", &[("actor", actor)])
-}
-
-fn component(h: &Value, name: &str) -> String {
-    h["components"][name]["status"].as_str().unwrap_or_default().to_string()
-}
 
 /// Waits until the relay has confirmed every stored event.
 fn caught_up(d: &Daemon) -> i64 {
@@ -71,17 +48,17 @@ fn assert_all_on_topic(brokers: &str, d: &Daemon) {
 fn injected_failures_restart_order_and_cdc_actors_and_events_keep_flowing() {
     let Some(brokers) = common::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[fault()]);
-    create_order(&d, "BEFORE-1");
+    let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[fault_injection()]);
+    create_order(&d, Uuid::now_v7(), "BEFORE-1");
     caught_up(&d);
     assert_eq!(restarts(&d, "order_actor"), 0.0);
 
     // OrderActor: stops itself, the supervisor restarts it, commands work again.
     d.inject("order_actor", "stop");
-    create_order(&d, "AFTER-ORDER-1");
+    create_order(&d, Uuid::now_v7(), "AFTER-ORDER-1");
     assert_eq!(restarts(&d, "order_actor"), 1.0);
     eventually(Duration::from_secs(10), "order_actor healthy again", || {
-        (component(&d.health().1, "order_actor") == "healthy").then_some(())
+        (component(&d.health().1, "order_actor").0 == "healthy").then_some(())
     });
 
     // CdcStreamProcessor: the relay task is killed, then panics, then the actor stops.
@@ -90,7 +67,7 @@ fn injected_failures_restart_order_and_cdc_actors_and_events_keep_flowing() {
         eventually(Duration::from_secs(10), "the cdc restart to be counted", || {
             (restarts(&d, "cdc_processor") == (i + 1) as f64).then_some(())
         });
-        create_order(&d, &format!("AFTER-CDC-{mode}"));
+        create_order(&d, Uuid::now_v7(), &format!("AFTER-CDC-{mode}"));
         caught_up(&d);
     }
     // Resume policy: DLQ and health actors log and keep serving; no restart.
@@ -126,7 +103,7 @@ fn exhausted_restart_budget_exits_non_zero() {
         let dir = tempfile::tempdir().unwrap();
         let mut d = Daemon::start(
             &daemon_config(&brokers, dir.path()),
-            &[fault(), ("OUTBOX_SUPERVISION__MAX_RESTARTS", "2".into())],
+            &[fault_injection(), ("OUTBOX_SUPERVISION__MAX_RESTARTS", "2".into())],
         );
         let mode = if actor == "order_actor" { "stop" } else { "kill" };
         for _ in 0..3 {
@@ -158,11 +135,11 @@ fn health_degrades_while_the_broker_is_down_and_recovers_then_shutdown_answers_5
         ("OUTBOX_SHUTDOWN_DEADLINE_MS", "10000".to_string()),
     ];
     let mut d = Daemon::start(&cfg, &env);
-    create_order(&d, "UP-1");
+    create_order(&d, Uuid::now_v7(), "UP-1");
     caught_up(&d);
     let (status, h) = d.health();
     assert_eq!(
-        (status, h["status"].as_str(), component(&h, "kafka").as_str()),
+        (status, h["status"].as_str(), component(&h, "kafka").0.as_str()),
         (200, Some("healthy"), "healthy"),
         "{h}"
     );
@@ -171,30 +148,30 @@ fn health_degrades_while_the_broker_is_down_and_recovers_then_shutdown_answers_5
     kafka.stop();
     let down = Instant::now();
     let h = eventually(Duration::from_secs(60), "/health to report Degraded", || {
-        create_order(&d, "DOWN-1"); // the outbox keeps accepting
+        create_order(&d, Uuid::now_v7(), "DOWN-1"); // the outbox keeps accepting
         let (status, h) = d.health();
         assert_eq!(status, 200, "Degraded still answers 200: {h}");
         (h["status"] == "degraded").then_some(h)
     });
     eprintln!("degraded {:?} after the broker stopped: {}", down.elapsed(), h["components"]["kafka"]["detail"]);
-    assert_eq!(component(&h, "kafka"), "degraded", "{h}");
-    assert_eq!(component(&h, "store"), "healthy");
+    assert_eq!(component(&h, "kafka").0, "degraded", "{h}");
+    assert_eq!(component(&h, "store").0, "healthy");
     assert_eq!(d.metrics().value("actor_health_status", &[("component", "kafka")]), 1.0);
     assert_eq!(d.admin("GET", "/health/ready").status, 200, "a broker outage does not make the outbox unready");
     // Keep the relay failing until the circuit breaker opens.
     eventually(Duration::from_secs(60), "the circuit breaker to open", || {
-        create_order(&d, "DOWN-2");
+        create_order(&d, Uuid::now_v7(), "DOWN-2");
         let (status, h) = d.health();
         assert_eq!(status, 200);
         (h["relay"]["breaker"] == "open").then_some(())
     });
-    assert_eq!(component(&d.health().1, "kafka"), "degraded");
+    assert_eq!(component(&d.health().1, "kafka").0, "degraded");
     assert_eq!(d.metrics().value("circuit_breaker_state", &[]), 1.0);
 
     kafka.restart();
     let up = Instant::now();
     eventually(Duration::from_secs(90), "/health to report Healthy again", || {
-        create_order(&d, "BACK-1");
+        create_order(&d, Uuid::now_v7(), "BACK-1");
         let (status, h) = d.health();
         (status == 200 && h["status"] == "healthy").then_some(())
     });
@@ -207,7 +184,7 @@ fn health_degrades_while_the_broker_is_down_and_recovers_then_shutdown_answers_5
     // waits for it (message timeout), and meanwhile intake answers 503.
     kafka.stop();
     let stored_before = count_events(&d.cfg.store.path);
-    create_order(&d, "LAST-1");
+    create_order(&d, Uuid::now_v7(), "LAST-1");
     std::thread::sleep(Duration::from_millis(200));
     d.sigterm();
     let mut saw_503 = false;
@@ -244,9 +221,9 @@ fn store_gone_makes_health_unhealthy_503() {
     let Some(brokers) = common::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(&daemon_config(&brokers, dir.path()), &[("OUTBOX_HEALTH__INTERVAL_MS", "300".into())]);
-    create_order(&d, "S-1");
+    create_order(&d, Uuid::now_v7(), "S-1");
     let (status, h) = d.health();
-    assert_eq!((status, component(&h, "store").as_str()), (200, "healthy"), "{h}");
+    assert_eq!((status, component(&h, "store").0.as_str()), (200, "healthy"), "{h}");
     // Remove the database, its WAL and the directory under the running daemon.
     std::fs::remove_dir_all(d.cfg.store.path.parent().unwrap()).unwrap();
     let h = eventually(Duration::from_secs(10), "/health to answer 503", || {
@@ -254,8 +231,16 @@ fn store_gone_makes_health_unhealthy_503() {
         (status == 503).then_some(h)
     });
     assert_eq!(h["status"], "unhealthy");
-    assert_eq!(component(&h, "store"), "unhealthy", "{h}");
+    assert_eq!(component(&h, "store").0, "unhealthy", "{h}");
     assert!(h["components"]["store"]["detail"].as_str().unwrap().contains("gone"), "{h}");
+    // The relay's own reads fail too (a pooled connection would otherwise
+    // keep reading the deleted file): it reports that it cannot read the store.
+    let h = eventually(Duration::from_secs(10), "the relay to report the store unreadable", || {
+        let (_, h) = d.health();
+        (h["relay"]["store_ok"] == false && component(&h, "cdc_processor").0 == "unhealthy").then_some(h)
+    });
+    assert!(component(&h, "cdc_processor").1.contains("relay cannot read the store"), "{h}");
+    assert!(h["relay"]["last_error"].as_str().unwrap_or_default().contains("gone"), "{h}");
     let r = d.admin("GET", "/health/ready");
     assert_eq!((r.status, r.json()["ready"].as_bool()), (503, Some(false)));
     assert_eq!(d.admin("GET", "/health/live").status, 200, "still alive");
@@ -321,7 +306,7 @@ fn metrics_parse_list_the_catalogue_and_move_when_events_flow() {
     }
 
     for i in 0..5 {
-        let id = create_order(&d, &format!("M-{i}"));
+        let id = create_order(&d, Uuid::now_v7(), &format!("M-{i}"));
         let r = d.api("POST", &format!("/orders/{id}/confirm"), &[], None);
         assert_eq!(r.status, 200);
     }
@@ -443,13 +428,13 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     ];
     let d = Daemon::start(&cfg, &env);
 
-    let small = create_order(&d, "SMALL-1");
+    let small = create_order(&d, Uuid::now_v7(), "SMALL-1").to_string();
     // 100 items with 64-character SKUs: ~12 KB of JSON, over the topic's limit.
     let items: Vec<Value> = (0..100).map(|k| json!({"sku": format!("{k:02}-{}", "X".repeat(61)), "quantity": 1, "unit_price": {"amount_minor": 1, "currency": "EUR"}})).collect();
     let r = d.post("/orders", &json!({"customer_id": Uuid::now_v7(), "items": items}));
     assert_eq!(r.status, 201, "{}", r.text());
     let poison = r.json()["id"].as_str().unwrap().to_string();
-    let after = create_order(&d, "SMALL-2");
+    let after = create_order(&d, Uuid::now_v7(), "SMALL-2").to_string();
     caught_up(&d);
 
     let list = eventually(Duration::from_secs(10), "the dead letter to be listed", || {

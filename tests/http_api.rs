@@ -407,7 +407,15 @@ fn bearer_token_protects_the_command_api_and_is_never_logged() {
         .env("OUTBOX_HTTP__API_TOKEN", &token)
         .output()
         .unwrap();
-    assert!(!String::from_utf8_lossy(&cfg_out.stdout).contains(&token));
+    assert!(
+        cfg_out.status.success(),
+        "outboxd config: {:?} {}",
+        cfg_out.status,
+        String::from_utf8_lossy(&cfg_out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&cfg_out.stdout);
+    assert!(printed.contains("\"api_token\": \"<redacted>\""), "{printed}");
+    assert!(!printed.contains(&token));
     let log = d.log_text();
     d.stop();
     assert!(!log.contains(&token), "the token must never be logged");

@@ -17,31 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-fn fault() -> (&'static str, String) {
-    ("OUTBOXD_ENABLE_FAULT_INJECTION", "1".to_string())
-}
-
-/// POSTs an order for `customer`, retrying while an actor restarts (503).
-fn create_order(d: &Daemon, customer: Uuid, sku: &str) -> Uuid {
-    eventually(Duration::from_secs(30), "an order to be accepted", || {
-        let r = d.post("/orders", &order_body(customer, sku));
-        match r.status {
-            201 => Some(Uuid::parse_str(r.json()["id"].as_str().unwrap()).unwrap()),
-            503 => None,
-            s => panic!("unexpected {s}: {}", r.text()),
-        }
-    })
-}
-
-fn restarts(d: &Daemon, actor: &str) -> f64 {
-    d.metrics().value("actor_restarts_total", &[("actor", actor)])
-}
-
-fn component(h: &Value, name: &str) -> (String, String) {
-    let c = &h["components"][name];
-    (c["status"].as_str().unwrap_or_default().to_string(), c["detail"].as_str().unwrap_or_default().to_string())
-}
-
 /// Waits until the read models include every stored event (checkpoint ==
 /// head, lag 0 in /metrics); returns the head.
 fn projected(d: &Daemon) -> i64 {
@@ -299,7 +274,7 @@ fn kill_9_under_http_load_then_read_models_equal_a_rebuild() {
 fn projection_actor_restarts_via_fault_injection_and_keeps_projecting() {
     let Some(brokers) = common::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[fault()]);
+    let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[fault_injection()]);
     let customer = Uuid::now_v7();
     create_order(&d, customer, "BEFORE");
     projected(&d);
@@ -341,7 +316,7 @@ fn health_degrades_over_the_projection_lag_threshold_and_reads_fall_back_to_even
     // Threshold 1; a long restart backoff keeps the projector down
     // deterministically while events are appended.
     let env = [
-        fault(),
+        fault_injection(),
         ("OUTBOX_HEALTH__PROJECTION_LAG_DEGRADED_EVENTS", "1".to_string()),
         ("OUTBOX_SUPERVISION__RESTART_BACKOFF_MS", "6000".to_string()),
     ];

@@ -415,3 +415,31 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The environment variable that enables `POST /debug/fail/{actor}`.
+pub fn fault_injection() -> (&'static str, String) {
+    (outboxd::daemon::FAULT_INJECTION_ENV, "1".to_string())
+}
+
+/// POSTs an order for `customer`, retrying while an actor restarts (503).
+pub fn create_order(d: &Daemon, customer: uuid::Uuid, sku: &str) -> uuid::Uuid {
+    eventually(Duration::from_secs(30), "an order to be accepted", || {
+        let r = d.post("/orders", &order_body(customer, sku));
+        match r.status {
+            201 => Some(uuid::Uuid::parse_str(r.json()["id"].as_str().unwrap()).unwrap()),
+            503 => None,
+            s => panic!("unexpected {s}: {}", r.text()),
+        }
+    })
+}
+
+/// `actor_restarts_total{actor}` from /metrics.
+pub fn restarts(d: &Daemon, actor: &str) -> f64 {
+    d.metrics().value("actor_restarts_total", &[("actor", actor)])
+}
+
+/// Status and detail of one /health component.
+pub fn component(h: &serde_json::Value, name: &str) -> (String, String) {
+    let c = &h["components"][name];
+    (c["status"].as_str().unwrap_or_default().to_string(), c["detail"].as_str().unwrap_or_default().to_string())
+}

@@ -184,7 +184,7 @@ async fn outcome_unknown_on_every_attempt_is_never_success() {
 /// "outcome unknown" Unavailable, and the stored sequence has no gaps.
 /// `cargo test --lib stress_contention -- --ignored` with CASSANDRA_URI set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
-#[ignore]
+#[ignore = "stress test, run by hand: cargo test --lib stress_contention -- --ignored (CASSANDRA_URI)"]
 async fn stress_contention() {
     let Some((s, _)) = live().await else { return };
     let writers = 32;
@@ -229,7 +229,7 @@ async fn stress_contention() {
 /// the rest (or an honest "outcome unknown"), and no gaps.
 /// `cargo test --lib stress_client_timeouts -- --ignored` with CASSANDRA_URI set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
-#[ignore]
+#[ignore = "stress test, run by hand: cargo test --lib stress_client_timeouts -- --ignored (CASSANDRA_URI)"]
 async fn stress_client_timeouts() {
     let Some((admin, _)) = live().await else { return };
     let uri = std::env::var("CASSANDRA_URI").or_else(|_| std::env::var("SCYLLA_URI")).unwrap();

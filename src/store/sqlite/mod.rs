@@ -13,7 +13,10 @@
 //!   blocks on SQLite. Appends queued together are group-committed in one
 //!   transaction; a multi-event append gets its own savepoint, so a conflict
 //!   in one append doesn't affect its neighbours. Reads run on
-//!   `spawn_blocking` with a small pool of WAL reader connections.
+//!   `spawn_blocking` with a small pool of WAL reader connections; a read
+//!   fails (`Unavailable`) once the database file at `path` is gone or was
+//!   replaced, instead of serving a file nobody writes to any more (writes
+//!   already fail then: SQLite refuses to write a moved file).
 //! - Schema version 2 adds the read-model tables maintained by
 //!   `crate::projection` (a v1 file is upgraded in place on open); they are
 //!   written through the same writer thread, batch and checkpoint in one
@@ -141,7 +144,11 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let pool = self.readers.clone();
         let path = self.path.clone();
+        let file = self.file.clone();
         tokio::task::spawn_blocking(move || {
+            // A pooled connection keeps reading a deleted or replaced file as
+            // if nothing happened; refuse instead (one stat, never an open).
+            file.check()?;
             let conn = pool.lock().map_err(unavailable)?.pop();
             let conn = match conn {
                 Some(c) => c,
