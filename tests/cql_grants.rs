@@ -10,6 +10,8 @@
 //! Cassandra has no Scylla CDC log and no `system_distributed.cdc_*` tables:
 //! the grants on those are checked on ScyllaDB by `make integration-test`.
 
+mod common;
+
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use std::sync::Arc;
@@ -17,9 +19,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use outboxd::relay::cdc::progress::StreamKey;
-use outboxd::store::cql::reconcile::ReconcileTable;
 use outboxd::relay::cdc::runner::read_origin;
 use outboxd::relay::cdc::saver::{Flushed, LeaseCheckpointSaver};
+use outboxd::store::cql::reconcile::ReconcileTable;
 use outboxd::store::cql::{cdc_log_exists, schema_statements};
 
 struct Secure {
@@ -34,31 +36,33 @@ fn secure() -> Option<Secure> {
         eprintln!("SKIPPED: least-privilege grants test: set CASSANDRA_SECURE_URI (scripts/cassandra-local.sh start --secure; make test exports it)");
         return None;
     };
-    Some(Secure { uri, user: get("CASSANDRA_SECURE_USER").unwrap_or("cassandra".into()), password: get("CASSANDRA_SECURE_PASSWORD").unwrap_or("cassandra".into()) })
+    Some(Secure {
+        uri,
+        user: get("CASSANDRA_SECURE_USER").unwrap_or("cassandra".into()),
+        password: get("CASSANDRA_SECURE_PASSWORD").unwrap_or("cassandra".into()),
+    })
 }
 
 async fn session(uri: &str, user: &str, password: &str) -> Arc<Session> {
-    Arc::new(SessionBuilder::new().known_node(uri).user(user, password).build().await.unwrap_or_else(|e| panic!("connect to {uri} as {user}: {e}")))
-}
-
-/// The grants of docs/OPERATIONS.md for `keyspace` and `role`, keeping those
-/// whose table exists on this server.
-fn grants(keyspace: &str, role: &str, exists: impl Fn(&str) -> bool) -> Vec<String> {
-    let ops = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/OPERATIONS.md")).unwrap();
-    let block = ops.split("<!-- relay-grants -->").nth(1).expect("docs/OPERATIONS.md has the relay-grants block");
-    let block = block.split("```").nth(1).expect("a fenced block follows the marker");
-    block
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("GRANT "))
-        .map(|l| l.trim_end_matches(';').replace(" outbox.", &format!(" {keyspace}.")).replace("outboxd_relay", role))
-        .filter(|g| exists(g.split(" ON ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or_default()))
-        .collect()
+    Arc::new(
+        SessionBuilder::new()
+            .known_node(uri)
+            .user(user, password)
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("connect to {uri} as {user}: {e}")),
+    )
 }
 
 async fn table_exists(admin: &Session, qualified: &str) -> bool {
     let (ks, t) = qualified.split_once('.').unwrap();
-    let res = admin.query_unpaged("SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?", (ks, t)).await.unwrap();
+    let res = admin
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+            (ks, t),
+        )
+        .await
+        .unwrap();
     res.into_rows_result().unwrap().rows_num() > 0
 }
 
@@ -79,10 +83,10 @@ async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
     let role = format!("relay_{}", Uuid::now_v7().simple());
     admin.query_unpaged(format!("CREATE ROLE {role} WITH PASSWORD = 'relay-pw' AND LOGIN = true"), ()).await.unwrap();
     let mut granted = Vec::new();
-    let all = grants(&ks, &role, |_| true);
+    let all = common::relay_grants(&ks, &role);
     assert!(all.len() >= 12, "the documented list: {all:#?}");
     for g in all {
-        let resource = g.split(" ON ").nth(1).and_then(|r| r.split(' ').next()).unwrap().to_string();
+        let resource = common::grant_resource(&g);
         if resource.starts_with("KEYSPACE") || table_exists(&admin, &resource).await {
             admin.query_unpaged(g.clone(), ()).await.unwrap_or_else(|e| panic!("{g}: {e}"));
             granted.push(resource);
@@ -93,7 +97,10 @@ async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
     for t in ["relay_leases", "append_reconciliation", "checkpoints", "event_store", "dead_letter_queue"] {
         assert!(granted.iter().any(|r| r == &format!("{ks}.{t}")), "{t} is granted: {granted:?}");
     }
-    admin.query_unpaged(format!("UPDATE {ks}.relay_leases SET epoch = 1 WHERE name = 'kafka-relay' IF epoch = null"), ()).await.unwrap();
+    admin
+        .query_unpaged(format!("UPDATE {ks}.relay_leases SET epoch = 1 WHERE name = 'kafka-relay' IF epoch = null"), ())
+        .await
+        .unwrap();
     let a = Uuid::now_v7();
     admin
         .query_unpaged(format!("INSERT INTO {ks}.event_store (aggregate_id, sequence_number, event_id, payload) VALUES (?, 1, ?, '{{}}')"), (a, Uuid::now_v7()))
@@ -104,9 +111,15 @@ async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
     // Schema checks and the CDC origin.
     assert!(!cdc_log_exists(&relay, &ks).await.unwrap(), "Cassandra has no CDC log; the check itself is allowed");
     read_origin(&relay, &ks).await;
-    relay.query_unpaged(format!("SELECT position FROM {ks}.checkpoints WHERE consumer = 'cdc:origin'"), ()).await.expect("SELECT on checkpoints");
+    relay
+        .query_unpaged(format!("SELECT position FROM {ks}.checkpoints WHERE consumer = 'cdc:origin'"), ())
+        .await
+        .expect("SELECT on checkpoints");
     // The checkpoint saver, fenced by the lease epoch (conditional batches).
-    let saver = LeaseCheckpointSaver::open(relay.clone(), &ks, "kafka-relay", Some(1), Duration::from_secs(86_400), None).await.expect("saver opens without CREATE");
+    let saver =
+        LeaseCheckpointSaver::open(relay.clone(), &ks, "kafka-relay", Some(1), Duration::from_secs(86_400), None)
+            .await
+            .expect("saver opens without CREATE");
     saver.start_generation(1_000).await.expect("generation row");
     saver.record(&StreamKey(vec![1; 16]), 5_000).unwrap();
     assert_eq!(saver.flush().await.unwrap(), Flushed::Saved(1));
@@ -116,14 +129,33 @@ async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
     assert_eq!(table.list().await.unwrap().len(), 1);
     table.confirm(a, 1).await.unwrap();
     // Loading events (reconciliation fills) and the dead-letter tables.
-    relay.query_unpaged(format!("SELECT event_id FROM {ks}.event_store WHERE aggregate_id = ? AND sequence_number > 0"), (a,)).await.expect("SELECT on event_store");
-    relay.query_unpaged(format!("INSERT INTO {ks}.dead_letter_by_event (event_id, id) VALUES (?, ?) IF NOT EXISTS"), (Uuid::now_v7(), Uuid::now_v7())).await.expect("DLQ lookup LWT");
+    relay
+        .query_unpaged(
+            format!("SELECT event_id FROM {ks}.event_store WHERE aggregate_id = ? AND sequence_number > 0"),
+            (a,),
+        )
+        .await
+        .expect("SELECT on event_store");
+    relay
+        .query_unpaged(
+            format!("INSERT INTO {ks}.dead_letter_by_event (event_id, id) VALUES (?, ?) IF NOT EXISTS"),
+            (Uuid::now_v7(), Uuid::now_v7()),
+        )
+        .await
+        .expect("DLQ lookup LWT");
 
     // No CREATE: a table cannot be created, and scylla-cdc's default saver
     // (CREATE TABLE IF NOT EXISTS) fails where ours works.
     let err = relay.query_unpaged(format!("CREATE TABLE {ks}.sneaky (k int PRIMARY KEY)"), ()).await.unwrap_err();
     assert!(unauthorized(&err), "{err}");
-    let err = scylla_cdc::checkpoints::TableBackedCheckpointSaver::new_with_default_ttl(relay.clone(), &ks, "cdc_checkpoints").await.err().expect("needs CREATE");
+    let err = scylla_cdc::checkpoints::TableBackedCheckpointSaver::new_with_default_ttl(
+        relay.clone(),
+        &ks,
+        "cdc_checkpoints",
+    )
+    .await
+    .err()
+    .expect("needs CREATE");
     assert!(unauthorized(&err), "{err:#}");
     // Nothing beyond the list: the role cannot write the event table.
     let err = relay

@@ -135,7 +135,8 @@ mod tests {
             f(&mut c);
             c.validate().unwrap_err().to_string()
         };
-        assert!(bad(|c| c.safety_interval_ms = 5_000).contains("store.cql.cdc.safety_interval_ms (5000) must be at least clock_skew_allowance_ms"));
+        assert!(bad(|c| c.safety_interval_ms = 5_000)
+            .contains("store.cql.cdc.safety_interval_ms (5000) must be at least clock_skew_allowance_ms"));
         assert!(bad(|c| c.log_ttl_seconds = 0).contains("store.cql.cdc.log_ttl_seconds = 0"));
         assert!(bad(|c| c.log_ttl_seconds = 59).contains("log_ttl_seconds"));
         assert!(bad(|c| c.log_ttl_seconds = 60).contains("must exceed safety_interval_ms + window_size_ms"));

@@ -25,13 +25,13 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+pub use cdc::CdcConfig;
 pub use http::HttpConfig;
 pub use kafka::{
     validate_topic, validate_topic_prefix, Compression, KafkaConfig, TopicRouting, MAX_TOPIC_LEN, MAX_TOPIC_PREFIX_LEN,
 };
 pub use relay::{BreakerConfig, RelayConfig, RetryConfig};
 pub use service::{HealthConfig, ServiceConfig, SupervisionConfig};
-pub use cdc::CdcConfig;
 pub use store::{Backend, CqlConfig, SqliteOptions, StoreConfig, Synchronous};
 
 /// `OUTBOX_CONFIG` without its prefix: the variable that names the config

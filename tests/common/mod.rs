@@ -291,3 +291,22 @@ pub fn order_events(id: Uuid, from_version: i64, n: usize) -> Vec<outboxd::envel
         })
         .collect()
 }
+
+/// The GRANT statements of docs/OPERATIONS.md ("Grants of the relay role",
+/// the block after `<!-- relay-grants -->`) for `keyspace` and `role`.
+pub fn relay_grants(keyspace: &str, role: &str) -> Vec<String> {
+    let ops = std::fs::read_to_string(repo_root().join("docs/OPERATIONS.md")).unwrap();
+    let block = ops.split("<!-- relay-grants -->").nth(1).expect("docs/OPERATIONS.md has the relay-grants block");
+    let block = block.split("```").nth(1).expect("a fenced block follows the marker");
+    block
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("GRANT "))
+        .map(|l| l.trim_end_matches(';').replace(" outbox.", &format!(" {keyspace}.")).replace("outboxd_relay", role))
+        .collect()
+}
+
+/// The resource a GRANT statement names (`ks.table`, or `KEYSPACE`).
+pub fn grant_resource(grant: &str) -> String {
+    grant.split(" ON ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or_default().to_string()
+}

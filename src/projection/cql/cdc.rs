@@ -94,7 +94,8 @@ pub async fn run_cdc_projection(
         return Err(CdcError::Unavailable { keyspace: cql.keyspace().to_string() });
     }
     let sink = Arc::new(CqlProjectionSink::new(cql.clone(), cfg.service.default_currency.clone(), status.clone()));
-    let spec = FeedSpec { consumer: PROJECTION_CONSUMER, epoch: None, legacy_table: Some(LEGACY_PROJECTION_CHECKPOINT_TABLE) };
+    let spec =
+        FeedSpec { consumer: PROJECTION_CONSUMER, epoch: None, legacy_table: Some(LEGACY_PROJECTION_CHECKPOINT_TABLE) };
     let feed = CdcFeed::open(cql.session(), cql.keyspace(), &cfg.store.cql.cdc, spec).await?;
     status.send_modify(|s| {
         s.running = true;

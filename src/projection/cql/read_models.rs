@@ -189,7 +189,10 @@ impl ReadModelStore for CqlStore {
         }
         // The projection's CDC progress (its lease, in the static columns, stays).
         session
-            .query_unpaged(format!("DELETE FROM {ks}.relay_leases WHERE name = ? AND stream_id >= 0x"), (PROJECTION_CONSUMER,))
+            .query_unpaged(
+                format!("DELETE FROM {ks}.relay_leases WHERE name = ? AND stream_id >= 0x"),
+                (PROJECTION_CONSUMER,),
+            )
             .await
             .map_err(|e| unavailable(format!("delete the CDC progress of {PROJECTION_CONSUMER}: {e}")))?;
         // Progress of the former scylla-cdc table would be taken over again.

@@ -123,7 +123,11 @@ mod tests {
     }
 
     fn meta(stream: u8, t: u128, seq: i32, end: bool) -> RowMeta {
-        RowMeta { key: BatchKey { stream: StreamKey(vec![stream; 16]), time: time(t) }, batch_seq_no: seq, end_of_batch: end }
+        RowMeta {
+            key: BatchKey { stream: StreamKey(vec![stream; 16]), time: time(t) },
+            batch_seq_no: seq,
+            end_of_batch: end,
+        }
     }
 
     #[test]
@@ -135,7 +139,10 @@ mod tests {
         assert!(b.push(meta(1, 1, 2, false), Some(1), "e1").is_empty());
         assert_eq!(b.pending(), Some(&meta(1, 1, 0, false).key));
         let out = b.push(meta(1, 1, 3, true), Some(2), "e2");
-        assert_eq!(out, vec![Released { key: meta(1, 1, 0, true).key, rows: vec!["version", "e1", "e2", "e3"], complete: true }]);
+        assert_eq!(
+            out,
+            vec![Released { key: meta(1, 1, 0, true).key, rows: vec!["version", "e1", "e2", "e3"], complete: true }]
+        );
         assert_eq!(b.pending(), None);
     }
 
@@ -171,9 +178,20 @@ mod tests {
     fn metadata_comes_from_real_cdc_rows() {
         let stream = vec![7u8; 16];
         let t = time(42);
-        let m = cdc_row(OperationType::RowUpdate, &stream, t, 0, false, static_row_columns(Uuid::nil(), 5), |r| RowMeta::of(r));
-        assert_eq!(m, RowMeta { key: BatchKey { stream: StreamKey(stream.clone()), time: t }, batch_seq_no: 0, end_of_batch: false });
-        let m = cdc_row(OperationType::RowInsert, &stream, t, 4, true, static_row_columns(Uuid::nil(), 5), |r| RowMeta::of(r));
+        let m = cdc_row(OperationType::RowUpdate, &stream, t, 0, false, static_row_columns(Uuid::nil(), 5), |r| {
+            RowMeta::of(r)
+        });
+        assert_eq!(
+            m,
+            RowMeta {
+                key: BatchKey { stream: StreamKey(stream.clone()), time: t },
+                batch_seq_no: 0,
+                end_of_batch: false
+            }
+        );
+        let m = cdc_row(OperationType::RowInsert, &stream, t, 4, true, static_row_columns(Uuid::nil(), 5), |r| {
+            RowMeta::of(r)
+        });
         assert_eq!((m.batch_seq_no, m.end_of_batch), (4, true));
     }
 

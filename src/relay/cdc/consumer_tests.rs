@@ -5,7 +5,9 @@
 
 use super::*;
 use crate::relay::cdc::progress::StreamKey;
-use crate::relay::cdc::testkit::{cdc_row_parts, event_row_columns, live_store, set_epoch, static_row_columns, timeuuid_at};
+use crate::relay::cdc::testkit::{
+    cdc_row_parts, event_row_columns, live_store, set_epoch, static_row_columns, timeuuid_at,
+};
 use crate::shutdown::Trigger;
 use scylla::value::CqlValue;
 use scylla_cdc::consumer::OperationType;
@@ -78,16 +80,30 @@ async fn consumer(sink: Arc<Recorder>, saver: Option<Arc<LeaseCheckpointSaver>>)
 const STREAM: [u8; 16] = [7; 16];
 
 /// The N + 1 rows of one N-event append, as Scylla writes them.
-fn append_rows(events: &[EventEnvelope], time: Uuid, seq_of: impl Fn(usize) -> i32) -> Vec<(scylla_cdc::consumer::CDCRowSchema, scylla::value::Row)> {
+fn append_rows(
+    events: &[EventEnvelope],
+    time: Uuid,
+    seq_of: impl Fn(usize) -> i32,
+) -> Vec<(scylla_cdc::consumer::CDCRowSchema, scylla::value::Row)> {
     let n = events.len();
-    let mut rows = vec![cdc_row_parts(OperationType::RowUpdate, &STREAM, time, 0, false, static_row_columns(events[0].aggregate_id, n as i64))];
+    let mut rows = vec![cdc_row_parts(
+        OperationType::RowUpdate,
+        &STREAM,
+        time,
+        0,
+        false,
+        static_row_columns(events[0].aggregate_id, n as i64),
+    )];
     for (i, e) in events.iter().enumerate() {
         rows.push(cdc_row_parts(OperationType::RowInsert, &STREAM, time, seq_of(i), i + 1 == n, event_row_columns(e)));
     }
     rows
 }
 
-async fn feed(rig: &mut Rig, rows: Vec<(scylla_cdc::consumer::CDCRowSchema, scylla::value::Row)>) -> anyhow::Result<()> {
+async fn feed(
+    rig: &mut Rig,
+    rows: Vec<(scylla_cdc::consumer::CDCRowSchema, scylla::value::Row)>,
+) -> anyhow::Result<()> {
     for (schema, row) in rows {
         rig.consumer.consume_cdc(CDCRow::from_row(row, &schema)).await?;
     }
@@ -109,7 +125,11 @@ async fn an_append_is_handled_after_its_end_of_batch_row_in_sequence_order() {
     assert_eq!(sink.sequences(), vec![1, 2, 3]);
     let positions: Vec<RowPosition> = sink.events.lock().unwrap().iter().map(|(_, p)| p.clone().unwrap()).collect();
     assert!(positions.iter().all(|p| p.stream == StreamKey(STREAM.to_vec()) && p.time == t && p.generation.is_none()));
-    assert_eq!(positions.iter().map(|p| p.batch_seq_no).collect::<Vec<_>>(), vec![3, 2, 1], "each event keeps its row's position");
+    assert_eq!(
+        positions.iter().map(|p| p.batch_seq_no).collect::<Vec<_>>(),
+        vec![3, 2, 1],
+        "each event keeps its row's position"
+    );
 }
 
 #[tokio::test]
@@ -175,7 +195,10 @@ async fn a_buffered_batch_holds_its_stream_and_a_fenced_saver_stops_the_consumer
     let Some(store) = live_store("CDC consumer with its saver").await else { return };
     let (session, ks) = (store.session(), store.keyspace().to_string());
     set_epoch(&session, &ks, "kafka-relay", None, 1).await;
-    let saver = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", Some(1), Duration::from_secs(86_400), None).await.unwrap();
+    let saver =
+        LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", Some(1), Duration::from_secs(86_400), None)
+            .await
+            .unwrap();
     saver.start_generation(1_000).await.unwrap();
     let stream = StreamKey(STREAM.to_vec());
     saver.record(&stream, 500).unwrap();

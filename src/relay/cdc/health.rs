@@ -40,7 +40,12 @@ pub fn ttl_health(oldest_unpublished_age: Option<Duration>, ttl: Duration) -> (V
         return (Verdict::Healthy, format!("CDC progress not known yet; CDC log TTL {}", human(ttl)));
     };
     let share = if ttl.is_zero() { 0.0 } else { age.as_secs_f64() / ttl.as_secs_f64() };
-    let detail = format!("oldest unpublished CDC change is {} old, {:.0}% of the CDC log TTL ({})", human(age), share * 100.0, human(ttl));
+    let detail = format!(
+        "oldest unpublished CDC change is {} old, {:.0}% of the CDC log TTL ({})",
+        human(age),
+        share * 100.0,
+        human(ttl)
+    );
     let verdict = if share >= 0.8 {
         Verdict::Unhealthy
     } else if share >= 0.5 {
@@ -87,7 +92,10 @@ mod tests {
         // Scales with the TTL.
         assert_eq!(ttl_health(Some(Duration::from_secs(1_800)), Duration::from_secs(3_600)).0, Verdict::Degraded);
         let (_, d) = ttl_health(Some(Duration::from_secs(70_000)), DAY);
-        assert!(d.contains("19h26m") && d.contains("81%") && d.contains("24h00m") && d.contains("dropped unpublished"), "{d}");
+        assert!(
+            d.contains("19h26m") && d.contains("81%") && d.contains("24h00m") && d.contains("dropped unpublished"),
+            "{d}"
+        );
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl StreamKey {
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.strip_prefix("0x").unwrap_or(s);
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
@@ -171,7 +171,8 @@ impl ProgressState {
 
     /// The stream times not yet in the table: `(stream, time)`, ordered by stream.
     pub fn dirty(&self) -> Vec<(StreamKey, i64)> {
-        let mut out: Vec<_> = self.streams.iter().filter(|(_, e)| e.time > e.saved).map(|(k, e)| (k.clone(), e.time)).collect();
+        let mut out: Vec<_> =
+            self.streams.iter().filter(|(_, e)| e.time > e.saved).map(|(k, e)| (k.clone(), e.time)).collect();
         out.sort();
         out
     }
@@ -236,7 +237,9 @@ mod tests {
         run1.admit(&k(1), 6_000);
         let saved = run1.dirty();
         run1.mark_saved(&saved);
-        let table: Vec<SavedRow> = std::iter::once(row(StreamKey(vec![]), 100, None)).chain(saved.iter().map(|(s, t)| row(s.clone(), 100, Some(*t)))).collect();
+        let table: Vec<SavedRow> = std::iter::once(row(StreamKey(vec![]), 100, None))
+            .chain(saved.iter().map(|(s, t)| row(s.clone(), 100, Some(*t))))
+            .collect();
         let mut run2 = ProgressState::from_rows(table);
         assert!(!run2.admit(&k(1), 1_000));
         assert_eq!(run2.loaded(&k(1)), Some(6_000));

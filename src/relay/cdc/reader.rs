@@ -64,13 +64,26 @@ pub struct CdcFeed {
 }
 
 impl CdcFeed {
-    pub async fn open(session: Arc<Session>, keyspace: &str, cfg: &CdcConfig, spec: FeedSpec<'_>) -> Result<CdcFeed, CdcError> {
+    pub async fn open(
+        session: Arc<Session>,
+        keyspace: &str,
+        cfg: &CdcConfig,
+        spec: FeedSpec<'_>,
+    ) -> Result<CdcFeed, CdcError> {
         let keyspace = keyspace.to_ascii_lowercase();
         if !cdc_log_exists(&session, &keyspace).await? {
             return Err(CdcError::Unavailable { keyspace });
         }
         let row_ttl = progress_row_ttl(cfg.log_ttl());
-        let saver = LeaseCheckpointSaver::open(session.clone(), &keyspace, spec.consumer, spec.epoch, row_ttl, spec.legacy_table).await?;
+        let saver = LeaseCheckpointSaver::open(
+            session.clone(),
+            &keyspace,
+            spec.consumer,
+            spec.epoch,
+            row_ttl,
+            spec.legacy_table,
+        )
+        .await?;
         Ok(CdcFeed { session, settings: runner_settings(&keyspace, cfg), saver })
     }
 
@@ -105,7 +118,10 @@ mod tests {
         let Some(store) = super::super::testkit::live_store("CDC feed on Cassandra").await else { return };
         assert!(!store.is_scylla() && !store.cdc_enabled());
         let spec = FeedSpec { consumer: "kafka-relay", epoch: None, legacy_table: None };
-        let err = CdcFeed::open(store.session(), store.keyspace(), &CdcConfig::default(), spec).await.err().expect("no CDC log");
+        let err = CdcFeed::open(store.session(), store.keyspace(), &CdcConfig::default(), spec)
+            .await
+            .err()
+            .expect("no CDC log");
         assert!(matches!(err, CdcError::Unavailable { .. }), "{err:?}");
         let want = format!("CDC feed needs ScyllaDB with cdc enabled on {}.event_store", store.keyspace());
         assert!(err.to_string().contains(&want), "{err}");

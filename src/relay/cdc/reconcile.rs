@@ -174,7 +174,12 @@ mod tests {
     }
 
     fn pending(a: u128, seq: i64, at: i64) -> PendingAppend {
-        PendingAppend { aggregate_id: agg(a), sequence: seq, event_id: Uuid::from_u128(a * 1_000 + seq as u128), resolved_at_ms: at }
+        PendingAppend {
+            aggregate_id: agg(a),
+            sequence: seq,
+            event_id: Uuid::from_u128(a * 1_000 + seq as u128),
+            resolved_at_ms: at,
+        }
     }
 
     #[test]

@@ -24,11 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
 
-use super::{CdcError, EnvelopeSink};
 use super::reconcile::{PendingAppend, Plan, ReconcileState};
-use crate::store::cql::reconcile::ReconcileTable;
+use super::{CdcError, EnvelopeSink};
 use crate::envelope::EventEnvelope;
 use crate::shutdown::Shutdown;
+use crate::store::cql::reconcile::ReconcileTable;
 use crate::store::{DynStore, StoreError};
 
 const STRIPES: usize = 256;
@@ -57,7 +57,14 @@ pub struct ReconcilingSink<S: EnvelopeSink> {
 impl<S: EnvelopeSink> ReconcilingSink<S> {
     /// `bound`: age after which a pending row is published by the
     /// reconciler; `capacity`: aggregates whose last published sequence is kept.
-    pub fn new(inner: Arc<S>, store: DynStore, table: ReconcileTable, bound: Duration, capacity: usize, gauge: Option<IntGauge>) -> Arc<Self> {
+    pub fn new(
+        inner: Arc<S>,
+        store: DynStore,
+        table: ReconcileTable,
+        bound: Duration,
+        capacity: usize,
+        gauge: Option<IntGauge>,
+    ) -> Arc<Self> {
         Arc::new(ReconcilingSink {
             inner,
             store,
@@ -72,7 +79,8 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
     /// Pending rows and the age of the oldest (for `reconcile_health`).
     pub fn pending(&self) -> (usize, Option<Duration>) {
         let s = self.state.lock().unwrap();
-        let age = s.oldest_resolved_at_ms().map(|t| Duration::from_millis((Utc::now().timestamp_millis() - t).max(0) as u64));
+        let age =
+            s.oldest_resolved_at_ms().map(|t| Duration::from_millis((Utc::now().timestamp_millis() - t).max(0) as u64));
         (s.pending_len(), age)
     }
 
@@ -86,7 +94,12 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         }
     }
 
-    async fn load_after(&self, aggregate: Uuid, after: i64, shutdown: &mut Shutdown) -> Result<Vec<EventEnvelope>, CdcError> {
+    async fn load_after(
+        &self,
+        aggregate: Uuid,
+        after: i64,
+        shutdown: &mut Shutdown,
+    ) -> Result<Vec<EventEnvelope>, CdcError> {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.store.load_after(aggregate, after).await {
@@ -109,7 +122,9 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
             match self.table.confirm(aggregate, sequence).await {
                 Ok(()) => tracing::info!(%aggregate, sequence, "unknown-outcome append confirmed published"),
                 // The next refresh deletes it (it is remembered as published).
-                Err(e) => tracing::warn!(%aggregate, sequence, error = %e, "cannot delete a confirmed reconciliation row; retrying at the next refresh"),
+                Err(e) => {
+                    tracing::warn!(%aggregate, sequence, error = %e, "cannot delete a confirmed reconciliation row; retrying at the next refresh")
+                }
             }
             self.set_gauge();
         }
@@ -117,7 +132,13 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
 
     /// Publishes event `sequence` of `aggregate` (`env`, or loaded from the
     /// event table when `None`) after what must go before it.
-    pub async fn deliver_through(&self, aggregate: Uuid, sequence: i64, env: Option<EventEnvelope>, shutdown: &mut Shutdown) -> Result<Handled, CdcError> {
+    pub async fn deliver_through(
+        &self,
+        aggregate: Uuid,
+        sequence: i64,
+        env: Option<EventEnvelope>,
+        shutdown: &mut Shutdown,
+    ) -> Result<Handled, CdcError> {
         let _one = self.stripes[(aggregate.as_u128() % STRIPES as u128) as usize].lock().await;
         let plan = self.state.lock().unwrap().plan(aggregate, sequence);
         let fill = match plan {
@@ -167,7 +188,8 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
 
     /// Publishes every pending row older than the bound. Returns how many.
     pub async fn reconcile_overdue(&self, shutdown: &mut Shutdown) -> Result<usize, CdcError> {
-        let overdue: Vec<PendingAppend> = self.state.lock().unwrap().overdue(Utc::now().timestamp_millis(), self.bound.as_millis() as i64);
+        let overdue: Vec<PendingAppend> =
+            self.state.lock().unwrap().overdue(Utc::now().timestamp_millis(), self.bound.as_millis() as i64);
         let mut done = 0;
         for p in overdue {
             tracing::warn!(aggregate = %p.aggregate_id, sequence = p.sequence, event_id = %p.event_id, "unknown-outcome append not seen in the CDC log within the bound; publishing it from event_store");

@@ -59,7 +59,14 @@ async fn rig(what: &str) -> Option<Rig> {
     let recorder = Arc::new(Recorder::default());
     let gauge = IntGauge::new("cdc_unreconciled_appends", "test").unwrap();
     let sink_table = ReconcileTable::open(store.session(), store.keyspace()).await.unwrap();
-    let sink = ReconcilingSink::new(recorder.clone(), store.clone() as DynStore, sink_table, Duration::from_secs(120), 10_000, Some(gauge.clone()));
+    let sink = ReconcilingSink::new(
+        recorder.clone(),
+        store.clone() as DynStore,
+        sink_table,
+        Duration::from_secs(120),
+        10_000,
+        Some(gauge.clone()),
+    );
     let trigger = Trigger::new();
     let shutdown = trigger.subscribe();
     Some(Rig { store, table, sink, recorder, gauge, _trigger: trigger, shutdown })
@@ -120,7 +127,10 @@ async fn overdue_rows_are_published_by_the_reconciler_and_recent_ones_wait() {
     let (pending, age) = rig.sink.pending();
     assert_eq!(pending, 3);
     assert!(age.unwrap() >= Duration::from_secs(590));
-    assert_eq!(crate::relay::cdc::health::reconcile_health(pending, age, rig.sink.bound()).0, crate::relay::cdc::health::Verdict::Degraded);
+    assert_eq!(
+        crate::relay::cdc::health::reconcile_health(pending, age, rig.sink.bound()).0,
+        crate::relay::cdc::health::Verdict::Degraded
+    );
 
     assert_eq!(rig.sink.reconcile_overdue(&mut rig.shutdown).await.unwrap(), 2);
     assert_eq!(rig.recorder.of(b), vec![1, 2], "published from event_store, in order");

@@ -31,7 +31,8 @@ pub async fn run_relay_feed(
     shutdown: Shutdown,
 ) -> Result<(), CdcError> {
     let cdc = &cfg.store.cql.cdc;
-    let spec = FeedSpec { consumer: &cfg.relay.consumer_name, epoch, legacy_table: Some(LEGACY_RELAY_CHECKPOINT_TABLE) };
+    let spec =
+        FeedSpec { consumer: &cfg.relay.consumer_name, epoch, legacy_table: Some(LEGACY_RELAY_CHECKPOINT_TABLE) };
     let feed = CdcFeed::open(cql.session(), cql.keyspace(), cdc, spec).await?;
     let table = ReconcileTable::open(cql.session(), cql.keyspace()).await?;
     let sink = ReconcilingSink::new(

@@ -23,9 +23,9 @@ use scylla_cdc::log_reader::CDCLogReaderBuilder;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{CdcError, EVENT_TABLE};
 use super::saver::{run_flusher, Flushed, LeaseCheckpointSaver};
 use super::start::{read_plan, start_point, PlanInputs, ReadPlan, ReadSettings, StartFrom, StartInputs};
+use super::{CdcError, EVENT_TABLE};
 use crate::shutdown::{Shutdown, Trigger};
 use crate::store::cql::CDC_ORIGIN_CHECKPOINT;
 
@@ -118,7 +118,9 @@ pub async fn run_reader(
         if let Some(u) = until {
             builder = builder.end_timestamp(Duration::from_millis(u.max(0) as u64));
         }
-        let (mut reader, mut handle) = builder.build().await.map_err(|e| CdcError::Reader(format!("cannot start reading {}.{EVENT_TABLE}: {e:#}", settings.keyspace)))?;
+        let (mut reader, mut handle) = builder.build().await.map_err(|e| {
+            CdcError::Reader(format!("cannot start reading {}.{EVENT_TABLE}: {e:#}", settings.keyspace))
+        })?;
         let stop_flusher = Trigger::new();
         let flusher = tokio::spawn(run_flusher(saver.clone(), settings.checkpoint_interval, stop_flusher.subscribe()));
         let mut fenced = saver.fenced_watch();

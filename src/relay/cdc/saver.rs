@@ -124,9 +124,11 @@ async fn read_legacy_progress(session: &Session, keyspace: &str, table: &str) ->
 fn lwt_epoch(res: QueryResult) -> Result<(bool, Option<i64>), StoreError> {
     let codec = |e: &dyn std::fmt::Display| StoreError::Codec(format!("conditional progress write: {e}"));
     let rows = res.into_rows_result().map_err(|e| codec(&e))?;
-    let applied_at = rows.column_specs().get_by_name("[applied]").map(|(i, _)| i).ok_or_else(|| codec(&"no [applied] column"))?;
+    let applied_at =
+        rows.column_specs().get_by_name("[applied]").map(|(i, _)| i).ok_or_else(|| codec(&"no [applied] column"))?;
     let epoch_at = rows.column_specs().get_by_name("epoch").map(|(i, _)| i);
-    let first = rows.rows::<Row>().map_err(|e| codec(&e))?.next().ok_or_else(|| codec(&"no row"))?.map_err(|e| codec(&e))?;
+    let first =
+        rows.rows::<Row>().map_err(|e| codec(&e))?.next().ok_or_else(|| codec(&"no row"))?.map_err(|e| codec(&e))?;
     let applied = matches!(first.columns.get(applied_at), Some(Some(CqlValue::Boolean(true))));
     let epoch = match epoch_at.and_then(|i| first.columns.get(i).cloned().flatten()) {
         Some(CqlValue::BigInt(e)) => Some(e),
@@ -154,16 +156,26 @@ impl LeaseCheckpointSaver {
             let session = session.clone();
             let table = table.clone();
             async move {
-                session.prepare(cql.as_str()).await.map_err(|e| unavailable(&format!("cannot prepare `{cql}` (run `outboxd schema` to create {table})"), e))
+                session.prepare(cql.as_str()).await.map_err(|e| {
+                    unavailable(&format!("cannot prepare `{cql}` (run `outboxd schema` to create {table})"), e)
+                })
             }
         };
         let stmts = Statements {
-            save: prepare(format!("UPDATE {table} USING TTL ? SET generation = ?, time = ? WHERE name = ? AND stream_id = ?{fence}")).await?,
-            save_generation: prepare(format!("UPDATE {table} USING TTL ? SET generation = ? WHERE name = ? AND stream_id = ?{fence}")).await?,
+            save: prepare(format!(
+                "UPDATE {table} USING TTL ? SET generation = ?, time = ? WHERE name = ? AND stream_id = ?{fence}"
+            ))
+            .await?,
+            save_generation: prepare(format!(
+                "UPDATE {table} USING TTL ? SET generation = ? WHERE name = ? AND stream_id = ?{fence}"
+            ))
+            .await?,
         };
         let rows = read_progress(&session, keyspace, name).await?;
         let state = match legacy_table {
-            Some(legacy) if rows.is_empty() => ProgressState::from_rows(read_legacy_progress(&session, keyspace, legacy).await).unsaved(),
+            Some(legacy) if rows.is_empty() => {
+                ProgressState::from_rows(read_legacy_progress(&session, keyspace, legacy).await).unsaved()
+            }
             _ => ProgressState::from_rows(rows),
         };
         let (fenced, _) = watch::channel(None);
@@ -218,7 +230,10 @@ impl LeaseCheckpointSaver {
     }
 
     /// The outcome of one write: `Some(Fenced)` when its condition was refused.
-    async fn write(&self, res: Result<QueryResult, scylla::errors::ExecutionError>) -> Result<Option<Flushed>, StoreError> {
+    async fn write(
+        &self,
+        res: Result<QueryResult, scylla::errors::ExecutionError>,
+    ) -> Result<Option<Flushed>, StoreError> {
         let res = res.map_err(|e| unavailable(&format!("save CDC progress of {} in {}", self.name, self.table), e))?;
         if self.epoch.is_none() {
             return Ok(None);
@@ -246,9 +261,13 @@ impl LeaseCheckpointSaver {
             for _ in chunk {
                 batch.append_statement(self.stmts.save.clone());
             }
-            let rows = chunk.iter().map(|(stream, time)| (self.row_ttl_secs, generation, CqlTimestamp(*time), self.name.as_str(), stream.0.as_slice()));
+            let rows = chunk.iter().map(|(stream, time)| {
+                (self.row_ttl_secs, generation, CqlTimestamp(*time), self.name.as_str(), stream.0.as_slice())
+            });
             let res = match self.epoch {
-                Some(e) => self.session.batch(&batch, rows.map(|r| (r.0, r.1, r.2, r.3, r.4, e)).collect::<Vec<_>>()).await,
+                Some(e) => {
+                    self.session.batch(&batch, rows.map(|r| (r.0, r.1, r.2, r.3, r.4, e)).collect::<Vec<_>>()).await
+                }
                 None => self.session.batch(&batch, rows.collect::<Vec<_>>()).await,
             };
             if let Some(f) = self.write(res).await? {
@@ -269,8 +288,22 @@ impl LeaseCheckpointSaver {
         let Some(g) = self.state.lock().unwrap().generation_dirty() else { return Ok(Flushed::Saved(0)) };
         let empty: &[u8] = &[];
         let res = match self.epoch {
-            Some(e) => self.session.execute_unpaged(&self.stmts.save_generation, (self.row_ttl_secs, CqlTimestamp(g), self.name.as_str(), empty, e)).await,
-            None => self.session.execute_unpaged(&self.stmts.save_generation, (self.row_ttl_secs, CqlTimestamp(g), self.name.as_str(), empty)).await,
+            Some(e) => {
+                self.session
+                    .execute_unpaged(
+                        &self.stmts.save_generation,
+                        (self.row_ttl_secs, CqlTimestamp(g), self.name.as_str(), empty, e),
+                    )
+                    .await
+            }
+            None => {
+                self.session
+                    .execute_unpaged(
+                        &self.stmts.save_generation,
+                        (self.row_ttl_secs, CqlTimestamp(g), self.name.as_str(), empty),
+                    )
+                    .await
+            }
         };
         if let Some(f) = self.write(res).await? {
             return Ok(f);
@@ -281,7 +314,9 @@ impl LeaseCheckpointSaver {
 }
 
 fn fenced_error(name: &str, current: Option<i64>) -> anyhow::Error {
-    anyhow::anyhow!("CDC progress of {name} is fenced: the lease epoch is now {current:?} (another instance holds the lease)")
+    anyhow::anyhow!(
+        "CDC progress of {name} is fenced: the lease epoch is now {current:?} (another instance holds the lease)"
+    )
 }
 
 impl LeaseCheckpointSaver {
@@ -343,7 +378,12 @@ impl CDCCheckpointSaver for LeaseCheckpointSaver {
     }
 
     async fn load_last_checkpoint(&self, stream_id: &StreamID) -> anyhow::Result<Option<Duration>> {
-        Ok(self.state.lock().unwrap().loaded(&StreamKey::of(stream_id)).map(|ms| Duration::from_millis(ms.max(0) as u64)))
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .loaded(&StreamKey::of(stream_id))
+            .map(|ms| Duration::from_millis(ms.max(0) as u64)))
     }
 }
 
@@ -356,7 +396,9 @@ pub async fn run_flusher(saver: Arc<LeaseCheckpointSaver>, every: Duration, mut 
         match saver.flush().await {
             Ok(f @ Flushed::Fenced { .. }) => return f,
             Ok(f) => last = f,
-            Err(e) => tracing::warn!(consumer = %saver.name(), error = %e, "saving CDC progress failed; retrying at the next checkpoint interval"),
+            Err(e) => {
+                tracing::warn!(consumer = %saver.name(), error = %e, "saving CDC progress failed; retrying at the next checkpoint interval")
+            }
         }
         if !more {
             return last;

@@ -48,7 +48,12 @@ async fn load_then_an_older_save_leaves_the_progress_unchanged() {
     assert_eq!(s2.flush().await.unwrap(), Flushed::Saved(1));
     assert_eq!(table_time(&s2, &ks, &stream(1)).await, Some(60_000));
     // The row carries the generation the saver knows, not scylla-cdc's start bound.
-    let row = read_progress(&session, &ks, "kafka-relay").await.unwrap().into_iter().find(|r| r.stream == StreamKey::of(&stream(1)).0).unwrap();
+    let row = read_progress(&session, &ks, "kafka-relay")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.stream == StreamKey::of(&stream(1)).0)
+        .unwrap();
     assert_eq!(row.generation, Some(1_000));
 }
 
@@ -172,7 +177,10 @@ async fn the_flusher_saves_periodically_and_once_more_on_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_table_names_outboxd_schema() {
     let Some(store) = live_store("CDC saver: missing table").await else { return };
-    let err = LeaseCheckpointSaver::open(store.session(), "no_such_keyspace_x", "kafka-relay", None, DAY, None).await.err().expect("no table");
+    let err = LeaseCheckpointSaver::open(store.session(), "no_such_keyspace_x", "kafka-relay", None, DAY, None)
+        .await
+        .err()
+        .expect("no table");
     assert!(err.to_string().contains("outboxd schema"), "{err}");
 }
 
@@ -184,13 +192,20 @@ async fn progress_of_the_former_library_table_is_taken_over_once() {
     let Some(store) = live_store("CDC saver: legacy progress").await else { return };
     let (session, ks) = (store.session(), store.keyspace().to_string());
     session
-        .query_unpaged(format!("CREATE TABLE {ks}.cdc_checkpoints (stream_id blob PRIMARY KEY, generation timestamp, time timestamp)"), ())
+        .query_unpaged(
+            format!(
+                "CREATE TABLE {ks}.cdc_checkpoints (stream_id blob PRIMARY KEY, generation timestamp, time timestamp)"
+            ),
+            (),
+        )
         .await
         .unwrap();
     let ins = format!("INSERT INTO {ks}.cdc_checkpoints (stream_id, generation, time) VALUES (?, ?, ?)");
     session.query_unpaged(ins.clone(), (vec![0u8], CqlTimestamp(700), CqlTimestamp(i64::MAX))).await.unwrap();
     session.query_unpaged(ins, (vec![1u8; 16], CqlTimestamp(1), CqlTimestamp(42_000))).await.unwrap();
-    let s = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, Some("cdc_checkpoints")).await.unwrap();
+    let s = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, Some("cdc_checkpoints"))
+        .await
+        .unwrap();
     assert_eq!(s.load_last_generation().await.unwrap().map(|g| generation_ms(&g)), Some(700));
     assert_eq!(s.load_last_checkpoint(&stream(1)).await.unwrap(), Some(Duration::from_millis(42_000)));
     // Written to the lease partition with the first real progress; from
@@ -200,8 +215,14 @@ async fn progress_of_the_former_library_table_is_taken_over_once() {
     s.flush().await.unwrap();
     assert_eq!(table_time(&s, &ks, &stream(1)).await, Some(43_000));
     let rows = read_progress(&session, &ks, "kafka-relay").await.unwrap();
-    assert_eq!(rows.iter().find(|r| r.stream.is_empty()).and_then(|r| r.generation), Some(700), "generation row written");
+    assert_eq!(
+        rows.iter().find(|r| r.stream.is_empty()).and_then(|r| r.generation),
+        Some(700),
+        "generation row written"
+    );
     // A missing former table is no error.
-    let other = LeaseCheckpointSaver::open(session.clone(), &ks, "projections", None, DAY, Some("no_such_table")).await.unwrap();
+    let other = LeaseCheckpointSaver::open(session.clone(), &ks, "projections", None, DAY, Some("no_such_table"))
+        .await
+        .unwrap();
     assert!(other.progress().is_empty());
 }

@@ -65,7 +65,9 @@ pub struct StartInputs {
 pub fn start_point(i: StartInputs) -> StartPoint {
     let floor = i.now_ms.saturating_sub(ms(i.log_ttl)).saturating_sub(ms(i.skew));
     match (i.saved_ms, i.origin_ms) {
-        (Some(saved), _) if saved >= floor => StartPoint { start_ms: saved, from: StartFrom::Saved, lost_after_ms: None },
+        (Some(saved), _) if saved >= floor => {
+            StartPoint { start_ms: saved, from: StartFrom::Saved, lost_after_ms: None }
+        }
         (Some(saved), _) => StartPoint { start_ms: floor, from: StartFrom::SavedBeyondTtl, lost_after_ms: Some(saved) },
         (None, Some(origin)) if origin.saturating_sub(ms(i.skew)) > floor => {
             StartPoint { start_ms: origin.saturating_sub(ms(i.skew)), from: StartFrom::Origin, lost_after_ms: None }
@@ -131,7 +133,13 @@ pub struct IdleCost {
 impl IdleCost {
     /// `groups` vnode groups (stream readers), `streams` CDC streams, the
     /// sleep interval, the checkpoint interval and the CDC query latency.
-    pub fn estimate(groups: u32, streams: u32, sleep: Duration, checkpoint_interval: Duration, query_latency: Duration) -> IdleCost {
+    pub fn estimate(
+        groups: u32,
+        streams: u32,
+        sleep: Duration,
+        checkpoint_interval: Duration,
+        query_latency: Duration,
+    ) -> IdleCost {
         let cycle = (sleep + query_latency).as_secs_f64().max(1e-3);
         let every = checkpoint_interval.as_secs_f64().max(1e-3);
         IdleCost {
@@ -186,7 +194,10 @@ mod tests {
     #[test]
     fn saved_progress_beyond_the_ttl_starts_at_the_floor_and_reports_the_gap() {
         let p = start_point(inputs(Some(50 * H), Some(40 * H)));
-        assert_eq!(p, StartPoint { start_ms: 76 * H - 60_000, from: StartFrom::SavedBeyondTtl, lost_after_ms: Some(50 * H) });
+        assert_eq!(
+            p,
+            StartPoint { start_ms: 76 * H - 60_000, from: StartFrom::SavedBeyondTtl, lost_after_ms: Some(50 * H) }
+        );
         // Inside the floor by the skew allowance: still saved.
         let p = start_point(inputs(Some(76 * H - 30_000), None));
         assert_eq!(p.from, StartFrom::Saved);
@@ -234,9 +245,11 @@ mod tests {
     #[test]
     fn documented_catch_up_and_idle_figures() {
         let q = Duration::from_millis(10);
-        let library = catch_up_time(DAY, ReadSettings { window: Duration::from_secs(30), sleep: Duration::from_secs(1) }, q);
+        let library =
+            catch_up_time(DAY, ReadSettings { window: Duration::from_secs(30), sleep: Duration::from_secs(1) }, q);
         assert_eq!(library.as_secs(), 2_908, "24 h with 30 s windows and 1 s sleeps: 2 880 windows, ~48 min");
-        let ours = catch_up_time(DAY, ReadSettings { window: Duration::from_secs(300), sleep: Duration::from_millis(100) }, q);
+        let ours =
+            catch_up_time(DAY, ReadSettings { window: Duration::from_secs(300), sleep: Duration::from_millis(100) }, q);
         assert_eq!(ours.as_secs(), 31, "24 h with 5 min windows and 100 ms sleeps: 288 windows, ~32 s of reading");
 
         // A small node: 256 vnodes, 2 shards (512 streams), 1 s sleep, 5 s checkpoints.
@@ -249,6 +262,9 @@ mod tests {
         let c = IdleCost::estimate(256, 512, Duration::from_secs(5), Duration::from_secs(30), q);
         assert_eq!(c.log_reads_per_s.round(), 51.0);
         assert_eq!(c.checkpoint_writes_per_s, 8.0 / 30.0);
-        assert_eq!(IdleCost::estimate(1, 65, Duration::from_secs(1), Duration::from_secs(1), q).checkpoint_writes_per_s, 2.0);
+        assert_eq!(
+            IdleCost::estimate(1, 65, Duration::from_secs(1), Duration::from_secs(1), q).checkpoint_writes_per_s,
+            2.0
+        );
     }
 }

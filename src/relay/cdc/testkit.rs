@@ -15,7 +15,8 @@ use crate::store::EventStore;
 
 /// A migrated store in a fresh keyspace, or `None` (skip) without a server.
 pub async fn live_store(what: &str) -> Option<Arc<CqlStore>> {
-    let uri = std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).filter(|s| !s.is_empty());
+    let uri =
+        std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).filter(|s| !s.is_empty());
     let Some(uri) = uri else {
         eprintln!("SKIPPED: {what}: set CASSANDRA_URI (make test starts one) or SCYLLA_URI");
         return None;
@@ -30,8 +31,22 @@ pub async fn live_store(what: &str) -> Option<Arc<CqlStore>> {
 /// (what a takeover does; the lease code owns the real one).
 pub async fn set_epoch(session: &Session, keyspace: &str, name: &str, from: Option<i64>, to: i64) {
     let res = match from {
-        None => session.query_unpaged(format!("UPDATE {keyspace}.relay_leases SET epoch = ? WHERE name = ? IF epoch = null"), (to, name)).await,
-        Some(f) => session.query_unpaged(format!("UPDATE {keyspace}.relay_leases SET epoch = ? WHERE name = ? IF epoch = ?"), (to, name, f)).await,
+        None => {
+            session
+                .query_unpaged(
+                    format!("UPDATE {keyspace}.relay_leases SET epoch = ? WHERE name = ? IF epoch = null"),
+                    (to, name),
+                )
+                .await
+        }
+        Some(f) => {
+            session
+                .query_unpaged(
+                    format!("UPDATE {keyspace}.relay_leases SET epoch = ? WHERE name = ? IF epoch = ?"),
+                    (to, name, f),
+                )
+                .await
+        }
     };
     let rows = res.expect("set the lease epoch").into_rows_result().expect("LWT answer");
     let (applied,) = rows.first_row::<(bool,)>().expect("[applied] first");
@@ -43,7 +58,12 @@ pub async fn set_epoch(session: &Session, keyspace: &str, name: &str, from: Opti
 pub fn timeuuid_at(ms: i64, extra_100ns: u64) -> uuid::Uuid {
     let ts = (ms as u64) * 10_000 + extra_100ns + 0x01B2_1DD2_1381_4000;
     let hi = (((ts >> 48) & 0x0fff) as u16) | 0x1000;
-    uuid::Uuid::from_fields((ts & 0xffff_ffff) as u32, ((ts >> 32) & 0xffff) as u16, hi, &[0x80, 0x01, 2, 3, 4, 5, 6, 7])
+    uuid::Uuid::from_fields(
+        (ts & 0xffff_ffff) as u32,
+        ((ts >> 32) & 0xffff) as u16,
+        hi,
+        &[0x80, 0x01, 2, 3, 4, 5, 6, 7],
+    )
 }
 
 /// A base-table column of a CDC row: name, type, value.

@@ -100,7 +100,13 @@ impl CdcWatermarks {
 
 /// True when the row (`stream`, `generation`, `time`, `batch_seq_no`) is at
 /// or below the watermark, i.e. published in a committed transaction.
-pub fn already_published(watermarks: &CdcWatermarks, stream: &StreamKey, generation: i64, time: Uuid, batch_seq_no: i32) -> bool {
+pub fn already_published(
+    watermarks: &CdcWatermarks,
+    stream: &StreamKey,
+    generation: i64,
+    time: Uuid,
+    batch_seq_no: i32,
+) -> bool {
     if watermarks.newest_generation().is_some_and(|g| generation < g) {
         return true;
     }
@@ -179,7 +185,12 @@ mod tests {
         let mut w = CdcWatermarks::default();
         w.record(&s(0xab), 1_700_000_000_000, timeuuid_at(1_700_000_001_000, 3), 4);
         let j = w.to_json();
-        assert!(j.contains(&"ab".repeat(16)) && j.contains("\"generation\":1700000000000") && j.contains("\"batch_seq_no\":4"), "{j}");
+        assert!(
+            j.contains(&"ab".repeat(16))
+                && j.contains("\"generation\":1700000000000")
+                && j.contains("\"batch_seq_no\":4"),
+            "{j}"
+        );
         assert_eq!(CdcWatermarks::from_json(&j).unwrap(), w);
         assert!(CdcWatermarks::from_json("{not json").is_err());
     }

@@ -180,7 +180,11 @@ impl CqlStore {
             if attempt > 0 {
                 tokio::time::sleep(backoff(attempt + 2)).await;
             }
-            let table = match self.reconcile.get_or_try_init(|| ReconcileTable::open(self.session.clone(), &self.keyspace)).await {
+            let table = match self
+                .reconcile
+                .get_or_try_init(|| ReconcileTable::open(self.session.clone(), &self.keyspace))
+                .await
+            {
                 Ok(t) => t,
                 Err(e) => {
                     last = Some(e);

@@ -122,8 +122,14 @@ async fn cas_timeout_with_lost_reply_is_resolved_as_success() {
     // Both appends were resolved as applied after an unknown outcome: each
     // event is on record for the relay's reconciliation, with its event id.
     let table = crate::store::cql::reconcile::ReconcileTable::open(s.session(), s.keyspace()).await.unwrap();
-    let mut pending: Vec<(i64, Uuid)> =
-        table.list().await.unwrap().into_iter().filter(|p| p.aggregate_id == id).map(|p| (p.sequence, p.event_id)).collect();
+    let mut pending: Vec<(i64, Uuid)> = table
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.aggregate_id == id)
+        .map(|p| (p.sequence, p.event_id))
+        .collect();
     pending.sort();
     let want: Vec<(i64, Uuid)> = ev.iter().chain(&more).map(|e| (e.sequence, e.event_id)).collect();
     assert_eq!(pending, want);

@@ -47,7 +47,9 @@ pub fn options_drift(current: &BTreeMap<String, String>, ttl_secs: u64) -> Vec<S
     };
     wanted_options(ttl_secs)
         .into_iter()
-        .filter(|(k, want)| current.get(*k).map(|v| v.trim().to_ascii_lowercase()).unwrap_or_else(|| default(k)) != *want)
+        .filter(|(k, want)| {
+            current.get(*k).map(|v| v.trim().to_ascii_lowercase()).unwrap_or_else(|| default(k)) != *want
+        })
         .map(|(k, want)| format!("{k}: {} -> {want}", current.get(k).cloned().unwrap_or_else(|| default(k))))
         .collect()
 }
@@ -68,19 +70,35 @@ mod tests {
 
     #[test]
     fn options_clause_is_explicit() {
-        assert_eq!(cdc_options_cql(86_400), "{'enabled': true, 'delta': 'full', 'preimage': false, 'postimage': false, 'ttl': 86400}");
-        assert_eq!(cdc_options_cql(3_600), "{'enabled': true, 'delta': 'full', 'preimage': false, 'postimage': false, 'ttl': 3600}");
+        assert_eq!(
+            cdc_options_cql(86_400),
+            "{'enabled': true, 'delta': 'full', 'preimage': false, 'postimage': false, 'ttl': 86400}"
+        );
+        assert_eq!(
+            cdc_options_cql(3_600),
+            "{'enabled': true, 'delta': 'full', 'preimage': false, 'postimage': false, 'ttl': 3600}"
+        );
     }
 
     #[test]
     fn drift_names_each_differing_option() {
-        let m = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
-        let same = m(&[("enabled", "true"), ("delta", "full"), ("preimage", "false"), ("postimage", "false"), ("ttl", "86400")]);
+        let m =
+            |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+        let same = m(&[
+            ("enabled", "true"),
+            ("delta", "full"),
+            ("preimage", "false"),
+            ("postimage", "false"),
+            ("ttl", "86400"),
+        ]);
         assert!(options_drift(&same, 86_400).is_empty());
         // `{'enabled': true}` alone: the defaults are the wanted values.
         assert!(options_drift(&m(&[("enabled", "true")]), 86_400).is_empty());
         assert_eq!(options_drift(&m(&[("enabled", "true")]), 3_600), vec!["ttl: 86400 -> 3600"]);
-        assert_eq!(options_drift(&m(&[("enabled", "TRUE"), ("preimage", "true"), ("delta", "keys")]), 86_400), vec!["delta: keys -> full", "preimage: true -> false"]);
+        assert_eq!(
+            options_drift(&m(&[("enabled", "TRUE"), ("preimage", "true"), ("delta", "keys")]), 86_400),
+            vec!["delta: keys -> full", "preimage: true -> false"]
+        );
         assert_eq!(options_drift(&BTreeMap::new(), 86_400), vec!["enabled: false -> true"]);
     }
 

@@ -49,9 +49,9 @@
 pub mod append;
 pub mod cdc_options;
 pub mod connect;
+mod dlq;
 pub mod progress;
 pub mod reconcile;
-mod dlq;
 mod rows;
 pub mod schema;
 mod snapshot;

@@ -38,7 +38,8 @@ pub async fn read_progress(session: &Session, keyspace: &str, name: &str) -> Res
     ));
     st.set_page_size(5_000);
     st.set_is_idempotent(true);
-    let pager = session.query_iter(st, (name,)).await.map_err(|e| StoreError::Unavailable(format!("{}: {e}", what())))?;
+    let pager =
+        session.query_iter(st, (name,)).await.map_err(|e| StoreError::Unavailable(format!("{}: {e}", what())))?;
     let mut rows = pager
         .rows_stream::<(Option<Vec<u8>>, Option<CqlTimestamp>, Option<CqlTimestamp>)>()
         .map_err(|e| StoreError::Codec(e.to_string()))?;

@@ -49,35 +49,61 @@ impl ReconcileTable {
         let prepare = |cql: String| {
             let session = session.clone();
             let table = table.clone();
-            async move { session.prepare(cql.as_str()).await.map_err(|e| unavailable(&format!("cannot prepare `{cql}` (run `outboxd schema` to create {table})"), e)) }
+            async move {
+                session.prepare(cql.as_str()).await.map_err(|e| {
+                    unavailable(&format!("cannot prepare `{cql}` (run `outboxd schema` to create {table})"), e)
+                })
+            }
         };
-        let insert = prepare(format!("INSERT INTO {table} (aggregate_id, sequence_number, event_id, resolved_at) VALUES (?, ?, ?, ?)")).await?;
+        let insert = prepare(format!(
+            "INSERT INTO {table} (aggregate_id, sequence_number, event_id, resolved_at) VALUES (?, ?, ?, ?)"
+        ))
+        .await?;
         let mut delete = prepare(format!("DELETE FROM {table} WHERE aggregate_id = ? AND sequence_number = ?")).await?;
         delete.set_is_idempotent(true);
-        let mut list = prepare(format!("SELECT aggregate_id, sequence_number, event_id, resolved_at FROM {table}")).await?;
+        let mut list =
+            prepare(format!("SELECT aggregate_id, sequence_number, event_id, resolved_at FROM {table}")).await?;
         list.set_is_idempotent(true);
         list.set_page_size(1_000);
         Ok(ReconcileTable { session, table, insert, delete, list })
     }
 
     /// Records the events `(sequence, event_id)` of one append of `aggregate`.
-    pub async fn record(&self, aggregate: Uuid, events: &[(i64, Uuid)], resolved_at: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn record(
+        &self,
+        aggregate: Uuid,
+        events: &[(i64, Uuid)],
+        resolved_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let mut batch = Batch::new(BatchType::Unlogged);
+        // The record must land even under a tight configured request
+        // timeout: an append that was applied waits for it.
+        batch.set_request_timeout(Some(std::time::Duration::from_secs(10)));
         for _ in events {
             batch.append_statement(self.insert.clone());
         }
         let values: Vec<_> = events.iter().map(|(seq, id)| (aggregate, *seq, *id, resolved_at)).collect();
-        self.session.batch(&batch, values).await.map_err(|e| unavailable(&format!("record unknown-outcome append of {aggregate} in {}", self.table), e))?;
+        self.session
+            .batch(&batch, values)
+            .await
+            .map_err(|e| unavailable(&format!("record unknown-outcome append of {aggregate} in {}", self.table), e))?;
         Ok(())
     }
 
     /// Every pending row (the table is small: rows live until published).
     pub async fn list(&self) -> Result<Vec<PendingAppend>, StoreError> {
-        let pager = self.session.execute_iter(self.list.clone(), ()).await.map_err(|e| unavailable(&format!("list {}", self.table), e))?;
-        let mut rows = pager.rows_stream::<(Uuid, i64, Option<Uuid>, Option<DateTime<Utc>>)>().map_err(|e| StoreError::Codec(e.to_string()))?;
+        let pager = self
+            .session
+            .execute_iter(self.list.clone(), ())
+            .await
+            .map_err(|e| unavailable(&format!("list {}", self.table), e))?;
+        let mut rows = pager
+            .rows_stream::<(Uuid, i64, Option<Uuid>, Option<DateTime<Utc>>)>()
+            .map_err(|e| StoreError::Codec(e.to_string()))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next().await {
-            let (aggregate_id, sequence, event_id, resolved_at) = r.map_err(|e| unavailable(&format!("list {}", self.table), e))?;
+            let (aggregate_id, sequence, event_id, resolved_at) =
+                r.map_err(|e| unavailable(&format!("list {}", self.table), e))?;
             out.push(PendingAppend {
                 aggregate_id,
                 sequence,

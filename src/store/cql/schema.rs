@@ -194,10 +194,9 @@ impl CqlStore {
     async fn cdc_options_drift(&self) -> Vec<String> {
         let q = "SELECT cdc FROM system_schema.scylla_tables WHERE keyspace_name = ? AND table_name = 'event_store'";
         let current = match self.session.query_unpaged(q, (&self.keyspace,)).await {
-            Ok(res) => res
-                .into_rows_result()
-                .ok()
-                .and_then(|r| r.maybe_first_row::<(Option<std::collections::BTreeMap<String, String>>,)>().ok().flatten()),
+            Ok(res) => res.into_rows_result().ok().and_then(|r| {
+                r.maybe_first_row::<(Option<std::collections::BTreeMap<String, String>>,)>().ok().flatten()
+            }),
             Err(_) => None,
         };
         match current {
