@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
 
+use super::consumer::{RowPosition, UndecodableRow};
 use super::reconcile::{PendingAppend, Plan, ReconcileState};
 use super::{CdcError, EnvelopeSink};
 use crate::envelope::EventEnvelope;
@@ -130,13 +131,15 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         }
     }
 
-    /// Publishes event `sequence` of `aggregate` (`env`, or loaded from the
-    /// event table when `None`) after what must go before it.
+    /// Publishes event `sequence` of `aggregate` (`env`, with the log row it
+    /// came from if any, or loaded from the event table when `None`) after
+    /// what must go before it.
     pub async fn deliver_through(
         &self,
         aggregate: Uuid,
         sequence: i64,
         env: Option<EventEnvelope>,
+        at: Option<&RowPosition>,
         shutdown: &mut Shutdown,
     ) -> Result<Handled, CdcError> {
         let _one = self.stripes[(aggregate.as_u128() % STRIPES as u128) as usize].lock().await;
@@ -165,7 +168,10 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
             tracing::error!(%aggregate, sequence, "reconciliation row names an event that is not in event_store; keeping the row");
             return Ok(Handled::Missing);
         };
-        self.inner.handle(env, shutdown).await?;
+        match at {
+            Some(at) => self.inner.handle_row(env, at, shutdown).await?,
+            None => self.inner.handle(env, shutdown).await?,
+        }
         self.published(aggregate, sequence).await;
         Ok(Handled::Delivered { filled: fill.len() })
     }
@@ -193,7 +199,9 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         let mut done = 0;
         for p in overdue {
             tracing::warn!(aggregate = %p.aggregate_id, sequence = p.sequence, event_id = %p.event_id, "unknown-outcome append not seen in the CDC log within the bound; publishing it from event_store");
-            if let Handled::Delivered { .. } = self.deliver_through(p.aggregate_id, p.sequence, None, shutdown).await? {
+            if let Handled::Delivered { .. } =
+                self.deliver_through(p.aggregate_id, p.sequence, None, None, shutdown).await?
+            {
                 done += 1;
             }
         }
@@ -204,7 +212,15 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
 #[async_trait]
 impl<S: EnvelopeSink> EnvelopeSink for ReconcilingSink<S> {
     async fn handle(&self, env: EventEnvelope, shutdown: &mut Shutdown) -> Result<(), CdcError> {
-        self.deliver_through(env.aggregate_id, env.sequence, Some(env), shutdown).await.map(|_| ())
+        self.deliver_through(env.aggregate_id, env.sequence, Some(env), None, shutdown).await.map(|_| ())
+    }
+
+    async fn handle_row(&self, env: EventEnvelope, at: &RowPosition, shutdown: &mut Shutdown) -> Result<(), CdcError> {
+        self.deliver_through(env.aggregate_id, env.sequence, Some(env), Some(at), shutdown).await.map(|_| ())
+    }
+
+    async fn undecodable(&self, row: UndecodableRow, shutdown: &mut Shutdown) -> Result<(), CdcError> {
+        self.inner.undecodable(row, shutdown).await
     }
 }
 

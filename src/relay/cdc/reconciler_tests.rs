@@ -10,13 +10,18 @@ use crate::store::EventStore;
 use std::sync::Mutex as StdMutex;
 
 #[derive(Default)]
-struct Recorder(StdMutex<Vec<(Uuid, i64)>>);
+struct Recorder(StdMutex<Vec<(Uuid, i64)>>, StdMutex<Vec<RowPosition>>);
 
 #[async_trait]
 impl EnvelopeSink for Recorder {
     async fn handle(&self, env: EventEnvelope, _: &mut Shutdown) -> Result<(), CdcError> {
         self.0.lock().unwrap().push((env.aggregate_id, env.sequence));
         Ok(())
+    }
+
+    async fn handle_row(&self, env: EventEnvelope, at: &RowPosition, s: &mut Shutdown) -> Result<(), CdcError> {
+        self.1.lock().unwrap().push(at.clone());
+        self.handle(env, s).await
     }
 }
 
@@ -90,13 +95,16 @@ async fn a_pending_append_is_published_before_the_next_event_and_confirmed() {
     assert_eq!(rig.sink.refresh().await.unwrap(), 1);
     assert_eq!(rig.gauge.get(), 1);
     // The reader sees event 3 only (fresh process: nothing published yet).
-    let out = rig.sink.deliver_through(a, 3, Some(ev[2].clone()), &mut rig.shutdown).await.unwrap();
+    let out = rig.sink.deliver_through(a, 3, Some(ev[2].clone()), None, &mut rig.shutdown).await.unwrap();
     assert_eq!(out, Handled::Delivered { filled: 1 });
     assert_eq!(rig.recorder.of(a), vec![2, 3], "2 before 3");
     assert!(rig.table.list().await.unwrap().is_empty(), "the row of 2 is confirmed and deleted");
     assert_eq!(rig.gauge.get(), 0);
     // The late CDC row of 2 (or a re-read window) is not sent again.
-    assert_eq!(rig.sink.deliver_through(a, 2, Some(ev[1].clone()), &mut rig.shutdown).await.unwrap(), Handled::Skipped);
+    assert_eq!(
+        rig.sink.deliver_through(a, 2, Some(ev[1].clone()), None, &mut rig.shutdown).await.unwrap(),
+        Handled::Skipped
+    );
     assert_eq!(rig.recorder.of(a), vec![2, 3]);
 }
 
@@ -140,7 +148,10 @@ async fn overdue_rows_are_published_by_the_reconciler_and_recent_ones_wait() {
     assert_eq!(rig.gauge.get(), 1);
 
     // Its CDC row arrives later: not sent twice.
-    assert_eq!(rig.sink.deliver_through(b, 2, Some(eb[1].clone()), &mut rig.shutdown).await.unwrap(), Handled::Skipped);
+    assert_eq!(
+        rig.sink.deliver_through(b, 2, Some(eb[1].clone()), None, &mut rig.shutdown).await.unwrap(),
+        Handled::Skipped
+    );
     assert_eq!(rig.recorder.of(b), vec![1, 2]);
 }
 
@@ -151,8 +162,19 @@ async fn a_gap_behind_the_last_published_event_is_filled_from_the_store() {
     let ev = append(&rig, a, 0, 4).await;
     rig.sink.handle(ev[0].clone(), &mut rig.shutdown).await.unwrap();
     // No reconciliation row (the writer died before resolving), rows 2, 3 late.
-    rig.sink.handle(ev[3].clone(), &mut rig.shutdown).await.unwrap();
+    let at = RowPosition {
+        stream: crate::relay::cdc::progress::StreamKey(vec![9; 16]),
+        generation: Some(7),
+        time: crate::relay::cdc::testkit::timeuuid_at(1_000, 0),
+        batch_seq_no: 1,
+    };
+    rig.sink.handle_row(ev[3].clone(), &at, &mut rig.shutdown).await.unwrap();
     assert_eq!(rig.recorder.of(a), vec![1, 2, 3, 4]);
+    assert_eq!(
+        rig.recorder.1.lock().unwrap().clone(),
+        vec![at],
+        "the row position reaches the delivery call; filled events have none"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
