@@ -13,8 +13,6 @@
 mod common;
 
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
-use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -43,17 +41,6 @@ fn secure() -> Option<Secure> {
     })
 }
 
-async fn session(uri: &str, user: &str, password: &str) -> Arc<Session> {
-    Arc::new(
-        SessionBuilder::new()
-            .known_node(uri)
-            .user(user, password)
-            .build()
-            .await
-            .unwrap_or_else(|e| panic!("connect to {uri} as {user}: {e}")),
-    )
-}
-
 async fn table_exists(admin: &Session, qualified: &str) -> bool {
     let (ks, t) = qualified.split_once('.').unwrap();
     let res = admin
@@ -74,7 +61,7 @@ fn unauthorized(e: &dyn std::fmt::Display) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
     let Some(sec) = secure() else { return };
-    let admin = session(&sec.uri, &sec.user, &sec.password).await;
+    let admin = common::cql_login(&sec.uri, &sec.user, &sec.password).await;
     let ks = format!("g_{}", Uuid::now_v7().simple());
     for stmt in schema_statements(&ks, 1, false, 86_400) {
         admin.query_unpaged(stmt, ()).await.expect("outboxd schema as the admin role");
@@ -107,7 +94,7 @@ async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
         .await
         .unwrap();
 
-    let relay = session(&sec.uri, &role, "relay-pw").await;
+    let relay = common::cql_login(&sec.uri, &role, "relay-pw").await;
     // Schema checks and the CDC origin.
     assert!(!cdc_log_exists(&relay, &ks).await.unwrap(), "Cassandra has no CDC log; the check itself is allowed");
     read_origin(&relay, &ks).await;

@@ -4,14 +4,13 @@
 
 use nix::sys::signal::{kill, Signal};
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::batch::{Batch, BatchType};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
 use crate::cdc_rig::{append, env, log_rows, progress, rig, start, ProgressWatch, Rig, Topic, RELAY};
-use crate::common::{grant_resource, relay_grants, PrivateKafka};
+use crate::common::{cql_login, grant_resource, relay_grants, PrivateKafka};
 use crate::daemon_harness::{daemon_config, Daemon};
 use crate::SETTLE;
 use outboxd::envelope::EventEnvelope;
@@ -139,17 +138,6 @@ async fn fails_on_the_bad_row(
     assert!(saved.get(&rows[0].stream).is_none_or(|t| *t <= at), "round {round}: progress passed the bad row");
 }
 
-async fn login(uri: &str, user: &str, password: &str) -> Arc<Session> {
-    Arc::new(
-        SessionBuilder::new()
-            .known_node(uri)
-            .user(user, password)
-            .build()
-            .await
-            .unwrap_or_else(|e| panic!("connect to {uri} as {user}: {e}")),
-    )
-}
-
 /// One append as `outboxd` writes it: one conditional batch.
 async fn raw_append(admin: &Session, keyspace: &str, events: &[EventEnvelope]) {
     let mut batch = Batch::new(BatchType::Logged);
@@ -189,7 +177,7 @@ async fn the_relay_runs_as_a_role_with_only_the_documented_grants() {
     let uri = std::env::var("SCYLLA_AUTH_URI").ok().filter(|s| !s.is_empty()).expect(
         "needs SCYLLA_AUTH_URI: a ScyllaDB with PasswordAuthenticator and CassandraAuthorizer (make integration-test starts the compose scylla-auth service)",
     );
-    let admin = login(&uri, "cassandra", "cassandra").await;
+    let admin = cql_login(&uri, "cassandra", "cassandra").await;
     let ks = format!("g_{}", Uuid::now_v7().simple());
     for stmt in schema_statements(&ks, 1, true, 86_400) {
         admin.query_unpaged(stmt, ()).await.expect("outboxd schema as the admin role");
@@ -205,7 +193,7 @@ async fn the_relay_runs_as_a_role_with_only_the_documented_grants() {
             Err(e) => panic!("{g}: {e}"),
         }
     }
-    let relay = login(&uri, &role, "relay-pw").await;
+    let relay = cql_login(&uri, &role, "relay-pw").await;
     let err = relay.query_unpaged(format!("CREATE TABLE {ks}.sneaky (k int PRIMARY KEY)"), ()).await.unwrap_err();
     assert!(
         err.to_string().contains("Unauthorized") || err.to_string().contains("permission"),

@@ -310,3 +310,10 @@ pub fn relay_grants(keyspace: &str, role: &str) -> Vec<String> {
 pub fn grant_resource(grant: &str) -> String {
     grant.split(" ON ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or_default().to_string()
 }
+
+/// A CQL session logged in as `user`.
+pub async fn cql_login(uri: &str, user: &str, password: &str) -> std::sync::Arc<scylla::client::session::Session> {
+    let session =
+        scylla::client::session_builder::SessionBuilder::new().known_node(uri).user(user, password).build().await;
+    std::sync::Arc::new(session.unwrap_or_else(|e| panic!("connect to {uri} as {user}: {e}")))
+}

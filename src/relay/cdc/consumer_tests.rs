@@ -6,7 +6,7 @@
 use super::*;
 use crate::relay::cdc::progress::StreamKey;
 use crate::relay::cdc::testkit::{
-    cdc_row_parts, event_row_columns, live_store, set_epoch, static_row_columns, timeuuid_at,
+    cdc_row_parts, event_row_columns, events, live_store, set_epoch, static_row_columns, timeuuid_at,
 };
 use crate::shutdown::Trigger;
 use scylla::value::CqlValue;
@@ -49,21 +49,8 @@ impl Recorder {
     }
 }
 
-fn order_events(id: Uuid, n: i64) -> Vec<EventEnvelope> {
-    (1..=n)
-        .map(|seq| EventEnvelope {
-            event_id: Uuid::now_v7(),
-            aggregate_type: "order".into(),
-            aggregate_id: id,
-            sequence: seq,
-            event_type: "OrderCancelled".into(),
-            schema_version: 1,
-            payload: serde_json::json!({ "reason": format!("r{seq}") }),
-            causation_id: None,
-            correlation_id: Uuid::now_v7(),
-            timestamp: crate::envelope::now_millis(),
-        })
-        .collect()
+fn order_events(id: Uuid, n: usize) -> Vec<EventEnvelope> {
+    events(id, 0, n)
 }
 
 struct Rig {

@@ -4,7 +4,7 @@
 //! publish.
 
 use super::*;
-use crate::relay::cdc::testkit::live_store;
+use crate::relay::cdc::testkit::{events, live_store};
 use crate::shutdown::Trigger;
 use crate::store::EventStore;
 use std::sync::Mutex as StdMutex;
@@ -29,23 +29,6 @@ impl Recorder {
     fn of(&self, a: Uuid) -> Vec<i64> {
         self.0.lock().unwrap().iter().filter(|(x, _)| *x == a).map(|(_, s)| *s).collect()
     }
-}
-
-fn events(id: Uuid, from: i64, n: usize) -> Vec<EventEnvelope> {
-    (0..n)
-        .map(|i| EventEnvelope {
-            event_id: Uuid::now_v7(),
-            aggregate_type: "order".into(),
-            aggregate_id: id,
-            sequence: from + 1 + i as i64,
-            event_type: "OrderCancelled".into(),
-            schema_version: 1,
-            payload: serde_json::json!({ "reason": format!("r{i}") }),
-            causation_id: None,
-            correlation_id: Uuid::now_v7(),
-            timestamp: crate::envelope::now_millis(),
-        })
-        .collect()
 }
 
 struct Rig {

@@ -43,6 +43,7 @@ use tokio::sync::watch;
 
 use super::progress::{ProgressState, SavedRow, StreamKey};
 use crate::shutdown::Shutdown;
+use crate::store::cql::prepare_on;
 pub use crate::store::cql::progress::{read_progress, LEASE_TABLE};
 use crate::store::StoreError;
 
@@ -152,15 +153,7 @@ impl LeaseCheckpointSaver {
     ) -> Result<Arc<Self>, StoreError> {
         let table = format!("{keyspace}.{LEASE_TABLE}");
         let fence = if epoch.is_some() { " IF epoch = ?" } else { "" };
-        let prepare = |cql: String| {
-            let session = session.clone();
-            let table = table.clone();
-            async move {
-                session.prepare(cql.as_str()).await.map_err(|e| {
-                    unavailable(&format!("cannot prepare `{cql}` (run `outboxd schema` to create {table})"), e)
-                })
-            }
-        };
+        let prepare = |cql: String| prepare_on(&session, cql, &table);
         let stmts = Statements {
             save: prepare(format!(
                 "UPDATE {table} USING TTL ? SET generation = ?, time = ? WHERE name = ? AND stream_id = ?{fence}"

@@ -23,8 +23,15 @@ pub async fn live_store(what: &str) -> Option<Arc<CqlStore>> {
     };
     let cfg = CqlConfig { uri, keyspace: format!("k_{}", Uuid::now_v7().simple()), ..CqlConfig::default() };
     let store = CqlStore::connect(&cfg).await.expect("connect to the CQL server");
-    store.migrate().await.expect("outboxd schema");
-    Some(store)
+    // DDL may time out on a loaded single-node test server; it is idempotent.
+    for attempt in 1..=3 {
+        match store.migrate().await {
+            Ok(()) => return Some(store),
+            Err(e) if attempt < 3 => eprintln!("{what}: outboxd schema failed (attempt {attempt}), retrying: {e}"),
+            Err(e) => panic!("{what}: outboxd schema: {e}"),
+        }
+    }
+    unreachable!()
 }
 
 /// Moves the lease epoch of `name` from `from` to `to` with a compare-and-set
@@ -162,4 +169,23 @@ pub fn cdc_row_parts(
         values.push(v);
     }
     (scylla_cdc::consumer::CDCRowSchema::new(ColumnSpecs::new(&specs)), Row { columns: values })
+}
+
+/// `n` events of aggregate `id` with sequences `from + 1 ..` (the shape the
+/// store and the relay need; the payload is any JSON).
+pub fn events(id: uuid::Uuid, from: i64, n: usize) -> Vec<crate::envelope::EventEnvelope> {
+    (0..n)
+        .map(|i| crate::envelope::EventEnvelope {
+            event_id: uuid::Uuid::now_v7(),
+            aggregate_type: "order".into(),
+            aggregate_id: id,
+            sequence: from + 1 + i as i64,
+            event_type: "OrderCancelled".into(),
+            schema_version: 1,
+            payload: serde_json::json!({ "reason": format!("r{i}") }),
+            causation_id: None,
+            correlation_id: uuid::Uuid::now_v7(),
+            timestamp: crate::envelope::now_millis(),
+        })
+        .collect()
 }

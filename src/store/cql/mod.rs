@@ -60,6 +60,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use scylla::client::session::Session;
 use scylla::errors::ExecutionError;
+use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::SerialConsistency;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -92,6 +93,15 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 fn codec(e: impl std::fmt::Display) -> StoreError {
     StoreError::Codec(e.to_string())
+}
+
+/// Prepares `cql` on `session`; a failure says to run `outboxd schema`
+/// (which creates `table`), since a missing table is the usual cause.
+pub async fn prepare_on(session: &Session, cql: String, table: &str) -> Result<PreparedStatement, StoreError> {
+    session
+        .prepare(cql.as_str())
+        .await
+        .map_err(|e| unavailable(format!("cannot prepare `{cql}` (run `outboxd schema` to create {table}): {e}")))
 }
 
 /// Driver errors -> store errors. Every server or network failure is

@@ -16,6 +16,7 @@ use scylla::statement::prepared::PreparedStatement;
 use std::sync::Arc;
 use uuid::Uuid;
 
+use super::prepare_on;
 use crate::store::StoreError;
 
 pub const RECONCILIATION_TABLE: &str = "append_reconciliation";
@@ -46,15 +47,7 @@ pub struct ReconcileTable {
 impl ReconcileTable {
     pub async fn open(session: Arc<Session>, keyspace: &str) -> Result<ReconcileTable, StoreError> {
         let table = format!("{keyspace}.{RECONCILIATION_TABLE}");
-        let prepare = |cql: String| {
-            let session = session.clone();
-            let table = table.clone();
-            async move {
-                session.prepare(cql.as_str()).await.map_err(|e| {
-                    unavailable(&format!("cannot prepare `{cql}` (run `outboxd schema` to create {table})"), e)
-                })
-            }
-        };
+        let prepare = |cql: String| prepare_on(&session, cql, &table);
         let insert = prepare(format!(
             "INSERT INTO {table} (aggregate_id, sequence_number, event_id, resolved_at) VALUES (?, ?, ?, ?)"
         ))
