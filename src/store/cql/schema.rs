@@ -10,7 +10,7 @@
 
 use chrono::Utc;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::{Consistency, SerialConsistency};
+use scylla::statement::{Consistency, SerialConsistency, Statement};
 
 use super::cdc_options::{cdc_options_cql, options_drift, DEFAULT_LOG_TTL_SECS};
 use super::rows::{EVENT_COLS, LETTER_COLS};
@@ -139,8 +139,12 @@ impl CqlStore {
     }
 
     async fn ddl(&self, cql: &str) -> Result<(), StoreError> {
+        // Schema changes wait for the cluster's schema agreement: slower than
+        // data requests on a busy cluster, so not bound by request_timeout_ms.
+        let mut st = Statement::new(cql);
+        st.set_request_timeout(Some(std::time::Duration::from_secs(60)));
         self.session
-            .query_unpaged(cql, ())
+            .query_unpaged(st, ())
             .await
             .map(|_| ())
             .map_err(|e| exec_err(&format!("schema statement failed: {cql}"), e))
