@@ -32,7 +32,7 @@ use crate::shutdown::Shutdown;
 use crate::store::cql::reconcile::ReconcileTable;
 use crate::store::{DynStore, StoreError};
 
-const STRIPES: usize = 256;
+const STRIPES: usize = 1024;
 
 /// What happened to one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
