@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::domain::{Aggregate, DecodeError, DomainError};
 use crate::envelope::{now_millis, EventEnvelope, Metadata};
-use crate::store::{DynStore, Snapshot, StoreError};
+use crate::store::{DynEvents, Snapshot, StoreError};
 
 /// Errors of the application layer: business refusal or infrastructure.
 #[derive(Debug, thiserror::Error)]
@@ -85,13 +85,13 @@ impl AppendObserver for crate::metrics::Metrics {
 
 #[derive(Clone)]
 pub struct CommandService {
-    store: DynStore,
+    store: DynEvents,
     opts: ServiceOptions,
     observer: Option<Arc<dyn AppendObserver>>,
 }
 
 impl CommandService {
-    pub fn new(store: DynStore, opts: ServiceOptions) -> Self {
+    pub fn new(store: DynEvents, opts: ServiceOptions) -> Self {
         CommandService { store, opts, observer: None }
     }
 
@@ -100,7 +100,7 @@ impl CommandService {
         self
     }
 
-    pub fn store(&self) -> &DynStore {
+    pub fn store(&self) -> &DynEvents {
         &self.store
     }
 
@@ -169,7 +169,7 @@ impl CommandService {
             let mut state = loaded.state.clone();
             for (i, e) in decided.iter().enumerate() {
                 envs.push(
-                    EventEnvelope::new::<A>(id, loaded.version + 1 + i as i64, e, meta, at)
+                    EventEnvelope::new::<A>(id, loaded.version + 1 + i as i64, e, &meta, at)
                         .map_err(|e| AppError::Encode(e.to_string()))?,
                 );
                 state.apply(e);

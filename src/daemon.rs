@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 use crate::actors::{ActorDeps, GetDlqActor, GetOrderActor, ShutdownSystem};
 use crate::config::{Backend, Config};
 use crate::http::{AdminState, ApiState};
+use crate::lease::keeper;
 use crate::metrics::Metrics;
 
 /// Set to `1` to enable `POST /debug/fail/{actor}` on the admin server (tests only).
@@ -133,7 +134,34 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
             "{FAULT_INJECTION_ENV} is set: POST /debug/fail/{{actor}} is enabled on the admin server (tests only)"
         );
     }
-    let mut deps = ActorDeps::new(cfg, store, metrics, tokio::runtime::Handle::current());
+    // One lease keeper per consumer name; they outlive actor restarts and
+    // release their leases after the actor system stopped.
+    let instance = instance_id(&cfg);
+    let lease_stop = crate::shutdown::Trigger::new();
+    let ttl = Duration::from_millis(cfg.relay.lease_ttl_ms);
+    let lease_store: std::sync::Arc<dyn crate::store::lease::LeaseStore> = store.clone();
+    let leases = crate::actors::Leases {
+        relay: Some(keeper::spawn(
+            lease_store.clone(),
+            &cfg.relay.consumer_name,
+            &instance,
+            ttl,
+            metrics.clone(),
+            lease_stop.subscribe(),
+        )),
+        projection: read_models.is_some().then(|| {
+            keeper::spawn(
+                lease_store,
+                crate::projection::CONSUMER,
+                &instance,
+                ttl,
+                metrics.clone(),
+                lease_stop.subscribe(),
+            )
+        }),
+    };
+    tracing::info!(%instance, lease_ttl_ms = cfg.relay.lease_ttl_ms, "instance id in the lease table");
+    let mut deps = ActorDeps::new(cfg, store, metrics, tokio::runtime::Handle::current()).with_leases(leases);
     if let Some(c) = cql {
         deps = deps.with_cql(c);
     }
@@ -195,8 +223,32 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     };
     let code = exited.map_err(|_| DaemonError::Other("the actor system thread stopped unexpectedly".into()))?;
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    release_leases(lease_stop).await;
     tracing::info!(exit_code = code, "outboxd stopped");
     Ok(code)
+}
+
+/// Stops the lease keepers; each releases its lease if it holds it, so a
+/// standby takes over at once instead of after a TTL.
+async fn release_leases(mut stop: crate::shutdown::Trigger) {
+    stop.fire();
+    if tokio::time::timeout(Duration::from_secs(3), stop.wait_drained()).await.is_err() {
+        tracing::warn!("lease keepers did not stop in time; standbys take over after the lease TTL");
+    }
+}
+
+/// This instance's id in the lease table: `relay.instance_id`, or host, pid
+/// and start time (unique per process, readable in `outboxd leases`).
+pub fn instance_id(cfg: &Config) -> String {
+    if let Some(id) = &cfg.relay.instance_id {
+        return id.clone();
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}:{}", std::process::id(), chrono::Utc::now().timestamp_millis())
 }
 
 /// The actix side: start the actors and the servers, wait for a stop
@@ -228,6 +280,9 @@ async fn actor_system(
         health: deps.health.subscribe(),
         coordinator: coordinator.clone(),
         dlq,
+        store: deps.store.clone(),
+        instance: deps.leases.relay.as_ref().map(|l| l.instance.clone()).unwrap_or_default(),
+        relay_pause: deps.relay_pause.clone(),
         fault_injection,
     };
     let servers =

@@ -2,8 +2,9 @@
 //!
 //! Guarantee: an envelope carries everything a consumer needs to order,
 //! deduplicate and trace an event (event id, aggregate id + sequence,
-//! type + schema version, causation and correlation ids, UTC timestamp), and
-//! round-trips through serde unchanged. Timestamps are truncated to whole
+//! type + schema version, causation and correlation ids, UTC timestamp, the
+//! W3C trace context when the command had one), and round-trips through
+//! serde unchanged. Timestamps are truncated to whole
 //! milliseconds so every backend (SQLite, CQL `timestamp`) stores them exactly.
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -27,7 +28,27 @@ pub struct EventEnvelope {
     pub payload: serde_json::Value,
     pub causation_id: Option<Uuid>,
     pub correlation_id: Uuid,
+    /// RFC 3339 in UTC, always with milliseconds (`2026-11-25T13:20:29.900Z`).
+    #[serde(with = "millis")]
     pub timestamp: DateTime<Utc>,
+    /// W3C trace context of the command that produced the event, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
+}
+
+/// The envelope's time format: always three fractional digits, as stored
+/// and as in the `ce_time` header (chrono's default drops `.000`).
+mod millis {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        DateTime::<Utc>::deserialize(d)
+    }
 }
 
 /// An envelope with its global position in the store's feed.
@@ -38,15 +59,17 @@ pub struct StoredEvent {
 }
 
 /// Tracing metadata a command carries into the events it produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metadata {
     pub correlation_id: Uuid,
     pub causation_id: Option<Uuid>,
+    /// W3C trace context received with the command (HTTP `traceparent`/`tracestate`).
+    pub trace: Option<TraceContext>,
 }
 
 impl Default for Metadata {
     fn default() -> Self {
-        Metadata { correlation_id: Uuid::now_v7(), causation_id: None }
+        Metadata { correlation_id: Uuid::now_v7(), causation_id: None, trace: None }
     }
 }
 
@@ -61,7 +84,7 @@ impl EventEnvelope {
         aggregate_id: Uuid,
         sequence: i64,
         event: &A::Event,
-        meta: Metadata,
+        meta: &Metadata,
         at: DateTime<Utc>,
     ) -> Result<Self, serde_json::Error> {
         let event_type = event.event_type();
@@ -76,6 +99,7 @@ impl EventEnvelope {
             causation_id: meta.causation_id,
             correlation_id: meta.correlation_id,
             timestamp: at.trunc_subsecs(3),
+            trace: meta.trace.clone(),
         })
     }
 
@@ -94,6 +118,56 @@ impl EventEnvelope {
     }
 }
 
+/// W3C trace context received with a command (`traceparent`, `tracestate`),
+/// stored with its events and emitted as Kafka headers of the same names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>` (validated by [`TraceContext::parse`]).
+    pub traceparent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// Longest `tracestate` kept (W3C: 32 list members of at most 256 characters).
+    pub const MAX_TRACESTATE: usize = 8192;
+
+    /// Validates a `traceparent` (version 00 format; other versions must at
+    /// least start with that shape) and an optional `tracestate`.
+    pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Result<TraceContext, String> {
+        let tp = traceparent.trim();
+        let parts: Vec<&str> = tp.split('-').collect();
+        let hex =
+            |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let ok = parts.len() >= 4
+            && hex(parts[0], 2)
+            && parts[0] != "ff"
+            && hex(parts[1], 32)
+            && parts[1] != "0".repeat(32)
+            && hex(parts[2], 16)
+            && parts[2] != "0".repeat(16)
+            && hex(parts[3], 2)
+            && (parts[0] != "00" || parts.len() == 4);
+        if !ok {
+            return Err(
+                "traceparent must look like 00-<32 lowercase hex>-<16 lowercase hex>-<2 hex> (W3C Trace Context)"
+                    .into(),
+            );
+        }
+        let tracestate = match tracestate.map(str::trim).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) if s.len() > Self::MAX_TRACESTATE || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) => {
+                return Err(format!(
+                    "tracestate must be printable ASCII of at most {} characters",
+                    Self::MAX_TRACESTATE
+                ))
+            }
+            Some(s) => Some(s.to_string()),
+        };
+        Ok(TraceContext { traceparent: tp.to_string(), tracestate })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,8 +178,8 @@ mod tests {
         let c = Customer::default();
         let cmd = CustomerCommand::Register { name: "A".into(), email: Email::new("a@b.co").unwrap(), phone: None };
         let e = &c.handle(&cmd).unwrap()[0];
-        let meta = Metadata { correlation_id: Uuid::now_v7(), causation_id: Some(Uuid::now_v7()) };
-        let env = EventEnvelope::new::<Customer>(Uuid::now_v7(), 1, e, meta, Utc::now()).unwrap();
+        let meta = Metadata { correlation_id: Uuid::now_v7(), causation_id: Some(Uuid::now_v7()), trace: None };
+        let env = EventEnvelope::new::<Customer>(Uuid::now_v7(), 1, e, &meta, Utc::now()).unwrap();
         assert_eq!(env.event_id.get_version_num(), 7);
         assert_eq!(env.timestamp.timestamp_subsec_nanos() % 1_000_000, 0);
         let json = serde_json::to_string(&env).unwrap();
@@ -115,5 +189,26 @@ mod tests {
         let back: StoredEvent = serde_json::from_str(&serde_json::to_string(&stored).unwrap()).unwrap();
         assert_eq!(back, stored);
         assert_eq!(back.envelope.decode::<crate::domain::CustomerEvent>().unwrap(), *e);
+    }
+
+    #[test]
+    fn trace_context_is_validated() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        assert_eq!(
+            TraceContext::parse(tp, Some("congo=t61rcWkgMzE")).unwrap().tracestate.as_deref(),
+            Some("congo=t61rcWkgMzE")
+        );
+        assert_eq!(TraceContext::parse(tp, Some("  ")).unwrap().tracestate, None);
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+        ] {
+            assert!(TraceContext::parse(bad, None).is_err(), "{bad:?}");
+        }
+        assert!(TraceContext::parse(tp, Some("a=\u{1}")).is_err());
     }
 }

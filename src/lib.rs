@@ -6,20 +6,23 @@
 //! aggregate (key = aggregate id), never advancing its checkpoint past an
 //! event the broker has not confirmed.
 //!
-//! Layout (dependencies point downwards only):
+//! Layout (dependencies point downwards only; `tests/layering.rs` checks it,
+//! docs/ARCHITECTURE.md has the table), lowest first:
 //! - [`domain`]: pure aggregates, commands, events, value objects, upcasters.
 //! - [`envelope`]: the stored/published form of an event.
+//! - [`config`]: configuration from TOML and `OUTBOX_*` variables (plain option types).
 //! - [`store`]: the `EventStore` trait and its SQLite and CQL backends.
 //! - [`app`]: the application service (load -> handle -> append, with retries).
-//! - [`projection`]: read models (order_read_model, orders_by_customer) fed by the store's feed.
 //! - [`relay`]: feed -> Kafka pipeline with retry, circuit breaker, DLQ, checkpoints;
 //!   `relay::cdc` is the Scylla CDC feed.
-//! - [`metrics`]: the Prometheus catalogue; [`shutdown`]: one signal fanned out.
-//! - [`actors`]: thin Actix shells (coordinator, order, CDC, DLQ, health, projection).
+//! - [`projection`]: read models (order_read_model, orders_by_customer) fed by the store's feed.
+//! - [`actors`]: thin Actix shells (coordinator, order, DLQ, health, and the
+//!   supervised-task shell behind the relay and the projector).
 //! - [`http`]: actix-web command API and admin server (/metrics, /health).
 //! - [`daemon`]: `outboxd run` wiring; [`bench`]: `outboxd bench ...`.
-//! - [`config`]: configuration from TOML and `OUTBOX_*` variables.
-//! - `main.rs`: the CLI only.
+//! - leaves used by any layer: [`metrics`] (the Prometheus catalogue),
+//!   [`shutdown`] (one signal fanned out).
+//! - `main.rs` + `cli/` (the binary): the CLI only.
 #![forbid(unsafe_code)]
 
 pub mod actors;
@@ -30,6 +33,7 @@ pub mod daemon;
 pub mod domain;
 pub mod envelope;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 pub mod projection;
 pub mod relay;

@@ -67,9 +67,14 @@ enum Cmd {
     },
     /// Run the daemon: relay, command API and admin server, until SIGINT/SIGTERM.
     Run,
-    /// Dead-letter queue: list and replay.
+    /// Parked aggregates and dead letters: list, replay, discard.
     #[command(subcommand)]
     Dlq(DlqCmd),
+    /// The relay: rewind its checkpoint (carried out by the active relay).
+    #[command(subcommand)]
+    Relay(RelayCmd),
+    /// List the leases (which instance runs each consumer) as JSON lines.
+    Leases,
     /// Benchmarks that print ratios against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(outboxd::bench::BenchCmd),
@@ -87,6 +92,21 @@ enum ProjectionsCmd {
         /// No progress bar (for logs and scripts).
         #[arg(long)]
         no_progress: bool,
+    },
+    /// Checkpoint, head, lag and parked aggregates of the read models, as JSON.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum RelayCmd {
+    /// Re-publish everything after an earlier point (the same ce_ids), on an operator's decision.
+    Rewind {
+        /// Feed position to rewind to (SQLite store).
+        #[arg(long, conflicts_with = "to_time")]
+        to_position: Option<i64>,
+        /// Time to rewind to, RFC 3339 (CQL store, within the CDC log TTL).
+        #[arg(long)]
+        to_time: Option<String>,
     },
 }
 
@@ -188,18 +208,34 @@ enum CustomerCmd {
 }
 
 #[derive(Subcommand)]
-enum DlqCmd {
-    /// List dead letters as JSON lines.
+pub enum DlqCmd {
+    /// List parked aggregates (first held event, error, held events) and dead letters as JSON lines.
     List {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Re-publish dead letters and remove the ones Kafka confirmed.
+    /// Publish a parked aggregate's held events in order and unpark it (--aggregate), a dead
+    /// letter (--id), or everything (--all); carried out by the active relay.
     Replay {
+        #[arg(long, conflicts_with_all = ["id", "all"])]
+        aggregate: Option<String>,
         #[arg(long, conflicts_with = "all")]
         id: Option<Uuid>,
         #[arg(long)]
         all: bool,
+        /// No progress display.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Drop the first held event of a parked aggregate on an operator's decision: an audit row
+    /// is kept, a marker record (ce_type=outboxd.EventDiscarded) takes its place, the rest flows.
+    Discard {
+        /// Event id of the parked aggregate's first held event (outboxd dlq list).
+        #[arg(long)]
+        id: String,
+        /// Why (kept in the audit row).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -254,7 +290,10 @@ async fn async_main(cli: Cli) -> Result<u8, Failure> {
         Cmd::Customer(c) => cli::customer::run(&cfg, c).await,
         Cmd::Run => Ok(outboxd::daemon::run(cfg).await?),
         Cmd::Dlq(c) => cli::dlq::run(&cfg, c).await,
+        Cmd::Relay(RelayCmd::Rewind { to_position, to_time }) => cli::relay::rewind(&cfg, to_position, to_time).await,
+        Cmd::Leases => cli::relay::leases(&cfg).await,
         Cmd::Bench(b) => Ok(outboxd::bench::run(&cfg, b).await.map(|_| 0)?),
         Cmd::Projections(ProjectionsCmd::Rebuild { no_progress }) => cli::projections::rebuild(&cfg, no_progress).await,
+        Cmd::Projections(ProjectionsCmd::Status) => cli::projections::status(&cfg).await,
     }
 }

@@ -6,8 +6,8 @@
 //! /metrics never touches a store or the broker.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Seed buckets for processing durations (1 ms .. 5 s).
@@ -34,12 +34,27 @@ pub struct Metrics {
     pub actor_restarts: IntCounterVec,
     pub messages_sent: IntCounterVec,
     pub messages_received: IntCounterVec,
-    pub relay_lag_events: IntGauge,
+    /// Committed events not yet confirmed by the broker (parked ones included), by role.
+    pub relay_lag_events: IntGaugeVec,
+    /// Age of the oldest unpublished event (0 when caught up), by role.
+    pub relay_lag_seconds: GaugeVec,
     pub relay_checkpoint_position: IntGauge,
+    pub relay_feed_errors: IntCounter,
+    pub dlq_parked_aggregates: IntGauge,
+    pub relay_leader: IntGaugeVec,
+    pub relay_lease_epoch: IntGaugeVec,
+    pub relay_lease_takeovers: IntCounterVec,
+    pub relay_requests: IntCounterVec,
+    pub relay_rewinds: IntCounter,
+    pub relay_discards: IntCounter,
+    pub relay_transactions: IntCounterVec,
+    /// Scylla CDC log TTL in seconds (0: the backend has no CDC log).
+    pub cdc_log_ttl_seconds: IntGauge,
     pub event_end_to_end_latency: Histogram,
     pub store_append_duration: Histogram,
     pub http_requests: IntCounterVec,
     pub projection_lag_events: IntGauge,
+    pub projection_lag_seconds: Gauge,
     pub projection_checkpoint_position: IntGauge,
     pub cdc_unreconciled_appends: IntGauge,
 }
@@ -56,6 +71,9 @@ impl Metrics {
             reg(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"))
         };
         let g = |name: &str, help: &str| reg(&r, IntGauge::new(name, help).expect("valid gauge"));
+        let gv = |name: &str, help: &str, labels: &[&str]| {
+            reg(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"))
+        };
         let h = |name: &str, help: &str, b: &[f64]| {
             reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(b.to_vec())).expect("valid histogram"))
         };
@@ -109,30 +127,28 @@ impl Metrics {
             actor_restarts: cv("actor_restarts_total", "Supervised actor restarts", &["actor"]),
             messages_sent: cv("messages_sent_total", "Messages handed to the Kafka producer", &["topic"]),
             messages_received: cv("messages_received_total", "Messages received by actors", &["actor"]),
-            relay_lag_events: g(
-                "relay_lag_events",
-                "Events committed to the store but not yet confirmed by the broker",
+            relay_lag_events: gv("relay_lag_events", "Events committed to the store but not yet confirmed by the broker (held events of parked aggregates included)", &["role"]),
+            relay_lag_seconds: reg(
+                &r,
+                GaugeVec::new(Opts::new("relay_lag_seconds", "Age of the oldest event not yet confirmed by the broker (0 when caught up)"), &["role"]).expect("valid gauge"),
             ),
-            relay_checkpoint_position: g(
-                "relay_checkpoint_position",
-                "Feed position of the relay's persisted checkpoint",
-            ),
-            event_end_to_end_latency: h(
-                "event_end_to_end_latency_seconds",
-                "Time from event timestamp (append) to broker acknowledgement",
-                LATENCY_BUCKETS,
-            ),
-            store_append_duration: h(
-                "store_append_duration_seconds",
-                "Duration of event store appends",
-                LATENCY_BUCKETS,
-            ),
+            relay_checkpoint_position: g("relay_checkpoint_position", "Feed position of the relay's persisted checkpoint"),
+            relay_feed_errors: g_counter(&r, "relay_feed_errors_total", "Failed reads of the store feed by the relay"),
+            dlq_parked_aggregates: g("dlq_parked_aggregates", "Aggregates whose delivery is held behind an event that can never be published"),
+            relay_leader: gv("relay_leader", "1 when this instance holds the lease of the consumer (publishes), 0 otherwise", &["consumer"]),
+            relay_lease_epoch: gv("relay_lease_epoch", "Epoch of the consumer's lease as this instance last saw it", &["consumer"]),
+            relay_lease_takeovers: cv("relay_lease_takeovers_total", "Leases this instance took over from another holder", &["consumer"]),
+            relay_requests: cv("relay_requests_total", "Operator requests (replay, discard, rewind) carried out by this relay", &["kind"]),
+            relay_rewinds: g_counter(&r, "relay_rewinds_total", "Checkpoint rewinds carried out on an operator's request"),
+            relay_discards: g_counter(&r, "relay_discards_total", "Events discarded on an operator's decision (audit rows written)"),
+            relay_transactions: cv("relay_transactions_total", "Kafka transactions of the exactly-once relay by outcome", &["outcome"]),
+            cdc_log_ttl_seconds: g("cdc_log_ttl_seconds", "TTL of the Scylla CDC log (0: the store has no CDC log)"),
+            event_end_to_end_latency: h("event_end_to_end_latency_seconds", "Time from event timestamp (append) to broker acknowledgement", LATENCY_BUCKETS),
+            store_append_duration: h("store_append_duration_seconds", "Duration of event store appends", LATENCY_BUCKETS),
             http_requests: cv("http_requests_total", "HTTP requests by route and status", &["route", "status"]),
             projection_lag_events: g("projection_lag_events", "Events not yet applied to the read models"),
-            projection_checkpoint_position: g(
-                "projection_checkpoint_position",
-                "Feed position of the projection checkpoint",
-            ),
+            projection_lag_seconds: reg(&r, Gauge::new("projection_lag_seconds", "Age of the oldest event not yet applied to the read models (0 when caught up)").expect("valid gauge")),
+            projection_checkpoint_position: g("projection_checkpoint_position", "Feed position of the projection checkpoint"),
             cdc_unreconciled_appends: g(
                 "cdc_unreconciled_appends",
                 "Appends whose outcome was unknown, resolved as applied, and not yet confirmed published (CQL backend)",

@@ -51,6 +51,12 @@ impl Default for Trigger {
 }
 
 impl Shutdown {
+    /// A shutdown that never fires (for work that must finish once started).
+    pub fn never() -> Shutdown {
+        static NEVER: std::sync::OnceLock<Trigger> = std::sync::OnceLock::new();
+        NEVER.get_or_init(Trigger::new).subscribe()
+    }
+
     pub fn is_shutdown(&self) -> bool {
         *self.rx.borrow()
     }

@@ -71,7 +71,7 @@ async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
     admin.query_unpaged(format!("CREATE ROLE {role} WITH PASSWORD = 'relay-pw' AND LOGIN = true"), ()).await.unwrap();
     let mut granted = Vec::new();
     let all = common::relay_grants(&ks, &role);
-    assert!(all.len() >= 12, "the documented list: {all:#?}");
+    assert!(all.len() >= 18, "the documented list: {all:#?}");
     for g in all {
         let resource = common::grant_resource(&g);
         if resource.starts_with("KEYSPACE") || table_exists(&admin, &resource).await {
@@ -81,7 +81,15 @@ async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
             eprintln!("not on this server (Scylla only): {g}");
         }
     }
-    for t in ["relay_leases", "append_reconciliation", "checkpoints", "event_store", "dead_letter_queue"] {
+    for t in [
+        "relay_leases",
+        "append_reconciliation",
+        "checkpoints",
+        "event_store",
+        "dead_letter_queue",
+        "parked_aggregates",
+        "relay_requests",
+    ] {
         assert!(granted.iter().any(|r| r == &format!("{ks}.{t}")), "{t} is granted: {granted:?}");
     }
     admin
@@ -130,6 +138,23 @@ async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
         )
         .await
         .expect("DLQ lookup LWT");
+
+    // Parking, discarded events and operator requests (read and conditional writes).
+    for t in ["parked_aggregates", "discarded_events", "relay_requests"] {
+        relay
+            .query_unpaged(format!("SELECT * FROM {ks}.{t} WHERE consumer = 'kafka-relay'"), ())
+            .await
+            .unwrap_or_else(|e| panic!("SELECT on {t}: {e}"));
+    }
+    relay
+        .query_unpaged(
+            format!(
+                "DELETE FROM {ks}.parked_aggregates WHERE consumer = 'kafka-relay' AND aggregate_id = 'x' IF EXISTS"
+            ),
+            (),
+        )
+        .await
+        .expect("conditional write on parked_aggregates");
 
     // No CREATE: a table cannot be created, and scylla-cdc's default saver
     // (CREATE TABLE IF NOT EXISTS) fails where ours works.

@@ -13,8 +13,20 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// The layers, lowest first.
-const LAYERS: &[&str] =
-    &["domain", "envelope", "config", "store", "app", "relay", "projection", "actors", "http", "daemon", "bench"];
+const LAYERS: &[&str] = &[
+    "domain",
+    "envelope",
+    "config",
+    "store",
+    "lease",
+    "app",
+    "relay",
+    "projection",
+    "actors",
+    "http",
+    "daemon",
+    "bench",
+];
 
 /// Leaf utilities: anyone may use them; they use nothing of the crate.
 const LEAVES: &[&str] = &["metrics", "shutdown"];

@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use outboxd::app::{CommandService, ServiceOptions};
 use outboxd::domain::{Aggregate, Order, OrderCommand, OrderStatus};
+use outboxd::envelope::EventEnvelope;
 use outboxd::envelope::{now_millis, Metadata};
-use outboxd::envelope::{EventEnvelope, StoredEvent};
 use outboxd::metrics::Metrics;
 use outboxd::projection::{self, DynReadModels, PageRequest, Projector, ProjectorOptions, CONSUMER};
 use outboxd::shutdown::Trigger;
@@ -395,7 +395,7 @@ fn insert_raw_v1_order_created(path: &Path, order: Uuid, customer: Uuid) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn raw_v1_rows_load_project_and_relay_as_v2() {
+async fn raw_v1_rows_load_and_project_as_v2_and_relay_as_stored() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
     let db = open(&path).await;
@@ -425,16 +425,17 @@ async fn raw_v1_rows_load_project_and_relay_as_v2() {
     let page = db.models.orders_by_customer(customer, PageRequest::first(10)).await.unwrap();
     assert_eq!((page.orders.len(), page.orders[0].currency.as_deref()), (1, Some("EUR")));
 
-    // Relay: published as v2.
+    // Relay: published as stored (v1, the stored payload bytes verbatim); upcasting is
+    // for rebuilding state only, so what consumers get never depends on this build's
+    // upcasters or on service.default_currency.
     let Some(brokers) = shared_brokers() else { return };
     let c = test_config(&brokers, &path);
     let metrics = Metrics::new();
-    let relay = outboxd::relay::Relay::new(&c, db.store.clone(), metrics).unwrap();
-    let mut status = relay.status();
+    let (relay, mut status) = outboxd::relay::Relay::standalone(&c, db.store.clone(), metrics);
     let trigger = Trigger::new();
     let task = tokio::spawn(relay.run(trigger.subscribe()));
     let head = db.store.head_position().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.checkpoint >= head))
+    tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.checkpoint.unwrap_or(0) >= head))
         .await
         .expect("relay confirms both events")
         .expect("status channel open");
@@ -446,13 +447,29 @@ async fn raw_v1_rows_load_project_and_relay_as_v2() {
         .iter()
         .find(|r| r.headers.get("ce_type").map(String::as_str) == Some("OrderCreated"))
         .expect("OrderCreated on the topic");
-    assert_eq!(created.headers["ce_dataschemaversion"], "2");
+    assert_eq!(created.headers["ce_dataschemaversion"], "1");
     assert_eq!(created.key, order.to_string());
-    assert_eq!(created.value["schema_version"], 2);
-    assert_eq!(created.value["payload"]["items"][0]["unit_price"]["currency"], "EUR");
-    assert_eq!(created.value["payload"]["items"][0]["unit_price"]["amount_minor"], 150);
-    assert_eq!(created.value["payload"]["total"]["amount_minor"], 300);
-    assert!(created.value["payload"]["items"][0].get("unit_price_minor").is_none());
+    assert_eq!(created.value["schema_version"], 1);
+    assert_eq!(created.value["payload"]["items"][0]["unit_price_minor"], 150);
+    let c = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let stored: Vec<(i64, String)> = c
+        .prepare("SELECT sequence_number, payload FROM event_store WHERE aggregate_id = ?1 ORDER BY sequence_number")
+        .unwrap()
+        .query_map([order.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (seq, payload) in stored {
+        let r = records
+            .iter()
+            .find(|r| r.key == order.to_string() && r.sequence() == seq)
+            .expect("every event on the topic");
+        let raw = String::from_utf8(r.raw.clone()).unwrap();
+        assert!(
+            raw.contains(&format!(",\"payload\":{payload},")),
+            "the stored payload bytes are on the topic verbatim: {raw}"
+        );
+    }
 }
 
 // ---- snapshots ----------------------------------------------------------------
@@ -536,8 +553,11 @@ impl EventStore for CountingStore {
         self.reads.lock().unwrap().push((after_sequence, events.len()));
         Ok(events)
     }
-    async fn read_feed(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_feed(&self, after: i64, limit: usize) -> Result<Vec<outboxd::store::feed::FeedRow>, StoreError> {
         self.inner.read_feed(after, limit).await
+    }
+    async fn backlog(&self, consumer: &str) -> Result<outboxd::store::Backlog, StoreError> {
+        self.inner.backlog(consumer).await
     }
     async fn head_position(&self) -> Result<i64, StoreError> {
         self.inner.head_position().await
@@ -577,7 +597,7 @@ async fn snapshot_load_of_10k_events_reads_only_the_events_after_the_snapshot() 
     let dir = tempfile::tempdir().unwrap();
     let db = open_with(&dir.path().join("snapshots.db"), fast()).await;
     let counting = Arc::new(CountingStore { inner: db.store.clone(), reads: Default::default() });
-    let store: DynStore = counting.clone();
+    let store: outboxd::store::DynEvents = counting.clone();
     let id = Uuid::now_v7();
     let mut version = 0;
     for chunk in order_events(id, 0, 9_999).chunks(500) {
@@ -608,7 +628,7 @@ async fn snapshot_load_of_10k_events_reads_only_the_events_after_the_snapshot() 
 // ---- schema upgrade ---------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_v1_database_file_is_upgraded_to_v2() {
+async fn a_v1_database_file_is_upgraded_to_the_current_schema() {
     let dir = tempfile::tempdir().unwrap();
     let path: PathBuf = dir.path().join("v1.db");
     let order = Uuid::now_v7();
@@ -623,8 +643,16 @@ async fn a_v1_database_file_is_upgraded_to_v2() {
     let c = rusqlite::Connection::open(&path).unwrap();
     let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(v, outboxd::store::sqlite::SCHEMA_VERSION);
-    assert_eq!(v, 2);
-    for t in ["order_read_model", "orders_by_customer", "customer_read_model"] {
+    assert_eq!(v, 3);
+    for t in [
+        "order_read_model",
+        "orders_by_customer",
+        "customer_read_model",
+        "relay_leases",
+        "parked_aggregates",
+        "discarded_events",
+        "relay_requests",
+    ] {
         let n: i64 = c
             .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1", [t], |r| r.get(0))
             .unwrap();

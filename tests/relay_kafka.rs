@@ -35,8 +35,7 @@ struct RunningRelay {
 
 fn start_relay(c: &Config, store: DynStore) -> RunningRelay {
     let metrics = Metrics::new();
-    let relay = Relay::new(c, store, metrics.clone()).unwrap();
-    let status = relay.status();
+    let (relay, status) = Relay::standalone(c, store, metrics.clone());
     let trigger = Trigger::new();
     let sd = trigger.subscribe();
     let task = tokio::spawn(async move {
@@ -52,7 +51,9 @@ impl RunningRelay {
         self.trigger.wait_drained().await;
     }
     async fn wait_checkpoint(&mut self, position: i64, timeout: Duration) {
-        let ok = tokio::time::timeout(timeout, self.status.wait_for(|s| s.checkpoint >= position)).await.is_ok();
+        let ok = tokio::time::timeout(timeout, self.status.wait_for(|s| s.checkpoint.unwrap_or(0) >= position))
+            .await
+            .is_ok();
         assert!(ok, "relay did not reach position {position} in {timeout:?}: {:?}", *self.status.borrow());
     }
 }
@@ -83,7 +84,13 @@ async fn round_trip_order_headers_and_exactly_once_per_event_id() {
     }
     let head = store.head_position().await.unwrap();
     relay.wait_checkpoint(head, Duration::from_secs(60)).await;
-    let stored = store.read_feed(0, 100_000).await.unwrap();
+    let stored: Vec<_> = store
+        .read_feed(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| outboxd::envelope::StoredEvent { position: r.position(), envelope: r.envelope().unwrap() })
+        .collect();
     assert_eq!(stored.len() as i64, head);
     let records = consume_all(&brokers, &topics(&c), stored.len(), Duration::from_secs(30));
     assert_eq!(records.len(), stored.len(), "every stored event is on the topic exactly once");
@@ -110,7 +117,7 @@ async fn round_trip_order_headers_and_exactly_once_per_event_id() {
     }
     let m = &relay.metrics;
     assert_eq!(m.cdc_events_processed.with_label_values(&["OrderCreated"]).get(), 300);
-    assert_eq!(m.relay_lag_events.get(), 0);
+    assert_eq!(store.backlog(&c.relay.consumer_name).await.unwrap().events, Some(0), "nothing left unpublished");
     relay.stop().await;
     assert_eq!(
         store.get_checkpoint(&c.relay.consumer_name).await.unwrap(),
@@ -166,7 +173,7 @@ async fn write_events(store: DynStore, n: usize, writers: usize, pace: Duration)
                         customer_id: Uuid::from_u128(w as u128),
                         items: vec![item(1)],
                     },
-                    meta,
+                    meta.clone(),
                     None,
                 )
                 .await
@@ -179,7 +186,7 @@ async fn write_events(store: DynStore, n: usize, writers: usize, pace: Duration)
                     svc.execute::<outboxd::domain::Order>(
                         id,
                         &outboxd::domain::OrderCommand::UpdateItems { items: vec![item(k)] },
-                        meta,
+                        meta.clone(),
                         None,
                     )
                     .await
@@ -254,7 +261,8 @@ async fn sigkill_crashes_lose_nothing_and_only_resend_in_flight_events() {
     assert!(child.wait().unwrap().success(), "SIGTERM exits 0");
 
     let stored = store.read_feed(0, 100_000).await.unwrap();
-    let position: HashMap<String, i64> = stored.iter().map(|s| (s.envelope.event_id.to_string(), s.position)).collect();
+    let position: HashMap<String, i64> =
+        stored.iter().map(|s| (s.envelope().unwrap().event_id.to_string(), s.position())).collect();
     let records = consume_all(&brokers, &topics(&c), usize::MAX, Duration::from_secs(20));
     let ids: HashSet<String> = records.iter().map(|r| r.event_id()).collect();
     assert_eq!(ids.len(), total, "every event is on the topic");
@@ -291,7 +299,7 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_dlq() {
     let writer = tokio::spawn(write_events(store.clone(), 400, 4, Duration::from_millis(150)));
     // The outage is established once the relay saw a delivery fail; nothing
     // written after the broker stopped can have been confirmed.
-    tokio::time::timeout(Duration::from_secs(30), relay.status.wait_for(|s| !s.broker_ok))
+    tokio::time::timeout(Duration::from_secs(30), relay.status.wait_for(|s| !s.broker.is_reachable()))
         .await
         .expect("the relay notices the outage")
         .unwrap();
@@ -306,7 +314,7 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_dlq() {
         "breaker opened"
     );
     assert_eq!(store.dlq_count().await.unwrap(), 0, "nothing dead-lettered during the outage");
-    assert!(!relay.status.borrow().broker_ok);
+    assert!(!relay.status.borrow().broker.is_reachable());
 
     kafka.restart();
     let back = Instant::now();
@@ -335,7 +343,7 @@ async fn broker_outage_pauses_and_resumes_without_loss_or_dlq() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn poison_event_goes_to_dlq_and_replays_after_the_limit_is_raised() {
+async fn poison_event_parks_its_aggregate_and_replays_in_order_after_the_limit_is_raised() {
     use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::config::ClientConfig;
@@ -379,40 +387,52 @@ async fn poison_event_goes_to_dlq_and_replays_after_the_limit_is_raised() {
     )
     .await
     .unwrap();
+    // A later, small event of the same order: held behind the poison one.
+    svc.execute::<outboxd::domain::Order>(poison_id, &outboxd::domain::OrderCommand::Confirm, Default::default(), None)
+        .await
+        .unwrap();
     let after = order_lifecycle(&svc, 2).await;
     let head = store.head_position().await.unwrap();
+    // The checkpoint passes the held events: the park record covers them.
     relay.wait_checkpoint(head, Duration::from_secs(30)).await;
 
-    let letters = store.dlq_list(10).await.unwrap();
-    assert_eq!(letters.len(), 1, "exactly the poison event is dead-lettered");
-    assert_eq!(letters[0].aggregate_id, poison_id);
-    assert!(letters[0].error_message.to_lowercase().contains("too large"), "{}", letters[0].error_message);
-    assert_eq!(letters[0].failure_count, 5);
-    // Retries re-send events that were in flight behind the poison one (same ce_id),
+    assert_eq!(store.dlq_count().await.unwrap(), 0, "park-aggregate writes no dead letter");
+    let parked = store.parked("kafka-relay").await.unwrap();
+    assert_eq!(parked.len(), 1, "exactly the poison aggregate is parked: {parked:?}");
+    assert_eq!(parked[0].parked.aggregate_id, poison_id.to_string());
+    assert_eq!(parked[0].parked.sequence, Some(1));
+    assert_eq!(parked[0].held_events, 2, "the poison event and the one behind it are held");
+    assert!(parked[0].parked.error.to_lowercase().contains("too large"), "{}", parked[0].parked.error);
+    assert_eq!(relay.metrics.dlq_parked_aggregates.get(), 1);
+    // Retries re-send events that were in flight beside the poison one (same ce_id),
     // so read until the topic is drained rather than up to a count.
     let records = consume_all(&brokers, std::slice::from_ref(&topic), usize::MAX, Duration::from_secs(8));
     let keys: HashSet<String> = records.iter().map(|r| r.key.clone()).collect();
     assert!(
         keys.contains(&before.to_string()) && keys.contains(&after.to_string()),
-        "events around the poison are delivered"
+        "other aggregates flow past the parked one"
     );
-    assert!(!keys.contains(&poison_id.to_string()));
-    assert_eq!(relay.metrics.dlq_messages.get(), 1);
+    assert!(!keys.contains(&poison_id.to_string()), "nothing of the parked aggregate is published");
     relay.stop().await;
 
-    // Raise the limit, then replay with the CLI.
+    // Raise the limit, then replay the aggregate with the CLI (no relay runs:
+    // the CLI takes the relay lease and carries the request out itself).
     let alter = AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "1000000");
     admin.alter_configs(&[alter], &opts).await.unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
-        .args(["dlq", "replay", "--all"])
+        .args(["dlq", "replay", "--aggregate", &poison_id.to_string(), "--no-progress"])
         .envs(config_env(&c))
         .output()
         .unwrap();
     assert!(out.status.success(), "replay failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&letters[0].id.to_string()));
-    assert_eq!(store.dlq_count().await.unwrap(), 0, "replayed dead letter removed");
+    assert!(store.parked("kafka-relay").await.unwrap().is_empty(), "replayed aggregate unparked");
     let records = consume_all(&brokers, &[topic], usize::MAX, Duration::from_secs(8));
-    assert!(records.iter().any(|r| r.key == poison_id.to_string()), "poison event delivered after replay");
+    let seqs: Vec<i64> = records
+        .iter()
+        .filter(|r| r.key == poison_id.to_string())
+        .map(|r| r.value["sequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1, 2], "the parked aggregate is delivered in order after replay");
 }
 
 #[tokio::test(flavor = "multi_thread")]

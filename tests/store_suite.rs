@@ -258,8 +258,8 @@ async fn sqlite_reopen_finds_every_committed_event() {
     }
     let s = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
     let feed = s.read_feed(0, 1000).await.unwrap();
-    assert_eq!(feed.iter().map(|e| e.envelope.clone()).collect::<Vec<_>>(), expected);
-    let positions: Vec<i64> = feed.iter().map(|e| e.position).collect();
+    assert_eq!(feed.iter().map(|e| e.envelope().unwrap()).collect::<Vec<_>>(), expected);
+    let positions: Vec<i64> = feed.iter().map(|e| e.position()).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(s.head_position().await.unwrap(), *positions.last().unwrap());
 }
@@ -284,8 +284,8 @@ async fn sqlite_feed_is_commit_order_and_pages() {
         if page.is_empty() {
             break;
         }
-        after = page.last().unwrap().position;
-        got.extend(page.into_iter().map(|e| e.envelope));
+        after = page.last().unwrap().position();
+        got.extend(page.into_iter().map(|e| e.envelope().unwrap()));
     }
     assert_eq!(got, all);
 }

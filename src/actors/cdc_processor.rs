@@ -1,10 +1,15 @@
 //! CdcStreamProcessor (the seeds' name for the relay actor): the
 //! [`SupervisedTask`] that runs the relay, i.e. the feed -> Kafka task of
 //! this backend:
-//! - SQLite: `relay::Relay::run` on the store's position feed;
-//! - CQL: the Scylla CDC feed of `relay::cdc` (`run_relay_feed`).
+//! - SQLite: `relay::runner::RelayRunner` (lease-gated terms of
+//!   `relay::Relay` on the store's position feed, at-least-once or
+//!   exactly-once);
+//! - CQL: the Scylla CDC feed of `relay::cdc` (`run_relay_feed`: its own
+//!   fenced progress, catch-up, reconciliation), while this instance holds
+//!   the relay lease.
 //!
-//! It reports the relay's progress, lag and breaker state (`RelayStatus`).
+//! It reports the relay's role (active/standby), progress, broker and
+//! breaker state (`RelayStatus`).
 //! Thin body: the relay owns reading, publishing, retries, the breaker and
 //! checkpoints; the shell (`supervision::shell`) owns spawning, watching,
 //! restarts and stopping. The relay resumes from its persisted checkpoint,
@@ -18,10 +23,16 @@ use futures::future::{BoxFuture, FutureExt};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lease::gate::while_active;
+use crate::lease::keeper::LeaseState;
 use crate::relay::cdc::run_relay_feed;
-use crate::relay::deliver::{DeadLetterSink, Deliverer};
-use crate::relay::{BreakerState, Relay, RelayStatus};
+use crate::relay::deliver::Deliverer;
+use crate::relay::runner::RelayRunner;
+use crate::relay::sink::DeadLetterSink;
+use crate::relay::status::FeedState;
+use crate::relay::{BreakerState, Role, StatusTx};
 use crate::shutdown::Shutdown;
+use crate::store::cql::CqlStore;
 
 use super::messages::ActorName;
 use super::supervision::{SupervisedTask, TaskBody, TaskError, TaskFuture, TaskInfo};
@@ -43,45 +54,101 @@ fn failed(e: impl std::fmt::Display) -> TaskError {
     TaskError::Failed(e.to_string())
 }
 
+/// The relay role a lease state means.
+pub fn role_of(s: &LeaseState) -> Role {
+    match s {
+        LeaseState::Active { epoch } => Role::Active { epoch: *epoch },
+        LeaseState::Standby { holder, epoch, .. } => Role::Standby { holder: holder.clone(), epoch: *epoch },
+        LeaseState::Unknown | LeaseState::Lost { .. } => Role::Unknown,
+    }
+}
+
+/// The CQL feed: while this instance holds the relay lease, reads the Scylla
+/// CDC log until the term ends (`relay::cdc::run_relay_feed`: progress
+/// fenced by the term's epoch, graceful stop).
+async fn run_cdc_relay(
+    deps: ActorDeps,
+    cql: Arc<CqlStore>,
+    sink: Arc<dyn DeadLetterSink>,
+    shutdown: Shutdown,
+) -> Result<(), TaskError> {
+    let status = StatusTx::new(deps.relay_status.clone());
+    let lease = deps.leases.relay.clone();
+    let role_status = status.clone();
+    let on_role = move |s: &LeaseState| {
+        let role = role_of(s);
+        role_status.update(|st| {
+            if st.role == role {
+                return false;
+            }
+            st.role = role;
+            true
+        })
+    };
+    while_active(lease.as_ref(), shutdown, on_role, |epoch, term| {
+        let (deps, cql, sink, status) = (deps.clone(), cql.clone(), sink.clone(), status.clone());
+        async move {
+            status.update(|st| {
+                st.role = epoch.map(|epoch| Role::Active { epoch }).unwrap_or(Role::Unfenced);
+                true
+            });
+            let deliverer = Deliverer::new(&deps.cfg, deps.store.clone(), sink, deps.metrics.clone(), status)
+                .await
+                .map_err(|e| failed(e.message))?;
+            run_relay_feed(cql, &deps.cfg, Arc::new(deliverer), &deps.metrics, epoch, term).await.map_err(failed)
+        }
+    })
+    .await
+}
+
 impl TaskBody for RelayBody {
     const INFO: TaskInfo =
         TaskInfo { actor: ActorName::Cdc, task: "relay", on_abort: "unconfirmed events are re-sent on restart" };
-    type Status = RelayStatus;
+    type Status = crate::relay::RelayStatus;
 
-    /// `Relay::run` on the position feed, or the Scylla CDC reader for the
-    /// CQL backend.
+    /// The lease-gated relay: the position feed (`RelayRunner`), or the Scylla
+    /// CDC reader for the CQL backend.
     fn spawn(&mut self, deps: &ActorDeps, shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
-        let (cfg, status) = (&deps.cfg, deps.relay_status.clone());
         let Some(cql) = deps.cql.clone() else {
-            let relay = Relay::with_status(cfg, deps.store.clone(), deps.metrics.clone(), status)
-                .map_err(failed)?
-                .with_sink(self.sink.clone());
-            return Ok(async move { relay.run(shutdown).await.map_err(failed) }.boxed());
+            let runner = RelayRunner {
+                config: deps.cfg.clone(),
+                store: deps.store.clone(),
+                metrics: deps.metrics.clone(),
+                status: StatusTx::new(deps.relay_status.clone()),
+                sink: self.sink.clone(),
+                lease: deps.leases.relay.clone(),
+                pause: deps.relay_pause.clone(),
+            };
+            return Ok(async move { runner.run(shutdown).await.map_err(failed) }.boxed());
         };
-        let deliverer = Deliverer::new(cfg, self.sink.clone(), deps.metrics.clone(), status)
-            .map_err(|e| TaskError::Failed(e.message))?;
-        let (cfg, metrics) = (cfg.clone(), deps.metrics.clone());
-        Ok(async move { run_relay_feed(cql, &cfg, Arc::new(deliverer), &metrics, None, shutdown).await.map_err(failed) }
-            .boxed())
+        Ok(run_cdc_relay(deps.clone(), cql, self.sink.clone(), shutdown).boxed())
     }
 
     /// Publish what was committed before the signal, as long as the broker
-    /// takes it (bounded: half the deadline, at most [`MAX_CATCH_UP`]).
+    /// takes it (bounded: half the deadline, at most [`MAX_CATCH_UP`]). A
+    /// standby has nothing to publish.
     fn drain(&self, deps: &ActorDeps, deadline: Duration) -> BoxFuture<'static, ()> {
         let store = deps.store.clone();
         let mut status = deps.relay_status.subscribe();
         let catch_up = (deadline / 2).min(MAX_CATCH_UP);
         async move {
+            if !status.borrow().running {
+                return;
+            }
             let Ok(Ok(head)) = tokio::time::timeout(catch_up, store.head_position()).await else { return };
             let caught_up = tokio::time::timeout(
                 catch_up,
                 status.wait_for(|s| {
-                    s.checkpoint >= head || !s.running || !s.broker_ok || !s.store_ok || s.breaker != BreakerState::Closed
+                    s.checkpoint.unwrap_or(0) >= head
+                        || !s.running
+                        || !s.broker.is_reachable()
+                        || s.feed != FeedState::Ok
+                        || s.breaker != BreakerState::Closed
                 }),
             )
             .await
             .is_ok();
-            let cp = status.borrow().checkpoint;
+            let cp = status.borrow().checkpoint.unwrap_or(0);
             if !caught_up || cp < head {
                 tracing::info!(actor = %ActorName::Cdc, checkpoint = cp, head, "stopping the relay before it caught up; the rest is published after restart");
             }

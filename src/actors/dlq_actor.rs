@@ -1,19 +1,23 @@
-//! DlqActor: owns dead-letter writes, listing and replay.
+//! DlqActor: owns dead-letter writes, and lists and forwards the operator's
+//! dead-letter requests (replay, discard) to the active relay.
 //!
-//! Thin shell over the store's dead-letter table and `relay::dlq::replay`.
-//! The relay reaches it through [`DlqSink`], its `DeadLetterSink`.
-//! Policy: resume. A failing write or replay is logged and returned to the
-//! caller (the relay retries a dead-letter write until it is durable); the
-//! actor itself keeps serving.
+//! Thin shell over the store's dead-letter and parking tables and the relay
+//! requests (`relay::operator`): a replay or discard is a request row that
+//! the instance holding the relay lease carries out with its own producer;
+//! this actor never publishes. The relay reaches it through [`DlqSink`], its
+//! `DeadLetterSink`.
+//! Policy: resume. A failing write is logged and returned to the caller
+//! (the relay retries a dead-letter write until it is durable); the actor
+//! itself keeps serving.
 
 use actix::prelude::*;
 use async_trait::async_trait;
-use std::collections::HashSet;
-use uuid::Uuid;
+use serde::Serialize;
 
-use crate::relay::deliver::DeadLetterSink;
-use crate::relay::dlq::{replay, ReplayReport};
-use crate::relay::KafkaPublisher;
+use crate::relay::operator;
+use crate::relay::sink::DeadLetterSink;
+use crate::store::parking::ParkedInfo;
+use crate::store::requests::{RelayRequest, RequestKind};
 use crate::store::{DeadLetter, StoreError};
 
 use super::messages::{ActorError, ActorName, InjectFailure, Lifecycle, Ping, StopActor};
@@ -24,18 +28,25 @@ use super::ActorDeps;
 #[rtype(result = "Result<(), StoreError>")]
 pub struct WriteDeadLetter(pub DeadLetter);
 
+/// Dead letters (policy `skip`) and parked aggregates (policy `park-aggregate`).
 #[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "Result<Vec<DeadLetter>, StoreError>")]
+#[rtype(result = "Result<DlqView, StoreError>")]
 pub struct ListDeadLetters {
     pub limit: usize,
 }
 
-/// Re-publishes dead letters (all, or the given ids) and removes the ones
-/// the broker confirmed.
+#[derive(Debug, Clone, Serialize)]
+pub struct DlqView {
+    pub parked: Vec<ParkedInfo>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// Writes an operator request for the active relay (replay, discard, rewind).
 #[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<ReplayReport, ActorError>")]
-pub struct ReplayDeadLetters {
-    pub ids: Option<Vec<Uuid>>,
+#[rtype(result = "Result<RelayRequest, ActorError>")]
+pub struct SubmitRequest {
+    pub kind: RequestKind,
+    pub requested_by: String,
 }
 
 #[derive(Message, Debug, Clone, Copy)]
@@ -46,13 +57,12 @@ const NAME: ActorName = ActorName::Dlq;
 
 pub struct DlqActor {
     deps: ActorDeps,
-    publisher: Option<KafkaPublisher>,
     stopped: bool,
 }
 
 impl DlqActor {
     pub fn new(deps: ActorDeps) -> DlqActor {
-        DlqActor { deps, publisher: None, stopped: false }
+        DlqActor { deps, stopped: false }
     }
 
     fn refresh_depth(&self, ctx: &mut Context<Self>) {
@@ -94,12 +104,17 @@ impl Handler<WriteDeadLetter> for DlqActor {
 }
 
 impl Handler<ListDeadLetters> for DlqActor {
-    type Result = ResponseFuture<Result<Vec<DeadLetter>, StoreError>>;
+    type Result = ResponseFuture<Result<DlqView, StoreError>>;
 
     fn handle(&mut self, msg: ListDeadLetters, _ctx: &mut Context<Self>) -> Self::Result {
         self.deps.received(NAME);
         let store = self.deps.store.clone();
-        Box::pin(async move { store.dlq_list(msg.limit.clamp(1, 10_000)).await })
+        let consumer = self.deps.cfg.relay.consumer_name.clone();
+        Box::pin(async move {
+            let parked = store.parked(&consumer).await?;
+            let dead_letters = store.dlq_list(msg.limit.clamp(1, 10_000)).await?;
+            Ok(DlqView { parked, dead_letters })
+        })
     }
 }
 
@@ -113,45 +128,21 @@ impl Handler<CountDeadLetters> for DlqActor {
     }
 }
 
-impl Handler<ReplayDeadLetters> for DlqActor {
-    /// One replay at a time (the actor waits for it).
-    type Result = AtomicResponse<Self, Result<ReplayReport, ActorError>>;
+impl Handler<SubmitRequest> for DlqActor {
+    type Result = ResponseFuture<Result<RelayRequest, ActorError>>;
 
-    fn handle(&mut self, msg: ReplayDeadLetters, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: SubmitRequest, _ctx: &mut Context<Self>) -> Self::Result {
         self.deps.received(NAME);
         if self.stopped {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(ActorError::ShuttingDown))));
+            return Box::pin(async { Err(ActorError::ShuttingDown) });
         }
-        if self.publisher.is_none() {
-            match KafkaPublisher::new(&self.deps.cfg.kafka) {
-                Ok(p) => self.publisher = Some(p),
-                Err(e) => {
-                    tracing::error!(actor = %NAME, error = %e, "cannot create a producer for replay");
-                    return AtomicResponse::new(Box::pin(actix::fut::ready(Err(ActorError::Publisher(e.message)))));
-                }
-            }
-        }
-        let publisher = self.publisher.clone().expect("set above");
         let store = self.deps.store.clone();
-        let currency = self.deps.cfg.service.default_currency.clone();
-        let gauge = self.deps.metrics.dlq_depth.clone();
-        let fut = async move {
-            let letters = store.dlq_list(100_000).await?;
-            let chosen: Vec<DeadLetter> = match msg.ids {
-                None => letters,
-                Some(ids) => {
-                    let ids: HashSet<_> = ids.into_iter().collect();
-                    letters.into_iter().filter(|l| ids.contains(&l.id)).collect()
-                }
-            };
-            let report = replay(&store, &publisher, chosen, &currency).await?;
-            if let Ok(n) = store.dlq_count().await {
-                gauge.set(n as i64);
-            }
-            tracing::info!(actor = %NAME, replayed = report.replayed.len(), failed = report.failed.len(), "dead letters replayed");
-            Ok(report)
-        };
-        AtomicResponse::new(Box::pin(actix::fut::wrap_future::<_, Self>(fut)))
+        let consumer = self.deps.cfg.relay.consumer_name.clone();
+        Box::pin(async move {
+            let r = operator::submit(&store, &consumer, msg.kind, &msg.requested_by).await?;
+            tracing::info!(actor = %NAME, request = %r.id, kind = ?r.kind, "relay request submitted");
+            Ok(r)
+        })
     }
 }
 

@@ -57,7 +57,7 @@ pub use coordinator::{
     CoordinatorActor, GetCdcProcessor, GetDlqActor, GetHealthCheckActor, GetOrderActor, GetProjectionActor,
     InjectFailureInto, ShutdownSystem,
 };
-pub use dlq_actor::{CountDeadLetters, DlqActor, DlqSink, ListDeadLetters, ReplayDeadLetters, WriteDeadLetter};
+pub use dlq_actor::{CountDeadLetters, DlqActor, DlqSink, DlqView, ListDeadLetters, SubmitRequest, WriteDeadLetter};
 pub use health::{
     CheckNow, ComponentHealth, GetSystemHealth, HealthCheckActor, HealthReport, HealthStatus, MarkShuttingDown,
     RegisterComponents,
@@ -118,6 +118,18 @@ pub struct ActorDeps {
     pub read_models: Option<DynReadModels>,
     /// Projector status; the sender outlives projector restarts.
     pub projection_status: watch::Sender<ProjectionStatus>,
+    /// The leases this instance keeps (None: single instance, unfenced).
+    pub leases: Leases,
+    /// The relay's pause hook (fault injection: a "zombie" leader in tests).
+    pub relay_pause: crate::relay::pause::PauseHook,
+}
+
+/// The lease keepers of this instance, one per consumer name; they outlive
+/// actor restarts (a restarted relay keeps its lease) and release on shutdown.
+#[derive(Clone, Default)]
+pub struct Leases {
+    pub relay: Option<crate::lease::keeper::LeaseHandle>,
+    pub projection: Option<crate::lease::keeper::LeaseHandle>,
 }
 
 impl ActorDeps {
@@ -136,7 +148,15 @@ impl ActorDeps {
             cql: None,
             read_models: None,
             projection_status,
+            leases: Leases::default(),
+            relay_pause: Default::default(),
         }
+    }
+
+    /// Runs the relay and the projection under these leases.
+    pub fn with_leases(mut self, leases: Leases) -> ActorDeps {
+        self.leases = leases;
+        self
     }
 
     /// Maintains these read models with a supervised ProjectionActor.

@@ -14,9 +14,13 @@
 //! from its checkpoint (on SQLite rows and checkpoint commit together; rows
 //! are idempotent by (aggregate id, sequence)), so a restart changes no row.
 //! Only started when the backend has read models; see the coordinator.
+//! With several instances on one store, only the holder of the
+//! `projections` lease projects; the others stand by (the projector's
+//! compare-and-set on its checkpoint keeps two writers safe anyway).
 
 use futures::future::FutureExt;
 
+use crate::lease::gate::while_active;
 use crate::projection::{DynReadModels, ProjectionStatus, Projector, ProjectorOptions};
 use crate::shutdown::Shutdown;
 
@@ -38,15 +42,34 @@ impl TaskBody for ProjectionBody {
         TaskInfo { actor: ActorName::Projection, task: "projector", on_abort: "it resumes from its checkpoint" };
     type Status = ProjectionStatus;
 
+    /// The projector runs only while this instance holds the projection's
+    /// lease (`projections`); a standby waits.
     fn spawn(&mut self, deps: &ActorDeps, shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
         let status = deps.projection_status.clone();
+        let lease = deps.leases.projection.clone();
         let Some(cql) = deps.cql.clone() else {
             let opts = ProjectorOptions::from_config(&deps.cfg);
-            let projector =
-                Projector::with_status(deps.store.clone(), self.models.clone(), deps.metrics.clone(), opts, status);
+            let (store, models, metrics) = (deps.store.clone(), self.models.clone(), deps.metrics.clone());
             return Ok(async move {
-                projector.run(shutdown).await;
-                Ok(())
+                while_active(
+                    lease.as_ref(),
+                    shutdown,
+                    |_| {},
+                    |_epoch, term| {
+                        let projector = Projector::with_status(
+                            store.clone(),
+                            models.clone(),
+                            metrics.clone(),
+                            opts.clone(),
+                            status.clone(),
+                        );
+                        async move {
+                            projector.run(term).await;
+                            Ok::<(), TaskError>(())
+                        }
+                    },
+                )
+                .await
             }
             .boxed());
         };
@@ -64,9 +87,20 @@ impl TaskBody for ProjectionBody {
         }
         let cfg = deps.cfg.clone();
         Ok(async move {
-            crate::projection::cql::run_cdc_projection(cql, &cfg, status, shutdown)
-                .await
-                .map_err(|e| TaskError::Failed(format!("CQL projection (CDC reader): {e}")))
+            while_active(
+                lease.as_ref(),
+                shutdown,
+                |_| {},
+                |_epoch, term| {
+                    let (cql, cfg, status) = (cql.clone(), cfg.clone(), status.clone());
+                    async move {
+                        crate::projection::cql::run_cdc_projection(cql, &cfg, status, term)
+                            .await
+                            .map_err(|e| TaskError::Failed(format!("CQL projection (CDC reader): {e}")))
+                    }
+                },
+            )
+            .await
         }
         .boxed())
     }

@@ -130,7 +130,7 @@ pub fn sample_events(n: usize, k: usize) -> Vec<Vec<EventEnvelope>> {
                 };
                 let e = order.handle(&cmd).expect("valid command").remove(0);
                 order.apply(&e);
-                out.push(EventEnvelope::new::<Order>(id, seq, &e, meta, at).expect("encodable"));
+                out.push(EventEnvelope::new::<Order>(id, seq, &e, &meta, at).expect("encodable"));
             }
             out
         })

@@ -3,7 +3,7 @@
 //! Guarantee: only measures and prints.
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,10 +14,12 @@ use crate::config::Config;
 use crate::domain::{Aggregate, Customer, CustomerCommand, Email};
 use crate::envelope::{now_millis, EventEnvelope, Metadata};
 use crate::metrics::Metrics;
-use crate::relay::publisher::{headers_for, producer_config};
+use crate::relay::encode::Encoder;
+use crate::relay::producer::{producer_config, Delivery};
 use crate::relay::topics::{topic_names, topic_of};
 use crate::relay::Relay;
 use crate::shutdown::Trigger;
+use crate::store::feed::RawEvent;
 use crate::store::sqlite::SqliteStore;
 use crate::store::DynStore;
 
@@ -32,7 +34,7 @@ fn event(size: usize) -> EventEnvelope {
     };
     let e = c.handle(&cmd).expect("valid").remove(0);
     let mut env =
-        EventEnvelope::new::<Customer>(Uuid::now_v7(), 1, &e, Metadata::default(), now_millis()).expect("encodable");
+        EventEnvelope::new::<Customer>(Uuid::now_v7(), 1, &e, &Metadata::default(), now_millis()).expect("encodable");
     // Top up to the requested size with an extra field consumers ignore.
     let len = serde_json::to_vec(&env).map(|v| v.len()).unwrap_or(0);
     if len < size {
@@ -61,29 +63,32 @@ pub async fn run(base: &Config, n: usize, size: usize, rate: u64, seconds: u64) 
     }
 
     // Topics exist before either side is timed.
-    let publisher = crate::relay::KafkaPublisher::new(&cfg.kafka).map_err(|e| anyhow::anyhow!(e.message))?;
     let topics: Vec<String> = topic_names(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix);
-    publisher.ensure_topics(&topics, Duration::from_secs(30)).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    crate::relay::admin::ensure_topics(&cfg.kafka, &topics, Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
 
     // Baseline: a bare FutureProducer with the same settings, same records, all in flight.
-    let producer: FutureProducer = producer_config(&cfg.kafka).create()?;
+    let producer: FutureProducer = producer_config(&cfg.kafka, &Delivery::AtLeastOnce).create()?;
+    let mut encoder = Encoder::from_config(&cfg.kafka);
     let prepared: Vec<(String, String, Vec<u8>, OwnedHeaders)> = events
         .iter()
         .map(|e| {
-            let mut h = OwnedHeaders::new();
-            for (k, v) in headers_for(e, &cfg.kafka.source) {
-                h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
-            }
+            let raw = RawEvent::from_envelope(e, 0).expect("encodable");
+            let mut value = Vec::new();
+            encoder.value(&raw, &mut value);
             (
                 topic_of(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix, e).replace("-events", "-baseline"),
                 e.aggregate_id.to_string(),
-                serde_json::to_vec(e).unwrap_or_default(),
-                h,
+                value,
+                encoder.headers(&raw),
             )
         })
         .collect();
     let base_topics: Vec<String> = topics.iter().map(|t| t.replace("-events", "-baseline")).collect();
-    publisher.ensure_topics(&base_topics, Duration::from_secs(30)).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    crate::relay::admin::ensure_topics(&cfg.kafka, &base_topics, Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();
     for (t, k, v, h) in &prepared {
@@ -112,14 +117,14 @@ pub async fn run(base: &Config, n: usize, size: usize, rate: u64, seconds: u64) 
 
     // The relay: from the store, with checkpoints, until the checkpoint reaches the head.
     let metrics = Metrics::new();
-    let relay = Relay::new(&cfg, store.clone(), metrics.clone())?;
-    let mut status = relay.status();
+    let (tx, mut status) = tokio::sync::watch::channel(crate::relay::RelayStatus::default());
+    let relay = Relay::new(Arc::new(cfg.clone()), store.clone(), metrics.clone(), crate::relay::StatusTx::new(tx));
     let mut trigger = Trigger::new();
     let sd = trigger.subscribe();
     let head = store.head_position().await?;
     let start = Instant::now();
     let task = tokio::spawn(relay.run(sd));
-    status.wait_for(|s| s.checkpoint >= head).await?;
+    status.wait_for(|s| s.checkpoint.unwrap_or(0) >= head).await?;
     let relay_secs = start.elapsed().as_secs_f64();
     let base_rate = n as f64 / base_secs;
     let relay_rate = n as f64 / relay_secs;

@@ -1,46 +1,85 @@
-//! `outboxd dlq list|replay`: the dead-letter queue from the command line.
+//! `outboxd dlq list|replay|discard`: parked aggregates and dead letters
+//! from the command line.
 //!
-//! Guarantee: replay removes only dead letters the broker confirmed; the
-//! exit code is 1 when any failed.
+//! Guarantees: `list` only reads; `replay` and `discard` are requests the
+//! active relay carries out (or this process under the relay lease when no
+//! relay runs, see `relay_ops`); a discard keeps an audit row; the exit code
+//! is 1 when the request failed.
 
 use outboxd::config::Config;
+use outboxd::store::requests::RequestKind;
 
-use super::{open, BadInput, Failure};
+use super::{open, relay_ops, BadInput, Failure};
 use crate::DlqCmd;
 
 pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
-    let store = open(cfg).await?;
     match c {
         DlqCmd::List { limit } => {
+            let store = open(cfg).await?;
+            for p in store.parked(&cfg.relay.consumer_name).await? {
+                let mut v = serde_json::to_value(&p)?;
+                v["kind"] = "parked".into();
+                println!("{v}");
+            }
             for l in store.dlq_list(limit).await? {
-                println!("{}", serde_json::to_string(&l)?);
+                let mut v = serde_json::to_value(&l)?;
+                v["kind"] = "dead_letter".into();
+                println!("{v}");
             }
             Ok(0)
         }
-        DlqCmd::Replay { id, all } => {
-            let letters = store.dlq_list(100_000).await?;
-            let chosen: Vec<_> = match (id, all) {
-                (Some(id), _) => {
-                    let l: Vec<_> = letters.into_iter().filter(|l| l.id == id).collect();
-                    if l.is_empty() {
-                        return Err(BadInput(format!("no dead letter with id {id}")).into());
-                    }
-                    l
-                }
-                (None, true) => letters,
-                (None, false) => {
-                    return Err(BadInput("say which dead letters to replay: --id ID or --all".into()).into())
+        DlqCmd::Replay { aggregate, id, all, no_progress } => {
+            let kinds = match (aggregate, id, all) {
+                (Some(a), None, false) => vec![RequestKind::ReplayAggregate { aggregate_id: a }],
+                (None, Some(id), false) => vec![RequestKind::ReplayDeadLetters { ids: Some(vec![id]) }],
+                (None, None, true) => vec![RequestKind::ReplayAllParked, RequestKind::ReplayDeadLetters { ids: None }],
+                _ => {
+                    return Err(BadInput(
+                        "say what to replay: --aggregate ID (a parked aggregate), --id ID (a dead letter) or --all"
+                            .into(),
+                    )
+                    .into())
                 }
             };
-            let publisher = outboxd::relay::KafkaPublisher::new(&cfg.kafka).map_err(|e| BadInput(e.message))?;
-            let report = outboxd::relay::dlq::replay(&store, &publisher, chosen, &cfg.service.default_currency).await?;
-            for id in &report.replayed {
-                println!("replayed {id}");
+            let store = open(cfg).await?;
+            let parked = store.parked(&cfg.relay.consumer_name).await?;
+            let held: u64 = parked.iter().map(|p| p.held_events).sum();
+            let letters = store.dlq_count().await?;
+            let mut code = 0;
+            for kind in kinds {
+                let bar = (!no_progress).then(|| progress_bar(&kind, parked.len(), held, letters));
+                code = code.max(relay_ops::request(cfg, kind, bar).await?);
             }
-            for (id, e) in &report.failed {
-                eprintln!("failed {id}: {e}");
+            if all {
+                let left_parked = store.parked(&cfg.relay.consumer_name).await?.len();
+                let left_letters = store.dlq_count().await?;
+                eprintln!(
+                    "replay --all: {} parked aggregates ({held} held events) and {letters} dead letters before; {left_parked} parked aggregates and {left_letters} dead letters left",
+                    parked.len()
+                );
             }
-            Ok(if report.failed.is_empty() { 0 } else { 1 })
+            Ok(code)
+        }
+        DlqCmd::Discard { id, reason } => {
+            if reason.trim().len() < 3 {
+                return Err(BadInput("--reason: say why the event is discarded (kept in the audit row)".into()).into());
+            }
+            relay_ops::request(cfg, RequestKind::Discard { event_id: id, reason }, None).await
         }
     }
+}
+
+fn progress_bar(kind: &RequestKind, parked: usize, held: u64, letters: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let what = match kind {
+        RequestKind::ReplayAllParked => format!("replaying {parked} parked aggregates ({held} held events)"),
+        RequestKind::ReplayDeadLetters { ids: None } => format!("replaying {letters} dead letters"),
+        _ => "replaying".to_string(),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {prefix}: {msg}") {
+        bar.set_style(style);
+    }
+    bar.set_prefix(what);
+    bar
 }

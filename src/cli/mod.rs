@@ -11,6 +11,8 @@ pub mod customer;
 pub mod dlq;
 pub mod order;
 pub mod projections;
+pub mod relay;
+pub mod relay_ops;
 pub mod store;
 
 use anyhow::Context;
@@ -71,5 +73,5 @@ pub fn service(cfg: &Config, store: DynStore) -> CommandService {
 }
 
 pub fn meta(m: &Meta) -> Metadata {
-    Metadata { correlation_id: m.correlation_id.unwrap_or_else(Uuid::now_v7), causation_id: None }
+    Metadata { correlation_id: m.correlation_id.unwrap_or_else(Uuid::now_v7), causation_id: None, trace: None }
 }

@@ -24,3 +24,26 @@ pub async fn rebuild(cfg: &Config, no_progress: bool) -> Result<u8, Failure> {
     println!("{report}");
     Ok(0)
 }
+
+/// `outboxd projections status`: checkpoint, head, lag and parked aggregates of the read models.
+pub async fn status(cfg: &Config) -> Result<u8, Failure> {
+    let store = super::open(cfg).await?;
+    let consumer = outboxd::projection::CONSUMER;
+    let backlog = store.backlog(consumer).await?;
+    let parked = store.parked(consumer).await?;
+    let lag_seconds =
+        backlog.oldest.map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0).unwrap_or(0.0);
+    println!(
+        "{}",
+        serde_json::json!({
+            "consumer": consumer,
+            "checkpoint": backlog.checkpoint,
+            "head": backlog.head,
+            "lag_events": backlog.events,
+            "lag_seconds": lag_seconds,
+            "parked_aggregates": parked.len(),
+            "parked": parked,
+        })
+    );
+    Ok(0)
+}

@@ -6,6 +6,8 @@
 use anyhow::Context;
 
 use outboxd::config::Config;
+use outboxd::envelope::StoredEvent;
+use outboxd::store::feed::FeedRow;
 
 use super::{open, Failure};
 
@@ -20,8 +22,18 @@ pub async fn schema(cfg: &Config) -> Result<u8, Failure> {
 /// Prints the feed after `after`, at most `limit` events, as JSON lines.
 pub async fn events(cfg: &Config, after: i64, limit: usize) -> Result<u8, Failure> {
     let store = open(cfg).await?;
-    for e in store.read_feed(after, limit).await? {
-        println!("{}", serde_json::to_string(&e)?);
+    for row in store.read_feed(after, limit).await? {
+        match row {
+            FeedRow::Event(e) => {
+                let envelope = e.to_envelope()?;
+                println!("{}", serde_json::to_string(&StoredEvent { position: e.position, envelope })?);
+            }
+            FeedRow::Unreadable(u) => println!(
+                "{}",
+                serde_json::json!({ "position": u.position, "unreadable": {
+                    "aggregate_id": &*u.aggregate_key, "sequence": u.sequence, "event_id": u.event_id, "event_type": u.event_type, "error": u.error } })
+            ),
+        }
     }
     Ok(0)
 }

@@ -30,7 +30,7 @@ pub use http::HttpConfig;
 pub use kafka::{
     validate_topic, validate_topic_prefix, Compression, KafkaConfig, TopicRouting, MAX_TOPIC_LEN, MAX_TOPIC_PREFIX_LEN,
 };
-pub use relay::{BreakerConfig, RelayConfig, RetryConfig};
+pub use relay::{BreakerConfig, DeliveryMode, PermanentFailurePolicy, RelayConfig, RetryConfig};
 pub use service::{HealthConfig, ServiceConfig, SupervisionConfig};
 pub use store::{Backend, CqlConfig, SqliteOptions, StoreConfig, Synchronous};
 

@@ -40,6 +40,36 @@ impl Default for BreakerConfig {
     }
 }
 
+/// How the relay delivers (`relay.delivery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    /// Idempotent producer; a crash re-sends the unconfirmed window (same `ce_id`).
+    AtLeastOnce,
+    /// Kafka transactions with the progress on a compacted topic: read_committed
+    /// consumers see every event exactly once.
+    ExactlyOnce,
+}
+
+impl DeliveryMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeliveryMode::AtLeastOnce => "at-least-once",
+            DeliveryMode::ExactlyOnce => "exactly-once",
+        }
+    }
+}
+
+/// What happens to an event that can never be published as it is (`relay.on_permanent_failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PermanentFailurePolicy {
+    /// Hold the aggregate from that event on (durably); everything else flows.
+    ParkAggregate,
+    /// Dead-letter the event and move on (its aggregate's consumers see a gap).
+    Skip,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
@@ -54,6 +84,22 @@ pub struct RelayConfig {
     /// Seed behaviour: dead-letter even transient failures after the retries.
     /// Off by default: an outage must pause the relay, not empty it into the DLQ.
     pub dlq_on_transient_exhaustion: bool,
+    /// `at-least-once` (default) or `exactly-once`.
+    pub delivery: DeliveryMode,
+    /// `park-aggregate` (default) or `skip`.
+    pub on_permanent_failure: PermanentFailurePolicy,
+    /// This instance's id in the lease table (default: host, pid and start time).
+    pub instance_id: Option<String>,
+    /// Lease time-to-live; the holder renews every third of it.
+    pub lease_ttl_ms: u64,
+    /// Exactly-once: most events per transaction.
+    pub transaction_max_events: usize,
+    /// Exactly-once: longest a transaction collects events before it commits.
+    pub transaction_max_ms: u64,
+    /// Exactly-once: librdkafka `transaction.timeout.ms` (within the broker's `transaction.max.timeout.ms`).
+    pub transaction_timeout_ms: u64,
+    /// Exactly-once: the compacted topic holding each consumer's committed position.
+    pub progress_topic: String,
     pub retry: RetryConfig,
     pub breaker: BreakerConfig,
 }
@@ -66,6 +112,14 @@ impl Default for RelayConfig {
             max_in_flight: 10_000,
             poll_interval_ms: 500,
             dlq_on_transient_exhaustion: false,
+            delivery: DeliveryMode::AtLeastOnce,
+            on_permanent_failure: PermanentFailurePolicy::ParkAggregate,
+            instance_id: None,
+            lease_ttl_ms: 10_000,
+            transaction_max_events: 2_000,
+            transaction_max_ms: 50,
+            transaction_timeout_ms: 60_000,
+            progress_topic: "outboxd.progress".into(),
             retry: RetryConfig::default(),
             breaker: BreakerConfig::default(),
         }
@@ -89,6 +143,22 @@ impl RelayConfig {
         {
             return err("relay.retry: max_attempts >= 1, initial_backoff_ms >= 1, multiplier >= 1, max_backoff_ms >= initial_backoff_ms");
         }
+        if !(1_000..=600_000).contains(&self.lease_ttl_ms) {
+            return err("relay.lease_ttl_ms must be between 1000 and 600000");
+        }
+        if let Some(id) = &self.instance_id {
+            if id.trim().is_empty() || id.len() > 200 {
+                return err("relay.instance_id must be 1-200 characters");
+            }
+        }
+        if self.transaction_max_events == 0 || self.transaction_max_ms == 0 {
+            return err("relay.transaction_max_events and relay.transaction_max_ms must be > 0");
+        }
+        if !(1_000..=900_000).contains(&self.transaction_timeout_ms) {
+            return err("relay.transaction_timeout_ms must be between 1000 and 900000 (and within the broker's transaction.max.timeout.ms)");
+        }
+        super::validate_topic(&self.progress_topic)
+            .map_err(|e| ConfigError(format!("relay.progress_topic: {}", e.0)))?;
         let b = &self.breaker;
         if b.failure_threshold == 0 || b.success_threshold == 0 || b.open_timeout_ms == 0 {
             return err("relay.breaker: failure_threshold, success_threshold and open_timeout_ms must be > 0");

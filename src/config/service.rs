@@ -17,11 +17,22 @@ pub struct HealthConfig {
     /// Projection lag (events committed but not yet in the read models)
     /// above which the `projections` component is Degraded.
     pub projection_lag_degraded_events: i64,
+    /// Age of the oldest unpublished event above which the relay is Degraded.
+    pub lag_degraded_seconds: u64,
+    /// The relay is Degraded while its feed reads fail, Unhealthy once they
+    /// have failed for this long.
+    pub feed_unhealthy_after_ms: u64,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        HealthConfig { interval_ms: 10_000, lag_degraded_events: 10_000, projection_lag_degraded_events: 10_000 }
+        HealthConfig {
+            interval_ms: 10_000,
+            lag_degraded_events: 10_000,
+            projection_lag_degraded_events: 10_000,
+            lag_degraded_seconds: 300,
+            feed_unhealthy_after_ms: 60_000,
+        }
     }
 }
 

@@ -6,8 +6,9 @@
 //! - GET /health/live: 200 while the process serves requests.
 //! - GET /health/ready: 200 when not shutting down and the store was
 //!   reachable at the last check, else 503.
-//! - GET /dlq?limit=N, POST /dlq/replay `{"ids": [...]}` or `{"all": true}`:
-//!   dead letters through the DlqActor.
+//! - GET /dlq, POST /dlq/replay, POST /dlq/discard, POST /relay/rewind,
+//!   GET /relay/requests/{id}, GET /leases: the relay's operator routes
+//!   (`http::relay_ops`).
 //! - POST /debug/fail/{actor}?mode=stop|kill|panic: failure injection
 //!   (order_actor, cdc_processor, projection_actor, dlq_actor, health_check), only
 //!   when `OUTBOXD_ENABLE_FAULT_INJECTION=1` (tests).
@@ -19,18 +20,18 @@ use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::watch;
-use uuid::Uuid;
 
 use crate::actors::{
-    ActorName, CoordinatorActor, DlqActor, FailureMode, HealthReport, HealthStatus, InjectFailureInto, ListDeadLetters,
-    ReplayDeadLetters,
+    ActorName, CoordinatorActor, DlqActor, FailureMode, HealthReport, HealthStatus, InjectFailureInto,
 };
 use crate::metrics::Metrics;
+use crate::relay::pause::PauseHook;
+use crate::store::DynStore;
 
 use super::errors::{method_not_allowed, ApiError};
-use super::input::Input;
+use super::relay_ops;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -38,6 +39,11 @@ pub struct AdminState {
     pub health: watch::Receiver<HealthReport>,
     pub coordinator: Addr<CoordinatorActor>,
     pub dlq: Addr<DlqActor>,
+    /// Requests and leases are read from the store directly.
+    pub store: DynStore,
+    /// This instance's id in the lease table.
+    pub instance: String,
+    pub relay_pause: PauseHook,
     pub fault_injection: bool,
 }
 
@@ -64,57 +70,6 @@ async fn ready(st: web::Data<AdminState>) -> HttpResponse {
             HttpResponse::ServiceUnavailable().json(json!({"ready": false, "error": "not_ready", "message": reason}))
         }
     }
-}
-
-#[derive(Deserialize)]
-struct ListQuery {
-    limit: Option<usize>,
-}
-
-async fn dlq_list(st: web::Data<AdminState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    let letters = st
-        .dlq
-        .send(ListDeadLetters { limit })
-        .await
-        .map_err(|_| ApiError::unavailable("dead-letter actor unavailable"))?
-        .map_err(|e| {
-            tracing::warn!(error = %e, "cannot list dead letters");
-            ApiError::unavailable("the store is unavailable")
-        })?;
-    Ok(HttpResponse::Ok().json(json!({"count": letters.len(), "dead_letters": letters})))
-}
-
-async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
-    let b = Input::body(&body, &["ids", "all"])?;
-    let ids = match (body.get("ids").filter(|v| !v.is_null()), body.get("all").and_then(Value::as_bool)) {
-        (Some(_), _) => {
-            let raw = b.array("ids")?;
-            let mut ids = Vec::with_capacity(raw.len());
-            for (i, v) in raw.iter().enumerate() {
-                ids.push(
-                    v.as_str()
-                        .and_then(|s| Uuid::parse_str(s).ok())
-                        .ok_or_else(|| ApiError::invalid(format!("ids[{i}]"), "must be a UUID"))?,
-                );
-            }
-            Some(ids)
-        }
-        (None, Some(true)) => None,
-        _ => {
-            return Err(ApiError::invalid(
-                "ids",
-                "say which dead letters to replay: {\"ids\": [...]} or {\"all\": true}",
-            ))
-        }
-    };
-    let report = st
-        .dlq
-        .send(ReplayDeadLetters { ids })
-        .await
-        .map_err(|_| ApiError::unavailable("dead-letter actor unavailable"))?
-        .map_err(|e| ApiError::from_actor(e, "replay"))?;
-    Ok(HttpResponse::Ok().json(report))
 }
 
 #[derive(Deserialize)]
@@ -153,9 +108,15 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
         .service(res("/health", web::get().to(health)))
         .service(res("/health/live", web::get().to(live)))
         .service(res("/health/ready", web::get().to(ready)))
-        .service(res("/dlq", web::get().to(dlq_list)))
-        .service(res("/dlq/replay", web::post().to(dlq_replay)));
+        .service(res("/dlq", web::get().to(relay_ops::dlq_list)))
+        .service(res("/dlq/replay", web::post().to(relay_ops::dlq_replay)))
+        .service(res("/dlq/discard", web::post().to(relay_ops::dlq_discard)))
+        .service(res("/relay/rewind", web::post().to(relay_ops::relay_rewind)))
+        .service(res("/relay/requests/{id}", web::get().to(relay_ops::request_status)))
+        .service(res("/leases", web::get().to(relay_ops::leases)));
     if fault_injection {
-        cfg.service(res("/debug/fail/{actor}", web::post().to(debug_fail)));
+        cfg.service(res("/debug/fail/{actor}", web::post().to(debug_fail)))
+            .service(res("/debug/store", web::post().to(relay_ops::debug_store)))
+            .service(res("/debug/pause/relay", web::post().to(relay_ops::debug_pause)));
     }
 }

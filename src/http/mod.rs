@@ -11,6 +11,7 @@ pub mod admin;
 pub mod api;
 pub mod errors;
 pub mod input;
+pub mod relay_ops;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, Service, ServiceFactory, ServiceRequest, ServiceResponse};

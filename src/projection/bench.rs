@@ -89,7 +89,7 @@ fn one_order(id: Uuid, n: usize) -> anyhow::Result<(Vec<EventEnvelope>, Vec<Orde
         let e =
             order.handle(&cmd)?.into_iter().next().ok_or_else(|| anyhow::anyhow!("command {seq} decided nothing"))?;
         order.apply(&e);
-        envs.push(EventEnvelope::new::<Order>(id, seq, &e, meta, at)?);
+        envs.push(EventEnvelope::new::<Order>(id, seq, &e, &meta, at)?);
         states.push(order.clone());
     }
     Ok((envs, states))
@@ -201,7 +201,7 @@ pub async fn bench_rebuild(dir: &Path, orders: usize) -> anyhow::Result<String> 
         for (seq, c) in cmds.iter().enumerate() {
             for e in o.handle(c)? {
                 o.apply(&e);
-                envs.push(EventEnvelope::new::<Order>(id, seq as i64 + 1, &e, Metadata::default(), at)?);
+                envs.push(EventEnvelope::new::<Order>(id, seq as i64 + 1, &e, &Metadata::default(), at)?);
             }
         }
         work.push((id, envs));

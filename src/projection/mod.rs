@@ -29,6 +29,7 @@ pub mod bench;
 pub mod cql;
 pub mod model;
 mod page;
+pub mod parking;
 mod projector;
 mod rebuild;
 mod sqlite;

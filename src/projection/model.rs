@@ -40,7 +40,7 @@ pub enum Applied {
     /// Sequence <= the row's version: already applied, nothing changed.
     Duplicate,
     /// The event could not be decoded (e.g. a schema version newer than this
-    /// build); the row's version moves past it, the state does not change.
+    /// build); the row is unchanged and the projector parks the aggregate.
     Skipped(String),
 }
 
@@ -74,14 +74,8 @@ pub fn apply_event<A: Aggregate>(row: &mut Option<Row<A>>, ev: StoredEvent, defa
             r.updated_at = at;
             Applied::Applied
         }
-        Err(e) => {
-            tracing::error!(aggregate_id = %id, sequence, position, error = %e, "projection: event cannot be decoded; skipped (a rebuild with a newer build applies it)");
-            if let Some(r) = row {
-                r.version = sequence;
-                r.last_position = position;
-            }
-            Applied::Skipped(e.to_string())
-        }
+        // The row stays as it is; the projector parks the aggregate.
+        Err(e) => Applied::Skipped(e.to_string()),
     }
 }
 
@@ -136,7 +130,7 @@ mod tests {
             let e = o.handle(c).unwrap().remove(0);
             o.apply(&e);
             let at = chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + i as i64 * 1000).unwrap();
-            let env = EventEnvelope::new::<Order>(id, i as i64 + 1, &e, Metadata::default(), at).unwrap();
+            let env = EventEnvelope::new::<Order>(id, i as i64 + 1, &e, &Metadata::default(), at).unwrap();
             out.push(StoredEvent { position: 10 + i as i64, envelope: env });
         }
         out
@@ -166,8 +160,9 @@ mod tests {
         assert_eq!(row.unwrap(), once);
     }
 
+    /// The row stays as it was; the projector parks the aggregate (see `parking`).
     #[test]
-    fn undecodable_event_moves_the_version_only() {
+    fn undecodable_event_leaves_the_row_unchanged() {
         let id = Uuid::now_v7();
         let mut events = feed(id);
         let mut row: Option<OrderRow> = None;
@@ -177,7 +172,6 @@ mod tests {
         let before = row.clone().unwrap();
         assert!(matches!(apply_event(&mut row, bad, "EUR"), Applied::Skipped(_)));
         let after = row.unwrap();
-        assert_eq!(after.version, 2);
-        assert_eq!(after.state, before.state);
+        assert_eq!(after, before, "nothing of the undecodable event is applied");
     }
 }

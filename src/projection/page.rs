@@ -3,18 +3,21 @@
 //!
 //! Guarantee: the rows a page touches are loaded, every event is applied with
 //! the pure `model::apply_event` (duplicates and out-of-order events change
-//! nothing), and rows plus the checkpoint move `from -> last position` in one
+//! nothing), and rows plus the checkpoint move `from -> to` in one
 //! `commit_batch`, which refuses (nothing written) when another projector
-//! moved the checkpoint first.
+//! moved the checkpoint first. An event that cannot be applied parks its
+//! aggregate (`parking`) before that commit; later events of a parked
+//! aggregate are held, not applied.
 
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 use super::model::{apply_event, Applied, Row};
+use super::parking::{EventKey, ProjectionParking};
 use super::{CommitBatch, ReadModelStore, StoredRow};
 use crate::domain::{Aggregate, Customer, Order};
 use crate::envelope::StoredEvent;
-use crate::store::{DynStore, StoreError};
+use crate::store::{DynStore, EventStore, StoreError};
 
 /// Counts of one applied batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,13 +26,17 @@ pub(crate) struct BatchOutcome {
     pub committed: bool,
     pub applied: u64,
     pub duplicates: u64,
+    /// Events that could not be applied (their aggregates were parked).
     pub skipped: u64,
+    /// Events of parked aggregates, not applied.
+    pub held: u64,
 }
 
 /// Decodes a stored row; a row of an older state shape (or unreadable) is
-/// re-derived from its events up to its version instead.
-async fn decode_row<A: Aggregate>(
-    store: &DynStore,
+/// re-derived from its events up to its version instead (None when the store
+/// has none of them). Shared by both backends' projections.
+pub(crate) async fn decode_row<A: Aggregate>(
+    store: &dyn EventStore,
     id: Uuid,
     stored: StoredRow,
     currency: &str,
@@ -64,17 +71,17 @@ async fn decode_row<A: Aggregate>(
 }
 
 /// Applies one feed page (read after `from`) and commits rows + checkpoint.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn apply_page(
     store: &DynStore,
     models: &dyn ReadModelStore,
     consumer: &str,
     from: i64,
+    to: i64,
     page: Vec<StoredEvent>,
     currency: &str,
+    parking: &mut ProjectionParking,
 ) -> Result<BatchOutcome, StoreError> {
-    let Some(to) = page.last().map(|e| e.position) else {
-        return Ok(BatchOutcome { committed: true, ..Default::default() });
-    };
     let (mut order_ids, mut customer_ids) = (Vec::new(), Vec::new());
     let mut seen = HashSet::new();
     for e in &page {
@@ -91,7 +98,7 @@ pub(crate) async fn apply_page(
     let mut orders: HashMap<Uuid, Option<Row<Order>>> = HashMap::with_capacity(order_ids.len());
     for id in order_ids {
         let row = match stored.orders.get(&id) {
-            Some(s) => decode_row::<Order>(store, id, s.clone(), currency).await?,
+            Some(s) => decode_row::<Order>(store.as_ref(), id, s.clone(), currency).await?,
             None => None,
         };
         orders.insert(id, row);
@@ -99,7 +106,7 @@ pub(crate) async fn apply_page(
     let mut customers: HashMap<Uuid, Option<Row<Customer>>> = HashMap::with_capacity(customer_ids.len());
     for id in customer_ids {
         let row = match stored.customers.get(&id) {
-            Some(s) => decode_row::<Customer>(store, id, s.clone(), currency).await?,
+            Some(s) => decode_row::<Customer>(store.as_ref(), id, s.clone(), currency).await?,
             None => None,
         };
         customers.insert(id, row);
@@ -109,6 +116,11 @@ pub(crate) async fn apply_page(
     let (mut dirty_orders, mut dirty_customers) = (HashSet::new(), HashSet::new());
     for ev in page {
         let id = ev.envelope.aggregate_id;
+        if parking.is_parked(&id.to_string()) {
+            out.held += 1;
+            continue;
+        }
+        let key = EventKey::of(&ev);
         let applied = match ev.envelope.aggregate_type.as_str() {
             Order::TYPE => {
                 let row = orders.entry(id).or_default();
@@ -132,7 +144,11 @@ pub(crate) async fn apply_page(
         match applied {
             Applied::Applied => out.applied += 1,
             Applied::Duplicate => out.duplicates += 1,
-            Applied::Skipped(_) => out.skipped += 1,
+            Applied::Skipped(error) => {
+                // Durable before the checkpoint moves past it (commit below).
+                parking.park_event(store, &key, &error).await?;
+                out.skipped += 1;
+            }
         }
     }
     let batch = CommitBatch {

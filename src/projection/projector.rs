@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::page::apply_page;
+use super::parking::ProjectionParking;
 use super::{DynReadModels, CONSUMER};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::store::feed::FeedRow;
 use crate::store::{DynStore, StoreError};
 
 #[derive(Debug, Clone)]
@@ -64,8 +66,10 @@ pub struct ProjectionStatus {
     pub applied: u64,
     /// Events seen again (sequence <= row version) and ignored.
     pub duplicates: u64,
-    /// Events that could not be decoded and were stepped over.
+    /// Events that could not be applied: their aggregates are parked.
     pub skipped: u64,
+    /// Aggregates whose read-model rows are parked (see `projection::parking`).
+    pub parked_aggregates: u64,
     pub store_ok: bool,
     pub last_error: Option<String>,
     pub updated_at: chrono::DateTime<Utc>,
@@ -81,6 +85,7 @@ impl Default for ProjectionStatus {
             applied: 0,
             duplicates: 0,
             skipped: 0,
+            parked_aggregates: 0,
             store_ok: true,
             last_error: None,
             updated_at: Utc::now(),
@@ -99,6 +104,7 @@ pub struct Projector {
     head: i64,
     last_head_check: Option<Instant>,
     wake: Option<watch::Receiver<i64>>,
+    parking: ProjectionParking,
 }
 
 impl Projector {
@@ -116,7 +122,18 @@ impl Projector {
         status: watch::Sender<ProjectionStatus>,
     ) -> Projector {
         let wake = store.subscribe();
-        Projector { store, models, metrics, opts, status, checkpoint: None, head: 0, last_head_check: None, wake }
+        Projector {
+            store,
+            models,
+            metrics,
+            parking: ProjectionParking::new(&opts.consumer),
+            opts,
+            status,
+            checkpoint: None,
+            head: 0,
+            last_head_check: None,
+            wake,
+        }
     }
 
     pub fn status(&self) -> watch::Receiver<ProjectionStatus> {
@@ -145,15 +162,28 @@ impl Projector {
         if let Some(w) = self.wake.as_mut() {
             w.borrow_and_update();
         }
-        let page = self.store.read_feed(from, self.opts.batch_size.max(1)).await?;
-        if page.is_empty() {
+        self.parking.load(&self.store).await?;
+        let rows = self.store.read_feed(from, self.opts.batch_size.max(1)).await?;
+        if rows.is_empty() {
             self.refresh(from, false, true).await;
             return Ok(0);
         }
-        let n = page.len();
-        let to = page.last().map(|e| e.position).unwrap_or(from);
-        let out = apply_page(&self.store, &*self.models, &self.opts.consumer, from, page, &self.opts.default_currency)
-            .await?;
+        let n = rows.len();
+        let to = rows.last().map(FeedRow::position).unwrap_or(from);
+        let sorted = self.parking.sort(&self.store, rows).await?;
+        let mut out = apply_page(
+            &self.store,
+            &*self.models,
+            &self.opts.consumer,
+            from,
+            to,
+            sorted.events,
+            &self.opts.default_currency,
+            &mut self.parking,
+        )
+        .await?;
+        out.held += sorted.held;
+        let parked = self.parking.count() as u64;
         if !out.committed {
             tracing::info!(consumer = %self.opts.consumer, from, "projection checkpoint moved by another projector (a rebuild?); re-reading it");
             self.checkpoint = None;
@@ -164,6 +194,7 @@ impl Projector {
             s.applied += out.applied;
             s.duplicates += out.duplicates;
             s.skipped += out.skipped;
+            s.parked_aggregates = parked;
             s.store_ok = true;
         });
         self.refresh(to, false, false).await;

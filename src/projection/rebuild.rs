@@ -8,8 +8,9 @@
 use std::time::Instant;
 
 use super::page::apply_page;
+use super::parking::ProjectionParking;
 use super::{DynReadModels, ReadModelStore, CONSUMER};
-use crate::envelope::StoredEvent;
+use crate::store::feed::FeedRow;
 use crate::store::{DynStore, StoreError};
 
 /// What a rebuild did.
@@ -58,18 +59,22 @@ pub async fn rebuild(
     }
     let mut checkpoint = 0;
     let mut events = 0u64;
-    let mut next: Option<tokio::task::JoinHandle<Result<Vec<StoredEvent>, StoreError>>> = None;
+    let mut parking = ProjectionParking::new(CONSUMER);
+    parking.clear(&store).await?;
+    let mut next: Option<tokio::task::JoinHandle<Result<Vec<FeedRow>, StoreError>>> = None;
     loop {
         let page = match next.take() {
             Some(h) => h.await.map_err(|e| StoreError::Unavailable(format!("feed read task failed: {e}")))??,
             None => store.read_feed(checkpoint, REBUILD_BATCH).await?,
         };
-        let Some(to) = page.last().map(|e| e.position) else { break };
+        let Some(to) = page.last().map(FeedRow::position) else { break };
         let n = page.len() as u64;
         // Read the next page while this one is applied.
         let s = store.clone();
         next = Some(tokio::spawn(async move { s.read_feed(to, REBUILD_BATCH).await }));
-        let out = apply_page(&store, &*models, CONSUMER, checkpoint, page, default_currency).await?;
+        let sorted = parking.sort(&store, page).await?;
+        let out = apply_page(&store, &*models, CONSUMER, checkpoint, to, sorted.events, default_currency, &mut parking)
+            .await?;
         if out.committed {
             checkpoint = to;
             events += n;

@@ -1,434 +1,306 @@
-//! `Deliverer`: publishing one event with retry, circuit breaker and DLQ.
+//! `Deliverer`: publishes one event and waits for its fate, with retry,
+//! circuit breaker and the parking policy. The Scylla CDC consumers use it:
+//! scylla-cdc hands each stream's rows one at a time, in log order, and
+//! moves its progress only after `deliver` returned.
 //!
-//! Shared by both feeds: the position-based feed of the embedded store
-//! (`pipeline::Relay`) and the Scylla CDC consumers (`relay::cdc`), so the
-//! failure policy exists once. Safe to share between tasks (`Arc<Deliverer>`).
-//!
-//! Guarantee: `retry` returns `Delivered` only after the broker confirmed the
-//! event and `DeadLettered` only after the dead letter is durably stored and
-//! the error was permanent (or the explicit seed flag is on). Transient
-//! failures never end in the DLQ by default: they pause behind the breaker.
+//! Guarantees:
+//! - `deliver` returns `Delivered` only after the broker confirmed the
+//!   event; `Parked` / `DeadLettered` only after the park record / dead
+//!   letter is durable; `Held` for an event of an aggregate parked earlier
+//!   (held durably by that park record). Transient failures never end a
+//!   delivery: they retry behind the breaker until the broker is back (or
+//!   shutdown), so the CDC progress cannot pass an unconfirmed event.
+//! - Order per aggregate: one aggregate is one partition key, i.e. one CDC
+//!   stream whose rows arrive one at a time; a failed event is retried
+//!   before its stream moves on, so nothing later of its aggregate overtakes
+//!   it (the same fence the position feed gets from its window).
+//! - Safe to share between the stream consumers (`Arc<Deliverer>`).
 
-use async_trait::async_trait;
-use chrono::Utc;
-use futures::future::BoxFuture;
-use futures::FutureExt;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::watch;
-use uuid::Uuid;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Config;
-use crate::domain::upcast::current_version;
-use crate::envelope::EventEnvelope;
+use crate::config::{Config, PermanentFailurePolicy};
 use crate::metrics::Metrics;
 use crate::relay::breaker::{BreakerState, CircuitBreaker};
-use crate::relay::publisher::{KafkaPublisher, PublishError};
+use crate::relay::encode::Encoder;
+use crate::relay::error::PublishError;
+use crate::relay::parking::{dead_letter_of, parked_record};
+use crate::relay::pipeline::Item;
+use crate::relay::producer::{Completion, Delivery, KafkaProducer, SendError};
 use crate::relay::retry::Backoff;
-use crate::relay::topics::topic_of;
+use crate::relay::sink::DeadLetterSink;
+use crate::relay::status::StatusTx;
+use crate::relay::window::{AggKey, Fenced};
 use crate::shutdown::Shutdown;
-use crate::store::{DeadLetter, DynStore, StoreError};
+use crate::store::feed::RawEvent;
+use crate::store::DynStore;
 
-/// Where events that can never be published go. The store by default; the
-/// actor layer routes it through the DlqActor.
-#[async_trait]
-pub trait DeadLetterSink: Send + Sync {
-    async fn dead_letter(&self, letter: DeadLetter) -> Result<(), StoreError>;
-}
-
-#[async_trait]
-impl DeadLetterSink for DynStore {
-    async fn dead_letter(&self, letter: DeadLetter) -> Result<(), StoreError> {
-        self.dlq_insert(letter).await
-    }
-}
-
-/// What the relay publishes about itself (read by /health and the actors).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RelayStatus {
-    pub running: bool,
-    pub checkpoint: i64,
-    pub head: i64,
-    pub lag: i64,
-    pub breaker: BreakerState,
-    pub broker_ok: bool,
-    pub store_ok: bool,
-    pub delivered: u64,
-    pub dead_lettered: u64,
-    pub last_error: Option<String>,
-    pub updated_at: chrono::DateTime<Utc>,
-}
-
-impl Default for RelayStatus {
-    fn default() -> Self {
-        RelayStatus {
-            running: false,
-            checkpoint: 0,
-            head: 0,
-            lag: 0,
-            breaker: BreakerState::Closed,
-            broker_ok: true,
-            store_ok: true,
-            delivered: 0,
-            dead_lettered: 0,
-            last_error: None,
-            updated_at: Utc::now(),
-        }
-    }
-}
-
-/// How a retried event ended.
+/// How one delivery ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retried {
+pub enum Delivered {
     Delivered,
+    /// Its aggregate was parked before: held by that park record.
+    Held,
+    /// It failed for good; its aggregate is parked from it on.
+    Parked,
+    /// It failed for good and went to the dead-letter queue (policy `skip`).
     DeadLettered,
     Shutdown,
 }
 
+type Waiters = Arc<Mutex<HashMap<usize, oneshot::Sender<Result<(i32, i64), PublishError>>>>>;
+
 pub struct Deliverer {
-    /// Behind an `Arc`: `submit` takes it per event without copying the config.
-    publisher: RwLock<Arc<KafkaPublisher>>,
+    producer: KafkaProducer,
+    waiters: Waiters,
+    next: Mutex<usize>,
+    encoder: Mutex<Encoder>,
     breaker: Mutex<CircuitBreaker>,
     backoff: Backoff,
-    sink: RwLock<Arc<dyn DeadLetterSink>>,
-    metrics: Metrics,
-    status: watch::Sender<RelayStatus>,
-    default_currency: String,
+    store: DynStore,
+    sink: Arc<dyn DeadLetterSink>,
+    consumer: String,
+    policy: PermanentFailurePolicy,
     dlq_on_transient_exhaustion: bool,
-    /// Per-event-type metric handles (label lookups are hashed and locked).
-    by_type: Mutex<HashMap<String, TypeMetrics>>,
-    /// Confirmed deliveries not yet folded into the published status.
-    unpublished: Mutex<(u64, Instant)>,
+    parked: Mutex<HashSet<AggKey>>,
+    metrics: Metrics,
+    status: StatusTx,
 }
-
-#[derive(Clone)]
-struct TypeMetrics {
-    processed: prometheus::IntCounter,
-    duration: prometheus::Histogram,
-    sent: prometheus::IntCounter,
-}
-
-/// How often the delivered count is folded into `RelayStatus` under load.
-const STATUS_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Deliverer {
-    pub fn new(
+    pub async fn new(
         config: &Config,
+        store: DynStore,
         sink: Arc<dyn DeadLetterSink>,
         metrics: Metrics,
-        status: watch::Sender<RelayStatus>,
+        status: StatusTx,
     ) -> Result<Deliverer, PublishError> {
+        let (producer, completions) = KafkaProducer::new(&config.kafka, &Delivery::AtLeastOnce)?;
+        let waiters: Waiters = Arc::default();
+        tokio::spawn(route(completions, waiters.clone()));
+        let parked = store
+            .parked(&config.relay.consumer_name)
+            .await
+            .map_err(|e| PublishError::transient("store", format!("cannot read parked aggregates: {e}")))?
+            .into_iter()
+            .map(|p| AggKey::from(p.parked.aggregate_id.as_str()))
+            .collect::<HashSet<_>>();
+        metrics.dlq_parked_aggregates.set(parked.len() as i64);
         Ok(Deliverer {
-            publisher: RwLock::new(Arc::new(KafkaPublisher::new(&config.kafka)?)),
+            producer,
+            waiters,
+            next: Mutex::new(1),
+            encoder: Mutex::new(Encoder::from_config(&config.kafka)),
             breaker: Mutex::new(CircuitBreaker::new(config.relay.breaker.clone(), Some(metrics.clone()))),
             backoff: Backoff::new(&config.relay.retry),
-            sink: RwLock::new(sink),
+            store,
+            sink,
+            consumer: config.relay.consumer_name.clone(),
+            policy: config.relay.on_permanent_failure,
+            dlq_on_transient_exhaustion: config.relay.dlq_on_transient_exhaustion,
+            parked: Mutex::new(parked),
             metrics,
             status,
-            default_currency: config.service.default_currency.clone(),
-            dlq_on_transient_exhaustion: config.relay.dlq_on_transient_exhaustion,
-            by_type: Mutex::new(HashMap::new()),
-            unpublished: Mutex::new((0, Instant::now())),
         })
     }
 
-    pub fn set_sink(&self, sink: Arc<dyn DeadLetterSink>) {
-        if let Ok(mut s) = self.sink.write() {
-            *s = sink;
-        }
+    pub fn producer(&self) -> &KafkaProducer {
+        &self.producer
     }
 
-    pub fn publisher(&self) -> Arc<KafkaPublisher> {
-        self.publisher.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    pub fn backoff(&self) -> &Backoff {
-        &self.backoff
-    }
-
-    pub fn status(&self) -> &watch::Sender<RelayStatus> {
+    pub fn status(&self) -> &StatusTx {
         &self.status
     }
 
-    pub fn update(&self, f: impl FnOnce(&mut RelayStatus)) {
-        self.status.send_modify(|s| {
-            f(s);
-            s.updated_at = Utc::now();
-        });
+    pub fn is_parked(&self, agg: &str) -> bool {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).contains(agg)
     }
 
-    pub fn breaker_state(&self) -> BreakerState {
-        self.breaker.lock().unwrap_or_else(|p| p.into_inner()).state(Instant::now())
+    fn breaker<T>(&self, f: impl FnOnce(&mut CircuitBreaker) -> T) -> T {
+        f(&mut self.breaker.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn with_breaker<T>(&self, f: impl FnOnce(&mut CircuitBreaker) -> T) -> T {
-        f(&mut self.breaker.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn type_metrics(&self, env: &EventEnvelope, topic: impl FnOnce() -> String) -> TypeMetrics {
-        let mut map = self.by_type.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = map.get(&env.event_type) {
-            return m.clone();
+    /// Publishes `e` and waits for its fate (see the module doc).
+    pub async fn deliver(&self, e: &RawEvent, shutdown: &mut Shutdown) -> Delivered {
+        if self.is_parked(&e.aggregate_key) {
+            return Delivered::Held;
         }
-        let et = env.event_type.as_str();
-        let m = TypeMetrics {
-            processed: self.metrics.cdc_events_processed.with_label_values(&[et]),
-            duration: self.metrics.cdc_processing_duration.with_label_values(&[et]),
-            sent: self.metrics.messages_sent.with_label_values(&[&topic()]),
-        };
-        map.insert(env.event_type.clone(), m.clone());
-        m
-    }
-
-    /// Hands an event to the producer; the future resolves with the broker's verdict.
-    pub async fn submit(&self, env: &EventEnvelope) -> BoxFuture<'static, Result<(), PublishError>> {
-        let upcast;
-        let env = if env.schema_version == current_version(&env.event_type) {
-            env
-        } else {
-            match env.clone().upcast(&self.default_currency) {
-                Ok(e) => {
-                    upcast = e;
-                    &upcast
-                }
-                Err(e) => {
-                    let err = PublishError::permanent("undecodable", format!("event cannot be upcast: {e}"));
-                    return async move { Err(err) }.boxed();
-                }
-            }
-        };
-        let publisher = self.publisher();
-        self.type_metrics(env, || topic_of(publisher.config().per_event_type(), &publisher.config().topic_prefix, env))
-            .sent
-            .inc();
-        match publisher.send(env).await {
-            Ok(p) => p.map(|r| r.map(|_| ())).boxed(),
-            Err(e) => async move { Err(e) }.boxed(),
-        }
-    }
-
-    /// Records a confirmed delivery.
-    pub fn delivered(&self, env: &EventEnvelope, started: Instant) {
-        let now = Instant::now();
-        let state = self.with_breaker(|b| {
-            b.record_success(now);
-            b.state(now)
-        });
-        let m = self.type_metrics(env, || {
-            let p = self.publisher();
-            topic_of(p.config().per_event_type(), &p.config().topic_prefix, env)
-        });
-        m.processed.inc();
-        m.duration.observe(started.elapsed().as_secs_f64());
-        let e2e = (Utc::now() - env.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
-        self.metrics.event_end_to_end_latency.observe(e2e);
-        // Fold deliveries into the published status at most every STATUS_EVERY,
-        // and at once after a quiet period or a state change.
-        let flush = {
-            let mut u = self.unpublished.lock().unwrap_or_else(|p| p.into_inner());
-            u.0 += 1;
-            let published = self.status.borrow();
-            let due = now.duration_since(u.1) >= STATUS_EVERY || state != published.breaker || !published.broker_ok;
-            drop(published);
-            if due {
-                let n = u.0;
-                *u = (0, now);
-                Some(n)
-            } else {
-                None
-            }
-        };
-        if let Some(n) = flush {
-            self.update(|s| {
-                s.delivered += n;
-                s.broker_ok = true;
-                s.breaker = state;
-            });
-        }
-    }
-
-    /// Publishes deliveries counted but not yet in the status (call when idle).
-    pub fn flush_status(&self) {
-        let n = {
-            let mut u = self.unpublished.lock().unwrap_or_else(|p| p.into_inner());
-            let n = u.0;
-            *u = (0, Instant::now());
-            n
-        };
-        let state = self.breaker_state();
-        self.status.send_if_modified(|s| {
-            let changed = n > 0 || s.breaker != state;
-            s.delivered += n;
-            s.breaker = state;
-            if changed {
-                s.updated_at = Utc::now();
-            }
-            changed
-        });
-    }
-
-    fn failed(&self, env: &EventEnvelope, err: &PublishError) {
-        self.metrics.cdc_events_failed.with_label_values(&[&env.event_type, &err.kind]).inc();
-        if err.transient {
-            self.with_breaker(|b| b.record_failure(Instant::now()));
-            let fatal = self.publisher().fatal_error();
-            if let Some(f) = fatal {
-                tracing::error!(error = %f, "Kafka producer hit a fatal error; recreating it");
-                let cfg = self.publisher().config().clone();
-                if let (Ok(p), Ok(mut slot)) = (KafkaPublisher::new(&cfg), self.publisher.write()) {
-                    *slot = Arc::new(p);
-                }
-            }
-        }
-        let state = self.breaker_state();
-        let (transient, msg) = (err.transient, err.message.clone());
-        self.update(|s| {
-            s.breaker = state;
-            if transient {
-                s.broker_ok = false;
-            }
-            s.last_error = Some(msg);
-        });
-    }
-
-    /// Publishes one event and waits for the verdict, retrying as needed (CDC path).
-    pub async fn deliver(&self, env: &EventEnvelope, position: Option<i64>, shutdown: &mut Shutdown) -> Retried {
+        let mut attempts: u32 = 0;
         loop {
-            if self.with_breaker(|b| b.allows(Instant::now())) {
-                break;
-            }
-            let wait = self.with_breaker(|b| b.remaining_open(Instant::now()));
-            if !shutdown.sleep(wait.max(std::time::Duration::from_millis(10))).await {
-                return Retried::Shutdown;
-            }
-        }
-        let started = Instant::now();
-        match self.send_and_wait(env, shutdown).await {
-            None => Retried::Shutdown,
-            Some(Ok(())) => {
-                self.delivered(env, started);
-                Retried::Delivered
-            }
-            Some(Err(e)) => self.retry(env, position, e, shutdown).await,
-        }
-    }
-
-    /// Submits one event and waits for the broker's verdict; None on shutdown.
-    async fn send_and_wait(&self, env: &EventEnvelope, shutdown: &mut Shutdown) -> Option<Result<(), PublishError>> {
-        let fut = self.submit(env).await;
-        tokio::select! {
-            r = fut => Some(r),
-            _ = shutdown.recv() => None,
-        }
-    }
-
-    /// Retries one event alone until it is delivered, dead-lettered or shutdown.
-    pub async fn retry(
-        &self,
-        env: &EventEnvelope,
-        position: Option<i64>,
-        first: PublishError,
-        shutdown: &mut Shutdown,
-    ) -> Retried {
-        let mut err = first;
-        let mut attempt: u32 = 1;
-        let first_failed = Utc::now();
-        self.failed(env, &err);
-        loop {
-            let max = self.backoff.max_attempts;
-            let exhausted = attempt >= max;
-            if attempt == max {
-                self.metrics.retry_failure.with_label_values(&["publish"]).inc();
-            }
-            if exhausted && (!err.transient || self.dlq_on_transient_exhaustion) {
-                return self.dead_letter(env, position, &err, attempt, first_failed, shutdown).await;
-            }
-            if attempt == max {
-                tracing::warn!(?position, event_id = %env.event_id, error = %err,
-                    "event still failing after {attempt} attempts with a transient error; relay paused until the broker recovers");
-            }
-            let now = Instant::now();
-            let wait = self.with_breaker(|b| {
-                if b.state(now) == BreakerState::Open {
-                    b.remaining_open(now)
-                } else {
-                    self.backoff.delay(attempt)
+            // Wait while the breaker is open.
+            loop {
+                let now = Instant::now();
+                if self.breaker(|b| b.allows(now)) {
+                    break;
                 }
-            });
-            if !shutdown.sleep(wait).await {
-                return Retried::Shutdown;
+                let wait = self.breaker(|b| b.remaining_open(now)).max(std::time::Duration::from_millis(10));
+                if !shutdown.sleep(wait).await {
+                    return Delivered::Shutdown;
+                }
             }
-            if !self.with_breaker(|b| b.allows(Instant::now())) {
-                continue;
+            if attempts > 0 {
+                self.metrics.retry_attempts.with_label_values(&["publish"]).inc();
             }
-            attempt += 1;
-            self.metrics.retry_attempts.with_label_values(&["publish"]).inc();
-            let started = Instant::now();
-            let Some(res) = self.send_and_wait(env, shutdown).await else { return Retried::Shutdown };
+            let res = tokio::select! {
+                r = self.send_and_wait(e) => r,
+                _ = shutdown.recv() => return Delivered::Shutdown,
+            };
             match res {
-                Ok(()) => {
-                    self.metrics.retry_success.with_label_values(&["publish"]).inc();
-                    self.delivered(env, started);
-                    tracing::info!(?position, attempt, "event delivered after retrying");
-                    return Retried::Delivered;
+                Ok(_) => {
+                    self.breaker(|b| b.record_success(Instant::now()));
+                    self.status.breaker(self.breaker(|b| b.state(Instant::now())));
+                    if attempts > 0 {
+                        self.metrics.retry_success.with_label_values(&["publish"]).inc();
+                    }
+                    self.metrics.cdc_events_processed.with_label_values(&[&e.event_type]).inc();
+                    let e2e = (chrono::Utc::now() - e.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                    self.metrics.event_end_to_end_latency.observe(e2e);
+                    self.status.delivered(1);
+                    return Delivered::Delivered;
                 }
-                Err(e) => {
-                    err = e;
-                    self.failed(env, &err);
-                }
-            }
-        }
-    }
-
-    async fn dead_letter(
-        &self,
-        env: &EventEnvelope,
-        position: Option<i64>,
-        err: &PublishError,
-        attempts: u32,
-        first_failed: chrono::DateTime<Utc>,
-        shutdown: &mut Shutdown,
-    ) -> Retried {
-        let now = Utc::now();
-        let letter = DeadLetter {
-            id: Uuid::now_v7(),
-            position,
-            event_id: env.event_id,
-            aggregate_id: env.aggregate_id,
-            event_type: env.event_type.clone(),
-            payload: serde_json::to_string(env).unwrap_or_default(),
-            error_message: format!("{} ({})", err.message, err.kind),
-            failure_count: attempts as i32,
-            first_failed_at: first_failed,
-            last_failed_at: now,
-            created_at: now,
-        };
-        let mut tries = 0;
-        loop {
-            let sink = self.sink.read().unwrap_or_else(|p| p.into_inner()).clone();
-            match sink.dead_letter(letter.clone()).await {
-                Ok(()) => break,
-                Err(e) => {
-                    // The event must not be skipped unless it is durably in the DLQ.
-                    tries += 1;
-                    tracing::warn!(error = %e, "cannot write dead letter; retrying");
-                    if !shutdown.sleep(self.backoff.delay(tries.min(10))).await {
-                        return Retried::Shutdown;
+                Err(err) => {
+                    attempts += 1;
+                    self.metrics.cdc_events_failed.with_label_values(&[&e.event_type, &err.kind]).inc();
+                    self.status.error(err.message.clone());
+                    let max = self.backoff.max_attempts;
+                    if err.transient {
+                        self.breaker(|b| b.record_failure(Instant::now()));
+                        self.status.breaker(self.breaker(|b| b.state(Instant::now())));
+                        if attempts == max {
+                            self.metrics.retry_failure.with_label_values(&["publish"]).inc();
+                            tracing::warn!(event_id = %e.event_id, error = %err, "event still failing after {attempts} attempts with a transient error; retrying behind the breaker");
+                        }
+                        if attempts >= max && self.dlq_on_transient_exhaustion {
+                            return self.give_up(e, err, PermanentFailurePolicy::Skip, attempts, shutdown).await;
+                        }
+                    } else if attempts >= max {
+                        self.metrics.retry_failure.with_label_values(&["publish"]).inc();
+                        return self.give_up(e, err, self.policy, attempts, shutdown).await;
+                    }
+                    if !shutdown.sleep(self.backoff.delay(attempts)).await {
+                        return Delivered::Shutdown;
                     }
                 }
             }
         }
-        tracing::error!(?position, event_id = %env.event_id, event_type = %env.event_type, error = %err,
-            "event can never be published as it is; moved to dead_letter_queue");
-        self.metrics.dlq_messages.inc();
-        self.metrics.dlq_messages_by_event_type.with_label_values(&[&env.event_type]).inc();
-        self.metrics.dlq_depth.inc();
-        self.update(|s| s.dead_lettered += 1);
-        Retried::DeadLettered
+    }
+
+    async fn send_and_wait(&self, e: &RawEvent) -> Result<(i32, i64), PublishError> {
+        let token = {
+            let mut n = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            *n += 1;
+            *n
+        };
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(token, tx);
+        let (topic, headers, value) = {
+            let mut enc = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
+            let mut value = Vec::with_capacity(e.payload.get().len() + 400);
+            enc.value(e, &mut value);
+            (enc.topic(&e.aggregate_type, &e.event_type), enc.headers(e), value)
+        };
+        loop {
+            match self.producer.send(
+                &topic,
+                &e.aggregate_key,
+                &value,
+                headers.clone(),
+                e.timestamp.timestamp_millis(),
+                token,
+            ) {
+                Ok(()) => break,
+                Err(SendError::QueueFull) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                Err(SendError::Failed(err)) => {
+                    self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
+                    return Err(err);
+                }
+            }
+        }
+        self.metrics.messages_sent.with_label_values(&[&*topic]).inc();
+        rx.await.unwrap_or_else(|_| Err(PublishError::transient("canceled", "the delivery report was lost")))
+    }
+
+    async fn give_up(
+        &self,
+        e: &RawEvent,
+        err: PublishError,
+        policy: PermanentFailurePolicy,
+        attempts: u32,
+        shutdown: &mut Shutdown,
+    ) -> Delivered {
+        let item = Item::Event(e.clone());
+        let mut tries = 0;
+        loop {
+            let res = match policy {
+                PermanentFailurePolicy::ParkAggregate => {
+                    self.store.park(&parked_record(&self.consumer, &item, &err)).await
+                }
+                PermanentFailurePolicy::Skip => match dead_letter_of(&item, &err, attempts) {
+                    Some(l) => self.sink.dead_letter(l).await,
+                    None => Ok(()),
+                },
+            };
+            match res {
+                Ok(()) => break,
+                Err(store_err) => {
+                    tries += 1;
+                    tracing::warn!(error = %store_err, "cannot record the failed event durably yet; retrying");
+                    if !shutdown.sleep(self.backoff.delay(tries.min(10))).await {
+                        return Delivered::Shutdown;
+                    }
+                }
+            }
+        }
+        match policy {
+            PermanentFailurePolicy::ParkAggregate => {
+                if self.parked.lock().unwrap_or_else(|p| p.into_inner()).insert(item.aggregate().clone()) {
+                    self.metrics.dlq_parked_aggregates.inc();
+                    self.status.update(|s| {
+                        s.parked_aggregates += 1;
+                        true
+                    });
+                }
+                tracing::error!(event_id = %e.event_id, aggregate = %e.aggregate_key, sequence = e.sequence, error = %err, "event can never be published as it is; its aggregate is parked from it on");
+                Delivered::Parked
+            }
+            PermanentFailurePolicy::Skip => {
+                self.metrics.dlq_messages.inc();
+                self.metrics.dlq_messages_by_event_type.with_label_values(&[&e.event_type]).inc();
+                self.metrics.dlq_depth.inc();
+                self.status.update(|s| {
+                    s.dead_lettered += 1;
+                    true
+                });
+                tracing::error!(event_id = %e.event_id, error = %err, "event can never be published as it is; moved to dead_letter_queue");
+                Delivered::DeadLettered
+            }
+        }
+    }
+
+    /// Marks an aggregate unparked (after a replay through this deliverer).
+    pub fn unparked(&self, agg: &str) {
+        if self.parked.lock().unwrap_or_else(|p| p.into_inner()).remove(agg) {
+            self.metrics.dlq_parked_aggregates.dec();
+            self.status.update(|s| {
+                s.parked_aggregates = s.parked_aggregates.saturating_sub(1);
+                true
+            });
+        }
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker(|b| b.state(Instant::now()))
+    }
+}
+
+/// Hands each delivery report to the caller waiting for it.
+async fn route(mut completions: mpsc::UnboundedReceiver<Completion>, waiters: Waiters) {
+    while let Some(c) = completions.recv().await {
+        let w = waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.token);
+        if let Some(tx) = w {
+            let _ = tx.send(c.result);
+        }
     }
 }

@@ -1,26 +1,51 @@
-//! The relay: store feed -> Kafka, with retry, circuit breaker, DLQ and checkpoints.
+//! The relay: store feed -> Kafka, in order per aggregate, never losing an
+//! event, with retry, circuit breaker, parking/DLQ, checkpoints and leases.
 //!
 //! Guarantees (see docs/OPERATIONS.md):
-//! - At-least-once: the checkpoint only moves past events whose delivery the
-//!   broker confirmed (acks=all, idempotent producer); a crash re-sends at
-//!   most the unconfirmed tail, with the same `ce_id`.
-//! - Order per aggregate: key = aggregate id, events are submitted in feed
-//!   order, and after a failure the relay retries from the first failed event.
-//! - A transient failure (broker down, timeout) pauses the relay: retries with
-//!   backoff, the breaker opens, the checkpoint stays, nothing is dead-lettered.
-//!   Only events that can never be published as they are go to the DLQ.
+//! - Only the lease holder publishes ([`runner`]); checkpoints are fenced by
+//!   the lease epoch.
+//! - At-least-once ([`pipeline`]): the checkpoint moves only past events the
+//!   broker confirmed (acks=all, idempotent producer) or that are durably
+//!   parked; a crash re-sends at most the unconfirmed window, same `ce_id`.
+//!   Exactly-once ([`exactly_once`]): Kafka transactions with the progress
+//!   on a compacted topic; read_committed consumers see each event once.
+//! - Per-aggregate order at first arrival through outages of any length:
+//!   the [`window`] fence keeps one event per aggregate at the producer.
+//! - A transient failure pauses (retry, breaker); an event that can never be
+//!   published parks its aggregate ([`parking`]) or, with policy `skip`, goes
+//!   to the DLQ. What is stored is published byte for byte ([`encode`]).
+//!
+//! Files: `feed` (reader task), `window` (fence + watermark), `producer`
+//! (librdkafka, delivery reports on a channel), `encode`, `pipeline`,
+//! `exactly_once` + `progress`, `parking`, `requests` (operator requests),
+//! `runner` (lease-gated terms), `status`, `deliver` + `cdc` (the Scylla CDC
+//! feed), `breaker`, `retry`, `error`, `admin` (topics), `sink`, `topics`.
 
+pub mod admin;
 pub mod breaker;
 pub mod cdc;
 pub mod deliver;
-pub mod dlq;
+pub mod encode;
+pub mod error;
+pub mod exactly_once;
+pub mod feed;
+pub mod operator;
+pub mod parking;
+pub mod pause;
 pub mod pipeline;
-pub mod publisher;
+pub mod producer;
+pub mod progress;
+pub mod requests;
 pub mod retry;
+pub mod runner;
+pub mod sink;
+pub mod status;
 pub mod topics;
+pub mod window;
 
 pub use breaker::{BreakerState, CircuitBreaker};
-pub use deliver::{Deliverer, RelayStatus, Retried};
+pub use deliver::{Delivered, Deliverer};
+pub use error::PublishError;
 pub use pipeline::Relay;
-pub use publisher::{KafkaPublisher, PublishError};
 pub use retry::{Backoff, IsTransient};
+pub use status::{RelayStatus, Role, StatusTx};

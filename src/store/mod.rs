@@ -6,12 +6,20 @@
 //!   only if the aggregate is exactly at `expected_version`; otherwise it
 //!   returns `StoreError::Conflict` naming expected and actual version.
 //! - Sequence numbers per aggregate are 1-based and gap-free.
-//! - `read_feed` returns events in global commit order (where the backend has
-//!   one; CQL's feed is Scylla CDC, see `relay::cdc`).
+//! - `read_feed` returns rows in global commit order (where the backend has
+//!   one; CQL's feed is Scylla CDC, see `relay::cdc`), decoded row by row:
+//!   an unreadable row is reported as such, it never fails its page.
+//! - Leases ([`lease`]), parked aggregates ([`parking`]) and operator
+//!   requests ([`requests`]) complete the [`Store`] every backend implements.
 //!
 //! Backends: [`sqlite`] (embedded, default) and [`cql`] (ScyllaDB/Cassandra).
 
 pub mod cql;
+pub mod faults;
+pub mod feed;
+pub mod lease;
+pub mod parking;
+pub mod requests;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -21,7 +29,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::envelope::{EventEnvelope, StoredEvent};
+use crate::envelope::EventEnvelope;
+pub use faults::StoreFaults;
+use feed::FeedRow;
 
 /// Infrastructure errors of the store layer.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -43,6 +53,9 @@ pub enum StoreError {
     Unsupported { backend: &'static str, what: String },
     #[error("not found: {0}")]
     NotFound(String),
+    /// A fenced write was refused: the lease `name` is no longer at `epoch`.
+    #[error("fenced: the lease {name} moved on from epoch {epoch} (now {current:?}); another instance took over")]
+    Fenced { name: String, epoch: i64, current: Option<i64> },
 }
 
 impl StoreError {
@@ -122,8 +135,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// Events of one aggregate with `sequence > after_sequence`, in order.
     async fn load_after(&self, aggregate_id: Uuid, after_sequence: i64) -> Result<Vec<EventEnvelope>, StoreError>;
 
-    /// Up to `limit` events with `position > after`, in global commit order.
-    async fn read_feed(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Up to `limit` rows with `position > after`, in global commit order.
+    async fn read_feed(&self, after: i64, limit: usize) -> Result<Vec<FeedRow>, StoreError>;
+
+    /// How far `consumer` is behind: its persisted checkpoint, the head, the
+    /// unpublished events (those after the checkpoint plus the held events of
+    /// its parked aggregates) and the commit time of the oldest of them.
+    async fn backlog(&self, consumer: &str) -> Result<Backlog, StoreError>;
 
     /// Highest committed feed position (0 when empty).
     async fn head_position(&self) -> Result<i64, StoreError>;
@@ -135,9 +153,15 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(StoreProbe { head: Some(self.head_position().await?) })
     }
 
-    /// Wakes whenever this process commits an append (value: last position).
-    /// `None` when the backend has no in-process notification.
+    /// Wakes whenever an append is committed (this process at once; SQLite:
+    /// other processes within a few milliseconds). `None` when the backend
+    /// has no such notification.
     fn subscribe(&self) -> Option<watch::Receiver<i64>> {
+        None
+    }
+
+    /// The fault-injection seam of this backend, if it has one (tests only).
+    fn faults(&self) -> Option<Arc<StoreFaults>> {
         None
     }
 
@@ -155,7 +179,29 @@ pub trait EventStore: Send + Sync + 'static {
     async fn load_snapshot(&self, aggregate_id: Uuid) -> Result<Option<Snapshot>, StoreError>;
 }
 
-pub type DynStore = Arc<dyn EventStore>;
+/// Everything a backend provides: events, leases, parking, requests.
+pub trait Store: EventStore + lease::LeaseStore + parking::ParkingStore + requests::RequestStore {}
+
+impl<T: EventStore + lease::LeaseStore + parking::ParkingStore + requests::RequestStore> Store for T {}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Just the events (what the application service needs): any `DynStore`
+/// coerces to it.
+pub type DynEvents = Arc<dyn EventStore>;
+
+/// How far one consumer is behind the store (see [`EventStore::backlog`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Backlog {
+    /// Persisted checkpoint (None: the consumer never wrote one).
+    pub checkpoint: Option<i64>,
+    /// Head feed position (None: the backend has no positions).
+    pub head: Option<i64>,
+    /// Events not yet published (None: not countable on this backend).
+    pub events: Option<i64>,
+    /// Commit time of the oldest of them (None: nothing unpublished, or not known).
+    pub oldest: Option<DateTime<Utc>>,
+}
 
 /// Checks that `events` carry `expected + 1 ..` for `aggregate_id`.
 pub(crate) fn check_batch(

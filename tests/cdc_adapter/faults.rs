@@ -15,7 +15,8 @@ use crate::daemon_harness::{daemon_config, Daemon};
 use crate::SETTLE;
 use outboxd::envelope::EventEnvelope;
 use outboxd::relay::cdc::{CdcFeed, FeedSpec};
-use outboxd::relay::deliver::{DeadLetterSink, Deliverer};
+use outboxd::relay::deliver::Deliverer;
+use outboxd::relay::sink::DeadLetterSink;
 use outboxd::store::cql::schema_statements;
 
 /// `outboxd run` on the rig's keyspace.
@@ -209,14 +210,12 @@ async fn the_relay_runs_as_a_role_with_only_the_documented_grants() {
         CdcFeed::open(relay.clone(), &ks, &cfg.store.cql.cdc, spec).await.expect("the feed opens without CREATE");
     let sink: Arc<dyn DeadLetterSink> = Arc::new(NoDeadLetters);
     let (status, _) = tokio::sync::watch::channel(Default::default());
-    let deliverer = Arc::new(Deliverer::new(&cfg, sink, outboxd::metrics::Metrics::new(), status).unwrap());
-    let topics: Vec<String> =
-        outboxd::relay::topics::all_topics(false, &cfg.kafka.topic_prefix).into_iter().map(|(t, _)| t).collect();
-    outboxd::relay::publisher::KafkaPublisher::new(&cfg.kafka)
-        .unwrap()
-        .ensure_topics(&topics, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let status = outboxd::relay::StatusTx::new(status);
+    let store = crate::cdc_rig::rig_store_for_parking().await;
+    let deliverer =
+        Arc::new(Deliverer::new(&cfg, store, sink, outboxd::metrics::Metrics::new(), status).await.unwrap());
+    let topics = outboxd::relay::topics::topic_names(false, &cfg.kafka.topic_prefix);
+    outboxd::relay::admin::ensure_topics(&cfg.kafka, &topics, Duration::from_secs(30)).await.unwrap();
     let trigger = outboxd::shutdown::Trigger::new();
     let shutdown = trigger.subscribe();
     let run = tokio::spawn(async move { feed.run(deliverer, shutdown).await });

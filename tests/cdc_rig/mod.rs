@@ -22,9 +22,10 @@ use outboxd::config::{CdcConfig, Config, CqlConfig, KafkaConfig};
 use outboxd::envelope::EventEnvelope;
 use outboxd::metrics::Metrics;
 use outboxd::relay::cdc::{run_relay_feed, CdcError};
-use outboxd::relay::deliver::{DeadLetterSink, Deliverer, RelayStatus};
-use outboxd::relay::publisher::KafkaPublisher;
-use outboxd::relay::topics::all_topics;
+use outboxd::relay::deliver::Deliverer;
+use outboxd::relay::sink::DeadLetterSink;
+use outboxd::relay::topics::topic_names;
+use outboxd::relay::{RelayStatus, StatusTx};
 use outboxd::shutdown::Trigger;
 use outboxd::store::cql::progress::read_progress;
 use outboxd::store::cql::CqlStore;
@@ -87,12 +88,8 @@ pub async fn rig(scylla: &str, brokers: &str) -> Rig {
     config.relay.retry.initial_backoff_ms = 50;
     config.relay.retry.max_backoff_ms = 500;
     config.relay.breaker.open_timeout_ms = 1_000;
-    let topics: Vec<String> = all_topics(false, &config.kafka.topic_prefix).into_iter().map(|(t, _)| t).collect();
-    KafkaPublisher::new(&config.kafka)
-        .unwrap()
-        .ensure_topics(&topics, Duration::from_secs(30))
-        .await
-        .expect("create topics");
+    let topics = topic_names(false, &config.kafka.topic_prefix);
+    outboxd::relay::admin::ensure_topics(&config.kafka, &topics, Duration::from_secs(30)).await.expect("create topics");
     let topic = topics.into_iter().find(|t| t.ends_with("order-events")).unwrap();
     Rig { store, config, topic }
 }
@@ -105,10 +102,13 @@ pub struct Running {
 }
 
 pub async fn start(rig: &Rig) -> Running {
-    let sink: Arc<dyn DeadLetterSink> = Arc::new(rig.store.clone() as DynStore);
+    let store = rig.store.clone() as DynStore;
+    let sink: Arc<dyn DeadLetterSink> = Arc::new(store.clone());
     let (status_tx, status) = watch::channel(RelayStatus::default());
     let metrics = Metrics::new();
-    let deliverer = Arc::new(Deliverer::new(&rig.config, sink, metrics.clone(), status_tx).expect("deliverer"));
+    let deliverer = Arc::new(
+        Deliverer::new(&rig.config, store, sink, metrics.clone(), StatusTx::new(status_tx)).await.expect("deliverer"),
+    );
     let trigger = Trigger::new();
     let (store, cfg, shutdown) = (rig.store.clone(), rig.config.clone(), trigger.subscribe());
     let handle = tokio::spawn(async move { run_relay_feed(store, &cfg, deliverer, &metrics, None, shutdown).await });
@@ -301,4 +301,15 @@ pub async fn append(store: &CqlStore, id: Uuid, from: i64, n: usize) -> Vec<Even
     let ev = crate::common::order_events(id, from, n);
     store.append(id, from, ev.clone()).await.unwrap();
     ev
+}
+
+/// A store on `SCYLLA_URI` in a fresh keyspace, for a delivery call whose
+/// parking state must be readable (the least-privilege case's relay logs in
+/// to another node as a restricted role).
+pub async fn rig_store_for_parking() -> DynStore {
+    let (scylla, _) = env();
+    let cql = CqlConfig { uri: scylla, keyspace: format!("p_{}", Uuid::now_v7().simple()), ..CqlConfig::default() };
+    let store = CqlStore::connect(&cql).await.expect("connect to ScyllaDB");
+    store.migrate().await.expect("outboxd schema");
+    store as DynStore
 }

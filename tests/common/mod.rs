@@ -116,6 +116,8 @@ pub struct Record {
     pub key: String,
     pub headers: HashMap<String, String>,
     pub value: serde_json::Value,
+    /// The record value as the broker returned it, byte for byte.
+    pub raw: Vec<u8>,
 }
 
 impl Record {
@@ -176,6 +178,7 @@ pub fn consume_all(brokers: &str, topics: &[String], want: usize, timeout: Durat
                     key: String::from_utf8_lossy(m.key().unwrap_or_default()).to_string(),
                     headers,
                     value: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(serde_json::Value::Null),
+                    raw: m.payload().unwrap_or_default().to_vec(),
                 });
             }
             Some(Err(e)) => eprintln!("consumer error: {e}"),
@@ -228,24 +231,26 @@ pub async fn order_lifecycle(svc: &CommandService, i: usize) -> Uuid {
     let id = Uuid::now_v7();
     let meta = Metadata::default();
     let customer = Uuid::from_u128(i as u128 % 17);
-    svc.execute::<Order>(id, &OrderCommand::Create { customer_id: customer, items: items(i, 2) }, meta, None)
+    svc.execute::<Order>(id, &OrderCommand::Create { customer_id: customer, items: items(i, 2) }, meta.clone(), None)
         .await
         .unwrap();
-    svc.execute::<Order>(id, &OrderCommand::UpdateItems { items: items(i, 3) }, meta, None).await.unwrap();
+    svc.execute::<Order>(id, &OrderCommand::UpdateItems { items: items(i, 3) }, meta.clone(), None).await.unwrap();
     if i % 4 == 3 {
-        svc.execute::<Order>(id, &OrderCommand::Cancel { reason: "customer asked".into() }, meta, None).await.unwrap();
+        svc.execute::<Order>(id, &OrderCommand::Cancel { reason: "customer asked".into() }, meta.clone(), None)
+            .await
+            .unwrap();
         return id;
     }
-    svc.execute::<Order>(id, &OrderCommand::Confirm, meta, None).await.unwrap();
+    svc.execute::<Order>(id, &OrderCommand::Confirm, meta.clone(), None).await.unwrap();
     svc.execute::<Order>(
         id,
         &OrderCommand::Ship { tracking_number: format!("TRK{i}"), carrier: "DHL".into() },
-        meta,
+        meta.clone(),
         None,
     )
     .await
     .unwrap();
-    svc.execute::<Order>(id, &OrderCommand::Deliver { signature: "J. Doe".into() }, meta, None).await.unwrap();
+    svc.execute::<Order>(id, &OrderCommand::Deliver { signature: "J. Doe".into() }, meta.clone(), None).await.unwrap();
     id
 }
 
@@ -265,7 +270,7 @@ pub async fn register_customer(svc: &CommandService, i: usize) -> Uuid {
 pub fn order_events(id: Uuid, from_version: i64, n: usize) -> Vec<outboxd::envelope::EventEnvelope> {
     use outboxd::domain::Aggregate;
     let eur = Currency::new("EUR").unwrap();
-    let meta = Metadata { correlation_id: Uuid::now_v7(), causation_id: Some(Uuid::now_v7()) };
+    let meta = Metadata { correlation_id: Uuid::now_v7(), causation_id: Some(Uuid::now_v7()), trace: None };
     let at = outboxd::envelope::now_millis();
     (0..n)
         .map(|i| {
@@ -287,7 +292,7 @@ pub fn order_events(id: Uuid, from_version: i64, n: usize) -> Vec<outboxd::envel
                 o.apply(&o.handle(&create).unwrap()[0]);
             }
             let e = o.handle(&cmd).unwrap().remove(0);
-            outboxd::envelope::EventEnvelope::new::<Order>(id, seq, &e, meta, at).unwrap()
+            outboxd::envelope::EventEnvelope::new::<Order>(id, seq, &e, &meta, at).unwrap()
         })
         .collect()
 }

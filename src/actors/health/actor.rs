@@ -7,8 +7,21 @@
 //! One check: `EventStore::probe` (the backend decides what reachable means;
 //! on SQLite it also stats the database file, never opening it), a `Ping` to
 //! every child (a child that does not answer is Unhealthy), the status of
-//! the relay (CdcStreamProcessor) and the projector, the DLQ depth. The
-//! verdict is the pure [`super::rules::evaluate`].
+//! the relay (CdcStreamProcessor) and the projector, the DLQ depth, and the
+//! relay's and the projection's backlog read from the store
+//! (`EventStore::backlog`: head - persisted checkpoint + held events, and the
+//! age of the oldest), whatever state the relay is in. The verdict is the
+//! pure [`super::rules::evaluate`].
+//!
+//! Metrics it owns: `relay_lag_events{role}`, `relay_lag_seconds{role}`
+//! (role = this instance's relay role, so a standby's gauges never raise an
+//! active-relay alert), `relay_checkpoint_position` (persisted),
+//! `projection_lag_events`, `projection_lag_seconds`, `dlq_parked_aggregates`.
+//!
+//! Status changes are visible at once: a change of the relay's or the
+//! projector's state (role, broker, breaker, feed, parked aggregates,
+//! running) triggers a check immediately; the interval covers what must be
+//! polled.
 //!
 //! Policy: resume. A failed probe is a health result, never an actor failure.
 
@@ -17,10 +30,10 @@ use chrono::Utc;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use crate::relay::BreakerState;
+use crate::relay::RelayStatus;
 
-use super::report::{ComponentHealth, HealthReport, HealthStatus};
-use super::rules::{evaluate, Probes, Reported, Thresholds};
+use super::report::{ComponentHealth, HealthReport, HealthStatus, Lag};
+use super::rules::{evaluate, lag_seconds, Probes, Reported, Thresholds};
 use crate::actors::dlq_actor::CountDeadLetters;
 use crate::actors::messages::{ActorError, ActorName, ComponentEvent, InjectFailure, Lifecycle, Ping, StopActor};
 use crate::actors::supervision::GetTaskStatus;
@@ -66,6 +79,8 @@ pub struct HealthCheckActor {
     recheck: bool,
     stopped: bool,
     interval: Option<SpawnHandle>,
+    /// The role label the lag gauges were last set under.
+    lag_role: Option<&'static str>,
 }
 
 impl HealthCheckActor {
@@ -81,6 +96,7 @@ impl HealthCheckActor {
             recheck: false,
             stopped: false,
             interval: None,
+            lag_role: None,
         }
     }
 
@@ -104,7 +120,27 @@ impl HealthCheckActor {
         let relay = self.deps.relay_status.borrow().clone();
         let projection = self.projection.clone();
         let projection_enabled = projection.is_some();
+        let consumer = self.deps.cfg.relay.consumer_name.clone();
+        let backlog_store = self.deps.store.clone();
         let fut = async move {
+            let backlogs = async {
+                let relay_backlog =
+                    tokio::time::timeout(t, backlog_store.backlog(&consumer)).await.ok().and_then(|r| r.ok());
+                let parked = tokio::time::timeout(t, backlog_store.parked(&consumer))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .map(|v| v.len() as u64);
+                let projection_backlog = if projection_enabled {
+                    tokio::time::timeout(t, backlog_store.backlog(crate::projection::CONSUMER))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                } else {
+                    None
+                };
+                (relay_backlog, parked, projection_backlog)
+            };
             let store_probe = async {
                 match tokio::time::timeout(t, store.probe()).await {
                     Err(_) => Err(format!("no answer within {t:?}")),
@@ -144,9 +180,23 @@ impl HealthCheckActor {
                     None => None,
                 }
             };
-            let (store, order, cdc, (dlq, dlq_depth), projection) =
-                tokio::join!(store_probe, order_probe, cdc_probe, dlq_probe, projection_probe);
-            Probes { store, order, dlq, dlq_depth, cdc, relay, projection_enabled, projection }
+            let (store, order, cdc, (dlq, dlq_depth), projection, (relay_backlog, parked, projection_backlog)) =
+                tokio::join!(store_probe, order_probe, cdc_probe, dlq_probe, projection_probe, backlogs);
+            Probes {
+                now: Utc::now(),
+                store,
+                order,
+                dlq,
+                dlq_depth,
+                cdc,
+                relay,
+                relay_backlog,
+                parked,
+                cdc_ttl: None,
+                projection_enabled,
+                projection,
+                projection_backlog,
+            }
         };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(fut).map(|mut probes, act, ctx| {
             act.checking = false;
@@ -158,36 +208,51 @@ impl HealthCheckActor {
         }));
     }
 
-    /// Completes the relay's status with live values: the breaker state as
-    /// the breaker itself last set it (`circuit_breaker_state`), and the lag
-    /// against the head this check just read from the store.
-    fn live_relay(&self, probes: &mut Probes) {
-        let breaker = match self.deps.metrics.circuit_breaker_state.get() {
-            1 => BreakerState::Open,
-            2 => BreakerState::HalfOpen,
-            _ => BreakerState::Closed,
-        };
-        let head = probes.store.as_ref().ok().copied().flatten();
-        for r in [Some(&mut probes.relay), probes.cdc.as_mut().map(|c| &mut c.progress)].into_iter().flatten() {
-            r.breaker = breaker;
-            if let Some(h) = head {
-                r.head = r.head.max(h);
-                r.lag = (r.head - r.checkpoint).max(0);
+    /// Sets the lag gauges from the store's view (under this instance's role).
+    fn lag_metrics(&mut self, probes: &Probes) -> (Option<Lag>, Option<Lag>) {
+        let m = &self.deps.metrics;
+        let relay = probes.cdc.as_ref().map(|c| &c.progress).unwrap_or(&probes.relay);
+        let role = relay.role.label();
+        if let Some(old) = self.lag_role.filter(|r| *r != role) {
+            let _ = m.relay_lag_events.remove_label_values(&[old]);
+            let _ = m.relay_lag_seconds.remove_label_values(&[old]);
+        }
+        self.lag_role = Some(role);
+        let relay_lag = probes.relay_backlog.map(|b| Lag {
+            checkpoint: b.checkpoint,
+            head: b.head,
+            events: b.events,
+            seconds: lag_seconds(&b, probes.now),
+        });
+        if let Some(l) = &relay_lag {
+            if let Some(e) = l.events {
+                m.relay_lag_events.with_label_values(&[role]).set(e);
+            }
+            m.relay_lag_seconds.with_label_values(&[role]).set(l.seconds);
+            if let Some(c) = l.checkpoint {
+                m.relay_checkpoint_position.set(c);
             }
         }
-        // The projection lag against the same head: a projector that is
-        // stopped or stuck does not update its own lag.
-        if let Some(p) = probes.projection.as_mut().map(|s| &mut s.progress) {
-            if let Some(h) = head {
-                p.head = p.head.max(h);
-                p.lag = (p.head - p.checkpoint).max(0);
-            }
-            self.deps.metrics.projection_lag_events.set(p.lag);
+        if let Some(n) = probes.parked {
+            m.dlq_parked_aggregates.set(n as i64);
         }
+        let projection_lag = probes.projection_backlog.map(|b| Lag {
+            checkpoint: b.checkpoint,
+            head: b.head,
+            events: b.events,
+            seconds: lag_seconds(&b, probes.now),
+        });
+        if let Some(l) = &projection_lag {
+            if let Some(e) = l.events {
+                m.projection_lag_events.set(e);
+            }
+            m.projection_lag_seconds.set(l.seconds);
+        }
+        (relay_lag, projection_lag)
     }
 
     fn publish(&mut self, probes: &mut Probes) {
-        self.live_relay(probes);
+        let (relay_lag, projection_lag) = self.lag_metrics(probes);
         let verdict = evaluate(probes, &self.reported, Thresholds::from_config(&self.deps.cfg.health));
         let now = Utc::now();
         let metrics = &self.deps.metrics;
@@ -198,13 +263,20 @@ impl HealthCheckActor {
                 (name.to_string(), ComponentHealth { status, detail, last_check: now })
             })
             .collect();
-        let overall = components.values().map(|c| c.status).max().unwrap_or(HealthStatus::Healthy);
+        let overall = components.values().map(|c| c.status).max().unwrap_or(HealthStatus::Unknown);
         metrics.actor_health_status.with_label_values(&["system"]).set(overall.gauge());
         let relay = probes.cdc.as_ref().map(|c| c.progress.clone()).unwrap_or_else(|| probes.relay.clone());
         let shutting_down = self.stopped || !self.deps.intake.is_open();
         let previous = self.deps.health.borrow().clone();
-        let report =
-            HealthReport { status: overall, checked_at: Some(now), shutting_down, components, relay: Some(relay) };
+        let report = HealthReport {
+            status: overall,
+            checked_at: Some(now),
+            shutting_down,
+            components,
+            relay: Some(relay),
+            relay_lag,
+            projection_lag,
+        };
         for (name, c) in &report.components {
             let before = previous.components.get(name).map(|p| p.status);
             if previous.checked_at.is_some() && !shutting_down && before != Some(c.status) {
@@ -212,6 +284,7 @@ impl HealthCheckActor {
                     HealthStatus::Healthy => tracing::info!(component = %name, "component healthy again: {}", c.detail),
                     HealthStatus::Degraded => tracing::warn!(component = %name, "component degraded: {}", c.detail),
                     HealthStatus::Unhealthy => tracing::error!(component = %name, "component unhealthy: {}", c.detail),
+                    HealthStatus::Unknown => tracing::info!(component = %name, "component state unknown: {}", c.detail),
                 }
             }
         }
@@ -229,6 +302,26 @@ impl Actor for HealthCheckActor {
         tracing::info!(actor = %NAME, interval_ms = self.deps.cfg.health.interval_ms, "started");
         let every = Duration::from_millis(self.deps.cfg.health.interval_ms);
         self.interval = Some(ctx.run_interval(every, |act, ctx| act.check(ctx)));
+        // State changes of the relay and the projector are checked at once.
+        let me = ctx.address();
+        let mut relay = self.deps.relay_status.subscribe();
+        let mut projection = self.deps.projection_status.subscribe();
+        self.deps.runtime.spawn(async move {
+            let mut last = (signature(&relay.borrow()), projection_signature(&projection.borrow()));
+            loop {
+                tokio::select! {
+                    r = relay.changed() => if r.is_err() { return },
+                    r = projection.changed() => if r.is_err() { return },
+                }
+                let now = (signature(&relay.borrow()), projection_signature(&projection.borrow()));
+                if now != last {
+                    last = now;
+                    if me.try_send(CheckNow).is_err() && !me.connected() {
+                        return;
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -316,4 +409,24 @@ impl Handler<Ping> for HealthCheckActor {
     fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(if self.stopped { Lifecycle::Stopped } else { Lifecycle::Running })
     }
+}
+
+/// The parts of the relay status whose change must show in /health at once
+/// (counters like `delivered` do not count).
+fn signature(s: &RelayStatus) -> String {
+    let broker = match &s.broker {
+        crate::relay::producer::BrokerState::Unknown => "unknown".to_string(),
+        crate::relay::producer::BrokerState::Reachable { .. } => "reachable".to_string(),
+        crate::relay::producer::BrokerState::Unreachable { .. } => "unreachable".to_string(),
+    };
+    let feed = match &s.feed {
+        crate::relay::status::FeedState::Unknown => "unknown",
+        crate::relay::status::FeedState::Ok => "ok",
+        crate::relay::status::FeedState::Failing { .. } => "failing",
+    };
+    format!("{:?}|{broker}|{:?}|{feed}|{}|{}", s.role, s.breaker, s.parked_aggregates, s.running)
+}
+
+fn projection_signature(s: &crate::projection::ProjectionStatus) -> String {
+    format!("{}|{}|{}", s.running, s.store_ok, s.parked_aggregates)
 }

@@ -13,30 +13,46 @@ use crate::relay::RelayStatus;
 /// The components /health reports, in order.
 pub const COMPONENTS: [&str; 6] = ["store", "kafka", "cdc_processor", "order_actor", "dlq_actor", "projections"];
 
+/// A component's state; ordered from best to worst (the overall status is
+/// the worst component). `Unknown`: not known yet, never reported healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
     Healthy,
+    Unknown,
     Degraded,
     Unhealthy,
 }
 
 impl HealthStatus {
-    /// Value of `actor_health_status`.
+    /// Value of `actor_health_status`: 0 healthy, 1 degraded, 2 unhealthy, 3 unknown.
     pub fn gauge(&self) -> i64 {
         match self {
             HealthStatus::Healthy => 0,
             HealthStatus::Degraded => 1,
             HealthStatus::Unhealthy => 2,
+            HealthStatus::Unknown => 3,
         }
     }
     pub fn as_str(&self) -> &'static str {
         match self {
             HealthStatus::Healthy => "healthy",
+            HealthStatus::Unknown => "unknown",
             HealthStatus::Degraded => "degraded",
             HealthStatus::Unhealthy => "unhealthy",
         }
     }
+}
+
+/// How far a consumer is behind, as the store saw it at the last check.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Lag {
+    pub checkpoint: Option<i64>,
+    pub head: Option<i64>,
+    /// Unpublished (or unapplied) events, held events of parked aggregates included.
+    pub events: Option<i64>,
+    /// Age of the oldest of them (0 when caught up).
+    pub seconds: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -55,8 +71,12 @@ pub struct HealthReport {
     pub checked_at: Option<DateTime<Utc>>,
     pub shutting_down: bool,
     pub components: BTreeMap<String, ComponentHealth>,
-    /// The relay's progress, lag and breaker state at the last check.
+    /// The relay's role, progress, broker and breaker state at the last check.
     pub relay: Option<RelayStatus>,
+    /// The relay's lag as the store saw it at the last check.
+    pub relay_lag: Option<Lag>,
+    /// The read models' lag as the store saw it at the last check.
+    pub projection_lag: Option<Lag>,
 }
 
 impl HealthReport {
@@ -69,14 +89,22 @@ impl HealthReport {
                 (
                     c.to_string(),
                     ComponentHealth {
-                        status: HealthStatus::Healthy,
+                        status: HealthStatus::Unknown,
                         detail: "not checked yet".into(),
                         last_check: now,
                     },
                 )
             })
             .collect();
-        HealthReport { status: HealthStatus::Healthy, checked_at: None, shutting_down: false, components, relay: None }
+        HealthReport {
+            status: HealthStatus::Unknown,
+            checked_at: None,
+            shutting_down: false,
+            components,
+            relay: None,
+            relay_lag: None,
+            projection_lag: None,
+        }
     }
 
     pub fn component(&self, name: &str) -> Option<&ComponentHealth> {
@@ -107,6 +135,7 @@ mod tests {
     fn ready_needs_a_check_a_store_and_no_shutdown() {
         let mut r = HealthReport::starting();
         assert!(r.ready().is_err());
+        assert_eq!(r.status, HealthStatus::Unknown, "nothing is healthy before the first check");
         r.checked_at = Some(Utc::now());
         assert!(r.ready().is_ok());
         r.components.get_mut("store").unwrap().status = HealthStatus::Unhealthy;

@@ -1,23 +1,36 @@
 //! The health rules: what one check gathered ([`Probes`]) -> status and
-//! detail per component (seed 001). Pure: no actor, no I/O, no clock.
+//! detail per component (seed 001). Pure: no actor, no I/O; the clock comes
+//! in as `Probes::now`.
 //!
+//! Nothing is healthy by default: a state not known yet is `unknown`.
 //! - store: probe fails (unreachable, database file gone or replaced) -> Unhealthy.
-//! - kafka: broker unreachable or circuit breaker not closed -> Degraded.
-//! - cdc_processor: relay cannot read the store -> Unhealthy; lag over
-//!   `health.lag_degraded_events` -> Degraded; restarting -> Degraded;
-//!   gave up or not answering -> Unhealthy.
-//! - order_actor / dlq_actor: restarting -> Degraded; gave up or not
-//!   answering -> Unhealthy.
-//! - projections: store errors -> Degraded; lag over
+//! - kafka: on the active relay: no broker answered yet -> Unknown; broker
+//!   unreachable, breaker open or half-open -> Degraded. A standby does not
+//!   publish: Healthy (it says who does).
+//! - cdc_processor (the relay): lease not read yet -> Unknown; standby ->
+//!   Healthy; feed reads failing -> Degraded, Unhealthy after
+//!   `health.feed_unhealthy_after_ms`; parked aggregates -> Degraded; lag
+//!   over `health.lag_degraded_events` or `health.lag_degraded_seconds` ->
+//!   Degraded; CDC log TTL: lag age >= 50 % of it -> Degraded, >= 80 % ->
+//!   Unhealthy; restarting -> Degraded; gave up or not answering -> Unhealthy.
+//!   The lag is the store's (`Backlog`): head - persisted checkpoint + held
+//!   events, whatever state the relay is in.
+//! - order_actor / dlq_actor: restarting -> Degraded; gave up or not answering -> Unhealthy.
+//! - projections: store errors, parked aggregates, lag over
 //!   `health.projection_lag_degraded_events` -> Degraded; restarting or not
 //!   running -> Degraded; gave up or not answering -> Unhealthy. Backends
 //!   without read models report Healthy with "not available".
-//! - overall = the worst component.
+//! - overall = the worst component (healthy < unknown < degraded < unhealthy).
 
+use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use crate::projection::ProjectionStatus;
-use crate::relay::{BreakerState, RelayStatus};
+use crate::relay::producer::BrokerState;
+use crate::relay::status::FeedState;
+use crate::relay::{BreakerState, RelayStatus, Role};
+use crate::store::Backlog;
 
 use super::report::HealthStatus;
 use crate::actors::messages::{ActorName, Lifecycle};
@@ -26,6 +39,7 @@ use crate::actors::supervision::TaskStatus;
 /// What one check gathered (input of [`evaluate`]).
 #[derive(Debug, Clone)]
 pub struct Probes {
+    pub now: DateTime<Utc>,
     /// The store's head position (None: the backend has no feed positions).
     pub store: Result<Option<i64>, String>,
     pub order: Option<Lifecycle>,
@@ -34,10 +48,17 @@ pub struct Probes {
     pub cdc: Option<TaskStatus<RelayStatus>>,
     /// Relay status straight from the channel (used when the processor does not answer).
     pub relay: RelayStatus,
+    /// The relay consumer's backlog as the store sees it (None: could not be read).
+    pub relay_backlog: Option<Backlog>,
+    /// Parked aggregates of the relay consumer, from the store.
+    pub parked: Option<u64>,
+    /// CDC feeds: age of the oldest unpublished change and the CDC log TTL.
+    pub cdc_ttl: Option<(Duration, Duration)>,
     /// Whether the backend has read models (a ProjectionActor was started).
     pub projection_enabled: bool,
     /// The ProjectionActor's answer (None: it did not answer).
     pub projection: Option<TaskStatus<ProjectionStatus>>,
+    pub projection_backlog: Option<Backlog>,
 }
 
 /// Health thresholds (from `health.*`).
@@ -45,6 +66,8 @@ pub struct Probes {
 pub struct Thresholds {
     pub relay_lag_degraded_events: i64,
     pub projection_lag_degraded_events: i64,
+    pub lag_degraded_seconds: u64,
+    pub feed_unhealthy_after: Duration,
 }
 
 impl Thresholds {
@@ -52,6 +75,8 @@ impl Thresholds {
         Thresholds {
             relay_lag_degraded_events: h.lag_degraded_events,
             projection_lag_degraded_events: h.projection_lag_degraded_events,
+            lag_degraded_seconds: h.lag_degraded_seconds,
+            feed_unhealthy_after: Duration::from_millis(h.feed_unhealthy_after_ms),
         }
     }
 }
@@ -69,7 +94,7 @@ fn lifecycle_health(actor: ActorName, l: Option<Lifecycle>, reported: &Reported)
         Some(Lifecycle::Restarting { restart }) => {
             (HealthStatus::Degraded, format!("restarting (restart {restart}): {note}"))
         }
-        Some(Lifecycle::Starting) => (HealthStatus::Degraded, "starting".into()),
+        Some(Lifecycle::Starting) => (HealthStatus::Unknown, "starting".into()),
         Some(Lifecycle::Stopped) => (HealthStatus::Degraded, "stopped (shutting down)".into()),
         Some(Lifecycle::Running) => {
             (HealthStatus::Healthy, if note.is_empty() { "running".into() } else { format!("running; {note}") })
@@ -77,9 +102,121 @@ fn lifecycle_health(actor: ActorName, l: Option<Lifecycle>, reported: &Reported)
     }
 }
 
+/// The lag of a backlog in seconds at `now` (0 when nothing is unpublished).
+pub fn lag_seconds(b: &Backlog, now: DateTime<Utc>) -> f64 {
+    match b.oldest {
+        Some(t) => ((now - t).num_milliseconds().max(0) as f64) / 1000.0,
+        None => 0.0,
+    }
+}
+
+fn progress(b: Option<&Backlog>, now: DateTime<Utc>) -> String {
+    match b {
+        Some(b) => format!(
+            "checkpoint {}, head {}, lag {} events ({:.1} s)",
+            b.checkpoint.map(|c| c.to_string()).unwrap_or_else(|| "none".into()),
+            b.head.map(|h| h.to_string()).unwrap_or_else(|| "n/a".into()),
+            b.events.map(|e| e.to_string()).unwrap_or_else(|| "n/a".into()),
+            lag_seconds(b, now)
+        ),
+        None => "lag unknown (the store did not answer)".into(),
+    }
+}
+
+fn kafka_health(relay: &RelayStatus) -> (HealthStatus, String) {
+    let err = relay.last_error.clone().unwrap_or_else(|| "no error recorded".into());
+    match &relay.role {
+        Role::Standby { holder, epoch } => {
+            return (
+                HealthStatus::Healthy,
+                format!("standby: this instance does not publish (active relay {holder}, epoch {epoch})"),
+            )
+        }
+        Role::Unknown => return (HealthStatus::Unknown, "the relay lease has not been read yet".into()),
+        Role::Active { .. } | Role::Unfenced => {}
+    }
+    match (&relay.broker, relay.breaker) {
+        (BrokerState::Unknown, _) => (HealthStatus::Unknown, "no broker has answered yet".into()),
+        (BrokerState::Unreachable { since, error }, b) => (
+            HealthStatus::Degraded,
+            format!("broker unreachable since {since}: {error}; circuit breaker {}", b.as_str()),
+        ),
+        (_, BreakerState::Open) => (HealthStatus::Degraded, format!("circuit breaker open; last error: {err}")),
+        (_, BreakerState::HalfOpen) => (HealthStatus::Degraded, "circuit breaker half-open: probing the broker".into()),
+        (BrokerState::Reachable { .. }, BreakerState::Closed) => (
+            HealthStatus::Healthy,
+            format!("broker reachable; circuit breaker closed; {} events delivered", relay.delivered),
+        ),
+    }
+}
+
+fn relay_health(p: &Probes, relay: &RelayStatus, running: bool, t: Thresholds) -> (HealthStatus, String) {
+    let prog = progress(p.relay_backlog.as_ref(), p.now);
+    let lag_events = p.relay_backlog.and_then(|b| b.events).unwrap_or(0);
+    let lag_secs = p.relay_backlog.map(|b| lag_seconds(&b, p.now)).unwrap_or(0.0);
+    let parked = p.parked.unwrap_or(relay.parked_aggregates);
+    let who = match &relay.role {
+        Role::Standby { holder, epoch } => {
+            return (HealthStatus::Healthy, format!("standby (active relay {holder}, epoch {epoch}); {prog}"))
+        }
+        Role::Unknown => return (HealthStatus::Unknown, format!("waiting for the relay lease to be read; {prog}")),
+        Role::Active { epoch } => format!("active, epoch {epoch}"),
+        Role::Unfenced => "active".to_string(),
+    };
+    if let FeedState::Failing { since, errors, error } = &relay.feed {
+        let failing_for = (p.now - *since).to_std().unwrap_or_default();
+        let st = if failing_for >= t.feed_unhealthy_after { HealthStatus::Unhealthy } else { HealthStatus::Degraded };
+        return (
+            st,
+            format!("relay cannot read the store feed since {since} ({errors} failed reads): {error}; {prog}"),
+        );
+    }
+    if let Some((age, ttl)) = p.cdc_ttl {
+        let share = if ttl.is_zero() { 0.0 } else { age.as_secs_f64() / ttl.as_secs_f64() };
+        if share >= 0.8 {
+            return (HealthStatus::Unhealthy, format!("the oldest unpublished change is {:.0} s old, {:.0} % of the CDC log TTL ({} s): it is about to be lost; {prog}", age.as_secs_f64(), share * 100.0, ttl.as_secs()));
+        }
+        if share >= 0.5 {
+            return (
+                HealthStatus::Degraded,
+                format!(
+                    "the oldest unpublished change is {:.0} s old, {:.0} % of the CDC log TTL ({} s); {prog}",
+                    age.as_secs_f64(),
+                    share * 100.0,
+                    ttl.as_secs()
+                ),
+            );
+        }
+    }
+    if parked > 0 {
+        return (
+            HealthStatus::Degraded,
+            format!("{parked} aggregates parked behind events that cannot be published (outboxd dlq list); {prog}"),
+        );
+    }
+    if lag_events > t.relay_lag_degraded_events {
+        return (
+            HealthStatus::Degraded,
+            format!("lag {lag_events} events exceeds {}; {prog}", t.relay_lag_degraded_events),
+        );
+    }
+    if lag_secs > t.lag_degraded_seconds as f64 {
+        return (
+            HealthStatus::Degraded,
+            format!("the oldest unpublished event is {lag_secs:.0} s old (over {} s); {prog}", t.lag_degraded_seconds),
+        );
+    }
+    if !running {
+        return (HealthStatus::Degraded, format!("relay not running; {prog}"));
+    }
+    if relay.feed == FeedState::Unknown {
+        return (HealthStatus::Unknown, format!("relay starting ({who}); {prog}"));
+    }
+    (HealthStatus::Healthy, format!("relay running ({who}); {prog}"))
+}
+
 /// Pure health rules: probes -> status and detail per component.
 pub fn evaluate(p: &Probes, reported: &Reported, t: Thresholds) -> BTreeMap<&'static str, (HealthStatus, String)> {
-    let lag_degraded_events = t.relay_lag_degraded_events;
     let mut out = BTreeMap::new();
     out.insert(
         "store",
@@ -90,39 +227,14 @@ pub fn evaluate(p: &Probes, reported: &Reported, t: Thresholds) -> BTreeMap<&'st
         },
     );
     let relay = p.cdc.as_ref().map(|c| &c.progress).unwrap_or(&p.relay);
-    let err = relay.last_error.clone().unwrap_or_else(|| "no error recorded".into());
-    out.insert(
-        "kafka",
-        if !relay.broker_ok {
-            (
-                HealthStatus::Degraded,
-                format!("broker unreachable; circuit breaker {}; last error: {err}", relay.breaker.as_str()),
-            )
-        } else if relay.breaker == BreakerState::Open {
-            (HealthStatus::Degraded, format!("circuit breaker open; last error: {err}"))
-        } else if relay.breaker == BreakerState::HalfOpen {
-            (HealthStatus::Degraded, "circuit breaker half-open: probing the broker".into())
-        } else {
-            (
-                HealthStatus::Healthy,
-                format!("broker reachable; circuit breaker closed; {} events delivered", relay.delivered),
-            )
-        },
-    );
-    let (mut st, mut detail) = lifecycle_health(ActorName::Cdc, p.cdc.as_ref().map(|c| c.lifecycle), reported);
-    if st == HealthStatus::Healthy {
-        let progress = format!("checkpoint {}, head {}, lag {} events", relay.checkpoint, relay.head, relay.lag);
-        (st, detail) = if !relay.store_ok {
-            (HealthStatus::Unhealthy, format!("relay cannot read the store: {err}"))
-        } else if relay.lag > lag_degraded_events {
-            (HealthStatus::Degraded, format!("lag {} events exceeds {lag_degraded_events}; {progress}", relay.lag))
-        } else if !p.cdc.as_ref().is_some_and(|c| c.running) {
-            (HealthStatus::Degraded, format!("relay not running; {progress}"))
-        } else {
-            (HealthStatus::Healthy, format!("relay running; {progress}"))
-        };
-    }
-    out.insert("cdc_processor", (st, detail));
+    out.insert("kafka", kafka_health(relay));
+    let (st, detail) = lifecycle_health(ActorName::Cdc, p.cdc.as_ref().map(|c| c.lifecycle), reported);
+    let relay_verdict = if st == HealthStatus::Healthy {
+        relay_health(p, relay, p.cdc.as_ref().is_some_and(|c| c.running), t)
+    } else {
+        (st, format!("{detail}; {}", progress(p.relay_backlog.as_ref(), p.now)))
+    };
+    out.insert("cdc_processor", relay_verdict);
     out.insert("order_actor", lifecycle_health(ActorName::Order, p.order, reported));
     let (st, mut detail) = lifecycle_health(ActorName::Dlq, p.dlq, reported);
     if let Some(n) = p.dlq_depth {
@@ -140,124 +252,29 @@ fn projections_health(p: &Probes, reported: &Reported, lag_degraded_events: i64)
     let (st, detail) = lifecycle_health(ActorName::Projection, p.projection.as_ref().map(|s| s.lifecycle), reported);
     let Some(s) = &p.projection else { return (st, detail) };
     let pr = &s.progress;
-    let progress = format!("checkpoint {}, head {}, lag {} events", pr.checkpoint, pr.head, pr.lag);
+    let b = p.projection_backlog;
+    let lag = b.and_then(|b| b.events).unwrap_or(pr.lag);
+    let prog = match &b {
+        Some(b) => progress(Some(b), p.now),
+        None => format!("checkpoint {}, head {}, lag {} events", pr.checkpoint, pr.head, pr.lag),
+    };
     if st != HealthStatus::Healthy {
-        return (st, format!("{detail}; {progress}"));
+        return (st, format!("{detail}; {prog}"));
     }
     if !pr.store_ok {
         let err = pr.last_error.clone().unwrap_or_else(|| "no error recorded".into());
-        (HealthStatus::Degraded, format!("projector cannot read or write the store: {err}; {progress}"))
-    } else if pr.lag > lag_degraded_events {
-        (HealthStatus::Degraded, format!("lag {} events exceeds {lag_degraded_events}; {progress}", pr.lag))
+        (HealthStatus::Degraded, format!("projector cannot read or write the store: {err}; {prog}"))
+    } else if pr.parked_aggregates > 0 {
+        (HealthStatus::Degraded, format!("{} aggregates' read models parked at an event that cannot be applied (outboxd projections status); {prog}", pr.parked_aggregates))
+    } else if lag > lag_degraded_events {
+        (HealthStatus::Degraded, format!("lag {lag} events exceeds {lag_degraded_events}; {prog}"))
     } else if !s.running {
-        (HealthStatus::Degraded, format!("projector not running; {progress}"))
+        (HealthStatus::Degraded, format!("projector not running; {prog}"))
     } else {
-        (HealthStatus::Healthy, format!("projector running; {progress}"))
+        (HealthStatus::Healthy, format!("projector running; {prog}"))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::report::COMPONENTS;
-    use super::*;
-
-    fn probes() -> Probes {
-        let relay = RelayStatus { running: true, ..RelayStatus::default() };
-        Probes {
-            store: Ok(Some(10)),
-            order: Some(Lifecycle::Running),
-            dlq: Some(Lifecycle::Running),
-            dlq_depth: Some(0),
-            cdc: Some(TaskStatus {
-                lifecycle: Lifecycle::Running,
-                restarts_in_window: 0,
-                running: true,
-                progress: relay.clone(),
-            }),
-            relay,
-            projection_enabled: true,
-            projection: Some(TaskStatus {
-                lifecycle: Lifecycle::Running,
-                restarts_in_window: 0,
-                running: true,
-                progress: crate::projection::ProjectionStatus { running: true, ..Default::default() },
-            }),
-        }
-    }
-
-    const T: Thresholds = Thresholds { relay_lag_degraded_events: 100, projection_lag_degraded_events: 100 };
-
-    fn worst(v: &BTreeMap<&'static str, (HealthStatus, String)>) -> HealthStatus {
-        v.values().map(|(s, _)| *s).max().unwrap()
-    }
-
-    #[test]
-    fn all_good_is_healthy() {
-        let v = evaluate(&probes(), &HashMap::new(), T);
-        assert_eq!(worst(&v), HealthStatus::Healthy, "{v:?}");
-        assert_eq!(v.len(), COMPONENTS.len());
-    }
-
-    #[test]
-    fn broker_breaker_and_lag_degrade() {
-        let mut p = probes();
-        p.cdc.as_mut().unwrap().progress.broker_ok = false;
-        assert_eq!(evaluate(&p, &HashMap::new(), T)["kafka"].0, HealthStatus::Degraded);
-        let mut p = probes();
-        p.cdc.as_mut().unwrap().progress.breaker = BreakerState::Open;
-        assert_eq!(evaluate(&p, &HashMap::new(), T)["kafka"].0, HealthStatus::Degraded);
-        let mut p = probes();
-        p.cdc.as_mut().unwrap().progress.lag = 101;
-        let v = evaluate(&p, &HashMap::new(), T);
-        assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded);
-        assert!(v["cdc_processor"].1.contains("lag 101"));
-    }
-
-    #[test]
-    fn store_failures_and_gave_up_are_unhealthy() {
-        let mut p = probes();
-        p.store = Err("database file x is gone".into());
-        assert_eq!(evaluate(&p, &HashMap::new(), T)["store"].0, HealthStatus::Unhealthy);
-        let mut p = probes();
-        p.cdc.as_mut().unwrap().progress.store_ok = false;
-        assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Unhealthy);
-        let mut p = probes();
-        p.order = Some(Lifecycle::GaveUp);
-        assert_eq!(evaluate(&p, &HashMap::new(), T)["order_actor"].0, HealthStatus::Unhealthy);
-        let mut p = probes();
-        p.cdc = None;
-        assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Unhealthy);
-        let mut p = probes();
-        p.order = Some(Lifecycle::Restarting { restart: 1 });
-        assert_eq!(evaluate(&p, &HashMap::new(), T)["order_actor"].0, HealthStatus::Degraded);
-    }
-
-    #[test]
-    fn projection_lag_store_errors_and_lifecycle() {
-        let mut p = probes();
-        p.projection.as_mut().unwrap().progress.lag = 100;
-        assert_eq!(evaluate(&p, &HashMap::new(), T)["projections"].0, HealthStatus::Healthy);
-        p.projection.as_mut().unwrap().progress.lag = 101;
-        let v = evaluate(&p, &HashMap::new(), T);
-        assert_eq!(v["projections"].0, HealthStatus::Degraded);
-        assert!(v["projections"].1.contains("lag 101"), "{}", v["projections"].1);
-        let mut p = probes();
-        let s = &mut p.projection.as_mut().unwrap().progress;
-        s.store_ok = false;
-        s.last_error = Some("disk I/O error".into());
-        let v = evaluate(&p, &HashMap::new(), T);
-        assert_eq!(v["projections"].0, HealthStatus::Degraded);
-        assert!(v["projections"].1.contains("disk I/O error"));
-        let mut p = probes();
-        p.projection.as_mut().unwrap().lifecycle = Lifecycle::Restarting { restart: 1 };
-        assert_eq!(evaluate(&p, &HashMap::new(), T)["projections"].0, HealthStatus::Degraded);
-        let mut p = probes();
-        p.projection = None;
-        assert_eq!(evaluate(&p, &HashMap::new(), T)["projections"].0, HealthStatus::Unhealthy);
-        // No read models on this backend: nothing to report.
-        p.projection_enabled = false;
-        let v = evaluate(&p, &HashMap::new(), T);
-        assert_eq!(v["projections"].0, HealthStatus::Healthy);
-        assert!(v["projections"].1.contains("not available"));
-    }
-}
+#[path = "rules_tests.rs"]
+mod tests;

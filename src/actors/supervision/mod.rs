@@ -60,7 +60,8 @@ pub trait Progress: Clone + Send + serde::Serialize + 'static {
 
 impl Progress for crate::relay::RelayStatus {
     fn running(&self) -> bool {
-        self.running
+        // A standby runs as intended while it waits for the lease.
+        self.running || matches!(self.role, crate::relay::Role::Standby { .. })
     }
     fn set_running(&mut self, running: bool) {
         self.running = running;

@@ -170,7 +170,7 @@ where
     <OrderActor as actix::Actor>::Context: ToEnvelope<OrderActor, ExecuteCommand<A>>,
 {
     let expected_version = if_match(req)?;
-    let meta = Metadata { correlation_id: correlation(req), causation_id: None };
+    let meta = Metadata { correlation_id: correlation(req), causation_id: None, trace: None };
     let msg = ExecuteCommand::<A> { id, command, meta, expected_version };
     st.order
         .send(msg)

@@ -16,6 +16,7 @@ use super::{codec, load_stored, stmts, unavailable, Stmts};
 use crate::domain::{Aggregate, Customer, Order};
 use crate::envelope::{EventEnvelope, StoredEvent};
 use crate::projection::model::{apply_event, Applied, OrderColumns, Row};
+use crate::projection::page::decode_row;
 use crate::projection::StoredRow;
 use crate::store::cql::CqlStore;
 use crate::store::{EventStore, StoreError};
@@ -36,49 +37,6 @@ pub(super) fn stored_event(env: EventEnvelope) -> StoredEvent {
     StoredEvent { position: env.timestamp.timestamp_millis(), envelope: env }
 }
 
-/// Decodes a stored row; an older or unreadable state shape is re-derived
-/// from the aggregate's events up to the row's version.
-pub(super) async fn decode_row<A: Aggregate>(
-    store: &CqlStore,
-    id: Uuid,
-    stored: StoredRow,
-    currency: &str,
-) -> Result<Row<A>, StoreError> {
-    if stored.state_schema == A::STATE_SCHEMA {
-        if let Ok(state) = serde_json::from_str::<A>(&stored.state) {
-            return Ok(Row {
-                id,
-                state,
-                version: stored.version,
-                last_position: stored.last_position,
-                created_at: stored.created_at,
-                updated_at: stored.updated_at,
-            });
-        }
-    }
-    tracing::warn!(%id, state_schema = stored.state_schema, "read-model row has an older or unreadable state; re-deriving it from its events");
-    let mut row: Option<Row<A>> = None;
-    for env in store.load(id).await? {
-        if env.sequence > stored.version {
-            break;
-        }
-        apply_event(&mut row, stored_event(env), currency);
-    }
-    let mut r = row.unwrap_or_else(|| Row {
-        id,
-        state: A::default(),
-        version: 0,
-        last_position: 0,
-        created_at: stored.created_at,
-        updated_at: stored.updated_at,
-    });
-    r.version = stored.version;
-    r.last_position = stored.last_position;
-    r.created_at = stored.created_at;
-    r.updated_at = stored.updated_at;
-    Ok(r)
-}
-
 /// Applies the events of one aggregate to its row (filling gaps from the
 /// event store); returns the row when it changed.
 async fn project<A: Aggregate>(
@@ -90,7 +48,12 @@ async fn project<A: Aggregate>(
     out: &mut CqlApplyOutcome,
 ) -> Result<Option<Row<A>>, StoreError> {
     let mut row: Option<Row<A>> = match stored {
-        Some(s) => Some(decode_row::<A>(store, id, s, currency).await?),
+        Some(s) => {
+            let (version, last_position) = (s.version, s.last_position);
+            let (created_at, updated_at) = (s.created_at, s.updated_at);
+            let row = decode_row::<A>(store, id, s, currency).await?;
+            Some(row.unwrap_or(Row { id, state: A::default(), version, last_position, created_at, updated_at }))
+        }
         None => None,
     };
     let mut dirty = false;

@@ -139,7 +139,23 @@ pub fn envelope_from_columns<C: CdcColumns + ?Sized>(cols: &C) -> Result<Option<
         causation_id,
         correlation_id,
         timestamp,
+        trace: trace_of(&c)?,
     }))
+}
+
+/// The W3C trace context columns, when the table has them and they are set.
+fn trace_of<C: CdcColumns + ?Sized>(c: &Cols<'_, C>) -> Result<Option<crate::envelope::TraceContext>, CdcError> {
+    let tp = match c.cols.column("trace_parent") {
+        Some(Some(CqlValue::Text(s))) | Some(Some(CqlValue::Ascii(s))) => s.clone(),
+        _ => return Ok(None),
+    };
+    let ts = match c.cols.column("trace_state") {
+        Some(Some(CqlValue::Text(s))) | Some(Some(CqlValue::Ascii(s))) => Some(s.clone()),
+        _ => None,
+    };
+    crate::envelope::TraceContext::parse(&tp, ts.as_deref())
+        .map(Some)
+        .map_err(|e| CdcError::Payload { row: c.row.clone(), error: e })
 }
 
 /// The envelope of a CDC row of `event_store`, or `Ok(None)` for rows that
@@ -169,6 +185,7 @@ mod tests {
             causation_id: Some(Uuid::now_v7()),
             correlation_id: Uuid::now_v7(),
             timestamp: crate::envelope::now_millis(),
+            trace: None,
         }
     }
 

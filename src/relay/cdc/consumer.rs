@@ -29,8 +29,9 @@ use super::progress::StreamKey;
 use super::saver::LeaseCheckpointSaver;
 use super::CdcError;
 use crate::envelope::EventEnvelope;
-use crate::relay::deliver::{Deliverer, Retried};
+use crate::relay::deliver::{Delivered, Deliverer};
 use crate::shutdown::Shutdown;
+use crate::store::feed::RawEvent;
 
 /// Rows of one batch buffered at most (an append has one per event + 1).
 const MAX_BATCH_ROWS: usize = 10_000;
@@ -77,14 +78,19 @@ pub trait EnvelopeSink: Send + Sync + 'static {
     }
 }
 
-/// The relay's sink: one delivery through retry, breaker and DLQ; returns
-/// once the event is confirmed or dead-lettered.
+/// The relay's sink: one delivery through retry, breaker and the parking
+/// policy; returns once the event is confirmed, parked, held (its aggregate
+/// is parked) or dead-lettered.
 #[async_trait]
 impl EnvelopeSink for Deliverer {
     async fn handle(&self, env: EventEnvelope, shutdown: &mut Shutdown) -> Result<(), CdcError> {
-        match self.deliver(&env, None, shutdown).await {
-            Retried::Delivered | Retried::DeadLettered => Ok(()),
-            Retried::Shutdown => Err(CdcError::Shutdown),
+        let raw = RawEvent::from_envelope(&env, 0).map_err(|e| CdcError::Payload {
+            row: format!("{}#{}", env.aggregate_id, env.sequence),
+            error: e.to_string(),
+        })?;
+        match self.deliver(&raw, shutdown).await {
+            Delivered::Delivered | Delivered::Held | Delivered::Parked | Delivered::DeadLettered => Ok(()),
+            Delivered::Shutdown => Err(CdcError::Shutdown),
         }
     }
 }

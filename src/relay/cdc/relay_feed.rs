@@ -49,13 +49,17 @@ pub async fn run_relay_feed(
         Duration::from_millis(cdc.reconcile_refresh_ms),
         stop_reconciler.subscribe(),
     ));
-    deliverer.update(|s| s.running = true);
+    deliverer.status().update(|s| {
+        s.running = true;
+        true
+    });
     let res = feed.run(sink, shutdown).await;
-    deliverer.update(|s| {
+    deliverer.status().update(|s| {
         s.running = false;
         if let Err(e) = &res {
             s.last_error = Some(e.to_string());
         }
+        true
     });
     stop_reconciler.fire();
     let _ = reconciler.await;

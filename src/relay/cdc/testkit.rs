@@ -109,6 +109,7 @@ pub fn static_row_columns(aggregate_id: uuid::Uuid, version: i64) -> Vec<Col> {
         causation_id: None,
         correlation_id: uuid::Uuid::nil(),
         timestamp: chrono::DateTime::UNIX_EPOCH,
+        trace: None,
     })
     .into_iter()
     .map(|(n, t, _)| (n, t, None))
@@ -186,6 +187,7 @@ pub fn events(id: uuid::Uuid, from: i64, n: usize) -> Vec<crate::envelope::Event
             causation_id: None,
             correlation_id: uuid::Uuid::now_v7(),
             timestamp: crate::envelope::now_millis(),
+            trace: None,
         })
         .collect()
 }

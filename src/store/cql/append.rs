@@ -147,6 +147,14 @@ impl CqlStore {
                 causation,
                 e.correlation_id,
                 e.timestamp,
+                match &e.trace {
+                    Some(t) => MaybeUnset::Set(t.traceparent.clone()),
+                    None => MaybeUnset::Unset,
+                },
+                match e.trace.as_ref().and_then(|t| t.tracestate.clone()) {
+                    Some(ts) => MaybeUnset::Set(ts),
+                    None => MaybeUnset::Unset,
+                },
             )));
         }
         let res = match self.batches.execute(&self.session, &batch, values).await {

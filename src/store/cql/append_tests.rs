@@ -98,6 +98,7 @@ fn events(id: Uuid, from: i64, n: usize) -> Vec<EventEnvelope> {
             causation_id: None,
             correlation_id: Uuid::now_v7(),
             timestamp: crate::envelope::now_millis(),
+            trace: None,
         })
         .collect()
 }

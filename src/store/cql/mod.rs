@@ -50,8 +50,11 @@ pub mod append;
 pub mod cdc_options;
 pub mod connect;
 mod dlq;
+mod lease;
+mod parking;
 pub mod progress;
 pub mod reconcile;
+mod relay_tables;
 mod rows;
 pub mod schema;
 mod snapshot;
@@ -71,8 +74,9 @@ pub use append::{BatchExecutor, BatchValues, SessionBatches};
 pub use connect::{cdc_log_exists, parse_consistency, parse_serial_consistency};
 pub use schema::{schema_statements, SCHEMA_CQL};
 
-use super::{Appended, DeadLetter, EventStore, Snapshot, StoreError, StoreProbe};
-use crate::envelope::{EventEnvelope, StoredEvent};
+use super::{Appended, Backlog, DeadLetter, EventStore, Snapshot, StoreError, StoreProbe};
+use crate::envelope::EventEnvelope;
+use crate::store::feed::FeedRow;
 use rows::EventRow;
 use schema::Statements;
 
@@ -128,6 +132,14 @@ pub struct CqlStore {
 }
 
 impl CqlStore {
+    /// One aggregate's rows after `after_sequence`, as the feed hands them out.
+    pub(super) async fn raw_rows(&self, aggregate_id: Uuid, after_sequence: i64) -> Result<Vec<FeedRow>, StoreError> {
+        let s = self.stmts().await?;
+        let rows: Vec<EventRow> =
+            self.select_rows(&s.load_after, (aggregate_id, after_sequence), "load events").await?;
+        Ok(rows.into_iter().filter_map(EventRow::into_feed_row).collect())
+    }
+
     /// The driver session (shared with the CDC reader).
     pub fn session(&self) -> Arc<Session> {
         self.session.clone()
@@ -185,11 +197,20 @@ impl EventStore for CqlStore {
         Ok(out)
     }
 
-    async fn read_feed(&self, _after: i64, _limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_feed(&self, _after: i64, _limit: usize) -> Result<Vec<FeedRow>, StoreError> {
         Err(StoreError::Unsupported {
             backend: "cql",
             what: "a position-ordered feed: CQL has no global commit order; the CQL feed is Scylla CDC (relay::cdc) on event_store".into(),
         })
+    }
+
+    /// No positions on CQL: only the held events of parked aggregates are
+    /// countable here (the CDC lag in time comes from the CDC progress).
+    async fn backlog(&self, consumer: &str) -> Result<Backlog, StoreError> {
+        let parked = self.parked_rows(consumer).await?;
+        let held: u64 = parked.iter().map(|p| p.held_events).sum();
+        let oldest = parked.iter().map(|p| p.parked.parked_at).min();
+        Ok(Backlog { checkpoint: None, head: None, events: (held > 0).then_some(held as i64), oldest })
     }
 
     /// Unsupported rather than `Ok(0)`: zero would claim the store is empty.
@@ -209,7 +230,13 @@ impl EventStore for CqlStore {
         Ok(StoreProbe { head: None })
     }
 
+    /// A fenced checkpoint (kept with the consumer's lease) wins over a plain one.
     async fn get_checkpoint(&self, consumer: &str) -> Result<Option<i64>, StoreError> {
+        if !consumer.starts_with("cdc:") {
+            if let Some(p) = self.lease_position(consumer).await? {
+                return Ok(Some(p));
+            }
+        }
         let s = self.stmts().await?;
         let res = self
             .session

@@ -15,7 +15,8 @@ use scylla::DeserializeRow;
 use uuid::Uuid;
 
 use super::{codec, exec_err, CqlStore};
-use crate::envelope::EventEnvelope;
+use crate::envelope::{EventEnvelope, TraceContext};
+use crate::store::feed::{aggregate_key, raw_json, FeedRow, RawEvent, Unreadable};
 use crate::store::{DeadLetter, StoreError};
 
 /// `[applied]` and the named column of the first row of an LWT answer.
@@ -58,9 +59,11 @@ pub(super) struct EventRow {
     pub(super) causation_id: Option<Uuid>,
     pub(super) correlation_id: Option<Uuid>,
     pub(super) timestamp: Option<DateTime<Utc>>,
+    pub(super) trace_parent: Option<String>,
+    pub(super) trace_state: Option<String>,
 }
 
-pub(super) const EVENT_COLS: &str = "event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, causation_id, correlation_id, timestamp";
+pub(super) const EVENT_COLS: &str = "event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, causation_id, correlation_id, timestamp, trace_parent, trace_state";
 
 fn required<T>(v: Option<T>, col: &str, row: &EventRow) -> Result<T, StoreError> {
     v.ok_or_else(|| codec(format!("event row {}#{:?} has null {col}", row.aggregate_id, row.sequence_number)))
@@ -83,7 +86,54 @@ impl EventRow {
             causation_id: self.causation_id,
             correlation_id: required(self.correlation_id, "correlation_id", &self)?,
             timestamp: required(self.timestamp, "timestamp", &self)?,
+            trace: self.trace()?,
         }))
+    }
+
+    fn trace(&self) -> Result<Option<TraceContext>, StoreError> {
+        match &self.trace_parent {
+            None => Ok(None),
+            Some(tp) => TraceContext::parse(tp, self.trace_state.as_deref()).map(Some).map_err(codec),
+        }
+    }
+
+    /// The row as the feed hands it out (None for the static-only row): the
+    /// payload text kept verbatim, an unreadable row reported as such.
+    pub(super) fn into_feed_row(self) -> Option<FeedRow> {
+        let (event_id, sequence) = (self.event_id, self.sequence_number?);
+        let key = aggregate_key(&self.aggregate_id.to_string());
+        let unreadable = |error: String| {
+            FeedRow::Unreadable(Unreadable {
+                position: 0,
+                aggregate_key: key.clone(),
+                sequence: Some(sequence),
+                event_id: event_id.map(|u| u.to_string()),
+                event_type: self.event_type.clone(),
+                error,
+            })
+        };
+        let decoded = (|| -> Result<RawEvent, String> {
+            let req = |v: Option<String>, c: &str| v.ok_or_else(|| format!("column {c} is null"));
+            Ok(RawEvent {
+                position: 0,
+                event_id: event_id.ok_or("column event_id is null")?,
+                aggregate_type: req(self.aggregate_type.clone(), "aggregate_type")?,
+                aggregate_id: self.aggregate_id,
+                aggregate_key: key.clone(),
+                sequence,
+                event_type: req(self.event_type.clone(), "event_type")?,
+                schema_version: self.event_version.ok_or("column event_version is null")?,
+                payload: raw_json(req(self.payload.clone(), "payload")?)?,
+                causation_id: self.causation_id,
+                correlation_id: self.correlation_id.ok_or("column correlation_id is null")?,
+                timestamp: self.timestamp.ok_or("column timestamp is null")?,
+                trace: self.trace().map_err(|e| e.to_string())?,
+            })
+        })();
+        Some(match decoded {
+            Ok(e) => FeedRow::Event(e),
+            Err(e) => unreadable(e),
+        })
     }
 }
 

@@ -109,8 +109,8 @@ impl CqlStore {
             cas_existing: self.prepare(format!("UPDATE {es} SET version = ? WHERE aggregate_id = ? IF version = ?")).await?,
             insert_event: self
                 .prepare(format!(
-                    "INSERT INTO {es} (aggregate_id, sequence_number, event_id, aggregate_type, event_type, event_version, payload, causation_id, correlation_id, timestamp) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO {es} (aggregate_id, sequence_number, event_id, aggregate_type, event_type, event_version, payload, causation_id, correlation_id, timestamp, trace_parent, trace_state) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ))
                 .await?,
             load_after,
@@ -155,6 +155,19 @@ impl CqlStore {
         let want_cdc = self.scylla;
         for stmt in schema_statements(&self.keyspace, self.replication_factor, want_cdc, self.log_ttl_seconds) {
             self.ddl(&stmt).await?;
+        }
+        // Columns added after a table was first created (schema upgrades).
+        for (col, ty) in [("trace_parent", "text"), ("trace_state", "text")] {
+            let cql = format!("ALTER TABLE {} ADD {col} {ty}", self.t("event_store"));
+            if let Err(e) = self.ddl(&cql).await {
+                let m = e.to_string().to_lowercase();
+                if !(m.contains("already exist")
+                    || m.contains("conflicts with an existing column")
+                    || m.contains("invalid column name"))
+                {
+                    return Err(e);
+                }
+            }
         }
         let mut on = self.refresh_cdc_flag().await?;
         if want_cdc {
@@ -218,8 +231,8 @@ mod tests {
     fn schema_substitutes_keyspace_rf_and_cdc() {
         let with = schema_statements("ks1", 3, true, 3_600);
         let without = schema_statements("ks1", 3, false, 3_600);
-        assert_eq!(with.len(), 11);
-        assert_eq!(without.len(), 11);
+        assert_eq!(with.len(), 14);
+        assert_eq!(without.len(), 14);
         assert!(with[0].starts_with("CREATE KEYSPACE IF NOT EXISTS ks1\n"), "{}", with[0]);
         assert!(with[0].contains("'replication_factor': 3}"), "{}", with[0]);
         for s in &with[1..] {

@@ -11,41 +11,32 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
+use super::dlq;
+use super::feed::{feed_row, FEED_COLS};
 use super::schema::migrate_conn;
 use super::writer::{AppendJob, Job};
-use super::{codec, parse_ts, parse_uuid, ts, unavailable, SqliteStore};
-use crate::envelope::{EventEnvelope, StoredEvent};
-use crate::store::{check_batch, Appended, DeadLetter, EventStore, Snapshot, StoreError, StoreProbe};
+use super::{codec, parse_ts, ts, unavailable, SqliteStore};
+use crate::envelope::EventEnvelope;
+use crate::store::feed::FeedRow;
+use crate::store::{
+    check_batch, Appended, Backlog, DeadLetter, EventStore, Snapshot, StoreError, StoreFaults, StoreProbe,
+};
 
-const EVENT_COLS: &str = "position, event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, causation_id, correlation_id, timestamp";
-
-fn row_to_event(r: &rusqlite::Row<'_>) -> Result<StoredEvent, StoreError> {
-    let g = |i: usize| -> Result<String, StoreError> { r.get::<_, String>(i).map_err(codec) };
-    let payload: String = g(7)?;
-    let causation: Option<String> = r.get(8).map_err(codec)?;
-    Ok(StoredEvent {
-        position: r.get(0).map_err(codec)?,
-        envelope: EventEnvelope {
-            event_id: parse_uuid(&g(1)?)?,
-            aggregate_type: g(2)?,
-            aggregate_id: parse_uuid(&g(3)?)?,
-            sequence: r.get(4).map_err(codec)?,
-            event_type: g(5)?,
-            schema_version: r.get(6).map_err(codec)?,
-            payload: serde_json::from_str(&payload).map_err(|e| codec(format!("payload is not JSON: {e}")))?,
-            causation_id: causation.as_deref().map(parse_uuid).transpose()?,
-            correlation_id: parse_uuid(&g(9)?)?,
-            timestamp: parse_ts(&g(10)?)?,
-        },
-    })
-}
-
-fn query_events(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<StoredEvent>, StoreError> {
+/// Decodes every row selected with `FEED_COLS` into envelopes (a load of one
+/// aggregate: an unreadable row is an error there, the command cannot be decided).
+fn load_rows(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<EventEnvelope>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(unavailable)?;
     let mut rows = stmt.query(p).map_err(unavailable)?;
     let mut out = Vec::new();
     while let Some(r) = rows.next().map_err(unavailable)? {
-        out.push(row_to_event(r)?);
+        match feed_row(r) {
+            FeedRow::Event(e) => out.push(
+                e.to_envelope().map_err(|err| codec(format!("event {}: payload is not JSON: {err}", e.event_id)))?,
+            ),
+            FeedRow::Unreadable(u) => {
+                return Err(codec(format!("stored event at position {} cannot be read: {}", u.position, u.error)))
+            }
+        }
     }
     Ok(out)
 }
@@ -75,19 +66,32 @@ impl EventStore for SqliteStore {
 
     async fn load_after(&self, aggregate_id: Uuid, after_sequence: i64) -> Result<Vec<EventEnvelope>, StoreError> {
         self.read(move |c| {
-            let sql = format!("SELECT {EVENT_COLS} FROM event_store WHERE aggregate_id = ?1 AND sequence_number > ?2 ORDER BY sequence_number");
-            Ok(query_events(c, &sql, params![aggregate_id.to_string(), after_sequence])?.into_iter().map(|s| s.envelope).collect())
+            let sql = format!(
+                "SELECT {FEED_COLS} FROM event_store WHERE aggregate_id = ?1 AND sequence_number > ?2 ORDER BY sequence_number"
+            );
+            load_rows(c, &sql, params![aggregate_id.to_string(), after_sequence])
         })
         .await
     }
 
-    async fn read_feed(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_feed(&self, after: i64, limit: usize) -> Result<Vec<FeedRow>, StoreError> {
         let limit = limit.clamp(1, 100_000) as i64;
         self.read(move |c| {
-            let sql = format!("SELECT {EVENT_COLS} FROM event_store WHERE position > ?1 ORDER BY position LIMIT ?2");
-            query_events(c, &sql, params![after, limit])
+            let sql = format!("SELECT {FEED_COLS} FROM event_store WHERE position > ?1 ORDER BY position LIMIT ?2");
+            let mut stmt = c.prepare_cached(&sql).map_err(unavailable)?;
+            let mut rows = stmt.query(params![after, limit]).map_err(unavailable)?;
+            let mut out = Vec::with_capacity(limit.min(4096) as usize);
+            while let Some(r) = rows.next().map_err(unavailable)? {
+                out.push(feed_row(r));
+            }
+            Ok(out)
         })
         .await
+    }
+
+    async fn backlog(&self, consumer: &str) -> Result<Backlog, StoreError> {
+        let consumer = consumer.to_string();
+        self.read(move |c| super::parking::backlog(c, &consumer)).await
     }
 
     async fn head_position(&self) -> Result<i64, StoreError> {
@@ -98,7 +102,14 @@ impl EventStore for SqliteStore {
     }
 
     fn subscribe(&self) -> Option<watch::Receiver<i64>> {
+        // Other processes' commits too (a standby instance, the CLI).
+        self.watcher
+            .get_or_init(|| super::watch_changes::Watcher::start(&self.path, self.notify.clone()).unwrap_or_default());
         Some(self.notify.subscribe())
+    }
+
+    fn faults(&self) -> Option<std::sync::Arc<StoreFaults>> {
+        Some(self.faults.clone())
     }
 
     /// The head position, and that the database file at `path` is still the
@@ -135,19 +146,19 @@ impl EventStore for SqliteStore {
     }
 
     async fn dlq_insert(&self, letter: DeadLetter) -> Result<(), StoreError> {
-        self.insert_letter(letter).await
+        self.write(move |c| dlq::insert(c, &letter)).await
     }
 
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        self.list_letters(limit).await
+        self.read(move |c| dlq::list(c, limit)).await
     }
 
     async fn dlq_remove(&self, id: Uuid) -> Result<bool, StoreError> {
-        self.remove_letter(id).await
+        self.write(move |c| dlq::remove(c, id)).await
     }
 
     async fn dlq_count(&self) -> Result<u64, StoreError> {
-        self.count_letters().await
+        self.read(dlq::count).await
     }
 
     async fn save_snapshot(&self, s: Snapshot) -> Result<(), StoreError> {

@@ -22,14 +22,29 @@
 //!   written through the same writer thread, batch and checkpoint in one
 //!   transaction.
 //!
+//! - Schema version 3 adds the relay's coordination tables: leases, parked
+//!   aggregates, discards, operator requests, and the trace context of each
+//!   event. Lease operations use their own connection with a short busy
+//!   timeout, never the writer queue.
+//! - `subscribe` wakes on this process's commits at once and on other
+//!   processes' commits within `CHANGE_POLL` (`PRAGMA data_version`).
+//!
 //! Files: [`schema`] (DDL, upgrade), `writer` (the writer thread, group
-//! commit), `event_store` (the trait), `dlq` (dead letters), [`file`] (the
-//! probe's stat-only identity check). Tuning: `config::SqliteOptions`.
+//! commit), `event_store` (the trait), `feed` (row-by-row decoding), `dlq`
+//! (dead letters), `lease`, `parking`, `requests`, `relay_tables` (their
+//! trait impls), [`file`] (the probe's stat-only identity check). Tuning:
+//! `config::SqliteOptions`.
 
 mod dlq;
 mod event_store;
+mod feed;
 pub mod file;
+mod lease;
+mod parking;
+mod relay_tables;
+mod requests;
 pub mod schema;
+mod watch_changes;
 mod writer;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -41,7 +56,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 pub use crate::config::{SqliteOptions, Synchronous};
-pub use schema::{SCHEMA_V1, SCHEMA_V2, SCHEMA_VERSION};
+pub use schema::{SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_VERSION};
 
 use crate::store::StoreError;
 use file::DbFile;
@@ -55,7 +70,16 @@ pub struct SqliteStore {
     notify: watch::Sender<i64>,
     /// The database file as opened (its identity, for the health probe).
     file: Arc<DbFile>,
+    /// Leases and fenced checkpoints: their own connection, short busy timeout.
+    lease_conn: Arc<Mutex<Connection>>,
+    /// Test seam: injected read failures (admin `/debug/store`, fault injection only).
+    faults: Arc<crate::store::StoreFaults>,
+    /// Watches other processes' commits once someone subscribed.
+    watcher: std::sync::OnceLock<watch_changes::Watcher>,
 }
+
+/// Busy timeout of the lease connection: well under any renew interval.
+const LEASE_BUSY_TIMEOUT: Duration = Duration::from_millis(1_000);
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -126,7 +150,21 @@ impl SqliteStore {
             .spawn(move || writer_loop(conn, rx, n, group))
             .map_err(|e| unavailable(format!("cannot start writer thread: {e}")))?;
         let file = Arc::new(DbFile::new(&path));
-        let store = SqliteStore { path, jobs, readers: Arc::new(Mutex::new(Vec::new())), notify, file };
+        let lease_conn = open_conn(
+            &path,
+            &SqliteOptions { busy_timeout_ms: LEASE_BUSY_TIMEOUT.as_millis() as u64, ..opts.clone() },
+            false,
+        )?;
+        let store = SqliteStore {
+            path,
+            jobs,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            notify,
+            file,
+            lease_conn: Arc::new(Mutex::new(lease_conn)),
+            faults: Arc::default(),
+            watcher: std::sync::OnceLock::new(),
+        };
         // Open the first reader now so a bad path fails at startup.
         let r = open_conn(&store.path, &opts, true)?;
         store.readers.lock().map_err(unavailable)?.push(r);
@@ -144,6 +182,7 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let pool = self.readers.clone();
         let path = self.path.clone();
+        self.faults.check_read()?;
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || {
             // A pooled connection keeps reading a deleted or replaced file as
@@ -161,6 +200,20 @@ impl SqliteStore {
                 }
             }
             out
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    /// Runs `f` on the lease connection (off the async runtime, not through the writer queue).
+    pub(crate) async fn lease_op<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.lease_conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().map_err(unavailable)?;
+            f(&mut c)
         })
         .await
         .map_err(unavailable)?

@@ -12,7 +12,7 @@ use super::unavailable;
 use crate::store::StoreError;
 
 /// Current schema version (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// DDL of schema version 1; also shipped for `sqlite3` users in docs.
 pub const SCHEMA_V1: &str = r#"
@@ -108,6 +108,61 @@ CREATE TABLE IF NOT EXISTS customer_read_model (
 );
 "#;
 
+/// DDL of schema version 3: the relay's coordination tables (applied on top
+/// of version 2): the W3C trace context of each event, leases (one active
+/// relay per consumer name), parked aggregates, the discard audit trail and
+/// operator requests.
+pub const SCHEMA_V3: &str = r#"
+ALTER TABLE event_store ADD COLUMN trace_parent TEXT;
+ALTER TABLE event_store ADD COLUMN trace_state TEXT;
+CREATE TABLE IF NOT EXISTS relay_leases (
+    name       TEXT    PRIMARY KEY,
+    holder     TEXT    NOT NULL,
+    epoch      INTEGER NOT NULL,
+    counter    INTEGER NOT NULL,
+    ttl_ms     INTEGER NOT NULL,
+    renewed_at TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parked_aggregates (
+    consumer        TEXT NOT NULL,
+    aggregate_id    TEXT NOT NULL,
+    aggregate_type  TEXT,
+    position        INTEGER,
+    sequence_number INTEGER,
+    event_id        TEXT,
+    event_type      TEXT,
+    error           TEXT NOT NULL,
+    parked_at       TEXT NOT NULL,
+    PRIMARY KEY (consumer, aggregate_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS discarded_events (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    consumer        TEXT NOT NULL,
+    event_id        TEXT NOT NULL,
+    aggregate_id    TEXT NOT NULL,
+    aggregate_type  TEXT,
+    sequence_number INTEGER,
+    position        INTEGER,
+    event_type      TEXT,
+    payload         TEXT,
+    error           TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    discarded_at    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS relay_requests (
+    id            TEXT PRIMARY KEY,
+    consumer      TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    requested_by  TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    claimed_epoch INTEGER,
+    result        TEXT,
+    finished_at   TEXT
+);
+CREATE INDEX IF NOT EXISTS relay_requests_open ON relay_requests (consumer, status);
+"#;
+
 pub(crate) fn migrate_conn(conn: &mut Connection) -> Result<(), StoreError> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
     if v > SCHEMA_VERSION {
@@ -118,7 +173,7 @@ pub(crate) fn migrate_conn(conn: &mut Connection) -> Result<(), StoreError> {
     // One step per version, each in its own IMMEDIATE transaction that
     // re-reads the version under the write lock, so two processes opening
     // the same file at once both end at the current version.
-    for (target, ddl) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+    for (target, ddl) in [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)] {
         if v >= target {
             continue;
         }

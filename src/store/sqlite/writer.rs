@@ -106,6 +106,15 @@ fn commit_group(
     };
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
+        if !results.is_empty() && tx.is_autocommit() {
+            // SQLite rolled the whole transaction back on an earlier error
+            // (I/O error, disk full, ...): every append of the group is lost,
+            // and running the rest now would commit each on its own while its
+            // caller is told it failed. Fail the whole group instead.
+            return fail_all(unavailable(
+                "the group transaction was rolled back by SQLite after an error; nothing was written",
+            ));
+        }
         let res = if job.events.len() == 1 {
             append_rows(&tx, job, versions)
         } else {
@@ -118,7 +127,13 @@ fn commit_group(
                 }
             })
         };
+        let failed = res.is_err();
         results.push(res);
+        if failed && tx.is_autocommit() {
+            return fail_all(unavailable(
+                "the group transaction was rolled back by SQLite after an error; nothing was written",
+            ));
+        }
     }
     if let Err(e) = tx.commit() {
         return fail_all(unavailable(format!("commit failed: {e}")));
@@ -153,8 +168,8 @@ fn append_rows(conn: &Connection, job: &AppendJob, versions: &HashMap<Uuid, i64>
     }
     let mut stmt = conn
         .prepare_cached(
-            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, causation_id, correlation_id, timestamp)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, causation_id, correlation_id, timestamp, trace_parent, trace_state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )
         .map_err(unavailable)?;
     let mut last = 0;
@@ -171,6 +186,8 @@ fn append_rows(conn: &Connection, job: &AppendJob, versions: &HashMap<Uuid, i64>
             e.causation_id.map(|c| c.to_string()),
             e.correlation_id.to_string(),
             ts(&e.timestamp),
+            e.trace.as_ref().map(|t| t.traceparent.as_str()),
+            e.trace.as_ref().and_then(|t| t.tracestate.as_deref()),
         ]);
         match r {
             Ok(_) => last = conn.last_insert_rowid(),

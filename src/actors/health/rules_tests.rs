@@ -1,0 +1,213 @@
+//! Unit tests of the health rules (`rules.rs`): every state, including the
+//! ones that must never be reported healthy.
+
+use super::super::report::COMPONENTS;
+use super::*;
+
+fn active() -> RelayStatus {
+    RelayStatus {
+        role: Role::Active { epoch: 3 },
+        running: true,
+        broker: BrokerState::Reachable { since: Utc::now() },
+        feed: FeedState::Ok,
+        checkpoint: Some(10),
+        ..RelayStatus::default()
+    }
+}
+
+fn probes() -> Probes {
+    let relay = active();
+    Probes {
+        now: Utc::now(),
+        store: Ok(Some(10)),
+        order: Some(Lifecycle::Running),
+        dlq: Some(Lifecycle::Running),
+        dlq_depth: Some(0),
+        cdc: Some(TaskStatus {
+            lifecycle: Lifecycle::Running,
+            restarts_in_window: 0,
+            running: true,
+            progress: relay.clone(),
+        }),
+        relay,
+        relay_backlog: Some(Backlog { checkpoint: Some(10), head: Some(10), events: Some(0), oldest: None }),
+        parked: Some(0),
+        cdc_ttl: None,
+        projection_enabled: true,
+        projection: Some(TaskStatus {
+            lifecycle: Lifecycle::Running,
+            restarts_in_window: 0,
+            running: true,
+            progress: crate::projection::ProjectionStatus { running: true, ..Default::default() },
+        }),
+        projection_backlog: Some(Backlog { checkpoint: Some(10), head: Some(10), events: Some(0), oldest: None }),
+    }
+}
+
+const T: Thresholds = Thresholds {
+    relay_lag_degraded_events: 100,
+    projection_lag_degraded_events: 100,
+    lag_degraded_seconds: 60,
+    feed_unhealthy_after: Duration::from_secs(60),
+};
+
+fn worst(v: &BTreeMap<&'static str, (HealthStatus, String)>) -> HealthStatus {
+    v.values().map(|(s, _)| *s).max().unwrap()
+}
+
+fn relay_mut(p: &mut Probes) -> &mut RelayStatus {
+    &mut p.cdc.as_mut().unwrap().progress
+}
+
+#[test]
+fn all_good_is_healthy() {
+    let v = evaluate(&probes(), &HashMap::new(), T);
+    assert_eq!(worst(&v), HealthStatus::Healthy, "{v:?}");
+    assert_eq!(v.len(), COMPONENTS.len());
+}
+
+#[test]
+fn nothing_known_is_never_healthy() {
+    let mut p = probes();
+    *relay_mut(&mut p) = RelayStatus::default();
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["kafka"].0, HealthStatus::Unknown, "{v:?}");
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Unknown, "{v:?}");
+    assert_ne!(worst(&v), HealthStatus::Healthy);
+    // Active but no broker has answered yet.
+    let mut p = probes();
+    relay_mut(&mut p).broker = BrokerState::Unknown;
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["kafka"].0, HealthStatus::Unknown);
+    let mut p = probes();
+    relay_mut(&mut p).feed = FeedState::Unknown;
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Unknown);
+    let mut p = probes();
+    p.order = Some(Lifecycle::Starting);
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["order_actor"].0, HealthStatus::Unknown);
+}
+
+#[test]
+fn broker_breaker_and_lag_degrade() {
+    let mut p = probes();
+    relay_mut(&mut p).broker = BrokerState::Unreachable { since: Utc::now(), error: "connection refused".into() };
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["kafka"].0, HealthStatus::Degraded);
+    assert!(v["kafka"].1.contains("connection refused"), "{}", v["kafka"].1);
+    let mut p = probes();
+    relay_mut(&mut p).breaker = BreakerState::Open;
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["kafka"].0, HealthStatus::Degraded);
+    let mut p = probes();
+    p.relay_backlog =
+        Some(Backlog { checkpoint: Some(10), head: Some(111), events: Some(101), oldest: Some(Utc::now()) });
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded);
+    assert!(v["cdc_processor"].1.contains("lag 101"), "{}", v["cdc_processor"].1);
+    let mut p = probes();
+    let old = Utc::now() - chrono::Duration::seconds(61);
+    p.relay_backlog = Some(Backlog { checkpoint: Some(10), head: Some(11), events: Some(1), oldest: Some(old) });
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded, "lag in seconds: {}", v["cdc_processor"].1);
+}
+
+#[test]
+fn feed_failures_degrade_then_turn_unhealthy() {
+    let mut p = probes();
+    relay_mut(&mut p).feed = FeedState::Failing {
+        since: Utc::now() - chrono::Duration::seconds(5),
+        errors: 3,
+        error: "disk I/O error".into(),
+    };
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded);
+    assert!(v["cdc_processor"].1.contains("disk I/O error"));
+    relay_mut(&mut p).feed = FeedState::Failing {
+        since: Utc::now() - chrono::Duration::seconds(61),
+        errors: 30,
+        error: "disk I/O error".into(),
+    };
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Unhealthy);
+}
+
+#[test]
+fn parked_aggregates_degrade() {
+    let mut p = probes();
+    p.parked = Some(2);
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded);
+    assert!(v["cdc_processor"].1.contains("2 aggregates parked"), "{}", v["cdc_processor"].1);
+}
+
+#[test]
+fn cdc_log_ttl_guard() {
+    let ttl = Duration::from_secs(1000);
+    let mut p = probes();
+    p.cdc_ttl = Some((Duration::from_secs(499), ttl));
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Healthy);
+    p.cdc_ttl = Some((Duration::from_secs(500), ttl));
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Degraded);
+    p.cdc_ttl = Some((Duration::from_secs(800), ttl));
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Unhealthy);
+    assert!(v["cdc_processor"].1.contains("CDC log TTL"));
+}
+
+#[test]
+fn a_standby_is_healthy_and_says_who_publishes() {
+    let mut p = probes();
+    let r = relay_mut(&mut p);
+    r.role = Role::Standby { holder: "host-a:1:2".into(), epoch: 7 };
+    r.running = false;
+    r.broker = BrokerState::Unknown;
+    p.cdc.as_mut().unwrap().running = true;
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["kafka"].0, HealthStatus::Healthy, "{v:?}");
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Healthy, "{v:?}");
+    assert!(v["cdc_processor"].1.contains("host-a:1:2"));
+}
+
+#[test]
+fn store_failures_and_gave_up_are_unhealthy() {
+    let mut p = probes();
+    p.store = Err("database file x is gone".into());
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["store"].0, HealthStatus::Unhealthy);
+    let mut p = probes();
+    p.order = Some(Lifecycle::GaveUp);
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["order_actor"].0, HealthStatus::Unhealthy);
+    let mut p = probes();
+    p.cdc = None;
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Unhealthy);
+    let mut p = probes();
+    p.order = Some(Lifecycle::Restarting { restart: 1 });
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["order_actor"].0, HealthStatus::Degraded);
+}
+
+#[test]
+fn projection_lag_store_errors_parking_and_lifecycle() {
+    let mut p = probes();
+    p.projection_backlog = Some(Backlog { checkpoint: Some(0), head: Some(100), events: Some(100), oldest: None });
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["projections"].0, HealthStatus::Healthy);
+    p.projection_backlog = Some(Backlog { checkpoint: Some(0), head: Some(101), events: Some(101), oldest: None });
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["projections"].0, HealthStatus::Degraded);
+    assert!(v["projections"].1.contains("lag 101"), "{}", v["projections"].1);
+    let mut p = probes();
+    let s = &mut p.projection.as_mut().unwrap().progress;
+    s.store_ok = false;
+    s.last_error = Some("disk I/O error".into());
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["projections"].0, HealthStatus::Degraded);
+    assert!(v["projections"].1.contains("disk I/O error"));
+    let mut p = probes();
+    p.projection.as_mut().unwrap().progress.parked_aggregates = 1;
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["projections"].0, HealthStatus::Degraded);
+    let mut p = probes();
+    p.projection.as_mut().unwrap().lifecycle = Lifecycle::Restarting { restart: 1 };
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["projections"].0, HealthStatus::Degraded);
+    let mut p = probes();
+    p.projection = None;
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["projections"].0, HealthStatus::Unhealthy);
+    p.projection_enabled = false;
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["projections"].0, HealthStatus::Healthy);
+    assert!(v["projections"].1.contains("not available"));
+}

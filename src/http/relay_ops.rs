@@ -1,0 +1,219 @@
+//! Admin routes for the relay's operators (on the admin server):
+//!
+//! - GET /dlq?limit=N: parked aggregates (first held event, error, held
+//!   count) and dead letters.
+//! - POST /dlq/replay: `{"aggregate_id": ID}`, `{"all_parked": true}`,
+//!   `{"ids": [...]}` (dead letters) or `{"all": true}` (every parked
+//!   aggregate and dead letter).
+//! - POST /dlq/discard: `{"event_id": ID, "reason": TEXT}`.
+//! - POST /relay/rewind: `{"to_position": N}` (SQLite) or `{"to_time": RFC 3339}` (CQL).
+//! - GET /relay/requests/{id}: a request's status and result.
+//! - GET /leases: every lease (holder, epoch, renewals, checkpoint).
+//! - POST /debug/store?fail_reads_ms=N, POST /debug/pause/relay?ms=N: fault
+//!   injection (only with `OUTBOXD_ENABLE_FAULT_INJECTION=1`).
+//!
+//! Guarantee: a write route never publishes itself: it writes a request row
+//! (through the DlqActor) that the instance holding the relay lease carries
+//! out; with `"wait": true` (the default) the answer comes when it is done
+//! (200) or after 30 s (202 with the request to poll).
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::actors::{ListDeadLetters, SubmitRequest};
+use crate::relay::operator::{self, Waited};
+use crate::store::requests::{RequestKind, RequestStatus};
+
+use super::admin::AdminState;
+use super::errors::ApiError;
+use super::input::Input;
+
+/// How long a write route waits for the relay before answering 202.
+const WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    limit: Option<usize>,
+}
+
+pub(super) async fn dlq_list(st: web::Data<AdminState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let view = st
+        .dlq
+        .send(ListDeadLetters { limit })
+        .await
+        .map_err(|_| ApiError::unavailable("dead-letter actor unavailable"))?
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot list dead letters");
+            ApiError::unavailable("the store is unavailable")
+        })?;
+    Ok(HttpResponse::Ok().json(json!({
+        "count": view.dead_letters.len(),
+        "dead_letters": view.dead_letters,
+        "parked_count": view.parked.len(),
+        "parked": view.parked,
+    })))
+}
+
+fn wants_wait(body: &Value) -> Result<bool, ApiError> {
+    match body.get("wait") {
+        None | Some(Value::Null) => Ok(true),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::invalid("wait", "must be true or false")),
+    }
+}
+
+/// Submits `kind` and (if asked) waits for the relay to carry it out.
+async fn submit(st: &AdminState, kind: RequestKind, wait: bool) -> Result<HttpResponse, ApiError> {
+    let r = st
+        .dlq
+        .send(SubmitRequest { kind, requested_by: "admin-api".into() })
+        .await
+        .map_err(|_| ApiError::unavailable("dead-letter actor unavailable"))?
+        .map_err(|e| ApiError::from_actor(e, "relay request"))?;
+    if !wait {
+        return Ok(HttpResponse::Accepted().json(json!({ "request": r })));
+    }
+    match operator::wait(&st.store, r.id, WAIT, WAIT, |_| {}).await {
+        Ok(Waited::Finished(done)) if done.status == RequestStatus::Done => {
+            Ok(HttpResponse::Ok().json(json!({ "request": done })))
+        }
+        Ok(Waited::Finished(failed)) => {
+            Ok(HttpResponse::Conflict().json(json!({ "error": "request_failed", "request": failed })))
+        }
+        Ok(Waited::Unclaimed(p) | Waited::TimedOut(p)) => Ok(HttpResponse::Accepted().json(json!({
+            "request": p,
+            "message": "not finished yet (is a relay running?); poll GET /relay/requests/{id}",
+        }))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read back a relay request");
+            Err(ApiError::unavailable("the store is unavailable"))
+        }
+    }
+}
+
+fn uuid_list(b: &Input<'_>, field: &str) -> Result<Vec<Uuid>, ApiError> {
+    let raw = b.array(field)?;
+    raw.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_str()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .ok_or_else(|| ApiError::invalid(format!("{field}[{i}]"), "must be a UUID"))
+        })
+        .collect()
+}
+
+pub(super) async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    let b = Input::body(&body, &["ids", "all", "aggregate_id", "all_parked", "wait"])?;
+    let wait = wants_wait(&body)?;
+    let given = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
+    let kind = if given("aggregate_id") {
+        let agg = b.string("aggregate_id")?;
+        RequestKind::ReplayAggregate { aggregate_id: agg }
+    } else if given("ids") {
+        RequestKind::ReplayDeadLetters { ids: Some(uuid_list(&b, "ids")?) }
+    } else if body.get("all_parked").and_then(Value::as_bool) == Some(true) {
+        RequestKind::ReplayAllParked
+    } else if body.get("all").and_then(Value::as_bool) == Some(true) {
+        // Everything: parked aggregates first, then the dead letters.
+        let first = submit(&st, RequestKind::ReplayAllParked, wait).await?;
+        if !first.status().is_success() || first.status() == actix_web::http::StatusCode::ACCEPTED {
+            return Ok(first);
+        }
+        RequestKind::ReplayDeadLetters { ids: None }
+    } else {
+        return Err(ApiError::invalid(
+            "aggregate_id",
+            "say what to replay: {\"aggregate_id\": ID}, {\"all_parked\": true}, {\"ids\": [...]} or {\"all\": true}",
+        ));
+    };
+    submit(&st, kind, wait).await
+}
+
+pub(super) async fn dlq_discard(st: web::Data<AdminState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    let b = Input::body(&body, &["event_id", "reason", "wait"])?;
+    let event_id = b.string("event_id")?;
+    let reason = b.string("reason")?;
+    if reason.trim().len() < 3 {
+        return Err(ApiError::invalid("reason", "say why the event is discarded (kept in the audit row)"));
+    }
+    submit(&st, RequestKind::Discard { event_id, reason }, wants_wait(&body)?).await
+}
+
+pub(super) async fn relay_rewind(st: web::Data<AdminState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    let _ = Input::body(&body, &["to_position", "to_time", "wait"])?;
+    let kind = match (body.get("to_position").filter(|v| !v.is_null()), body.get("to_time").filter(|v| !v.is_null())) {
+        (Some(p), None) => match p.as_i64() {
+            Some(n) if n >= 0 => RequestKind::RewindToPosition { position: n },
+            _ => return Err(ApiError::invalid("to_position", "must be a non-negative feed position")),
+        },
+        (None, Some(t)) => match t.as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()) {
+            Some(t) => RequestKind::RewindToTime { time: t.with_timezone(&Utc) },
+            None => return Err(ApiError::invalid("to_time", "must be an RFC 3339 time")),
+        },
+        _ => return Err(ApiError::invalid("to_position", "give exactly one of to_position or to_time")),
+    };
+    submit(&st, kind, wants_wait(&body)?).await
+}
+
+pub(super) async fn request_status(
+    st: web::Data<AdminState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = Uuid::parse_str(&path).map_err(|_| ApiError::bad_request("id", "the id in the path must be a UUID"))?;
+    match st.store.request_get(id).await {
+        Ok(Some(r)) => Ok(HttpResponse::Ok().json(json!({ "request": r }))),
+        Ok(None) => Err(ApiError::not_found(format!("relay request {id} does not exist"))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a relay request");
+            Err(ApiError::unavailable("the store is unavailable"))
+        }
+    }
+}
+
+pub(super) async fn leases(st: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
+    match st.store.lease_list().await {
+        Ok(l) => Ok(HttpResponse::Ok().json(json!({ "leases": l, "this_instance": st.instance }))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list leases");
+            Err(ApiError::unavailable("the store is unavailable"))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct StoreFaultQuery {
+    fail_reads_ms: Option<u64>,
+}
+
+pub(super) async fn debug_store(
+    st: web::Data<AdminState>,
+    q: web::Query<StoreFaultQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let ms = q
+        .fail_reads_ms
+        .ok_or_else(|| ApiError::bad_request("fail_reads_ms", "say how long reads fail: ?fail_reads_ms=N"))?;
+    let faults =
+        st.store.faults().ok_or_else(|| ApiError::not_found("this store backend has no fault-injection seam"))?;
+    faults.fail_reads_for(Duration::from_millis(ms));
+    Ok(HttpResponse::Accepted().json(json!({ "fail_reads_ms": ms })))
+}
+
+#[derive(Deserialize)]
+pub(super) struct PauseQuery {
+    ms: Option<u64>,
+}
+
+pub(super) async fn debug_pause(
+    st: web::Data<AdminState>,
+    q: web::Query<PauseQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let ms = q.ms.ok_or_else(|| ApiError::bad_request("ms", "say how long the relay loop freezes: ?ms=N"))?;
+    st.relay_pause.pause_for(Duration::from_millis(ms));
+    Ok(HttpResponse::Accepted().json(json!({ "paused_ms": ms })))
+}

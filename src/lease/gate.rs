@@ -1,0 +1,66 @@
+//! Runs a consumer only while this instance holds its lease.
+//!
+//! Guarantee: `while_active` starts `run(epoch, term)` only with the lease
+//! held at `epoch`, and fires `term` (the run's own shutdown) at once when
+//! the keeper withdraws the lease or when `shutdown` fires; after the run
+//! returns it waits for the lease again. Without a lease (`None`) it runs
+//! once, unfenced (single-instance use).
+
+use std::future::Future;
+
+use super::keeper::{LeaseHandle, LeaseState};
+use crate::shutdown::{Shutdown, Trigger};
+
+/// Calls `on_role` with every role change while waiting, and `run` for every term.
+pub async fn while_active<F, Fut, E>(
+    lease: Option<&LeaseHandle>,
+    mut shutdown: Shutdown,
+    mut on_role: impl FnMut(&LeaseState),
+    mut run: F,
+) -> Result<(), E>
+where
+    F: FnMut(Option<i64>, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let Some(lease) = lease else {
+        return run(None, shutdown).await;
+    };
+    let mut rx = lease.state();
+    loop {
+        // Wait for the lease.
+        let epoch = loop {
+            let state = rx.borrow_and_update().clone();
+            on_role(&state);
+            if let Some(e) = state.active_epoch() {
+                break e;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Ok(()) },
+                _ = shutdown.recv() => return Ok(()),
+            }
+        };
+        // Run one term; end it when the lease goes or shutdown comes.
+        let term = Trigger::new();
+        let term_shutdown = term.subscribe();
+        let mut watch = rx.clone();
+        let mut outer = shutdown.clone();
+        let watcher = tokio::spawn(async move {
+            tokio::select! {
+                _ = watch.wait_for(|s| s.active_epoch() != Some(epoch)) => {}
+                _ = outer.recv() => {}
+            }
+            term.fire();
+        });
+        let res = run(Some(epoch), term_shutdown).await;
+        watcher.abort();
+        res?;
+        if shutdown.is_shutdown() {
+            return Ok(());
+        }
+        if matches!(&*rx.borrow(), LeaseState::Active { epoch: e } if *e == epoch) {
+            // The run ended on its own while still holding the lease: the caller's
+            // supervisor decides (an unrequested end is a failure there).
+            return Ok(());
+        }
+    }
+}

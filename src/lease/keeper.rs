@@ -1,0 +1,225 @@
+//! The lease keeper: a task per consumer name that runs the [`Machine`]
+//! against the store and publishes this instance's role on a watch channel.
+//!
+//! Guarantees:
+//! - `Active { epoch }` is published only after our compare-and-set was
+//!   applied, and is withdrawn (`Lost`) at the renewal deadline on this
+//!   instance's monotonic clock even if the store never answers (every store
+//!   call is raced against that deadline), or at once when a read shows a
+//!   newer epoch.
+//! - On shutdown an active holder releases the lease (holder cleared, same
+//!   epoch) after the relay has stopped, so a standby takes over at once
+//!   instead of after a TTL; a crash leaves at most one TTL without a leader.
+//! - Never blocks the append path (the stores keep lease writes off it).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+use super::machine::{Machine, Step, Timing, View};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::store::lease::{Lease, LeaseCas, LeaseStore};
+
+/// This instance's role for one consumer name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LeaseState {
+    /// Not read yet.
+    Unknown,
+    /// Another instance holds it (holder may be empty: released, about to be taken).
+    Standby { holder: String, epoch: i64, ttl_ms: i64 },
+    /// We hold it.
+    Active { epoch: i64 },
+    /// We held it and lost it (taken over, or not renewed in time).
+    Lost { epoch: i64 },
+}
+
+impl LeaseState {
+    pub fn active_epoch(&self) -> Option<i64> {
+        match self {
+            LeaseState::Active { epoch } => Some(*epoch),
+            _ => None,
+        }
+    }
+}
+
+/// A running keeper: its state channel, and a way to release on shutdown.
+#[derive(Clone)]
+pub struct LeaseHandle {
+    pub name: String,
+    pub instance: String,
+    state: watch::Receiver<LeaseState>,
+}
+
+impl LeaseHandle {
+    pub fn state(&self) -> watch::Receiver<LeaseState> {
+        self.state.clone()
+    }
+
+    pub fn current(&self) -> LeaseState {
+        self.state.borrow().clone()
+    }
+}
+
+/// Starts keeping lease `name` for instance `me`. The keeper stops (and releases
+/// the lease if it holds it) when `shutdown` fires.
+pub fn spawn(
+    store: Arc<dyn LeaseStore>,
+    name: &str,
+    me: &str,
+    ttl: Duration,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) -> LeaseHandle {
+    let (tx, rx) = watch::channel(LeaseState::Unknown);
+    let machine = Machine::new(name, me, Timing::from_ttl(ttl));
+    let keeper = Keeper { store, machine, tx, metrics };
+    tokio::spawn(keeper.run(shutdown));
+    LeaseHandle { name: name.to_string(), instance: me.to_string(), state: rx }
+}
+
+struct Keeper {
+    store: Arc<dyn LeaseStore>,
+    machine: Machine,
+    tx: watch::Sender<LeaseState>,
+    metrics: Metrics,
+}
+
+impl Keeper {
+    fn publish(&self, now: Instant) {
+        let state = match (&self.machine.view, self.machine.is_active(now)) {
+            (_, Some(epoch)) => LeaseState::Active { epoch },
+            (View::Active { epoch, .. }, None) => LeaseState::Lost { epoch: *epoch },
+            (View::Standby { row, .. }, None) => {
+                LeaseState::Standby { holder: row.holder.clone(), epoch: row.epoch, ttl_ms: row.ttl_ms }
+            }
+            (View::Unknown, None) => match &*self.tx.borrow() {
+                LeaseState::Active { epoch } | LeaseState::Lost { epoch } => LeaseState::Lost { epoch: *epoch },
+                _ => LeaseState::Unknown,
+            },
+        };
+        let name = self.machine.name.as_str();
+        self.metrics.relay_leader.with_label_values(&[name]).set(i64::from(state.active_epoch().is_some()));
+        if let LeaseState::Active { epoch } | LeaseState::Standby { epoch, .. } = &state {
+            self.metrics.relay_lease_epoch.with_label_values(&[name]).set(*epoch);
+        }
+        self.tx.send_if_modified(|s| {
+            if *s == state {
+                return false;
+            }
+            match &state {
+                LeaseState::Active { epoch } => {
+                    tracing::info!(lease = %name, epoch, "this instance holds the lease (active)")
+                }
+                LeaseState::Standby { holder, epoch, .. } => {
+                    tracing::info!(lease = %name, %holder, epoch, "another instance holds the lease (standby)")
+                }
+                LeaseState::Lost { epoch } => {
+                    tracing::warn!(lease = %name, epoch, "lease lost: stop acting as the leader")
+                }
+                LeaseState::Unknown => {}
+            }
+            *s = state;
+            true
+        });
+    }
+
+    /// The instant at which an active holder must stop if no renewal succeeds.
+    fn deadline(&self) -> Option<Instant> {
+        match self.machine.view {
+            View::Active { renewed, .. } => Some(renewed + self.machine.timing.renew_deadline),
+            _ => None,
+        }
+    }
+
+    /// Runs `f` unless the renewal deadline passes first (then publishes the loss).
+    async fn bounded<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
+        let limit = self.machine.timing.renew_every.max(Duration::from_millis(50));
+        let deadline = self.deadline().map(|d| d.min(Instant::now() + limit)).unwrap_or(Instant::now() + limit);
+        tokio::select! {
+            v = f => Some(v),
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                self.publish(Instant::now());
+                None
+            }
+        }
+    }
+
+    async fn run(mut self, mut shutdown: Shutdown) {
+        let name = self.machine.name.clone();
+        loop {
+            if shutdown.is_shutdown() {
+                break;
+            }
+            let was_standby_epoch = match &self.machine.view {
+                View::Standby { row, .. } => Some(row.epoch),
+                _ => None,
+            };
+            match self.bounded(self.store.lease_get(&name)).await {
+                Some(Ok(row)) => {
+                    let now = Instant::now();
+                    if let Step::Write(mut cas) = self.machine.decide(row.as_ref(), now) {
+                        let sent = Instant::now();
+                        cas.new.holder = self.machine.me.clone();
+                        match self.bounded(self.store.lease_cas(&cas)).await {
+                            Some(Ok(true)) => {
+                                if was_standby_epoch.is_some() && cas.expected.is_some() {
+                                    self.metrics.relay_lease_takeovers.with_label_values(&[&name]).inc();
+                                    tracing::warn!(lease = %name, epoch = cas.new.epoch, "took the lease over");
+                                }
+                                self.machine.applied(&cas, sent);
+                            }
+                            Some(Ok(false)) => self.machine.rejected(Instant::now()),
+                            Some(Err(e)) => tracing::warn!(lease = %name, error = %e, "lease write failed; retrying"),
+                            None => {
+                                tracing::warn!(lease = %name, "lease write did not answer before the renewal deadline")
+                            }
+                        }
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(lease = %name, error = %e, "cannot read the lease; retrying"),
+                None => tracing::warn!(lease = %name, "lease read did not answer before the renewal deadline"),
+            }
+            self.publish(Instant::now());
+            // Sleep until the next renewal/read, but wake at the deadline to publish a loss.
+            let pause = self.machine.pause();
+            let wake = self.deadline().map(|d| d.min(Instant::now() + pause)).unwrap_or(Instant::now() + pause);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = shutdown.recv() => break,
+            }
+        }
+        self.release().await;
+    }
+
+    /// Gives the lease up (holder cleared, same epoch and counter + 1) so a standby need not wait a TTL.
+    async fn release(&mut self) {
+        let View::Active { epoch, counter, .. } = self.machine.view else { return };
+        if self.machine.is_active(Instant::now()).is_none() {
+            return;
+        }
+        let name = self.machine.name.clone();
+        let cas = LeaseCas {
+            expected: Some((epoch, counter)),
+            new: Lease {
+                name: name.clone(),
+                holder: String::new(),
+                epoch,
+                counter: counter + 1,
+                ttl_ms: self.machine.timing.ttl.as_millis() as i64,
+            },
+        };
+        match tokio::time::timeout(Duration::from_secs(2), self.store.lease_cas(&cas)).await {
+            Ok(Ok(true)) => tracing::info!(lease = %name, epoch, "lease released"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(lease = %name, error = %e, "cannot release the lease; a standby takes over after the TTL")
+            }
+            Err(_) => tracing::warn!(lease = %name, "lease release timed out; a standby takes over after the TTL"),
+        }
+        self.machine.view = View::Unknown;
+        self.metrics.relay_leader.with_label_values(&[&name]).set(0);
+        let _ = self.tx.send(LeaseState::Lost { epoch });
+    }
+}

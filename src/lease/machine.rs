@@ -1,0 +1,264 @@
+//! The lease decision rules, pure: given the row last read from the store
+//! and this instance's own monotonic clock, what to write next.
+//!
+//! Guarantees (unit-tested below), with no clock shared between instances:
+//! - A standby takes a lease over only after it has seen the very same
+//!   (holder, epoch, counter) for one full TTL on its own monotonic clock;
+//!   the takeover writes `epoch + 1` with a compare-and-set on the observed
+//!   (epoch, counter), so of two standbys at most one wins.
+//! - The holder renews every `ttl / 3` (counter + 1, same epoch) and counts
+//!   itself active only until `renew_deadline` (< TTL) after the *send time*
+//!   of its last successful renewal. A standby that saw that renewal's value
+//!   saw it after it was sent, and waits a whole TTL from then: the holder
+//!   has stopped publishing `TTL - renew_deadline` before anyone can take
+//!   over (the margin covers clock-rate drift between the hosts).
+//! - A holder that stops cleanly releases the lease (holder cleared, same
+//!   epoch): a standby may take a released lease at once.
+//! - An epoch only grows; every checkpoint write is conditional on it (see
+//!   the stores), so a former holder can never move a checkpoint.
+
+use std::time::{Duration, Instant};
+
+use crate::store::lease::{Lease, LeaseCas};
+
+/// Timing of one lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub ttl: Duration,
+    /// How often the holder renews (and a standby re-reads).
+    pub renew_every: Duration,
+    /// The holder stops acting as leader this long after its last successful renewal was sent.
+    pub renew_deadline: Duration,
+}
+
+impl Timing {
+    pub fn from_ttl(ttl: Duration) -> Timing {
+        Timing { ttl, renew_every: ttl / 3, renew_deadline: ttl * 2 / 3 }
+    }
+}
+
+/// This instance's view of one lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum View {
+    /// Nothing read yet.
+    Unknown,
+    /// Someone else holds it (or held it): the row as first seen unchanged at `since`.
+    Standby { row: Lease, since: Instant },
+    /// We hold it at `epoch`; `counter` is the last value we wrote; `renewed` is when that write was sent.
+    Active { epoch: i64, counter: i64, renewed: Instant },
+}
+
+/// The next step for the keeper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to write now; read again after the pause.
+    Wait,
+    /// Compare-and-set this row (creation, renewal or takeover).
+    Write(LeaseCas),
+}
+
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub name: String,
+    pub me: String,
+    pub timing: Timing,
+    pub view: View,
+}
+
+impl Machine {
+    pub fn new(name: impl Into<String>, me: impl Into<String>, timing: Timing) -> Machine {
+        Machine { name: name.into(), me: me.into(), timing, view: View::Unknown }
+    }
+
+    /// True while this instance may act as the leader at `now`.
+    pub fn is_active(&self, now: Instant) -> Option<i64> {
+        match &self.view {
+            View::Active { epoch, renewed, .. }
+                if now.saturating_duration_since(*renewed) < self.timing.renew_deadline =>
+            {
+                Some(*epoch)
+            }
+            _ => None,
+        }
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        self.timing.ttl.as_millis().min(i64::MAX as u128) as i64
+    }
+
+    fn row(&self, epoch: i64, counter: i64) -> Lease {
+        Lease { name: self.name.clone(), holder: self.me.clone(), epoch, counter, ttl_ms: self.ttl_ms() }
+    }
+
+    /// Decides what to do with the row just read (`None`: no row yet).
+    pub fn decide(&mut self, read: Option<&Lease>, now: Instant) -> Step {
+        let Some(row) = read else {
+            return Step::Write(LeaseCas { expected: None, new: self.row(1, 0) });
+        };
+        if let View::Active { epoch, counter, .. } = self.view {
+            if row.holder == self.me && row.epoch == epoch {
+                // Ours (the counter may be ahead if a renewal's reply was lost).
+                return Step::Write(LeaseCas {
+                    expected: Some((epoch, row.counter)),
+                    new: self.row(epoch, row.counter.max(counter) + 1),
+                });
+            }
+            // Someone took it over: we are a standby from now on.
+            self.view = View::Standby { row: row.clone(), since: now };
+            return Step::Wait;
+        }
+        if row.holder.is_empty() {
+            // Released by a holder that stopped cleanly: take it at once.
+            return Step::Write(LeaseCas { expected: Some((row.epoch, row.counter)), new: self.row(row.epoch + 1, 0) });
+        }
+        match &self.view {
+            View::Standby { row: seen, since } if same(seen, row) => {
+                if now.saturating_duration_since(*since)
+                    >= self.timing.ttl.max(Duration::from_millis(row.ttl_ms.max(0) as u64))
+                {
+                    Step::Write(LeaseCas { expected: Some((row.epoch, row.counter)), new: self.row(row.epoch + 1, 0) })
+                } else {
+                    Step::Wait
+                }
+            }
+            _ => {
+                self.view = View::Standby { row: row.clone(), since: now };
+                Step::Wait
+            }
+        }
+    }
+
+    /// The write `cas`, sent at `sent`, was applied.
+    pub fn applied(&mut self, cas: &LeaseCas, sent: Instant) {
+        self.view = View::Active { epoch: cas.new.epoch, counter: cas.new.counter, renewed: sent };
+    }
+
+    /// The write was not applied (the row changed): forget what we believed; the next read decides.
+    pub fn rejected(&mut self, now: Instant) {
+        if matches!(self.view, View::Active { .. }) {
+            self.view = View::Unknown;
+        }
+        let _ = now;
+    }
+
+    /// How long to wait before the next read/renewal.
+    pub fn pause(&self) -> Duration {
+        self.timing.renew_every.max(Duration::from_millis(10))
+    }
+}
+
+fn same(a: &Lease, b: &Lease) -> bool {
+    a.holder == b.holder && a.epoch == b.epoch && a.counter == b.counter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_millis(9_000);
+
+    fn m(me: &str) -> Machine {
+        Machine::new("kafka-relay", me, Timing::from_ttl(TTL))
+    }
+
+    fn lease(holder: &str, epoch: i64, counter: i64) -> Lease {
+        Lease { name: "kafka-relay".into(), holder: holder.into(), epoch, counter, ttl_ms: TTL.as_millis() as i64 }
+    }
+
+    fn write(s: Step) -> LeaseCas {
+        match s {
+            Step::Write(c) => c,
+            Step::Wait => panic!("expected a write"),
+        }
+    }
+
+    #[test]
+    fn first_instance_creates_then_renews() {
+        let t0 = Instant::now();
+        let mut a = m("a");
+        let c = write(a.decide(None, t0));
+        assert_eq!((c.expected, c.new.epoch, c.new.counter), (None, 1, 0));
+        a.applied(&c, t0);
+        assert_eq!(a.is_active(t0), Some(1));
+        let t1 = t0 + a.pause();
+        let r = write(a.decide(Some(&c.new), t1));
+        assert_eq!((r.expected, r.new.epoch, r.new.counter), (Some((1, 0)), 1, 1));
+        a.applied(&r, t1);
+        // Without a successful renewal the holder stops before the deadline.
+        assert_eq!(a.is_active(t1 + TTL * 2 / 3 - Duration::from_millis(1)), Some(1));
+        assert_eq!(a.is_active(t1 + TTL * 2 / 3), None);
+    }
+
+    #[test]
+    fn standby_takes_over_only_after_a_full_ttl_of_an_unchanged_row() {
+        let t0 = Instant::now();
+        let mut b = m("b");
+        let held = lease("a", 4, 17);
+        assert_eq!(b.decide(Some(&held), t0), Step::Wait);
+        assert_eq!(b.decide(Some(&held), t0 + TTL - Duration::from_millis(1)), Step::Wait);
+        // A renewal restarts the clock.
+        let renewed = lease("a", 4, 18);
+        assert_eq!(b.decide(Some(&renewed), t0 + TTL), Step::Wait);
+        assert_eq!(b.decide(Some(&renewed), t0 + TTL + TTL / 2), Step::Wait);
+        let c = write(b.decide(Some(&renewed), t0 + TTL * 2));
+        assert_eq!(c.expected, Some((4, 18)));
+        assert_eq!((c.new.holder.as_str(), c.new.epoch, c.new.counter), ("b", 5, 0));
+    }
+
+    #[test]
+    fn the_holder_steps_down_when_it_sees_a_newer_epoch() {
+        let t0 = Instant::now();
+        let mut a = m("a");
+        let c = write(a.decide(None, t0));
+        a.applied(&c, t0);
+        let taken = lease("b", 2, 0);
+        assert_eq!(a.decide(Some(&taken), t0 + a.pause()), Step::Wait);
+        assert_eq!(a.is_active(t0 + a.pause()), None);
+        assert!(matches!(a.view, View::Standby { .. }));
+    }
+
+    #[test]
+    fn a_lost_renewal_reply_is_adopted() {
+        let t0 = Instant::now();
+        let mut a = m("a");
+        let c = write(a.decide(None, t0));
+        a.applied(&c, t0);
+        // Our renewal to counter 1 was applied but the reply was lost: the row says 1.
+        let r = write(a.decide(Some(&lease("a", 1, 1)), t0 + a.pause()));
+        assert_eq!((r.expected, r.new.counter), (Some((1, 1)), 2));
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_at_once() {
+        let t0 = Instant::now();
+        let mut b = m("b");
+        let c = write(b.decide(Some(&lease("", 3, 9)), t0));
+        assert_eq!((c.expected, c.new.epoch), (Some((3, 9)), 4));
+    }
+
+    /// Safety without a shared clock: the holder's last moment as leader is
+    /// before any standby's first moment, even when the standby read the
+    /// renewed row the instant it was sent.
+    #[test]
+    fn holder_and_standby_never_overlap() {
+        let t0 = Instant::now();
+        let mut a = m("a");
+        let mut b = m("b");
+        let c = write(a.decide(None, t0));
+        a.applied(&c, t0);
+        // b reads the row at the moment the renewal was sent (earliest possible).
+        assert_eq!(b.decide(Some(&c.new), t0), Step::Wait);
+        // a's renewals all fail from now on (store unreachable for a).
+        let last_active =
+            (0..20_000).map(|ms| t0 + Duration::from_millis(ms)).filter(|t| a.is_active(*t).is_some()).last().unwrap();
+        let first_takeover = (0..20_000)
+            .map(|ms| t0 + Duration::from_millis(ms))
+            .find(|t| matches!(b.clone().decide(Some(&c.new), *t), Step::Write(_)))
+            .unwrap();
+        assert!(
+            first_takeover - last_active >= TTL / 3 - Duration::from_millis(1),
+            "margin {:?}",
+            first_takeover - last_active
+        );
+    }
+}

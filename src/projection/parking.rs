@@ -1,0 +1,188 @@
+//! Parked read models: an event the projector cannot apply (an unreadable
+//! row, a payload this build cannot decode) parks its aggregate's read-model
+//! rows instead of stopping the projection or skipping the event.
+//!
+//! Guarantees:
+//! - The park record (`parked_aggregates`, consumer = the projection's
+//!   consumer name) is durable before the checkpoint moves past the event;
+//!   the aggregate's rows stay at the last version applied before it, and
+//!   none of its later events is applied (a row never reflects a state with
+//!   an event missing).
+//! - Every other aggregate keeps being projected.
+//! - Visible: `outboxd projections status`, /health (`projections`
+//!   component Degraded while anything is parked); a rebuild starts over
+//!   (it clears the parks of the projection with the rows).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::envelope::StoredEvent;
+use crate::store::feed::FeedRow;
+use crate::store::parking::Parked;
+use crate::store::{DynStore, StoreError};
+
+/// The projection's parked aggregates.
+#[derive(Debug, Default)]
+pub struct ProjectionParking {
+    consumer: String,
+    parked: HashSet<Arc<str>>,
+    loaded: bool,
+}
+
+/// What identifies an event for a park record.
+#[derive(Debug, Clone)]
+pub struct EventKey {
+    pub aggregate_id: uuid::Uuid,
+    pub position: i64,
+    pub sequence: i64,
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+}
+
+impl EventKey {
+    pub fn of(ev: &StoredEvent) -> EventKey {
+        let e = &ev.envelope;
+        EventKey {
+            aggregate_id: e.aggregate_id,
+            position: ev.position,
+            sequence: e.sequence,
+            event_id: e.event_id,
+            event_type: e.event_type.clone(),
+        }
+    }
+}
+
+/// What a page of feed rows holds for the projector.
+#[derive(Debug, Default)]
+pub struct Sorted {
+    /// Events to apply, in feed order.
+    pub events: Vec<StoredEvent>,
+    /// Rows of parked aggregates, not applied.
+    pub held: u64,
+}
+
+impl ProjectionParking {
+    pub fn new(consumer: &str) -> ProjectionParking {
+        ProjectionParking { consumer: consumer.to_string(), parked: HashSet::new(), loaded: false }
+    }
+
+    pub fn count(&self) -> usize {
+        self.parked.len()
+    }
+
+    pub fn is_parked(&self, agg: &str) -> bool {
+        self.parked.contains(agg)
+    }
+
+    /// Loads the parked set once per projector run.
+    pub async fn load(&mut self, store: &DynStore) -> Result<(), StoreError> {
+        if !self.loaded {
+            self.parked = store
+                .parked(&self.consumer)
+                .await?
+                .into_iter()
+                .map(|p| Arc::from(p.parked.aggregate_id.as_str()))
+                .collect();
+            self.loaded = true;
+        }
+        Ok(())
+    }
+
+    /// Forgets the parked set (after a reset of the read models).
+    pub async fn clear(&mut self, store: &DynStore) -> Result<(), StoreError> {
+        for p in store.parked(&self.consumer).await? {
+            store.unpark(&self.consumer, &p.parked.aggregate_id).await?;
+        }
+        self.parked.clear();
+        self.loaded = true;
+        Ok(())
+    }
+
+    /// Splits a feed page: held rows, unreadable rows (their aggregates are
+    /// parked, durably, here), events to apply.
+    pub async fn sort(&mut self, store: &DynStore, rows: Vec<FeedRow>) -> Result<Sorted, StoreError> {
+        let mut out = Sorted::default();
+        for row in rows {
+            if self.parked.contains(&**row.aggregate_key()) {
+                out.held += 1;
+                continue;
+            }
+            match row {
+                FeedRow::Event(e) => match e.to_envelope() {
+                    Ok(envelope) => out.events.push(StoredEvent { position: e.position, envelope }),
+                    Err(err) => {
+                        let p = record(
+                            &self.consumer,
+                            &e.aggregate_key,
+                            Some(e.position),
+                            Some(e.sequence),
+                            Some(e.event_id.to_string()),
+                            Some(e.event_type.clone()),
+                            err.to_string(),
+                        );
+                        self.park(store, p).await?;
+                        out.held += 1;
+                    }
+                },
+                FeedRow::Unreadable(u) => {
+                    let p = record(
+                        &self.consumer,
+                        &u.aggregate_key,
+                        Some(u.position),
+                        u.sequence,
+                        u.event_id.clone(),
+                        u.event_type.clone(),
+                        u.error.clone(),
+                    );
+                    self.park(store, p).await?;
+                    out.held += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Parks the aggregate of an event that cannot be applied (`error`).
+    pub async fn park_event(&mut self, store: &DynStore, ev: &EventKey, error: &str) -> Result<(), StoreError> {
+        let p = record(
+            &self.consumer,
+            &ev.aggregate_id.to_string(),
+            Some(ev.position),
+            Some(ev.sequence),
+            Some(ev.event_id.to_string()),
+            Some(ev.event_type.clone()),
+            error.to_string(),
+        );
+        self.park(store, p).await
+    }
+
+    async fn park(&mut self, store: &DynStore, p: Parked) -> Result<(), StoreError> {
+        store.park(&p).await?;
+        tracing::error!(aggregate = %p.aggregate_id, position = ?p.position, sequence = ?p.sequence, error = %p.error,
+            "projection: event cannot be applied; the aggregate's read-model rows are parked at the version before it");
+        self.parked.insert(Arc::from(p.aggregate_id.as_str()));
+        Ok(())
+    }
+}
+
+fn record(
+    consumer: &str,
+    agg: &str,
+    position: Option<i64>,
+    sequence: Option<i64>,
+    event_id: Option<String>,
+    event_type: Option<String>,
+    error: String,
+) -> Parked {
+    Parked {
+        consumer: consumer.to_string(),
+        aggregate_id: agg.to_string(),
+        aggregate_type: None,
+        position,
+        sequence,
+        event_id,
+        event_type,
+        error,
+        parked_at: chrono::Utc::now(),
+    }
+}

@@ -1,0 +1,62 @@
+//! Topic administration for the relay: creates the event topics (and the
+//! exactly-once progress topic) that are missing.
+//!
+//! Guarantees: an existing topic is left as it is (partitions and configs
+//! are the operator's); a refused topic name is a permanent error naming
+//! the topic; an unreachable broker is a transient error (the caller
+//! retries). The progress topic is created compacted with one partition, so
+//! the last record per consumer is the one that counts.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use std::time::Duration;
+
+use crate::config::KafkaConfig;
+use crate::relay::error::PublishError;
+use crate::relay::producer::{producer_config, Delivery};
+
+/// Creates `topics` (with the configured partitions) where missing.
+pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[String], timeout: Duration) -> Result<(), PublishError> {
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, cfg.partitions, TopicReplication::Fixed(cfg.replication_factor)))
+        .collect();
+    create(cfg, &new, timeout).await
+}
+
+/// Creates the exactly-once progress topic (compacted, one partition) where missing.
+pub async fn ensure_progress_topic(cfg: &KafkaConfig, topic: &str, timeout: Duration) -> Result<(), PublishError> {
+    let t = NewTopic::new(topic, 1, TopicReplication::Fixed(cfg.replication_factor)).set("cleanup.policy", "compact");
+    create(cfg, &[t], timeout).await
+}
+
+async fn create(cfg: &KafkaConfig, topics: &[NewTopic<'_>], timeout: Duration) -> Result<(), PublishError> {
+    let admin: AdminClient<DefaultClientContext> = producer_config(cfg, &Delivery::AtLeastOnce)
+        .create()
+        .map_err(|e| PublishError::permanent("config", format!("cannot create Kafka admin client: {e}")))?;
+    let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+    let results = tokio::time::timeout(timeout + Duration::from_secs(1), admin.create_topics(topics, &opts))
+        .await
+        .map_err(|_| {
+            PublishError::transient(
+                "timeout",
+                format!("broker {} did not answer topic creation within {timeout:?}", cfg.brokers),
+            )
+        })?
+        .map_err(|e| PublishError::from_kafka(&e))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, RDKafkaErrorCode::InvalidTopic)) => {
+                return Err(PublishError::permanent("invalid_topic", format!("broker refused topic name {t:?}")))
+            }
+            Err((t, code)) => {
+                let mut e = PublishError::from_kafka(&KafkaError::AdminOp(code));
+                e.message = format!("topic {t}: {}", e.message);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}

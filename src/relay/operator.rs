@@ -1,0 +1,66 @@
+//! Operator requests from the outside (CLI, admin API): submit one, wait for
+//! the active relay to carry it out, report progress.
+//!
+//! Guarantees:
+//! - Requests are rows (`store::requests`): whichever instance holds the
+//!   relay lease carries them out with its own producer; there is never a
+//!   second producer racing the relay.
+//! - `wait` returns when the request is done or failed, or reports that no
+//!   relay has claimed it yet (none runs: the CLI then carries it out itself
+//!   under the lease, see `cli::relay_ops`), never pretends success.
+
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+use crate::store::requests::{RelayRequest, RequestKind, RequestStatus};
+use crate::store::{DynStore, StoreError};
+
+/// Writes a request for `consumer`'s relay; returns it (with its id).
+pub async fn submit(
+    store: &DynStore,
+    consumer: &str,
+    kind: RequestKind,
+    requested_by: &str,
+) -> Result<RelayRequest, StoreError> {
+    let r = RelayRequest::new(consumer, kind, requested_by);
+    store.request_submit(&r).await?;
+    Ok(r)
+}
+
+/// How a wait ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Waited {
+    /// Done or failed: the final row.
+    Finished(RelayRequest),
+    /// Still pending after `unclaimed_after`: no relay picked it up.
+    Unclaimed(RelayRequest),
+    /// Claimed but not finished within the timeout.
+    TimedOut(RelayRequest),
+}
+
+/// Polls request `id` until it finishes; `on_change` sees each new status.
+pub async fn wait(
+    store: &DynStore,
+    id: Uuid,
+    unclaimed_after: Duration,
+    timeout: Duration,
+    mut on_change: impl FnMut(&RelayRequest),
+) -> Result<Waited, StoreError> {
+    let started = Instant::now();
+    let mut last: Option<RequestStatus> = None;
+    loop {
+        let Some(r) = store.request_get(id).await? else {
+            return Err(StoreError::NotFound(format!("relay request {id}")));
+        };
+        if last != Some(r.status) {
+            on_change(&r);
+            last = Some(r.status);
+        }
+        match r.status {
+            RequestStatus::Done | RequestStatus::Failed => return Ok(Waited::Finished(r)),
+            RequestStatus::Pending if started.elapsed() >= unclaimed_after => return Ok(Waited::Unclaimed(r)),
+            _ if started.elapsed() >= timeout => return Ok(Waited::TimedOut(r)),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

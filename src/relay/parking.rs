@@ -1,0 +1,173 @@
+//! What the relay does with an event that can never be published as it is
+//! (`relay.on_permanent_failure`).
+//!
+//! - `park-aggregate` (default): the aggregate is parked from that event
+//!   on: a durable `parked_aggregates` row first, then the window holds the
+//!   event and every later event of the aggregate; all other aggregates keep
+//!   flowing and the checkpoint moves past the held events (they stay in
+//!   `event_store`, covered by the park record). An operator replays
+//!   (`outboxd dlq replay --aggregate`) or discards (`outboxd dlq discard`).
+//! - `skip` (the old behaviour): the event goes to `dead_letter_queue` and
+//!   its aggregate moves on; consumers see a gap in `ce_sequence`.
+//!
+//! Guarantee: an event leaves the window as held or skipped only after the
+//! park record / dead letter is durable; if the store refuses, the event
+//! stays failed (the watermark cannot pass it) and the write is retried.
+
+use chrono::Utc;
+use std::time::Instant;
+use uuid::Uuid;
+
+use crate::config::PermanentFailurePolicy;
+use crate::relay::error::PublishError;
+use crate::relay::pipeline::{Item, Run};
+use crate::relay::window::Slot;
+use crate::store::parking::Parked;
+use crate::store::DeadLetter;
+
+impl Run {
+    /// `slot` failed for good: park its aggregate or skip it, per policy.
+    pub(super) async fn give_up(&mut self, slot: Slot, e: PublishError) {
+        let Some(item) = self.window.get(slot).cloned() else { return };
+        let transient = e.transient;
+        let policy = if transient { PermanentFailurePolicy::Skip } else { self.relay.cfg.on_permanent_failure };
+        let ok = match policy {
+            PermanentFailurePolicy::ParkAggregate => self.park(slot, &item, &e).await,
+            PermanentFailurePolicy::Skip => self.skip(slot, &item, &e).await,
+        };
+        if !ok {
+            // Not durable yet: keep it failed and try again after a backoff.
+            self.suspects.insert(slot, e);
+            self.solo_not_before = Instant::now() + self.backoff.delay(3);
+        }
+    }
+
+    async fn park(&mut self, slot: Slot, item: &Item, e: &PublishError) -> bool {
+        let p = parked_record(&self.relay.cfg.consumer_name, item, e);
+        if let Err(err) = self.relay.store.park(&p).await {
+            tracing::warn!(error = %err, aggregate = %p.aggregate_id, "cannot record the parked aggregate yet; retrying");
+            self.relay.status.error(format!("cannot record a parked aggregate: {err}"));
+            return false;
+        }
+        let agg = crate::relay::window::Fenced::aggregate(item).clone();
+        let newly = !self.window.is_parked(&agg);
+        let held = self.window.park(&agg, p.position.unwrap_or(i64::MIN));
+        self.retries.retain(|(_, s)| self.window.get(*s).is_some());
+        self.suspects.retain(|s, _| self.window.get(*s).is_some());
+        self.replay_failed(&agg, &p.error).await;
+        if newly {
+            self.relay.metrics.dlq_parked_aggregates.inc();
+            self.relay.status.update(|s| {
+                s.parked_aggregates += 1;
+                true
+            });
+        }
+        tracing::error!(aggregate = %p.aggregate_id, position = ?p.position, sequence = ?p.sequence, event_id = ?p.event_id, error = %p.error, held = held.len(), slot,
+            "event can never be published as it is; its aggregate is parked from it on (outboxd dlq list / replay --aggregate / discard)");
+        true
+    }
+
+    async fn skip(&mut self, slot: Slot, item: &Item, e: &PublishError) -> bool {
+        let Some(letter) = dead_letter_of(item, e, self.window.attempts(slot)) else {
+            // A marker that cannot be published: nothing to keep, the discard audit row has the event.
+            self.window.skip(slot);
+            return true;
+        };
+        let (position, event_id, event_type) = (letter.position, letter.event_id, letter.event_type.clone());
+        if let Err(err) = self.relay.sink.dead_letter(letter).await {
+            tracing::warn!(error = %err, "cannot write the dead letter yet; retrying");
+            return false;
+        }
+        self.window.skip(slot);
+        let m = &self.relay.metrics;
+        m.dlq_messages.inc();
+        m.dlq_messages_by_event_type.with_label_values(&[&event_type]).inc();
+        m.dlq_depth.inc();
+        self.relay.status.update(|s| {
+            s.dead_lettered += 1;
+            true
+        });
+        tracing::error!(?position, %event_id, %event_type, error = %e, "event can never be published as it is; moved to dead_letter_queue (relay.on_permanent_failure = skip)");
+        self.replay_progress(slot).await;
+        true
+    }
+}
+
+/// The park record of `item`, which failed for good with `e`.
+pub fn parked_record(consumer: &str, item: &Item, e: &PublishError) -> Parked {
+    let consumer = consumer.to_string();
+    let error = format!("{} ({})", e.message, e.kind);
+    match item {
+        Item::Event(ev) => Parked {
+            consumer,
+            aggregate_id: ev.aggregate_key.to_string(),
+            aggregate_type: Some(ev.aggregate_type.clone()),
+            position: Some(ev.position),
+            sequence: Some(ev.sequence),
+            event_id: Some(ev.event_id.to_string()),
+            event_type: Some(ev.event_type.clone()),
+            error,
+            parked_at: Utc::now(),
+        },
+        Item::Marker { position, discarded } => Parked {
+            consumer,
+            aggregate_id: discarded.aggregate_key.to_string(),
+            aggregate_type: Some(discarded.aggregate_type.clone()),
+            position: Some(*position),
+            sequence: Some(discarded.sequence),
+            event_id: Some(discarded.event_id.to_string()),
+            event_type: Some(crate::relay::encode::DISCARDED_TYPE.to_string()),
+            error,
+            parked_at: Utc::now(),
+        },
+        Item::Unreadable(u) => Parked {
+            consumer,
+            aggregate_id: u.aggregate_key.to_string(),
+            aggregate_type: None,
+            position: Some(u.position),
+            sequence: u.sequence,
+            event_id: u.event_id.clone(),
+            event_type: u.event_type.clone(),
+            error,
+            parked_at: Utc::now(),
+        },
+    }
+}
+
+/// The dead letter of `item` (policy "skip"); None for a discard marker.
+pub fn dead_letter_of(item: &Item, e: &PublishError, attempts: u32) -> Option<DeadLetter> {
+    let now = Utc::now();
+    let (event_id, aggregate_id, event_type, payload, position) = match item {
+        Item::Event(ev) => {
+            let payload = ev
+                .to_envelope()
+                .ok()
+                .and_then(|env| serde_json::to_string(&env).ok())
+                .unwrap_or_else(|| ev.payload.get().to_string());
+            (ev.event_id, ev.aggregate_id, ev.event_type.clone(), payload, Some(ev.position))
+        }
+        Item::Marker { .. } => return None,
+        Item::Unreadable(u) => {
+            let id = u
+                .event_id
+                .as_deref()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .unwrap_or_else(|| crate::store::feed::uuid_of(&format!("outboxd-position-{}", u.position)));
+            let agg = Uuid::parse_str(&u.aggregate_key).unwrap_or(Uuid::nil());
+            (id, agg, u.event_type.clone().unwrap_or_default(), String::new(), Some(u.position))
+        }
+    };
+    Some(DeadLetter {
+        id: Uuid::now_v7(),
+        position: position.filter(|p| *p > 0),
+        event_id,
+        aggregate_id,
+        event_type,
+        payload,
+        error_message: format!("{} ({})", e.message, e.kind),
+        failure_count: attempts.max(1) as i32,
+        first_failed_at: now,
+        last_failed_at: now,
+        created_at: now,
+    })
+}

@@ -1,0 +1,397 @@
+//! The relay's Kafka producer: one librdkafka producer whose delivery
+//! reports arrive on a channel (no future per message) and whose connection
+//! errors drive the broker state that /health and the breaker read.
+//!
+//! Guarantees:
+//! - At-least-once mode: `enable.idempotence=true`, `acks=all`, at most 5
+//!   requests in flight per connection, so librdkafka's own retries neither
+//!   duplicate nor reorder within a partition. Transactional mode (exactly-once)
+//!   adds `transactional.id`; its blocking calls run off the async runtime.
+//! - Every message handed over with `send` gets exactly one [`Completion`]
+//!   with the caller's token (delivered, failed, or purged).
+//! - The broker is `Reachable` only after a broker answered (a delivery or a
+//!   metadata request), `Unreachable` after librdkafka reports connection
+//!   failures (its error callback) or a failed probe, `Unknown` before.
+//! - Memory is bounded: librdkafka's queue is capped by
+//!   `queue.buffering.max.messages` / `.kbytes` (defaults below, `kafka.extra` may override).
+
+use chrono::{DateTime, Utc};
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
+use rdkafka::Message;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::KafkaConfig;
+use crate::relay::error::PublishError;
+
+/// Default cap of librdkafka's local queue (messages); the relay's window is smaller.
+pub const QUEUE_MAX_MESSAGES: usize = 100_000;
+/// Default cap of librdkafka's local queue (KiB): 64 MiB.
+pub const QUEUE_MAX_KBYTES: usize = 65_536;
+
+/// The broker as this producer last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum BrokerState {
+    /// No broker has answered yet, and no failure was reported yet.
+    Unknown,
+    Reachable {
+        since: DateTime<Utc>,
+    },
+    Unreachable {
+        since: DateTime<Utc>,
+        error: String,
+    },
+}
+
+impl BrokerState {
+    pub fn is_reachable(&self) -> bool {
+        matches!(self, BrokerState::Reachable { .. })
+    }
+}
+
+/// One delivery report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub token: usize,
+    /// `(partition, offset)` once the broker confirmed.
+    pub result: Result<(i32, i64), PublishError>,
+}
+
+/// How the producer delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    AtLeastOnce,
+    /// Transactions under this `transactional.id`.
+    Transactional {
+        id: String,
+        timeout_ms: u64,
+    },
+}
+
+/// Routes librdkafka's callbacks to the relay.
+pub struct RelayContext {
+    done: mpsc::UnboundedSender<Completion>,
+    broker: watch::Sender<BrokerState>,
+}
+
+impl RelayContext {
+    fn reachable(&self) {
+        self.broker.send_if_modified(|b| {
+            if b.is_reachable() {
+                return false;
+            }
+            *b = BrokerState::Reachable { since: Utc::now() };
+            true
+        });
+    }
+
+    fn unreachable(&self, error: String) {
+        self.broker.send_if_modified(|b| {
+            if let BrokerState::Unreachable { error: e, .. } = b {
+                if *e == error {
+                    return false;
+                }
+                *e = error;
+                return true;
+            }
+            *b = BrokerState::Unreachable { since: Utc::now(), error };
+            true
+        });
+    }
+}
+
+/// librdkafka errors that mean "cannot talk to the cluster".
+fn is_connectivity(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        AllBrokersDown
+            | BrokerTransportFailure
+            | Resolve
+            | Authentication
+            | SaslAuthenticationFailed
+            | SSL
+            | NetworkException
+    )
+}
+
+impl ClientContext for RelayContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(code) if is_connectivity(code) => {
+                tracing::debug!(error = %error, reason, "Kafka connection error");
+                self.unreachable(format!("{error}: {reason}"));
+            }
+            _ => tracing::warn!(error = %error, reason, "librdkafka error"),
+        }
+    }
+}
+
+impl ProducerContext for RelayContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, r: &DeliveryResult<'_>, token: usize) {
+        let result = match r {
+            Ok(m) => {
+                self.reachable();
+                Ok((m.partition(), m.offset()))
+            }
+            Err((e, _)) => Err(PublishError::from_kafka(e)),
+        };
+        // The receiver is gone only when the relay stopped; nothing to report then.
+        let _ = self.done.send(Completion { token, result });
+    }
+}
+
+/// The librdkafka settings of the relay's producer (the bench baseline uses the same).
+pub fn producer_config(cfg: &KafkaConfig, delivery: &Delivery) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", cfg.max_in_flight_requests.to_string())
+        .set("compression.type", cfg.compression.as_str())
+        .set("linger.ms", cfg.linger_ms.to_string())
+        .set("message.timeout.ms", cfg.message_timeout_ms.to_string())
+        .set("queue.buffering.max.messages", QUEUE_MAX_MESSAGES.to_string())
+        .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string())
+        .set("socket.connection.setup.timeout.ms", "5000")
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("client.id", "outboxd-relay");
+    if let Delivery::Transactional { id, timeout_ms } = delivery {
+        c.set("transactional.id", id).set("transaction.timeout.ms", timeout_ms.to_string());
+    }
+    for (k, v) in &cfg.extra {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Why `send` did not take a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// librdkafka's local queue is full: wait for completions, then send again.
+    QueueFull,
+    Failed(PublishError),
+}
+
+/// The producer, shareable (`Arc`) between the relay loop and blocking calls.
+#[derive(Clone)]
+pub struct KafkaProducer {
+    inner: Arc<ThreadedProducer<RelayContext>>,
+    cfg: KafkaConfig,
+    broker: watch::Receiver<BrokerState>,
+}
+
+impl KafkaProducer {
+    /// Creates the producer; its delivery reports arrive on the returned receiver.
+    pub fn new(
+        cfg: &KafkaConfig,
+        delivery: &Delivery,
+    ) -> Result<(KafkaProducer, mpsc::UnboundedReceiver<Completion>), PublishError> {
+        let (done, rx) = mpsc::unbounded_channel();
+        let (broker, broker_rx) = watch::channel(BrokerState::Unknown);
+        let ctx = RelayContext { done, broker };
+        let inner: ThreadedProducer<RelayContext> = producer_config(cfg, delivery)
+            .create_with_context(ctx)
+            .map_err(|e| PublishError::permanent("config", format!("cannot create Kafka producer: {e}")))?;
+        Ok((KafkaProducer { inner: Arc::new(inner), cfg: cfg.clone(), broker: broker_rx }, rx))
+    }
+
+    pub fn config(&self) -> &KafkaConfig {
+        &self.cfg
+    }
+
+    /// The broker state as this producer sees it (changes are signalled).
+    pub fn broker(&self) -> watch::Receiver<BrokerState> {
+        self.broker.clone()
+    }
+
+    /// Hands one record to librdkafka; its fate arrives as a [`Completion`] with `token`.
+    pub fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &[u8],
+        headers: OwnedHeaders,
+        timestamp_ms: i64,
+        token: usize,
+    ) -> Result<(), SendError> {
+        let record =
+            BaseRecord::with_opaque_to(topic, token).key(key).payload(value).headers(headers).timestamp(timestamp_ms);
+        match self.inner.send(record) {
+            Ok(()) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(SendError::QueueFull),
+            Err((e, _)) => Err(SendError::Failed(PublishError::from_kafka(&e))),
+        }
+    }
+
+    /// Asks the cluster for metadata; Ok (and Reachable) means a broker answered.
+    pub async fn probe(&self, timeout: Duration) -> Result<usize, PublishError> {
+        let p = self.inner.clone();
+        let res =
+            tokio::task::spawn_blocking(move || p.client().fetch_metadata(None, timeout).map(|m| m.brokers().len()))
+                .await
+                .map_err(|e| PublishError::transient("join", e.to_string()))?
+                .map_err(|e| PublishError::from_kafka(&e));
+        let ctx = self.inner.context();
+        match &res {
+            Ok(_) => ctx.reachable(),
+            Err(e) => ctx.unreachable(e.message.clone()),
+        }
+        res
+    }
+
+    /// Drops everything queued or in flight (their completions report a purge):
+    /// a former leader stops sending at once.
+    pub fn purge(&self) {
+        self.inner.purge(PurgeConfig::default().queue().inflight());
+    }
+
+    /// Waits until every queued message is delivered or failed.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
+        self.blocking(move |p| p.flush(timeout)).await
+    }
+
+    /// Messages queued or in flight.
+    pub fn in_flight(&self) -> i32 {
+        self.inner.in_flight_count()
+    }
+
+    /// The fatal error of an idempotent/transactional producer, if it hit one
+    /// (the producer must then be replaced).
+    pub fn fatal_error(&self) -> Option<String> {
+        self.inner.client().fatal_error().map(|(c, m)| format!("{c:?}: {m}"))
+    }
+
+    async fn blocking(
+        &self,
+        f: impl FnOnce(&ThreadedProducer<RelayContext>) -> Result<(), KafkaError> + Send + 'static,
+    ) -> Result<(), PublishError> {
+        let p = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&p))
+            .await
+            .map_err(|e| PublishError::transient("join", e.to_string()))?
+            .map_err(|e| PublishError::from_kafka(&e))
+    }
+
+    /// Transactional mode: fences earlier producers with the same id (the broker
+    /// aborts their open transaction). Blocking; runs off the runtime.
+    pub async fn init_transactions(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.txn(move |p| p.init_transactions(timeout)).await
+    }
+
+    pub async fn begin_transaction(&self) -> Result<(), TxnError> {
+        self.txn(|p| p.begin_transaction()).await
+    }
+
+    pub async fn commit_transaction(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.txn(move |p| p.commit_transaction(timeout)).await
+    }
+
+    pub async fn abort_transaction(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.txn(move |p| p.abort_transaction(timeout)).await
+    }
+
+    async fn txn(
+        &self,
+        f: impl FnOnce(&ThreadedProducer<RelayContext>) -> Result<(), KafkaError> + Send + 'static,
+    ) -> Result<(), TxnError> {
+        let p = self.inner.clone();
+        match tokio::task::spawn_blocking(move || f(&p)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(TxnError::from_kafka(&e)),
+            Err(e) => Err(TxnError {
+                kind: TxnErrorKind::Retriable,
+                message: format!("transaction call panicked or was cancelled: {e}"),
+            }),
+        }
+    }
+}
+
+/// What a failed transactional call means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnErrorKind {
+    /// Call it again (e.g. a timeout).
+    Retriable,
+    /// Abort the transaction, then retry the batch.
+    Abortable,
+    /// Another producer with our transactional id took over: stop, re-check the lease.
+    Fenced,
+    /// The producer is unusable; it must be recreated (after re-checking the lease).
+    Fatal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TxnError {
+    pub kind: TxnErrorKind,
+    pub message: String,
+}
+
+impl TxnError {
+    pub fn from_kafka(e: &KafkaError) -> TxnError {
+        let message = e.to_string();
+        let kind = match e {
+            KafkaError::Transaction(t)
+                if t.code() == RDKafkaErrorCode::ProducerFenced
+                    || t.code() == RDKafkaErrorCode::InvalidProducerEpoch =>
+            {
+                TxnErrorKind::Fenced
+            }
+            KafkaError::Transaction(t) if t.is_fatal() => TxnErrorKind::Fatal,
+            KafkaError::Transaction(t) if t.txn_requires_abort() => TxnErrorKind::Abortable,
+            KafkaError::Transaction(t) if t.is_retriable() => TxnErrorKind::Retriable,
+            KafkaError::Transaction(_) => TxnErrorKind::Abortable,
+            _ => TxnErrorKind::Retriable,
+        };
+        TxnError { kind, message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transactional_config_and_bounded_queue() {
+        let k = KafkaConfig::default();
+        let c = producer_config(&k, &Delivery::Transactional { id: "outboxd-kafka-relay".into(), timeout_ms: 60_000 });
+        assert_eq!(c.get("transactional.id"), Some("outboxd-kafka-relay"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("queue.buffering.max.kbytes"), Some("65536"));
+        let c = producer_config(&k, &Delivery::AtLeastOnce);
+        assert_eq!(c.get("transactional.id"), None);
+        assert_eq!(c.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn connectivity_codes() {
+        assert!(is_connectivity(RDKafkaErrorCode::AllBrokersDown));
+        assert!(is_connectivity(RDKafkaErrorCode::BrokerTransportFailure));
+        assert!(!is_connectivity(RDKafkaErrorCode::MessageSizeTooLarge));
+    }
+
+    /// Against an address where nothing listens, librdkafka's error callback
+    /// turns the state Unreachable without any message being sent.
+    #[tokio::test]
+    async fn unreachable_broker_is_reported_by_the_error_callback() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let k = KafkaConfig { brokers: format!("127.0.0.1:{port}"), ..KafkaConfig::default() };
+        let (p, _rx) = KafkaProducer::new(&k, &Delivery::AtLeastOnce).unwrap();
+        let mut b = p.broker();
+        assert_eq!(*b.borrow(), BrokerState::Unknown);
+        let _ = p.probe(Duration::from_millis(500)).await;
+        tokio::time::timeout(Duration::from_secs(10), b.wait_for(|s| matches!(s, BrokerState::Unreachable { .. })))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

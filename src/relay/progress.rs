@@ -1,0 +1,146 @@
+//! The exactly-once relay's progress, kept in Kafka: one record per
+//! transaction on a compacted topic (`relay.progress_topic`, key = consumer
+//! name) committed atomically with the batch's records (Debezium/Kafka
+//! Connect do the same for exactly-once sources, KIP-618).
+//!
+//! Guarantee: after `init_transactions` (which aborts a former holder's open
+//! transaction), `read_last` returns the position of the last committed
+//! transaction of this consumer: exactly the events up to it are visible to
+//! read_committed consumers, none after it.
+
+use chrono::{DateTime, Utc};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+use crate::config::KafkaConfig;
+use crate::relay::error::PublishError;
+
+/// One progress record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Feed position up to which everything is published (or durably parked).
+    pub position: i64,
+    /// Lease epoch of the writer.
+    pub epoch: i64,
+    pub committed_at: DateTime<Utc>,
+    /// Per-stream watermarks of a CDC feed (exactly-once over Scylla CDC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdc: Option<serde_json::Value>,
+}
+
+impl Progress {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Reads the progress topic read_committed to its end; the last record of `consumer`.
+pub async fn read_last(
+    kafka: &KafkaConfig,
+    topic: &str,
+    consumer: &str,
+    timeout: Duration,
+) -> Result<Option<Progress>, PublishError> {
+    let (kafka, topic, consumer) = (kafka.clone(), topic.to_string(), consumer.to_string());
+    tokio::task::spawn_blocking(move || read_blocking(&kafka, &topic, &consumer, timeout))
+        .await
+        .map_err(|e| PublishError::transient("join", e.to_string()))?
+}
+
+fn read_blocking(
+    kafka: &KafkaConfig,
+    topic: &str,
+    consumer: &str,
+    timeout: Duration,
+) -> Result<Option<Progress>, PublishError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", format!("outboxd-progress-reader-{}", uuid::Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &kafka.extra {
+        // Security settings apply to the reader too; producer-only keys are ignored with a warning by librdkafka.
+        if !k.starts_with("transaction")
+            && !k.starts_with("queue.buffering")
+            && !k.starts_with("linger")
+            && k != "acks"
+            && !k.starts_with("enable.idempotence")
+        {
+            c.set(k, v);
+        }
+    }
+    let reader: BaseConsumer =
+        c.create().map_err(|e| PublishError::permanent("config", format!("cannot create the progress reader: {e}")))?;
+    let md = reader.fetch_metadata(Some(topic), timeout).map_err(|e| PublishError::from_kafka(&e))?;
+    let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
+    if partitions == 0 {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for p in 0..partitions {
+        let (low, high) = reader.fetch_watermarks(topic, p, timeout).map_err(|e| PublishError::from_kafka(&e))?;
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(|e| PublishError::from_kafka(&e))?;
+            ends.push((p, high));
+        }
+    }
+    if ends.is_empty() {
+        return Ok(None);
+    }
+    reader.assign(&tpl).map_err(|e| PublishError::from_kafka(&e))?;
+    let deadline = Instant::now() + timeout;
+    let mut last: Option<Progress> = None;
+    loop {
+        // Done when every partition's position reached its end (control records count).
+        let position = reader.position().ok();
+        let done = ends.iter().all(|(p, high)| {
+            position
+                .as_ref()
+                .and_then(|pos| pos.find_partition(topic, *p))
+                .and_then(|e| e.offset().to_raw())
+                .is_some_and(|o| o >= *high)
+        });
+        if done {
+            return Ok(last);
+        }
+        if Instant::now() >= deadline {
+            return Err(PublishError::transient(
+                "timeout",
+                format!("could not read the progress topic {topic} to its end within {timeout:?}"),
+            ));
+        }
+        match reader.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                if m.key() == Some(consumer.as_bytes()) {
+                    match m.payload().map(serde_json::from_slice::<Progress>) {
+                        Some(Ok(p)) => last = Some(p),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, offset = m.offset(), "unreadable progress record; ignored")
+                        }
+                        None => {}
+                    }
+                }
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "progress reader"),
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_round_trips_as_json() {
+        let p = Progress { position: 42, epoch: 3, committed_at: crate::envelope::now_millis(), cdc: None };
+        let back: Progress = serde_json::from_slice(&p.to_bytes()).unwrap();
+        assert_eq!(back, p);
+        assert!(!String::from_utf8(p.to_bytes()).unwrap().contains("cdc"));
+    }
+}

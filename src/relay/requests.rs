@@ -1,0 +1,417 @@
+//! Operator requests carried out by the active relay, with its own producer
+//! and its window (so replayed events obey the same per-aggregate fence):
+//! replay a parked aggregate, discard its poison event, re-publish dead
+//! letters, rewind the checkpoint.
+//!
+//! Guarantees:
+//! - A parked aggregate's held events are published in sequence order, then
+//!   its later events; it is unparked (store row deleted) only after every
+//!   held event was confirmed. If one fails for good again, it is parked
+//!   again at that event and the request fails with the error.
+//! - A discard writes its audit row before anything is published; the marker
+//!   record (`ce_type = outboxd.EventDiscarded`, same `ce_id`, key and
+//!   `ce_sequence`) takes the event's place, then the rest flows.
+//! - A rewind moves the checkpoint back (fenced) after in-flight deliveries
+//!   settled; the next term re-publishes from there (same `ce_id`s).
+
+use chrono::Utc;
+use serde_json::json;
+use std::collections::BTreeSet;
+use uuid::Uuid;
+
+use crate::relay::encode::Discarded;
+use crate::relay::pipeline::{Exit, Item, Run};
+use crate::relay::window::{AggKey, Slot};
+use crate::store::feed::{FeedRow, RawEvent};
+use crate::store::parking::DiscardRecord;
+use crate::store::requests::{RelayRequest, RequestKind, RequestStatus};
+use crate::store::StoreError;
+
+impl Run {
+    fn epoch(&self) -> i64 {
+        self.relay.fence.as_ref().map(|f| f.epoch).unwrap_or(0)
+    }
+
+    /// Claims and starts the requests waiting for this relay.
+    pub(super) async fn poll_requests(&mut self) {
+        let consumer = self.relay.cfg.consumer_name.clone();
+        let open = match self.relay.store.requests_open(&consumer, self.epoch()).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read relay requests");
+                return;
+            }
+        };
+        for r in open {
+            if self.request_parts.contains_key(&r.id) {
+                continue;
+            }
+            match self.relay.store.request_claim(&r, self.epoch()).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, request = %r.id, "cannot claim a relay request");
+                    continue;
+                }
+            }
+            tracing::info!(request = %r.id, kind = ?r.kind, by = %r.requested_by, "carrying out a relay request");
+            self.relay.metrics.relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
+            if let Err(e) = self.start(&r).await {
+                self.finish_request(r.id, RequestStatus::Failed, json!({ "error": e })).await;
+            }
+            if self.exit.is_some() {
+                return;
+            }
+        }
+    }
+
+    async fn start(&mut self, r: &RelayRequest) -> Result<(), String> {
+        let ctx = PlanCtx {
+            store: &*self.relay.store,
+            consumer: &self.relay.cfg.consumer_name,
+            parked: self.window.parked().cloned().collect(),
+            last_pushed: self.window.last_pushed(),
+            checkpoint: self.checkpoint,
+            positions: true,
+        };
+        let plans = plan(&ctx, r).await?;
+        let mut progress = Progress::default();
+        for p in plans {
+            match p {
+                Plan::Done(result) => {
+                    self.finish_request(r.id, RequestStatus::Done, result).await;
+                    return Ok(());
+                }
+                Plan::Rewind { position } => {
+                    self.finish_request(
+                        r.id,
+                        RequestStatus::Done,
+                        json!({ "rewound_from": self.checkpoint, "rewound_to": position }),
+                    )
+                    .await;
+                    self.relay.metrics.relay_rewinds.inc();
+                    tracing::warn!(from = self.checkpoint, to = position, request = %r.id, "rewinding the relay checkpoint on an operator's request");
+                    self.exit = Some(Exit::Rewound(position));
+                    return Ok(());
+                }
+                Plan::Unpark { agg, items } => {
+                    if items.is_empty() {
+                        let consumer = self.relay.cfg.consumer_name.clone();
+                        self.relay.store.unpark(&consumer, &agg).await.map_err(|e| e.to_string())?;
+                        self.window.unpark(&agg, Vec::new());
+                        self.unparked();
+                        continue;
+                    }
+                    tracing::info!(request = %r.id, aggregate = %agg, events = items.len(), "replaying a parked aggregate");
+                    progress.events += items.len();
+                    let slots = self.window.unpark(&agg, items).into_iter().collect();
+                    self.replays.insert((r.id, agg), slots);
+                    progress.parts += 1;
+                }
+                Plan::Letters { items } => {
+                    let mut slots = BTreeSet::new();
+                    for (item, letter) in items {
+                        let agg = crate::relay::window::Fenced::aggregate(&item).clone();
+                        for s in self.window.inject(&agg, vec![item]) {
+                            slots.insert(s);
+                            self.letter_slots.insert(s, letter);
+                        }
+                    }
+                    if !slots.is_empty() {
+                        progress.events += slots.len();
+                        self.replays.insert((r.id, AggKey::from("")), slots);
+                        progress.parts += 1;
+                    }
+                }
+            }
+        }
+        if progress.parts == 0 {
+            self.finish_request(r.id, RequestStatus::Done, json!({ "aggregates": 0, "events": 0 })).await;
+        } else {
+            self.request_parts.insert(r.id, progress);
+        }
+        Ok(())
+    }
+
+    /// A confirmed (or skipped) slot: advance the replays waiting for it.
+    pub(super) async fn replay_progress(&mut self, slot: Slot) {
+        if let Some(letter) = self.letter_slots.remove(&slot) {
+            if let Err(e) = self.relay.store.dlq_remove(letter).await {
+                tracing::warn!(error = %e, %letter, "replayed dead letter could not be removed; it may be replayed again");
+            }
+            self.relay.metrics.dlq_depth.dec();
+        }
+        let done: Vec<(Uuid, AggKey)> = self
+            .replays
+            .iter_mut()
+            .filter_map(|(k, slots)| (slots.remove(&slot) && slots.is_empty()).then(|| k.clone()))
+            .collect();
+        for k in done {
+            self.replays.remove(&k);
+            let (request, agg) = k;
+            if !agg.is_empty() {
+                let consumer = self.relay.cfg.consumer_name.clone();
+                match unpark_durably(&*self.relay.store, &consumer, &agg).await {
+                    Ok(_) => self.unparked(),
+                    Err(e) => {
+                        tracing::error!(error = %e, aggregate = %agg, "held events were published but the park record could not be removed; a later replay re-sends them");
+                    }
+                }
+            }
+            self.part_done(request, &agg).await;
+        }
+    }
+
+    /// A replayed aggregate was parked again: its replay fails.
+    pub(super) async fn replay_failed(&mut self, agg: &AggKey, error: &str) {
+        let keys: Vec<(Uuid, AggKey)> = self.replays.keys().filter(|(_, a)| a == agg).cloned().collect();
+        for k in keys {
+            self.replays.remove(&k);
+            let request = k.0;
+            self.request_parts.remove(&request);
+            self.finish_request(
+                request,
+                RequestStatus::Failed,
+                json!({ "aggregate_id": agg.to_string(), "error": error }),
+            )
+            .await;
+        }
+    }
+
+    fn unparked(&mut self) {
+        self.relay.metrics.dlq_parked_aggregates.dec();
+        self.relay.status.update(|s| {
+            s.parked_aggregates = s.parked_aggregates.saturating_sub(1);
+            true
+        });
+    }
+
+    async fn part_done(&mut self, request: Uuid, agg: &AggKey) {
+        let Some(p) = self.request_parts.get_mut(&request) else { return };
+        p.parts -= 1;
+        if !agg.is_empty() {
+            p.aggregates.push(agg.to_string());
+        }
+        if p.parts == 0 {
+            let p = self.request_parts.remove(&request).unwrap_or_default();
+            self.finish_request(
+                request,
+                RequestStatus::Done,
+                json!({ "aggregates": p.aggregates.len(), "unparked": p.aggregates, "events": p.events }),
+            )
+            .await;
+        }
+    }
+
+    pub(super) async fn finish_request(&self, id: Uuid, status: RequestStatus, result: serde_json::Value) {
+        match status {
+            RequestStatus::Failed => tracing::warn!(request = %id, %result, "relay request failed"),
+            _ => tracing::info!(request = %id, %result, "relay request done"),
+        }
+        for attempt in 1..=5u32 {
+            match self.relay.store.request_finish(&self.relay.cfg.consumer_name, id, status, result.clone()).await {
+                Ok(()) => return,
+                Err(e) if attempt == 5 => {
+                    tracing::error!(error = %e, request = %id, "cannot record the outcome of a relay request")
+                }
+                Err(_) => tokio::time::sleep(self.backoff.delay(attempt)).await,
+            }
+        }
+    }
+}
+
+async fn unpark_durably(store: &dyn crate::store::Store, consumer: &str, agg: &str) -> Result<bool, StoreError> {
+    let mut last = None;
+    for attempt in 1..=5u64 {
+        match store.unpark(consumer, agg).await {
+            Ok(b) => return Ok(b),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+    }
+    Err(last.unwrap_or_else(|| StoreError::Unavailable("unpark failed".into())))
+}
+
+fn kind_label(k: &RequestKind) -> &'static str {
+    match k {
+        RequestKind::ReplayAggregate { .. } => "replay_aggregate",
+        RequestKind::ReplayAllParked => "replay_all_parked",
+        RequestKind::Discard { .. } => "discard",
+        RequestKind::ReplayDeadLetters { .. } => "replay_dead_letters",
+        RequestKind::RewindToPosition { .. } => "rewind",
+        RequestKind::RewindToTime { .. } => "rewind",
+    }
+}
+
+/// A request being carried out by the at-least-once relay.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Aggregates (or dead-letter batches) not finished yet.
+    pub parts: usize,
+    /// Events published for it.
+    pub events: usize,
+    /// Aggregates unparked so far.
+    pub aggregates: Vec<String>,
+}
+
+/// What carrying out a request takes, independent of how the relay publishes.
+#[derive(Debug)]
+pub enum Plan {
+    /// Publish `items` in order (the held events of parked `agg`, a discard
+    /// marker first where one replaces the poison event), then unpark `agg`.
+    Unpark { agg: AggKey, items: Vec<Item> },
+    /// Publish these dead letters, then delete each confirmed one.
+    Letters { items: Vec<(Item, Uuid)> },
+    /// Move the checkpoint back to `position` (re-publish after it).
+    Rewind { position: i64 },
+    /// Nothing to publish: finished with this result.
+    Done(serde_json::Value),
+}
+
+/// What a plan needs to know about the running relay.
+pub struct PlanCtx<'a> {
+    pub store: &'a dyn crate::store::Store,
+    pub consumer: &'a str,
+    /// Aggregates parked right now (in the relay's memory).
+    pub parked: Vec<AggKey>,
+    /// Held events up to this feed position are replayed; later ones come through the feed.
+    pub last_pushed: i64,
+    pub checkpoint: i64,
+    /// The feed has positions (SQLite); CDC feeds rewind by time.
+    pub positions: bool,
+}
+
+/// Turns a request into plans (writing the discard audit row where asked).
+pub async fn plan(ctx: &PlanCtx<'_>, r: &RelayRequest) -> Result<Vec<Plan>, String> {
+    match &r.kind {
+        RequestKind::ReplayAggregate { aggregate_id } => {
+            let key = crate::store::feed::aggregate_key(aggregate_id);
+            Ok(vec![unpark_plan(ctx, &key, None).await?])
+        }
+        RequestKind::ReplayAllParked => {
+            let mut plans = Vec::new();
+            for agg in &ctx.parked {
+                plans.push(unpark_plan(ctx, agg, None).await?);
+            }
+            if plans.is_empty() {
+                plans.push(Plan::Done(json!({ "replayed_aggregates": 0 })));
+            }
+            Ok(plans)
+        }
+        RequestKind::Discard { event_id, reason } => discard_plan(ctx, event_id, reason).await,
+        RequestKind::ReplayDeadLetters { ids } => letters_plan(ctx, ids.as_deref()).await,
+        RequestKind::RewindToPosition { position } => {
+            if !ctx.positions {
+                return Err("--to-position rewinds a position feed (SQLite); this relay reads the Scylla CDC log: use --to-time".into());
+            }
+            if *position < 0 || *position > ctx.checkpoint {
+                return Err(format!(
+                    "cannot rewind to position {position}: it must be between 0 and the checkpoint {}",
+                    ctx.checkpoint
+                ));
+            }
+            Ok(vec![Plan::Rewind { position: *position }])
+        }
+        RequestKind::RewindToTime { .. } => {
+            Err("--to-time rewinds a CDC feed (CQL backend); this relay reads feed positions: use --to-position".into())
+        }
+    }
+}
+
+async fn unpark_plan(ctx: &PlanCtx<'_>, agg: &AggKey, first: Option<Item>) -> Result<Plan, String> {
+    if !ctx.parked.contains(agg) {
+        return Err(format!("aggregate {agg} is not parked"));
+    }
+    let parked = ctx.store.parked(ctx.consumer).await.map_err(|e| e.to_string())?;
+    let Some(p) = parked.into_iter().find(|p| *p.parked.aggregate_id == **agg) else {
+        return Err(format!("aggregate {agg} has no park record"));
+    };
+    let up_to = ctx.positions.then_some(ctx.last_pushed);
+    let rows =
+        ctx.store.aggregate_rows(agg, p.parked.position, p.parked.sequence, up_to).await.map_err(|e| e.to_string())?;
+    let mut items: Vec<Item> = Vec::with_capacity(rows.len() + 1);
+    let skip = usize::from(first.is_some());
+    items.extend(first);
+    for row in rows.into_iter().skip(skip) {
+        items.push(match row {
+            FeedRow::Event(e) => Item::Event(e),
+            FeedRow::Unreadable(u) => Item::Unreadable(u),
+        });
+    }
+    Ok(Plan::Unpark { agg: agg.clone(), items })
+}
+
+async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result<Vec<Plan>, String> {
+    let parked = ctx.store.parked(ctx.consumer).await.map_err(|e| e.to_string())?;
+    let Some(p) = parked.into_iter().find(|p| p.parked.event_id.as_deref() == Some(event_id)) else {
+        return Err(format!(
+            "no parked aggregate is held behind event {event_id} (outboxd dlq list shows the first held event of each)"
+        ));
+    };
+    let p = p.parked;
+    let agg = crate::store::feed::aggregate_key(&p.aggregate_id);
+    let first = ctx.store.aggregate_rows(&agg, p.position, p.sequence, p.position).await.map_err(|e| e.to_string())?;
+    let (payload, sequence, aggregate_type) = match first.first() {
+        Some(FeedRow::Event(e)) => {
+            (Some(e.payload.get().to_string()), Some(e.sequence), Some(e.aggregate_type.clone()))
+        }
+        _ => (None, p.sequence, p.aggregate_type.clone()),
+    };
+    let now = Utc::now();
+    let record = DiscardRecord {
+        consumer: ctx.consumer.to_string(),
+        event_id: event_id.to_string(),
+        aggregate_id: p.aggregate_id.clone(),
+        aggregate_type: aggregate_type.clone(),
+        sequence,
+        position: p.position,
+        event_type: p.event_type.clone(),
+        payload,
+        error: p.error.clone(),
+        reason: reason.to_string(),
+        discarded_at: now,
+    };
+    ctx.store.record_discard(&record).await.map_err(|e| format!("cannot write the discard audit row: {e}"))?;
+    tracing::warn!(%event_id, aggregate = %p.aggregate_id, %reason, "event discarded on an operator's decision; a marker record takes its place");
+    let marker = Item::Marker {
+        position: p.position.unwrap_or(0),
+        discarded: Discarded {
+            event_id: Uuid::parse_str(event_id).unwrap_or_else(|_| crate::store::feed::uuid_of(event_id)),
+            aggregate_type: aggregate_type.unwrap_or_else(|| "order".into()),
+            aggregate_key: agg.clone(),
+            sequence: sequence.unwrap_or(0),
+            event_type: p.event_type.clone().unwrap_or_default(),
+            reason: reason.to_string(),
+            discarded_at: now,
+        },
+    };
+    Ok(vec![unpark_plan(ctx, &agg, Some(marker)).await?])
+}
+
+async fn letters_plan(ctx: &PlanCtx<'_>, ids: Option<&[Uuid]>) -> Result<Vec<Plan>, String> {
+    let letters = ctx.store.dlq_list(100_000).await.map_err(|e| e.to_string())?;
+    let chosen: Vec<_> = match ids {
+        Some(ids) => letters.into_iter().filter(|l| ids.contains(&l.id)).collect(),
+        None => letters,
+    };
+    if let Some(ids) = ids {
+        if chosen.len() != ids.len() {
+            return Err("some of the given dead letters do not exist".into());
+        }
+    }
+    let mut items = Vec::new();
+    let mut bad = Vec::new();
+    for l in &chosen {
+        let raw = serde_json::from_str::<crate::envelope::EventEnvelope>(&l.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|env| RawEvent::from_envelope(&env, l.position.unwrap_or(0)).map_err(|e| e.to_string()));
+        match raw {
+            Ok(raw) => items.push((Item::Event(raw), l.id)),
+            Err(e) => bad.push(json!({ "id": l.id, "error": format!("stored payload is not a valid event: {e}") })),
+        }
+    }
+    if items.is_empty() {
+        return Ok(vec![Plan::Done(json!({ "replayed": 0, "failed": bad }))]);
+    }
+    Ok(vec![Plan::Letters { items }])
+}

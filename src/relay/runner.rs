@@ -1,0 +1,127 @@
+//! The relay of one instance among several: wait for the consumer's lease,
+//! run relay terms while holding it, stand by otherwise.
+//!
+//! Guarantees:
+//! - Only the lease holder publishes: a term starts only with `Active {
+//!   epoch }` and ends (producer purged, nothing more written) as soon as the
+//!   keeper withdraws it; every checkpoint write of the term is fenced by
+//!   `epoch` in the store; in exactly-once mode the broker fences too
+//!   (`init_transactions` of the new holder).
+//! - A term that ends because of a rewind, a lost lease or a producer that
+//!   must be recreated is followed by a new term (after re-checking the
+//!   lease); only shutdown or a configuration error ends the runner.
+//! - The role is published in the relay status at once (`standby`,
+//!   `active`, with the holder and epoch), so /health and the metrics are
+//!   true on every instance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, DeliveryMode};
+use crate::lease::keeper::{LeaseHandle, LeaseState};
+use crate::metrics::Metrics;
+use crate::relay::pipeline::{Exit, Fence, Relay, RelayError};
+use crate::relay::sink::DeadLetterSink;
+use crate::relay::status::{Role, StatusTx};
+use crate::shutdown::Shutdown;
+use crate::store::DynStore;
+
+/// Everything a relay term needs, kept across terms.
+pub struct RelayRunner {
+    pub config: Arc<Config>,
+    pub store: DynStore,
+    pub metrics: Metrics,
+    pub status: StatusTx,
+    pub sink: Arc<dyn DeadLetterSink>,
+    /// None: run unfenced (one instance only: library use and benchmarks).
+    pub lease: Option<LeaseHandle>,
+    pub pause: crate::relay::pause::PauseHook,
+}
+
+impl RelayRunner {
+    /// Runs until shutdown; Err only for a configuration the relay cannot run with.
+    pub async fn run(self, mut shutdown: Shutdown) -> Result<(), RelayError> {
+        let mut fatal_restarts: u32 = 0;
+        loop {
+            let fence = match &self.lease {
+                None => {
+                    self.status.update(|s| {
+                        s.role = Role::Unfenced;
+                        true
+                    });
+                    None
+                }
+                Some(l) => match self.wait_active(l, &mut shutdown).await {
+                    Some(f) => Some(f),
+                    None => return Ok(()),
+                },
+            };
+            let relay = Relay::new(self.config.clone(), self.store.clone(), self.metrics.clone(), self.status.clone())
+                .with_sink(self.sink.clone())
+                .with_pause(self.pause.clone());
+            let relay = match fence {
+                Some(f) => relay.with_fence(f),
+                None => relay,
+            };
+            let exit = match self.config.relay.delivery {
+                DeliveryMode::AtLeastOnce => relay.run(shutdown.clone()).await,
+                DeliveryMode::ExactlyOnce => relay.run_exactly_once(shutdown.clone()).await,
+            };
+            match exit {
+                Ok(Exit::Shutdown) => return Ok(()),
+                Ok(Exit::LeaseLost) => {
+                    tracing::warn!("relay term ended: the lease is gone; standing by");
+                    if self.lease.is_none() {
+                        return Ok(());
+                    }
+                }
+                Ok(Exit::Rewound(to)) => {
+                    tracing::info!(to, "relay rewound; starting a new term from the rewound checkpoint")
+                }
+                Err(RelayError::ProducerFatal(e)) => {
+                    fatal_restarts += 1;
+                    tracing::error!(error = %e, restarts = fatal_restarts, "Kafka producer hit a fatal error; re-checking the lease and recreating it");
+                    self.status.error(e);
+                    let wait = Duration::from_millis(200u64.saturating_mul(1 << fatal_restarts.min(6)));
+                    if !shutdown.sleep(wait).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            if shutdown.is_shutdown() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits until this instance holds the lease; publishes the role meanwhile.
+    async fn wait_active(&self, lease: &LeaseHandle, shutdown: &mut Shutdown) -> Option<Fence> {
+        let mut rx = lease.state();
+        loop {
+            let state = rx.borrow_and_update().clone();
+            let role = match &state {
+                LeaseState::Active { epoch } => Role::Active { epoch: *epoch },
+                LeaseState::Standby { holder, epoch, .. } => Role::Standby { holder: holder.clone(), epoch: *epoch },
+                LeaseState::Unknown | LeaseState::Lost { .. } => Role::Unknown,
+            };
+            self.status.update(|s| {
+                if s.role == role {
+                    return false;
+                }
+                s.role = role.clone();
+                if !matches!(role, Role::Active { .. }) {
+                    s.running = false;
+                }
+                true
+            });
+            if let LeaseState::Active { epoch } = state {
+                return Some(Fence { epoch, lease: rx });
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return None },
+                _ = shutdown.recv() => return None,
+            }
+        }
+    }
+}

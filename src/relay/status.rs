@@ -1,0 +1,236 @@
+//! What the relay publishes about itself: role, progress, broker, breaker,
+//! feed and parking state. Read by /health (through the health actor) and
+//! the supervising actor; written only by the relay.
+//!
+//! Guarantees:
+//! - Nothing is optimistic: a state that is not known yet is `unknown`
+//!   (`BrokerState::Unknown`, `FeedState::Unknown`, `checkpoint: None`),
+//!   never reported as fine.
+//! - Every state change (broker lost, breaker opened, feed failing, an
+//!   aggregate parked, leadership) is published at once (`watch` channel);
+//!   only the delivered counter is folded in at most every 50 ms under load.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+use crate::relay::breaker::BreakerState;
+use crate::relay::producer::BrokerState;
+
+/// This instance's part in the relay (several instances may share a store).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum Role {
+    /// Not started, or the lease has not been read yet.
+    Unknown,
+    /// Holds the lease: this instance publishes.
+    Active { epoch: i64 },
+    /// Another instance holds the lease.
+    Standby { holder: String, epoch: i64 },
+    /// Runs without a lease (single-instance library use and tests).
+    Unfenced,
+}
+
+impl Role {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Role::Unknown => "unknown",
+            Role::Active { .. } | Role::Unfenced => "active",
+            Role::Standby { .. } => "standby",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum FeedState {
+    Unknown,
+    Ok,
+    /// Reads fail since `since` (`errors` consecutive failures).
+    Failing {
+        since: DateTime<Utc>,
+        errors: u64,
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayStatus {
+    #[serde(flatten)]
+    pub role: Role,
+    /// The relay task runs (as leader or unfenced).
+    pub running: bool,
+    /// `at-least-once` or `exactly-once`.
+    pub delivery: &'static str,
+    /// Persisted checkpoint (None until the relay has read it).
+    pub checkpoint: Option<i64>,
+    pub broker: BrokerState,
+    pub breaker: BreakerState,
+    pub feed: FeedState,
+    /// Aggregates held behind an event that can never be published.
+    pub parked_aggregates: u64,
+    pub delivered: u64,
+    pub dead_lettered: u64,
+    pub last_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Default for RelayStatus {
+    fn default() -> Self {
+        RelayStatus {
+            role: Role::Unknown,
+            running: false,
+            delivery: "at-least-once",
+            checkpoint: None,
+            broker: BrokerState::Unknown,
+            breaker: BreakerState::Closed,
+            feed: FeedState::Unknown,
+            parked_aggregates: 0,
+            delivered: 0,
+            dead_lettered: 0,
+            last_error: None,
+            updated_at: Utc::now(),
+        }
+    }
+}
+
+/// How often the delivered counter is folded into the published status under load.
+const FOLD_EVERY: Duration = Duration::from_millis(50);
+
+/// The writer side of the status channel (cheap to clone).
+#[derive(Clone)]
+pub struct StatusTx {
+    tx: watch::Sender<RelayStatus>,
+    pending: Arc<Mutex<(u64, Instant)>>,
+}
+
+impl StatusTx {
+    pub fn new(tx: watch::Sender<RelayStatus>) -> StatusTx {
+        StatusTx { tx, pending: Arc::new(Mutex::new((0, Instant::now()))) }
+    }
+
+    pub fn sender(&self) -> &watch::Sender<RelayStatus> {
+        &self.tx
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<RelayStatus> {
+        self.tx.subscribe()
+    }
+
+    pub fn get(&self) -> RelayStatus {
+        self.tx.borrow().clone()
+    }
+
+    /// Applies `f`; readers are woken only if something changed.
+    pub fn update(&self, f: impl FnOnce(&mut RelayStatus) -> bool) {
+        self.tx.send_if_modified(|s| {
+            let changed = f(s);
+            if changed {
+                s.updated_at = Utc::now();
+            }
+            changed
+        });
+    }
+
+    pub fn feed_ok(&self) {
+        self.update(|s| {
+            if s.feed == FeedState::Ok {
+                return false;
+            }
+            s.feed = FeedState::Ok;
+            true
+        });
+    }
+
+    pub fn feed_failed(&self, error: String) {
+        self.update(|s| {
+            s.feed = match &s.feed {
+                FeedState::Failing { since, errors, .. } => {
+                    FeedState::Failing { since: *since, errors: errors + 1, error: error.clone() }
+                }
+                _ => FeedState::Failing { since: Utc::now(), errors: 1, error: error.clone() },
+            };
+            s.last_error = Some(error);
+            true
+        });
+    }
+
+    pub fn broker(&self, b: &BrokerState) {
+        self.update(|s| {
+            if s.broker == *b {
+                return false;
+            }
+            if let BrokerState::Unreachable { error, .. } = b {
+                s.last_error = Some(error.clone());
+            }
+            s.broker = b.clone();
+            true
+        });
+    }
+
+    pub fn breaker(&self, b: BreakerState) {
+        self.update(|s| {
+            if s.breaker == b {
+                return false;
+            }
+            s.breaker = b;
+            true
+        });
+    }
+
+    pub fn checkpoint(&self, position: i64) {
+        self.update(|s| {
+            if s.checkpoint == Some(position) {
+                return false;
+            }
+            s.checkpoint = Some(position);
+            true
+        });
+    }
+
+    pub fn error(&self, error: String) {
+        self.update(|s| {
+            s.last_error = Some(error);
+            true
+        });
+    }
+
+    /// Counts `n` confirmed deliveries; published at most every 50 ms (or on `flush`).
+    pub fn delivered(&self, n: u64) {
+        let due = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.0 += n;
+            if p.1.elapsed() >= FOLD_EVERY {
+                let v = p.0;
+                *p = (0, Instant::now());
+                Some(v)
+            } else {
+                None
+            }
+        };
+        if let Some(v) = due {
+            self.update(|s| {
+                s.delivered += v;
+                true
+            });
+        }
+    }
+
+    /// Publishes counted deliveries now (when idle).
+    pub fn flush(&self) {
+        let v = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let v = p.0;
+            *p = (0, Instant::now());
+            v
+        };
+        if v > 0 {
+            self.update(|s| {
+                s.delivered += v;
+                true
+            });
+        }
+    }
+}

@@ -1,0 +1,621 @@
+//! The relay's in-flight window: every event read from the feed and not yet
+//! done, with a per-aggregate fence and the checkpoint watermark. Pure: no
+//! I/O, no clock; the pipeline drives it.
+//!
+//! Guarantees (unit-tested below):
+//! - Fence: at most one event per aggregate is handed out (`take_ready`) at
+//!   a time; the next event of that aggregate becomes ready only once the
+//!   previous one is confirmed (or its aggregate is parked / the event is
+//!   skipped). So whatever the producer does with a failed or timed-out
+//!   event, no later event of the same aggregate can overtake it: the first
+//!   arrival of each event on the topic is in sequence order.
+//! - Watermark: `watermark()` is the highest position p such that every
+//!   event with position <= p that was pushed is done (confirmed, skipped, or
+//!   held behind a durable park record). It never decreases.
+//! - Parked aggregates: events of a parked aggregate are held (dropped from
+//!   the window, counted) as they arrive; `unpark` re-opens the aggregate
+//!   with the events to replay first, on a side lane that does not hold the
+//!   watermark back (they are below it and still covered by the park record
+//!   until the replay completes).
+//! - Bounded: `has_room` is false once `capacity` main-lane events are open.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// Aggregate key: the aggregate id as text (canonical UUID, or the raw column
+/// of a row that could not be read).
+pub type AggKey = Arc<str>;
+
+/// A slot of the window; also the producer's delivery token.
+pub type Slot = usize;
+
+/// What the window needs to know about an event.
+pub trait Fenced {
+    fn position(&self) -> i64;
+    fn aggregate(&self) -> &AggKey;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Behind another event of its aggregate.
+    Queued,
+    /// May be handed to the producer.
+    Ready,
+    /// At the producer; its fate is unknown.
+    InFlight,
+    /// The producer reported a failure; waits for the caller to retry, park or skip it.
+    Failed,
+}
+
+#[derive(Debug)]
+struct Entry<T> {
+    item: T,
+    state: State,
+    /// Replay of an unparked aggregate: not counted in the watermark.
+    side: bool,
+    /// Failed deliveries of this event so far.
+    attempts: u32,
+}
+
+/// What `push` did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Its aggregate is parked: the event is held (already counted done).
+    Held,
+    /// Waiting behind an earlier event of its aggregate.
+    Queued(Slot),
+    /// Ready to be sent.
+    Ready(Slot),
+}
+
+#[derive(Debug)]
+pub struct Window<T: Fenced> {
+    capacity: usize,
+    next_slot: Slot,
+    entries: HashMap<Slot, Entry<T>>,
+    /// Per aggregate, its open slots in order (front = the head, the only one that may be sent).
+    lanes: HashMap<AggKey, VecDeque<Slot>>,
+    /// Heads that may be sent, oldest position first.
+    ready: BTreeSet<(i64, Slot)>,
+    /// Main-lane open positions (side-lane replays excluded).
+    open_positions: BTreeSet<i64>,
+    parked: HashSet<AggKey>,
+    last_pushed: i64,
+    in_flight: usize,
+}
+
+impl<T: Fenced> Window<T> {
+    /// A window resuming after `checkpoint` that holds at most `capacity` main-lane events.
+    pub fn new(checkpoint: i64, capacity: usize) -> Window<T> {
+        Window {
+            capacity: capacity.max(1),
+            next_slot: 1,
+            entries: HashMap::new(),
+            lanes: HashMap::new(),
+            ready: BTreeSet::new(),
+            open_positions: BTreeSet::new(),
+            parked: HashSet::new(),
+            last_pushed: checkpoint,
+            in_flight: 0,
+        }
+    }
+
+    /// True while more feed events may be pushed.
+    pub fn has_room(&self) -> bool {
+        self.open_positions.len() < self.capacity
+    }
+
+    /// Events open in the main lane (read, not done).
+    pub fn open(&self) -> usize {
+        self.open_positions.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Nothing open at all (main or side lane).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn last_pushed(&self) -> i64 {
+        self.last_pushed
+    }
+
+    pub fn is_parked(&self, agg: &str) -> bool {
+        self.parked.contains(agg)
+    }
+
+    pub fn parked(&self) -> impl Iterator<Item = &AggKey> {
+        self.parked.iter()
+    }
+
+    /// Marks aggregates parked (loaded from the store at start).
+    pub fn set_parked(&mut self, aggs: impl IntoIterator<Item = AggKey>) {
+        self.parked.extend(aggs);
+    }
+
+    /// Adds the next feed event (positions must increase).
+    pub fn push(&mut self, item: T) -> Pushed {
+        let pos = item.position();
+        debug_assert!(pos > self.last_pushed, "feed positions increase: {pos} after {}", self.last_pushed);
+        self.last_pushed = self.last_pushed.max(pos);
+        if self.parked.contains(item.aggregate()) {
+            return Pushed::Held;
+        }
+        self.open_positions.insert(pos);
+        self.insert(item, false)
+    }
+
+    fn insert(&mut self, item: T, side: bool) -> Pushed {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        let pos = item.position();
+        let lane = self.lanes.entry(item.aggregate().clone()).or_default();
+        lane.push_back(slot);
+        let state = if lane.len() == 1 { State::Ready } else { State::Queued };
+        if state == State::Ready {
+            self.ready.insert((pos, slot));
+        }
+        self.entries.insert(slot, Entry { item, state, side, attempts: 0 });
+        if state == State::Ready {
+            Pushed::Ready(slot)
+        } else {
+            Pushed::Queued(slot)
+        }
+    }
+
+    /// The oldest ready event, now in flight.
+    pub fn take_ready(&mut self) -> Option<(Slot, &T)> {
+        let (_, slot) = self.ready.pop_first()?;
+        let e = self.entries.get_mut(&slot).expect("ready slots are open");
+        e.state = State::InFlight;
+        self.in_flight += 1;
+        Some((slot, &e.item))
+    }
+
+    /// Takes this ready slot (a solo resend), now in flight.
+    pub fn take(&mut self, slot: Slot) -> Option<&T> {
+        let e = self.entries.get_mut(&slot)?;
+        if e.state != State::Ready {
+            return None;
+        }
+        self.ready.remove(&(e.item.position(), slot));
+        e.state = State::InFlight;
+        self.in_flight += 1;
+        Some(&e.item)
+    }
+
+    /// Puts an event taken with `take_ready` back (the producer's queue was full).
+    pub fn requeue(&mut self, slot: Slot) -> bool {
+        match self.entries.get_mut(&slot) {
+            Some(e) if e.state == State::InFlight => {
+                e.state = State::Ready;
+                self.in_flight -= 1;
+                self.ready.insert((e.item.position(), slot));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The failed slots that are the heads of their lanes.
+    pub fn is_failed(&self, slot: Slot) -> bool {
+        self.state(slot) == Some(State::Failed)
+    }
+
+    pub fn get(&self, slot: Slot) -> Option<&T> {
+        self.entries.get(&slot).map(|e| &e.item)
+    }
+
+    pub fn state(&self, slot: Slot) -> Option<State> {
+        self.entries.get(&slot).map(|e| e.state)
+    }
+
+    pub fn attempts(&self, slot: Slot) -> u32 {
+        self.entries.get(&slot).map(|e| e.attempts).unwrap_or(0)
+    }
+
+    /// The broker confirmed `slot`: it is done; the next event of its aggregate becomes ready.
+    /// Returns the event, or None for an unknown slot (a stale report).
+    pub fn confirm(&mut self, slot: Slot) -> Option<T> {
+        if self.entries.get(&slot)?.state != State::InFlight {
+            return None;
+        }
+        self.in_flight -= 1;
+        Some(self.remove_head(slot))
+    }
+
+    /// The delivery of `slot` failed: it stays the head of its aggregate (nothing behind it moves).
+    pub fn fail(&mut self, slot: Slot) -> bool {
+        match self.entries.get_mut(&slot) {
+            Some(e) if e.state == State::InFlight => {
+                e.state = State::Failed;
+                e.attempts += 1;
+                self.in_flight -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Failed slots, oldest position first.
+    pub fn failed(&self) -> Vec<Slot> {
+        let mut v: Vec<(i64, Slot)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.state == State::Failed)
+            .map(|(s, e)| (e.item.position(), *s))
+            .collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// A failed event may be sent again.
+    pub fn retry(&mut self, slot: Slot) -> bool {
+        match self.entries.get_mut(&slot) {
+            Some(e) if e.state == State::Failed => {
+                e.state = State::Ready;
+                self.ready.insert((e.item.position(), slot));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops the failed head `slot` as done (policy "skip": it went to the DLQ);
+    /// the next event of its aggregate becomes ready.
+    pub fn skip(&mut self, slot: Slot) -> Option<T> {
+        if self.entries.get(&slot)?.state != State::Failed {
+            return None;
+        }
+        Some(self.remove_head(slot))
+    }
+
+    fn remove_head(&mut self, slot: Slot) -> T {
+        let e = self.entries.remove(&slot).expect("checked by the caller");
+        if !e.side {
+            self.open_positions.remove(&e.item.position());
+        }
+        let agg = e.item.aggregate().clone();
+        if let Some(lane) = self.lanes.get_mut(&agg) {
+            debug_assert_eq!(lane.front(), Some(&slot), "only a lane's head can be done");
+            lane.retain(|s| *s != slot);
+            match lane.front().copied() {
+                Some(next) => {
+                    let n = self.entries.get_mut(&next).expect("lane slots are open");
+                    if n.state == State::Queued {
+                        n.state = State::Ready;
+                        self.ready.insert((n.item.position(), next));
+                    }
+                }
+                None => {
+                    self.lanes.remove(&agg);
+                }
+            }
+        }
+        e.item
+    }
+
+    /// Parks `agg` from position `at` on: its open events at or after `at`
+    /// (none may be in flight) are held and returned, its later events will be
+    /// held as they arrive; earlier ones still flow. The caller must have made
+    /// the park durable first.
+    pub fn park(&mut self, agg: &AggKey, at: i64) -> Vec<T> {
+        self.parked.insert(agg.clone());
+        let Some(lane) = self.lanes.get_mut(agg) else { return Vec::new() };
+        let mut keep = VecDeque::new();
+        let mut drop = Vec::new();
+        for slot in lane.drain(..) {
+            let side = self.entries.get(&slot).is_some_and(|e| e.side);
+            let pos = self.entries.get(&slot).map(|e| e.item.position()).unwrap_or(i64::MAX);
+            // Side-lane replays are all at or after the park point of a re-park.
+            if side || pos >= at {
+                drop.push(slot);
+            } else {
+                keep.push_back(slot);
+            }
+        }
+        if keep.is_empty() {
+            self.lanes.remove(agg);
+        } else {
+            *lane = keep;
+        }
+        let mut held = Vec::with_capacity(drop.len());
+        for slot in drop {
+            let e = self.entries.remove(&slot).expect("lane slots are open");
+            debug_assert_ne!(e.state, State::InFlight, "park only after the head's delivery failed");
+            if e.state == State::InFlight {
+                self.in_flight -= 1;
+            }
+            self.ready.remove(&(e.item.position(), slot));
+            if !e.side {
+                self.open_positions.remove(&e.item.position());
+            }
+            held.push(e.item);
+        }
+        held
+    }
+
+    /// Re-opens a parked aggregate: `replay` (its held events, in sequence
+    /// order) go first on the side lane; its later feed events queue behind them.
+    pub fn unpark(&mut self, agg: &AggKey, replay: Vec<T>) -> Vec<Slot> {
+        self.parked.remove(agg);
+        self.inject(agg, replay)
+    }
+
+    /// Adds events to re-publish on the side lane (behind `agg`'s open events,
+    /// ahead of its later feed events), without touching its parked state.
+    pub fn inject(&mut self, agg: &AggKey, replay: Vec<T>) -> Vec<Slot> {
+        debug_assert!(replay.iter().all(|i| i.aggregate() == agg));
+        replay
+            .into_iter()
+            .map(|item| match self.insert(item, true) {
+                Pushed::Ready(s) | Pushed::Queued(s) => s,
+                Pushed::Held => unreachable!("insert never holds"),
+            })
+            .collect()
+    }
+
+    /// Highest position up to which everything pushed is done.
+    pub fn watermark(&self) -> i64 {
+        match self.open_positions.first() {
+            Some(p) => p - 1,
+            None => self.last_pushed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Ev {
+        pos: i64,
+        agg: AggKey,
+    }
+
+    impl Fenced for Ev {
+        fn position(&self) -> i64 {
+            self.pos
+        }
+        fn aggregate(&self) -> &AggKey {
+            &self.agg
+        }
+    }
+
+    fn ev(pos: i64, agg: &str) -> Ev {
+        Ev { pos, agg: agg.into() }
+    }
+
+    fn take_all<T: Fenced + Clone>(w: &mut Window<T>) -> Vec<(Slot, T)> {
+        let mut out = Vec::new();
+        while let Some((s, e)) = w.take_ready() {
+            out.push((s, e.clone()));
+        }
+        out
+    }
+
+    #[test]
+    fn one_event_per_aggregate_in_flight() {
+        let mut w = Window::new(0, 100);
+        for (p, a) in [(1, "a"), (2, "b"), (3, "a"), (4, "a"), (5, "c")] {
+            w.push(ev(p, a));
+        }
+        let sent = take_all(&mut w);
+        assert_eq!(sent.iter().map(|(_, e)| e.pos).collect::<Vec<_>>(), vec![1, 2, 5], "a's 3 and 4 wait behind 1");
+        assert_eq!(w.in_flight(), 3);
+        assert_eq!(w.watermark(), 0);
+        // b confirmed first: watermark stays (1 is open).
+        w.confirm(sent[1].0).unwrap();
+        assert_eq!(w.watermark(), 0);
+        // 1 confirmed: 3 becomes ready, watermark passes 1 and 2.
+        w.confirm(sent[0].0).unwrap();
+        assert_eq!(w.watermark(), 2);
+        let next = take_all(&mut w);
+        assert_eq!(next.iter().map(|(_, e)| e.pos).collect::<Vec<_>>(), vec![3]);
+    }
+
+    #[test]
+    fn a_failed_event_holds_its_aggregate_not_the_others() {
+        let mut w = Window::new(10, 100);
+        for (p, a) in [(11, "a"), (12, "a"), (13, "b"), (14, "b")] {
+            w.push(ev(p, a));
+        }
+        let sent = take_all(&mut w);
+        assert_eq!(sent.len(), 2);
+        assert!(w.fail(sent[0].0));
+        assert_eq!(w.attempts(sent[0].0), 1);
+        w.confirm(sent[1].0).unwrap();
+        // b flows on; a's 12 must not be sent while 11 has failed.
+        let next = take_all(&mut w);
+        assert_eq!(next.iter().map(|(_, e)| e.pos).collect::<Vec<_>>(), vec![14]);
+        assert_eq!(w.failed(), vec![sent[0].0]);
+        assert!(w.retry(sent[0].0));
+        let again = take_all(&mut w);
+        assert_eq!(
+            again.iter().map(|(_, e)| e.pos).collect::<Vec<_>>(),
+            vec![11],
+            "the same event again, nothing after it"
+        );
+        w.confirm(again[0].0).unwrap();
+        w.confirm(next[0].0).unwrap();
+        assert_eq!(w.watermark(), 11, "12 is open");
+        let last = take_all(&mut w);
+        assert_eq!(last[0].1.pos, 12);
+        w.confirm(last[0].0).unwrap();
+        assert_eq!(w.watermark(), 14);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn stale_or_double_reports_are_ignored() {
+        let mut w = Window::new(0, 10);
+        w.push(ev(1, "a"));
+        let (s, _) = w.take_ready().unwrap();
+        assert!(w.confirm(s).is_some());
+        assert!(w.confirm(s).is_none());
+        assert!(!w.fail(s));
+        assert!(!w.fail(999));
+    }
+
+    #[test]
+    fn parking_holds_the_aggregate_and_lets_the_watermark_pass() {
+        let mut w = Window::new(0, 100);
+        for (p, a) in [(1, "a"), (2, "b"), (3, "a"), (4, "b"), (5, "a")] {
+            w.push(ev(p, a));
+        }
+        let sent = take_all(&mut w);
+        assert!(w.fail(sent[0].0)); // a@1 is poison
+        let held = w.park(&AggKey::from("a"), 1);
+        assert_eq!(held.iter().map(|e| e.pos).collect::<Vec<_>>(), vec![1, 3, 5]);
+        assert_eq!(w.push(ev(6, "a")), Pushed::Held, "later events of a are held as they arrive");
+        // b goes on, and the watermark passes a's held events.
+        w.confirm(sent[1].0).unwrap();
+        let (s4, e4) = w.take_ready().map(|(s, e)| (s, e.clone())).unwrap();
+        assert_eq!(e4.pos, 4);
+        w.confirm(s4).unwrap();
+        assert_eq!(w.watermark(), 6);
+        assert!(w.is_parked("a"));
+        // Replay: the held events go first on the side lane; a new one queues behind.
+        let slots = w.unpark(&"a".into(), vec![ev(1, "a"), ev(3, "a"), ev(5, "a"), ev(6, "a")]);
+        assert_eq!(slots.len(), 4);
+        w.push(ev(7, "a"));
+        assert_eq!(w.watermark(), 6, "side-lane replays do not hold the watermark; 7 does");
+        let mut order = Vec::new();
+        while let Some((s, e)) = w.take_ready().map(|(s, e)| (s, e.pos)) {
+            order.push(e);
+            assert!(w.take_ready().is_none(), "one at a time");
+            w.confirm(s).unwrap();
+        }
+        assert_eq!(order, vec![1, 3, 5, 6, 7]);
+        assert_eq!(w.watermark(), 7);
+    }
+
+    #[test]
+    fn parking_from_a_position_lets_earlier_events_flow() {
+        let mut w = Window::new(0, 100);
+        w.push(ev(1, "a"));
+        w.push(ev(2, "a"));
+        let (s1, _) = w.take_ready().unwrap();
+        // Row 3 of a is unreadable: a is parked from 3 on; 1 (in flight) and 2 still go.
+        assert!(w.park(&"a".into(), 3).is_empty());
+        assert_eq!(w.push(ev(4, "a")), Pushed::Held);
+        w.confirm(s1).unwrap();
+        let (s2, e2) = w.take_ready().map(|(s, e)| (s, e.pos)).unwrap();
+        assert_eq!(e2, 2);
+        w.confirm(s2).unwrap();
+        assert_eq!(w.watermark(), 4);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn take_and_requeue() {
+        let mut w = Window::new(0, 10);
+        w.push(ev(1, "a"));
+        w.push(ev(2, "b"));
+        let (s1, _) = w.take_ready().unwrap();
+        assert!(w.requeue(s1));
+        assert_eq!(w.in_flight(), 0);
+        let (again, _) = w.take_ready().unwrap();
+        assert_eq!(again, s1, "back at the front");
+        w.fail(s1);
+        w.retry(s1);
+        assert!(w.take(s1).is_some());
+        assert!(w.take(s1).is_none(), "already in flight");
+    }
+
+    #[test]
+    fn skip_moves_past_a_failed_event() {
+        let mut w = Window::new(0, 100);
+        w.push(ev(1, "a"));
+        w.push(ev(2, "a"));
+        let (s, _) = w.take_ready().unwrap();
+        assert!(w.skip(s).is_none(), "only a failed event can be skipped");
+        w.fail(s);
+        assert_eq!(w.skip(s).unwrap().pos, 1);
+        assert_eq!(w.take_ready().unwrap().1.pos, 2);
+        assert_eq!(w.watermark(), 1);
+    }
+
+    #[test]
+    fn capacity_bounds_the_main_lane() {
+        let mut w = Window::new(0, 2);
+        w.push(ev(1, "a"));
+        assert!(w.has_room());
+        w.push(ev(2, "a"));
+        assert!(!w.has_room());
+        let (s, _) = w.take_ready().unwrap();
+        w.confirm(s);
+        assert!(w.has_room());
+    }
+
+    #[test]
+    fn positions_with_gaps_and_an_empty_window() {
+        let mut w = Window::new(0, 10);
+        w.push(ev(5, "a"));
+        w.push(ev(9, "b"));
+        let sent = take_all(&mut w);
+        w.confirm(sent[1].0);
+        assert_eq!(w.watermark(), 4);
+        w.confirm(sent[0].0);
+        assert_eq!(w.watermark(), 9);
+    }
+
+    /// Random schedules: whatever order reports arrive in and whatever fails,
+    /// per aggregate the first delivery of each event is in order, and the
+    /// watermark never decreases and never passes an open event.
+    #[test]
+    fn random_schedules_keep_order_and_watermark() {
+        let mut rng = 0x2545f4914f6cdd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for _round in 0..200 {
+            let mut w: Window<Ev> = Window::new(0, 1 + next(20) as usize);
+            let mut pos = 0;
+            let mut delivered: HashMap<AggKey, Vec<i64>> = HashMap::new();
+            let mut expected: HashMap<AggKey, Vec<i64>> = HashMap::new();
+            let mut inflight: Vec<Slot> = Vec::new();
+            let mut last_wm = 0;
+            for _ in 0..300 {
+                match next(4) {
+                    0 if w.has_room() => {
+                        pos += 1 + next(2) as i64;
+                        let agg: AggKey = format!("g{}", next(4)).into();
+                        expected.entry(agg.clone()).or_default().push(pos);
+                        w.push(Ev { pos, agg });
+                    }
+                    1 => {
+                        if let Some((s, _)) = w.take_ready() {
+                            inflight.push(s);
+                        }
+                    }
+                    2 if !inflight.is_empty() => {
+                        let s = inflight.swap_remove(next(inflight.len() as u64) as usize);
+                        if next(3) == 0 {
+                            w.fail(s);
+                            w.retry(s);
+                        } else {
+                            let e = w.confirm(s).unwrap();
+                            delivered.entry(e.agg.clone()).or_default().push(e.pos);
+                        }
+                    }
+                    _ => {}
+                }
+                let wm = w.watermark();
+                assert!(wm >= last_wm);
+                last_wm = wm;
+            }
+            for (agg, got) in &delivered {
+                let want = &expected[agg][..got.len()];
+                assert_eq!(got, want, "aggregate {agg} delivered out of order");
+            }
+        }
+    }
+}

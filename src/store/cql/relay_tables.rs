@@ -1,0 +1,105 @@
+//! The relay's coordination tables on CQL: `LeaseStore`, `ParkingStore` and
+//! `RequestStore` for [`CqlStore`] (CQL in `lease` and `parking`).
+//!
+//! Guarantee: every lease and request-claim write is a lightweight
+//! transaction, unknown outcomes resolved by SERIAL reads (see `lease`);
+//! park rows are plain upserts keyed by (consumer, aggregate).
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::CqlStore;
+use crate::store::feed::FeedRow;
+use crate::store::lease::{Lease, LeaseCas, LeaseInfo, LeaseStore};
+use crate::store::parking::{DiscardRecord, Parked, ParkedInfo, ParkingStore};
+use crate::store::requests::{RelayRequest, RequestStatus, RequestStore};
+use crate::store::StoreError;
+
+#[async_trait]
+impl LeaseStore for CqlStore {
+    async fn lease_get(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        self.lease_read(name).await
+    }
+
+    async fn lease_cas(&self, cas: &LeaseCas) -> Result<bool, StoreError> {
+        self.lease_write(cas).await
+    }
+
+    async fn lease_list(&self) -> Result<Vec<LeaseInfo>, StoreError> {
+        self.lease_all().await
+    }
+
+    async fn set_checkpoint_fenced(&self, name: &str, epoch: i64, position: i64) -> Result<(), StoreError> {
+        self.checkpoint_fenced(name, epoch, position).await
+    }
+}
+
+#[async_trait]
+impl ParkingStore for CqlStore {
+    async fn park(&self, p: &Parked) -> Result<(), StoreError> {
+        self.park_row(p).await
+    }
+
+    async fn parked(&self, consumer: &str) -> Result<Vec<ParkedInfo>, StoreError> {
+        self.parked_rows(consumer).await
+    }
+
+    async fn unpark(&self, consumer: &str, aggregate_id: &str) -> Result<bool, StoreError> {
+        self.unpark_row(consumer, aggregate_id).await
+    }
+
+    async fn aggregate_rows(
+        &self,
+        aggregate_id: &str,
+        _from_position: Option<i64>,
+        from_sequence: Option<i64>,
+        _up_to_position: Option<i64>,
+    ) -> Result<Vec<FeedRow>, StoreError> {
+        self.rows_of(aggregate_id, from_sequence).await
+    }
+
+    async fn record_discard(&self, d: &DiscardRecord) -> Result<(), StoreError> {
+        self.discard_row(d).await
+    }
+
+    async fn discards(&self, limit: usize) -> Result<Vec<DiscardRecord>, StoreError> {
+        self.discard_rows(limit).await
+    }
+}
+
+#[async_trait]
+impl RequestStore for CqlStore {
+    async fn request_submit(&self, r: &RelayRequest) -> Result<(), StoreError> {
+        self.request_insert(r).await
+    }
+
+    async fn request_get(&self, id: Uuid) -> Result<Option<RelayRequest>, StoreError> {
+        Ok(self.requests_of(None, Some(id)).await?.into_iter().next())
+    }
+
+    async fn requests_open(&self, consumer: &str, epoch: i64) -> Result<Vec<RelayRequest>, StoreError> {
+        Ok(self
+            .requests_of(Some(consumer), None)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                r.status == RequestStatus::Pending
+                    || (r.status == RequestStatus::Running && r.claimed_epoch.unwrap_or(-1) < epoch)
+            })
+            .collect())
+    }
+
+    async fn request_claim(&self, r: &RelayRequest, epoch: i64) -> Result<bool, StoreError> {
+        self.request_cas(r, epoch).await
+    }
+
+    async fn request_finish(
+        &self,
+        consumer: &str,
+        id: Uuid,
+        status: RequestStatus,
+        result: serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.request_done(consumer, id, status, &result).await
+    }
+}

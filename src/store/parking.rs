@@ -1,0 +1,88 @@
+//! Parked aggregates: an aggregate whose event k can never be published is
+//! held from k on, durably, instead of skipping k.
+//!
+//! Guarantees every backend gives:
+//! - `park` is durable before it returns and idempotent per (consumer,
+//!   aggregate): parking again updates the error (and moves the first held
+//!   event forward when a replay got further), it never adds a second row.
+//! - The held events themselves are the aggregate's rows in `event_store`
+//!   from the park point on; nothing is copied, so nothing can diverge.
+//! - A discard leaves an audit row (`discarded_events`) with the event as it
+//!   was stored and the operator's reason; nothing is dropped silently.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::feed::FeedRow;
+use super::StoreError;
+
+/// One parked aggregate of one relay consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parked {
+    /// The relay consumer (`relay.consumer_name`) that parked it.
+    pub consumer: String,
+    /// The aggregate id as stored.
+    pub aggregate_id: String,
+    pub aggregate_type: Option<String>,
+    /// Feed position of the first held event (position feeds).
+    pub position: Option<i64>,
+    /// Its sequence, when readable.
+    pub sequence: Option<i64>,
+    /// Its event id as stored.
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    /// Why it can never be published as it is.
+    pub error: String,
+    pub parked_at: DateTime<Utc>,
+}
+
+/// A parked aggregate with how many of its events are held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParkedInfo {
+    #[serde(flatten)]
+    pub parked: Parked,
+    /// Events of the aggregate from the park point on (the first one included).
+    pub held_events: u64,
+}
+
+/// The audit row of a discarded event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscardRecord {
+    pub consumer: String,
+    pub event_id: String,
+    pub aggregate_id: String,
+    pub aggregate_type: Option<String>,
+    pub sequence: Option<i64>,
+    pub position: Option<i64>,
+    pub event_type: Option<String>,
+    /// The stored payload text (may be unreadable; kept as is).
+    pub payload: Option<String>,
+    /// The error that parked it.
+    pub error: String,
+    /// The operator's reason.
+    pub reason: String,
+    pub discarded_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait ParkingStore: Send + Sync {
+    /// Records (or updates) a parked aggregate; durable on return.
+    async fn park(&self, p: &Parked) -> Result<(), StoreError>;
+    /// Parked aggregates of `consumer` with their held counts.
+    async fn parked(&self, consumer: &str) -> Result<Vec<ParkedInfo>, StoreError>;
+    /// Removes the park record; `false` if there was none.
+    async fn unpark(&self, consumer: &str, aggregate_id: &str) -> Result<bool, StoreError>;
+    /// Rows of one aggregate from `from_position` (or, without positions,
+    /// from `from_sequence`) up to `up_to_position` (inclusive; `None`: all), in order.
+    async fn aggregate_rows(
+        &self,
+        aggregate_id: &str,
+        from_position: Option<i64>,
+        from_sequence: Option<i64>,
+        up_to_position: Option<i64>,
+    ) -> Result<Vec<FeedRow>, StoreError>;
+    /// Writes the audit row of a discard.
+    async fn record_discard(&self, d: &DiscardRecord) -> Result<(), StoreError>;
+    async fn discards(&self, limit: usize) -> Result<Vec<DiscardRecord>, StoreError>;
+}

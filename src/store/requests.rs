@@ -1,0 +1,121 @@
+//! Operator requests to the active relay (replay, discard, rewind), as rows.
+//!
+//! The CLI and the admin API of any instance write a request; the instance
+//! holding the relay lease picks it up, carries it out with its own producer
+//! (never a second producer racing it) and records the outcome. When no
+//! relay runs, the CLI takes the lease itself and carries the request out
+//! directly.
+//!
+//! Guarantees: a request is carried out at most once (`claim` is a
+//! compare-and-set from `pending`), its outcome is stored, and a request
+//! whose executor died while running it is reclaimable (`running` rows of a
+//! former lease epoch).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// What the operator asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RequestKind {
+    /// Publish a parked aggregate's held events in order, then unpark it.
+    ReplayAggregate { aggregate_id: String },
+    /// The same for every parked aggregate.
+    ReplayAllParked,
+    /// Drop the first held event of a parked aggregate (audit row + marker record), publish the rest.
+    Discard { event_id: String, reason: String },
+    /// Re-publish dead letters (policy "skip"): the given ids, or all.
+    ReplayDeadLetters { ids: Option<Vec<Uuid>> },
+    /// Re-publish everything after feed position N (position feeds).
+    RewindToPosition { position: i64 },
+    /// Re-publish everything after time T (CDC feeds, within the log TTL).
+    RewindToTime { time: DateTime<Utc> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+impl RequestStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RequestStatus::Pending => "pending",
+            RequestStatus::Running => "running",
+            RequestStatus::Done => "done",
+            RequestStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RequestStatus> {
+        Some(match s {
+            "pending" => RequestStatus::Pending,
+            "running" => RequestStatus::Running,
+            "done" => RequestStatus::Done,
+            "failed" => RequestStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// One request row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayRequest {
+    pub id: Uuid,
+    /// The relay consumer it is for.
+    pub consumer: String,
+    pub kind: RequestKind,
+    pub status: RequestStatus,
+    /// Who asked (`cli@host`, `admin-api`, ...).
+    pub requested_by: String,
+    pub created_at: DateTime<Utc>,
+    /// Lease epoch of the executor that claimed it.
+    pub claimed_epoch: Option<i64>,
+    /// Outcome (JSON: counts, ids, error).
+    pub result: Option<serde_json::Value>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl RelayRequest {
+    pub fn new(consumer: &str, kind: RequestKind, requested_by: &str) -> RelayRequest {
+        RelayRequest {
+            id: Uuid::now_v7(),
+            consumer: consumer.to_string(),
+            kind,
+            status: RequestStatus::Pending,
+            requested_by: requested_by.to_string(),
+            created_at: Utc::now(),
+            claimed_epoch: None,
+            result: None,
+            finished_at: None,
+        }
+    }
+}
+
+#[async_trait]
+pub trait RequestStore: Send + Sync {
+    async fn request_submit(&self, r: &RelayRequest) -> Result<(), StoreError>;
+    async fn request_get(&self, id: Uuid) -> Result<Option<RelayRequest>, StoreError>;
+    /// Requests of `consumer` to carry out: pending ones, and running ones
+    /// claimed under an epoch older than `epoch` (their executor lost the lease).
+    async fn requests_open(&self, consumer: &str, epoch: i64) -> Result<Vec<RelayRequest>, StoreError>;
+    /// Claims `r` (as read by `requests_open`) for the lease holder at `epoch`;
+    /// false if someone else did meanwhile.
+    async fn request_claim(&self, r: &RelayRequest, epoch: i64) -> Result<bool, StoreError>;
+    /// Records the outcome.
+    async fn request_finish(
+        &self,
+        consumer: &str,
+        id: Uuid,
+        status: RequestStatus,
+        result: serde_json::Value,
+    ) -> Result<(), StoreError>;
+}

@@ -1,0 +1,100 @@
+//! SQLite relay requests (`relay_requests`): operator requests the active
+//! relay carries out.
+//!
+//! Guarantee: `claim` is one conditional UPDATE (pending, or running under
+//! an older epoch -> running under ours), so a request is carried out by one
+//! lease holder at a time.
+
+use rusqlite::{params, Connection};
+use uuid::Uuid;
+
+use super::{codec, parse_ts, parse_uuid, ts, unavailable};
+use crate::store::requests::{RelayRequest, RequestStatus};
+use crate::store::StoreError;
+
+const COLS: &str = "id, consumer, kind, status, requested_by, created_at, claimed_epoch, result, finished_at";
+
+fn row(r: &rusqlite::Row<'_>) -> Result<RelayRequest, StoreError> {
+    let g = |i: usize| -> Result<String, StoreError> { r.get::<_, String>(i).map_err(codec) };
+    let status = g(3)?;
+    let result: Option<String> = r.get(7).map_err(codec)?;
+    let finished: Option<String> = r.get(8).map_err(codec)?;
+    Ok(RelayRequest {
+        id: parse_uuid(&g(0)?)?,
+        consumer: g(1)?,
+        kind: serde_json::from_str(&g(2)?).map_err(|e| codec(format!("request kind: {e}")))?,
+        status: RequestStatus::parse(&status).ok_or_else(|| codec(format!("request status {status:?}")))?,
+        requested_by: g(4)?,
+        created_at: parse_ts(&g(5)?)?,
+        claimed_epoch: r.get(6).map_err(codec)?,
+        result: result.map(|s| serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s))),
+        finished_at: finished.as_deref().map(parse_ts).transpose()?,
+    })
+}
+
+pub(super) fn submit(c: &Connection, r: &RelayRequest) -> Result<(), StoreError> {
+    let kind = serde_json::to_string(&r.kind).map_err(codec)?;
+    c.execute(
+        &format!("INSERT INTO relay_requests ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+        params![
+            r.id.to_string(),
+            r.consumer,
+            kind,
+            r.status.as_str(),
+            r.requested_by,
+            ts(&r.created_at),
+            r.claimed_epoch,
+            r.result.as_ref().map(|v| v.to_string()),
+            r.finished_at.as_ref().map(ts)
+        ],
+    )
+    .map(|_| ())
+    .map_err(unavailable)
+}
+
+pub(super) fn get(c: &Connection, id: Uuid) -> Result<Option<RelayRequest>, StoreError> {
+    let mut st = c.prepare_cached(&format!("SELECT {COLS} FROM relay_requests WHERE id = ?1")).map_err(unavailable)?;
+    let mut rows = st.query([id.to_string()]).map_err(unavailable)?;
+    match rows.next().map_err(unavailable)? {
+        Some(r) => Ok(Some(row(r)?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn open(c: &Connection, consumer: &str, epoch: i64) -> Result<Vec<RelayRequest>, StoreError> {
+    let mut st = c
+        .prepare_cached(&format!(
+            "SELECT {COLS} FROM relay_requests WHERE consumer = ?1 AND (status = 'pending' OR (status = 'running' AND COALESCE(claimed_epoch, -1) < ?2)) ORDER BY created_at"
+        ))
+        .map_err(unavailable)?;
+    let mut rows = st.query(params![consumer, epoch]).map_err(unavailable)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(unavailable)? {
+        out.push(row(r)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn claim(c: &Connection, id: Uuid, epoch: i64) -> Result<bool, StoreError> {
+    c.execute(
+        "UPDATE relay_requests SET status = 'running', claimed_epoch = ?2
+         WHERE id = ?1 AND (status = 'pending' OR (status = 'running' AND COALESCE(claimed_epoch, -1) < ?2))",
+        params![id.to_string(), epoch],
+    )
+    .map(|n| n == 1)
+    .map_err(unavailable)
+}
+
+pub(super) fn finish(
+    c: &Connection,
+    id: Uuid,
+    status: RequestStatus,
+    result: &serde_json::Value,
+) -> Result<(), StoreError> {
+    c.execute(
+        "UPDATE relay_requests SET status = ?2, result = ?3, finished_at = ?4 WHERE id = ?1",
+        params![id.to_string(), status.as_str(), result.to_string(), ts(&chrono::Utc::now())],
+    )
+    .map(|_| ())
+    .map_err(unavailable)
+}
