@@ -5,10 +5,9 @@
 //! Failure injection: `OUTBOXD_ENABLE_FAULT_INJECTION=1` enables
 //! `POST /debug/fail/{actor}` on the admin server.
 
-mod common;
-mod daemon_harness;
+mod harness;
 
-use daemon_harness::*;
+use harness::*;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,7 +45,7 @@ fn assert_all_on_topic(brokers: &str, d: &Daemon) {
 
 #[test]
 fn injected_failures_restart_order_and_cdc_actors_and_events_keep_flowing() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[fault_injection()]);
     create_order(&d, Uuid::now_v7(), "BEFORE-1");
@@ -98,7 +97,7 @@ fn injected_failures_restart_order_and_cdc_actors_and_events_keep_flowing() {
 
 #[test]
 fn exhausted_restart_budget_exits_non_zero() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     for actor in ["order_actor", "cdc_processor", "projection_actor"] {
         let dir = tempfile::tempdir().unwrap();
         let mut d = Daemon::start(
@@ -125,7 +124,7 @@ fn restarts_in_log(log: &str, actor: &str) -> usize {
 
 #[test]
 fn health_degrades_while_the_broker_is_down_and_recovers_then_shutdown_answers_503() {
-    let kafka = common::PrivateKafka::start();
+    let kafka = harness::PrivateKafka::start();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = daemon_config(&kafka.brokers, dir.path());
     cfg.kafka.message_timeout_ms = 2_000;
@@ -218,7 +217,7 @@ fn health_degrades_while_the_broker_is_down_and_recovers_then_shutdown_answers_5
 
 #[test]
 fn store_gone_makes_health_unhealthy_503() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(
         &daemon_config(&brokers, dir.path()),
@@ -282,7 +281,7 @@ const CATALOGUE: &[&str] = &[
 
 #[test]
 fn metrics_parse_list_the_catalogue_and_move_when_events_flow() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
     d.admin("GET", "/health");
@@ -341,7 +340,7 @@ fn metrics_parse_list_the_catalogue_and_move_when_events_flow() {
 
 #[test]
 fn sigterm_during_http_load_exits_0_and_loses_no_committed_event() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cfg = daemon_config(&brokers, dir.path());
     let mut d = Daemon::start(&cfg, &[]);
@@ -416,7 +415,7 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::config::ClientConfig;
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = daemon_config(&brokers, dir.path());
     cfg.kafka.compression = outboxd::config::Compression::None;

@@ -11,11 +11,11 @@
 //! case needs `SCYLLA_AUTH_URI` (the compose `scylla-auth` service). Each
 //! case uses its own keyspace and topics; duplicates are counted, not dropped.
 
-mod cdc_rig;
-mod common;
-mod daemon_harness;
+mod harness;
+#[path = "cdc_adapter/rig.rs"]
+mod rig;
 
-use cdc_rig::{append, env, log_rows, progress, rig, start, ProgressWatch, Topic};
+use rig::{append, env, log_rows, progress, rig, start, ProgressWatch, Topic};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -160,7 +160,7 @@ async fn a_late_cdc_row_is_reconciled_before_the_next_event() {
     let table = ReconcileTable::open(rig.store.session(), rig.store.keyspace()).await.unwrap();
     let late_at = chrono::Utc::now() - chrono::Duration::minutes(10);
     for (id, recorded) in [(a, true), (b, false)] {
-        let ev = common::order_events(id, 1, 1).remove(0);
+        let ev = harness::order_events(id, 1, 1).remove(0);
         let q = format!(
             "INSERT INTO {}.event_store (aggregate_id, sequence_number, event_id, aggregate_type, event_type, event_version, payload, correlation_id, timestamp) \
              VALUES (?, 2, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
@@ -204,7 +204,7 @@ async fn a_late_cdc_row_is_reconciled_before_the_next_event() {
 #[ignore = "needs ScyllaDB: make integration-test (SCYLLA_URI)"]
 async fn while_the_broker_is_down_progress_holds_then_every_event_arrives() {
     let (scylla, _) = env();
-    let kafka = common::PrivateKafka::start();
+    let kafka = harness::PrivateKafka::start();
     let rig = rig(&scylla, &kafka.brokers).await;
     let watch = ProgressWatch::start(rig.store.clone());
     let running = start(&rig).await;

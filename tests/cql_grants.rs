@@ -10,7 +10,7 @@
 //! Cassandra has no Scylla CDC log and no `system_distributed.cdc_*` tables:
 //! the grants on those are checked on ScyllaDB by `make integration-test`.
 
-mod common;
+mod harness;
 
 use scylla::client::session::Session;
 use std::time::Duration;
@@ -61,7 +61,7 @@ fn unauthorized(e: &dyn std::fmt::Display) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
     let Some(sec) = secure() else { return };
-    let admin = common::cql_login(&sec.uri, &sec.user, &sec.password).await;
+    let admin = harness::cql_login(&sec.uri, &sec.user, &sec.password).await;
     let ks = format!("g_{}", Uuid::now_v7().simple());
     for stmt in schema_statements(&ks, 1, false, 86_400) {
         admin.query_unpaged(stmt, ()).await.expect("outboxd schema as the admin role");
@@ -70,10 +70,10 @@ async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
     let role = format!("relay_{}", Uuid::now_v7().simple());
     admin.query_unpaged(format!("CREATE ROLE {role} WITH PASSWORD = 'relay-pw' AND LOGIN = true"), ()).await.unwrap();
     let mut granted = Vec::new();
-    let all = common::relay_grants(&ks, &role);
+    let all = harness::relay_grants(&ks, &role);
     assert!(all.len() >= 18, "the documented list: {all:#?}");
     for g in all {
-        let resource = common::grant_resource(&g);
+        let resource = harness::grant_resource(&g);
         if resource.starts_with("KEYSPACE") || table_exists(&admin, &resource).await {
             admin.query_unpaged(g.clone(), ()).await.unwrap_or_else(|e| panic!("{g}: {e}"));
             granted.push(resource);
@@ -102,7 +102,7 @@ async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
         .await
         .unwrap();
 
-    let relay = common::cql_login(&sec.uri, &role, "relay-pw").await;
+    let relay = harness::cql_login(&sec.uri, &role, "relay-pw").await;
     // Schema checks and the CDC origin.
     assert!(!cdc_log_exists(&relay, &ks).await.unwrap(), "Cassandra has no CDC log; the check itself is allowed");
     read_origin(&relay, &ks).await;

@@ -6,8 +6,8 @@
 //! other cases print `SKIPPED: ...` (make test always sets it). Each test
 //! uses its own keyspace.
 
-mod common;
-use common::*;
+mod harness;
+use harness::*;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;

@@ -2,10 +2,9 @@
 //! Kafka from `KAFKA_BROKERS`): every endpoint, every error status, 60+
 //! malformed or hostile requests, bearer tokens and correlation ids.
 
-mod common;
-mod daemon_harness;
+mod harness;
 
-use daemon_harness::*;
+use harness::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
@@ -25,7 +24,7 @@ fn assert_error(r: &Resp, status: u16, kind: &str) -> Value {
 
 #[test]
 fn every_endpoint_with_versions_etags_and_route_metrics() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
 
@@ -180,7 +179,7 @@ fn item(sku: Value, qty: Value, amount: Value, currency: Value) -> Value {
 
 #[test]
 fn malformed_and_hostile_requests_get_4xx_json_and_change_nothing() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
     let existing = d.post("/orders", &order_body(Uuid::now_v7(), "OK-1")).json()["id"].as_str().unwrap().to_string();
@@ -373,7 +372,7 @@ fn malformed_and_hostile_requests_get_4xx_json_and_change_nothing() {
 
 #[test]
 fn bearer_token_protects_the_command_api_and_is_never_logged() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let token = format!("tok-{}", Uuid::new_v4().simple());
     let d = Daemon::start(
@@ -423,7 +422,7 @@ fn bearer_token_protects_the_command_api_and_is_never_logged() {
 
 #[test]
 fn correlation_id_is_echoed_and_reaches_the_kafka_headers() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
     let cid = Uuid::new_v4().to_string();
@@ -457,10 +456,10 @@ fn correlation_id_is_echoed_and_reaches_the_kafka_headers() {
         "stored with the correlation id: {stored:?}"
     );
     let topic = format!("{}customer-events", d.cfg.kafka.topic_prefix);
-    let records = common::consume_all(&brokers, &[topic], 1, Duration::from_secs(30));
+    let records = harness::consume_all(&brokers, &[topic], 1, Duration::from_secs(30));
     let rec = records.iter().find(|r| r.key == customer).expect("customer event on the topic");
     assert_eq!(rec.headers.get("ce_correlationid"), Some(&cid), "{:?}", rec.headers);
-    let orders = common::consume_all(
+    let orders = harness::consume_all(
         &brokers,
         &[format!("{}order-events", d.cfg.kafka.topic_prefix)],
         1,
@@ -472,7 +471,7 @@ fn correlation_id_is_echoed_and_reaches_the_kafka_headers() {
 
 #[test]
 fn restarting_order_actor_answers_503_json_then_recovers() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let env = [
         ("OUTBOXD_ENABLE_FAULT_INJECTION", "1".to_string()),

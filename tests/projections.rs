@@ -4,9 +4,9 @@
 //! project and relay (real Kafka when `KAFKA_BROKERS` is set) as v2, stale
 //! snapshots, projection lag in the metrics, and the v1 -> v2 file upgrade.
 
-mod common;
+mod harness;
 
-use common::*;
+use harness::*;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,10 +5,9 @@
 //! ProjectionActor's supervised restarts, and the `projections` health
 //! component.
 
-mod common;
-mod daemon_harness;
+mod harness;
 
-use daemon_harness::*;
+use harness::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -40,7 +39,7 @@ fn assert_bad_param(r: &Resp, field: &str) {
 
 #[test]
 fn orders_served_from_the_read_model_and_customer_orders_paged() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
     assert!(d.log_text().contains("projector started"), "{}", d.log_text());
@@ -222,7 +221,7 @@ fn load(d: &Daemon, threads: usize, stop: Arc<AtomicBool>, done: Arc<AtomicUsize
 
 #[test]
 fn kill_9_under_http_load_then_read_models_equal_a_rebuild() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cfg = daemon_config(&brokers, dir.path());
     let mut d = Daemon::start(&cfg, &[]);
@@ -272,7 +271,7 @@ fn kill_9_under_http_load_then_read_models_equal_a_rebuild() {
 
 #[test]
 fn projection_actor_restarts_via_fault_injection_and_keeps_projecting() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[fault_injection()]);
     let customer = Uuid::now_v7();
@@ -311,7 +310,7 @@ fn projection_actor_restarts_via_fault_injection_and_keeps_projecting() {
 
 #[test]
 fn health_degrades_over_the_projection_lag_threshold_and_reads_fall_back_to_events() {
-    let Some(brokers) = common::shared_brokers() else { return };
+    let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     // Threshold 1; a long restart backoff keeps the projector down
     // deterministically while events are appended.

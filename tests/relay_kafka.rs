@@ -2,9 +2,9 @@
 //! SIGKILL crashes, a broker outage, a poison event and bad configuration.
 //! Every test uses its own topics (prefix) and database file.
 
-mod common;
+mod harness;
 
-use common::*;
+use harness::*;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -96,7 +96,7 @@ async fn round_trip_order_headers_and_exactly_once_per_event_id() {
     assert_eq!(records.len(), stored.len(), "every stored event is on the topic exactly once");
     assert_eq!(check_order_and_count_dups(&records), 0);
 
-    let by_id: HashMap<String, &common::Record> = records.iter().map(|r| (r.event_id(), r)).collect();
+    let by_id: HashMap<String, &harness::Record> = records.iter().map(|r| (r.event_id(), r)).collect();
     for s in &stored {
         let e = &s.envelope;
         let r = by_id.get(&e.event_id.to_string()).unwrap_or_else(|| panic!("event {} missing", e.event_id));

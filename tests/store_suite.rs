@@ -5,8 +5,8 @@
 //!
 //! Each test uses its own database file / keyspace.
 
-mod common;
-use common::order_events;
+mod harness;
+use harness::order_events;
 use std::sync::{Arc, Barrier};
 use uuid::Uuid;
 

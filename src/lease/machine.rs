@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(b.decide(Some(&c.new), t0), Step::Wait);
         // a's renewals all fail from now on (store unreachable for a).
         let last_active =
-            (0..20_000).map(|ms| t0 + Duration::from_millis(ms)).filter(|t| a.is_active(*t).is_some()).last().unwrap();
+            (0..20_000).map(|ms| t0 + Duration::from_millis(ms)).rfind(|t| a.is_active(*t).is_some()).unwrap();
         let first_takeover = (0..20_000)
             .map(|ms| t0 + Duration::from_millis(ms))
             .find(|t| matches!(b.clone().decide(Some(&c.new), *t), Step::Write(_)))

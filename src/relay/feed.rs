@@ -106,3 +106,21 @@ async fn wait_for_more(wake: &mut Option<watch::Receiver<i64>>, poll: Duration, 
         _ = shutdown.recv() => false,
     }
 }
+
+/// Starts (and restarts) the feed reader.
+pub(crate) struct FeedHandle {
+    template: FeedReader,
+    stop: Shutdown,
+}
+
+impl FeedHandle {
+    pub(crate) fn new(template: FeedReader, stop: Shutdown) -> FeedHandle {
+        FeedHandle { template, stop }
+    }
+
+    pub(crate) fn respawn(&self, after: i64) -> mpsc::Receiver<Vec<FeedRow>> {
+        let mut r = self.template.clone();
+        r.after = after;
+        spawn(r, 2, self.stop.clone())
+    }
+}

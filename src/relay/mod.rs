@@ -24,6 +24,7 @@
 pub mod admin;
 pub mod breaker;
 pub mod cdc;
+pub mod checkpoint;
 pub mod deliver;
 pub mod encode;
 pub mod error;
@@ -37,6 +38,7 @@ pub mod producer;
 pub mod progress;
 pub mod requests;
 pub mod retry;
+pub mod run;
 pub mod runner;
 pub mod sink;
 pub mod status;

@@ -20,7 +20,8 @@ use uuid::Uuid;
 
 use crate::config::PermanentFailurePolicy;
 use crate::relay::error::PublishError;
-use crate::relay::pipeline::{Item, Run};
+use crate::relay::pipeline::Item;
+use crate::relay::run::Run;
 use crate::relay::window::Slot;
 use crate::store::parking::Parked;
 use crate::store::DeadLetter;

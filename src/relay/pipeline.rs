@@ -33,18 +33,19 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{Config, RelayConfig};
 use crate::lease::keeper::LeaseState;
 use crate::metrics::Metrics;
-use crate::relay::breaker::{BreakerState, CircuitBreaker};
+use crate::relay::breaker::CircuitBreaker;
 use crate::relay::encode::{Discarded, Encoder};
 use crate::relay::error::PublishError;
-use crate::relay::feed::{self, FeedReader};
-use crate::relay::producer::{Completion, Delivery, KafkaProducer, SendError};
+use crate::relay::feed::{FeedHandle, FeedReader};
+use crate::relay::producer::{spawn_broker_watch, Delivery, KafkaProducer, SendError};
 use crate::relay::retry::Backoff;
+use crate::relay::run::Run;
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::StatusTx;
 use crate::relay::topics::all_topics;
-use crate::relay::window::{AggKey, Fenced, Pushed, Slot, Window};
+use crate::relay::window::{AggKey, Fenced, Window};
 use crate::shutdown::Shutdown;
-use crate::store::feed::{FeedRow, RawEvent, Unreadable};
+use crate::store::feed::{RawEvent, Unreadable};
 use crate::store::{DynStore, StoreError};
 
 /// What the window carries: a stored event, the marker of a discarded one,
@@ -69,6 +70,35 @@ impl Fenced for Item {
             Item::Event(e) => &e.aggregate_key,
             Item::Marker { discarded, .. } => &discarded.aggregate_key,
             Item::Unreadable(u) => &u.aggregate_key,
+        }
+    }
+}
+
+impl Item {
+    /// Encodes the item and hands it to `producer` under `token`; the topic
+    /// it went to. The one encoding both delivery modes use.
+    pub(super) fn send_with(
+        &self,
+        encoder: &mut Encoder,
+        buf: &mut Vec<u8>,
+        producer: &KafkaProducer,
+        token: usize,
+    ) -> Result<Arc<str>, SendError> {
+        match self {
+            Item::Event(e) => {
+                encoder.value(e, buf);
+                let topic = encoder.topic(&e.aggregate_type, &e.event_type);
+                let headers = encoder.headers(e);
+                producer.send(&topic, &e.aggregate_key, buf, headers, e.timestamp.timestamp_millis(), token)?;
+                Ok(topic)
+            }
+            Item::Marker { discarded: d, .. } => {
+                let (value, headers) = encoder.discarded(d);
+                let topic = encoder.topic(&d.aggregate_type, &d.event_type);
+                producer.send(&topic, &d.aggregate_key, &value, headers, d.discarded_at.timestamp_millis(), token)?;
+                Ok(topic)
+            }
+            Item::Unreadable(u) => Err(SendError::Failed(PublishError::permanent("unreadable", u.error.clone()))),
         }
     }
 }
@@ -98,6 +128,10 @@ pub enum RelayError {
     Config(String),
     #[error("Kafka producer failed and must be recreated: {0}")]
     ProducerFatal(String),
+    /// The store refused something the term cannot go on without; a new
+    /// term starts (after backoff, re-checking the lease) from the checkpoint.
+    #[error("store unavailable to the relay: {0}")]
+    Store(String),
 }
 
 /// One relay term: from the persisted checkpoint until shutdown, lease loss or rewind.
@@ -114,40 +148,6 @@ pub struct Relay {
     /// the CLI when no relay runs.
     pub(super) requests_only: bool,
 }
-
-/// The mutable state of a running term.
-pub(super) struct Run {
-    pub(super) relay: Relay,
-    pub(super) producer: KafkaProducer,
-    pub(super) encoder: Encoder,
-    pub(super) window: Window<Item>,
-    pub(super) breaker: CircuitBreaker,
-    pub(super) backoff: Backoff,
-    /// Transient failures waiting for their backoff: (due, slot).
-    pub(super) retries: BTreeSet<(Instant, Slot)>,
-    /// Permanent failures awaiting a solo resend: slot -> last error.
-    pub(super) suspects: BTreeMap<Slot, PublishError>,
-    pub(super) solo: Option<Slot>,
-    pub(super) solo_not_before: Instant,
-    /// Persisted checkpoint.
-    pub(super) checkpoint: i64,
-    pub(super) last_persist: Instant,
-    /// Side-lane replays in progress: (request, aggregate) -> slots still open
-    /// (aggregate "" for dead-letter replays).
-    pub(super) replays: HashMap<(uuid::Uuid, AggKey), BTreeSet<Slot>>,
-    /// Requests in progress -> what is left and what was done.
-    pub(super) request_parts: HashMap<uuid::Uuid, super::requests::Progress>,
-    /// Dead letters being replayed: slot -> dead letter id.
-    pub(super) letter_slots: HashMap<Slot, uuid::Uuid>,
-    pub(super) value: Vec<u8>,
-    /// When each in-flight slot was handed to the producer.
-    pub(super) sent_at: HashMap<Slot, Instant>,
-    pub(super) feed: FeedHandle,
-    pub(super) sent_by_topic: HashMap<Arc<str>, prometheus::IntCounter>,
-    pub(super) exit: Option<Exit>,
-}
-
-const PERSIST_EVERY: Duration = Duration::from_millis(200);
 
 impl Relay {
     pub fn new(config: Arc<Config>, store: DynStore, metrics: Metrics, status: StatusTx) -> Relay {
@@ -200,7 +200,16 @@ impl Relay {
         self
     }
 
-    fn name(&self) -> &str {
+    /// Writes the checkpoint, conditional on the lease epoch when fenced.
+    pub(super) async fn write_checkpoint(&self, position: i64) -> Result<(), StoreError> {
+        let name = &self.cfg.consumer_name;
+        match &self.fence {
+            Some(f) => self.store.set_checkpoint_fenced(name, f.epoch, position).await,
+            None => self.store.set_checkpoint(name, position).await,
+        }
+    }
+
+    pub(super) fn name(&self) -> &str {
         &self.cfg.consumer_name
     }
 
@@ -329,421 +338,6 @@ impl Relay {
     }
 }
 
-/// Starts (and restarts) the feed reader.
-pub(super) struct FeedHandle {
-    template: FeedReader,
-    stop: Shutdown,
-}
-
-impl FeedHandle {
-    pub(super) fn new(template: FeedReader, stop: Shutdown) -> FeedHandle {
-        FeedHandle { template, stop }
-    }
-
-    pub(super) fn respawn(&self, after: i64) -> mpsc::Receiver<Vec<FeedRow>> {
-        let mut r = self.template.clone();
-        r.after = after;
-        feed::spawn(r, 2, self.stop.clone())
-    }
-}
-
-/// Mirrors the producer's broker state into the relay status.
-pub(super) fn spawn_broker_watch(
-    producer: KafkaProducer,
-    status: StatusTx,
-    mut shutdown: Shutdown,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut b = producer.broker();
-        loop {
-            let state = b.borrow_and_update().clone();
-            status.broker(&state);
-            tokio::select! {
-                r = b.changed() => if r.is_err() { return },
-                _ = shutdown.recv() => return,
-            }
-        }
-    })
-}
-
-impl Run {
-    async fn main(
-        &mut self,
-        mut completions: mpsc::UnboundedReceiver<Completion>,
-        mut pages: mpsc::Receiver<Vec<FeedRow>>,
-        shutdown: &mut Shutdown,
-    ) -> Result<Exit, RelayError> {
-        let mut lost = self.relay.fence.clone();
-        let mut requests = tokio::time::interval(Duration::from_millis(self.relay.cfg.poll_interval_ms.max(100)));
-        requests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            self.relay.pause.hold().await;
-            if let Some(exit) = self.exit.take() {
-                return self.finish(exit, &mut completions).await;
-            }
-            self.pump().await;
-            self.persist(false).await;
-            if let Some(exit) = self.exit.take() {
-                return self.finish(exit, &mut completions).await;
-            }
-            let next_retry = self.retries.first().map(|(t, _)| *t);
-            let breaker_wait = self.breaker_wait();
-            let solo_wait = (!self.suspects.is_empty() && self.solo.is_none() && self.window.in_flight() == 0)
-                .then_some(self.solo_not_before);
-            let wake_at = [next_retry, breaker_wait, solo_wait].into_iter().flatten().min();
-            let room = self.window.has_room() && self.suspects.is_empty();
-            tokio::select! {
-                biased;
-                _ = shutdown.recv() => return self.finish(Exit::Shutdown, &mut completions).await,
-                _ = lease_lost(&mut lost) => {
-                    self.producer.purge();
-                    tracing::warn!(consumer = %self.relay.name(), "relay lease lost; stopped publishing (the new leader resumes from the checkpoint)");
-                    return Ok(Exit::LeaseLost);
-                }
-                Some(c) = completions.recv() => {
-                    self.on_completion(c).await;
-                    // Drain what else arrived without waiting.
-                    while let Ok(c) = completions.try_recv() {
-                        self.on_completion(c).await;
-                    }
-                }
-                page = pages.recv(), if room => match page {
-                    Some(p) => self.on_page(p),
-                    None => {
-                        // The reader task ended without being asked to (it panicked): start a new one.
-                        tracing::error!("relay feed reader ended unexpectedly; restarting it");
-                        pages = self.feed.respawn(self.window.last_pushed());
-                    }
-                },
-                _ = sleep_until(wake_at), if wake_at.is_some() => self.due_retries(),
-                _ = requests.tick() => {
-                    self.relay.status.flush();
-                    self.poll_requests().await;
-                    if self.relay.requests_only && self.request_parts.is_empty() && self.window.is_empty() {
-                        return self.finish(Exit::Shutdown, &mut completions).await;
-                    }
-                    if let Some(f) = self.producer.fatal_error() {
-                        self.producer.purge();
-                        return Err(RelayError::ProducerFatal(f));
-                    }
-                }
-            }
-        }
-    }
-
-    fn breaker_wait(&mut self) -> Option<Instant> {
-        let now = Instant::now();
-        (self.breaker.state(now) == BreakerState::Open).then(|| now + self.breaker.remaining_open(now))
-    }
-
-    /// Sends what may go now.
-    async fn pump(&mut self) {
-        if !self.suspects.is_empty() {
-            self.solo_step().await;
-            return;
-        }
-        let now = Instant::now();
-        let state = self.breaker.state(now);
-        self.relay.status.breaker(state);
-        let limit = match state {
-            BreakerState::Closed => usize::MAX,
-            BreakerState::HalfOpen => usize::from(self.window.in_flight() == 0),
-            BreakerState::Open => 0,
-        };
-        let mut sent = 0;
-        while sent < limit {
-            let Some((slot, item)) = self.window.take_ready() else { break };
-            if let Item::Unreadable(u) = item {
-                // Its turn came (everything before it in its aggregate is done): park it.
-                let e = PublishError::permanent("unreadable", u.error.clone());
-                self.window.fail(slot);
-                self.give_up(slot, e).await;
-                continue;
-            }
-            match self.send(slot) {
-                Ok(()) => sent += 1,
-                Err(SendError::QueueFull) => {
-                    self.window.requeue(slot);
-                    break;
-                }
-                Err(SendError::Failed(e)) => self.failed(slot, e).await,
-            }
-        }
-    }
-
-    /// Encodes and hands slot's item to the producer.
-    pub(super) fn send(&mut self, slot: Slot) -> Result<(), SendError> {
-        let Some(item) = self.window.get(slot) else { return Ok(()) };
-        let (topic, key, value, headers, ts) = match item {
-            Item::Event(e) => {
-                self.encoder.value(e, &mut self.value);
-                let topic = self.encoder.topic(&e.aggregate_type, &e.event_type);
-                (topic, e.aggregate_key.clone(), None, self.encoder.headers(e), e.timestamp.timestamp_millis())
-            }
-            Item::Marker { discarded, .. } => {
-                let (v, h) = self.encoder.discarded(discarded);
-                let topic = self.encoder.topic(&discarded.aggregate_type, &discarded.event_type);
-                (topic, discarded.aggregate_key.clone(), Some(v), h, discarded.discarded_at.timestamp_millis())
-            }
-            Item::Unreadable(_) => {
-                return Err(SendError::Failed(PublishError::permanent("unreadable", "the stored row cannot be read")))
-            }
-        };
-        let value = value.as_deref().unwrap_or(&self.value);
-        self.producer.send(&topic, &key, value, headers, ts, slot)?;
-        self.sent_at.insert(slot, Instant::now());
-        let metrics = &self.relay.metrics;
-        self.sent_by_topic
-            .entry(topic.clone())
-            .or_insert_with(|| metrics.messages_sent.with_label_values(&[&*topic]))
-            .inc();
-        Ok(())
-    }
-
-    async fn on_completion(&mut self, c: Completion) {
-        if self.window.state(c.token) != Some(crate::relay::window::State::InFlight) {
-            return; // a report of an earlier term or of a purged message
-        }
-        let solo = self.solo == Some(c.token);
-        if solo {
-            self.solo = None;
-        }
-        match c.result {
-            Ok(_) => {
-                self.breaker.record_success(Instant::now());
-                self.suspects.remove(&c.token);
-                if let Some(item) = self.window.confirm(c.token) {
-                    self.confirmed(c.token, item).await;
-                }
-            }
-            Err(e) => self.failed(c.token, e).await,
-        }
-    }
-
-    /// A delivery of `slot` failed.
-    pub(super) async fn failed(&mut self, slot: Slot, e: PublishError) {
-        self.sent_at.remove(&slot);
-        self.window.fail(slot);
-        let attempts = self.window.attempts(slot);
-        if let Some(Item::Event(ev)) = self.window.get(slot) {
-            self.relay.metrics.cdc_events_failed.with_label_values(&[&ev.event_type, &e.kind]).inc();
-        }
-        self.relay.status.error(e.message.clone());
-        if e.transient {
-            self.breaker.record_failure(Instant::now());
-            self.relay.status.breaker(self.breaker.state(Instant::now()));
-            self.suspects.remove(&slot);
-            let max = self.backoff.max_attempts;
-            if attempts == max {
-                self.relay.metrics.retry_failure.with_label_values(&["publish"]).inc();
-                tracing::warn!(slot, error = %e, "event still failing after {attempts} attempts with a transient error; retrying behind the breaker until the broker recovers");
-            }
-            if attempts >= max && self.relay.cfg.dlq_on_transient_exhaustion {
-                self.give_up(slot, e).await;
-                return;
-            }
-            let due = Instant::now() + self.backoff.delay(attempts);
-            self.retries.insert((due, slot));
-        } else {
-            self.suspects.insert(slot, e);
-        }
-    }
-
-    /// Transient retries whose backoff is over become ready again.
-    fn due_retries(&mut self) {
-        let now = Instant::now();
-        while let Some(&(due, slot)) = self.retries.first() {
-            if due > now {
-                break;
-            }
-            self.retries.pop_first();
-            if self.window.retry(slot) {
-                self.relay.metrics.retry_attempts.with_label_values(&["publish"]).inc();
-            }
-        }
-    }
-
-    /// Permanent failures: once nothing else is in flight, resend the oldest
-    /// suspect alone; after `max_attempts` it is parked (or skipped).
-    async fn solo_step(&mut self) {
-        while self.solo.is_none() && self.window.in_flight() == 0 {
-            let Some((&slot, err)) = self.suspects.iter().next() else { return };
-            let err = err.clone();
-            let unreadable = matches!(self.window.get(slot), Some(Item::Unreadable(_)));
-            if unreadable || self.window.attempts(slot) >= self.backoff.max_attempts {
-                if Instant::now() < self.solo_not_before {
-                    return;
-                }
-                self.suspects.remove(&slot);
-                self.relay.metrics.retry_failure.with_label_values(&["publish"]).inc();
-                self.give_up(slot, err).await;
-                continue;
-            }
-            if Instant::now() < self.solo_not_before {
-                return;
-            }
-            self.window.retry(slot);
-            if self.window.take(slot).is_none() {
-                self.suspects.remove(&slot);
-                continue;
-            }
-            self.relay.metrics.retry_attempts.with_label_values(&["publish"]).inc();
-            match self.send(slot) {
-                Ok(()) => {
-                    self.solo = Some(slot);
-                    self.solo_not_before = Instant::now() + self.backoff.delay(self.window.attempts(slot) + 1);
-                }
-                Err(SendError::QueueFull) => {
-                    self.window.requeue(slot);
-                    self.window.fail(slot);
-                    return;
-                }
-                Err(SendError::Failed(e)) => {
-                    self.window.fail(slot);
-                    self.suspects.insert(slot, e);
-                }
-            }
-        }
-    }
-
-    async fn confirmed(&mut self, slot: Slot, item: Item) {
-        let sent = self.sent_at.remove(&slot);
-        if let Item::Event(e) = &item {
-            let m = &self.relay.metrics;
-            m.cdc_events_processed.with_label_values(&[&e.event_type]).inc();
-            if let Some(t) = sent {
-                m.cdc_processing_duration.with_label_values(&[&e.event_type]).observe(t.elapsed().as_secs_f64());
-            }
-            let e2e = (chrono::Utc::now() - e.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
-            m.event_end_to_end_latency.observe(e2e);
-        }
-        self.relay.status.delivered(1);
-        self.replay_progress(slot).await;
-    }
-
-    fn on_page(&mut self, page: Vec<FeedRow>) {
-        let mut held = 0;
-        for row in page {
-            let item = match row {
-                FeedRow::Event(e) => Item::Event(e),
-                FeedRow::Unreadable(u) => {
-                    tracing::error!(position = u.position, aggregate = %u.aggregate_key, error = %u.error, "unreadable row in the event store; its aggregate will be parked when its turn comes");
-                    Item::Unreadable(u)
-                }
-            };
-            if self.window.push(item) == Pushed::Held {
-                held += 1;
-            }
-        }
-        if held > 0 {
-            tracing::debug!(held, "events of parked aggregates held");
-        }
-    }
-
-    /// Persists the watermark (every 200 ms while busy, when idle, or when forced).
-    pub(super) async fn persist(&mut self, force: bool) {
-        let wm = self.window.watermark();
-        if wm <= self.checkpoint {
-            return;
-        }
-        if !force && !self.window.is_empty() && self.last_persist.elapsed() < PERSIST_EVERY {
-            return;
-        }
-        self.last_persist = Instant::now();
-        let name = self.relay.cfg.consumer_name.clone();
-        let res = match &self.relay.fence {
-            Some(f) => self.relay.store.set_checkpoint_fenced(&name, f.epoch, wm).await,
-            None => self.relay.store.set_checkpoint(&name, wm).await,
-        };
-        match res {
-            Ok(()) => {
-                self.checkpoint = wm;
-                self.relay.metrics.relay_checkpoint_position.set(wm);
-                self.relay.status.checkpoint(wm);
-                if self.window.is_empty() {
-                    self.relay.status.flush();
-                }
-            }
-            Err(StoreError::Fenced { .. }) => {
-                tracing::warn!(consumer = %name, position = wm, "checkpoint write refused: another instance holds the relay lease; stepping down");
-                self.producer.purge();
-                self.exit = Some(Exit::LeaseLost);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, position = wm, "cannot persist the relay checkpoint; will retry");
-                self.relay.status.error(format!("cannot persist the checkpoint: {e}"));
-            }
-        }
-    }
-
-    /// Ends the term: on shutdown, lets in-flight deliveries settle (bounded) and persists.
-    async fn finish(
-        &mut self,
-        exit: Exit,
-        completions: &mut mpsc::UnboundedReceiver<Completion>,
-    ) -> Result<Exit, RelayError> {
-        if exit == Exit::LeaseLost {
-            self.producer.purge();
-            return Ok(exit);
-        }
-        let deadline = Duration::from_millis(self.relay.config.kafka.message_timeout_ms)
-            + Duration::from_millis(self.relay.cfg.retry.max_backoff_ms.max(1000));
-        let drain = async {
-            while self.window.in_flight() > 0 {
-                match completions.recv().await {
-                    Some(c) => {
-                        if self.window.state(c.token) != Some(crate::relay::window::State::InFlight) {
-                            continue;
-                        }
-                        match c.result {
-                            Ok(_) => {
-                                if let Some(item) = self.window.confirm(c.token) {
-                                    self.confirmed(c.token, item).await;
-                                }
-                            }
-                            Err(_) => {
-                                self.window.fail(c.token);
-                            }
-                        }
-                    }
-                    None => break,
-                }
-            }
-        };
-        if tokio::time::timeout(deadline, drain).await.is_err() {
-            tracing::warn!("relay stop: in-flight deliveries did not settle in time; they are re-sent after restart");
-        }
-        if let Exit::Rewound(to) = exit {
-            // Everything after `to` is published again by the next term (same ce_ids).
-            let name = self.relay.cfg.consumer_name.clone();
-            let res = match &self.relay.fence {
-                Some(f) => self.relay.store.set_checkpoint_fenced(&name, f.epoch, to).await,
-                None => self.relay.store.set_checkpoint(&name, to).await,
-            };
-            return match res {
-                Ok(()) => {
-                    self.relay.status.checkpoint(to);
-                    self.relay.metrics.relay_checkpoint_position.set(to);
-                    Ok(exit)
-                }
-                Err(StoreError::Fenced { .. }) => Ok(Exit::LeaseLost),
-                Err(e) => {
-                    tracing::error!(error = %e, to, "cannot move the checkpoint back; the rewind did not happen");
-                    Ok(exit)
-                }
-            };
-        }
-        self.persist(true).await;
-        if self.exit.take() == Some(Exit::LeaseLost) {
-            return Ok(Exit::LeaseLost);
-        }
-        let _ = self.producer.flush(Duration::from_secs(2)).await;
-        self.relay.status.flush();
-        tracing::info!(checkpoint = self.checkpoint, "relay stopped");
-        Ok(exit)
-    }
-}
-
 /// Resolves when the lease of `fence` is no longer held at its epoch (never without a fence).
 pub(super) async fn lease_lost(fence: &mut Option<Fence>) {
     match fence {
@@ -752,13 +346,6 @@ pub(super) async fn lease_lost(fence: &mut Option<Fence>) {
             // An error means the keeper is gone: treat as lost.
             let _ = f.lease.wait_for(|s| s.active_epoch() != Some(epoch)).await;
         }
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
     }
 }

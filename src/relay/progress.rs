@@ -115,17 +115,16 @@ fn read_blocking(
             ));
         }
         match reader.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                if m.key() == Some(consumer.as_bytes()) {
-                    match m.payload().map(serde_json::from_slice::<Progress>) {
-                        Some(Ok(p)) => last = Some(p),
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, offset = m.offset(), "unreadable progress record; ignored")
-                        }
-                        None => {}
+            Some(Ok(m)) if m.key() == Some(consumer.as_bytes()) => {
+                match m.payload().map(serde_json::from_slice::<Progress>) {
+                    Some(Ok(p)) => last = Some(p),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, offset = m.offset(), "unreadable progress record; ignored")
                     }
+                    None => {}
                 }
             }
+            Some(Ok(_)) => {}
             Some(Err(e)) => tracing::debug!(error = %e, "progress reader"),
             None => {}
         }

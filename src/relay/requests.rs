@@ -20,7 +20,8 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 use crate::relay::encode::Discarded;
-use crate::relay::pipeline::{Exit, Item, Run};
+use crate::relay::pipeline::{Exit, Item};
+use crate::relay::run::Run;
 use crate::relay::window::{AggKey, Slot};
 use crate::store::feed::{FeedRow, RawEvent};
 use crate::store::parking::DiscardRecord;

@@ -78,9 +78,10 @@ impl RelayRunner {
                 Ok(Exit::Rewound(to)) => {
                     tracing::info!(to, "relay rewound; starting a new term from the rewound checkpoint")
                 }
-                Err(RelayError::ProducerFatal(e)) => {
+                Err(e @ (RelayError::ProducerFatal(_) | RelayError::Store(_))) => {
                     fatal_restarts += 1;
-                    tracing::error!(error = %e, restarts = fatal_restarts, "Kafka producer hit a fatal error; re-checking the lease and recreating it");
+                    let e = e.to_string();
+                    tracing::error!(error = %e, restarts = fatal_restarts, "relay term failed; re-checking the lease and starting a new term");
                     self.status.error(e);
                     let wait = Duration::from_millis(200u64.saturating_mul(1 << fatal_restarts.min(6)));
                     if !shutdown.sleep(wait).await {

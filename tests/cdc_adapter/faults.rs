@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-use crate::cdc_rig::{append, env, log_rows, progress, rig, start, ProgressWatch, Rig, Topic, RELAY};
-use crate::common::{cql_login, grant_resource, relay_grants, PrivateKafka};
-use crate::daemon_harness::{daemon_config, Daemon};
+use crate::harness::{
+    consume_all, cql_login, daemon_config, grant_resource, order_events, relay_grants, Daemon, PrivateKafka,
+};
+use crate::rig::{append, env, log_rows, progress, rig, start, ProgressWatch, Rig, Topic, RELAY};
 use crate::SETTLE;
 use outboxd::envelope::EventEnvelope;
 use outboxd::relay::cdc::{CdcFeed, FeedSpec};
@@ -204,14 +205,14 @@ async fn the_relay_runs_as_a_role_with_only_the_documented_grants() {
     let mut cfg = outboxd::config::Config::default();
     cfg.kafka.brokers = brokers;
     cfg.kafka.topic_prefix = format!("t{}.", Uuid::now_v7().simple());
-    cfg.store.cql.cdc = crate::cdc_rig::cdc_cfg();
+    cfg.store.cql.cdc = crate::rig::cdc_cfg();
     let spec = FeedSpec { consumer: RELAY, epoch: None, legacy_table: None };
     let feed =
         CdcFeed::open(relay.clone(), &ks, &cfg.store.cql.cdc, spec).await.expect("the feed opens without CREATE");
     let sink: Arc<dyn DeadLetterSink> = Arc::new(NoDeadLetters);
     let (status, _) = tokio::sync::watch::channel(Default::default());
     let status = outboxd::relay::StatusTx::new(status);
-    let store = crate::cdc_rig::rig_store_for_parking().await;
+    let store = crate::rig::rig_store_for_parking().await;
     let deliverer =
         Arc::new(Deliverer::new(&cfg, store, sink, outboxd::metrics::Metrics::new(), status).await.unwrap());
     let topics = outboxd::relay::topics::topic_names(false, &cfg.kafka.topic_prefix);
@@ -219,10 +220,10 @@ async fn the_relay_runs_as_a_role_with_only_the_documented_grants() {
     let trigger = outboxd::shutdown::Trigger::new();
     let shutdown = trigger.subscribe();
     let run = tokio::spawn(async move { feed.run(deliverer, shutdown).await });
-    let events = crate::common::order_events(Uuid::now_v7(), 0, 3);
+    let events = order_events(Uuid::now_v7(), 0, 3);
     raw_append(&admin, &ks, &events).await;
     let mut got = 0;
-    let c = crate::common::consume_all(&cfg.kafka.brokers, &topics, events.len(), SETTLE * 2);
+    let c = consume_all(&cfg.kafka.brokers, &topics, events.len(), SETTLE * 2);
     for e in &events {
         got += usize::from(c.iter().any(|r| r.event_id() == e.event_id.to_string()));
     }

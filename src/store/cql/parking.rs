@@ -192,7 +192,7 @@ impl CqlStore {
                 discarded_at,
             });
         }
-        out.sort_by(|a, b| b.discarded_at.cmp(&a.discarded_at));
+        out.sort_by_key(|d| std::cmp::Reverse(d.discarded_at));
         out.truncate(limit.clamp(1, 100_000));
         Ok(out)
     }

@@ -1,5 +1,5 @@
-//! Shared helpers of the ScyllaDB end-to-end cases (tests/cdc_adapter.rs):
-//! a keyspace per case (with tablets when `SCYLLA_TABLETS=1`), the relay's
+//! Helpers of the ScyllaDB end-to-end cases (this suite only, so not in the
+//! shared harness): a keyspace per case (with tablets when `SCYLLA_TABLETS=1`), the relay's
 //! CDC feed in process, the raw CDC log, the saved progress (watched for
 //! going backwards), and a topic reader that counts duplicates.
 //!
@@ -298,7 +298,7 @@ impl Topic {
 
 /// Appends `n` order events to a fresh aggregate (or after `from`).
 pub async fn append(store: &CqlStore, id: Uuid, from: i64, n: usize) -> Vec<EventEnvelope> {
-    let ev = crate::common::order_events(id, from, n);
+    let ev = crate::harness::order_events(id, from, n);
     store.append(id, from, ev.clone()).await.unwrap();
     ev
 }

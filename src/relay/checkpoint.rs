@@ -1,0 +1,115 @@
+//! The end of a relay term's work: persisting the watermark (fenced by the
+//! lease epoch) and finishing a term (shutdown, lease loss, rewind).
+//!
+//! Guarantees: the checkpoint moves only to the window's watermark (every
+//! event before it confirmed or durably parked); a write refused because
+//! another instance holds the lease purges the producer and ends the term;
+//! on shutdown in-flight deliveries settle (bounded by the message timeout)
+//! before the last persist; a rewind moves the checkpoint back only after
+//! the window has drained.
+
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+use crate::relay::pipeline::{Exit, RelayError};
+use crate::relay::producer::Completion;
+use crate::relay::run::Run;
+use crate::store::StoreError;
+
+/// How often a busy relay persists its watermark.
+const PERSIST_EVERY: Duration = Duration::from_millis(200);
+
+impl Run {
+    /// Persists the watermark (every 200 ms while busy, when idle, or when forced).
+    pub(super) async fn persist(&mut self, force: bool) {
+        let wm = self.window.watermark();
+        if wm <= self.checkpoint {
+            return;
+        }
+        if !force && !self.window.is_empty() && self.last_persist.elapsed() < PERSIST_EVERY {
+            return;
+        }
+        self.last_persist = Instant::now();
+        match self.relay.write_checkpoint(wm).await {
+            Ok(()) => {
+                self.checkpoint = wm;
+                self.relay.metrics.relay_checkpoint_position.set(wm);
+                self.relay.status.checkpoint(wm);
+                if self.window.is_empty() {
+                    self.relay.status.flush();
+                }
+            }
+            Err(StoreError::Fenced { .. }) => {
+                tracing::warn!(consumer = %self.relay.name(), position = wm, "checkpoint write refused: another instance holds the relay lease; stepping down");
+                self.producer.purge();
+                self.exit = Some(Exit::LeaseLost);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, position = wm, "cannot persist the relay checkpoint; will retry");
+                self.relay.status.error(format!("cannot persist the checkpoint: {e}"));
+            }
+        }
+    }
+
+    /// Ends the term: on shutdown, lets in-flight deliveries settle (bounded) and persists.
+    pub(super) async fn finish(
+        &mut self,
+        exit: Exit,
+        completions: &mut mpsc::UnboundedReceiver<Completion>,
+    ) -> Result<Exit, RelayError> {
+        if exit == Exit::LeaseLost {
+            self.producer.purge();
+            return Ok(exit);
+        }
+        let deadline = Duration::from_millis(self.relay.config.kafka.message_timeout_ms)
+            + Duration::from_millis(self.relay.cfg.retry.max_backoff_ms.max(1000));
+        let drain = async {
+            while self.window.in_flight() > 0 {
+                match completions.recv().await {
+                    Some(c) => {
+                        if self.window.state(c.token) != Some(crate::relay::window::State::InFlight) {
+                            continue;
+                        }
+                        match c.result {
+                            Ok(_) => {
+                                if let Some(item) = self.window.confirm(c.token) {
+                                    self.confirmed(c.token, item).await;
+                                }
+                            }
+                            Err(_) => {
+                                self.window.fail(c.token);
+                            }
+                        }
+                    }
+                    None => break,
+                }
+            }
+        };
+        if tokio::time::timeout(deadline, drain).await.is_err() {
+            tracing::warn!("relay stop: in-flight deliveries did not settle in time; they are re-sent after restart");
+        }
+        if let Exit::Rewound(to) = exit {
+            // Everything after `to` is published again by the next term (same ce_ids).
+            return match self.relay.write_checkpoint(to).await {
+                Ok(()) => {
+                    self.relay.status.checkpoint(to);
+                    self.relay.metrics.relay_checkpoint_position.set(to);
+                    Ok(exit)
+                }
+                Err(StoreError::Fenced { .. }) => Ok(Exit::LeaseLost),
+                Err(e) => {
+                    tracing::error!(error = %e, to, "cannot move the checkpoint back; the rewind did not happen");
+                    Ok(exit)
+                }
+            };
+        }
+        self.persist(true).await;
+        if self.exit.take() == Some(Exit::LeaseLost) {
+            return Ok(Exit::LeaseLost);
+        }
+        let _ = self.producer.flush(Duration::from_secs(2)).await;
+        self.relay.status.flush();
+        tracing::info!(checkpoint = self.checkpoint, "relay stopped");
+        Ok(exit)
+    }
+}

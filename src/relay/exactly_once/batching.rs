@@ -1,0 +1,127 @@
+//! The exactly-once loop: wait for feed rows (or requests, shutdown, lease
+//! loss), admit them into batches of at most `relay.transaction_max_events`
+//! events, and park what can never be published.
+//!
+//! Guarantees: rows are taken in feed order and never reordered; events of
+//! a parked aggregate never enter a batch; an unreadable row parks its
+//! aggregate durably before any later transaction moves progress past it;
+//! a dead feed reader is restarted from the last row taken.
+
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+use super::Txn;
+use crate::relay::error::PublishError;
+use crate::relay::feed::FeedHandle;
+use crate::relay::parking::parked_record;
+use crate::relay::pipeline::{lease_lost, Exit, Item, RelayError};
+use crate::relay::window::Fenced;
+use crate::shutdown::Shutdown;
+use crate::store::feed::FeedRow;
+
+/// Store refusals of a park record before the term ends.
+const PARK_ATTEMPTS: u32 = 8;
+
+impl Txn {
+    pub(super) async fn main(
+        &mut self,
+        mut pages: mpsc::Receiver<Vec<FeedRow>>,
+        feed: &FeedHandle,
+        shutdown: &mut Shutdown,
+    ) -> Result<Exit, RelayError> {
+        let mut lost = self.relay.fence.clone();
+        let mut requests = tokio::time::interval(Duration::from_millis(self.relay.cfg.poll_interval_ms.max(100)));
+        let max_events = self.relay.cfg.transaction_max_events.max(1);
+        let max_wait = Duration::from_millis(self.relay.cfg.transaction_max_ms.max(1));
+        loop {
+            self.relay.pause.hold().await;
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.recv() => return Ok(Exit::Shutdown),
+                _ = lease_lost(&mut lost) => {
+                    self.producer.purge();
+                    return Ok(Exit::LeaseLost);
+                }
+                page = pages.recv() => match page {
+                    Some(p) => p,
+                    None => {
+                        tracing::error!("relay feed reader ended unexpectedly; restarting it");
+                        pages = feed.respawn(self.last_read);
+                        continue;
+                    }
+                },
+                _ = requests.tick() => {
+                    if let Some(exit) = self.requests().await? {
+                        return Ok(exit);
+                    }
+                    continue;
+                }
+            };
+            // Gather more while it is ready, up to the batch limits.
+            let started = Instant::now();
+            let mut rows = first;
+            while rows.len() < max_events && started.elapsed() < max_wait {
+                match pages.try_recv() {
+                    Ok(more) => rows.extend(more),
+                    Err(_) => break,
+                }
+            }
+            // Split into transactions of at most `max_events` events, in feed order.
+            let mut rows = rows.into_iter().peekable();
+            while rows.peek().is_some() {
+                let mut batch = Vec::with_capacity(max_events.min(1024));
+                for row in rows.by_ref() {
+                    self.last_read = row.position();
+                    if let Some(item) = self.admit(row).await? {
+                        batch.push(item);
+                    }
+                    if batch.len() >= max_events {
+                        break;
+                    }
+                }
+                if let Some(exit) = self.publish(batch, self.last_read, shutdown).await? {
+                    return Ok(exit);
+                }
+            }
+        }
+    }
+
+    /// A feed row into the batch, or held (parked aggregate; an unreadable row parks its aggregate now).
+    async fn admit(&mut self, row: FeedRow) -> Result<Option<Item>, RelayError> {
+        if self.parked.contains(row.aggregate_key()) {
+            return Ok(None);
+        }
+        match row {
+            FeedRow::Event(e) => Ok(Some(Item::Event(e))),
+            FeedRow::Unreadable(u) => {
+                let item = Item::Unreadable(u.clone());
+                self.park(&item, &PublishError::permanent("unreadable", u.error.clone())).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Durably parks the aggregate of `item` (retrying the store until it answers).
+    pub(super) async fn park(&mut self, item: &Item, e: &PublishError) -> Result<(), RelayError> {
+        let p = parked_record(&self.relay.cfg.consumer_name, item, e);
+        let mut attempt = 0;
+        while let Err(err) = self.relay.store.park(&p).await {
+            attempt += 1;
+            tracing::warn!(error = %err, aggregate = %p.aggregate_id, attempt, "cannot record the parked aggregate yet; retrying");
+            self.relay.status.error(format!("cannot record a parked aggregate: {err}"));
+            // Bounded: the term ends (nothing was committed past the event) and a new one starts.
+            if attempt >= PARK_ATTEMPTS || !self.stop.sleep(self.backoff.delay(attempt)).await {
+                return Err(RelayError::Store(format!("cannot record the parked aggregate {}: {err}", p.aggregate_id)));
+            }
+        }
+        if self.parked.insert(item.aggregate().clone()) {
+            self.relay.metrics.dlq_parked_aggregates.inc();
+            self.relay.status.update(|s| {
+                s.parked_aggregates += 1;
+                true
+            });
+        }
+        tracing::error!(aggregate = %p.aggregate_id, position = ?p.position, error = %p.error, "event can never be published as it is; its aggregate is parked from it on");
+        Ok(())
+    }
+}

@@ -1,0 +1,200 @@
+//! The exactly-once relay (`relay.delivery = "exactly-once"`): each batch of
+//! feed events is one Kafka transaction together with a progress record
+//! (see [`super::progress`]), so read_committed consumers see every event
+//! exactly once, in order, even across crashes and takeovers.
+//!
+//! Guarantees:
+//! - Start order: hold the lease, `init_transactions` (the broker aborts a
+//!   former holder's open transaction and fences its producer: same
+//!   `transactional.id`, derived from the consumer name), then read the
+//!   progress topic read_committed to its end; only when it has no record
+//!   (first start, migration from at-least-once) the store's checkpoint.
+//! - A failed send aborts the transaction; the whole batch is retried in
+//!   order after backoff (nothing of an aborted transaction is visible to
+//!   read_committed consumers). A permanent failure inside a batch is found
+//!   by committing the part before it and resending the suspect alone; it is
+//!   then parked (durable in the store before any transaction moves progress
+//!   past it) and the rest commits.
+//! - Fenced (another producer with our id initialised): stop at once, never
+//!   re-initialise blindly; the supervisor re-checks the lease first.
+//! - Batches close at `relay.transaction_max_events` or
+//!   `relay.transaction_max_ms`, or as soon as the feed has nothing more
+//!   ready, so latency stays low at low load and batches grow under load.
+//! - The store's checkpoint is still written after each commit (fenced), for
+//!   /health, the lag metrics and the tools that read it.
+//! - A store that refuses to record a park ends the term after a bounded
+//!   retry (nothing was committed past the event); the runner starts a new
+//!   term after re-checking the lease.
+//!
+//! Files: this one starts a term; `batching` (the loop: gather, admit, park),
+//! `publish` (commit a batch, split around permanent failures, solo resend),
+//! `transaction` (one Kafka transaction + progress record), `requests`
+//! (operator requests between batches).
+
+mod batching;
+mod publish;
+mod requests;
+mod transaction;
+
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+use crate::relay::breaker::CircuitBreaker;
+use crate::relay::encode::Encoder;
+use crate::relay::error::PublishError;
+use crate::relay::feed::{FeedHandle, FeedReader};
+use crate::relay::pipeline::{Exit, Relay, RelayError};
+use crate::relay::producer::{spawn_broker_watch, Completion, Delivery, KafkaProducer, TxnErrorKind};
+use crate::relay::progress;
+use crate::relay::retry::Backoff;
+use crate::relay::window::AggKey;
+use crate::shutdown::Shutdown;
+
+/// How one transaction attempt ended.
+pub(super) enum Outcome {
+    Committed,
+    /// Records refused for good (index in the batch -> error); the transaction was aborted.
+    Permanent(Vec<(usize, PublishError)>),
+    /// Aborted for a reason that may heal (broker down, timeout).
+    Transient(String),
+    Fenced(String),
+    Fatal(String),
+}
+
+pub(super) struct Txn {
+    pub(super) relay: Relay,
+    pub(super) producer: KafkaProducer,
+    pub(super) completions: mpsc::UnboundedReceiver<Completion>,
+    pub(super) encoder: Encoder,
+    pub(super) breaker: CircuitBreaker,
+    pub(super) backoff: Backoff,
+    pub(super) parked: HashSet<AggKey>,
+    /// Feed position covered by the last committed transaction (or park records).
+    pub(super) position: i64,
+    /// Last feed position taken from the reader.
+    pub(super) last_read: i64,
+    pub(super) next_token: usize,
+    pub(super) value: Vec<u8>,
+    pub(super) epoch: i64,
+    /// The term's shutdown signal, for waits deep inside a batch.
+    pub(super) stop: Shutdown,
+}
+impl Relay {
+    /// Runs one exactly-once term until shutdown, lease loss or rewind.
+    pub async fn run_exactly_once(self, mut shutdown: Shutdown) -> Result<Exit, RelayError> {
+        let k = &self.config.kafka;
+        let id = format!("outboxd-{}", self.cfg.consumer_name);
+        let delivery = Delivery::Transactional { id: id.clone(), timeout_ms: self.cfg.transaction_timeout_ms };
+        let (producer, completions) = KafkaProducer::new(k, &delivery).map_err(|e| RelayError::Config(e.message))?;
+        let epoch = self.fence.as_ref().map(|f| f.epoch).unwrap_or(0);
+        let broker_watch = spawn_broker_watch(producer.clone(), self.status.clone(), shutdown.clone());
+        self.status.update(|s| {
+            s.delivery = "exactly-once";
+            true
+        });
+        let Some(store_checkpoint) = self.initial_checkpoint(&mut shutdown).await else { return Ok(Exit::Shutdown) };
+        self.status.checkpoint(store_checkpoint);
+        if !self.ensure_topics(&producer, &mut shutdown).await {
+            return Ok(Exit::Shutdown);
+        }
+        // 1. Fence former holders; their open transaction is aborted by the broker.
+        let mut attempt = 0;
+        loop {
+            match producer.init_transactions(Duration::from_secs(30)).await {
+                Ok(()) => break,
+                Err(e) if e.kind == TxnErrorKind::Retriable => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "init_transactions failed; retrying");
+                    self.status.error(e.message.clone());
+                    if !shutdown.sleep(Backoff::new(&self.cfg.retry).delay(attempt.min(10))).await {
+                        return Ok(Exit::Shutdown);
+                    }
+                }
+                Err(e) if e.kind == TxnErrorKind::Fenced => return Ok(Exit::LeaseLost),
+                Err(e) => return Err(RelayError::ProducerFatal(e.message)),
+            }
+        }
+        // 2. Where to resume: the last committed progress record, else the store's checkpoint.
+        let position = loop {
+            match progress::read_last(k, &self.cfg.progress_topic, &self.cfg.consumer_name, Duration::from_secs(30))
+                .await
+            {
+                Ok(Some(p)) => break p.position,
+                Ok(None) => {
+                    tracing::info!(
+                        checkpoint = store_checkpoint,
+                        "no progress record on {}: starting from the store's checkpoint",
+                        self.cfg.progress_topic
+                    );
+                    break store_checkpoint;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the progress topic; retrying");
+                    if !shutdown.sleep(Duration::from_secs(1)).await {
+                        return Ok(Exit::Shutdown);
+                    }
+                }
+            }
+        };
+        let parked: HashSet<AggKey> = match self.store.parked(&self.cfg.consumer_name).await {
+            Ok(v) => v.iter().map(|p| AggKey::from(p.parked.aggregate_id.as_str())).collect(),
+            Err(e) => return Err(RelayError::Store(format!("cannot read parked aggregates: {e}"))),
+        };
+        self.metrics.dlq_parked_aggregates.set(parked.len() as i64);
+        self.status.update(|s| {
+            s.running = true;
+            s.parked_aggregates = parked.len() as u64;
+            true
+        });
+        tracing::info!(consumer = %self.cfg.consumer_name, transactional_id = %id, position, "exactly-once relay started");
+        let reader = FeedReader {
+            store: self.store.clone(),
+            after: position,
+            page_size: self.cfg.batch_size,
+            poll_interval: Duration::from_millis(self.cfg.poll_interval_ms),
+            backoff: Backoff::new(&self.cfg.retry),
+            status: self.status.clone(),
+            errors: self.metrics.relay_feed_errors.clone(),
+        };
+        let stop = crate::shutdown::Trigger::new();
+        let feed = FeedHandle::new(reader, stop.subscribe());
+        let (_idle_tx, idle_rx) = mpsc::channel(1);
+        let pages = if self.requests_only { idle_rx } else { feed.respawn(position) };
+        let mut t = Txn {
+            producer,
+            completions,
+            encoder: Encoder::from_config(k),
+            breaker: CircuitBreaker::new(self.cfg.breaker.clone(), Some(self.metrics.clone())),
+            backoff: Backoff::new(&self.cfg.retry),
+            parked,
+            position,
+            last_read: position,
+            next_token: 1,
+            value: Vec::with_capacity(4096),
+            epoch,
+            stop: shutdown.clone(),
+            relay: self,
+        };
+        let exit = if t.relay.requests_only {
+            t.requests().await.map(|e| e.unwrap_or(Exit::Shutdown))
+        } else {
+            t.main(pages, &feed, &mut shutdown).await
+        };
+        stop.fire();
+        broker_watch.abort();
+        t.relay.status.update(|s| {
+            s.running = false;
+            true
+        });
+        exit
+    }
+}
+
+pub(super) fn classify(kind: TxnErrorKind, message: String) -> Outcome {
+    match kind {
+        TxnErrorKind::Fenced => Outcome::Fenced(message),
+        TxnErrorKind::Fatal => Outcome::Fatal(message),
+        TxnErrorKind::Retriable | TxnErrorKind::Abortable => Outcome::Transient(message),
+    }
+}

@@ -1,0 +1,127 @@
+//! Committing a batch in order: retry the whole batch after a transient
+//! abort (behind the breaker), and split around a permanent failure.
+//!
+//! Guarantees: events commit in feed order; a batch aborted for a transient
+//! reason is retried as a whole (read_committed consumers saw nothing of
+//! it); on a permanent failure the part before the first suspect commits,
+//! the suspect is resent alone up to `max_attempts` and then parked, and the
+//! rest continues without later events of the parked aggregate.
+
+use std::time::{Duration, Instant};
+
+use super::{Outcome, Txn};
+use crate::relay::breaker::BreakerState;
+use crate::relay::error::PublishError;
+use crate::relay::pipeline::{Exit, Item, RelayError};
+use crate::relay::window::Fenced;
+use crate::shutdown::Shutdown;
+
+impl Txn {
+    /// Commits `batch` (in order) with progress `position`, splitting around permanent failures.
+    pub(super) async fn publish(
+        &mut self,
+        mut batch: Vec<Item>,
+        position: i64,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<Exit>, RelayError> {
+        let mut attempts: u32 = 0;
+        loop {
+            self.wait_for_breaker(shutdown).await;
+            if shutdown.is_shutdown() {
+                return Ok(Some(Exit::Shutdown));
+            }
+            if batch.is_empty() {
+                // Only held events: nothing to commit; the store checkpoint still moves.
+                self.committed(&[], position, Instant::now()).await?;
+                return Ok(None);
+            }
+            let started = Instant::now();
+            match self.transaction(&batch, position).await {
+                Outcome::Committed => {
+                    self.committed(&batch, position, started).await?;
+                    return Ok(None);
+                }
+                Outcome::Fenced(m) => {
+                    tracing::warn!(error = %m, "producer fenced: another relay took over; stepping down");
+                    return Ok(Some(Exit::LeaseLost));
+                }
+                Outcome::Fatal(m) => return Err(RelayError::ProducerFatal(m)),
+                Outcome::Transient(m) => {
+                    attempts += 1;
+                    self.breaker.record_failure(Instant::now());
+                    self.relay.status.breaker(self.breaker.state(Instant::now()));
+                    self.relay.status.error(m.clone());
+                    tracing::warn!(error = %m, attempts, events = batch.len(), "transaction aborted; retrying the batch in order");
+                    if !shutdown.sleep(self.backoff.delay(attempts)).await {
+                        return Ok(Some(Exit::Shutdown));
+                    }
+                }
+                Outcome::Permanent(mut failed) => {
+                    failed.sort_by_key(|(i, _)| *i);
+                    let (k, err) = failed.swap_remove(0);
+                    // Commit what precedes the first suspect, then try it alone.
+                    let suspect = batch[k].clone();
+                    let rest: Vec<Item> = batch.split_off(k + 1);
+                    batch.truncate(k);
+                    if !batch.is_empty() {
+                        let before = suspect.position() - 1;
+                        if let Some(exit) = Box::pin(self.publish(std::mem::take(&mut batch), before, shutdown)).await?
+                        {
+                            return Ok(Some(exit));
+                        }
+                    }
+                    if let Some(exit) = self.solo(suspect.clone(), err, shutdown).await? {
+                        return Ok(Some(exit));
+                    }
+                    // The rest, without later events of a now parked aggregate.
+                    batch = rest.into_iter().filter(|i| !self.parked.contains(i.aggregate())).collect();
+                    attempts = 0;
+                }
+            }
+        }
+    }
+
+    /// Resends a suspect alone until it commits or has failed `max_attempts` times (then parks it).
+    async fn solo(
+        &mut self,
+        item: Item,
+        mut err: PublishError,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<Exit>, RelayError> {
+        let mut attempts = 1;
+        loop {
+            if attempts >= self.backoff.max_attempts {
+                self.park(&item, &err).await?;
+                return Ok(None);
+            }
+            if !shutdown.sleep(self.backoff.delay(attempts)).await {
+                return Ok(Some(Exit::Shutdown));
+            }
+            attempts += 1;
+            let started = Instant::now();
+            match self.transaction(std::slice::from_ref(&item), item.position()).await {
+                Outcome::Committed => {
+                    self.committed(std::slice::from_ref(&item), item.position(), started).await?;
+                    return Ok(None);
+                }
+                Outcome::Permanent(mut f) => err = f.swap_remove(0).1,
+                Outcome::Transient(m) => tracing::warn!(error = %m, "transaction of a single event aborted; retrying"),
+                Outcome::Fenced(_) => return Ok(Some(Exit::LeaseLost)),
+                Outcome::Fatal(m) => return Err(RelayError::ProducerFatal(m)),
+            }
+        }
+    }
+
+    async fn wait_for_breaker(&mut self, shutdown: &mut Shutdown) {
+        loop {
+            let now = Instant::now();
+            if self.breaker.state(now) != BreakerState::Open {
+                return;
+            }
+            let wait = self.breaker.remaining_open(now).max(Duration::from_millis(10));
+            if !shutdown.sleep(wait).await {
+                return;
+            }
+        }
+    }
+}

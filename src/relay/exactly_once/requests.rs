@@ -1,0 +1,115 @@
+//! Operator requests in exactly-once mode, carried out between batches by
+//! the lease holder: replay (unpark) an aggregate, replay dead letters,
+//! discard (with marker), rewind.
+//!
+//! Guarantees: a request is claimed under the holder's epoch before it is
+//! carried out; a replayed aggregate's held events commit in order in
+//! transactions like any batch, and its park record is removed only after
+//! they committed; a rewind is a progress record of its own, committed
+//! before the term ends and the next term starts there.
+
+use super::{Outcome, Txn};
+use crate::relay::pipeline::{Exit, Item, RelayError};
+use crate::relay::requests::{plan, Plan, PlanCtx};
+use crate::shutdown::Shutdown;
+use crate::store::requests::RequestStatus;
+
+impl Txn {
+    /// Carries out operator requests between batches.
+    pub(super) async fn requests(&mut self) -> Result<Option<Exit>, RelayError> {
+        self.relay.status.flush();
+        let consumer = self.relay.cfg.consumer_name.clone();
+        let Ok(open) = self.relay.store.requests_open(&consumer, self.epoch).await else { return Ok(None) };
+        for r in open {
+            if !matches!(self.relay.store.request_claim(&r, self.epoch).await, Ok(true)) {
+                continue;
+            }
+            let ctx = PlanCtx {
+                store: &*self.relay.store,
+                consumer: &consumer,
+                parked: self.parked.iter().cloned().collect(),
+                last_pushed: self.last_read,
+                checkpoint: self.position,
+                positions: true,
+            };
+            let plans = match plan(&ctx, &r).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = self
+                        .relay
+                        .store
+                        .request_finish(&consumer, r.id, RequestStatus::Failed, serde_json::json!({ "error": e }))
+                        .await;
+                    continue;
+                }
+            };
+            let mut result = serde_json::json!({ "events": 0 });
+            let mut status = RequestStatus::Done;
+            for p in plans {
+                match p {
+                    Plan::Done(v) => result = v,
+                    Plan::Rewind { position } => {
+                        // Progress moves back in a transaction of its own; the next term starts there.
+                        match self.transaction(&[], position).await {
+                            Outcome::Committed => {
+                                let _ = self
+                                    .relay
+                                    .store
+                                    .request_finish(
+                                        &consumer,
+                                        r.id,
+                                        RequestStatus::Done,
+                                        serde_json::json!({ "rewound_from": self.position, "rewound_to": position }),
+                                    )
+                                    .await;
+                                self.relay.metrics.relay_rewinds.inc();
+                                let _ = self.relay.write_checkpoint(position).await;
+                                return Ok(Some(Exit::Rewound(position)));
+                            }
+                            _ => {
+                                status = RequestStatus::Failed;
+                                result = serde_json::json!({ "error": "the progress record could not be committed" });
+                            }
+                        }
+                    }
+                    Plan::Unpark { agg, items } => {
+                        self.parked.remove(&agg);
+                        let mut never = Shutdown::never();
+                        if let Some(exit) = self.publish(items, self.position, &mut never).await? {
+                            return Ok(Some(exit));
+                        }
+                        if self.parked.contains(&agg) {
+                            status = RequestStatus::Failed;
+                            result = serde_json::json!({ "aggregate_id": agg.to_string(), "error": "an event failed again; parked again" });
+                            continue;
+                        }
+                        match self.relay.store.unpark(&consumer, &agg).await {
+                            Ok(_) => {
+                                self.relay.metrics.dlq_parked_aggregates.dec();
+                                self.relay.status.update(|s| {
+                                    s.parked_aggregates = s.parked_aggregates.saturating_sub(1);
+                                    true
+                                });
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, aggregate = %agg, "held events were published but the park record could not be removed")
+                            }
+                        }
+                    }
+                    Plan::Letters { items } => {
+                        let (events, ids): (Vec<Item>, Vec<uuid::Uuid>) = items.into_iter().unzip();
+                        let mut never = Shutdown::never();
+                        if let Some(exit) = self.publish(events, self.position, &mut never).await? {
+                            return Ok(Some(exit));
+                        }
+                        for id in ids {
+                            let _ = self.relay.store.dlq_remove(id).await;
+                        }
+                    }
+                }
+            }
+            let _ = self.relay.store.request_finish(&consumer, r.id, status, result).await;
+        }
+        Ok(None)
+    }
+}

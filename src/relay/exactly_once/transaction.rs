@@ -1,0 +1,137 @@
+//! One Kafka transaction: the records of a batch and a progress record,
+//! committed together, or aborted together.
+//!
+//! Guarantees: the progress record is the last record of the transaction,
+//! so a committed progress position always covers exactly what committed;
+//! a failure is classified (transient, permanent with the failing records,
+//! fenced, fatal) so the caller never re-initialises a fenced producer; the
+//! store checkpoint follows a commit (fenced), never precedes it.
+
+use std::time::{Duration, Instant};
+
+use super::{classify, Outcome, Txn};
+use crate::relay::error::PublishError;
+use crate::relay::pipeline::{Item, RelayError};
+use crate::relay::producer::{SendError, TxnErrorKind};
+use crate::relay::progress::Progress;
+use crate::store::StoreError;
+
+impl Txn {
+    /// One transaction: the records of `batch` and a progress record at `position`.
+    pub(super) async fn transaction(&mut self, batch: &[Item], position: i64) -> Outcome {
+        if let Err(e) = self.producer.begin_transaction().await {
+            return classify(e.kind, e.message);
+        }
+        let base = self.next_token;
+        let mut sent = 0usize;
+        for (i, item) in batch.iter().enumerate() {
+            let token = base + i;
+            loop {
+                match item.send_with(&mut self.encoder, &mut self.value, &self.producer, token).map(|_| ()) {
+                    Ok(()) => break,
+                    Err(SendError::QueueFull) => tokio::time::sleep(Duration::from_millis(2)).await,
+                    Err(SendError::Failed(e)) => {
+                        let _ = self.producer.abort_transaction(Duration::from_secs(30)).await;
+                        self.next_token = base + batch.len() + 1;
+                        return if e.transient {
+                            Outcome::Transient(e.message)
+                        } else {
+                            Outcome::Permanent(vec![(i, e)])
+                        };
+                    }
+                }
+            }
+            sent += 1;
+        }
+        let progress = Progress { position, epoch: self.epoch, committed_at: chrono::Utc::now(), cdc: None };
+        let key = self.relay.cfg.consumer_name.clone();
+        let progress_token = base + sent;
+        let bytes = progress.to_bytes();
+        let progress_sent = self.producer.send(
+            &self.relay.cfg.progress_topic,
+            &key,
+            &bytes,
+            rdkafka::message::OwnedHeaders::new(),
+            progress.committed_at.timestamp_millis(),
+            progress_token,
+        );
+        self.next_token = progress_token + 1;
+        if let Err(e) = progress_sent {
+            let _ = self.producer.abort_transaction(Duration::from_secs(30)).await;
+            return Outcome::Transient(format!("cannot send the progress record: {e:?}"));
+        }
+        // Test hook: a pause here freezes the relay mid-transaction (zombie tests).
+        self.relay.pause.hold().await;
+        let timeout = Duration::from_millis(self.relay.cfg.transaction_timeout_ms);
+        match self.producer.commit_transaction(timeout).await {
+            Ok(()) => {
+                // Every delivery report of a committed transaction is a success: forget them.
+                while self.completions.try_recv().is_ok() {}
+                Outcome::Committed
+            }
+            Err(e) => {
+                let failed = self.failures(base, batch.len());
+                if matches!(e.kind, TxnErrorKind::Abortable | TxnErrorKind::Retriable) {
+                    if let Err(a) = self.producer.abort_transaction(timeout).await {
+                        if matches!(a.kind, TxnErrorKind::Fenced | TxnErrorKind::Fatal) {
+                            return classify(a.kind, a.message);
+                        }
+                    }
+                }
+                let permanent: Vec<(usize, PublishError)> = failed.into_iter().filter(|(_, e)| !e.transient).collect();
+                if !permanent.is_empty() && matches!(e.kind, TxnErrorKind::Abortable | TxnErrorKind::Retriable) {
+                    return Outcome::Permanent(permanent);
+                }
+                classify(e.kind, e.message)
+            }
+        }
+    }
+
+    /// Failed records of the transaction that started at `base` (index -> error).
+    fn failures(&mut self, base: usize, n: usize) -> Vec<(usize, PublishError)> {
+        let mut out = Vec::new();
+        while let Ok(c) = self.completions.try_recv() {
+            if c.token >= base && c.token < base + n {
+                if let Err(e) = c.result {
+                    if e.kind != "purge_queue" && e.kind != "purge_inflight" {
+                        out.push((c.token - base, e));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) async fn committed(
+        &mut self,
+        batch: &[Item],
+        position: i64,
+        started: Instant,
+    ) -> Result<(), RelayError> {
+        let took = started.elapsed().as_secs_f64();
+        self.breaker.record_success(Instant::now());
+        self.relay.status.breaker(self.breaker.state(Instant::now()));
+        self.relay.metrics.relay_transactions.with_label_values(&["committed"]).inc();
+        let m = &self.relay.metrics;
+        for item in batch {
+            if let Item::Event(e) = item {
+                m.cdc_events_processed.with_label_values(&[&e.event_type]).inc();
+                m.cdc_processing_duration.with_label_values(&[&e.event_type]).observe(took);
+                let e2e = (chrono::Utc::now() - e.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                m.event_end_to_end_latency.observe(e2e);
+            }
+        }
+        self.relay.status.delivered(batch.len() as u64);
+        self.position = self.position.max(position);
+        match self.relay.write_checkpoint(self.position).await {
+            Ok(()) => {
+                self.relay.status.checkpoint(self.position);
+                self.relay.metrics.relay_checkpoint_position.set(self.position);
+            }
+            // Kafka already refuses a fenced producer; the store says the same: step down.
+            Err(StoreError::Fenced { .. }) => self.producer.purge(),
+            Err(e) => tracing::warn!(error = %e, "cannot write the store checkpoint (progress is safe in Kafka)"),
+        }
+        Ok(())
+    }
+}

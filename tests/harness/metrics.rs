@@ -1,0 +1,37 @@
+//! /metrics as tests read it: parsed Prometheus text, values by name and labels.
+
+/// A parsed /metrics page.
+pub struct Metrics {
+    pub scrape: prometheus_parse::Scrape,
+    pub text: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("/metrics parses as Prometheus text");
+        Metrics { scrape, text: text.to_string() }
+    }
+
+    /// Metric family names (histograms under their base name).
+    pub fn names(&self) -> std::collections::HashSet<String> {
+        self.scrape.samples.iter().map(|s| s.metric.clone()).collect()
+    }
+
+    /// Sum of the samples of `name` whose labels include all of `labels`
+    /// (histograms: their count).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(h) => h.iter().map(|c| c.count).fold(0.0, f64::max),
+                prometheus_parse::Value::Summary(_) => 0.0,
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,58 @@
+//! The SQLite store as an outside tool sees it: read-only connections that
+//! never take the writer's lock.
+
+use std::path::Path;
+
+/// Events in the store, read through a read-only SQLite connection.
+pub fn count_events(db: &Path) -> i64 {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    c.query_row("SELECT COUNT(*) FROM event_store", [], |r| r.get(0)).unwrap()
+}
+
+/// Every stored event id with its correlation id, in feed order.
+pub fn stored_events(db: &Path) -> Vec<(String, String, String)> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut st = c.prepare("SELECT event_id, aggregate_id, correlation_id FROM event_store ORDER BY position").unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+}
+
+pub fn checkpoint(db: &Path, consumer: &str) -> i64 {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    c.query_row("SELECT position FROM checkpoints WHERE consumer = ?1", [consumer], |r| r.get(0)).unwrap_or(0)
+}
+
+/// The highest feed position (0 when empty).
+pub fn head(db: &Path) -> i64 {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    c.query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0)).unwrap()
+}
+
+/// Waits until `consumer`'s persisted checkpoint reaches the head; returns it.
+pub fn wait_caught_up(db: &Path, consumer: &str, timeout: std::time::Duration) -> i64 {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (h, c) = (head(db), checkpoint(db, consumer));
+        if h > 0 && c >= h {
+            return h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{consumer} not caught up after {timeout:?}: checkpoint {c}, head {h}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Runs one statement with the `sqlite3` command-line tool, as an operator
+/// (or a foreign tool) would; panics with its stderr if it fails.
+pub fn sqlite3(db: &Path, sql: &str) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg("-cmd")
+        .arg(".timeout 5000")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("the sqlite3 tool is installed (make deps installs it)");
+    assert!(out.status.success(), "sqlite3 {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
