@@ -4,17 +4,21 @@
 //! Guarantees: everything of `CdcFeed` (progress in the relay's lease
 //! partition, catch-up, graceful stop) and of `ReconcilingSink` (unknown-
 //! outcome appends published in order, within the bound); `RelayStatus.running`
-//! is true exactly while the feed runs; the reconciler stops with the feed.
+//! is true exactly while the feed runs; `RelayStatus.reconciliation` (the
+//! input of the reconciliation verdict) is refreshed every second while it
+//! runs; the reconciler and that reporter stop with the feed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::reader::{CdcFeed, FeedSpec};
 use super::reconciler::{run_reconciler, ReconcilingSink};
-use super::{CdcError, LEGACY_RELAY_CHECKPOINT_TABLE};
+use super::{CdcError, EnvelopeSink, LEGACY_RELAY_CHECKPOINT_TABLE};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::relay::deliver::Deliverer;
+use crate::relay::status::Reconciliation;
+use crate::relay::StatusTx;
 use crate::shutdown::{Shutdown, Trigger};
 use crate::store::cql::reconcile::ReconcileTable;
 use crate::store::cql::CqlStore;
@@ -49,6 +53,8 @@ pub async fn run_relay_feed(
         Duration::from_millis(cdc.reconcile_refresh_ms),
         stop_reconciler.subscribe(),
     ));
+    let reporter =
+        tokio::spawn(report_reconciliation(sink.clone(), deliverer.status().clone(), stop_reconciler.subscribe()));
     deliverer.status().update(|s| {
         s.running = true;
         true
@@ -63,5 +69,44 @@ pub async fn run_relay_feed(
     });
     stop_reconciler.fire();
     let _ = reconciler.await;
+    let _ = reporter.await;
     res
+}
+
+/// The reconciliation state as the relay status shows it.
+pub fn reconciliation((pending, oldest): (usize, Option<Duration>), bound: Duration) -> Reconciliation {
+    Reconciliation {
+        pending,
+        oldest_pending_ms: oldest.map(|d| d.as_millis() as u64),
+        bound_ms: bound.as_millis() as u64,
+    }
+}
+
+/// Every second until `stop`: the pending reconciliations into
+/// `RelayStatus.reconciliation`.
+async fn report_reconciliation<S: EnvelopeSink>(sink: Arc<ReconcilingSink<S>>, status: StatusTx, mut stop: Shutdown) {
+    loop {
+        let now = reconciliation(sink.pending(), sink.bound());
+        status.update(|s| {
+            let changed = s.reconciliation.as_ref() != Some(&now);
+            s.reconciliation = Some(now);
+            changed
+        });
+        if !stop.sleep(Duration::from_secs(1)).await {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciliation_of_the_status() {
+        let r = reconciliation((0, None), Duration::from_secs(95));
+        assert_eq!(r, Reconciliation { pending: 0, oldest_pending_ms: None, bound_ms: 95_000 });
+        let r = reconciliation((3, Some(Duration::from_millis(4_500))), Duration::from_secs(95));
+        assert_eq!(r, Reconciliation { pending: 3, oldest_pending_ms: Some(4_500), bound_ms: 95_000 });
+    }
 }

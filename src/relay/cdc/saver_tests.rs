@@ -226,3 +226,32 @@ async fn progress_of_the_former_library_table_is_taken_over_once() {
         .unwrap();
     assert!(other.progress().is_empty());
 }
+
+/// The CDC log TTL guard's input as the health actor reads it: the oldest
+/// saved per-stream progress, from the table (whatever state the relay is
+/// in), 13 h old with a 24 h log TTL -> Degraded; caught up -> Healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ttl_guard_reads_the_oldest_saved_progress() {
+    use crate::relay::cdc::health::{ttl_health, Verdict};
+    let Some(store) = live_store("CDC saver: TTL guard input").await else { return };
+    let (session, ks) = (store.session(), store.keyspace().to_string());
+    assert_eq!(store.cdc_oldest_progress("kafka-relay").await.unwrap(), None, "no progress yet");
+    let now = chrono::Utc::now().timestamp_millis();
+    let behind = now - 13 * 3_600_000;
+    let s = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, None).await.unwrap();
+    s.start_generation(behind - 60_000).await.unwrap();
+    s.record(&key(1), behind).unwrap();
+    s.record(&key(2), now - 1_000).unwrap();
+    s.flush().await.unwrap();
+    let age = |at: chrono::DateTime<chrono::Utc>| (chrono::Utc::now() - at).to_std().unwrap();
+    let oldest = store.cdc_oldest_progress("kafka-relay").await.unwrap().expect("saved progress");
+    assert_eq!(oldest.timestamp_millis(), behind);
+    let (v, detail) = ttl_health(Some(age(oldest)), DAY);
+    assert_eq!(v, Verdict::Degraded, "{detail}");
+
+    s.record(&key(1), now).unwrap();
+    s.flush().await.unwrap();
+    let oldest = store.cdc_oldest_progress("kafka-relay").await.unwrap().unwrap();
+    assert_eq!(oldest.timestamp_millis(), now - 1_000, "stream 2 is now the oldest");
+    assert_eq!(ttl_health(Some(age(oldest)), DAY).0, Verdict::Healthy);
+}
