@@ -15,12 +15,7 @@ use crate::store::EventStore;
 
 /// A migrated store in a fresh keyspace, or `None` (skip) without a server.
 pub async fn live_store(what: &str) -> Option<Arc<CqlStore>> {
-    let uri =
-        std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).filter(|s| !s.is_empty());
-    let Some(uri) = uri else {
-        eprintln!("SKIPPED: {what}: set CASSANDRA_URI (make test starts one) or SCYLLA_URI");
-        return None;
-    };
+    let uri = crate::store::cql::connect::test_server_uri(what)?;
     let cfg = CqlConfig { uri, keyspace: format!("k_{}", Uuid::now_v7().simple()), ..CqlConfig::default() };
     let store = CqlStore::connect(&cfg).await.expect("connect to the CQL server");
     // DDL may time out on a loaded single-node test server; it is idempotent.
@@ -172,22 +167,4 @@ pub fn cdc_row_parts(
     (scylla_cdc::consumer::CDCRowSchema::new(ColumnSpecs::new(&specs)), Row { columns: values })
 }
 
-/// `n` events of aggregate `id` with sequences `from + 1 ..` (the shape the
-/// store and the relay need; the payload is any JSON).
-pub fn events(id: uuid::Uuid, from: i64, n: usize) -> Vec<crate::envelope::EventEnvelope> {
-    (0..n)
-        .map(|i| crate::envelope::EventEnvelope {
-            event_id: uuid::Uuid::now_v7(),
-            aggregate_type: "order".into(),
-            aggregate_id: id,
-            sequence: from + 1 + i as i64,
-            event_type: "OrderCancelled".into(),
-            schema_version: 1,
-            payload: serde_json::json!({ "reason": format!("r{i}") }),
-            causation_id: None,
-            correlation_id: uuid::Uuid::now_v7(),
-            timestamp: crate::envelope::now_millis(),
-            trace: None,
-        })
-        .collect()
-}
+pub(crate) use crate::envelope::test_events as events;

@@ -161,6 +161,18 @@ pub async fn cdc_log_exists(session: &Session, keyspace: &str) -> Result<bool, S
     Ok(res.into_rows_result().map_err(codec)?.rows_num() > 0)
 }
 
+/// Tests: the CQL server of `CASSANDRA_URI` (or `SCYLLA_URI`), or `None`
+/// after a "SKIPPED: `what`" line saying what to set.
+#[cfg(test)]
+pub(crate) fn test_server_uri(what: &str) -> Option<String> {
+    let uri =
+        std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).filter(|s| !s.is_empty());
+    if uri.is_none() {
+        eprintln!("SKIPPED: {what}: set CASSANDRA_URI (make test starts one) or SCYLLA_URI");
+    }
+    uri
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
