@@ -3,9 +3,14 @@
 # scylla-cdc end-to-end cases, `#[ignore = "needs ScyllaDB: ..."]` in
 # tests/cdc_adapter.rs and tests/cql_read_models.rs) against ScyllaDB + Kafka.
 #
-# ScyllaDB: the docker-compose stack when a Docker engine answers; otherwise
-# SCYLLA_URI pointing at any running ScyllaDB. Kafka: KAFKA_BROKERS, the
-# compose Redpanda, or a real local Kafka from scripts/kafka-local.sh.
+# ScyllaDB: the docker-compose stack when a Docker engine answers (SCYLLA_IMAGE
+# picks the image, default the compose one; SCYLLA_TABLETS=1 with a 2025.4+
+# image runs the CDC cases on keyspaces with tablets), plus its auth-enabled
+# `scylla-auth` node for the least-privilege case (SCYLLA_AUTH_URI); otherwise
+# SCYLLA_URI (and SCYLLA_AUTH_URI) pointing at running ScyllaDB nodes. Kafka:
+# KAFKA_BROKERS, the compose Redpanda, or a real local Kafka from
+# scripts/kafka-local.sh. Broker-outage cases start their own Kafka with
+# scripts/kafka-local.sh (Java 17 and Maven, as make test).
 # Guarantee: without a ScyllaDB these tests are reported as SKIPPED with the
 # reason, and the final line reads "0 passed, 0 failed, N skipped": a test
 # that did not run is never counted as passed. With one, they run with
@@ -15,8 +20,8 @@ cd "$(dirname "$0")/.."
 targets=(--test cdc_adapter --test cql_read_models)
 
 if [ -z "${SCYLLA_URI:-}" ] && docker info >/dev/null 2>&1; then
-  docker compose up -d --wait scylla redpanda
-  export SCYLLA_URI=127.0.0.1:9042 KAFKA_BROKERS=127.0.0.1:19092
+  docker compose --profile integration up -d --wait scylla scylla-auth redpanda
+  export SCYLLA_URI=127.0.0.1:9042 SCYLLA_AUTH_URI=127.0.0.1:9043 KAFKA_BROKERS=127.0.0.1:19092
 fi
 
 if [ -z "${SCYLLA_URI:-}" ]; then

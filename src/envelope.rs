@@ -168,6 +168,27 @@ impl TraceContext {
     }
 }
 
+/// Tests: `n` events of aggregate `id` with sequences `from + 1 ..` (the
+/// shape the store and the relay need; the payload is any JSON).
+#[cfg(test)]
+pub(crate) fn test_events(id: Uuid, from: i64, n: usize) -> Vec<EventEnvelope> {
+    (0..n)
+        .map(|i| EventEnvelope {
+            event_id: Uuid::now_v7(),
+            aggregate_type: "order".into(),
+            aggregate_id: id,
+            sequence: from + 1 + i as i64,
+            event_type: "OrderCancelled".into(),
+            schema_version: 1,
+            payload: serde_json::json!({ "reason": format!("r{i}") }),
+            causation_id: None,
+            correlation_id: Uuid::now_v7(),
+            timestamp: now_millis(),
+            trace: None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

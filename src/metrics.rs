@@ -59,6 +59,7 @@ pub struct Metrics {
     pub projection_lag_events: IntGauge,
     pub projection_lag_seconds: Gauge,
     pub projection_checkpoint_position: IntGauge,
+    pub cdc_unreconciled_appends: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -154,6 +155,10 @@ impl Metrics {
             projection_lag_events: g("projection_lag_events", "Events not yet applied to the read models"),
             projection_lag_seconds: reg(&r, Gauge::new("projection_lag_seconds", "Age of the oldest event not yet applied to the read models (0 when caught up)").expect("valid gauge")),
             projection_checkpoint_position: g("projection_checkpoint_position", "Feed position of the projection checkpoint"),
+            cdc_unreconciled_appends: g(
+                "cdc_unreconciled_appends",
+                "Appends whose outcome was unknown, resolved as applied, and not yet confirmed published (CQL backend)",
+            ),
             registry: r,
         }
     }

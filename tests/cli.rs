@@ -170,3 +170,35 @@ fn outbox_config_variable_selects_the_file() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
 }
+
+/// The CDC settings of the compose file are valid, and `outboxd config`
+/// refuses a safety interval below the clock-skew allowance (docs/OPERATIONS.md,
+/// "Safety interval and clock skew") or a CDC log TTL of 0, in one line, exit 2.
+#[test]
+fn cdc_settings_are_checked() {
+    let compose = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/outboxd.docker.toml");
+    let run = |env: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_outboxd"));
+        c.arg("config").env("OUTBOX_CONFIG", compose).env_remove("RUST_LOG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["store"]["cql"]["cdc"]["safety_interval_ms"], 30_000);
+    assert_eq!(v["store"]["cql"]["cdc"]["log_ttl_seconds"], 86_400);
+    let o = run(&[("OUTBOX_STORE__CQL__CDC__SAFETY_INTERVAL_MS", "5000")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("store.cql.cdc.safety_interval_ms (5000) must be at least clock_skew_allowance_ms"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[("OUTBOX_STORE__CQL__CDC__LOG_TTL_SECONDS", "0")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("store.cql.cdc.log_ttl_seconds = 0"), "{}", stderr(&o));
+}

@@ -4,8 +4,9 @@
 //! - SQLite: `relay::runner::RelayRunner` (lease-gated terms of
 //!   `relay::Relay` on the store's position feed, at-least-once or
 //!   exactly-once);
-//! - CQL: the Scylla CDC reader of `relay::cdc` (`start_cdc_reader`), while
-//!   this instance holds the relay lease.
+//! - CQL: the Scylla CDC feed of `relay::cdc` (`run_relay_feed`: its own
+//!   fenced progress, catch-up, reconciliation), while this instance holds
+//!   the relay lease.
 //!
 //! It reports the relay's role (active/standby), progress, broker and
 //! breaker state (`RelayStatus`).
@@ -22,16 +23,15 @@ use futures::future::{BoxFuture, FutureExt};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::CdcConfig;
 use crate::lease::gate::while_active;
 use crate::lease::keeper::LeaseState;
-use crate::relay::cdc::{run_until_shutdown, start_cdc_reader};
+use crate::relay::cdc::run_relay_feed;
 use crate::relay::deliver::Deliverer;
 use crate::relay::runner::RelayRunner;
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::FeedState;
 use crate::relay::{BreakerState, Role, StatusTx};
-use crate::shutdown::{Shutdown, Trigger};
+use crate::shutdown::Shutdown;
 use crate::store::cql::CqlStore;
 
 use super::messages::ActorName;
@@ -64,12 +64,11 @@ pub fn role_of(s: &LeaseState) -> Role {
 }
 
 /// The CQL feed: while this instance holds the relay lease, reads the Scylla
-/// CDC log until the term ends, then stops the reader gracefully
-/// (`relay::cdc::run_until_shutdown`).
+/// CDC log until the term ends (`relay::cdc::run_relay_feed`: progress
+/// fenced by the term's epoch, graceful stop).
 async fn run_cdc_relay(
     deps: ActorDeps,
     cql: Arc<CqlStore>,
-    cdc: CdcConfig,
     sink: Arc<dyn DeadLetterSink>,
     shutdown: Shutdown,
 ) -> Result<(), TaskError> {
@@ -87,7 +86,7 @@ async fn run_cdc_relay(
         })
     };
     while_active(lease.as_ref(), shutdown, on_role, |epoch, term| {
-        let (deps, cql, cdc, sink, status) = (deps.clone(), cql.clone(), cdc.clone(), sink.clone(), status.clone());
+        let (deps, cql, sink, status) = (deps.clone(), cql.clone(), sink.clone(), status.clone());
         async move {
             status.update(|st| {
                 st.role = epoch.map(|epoch| Role::Active { epoch }).unwrap_or(Role::Unfenced);
@@ -96,12 +95,7 @@ async fn run_cdc_relay(
             let deliverer = Deliverer::new(&deps.cfg, deps.store.clone(), sink, deps.metrics.clone(), status)
                 .await
                 .map_err(|e| failed(e.message))?;
-            let abandon = Trigger::new();
-            let (reader, handle) =
-                start_cdc_reader(cql.session(), cql.keyspace(), &cdc, Arc::new(deliverer), abandon.subscribe())
-                    .await
-                    .map_err(failed)?;
-            run_until_shutdown(reader, handle, abandon, term, "CDC reader").await.map_err(failed)
+            run_relay_feed(cql, &deps.cfg, Arc::new(deliverer), &deps.metrics, epoch, term).await.map_err(failed)
         }
     })
     .await
@@ -127,8 +121,7 @@ impl TaskBody for RelayBody {
             };
             return Ok(async move { runner.run(shutdown).await.map_err(failed) }.boxed());
         };
-        let cdc = deps.cfg.store.cql.cdc.clone();
-        Ok(run_cdc_relay(deps.clone(), cql, cdc, self.sink.clone(), shutdown).boxed())
+        Ok(run_cdc_relay(deps.clone(), cql, self.sink.clone(), shutdown).boxed())
     }
 
     /// Publish what was committed before the signal, as long as the broker

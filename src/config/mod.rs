@@ -7,12 +7,13 @@
 //! CLI prints it and exits 2); unknown keys in the file are errors, not
 //! silently ignored typos.
 //!
-//! One file per section ([`store`], [`kafka`], [`relay`], [`http`],
+//! One file per section ([`store`] with [`cdc`], [`kafka`], [`relay`], [`http`],
 //! [`service`]); each owns its option types, defaults and key checks, and the
 //! types are re-exported here (`crate::config::KafkaConfig`, ...). This layer
 //! holds plain option types only: it imports nothing but the domain (to check
 //! `service.default_currency`).
 
+mod cdc;
 mod http;
 mod kafka;
 mod relay;
@@ -25,6 +26,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+pub use cdc::CdcConfig;
 pub use http::HttpConfig;
 pub use kafka::{
     validate_topic, validate_topic_prefix, Compression, KafkaConfig, TopicRouting, MAX_TOPIC_LEN, MAX_TOPIC_PREFIX_LEN,
@@ -32,7 +34,7 @@ pub use kafka::{
 pub use relay::{BreakerConfig, DeliveryMode, PermanentFailurePolicy, RelayConfig, RetryConfig};
 pub use secrets::{is_secret_key, scrub, REDACTED};
 pub use service::{HealthConfig, ServiceConfig, SupervisionConfig};
-pub use store::{Backend, CdcConfig, CqlConfig, CqlTls, SqliteOptions, StoreConfig, Synchronous};
+pub use store::{Backend, CqlConfig, CqlTls, SqliteOptions, StoreConfig, Synchronous};
 
 /// `OUTBOX_CONFIG` without its prefix: the variable that names the config
 /// file. figment would otherwise read it as a top-level key `config`.

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-use super::{valid_cql_ident, validate_hosts, ConfigError};
+use super::{valid_cql_ident, validate_hosts, CdcConfig, ConfigError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,6 +47,7 @@ impl StoreConfig {
                     self.cql.keyspace
                 )));
             }
+            self.cql.cdc.validate()?;
         }
         if self.path.as_os_str().is_empty() {
             return Err(ConfigError("store.path must not be empty".into()));
@@ -191,31 +192,6 @@ impl Default for CqlConfig {
             tls: None,
             local_dc: None,
             cdc: CdcConfig::default(),
-        }
-    }
-}
-
-/// scylla-cdc reader tuning (see docs/OPERATIONS.md for the latency floor).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CdcConfig {
-    /// Width of each CDC log query window.
-    pub window_size_ms: u64,
-    /// Rows younger than this are not read yet (lets in-flight writes land).
-    pub safety_interval_ms: u64,
-    /// Pause between window queries once caught up.
-    pub sleep_interval_ms: u64,
-    /// How often scylla-cdc saves stream progress.
-    pub checkpoint_interval_ms: u64,
-}
-
-impl Default for CdcConfig {
-    fn default() -> Self {
-        CdcConfig {
-            window_size_ms: 30_000,
-            safety_interval_ms: 5_000,
-            sleep_interval_ms: 1_000,
-            checkpoint_interval_ms: 5_000,
         }
     }
 }

@@ -74,7 +74,22 @@ pub struct RelayStatus {
     pub delivered: u64,
     pub dead_lettered: u64,
     pub last_error: Option<String>,
+    /// CQL backend: the CDC feed's unknown-outcome appends (absent elsewhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconciliation: Option<Reconciliation>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// The CDC feed's recorded unknown-outcome appends not yet confirmed
+/// published: the input of the reconciliation verdict
+/// (`relay::cdc::health::reconcile_health`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reconciliation {
+    pub pending: usize,
+    /// Age of the oldest pending append when last looked at.
+    pub oldest_pending_ms: Option<u64>,
+    /// Age from which a pending append is overdue.
+    pub bound_ms: u64,
 }
 
 impl Default for RelayStatus {
@@ -91,6 +106,7 @@ impl Default for RelayStatus {
             delivered: 0,
             dead_lettered: 0,
             last_error: None,
+            reconciliation: None,
             updated_at: Utc::now(),
         }
     }

@@ -259,7 +259,12 @@ pub fn schema_ddl(cfg: &crate::config::Config) -> String {
                 "-- CQL store: keyspace {keyspace} at {} (ScyllaDB; on Apache Cassandra without the cdc/tablets options)\n",
                 cfg.store.cql.uri
             ));
-            for stmt in cql::schema_statements(&keyspace, cfg.store.cql.replication_factor.max(1), true) {
+            for stmt in cql::schema_statements(
+                &keyspace,
+                cfg.store.cql.replication_factor.max(1),
+                true,
+                cfg.store.cql.cdc.log_ttl_seconds,
+            ) {
                 out.push_str(&format!("\n{stmt};\n"));
             }
         }

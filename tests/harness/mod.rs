@@ -5,6 +5,7 @@
 
 pub mod check;
 pub mod config_check;
+pub mod cql;
 pub mod daemon;
 pub mod domain;
 pub mod fault;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod sqlite;
 
 pub use check::*;
+pub use cql::*;
 pub use daemon::*;
 pub use domain::*;
 pub use fault::*;

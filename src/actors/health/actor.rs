@@ -10,13 +10,17 @@
 //! the relay (CdcStreamProcessor) and the projector, the DLQ depth, and the
 //! relay's and the projection's backlog read from the store
 //! (`EventStore::backlog`: head - persisted checkpoint + held events, and the
-//! age of the oldest), whatever state the relay is in. The verdict is the
-//! pure [`super::rules::evaluate`].
+//! age of the oldest), whatever state the relay is in; on CQL also the
+//! relay's oldest per-stream CDC progress (`CqlStore::cdc_oldest_progress`,
+//! the CDC log TTL guard's input). The verdict is the pure
+//! [`super::rules::evaluate`].
 //!
 //! Metrics it owns: `relay_lag_events{role}`, `relay_lag_seconds{role}`
 //! (role = this instance's relay role, so a standby's gauges never raise an
 //! active-relay alert), `relay_checkpoint_position` (persisted),
-//! `projection_lag_events`, `projection_lag_seconds`, `dlq_parked_aggregates`.
+//! `projection_lag_events`, `projection_lag_seconds`, `dlq_parked_aggregates`,
+//! `cdc_log_ttl_seconds` (CQL with a CDC log); on the CDC feed, which has no
+//! positions, `relay_lag_seconds` is now − the oldest per-stream progress.
 //!
 //! Status changes are visible at once: a change of the relay's or the
 //! projector's state (role, broker, breaker, feed, parked aggregates,
@@ -118,6 +122,8 @@ impl HealthCheckActor {
         let store = self.deps.store.clone();
         let (order, cdc, dlq) = (self.order.clone(), self.cdc.clone(), self.dlq.clone());
         let relay = self.deps.relay_status.borrow().clone();
+        let cql = self.deps.cql.clone();
+        let log_ttl = self.deps.cfg.store.cql.cdc.log_ttl();
         let projection = self.projection.clone();
         let projection_enabled = projection.is_some();
         let consumer = self.deps.cfg.relay.consumer_name.clone();
@@ -139,7 +145,18 @@ impl HealthCheckActor {
                 } else {
                     None
                 };
-                (relay_backlog, parked, projection_backlog)
+                // CQL: the relay's oldest per-stream CDC progress, from the
+                // table, so it is known whatever state or instance the relay is in.
+                let cdc_ttl = match &cql {
+                    Some(cql) => tokio::time::timeout(t, cql.cdc_oldest_progress(&consumer))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                        .flatten()
+                        .map(|at| ((Utc::now() - at).to_std().unwrap_or_default(), log_ttl)),
+                    None => None,
+                };
+                (relay_backlog, parked, projection_backlog, cdc_ttl)
             };
             let store_probe = async {
                 match tokio::time::timeout(t, store.probe()).await {
@@ -180,7 +197,7 @@ impl HealthCheckActor {
                     None => None,
                 }
             };
-            let (store, order, cdc, (dlq, dlq_depth), projection, (relay_backlog, parked, projection_backlog)) =
+            let (store, order, cdc, (dlq, dlq_depth), projection, (relay_backlog, parked, projection_backlog, cdc_ttl)) =
                 tokio::join!(store_probe, order_probe, cdc_probe, dlq_probe, projection_probe, backlogs);
             Probes {
                 now: Utc::now(),
@@ -192,7 +209,7 @@ impl HealthCheckActor {
                 relay,
                 relay_backlog,
                 parked,
-                cdc_ttl: None,
+                cdc_ttl,
                 projection_enabled,
                 projection,
                 projection_backlog,
@@ -235,6 +252,16 @@ impl HealthCheckActor {
         }
         if let Some(n) = probes.parked {
             m.dlq_parked_aggregates.set(n as i64);
+        }
+        if self.deps.cql.as_ref().is_some_and(|c| c.cdc_enabled()) {
+            m.cdc_log_ttl_seconds.set(self.deps.cfg.store.cql.cdc.log_ttl_seconds as i64);
+        }
+        if let Some((age, _)) = probes.cdc_ttl {
+            // The CDC feed has no positions: its lag is the age of its oldest
+            // per-stream progress (the TTL guard's input).
+            if relay_lag.is_none() {
+                m.relay_lag_seconds.with_label_values(&[role]).set(age.as_secs_f64());
+            }
         }
         let projection_lag = probes.projection_backlog.map(|b| Lag {
             checkpoint: b.checkpoint,

@@ -12,7 +12,9 @@
 //!   `health.feed_unhealthy_after_ms`; parked aggregates -> Degraded; lag
 //!   over `health.lag_degraded_events` or `health.lag_degraded_seconds` ->
 //!   Degraded; CDC log TTL: lag age >= 50 % of it -> Degraded, >= 80 % ->
-//!   Unhealthy; restarting -> Degraded; gave up or not answering -> Unhealthy.
+//!   Unhealthy (`relay::cdc::health::ttl_health`); an unknown-outcome append
+//!   unreconciled past its bound -> Degraded (`reconcile_health`);
+//!   restarting -> Degraded; gave up or not answering -> Unhealthy.
 //!   The lag is the store's (`Backlog`): head - persisted checkpoint + held
 //!   events, whatever state the relay is in.
 //! - order_actor / dlq_actor: restarting -> Degraded; gave up or not answering -> Unhealthy.
@@ -27,6 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use crate::projection::ProjectionStatus;
+use crate::relay::cdc::health::{reconcile_health, ttl_health, Verdict};
 use crate::relay::producer::BrokerState;
 use crate::relay::status::FeedState;
 use crate::relay::{BreakerState, RelayStatus, Role};
@@ -150,6 +153,14 @@ fn kafka_health(relay: &RelayStatus) -> (HealthStatus, String) {
     }
 }
 
+fn status_of(v: Verdict) -> HealthStatus {
+    match v {
+        Verdict::Healthy => HealthStatus::Healthy,
+        Verdict::Degraded => HealthStatus::Degraded,
+        Verdict::Unhealthy => HealthStatus::Unhealthy,
+    }
+}
+
 fn relay_health(p: &Probes, relay: &RelayStatus, running: bool, t: Thresholds) -> (HealthStatus, String) {
     let prog = progress(p.relay_backlog.as_ref(), p.now);
     let lag_events = p.relay_backlog.and_then(|b| b.events).unwrap_or(0);
@@ -172,20 +183,16 @@ fn relay_health(p: &Probes, relay: &RelayStatus, running: bool, t: Thresholds) -
         );
     }
     if let Some((age, ttl)) = p.cdc_ttl {
-        let share = if ttl.is_zero() { 0.0 } else { age.as_secs_f64() / ttl.as_secs_f64() };
-        if share >= 0.8 {
-            return (HealthStatus::Unhealthy, format!("the oldest unpublished change is {:.0} s old, {:.0} % of the CDC log TTL ({} s): it is about to be lost; {prog}", age.as_secs_f64(), share * 100.0, ttl.as_secs()));
+        let (v, detail) = ttl_health(Some(age), ttl);
+        if v != Verdict::Healthy {
+            return (status_of(v), format!("{detail}; {prog}"));
         }
-        if share >= 0.5 {
-            return (
-                HealthStatus::Degraded,
-                format!(
-                    "the oldest unpublished change is {:.0} s old, {:.0} % of the CDC log TTL ({} s); {prog}",
-                    age.as_secs_f64(),
-                    share * 100.0,
-                    ttl.as_secs()
-                ),
-            );
+    }
+    if let Some(r) = &relay.reconciliation {
+        let age = r.oldest_pending_ms.map(Duration::from_millis);
+        let (v, detail) = reconcile_health(r.pending, age, Duration::from_millis(r.bound_ms));
+        if v != Verdict::Healthy {
+            return (status_of(v), format!("{detail}; {prog}"));
         }
     }
     if parked > 0 {

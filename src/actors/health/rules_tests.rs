@@ -152,6 +152,24 @@ fn cdc_log_ttl_guard() {
 }
 
 #[test]
+fn an_overdue_unknown_outcome_append_degrades_the_cdc_relay() {
+    let mut p = probes();
+    let cdc = |pending, oldest_pending_ms| crate::relay::status::Reconciliation {
+        pending,
+        oldest_pending_ms,
+        bound_ms: 120_000,
+    };
+    relay_mut(&mut p).reconciliation = Some(cdc(0, None));
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Healthy);
+    relay_mut(&mut p).reconciliation = Some(cdc(2, Some(119_000)));
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Healthy, "within the bound");
+    relay_mut(&mut p).reconciliation = Some(cdc(2, Some(121_000)));
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded);
+    assert!(v["cdc_processor"].1.contains("2 append(s) with an unknown outcome"), "{}", v["cdc_processor"].1);
+}
+
+#[test]
 fn a_standby_is_healthy_and_says_who_publishes() {
     let mut p = probes();
     let r = relay_mut(&mut p);

@@ -1,6 +1,7 @@
 //! The CDC-fed projection of the CQL backend (ScyllaDB only): a scylla-cdc
-//! reader of `event_store`'s CDC log, independent of the relay's (own
-//! progress table), whose sink applies each event to the read models.
+//! reader of `event_store`'s CDC log, independent of the relay's (its own
+//! progress: consumer `projections` in `relay_leases`), whose sink applies
+//! each event to the read models.
 //!
 //! Guarantee: the reader's progress moves past an event only once its rows
 //! were written (store failures are retried with backoff until they land or
@@ -15,12 +16,15 @@ use tokio::sync::watch;
 use super::apply::apply_envelopes;
 use crate::envelope::EventEnvelope;
 use crate::projection::ProjectionStatus;
-use crate::relay::cdc::{run_until_shutdown, start_cdc_sink_reader, CdcError, EnvelopeSink};
-use crate::shutdown::{Shutdown, Trigger};
+use crate::relay::cdc::{CdcError, CdcFeed, EnvelopeSink, FeedSpec};
+use crate::shutdown::Shutdown;
 use crate::store::cql::CqlStore;
 
-/// scylla-cdc progress table of the read-model projection.
-pub const PROJECTION_CHECKPOINT_TABLE: &str = "cdc_projection_checkpoints";
+/// The projection's consumer name: its partition of `relay_leases` (CDC
+/// progress, and its lease).
+pub const PROJECTION_CONSUMER: &str = "projections";
+/// The table scylla-cdc's own saver kept the projection's progress in before.
+pub const LEGACY_PROJECTION_CHECKPOINT_TABLE: &str = "cdc_projection_checkpoints";
 
 /// The CDC projection's sink: applies each event with [`apply_envelopes`],
 /// retrying store failures with backoff until it lands or shutdown.
@@ -77,7 +81,8 @@ impl EnvelopeSink for CqlProjectionSink {
 }
 
 /// Runs the CDC projection until `shutdown`, then stops the reader
-/// gracefully (finish the window, save progress), abandoning it after 10 s.
+/// gracefully (finish the window, save progress), abandoning it after 10 s
+/// (`relay::cdc::CdcFeed`).
 /// Errors when the server has no CDC log (Apache Cassandra) or the reader fails.
 pub async fn run_cdc_projection(
     cql: Arc<CqlStore>,
@@ -88,22 +93,15 @@ pub async fn run_cdc_projection(
     if !cql.cdc_enabled() {
         return Err(CdcError::Unavailable { keyspace: cql.keyspace().to_string() });
     }
-    let abandon = Trigger::new();
     let sink = Arc::new(CqlProjectionSink::new(cql.clone(), cfg.service.default_currency.clone(), status.clone()));
-    let (reader, handle) = start_cdc_sink_reader(
-        cql.session(),
-        cql.keyspace(),
-        &cfg.store.cql.cdc,
-        PROJECTION_CHECKPOINT_TABLE,
-        sink,
-        abandon.subscribe(),
-    )
-    .await?;
+    let spec =
+        FeedSpec { consumer: PROJECTION_CONSUMER, epoch: None, legacy_table: Some(LEGACY_PROJECTION_CHECKPOINT_TABLE) };
+    let feed = CdcFeed::open(cql.session(), cql.keyspace(), &cfg.store.cql.cdc, spec).await?;
     status.send_modify(|s| {
         s.running = true;
         s.updated_at = Utc::now();
     });
-    let res = run_until_shutdown(reader, handle, abandon, shutdown, "CDC projection reader").await;
+    let res = feed.run(sink, shutdown).await;
     status.send_modify(|s| {
         s.running = false;
         if let Err(e) = &res {

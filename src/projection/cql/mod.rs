@@ -3,8 +3,8 @@
 //!
 //! The feed: CQL has no global commit order, so the read models are fed by
 //! a second scylla-cdc reader on `event_store`'s CDC log
-//! ([`cdc::run_cdc_projection`]), with its own progress table
-//! ([`PROJECTION_CHECKPOINT_TABLE`]), independent of the relay. Each event
+//! ([`cdc::run_cdc_projection`]), with its own progress (consumer
+//! [`PROJECTION_CONSUMER`] in `relay_leases`), independent of the relay. Each event
 //! goes through [`apply::apply_envelopes`] (the same function tests call), which
 //! uses the pure `model::apply_event`.
 //!
@@ -28,9 +28,9 @@
 //! - `last_position` on CQL is the event's timestamp in ms (there is no
 //!   global feed position); rows are still a function of the events alone,
 //!   so a replay gives identical rows (compare with [`ReadModelStore::dump`]).
-//! - Progress is scylla-cdc's (per CDC stream, saved every
-//!   `checkpoint_interval_ms` and only past rows whose write returned Ok):
-//!   after a crash the tail is applied again as duplicates.
+//! - Progress is per CDC stream, saved every `checkpoint_interval_ms`, only
+//!   past rows whose write returned Ok and never backwards (the relay's CDC
+//!   saver): after a crash the tail is applied again as duplicates.
 //! - `commit_batch` (used by the SQLite-shaped projector, not by the CDC
 //!   path) checks the `checkpoints` row before writing (SERIAL read), writes
 //!   the rows, then moves the checkpoint with an LWT (`IF position = from`,
@@ -38,11 +38,12 @@
 //!   rows ahead of the checkpoint, which the version timestamps make harmless.
 //! - `freshness`: no global head on CQL. `checkpoint` is the projection's
 //!   watermark in ms since the epoch (every CDC stream is projected up to
-//!   that time; the minimum of `cdc_projection_checkpoints`), `head` and
+//!   that time; the oldest progress of `projections` in `relay_leases`), `head` and
 //!   `lag_events` are 0 (unknown). The time lag is in `ProjectionStatus.lag`
 //!   (ms) while the CDC projection runs.
 //! - `reset` truncates the three tables and deletes the checkpoint rows
-//!   (`checkpoints` and the projection's CDC progress).
+//!   (`checkpoints`, the projection's CDC progress rows in `relay_leases`
+//!   and its former scylla-cdc table), so the CDC projection starts over.
 //! - `orders_by_customer` pages by the `after` cursor on the clustering key;
 //!   `offset` is emulated by skipping rows, up to [`MAX_OFFSET`].
 
@@ -64,7 +65,7 @@ use crate::store::cql::CqlStore;
 use crate::store::StoreError;
 
 pub use apply::{apply_envelopes, CqlApplyOutcome};
-pub use cdc::{run_cdc_projection, CqlProjectionSink, PROJECTION_CHECKPOINT_TABLE};
+pub use cdc::{run_cdc_projection, CqlProjectionSink, LEGACY_PROJECTION_CHECKPOINT_TABLE, PROJECTION_CONSUMER};
 
 /// Largest `offset` (without cursor) `orders_by_customer` emulates.
 pub const MAX_OFFSET: u64 = 10_000;

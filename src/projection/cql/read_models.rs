@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::apply::{write_customer, write_order};
-use super::cdc::PROJECTION_CHECKPOINT_TABLE;
+use super::cdc::{LEGACY_PROJECTION_CHECKPOINT_TABLE, PROJECTION_CONSUMER};
 use super::{codec, load_stored, stmts, unavailable, watermark_cache, MAX_OFFSET};
 use crate::domain::Order;
 use crate::projection::{
@@ -23,7 +23,7 @@ use crate::projection::{
 use crate::store::cql::CqlStore;
 use crate::store::StoreError;
 
-/// Min saved `time` over the projection's CDC streams (ms), 0 when none.
+/// The projection's oldest per-stream CDC progress (ms), 0 when none.
 async fn watermark(store: &CqlStore) -> i64 {
     let ks = store.keyspace().to_string();
     if let Some((at, w)) = watermark_cache().lock().unwrap().get(&ks) {
@@ -31,15 +31,8 @@ async fn watermark(store: &CqlStore) -> i64 {
             return *w;
         }
     }
-    let q = format!("SELECT time FROM {ks}.{PROJECTION_CHECKPOINT_TABLE}");
-    let w = match store.session().query_unpaged(q, ()).await {
-        Ok(res) => match res.into_rows_result() {
-            Ok(rows) => rows
-                .rows::<(Option<DateTime<Utc>>,)>()
-                .map(|it| it.filter_map(|r| r.ok().and_then(|(t,)| t)).map(|t| t.timestamp_millis()).min().unwrap_or(0))
-                .unwrap_or(0),
-            Err(_) => 0,
-        },
+    let w = match store.cdc_oldest_progress(PROJECTION_CONSUMER).await {
+        Ok(t) => t.map_or(0, |t| t.timestamp_millis()),
         Err(_) => 0,
     };
     watermark_cache().lock().unwrap().insert(ks, (Instant::now(), w));
@@ -188,11 +181,23 @@ impl ReadModelStore for CqlStore {
     async fn reset(&self, consumer: &str) -> Result<(), StoreError> {
         let ks = self.keyspace().to_string();
         let session = self.session();
-        for t in ["order_read_model", "orders_by_customer", "customer_read_model", PROJECTION_CHECKPOINT_TABLE] {
+        for t in ["order_read_model", "orders_by_customer", "customer_read_model"] {
             session
                 .query_unpaged(format!("TRUNCATE {ks}.{t}"), ())
                 .await
                 .map_err(|e| unavailable(format!("truncate {ks}.{t}: {e}")))?;
+        }
+        // The projection's CDC progress (its lease, in the static columns, stays).
+        session
+            .query_unpaged(
+                format!("DELETE FROM {ks}.relay_leases WHERE name = ? AND stream_id >= 0x"),
+                (PROJECTION_CONSUMER,),
+            )
+            .await
+            .map_err(|e| unavailable(format!("delete the CDC progress of {PROJECTION_CONSUMER}: {e}")))?;
+        // Progress of the former scylla-cdc table would be taken over again.
+        if let Err(e) = session.query_unpaged(format!("TRUNCATE {ks}.{LEGACY_PROJECTION_CHECKPOINT_TABLE}"), ()).await {
+            tracing::debug!(error = %e, "no former CDC progress table of the projection to clear");
         }
         // An LWT delete: the checkpoint row is only ever written with LWTs.
         session

@@ -171,10 +171,7 @@ pub fn envelope_from_cdc_row(row: &CDCRow<'_>) -> Result<Option<EventEnvelope>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scylla::frame::response::result::{ColumnSpec, ColumnType, NativeType, TableSpec};
-    use scylla::response::query_result::ColumnSpecs;
-    use scylla::value::{CqlTimestamp, CqlTimeuuid, Row};
-    use scylla_cdc::consumer::CDCRowSchema;
+    use scylla::frame::response::result::NativeType;
 
     fn envelope() -> EventEnvelope {
         EventEnvelope {
@@ -192,26 +189,7 @@ mod tests {
         }
     }
 
-    /// The base-table columns of the CDC row that inserts `e`.
-    fn columns_of(e: &EventEnvelope) -> Vec<(&'static str, NativeType, Option<CqlValue>)> {
-        vec![
-            ("aggregate_id", NativeType::Uuid, Some(CqlValue::Uuid(e.aggregate_id))),
-            ("sequence_number", NativeType::BigInt, Some(CqlValue::BigInt(e.sequence))),
-            ("version", NativeType::BigInt, None),
-            ("event_id", NativeType::Uuid, Some(CqlValue::Uuid(e.event_id))),
-            ("aggregate_type", NativeType::Text, Some(CqlValue::Text(e.aggregate_type.clone()))),
-            ("event_type", NativeType::Text, Some(CqlValue::Text(e.event_type.clone()))),
-            ("event_version", NativeType::Int, Some(CqlValue::Int(e.schema_version))),
-            ("payload", NativeType::Text, Some(CqlValue::Text(e.payload.to_string()))),
-            ("causation_id", NativeType::Uuid, e.causation_id.map(CqlValue::Uuid)),
-            ("correlation_id", NativeType::Uuid, Some(CqlValue::Uuid(e.correlation_id))),
-            (
-                "timestamp",
-                NativeType::Timestamp,
-                Some(CqlValue::Timestamp(CqlTimestamp(e.timestamp.timestamp_millis()))),
-            ),
-        ]
-    }
+    use crate::relay::cdc::testkit::{cdc_row, event_row_columns as columns_of, static_row_columns, timeuuid_at};
 
     fn map_of(cols: Vec<(&'static str, NativeType, Option<CqlValue>)>) -> BTreeMap<String, Option<CqlValue>> {
         cols.into_iter().map(|(n, _, v)| (n.to_string(), v)).collect()
@@ -263,30 +241,7 @@ mod tests {
         cols: Vec<(&'static str, NativeType, Option<CqlValue>)>,
         f: impl FnOnce(&CDCRow<'_>) -> T,
     ) -> T {
-        let table = || TableSpec::borrowed("ks", "event_store_scylla_cdc_log");
-        let mut specs = vec![
-            ColumnSpec::borrowed("cdc$stream_id", ColumnType::Native(NativeType::Blob), table()),
-            ColumnSpec::borrowed("cdc$time", ColumnType::Native(NativeType::Timeuuid), table()),
-            ColumnSpec::borrowed("cdc$batch_seq_no", ColumnType::Native(NativeType::Int), table()),
-            ColumnSpec::borrowed("cdc$end_of_batch", ColumnType::Native(NativeType::Boolean), table()),
-            ColumnSpec::borrowed("cdc$operation", ColumnType::Native(NativeType::TinyInt), table()),
-            ColumnSpec::borrowed("cdc$ttl", ColumnType::Native(NativeType::BigInt), table()),
-        ];
-        let mut values = vec![
-            Some(CqlValue::Blob(vec![1, 2, 3])),
-            Some(CqlValue::Timeuuid(CqlTimeuuid::from(Uuid::from_u128(0x1234_5678_9abc_11ef_8000_0000_0000_0001)))),
-            Some(CqlValue::Int(1)),
-            Some(CqlValue::Boolean(true)),
-            Some(CqlValue::TinyInt(op as i8)),
-            None,
-        ];
-        for (name, typ, v) in cols {
-            specs.push(ColumnSpec::borrowed(name, ColumnType::Native(typ), table()));
-            values.push(v);
-        }
-        let schema = CDCRowSchema::new(ColumnSpecs::new(&specs));
-        let row = CDCRow::from_row(Row { columns: values }, &schema);
-        f(&row)
+        cdc_row(op, &[1, 2, 3], timeuuid_at(1_700_000_000_000, 1), 1, true, cols, f)
     }
 
     #[test]
@@ -295,9 +250,7 @@ mod tests {
         let got = with_cdc_row(OperationType::RowInsert, columns_of(&e), |r| envelope_from_cdc_row(r).unwrap());
         assert_eq!(got, Some(e.clone()));
         // The compare-and-set of `version`: an update of the static row.
-        let mut static_cols: Vec<_> = columns_of(&e).into_iter().map(|(n, t, _)| (n, t, None)).collect();
-        static_cols[0].2 = Some(CqlValue::Uuid(e.aggregate_id));
-        static_cols[2].2 = Some(CqlValue::BigInt(3));
+        let static_cols = static_row_columns(e.aggregate_id, 3);
         assert_eq!(
             with_cdc_row(OperationType::RowUpdate, static_cols.clone(), |r| envelope_from_cdc_row(r).unwrap()),
             None

@@ -1,23 +1,60 @@
-//! The one scylla-cdc consumer type: each event row goes to an
-//! [`EnvelopeSink`] (the relay's `Deliverer`, or the read-model projection).
+//! The one scylla-cdc consumer type: the rows of each CDC batch, in order,
+//! each event to ONE call of an [`EnvelopeSink`] (the relay's `Deliverer`
+//! behind the reconciling sink, or the read-model projection).
 //!
-//! Guarantee: `consume_cdc` returns `Ok` only once the sink handled the
-//! event durably (the relay: `Delivered` = broker confirmed, acks=all, or
-//! `DeadLettered` = durably stored as permanent failure), so scylla-cdc's
-//! checkpoint cannot move past it; after shutdown it returns an error and the
-//! reader stops without saving progress past the row. Rows that are not
-//! event inserts are skipped; an undecodable row stops the reader.
+//! Guarantees:
+//! - `consume_cdc` returns `Ok` only once the sink handled every event of
+//!   the rows it was given durably (the relay: broker confirmed, acks=all, or
+//!   dead-lettered / parked), so scylla-cdc's checkpoint cannot move past
+//!   them; rows of a CDC batch still waiting for `cdc$end_of_batch` are not
+//!   handled yet, and the stream's progress is held at their `cdc$time`
+//!   (`LeaseCheckpointSaver::hold`) until they are.
+//! - The rows of one batch (one append) go out in the aggregate's sequence
+//!   order ([`BatchBuffer`]), whatever order Scylla numbered them in.
+//! - Rows that are not event inserts are skipped; a row of `event_store` that
+//!   cannot be decoded goes to [`EnvelopeSink::undecodable`] (by default an
+//!   error, which stops the reader); after shutdown or when the progress is
+//!   fenced (another instance took the lease over) it returns an error and
+//!   the reader stops without saving progress past the row.
 
 use async_trait::async_trait;
+use scylla::value::CqlValue;
 use scylla_cdc::consumer::{CDCRow, Consumer, ConsumerFactory};
 use std::sync::Arc;
+use uuid::Uuid;
 
-use super::columns::envelope_from_cdc_row;
+use super::batch::{timeuuid_ms, BatchBuffer, RowMeta};
+use super::columns::{envelope_from_cdc_row, CdcColumns};
+use super::progress::StreamKey;
+use super::saver::LeaseCheckpointSaver;
 use super::CdcError;
 use crate::envelope::EventEnvelope;
 use crate::relay::deliver::{Delivered, Deliverer};
 use crate::shutdown::Shutdown;
 use crate::store::feed::RawEvent;
+
+/// Rows of one batch buffered at most (an append has one per event + 1).
+const MAX_BATCH_ROWS: usize = 10_000;
+
+/// Where a CDC row sits in the log (the watermark of exactly-once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowPosition {
+    pub stream: StreamKey,
+    /// The generation being read (ms), once scylla-cdc started one.
+    pub generation: Option<i64>,
+    pub time: Uuid,
+    pub batch_seq_no: i32,
+}
+
+/// A row of `event_store` that is an event insert but cannot be decoded.
+#[derive(Debug)]
+pub struct UndecodableRow {
+    pub aggregate_id: Option<Uuid>,
+    pub sequence: Option<i64>,
+    pub event_id: Option<Uuid>,
+    pub position: RowPosition,
+    pub error: CdcError,
+}
 
 /// Where a CDC consumer sends each event. `handle` returns `Ok` only once
 /// the event is durably handled (the reader's checkpoint may then move past
@@ -25,6 +62,20 @@ use crate::store::feed::RawEvent;
 #[async_trait]
 pub trait EnvelopeSink: Send + Sync + 'static {
     async fn handle(&self, env: EventEnvelope, shutdown: &mut Shutdown) -> Result<(), CdcError>;
+
+    /// Like `handle`, with the log row the event came from (exactly-once
+    /// records it as its stream's watermark). Events published from the
+    /// event table (reconciliation) have no row and come through `handle`.
+    async fn handle_row(&self, env: EventEnvelope, _at: &RowPosition, shutdown: &mut Shutdown) -> Result<(), CdcError> {
+        self.handle(env, shutdown).await
+    }
+
+    /// A row that cannot be decoded. The default stops the reader with the
+    /// row's error (the parking policy of the relay replaces it).
+    async fn undecodable(&self, row: UndecodableRow, _shutdown: &mut Shutdown) -> Result<(), CdcError> {
+        tracing::error!(error = %row.error, aggregate_id = ?row.aggregate_id, sequence = ?row.sequence, "undecodable CDC row of event_store; stopping the CDC reader");
+        Err(row.error)
+    }
 }
 
 /// The relay's sink: one delivery through retry, breaker and the parking
@@ -44,53 +95,142 @@ impl EnvelopeSink for Deliverer {
     }
 }
 
-/// The row filtering and error policy every consumer of `event_store`'s CDC
-/// log shares: `None` for rows that are not event inserts, an error (which
-/// stops the reader) for an undecodable row or after shutdown.
-fn event_of_row(row: &CDCRow<'_>, shutdown: &Shutdown) -> Result<Option<EventEnvelope>, CdcError> {
-    let env = match envelope_from_cdc_row(row) {
-        Ok(Some(env)) => env,
-        Ok(None) => return Ok(None),
-        Err(e) => {
-            tracing::error!(error = %e, "undecodable CDC row of event_store; stopping the CDC reader");
-            return Err(e);
-        }
-    };
-    if shutdown.is_shutdown() {
-        return Err(CdcError::Shutdown);
-    }
-    Ok(Some(env))
+/// What one buffered row turned into.
+enum Item {
+    Event(EventEnvelope),
+    Skip,
+    Bad(UndecodableRow),
 }
 
-/// scylla-cdc consumer (one per stream group) that hands each event row to
-/// an [`EnvelopeSink`], one at a time in log order.
+fn uuid_of(v: Option<Option<&CqlValue>>) -> Option<Uuid> {
+    match v.flatten() {
+        Some(CqlValue::Uuid(u)) => Some(*u),
+        Some(CqlValue::Timeuuid(u)) => Some(Uuid::from(*u)),
+        _ => None,
+    }
+}
+
+fn item_of(row: &CDCRow<'_>, position: RowPosition) -> (Option<i64>, Item) {
+    match envelope_from_cdc_row(row) {
+        Ok(Some(env)) => (Some(env.sequence), Item::Event(env)),
+        Ok(None) => (None, Item::Skip),
+        Err(error) => {
+            let sequence = match row.column("sequence_number").flatten() {
+                Some(CqlValue::BigInt(n)) => Some(*n),
+                _ => None,
+            };
+            let bad = UndecodableRow {
+                aggregate_id: uuid_of(row.column("aggregate_id")),
+                sequence,
+                event_id: uuid_of(row.column("event_id")),
+                position,
+                error,
+            };
+            (sequence, Item::Bad(bad))
+        }
+    }
+}
+
+/// scylla-cdc consumer (one per stream group and generation): buffers each
+/// CDC batch, then hands its events to an [`EnvelopeSink`], one at a time.
 pub struct SinkConsumer<S: EnvelopeSink> {
     sink: Arc<S>,
+    saver: Option<Arc<LeaseCheckpointSaver>>,
     shutdown: Shutdown,
+    buffer: BatchBuffer<(RowPosition, Item)>,
+}
+
+impl<S: EnvelopeSink> SinkConsumer<S> {
+    async fn deliver(&mut self, position: RowPosition, item: Item) -> Result<(), CdcError> {
+        if self.shutdown.is_shutdown() {
+            return Err(CdcError::Shutdown);
+        }
+        match item {
+            Item::Skip => Ok(()),
+            Item::Event(env) => self.sink.handle_row(env, &position, &mut self.shutdown).await,
+            Item::Bad(bad) => self.sink.undecodable(bad, &mut self.shutdown).await,
+        }
+    }
+
+    fn release_hold(&self, stream: &StreamKey) {
+        if let Some(s) = &self.saver {
+            s.release(stream);
+        }
+    }
+}
+
+impl<S: EnvelopeSink> Drop for SinkConsumer<S> {
+    fn drop(&mut self) {
+        // A batch left buffered (the run ended) is read again by the next run.
+        if let Some(k) = self.buffer.pending() {
+            self.release_hold(&k.stream.clone());
+        }
+    }
 }
 
 #[async_trait]
 impl<S: EnvelopeSink> Consumer for SinkConsumer<S> {
     async fn consume_cdc(&mut self, row: CDCRow<'_>) -> anyhow::Result<()> {
-        let Some(env) = event_of_row(&row, &self.shutdown)? else { return Ok(()) };
-        self.sink.handle(env, &mut self.shutdown).await.map_err(Into::into)
+        if let Some(s) = self.saver.as_ref().filter(|s| s.is_fenced()) {
+            return Err(CdcError::Fenced { consumer: s.name().to_string() }.into());
+        }
+        let meta = RowMeta::of(&row);
+        let position = RowPosition {
+            stream: meta.key.stream.clone(),
+            generation: self.saver.as_ref().and_then(|s| s.generation_ms()),
+            time: meta.key.time,
+            batch_seq_no: meta.batch_seq_no,
+        };
+        let (sequence, item) = item_of(&row, position.clone());
+        let released = self.buffer.push(meta, sequence, (position, item));
+        let mut done_streams = Vec::new();
+        for batch in released {
+            if !batch.complete {
+                tracing::warn!(stream = %batch.key.stream.hex(), time = %batch.key.time, rows = batch.rows.len(), "CDC batch without its cdc$end_of_batch row; handling what arrived");
+            }
+            for (position, item) in batch.rows {
+                self.deliver(position, item).await?;
+            }
+            done_streams.push(batch.key.stream);
+        }
+        // Progress of a stream must not pass a batch still buffered.
+        let pending = self.buffer.pending().cloned();
+        if let (Some(saver), Some(k)) = (&self.saver, &pending) {
+            saver.hold(&k.stream, timeuuid_ms(&k.time).unwrap_or(0));
+        }
+        for s in done_streams.iter().filter(|s| pending.as_ref().is_none_or(|k| k.stream != **s)) {
+            self.release_hold(s);
+        }
+        Ok(())
     }
 }
 
 pub struct SinkConsumerFactory<S: EnvelopeSink> {
     sink: Arc<S>,
+    saver: Option<Arc<LeaseCheckpointSaver>>,
     shutdown: Shutdown,
 }
 
 impl<S: EnvelopeSink> SinkConsumerFactory<S> {
-    pub fn new(sink: Arc<S>, shutdown: Shutdown) -> Self {
-        SinkConsumerFactory { sink, shutdown }
+    /// `saver`: the reader's checkpoint saver (holds, fencing, generation);
+    /// `None` only in tests that run the consumer alone.
+    pub fn new(sink: Arc<S>, saver: Option<Arc<LeaseCheckpointSaver>>, shutdown: Shutdown) -> Self {
+        SinkConsumerFactory { sink, saver, shutdown }
     }
 }
 
 #[async_trait]
 impl<S: EnvelopeSink> ConsumerFactory for SinkConsumerFactory<S> {
     async fn new_consumer(&self) -> Box<dyn Consumer> {
-        Box::new(SinkConsumer { sink: self.sink.clone(), shutdown: self.shutdown.clone() })
+        Box::new(SinkConsumer {
+            sink: self.sink.clone(),
+            saver: self.saver.clone(),
+            shutdown: self.shutdown.clone(),
+            buffer: BatchBuffer::new(MAX_BATCH_ROWS),
+        })
     }
 }
+
+#[cfg(test)]
+#[path = "consumer_tests.rs"]
+mod tests;

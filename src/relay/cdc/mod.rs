@@ -1,77 +1,75 @@
-//! Scylla CDC feed (scylla-cdc): CDC rows of `event_store` -> envelopes -> `Deliverer`.
+//! Scylla CDC feed (scylla-cdc 0.7): CDC rows of `event_store` -> envelopes
+//! -> ONE delivery call per event (the relay's `Deliverer` behind the
+//! reconciling sink, or the read-model projection on CQL).
 //!
 //! The CQL backend has no global commit order, so its outbox feed is the
 //! Scylla CDC log of `event_store` (`event_store_scylla_cdc_log`, created by
-//! `CqlStore::migrate` on ScyllaDB). This module is a thin adapter: it turns
-//! each CDC row that inserts an event into an `EventEnvelope` ([`columns`])
-//! and hands it to ONE consumer type ([`consumer::SinkConsumer`]) whose sink
-//! is the shared `Deliverer` for the relay (retry, circuit breaker, DLQ live
-//! there, once) or the read-model projection on CQL; [`reader`] starts and
-//! stops scylla-cdc.
+//! `outboxd schema` with explicit CDC options and the configured log TTL).
 //!
-//! Guarantees:
-//! - At-least-once, never past an unconfirmed event. scylla-cdc reads the log
-//!   window by window; a stream group's in-memory checkpoint moves to the end
-//!   of a window only after `consume_cdc` returned `Ok` for every row of it,
-//!   and the `TableBackedCheckpointSaver` persists (every
-//!   `checkpoint_interval_ms`) only that value. `consume_cdc` returns `Ok`
-//!   only once the event is `Delivered` (broker confirmed, acks=all) or
-//!   `DeadLettered` (durably stored as permanent failure). While the broker is
-//!   down, `Deliverer::deliver` keeps retrying behind the breaker, so
-//!   `consume_cdc` blocks and the checkpoint cannot move past the event. On
-//!   shutdown `consume_cdc` returns an error, the reader stops without saving
-//!   progress past it, and a restart (`should_load_progress(true)`) re-reads
-//!   from the last saved window start: at most the tail since then is sent
-//!   again, with the same `ce_id`.
+//! Files: [`columns`] (row -> envelope), [`batch`] (a CDC batch buffered
+//! until `cdc$end_of_batch`), [`consumer`] (the one consumer type),
+//! [`progress`] + [`saver`] (the checkpoint saver: progress in the lease
+//! partition, never backwards, fenced), [`start`] (start point, catch-up
+//! plan), [`runner`] (runs scylla-cdc), [`reader`] (a consumer's feed),
+//! [`relay_feed`] (the relay's feed: reconciling sink over the `Deliverer`),
+//! [`reconcile`] + [`reconciler`] (unknown-outcome appends), [`health`]
+//! (TTL guard, reconciliation verdict), [`watermark`] (exactly-once skip).
+//!
+//! Guarantees (docs/OPERATIONS.md, "Scylla CDC feed"):
+//! - At-least-once, never past an unconfirmed event: scylla-cdc moves a
+//!   stream group's progress to the end of a window only after `consume_cdc`
+//!   returned `Ok` for every row of it, and `consume_cdc` returns only once
+//!   the sink handled the row's event durably. The saver writes that
+//!   progress every `checkpoint_interval_ms` and never moves it backwards, so
+//!   a crash re-sends at most the last checkpoint interval plus the window in
+//!   flight (same `ce_id`), and a start never replays back to its lower bound.
 //! - Order per aggregate: one aggregate is one partition, i.e. one CDC stream
-//!   (per generation); each stream group has one consumer that delivers its
-//!   rows one at a time in log order (`cdc$time`, `cdc$batch_seq_no`), and
-//!   scylla-cdc finishes a generation before starting the next. Throughput per
-//!   stream group is therefore one broker round trip per event.
-//! - Only inserts of event rows are published: static-only updates of
-//!   `version` (the compare-and-set of each append), deletes, pre/post-images
-//!   are skipped.
+//!   (per generation); each stream group has one consumer that hands its
+//!   rows over one at a time in log order, each append's rows in sequence
+//!   order, and scylla-cdc finishes a generation before starting the next.
+//!   Late rows of unknown-outcome appends are published before later events
+//!   of their aggregate by the reconciling sink.
+//! - Only inserts of event rows are published: the static-only `version`
+//!   update of each append, deletes and updates are skipped.
+//! - Where reading starts: the saved progress; without any, `cdc:origin`
+//!   (first `outboxd schema`) minus the clock-skew allowance, so events
+//!   appended before the first relay start are published; never before the
+//!   CDC log TTL floor (those rows are gone).
 //!
-//! Latency floor: a row becomes readable `safety_interval_ms` after it was
-//! written; once caught up, each stream group queries
+//! Latency floor: a row becomes readable `safety_interval_ms` (30 s) after
+//! it was written; once caught up each stream group queries
 //! `[last window end, now - safety_interval)` and then sleeps
-//! `sleep_interval_ms`. So an event reaches Kafka about
-//! `safety_interval + sleep_interval` (+ query and broker time) after its
-//! append, up to `window_size_ms` more while the reader is catching up (a
-//! window never spans more than `window_size_ms`).
-//!
-//! Where reading starts: scylla-cdc resumes each stream from its saved
-//! checkpoint but never before the start timestamp we give it, which is
-//! `max(now - 24 h, cdc:origin - 1 min)`. 24 h is Scylla's default CDC log
-//! TTL (older rows are gone anyway); `cdc:origin` is the time of the first
-//! `migrate` (row in `checkpoints`), before which `event_store` held nothing.
-//! A relay that starts for the first time therefore publishes every event
-//! still in the log, not only the ones written after it started.
-//!
-//! Limitation: a CDC row of `event_store` that cannot be turned into an
-//! envelope (e.g. a payload that is not JSON, written by hand) stops the
-//! reader with [`CdcError`] naming the row, instead of being skipped silently.
+//! `sleep_interval_ms`. Behind by more than `catch_up_threshold_ms` at a
+//! (re)start, the reader first catches up with large windows and short sleeps.
 
+pub mod batch;
 pub mod columns;
 pub mod consumer;
+pub mod health;
+pub mod progress;
 pub mod reader;
-
-use std::time::Duration;
+pub mod reconcile;
+pub mod reconciler;
+pub mod relay_feed;
+pub mod runner;
+pub mod saver;
+pub mod start;
+#[cfg(test)]
+pub(crate) mod testkit;
+pub mod watermark;
 
 use crate::store::StoreError;
 
 pub use columns::{envelope_from_cdc_row, envelope_from_columns, CdcColumns};
-pub use consumer::{EnvelopeSink, SinkConsumer, SinkConsumerFactory};
-pub use reader::{run_until_shutdown, start_cdc_reader, start_cdc_sink_reader, CdcReaderHandle};
+pub use consumer::{EnvelopeSink, RowPosition, SinkConsumer, SinkConsumerFactory, UndecodableRow};
+pub use reader::{runner_settings, CdcFeed, FeedSpec};
+pub use relay_feed::run_relay_feed;
 
 /// The base table whose CDC log is the feed.
 pub const EVENT_TABLE: &str = "event_store";
-/// scylla-cdc's progress table (in the store's keyspace).
-pub const CDC_CHECKPOINT_TABLE: &str = "cdc_checkpoints";
-/// Scylla's default CDC log TTL: rows older than this are gone.
-pub const CDC_LOG_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Clock-skew margin before `cdc:origin`.
-pub(crate) const ORIGIN_MARGIN: Duration = Duration::from_secs(60);
+/// The table scylla-cdc's own saver kept the relay's progress in before
+/// (read once, when the relay's lease partition holds no progress yet).
+pub const LEGACY_RELAY_CHECKPOINT_TABLE: &str = "cdc_checkpoints";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CdcError {
@@ -97,4 +95,8 @@ pub enum CdcError {
     /// Shutdown interrupted a delivery; progress was not saved past it.
     #[error("CDC consumer stopped by shutdown before the event was confirmed")]
     Shutdown,
+    /// Another instance took the consumer's lease over: this one must not
+    /// publish or save progress any more.
+    #[error("CDC progress of {consumer} is fenced: another instance holds its lease")]
+    Fenced { consumer: String },
 }

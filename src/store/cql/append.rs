@@ -17,6 +17,12 @@
 //!   consistency: our `event_id` there means an earlier attempt landed
 //!   (success), anything else is a `Conflict`. If the attempts run out while
 //!   the outcome is still unknown, the error is `Unavailable` (never success).
+//! - An append resolved as applied after an unknown outcome is recorded in
+//!   `append_reconciliation` (one row per event) before it returns Ok: its
+//!   CDC rows may carry the original ballot's time and land behind the
+//!   relay's reading position; the relay publishes them from there
+//!   (`relay::cdc::reconciler`). If that record cannot be written the append
+//!   returns `Unavailable` ("applied, but ..."), never a silent Ok.
 //! - The batch goes through a [`BatchExecutor`]: the driver session in
 //!   production ([`SessionBatches`]); the tests plug in one that loses
 //!   requests or replies, so the resolution is exercised against a real server.
@@ -31,6 +37,7 @@ use scylla::value::MaybeUnset;
 use std::time::Duration;
 use uuid::Uuid;
 
+use super::reconcile::ReconcileTable;
 use super::rows::{as_bigint, lwt_answer};
 use super::schema::Statements;
 use super::{codec, exec_err, unavailable, CqlStore};
@@ -172,6 +179,40 @@ impl CqlStore {
         Ok(row.and_then(|r| r.0))
     }
 
+    /// Records an append resolved as applied after an unknown outcome (see
+    /// the module doc); retried a few times, then `Unavailable`.
+    async fn record_resolved(&self, aggregate_id: Uuid, events: &[EventEnvelope]) -> Result<(), StoreError> {
+        let rows: Vec<(i64, Uuid)> = events.iter().map(|e| (e.sequence, e.event_id)).collect();
+        let mut last = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt + 2)).await;
+            }
+            let table = match self
+                .reconcile
+                .get_or_try_init(|| ReconcileTable::open(self.session.clone(), &self.keyspace))
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            match table.record(aggregate_id, &rows, chrono::Utc::now()).await {
+                Ok(()) => {
+                    tracing::info!(%aggregate_id, events = rows.len(), "append with an unknown outcome resolved as applied; recorded for reconciliation");
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(unavailable(format!(
+            "append to aggregate {aggregate_id} was applied after an unknown outcome, but its reconciliation record could not be written (the relay may publish it late): {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )))
+    }
+
     /// `EventStore::append` (see the module doc).
     pub(super) async fn append_events(
         &self,
@@ -196,6 +237,7 @@ impl CqlStore {
                         match self.event_id_at(s, aggregate_id, expected_version + 1).await {
                             Ok(id) if id == Some(events[0].event_id) => {
                                 tracing::debug!(%aggregate_id, expected_version, "append with an unknown outcome had been applied");
+                                self.record_resolved(aggregate_id, &events).await?;
                                 return Ok(done);
                             }
                             Ok(_) => {}
@@ -225,6 +267,7 @@ impl CqlStore {
         // the events are provably there.
         if let Ok(Some(id)) = self.event_id_at(s, aggregate_id, expected_version + 1).await {
             if id == events[0].event_id {
+                self.record_resolved(aggregate_id, &events).await?;
                 return Ok(done);
             }
             let actual = match self.load_after(aggregate_id, expected_version).await {

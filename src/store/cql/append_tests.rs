@@ -72,12 +72,7 @@ impl BatchExecutor for FaultyBatches {
 
 /// A fresh keyspace on the server of `CASSANDRA_URI` / `SCYLLA_URI`, if set.
 async fn live() -> Option<(Arc<CqlStore>, Arc<FaultyBatches>)> {
-    let uri =
-        std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).filter(|s| !s.is_empty());
-    let Some(uri) = uri else {
-        eprintln!("SKIPPED: set CASSANDRA_URI or SCYLLA_URI to run the CQL fault-injection cases");
-        return None;
-    };
+    let uri = crate::store::cql::connect::test_server_uri("CQL fault-injection cases")?;
     let cfg = CqlConfig { uri, keyspace: format!("u_{}", Uuid::now_v7().simple()), ..CqlConfig::default() };
     let faults = Arc::new(FaultyBatches::default());
     let store = CqlStore::connect_with(&cfg, faults.clone()).await.expect("connect");
@@ -85,23 +80,7 @@ async fn live() -> Option<(Arc<CqlStore>, Arc<FaultyBatches>)> {
     Some((store, faults))
 }
 
-fn events(id: Uuid, from: i64, n: usize) -> Vec<EventEnvelope> {
-    (0..n)
-        .map(|i| EventEnvelope {
-            event_id: Uuid::now_v7(),
-            aggregate_type: "order".into(),
-            aggregate_id: id,
-            sequence: from + 1 + i as i64,
-            event_type: "OrderCancelled".into(),
-            schema_version: 1,
-            payload: serde_json::json!({ "reason": format!("r{i}") }),
-            causation_id: None,
-            correlation_id: Uuid::now_v7(),
-            timestamp: crate::envelope::now_millis(),
-            trace: None,
-        })
-        .collect()
-}
+use crate::envelope::test_events as events;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cas_timeout_with_lost_reply_is_resolved_as_success() {
@@ -120,6 +99,32 @@ async fn cas_timeout_with_lost_reply_is_resolved_as_success() {
     faults.inject([Inject::LostReply, Inject::LostReply]);
     assert_eq!(s.append(id, 2, more.clone()).await.unwrap().version, 3);
     assert_eq!(s.load(id).await.unwrap().len(), 3);
+    // Both appends were resolved as applied after an unknown outcome: each
+    // event is on record for the relay's reconciliation, with its event id.
+    let table = crate::store::cql::reconcile::ReconcileTable::open(s.session(), s.keyspace()).await.unwrap();
+    let mut pending: Vec<(i64, Uuid)> = table
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.aggregate_id == id)
+        .map(|p| (p.sequence, p.event_id))
+        .collect();
+    pending.sort();
+    let want: Vec<(i64, Uuid)> = ev.iter().chain(&more).map(|e| (e.sequence, e.event_id)).collect();
+    assert_eq!(pending, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_with_a_known_outcome_are_not_recorded_for_reconciliation() {
+    let Some((s, faults)) = live().await else { return };
+    let id = Uuid::now_v7();
+    s.append(id, 0, events(id, 0, 1)).await.unwrap();
+    // A lost request: the re-proposal applies with a known outcome.
+    faults.inject([Inject::LostRequest]);
+    s.append(id, 1, events(id, 1, 1)).await.unwrap();
+    let table = crate::store::cql::reconcile::ReconcileTable::open(s.session(), s.keyspace()).await.unwrap();
+    assert!(table.list().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

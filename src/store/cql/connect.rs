@@ -14,7 +14,7 @@
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::errors::{ExecutionError, RequestAttemptError};
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::statement::{Consistency, SerialConsistency, Statement};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -132,7 +132,9 @@ impl CqlStore {
             serial,
             scylla,
             cdc: AtomicBool::new(false),
+            log_ttl_seconds: cfg.cdc.log_ttl_seconds,
             stmts: OnceCell::new(),
+            reconcile: OnceCell::new(),
             batches,
         };
         store.refresh_cdc_flag().await?;
@@ -170,10 +172,13 @@ fn meta_stmt(cql: &str) -> Statement {
     st
 }
 
-/// ScyllaDB has `system.scylla_local`; Apache Cassandra answers "unconfigured table".
+/// ScyllaDB has `system.scylla_local`; Apache Cassandra answers "unconfigured
+/// table". A role not allowed to read it gets `Unauthorized`, which the
+/// server only checks for a table that exists: ScyllaDB too.
 async fn detect_scylla(session: &Session) -> Result<bool, String> {
     match session.query_unpaged(meta_stmt("SELECT key FROM system.scylla_local LIMIT 1"), ()).await {
         Ok(_) => Ok(true),
+        Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Unauthorized, _))) => Ok(true),
         Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(_, _))) => Ok(false),
         Err(e) => Err(format!("cannot query the server: {e}")),
     }
@@ -189,6 +194,18 @@ pub async fn cdc_log_exists(session: &Session, keyspace: &str) -> Result<bool, S
         .await
         .map_err(|e| exec_err("cannot read system_schema.tables", e))?;
     Ok(res.into_rows_result().map_err(codec)?.rows_num() > 0)
+}
+
+/// Tests: the CQL server of `CASSANDRA_URI` (or `SCYLLA_URI`), or `None`
+/// after a "SKIPPED: `what`" line saying what to set.
+#[cfg(test)]
+pub(crate) fn test_server_uri(what: &str) -> Option<String> {
+    let uri =
+        std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).filter(|s| !s.is_empty());
+    if uri.is_none() {
+        eprintln!("SKIPPED: {what}: set CASSANDRA_URI (make test starts one) or SCYLLA_URI");
+    }
+    uri
 }
 
 #[cfg(test)]

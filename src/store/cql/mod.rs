@@ -47,10 +47,13 @@
 //!   millisecond-truncated, so they round-trip exactly.
 
 pub mod append;
+pub mod cdc_options;
 pub mod connect;
 mod dlq;
 mod lease;
 mod parking;
+pub mod progress;
+pub mod reconcile;
 mod relay_tables;
 mod rows;
 pub mod schema;
@@ -61,6 +64,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use scylla::client::session::Session;
 use scylla::errors::ExecutionError;
+use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::SerialConsistency;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -96,6 +100,15 @@ fn codec(e: impl std::fmt::Display) -> StoreError {
     StoreError::Codec(e.to_string())
 }
 
+/// Prepares `cql` on `session`; a failure says to run `outboxd schema`
+/// (which creates `table`), since a missing table is the usual cause.
+pub async fn prepare_on(session: &Session, cql: String, table: &str) -> Result<PreparedStatement, StoreError> {
+    session
+        .prepare(cql.as_str())
+        .await
+        .map_err(|e| unavailable(format!("cannot prepare `{cql}` (run `outboxd schema` to create {table}): {e}")))
+}
+
 /// Driver errors -> store errors. Every server or network failure is
 /// `Unavailable` (retrying later may succeed); decode failures are `Codec`.
 fn exec_err(what: &str, e: ExecutionError) -> StoreError {
@@ -110,7 +123,11 @@ pub struct CqlStore {
     serial: SerialConsistency,
     scylla: bool,
     cdc: AtomicBool,
+    /// `store.cql.cdc.log_ttl_seconds`: the CDC options `migrate` sets.
+    log_ttl_seconds: u64,
     stmts: OnceCell<Statements>,
+    /// `append_reconciliation`, opened on the first unknown-outcome append.
+    reconcile: OnceCell<reconcile::ReconcileTable>,
     /// Sends the appends' conditional batches (the session, or a test's faults).
     batches: Arc<dyn BatchExecutor>,
 }

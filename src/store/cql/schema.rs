@@ -1,15 +1,18 @@
 //! The CQL schema (`schema.cql`), its migration and the prepared statements.
 //!
 //! Guarantee: `migrate` runs the statements of `schema.cql` (idempotent
-//! `IF NOT EXISTS` DDL) with the configured keyspace and replication factor,
-//! turns CDC on for `event_store` on ScyllaDB, and records the CDC origin once;
+//! `IF NOT EXISTS` DDL) with the configured keyspace, replication factor and
+//! CDC log TTL, turns CDC on for `event_store` on ScyllaDB with the explicit
+//! options (and corrects them when the table's options drifted: another TTL,
+//! images, delta mode), and records the CDC origin once;
 //! statements are prepared once, lazily (a fresh keyspace has no tables until
 //! `migrate` ran), and every statement names the keyspace explicitly.
 
 use chrono::Utc;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::{Consistency, SerialConsistency};
+use scylla::statement::{Consistency, SerialConsistency, Statement};
 
+use super::cdc_options::{cdc_options_cql, options_drift, DEFAULT_LOG_TTL_SECS};
 use super::rows::{EVENT_COLS, LETTER_COLS};
 use super::{exec_err, unavailable, CqlStore, CDC_ORIGIN_CHECKPOINT};
 use crate::store::StoreError;
@@ -18,9 +21,10 @@ use crate::store::StoreError;
 pub const SCHEMA_CQL: &str = include_str!("schema.cql");
 
 /// The schema of one keyspace: the statements of `schema.cql` with `keyspace`,
-/// `replication_factor` substituted and, when `cdc` is false, the CDC option
-/// of `event_store` removed.
-pub fn schema_statements(keyspace: &str, replication_factor: u32, cdc: bool) -> Vec<String> {
+/// `replication_factor` and the CDC log TTL substituted and, when `cdc` is
+/// false (Apache Cassandra), the CDC and tablets options removed.
+pub fn schema_statements(keyspace: &str, replication_factor: u32, cdc: bool, log_ttl_seconds: u64) -> Vec<String> {
+    let default_options = format!("\n  AND cdc = {}", cdc_options_cql(DEFAULT_LOG_TTL_SECS));
     let text: String = SCHEMA_CQL.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
     text.split(';')
         .map(str::trim)
@@ -31,8 +35,10 @@ pub fn schema_statements(keyspace: &str, replication_factor: u32, cdc: bool) -> 
                 .replace(" outbox.", &format!(" {keyspace}."))
                 .replace("'replication_factor': 1}", &format!("'replication_factor': {replication_factor}}}"));
             if !cdc {
-                s = s.replace("\n  AND cdc = {'enabled': true}", "");
+                s = s.replace(&default_options, "");
                 s = s.replace("\n  AND tablets = {'enabled': false}", "");
+            } else {
+                s = s.replace(&default_options, &format!("\n  AND cdc = {}", cdc_options_cql(log_ttl_seconds)));
             }
             s
         })
@@ -133,8 +139,12 @@ impl CqlStore {
     }
 
     async fn ddl(&self, cql: &str) -> Result<(), StoreError> {
+        // Schema changes wait for the cluster's schema agreement: slower than
+        // data requests on a busy cluster, so not bound by request_timeout_ms.
+        let mut st = Statement::new(cql);
+        st.set_request_timeout(Some(std::time::Duration::from_secs(60)));
         self.session
-            .query_unpaged(cql, ())
+            .query_unpaged(st, ())
             .await
             .map(|_| ())
             .map_err(|e| exec_err(&format!("schema statement failed: {cql}"), e))
@@ -143,7 +153,7 @@ impl CqlStore {
     /// `EventStore::migrate`.
     pub(super) async fn migrate_schema(&self) -> Result<(), StoreError> {
         let want_cdc = self.scylla;
-        for stmt in schema_statements(&self.keyspace, self.replication_factor, want_cdc) {
+        for stmt in schema_statements(&self.keyspace, self.replication_factor, want_cdc, self.log_ttl_seconds) {
             self.ddl(&stmt).await?;
         }
         // Columns added after a table was first created (schema upgrades).
@@ -160,10 +170,16 @@ impl CqlStore {
             }
         }
         let mut on = self.refresh_cdc_flag().await?;
-        if want_cdc && !on {
-            // An event table created before CDC was wanted (or by hand): enable it.
-            self.ddl(&format!("ALTER TABLE {} WITH cdc = {{'enabled': true}}", self.t("event_store"))).await?;
-            on = self.refresh_cdc_flag().await?;
+        if want_cdc {
+            // An event table created before CDC was wanted (or by hand), or
+            // with other options (another TTL): set outboxd's options.
+            let drift = if on { self.cdc_options_drift().await } else { vec!["enabled: false -> true".into()] };
+            if !drift.is_empty() {
+                tracing::info!(keyspace = %self.keyspace, ?drift, "setting the CDC options of event_store");
+                let options = cdc_options_cql(self.log_ttl_seconds);
+                self.ddl(&format!("ALTER TABLE {} WITH cdc = {options}", self.t("event_store"))).await?;
+                on = self.refresh_cdc_flag().await?;
+            }
         }
         if on {
             let now = Utc::now();
@@ -188,14 +204,33 @@ impl CqlStore {
     }
 }
 
+impl CqlStore {
+    /// How the CDC options of `event_store` on the server differ from the
+    /// wanted ones (`system_schema.scylla_tables.cdc`). When they cannot be
+    /// read, "unknown", so that migrate sets them.
+    async fn cdc_options_drift(&self) -> Vec<String> {
+        let q = "SELECT cdc FROM system_schema.scylla_tables WHERE keyspace_name = ? AND table_name = 'event_store'";
+        let current = match self.session.query_unpaged(q, (&self.keyspace,)).await {
+            Ok(res) => res.into_rows_result().ok().and_then(|r| {
+                r.maybe_first_row::<(Option<std::collections::BTreeMap<String, String>>,)>().ok().flatten()
+            }),
+            Err(_) => None,
+        };
+        match current {
+            Some((Some(map),)) => options_drift(&map, self.log_ttl_seconds),
+            _ => vec!["unknown (system_schema.scylla_tables.cdc unreadable)".into()],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn schema_substitutes_keyspace_rf_and_cdc() {
-        let with = schema_statements("ks1", 3, true);
-        let without = schema_statements("ks1", 3, false);
+        let with = schema_statements("ks1", 3, true, 3_600);
+        let without = schema_statements("ks1", 3, false, 3_600);
         assert_eq!(with.len(), 14);
         assert_eq!(without.len(), 14);
         assert!(with[0].starts_with("CREATE KEYSPACE IF NOT EXISTS ks1\n"), "{}", with[0]);
@@ -204,7 +239,20 @@ mod tests {
             assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");
             assert!(!s.contains("outbox"), "{s}");
         }
-        assert!(with[1].contains("ks1.event_store") && with[1].ends_with("AND cdc = {'enabled': true}"), "{}", with[1]);
+        assert!(
+            with[1].contains("ks1.event_store")
+                && with[1].ends_with(
+                    "AND cdc = {'enabled': true, 'delta': 'full', 'preimage': false, 'postimage': false, 'ttl': 3600}"
+                ),
+            "{}",
+            with[1]
+        );
+        let default = schema_statements("ks1", 3, true, 86_400);
+        assert!(default[1].ends_with("'ttl': 86400}"), "{}", default[1]);
+        for t in ["relay_leases", "append_reconciliation"] {
+            assert!(with.iter().any(|s| s.starts_with(&format!("CREATE TABLE IF NOT EXISTS ks1.{t} ("))), "{t}");
+        }
+        assert!(with.iter().all(|s| !s.contains("cdc_checkpoints")), "the relay's saver has no table of its own");
         assert!(with[1].contains("version         bigint STATIC"));
         assert!(!without[1].contains("cdc"), "{}", without[1]);
         assert!(with[0].ends_with("AND tablets = {'enabled': false}"), "{}", with[0]);

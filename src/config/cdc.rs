@@ -1,0 +1,146 @@
+//! `[store.cql.cdc]`: how the Scylla CDC log of `event_store` is read.
+//!
+//! Guarantee: plain options with their defaults and the checks of their own
+//! keys (see docs/OPERATIONS.md, "Scylla CDC feed"); the CDC log TTL here is
+//! the one number the schema, the TTL guard, the read start and the progress
+//! rows' TTL all derive from.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use super::ConfigError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CdcConfig {
+    /// Width of each CDC log query window once caught up.
+    pub window_size_ms: u64,
+    /// Rows younger than this are not read yet: covers the clock skew
+    /// allowance plus the time a write (or a Paxos learn) takes to land.
+    pub safety_interval_ms: u64,
+    /// Largest tolerated clock difference between writers, nodes and the
+    /// relay (the `cdc:origin` margin and the TTL floor margin).
+    pub clock_skew_allowance_ms: u64,
+    /// Pause after every window once caught up.
+    pub sleep_interval_ms: u64,
+    /// How often the CDC progress is written to `relay_leases`.
+    pub checkpoint_interval_ms: u64,
+    /// The CDC log TTL (`cdc = {..., 'ttl': N}` in the schema).
+    pub log_ttl_seconds: u64,
+    /// Behind by more than this at (re)start: read with the catch-up settings first.
+    pub catch_up_threshold_ms: u64,
+    /// Window width while catching up.
+    pub catch_up_window_ms: u64,
+    /// Pause after every window while catching up.
+    pub catch_up_sleep_ms: u64,
+    /// An unknown-outcome append not seen in the log within
+    /// safety interval + window + this is published from `event_store`.
+    pub reconcile_margin_ms: u64,
+    /// How often the relay reloads `append_reconciliation`.
+    pub reconcile_refresh_ms: u64,
+    /// Aggregates whose last published sequence the relay remembers (gap
+    /// check and no re-send after an in-process reader restart).
+    pub reconcile_remember_aggregates: usize,
+}
+
+impl Default for CdcConfig {
+    fn default() -> Self {
+        CdcConfig {
+            window_size_ms: 30_000,
+            safety_interval_ms: 30_000,
+            clock_skew_allowance_ms: 10_000,
+            sleep_interval_ms: 1_000,
+            checkpoint_interval_ms: 5_000,
+            log_ttl_seconds: 86_400,
+            catch_up_threshold_ms: 120_000,
+            catch_up_window_ms: 300_000,
+            catch_up_sleep_ms: 100,
+            reconcile_margin_ms: 60_000,
+            reconcile_refresh_ms: 5_000,
+            reconcile_remember_aggregates: 100_000,
+        }
+    }
+}
+
+/// Cassandra's largest TTL (20 years).
+const MAX_TTL_SECONDS: u64 = 630_720_000;
+
+impl CdcConfig {
+    pub fn log_ttl(&self) -> Duration {
+        Duration::from_secs(self.log_ttl_seconds)
+    }
+
+    /// Age after which an unknown-outcome append is published from `event_store`.
+    pub fn reconcile_bound(&self) -> Duration {
+        Duration::from_millis(self.safety_interval_ms + self.window_size_ms + self.reconcile_margin_ms)
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(format!("store.cql.cdc.{m}")));
+        for (key, v) in [
+            ("window_size_ms", self.window_size_ms),
+            ("safety_interval_ms", self.safety_interval_ms),
+            ("sleep_interval_ms", self.sleep_interval_ms),
+            ("checkpoint_interval_ms", self.checkpoint_interval_ms),
+            ("catch_up_window_ms", self.catch_up_window_ms),
+            ("catch_up_sleep_ms", self.catch_up_sleep_ms),
+            ("reconcile_refresh_ms", self.reconcile_refresh_ms),
+        ] {
+            if v == 0 {
+                return err(format!("{key} must be at least 1"));
+            }
+        }
+        if self.safety_interval_ms < self.clock_skew_allowance_ms {
+            return err(format!(
+                "safety_interval_ms ({}) must be at least clock_skew_allowance_ms ({}): rows stamped by a clock that far ahead would be skipped",
+                self.safety_interval_ms, self.clock_skew_allowance_ms
+            ));
+        }
+        if !(60..=MAX_TTL_SECONDS).contains(&self.log_ttl_seconds) {
+            return err(format!(
+                "log_ttl_seconds = {}: use 60 .. {MAX_TTL_SECONDS} (a CDC log without TTL, 0, is not supported: it grows forever)",
+                self.log_ttl_seconds
+            ));
+        }
+        if self.log_ttl_seconds * 1_000 <= self.safety_interval_ms + self.window_size_ms {
+            return err(format!(
+                "log_ttl_seconds ({}) must exceed safety_interval_ms + window_size_ms: rows would expire before they are read",
+                self.log_ttl_seconds
+            ));
+        }
+        if self.reconcile_remember_aggregates < 2 {
+            return err("reconcile_remember_aggregates must be at least 2".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_safe() {
+        let c = CdcConfig::default();
+        c.validate().unwrap();
+        assert!(c.safety_interval_ms >= 30_000, "the safety interval default is at least 30 s");
+        assert_eq!(c.reconcile_bound(), Duration::from_secs(120));
+        assert_eq!(c.log_ttl(), Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let bad = |f: fn(&mut CdcConfig)| {
+            let mut c = CdcConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(bad(|c| c.safety_interval_ms = 5_000)
+            .contains("store.cql.cdc.safety_interval_ms (5000) must be at least clock_skew_allowance_ms"));
+        assert!(bad(|c| c.log_ttl_seconds = 0).contains("store.cql.cdc.log_ttl_seconds = 0"));
+        assert!(bad(|c| c.log_ttl_seconds = 59).contains("log_ttl_seconds"));
+        assert!(bad(|c| c.log_ttl_seconds = 60).contains("must exceed safety_interval_ms + window_size_ms"));
+        assert!(bad(|c| c.catch_up_sleep_ms = 0).contains("store.cql.cdc.catch_up_sleep_ms must be at least 1"));
+        assert!(bad(|c| c.reconcile_remember_aggregates = 0).contains("reconcile_remember_aggregates"));
+    }
+}

@@ -1,0 +1,213 @@
+//! The consumer with real scylla-cdc rows (built as scylla-cdc builds them
+//! from a page of the log table): batches released at `cdc$end_of_batch` in
+//! sequence order, positions handed to the sink, undecodable rows, fencing,
+//! and (against Cassandra) the progress hold while a batch is buffered.
+
+use super::*;
+use crate::relay::cdc::progress::StreamKey;
+use crate::relay::cdc::testkit::{
+    cdc_row_parts, event_row_columns, events, live_store, set_epoch, static_row_columns, timeuuid_at,
+};
+use crate::shutdown::Trigger;
+use scylla::value::CqlValue;
+use scylla_cdc::consumer::OperationType;
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<(i64, Option<RowPosition>)>>,
+    bad: Mutex<Vec<(Option<Uuid>, Option<i64>)>>,
+    park_bad: bool,
+}
+
+#[async_trait]
+impl EnvelopeSink for Recorder {
+    async fn handle(&self, env: EventEnvelope, _: &mut Shutdown) -> Result<(), CdcError> {
+        self.events.lock().unwrap().push((env.sequence, None));
+        Ok(())
+    }
+
+    async fn handle_row(&self, env: EventEnvelope, at: &RowPosition, _: &mut Shutdown) -> Result<(), CdcError> {
+        self.events.lock().unwrap().push((env.sequence, Some(at.clone())));
+        Ok(())
+    }
+
+    async fn undecodable(&self, row: UndecodableRow, _: &mut Shutdown) -> Result<(), CdcError> {
+        self.bad.lock().unwrap().push((row.aggregate_id, row.sequence));
+        if self.park_bad {
+            Ok(())
+        } else {
+            Err(row.error)
+        }
+    }
+}
+
+impl Recorder {
+    fn sequences(&self) -> Vec<i64> {
+        self.events.lock().unwrap().iter().map(|(s, _)| *s).collect()
+    }
+}
+
+fn order_events(id: Uuid, n: usize) -> Vec<EventEnvelope> {
+    events(id, 0, n)
+}
+
+struct Rig {
+    consumer: Box<dyn Consumer>,
+    _trigger: Trigger,
+}
+
+async fn consumer(sink: Arc<Recorder>, saver: Option<Arc<LeaseCheckpointSaver>>) -> Rig {
+    let trigger = Trigger::new();
+    let factory = SinkConsumerFactory::new(sink, saver, trigger.subscribe());
+    Rig { consumer: factory.new_consumer().await, _trigger: trigger }
+}
+
+const STREAM: [u8; 16] = [7; 16];
+
+/// The N + 1 rows of one N-event append, as Scylla writes them.
+fn append_rows(
+    events: &[EventEnvelope],
+    time: Uuid,
+    seq_of: impl Fn(usize) -> i32,
+) -> Vec<(scylla_cdc::consumer::CDCRowSchema, scylla::value::Row)> {
+    let n = events.len();
+    let mut rows = vec![cdc_row_parts(
+        OperationType::RowUpdate,
+        &STREAM,
+        time,
+        0,
+        false,
+        static_row_columns(events[0].aggregate_id, n as i64),
+    )];
+    for (i, e) in events.iter().enumerate() {
+        rows.push(cdc_row_parts(OperationType::RowInsert, &STREAM, time, seq_of(i), i + 1 == n, event_row_columns(e)));
+    }
+    rows
+}
+
+async fn feed(
+    rig: &mut Rig,
+    rows: Vec<(scylla_cdc::consumer::CDCRowSchema, scylla::value::Row)>,
+) -> anyhow::Result<()> {
+    for (schema, row) in rows {
+        rig.consumer.consume_cdc(CDCRow::from_row(row, &schema)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_append_is_handled_after_its_end_of_batch_row_in_sequence_order() {
+    let sink = Arc::new(Recorder::default());
+    let mut rig = consumer(sink.clone(), None).await;
+    let events = order_events(Uuid::now_v7(), 3);
+    let t = timeuuid_at(1_700_000_000_000, 1);
+    // Scylla numbered the inserts in reverse (its docs leave the order open).
+    let mut rows = append_rows(&events, t, |i| 3 - i as i32);
+    let last = rows.pop().unwrap();
+    feed(&mut rig, rows).await.unwrap();
+    assert!(sink.sequences().is_empty(), "nothing before cdc$end_of_batch");
+    feed(&mut rig, vec![last]).await.unwrap();
+    assert_eq!(sink.sequences(), vec![1, 2, 3]);
+    let positions: Vec<RowPosition> = sink.events.lock().unwrap().iter().map(|(_, p)| p.clone().unwrap()).collect();
+    assert!(positions.iter().all(|p| p.stream == StreamKey(STREAM.to_vec()) && p.time == t && p.generation.is_none()));
+    assert_eq!(
+        positions.iter().map(|p| p.batch_seq_no).collect::<Vec<_>>(),
+        vec![3, 2, 1],
+        "each event keeps its row's position"
+    );
+}
+
+#[tokio::test]
+async fn an_unterminated_batch_is_handled_when_the_next_one_begins() {
+    let sink = Arc::new(Recorder::default());
+    let mut rig = consumer(sink.clone(), None).await;
+    let a = order_events(Uuid::now_v7(), 2);
+    let mut rows = append_rows(&a, timeuuid_at(1_000, 0), |i| i as i32 + 1);
+    rows.pop(); // the end-of-batch row never comes
+    let b = order_events(Uuid::now_v7(), 1);
+    rows.extend(append_rows(&b, timeuuid_at(2_000, 0), |i| i as i32 + 1));
+    feed(&mut rig, rows).await.unwrap();
+    assert_eq!(sink.sequences(), vec![1, 1]);
+}
+
+#[tokio::test]
+async fn an_undecodable_row_goes_to_the_sink_with_its_aggregate_and_sequence() {
+    let events = order_events(Uuid::now_v7(), 2);
+    let rows = || {
+        let mut rows = append_rows(&events, timeuuid_at(1_000, 0), |i| i as i32 + 1);
+        // The payload of event 1 is not JSON (written by hand): column 7 after the 6 cdc$ ones.
+        rows[1].1.columns[6 + 7] = Some(CqlValue::Text("{not json".into()));
+        rows
+    };
+
+    // The default: an error that stops the reader.
+    let stop = Arc::new(Recorder::default());
+    let mut rig = consumer(stop.clone(), None).await;
+    let err = feed(&mut rig, rows()).await.unwrap_err();
+    assert!(err.to_string().contains("payload is not JSON"), "{err}");
+    assert_eq!(stop.bad.lock().unwrap().clone(), vec![(Some(events[0].aggregate_id), Some(1))]);
+    assert!(stop.sequences().is_empty(), "nothing after the bad row of its batch");
+
+    // A sink that parks it: the rest of the batch flows on.
+    let park = Arc::new(Recorder { park_bad: true, ..Recorder::default() });
+    let mut rig = consumer(park.clone(), None).await;
+    feed(&mut rig, rows()).await.unwrap();
+    assert_eq!(park.sequences(), vec![2]);
+}
+
+#[tokio::test]
+async fn shutdown_refuses_the_next_event() {
+    let sink = Arc::new(Recorder::default());
+    let trigger = Trigger::new();
+    let factory = SinkConsumerFactory::new(sink.clone(), None, trigger.subscribe());
+    let mut c = factory.new_consumer().await;
+    trigger.fire();
+    let events = order_events(Uuid::now_v7(), 1);
+    let mut err = None;
+    for (schema, row) in append_rows(&events, timeuuid_at(1_000, 0), |_| 1) {
+        if let Err(e) = c.consume_cdc(CDCRow::from_row(row, &schema)).await {
+            err = Some(e);
+        }
+    }
+    assert!(err.unwrap().chain().any(|c| matches!(c.downcast_ref::<CdcError>(), Some(CdcError::Shutdown))));
+    assert!(sink.sequences().is_empty());
+}
+
+/// Against Cassandra: the saver's hold while a batch is buffered, the
+/// generation in the positions, and fencing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_batch_holds_its_stream_and_a_fenced_saver_stops_the_consumer() {
+    let Some(store) = live_store("CDC consumer with its saver").await else { return };
+    let (session, ks) = (store.session(), store.keyspace().to_string());
+    set_epoch(&session, &ks, "kafka-relay", None, 1).await;
+    let saver =
+        LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", Some(1), Duration::from_secs(86_400), None)
+            .await
+            .unwrap();
+    saver.start_generation(1_000).await.unwrap();
+    let stream = StreamKey(STREAM.to_vec());
+    saver.record(&stream, 500).unwrap();
+    let sink = Arc::new(Recorder::default());
+    let mut rig = consumer(sink.clone(), Some(saver.clone())).await;
+    let events = order_events(Uuid::now_v7(), 2);
+    let mut rows = append_rows(&events, timeuuid_at(5_000, 0), |i| i as i32 + 1);
+    let last = rows.pop().unwrap();
+    feed(&mut rig, rows).await.unwrap();
+    // scylla-cdc reports a later window end: held at the buffered batch.
+    saver.record(&stream, 9_000).unwrap();
+    assert_eq!(saver.progress().loaded(&stream), Some(5_000));
+    feed(&mut rig, vec![last]).await.unwrap();
+    saver.record(&stream, 9_000).unwrap();
+    assert_eq!(saver.progress().loaded(&stream), Some(9_000), "released once handled");
+    assert_eq!(sink.events.lock().unwrap()[0].1.as_ref().unwrap().generation, Some(1_000));
+
+    // Another instance takes the lease over; the next flush is refused.
+    set_epoch(&session, &ks, "kafka-relay", Some(1), 2).await;
+    saver.flush().await.unwrap();
+    let more = order_events(events[0].aggregate_id, 3);
+    let err = feed(&mut rig, append_rows(&more[2..], timeuuid_at(10_000, 0), |_| 1)).await.unwrap_err();
+    assert!(err.to_string().contains("fenced"), "{err}");
+    assert_eq!(sink.sequences(), vec![1, 2], "nothing handled after fencing");
+}

@@ -1,0 +1,259 @@
+//! Reconciliation of appends whose compare-and-set outcome was unknown:
+//! what to publish, in which order (pure decisions; `cdc_reconciler` acts).
+//!
+//! Why: an LWT whose outcome was unknown may be committed later by another
+//! Paxos round, and Scylla then writes its CDC rows with the original
+//! ballot's time, possibly into windows the reader has already passed
+//! (behind the safety interval). The CQL store records every such append it
+//! resolves as applied (`append_reconciliation`: aggregate, sequence, event
+//! id, resolved_at) before the append returns Ok. The relay then:
+//!
+//! Guarantees:
+//! - Order per aggregate at first arrival: before publishing event `s` of
+//!   aggregate A, every pending `(A, k < s)` not yet published is published
+//!   first (loaded from the event table), in sequence order. The same holds
+//!   for a gap behind the last event of A this relay published (a late row
+//!   nobody recorded, e.g. its writer died before resolving): `last+1 .. s-1`
+//!   are filled from the event table first.
+//! - Confirmation: publishing `(A, k)` (through the CDC row, a fill, or the
+//!   reconciler) confirms its pending row, which is then deleted.
+//! - Bounded time: a pending row older than the bound (safety interval +
+//!   window + margin) is published by the reconciler and deleted.
+//! - No re-send inside one process: an event at or below the last sequence
+//!   this relay published for its aggregate (a window read again after a
+//!   reader restart or a catch-up switch) is skipped.
+//! - Bounded memory: the "last published" map keeps at most `capacity`
+//!   aggregates (two generations of `capacity / 2`, the older dropped
+//!   whole); forgetting an aggregate only disables the gap check and the
+//!   re-send skip for it (a possible duplicate, never a loss).
+
+use std::collections::{BTreeMap, HashMap};
+use uuid::Uuid;
+
+pub use crate::store::cql::reconcile::PendingAppend;
+
+/// What to do with event `s` of an aggregate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Already published by this process: do not send it again.
+    Skip,
+    /// Publish these sequences first (ascending, from the event table), then the event.
+    Deliver { fill: Vec<i64> },
+}
+
+/// "Last published sequence" per aggregate, bounded.
+#[derive(Debug, Clone, Default)]
+struct Recent {
+    current: HashMap<Uuid, i64>,
+    previous: HashMap<Uuid, i64>,
+    capacity: usize,
+}
+
+impl Recent {
+    fn get(&self, a: &Uuid) -> Option<i64> {
+        self.current.get(a).or_else(|| self.previous.get(a)).copied()
+    }
+
+    fn set(&mut self, a: Uuid, seq: i64) {
+        let seq = self.get(&a).map_or(seq, |s| s.max(seq));
+        if !self.current.contains_key(&a) && self.current.len() >= self.capacity / 2 {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(a, seq);
+    }
+
+    fn len(&self) -> usize {
+        let extra = self.previous.keys().filter(|k| !self.current.contains_key(*k)).count();
+        self.current.len() + extra
+    }
+}
+
+/// Pending unknown-outcome appends and what this relay published.
+#[derive(Debug, Clone)]
+pub struct ReconcileState {
+    pending: BTreeMap<Uuid, BTreeMap<i64, PendingAppend>>,
+    recent: Recent,
+}
+
+impl ReconcileState {
+    /// `capacity`: most aggregates whose last published sequence is kept.
+    pub fn new(capacity: usize) -> ReconcileState {
+        ReconcileState { pending: BTreeMap::new(), recent: Recent { capacity: capacity.max(2), ..Recent::default() } }
+    }
+
+    /// The table's rows replace the pending set (rows deleted elsewhere go).
+    pub fn refresh(&mut self, rows: impl IntoIterator<Item = PendingAppend>) {
+        self.pending.clear();
+        for r in rows {
+            self.pending.entry(r.aggregate_id).or_default().insert(r.sequence, r);
+        }
+    }
+
+    /// The plan for event `sequence` of `aggregate`.
+    pub fn plan(&self, aggregate: Uuid, sequence: i64) -> Plan {
+        let last = self.recent.get(&aggregate);
+        if last.is_some_and(|l| sequence <= l) {
+            return Plan::Skip;
+        }
+        let mut fill: Vec<i64> = self
+            .pending
+            .get(&aggregate)
+            .map(|p| p.range(..sequence).map(|(k, _)| *k).filter(|k| last.is_none_or(|l| *k > l)).collect())
+            .unwrap_or_default();
+        if let Some(l) = last {
+            fill.extend(l + 1..sequence);
+        }
+        fill.sort_unstable();
+        fill.dedup();
+        Plan::Deliver { fill }
+    }
+
+    /// `(aggregate, sequence)` was published. Returns its pending row, if
+    /// any: the caller deletes it from the table (confirmed).
+    pub fn published(&mut self, aggregate: Uuid, sequence: i64) -> Option<PendingAppend> {
+        self.recent.set(aggregate, sequence);
+        let rows = self.pending.get_mut(&aggregate)?;
+        let row = rows.remove(&sequence);
+        if rows.is_empty() {
+            self.pending.remove(&aggregate);
+        }
+        row
+    }
+
+    /// Pending rows this process already published (a refresh raced a
+    /// confirmation): delete them, publish nothing.
+    pub fn confirmable(&self) -> Vec<PendingAppend> {
+        self.rows().filter(|p| self.recent.get(&p.aggregate_id).is_some_and(|l| p.sequence <= l)).collect()
+    }
+
+    /// Pending rows resolved more than `bound_ms` before `now_ms` and not
+    /// published, in (aggregate, sequence) order: the reconciler publishes them.
+    pub fn overdue(&self, now_ms: i64, bound_ms: i64) -> Vec<PendingAppend> {
+        self.rows()
+            .filter(|p| now_ms.saturating_sub(p.resolved_at_ms) > bound_ms)
+            .filter(|p| self.recent.get(&p.aggregate_id).is_none_or(|l| p.sequence > l))
+            .collect()
+    }
+
+    /// Drops a pending row (deleted from the table).
+    pub fn forget(&mut self, aggregate: Uuid, sequence: i64) {
+        if let Some(rows) = self.pending.get_mut(&aggregate) {
+            rows.remove(&sequence);
+            if rows.is_empty() {
+                self.pending.remove(&aggregate);
+            }
+        }
+    }
+
+    fn rows(&self) -> impl Iterator<Item = PendingAppend> + '_ {
+        self.pending.values().flat_map(|m| m.values().copied())
+    }
+
+    /// Number of pending rows (`cdc_unreconciled_appends`).
+    pub fn pending_len(&self) -> usize {
+        self.pending.values().map(BTreeMap::len).sum()
+    }
+
+    /// When the oldest pending row was resolved (ms), if any.
+    pub fn oldest_resolved_at_ms(&self) -> Option<i64> {
+        self.rows().map(|p| p.resolved_at_ms).min()
+    }
+
+    /// Aggregates whose last published sequence is remembered.
+    pub fn remembered(&self) -> usize {
+        self.recent.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agg(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn pending(a: u128, seq: i64, at: i64) -> PendingAppend {
+        PendingAppend {
+            aggregate_id: agg(a),
+            sequence: seq,
+            event_id: Uuid::from_u128(a * 1_000 + seq as u128),
+            resolved_at_ms: at,
+        }
+    }
+
+    #[test]
+    fn a_pending_earlier_event_is_published_first_then_confirmed() {
+        let mut s = ReconcileState::new(100);
+        s.refresh([pending(1, 3, 0)]);
+        // Event 4 of A arrives while (A, 3) is pending: 3 first.
+        assert_eq!(s.plan(agg(1), 4), Plan::Deliver { fill: vec![3] });
+        assert_eq!(s.published(agg(1), 3), Some(pending(1, 3, 0)), "confirmed: delete the row");
+        assert_eq!(s.published(agg(1), 4), None);
+        assert_eq!(s.pending_len(), 0);
+        // Other aggregates are not affected.
+        assert_eq!(s.plan(agg(2), 9), Plan::Deliver { fill: vec![] });
+    }
+
+    #[test]
+    fn a_pending_event_whose_cdc_row_arrives_is_just_confirmed() {
+        let mut s = ReconcileState::new(100);
+        s.refresh([pending(1, 3, 0), pending(1, 4, 0)]);
+        assert_eq!(s.plan(agg(1), 3), Plan::Deliver { fill: vec![] });
+        assert!(s.published(agg(1), 3).is_some());
+        assert_eq!(s.plan(agg(1), 4), Plan::Deliver { fill: vec![] });
+        assert!(s.published(agg(1), 4).is_some());
+        assert_eq!(s.pending_len(), 0);
+    }
+
+    #[test]
+    fn gaps_behind_the_last_published_event_are_filled_in_order() {
+        let mut s = ReconcileState::new(100);
+        s.published(agg(1), 2);
+        assert_eq!(s.plan(agg(1), 3), Plan::Deliver { fill: vec![] });
+        // 3 and 4 never showed up in the log (late rows in passed windows).
+        assert_eq!(s.plan(agg(1), 5), Plan::Deliver { fill: vec![3, 4] });
+        // Pending rows and the gap together, without repeats.
+        s.refresh([pending(1, 4, 0)]);
+        assert_eq!(s.plan(agg(1), 6), Plan::Deliver { fill: vec![3, 4, 5] });
+    }
+
+    #[test]
+    fn events_this_process_already_published_are_skipped() {
+        let mut s = ReconcileState::new(100);
+        s.published(agg(1), 5);
+        assert_eq!(s.plan(agg(1), 5), Plan::Skip);
+        assert_eq!(s.plan(agg(1), 1), Plan::Skip);
+        // A pending row below the last published one needs no publishing.
+        s.refresh([pending(1, 4, 0)]);
+        assert_eq!(s.confirmable(), vec![pending(1, 4, 0)]);
+        assert!(s.overdue(1_000_000, 10).is_empty());
+    }
+
+    #[test]
+    fn only_rows_older_than_the_bound_are_overdue() {
+        let mut s = ReconcileState::new(100);
+        s.refresh([pending(2, 1, 5_000), pending(1, 7, 1_000), pending(1, 6, 1_000)]);
+        assert_eq!(s.overdue(10_000, 120_000), vec![]);
+        assert_eq!(s.overdue(121_001, 120_000), vec![pending(1, 6, 1_000), pending(1, 7, 1_000)]);
+        assert_eq!(s.overdue(200_000, 120_000).len(), 3);
+        assert_eq!((s.pending_len(), s.oldest_resolved_at_ms()), (3, Some(1_000)));
+        s.forget(agg(1), 6);
+        assert_eq!(s.pending_len(), 2);
+    }
+
+    #[test]
+    fn the_published_map_is_bounded() {
+        let mut s = ReconcileState::new(10);
+        for a in 0..1_000 {
+            s.published(agg(a), 1);
+        }
+        assert!(s.remembered() <= 10, "{}", s.remembered());
+        assert_eq!(s.plan(agg(999), 1), Plan::Skip, "recent aggregates are remembered");
+        assert_eq!(s.plan(agg(0), 2), Plan::Deliver { fill: vec![] }, "forgotten: no gap check, no loss");
+        // Updating a remembered aggregate keeps the highest sequence.
+        s.published(agg(999), 5);
+        s.published(agg(999), 3);
+        assert_eq!(s.plan(agg(999), 5), Plan::Skip);
+    }
+}

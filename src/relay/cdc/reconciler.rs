@@ -1,0 +1,244 @@
+//! The reconciling sink: wraps the relay's one delivery call and keeps
+//! per-aggregate order across late CDC rows of unknown-outcome appends
+//! (decisions in `cdc_reconcile`, rows in `cdc_reconcile_table`).
+//!
+//! Guarantees:
+//! - Every event, filled or reconciled ones included, goes through the inner
+//!   sink's `handle` (the relay's single delivery call: retry, breaker, DLQ,
+//!   parking and exactly-once live there), one at a time per aggregate: a
+//!   consumer and the reconciler task never publish events of one aggregate
+//!   concurrently (striped locks by aggregate id).
+//! - Before event `s` of aggregate A: the pending `(A, k < s)` and the gap
+//!   behind A's last published event are published first, from the event
+//!   table, in sequence order ([`Plan`]).
+//! - A pending row is deleted only after its event was published; one older
+//!   than the bound is published by [`run_reconciler`] (refresh every few
+//!   seconds) and then deleted. `cdc_unreconciled_appends` shows the pending rows.
+//! - Store reads that fail transiently are retried with backoff until they
+//!   work or shutdown; shutdown returns `CdcError::Shutdown` (nothing confirmed).
+
+use async_trait::async_trait;
+use chrono::Utc;
+use prometheus::IntGauge;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use uuid::Uuid;
+
+use super::consumer::{RowPosition, UndecodableRow};
+use super::reconcile::{PendingAppend, Plan, ReconcileState};
+use super::{CdcError, EnvelopeSink};
+use crate::envelope::EventEnvelope;
+use crate::shutdown::Shutdown;
+use crate::store::cql::reconcile::ReconcileTable;
+use crate::store::{DynStore, StoreError};
+
+const STRIPES: usize = 1024;
+
+/// What happened to one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Published through the inner sink (after `filled` earlier events).
+    Delivered { filled: usize },
+    /// Already published by this process: not sent again.
+    Skipped,
+    /// A pending row whose event is not in the event table (kept, logged).
+    Missing,
+}
+
+pub struct ReconcilingSink<S: EnvelopeSink> {
+    inner: Arc<S>,
+    store: DynStore,
+    table: ReconcileTable,
+    state: Mutex<ReconcileState>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    bound: Duration,
+    gauge: Option<IntGauge>,
+}
+
+impl<S: EnvelopeSink> ReconcilingSink<S> {
+    /// `bound`: age after which a pending row is published by the
+    /// reconciler; `capacity`: aggregates whose last published sequence is kept.
+    pub fn new(
+        inner: Arc<S>,
+        store: DynStore,
+        table: ReconcileTable,
+        bound: Duration,
+        capacity: usize,
+        gauge: Option<IntGauge>,
+    ) -> Arc<Self> {
+        Arc::new(ReconcilingSink {
+            inner,
+            store,
+            table,
+            state: Mutex::new(ReconcileState::new(capacity)),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            bound,
+            gauge,
+        })
+    }
+
+    /// Pending rows and the age of the oldest (for `reconcile_health`).
+    pub fn pending(&self) -> (usize, Option<Duration>) {
+        let s = self.state.lock().unwrap();
+        let age =
+            s.oldest_resolved_at_ms().map(|t| Duration::from_millis((Utc::now().timestamp_millis() - t).max(0) as u64));
+        (s.pending_len(), age)
+    }
+
+    pub fn bound(&self) -> Duration {
+        self.bound
+    }
+
+    fn set_gauge(&self) {
+        if let Some(g) = &self.gauge {
+            g.set(self.state.lock().unwrap().pending_len() as i64);
+        }
+    }
+
+    async fn load_after(
+        &self,
+        aggregate: Uuid,
+        after: i64,
+        shutdown: &mut Shutdown,
+    ) -> Result<Vec<EventEnvelope>, CdcError> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.store.load_after(aggregate, after).await {
+                Ok(evs) => return Ok(evs),
+                Err(StoreError::Unavailable(e)) => {
+                    tracing::warn!(%aggregate, error = %e, "reconciliation: cannot load events; retrying");
+                    if !shutdown.sleep(delay).await {
+                        return Err(CdcError::Shutdown);
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(CdcError::Store(e)),
+            }
+        }
+    }
+
+    async fn published(&self, aggregate: Uuid, sequence: i64) {
+        let row = self.state.lock().unwrap().published(aggregate, sequence);
+        if row.is_some() {
+            match self.table.confirm(aggregate, sequence).await {
+                Ok(()) => tracing::info!(%aggregate, sequence, "unknown-outcome append confirmed published"),
+                // The next refresh deletes it (it is remembered as published).
+                Err(e) => {
+                    tracing::warn!(%aggregate, sequence, error = %e, "cannot delete a confirmed reconciliation row; retrying at the next refresh")
+                }
+            }
+            self.set_gauge();
+        }
+    }
+
+    /// Publishes event `sequence` of `aggregate` (`env`, with the log row it
+    /// came from if any, or loaded from the event table when `None`) after
+    /// what must go before it.
+    pub async fn deliver_through(
+        &self,
+        aggregate: Uuid,
+        sequence: i64,
+        env: Option<EventEnvelope>,
+        at: Option<&RowPosition>,
+        shutdown: &mut Shutdown,
+    ) -> Result<Handled, CdcError> {
+        let _one = self.stripes[(aggregate.as_u128() % STRIPES as u128) as usize].lock().await;
+        let plan = self.state.lock().unwrap().plan(aggregate, sequence);
+        let fill = match plan {
+            Plan::Skip => {
+                self.published(aggregate, sequence).await;
+                return Ok(Handled::Skipped);
+            }
+            Plan::Deliver { fill } => fill,
+        };
+        let mut env = env;
+        if !fill.is_empty() || env.is_none() {
+            let from = fill.first().copied().unwrap_or(sequence).min(sequence) - 1;
+            let loaded = self.load_after(aggregate, from, shutdown).await?;
+            for e in loaded.iter().filter(|e| fill.contains(&e.sequence)) {
+                tracing::info!(%aggregate, sequence = e.sequence, before = sequence, "publishing an event whose CDC row was not seen (unknown-outcome append or late row) before a later one");
+                self.inner.handle(e.clone(), shutdown).await?;
+                self.published(aggregate, e.sequence).await;
+            }
+            if env.is_none() {
+                env = loaded.into_iter().find(|e| e.sequence == sequence);
+            }
+        }
+        let Some(env) = env else {
+            tracing::error!(%aggregate, sequence, "reconciliation row names an event that is not in event_store; keeping the row");
+            return Ok(Handled::Missing);
+        };
+        match at {
+            Some(at) => self.inner.handle_row(env, at, shutdown).await?,
+            None => self.inner.handle(env, shutdown).await?,
+        }
+        self.published(aggregate, sequence).await;
+        Ok(Handled::Delivered { filled: fill.len() })
+    }
+
+    /// Reloads the pending rows and deletes those already published.
+    pub async fn refresh(&self) -> Result<usize, StoreError> {
+        let rows = self.table.list().await?;
+        let confirmable = {
+            let mut s = self.state.lock().unwrap();
+            s.refresh(rows);
+            s.confirmable()
+        };
+        for p in confirmable {
+            self.table.confirm(p.aggregate_id, p.sequence).await?;
+            self.state.lock().unwrap().forget(p.aggregate_id, p.sequence);
+        }
+        self.set_gauge();
+        Ok(self.state.lock().unwrap().pending_len())
+    }
+
+    /// Publishes every pending row older than the bound. Returns how many.
+    pub async fn reconcile_overdue(&self, shutdown: &mut Shutdown) -> Result<usize, CdcError> {
+        let overdue: Vec<PendingAppend> =
+            self.state.lock().unwrap().overdue(Utc::now().timestamp_millis(), self.bound.as_millis() as i64);
+        let mut done = 0;
+        for p in overdue {
+            tracing::warn!(aggregate = %p.aggregate_id, sequence = p.sequence, event_id = %p.event_id, "unknown-outcome append not seen in the CDC log within the bound; publishing it from event_store");
+            if let Handled::Delivered { .. } =
+                self.deliver_through(p.aggregate_id, p.sequence, None, None, shutdown).await?
+            {
+                done += 1;
+            }
+        }
+        Ok(done)
+    }
+}
+
+#[async_trait]
+impl<S: EnvelopeSink> EnvelopeSink for ReconcilingSink<S> {
+    async fn handle(&self, env: EventEnvelope, shutdown: &mut Shutdown) -> Result<(), CdcError> {
+        self.deliver_through(env.aggregate_id, env.sequence, Some(env), None, shutdown).await.map(|_| ())
+    }
+
+    async fn handle_row(&self, env: EventEnvelope, at: &RowPosition, shutdown: &mut Shutdown) -> Result<(), CdcError> {
+        self.deliver_through(env.aggregate_id, env.sequence, Some(env), Some(at), shutdown).await.map(|_| ())
+    }
+
+    async fn undecodable(&self, row: UndecodableRow, shutdown: &mut Shutdown) -> Result<(), CdcError> {
+        self.inner.undecodable(row, shutdown).await
+    }
+}
+
+/// Every `every`: reload the pending rows, publish the overdue ones. Runs
+/// until shutdown; a failed round is logged and retried at the next tick.
+pub async fn run_reconciler<S: EnvelopeSink>(sink: Arc<ReconcilingSink<S>>, every: Duration, mut shutdown: Shutdown) {
+    while shutdown.sleep(every).await {
+        if let Err(e) = sink.refresh().await {
+            tracing::warn!(error = %e, "reconciliation: cannot read append_reconciliation; retrying");
+            continue;
+        }
+        match sink.reconcile_overdue(&mut shutdown).await {
+            Ok(_) | Err(CdcError::Shutdown) => {}
+            Err(e) => tracing::warn!(error = %e, "reconciliation: publishing an overdue append failed; retrying"),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "reconciler_tests.rs"]
+mod tests;

@@ -1,0 +1,112 @@
+//! The relay's CDC feed: the CDC log of `event_store` -> the reconciling
+//! sink -> the `Deliverer` (the one delivery call), plus the reconciler task.
+//!
+//! Guarantees: everything of `CdcFeed` (progress in the relay's lease
+//! partition, catch-up, graceful stop) and of `ReconcilingSink` (unknown-
+//! outcome appends published in order, within the bound); `RelayStatus.running`
+//! is true exactly while the feed runs; `RelayStatus.reconciliation` (the
+//! input of the reconciliation verdict) is refreshed every second while it
+//! runs; the reconciler and that reporter stop with the feed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::reader::{CdcFeed, FeedSpec};
+use super::reconciler::{run_reconciler, ReconcilingSink};
+use super::{CdcError, EnvelopeSink, LEGACY_RELAY_CHECKPOINT_TABLE};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::relay::deliver::Deliverer;
+use crate::relay::status::Reconciliation;
+use crate::relay::StatusTx;
+use crate::shutdown::{Shutdown, Trigger};
+use crate::store::cql::reconcile::ReconcileTable;
+use crate::store::cql::CqlStore;
+use crate::store::DynStore;
+
+/// Runs the relay on the CDC log until `shutdown` (Ok) or a failure.
+/// `epoch`: the relay lease's epoch, fencing its progress writes.
+pub async fn run_relay_feed(
+    cql: Arc<CqlStore>,
+    cfg: &Config,
+    deliverer: Arc<Deliverer>,
+    metrics: &Metrics,
+    epoch: Option<i64>,
+    shutdown: Shutdown,
+) -> Result<(), CdcError> {
+    let cdc = &cfg.store.cql.cdc;
+    let spec =
+        FeedSpec { consumer: &cfg.relay.consumer_name, epoch, legacy_table: Some(LEGACY_RELAY_CHECKPOINT_TABLE) };
+    let feed = CdcFeed::open(cql.session(), cql.keyspace(), cdc, spec).await?;
+    let table = ReconcileTable::open(cql.session(), cql.keyspace()).await?;
+    let sink = ReconcilingSink::new(
+        deliverer.clone(),
+        cql.clone() as DynStore,
+        table,
+        cdc.reconcile_bound(),
+        cdc.reconcile_remember_aggregates,
+        Some(metrics.cdc_unreconciled_appends.clone()),
+    );
+    let stop_reconciler = Trigger::new();
+    let reconciler = tokio::spawn(run_reconciler(
+        sink.clone(),
+        Duration::from_millis(cdc.reconcile_refresh_ms),
+        stop_reconciler.subscribe(),
+    ));
+    let reporter =
+        tokio::spawn(report_reconciliation(sink.clone(), deliverer.status().clone(), stop_reconciler.subscribe()));
+    deliverer.status().update(|s| {
+        s.running = true;
+        true
+    });
+    let res = feed.run(sink, shutdown).await;
+    deliverer.status().update(|s| {
+        s.running = false;
+        if let Err(e) = &res {
+            s.last_error = Some(e.to_string());
+        }
+        true
+    });
+    stop_reconciler.fire();
+    let _ = reconciler.await;
+    let _ = reporter.await;
+    res
+}
+
+/// The reconciliation state as the relay status shows it.
+pub fn reconciliation((pending, oldest): (usize, Option<Duration>), bound: Duration) -> Reconciliation {
+    Reconciliation {
+        pending,
+        oldest_pending_ms: oldest.map(|d| d.as_millis() as u64),
+        bound_ms: bound.as_millis() as u64,
+    }
+}
+
+/// Every second until `stop`: the pending reconciliations into
+/// `RelayStatus.reconciliation`.
+async fn report_reconciliation<S: EnvelopeSink>(sink: Arc<ReconcilingSink<S>>, status: StatusTx, mut stop: Shutdown) {
+    loop {
+        let now = reconciliation(sink.pending(), sink.bound());
+        status.update(|s| {
+            let changed = s.reconciliation.as_ref() != Some(&now);
+            s.reconciliation = Some(now);
+            changed
+        });
+        if !stop.sleep(Duration::from_secs(1)).await {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciliation_of_the_status() {
+        let r = reconciliation((0, None), Duration::from_secs(95));
+        assert_eq!(r, Reconciliation { pending: 0, oldest_pending_ms: None, bound_ms: 95_000 });
+        let r = reconciliation((3, Some(Duration::from_millis(4_500))), Duration::from_secs(95));
+        assert_eq!(r, Reconciliation { pending: 3, oldest_pending_ms: Some(4_500), bound_ms: 95_000 });
+    }
+}

@@ -1,0 +1,170 @@
+//! Runs one consumer's scylla-cdc reader over `event_store`'s CDC log:
+//! start point, catch-up runs, the normal run, progress flushing, stop.
+//!
+//! Guarantees:
+//! - Reading starts at the saved progress ([`start_point`]): never at a
+//!   later `cdc:origin`, never before the TTL floor; a gap beyond the TTL is
+//!   logged as possibly lost.
+//! - While behind by more than the threshold, the reader runs with the
+//!   catch-up settings up to `now - safety_interval` (scylla-cdc's
+//!   `end_timestamp`, fixed at build time, so it cannot race the first
+//!   generation), then every stream is known to be read up to there
+//!   ([`LeaseCheckpointSaver::advance_all`]) and the lag is measured again.
+//! - Progress is written by the saver's flusher every checkpoint interval
+//!   and once more when a run ends (fenced when the saver has an epoch).
+//! - Shutdown stops the reader gracefully (it finishes its window) within
+//!   `stop_grace`, else abandons it; unsaved progress is re-read after a
+//!   restart (duplicates, never loss). A fenced saver ends the run at once
+//!   with `CdcError::Fenced` (the reader is cancelled, nothing more is saved).
+
+use scylla::client::session::Session;
+use scylla_cdc::consumer::ConsumerFactory;
+use scylla_cdc::log_reader::CDCLogReaderBuilder;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::saver::{run_flusher, Flushed, LeaseCheckpointSaver};
+use super::start::{read_plan, start_point, PlanInputs, ReadPlan, ReadSettings, StartFrom, StartInputs};
+use super::{CdcError, EVENT_TABLE};
+use crate::shutdown::{Shutdown, Trigger};
+use crate::store::cql::CDC_ORIGIN_CHECKPOINT;
+
+/// Everything a run needs, in plain values (from `store.cql.cdc`).
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    pub keyspace: String,
+    pub log_ttl: Duration,
+    pub skew: Duration,
+    pub safety_interval: Duration,
+    pub normal: ReadSettings,
+    pub catch_up: ReadSettings,
+    pub catch_up_threshold: Duration,
+    pub checkpoint_interval: Duration,
+    pub stop_grace: Duration,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// `cdc:origin` (time of the first `outboxd schema`, ms), if readable.
+pub async fn read_origin(session: &Session, keyspace: &str) -> Option<i64> {
+    let q = format!("SELECT position FROM {keyspace}.checkpoints WHERE consumer = ?");
+    let res = session.query_unpaged(q, (CDC_ORIGIN_CHECKPOINT,)).await;
+    match res.map_err(|e| e.to_string()).and_then(|r| r.into_rows_result().map_err(|e| e.to_string())) {
+        Ok(rows) => rows.maybe_first_row::<(Option<i64>,)>().ok().flatten().and_then(|(p,)| p).filter(|p| *p > 0),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the CDC origin; a first start reads from the CDC log TTL floor");
+            None
+        }
+    }
+}
+
+fn ms(d: Duration) -> Duration {
+    d.max(Duration::from_millis(1))
+}
+
+/// Runs the reader until shutdown (Ok), a reader failure or fencing (Err).
+pub async fn run_reader(
+    session: Arc<Session>,
+    settings: RunnerSettings,
+    factory: Arc<dyn ConsumerFactory>,
+    saver: Arc<LeaseCheckpointSaver>,
+    mut shutdown: Shutdown,
+) -> Result<(), CdcError> {
+    let origin = read_origin(&session, &settings.keyspace).await;
+    let start = start_point(StartInputs {
+        now_ms: now_ms(),
+        log_ttl: settings.log_ttl,
+        skew: settings.skew,
+        origin_ms: origin,
+        saved_ms: saver.oldest_progress_ms(),
+    });
+    if start.from == StartFrom::SavedBeyondTtl {
+        tracing::error!(consumer = saver.name(), saved_ms = ?start.lost_after_ms, start_ms = start.start_ms,
+            "saved CDC progress is older than the CDC log TTL: changes between it and the start may have expired unpublished");
+    }
+    tracing::info!(consumer = saver.name(), start_ms = start.start_ms, from = ?start.from, "CDC reader starting");
+    let mut position = start.start_ms;
+    loop {
+        let plan = read_plan(PlanInputs {
+            now_ms: now_ms(),
+            position_ms: position,
+            safety_interval: settings.safety_interval,
+            normal: settings.normal,
+            catch_up: settings.catch_up,
+            threshold: settings.catch_up_threshold,
+        });
+        let (read, until) = match plan {
+            ReadPlan::Normal(s) => (s, None),
+            ReadPlan::CatchUp { settings: s, until_ms } => (s, Some(until_ms)),
+        };
+        tracing::info!(consumer = saver.name(), position_ms = position, catch_up_until_ms = ?until, window_ms = read.window.as_millis() as u64, sleep_ms = read.sleep.as_millis() as u64, "CDC reader run");
+        let start_ms = start.start_ms.min(position).max(0) as u64;
+        let mut builder = CDCLogReaderBuilder::new()
+            .session(session.clone())
+            .keyspace(&settings.keyspace)
+            .table_name(EVENT_TABLE)
+            .start_timestamp(Duration::from_millis(start_ms))
+            .window_size(ms(read.window))
+            .safety_interval(ms(settings.safety_interval))
+            .sleep_interval(ms(read.sleep))
+            .consumer_factory(factory.clone())
+            .checkpoint_saver(saver.clone())
+            .should_load_progress(true)
+            .should_save_progress(true)
+            // In memory only (the flusher writes): keep the lag fresh.
+            .pause_between_saves(ms(settings.checkpoint_interval.min(Duration::from_secs(1))));
+        if let Some(u) = until {
+            builder = builder.end_timestamp(Duration::from_millis(u.max(0) as u64));
+        }
+        let (mut reader, mut handle) = builder.build().await.map_err(|e| {
+            CdcError::Reader(format!("cannot start reading {}.{EVENT_TABLE}: {e:#}", settings.keyspace))
+        })?;
+        let stop_flusher = Trigger::new();
+        let flusher = tokio::spawn(run_flusher(saver.clone(), settings.checkpoint_interval, stop_flusher.subscribe()));
+        let mut fenced = saver.fenced_watch();
+        let ended = tokio::select! {
+            r = &mut handle => Some(r),
+            _ = shutdown.recv() => None,
+            _ = fenced.wait_for(Option::is_some) => Some(Err(anyhow::anyhow!("fenced"))),
+        };
+        let res = match ended {
+            Some(r) => r,
+            None => {
+                reader.stop();
+                match tokio::time::timeout(settings.stop_grace, &mut handle).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!(consumer = saver.name(), "CDC reader did not stop within {:?}; abandoning it (the unsaved tail is read again after a restart)", settings.stop_grace);
+                        Ok(())
+                    }
+                }
+            }
+        };
+        drop(handle); // cancels an abandoned reader and its stream tasks
+        stop_flusher.fire();
+        let flushed = flusher.await.unwrap_or(Flushed::Saved(0));
+        if saver.is_fenced() || matches!(flushed, Flushed::Fenced { .. }) {
+            return Err(CdcError::Fenced { consumer: saver.name().to_string() });
+        }
+        if let Err(e) = res {
+            if e.chain().any(|c| matches!(c.downcast_ref::<CdcError>(), Some(CdcError::Shutdown))) {
+                return Ok(());
+            }
+            return Err(CdcError::Reader(format!("{e:#}")));
+        }
+        match until {
+            Some(u) if !shutdown.is_shutdown() => {
+                // Every stream was read up to `u` (scylla-cdc only ends a run
+                // with an end timestamp once every reader reached it).
+                saver.advance_all(u);
+                if let Err(e) = saver.flush().await {
+                    tracing::warn!(consumer = saver.name(), error = %e, "saving CDC progress after catch-up failed; the next flush retries");
+                }
+                position = u;
+            }
+            _ => return Ok(()),
+        }
+    }
+}

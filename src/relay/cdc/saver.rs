@@ -1,0 +1,404 @@
+//! The relay's own scylla-cdc checkpoint saver: CDC progress in the consumer's
+//! lease partition (`relay_leases`), never moving backwards, fenced by the
+//! lease epoch. Replaces scylla-cdc's `TableBackedCheckpointSaver`.
+//!
+//! Guarantees:
+//! - Never saves a time older than the one loaded (or last saved) for a
+//!   stream ([`ProgressState`]): the lower bound scylla-cdc saves for every
+//!   stream right after a start is dropped, so a crash at any moment resumes
+//!   from the last real progress.
+//! - Never creates a table (`outboxd schema` does): the relay needs no CREATE
+//!   permission. A missing table is a clear error naming `outboxd schema`.
+//! - Fenced: with `epoch: Some(e)` every write is one conditional
+//!   single-partition batch `... IF epoch = e` on the lease partition's static
+//!   column, so a former holder whose lease was taken over can never move the
+//!   progress (its write is refused, the saver turns fenced and every later
+//!   save fails). With `epoch: None` writes are unconditional.
+//! - Batched: `save_checkpoint` only records the value in memory; [`flush`]
+//!   (run every `checkpoint_interval` by [`run_flusher`], and once more when a
+//!   reader ends) writes the streams that moved, at most [`SAVE_BATCH_ROWS`]
+//!   rows per batch, one batch at a time. One conditional batch per chunk
+//!   instead of one LWT per stream: all progress rows live in one partition,
+//!   so a batch costs one Paxos round for up to 64 streams, and LWTs on one
+//!   partition must not run concurrently anyway (they would contend).
+//! - Rows carry a TTL (derived from the CDC log TTL, `cdc_ttl`), so rows of
+//!   finished generations disappear; live rows are rewritten while they move.
+//!
+//! [`flush`]: LeaseCheckpointSaver::flush
+
+use async_trait::async_trait;
+use scylla::client::session::Session;
+use scylla::deserialize::value::DeserializeValue;
+use scylla::deserialize::FrameSlice;
+use scylla::frame::response::result::{ColumnType, NativeType};
+use scylla::response::query_result::QueryResult;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlTimestamp, CqlValue, Row};
+use scylla_cdc::cdc_types::{GenerationTimestamp, StreamID};
+use scylla_cdc::checkpoints::{CDCCheckpointSaver, Checkpoint};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+use super::progress::{ProgressState, SavedRow, StreamKey};
+use crate::shutdown::Shutdown;
+use crate::store::cql::prepare_on;
+pub use crate::store::cql::progress::{read_progress, LEASE_TABLE};
+use crate::store::StoreError;
+
+/// Most progress rows written by one batch (keeps a batch ~4 KB, under
+/// Cassandra's 5 KB warning and far under Scylla's limits).
+pub const SAVE_BATCH_ROWS: usize = 64;
+
+/// Milliseconds since the epoch of a scylla-cdc generation.
+pub fn generation_ms(g: &GenerationTimestamp) -> i64 {
+    // Its field is private; `Display` prints the milliseconds.
+    g.to_string().parse().unwrap_or(0)
+}
+
+/// A scylla-cdc generation at `ms` since the epoch.
+pub fn generation_at(ms: i64) -> GenerationTimestamp {
+    let bytes = ms.to_be_bytes();
+    GenerationTimestamp::deserialize(&ColumnType::Native(NativeType::Timestamp), Some(FrameSlice::new_borrowed(&bytes)))
+        .expect("8 bytes always deserialise as a CQL timestamp")
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("{what}: {e}"))
+}
+
+/// What a flush did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// This many stream rows were written (0: nothing had moved).
+    Saved(usize),
+    /// The lease partition's epoch is not ours: another instance holds the
+    /// lease. Nothing was written; the saver is fenced for good.
+    Fenced { current_epoch: Option<i64> },
+}
+
+struct Statements {
+    save: PreparedStatement,
+    save_generation: PreparedStatement,
+}
+
+/// scylla-cdc progress of one consumer (`name`), kept in its lease partition.
+pub struct LeaseCheckpointSaver {
+    session: Arc<Session>,
+    table: String,
+    name: String,
+    epoch: Option<i64>,
+    row_ttl_secs: i32,
+    stmts: Statements,
+    state: Mutex<ProgressState>,
+    /// One flush at a time: two interleaved flushes could write an older
+    /// value after a newer one.
+    flushing: tokio::sync::Mutex<()>,
+    fenced: watch::Sender<Option<Option<i64>>>,
+}
+
+/// Progress saved by scylla-cdc's `TableBackedCheckpointSaver` in
+/// `keyspace.table` (before outboxd had its own saver): the `[0]` row holds
+/// the generation; the per-stream `generation` column held the reader's
+/// start bound, not the generation, so it is ignored. Empty when the table
+/// does not exist or cannot be read.
+async fn read_legacy_progress(session: &Session, keyspace: &str, table: &str) -> Vec<SavedRow> {
+    let q = format!("SELECT stream_id, generation, time FROM {keyspace}.{table}");
+    let Ok(res) = session.query_unpaged(q, ()).await else { return Vec::new() };
+    let Ok(rows) = res.into_rows_result() else { return Vec::new() };
+    let Ok(iter) = rows.rows::<(Vec<u8>, Option<CqlTimestamp>, Option<CqlTimestamp>)>() else { return Vec::new() };
+    let out: Vec<SavedRow> = iter
+        .flatten()
+        .map(|(stream, generation, time)| match stream.as_slice() {
+            [0] => SavedRow { stream: Vec::new(), generation: generation.map(|g| g.0), time: None },
+            _ => SavedRow { stream, generation: None, time: time.map(|t| t.0) },
+        })
+        .collect();
+    if !out.is_empty() {
+        tracing::info!(%keyspace, table, rows = out.len(), "CDC progress taken over from scylla-cdc's former checkpoint table");
+    }
+    out
+}
+
+/// `[applied]` and `epoch` of a conditional write's answer.
+fn lwt_epoch(res: QueryResult) -> Result<(bool, Option<i64>), StoreError> {
+    let codec = |e: &dyn std::fmt::Display| StoreError::Codec(format!("conditional progress write: {e}"));
+    let rows = res.into_rows_result().map_err(|e| codec(&e))?;
+    let applied_at =
+        rows.column_specs().get_by_name("[applied]").map(|(i, _)| i).ok_or_else(|| codec(&"no [applied] column"))?;
+    let epoch_at = rows.column_specs().get_by_name("epoch").map(|(i, _)| i);
+    let first =
+        rows.rows::<Row>().map_err(|e| codec(&e))?.next().ok_or_else(|| codec(&"no row"))?.map_err(|e| codec(&e))?;
+    let applied = matches!(first.columns.get(applied_at), Some(Some(CqlValue::Boolean(true))));
+    let epoch = match epoch_at.and_then(|i| first.columns.get(i).cloned().flatten()) {
+        Some(CqlValue::BigInt(e)) => Some(e),
+        _ => None,
+    };
+    Ok((applied, epoch))
+}
+
+impl LeaseCheckpointSaver {
+    /// Prepares the statements and loads `name`'s progress. Creates nothing.
+    /// When the partition holds no progress yet and `legacy_table` (the
+    /// table scylla-cdc's own saver used before) exists, its progress is the
+    /// starting point, so an upgrade does not replay the whole CDC log.
+    pub async fn open(
+        session: Arc<Session>,
+        keyspace: &str,
+        name: &str,
+        epoch: Option<i64>,
+        row_ttl: Duration,
+        legacy_table: Option<&str>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let table = format!("{keyspace}.{LEASE_TABLE}");
+        let fence = if epoch.is_some() { " IF epoch = ?" } else { "" };
+        let prepare = |cql: String| prepare_on(&session, cql, &table);
+        let stmts = Statements {
+            save: prepare(format!(
+                "UPDATE {table} USING TTL ? SET generation = ?, time = ? WHERE name = ? AND stream_id = ?{fence}"
+            ))
+            .await?,
+            save_generation: prepare(format!(
+                "UPDATE {table} USING TTL ? SET generation = ? WHERE name = ? AND stream_id = ?{fence}"
+            ))
+            .await?,
+        };
+        let rows = read_progress(&session, keyspace, name).await?;
+        let state = match legacy_table {
+            Some(legacy) if rows.is_empty() => {
+                ProgressState::from_rows(read_legacy_progress(&session, keyspace, legacy).await).unsaved()
+            }
+            _ => ProgressState::from_rows(rows),
+        };
+        let (fenced, _) = watch::channel(None);
+        Ok(Arc::new(LeaseCheckpointSaver {
+            session,
+            table,
+            name: name.to_string(),
+            epoch,
+            row_ttl_secs: row_ttl.as_secs().clamp(1, i32::MAX as u64) as i32,
+            stmts,
+            state: Mutex::new(state),
+            flushing: tokio::sync::Mutex::new(()),
+            fenced,
+        }))
+    }
+
+    /// The consumer name (the lease partition).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A copy of the in-memory progress.
+    pub fn progress(&self) -> ProgressState {
+        self.state.lock().unwrap().clone()
+    }
+
+    /// The oldest per-stream progress of the current generation (ms): every
+    /// change before it has been published. Drives `relay_lag_seconds` and
+    /// the CDC log TTL guard.
+    pub fn oldest_progress_ms(&self) -> Option<i64> {
+        self.state.lock().unwrap().oldest()
+    }
+
+    /// True once a write was refused because another instance holds the lease.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.borrow().is_some()
+    }
+
+    /// Changes to `Some(current_epoch)` when the saver is fenced.
+    pub fn fenced_watch(&self) -> watch::Receiver<Option<Option<i64>>> {
+        self.fenced.subscribe()
+    }
+
+    fn fence(&self, current_epoch: Option<i64>) -> Flushed {
+        tracing::warn!(consumer = %self.name, ours = ?self.epoch, current = ?current_epoch, "CDC progress write refused: the lease epoch moved on (another instance took over); not saving progress any more");
+        self.fenced.send_replace(Some(current_epoch));
+        Flushed::Fenced { current_epoch }
+    }
+
+    fn fenced_outcome(&self) -> Option<Flushed> {
+        (*self.fenced.borrow()).map(|current_epoch| Flushed::Fenced { current_epoch })
+    }
+
+    /// The outcome of one write: `Some(Fenced)` when its condition was refused.
+    async fn write(
+        &self,
+        res: Result<QueryResult, scylla::errors::ExecutionError>,
+    ) -> Result<Option<Flushed>, StoreError> {
+        let res = res.map_err(|e| unavailable(&format!("save CDC progress of {} in {}", self.name, self.table), e))?;
+        if self.epoch.is_none() {
+            return Ok(None);
+        }
+        match lwt_epoch(res)? {
+            (true, _) => Ok(None),
+            (false, current) => Ok(Some(self.fence(current))),
+        }
+    }
+
+    /// Writes every stream whose progress moved since the last flush. Rows
+    /// of a failed flush stay pending; the next flush writes their newest value.
+    pub async fn flush(&self) -> Result<Flushed, StoreError> {
+        let _one = self.flushing.lock().await;
+        if let Some(f) = self.fenced_outcome() {
+            return Ok(f);
+        }
+        let (generation, dirty) = {
+            let s = self.state.lock().unwrap();
+            (s.generation().map(CqlTimestamp), s.dirty())
+        };
+        let mut written = 0;
+        for chunk in dirty.chunks(SAVE_BATCH_ROWS) {
+            let mut batch = Batch::new(if self.epoch.is_some() { BatchType::Logged } else { BatchType::Unlogged });
+            for _ in chunk {
+                batch.append_statement(self.stmts.save.clone());
+            }
+            let rows = chunk.iter().map(|(stream, time)| {
+                (self.row_ttl_secs, generation, CqlTimestamp(*time), self.name.as_str(), stream.0.as_slice())
+            });
+            let res = match self.epoch {
+                Some(e) => {
+                    self.session.batch(&batch, rows.map(|r| (r.0, r.1, r.2, r.3, r.4, e)).collect::<Vec<_>>()).await
+                }
+                None => self.session.batch(&batch, rows.collect::<Vec<_>>()).await,
+            };
+            if let Some(f) = self.write(res).await? {
+                return Ok(f);
+            }
+            self.state.lock().unwrap().mark_saved(chunk);
+            written += chunk.len();
+        }
+        Ok(Flushed::Saved(written))
+    }
+
+    /// Writes the current generation's row if the table does not hold it yet.
+    async fn save_generation(&self) -> Result<Flushed, StoreError> {
+        let _one = self.flushing.lock().await;
+        if let Some(f) = self.fenced_outcome() {
+            return Ok(f);
+        }
+        let Some(g) = self.state.lock().unwrap().generation_dirty() else { return Ok(Flushed::Saved(0)) };
+        let empty: &[u8] = &[];
+        let res = match self.epoch {
+            Some(e) => {
+                self.session
+                    .execute_unpaged(
+                        &self.stmts.save_generation,
+                        (self.row_ttl_secs, CqlTimestamp(g), self.name.as_str(), empty, e),
+                    )
+                    .await
+            }
+            None => {
+                self.session
+                    .execute_unpaged(
+                        &self.stmts.save_generation,
+                        (self.row_ttl_secs, CqlTimestamp(g), self.name.as_str(), empty),
+                    )
+                    .await
+            }
+        };
+        if let Some(f) = self.write(res).await? {
+            return Ok(f);
+        }
+        self.state.lock().unwrap().mark_generation_saved(g);
+        Ok(Flushed::Saved(1))
+    }
+}
+
+fn fenced_error(name: &str, current: Option<i64>) -> anyhow::Error {
+    anyhow::anyhow!(
+        "CDC progress of {name} is fenced: the lease epoch is now {current:?} (another instance holds the lease)"
+    )
+}
+
+impl LeaseCheckpointSaver {
+    /// Records that `stream` is published up to `ms` (kept only if it is
+    /// progress; [`LeaseCheckpointSaver::flush`] writes it). Fails once fenced.
+    pub fn record(&self, stream: &StreamKey, ms: i64) -> anyhow::Result<bool> {
+        if let Some(Flushed::Fenced { current_epoch }) = self.fenced_outcome() {
+            return Err(fenced_error(&self.name, current_epoch));
+        }
+        Ok(self.state.lock().unwrap().admit(stream, ms))
+    }
+
+    /// Every tracked stream is published up to `ms` (a run with an end
+    /// timestamp completed); holds still apply.
+    pub fn advance_all(&self, ms: i64) -> usize {
+        self.state.lock().unwrap().admit_all(ms)
+    }
+
+    /// Progress of `stream` must not pass `ms` until [`Self::release`]: its
+    /// consumer holds rows from there on (a CDC batch not complete yet).
+    pub fn hold(&self, stream: &StreamKey, ms: i64) {
+        self.state.lock().unwrap().hold(stream, ms);
+    }
+
+    pub fn release(&self, stream: &StreamKey) {
+        self.state.lock().unwrap().release(stream);
+    }
+
+    /// The current generation (ms), once scylla-cdc started one.
+    pub fn generation_ms(&self) -> Option<i64> {
+        self.state.lock().unwrap().generation()
+    }
+
+    /// A generation starts: recorded and written at once (if newer).
+    pub async fn start_generation(&self, ms: i64) -> anyhow::Result<()> {
+        self.state.lock().unwrap().start_generation(ms);
+        match self.save_generation().await? {
+            Flushed::Fenced { current_epoch } => Err(fenced_error(&self.name, current_epoch)),
+            Flushed::Saved(_) => Ok(()),
+        }
+    }
+}
+
+/// scylla-cdc's side: a thin adapter over `record` / `start_generation`.
+#[async_trait]
+impl CDCCheckpointSaver for LeaseCheckpointSaver {
+    async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+        let ms = i64::try_from(checkpoint.timestamp.as_millis()).unwrap_or(i64::MAX);
+        self.record(&StreamKey::of(&checkpoint.stream_id), ms).map(|_| ())
+    }
+
+    /// Written at once: scylla-cdc calls it before starting a generation's readers.
+    async fn save_new_generation(&self, generation: &GenerationTimestamp) -> anyhow::Result<()> {
+        self.start_generation(generation_ms(generation)).await
+    }
+
+    async fn load_last_generation(&self) -> anyhow::Result<Option<GenerationTimestamp>> {
+        Ok(self.state.lock().unwrap().generation().map(generation_at))
+    }
+
+    async fn load_last_checkpoint(&self, stream_id: &StreamID) -> anyhow::Result<Option<Duration>> {
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .loaded(&StreamKey::of(stream_id))
+            .map(|ms| Duration::from_millis(ms.max(0) as u64)))
+    }
+}
+
+/// Flushes `saver` every `every` until `stop`, then once more. Returns when
+/// stopped or fenced; a failed flush is logged and retried at the next tick.
+pub async fn run_flusher(saver: Arc<LeaseCheckpointSaver>, every: Duration, mut stop: Shutdown) -> Flushed {
+    let mut last = Flushed::Saved(0);
+    loop {
+        let more = stop.sleep(every).await;
+        match saver.flush().await {
+            Ok(f @ Flushed::Fenced { .. }) => return f,
+            Ok(f) => last = f,
+            Err(e) => {
+                tracing::warn!(consumer = %saver.name(), error = %e, "saving CDC progress failed; retrying at the next checkpoint interval")
+            }
+        }
+        if !more {
+            return last;
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "saver_tests.rs"]
+mod tests;

@@ -1,0 +1,270 @@
+//! Where a CDC reader starts and how it reads until it has caught up (pure).
+//!
+//! Guarantees:
+//! - Saved progress wins: with saved progress the reader starts exactly
+//!   there; `cdc:origin` never overrides it (scylla-cdc-rust #120: a start
+//!   timestamp later than the saved progress silently skips the rows in
+//!   between). The only clamp is the CDC log TTL: rows older than
+//!   `now - ttl - skew` are gone on every node, so starting earlier only reads
+//!   empty windows; the gap is reported as possibly lost.
+//! - Without saved progress the reader starts at `cdc:origin - skew` (the
+//!   first `outboxd schema`, with the clock-skew allowance for the clock of
+//!   whoever ran it), never before the TTL floor: events appended before the
+//!   first relay start are published.
+//! - Catch-up without the per-window sleep: scylla-cdc sleeps
+//!   `sleep_interval` after every window, so a backlog of B read in windows
+//!   of W costs `B / W` sleeps. When the measured lag exceeds the threshold
+//!   the reader runs in catch-up mode (large window, short sleep) up to
+//!   `now - safety_interval` at its start, then the lag is measured again
+//!   (catch up again, or switch to the normal settings, which keep the idle
+//!   cost low).
+
+use std::time::Duration;
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Why the reader starts where it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The saved progress of the current generation.
+    Saved,
+    /// Saved progress older than the CDC log TTL: the TTL floor.
+    SavedBeyondTtl,
+    /// No saved progress: `cdc:origin` minus the skew allowance.
+    Origin,
+    /// No saved progress and no (or an older) origin: the TTL floor.
+    TtlFloor,
+}
+
+/// The start timestamp scylla-cdc gets (`start_timestamp`, ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartPoint {
+    pub start_ms: i64,
+    pub from: StartFrom,
+    /// With `SavedBeyondTtl`: the saved progress; changes between it and
+    /// `start_ms` may have expired from the CDC log unpublished.
+    pub lost_after_ms: Option<i64>,
+}
+
+/// Inputs of [`start_point`], all in ms since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartInputs {
+    pub now_ms: i64,
+    /// The CDC log TTL (`store.cql.cdc.log_ttl_seconds`).
+    pub log_ttl: Duration,
+    /// Clock-skew allowance between nodes and clients.
+    pub skew: Duration,
+    /// `cdc:origin`: time of the first `outboxd schema`.
+    pub origin_ms: Option<i64>,
+    /// Oldest saved progress of the current generation.
+    pub saved_ms: Option<i64>,
+}
+
+pub fn start_point(i: StartInputs) -> StartPoint {
+    let floor = i.now_ms.saturating_sub(ms(i.log_ttl)).saturating_sub(ms(i.skew));
+    match (i.saved_ms, i.origin_ms) {
+        (Some(saved), _) if saved >= floor => {
+            StartPoint { start_ms: saved, from: StartFrom::Saved, lost_after_ms: None }
+        }
+        (Some(saved), _) => StartPoint { start_ms: floor, from: StartFrom::SavedBeyondTtl, lost_after_ms: Some(saved) },
+        (None, Some(origin)) if origin.saturating_sub(ms(i.skew)) > floor => {
+            StartPoint { start_ms: origin.saturating_sub(ms(i.skew)), from: StartFrom::Origin, lost_after_ms: None }
+        }
+        (None, _) => StartPoint { start_ms: floor, from: StartFrom::TtlFloor, lost_after_ms: None },
+    }
+}
+
+/// scylla-cdc reader settings for one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadSettings {
+    pub window: Duration,
+    pub sleep: Duration,
+}
+
+/// How the next reader run goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPlan {
+    /// Read with the normal settings until stopped.
+    Normal(ReadSettings),
+    /// Read with the catch-up settings and stop at `until_ms` (then plan again).
+    CatchUp { settings: ReadSettings, until_ms: i64 },
+}
+
+/// Inputs of [`read_plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanInputs {
+    pub now_ms: i64,
+    /// Where reading resumes (the start point, or the oldest progress).
+    pub position_ms: i64,
+    pub safety_interval: Duration,
+    pub normal: ReadSettings,
+    pub catch_up: ReadSettings,
+    /// Catch up when `now - safety - position` exceeds this.
+    pub threshold: Duration,
+}
+
+pub fn read_plan(i: PlanInputs) -> ReadPlan {
+    let readable_until = i.now_ms.saturating_sub(ms(i.safety_interval));
+    let behind = readable_until.saturating_sub(i.position_ms);
+    // Catch-up must beat the normal settings, or it is pointless.
+    let faster = i.catch_up.window > i.normal.window || i.catch_up.sleep < i.normal.sleep;
+    if faster && behind > ms(i.threshold) {
+        ReadPlan::CatchUp { settings: i.catch_up, until_ms: readable_until }
+    } else {
+        ReadPlan::Normal(i.normal)
+    }
+}
+
+/// Load of a caught-up reader (see docs/OPERATIONS.md, "idle cost").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IdleCost {
+    /// CDC log queries per second (each vnode group polls once per sleep).
+    pub log_reads_per_s: f64,
+    /// Generation polls per second (the generation query plus `system.peers`).
+    pub generation_reads_per_s: f64,
+    /// Checkpoint writes per second with this saver (batches of up to 64 rows).
+    pub checkpoint_writes_per_s: f64,
+    /// Checkpoint writes per second scylla-cdc's own saver did (one per stream).
+    pub library_checkpoint_writes_per_s: f64,
+}
+
+impl IdleCost {
+    /// `groups` vnode groups (stream readers), `streams` CDC streams, the
+    /// sleep interval, the checkpoint interval and the CDC query latency.
+    pub fn estimate(
+        groups: u32,
+        streams: u32,
+        sleep: Duration,
+        checkpoint_interval: Duration,
+        query_latency: Duration,
+    ) -> IdleCost {
+        let cycle = (sleep + query_latency).as_secs_f64().max(1e-3);
+        let every = checkpoint_interval.as_secs_f64().max(1e-3);
+        IdleCost {
+            log_reads_per_s: f64::from(groups) / cycle,
+            generation_reads_per_s: 2.0 / sleep.as_secs_f64().max(1e-3),
+            checkpoint_writes_per_s: f64::from(streams.div_ceil(super::saver::SAVE_BATCH_ROWS as u32)) / every,
+            library_checkpoint_writes_per_s: f64::from(streams) / every,
+        }
+    }
+}
+
+/// Time to read a backlog of `backlog` with `settings` (reads only: every
+/// window costs one sleep plus one query per vnode group, groups in parallel).
+/// Delivering the events adds their broker round trips, per group in sequence.
+pub fn catch_up_time(backlog: Duration, settings: ReadSettings, query_latency: Duration) -> Duration {
+    let windows = backlog.as_millis().div_ceil(settings.window.as_millis().max(1)) as u32;
+    (settings.sleep + query_latency) * windows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3_600_000;
+    const DAY: Duration = Duration::from_secs(86_400);
+    const SKEW: Duration = Duration::from_secs(60);
+
+    fn inputs(saved: Option<i64>, origin: Option<i64>) -> StartInputs {
+        StartInputs { now_ms: 100 * H, log_ttl: DAY, skew: SKEW, origin_ms: origin, saved_ms: saved }
+    }
+
+    #[test]
+    fn saved_progress_is_never_overridden_by_a_later_origin() {
+        // scylla-cdc-rust #120: origin (or "now") later than saved progress.
+        let p = start_point(inputs(Some(99 * H), Some(99 * H + 30 * 60_000)));
+        assert_eq!(p, StartPoint { start_ms: 99 * H, from: StartFrom::Saved, lost_after_ms: None });
+        let p = start_point(inputs(Some(90 * H), Some(95 * H)));
+        assert_eq!(p.start_ms, 90 * H);
+    }
+
+    #[test]
+    fn first_start_reads_from_the_origin_minus_the_skew_allowance() {
+        let p = start_point(inputs(None, Some(99 * H)));
+        assert_eq!(p, StartPoint { start_ms: 99 * H - 60_000, from: StartFrom::Origin, lost_after_ms: None });
+        // An origin older than the log's TTL: the rows are gone; start at the floor.
+        let p = start_point(inputs(None, Some(10 * H)));
+        assert_eq!(p, StartPoint { start_ms: 76 * H - 60_000, from: StartFrom::TtlFloor, lost_after_ms: None });
+        let p = start_point(inputs(None, None));
+        assert_eq!(p.from, StartFrom::TtlFloor);
+    }
+
+    #[test]
+    fn saved_progress_beyond_the_ttl_starts_at_the_floor_and_reports_the_gap() {
+        let p = start_point(inputs(Some(50 * H), Some(40 * H)));
+        assert_eq!(
+            p,
+            StartPoint { start_ms: 76 * H - 60_000, from: StartFrom::SavedBeyondTtl, lost_after_ms: Some(50 * H) }
+        );
+        // Inside the floor by the skew allowance: still saved.
+        let p = start_point(inputs(Some(76 * H - 30_000), None));
+        assert_eq!(p.from, StartFrom::Saved);
+    }
+
+    fn plan(position_ms: i64) -> ReadPlan {
+        read_plan(PlanInputs {
+            now_ms: 100 * H,
+            position_ms,
+            safety_interval: Duration::from_secs(30),
+            normal: ReadSettings { window: Duration::from_secs(30), sleep: Duration::from_secs(1) },
+            catch_up: ReadSettings { window: Duration::from_secs(300), sleep: Duration::from_millis(100) },
+            threshold: Duration::from_secs(120),
+        })
+    }
+
+    #[test]
+    fn behind_more_than_the_threshold_catches_up_to_now_minus_safety() {
+        match plan(76 * H) {
+            ReadPlan::CatchUp { settings, until_ms } => {
+                assert_eq!(settings.window, Duration::from_secs(300));
+                assert_eq!(until_ms, 100 * H - 30_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(plan(100 * H - 60_000), ReadPlan::Normal(_)), "caught up");
+        assert!(matches!(plan(100 * H - 150_000), ReadPlan::Normal(_)), "120 s behind: threshold not exceeded");
+        assert!(matches!(plan(100 * H - 151_000), ReadPlan::CatchUp { .. }));
+    }
+
+    #[test]
+    fn a_catch_up_that_is_not_faster_is_never_chosen() {
+        let p = read_plan(PlanInputs {
+            now_ms: 100 * H,
+            position_ms: 0,
+            safety_interval: Duration::from_secs(30),
+            normal: ReadSettings { window: Duration::from_secs(30), sleep: Duration::from_secs(1) },
+            catch_up: ReadSettings { window: Duration::from_secs(30), sleep: Duration::from_secs(1) },
+            threshold: Duration::from_secs(120),
+        });
+        assert!(matches!(p, ReadPlan::Normal(_)));
+    }
+
+    /// The figures docs/OPERATIONS.md quotes.
+    #[test]
+    fn documented_catch_up_and_idle_figures() {
+        let q = Duration::from_millis(10);
+        let library =
+            catch_up_time(DAY, ReadSettings { window: Duration::from_secs(30), sleep: Duration::from_secs(1) }, q);
+        assert_eq!(library.as_secs(), 2_908, "24 h with 30 s windows and 1 s sleeps: 2 880 windows, ~48 min");
+        let ours =
+            catch_up_time(DAY, ReadSettings { window: Duration::from_secs(300), sleep: Duration::from_millis(100) }, q);
+        assert_eq!(ours.as_secs(), 31, "24 h with 5 min windows and 100 ms sleeps: 288 windows, ~32 s of reading");
+
+        // A small node: 256 vnodes, 2 shards (512 streams), 1 s sleep, 5 s checkpoints.
+        let c = IdleCost::estimate(256, 512, Duration::from_secs(1), Duration::from_secs(5), q);
+        assert_eq!(c.log_reads_per_s.round(), 253.0);
+        assert_eq!(c.generation_reads_per_s, 2.0);
+        assert_eq!(c.checkpoint_writes_per_s, 8.0 / 5.0);
+        assert_eq!(c.library_checkpoint_writes_per_s, 512.0 / 5.0);
+        // Raising the sleep interval to 5 s and checkpoints to 30 s.
+        let c = IdleCost::estimate(256, 512, Duration::from_secs(5), Duration::from_secs(30), q);
+        assert_eq!(c.log_reads_per_s.round(), 51.0);
+        assert_eq!(c.checkpoint_writes_per_s, 8.0 / 30.0);
+        assert_eq!(
+            IdleCost::estimate(1, 65, Duration::from_secs(1), Duration::from_secs(1), q).checkpoint_writes_per_s,
+            2.0
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! CDC progress rows in `relay_leases` (one partition per consumer name:
+//! its lease in static columns, one row per CDC stream, `stream_id = 0x`
+//! holding the last generation): reading them, and the oldest progress.
+//!
+//! Guarantees:
+//! - [`current_progress`] is the one rule of which rows count: those of the
+//!   last generation (rows of finished generations wait for their TTL and
+//!   are ignored); without a generation row every stream row counts.
+//! - [`CqlStore::cdc_oldest_progress`] is what the relay has published up
+//!   to on every stream (the CDC lag and the CDC log TTL guard), read from
+//!   the table, so it is true whatever state (or instance) the relay is in.
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use scylla::client::session::Session;
+use scylla::value::CqlTimestamp;
+
+use super::CqlStore;
+use crate::store::StoreError;
+
+/// The lease table; it also holds the CDC progress of each consumer.
+pub const LEASE_TABLE: &str = "relay_leases";
+
+/// One progress row as stored (times in ms since the epoch); the empty
+/// `stream` is the generation row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedRow {
+    pub stream: Vec<u8>,
+    pub generation: Option<i64>,
+    pub time: Option<i64>,
+}
+
+/// Every progress row of `name` in `keyspace.relay_leases`.
+pub async fn read_progress(session: &Session, keyspace: &str, name: &str) -> Result<Vec<SavedRow>, StoreError> {
+    let what = || format!("read CDC progress of {name} (run `outboxd schema` to create {keyspace}.{LEASE_TABLE})");
+    let mut st = scylla::statement::Statement::new(format!(
+        "SELECT stream_id, generation, time FROM {keyspace}.{LEASE_TABLE} WHERE name = ?"
+    ));
+    st.set_page_size(5_000);
+    st.set_is_idempotent(true);
+    let pager =
+        session.query_iter(st, (name,)).await.map_err(|e| StoreError::Unavailable(format!("{}: {e}", what())))?;
+    let mut rows = pager
+        .rows_stream::<(Option<Vec<u8>>, Option<CqlTimestamp>, Option<CqlTimestamp>)>()
+        .map_err(|e| StoreError::Codec(e.to_string()))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().await {
+        let (stream, generation, time) = r.map_err(|e| StoreError::Unavailable(format!("{}: {e}", what())))?;
+        // A partition holding only the lease (static columns) has no stream row.
+        let Some(stream) = stream else { continue };
+        out.push(SavedRow { stream, generation: generation.map(|t| t.0), time: time.map(|t| t.0) });
+    }
+    Ok(out)
+}
+
+/// The last generation and the `(stream, time)` rows that count for it.
+pub fn current_progress(rows: &[SavedRow]) -> (Option<i64>, Vec<(&[u8], i64)>) {
+    let generation = rows.iter().find(|r| r.stream.is_empty()).and_then(|r| r.generation);
+    let streams = rows
+        .iter()
+        .filter(|r| !r.stream.is_empty())
+        .filter(|r| generation.is_none() || r.generation.is_none() || r.generation >= generation)
+        .filter_map(|r| r.time.map(|t| (r.stream.as_slice(), t)))
+        .collect();
+    (generation, streams)
+}
+
+impl CqlStore {
+    /// The oldest per-stream CDC progress of `consumer` (its current
+    /// generation): every change before it has been published. `None` when
+    /// the consumer never saved progress.
+    pub async fn cdc_oldest_progress(&self, consumer: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let rows = read_progress(&self.session, &self.keyspace, consumer).await?;
+        let oldest = current_progress(&rows).1.into_iter().map(|(_, t)| t).min();
+        Ok(oldest.and_then(DateTime::from_timestamp_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(stream: &[u8], generation: Option<i64>, time: Option<i64>) -> SavedRow {
+        SavedRow { stream: stream.to_vec(), generation, time }
+    }
+
+    #[test]
+    fn only_rows_of_the_last_generation_count() {
+        let rows = vec![
+            row(&[], Some(200), None),
+            row(&[1], Some(100), Some(150)), // finished generation, awaiting its TTL
+            row(&[2], Some(200), Some(900)),
+            row(&[3], None, Some(950)),
+            row(&[4], Some(200), None),
+        ];
+        let (g, s) = current_progress(&rows);
+        assert_eq!(g, Some(200));
+        assert_eq!(s, vec![(&[2u8][..], 900), (&[3u8][..], 950)]);
+        let (g, s) = current_progress(&rows[1..3]);
+        assert_eq!((g, s.len()), (None, 2), "without a generation row every stream counts");
+    }
+}
