@@ -7,12 +7,11 @@
 mod harness;
 
 use harness::*;
-use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
-use uuid::Uuid;
+use std::collections::HashMap;
+use std::time::Duration;
 
 use outboxd::app::{CommandService, ServiceOptions};
-use outboxd::config::{Compression, Config};
+use outboxd::config::Config;
 use outboxd::metrics::Metrics;
 use outboxd::relay::topics::topic_names;
 use outboxd::relay::Relay;

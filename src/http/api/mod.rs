@@ -114,11 +114,11 @@ pub fn trace_context(req: &HttpRequest) -> Result<Option<TraceContext>, ApiError
     let text = |name: &str| -> Result<Option<&str>, ApiError> {
         match req.headers().get(name) {
             None => Ok(None),
-            Some(v) => v.to_str().map(Some).map_err(|_| ApiError::bad_request(name, &format!("{name} must be ASCII"))),
+            Some(v) => v.to_str().map(Some).map_err(|_| ApiError::bad_request(name, format!("{name} must be ASCII"))),
         }
     };
     let Some(tp) = text("traceparent")? else { return Ok(None) };
-    TraceContext::parse(tp, text("tracestate")?).map(Some).map_err(|e| ApiError::bad_request("traceparent", &e))
+    TraceContext::parse(tp, text("tracestate")?).map(Some).map_err(|e| ApiError::bad_request("traceparent", e))
 }
 
 /// `If-Match: 3`, `If-Match: "3"` or `W/"3"`; `*` means "any version".

@@ -72,6 +72,9 @@ pub struct SqliteStore {
     file: Arc<DbFile>,
     /// Leases and fenced checkpoints: their own connection, short busy timeout.
     lease_conn: Arc<Mutex<Connection>>,
+    /// Lease writes waiting for SQLite's write lock: the writer thread lets
+    /// them go first (they have deadlines; appends do not).
+    lease_waiting: Arc<std::sync::atomic::AtomicUsize>,
     /// Test seam: injected read failures (admin `/debug/store`, fault injection only).
     faults: Arc<crate::store::StoreFaults>,
     /// Watches other processes' commits once someone subscribed.
@@ -145,9 +148,11 @@ impl SqliteStore {
         let (jobs, rx) = mpsc::channel(opts.queue_capacity.max(1));
         let n = notify.clone();
         let group = opts.group_commit_max.max(1);
+        let lease_waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let yield_to = lease_waiting.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, n, group))
+            .spawn(move || writer_loop(conn, rx, n, group, yield_to))
             .map_err(|e| unavailable(format!("cannot start writer thread: {e}")))?;
         let file = Arc::new(DbFile::new(&path));
         let lease_conn = open_conn(
@@ -162,6 +167,7 @@ impl SqliteStore {
             notify,
             file,
             lease_conn: Arc::new(Mutex::new(lease_conn)),
+            lease_waiting,
             faults: Arc::default(),
             watcher: std::sync::OnceLock::new(),
         };
@@ -210,10 +216,13 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.lease_conn.clone();
+        let (conn, waiting) = (self.lease_conn.clone(), self.lease_waiting.clone());
         tokio::task::spawn_blocking(move || {
-            let mut c = conn.lock().map_err(unavailable)?;
-            f(&mut c)
+            use std::sync::atomic::Ordering::SeqCst;
+            waiting.fetch_add(1, SeqCst);
+            let r = conn.lock().map_err(unavailable).and_then(|mut c| f(&mut c));
+            waiting.fetch_sub(1, SeqCst);
+            r
         })
         .await
         .map_err(unavailable)?

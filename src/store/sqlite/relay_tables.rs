@@ -2,9 +2,10 @@
 //! and `RequestStore` for [`SqliteStore`] (SQL in `lease`, `parking`,
 //! `requests`).
 //!
-//! Guarantee: lease operations run on the lease connection (never behind
-//! the append queue); every other write goes through the writer thread like
-//! all writes, reads through the reader pool.
+//! Guarantee: lease writes run on the lease connection (never behind the
+//! append queue; the writer thread lets a waiting lease write go before its
+//! next group); lease reads and every other read use the reader pool; every
+//! other write goes through the writer thread like all writes.
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -19,8 +20,9 @@ use crate::store::StoreError;
 #[async_trait]
 impl LeaseStore for SqliteStore {
     async fn lease_get(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        // A read: the reader pool (WAL readers never wait for the write lock).
         let name = name.to_string();
-        self.lease_op(move |c| lease::get(c, &name)).await
+        self.read(move |c| lease::get(c, &name)).await
     }
 
     async fn lease_cas(&self, cas: &LeaseCas) -> Result<bool, StoreError> {

@@ -36,7 +36,16 @@ pub(super) enum Job {
 /// (a stale entry makes the insert collide, which re-reads the real version).
 const VERSION_CACHE_MAX: usize = 200_000;
 
-pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, notify: watch::Sender<i64>, group: usize) {
+/// Longest the writer holds back an append group for waiting lease writes.
+const LEASE_YIELD_MAX: std::time::Duration = std::time::Duration::from_millis(250);
+
+pub(super) fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    notify: watch::Sender<i64>,
+    group: usize,
+    lease_waiting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     let mut pending: Option<Job> = None;
     let mut versions: HashMap<Uuid, i64> = HashMap::new();
     loop {
@@ -64,6 +73,13 @@ pub(super) fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, not
                 }
                 Err(_) => break,
             }
+        }
+        // A lease write (renewal, fenced checkpoint) waiting for the write
+        // lock goes first: SQLite's busy handler is not fair, and back-to-back
+        // groups would starve it past its renewal deadline.
+        let held = std::time::Instant::now();
+        while lease_waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 && held.elapsed() < LEASE_YIELD_MAX {
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let results = commit_group(&mut conn, &batch, &versions);
         if versions.len() > VERSION_CACHE_MAX {
