@@ -45,7 +45,7 @@ use crate::relay::status::StatusTx;
 use crate::relay::topics::all_topics;
 use crate::relay::window::{AggKey, Fenced, Window};
 use crate::shutdown::Shutdown;
-use crate::store::feed::{RawEvent, Unreadable};
+use crate::store::feed::{FeedRow, RawEvent, Unreadable};
 use crate::store::{DynStore, StoreError};
 
 /// What the window carries: a stored event, the marker of a discarded one,
@@ -101,6 +101,14 @@ impl Item {
             Item::Unreadable(u) => Err(SendError::Failed(PublishError::permanent("unreadable", u.error.clone()))),
         }
     }
+}
+
+/// One term's feed: see [`Relay::open_feed`].
+pub(super) struct TermFeed {
+    pub stop: crate::shutdown::Trigger,
+    pub handle: FeedHandle,
+    pub pages: mpsc::Receiver<Vec<FeedRow>>,
+    pub idle: mpsc::Sender<Vec<FeedRow>>,
 }
 
 /// The lease this relay term runs under.
@@ -200,6 +208,26 @@ impl Relay {
         self
     }
 
+    /// The feed of one term (both delivery modes): a reader from `after`
+    /// with its stop trigger, or, for a relay that only serves operator
+    /// requests, a channel that stays silent while `idle` lives.
+    pub(super) fn open_feed(&self, after: i64) -> TermFeed {
+        let reader = FeedReader {
+            store: self.store.clone(),
+            after,
+            page_size: self.cfg.batch_size,
+            poll_interval: Duration::from_millis(self.cfg.poll_interval_ms),
+            backoff: Backoff::new(&self.cfg.retry),
+            status: self.status.clone(),
+            errors: self.metrics.relay_feed_errors.clone(),
+        };
+        let stop = crate::shutdown::Trigger::new();
+        let handle = FeedHandle::new(reader, stop.subscribe());
+        let (idle, idle_rx) = mpsc::channel(1);
+        let pages = if self.requests_only { idle_rx } else { handle.respawn(after) };
+        TermFeed { stop, handle, pages, idle }
+    }
+
     /// Writes the checkpoint, conditional on the lease epoch when fenced.
     pub(super) async fn write_checkpoint(&self, position: i64) -> Result<(), StoreError> {
         let name = &self.cfg.consumer_name;
@@ -243,19 +271,7 @@ impl Relay {
             s.parked_aggregates = parked.len() as u64;
             true
         });
-        let reader = FeedReader {
-            store: self.store.clone(),
-            after: checkpoint,
-            page_size: self.cfg.batch_size,
-            poll_interval: Duration::from_millis(self.cfg.poll_interval_ms),
-            backoff: Backoff::new(&self.cfg.retry),
-            status: self.status.clone(),
-            errors: self.metrics.relay_feed_errors.clone(),
-        };
-        let feed_stop = crate::shutdown::Trigger::new();
-        let feed = FeedHandle::new(reader, feed_stop.subscribe());
-        let (idle_tx, idle_rx) = mpsc::channel(1);
-        let pages = if self.requests_only { idle_rx } else { feed.respawn(checkpoint) };
+        let TermFeed { stop: feed_stop, handle: feed, pages, idle: idle_tx } = self.open_feed(checkpoint);
         tracing::info!(consumer = %self.name(), checkpoint, parked = parked.len(), fenced = self.fence.is_some(), "relay started");
         let mut run = Run {
             producer,

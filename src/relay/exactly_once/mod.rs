@@ -43,8 +43,7 @@ use tokio::sync::mpsc;
 use crate::relay::breaker::CircuitBreaker;
 use crate::relay::encode::Encoder;
 use crate::relay::error::PublishError;
-use crate::relay::feed::{FeedHandle, FeedReader};
-use crate::relay::pipeline::{Exit, Relay, RelayError};
+use crate::relay::pipeline::{Exit, Relay, RelayError, TermFeed};
 use crate::relay::producer::{spawn_broker_watch, Completion, Delivery, KafkaProducer, TxnErrorKind};
 use crate::relay::progress;
 use crate::relay::retry::Backoff;
@@ -148,19 +147,7 @@ impl Relay {
             true
         });
         tracing::info!(consumer = %self.cfg.consumer_name, transactional_id = %id, position, "exactly-once relay started");
-        let reader = FeedReader {
-            store: self.store.clone(),
-            after: position,
-            page_size: self.cfg.batch_size,
-            poll_interval: Duration::from_millis(self.cfg.poll_interval_ms),
-            backoff: Backoff::new(&self.cfg.retry),
-            status: self.status.clone(),
-            errors: self.metrics.relay_feed_errors.clone(),
-        };
-        let stop = crate::shutdown::Trigger::new();
-        let feed = FeedHandle::new(reader, stop.subscribe());
-        let (_idle_tx, idle_rx) = mpsc::channel(1);
-        let pages = if self.requests_only { idle_rx } else { feed.respawn(position) };
+        let TermFeed { stop, handle: feed, pages, idle: _idle } = self.open_feed(position);
         let mut t = Txn {
             producer,
             completions,
