@@ -50,13 +50,14 @@ set +e
 cargo test --locked -- --test-threads "${TEST_THREADS:-2}" --skip soak_ 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # The soak group (tests/soak.rs: long faults, several daemons, private brokers)
-# runs alone, one test at a time, after the Cassandra nodes this run started
+# runs alone, one test at a time (printing its figures: events, faults,
+# duplicates, takeover time), after the Cassandra nodes this run started
 # (not needed there) stopped, so it has the machine's memory and cores.
 for s in "${started[@]}"; do
   # shellcheck disable=SC2086 # "cassandra --secure" -> script + flag
   if [[ $s == cassandra* ]]; then bash scripts/cassandra-local.sh stop ${s#cassandra} >/dev/null 2>&1 || true; fi
 done
-cargo test --locked --test soak -- --test-threads 1 2>&1 | tee -a "$log"
+cargo test --locked --test soak -- --test-threads 1 --nocapture 2>&1 | tee -a "$log"
 soak=${PIPESTATUS[0]}
 if [ "$status" -eq 0 ]; then status=$soak; fi
 set -e
