@@ -47,7 +47,7 @@ make --no-print-directory compose-check
 # its reason and counts skips as skips, never as passes.
 log=$(mktemp)
 set +e
-cargo test --locked -- --test-threads "${TEST_THREADS:-2}" --skip soak_ 2>&1 | tee "$log"
+cargo test --locked --no-fail-fast -- --test-threads "${TEST_THREADS:-2}" --skip soak_ 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # The soak group (tests/soak.rs: long faults, several daemons, private brokers)
 # runs alone, one test at a time (printing its figures: events, faults,

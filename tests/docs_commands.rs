@@ -154,8 +154,14 @@ fn every_documented_outboxd_command_runs_as_written() {
     let (code, id, err) = run("outboxd customer register --name Ada --email ada@example.com", &env, dir.path())
         .expect("customer register finishes");
     assert_eq!(code, Some(0), "{err}");
-    // `$C` is a customer id; `<ID>` a dead-letter id (none exists here: the command must say so).
-    let samples = [("$C", id.trim().to_string()), ("<ID>", uuid::Uuid::now_v7().to_string())];
+    // `$C` is a customer id; `<ID>` a dead-letter id, `<AGGREGATE_ID>` a parked
+    // aggregate, `<EVENT_ID>` a held event (none exists here: the command must say so).
+    let samples = [
+        ("$C", id.trim().to_string()),
+        ("<ID>", uuid::Uuid::now_v7().to_string()),
+        ("<AGGREGATE_ID>", uuid::Uuid::now_v7().to_string()),
+        ("<EVENT_ID>", uuid::Uuid::now_v7().to_string()),
+    ];
     let mut failures = Vec::new();
     for shown in all_commands() {
         let mut line = shown.line.clone();
