@@ -11,6 +11,7 @@
 mod append;
 mod cql;
 mod http;
+mod latency;
 mod relay;
 
 use clap::Subcommand;

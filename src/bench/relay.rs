@@ -1,16 +1,17 @@
-//! `bench relay`: the relay against a bare producer, then e2e latency.
+//! `bench relay`: the relay against a bare producer in the same run (a
+//! warm-up pass, then 3 interleaved rounds: bare, relay at-least-once, relay
+//! exactly-once, bare and relay on one hot aggregate), median with min/max,
+//! then e2e latency in both delivery modes (`latency.rs`).
 //!
 //! Guarantee: only measures and prints.
 use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-use crate::config::Config;
+use crate::config::{Config, DeliveryMode};
 use crate::domain::{Aggregate, Customer, CustomerCommand, Email};
 use crate::envelope::{now_millis, EventEnvelope, Metadata};
 use crate::metrics::Metrics;
@@ -45,33 +46,40 @@ fn event(size: usize) -> EventEnvelope {
     env
 }
 
-pub async fn run(base: &Config, n: usize, size: usize, rate: u64, seconds: u64) -> anyhow::Result<()> {
-    let dir = super::tempdir(None)?;
-    let mut cfg = base.clone();
-    cfg.store.path = dir.join("relay.db");
-    cfg.kafka.topic_prefix = format!("bench{}.", Uuid::now_v7().simple());
-    let store: DynStore = SqliteStore::open(&cfg.store.path, cfg.store.sqlite.clone()).await?;
-    let sample = serde_json::to_vec(&event(size))?.len();
-    println!(
-        "bench relay: {n} events of ~{sample} bytes, brokers {}, compression {}, acks=all, idempotent",
-        cfg.kafka.brokers,
-        cfg.kafka.compression.as_str()
-    );
-    let events: Vec<EventEnvelope> = (0..n).map(|_| event(size)).collect();
-    for chunk in events.chunks(1) {
-        store.append(chunk[0].aggregate_id, 0, chunk.to_vec()).await?;
-    }
+/// `n` events of one hot aggregate (sequences 1..=n): the cost of the
+/// per-aggregate fence (one event of an aggregate at the producer at a time).
+fn hot_events(n: usize, size: usize) -> Vec<EventEnvelope> {
+    let id = Uuid::now_v7();
+    (1..=n as i64)
+        .map(|seq| {
+            let mut e = event(size);
+            e.aggregate_id = id;
+            e.sequence = seq;
+            e
+        })
+        .collect()
+}
 
-    // Topics exist before either side is timed.
-    let topics: Vec<String> = topic_names(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix);
-    crate::relay::admin::ensure_topics(&cfg.kafka, &topics, Duration::from_secs(30))
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+/// Median, min and max of `v` (3 samples in practice).
+fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
 
-    // Baseline: a bare FutureProducer with the same settings, same records, all in flight.
-    let producer: FutureProducer = producer_config(&cfg.kafka, &Delivery::AtLeastOnce).create()?;
+fn line(what: &str, rates: &[f64], base: Option<&[f64]>) {
+    let (med, lo, hi) = spread(rates.to_vec());
+    let ratio = base.map(|b| {
+        let (r, rlo, rhi) = spread(rates.iter().zip(b).map(|(r, b)| r / b).collect());
+        format!("; ratio {r:.2}x (min {rlo:.2}x, max {rhi:.2}x)")
+    });
+    println!("{what:<34}: median {med:>9.0} events/s (min {lo:.0}, max {hi:.0}){}", ratio.unwrap_or_default());
+}
+
+/// The same records as the relay sends (same encoder), for the bare producer,
+/// on `-baseline` topics.
+fn baseline_records(cfg: &Config, events: &[EventEnvelope]) -> Vec<(String, String, Vec<u8>, OwnedHeaders)> {
     let mut encoder = Encoder::from_config(&cfg.kafka);
-    let prepared: Vec<(String, String, Vec<u8>, OwnedHeaders)> = events
+    events
         .iter()
         .map(|e| {
             let raw = RawEvent::from_envelope(e, 0).expect("encodable");
@@ -84,14 +92,17 @@ pub async fn run(base: &Config, n: usize, size: usize, rate: u64, seconds: u64) 
                 encoder.headers(&raw),
             )
         })
-        .collect();
-    let base_topics: Vec<String> = topics.iter().map(|t| t.replace("-events", "-baseline")).collect();
-    crate::relay::admin::ensure_topics(&cfg.kafka, &base_topics, Duration::from_secs(30))
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+        .collect()
+}
+
+/// One timed pass of a bare FutureProducer: every record in flight at once.
+async fn bare_pass(
+    producer: &FutureProducer,
+    records: &[(String, String, Vec<u8>, OwnedHeaders)],
+) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();
-    for (t, k, v, h) in &prepared {
+    for (t, k, v, h) in records {
         loop {
             match producer.send_result(FutureRecord::to(t).key(k).payload(v).headers(h.clone())) {
                 Ok(f) => {
@@ -113,72 +124,117 @@ pub async fn run(base: &Config, n: usize, size: usize, rate: u64, seconds: u64) 
     while let Some(r) = pending.next().await {
         anyhow::ensure!(matches!(r, Ok(Ok(_))), "baseline delivery failed");
     }
-    let base_secs = start.elapsed().as_secs_f64();
+    Ok(records.len() as f64 / start.elapsed().as_secs_f64())
+}
 
-    // The relay: from the store, with checkpoints, until the checkpoint reaches the head.
-    let metrics = Metrics::new();
+/// A relay of `mode` under its own consumer name (so it reads the store from
+/// 0): until its checkpoint reaches the head. Returns events/s and the relay
+/// task still running (caught up) with its stop trigger.
+async fn relay_pass(
+    cfg: &Config,
+    store: &DynStore,
+    consumer: &str,
+    mode: DeliveryMode,
+) -> anyhow::Result<(f64, Trigger, tokio::task::JoinHandle<()>)> {
+    let mut cfg = cfg.clone();
+    cfg.relay.consumer_name = consumer.to_string();
+    cfg.relay.delivery = mode;
+    cfg.relay.progress_topic = format!("{}{consumer}.progress", cfg.kafka.topic_prefix);
     let (tx, mut status) = tokio::sync::watch::channel(crate::relay::RelayStatus::default());
-    let relay = Relay::new(Arc::new(cfg.clone()), store.clone(), metrics.clone(), crate::relay::StatusTx::new(tx));
-    let mut trigger = Trigger::new();
+    let relay = Relay::new(Arc::new(cfg), store.clone(), Metrics::new(), crate::relay::StatusTx::new(tx));
+    let trigger = Trigger::new();
     let sd = trigger.subscribe();
     let head = store.head_position().await?;
     let start = Instant::now();
-    let task = tokio::spawn(relay.run(sd));
-    status.wait_for(|s| s.checkpoint.unwrap_or(0) >= head).await?;
-    let relay_secs = start.elapsed().as_secs_f64();
-    let base_rate = n as f64 / base_secs;
-    let relay_rate = n as f64 / relay_secs;
-    println!("bare producer   : {base_rate:>10.0} events/s ({base_secs:.2} s)");
-    println!("relay (store->kafka, checkpointed): {relay_rate:>10.0} events/s ({relay_secs:.2} s)");
-    println!("ratio relay/bare: {:.2}x (goal >= 0.8x)", relay_rate / base_rate);
-
-    // Latency: append at `rate`/s, consume, measure append -> consumed.
-    let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("group.id", format!("bench-{}", Uuid::now_v7()))
-        .set("auto.offset.reset", "latest")
-        .set("fetch.wait.max.ms", "5")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    consumer.subscribe(&[topics[1].as_str()])?;
-    // Wait for the assignment before producing.
-    let warm = Instant::now();
-    while consumer.assignment()?.count() == 0 && warm.elapsed() < Duration::from_secs(20) {
-        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let total = (rate * seconds) as usize;
-    let s2 = sent.clone();
-    let st = store.clone();
-    let producer_task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
-        for _ in 0..total {
-            tick.tick().await;
-            let e = event(size);
-            s2.lock().map(|mut m| m.insert(e.event_id.to_string(), Instant::now())).ok();
-            let _ = st.append(e.aggregate_id, 0, vec![e]).await;
-        }
+    let task = tokio::spawn(async move {
+        let _ = match mode {
+            DeliveryMode::AtLeastOnce => relay.run(sd).await,
+            DeliveryMode::ExactlyOnce => relay.run_exactly_once(sd).await,
+        };
     });
-    let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
-    let deadline = Instant::now() + Duration::from_secs(seconds + 30);
-    while (hist.len() as usize) < total && Instant::now() < deadline {
-        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else { continue };
-        let id = m.headers().and_then(|h| {
-            h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).to_string()))
-        });
-        if let Some(id) = id {
-            if let Some(t0) = sent.lock().ok().and_then(|m| m.get(&id).copied()) {
-                hist.record(t0.elapsed().as_micros() as u64)?;
-            }
-        }
-    }
-    producer_task.await?;
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    println!("e2e append -> consumed at {rate} events/s for {seconds} s ({} samples): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (goal p50 < 10 ms, p99 < 50 ms)", hist.len(), ms(0.5), ms(0.99), hist.max() as f64 / 1000.0);
+    status.wait_for(|s| s.checkpoint.unwrap_or(0) >= head).await?;
+    Ok((head as f64 / start.elapsed().as_secs_f64(), trigger, task))
+}
+
+async fn stop(trigger: Trigger, task: tokio::task::JoinHandle<()>) {
     trigger.fire();
     let _ = task.await;
-    trigger.wait_drained().await;
+}
+
+/// Stores `events` one append each in a fresh SQLite file `name` under `dir`.
+async fn seeded(cfg: &Config, dir: &std::path::Path, name: &str, events: &[EventEnvelope]) -> anyhow::Result<DynStore> {
+    let store: DynStore = SqliteStore::open(&dir.join(name), cfg.store.sqlite.clone()).await?;
+    for e in events {
+        store.append(e.aggregate_id, e.sequence - 1, vec![e.clone()]).await?;
+    }
+    Ok(store)
+}
+
+pub async fn run(base: &Config, n: usize, size: usize, rate: u64, seconds: u64) -> anyhow::Result<()> {
+    let dir = super::tempdir(None)?;
+    let mut cfg = base.clone();
+    cfg.store.path = dir.join("relay.db");
+    cfg.kafka.topic_prefix = format!("bench{}.", Uuid::now_v7().simple());
+    let sample = serde_json::to_vec(&event(size))?.len();
+    let hot_n = (n / 10).max(1);
+    println!(
+        "bench relay: {n} events of ~{sample} bytes (+ {hot_n} of one hot aggregate), brokers {}, compression {}, acks=all, idempotent; warm-up, then 3 interleaved rounds",
+        cfg.kafka.brokers,
+        cfg.kafka.compression.as_str()
+    );
+    let events: Vec<EventEnvelope> = (0..n).map(|_| event(size)).collect();
+    let hot = hot_events(hot_n, size);
+    let store = seeded(&cfg, &dir, "relay.db", &events).await?;
+    let hot_store = seeded(&cfg, &dir, "hot.db", &hot).await?;
+
+    // Topics exist before anything is timed.
+    let topics: Vec<String> = topic_names(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix);
+    let base_topics: Vec<String> = topics.iter().map(|t| t.replace("-events", "-baseline")).collect();
+    for t in [&topics, &base_topics] {
+        crate::relay::admin::ensure_topics(&cfg.kafka, t, Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+    }
+    let producer: FutureProducer = producer_config(&cfg.kafka, &Delivery::AtLeastOnce).create()?;
+    let (records, hot_records) = (baseline_records(&cfg, &events), baseline_records(&cfg, &hot));
+
+    // Warm-up (untimed): the first pass meets a cold broker.
+    bare_pass(&producer, &records).await?;
+    let (_, t, task) = relay_pass(&cfg, &store, "bench-warmup", DeliveryMode::AtLeastOnce).await?;
+    stop(t, task).await;
+
+    let (mut bare, mut alo, mut eos, mut bare_hot, mut relay_hot) = (vec![], vec![], vec![], vec![], vec![]);
+    for round in 1..=3 {
+        bare.push(bare_pass(&producer, &records).await?);
+        let (r, t, task) = relay_pass(&cfg, &store, &format!("bench-alo-{round}"), DeliveryMode::AtLeastOnce).await?;
+        stop(t, task).await;
+        alo.push(r);
+        let (r, t, task) = relay_pass(&cfg, &store, &format!("bench-eos-{round}"), DeliveryMode::ExactlyOnce).await?;
+        stop(t, task).await;
+        eos.push(r);
+        bare_hot.push(bare_pass(&producer, &hot_records).await?);
+        let (r, t, task) =
+            relay_pass(&cfg, &hot_store, &format!("bench-hot-{round}"), DeliveryMode::AtLeastOnce).await?;
+        stop(t, task).await;
+        relay_hot.push(r);
+    }
+    line("bare producer", &bare, None);
+    line("relay at-least-once", &alo, Some(&bare));
+    line("relay exactly-once", &eos, Some(&bare));
+    line("bare producer, one hot aggregate", &bare_hot, None);
+    line("relay, one hot aggregate", &relay_hot, Some(&bare_hot));
+    println!("(goal: relay at-least-once >= 0.8x of the bare producer)");
+
+    for mode in [DeliveryMode::AtLeastOnce, DeliveryMode::ExactlyOnce] {
+        let (_, t, task) = relay_pass(&cfg, &store, &format!("bench-e2e-{}", mode.as_str()), mode).await?;
+        let r = super::latency::e2e(&cfg, &store, &topics[1], size, rate, seconds, event).await;
+        stop(t, task).await;
+        let (p50, p99, max, samples) = r?;
+        println!(
+            "e2e {:<13} append -> consumed at {rate} events/s for {seconds} s ({samples} samples): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms (goal p50 < 10 ms, p99 < 50 ms)",
+            mode.as_str()
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
