@@ -235,12 +235,14 @@ impl HealthCheckActor {
             let _ = m.relay_lag_seconds.remove_label_values(&[old]);
         }
         self.lag_role = Some(role);
-        let relay_lag = probes.relay_backlog.map(|b| Lag {
+        // A backlog as /health reports it: positions, events, age of the oldest.
+        let lag = |b: crate::store::Backlog| Lag {
             checkpoint: b.checkpoint,
             head: b.head,
             events: b.events,
             seconds: lag_seconds(&b, probes.now),
-        });
+        };
+        let relay_lag = probes.relay_backlog.map(lag);
         if let Some(l) = &relay_lag {
             if let Some(e) = l.events {
                 m.relay_lag_events.with_label_values(&[role]).set(e);
@@ -263,12 +265,7 @@ impl HealthCheckActor {
                 m.relay_lag_seconds.with_label_values(&[role]).set(age.as_secs_f64());
             }
         }
-        let projection_lag = probes.projection_backlog.map(|b| Lag {
-            checkpoint: b.checkpoint,
-            head: b.head,
-            events: b.events,
-            seconds: lag_seconds(&b, probes.now),
-        });
+        let projection_lag = probes.projection_backlog.map(lag);
         if let Some(l) = &projection_lag {
             if let Some(e) = l.events {
                 m.projection_lag_events.set(e);
