@@ -13,9 +13,7 @@ fn soak_exactly_once_zombie_paused_mid_transaction_is_fenced() {
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cfg_a = daemon_config(&brokers, dir.path());
-    let mut cfg_b = cfg_a.clone();
-    cfg_b.http.listen = format!("127.0.0.1:{}", free_port());
-    cfg_b.http.admin_listen = format!("127.0.0.1:{}", free_port());
+    let cfg_b = second(&cfg_a);
     let db = cfg_a.store.path.clone();
     let env = soak_env(&cfg_a, "exactly-once");
     let a = Daemon::start(&cfg_a, &env);

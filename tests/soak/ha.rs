@@ -8,13 +8,6 @@
 use super::*;
 use std::time::Instant;
 
-fn second(cfg: &Config) -> Config {
-    let mut c = cfg.clone();
-    c.http.listen = format!("127.0.0.1:{}", free_port());
-    c.http.admin_listen = format!("127.0.0.1:{}", free_port());
-    c
-}
-
 /// Exactly one of `ds` leads (stable for a moment); returns its index.
 fn one_leader(ds: &[&Daemon], within: Duration) -> usize {
     eventually(within, "exactly one active relay", || {
