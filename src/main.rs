@@ -80,8 +80,7 @@ enum Cmd {
     /// List the leases (which instance runs each consumer) as JSON lines.
     Leases,
     /// Benchmarks that print ratios against a baseline measured in the same run.
-    #[command(subcommand)]
-    Bench(outboxd::bench::BenchCmd),
+    Bench(outboxd::bench::BenchArgs),
     /// Read models (order_read_model, orders_by_customer).
     #[command(subcommand)]
     Projections(ProjectionsCmd),

@@ -194,3 +194,62 @@ impl Default for Metrics {
         Metrics::new()
     }
 }
+
+/// A metric family with one label.
+pub trait Family {
+    type Handle;
+    fn handle(&self, label: &str) -> Self::Handle;
+}
+
+impl Family for IntCounterVec {
+    type Handle = IntCounter;
+    fn handle(&self, label: &str) -> IntCounter {
+        self.with_label_values(&[label])
+    }
+}
+
+impl Family for HistogramVec {
+    type Handle = Histogram;
+    fn handle(&self, label: &str) -> Histogram {
+        self.with_label_values(&[label])
+    }
+}
+
+/// Handles of one labelled metric family, cached by label value: the relay's
+/// hot path looks a label up in its own map instead of hashing, locking and
+/// cloning through the family on every event.
+pub struct ByLabel<F: Family> {
+    family: F,
+    handles: std::collections::HashMap<String, F::Handle>,
+}
+
+impl<F: Family + Clone> ByLabel<F> {
+    pub fn new(family: &F) -> ByLabel<F> {
+        ByLabel { family: family.clone(), handles: std::collections::HashMap::new() }
+    }
+
+    /// The handle for `label`.
+    pub fn get(&mut self, label: &str) -> &F::Handle {
+        if !self.handles.contains_key(label) {
+            let h = self.family.handle(label);
+            self.handles.insert(label.to_string(), h);
+        }
+        &self.handles[label]
+    }
+}
+
+#[cfg(test)]
+mod by_label_tests {
+    use super::*;
+
+    #[test]
+    fn cached_handles_update_the_family() {
+        let m = Metrics::new();
+        let mut sent = ByLabel::new(&m.messages_sent);
+        sent.get("a").inc();
+        sent.get("a").inc();
+        sent.get("b").inc();
+        assert_eq!(m.messages_sent.with_label_values(&["a"]).get(), 2);
+        assert_eq!(m.messages_sent.with_label_values(&["b"]).get(), 1);
+    }
+}

@@ -1,34 +1,22 @@
 //! `bench append`: the SQLite store's append against a raw batched INSERT of
-//! the same rows, same machine, same run.
+//! the same rows, same machine, same run: 3 interleaved rounds (raw, store)
+//! on fresh files, median with min/max.
 //!
 //! Guarantee: only measures and prints.
 
 use std::time::Instant;
 
-use super::{sample_events, tempdir};
+use super::{sample_events, tempdir, Report};
 use crate::config::Config;
 use crate::envelope::EventEnvelope;
 use crate::store::sqlite::{SqliteStore, SCHEMA_V1};
 use crate::store::EventStore;
 
-pub(super) async fn bench_append(
-    cfg: &Config,
-    n: usize,
-    k: usize,
-    concurrency: usize,
-    dir: Option<std::path::PathBuf>,
-) -> anyhow::Result<()> {
-    let tmp = tempdir(dir)?;
-    let events = sample_events(n, k);
-    let total = n * k;
-    println!("bench append: {n} aggregates x {k} events = {total} events, one append per event, {concurrency} concurrent appenders, synchronous={:?}", cfg.store.sqlite.synchronous);
-
-    // Baseline: raw rusqlite INSERTs of the same rows, batched in transactions of 256 appends.
-    let raw_path = tmp.join("raw.db");
-    let rows = events.clone();
+/// Raw rusqlite INSERTs of the same rows in transactions of 256; events/s.
+async fn raw_pass(cfg: &Config, path: std::path::PathBuf, rows: Vec<Vec<EventEnvelope>>) -> anyhow::Result<f64> {
     let sync = cfg.store.sqlite.synchronous;
-    let raw_secs = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
-        let mut c = rusqlite::Connection::open(&raw_path)?;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+        let mut c = rusqlite::Connection::open(&path)?;
         c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
         c.execute_batch(&format!("PRAGMA synchronous={};", if sync == crate::store::sqlite::Synchronous::Full { "FULL" } else { "NORMAL" }))?;
         c.execute_batch(SCHEMA_V1)?;
@@ -45,17 +33,25 @@ pub(super) async fn bench_append(
             }
             tx.commit()?;
         }
-        Ok(start.elapsed().as_secs_f64())
+        Ok(flat.len() as f64 / start.elapsed().as_secs_f64())
     })
-    .await??;
+    .await?
+}
 
-    // The store: every event is its own compare-and-set append.
-    let store = SqliteStore::open(tmp.join("store.db"), cfg.store.sqlite.clone()).await?;
-    let start = Instant::now();
+/// The store: every event its own compare-and-set append, `concurrency` appenders; events/s.
+async fn store_pass(
+    cfg: &Config,
+    path: std::path::PathBuf,
+    events: Vec<Vec<EventEnvelope>>,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    let total: usize = events.iter().map(Vec::len).sum();
+    let store = SqliteStore::open(path, cfg.store.sqlite.clone()).await?;
     let mut per_worker: Vec<Vec<Vec<EventEnvelope>>> = (0..concurrency.max(1)).map(|_| Vec::new()).collect();
     for (i, agg) in events.into_iter().enumerate() {
         per_worker[i % concurrency.max(1)].push(agg);
     }
+    let start = Instant::now();
     let mut tasks = Vec::new();
     for work in per_worker {
         let s = store.clone();
@@ -71,13 +67,34 @@ pub(super) async fn bench_append(
     for t in tasks {
         t.await??;
     }
-    let store_secs = start.elapsed().as_secs_f64();
+    let rate = total as f64 / start.elapsed().as_secs_f64();
     let stored = store.head_position().await?;
     anyhow::ensure!(stored as usize == total, "store holds {stored} events, expected {total}");
-    let raw_rate = total as f64 / raw_secs;
-    let store_rate = total as f64 / store_secs;
-    println!("raw batched insert : {raw_rate:>10.0} events/s ({raw_secs:.3} s)");
-    println!("store append (CAS) : {store_rate:>10.0} events/s ({store_secs:.3} s)");
-    println!("ratio store/raw    : {:.2}x (goal >= 0.8x)", store_rate / raw_rate);
+    Ok(rate)
+}
+
+pub(super) async fn bench_append(
+    r: &mut Report,
+    cfg: &Config,
+    n: usize,
+    k: usize,
+    concurrency: usize,
+    dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let tmp = tempdir(dir)?;
+    let total = n * k;
+    r.say(format!("bench append: {n} aggregates x {k} events = {total} events, one append per event, {concurrency} concurrent appenders, synchronous={:?}; 3 interleaved rounds", cfg.store.sqlite.synchronous));
+    r.set("events", total);
+    r.set("concurrency", concurrency);
+    let (mut raw, mut store) = (vec![], vec![]);
+    for round in 1..=3 {
+        let events = sample_events(n, k);
+        raw.push(raw_pass(cfg, tmp.join(format!("raw-{round}.db")), events.clone()).await?);
+        store.push(store_pass(cfg, tmp.join(format!("store-{round}.db")), events, concurrency).await?);
+    }
+    r.rates("raw", "raw batched insert", "events/s", &raw, None);
+    r.rates("store", "store append (CAS)", "events/s", &store, Some(&raw));
+    r.say("(goal: store >= 0.8x of raw)");
+    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

@@ -14,7 +14,7 @@ use crate::store::EventStore;
 /// Each of `concurrency` workers appends single events to its own aggregates
 /// (one conditional batch each); the baseline inserts the same rows with
 /// `INSERT ... IF NOT EXISTS` (one LWT each) through the same session.
-pub(super) async fn cql_bench(cfg: &Config, n: usize, concurrency: usize) -> anyhow::Result<()> {
+pub(super) async fn cql_bench(r: &mut super::Report, cfg: &Config, n: usize, concurrency: usize) -> anyhow::Result<()> {
     use crate::store::cql::CqlStore;
     let mut c = cfg.store.cql.clone();
     c.keyspace = format!("bench_{}", Uuid::now_v7().simple());
@@ -25,10 +25,10 @@ pub(super) async fn cql_bench(cfg: &Config, n: usize, concurrency: usize) -> any
     let per_agg = 5;
     let events = sample_events(n.div_ceil(per_agg), per_agg);
     let total: usize = events.iter().map(Vec::len).sum();
-    println!(
+    r.say(format!(
         "bench cql: {total} events ({per_agg} per aggregate, one append each), {concurrency} concurrent writers, {}",
         c.uri
-    );
+    ));
 
     let insert = session
         .prepare(format!(
@@ -117,9 +117,9 @@ pub(super) async fn cql_bench(cfg: &Config, n: usize, concurrency: usize) -> any
     }
     let store_secs = start.elapsed().as_secs_f64();
     let (raw_rate, store_rate) = (total as f64 / raw_secs, total as f64 / store_secs);
-    println!("raw conditional insert (LWT)  : {raw_rate:>8.0} events/s ({raw_secs:.2} s)");
-    println!("store append (LWT batch + CAS): {store_rate:>8.0} events/s ({store_secs:.2} s)");
-    println!("ratio store/raw: {:.2}x (goal >= 0.7x)", store_rate / raw_rate);
+    r.rates("raw", "raw conditional insert (LWT)", "events/s", &[raw_rate], None);
+    r.rates("store", "store append (LWT batch + CAS)", "events/s", &[store_rate], Some(&[raw_rate]));
+    r.say("(goal: store >= 0.7x of raw)");
     let _ = session.query_unpaged(format!("DROP KEYSPACE {ks}"), ()).await;
     Ok(())
 }

@@ -1,76 +1,30 @@
 //! `bench http`: POST /orders from N keep-alive clients against a real
-//! `outboxd run` child process, and the bare store append rate with the
-//! same concurrency in the same run.
+//! `outboxd run` child process (a fresh one per round), and the bare store
+//! append rate with the same concurrency, 3 interleaved rounds in one run.
 //!
 //! Guarantee: only measures and prints.
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use std::time::Instant;
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
+use super::daemon::{request, Daemon};
+use super::Report;
 use crate::config::Config;
 use crate::store::sqlite::SqliteStore;
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// One HTTP/1.1 request on a keep-alive connection; returns the status.
-async fn request(conn: &mut BufReader<TcpStream>, method: &str, path: &str, body: &str) -> anyhow::Result<u16> {
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    conn.get_mut().write_all(req.as_bytes()).await?;
-    let mut line = String::new();
-    conn.read_line(&mut line).await?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("bad status line {line:?}"))?;
-    let mut len = 0usize;
-    loop {
-        line.clear();
-        conn.read_line(&mut line).await?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut buf = vec![0; len];
-    conn.read_exact(&mut buf).await?;
-    Ok(status)
-}
-
-pub async fn run(base: &Config, clients: usize, per_client: usize) -> anyhow::Result<()> {
-    let dir = super::tempdir(None)?;
-    let (api, admin) = (free_port()?, free_port()?);
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .arg("run")
-        .env("OUTBOX_STORE__PATH", dir.join("http.db"))
-        .env("OUTBOX_KAFKA__BROKERS", &base.kafka.brokers)
-        .env("OUTBOX_KAFKA__TOPIC_PREFIX", format!("bench{}.", Uuid::now_v7().simple()))
-        .env("OUTBOX_HTTP__LISTEN", format!("127.0.0.1:{api}"))
-        .env("OUTBOX_HTTP__ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()?;
-    let up = Instant::now();
-    loop {
-        if let Ok(s) = TcpStream::connect(("127.0.0.1", admin)).await {
-            let mut c = BufReader::new(s);
-            if request(&mut c, "GET", "/health/live", "").await.is_ok_and(|s| s == 200) {
-                break;
-            }
-        }
-        anyhow::ensure!(up.elapsed() < Duration::from_secs(30), "daemon did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let total = clients * per_client;
-    println!("bench http: {clients} keep-alive clients x {per_client} POST /orders = {total} requests (daemon with relay to {})", base.kafka.brokers);
+/// One pass of the command API: a fresh daemon, `clients` keep-alive
+/// clients posting `per_client` orders each; returns (requests/s, created,
+/// latencies in us, how the daemon stopped).
+async fn api_pass(
+    base: &Config,
+    dir: &std::path::Path,
+    round: usize,
+    clients: usize,
+    per_client: usize,
+) -> anyhow::Result<(f64, usize, Vec<u64>, String)> {
+    let daemon = Daemon::start(&dir.join(format!("http-{round}.db")), &base.kafka.brokers).await?;
+    let api = daemon.api;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -84,36 +38,37 @@ pub async fn run(base: &Config, clients: usize, per_client: usize) -> anyhow::Re
                     Uuid::from_u128(c as u128)
                 );
                 let t = Instant::now();
-                let status = request(&mut conn, "POST", "/orders", &body).await?;
-                lat.push(t.elapsed().as_micros() as u64);
+                let (status, _) = request(&mut conn, "POST", "/orders", &body).await?;
+                lat.push(t.elapsed().as_micros().max(1) as u64);
                 ok += usize::from(status == 201);
             }
             anyhow::Ok((lat, ok))
         }));
     }
-    let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
-    let mut created = 0;
+    let (mut all, mut created) = (Vec::new(), 0);
     for t in tasks {
         let (lat, ok) = t.await??;
         created += ok;
-        for l in lat {
-            hist.record(l.max(1))?;
-        }
+        all.extend(lat);
     }
-    let secs = start.elapsed().as_secs_f64();
-    if let Some(pid) = child.id() {
-        let _ = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
-    }
-    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    let rate = (clients * per_client) as f64 / start.elapsed().as_secs_f64();
+    Ok((rate, created, all, daemon.stop().await))
+}
 
-    // Baseline: the bare store append rate at the same concurrency (same event shape).
-    let store = SqliteStore::open(dir.join("bare.db"), base.store.sqlite.clone()).await?;
-    let events = super::sample_events(total, 1);
+/// The bare store append rate at the same concurrency (same event shape), fresh file.
+async fn bare_pass(
+    base: &Config,
+    dir: &std::path::Path,
+    round: usize,
+    clients: usize,
+    total: usize,
+) -> anyhow::Result<f64> {
+    let store = SqliteStore::open(dir.join(format!("bare-{round}.db")), base.store.sqlite.clone()).await?;
     let mut per: Vec<Vec<_>> = (0..clients).map(|_| Vec::new()).collect();
-    for (i, e) in events.into_iter().enumerate() {
+    for (i, e) in super::sample_events(total, 1).into_iter().enumerate() {
         per[i % clients].push(e);
     }
-    let bstart = Instant::now();
+    let start = Instant::now();
     let mut tasks = Vec::new();
     for work in per {
         let s = store.clone();
@@ -128,15 +83,37 @@ pub async fn run(base: &Config, clients: usize, per_client: usize) -> anyhow::Re
     for t in tasks {
         t.await??;
     }
-    let bsecs = bstart.elapsed().as_secs_f64();
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    println!("command API   : {:>8.0} requests/s ({created}/{total} created, {secs:.2} s), latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", total as f64 / secs, ms(0.5), ms(0.99), hist.max() as f64 / 1000.0);
-    println!("bare append   : {:>8.0} appends/s ({bsecs:.2} s, {clients} concurrent)", total as f64 / bsecs);
-    println!("ratio API/bare: {:.2}x", (total as f64 / secs) / (total as f64 / bsecs));
-    match exit {
-        Ok(Ok(s)) => println!("daemon stopped by SIGTERM: {s}"),
-        _ => println!("daemon did not stop within 30 s"),
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+pub async fn run(r: &mut Report, base: &Config, clients: usize, per_client: usize) -> anyhow::Result<()> {
+    let dir = super::tempdir(None)?;
+    let total = clients * per_client;
+    r.say(format!("bench http: {clients} keep-alive clients x {per_client} POST /orders = {total} requests per round (a fresh daemon with relay to {} each round), 3 interleaved rounds with the bare append", base.kafka.brokers));
+    let (mut api, mut bare, mut hist, mut created, mut stops) =
+        (vec![], vec![], hdrhistogram::Histogram::<u64>::new(3)?, 0, vec![]);
+    for round in 1..=3 {
+        let (rate, ok, lat, stopped) = api_pass(base, &dir, round, clients, per_client).await?;
+        api.push(rate);
+        created += ok;
+        for l in lat {
+            hist.record(l)?;
+        }
+        stops.push(stopped);
+        bare.push(bare_pass(base, &dir, round, clients, total).await?);
     }
+    r.rates("api", "command API (POST /orders)", "requests/s", &api, Some(&bare));
+    r.rates("bare", "bare append, same concurrency", "appends/s", &bare, None);
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let (p50, p99, max) = (ms(0.5), ms(0.99), hist.max() as f64 / 1000.0);
+    r.say(format!("API latency over all rounds: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; {created}/{} created (goal: API >= 0.5x of bare)", 3 * total));
+    r.set("latency_ms", serde_json::json!({ "p50": p50, "p99": p99, "max": max }));
+    r.set("created", created);
+    r.set("requests", 3 * total);
+    for s in &stops {
+        r.say(s);
+    }
+    r.set("daemon_stops", stops);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -5,25 +5,43 @@
 //!
 //! One file per benchmark: `append` (SQLite store vs raw INSERT), `relay`
 //! (relay vs bare producer, e2e latency), `http` (command API vs bare
-//! append), `cql` (CQL append vs raw LWT); `snapshots` and `rebuild` live
-//! in `projection::bench`.
+//! append), `cql` (CQL append vs raw LWT), `backlog` (memory of a real
+//! `outboxd run` draining a large backlog); `snapshots` and `rebuild` live
+//! in `projection::bench`. `report.rs` prints the figures (or, with
+//! `--json`, one JSON object).
 
 mod append;
+mod backlog;
 mod cql;
+mod daemon;
 mod http;
 mod latency;
 mod relay;
+mod report;
 
-use clap::Subcommand;
+pub use report::{Report, Spread};
+
+use clap::{Args, Subcommand};
 use uuid::Uuid;
 
 use crate::config::Config;
 use crate::domain::{Aggregate, Currency, Money, Order, OrderCommand, OrderItem, Sku};
 use crate::envelope::{now_millis, EventEnvelope, Metadata};
 
+/// `outboxd bench [--json] <benchmark>`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Print the figures as one JSON object on stdout (the lines go to stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub cmd: BenchCmd,
+}
+
 #[derive(Subcommand, Debug, Clone)]
 pub enum BenchCmd {
     /// SQLite store append vs a raw batched INSERT of the same rows.
+    #[command(args_override_self = true)]
     Append {
         /// Aggregates (each gets `events_per_aggregate` events, one append per event).
         #[arg(long, default_value_t = 20_000)]
@@ -38,29 +56,45 @@ pub enum BenchCmd {
         dir: Option<std::path::PathBuf>,
     },
     /// Relay throughput vs a bare rdkafka producer with identical settings,
-    /// then append -> consumed latency at a moderate rate.
+    /// then append -> consumed latency in both delivery modes at each rate,
+    /// and for events appended through a second store (a standby instance).
+    #[command(args_override_self = true)]
     Relay {
         #[arg(long, default_value_t = 100_000)]
         events: usize,
         /// Approximate size of each event's JSON in bytes.
         #[arg(long, default_value_t = 1024)]
         size: usize,
-        /// Events per second for the latency phase.
-        #[arg(long, default_value_t = 500)]
-        rate: u64,
+        /// Events per second for the latency phase (comma-separated list).
+        #[arg(long, value_delimiter = ',', default_value = "500,10000")]
+        rate: Vec<u64>,
         /// Seconds of the latency phase.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
     /// The command API under concurrent clients (a real `outboxd run` child
     /// with relay to kafka.brokers) next to the bare store append rate.
+    #[command(args_override_self = true)]
     Http {
         #[arg(long, default_value_t = 32)]
         clients: usize,
         #[arg(long, default_value_t = 300)]
         requests_per_client: usize,
     },
+    /// Memory of a real `outboxd run` child relaying a backlog of N events
+    /// (seeded before it starts): VmRSS sampled while it drains, VmHWM.
+    #[command(args_override_self = true)]
+    Backlog {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Approximate size of each event's JSON in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Loading one aggregate of N events with and without snapshots.
+    #[command(args_override_self = true)]
     Snapshots {
         #[arg(long, default_value_t = 10_000)]
         events: usize,
@@ -68,6 +102,7 @@ pub enum BenchCmd {
         dir: Option<std::path::PathBuf>,
     },
     /// Read-model rebuild throughput.
+    #[command(args_override_self = true)]
     Rebuild {
         #[arg(long, default_value_t = 20_000)]
         orders: usize,
@@ -76,6 +111,7 @@ pub enum BenchCmd {
     },
     /// CQL store append vs a raw single-partition conditional insert, same
     /// server (store.cql.uri), same concurrency.
+    #[command(args_override_self = true)]
     Cql {
         #[arg(long, default_value_t = 3_000)]
         events: usize,
@@ -84,27 +120,36 @@ pub enum BenchCmd {
     },
 }
 
-pub async fn run(cfg: &Config, cmd: BenchCmd) -> anyhow::Result<()> {
-    match cmd {
+pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
+    let name = format!("{:?}", args.cmd).split([' ', '{']).next().unwrap_or_default().to_lowercase();
+    let mut r = Report::new(&name, args.json);
+    match args.cmd {
         BenchCmd::Append { aggregates, events_per_aggregate, concurrency, dir } => {
-            append::bench_append(cfg, aggregates, events_per_aggregate, concurrency, dir).await
+            append::bench_append(&mut r, cfg, aggregates, events_per_aggregate, concurrency, dir).await?
         }
-        BenchCmd::Relay { events, size, rate, seconds } => relay::run(cfg, events, size, rate, seconds).await,
-        BenchCmd::Cql { events, concurrency } => cql::cql_bench(cfg, events, concurrency).await,
-        BenchCmd::Http { clients, requests_per_client } => http::run(cfg, clients, requests_per_client).await,
+        BenchCmd::Relay { events, size, rate, seconds } => {
+            relay::run(&mut r, cfg, events, size, &rate, seconds).await?
+        }
+        BenchCmd::Cql { events, concurrency } => cql::cql_bench(&mut r, cfg, events, concurrency).await?,
+        BenchCmd::Http { clients, requests_per_client } => http::run(&mut r, cfg, clients, requests_per_client).await?,
+        BenchCmd::Backlog { events, size, dir } => backlog::run(&mut r, cfg, events, size, dir).await?,
         BenchCmd::Snapshots { events, dir } => {
             let d = tempdir(dir)?;
-            println!("{}", crate::projection::bench::bench_snapshots(&d, events).await?);
+            let s = crate::projection::bench::bench_snapshots(&d, events).await?;
+            r.say(&s);
+            r.set("snapshots", s);
             let _ = std::fs::remove_dir_all(&d);
-            Ok(())
         }
         BenchCmd::Rebuild { orders, dir } => {
             let d = tempdir(dir)?;
-            println!("{}", crate::projection::bench::bench_rebuild(&d, orders).await?);
+            let (text, report) = crate::projection::bench::bench_rebuild(&d, orders).await?;
+            r.say(text);
+            r.set("rebuild", report);
             let _ = std::fs::remove_dir_all(&d);
-            Ok(())
         }
     }
+    r.finish();
+    Ok(())
 }
 
 /// Envelopes for `n` orders with `k` events each (created + updates).

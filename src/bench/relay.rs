@@ -1,7 +1,8 @@
 //! `bench relay`: the relay against a bare producer in the same run (a
 //! warm-up pass, then 3 interleaved rounds: bare, relay at-least-once, relay
 //! exactly-once, bare and relay on one hot aggregate), median with min/max,
-//! then e2e latency in both delivery modes (`latency.rs`).
+//! then e2e latency in both delivery modes at each rate, and for events
+//! appended through a second store instance (a standby's), (`latency.rs`).
 //!
 //! Guarantee: only measures and prints.
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+use super::Report;
 use crate::config::{Config, DeliveryMode};
 use crate::domain::{Aggregate, Customer, CustomerCommand, Email};
 use crate::envelope::{now_millis, EventEnvelope, Metadata};
@@ -25,7 +27,7 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::DynStore;
 
 /// A customer registration whose JSON envelope is about `size` bytes.
-fn event(size: usize) -> EventEnvelope {
+pub(super) fn event(size: usize) -> EventEnvelope {
     let c = Customer::default();
     let pad = size.saturating_sub(420).clamp(1, 199);
     let cmd = CustomerCommand::Register {
@@ -58,21 +60,6 @@ fn hot_events(n: usize, size: usize) -> Vec<EventEnvelope> {
             e
         })
         .collect()
-}
-
-/// Median, min and max of `v` (3 samples in practice).
-fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.total_cmp(b));
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
-fn line(what: &str, rates: &[f64], base: Option<&[f64]>) {
-    let (med, lo, hi) = spread(rates.to_vec());
-    let ratio = base.map(|b| {
-        let (r, rlo, rhi) = spread(rates.iter().zip(b).map(|(r, b)| r / b).collect());
-        format!("; ratio {r:.2}x (min {rlo:.2}x, max {rhi:.2}x)")
-    });
-    println!("{what:<34}: median {med:>9.0} events/s (min {lo:.0}, max {hi:.0}){}", ratio.unwrap_or_default());
 }
 
 /// The same records as the relay sends (same encoder), for the bare producer,
@@ -170,18 +157,27 @@ async fn seeded(cfg: &Config, dir: &std::path::Path, name: &str, events: &[Event
     Ok(store)
 }
 
-pub async fn run(base: &Config, n: usize, size: usize, rate: u64, seconds: u64) -> anyhow::Result<()> {
+pub async fn run(
+    r: &mut Report,
+    base: &Config,
+    n: usize,
+    size: usize,
+    rates: &[u64],
+    seconds: u64,
+) -> anyhow::Result<()> {
     let dir = super::tempdir(None)?;
     let mut cfg = base.clone();
     cfg.store.path = dir.join("relay.db");
     cfg.kafka.topic_prefix = format!("bench{}.", Uuid::now_v7().simple());
     let sample = serde_json::to_vec(&event(size))?.len();
     let hot_n = (n / 10).max(1);
-    println!(
+    r.say(format!(
         "bench relay: {n} events of ~{sample} bytes (+ {hot_n} of one hot aggregate), brokers {}, compression {}, acks=all, idempotent; warm-up, then 3 interleaved rounds",
         cfg.kafka.brokers,
         cfg.kafka.compression.as_str()
-    );
+    ));
+    r.set("events", n);
+    r.set("event_bytes", sample);
     let events: Vec<EventEnvelope> = (0..n).map(|_| event(size)).collect();
     let hot = hot_events(hot_n, size);
     let store = seeded(&cfg, &dir, "relay.db", &events).await?;
@@ -218,23 +214,43 @@ pub async fn run(base: &Config, n: usize, size: usize, rate: u64, seconds: u64) 
         stop(t, task).await;
         relay_hot.push(r);
     }
-    line("bare producer", &bare, None);
-    line("relay at-least-once", &alo, Some(&bare));
-    line("relay exactly-once", &eos, Some(&bare));
-    line("bare producer, one hot aggregate", &bare_hot, None);
-    line("relay, one hot aggregate", &relay_hot, Some(&bare_hot));
-    println!("(goal: relay at-least-once >= 0.8x of the bare producer)");
+    r.rates("bare", "bare producer", "events/s", &bare, None);
+    r.rates("relay_at_least_once", "relay at-least-once", "events/s", &alo, Some(&bare));
+    r.rates("relay_exactly_once", "relay exactly-once", "events/s", &eos, Some(&bare));
+    r.rates("bare_hot", "bare producer, one hot aggregate", "events/s", &bare_hot, None);
+    r.rates("relay_hot", "relay, one hot aggregate", "events/s", &relay_hot, Some(&bare_hot));
+    r.say("(goal: relay at-least-once >= 0.8x of the bare producer)");
 
+    let mut e2e = serde_json::Map::new();
     for mode in [DeliveryMode::AtLeastOnce, DeliveryMode::ExactlyOnce] {
         let (_, t, task) = relay_pass(&cfg, &store, &format!("bench-e2e-{}", mode.as_str()), mode).await?;
-        let r = super::latency::e2e(&cfg, &store, &topics[1], size, rate, seconds, event).await;
+        let mut phases: Vec<(String, u64, DynStore)> =
+            rates.iter().map(|&rate| (format!("{}@{rate}", mode.as_str()), rate, store.clone())).collect();
+        if mode == DeliveryMode::AtLeastOnce {
+            // Appended through another store instance (what a standby does):
+            // no in-process wake-up, only the cross-process change watcher.
+            let standby: DynStore = SqliteStore::open(&dir.join("relay.db"), cfg.store.sqlite.clone()).await?;
+            let rate = rates.first().copied().unwrap_or(500);
+            phases.push((format!("{}@{rate} via standby", mode.as_str()), rate, standby));
+        }
+        for (name, rate, via) in phases {
+            let l = super::latency::e2e(&cfg, &via, &topics[1], size, rate, seconds, event).await;
+            let l = match l {
+                Ok(l) => l,
+                Err(e) => {
+                    stop(t, task).await;
+                    return Err(e);
+                }
+            };
+            r.say(format!(
+                "e2e {name:<28} append -> consumed for {seconds} s ({} samples, offered {:.0}/s): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (goal p50 < 10 ms, p99 < 50 ms)",
+                l.samples, l.offered_per_s, l.p50_ms, l.p99_ms, l.max_ms
+            ));
+            e2e.insert(name, serde_json::to_value(l)?);
+        }
         stop(t, task).await;
-        let (p50, p99, max, samples) = r?;
-        println!(
-            "e2e {:<13} append -> consumed at {rate} events/s for {seconds} s ({samples} samples): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms (goal p50 < 10 ms, p99 < 50 ms)",
-            mode.as_str()
-        );
     }
+    r.set("e2e", e2e);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

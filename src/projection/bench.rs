@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+use super::RebuildReport;
 use crate::app::{CommandService, ServiceOptions};
 use crate::domain::{Aggregate, Currency, Money, Order, OrderCommand, OrderItem, Sku};
 use crate::envelope::{now_millis, EventEnvelope, Metadata};
@@ -171,15 +172,15 @@ pub async fn measure_snapshots(
 
 /// `outboxd bench snapshots`: an order with `events` events (10 000 in the
 /// issue) loaded without and with snapshots (every 100 events); returns the
-/// report to print.
-pub async fn bench_snapshots(dir: &Path, events: usize) -> anyhow::Result<String> {
-    Ok(measure_snapshots(dir, events, 100, 7).await?.to_string())
+/// figures (their `Display` is the report to print).
+pub async fn bench_snapshots(dir: &Path, events: usize) -> anyhow::Result<SnapshotBench> {
+    measure_snapshots(dir, events, 100, 7).await
 }
 
 /// `outboxd bench rebuild`: `orders` full order lifecycles (5 events each)
 /// across 1 000 customers, then a read-model rebuild from event 0; returns
-/// the report to print.
-pub async fn bench_rebuild(dir: &Path, orders: usize) -> anyhow::Result<String> {
+/// the report to print and the rebuild's figures.
+pub async fn bench_rebuild(dir: &Path, orders: usize) -> anyhow::Result<(String, RebuildReport)> {
     let store = SqliteStore::open(fresh_db(dir, "rebuild.db")?, fast_opts()).await?;
     let eur = Currency::new("EUR")?;
     let at = now_millis();
@@ -229,8 +230,9 @@ pub async fn bench_rebuild(dir: &Path, orders: usize) -> anyhow::Result<String> 
     let models: super::DynReadModels = store.clone();
     let report = super::rebuild(store.clone(), models.clone(), "EUR", false).await?;
     let rows = models.dump().await?.len();
-    Ok(format!(
+    let text = format!(
         "bench rebuild: {orders} orders, {total} events (SQLite, synchronous=normal)\n  {report}\n  {rows} read-model rows; {:.1} us per event",
         report.seconds * 1e6 / (report.events.max(1) as f64)
-    ))
+    );
+    Ok((text, report))
 }

@@ -291,7 +291,9 @@ impl Relay {
             value: Vec::with_capacity(4096),
             sent_at: HashMap::new(),
             feed,
-            sent_by_topic: HashMap::new(),
+            sent_by_topic: crate::metrics::ByLabel::new(&self.metrics.messages_sent),
+            processed_by_type: crate::metrics::ByLabel::new(&self.metrics.cdc_events_processed),
+            duration_by_type: crate::metrics::ByLabel::new(&self.metrics.cdc_processing_duration),
             exit: None,
             relay: self,
         };

@@ -10,10 +10,10 @@
 //! is confirmed by a solo resend before its aggregate is parked or skipped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+use crate::metrics::ByLabel;
 use crate::relay::breaker::{BreakerState, CircuitBreaker};
 use crate::relay::encode::Encoder;
 use crate::relay::error::PublishError;
@@ -53,7 +53,10 @@ pub(super) struct Run {
     /// When each in-flight slot was handed to the producer.
     pub(super) sent_at: HashMap<Slot, Instant>,
     pub(super) feed: FeedHandle,
-    pub(super) sent_by_topic: HashMap<Arc<str>, prometheus::IntCounter>,
+    /// Cached metric handles (by topic, by event type) for the per-event path.
+    pub(super) sent_by_topic: ByLabel<prometheus::IntCounterVec>,
+    pub(super) processed_by_type: ByLabel<prometheus::IntCounterVec>,
+    pub(super) duration_by_type: ByLabel<prometheus::HistogramVec>,
     pub(super) exit: Option<Exit>,
 }
 
@@ -167,11 +170,7 @@ impl Run {
         let Some(item) = self.window.get(slot) else { return Ok(()) };
         let topic = item.send_with(&mut self.encoder, &mut self.value, &self.producer, slot)?;
         self.sent_at.insert(slot, Instant::now());
-        let metrics = &self.relay.metrics;
-        self.sent_by_topic
-            .entry(topic.clone())
-            .or_insert_with(|| metrics.messages_sent.with_label_values(&[&*topic]))
-            .inc();
+        self.sent_by_topic.get(&topic).inc();
         Ok(())
     }
 
@@ -284,13 +283,12 @@ impl Run {
     pub(super) async fn confirmed(&mut self, slot: Slot, item: Item) {
         let sent = self.sent_at.remove(&slot);
         if let Item::Event(e) = &item {
-            let m = &self.relay.metrics;
-            m.cdc_events_processed.with_label_values(&[&e.event_type]).inc();
+            self.processed_by_type.get(&e.event_type).inc();
             if let Some(t) = sent {
-                m.cdc_processing_duration.with_label_values(&[&e.event_type]).observe(t.elapsed().as_secs_f64());
+                self.duration_by_type.get(&e.event_type).observe(t.elapsed().as_secs_f64());
             }
             let e2e = (chrono::Utc::now() - e.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
-            m.event_end_to_end_latency.observe(e2e);
+            self.relay.metrics.event_end_to_end_latency.observe(e2e);
         }
         self.relay.status.delivered(1);
         self.replay_progress(slot).await;

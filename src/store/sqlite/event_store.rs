@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::dlq;
 use super::feed::{feed_row, FEED_COLS};
 use super::schema::migrate_conn;
-use super::writer::{AppendJob, Job};
+use super::writer::{AppendJob, Job, Row};
 use super::{codec, parse_ts, ts, unavailable, SqliteStore};
 use crate::envelope::EventEnvelope;
 use crate::store::feed::FeedRow;
@@ -58,6 +58,7 @@ impl EventStore for SqliteStore {
         events: Vec<EventEnvelope>,
     ) -> Result<Appended, StoreError> {
         check_batch(aggregate_id, expected_version, &events)?;
+        let events = events.iter().map(Row::encode).collect::<Result<Vec<_>, _>>()?;
         let (reply, rx) = oneshot::channel();
         let job = Job::Append(AppendJob { aggregate_id, expected: expected_version, events, reply });
         self.jobs.send(job).await.map_err(|_| unavailable("sqlite writer thread has stopped"))?;

@@ -8,6 +8,7 @@
 
 use rusqlite::types::ValueRef;
 use rusqlite::Row;
+use std::borrow::Cow;
 use uuid::Uuid;
 
 use super::parse_ts;
@@ -17,14 +18,21 @@ use crate::store::feed::{aggregate_key, raw_json, FeedRow, RawEvent, Unreadable}
 /// The columns `feed_row` expects, in order.
 pub(super) const FEED_COLS: &str = "position, event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, causation_id, correlation_id, timestamp, trace_parent, trace_state";
 
-fn text(v: ValueRef<'_>) -> Option<String> {
+/// A column as text, borrowed when it is valid UTF-8 (the common case: no
+/// copy, and std's validation is several times faster than the lossy one).
+fn text_ref<'a>(v: ValueRef<'a>) -> Option<Cow<'a, str>> {
     match v {
-        ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Integer(i) => Some(i.to_string()),
-        ValueRef::Real(f) => Some(f.to_string()),
-        ValueRef::Blob(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        ValueRef::Text(t) | ValueRef::Blob(t) => {
+            Some(std::str::from_utf8(t).map(Cow::Borrowed).unwrap_or_else(|_| String::from_utf8_lossy(t)))
+        }
+        ValueRef::Integer(i) => Some(Cow::Owned(i.to_string())),
+        ValueRef::Real(f) => Some(Cow::Owned(f.to_string())),
         ValueRef::Null => None,
     }
+}
+
+fn text(v: ValueRef<'_>) -> Option<String> {
+    text_ref(v).map(Cow::into_owned)
 }
 
 fn int(v: ValueRef<'_>) -> Option<i64> {
@@ -38,12 +46,11 @@ fn int(v: ValueRef<'_>) -> Option<i64> {
 pub(super) fn feed_row(r: &Row<'_>) -> FeedRow {
     let col = |i: usize| r.get_ref(i).unwrap_or(ValueRef::Null);
     let position = int(col(0)).unwrap_or(0);
-    let agg_text = text(col(3)).unwrap_or_default();
     match decode(r, position) {
         Ok(e) => FeedRow::Event(e),
         Err(error) => FeedRow::Unreadable(Unreadable {
             position,
-            aggregate_key: aggregate_key(&agg_text),
+            aggregate_key: aggregate_key(&text(col(3)).unwrap_or_default()),
             sequence: int(col(4)),
             event_id: text(col(1)),
             event_type: text(col(5)),
@@ -54,14 +61,15 @@ pub(super) fn feed_row(r: &Row<'_>) -> FeedRow {
 
 fn decode(r: &Row<'_>, position: i64) -> Result<RawEvent, String> {
     let col = |i: usize| r.get_ref(i).unwrap_or(ValueRef::Null);
-    let req_text = |i: usize, name: &str| text(col(i)).ok_or_else(|| format!("column {name} is null"));
+    let req_ref = |i: usize, name: &str| text_ref(col(i)).ok_or_else(|| format!("column {name} is null"));
+    let req_text = |i: usize, name: &str| req_ref(i, name).map(Cow::into_owned);
     let uuid = |i: usize, name: &str| -> Result<Uuid, String> {
-        let s = req_text(i, name)?;
+        let s = req_ref(i, name)?;
         Uuid::parse_str(s.trim()).map_err(|e| format!("column {name} is not a UUID ({s:?}): {e}"))
     };
     let req_int = |i: usize, name: &str| int(col(i)).ok_or_else(|| format!("column {name} is not an integer"));
     let aggregate_id = uuid(3, "aggregate_id")?;
-    let causation_id = match text(col(8)) {
+    let causation_id = match text_ref(col(8)) {
         None => None,
         Some(s) => {
             Some(Uuid::parse_str(s.trim()).map_err(|e| format!("column causation_id is not a UUID ({s:?}): {e}"))?)
@@ -73,7 +81,7 @@ fn decode(r: &Row<'_>, position: i64) -> Result<RawEvent, String> {
             Some(TraceContext::parse(&tp, text(col(12)).as_deref()).map_err(|e| format!("column trace_parent: {e}"))?)
         }
     };
-    let timestamp = parse_ts(&req_text(10, "timestamp")?).map_err(|e| e.to_string())?;
+    let timestamp = parse_ts(&req_ref(10, "timestamp")?).map_err(|e| e.to_string())?;
     Ok(RawEvent {
         position,
         event_id: uuid(1, "event_id")?,

@@ -6,7 +6,9 @@
 //! never its neighbours. A version check plus `UNIQUE (aggregate_id,
 //! sequence_number)` decide conflicts, so two writers (threads or processes)
 //! can never both win the same version. Feed readers are woken before callers
-//! get their answer.
+//! get their answer. Rows arrive encoded (`Row`, built by the caller), so
+//! the single writer thread spends its time on SQL only while callers
+//! encode the next group in parallel.
 
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use std::collections::HashMap;
@@ -22,8 +24,41 @@ pub(super) type ExecFn = Box<dyn FnOnce(&mut Connection) + Send>;
 pub(super) struct AppendJob {
     pub(super) aggregate_id: Uuid,
     pub(super) expected: i64,
-    pub(super) events: Vec<EventEnvelope>,
+    pub(super) events: Vec<Row>,
     pub(super) reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+/// One event as its columns' text, encoded by the caller off the writer thread.
+pub(super) struct Row {
+    event_id: String,
+    aggregate_type: String,
+    sequence: i64,
+    event_type: String,
+    schema_version: i32,
+    payload: String,
+    causation_id: Option<String>,
+    correlation_id: String,
+    timestamp: String,
+    trace_parent: Option<String>,
+    trace_state: Option<String>,
+}
+
+impl Row {
+    pub(super) fn encode(e: &EventEnvelope) -> Result<Row, StoreError> {
+        Ok(Row {
+            event_id: e.event_id.to_string(),
+            aggregate_type: e.aggregate_type.clone(),
+            sequence: e.sequence,
+            event_type: e.event_type.clone(),
+            schema_version: e.schema_version,
+            payload: serde_json::to_string(&e.payload).map_err(codec)?,
+            causation_id: e.causation_id.map(|c| c.to_string()),
+            correlation_id: e.correlation_id.to_string(),
+            timestamp: ts(&e.timestamp),
+            trace_parent: e.trace.as_ref().map(|t| t.traceparent.clone()),
+            trace_state: e.trace.as_ref().and_then(|t| t.tracestate.clone()),
+        })
+    }
 }
 
 pub(super) enum Job {
@@ -190,20 +225,19 @@ fn append_rows(conn: &Connection, job: &AppendJob, versions: &HashMap<Uuid, i64>
         .map_err(unavailable)?;
     let mut last = 0;
     for e in &job.events {
-        let payload = serde_json::to_string(&e.payload).map_err(codec)?;
         let r = stmt.execute(params![
-            e.event_id.to_string(),
+            e.event_id,
             e.aggregate_type,
             agg,
             e.sequence,
             e.event_type,
             e.schema_version,
-            payload,
-            e.causation_id.map(|c| c.to_string()),
-            e.correlation_id.to_string(),
-            ts(&e.timestamp),
-            e.trace.as_ref().map(|t| t.traceparent.as_str()),
-            e.trace.as_ref().and_then(|t| t.tracestate.as_deref()),
+            e.payload,
+            e.causation_id,
+            e.correlation_id,
+            e.timestamp,
+            e.trace_parent,
+            e.trace_state,
         ]);
         match r {
             Ok(_) => last = conn.last_insert_rowid(),

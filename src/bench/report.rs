@@ -1,0 +1,109 @@
+//! The figures of one benchmark run: printed as lines for a reader, or, with
+//! `--json`, as one JSON object on stdout (the lines then go to stderr) so a
+//! script can track them.
+//!
+//! Guarantee: the JSON object holds every figure the lines print (rates as
+//! median/min/max with the samples, ratios per round), nothing more.
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+/// Median, min and max of a set of samples (3 rounds in practice).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(samples: &[f64]) -> Spread {
+        let mut v = samples.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            return Spread { median: f64::NAN, min: f64::NAN, max: f64::NAN };
+        }
+        Spread { median: v[v.len() / 2], min: v[0], max: v[v.len() - 1] }
+    }
+}
+
+/// Collects the figures of one `outboxd bench ...` run.
+pub struct Report {
+    json: bool,
+    figures: Map<String, Value>,
+}
+
+impl Report {
+    pub fn new(bench: &str, json: bool) -> Report {
+        let mut figures = Map::new();
+        figures.insert("bench".into(), Value::from(bench));
+        Report { json, figures }
+    }
+
+    /// A line for the reader (stderr under `--json`, so stdout is one object).
+    pub fn say(&self, line: impl std::fmt::Display) {
+        if self.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+
+    /// A figure (any serializable value) under `key`.
+    pub fn set(&mut self, key: &str, value: impl Serialize) {
+        self.figures.insert(key.to_string(), serde_json::to_value(value).unwrap_or(Value::Null));
+    }
+
+    /// Rates of `what` over the rounds, with their ratio to `base` per round:
+    /// one line, and `key` -> {median, min, max, samples[, ratio]}.
+    pub fn rates(&mut self, key: &str, what: &str, unit: &str, rates: &[f64], base: Option<&[f64]>) -> Spread {
+        let s = Spread::of(rates);
+        let mut fig = json!({ "median": s.median, "min": s.min, "max": s.max, "samples": rates });
+        let mut text = format!("{what:<34}: median {:>9.0} {unit} (min {:.0}, max {:.0})", s.median, s.min, s.max);
+        if let Some(b) = base {
+            let per_round: Vec<f64> = rates.iter().zip(b).map(|(r, b)| r / b).collect();
+            let r = Spread::of(&per_round);
+            text.push_str(&format!("; ratio {:.2}x (min {:.2}x, max {:.2}x)", r.median, r.min, r.max));
+            fig["ratio"] = json!({ "median": r.median, "min": r.min, "max": r.max, "samples": per_round });
+        }
+        self.say(text);
+        self.figures.insert(key.to_string(), fig);
+        s
+    }
+
+    /// Ends the run: under `--json` prints the object (one line) on stdout.
+    pub fn finish(self) {
+        if self.json {
+            println!("{}", Value::Object(self.figures));
+        }
+    }
+
+    #[cfg(test)]
+    fn figures(&self) -> &Map<String, Value> {
+        &self.figures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_median_min_max() {
+        assert_eq!(Spread::of(&[3.0, 1.0, 2.0]), Spread { median: 2.0, min: 1.0, max: 3.0 });
+        assert!(Spread::of(&[]).median.is_nan());
+    }
+
+    #[test]
+    fn rates_record_samples_and_per_round_ratios() {
+        let mut r = Report::new("relay", true);
+        r.rates("relay", "relay", "events/s", &[50.0, 80.0, 60.0], Some(&[100.0, 100.0, 200.0]));
+        let f = &r.figures()["relay"];
+        assert_eq!(f["median"], 60.0);
+        assert_eq!(f["samples"], json!([50.0, 80.0, 60.0]));
+        // Ratios are per round (0.5, 0.8, 0.3), not median over median.
+        assert_eq!(f["ratio"]["median"], 0.5);
+        assert_eq!(f["ratio"]["min"], 0.3);
+        assert_eq!(r.figures()["bench"], "relay");
+    }
+}

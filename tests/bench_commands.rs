@@ -1,0 +1,149 @@
+//! Every `outboxd bench ...` command shown in docs/BENCHMARKS.md runs as
+//! written (the documented binary path replaced by the built one, `<port>`
+//! filled with the test servers), with `--json` and small sizes appended
+//! (a later flag overrides an earlier one, so `--events 50000 --events 300`
+//! runs 300). Its stdout must be one JSON object carrying that benchmark's
+//! figures: positive rates, ratios and latencies, never a pass/fail on them.
+//!
+//! The CQL benchmark needs `CASSANDRA_URI` (make test sets it) and the
+//! Kafka ones `KAFKA_BROKERS`; without them each prints SKIPPED.
+
+mod harness;
+
+use serde_json::Value;
+use std::process::Command;
+
+/// The bench command lines of docs/BENCHMARKS.md's code blocks.
+fn documented() -> Vec<String> {
+    let text = std::fs::read_to_string(harness::repo_root().join("docs/BENCHMARKS.md")).unwrap();
+    let mut in_block = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        let line = line.split("  #").next().unwrap().trim();
+        if in_block && line.contains(" bench ") {
+            out.push(line.to_string());
+        }
+    }
+    out
+}
+
+/// Flags that shrink each benchmark to a few seconds.
+fn small(bench: &str) -> &'static [&'static str] {
+    match bench {
+        "append" => &["--aggregates", "300", "--events-per-aggregate", "2", "--concurrency", "8"],
+        "relay" => &["--events", "300", "--seconds", "1", "--rate", "200,1000"],
+        "snapshots" => &["--events", "300"],
+        "rebuild" => &["--orders", "200"],
+        "cql" => &["--events", "60", "--concurrency", "4"],
+        "http" => &["--clients", "4", "--requests-per-client", "20"],
+        "backlog" => &["--events", "3000", "--size", "512"],
+        other => panic!("docs/BENCHMARKS.md shows `bench {other}`, which this test does not know"),
+    }
+}
+
+/// A positive number at `path` (slash-separated keys) of `v`.
+fn positive(v: &Value, path: &str) -> f64 {
+    let mut cur = v;
+    for k in path.split('/') {
+        cur = &cur[k];
+    }
+    let n = cur.as_f64().unwrap_or_else(|| panic!("{path} missing in {v}"));
+    assert!(n > 0.0 && n.is_finite(), "{path} = {n} in {v}");
+    n
+}
+
+fn check(bench: &str, v: &Value) {
+    assert_eq!(v["bench"], bench, "{v}");
+    match bench {
+        "append" => {
+            positive(v, "raw/median");
+            positive(v, "store/ratio/median");
+            assert_eq!(v["store"]["samples"].as_array().unwrap().len(), 3, "3 rounds: {v}");
+        }
+        "relay" => {
+            for k in ["bare", "relay_at_least_once", "relay_exactly_once", "bare_hot", "relay_hot"] {
+                positive(v, &format!("{k}/median"));
+            }
+            positive(v, "relay_at_least_once/ratio/min");
+            for phase in [
+                "at-least-once@200",
+                "at-least-once@1000",
+                "exactly-once@200",
+                "exactly-once@1000",
+                "at-least-once@200 via standby",
+            ] {
+                positive(v, &format!("e2e/{phase}/p99_ms"));
+                positive(v, &format!("e2e/{phase}/samples"));
+            }
+        }
+        "snapshots" => {
+            positive(v, "snapshots/ratio");
+        }
+        "rebuild" => {
+            positive(v, "rebuild/events_per_sec");
+        }
+        "cql" => {
+            positive(v, "store/ratio/median");
+        }
+        "http" => {
+            positive(v, "api/ratio/median");
+            positive(v, "latency_ms/p99");
+            assert_eq!(v["created"], v["requests"], "every POST /orders created: {v}");
+        }
+        "backlog" => {
+            assert_eq!(v["events"], 3000, "{v}");
+            positive(v, "vm_hwm_mb");
+            assert_eq!(v["rss_by_progress"].as_array().unwrap().len(), 10, "{v}");
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn every_documented_bench_command_runs_and_prints_its_figures_as_json() {
+    let shown = documented();
+    assert!(shown.len() >= 7, "BENCHMARKS.md shows the bench commands: {shown:?}");
+    let brokers = harness::kafka::shared_brokers();
+    let cql = std::env::var("CASSANDRA_URI").ok().filter(|s| !s.is_empty());
+    let mut ran = 0;
+    for line in shown {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "bench").unwrap();
+        let bench = words[at + 1];
+        let mut env = Vec::new();
+        let mut missing = None;
+        for w in &words[..at - 1] {
+            let (k, v) = w.split_once('=').unwrap_or_else(|| panic!("`{line}`: {w} is not VAR=value"));
+            let server = if k.contains("KAFKA") { &brokers } else { &cql };
+            match (v.contains("<port>"), server) {
+                (false, _) => env.push((k.to_string(), v.to_string())),
+                (true, Some(s)) => env.push((k.to_string(), s.clone())),
+                (true, None) => missing = Some(k.to_string()),
+            }
+        }
+        if let Some(k) = missing {
+            eprintln!(
+                "SKIPPED: `{line}`: needs {} for {k} (make test starts the server)",
+                if k.contains("KAFKA") { "KAFKA_BROKERS" } else { "CASSANDRA_URI" }
+            );
+            continue;
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outboxd"));
+        cmd.envs(env);
+        assert!(words[at - 1] == "$B" || words[at - 1].ends_with("/outboxd"), "`{line}`: which binary?");
+        cmd.args(&words[at..]).args(small(bench)).arg("--json").env("RUST_LOG", "warn");
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "`{line}` failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let v: Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("`{line} --json`: stdout is not one JSON object ({e}): {stdout}"));
+        check(bench, &v);
+        eprintln!("ran `{line}` (small, --json): {v}");
+        ran += 1;
+    }
+    assert!(ran >= 4, "the SQLite-only benchmarks always run");
+}
