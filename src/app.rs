@@ -108,18 +108,27 @@ impl CommandService {
     pub async fn load<A: Aggregate>(&self, id: Uuid) -> Result<Loaded<A>, AppError> {
         let mut state = A::default();
         let mut version = 0;
-        if self.opts.snapshot_every > 0 {
-            if let Some(s) = self.store.load_snapshot(id).await? {
-                // A snapshot of an older state shape is ignored, never fatal.
-                if s.state_schema == A::STATE_SCHEMA && s.aggregate_type == A::TYPE {
-                    if let Ok(st) = serde_json::from_value::<A>(s.state) {
-                        state = st;
-                        version = s.version;
+        let events = if self.opts.snapshot_every > 0 {
+            let (snapshot, after) = self.store.load_from_snapshot(id).await?;
+            match snapshot {
+                // No snapshot: `after` holds every event.
+                None => after,
+                // A snapshot of an older state shape is ignored, never fatal:
+                // then every event is loaded.
+                Some(s) => match (s.state_schema == A::STATE_SCHEMA && s.aggregate_type == A::TYPE)
+                    .then(|| serde_json::from_value::<A>(s.state).ok())
+                    .flatten()
+                {
+                    Some(st) => {
+                        (state, version) = (st, s.version);
+                        after
                     }
-                }
+                    None => self.store.load_after(id, 0).await?,
+                },
             }
-        }
-        let events = self.store.load_after(id, version).await?;
+        } else {
+            self.store.load_after(id, 0).await?
+        };
         if let Some(first) = events.first() {
             if first.aggregate_type != A::TYPE {
                 return Err(AppError::Store(StoreError::NotFound(format!(

@@ -205,6 +205,15 @@ async fn snapshots(s: DynStore) {
     let older = Snapshot { version: 5, ..snap.clone() };
     s.save_snapshot(older).await.unwrap();
     assert_eq!(s.load_snapshot(id).await.unwrap().unwrap().version, 10, "an older snapshot never replaces a newer one");
+
+    // Loading reads the snapshot and the events after it (all without one).
+    let order = Uuid::now_v7();
+    let events = order_events(order, 0, 5);
+    s.append(order, 0, events.clone()).await.unwrap();
+    assert_eq!(s.load_from_snapshot(order).await.unwrap(), (None, events.clone()));
+    let at3 = Snapshot { aggregate_id: order, aggregate_type: "order".into(), version: 3, ..snap.clone() };
+    s.save_snapshot(at3.clone()).await.unwrap();
+    assert_eq!(s.load_from_snapshot(order).await.unwrap(), (Some(at3), events[3..].to_vec()));
 }
 
 macro_rules! suite {

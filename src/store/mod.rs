@@ -177,6 +177,17 @@ pub trait EventStore: Send + Sync + 'static {
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), StoreError>;
     async fn load_snapshot(&self, aggregate_id: Uuid) -> Result<Option<Snapshot>, StoreError>;
+
+    /// The latest snapshot and the events after it (every event without
+    /// one): what loading an aggregate reads. Backends may do it in one read.
+    async fn load_from_snapshot(
+        &self,
+        aggregate_id: Uuid,
+    ) -> Result<(Option<Snapshot>, Vec<EventEnvelope>), StoreError> {
+        let snapshot = self.load_snapshot(aggregate_id).await?;
+        let after = snapshot.as_ref().map(|s| s.version).unwrap_or(0);
+        Ok((snapshot, self.load_after(aggregate_id, after).await?))
+    }
 }
 
 /// Everything a backend provides: events, leases, parking, requests.

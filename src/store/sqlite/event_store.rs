@@ -41,6 +41,44 @@ fn load_rows(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<V
     Ok(out)
 }
 
+/// Events of one aggregate after `after_sequence`, in order.
+fn events_after(c: &Connection, aggregate_id: Uuid, after_sequence: i64) -> Result<Vec<EventEnvelope>, StoreError> {
+    let sql = format!(
+        "SELECT {FEED_COLS} FROM event_store WHERE aggregate_id = ?1 AND sequence_number > ?2 ORDER BY sequence_number"
+    );
+    load_rows(c, &sql, params![aggregate_id.to_string(), after_sequence])
+}
+
+/// The snapshot row of one aggregate.
+fn snapshot_of(c: &Connection, aggregate_id: Uuid) -> Result<Option<Snapshot>, StoreError> {
+    let row = c
+        .prepare_cached(
+            "SELECT aggregate_type, version, state_schema, state, created_at FROM snapshots WHERE aggregate_id = ?1",
+        )
+        .and_then(|mut st| {
+            st.query_row([aggregate_id.to_string()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i32>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(unavailable)?;
+    let Some((aggregate_type, version, state_schema, state, created_at)) = row else { return Ok(None) };
+    Ok(Some(Snapshot {
+        aggregate_id,
+        aggregate_type,
+        version,
+        state_schema,
+        state: serde_json::from_str(&state).map_err(codec)?,
+        created_at: parse_ts(&created_at)?,
+    }))
+}
+
 #[async_trait]
 impl EventStore for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -66,13 +104,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn load_after(&self, aggregate_id: Uuid, after_sequence: i64) -> Result<Vec<EventEnvelope>, StoreError> {
-        self.read(move |c| {
-            let sql = format!(
-                "SELECT {FEED_COLS} FROM event_store WHERE aggregate_id = ?1 AND sequence_number > ?2 ORDER BY sequence_number"
-            );
-            load_rows(c, &sql, params![aggregate_id.to_string(), after_sequence])
-        })
-        .await
+        self.read(move |c| events_after(c, aggregate_id, after_sequence)).await
     }
 
     async fn read_feed(&self, after: i64, limit: usize) -> Result<Vec<FeedRow>, StoreError> {
@@ -178,24 +210,18 @@ impl EventStore for SqliteStore {
     }
 
     async fn load_snapshot(&self, aggregate_id: Uuid) -> Result<Option<Snapshot>, StoreError> {
+        self.read(move |c| snapshot_of(c, aggregate_id)).await
+    }
+
+    /// One read (one hop to the reader pool) for both, instead of two.
+    async fn load_from_snapshot(
+        &self,
+        aggregate_id: Uuid,
+    ) -> Result<(Option<Snapshot>, Vec<EventEnvelope>), StoreError> {
         self.read(move |c| {
-            let row = c
-                .query_row(
-                    "SELECT aggregate_type, version, state_schema, state, created_at FROM snapshots WHERE aggregate_id = ?1",
-                    [aggregate_id.to_string()],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i32>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?)),
-                )
-                .optional()
-                .map_err(unavailable)?;
-            let Some((aggregate_type, version, state_schema, state, created_at)) = row else { return Ok(None) };
-            Ok(Some(Snapshot {
-                aggregate_id,
-                aggregate_type,
-                version,
-                state_schema,
-                state: serde_json::from_str(&state).map_err(codec)?,
-                created_at: parse_ts(&created_at)?,
-            }))
+            let snapshot = snapshot_of(c, aggregate_id)?;
+            let after = snapshot.as_ref().map(|s| s.version).unwrap_or(0);
+            Ok((snapshot, events_after(c, aggregate_id, after)?))
         })
         .await
     }

@@ -66,10 +66,11 @@ fn file_identity(_path: &Path) -> Option<Identity> {
 
 /// Only `stat`, never `open` (module doc).
 fn check_file(path: &Path, identity: Option<Identity>) -> Result<(), String> {
-    if std::fs::metadata(path).is_err() {
+    let now = file_identity(path);
+    if now.is_none() && std::fs::metadata(path).is_err() {
         return Err(format!("database file {} is gone", path.display()));
     }
-    if identity.is_some() && file_identity(path) != identity {
+    if identity.is_some() && now != identity {
         return Err(format!("database file {} was replaced by another file", path.display()));
     }
     Ok(())

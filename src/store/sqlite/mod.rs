@@ -83,6 +83,9 @@ pub struct SqliteStore {
 
 /// Busy timeout of the lease connection: well under any renew interval.
 const LEASE_BUSY_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Read connections kept in the pool: at least the command API's usual
+/// concurrency, so concurrent loads do not open (and close) connections.
+const READERS_KEPT: usize = 32;
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -201,7 +204,7 @@ impl SqliteStore {
             };
             let out = f(&conn);
             if let Ok(mut p) = pool.lock() {
-                if p.len() < 8 {
+                if p.len() < READERS_KEPT {
                     p.push(conn);
                 }
             }
