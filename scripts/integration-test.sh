@@ -10,7 +10,9 @@
 # SCYLLA_URI (and SCYLLA_AUTH_URI) pointing at running ScyllaDB nodes. Kafka:
 # KAFKA_BROKERS, the compose Redpanda, or a real local Kafka from
 # scripts/kafka-local.sh. Broker-outage cases start their own Kafka with
-# scripts/kafka-local.sh (Java 17 and Maven, as make test).
+# scripts/kafka-local.sh (Java 17 and Maven, as make test). With the compose
+# stack, the exactly-once relay round trip (tests/relay_kafka.rs, which make
+# test runs against Apache Kafka) also runs against Redpanda's transactions.
 # Guarantee: without a ScyllaDB these tests are reported as SKIPPED with the
 # reason, and the final line reads "0 passed, 0 failed, N skipped": a test
 # that did not run is never counted as passed. With one, they run with
@@ -19,9 +21,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=(--test cdc_adapter --test cql_read_models)
 
+eos_test=exactly_once_round_trip_to_read_committed_consumers
+redpanda=""
 if [ -z "${SCYLLA_URI:-}" ] && docker info >/dev/null 2>&1; then
   docker compose --profile integration up -d --wait scylla scylla-auth redpanda
   export SCYLLA_URI=127.0.0.1:9042 SCYLLA_AUTH_URI=127.0.0.1:9043 KAFKA_BROKERS=127.0.0.1:19092
+  redpanda=127.0.0.1:19092
 fi
 
 if [ -z "${SCYLLA_URI:-}" ]; then
@@ -33,6 +38,8 @@ if [ -z "${SCYLLA_URI:-}" ]; then
     echo "SKIPPED: $t: $reason"
     n=$((n + 1))
   done <<< "$tests"
+  echo "SKIPPED: relay_kafka $eos_test against Redpanda: no Docker engine answers (make test runs it against Apache Kafka)"
+  n=$((n + 1))
   echo "integration-test: 0 passed, 0 failed, $n skipped"
   exit 0
 fi
@@ -46,6 +53,13 @@ log=$(mktemp)
 set +e
 cargo test --locked "${targets[@]}" -- --ignored --test-threads 1 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+if [ -n "$redpanda" ]; then
+  echo "integration-test: exactly-once relay against Redpanda ($redpanda)"
+  KAFKA_BROKERS=$redpanda cargo test --locked --test relay_kafka -- --exact "$eos_test" 2>&1 | tee -a "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+else
+  echo "SKIPPED: relay_kafka $eos_test against Redpanda: SCYLLA_URI was given, the compose Redpanda was not started" | tee -a "$log"
+fi
 set -e
 bash scripts/test-summary.sh "$log" | sed '$ s/^/integration-test: /'
 rm -f "$log"

@@ -1,5 +1,7 @@
 //! The relay library against a real Apache Kafka broker: round trip with
-//! headers, per-event-type routing, bad configuration. Every test uses its
+//! headers, the same in exactly-once mode (also run by `make
+//! integration-test` against the compose Redpanda), per-event-type routing,
+//! bad configuration. Every test uses its
 //! own topics (prefix) and database file. Poison events are in
 //! tests/ordered_delivery.rs; kill -9, outages and several instances in the
 //! soak group (tests/soak.rs).
@@ -39,8 +41,13 @@ fn start_relay(c: &Config, store: DynStore) -> RunningRelay {
     let (relay, status) = Relay::standalone(c, store, metrics.clone());
     let trigger = Trigger::new();
     let sd = trigger.subscribe();
+    let exactly_once = c.relay.delivery == outboxd::config::DeliveryMode::ExactlyOnce;
     let task = tokio::spawn(async move {
-        relay.run(sd).await.unwrap();
+        if exactly_once {
+            relay.run_exactly_once(sd).await.unwrap();
+        } else {
+            relay.run(sd).await.unwrap();
+        }
     });
     RunningRelay { trigger, task, metrics, status }
 }
@@ -125,6 +132,56 @@ async fn round_trip_order_headers_and_exactly_once_per_event_id() {
         Some(head),
         "checkpoint persisted at shutdown"
     );
+}
+
+/// Exactly-once mode on the broker at KAFKA_BROKERS (Kafka in make test, the
+/// compose Redpanda in make integration-test): concurrent writers while the
+/// transactional relay runs, then a `read_committed` consumer finds every
+/// stored event once, in order per aggregate, and the progress topic holds
+/// the committed position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_round_trip_to_read_committed_consumers() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&brokers, &dir.path().join("s.db"));
+    c.relay.delivery = outboxd::config::DeliveryMode::ExactlyOnce;
+    // The transactional id derives from the consumer name: unique per run, or
+    // two runs on one broker would fence each other.
+    c.relay.consumer_name = format!("eos-{}", uuid::Uuid::now_v7().simple());
+    c.relay.progress_topic = format!("{}progress", c.kafka.topic_prefix);
+    c.relay.transaction_max_events = 50;
+    let store = open(&c).await;
+    let mut relay = start_relay(&c, store.clone());
+    let svc = CommandService::new(store.clone(), ServiceOptions::default());
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..80).step_by(8) {
+                order_lifecycle(&svc, i).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let head = store.head_position().await.unwrap();
+    relay.wait_checkpoint(head, Duration::from_secs(60)).await;
+    let records = consume_all(&brokers, &topics(&c), head as usize, Duration::from_secs(30));
+    assert_eq!(records.len() as i64, head, "every stored event is on the topic exactly once");
+    assert_eq!(check_order_and_count_dups(&records), 0, "no duplicate, per-aggregate order");
+    let at_head = |r: &harness::Record| r.key == c.relay.consumer_name && r.value["position"] == head;
+    let progress =
+        consume_until(&brokers, std::slice::from_ref(&c.relay.progress_topic), 1, Duration::from_secs(10), |rs| {
+            rs.iter().any(at_head)
+        });
+    let last = progress.iter().rev().find(|r| r.key == c.relay.consumer_name).expect("a progress record");
+    assert_eq!(last.value["position"], head, "the last committed progress is the head: {:?}", last.value);
+    assert!(
+        relay.metrics.relay_transactions.with_label_values(&["committed"]).get() >= (head as u64).div_ceil(50),
+        "batches of at most transaction_max_events"
+    );
+    relay.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
