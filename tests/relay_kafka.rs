@@ -75,21 +75,7 @@ async fn round_trip_order_headers_and_exactly_once_per_event_id() {
     let mut relay = start_relay(&c, store.clone());
     let svc = CommandService::new(store.clone(), ServiceOptions::default());
     // 300 orders through their lifecycles + 40 customers, 16 at a time.
-    let mut tasks = Vec::new();
-    for w in 0..16 {
-        let svc = svc.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in (w..300).step_by(16) {
-                order_lifecycle(&svc, i).await;
-            }
-            for i in (w..40).step_by(16) {
-                register_customer(&svc, i).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    write_concurrently(&svc, 16, 300, 40).await;
     let head = store.head_position().await.unwrap();
     relay.wait_checkpoint(head, Duration::from_secs(60)).await;
     let stored: Vec<_> = store
@@ -153,18 +139,7 @@ async fn exactly_once_round_trip_to_read_committed_consumers() {
     let store = open(&c).await;
     let mut relay = start_relay(&c, store.clone());
     let svc = CommandService::new(store.clone(), ServiceOptions::default());
-    let mut tasks = Vec::new();
-    for w in 0..8 {
-        let svc = svc.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in (w..80).step_by(8) {
-                order_lifecycle(&svc, i).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    write_concurrently(&svc, 8, 80, 0).await;
     let head = store.head_position().await.unwrap();
     relay.wait_checkpoint(head, Duration::from_secs(60)).await;
     let records = consume_all(&brokers, &topics(&c), head as usize, Duration::from_secs(30));

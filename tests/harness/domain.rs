@@ -91,3 +91,23 @@ pub fn order_events(id: Uuid, from_version: i64, n: usize) -> Vec<outboxd::envel
         })
         .collect()
 }
+
+/// `orders` order lifecycles and `customers` registrations from `writers`
+/// concurrent tasks (order i by writer i % writers); returns when all are stored.
+pub async fn write_concurrently(svc: &CommandService, writers: usize, orders: usize, customers: usize) {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..orders).step_by(writers) {
+                order_lifecycle(&svc, i).await;
+            }
+            for i in (w..customers).step_by(writers) {
+                register_customer(&svc, i).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
