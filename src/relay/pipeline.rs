@@ -289,7 +289,7 @@ impl Relay {
             request_parts: HashMap::new(),
             letter_slots: HashMap::new(),
             value: Vec::with_capacity(4096),
-            sent_at: HashMap::new(),
+            sent_at: foldhash::HashMap::default(),
             feed,
             sent_by_topic: crate::metrics::ByLabel::new(&self.metrics.messages_sent),
             processed_by_type: crate::metrics::ByLabel::new(&self.metrics.cdc_events_processed),

@@ -51,7 +51,7 @@ pub(super) struct Run {
     pub(super) letter_slots: HashMap<Slot, uuid::Uuid>,
     pub(super) value: Vec<u8>,
     /// When each in-flight slot was handed to the producer.
-    pub(super) sent_at: HashMap<Slot, Instant>,
+    pub(super) sent_at: foldhash::HashMap<Slot, Instant>,
     pub(super) feed: FeedHandle,
     /// Cached metric handles (by topic, by event type) for the per-event path.
     pub(super) sent_by_topic: ByLabel<prometheus::IntCounterVec>,

@@ -18,8 +18,12 @@
 //!   watermark back (they are below it and still covered by the park record
 //!   until the replay completes).
 //! - Bounded: `has_room` is false once `capacity` main-lane events are open.
+//!
+//! Its maps hash with foldhash (per-process random seed): SipHash was a
+//! visible part of the per-event cost.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 /// Aggregate key: the aggregate id as text (canonical UUID, or the raw column
