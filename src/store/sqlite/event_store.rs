@@ -98,7 +98,13 @@ impl EventStore for SqliteStore {
         check_batch(aggregate_id, expected_version, &events)?;
         let events = events.iter().map(Row::encode).collect::<Result<Vec<_>, _>>()?;
         let (reply, rx) = oneshot::channel();
-        let job = Job::Append(AppendJob { aggregate_id, expected: expected_version, events, reply });
+        let job = Job::Append(AppendJob {
+            aggregate_id,
+            aggregate_key: aggregate_id.to_string(),
+            expected: expected_version,
+            events,
+            reply,
+        });
         self.jobs.send(job).await.map_err(|_| unavailable("sqlite writer thread has stopped"))?;
         rx.await.map_err(|_| unavailable("sqlite writer thread has stopped"))?
     }

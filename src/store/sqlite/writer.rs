@@ -23,6 +23,8 @@ pub(super) type ExecFn = Box<dyn FnOnce(&mut Connection) + Send>;
 
 pub(super) struct AppendJob {
     pub(super) aggregate_id: Uuid,
+    /// `aggregate_id` as its column text, rendered by the caller.
+    pub(super) aggregate_key: String,
     pub(super) expected: i64,
     pub(super) events: Vec<Row>,
     pub(super) reply: oneshot::Sender<Result<Appended, StoreError>>,
@@ -156,6 +158,11 @@ fn commit_group(
         Err(e) => return fail_all(unavailable(format!("cannot begin write transaction: {e}"))),
     };
     let mut results = Vec::with_capacity(batch.len());
+    // One statement for the whole group (a cache lookup per append hashes the SQL text).
+    let mut insert = match tx.prepare_cached(INSERT) {
+        Ok(s) => s,
+        Err(e) => return fail_all(unavailable(e)),
+    };
     for job in batch {
         if !results.is_empty() && tx.is_autocommit() {
             // SQLite rolled the whole transaction back on an earlier error
@@ -167,14 +174,16 @@ fn commit_group(
             ));
         }
         let res = if job.events.len() == 1 {
-            append_rows(&tx, job, versions)
+            append_rows(&tx, &mut insert, job, versions)
         } else {
-            savepoint(&tx, "SAVEPOINT outboxd_append").and_then(|_| match append_rows(&tx, job, versions) {
-                Ok(a) => savepoint(&tx, "RELEASE outboxd_append").map(|_| a),
-                Err(e) => {
-                    let _ = savepoint(&tx, "ROLLBACK TO outboxd_append");
-                    let _ = savepoint(&tx, "RELEASE outboxd_append");
-                    Err(e)
+            savepoint(&tx, "SAVEPOINT outboxd_append").and_then(|_| {
+                match append_rows(&tx, &mut insert, job, versions) {
+                    Ok(a) => savepoint(&tx, "RELEASE outboxd_append").map(|_| a),
+                    Err(e) => {
+                        let _ = savepoint(&tx, "ROLLBACK TO outboxd_append");
+                        let _ = savepoint(&tx, "RELEASE outboxd_append");
+                        Err(e)
+                    }
                 }
             })
         };
@@ -186,6 +195,7 @@ fn commit_group(
             ));
         }
     }
+    drop(insert);
     if let Err(e) = tx.commit() {
         return fail_all(unavailable(format!("commit failed: {e}")));
     }
@@ -205,24 +215,26 @@ fn current_version(conn: &Connection, aggregate_id: &str) -> Result<i64, StoreEr
     .map_err(unavailable)
 }
 
-fn append_rows(conn: &Connection, job: &AppendJob, versions: &HashMap<Uuid, i64>) -> Result<Appended, StoreError> {
-    let agg = job.aggregate_id.to_string();
+const INSERT: &str = "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, causation_id, correlation_id, timestamp, trace_parent, trace_state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+
+fn append_rows(
+    conn: &Connection,
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    job: &AppendJob,
+    versions: &HashMap<Uuid, i64>,
+) -> Result<Appended, StoreError> {
+    let agg = &job.aggregate_key;
     // A new aggregate, or one this writer saw at exactly the expected version,
     // needs no version query: if someone else appended meanwhile, inserting
     // `expected + 1` collides on the UNIQUE key and becomes a Conflict below.
     let known = job.expected == 0 || versions.get(&job.aggregate_id) == Some(&job.expected);
     if !known {
-        let actual = current_version(conn, &agg)?;
+        let actual = current_version(conn, agg)?;
         if actual != job.expected {
             return Err(StoreError::Conflict { aggregate_id: job.aggregate_id, expected: job.expected, actual });
         }
     }
-    let mut stmt = conn
-        .prepare_cached(
-            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, causation_id, correlation_id, timestamp, trace_parent, trace_state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )
-        .map_err(unavailable)?;
     let mut last = 0;
     for e in &job.events {
         let r = stmt.execute(params![
@@ -244,7 +256,7 @@ fn append_rows(conn: &Connection, job: &AppendJob, versions: &HashMap<Uuid, i64>
             Err(rusqlite::Error::SqliteFailure(f, msg)) if f.code == ErrorCode::ConstraintViolation => {
                 let m = msg.unwrap_or_default();
                 if m.contains("sequence_number") {
-                    let actual = current_version(conn, &agg)?;
+                    let actual = current_version(conn, agg)?;
                     return Err(StoreError::Conflict {
                         aggregate_id: job.aggregate_id,
                         expected: job.expected,
