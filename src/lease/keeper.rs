@@ -166,8 +166,10 @@ impl Keeper {
                 View::Standby { row, .. } => Some(row.epoch),
                 _ => None,
             };
+            let mut failed = true;
             match self.bounded(self.store.lease_get(&name)).await {
                 Some(Ok(row)) => {
+                    failed = false;
                     let now = Instant::now();
                     if let Step::Write(mut cas) = self.machine.decide(row.as_ref(), now) {
                         let sent = Instant::now();
@@ -181,8 +183,12 @@ impl Keeper {
                                 self.machine.applied(&cas, sent);
                             }
                             Some(Ok(false)) => self.machine.rejected(Instant::now()),
-                            Some(Err(e)) => tracing::warn!(lease = %name, error = %e, "lease write failed; retrying"),
+                            Some(Err(e)) => {
+                                failed = true;
+                                tracing::warn!(lease = %name, error = %e, "lease write failed; retrying")
+                            }
                             None => {
+                                failed = true;
                                 tracing::warn!(lease = %name, "lease write did not answer before the renewal deadline")
                             }
                         }
@@ -192,8 +198,9 @@ impl Keeper {
                 None => tracing::warn!(lease = %name, "lease read did not answer before the renewal deadline"),
             }
             self.publish(Instant::now());
-            // Sleep until the next renewal/read, but wake at the deadline to publish a loss.
-            let pause = self.machine.pause();
+            // Sleep until the next renewal/read (sooner after a failure), but
+            // wake at the deadline to publish a loss.
+            let pause = if failed { self.machine.retry_pause() } else { self.machine.pause() };
             let wake = self.deadline().map(|d| d.min(Instant::now() + pause)).unwrap_or(Instant::now() + pause);
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}

@@ -1,6 +1,7 @@
 //! The keeper's error paths against a store that stops answering: the loss
 //! is published at the renewal deadline, and the loop keeps its pace (a
-//! deadline in the past once turned it into a busy spin).
+//! deadline in the past once turned it into a busy spin); one failed renewal
+//! is retried soon enough that the holder keeps the lease.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,12 +16,14 @@ use crate::shutdown::Trigger;
 use crate::store::lease::{Lease, LeaseCas, LeaseInfo, LeaseStore};
 use crate::store::StoreError;
 
-/// A lease table in memory that hangs (never answers) once `hang` is set.
+/// A lease table in memory that hangs (never answers) once `hang` is set,
+/// and fails the next `fail_cas` writes (a busy store).
 #[derive(Default)]
 struct Hanging {
     row: Mutex<Option<Lease>>,
     hang: AtomicBool,
     calls: AtomicUsize,
+    fail_cas: AtomicUsize,
 }
 
 impl Hanging {
@@ -40,6 +43,9 @@ impl LeaseStore for Hanging {
     }
     async fn lease_cas(&self, cas: &LeaseCas) -> Result<bool, StoreError> {
         self.gate().await;
+        if self.fail_cas.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(StoreError::Unavailable("database is locked".into()));
+        }
         let mut row = self.row.lock().unwrap();
         if row.as_ref().map(|r| (r.epoch, r.counter)) != cas.expected {
             return Ok(false);
@@ -78,5 +84,28 @@ async fn a_store_that_stops_answering_loses_the_lease_at_the_deadline_without_sp
     let calls = store.calls.load(Ordering::Relaxed) - before;
     assert!(calls <= 8, "{calls} store calls in 2 s: the keeper spins");
     assert!(calls >= 1, "the keeper keeps trying");
+    stop.fire();
+}
+
+#[tokio::test]
+async fn one_failed_renewal_is_retried_before_the_deadline_and_the_holder_stays_active() {
+    let store = Arc::new(Hanging::default());
+    let stop = Trigger::new();
+    // Renewal every 1 s, deadline 2 s: with the plain pause after a failure,
+    // the next renewal would come exactly at the deadline.
+    let ttl = Duration::from_millis(3000);
+    let handle = spawn(store.clone(), "relay", "me", ttl, Metrics::new(), PauseHook::default(), stop.subscribe());
+    let mut rx = handle.state();
+    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.active_epoch().is_some())).await.unwrap().unwrap();
+    let counter = || store.row.lock().unwrap().as_ref().map(|r| (r.epoch, r.counter)).unwrap();
+    let (epoch, before) = counter();
+
+    store.fail_cas.store(1, Ordering::SeqCst);
+    let lost = tokio::time::timeout(Duration::from_secs(4), rx.wait_for(|s| !matches!(s, LeaseState::Active { .. })));
+    assert!(lost.await.is_err(), "the holder stepped down after one failed renewal: {:?}", handle.current());
+    assert_eq!(store.fail_cas.load(Ordering::SeqCst), 0, "the failing renewal was attempted");
+    let (now_epoch, after) = counter();
+    assert_eq!(now_epoch, epoch, "same epoch: no takeover, no re-election");
+    assert!(after >= before + 3, "renewals went on: counter {before} -> {after}");
     stop.fire();
 }

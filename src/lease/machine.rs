@@ -145,6 +145,14 @@ impl Machine {
     pub fn pause(&self) -> Duration {
         self.timing.renew_every.max(Duration::from_millis(10))
     }
+
+    /// How long to wait after a read or write that failed or did not answer:
+    /// a quarter of the renew interval. With the plain pause, one transient
+    /// failure (a busy store) would put the next renewal exactly at the
+    /// renewal deadline, and the holder would step down for nothing.
+    pub fn retry_pause(&self) -> Duration {
+        (self.timing.renew_every / 4).max(Duration::from_millis(10))
+    }
 }
 
 fn same(a: &Lease, b: &Lease) -> bool {

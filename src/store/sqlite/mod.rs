@@ -81,8 +81,11 @@ pub struct SqliteStore {
     watcher: std::sync::OnceLock<watch_changes::Watcher>,
 }
 
-/// Busy timeout of the lease connection: well under any renew interval.
-const LEASE_BUSY_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Busy timeout of the lease connection: under the shortest renew interval
+/// (`relay.lease_ttl_ms` >= 1000, renewed every TTL/3 >= 333 ms), so a busy
+/// file fails one attempt, which the keeper retries sooner, instead of
+/// holding the renewal past its turn.
+const LEASE_BUSY_TIMEOUT: Duration = Duration::from_millis(250);
 /// Read connections kept in the pool: at least the command API's usual
 /// concurrency, so concurrent loads do not open (and close) connections.
 const READERS_KEPT: usize = 32;
