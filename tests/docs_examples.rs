@@ -6,6 +6,9 @@
 //!
 //! Placeholders are filled with a sample (`<port>` -> 9092); any other
 //! `<...>` placeholder fails the test until it is given a sample here.
+//! Every ```toml block of README.md and docs/*.md is given to
+//! `outboxd config` as the `OUTBOX_CONFIG` file exactly as written, and
+//! each of its values must show in the effective configuration.
 
 mod harness;
 
@@ -104,4 +107,44 @@ fn every_documented_outbox_variable_takes_effect() {
     }
     assert!(checked >= 3, "found {checked} documented OUTBOX_ examples; the extraction must be broken");
     eprintln!("{checked} documented OUTBOX_* examples took effect");
+}
+
+/// The ```toml blocks of README.md and docs/*.md, each with where it starts.
+fn toml_blocks() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for doc in documents().into_iter().filter(|p| p.extension().is_some_and(|e| e == "md")) {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        let mut block: Option<(usize, String)> = None;
+        for (n, line) in text.lines().enumerate() {
+            match (&mut block, line.trim_start()) {
+                (None, l) if l.starts_with("```toml") => block = Some((n + 1, String::new())),
+                (Some(_), l) if l.starts_with("```") => {
+                    let (at, body) = block.take().unwrap();
+                    out.push((format!("{}:{at}", rel(&doc)), body));
+                }
+                (Some((_, body)), _) => {
+                    body.push_str(line);
+                    body.push('\n');
+                }
+                (None, _) => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_documented_toml_configuration_is_accepted_as_written() {
+    let cwd = harness::repo_root();
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = toml_blocks();
+    assert!(!blocks.is_empty(), "README.md shows a TOML configuration; the extraction must be broken");
+    for (i, (at, body)) in blocks.iter().enumerate() {
+        let file = dir.path().join(format!("block-{i}.toml"));
+        std::fs::write(&file, body).unwrap();
+        let env = [("OUTBOX_CONFIG".to_string(), file.display().to_string())];
+        let cfg = effective_config(&env, &cwd).unwrap_or_else(|e| panic!("{at}: outboxd config refused it: {e}"));
+        harness::config_check::assert_file_taken(&file, &cfg, &[], at);
+    }
+    eprintln!("{} documented TOML configurations accepted as written", blocks.len());
 }
