@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::keeper::{spawn, LeaseState};
+use super::keeper::{spawn, LeaseHandle, LeaseState};
 use super::pause::PauseHook;
 use crate::metrics::Metrics;
 use crate::shutdown::Trigger;
 use crate::store::lease::{Lease, LeaseCas, LeaseInfo, LeaseStore};
 use crate::store::StoreError;
+use tokio::sync::watch;
 
 /// A lease table in memory that hangs (never answers) once `hang` is set,
 /// and fails the next `fail_cas` writes (a busy store).
@@ -61,14 +62,20 @@ impl LeaseStore for Hanging {
     }
 }
 
-#[tokio::test]
-async fn a_store_that_stops_answering_loses_the_lease_at_the_deadline_without_spinning() {
+/// A keeper over a fresh `Hanging` store, once it holds the lease.
+async fn active_keeper(ttl: Duration) -> (Arc<Hanging>, Trigger, LeaseHandle, watch::Receiver<LeaseState>) {
     let store = Arc::new(Hanging::default());
     let stop = Trigger::new();
-    let ttl = Duration::from_millis(1500);
     let handle = spawn(store.clone(), "relay", "me", ttl, Metrics::new(), PauseHook::default(), stop.subscribe());
     let mut rx = handle.state();
     tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.active_epoch().is_some())).await.unwrap().unwrap();
+    (store, stop, handle, rx)
+}
+
+#[tokio::test]
+async fn a_store_that_stops_answering_loses_the_lease_at_the_deadline_without_spinning() {
+    let ttl = Duration::from_millis(1500);
+    let (store, stop, _handle, mut rx) = active_keeper(ttl).await;
 
     store.hang.store(true, Ordering::Relaxed);
     let hung_at = std::time::Instant::now();
@@ -89,14 +96,9 @@ async fn a_store_that_stops_answering_loses_the_lease_at_the_deadline_without_sp
 
 #[tokio::test]
 async fn one_failed_renewal_is_retried_before_the_deadline_and_the_holder_stays_active() {
-    let store = Arc::new(Hanging::default());
-    let stop = Trigger::new();
     // Renewal every 1 s, deadline 2 s: with the plain pause after a failure,
     // the next renewal would come exactly at the deadline.
-    let ttl = Duration::from_millis(3000);
-    let handle = spawn(store.clone(), "relay", "me", ttl, Metrics::new(), PauseHook::default(), stop.subscribe());
-    let mut rx = handle.state();
-    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.active_epoch().is_some())).await.unwrap().unwrap();
+    let (store, stop, handle, mut rx) = active_keeper(Duration::from_millis(3000)).await;
     let counter = || store.row.lock().unwrap().as_ref().map(|r| (r.epoch, r.counter)).unwrap();
     let (epoch, before) = counter();
 
