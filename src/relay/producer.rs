@@ -434,7 +434,8 @@ mod tests {
         let k = KafkaConfig { brokers: format!("127.0.0.1:{port}"), ..KafkaConfig::default() };
         let (p, _rx) = KafkaProducer::new(&k, &Delivery::AtLeastOnce).unwrap();
         let mut b = p.broker();
-        assert_eq!(*b.borrow(), BrokerState::Unknown);
+        // Refused at once on a closed port: the callback may already have run.
+        assert!(matches!(*b.borrow(), BrokerState::Unknown | BrokerState::Unreachable { .. }), "{:?}", *b.borrow());
         let _ = p.probe(Duration::from_millis(500)).await;
         tokio::time::timeout(Duration::from_secs(10), b.wait_for(|s| matches!(s, BrokerState::Unreachable { .. })))
             .await
