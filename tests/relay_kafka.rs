@@ -1,10 +1,9 @@
 //! The relay library against a real Apache Kafka broker: round trip with
 //! headers, the same in exactly-once mode (also run by `make
 //! integration-test` against the compose Redpanda), per-event-type routing,
-//! bad configuration. Every test uses its
-//! own topics (prefix) and database file. Poison events are in
-//! tests/ordered_delivery.rs; kill -9, outages and several instances in the
-//! soak group (tests/soak.rs).
+//! bad configuration. Every test uses its own topics (prefix) and database
+//! file. Poison events are in tests/ordered_delivery.rs; kill -9, outages and
+//! several instances in the soak group (tests/soak.rs).
 
 mod harness;
 

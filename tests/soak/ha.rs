@@ -17,6 +17,16 @@ fn one_leader(ds: &[&Daemon], within: Duration) -> usize {
     })
 }
 
+/// kill -9 of the active `leader`; `standby` must take over within 3 TTL.
+/// Returns the killed relay's unconfirmed window and the takeover time.
+fn kill_and_take_over(leader: &mut Daemon, standby: &Daemon, db: &Path, ttl: Duration) -> (Window, Duration) {
+    kill9(leader);
+    let window = unconfirmed_window(db, "killed leader");
+    let t0 = Instant::now();
+    eventually(3 * ttl, "the standby to take over within 3 TTL", || is_leader(standby).then_some(()));
+    (window, t0.elapsed())
+}
+
 fn relay_status(d: &Daemon) -> serde_json::Value {
     d.health().1["relay"].clone()
 }
@@ -49,11 +59,8 @@ fn soak_two_instances_one_publisher_takeover_zombie_and_restart() {
     assert!(relay_status(&active)["delivered"].as_u64().unwrap() > 0);
 
     // kill -9 of the active under load: the standby takes over within 3 TTL.
-    kill9(&mut active);
-    let killed = unconfirmed_window(&db, "killed leader");
-    let t0 = Instant::now();
-    eventually(3 * ttl, "the standby to take over within 3 TTL", || is_leader(&standby).then_some(()));
-    let mut takeovers = vec![t0.elapsed()];
+    let (killed, took) = kill_and_take_over(&mut active, &standby, &db, ttl);
+    let mut takeovers = vec![took];
     eprintln!("takeover after kill -9: {:?} (lease TTL {TTL_MS} ms)", takeovers[0]);
     assert!(standby.metrics().value("relay_lease_takeovers_total", &[("consumer", RELAY)]) >= 1.0);
     let restarted = Daemon::start(&active.cfg, &env);
@@ -85,11 +92,11 @@ fn soak_two_instances_one_publisher_takeover_zombie_and_restart() {
     let mut windows = vec![killed, zombie];
     for _ in 0..9 {
         let li = one_leader(&[&pair[0], &pair[1]], 3 * ttl);
-        kill9(&mut pair[li]);
-        windows.push(unconfirmed_window(&db, "killed leader"));
-        let t0 = Instant::now();
-        eventually(3 * ttl, "the standby to take over within 3 TTL", || is_leader(&pair[1 - li]).then_some(()));
-        takeovers.push(t0.elapsed());
+        let [first, second] = &mut pair;
+        let (leader, standby) = if li == 0 { (first, &*second) } else { (second, &*first) };
+        let (window, took) = kill_and_take_over(leader, standby, &db, ttl);
+        windows.push(window);
+        takeovers.push(took);
         let cfg = pair[li].cfg.clone();
         pair[li] = Daemon::start(&cfg, &env);
     }
