@@ -1,7 +1,9 @@
 //! The application service: runs one command against one aggregate.
 //!
 //! load (snapshot + later events, upcast) -> `handle` -> append at the loaded
-//! version. Guarantee: a command's events are appended only on top of the
+//! version; a creating command (`Aggregate::creates`) skips the load and
+//! appends at version 0, the compare-and-set being its existence check.
+//! Guarantee: a command's events are appended only on top of the
 //! exact state they were decided from. When another writer wins the race
 //! (`Conflict`) and the caller did not pin a version, the command is re-run
 //! on the fresh state, at most `max_conflict_retries` times; a pinned version
@@ -157,8 +159,15 @@ impl CommandService {
         expected_version: Option<i64>,
     ) -> Result<Outcome<A>, AppError> {
         let mut attempt = 0;
+        // A creating command without a pinned version is decided on the
+        // empty state without a read: the append at version 0 is the check.
+        // If the id is taken after all, that append conflicts and the
+        // command runs again on the loaded state (which refuses it), an
+        // attempt not counted against `max_conflict_retries`.
+        let mut assumed_new = expected_version.is_none() && A::creates(cmd);
         loop {
-            let loaded = self.load::<A>(id).await?;
+            let loaded =
+                if assumed_new { Loaded { state: A::default(), version: 0 } } else { self.load::<A>(id).await? };
             if let Some(exp) = expected_version {
                 if exp != loaded.version {
                     return Err(AppError::Conflict { expected: exp, actual: loaded.version });
@@ -197,6 +206,7 @@ impl CommandService {
                         last_position: appended.last_position,
                     });
                 }
+                Err(StoreError::Conflict { .. }) if assumed_new => assumed_new = false,
                 Err(StoreError::Conflict { expected, actual, .. }) => {
                     if expected_version.is_some() || attempt >= self.opts.max_conflict_retries {
                         return Err(AppError::Conflict { expected, actual });

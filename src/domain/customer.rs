@@ -83,6 +83,10 @@ impl Aggregate for Customer {
     const TYPE: &'static str = "customer";
     const STATE_SCHEMA: i32 = 1;
 
+    fn creates(cmd: &CustomerCommand) -> bool {
+        matches!(cmd, CustomerCommand::Register { .. })
+    }
+
     fn handle(&self, cmd: &CustomerCommand) -> Result<Vec<CustomerEvent>, DomainError> {
         match cmd {
             CustomerCommand::Register { name, email, phone } => {

@@ -80,6 +80,11 @@ pub trait Aggregate: Default + Clone + std::fmt::Debug + Serialize + Deserialize
     fn apply(&mut self, event: &Self::Event);
     /// Whether a creating event has been applied.
     fn exists(&self) -> bool;
+    /// Whether `cmd` creates the aggregate, i.e. succeeds only on the empty
+    /// state. The application decides such a command on the empty state
+    /// without reading the stream first; the append's compare-and-set at
+    /// version 0 still refuses it when the id is taken.
+    fn creates(cmd: &Self::Command) -> bool;
 }
 
 fn body_err(event_type: &str, e: serde_json::Error) -> DecodeError {

@@ -171,6 +171,10 @@ impl Aggregate for Order {
     const TYPE: &'static str = "order";
     const STATE_SCHEMA: i32 = 1;
 
+    fn creates(cmd: &OrderCommand) -> bool {
+        matches!(cmd, OrderCommand::Create { .. })
+    }
+
     fn handle(&self, cmd: &OrderCommand) -> Result<Vec<OrderEvent>, DomainError> {
         use OrderStatus::*;
         let s = self.status;

@@ -7,7 +7,7 @@ use outboxd::app::CommandService;
 use outboxd::domain::{Currency, Customer, CustomerCommand, Email, Money, Order, OrderCommand, OrderItem, Sku};
 use outboxd::envelope::Metadata;
 
-fn items(i: usize, n: usize) -> Vec<OrderItem> {
+pub fn sample_items(i: usize, n: usize) -> Vec<OrderItem> {
     let eur = Currency::new("EUR").unwrap();
     (0..n)
         .map(|k| {
@@ -26,10 +26,17 @@ pub async fn order_lifecycle(svc: &CommandService, i: usize) -> Uuid {
     let id = Uuid::now_v7();
     let meta = Metadata::default();
     let customer = Uuid::from_u128(i as u128 % 17);
-    svc.execute::<Order>(id, &OrderCommand::Create { customer_id: customer, items: items(i, 2) }, meta.clone(), None)
+    svc.execute::<Order>(
+        id,
+        &OrderCommand::Create { customer_id: customer, items: sample_items(i, 2) },
+        meta.clone(),
+        None,
+    )
+    .await
+    .unwrap();
+    svc.execute::<Order>(id, &OrderCommand::UpdateItems { items: sample_items(i, 3) }, meta.clone(), None)
         .await
         .unwrap();
-    svc.execute::<Order>(id, &OrderCommand::UpdateItems { items: items(i, 3) }, meta.clone(), None).await.unwrap();
     if i % 4 == 3 {
         svc.execute::<Order>(id, &OrderCommand::Cancel { reason: "customer asked".into() }, meta.clone(), None)
             .await

@@ -5,6 +5,7 @@
 
 pub mod check;
 pub mod config_check;
+pub mod counting;
 pub mod cql;
 pub mod daemon;
 pub mod domain;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod sqlite;
 
 pub use check::*;
+pub use counting::*;
 pub use cql::*;
 pub use daemon::*;
 pub use domain::*;
