@@ -15,23 +15,7 @@ use std::process::Command;
 /// The `bash` code blocks of docs/HTTP.md, in order.
 fn bash_blocks() -> Vec<String> {
     let text = std::fs::read_to_string(repo_root().join("docs/HTTP.md")).unwrap();
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        match (&mut current, line.trim_start()) {
-            (None, "```bash") => current = Some(String::new()),
-            (Some(b), "```") => {
-                blocks.push(std::mem::take(b));
-                current = None;
-            }
-            (Some(b), _) => {
-                b.push_str(line);
-                b.push('\n');
-            }
-            _ => {}
-        }
-    }
-    blocks
+    fenced_blocks(&text, "bash").into_iter().map(|(_, body)| body).collect()
 }
 
 /// The block that assigns `var=http://127.0.0.1:PORT`, re-pointed at `addr`.

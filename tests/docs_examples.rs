@@ -114,21 +114,9 @@ fn toml_blocks() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for doc in documents().into_iter().filter(|p| p.extension().is_some_and(|e| e == "md")) {
         let text = std::fs::read_to_string(&doc).unwrap();
-        let mut block: Option<(usize, String)> = None;
-        for (n, line) in text.lines().enumerate() {
-            match (&mut block, line.trim_start()) {
-                (None, l) if l.starts_with("```toml") => block = Some((n + 1, String::new())),
-                (Some(_), l) if l.starts_with("```") => {
-                    let (at, body) = block.take().unwrap();
-                    out.push((format!("{}:{at}", rel(&doc)), body));
-                }
-                (Some((_, body)), _) => {
-                    body.push_str(line);
-                    body.push('\n');
-                }
-                (None, _) => {}
-            }
-        }
+        out.extend(
+            harness::fenced_blocks(&text, "toml").into_iter().map(|(at, body)| (format!("{}:{at}", rel(&doc)), body)),
+        );
     }
     out
 }
