@@ -155,6 +155,51 @@ impl Keeper {
         }
     }
 
+    /// One read of the lease and the write the machine decides on it, if
+    /// any; false when the store failed or did not answer (retried sooner).
+    async fn cycle(&mut self, name: &str) -> bool {
+        let was_standby_epoch = match &self.machine.view {
+            View::Standby { row, .. } => Some(row.epoch),
+            _ => None,
+        };
+        let row = match self.bounded(self.store.lease_get(name)).await {
+            Some(Ok(row)) => row,
+            Some(Err(e)) => {
+                tracing::warn!(lease = %name, error = %e, "cannot read the lease; retrying");
+                return false;
+            }
+            None => {
+                tracing::warn!(lease = %name, "lease read did not answer before the renewal deadline");
+                return false;
+            }
+        };
+        let Step::Write(mut cas) = self.machine.decide(row.as_ref(), Instant::now()) else { return true };
+        let sent = Instant::now();
+        cas.new.holder = self.machine.me.clone();
+        match self.bounded(self.store.lease_cas(&cas)).await {
+            Some(Ok(true)) => {
+                if was_standby_epoch.is_some() && cas.expected.is_some() {
+                    self.metrics.relay_lease_takeovers.with_label_values(&[name]).inc();
+                    tracing::warn!(lease = %name, epoch = cas.new.epoch, "took the lease over");
+                }
+                self.machine.applied(&cas, sent);
+                true
+            }
+            Some(Ok(false)) => {
+                self.machine.rejected(Instant::now());
+                true
+            }
+            Some(Err(e)) => {
+                tracing::warn!(lease = %name, error = %e, "lease write failed; retrying");
+                false
+            }
+            None => {
+                tracing::warn!(lease = %name, "lease write did not answer before the renewal deadline");
+                false
+            }
+        }
+    }
+
     async fn run(mut self, mut shutdown: Shutdown) {
         let name = self.machine.name.clone();
         loop {
@@ -162,45 +207,11 @@ impl Keeper {
                 break;
             }
             self.pause.hold().await;
-            let was_standby_epoch = match &self.machine.view {
-                View::Standby { row, .. } => Some(row.epoch),
-                _ => None,
-            };
-            let mut failed = true;
-            match self.bounded(self.store.lease_get(&name)).await {
-                Some(Ok(row)) => {
-                    failed = false;
-                    let now = Instant::now();
-                    if let Step::Write(mut cas) = self.machine.decide(row.as_ref(), now) {
-                        let sent = Instant::now();
-                        cas.new.holder = self.machine.me.clone();
-                        match self.bounded(self.store.lease_cas(&cas)).await {
-                            Some(Ok(true)) => {
-                                if was_standby_epoch.is_some() && cas.expected.is_some() {
-                                    self.metrics.relay_lease_takeovers.with_label_values(&[&name]).inc();
-                                    tracing::warn!(lease = %name, epoch = cas.new.epoch, "took the lease over");
-                                }
-                                self.machine.applied(&cas, sent);
-                            }
-                            Some(Ok(false)) => self.machine.rejected(Instant::now()),
-                            Some(Err(e)) => {
-                                failed = true;
-                                tracing::warn!(lease = %name, error = %e, "lease write failed; retrying")
-                            }
-                            None => {
-                                failed = true;
-                                tracing::warn!(lease = %name, "lease write did not answer before the renewal deadline")
-                            }
-                        }
-                    }
-                }
-                Some(Err(e)) => tracing::warn!(lease = %name, error = %e, "cannot read the lease; retrying"),
-                None => tracing::warn!(lease = %name, "lease read did not answer before the renewal deadline"),
-            }
+            let answered = self.cycle(&name).await;
             self.publish(Instant::now());
             // Sleep until the next renewal/read (sooner after a failure), but
             // wake at the deadline to publish a loss.
-            let pause = if failed { self.machine.retry_pause() } else { self.machine.pause() };
+            let pause = if answered { self.machine.pause() } else { self.machine.retry_pause() };
             let wake = self.deadline().map(|d| d.min(Instant::now() + pause)).unwrap_or(Instant::now() + pause);
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}
