@@ -144,6 +144,11 @@ fn every_documented_bench_command_runs_and_prints_its_figures_as_json() {
         let v: Value = serde_json::from_str(stdout.trim())
             .unwrap_or_else(|e| panic!("`{line} --json`: stdout is not one JSON object ({e}): {stdout}"));
         check(bench, &v);
+        if bench == "append" {
+            // A documented --raw-batch takes effect (256 when not given).
+            let want = words.windows(2).find(|w| w[0] == "--raw-batch").map_or("256", |w| w[1]);
+            assert_eq!(v["raw_batch"].to_string(), want, "`{line}`: {v}");
+        }
         eprintln!("ran `{line}` (small, --json): {v}");
         ran += 1;
     }

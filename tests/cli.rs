@@ -117,6 +117,7 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     refused(&db, &["order", "confirm", "not-a-uuid"], 2, "invalid value");
     refused(&db, &["order", "frobnicate"], 2, "unrecognized subcommand");
     refused(&db, &["order", "create", "--customer", &c], 2, "--item");
+    refused(&db, &["bench", "append", "--raw-batch", "0"], 2, "--raw-batch");
 }
 
 #[test]

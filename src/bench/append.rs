@@ -1,5 +1,5 @@
 //! `bench append`: the SQLite store's append against a raw batched INSERT of
-//! the same rows, same machine, same run: 3 interleaved rounds (raw, store)
+//! the same rows (`--raw-batch` rows per commit), same machine, same run: 3 interleaved rounds (raw, store)
 //! on fresh files, median with min/max.
 //!
 //! Guarantee: only measures and prints.
@@ -11,8 +11,13 @@ use crate::config::Config;
 use crate::envelope::EventEnvelope;
 use crate::store::sqlite::{SqliteStore, SCHEMA_V1};
 
-/// Raw rusqlite INSERTs of the same rows in transactions of 256; events/s.
-async fn raw_pass(cfg: &Config, path: std::path::PathBuf, rows: Vec<Vec<EventEnvelope>>) -> anyhow::Result<f64> {
+/// Raw rusqlite INSERTs of the same rows in transactions of `batch`; events/s.
+async fn raw_pass(
+    cfg: &Config,
+    path: std::path::PathBuf,
+    rows: Vec<Vec<EventEnvelope>>,
+    batch: usize,
+) -> anyhow::Result<f64> {
     let sync = cfg.store.sqlite.synchronous;
     tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
         let mut c = rusqlite::Connection::open(&path)?;
@@ -21,7 +26,7 @@ async fn raw_pass(cfg: &Config, path: std::path::PathBuf, rows: Vec<Vec<EventEnv
         c.execute_batch(SCHEMA_V1)?;
         let flat: Vec<&EventEnvelope> = rows.iter().flatten().collect();
         let start = Instant::now();
-        for chunk in flat.chunks(256) {
+        for chunk in flat.chunks(batch.max(1)) {
             let tx = c.transaction()?;
             {
                 let mut st = tx.prepare_cached("INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, causation_id, correlation_id, timestamp) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)")?;
@@ -102,23 +107,32 @@ async fn store_pass(
     Ok((rate, renewals))
 }
 
+/// What `bench append` runs: `n` aggregates of `k` events, `concurrency`
+/// appenders, the raw baseline committing `raw_batch` rows at a time.
+pub(super) struct Shape {
+    pub n: usize,
+    pub k: usize,
+    pub concurrency: usize,
+    pub raw_batch: usize,
+}
+
 pub(super) async fn bench_append(
     r: &mut Report,
     cfg: &Config,
-    n: usize,
-    k: usize,
-    concurrency: usize,
+    shape: Shape,
     dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
+    let Shape { n, k, concurrency, raw_batch } = shape;
     let tmp = tempdir(dir)?;
     let total = n * k;
-    r.say(format!("bench append: {n} aggregates x {k} events = {total} events, one append per event, {concurrency} concurrent appenders, synchronous={:?}; 3 interleaved rounds", cfg.store.sqlite.synchronous));
+    r.say(format!("bench append: {n} aggregates x {k} events = {total} events, one append per event, {concurrency} concurrent appenders, raw baseline {raw_batch} rows per commit, synchronous={:?}; 3 interleaved rounds", cfg.store.sqlite.synchronous));
     r.set("events", total);
     r.set("concurrency", concurrency);
+    r.set("raw_batch", raw_batch);
     let (mut raw, mut store, mut renewing, mut renewals) = (vec![], vec![], vec![], 0);
     for round in 1..=3 {
         let events = sample_events(n, k);
-        raw.push(raw_pass(cfg, tmp.join(format!("raw-{round}.db")), events.clone()).await?);
+        raw.push(raw_pass(cfg, tmp.join(format!("raw-{round}.db")), events.clone(), raw_batch).await?);
         store.push(store_pass(cfg, tmp.join(format!("store-{round}.db")), events.clone(), concurrency, false).await?.0);
         let (rate, renewed) = store_pass(cfg, tmp.join(format!("lease-{round}.db")), events, concurrency, true).await?;
         renewing.push(rate);

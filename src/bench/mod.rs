@@ -51,6 +51,11 @@ pub enum BenchCmd {
         /// Concurrent appenders.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Rows per transaction of the raw baseline (the store's own groups
+        /// hold at most `concurrency` rows: `--raw-batch` equal to it
+        /// compares the two at the same commit size).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+        raw_batch: u32,
         /// Directory for the benchmark databases (default: a temp dir).
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
@@ -124,8 +129,10 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
     let name = format!("{:?}", args.cmd).split([' ', '{']).next().unwrap_or_default().to_lowercase();
     let mut r = Report::new(&name, args.json);
     match args.cmd {
-        BenchCmd::Append { aggregates, events_per_aggregate, concurrency, dir } => {
-            append::bench_append(&mut r, cfg, aggregates, events_per_aggregate, concurrency, dir).await?
+        BenchCmd::Append { aggregates, events_per_aggregate, concurrency, raw_batch, dir } => {
+            let shape =
+                append::Shape { n: aggregates, k: events_per_aggregate, concurrency, raw_batch: raw_batch as usize };
+            append::bench_append(&mut r, cfg, shape, dir).await?
         }
         BenchCmd::Relay { events, size, rate, seconds } => {
             relay::run(&mut r, cfg, events, size, &rate, seconds).await?
