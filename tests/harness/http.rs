@@ -143,3 +143,17 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
         b = b.get(size + 2..)?;
     }
 }
+
+/// An RFC 9457 problem: `application/problem+json` with type, title,
+/// status, detail, and the `error` kind extension.
+pub fn assert_error(r: &Resp, status: u16, kind: &str) -> serde_json::Value {
+    assert_eq!(r.status, status, "expected {status} {kind}, got {} {}", r.status, r.text());
+    assert_eq!(r.header("content-type").as_deref(), Some("application/problem+json"), "{:?}", r.headers);
+    let v = r.json();
+    assert_eq!(v["error"], kind, "{v}");
+    assert_eq!(v["type"], format!("urn:outboxd:problem:{kind}"), "{v}");
+    assert_eq!(v["status"], status, "{v}");
+    assert!(v["title"].as_str().is_some_and(|t| !t.is_empty()), "{v}");
+    assert!(v["detail"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    v
+}

@@ -15,6 +15,7 @@ pub mod http;
 pub mod kafka;
 pub mod load;
 pub mod metrics;
+pub mod read_models;
 pub mod sqlite;
 
 pub use check::*;

@@ -1,0 +1,195 @@
+//! The command API's operator side on a real `outboxd run` process (real
+//! SQLite store, real Kafka from `KAFKA_BROKERS`): bearer tokens on the
+//! command API and the admin write routes (never logged), correlation ids
+//! and trace context from the request to the Kafka headers, and a
+//! restarting OrderActor answering 503 problems until it is back.
+
+mod harness;
+
+use harness::*;
+use serde_json::json;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[test]
+fn bearer_token_protects_the_command_api_and_admin_writes_and_is_never_logged() {
+    let Some(brokers) = harness::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let token = format!("tok-{}", Uuid::new_v4().simple());
+    let d = Daemon::start(
+        &daemon_config(&brokers, dir.path()),
+        &[("OUTBOX_HTTP__API_TOKEN", token.clone()), ("RUST_LOG", "debug,rdkafka=warn,librdkafka=warn".into())],
+    );
+    let body = serde_json::to_vec(&order_body(Uuid::now_v7(), "T-1")).unwrap();
+    let ctype = ("Content-Type", "application/json");
+    let r = d.api("POST", "/orders", &[ctype], Some(&body));
+    assert_error(&r, 401, "unauthorized");
+    assert_eq!(r.header("www-authenticate").as_deref(), Some("Bearer"));
+    assert_error(
+        &d.api("POST", "/orders", &[ctype, ("Authorization", "Bearer wrong-token-wrong-token")], Some(&body)),
+        401,
+        "unauthorized",
+    );
+    let almost = format!("Bearer {}", &token[..token.len() - 1]);
+    assert_error(&d.api("POST", "/orders", &[ctype, ("Authorization", &almost)], Some(&body)), 401, "unauthorized");
+    assert_error(&d.api("POST", "/orders", &[ctype, ("Authorization", &token)], Some(&body)), 401, "unauthorized");
+    assert_error(&d.api("GET", &format!("/orders/{}", Uuid::now_v7()), &[], None), 401, "unauthorized");
+    assert_eq!(count_events(&d.cfg.store.path), 0);
+    let auth = format!("Bearer {token}");
+    let r = d.api("POST", "/orders", &[ctype, ("Authorization", &auth)], Some(&body));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(d.api("GET", &format!("/orders/{id}"), &[("Authorization", &auth)], None).status, 200);
+    // The API description is public.
+    assert_eq!(d.api("GET", "/openapi.json", &[], None).status, 200);
+    // The admin server's reads are open (loopback); its write routes need the token.
+    assert_eq!(d.admin("GET", "/health").status, 200);
+    assert_eq!(d.admin("GET", "/dlq").status, 200);
+    let replay = br#"{"all": true}"#;
+    let r = request(d.admin, "POST", "/dlq/replay", &[ctype], Some(replay));
+    assert_error(&r, 401, "unauthorized");
+    assert_eq!(r.header("www-authenticate").as_deref(), Some("Bearer"));
+    let r = request(
+        d.admin,
+        "POST",
+        "/dlq/replay",
+        &[ctype, ("Authorization", "Bearer nope-nope-nope-nope")],
+        Some(replay),
+    );
+    assert_error(&r, 401, "unauthorized");
+    let r = request(d.admin, "POST", "/dlq/replay", &[ctype, ("Authorization", &auth)], Some(replay));
+    // With the token: a relay request the active relay carries out (parked aggregates, then dead letters).
+    assert_eq!(r.status, 200, "{}", r.text());
+    let done = &r.json()["request"];
+    assert_eq!(
+        (done["status"].as_str(), done["kind"]["kind"].as_str()),
+        (Some("done"), Some("replay_dead_letters")),
+        "{done}"
+    );
+    // A rewind names exactly one target; a member given as null still counts (Schemathesis found it).
+    let both = br#"{"to_position": 0, "to_time": null}"#;
+    let r = request(d.admin, "POST", "/relay/rewind", &[ctype, ("Authorization", &auth)], Some(both));
+    assert_eq!(assert_error(&r, 422, "validation")["field"], "to_position");
+    let cfg_out = std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("config")
+        .env("OUTBOX_HTTP__API_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(
+        cfg_out.status.success(),
+        "outboxd config: {:?} {}",
+        cfg_out.status,
+        String::from_utf8_lossy(&cfg_out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&cfg_out.stdout);
+    assert!(printed.contains("\"api_token\": \"<redacted>\""), "{printed}");
+    assert!(!printed.contains(&token));
+    let log = d.log_text();
+    d.stop();
+    assert!(!log.contains(&token), "the token must never be logged");
+}
+
+#[test]
+fn correlation_id_and_trace_context_are_stored_and_reach_the_kafka_headers() {
+    let Some(brokers) = harness::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
+    let cid = Uuid::new_v4().to_string();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let tracestate = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+    let body = serde_json::to_vec(&json!({"name": "Grace", "email": "grace@example.com"})).unwrap();
+    let r = d.api(
+        "POST",
+        "/customers",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Correlation-Id", &cid),
+            ("traceparent", traceparent),
+            ("tracestate", tracestate),
+        ],
+        Some(&body),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("x-correlation-id").as_deref(), Some(cid.as_str()));
+    let customer = r.json()["id"].as_str().unwrap().to_string();
+    // Without one, a fresh UUID is generated and echoed, also on errors.
+    let r = d.post("/orders", &order_body(Uuid::now_v7(), "C-1"));
+    let generated = r.header("x-correlation-id").expect("generated correlation id");
+    assert!(Uuid::parse_str(&generated).is_ok());
+    let r = d.post("/orders", &json!({}));
+    assert_eq!(r.status, 422);
+    assert!(r.header("x-correlation-id").is_some_and(|h| Uuid::parse_str(&h).is_ok()));
+    assert_error(
+        &d.api(
+            "POST",
+            "/customers",
+            &[("Content-Type", "application/json"), ("X-Correlation-Id", "nope")],
+            Some(&body),
+        ),
+        400,
+        "bad_request",
+    );
+    // A malformed traceparent is refused, naming the header; nothing is stored.
+    let before = count_events(&d.cfg.store.path);
+    let v = assert_error(
+        &d.api(
+            "POST",
+            "/customers",
+            &[("Content-Type", "application/json"), ("traceparent", "00-xyz-01")],
+            Some(&body),
+        ),
+        400,
+        "bad_request",
+    );
+    assert_eq!(v["field"], "traceparent", "{v}");
+    assert_eq!(count_events(&d.cfg.store.path), before);
+
+    let stored = stored_events(&d.cfg.store.path);
+    assert!(
+        stored.iter().any(|(_, agg, c)| agg == &customer && c == &cid),
+        "stored with the correlation id: {stored:?}"
+    );
+    let topic = format!("{}customer-events", d.cfg.kafka.topic_prefix);
+    let records = harness::consume_all(&brokers, &[topic], 1, Duration::from_secs(30));
+    let rec = records.iter().find(|r| r.key == customer).expect("customer event on the topic");
+    assert_eq!(rec.headers.get("ce_correlationid"), Some(&cid), "{:?}", rec.headers);
+    assert_eq!(rec.headers.get("traceparent").map(String::as_str), Some(traceparent), "{:?}", rec.headers);
+    assert_eq!(rec.headers.get("tracestate").map(String::as_str), Some(tracestate), "{:?}", rec.headers);
+    let orders = harness::consume_all(
+        &brokers,
+        &[format!("{}order-events", d.cfg.kafka.topic_prefix)],
+        1,
+        Duration::from_secs(30),
+    );
+    assert_eq!(orders[0].headers.get("ce_correlationid"), Some(&generated));
+    d.stop();
+}
+
+#[test]
+fn restarting_order_actor_answers_503_json_then_recovers() {
+    let Some(brokers) = harness::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OUTBOXD_ENABLE_FAULT_INJECTION", "1".to_string()),
+        ("OUTBOX_SUPERVISION__RESTART_BACKOFF_MS", "3000".to_string()),
+    ];
+    let d = Daemon::start(&daemon_config(&brokers, dir.path()), &env);
+    d.inject("order_actor", "stop");
+    let r = d.post("/orders", &order_body(Uuid::now_v7(), "R-1"));
+    let v = assert_error(&r, 503, "unavailable");
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    assert!(!v["detail"].as_str().unwrap().contains('/'), "no internal detail: {v}");
+    assert_eq!(count_events(&d.cfg.store.path), 0);
+    let r = eventually(Duration::from_secs(15), "the order actor to come back", || {
+        let r = d.post("/orders", &order_body(Uuid::now_v7(), "R-2"));
+        (r.status != 503).then_some(r)
+    });
+    assert_eq!(r.status, 201, "{}", r.text());
+    d.stop();
+
+    // Without the flag the debug route does not exist.
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
+    assert_error(&d.admin("POST", "/debug/fail/order_actor"), 404, "not_found");
+    d.stop();
+}
