@@ -30,6 +30,9 @@ pub enum AppError {
     Decode(#[from] DecodeError),
     #[error("event cannot be encoded: {0}")]
     Encode(String),
+    /// Refused before it ran: the process is shutting down (nothing written).
+    #[error("the service is shutting down")]
+    ShuttingDown,
 }
 
 impl From<StoreError> for AppError {

@@ -160,11 +160,17 @@ impl OrderActor {
         self.health.do_send(ComponentEvent { actor: NAME, lifecycle: self.lifecycle, detail });
     }
 
+    /// Why no command runs now. A command that passed the HTTP intake just
+    /// before it closed meets a draining actor: that is the shutdown, the
+    /// same answer the intake gives (503 `shutting_down`).
     fn unavailable(&self) -> AppError {
-        let why = match self.lifecycle {
-            Lifecycle::Restarting { .. } | Lifecycle::Starting => "the order actor is restarting; retry shortly",
-            Lifecycle::GaveUp => "the order actor gave up after too many failures",
-            Lifecycle::Stopped | Lifecycle::Running => "the service is shutting down",
+        if self.draining || matches!(self.lifecycle, Lifecycle::Stopped | Lifecycle::Running) {
+            return AppError::ShuttingDown;
+        }
+        let why = if self.lifecycle == Lifecycle::GaveUp {
+            "the order actor gave up after too many failures"
+        } else {
+            "the order actor is restarting; retry shortly"
         };
         AppError::Store(StoreError::Unavailable(why.into()))
     }

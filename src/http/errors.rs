@@ -248,6 +248,7 @@ impl From<AppError> for ApiError {
                 "version_conflict",
                 format!("the aggregate changed concurrently (version {expected} became {actual}); retry"),
             ),
+            AppError::ShuttingDown => ApiError::shutting_down(),
             AppError::Store(StoreError::NotFound(_)) => ApiError::not_found("no such resource"),
             AppError::Store(StoreError::Unavailable(detail)) => {
                 tracing::warn!(%detail, "command refused: unavailable");
@@ -331,4 +332,20 @@ pub async fn route_not_found() -> Result<HttpResponse, ApiError> {
 pub fn method_not_allowed(allow: &'static str) -> actix_web::Route {
     actix_web::web::route()
         .to(move || async move { Err::<HttpResponse, ApiError>(ApiError::method_not_allowed(allow)) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_refused_for_shutdown_is_the_intakes_503_shutting_down() {
+        let e = ApiError::from(AppError::ShuttingDown);
+        let intake = ApiError::shutting_down();
+        assert_eq!((e.status, e.body.error, &e.body.detail), (intake.status, intake.body.error, &intake.body.detail));
+        assert_eq!((e.status.as_u16(), e.body.error), (503, "shutting_down"));
+        // An unavailable store stays a retryable 503 `unavailable`.
+        let e = ApiError::from(AppError::Store(StoreError::Unavailable("disk".into())));
+        assert_eq!((e.status.as_u16(), e.body.error), (503, "unavailable"));
+    }
 }
