@@ -169,10 +169,7 @@ fn correlation_id_and_trace_context_are_stored_and_reach_the_kafka_headers() {
 fn restarting_order_actor_answers_503_json_then_recovers() {
     let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("OUTBOXD_ENABLE_FAULT_INJECTION", "1".to_string()),
-        ("OUTBOX_SUPERVISION__RESTART_BACKOFF_MS", "3000".to_string()),
-    ];
+    let env = [fault_injection(), ("OUTBOX_SUPERVISION__RESTART_BACKOFF_MS", "3000".to_string())];
     let d = Daemon::start(&daemon_config(&brokers, dir.path()), &env);
     d.inject("order_actor", "stop");
     let r = d.post("/orders", &order_body(Uuid::now_v7(), "R-1"));
