@@ -1,6 +1,6 @@
 //! `bench append`: the SQLite store's append against a raw batched INSERT of
-//! the same rows (`--raw-batch` rows per commit), same machine, same run: 3 interleaved rounds (raw, store)
-//! on fresh files, median with min/max.
+//! the same rows (`--raw-batch` rows per commit), same machine, same run:
+//! 3 interleaved rounds (raw, store) on fresh files, median with min/max.
 //!
 //! Guarantee: only measures and prints.
 
