@@ -76,6 +76,17 @@ impl Default for ServiceOptions {
     }
 }
 
+/// The `[service]` keys of the configuration, as the service takes them.
+impl From<&crate::config::ServiceConfig> for ServiceOptions {
+    fn from(s: &crate::config::ServiceConfig) -> Self {
+        ServiceOptions {
+            max_conflict_retries: s.max_conflict_retries,
+            snapshot_every: s.snapshot_every,
+            default_currency: s.default_currency.clone(),
+        }
+    }
+}
+
 /// Observes store appends (for metrics); the HTTP/actor layer plugs one in.
 pub trait AppendObserver: Send + Sync {
     fn appended(&self, seconds: f64, events: &[EventEnvelope]);

@@ -141,12 +141,7 @@ impl OrderActor {
         if matches!(self.lifecycle, Lifecycle::GaveUp | Lifecycle::Stopped) {
             return;
         }
-        let s = &self.deps.cfg.service;
-        let opts = ServiceOptions {
-            max_conflict_retries: s.max_conflict_retries,
-            snapshot_every: s.snapshot_every,
-            default_currency: s.default_currency.clone(),
-        };
+        let opts = ServiceOptions::from(&self.deps.cfg.service);
         self.svc =
             Some(CommandService::new(self.deps.store.clone(), opts).with_observer(Arc::new(self.deps.metrics.clone())));
         let restarted = matches!(self.lifecycle, Lifecycle::Restarting { .. });

@@ -63,14 +63,7 @@ pub async fn open(cfg: &Config) -> Result<DynStore, Failure> {
 }
 
 pub fn service(cfg: &Config, store: DynStore) -> CommandService {
-    CommandService::new(
-        store,
-        ServiceOptions {
-            max_conflict_retries: cfg.service.max_conflict_retries,
-            snapshot_every: cfg.service.snapshot_every,
-            default_currency: cfg.service.default_currency.clone(),
-        },
-    )
+    CommandService::new(store, ServiceOptions::from(&cfg.service))
 }
 
 pub fn meta(m: &Meta) -> Metadata {
