@@ -93,8 +93,11 @@ fn check(bench: &str, v: &Value) {
         }
         "http" => {
             positive(v, "api/ratio/median");
+            positive(v, "service/ratio/median");
+            positive(v, "api_over_service/median");
             positive(v, "latency_ms/p99");
             assert_eq!(v["created"], v["requests"], "every POST /orders created: {v}");
+            assert_eq!(v["service_created"], v["requests"], "every in-process order created: {v}");
         }
         "backlog" => {
             assert_eq!(v["events"], 3000, "{v}");

@@ -1,6 +1,10 @@
 //! `bench http`: POST /orders from N keep-alive clients against a real
-//! `outboxd run` child process (a fresh one per round), and the bare store
+//! `outboxd run` child process (a fresh one per round), the same orders
+//! placed through the command service in this process (decide, encode, CAS
+//! append: no HTTP, no actor, no relay, no read models), and the bare store
 //! append rate with the same concurrency, 3 interleaved rounds in one run.
+//! The middle subject splits the gap between the API and bare appends into
+//! the command path and everything the daemon does around it.
 //!
 //! Guarantee: only measures and prints.
 use std::time::Instant;
@@ -10,7 +14,10 @@ use uuid::Uuid;
 
 use super::daemon::{request, Daemon};
 use super::Report;
+use crate::app::{CommandService, ServiceOptions};
 use crate::config::Config;
+use crate::domain::{Currency, Money, Order, OrderCommand, OrderItem, Sku};
+use crate::envelope::Metadata;
 use crate::store::sqlite::SqliteStore;
 
 /// One pass of the command API: a fresh daemon, `clients` keep-alive
@@ -55,6 +62,41 @@ async fn api_pass(
     Ok((rate, created, all, daemon.stop().await))
 }
 
+/// The orders of `api_pass` placed through `CommandService::execute` on a
+/// fresh file by `clients` tasks; returns (commands/s, created).
+async fn service_pass(
+    base: &Config,
+    dir: &std::path::Path,
+    round: usize,
+    clients: usize,
+    per_client: usize,
+) -> anyhow::Result<(f64, usize)> {
+    let store: crate::store::DynEvents =
+        SqliteStore::open(dir.join(format!("service-{round}.db")), base.store.sqlite.clone()).await?;
+    let svc = CommandService::new(store, ServiceOptions::from(&base.service));
+    let eur = Currency::new("EUR")?;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0usize;
+            for i in 0..per_client {
+                let item = OrderItem::new(Sku::new(format!("SKU-{c}-{i}"))?, 2, Money::new(1999, eur)?)?;
+                let cmd = OrderCommand::Create { customer_id: Uuid::from_u128(c as u128), items: vec![item] };
+                let out = svc.execute::<Order>(Uuid::now_v7(), &cmd, Metadata::default(), None).await?;
+                ok += usize::from(out.version == 1);
+            }
+            anyhow::Ok(ok)
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        created += t.await??;
+    }
+    Ok(((clients * per_client) as f64 / start.elapsed().as_secs_f64(), created))
+}
+
 /// The bare store append rate at the same concurrency (same event shape), fresh file.
 async fn bare_pass(
     base: &Config,
@@ -90,8 +132,8 @@ pub async fn run(r: &mut Report, base: &Config, clients: usize, per_client: usiz
     let dir = super::tempdir(None)?;
     let total = clients * per_client;
     r.say(format!("bench http: {clients} keep-alive clients x {per_client} POST /orders = {total} requests per round (a fresh daemon with relay to {} each round), 3 interleaved rounds with the bare append", base.kafka.brokers));
-    let (mut api, mut bare, mut hist, mut created, mut stops) =
-        (vec![], vec![], hdrhistogram::Histogram::<u64>::new(3)?, 0, vec![]);
+    let (mut api, mut service, mut bare, mut hist, mut created, mut placed, mut stops) =
+        (vec![], vec![], vec![], hdrhistogram::Histogram::<u64>::new(3)?, 0, 0, vec![]);
     for round in 1..=3 {
         let (rate, ok, lat, stopped) = api_pass(base, &dir, round, clients, per_client).await?;
         api.push(rate);
@@ -100,10 +142,16 @@ pub async fn run(r: &mut Report, base: &Config, clients: usize, per_client: usiz
             hist.record(l)?;
         }
         stops.push(stopped);
+        let (rate, ok) = service_pass(base, &dir, round, clients, per_client).await?;
+        service.push(rate);
+        placed += ok;
         bare.push(bare_pass(base, &dir, round, clients, total).await?);
     }
     r.rates("api", "command API (POST /orders)", "requests/s", &api, Some(&bare));
+    r.rates("service", "command service, in process", "commands/s", &service, Some(&bare));
     r.rates("bare", "bare append, same concurrency", "appends/s", &bare, None);
+    r.ratio("api_over_service", "command API / command service", &api, &service);
+    r.set("service_created", placed);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let (p50, p99, max) = (ms(0.5), ms(0.99), hist.max() as f64 / 1000.0);
     r.say(format!("API latency over all rounds: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; {created}/{} created (goal: API >= 0.5x of bare)", 3 * total));

@@ -27,6 +27,14 @@ impl Spread {
     }
 }
 
+/// Ratios per round (`num[i] / den[i]`, never median over median): their
+/// spread and the JSON figure {median, min, max, samples}.
+fn per_round(num: &[f64], den: &[f64]) -> (Spread, Value) {
+    let samples: Vec<f64> = num.iter().zip(den).map(|(n, d)| n / d).collect();
+    let r = Spread::of(&samples);
+    (r, json!({ "median": r.median, "min": r.min, "max": r.max, "samples": samples }))
+}
+
 /// Collects the figures of one `outboxd bench ...` run.
 pub struct Report {
     json: bool,
@@ -61,14 +69,22 @@ impl Report {
         let mut fig = json!({ "median": s.median, "min": s.min, "max": s.max, "samples": rates });
         let mut text = format!("{what:<34}: median {:>9.0} {unit} (min {:.0}, max {:.0})", s.median, s.min, s.max);
         if let Some(b) = base {
-            let per_round: Vec<f64> = rates.iter().zip(b).map(|(r, b)| r / b).collect();
-            let r = Spread::of(&per_round);
+            let (r, ratio) = per_round(rates, b);
             text.push_str(&format!("; ratio {:.2}x (min {:.2}x, max {:.2}x)", r.median, r.min, r.max));
-            fig["ratio"] = json!({ "median": r.median, "min": r.min, "max": r.max, "samples": per_round });
+            fig["ratio"] = ratio;
         }
         self.say(text);
         self.figures.insert(key.to_string(), fig);
         s
+    }
+
+    /// The per-round ratio of two rates already reported (one line, and
+    /// `key` -> {median, min, max, samples}).
+    pub fn ratio(&mut self, key: &str, what: &str, num: &[f64], den: &[f64]) -> Spread {
+        let (r, fig) = per_round(num, den);
+        self.say(format!("{what:<34}: ratio {:.2}x (min {:.2}x, max {:.2}x)", r.median, r.min, r.max));
+        self.figures.insert(key.to_string(), fig);
+        r
     }
 
     /// Ends the run: under `--json` prints the object (one line) on stdout.
@@ -105,5 +121,13 @@ mod tests {
         assert_eq!(f["ratio"]["median"], 0.5);
         assert_eq!(f["ratio"]["min"], 0.3);
         assert_eq!(r.figures()["bench"], "relay");
+    }
+
+    #[test]
+    fn ratio_is_per_round_under_its_own_key() {
+        let mut r = Report::new("http", true);
+        let s = r.ratio("api_over_service", "api / service", &[1.0, 3.0, 2.0], &[4.0, 4.0, 1.0]);
+        assert_eq!(s, Spread { median: 0.75, min: 0.25, max: 2.0 });
+        assert_eq!(r.figures()["api_over_service"]["samples"], json!([0.25, 0.75, 2.0]));
     }
 }
