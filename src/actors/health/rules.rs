@@ -14,13 +14,15 @@
 //!   Degraded; CDC log TTL: lag age >= 50 % of it -> Degraded, >= 80 % ->
 //!   Unhealthy (`relay::cdc::health::ttl_health`); an unknown-outcome append
 //!   unreconciled past its bound -> Degraded (`reconcile_health`);
-//!   restarting -> Degraded; gave up or not answering -> Unhealthy.
+//!   restarting -> Degraded; gave up or not answering -> Unhealthy. A task
+//!   spawned less than [`START_GRACE`] ago that has not said it runs yet
+//!   (producer, lease, first read) -> Unknown "starting"; past it -> Degraded.
 //!   The lag is the store's (`Backlog`): head - persisted checkpoint + held
 //!   events, whatever state the relay is in.
 //! - order_actor / dlq_actor: restarting -> Degraded; gave up or not answering -> Unhealthy.
 //! - projections: store errors, parked aggregates, lag over
 //!   `health.projection_lag_degraded_events` -> Degraded; restarting or not
-//!   running -> Degraded; gave up or not answering -> Unhealthy. Backends
+//!   running -> Degraded (starting within [`START_GRACE`]: Unknown); gave up or not answering -> Unhealthy. Backends
 //!   without read models report Healthy with "not available".
 //! - overall = the worst component (healthy < unknown < degraded < unhealthy).
 
@@ -62,6 +64,26 @@ pub struct Probes {
     /// The ProjectionActor's answer (None: it did not answer).
     pub projection: Option<TaskStatus<ProjectionStatus>>,
     pub projection_backlog: Option<Backlog>,
+}
+
+/// How long a freshly spawned relay or projector task may take to say it
+/// runs (producer created, lease read, first feed read) before "not
+/// running" counts as Degraded; until then it is Unknown ("starting").
+pub const START_GRACE: Duration = Duration::from_secs(30);
+
+/// A task that does not run: Unknown while it is starting within
+/// [`START_GRACE`], Degraded otherwise; `what` names it ("relay").
+fn not_running(what: &str, starting_ms: Option<u64>, prog: &str) -> (HealthStatus, String) {
+    match starting_ms {
+        Some(ms) if Duration::from_millis(ms) < START_GRACE => {
+            (HealthStatus::Unknown, format!("{what} starting (task spawned {ms} ms ago, not running yet); {prog}"))
+        }
+        Some(ms) => (
+            HealthStatus::Degraded,
+            format!("{what} not running (task spawned {} s ago and still starting); {prog}", ms / 1000),
+        ),
+        None => (HealthStatus::Degraded, format!("{what} not running; {prog}")),
+    }
 }
 
 /// Health thresholds (from `health.*`).
@@ -161,7 +183,12 @@ fn status_of(v: Verdict) -> HealthStatus {
     }
 }
 
-fn relay_health(p: &Probes, relay: &RelayStatus, running: bool, t: Thresholds) -> (HealthStatus, String) {
+fn relay_health(
+    p: &Probes,
+    relay: &RelayStatus,
+    task: &TaskStatus<RelayStatus>,
+    t: Thresholds,
+) -> (HealthStatus, String) {
     let prog = progress(p.relay_backlog.as_ref(), p.now);
     let lag_events = p.relay_backlog.and_then(|b| b.events).unwrap_or(0);
     let lag_secs = p.relay_backlog.map(|b| lag_seconds(&b, p.now)).unwrap_or(0.0);
@@ -213,8 +240,8 @@ fn relay_health(p: &Probes, relay: &RelayStatus, running: bool, t: Thresholds) -
             format!("the oldest unpublished event is {lag_secs:.0} s old (over {} s); {prog}", t.lag_degraded_seconds),
         );
     }
-    if !running {
-        return (HealthStatus::Degraded, format!("relay not running; {prog}"));
+    if !task.running {
+        return not_running("relay", task.starting_ms, &prog);
     }
     if relay.feed == FeedState::Unknown {
         return (HealthStatus::Unknown, format!("relay starting ({who}); {prog}"));
@@ -236,10 +263,9 @@ pub fn evaluate(p: &Probes, reported: &Reported, t: Thresholds) -> BTreeMap<&'st
     let relay = p.cdc.as_ref().map(|c| &c.progress).unwrap_or(&p.relay);
     out.insert("kafka", kafka_health(relay));
     let (st, detail) = lifecycle_health(ActorName::Cdc, p.cdc.as_ref().map(|c| c.lifecycle), reported);
-    let relay_verdict = if st == HealthStatus::Healthy {
-        relay_health(p, relay, p.cdc.as_ref().is_some_and(|c| c.running), t)
-    } else {
-        (st, format!("{detail}; {}", progress(p.relay_backlog.as_ref(), p.now)))
+    let relay_verdict = match (&p.cdc, st) {
+        (Some(task), HealthStatus::Healthy) => relay_health(p, relay, task, t),
+        _ => (st, format!("{detail}; {}", progress(p.relay_backlog.as_ref(), p.now))),
     };
     out.insert("cdc_processor", relay_verdict);
     out.insert("order_actor", lifecycle_health(ActorName::Order, p.order, reported));
@@ -276,7 +302,7 @@ fn projections_health(p: &Probes, reported: &Reported, lag_degraded_events: i64)
     } else if lag > lag_degraded_events {
         (HealthStatus::Degraded, format!("lag {lag} events exceeds {lag_degraded_events}; {prog}"))
     } else if !s.running {
-        (HealthStatus::Degraded, format!("projector not running; {prog}"))
+        not_running("projector", s.starting_ms, &prog)
     } else {
         (HealthStatus::Healthy, format!("projector running; {prog}"))
     }

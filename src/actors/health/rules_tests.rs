@@ -27,6 +27,7 @@ fn probes() -> Probes {
             lifecycle: Lifecycle::Running,
             restarts_in_window: 0,
             running: true,
+            starting_ms: None,
             progress: relay.clone(),
         }),
         relay,
@@ -38,6 +39,7 @@ fn probes() -> Probes {
             lifecycle: Lifecycle::Running,
             restarts_in_window: 0,
             running: true,
+            starting_ms: None,
             progress: crate::projection::ProjectionStatus { running: true, ..Default::default() },
         }),
         projection_backlog: Some(Backlog { checkpoint: Some(10), head: Some(10), events: Some(0), oldest: None }),
@@ -167,6 +169,36 @@ fn an_overdue_unknown_outcome_append_degrades_the_cdc_relay() {
     let v = evaluate(&p, &HashMap::new(), T);
     assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded);
     assert!(v["cdc_processor"].1.contains("2 append(s) with an unknown outcome"), "{}", v["cdc_processor"].1);
+}
+
+#[test]
+fn a_task_still_starting_is_unknown_within_the_grace_then_degraded() {
+    // The relay's task was spawned but has not said it runs (producer, lease, first read).
+    let mut p = probes();
+    relay_mut(&mut p).running = false;
+    let task = p.cdc.as_mut().unwrap();
+    (task.running, task.starting_ms) = (false, Some(130));
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Unknown, "{v:?}");
+    assert!(v["cdc_processor"].1.starts_with("relay starting (task spawned 130 ms ago"), "{v:?}");
+    p.cdc.as_mut().unwrap().starting_ms = Some(START_GRACE.as_millis() as u64 + 5_000);
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded, "{v:?}");
+    assert!(v["cdc_processor"].1.starts_with("relay not running (task spawned 35 s ago"), "{v:?}");
+    // No task alive at all (between restarts): not running, Degraded.
+    p.cdc.as_mut().unwrap().starting_ms = None;
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded, "{v:?}");
+    assert!(v["cdc_processor"].1.starts_with("relay not running;"), "{v:?}");
+
+    let mut p = probes();
+    let task = p.projection.as_mut().unwrap();
+    (task.running, task.starting_ms, task.progress.running) = (false, Some(20), false);
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["projections"].0, HealthStatus::Unknown, "{v:?}");
+    assert!(v["projections"].1.starts_with("projector starting"), "{v:?}");
+    p.projection.as_mut().unwrap().starting_ms = Some(START_GRACE.as_millis() as u64);
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["projections"].0, HealthStatus::Degraded);
 }
 
 #[test]

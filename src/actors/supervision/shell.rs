@@ -40,6 +40,7 @@ struct TaskRun {
     gone: watch::Receiver<()>,
     /// Makes the task panic (failure injection).
     panic: Option<oneshot::Sender<()>>,
+    spawned: Instant,
 }
 
 pub struct SupervisedTask<B: TaskBody> {
@@ -156,7 +157,8 @@ impl<B: TaskBody> SupervisedTask<B> {
             }
         });
         let abort = handle.abort_handle();
-        self.run = Some(TaskRun { generation, trigger, abort, gone: gone_rx, panic: Some(panic_tx) });
+        self.run =
+            Some(TaskRun { generation, trigger, abort, gone: gone_rx, panic: Some(panic_tx), spawned: Instant::now() });
         let restarted = matches!(self.lifecycle, Lifecycle::Restarting { .. });
         self.lifecycle = Lifecycle::Running;
         let detail = if restarted {
@@ -238,10 +240,15 @@ impl<B: TaskBody> Handler<GetTaskStatus<B::Status>> for SupervisedTask<B> {
 
     fn handle(&mut self, _msg: GetTaskStatus<B::Status>, _ctx: &mut Context<Self>) -> Self::Result {
         let progress = self.status.borrow().clone();
+        let starting_ms = match &self.run {
+            Some(run) if !progress.running() => Some(run.spawned.elapsed().as_millis() as u64),
+            _ => None,
+        };
         MessageResult(TaskStatus {
             lifecycle: self.lifecycle,
             restarts_in_window: self.budget.in_window(Instant::now()),
             running: self.run.is_some() && progress.running(),
+            starting_ms,
             progress,
         })
     }
