@@ -32,7 +32,7 @@ pub use api::ApiState;
 
 /// Counts the response of every request by route pattern and status.
 fn count<S, B>(
-    metrics: Metrics,
+    requests: prometheus::IntCounterVec,
 ) -> impl Fn(ServiceRequest, &S) -> futures::future::LocalBoxFuture<'static, Result<ServiceResponse<B>, actix_web::Error>>
        + Clone
        + 'static
@@ -43,7 +43,7 @@ where
 {
     move |req: ServiceRequest, srv: &S| {
         let route = req.match_pattern().map(|p| route_label(&p)).unwrap_or_else(|| "unmatched".to_string());
-        let metrics = metrics.clone();
+        let requests = requests.clone();
         let fut = srv.call(req);
         async move {
             let res = fut.await;
@@ -51,7 +51,7 @@ where
                 Ok(r) => r.status(),
                 Err(e) => e.as_response_error().status_code(),
             };
-            metrics.http_requests.with_label_values(&[&route, status.as_str()]).inc();
+            requests.with_label_values(&[&route, status.as_str()]).inc();
             res
         }
         .boxed_local()
@@ -131,7 +131,7 @@ pub fn api_app(
                 }
             }
         })
-        .wrap_fn(count(metrics))
+        .wrap_fn(count(metrics.http_requests.clone()))
 }
 
 /// The admin server as an actix-web `App`.
@@ -174,7 +174,7 @@ pub fn admin_app(
                 }
             }
         })
-        .wrap_fn(count(metrics))
+        .wrap_fn(count(metrics.http_requests.clone()))
 }
 
 /// Both servers, bound and running (spawned on the current actix system).

@@ -10,8 +10,8 @@
 //! the single writer thread spends its time on SQL only while callers
 //! encode the next group in parallel.
 
+use foldhash::{HashMap, HashMapExt};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
-use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -84,6 +84,7 @@ pub(super) fn writer_loop(
     lease_waiting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let mut pending: Option<Job> = None;
+    // foldhash: the map is probed once per append on the one writer thread.
     let mut versions: HashMap<Uuid, i64> = HashMap::new();
     loop {
         let job = match pending.take() {
