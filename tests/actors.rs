@@ -1,7 +1,7 @@
 //! The actor system of a real `outboxd run` process against real Kafka:
-//! supervision (restart, restart budget), health levels (broker outage,
-//! store gone: /health and the relay's own reads), the metric catalogue, and
-//! SIGTERM under load.
+//! supervision (restart, restart budget), the metric catalogue, SIGTERM
+//! under load and dead letters through the DlqActor (health levels:
+//! `tests/health.rs`).
 //! Failure injection: `OUTBOXD_ENABLE_FAULT_INJECTION=1` enables
 //! `POST /debug/fail/{actor}` on the admin server.
 
@@ -14,34 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-/// Waits until the relay has confirmed every stored event.
-fn caught_up(d: &Daemon) -> i64 {
-    eventually(Duration::from_secs(60), "the relay to catch up", || {
-        let head = count_events(&d.cfg.store.path);
-        let (_, h) = d.health();
-        (h["relay"]["checkpoint"].as_i64() == Some(head) && head > 0).then_some(head)
-    })
-}
-
-/// Every stored event id is on the topics (copies allowed: at-least-once).
-fn assert_all_on_topic(brokers: &str, d: &Daemon) {
-    let stored: HashSet<String> = stored_events(&d.cfg.store.path).into_iter().map(|(e, _, _)| e).collect();
-    let records = consume_until(brokers, &topics(&d.cfg), stored.len(), Duration::from_secs(20), |rs| {
-        let on_topic: HashSet<String> = rs.iter().map(|r| r.event_id()).collect();
-        stored.is_subset(&on_topic)
-    });
-    let on_topic: HashSet<String> = records.iter().map(|r| r.event_id()).collect();
-    let missing: Vec<_> = stored.difference(&on_topic).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} stored events missing from Kafka ({} records read): {missing:?}",
-        missing.len(),
-        stored.len(),
-        records.len()
-    );
-    eprintln!("{} stored events on the topic as {} records", stored.len(), records.len());
-}
 
 #[test]
 fn injected_failures_restart_order_and_cdc_actors_and_events_keep_flowing() {
@@ -120,142 +92,6 @@ fn exhausted_restart_budget_exits_non_zero() {
 
 fn restarts_in_log(log: &str, actor: &str) -> usize {
     log.lines().filter(|l| l.contains("restarting actor") && l.contains(&format!("actor={actor}"))).count()
-}
-
-#[test]
-fn health_degrades_while_the_broker_is_down_and_recovers_then_shutdown_answers_503() {
-    let kafka = harness::PrivateKafka::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = daemon_config(&kafka.brokers, dir.path());
-    cfg.kafka.message_timeout_ms = 2_000;
-    let env = [
-        ("OUTBOX_HEALTH__INTERVAL_MS", "500".to_string()),
-        ("OUTBOX_RELAY__BREAKER__OPEN_TIMEOUT_MS", "2000".to_string()),
-        ("OUTBOX_SHUTDOWN_DEADLINE_MS", "10000".to_string()),
-    ];
-    let mut d = Daemon::start(&cfg, &env);
-    create_order(&d, Uuid::now_v7(), "UP-1");
-    caught_up(&d);
-    // A clean start never passes through Degraded: a relay or projector task
-    // that has not said it runs yet is "starting" (Unknown), not "not running".
-    let log = d.log_text();
-    assert!(!log.contains("component degraded"), "a clean start reported a degraded component:\n{log}");
-    let (status, h) = d.health();
-    assert_eq!(
-        (status, h["status"].as_str(), component(&h, "kafka").0.as_str()),
-        (200, Some("healthy"), "healthy"),
-        "{h}"
-    );
-    assert_eq!(d.metrics().value("actor_health_status", &[("component", "kafka")]), 0.0);
-
-    kafka.stop();
-    let down = Instant::now();
-    let h = eventually(Duration::from_secs(60), "/health to report Degraded", || {
-        create_order(&d, Uuid::now_v7(), "DOWN-1"); // the outbox keeps accepting
-        let (status, h) = d.health();
-        assert_eq!(status, 200, "Degraded still answers 200: {h}");
-        (h["status"] == "degraded").then_some(h)
-    });
-    eprintln!("degraded {:?} after the broker stopped: {}", down.elapsed(), h["components"]["kafka"]["detail"]);
-    assert_eq!(component(&h, "kafka").0, "degraded", "{h}");
-    assert_eq!(component(&h, "store").0, "healthy");
-    assert_eq!(d.metrics().value("actor_health_status", &[("component", "kafka")]), 1.0);
-    assert_eq!(d.admin("GET", "/health/ready").status, 200, "a broker outage does not make the outbox unready");
-    // Keep the relay failing until the circuit breaker opens.
-    eventually(Duration::from_secs(60), "the circuit breaker to open", || {
-        create_order(&d, Uuid::now_v7(), "DOWN-2");
-        let (status, h) = d.health();
-        assert_eq!(status, 200);
-        (h["relay"]["breaker"] == "open").then_some(())
-    });
-    assert_eq!(component(&d.health().1, "kafka").0, "degraded");
-    assert_eq!(d.metrics().value("circuit_breaker_state", &[]), 1.0);
-
-    kafka.restart();
-    let up = Instant::now();
-    eventually(Duration::from_secs(90), "/health to report Healthy again", || {
-        create_order(&d, Uuid::now_v7(), "BACK-1");
-        let (status, h) = d.health();
-        (status == 200 && h["status"] == "healthy").then_some(())
-    });
-    eprintln!("healthy {:?} after the broker returned", up.elapsed());
-    caught_up(&d);
-    assert_all_on_topic(&kafka.brokers, &d);
-    assert!(d.metrics().value("circuit_breaker_transitions_total", &[("from", "closed"), ("to", "open")]) >= 1.0);
-
-    // Shutdown while a delivery is in flight to a stopped broker: the relay
-    // waits for it (message timeout), and meanwhile intake answers 503.
-    kafka.stop();
-    let stored_before = count_events(&d.cfg.store.path);
-    create_order(&d, Uuid::now_v7(), "LAST-1");
-    std::thread::sleep(Duration::from_millis(200));
-    d.sigterm();
-    let mut saw_503 = false;
-    let mut saw_unready = false;
-    let mut raced = 0; // requests that reached the daemon before it handled the signal
-    let end = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < end && !(saw_503 && saw_unready) {
-        let b = serde_json::to_vec(&order_body(Uuid::now_v7(), "LATE-1")).unwrap();
-        match try_request(d.api, "POST", "/orders", &[("Content-Type", "application/json")], Some(&b)) {
-            Ok(r) if r.status == 503 => {
-                assert_eq!(r.json()["error"], "shutting_down", "{}", r.text());
-                saw_503 = true;
-            }
-            Ok(r) if r.status == 201 && !saw_503 => raced += 1,
-            Ok(r) => panic!("after SIGTERM: {} {}", r.status, r.text()),
-            Err(_) => break,
-        }
-        if let Ok(r) = try_request(d.admin, "GET", "/health/ready", &[], None) {
-            if r.status == 503 {
-                assert_eq!(r.json()["ready"], false);
-                saw_unready = true;
-            }
-        }
-    }
-    let status = d.wait_exit(Duration::from_secs(20)).expect("exits within the shutdown deadline");
-    assert_eq!(status.code(), Some(0), "{}", d.log_text());
-    assert!(saw_503, "intake answered 503 while shutting down");
-    assert!(saw_unready, "/health/ready answered 503 while shutting down");
-    assert_eq!(count_events(&d.cfg.store.path), stored_before + 1 + raced, "nothing accepted once intake closed");
-}
-
-#[test]
-fn store_gone_makes_health_unhealthy_503() {
-    let Some(brokers) = harness::shared_brokers() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start(
-        &daemon_config(&brokers, dir.path()),
-        &[("OUTBOX_HEALTH__INTERVAL_MS", "300".into()), ("OUTBOX_HEALTH__FEED_UNHEALTHY_AFTER_MS", "1000".into())],
-    );
-    create_order(&d, Uuid::now_v7(), "S-1");
-    let (status, h) = d.health();
-    assert_eq!((status, component(&h, "store").0.as_str()), (200, "healthy"), "{h}");
-    // Remove the database, its WAL and the directory under the running daemon.
-    std::fs::remove_dir_all(d.cfg.store.path.parent().unwrap()).unwrap();
-    let h = eventually(Duration::from_secs(10), "/health to answer 503", || {
-        let (status, h) = d.health();
-        (status == 503).then_some(h)
-    });
-    assert_eq!(h["status"], "unhealthy");
-    assert_eq!(component(&h, "store").0, "unhealthy", "{h}");
-    assert!(h["components"]["store"]["detail"].as_str().unwrap().contains("gone"), "{h}");
-    // The relay's own reads fail too (a pooled connection would otherwise
-    // keep reading the deleted file): it reports that it cannot read the store
-    // (Degraded at once, Unhealthy after health.feed_unhealthy_after_ms).
-    let h = eventually(Duration::from_secs(10), "the relay to report the store unreadable", || {
-        let (_, h) = d.health();
-        (h["relay"]["feed"]["state"] == "failing" && component(&h, "cdc_processor").0 == "unhealthy").then_some(h)
-    });
-    assert!(component(&h, "cdc_processor").1.contains("relay cannot read the store feed"), "{h}");
-    assert!(h["relay"]["feed"]["error"].as_str().unwrap_or_default().contains("gone"), "{h}");
-    let r = d.admin("GET", "/health/ready");
-    assert_eq!((r.status, r.json()["ready"].as_bool()), (503, Some(false)));
-    assert_eq!(d.admin("GET", "/health/live").status, 200, "still alive");
-    assert_eq!(d.metrics().value("actor_health_status", &[("component", "store")]), 2.0);
-    assert_eq!(d.metrics().value("actor_health_status", &[("component", "system")]), 2.0);
-    assert!(d.alive());
-    d.sigterm();
-    assert_eq!(d.wait_exit(Duration::from_secs(40)).expect("exits").code(), Some(0));
 }
 
 /// The metric names issue 5 lists (histograms by their base name).

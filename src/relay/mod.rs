@@ -16,13 +16,15 @@
 //!   to the DLQ. What is stored is published byte for byte ([`encode`]).
 //!
 //! Files: `feed` (reader task), `window` (fence + watermark), `producer`
-//! (librdkafka, delivery reports on a channel), `encode`, `pipeline`,
+//! (librdkafka, delivery reports on a channel), `broker_watch` (the broker
+//! state /health reads, probed while unknown or unreachable), `encode`, `pipeline`,
 //! `exactly_once` + `progress`, `parking`, `requests` (operator requests),
 //! `runner` (lease-gated terms), `status`, `deliver` + `cdc` (the Scylla CDC
 //! feed), `breaker`, `retry`, `error`, `admin` (topics), `sink`, `topics`.
 
 pub mod admin;
 pub mod breaker;
+pub mod broker_watch;
 pub mod cdc;
 pub mod checkpoint;
 pub mod deliver;

@@ -377,25 +377,6 @@ impl TxnError {
     }
 }
 
-/// Mirrors the producer's broker state into the relay status.
-pub(crate) fn spawn_broker_watch(
-    producer: KafkaProducer,
-    status: crate::relay::status::StatusTx,
-    mut shutdown: crate::shutdown::Shutdown,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut b = producer.broker();
-        loop {
-            let state = b.borrow_and_update().clone();
-            status.broker(&state);
-            tokio::select! {
-                r = b.changed() => if r.is_err() { return },
-                _ = shutdown.recv() => return,
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,12 @@ use std::time::{Duration, Instant};
 
 use outboxd::config::Config;
 
+use std::collections::HashSet;
+
 use super::http::{request, try_request, Resp};
+use super::kafka::{consume_until, topics};
 use super::metrics::Metrics;
+use super::sqlite::{count_events, stored_events};
 use super::{config_env, free_port, test_config};
 
 pub struct Daemon {
@@ -242,4 +246,32 @@ pub fn cli(cfg: &Config, args: &[&str]) -> (i32, String, String) {
         .unwrap();
     let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
     (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// Waits until the relay has confirmed every stored event.
+pub fn caught_up(d: &Daemon) -> i64 {
+    eventually(Duration::from_secs(60), "the relay to catch up", || {
+        let head = count_events(&d.cfg.store.path);
+        let (_, h) = d.health();
+        (h["relay"]["checkpoint"].as_i64() == Some(head) && head > 0).then_some(head)
+    })
+}
+
+/// Every stored event id is on the topics (copies allowed: at-least-once).
+pub fn assert_all_on_topic(brokers: &str, d: &Daemon) {
+    let stored: HashSet<String> = stored_events(&d.cfg.store.path).into_iter().map(|(e, _, _)| e).collect();
+    let records = consume_until(brokers, &topics(&d.cfg), stored.len(), Duration::from_secs(20), |rs| {
+        let on_topic: HashSet<String> = rs.iter().map(|r| r.event_id()).collect();
+        stored.is_subset(&on_topic)
+    });
+    let on_topic: HashSet<String> = records.iter().map(|r| r.event_id()).collect();
+    let missing: Vec<_> = stored.difference(&on_topic).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} stored events missing from Kafka ({} records read): {missing:?}",
+        missing.len(),
+        stored.len(),
+        records.len()
+    );
+    eprintln!("{} stored events on the topic as {} records", stored.len(), records.len());
 }

@@ -30,17 +30,27 @@ pub fn shared_brokers() -> Option<String> {
     }
 }
 
+/// One private broker at a time in a test binary (tests/health.rs has two
+/// tests that stop and restart their own broker): in one run of that file
+/// two starts at the same moment made one `kafka-local.sh start` fail, and
+/// the script only serialises starts of the same directory.
+static ONE_PRIVATE_BROKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A private Kafka broker in its own directory, stopped on drop.
 pub struct PrivateKafka {
     pub dir: tempfile::TempDir,
     pub brokers: String,
+    /// Released after `Drop` stopped the broker (fields drop after it).
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
 impl PrivateKafka {
     pub fn start() -> PrivateKafka {
+        // A test that panicked while holding it only poisons the lock.
+        let guard = ONE_PRIVATE_BROKER.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::Builder::new().prefix("outboxd-kafka-").tempdir().unwrap();
-        let brokers = kafka_script(dir.path(), "start").expect("private Kafka starts");
-        PrivateKafka { dir, brokers }
+        let brokers = kafka_script(dir.path(), "start").unwrap_or_else(|e| panic!("private Kafka starts: {e}"));
+        PrivateKafka { dir, brokers, _one_at_a_time: guard }
     }
     pub fn stop(&self) {
         kafka_script(self.dir.path(), "stop").expect("Kafka stops");

@@ -41,10 +41,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::relay::breaker::CircuitBreaker;
+use crate::relay::broker_watch::spawn_broker_watch;
 use crate::relay::encode::Encoder;
 use crate::relay::error::PublishError;
 use crate::relay::pipeline::{Exit, Relay, RelayError, TermFeed};
-use crate::relay::producer::{spawn_broker_watch, Completion, Delivery, KafkaProducer, TxnErrorKind};
+use crate::relay::producer::{Completion, Delivery, KafkaProducer, TxnErrorKind};
 use crate::relay::progress;
 use crate::relay::retry::Backoff;
 use crate::relay::window::AggKey;

@@ -1,0 +1,58 @@
+//! The broker watch: mirrors the producer's broker state into the relay
+//! status, and asks the cluster itself whenever no broker is known to answer.
+//!
+//! Guarantee: the state /health shows never goes stale on an idle relay.
+//! Deliveries and librdkafka's error callback move the state while records
+//! flow; with nothing to publish there is no delivery to learn from, so while
+//! the state is `Unknown` (just started) or `Unreachable` (a connection
+//! failed) the watch probes the cluster (a metadata request through the
+//! producer's own client): at once when the state is unknown, then every
+//! [`PROBE_INTERVAL`]. A broker that answers makes it `Reachable` without a
+//! single event published; one that does not keeps it `Unreachable` with the
+//! probe's error. While `Reachable` nothing is probed.
+
+use std::time::Duration;
+
+use crate::relay::producer::{BrokerState, KafkaProducer};
+use crate::relay::status::StatusTx;
+use crate::shutdown::Shutdown;
+
+/// Between two probes while no broker is known to answer.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long one probe waits for a metadata answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Starts the watch; it ends on shutdown (or when the producer is gone).
+pub(crate) fn spawn_broker_watch(
+    producer: KafkaProducer,
+    status: StatusTx,
+    mut shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut b = producer.broker();
+        loop {
+            let state = b.borrow_and_update().clone();
+            status.broker(&state);
+            let probe_in = match state {
+                BrokerState::Reachable { .. } => None,
+                BrokerState::Unknown => Some(Duration::ZERO),
+                BrokerState::Unreachable { .. } => Some(PROBE_INTERVAL),
+            };
+            tokio::select! {
+                r = b.changed() => if r.is_err() { return },
+                _ = shutdown.recv() => return,
+                // The answer (or the error) arrives through the producer's
+                // broker state: Reachable, or Unreachable with the probe's
+                // error, after which the next probe waits an interval.
+                _ = probe_after(probe_in) => { let _ = producer.probe(PROBE_TIMEOUT).await; }
+            }
+        }
+    })
+}
+
+async fn probe_after(delay: Option<Duration>) {
+    match delay {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
