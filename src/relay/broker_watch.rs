@@ -1,7 +1,7 @@
 //! The broker watch: mirrors the producer's broker state into the relay
 //! status, and asks the cluster itself whenever no broker is known to answer.
 //!
-//! Guarantee: the state /health shows never goes stale on an idle relay.
+//! Guarantee: the state /health shows does not stay stale on an idle relay.
 //! Deliveries and librdkafka's error callback move the state while records
 //! flow; with nothing to publish there is no delivery to learn from, so while
 //! the state is `Unknown` (just started) or `Unreachable` (a connection

@@ -22,8 +22,9 @@
 //! - order_actor / dlq_actor: restarting -> Degraded; gave up or not answering -> Unhealthy.
 //! - projections: store errors, parked aggregates, lag over
 //!   `health.projection_lag_degraded_events` -> Degraded; restarting or not
-//!   running -> Degraded (starting within [`START_GRACE`]: Unknown); gave up or not answering -> Unhealthy. Backends
-//!   without read models report Healthy with "not available".
+//!   running -> Degraded (starting within [`START_GRACE`]: Unknown); gave up
+//!   or not answering -> Unhealthy. Backends without read models report
+//!   Healthy with "not available".
 //! - overall = the worst component (healthy < unknown < degraded < unhealthy).
 
 use chrono::{DateTime, Utc};
