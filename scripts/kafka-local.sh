@@ -210,9 +210,17 @@ pick_port() {
   die "could not find a free loopback port"
 }
 
+# A cluster id as Kafka's own Uuid.randomUuid makes it: URL-safe base64 of a
+# random UUID, never starting with '-' (1 in 64 would, and would read as an
+# option; the format call below passes it with '=' all the same).
 new_cluster_id() {
   if command -v python3 >/dev/null 2>&1; then
-    python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))'
+    python3 -c 'import base64, uuid
+while True:
+    cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not cid.startswith("-"):
+        print(cid)
+        break'
   else
     java -cp "$LIBS/*" kafka.tools.StorageTool random-uuid
   fi
@@ -288,7 +296,7 @@ format_storage() {
   archive=$(cds_archive)
   [[ "${KAFKA_CDS:-1}" != 0 && -s "$archive" ]] && cds=(-XX:SharedArchiveFile="$archive")
   java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 "${cds[@]}" -cp "$LIBS/*" -Dlog4j2.configurationFile="$LOG4J" \
-    kafka.tools.StorageTool format --config "$PROPS" --cluster-id "$cid" \
+    kafka.tools.StorageTool format --config "$PROPS" --cluster-id="$cid" \
     >>"$DIR/format.log" 2>&1 || { tail -n 40 "$DIR/format.log" >&2; die "storage format failed"; }
 }
 

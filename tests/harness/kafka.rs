@@ -31,9 +31,8 @@ pub fn shared_brokers() -> Option<String> {
 }
 
 /// One private broker at a time in a test binary (tests/health.rs has two
-/// tests that stop and restart their own broker): in one run of that file
-/// two starts at the same moment made one `kafka-local.sh start` fail, and
-/// the script only serialises starts of the same directory.
+/// tests that stop and restart their own broker): fewer JVMs competing for
+/// the 2 cores, and the script only serialises starts of the same directory.
 static ONE_PRIVATE_BROKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A private Kafka broker in its own directory, stopped on drop.
@@ -46,9 +45,13 @@ pub struct PrivateKafka {
 
 impl PrivateKafka {
     pub fn start() -> PrivateKafka {
+        PrivateKafka::start_in(tempfile::Builder::new().prefix("outboxd-kafka-").tempdir().unwrap())
+    }
+
+    /// Starts a broker in `dir` (which may hold files the script reads, e.g. `cluster-id`).
+    pub fn start_in(dir: tempfile::TempDir) -> PrivateKafka {
         // A test that panicked while holding it only poisons the lock.
         let guard = ONE_PRIVATE_BROKER.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = tempfile::Builder::new().prefix("outboxd-kafka-").tempdir().unwrap();
         let brokers = kafka_script(dir.path(), "start").unwrap_or_else(|e| panic!("private Kafka starts: {e}"));
         PrivateKafka { dir, brokers, _one_at_a_time: guard }
     }
