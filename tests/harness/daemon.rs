@@ -1,14 +1,13 @@
 //! The real `outboxd run` binary as a child process: start, wait ready,
 //! call its API and admin server, signal it, read its log.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use outboxd::config::Config;
-
-use std::collections::HashSet;
 
 use super::http::{request, try_request, Resp};
 use super::kafka::{consume_until, topics};
