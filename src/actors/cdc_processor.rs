@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use crate::lease::gate::while_active;
 use crate::lease::keeper::LeaseState;
+use crate::relay::broker_watch::spawn_broker_watch;
 use crate::relay::cdc::run_relay_feed;
 use crate::relay::deliver::Deliverer;
 use crate::relay::runner::RelayRunner;
@@ -92,10 +93,15 @@ async fn run_cdc_relay(
                 st.role = epoch.map(|epoch| Role::Active { epoch }).unwrap_or(Role::Unfenced);
                 true
             });
-            let deliverer = Deliverer::new(&deps.cfg, deps.store.clone(), sink, deps.metrics.clone(), status)
+            let deliverer = Deliverer::new(&deps.cfg, deps.store.clone(), sink, deps.metrics.clone(), status.clone())
                 .await
                 .map_err(|e| failed(e.message))?;
-            run_relay_feed(cql, &deps.cfg, Arc::new(deliverer), &deps.metrics, epoch, term).await.map_err(failed)
+            // The producer's broker state into the relay status (/health's
+            // `kafka`, the drain's "broker takes it"), as on the position feed.
+            let watch = spawn_broker_watch(deliverer.producer().clone(), status, term.clone());
+            let res = run_relay_feed(cql, &deps.cfg, Arc::new(deliverer), &deps.metrics, epoch, term).await;
+            watch.abort();
+            res.map_err(failed)
         }
     })
     .await

@@ -1,6 +1,7 @@
 //! Fault cases of the ScyllaDB suite: hard kills of `outboxd run` in its
-//! first seconds and a restart while the broker is down, a bad row written by
-//! hand, and the relay as a role with only the documented grants.
+//! first seconds and a restart while the broker is down (with /health's
+//! `kafka` following the broker), a bad row written by hand, and the relay
+//! as a role with only the documented grants.
 
 use nix::sys::signal::{kill, Signal};
 use scylla::client::session::Session;
@@ -10,7 +11,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::harness::{
-    consume_all, cql_login, daemon_config, grant_resource, order_events, relay_grants, Daemon, PrivateKafka,
+    component, consume_all, cql_login, daemon_config, eventually, grant_resource, order_events, relay_grants, Daemon,
+    PrivateKafka,
 };
 use crate::rig::{append, env, log_rows, progress, rig, start, ProgressWatch, Rig, Topic, RELAY};
 use crate::SETTLE;
@@ -32,6 +34,13 @@ fn daemon(rig: &Rig, dir: &std::path::Path) -> Daemon {
         ("OUTBOX_STORE__CQL__CDC__CHECKPOINT_INTERVAL_MS", c.cdc.checkpoint_interval_ms.to_string()),
     ];
     Daemon::start(&cfg, &env)
+}
+
+/// Waits until /health's `kafka` component is `want` (the CDC relay's broker watch).
+fn kafka_becomes(d: &Daemon, want: &str) {
+    eventually(Duration::from_secs(60), &format!("/health kafka {want} on the CDC path"), || {
+        (component(&d.health().1, "kafka").0 == want).then_some(())
+    });
 }
 
 fn kill9(d: &mut Daemon) {
@@ -58,6 +67,7 @@ async fn hard_kills_in_the_first_seconds_and_a_restart_while_kafka_is_down() {
     }
     let mut d = daemon(&rig, dir.path());
     topic.until(&appended, SETTLE * 2).await;
+    kafka_becomes(&d, "healthy");
     tokio::time::sleep(Duration::from_secs(3)).await;
     kill9(&mut d);
     let published = progress(&rig.store).await;
@@ -78,6 +88,7 @@ async fn hard_kills_in_the_first_seconds_and_a_restart_while_kafka_is_down() {
         appended.extend(append(&rig.store, id, 0, 2).await);
     }
     let d = daemon(&rig, dir.path());
+    kafka_becomes(&d, "degraded");
     tokio::time::sleep(SETTLE).await;
     let saved = progress(&rig.store).await;
     for id in &held {
@@ -87,6 +98,7 @@ async fn hard_kills_in_the_first_seconds_and_a_restart_while_kafka_is_down() {
     }
     kafka.restart();
     topic.until(&appended, SETTLE * 3).await;
+    kafka_becomes(&d, "healthy");
     topic.read_for(Duration::from_secs(3)).await;
     topic.assert_in_order(&appended);
     eprintln!("kills and outage: {} duplicate copies of {} events", topic.duplicates(), appended.len());
