@@ -253,7 +253,7 @@ impl Relay {
         };
         self.status.checkpoint(checkpoint);
         self.metrics.relay_checkpoint_position.set(checkpoint);
-        if !self.ensure_topics(&producer, &mut shutdown).await {
+        if !self.ensure_topics(&mut shutdown).await {
             broker_watch.abort();
             return Ok(Exit::Shutdown);
         }
@@ -326,8 +326,9 @@ impl Relay {
         }
     }
 
-    /// Creates missing topics; retries while the broker is unreachable. False on shutdown.
-    pub(super) async fn ensure_topics(&self, producer: &KafkaProducer, shutdown: &mut Shutdown) -> bool {
+    /// Creates missing topics; retries while the broker is unreachable (the
+    /// broker watch, started before, reports that state). False on shutdown.
+    pub(super) async fn ensure_topics(&self, shutdown: &mut Shutdown) -> bool {
         let k = &self.config.kafka;
         let mut topics: Vec<String> =
             all_topics(k.per_event_type(), &k.topic_prefix).into_iter().map(|(t, _)| t).collect();
@@ -346,7 +347,6 @@ impl Relay {
                 Err(e) => {
                     attempt += 1;
                     tracing::warn!(error = %e, brokers = %self.config.kafka.brokers, attempt, "Kafka unreachable while creating topics; relay degraded, retrying");
-                    let _ = producer.probe(Duration::from_secs(2)).await;
                     self.status.error(e.to_string());
                     if !shutdown.sleep(Backoff::new(&self.cfg.retry).delay(attempt.min(10))).await {
                         return false;

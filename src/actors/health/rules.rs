@@ -184,12 +184,8 @@ fn status_of(v: Verdict) -> HealthStatus {
     }
 }
 
-fn relay_health(
-    p: &Probes,
-    relay: &RelayStatus,
-    task: &TaskStatus<RelayStatus>,
-    t: Thresholds,
-) -> (HealthStatus, String) {
+fn relay_health(p: &Probes, task: &TaskStatus<RelayStatus>, t: Thresholds) -> (HealthStatus, String) {
+    let relay = &task.progress;
     let prog = progress(p.relay_backlog.as_ref(), p.now);
     let lag_events = p.relay_backlog.and_then(|b| b.events).unwrap_or(0);
     let lag_secs = p.relay_backlog.map(|b| lag_seconds(&b, p.now)).unwrap_or(0.0);
@@ -265,7 +261,7 @@ pub fn evaluate(p: &Probes, reported: &Reported, t: Thresholds) -> BTreeMap<&'st
     out.insert("kafka", kafka_health(relay));
     let (st, detail) = lifecycle_health(ActorName::Cdc, p.cdc.as_ref().map(|c| c.lifecycle), reported);
     let relay_verdict = match (&p.cdc, st) {
-        (Some(task), HealthStatus::Healthy) => relay_health(p, relay, task, t),
+        (Some(task), HealthStatus::Healthy) => relay_health(p, task, t),
         _ => (st, format!("{detail}; {}", progress(p.relay_backlog.as_ref(), p.now))),
     };
     out.insert("cdc_processor", relay_verdict);

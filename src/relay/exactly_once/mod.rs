@@ -95,7 +95,7 @@ impl Relay {
         });
         let Some(store_checkpoint) = self.initial_checkpoint(&mut shutdown).await else { return Ok(Exit::Shutdown) };
         self.status.checkpoint(store_checkpoint);
-        if !self.ensure_topics(&producer, &mut shutdown).await {
+        if !self.ensure_topics(&mut shutdown).await {
             return Ok(Exit::Shutdown);
         }
         // 1. Fence former holders; their open transaction is aborted by the broker.
