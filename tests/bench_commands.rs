@@ -71,6 +71,9 @@ fn check(bench: &str, v: &Value) {
                 positive(v, &format!("{k}/median"));
             }
             positive(v, "relay_at_least_once/ratio/min");
+            for k in ["cpu_bare/median", "cpu_relay_at_least_once/ratio/median", "cpu_relay_exactly_once/ratio/min"] {
+                positive(v, k);
+            }
             for phase in [
                 "at-least-once@200",
                 "at-least-once@1000",

@@ -12,6 +12,7 @@
 
 mod append;
 mod backlog;
+mod cpu;
 mod cql;
 mod daemon;
 mod http;

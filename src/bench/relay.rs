@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+use super::cpu::CpuMeter;
 use super::Report;
 use crate::config::{Config, DeliveryMode};
 use crate::domain::{Aggregate, Customer, CustomerCommand, Email};
@@ -200,12 +201,20 @@ pub async fn run(
     stop(t, task).await;
 
     let (mut bare, mut alo, mut eos, mut bare_hot, mut relay_hot) = (vec![], vec![], vec![], vec![], vec![]);
+    // CPU per event of each pass (this process: every thread, librdkafka's included).
+    let (mut cpu_bare, mut cpu_alo, mut cpu_eos) = (vec![], vec![], vec![]);
     for round in 1..=3 {
+        let cpu = CpuMeter::start();
         bare.push(bare_pass(&producer, &records).await?);
+        cpu_bare.push(cpu.per_item(records.len()));
+        let cpu = CpuMeter::start();
         let (r, t, task) = relay_pass(&cfg, &store, &format!("bench-alo-{round}"), DeliveryMode::AtLeastOnce).await?;
+        cpu_alo.push(cpu.per_item(n));
         stop(t, task).await;
         alo.push(r);
+        let cpu = CpuMeter::start();
         let (r, t, task) = relay_pass(&cfg, &store, &format!("bench-eos-{round}"), DeliveryMode::ExactlyOnce).await?;
+        cpu_eos.push(cpu.per_item(n));
         stop(t, task).await;
         eos.push(r);
         bare_hot.push(bare_pass(&producer, &hot_records).await?);
@@ -220,6 +229,9 @@ pub async fn run(
     r.rates("bare_hot", "bare producer, one hot aggregate", "events/s", &bare_hot, None);
     r.rates("relay_hot", "relay, one hot aggregate", "events/s", &relay_hot, Some(&bare_hot));
     r.say("(goal: relay at-least-once >= 0.8x of the bare producer)");
+    r.costs("cpu_bare", "CPU per event, bare producer", &cpu_bare, None);
+    r.costs("cpu_relay_at_least_once", "CPU per event, relay at-least-once", &cpu_alo, Some(&cpu_bare));
+    r.costs("cpu_relay_exactly_once", "CPU per event, relay exactly-once", &cpu_eos, Some(&cpu_bare));
 
     let mut e2e = serde_json::Map::new();
     for mode in [DeliveryMode::AtLeastOnce, DeliveryMode::ExactlyOnce] {

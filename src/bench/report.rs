@@ -78,6 +78,23 @@ impl Report {
         s
     }
 
+    /// CPU per item over the rounds (microseconds), with its ratio to
+    /// `base`'s per round (how many times the baseline's cost): one line,
+    /// and `key` -> {median, min, max, samples[, ratio]}.
+    pub fn costs(&mut self, key: &str, what: &str, costs: &[f64], base: Option<&[f64]>) -> Spread {
+        let s = Spread::of(costs);
+        let mut fig = json!({ "median": s.median, "min": s.min, "max": s.max, "samples": costs });
+        let mut text = format!("{what:<34}: median {:>9.2} us CPU (min {:.2}, max {:.2})", s.median, s.min, s.max);
+        if let Some(b) = base {
+            let (r, ratio) = per_round(costs, b);
+            text.push_str(&format!("; {:.2}x the baseline's (min {:.2}x, max {:.2}x)", r.median, r.min, r.max));
+            fig["ratio"] = ratio;
+        }
+        self.say(text);
+        self.figures.insert(key.to_string(), fig);
+        s
+    }
+
     /// The per-round ratio of two rates already reported (one line, and
     /// `key` -> {median, min, max, samples}).
     pub fn ratio(&mut self, key: &str, what: &str, num: &[f64], den: &[f64]) -> Spread {
@@ -121,6 +138,15 @@ mod tests {
         assert_eq!(f["ratio"]["median"], 0.5);
         assert_eq!(f["ratio"]["min"], 0.3);
         assert_eq!(r.figures()["bench"], "relay");
+    }
+
+    #[test]
+    fn costs_keep_their_decimals_and_ratio_to_the_baseline() {
+        let mut r = Report::new("relay", true);
+        r.costs("cpu", "cpu", &[12.5, 10.0, 11.25], Some(&[5.0, 5.0, 5.0]));
+        let f = &r.figures()["cpu"];
+        assert_eq!(f["median"], 11.25);
+        assert_eq!(f["ratio"]["samples"], json!([2.5, 2.0, 2.25]));
     }
 
     #[test]
