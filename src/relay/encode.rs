@@ -12,9 +12,8 @@
 //! for every event, and the payload bytes on the topic are the stored bytes.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
+use foldhash::{HashMap, HashMapExt};
 use rdkafka::message::{Header, OwnedHeaders};
-use std::collections::HashMap;
-use std::io::Write;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -25,14 +24,18 @@ use crate::store::feed::RawEvent;
 /// `ce_type` of the marker published in place of a discarded event.
 pub const DISCARDED_TYPE: &str = "outboxd.EventDiscarded";
 
-/// Renders records; caches per-type strings (topics, `ce_source`).
+/// Renders records; caches per-type strings (topics, `ce_source`), looked
+/// up by `&str` (no allocation per event), and reuses one buffer for the
+/// headers' rendered numbers.
 #[derive(Debug, Clone)]
 pub struct Encoder {
     routing: TopicRouting,
     prefix: String,
     source: String,
-    topics: HashMap<(String, String), Arc<str>>,
+    /// aggregate type -> event type -> topic.
+    topics: HashMap<String, HashMap<String, Arc<str>>>,
     sources: HashMap<String, Arc<str>>,
+    scratch: Vec<u8>,
 }
 
 /// `2026-11-25T13:20:29.900Z`: RFC 3339, UTC, always milliseconds (as stored).
@@ -42,16 +45,31 @@ pub fn write_time(out: &mut Vec<u8>, t: &DateTime<Utc>) {
         out.extend_from_slice(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).as_bytes());
         return;
     }
-    let ms = t.timestamp_subsec_millis().min(999);
-    let _ = write!(
-        out,
-        "{y:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        t.month(),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    );
+    // Digit by digit: this runs twice per published event (value and `ce_time`).
+    write_digits(out, y as u64, 4);
+    for (sep, n) in [(b'-', t.month()), (b'-', t.day()), (b'T', t.hour()), (b':', t.minute()), (b':', t.second())] {
+        out.push(sep);
+        write_digits(out, u64::from(n), 2);
+    }
+    out.push(b'.');
+    write_digits(out, u64::from(t.timestamp_subsec_millis().min(999)), 3);
+    out.push(b'Z');
+}
+
+/// `n` in decimal, zero-padded to at least `width` digits.
+fn write_digits(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let from = i.min(buf.len() - width.min(buf.len()));
+    out.extend_from_slice(&buf[from..]);
 }
 
 fn write_uuid(out: &mut Vec<u8>, u: &Uuid) {
@@ -65,7 +83,10 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 fn write_int(out: &mut Vec<u8>, n: i64) {
-    let _ = write!(out, "{n}");
+    if n < 0 {
+        out.push(b'-');
+    }
+    write_digits(out, n.unsigned_abs(), 1);
 }
 
 impl Encoder {
@@ -76,6 +97,7 @@ impl Encoder {
             source: source.trim_end_matches('/').to_string(),
             topics: HashMap::new(),
             sources: HashMap::new(),
+            scratch: Vec::with_capacity(64),
         }
     }
 
@@ -85,12 +107,12 @@ impl Encoder {
 
     /// The topic of an event.
     pub fn topic(&mut self, aggregate_type: &str, event_type: &str) -> Arc<str> {
-        if let Some(t) = self.topics.get(&(aggregate_type.to_string(), event_type.to_string())) {
+        if let Some(t) = self.topics.get(aggregate_type).and_then(|m| m.get(event_type)) {
             return t.clone();
         }
         let per_event_type = self.routing == TopicRouting::PerEventType;
         let t: Arc<str> = topic_for(per_event_type, &self.prefix, aggregate_type, event_type).into();
-        self.topics.insert((aggregate_type.to_string(), event_type.to_string()), t.clone());
+        self.topics.entry(aggregate_type.to_string()).or_default().insert(event_type.to_string(), t.clone());
         t
     }
 
@@ -152,26 +174,32 @@ impl Encoder {
         let source = self.source(&e.aggregate_type);
         let mut ids = [[0u8; 36]; 4];
         let [id, subject, corr, cause] = &mut ids;
-        let mut time = Vec::with_capacity(24);
-        write_time(&mut time, &e.timestamp);
-        let seq = e.sequence.to_string();
-        let ver = e.schema_version.to_string();
+        // Time, sequence and schema version rendered side by side in one reused buffer.
+        let mut nums = std::mem::take(&mut self.scratch);
+        nums.clear();
+        write_time(&mut nums, &e.timestamp);
+        let time_end = nums.len();
+        write_int(&mut nums, e.sequence);
+        let seq_end = nums.len();
+        write_int(&mut nums, i64::from(e.schema_version));
+        let (time, rest) = nums.split_at(time_end);
+        let (seq, ver) = rest.split_at(seq_end - time_end);
         let mut h = OwnedHeaders::new_with_capacity(13)
             .insert(Header { key: "ce_specversion", value: Some("1.0") })
             .insert(Header { key: "ce_id", value: Some(e.event_id.hyphenated().encode_lower(id) as &str) })
             .insert(Header { key: "ce_type", value: Some(e.event_type.as_str()) })
             .insert(Header { key: "ce_source", value: Some(&*source) })
-            .insert(Header { key: "ce_time", value: Some(&time[..]) })
+            .insert(Header { key: "ce_time", value: Some(time) })
             .insert(Header {
                 key: "ce_subject",
                 value: Some(e.aggregate_id.hyphenated().encode_lower(subject) as &str),
             })
-            .insert(Header { key: "ce_sequence", value: Some(seq.as_str()) })
+            .insert(Header { key: "ce_sequence", value: Some(seq) })
             .insert(Header {
                 key: "ce_correlationid",
                 value: Some(e.correlation_id.hyphenated().encode_lower(corr) as &str),
             })
-            .insert(Header { key: "ce_dataschemaversion", value: Some(ver.as_str()) })
+            .insert(Header { key: "ce_dataschemaversion", value: Some(ver) })
             .insert(Header { key: "content-type", value: Some("application/json") });
         if let Some(c) = &e.causation_id {
             h = h.insert(Header { key: "ce_causationid", value: Some(c.hyphenated().encode_lower(cause) as &str) });
@@ -182,6 +210,7 @@ impl Encoder {
                 h = h.insert(Header { key: "tracestate", value: Some(s.as_str()) });
             }
         }
+        self.scratch = nums;
         h
     }
 
@@ -291,6 +320,15 @@ mod tests {
             let mut out = Vec::new();
             write_time(&mut out, &t);
             assert_eq!(String::from_utf8(out).unwrap(), t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        }
+    }
+
+    #[test]
+    fn integers_render_as_display_does() {
+        for n in [0, 7, -7, 42, 1_000_000, i64::MAX, i64::MIN] {
+            let mut out = Vec::new();
+            write_int(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
         }
     }
 

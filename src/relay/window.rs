@@ -23,6 +23,7 @@
 //! visible part of the per-event cost.
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -61,6 +62,44 @@ struct Entry<T> {
     attempts: u32,
 }
 
+/// One aggregate's open slots in order. The head is kept inline: most
+/// aggregates have one event open at a time, and their lane then costs no
+/// allocation.
+#[derive(Debug)]
+struct Lane {
+    head: Slot,
+    rest: VecDeque<Slot>,
+}
+
+impl Lane {
+    fn new(head: Slot) -> Lane {
+        Lane { head, rest: VecDeque::new() }
+    }
+
+    fn push(&mut self, slot: Slot) {
+        self.rest.push_back(slot);
+    }
+
+    /// Removes `slot`; false when the lane is left empty.
+    fn remove(&mut self, slot: Slot) -> bool {
+        if self.head != slot {
+            self.rest.retain(|s| *s != slot);
+            return true;
+        }
+        match self.rest.pop_front() {
+            Some(next) => {
+                self.head = next;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn into_slots(self) -> impl Iterator<Item = Slot> {
+        std::iter::once(self.head).chain(self.rest)
+    }
+}
+
 /// What `push` did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -77,8 +116,8 @@ pub struct Window<T: Fenced> {
     capacity: usize,
     next_slot: Slot,
     entries: HashMap<Slot, Entry<T>>,
-    /// Per aggregate, its open slots in order (front = the head, the only one that may be sent).
-    lanes: HashMap<AggKey, VecDeque<Slot>>,
+    /// Per aggregate, its open slots in order (the head is the only one that may be sent).
+    lanes: HashMap<AggKey, Lane>,
     /// Heads that may be sent, oldest position first.
     ready: BTreeSet<(i64, Slot)>,
     /// Main-lane open positions (side-lane replays excluded).
@@ -156,9 +195,16 @@ impl<T: Fenced> Window<T> {
         let slot = self.next_slot;
         self.next_slot += 1;
         let pos = item.position();
-        let lane = self.lanes.entry(item.aggregate().clone()).or_default();
-        lane.push_back(slot);
-        let state = if lane.len() == 1 { State::Ready } else { State::Queued };
+        let state = match self.lanes.entry(item.aggregate().clone()) {
+            MapEntry::Vacant(v) => {
+                v.insert(Lane::new(slot));
+                State::Ready
+            }
+            MapEntry::Occupied(mut o) => {
+                o.get_mut().push(slot);
+                State::Queued
+            }
+        };
         if state == State::Ready {
             self.ready.insert((pos, slot));
         }
@@ -282,21 +328,17 @@ impl<T: Fenced> Window<T> {
         if !e.side {
             self.open_positions.remove(&e.item.position());
         }
-        let agg = e.item.aggregate().clone();
-        if let Some(lane) = self.lanes.get_mut(&agg) {
-            debug_assert_eq!(lane.front(), Some(&slot), "only a lane's head can be done");
-            lane.retain(|s| *s != slot);
-            match lane.front().copied() {
-                Some(next) => {
-                    let n = self.entries.get_mut(&next).expect("lane slots are open");
-                    if n.state == State::Queued {
-                        n.state = State::Ready;
-                        self.ready.insert((n.item.position(), next));
-                    }
-                }
-                None => {
-                    self.lanes.remove(&agg);
-                }
+        if let MapEntry::Occupied(mut lane) = self.lanes.entry(e.item.aggregate().clone()) {
+            debug_assert_eq!(lane.get().head, slot, "only a lane's head can be done");
+            if !lane.get_mut().remove(slot) {
+                lane.remove();
+                return e.item;
+            }
+            let next = lane.get().head;
+            let n = self.entries.get_mut(&next).expect("lane slots are open");
+            if n.state == State::Queued {
+                n.state = State::Ready;
+                self.ready.insert((n.item.position(), next));
             }
         }
         e.item
@@ -308,23 +350,24 @@ impl<T: Fenced> Window<T> {
     /// the park durable first.
     pub fn park(&mut self, agg: &AggKey, at: i64) -> Vec<T> {
         self.parked.insert(agg.clone());
-        let Some(lane) = self.lanes.get_mut(agg) else { return Vec::new() };
-        let mut keep = VecDeque::new();
+        let Some(lane) = self.lanes.remove(agg) else { return Vec::new() };
+        let mut keep: Option<Lane> = None;
         let mut drop = Vec::new();
-        for slot in lane.drain(..) {
+        for slot in lane.into_slots() {
             let side = self.entries.get(&slot).is_some_and(|e| e.side);
             let pos = self.entries.get(&slot).map(|e| e.item.position()).unwrap_or(i64::MAX);
             // Side-lane replays are all at or after the park point of a re-park.
             if side || pos >= at {
                 drop.push(slot);
             } else {
-                keep.push_back(slot);
+                match keep.as_mut() {
+                    Some(k) => k.push(slot),
+                    None => keep = Some(Lane::new(slot)),
+                }
             }
         }
-        if keep.is_empty() {
-            self.lanes.remove(agg);
-        } else {
-            *lane = keep;
+        if let Some(k) = keep {
+            self.lanes.insert(agg.clone(), k);
         }
         let mut held = Vec::with_capacity(drop.len());
         for slot in drop {

@@ -97,11 +97,16 @@ impl FeedRow {
     }
 }
 
+/// The canonical text of an aggregate id as a key (one allocation).
+pub fn uuid_key(u: &Uuid) -> Arc<str> {
+    Arc::from(&*u.hyphenated().encode_lower(&mut [0u8; uuid::fmt::Hyphenated::LENGTH]))
+}
+
 /// The canonical key of an aggregate id column: the UUID's lower-case hyphenated
 /// form when it parses, the raw text otherwise.
 pub fn aggregate_key(raw: &str) -> Arc<str> {
     match Uuid::parse_str(raw.trim()) {
-        Ok(u) => Arc::from(u.to_string()),
+        Ok(u) => uuid_key(&u),
         Err(_) => Arc::from(raw),
     }
 }
@@ -132,7 +137,7 @@ impl RawEvent {
             event_id: e.event_id,
             aggregate_type: e.aggregate_type.clone(),
             aggregate_id: e.aggregate_id,
-            aggregate_key: Arc::from(e.aggregate_id.to_string()),
+            aggregate_key: uuid_key(&e.aggregate_id),
             sequence: e.sequence,
             event_type: e.event_type.clone(),
             schema_version: e.schema_version,

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{codec, exec_err, CqlStore};
 use crate::envelope::{EventEnvelope, TraceContext};
-use crate::store::feed::{aggregate_key, raw_json, FeedRow, RawEvent, Unreadable};
+use crate::store::feed::{raw_json, uuid_key, FeedRow, RawEvent, Unreadable};
 use crate::store::{DeadLetter, StoreError};
 
 /// `[applied]` and the named column of the first row of an LWT answer.
@@ -101,7 +101,7 @@ impl EventRow {
     /// payload text kept verbatim, an unreadable row reported as such.
     pub(super) fn into_feed_row(self) -> Option<FeedRow> {
         let (event_id, sequence) = (self.event_id, self.sequence_number?);
-        let key = aggregate_key(&self.aggregate_id.to_string());
+        let key = uuid_key(&self.aggregate_id);
         let unreadable = |error: String| {
             FeedRow::Unreadable(Unreadable {
                 position: 0,

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::parse_ts;
 use crate::envelope::TraceContext;
-use crate::store::feed::{aggregate_key, raw_json, FeedRow, RawEvent, Unreadable};
+use crate::store::feed::{aggregate_key, raw_json, uuid_key, FeedRow, RawEvent, Unreadable};
 
 /// The columns `feed_row` expects, in order.
 pub(super) const FEED_COLS: &str = "position, event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, causation_id, correlation_id, timestamp, trace_parent, trace_state";
@@ -86,7 +86,7 @@ fn decode(r: &Row<'_>, position: i64) -> Result<RawEvent, String> {
         position,
         event_id: uuid(1, "event_id")?,
         aggregate_type: req_text(2, "aggregate_type")?,
-        aggregate_key: aggregate_id.to_string().into(),
+        aggregate_key: uuid_key(&aggregate_id),
         aggregate_id,
         sequence: req_int(4, "sequence_number")?,
         event_type: req_text(5, "event_type")?,
