@@ -65,29 +65,36 @@ impl Report {
     /// Rates of `what` over the rounds, with their ratio to `base` per round:
     /// one line, and `key` -> {median, min, max, samples[, ratio]}.
     pub fn rates(&mut self, key: &str, what: &str, unit: &str, rates: &[f64], base: Option<&[f64]>) -> Spread {
-        let s = Spread::of(rates);
-        let mut fig = json!({ "median": s.median, "min": s.min, "max": s.max, "samples": rates });
-        let mut text = format!("{what:<34}: median {:>9.0} {unit} (min {:.0}, max {:.0})", s.median, s.min, s.max);
-        if let Some(b) = base {
-            let (r, ratio) = per_round(rates, b);
-            text.push_str(&format!("; ratio {:.2}x (min {:.2}x, max {:.2}x)", r.median, r.min, r.max));
-            fig["ratio"] = ratio;
-        }
-        self.say(text);
-        self.figures.insert(key.to_string(), fig);
-        s
+        let line =
+            |s: Spread| format!("{what:<34}: median {:>9.0} {unit} (min {:.0}, max {:.0})", s.median, s.min, s.max);
+        self.series(key, rates, base, line, "ratio ")
     }
 
     /// CPU per item over the rounds (microseconds), with its ratio to
     /// `base`'s per round (how many times the baseline's cost): one line,
     /// and `key` -> {median, min, max, samples[, ratio]}.
     pub fn costs(&mut self, key: &str, what: &str, costs: &[f64], base: Option<&[f64]>) -> Spread {
-        let s = Spread::of(costs);
-        let mut fig = json!({ "median": s.median, "min": s.min, "max": s.max, "samples": costs });
-        let mut text = format!("{what:<34}: median {:>9.2} us CPU (min {:.2}, max {:.2})", s.median, s.min, s.max);
+        let line =
+            |s: Spread| format!("{what:<34}: median {:>9.2} us CPU (min {:.2}, max {:.2})", s.median, s.min, s.max);
+        self.series(key, costs, base, line, "the baseline's: ")
+    }
+
+    /// One series of per-round samples: the line `line` renders, then the
+    /// per-round ratio to `base` under `ratio_words`.
+    fn series(
+        &mut self,
+        key: &str,
+        samples: &[f64],
+        base: Option<&[f64]>,
+        line: impl Fn(Spread) -> String,
+        ratio_words: &str,
+    ) -> Spread {
+        let s = Spread::of(samples);
+        let mut fig = json!({ "median": s.median, "min": s.min, "max": s.max, "samples": samples });
+        let mut text = line(s);
         if let Some(b) = base {
-            let (r, ratio) = per_round(costs, b);
-            text.push_str(&format!("; {:.2}x the baseline's (min {:.2}x, max {:.2}x)", r.median, r.min, r.max));
+            let (r, ratio) = per_round(samples, b);
+            text.push_str(&format!("; {ratio_words}{:.2}x (min {:.2}x, max {:.2}x)", r.median, r.min, r.max));
             fig["ratio"] = ratio;
         }
         self.say(text);
