@@ -65,6 +65,8 @@ fn check(bench: &str, v: &Value) {
             assert_eq!(v["store"]["samples"].as_array().unwrap().len(), 3, "3 rounds: {v}");
             positive(v, "store_renewing/ratio/median");
             positive(v, "lease_renewals");
+            positive(v, "cpu_raw/median");
+            positive(v, "cpu_store/ratio/median");
         }
         "relay" => {
             for k in ["bare", "relay_at_least_once", "relay_exactly_once", "bare_hot", "relay_hot"] {

@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use super::cpu::CpuMeter;
 use super::{sample_events, tempdir, Report};
 use crate::config::Config;
 use crate::envelope::EventEnvelope;
@@ -17,15 +18,15 @@ async fn raw_pass(
     path: std::path::PathBuf,
     rows: Vec<Vec<EventEnvelope>>,
     batch: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let sync = cfg.store.sqlite.synchronous;
-    tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
         let mut c = rusqlite::Connection::open(&path)?;
         c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
         c.execute_batch(&format!("PRAGMA synchronous={};", if sync == crate::store::sqlite::Synchronous::Full { "FULL" } else { "NORMAL" }))?;
         c.execute_batch(SCHEMA_V1)?;
         let flat: Vec<&EventEnvelope> = rows.iter().flatten().collect();
-        let start = Instant::now();
+        let (start, cpu) = (Instant::now(), CpuMeter::start());
         for chunk in flat.chunks(batch.max(1)) {
             let tx = c.transaction()?;
             {
@@ -37,7 +38,7 @@ async fn raw_pass(
             }
             tx.commit()?;
         }
-        Ok(flat.len() as f64 / start.elapsed().as_secs_f64())
+        Ok((flat.len() as f64 / start.elapsed().as_secs_f64(), cpu.per_item(flat.len())))
     })
     .await?
 }
@@ -71,7 +72,7 @@ async fn store_pass(
     events: Vec<Vec<EventEnvelope>>,
     concurrency: usize,
     renewing: bool,
-) -> anyhow::Result<(f64, u64)> {
+) -> anyhow::Result<(f64, u64, f64)> {
     let total: usize = events.iter().map(Vec::len).sum();
     let store: crate::store::DynStore = SqliteStore::open(path, cfg.store.sqlite.clone()).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -80,7 +81,7 @@ async fn store_pass(
     for (i, agg) in events.into_iter().enumerate() {
         per_worker[i % concurrency.max(1)].push(agg);
     }
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), CpuMeter::start());
     let mut tasks = Vec::new();
     for work in per_worker {
         let s = store.clone();
@@ -96,7 +97,7 @@ async fn store_pass(
     for t in tasks {
         t.await??;
     }
-    let rate = total as f64 / start.elapsed().as_secs_f64();
+    let (rate, cpu) = (total as f64 / start.elapsed().as_secs_f64(), cpu.per_item(total));
     let _ = stop.send(true);
     let renewals = match renewer {
         Some(t) => t.await??,
@@ -104,7 +105,7 @@ async fn store_pass(
     };
     let stored = store.head_position().await?;
     anyhow::ensure!(stored as usize == total, "store holds {stored} events, expected {total}");
-    Ok((rate, renewals))
+    Ok((rate, renewals, cpu))
 }
 
 /// What `bench append` runs: `n` aggregates of `k` events, `concurrency`
@@ -130,11 +131,19 @@ pub(super) async fn bench_append(
     r.set("concurrency", concurrency);
     r.set("raw_batch", raw_batch);
     let (mut raw, mut store, mut renewing, mut renewals) = (vec![], vec![], vec![], 0);
+    // CPU per event of each pass (this process: callers, writer thread, raw loop).
+    let (mut cpu_raw, mut cpu_store) = (vec![], vec![]);
     for round in 1..=3 {
         let events = sample_events(n, k);
-        raw.push(raw_pass(cfg, tmp.join(format!("raw-{round}.db")), events.clone(), raw_batch).await?);
-        store.push(store_pass(cfg, tmp.join(format!("store-{round}.db")), events.clone(), concurrency, false).await?.0);
-        let (rate, renewed) = store_pass(cfg, tmp.join(format!("lease-{round}.db")), events, concurrency, true).await?;
+        let (rate, cpu) = raw_pass(cfg, tmp.join(format!("raw-{round}.db")), events.clone(), raw_batch).await?;
+        raw.push(rate);
+        cpu_raw.push(cpu);
+        let (rate, _, cpu) =
+            store_pass(cfg, tmp.join(format!("store-{round}.db")), events.clone(), concurrency, false).await?;
+        store.push(rate);
+        cpu_store.push(cpu);
+        let (rate, renewed, _) =
+            store_pass(cfg, tmp.join(format!("lease-{round}.db")), events, concurrency, true).await?;
         renewing.push(rate);
         renewals += renewed;
     }
@@ -143,6 +152,8 @@ pub(super) async fn bench_append(
     r.rates("store_renewing", "store append, lease renewed /10 ms", "events/s", &renewing, Some(&store));
     r.say(format!("(goal: store >= 0.8x of raw; the lease was renewed {renewals} times during the last subject, whose ratio is to the plain store append: renewal takes the write lock beside the writer thread, never through its queue)"));
     r.set("lease_renewals", renewals);
+    r.costs("cpu_raw", "CPU per event, raw batched insert", &cpu_raw, None);
+    r.costs("cpu_store", "CPU per event, store append", &cpu_store, Some(&cpu_raw));
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
