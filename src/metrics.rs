@@ -217,15 +217,16 @@ impl Family for HistogramVec {
 
 /// Handles of one labelled metric family, cached by label value: the relay's
 /// hot path looks a label up in its own map instead of hashing, locking and
-/// cloning through the family on every event.
+/// cloning through the family on every event (foldhash: the labels are few,
+/// short and ours, and SipHash showed in the relay's profile).
 pub struct ByLabel<F: Family> {
     family: F,
-    handles: std::collections::HashMap<String, F::Handle>,
+    handles: foldhash::HashMap<String, F::Handle>,
 }
 
 impl<F: Family + Clone> ByLabel<F> {
     pub fn new(family: &F) -> ByLabel<F> {
-        ByLabel { family: family.clone(), handles: std::collections::HashMap::new() }
+        ByLabel { family: family.clone(), handles: foldhash::HashMap::default() }
     }
 
     /// The handle for `label`.

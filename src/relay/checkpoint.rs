@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::relay::pipeline::{Exit, RelayError};
 use crate::relay::producer::Completion;
-use crate::relay::run::Run;
+use crate::relay::run::{Clock, Run};
 use crate::store::StoreError;
 
 /// How often a busy relay persists its watermark.
@@ -73,7 +73,7 @@ impl Run {
                         match c.result {
                             Ok(_) => {
                                 if let Some(item) = self.window.confirm(c.token) {
-                                    self.confirmed(c.token, item).await;
+                                    self.confirmed(c.token, item, Clock::now()).await;
                                 }
                             }
                             Err(_) => {

@@ -95,10 +95,13 @@ impl Run {
                     return Ok(Exit::LeaseLost);
                 }
                 Some(c) = completions.recv() => {
-                    self.on_completion(c).await;
+                    // One clock reading for the batch: every report drained
+                    // here had arrived by now.
+                    let at = Clock::now();
+                    self.on_completion(c, at).await;
                     // Drain what else arrived without waiting.
                     while let Ok(c) = completions.try_recv() {
-                        self.on_completion(c).await;
+                        self.on_completion(c, at).await;
                     }
                 }
                 page = pages.recv(), if room => match page {
@@ -174,7 +177,7 @@ impl Run {
         Ok(())
     }
 
-    async fn on_completion(&mut self, c: Completion) {
+    async fn on_completion(&mut self, c: Completion, at: Clock) {
         if self.window.state(c.token) != Some(crate::relay::window::State::InFlight) {
             return; // a report of an earlier term or of a purged message
         }
@@ -184,10 +187,10 @@ impl Run {
         }
         match c.result {
             Ok(_) => {
-                self.breaker.record_success(Instant::now());
+                self.breaker.record_success(at.mono);
                 self.suspects.remove(&c.token);
                 if let Some(item) = self.window.confirm(c.token) {
-                    self.confirmed(c.token, item).await;
+                    self.confirmed(c.token, item, at).await;
                 }
             }
             Err(e) => self.failed(c.token, e).await,
@@ -280,14 +283,16 @@ impl Run {
         }
     }
 
-    pub(super) async fn confirmed(&mut self, slot: Slot, item: Item) {
+    /// `slot` was delivered; `at` is when its report was taken (for the
+    /// send -> confirmed and end-to-end latencies).
+    pub(super) async fn confirmed(&mut self, slot: Slot, item: Item, at: Clock) {
         let sent = self.sent_at.remove(&slot);
         if let Item::Event(e) = &item {
             self.processed_by_type.get(&e.event_type).inc();
             if let Some(t) = sent {
-                self.duration_by_type.get(&e.event_type).observe(t.elapsed().as_secs_f64());
+                self.duration_by_type.get(&e.event_type).observe(at.mono.saturating_duration_since(t).as_secs_f64());
             }
-            let e2e = (chrono::Utc::now() - e.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+            let e2e = (at.wall - e.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
             self.relay.metrics.event_end_to_end_latency.observe(e2e);
         }
         self.relay.status.delivered(1);
@@ -311,6 +316,19 @@ impl Run {
         if held > 0 {
             tracing::debug!(held, "events of parked aggregates held");
         }
+    }
+}
+
+/// One reading of both clocks, shared by the delivery reports handled together.
+#[derive(Clone, Copy)]
+pub(super) struct Clock {
+    pub(super) mono: Instant,
+    pub(super) wall: chrono::DateTime<chrono::Utc>,
+}
+
+impl Clock {
+    pub(super) fn now() -> Clock {
+        Clock { mono: Instant::now(), wall: chrono::Utc::now() }
     }
 }
 
