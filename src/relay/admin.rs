@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::config::KafkaConfig;
 use crate::relay::error::PublishError;
+use crate::relay::off_runtime::DropOffRuntime;
 use crate::relay::producer::{producer_config, Delivery};
 
 /// Creates `topics` (with the configured partitions) where missing.
@@ -35,6 +36,8 @@ async fn create(cfg: &KafkaConfig, topics: &[NewTopic<'_>], timeout: Duration) -
     let admin: AdminClient<DefaultClientContext> = producer_config(cfg, &Delivery::AtLeastOnce)
         .create()
         .map_err(|e| PublishError::permanent("config", format!("cannot create Kafka admin client: {e}")))?;
+    // Its drop joins a polling thread (up to 100 ms): not on this worker.
+    let admin = DropOffRuntime::new(admin);
     let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
     let results = tokio::time::timeout(timeout + Duration::from_secs(1), admin.create_topics(topics, &opts))
         .await

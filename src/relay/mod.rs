@@ -20,7 +20,8 @@
 //! state /health reads, probed while unknown or unreachable), `encode`, `pipeline`,
 //! `exactly_once` + `progress`, `parking`, `requests` (operator requests),
 //! `runner` (lease-gated terms), `status`, `deliver` + `cdc` (the Scylla CDC
-//! feed), `breaker`, `retry`, `error`, `admin` (topics), `sink`, `topics`.
+//! feed), `breaker`, `retry`, `error`, `admin` (topics), `sink`, `topics`,
+//! `off_runtime` (rdkafka clients, whose drop blocks, dropped off the runtime).
 
 pub mod admin;
 pub mod breaker;
@@ -32,6 +33,7 @@ pub mod encode;
 pub mod error;
 pub mod exactly_once;
 pub mod feed;
+pub mod off_runtime;
 pub mod operator;
 pub mod parking;
 pub mod pipeline;

@@ -244,6 +244,7 @@ impl Relay {
 
     /// Runs one term until shutdown, lease loss or rewind.
     pub async fn run(self, mut shutdown: Shutdown) -> Result<Exit, RelayError> {
+        let started = Instant::now();
         let (producer, completions) = KafkaProducer::new(&self.config.kafka, &Delivery::AtLeastOnce)
             .map_err(|e| RelayError::Config(e.message))?;
         let broker_watch = spawn_broker_watch(producer.clone(), self.status.clone(), shutdown.clone());
@@ -253,10 +254,12 @@ impl Relay {
         };
         self.status.checkpoint(checkpoint);
         self.metrics.relay_checkpoint_position.set(checkpoint);
+        let checkpoint_read = started.elapsed();
         if !self.ensure_topics(&mut shutdown).await {
             broker_watch.abort();
             return Ok(Exit::Shutdown);
         }
+        let topics_checked = started.elapsed();
         let parked = match self.store.parked(self.name()).await {
             Ok(p) => p,
             Err(e) => {
@@ -264,6 +267,12 @@ impl Relay {
                 Vec::new()
             }
         };
+        tracing::debug!(
+            checkpoint_read = ?checkpoint_read,
+            topics_checked = ?topics_checked,
+            parked_read = ?started.elapsed(),
+            "relay start steps (time since the term began)"
+        );
         let mut window = Window::new(checkpoint, self.cfg.max_in_flight);
         window.set_parked(parked.iter().map(|p| AggKey::from(p.parked.aggregate_id.as_str())));
         self.metrics.dlq_parked_aggregates.set(parked.len() as i64);

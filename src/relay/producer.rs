@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::KafkaConfig;
 use crate::relay::error::PublishError;
+use crate::relay::off_runtime::DropOffRuntime;
 
 /// Default cap of librdkafka's local queue (messages); the relay's window is smaller.
 pub const QUEUE_MAX_MESSAGES: usize = 100_000;
@@ -196,7 +197,8 @@ pub enum SendError {
 /// The producer, shareable (`Arc`) between the relay loop and blocking calls.
 #[derive(Clone)]
 pub struct KafkaProducer {
-    inner: Arc<ThreadedProducer<RelayContext>>,
+    /// Its drop purges, flushes and joins a thread: off the runtime.
+    inner: Arc<DropOffRuntime<ThreadedProducer<RelayContext>>>,
     cfg: KafkaConfig,
     broker: watch::Receiver<BrokerState>,
 }
@@ -213,7 +215,7 @@ impl KafkaProducer {
         let inner: ThreadedProducer<RelayContext> = producer_config(cfg, delivery)
             .create_with_context(ctx)
             .map_err(|e| PublishError::permanent("config", format!("cannot create Kafka producer: {e}")))?;
-        Ok((KafkaProducer { inner: Arc::new(inner), cfg: cfg.clone(), broker: broker_rx }, rx))
+        Ok((KafkaProducer { inner: Arc::new(DropOffRuntime::new(inner)), cfg: cfg.clone(), broker: broker_rx }, rx))
     }
 
     pub fn config(&self) -> &KafkaConfig {
