@@ -95,8 +95,9 @@ impl Run {
                     return Ok(Exit::LeaseLost);
                 }
                 Some(c) = completions.recv() => {
-                    // One clock reading for the batch: every report drained
-                    // here had arrived by now.
+                    // One clock reading for the batch: the reports drained
+                    // with this one arrived by now or while the batch was
+                    // handled, so their latencies are off by that much at most.
                     let at = Clock::now();
                     self.on_completion(c, at).await;
                     // Drain what else arrived without waiting.
