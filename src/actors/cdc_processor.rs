@@ -100,7 +100,7 @@ async fn run_cdc_relay(
             // `kafka`, the drain's "broker takes it"), as on the position feed.
             let watch = spawn_broker_watch(deliverer.producer().clone(), status, term.clone());
             let res = run_relay_feed(cql, &deps.cfg, Arc::new(deliverer), &deps.metrics, epoch, term).await;
-            watch.abort();
+            drop(watch);
             res.map_err(failed)
         }
     })

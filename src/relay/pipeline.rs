@@ -249,14 +249,12 @@ impl Relay {
             .map_err(|e| RelayError::Config(e.message))?;
         let broker_watch = spawn_broker_watch(producer.clone(), self.status.clone(), shutdown.clone());
         let Some(checkpoint) = self.initial_checkpoint(&mut shutdown).await else {
-            broker_watch.abort();
             return Ok(Exit::Shutdown);
         };
         self.status.checkpoint(checkpoint);
         self.metrics.relay_checkpoint_position.set(checkpoint);
         let checkpoint_read = started.elapsed();
         if !self.ensure_topics(&mut shutdown).await {
-            broker_watch.abort();
             return Ok(Exit::Shutdown);
         }
         let topics_checked = started.elapsed();
@@ -310,7 +308,7 @@ impl Relay {
         let exit = run.main(completions, pages, &mut shutdown).await;
         drop(idle_tx);
         feed_stop.fire();
-        broker_watch.abort();
+        drop(broker_watch);
         run.relay.status.update(|s| {
             s.running = false;
             true

@@ -170,7 +170,7 @@ impl Relay {
             t.main(pages, &feed, &mut shutdown).await
         };
         stop.fire();
-        broker_watch.abort();
+        drop(broker_watch);
         t.relay.status.update(|s| {
             s.running = false;
             true
