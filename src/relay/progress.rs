@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::KafkaConfig;
 use crate::relay::error::PublishError;
+use crate::relay::off_runtime::DropOffRuntime;
 
 /// One progress record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +76,8 @@ fn read_blocking(
     }
     let reader: BaseConsumer =
         c.create().map_err(|e| PublishError::permanent("config", format!("cannot create the progress reader: {e}")))?;
+    // Closing it takes tens of ms that the relay's start need not wait for.
+    let reader = DropOffRuntime::new(reader);
     let md = reader.fetch_metadata(Some(topic), timeout).map_err(|e| PublishError::from_kafka(&e))?;
     let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
     if partitions == 0 {

@@ -37,7 +37,7 @@ mod requests;
 mod transaction;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::relay::breaker::CircuitBreaker;
@@ -83,6 +83,7 @@ pub(super) struct Txn {
 impl Relay {
     /// Runs one exactly-once term until shutdown, lease loss or rewind.
     pub async fn run_exactly_once(self, mut shutdown: Shutdown) -> Result<Exit, RelayError> {
+        let started = Instant::now();
         let k = &self.config.kafka;
         let id = format!("outboxd-{}", self.cfg.consumer_name);
         let delivery = Delivery::Transactional { id: id.clone(), timeout_ms: self.cfg.transaction_timeout_ms };
@@ -98,6 +99,7 @@ impl Relay {
         if !self.ensure_topics(&mut shutdown).await {
             return Ok(Exit::Shutdown);
         }
+        let topics_checked = started.elapsed();
         // 1. Fence former holders; their open transaction is aborted by the broker.
         let mut attempt = 0;
         loop {
@@ -115,6 +117,7 @@ impl Relay {
                 Err(e) => return Err(RelayError::ProducerFatal(e.message)),
             }
         }
+        let transactions_initialised = started.elapsed();
         // 2. Where to resume: the last committed progress record, else the store's checkpoint.
         let position = loop {
             match progress::read_last(k, &self.cfg.progress_topic, &self.cfg.consumer_name, Duration::from_secs(30))
@@ -141,6 +144,12 @@ impl Relay {
             Ok(v) => v.iter().map(|p| AggKey::from(p.parked.aggregate_id.as_str())).collect(),
             Err(e) => return Err(RelayError::Store(format!("cannot read parked aggregates: {e}"))),
         };
+        tracing::debug!(
+            topics_checked = ?topics_checked,
+            transactions_initialised = ?transactions_initialised,
+            progress_and_parked_read = ?started.elapsed(),
+            "exactly-once relay start steps (time since the term began)"
+        );
         self.metrics.dlq_parked_aggregates.set(parked.len() as i64);
         self.status.update(|s| {
             s.running = true;
