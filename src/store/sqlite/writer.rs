@@ -1,6 +1,7 @@
 //! The writer thread: every write of the SQLite store, group-committed.
 //!
-//! Guarantee: appends queued together are committed in one transaction; a
+//! Guarantee: appends queued together, and those queued while the group's
+//! rows are being inserted, are committed in one transaction; a
 //! single-event append that fails inserted nothing, a multi-event append runs
 //! inside its own savepoint so a failure part-way rolls back only its rows and
 //! never its neighbours. A version check plus `UNIQUE (aggregate_id,
@@ -101,17 +102,6 @@ pub(super) fn writer_loop(
             }
             Job::Append(a) => a,
         };
-        let mut batch = vec![first];
-        while batch.len() < group {
-            match rx.try_recv() {
-                Ok(Job::Append(a)) => batch.push(a),
-                Ok(exec) => {
-                    pending = Some(exec);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
         // A lease write (renewal, fenced checkpoint) waiting for the write
         // lock goes first: SQLite's busy handler is not fair, and back-to-back
         // groups would starve it past its renewal deadline.
@@ -119,7 +109,25 @@ pub(super) fn writer_loop(
         while lease_waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 && held.elapsed() < LEASE_YIELD_MAX {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        let results = commit_group(&mut conn, &batch, &versions);
+        // The group stays open while appends keep arriving: rows queued while
+        // the writer inserts the previous ones join this commit instead of
+        // waiting for the next (the callers answered last time are encoding
+        // their next rows meanwhile). It closes when the queue is empty, full,
+        // a lease write waits, or an exec job is next.
+        let next = |len: usize| -> Option<AppendJob> {
+            if len >= group || lease_waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                return None;
+            }
+            match rx.try_recv() {
+                Ok(Job::Append(a)) => Some(a),
+                Ok(exec) => {
+                    pending = Some(exec);
+                    None
+                }
+                Err(_) => None,
+            }
+        };
+        let (batch, results) = commit_group(&mut conn, first, next, &versions);
         if versions.len() > VERSION_CACHE_MAX {
             versions.clear();
         }
@@ -145,35 +153,39 @@ pub(super) fn writer_loop(
     }
 }
 
-/// One transaction for the whole group. A single-event append that fails
+/// One transaction for the whole group: `first`, then every append `next`
+/// hands over (it is asked with the group's size so far, after each append
+/// is inserted) until it returns `None`. A single-event append that fails
 /// inserted nothing; a multi-event append runs inside a savepoint so a
-/// failure part-way rolls back only its own rows.
+/// failure part-way rolls back only its own rows. Returns the group's
+/// appends with their results, in order; none is visible before the commit.
 fn commit_group(
     conn: &mut Connection,
-    batch: &[AppendJob],
+    first: AppendJob,
+    mut next: impl FnMut(usize) -> Option<AppendJob>,
     versions: &HashMap<Uuid, i64>,
-) -> Vec<Result<Appended, StoreError>> {
-    let fail_all = |e: StoreError| batch.iter().map(|_| Err(e.clone())).collect();
+) -> (Vec<AppendJob>, Vec<Result<Appended, StoreError>>) {
+    let mut batch = vec![first];
+    let fail_all = |batch: &[AppendJob], e: StoreError| batch.iter().map(|_| Err(e.clone())).collect();
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(t) => t,
-        Err(e) => return fail_all(unavailable(format!("cannot begin write transaction: {e}"))),
+        Err(e) => {
+            let r = fail_all(&batch, unavailable(format!("cannot begin write transaction: {e}")));
+            return (batch, r);
+        }
     };
-    let mut results = Vec::with_capacity(batch.len());
+    let mut results = Vec::with_capacity(64);
     // One statement for the whole group (a cache lookup per append hashes the SQL text).
     let mut insert = match tx.prepare_cached(INSERT) {
         Ok(s) => s,
-        Err(e) => return fail_all(unavailable(e)),
-    };
-    for job in batch {
-        if !results.is_empty() && tx.is_autocommit() {
-            // SQLite rolled the whole transaction back on an earlier error
-            // (I/O error, disk full, ...): every append of the group is lost,
-            // and running the rest now would commit each on its own while its
-            // caller is told it failed. Fail the whole group instead.
-            return fail_all(unavailable(
-                "the group transaction was rolled back by SQLite after an error; nothing was written",
-            ));
+        Err(e) => {
+            let r = fail_all(&batch, unavailable(e));
+            return (batch, r);
         }
+    };
+    let rolled_back = "the group transaction was rolled back by SQLite after an error; nothing was written";
+    loop {
+        let job = &batch[results.len()];
         let res = if job.events.len() == 1 {
             append_rows(&tx, &mut insert, job, versions)
         } else {
@@ -191,16 +203,24 @@ fn commit_group(
         let failed = res.is_err();
         results.push(res);
         if failed && tx.is_autocommit() {
-            return fail_all(unavailable(
-                "the group transaction was rolled back by SQLite after an error; nothing was written",
-            ));
+            // SQLite rolled the whole transaction back (I/O error, disk full,
+            // ...): every append of the group is lost, and running more now
+            // would commit each on its own while its caller is told it
+            // failed. Fail the whole group instead.
+            let r = fail_all(&batch, unavailable(rolled_back));
+            return (batch, r);
+        }
+        match next(batch.len()) {
+            Some(j) => batch.push(j),
+            None => break,
         }
     }
     drop(insert);
     if let Err(e) = tx.commit() {
-        return fail_all(unavailable(format!("commit failed: {e}")));
+        let r = fail_all(&batch, unavailable(format!("commit failed: {e}")));
+        return (batch, r);
     }
-    results
+    (batch, results)
 }
 
 fn savepoint(conn: &Connection, sql: &str) -> Result<(), StoreError> {
@@ -271,3 +291,7 @@ fn append_rows(
     }
     Ok(Appended { version: job.expected + job.events.len() as i64, last_position: Some(last) })
 }
+
+#[cfg(test)]
+#[path = "writer_tests.rs"]
+mod tests;

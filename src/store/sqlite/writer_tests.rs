@@ -1,0 +1,91 @@
+//! Unit tests of the writer's group transaction: appends handed over while a
+//! group is open join its one commit, are invisible to readers until it, and
+//! are each judged on their own (a conflict fails only its caller).
+
+use super::*;
+use crate::store::sqlite::schema::migrate_conn;
+
+fn open(path: &std::path::Path) -> Connection {
+    let mut conn = Connection::open(path).unwrap();
+    conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)).unwrap();
+    migrate_conn(&mut conn).unwrap();
+    conn
+}
+
+fn job(aggregate_id: Uuid, expected: i64, n: i64) -> AppendJob {
+    let events = (1..=n)
+        .map(|i| {
+            Row::encode(&EventEnvelope {
+                event_id: Uuid::now_v7(),
+                aggregate_type: "order".into(),
+                aggregate_id,
+                sequence: expected + i,
+                event_type: "OrderCreated".into(),
+                schema_version: 1,
+                payload: serde_json::json!({ "n": expected + i }),
+                causation_id: None,
+                correlation_id: Uuid::now_v7(),
+                timestamp: chrono::Utc::now(),
+                trace: None,
+            })
+            .unwrap()
+        })
+        .collect();
+    let (reply, _) = oneshot::channel();
+    AppendJob { aggregate_id, aggregate_key: aggregate_id.to_string(), expected, events, reply }
+}
+
+fn count(conn: &Connection, agg: Uuid) -> i64 {
+    conn.query_row("SELECT COUNT(*) FROM event_store WHERE aggregate_id = ?1", [agg.to_string()], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn appends_handed_over_while_open_join_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let mut conn = open(&path);
+    let reader = open(&path);
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    // Queued behind the first: a's second event (depends on the first's
+    // uncommitted row), a stale append to b, a two-event append to c.
+    let mut queue = vec![job(a, 1, 1), job(b, 3, 1), job(c, 0, 2)].into_iter();
+    let mut asked = Vec::new();
+    let next = |len: usize| {
+        asked.push(len);
+        // Nothing of the open group is visible yet: no commit per append.
+        assert_eq!(count(&reader, a), 0, "the group committed before it closed");
+        queue.next()
+    };
+    let (batch, results) = commit_group(&mut conn, job(a, 0, 1), next, &HashMap::new());
+    assert_eq!(asked, vec![1, 2, 3, 4], "asked after each append with the group's size");
+    assert_eq!(batch.len(), 4);
+    assert_eq!(batch.iter().map(|j| j.aggregate_id).collect::<Vec<_>>(), vec![a, a, b, c]);
+    assert_eq!(results[0].as_ref().unwrap().version, 1);
+    assert_eq!(results[1].as_ref().unwrap().version, 2);
+    assert_eq!(results[2], Err(StoreError::Conflict { aggregate_id: b, expected: 3, actual: 0 }));
+    assert_eq!(results[3].as_ref().unwrap().version, 2);
+    // Positions rise in the order the appends joined the group.
+    let positions: Vec<i64> = results.iter().filter_map(|r| r.as_ref().ok()?.last_position).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    assert_eq!((count(&reader, a), count(&reader, b), count(&reader, c)), (2, 0, 2));
+}
+
+#[test]
+fn a_failed_multi_event_append_leaves_its_neighbours_in_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let mut conn = open(&path);
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    // b's second event reuses a's event id: the UNIQUE event_id refuses it,
+    // and only b's savepoint rolls back.
+    let first = job(a, 0, 1);
+    let mut bad = job(b, 0, 2);
+    bad.events[1].event_id = first.events[0].event_id.clone();
+    let mut queue = vec![bad, job(c, 0, 1)].into_iter();
+    let (batch, results) = commit_group(&mut conn, first, |_| queue.next(), &HashMap::new());
+    assert_eq!(batch.len(), 3);
+    assert!(results[0].is_ok());
+    assert!(matches!(results[1], Err(StoreError::InvalidAppend(_))), "{:?}", results[1]);
+    assert!(results[2].is_ok());
+    assert_eq!((count(&conn, a), count(&conn, b), count(&conn, c)), (1, 0, 1));
+}
