@@ -11,8 +11,9 @@
 //! - All writes run on one dedicated writer thread fed by a bounded queue
 //!   (back-pressure instead of unbounded memory); the async runtime never
 //!   blocks on SQLite. Appends queued together, or while the group is being
-//!   inserted, are group-committed in one transaction; a multi-event append gets its own savepoint, so a conflict
-//!   in one append doesn't affect its neighbours. Reads run on
+//!   inserted, are group-committed in one transaction; a multi-event append
+//!   gets its own savepoint, so a conflict in one append doesn't affect its
+//!   neighbours. Reads run on
 //!   `spawn_blocking` with a small pool of WAL reader connections; a read
 //!   fails (`Unavailable`) once the database file at `path` is gone or was
 //!   replaced, instead of serving a file nobody writes to any more (writes

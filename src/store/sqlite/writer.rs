@@ -166,24 +166,20 @@ fn commit_group(
     versions: &HashMap<Uuid, i64>,
 ) -> (Vec<AppendJob>, Vec<Result<Appended, StoreError>>) {
     let mut batch = vec![first];
-    let fail_all = |batch: &[AppendJob], e: StoreError| batch.iter().map(|_| Err(e.clone())).collect();
+    let fail_all = |batch: Vec<AppendJob>, e: StoreError| {
+        let results = batch.iter().map(|_| Err(e.clone())).collect();
+        (batch, results)
+    };
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(t) => t,
-        Err(e) => {
-            let r = fail_all(&batch, unavailable(format!("cannot begin write transaction: {e}")));
-            return (batch, r);
-        }
+        Err(e) => return fail_all(batch, unavailable(format!("cannot begin write transaction: {e}"))),
     };
     let mut results = Vec::with_capacity(64);
     // One statement for the whole group (a cache lookup per append hashes the SQL text).
     let mut insert = match tx.prepare_cached(INSERT) {
         Ok(s) => s,
-        Err(e) => {
-            let r = fail_all(&batch, unavailable(e));
-            return (batch, r);
-        }
+        Err(e) => return fail_all(batch, unavailable(e)),
     };
-    let rolled_back = "the group transaction was rolled back by SQLite after an error; nothing was written";
     loop {
         let job = &batch[results.len()];
         let res = if job.events.len() == 1 {
@@ -207,8 +203,10 @@ fn commit_group(
             // ...): every append of the group is lost, and running more now
             // would commit each on its own while its caller is told it
             // failed. Fail the whole group instead.
-            let r = fail_all(&batch, unavailable(rolled_back));
-            return (batch, r);
+            return fail_all(
+                batch,
+                unavailable("the group transaction was rolled back by SQLite after an error; nothing was written"),
+            );
         }
         match next(batch.len()) {
             Some(j) => batch.push(j),
@@ -217,8 +215,7 @@ fn commit_group(
     }
     drop(insert);
     if let Err(e) = tx.commit() {
-        let r = fail_all(&batch, unavailable(format!("commit failed: {e}")));
-        return (batch, r);
+        return fail_all(batch, unavailable(format!("commit failed: {e}")));
     }
     (batch, results)
 }

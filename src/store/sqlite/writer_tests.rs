@@ -3,11 +3,11 @@
 //! are each judged on their own (a conflict fails only its caller).
 
 use super::*;
-use crate::store::sqlite::schema::migrate_conn;
+use crate::store::sqlite::{migrate_conn, open_conn, SqliteOptions};
 
+/// A writable connection as the store opens it (WAL, busy timeout), schema current.
 fn open(path: &std::path::Path) -> Connection {
-    let mut conn = Connection::open(path).unwrap();
-    conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)).unwrap();
+    let mut conn = open_conn(path, &SqliteOptions::default(), false).unwrap();
     migrate_conn(&mut conn).unwrap();
     conn
 }
