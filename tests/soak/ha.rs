@@ -19,9 +19,15 @@ fn one_leader(ds: &[&Daemon], within: Duration) -> usize {
 
 /// kill -9 of the active `leader`; `standby` must take over within 3 TTL.
 /// Returns the killed relay's unconfirmed window and the takeover time.
-fn kill_and_take_over(leader: &mut Daemon, standby: &Daemon, db: &Path, ttl: Duration) -> (Window, Duration) {
+fn kill_and_take_over(
+    leader: &mut Daemon,
+    standby: &Daemon,
+    db: &Path,
+    ttl: Duration,
+    kill: usize,
+) -> (Window, Duration) {
     kill9(leader);
-    let window = unconfirmed_window(db, "killed leader");
+    let window = unconfirmed_window(db, format!("kill {kill}"));
     let t0 = Instant::now();
     eventually(3 * ttl, "the standby to take over within 3 TTL", || is_leader(standby).then_some(()));
     (window, t0.elapsed())
@@ -59,7 +65,7 @@ fn soak_two_instances_one_publisher_takeover_zombie_and_restart() {
     assert!(relay_status(&active)["delivered"].as_u64().unwrap() > 0);
 
     // kill -9 of the active under load: the standby takes over within 3 TTL.
-    let (killed, took) = kill_and_take_over(&mut active, &standby, &db, ttl);
+    let (killed, took) = kill_and_take_over(&mut active, &standby, &db, ttl, 1);
     let mut takeovers = vec![took];
     eprintln!("takeover after kill -9: {:?} (lease TTL {TTL_MS} ms)", takeovers[0]);
     assert!(standby.metrics().value("relay_lease_takeovers_total", &[("consumer", RELAY)]) >= 1.0);
@@ -90,11 +96,11 @@ fn soak_two_instances_one_publisher_takeover_zombie_and_restart() {
     // Nine more kill -9 of whoever leads, each restarted as a standby.
     let mut pair = [leader, restarted];
     let mut windows = vec![killed, zombie];
-    for _ in 0..9 {
+    for kill in 2..=10 {
         let li = one_leader(&[&pair[0], &pair[1]], 3 * ttl);
         let [first, second] = &mut pair;
         let (leader, standby) = if li == 0 { (first, &*second) } else { (second, &*first) };
-        let (window, took) = kill_and_take_over(leader, standby, &db, ttl);
+        let (window, took) = kill_and_take_over(leader, standby, &db, ttl, kill);
         windows.push(window);
         takeovers.push(took);
         let cfg = pair[li].cfg.clone();
@@ -113,6 +119,10 @@ fn soak_two_instances_one_publisher_takeover_zombie_and_restart() {
     let stats = load.stop();
     let v = settle_and_judge(&brokers, &cfg_a, &db, &windows);
     eprintln!("ha soak: {}; {}", stats.line(), v.summary());
+    for w in &windows {
+        let dups = v.explained_by.get(&w.why).copied().unwrap_or(0);
+        eprintln!("ha soak: {}: unconfirmed window {} positions, {dups} duplicate copies", w.why, w.hi - w.lo);
+    }
     v.assert_sound("after a kill -9 takeover and a zombie leader");
     watch.assert_monotonic();
 
