@@ -71,8 +71,9 @@ pub enum BenchCmd {
         /// Approximate size of each event's JSON in bytes.
         #[arg(long, default_value_t = 1024)]
         size: usize,
-        /// Events per second for the latency phase (comma-separated list).
-        #[arg(long, value_delimiter = ',', default_value = "500,10000")]
+        /// Events per second for the latency phase (comma-separated list;
+        /// a later `--rate` replaces an earlier one, like every other flag).
+        #[arg(long, value_delimiter = ',', default_value = "500,10000", action = clap::ArgAction::Set)]
         rate: Vec<u64>,
         /// Seconds of the latency phase.
         #[arg(long, default_value_t = 10)]
@@ -196,4 +197,37 @@ pub(crate) fn tempdir(dir: Option<std::path::PathBuf>) -> anyhow::Result<std::pa
     let p = base.join(format!("outboxd-bench-{}", Uuid::now_v7()));
     std::fs::create_dir_all(&p)?;
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn rates(args: &[&str]) -> Vec<u64> {
+        let cli = Cli::try_parse_from(["outboxd"].iter().chain(args)).unwrap();
+        match cli.bench.cmd {
+            BenchCmd::Relay { rate, .. } => rate,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_later_rate_replaces_an_earlier_one() {
+        assert_eq!(rates(&["relay"]), vec![500, 10_000]);
+        assert_eq!(rates(&["relay", "--rate", "500"]), vec![500]);
+        assert_eq!(rates(&["relay", "--rate", "500", "--rate", "200,1000"]), vec![200, 1000]);
+    }
+
+    #[test]
+    fn a_later_count_replaces_an_earlier_one() {
+        let cli = Cli::try_parse_from(["outboxd", "relay", "--events", "50000", "--events", "300"]).unwrap();
+        assert!(matches!(cli.bench.cmd, BenchCmd::Relay { events: 300, .. }));
+    }
 }
