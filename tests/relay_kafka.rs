@@ -1,7 +1,7 @@
 //! The relay library against a real Apache Kafka broker: round trip with
 //! headers, the same in exactly-once mode (also run by `make
 //! integration-test` against the compose Redpanda), per-event-type routing,
-//! bad configuration. Every test uses its own topics (prefix) and database
+//! bad configuration, a term that cannot read its parked aggregates. Every test uses its own topics (prefix) and database
 //! file. Poison events are in tests/ordered_delivery.rs; kill -9, outages and
 //! several instances in the soak group (tests/soak.rs).
 
@@ -174,6 +174,57 @@ async fn per_event_type_routing_reproduces_seed_topics() {
     let records = consume_all(&brokers, &topics(&c), head as usize, Duration::from_secs(30));
     let count = |t: &str| records.iter().filter(|r| r.topic == format!("{}{t}", c.kafka.topic_prefix)).count();
     assert_eq!((count("OrderCreated"), count("OrderUpdated"), count("OrderCancelled")), (2, 5, 1));
+    relay.stop().await;
+}
+
+/// A term that cannot read the parked aggregates does not start (without the
+/// list it would publish a parked aggregate's held events); the next term,
+/// once reads work again, holds the parked aggregate and publishes the rest.
+/// The read fails between the checkpoint read and the parked read: armed as
+/// soon as the term reports its checkpoint, while it checks the topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_term_that_cannot_read_the_parked_list_publishes_nothing() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(&brokers, &dir.path().join("s.db"));
+    let store = open(&c).await;
+    let (parked, free) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    store.append(parked, 0, order_events(parked, 0, 3)).await.unwrap();
+    store.append(free, 0, order_events(free, 0, 2)).await.unwrap();
+    store
+        .park(&outboxd::store::parking::Parked {
+            consumer: c.relay.consumer_name.clone(),
+            aggregate_id: parked.to_string(),
+            aggregate_type: Some("Order".into()),
+            position: Some(1),
+            sequence: Some(1),
+            event_id: None,
+            event_type: None,
+            error: "parked by the test".into(),
+            parked_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+
+    let (relay, mut status) = Relay::standalone(&c, store.clone(), Metrics::new());
+    let trigger = Trigger::new();
+    let term = tokio::spawn(relay.run(trigger.subscribe()));
+    status.wait_for(|s| s.checkpoint.is_some()).await.unwrap();
+    store.faults().expect("the SQLite store has the fault seam").fail_reads_for(Duration::from_secs(3));
+    let exit = tokio::time::timeout(Duration::from_secs(30), term).await.expect("the term ends").unwrap();
+    match exit {
+        Err(outboxd::relay::pipeline::RelayError::Store(m)) => assert!(m.contains("parked"), "{m}"),
+        other => panic!("the term must end with a store error, not {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut relay = start_relay(&c, store.clone());
+    let head = store.head_position().await.unwrap();
+    relay.wait_checkpoint(head, Duration::from_secs(30)).await;
+    // Up to 5 records within 5 s: more than the 2 expected would show.
+    let records = consume_all(&brokers, &topics(&c), 5, Duration::from_secs(5));
+    let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, vec![free.to_string(); 2], "only the free aggregate's 2 events are published");
     relay.stop().await;
 }
 

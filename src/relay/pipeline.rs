@@ -258,13 +258,14 @@ impl Relay {
             return Ok(Exit::Shutdown);
         }
         let topics_checked = started.elapsed();
-        let parked = match self.store.parked(self.name()).await {
-            Ok(p) => p,
-            Err(e) => {
-                self.status.error(format!("cannot read parked aggregates: {e}"));
-                Vec::new()
-            }
-        };
+        // Without the parked list the window would publish a parked
+        // aggregate's held events: the term does not start (a new one does,
+        // after backoff), as in exactly-once mode.
+        let parked = self
+            .store
+            .parked(self.name())
+            .await
+            .map_err(|e| RelayError::Store(format!("cannot read parked aggregates: {e}")))?;
         tracing::debug!(
             checkpoint_read = ?checkpoint_read,
             topics_checked = ?topics_checked,
