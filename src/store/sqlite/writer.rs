@@ -4,7 +4,8 @@
 //! rows are being inserted, are committed in one transaction; a
 //! single-event append that fails inserted nothing, a multi-event append runs
 //! inside its own savepoint so a failure part-way rolls back only its rows and
-//! never its neighbours. A version check plus `UNIQUE (aggregate_id,
+//! never its neighbours (if that savepoint cannot be closed, the whole group
+//! fails and nothing is written). A version check plus `UNIQUE (aggregate_id,
 //! sequence_number)` decide conflicts, so two writers (threads or processes)
 //! can never both win the same version. Feed readers are woken before callers
 //! get their answer. Rows arrive encoded (`Row`, built by the caller), so
@@ -185,16 +186,27 @@ fn commit_group(
         let res = if job.events.len() == 1 {
             append_rows(&tx, &mut insert, job, versions)
         } else {
-            savepoint(&tx, "SAVEPOINT outboxd_append").and_then(|_| {
-                match append_rows(&tx, &mut insert, job, versions) {
-                    Ok(a) => savepoint(&tx, "RELEASE outboxd_append").map(|_| a),
-                    Err(e) => {
-                        let _ = savepoint(&tx, "ROLLBACK TO outboxd_append");
-                        let _ = savepoint(&tx, "RELEASE outboxd_append");
-                        Err(e)
+            match savepoint(&tx, "SAVEPOINT outboxd_append") {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let res = append_rows(&tx, &mut insert, job, versions);
+                    let closed = match &res {
+                        Ok(_) => savepoint(&tx, "RELEASE outboxd_append"),
+                        Err(_) => savepoint(&tx, "ROLLBACK TO outboxd_append")
+                            .and_then(|_| savepoint(&tx, "RELEASE outboxd_append")),
+                    };
+                    if let Err(e) = closed {
+                        // The append's rows can no longer be kept or removed
+                        // on their own: the whole group rolls back (the
+                        // transaction is dropped uncommitted).
+                        return fail_all(
+                            batch,
+                            unavailable(format!("cannot close an append's savepoint ({e}); nothing was written")),
+                        );
                     }
+                    res
                 }
-            })
+            }
         };
         let failed = res.is_err();
         results.push(res);
