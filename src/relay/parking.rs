@@ -55,6 +55,7 @@ impl Run {
         let held = self.window.park(&agg, p.position.unwrap_or(i64::MIN));
         self.retries.retain(|(_, s)| self.window.get(*s).is_some());
         self.suspects.retain(|s, _| self.window.get(*s).is_some());
+        self.resent_alone.retain(|s| self.window.get(*s).is_some());
         self.replay_failed(&agg, &p.error).await;
         if newly {
             self.relay.metrics.dlq_parked_aggregates.inc();

@@ -290,6 +290,7 @@ impl Relay {
             backoff: Backoff::new(&self.cfg.retry),
             retries: BTreeSet::new(),
             suspects: BTreeMap::new(),
+            resent_alone: BTreeSet::new(),
             solo: None,
             solo_not_before: Instant::now(),
             checkpoint,

@@ -37,6 +37,8 @@ pub(super) struct Run {
     pub(super) retries: BTreeSet<(Instant, Slot)>,
     /// Permanent failures awaiting a solo resend: slot -> last error.
     pub(super) suspects: BTreeMap<Slot, PublishError>,
+    /// Suspects already sent alone at least once: only those may be given up.
+    pub(super) resent_alone: BTreeSet<Slot>,
     pub(super) solo: Option<Slot>,
     pub(super) solo_not_before: Instant,
     /// Persisted checkpoint.
@@ -190,6 +192,7 @@ impl Run {
             Ok(_) => {
                 self.breaker.record_success(at.mono);
                 self.suspects.remove(&c.token);
+                self.resent_alone.remove(&c.token);
                 if let Some(item) = self.window.confirm(c.token) {
                     self.confirmed(c.token, item, at).await;
                 }
@@ -242,17 +245,24 @@ impl Run {
     }
 
     /// Permanent failures: once nothing else is in flight, resend the oldest
-    /// suspect alone; after `max_attempts` it is parked (or skipped).
+    /// suspect alone; once it has been sent alone and failed `max_attempts`
+    /// times in all (transient failures before count too) it is parked (or
+    /// skipped). A failure handing it to the producer goes through
+    /// [`Run::failed`] like any other: a transient one is retried after its
+    /// backoff, never given up here.
     async fn solo_step(&mut self) {
         while self.solo.is_none() && self.window.in_flight() == 0 {
             let Some((&slot, err)) = self.suspects.iter().next() else { return };
             let err = err.clone();
             let unreadable = matches!(self.window.get(slot), Some(Item::Unreadable(_)));
-            if unreadable || self.window.attempts(slot) >= self.backoff.max_attempts {
+            let exhausted =
+                self.window.attempts(slot) >= self.backoff.max_attempts && self.resent_alone.contains(&slot);
+            if unreadable || exhausted {
                 if Instant::now() < self.solo_not_before {
                     return;
                 }
                 self.suspects.remove(&slot);
+                self.resent_alone.remove(&slot);
                 self.relay.metrics.retry_failure.with_label_values(&["publish"]).inc();
                 self.give_up(slot, err).await;
                 continue;
@@ -266,6 +276,7 @@ impl Run {
                 continue;
             }
             self.relay.metrics.retry_attempts.with_label_values(&["publish"]).inc();
+            self.resent_alone.insert(slot);
             match self.send(slot) {
                 Ok(()) => {
                     self.solo = Some(slot);
@@ -277,8 +288,8 @@ impl Run {
                     return;
                 }
                 Err(SendError::Failed(e)) => {
-                    self.window.fail(slot);
-                    self.suspects.insert(slot, e);
+                    self.solo_not_before = Instant::now() + self.backoff.delay(self.window.attempts(slot) + 1);
+                    self.failed(slot, e).await;
                 }
             }
         }
