@@ -249,8 +249,9 @@ fn sigterm_during_http_load_exits_0_and_loses_no_committed_event() {
 #[test]
 /// Policy `skip` (the old behaviour): the poison event goes to the DLQ, its
 /// aggregate moves on, and a replay through the admin API (carried out by the
-/// running relay) publishes it. The default policy parks the aggregate
-/// instead: see tests/ordered_delivery.rs.
+/// running relay) publishes it; replayed while still too large under the
+/// default policy, it is parked and the request fails. The default policy
+/// parks the aggregate instead of dead-lettering: see tests/ordered_delivery.rs.
 fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -330,10 +331,40 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     assert_eq!(r.json()["request"]["result"]["events"], 1, "{}", r.text());
     assert_eq!(d.admin("GET", "/dlq").json()["count"], 0);
     assert_eq!(d.metrics().value("dlq_depth", &[]), 0.0);
-    let records =
-        consume_until(&brokers, &[topic], 3, Duration::from_secs(20), |rs| rs.iter().any(|r| r.key == poison));
+    let records = consume_until(&brokers, std::slice::from_ref(&topic), 3, Duration::from_secs(20), |rs| {
+        rs.iter().any(|r| r.key == poison)
+    });
     assert!(records.iter().any(|r| r.key == poison), "poison event delivered after replay");
     let r = request(d.admin, "POST", "/dlq/replay", &[("Content-Type", "application/json")], Some(b"{}"));
     assert_eq!((r.status, r.json()["error"].as_str()), (422, Some("validation")));
+
+    // A dead letter replayed while it still cannot be published, by a relay
+    // with the default policy: it is parked again and the request fails
+    // (it used to wait forever), the dead letter stays.
+    rt.block_on(
+        admin.alter_configs(
+            &[AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "6000")],
+            &opts,
+        ),
+    )
+    .unwrap();
+    let r = d.post("/orders", &json!({"customer_id": Uuid::now_v7(), "items": items}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let again = r.json()["id"].as_str().unwrap().to_string();
+    let list = eventually(Duration::from_secs(20), "the second dead letter", || {
+        let v = d.admin("GET", "/dlq").json();
+        (v["count"] == 1).then_some(v)
+    });
+    assert_eq!(list["dead_letters"][0]["aggregate_id"], again.as_str());
+    d.stop();
+    let d = Daemon::start(&cfg, &env[..2]);
+    let id = list["dead_letters"][0]["id"].as_str().unwrap();
+    let body = format!(r#"{{"ids": ["{id}"]}}"#);
+    let r = request(d.admin, "POST", "/dlq/replay", &[("Content-Type", "application/json")], Some(body.as_bytes()));
+    assert_eq!(r.status, 409, "the replay failed and says so: {}", r.text());
+    assert_eq!(r.json()["request"]["status"], "failed", "{}", r.text());
+    assert!(r.text().to_lowercase().contains("too large"), "{}", r.text());
+    assert_eq!(d.admin("GET", "/dlq").json()["count"], 1, "the dead letter stays");
+    assert_eq!(d.metrics().value("dlq_parked_aggregates", &[]), 1.0, "its aggregate is parked");
     d.stop();
 }

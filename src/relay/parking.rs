@@ -57,6 +57,7 @@ impl Run {
         self.suspects.retain(|s, _| self.window.get(*s).is_some());
         self.resent_alone.retain(|s| self.window.get(*s).is_some());
         self.replay_failed(&agg, &p.error).await;
+        self.replays_gone(&p.error).await;
         if newly {
             self.relay.metrics.dlq_parked_aggregates.inc();
             self.relay.status.update(|s| {
@@ -73,6 +74,7 @@ impl Run {
         let Some(letter) = dead_letter_of(item, e, self.window.attempts(slot)) else {
             // A marker that cannot be published: nothing to keep, the discard audit row has the event.
             self.window.skip(slot);
+            self.replay_progress(slot).await;
             return true;
         };
         let (position, event_id, event_type) = (letter.position, letter.event_id, letter.event_type.clone());

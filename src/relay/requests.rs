@@ -179,6 +179,27 @@ impl Run {
         }
     }
 
+    /// Replays waiting for slots the window no longer holds (parked with
+    /// their aggregate: a replayed dead letter that failed for good again)
+    /// can never finish: they fail with `error`, their dead letters stay.
+    pub(super) async fn replays_gone(&mut self, error: &str) {
+        let window = &self.window;
+        let gone: Vec<(Uuid, AggKey)> = self
+            .replays
+            .iter()
+            .filter(|(_, slots)| slots.iter().any(|s| window.get(*s).is_none()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.letter_slots.retain(|s, _| window.get(*s).is_some());
+        for k in gone {
+            self.replays.remove(&k);
+            let request = k.0;
+            self.request_parts.remove(&request);
+            tracing::warn!(%request, error, "a replayed event failed for good again and was parked; the request failed");
+            self.finish_request(request, RequestStatus::Failed, json!({ "error": error })).await;
+        }
+    }
+
     fn unparked(&mut self) {
         self.relay.metrics.dlq_parked_aggregates.dec();
         self.relay.status.update(|s| {
