@@ -137,20 +137,26 @@ impl SqliteStore {
     /// Opens (creating if needed) the store at `path` and migrates its schema.
     pub async fn open(path: impl AsRef<Path>, opts: SqliteOptions) -> Result<Arc<Self>, StoreError> {
         let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
-        }
+        // Every file and SQL step of opening runs off the async runtime.
         let (p, o) = (path.clone(), opts.clone());
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+        let (conn, head, lease_conn, reader, file) = tokio::task::spawn_blocking(move || {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            }
             let mut conn = open_conn(&p, &o, false)?;
             migrate_conn(&mut conn)?;
-            Ok(conn)
+            let head: i64 = conn
+                .query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0))
+                .map_err(unavailable)?;
+            let lease_opts = SqliteOptions { busy_timeout_ms: LEASE_BUSY_TIMEOUT.as_millis() as u64, ..o.clone() };
+            let lease_conn = open_conn(&p, &lease_opts, false)?;
+            // The first reader now, so a bad path fails at startup.
+            let reader = open_conn(&p, &o, true)?;
+            Ok::<_, StoreError>((conn, head, lease_conn, reader, DbFile::new(&p)))
         })
         .await
         .map_err(unavailable)??;
-        let head: i64 = conn
-            .query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0))
-            .map_err(unavailable)?;
         let (notify, _) = watch::channel(head);
         let (jobs, rx) = mpsc::channel(opts.queue_capacity.max(1));
         let n = notify.clone();
@@ -161,26 +167,17 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, n, group, yield_to))
             .map_err(|e| unavailable(format!("cannot start writer thread: {e}")))?;
-        let file = Arc::new(DbFile::new(&path));
-        let lease_conn = open_conn(
-            &path,
-            &SqliteOptions { busy_timeout_ms: LEASE_BUSY_TIMEOUT.as_millis() as u64, ..opts.clone() },
-            false,
-        )?;
         let store = SqliteStore {
             path,
             jobs,
-            readers: Arc::new(Mutex::new(Vec::new())),
+            readers: Arc::new(Mutex::new(vec![reader])),
             notify,
-            file,
+            file: Arc::new(file),
             lease_conn: Arc::new(Mutex::new(lease_conn)),
             lease_waiting,
             faults: Arc::default(),
             watcher: std::sync::OnceLock::new(),
         };
-        // Open the first reader now so a bad path fails at startup.
-        let r = open_conn(&store.path, &opts, true)?;
-        store.readers.lock().map_err(unavailable)?.push(r);
         Ok(Arc::new(store))
     }
 
