@@ -216,6 +216,49 @@ async fn snapshots(s: DynStore) {
     assert_eq!(s.load_from_snapshot(order).await.unwrap(), (Some(at3), events[3..].to_vec()));
 }
 
+/// Park records change only at the caller's lease epoch: after a takeover
+/// the old holder can neither remove nor add one (it would release or hold
+/// the new leader's events behind its back).
+async fn fenced_parking(s: DynStore) {
+    use outboxd::store::lease::{Lease, LeaseCas};
+    use outboxd::store::parking::Parked;
+    let name = "kafka-relay";
+    let lease =
+        |epoch: i64, holder: &str| Lease { name: name.into(), holder: holder.into(), epoch, counter: 0, ttl_ms: 3000 };
+    assert!(s.lease_cas(&LeaseCas { expected: None, new: lease(1, "a") }).await.unwrap());
+    let park = |agg: String| Parked {
+        consumer: name.into(),
+        aggregate_id: agg,
+        aggregate_type: Some("Order".into()),
+        position: Some(1),
+        sequence: Some(1),
+        event_id: None,
+        event_type: None,
+        error: "refused by the broker".into(),
+        parked_at: chrono::Utc::now(),
+    };
+    let agg = Uuid::now_v7().to_string();
+    s.park_fenced(&park(agg.clone()), 1).await.unwrap();
+    let parked = |s: DynStore| async move {
+        s.parked(name).await.unwrap().into_iter().map(|p| p.parked.aggregate_id).collect::<Vec<_>>()
+    };
+    assert_eq!(parked(s.clone()).await, vec![agg.clone()]);
+
+    // "b" takes the lease over: epoch 2.
+    assert!(s.lease_cas(&LeaseCas { expected: Some((1, 0)), new: lease(2, "b") }).await.unwrap());
+    match s.unpark_fenced(name, &agg, 1).await {
+        Err(StoreError::Fenced { epoch: 1, current: Some(2), .. }) => {}
+        other => panic!("the old holder's unpark must be fenced: {other:?}"),
+    }
+    match s.park_fenced(&park(Uuid::now_v7().to_string()), 1).await {
+        Err(StoreError::Fenced { epoch: 1, current: Some(2), .. }) => {}
+        other => panic!("the old holder's park must be fenced: {other:?}"),
+    }
+    assert_eq!(parked(s.clone()).await, vec![agg.clone()], "nothing changed");
+    assert!(s.unpark_fenced(name, &agg, 2).await.unwrap(), "the holder unparks");
+    assert!(parked(s.clone()).await.is_empty());
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
@@ -237,6 +280,7 @@ macro_rules! suite {
             case!(checkpoints);
             case!(dead_letters);
             case!(snapshots);
+            case!(fenced_parking);
         }
     };
 }

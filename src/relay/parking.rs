@@ -20,11 +20,11 @@ use uuid::Uuid;
 
 use crate::config::PermanentFailurePolicy;
 use crate::relay::error::PublishError;
-use crate::relay::pipeline::Item;
+use crate::relay::pipeline::{Exit, Item};
 use crate::relay::run::Run;
 use crate::relay::window::Slot;
 use crate::store::parking::Parked;
-use crate::store::DeadLetter;
+use crate::store::{DeadLetter, StoreError};
 
 impl Run {
     /// `slot` failed for good: park its aggregate or skip it, per policy.
@@ -45,7 +45,13 @@ impl Run {
 
     async fn park(&mut self, slot: Slot, item: &Item, e: &PublishError) -> bool {
         let p = parked_record(&self.relay.cfg.consumer_name, item, e);
-        if let Err(err) = self.relay.store.park(&p).await {
+        if let Err(err) = self.relay.park_record(&p).await {
+            if matches!(err, StoreError::Fenced { .. }) {
+                tracing::warn!(aggregate = %p.aggregate_id, "park refused: another instance holds the relay lease; stepping down");
+                self.producer.purge();
+                self.exit = Some(Exit::LeaseLost);
+                return false;
+            }
             tracing::warn!(error = %err, aggregate = %p.aggregate_id, "cannot record the parked aggregate yet; retrying");
             self.relay.status.error(format!("cannot record a parked aggregate: {err}"));
             return false;

@@ -238,6 +238,23 @@ impl Relay {
         }
     }
 
+    /// Records a parked aggregate, conditional on the lease epoch when fenced.
+    pub(super) async fn park_record(&self, p: &crate::store::parking::Parked) -> Result<(), StoreError> {
+        match &self.fence {
+            Some(f) => self.store.park_fenced(p, f.epoch).await,
+            None => self.store.park(p).await,
+        }
+    }
+
+    /// Removes a park record, conditional on the lease epoch when fenced.
+    pub(super) async fn unpark_record(&self, aggregate_id: &str) -> Result<bool, StoreError> {
+        let name = &self.cfg.consumer_name;
+        match &self.fence {
+            Some(f) => self.store.unpark_fenced(name, aggregate_id, f.epoch).await,
+            None => self.store.unpark(name, aggregate_id).await,
+        }
+    }
+
     pub(super) fn name(&self) -> &str {
         &self.cfg.consumer_name
     }

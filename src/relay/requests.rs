@@ -97,8 +97,7 @@ impl Run {
                 }
                 Plan::Unpark { agg, items } => {
                     if items.is_empty() {
-                        let consumer = self.relay.cfg.consumer_name.clone();
-                        self.relay.store.unpark(&consumer, &agg).await.map_err(|e| e.to_string())?;
+                        self.relay.unpark_record(&agg).await.map_err(|e| e.to_string())?;
                         self.window.unpark(&agg, Vec::new());
                         self.unparked();
                         continue;
@@ -151,8 +150,7 @@ impl Run {
             self.replays.remove(&k);
             let (request, agg) = k;
             if !agg.is_empty() {
-                let consumer = self.relay.cfg.consumer_name.clone();
-                match unpark_durably(&*self.relay.store, &consumer, &agg).await {
+                match unpark_durably(&self.relay, &agg).await {
                     Ok(_) => self.unparked(),
                     Err(e) => {
                         tracing::error!(error = %e, aggregate = %agg, "held events were published but the park record could not be removed; a later replay re-sends them");
@@ -242,11 +240,14 @@ impl Run {
     }
 }
 
-async fn unpark_durably(store: &dyn crate::store::Store, consumer: &str, agg: &str) -> Result<bool, StoreError> {
+/// Removes the park record (fenced), retrying a store that does not answer;
+/// a refusal by the lease is final.
+async fn unpark_durably(relay: &crate::relay::Relay, agg: &str) -> Result<bool, StoreError> {
     let mut last = None;
     for attempt in 1..=5u64 {
-        match store.unpark(consumer, agg).await {
+        match relay.unpark_record(agg).await {
             Ok(b) => return Ok(b),
+            Err(e @ StoreError::Fenced { .. }) => return Err(e),
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;

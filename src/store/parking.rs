@@ -73,6 +73,11 @@ pub trait ParkingStore: Send + Sync {
     async fn parked(&self, consumer: &str) -> Result<Vec<ParkedInfo>, StoreError>;
     /// Removes the park record; `false` if there was none.
     async fn unpark(&self, consumer: &str, aggregate_id: &str) -> Result<bool, StoreError>;
+    /// `park`, only while lease `p.consumer` is at `epoch` (`Fenced` otherwise):
+    /// a relay that lost its lease cannot change what the new leader holds.
+    async fn park_fenced(&self, p: &Parked, epoch: i64) -> Result<(), StoreError>;
+    /// `unpark`, only while lease `consumer` is at `epoch` (`Fenced` otherwise).
+    async fn unpark_fenced(&self, consumer: &str, aggregate_id: &str, epoch: i64) -> Result<bool, StoreError>;
     /// Rows of one aggregate from `from_position` (or, without positions,
     /// from `from_sequence`) up to `up_to_position` (inclusive; `None`: all), in order.
     async fn aggregate_rows(

@@ -105,7 +105,7 @@ impl Txn {
     pub(super) async fn park(&mut self, item: &Item, e: &PublishError) -> Result<(), RelayError> {
         let p = parked_record(&self.relay.cfg.consumer_name, item, e);
         let mut attempt = 0;
-        while let Err(err) = self.relay.store.park(&p).await {
+        while let Err(err) = self.relay.park_record(&p).await {
             attempt += 1;
             tracing::warn!(error = %err, aggregate = %p.aggregate_id, attempt, "cannot record the parked aggregate yet; retrying");
             self.relay.status.error(format!("cannot record a parked aggregate: {err}"));

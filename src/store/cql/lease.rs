@@ -145,6 +145,17 @@ impl CqlStore {
         }
     }
 
+    /// `Fenced` unless lease `name` is at `epoch` now (a SERIAL read: the
+    /// last committed lease write).
+    pub(super) async fn fence_check(&self, name: &str, epoch: i64) -> Result<(), StoreError> {
+        let current = self.lease_read(name).await?.map(|l| l.epoch);
+        if current == Some(epoch) {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced { name: name.to_string(), epoch, current })
+        }
+    }
+
     /// The fenced checkpoint kept with the lease (position feeds only).
     pub(super) async fn lease_position(&self, name: &str) -> Result<Option<i64>, StoreError> {
         let st = self.serial_read(format!("SELECT position FROM {} WHERE name = ? LIMIT 1", self.t("relay_leases")));

@@ -3,7 +3,10 @@
 //!
 //! Guarantee: every lease and request-claim write is a lightweight
 //! transaction, unknown outcomes resolved by SERIAL reads (see `lease`);
-//! park rows are plain upserts keyed by (consumer, aggregate).
+//! park rows are plain upserts keyed by (consumer, aggregate). A fenced park
+//! or unpark first reads the lease SERIAL and writes only at the caller's
+//! epoch: the park rows live outside the lease partition, so the check and
+//! the write are two steps (on SQLite they are one transaction).
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -45,6 +48,16 @@ impl ParkingStore for CqlStore {
     }
 
     async fn unpark(&self, consumer: &str, aggregate_id: &str) -> Result<bool, StoreError> {
+        self.unpark_row(consumer, aggregate_id).await
+    }
+
+    async fn park_fenced(&self, p: &Parked, epoch: i64) -> Result<(), StoreError> {
+        self.fence_check(&p.consumer, epoch).await?;
+        self.park_row(p).await
+    }
+
+    async fn unpark_fenced(&self, consumer: &str, aggregate_id: &str, epoch: i64) -> Result<bool, StoreError> {
+        self.fence_check(consumer, epoch).await?;
         self.unpark_row(consumer, aggregate_id).await
     }
 

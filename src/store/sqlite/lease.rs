@@ -72,13 +72,14 @@ pub(super) fn list(c: &Connection) -> Result<Vec<LeaseInfo>, StoreError> {
     Ok(out)
 }
 
-/// Sets checkpoint `name` to `position` if lease `name` is at `epoch`.
-pub(super) fn set_checkpoint_fenced(
+/// Runs `f` in one write transaction that first checks lease `name` is at
+/// `epoch` (`Fenced` otherwise, nothing written).
+pub(super) fn fenced<T>(
     c: &mut Connection,
     name: &str,
     epoch: i64,
-    position: i64,
-) -> Result<(), StoreError> {
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
     let current: Option<i64> = tx
         .query_row("SELECT epoch FROM relay_leases WHERE name = ?1", [name], |r| r.get(0))
@@ -87,11 +88,25 @@ pub(super) fn set_checkpoint_fenced(
     if current != Some(epoch) {
         return Err(StoreError::Fenced { name: name.to_string(), epoch, current });
     }
-    tx.execute(
-        "INSERT INTO checkpoints (consumer, position, updated_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-        params![name, position, ts(&Utc::now())],
-    )
-    .map_err(unavailable)?;
-    tx.commit().map_err(unavailable)
+    let out = f(&tx)?;
+    tx.commit().map_err(unavailable)?;
+    Ok(out)
+}
+
+/// Sets checkpoint `name` to `position` if lease `name` is at `epoch`.
+pub(super) fn set_checkpoint_fenced(
+    c: &mut Connection,
+    name: &str,
+    epoch: i64,
+    position: i64,
+) -> Result<(), StoreError> {
+    fenced(c, name, epoch, |tx| {
+        tx.execute(
+            "INSERT INTO checkpoints (consumer, position, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+            params![name, position, ts(&Utc::now())],
+        )
+        .map(|_| ())
+        .map_err(unavailable)
+    })
 }

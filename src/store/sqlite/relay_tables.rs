@@ -57,6 +57,17 @@ impl ParkingStore for SqliteStore {
         self.write(move |c| parking::unpark(c, &consumer, &aggregate_id)).await
     }
 
+    async fn park_fenced(&self, p: &Parked, epoch: i64) -> Result<(), StoreError> {
+        let p = p.clone();
+        self.lease_op(move |c| lease::fenced(c, &p.consumer, epoch, |tx| parking::park(tx, &p))).await
+    }
+
+    async fn unpark_fenced(&self, consumer: &str, aggregate_id: &str, epoch: i64) -> Result<bool, StoreError> {
+        let (consumer, aggregate_id) = (consumer.to_string(), aggregate_id.to_string());
+        self.lease_op(move |c| lease::fenced(c, &consumer, epoch, |tx| parking::unpark(tx, &consumer, &aggregate_id)))
+            .await
+    }
+
     async fn aggregate_rows(
         &self,
         aggregate_id: &str,
