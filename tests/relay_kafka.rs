@@ -151,6 +151,13 @@ async fn exactly_once_round_trip_to_read_committed_consumers() {
         });
     let last = progress.iter().rev().find(|r| r.key == c.relay.consumer_name).expect("a progress record");
     assert_eq!(last.value["position"], head, "the last committed progress is the head: {:?}", last.value);
+    let (partitions, config) = topic_config(&brokers, &c.relay.progress_topic).await;
+    assert_eq!(partitions, 1, "one partition for the progress topic");
+    assert_eq!(
+        config.get("cleanup.policy").map(String::as_str),
+        Some("compact"),
+        "compacted: the last record per consumer counts"
+    );
     assert!(
         relay.metrics.relay_transactions.with_label_values(&["committed"]).get() >= (head as u64).div_ceil(50),
         "batches of at most transaction_max_events"

@@ -356,14 +356,19 @@ impl Relay {
     /// broker watch, started before, reports that state). False on shutdown.
     pub(super) async fn ensure_topics(&self, shutdown: &mut Shutdown) -> bool {
         let k = &self.config.kafka;
-        let mut topics: Vec<String> =
-            all_topics(k.per_event_type(), &k.topic_prefix).into_iter().map(|(t, _)| t).collect();
-        if self.cfg.delivery == crate::config::DeliveryMode::ExactlyOnce {
-            topics.push(self.cfg.progress_topic.clone());
-        }
+        let topics: Vec<String> = all_topics(k.per_event_type(), &k.topic_prefix).into_iter().map(|(t, _)| t).collect();
+        let exactly_once = self.cfg.delivery == crate::config::DeliveryMode::ExactlyOnce;
         let mut attempt: u32 = 0;
         loop {
-            match crate::relay::admin::ensure_topics(&self.config.kafka, &topics, Duration::from_secs(10)).await {
+            let timeout = Duration::from_secs(10);
+            let created = match crate::relay::admin::ensure_topics(k, &topics, timeout).await {
+                // The progress topic is compacted with one partition (the last record counts).
+                Ok(()) if exactly_once => {
+                    crate::relay::admin::ensure_progress_topic(k, &self.cfg.progress_topic, timeout).await
+                }
+                other => other,
+            };
+            match created {
                 Ok(()) => return true,
                 Err(e) if !e.transient => {
                     tracing::error!(error = %e, "cannot create topics; publishing will report the same error");

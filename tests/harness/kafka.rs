@@ -257,3 +257,18 @@ pub fn by_key(records: &[Record]) -> HashMap<String, Vec<(i64, String)>> {
     }
     out
 }
+
+/// A topic's partition count and its configuration as the broker reports it.
+pub async fn topic_config(brokers: &str, topic: &str) -> (usize, HashMap<String, String>) {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let md = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let res = admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts).await.unwrap();
+    let resource = res.into_iter().next().unwrap().unwrap();
+    let entries = resource.entries.into_iter().filter_map(|e| e.value.map(|v| (e.name, v))).collect();
+    (partitions, entries)
+}
