@@ -64,7 +64,9 @@ impl Txn {
                     let rest: Vec<Item> = batch.split_off(k + 1);
                     batch.truncate(k);
                     if !batch.is_empty() {
-                        let before = suspect.position() - 1;
+                        // Never behind the committed progress (a replayed
+                        // event's position is in the past).
+                        let before = (suspect.position() - 1).max(self.position);
                         if let Some(exit) = Box::pin(self.publish(std::mem::take(&mut batch), before, shutdown)).await?
                         {
                             return Ok(Some(exit));
@@ -81,7 +83,9 @@ impl Txn {
         }
     }
 
-    /// Resends a suspect alone until it commits or has failed `max_attempts` times (then parks it).
+    /// Resends a suspect alone (at least once) until it commits or has failed
+    /// `max_attempts` times in all (then parks it). The progress it commits
+    /// never goes behind the committed one.
     async fn solo(
         &mut self,
         item: Item,
@@ -89,8 +93,9 @@ impl Txn {
         shutdown: &mut Shutdown,
     ) -> Result<Option<Exit>, RelayError> {
         let mut attempts = 1;
+        let position = item.position().max(self.position);
         loop {
-            if attempts >= self.backoff.max_attempts {
+            if attempts >= self.backoff.max_attempts.max(2) {
                 self.park(&item, &err).await?;
                 return Ok(None);
             }
@@ -99,9 +104,9 @@ impl Txn {
             }
             attempts += 1;
             let started = Instant::now();
-            match self.transaction(std::slice::from_ref(&item), item.position()).await {
+            match self.transaction(std::slice::from_ref(&item), position).await {
                 Outcome::Committed => {
-                    self.committed(std::slice::from_ref(&item), item.position(), started).await?;
+                    self.committed(std::slice::from_ref(&item), position, started).await?;
                     return Ok(None);
                 }
                 Outcome::Permanent(mut f) => err = f.swap_remove(0).1,

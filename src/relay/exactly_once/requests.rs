@@ -83,7 +83,7 @@ impl Txn {
                             result = serde_json::json!({ "aggregate_id": agg.to_string(), "error": "an event failed again; parked again" });
                             continue;
                         }
-                        match self.relay.store.unpark(&consumer, &agg).await {
+                        match self.relay.unpark_record(&agg).await {
                             Ok(_) => {
                                 self.relay.metrics.dlq_parked_aggregates.dec();
                                 self.relay.status.update(|s| {

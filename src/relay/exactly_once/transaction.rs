@@ -4,8 +4,10 @@
 //! Guarantees: the progress record is the last record of the transaction,
 //! so a committed progress position always covers exactly what committed;
 //! a failure is classified (transient, permanent with the failing records,
-//! fenced, fatal) so the caller never re-initialises a fenced producer; the
-//! store checkpoint follows a commit (fenced), never precedes it.
+//! fenced, fatal) so the caller never re-initialises a fenced producer; an
+//! abort that does not complete ends the term (fatal) instead of leaving
+//! every later transaction refused; the store checkpoint follows a commit
+//! (fenced), never precedes it.
 
 use std::time::{Duration, Instant};
 
@@ -31,8 +33,10 @@ impl Txn {
                     Ok(()) => break,
                     Err(SendError::QueueFull) => tokio::time::sleep(Duration::from_millis(2)).await,
                     Err(SendError::Failed(e)) => {
-                        let _ = self.producer.abort_transaction(Duration::from_secs(30)).await;
                         self.next_token = base + batch.len() + 1;
+                        if let Some(o) = self.abort(Duration::from_secs(30)).await {
+                            return o;
+                        }
                         return if e.transient {
                             Outcome::Transient(e.message)
                         } else {
@@ -57,7 +61,9 @@ impl Txn {
         );
         self.next_token = progress_token + 1;
         if let Err(e) = progress_sent {
-            let _ = self.producer.abort_transaction(Duration::from_secs(30)).await;
+            if let Some(o) = self.abort(Duration::from_secs(30)).await {
+                return o;
+            }
             return Outcome::Transient(format!("cannot send the progress record: {e:?}"));
         }
         // Test hook: a pause here freezes the relay mid-transaction (zombie tests).
@@ -72,10 +78,8 @@ impl Txn {
             Err(e) => {
                 let failed = self.failures(base, batch.len());
                 if matches!(e.kind, TxnErrorKind::Abortable | TxnErrorKind::Retriable) {
-                    if let Err(a) = self.producer.abort_transaction(timeout).await {
-                        if matches!(a.kind, TxnErrorKind::Fenced | TxnErrorKind::Fatal) {
-                            return classify(a.kind, a.message);
-                        }
+                    if let Some(o) = self.abort(timeout).await {
+                        return o;
                     }
                 }
                 let permanent: Vec<(usize, PublishError)> = failed.into_iter().filter(|(_, e)| !e.transient).collect();
@@ -84,6 +88,20 @@ impl Txn {
                 }
                 classify(e.kind, e.message)
             }
+        }
+    }
+
+    /// Aborts the open transaction: `None` when it was aborted. An abort that
+    /// does not complete (the broker unreachable past `timeout`, another
+    /// call in progress) leaves librdkafka expecting that same call again
+    /// and refusing the next `begin_transaction` for ever, so it is fatal:
+    /// the term ends, a new producer's `init_transactions` settles the
+    /// transaction (after the lease is re-checked).
+    async fn abort(&mut self, timeout: Duration) -> Option<Outcome> {
+        match self.producer.abort_transaction(timeout).await {
+            Ok(()) => None,
+            Err(a) if a.kind == TxnErrorKind::Fenced => Some(classify(a.kind, a.message)),
+            Err(a) => Some(Outcome::Fatal(format!("the transaction could not be aborted: {}", a.message))),
         }
     }
 
