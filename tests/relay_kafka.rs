@@ -235,6 +235,26 @@ async fn a_term_that_cannot_read_the_parked_list_publishes_nothing() {
     relay.stop().await;
 }
 
+/// A progress topic created like an event topic (as versions before
+/// 2026-12-04 did) is reported at start with the command that fixes it; the
+/// one the relay creates now is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_uncompacted_progress_topic_is_reported_with_its_fix() {
+    use outboxd::relay::admin::{ensure_progress_topic, ensure_topics, progress_topic_problem};
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(&brokers, &dir.path().join("s.db"));
+    let t = Duration::from_secs(10);
+    let old = format!("{}old.progress", c.kafka.topic_prefix);
+    ensure_topics(&c.kafka, std::slice::from_ref(&old), t).await.unwrap();
+    let problem = progress_topic_problem(&c.kafka, &old, t).await.unwrap().expect("reported");
+    assert!(problem.contains("cleanup.policy=delete"), "{problem}");
+    assert!(problem.contains(&format!("--entity-name {old} --add-config cleanup.policy=compact")), "{problem}");
+    let new = format!("{}new.progress", c.kafka.topic_prefix);
+    ensure_progress_topic(&c.kafka, &new, t).await.unwrap();
+    assert_eq!(progress_topic_problem(&c.kafka, &new, t).await.unwrap(), None);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_config_exits_2_and_unreachable_broker_degrades_without_panic() {
     let dir = tempfile::tempdir().unwrap();

@@ -32,6 +32,41 @@ pub async fn ensure_progress_topic(cfg: &KafkaConfig, topic: &str, timeout: Dura
     create(cfg, &[t], timeout).await
 }
 
+/// Why an existing progress topic is not what exactly-once mode needs (not
+/// compacted: it keeps every transaction's record for the whole retention,
+/// and each term start reads it all), or `None` when it is. Versions before
+/// 2026-12-04 created it like an event topic.
+pub async fn progress_topic_problem(
+    cfg: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<String>, PublishError> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<DefaultClientContext> = producer_config(cfg, &Delivery::AtLeastOnce)
+        .create()
+        .map_err(|e| PublishError::permanent("config", format!("cannot create Kafka admin client: {e}")))?;
+    let admin = DropOffRuntime::new(admin);
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let described = tokio::time::timeout(
+        timeout + Duration::from_secs(1),
+        admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts),
+    )
+    .await
+    .map_err(|_| PublishError::transient("timeout", format!("broker did not describe {topic} within {timeout:?}")))?
+    .map_err(|e| PublishError::from_kafka(&e))?;
+    let policy = match described.into_iter().next() {
+        Some(Ok(r)) => r.get("cleanup.policy").and_then(|e| e.value.clone()).unwrap_or_default(),
+        Some(Err(code)) => return Err(PublishError::from_kafka(&KafkaError::AdminOp(code))),
+        None => return Ok(None),
+    };
+    Ok((!policy.split(',').any(|p| p.trim() == "compact")).then(|| {
+        format!(
+            "progress topic {topic} has cleanup.policy={policy}, not compact: it grows by one record per transaction and every relay start reads it all; fix it with: kafka-configs.sh --bootstrap-server {} --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact",
+            cfg.brokers
+        )
+    }))
+}
+
 async fn create(cfg: &KafkaConfig, topics: &[NewTopic<'_>], timeout: Duration) -> Result<(), PublishError> {
     let admin: AdminClient<DefaultClientContext> = producer_config(cfg, &Delivery::AtLeastOnce)
         .create()

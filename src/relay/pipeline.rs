@@ -364,7 +364,16 @@ impl Relay {
             let created = match crate::relay::admin::ensure_topics(k, &topics, timeout).await {
                 // The progress topic is compacted with one partition (the last record counts).
                 Ok(()) if exactly_once => {
-                    crate::relay::admin::ensure_progress_topic(k, &self.cfg.progress_topic, timeout).await
+                    let topic = &self.cfg.progress_topic;
+                    let made = crate::relay::admin::ensure_progress_topic(k, topic, timeout).await;
+                    if made.is_ok() {
+                        match crate::relay::admin::progress_topic_problem(k, topic, timeout).await {
+                            Ok(Some(problem)) => tracing::warn!("{problem}"),
+                            Ok(None) => {}
+                            Err(e) => tracing::debug!(error = %e, "cannot describe the progress topic"),
+                        }
+                    }
+                    made
                 }
                 other => other,
             };
