@@ -259,6 +259,42 @@ async fn fenced_parking(s: DynStore) {
     assert!(parked(s.clone()).await.is_empty());
 }
 
+/// Operator requests are claimed and finished only at the lease's epoch: a
+/// former leader can neither claim a request after a takeover nor report
+/// one done that the new leader then carries out (re-claims) itself.
+async fn fenced_requests(s: DynStore) {
+    use outboxd::store::lease::{Lease, LeaseCas};
+    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    let name = "kafka-relay";
+    let lease =
+        |epoch: i64, holder: &str| Lease { name: name.into(), holder: holder.into(), epoch, counter: 0, ttl_ms: 3000 };
+    assert!(s.lease_cas(&LeaseCas { expected: None, new: lease(1, "a") }).await.unwrap());
+    let rewind = RelayRequest::new(name, RequestKind::RewindToPosition { position: 5 }, "test");
+    let replay = RelayRequest::new(name, RequestKind::ReplayAllParked, "test");
+    s.request_submit(&rewind).await.unwrap();
+    s.request_submit(&replay).await.unwrap();
+    assert!(s.request_claim(&rewind, 1).await.unwrap(), "the holder claims");
+
+    // "b" takes the lease over: epoch 2.
+    assert!(s.lease_cas(&LeaseCas { expected: Some((1, 0)), new: lease(2, "b") }).await.unwrap());
+    let done = serde_json::json!({ "rewound_to": 5 });
+    assert!(
+        !s.request_finish(name, rewind.id, 1, RequestStatus::Done, done.clone()).await.unwrap(),
+        "a's outcome is refused"
+    );
+    assert!(!s.request_claim(&replay, 1).await.unwrap(), "a's late claim is refused");
+    let r = s.request_get(rewind.id).await.unwrap().unwrap();
+    assert_eq!((r.status, r.claimed_epoch), (RequestStatus::Running, Some(1)), "nothing recorded for a");
+
+    let open = s.requests_open(name, 2).await.unwrap();
+    assert_eq!(open.len(), 2, "b sees both: the one a claimed and the pending one");
+    let mine = open.iter().find(|r| r.id == rewind.id).unwrap();
+    assert!(s.request_claim(mine, 2).await.unwrap(), "b re-claims a's request");
+    assert!(s.request_finish(name, rewind.id, 2, RequestStatus::Done, done).await.unwrap());
+    let r = s.request_get(rewind.id).await.unwrap().unwrap();
+    assert_eq!((r.status, r.claimed_epoch), (RequestStatus::Done, Some(2)));
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
@@ -281,6 +317,7 @@ macro_rules! suite {
             case!(dead_letters);
             case!(snapshots);
             case!(fenced_parking);
+            case!(fenced_requests);
         }
     };
 }

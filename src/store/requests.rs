@@ -108,14 +108,19 @@ pub trait RequestStore: Send + Sync {
     /// claimed under an epoch older than `epoch` (their executor lost the lease).
     async fn requests_open(&self, consumer: &str, epoch: i64) -> Result<Vec<RelayRequest>, StoreError>;
     /// Claims `r` (as read by `requests_open`) for the lease holder at `epoch`;
-    /// false if someone else did meanwhile.
+    /// false if someone else did meanwhile, or (`epoch` > 0: a fenced relay)
+    /// if lease `r.consumer` is no longer at `epoch`.
     async fn request_claim(&self, r: &RelayRequest, epoch: i64) -> Result<bool, StoreError>;
-    /// Records the outcome.
+    /// Records the outcome of a request claimed at `epoch`; false (nothing
+    /// written) when it is no longer claimed at `epoch` or (`epoch` > 0) the
+    /// lease moved on: a former leader cannot report a request done that
+    /// the new one carries out again.
     async fn request_finish(
         &self,
         consumer: &str,
         id: Uuid,
+        epoch: i64,
         status: RequestStatus,
         result: serde_json::Value,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 }

@@ -38,7 +38,13 @@ impl Txn {
                     let _ = self
                         .relay
                         .store
-                        .request_finish(&consumer, r.id, RequestStatus::Failed, serde_json::json!({ "error": e }))
+                        .request_finish(
+                            &consumer,
+                            r.id,
+                            self.epoch,
+                            RequestStatus::Failed,
+                            serde_json::json!({ "error": e }),
+                        )
                         .await;
                     continue;
                 }
@@ -58,6 +64,7 @@ impl Txn {
                                     .request_finish(
                                         &consumer,
                                         r.id,
+                                        self.epoch,
                                         RequestStatus::Done,
                                         serde_json::json!({ "rewound_from": self.position, "rewound_to": position }),
                                     )
@@ -108,7 +115,7 @@ impl Txn {
                     }
                 }
             }
-            let _ = self.relay.store.request_finish(&consumer, r.id, status, result).await;
+            let _ = self.relay.store.request_finish(&consumer, r.id, self.epoch, status, result).await;
         }
         Ok(None)
     }

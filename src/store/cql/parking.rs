@@ -288,22 +288,25 @@ impl CqlStore {
         Ok(lwt_answer(res, "status")?.0)
     }
 
+    /// Records the outcome if the request is still running under `epoch`.
     pub(super) async fn request_done(
         &self,
         consumer: &str,
         id: Uuid,
+        epoch: i64,
         status: RequestStatus,
         result: &serde_json::Value,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         // An LWT like the claim (never mix plain and conditional writes on the same cells).
         let cql = format!(
-            "UPDATE {} SET status = ?, result = ?, finished_at = ? WHERE consumer = ? AND id = ? IF EXISTS",
+            "UPDATE {} SET status = ?, result = ?, finished_at = ? WHERE consumer = ? AND id = ? IF status = 'running' AND claimed_epoch = ?",
             self.t("relay_requests")
         );
-        self.session
-            .query_unpaged(cql, (status.as_str(), result.to_string(), Utc::now(), consumer, id))
+        let res = self
+            .session
+            .query_unpaged(cql, (status.as_str(), result.to_string(), Utc::now(), consumer, id, epoch))
             .await
             .map_err(|e| exec_err("finish relay request", e))?;
-        Ok(())
+        Ok(lwt_answer(res, "status")?.0)
     }
 }

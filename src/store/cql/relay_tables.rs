@@ -6,7 +6,8 @@
 //! park rows are plain upserts keyed by (consumer, aggregate). A fenced park
 //! or unpark first reads the lease SERIAL and writes only at the caller's
 //! epoch: the park rows live outside the lease partition, so the check and
-//! the write are two steps (on SQLite they are one transaction).
+//! the write are two steps (on SQLite they are one transaction). Request
+//! claims and outcomes are checked the same way.
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -103,6 +104,9 @@ impl RequestStore for CqlStore {
     }
 
     async fn request_claim(&self, r: &RelayRequest, epoch: i64) -> Result<bool, StoreError> {
+        if epoch > 0 && self.fence_check(&r.consumer, epoch).await.is_err() {
+            return Ok(false);
+        }
         self.request_cas(r, epoch).await
     }
 
@@ -110,9 +114,13 @@ impl RequestStore for CqlStore {
         &self,
         consumer: &str,
         id: Uuid,
+        epoch: i64,
         status: RequestStatus,
         result: serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.request_done(consumer, id, status, &result).await
+    ) -> Result<bool, StoreError> {
+        if epoch > 0 && self.fence_check(consumer, epoch).await.is_err() {
+            return Ok(false);
+        }
+        self.request_done(consumer, id, epoch, status, &result).await
     }
 }

@@ -115,9 +115,10 @@ impl RequestStore for SqliteStore {
         &self,
         _consumer: &str,
         id: Uuid,
+        epoch: i64,
         status: RequestStatus,
         result: serde_json::Value,
-    ) -> Result<(), StoreError> {
-        self.write(move |c| requests::finish(c, id, status, &result)).await
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| requests::finish(c, id, epoch, status, &result)).await
     }
 }

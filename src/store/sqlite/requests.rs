@@ -75,10 +75,17 @@ pub(super) fn open(c: &Connection, consumer: &str, epoch: i64) -> Result<Vec<Rel
     Ok(out)
 }
 
+/// The request's lease is at `?2` (or the caller is unfenced: epoch 0).
+const LEASE_AT_EPOCH: &str =
+    "(?2 = 0 OR NOT EXISTS (SELECT 1 FROM relay_leases l WHERE l.name = relay_requests.consumer AND l.epoch <> ?2))";
+
 pub(super) fn claim(c: &Connection, id: Uuid, epoch: i64) -> Result<bool, StoreError> {
     c.execute(
-        "UPDATE relay_requests SET status = 'running', claimed_epoch = ?2
-         WHERE id = ?1 AND (status = 'pending' OR (status = 'running' AND COALESCE(claimed_epoch, -1) < ?2))",
+        &format!(
+            "UPDATE relay_requests SET status = 'running', claimed_epoch = ?2
+             WHERE id = ?1 AND (status = 'pending' OR (status = 'running' AND COALESCE(claimed_epoch, -1) < ?2))
+             AND {LEASE_AT_EPOCH}"
+        ),
         params![id.to_string(), epoch],
     )
     .map(|n| n == 1)
@@ -88,13 +95,17 @@ pub(super) fn claim(c: &Connection, id: Uuid, epoch: i64) -> Result<bool, StoreE
 pub(super) fn finish(
     c: &Connection,
     id: Uuid,
+    epoch: i64,
     status: RequestStatus,
     result: &serde_json::Value,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     c.execute(
-        "UPDATE relay_requests SET status = ?2, result = ?3, finished_at = ?4 WHERE id = ?1",
-        params![id.to_string(), status.as_str(), result.to_string(), ts(&chrono::Utc::now())],
+        &format!(
+            "UPDATE relay_requests SET status = ?3, result = ?4, finished_at = ?5
+             WHERE id = ?1 AND status = 'running' AND COALESCE(claimed_epoch, 0) = ?2 AND {LEASE_AT_EPOCH}"
+        ),
+        params![id.to_string(), epoch, status.as_str(), result.to_string(), ts(&chrono::Utc::now())],
     )
-    .map(|_| ())
+    .map(|n| n == 1)
     .map_err(unavailable)
 }
