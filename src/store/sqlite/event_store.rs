@@ -6,7 +6,6 @@
 //! commit order because SQLite serialises writers.
 
 use async_trait::async_trait;
-use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
@@ -172,16 +171,7 @@ impl EventStore for SqliteStore {
 
     async fn set_checkpoint(&self, consumer: &str, position: i64) -> Result<(), StoreError> {
         let consumer = consumer.to_string();
-        self.write(move |c| {
-            c.execute(
-                "INSERT INTO checkpoints (consumer, position, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-                params![consumer, position, ts(&Utc::now())],
-            )
-            .map(|_| ())
-            .map_err(unavailable)
-        })
-        .await
+        self.write(move |c| super::lease::upsert_checkpoint(c, &consumer, position)).await
     }
 
     async fn dlq_insert(&self, letter: DeadLetter) -> Result<(), StoreError> {

@@ -100,13 +100,16 @@ pub(super) fn set_checkpoint_fenced(
     epoch: i64,
     position: i64,
 ) -> Result<(), StoreError> {
-    fenced(c, name, epoch, |tx| {
-        tx.execute(
-            "INSERT INTO checkpoints (consumer, position, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-            params![name, position, ts(&Utc::now())],
-        )
-        .map(|_| ())
-        .map_err(unavailable)
-    })
+    fenced(c, name, epoch, |tx| upsert_checkpoint(tx, name, position))
+}
+
+/// Sets checkpoint `consumer` to `position` (created if missing).
+pub(super) fn upsert_checkpoint(c: &Connection, consumer: &str, position: i64) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO checkpoints (consumer, position, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (consumer) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+        params![consumer, position, ts(&Utc::now())],
+    )
+    .map(|_| ())
+    .map_err(unavailable)
 }
