@@ -235,6 +235,102 @@ async fn a_term_that_cannot_read_the_parked_list_publishes_nothing() {
     relay.stop().await;
 }
 
+/// Exactly-once: an operator replay whose second event still cannot be
+/// published commits the first alone, parks the aggregate again, and never
+/// moves the committed progress back (the replayed events' positions are in
+/// the past; a regressed progress made the next term re-publish everything
+/// after them to read_committed consumers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_replay_that_fails_again_keeps_the_progress() {
+    use outboxd::domain::{Currency, Money, Order, OrderCommand, OrderItem, Sku};
+    use outboxd::envelope::Metadata;
+    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&brokers, &dir.path().join("s.db"));
+    c.relay.delivery = outboxd::config::DeliveryMode::ExactlyOnce;
+    c.relay.consumer_name = format!("eos-{}", uuid::Uuid::now_v7().simple());
+    c.relay.progress_topic = format!("{}progress", c.kafka.topic_prefix);
+    c.relay.retry.initial_backoff_ms = 10;
+    c.relay.retry.max_backoff_ms = 50;
+    c.kafka.compression = outboxd::config::Compression::None;
+    let topic = format!("{}order-events", c.kafka.topic_prefix);
+    let (b, t) = (brokers.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || create_topic(&b, &t, 3, &[("max.message.bytes", "6000")])).await.unwrap();
+    let store = open(&c).await;
+    let svc = CommandService::new(store.clone(), ServiceOptions::default());
+    let eur = Currency::new("EUR").unwrap();
+    let items = |n: usize, tag: &str| -> Vec<OrderItem> {
+        (0..n)
+            .map(|k| {
+                OrderItem::new(
+                    Sku::new(format!("{tag}-{k:03}-{}", "X".repeat(54))).unwrap(),
+                    1,
+                    Money::new(1, eur).unwrap(),
+                )
+                .unwrap()
+            })
+            .collect()
+    };
+    let order = uuid::Uuid::now_v7();
+    let run = |cmd: OrderCommand| {
+        let svc = svc.clone();
+        async move { svc.execute::<Order>(order, &cmd, Metadata::default(), None).await.unwrap() }
+    };
+    run(OrderCommand::Create { customer_id: uuid::Uuid::now_v7(), items: items(1, "A") }).await;
+    run(OrderCommand::UpdateItems { items: items(50, "B") }).await; // ~7 KB: over 6000, under 12000
+    run(OrderCommand::UpdateItems { items: items(100, "C") }).await; // ~14 KB: over both
+    let other = uuid::Uuid::now_v7();
+    svc.execute::<Order>(
+        other,
+        &OrderCommand::Create { customer_id: other, items: items(1, "D") },
+        Metadata::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let head = store.head_position().await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(head, Duration::from_secs(60)).await;
+    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 1, "parked at its second event");
+
+    let (b, t) = (brokers.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || alter_topic(&b, &t, "max.message.bytes", "12000")).await.unwrap();
+    let replay = RelayRequest::new(
+        &c.relay.consumer_name,
+        RequestKind::ReplayAggregate { aggregate_id: order.to_string() },
+        "test",
+    );
+    store.request_submit(&replay).await.unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let r = store.request_get(replay.id).await.unwrap().unwrap();
+            if matches!(r.status, RequestStatus::Done | RequestStatus::Failed) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the replay finishes");
+    assert_eq!(finished.status, RequestStatus::Failed, "the third event failed again: {:?}", finished.result);
+    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 1, "parked again, at its third event");
+
+    let records =
+        consume_until(&brokers, std::slice::from_ref(&c.relay.progress_topic), 1, Duration::from_secs(5), |_| false);
+    let last = records.iter().rev().find(|r| r.key == c.relay.consumer_name).expect("a progress record");
+    assert!(
+        last.value["position"].as_i64().unwrap() >= head,
+        "the committed progress never went back: {:?}",
+        last.value
+    );
+    let events = consume_all(&brokers, std::slice::from_ref(&topic), 3, Duration::from_secs(10));
+    let seqs: Vec<&str> =
+        events.iter().filter(|r| r.key == order.to_string()).map(|r| r.headers["ce_sequence"].as_str()).collect();
+    assert_eq!(seqs, vec!["1", "2"], "the order's first event, then the replayed second one");
+    relay.stop().await;
+}
+
 /// A progress topic created like an event topic (as versions before
 /// 2026-12-04 did) is reported at start with the command that fixes it; the
 /// one the relay creates now is not.
