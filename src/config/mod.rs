@@ -102,7 +102,14 @@ impl Config {
         self.http.validate()?;
         self.health.validate()?;
         self.service.validate()?;
-        self.supervision.validate()
+        self.supervision.validate()?;
+        if self.store.backend == Backend::Cql && self.relay.delivery == DeliveryMode::ExactlyOnce {
+            // The CDC relay has no transactional producer: it would run at-least-once silently.
+            return Err(ConfigError(
+                "relay.delivery = \"exactly-once\" is not available with store.backend = \"cql\": the Scylla CDC relay publishes at-least-once (duplicates only of unconfirmed events); set relay.delivery = \"at-least-once\"".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -163,6 +170,20 @@ mod tests {
         c.validate().unwrap();
         c.kafka.topic_prefix.push('p');
         assert!(c.validate().unwrap_err().to_string().contains("kafka.topic_prefix"));
+    }
+
+    /// Review finding: the CDC relay ignored `exactly-once` and published
+    /// at-least-once; the combination is now refused by name.
+    #[test]
+    fn exactly_once_is_refused_on_the_cql_backend() {
+        let mut c = Config::default();
+        c.relay.delivery = DeliveryMode::ExactlyOnce;
+        c.validate().unwrap();
+        c.store.backend = Backend::Cql;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("relay.delivery") && e.contains("store.backend = \"cql\""), "{e}");
+        c.relay.delivery = DeliveryMode::AtLeastOnce;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::StatusTx;
 use crate::relay::window::{AggKey, Fenced};
 use crate::shutdown::Shutdown;
-use crate::store::feed::RawEvent;
+use crate::store::feed::{RawEvent, Unreadable};
 use crate::store::DynStore;
 
 /// How one delivery ended.
@@ -173,11 +173,12 @@ impl Deliverer {
                             tracing::warn!(event_id = %e.event_id, error = %err, "event still failing after {attempts} attempts with a transient error; retrying behind the breaker");
                         }
                         if attempts >= max && self.dlq_on_transient_exhaustion {
-                            return self.give_up(e, err, PermanentFailurePolicy::Skip, attempts, shutdown).await;
+                            let item = Item::Event(e.clone());
+                            return self.give_up(&item, err, PermanentFailurePolicy::Skip, attempts, shutdown).await;
                         }
                     } else if attempts >= max {
                         self.metrics.retry_failure.with_label_values(&["publish"]).inc();
-                        return self.give_up(e, err, self.policy, attempts, shutdown).await;
+                        return self.give_up(&Item::Event(e.clone()), err, self.policy, attempts, shutdown).await;
                     }
                     if !shutdown.sleep(self.backoff.delay(attempts)).await {
                         return Delivered::Shutdown;
@@ -222,22 +223,44 @@ impl Deliverer {
         rx.await.unwrap_or_else(|_| Err(PublishError::transient("canceled", "the delivery report was lost")))
     }
 
+    /// A log row that is not a readable event: parked or dead-lettered under
+    /// the permanent-failure policy (held when its aggregate is parked), as
+    /// the position feed does, so one bad row never stops the relay.
+    pub async fn give_up_unreadable(&self, row: Unreadable, shutdown: &mut Shutdown) -> Delivered {
+        if self.is_parked(&row.aggregate_key) {
+            return Delivered::Held;
+        }
+        let err = PublishError::permanent("unreadable", row.error.clone());
+        let event_type = row.event_type.as_deref().unwrap_or("unknown");
+        self.metrics.cdc_events_failed.with_label_values(&[event_type, &err.kind]).inc();
+        self.give_up(&Item::Unreadable(row), err, self.policy, 1, shutdown).await
+    }
+
     async fn give_up(
         &self,
-        e: &RawEvent,
+        item: &Item,
         err: PublishError,
         policy: PermanentFailurePolicy,
         attempts: u32,
         shutdown: &mut Shutdown,
     ) -> Delivered {
-        let item = Item::Event(e.clone());
+        let (event_id, event_type, sequence) = match item {
+            Item::Event(e) => (e.event_id.to_string(), e.event_type.clone(), Some(e.sequence)),
+            Item::Unreadable(u) => {
+                (u.event_id.clone().unwrap_or_default(), u.event_type.clone().unwrap_or_default(), u.sequence)
+            }
+            Item::Marker { discarded, .. } => {
+                (discarded.event_id.to_string(), discarded.event_type.clone(), Some(discarded.sequence))
+            }
+        };
+        let aggregate = item.aggregate().clone();
         let mut tries = 0;
         loop {
             let res = match policy {
                 PermanentFailurePolicy::ParkAggregate => {
-                    self.store.park(&parked_record(&self.consumer, &item, &err)).await
+                    self.store.park(&parked_record(&self.consumer, item, &err)).await
                 }
-                PermanentFailurePolicy::Skip => match dead_letter_of(&item, &err, attempts) {
+                PermanentFailurePolicy::Skip => match dead_letter_of(item, &err, attempts) {
                     Some(l) => self.sink.dead_letter(l).await,
                     None => Ok(()),
                 },
@@ -255,25 +278,25 @@ impl Deliverer {
         }
         match policy {
             PermanentFailurePolicy::ParkAggregate => {
-                if self.parked.lock().unwrap_or_else(|p| p.into_inner()).insert(item.aggregate().clone()) {
+                if self.parked.lock().unwrap_or_else(|p| p.into_inner()).insert(aggregate.clone()) {
                     self.metrics.dlq_parked_aggregates.inc();
                     self.status.update(|s| {
                         s.parked_aggregates += 1;
                         true
                     });
                 }
-                tracing::error!(event_id = %e.event_id, aggregate = %e.aggregate_key, sequence = e.sequence, error = %err, "event can never be published as it is; its aggregate is parked from it on");
+                tracing::error!(%event_id, %aggregate, ?sequence, error = %err, "event can never be published as it is; its aggregate is parked from it on");
                 Delivered::Parked
             }
             PermanentFailurePolicy::Skip => {
                 self.metrics.dlq_messages.inc();
-                self.metrics.dlq_messages_by_event_type.with_label_values(&[&e.event_type]).inc();
+                self.metrics.dlq_messages_by_event_type.with_label_values(&[&event_type]).inc();
                 self.metrics.dlq_depth.inc();
                 self.status.update(|s| {
                     s.dead_lettered += 1;
                     true
                 });
-                tracing::error!(event_id = %e.event_id, error = %err, "event can never be published as it is; moved to dead_letter_queue");
+                tracing::error!(%event_id, %aggregate, ?sequence, error = %err, "event can never be published as it is; moved to dead_letter_queue");
                 Delivered::DeadLettered
             }
         }
@@ -304,3 +327,7 @@ async fn route(mut completions: mpsc::UnboundedReceiver<Completion>, waiters: Wa
         }
     }
 }
+
+#[cfg(test)]
+#[path = "deliver_tests.rs"]
+mod tests;

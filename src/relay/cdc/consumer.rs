@@ -13,7 +13,9 @@
 //!   order ([`BatchBuffer`]), whatever order Scylla numbered them in.
 //! - Rows that are not event inserts are skipped; a row of `event_store` that
 //!   cannot be decoded goes to [`EnvelopeSink::undecodable`] (by default an
-//!   error, which stops the reader); after shutdown or when the progress is
+//!   error, which stops the reader; the relay's `Deliverer` parks it or
+//!   dead-letters it under the permanent-failure policy and goes on, as the
+//!   position feed does with an unreadable row); after shutdown or when the progress is
 //!   fenced (another instance took the lease over) it returns an error and
 //!   the reader stops without saving progress past the row.
 
@@ -31,7 +33,7 @@ use super::CdcError;
 use crate::envelope::EventEnvelope;
 use crate::relay::deliver::{Delivered, Deliverer};
 use crate::shutdown::Shutdown;
-use crate::store::feed::RawEvent;
+use crate::store::feed::{RawEvent, Unreadable};
 
 /// Rows of one batch buffered at most (an append has one per event + 1).
 const MAX_BATCH_ROWS: usize = 10_000;
@@ -88,10 +90,33 @@ impl EnvelopeSink for Deliverer {
             row: format!("{}#{}", env.aggregate_id, env.sequence),
             error: e.to_string(),
         })?;
-        match self.deliver(&raw, shutdown).await {
-            Delivered::Delivered | Delivered::Held | Delivered::Parked | Delivered::DeadLettered => Ok(()),
-            Delivered::Shutdown => Err(CdcError::Shutdown),
-        }
+        settled(self.deliver(&raw, shutdown).await)
+    }
+
+    /// Parked or dead-lettered under the relay's policy (the position feed's
+    /// handling of an unreadable row); only a row without an aggregate id,
+    /// which the log's partition key makes impossible, stops the reader.
+    async fn undecodable(&self, row: UndecodableRow, shutdown: &mut Shutdown) -> Result<(), CdcError> {
+        let Some(aggregate) = row.aggregate_id else {
+            tracing::error!(error = %row.error, "CDC row of event_store without an aggregate id; stopping the CDC reader");
+            return Err(row.error);
+        };
+        let unreadable = Unreadable {
+            position: 0,
+            aggregate_key: aggregate.to_string().into(),
+            sequence: row.sequence,
+            event_id: row.event_id.map(|e| e.to_string()),
+            event_type: None,
+            error: row.error.to_string(),
+        };
+        settled(self.give_up_unreadable(unreadable, shutdown).await)
+    }
+}
+
+fn settled(d: Delivered) -> Result<(), CdcError> {
+    match d {
+        Delivered::Delivered | Delivered::Held | Delivered::Parked | Delivered::DeadLettered => Ok(()),
+        Delivered::Shutdown => Err(CdcError::Shutdown),
     }
 }
 

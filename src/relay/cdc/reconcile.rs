@@ -18,7 +18,9 @@
 //! - Confirmation: publishing `(A, k)` (through the CDC row, a fill, or the
 //!   reconciler) confirms its pending row, which is then deleted.
 //! - Bounded time: a pending row older than the bound (safety interval +
-//!   window + margin) is published by the reconciler and deleted.
+//!   window + margin) is published by the reconciler and deleted, once the
+//!   reader has published every row stamped before the append was resolved
+//!   (so the aggregate's earlier events, committed before it, went first).
 //! - No re-send inside one process: an event at or below the last sequence
 //!   this relay published for its aggregate (a window read again after a
 //!   reader restart or a catch-up switch) is skipped.
@@ -126,11 +128,22 @@ impl ReconcileState {
         self.rows().filter(|p| self.recent.get(&p.aggregate_id).is_some_and(|l| p.sequence <= l)).collect()
     }
 
-    /// Pending rows resolved more than `bound_ms` before `now_ms` and not
-    /// published, in (aggregate, sequence) order: the reconciler publishes them.
-    pub fn overdue(&self, now_ms: i64, bound_ms: i64) -> Vec<PendingAppend> {
+    /// Pending rows resolved more than `bound_ms` before `now_ms`, not
+    /// published, and behind `read_through_ms` (every CDC row stamped before
+    /// it has been published; `None`: nothing is known yet), in (aggregate,
+    /// sequence) order: the reconciler publishes them.
+    ///
+    /// The reader's progress matters as much as the clock: event `s - 1` of
+    /// the aggregate was committed before `s` was resolved, so once the
+    /// reader has published every row up to `s`'s `resolved_at`, `s - 1` went
+    /// out first. On the clock alone a catching-up reader (behind by hours)
+    /// would see `s` published before it reaches `s - 1`, and then skip
+    /// `s - 1` as already behind the last published sequence: a loss.
+    pub fn overdue(&self, now_ms: i64, bound_ms: i64, read_through_ms: Option<i64>) -> Vec<PendingAppend> {
+        let Some(read_through) = read_through_ms else { return Vec::new() };
         self.rows()
             .filter(|p| now_ms.saturating_sub(p.resolved_at_ms) > bound_ms)
+            .filter(|p| read_through > p.resolved_at_ms)
             .filter(|p| self.recent.get(&p.aggregate_id).is_none_or(|l| p.sequence > l))
             .collect()
     }
@@ -227,19 +240,39 @@ mod tests {
         // A pending row below the last published one needs no publishing.
         s.refresh([pending(1, 4, 0)]);
         assert_eq!(s.confirmable(), vec![pending(1, 4, 0)]);
-        assert!(s.overdue(1_000_000, 10).is_empty());
+        assert!(s.overdue(1_000_000, 10, Some(1_000_000)).is_empty());
     }
 
     #[test]
     fn only_rows_older_than_the_bound_are_overdue() {
         let mut s = ReconcileState::new(100);
         s.refresh([pending(2, 1, 5_000), pending(1, 7, 1_000), pending(1, 6, 1_000)]);
-        assert_eq!(s.overdue(10_000, 120_000), vec![]);
-        assert_eq!(s.overdue(121_001, 120_000), vec![pending(1, 6, 1_000), pending(1, 7, 1_000)]);
-        assert_eq!(s.overdue(200_000, 120_000).len(), 3);
+        let read = Some(i64::MAX);
+        assert_eq!(s.overdue(10_000, 120_000, read), vec![]);
+        assert_eq!(s.overdue(121_001, 120_000, read), vec![pending(1, 6, 1_000), pending(1, 7, 1_000)]);
+        assert_eq!(s.overdue(200_000, 120_000, read).len(), 3);
         assert_eq!((s.pending_len(), s.oldest_resolved_at_ms()), (3, Some(1_000)));
         s.forget(agg(1), 6);
         assert_eq!(s.pending_len(), 2);
+    }
+
+    /// Review finding: A#4 was appended normally, A#5's outcome was unknown
+    /// and its row is pending. A reader catching up (hours behind) has not
+    /// reached A#4's row when the clock bound of A#5 expires: A#5 must wait,
+    /// or A#4 would arrive later, be skipped as behind A#5, and be lost.
+    #[test]
+    fn an_overdue_row_waits_until_the_reader_has_passed_it() {
+        let mut s = ReconcileState::new(100);
+        s.refresh([pending(1, 5, 10_000)]);
+        let now = 10_000 + 3_600_000;
+        assert_eq!(s.overdue(now, 120_000, None), vec![], "no progress known yet");
+        assert_eq!(s.overdue(now, 120_000, Some(9_000)), vec![], "the reader is behind A#5's resolution");
+        assert_eq!(s.overdue(now, 120_000, Some(10_000)), vec![]);
+        // The reader reaches A#4 (stamped before A#5 was resolved) and publishes it.
+        assert_eq!(s.plan(agg(1), 4), Plan::Deliver { fill: vec![] });
+        s.published(agg(1), 4);
+        assert_eq!(s.overdue(now, 120_000, Some(10_001)), vec![pending(1, 5, 10_000)]);
+        assert_eq!(s.plan(agg(1), 5), Plan::Deliver { fill: vec![] }, "A#5 after A#4");
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //!   behind A's last published event are published first, from the event
 //!   table, in sequence order ([`Plan`]).
 //! - A pending row is deleted only after its event was published; one older
-//!   than the bound is published by [`run_reconciler`] (refresh every few
-//!   seconds) and then deleted. `cdc_unreconciled_appends` shows the pending rows.
+//!   than the bound, and behind the reader's published progress (the
+//!   [`ReadThrough`] probe), is published by [`run_reconciler`] (refresh every
+//!   few seconds) and then deleted. `cdc_unreconciled_appends` shows the
+//!   pending rows.
 //! - Store reads that fail transiently are retried with backoff until they
 //!   work or shutdown; shutdown returns `CdcError::Shutdown` (nothing confirmed).
 
@@ -34,6 +36,10 @@ use crate::store::{DynStore, StoreError};
 
 const STRIPES: usize = 1024;
 
+/// Up to when (ms) every CDC row has been published, if known: the feed's
+/// oldest per-stream progress less the clock skew allowance.
+pub type ReadThrough = Arc<dyn Fn() -> Option<i64> + Send + Sync>;
+
 /// What happened to one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
@@ -53,11 +59,13 @@ pub struct ReconcilingSink<S: EnvelopeSink> {
     stripes: Vec<tokio::sync::Mutex<()>>,
     bound: Duration,
     gauge: Option<IntGauge>,
+    read_through: ReadThrough,
 }
 
 impl<S: EnvelopeSink> ReconcilingSink<S> {
     /// `bound`: age after which a pending row is published by the
-    /// reconciler; `capacity`: aggregates whose last published sequence is kept.
+    /// reconciler (once `read_through` has passed it); `capacity`: aggregates
+    /// whose last published sequence is kept.
     pub fn new(
         inner: Arc<S>,
         store: DynStore,
@@ -65,6 +73,7 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         bound: Duration,
         capacity: usize,
         gauge: Option<IntGauge>,
+        read_through: ReadThrough,
     ) -> Arc<Self> {
         Arc::new(ReconcilingSink {
             inner,
@@ -74,6 +83,7 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             bound,
             gauge,
+            read_through,
         })
     }
 
@@ -192,10 +202,15 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         Ok(self.state.lock().unwrap().pending_len())
     }
 
-    /// Publishes every pending row older than the bound. Returns how many.
+    /// Publishes every pending row older than the bound that the reader
+    /// has passed. Returns how many.
     pub async fn reconcile_overdue(&self, shutdown: &mut Shutdown) -> Result<usize, CdcError> {
-        let overdue: Vec<PendingAppend> =
-            self.state.lock().unwrap().overdue(Utc::now().timestamp_millis(), self.bound.as_millis() as i64);
+        let read_through = (self.read_through)();
+        let overdue: Vec<PendingAppend> = self.state.lock().unwrap().overdue(
+            Utc::now().timestamp_millis(),
+            self.bound.as_millis() as i64,
+            read_through,
+        );
         let mut done = 0;
         for p in overdue {
             tracing::warn!(aggregate = %p.aggregate_id, sequence = p.sequence, event_id = %p.event_id, "unknown-outcome append not seen in the CDC log within the bound; publishing it from event_store");

@@ -7,6 +7,7 @@ use super::*;
 use crate::relay::cdc::testkit::{events, live_store};
 use crate::shutdown::Trigger;
 use crate::store::EventStore;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex as StdMutex;
 
 #[derive(Default)]
@@ -37,6 +38,8 @@ struct Rig {
     sink: Arc<ReconcilingSink<Recorder>>,
     recorder: Arc<Recorder>,
     gauge: IntGauge,
+    /// What the reader has published through (ms); everything by default.
+    read: Arc<AtomicI64>,
     _trigger: Trigger,
     shutdown: Shutdown,
 }
@@ -47,6 +50,8 @@ async fn rig(what: &str) -> Option<Rig> {
     let recorder = Arc::new(Recorder::default());
     let gauge = IntGauge::new("cdc_unreconciled_appends", "test").unwrap();
     let sink_table = ReconcileTable::open(store.session(), store.keyspace()).await.unwrap();
+    let read = Arc::new(AtomicI64::new(i64::MAX));
+    let read_probe = read.clone();
     let sink = ReconcilingSink::new(
         recorder.clone(),
         store.clone() as DynStore,
@@ -54,10 +59,11 @@ async fn rig(what: &str) -> Option<Rig> {
         Duration::from_secs(120),
         10_000,
         Some(gauge.clone()),
+        Arc::new(move || Some(read_probe.load(Ordering::SeqCst))),
     );
     let trigger = Trigger::new();
     let shutdown = trigger.subscribe();
-    Some(Rig { store, table, sink, recorder, gauge, _trigger: trigger, shutdown })
+    Some(Rig { store, table, sink, recorder, gauge, read, _trigger: trigger, shutdown })
 }
 
 async fn append(rig: &Rig, id: Uuid, from: i64, n: usize) -> Vec<EventEnvelope> {
@@ -168,4 +174,27 @@ async fn a_row_naming_a_missing_event_is_kept() {
     rig.sink.refresh().await.unwrap();
     assert_eq!(rig.sink.reconcile_overdue(&mut rig.shutdown).await.unwrap(), 0);
     assert_eq!(rig.table.list().await.unwrap().len(), 1, "kept: health stays Degraded until someone looks");
+}
+
+/// Review finding: the clock bound alone let the reconciler publish A#2
+/// while a catching-up reader had not yet reached A#1's row; A#1 then came
+/// as "behind the last published" and was skipped. The row now waits until
+/// the reader's published progress has passed its resolution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_row_waits_for_a_reader_that_is_behind() {
+    let Some(mut rig) = rig("reconciliation: reader behind").await else { return };
+    let a = Uuid::now_v7();
+    let ev = append(&rig, a, 0, 2).await;
+    let resolved = Utc::now() - chrono::Duration::minutes(10);
+    rig.table.record(a, &[(2, ev[1].event_id)], resolved).await.unwrap();
+    rig.sink.refresh().await.unwrap();
+    rig.read.store(resolved.timestamp_millis() - 60_000, Ordering::SeqCst);
+    assert_eq!(rig.sink.reconcile_overdue(&mut rig.shutdown).await.unwrap(), 0);
+    assert_eq!(rig.recorder.of(a), Vec::<i64>::new(), "A#2 waits for the reader");
+    // The reader reaches A#1, then passes A#2's resolution.
+    rig.sink.handle(ev[0].clone(), &mut rig.shutdown).await.unwrap();
+    rig.read.store(resolved.timestamp_millis() + 1, Ordering::SeqCst);
+    assert_eq!(rig.sink.reconcile_overdue(&mut rig.shutdown).await.unwrap(), 1);
+    assert_eq!(rig.recorder.of(a), vec![1, 2], "in order, none lost");
+    assert!(rig.table.list().await.unwrap().is_empty());
 }

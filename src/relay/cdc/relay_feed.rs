@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::reader::{CdcFeed, FeedSpec};
-use super::reconciler::{run_reconciler, ReconcilingSink};
+use super::reconciler::{run_reconciler, ReadThrough, ReconcilingSink};
+use super::saver::LeaseCheckpointSaver;
 use super::{CdcError, EnvelopeSink, LEGACY_RELAY_CHECKPOINT_TABLE};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -46,6 +47,7 @@ pub async fn run_relay_feed(
         cdc.reconcile_bound(),
         cdc.reconcile_remember_aggregates,
         Some(metrics.cdc_unreconciled_appends.clone()),
+        read_through(feed.saver().clone(), cdc.clock_skew_allowance_ms),
     );
     let stop_reconciler = Trigger::new();
     let reconciler = tokio::spawn(run_reconciler(
@@ -71,6 +73,13 @@ pub async fn run_relay_feed(
     let _ = reconciler.await;
     let _ = reporter.await;
     res
+}
+
+/// Every CDC row stamped before this (ms) has been published: the feed's
+/// oldest per-stream progress less the clock skew allowance (the rows'
+/// timestamps come from the database nodes, `resolved_at` from the writer).
+fn read_through(saver: Arc<LeaseCheckpointSaver>, skew_ms: u64) -> ReadThrough {
+    Arc::new(move || saver.oldest_progress_ms().map(|p| p.saturating_sub(skew_ms as i64)))
 }
 
 /// The reconciliation state as the relay status shows it.

@@ -1,0 +1,93 @@
+//! The delivery call's handling of a CDC row that cannot be decoded, against
+//! a real CQL store (Cassandra stands in): parked or dead-lettered under the
+//! policy, never a stop of the reader. No broker is contacted: nothing of
+//! these rows, nor of a parked aggregate, reaches a send.
+
+use super::*;
+use crate::config::Config;
+use crate::relay::cdc::testkit::{events, live_store, timeuuid_at};
+use crate::relay::cdc::{CdcError, EnvelopeSink, RowPosition, UndecodableRow};
+use crate::shutdown::Trigger;
+use uuid::Uuid;
+
+async fn deliverer(what: &str, policy: PermanentFailurePolicy) -> Option<(Deliverer, DynStore, Config)> {
+    let store = live_store(what).await? as DynStore;
+    let mut config = Config::default();
+    config.relay.on_permanent_failure = policy;
+    let status = StatusTx::new(tokio::sync::watch::channel(crate::relay::RelayStatus::default()).0);
+    let d = Deliverer::new(&config, store.clone(), Arc::new(store.clone()), Metrics::new(), status).await.unwrap();
+    Some((d, store, config))
+}
+
+fn bad_row(aggregate: Uuid, sequence: i64) -> UndecodableRow {
+    UndecodableRow {
+        aggregate_id: Some(aggregate),
+        sequence: Some(sequence),
+        event_id: Some(Uuid::now_v7()),
+        position: RowPosition {
+            stream: crate::relay::cdc::progress::StreamKey(vec![1; 16]),
+            generation: Some(1),
+            time: timeuuid_at(1_000, 0),
+            batch_seq_no: 0,
+        },
+        error: CdcError::Payload { row: format!("{aggregate}#{sequence}"), error: "payload is not JSON".into() },
+    }
+}
+
+/// Review finding: the `Deliverer` had no `undecodable`, so the default
+/// stopped the whole CDC relay on one bad row, on every restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_row_parks_its_aggregate_and_holds_its_later_events() {
+    let Some((d, store, config)) = deliverer("deliver: undecodable parks", PermanentFailurePolicy::ParkAggregate).await
+    else {
+        return;
+    };
+    let trigger = Trigger::new();
+    let mut shutdown = trigger.subscribe();
+    let bad = Uuid::now_v7();
+    d.undecodable(bad_row(bad, 2), &mut shutdown).await.expect("parked, not a stop");
+    let parked = store.parked(&config.relay.consumer_name).await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let p = &parked[0].parked;
+    assert_eq!((p.aggregate_id.as_str(), p.sequence), (bad.to_string().as_str(), Some(2)));
+    assert!(p.error.contains("payload is not JSON") && p.error.contains("unreadable"), "{}", p.error);
+    assert!(d.is_parked(&bad.to_string()));
+    // Its next event is held by the park record: no send (no broker here).
+    let next = events(bad, 2, 1).remove(0);
+    d.handle(next, &mut shutdown).await.expect("held");
+    assert_eq!(store.dlq_count().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_skip_an_undecodable_row_is_dead_lettered() {
+    let Some((d, store, config)) = deliverer("deliver: undecodable skips", PermanentFailurePolicy::Skip).await else {
+        return;
+    };
+    let trigger = Trigger::new();
+    let mut shutdown = trigger.subscribe();
+    let bad = Uuid::now_v7();
+    let row = bad_row(bad, 1);
+    let event_id = row.event_id.unwrap();
+    d.undecodable(row, &mut shutdown).await.expect("dead-lettered, not a stop");
+    let letters = store.dlq_list(10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!((letters[0].event_id, letters[0].aggregate_id), (event_id, bad));
+    assert!(letters[0].error_message.contains("payload is not JSON"), "{}", letters[0].error_message);
+    assert!(store.parked(&config.relay.consumer_name).await.unwrap().is_empty());
+    assert!(!d.is_parked(&bad.to_string()));
+}
+
+/// A row without an aggregate id cannot be parked: the reader stops on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_without_an_aggregate_id_stops_the_reader() {
+    let Some((d, store, config)) = deliverer("deliver: no aggregate", PermanentFailurePolicy::ParkAggregate).await
+    else {
+        return;
+    };
+    let trigger = Trigger::new();
+    let mut shutdown = trigger.subscribe();
+    let row = UndecodableRow { aggregate_id: None, ..bad_row(Uuid::now_v7(), 1) };
+    let err = d.undecodable(row, &mut shutdown).await.unwrap_err();
+    assert!(err.to_string().contains("payload is not JSON"), "{err}");
+    assert!(store.parked(&config.relay.consumer_name).await.unwrap().is_empty());
+}
