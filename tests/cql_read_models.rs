@@ -206,6 +206,42 @@ async fn a_raw_v1_row_projects_as_v2() {
     assert_eq!((page.orders.len(), page.orders[0].currency.as_deref()), (1, Some("EUR")));
 }
 
+/// Review finding: an event the projection cannot decode was skipped and the
+/// next one applied through the gap fill, so the row moved past the missing
+/// event. It now stops at the version before it and parks the aggregate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_event_stops_its_row_and_parks_the_aggregate() {
+    let Some(store) = cassandra("undecodable event parks").await else { return };
+    let svc = service(&store);
+    let donor = order_lifecycle(&svc, 1).await;
+    let donor_events = store.load(donor).await.unwrap();
+    let x = Uuid::now_v7();
+    let mut evs: Vec<EventEnvelope> = donor_events[..3]
+        .iter()
+        .map(|e| EventEnvelope { aggregate_id: x, event_id: Uuid::now_v7(), ..e.clone() })
+        .collect();
+    evs[1].schema_version = 99; // a version no build knows
+    store.append(x, 0, evs.clone()).await.unwrap();
+    let other = order_lifecycle(&svc, 2).await;
+    apply_envelopes(&store, vec![evs[0].clone()], "EUR").await.unwrap();
+    assert_eq!(store.get_order(x).await.unwrap().unwrap().version, 1);
+    // Event 3 arrives: the gap fill meets event 2, which cannot be applied.
+    let out = apply_envelopes(&store, vec![evs[2].clone()], "EUR").await.unwrap();
+    assert_eq!(out.skipped, 1, "{out:?}");
+    assert_eq!(store.get_order(x).await.unwrap().unwrap().version, 1, "the row does not pass the missing event");
+    for e in [&evs[1], &evs[2]] {
+        apply_envelopes(&store, vec![e.clone()], "EUR").await.unwrap();
+    }
+    assert_eq!(store.get_order(x).await.unwrap().unwrap().version, 1);
+    use outboxd::store::parking::ParkingStore;
+    let parked = store.parked(outboxd::projection::CONSUMER).await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!((parked[0].parked.aggregate_id.clone(), parked[0].parked.sequence), (x.to_string(), Some(2)));
+    // Other aggregates keep projecting.
+    apply_envelopes(&store, store.load(other).await.unwrap(), "EUR").await.unwrap();
+    assert!(store.get_order(other).await.unwrap().is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_batch_moves_the_checkpoint_only_from_where_it_was() {
     let Some(store) = cassandra("commit_batch checkpoint CAS").await else { return };

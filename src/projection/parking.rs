@@ -11,7 +11,9 @@
 //! - Every other aggregate keeps being projected.
 //! - Visible: `outboxd projections status`, /health (`projections`
 //!   component Degraded while anything is parked); a rebuild starts over
-//!   (it clears the parks of the projection with the rows).
+//!   (it clears the parks of the projection with the rows), and a projector
+//!   running meanwhile re-reads the park records before each page while it
+//!   holds any, so it never holds an aggregate the rebuild released.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -74,9 +76,15 @@ impl ProjectionParking {
         self.parked.contains(agg)
     }
 
-    /// Loads the parked set once per projector run.
+    /// Loads the parked set: once per projector run while nothing is
+    /// parked, and before every page while something is. A rebuild (or an
+    /// operator) may have removed a park record meanwhile: holding that
+    /// aggregate's events on a stale set would skip them for good, even when
+    /// the rebuild ends at the very checkpoint this projector holds (its
+    /// compare-and-set then passes). With nothing parked, nothing is held,
+    /// so the common path reads nothing.
     pub async fn load(&mut self, store: &DynStore) -> Result<(), StoreError> {
-        if !self.loaded {
+        if !self.loaded || !self.parked.is_empty() {
             self.parked = store
                 .parked(&self.consumer)
                 .await?

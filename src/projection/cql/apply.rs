@@ -4,7 +4,10 @@
 //! Guarantee: idempotent and order-insensitive per aggregate: events at or
 //! below a row's version change nothing, a gap is filled from the event store
 //! first, and every row is written `USING TIMESTAMP <version>`, so the
-//! highest version wins whatever the arrival order.
+//! highest version wins whatever the arrival order. A row never reflects a
+//! state with an event missing: an event this build cannot apply stops its
+//! aggregate at the version before it and parks it (`parked_aggregates`,
+//! consumer `projections`).
 
 use chrono::{DateTime, Utc};
 use scylla::statement::batch::{Batch, BatchType};
@@ -17,8 +20,9 @@ use crate::domain::{Aggregate, Customer, Order};
 use crate::envelope::{EventEnvelope, StoredEvent};
 use crate::projection::model::{apply_event, Applied, OrderColumns, Row};
 use crate::projection::page::decode_row;
-use crate::projection::StoredRow;
+use crate::projection::{StoredRow, CONSUMER};
 use crate::store::cql::CqlStore;
+use crate::store::parking::{Parked, ParkingStore};
 use crate::store::{EventStore, StoreError};
 
 /// What [`apply_envelopes`] did.
@@ -66,25 +70,78 @@ async fn project<A: Aggregate>(
                 if missing.sequence >= env.sequence {
                     break;
                 }
-                if apply_event(&mut row, stored_event(missing), currency) != Applied::Duplicate {
-                    out.gap_filled += 1;
-                    dirty = true;
+                let key = ParkKey::of(&missing);
+                match apply_event(&mut row, stored_event(missing), currency) {
+                    Applied::Applied => {
+                        out.gap_filled += 1;
+                        dirty = true;
+                    }
+                    Applied::Duplicate => {}
+                    Applied::Skipped(error) => {
+                        park(store, key, &error).await?;
+                        out.skipped += 1;
+                        return Ok(dirty.then_some(row).flatten());
+                    }
                 }
             }
         }
+        let key = ParkKey::of(&env);
         match apply_event(&mut row, stored_event(env), currency) {
             Applied::Applied => {
                 out.applied += 1;
                 dirty = true;
             }
             Applied::Duplicate => out.duplicates += 1,
-            Applied::Skipped(_) => {
+            Applied::Skipped(error) => {
+                park(store, key, &error).await?;
                 out.skipped += 1;
-                dirty = true;
+                return Ok(dirty.then_some(row).flatten());
             }
         }
     }
     Ok(if dirty { row } else { None })
+}
+
+/// What a park record names of the event that stopped an aggregate.
+struct ParkKey {
+    aggregate_id: Uuid,
+    aggregate_type: String,
+    sequence: i64,
+    event_id: Uuid,
+    event_type: String,
+}
+
+impl ParkKey {
+    fn of(e: &EventEnvelope) -> ParkKey {
+        ParkKey {
+            aggregate_id: e.aggregate_id,
+            aggregate_type: e.aggregate_type.clone(),
+            sequence: e.sequence,
+            event_id: e.event_id,
+            event_type: e.event_type.clone(),
+        }
+    }
+}
+
+/// An event this build cannot apply stops its aggregate: the row stays at
+/// the version before it (every later call meets the same event through the
+/// gap fill and stops there again), and a park record under the projection's
+/// consumer makes it visible (`outboxd dlq list`), as on SQLite.
+async fn park(store: &CqlStore, k: ParkKey, error: &str) -> Result<(), StoreError> {
+    let p = Parked {
+        consumer: CONSUMER.to_string(),
+        aggregate_id: k.aggregate_id.to_string(),
+        aggregate_type: Some(k.aggregate_type),
+        position: None,
+        sequence: Some(k.sequence),
+        event_id: Some(k.event_id.to_string()),
+        event_type: Some(k.event_type),
+        error: error.to_string(),
+        parked_at: Utc::now(),
+    };
+    store.park(&p).await?;
+    tracing::error!(aggregate = %p.aggregate_id, sequence = k.sequence, error, "projection: event cannot be applied; the aggregate's read-model row stays at the version before it");
+    Ok(())
 }
 
 /// Applies events (any order, any aggregates) to the CQL read models: the
