@@ -39,6 +39,7 @@ pub const KINDS: &[(&str, &str)] = &[
     ("not_available", "Not available on this store backend"),
     ("shutting_down", "Shutting down"),
     ("unavailable", "Temporarily unavailable"),
+    ("outcome_unknown", "Outcome unknown"),
     ("not_ready", "Not ready"),
 ];
 
@@ -215,7 +216,8 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             b.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        // Not for `outcome_unknown`: retrying blindly may apply the command twice.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE && self.body.error != "outcome_unknown" {
             b.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
         }
         if let Some(allow) = self.allow {
@@ -253,6 +255,14 @@ impl From<AppError> for ApiError {
             AppError::Store(StoreError::Unavailable(detail)) => {
                 tracing::warn!(%detail, "command refused: unavailable");
                 ApiError::unavailable("temporarily unavailable; retry shortly")
+            }
+            AppError::Store(StoreError::OutcomeUnknown(detail)) => {
+                tracing::error!(%detail, "command outcome unknown");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "outcome_unknown",
+                    "the store did not confirm whether this change was written; reload the resource (GET) and compare its version before retrying",
+                )
             }
             other => {
                 tracing::error!(error = %other, "command failed");
@@ -347,5 +357,17 @@ mod tests {
         // An unavailable store stays a retryable 503 `unavailable`.
         let e = ApiError::from(AppError::Store(StoreError::Unavailable("disk".into())));
         assert_eq!((e.status.as_u16(), e.body.error), (503, "unavailable"));
+        assert_eq!(e.error_response().headers().get(header::RETRY_AFTER).unwrap(), "1");
+    }
+
+    /// Review finding: an append whose outcome was unknown answered the
+    /// retryable 503 `unavailable` with Retry-After, inviting a blind retry
+    /// that could apply the command twice.
+    #[test]
+    fn an_unknown_outcome_is_its_own_503_without_retry_after() {
+        let e = ApiError::from(AppError::Store(StoreError::OutcomeUnknown("cas timeout".into())));
+        assert_eq!((e.status.as_u16(), e.body.error), (503, "outcome_unknown"));
+        assert!(e.body.detail.contains("reload"), "{}", e.body.detail);
+        assert!(e.error_response().headers().get(header::RETRY_AFTER).is_none());
     }
 }

@@ -42,6 +42,12 @@ pub enum StoreError {
     /// The backend can't be reached or failed; retrying later may succeed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A conditional append whose outcome could not be resolved (CQL: the
+    /// compare-and-set timed out and every re-proposal and SERIAL read
+    /// failed): its events may or may not be stored. A blind retry may write
+    /// the command twice; reload the aggregate first.
+    #[error("append outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// A stored row could not be encoded or decoded.
     #[error("store codec error: {0}")]
     Codec(String),

@@ -161,13 +161,13 @@ async fn outcome_unknown_on_every_attempt_is_never_success() {
     let id = Uuid::now_v7();
     faults.inject(std::iter::repeat_n(Inject::LostRequest, MAX_APPEND_ATTEMPTS as usize));
     let err = s.append(id, 0, events(id, 0, 1)).await.unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(ref m) if m.contains("outcome unknown")), "{err:?}");
+    assert!(matches!(err, StoreError::OutcomeUnknown(ref m) if m.contains("outcome unknown")), "{err:?}");
     assert!(s.load(id).await.unwrap().is_empty());
 }
 
 /// Heavy LWT contention (real CAS timeouts happen here): per round exactly
 /// one writer wins, every other append is a Conflict or an honest
-/// "outcome unknown" Unavailable, and the stored sequence has no gaps.
+/// "outcome unknown" OutcomeUnknown, and the stored sequence has no gaps.
 /// `cargo test --lib stress_contention -- --ignored` with CASSANDRA_URI set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 #[ignore = "stress test, run by hand: cargo test --lib stress_contention -- --ignored (CASSANDRA_URI)"]
@@ -194,7 +194,7 @@ async fn stress_contention() {
                     winners.push(mine);
                 }
                 Err(StoreError::Conflict { actual, .. }) => assert_eq!(actual, round + 1),
-                Err(StoreError::Unavailable(m)) if m.contains("outcome unknown") => unknown += 1,
+                Err(StoreError::OutcomeUnknown(m)) if m.contains("outcome unknown") => unknown += 1,
                 Err(e) => panic!("round {round}: {e:?}"),
             }
         }
@@ -242,7 +242,7 @@ async fn stress_client_timeouts() {
                     assert!(actual > v);
                     lost += 1
                 }
-                Err(StoreError::Unavailable(m)) if m.contains("outcome unknown") => unknown += 1,
+                Err(StoreError::OutcomeUnknown(m)) if m.contains("outcome unknown") => unknown += 1,
                 Err(e) => panic!("{e:?}"),
             }
         }
