@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outboxd::config::{Config, DeliveryMode};
+use outboxd::config::{Backend, Config, DeliveryMode};
 use outboxd::lease::keeper::{self, LeaseState};
 use outboxd::metrics::Metrics;
 use outboxd::relay::operator::{self, Waited};
@@ -120,6 +120,15 @@ async fn run_here(cfg: &Config, store: DynStore) -> Result<(), Failure> {
             };
             eprintln!("the relay lease is held by {holder}, which keeps renewing it: leaving the request to it");
             Ok(())
+        }
+        Some(epoch) if cfg.store.backend == Backend::Cql => {
+            // The Scylla CDC relay's request server, once.
+            match outboxd::store::cql::CqlStore::connect(&cfg.store.cql).await {
+                Ok(cql) => outboxd::relay::cdc::requests::serve_once(cql, cfg, epoch)
+                    .await
+                    .map_err(|e| Failure::from(anyhow::anyhow!("{e}"))),
+                Err(e) => Err(Failure::from(anyhow::anyhow!("{e}"))),
+            }
         }
         Some(epoch) => {
             let (tx, _) = tokio::sync::watch::channel(Default::default());

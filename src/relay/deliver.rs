@@ -127,6 +127,17 @@ impl Deliverer {
         if self.is_parked(&e.aggregate_key) {
             return Delivered::Held;
         }
+        self.publish(e, shutdown).await
+    }
+
+    /// Like `deliver`, for an event of a parked aggregate that an operator
+    /// replays: its park record is not a reason to hold it. A permanent
+    /// failure parks the aggregate again, at this event.
+    pub async fn deliver_replayed(&self, e: &RawEvent, shutdown: &mut Shutdown) -> Delivered {
+        self.publish(e, shutdown).await
+    }
+
+    async fn publish(&self, e: &RawEvent, shutdown: &mut Shutdown) -> Delivered {
         let mut attempts: u32 = 0;
         loop {
             // Wait while the breaker is open.

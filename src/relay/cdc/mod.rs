@@ -51,6 +51,7 @@ pub mod reader;
 pub mod reconcile;
 pub mod reconciler;
 pub mod relay_feed;
+pub mod requests;
 pub mod runner;
 pub mod saver;
 pub mod start;
@@ -89,6 +90,9 @@ pub enum CdcError {
     Payload { row: String, error: String },
     #[error("CDC reader: {0}")]
     Store(#[from] StoreError),
+    /// The Kafka producer could not be created (configuration).
+    #[error("Kafka producer: {0}")]
+    Producer(String),
     /// scylla-cdc failed (building the reader, reading the log, checkpoints).
     #[error("scylla-cdc reader failed: {0}")]
     Reader(String),

@@ -141,6 +141,20 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         }
     }
 
+    /// Holds `aggregate`'s turn: no event of it (nor of the aggregates
+    /// sharing its stripe) is published by the reader or the reconciler
+    /// until the guard is dropped. An operator's replay runs under it.
+    pub async fn exclusive(&self, aggregate: Uuid) -> tokio::sync::MutexGuard<'_, ()> {
+        self.stripes[(aggregate.as_u128() % STRIPES as u128) as usize].lock().await
+    }
+
+    /// Records that `(aggregate, sequence)` was published outside
+    /// [`Self::deliver_through`] (a replay): the reader skips it when its
+    /// row comes again, and its pending reconciliation row is confirmed.
+    pub async fn mark_published(&self, aggregate: Uuid, sequence: i64) {
+        self.published(aggregate, sequence).await;
+    }
+
     /// Publishes event `sequence` of `aggregate` (`env`, with the log row it
     /// came from if any, or loaded from the event table when `None`) after
     /// what must go before it.

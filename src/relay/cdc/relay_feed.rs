@@ -6,13 +6,15 @@
 //! outcome appends published in order, within the bound); `RelayStatus.running`
 //! is true exactly while the feed runs; `RelayStatus.reconciliation` (the
 //! input of the reconciliation verdict) is refreshed every second while it
-//! runs; the reconciler and that reporter stop with the feed.
+//! runs; operator requests are served every second (`requests`); the
+//! reconciler, that reporter and the request server stop with the feed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::reader::{CdcFeed, FeedSpec};
 use super::reconciler::{run_reconciler, ReadThrough, ReconcilingSink};
+use super::requests::{serve_requests, CdcRequests};
 use super::saver::LeaseCheckpointSaver;
 use super::{CdcError, EnvelopeSink, LEGACY_RELAY_CHECKPOINT_TABLE};
 use crate::config::Config;
@@ -57,6 +59,14 @@ pub async fn run_relay_feed(
     ));
     let reporter =
         tokio::spawn(report_reconciliation(sink.clone(), deliverer.status().clone(), stop_reconciler.subscribe()));
+    let requests = CdcRequests {
+        sink: sink.clone(),
+        deliverer: deliverer.clone(),
+        store: cql.clone() as DynStore,
+        consumer: cfg.relay.consumer_name.clone(),
+        epoch: epoch.unwrap_or(0),
+    };
+    let requests = tokio::spawn(serve_requests(requests, Duration::from_secs(1), stop_reconciler.subscribe()));
     deliverer.status().update(|s| {
         s.running = true;
         true
@@ -72,6 +82,7 @@ pub async fn run_relay_feed(
     stop_reconciler.fire();
     let _ = reconciler.await;
     let _ = reporter.await;
+    let _ = requests.await;
     res
 }
 

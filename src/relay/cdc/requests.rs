@@ -1,0 +1,199 @@
+//! Operator requests on the Scylla CDC relay: the instance holding the relay
+//! lease claims them (fenced by its epoch, like the position relay) and
+//! carries out what this path supports.
+//!
+//! Guarantees:
+//! - `dlq replay --aggregate` / `--all-parked`: the parked aggregate's events
+//!   from its park record on are loaded from `event_store` and published in
+//!   sequence order through the one delivery call, while the aggregate's turn
+//!   is held ([`ReconcilingSink::exclusive`]): the reader cannot publish a
+//!   later event of it in between, and skips the replayed ones when their
+//!   rows come again. The park record is removed (fenced) only after every
+//!   event was confirmed; an event that still fails for good parks the
+//!   aggregate again at that event and the request fails naming it.
+//! - Discard, dead-letter replay and rewind are not built on this path: such
+//!   a request fails at once with the reason (it never waits unclaimed).
+//! - The loop polls every `every` until shutdown; a store error is logged and
+//!   retried at the next poll.
+
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+use super::reconciler::ReconcilingSink;
+use super::CdcError;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::relay::deliver::{Delivered, Deliverer};
+use crate::relay::sink::DeadLetterSink;
+use crate::relay::{RelayStatus, StatusTx};
+use crate::shutdown::Shutdown;
+use crate::store::cql::reconcile::ReconcileTable;
+use crate::store::cql::CqlStore;
+use crate::store::feed::RawEvent;
+use crate::store::requests::{RelayRequest, RequestKind, RequestStatus};
+use crate::store::DynStore;
+
+/// What the request server needs.
+pub struct CdcRequests {
+    pub sink: Arc<ReconcilingSink<Deliverer>>,
+    pub deliverer: Arc<Deliverer>,
+    pub store: DynStore,
+    pub consumer: String,
+    /// The relay lease's epoch (0 without a lease, as the position relay).
+    pub epoch: i64,
+}
+
+/// Carries out the open requests once, outside a running relay (the CLI
+/// when no relay holds the lease): its own delivery call and reconciling
+/// sink, under the lease epoch the caller took.
+pub async fn serve_once(cql: Arc<CqlStore>, cfg: &Config, epoch: i64) -> Result<(), CdcError> {
+    let store = cql.clone() as DynStore;
+    let letters: Arc<dyn DeadLetterSink> = Arc::new(store.clone());
+    let status = StatusTx::new(tokio::sync::watch::channel(RelayStatus::default()).0);
+    let deliverer = Arc::new(
+        Deliverer::new(cfg, store.clone(), letters, Metrics::new(), status)
+            .await
+            .map_err(|e| CdcError::Producer(e.message))?,
+    );
+    let table = ReconcileTable::open(cql.session(), cql.keyspace()).await?;
+    let cdc = &cfg.store.cql.cdc;
+    let sink = ReconcilingSink::new(
+        deliverer.clone(),
+        store.clone(),
+        table,
+        cdc.reconcile_bound(),
+        cdc.reconcile_remember_aggregates,
+        None,
+        Arc::new(|| None),
+    );
+    let server = CdcRequests { sink, deliverer, store, consumer: cfg.relay.consumer_name.clone(), epoch };
+    server.poll(&mut Shutdown::never()).await;
+    Ok(())
+}
+
+/// Serves requests every `every` until shutdown.
+pub async fn serve_requests(r: CdcRequests, every: Duration, mut shutdown: Shutdown) {
+    while shutdown.sleep(every).await {
+        r.poll(&mut shutdown).await;
+    }
+}
+
+impl CdcRequests {
+    /// Claims and carries out the open requests once.
+    pub async fn poll(&self, shutdown: &mut Shutdown) {
+        let open = match self.store.requests_open(&self.consumer, self.epoch).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read relay requests");
+                return;
+            }
+        };
+        for r in open {
+            match self.store.request_claim(&r, self.epoch).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, request = %r.id, "cannot claim a relay request");
+                    continue;
+                }
+            }
+            tracing::info!(request = %r.id, kind = ?r.kind, by = %r.requested_by, "carrying out a relay request");
+            let Some((status, result)) = self.carry_out(&r, shutdown).await else { return };
+            self.finish(r.id, status, result).await;
+        }
+    }
+
+    /// The outcome, or `None` on shutdown (the request stays claimed; the
+    /// next leader re-claims it).
+    async fn carry_out(&self, r: &RelayRequest, shutdown: &mut Shutdown) -> Option<(RequestStatus, Value)> {
+        let aggregates: Vec<String> = match &r.kind {
+            RequestKind::ReplayAggregate { aggregate_id } => vec![aggregate_id.clone()],
+            RequestKind::ReplayAllParked => match self.store.parked(&self.consumer).await {
+                Ok(p) => p.into_iter().map(|p| p.parked.aggregate_id).collect(),
+                Err(e) => return Some(failed(format!("cannot read the parked aggregates: {e}"))),
+            },
+            other => return Some(failed(not_built(other))),
+        };
+        let (mut unparked, mut events) = (Vec::new(), 0usize);
+        for agg in aggregates {
+            match self.replay(&agg, shutdown).await {
+                Ok(Some(n)) => {
+                    unparked.push(agg);
+                    events += n;
+                }
+                Ok(None) => return None,
+                Err(error) => {
+                    return Some((
+                        RequestStatus::Failed,
+                        json!({ "aggregate_id": agg, "error": error, "unparked": unparked }),
+                    ))
+                }
+            }
+        }
+        Some((RequestStatus::Done, json!({ "aggregates": unparked.len(), "unparked": unparked, "events": events })))
+    }
+
+    /// Replays one parked aggregate: `Ok(Some(events))`, `Ok(None)` on
+    /// shutdown, `Err(reason)` when it cannot be (it stays parked).
+    async fn replay(&self, agg: &str, shutdown: &mut Shutdown) -> Result<Option<usize>, String> {
+        let id = Uuid::parse_str(agg).map_err(|_| format!("aggregate {agg} is not a UUID"))?;
+        let parked = self.store.parked(&self.consumer).await.map_err(|e| e.to_string())?;
+        let Some(p) = parked.into_iter().find(|p| p.parked.aggregate_id == agg) else {
+            return Err(format!("aggregate {agg} is not parked"));
+        };
+        let from = p.parked.sequence.unwrap_or(1).max(1);
+        let _turn = self.sink.exclusive(id).await;
+        let held = self.store.load_after(id, from - 1).await.map_err(|e| e.to_string())?;
+        tracing::info!(aggregate = %agg, from, events = held.len(), "replaying a parked aggregate from event_store");
+        for env in &held {
+            let raw = RawEvent::from_envelope(env, 0).map_err(|e| format!("event {}: {e}", env.sequence))?;
+            match self.deliverer.deliver_replayed(&raw, shutdown).await {
+                Delivered::Delivered => self.sink.mark_published(id, env.sequence).await,
+                Delivered::Shutdown => return Ok(None),
+                Delivered::Held | Delivered::Parked | Delivered::DeadLettered => {
+                    return Err(format!(
+                        "event {} (sequence {}) still cannot be published; the aggregate is parked at it",
+                        env.event_id, env.sequence
+                    ))
+                }
+            }
+        }
+        let removed = if self.epoch > 0 {
+            self.store.unpark_fenced(&self.consumer, agg, self.epoch).await
+        } else {
+            self.store.unpark(&self.consumer, agg).await
+        };
+        removed.map_err(|e| format!("published {} events but cannot remove the park record: {e}", held.len()))?;
+        self.deliverer.unparked(agg);
+        Ok(Some(held.len()))
+    }
+
+    async fn finish(&self, id: Uuid, status: RequestStatus, result: Value) {
+        match status {
+            RequestStatus::Failed => tracing::warn!(request = %id, %result, "relay request failed"),
+            _ => tracing::info!(request = %id, %result, "relay request done"),
+        }
+        match self.store.request_finish(&self.consumer, id, self.epoch, status, result).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(request = %id, "request outcome not recorded: no longer claimed at this epoch"),
+            Err(e) => tracing::error!(error = %e, request = %id, "cannot record the outcome of a relay request"),
+        }
+    }
+}
+
+fn failed(error: String) -> (RequestStatus, Value) {
+    (RequestStatus::Failed, json!({ "error": error }))
+}
+
+/// The refusal of a request kind this path does not carry out.
+pub fn not_built(kind: &RequestKind) -> String {
+    let what = match kind {
+        RequestKind::Discard { .. } => "dlq discard",
+        RequestKind::ReplayDeadLetters { .. } => "dlq replay of dead letters",
+        RequestKind::RewindToPosition { .. } | RequestKind::RewindToTime { .. } => "relay rewind",
+        RequestKind::ReplayAggregate { .. } | RequestKind::ReplayAllParked => "this request",
+    };
+    format!("{what} is not available on the Scylla CDC relay (store.backend = cql); only dlq replay --aggregate / --all-parked is")
+}
