@@ -95,7 +95,8 @@ async fn run_cdc_relay(
             });
             let deliverer = Deliverer::new(&deps.cfg, deps.store.clone(), sink, deps.metrics.clone(), status.clone())
                 .await
-                .map_err(|e| failed(e.message))?;
+                .map_err(|e| failed(e.message))?
+                .with_epoch(epoch);
             // The producer's broker state into the relay status (/health's
             // `kafka`, the drain's "broker takes it"), as on the position feed.
             let watch = spawn_broker_watch(deliverer.producer().clone(), status, term.clone());

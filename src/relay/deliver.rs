@@ -35,7 +35,7 @@ use crate::relay::status::StatusTx;
 use crate::relay::window::{AggKey, Fenced};
 use crate::shutdown::Shutdown;
 use crate::store::feed::{RawEvent, Unreadable};
-use crate::store::DynStore;
+use crate::store::{DynStore, StoreError};
 
 /// How one delivery ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub enum Delivered {
     /// It failed for good and went to the dead-letter queue (policy `skip`).
     DeadLettered,
     Shutdown,
+    /// Its park record was refused: another instance holds the relay lease
+    /// (this one must stop publishing).
+    Fenced,
 }
 
 type Waiters = Arc<Mutex<HashMap<usize, oneshot::Sender<Result<(i32, i64), PublishError>>>>>;
@@ -67,6 +70,8 @@ pub struct Deliverer {
     parked: Mutex<HashSet<AggKey>>,
     metrics: Metrics,
     status: StatusTx,
+    /// The relay lease's epoch: park records are written under it.
+    epoch: Option<i64>,
 }
 
 impl Deliverer {
@@ -103,7 +108,24 @@ impl Deliverer {
             parked: Mutex::new(parked),
             metrics,
             status,
+            epoch: None,
         })
+    }
+
+    /// Park records are written and removed only at this lease epoch (a
+    /// zombie's are refused, `Delivered::Fenced`), as on the position feed.
+    pub fn with_epoch(mut self, epoch: Option<i64>) -> Deliverer {
+        self.epoch = epoch;
+        self
+    }
+
+    pub fn epoch(&self) -> Option<i64> {
+        self.epoch
+    }
+
+    /// The consumer name (the relay lease and the park records).
+    pub fn consumer(&self) -> &str {
+        &self.consumer
     }
 
     pub fn producer(&self) -> &KafkaProducer {
@@ -269,7 +291,11 @@ impl Deliverer {
         loop {
             let res = match policy {
                 PermanentFailurePolicy::ParkAggregate => {
-                    self.store.park(&parked_record(&self.consumer, item, &err)).await
+                    let record = parked_record(&self.consumer, item, &err);
+                    match self.epoch {
+                        Some(epoch) => self.store.park_fenced(&record, epoch).await,
+                        None => self.store.park(&record).await,
+                    }
                 }
                 PermanentFailurePolicy::Skip => match dead_letter_of(item, &err, attempts) {
                     Some(l) => self.sink.dead_letter(l).await,
@@ -278,6 +304,10 @@ impl Deliverer {
             };
             match res {
                 Ok(()) => break,
+                Err(StoreError::Fenced { name, epoch, current }) => {
+                    tracing::warn!(%name, epoch, ?current, "park record refused: another instance holds the relay lease; stopping");
+                    return Delivered::Fenced;
+                }
                 Err(store_err) => {
                     tries += 1;
                     tracing::warn!(error = %store_err, "cannot record the failed event durably yet; retrying");

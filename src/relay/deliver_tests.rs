@@ -91,3 +91,21 @@ async fn a_row_without_an_aggregate_id_stops_the_reader() {
     assert!(err.to_string().contains("payload is not JSON"), "{err}");
     assert!(store.parked(&config.relay.consumer_name).await.unwrap().is_empty());
 }
+
+/// Review finding: the CDC path's park records were written without the
+/// lease epoch. A zombie's park is now refused and stops its reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_park_at_a_stale_epoch_is_refused_and_stops_the_reader() {
+    let Some((d, store, config)) = deliverer("deliver: fenced park", PermanentFailurePolicy::ParkAggregate).await
+    else {
+        return;
+    };
+    let d = d.with_epoch(Some(7)); // no lease row at epoch 7: another instance (or none) holds it
+    let trigger = Trigger::new();
+    let mut shutdown = trigger.subscribe();
+    let bad = Uuid::now_v7();
+    let err = d.undecodable(bad_row(bad, 1), &mut shutdown).await.unwrap_err();
+    assert!(matches!(err, CdcError::Fenced { ref consumer } if consumer == "kafka-relay"), "{err:?}");
+    assert!(store.parked(&config.relay.consumer_name).await.unwrap().is_empty(), "no park record from a zombie");
+    assert!(!d.is_parked(&bad.to_string()));
+}

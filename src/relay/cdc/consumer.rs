@@ -90,7 +90,7 @@ impl EnvelopeSink for Deliverer {
             row: format!("{}#{}", env.aggregate_id, env.sequence),
             error: e.to_string(),
         })?;
-        settled(self.deliver(&raw, shutdown).await)
+        settled(self.deliver(&raw, shutdown).await, self)
     }
 
     /// Parked or dead-lettered under the relay's policy (the position feed's
@@ -109,14 +109,15 @@ impl EnvelopeSink for Deliverer {
             event_type: None,
             error: row.error.to_string(),
         };
-        settled(self.give_up_unreadable(unreadable, shutdown).await)
+        settled(self.give_up_unreadable(unreadable, shutdown).await, self)
     }
 }
 
-fn settled(d: Delivered) -> Result<(), CdcError> {
+fn settled(d: Delivered, by: &Deliverer) -> Result<(), CdcError> {
     match d {
         Delivered::Delivered | Delivered::Held | Delivered::Parked | Delivered::DeadLettered => Ok(()),
         Delivered::Shutdown => Err(CdcError::Shutdown),
+        Delivered::Fenced => Err(CdcError::Fenced { consumer: by.consumer().to_string() }),
     }
 }
 

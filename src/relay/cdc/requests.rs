@@ -55,7 +55,8 @@ pub async fn serve_once(cql: Arc<CqlStore>, cfg: &Config, epoch: i64) -> Result<
     let deliverer = Arc::new(
         Deliverer::new(cfg, store.clone(), letters, Metrics::new(), status)
             .await
-            .map_err(|e| CdcError::Producer(e.message))?,
+            .map_err(|e| CdcError::Producer(e.message))?
+            .with_epoch(Some(epoch)),
     );
     let table = ReconcileTable::open(cql.session(), cql.keyspace()).await?;
     let cdc = &cfg.store.cql.cdc;
@@ -152,6 +153,7 @@ impl CdcRequests {
             match self.deliverer.deliver_replayed(&raw, shutdown).await {
                 Delivered::Delivered => self.sink.mark_published(id, env.sequence).await,
                 Delivered::Shutdown => return Ok(None),
+                Delivered::Fenced => return Err("another instance holds the relay lease".into()),
                 Delivered::Held | Delivered::Parked | Delivered::DeadLettered => {
                     return Err(format!(
                         "event {} (sequence {}) still cannot be published; the aggregate is parked at it",
