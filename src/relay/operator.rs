@@ -27,6 +27,24 @@ pub async fn submit(
     Ok(r)
 }
 
+/// Claims `r` for the relay at lease `epoch`: true when it is now this
+/// relay's to carry out (logged); false when another relay took it or the
+/// store refused (logged; the next poll tries again). The one claim step of
+/// every relay path (position feed, exactly-once, Scylla CDC).
+pub async fn claim(store: &DynStore, r: &RelayRequest, epoch: i64) -> bool {
+    match store.request_claim(r, epoch).await {
+        Ok(true) => {
+            tracing::info!(request = %r.id, kind = ?r.kind, by = %r.requested_by, "carrying out a relay request");
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, request = %r.id, "cannot claim a relay request");
+            false
+        }
+    }
+}
+
 /// How a wait ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Waited {

@@ -47,15 +47,9 @@ impl Run {
             if self.request_parts.contains_key(&r.id) {
                 continue;
             }
-            match self.relay.store.request_claim(&r, self.epoch()).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, request = %r.id, "cannot claim a relay request");
-                    continue;
-                }
+            if !crate::relay::operator::claim(&self.relay.store, &r, self.epoch()).await {
+                continue;
             }
-            tracing::info!(request = %r.id, kind = ?r.kind, by = %r.requested_by, "carrying out a relay request");
             self.relay.metrics.relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
             if let Err(e) = self.start(&r).await {
                 self.finish_request(r.id, RequestStatus::Failed, json!({ "error": e })).await;

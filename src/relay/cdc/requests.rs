@@ -92,15 +92,9 @@ impl CdcRequests {
             }
         };
         for r in open {
-            match self.store.request_claim(&r, self.epoch).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, request = %r.id, "cannot claim a relay request");
-                    continue;
-                }
+            if !crate::relay::operator::claim(&self.store, &r, self.epoch).await {
+                continue;
             }
-            tracing::info!(request = %r.id, kind = ?r.kind, by = %r.requested_by, "carrying out a relay request");
             let Some((status, result)) = self.carry_out(&r, shutdown).await else { return };
             self.finish(r.id, status, result).await;
         }

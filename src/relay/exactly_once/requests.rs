@@ -21,7 +21,7 @@ impl Txn {
         let consumer = self.relay.cfg.consumer_name.clone();
         let Ok(open) = self.relay.store.requests_open(&consumer, self.epoch).await else { return Ok(None) };
         for r in open {
-            if !matches!(self.relay.store.request_claim(&r, self.epoch).await, Ok(true)) {
+            if !crate::relay::operator::claim(&self.relay.store, &r, self.epoch).await {
                 continue;
             }
             let ctx = PlanCtx {
