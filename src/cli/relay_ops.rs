@@ -122,13 +122,30 @@ async fn run_here(cfg: &Config, store: DynStore) -> Result<(), Failure> {
             Ok(())
         }
         Some(epoch) if cfg.store.backend == Backend::Cql => {
-            // The Scylla CDC relay's request server, once.
-            match outboxd::store::cql::CqlStore::connect(&cfg.store.cql).await {
-                Ok(cql) => outboxd::relay::cdc::requests::serve_once(cql, cfg, epoch)
+            // The Scylla CDC relay's request server, once, until done, the
+            // lease is lost, or MAX_WAIT (a delivery retries while Kafka is down).
+            let end = Trigger::new();
+            let until = end.subscribe();
+            let mut lease = handle.state();
+            let watcher = tokio::spawn(async move {
+                let lost = async {
+                    while lease.borrow_and_update().active_epoch() == Some(epoch) {
+                        if lease.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(MAX_WAIT, lost).await;
+                end.fire();
+            });
+            let res = match outboxd::store::cql::CqlStore::connect(&cfg.store.cql).await {
+                Ok(cql) => outboxd::relay::cdc::requests::serve_once(cql, cfg, epoch, until)
                     .await
                     .map_err(|e| Failure::from(anyhow::anyhow!("{e}"))),
                 Err(e) => Err(Failure::from(anyhow::anyhow!("{e}"))),
-            }
+            };
+            watcher.abort();
+            res
         }
         Some(epoch) => {
             let (tx, _) = tokio::sync::watch::channel(Default::default());

@@ -96,6 +96,12 @@ impl ProjectionParking {
         Ok(())
     }
 
+    /// The next `load` reads the park records again (the checkpoint was
+    /// moved by someone else: a rebuild may have cleared or written parks).
+    pub fn invalidate(&mut self) {
+        self.loaded = false;
+    }
+
     /// Forgets the parked set (after a reset of the read models).
     pub async fn clear(&mut self, store: &DynStore) -> Result<(), StoreError> {
         for p in store.parked(&self.consumer).await? {

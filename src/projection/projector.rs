@@ -153,6 +153,8 @@ impl Projector {
         let from = match self.checkpoint {
             Some(c) => c,
             None => {
+                // Re-read with the checkpoint: whoever moved it may have parked or unparked.
+                self.parking.invalidate();
                 let c = self.models.projection_checkpoint(&self.opts.consumer).await?;
                 self.checkpoint = Some(c);
                 self.refresh(c, true, false).await;

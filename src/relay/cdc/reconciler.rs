@@ -248,8 +248,19 @@ impl<S: EnvelopeSink> EnvelopeSink for ReconcilingSink<S> {
         self.deliver_through(env.aggregate_id, env.sequence, Some(env), Some(at), shutdown).await.map(|_| ())
     }
 
+    /// In its aggregate's turn (never between a replay's load and its
+    /// unpark); once handled (parked or dead-lettered) its sequence counts
+    /// as passed, so the next event of the aggregate does not try to fill it
+    /// from `event_store` (where it cannot be decoded either).
     async fn undecodable(&self, row: UndecodableRow, shutdown: &mut Shutdown) -> Result<(), CdcError> {
-        self.inner.undecodable(row, shutdown).await
+        let Some(aggregate) = row.aggregate_id else { return self.inner.undecodable(row, shutdown).await };
+        let sequence = row.sequence;
+        let _one = self.exclusive(aggregate).await;
+        self.inner.undecodable(row, shutdown).await?;
+        if let Some(s) = sequence {
+            self.published(aggregate, s).await;
+        }
+        Ok(())
     }
 }
 

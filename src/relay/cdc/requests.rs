@@ -47,8 +47,10 @@ pub struct CdcRequests {
 
 /// Carries out the open requests once, outside a running relay (the CLI
 /// when no relay holds the lease): its own delivery call and reconciling
-/// sink, under the lease epoch the caller took.
-pub async fn serve_once(cql: Arc<CqlStore>, cfg: &Config, epoch: i64) -> Result<(), CdcError> {
+/// sink, under the lease epoch the caller took; `shutdown` ends it early
+/// (the caller fires it when the lease is lost or its patience runs out:
+/// with the broker down a delivery retries until then).
+pub async fn serve_once(cql: Arc<CqlStore>, cfg: &Config, epoch: i64, mut shutdown: Shutdown) -> Result<(), CdcError> {
     let store = cql.clone() as DynStore;
     let letters: Arc<dyn DeadLetterSink> = Arc::new(store.clone());
     let status = StatusTx::new(tokio::sync::watch::channel(RelayStatus::default()).0);
@@ -70,7 +72,7 @@ pub async fn serve_once(cql: Arc<CqlStore>, cfg: &Config, epoch: i64) -> Result<
         Arc::new(|| None),
     );
     let server = CdcRequests { sink, deliverer, store, consumer: cfg.relay.consumer_name.clone(), epoch };
-    server.poll(&mut Shutdown::never()).await;
+    server.poll(&mut shutdown).await;
     Ok(())
 }
 

@@ -28,7 +28,8 @@
 //!   and an error would invite the caller to write the command again; the
 //!   failure is logged as an error naming the aggregate and the sequences
 //!   (the relay may then publish them only when a later event of the
-//!   aggregate fills the gap, see docs/OPERATIONS.md).
+//!   aggregate fills the gap while it remembers the aggregate; after a
+//!   restart they are not published: docs/OPERATIONS.md says what to do).
 //! - The batch goes through a [`BatchExecutor`]: the driver session in
 //!   production ([`SessionBatches`]); the tests plug in one that loses
 //!   requests or replies, so the resolution is exercised against a real server.
