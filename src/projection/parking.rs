@@ -179,7 +179,9 @@ impl ProjectionParking {
     }
 }
 
-fn record(
+/// The park record of the projection's consumer for one event (both
+/// backends' projections build theirs here).
+pub(crate) fn record(
     consumer: &str,
     agg: &str,
     position: Option<i64>,

@@ -123,6 +123,11 @@ impl Deliverer {
         self.epoch
     }
 
+    /// The retry schedule of this relay (`relay.retry`).
+    pub fn backoff(&self) -> &Backoff {
+        &self.backoff
+    }
+
     /// The consumer name (the relay lease and the park records).
     pub fn consumer(&self) -> &str {
         &self.consumer

@@ -45,6 +45,38 @@ pub async fn claim(store: &DynStore, r: &RelayRequest, epoch: i64) -> bool {
     }
 }
 
+/// Records a request's outcome at lease `epoch` (logged first), retrying a
+/// store that does not answer (5 tries, `backoff`); a refusal because the
+/// request is no longer claimed at this epoch is final (the new leader
+/// carries it out). The one finish step of the relay's request servers.
+pub async fn finish(
+    store: &DynStore,
+    consumer: &str,
+    id: Uuid,
+    epoch: i64,
+    status: RequestStatus,
+    result: serde_json::Value,
+    backoff: &crate::relay::retry::Backoff,
+) {
+    match status {
+        RequestStatus::Failed => tracing::warn!(request = %id, %result, "relay request failed"),
+        _ => tracing::info!(request = %id, %result, "relay request done"),
+    }
+    for attempt in 1..=5u32 {
+        match store.request_finish(consumer, id, epoch, status, result.clone()).await {
+            Ok(true) => return,
+            Ok(false) => {
+                tracing::warn!(request = %id, epoch, "request outcome not recorded: it is no longer claimed at this relay's lease epoch (the new leader carries it out)");
+                return;
+            }
+            Err(e) if attempt == 5 => {
+                tracing::error!(error = %e, request = %id, "cannot record the outcome of a relay request")
+            }
+            Err(_) => tokio::time::sleep(backoff.delay(attempt)).await,
+        }
+    }
+}
+
 /// How a wait ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Waited {

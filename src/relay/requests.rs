@@ -218,29 +218,8 @@ impl Run {
     }
 
     pub(super) async fn finish_request(&self, id: Uuid, status: RequestStatus, result: serde_json::Value) {
-        match status {
-            RequestStatus::Failed => tracing::warn!(request = %id, %result, "relay request failed"),
-            _ => tracing::info!(request = %id, %result, "relay request done"),
-        }
-        let epoch = self.epoch();
-        for attempt in 1..=5u32 {
-            match self
-                .relay
-                .store
-                .request_finish(&self.relay.cfg.consumer_name, id, epoch, status, result.clone())
-                .await
-            {
-                Ok(true) => return,
-                Ok(false) => {
-                    tracing::warn!(request = %id, epoch, "request outcome not recorded: it is no longer claimed at this relay's lease epoch (the new leader carries it out)");
-                    return;
-                }
-                Err(e) if attempt == 5 => {
-                    tracing::error!(error = %e, request = %id, "cannot record the outcome of a relay request")
-                }
-                Err(_) => tokio::time::sleep(self.backoff.delay(attempt)).await,
-            }
-        }
+        let (store, consumer) = (&self.relay.store, &self.relay.cfg.consumer_name);
+        crate::relay::operator::finish(store, consumer, id, self.epoch(), status, result, &self.backoff).await
     }
 }
 

@@ -20,9 +20,10 @@ use crate::domain::{Aggregate, Customer, Order};
 use crate::envelope::{EventEnvelope, StoredEvent};
 use crate::projection::model::{apply_event, Applied, OrderColumns, Row};
 use crate::projection::page::decode_row;
+use crate::projection::parking::record;
 use crate::projection::{StoredRow, CONSUMER};
 use crate::store::cql::CqlStore;
-use crate::store::parking::{Parked, ParkingStore};
+use crate::store::parking::ParkingStore;
 use crate::store::{EventStore, StoreError};
 
 /// What [`apply_envelopes`] did.
@@ -128,17 +129,10 @@ impl ParkKey {
 /// gap fill and stops there again), and a park record under the projection's
 /// consumer makes it visible (`outboxd dlq list`), as on SQLite.
 async fn park(store: &CqlStore, k: ParkKey, error: &str) -> Result<(), StoreError> {
-    let p = Parked {
-        consumer: CONSUMER.to_string(),
-        aggregate_id: k.aggregate_id.to_string(),
-        aggregate_type: Some(k.aggregate_type),
-        position: None,
-        sequence: Some(k.sequence),
-        event_id: Some(k.event_id.to_string()),
-        event_type: Some(k.event_type),
-        error: error.to_string(),
-        parked_at: Utc::now(),
-    };
+    let agg = k.aggregate_id.to_string();
+    let mut p =
+        record(CONSUMER, &agg, None, Some(k.sequence), Some(k.event_id.to_string()), Some(k.event_type), error.into());
+    p.aggregate_type = Some(k.aggregate_type);
     store.park(&p).await?;
     tracing::error!(aggregate = %p.aggregate_id, sequence = k.sequence, error, "projection: event cannot be applied; the aggregate's read-model row stays at the version before it");
     Ok(())

@@ -127,7 +127,10 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         }
     }
 
-    async fn published(&self, aggregate: Uuid, sequence: i64) {
+    /// Records that `(aggregate, sequence)` was published (here, or by a
+    /// replay): the reader skips it when its row comes again, and its
+    /// pending reconciliation row is confirmed.
+    pub async fn mark_published(&self, aggregate: Uuid, sequence: i64) {
         let row = self.state.lock().unwrap().published(aggregate, sequence);
         if row.is_some() {
             match self.table.confirm(aggregate, sequence).await {
@@ -148,13 +151,6 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         self.stripes[(aggregate.as_u128() % STRIPES as u128) as usize].lock().await
     }
 
-    /// Records that `(aggregate, sequence)` was published outside
-    /// [`Self::deliver_through`] (a replay): the reader skips it when its
-    /// row comes again, and its pending reconciliation row is confirmed.
-    pub async fn mark_published(&self, aggregate: Uuid, sequence: i64) {
-        self.published(aggregate, sequence).await;
-    }
-
     /// Publishes event `sequence` of `aggregate` (`env`, with the log row it
     /// came from if any, or loaded from the event table when `None`) after
     /// what must go before it.
@@ -166,11 +162,11 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         at: Option<&RowPosition>,
         shutdown: &mut Shutdown,
     ) -> Result<Handled, CdcError> {
-        let _one = self.stripes[(aggregate.as_u128() % STRIPES as u128) as usize].lock().await;
+        let _one = self.exclusive(aggregate).await;
         let plan = self.state.lock().unwrap().plan(aggregate, sequence);
         let fill = match plan {
             Plan::Skip => {
-                self.published(aggregate, sequence).await;
+                self.mark_published(aggregate, sequence).await;
                 return Ok(Handled::Skipped);
             }
             Plan::Deliver { fill } => fill,
@@ -182,7 +178,7 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
             for e in loaded.iter().filter(|e| fill.contains(&e.sequence)) {
                 tracing::info!(%aggregate, sequence = e.sequence, before = sequence, "publishing an event whose CDC row was not seen (unknown-outcome append or late row) before a later one");
                 self.inner.handle(e.clone(), shutdown).await?;
-                self.published(aggregate, e.sequence).await;
+                self.mark_published(aggregate, e.sequence).await;
             }
             if env.is_none() {
                 env = loaded.into_iter().find(|e| e.sequence == sequence);
@@ -196,7 +192,7 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
             Some(at) => self.inner.handle_row(env, at, shutdown).await?,
             None => self.inner.handle(env, shutdown).await?,
         }
-        self.published(aggregate, sequence).await;
+        self.mark_published(aggregate, sequence).await;
         Ok(Handled::Delivered { filled: fill.len() })
     }
 
@@ -258,7 +254,7 @@ impl<S: EnvelopeSink> EnvelopeSink for ReconcilingSink<S> {
         let _one = self.exclusive(aggregate).await;
         self.inner.undecodable(row, shutdown).await?;
         if let Some(s) = sequence {
-            self.published(aggregate, s).await;
+            self.mark_published(aggregate, s).await;
         }
         Ok(())
     }

@@ -169,15 +169,8 @@ impl CdcRequests {
     }
 
     async fn finish(&self, id: Uuid, status: RequestStatus, result: Value) {
-        match status {
-            RequestStatus::Failed => tracing::warn!(request = %id, %result, "relay request failed"),
-            _ => tracing::info!(request = %id, %result, "relay request done"),
-        }
-        match self.store.request_finish(&self.consumer, id, self.epoch, status, result).await {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(request = %id, "request outcome not recorded: no longer claimed at this epoch"),
-            Err(e) => tracing::error!(error = %e, request = %id, "cannot record the outcome of a relay request"),
-        }
+        let backoff = self.deliverer.backoff();
+        crate::relay::operator::finish(&self.store, &self.consumer, id, self.epoch, status, result, backoff).await
     }
 }
 
