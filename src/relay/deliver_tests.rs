@@ -24,12 +24,12 @@ fn bad_row(aggregate: Uuid, sequence: i64) -> UndecodableRow {
         aggregate_id: Some(aggregate),
         sequence: Some(sequence),
         event_id: Some(Uuid::now_v7()),
-        position: RowPosition {
+        position: Some(RowPosition {
             stream: crate::relay::cdc::progress::StreamKey(vec![1; 16]),
             generation: Some(1),
             time: timeuuid_at(1_000, 0),
             batch_seq_no: 0,
-        },
+        }),
         error: CdcError::Payload { row: format!("{aggregate}#{sequence}"), error: "payload is not JSON".into() },
     }
 }

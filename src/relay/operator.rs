@@ -77,6 +77,35 @@ pub async fn finish(
     }
 }
 
+/// Removes `aggregate`'s park record for `consumer`, fenced at lease
+/// `epoch` (0: unfenced, a relay without a lease), retrying a store that
+/// does not answer (5 tries, `backoff`); a refusal by the lease is final.
+/// The one unpark step of every replay (position feed, exactly-once, CDC).
+pub async fn unpark(
+    store: &DynStore,
+    consumer: &str,
+    aggregate: &str,
+    epoch: i64,
+    backoff: &crate::relay::retry::Backoff,
+) -> Result<bool, StoreError> {
+    let mut attempt = 1u32;
+    loop {
+        let res = match epoch {
+            0 => store.unpark(consumer, aggregate).await,
+            e => store.unpark_fenced(consumer, aggregate, e).await,
+        };
+        match res {
+            Err(e @ StoreError::Fenced { .. }) => return Err(e),
+            Err(e) if attempt < 5 => {
+                tracing::warn!(error = %e, %aggregate, attempt, "cannot remove a park record; retrying");
+                tokio::time::sleep(backoff.delay(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// How a wait ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Waited {

@@ -246,15 +246,6 @@ impl Relay {
         }
     }
 
-    /// Removes a park record, conditional on the lease epoch when fenced.
-    pub(super) async fn unpark_record(&self, aggregate_id: &str) -> Result<bool, StoreError> {
-        let name = &self.cfg.consumer_name;
-        match &self.fence {
-            Some(f) => self.store.unpark_fenced(name, aggregate_id, f.epoch).await,
-            None => self.store.unpark(name, aggregate_id).await,
-        }
-    }
-
     pub(super) fn name(&self) -> &str {
         &self.cfg.consumer_name
     }

@@ -91,7 +91,7 @@ impl Run {
                 }
                 Plan::Unpark { agg, items } => {
                     if items.is_empty() {
-                        self.relay.unpark_record(&agg).await.map_err(|e| e.to_string())?;
+                        self.unpark(&agg).await.map_err(|e| e.to_string())?;
                         self.window.unpark(&agg, Vec::new());
                         self.unparked();
                         continue;
@@ -144,7 +144,7 @@ impl Run {
             self.replays.remove(&k);
             let (request, agg) = k;
             if !agg.is_empty() {
-                match unpark_durably(&self.relay, &agg).await {
+                match self.unpark(&agg).await {
                     Ok(_) => self.unparked(),
                     Err(e) => {
                         tracing::error!(error = %e, aggregate = %agg, "held events were published but the park record could not be removed; a later replay re-sends them");
@@ -217,25 +217,16 @@ impl Run {
         }
     }
 
+    /// Removes `agg`'s park record at this relay's epoch (retried; see `operator::unpark`).
+    async fn unpark(&self, agg: &str) -> Result<bool, StoreError> {
+        let (store, consumer) = (&self.relay.store, &self.relay.cfg.consumer_name);
+        crate::relay::operator::unpark(store, consumer, agg, self.epoch(), &self.backoff).await
+    }
+
     pub(super) async fn finish_request(&self, id: Uuid, status: RequestStatus, result: serde_json::Value) {
         let (store, consumer) = (&self.relay.store, &self.relay.cfg.consumer_name);
         crate::relay::operator::finish(store, consumer, id, self.epoch(), status, result, &self.backoff).await
     }
-}
-
-/// Removes the park record (fenced), retrying a store that does not answer;
-/// a refusal by the lease is final.
-async fn unpark_durably(relay: &crate::relay::Relay, agg: &str) -> Result<bool, StoreError> {
-    let mut last = None;
-    for attempt in 1..=5u64 {
-        match relay.unpark_record(agg).await {
-            Ok(b) => return Ok(b),
-            Err(e @ StoreError::Fenced { .. }) => return Err(e),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
-    }
-    Err(last.unwrap_or_else(|| StoreError::Unavailable("unpark failed".into())))
 }
 
 fn kind_label(k: &RequestKind) -> &'static str {

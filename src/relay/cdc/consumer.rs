@@ -54,7 +54,9 @@ pub struct UndecodableRow {
     pub aggregate_id: Option<Uuid>,
     pub sequence: Option<i64>,
     pub event_id: Option<Uuid>,
-    pub position: RowPosition,
+    /// Its place in the log; `None` for a row read from `event_store` itself
+    /// (a reconciliation fill).
+    pub position: Option<RowPosition>,
     pub error: CdcError,
 }
 
@@ -149,7 +151,7 @@ fn item_of(row: &CDCRow<'_>, position: RowPosition) -> (Option<i64>, Item) {
                 aggregate_id: uuid_of(row.column("aggregate_id")),
                 sequence,
                 event_id: uuid_of(row.column("event_id")),
-                position,
+                position: Some(position),
                 error,
             };
             (sequence, Item::Bad(bad))

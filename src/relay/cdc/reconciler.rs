@@ -16,6 +16,10 @@
 //!   [`ReadThrough`] probe), is published by [`run_reconciler`] (refresh every
 //!   few seconds) and then deleted. `cdc_unreconciled_appends` shows the
 //!   pending rows.
+//! - An undecodable row keeps the same order: the events before it are
+//!   published first, then it goes to the inner sink's `undecodable` (the
+//!   parking policy). A row of the event table that cannot be decoded never
+//!   fails a fill: it is handed to the parking policy in its turn too.
 //! - Store reads that fail transiently are retried with backoff until they
 //!   work or shutdown; shutdown returns `CdcError::Shutdown` (nothing confirmed).
 
@@ -32,6 +36,7 @@ use super::{CdcError, EnvelopeSink};
 use crate::envelope::EventEnvelope;
 use crate::shutdown::Shutdown;
 use crate::store::cql::reconcile::ReconcileTable;
+use crate::store::feed::FeedRow;
 use crate::store::{DynStore, StoreError};
 
 const STRIPES: usize = 1024;
@@ -43,12 +48,47 @@ pub type ReadThrough = Arc<dyn Fn() -> Option<i64> + Send + Sync>;
 /// What happened to one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
-    /// Published through the inner sink (after `filled` earlier events).
+    /// Handed to the inner sink (after `filled` earlier events): published,
+    /// or, when `event_store` cannot decode it either, parked or dead-lettered.
     Delivered { filled: usize },
     /// Already published by this process: not sent again.
     Skipped,
     /// A pending row whose event is not in the event table (kept, logged).
     Missing,
+}
+
+/// One event of `event_store` as the reconciler finds it.
+enum Stored {
+    Event(EventEnvelope),
+    Undecodable(UndecodableRow),
+}
+
+impl Stored {
+    /// `None` for a row without a sequence (not an event).
+    fn of(aggregate: Uuid, row: FeedRow) -> Option<Stored> {
+        let (sequence, event_id, error) = match row {
+            FeedRow::Event(e) => match e.to_envelope() {
+                Ok(env) => return Some(Stored::Event(env)),
+                Err(err) => (e.sequence, Some(e.event_id), err.to_string()),
+            },
+            FeedRow::Unreadable(u) => (u.sequence?, u.event_id.and_then(|id| Uuid::parse_str(&id).ok()), u.error),
+        };
+        Some(Stored::Undecodable(UndecodableRow {
+            aggregate_id: Some(aggregate),
+            sequence: Some(sequence),
+            event_id,
+            position: None,
+            error: CdcError::Payload { row: format!("{aggregate}#{sequence}"), error },
+        }))
+    }
+
+    /// Aggregate and sequence (an undecodable one is always built with both).
+    fn key(&self) -> (Uuid, i64) {
+        match self {
+            Stored::Event(e) => (e.aggregate_id, e.sequence),
+            Stored::Undecodable(r) => (r.aggregate_id.unwrap_or_default(), r.sequence.unwrap_or_default()),
+        }
+    }
 }
 
 pub struct ReconcilingSink<S: EnvelopeSink> {
@@ -105,16 +145,15 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         }
     }
 
-    async fn load_after(
-        &self,
-        aggregate: Uuid,
-        after: i64,
-        shutdown: &mut Shutdown,
-    ) -> Result<Vec<EventEnvelope>, CdcError> {
+    /// What `event_store` holds for `aggregate` after sequence `after`, row
+    /// by row: a row that cannot be decoded is returned as such, never fails
+    /// the events around it (a fill before or after it still works).
+    async fn load_stored(&self, aggregate: Uuid, after: i64, shutdown: &mut Shutdown) -> Result<Vec<Stored>, CdcError> {
+        let key = crate::store::feed::uuid_key(&aggregate);
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.store.load_after(aggregate, after).await {
-                Ok(evs) => return Ok(evs),
+            match self.store.aggregate_rows(&key, None, Some(after + 1), None).await {
+                Ok(rows) => return Ok(rows.into_iter().filter_map(|r| Stored::of(aggregate, r)).collect()),
                 Err(StoreError::Unavailable(e)) => {
                     tracing::warn!(%aggregate, error = %e, "reconciliation: cannot load events; retrying");
                     if !shutdown.sleep(delay).await {
@@ -125,6 +164,63 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
                 Err(e) => return Err(CdcError::Store(e)),
             }
         }
+    }
+
+    /// Hands one stored event to the inner sink (an undecodable one to its
+    /// `undecodable`: parked or dead-lettered) and marks it passed.
+    async fn pass_stored(&self, stored: Stored, shutdown: &mut Shutdown) -> Result<(), CdcError> {
+        let (aggregate, sequence) = stored.key();
+        match stored {
+            Stored::Event(e) => self.inner.handle(e, shutdown).await?,
+            Stored::Undecodable(row) => {
+                tracing::warn!(%aggregate, sequence, error = %row.error, "an event to publish from event_store cannot be decoded; handing it to the parking policy");
+                self.inner.undecodable(row, shutdown).await?
+            }
+        }
+        self.mark_published(aggregate, sequence).await;
+        Ok(())
+    }
+
+    /// The plan for `(aggregate, sequence)` in its turn: `None` when it was
+    /// already passed (its pending row, if any, is confirmed), else the
+    /// earlier sequences to publish first.
+    async fn fill_plan(&self, aggregate: Uuid, sequence: i64) -> Option<Vec<i64>> {
+        let plan = self.state.lock().unwrap().plan(aggregate, sequence);
+        match plan {
+            Plan::Skip => {
+                self.mark_published(aggregate, sequence).await;
+                None
+            }
+            Plan::Deliver { fill } => Some(fill),
+        }
+    }
+
+    /// Publishes `fill` (earlier sequences of `aggregate`, ascending) from
+    /// `event_store`, in order; returns what the table holds for `sequence`
+    /// itself when `want` (and it was loaded).
+    async fn fill(
+        &self,
+        aggregate: Uuid,
+        sequence: i64,
+        fill: &[i64],
+        want: bool,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<Stored>, CdcError> {
+        if fill.is_empty() && !want {
+            return Ok(None);
+        }
+        let from = fill.first().copied().unwrap_or(sequence).min(sequence) - 1;
+        let mut target = None;
+        for stored in self.load_stored(aggregate, from, shutdown).await? {
+            let s = stored.key().1;
+            if fill.contains(&s) {
+                tracing::info!(%aggregate, sequence = s, before = sequence, "publishing an event whose CDC row was not seen (unknown-outcome append or late row) before a later one");
+                self.pass_stored(stored, shutdown).await?;
+            } else if s == sequence && want {
+                target = Some(stored);
+            }
+        }
+        Ok(target)
     }
 
     /// Records that `(aggregate, sequence)` was published (here, or by a
@@ -163,30 +259,18 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         shutdown: &mut Shutdown,
     ) -> Result<Handled, CdcError> {
         let _one = self.exclusive(aggregate).await;
-        let plan = self.state.lock().unwrap().plan(aggregate, sequence);
-        let fill = match plan {
-            Plan::Skip => {
-                self.mark_published(aggregate, sequence).await;
-                return Ok(Handled::Skipped);
+        let Some(fill) = self.fill_plan(aggregate, sequence).await else { return Ok(Handled::Skipped) };
+        let loaded = self.fill(aggregate, sequence, &fill, env.is_none(), shutdown).await?;
+        let env = match (env, loaded) {
+            (Some(env), _) | (None, Some(Stored::Event(env))) => env,
+            (None, Some(bad @ Stored::Undecodable(_))) => {
+                self.pass_stored(bad, shutdown).await?;
+                return Ok(Handled::Delivered { filled: fill.len() });
             }
-            Plan::Deliver { fill } => fill,
-        };
-        let mut env = env;
-        if !fill.is_empty() || env.is_none() {
-            let from = fill.first().copied().unwrap_or(sequence).min(sequence) - 1;
-            let loaded = self.load_after(aggregate, from, shutdown).await?;
-            for e in loaded.iter().filter(|e| fill.contains(&e.sequence)) {
-                tracing::info!(%aggregate, sequence = e.sequence, before = sequence, "publishing an event whose CDC row was not seen (unknown-outcome append or late row) before a later one");
-                self.inner.handle(e.clone(), shutdown).await?;
-                self.mark_published(aggregate, e.sequence).await;
+            (None, None) => {
+                tracing::error!(%aggregate, sequence, "reconciliation row names an event that is not in event_store; keeping the row");
+                return Ok(Handled::Missing);
             }
-            if env.is_none() {
-                env = loaded.into_iter().find(|e| e.sequence == sequence);
-            }
-        }
-        let Some(env) = env else {
-            tracing::error!(%aggregate, sequence, "reconciliation row names an event that is not in event_store; keeping the row");
-            return Ok(Handled::Missing);
         };
         match at {
             Some(at) => self.inner.handle_row(env, at, shutdown).await?,
@@ -248,15 +332,17 @@ impl<S: EnvelopeSink> EnvelopeSink for ReconcilingSink<S> {
     /// unpark); once handled (parked or dead-lettered) its sequence counts
     /// as passed, so the next event of the aggregate does not try to fill it
     /// from `event_store` (where it cannot be decoded either).
+    ///
+    /// Like an event, it comes after what must go before it: the pending
+    /// and missing earlier events of its aggregate are published first
+    /// (else a later replay, which starts at the bad row, never would).
     async fn undecodable(&self, row: UndecodableRow, shutdown: &mut Shutdown) -> Result<(), CdcError> {
         let Some(aggregate) = row.aggregate_id else { return self.inner.undecodable(row, shutdown).await };
-        let sequence = row.sequence;
         let _one = self.exclusive(aggregate).await;
-        self.inner.undecodable(row, shutdown).await?;
-        if let Some(s) = sequence {
-            self.mark_published(aggregate, s).await;
-        }
-        Ok(())
+        let Some(sequence) = row.sequence else { return self.inner.undecodable(row, shutdown).await };
+        let Some(fill) = self.fill_plan(aggregate, sequence).await else { return Ok(()) };
+        self.fill(aggregate, sequence, &fill, false, shutdown).await?;
+        self.pass_stored(Stored::Undecodable(row), shutdown).await
     }
 }
 

@@ -158,11 +158,9 @@ impl CdcRequests {
                 }
             }
         }
-        let removed = if self.epoch > 0 {
-            self.store.unpark_fenced(&self.consumer, agg, self.epoch).await
-        } else {
-            self.store.unpark(&self.consumer, agg).await
-        };
+        let removed =
+            crate::relay::operator::unpark(&self.store, &self.consumer, agg, self.epoch, self.deliverer.backoff())
+                .await;
         removed.map_err(|e| format!("published {} events but cannot remove the park record: {e}", held.len()))?;
         self.deliverer.unparked(agg);
         Ok(Some(held.len()))

@@ -35,17 +35,7 @@ impl Txn {
             let plans = match plan(&ctx, &r).await {
                 Ok(p) => p,
                 Err(e) => {
-                    let _ = self
-                        .relay
-                        .store
-                        .request_finish(
-                            &consumer,
-                            r.id,
-                            self.epoch,
-                            RequestStatus::Failed,
-                            serde_json::json!({ "error": e }),
-                        )
-                        .await;
+                    self.finish(r.id, RequestStatus::Failed, serde_json::json!({ "error": e })).await;
                     continue;
                 }
             };
@@ -58,17 +48,9 @@ impl Txn {
                         // Progress moves back in a transaction of its own; the next term starts there.
                         match self.transaction(&[], position).await {
                             Outcome::Committed => {
-                                let _ = self
-                                    .relay
-                                    .store
-                                    .request_finish(
-                                        &consumer,
-                                        r.id,
-                                        self.epoch,
-                                        RequestStatus::Done,
-                                        serde_json::json!({ "rewound_from": self.position, "rewound_to": position }),
-                                    )
-                                    .await;
+                                let result =
+                                    serde_json::json!({ "rewound_from": self.position, "rewound_to": position });
+                                self.finish(r.id, RequestStatus::Done, result).await;
                                 self.relay.metrics.relay_rewinds.inc();
                                 let _ = self.relay.write_checkpoint(position).await;
                                 return Ok(Some(Exit::Rewound(position)));
@@ -90,7 +72,15 @@ impl Txn {
                             result = serde_json::json!({ "aggregate_id": agg.to_string(), "error": "an event failed again; parked again" });
                             continue;
                         }
-                        match self.relay.unpark_record(&agg).await {
+                        let unparked = crate::relay::operator::unpark(
+                            &self.relay.store,
+                            &consumer,
+                            &agg,
+                            self.epoch,
+                            &self.backoff,
+                        )
+                        .await;
+                        match unparked {
                             Ok(_) => {
                                 self.relay.metrics.dlq_parked_aggregates.dec();
                                 self.relay.status.update(|s| {
@@ -115,8 +105,14 @@ impl Txn {
                     }
                 }
             }
-            let _ = self.relay.store.request_finish(&consumer, r.id, self.epoch, status, result).await;
+            self.finish(r.id, status, result).await;
         }
         Ok(None)
+    }
+
+    /// Records a request's outcome at this term's epoch (retried; see `operator::finish`).
+    async fn finish(&self, id: uuid::Uuid, status: RequestStatus, result: serde_json::Value) {
+        let (store, consumer) = (&self.relay.store, &self.relay.cfg.consumer_name);
+        crate::relay::operator::finish(store, consumer, id, self.epoch, status, result, &self.backoff).await
     }
 }
