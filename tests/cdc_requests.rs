@@ -162,4 +162,33 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     let seqs: Vec<i64> = records.iter().filter(|r| r.key == b.to_string()).map(|r| r.sequence()).collect();
     assert_eq!(seqs, vec![1, 2]);
     assert!(store.parked(RELAY).await.unwrap().is_empty());
+
+    // A held row event_store cannot decode either: the replay fails naming
+    // it before anything is published, and the aggregate stays parked.
+    let c = Uuid::now_v7();
+    let c_events = order_events(c, 0, 3);
+    store.append(c, 0, c_events.clone()).await.unwrap();
+    let q = format!(
+        "UPDATE {}.event_store SET payload = '{{not json' WHERE aggregate_id = ? AND sequence_number = 3",
+        store.keyspace()
+    );
+    store.session().query_unpaged(q, (c,)).await.unwrap();
+    let c_park = Parked {
+        aggregate_id: c.to_string(),
+        sequence: Some(2),
+        event_id: Some(c_events[1].event_id.to_string()),
+        ..park.clone()
+    };
+    store.park(&c_park).await.unwrap();
+    let bad = RelayRequest::new(RELAY, RequestKind::ReplayAggregate { aggregate_id: c.to_string() }, "test");
+    store.request_submit(&bad).await.unwrap();
+    server.poll(&mut shutdown).await;
+    let r = store.request_get(bad.id).await.unwrap().unwrap();
+    assert_eq!(r.status, RequestStatus::Failed);
+    let why = r.result.unwrap()["error"].as_str().unwrap().to_string();
+    assert!(why.contains(&format!("event {c}#3 cannot be decoded")) && why.contains("repair the row"), "{why}");
+    let (bk, ts) = (brokers.clone(), topics(&cfg));
+    let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 6, Duration::from_secs(5))).await.unwrap();
+    assert!(records.iter().all(|r| r.key != c.to_string()), "nothing of c was published");
+    assert_eq!(store.parked(RELAY).await.unwrap().len(), 1, "c stays parked");
 }

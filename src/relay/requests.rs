@@ -220,7 +220,7 @@ impl Run {
     /// Removes `agg`'s park record at this relay's epoch (retried; see `operator::unpark`).
     async fn unpark(&self, agg: &str) -> Result<bool, StoreError> {
         let (store, consumer) = (&self.relay.store, &self.relay.cfg.consumer_name);
-        crate::relay::operator::unpark(store, consumer, agg, self.epoch(), &self.backoff).await
+        crate::relay::operator::unpark(store, consumer, agg, self.epoch()).await
     }
 
     pub(super) async fn finish_request(&self, id: Uuid, status: RequestStatus, result: serde_json::Value) {

@@ -5,7 +5,8 @@
 //! Guarantees:
 //! - Every event, filled or reconciled ones included, goes through the inner
 //!   sink's `handle` (the relay's single delivery call: retry, breaker, DLQ,
-//!   parking and exactly-once live there), one at a time per aggregate: a
+//!   parking and exactly-once live there), or its `undecodable` for a row
+//!   that cannot be decoded, one at a time per aggregate: a
 //!   consumer and the reconciler task never publish events of one aggregate
 //!   concurrently (striped locks by aggregate id).
 //! - Before event `s` of aggregate A: the pending `(A, k < s)` and the gap

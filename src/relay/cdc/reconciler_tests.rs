@@ -292,6 +292,13 @@ async fn a_fill_across_an_undecodable_stored_row_hands_it_to_the_parking_policy(
     let out = rig.sink.deliver_through(a, 4, Some(ev[3].clone()), None, &mut rig.shutdown).await.unwrap();
     assert_eq!(out, Handled::Delivered { filled: 2 });
     assert_eq!(rig.recorder.of(a), vec![1, -2, 3, 4], "in sequence order; the relay holds 3 and 4 behind the park");
+    // Their rows come later (the bad one too): each counts as passed.
+    for s in [2, 3] {
+        let out = rig.sink.deliver_through(a, s, Some(ev[s as usize - 1].clone()), None, &mut rig.shutdown).await;
+        assert_eq!(out.unwrap(), Handled::Skipped);
+    }
+    rig.sink.undecodable(undecodable(a, 2), &mut rig.shutdown).await.unwrap();
+    assert_eq!(rig.recorder.of(a), vec![1, -2, 3, 4]);
 }
 
 /// An overdue pending row whose stored event cannot be decoded is parked

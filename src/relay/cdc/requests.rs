@@ -10,7 +10,10 @@
 //!   later event of it in between, and skips the replayed ones when their
 //!   rows come again. The park record is removed (fenced) only after every
 //!   event was confirmed; an event that still fails for good parks the
-//!   aggregate again at that event and the request fails naming it.
+//!   aggregate again at that event and the request fails naming it. A held
+//!   row that `event_store` cannot decode either fails the request before
+//!   anything is published, naming the row: it must be repaired first
+//!   (`dlq discard` is not built on this path).
 //! - Discard, dead-letter replay and rewind are not built on this path: such
 //!   a request fails at once with the reason (it never waits unclaimed).
 //! - The loop polls every `every` until shutdown; a store error is logged and
@@ -31,7 +34,7 @@ use crate::relay::{RelayStatus, StatusTx};
 use crate::shutdown::Shutdown;
 use crate::store::cql::reconcile::ReconcileTable;
 use crate::store::cql::CqlStore;
-use crate::store::feed::RawEvent;
+use crate::store::feed::FeedRow;
 use crate::store::requests::{RelayRequest, RequestKind, RequestStatus};
 use crate::store::DynStore;
 
@@ -142,25 +145,36 @@ impl CdcRequests {
         };
         let from = p.parked.sequence.unwrap_or(1).max(1);
         let _turn = self.sink.exclusive(id).await;
-        let held = self.store.load_after(id, from - 1).await.map_err(|e| e.to_string())?;
+        let key = crate::store::feed::uuid_key(&id);
+        let rows = self.store.aggregate_rows(&key, None, Some(from), None).await.map_err(|e| e.to_string())?;
+        let mut held = Vec::with_capacity(rows.len());
+        for row in rows {
+            match row {
+                FeedRow::Event(e) => held.push(e),
+                FeedRow::Unreadable(u) => {
+                    return Err(format!(
+                        "event {agg}#{} cannot be decoded from event_store ({}); nothing was published: repair the row, then replay",
+                        u.sequence.unwrap_or_default(),
+                        u.error
+                    ))
+                }
+            }
+        }
         tracing::info!(aggregate = %agg, from, events = held.len(), "replaying a parked aggregate from event_store");
-        for env in &held {
-            let raw = RawEvent::from_envelope(env, 0).map_err(|e| format!("event {}: {e}", env.sequence))?;
-            match self.deliverer.deliver_replayed(&raw, shutdown).await {
-                Delivered::Delivered => self.sink.mark_published(id, env.sequence).await,
+        for raw in &held {
+            match self.deliverer.deliver_replayed(raw, shutdown).await {
+                Delivered::Delivered => self.sink.mark_published(id, raw.sequence).await,
                 Delivered::Shutdown => return Ok(None),
                 Delivered::Fenced => return Err("another instance holds the relay lease".into()),
                 Delivered::Held | Delivered::Parked | Delivered::DeadLettered => {
                     return Err(format!(
                         "event {} (sequence {}) still cannot be published; the aggregate is parked at it",
-                        env.event_id, env.sequence
+                        raw.event_id, raw.sequence
                     ))
                 }
             }
         }
-        let removed =
-            crate::relay::operator::unpark(&self.store, &self.consumer, agg, self.epoch, self.deliverer.backoff())
-                .await;
+        let removed = crate::relay::operator::unpark(&self.store, &self.consumer, agg, self.epoch).await;
         removed.map_err(|e| format!("published {} events but cannot remove the park record: {e}", held.len()))?;
         self.deliverer.unparked(agg);
         Ok(Some(held.len()))

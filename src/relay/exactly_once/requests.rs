@@ -72,15 +72,7 @@ impl Txn {
                             result = serde_json::json!({ "aggregate_id": agg.to_string(), "error": "an event failed again; parked again" });
                             continue;
                         }
-                        let unparked = crate::relay::operator::unpark(
-                            &self.relay.store,
-                            &consumer,
-                            &agg,
-                            self.epoch,
-                            &self.backoff,
-                        )
-                        .await;
-                        match unparked {
+                        match crate::relay::operator::unpark(&self.relay.store, &consumer, &agg, self.epoch).await {
                             Ok(_) => {
                                 self.relay.metrics.dlq_parked_aggregates.dec();
                                 self.relay.status.update(|s| {
