@@ -63,6 +63,10 @@ impl Txn {
                     }
                     Plan::Unpark { agg, items } => {
                         self.parked.remove(&agg);
+                        // Carried to its end (the task's shutdown deadline
+                        // bounds it): the progress does not record a replay,
+                        // so one stopped after a partial commit would repeat
+                        // that part (OPERATIONS.md, "Exactly-once delivery").
                         let mut never = Shutdown::never();
                         if let Some(exit) = self.publish(items, self.position, &mut never).await? {
                             return Ok(Some(exit));
