@@ -16,6 +16,10 @@
 //! - [`ProgressState::oldest`] is the position every stream of the current
 //!   generation has been published up to: the relay's lag and the CDC log TTL
 //!   guard are computed from it.
+//! - Every stream of a generation gets its row, at its first time, before
+//!   any row carries progress ([`ProgressState::dirty`]): a save cut short
+//!   between two chunks cannot leave a stream without a row behind the
+//!   oldest row a restart resumes from (its events would be skipped).
 //! - Only values that moved since the last successful write are handed out
 //!   for persisting ([`ProgressState::dirty`]), so an idle stream costs no
 //!   checkpoint write and a failed write is simply retried with a newer value.
@@ -63,6 +67,9 @@ struct Entry {
     time: i64,
     /// Highest time known to be in the table (`i64::MIN`: none).
     saved: i64,
+    /// The first time known for the stream in this run: where it would be
+    /// read from if the table had no row for it.
+    first: i64,
 }
 
 /// The in-memory progress of one consumer's CDC reader.
@@ -84,7 +91,8 @@ impl ProgressState {
     pub fn from_rows(rows: impl IntoIterator<Item = SavedRow>) -> ProgressState {
         let rows: Vec<SavedRow> = rows.into_iter().collect();
         let (generation, current) = current_progress(&rows);
-        let streams = current.into_iter().map(|(k, t)| (StreamKey(k.to_vec()), Entry { time: t, saved: t })).collect();
+        let streams =
+            current.into_iter().map(|(k, t)| (StreamKey(k.to_vec()), Entry { time: t, saved: t, first: t })).collect();
         ProgressState { generation, generation_saved: generation, streams, holds: HashMap::new() }
     }
 
@@ -131,7 +139,7 @@ impl ProgressState {
                 true
             }
             None => {
-                self.streams.insert(stream.clone(), Entry { time, saved: i64::MIN });
+                self.streams.insert(stream.clone(), Entry { time, saved: i64::MIN, first: time });
                 true
             }
         }
@@ -170,9 +178,21 @@ impl ProgressState {
     }
 
     /// The stream times not yet in the table: `(stream, time)`, ordered by stream.
+    ///
+    /// While a stream has no row yet, only the streams without one are
+    /// handed out, each at its first time: a restart resumes from the oldest
+    /// row, and a stream without a row is read from there too (scylla-cdc
+    /// leaves it out of its per-group minimum). A save cut short (a crash,
+    /// a write timeout, a takeover between two chunks) thus never leaves a
+    /// row ahead of where a stream without one had to start; progress is
+    /// written once every stream has its row.
     pub fn dirty(&self) -> Vec<(StreamKey, i64)> {
-        let mut out: Vec<_> =
-            self.streams.iter().filter(|(_, e)| e.time > e.saved).map(|(k, e)| (k.clone(), e.time)).collect();
+        let unsaved = || self.streams.iter().filter(|(_, e)| e.saved == i64::MIN);
+        let mut out: Vec<_> = if unsaved().next().is_some() {
+            unsaved().map(|(k, e)| (k.clone(), e.first)).collect()
+        } else {
+            self.streams.iter().filter(|(_, e)| e.time > e.saved).map(|(k, e)| (k.clone(), e.time)).collect()
+        };
         out.sort();
         out
     }
@@ -235,7 +255,9 @@ mod tests {
         run1.start_generation(100);
         run1.admit(&k(1), 2_000);
         run1.admit(&k(1), 6_000);
-        let saved = run1.dirty();
+        let first = run1.dirty(); // the stream's row, at its first time
+        run1.mark_saved(&first);
+        let saved = run1.dirty(); // then its progress
         run1.mark_saved(&saved);
         let table: Vec<SavedRow> = std::iter::once(row(StreamKey(vec![]), 100, None))
             .chain(saved.iter().map(|(s, t)| row(s.clone(), 100, Some(*t))))
@@ -253,14 +275,46 @@ mod tests {
         s.admit(&k(2), 10);
         s.admit(&k(1), 20);
         assert_eq!(s.dirty(), vec![(k(1), 20), (k(2), 10)]);
+        s.mark_saved(&s.dirty());
+        s.admit(&k(1), 25);
+        s.admit(&k(2), 15);
+        assert_eq!(s.dirty(), vec![(k(1), 25), (k(2), 15)]);
         // The write failed: nothing marked; the next round has newer values.
         s.admit(&k(1), 30);
-        assert_eq!(s.dirty(), vec![(k(1), 30), (k(2), 10)]);
+        assert_eq!(s.dirty(), vec![(k(1), 30), (k(2), 15)]);
         s.mark_saved(&[(k(1), 30)]);
-        assert_eq!(s.dirty(), vec![(k(2), 10)]);
+        assert_eq!(s.dirty(), vec![(k(2), 15)]);
         // A late mark of an older value does not make the row dirty again.
         s.mark_saved(&[(k(1), 20)]);
-        assert_eq!(s.dirty(), vec![(k(2), 10)]);
+        assert_eq!(s.dirty(), vec![(k(2), 15)]);
+    }
+
+    /// Review finding: the first save of a generation is written in chunks.
+    /// Cut short after the first chunk, it left stream 1's row at its
+    /// progress (5 000) and no row for streams 2 and 3; the restart resumed
+    /// from the oldest row, 5 000, and scylla-cdc read 2 and 3 from there
+    /// too: their events from 100 on were skipped. Every stream now gets its
+    /// row at its first time before any row carries progress.
+    #[test]
+    fn a_first_save_cut_short_never_leaves_a_row_ahead_of_a_stream_without_one() {
+        let mut run1 = ProgressState::default();
+        run1.start_generation(1);
+        for i in 1..=3 {
+            run1.admit(&k(i), 100); // scylla-cdc's first save: the lower bound
+        }
+        for i in 1..=3 {
+            run1.admit(&k(i), 5_000); // a catch-up ran far ahead before the flush
+        }
+        assert_eq!(run1.dirty(), vec![(k(1), 100), (k(2), 100), (k(3), 100)], "rows first, at the first time");
+        // Only the first chunk (stream 1) reaches the table, then a crash.
+        run1.mark_saved(&[(k(1), 100)]);
+        assert_eq!(run1.dirty(), vec![(k(2), 100), (k(3), 100)], "still no progress while a row is missing");
+        let table = [row(StreamKey(vec![]), 1, None), row(k(1), 1, Some(100))];
+        let run2 = ProgressState::from_rows(table);
+        assert_eq!(run2.oldest(), Some(100), "the restart resumes where streams 2 and 3 must start");
+        // Once every stream has its row, progress is written.
+        run1.mark_saved(&[(k(2), 100), (k(3), 100)]);
+        assert_eq!(run1.dirty(), vec![(k(1), 5_000), (k(2), 5_000), (k(3), 5_000)]);
     }
 
     #[test]

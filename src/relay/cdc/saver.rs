@@ -17,7 +17,8 @@
 //! - Batched: `save_checkpoint` only records the value in memory; [`flush`]
 //!   (run every `checkpoint_interval` by [`run_flusher`], and once more when a
 //!   reader ends) writes the streams that moved, at most [`SAVE_BATCH_ROWS`]
-//!   rows per batch, one batch at a time. One conditional batch per chunk
+//!   rows per batch, one batch at a time (every stream's first row before
+//!   any progress: [`ProgressState::dirty`]). One conditional batch per chunk
 //!   instead of one LWT per stream: all progress rows live in one partition,
 //!   so a batch costs one Paxos round for up to 64 streams, and LWTs on one
 //!   partition must not run concurrently anyway (they would contend).

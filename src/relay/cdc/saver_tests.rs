@@ -208,10 +208,13 @@ async fn progress_of_the_former_library_table_is_taken_over_once() {
         .unwrap();
     assert_eq!(s.load_last_generation().await.unwrap().map(|g| generation_ms(&g)), Some(700));
     assert_eq!(s.load_last_checkpoint(&stream(1)).await.unwrap(), Some(Duration::from_millis(42_000)));
-    // Written to the lease partition with the first real progress; from
+    // Written to the lease partition by the first flush, as taken over
+    // (every stream's row before any progress), then the progress; from
     // then on the former table is not read any more.
     s.start_generation(700).await.unwrap();
     s.record(&key(1), 43_000).unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(table_time(&s, &ks, &stream(1)).await, Some(42_000));
     s.flush().await.unwrap();
     assert_eq!(table_time(&s, &ks, &stream(1)).await, Some(43_000));
     let rows = read_progress(&session, &ks, "kafka-relay").await.unwrap();
