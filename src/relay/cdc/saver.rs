@@ -102,8 +102,11 @@ pub struct LeaseCheckpointSaver {
 /// Progress saved by scylla-cdc's `TableBackedCheckpointSaver` in
 /// `keyspace.table` (before outboxd had its own saver): the `[0]` row holds
 /// the generation; the per-stream `generation` column held the reader's
-/// start bound, not the generation, so it is ignored. Empty when the table
-/// does not exist or cannot be read.
+/// start bound, not the generation, so it is ignored. A stream row older
+/// than the generation is a stream of a finished one (scylla-cdc read every
+/// stream of a generation to its end, below the next one's start, and the
+/// table kept them for days): left out, or it would pass for the oldest
+/// progress. Empty when the table does not exist or cannot be read.
 async fn read_legacy_progress(session: &Session, keyspace: &str, table: &str) -> Vec<SavedRow> {
     let q = format!("SELECT stream_id, generation, time FROM {keyspace}.{table}");
     let Ok(res) = session.query_unpaged(q, ()).await else { return Vec::new() };
@@ -116,6 +119,9 @@ async fn read_legacy_progress(session: &Session, keyspace: &str, table: &str) ->
             _ => SavedRow { stream, generation: None, time: time.map(|t| t.0) },
         })
         .collect();
+    let generation = out.iter().find(|r| r.stream.is_empty()).and_then(|r| r.generation);
+    let mut out = out;
+    out.retain(|r| r.stream.is_empty() || generation.is_none_or(|g| r.time.is_some_and(|t| t >= g)));
     if !out.is_empty() {
         tracing::info!(%keyspace, table, rows = out.len(), "CDC progress taken over from scylla-cdc's former checkpoint table");
     }

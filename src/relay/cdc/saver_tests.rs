@@ -202,12 +202,16 @@ async fn progress_of_the_former_library_table_is_taken_over_once() {
         .unwrap();
     let ins = format!("INSERT INTO {ks}.cdc_checkpoints (stream_id, generation, time) VALUES (?, ?, ?)");
     session.query_unpaged(ins.clone(), (vec![0u8], CqlTimestamp(700), CqlTimestamp(i64::MAX))).await.unwrap();
-    session.query_unpaged(ins, (vec![1u8; 16], CqlTimestamp(1), CqlTimestamp(42_000))).await.unwrap();
+    session.query_unpaged(ins.clone(), (vec![1u8; 16], CqlTimestamp(1), CqlTimestamp(42_000))).await.unwrap();
+    // A stream of a finished generation (read to its end below 700).
+    session.query_unpaged(ins, (vec![2u8; 16], CqlTimestamp(1), CqlTimestamp(650))).await.unwrap();
     let s = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, Some("cdc_checkpoints"))
         .await
         .unwrap();
     assert_eq!(s.load_last_generation().await.unwrap().map(|g| generation_ms(&g)), Some(700));
     assert_eq!(s.load_last_checkpoint(&stream(1)).await.unwrap(), Some(Duration::from_millis(42_000)));
+    assert_eq!(s.load_last_checkpoint(&stream(2)).await.unwrap(), None, "a finished generation's stream");
+    assert_eq!(s.progress().oldest(), Some(42_000), "not the finished stream's 650");
     // Written to the lease partition by the first flush, as taken over
     // (every stream's row before any progress), then the progress; from
     // then on the former table is not read any more.
