@@ -8,7 +8,10 @@
 //!   dead-lettered / parked), so scylla-cdc's checkpoint cannot move past
 //!   them; rows of a CDC batch still waiting for `cdc$end_of_batch` are not
 //!   handled yet, and the stream's progress is held at their `cdc$time`
-//!   (`LeaseCheckpointSaver::hold`) until they are.
+//!   (`LeaseCheckpointSaver::hold`) until they are. The hold outlives the
+//!   consumer: a batch still buffered when a run ends keeps the stream (and
+//!   a catch-up's advance of every stream) before it, and the next run reads
+//!   it again and releases the hold once it is handled.
 //! - The rows of one batch (one append) go out in the aggregate's sequence
 //!   order ([`BatchBuffer`]), whatever order Scylla numbered them in.
 //! - Rows that are not event inserts are skipped; a row of `event_store` that
@@ -183,15 +186,6 @@ impl<S: EnvelopeSink> SinkConsumer<S> {
     fn release_hold(&self, stream: &StreamKey) {
         if let Some(s) = &self.saver {
             s.release(stream);
-        }
-    }
-}
-
-impl<S: EnvelopeSink> Drop for SinkConsumer<S> {
-    fn drop(&mut self) {
-        // A batch left buffered (the run ended) is read again by the next run.
-        if let Some(k) = self.buffer.pending() {
-            self.release_hold(&k.stream.clone());
         }
     }
 }

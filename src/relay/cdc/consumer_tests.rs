@@ -211,3 +211,35 @@ async fn a_buffered_batch_holds_its_stream_and_a_fenced_saver_stops_the_consumer
     assert!(err.to_string().contains("fenced"), "{err}");
     assert_eq!(sink.sequences(), vec![1, 2], "nothing handled after fencing");
 }
+
+/// Review finding: a batch still buffered when a run ended released its
+/// hold as the consumer was dropped, and the catch-up's advance of every
+/// stream then moved past it: its rows were never read again. The hold now
+/// outlives the consumer; the next run reads the batch again and releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_left_buffered_when_a_run_ends_keeps_its_hold() {
+    let Some(store) = live_store("CDC consumer: buffered at the end of a run").await else { return };
+    let (session, ks) = (store.session(), store.keyspace().to_string());
+    let saver =
+        LeaseCheckpointSaver::open(session, &ks, "kafka-relay", None, Duration::from_secs(86_400), None).await.unwrap();
+    saver.start_generation(1_000).await.unwrap();
+    let stream = StreamKey(STREAM.to_vec());
+    saver.record(&stream, 500).unwrap();
+    let sink = Arc::new(Recorder::default());
+    let events = order_events(Uuid::now_v7(), 2);
+    let rows = || append_rows(&events, timeuuid_at(5_000, 0), |i| i as i32 + 1);
+    let mut first = rows();
+    first.pop(); // its cdc$end_of_batch row is not read in this run
+    let mut run1 = consumer(sink.clone(), Some(saver.clone())).await;
+    feed(&mut run1, first).await.unwrap();
+    drop(run1); // the catch-up run ends with the batch buffered
+    saver.advance_all(20_000);
+    assert_eq!(saver.progress().loaded(&stream), Some(5_000), "not past the unread batch");
+    assert!(sink.sequences().is_empty());
+    // The next run reads the batch again from there, whole this time.
+    let mut run2 = consumer(sink.clone(), Some(saver.clone())).await;
+    feed(&mut run2, rows()).await.unwrap();
+    assert_eq!(sink.sequences(), vec![1, 2]);
+    saver.record(&stream, 20_000).unwrap();
+    assert_eq!(saver.progress().loaded(&stream), Some(20_000), "released once handled");
+}
