@@ -277,7 +277,7 @@ impl HealthCheckActor {
 
     fn publish(&mut self, probes: &mut Probes) {
         let (relay_lag, projection_lag) = self.lag_metrics(probes);
-        let verdict = evaluate(probes, &self.reported, Thresholds::from_config(&self.deps.cfg.health));
+        let verdict = evaluate(probes, &self.reported, Thresholds::from_config(&self.deps.cfg));
         let now = Utc::now();
         let metrics = &self.deps.metrics;
         let components: BTreeMap<String, ComponentHealth> = verdict

@@ -12,7 +12,11 @@
 //!   `health.feed_unhealthy_after_ms`; parked aggregates -> Degraded; lag
 //!   over `health.lag_degraded_events` or `health.lag_degraded_seconds` ->
 //!   Degraded; CDC log TTL: lag age >= 50 % of it -> Degraded, >= 80 % ->
-//!   Unhealthy (`relay::cdc::health::ttl_health`); an unknown-outcome append
+//!   Unhealthy (`relay::cdc::health::ttl_health`); CDC progress older than
+//!   a caught-up reader's normal delay (safety interval + window + sleep +
+//!   checkpoint interval) by more than `health.lag_degraded_seconds` ->
+//!   Degraded (a reader behind, or one that stopped making progress while
+//!   its task still runs); an unknown-outcome append
 //!   unreconciled past its bound -> Degraded (`reconcile_health`);
 //!   restarting -> Degraded; gave up or not answering -> Unhealthy. A task
 //!   spawned less than [`START_GRACE`] ago that has not said it runs yet
@@ -94,15 +98,22 @@ pub struct Thresholds {
     pub projection_lag_degraded_events: i64,
     pub lag_degraded_seconds: u64,
     pub feed_unhealthy_after: Duration,
+    /// How old a caught-up CDC reader's oldest saved progress normally is
+    /// (safety interval + window + sleep + checkpoint interval); its lag
+    /// counts from there.
+    pub cdc_reader_delay: Duration,
 }
 
 impl Thresholds {
-    pub fn from_config(h: &crate::config::HealthConfig) -> Thresholds {
+    pub fn from_config(cfg: &crate::config::Config) -> Thresholds {
+        let (h, c) = (&cfg.health, &cfg.store.cql.cdc);
+        let delay = c.safety_interval_ms + c.window_size_ms + c.sleep_interval_ms + c.checkpoint_interval_ms;
         Thresholds {
             relay_lag_degraded_events: h.lag_degraded_events,
             projection_lag_degraded_events: h.projection_lag_degraded_events,
             lag_degraded_seconds: h.lag_degraded_seconds,
             feed_unhealthy_after: Duration::from_millis(h.feed_unhealthy_after_ms),
+            cdc_reader_delay: Duration::from_millis(delay),
         }
     }
 }
@@ -230,6 +241,20 @@ fn relay_health(p: &Probes, task: &TaskStatus<RelayStatus>, t: Thresholds) -> (H
             HealthStatus::Degraded,
             format!("lag {lag_events} events exceeds {}; {prog}", t.relay_lag_degraded_events),
         );
+    }
+    if let Some((age, _)) = p.cdc_ttl {
+        let over = age.saturating_sub(t.cdc_reader_delay).as_secs();
+        if over > t.lag_degraded_seconds {
+            return (
+                HealthStatus::Degraded,
+                format!(
+                    "the oldest CDC progress is {} s old, {over} s over a caught-up reader's {} s (limit {} s): the reader is behind or not progressing; {prog}",
+                    age.as_secs(),
+                    t.cdc_reader_delay.as_secs(),
+                    t.lag_degraded_seconds
+                ),
+            );
+        }
     }
     if lag_secs > t.lag_degraded_seconds as f64 {
         return (

@@ -51,6 +51,7 @@ const T: Thresholds = Thresholds {
     projection_lag_degraded_events: 100,
     lag_degraded_seconds: 60,
     feed_unhealthy_after: Duration::from_secs(60),
+    cdc_reader_delay: Duration::from_secs(66),
 };
 
 fn worst(v: &BTreeMap<&'static str, (HealthStatus, String)>) -> HealthStatus {
@@ -143,6 +144,8 @@ fn parked_aggregates_degrade() {
 fn cdc_log_ttl_guard() {
     let ttl = Duration::from_secs(1000);
     let mut p = probes();
+    let lenient = Thresholds { lag_degraded_seconds: 10_000, ..T }; // the TTL rule alone
+    let evaluate = |p: &Probes, r: &Reported, _: Thresholds| evaluate(p, r, lenient);
     p.cdc_ttl = Some((Duration::from_secs(499), ttl));
     assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Healthy);
     p.cdc_ttl = Some((Duration::from_secs(500), ttl));
@@ -151,6 +154,22 @@ fn cdc_log_ttl_guard() {
     let v = evaluate(&p, &HashMap::new(), T);
     assert_eq!(v["cdc_processor"].0, HealthStatus::Unhealthy);
     assert!(v["cdc_processor"].1.contains("CDC log TTL"));
+}
+
+/// Review finding: a CDC reader whose task runs but makes no progress (a
+/// scylla-cdc run that never ends) showed Healthy until the TTL guard's
+/// 50 % (12 h by default). Its lag now counts from a caught-up reader's
+/// normal delay, against `health.lag_degraded_seconds`.
+#[test]
+fn a_cdc_reader_that_stops_progressing_degrades_past_the_lag_limit() {
+    let ttl = Duration::from_secs(86_400);
+    let mut p = probes();
+    p.cdc_ttl = Some((Duration::from_secs(66 + 60), ttl));
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Healthy, "caught up");
+    p.cdc_ttl = Some((Duration::from_secs(66 + 61), ttl));
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded);
+    assert!(v["cdc_processor"].1.contains("not progressing"), "{}", v["cdc_processor"].1);
 }
 
 #[test]
