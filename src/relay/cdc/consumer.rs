@@ -11,7 +11,10 @@
 //!   (`LeaseCheckpointSaver::hold`) until they are. The hold outlives the
 //!   consumer: a batch still buffered when a run ends keeps the stream (and
 //!   a catch-up's advance of every stream) before it, and the next run reads
-//!   it again and releases the hold once it is handled.
+//!   it again and releases the hold once it is handled. (A batch without
+//!   its `cdc$end_of_batch` row that is the last of its generation is not
+//!   read again: scylla-cdc moves on to the next generation, and the hold
+//!   goes with the old generation's streams.)
 //! - The rows of one batch (one append) go out in the aggregate's sequence
 //!   order ([`BatchBuffer`]), whatever order Scylla numbered them in.
 //! - Rows that are not event inserts are skipped; a row of `event_store` that

@@ -16,10 +16,13 @@
 //! - [`ProgressState::oldest`] is the position every stream of the current
 //!   generation has been published up to: the relay's lag and the CDC log TTL
 //!   guard are computed from it.
-//! - Every stream of a generation gets its row, at its first time, before
-//!   any row carries progress ([`ProgressState::dirty`]): a save cut short
-//!   between two chunks cannot leave a stream without a row behind the
-//!   oldest row a restart resumes from (its events would be skipped).
+//! - Every stream the reader has reported gets its row, at its first time,
+//!   before any row carries progress ([`ProgressState::dirty`]): a save cut
+//!   short between two chunks cannot leave such a stream without a row
+//!   behind the oldest row a restart resumes from (its events would be
+//!   skipped). scylla-cdc reports every stream of a generation at once when
+//!   its readers start; a stream group whose reader starts saving more than
+//!   a checkpoint interval after the others is not covered.
 //! - Only values that moved since the last successful write are handed out
 //!   for persisting ([`ProgressState::dirty`]), so an idle stream costs no
 //!   checkpoint write and a failed write is simply retried with a newer value.
@@ -172,6 +175,7 @@ impl ProgressState {
         }
         if self.generation.is_some() {
             self.streams.clear();
+            self.holds.clear();
         }
         self.generation = Some(generation);
         true
@@ -315,6 +319,16 @@ mod tests {
         // Once every stream has its row, progress is written.
         run1.mark_saved(&[(k(2), 100), (k(3), 100)]);
         assert_eq!(run1.dirty(), vec![(k(1), 5_000), (k(2), 5_000), (k(3), 5_000)]);
+    }
+
+    #[test]
+    fn a_new_generation_drops_the_holds_of_the_old_one() {
+        let mut s = ProgressState::default();
+        s.start_generation(1);
+        s.admit(&k(1), 100);
+        s.hold(&k(1), 150);
+        assert!(s.start_generation(2));
+        assert!(s.holds.is_empty(), "the old generation's streams are finished");
     }
 
     #[test]
