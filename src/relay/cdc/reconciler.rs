@@ -174,7 +174,9 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         match stored {
             Stored::Event(e) => self.inner.handle(e, shutdown).await?,
             Stored::Undecodable(row) => {
-                tracing::warn!(%aggregate, sequence, error = %row.error, "an event to publish from event_store cannot be decoded; handing it to the parking policy");
+                if row.position.is_none() {
+                    tracing::warn!(%aggregate, sequence, error = %row.error, "an event to publish from event_store cannot be decoded; handing it to the parking policy");
+                }
                 self.inner.undecodable(row, shutdown).await?
             }
         }
