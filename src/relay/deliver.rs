@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::relay::breaker::{BreakerState, CircuitBreaker};
 use crate::relay::encode::Encoder;
 use crate::relay::error::PublishError;
-use crate::relay::parking::{dead_letter_of, parked_record};
+use crate::relay::parking::{count_parked, dead_letter_of, park_at, parked_record};
 use crate::relay::pipeline::Item;
 use crate::relay::producer::{Completion, Delivery, KafkaProducer, SendError};
 use crate::relay::retry::Backoff;
@@ -296,11 +296,7 @@ impl Deliverer {
         loop {
             let res = match policy {
                 PermanentFailurePolicy::ParkAggregate => {
-                    let record = parked_record(&self.consumer, item, &err);
-                    match self.epoch {
-                        Some(epoch) => self.store.park_fenced(&record, epoch).await,
-                        None => self.store.park(&record).await,
-                    }
+                    park_at(&self.store, &parked_record(&self.consumer, item, &err), self.epoch).await
                 }
                 PermanentFailurePolicy::Skip => match dead_letter_of(item, &err, attempts) {
                     Some(l) => self.sink.dead_letter(l).await,
@@ -325,11 +321,7 @@ impl Deliverer {
         match policy {
             PermanentFailurePolicy::ParkAggregate => {
                 if self.parked.lock().unwrap_or_else(|p| p.into_inner()).insert(aggregate.clone()) {
-                    self.metrics.dlq_parked_aggregates.inc();
-                    self.status.update(|s| {
-                        s.parked_aggregates += 1;
-                        true
-                    });
+                    count_parked(&self.metrics, &self.status, true);
                 }
                 tracing::error!(%event_id, %aggregate, ?sequence, error = %err, "event can never be published as it is; its aggregate is parked from it on");
                 Delivered::Parked
@@ -351,11 +343,7 @@ impl Deliverer {
     /// Marks an aggregate unparked (after a replay through this deliverer).
     pub fn unparked(&self, agg: &str) {
         if self.parked.lock().unwrap_or_else(|p| p.into_inner()).remove(agg) {
-            self.metrics.dlq_parked_aggregates.dec();
-            self.status.update(|s| {
-                s.parked_aggregates = s.parked_aggregates.saturating_sub(1);
-                true
-            });
+            count_parked(&self.metrics, &self.status, false);
         }
     }
 

@@ -19,12 +19,14 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use crate::config::PermanentFailurePolicy;
+use crate::metrics::Metrics;
 use crate::relay::error::PublishError;
 use crate::relay::pipeline::{Exit, Item};
 use crate::relay::run::Run;
+use crate::relay::status::StatusTx;
 use crate::relay::window::Slot;
 use crate::store::parking::Parked;
-use crate::store::{DeadLetter, StoreError};
+use crate::store::{DeadLetter, DynStore, StoreError};
 
 impl Run {
     /// `slot` failed for good: park its aggregate or skip it, per policy.
@@ -65,11 +67,7 @@ impl Run {
         self.replay_failed(&agg, &p.error).await;
         self.replays_gone(&p.error).await;
         if newly {
-            self.relay.metrics.dlq_parked_aggregates.inc();
-            self.relay.status.update(|s| {
-                s.parked_aggregates += 1;
-                true
-            });
+            count_parked(&self.relay.metrics, &self.relay.status, true);
         }
         tracing::error!(aggregate = %p.aggregate_id, position = ?p.position, sequence = ?p.sequence, event_id = ?p.event_id, error = %p.error, held = held.len(), slot,
             "event can never be published as it is; its aggregate is parked from it on (outboxd dlq list / replay --aggregate / discard)");
@@ -101,6 +99,31 @@ impl Run {
         self.replay_progress(slot).await;
         true
     }
+}
+
+/// Writes park record `p`, conditional on lease `epoch` when the relay
+/// holds one (`StoreError::Fenced` when another instance does): the one park
+/// write of every relay path (position feed, exactly-once, CDC).
+pub async fn park_at(store: &DynStore, p: &Parked, epoch: Option<i64>) -> Result<(), StoreError> {
+    match epoch {
+        Some(e) => store.park_fenced(p, e).await,
+        None => store.park(p).await,
+    }
+}
+
+/// One more (`parked`) or one fewer parked aggregate in
+/// `dlq_parked_aggregates` and the relay status: the one count of every
+/// relay path.
+pub fn count_parked(metrics: &Metrics, status: &StatusTx, parked: bool) {
+    if parked {
+        metrics.dlq_parked_aggregates.inc();
+    } else {
+        metrics.dlq_parked_aggregates.dec();
+    }
+    status.update(|s| {
+        s.parked_aggregates = if parked { s.parked_aggregates + 1 } else { s.parked_aggregates.saturating_sub(1) };
+        true
+    });
 }
 
 /// The park record of `item`, which failed for good with `e`.

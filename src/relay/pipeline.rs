@@ -240,10 +240,7 @@ impl Relay {
 
     /// Records a parked aggregate, conditional on the lease epoch when fenced.
     pub(super) async fn park_record(&self, p: &crate::store::parking::Parked) -> Result<(), StoreError> {
-        match &self.fence {
-            Some(f) => self.store.park_fenced(p, f.epoch).await,
-            None => self.store.park(p).await,
-        }
+        crate::relay::parking::park_at(&self.store, p, self.fence.as_ref().map(|f| f.epoch)).await
     }
 
     pub(super) fn name(&self) -> &str {

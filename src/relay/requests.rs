@@ -193,11 +193,7 @@ impl Run {
     }
 
     fn unparked(&mut self) {
-        self.relay.metrics.dlq_parked_aggregates.dec();
-        self.relay.status.update(|s| {
-            s.parked_aggregates = s.parked_aggregates.saturating_sub(1);
-            true
-        });
+        crate::relay::parking::count_parked(&self.relay.metrics, &self.relay.status, false);
     }
 
     async fn part_done(&mut self, request: Uuid, agg: &AggKey) {

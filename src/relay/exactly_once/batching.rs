@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::Txn;
 use crate::relay::error::PublishError;
 use crate::relay::feed::FeedHandle;
-use crate::relay::parking::parked_record;
+use crate::relay::parking::{count_parked, parked_record};
 use crate::relay::pipeline::{lease_lost, Exit, Item, RelayError};
 use crate::relay::window::Fenced;
 use crate::shutdown::Shutdown;
@@ -115,11 +115,7 @@ impl Txn {
             }
         }
         if self.parked.insert(item.aggregate().clone()) {
-            self.relay.metrics.dlq_parked_aggregates.inc();
-            self.relay.status.update(|s| {
-                s.parked_aggregates += 1;
-                true
-            });
+            count_parked(&self.relay.metrics, &self.relay.status, true);
         }
         tracing::error!(aggregate = %p.aggregate_id, position = ?p.position, error = %p.error, "event can never be published as it is; its aggregate is parked from it on");
         Ok(())

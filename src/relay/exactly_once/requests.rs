@@ -9,6 +9,7 @@
 //! before the term ends and the next term starts there.
 
 use super::{Outcome, Txn};
+use crate::relay::parking::count_parked;
 use crate::relay::pipeline::{Exit, Item, RelayError};
 use crate::relay::requests::{plan, Plan, PlanCtx};
 use crate::shutdown::Shutdown;
@@ -77,13 +78,7 @@ impl Txn {
                             continue;
                         }
                         match crate::relay::operator::unpark(&self.relay.store, &consumer, &agg, self.epoch).await {
-                            Ok(_) => {
-                                self.relay.metrics.dlq_parked_aggregates.dec();
-                                self.relay.status.update(|s| {
-                                    s.parked_aggregates = s.parked_aggregates.saturating_sub(1);
-                                    true
-                                });
-                            }
+                            Ok(_) => count_parked(&self.relay.metrics, &self.relay.status, false),
                             Err(e) => {
                                 tracing::error!(error = %e, aggregate = %agg, "held events were published but the park record could not be removed")
                             }
