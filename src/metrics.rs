@@ -60,6 +60,8 @@ pub struct Metrics {
     pub projection_lag_seconds: Gauge,
     pub projection_checkpoint_position: IntGauge,
     pub cdc_unreconciled_appends: IntGauge,
+    /// CDC readers restarted by the stall watchdog, by consumer.
+    pub cdc_reader_restarts: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -158,6 +160,11 @@ impl Metrics {
             cdc_unreconciled_appends: g(
                 "cdc_unreconciled_appends",
                 "Appends whose outcome was unknown, resolved as applied, and not yet confirmed published (CQL backend)",
+            ),
+            cdc_reader_restarts: cv(
+                "cdc_reader_restarts_total",
+                "Scylla CDC readers restarted after making no progress with no event being delivered (store.cql.cdc.stall_restart_ms)",
+                &["consumer"],
             ),
             registry: r,
         }

@@ -275,8 +275,10 @@ async fn cdc_projection_follows_appends_on_scylla() {
     let (status, _) = tokio::sync::watch::channel(Default::default());
     let trigger = outboxd::shutdown::Trigger::new();
     let (st, shutdown) = (store.clone(), trigger.subscribe());
-    let task =
-        tokio::spawn(async move { outboxd::projection::cql::run_cdc_projection(st, &cfg, status, shutdown).await });
+    let task = tokio::spawn(async move {
+        let metrics = outboxd::metrics::Metrics::new();
+        outboxd::projection::cql::run_cdc_projection(st, &cfg, status, &metrics, shutdown).await
+    });
     let svc = service(&store);
     let id = order_lifecycle(&svc, 1).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -85,16 +85,16 @@ impl TaskBody for ProjectionBody {
             });
             return Err(TaskError::Disabled(why));
         }
-        let cfg = deps.cfg.clone();
+        let (cfg, metrics) = (deps.cfg.clone(), deps.metrics.clone());
         Ok(async move {
             while_active(
                 lease.as_ref(),
                 shutdown,
                 |_| {},
                 |_epoch, term| {
-                    let (cql, cfg, status) = (cql.clone(), cfg.clone(), status.clone());
+                    let (cql, cfg, status, metrics) = (cql.clone(), cfg.clone(), status.clone(), metrics.clone());
                     async move {
-                        crate::projection::cql::run_cdc_projection(cql, &cfg, status, term)
+                        crate::projection::cql::run_cdc_projection(cql, &cfg, status, &metrics, term)
                             .await
                             .map_err(|e| TaskError::Failed(format!("CQL projection (CDC reader): {e}")))
                     }

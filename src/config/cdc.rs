@@ -41,6 +41,9 @@ pub struct CdcConfig {
     /// Aggregates whose last published sequence the relay remembers (gap
     /// check and no re-send after an in-process reader restart).
     pub reconcile_remember_aggregates: usize,
+    /// A reader whose progress stands still this long while no event is
+    /// being delivered is restarted from its progress (0: never).
+    pub stall_restart_ms: u64,
 }
 
 impl Default for CdcConfig {
@@ -58,9 +61,13 @@ impl Default for CdcConfig {
             reconcile_margin_ms: 60_000,
             reconcile_refresh_ms: 5_000,
             reconcile_remember_aggregates: 100_000,
+            stall_restart_ms: 300_000,
         }
     }
 }
+
+/// Shortest stall restart limit (ms).
+const MIN_STALL_RESTART_MS: u64 = 60_000;
 
 /// Cassandra's largest TTL (20 years).
 const MAX_TTL_SECONDS: u64 = 630_720_000;
@@ -73,6 +80,14 @@ impl CdcConfig {
     /// Age after which an unknown-outcome append is published from `event_store`.
     pub fn reconcile_bound(&self) -> Duration {
         Duration::from_millis(self.safety_interval_ms + self.window_size_ms + self.reconcile_margin_ms)
+    }
+
+    /// The shortest `stall_restart_ms` a healthy reader never reaches: it
+    /// moves its progress after every window (a sleep interval apart), and a
+    /// reader started at `now` first waits out the safety interval.
+    pub fn stall_restart_floor_ms(&self) -> u64 {
+        let sleeps = 10 * self.sleep_interval_ms.max(self.catch_up_sleep_ms);
+        MIN_STALL_RESTART_MS.max(sleeps).max(2 * (self.safety_interval_ms + self.window_size_ms))
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -106,6 +121,13 @@ impl CdcConfig {
             return err(format!(
                 "log_ttl_seconds ({}) must exceed safety_interval_ms + window_size_ms: rows would expire before they are read",
                 self.log_ttl_seconds
+            ));
+        }
+        if self.stall_restart_ms != 0 && self.stall_restart_ms < self.stall_restart_floor_ms() {
+            return err(format!(
+                "stall_restart_ms = {}: use 0 (never) or at least {} (the largest of 60 s, 10 sleep intervals and twice safety_interval_ms + window_size_ms, a fresh reader's first wait)",
+                self.stall_restart_ms,
+                self.stall_restart_floor_ms()
             ));
         }
         if self.reconcile_remember_aggregates < 2 {
@@ -142,5 +164,25 @@ mod tests {
         assert!(bad(|c| c.log_ttl_seconds = 60).contains("must exceed safety_interval_ms + window_size_ms"));
         assert!(bad(|c| c.catch_up_sleep_ms = 0).contains("store.cql.cdc.catch_up_sleep_ms must be at least 1"));
         assert!(bad(|c| c.reconcile_remember_aggregates = 0).contains("reconcile_remember_aggregates"));
+        assert!(bad(|c| c.stall_restart_ms = 119_999)
+            .contains("store.cql.cdc.stall_restart_ms = 119999: use 0 (never) or at least 120000"));
+        let floor = |f: fn(&mut CdcConfig)| {
+            let mut c = CdcConfig::default();
+            f(&mut c);
+            c.stall_restart_floor_ms()
+        };
+        assert_eq!(floor(|_| {}), 120_000, "2 x (30 s safety + 30 s window)");
+        assert_eq!(
+            floor(|c| {
+                c.safety_interval_ms = 10_000;
+                c.window_size_ms = 5_000
+            }),
+            60_000
+        );
+        assert_eq!(floor(|c| c.sleep_interval_ms = 20_000), 200_000);
+        for ok in [0, 120_000, 3_600_000] {
+            let c = CdcConfig { stall_restart_ms: ok, ..CdcConfig::default() };
+            c.validate().unwrap();
+        }
     }
 }

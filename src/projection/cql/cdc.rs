@@ -88,6 +88,7 @@ pub async fn run_cdc_projection(
     cql: Arc<CqlStore>,
     cfg: &crate::config::Config,
     status: watch::Sender<ProjectionStatus>,
+    metrics: &crate::metrics::Metrics,
     shutdown: Shutdown,
 ) -> Result<(), CdcError> {
     if !cql.cdc_enabled() {
@@ -96,7 +97,9 @@ pub async fn run_cdc_projection(
     let sink = Arc::new(CqlProjectionSink::new(cql.clone(), cfg.service.default_currency.clone(), status.clone()));
     let spec =
         FeedSpec { consumer: PROJECTION_CONSUMER, epoch: None, legacy_table: Some(LEGACY_PROJECTION_CHECKPOINT_TABLE) };
-    let feed = CdcFeed::open(cql.session(), cql.keyspace(), &cfg.store.cql.cdc, spec).await?;
+    let feed = CdcFeed::open(cql.session(), cql.keyspace(), &cfg.store.cql.cdc, spec)
+        .await?
+        .count_restarts(metrics.cdc_reader_restarts.with_label_values(&[PROJECTION_CONSUMER]));
     status.send_modify(|s| {
         s.running = true;
         s.updated_at = Utc::now();

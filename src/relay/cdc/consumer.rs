@@ -196,6 +196,8 @@ impl<S: EnvelopeSink> SinkConsumer<S> {
 #[async_trait]
 impl<S: EnvelopeSink> Consumer for SinkConsumer<S> {
     async fn consume_cdc(&mut self, row: CDCRow<'_>) -> anyhow::Result<()> {
+        let saver = self.saver.clone();
+        let _busy = saver.as_ref().map(|s| s.activity().enter());
         if let Some(s) = self.saver.as_ref().filter(|s| s.is_fenced()) {
             return Err(CdcError::Fenced { consumer: s.name().to_string() }.into());
         }

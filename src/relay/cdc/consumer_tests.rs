@@ -243,3 +243,61 @@ async fn a_batch_left_buffered_when_a_run_ends_keeps_its_hold() {
     saver.record(&stream, 20_000).unwrap();
     assert_eq!(saver.progress().loaded(&stream), Some(20_000), "released once handled");
 }
+
+/// A sink whose deliveries wait for the test (a broker outage).
+struct Gated(tokio::sync::Semaphore);
+
+#[async_trait]
+impl EnvelopeSink for Gated {
+    async fn handle(&self, _: EventEnvelope, _: &mut Shutdown) -> Result<(), CdcError> {
+        self.0.acquire().await.expect("open").forget();
+        Ok(())
+    }
+}
+
+/// Against Cassandra: a consumer call waiting on its sink is activity the
+/// stall watchdog sees (never a stall, however long it waits); once it
+/// returns it counts as movement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
+    use crate::relay::cdc::watchdog::StallWatch;
+    let Some(store) = live_store("CDC consumer: activity for the stall watchdog").await else { return };
+    let saver = LeaseCheckpointSaver::open(
+        store.session(),
+        store.keyspace(),
+        "kafka-relay",
+        None,
+        Duration::from_secs(86_400),
+        None,
+    )
+    .await
+    .unwrap();
+    saver.start_generation(1_000).await.unwrap();
+    saver.record(&StreamKey(STREAM.to_vec()), 500).unwrap();
+    let sink = Arc::new(Gated(tokio::sync::Semaphore::new(0)));
+    let trigger = Trigger::new();
+    let factory = SinkConsumerFactory::new(sink.clone(), Some(saver.clone()), trigger.subscribe());
+    let mut consumer = factory.new_consumer().await;
+    let events = order_events(Uuid::now_v7(), 1);
+    let mut rows = append_rows(&events, timeuuid_at(5_000, 0), |_| 1).into_iter();
+    let (schema, row) = rows.next().unwrap();
+    consumer.consume_cdc(CDCRow::from_row(row, &schema)).await.unwrap(); // the static row
+    let before = saver.stall_sample();
+    assert_eq!((before.busy, before.done), (0, 1));
+    let (schema, row) = rows.next().unwrap();
+    let call = consumer.consume_cdc(CDCRow::from_row(row, &schema));
+    tokio::pin!(call);
+    assert!(tokio::time::timeout(Duration::from_millis(200), &mut call).await.is_err(), "waits on the sink");
+    let waiting = saver.stall_sample();
+    assert_eq!((waiting.busy, waiting.oldest_ms), (1, Some(500)));
+    let t0 = tokio::time::Instant::now();
+    let mut watch = StallWatch::new(Duration::from_secs(300), t0);
+    for hour in [0, 1, 2] {
+        assert_eq!(watch.observe(t0 + Duration::from_secs(3_600 * hour), saver.stall_sample()), None);
+    }
+    sink.0.add_permits(1);
+    call.await.unwrap();
+    let after = saver.stall_sample();
+    assert_eq!((after.busy, after.done), (0, 2), "finished: counted as movement");
+    assert_eq!(watch.observe(t0 + Duration::from_secs(3 * 3_600 + 1), after), None);
+}

@@ -57,6 +57,7 @@ pub mod saver;
 pub mod start;
 #[cfg(test)]
 pub(crate) mod testkit;
+pub mod watchdog;
 pub mod watermark;
 
 use crate::store::StoreError;

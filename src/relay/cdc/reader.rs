@@ -11,7 +11,10 @@
 //!   until `shutdown`, then stops the reader gracefully (finish the window,
 //!   save progress) within 10 s, else abandons it: deliveries in flight are
 //!   dropped unconfirmed and re-sent after a restart (same `ce_id`).
+//! - A reader that stalls (`watchdog`) is restarted after
+//!   `stall_restart_ms`, counted in the feed's restart counter when given.
 
+use prometheus::IntCounter;
 use scylla::client::session::Session;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +56,7 @@ pub fn runner_settings(keyspace: &str, cfg: &CdcConfig) -> RunnerSettings {
         catch_up_threshold: ms(cfg.catch_up_threshold_ms),
         checkpoint_interval: ms(cfg.checkpoint_interval_ms),
         stop_grace: STOP_GRACE,
+        stall_restart: ms(cfg.stall_restart_ms),
     }
 }
 
@@ -61,6 +65,7 @@ pub struct CdcFeed {
     session: Arc<Session>,
     settings: RunnerSettings,
     saver: Arc<LeaseCheckpointSaver>,
+    restarts: Option<IntCounter>,
 }
 
 impl CdcFeed {
@@ -84,12 +89,18 @@ impl CdcFeed {
             spec.legacy_table,
         )
         .await?;
-        Ok(CdcFeed { session, settings: runner_settings(&keyspace, cfg), saver })
+        Ok(CdcFeed { session, settings: runner_settings(&keyspace, cfg), saver, restarts: None })
     }
 
     /// The feed's progress (the oldest per-stream progress is the CDC lag).
     pub fn saver(&self) -> &Arc<LeaseCheckpointSaver> {
         &self.saver
+    }
+
+    /// Counts the stall watchdog's reader restarts in `restarts`.
+    pub fn count_restarts(mut self, restarts: IntCounter) -> CdcFeed {
+        self.restarts = Some(restarts);
+        self
     }
 
     /// Reads the log into `sink` until `shutdown` (see the module doc).
@@ -98,7 +109,15 @@ impl CdcFeed {
         let factory = Arc::new(SinkConsumerFactory::new(sink, Some(self.saver.clone()), abandon.subscribe()));
         let consumer = self.saver.name().to_string();
         tracing::info!(keyspace = %self.settings.keyspace, %consumer, "CDC feed of {}.event_store starting", self.settings.keyspace);
-        let res = run_reader(self.session.clone(), self.settings.clone(), factory, self.saver.clone(), shutdown).await;
+        let res = run_reader(
+            self.session.clone(),
+            self.settings.clone(),
+            factory,
+            self.saver.clone(),
+            self.restarts.clone(),
+            shutdown,
+        )
+        .await;
         abandon.fire();
         match &res {
             Ok(()) => tracing::info!(%consumer, "CDC feed stopped"),
@@ -134,5 +153,8 @@ mod tests {
         assert_eq!(s.normal, ReadSettings { window: Duration::from_secs(30), sleep: Duration::from_secs(1) });
         assert_eq!(s.catch_up, ReadSettings { window: Duration::from_secs(300), sleep: Duration::from_millis(100) });
         assert_eq!((s.log_ttl, s.skew), (Duration::from_secs(86_400), Duration::from_secs(10)));
+        assert_eq!(s.stall_restart, Duration::from_secs(300));
+        let off = CdcConfig { stall_restart_ms: 0, ..CdcConfig::default() };
+        assert_eq!(runner_settings("ks", &off).stall_restart, Duration::ZERO, "0: never");
     }
 }

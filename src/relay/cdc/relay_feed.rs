@@ -40,7 +40,9 @@ pub async fn run_relay_feed(
     let cdc = &cfg.store.cql.cdc;
     let spec =
         FeedSpec { consumer: &cfg.relay.consumer_name, epoch, legacy_table: Some(LEGACY_RELAY_CHECKPOINT_TABLE) };
-    let feed = CdcFeed::open(cql.session(), cql.keyspace(), cdc, spec).await?;
+    let feed = CdcFeed::open(cql.session(), cql.keyspace(), cdc, spec)
+        .await?
+        .count_restarts(metrics.cdc_reader_restarts.with_label_values(&[&cfg.relay.consumer_name]));
     let table = ReconcileTable::open(cql.session(), cql.keyspace()).await?;
     let sink = ReconcilingSink::new(
         deliverer.clone(),

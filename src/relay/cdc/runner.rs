@@ -16,7 +16,14 @@
 //!   `stop_grace`, else abandons it; unsaved progress is re-read after a
 //!   restart (duplicates, never loss). A fenced saver ends the run at once
 //!   with `CdcError::Fenced` (the reader is cancelled, nothing more is saved).
+//! - A reader whose progress stands still for `stall_restart` while no
+//!   event is being delivered (`watchdog`: never during a broker outage,
+//!   when the delivery call itself waits) is stopped like at shutdown and
+//!   started again from its progress, counted in `restarts`; nothing is
+//!   skipped (progress never passed an unhandled row) and the re-read tail
+//!   is published again (same `ce_id`).
 
+use prometheus::IntCounter;
 use scylla::client::session::Session;
 use scylla_cdc::consumer::ConsumerFactory;
 use scylla_cdc::log_reader::CDCLogReaderBuilder;
@@ -25,6 +32,7 @@ use std::time::{Duration, SystemTime};
 
 use super::saver::{run_flusher, Flushed, LeaseCheckpointSaver};
 use super::start::{read_plan, start_point, PlanInputs, ReadPlan, ReadSettings, StartFrom, StartInputs};
+use super::watchdog::wait_for_stall;
 use super::{CdcError, EVENT_TABLE};
 use crate::shutdown::{Shutdown, Trigger};
 use crate::store::cql::CDC_ORIGIN_CHECKPOINT;
@@ -41,6 +49,15 @@ pub struct RunnerSettings {
     pub catch_up_threshold: Duration,
     pub checkpoint_interval: Duration,
     pub stop_grace: Duration,
+    /// No progress and no delivery for this long: restart the reader (zero: never).
+    pub stall_restart: Duration,
+}
+
+/// How one reader run ended.
+enum Ended {
+    Finished(anyhow::Result<()>),
+    Stop,
+    Stalled(Duration),
 }
 
 fn now_ms() -> i64 {
@@ -70,6 +87,7 @@ pub async fn run_reader(
     settings: RunnerSettings,
     factory: Arc<dyn ConsumerFactory>,
     saver: Arc<LeaseCheckpointSaver>,
+    restarts: Option<IntCounter>,
     mut shutdown: Shutdown,
 ) -> Result<(), CdcError> {
     let origin = read_origin(&session, &settings.keyspace).await;
@@ -124,14 +142,20 @@ pub async fn run_reader(
         let stop_flusher = Trigger::new();
         let flusher = tokio::spawn(run_flusher(saver.clone(), settings.checkpoint_interval, stop_flusher.subscribe()));
         let mut fenced = saver.fenced_watch();
+        let probe = saver.clone();
         let ended = tokio::select! {
-            r = &mut handle => Some(r),
-            _ = shutdown.recv() => None,
-            _ = fenced.wait_for(Option::is_some) => Some(Err(anyhow::anyhow!("fenced"))),
+            r = &mut handle => Ended::Finished(r),
+            _ = shutdown.recv() => Ended::Stop,
+            _ = fenced.wait_for(Option::is_some) => Ended::Finished(Err(anyhow::anyhow!("fenced"))),
+            idle = wait_for_stall(settings.stall_restart, move || probe.stall_sample()) => Ended::Stalled(idle),
+        };
+        let stalled = match ended {
+            Ended::Stalled(idle) => Some(idle),
+            _ => None,
         };
         let res = match ended {
-            Some(r) => r,
-            None => {
+            Ended::Finished(r) => r,
+            Ended::Stop | Ended::Stalled(_) => {
                 reader.stop();
                 match tokio::time::timeout(settings.stop_grace, &mut handle).await {
                     Ok(r) => r,
@@ -147,6 +171,19 @@ pub async fn run_reader(
         let flushed = flusher.await.unwrap_or(Flushed::Saved(0));
         if saver.is_fenced() || matches!(flushed, Flushed::Fenced { .. }) {
             return Err(CdcError::Fenced { consumer: saver.name().to_string() });
+        }
+        if let Some(idle) = stalled {
+            if let Some(c) = &restarts {
+                c.inc();
+            }
+            // The flusher saved the progress as the run ended.
+            if shutdown.is_shutdown() {
+                return Ok(());
+            }
+            position = saver.oldest_progress_ms().unwrap_or(position);
+            tracing::warn!(consumer = saver.name(), idle_s = idle.as_secs(), position_ms = position,
+                "CDC reader made no progress for {idle:?} with no event being delivered; restarting it from its progress (a reader stuck inside scylla-cdc, or a Scylla that does not answer its queries)");
+            continue;
         }
         if let Err(e) = res {
             if e.chain().any(|c| matches!(c.downcast_ref::<CdcError>(), Some(CdcError::Shutdown))) {

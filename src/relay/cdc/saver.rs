@@ -43,6 +43,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::progress::{ProgressState, SavedRow, StreamKey};
+use super::watchdog::{Activity, Sample};
 use crate::shutdown::Shutdown;
 use crate::store::cql::prepare_on;
 pub use crate::store::cql::progress::{read_progress, LEASE_TABLE};
@@ -97,6 +98,8 @@ pub struct LeaseCheckpointSaver {
     /// value after a newer one.
     flushing: tokio::sync::Mutex<()>,
     fenced: watch::Sender<Option<Option<i64>>>,
+    /// The consumer's calls (`watchdog`: a stalled reader or a busy consumer).
+    activity: Activity,
 }
 
 /// Progress saved by scylla-cdc's `TableBackedCheckpointSaver` in
@@ -189,6 +192,7 @@ impl LeaseCheckpointSaver {
             state: Mutex::new(state),
             flushing: tokio::sync::Mutex::new(()),
             fenced,
+            activity: Activity::default(),
         }))
     }
 
@@ -207,6 +211,17 @@ impl LeaseCheckpointSaver {
     /// the CDC log TTL guard.
     pub fn oldest_progress_ms(&self) -> Option<i64> {
         self.state.lock().unwrap().oldest()
+    }
+
+    /// The consumer's calls, for the stall watchdog.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    /// What the stall watchdog samples: the oldest progress and the activity.
+    pub fn stall_sample(&self) -> Sample {
+        let (busy, done) = self.activity.sample();
+        Sample { oldest_ms: self.oldest_progress_ms(), busy, done }
     }
 
     /// True once a write was refused because another instance holds the lease.
