@@ -163,7 +163,7 @@ impl Metrics {
             ),
             cdc_reader_restarts: cv(
                 "cdc_reader_restarts_total",
-                "Scylla CDC readers restarted after making no progress with no event being delivered (store.cql.cdc.stall_restart_ms)",
+                "Scylla CDC readers restarted after making no progress while their consumer was idle (store.cql.cdc.stall_restart_ms)",
                 &["consumer"],
             ),
             registry: r,

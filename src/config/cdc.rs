@@ -41,9 +41,10 @@ pub struct CdcConfig {
     /// Aggregates whose last published sequence the relay remembers (gap
     /// check and no re-send after an in-process reader restart).
     pub reconcile_remember_aggregates: usize,
-    /// A reader whose progress stands still this long while no event is
-    /// being delivered is restarted from its progress (0: never).
-    pub stall_restart_ms: u64,
+    /// A reader whose progress stands still this long while its consumer
+    /// is idle is restarted from its progress (0: never). Unset: 300 000,
+    /// or the floor ([`CdcConfig::stall_restart_floor_ms`]) when higher.
+    pub stall_restart_ms: Option<u64>,
 }
 
 impl Default for CdcConfig {
@@ -61,13 +62,15 @@ impl Default for CdcConfig {
             reconcile_margin_ms: 60_000,
             reconcile_refresh_ms: 5_000,
             reconcile_remember_aggregates: 100_000,
-            stall_restart_ms: 300_000,
+            stall_restart_ms: None,
         }
     }
 }
 
 /// Shortest stall restart limit (ms).
 const MIN_STALL_RESTART_MS: u64 = 60_000;
+/// The stall restart limit when unset (ms), unless the floor is higher.
+const DEFAULT_STALL_RESTART_MS: u64 = 300_000;
 
 /// Cassandra's largest TTL (20 years).
 const MAX_TTL_SECONDS: u64 = 630_720_000;
@@ -80,6 +83,13 @@ impl CdcConfig {
     /// Age after which an unknown-outcome append is published from `event_store`.
     pub fn reconcile_bound(&self) -> Duration {
         Duration::from_millis(self.safety_interval_ms + self.window_size_ms + self.reconcile_margin_ms)
+    }
+
+    /// The stall watchdog's limit (zero: off).
+    pub fn stall_restart(&self) -> Duration {
+        Duration::from_millis(
+            self.stall_restart_ms.unwrap_or(DEFAULT_STALL_RESTART_MS.max(self.stall_restart_floor_ms())),
+        )
     }
 
     /// The shortest `stall_restart_ms` a healthy reader never reaches: it
@@ -123,12 +133,14 @@ impl CdcConfig {
                 self.log_ttl_seconds
             ));
         }
-        if self.stall_restart_ms != 0 && self.stall_restart_ms < self.stall_restart_floor_ms() {
-            return err(format!(
-                "stall_restart_ms = {}: use 0 (never) or at least {} (the largest of 60 s, 10 sleep intervals and twice safety_interval_ms + window_size_ms, a fresh reader's first wait)",
-                self.stall_restart_ms,
-                self.stall_restart_floor_ms()
-            ));
+        match self.stall_restart_ms {
+            Some(v) if v != 0 && v < self.stall_restart_floor_ms() => {
+                return err(format!(
+                    "stall_restart_ms = {v}: use 0 (never) or at least {} (the largest of 60 s, 10 sleep intervals and twice safety_interval_ms + window_size_ms, a fresh reader's first wait)",
+                    self.stall_restart_floor_ms()
+                ));
+            }
+            _ => {}
         }
         if self.reconcile_remember_aggregates < 2 {
             return err("reconcile_remember_aggregates must be at least 2".into());
@@ -164,7 +176,7 @@ mod tests {
         assert!(bad(|c| c.log_ttl_seconds = 60).contains("must exceed safety_interval_ms + window_size_ms"));
         assert!(bad(|c| c.catch_up_sleep_ms = 0).contains("store.cql.cdc.catch_up_sleep_ms must be at least 1"));
         assert!(bad(|c| c.reconcile_remember_aggregates = 0).contains("reconcile_remember_aggregates"));
-        assert!(bad(|c| c.stall_restart_ms = 119_999)
+        assert!(bad(|c| c.stall_restart_ms = Some(119_999))
             .contains("store.cql.cdc.stall_restart_ms = 119999: use 0 (never) or at least 120000"));
         let floor = |f: fn(&mut CdcConfig)| {
             let mut c = CdcConfig::default();
@@ -181,8 +193,20 @@ mod tests {
         );
         assert_eq!(floor(|c| c.sleep_interval_ms = 20_000), 200_000);
         for ok in [0, 120_000, 3_600_000] {
-            let c = CdcConfig { stall_restart_ms: ok, ..CdcConfig::default() };
+            let c = CdcConfig { stall_restart_ms: Some(ok), ..CdcConfig::default() };
             c.validate().unwrap();
+            assert_eq!(c.stall_restart(), Duration::from_millis(ok));
         }
+        // Unset: 5 min, or the floor when the other settings raise it past
+        // that (a config written before the key existed still loads).
+        assert_eq!(CdcConfig::default().stall_restart(), Duration::from_secs(300));
+        let wide = CdcConfig { window_size_ms: 150_000, ..CdcConfig::default() };
+        wide.validate().unwrap();
+        assert_eq!(wide.stall_restart(), Duration::from_secs(360));
+        assert!(bad(|c| {
+            c.window_size_ms = 150_000;
+            c.stall_restart_ms = Some(300_000)
+        })
+        .contains("stall_restart_ms = 300000: use 0 (never) or at least 360000"));
     }
 }

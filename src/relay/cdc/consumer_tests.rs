@@ -255,9 +255,9 @@ impl EnvelopeSink for Gated {
     }
 }
 
-/// Against Cassandra: a consumer call waiting on its sink is activity the
-/// stall watchdog sees (never a stall, however long it waits); once it
-/// returns it counts as movement.
+/// Against Cassandra: a consumer call waiting on its sink, and a batch held
+/// for the rest of its rows, are activity the stall watchdog sees (never a
+/// stall, however long they last); a finished call counts as movement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
     use crate::relay::cdc::watchdog::StallWatch;
@@ -283,13 +283,13 @@ async fn a_call_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
     let (schema, row) = rows.next().unwrap();
     consumer.consume_cdc(CDCRow::from_row(row, &schema)).await.unwrap(); // the static row
     let before = saver.stall_sample();
-    assert_eq!((before.busy, before.done), (0, 1));
+    assert_eq!((before.busy, before.done), (1, 1), "its batch is held, waiting for the rest");
     let (schema, row) = rows.next().unwrap();
     let call = consumer.consume_cdc(CDCRow::from_row(row, &schema));
     tokio::pin!(call);
     assert!(tokio::time::timeout(Duration::from_millis(200), &mut call).await.is_err(), "waits on the sink");
     let waiting = saver.stall_sample();
-    assert_eq!((waiting.busy, waiting.oldest_ms), (1, Some(500)));
+    assert_eq!((waiting.busy, waiting.oldest_ms), (2, Some(500)), "a call in progress and the hold");
     let t0 = tokio::time::Instant::now();
     let mut watch = StallWatch::new(Duration::from_secs(300), t0);
     for hour in [0, 1, 2] {
@@ -298,6 +298,6 @@ async fn a_call_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
     sink.0.add_permits(1);
     call.await.unwrap();
     let after = saver.stall_sample();
-    assert_eq!((after.busy, after.done), (0, 2), "finished: counted as movement");
+    assert_eq!((after.busy, after.done), (0, 2), "finished and released: counted as movement");
     assert_eq!(watch.observe(t0 + Duration::from_secs(3 * 3_600 + 1), after), None);
 }

@@ -216,6 +216,11 @@ impl ProgressState {
         self.streams.values().map(|e| e.time).min()
     }
 
+    /// Number of streams whose consumer holds a batch.
+    pub fn held(&self) -> usize {
+        self.holds.len()
+    }
+
     /// Number of streams tracked.
     pub fn len(&self) -> usize {
         self.streams.len()
@@ -336,11 +341,13 @@ mod tests {
         let mut s = ProgressState::default();
         s.admit(&k(1), 100);
         s.hold(&k(1), 150);
+        assert_eq!(s.held(), 1);
         assert!(s.admit(&k(1), 500), "up to the hold");
         assert_eq!(s.loaded(&k(1)), Some(150));
         assert!(!s.admit(&k(1), 600));
         assert!(s.admit(&k(2), 600), "other streams are not held");
         s.release(&k(1));
+        assert_eq!(s.held(), 0);
         assert!(s.admit(&k(1), 600));
         assert_eq!(s.loaded(&k(1)), Some(600));
         s.hold(&k(2), 650);

@@ -56,7 +56,7 @@ pub fn runner_settings(keyspace: &str, cfg: &CdcConfig) -> RunnerSettings {
         catch_up_threshold: ms(cfg.catch_up_threshold_ms),
         checkpoint_interval: ms(cfg.checkpoint_interval_ms),
         stop_grace: STOP_GRACE,
-        stall_restart: ms(cfg.stall_restart_ms),
+        stall_restart: cfg.stall_restart(),
     }
 }
 
@@ -154,7 +154,7 @@ mod tests {
         assert_eq!(s.catch_up, ReadSettings { window: Duration::from_secs(300), sleep: Duration::from_millis(100) });
         assert_eq!((s.log_ttl, s.skew), (Duration::from_secs(86_400), Duration::from_secs(10)));
         assert_eq!(s.stall_restart, Duration::from_secs(300));
-        let off = CdcConfig { stall_restart_ms: 0, ..CdcConfig::default() };
+        let off = CdcConfig { stall_restart_ms: Some(0), ..CdcConfig::default() };
         assert_eq!(runner_settings("ks", &off).stall_restart, Duration::ZERO, "0: never");
     }
 }

@@ -16,9 +16,9 @@
 //!   `stop_grace`, else abandons it; unsaved progress is re-read after a
 //!   restart (duplicates, never loss). A fenced saver ends the run at once
 //!   with `CdcError::Fenced` (the reader is cancelled, nothing more is saved).
-//! - A reader whose progress stands still for `stall_restart` while no
-//!   event is being delivered (`watchdog`: never during a broker outage,
-//!   when the delivery call itself waits) is stopped like at shutdown and
+//! - A reader whose progress stands still for `stall_restart` while its
+//!   consumer is idle (`watchdog`: never during a broker outage, when the
+//!   delivery call itself waits) is stopped like at shutdown and
 //!   started again from its progress, counted in `restarts`; nothing is
 //!   skipped (progress never passed an unhandled row) and the re-read tail
 //!   is published again (same `ce_id`).
@@ -173,16 +173,19 @@ pub async fn run_reader(
             return Err(CdcError::Fenced { consumer: saver.name().to_string() });
         }
         if let Some(idle) = stalled {
-            if let Some(c) = &restarts {
-                c.inc();
-            }
             // The flusher saved the progress as the run ended.
             if shutdown.is_shutdown() {
                 return Ok(());
             }
+            if let Err(e) = &res {
+                tracing::warn!(consumer = saver.name(), error = %format!("{e:#}"), "the stalled CDC reader ended with an error");
+            }
+            if let Some(c) = &restarts {
+                c.inc();
+            }
             position = saver.oldest_progress_ms().unwrap_or(position);
             tracing::warn!(consumer = saver.name(), idle_s = idle.as_secs(), position_ms = position,
-                "CDC reader made no progress for {idle:?} with no event being delivered; restarting it from its progress (a reader stuck inside scylla-cdc, or a Scylla that does not answer its queries)");
+                "CDC reader made no progress for {idle:?} while its consumer was idle; restarting it from its progress (a reader stuck inside scylla-cdc, or a Scylla that does not answer its queries)");
             continue;
         }
         if let Err(e) = res {

@@ -218,10 +218,14 @@ impl LeaseCheckpointSaver {
         &self.activity
     }
 
-    /// What the stall watchdog samples: the oldest progress and the activity.
+    /// What the stall watchdog samples: the oldest progress and the
+    /// activity. A batch the consumer holds (waiting for the rest of its
+    /// rows) counts as a call in progress: a restart would only buffer it
+    /// again.
     pub fn stall_sample(&self) -> Sample {
         let (busy, done) = self.activity.sample();
-        Sample { oldest_ms: self.oldest_progress_ms(), busy, done }
+        let state = self.state.lock().unwrap();
+        Sample { oldest_ms: state.oldest(), busy: busy + state.held(), done }
     }
 
     /// True once a write was refused because another instance holds the lease.

@@ -11,7 +11,9 @@
 //! Scylla that no longer answers). [`Activity`] counts the consumer's calls
 //! in progress and finished; [`StallWatch`] calls the reader stalled once,
 //! for `limit`, the oldest progress has not moved, no consumer call has
-//! finished and none is in progress.
+//! finished and none is in progress (the saver counts a batch held for the
+//! rest of its rows as one in progress: a restart would only buffer it
+//! again).
 //!
 //! Guarantees: never stalled while a consumer call is in progress (however
 //! long the broker is out); any progress or finished call starts the count
