@@ -31,7 +31,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::saver::{run_flusher, Flushed, LeaseCheckpointSaver};
-use super::start::{read_plan, start_point, PlanInputs, ReadPlan, ReadSettings, StartFrom, StartInputs};
+use super::start::{
+    after_run, read_plan, start_point, AfterRun, PlanInputs, ReadPlan, ReadSettings, RunEnd, StartFrom, StartInputs,
+};
 use super::watchdog::wait_for_stall;
 use super::{CdcError, EVENT_TABLE};
 use crate::shutdown::{Shutdown, Trigger};
@@ -169,33 +171,36 @@ pub async fn run_reader(
         drop(handle); // cancels an abandoned reader and its stream tasks
         stop_flusher.fire();
         let flushed = flusher.await.unwrap_or(Flushed::Saved(0));
-        if saver.is_fenced() || matches!(flushed, Flushed::Fenced { .. }) {
-            return Err(CdcError::Fenced { consumer: saver.name().to_string() });
-        }
-        if let Some(idle) = stalled {
-            // The flusher saved the progress as the run ended.
-            if shutdown.is_shutdown() {
-                return Ok(());
+        let shutdown_error =
+            |e: &anyhow::Error| e.chain().any(|c| matches!(c.downcast_ref::<CdcError>(), Some(CdcError::Shutdown)));
+        let end = RunEnd {
+            fenced: saver.is_fenced() || matches!(flushed, Flushed::Fenced { .. }),
+            stalled: stalled.is_some(),
+            shutdown: shutdown.is_shutdown(),
+            error: res.as_ref().err().map(shutdown_error),
+            until_ms: until,
+        };
+        match after_run(&end) {
+            AfterRun::Fenced => return Err(CdcError::Fenced { consumer: saver.name().to_string() }),
+            AfterRun::Stop => return Ok(()),
+            AfterRun::Fail => {
+                let e = res.err().map(|e| format!("{e:#}")).unwrap_or_default();
+                return Err(CdcError::Reader(e));
             }
-            if let Err(e) = &res {
-                tracing::warn!(consumer = saver.name(), error = %format!("{e:#}"), "the stalled CDC reader ended with an error");
+            AfterRun::Restart => {
+                // The flusher saved the progress as the run ended.
+                if let Err(e) = &res {
+                    tracing::warn!(consumer = saver.name(), error = %format!("{e:#}"), "the stalled CDC reader ended with an error");
+                }
+                if let Some(c) = &restarts {
+                    c.inc();
+                }
+                position = saver.oldest_progress_ms().unwrap_or(position);
+                let idle = stalled.unwrap_or_default();
+                tracing::warn!(consumer = saver.name(), idle_s = idle.as_secs(), position_ms = position,
+                    "CDC reader made no progress for {idle:?} while its consumer was idle; restarting it from its progress (a reader stuck inside scylla-cdc, or a Scylla that does not answer its queries)");
             }
-            if let Some(c) = &restarts {
-                c.inc();
-            }
-            position = saver.oldest_progress_ms().unwrap_or(position);
-            tracing::warn!(consumer = saver.name(), idle_s = idle.as_secs(), position_ms = position,
-                "CDC reader made no progress for {idle:?} while its consumer was idle; restarting it from its progress (a reader stuck inside scylla-cdc, or a Scylla that does not answer its queries)");
-            continue;
-        }
-        if let Err(e) = res {
-            if e.chain().any(|c| matches!(c.downcast_ref::<CdcError>(), Some(CdcError::Shutdown))) {
-                return Ok(());
-            }
-            return Err(CdcError::Reader(format!("{e:#}")));
-        }
-        match until {
-            Some(u) if !shutdown.is_shutdown() => {
+            AfterRun::CaughtUp(u) => {
                 // Every stream was read up to `u` (scylla-cdc only ends a run
                 // with an end timestamp once every reader reached it).
                 saver.advance_all(u);
@@ -204,7 +209,6 @@ pub async fn run_reader(
                 }
                 position = u;
             }
-            _ => return Ok(()),
         }
     }
 }

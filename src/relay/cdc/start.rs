@@ -18,6 +18,10 @@
 //!   `now - safety_interval` at its start, then the lag is measured again
 //!   (catch up again, or switch to the normal settings, which keep the idle
 //!   cost low).
+//! - After a run ([`after_run`]): a fenced saver ends the feed before
+//!   anything else; a stalled run restarts from the progress unless shutdown
+//!   came meanwhile; a reader error ends the feed (a shutdown error is a
+//!   clean end); a finished catch-up run continues from its end time.
 
 use std::time::Duration;
 
@@ -114,6 +118,50 @@ pub fn read_plan(i: PlanInputs) -> ReadPlan {
         ReadPlan::CatchUp { settings: i.catch_up, until_ms: readable_until }
     } else {
         ReadPlan::Normal(i.normal)
+    }
+}
+
+/// How a reader run ended, as the runner saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunEnd {
+    /// The saver was fenced (another instance holds the lease).
+    pub fenced: bool,
+    /// The watchdog stopped the run.
+    pub stalled: bool,
+    /// The feed's shutdown was signalled.
+    pub shutdown: bool,
+    /// The reader's own result: `None` ok, `Some(true)` its error was the
+    /// consumer's shutdown, `Some(false)` any other error.
+    pub error: Option<bool>,
+    /// The run's catch-up end time (ms), if it was a catch-up run.
+    pub until_ms: Option<i64>,
+}
+
+/// What the runner does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRun {
+    /// End the feed with `CdcError::Fenced`.
+    Fenced,
+    /// End the feed cleanly.
+    Stop,
+    /// End the feed with the reader's error.
+    Fail,
+    /// Start a new run from the saved progress (the watchdog's restart).
+    Restart,
+    /// Every stream was read up to this time (ms): advance, save, plan again.
+    CaughtUp(i64),
+}
+
+pub fn after_run(e: &RunEnd) -> AfterRun {
+    match e {
+        RunEnd { fenced: true, .. } => AfterRun::Fenced,
+        RunEnd { stalled: true, shutdown: true, .. } => AfterRun::Stop,
+        // The stopped reader's own error is only logged: it was stuck.
+        RunEnd { stalled: true, .. } => AfterRun::Restart,
+        RunEnd { error: Some(true), .. } => AfterRun::Stop,
+        RunEnd { error: Some(false), .. } => AfterRun::Fail,
+        RunEnd { until_ms: Some(u), shutdown: false, .. } => AfterRun::CaughtUp(*u),
+        RunEnd { .. } => AfterRun::Stop,
     }
 }
 
@@ -239,6 +287,66 @@ mod tests {
             threshold: Duration::from_secs(120),
         });
         assert!(matches!(p, ReadPlan::Normal(_)));
+    }
+
+    #[test]
+    fn after_a_run_fencing_comes_first_and_a_stall_restarts_unless_shut_down() {
+        let end = RunEnd { fenced: false, stalled: false, shutdown: false, error: None, until_ms: None };
+        let with = |f: fn(&mut RunEnd)| {
+            let mut e = end.clone();
+            f(&mut e);
+            after_run(&e)
+        };
+        assert_eq!(after_run(&end), AfterRun::Stop, "a normal run ends only when stopped");
+        assert_eq!(with(|e| e.until_ms = Some(9)), AfterRun::CaughtUp(9));
+        assert_eq!(
+            with(|e| {
+                e.until_ms = Some(9);
+                e.shutdown = true
+            }),
+            AfterRun::Stop,
+            "no catch-up step after shutdown"
+        );
+        assert_eq!(with(|e| e.error = Some(false)), AfterRun::Fail);
+        assert_eq!(
+            with(|e| {
+                e.error = Some(false);
+                e.shutdown = true
+            }),
+            AfterRun::Fail,
+            "a reader error at shutdown is still reported"
+        );
+        assert_eq!(with(|e| e.error = Some(true)), AfterRun::Stop, "the consumer's shutdown error is a clean end");
+        // The watchdog's restart.
+        assert_eq!(with(|e| e.stalled = true), AfterRun::Restart);
+        assert_eq!(
+            with(|e| {
+                e.stalled = true;
+                e.error = Some(false);
+                e.until_ms = Some(9)
+            }),
+            AfterRun::Restart,
+            "a stuck reader's error on stop and an unfinished catch-up do not end the feed"
+        );
+        assert_eq!(
+            with(|e| {
+                e.stalled = true;
+                e.shutdown = true
+            }),
+            AfterRun::Stop,
+            "shutdown during the stop: no restart"
+        );
+        // Fencing wins over everything.
+        for f in [
+            |e: &mut RunEnd| e.stalled = true,
+            |e: &mut RunEnd| e.error = Some(false),
+            |e: &mut RunEnd| e.until_ms = Some(9),
+        ] {
+            let mut e = end.clone();
+            e.fenced = true;
+            f(&mut e);
+            assert_eq!(after_run(&e), AfterRun::Fenced, "{e:?}");
+        }
     }
 
     /// The figures docs/OPERATIONS.md quotes.
