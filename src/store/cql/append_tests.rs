@@ -115,6 +115,26 @@ async fn cas_timeout_with_lost_reply_is_resolved_as_success() {
     assert_eq!(pending, want);
 }
 
+/// The path the module doc promises: a reconciliation record that cannot
+/// be written (here its table is gone) does not turn an applied append into
+/// an error, which would invite the caller to write the command again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applied_append_whose_record_cannot_be_written_still_succeeds_once() {
+    let Some((s, faults)) = live().await else { return };
+    let id = Uuid::now_v7();
+    s.append(id, 0, events(id, 0, 1)).await.unwrap();
+    let drop_table = format!("DROP TABLE {}.append_reconciliation", s.keyspace());
+    s.session().query_unpaged(drop_table, ()).await.expect("drop the reconciliation table");
+    let more = events(id, 1, 2);
+    faults.inject([Inject::LostReply]);
+    let appended = s.append(id, 1, more.clone()).await.expect("applied: Ok although the record failed");
+    assert_eq!(appended.version, 3);
+    assert_eq!(faults.unknown_outcomes(), 1, "the outcome was unknown once, then resolved");
+    let stored = s.load(id).await.unwrap();
+    assert_eq!(&stored[1..], &more[..], "written exactly once");
+    assert!(ReconcileTable::open(s.session(), s.keyspace()).await.is_err(), "no record could be written");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_with_a_known_outcome_are_not_recorded_for_reconciliation() {
     let Some((s, faults)) = live().await else { return };
