@@ -14,7 +14,9 @@
 //!   within 3 TTL, a paused "zombie" leader refused and stepping down, a
 //!   restart of all instances;
 //! - exactly_once: a zombie paused mid-transaction is fenced by the broker,
-//!   and a store moves from at-least-once to exactly-once.
+//!   a transaction whose commit and abort both time out in a broker outage
+//!   ends the term without loss or a visible duplicate, and a store moves
+//!   from at-least-once to exactly-once.
 
 mod harness;
 

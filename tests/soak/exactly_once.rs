@@ -2,8 +2,10 @@
 //! and lease keeper frozen, records sent, commit not yet called) while the
 //! standby takes over; the broker fences the zombie's commit, none of its
 //! records become visible to read_committed consumers, and it steps down
-//! without fencing the new leader. And a store that ran at-least-once moves
-//! to exactly-once without loss or repeats beyond its last unconfirmed window.
+//! without fencing the new leader. A transaction whose commit and abort time
+//! out in a broker outage ends the term, and the next one settles it. And a
+//! store that ran at-least-once moves to exactly-once without loss or
+//! repeats beyond its last unconfirmed window.
 
 use super::*;
 use std::time::Instant;
@@ -71,5 +73,57 @@ fn soak_migration_from_at_least_once_to_exactly_once_repeats_only_the_last_windo
     eprintln!("migration: {}; {}", stats.line(), v.summary());
     v.assert_sound("after switching to exactly-once");
     assert!(d.metrics().value("relay_transactions_total", &[("outcome", "committed")]) > 0.0);
+    d.stop();
+}
+
+/// Review item with no reproducing test until now: a transaction whose
+/// commit fails in a broker outage and whose abort cannot complete either.
+/// The relay is paused just before its commit (records sent), the broker is
+/// stopped, and the outage outlasts the commit's and the abort's timeouts
+/// (the transaction timeout, 3 s) while 16 writers continue: the term ends
+/// as fatal instead of leaving librdkafka refusing every later transaction,
+/// a new term's `init_transactions` (retried until the broker is back)
+/// settles the open transaction, and a read_committed consumer sees every
+/// stored event exactly once, in order.
+#[test]
+fn soak_exactly_once_abort_that_cannot_complete_ends_the_term_without_loss() {
+    let kafka = PrivateKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = daemon_config(&kafka.brokers, dir.path());
+    cfg.kafka.message_timeout_ms = 2000;
+    let db = cfg.store.path.clone();
+    let mut env = soak_env(&cfg, "exactly-once");
+    env.push(("OUTBOX_RELAY__TRANSACTION_TIMEOUT_MS", "3000".into()));
+    let d = Daemon::start(&cfg, &env);
+    let load = Load::start(vec![d.api], LoadSpec::default());
+    let commits = |d: &Daemon| d.metrics().value("relay_transactions_total", &[("outcome", "committed")]);
+    eventually(Duration::from_secs(20), "the relay to commit transactions", || (commits(&d) > 0.0).then_some(()));
+    sleep_ms(1000);
+
+    let r = d.admin("POST", "/debug/pause/relay?ms=2000");
+    assert_eq!(r.status, 202, "{}", r.text());
+    kafka.stop();
+    // 4x the transaction timeout: the commit and then the abort time out.
+    sleep_ms(12_000);
+    let log = d.log_text();
+    assert!(log.contains("paused (fault injection)"), "the pause happened");
+    assert!(
+        log.contains("the transaction could not be aborted"),
+        "the abort could not complete and ended the term: {}",
+        log.lines().filter(|l| l.contains("relay term failed")).take(3).collect::<Vec<_>>().join("\n")
+    );
+    kafka.restart();
+    eventually(Duration::from_secs(60), "the relay to commit again after the outage", || {
+        let before = commits(&d);
+        sleep_ms(1000);
+        (commits(&d) > before).then_some(())
+    });
+    sleep_ms(2000);
+    let stats = load.stop();
+    assert!(stats.ok() > 200, "the workload kept writing: {}", stats.line());
+    let v = settle_and_judge(&kafka.brokers, &cfg, &db, &[]);
+    eprintln!("exactly-once abort in an outage: {}; {}", stats.line(), v.summary());
+    v.assert_sound("after an abort that could not complete");
+    assert_eq!(v.duplicate_copies(), 0, "nothing of the failed transaction is visible: {}", v.summary());
     d.stop();
 }
