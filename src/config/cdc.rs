@@ -133,14 +133,11 @@ impl CdcConfig {
                 self.log_ttl_seconds
             ));
         }
-        match self.stall_restart_ms {
-            Some(v) if v != 0 && v < self.stall_restart_floor_ms() => {
-                return err(format!(
-                    "stall_restart_ms = {v}: use 0 (never) or at least {} (the largest of 60 s, 10 sleep intervals and twice safety_interval_ms + window_size_ms, a fresh reader's first wait)",
-                    self.stall_restart_floor_ms()
-                ));
-            }
-            _ => {}
+        let floor = self.stall_restart_floor_ms();
+        if let Some(v) = self.stall_restart_ms.filter(|v| *v != 0 && *v < floor) {
+            return err(format!(
+                "stall_restart_ms = {v}: use 0 (never) or at least {floor} (the largest of 60 s, 10 sleep intervals and twice safety_interval_ms + window_size_ms, a fresh reader's first wait)"
+            ));
         }
         if self.reconcile_remember_aggregates < 2 {
             return err("reconcile_remember_aggregates must be at least 2".into());

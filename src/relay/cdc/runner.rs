@@ -55,13 +55,6 @@ pub struct RunnerSettings {
     pub stall_restart: Duration,
 }
 
-/// How one reader run ended.
-enum Ended {
-    Finished(anyhow::Result<()>),
-    Stop,
-    Stalled(Duration),
-}
-
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -145,19 +138,16 @@ pub async fn run_reader(
         let flusher = tokio::spawn(run_flusher(saver.clone(), settings.checkpoint_interval, stop_flusher.subscribe()));
         let mut fenced = saver.fenced_watch();
         let probe = saver.clone();
-        let ended = tokio::select! {
-            r = &mut handle => Ended::Finished(r),
-            _ = shutdown.recv() => Ended::Stop,
-            _ = fenced.wait_for(Option::is_some) => Ended::Finished(Err(anyhow::anyhow!("fenced"))),
-            idle = wait_for_stall(settings.stall_restart, move || probe.stall_sample()) => Ended::Stalled(idle),
+        // (the reader's result if it ended by itself, how long it stalled)
+        let (finished, stalled) = tokio::select! {
+            r = &mut handle => (Some(r), None),
+            _ = shutdown.recv() => (None, None),
+            _ = fenced.wait_for(Option::is_some) => (Some(Err(anyhow::anyhow!("fenced"))), None),
+            idle = wait_for_stall(settings.stall_restart, move || probe.stall_sample()) => (None, Some(idle)),
         };
-        let stalled = match ended {
-            Ended::Stalled(idle) => Some(idle),
-            _ => None,
-        };
-        let res = match ended {
-            Ended::Finished(r) => r,
-            Ended::Stop | Ended::Stalled(_) => {
+        let res = match finished {
+            Some(r) => r,
+            None => {
                 reader.stop();
                 match tokio::time::timeout(settings.stop_grace, &mut handle).await {
                     Ok(r) => r,

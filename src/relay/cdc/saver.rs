@@ -115,7 +115,7 @@ async fn read_legacy_progress(session: &Session, keyspace: &str, table: &str) ->
     let Ok(res) = session.query_unpaged(q, ()).await else { return Vec::new() };
     let Ok(rows) = res.into_rows_result() else { return Vec::new() };
     let Ok(iter) = rows.rows::<(Vec<u8>, Option<CqlTimestamp>, Option<CqlTimestamp>)>() else { return Vec::new() };
-    let out: Vec<SavedRow> = iter
+    let mut out: Vec<SavedRow> = iter
         .flatten()
         .map(|(stream, generation, time)| match stream.as_slice() {
             [0] => SavedRow { stream: Vec::new(), generation: generation.map(|g| g.0), time: None },
@@ -123,7 +123,6 @@ async fn read_legacy_progress(session: &Session, keyspace: &str, table: &str) ->
         })
         .collect();
     let generation = out.iter().find(|r| r.stream.is_empty()).and_then(|r| r.generation);
-    let mut out = out;
     out.retain(|r| r.stream.is_empty() || generation.is_none_or(|g| r.time.is_some_and(|t| t >= g)));
     if !out.is_empty() {
         tracing::info!(%keyspace, table, rows = out.len(), "CDC progress taken over from scylla-cdc's former checkpoint table");
