@@ -1,6 +1,8 @@
 //! Unit tests of the writer's group transaction: appends handed over while a
 //! group is open join its one commit, are invisible to readers until it, and
-//! are each judged on their own (a conflict fails only its caller).
+//! are each judged on their own (a conflict fails only its caller); a
+//! savepoint SQLite refuses to close fails the whole group, one it refuses
+//! to open fails only its append.
 
 use super::*;
 use crate::store::sqlite::{migrate_conn, open_conn, SqliteOptions};
@@ -87,5 +89,57 @@ fn a_failed_multi_event_append_leaves_its_neighbours_in_the_group() {
     assert!(results[0].is_ok());
     assert!(matches!(results[1], Err(StoreError::InvalidAppend(_))), "{:?}", results[1]);
     assert!(results[2].is_ok());
+    assert_eq!((count(&conn, a), count(&conn, b), count(&conn, c)), (1, 0, 1));
+}
+
+/// Denies one savepoint operation on `conn` through SQLite's authorizer: the
+/// statement then fails to prepare, as it would when SQLite cannot run it.
+fn deny_savepoint(conn: &Connection, denied: rusqlite::hooks::TransactionOperation) {
+    use rusqlite::hooks::{AuthAction, Authorization};
+    conn.authorizer(Some(move |ctx: rusqlite::hooks::AuthContext<'_>| match ctx.action {
+        AuthAction::Savepoint { operation, .. } if operation == denied => Authorization::Deny,
+        _ => Authorization::Allow,
+    }));
+}
+
+#[test]
+fn a_savepoint_that_cannot_be_closed_fails_the_whole_group_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let mut conn = open(&path);
+    deny_savepoint(&conn, rusqlite::hooks::TransactionOperation::Release);
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    // a is inserted, then b's two events inside a savepoint that cannot be
+    // released; c would follow.
+    let mut queue = vec![job(b, 0, 2), job(c, 0, 1)].into_iter();
+    let (batch, results) = commit_group(&mut conn, job(a, 0, 1), |_| queue.next(), &HashMap::new());
+    assert_eq!(batch.len(), 2, "the group closed at the failure: c was not taken");
+    for r in &results {
+        match r {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains("savepoint"), "{m}"),
+            other => panic!("every append of the group fails: {other:?}"),
+        }
+    }
+    // Nothing of the group was committed, a's row included.
+    assert_eq!((count(&conn, a), count(&conn, b)), (0, 0));
+    // The connection is usable for the next group, and c goes in it.
+    conn.authorizer(None::<fn(rusqlite::hooks::AuthContext<'_>) -> rusqlite::hooks::Authorization>);
+    let (_, results) = commit_group(&mut conn, queue.next().unwrap(), |_| None, &HashMap::new());
+    assert_eq!(results[0].as_ref().unwrap().version, 1);
+    assert_eq!(count(&conn, c), 1);
+}
+
+#[test]
+fn a_savepoint_that_cannot_open_fails_only_its_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let mut conn = open(&path);
+    deny_savepoint(&conn, rusqlite::hooks::TransactionOperation::Begin);
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let mut queue = vec![job(b, 0, 2), job(c, 0, 1)].into_iter();
+    let (batch, results) = commit_group(&mut conn, job(a, 0, 1), |_| queue.next(), &HashMap::new());
+    assert_eq!(batch.len(), 3);
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(matches!(results[1], Err(StoreError::Unavailable(_))), "{:?}", results[1]);
     assert_eq!((count(&conn, a), count(&conn, b), count(&conn, c)), (1, 0, 1));
 }
