@@ -1,7 +1,8 @@
 //! Read models on real SQLite files: projection queries and paging, replay
 //! idempotence, projection lag in the metrics, kill -9 of a projector
 //! process under load compared row by row with a rebuild, a rebuild beside a
-//! running projector, a stale row re-derived. Upcasting, snapshots and the
+//! running projector, parks re-read when another projector moves the
+//! checkpoint, a stale row re-derived. Upcasting, snapshots and the
 //! file upgrade: `tests/upcasting.rs`.
 
 mod harness;
@@ -371,6 +372,63 @@ async fn a_rebuild_releases_a_parked_aggregate_for_a_running_projector() {
     assert_eq!(status.borrow().parked_aggregates, 0);
     trigger.fire();
     task.await.unwrap();
+}
+
+/// Review finding: a projector with nothing parked read the park records
+/// once per run. When another projector (here: a rebuild by a build that
+/// cannot read x's event 2) parks an aggregate and moves the checkpoint
+/// meanwhile, this projector's compare-and-set fails and it re-reads the
+/// checkpoint; it must re-read the parks with it, or it applies x's later
+/// events onto the row the other left before the parked event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_projector_rereads_the_parks_when_another_moves_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let db = open(&path).await;
+    let svc = service(&db.store);
+    let x = Uuid::now_v7();
+    let meta = Metadata::default();
+    svc.execute::<Order>(
+        x,
+        &OrderCommand::Create { customer_id: Uuid::from_u128(1), items: sample_items(1, 2) },
+        meta.clone(),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut p = projector(&db, Metrics::new(), 64);
+    p.catch_up().await.unwrap();
+    assert_eq!(db.models.get_order(x).await.unwrap().unwrap().version, 1);
+    // x's event 2; the other projector parks x at it and ends past it.
+    svc.execute::<Order>(x, &OrderCommand::Confirm, meta.clone(), None).await.unwrap();
+    let parked_at = db.store.head_position().await.unwrap();
+    db.store
+        .park(&outboxd::store::parking::Parked {
+            consumer: CONSUMER.to_string(),
+            aggregate_id: x.to_string(),
+            aggregate_type: Some("order".into()),
+            position: Some(parked_at),
+            sequence: Some(2),
+            event_id: None,
+            event_type: Some("OrderConfirmed".into()),
+            error: "parked by another build".into(),
+            parked_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    sqlite3(&path, &format!("UPDATE checkpoints SET position = {parked_at} WHERE consumer = '{CONSUMER}'"));
+    // x's event 3, then this projector goes on from its own (stale) checkpoint.
+    svc.execute::<Order>(x, &OrderCommand::Ship { tracking_number: "T1".into(), carrier: "DHL".into() }, meta, None)
+        .await
+        .unwrap();
+    p.catch_up().await.unwrap();
+    let head = db.store.head_position().await.unwrap();
+    assert_eq!(db.models.projection_checkpoint(CONSUMER).await.unwrap(), head);
+    let row = db.models.get_order(x).await.unwrap().unwrap();
+    assert_eq!(row.version, 1, "x is held from its parked event 2 on, not advanced past it");
+    let parks = db.store.parked(CONSUMER).await.unwrap();
+    assert_eq!(parks.len(), 1);
+    assert_eq!((parks[0].parked.sequence, parks[0].held_events), (Some(2), 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
