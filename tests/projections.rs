@@ -1,9 +1,9 @@
 //! Read models on real SQLite files: projection queries and paging, replay
 //! idempotence, projection lag in the metrics, kill -9 of a projector
 //! process under load compared row by row with a rebuild, a rebuild beside a
-//! running projector, parks re-read when another projector moves the
-//! checkpoint, a stale row re-derived. Upcasting, snapshots and the
-//! file upgrade: `tests/upcasting.rs`.
+//! running projector, a stale row re-derived. Parks beside a rebuild:
+//! `tests/projection_parks.rs`; upcasting, snapshots and the file upgrade:
+//! `tests/upcasting.rs`.
 
 mod harness;
 
@@ -307,128 +307,6 @@ async fn rebuild_while_a_projector_runs_still_equals_a_rebuild() {
     assert_eq!(count_table(&live, "order_read_model"), 250);
     let (rebuilt, _) = rebuild_in_copy(&path, dir.path()).await;
     assert_same_rows(&live, &rebuilt);
-}
-
-/// Review finding: a projector that had parked an aggregate kept holding
-/// its events after a rebuild released it (the row was fixed by hand): the
-/// rebuild ended at the projector's own checkpoint, so its compare-and-set
-/// passed and the aggregate's next event was skipped for good.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_rebuild_releases_a_parked_aggregate_for_a_running_projector() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.db");
-    let db = open_with(&path, fast()).await;
-    let svc = service(&db.store);
-    let y = order_lifecycle(&svc, 0).await;
-    let x = Uuid::now_v7();
-    let meta = Metadata::default();
-    svc.execute::<Order>(
-        x,
-        &OrderCommand::Create { customer_id: Uuid::from_u128(1), items: sample_items(1, 2) },
-        meta.clone(),
-        None,
-    )
-    .await
-    .unwrap();
-    // Event 2 of x is a row no build can read (written by hand).
-    sqlite3(
-        &path,
-        &format!(
-            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, correlation_id, timestamp) \
-             SELECT '{}', aggregate_type, '{x}', 2, event_type, event_version, '{{not json', correlation_id, timestamp FROM event_store WHERE aggregate_id = '{y}' AND sequence_number = 2",
-            Uuid::now_v7()
-        ),
-    );
-    let p = projector(&db, Metrics::new(), 25);
-    let mut status = p.status();
-    let trigger = Trigger::new();
-    let task = tokio::spawn(p.run(trigger.subscribe()));
-    let head = db.store.head_position().await.unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        status.wait_for(|s| s.checkpoint == head && s.parked_aggregates == 1),
-    )
-    .await
-    .expect("x parked, the rest projected")
-    .unwrap();
-    // The operator repairs the row, then rebuilds while the projector runs.
-    sqlite3(
-        &path,
-        &format!(
-            "UPDATE event_store SET payload = (SELECT payload FROM event_store WHERE aggregate_id = '{y}' AND sequence_number = 2) WHERE aggregate_id = '{x}' AND sequence_number = 2"
-        ),
-    );
-    let report = projection::rebuild(db.store.clone(), db.models.clone(), "EUR", false).await.unwrap();
-    assert_eq!(report.checkpoint, head, "the rebuild ends at the projector's checkpoint");
-    assert_eq!(db.models.get_order(x).await.unwrap().unwrap().version, 2, "the rebuild applied the repaired event");
-    // The next event of x reaches the read model.
-    svc.execute::<Order>(x, &OrderCommand::Confirm, meta, None).await.unwrap();
-    let head = db.store.head_position().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.checkpoint == head))
-        .await
-        .expect("caught up")
-        .unwrap();
-    assert_eq!(db.models.get_order(x).await.unwrap().unwrap().version, 3, "x's event 3 is projected, not held");
-    assert_eq!(status.borrow().parked_aggregates, 0);
-    trigger.fire();
-    task.await.unwrap();
-}
-
-/// Review finding: a projector with nothing parked read the park records
-/// once per run. When another projector (here: a rebuild by a build that
-/// cannot read x's event 2) parks an aggregate and moves the checkpoint
-/// meanwhile, this projector's compare-and-set fails and it re-reads the
-/// checkpoint; it must re-read the parks with it, or it applies x's later
-/// events onto the row the other left before the parked event.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_projector_rereads_the_parks_when_another_moves_its_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.db");
-    let db = open(&path).await;
-    let svc = service(&db.store);
-    let x = Uuid::now_v7();
-    let meta = Metadata::default();
-    svc.execute::<Order>(
-        x,
-        &OrderCommand::Create { customer_id: Uuid::from_u128(1), items: sample_items(1, 2) },
-        meta.clone(),
-        None,
-    )
-    .await
-    .unwrap();
-    let mut p = projector(&db, Metrics::new(), 64);
-    p.catch_up().await.unwrap();
-    assert_eq!(db.models.get_order(x).await.unwrap().unwrap().version, 1);
-    // x's event 2; the other projector parks x at it and ends past it.
-    svc.execute::<Order>(x, &OrderCommand::Confirm, meta.clone(), None).await.unwrap();
-    let parked_at = db.store.head_position().await.unwrap();
-    db.store
-        .park(&outboxd::store::parking::Parked {
-            consumer: CONSUMER.to_string(),
-            aggregate_id: x.to_string(),
-            aggregate_type: Some("order".into()),
-            position: Some(parked_at),
-            sequence: Some(2),
-            event_id: None,
-            event_type: Some("OrderConfirmed".into()),
-            error: "parked by another build".into(),
-            parked_at: chrono::Utc::now(),
-        })
-        .await
-        .unwrap();
-    sqlite3(&path, &format!("UPDATE checkpoints SET position = {parked_at} WHERE consumer = '{CONSUMER}'"));
-    // x's event 3, then this projector goes on from its own (stale) checkpoint.
-    svc.execute::<Order>(x, &OrderCommand::Ship { tracking_number: "T1".into(), carrier: "DHL".into() }, meta, None)
-        .await
-        .unwrap();
-    p.catch_up().await.unwrap();
-    let head = db.store.head_position().await.unwrap();
-    assert_eq!(db.models.projection_checkpoint(CONSUMER).await.unwrap(), head);
-    let row = db.models.get_order(x).await.unwrap().unwrap();
-    assert_eq!(row.version, 1, "x is held from its parked event 2 on, not advanced past it");
-    let parks = db.store.parked(CONSUMER).await.unwrap();
-    assert_eq!(parks.len(), 1);
-    assert_eq!((parks[0].parked.sequence, parks[0].held_events), (Some(2), 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
