@@ -16,6 +16,12 @@ use outboxd::metrics::Metrics;
 use outboxd::projection::{self, CONSUMER};
 use outboxd::shutdown::Trigger;
 
+/// Places order `x` (its event 1).
+async fn create_order(svc: &outboxd::app::CommandService, x: Uuid) {
+    let create = OrderCommand::Create { customer_id: Uuid::from_u128(1), items: sample_items(1, 2) };
+    svc.execute::<Order>(x, &create, Metadata::default(), None).await.unwrap();
+}
+
 /// Review finding: a projector that had parked an aggregate kept holding
 /// its events after a rebuild released it (the row was fixed by hand): the
 /// rebuild ended at the projector's own checkpoint, so its compare-and-set
@@ -27,16 +33,8 @@ async fn a_rebuild_releases_a_parked_aggregate_for_a_running_projector() {
     let db = open_with(&path, fast()).await;
     let svc = service(&db.store);
     let y = order_lifecycle(&svc, 0).await;
-    let x = Uuid::now_v7();
-    let meta = Metadata::default();
-    svc.execute::<Order>(
-        x,
-        &OrderCommand::Create { customer_id: Uuid::from_u128(1), items: sample_items(1, 2) },
-        meta.clone(),
-        None,
-    )
-    .await
-    .unwrap();
+    let (x, meta) = (Uuid::now_v7(), Metadata::default());
+    create_order(&svc, x).await;
     // Event 2 of x is a row no build can read (written by hand).
     sqlite3(
         &path,
@@ -93,16 +91,8 @@ async fn a_projector_rereads_the_parks_when_another_moves_its_checkpoint() {
     let path = dir.path().join("s.db");
     let db = open(&path).await;
     let svc = service(&db.store);
-    let x = Uuid::now_v7();
-    let meta = Metadata::default();
-    svc.execute::<Order>(
-        x,
-        &OrderCommand::Create { customer_id: Uuid::from_u128(1), items: sample_items(1, 2) },
-        meta.clone(),
-        None,
-    )
-    .await
-    .unwrap();
+    let (x, meta) = (Uuid::now_v7(), Metadata::default());
+    create_order(&svc, x).await;
     let mut p = projector(&db, Metrics::new(), 64);
     p.catch_up().await.unwrap();
     assert_eq!(db.models.get_order(x).await.unwrap().unwrap().version, 1);
