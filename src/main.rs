@@ -66,8 +66,9 @@ enum Cmd {
         /// Print events with position greater than this.
         #[arg(long, default_value_t = 0)]
         after: i64,
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        /// At most this many events (1 or more).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
     },
     /// Run the daemon: relay, command API and admin server, until SIGINT/SIGTERM.
     Run,
@@ -110,6 +111,10 @@ enum RelayCmd {
         /// Time to rewind to, RFC 3339 (CQL store, within the CDC log TTL).
         #[arg(long)]
         to_time: Option<String>,
+        /// Seconds to wait for the outcome. When no relay runs and this process carries the
+        /// request out, it is withdrawn at that point (and on SIGINT/SIGTERM), never left for later.
+        #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
     },
 }
 
@@ -214,8 +219,9 @@ enum CustomerCmd {
 pub enum DlqCmd {
     /// List parked aggregates (first held event, error, held events) and dead letters as JSON lines.
     List {
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        /// At most this many dead letters (1 or more; every parked aggregate is listed).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
     },
     /// Publish a parked aggregate's held events in order and unpark it (--aggregate), a dead
     /// letter (--id), or everything (--all); carried out by the active relay.
@@ -229,6 +235,10 @@ pub enum DlqCmd {
         /// No progress display.
         #[arg(long)]
         no_progress: bool,
+        /// Seconds to wait for the outcome. When no relay runs and this process carries the
+        /// request out, it is withdrawn at that point (and on SIGINT/SIGTERM), never left for later.
+        #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
     },
     /// Drop the first held event of a parked aggregate on an operator's decision: an audit row
     /// is kept, a marker record (ce_type=outboxd.EventDiscarded) takes its place, the rest flows.
@@ -239,6 +249,10 @@ pub enum DlqCmd {
         /// Why (kept in the audit row).
         #[arg(long)]
         reason: String,
+        /// Seconds to wait for the outcome. When no relay runs and this process carries the
+        /// request out, it is withdrawn at that point (and on SIGINT/SIGTERM), never left for later.
+        #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: u64,
     },
 }
 
@@ -291,12 +305,14 @@ async fn async_main(cli: Cli) -> Result<u8, Failure> {
     match cli.cmd {
         Cmd::Config => cli::config::print(&cfg),
         Cmd::Schema { dry_run } => cli::store::schema(&cfg, dry_run).await,
-        Cmd::Events { after, limit } => cli::store::events(&cfg, after, limit).await,
+        Cmd::Events { after, limit } => cli::store::events(&cfg, after, limit as usize).await,
         Cmd::Order(c) => cli::order::run(&cfg, c).await,
         Cmd::Customer(c) => cli::customer::run(&cfg, c).await,
         Cmd::Run => Ok(outboxd::daemon::run(cfg).await?),
         Cmd::Dlq(c) => cli::dlq::run(&cfg, c).await,
-        Cmd::Relay(RelayCmd::Rewind { to_position, to_time }) => cli::relay::rewind(&cfg, to_position, to_time).await,
+        Cmd::Relay(RelayCmd::Rewind { to_position, to_time, timeout }) => {
+            cli::relay::rewind(&cfg, to_position, to_time, std::time::Duration::from_secs(timeout)).await
+        }
         Cmd::Leases => cli::relay::leases(&cfg).await,
         Cmd::Bench(b) => Ok(outboxd::bench::run(&cfg, b).await.map(|_| 0)?),
         Cmd::Projections(ProjectionsCmd::Rebuild { no_progress }) => cli::projections::rebuild(&cfg, no_progress).await,

@@ -21,14 +21,15 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
                 v["kind"] = "parked".into();
                 println!("{v}");
             }
-            for l in store.dlq_list(limit).await? {
+            for l in store.dlq_list(limit as usize).await? {
                 let mut v = serde_json::to_value(&l)?;
                 v["kind"] = "dead_letter".into();
                 println!("{v}");
             }
             Ok(0)
         }
-        DlqCmd::Replay { aggregate, id, all, no_progress } => {
+        DlqCmd::Replay { aggregate, id, all, no_progress, timeout } => {
+            let timeout = std::time::Duration::from_secs(timeout);
             let kinds = match (aggregate, id, all) {
                 (Some(a), None, false) => vec![RequestKind::ReplayAggregate { aggregate_id: a }],
                 (None, Some(id), false) => vec![RequestKind::ReplayDeadLetters { ids: Some(vec![id]) }],
@@ -48,7 +49,10 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             let mut code = 0;
             for kind in kinds {
                 let bar = (!no_progress).then(|| progress_bar(&kind, parked.len(), held, letters));
-                code = code.max(relay_ops::request(cfg, kind, bar).await?);
+                code = code.max(relay_ops::request(cfg, kind, bar, timeout).await?);
+                if code == relay_ops::INTERRUPTED {
+                    break;
+                }
             }
             if all {
                 let left_parked = store.parked(&cfg.relay.consumer_name).await?.len();
@@ -60,11 +64,12 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             }
             Ok(code)
         }
-        DlqCmd::Discard { id, reason } => {
+        DlqCmd::Discard { id, reason, timeout } => {
             if reason.trim().len() < 3 {
                 return Err(BadInput("--reason: say why the event is discarded (kept in the audit row)".into()).into());
             }
-            relay_ops::request(cfg, RequestKind::Discard { event_id: id, reason }, None).await
+            let timeout = std::time::Duration::from_secs(timeout);
+            relay_ops::request(cfg, RequestKind::Discard { event_id: id, reason }, None, timeout).await
         }
     }
 }

@@ -12,7 +12,12 @@ use outboxd::store::requests::RequestKind;
 
 use super::{open, relay_ops, BadInput, Failure};
 
-pub async fn rewind(cfg: &Config, to_position: Option<i64>, to_time: Option<String>) -> Result<u8, Failure> {
+pub async fn rewind(
+    cfg: &Config,
+    to_position: Option<i64>,
+    to_time: Option<String>,
+    timeout: std::time::Duration,
+) -> Result<u8, Failure> {
     let kind = match (to_position, to_time) {
         (Some(p), None) if p >= 0 => RequestKind::RewindToPosition { position: p },
         (Some(p), None) => return Err(BadInput(format!("--to-position {p}: must be a feed position >= 0")).into()),
@@ -26,7 +31,7 @@ pub async fn rewind(cfg: &Config, to_position: Option<i64>, to_time: Option<Stri
             return Err(BadInput("say where to rewind to: --to-position N (SQLite) or --to-time T (CQL)".into()).into())
         }
     };
-    relay_ops::request(cfg, kind, None).await
+    relay_ops::request(cfg, kind, None, timeout).await
 }
 
 pub async fn leases(cfg: &Config) -> Result<u8, Failure> {

@@ -8,8 +8,12 @@
 //! - When no relay runs (no lease, a released one, or one nobody renews),
 //!   the CLI takes the lease itself and carries the request out under it,
 //!   fenced like a relay, then releases it.
-//! - It waits with visible progress and prints the outcome; exit 0 when
-//!   done, 1 when the request failed or is still pending at the timeout.
+//! - It waits with visible progress, at most `--timeout`, and prints the
+//!   outcome; exit 0 when done, 1 when the request failed or is not done
+//!   by then, 130 on SIGINT/SIGTERM.
+//! - A request it gives up on while carrying it out here (or that is still
+//!   pending when it is interrupted) is withdrawn, under the lease, before
+//!   the lease is released: no relay carries it out at a later start.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,15 +30,33 @@ use outboxd::store::DynStore;
 
 use super::{open, Failure};
 
-/// How long a request may run on the relay before the CLI gives up waiting.
-const MAX_WAIT: Duration = Duration::from_secs(600);
+/// The default of `--timeout`: how long the CLI waits for a request.
+pub const DEFAULT_WAIT_SECS: u64 = 600;
+
+/// Exit code after SIGINT/SIGTERM (128 + SIGINT, the shell's convention).
+pub const INTERRUPTED: u8 = 130;
 
 fn who() -> String {
     format!("cli@{}", outboxd::daemon::instance_id(&Config::default()))
 }
 
-/// Submits `kind`, waits for it (carrying it out here when no relay runs), prints the outcome.
-pub async fn request(cfg: &Config, kind: RequestKind, progress: Option<indicatif::ProgressBar>) -> Result<u8, Failure> {
+/// Submits `kind`, waits for it at most `max_wait` (carrying it out here
+/// when no relay runs), prints the outcome. Interrupted (SIGINT/SIGTERM),
+/// or out of time while carrying it out here, it withdraws the request so
+/// that no relay carries it out later, and says so (exit 130 / 1).
+pub async fn request(
+    cfg: &Config,
+    kind: RequestKind,
+    progress: Option<indicatif::ProgressBar>,
+    max_wait: Duration,
+) -> Result<u8, Failure> {
+    let interrupt = Trigger::new();
+    let mut interrupted = interrupt.subscribe();
+    let mut signals = outboxd::daemon::Signals::install();
+    tokio::spawn(async move {
+        signals.recv().await;
+        interrupt.fire();
+    });
     let store = open(cfg).await?;
     let consumer = cfg.relay.consumer_name.clone();
     let r = operator::submit(&store, &consumer, kind, &who()).await?;
@@ -46,13 +68,21 @@ pub async fn request(cfg: &Config, kind: RequestKind, progress: Option<indicatif
     let unclaimed_after =
         if lease.as_ref().is_none_or(|l| l.holder.is_empty()) { Duration::ZERO } else { ttl + Duration::from_secs(2) };
     let on_change = |req: &RelayRequest| bar.set_message(format!("request {}: {}", req.id, req.status.as_str()));
-    let waited = operator::wait(&store, r.id, unclaimed_after, MAX_WAIT, on_change).await?;
+    let waited = tokio::select! {
+        w = operator::wait(&store, r.id, unclaimed_after, max_wait, on_change) => w?,
+        _ = interrupted.recv() => {
+            bar.finish_and_clear();
+            let left = operator::withdraw(&store, r.id, None, "the CLI was interrupted").await?;
+            report_withdrawn(&left, "interrupted");
+            return Ok(INTERRUPTED);
+        }
+    };
     let done = match waited {
         Waited::Finished(done) => done,
         Waited::TimedOut(p) => {
             bar.finish_and_clear();
             eprintln!(
-                "request {} is still {} on the relay after {MAX_WAIT:?}; see GET /relay/requests/{}",
+                "request {} is still {} on the relay after {max_wait:?}; see GET /relay/requests/{}",
                 p.id,
                 p.status.as_str(),
                 p.id
@@ -61,37 +91,83 @@ pub async fn request(cfg: &Config, kind: RequestKind, progress: Option<indicatif
         }
         Waited::Unclaimed(_) => {
             bar.set_message("no relay is running: carrying the request out here under the relay lease");
-            run_here(cfg, store.clone()).await?;
+            let ended = run_here(cfg, store.clone(), r.id, max_wait, interrupted.clone()).await?;
+            if let Some((left, code)) = ended {
+                bar.finish_and_clear();
+                if is_cancelled(&left) || matches!(left.status, RequestStatus::Pending | RequestStatus::Running) {
+                    report_withdrawn(&left, if code == INTERRUPTED { "interrupted" } else { "out of time" });
+                    return Ok(code);
+                }
+                // It finished just before the CLI gave up.
+                return Ok(outcome(&left).unwrap_or(code));
+            }
             // Done here, or (a relay started meanwhile) by that relay.
-            match operator::wait(&store, r.id, MAX_WAIT, MAX_WAIT, on_change).await? {
+            match operator::wait(&store, r.id, max_wait, max_wait, on_change).await? {
                 Waited::Finished(d) => d,
                 Waited::Unclaimed(d) | Waited::TimedOut(d) => {
                     bar.finish_and_clear();
-                    eprintln!("request {} is still {} after {MAX_WAIT:?}", d.id, d.status.as_str());
+                    eprintln!("request {} is still {} after {max_wait:?}", d.id, d.status.as_str());
                     return Ok(1);
                 }
             }
         }
     };
     bar.finish_and_clear();
+    Ok(outcome(&done).unwrap_or(1))
+}
+
+/// Prints a finished request's outcome; its exit code (None: not finished).
+fn outcome(done: &RelayRequest) -> Option<u8> {
     let result = done.result.clone().unwrap_or(serde_json::Value::Null);
     match done.status {
         RequestStatus::Done => {
             println!("{}", serde_json::json!({ "request": done.id, "status": "done", "result": result }));
-            Ok(0)
+            Some(0)
         }
-        _ => {
+        RequestStatus::Failed => {
             let why =
                 result.get("error").and_then(|v| v.as_str()).map(str::to_string).unwrap_or_else(|| result.to_string());
             eprintln!("error: request {} failed: {why}", done.id);
-            Ok(1)
+            Some(1)
         }
+        RequestStatus::Pending | RequestStatus::Running => None,
     }
+}
+
+/// What became of a request the CLI gave up on (`how`: interrupted, out of time).
+fn report_withdrawn(left: &RelayRequest, how: &str) {
+    match left.status {
+        RequestStatus::Pending | RequestStatus::Running => eprintln!(
+            "{how}: request {} is {} on the active relay, which carries it out; see GET /relay/requests/{}",
+            left.id,
+            left.status.as_str(),
+            left.id
+        ),
+        _ => eprintln!("{how}: request {} withdrawn; no relay will carry it out (submit it again)", left.id),
+    }
+}
+
+fn is_cancelled(r: &RelayRequest) -> bool {
+    r.result
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .and_then(|v| v.as_str())
+        .is_some_and(|e| e.starts_with("cancelled: "))
 }
 
 /// Takes the relay lease (waiting at most a few TTLs for a stale holder to
 /// expire) and runs one requests-only relay term under it, then releases it.
-async fn run_here(cfg: &Config, store: DynStore) -> Result<(), Failure> {
+/// The term ends when request `id` is done, the lease is lost, `max_wait`
+/// has passed or `interrupted` fires; in the last two cases the request is
+/// withdrawn under the lease (before it is released) and the row is
+/// returned with the exit code (1 out of time, 130 interrupted).
+async fn run_here(
+    cfg: &Config,
+    store: DynStore,
+    id: uuid::Uuid,
+    max_wait: Duration,
+    mut interrupted: Shutdown,
+) -> Result<Option<(RelayRequest, u8)>, Failure> {
     let consumer = cfg.relay.consumer_name.clone();
     let ttl = Duration::from_millis(cfg.relay.lease_ttl_ms);
     let mut stop = Trigger::new();
@@ -99,7 +175,18 @@ async fn run_here(cfg: &Config, store: DynStore) -> Result<(), Failure> {
     let handle =
         keeper::spawn(lease_store, &consumer, &who(), ttl, Metrics::new(), Default::default(), stop.subscribe());
     let mut rx = handle.state();
-    let epoch = tokio::time::timeout(ttl * 3, async {
+    // Fired at the deadline or on a signal (first one wins): ends the term.
+    let gave_up = Trigger::new();
+    let end_term = gave_up.subscribe();
+    let deadline = tokio::spawn(async move {
+        let code = tokio::select! {
+            _ = tokio::time::sleep(max_wait) => 1,
+            _ = interrupted.recv() => INTERRUPTED,
+        };
+        gave_up.fire();
+        code
+    });
+    let take = tokio::time::timeout(ttl * 3, async {
         loop {
             if let Some(e) = rx.borrow_and_update().active_epoch() {
                 return Some(e);
@@ -108,11 +195,14 @@ async fn run_here(cfg: &Config, store: DynStore) -> Result<(), Failure> {
                 return None;
             }
         }
-    })
-    .await
-    .ok()
-    .flatten();
+    });
+    let mut gave = end_term.clone();
+    let epoch = tokio::select! {
+        e = take => e.ok().flatten(),
+        _ = gave.recv() => None,
+    };
     let res = match epoch {
+        None if end_term.is_shutdown() => Ok(()),
         None => {
             let holder = match handle.current() {
                 LeaseState::Standby { holder, .. } => holder,
@@ -123,7 +213,7 @@ async fn run_here(cfg: &Config, store: DynStore) -> Result<(), Failure> {
         }
         Some(epoch) if cfg.store.backend == Backend::Cql => {
             // The Scylla CDC relay's request server, once, until done, the
-            // lease is lost, or MAX_WAIT (a delivery retries while Kafka is down).
+            // lease is lost, or the CLI gives up (a delivery retries while Kafka is down).
             let end = Trigger::new();
             let until = end.subscribe();
             let mut lease = handle.state();
@@ -135,7 +225,10 @@ async fn run_here(cfg: &Config, store: DynStore) -> Result<(), Failure> {
                         }
                     }
                 };
-                let _ = tokio::time::timeout(MAX_WAIT, lost).await;
+                tokio::select! {
+                    _ = lost => {}
+                    _ = gave.recv() => {}
+                }
                 end.fire();
             });
             let res = match outboxd::store::cql::CqlStore::connect(&cfg.store.cql).await {
@@ -149,17 +242,36 @@ async fn run_here(cfg: &Config, store: DynStore) -> Result<(), Failure> {
         }
         Some(epoch) => {
             let (tx, _) = tokio::sync::watch::channel(Default::default());
-            let relay = Relay::new(Arc::new(cfg.clone()), store, Metrics::new(), StatusTx::new(tx))
+            let relay = Relay::new(Arc::new(cfg.clone()), store.clone(), Metrics::new(), StatusTx::new(tx))
                 .with_fence(Fence { epoch, lease: handle.state() })
                 .requests_only();
             let res = match cfg.relay.delivery {
-                DeliveryMode::AtLeastOnce => relay.run(Shutdown::never()).await,
-                DeliveryMode::ExactlyOnce => relay.run_exactly_once(Shutdown::never()).await,
+                DeliveryMode::AtLeastOnce => relay.run(end_term.clone()).await,
+                DeliveryMode::ExactlyOnce => relay.run_exactly_once(end_term.clone()).await,
             };
             res.map(|_| ()).map_err(|e| Failure::from(anyhow::anyhow!("{e}")))
         }
     };
+    // Gave up (deadline or signal), or the term failed: withdraw the request
+    // while the lease is still held, so no later relay carries it out.
+    let gave_up = if end_term.is_shutdown() {
+        Some(deadline.await.unwrap_or(1))
+    } else {
+        deadline.abort();
+        None
+    };
+    let why = match (&res, gave_up) {
+        (_, Some(INTERRUPTED)) => Some("the CLI was interrupted".to_string()),
+        (_, Some(_)) => Some(format!("not done within the CLI's --timeout ({max_wait:?})")),
+        (Err(e), None) => Some(format!("the CLI could not carry it out: {:#}", e.err)),
+        (Ok(()), None) => None,
+    };
+    let withdrawn = match why {
+        Some(why) => Some(operator::withdraw(&store, id, epoch, &why).await),
+        None => None,
+    };
     stop.fire();
     let _ = tokio::time::timeout(Duration::from_secs(3), stop.wait_drained()).await;
-    res
+    res?;
+    Ok(withdrawn.transpose()?.map(|row| (row, gave_up.unwrap_or(1))))
 }

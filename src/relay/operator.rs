@@ -139,3 +139,26 @@ pub async fn wait(
         }
     }
 }
+
+/// Withdraws request `id` because its submitter gave up (interrupted, or
+/// out of time), so no relay carries it out later: a pending one, or (with
+/// `held` = the caller's own lease epoch, its relay term stopped) one
+/// claimed at that epoch. It is recorded `failed` with `{"error":
+/// "cancelled: <why>"}`. A request another executor claimed meanwhile is
+/// left to it. Returns the row as it ends up, to report truthfully.
+pub async fn withdraw(store: &DynStore, id: Uuid, held: Option<i64>, why: &str) -> Result<RelayRequest, StoreError> {
+    let get =
+        || async { store.request_get(id).await?.ok_or_else(|| StoreError::NotFound(format!("relay request {id}"))) };
+    let r = get().await?;
+    let epoch = held.unwrap_or(0);
+    let ours = match r.status {
+        RequestStatus::Pending => store.request_claim(&r, epoch).await?,
+        RequestStatus::Running => held.is_some() && r.claimed_epoch == held,
+        RequestStatus::Done | RequestStatus::Failed => false,
+    };
+    if ours {
+        let result = serde_json::json!({ "error": format!("cancelled: {why}") });
+        store.request_finish(&r.consumer, id, epoch, RequestStatus::Failed, result).await?;
+    }
+    get().await
+}

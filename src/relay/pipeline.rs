@@ -349,21 +349,28 @@ impl Relay {
         let mut attempt: u32 = 0;
         loop {
             let timeout = Duration::from_secs(10);
-            let created = match crate::relay::admin::ensure_topics(k, &topics, timeout).await {
-                // The progress topic is compacted with one partition (the last record counts).
-                Ok(()) if exactly_once => {
-                    let topic = &self.cfg.progress_topic;
-                    let made = crate::relay::admin::ensure_progress_topic(k, topic, timeout).await;
-                    if made.is_ok() {
-                        match crate::relay::admin::progress_topic_problem(k, topic, timeout).await {
-                            Ok(Some(problem)) => tracing::warn!("{problem}"),
-                            Ok(None) => {}
-                            Err(e) => tracing::debug!(error = %e, "cannot describe the progress topic"),
+            let create = async {
+                match crate::relay::admin::ensure_topics(k, &topics, timeout).await {
+                    // The progress topic is compacted with one partition (the last record counts).
+                    Ok(()) if exactly_once => {
+                        let topic = &self.cfg.progress_topic;
+                        let made = crate::relay::admin::ensure_progress_topic(k, topic, timeout).await;
+                        if made.is_ok() {
+                            match crate::relay::admin::progress_topic_problem(k, topic, timeout).await {
+                                Ok(Some(problem)) => tracing::warn!("{problem}"),
+                                Ok(None) => {}
+                                Err(e) => tracing::debug!(error = %e, "cannot describe the progress topic"),
+                            }
                         }
+                        made
                     }
-                    made
+                    other => other,
                 }
-                other => other,
+            };
+            // A shutdown does not wait for the admin call (up to its timeout).
+            let created = tokio::select! {
+                c = create => c,
+                _ = shutdown.recv() => return false,
             };
             match created {
                 Ok(()) => return true,

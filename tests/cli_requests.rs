@@ -1,0 +1,71 @@
+//! Operator requests from the CLI when no relay runs (the CLI carries them
+//! out itself under the relay lease): one it gives up on, interrupted by
+//! SIGINT or past its `--timeout` while Kafka is unreachable, is withdrawn
+//! (recorded failed, "cancelled: ...") before the lease is released, so no
+//! relay carries it out later; the next request, with Kafka back, is done.
+
+mod harness;
+
+use harness::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn rows(db: &Path) -> Vec<(String, String)> {
+    let out = sqlite3(db, "SELECT status || '|' || COALESCE(result, '') FROM relay_requests ORDER BY created_at");
+    out.lines().map(|l| l.split_once('|').map(|(a, b)| (a.to_string(), b.to_string())).unwrap()).collect()
+}
+
+fn lease_holder(db: &Path) -> Option<String> {
+    let out = sqlite3(db, "SELECT holder FROM relay_leases WHERE name = 'kafka-relay'");
+    out.lines().next().map(str::to_string)
+}
+
+#[test]
+fn a_request_the_cli_gives_up_on_is_withdrawn_and_never_carried_out_later() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let up = test_config(&brokers, &db);
+    // Nothing listens there: topic creation retries for as long as it runs.
+    let mut down = up.clone();
+    down.kafka.brokers = format!("127.0.0.1:{}", free_port());
+    assert_eq!(cli(&up, &["schema"]).0, 0);
+
+    // 1. Interrupted (SIGINT) while it retries: exit 130, withdrawn, lease released.
+    let child = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .args(["relay", "rewind", "--to-position", "0"])
+        .envs(config_env(&down))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(30), "the CLI to take the relay lease", || {
+        lease_holder(&db).filter(|h| h.starts_with("cli@"))
+    });
+    std::thread::sleep(Duration::from_secs(1)); // into the retry loop
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted: request") && err.contains("withdrawn"), "{err}");
+    assert_eq!(rows(&db), vec![("failed".into(), r#"{"error":"cancelled: the CLI was interrupted"}"#.into())]);
+    assert_eq!(lease_holder(&db).as_deref(), Some(""), "the lease is released");
+
+    // 2. Past --timeout: exit 1, withdrawn.
+    let (code, _, err) = cli(&down, &["relay", "rewind", "--to-position", "0", "--timeout", "2"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("out of time: request") && err.contains("withdrawn"), "{err}");
+    let r = rows(&db);
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[1].0, "failed");
+    assert!(r[1].1.contains("cancelled: not done within the CLI's --timeout (2s)"), "{r:?}");
+
+    // 3. Kafka back: the next request is carried out; the withdrawn ones stay failed.
+    let (code, out, err) = cli(&up, &["relay", "rewind", "--to-position", "0"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""status":"done""#), "{out}");
+    let r = rows(&db);
+    assert_eq!(r.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), vec!["failed", "failed", "done"], "{r:?}");
+}
