@@ -144,6 +144,9 @@ fn bad_configuration_exits_2_naming_the_key() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--config").arg(dir.path()).arg("events").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("is not a file"), "{}", stderr(&o));
     assert!(!db.exists(), "a refused configuration creates no store");
 }
 

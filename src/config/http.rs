@@ -40,6 +40,20 @@ impl HttpConfig {
                 return err(format!("{k} = {v:?}: expected ip:port, e.g. 127.0.0.1:8080"));
             }
         }
+        if self
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .is_some_and(|a| a.port() != 0 && self.admin_listen.parse::<std::net::SocketAddr>().ok() == Some(a))
+        {
+            return err(format!(
+                "http.admin_listen = {:?}: the same address as http.listen; the two servers need their own",
+                self.admin_listen
+            ));
+        }
+        if self.workers == 0 {
+            return err("http.workers must be >= 1".into());
+        }
         if self.max_body_bytes < 1024 {
             return err("http.max_body_bytes must be >= 1024".into());
         }

@@ -114,9 +114,55 @@ impl KafkaConfig {
         if self.message_timeout_ms < 1_000 {
             return err("kafka.message_timeout_ms must be >= 1000".into());
         }
+        self.validate_extra()
+    }
+
+    /// `kafka.extra`: librdkafka must know every key and accept its value
+    /// (checked by librdkafka itself, without connecting), and no key may
+    /// undo a setting the delivery guarantee rests on or one with its own
+    /// `kafka.*` key.
+    fn validate_extra(&self) -> Result<(), ConfigError> {
+        for (key, value) in &self.extra {
+            if let Some((_, why)) = RESERVED_LIBRDKAFKA_KEYS.iter().find(|(k, _)| k == key) {
+                return Err(ConfigError(format!("kafka.extra.{key:?}: not settable here: {why}")));
+            }
+            let mut c = rdkafka::ClientConfig::new();
+            c.set(key, value);
+            if let Err(e) = c.create_native_config() {
+                // librdkafka's own text, without the value (`e` quotes it: it may be a secret).
+                let why = match &e {
+                    rdkafka::error::KafkaError::ClientConfig(_, desc, _, _) => desc.clone(),
+                    other => format!("{:?}", other.rdkafka_error_code()),
+                };
+                let shown = if super::secrets::is_secret_key(key) {
+                    "(a secret: not shown)".into()
+                } else {
+                    format!("{value:?}")
+                };
+                return Err(ConfigError(format!("kafka.extra.{key:?} = {shown}: refused by librdkafka: {why}")));
+            }
+        }
         Ok(())
     }
 }
+
+/// librdkafka keys `kafka.extra` may not set, and why.
+const RESERVED_LIBRDKAFKA_KEYS: &[(&str, &str)] = &[
+    ("enable.idempotence", "the relay's producer is always idempotent (per-aggregate order, no duplicates on retry)"),
+    ("acks", "the relay always waits for acks=all (an event is confirmed only once replicated)"),
+    ("request.required.acks", "the relay always waits for acks=all (an event is confirmed only once replicated)"),
+    ("transactional.id", "set by the relay for relay.delivery = \"exactly-once\""),
+    ("bootstrap.servers", "use kafka.brokers"),
+    ("metadata.broker.list", "use kafka.brokers"),
+    ("max.in.flight.requests.per.connection", "use kafka.max_in_flight_requests"),
+    ("max.in.flight", "use kafka.max_in_flight_requests"),
+    ("message.timeout.ms", "use kafka.message_timeout_ms"),
+    ("delivery.timeout.ms", "use kafka.message_timeout_ms"),
+    ("compression.type", "use kafka.compression"),
+    ("compression.codec", "use kafka.compression"),
+    ("linger.ms", "use kafka.linger_ms"),
+    ("queue.buffering.max.ms", "use kafka.linger_ms"),
+];
 
 fn legal_topic_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')

@@ -94,6 +94,9 @@ impl SupervisionConfig {
         if self.max_restarts == 0 {
             return Err(ConfigError("supervision.max_restarts must be >= 1".into()));
         }
+        if self.restart_window_ms == 0 {
+            return Err(ConfigError("supervision.restart_window_ms must be >= 1".into()));
+        }
         Ok(())
     }
 }

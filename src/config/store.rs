@@ -48,9 +48,16 @@ impl StoreConfig {
                 )));
             }
             self.cql.cdc.validate()?;
+            self.cql.validate_numbers()?;
         }
         if self.path.as_os_str().is_empty() {
             return Err(ConfigError("store.path must not be empty".into()));
+        }
+        if self.sqlite.group_commit_max == 0 {
+            return Err(ConfigError("store.sqlite.group_commit_max must be >= 1".into()));
+        }
+        if self.sqlite.queue_capacity == 0 {
+            return Err(ConfigError("store.sqlite.queue_capacity must be >= 1".into()));
         }
         Ok(())
     }
@@ -150,7 +157,38 @@ fn yes() -> bool {
     true
 }
 
+/// The consistency levels `store.cql.consistency` may name (any case).
+const CONSISTENCIES: &[&str] =
+    &["any", "one", "two", "three", "quorum", "all", "local_quorum", "each_quorum", "local_one"];
+
 impl CqlConfig {
+    fn validate_numbers(&self) -> Result<(), ConfigError> {
+        let level = self.consistency.trim().to_ascii_lowercase();
+        if !CONSISTENCIES.contains(&level.as_str()) {
+            return Err(ConfigError(format!(
+                "store.cql.consistency = {:?}: expected one of {}",
+                self.consistency,
+                CONSISTENCIES.join(", ")
+            )));
+        }
+        if !matches!(self.serial_consistency.trim().to_ascii_lowercase().as_str(), "serial" | "local_serial") {
+            return Err(ConfigError(format!(
+                "store.cql.serial_consistency = {:?}: expected serial or local_serial",
+                self.serial_consistency
+            )));
+        }
+        if self.replication_factor == 0 {
+            return Err(ConfigError("store.cql.replication_factor must be >= 1".into()));
+        }
+        if self.page_size < 1 {
+            return Err(ConfigError(format!("store.cql.page_size = {}: must be >= 1", self.page_size)));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(ConfigError("store.cql.request_timeout_ms must be >= 1".into()));
+        }
+        Ok(())
+    }
+
     fn validate_security(&self) -> Result<(), ConfigError> {
         match (&self.username, &self.password) {
             (Some(u), Some(_)) if u.is_empty() => {
