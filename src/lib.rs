@@ -27,6 +27,7 @@
 
 pub mod actors;
 pub mod app;
+pub mod args;
 pub mod bench;
 pub mod config;
 pub mod daemon;

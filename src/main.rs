@@ -67,8 +67,8 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         after: i64,
         /// At most this many events (1 or more).
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
-        limit: u64,
+        #[arg(long, default_value_t = 100, value_parser = outboxd::args::at_least_one)]
+        limit: usize,
     },
     /// Run the daemon: relay, command API and admin server, until SIGINT/SIGTERM.
     Run,
@@ -113,8 +113,8 @@ enum RelayCmd {
         to_time: Option<String>,
         /// Seconds to wait for the outcome. When no relay runs and this process carries the
         /// request out, it is withdrawn at that point (and on SIGINT/SIGTERM), never left for later.
-        #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
-        timeout: u64,
+        #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = outboxd::args::at_least_one)]
+        timeout: usize,
     },
 }
 
@@ -220,8 +220,8 @@ pub enum DlqCmd {
     /// List parked aggregates (first held event, error, held events) and dead letters as JSON lines.
     List {
         /// At most this many dead letters (1 or more; every parked aggregate is listed).
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
-        limit: u64,
+        #[arg(long, default_value_t = 100, value_parser = outboxd::args::at_least_one)]
+        limit: usize,
     },
     /// Publish a parked aggregate's held events in order and unpark it (--aggregate), a dead
     /// letter (--id), or everything (--all); carried out by the active relay.
@@ -237,8 +237,8 @@ pub enum DlqCmd {
         no_progress: bool,
         /// Seconds to wait for the outcome. When no relay runs and this process carries the
         /// request out, it is withdrawn at that point (and on SIGINT/SIGTERM), never left for later.
-        #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
-        timeout: u64,
+        #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = outboxd::args::at_least_one)]
+        timeout: usize,
     },
     /// Drop the first held event of a parked aggregate on an operator's decision: an audit row
     /// is kept, a marker record (ce_type=outboxd.EventDiscarded) takes its place, the rest flows.
@@ -251,13 +251,16 @@ pub enum DlqCmd {
         reason: String,
         /// Seconds to wait for the outcome. When no relay runs and this process carries the
         /// request out, it is withdrawn at that point (and on SIGINT/SIGTERM), never left for later.
-        #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
-        timeout: u64,
+        #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = outboxd::args::at_least_one)]
+        timeout: usize,
     },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     // The daemon and benchmarks log at info; one-shot commands keep stderr for
     // errors (their error line already carries the CQL driver's reason).
     let default_level =
@@ -305,17 +308,36 @@ async fn async_main(cli: Cli) -> Result<u8, Failure> {
     match cli.cmd {
         Cmd::Config => cli::config::print(&cfg),
         Cmd::Schema { dry_run } => cli::store::schema(&cfg, dry_run).await,
-        Cmd::Events { after, limit } => cli::store::events(&cfg, after, limit as usize).await,
+        Cmd::Events { after, limit } => cli::store::events(&cfg, after, limit).await,
         Cmd::Order(c) => cli::order::run(&cfg, c).await,
         Cmd::Customer(c) => cli::customer::run(&cfg, c).await,
         Cmd::Run => Ok(outboxd::daemon::run(cfg).await?),
         Cmd::Dlq(c) => cli::dlq::run(&cfg, c).await,
         Cmd::Relay(RelayCmd::Rewind { to_position, to_time, timeout }) => {
-            cli::relay::rewind(&cfg, to_position, to_time, std::time::Duration::from_secs(timeout)).await
+            cli::relay::rewind(&cfg, to_position, to_time, std::time::Duration::from_secs(timeout as u64)).await
         }
         Cmd::Leases => cli::relay::leases(&cfg).await,
         Cmd::Bench(b) => Ok(outboxd::bench::run(&cfg, b).await.map(|_| 0)?),
         Cmd::Projections(ProjectionsCmd::Rebuild { no_progress }) => cli::projections::rebuild(&cfg, no_progress).await,
         Cmd::Projections(ProjectionsCmd::Status) => cli::projections::status(&cfg).await,
     }
+}
+
+/// A command-line error as one line on stderr, exit 2 (help and version as clap prints them).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .collect();
+    eprintln!("{} (try '--help')", parts.join("; "));
+    ExitCode::from(2)
 }

@@ -29,7 +29,7 @@ const LAYERS: &[&str] = &[
 ];
 
 /// Leaf utilities: anyone may use them; they use nothing of the crate.
-const LEAVES: &[&str] = &["metrics", "shutdown"];
+const LEAVES: &[&str] = &["args", "metrics", "shutdown"];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

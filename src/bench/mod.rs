@@ -45,12 +45,12 @@ pub enum BenchCmd {
     #[command(args_override_self = true)]
     Append {
         /// Aggregates (each gets `events_per_aggregate` events, one append per event).
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 20_000, value_parser = crate::args::at_least_one)]
         aggregates: usize,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = crate::args::at_least_one)]
         events_per_aggregate: usize,
         /// Concurrent appenders.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = crate::args::at_least_one)]
         concurrency: usize,
         /// Rows per transaction of the raw baseline (the store's own groups
         /// hold at most `concurrency` rows: `--raw-batch` equal to it
@@ -66,7 +66,7 @@ pub enum BenchCmd {
     /// and for events appended through a second store (a standby instance).
     #[command(args_override_self = true)]
     Relay {
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 100_000, value_parser = crate::args::at_least_one)]
         events: usize,
         /// Approximate size of each event's JSON in bytes.
         #[arg(long, default_value_t = 1024)]
@@ -76,23 +76,23 @@ pub enum BenchCmd {
         #[arg(long, value_delimiter = ',', default_value = "500,10000", action = clap::ArgAction::Set)]
         rate: Vec<u64>,
         /// Seconds of the latency phase.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
+        #[arg(long, default_value_t = 10, value_parser = crate::args::at_least_one)]
+        seconds: usize,
     },
     /// The command API under concurrent clients (a real `outboxd run` child
     /// with relay to kafka.brokers) next to the bare store append rate.
     #[command(args_override_self = true)]
     Http {
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = crate::args::at_least_one)]
         clients: usize,
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 300, value_parser = crate::args::at_least_one)]
         requests_per_client: usize,
     },
     /// Memory of a real `outboxd run` child relaying a backlog of N events
     /// (seeded before it starts): VmRSS sampled while it drains, VmHWM.
     #[command(args_override_self = true)]
     Backlog {
-        #[arg(long, default_value_t = 1_000_000)]
+        #[arg(long, default_value_t = 1_000_000, value_parser = crate::args::at_least_one)]
         events: usize,
         /// Approximate size of each event's JSON in bytes.
         #[arg(long, default_value_t = 1024)]
@@ -103,7 +103,7 @@ pub enum BenchCmd {
     /// Loading one aggregate of N events with and without snapshots.
     #[command(args_override_self = true)]
     Snapshots {
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 10_000, value_parser = crate::args::at_least_one)]
         events: usize,
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
@@ -111,7 +111,7 @@ pub enum BenchCmd {
     /// Read-model rebuild throughput.
     #[command(args_override_self = true)]
     Rebuild {
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 20_000, value_parser = crate::args::at_least_one)]
         orders: usize,
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
@@ -120,9 +120,9 @@ pub enum BenchCmd {
     /// server (store.cql.uri), same concurrency.
     #[command(args_override_self = true)]
     Cql {
-        #[arg(long, default_value_t = 3_000)]
+        #[arg(long, default_value_t = 3_000, value_parser = crate::args::at_least_one)]
         events: usize,
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = crate::args::at_least_one)]
         concurrency: usize,
     },
 }
@@ -137,7 +137,7 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
             append::bench_append(&mut r, cfg, shape, dir).await?
         }
         BenchCmd::Relay { events, size, rate, seconds } => {
-            relay::run(&mut r, cfg, events, size, &rate, seconds).await?
+            relay::run(&mut r, cfg, events, size, &rate, seconds as u64).await?
         }
         BenchCmd::Cql { events, concurrency } => cql::cql_bench(&mut r, cfg, events, concurrency).await?,
         BenchCmd::Http { clients, requests_per_client } => http::run(&mut r, cfg, clients, requests_per_client).await?,

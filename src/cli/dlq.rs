@@ -21,7 +21,7 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
                 v["kind"] = "parked".into();
                 println!("{v}");
             }
-            for l in store.dlq_list(limit as usize).await? {
+            for l in store.dlq_list(limit).await? {
                 let mut v = serde_json::to_value(&l)?;
                 v["kind"] = "dead_letter".into();
                 println!("{v}");
@@ -29,7 +29,7 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             Ok(0)
         }
         DlqCmd::Replay { aggregate, id, all, no_progress, timeout } => {
-            let timeout = std::time::Duration::from_secs(timeout);
+            let timeout = std::time::Duration::from_secs(timeout as u64);
             let kinds = match (aggregate, id, all) {
                 (Some(a), None, false) => vec![RequestKind::ReplayAggregate { aggregate_id: a }],
                 (None, Some(id), false) => vec![RequestKind::ReplayDeadLetters { ids: Some(vec![id]) }],
@@ -68,7 +68,7 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             if reason.trim().len() < 3 {
                 return Err(BadInput("--reason: say why the event is discarded (kept in the audit row)".into()).into());
             }
-            let timeout = std::time::Duration::from_secs(timeout);
+            let timeout = std::time::Duration::from_secs(timeout as u64);
             relay_ops::request(cfg, RequestKind::Discard { event_id: id, reason }, None, timeout).await
         }
     }

@@ -31,7 +31,7 @@ use outboxd::store::DynStore;
 use super::{open, Failure};
 
 /// The default of `--timeout`: how long the CLI waits for a request.
-pub const DEFAULT_WAIT_SECS: u64 = 600;
+pub const DEFAULT_WAIT_SECS: usize = 600;
 
 /// Exit code after SIGINT/SIGTERM (128 + SIGINT, the shell's convention).
 pub const INTERRUPTED: u8 = 130;
