@@ -147,9 +147,12 @@ impl CommandService {
         };
         if let Some(first) = events.first() {
             if first.aggregate_type != A::TYPE {
+                let article = |w: &str| if w.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
                 return Err(AppError::Store(StoreError::NotFound(format!(
-                    "{id} is a {}, not a {}",
+                    "{id} is {} {}, not {} {}",
+                    article(&first.aggregate_type),
                     first.aggregate_type,
+                    article(A::TYPE),
                     A::TYPE
                 ))));
             }

@@ -1,6 +1,7 @@
 //! The CLI as users run it: the order lifecycle, and bad input (invalid
-//! email, zero quantity, unknown id, malformed arguments, bad config) giving
-//! one clear line, a non-zero exit and an unchanged store.
+//! email, zero quantity, unknown id, malformed arguments, bad config, a
+//! store file that is not one or is newer) giving one clear line, a
+//! non-zero exit and an unchanged store.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -118,6 +119,21 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     refused(&db, &["dlq", "list", "--limit", "0"], 2, "--limit");
     refused(&db, &["relay", "rewind", "--to-position", "0", "--timeout", "0"], 2, "--timeout");
     refused(&db, &["frobnicate"], 2, "unrecognized subcommand 'frobnicate'");
+    refused(&db, &["order", "confirm", &c], 2, "is a customer, not an order");
+    // A store path naming some other file, or a store of a newer build: exit 2
+    // (not the retryable 1), the file untouched.
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a database\n").unwrap();
+    let o = outboxd(&text, &["events"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is not a SQLite database"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&text).unwrap(), "not a database\n");
+    let newer = dir.path().join("newer.db");
+    assert!(outboxd(&newer, &["schema"]).status.success());
+    rusqlite::Connection::open(&newer).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();
+    let o = outboxd(&newer, &["events"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("newer than this build"), "{}", stderr(&o));
     refused(&db, &["events", "--limit", "abc"], 2, "--limit");
 }
 

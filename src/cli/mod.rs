@@ -22,7 +22,7 @@ use uuid::Uuid;
 use outboxd::app::{AppError, CommandService, ServiceOptions};
 use outboxd::config::Config;
 use outboxd::envelope::Metadata;
-use outboxd::store::DynStore;
+use outboxd::store::{DynStore, StoreError};
 
 use crate::Meta;
 
@@ -37,6 +37,15 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
         let err = e.into();
         let code = match err.downcast_ref::<AppError>() {
             Some(AppError::Domain(_)) | Some(AppError::Decode(_)) => 2,
+            // An unknown id, or what this store cannot do or open (not retryable).
+            Some(AppError::Store(StoreError::NotFound(_) | StoreError::Unsupported { .. })) => 2,
+            _ if matches!(
+                err.downcast_ref::<StoreError>(),
+                Some(StoreError::NotFound(_) | StoreError::Unsupported { .. })
+            ) =>
+            {
+                2
+            }
             Some(AppError::Conflict { .. }) => 3,
             _ if err.downcast_ref::<outboxd::config::ConfigError>().is_some() => 2,
             _ if err.downcast_ref::<outboxd::domain::DomainError>().is_some() => 2,

@@ -123,7 +123,16 @@ fn open_conn(path: &Path, opts: &SqliteOptions, read_only: bool) -> Result<Conne
         .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(Duration::from_millis(opts.busy_timeout_ms)).map_err(unavailable)?;
     if !read_only {
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(unavailable)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(|e| {
+            match e.sqlite_error_code() {
+                // Not retryable: the path names some other file.
+                Some(rusqlite::ErrorCode::NotADatabase) => StoreError::Unsupported {
+                    backend: "sqlite",
+                    what: format!("{} is not a SQLite database (store.path)", path.display()),
+                },
+                _ => unavailable(e),
+            }
+        })?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(unavailable(format!("{} does not support WAL (journal_mode={mode})", path.display())));
         }

@@ -169,9 +169,10 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCH
 pub(crate) fn migrate_conn(conn: &mut Connection) -> Result<(), StoreError> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
     if v > SCHEMA_VERSION {
-        return Err(unavailable(format!(
-            "store schema version {v} is newer than this build ({SCHEMA_VERSION}); upgrade outboxd"
-        )));
+        return Err(StoreError::Unsupported {
+            backend: "sqlite",
+            what: format!("store schema version {v}: newer than this build's ({SCHEMA_VERSION}); upgrade outboxd"),
+        });
     }
     // One step per version, each in its own IMMEDIATE transaction that
     // re-reads the version under the write lock, so two processes opening
