@@ -286,6 +286,7 @@ async fn actor_system(
         coordinator: coordinator.clone(),
         dlq,
         store: deps.store.clone(),
+        consumer: deps.cfg.relay.consumer_name.clone(),
         instance: deps.leases.relay.as_ref().map(|l| l.instance.clone()).unwrap_or_default(),
         relay_pause: deps.relay_pause.clone(),
         fault_injection,

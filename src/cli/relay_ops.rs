@@ -28,7 +28,7 @@ use outboxd::shutdown::{Shutdown, Trigger};
 use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
 use outboxd::store::DynStore;
 
-use super::{open, Failure};
+use super::{open, BadInput, Failure};
 
 /// The default of `--timeout`: how long the CLI waits for a request.
 pub const DEFAULT_WAIT_SECS: usize = 600;
@@ -59,6 +59,10 @@ pub async fn request(
     });
     let store = open(cfg).await?;
     let consumer = cfg.relay.consumer_name.clone();
+    if let Err(nothing) = operator::check_parked(&store, &consumer, &kind).await? {
+        let flag = if nothing.field == "aggregate_id" { "--aggregate" } else { "--id" };
+        return Err(BadInput(format!("{flag}: {}", nothing.message)).into());
+    }
     let r = operator::submit(&store, &consumer, kind, &who()).await?;
     let bar = progress.unwrap_or_else(indicatif::ProgressBar::hidden);
     bar.set_message(format!("request {} submitted; waiting for the active relay", r.id));

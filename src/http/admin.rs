@@ -45,6 +45,8 @@ pub struct AdminState {
     pub dlq: Addr<DlqActor>,
     /// Requests and leases are read from the store directly.
     pub store: DynStore,
+    /// The relay consumer (`relay.consumer_name`) whose parks requests name.
+    pub consumer: String,
     /// This instance's id in the lease table.
     pub instance: String,
     pub relay_pause: PauseHook,

@@ -77,6 +77,15 @@ fn wants_wait(body: &Value) -> Result<bool, ApiError> {
 
 /// Submits `kind` and (if asked) waits for the relay to carry it out.
 async fn submit(st: &AdminState, kind: RequestKind, wait: bool) -> Result<HttpResponse, ApiError> {
+    // A replay or discard of nothing parked is refused here, naming the field.
+    match operator::check_parked(&st.store, &st.consumer, &kind).await {
+        Ok(Ok(())) => {}
+        Ok(Err(nothing)) => return Err(ApiError::invalid(nothing.field, nothing.message)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the parked aggregates");
+            return Err(ApiError::unavailable("the store is unavailable"));
+        }
+    }
     let r = st
         .dlq
         .send(SubmitRequest { kind, requested_by: "admin-api".into() })

@@ -162,3 +162,42 @@ pub async fn withdraw(store: &DynStore, id: Uuid, held: Option<i64>, why: &str) 
     }
     get().await
 }
+
+/// A replay or discard that names nothing parked: the field at fault and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct NothingParked {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// Checks, before a request is written, that a replay of one aggregate or
+/// a discard names something parked for `consumer` (the relay checks again
+/// when it carries the request out); other kinds pass.
+pub async fn check_parked(
+    store: &DynStore,
+    consumer: &str,
+    kind: &RequestKind,
+) -> Result<Result<(), NothingParked>, StoreError> {
+    let (field, wanted) = match kind {
+        RequestKind::ReplayAggregate { aggregate_id } => ("aggregate_id", aggregate_id),
+        RequestKind::Discard { event_id, .. } => ("event_id", event_id),
+        _ => return Ok(Ok(())),
+    };
+    let parked = store.parked(consumer).await?;
+    let found = parked.iter().any(|p| match field {
+        "aggregate_id" => &p.parked.aggregate_id == wanted,
+        _ => p.parked.event_id.as_ref() == Some(wanted),
+    });
+    Ok(if found {
+        Ok(())
+    } else {
+        let message = match field {
+            "aggregate_id" => format!("{wanted:?} is not a parked aggregate (see GET /dlq or outboxd dlq list)"),
+            _ => format!(
+                "{wanted:?} is not the first held event of a parked aggregate (see GET /dlq or outboxd dlq list)"
+            ),
+        };
+        Err(NothingParked { field, message })
+    })
+}
