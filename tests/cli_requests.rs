@@ -3,6 +3,7 @@
 //! SIGINT or past its `--timeout` while Kafka is unreachable, is withdrawn
 //! (recorded failed, "cancelled: ...") before the lease is released, so no
 //! relay carries it out later; the next request, with Kafka back, is done.
+//! One that names nothing parked is refused before it is written.
 
 mod harness;
 
@@ -68,4 +69,18 @@ fn a_request_the_cli_gives_up_on_is_withdrawn_and_never_carried_out_later() {
     assert!(out.contains(r#""status":"done""#), "{out}");
     let r = rows(&db);
     assert_eq!(r.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), vec!["failed", "failed", "done"], "{r:?}");
+
+    // 4. A replay or discard of nothing parked: exit 2 naming the flag, no request written.
+    for (args, needle) in [
+        (
+            vec!["dlq", "replay", "--aggregate", "notauuid", "--no-progress"],
+            "--aggregate: \"notauuid\" is not a parked aggregate",
+        ),
+        (vec!["dlq", "discard", "--id", "x", "--reason", "bad row"], "--id: \"x\" is not the first held event"),
+    ] {
+        let (code, _, err) = cli(&up, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(needle) && err.trim().lines().count() == 1, "{args:?}: {err}");
+    }
+    assert_eq!(rows(&db).len(), 3, "nothing written");
 }
