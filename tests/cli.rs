@@ -128,6 +128,14 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("is not a SQLite database"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(&text).unwrap(), "not a database\n");
+    // Read-only commands on a path with no store: exit 2, nothing created.
+    let missing = dir.path().join("typo").join("s.db");
+    for args in [&["events"][..], &["leases"], &["dlq", "list"], &["projections", "status"]] {
+        let o = outboxd(&missing, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("no store there"), "{args:?}: {}", stderr(&o));
+    }
+    assert!(!missing.parent().unwrap().exists(), "nothing created");
     let newer = dir.path().join("newer.db");
     assert!(outboxd(&newer, &["schema"]).status.success());
     rusqlite::Connection::open(&newer).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();

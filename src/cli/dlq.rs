@@ -9,13 +9,13 @@
 use outboxd::config::Config;
 use outboxd::store::requests::RequestKind;
 
-use super::{open, relay_ops, BadInput, Failure};
+use super::{open_existing, relay_ops, BadInput, Failure};
 use crate::DlqCmd;
 
 pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
     match c {
         DlqCmd::List { limit } => {
-            let store = open(cfg).await?;
+            let store = open_existing(cfg).await?;
             for p in store.parked(&cfg.relay.consumer_name).await? {
                 let mut v = serde_json::to_value(&p)?;
                 v["kind"] = "parked".into();
@@ -42,7 +42,7 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
                     .into())
                 }
             };
-            let store = open(cfg).await?;
+            let store = open_existing(cfg).await?;
             let parked = store.parked(&cfg.relay.consumer_name).await?;
             let held: u64 = parked.iter().map(|p| p.held_events).sum();
             let letters = store.dlq_count().await?;

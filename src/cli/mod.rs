@@ -71,6 +71,21 @@ pub async fn open(cfg: &Config) -> Result<DynStore, Failure> {
     Ok(outboxd::store::open(cfg).await.context("cannot open the store")?)
 }
 
+/// Opens the store for a command that only reads it (or acts on what is in
+/// it): a SQLite file that does not exist is an error (a mistyped path would
+/// otherwise read as an empty store, and be created), exit 2.
+pub async fn open_existing(cfg: &Config) -> Result<DynStore, Failure> {
+    let path = &cfg.store.path;
+    if cfg.store.backend == outboxd::config::Backend::Sqlite && !path.exists() {
+        return Err(BadInput(format!(
+            "store.path {}: no store there (a write command or `outboxd schema` creates one)",
+            path.display()
+        ))
+        .into());
+    }
+    open(cfg).await
+}
+
 pub fn service(cfg: &Config, store: DynStore) -> CommandService {
     CommandService::new(store, ServiceOptions::from(&cfg.service))
 }

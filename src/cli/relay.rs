@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use outboxd::config::Config;
 use outboxd::store::requests::RequestKind;
 
-use super::{open, relay_ops, BadInput, Failure};
+use super::{open_existing, relay_ops, BadInput, Failure};
 
 pub async fn rewind(
     cfg: &Config,
@@ -35,7 +35,7 @@ pub async fn rewind(
 }
 
 pub async fn leases(cfg: &Config) -> Result<u8, Failure> {
-    let store = open(cfg).await?;
+    let store = open_existing(cfg).await?;
     for l in store.lease_list().await? {
         println!("{}", serde_json::to_string(&l)?);
     }

@@ -28,7 +28,7 @@ use outboxd::shutdown::{Shutdown, Trigger};
 use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
 use outboxd::store::DynStore;
 
-use super::{open, BadInput, Failure};
+use super::{open_existing, BadInput, Failure};
 
 /// The default of `--timeout`: how long the CLI waits for a request.
 pub const DEFAULT_WAIT_SECS: usize = 600;
@@ -57,7 +57,7 @@ pub async fn request(
         signals.recv().await;
         interrupt.fire();
     });
-    let store = open(cfg).await?;
+    let store = open_existing(cfg).await?;
     let consumer = cfg.relay.consumer_name.clone();
     if let Err(nothing) = operator::check_parked(&store, &consumer, &kind).await? {
         let flag = if nothing.field == "aggregate_id" { "--aggregate" } else { "--id" };

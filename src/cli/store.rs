@@ -9,7 +9,7 @@ use outboxd::config::Config;
 use outboxd::envelope::StoredEvent;
 use outboxd::store::feed::FeedRow;
 
-use super::{open, Failure};
+use super::{open_existing, Failure};
 
 /// Creates or upgrades the store's tables; with `dry_run`, prints the DDL
 /// it would run for the configured backend and connects to nothing.
@@ -26,7 +26,7 @@ pub async fn schema(cfg: &Config, dry_run: bool) -> Result<u8, Failure> {
 
 /// Prints the feed after `after`, at most `limit` events, as JSON lines.
 pub async fn events(cfg: &Config, after: i64, limit: usize) -> Result<u8, Failure> {
-    let store = open(cfg).await?;
+    let store = open_existing(cfg).await?;
     for row in store.read_feed(after, limit).await? {
         match row {
             FeedRow::Event(e) => {
