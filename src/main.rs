@@ -137,7 +137,7 @@ enum OrderCmd {
         /// An item as SKU:QUANTITY:UNIT_PRICE_MINOR (repeatable), e.g. BOOK-1:2:1999.
         #[arg(long = "item", required = true)]
         items: Vec<String>,
-        /// Currency of every price (ISO 4217).
+        /// Currency of every price (an ISO 4217 code such as EUR; other codes are refused).
         #[arg(long, default_value = "EUR")]
         currency: String,
         /// Use this order id instead of a new one.

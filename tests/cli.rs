@@ -119,6 +119,20 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     refused(&db, &["dlq", "list", "--limit", "0"], 2, "--limit");
     refused(&db, &["relay", "rewind", "--to-position", "0", "--timeout", "0"], 2, "--timeout");
     refused(&db, &["frobnicate"], 2, "unrecognized subcommand 'frobnicate'");
+    refused(
+        &db,
+        &["order", "create", "--customer", &c, "--item", "A:1:1", "--currency", "ZZZ"],
+        2,
+        "not an ISO 4217 code",
+    );
+    // Control characters are refused as by the HTTP API (terminal escapes reach consumers' logs).
+    refused(
+        &db,
+        &["customer", "register", "--name", "X\u{1}Y", "--email", "x@y.co"],
+        2,
+        "name must not contain control",
+    );
+    refused(&db, &["order", "cancel", &order, "--reason", "bad\u{1b}[31m"], 2, "reason must not contain control");
     refused(&db, &["order", "confirm", &c], 2, "is a customer, not an order");
     // A store path naming some other file, or a store of a newer build: exit 2
     // (not the retryable 1), the file untouched.

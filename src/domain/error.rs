@@ -27,6 +27,8 @@ pub enum DomainError {
     InvalidPrice(i64),
     #[error("invalid currency {0:?}: expected a three-letter ISO 4217 code such as EUR")]
     InvalidCurrency(String),
+    #[error("unknown currency {0:?}: not an ISO 4217 code")]
+    UnknownCurrency(String),
     #[error("all items must use one currency, found {first} and {second}")]
     CurrencyMismatch { first: String, second: String },
     #[error("order total overflows")]
@@ -37,6 +39,8 @@ pub enum DomainError {
     Blank { field: &'static str },
     #[error("{field} is too long: at most {max} characters")]
     TooLong { field: &'static str, max: usize },
+    #[error("{field} must not contain control characters")]
+    ControlCharacters { field: &'static str },
     #[error("invalid email address {0:?}")]
     InvalidEmail(String),
     #[error("invalid phone number {0:?}: expected international format such as +4915112345678")]
@@ -67,8 +71,12 @@ impl DomainError {
             DomainError::InvalidQuantity { .. } => "items[].quantity",
             DomainError::InvalidSku(_) => "items[].sku",
             DomainError::InvalidPrice(_) | DomainError::TotalOverflow => "items[].unit_price.amount_minor",
-            DomainError::InvalidCurrency(_) | DomainError::CurrencyMismatch { .. } => "items[].unit_price.currency",
-            DomainError::Blank { field } | DomainError::TooLong { field, .. } => field,
+            DomainError::InvalidCurrency(_)
+            | DomainError::UnknownCurrency(_)
+            | DomainError::CurrencyMismatch { .. } => "items[].unit_price.currency",
+            DomainError::Blank { field }
+            | DomainError::TooLong { field, .. }
+            | DomainError::ControlCharacters { field } => field,
             DomainError::InvalidEmail(_) | DomainError::EmailUnchanged => "email",
             DomainError::InvalidPhone(_) => "phone",
             _ => return None,

@@ -7,6 +7,7 @@
 
 pub mod customer;
 pub mod error;
+pub mod iso4217;
 pub mod order;
 pub mod upcast;
 pub mod values;

@@ -270,6 +270,9 @@ pub fn validate_items(items: &[OrderItem]) -> Result<Money, DomainError> {
         return Err(DomainError::TooManyItems { max: MAX_ITEMS, got: items.len() });
     }
     let currency = first.unit_price.currency;
+    if !super::iso4217::is_iso_4217(currency.as_str()) {
+        return Err(DomainError::UnknownCurrency(currency.to_string()));
+    }
     let mut seen = HashSet::with_capacity(items.len());
     let mut total: i64 = 0;
     for item in items {
@@ -289,11 +292,15 @@ pub fn validate_items(items: &[OrderItem]) -> Result<Money, DomainError> {
     Ok(Money { amount_minor: total, currency })
 }
 
-/// Trims a free-text field and enforces non-empty and `MAX_TEXT`.
+/// Trims a free-text field and enforces non-empty, no control characters
+/// (terminal escapes, bells: whatever the entry point) and `MAX_TEXT`.
 pub(crate) fn text(field: &'static str, s: &str) -> Result<String, DomainError> {
     let t = s.trim();
     if t.is_empty() {
         return Err(DomainError::Blank { field });
+    }
+    if t.chars().any(char::is_control) {
+        return Err(DomainError::ControlCharacters { field });
     }
     if t.chars().count() > MAX_TEXT {
         return Err(DomainError::TooLong { field, max: MAX_TEXT });

@@ -146,6 +146,10 @@ fn text_fields_are_required_and_bounded() {
     assert_eq!(confirmed.handle(&blank), Err(DomainError::Blank { field: "tracking_number" }));
     let blank = OrderCommand::Ship { tracking_number: "T".into(), carrier: "".into() };
     assert_eq!(confirmed.handle(&blank), Err(DomainError::Blank { field: "carrier" }));
+    let escape = OrderCommand::Ship { tracking_number: "T\u{1b}[31mRED".into(), carrier: "DHL".into() };
+    assert_eq!(confirmed.handle(&escape), Err(DomainError::ControlCharacters { field: "tracking_number" }));
+    let bell = OrderCommand::Ship { tracking_number: "T1".into(), carrier: "D\u{7}HL".into() };
+    assert_eq!(confirmed.handle(&bell), Err(DomainError::ControlCharacters { field: "carrier" }));
     let long = OrderCommand::Cancel { reason: "x".repeat(MAX_TEXT + 1) };
     assert_eq!(confirmed.handle(&long), Err(DomainError::TooLong { field: "reason", max: MAX_TEXT }));
     let shipped = given(&[create(), OrderCommand::Confirm, ship()]);
@@ -200,4 +204,16 @@ fn messages_read_well() {
         DomainError::InvalidQuantity { sku: "A".into(), quantity: 0 }.to_string(),
         "item `A`: quantity must be greater than 0, got 0"
     );
+}
+
+#[test]
+fn a_currency_outside_iso_4217_is_refused_by_a_command_but_still_decodes() {
+    let zzz = crate::domain::Currency::new("ZZZ").unwrap();
+    let bad = OrderItem::new(Sku::new("A").unwrap(), 1, Money::new(100, zzz).unwrap()).unwrap();
+    let cmd = OrderCommand::Create { customer_id: Uuid::from_u128(1), items: vec![bad.clone()] };
+    assert_eq!(Order::default().handle(&cmd), Err(DomainError::UnknownCurrency("ZZZ".into())));
+    assert_eq!(DomainError::UnknownCurrency("ZZZ".into()).field(), Some("items[].unit_price.currency"));
+    // A stored event with such a code (written before this check) still decodes.
+    let json = serde_json::to_value(&bad).unwrap();
+    assert_eq!(serde_json::from_value::<OrderItem>(json).unwrap(), bad);
 }
