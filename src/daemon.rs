@@ -192,11 +192,18 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     tokio::select! {
         r = bound_rx => match r {
             Ok(Ok(b)) => tracing::info!(api = %b.api, admin = %b.admin, "outboxd running"),
+            // A failed start (a port taken, ...) gives its leases back at
+            // once: a process that crash-loops on it must not hold off the
+            // instance that can publish for a TTL each time.
             Ok(Err(e)) => {
                 let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                release_leases(lease_stop).await;
                 return Err(DaemonError::Other(e));
             }
-            Err(_) => return Err(DaemonError::Other("the actor system stopped during startup".into())),
+            Err(_) => {
+                release_leases(lease_stop).await;
+                return Err(DaemonError::Other("the actor system stopped during startup".into()));
+            }
         },
         _ = signals.recv() => signalled = true,
     }

@@ -245,3 +245,42 @@ fn cdc_settings_are_checked() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("store.cql.cdc.log_ttl_seconds = 0"), "{}", stderr(&o));
 }
+
+/// Black-box review: `outboxd run` that cannot listen (the port is taken)
+/// exits 1 naming the key, and gives back the leases it had taken, so a
+/// replica crash-looping on it never holds off the one that can publish.
+/// (Whether a lease is taken before the bind fails is a race: the run is
+/// repeated until one was, and every run must leave no lease held.)
+#[test]
+fn a_daemon_that_cannot_listen_gives_its_leases_back() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut released_a_taken_lease = false;
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+            .args(["--db", db.to_str().unwrap(), "run"])
+            .env("OUTBOX_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("OUTBOX_HTTP__ADMIN_LISTEN", "127.0.0.1:0")
+            .env("OUTBOX_KAFKA__BROKERS", format!("127.0.0.1:{nobody}"))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.lines().last().unwrap_or_default().contains("cannot listen on http.listen"), "{err}");
+        let held = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM relay_leases WHERE holder <> ''", [], |r| r.get::<_, i64>(0))
+            .unwrap();
+        assert_eq!(held, 0, "every lease released: {err}");
+        if err.contains("this instance holds the lease") {
+            released_a_taken_lease = true;
+            break;
+        }
+    }
+    assert!(released_a_taken_lease, "no run took a lease before its bind failed");
+    drop(taken);
+}
