@@ -293,6 +293,9 @@ fn malformed_and_hostile_requests_get_4xx_json_and_change_nothing() {
         case("cancel reason a number", &cancel, 422, "{\"reason\": 12}"),
         case("change email to garbage", &email, 422, "{\"email\": \"@@\"}"),
         case("bad path id", "/orders/..%2F..%2Fetc/confirm", 400, "{}"),
+        case("confirm with a field", &format!("/orders/{existing}/confirm"), 422, "{\"x\": 1}"),
+        case("confirm with malformed JSON", &format!("/orders/{existing}/confirm"), 400, "{\"x\""),
+        case("currency not ISO 4217", "/orders", 422, cur(json!("ZZZ"))),
         case("unknown route", "/orders/x/y/z", 404, "{}"),
     ];
     // 415: not JSON content types.

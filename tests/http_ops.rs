@@ -142,6 +142,18 @@ fn correlation_id_and_trace_context_are_stored_and_reach_the_kafka_headers() {
         "bad_request",
     );
     assert_eq!(v["field"], "traceparent", "{v}");
+    // An oversize tracestate names its own header.
+    let v = assert_error(
+        &d.api(
+            "POST",
+            "/customers",
+            &[("Content-Type", "application/json"), ("traceparent", traceparent), ("tracestate", &"k=v,".repeat(2300))],
+            Some(&body),
+        ),
+        400,
+        "bad_request",
+    );
+    assert_eq!(v["field"], "tracestate", "{v}");
     assert_eq!(count_events(&d.cfg.store.path), before);
 
     let stored = stored_events(&d.cfg.store.path);

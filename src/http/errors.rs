@@ -330,7 +330,10 @@ pub fn path_error(err: actix_web::error::PathError, _req: &HttpRequest) -> actix
 
 pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
     tracing::debug!(error = %err, "bad query string");
-    ApiError::bad_request("query", "invalid query string").into()
+    // serde's message says what was wrong (it does not name the parameter).
+    let why = err.to_string();
+    let why = why.strip_prefix("Query deserialize error: ").unwrap_or(&why);
+    ApiError::bad_request("query", format!("invalid query string: {why}")).into()
 }
 
 pub async fn route_not_found() -> Result<HttpResponse, ApiError> {

@@ -187,6 +187,17 @@ pub fn phone(body: &Input<'_>) -> Result<Option<PhoneNumber>, ApiError> {
     body.opt_string("phone")?.map(|p| PhoneNumber::new(&p).map_err(at(body.path("phone")))).transpose()
 }
 
+/// The body of a command that takes no fields: empty, or a JSON object
+/// with none (`{}`); malformed JSON is a 400, any field a 422 naming it.
+pub fn no_fields(body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request("body", format!("malformed JSON: {e}")))?;
+    Input::body(&v, &[]).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,7 +118,10 @@ pub fn trace_context(req: &HttpRequest) -> Result<Option<TraceContext>, ApiError
         }
     };
     let Some(tp) = text("traceparent")? else { return Ok(None) };
-    TraceContext::parse(tp, text("tracestate")?).map(Some).map_err(|e| ApiError::bad_request("traceparent", e))
+    TraceContext::parse(tp, text("tracestate")?).map(Some).map_err(|e| {
+        let header = if e.starts_with("tracestate") { "tracestate" } else { "traceparent" };
+        ApiError::bad_request(header, e)
+    })
 }
 
 /// `If-Match: 3`, `If-Match: "3"` or `W/"3"`; `*` means "any version".

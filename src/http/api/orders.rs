@@ -120,7 +120,10 @@ pub(super) async fn confirm(
     st: web::Data<ApiState>,
     req: HttpRequest,
     path: web::Path<String>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    // No fields: an empty body or `{}`; anything else is refused, not ignored.
+    input::no_fields(&body)?;
     order_command(&st, &req, &path, || Ok(OrderCommand::Confirm)).await
 }
 
