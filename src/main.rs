@@ -317,7 +317,18 @@ async fn async_main(cli: Cli) -> Result<u8, Failure> {
             cli::relay::rewind(&cfg, to_position, to_time, std::time::Duration::from_secs(timeout as u64)).await
         }
         Cmd::Leases => cli::relay::leases(&cfg).await,
-        Cmd::Bench(b) => Ok(outboxd::bench::run(&cfg, b).await.map(|_| 0)?),
+        Cmd::Bench(b) => {
+            // SIGINT/SIGTERM drops the benchmark: its `outboxd run` child is
+            // killed and its directories removed (dropped), never left behind.
+            let mut signals = outboxd::daemon::Signals::install();
+            tokio::select! {
+                r = outboxd::bench::run(&cfg, b) => Ok(r.map(|_| 0)?),
+                _ = signals.recv() => {
+                    eprintln!("bench interrupted: its daemon child stopped and its files removed");
+                    Ok(130)
+                }
+            }
+        }
         Cmd::Projections(ProjectionsCmd::Rebuild { no_progress }) => cli::projections::rebuild(&cfg, no_progress).await,
         Cmd::Projections(ProjectionsCmd::Status) => cli::projections::status(&cfg).await,
     }

@@ -154,6 +154,5 @@ pub(super) async fn bench_append(
     r.set("lease_renewals", renewals);
     r.costs("cpu_raw", "CPU per event, raw batched insert", &cpu_raw, None);
     r.costs("cpu_store", "CPU per event, store append", &cpu_store, Some(&cpu_raw));
-    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

@@ -115,6 +115,5 @@ pub async fn run(
     r.set("vm_rss_max_mb", mb(max_rss));
     r.set("rss_by_progress", at);
     drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

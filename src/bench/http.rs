@@ -162,6 +162,5 @@ pub async fn run(r: &mut Report, base: &Config, clients: usize, per_client: usiz
         r.say(s);
     }
     r.set("daemon_stops", stops);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

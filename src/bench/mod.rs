@@ -147,14 +147,12 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
             let s = crate::projection::bench::bench_snapshots(&d, events).await?;
             r.say(&s);
             r.set("snapshots", s);
-            let _ = std::fs::remove_dir_all(&d);
         }
         BenchCmd::Rebuild { orders, dir } => {
             let d = tempdir(dir)?;
             let (text, report) = crate::projection::bench::bench_rebuild(&d, orders).await?;
             r.say(text);
             r.set("rebuild", report);
-            let _ = std::fs::remove_dir_all(&d);
         }
     }
     r.finish();
@@ -192,11 +190,34 @@ pub fn sample_events(n: usize, k: usize) -> Vec<Vec<EventEnvelope>> {
         .collect()
 }
 
-pub(crate) fn tempdir(dir: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+/// A benchmark's own directory, removed when dropped: at the end, on an
+/// error, or when SIGINT/SIGTERM drops the benchmark (`main`).
+pub(crate) struct BenchDir(std::path::PathBuf);
+
+impl std::ops::Deref for BenchDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for BenchDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for BenchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub(crate) fn tempdir(dir: Option<std::path::PathBuf>) -> anyhow::Result<BenchDir> {
     let base = dir.unwrap_or_else(std::env::temp_dir);
     let p = base.join(format!("outboxd-bench-{}", Uuid::now_v7()));
     std::fs::create_dir_all(&p)?;
-    Ok(p)
+    Ok(BenchDir(p))
 }
 
 #[cfg(test)]

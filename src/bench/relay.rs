@@ -287,6 +287,5 @@ pub async fn run(
         stop(t, task).await;
     }
     r.set("e2e", e2e);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
