@@ -77,8 +77,7 @@ pub async fn request(
         _ = interrupted.recv() => {
             bar.finish_and_clear();
             let left = operator::withdraw(&store, r.id, None, "the CLI was interrupted").await?;
-            report_withdrawn(&left, "interrupted");
-            return Ok(INTERRUPTED);
+            return Ok(gave_up(&left, "interrupted", INTERRUPTED));
         }
     };
     let done = match waited {
@@ -98,15 +97,19 @@ pub async fn request(
             let ended = run_here(cfg, store.clone(), r.id, max_wait, interrupted.clone()).await?;
             if let Some((left, code)) = ended {
                 bar.finish_and_clear();
-                if is_cancelled(&left) || matches!(left.status, RequestStatus::Pending | RequestStatus::Running) {
-                    report_withdrawn(&left, if code == INTERRUPTED { "interrupted" } else { "out of time" });
-                    return Ok(code);
-                }
-                // It finished just before the CLI gave up.
-                return Ok(outcome(&left).unwrap_or(code));
+                return Ok(gave_up(&left, if code == INTERRUPTED { "interrupted" } else { "out of time" }, code));
             }
-            // Done here, or (a relay started meanwhile) by that relay.
-            match operator::wait(&store, r.id, max_wait, max_wait, on_change).await? {
+            // Done here, or (a relay started meanwhile) by that relay. The
+            // signal handler is installed: a signal must still end this wait.
+            let waited = tokio::select! {
+                w = operator::wait(&store, r.id, max_wait, max_wait, on_change) => w?,
+                _ = interrupted.recv() => {
+                    bar.finish_and_clear();
+                    let left = operator::withdraw(&store, r.id, None, "the CLI was interrupted").await?;
+                    return Ok(gave_up(&left, "interrupted", INTERRUPTED));
+                }
+            };
+            match waited {
                 Waited::Finished(d) => d,
                 Waited::Unclaimed(d) | Waited::TimedOut(d) => {
                     bar.finish_and_clear();
@@ -138,8 +141,10 @@ fn outcome(done: &RelayRequest) -> Option<u8> {
     }
 }
 
-/// What became of a request the CLI gave up on (`how`: interrupted, out of time).
-fn report_withdrawn(left: &RelayRequest, how: &str) {
+/// Reports what became of a request the CLI gave up on (`how`:
+/// interrupted, out of time); the exit code (`code`, or the outcome's when
+/// it finished just before).
+fn gave_up(left: &RelayRequest, how: &str, code: u8) -> u8 {
     match left.status {
         RequestStatus::Pending | RequestStatus::Running => eprintln!(
             "{how}: request {} is {} on the active relay, which carries it out; see GET /relay/requests/{}",
@@ -147,8 +152,12 @@ fn report_withdrawn(left: &RelayRequest, how: &str) {
             left.status.as_str(),
             left.id
         ),
-        _ => eprintln!("{how}: request {} withdrawn; no relay will carry it out (submit it again)", left.id),
+        _ if is_cancelled(left) => {
+            eprintln!("{how}: request {} withdrawn; no relay will carry it out (submit it again)", left.id)
+        }
+        _ => return outcome(left).unwrap_or(code),
     }
+    code
 }
 
 fn is_cancelled(r: &RelayRequest) -> bool {
