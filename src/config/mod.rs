@@ -34,7 +34,9 @@ pub use kafka::{
 pub use relay::{BreakerConfig, DeliveryMode, PermanentFailurePolicy, RelayConfig, RetryConfig};
 pub use secrets::{is_secret_key, scrub, REDACTED};
 pub use service::{HealthConfig, ServiceConfig, SupervisionConfig};
-pub use store::{Backend, CqlConfig, CqlTls, SqliteOptions, StoreConfig, Synchronous};
+pub use store::{
+    parse_consistency, parse_serial_consistency, Backend, CqlConfig, CqlTls, SqliteOptions, StoreConfig, Synchronous,
+};
 
 /// `OUTBOX_CONFIG` without its prefix: the variable that names the config
 /// file. figment would otherwise read it as a top-level key `config`.

@@ -3,6 +3,7 @@
 //! Guarantee: plain option types with their defaults and the checks of their
 //! own keys; the store layer reads them, nothing here opens anything.
 
+use scylla::statement::{Consistency, SerialConsistency};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -157,26 +158,40 @@ fn yes() -> bool {
     true
 }
 
-/// The consistency levels `store.cql.consistency` may name (any case).
-const CONSISTENCIES: &[&str] =
-    &["any", "one", "two", "three", "quorum", "all", "local_quorum", "each_quorum", "local_one"];
+/// Parses `store.cql.consistency` (any case): the one reading of the key,
+/// used when the configuration is loaded and when the store connects.
+pub fn parse_consistency(s: &str) -> Result<Consistency, ConfigError> {
+    Ok(match s.trim().to_ascii_lowercase().as_str() {
+        "any" => Consistency::Any,
+        "one" => Consistency::One,
+        "two" => Consistency::Two,
+        "three" => Consistency::Three,
+        "quorum" => Consistency::Quorum,
+        "all" => Consistency::All,
+        "local_quorum" => Consistency::LocalQuorum,
+        "each_quorum" => Consistency::EachQuorum,
+        "local_one" => Consistency::LocalOne,
+        _ => {
+            return Err(ConfigError(format!(
+                "store.cql.consistency = {s:?}: expected one of any, one, two, three, quorum, all, local_quorum, each_quorum, local_one"
+            )))
+        }
+    })
+}
+
+/// Parses `store.cql.serial_consistency` (any case).
+pub fn parse_serial_consistency(s: &str) -> Result<SerialConsistency, ConfigError> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "serial" => Ok(SerialConsistency::Serial),
+        "local_serial" => Ok(SerialConsistency::LocalSerial),
+        _ => Err(ConfigError(format!("store.cql.serial_consistency = {s:?}: expected serial or local_serial"))),
+    }
+}
 
 impl CqlConfig {
     fn validate_numbers(&self) -> Result<(), ConfigError> {
-        let level = self.consistency.trim().to_ascii_lowercase();
-        if !CONSISTENCIES.contains(&level.as_str()) {
-            return Err(ConfigError(format!(
-                "store.cql.consistency = {:?}: expected one of {}",
-                self.consistency,
-                CONSISTENCIES.join(", ")
-            )));
-        }
-        if !matches!(self.serial_consistency.trim().to_ascii_lowercase().as_str(), "serial" | "local_serial") {
-            return Err(ConfigError(format!(
-                "store.cql.serial_consistency = {:?}: expected serial or local_serial",
-                self.serial_consistency
-            )));
-        }
+        parse_consistency(&self.consistency)?;
+        parse_serial_consistency(&self.serial_consistency)?;
         if self.replication_factor == 0 {
             return Err(ConfigError("store.cql.replication_factor must be >= 1".into()));
         }

@@ -28,37 +28,18 @@ use crate::config::CqlConfig;
 use crate::store::StoreError;
 use scylla::policies::load_balancing::DefaultPolicy;
 
-/// Parses `store.cql.consistency`.
+/// Parses `store.cql.consistency` (`config::parse_consistency`), as a store error.
 pub fn parse_consistency(s: &str) -> Result<Consistency, StoreError> {
-    Ok(match s.trim().to_ascii_lowercase().as_str() {
-        "any" => Consistency::Any,
-        "one" => Consistency::One,
-        "two" => Consistency::Two,
-        "three" => Consistency::Three,
-        "quorum" => Consistency::Quorum,
-        "all" => Consistency::All,
-        "local_quorum" => Consistency::LocalQuorum,
-        "each_quorum" => Consistency::EachQuorum,
-        "local_one" => Consistency::LocalOne,
-        _ => {
-            return Err(StoreError::Unsupported {
-                backend: "cql",
-                what: format!("store.cql.consistency = {s:?}: expected one of any, one, two, three, quorum, all, local_quorum, each_quorum, local_one"),
-            })
-        }
-    })
+    crate::config::parse_consistency(s).map_err(unsupported)
 }
 
-/// Parses `store.cql.serial_consistency`.
+/// Parses `store.cql.serial_consistency` (`config::parse_serial_consistency`), as a store error.
 pub fn parse_serial_consistency(s: &str) -> Result<SerialConsistency, StoreError> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "serial" => Ok(SerialConsistency::Serial),
-        "local_serial" => Ok(SerialConsistency::LocalSerial),
-        _ => Err(StoreError::Unsupported {
-            backend: "cql",
-            what: format!("store.cql.serial_consistency = {s:?}: expected serial or local_serial"),
-        }),
-    }
+    crate::config::parse_serial_consistency(s).map_err(unsupported)
+}
+
+fn unsupported(e: crate::config::ConfigError) -> StoreError {
+    StoreError::Unsupported { backend: "cql", what: e.0 }
 }
 
 fn valid_keyspace(s: &str) -> bool {
