@@ -111,11 +111,24 @@ enum RelayCmd {
         /// Time to rewind to, RFC 3339 (CQL store, within the CDC log TTL).
         #[arg(long)]
         to_time: Option<String>,
-        /// Seconds to wait for the outcome. When no relay runs and this process carries the
-        /// request out, it is withdrawn at that point (and on SIGINT/SIGTERM), never left for later.
-        #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = outboxd::args::at_least_one)]
-        timeout: usize,
+        #[command(flatten)]
+        wait: Wait,
     },
+}
+
+/// How long an operator request waits (`dlq replay`, `dlq discard`, `relay rewind`).
+#[derive(Args)]
+pub struct Wait {
+    /// Seconds to wait for the outcome. When no relay runs and this process carries the
+    /// request out, it is withdrawn at that point (and on SIGINT/SIGTERM), never left for later.
+    #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = outboxd::args::at_least_one)]
+    timeout: usize,
+}
+
+impl Wait {
+    pub fn duration(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout as u64)
+    }
 }
 
 #[derive(Args)]
@@ -235,10 +248,8 @@ pub enum DlqCmd {
         /// No progress display.
         #[arg(long)]
         no_progress: bool,
-        /// Seconds to wait for the outcome. When no relay runs and this process carries the
-        /// request out, it is withdrawn at that point (and on SIGINT/SIGTERM), never left for later.
-        #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = outboxd::args::at_least_one)]
-        timeout: usize,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Drop the first held event of a parked aggregate on an operator's decision: an audit row
     /// is kept, a marker record (ce_type=outboxd.EventDiscarded) takes its place, the rest flows.
@@ -249,10 +260,8 @@ pub enum DlqCmd {
         /// Why (kept in the audit row).
         #[arg(long)]
         reason: String,
-        /// Seconds to wait for the outcome. When no relay runs and this process carries the
-        /// request out, it is withdrawn at that point (and on SIGINT/SIGTERM), never left for later.
-        #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = outboxd::args::at_least_one)]
-        timeout: usize,
+        #[command(flatten)]
+        wait: Wait,
     },
 }
 
@@ -313,8 +322,8 @@ async fn async_main(cli: Cli) -> Result<u8, Failure> {
         Cmd::Customer(c) => cli::customer::run(&cfg, c).await,
         Cmd::Run => Ok(outboxd::daemon::run(cfg).await?),
         Cmd::Dlq(c) => cli::dlq::run(&cfg, c).await,
-        Cmd::Relay(RelayCmd::Rewind { to_position, to_time, timeout }) => {
-            cli::relay::rewind(&cfg, to_position, to_time, std::time::Duration::from_secs(timeout as u64)).await
+        Cmd::Relay(RelayCmd::Rewind { to_position, to_time, wait }) => {
+            cli::relay::rewind(&cfg, to_position, to_time, wait.duration()).await
         }
         Cmd::Leases => cli::relay::leases(&cfg).await,
         Cmd::Bench(b) => {

@@ -28,8 +28,7 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             }
             Ok(0)
         }
-        DlqCmd::Replay { aggregate, id, all, no_progress, timeout } => {
-            let timeout = std::time::Duration::from_secs(timeout as u64);
+        DlqCmd::Replay { aggregate, id, all, no_progress, wait } => {
             let kinds = match (aggregate, id, all) {
                 (Some(a), None, false) => vec![RequestKind::ReplayAggregate { aggregate_id: a }],
                 (None, Some(id), false) => vec![RequestKind::ReplayDeadLetters { ids: Some(vec![id]) }],
@@ -49,7 +48,7 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             let mut code = 0;
             for kind in kinds {
                 let bar = (!no_progress).then(|| progress_bar(&kind, parked.len(), held, letters));
-                code = code.max(relay_ops::request(cfg, kind, bar, timeout).await?);
+                code = code.max(relay_ops::request(cfg, kind, bar, wait.duration()).await?);
                 if code == relay_ops::INTERRUPTED {
                     break;
                 }
@@ -64,12 +63,11 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             }
             Ok(code)
         }
-        DlqCmd::Discard { id, reason, timeout } => {
+        DlqCmd::Discard { id, reason, wait } => {
             if reason.trim().len() < 3 {
                 return Err(BadInput("--reason: say why the event is discarded (kept in the audit row)".into()).into());
             }
-            let timeout = std::time::Duration::from_secs(timeout as u64);
-            relay_ops::request(cfg, RequestKind::Discard { event_id: id, reason }, None, timeout).await
+            relay_ops::request(cfg, RequestKind::Discard { event_id: id, reason }, None, wait.duration()).await
         }
     }
 }

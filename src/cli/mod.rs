@@ -37,15 +37,8 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
         let err = e.into();
         let code = match err.downcast_ref::<AppError>() {
             Some(AppError::Domain(_)) | Some(AppError::Decode(_)) => 2,
-            // An unknown id, or what this store cannot do or open (not retryable).
-            Some(AppError::Store(StoreError::NotFound(_) | StoreError::Unsupported { .. })) => 2,
-            _ if matches!(
-                err.downcast_ref::<StoreError>(),
-                Some(StoreError::NotFound(_) | StoreError::Unsupported { .. })
-            ) =>
-            {
-                2
-            }
+            Some(AppError::Store(e)) if refused(e) => 2,
+            _ if err.downcast_ref::<StoreError>().is_some_and(refused) => 2,
             Some(AppError::Conflict { .. }) => 3,
             _ if err.downcast_ref::<outboxd::config::ConfigError>().is_some() => 2,
             _ if err.downcast_ref::<outboxd::domain::DomainError>().is_some() => 2,
@@ -54,6 +47,11 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
         };
         Failure { code, err }
     }
+}
+
+/// An unknown id, or what this store cannot do or open: not retryable (exit 2).
+fn refused(e: &StoreError) -> bool {
+    matches!(e, StoreError::NotFound(_) | StoreError::Unsupported { .. })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -72,14 +72,13 @@ pub async fn request(
     let unclaimed_after =
         if lease.as_ref().is_none_or(|l| l.holder.is_empty()) { Duration::ZERO } else { ttl + Duration::from_secs(2) };
     let on_change = |req: &RelayRequest| bar.set_message(format!("request {}: {}", req.id, req.status.as_str()));
-    let waited = tokio::select! {
-        w = operator::wait(&store, r.id, unclaimed_after, max_wait, on_change) => w?,
-        _ = interrupted.recv() => {
-            bar.finish_and_clear();
-            let left = operator::withdraw(&store, r.id, None, "the CLI was interrupted").await?;
-            return Ok(gave_up(&left, "interrupted", INTERRUPTED));
-        }
-    };
+    let waited =
+        match wait_unless_interrupted(&store, r.id, (unclaimed_after, max_wait), on_change, &mut interrupted, &bar)
+            .await?
+        {
+            Ok(w) => w,
+            Err(code) => return Ok(code),
+        };
     let done = match waited {
         Waited::Finished(done) => done,
         Waited::TimedOut(p) => {
@@ -99,19 +98,13 @@ pub async fn request(
                 bar.finish_and_clear();
                 return Ok(gave_up(&left, if code == INTERRUPTED { "interrupted" } else { "out of time" }, code));
             }
-            // Done here, or (a relay started meanwhile) by that relay. The
-            // signal handler is installed: a signal must still end this wait.
-            let waited = tokio::select! {
-                w = operator::wait(&store, r.id, max_wait, max_wait, on_change) => w?,
-                _ = interrupted.recv() => {
-                    bar.finish_and_clear();
-                    let left = operator::withdraw(&store, r.id, None, "the CLI was interrupted").await?;
-                    return Ok(gave_up(&left, "interrupted", INTERRUPTED));
-                }
-            };
+            // Done here, or (a relay started meanwhile) by that relay.
+            let waited =
+                wait_unless_interrupted(&store, r.id, (max_wait, max_wait), on_change, &mut interrupted, &bar).await?;
             match waited {
-                Waited::Finished(d) => d,
-                Waited::Unclaimed(d) | Waited::TimedOut(d) => {
+                Err(code) => return Ok(code),
+                Ok(Waited::Finished(d)) => d,
+                Ok(Waited::Unclaimed(d) | Waited::TimedOut(d)) => {
                     bar.finish_and_clear();
                     eprintln!("request {} is still {} after {max_wait:?}", d.id, d.status.as_str());
                     return Ok(1);
@@ -121,6 +114,27 @@ pub async fn request(
     };
     bar.finish_and_clear();
     Ok(outcome(&done).unwrap_or(1))
+}
+
+/// `operator::wait` (`limits`: unclaimed after, timeout), unless a signal
+/// comes first (the installed handler keeps it from ending the process):
+/// then the request is withdrawn and reported, and `Err` holds the exit code.
+async fn wait_unless_interrupted(
+    store: &DynStore,
+    id: uuid::Uuid,
+    (unclaimed_after, max_wait): (Duration, Duration),
+    on_change: impl FnMut(&RelayRequest),
+    interrupted: &mut Shutdown,
+    bar: &indicatif::ProgressBar,
+) -> Result<Result<Waited, u8>, Failure> {
+    tokio::select! {
+        w = operator::wait(store, id, unclaimed_after, max_wait, on_change) => Ok(Ok(w?)),
+        _ = interrupted.recv() => {
+            bar.finish_and_clear();
+            let left = operator::withdraw(store, id, None, "the CLI was interrupted").await?;
+            Ok(Err(gave_up(&left, "interrupted", INTERRUPTED)))
+        }
+    }
 }
 
 /// Prints a finished request's outcome; its exit code (None: not finished).
@@ -152,20 +166,12 @@ fn gave_up(left: &RelayRequest, how: &str, code: u8) -> u8 {
             left.status.as_str(),
             left.id
         ),
-        _ if is_cancelled(left) => {
+        _ if operator::is_withdrawn(left) => {
             eprintln!("{how}: request {} withdrawn; no relay will carry it out (submit it again)", left.id)
         }
         _ => return outcome(left).unwrap_or(code),
     }
     code
-}
-
-fn is_cancelled(r: &RelayRequest) -> bool {
-    r.result
-        .as_ref()
-        .and_then(|v| v.get("error"))
-        .and_then(|v| v.as_str())
-        .is_some_and(|e| e.starts_with("cancelled: "))
 }
 
 /// Takes the relay lease (waiting at most a few TTLs for a stale holder to
@@ -189,14 +195,14 @@ async fn run_here(
         keeper::spawn(lease_store, &consumer, &who(), ttl, Metrics::new(), Default::default(), stop.subscribe());
     let mut rx = handle.state();
     // Fired at the deadline or on a signal (first one wins): ends the term.
-    let gave_up = Trigger::new();
-    let end_term = gave_up.subscribe();
+    let stop_term = Trigger::new();
+    let end_term = stop_term.subscribe();
     let deadline = tokio::spawn(async move {
         let code = tokio::select! {
             _ = tokio::time::sleep(max_wait) => 1,
             _ = interrupted.recv() => INTERRUPTED,
         };
-        gave_up.fire();
+        stop_term.fire();
         code
     });
     let take = tokio::time::timeout(ttl * 3, async {
@@ -267,13 +273,13 @@ async fn run_here(
     };
     // Gave up (deadline or signal), or the term failed: withdraw the request
     // while the lease is still held, so no later relay carries it out.
-    let gave_up = if end_term.is_shutdown() {
+    let gave_up_code = if end_term.is_shutdown() {
         Some(deadline.await.unwrap_or(1))
     } else {
         deadline.abort();
         None
     };
-    let why = match (&res, gave_up) {
+    let why = match (&res, gave_up_code) {
         (_, Some(INTERRUPTED)) => Some("the CLI was interrupted".to_string()),
         (_, Some(_)) => Some(format!("not done within the CLI's --timeout ({max_wait:?})")),
         (Err(e), None) => Some(format!("the CLI could not carry it out: {:#}", e.err)),
@@ -286,5 +292,5 @@ async fn run_here(
     stop.fire();
     let _ = tokio::time::timeout(Duration::from_secs(3), stop.wait_drained()).await;
     res?;
-    Ok(withdrawn.transpose()?.map(|row| (row, gave_up.unwrap_or(1))))
+    Ok(withdrawn.transpose()?.map(|row| (row, gave_up_code.unwrap_or(1))))
 }

@@ -157,10 +157,23 @@ pub async fn withdraw(store: &DynStore, id: Uuid, held: Option<i64>, why: &str) 
         RequestStatus::Done | RequestStatus::Failed => false,
     };
     if ours {
-        let result = serde_json::json!({ "error": format!("cancelled: {why}") });
+        let result = serde_json::json!({ "error": format!("{WITHDRAWN}{why}") });
         store.request_finish(&r.consumer, id, epoch, RequestStatus::Failed, result).await?;
     }
     get().await
+}
+
+/// How the error of a withdrawn request begins.
+const WITHDRAWN: &str = "cancelled: ";
+
+/// Whether `r` ended withdrawn (`withdraw`), not carried out or failed.
+pub fn is_withdrawn(r: &RelayRequest) -> bool {
+    r.status == RequestStatus::Failed
+        && r.result
+            .as_ref()
+            .and_then(|v| v.get("error"))
+            .and_then(|v| v.as_str())
+            .is_some_and(|e| e.starts_with(WITHDRAWN))
 }
 
 /// A replay or discard that names nothing parked: the field at fault and why.
@@ -179,25 +192,21 @@ pub async fn check_parked(
     consumer: &str,
     kind: &RequestKind,
 ) -> Result<Result<(), NothingParked>, StoreError> {
-    let (field, wanted) = match kind {
-        RequestKind::ReplayAggregate { aggregate_id } => ("aggregate_id", aggregate_id),
-        RequestKind::Discard { event_id, .. } => ("event_id", event_id),
+    type Names = fn(&crate::store::parking::Parked, &str) -> bool;
+    let (field, wanted, what, names): (_, _, _, Names) = match kind {
+        RequestKind::ReplayAggregate { aggregate_id } => {
+            ("aggregate_id", aggregate_id, "a parked aggregate", |p, w| p.aggregate_id == w)
+        }
+        RequestKind::Discard { event_id, .. } => {
+            ("event_id", event_id, "the first held event of a parked aggregate", |p, w| {
+                p.event_id.as_deref() == Some(w)
+            })
+        }
         _ => return Ok(Ok(())),
     };
-    let parked = store.parked(consumer).await?;
-    let found = parked.iter().any(|p| match field {
-        "aggregate_id" => &p.parked.aggregate_id == wanted,
-        _ => p.parked.event_id.as_ref() == Some(wanted),
-    });
-    Ok(if found {
-        Ok(())
-    } else {
-        let message = match field {
-            "aggregate_id" => format!("{wanted:?} is not a parked aggregate (see GET /dlq or outboxd dlq list)"),
-            _ => format!(
-                "{wanted:?} is not the first held event of a parked aggregate (see GET /dlq or outboxd dlq list)"
-            ),
-        };
-        Err(NothingParked { field, message })
-    })
+    if store.parked(consumer).await?.iter().any(|p| names(&p.parked, wanted)) {
+        return Ok(Ok(()));
+    }
+    let message = format!("{wanted:?} is not {what} (see GET /dlq or outboxd dlq list)");
+    Ok(Err(NothingParked { field, message }))
 }
