@@ -134,7 +134,7 @@ impl TraceContext {
 
     /// Validates a `traceparent` (version 00 format; other versions must at
     /// least start with that shape) and an optional `tracestate`.
-    pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Result<TraceContext, String> {
+    pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Result<TraceContext, TraceContextError> {
         let tp = traceparent.trim();
         let parts: Vec<&str> = tp.split('-').collect();
         let hex =
@@ -149,23 +149,38 @@ impl TraceContext {
             && hex(parts[3], 2)
             && (parts[0] != "00" || parts.len() == 4);
         if !ok {
-            return Err(
-                "traceparent must look like 00-<32 lowercase hex>-<16 lowercase hex>-<2 hex> (W3C Trace Context)"
-                    .into(),
-            );
+            return Err(TraceContextError {
+                header: "traceparent",
+                message:
+                    "traceparent must look like 00-<32 lowercase hex>-<16 lowercase hex>-<2 hex> (W3C Trace Context)"
+                        .into(),
+            });
         }
         let tracestate = match tracestate.map(str::trim).filter(|s| !s.is_empty()) {
             None => None,
             Some(s) if s.len() > Self::MAX_TRACESTATE || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) => {
-                return Err(format!(
-                    "tracestate must be printable ASCII of at most {} characters",
-                    Self::MAX_TRACESTATE
-                ))
+                return Err(TraceContextError {
+                    header: "tracestate",
+                    message: format!(
+                        "tracestate must be printable ASCII of at most {} characters",
+                        Self::MAX_TRACESTATE
+                    ),
+                })
             }
             Some(s) => Some(s.to_string()),
         };
         Ok(TraceContext { traceparent: tp.to_string(), tracestate })
     }
+}
+
+/// Why a trace context was refused, and which of its two headers (or
+/// columns) is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TraceContextError {
+    /// `traceparent` or `tracestate`.
+    pub header: &'static str,
+    pub message: String,
 }
 
 /// Tests: `n` events of aggregate `id` with sequences `from + 1 ..` (the

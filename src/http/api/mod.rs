@@ -118,10 +118,7 @@ pub fn trace_context(req: &HttpRequest) -> Result<Option<TraceContext>, ApiError
         }
     };
     let Some(tp) = text("traceparent")? else { return Ok(None) };
-    TraceContext::parse(tp, text("tracestate")?).map(Some).map_err(|e| {
-        let header = if e.starts_with("tracestate") { "tracestate" } else { "traceparent" };
-        ApiError::bad_request(header, e)
-    })
+    TraceContext::parse(tp, text("tracestate")?).map(Some).map_err(|e| ApiError::bad_request(e.header, e.message))
 }
 
 /// `If-Match: 3`, `If-Match: "3"` or `W/"3"`; `*` means "any version".

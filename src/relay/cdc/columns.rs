@@ -155,7 +155,7 @@ fn trace_of<C: CdcColumns + ?Sized>(c: &Cols<'_, C>) -> Result<Option<crate::env
     };
     crate::envelope::TraceContext::parse(&tp, ts.as_deref())
         .map(Some)
-        .map_err(|e| CdcError::Payload { row: c.row.clone(), error: e })
+        .map_err(|e| CdcError::Payload { row: c.row.clone(), error: e.message })
 }
 
 /// The envelope of a CDC row of `event_store`, or `Ok(None)` for rows that
