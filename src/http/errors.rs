@@ -331,8 +331,10 @@ pub fn path_error(err: actix_web::error::PathError, _req: &HttpRequest) -> actix
 pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
     tracing::debug!(error = %err, "bad query string");
     // serde's message says what was wrong (it does not name the parameter).
-    let why = err.to_string();
-    let why = why.strip_prefix("Query deserialize error: ").unwrap_or(&why);
+    let why = match &err {
+        actix_web::error::QueryPayloadError::Deserialize(e) => e.to_string(),
+        other => other.to_string(),
+    };
     ApiError::bad_request("query", format!("invalid query string: {why}")).into()
 }
 
