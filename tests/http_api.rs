@@ -131,12 +131,42 @@ fn every_endpoint_with_versions_etags_and_route_metrics() {
     assert_error(&d.api("GET", &format!("/orders/{cid}"), &[], None), 404, "not_found");
     assert_error(&d.api("GET", "/orders/not-a-uuid", &[], None), 400, "bad_request");
     assert_error(&d.api("GET", "/nope", &[], None), 404, "not_found");
-    for (method, path, allow) in
-        [("DELETE", "/orders", "POST"), ("GET", "/orders", "POST"), ("PUT", "/customers/x", "GET")]
-    {
+    for (method, path, allow) in [
+        ("DELETE", "/orders", "POST"),
+        ("GET", "/orders", "POST"),
+        ("HEAD", "/orders", "POST"),
+        ("PUT", "/customers/x", "GET, HEAD"),
+    ] {
         let r = d.api(method, path, &[], None);
-        assert_error(&r, 405, "method_not_allowed");
+        assert_eq!(r.status, 405, "{method} {path}");
+        if method != "HEAD" {
+            assert_error(&r, 405, "method_not_allowed");
+        }
         assert_eq!(r.header("allow").as_deref(), Some(allow), "{method} {path}");
+    }
+    // HEAD on every kind of GET route: GET's status and headers, no body.
+    let missing = format!("/orders/{}", Uuid::now_v7());
+    for (path, status) in [(format!("/customers/{cid}"), 200), (missing, 404), ("/openapi.json".to_string(), 200)] {
+        let (g, h) = (d.api("GET", &path, &[], None), d.api("HEAD", &path, &[], None));
+        assert_eq!((g.status, h.status, h.body.len()), (status, status, 0), "HEAD {path}: {:?}", h.text());
+        for name in ["etag", "content-type", "content-length"] {
+            assert_eq!(h.header(name), g.header(name), "HEAD {path}: {name}");
+        }
+    }
+    eventually(Duration::from_secs(20), "HEAD of the order to say version 5", || {
+        let h = d.api("HEAD", &format!("/orders/{oid}"), &[], None);
+        assert_eq!((h.status, h.body.len()), (200, 0));
+        (h.header("etag").as_deref() == Some("\"5\"")).then_some(())
+    });
+    for path in ["/health", "/health/live", "/metrics", "/dlq"] {
+        let h = request(d.admin, "HEAD", path, &[], None);
+        assert_eq!((h.status, h.body.len()), (200, 0), "HEAD {path}: {:?}", h.text());
+    }
+    // A route that takes query parameters names the one it cannot use.
+    assert_eq!(d.admin("GET", "/dlq?limit=5").status, 200);
+    for (q, field) in [("limt=5", "limt"), ("limit=0", "limit"), ("limit=x", "limit"), ("limit=1&limit=2", "limit")] {
+        let r = d.admin("GET", &format!("/dlq?{q}"));
+        assert_eq!(assert_error(&r, 400, "bad_request")["field"], field, "/dlq?{q}");
     }
 
     // 13 events: customer 2, order 5, other order 2 ... all stored and all relayed.

@@ -16,13 +16,16 @@
 //!   (order_actor, cdc_processor, projection_actor, dlq_actor, health_check), only
 //!   when `OUTBOXD_ENABLE_FAULT_INJECTION=1` (tests).
 //!
+//! Every GET route also answers HEAD (`http::routes`). Query parameters
+//! (`/dlq?limit=`, and those of the test-only /debug routes) are checked
+//! by name (`http::query`).
+//!
 //! /metrics and /health read what the actors publish; they never query a
 //! store or the broker.
 
 use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -34,8 +37,10 @@ use crate::lease::pause::PauseHook;
 use crate::metrics::Metrics;
 use crate::store::DynStore;
 
-use super::errors::{method_not_allowed, ApiError};
+use super::errors::ApiError;
+use super::query::Params;
 use super::relay_ops;
+use super::routes;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -82,15 +87,10 @@ async fn ready(st: web::Data<AdminState>) -> HttpResponse {
     }
 }
 
-#[derive(Deserialize)]
-struct FailQuery {
-    mode: Option<String>,
-}
-
 async fn debug_fail(
     st: web::Data<AdminState>,
     path: web::Path<String>,
-    q: web::Query<FailQuery>,
+    q: web::Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
     if !st.fault_injection {
         return Err(ApiError::not_found("no such route"));
@@ -101,7 +101,7 @@ async fn debug_fail(
         )
     })?;
     let default = if matches!(actor, ActorName::Cdc | ActorName::Projection) { "kill" } else { "stop" };
-    let mode = FailureMode::parse(q.mode.as_deref().unwrap_or(default))
+    let mode = FailureMode::parse(Params::new(&q, &["mode"])?.get("mode").unwrap_or(default))
         .ok_or_else(|| ApiError::bad_request("mode", "mode must be stop, kill or panic"))?;
     match st.coordinator.send(InjectFailureInto { actor, mode }).await {
         Ok(Ok(())) => Ok(HttpResponse::Accepted().json(json!({"injected": actor, "mode": mode}))),
@@ -111,23 +111,20 @@ async fn debug_fail(
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
-    let res = |path: &str, allow: &'static str, r: actix_web::Route| {
-        web::resource(path.to_string()).route(r).default_service(method_not_allowed(allow))
-    };
-    cfg.service(res("/metrics", "GET", web::get().to(metrics)))
-        .service(res("/health", "GET", web::get().to(health)))
-        .service(res("/health/live", "GET", web::get().to(live)))
-        .service(res("/health/ready", "GET", web::get().to(ready)))
-        .service(res("/dlq", "GET", web::get().to(relay_ops::dlq_list)))
-        .service(res("/dlq/replay", "POST", web::post().to(relay_ops::dlq_replay)))
-        .service(res("/dlq/discard", "POST", web::post().to(relay_ops::dlq_discard)))
-        .service(res("/relay/rewind", "POST", web::post().to(relay_ops::relay_rewind)))
-        .service(res("/relay/requests/{id}", "GET", web::get().to(relay_ops::request_status)))
-        .service(res("/leases", "GET", web::get().to(relay_ops::leases)))
-        .service(res("/openapi.json", "GET", web::get().to(super::openapi)));
+    cfg.service(routes::get("/metrics", metrics))
+        .service(routes::get("/health", health))
+        .service(routes::get("/health/live", live))
+        .service(routes::get("/health/ready", ready))
+        .service(routes::get("/dlq", relay_ops::dlq_list))
+        .service(routes::post("/dlq/replay", relay_ops::dlq_replay))
+        .service(routes::post("/dlq/discard", relay_ops::dlq_discard))
+        .service(routes::post("/relay/rewind", relay_ops::relay_rewind))
+        .service(routes::get("/relay/requests/{id}", relay_ops::request_status))
+        .service(routes::get("/leases", relay_ops::leases))
+        .service(routes::get("/openapi.json", super::openapi));
     if fault_injection {
-        cfg.service(res("/debug/fail/{actor}", "POST", web::post().to(debug_fail)))
-            .service(res("/debug/store", "POST", web::post().to(relay_ops::debug_store)))
-            .service(res("/debug/pause/relay", "POST", web::post().to(relay_ops::debug_pause)));
+        cfg.service(routes::post("/debug/fail/{actor}", debug_fail))
+            .service(routes::post("/debug/store", relay_ops::debug_store))
+            .service(routes::post("/debug/pause/relay", relay_ops::debug_pause));
     }
 }

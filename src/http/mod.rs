@@ -13,7 +13,9 @@ pub mod auth;
 pub mod errors;
 pub mod input;
 pub mod openapi;
+pub mod query;
 pub mod relay_ops;
+pub mod routes;
 
 pub use openapi::openapi;
 

@@ -19,7 +19,6 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
@@ -31,20 +30,18 @@ use crate::store::requests::{RequestKind, RequestStatus};
 use super::admin::AdminState;
 use super::errors::ApiError;
 use super::input::Input;
+use super::query::Params;
 
 /// How long a write route waits for the relay before answering 202.
 const WAIT: Duration = Duration::from_secs(30);
 
-#[derive(Deserialize)]
-pub(super) struct ListQuery {
-    limit: Option<usize>,
-}
-
-pub(super) async fn dlq_list(st: web::Data<AdminState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::bad_request("limit", "limit must be an integer from 1 to 10000"));
-    }
+pub(super) async fn dlq_list(
+    st: web::Data<AdminState>,
+    q: web::Query<Vec<(String, String)>>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = Params::new(&q, &["limit"])?
+        .parsed::<usize>("limit", |n| (1..=10_000).contains(n), "limit must be an integer from 1 to 10000")?
+        .unwrap_or(100);
     let view = st
         .dlq
         .send(ListDeadLetters { limit })
@@ -216,17 +213,12 @@ pub(super) async fn leases(st: web::Data<AdminState>) -> Result<HttpResponse, Ap
     }
 }
 
-#[derive(Deserialize)]
-pub(super) struct StoreFaultQuery {
-    fail_reads_ms: Option<u64>,
-}
-
 pub(super) async fn debug_store(
     st: web::Data<AdminState>,
-    q: web::Query<StoreFaultQuery>,
+    q: web::Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
-    let ms = q
-        .fail_reads_ms
+    let ms = Params::new(&q, &["fail_reads_ms"])?
+        .parsed::<u64>("fail_reads_ms", |_| true, "fail_reads_ms must be a non-negative integer (milliseconds)")?
         .ok_or_else(|| ApiError::bad_request("fail_reads_ms", "say how long reads fail: ?fail_reads_ms=N"))?;
     let faults =
         st.store.faults().ok_or_else(|| ApiError::not_found("this store backend has no fault-injection seam"))?;
@@ -234,16 +226,13 @@ pub(super) async fn debug_store(
     Ok(HttpResponse::Accepted().json(json!({ "fail_reads_ms": ms })))
 }
 
-#[derive(Deserialize)]
-pub(super) struct PauseQuery {
-    ms: Option<u64>,
-}
-
 pub(super) async fn debug_pause(
     st: web::Data<AdminState>,
-    q: web::Query<PauseQuery>,
+    q: web::Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
-    let ms = q.ms.ok_or_else(|| ApiError::bad_request("ms", "say how long the relay loop freezes: ?ms=N"))?;
+    let ms = Params::new(&q, &["ms"])?
+        .parsed::<u64>("ms", |_| true, "ms must be a non-negative integer (milliseconds)")?
+        .ok_or_else(|| ApiError::bad_request("ms", "say how long the relay loop freezes: ?ms=N"))?;
     st.relay_pause.pause_for(Duration::from_millis(ms));
     Ok(HttpResponse::Accepted().json(json!({ "paused_ms": ms })))
 }

@@ -54,8 +54,11 @@ pub fn try_request(
     raw(addr, head.as_bytes(), body.unwrap_or_default())
 }
 
-/// Sends raw bytes (head + body) and reads the whole response.
+/// Sends raw bytes (head + body) and reads the whole response. The
+/// response to a HEAD request is read to the end of the connection and its
+/// `body` is every byte after the header block (none, from a correct server).
 pub fn raw(addr: SocketAddr, head: &[u8], body: &[u8]) -> std::io::Result<Resp> {
+    let head_only = head.starts_with(b"HEAD ");
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     s.set_nodelay(true)?;
@@ -82,7 +85,7 @@ pub fn raw(addr: SocketAddr, head: &[u8], body: &[u8]) -> std::io::Result<Resp> 
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && response_complete(&buf) => break,
             Err(e) => return Err(e),
         }
-        if response_complete(&buf) {
+        if !head_only && response_complete(&buf) {
             break;
         }
     }
@@ -90,7 +93,7 @@ pub fn raw(addr: SocketAddr, head: &[u8], body: &[u8]) -> std::io::Result<Resp> 
     if let Some(w) = writer {
         let _ = w.join();
     }
-    parse_response(&buf)
+    parse_response(&buf, head_only)
         .ok_or_else(|| std::io::Error::other(format!("incomplete response: {:?}", String::from_utf8_lossy(&buf))))
 }
 
@@ -108,7 +111,7 @@ fn response_complete(buf: &[u8]) -> bool {
     }
 }
 
-fn parse_response(buf: &[u8]) -> Option<Resp> {
+fn parse_response(buf: &[u8], head_only: bool) -> Option<Resp> {
     let (start, head) = split_head(buf)?;
     let head = String::from_utf8_lossy(head).to_string();
     let mut lines = head.split("\r\n");
@@ -120,7 +123,9 @@ fn parse_response(buf: &[u8]) -> Option<Resp> {
         }
     }
     let rest = &buf[start..];
-    let body = if headers.get("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+    let body = if head_only {
+        rest.to_vec()
+    } else if headers.get("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
         dechunk(rest)?
     } else if let Some(n) = headers.get("content-length").and_then(|v| v.parse::<usize>().ok()) {
         rest.get(..n)?.to_vec()

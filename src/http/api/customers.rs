@@ -16,6 +16,7 @@ use super::{
 use crate::domain::{Customer, CustomerCommand};
 use crate::http::errors::ApiError;
 use crate::http::input::{self, Input};
+use crate::http::query::Params;
 use crate::projection::{PageRequest, DEFAULT_PAGE, MAX_PAGE};
 
 pub(super) fn customer_view(id: Uuid, version: i64, c: &Customer) -> Value {
@@ -25,48 +26,25 @@ pub(super) fn customer_view(id: Uuid, version: i64, c: &Customer) -> Value {
 /// Parses `after`, `offset`, `limit` of GET /customers/{id}/orders; any
 /// other, repeated or malformed parameter is a 400 naming it.
 pub fn page_request(query: &[(String, String)]) -> Result<PageRequest, ApiError> {
-    let mut page = PageRequest { after: None, offset: 0, limit: DEFAULT_PAGE };
-    let mut seen: Vec<&str> = Vec::new();
-    for (k, v) in query {
-        if seen.contains(&k.as_str()) {
-            return Err(ApiError::bad_request(k, format!("{k} is given more than once")));
-        }
-        seen.push(k.as_str());
-        match k.as_str() {
-            "after" => {
-                page.after = Some(Uuid::parse_str(v.trim()).map_err(|_| {
-                    ApiError::bad_request("after", "after must be an order id (the next_after of the previous page)")
-                })?)
-            }
-            "offset" => {
-                page.offset = v
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| ApiError::bad_request("offset", "offset must be a non-negative integer"))?
-            }
-            "limit" => {
-                page.limit = match v.trim().parse::<usize>() {
-                    Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-                    _ => {
-                        return Err(ApiError::bad_request(
-                            "limit",
-                            format!("limit must be an integer from 1 to {MAX_PAGE}"),
-                        ))
-                    }
-                }
-            }
-            other => {
-                return Err(ApiError::bad_request(
-                    other,
-                    format!("unknown query parameter {other:?}; use after, offset or limit"),
-                ))
-            }
-        }
-    }
-    if page.after.is_some() && page.offset > 0 {
+    let q = Params::new(query, &["after", "offset", "limit"])?;
+    let after = match q.get("after") {
+        None => None,
+        Some(v) => Some(Uuid::parse_str(v).map_err(|_| {
+            ApiError::bad_request("after", "after must be an order id (the next_after of the previous page)")
+        })?),
+    };
+    let offset = q.parsed::<u64>("offset", |_| true, "offset must be a non-negative integer")?.unwrap_or(0);
+    let limit = q
+        .parsed::<usize>(
+            "limit",
+            |n| (1..=MAX_PAGE).contains(n),
+            &format!("limit must be an integer from 1 to {MAX_PAGE}"),
+        )?
+        .unwrap_or(DEFAULT_PAGE);
+    if after.is_some() && offset > 0 {
         return Err(ApiError::bad_request("offset", "give either after (a cursor) or offset, not both"));
     }
-    Ok(page)
+    Ok(PageRequest { after, offset, limit })
 }
 
 pub(super) async fn customer_orders(

@@ -54,7 +54,8 @@ use crate::envelope::{Metadata, TraceContext};
 use crate::projection::{DynReadModels, Freshness};
 
 use super::auth::require_bearer;
-use super::errors::{method_not_allowed, ApiError};
+use super::errors::ApiError;
+use super::routes;
 use customers::{change_email, customer_orders, get_customer, register_customer};
 use orders::{cancel, confirm, create_order, deliver, get_order, ship, update_items};
 
@@ -231,24 +232,21 @@ where
         .map_err(ApiError::from)
 }
 
-/// Registers the routes, each answering other methods with a 405 problem
-/// and `Allow`.
+/// Registers the routes: a GET route also serves HEAD, and every route
+/// answers other methods with a 405 problem and `Allow` (`http::routes`).
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let res = |path: &str, allow: &'static str, r: actix_web::Route| {
-        web::resource(path.to_string()).route(r).default_service(method_not_allowed(allow))
-    };
-    cfg.service(res("/orders", "POST", web::post().to(create_order)))
-        .service(res("/orders/{id}", "GET", web::get().to(get_order)))
-        .service(res("/orders/{id}/items", "POST", web::post().to(update_items)))
-        .service(res("/orders/{id}/confirm", "POST", web::post().to(confirm)))
-        .service(res("/orders/{id}/ship", "POST", web::post().to(ship)))
-        .service(res("/orders/{id}/deliver", "POST", web::post().to(deliver)))
-        .service(res("/orders/{id}/cancel", "POST", web::post().to(cancel)))
-        .service(res("/customers", "POST", web::post().to(register_customer)))
-        .service(res("/customers/{id}", "GET", web::get().to(get_customer)))
-        .service(res("/customers/{id}/email", "POST", web::post().to(change_email)))
-        .service(res("/customers/{id}/orders", "GET", web::get().to(customer_orders)))
-        .service(res("/openapi.json", "GET", web::get().to(super::openapi)));
+    cfg.service(routes::post("/orders", create_order))
+        .service(routes::get("/orders/{id}", get_order))
+        .service(routes::post("/orders/{id}/items", update_items))
+        .service(routes::post("/orders/{id}/confirm", confirm))
+        .service(routes::post("/orders/{id}/ship", ship))
+        .service(routes::post("/orders/{id}/deliver", deliver))
+        .service(routes::post("/orders/{id}/cancel", cancel))
+        .service(routes::post("/customers", register_customer))
+        .service(routes::get("/customers/{id}", get_customer))
+        .service(routes::post("/customers/{id}/email", change_email))
+        .service(routes::get("/customers/{id}/orders", customer_orders))
+        .service(routes::get("/openapi.json", super::openapi));
 }
 
 pub(super) fn with_projection(mut resp: HttpResponse, f: Freshness) -> HttpResponse {
