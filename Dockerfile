@@ -3,7 +3,8 @@
 # ---- build ----------------------------------------------------------------
 FROM rust:1-bookworm AS builder
 
-# rdkafka builds a bundled librdkafka (and zstd/zlib) from source.
+# rdkafka builds a bundled librdkafka (and zstd/zlib, and OpenSSL for Kafka
+# over TLS: `ssl-vendored`, which needs perl, part of this image) from source.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake build-essential pkg-config zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*

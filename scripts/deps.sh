@@ -4,7 +4,7 @@
 # present; says what it installs and why.
 #
 #   dev   (make dev)  a Rust toolchain, Java 17+ and Maven (the local Kafka),
-#                     a C toolchain + cmake (librdkafka), kcat (optional: shows
+#                     a C toolchain + cmake (librdkafka), perl (OpenSSL), kcat (optional: shows
 #                     the published events).
 #   test  (make test, the default)  everything of `dev`, plus sqlite3 (the
 #                     tests read and change the store as an operator would,
@@ -31,6 +31,7 @@ command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+command -v perl >/dev/null 2>&1 || need_apt+=(perl) # OpenSSL (rdkafka ssl-vendored) is built with it
 if [ "$mode" = test ]; then
   command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
   command -v curl >/dev/null 2>&1 || need_apt+=(curl)

@@ -21,9 +21,13 @@ fn secrets() -> Secrets {
     Secrets {
         cql_password: s("cqlpw"),
         api_token: s("apitoken"),
-        // The secret keys this build's librdkafka supports (it has no
-        // OpenSSL: `ssl.*` keys are refused at load, see below).
-        extra: vec![("sasl.password", s("saslpw"))],
+        // The secret keys this build's librdkafka supports (not OAuth/OIDC:
+        // refused at load, see below).
+        extra: vec![
+            ("sasl.password", s("saslpw")),
+            ("ssl.key.password", s("sslkeypw")),
+            ("ssl.keystore.password", s("keystorepw")),
+        ],
     }
 }
 
@@ -84,19 +88,34 @@ fn outboxd_config_redacts_every_secret() {
     assert_eq!(json["store"]["cql"]["username"], "outboxd");
 }
 
-/// A secret key librdkafka refuses (this build has no OpenSSL) is refused
-/// at load in one line naming the key, without its value.
+/// A secret key librdkafka refuses (this build has no OAuth/OIDC: it
+/// needs libcurl) is refused at load in one line naming the key, without
+/// its value; so are TLS settings librdkafka cannot use (a private key that
+/// is not PEM, with its password), without either secret.
 #[test]
 fn a_refused_secret_kafka_key_is_named_not_shown() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = format!("sslkeypw-{}", uuid::Uuid::now_v7().simple());
+    let secret = format!("oidc-{}", uuid::Uuid::now_v7().simple());
     let cfg = dir.path().join("outboxd.toml");
-    std::fs::write(&cfg, format!("[kafka.extra]\n\"ssl.key.password\" = \"{secret}\"\n")).unwrap();
+    std::fs::write(&cfg, format!("[kafka.extra]\n\"sasl.oauthbearer.client.secret\" = \"{secret}\"\n")).unwrap();
     let (code, out) = run(&["config"], &cfg, dir.path());
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("kafka.extra.\"ssl.key.password\"") && out.contains("not shown"), "{out}");
+    assert!(out.contains("kafka.extra.\"sasl.oauthbearer.client.secret\"") && out.contains("not shown"), "{out}");
     assert_eq!(out.trim().lines().count(), 1, "{out}");
     assert!(!out.contains(&secret), "{out}");
+
+    let (key, password) =
+        (format!("key-{}", uuid::Uuid::now_v7().simple()), format!("pw-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::write(
+        &cfg,
+        format!("[kafka.extra]\n\"security.protocol\" = \"ssl\"\n\"ssl.key.pem\" = \"{key}\"\n\"ssl.key.password\" = \"{password}\"\n"),
+    )
+    .unwrap();
+    let (code, out) = run(&["config"], &cfg, dir.path());
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("ssl.key.pem") && out.contains("refused by librdkafka"), "{out}");
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+    assert!(!out.contains(&key) && !out.contains(&password), "{out}");
 }
 
 #[test]

@@ -142,7 +142,33 @@ impl KafkaConfig {
                 return Err(ConfigError(format!("kafka.extra.{key:?} = {shown}: refused by librdkafka: {why}")));
             }
         }
-        Ok(())
+        self.validate_security()
+    }
+
+    /// TLS and SASL settings are checked together as librdkafka starts a
+    /// client with them (it loads the CA, certificate and key files then),
+    /// with no broker to connect to: a missing CA file or a key its password
+    /// does not open is refused at load, not at the first publish.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let security = |k: &str| k.starts_with("ssl.") || k.starts_with("sasl.") || k == "security.protocol";
+        if !self.extra.keys().any(|k| security(k)) {
+            return Ok(());
+        }
+        // A file librdkafka would load, named plainly when it is not there.
+        for (k, v) in self.extra.iter().filter(|(k, v)| k.ends_with(".location") && v.as_str() != "probe") {
+            if let Err(e) = std::fs::metadata(v) {
+                return Err(ConfigError(format!("kafka.extra.{k:?} = {v:?}: cannot read it: {e}")));
+            }
+        }
+        let mut c = rdkafka::ClientConfig::new();
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        match c.create::<rdkafka::producer::BaseProducer>() {
+            Ok(_) => Ok(()),
+            // librdkafka's text names the setting and the file, never a value.
+            Err(e) => Err(ConfigError(format!("kafka.extra: the TLS/SASL settings are refused by librdkafka: {e}"))),
+        }
     }
 }
 

@@ -96,10 +96,13 @@ impl RelayContext {
         });
     }
 
-    fn unreachable(&self, error: String) {
+    /// Records the broker as unreachable with `error`. A `summary` (librdkafka's
+    /// "all brokers are down", which follows each broker's own failure) does
+    /// not replace the cause already recorded, e.g. a failed TLS handshake.
+    fn unreachable(&self, error: String, summary: bool) {
         self.broker.send_if_modified(|b| {
             if let BrokerState::Unreachable { error: e, .. } = b {
-                if *e == error {
+                if *e == error || summary {
                     return false;
                 }
                 *e = error;
@@ -131,7 +134,7 @@ impl ClientContext for RelayContext {
         match error.rdkafka_error_code() {
             Some(code) if is_connectivity(code) => {
                 tracing::debug!(error = %error, reason, "Kafka connection error");
-                self.unreachable(format!("{error}: {reason}"));
+                self.unreachable(format!("{error}: {reason}"), code == RDKafkaErrorCode::AllBrokersDown);
             }
             _ => tracing::warn!(error = %error, reason, "librdkafka error"),
         }
@@ -255,9 +258,11 @@ impl KafkaProducer {
                 .map_err(|e| PublishError::transient("join", e.to_string()))?
                 .map_err(|e| PublishError::from_kafka(&e));
         let ctx = self.inner.context();
+        // A failed probe says less than the error callback's cause, so it only
+        // records one when none is.
         match &res {
             Ok(_) => ctx.reachable(),
-            Err(e) => ctx.unreachable(e.message.clone()),
+            Err(e) => ctx.unreachable(e.message.clone(), true),
         }
         res
     }
@@ -382,6 +387,27 @@ impl TxnError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TLS handshake that fails is followed by librdkafka's "all brokers
+    /// are down": /health must keep the cause, not the summary.
+    #[test]
+    fn a_summary_error_keeps_the_cause_already_recorded() {
+        let (done, _rx) = mpsc::unbounded_channel();
+        let (broker, rx) = watch::channel(BrokerState::Unknown);
+        let ctx = RelayContext { done, broker };
+        let error = |rx: &watch::Receiver<BrokerState>| match &*rx.borrow() {
+            BrokerState::Unreachable { error, .. } => error.clone(),
+            other => panic!("{other:?}"),
+        };
+        ctx.unreachable("1/1 brokers are down".into(), true);
+        assert_eq!(error(&rx), "1/1 brokers are down", "a summary is recorded when nothing is");
+        ctx.unreachable("SSL handshake failed: certificate verify failed".into(), false);
+        ctx.unreachable("1/1 brokers are down".into(), true);
+        assert_eq!(error(&rx), "SSL handshake failed: certificate verify failed");
+        ctx.reachable();
+        ctx.unreachable("1/1 brokers are down".into(), true);
+        assert_eq!(error(&rx), "1/1 brokers are down", "a new outage starts with what is known");
+    }
 
     #[test]
     fn transactional_config_and_bounded_queue() {

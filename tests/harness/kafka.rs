@@ -39,6 +39,8 @@ static ONE_PRIVATE_BROKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub struct PrivateKafka {
     pub dir: tempfile::TempDir,
     pub brokers: String,
+    /// With `start_tls`: the TLS listener's address and the CA file to trust.
+    pub tls: Option<(String, std::path::PathBuf)>,
     /// Released after `Drop` stopped the broker (fields drop after it).
     _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
@@ -50,10 +52,20 @@ impl PrivateKafka {
 
     /// Starts a broker in `dir` (which may hold files the script reads, e.g. `cluster-id`).
     pub fn start_in(dir: tempfile::TempDir) -> PrivateKafka {
+        PrivateKafka::start_with(dir, false)
+    }
+
+    /// A private broker that also has a TLS listener (`KAFKA_TLS=1`).
+    pub fn start_tls() -> PrivateKafka {
+        PrivateKafka::start_with(tempfile::Builder::new().prefix("outboxd-kafka-tls-").tempdir().unwrap(), true)
+    }
+
+    fn start_with(dir: tempfile::TempDir, tls: bool) -> PrivateKafka {
         // A test that panicked while holding it only poisons the lock.
         let guard = ONE_PRIVATE_BROKER.lock().unwrap_or_else(|e| e.into_inner());
-        let brokers = kafka_script(dir.path(), "start").unwrap_or_else(|e| panic!("private Kafka starts: {e}"));
-        PrivateKafka { dir, brokers, _one_at_a_time: guard }
+        let out = kafka_script_out(dir.path(), "start", tls).unwrap_or_else(|e| panic!("private Kafka starts: {e}"));
+        let tls = out.get("KAFKA_TLS_BROKERS").map(|b| (b.clone(), out["KAFKA_TLS_CA"].clone().into()));
+        PrivateKafka { dir, brokers: out["KAFKA_BROKERS"].clone(), tls, _one_at_a_time: guard }
     }
     pub fn stop(&self) {
         kafka_script(self.dir.path(), "stop").expect("Kafka stops");
@@ -71,12 +83,17 @@ impl Drop for PrivateKafka {
 }
 
 fn kafka_script(dir: &Path, action: &str) -> Result<String, String> {
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/kafka-local.sh"))
-        .arg(action)
-        .env("KAFKA_LOCAL_DIR", dir)
-        .output()
-        .map_err(|e| e.to_string())?;
+    Ok(kafka_script_out(dir, action, false)?.remove("KAFKA_BROKERS").unwrap_or_default())
+}
+
+/// Runs the script; its `NAME=value` stdout lines.
+fn kafka_script_out(dir: &Path, action: &str, tls: bool) -> Result<HashMap<String, String>, String> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("scripts/kafka-local.sh")).arg(action).env("KAFKA_LOCAL_DIR", dir);
+    if tls {
+        cmd.env("KAFKA_TLS", "1");
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
     if !out.status.success() {
         return Err(format!(
             "kafka-local.sh {action}: {}{}",
@@ -85,7 +102,7 @@ fn kafka_script(dir: &Path, action: &str) -> Result<String, String> {
         ));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    Ok(stdout.lines().rev().find_map(|l| l.strip_prefix("KAFKA_BROKERS=")).unwrap_or_default().to_string())
+    Ok(stdout.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
 }
 
 /// One record as the tests see it.
