@@ -1,11 +1,13 @@
-//! Kafka over TLS, against a real broker with a TLS listener
-//! (`KAFKA_TLS=1 scripts/kafka-local.sh start`: a CA made for it, the
-//! broker's certificate for 127.0.0.1 signed by that CA):
+//! Kafka over TLS and SASL_SSL, against a real broker started with
+//! `KAFKA_TLS=1 scripts/kafka-local.sh start` (a CA made for it, the
+//! broker's certificate for 127.0.0.1 signed by that CA, a SCRAM-SHA-512
+//! user):
 //! - the relay publishes through the TLS listener with `kafka.extra`
 //!   `"security.protocol" = "ssl"` and `"ssl.ca.location"` = the CA file,
-//!   and every stored event is on the topic (read on the plain listener);
-//! - a daemon that does not trust the broker's CA publishes nothing, keeps
-//!   its checkpoint, and its log says why;
+//!   and through the SASL_SSL listener with the SCRAM user; every stored
+//!   event is on the topic (read on the plain listener);
+//! - a daemon that does not trust the broker's CA, or has a wrong password,
+//!   publishes nothing, and /health and the log say why (never the password);
 //! - a CA file that does not exist is refused at load (exit 2, one line
 //!   naming the setting).
 
@@ -13,70 +15,99 @@ mod harness;
 
 use harness::config_check::outboxd;
 use harness::*;
+use std::path::Path;
 use std::time::Duration;
 use uuid::Uuid;
 
-fn tls_config(dir: &std::path::Path, ca: Option<&std::path::Path>) -> std::path::PathBuf {
-    let mut text = "[kafka.extra]\n\"security.protocol\" = \"ssl\"\n".to_string();
-    if let Some(ca) = ca {
-        text.push_str(&format!("\"ssl.ca.location\" = \"{}\"\n", ca.display()));
+/// A config file with `[kafka.extra]` = `extra`, as an operator writes it.
+fn extra_config(dir: &Path, extra: &[(&str, String)]) -> std::path::PathBuf {
+    let mut text = "[kafka.extra]\n".to_string();
+    for (k, v) in extra {
+        text.push_str(&format!("{k:?} = {v:?}\n"));
     }
     let file = dir.join("outboxd.toml");
     std::fs::write(&file, text).unwrap();
     file
 }
 
-#[test]
-fn the_relay_publishes_over_tls_and_nothing_to_a_broker_it_does_not_trust() {
-    if harness::shared_brokers().is_none() {
-        return; // prints SKIPPED with the reason
-    }
-    let kafka = PrivateKafka::start_tls();
-    let (tls_brokers, ca) = kafka.tls.clone().expect("KAFKA_TLS=1 start prints the TLS listener and its CA");
-
-    // Trusting the CA: every event reaches the topic.
+/// A daemon on `brokers` with `extra`; it places and confirms `orders` orders.
+fn daemon_with(brokers: &str, extra: &[(&str, String)], orders: usize) -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let file = tls_config(dir.path(), Some(&ca));
-    let cfg = daemon_config(&tls_brokers, dir.path());
+    let file = extra_config(dir.path(), extra);
+    let cfg = daemon_config(brokers, dir.path());
     let d = Daemon::start(&cfg, &[("OUTBOX_CONFIG", file.display().to_string())]);
     let customer = Uuid::now_v7();
-    for i in 0..5 {
+    for i in 0..orders {
         let id = create_order(&d, customer, &format!("TLS-{i}"));
         assert_eq!(d.post(&format!("/orders/{id}/confirm"), &serde_json::json!({})).status, 200);
     }
-    assert_eq!(caught_up(&d), 10);
-    assert_all_on_topic(&kafka.brokers, &d);
-    d.stop();
+    (d, dir)
+}
 
-    // Not trusting it (the system's CAs only): the handshake fails, nothing
-    // is confirmed, and /health and the log name the certificate check.
-    let dir = tempfile::tempdir().unwrap();
-    let file = tls_config(dir.path(), None);
-    let mut cfg = daemon_config(&tls_brokers, dir.path());
-    cfg.kafka.topic_prefix = format!("untrusted-{}-", Uuid::now_v7().simple());
-    let d = Daemon::start(&cfg, &[("OUTBOX_CONFIG", file.display().to_string())]);
-    create_order(&d, customer, "UNTRUSTED-1");
-    eventually(Duration::from_secs(60), "the log to name the failed certificate check", || {
-        d.log_text().contains("certificate verify failed").then_some(())
-    });
-    let h = eventually(Duration::from_secs(30), "/health to name the failed certificate check", || {
+/// /health once its Kafka component's detail contains `cause`; nothing was
+/// delivered.
+fn refused_with(d: &Daemon, cause: &str) {
+    let h = eventually(Duration::from_secs(30), &format!("/health to say {cause:?}"), || {
         let (_, h) = d.health();
-        component(&h, "kafka").1.contains("certificate verify failed").then_some(h)
+        component(&h, "kafka").1.contains(cause).then_some(h)
     });
     assert_eq!((h["status"].as_str(), component(&h, "kafka").0.as_str()), (Some("degraded"), "degraded"), "{h}");
     assert_eq!(h["relay"]["delivered"].as_u64(), Some(0), "{h}");
     assert!(h["relay"]["checkpoint"].as_i64().unwrap_or(0) == 0, "nothing confirmed: {h}");
+}
+
+#[test]
+fn the_relay_publishes_over_tls_and_sasl_and_nothing_to_a_broker_it_cannot_trust_or_log_in_to() {
+    if harness::shared_brokers().is_none() {
+        return; // prints SKIPPED with the reason
+    }
+    let kafka = PrivateKafka::start_tls();
+    let tls = kafka.tls.clone().expect("KAFKA_TLS=1 start prints the TLS listeners and the CA");
+    let ca = tls.ca.display().to_string();
+    let ssl = [("security.protocol", "ssl".to_string()), ("ssl.ca.location", ca.clone())];
+    let sasl = |password: &str| {
+        [
+            ("security.protocol", "sasl_ssl".to_string()),
+            ("ssl.ca.location", ca.clone()),
+            ("sasl.mechanism", "SCRAM-SHA-512".to_string()),
+            ("sasl.username", tls.sasl_user.clone()),
+            ("sasl.password", password.to_string()),
+        ]
+    };
+
+    // Trusting the CA (and, on SASL_SSL, logged in): every event reaches the topic.
+    for (brokers, extra) in [(&tls.brokers, ssl.to_vec()), (&tls.sasl_brokers, sasl(&tls.sasl_password).to_vec())] {
+        let (d, _dir) = daemon_with(brokers, &extra, 5);
+        assert_eq!(caught_up(&d), 10);
+        assert_all_on_topic(&kafka.brokers, &d);
+        d.stop();
+    }
+
+    // Not trusting it (the system's CAs only): the handshake fails.
+    let (d, _dir) = daemon_with(&tls.brokers, &[("security.protocol", "ssl".to_string())], 1);
+    refused_with(&d, "certificate verify failed");
+    assert!(d.log_text().contains("certificate verify failed"));
+    d.stop();
+
+    // A wrong password: authentication fails, and the password is never shown.
+    let wrong = format!("wrong-{}", Uuid::now_v7().simple());
+    let (d, _dir) = daemon_with(&tls.sasl_brokers, &sasl(&wrong), 1);
+    refused_with(&d, "Authentication failed");
+    let (_, h) = d.health();
+    let shown = format!("{h}{}{}", d.metrics().text, d.log_text());
+    assert!(!shown.contains(&wrong) && !shown.contains(&tls.sasl_password), "a password was shown");
     d.stop();
 }
 
 #[test]
 fn a_ca_file_that_does_not_exist_is_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("no-such-ca.pem");
-    let file = tls_config(dir.path(), Some(&missing));
+    let missing = dir.path().join("no-such-ca.pem").display().to_string();
+    let file =
+        extra_config(dir.path(), &[("security.protocol", "ssl".to_string()), ("ssl.ca.location", missing.clone())]);
     let out = outboxd(&["config"], &[("OUTBOX_CONFIG".into(), file.display().to_string())], dir.path());
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("ssl.ca.location") && err.contains("kafka.extra"), "{err}");
+    assert!(err.contains("kafka.extra.\"ssl.ca.location\"") && err.contains(&missing), "{err}");
 }

@@ -35,12 +35,25 @@ pub fn shared_brokers() -> Option<String> {
 /// the 2 cores, and the script only serialises starts of the same directory.
 static ONE_PRIVATE_BROKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The TLS listeners of a broker started with `KAFKA_TLS=1`.
+#[derive(Debug, Clone)]
+pub struct TlsListeners {
+    /// The SSL listener's address.
+    pub brokers: String,
+    /// The CA file that signed the broker's certificate.
+    pub ca: std::path::PathBuf,
+    /// The SASL_SSL listener's address (SCRAM-SHA-512), its user and password.
+    pub sasl_brokers: String,
+    pub sasl_user: String,
+    pub sasl_password: String,
+}
+
 /// A private Kafka broker in its own directory, stopped on drop.
 pub struct PrivateKafka {
     pub dir: tempfile::TempDir,
     pub brokers: String,
-    /// With `start_tls`: the TLS listener's address and the CA file to trust.
-    pub tls: Option<(String, std::path::PathBuf)>,
+    /// With `start_tls`: the TLS and SASL_SSL listeners.
+    pub tls: Option<TlsListeners>,
     /// Released after `Drop` stopped the broker (fields drop after it).
     _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
@@ -64,7 +77,13 @@ impl PrivateKafka {
         // A test that panicked while holding it only poisons the lock.
         let guard = ONE_PRIVATE_BROKER.lock().unwrap_or_else(|e| e.into_inner());
         let out = kafka_script_out(dir.path(), "start", tls).unwrap_or_else(|e| panic!("private Kafka starts: {e}"));
-        let tls = out.get("KAFKA_TLS_BROKERS").map(|b| (b.clone(), out["KAFKA_TLS_CA"].clone().into()));
+        let tls = out.get("KAFKA_TLS_BROKERS").map(|b| TlsListeners {
+            brokers: b.clone(),
+            ca: out["KAFKA_TLS_CA"].clone().into(),
+            sasl_brokers: out["KAFKA_SASL_BROKERS"].clone(),
+            sasl_user: out["KAFKA_SASL_USER"].clone(),
+            sasl_password: out["KAFKA_SASL_PASSWORD"].clone(),
+        });
         PrivateKafka { dir, brokers: out["KAFKA_BROKERS"].clone(), tls, _one_at_a_time: guard }
     }
     pub fn stop(&self) {
