@@ -35,6 +35,8 @@ use crate::metrics::Metrics;
 
 /// Set to `1` to enable `POST /debug/fail/{actor}` on the admin server (tests only).
 pub const FAULT_INJECTION_ENV: &str = "OUTBOXD_ENABLE_FAULT_INJECTION";
+/// With fault injection on: the crash point the process aborts at (tests).
+pub const ABORT_AT_ENV: &str = "OUTBOXD_ABORT_AT";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -142,6 +144,11 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     let ttl = Duration::from_millis(cfg.relay.lease_ttl_ms);
     let lease_store: std::sync::Arc<dyn crate::store::lease::LeaseStore> = store.clone();
     let relay_pause = crate::lease::pause::PauseHook::default();
+    if fault_injection {
+        if let Ok(point) = std::env::var(ABORT_AT_ENV) {
+            relay_pause.abort_at(&point);
+        }
+    }
     let leases = crate::actors::Leases {
         relay: Some(keeper::spawn(
             lease_store.clone(),

@@ -10,6 +10,11 @@
 //! consumer's lease keeper) sleeps until the same instant; meanwhile nothing
 //! is renewed, handled or checkpointed, and on resumption each finds out what
 //! happened like a real zombie would (a newer epoch, a fenced producer).
+//!
+//! It also carries named crash points (`abort_at`, armed by the daemon from
+//! `OUTBOXD_ABORT_AT=<point>` only with fault injection on): the process
+//! aborts there, as a `kill -9` at that instant would, to test what the next
+//! start finds.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,9 +22,23 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Default)]
 pub struct PauseHook {
     until: Arc<Mutex<Option<Instant>>>,
+    abort_at: Arc<Mutex<Option<String>>>,
 }
 
 impl PauseHook {
+    /// Arms the crash point `point` (see `crash_point`).
+    pub fn abort_at(&self, point: &str) {
+        *self.abort_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(point.to_string());
+    }
+
+    /// Aborts the process here when `point` is armed (a test's `kill -9`).
+    pub fn crash_point(&self, point: &str) {
+        if self.abort_at.lock().unwrap_or_else(|e| e.into_inner()).as_deref() == Some(point) {
+            tracing::error!(point, "aborting at an armed crash point (fault injection)");
+            std::process::abort();
+        }
+    }
+
     /// Freezes every holder for `d` from its next hold point on.
     pub fn pause_for(&self, d: Duration) {
         *self.until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + d);

@@ -30,6 +30,20 @@ pub struct Progress {
     /// Per-stream watermarks of a CDC feed (exactly-once over Scylla CDC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cdc: Option<serde_json::Value>,
+    /// In a transaction of an operator's replay: which request, and the
+    /// highest feed position of its events committed so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayMark>,
+}
+
+/// How far an operator's replay had committed (see `Progress::replay`): the
+/// next term skips those events of that request instead of publishing them
+/// again, then does the store's part of it (the park record or the dead
+/// letters), which a crash right after the commit left undone.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ReplayMark {
+    pub request: uuid::Uuid,
+    pub through: i64,
 }
 
 impl Progress {
@@ -140,9 +154,18 @@ mod tests {
 
     #[test]
     fn progress_round_trips_as_json() {
-        let p = Progress { position: 42, epoch: 3, committed_at: crate::envelope::now_millis(), cdc: None };
+        let p =
+            Progress { position: 42, epoch: 3, committed_at: crate::envelope::now_millis(), cdc: None, replay: None };
         let back: Progress = serde_json::from_slice(&p.to_bytes()).unwrap();
         assert_eq!(back, p);
-        assert!(!String::from_utf8(p.to_bytes()).unwrap().contains("cdc"));
+        let text = String::from_utf8(p.to_bytes()).unwrap();
+        assert!(!text.contains("cdc") && !text.contains("replay"), "{text}");
+        // A record of a replay's transaction, and one written before the field existed.
+        let mark = ReplayMark { request: uuid::Uuid::now_v7(), through: 17 };
+        let p = Progress { replay: Some(mark), ..p };
+        assert_eq!(serde_json::from_slice::<Progress>(&p.to_bytes()).unwrap().replay, Some(mark));
+        let old: Progress =
+            serde_json::from_str(r#"{"position":5,"epoch":1,"committed_at":"2026-12-01T00:00:00Z"}"#).unwrap();
+        assert_eq!((old.position, old.replay), (5, None));
     }
 }

@@ -25,6 +25,9 @@
 //! - A store that refuses to record a park ends the term after a bounded
 //!   retry (nothing was committed past the event); the runner starts a new
 //!   term after re-checking the lease.
+//! - An operator's replay names itself in the progress records it commits,
+//!   so a term that starts after a crash between that commit and the
+//!   store's part of the replay skips what committed (`requests`).
 //!
 //! Files: this one starts a term; `batching` (the loop: gather, admit, park),
 //! `publish` (commit a batch, split around permanent failures, solo resend),
@@ -79,6 +82,11 @@ pub(super) struct Txn {
     pub(super) epoch: i64,
     /// The term's shutdown signal, for waits deep inside a batch.
     pub(super) stop: Shutdown,
+    /// The operator request whose events are being replayed now: its id goes
+    /// into every progress record it commits.
+    pub(super) replaying: Option<uuid::Uuid>,
+    /// The replay the last progress record of the former term was part of.
+    pub(super) resumed: Option<progress::ReplayMark>,
 }
 impl Relay {
     /// Runs one exactly-once term until shutdown, lease loss or rewind.
@@ -119,18 +127,18 @@ impl Relay {
         }
         let transactions_initialised = started.elapsed();
         // 2. Where to resume: the last committed progress record, else the store's checkpoint.
-        let position = loop {
+        let (position, resumed) = loop {
             match progress::read_last(k, &self.cfg.progress_topic, &self.cfg.consumer_name, Duration::from_secs(30))
                 .await
             {
-                Ok(Some(p)) => break p.position,
+                Ok(Some(p)) => break (p.position, p.replay),
                 Ok(None) => {
                     tracing::info!(
                         checkpoint = store_checkpoint,
                         "no progress record on {}: starting from the store's checkpoint",
                         self.cfg.progress_topic
                     );
-                    break store_checkpoint;
+                    break (store_checkpoint, None);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the progress topic; retrying");
@@ -171,6 +179,8 @@ impl Relay {
             value: Vec::with_capacity(4096),
             epoch,
             stop: shutdown.clone(),
+            replaying: None,
+            resumed,
             relay: self,
         };
         let exit = if t.relay.requests_only {

@@ -6,14 +6,22 @@
 //! carried out; a replayed aggregate's held events commit in order in
 //! transactions like any batch, and its park record is removed only after
 //! they committed; a rewind is a progress record of its own, committed
-//! before the term ends and the next term starts there.
+//! before the term ends and the next term starts there; every transaction of
+//! a replay names the request and how far it has committed (the progress
+//! record's `replay`), so a term that finds that request still open (the
+//! former one crashed between the commit and the store's part) skips what
+//! committed and only does the store's part: no event is published twice.
 
 use super::{Outcome, Txn};
 use crate::relay::parking::count_parked;
 use crate::relay::pipeline::{Exit, Item, RelayError};
 use crate::relay::requests::{plan, Plan, PlanCtx};
+use crate::relay::window::Fenced;
 use crate::shutdown::Shutdown;
 use crate::store::requests::RequestStatus;
+
+/// The crash point between a replay's commit and the store's part of it (tests).
+pub const CRASH_AFTER_REPLAY: &str = "after_replay_commit";
 
 impl Txn {
     /// Carries out operator requests between batches.
@@ -35,6 +43,16 @@ impl Txn {
             };
             let plans = match plan(&ctx, &r).await {
                 Ok(p) => p,
+                // The former term committed this replay and did the store's
+                // part (nothing is parked or left to replay), then stopped
+                // before recording the outcome.
+                Err(e) if self.resumed.is_some_and(|m| m.request == r.id) => {
+                    self.resumed = None;
+                    tracing::info!(request = %r.id, reason = %e, "a replay the former term carried out; recorded as done");
+                    let result = serde_json::json!({ "events": 0, "note": "carried out before a restart" });
+                    self.finish(r.id, RequestStatus::Done, result).await;
+                    continue;
+                }
                 Err(e) => {
                     self.finish(r.id, RequestStatus::Failed, serde_json::json!({ "error": e })).await;
                     continue;
@@ -62,16 +80,20 @@ impl Txn {
                             }
                         }
                     }
-                    Plan::Unpark { agg, items } => {
+                    Plan::Unpark { agg, mut items } => {
+                        self.skip_committed(r.id, &mut items, |i| i);
                         self.parked.remove(&agg);
                         // Carried to its end (the task's shutdown deadline
                         // bounds it): the progress does not record a replay,
                         // so one stopped after a partial commit would repeat
                         // that part (OPERATIONS.md, "Exactly-once delivery").
                         let mut never = Shutdown::never();
+                        self.replaying = Some(r.id);
                         if let Some(exit) = self.publish(items, self.position, &mut never).await? {
                             return Ok(Some(exit));
                         }
+                        self.replaying = None;
+                        self.relay.pause.crash_point(CRASH_AFTER_REPLAY);
                         if self.parked.contains(&agg) {
                             status = RequestStatus::Failed;
                             result = serde_json::json!({ "aggregate_id": agg.to_string(), "error": "an event failed again; parked again" });
@@ -84,12 +106,19 @@ impl Txn {
                             }
                         }
                     }
-                    Plan::Letters { items } => {
-                        let (events, ids): (Vec<Item>, Vec<uuid::Uuid>) = items.into_iter().unzip();
+                    Plan::Letters { mut items } => {
+                        // In feed order, so "committed through a position" is a prefix.
+                        items.sort_by_key(|(i, _)| i.position());
+                        let ids: Vec<uuid::Uuid> = items.iter().map(|(_, id)| *id).collect();
+                        self.skip_committed(r.id, &mut items, |(i, _)| i);
+                        let events: Vec<Item> = items.into_iter().map(|(i, _)| i).collect();
                         let mut never = Shutdown::never();
+                        self.replaying = Some(r.id);
                         if let Some(exit) = self.publish(events, self.position, &mut never).await? {
                             return Ok(Some(exit));
                         }
+                        self.replaying = None;
+                        self.relay.pause.crash_point(CRASH_AFTER_REPLAY);
                         for id in ids {
                             let _ = self.relay.store.dlq_remove(id).await;
                         }
@@ -99,6 +128,21 @@ impl Txn {
             self.finish(r.id, status, result).await;
         }
         Ok(None)
+    }
+
+    /// Drops from `items` what a former term already committed for request
+    /// `id` (its last progress record said so); used once.
+    fn skip_committed<T>(&mut self, id: uuid::Uuid, items: &mut Vec<T>, item: impl Fn(&T) -> &Item) {
+        let Some(mark) = self.resumed.filter(|m| m.request == id) else { return };
+        self.resumed = None;
+        let before = items.len();
+        items.retain(|t| item(t).position() > mark.through);
+        tracing::info!(
+            request = %id,
+            through = mark.through,
+            skipped = before - items.len(),
+            "resuming a replay the former term committed through this position: those events are not published again"
+        );
     }
 
     /// Records a request's outcome at this term's epoch (retried; see `operator::finish`).

@@ -15,7 +15,8 @@ use super::{classify, Outcome, Txn};
 use crate::relay::error::PublishError;
 use crate::relay::pipeline::{Item, RelayError};
 use crate::relay::producer::{SendError, TxnErrorKind};
-use crate::relay::progress::Progress;
+use crate::relay::progress::{Progress, ReplayMark};
+use crate::relay::window::Fenced;
 use crate::store::StoreError;
 
 impl Txn {
@@ -47,7 +48,11 @@ impl Txn {
             }
             sent += 1;
         }
-        let progress = Progress { position, epoch: self.epoch, committed_at: chrono::Utc::now(), cdc: None };
+        // In a replay, the record also says how far that replay has committed.
+        let replay = self
+            .replaying
+            .map(|request| ReplayMark { request, through: batch.iter().map(|i| i.position()).max().unwrap_or(0) });
+        let progress = Progress { position, epoch: self.epoch, committed_at: chrono::Utc::now(), cdc: None, replay };
         let key = self.relay.cfg.consumer_name.clone();
         let progress_token = base + sent;
         let bytes = progress.to_bytes();
