@@ -41,7 +41,12 @@ pub async fn e2e(
     seconds: u64,
     event: fn(usize) -> EventEnvelope,
 ) -> anyhow::Result<Latency> {
-    let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
+    let mut c = rdkafka::config::ClientConfig::new();
+    // The relay's TLS/SASL settings apply to this consumer too.
+    for (k, v) in cfg.kafka.client_extra() {
+        c.set(k, v);
+    }
+    let consumer: StreamConsumer = c
         .set("bootstrap.servers", &cfg.kafka.brokers)
         .set("group.id", format!("bench-{}", Uuid::now_v7()))
         .set("auto.offset.reset", "latest")
@@ -88,6 +93,11 @@ pub async fn e2e(
         }
     }
     let offered_per_s = producer_task.await?;
+    anyhow::ensure!(
+        !hist.is_empty(),
+        "no appended event was read back from {topic} within {} s: the latency consumer cannot read the topic",
+        seconds + 30
+    );
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(Latency {
         p50_ms: ms(0.5),

@@ -95,6 +95,16 @@ impl KafkaConfig {
         self.topic_routing == TopicRouting::PerEventType
     }
 
+    /// The `kafka.extra` settings that apply to a client reading what the
+    /// relay wrote (TLS, SASL, timeouts): all but the producer's own.
+    pub fn client_extra(&self) -> impl Iterator<Item = (&str, &str)> {
+        const PRODUCER_ONLY: &[&str] = &["transaction", "queue.buffering", "linger", "acks", "enable.idempotence"];
+        self.extra
+            .iter()
+            .filter(|(k, _)| !PRODUCER_ONLY.iter().any(|p| k.starts_with(p)))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
         validate_hosts("kafka.brokers", &self.brokers)?;

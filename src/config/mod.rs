@@ -221,6 +221,10 @@ mod tests {
         c.http.listen = "127.0.0.1:0".into();
         c.http.admin_listen = "127.0.0.1:0".into();
         c.validate().unwrap();
+        // A consumer of the relay's topics takes its security settings, not the producer's own.
+        c.kafka.extra.insert("transaction.timeout.ms".into(), "60000".into());
+        let client: Vec<_> = c.kafka.client_extra().collect();
+        assert_eq!(client, vec![("sasl.password", "x")]);
     }
 
     /// Review finding: the CDC relay ignored `exactly-once` and published

@@ -77,16 +77,9 @@ fn read_blocking(
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
-    for (k, v) in &kafka.extra {
-        // Security settings apply to the reader too; producer-only keys are ignored with a warning by librdkafka.
-        if !k.starts_with("transaction")
-            && !k.starts_with("queue.buffering")
-            && !k.starts_with("linger")
-            && k != "acks"
-            && !k.starts_with("enable.idempotence")
-        {
-            c.set(k, v);
-        }
+    // Security settings apply to the reader too.
+    for (k, v) in kafka.client_extra() {
+        c.set(k, v);
     }
     let reader: BaseConsumer =
         c.create().map_err(|e| PublishError::permanent("config", format!("cannot create the progress reader: {e}")))?;
