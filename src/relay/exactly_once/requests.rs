@@ -84,9 +84,9 @@ impl Txn {
                         self.skip_committed(r.id, &mut items, |i| i);
                         self.parked.remove(&agg);
                         // Carried to its end (the task's shutdown deadline
-                        // bounds it): the progress does not record a replay,
-                        // so one stopped after a partial commit would repeat
-                        // that part (OPERATIONS.md, "Exactly-once delivery").
+                        // bounds it); a term that stops after a partial commit
+                        // leaves the mark in the progress record, and the next
+                        // one skips what committed (OPERATIONS.md, "Exactly-once delivery").
                         let mut never = Shutdown::never();
                         self.replaying = Some(r.id);
                         if let Some(exit) = self.publish(items, self.position, &mut never).await? {
