@@ -393,6 +393,12 @@ fn malformed_and_hostile_requests_get_4xx_json_and_change_nothing() {
         Ok(r) if r.status == 413 && r.json()["error"] == "payload_too_large" => {}
         other => failures.push(format!("10 MB chunked: {other:?}")),
     }
+    // A command without fields answers malformed JSON as every body does.
+    let h = [("Content-Type", "application/json")];
+    let r = request(d.api, "POST", &format!("/orders/{existing}/confirm"), &h, Some(b"{\"x\""));
+    if r.status != 400 || r.json()["error"] != "malformed_json" {
+        failures.push(format!("confirm with malformed JSON: {} {}", r.status, r.text()));
+    }
     assert!(
         failures.is_empty(),
         "{} of {} hostile requests misbehaved:\n{}",

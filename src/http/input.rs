@@ -188,13 +188,14 @@ pub fn phone(body: &Input<'_>) -> Result<Option<PhoneNumber>, ApiError> {
 }
 
 /// The body of a command that takes no fields: empty, or a JSON object
-/// with none (`{}`); malformed JSON is a 400, any field a 422 naming it.
+/// with none (`{}`); malformed JSON is the 400 `malformed_json` every
+/// other body gets (`errors::json_error`), any field a 422 naming it.
 pub fn no_fields(body: &[u8]) -> Result<(), ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
     let v: Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request("body", format!("malformed JSON: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| ApiError::malformed_json(super::errors::describe_json_error(&e)))?;
     Input::body(&v, &[]).map(|_| ())
 }
 
