@@ -245,3 +245,26 @@ fn poison_inside_a_stream_is_held_then_replayed_or_discarded_in_order() {
     Verdict::judge(&records, &stored_rows(&db), |_| false, &[]).assert_sound("after replay and discard");
     d.stop();
 }
+
+/// The soak tests explain a missing event from the relay's delivery log: the
+/// line names where the broker acknowledged it, and the explanation says
+/// what the consumer read at that place (the event, or nothing).
+#[test]
+fn the_delivery_log_says_where_the_broker_put_each_event() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = kept_on_failure();
+    let cfg = daemon_config(&brokers, dir.path());
+    let db = cfg.store.path.clone();
+    let d = Daemon::start(&cfg, &[("RUST_LOG", DELIVERY_LOG.to_string())]);
+    create_order(&d, Uuid::now_v7(), "LOGGED");
+    wait_caught_up(&db, RELAY, Duration::from_secs(30));
+    let stored = stored_rows(&db);
+    let records = consume_all(&brokers, &topics(&cfg), 1, Duration::from_secs(10));
+    let r = records.iter().find(|r| r.event_id() == stored[0].event_id).expect("the event is on the topic");
+    let place = format!("acknowledged at partition {} offset {}", r.partition, r.offset);
+    let found = explain_missing(dir.path(), &stored[..1], &records);
+    assert!(found.contains(&place) && found.contains(&stored[0].event_id), "{found}");
+    let lost = explain_missing(dir.path(), &stored[..1], &[]);
+    assert!(lost.contains(&place) && lost.contains("the consumer read there: nothing"), "{lost}");
+    d.stop();
+}

@@ -43,6 +43,8 @@ const TTL_MS: u64 = 3000;
 fn soak_env(cfg: &Config, delivery: &str) -> Vec<(&'static str, String)> {
     vec![
         fault_injection(),
+        // Where the broker put each event: explains a missing one.
+        ("RUST_LOG", DELIVERY_LOG.to_string()),
         ("OUTBOX_RELAY__LEASE_TTL_MS", TTL_MS.to_string()),
         ("OUTBOX_RELAY__DELIVERY", delivery.to_string()),
         ("OUTBOX_RELAY__PROGRESS_TOPIC", format!("{}progress", cfg.kafka.topic_prefix)),
@@ -58,7 +60,13 @@ fn settle_and_judge(brokers: &str, cfg: &Config, db: &Path, windows: &[Window]) 
     let records = consume_until(brokers, &topics(cfg), stored.len(), Duration::from_secs(30), |rs| {
         Verdict::covers(rs, &stored, |_| false)
     });
-    Verdict::judge(&records, &stored, |_| false, windows)
+    let mut verdict = Verdict::judge(&records, &stored, |_| false, windows);
+    if !verdict.missing.is_empty() {
+        // The daemons log into the test directory, beside the store's.
+        let dir = db.parent().and_then(Path::parent).unwrap_or(db);
+        verdict.notes = explain_missing(dir, &verdict.missing, &records);
+    }
+    verdict
 }
 
 /// A second instance's configuration: the same store and topics, its own ports.

@@ -189,11 +189,16 @@ impl Run {
             self.solo = None;
         }
         match c.result {
-            Ok(_) => {
+            Ok((partition, offset)) => {
                 self.breaker.record_success(at.mono);
                 self.suspects.remove(&c.token);
                 self.resent_alone.remove(&c.token);
                 if let Some(item) = self.window.confirm(c.token) {
+                    if let Item::Event(e) = &item {
+                        // Where the broker says it put each event: the soak
+                        // tests turn this on to explain a record they miss.
+                        tracing::trace!(target: "outboxd::relay::delivered", position = e.position, partition, offset, "delivered");
+                    }
                     self.confirmed(c.token, item, at).await;
                 }
             }

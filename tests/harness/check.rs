@@ -69,6 +69,8 @@ pub struct Verdict {
     pub unexplained: Vec<String>,
     /// How many extra copies each window explained.
     pub explained_by: BTreeMap<String, usize>,
+    /// Where to look when events are missing (see `evidence::explain_missing`).
+    pub notes: String,
 }
 
 impl Verdict {
@@ -132,9 +134,10 @@ impl Verdict {
         let show = |v: &[String]| v.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
         assert!(
             self.missing.is_empty(),
-            "{context}: {} stored events missing from the topic, e.g. {:?}",
+            "{context}: {} stored events missing from the topic, e.g. {:?}\n{}",
             self.missing.len(),
-            &self.missing[..self.missing.len().min(5)]
+            &self.missing[..self.missing.len().min(5)],
+            self.notes
         );
         assert!(
             self.unknown.is_empty(),
@@ -158,9 +161,10 @@ impl Verdict {
 
     pub fn summary(&self) -> String {
         format!(
-            "{} delivered, {} missing, {} order violations, {} duplicate copies ({} explained: {:?})",
+            "{} delivered, {} missing, {} never stored, {} order violations, {} duplicate copies ({} explained: {:?})",
             self.delivered,
             self.missing.len(),
+            self.unknown.len(),
             self.order_violations.len(),
             self.duplicate_copies(),
             self.explained_by.values().sum::<usize>(),

@@ -98,6 +98,11 @@ impl PrivateKafka {
 impl Drop for PrivateKafka {
     fn drop(&mut self) {
         let _ = kafka_script(self.dir.path(), "stop");
+        if std::thread::panicking() {
+            // The broker's data and log explain what a failed test saw.
+            self.dir.disable_cleanup(true);
+            eprintln!("test failed: kept the private broker's directory {}", self.dir.path().display());
+        }
     }
 }
 

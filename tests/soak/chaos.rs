@@ -9,11 +9,13 @@ use super::*;
 struct Outcome {
     verdict: Verdict,
     kills: usize,
+    /// Kept until the test's asserts ran: a failed one keeps both directories.
+    _evidence: (PrivateKafka, KeptOnFailure),
 }
 
 fn chaos(delivery: &str) -> Outcome {
     let kafka = PrivateKafka::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = kept_on_failure();
     let mut cfg = daemon_config(&kafka.brokers, dir.path());
     cfg.kafka.message_timeout_ms = 2000;
     let db = cfg.store.path.clone();
@@ -51,7 +53,7 @@ fn chaos(delivery: &str) -> Outcome {
     let verdict = settle_and_judge(&kafka.brokers, &cfg, &db, &windows);
     eprintln!("chaos ({delivery}): {kills} kills; {}; {}", stats.line(), verdict.summary());
     d.stop();
-    Outcome { verdict, kills }
+    Outcome { verdict, kills, _evidence: (kafka, dir) }
 }
 
 #[test]

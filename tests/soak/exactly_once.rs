@@ -13,7 +13,7 @@ use std::time::Instant;
 #[test]
 fn soak_exactly_once_zombie_paused_mid_transaction_is_fenced() {
     let Some(brokers) = shared_brokers() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = kept_on_failure();
     let cfg_a = daemon_config(&brokers, dir.path());
     let cfg_b = second(&cfg_a);
     let db = cfg_a.store.path.clone();
@@ -58,7 +58,7 @@ fn soak_exactly_once_zombie_paused_mid_transaction_is_fenced() {
 #[test]
 fn soak_migration_from_at_least_once_to_exactly_once_repeats_only_the_last_window() {
     let Some(brokers) = shared_brokers() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = kept_on_failure();
     let cfg = daemon_config(&brokers, dir.path());
     let db = cfg.store.path.clone();
     let mut d = Daemon::start(&cfg, &soak_env(&cfg, "at-least-once"));
@@ -88,7 +88,7 @@ fn soak_migration_from_at_least_once_to_exactly_once_repeats_only_the_last_windo
 #[test]
 fn soak_exactly_once_abort_that_cannot_complete_ends_the_term_without_loss() {
     let kafka = PrivateKafka::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = kept_on_failure();
     let mut cfg = daemon_config(&kafka.brokers, dir.path());
     cfg.kafka.message_timeout_ms = 2000;
     let db = cfg.store.path.clone();

@@ -40,7 +40,7 @@ fn relay_status(d: &Daemon) -> serde_json::Value {
 #[test]
 fn soak_two_instances_one_publisher_takeover_zombie_and_restart() {
     let Some(brokers) = shared_brokers() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = kept_on_failure();
     let cfg_a = daemon_config(&brokers, dir.path());
     let cfg_b = second(&cfg_a);
     let db = cfg_a.store.path.clone();

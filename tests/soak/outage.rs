@@ -8,7 +8,7 @@ use super::*;
 #[test]
 fn soak_broker_outages_longer_than_every_timeout_keep_every_aggregate_in_order() {
     let kafka = PrivateKafka::start();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = kept_on_failure();
     let mut cfg = daemon_config(&kafka.brokers, dir.path());
     cfg.kafka.message_timeout_ms = 2000;
     let db = cfg.store.path.clone();

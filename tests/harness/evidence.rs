@@ -1,0 +1,93 @@
+//! Evidence a failed fault test leaves behind: its directory (store, daemon
+//! logs) is kept when the test panics, and a stored event the topic lacks is
+//! explained from the relay's own delivery log (`outboxd::relay::delivered`
+//! at trace level: position, partition, offset the broker acknowledged)
+//! compared with what the consumer read at that place.
+//!
+//! Guarantee: nothing here changes a verdict; it only says where to look.
+
+use std::path::{Path, PathBuf};
+
+use super::check::StoredRow;
+use super::kafka::Record;
+
+/// The `RUST_LOG` of a daemon whose deliveries may have to be explained, as
+/// docs/OPERATIONS.md ("Delivery guarantee") shows it.
+pub const DELIVERY_LOG: &str = "info,outboxd::relay::delivered=trace";
+
+/// A temporary directory kept (and named on stderr) when the test panics.
+pub struct KeptOnFailure(tempfile::TempDir);
+
+pub fn kept_on_failure() -> KeptOnFailure {
+    KeptOnFailure(tempfile::tempdir().unwrap())
+}
+
+impl KeptOnFailure {
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for KeptOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.disable_cleanup(true);
+            eprintln!("test failed: kept {} (store, daemon logs)", self.0.path().display());
+        }
+    }
+}
+
+/// Why each of the first `missing` events is not among `records`, as far as
+/// the daemon logs in `dir` tell: never acknowledged, or acknowledged at a
+/// (partition, offset) that holds another record or none.
+pub fn explain_missing(dir: &Path, missing: &[StoredRow], records: &[Record]) -> String {
+    let logs = daemon_logs(dir);
+    let mut out = Vec::new();
+    for row in missing.iter().take(5) {
+        let acks: Vec<(i32, i64, String)> = logs
+            .iter()
+            .flat_map(|(file, text)| {
+                text.lines()
+                    .filter(|l| l.contains("outboxd::relay::delivered") && field(l, "position") == Some(row.position))
+                    .filter_map(move |l| Some((field(l, "partition")? as i32, field(l, "offset")?, file.clone())))
+            })
+            .collect();
+        if acks.is_empty() {
+            out.push(format!("position {}: no delivery acknowledged in any daemon log", row.position));
+        }
+        for (partition, offset, file) in acks {
+            let there: Vec<String> = records
+                .iter()
+                .filter(|r| r.partition == partition && r.offset == offset)
+                .map(|r| format!("{} in {}", r.event_id(), r.topic))
+                .collect();
+            let lowest = records.iter().filter(|r| r.partition == partition).map(|r| r.offset).min();
+            out.push(format!(
+                "position {} acknowledged at partition {partition} offset {offset} ({file}); the consumer read there: {}; lowest offset read on that partition: {lowest:?}",
+                row.position,
+                if there.is_empty() { "nothing".to_string() } else { there.join(", ") },
+            ));
+        }
+    }
+    out.join("\n")
+}
+
+fn daemon_logs(dir: &Path) -> Vec<(String, String)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(&p).ok()?;
+            Some((p.file_name()?.to_string_lossy().into_owned(), text))
+        })
+        .collect()
+}
+
+/// The integer after ` name=` in a log line.
+fn field(line: &str, name: &str) -> Option<i64> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..].split(|c: char| !c.is_ascii_digit() && c != '-').next()?.parse().ok()
+}
