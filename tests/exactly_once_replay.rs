@@ -4,7 +4,9 @@
 //! `outboxd run` aborting there). The next start finds the request still
 //! open and, from the progress record of that commit, skips what committed:
 //! a read_committed consumer sees every event of the aggregate once, in
-//! order; the park record is gone and the request is done.
+//! order; the park record is gone and the request is done. A discard
+//! interrupted the same way publishes its marker once and keeps one audit
+//! row.
 
 mod harness;
 
@@ -21,9 +23,23 @@ fn big_items(n: usize, tag: &str) -> serde_json::Value {
     json!(items)
 }
 
-#[test]
-fn a_replay_interrupted_after_its_commit_is_not_published_again() {
-    let Some(brokers) = harness::shared_brokers() else { return };
+/// A daemon armed to abort after a replay's commit, with one order parked
+/// at its ~7 KB second event (the topic then takes it) and another order
+/// delivered.
+struct Parked {
+    brokers: String,
+    /// Holds the store and the daemon logs until the test ends.
+    _dir: tempfile::TempDir,
+    cfg: outboxd::config::Config,
+    env: Vec<(&'static str, String)>,
+    topic: String,
+    d: Daemon,
+    order: Uuid,
+    other: Uuid,
+}
+
+fn parked_under_an_armed_crash() -> Option<Parked> {
+    let brokers = harness::shared_brokers()?;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = daemon_config(&brokers, dir.path());
     cfg.kafka.compression = outboxd::config::Compression::None;
@@ -41,7 +57,7 @@ fn a_replay_interrupted_after_its_commit_is_not_published_again() {
     ];
     let mut crashing = env.clone();
     crashing.push(("OUTBOXD_ABORT_AT", "after_replay_commit".to_string()));
-    let mut d = Daemon::start(&cfg, &crashing);
+    let d = Daemon::start(&cfg, &crashing);
 
     let order = create_order(&d, Uuid::now_v7(), "SMALL-1");
     let r = d.post(&format!("/orders/{order}/items"), &json!({"items": big_items(50, "B")}));
@@ -50,31 +66,71 @@ fn a_replay_interrupted_after_its_commit_is_not_published_again() {
     eventually(Duration::from_secs(60), "the order to be parked at its ~7 KB event", || {
         (d.admin("GET", "/dlq").json()["parked_count"] == 1).then_some(())
     });
-
     alter_topic(&brokers, &topic, "max.message.bytes", "12000");
-    let r = d.admin_post("/dlq/replay", &json!({"aggregate_id": order, "wait": false}));
-    assert_eq!(r.status, 202, "{}", r.text());
-    let request = r.json()["request"]["id"].as_str().expect("the request's id").to_string();
-    let status = d.wait_exit(Duration::from_secs(60)).expect("the daemon aborts right after the replay's commit");
-    assert!(!status.success(), "{status:?}");
-    assert!(d.log_text().contains("aborting at an armed crash point"), "{}", d.log_text());
+    Some(Parked { brokers, _dir: dir, cfg, env, topic, d, order, other })
+}
 
-    // The next start carries the request to its end without publishing again.
-    let d = Daemon::start(&cfg, &env);
-    let done = eventually(Duration::from_secs(60), "the request to finish", || {
-        let v = d.admin("GET", &format!("/relay/requests/{request}")).json()["request"].clone();
-        matches!(v["status"].as_str(), Some("done" | "failed")).then_some(v)
-    });
-    assert_eq!(done["status"], "done", "{done}");
-    assert_eq!(d.admin("GET", "/dlq").json()["parked_count"], 0);
+impl Parked {
+    /// Submits `body` to `path` without waiting, waits for the armed abort,
+    /// restarts without it and waits until the request is done.
+    fn interrupt_then_finish(&mut self, path: &str, body: serde_json::Value) {
+        let r = self.d.admin_post(path, &body);
+        assert_eq!(r.status, 202, "{}", r.text());
+        let request = r.json()["request"]["id"].as_str().expect("the request's id").to_string();
+        let status = self.d.wait_exit(Duration::from_secs(60)).expect("the daemon aborts right after the commit");
+        assert!(!status.success(), "{status:?}");
+        assert!(self.d.log_text().contains("aborting at an armed crash point"), "{}", self.d.log_text());
 
-    // Everything on the topic: read until nothing more came for 5 s.
-    let records = consume_until(&brokers, std::slice::from_ref(&topic), 3, Duration::from_secs(5), |_| false);
-    let seqs = |agg: Uuid| -> Vec<String> {
-        records.iter().filter(|r| r.key == agg.to_string()).map(|r| r.headers["ce_sequence"].clone()).collect()
-    };
-    assert_eq!(seqs(order), vec!["1", "2"], "each event of the replayed order once, in order");
-    assert_eq!(seqs(other), vec!["1"]);
-    assert!(d.log_text().contains("resuming a replay"), "{}", d.log_text());
-    d.stop();
+        // The next start carries the request to its end without publishing again.
+        self.d = Daemon::start(&self.cfg, &self.env);
+        let done = eventually(Duration::from_secs(60), "the request to finish", || {
+            let v = self.d.admin("GET", &format!("/relay/requests/{request}")).json()["request"].clone();
+            matches!(v["status"].as_str(), Some("done" | "failed")).then_some(v)
+        });
+        assert_eq!(done["status"], "done", "{done}");
+        assert_eq!(self.d.admin("GET", "/dlq").json()["parked_count"], 0);
+        assert!(self.d.log_text().contains("resuming a replay"), "{}", self.d.log_text());
+    }
+
+    /// `(ce_sequence, ce_type)` of `agg` on the topic: read until nothing more came for 5 s.
+    fn on_topic(&self, agg: Uuid) -> Vec<(String, String)> {
+        let records =
+            consume_until(&self.brokers, std::slice::from_ref(&self.topic), 3, Duration::from_secs(5), |_| false);
+        records
+            .iter()
+            .filter(|r| r.key == agg.to_string())
+            .map(|r| (r.headers["ce_sequence"].clone(), r.headers["ce_type"].clone()))
+            .collect()
+    }
+}
+
+fn seqs(events: &[(String, String)]) -> Vec<&str> {
+    events.iter().map(|(s, _)| s.as_str()).collect()
+}
+
+#[test]
+fn a_replay_interrupted_after_its_commit_is_not_published_again() {
+    let Some(mut p) = parked_under_an_armed_crash() else { return };
+    p.interrupt_then_finish("/dlq/replay", json!({"aggregate_id": p.order, "wait": false}));
+    assert_eq!(seqs(&p.on_topic(p.order)), vec!["1", "2"], "each event of the replayed order once, in order");
+    assert_eq!(seqs(&p.on_topic(p.other)), vec!["1"]);
+    p.d.stop();
+}
+
+#[test]
+fn a_discard_interrupted_after_its_commit_keeps_one_marker_and_one_audit_row() {
+    let Some(mut p) = parked_under_an_armed_crash() else { return };
+    let db = p.cfg.store.path.clone();
+    let held = sqlite3(
+        &db,
+        &format!("SELECT event_id FROM event_store WHERE aggregate_id = '{}' AND sequence_number = 2", p.order),
+    );
+    let held = held.trim().to_string();
+    p.interrupt_then_finish("/dlq/discard", json!({"event_id": held, "reason": "re-sent by hand", "wait": false}));
+    let events = p.on_topic(p.order);
+    assert_eq!(seqs(&events), vec!["1", "2"], "the marker once, in the discarded event's place");
+    assert_eq!(events[1].1, "outboxd.EventDiscarded");
+    let audit = sqlite3(&db, &format!("SELECT COUNT(*), MIN(reason) FROM discarded_events WHERE event_id = '{held}'"));
+    assert_eq!(audit.trim(), "1|re-sent by hand", "one audit row for one discard");
+    p.d.stop();
 }

@@ -295,6 +295,39 @@ async fn fenced_requests(s: DynStore) {
     assert_eq!((r.status, r.claimed_epoch), (RequestStatus::Done, Some(2)));
 }
 
+/// A discard's audit row is written once per (consumer, event id): a
+/// discard carried out again after a crash keeps the first row.
+async fn discard_audit_row_once(s: DynStore) {
+    use outboxd::store::parking::DiscardRecord;
+    let event_id = Uuid::now_v7().to_string();
+    let row = |reason: &str| DiscardRecord {
+        consumer: "kafka-relay".into(),
+        event_id: event_id.clone(),
+        aggregate_id: Uuid::now_v7().to_string(),
+        aggregate_type: Some("order".into()),
+        sequence: Some(2),
+        position: Some(7),
+        event_type: Some("ItemsAdded".into()),
+        payload: Some("{}".into()),
+        error: "refused by the broker".into(),
+        reason: reason.into(),
+        discarded_at: chrono::Utc::now(),
+    };
+    s.record_discard(&row("first")).await.unwrap();
+    s.record_discard(&row("again")).await.unwrap();
+    let mut other = row("another consumer");
+    other.consumer = "kafka-relay-2".into();
+    s.record_discard(&other).await.unwrap();
+    let rows = s.discards(100).await.unwrap();
+    let mine: Vec<_> =
+        rows.iter().filter(|d| d.event_id == event_id).map(|d| (d.consumer.as_str(), d.reason.as_str())).collect();
+    assert_eq!(mine.len(), 2, "one row per consumer: {mine:?}");
+    assert!(
+        mine.contains(&("kafka-relay", "first")) && mine.contains(&("kafka-relay-2", "another consumer")),
+        "{mine:?}"
+    );
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
@@ -318,6 +351,7 @@ macro_rules! suite {
             case!(snapshots);
             case!(fenced_parking);
             case!(fenced_requests);
+            case!(discard_audit_row_once);
         }
     };
 }

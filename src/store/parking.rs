@@ -87,7 +87,8 @@ pub trait ParkingStore: Send + Sync {
         from_sequence: Option<i64>,
         up_to_position: Option<i64>,
     ) -> Result<Vec<FeedRow>, StoreError>;
-    /// Writes the audit row of a discard.
+    /// Writes the audit row of a discard, once per (consumer, event id): a
+    /// discard carried out again after a crash keeps its first row.
     async fn record_discard(&self, d: &DiscardRecord) -> Result<(), StoreError>;
     async fn discards(&self, limit: usize) -> Result<Vec<DiscardRecord>, StoreError>;
 }

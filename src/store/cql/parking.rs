@@ -117,7 +117,24 @@ impl CqlStore {
         self.raw_rows(id, from_sequence.unwrap_or(1) - 1).await
     }
 
+    /// Writes the audit row unless one for (consumer, event id) exists (one
+    /// partition per consumer; discards are rare, so the filtered read is small).
     pub(super) async fn discard_row(&self, d: &DiscardRecord) -> Result<(), StoreError> {
+        let exists = format!(
+            "SELECT event_id FROM {} WHERE consumer = ? AND event_id = ? LIMIT 1 ALLOW FILTERING",
+            self.t("discarded_events")
+        );
+        let found = self
+            .session
+            .query_unpaged(exists, (&d.consumer, &d.event_id))
+            .await
+            .map_err(|e| exec_err("read discard audit rows", e))?
+            .into_rows_result()
+            .map_err(codec)?
+            .rows_num();
+        if found > 0 {
+            return Ok(());
+        }
         let cql = format!(
             "INSERT INTO {} (consumer, discarded_at, event_id, aggregate_id, aggregate_type, sequence_number, position, event_type, payload, error, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             self.t("discarded_events")

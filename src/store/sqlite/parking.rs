@@ -108,7 +108,8 @@ pub(super) fn aggregate_rows(
 pub(super) fn record_discard(c: &Connection, d: &DiscardRecord) -> Result<(), StoreError> {
     c.execute(
         "INSERT INTO discarded_events (consumer, event_id, aggregate_id, aggregate_type, sequence_number, position, event_type, payload, error, reason, discarded_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+         WHERE NOT EXISTS (SELECT 1 FROM discarded_events WHERE consumer = ?1 AND event_id = ?2)",
         params![d.consumer, d.event_id, d.aggregate_id, d.aggregate_type, d.sequence, d.position, d.event_type, d.payload, d.error, d.reason, ts(&d.discarded_at)],
     )
     .map(|_| ())
