@@ -261,7 +261,7 @@ fn the_delivery_log_says_where_the_broker_put_each_event() {
     let stored = stored_rows(&db);
     let records = consume_all(&brokers, &topics(&cfg), 1, Duration::from_secs(10));
     let r = records.iter().find(|r| r.event_id() == stored[0].event_id).expect("the event is on the topic");
-    let place = format!("acknowledged at partition {} offset {}", r.partition, r.offset);
+    let place = format!("acknowledged at {} partition {} offset {}", r.topic, r.partition, r.offset);
     let found = explain_missing(dir.path(), &stored[..1], &records);
     assert!(found.contains(&place) && found.contains(&stored[0].event_id), "{found}");
     let lost = explain_missing(dir.path(), &stored[..1], &[]);

@@ -194,10 +194,13 @@ impl Run {
                 self.suspects.remove(&c.token);
                 self.resent_alone.remove(&c.token);
                 if let Some(item) = self.window.confirm(c.token) {
+                    // Where the broker says it put each event: the soak tests
+                    // turn this on to explain a record they miss.
                     if let Item::Event(e) = &item {
-                        // Where the broker says it put each event: the soak
-                        // tests turn this on to explain a record they miss.
-                        tracing::trace!(target: "outboxd::relay::delivered", position = e.position, partition, offset, "delivered");
+                        if tracing::enabled!(target: "outboxd::relay::delivered", tracing::Level::TRACE) {
+                            let topic = self.encoder.topic(&e.aggregate_type, &e.event_type);
+                            tracing::trace!(target: "outboxd::relay::delivered", position = e.position, %topic, partition, offset, "delivered");
+                        }
                     }
                     self.confirmed(c.token, item, at).await;
                 }

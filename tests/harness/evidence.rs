@@ -44,26 +44,26 @@ pub fn explain_missing(dir: &Path, missing: &[StoredRow], records: &[Record]) ->
     let logs = daemon_logs(dir);
     let mut out = Vec::new();
     for row in missing.iter().take(5) {
-        let acks: Vec<(i32, i64, String)> = logs
+        let acks: Vec<(String, i32, i64, String)> = logs
             .iter()
             .flat_map(|(file, text)| {
                 text.lines()
-                    .filter(|l| l.contains("outboxd::relay::delivered") && field(l, "position") == Some(row.position))
-                    .filter_map(move |l| Some((field(l, "partition")? as i32, field(l, "offset")?, file.clone())))
+                    .filter(|l| l.contains("outboxd::relay::delivered") && number(l, "position") == Some(row.position))
+                    .filter_map(move |l| {
+                        Some((word(l, "topic")?, number(l, "partition")? as i32, number(l, "offset")?, file.clone()))
+                    })
             })
             .collect();
         if acks.is_empty() {
             out.push(format!("position {}: no delivery acknowledged in any daemon log", row.position));
         }
-        for (partition, offset, file) in acks {
-            let there: Vec<String> = records
-                .iter()
-                .filter(|r| r.partition == partition && r.offset == offset)
-                .map(|r| format!("{} in {}", r.event_id(), r.topic))
-                .collect();
-            let lowest = records.iter().filter(|r| r.partition == partition).map(|r| r.offset).min();
+        for (topic, partition, offset, file) in acks {
+            let same = |r: &&Record| r.topic == topic && r.partition == partition;
+            let there: Vec<String> =
+                records.iter().filter(same).filter(|r| r.offset == offset).map(|r| r.event_id()).collect();
+            let lowest = records.iter().filter(same).map(|r| r.offset).min();
             out.push(format!(
-                "position {} acknowledged at partition {partition} offset {offset} ({file}); the consumer read there: {}; lowest offset read on that partition: {lowest:?}",
+                "position {} acknowledged at {topic} partition {partition} offset {offset} ({file}); the consumer read there: {}; lowest offset read on that partition: {lowest:?}",
                 row.position,
                 if there.is_empty() { "nothing".to_string() } else { there.join(", ") },
             ));
@@ -86,8 +86,13 @@ fn daemon_logs(dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The integer after ` name=` in a log line.
-fn field(line: &str, name: &str) -> Option<i64> {
+/// The text after ` name=` in a log line, up to the next space.
+fn word(line: &str, name: &str) -> Option<String> {
     let at = line.find(&format!(" {name}="))? + name.len() + 2;
-    line[at..].split(|c: char| !c.is_ascii_digit() && c != '-').next()?.parse().ok()
+    line[at..].split(' ').next().map(str::to_string)
+}
+
+/// The integer after ` name=` in a log line.
+fn number(line: &str, name: &str) -> Option<i64> {
+    word(line, name)?.parse().ok()
 }
