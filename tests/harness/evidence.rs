@@ -39,7 +39,7 @@ impl Drop for KeptOnFailure {
 
 /// Why each of the first `missing` events is not among `records`, as far as
 /// the daemon logs in `dir` tell: never acknowledged, or acknowledged at a
-/// (partition, offset) that holds another record or none.
+/// (topic, partition, offset) that holds another record or none.
 pub fn explain_missing(dir: &Path, missing: &[StoredRow], records: &[Record]) -> String {
     let logs = daemon_logs(dir);
     let mut out = Vec::new();
