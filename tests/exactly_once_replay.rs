@@ -92,16 +92,19 @@ impl Parked {
         assert!(self.d.log_text().contains("resuming a replay"), "{}", self.d.log_text());
     }
 
-    /// `(ce_sequence, ce_type)` of `agg` on the topic: read until nothing more came for 5 s.
-    fn on_topic(&self, agg: Uuid) -> Vec<(String, String)> {
-        let records =
-            consume_until(&self.brokers, std::slice::from_ref(&self.topic), 3, Duration::from_secs(5), |_| false);
-        records
-            .iter()
-            .filter(|r| r.key == agg.to_string())
-            .map(|r| (r.headers["ce_sequence"].clone(), r.headers["ce_type"].clone()))
-            .collect()
+    /// Everything on the topic: read until nothing more came for 5 s.
+    fn topic(&self) -> Vec<Record> {
+        consume_until(&self.brokers, std::slice::from_ref(&self.topic), 3, Duration::from_secs(5), |_| false)
     }
+}
+
+/// `(ce_sequence, ce_type)` of `agg`'s records, in topic order.
+fn events(records: &[Record], agg: Uuid) -> Vec<(String, String)> {
+    records
+        .iter()
+        .filter(|r| r.key == agg.to_string())
+        .map(|r| (r.headers["ce_sequence"].clone(), r.headers["ce_type"].clone()))
+        .collect()
 }
 
 fn seqs(events: &[(String, String)]) -> Vec<&str> {
@@ -112,8 +115,9 @@ fn seqs(events: &[(String, String)]) -> Vec<&str> {
 fn a_replay_interrupted_after_its_commit_is_not_published_again() {
     let Some(mut p) = parked_under_an_armed_crash() else { return };
     p.interrupt_then_finish("/dlq/replay", json!({"aggregate_id": p.order, "wait": false}));
-    assert_eq!(seqs(&p.on_topic(p.order)), vec!["1", "2"], "each event of the replayed order once, in order");
-    assert_eq!(seqs(&p.on_topic(p.other)), vec!["1"]);
+    let records = p.topic();
+    assert_eq!(seqs(&events(&records, p.order)), vec!["1", "2"], "each event of the replayed order once, in order");
+    assert_eq!(seqs(&events(&records, p.other)), vec!["1"]);
     p.d.stop();
 }
 
@@ -127,9 +131,9 @@ fn a_discard_interrupted_after_its_commit_keeps_one_marker_and_one_audit_row() {
     );
     let held = held.trim().to_string();
     p.interrupt_then_finish("/dlq/discard", json!({"event_id": held, "reason": "re-sent by hand", "wait": false}));
-    let events = p.on_topic(p.order);
-    assert_eq!(seqs(&events), vec!["1", "2"], "the marker once, in the discarded event's place");
-    assert_eq!(events[1].1, "outboxd.EventDiscarded");
+    let order = events(&p.topic(), p.order);
+    assert_eq!(seqs(&order), vec!["1", "2"], "the marker once, in the discarded event's place");
+    assert_eq!(order[1].1, "outboxd.EventDiscarded");
     let audit = sqlite3(&db, &format!("SELECT COUNT(*), MIN(reason) FROM discarded_events WHERE event_id = '{held}'"));
     assert_eq!(audit.trim(), "1|re-sent by hand", "one audit row for one discard");
     p.d.stop();

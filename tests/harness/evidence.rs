@@ -15,24 +15,33 @@ use super::kafka::Record;
 /// docs/OPERATIONS.md ("Delivery guarantee") shows it.
 pub const DELIVERY_LOG: &str = "info,outboxd::relay::delivered=trace";
 
-/// A temporary directory kept (and named on stderr) when the test panics.
-pub struct KeptOnFailure(tempfile::TempDir);
+/// A temporary directory kept (and named on stderr, with what it holds)
+/// when the test panics.
+pub struct KeptOnFailure {
+    dir: tempfile::TempDir,
+    holds: &'static str,
+}
 
+/// A test's directory: its store and daemon logs.
 pub fn kept_on_failure() -> KeptOnFailure {
-    KeptOnFailure(tempfile::tempdir().unwrap())
+    KeptOnFailure::new(tempfile::tempdir().unwrap(), "store, daemon logs")
 }
 
 impl KeptOnFailure {
+    pub fn new(dir: tempfile::TempDir, holds: &'static str) -> KeptOnFailure {
+        KeptOnFailure { dir, holds }
+    }
+
     pub fn path(&self) -> &Path {
-        self.0.path()
+        self.dir.path()
     }
 }
 
 impl Drop for KeptOnFailure {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.disable_cleanup(true);
-            eprintln!("test failed: kept {} (store, daemon logs)", self.0.path().display());
+            self.dir.disable_cleanup(true);
+            eprintln!("test failed: kept {} ({})", self.dir.path().display(), self.holds);
         }
     }
 }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use outboxd::config::Config;
 
+use super::evidence::KeptOnFailure;
 use super::repo_root;
 
 /// The shared broker of `make test`, or a clear skip.
@@ -50,7 +51,8 @@ pub struct TlsListeners {
 
 /// A private Kafka broker in its own directory, stopped on drop.
 pub struct PrivateKafka {
-    pub dir: tempfile::TempDir,
+    /// Kept when the test fails: the broker's data and log explain what it saw.
+    pub dir: KeptOnFailure,
     pub brokers: String,
     /// With `start_tls`: the TLS and SASL_SSL listeners.
     pub tls: Option<TlsListeners>,
@@ -84,6 +86,7 @@ impl PrivateKafka {
             sasl_user: out["KAFKA_SASL_USER"].clone(),
             sasl_password: out["KAFKA_SASL_PASSWORD"].clone(),
         });
+        let dir = KeptOnFailure::new(dir, "the private broker's data and log");
         PrivateKafka { dir, brokers: out["KAFKA_BROKERS"].clone(), tls, _one_at_a_time: guard }
     }
     pub fn stop(&self) {
@@ -98,11 +101,6 @@ impl PrivateKafka {
 impl Drop for PrivateKafka {
     fn drop(&mut self) {
         let _ = kafka_script(self.dir.path(), "stop");
-        if std::thread::panicking() {
-            // The broker's data and log explain what a failed test saw.
-            self.dir.disable_cleanup(true);
-            eprintln!("test failed: kept the private broker's directory {}", self.dir.path().display());
-        }
     }
 }
 

@@ -27,12 +27,8 @@ pub(super) fn customer_view(id: Uuid, version: i64, c: &Customer) -> Value {
 /// other, repeated or malformed parameter is a 400 naming it.
 pub fn page_request(query: &[(String, String)]) -> Result<PageRequest, ApiError> {
     let q = Params::new(query, &["after", "offset", "limit"])?;
-    let after = match q.get("after") {
-        None => None,
-        Some(v) => Some(Uuid::parse_str(v).map_err(|_| {
-            ApiError::bad_request("after", "after must be an order id (the next_after of the previous page)")
-        })?),
-    };
+    let after =
+        q.parsed::<Uuid>("after", |_| true, "after must be an order id (the next_after of the previous page)")?;
     let offset = q.parsed::<u64>("offset", |_| true, "offset must be a non-negative integer")?.unwrap_or(0);
     let limit = q
         .parsed::<usize>(

@@ -80,20 +80,11 @@ impl Txn {
                             }
                         }
                     }
-                    Plan::Unpark { agg, mut items } => {
-                        self.skip_committed(r.id, &mut items, |i| i);
+                    Plan::Unpark { agg, items } => {
                         self.parked.remove(&agg);
-                        // Carried to its end (the task's shutdown deadline
-                        // bounds it); a term that stops after a partial commit
-                        // leaves the mark in the progress record, and the next
-                        // one skips what committed (OPERATIONS.md, "Exactly-once delivery").
-                        let mut never = Shutdown::never();
-                        self.replaying = Some(r.id);
-                        if let Some(exit) = self.publish(items, self.position, &mut never).await? {
+                        if let Some(exit) = self.publish_replay(r.id, items).await? {
                             return Ok(Some(exit));
                         }
-                        self.replaying = None;
-                        self.relay.pause.crash_point(CRASH_AFTER_REPLAY);
                         if self.parked.contains(&agg) {
                             status = RequestStatus::Failed;
                             result = serde_json::json!({ "aggregate_id": agg.to_string(), "error": "an event failed again; parked again" });
@@ -109,16 +100,10 @@ impl Txn {
                     Plan::Letters { mut items } => {
                         // In feed order, so "committed through a position" is a prefix.
                         items.sort_by_key(|(i, _)| i.position());
-                        let ids: Vec<uuid::Uuid> = items.iter().map(|(_, id)| *id).collect();
-                        self.skip_committed(r.id, &mut items, |(i, _)| i);
-                        let events: Vec<Item> = items.into_iter().map(|(i, _)| i).collect();
-                        let mut never = Shutdown::never();
-                        self.replaying = Some(r.id);
-                        if let Some(exit) = self.publish(events, self.position, &mut never).await? {
+                        let (events, ids): (Vec<Item>, Vec<uuid::Uuid>) = items.into_iter().unzip();
+                        if let Some(exit) = self.publish_replay(r.id, events).await? {
                             return Ok(Some(exit));
                         }
-                        self.replaying = None;
-                        self.relay.pause.crash_point(CRASH_AFTER_REPLAY);
                         for id in ids {
                             let _ = self.relay.store.dlq_remove(id).await;
                         }
@@ -130,13 +115,30 @@ impl Txn {
         Ok(None)
     }
 
+    /// Publishes the events of request `id`'s replay (in feed order), each
+    /// transaction's progress record naming the request. Carried to its end
+    /// (the task's shutdown deadline bounds it); a term that stops after a
+    /// partial commit leaves the mark in the progress record, and the next
+    /// one skips what committed (OPERATIONS.md, "Exactly-once delivery").
+    async fn publish_replay(&mut self, id: uuid::Uuid, mut items: Vec<Item>) -> Result<Option<Exit>, RelayError> {
+        self.skip_committed(id, &mut items);
+        let mut never = Shutdown::never();
+        self.replaying = Some(id);
+        if let Some(exit) = self.publish(items, self.position, &mut never).await? {
+            return Ok(Some(exit));
+        }
+        self.replaying = None;
+        self.relay.pause.crash_point(CRASH_AFTER_REPLAY);
+        Ok(None)
+    }
+
     /// Drops from `items` what a former term already committed for request
     /// `id` (its last progress record said so); used once.
-    fn skip_committed<T>(&mut self, id: uuid::Uuid, items: &mut Vec<T>, item: impl Fn(&T) -> &Item) {
+    fn skip_committed(&mut self, id: uuid::Uuid, items: &mut Vec<Item>) {
         let Some(mark) = self.resumed.filter(|m| m.request == id) else { return };
         self.resumed = None;
         let before = items.len();
-        items.retain(|t| item(t).position() > mark.through);
+        items.retain(|i| i.position() > mark.through);
         tracing::info!(
             request = %id,
             through = mark.through,
