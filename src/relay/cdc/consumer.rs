@@ -28,6 +28,7 @@
 use async_trait::async_trait;
 use scylla::value::CqlValue;
 use scylla_cdc::consumer::{CDCRow, Consumer, ConsumerFactory};
+use std::collections::HashSet;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -35,6 +36,7 @@ use super::batch::{timeuuid_ms, BatchBuffer, RowMeta};
 use super::columns::{envelope_from_cdc_row, CdcColumns};
 use super::progress::StreamKey;
 use super::saver::LeaseCheckpointSaver;
+use super::watchdog::Calls;
 use super::CdcError;
 use crate::envelope::EventEnvelope;
 use crate::relay::deliver::{Delivered, Deliverer};
@@ -172,6 +174,10 @@ pub struct SinkConsumer<S: EnvelopeSink> {
     saver: Option<Arc<LeaseCheckpointSaver>>,
     shutdown: Shutdown,
     buffer: BatchBuffer<(RowPosition, Item)>,
+    /// This consumer's (one stream group's) calls, and the streams it told
+    /// the saver's watchdog activity it reads.
+    calls: Arc<Calls>,
+    streams: HashSet<StreamKey>,
 }
 
 impl<S: EnvelopeSink> SinkConsumer<S> {
@@ -196,12 +202,18 @@ impl<S: EnvelopeSink> SinkConsumer<S> {
 #[async_trait]
 impl<S: EnvelopeSink> Consumer for SinkConsumer<S> {
     async fn consume_cdc(&mut self, row: CDCRow<'_>) -> anyhow::Result<()> {
-        let saver = self.saver.clone();
-        let _busy = saver.as_ref().map(|s| s.activity().enter());
-        if let Some(s) = self.saver.as_ref().filter(|s| s.is_fenced()) {
-            return Err(CdcError::Fenced { consumer: s.name().to_string() }.into());
-        }
         let meta = RowMeta::of(&row);
+        let calls = self.calls.clone();
+        let _busy = calls.enter();
+        if let Some(s) = &self.saver {
+            if !self.streams.contains(&meta.key.stream) {
+                s.activity().reads(&meta.key.stream, &calls);
+                self.streams.insert(meta.key.stream.clone());
+            }
+            if s.is_fenced() {
+                return Err(CdcError::Fenced { consumer: s.name().to_string() }.into());
+            }
+        }
         let position = RowPosition {
             stream: meta.key.stream.clone(),
             generation: self.saver.as_ref().and_then(|s| s.generation_ms()),
@@ -254,6 +266,8 @@ impl<S: EnvelopeSink> ConsumerFactory for SinkConsumerFactory<S> {
             saver: self.saver.clone(),
             shutdown: self.shutdown.clone(),
             buffer: BatchBuffer::new(MAX_BATCH_ROWS),
+            calls: Arc::default(),
+            streams: HashSet::new(),
         })
     }
 }

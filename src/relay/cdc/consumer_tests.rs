@@ -72,17 +72,27 @@ fn append_rows(
     time: Uuid,
     seq_of: impl Fn(usize) -> i32,
 ) -> Vec<(scylla_cdc::consumer::CDCRowSchema, scylla::value::Row)> {
+    append_rows_on(&STREAM, events, time, seq_of)
+}
+
+/// [`append_rows`] in the log partition of `stream`.
+fn append_rows_on(
+    stream: &[u8],
+    events: &[EventEnvelope],
+    time: Uuid,
+    seq_of: impl Fn(usize) -> i32,
+) -> Vec<(scylla_cdc::consumer::CDCRowSchema, scylla::value::Row)> {
     let n = events.len();
     let mut rows = vec![cdc_row_parts(
         OperationType::RowUpdate,
-        &STREAM,
+        stream,
         time,
         0,
         false,
         static_row_columns(events[0].aggregate_id, n as i64),
     )];
     for (i, e) in events.iter().enumerate() {
-        rows.push(cdc_row_parts(OperationType::RowInsert, &STREAM, time, seq_of(i), i + 1 == n, event_row_columns(e)));
+        rows.push(cdc_row_parts(OperationType::RowInsert, stream, time, seq_of(i), i + 1 == n, event_row_columns(e)));
     }
     rows
 }
@@ -300,4 +310,52 @@ async fn a_call_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
     let after = saver.stall_sample();
     assert_eq!((after.busy, after.done), (0, 2), "finished and released: counted as movement");
     assert_eq!(watch.observe(t0 + Duration::from_secs(3 * 3_600 + 1), after), None);
+}
+
+/// Against Cassandra: two stream groups (scylla-cdc gives each its own
+/// consumer) on one saver. The group of the oldest stream read one append and
+/// then hung; the other group delivered an append every 30 s all along. The
+/// stuck group is a stall one limit later (the other group's calls used to
+/// hide it), and its next finished call is movement again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stream_group_stuck_while_another_delivers_is_a_stall() {
+    use crate::relay::cdc::watchdog::StallWatch;
+    const OTHER: [u8; 16] = [9; 16];
+    const LIMIT: Duration = Duration::from_secs(300);
+    let Some(store) = live_store("CDC consumer: one stuck stream group").await else { return };
+    let saver = LeaseCheckpointSaver::open(
+        store.session(),
+        store.keyspace(),
+        "kafka-relay",
+        None,
+        Duration::from_secs(86_400),
+        None,
+    )
+    .await
+    .unwrap();
+    saver.start_generation(1_000).await.unwrap();
+    let sink = Arc::new(Recorder::default());
+    let mut stuck = consumer(sink.clone(), Some(saver.clone())).await;
+    let mut busy = consumer(sink.clone(), Some(saver.clone())).await;
+    feed(&mut stuck, append_rows_on(&STREAM, &order_events(Uuid::now_v7(), 1), timeuuid_at(400, 0), |_| 1))
+        .await
+        .unwrap();
+    saver.record(&StreamKey(STREAM.to_vec()), 500).unwrap();
+    let t0 = tokio::time::Instant::now();
+    let mut watch = StallWatch::new(LIMIT, t0);
+    for (i, secs) in (0..=300u64).step_by(30).enumerate() {
+        let at = 2_000 + i as i64 * 1_000;
+        let append = append_rows_on(&OTHER, &order_events(Uuid::now_v7(), 2), timeuuid_at(at, 0), |i| i as i32 + 1);
+        feed(&mut busy, append).await.unwrap();
+        saver.record(&StreamKey(OTHER.to_vec()), at + 500).unwrap();
+        let sample = saver.stall_sample();
+        assert_eq!(sample.oldest_ms, Some(500), "the stuck group's stream is the oldest");
+        let verdict = watch.observe(t0 + Duration::from_secs(secs), sample);
+        assert_eq!(verdict, (secs == 300).then_some(LIMIT), "at {secs} s");
+    }
+    assert_eq!(sink.sequences().len(), 1 + 11 * 2, "the other group delivered all along");
+    feed(&mut stuck, append_rows_on(&STREAM, &order_events(Uuid::now_v7(), 1), timeuuid_at(450, 0), |_| 1))
+        .await
+        .unwrap();
+    assert_eq!(watch.observe(t0 + LIMIT + Duration::from_secs(1), saver.stall_sample()), None);
 }

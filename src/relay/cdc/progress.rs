@@ -216,9 +216,16 @@ impl ProgressState {
         self.streams.values().map(|e| e.time).min()
     }
 
-    /// Number of streams whose consumer holds a batch.
-    pub fn held(&self) -> usize {
-        self.holds.len()
+    /// The oldest progress and the streams at it (the ones the stall
+    /// watchdog looks at).
+    pub fn oldest_streams(&self) -> (Option<i64>, Vec<&StreamKey>) {
+        let oldest = self.oldest();
+        (oldest, self.streams.iter().filter(|(_, e)| Some(e.time) == oldest).map(|(k, _)| k).collect())
+    }
+
+    /// True while the consumer of `stream` holds a batch.
+    pub fn is_held(&self, stream: &StreamKey) -> bool {
+        self.holds.contains_key(stream)
     }
 
     /// Number of streams tracked.
@@ -337,17 +344,29 @@ mod tests {
     }
 
     #[test]
+    fn the_oldest_streams_are_every_stream_at_the_oldest_progress() {
+        let mut s = ProgressState::default();
+        assert_eq!(s.oldest_streams(), (None, vec![]));
+        s.admit(&k(1), 500);
+        s.admit(&k(2), 400);
+        s.admit(&k(3), 400);
+        let (oldest, mut at) = s.oldest_streams();
+        at.sort();
+        assert_eq!((oldest, at), (Some(400), vec![&k(2), &k(3)]));
+    }
+
+    #[test]
     fn progress_never_passes_a_hold() {
         let mut s = ProgressState::default();
         s.admit(&k(1), 100);
         s.hold(&k(1), 150);
-        assert_eq!(s.held(), 1);
+        assert!(s.is_held(&k(1)) && !s.is_held(&k(2)));
         assert!(s.admit(&k(1), 500), "up to the hold");
         assert_eq!(s.loaded(&k(1)), Some(150));
         assert!(!s.admit(&k(1), 600));
         assert!(s.admit(&k(2), 600), "other streams are not held");
         s.release(&k(1));
-        assert_eq!(s.held(), 0);
+        assert!(!s.is_held(&k(1)));
         assert!(s.admit(&k(1), 600));
         assert_eq!(s.loaded(&k(1)), Some(600));
         s.hold(&k(2), 650);

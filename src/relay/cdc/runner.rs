@@ -16,9 +16,10 @@
 //!   `stop_grace`, else abandons it; unsaved progress is re-read after a
 //!   restart (duplicates, never loss). A fenced saver ends the run at once
 //!   with `CdcError::Fenced` (the reader is cancelled, nothing more is saved).
-//! - A reader whose progress stands still for `stall_restart` while its
-//!   consumer is idle (`watchdog`: never during a broker outage, when the
-//!   delivery call itself waits) is stopped like at shutdown and
+//! - A reader whose oldest progress stands still for `stall_restart` while
+//!   the consumer of those streams is idle (`watchdog`: never during a
+//!   broker outage, when the delivery call itself waits; other stream
+//!   groups' calls do not count) is stopped like at shutdown and
 //!   started again from its progress, counted in `restarts`; nothing is
 //!   skipped (progress never passed an unhandled row) and the re-read tail
 //!   is published again (same `ce_id`).

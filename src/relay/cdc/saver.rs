@@ -98,7 +98,8 @@ pub struct LeaseCheckpointSaver {
     /// value after a newer one.
     flushing: tokio::sync::Mutex<()>,
     fenced: watch::Sender<Option<Option<i64>>>,
-    /// The consumer's calls (`watchdog`: a stalled reader or a busy consumer).
+    /// The consumers' calls by stream (`watchdog`: a stalled stream group
+    /// or a busy consumer).
     activity: Activity,
 }
 
@@ -212,19 +213,22 @@ impl LeaseCheckpointSaver {
         self.state.lock().unwrap().oldest()
     }
 
-    /// The consumer's calls, for the stall watchdog.
+    /// The consumers' calls by stream, for the stall watchdog.
     pub fn activity(&self) -> &Activity {
         &self.activity
     }
 
     /// What the stall watchdog samples: the oldest progress and the
-    /// activity. A batch the consumer holds (waiting for the rest of its
-    /// rows) counts as a call in progress: a restart would only buffer it
-    /// again.
+    /// activity of the consumers of the streams at it (other stream groups'
+    /// calls do not hide a stuck one). A batch of those streams held for
+    /// the rest of its rows counts as a call in progress: a restart would
+    /// only buffer it again.
     pub fn stall_sample(&self) -> Sample {
-        let (busy, done) = self.activity.sample();
         let state = self.state.lock().unwrap();
-        Sample { oldest_ms: state.oldest(), busy: busy + state.held(), done }
+        let (oldest_ms, streams) = state.oldest_streams();
+        let held = streams.iter().filter(|s| state.is_held(s)).count();
+        let (busy, done) = self.activity.sample_of(streams);
+        Sample { oldest_ms, busy: busy + held, done }
     }
 
     /// True once a write was refused because another instance holds the lease.
@@ -370,7 +374,9 @@ impl LeaseCheckpointSaver {
 
     /// A generation starts: recorded and written at once (if newer).
     pub async fn start_generation(&self, ms: i64) -> anyhow::Result<()> {
-        self.state.lock().unwrap().start_generation(ms);
+        if self.state.lock().unwrap().start_generation(ms) {
+            self.activity.forget_streams();
+        }
         match self.save_generation().await? {
             Flushed::Fenced { current_epoch } => Err(fenced_error(&self.name, current_epoch)),
             Flushed::Saved(_) => Ok(()),

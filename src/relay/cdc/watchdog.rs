@@ -3,37 +3,45 @@
 //! the first and leave the second alone.
 //!
 //! A healthy scylla-cdc reader moves every stream's progress after every
-//! window, rows or not (its stream readers hand the window's end to the
-//! checkpoint saver about every second). So the oldest per-stream progress
-//! stands still only while the reader waits on its consumer (a broker
-//! outage: the delivery call retries until the broker takes the event), or
-//! while the reader itself is stuck (a hang inside scylla-cdc, queries to a
-//! Scylla that no longer answers). [`Activity`] counts the consumer's calls
-//! in progress and finished; [`StallWatch`] calls the reader stalled once,
-//! for `limit`, the oldest progress has not moved, no consumer call has
-//! finished and none is in progress (the saver counts a batch held for the
+//! window, rows or not (each stream group's reader hands the window's end to
+//! the checkpoint saver about every second). So the oldest per-stream
+//! progress stands still only while the group that reads those streams waits
+//! on its consumer (a broker outage: the delivery call retries until the
+//! broker takes the event), or while that group's reader is stuck (a hang
+//! inside scylla-cdc, queries to a Scylla that no longer answers).
+//! scylla-cdc gives each stream group its own consumer; [`Activity`] counts
+//! each consumer's calls in progress and finished ([`Calls`]) and maps every
+//! stream to the consumer that read rows of it. [`StallWatch`] calls the
+//! reader stalled once, for `limit`, the oldest progress has not moved and
+//! the consumers of the streams at that progress finished no call and have
+//! none in progress (the saver counts a batch of those streams held for the
 //! rest of its rows as one in progress: a restart would only buffer it
-//! again).
+//! again). Calls of other stream groups do not count: one group stuck while
+//! the others deliver is a stall.
 //!
-//! Guarantees: never stalled while a consumer call is in progress (however
-//! long the broker is out); any progress or finished call starts the count
-//! again; the decision is pure (`observe`) and [`wait_for_stall`] only
-//! samples it every `tick`.
+//! Guarantees: never stalled while a consumer call of the oldest streams is
+//! in progress (however long the broker is out); any progress or finished
+//! call of those streams starts the count again; the decision is pure
+//! (`observe`) and [`wait_for_stall`] only samples it every `tick`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// The consumer's calls: in progress and finished.
+use super::progress::StreamKey;
+
+/// One consumer's calls (one stream group): in progress and finished.
 #[derive(Debug, Default)]
-pub struct Activity {
+pub struct Calls {
     busy: AtomicUsize,
     done: AtomicU64,
 }
 
 /// One consumer call in progress; counted finished when dropped (returned,
 /// failed or cancelled).
-pub struct Busy<'a>(&'a Activity);
+pub struct Busy<'a>(&'a Calls);
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
@@ -42,7 +50,7 @@ impl Drop for Busy<'_> {
     }
 }
 
-impl Activity {
+impl Calls {
     /// A consumer call begins.
     pub fn enter(&self) -> Busy<'_> {
         self.busy.fetch_add(1, Ordering::SeqCst);
@@ -55,7 +63,38 @@ impl Activity {
     }
 }
 
-/// What the watchdog samples: the oldest progress (ms) and the activity.
+/// The calls of every consumer of one reader, by the streams they read.
+#[derive(Debug, Default)]
+pub struct Activity {
+    by_stream: Mutex<HashMap<StreamKey, Arc<Calls>>>,
+}
+
+impl Activity {
+    /// `calls` (one consumer's) read rows of `stream`. A later consumer of
+    /// the same stream (a restarted reader) replaces the earlier one.
+    pub fn reads(&self, stream: &StreamKey, calls: &Arc<Calls>) {
+        self.by_stream.lock().unwrap().insert(stream.clone(), calls.clone());
+    }
+
+    /// A new generation: its streams are new, the old ones are finished.
+    pub fn forget_streams(&self) {
+        self.by_stream.lock().unwrap().clear();
+    }
+
+    /// (calls in progress, calls finished) of the consumers that read
+    /// `streams`, each consumer counted once; a stream without rows read
+    /// yet adds nothing.
+    pub fn sample_of<'a>(&self, streams: impl IntoIterator<Item = &'a StreamKey>) -> (usize, u64) {
+        let map = self.by_stream.lock().unwrap();
+        let mut consumers: Vec<&Arc<Calls>> = streams.into_iter().filter_map(|s| map.get(s)).collect();
+        consumers.sort_by_key(|c| Arc::as_ptr(c));
+        consumers.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        consumers.iter().map(|c| c.sample()).fold((0, 0), |(b, d), (cb, cd)| (b + cb, d + cd))
+    }
+}
+
+/// What the watchdog samples: the oldest progress (ms) and the activity of
+/// the consumers of the streams at that progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
     pub oldest_ms: Option<i64>,
@@ -161,8 +200,8 @@ mod tests {
     }
 
     #[test]
-    fn activity_counts_calls_in_progress_and_finished() {
-        let a = Activity::default();
+    fn calls_count_in_progress_and_finished() {
+        let a = Calls::default();
         assert_eq!(a.sample(), (0, 0));
         let one = a.enter();
         let two = a.enter();
@@ -171,6 +210,58 @@ mod tests {
         assert_eq!(a.sample(), (1, 1));
         drop(two);
         assert_eq!(a.sample(), (0, 2));
+    }
+
+    fn key(b: u8) -> StreamKey {
+        StreamKey(vec![b; 16])
+    }
+
+    #[test]
+    fn activity_is_sampled_by_the_consumers_of_the_given_streams() {
+        let activity = Activity::default();
+        let (g1, g2) = (Arc::new(Calls::default()), Arc::new(Calls::default()));
+        // Group 1 read streams 1 and 2, group 2 stream 3; stream 4 had no rows.
+        activity.reads(&key(1), &g1);
+        activity.reads(&key(2), &g1);
+        activity.reads(&key(3), &g2);
+        drop((g1.enter(), g1.enter(), g2.enter()));
+        let _in_progress = g2.enter();
+        assert_eq!(activity.sample_of([&key(1), &key(2)]), (0, 2), "group 1 counted once");
+        assert_eq!(activity.sample_of([&key(3)]), (1, 1));
+        assert_eq!(activity.sample_of([&key(4)]), (0, 0), "no rows read: nothing");
+        assert_eq!(activity.sample_of([&key(1), &key(3), &key(4)]), (1, 3));
+        // A restarted reader's consumer takes the stream over.
+        let g3 = Arc::new(Calls::default());
+        activity.reads(&key(3), &g3);
+        assert_eq!(activity.sample_of([&key(3)]), (0, 0));
+        activity.forget_streams();
+        assert_eq!(activity.sample_of([&key(1), &key(2)]), (0, 0), "a new generation");
+    }
+
+    #[test]
+    fn one_group_stuck_while_another_delivers_is_a_stall() {
+        // Stream 1 (group 1) stands at 100 ms: its reader hangs. Group 2
+        // delivers all along, its stream moving ahead.
+        let activity = Activity::default();
+        let (g1, g2) = (Arc::new(Calls::default()), Arc::new(Calls::default()));
+        activity.reads(&key(1), &g1);
+        activity.reads(&key(2), &g2);
+        drop(g1.enter());
+        let t0 = Instant::now();
+        let mut w = StallWatch::new(LIMIT, t0);
+        let sample = || {
+            let (busy, done) = activity.sample_of([&key(1)]);
+            Sample { oldest_ms: Some(100), busy, done }
+        };
+        for secs in (0..300).step_by(10) {
+            drop(g2.enter());
+            assert_eq!(w.observe(t0 + Duration::from_secs(secs), sample()), None, "at {secs} s");
+        }
+        drop(g2.enter());
+        assert_eq!(w.observe(t0 + LIMIT, sample()), Some(LIMIT), "group 2's calls do not hide it");
+        // Group 1 finishes a call (a long catch-up window): movement.
+        drop(g1.enter());
+        assert_eq!(w.observe(t0 + LIMIT + Duration::from_secs(1), sample()), None);
     }
 
     #[test]
