@@ -316,7 +316,9 @@ async fn a_call_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
 /// consumer) on one saver. The group of the oldest stream read one append and
 /// then hung; the other group delivered an append every 30 s all along. The
 /// stuck group is a stall one limit later (the other group's calls used to
-/// hide it), and its next finished call is movement again.
+/// hide it), and its next finished call is movement again. Before the stuck
+/// group's first row, its stream belongs to no known consumer and every
+/// consumer's calls count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_stream_group_stuck_while_another_delivers_is_a_stall() {
     use crate::relay::cdc::watchdog::StallWatch;
@@ -337,6 +339,14 @@ async fn one_stream_group_stuck_while_another_delivers_is_a_stall() {
     let sink = Arc::new(Recorder::default());
     let mut stuck = consumer(sink.clone(), Some(saver.clone())).await;
     let mut busy = consumer(sink.clone(), Some(saver.clone())).await;
+    // Before the stuck group read a row, its stream is not known to any
+    // consumer: every consumer's calls count.
+    saver.record(&StreamKey(STREAM.to_vec()), 300).unwrap();
+    let first = append_rows_on(&OTHER, &order_events(Uuid::now_v7(), 2), timeuuid_at(1_500, 0), |i| i as i32 + 1);
+    feed(&mut busy, first).await.unwrap();
+    saver.record(&StreamKey(OTHER.to_vec()), 1_600).unwrap();
+    let sample = saver.stall_sample();
+    assert_eq!((sample.oldest_ms, sample.done), (Some(300), 3), "the other group's three calls");
     feed(&mut stuck, append_rows_on(&STREAM, &order_events(Uuid::now_v7(), 1), timeuuid_at(400, 0), |_| 1))
         .await
         .unwrap();
@@ -353,7 +363,7 @@ async fn one_stream_group_stuck_while_another_delivers_is_a_stall() {
         let verdict = watch.observe(t0 + Duration::from_secs(secs), sample);
         assert_eq!(verdict, (secs == 300).then_some(LIMIT), "at {secs} s");
     }
-    assert_eq!(sink.sequences().len(), 1 + 11 * 2, "the other group delivered all along");
+    assert_eq!(sink.sequences().len(), 2 + 1 + 11 * 2, "the other group delivered all along");
     feed(&mut stuck, append_rows_on(&STREAM, &order_events(Uuid::now_v7(), 1), timeuuid_at(450, 0), |_| 1))
         .await
         .unwrap();

@@ -17,7 +17,10 @@
 //! none in progress (the saver counts a batch of those streams held for the
 //! rest of its rows as one in progress: a restart would only buffer it
 //! again). Calls of other stream groups do not count: one group stuck while
-//! the others deliver is a stall.
+//! the others deliver is a stall. A stream is known to its consumer only once
+//! it had rows; while none of the oldest streams is, every consumer's calls
+//! count (as if the reader were one group), so a group stuck before reading
+//! any row is noticed only when no group delivers.
 //!
 //! Guarantees: never stalled while a consumer call of the oldest streams is
 //! in progress (however long the broker is out); any progress or finished
@@ -82,11 +85,16 @@ impl Activity {
     }
 
     /// (calls in progress, calls finished) of the consumers that read
-    /// `streams`, each consumer counted once; a stream without rows read
-    /// yet adds nothing.
+    /// `streams`, each consumer counted once. When no consumer read any of
+    /// them yet, every consumer's calls: a stream is known to its group's
+    /// consumer only once it had rows, and a group whose streams had none
+    /// must not be called stalled while it waits on its consumer.
     pub fn sample_of<'a>(&self, streams: impl IntoIterator<Item = &'a StreamKey>) -> (usize, u64) {
         let map = self.by_stream.lock().unwrap();
         let mut consumers: Vec<&Arc<Calls>> = streams.into_iter().filter_map(|s| map.get(s)).collect();
+        if consumers.is_empty() {
+            consumers = map.values().collect();
+        }
         consumers.sort_by_key(|c| Arc::as_ptr(c));
         consumers.dedup_by(|a, b| Arc::ptr_eq(a, b));
         consumers.iter().map(|c| c.sample()).fold((0, 0), |(b, d), (cb, cd)| (b + cb, d + cd))
@@ -228,14 +236,18 @@ mod tests {
         let _in_progress = g2.enter();
         assert_eq!(activity.sample_of([&key(1), &key(2)]), (0, 2), "group 1 counted once");
         assert_eq!(activity.sample_of([&key(3)]), (1, 1));
-        assert_eq!(activity.sample_of([&key(4)]), (0, 0), "no rows read: nothing");
+        assert_eq!(activity.sample_of([&key(4), &key(3)]), (1, 1), "only the consumers known to read them");
         assert_eq!(activity.sample_of([&key(1), &key(3), &key(4)]), (1, 3));
+        // Stream 4's group is not known (it had no rows): every consumer
+        // counts, so a group waiting on its consumer is never a stall.
+        assert_eq!(activity.sample_of([&key(4)]), (1, 3));
+        assert_eq!(activity.sample_of([] as [&StreamKey; 0]), (1, 3));
         // A restarted reader's consumer takes the stream over.
         let g3 = Arc::new(Calls::default());
         activity.reads(&key(3), &g3);
         assert_eq!(activity.sample_of([&key(3)]), (0, 0));
         activity.forget_streams();
-        assert_eq!(activity.sample_of([&key(1), &key(2)]), (0, 0), "a new generation");
+        assert_eq!(activity.sample_of([&key(1), &key(2)]), (0, 0), "a new generation: none known");
     }
 
     #[test]
