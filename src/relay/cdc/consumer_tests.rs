@@ -265,13 +265,8 @@ impl EnvelopeSink for Gated {
     }
 }
 
-/// Against Cassandra: a consumer call waiting on its sink, and a batch held
-/// for the rest of its rows, are activity the stall watchdog sees (never a
-/// stall, however long they last); a finished call counts as movement.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
-    use crate::relay::cdc::watchdog::StallWatch;
-    let Some(store) = live_store("CDC consumer: activity for the stall watchdog").await else { return };
+/// The relay's checkpoint saver in `store`, in a generation started at 1 s.
+async fn relay_saver_in_generation(store: &crate::store::cql::CqlStore) -> Arc<LeaseCheckpointSaver> {
     let saver = LeaseCheckpointSaver::open(
         store.session(),
         store.keyspace(),
@@ -283,6 +278,17 @@ async fn a_call_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
     .await
     .unwrap();
     saver.start_generation(1_000).await.unwrap();
+    saver
+}
+
+/// Against Cassandra: a consumer call waiting on its sink, and a batch held
+/// for the rest of its rows, are activity the stall watchdog sees (never a
+/// stall, however long they last); a finished call counts as movement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
+    use crate::relay::cdc::watchdog::StallWatch;
+    let Some(store) = live_store("CDC consumer: activity for the stall watchdog").await else { return };
+    let saver = relay_saver_in_generation(&store).await;
     saver.record(&StreamKey(STREAM.to_vec()), 500).unwrap();
     let sink = Arc::new(Gated(tokio::sync::Semaphore::new(0)));
     let trigger = Trigger::new();
@@ -325,17 +331,7 @@ async fn one_stream_group_stuck_while_another_delivers_is_a_stall() {
     const OTHER: [u8; 16] = [9; 16];
     const LIMIT: Duration = Duration::from_secs(300);
     let Some(store) = live_store("CDC consumer: one stuck stream group").await else { return };
-    let saver = LeaseCheckpointSaver::open(
-        store.session(),
-        store.keyspace(),
-        "kafka-relay",
-        None,
-        Duration::from_secs(86_400),
-        None,
-    )
-    .await
-    .unwrap();
-    saver.start_generation(1_000).await.unwrap();
+    let saver = relay_saver_in_generation(&store).await;
     let sink = Arc::new(Recorder::default());
     let mut stuck = consumer(sink.clone(), Some(saver.clone())).await;
     let mut busy = consumer(sink.clone(), Some(saver.clone())).await;
