@@ -9,7 +9,8 @@
 //! Files: [`columns`] (row -> envelope), [`batch`] (a CDC batch buffered
 //! until `cdc$end_of_batch`), [`consumer`] (the one consumer type),
 //! [`progress`] + [`saver`] (the checkpoint saver: progress in the lease
-//! partition, never backwards, fenced), [`start`] (start point, catch-up
+//! partition, never backwards, fenced), [`floor`] (where a stream without
+//! progress resumes), [`start`] (start point, catch-up
 //! plan), [`runner`] (runs scylla-cdc), [`reader`] (a consumer's feed),
 //! [`relay_feed`] (the relay's feed: reconciling sink over the `Deliverer`),
 //! [`reconcile`] + [`reconciler`] (unknown-outcome appends), [`health`]
@@ -31,7 +32,8 @@
 //!   of their aggregate by the reconciling sink.
 //! - Only inserts of event rows are published: the static-only `version`
 //!   update of each append, deletes and updates are skipped.
-//! - Where reading starts: the saved progress; without any, `cdc:origin`
+//! - Where reading starts: the saved progress, never past the generation's
+//!   floor (a stream group without rows resumes there); without any, `cdc:origin`
 //!   (first `outboxd schema`) minus the clock-skew allowance, so events
 //!   appended before the first relay start are published; never before the
 //!   CDC log TTL floor (those rows are gone).
@@ -45,6 +47,7 @@
 pub mod batch;
 pub mod columns;
 pub mod consumer;
+pub mod floor;
 pub mod health;
 pub mod progress;
 pub mod reader;

@@ -15,21 +15,25 @@
 //!   generation (bounded).
 //! - [`ProgressState::oldest`] is the position every stream of the current
 //!   generation has been published up to: the relay's lag and the CDC log TTL
-//!   guard are computed from it.
+//!   guard are computed from it. A restart's lower bound never passes the
+//!   generation's [`Floor`], which the generation row holds.
 //! - Every stream the reader has reported gets its row, at its first time,
 //!   before any row carries progress ([`ProgressState::dirty`]): a save cut
 //!   short between two chunks cannot leave such a stream without a row
 //!   behind the oldest row a restart resumes from (its events would be
 //!   skipped). scylla-cdc reports every stream of a generation at once when
 //!   its readers start; a stream group whose reader starts saving more than
-//!   a checkpoint interval after the others is not covered.
+//!   a checkpoint interval after the others has no row when the others' rows
+//!   carry progress: the generation's floor covers it (a restart reads a
+//!   stream without a row from the floor).
 //! - Only values that moved since the last successful write are handed out
 //!   for persisting ([`ProgressState::dirty`]), so an idle stream costs no
 //!   checkpoint write and a failed write is simply retried with a newer value.
 
 use std::collections::HashMap;
 
-use crate::store::cql::progress::current_progress;
+use super::floor::Floor;
+use crate::store::cql::progress::{current_progress, generation_floor};
 
 /// The bytes of a CDC stream id. The empty key is the row that holds the
 /// last generation in the progress table.
@@ -84,6 +88,8 @@ pub struct ProgressState {
     streams: HashMap<StreamKey, Entry>,
     /// Streams whose consumer holds rows it has not finished, from this time on.
     holds: HashMap<StreamKey, i64>,
+    /// Where a stream without a row resumes (kept in the generation row).
+    floor: Floor,
 }
 
 impl ProgressState {
@@ -96,13 +102,15 @@ impl ProgressState {
         let (generation, current) = current_progress(&rows);
         let streams =
             current.into_iter().map(|(k, t)| (StreamKey(k.to_vec()), Entry { time: t, saved: t, first: t })).collect();
-        ProgressState { generation, generation_saved: generation, streams, holds: HashMap::new() }
+        let floor = Floor::loaded(generation.and(generation_floor(&rows)));
+        ProgressState { generation, generation_saved: generation, streams, holds: HashMap::new(), floor }
     }
 
     /// Nothing of this state is in the table yet (it was taken from
     /// elsewhere): the next flush writes all of it.
     pub fn unsaved(mut self) -> ProgressState {
         self.generation_saved = None;
+        self.floor = self.floor.unsaved();
         for e in self.streams.values_mut() {
             e.saved = i64::MIN;
         }
@@ -114,14 +122,29 @@ impl ProgressState {
         self.generation
     }
 
-    /// The current generation when the table does not hold it yet.
-    pub fn generation_dirty(&self) -> Option<i64> {
-        self.generation.filter(|g| self.generation_saved != Some(*g))
+    /// The current generation and its floor when the table does not hold
+    /// them yet.
+    pub fn generation_dirty(&self) -> Option<(i64, Option<i64>)> {
+        let g = self.generation?;
+        (self.generation_saved != Some(g) || self.floor.dirty()).then_some((g, self.floor.get()))
     }
 
-    /// The table now holds `generation`.
-    pub fn mark_generation_saved(&mut self, generation: i64) {
+    /// The table now holds `generation` with `floor`.
+    pub fn mark_generation_saved(&mut self, generation: i64, floor: Option<i64>) {
         self.generation_saved = Some(self.generation_saved.map_or(generation, |g| g.max(generation)));
+        if self.generation == Some(generation) {
+            self.floor.mark_saved(floor);
+        }
+    }
+
+    /// A reader run starts from `lower` (ms); see [`Floor::run_starts`].
+    pub fn run_starts(&mut self, lower: i64) {
+        self.floor.run_starts(lower);
+    }
+
+    /// The current generation's floor (ms), once known.
+    pub fn floor(&self) -> Option<i64> {
+        self.floor.get()
     }
 
     /// Where `stream` has been published up to (what scylla-cdc should
@@ -178,6 +201,7 @@ impl ProgressState {
             self.holds.clear();
         }
         self.generation = Some(generation);
+        self.floor.new_generation(generation);
         true
     }
 
@@ -388,8 +412,8 @@ mod tests {
         assert!(s.is_empty());
         assert_eq!(s.oldest(), None);
         assert_eq!(s.generation(), Some(600));
-        assert_eq!(s.generation_dirty(), Some(600));
-        s.mark_generation_saved(600);
+        assert_eq!(s.generation_dirty(), Some((600, Some(600))), "read from the generation's start");
+        s.mark_generation_saved(600, Some(600));
         assert_eq!(s.generation_dirty(), None);
     }
 

@@ -93,12 +93,13 @@ pub async fn run_reader(
         skew: settings.skew,
         origin_ms: origin,
         saved_ms: saver.oldest_progress_ms(),
+        floor_ms: saver.floor_ms(),
     });
     if start.from == StartFrom::SavedBeyondTtl {
         tracing::error!(consumer = saver.name(), saved_ms = ?start.lost_after_ms, start_ms = start.start_ms,
             "saved CDC progress is older than the CDC log TTL: changes between it and the start may have expired unpublished");
     }
-    tracing::info!(consumer = saver.name(), start_ms = start.start_ms, from = ?start.from, "CDC reader starting");
+    tracing::info!(consumer = saver.name(), start_ms = start.start_ms, from = ?start.from, saved_ms = ?saver.oldest_progress_ms(), floor_ms = ?saver.floor_ms(), "CDC reader starting");
     let mut position = start.start_ms;
     loop {
         let plan = read_plan(PlanInputs {
@@ -115,6 +116,7 @@ pub async fn run_reader(
         };
         tracing::info!(consumer = saver.name(), position_ms = position, catch_up_until_ms = ?until, window_ms = read.window.as_millis() as u64, sleep_ms = read.sleep.as_millis() as u64, "CDC reader run");
         let start_ms = start.start_ms.min(position).max(0) as u64;
+        saver.run_starts(start_ms as i64);
         let mut builder = CDCLogReaderBuilder::new()
             .session(session.clone())
             .keyspace(&settings.keyspace)

@@ -170,7 +170,7 @@ impl LeaseCheckpointSaver {
             ))
             .await?,
             save_generation: prepare(format!(
-                "UPDATE {table} USING TTL ? SET generation = ? WHERE name = ? AND stream_id = ?{fence}"
+                "UPDATE {table} USING TTL ? SET generation = ?, time = ? WHERE name = ? AND stream_id = ?{fence}"
             ))
             .await?,
         };
@@ -273,6 +273,11 @@ impl LeaseCheckpointSaver {
         if let Some(f) = self.fenced_outcome() {
             return Ok(f);
         }
+        // The floor first: no stream row may carry progress past it before
+        // the table holds it.
+        if let f @ Flushed::Fenced { .. } = self.write_generation().await? {
+            return Ok(f);
+        }
         let (generation, dirty) = {
             let s = self.state.lock().unwrap();
             (s.generation().map(CqlTimestamp), s.dirty())
@@ -307,30 +312,25 @@ impl LeaseCheckpointSaver {
         if let Some(f) = self.fenced_outcome() {
             return Ok(f);
         }
-        let Some(g) = self.state.lock().unwrap().generation_dirty() else { return Ok(Flushed::Saved(0)) };
+        self.write_generation().await
+    }
+
+    /// The generation row (generation and floor) when it is dirty; the
+    /// caller holds `flushing`.
+    async fn write_generation(&self) -> Result<Flushed, StoreError> {
+        let Some((g, floor)) = self.state.lock().unwrap().generation_dirty() else { return Ok(Flushed::Saved(0)) };
         let empty: &[u8] = &[];
+        let (ttl, gen, time, name) = (self.row_ttl_secs, CqlTimestamp(g), floor.map(CqlTimestamp), self.name.as_str());
         let res = match self.epoch {
             Some(e) => {
-                self.session
-                    .execute_unpaged(
-                        &self.stmts.save_generation,
-                        (self.row_ttl_secs, CqlTimestamp(g), self.name.as_str(), empty, e),
-                    )
-                    .await
+                self.session.execute_unpaged(&self.stmts.save_generation, (ttl, gen, time, name, empty, e)).await
             }
-            None => {
-                self.session
-                    .execute_unpaged(
-                        &self.stmts.save_generation,
-                        (self.row_ttl_secs, CqlTimestamp(g), self.name.as_str(), empty),
-                    )
-                    .await
-            }
+            None => self.session.execute_unpaged(&self.stmts.save_generation, (ttl, gen, time, name, empty)).await,
         };
         if let Some(f) = self.write(res).await? {
             return Ok(f);
         }
-        self.state.lock().unwrap().mark_generation_saved(g);
+        self.state.lock().unwrap().mark_generation_saved(g, floor);
         Ok(Flushed::Saved(1))
     }
 }
@@ -365,6 +365,19 @@ impl LeaseCheckpointSaver {
 
     pub fn release(&self, stream: &StreamKey) {
         self.state.lock().unwrap().release(stream);
+    }
+
+    /// A reader run starts from `lower` (ms): the floor of a generation
+    /// that has none yet (written with the generation row, before any
+    /// progress).
+    pub fn run_starts(&self, lower: i64) {
+        self.state.lock().unwrap().run_starts(lower);
+    }
+
+    /// The current generation's floor (ms): a restart's lower bound never
+    /// passes it.
+    pub fn floor_ms(&self) -> Option<i64> {
+        self.state.lock().unwrap().floor()
     }
 
     /// The current generation (ms), once scylla-cdc started one.

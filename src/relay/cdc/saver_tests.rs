@@ -262,3 +262,78 @@ async fn the_ttl_guard_reads_the_oldest_saved_progress() {
     assert_eq!(oldest.timestamp_millis(), now - 1_000, "stream 2 is now the oldest");
     assert_eq!(ttl_health(Some(age(oldest)), DAY).0, Verdict::Healthy);
 }
+
+fn generation_row_floor(rows: &[SavedRow]) -> Option<i64> {
+    rows.iter().find(|r| r.stream.is_empty()).and_then(|r| r.time)
+}
+
+/// The late stream group: a run starts from 10 s; streams 1 and 2 report at
+/// once, stream 3's group is still preparing its statement when the others'
+/// rows already carry progress (90 s), and the process crashes before stream
+/// 3 ever reports. The restart must read stream 3 from 10 s, not from the
+/// oldest row (90 s, which skipped its changes in between): the generation
+/// row holds the floor, and the start point does not pass it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_group_that_never_saved_resumes_from_the_generation_floor() {
+    use crate::relay::cdc::start::{start_point, StartInputs};
+    let Some(store) = live_store("CDC saver: generation floor").await else { return };
+    let (session, ks) = (store.session(), store.keyspace().to_string());
+    let run1 = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, None).await.unwrap();
+    run1.run_starts(10_000);
+    run1.start_generation(5_000).await.unwrap(); // scylla-cdc: before its readers start
+    let rows = read_progress(&session, &ks, "kafka-relay").await.unwrap();
+    assert_eq!(generation_row_floor(&rows), Some(10_000), "written with the generation, before any progress");
+    for t in [10_000, 90_000] {
+        run1.record(&key(1), t).unwrap();
+        run1.record(&key(2), t).unwrap();
+        assert_eq!(run1.flush().await.unwrap(), Flushed::Saved(2));
+    }
+    drop(run1); // the crash: stream 3 never reported
+
+    let run2 = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, None).await.unwrap();
+    assert_eq!((run2.oldest_progress_ms(), run2.floor_ms()), (Some(90_000), Some(10_000)));
+    let start = start_point(StartInputs {
+        now_ms: 100_000,
+        log_ttl: DAY,
+        skew: Duration::from_secs(60),
+        origin_ms: Some(1_000),
+        saved_ms: run2.oldest_progress_ms(),
+        floor_ms: run2.floor_ms(),
+    });
+    assert_eq!(start.start_ms, 10_000, "stream 3 is read from where the generation was first read");
+    // scylla-cdc raises the bound of groups with rows to their own progress.
+    assert_eq!(run2.load_last_checkpoint(&stream(1)).await.unwrap(), Some(Duration::from_millis(90_000)));
+    assert_eq!(run2.load_last_checkpoint(&stream(3)).await.unwrap(), None);
+    // A restart within the generation keeps the floor.
+    run2.run_starts(start.start_ms);
+    run2.start_generation(5_000).await.unwrap();
+    run2.record(&key(3), 10_000).unwrap();
+    run2.flush().await.unwrap();
+    let rows = read_progress(&session, &ks, "kafka-relay").await.unwrap();
+    assert_eq!(generation_row_floor(&rows), Some(10_000));
+
+    // A generation row written before the floor existed (time null): the
+    // next run's lower bound becomes the floor, written before progress.
+    session
+        .query_unpaged(
+            format!("UPDATE {ks}.relay_leases SET time = null WHERE name = 'kafka-relay' AND stream_id = 0x"),
+            (),
+        )
+        .await
+        .unwrap();
+    let run3 = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, None).await.unwrap();
+    assert_eq!(run3.floor_ms(), None);
+    run3.run_starts(10_000);
+    run3.record(&key(1), 95_000).unwrap();
+    assert_eq!(run3.flush().await.unwrap(), Flushed::Saved(1));
+    let rows = read_progress(&session, &ks, "kafka-relay").await.unwrap();
+    assert_eq!(generation_row_floor(&rows), Some(10_000));
+
+    // A newer generation: its floor is its start (the run began before it).
+    run3.start_generation(200_000).await.unwrap();
+    let rows = read_progress(&session, &ks, "kafka-relay").await.unwrap();
+    assert_eq!(
+        rows.iter().find(|r| r.stream.is_empty()).map(|r| (r.generation, r.time)),
+        Some((Some(200_000), Some(200_000)))
+    );
+}

@@ -7,6 +7,11 @@
 //!   between). The only clamp is the CDC log TTL: rows older than
 //!   `now - ttl - skew` are gone on every node, so starting earlier only reads
 //!   empty windows; the gap is reported as possibly lost.
+//! - The start never passes the generation's floor (`floor`): scylla-cdc
+//!   raises each stream group's start to the group's own saved progress, so
+//!   only a group without rows (its reader started too late to save any
+//!   before a crash) reads from the floor instead of skipping to the oldest
+//!   row. The gap report looks at the rows only.
 //! - Without saved progress the reader starts at `cdc:origin - skew` (the
 //!   first `outboxd schema`, with the clock-skew allowance for the clock of
 //!   whoever ran it), never before the TTL floor: events appended before the
@@ -64,19 +69,25 @@ pub struct StartInputs {
     pub origin_ms: Option<i64>,
     /// Oldest saved progress of the current generation.
     pub saved_ms: Option<i64>,
+    /// The generation's floor: where a stream without a row resumes.
+    pub floor_ms: Option<i64>,
 }
 
 pub fn start_point(i: StartInputs) -> StartPoint {
     let floor = i.now_ms.saturating_sub(ms(i.log_ttl)).saturating_sub(ms(i.skew));
-    match (i.saved_ms, i.origin_ms) {
-        (Some(saved), _) if saved >= floor => {
-            StartPoint { start_ms: saved, from: StartFrom::Saved, lost_after_ms: None }
+    let resume = match (i.saved_ms, i.floor_ms) {
+        (Some(saved), Some(f)) => Some(saved.min(f)),
+        (saved, f) => saved.or(f),
+    };
+    match (i.saved_ms, resume, i.origin_ms) {
+        (Some(saved), _, _) if saved < floor => {
+            StartPoint { start_ms: floor, from: StartFrom::SavedBeyondTtl, lost_after_ms: Some(saved) }
         }
-        (Some(saved), _) => StartPoint { start_ms: floor, from: StartFrom::SavedBeyondTtl, lost_after_ms: Some(saved) },
-        (None, Some(origin)) if origin.saturating_sub(ms(i.skew)) > floor => {
+        (_, Some(r), _) => StartPoint { start_ms: r.max(floor), from: StartFrom::Saved, lost_after_ms: None },
+        (None, None, Some(origin)) if origin.saturating_sub(ms(i.skew)) > floor => {
             StartPoint { start_ms: origin.saturating_sub(ms(i.skew)), from: StartFrom::Origin, lost_after_ms: None }
         }
-        (None, _) => StartPoint { start_ms: floor, from: StartFrom::TtlFloor, lost_after_ms: None },
+        _ => StartPoint { start_ms: floor, from: StartFrom::TtlFloor, lost_after_ms: None },
     }
 }
 
@@ -216,7 +227,29 @@ mod tests {
     const SKEW: Duration = Duration::from_secs(60);
 
     fn inputs(saved: Option<i64>, origin: Option<i64>) -> StartInputs {
-        StartInputs { now_ms: 100 * H, log_ttl: DAY, skew: SKEW, origin_ms: origin, saved_ms: saved }
+        StartInputs { now_ms: 100 * H, log_ttl: DAY, skew: SKEW, origin_ms: origin, saved_ms: saved, floor_ms: None }
+    }
+
+    #[test]
+    fn the_start_never_passes_the_generations_floor() {
+        let with_floor = |saved, floor| start_point(StartInputs { floor_ms: floor, ..inputs(saved, Some(99 * H)) });
+        // The other groups' rows are at 99 h; the generation was first read
+        // from 90 h: a group without rows resumes there.
+        let p = with_floor(Some(99 * H), Some(90 * H));
+        assert_eq!(p, StartPoint { start_ms: 90 * H, from: StartFrom::Saved, lost_after_ms: None });
+        // Rows older than the floor (a floor written after them) still win.
+        assert_eq!(with_floor(Some(85 * H), Some(90 * H)).start_ms, 85 * H);
+        // A floor beyond the TTL: rows are fine, so nothing is reported lost.
+        let p = with_floor(Some(99 * H), Some(10 * H));
+        assert_eq!(p, StartPoint { start_ms: 76 * H - 60_000, from: StartFrom::Saved, lost_after_ms: None });
+        // A generation row without stream rows (a crash before the first
+        // flush of its streams): the floor, not the origin.
+        assert_eq!(
+            with_floor(None, Some(95 * H)),
+            StartPoint { start_ms: 95 * H, from: StartFrom::Saved, lost_after_ms: None }
+        );
+        // Rows beyond the TTL: reported as before.
+        assert_eq!(with_floor(Some(50 * H), Some(40 * H)).lost_after_ms, Some(50 * H));
     }
 
     #[test]

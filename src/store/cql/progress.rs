@@ -1,6 +1,7 @@
 //! CDC progress rows in `relay_leases` (one partition per consumer name:
 //! its lease in static columns, one row per CDC stream, `stream_id = 0x`
-//! holding the last generation): reading them, and the oldest progress.
+//! holding the last generation and its floor in `time`): reading them, and
+//! the oldest progress.
 //!
 //! Guarantees:
 //! - [`current_progress`] is the one rule of which rows count: those of the
@@ -63,6 +64,12 @@ pub fn current_progress(rows: &[SavedRow]) -> (Option<i64>, Vec<(&[u8], i64)>) {
         .filter_map(|r| r.time.map(|t| (r.stream.as_slice(), t)))
         .collect();
     (generation, streams)
+}
+
+/// The floor the generation row holds: where a stream without a row of the
+/// last generation resumes (`relay::cdc::floor`).
+pub fn generation_floor(rows: &[SavedRow]) -> Option<i64> {
+    rows.iter().find(|r| r.stream.is_empty()).and_then(|r| r.time)
 }
 
 impl CqlStore {
