@@ -13,8 +13,10 @@
 //!   a catch-up's advance of every stream) before it, and the next run reads
 //!   it again and releases the hold once it is handled. (A batch without
 //!   its `cdc$end_of_batch` row that is the last of its generation is not
-//!   read again: scylla-cdc moves on to the next generation, and the hold
-//!   goes with the old generation's streams.)
+//!   read again: scylla-cdc moves on to the next generation, the hold goes
+//!   with the old generation's streams, and the saver logs the batch at
+//!   ERROR. Scylla writes that row with every batch: only a damaged log
+//!   lacks it.)
 //! - The rows of one batch (one append) go out in the aggregate's sequence
 //!   order ([`BatchBuffer`]), whatever order Scylla numbered them in.
 //! - Rows that are not event inserts are skipped; a row of `event_store` that

@@ -189,20 +189,24 @@ impl ProgressState {
         self.holds.remove(stream);
     }
 
-    /// A generation starts. Returns false for one that is not newer than the
-    /// current (nothing changes). A newer one drops every stream entry: the
-    /// streams of the older generation are finished.
-    pub fn start_generation(&mut self, generation: i64) -> bool {
+    /// A generation starts. Returns `None` for one that is not newer than
+    /// the current (nothing changes). A newer one drops every stream entry
+    /// (the streams of the older generation are finished) and returns the
+    /// holds it dropped, `(stream, time)`: batches still waiting for their
+    /// `cdc$end_of_batch` row, which scylla-cdc will not read again.
+    pub fn start_generation(&mut self, generation: i64) -> Option<Vec<(StreamKey, i64)>> {
         if self.generation.is_some_and(|g| g >= generation) {
-            return false;
+            return None;
         }
+        let mut dropped = Vec::new();
         if self.generation.is_some() {
             self.streams.clear();
-            self.holds.clear();
+            dropped = self.holds.drain().collect();
+            dropped.sort();
         }
         self.generation = Some(generation);
         self.floor.new_generation(generation);
-        true
+        Some(dropped)
     }
 
     /// The stream times not yet in the table: `(stream, time)`, ordered by stream.
@@ -363,7 +367,7 @@ mod tests {
         s.start_generation(1);
         s.admit(&k(1), 100);
         s.hold(&k(1), 150);
-        assert!(s.start_generation(2));
+        assert_eq!(s.start_generation(2), Some(vec![(k(1), 150)]), "the batch left waiting is reported");
         assert!(s.holds.is_empty(), "the old generation's streams are finished");
     }
 
@@ -401,14 +405,14 @@ mod tests {
     #[test]
     fn newer_generation_drops_the_finished_streams() {
         let mut s = ProgressState::default();
-        assert!(s.start_generation(100));
+        assert_eq!(s.start_generation(100), Some(vec![]));
         s.admit(&k(1), 500);
         s.admit(&k(2), 400);
         assert_eq!(s.oldest(), Some(400));
-        assert!(!s.start_generation(100), "same generation again");
-        assert!(!s.start_generation(50), "older generation");
+        assert_eq!(s.start_generation(100), None, "same generation again");
+        assert_eq!(s.start_generation(50), None, "older generation");
         assert_eq!(s.len(), 2);
-        assert!(s.start_generation(600));
+        assert!(s.start_generation(600).is_some());
         assert!(s.is_empty());
         assert_eq!(s.oldest(), None);
         assert_eq!(s.generation(), Some(600));

@@ -387,8 +387,13 @@ impl LeaseCheckpointSaver {
 
     /// A generation starts: recorded and written at once (if newer).
     pub async fn start_generation(&self, ms: i64) -> anyhow::Result<()> {
-        if self.state.lock().unwrap().start_generation(ms) {
+        let started = self.state.lock().unwrap().start_generation(ms);
+        if let Some(dropped) = started {
             self.activity.forget_streams();
+            for (stream, time) in dropped {
+                tracing::error!(consumer = %self.name, stream = %stream.hex(), time_ms = time, generation_ms = ms,
+                    "a CDC batch of the finished generation never got its cdc$end_of_batch row: its events were not handled (scylla-cdc does not read a finished generation again); check the CDC log of this stream at that time");
+            }
         }
         match self.save_generation().await? {
             Flushed::Fenced { current_epoch } => Err(fenced_error(&self.name, current_epoch)),
