@@ -24,9 +24,110 @@ use outboxd::store::cql::reconcile::ReconcileTable;
 use outboxd::store::cql::CqlStore;
 use outboxd::store::parking::{Parked, ParkingStore};
 use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus, RequestStore};
-use outboxd::store::{DynStore, EventStore};
+use outboxd::store::{DeadLetter, DynStore, EventStore};
 
 const RELAY: &str = "kafka-relay";
+
+/// A config on the shared broker (one partition, topics created) and a
+/// fresh keyspace on the Cassandra of `CASSANDRA_URI`; `None` (SKIPPED)
+/// without either server.
+struct Rig {
+    brokers: String,
+    cfg: outboxd::config::Config,
+    cql: CqlConfig,
+    store: Arc<CqlStore>,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start(what: &str) -> Option<Rig> {
+        let brokers = shared_brokers()?;
+        let Some(uri) = std::env::var("CASSANDRA_URI").ok().filter(|s| !s.is_empty()) else {
+            eprintln!("SKIPPED: {what}: set CASSANDRA_URI (make test does)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = test_config(&brokers, &dir.path().join("unused.db"));
+        cfg.kafka.partitions = 1;
+        let cql = CqlConfig { uri, keyspace: format!("rq_{}", Uuid::now_v7().simple()), ..CqlConfig::default() };
+        let store = CqlStore::connect(&cql).await.expect("connect");
+        store.migrate().await.expect("schema");
+        let (b, ts) = (brokers.clone(), topics(&cfg));
+        tokio::task::spawn_blocking(move || ts.iter().for_each(|t| create_topic(&b, t, 1, &[]))).await.unwrap();
+        Some(Rig { brokers, cfg, cql, store, _dir: dir })
+    }
+}
+
+/// The request server a CDC relay runs: its delivery call, reconciling sink
+/// and the server over them, at epoch 0 (no lease).
+async fn request_server(
+    cfg: &outboxd::config::Config,
+    store: &Arc<CqlStore>,
+) -> (Arc<Deliverer>, Arc<ReconcilingSink<Deliverer>>, CdcRequests) {
+    let dyn_store = store.clone() as DynStore;
+    let sink: Arc<dyn DeadLetterSink> = Arc::new(dyn_store.clone());
+    let status = StatusTx::new(tokio::sync::watch::channel(RelayStatus::default()).0);
+    let deliverer = Arc::new(Deliverer::new(cfg, dyn_store.clone(), sink, Metrics::new(), status).await.unwrap());
+    let table = ReconcileTable::open(store.session(), store.keyspace()).await.unwrap();
+    let rsink = ReconcilingSink::new(
+        deliverer.clone(),
+        dyn_store.clone(),
+        table,
+        Duration::from_secs(120),
+        1_000,
+        None,
+        Arc::new(|| None),
+    );
+    let server = CdcRequests {
+        sink: rsink.clone(),
+        deliverer: deliverer.clone(),
+        store: dyn_store,
+        consumer: RELAY.into(),
+        epoch: 0,
+    };
+    (deliverer, rsink, server)
+}
+
+/// Runs `outboxd <args>` on the CQL store with no relay running (the CLI
+/// takes the lease and carries the request out) and expects it done.
+async fn cli_request_done(cfg: &outboxd::config::Config, cql: &CqlConfig, args: &[&str]) {
+    let mut env = config_env(cfg);
+    env.push(("OUTBOX_STORE__BACKEND".into(), "cql".into()));
+    env.push(("OUTBOX_STORE__CQL__URI".into(), cql.uri.clone()));
+    env.push(("OUTBOX_STORE__CQL__KEYSPACE".into(), cql.keyspace.clone()));
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
+            .args(&args)
+            .envs(env)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("\"status\":\"done\""), "{stdout}");
+}
+
+/// A dead letter holding `env`, as the relay writes one.
+fn letter(env: &outboxd::envelope::EventEnvelope) -> DeadLetter {
+    let now = chrono::Utc::now();
+    DeadLetter {
+        id: Uuid::now_v7(),
+        position: None,
+        event_id: env.event_id,
+        aggregate_id: env.aggregate_id,
+        event_type: env.event_type.clone(),
+        payload: serde_json::to_string(env).unwrap(),
+        error_message: "message too large (message_size_too_large)".into(),
+        failure_count: 5,
+        first_failed_at: now,
+        last_failed_at: now,
+        created_at: now,
+    }
+}
 
 /// A parked aggregate replayed on request: its held events reach the topic
 /// in order, the park record goes, the reader skips the replayed events when
@@ -34,19 +135,7 @@ const RELAY: &str = "kafka-relay";
 /// with the reason instead of waiting unclaimed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
-    let Some(brokers) = shared_brokers() else { return };
-    let Some(uri) = std::env::var("CASSANDRA_URI").ok().filter(|s| !s.is_empty()) else {
-        eprintln!("SKIPPED: CDC relay requests: set CASSANDRA_URI (make test does)");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = test_config(&brokers, &dir.path().join("unused.db"));
-    cfg.kafka.partitions = 1;
-    let cql = CqlConfig { uri, keyspace: format!("rq_{}", Uuid::now_v7().simple()), ..CqlConfig::default() };
-    let store = CqlStore::connect(&cql).await.expect("connect");
-    store.migrate().await.expect("schema");
-    let (b, ts) = (brokers.clone(), topics(&cfg));
-    tokio::task::spawn_blocking(move || ts.iter().for_each(|t| create_topic(&b, t, 1, &[]))).await.unwrap();
+    let Some(Rig { brokers, cfg, cql, store, _dir }) = Rig::start("CDC relay requests").await else { return };
     let a = Uuid::now_v7();
     let events = order_events(a, 0, 4);
     store.append(a, 0, events.clone()).await.unwrap();
@@ -64,28 +153,8 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     };
     store.park(&park).await.unwrap();
 
-    let dyn_store = store.clone() as DynStore;
-    let sink: Arc<dyn DeadLetterSink> = Arc::new(dyn_store.clone());
-    let status = StatusTx::new(tokio::sync::watch::channel(RelayStatus::default()).0);
-    let deliverer = Arc::new(Deliverer::new(&cfg, dyn_store.clone(), sink, Metrics::new(), status).await.unwrap());
+    let (deliverer, rsink, server) = request_server(&cfg, &store).await;
     assert!(deliverer.is_parked(&a.to_string()));
-    let table = ReconcileTable::open(store.session(), store.keyspace()).await.unwrap();
-    let rsink = ReconcilingSink::new(
-        deliverer.clone(),
-        dyn_store.clone(),
-        table,
-        Duration::from_secs(120),
-        1_000,
-        None,
-        Arc::new(|| None),
-    );
-    let server = CdcRequests {
-        sink: rsink.clone(),
-        deliverer: deliverer.clone(),
-        store: dyn_store.clone(),
-        consumer: RELAY.into(),
-        epoch: 0,
-    };
     let trigger = Trigger::new();
     let mut shutdown = trigger.subscribe();
 
@@ -105,7 +174,10 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     let refused = store.request_get(discard.id).await.unwrap().unwrap();
     assert_eq!(refused.status, RequestStatus::Failed);
     let why = refused.result.unwrap()["error"].as_str().unwrap().to_string();
-    assert!(why.contains("dlq discard is not available on the Scylla CDC relay"), "{why}");
+    assert!(
+        why.contains("dlq discard is not available on the Scylla CDC relay") && why.ends_with("only dlq replay is"),
+        "{why}"
+    );
 
     let (b, ts) = (brokers.clone(), topics(&cfg));
     let records = tokio::task::spawn_blocking(move || consume_all(&b, &ts, 3, Duration::from_secs(30))).await.unwrap();
@@ -140,23 +212,7 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
         })
         .await
         .unwrap();
-    let mut env = config_env(&cfg);
-    env.push(("OUTBOX_STORE__BACKEND".into(), "cql".into()));
-    env.push(("OUTBOX_STORE__CQL__URI".into(), cql.uri.clone()));
-    env.push(("OUTBOX_STORE__CQL__KEYSPACE".into(), cql.keyspace.clone()));
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
-            .args(["dlq", "replay", "--aggregate", &b.to_string()])
-            .envs(env)
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("\"status\":\"done\""), "{stdout}");
+    cli_request_done(&cfg, &cql, &["dlq", "replay", "--aggregate", &b.to_string()]).await;
     let (bk, ts) = (brokers.clone(), topics(&cfg));
     let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 5, Duration::from_secs(30))).await.unwrap();
     let seqs: Vec<i64> = records.iter().filter(|r| r.key == b.to_string()).map(|r| r.sequence()).collect();
@@ -191,4 +247,75 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 6, Duration::from_secs(5))).await.unwrap();
     assert!(records.iter().all(|r| r.key != c.to_string()), "nothing of c was published");
     assert_eq!(store.parked(RELAY).await.unwrap().len(), 1, "c stays parked");
+}
+
+/// Dead letters replayed on the CDC relay: each letter's event reaches the
+/// topic (an aggregate's letters in sequence order, whatever order they were
+/// written in) and its letter goes; a letter whose payload is not an event
+/// is reported and stays; `outboxd dlq replay --id` and `--all` carry it out
+/// with no relay running. A letter whose event still fails for good stays,
+/// and the request fails naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_are_replayed_and_removed_once_confirmed() {
+    let Some(Rig { brokers, cfg, cql, store, _dir }) = Rig::start("CDC relay: dead-letter replay").await else {
+        return;
+    };
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let (a_events, b_events) = (order_events(a, 0, 3), order_events(b, 0, 1));
+    store.append(a, 0, a_events.clone()).await.unwrap();
+    store.append(b, 0, b_events.clone()).await.unwrap();
+    let (a3, a2, b1) = (letter(&a_events[2]), letter(&a_events[1]), letter(&b_events[0]));
+    let broken = DeadLetter { payload: "{not json".into(), ..letter(&order_events(Uuid::now_v7(), 0, 1)[0]) };
+    for l in [&a3, &broken, &a2, &b1] {
+        store.dlq_insert(l.clone()).await.unwrap();
+    }
+    let (_, _, server) = request_server(&cfg, &store).await;
+    let trigger = Trigger::new();
+    let mut shutdown = trigger.subscribe();
+    let replay = RelayRequest::new(RELAY, RequestKind::ReplayDeadLetters { ids: None }, "test");
+    store.request_submit(&replay).await.unwrap();
+    server.poll(&mut shutdown).await;
+    let done = store.request_get(replay.id).await.unwrap().unwrap();
+    assert_eq!(done.status, RequestStatus::Done, "{:?}", done.result);
+    let result = done.result.unwrap();
+    assert_eq!(result["replayed"], 3, "{result}");
+    assert_eq!(result["failed"][0]["id"], broken.id.to_string(), "{result}");
+    let (bk, ts) = (brokers.clone(), topics(&cfg));
+    let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 3, Duration::from_secs(30))).await.unwrap();
+    let seqs = |k: Uuid| records.iter().filter(|r| r.key == k.to_string()).map(|r| r.sequence()).collect::<Vec<_>>();
+    assert_eq!((seqs(a), seqs(b)), (vec![2, 3], vec![1]), "in sequence order per aggregate");
+    let left: Vec<Uuid> = store.dlq_list(10).await.unwrap().into_iter().map(|l| l.id).collect();
+    assert_eq!(left, vec![broken.id], "confirmed letters removed, the broken one stays");
+
+    // The documented commands, with no relay running.
+    let c = Uuid::now_v7();
+    let c_events = order_events(c, 0, 2);
+    store.append(c, 0, c_events.clone()).await.unwrap();
+    let (c1, c2) = (letter(&c_events[0]), letter(&c_events[1]));
+    store.dlq_insert(c1.clone()).await.unwrap();
+    cli_request_done(&cfg, &cql, &["dlq", "replay", "--id", &c1.id.to_string()]).await;
+    store.dlq_insert(c2.clone()).await.unwrap();
+    store.dlq_remove(broken.id).await.unwrap();
+    cli_request_done(&cfg, &cql, &["dlq", "replay", "--all"]).await;
+    let (bk, ts) = (brokers.clone(), topics(&cfg));
+    let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 5, Duration::from_secs(30))).await.unwrap();
+    let c_seqs: Vec<i64> = records.iter().filter(|r| r.key == c.to_string()).map(|r| r.sequence()).collect();
+    assert_eq!(c_seqs, vec![1, 2]);
+    assert_eq!(store.dlq_count().await.unwrap(), 0);
+
+    // A letter whose event still cannot be published (larger than the
+    // broker takes) stays, and the request fails naming it.
+    let d = Uuid::now_v7();
+    let mut huge = order_events(d, 0, 1).remove(0);
+    huge.payload = serde_json::json!({ "blob": "x".repeat(1_100_000) });
+    let stuck = letter(&huge);
+    store.dlq_insert(stuck.clone()).await.unwrap();
+    let again = RelayRequest::new(RELAY, RequestKind::ReplayDeadLetters { ids: Some(vec![stuck.id]) }, "test");
+    store.request_submit(&again).await.unwrap();
+    server.poll(&mut shutdown).await;
+    let r = store.request_get(again.id).await.unwrap().unwrap();
+    assert_eq!(r.status, RequestStatus::Failed, "{:?}", r.result);
+    let result = r.result.unwrap();
+    assert_eq!(result["id"], stuck.id.to_string(), "{result}");
+    assert!(store.dlq_list(10).await.unwrap().iter().any(|l| l.id == stuck.id), "the letter stays");
 }

@@ -381,26 +381,40 @@ async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result
     Ok(vec![unpark_plan(ctx, &agg, Some(marker)).await?])
 }
 
-async fn letters_plan(ctx: &PlanCtx<'_>, ids: Option<&[Uuid]>) -> Result<Vec<Plan>, String> {
-    let letters = ctx.store.dlq_list(100_000).await.map_err(|e| e.to_string())?;
+/// The dead letters a replay request names (`ids`), or all of them; an
+/// error when some of the named ones do not exist.
+pub async fn chosen_letters(
+    store: &dyn crate::store::Store,
+    ids: Option<&[Uuid]>,
+) -> Result<Vec<crate::store::DeadLetter>, String> {
+    let letters = store.dlq_list(100_000).await.map_err(|e| e.to_string())?;
     let chosen: Vec<_> = match ids {
         Some(ids) => letters.into_iter().filter(|l| ids.contains(&l.id)).collect(),
         None => letters,
     };
-    if let Some(ids) = ids {
-        if chosen.len() != ids.len() {
-            return Err("some of the given dead letters do not exist".into());
-        }
+    if ids.is_some_and(|ids| chosen.len() != ids.len()) {
+        return Err("some of the given dead letters do not exist".into());
     }
+    Ok(chosen)
+}
+
+/// The event a dead letter holds, or the `{id, error}` entry reported for a
+/// letter whose stored payload is not a valid event (it is not published).
+pub fn letter_event(l: &crate::store::DeadLetter) -> Result<RawEvent, serde_json::Value> {
+    serde_json::from_str::<crate::envelope::EventEnvelope>(&l.payload)
+        .map_err(|e| e.to_string())
+        .and_then(|env| RawEvent::from_envelope(&env, l.position.unwrap_or(0)).map_err(|e| e.to_string()))
+        .map_err(|e| json!({ "id": l.id, "error": format!("stored payload is not a valid event: {e}") }))
+}
+
+async fn letters_plan(ctx: &PlanCtx<'_>, ids: Option<&[Uuid]>) -> Result<Vec<Plan>, String> {
+    let chosen = chosen_letters(ctx.store, ids).await?;
     let mut items = Vec::new();
     let mut bad = Vec::new();
     for l in &chosen {
-        let raw = serde_json::from_str::<crate::envelope::EventEnvelope>(&l.payload)
-            .map_err(|e| e.to_string())
-            .and_then(|env| RawEvent::from_envelope(&env, l.position.unwrap_or(0)).map_err(|e| e.to_string()));
-        match raw {
+        match letter_event(l) {
             Ok(raw) => items.push((Item::Event(raw), l.id)),
-            Err(e) => bad.push(json!({ "id": l.id, "error": format!("stored payload is not a valid event: {e}") })),
+            Err(e) => bad.push(e),
         }
     }
     if items.is_empty() {

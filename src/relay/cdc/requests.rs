@@ -14,8 +14,15 @@
 //!   row that `event_store` cannot decode either fails the request before
 //!   anything is published, naming the row: it must be repaired first
 //!   (`dlq discard` is not built on this path).
-//! - Discard, dead-letter replay and rewind are not built on this path: such
-//!   a request fails at once with the reason (it never waits unclaimed).
+//! - `dlq replay --id` / `--all` (dead letters): each letter's event is
+//!   published again through the same delivery call, the letters of one
+//!   aggregate in sequence order, each while the aggregate's turn is held;
+//!   a letter is removed only once the broker confirmed its event. A letter
+//!   whose event fails for good again stays, and the request fails naming
+//!   it (what was confirmed before stays confirmed and removed); a letter
+//!   whose stored payload is not an event is reported and left alone.
+//! - Discard and rewind are not built on this path: such a request fails at
+//!   once with the reason (it never waits unclaimed).
 //! - The loop polls every `every` until shutdown; a store error is logged and
 //!   retried at the next poll.
 
@@ -29,6 +36,7 @@ use super::CdcError;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::relay::deliver::{Delivered, Deliverer};
+use crate::relay::requests::{chosen_letters, letter_event};
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::{RelayStatus, StatusTx};
 use crate::shutdown::Shutdown;
@@ -114,6 +122,7 @@ impl CdcRequests {
                 Ok(p) => p.into_iter().map(|p| p.parked.aggregate_id).collect(),
                 Err(e) => return Some(failed(format!("cannot read the parked aggregates: {e}"))),
             },
+            RequestKind::ReplayDeadLetters { ids } => return self.replay_letters(ids.as_deref(), shutdown).await,
             other => return Some(failed(not_built(other))),
         };
         let (mut unparked, mut events) = (Vec::new(), 0usize);
@@ -180,6 +189,53 @@ impl CdcRequests {
         Ok(Some(held.len()))
     }
 
+    /// Publishes dead letters again (see the module guarantees); `None` on
+    /// shutdown (the letters not confirmed yet stay).
+    async fn replay_letters(&self, ids: Option<&[Uuid]>, shutdown: &mut Shutdown) -> Option<(RequestStatus, Value)> {
+        let chosen = match chosen_letters(&*self.store, ids).await {
+            Ok(c) => c,
+            Err(e) => return Some(failed(e)),
+        };
+        let (mut items, mut bad) = (Vec::new(), Vec::new());
+        for l in &chosen {
+            match letter_event(l) {
+                Ok(raw) => items.push((l.aggregate_id, raw, l.id)),
+                Err(e) => bad.push(e),
+            }
+        }
+        items.sort_by_key(|(agg, raw, _)| (*agg, raw.sequence));
+        let mut replayed = 0usize;
+        for (agg, raw, letter) in items {
+            let _turn = self.sink.exclusive(agg).await;
+            match self.deliverer.deliver_replayed(&raw, shutdown).await {
+                Delivered::Delivered => {
+                    self.sink.mark_published(agg, raw.sequence).await;
+                    if let Err(e) = self.store.dlq_remove(letter).await {
+                        tracing::warn!(error = %e, %letter, "replayed dead letter could not be removed; it may be replayed again");
+                    }
+                    self.deliverer.dead_letter_replayed();
+                    replayed += 1;
+                }
+                Delivered::Shutdown => return None,
+                Delivered::Fenced => {
+                    let error = "another instance holds the relay lease";
+                    return Some((RequestStatus::Failed, json!({ "error": error, "replayed": replayed })));
+                }
+                Delivered::Held | Delivered::Parked | Delivered::DeadLettered => {
+                    let error = format!(
+                        "event {} (sequence {}) of dead letter {letter} still cannot be published; the letter stays",
+                        raw.event_id, raw.sequence
+                    );
+                    return Some((
+                        RequestStatus::Failed,
+                        json!({ "id": letter, "error": error, "replayed": replayed, "failed": bad }),
+                    ));
+                }
+            }
+        }
+        Some((RequestStatus::Done, json!({ "replayed": replayed, "events": replayed, "failed": bad })))
+    }
+
     async fn finish(&self, id: Uuid, status: RequestStatus, result: Value) {
         let backoff = self.deliverer.backoff();
         crate::relay::operator::finish(&self.store, &self.consumer, id, self.epoch, status, result, backoff).await
@@ -194,9 +250,10 @@ fn failed(error: String) -> (RequestStatus, Value) {
 pub fn not_built(kind: &RequestKind) -> String {
     let what = match kind {
         RequestKind::Discard { .. } => "dlq discard",
-        RequestKind::ReplayDeadLetters { .. } => "dlq replay of dead letters",
         RequestKind::RewindToPosition { .. } | RequestKind::RewindToTime { .. } => "relay rewind",
-        RequestKind::ReplayAggregate { .. } | RequestKind::ReplayAllParked => "this request",
+        RequestKind::ReplayAggregate { .. } | RequestKind::ReplayAllParked | RequestKind::ReplayDeadLetters { .. } => {
+            "this request"
+        }
     };
-    format!("{what} is not available on the Scylla CDC relay (store.backend = cql); only dlq replay --aggregate / --all-parked is")
+    format!("{what} is not available on the Scylla CDC relay (store.backend = cql); only dlq replay is")
 }
