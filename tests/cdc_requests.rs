@@ -131,8 +131,8 @@ fn letter(env: &outboxd::envelope::EventEnvelope) -> DeadLetter {
 
 /// A parked aggregate replayed on request: its held events reach the topic
 /// in order, the park record goes, the reader skips the replayed events when
-/// their rows come; a request this path does not carry out fails at once
-/// with the reason instead of waiting unclaimed.
+/// their rows come; a request this path does not carry out (rewind) fails at
+/// once with the reason instead of waiting unclaimed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     let Some(Rig { brokers, cfg, cql, store, _dir }) = Rig::start("CDC relay requests").await else { return };
@@ -159,23 +159,20 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     let mut shutdown = trigger.subscribe();
 
     let replay = RelayRequest::new(RELAY, RequestKind::ReplayAggregate { aggregate_id: a.to_string() }, "test");
-    let discard = RelayRequest::new(
-        RELAY,
-        RequestKind::Discard { event_id: events[1].event_id.to_string(), reason: "r".into() },
-        "test",
-    );
+    let rewind = RelayRequest::new(RELAY, RequestKind::RewindToTime { time: chrono::Utc::now() }, "test");
     store.request_submit(&replay).await.unwrap();
-    store.request_submit(&discard).await.unwrap();
+    store.request_submit(&rewind).await.unwrap();
     server.poll(&mut shutdown).await;
 
     let done = store.request_get(replay.id).await.unwrap().unwrap();
     assert_eq!(done.status, RequestStatus::Done, "{:?}", done.result);
     assert_eq!(done.result.as_ref().unwrap()["events"], 3, "{:?}", done.result);
-    let refused = store.request_get(discard.id).await.unwrap().unwrap();
+    let refused = store.request_get(rewind.id).await.unwrap().unwrap();
     assert_eq!(refused.status, RequestStatus::Failed);
     let why = refused.result.unwrap()["error"].as_str().unwrap().to_string();
     assert!(
-        why.contains("dlq discard is not available on the Scylla CDC relay") && why.ends_with("only dlq replay is"),
+        why.contains("relay rewind is not available on the Scylla CDC relay")
+            && why.ends_with("only dlq replay and dlq discard are"),
         "{why}"
     );
 
@@ -318,4 +315,70 @@ async fn dead_letters_are_replayed_and_removed_once_confirmed() {
     let result = r.result.unwrap();
     assert_eq!(result["id"], stuck.id.to_string(), "{result}");
     assert!(store.dlq_list(10).await.unwrap().iter().any(|l| l.id == stuck.id), "the letter stays");
+}
+
+/// `dlq discard` on the CDC relay: the first held event of a parked
+/// aggregate, whose `event_store` row cannot be decoded, is replaced on the
+/// topic by a marker (same key, `ce_id` and `ce_sequence`), followed by the
+/// events held behind it, in order; the audit row is written once and the
+/// park record goes. Run through the documented command with no relay
+/// running; a discard of an event nothing is held behind fails with the
+/// reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_discard_replaces_the_poison_event_by_a_marker_and_releases_the_rest() {
+    let Some(Rig { brokers, cfg, cql, store, _dir }) = Rig::start("CDC relay: discard").await else { return };
+    let e = Uuid::now_v7();
+    let events = order_events(e, 0, 4);
+    store.append(e, 0, events.clone()).await.unwrap();
+    let q = format!(
+        "UPDATE {}.event_store SET payload = '{{not json' WHERE aggregate_id = ? AND sequence_number = 2",
+        store.keyspace()
+    );
+    store.session().query_unpaged(q, (e,)).await.unwrap();
+    let poison = events[1].event_id.to_string();
+    store
+        .park(&Parked {
+            consumer: RELAY.into(),
+            aggregate_id: e.to_string(),
+            aggregate_type: Some("order".into()),
+            position: Some(0),
+            sequence: Some(2),
+            event_id: Some(poison.clone()),
+            event_type: Some(events[1].event_type.clone()),
+            error: "unreadable: payload is not JSON".into(),
+            parked_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    cli_request_done(&cfg, &cql, &["dlq", "discard", "--id", &poison, "--reason", "corrupt row, approved by ops"])
+        .await;
+
+    let (bk, ts) = (brokers.clone(), topics(&cfg));
+    let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 3, Duration::from_secs(30))).await.unwrap();
+    let mine: Vec<_> = records.iter().filter(|r| r.key == e.to_string()).collect();
+    let seqs: Vec<i64> = mine.iter().map(|r| r.sequence()).collect();
+    assert_eq!(seqs, vec![2, 3, 4], "the marker in the poison event's place, then the held events");
+    assert_eq!(mine[0].headers["ce_type"], "outboxd.EventDiscarded");
+    assert_eq!(mine[0].event_id(), poison);
+    assert_eq!(mine[0].value["reason"], "corrupt row, approved by ops");
+    assert!(store.parked(RELAY).await.unwrap().is_empty(), "the park record is gone");
+    let audit = store.discards(10).await.unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (audit[0].event_id.as_str(), audit[0].reason.as_str()),
+        (poison.as_str(), "corrupt row, approved by ops")
+    );
+
+    // Nothing is held behind that event any more.
+    let (_, _, server) = request_server(&cfg, &store).await;
+    let trigger = Trigger::new();
+    let mut shutdown = trigger.subscribe();
+    let again =
+        RelayRequest::new(RELAY, RequestKind::Discard { event_id: poison.clone(), reason: "again".into() }, "t");
+    store.request_submit(&again).await.unwrap();
+    server.poll(&mut shutdown).await;
+    let r = store.request_get(again.id).await.unwrap().unwrap();
+    assert_eq!(r.status, RequestStatus::Failed);
+    let why = r.result.unwrap()["error"].as_str().unwrap().to_string();
+    assert!(why.contains(&format!("no parked aggregate is held behind event {poison}")), "{why}");
 }

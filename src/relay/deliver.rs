@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Config, PermanentFailurePolicy};
 use crate::metrics::Metrics;
 use crate::relay::breaker::{BreakerState, CircuitBreaker};
-use crate::relay::encode::Encoder;
+use crate::relay::encode::{Discarded, Encoder, DISCARDED_TYPE};
 use crate::relay::error::PublishError;
 use crate::relay::parking::{count_parked, dead_letter_of, park_at, parked_record};
 use crate::relay::pipeline::Item;
@@ -54,6 +54,37 @@ pub enum Delivered {
 }
 
 type Waiters = Arc<Mutex<HashMap<usize, oneshot::Sender<Result<(i32, i64), PublishError>>>>>;
+
+/// What one delivery publishes: an event, or the marker of a discarded one.
+#[derive(Clone, Copy)]
+enum Out<'a> {
+    Event(&'a RawEvent),
+    Marker(&'a Discarded),
+}
+
+impl Out<'_> {
+    fn event_type(&self) -> &str {
+        match self {
+            Out::Event(e) => &e.event_type,
+            Out::Marker(_) => DISCARDED_TYPE,
+        }
+    }
+
+    fn event_id(&self) -> String {
+        match self {
+            Out::Event(e) => e.event_id.to_string(),
+            Out::Marker(d) => d.event_id.to_string(),
+        }
+    }
+
+    /// The item the parking policy records when it fails for good.
+    fn item(&self) -> Item {
+        match self {
+            Out::Event(e) => Item::Event((*e).clone()),
+            Out::Marker(d) => Item::Marker { position: 0, discarded: (*d).clone() },
+        }
+    }
+}
 
 pub struct Deliverer {
     producer: KafkaProducer,
@@ -154,17 +185,24 @@ impl Deliverer {
         if self.is_parked(&e.aggregate_key) {
             return Delivered::Held;
         }
-        self.publish(e, shutdown).await
+        self.publish(Out::Event(e), shutdown).await
     }
 
     /// Like `deliver`, for an event of a parked aggregate that an operator
     /// replays: its park record is not a reason to hold it. A permanent
     /// failure parks the aggregate again, at this event.
     pub async fn deliver_replayed(&self, e: &RawEvent, shutdown: &mut Shutdown) -> Delivered {
-        self.publish(e, shutdown).await
+        self.publish(Out::Event(e), shutdown).await
     }
 
-    async fn publish(&self, e: &RawEvent, shutdown: &mut Shutdown) -> Delivered {
+    /// Publishes the marker of an event an operator discarded, in that
+    /// event's place (same key, `ce_id` and `ce_sequence`), with the same
+    /// retry, breaker and policy as an event.
+    pub async fn deliver_marker(&self, d: &Discarded, shutdown: &mut Shutdown) -> Delivered {
+        self.publish(Out::Marker(d), shutdown).await
+    }
+
+    async fn publish(&self, out: Out<'_>, shutdown: &mut Shutdown) -> Delivered {
         let mut attempts: u32 = 0;
         loop {
             // Wait while the breaker is open.
@@ -182,7 +220,7 @@ impl Deliverer {
                 self.metrics.retry_attempts.with_label_values(&["publish"]).inc();
             }
             let res = tokio::select! {
-                r = self.send_and_wait(e) => r,
+                r = self.send_and_wait(out) => r,
                 _ = shutdown.recv() => return Delivered::Shutdown,
             };
             match res {
@@ -192,15 +230,18 @@ impl Deliverer {
                     if attempts > 0 {
                         self.metrics.retry_success.with_label_values(&["publish"]).inc();
                     }
-                    self.metrics.cdc_events_processed.with_label_values(&[&e.event_type]).inc();
-                    let e2e = (chrono::Utc::now() - e.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
-                    self.metrics.event_end_to_end_latency.observe(e2e);
+                    self.metrics.cdc_events_processed.with_label_values(&[out.event_type()]).inc();
+                    if let Out::Event(e) = out {
+                        let e2e =
+                            (chrono::Utc::now() - e.timestamp).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                        self.metrics.event_end_to_end_latency.observe(e2e);
+                    }
                     self.status.delivered(1);
                     return Delivered::Delivered;
                 }
                 Err(err) => {
                     attempts += 1;
-                    self.metrics.cdc_events_failed.with_label_values(&[&e.event_type, &err.kind]).inc();
+                    self.metrics.cdc_events_failed.with_label_values(&[out.event_type(), &err.kind]).inc();
                     self.status.error(err.message.clone());
                     let max = self.backoff.max_attempts;
                     if err.transient {
@@ -208,15 +249,15 @@ impl Deliverer {
                         self.status.breaker(self.breaker(|b| b.state(Instant::now())));
                         if attempts == max {
                             self.metrics.retry_failure.with_label_values(&["publish"]).inc();
-                            tracing::warn!(event_id = %e.event_id, error = %err, "event still failing after {attempts} attempts with a transient error; retrying behind the breaker");
+                            tracing::warn!(event_id = %out.event_id(), error = %err, "event still failing after {attempts} attempts with a transient error; retrying behind the breaker");
                         }
                         if attempts >= max && self.dlq_on_transient_exhaustion {
-                            let item = Item::Event(e.clone());
+                            let item = out.item();
                             return self.give_up(&item, err, PermanentFailurePolicy::Skip, attempts, shutdown).await;
                         }
                     } else if attempts >= max {
                         self.metrics.retry_failure.with_label_values(&["publish"]).inc();
-                        return self.give_up(&Item::Event(e.clone()), err, self.policy, attempts, shutdown).await;
+                        return self.give_up(&out.item(), err, self.policy, attempts, shutdown).await;
                     }
                     if !shutdown.sleep(self.backoff.delay(attempts)).await {
                         return Delivered::Shutdown;
@@ -226,7 +267,7 @@ impl Deliverer {
         }
     }
 
-    async fn send_and_wait(&self, e: &RawEvent) -> Result<(i32, i64), PublishError> {
+    async fn send_and_wait(&self, out: Out<'_>) -> Result<(i32, i64), PublishError> {
         let token = {
             let mut n = self.next.lock().unwrap_or_else(|p| p.into_inner());
             *n += 1;
@@ -234,21 +275,23 @@ impl Deliverer {
         };
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(token, tx);
-        let (topic, headers, value) = {
+        let (topic, headers, value, key, at) = {
             let mut enc = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
-            let mut value = Vec::with_capacity(e.payload.get().len() + 400);
-            enc.value(e, &mut value);
-            (enc.topic(&e.aggregate_type, &e.event_type), enc.headers(e), value)
+            match out {
+                Out::Event(e) => {
+                    let mut value = Vec::with_capacity(e.payload.get().len() + 400);
+                    enc.value(e, &mut value);
+                    let topic = enc.topic(&e.aggregate_type, &e.event_type);
+                    (topic, enc.headers(e), value, &e.aggregate_key, e.timestamp)
+                }
+                Out::Marker(d) => {
+                    let (value, headers) = enc.discarded(d);
+                    (enc.topic(&d.aggregate_type, &d.event_type), headers, value, &d.aggregate_key, d.discarded_at)
+                }
+            }
         };
         loop {
-            match self.producer.send(
-                &topic,
-                &e.aggregate_key,
-                &value,
-                headers.clone(),
-                e.timestamp.timestamp_millis(),
-                token,
-            ) {
+            match self.producer.send(&topic, key, &value, headers.clone(), at.timestamp_millis(), token) {
                 Ok(()) => break,
                 Err(SendError::QueueFull) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
                 Err(SendError::Failed(err)) => {

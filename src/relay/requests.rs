@@ -335,16 +335,40 @@ async fn unpark_plan(ctx: &PlanCtx<'_>, agg: &AggKey, first: Option<Item>) -> Re
 }
 
 async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result<Vec<Plan>, String> {
-    let parked = ctx.store.parked(ctx.consumer).await.map_err(|e| e.to_string())?;
-    let Some(p) = parked.into_iter().find(|p| p.parked.event_id.as_deref() == Some(event_id)) else {
-        return Err(format!(
-            "no parked aggregate is held behind event {event_id} (outboxd dlq list shows the first held event of each)"
-        ));
-    };
-    let p = p.parked;
+    let p = parked_behind(ctx.store, ctx.consumer, event_id).await?;
     let agg = crate::store::feed::aggregate_key(&p.aggregate_id);
     let first = ctx.store.aggregate_rows(&agg, p.position, p.sequence, p.position).await.map_err(|e| e.to_string())?;
-    let (payload, sequence, aggregate_type) = match first.first() {
+    let (record, discarded) = discard_of(ctx.consumer, &p, first.first(), event_id, reason);
+    record_discard(ctx.store, &record).await?;
+    let marker = Item::Marker { position: p.position.unwrap_or(0), discarded };
+    Ok(vec![unpark_plan(ctx, &agg, Some(marker)).await?])
+}
+
+/// The park record of the aggregate held behind `event_id` (its first held
+/// event), or the reason a discard of it cannot be.
+pub async fn parked_behind(
+    store: &dyn crate::store::Store,
+    consumer: &str,
+    event_id: &str,
+) -> Result<crate::store::parking::Parked, String> {
+    let parked = store.parked(consumer).await.map_err(|e| e.to_string())?;
+    parked.into_iter().map(|p| p.parked).find(|p| p.event_id.as_deref() == Some(event_id)).ok_or_else(|| {
+        format!(
+            "no parked aggregate is held behind event {event_id} (outboxd dlq list shows the first held event of each)"
+        )
+    })
+}
+
+/// The audit row and the marker of discarding `event_id`, the first held
+/// event of `p` (`first`: its row, when it could be read).
+pub fn discard_of(
+    consumer: &str,
+    p: &crate::store::parking::Parked,
+    first: Option<&FeedRow>,
+    event_id: &str,
+    reason: &str,
+) -> (DiscardRecord, Discarded) {
+    let (payload, sequence, aggregate_type) = match first {
         Some(FeedRow::Event(e)) => {
             (Some(e.payload.get().to_string()), Some(e.sequence), Some(e.aggregate_type.clone()))
         }
@@ -352,7 +376,7 @@ async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result
     };
     let now = Utc::now();
     let record = DiscardRecord {
-        consumer: ctx.consumer.to_string(),
+        consumer: consumer.to_string(),
         event_id: event_id.to_string(),
         aggregate_id: p.aggregate_id.clone(),
         aggregate_type: aggregate_type.clone(),
@@ -364,21 +388,23 @@ async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result
         reason: reason.to_string(),
         discarded_at: now,
     };
-    ctx.store.record_discard(&record).await.map_err(|e| format!("cannot write the discard audit row: {e}"))?;
-    tracing::warn!(%event_id, aggregate = %p.aggregate_id, %reason, "event discarded on an operator's decision; a marker record takes its place");
-    let marker = Item::Marker {
-        position: p.position.unwrap_or(0),
-        discarded: Discarded {
-            event_id: Uuid::parse_str(event_id).unwrap_or_else(|_| crate::store::feed::uuid_of(event_id)),
-            aggregate_type: aggregate_type.unwrap_or_else(|| "order".into()),
-            aggregate_key: agg.clone(),
-            sequence: sequence.unwrap_or(0),
-            event_type: p.event_type.clone().unwrap_or_default(),
-            reason: reason.to_string(),
-            discarded_at: now,
-        },
+    let discarded = Discarded {
+        event_id: Uuid::parse_str(event_id).unwrap_or_else(|_| crate::store::feed::uuid_of(event_id)),
+        aggregate_type: aggregate_type.unwrap_or_else(|| "order".into()),
+        aggregate_key: crate::store::feed::aggregate_key(&p.aggregate_id),
+        sequence: sequence.unwrap_or(0),
+        event_type: p.event_type.clone().unwrap_or_default(),
+        reason: reason.to_string(),
+        discarded_at: now,
     };
-    Ok(vec![unpark_plan(ctx, &agg, Some(marker)).await?])
+    (record, discarded)
+}
+
+/// Writes a discard's audit row (once per consumer and event id).
+pub async fn record_discard(store: &dyn crate::store::Store, record: &DiscardRecord) -> Result<(), String> {
+    store.record_discard(record).await.map_err(|e| format!("cannot write the discard audit row: {e}"))?;
+    tracing::warn!(event_id = %record.event_id, aggregate = %record.aggregate_id, reason = %record.reason, "event discarded on an operator's decision; a marker record takes its place");
+    Ok(())
 }
 
 /// The dead letters a replay request names (`ids`), or all of them; an

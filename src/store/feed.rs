@@ -95,6 +95,14 @@ impl FeedRow {
             FeedRow::Unreadable(u) => &u.aggregate_key,
         }
     }
+
+    /// The row's sequence number, when known.
+    pub fn sequence(&self) -> Option<i64> {
+        match self {
+            FeedRow::Event(e) => Some(e.sequence),
+            FeedRow::Unreadable(u) => u.sequence,
+        }
+    }
 }
 
 /// The canonical text of an aggregate id as a key (one allocation).

@@ -12,8 +12,8 @@
 //!   event was confirmed; an event that still fails for good parks the
 //!   aggregate again at that event and the request fails naming it. A held
 //!   row that `event_store` cannot decode either fails the request before
-//!   anything is published, naming the row: it must be repaired first
-//!   (`dlq discard` is not built on this path).
+//!   anything is published, naming the row: it must be repaired first, or
+//!   the event discarded when it is the first held one.
 //! - `dlq replay --id` / `--all` (dead letters): each letter's event is
 //!   published again through the same delivery call, the letters of one
 //!   aggregate in sequence order, each while the aggregate's turn is held;
@@ -21,8 +21,17 @@
 //!   whose event fails for good again stays, and the request fails naming
 //!   it (what was confirmed before stays confirmed and removed); a letter
 //!   whose stored payload is not an event is reported and left alone.
-//! - Discard and rewind are not built on this path: such a request fails at
-//!   once with the reason (it never waits unclaimed).
+//! - `dlq discard --id EVENT --reason ...`: the first held event of a
+//!   parked aggregate (whose row may be unreadable) is replaced by a marker
+//!   (`outboxd.EventDiscarded`, same key, `ce_id` and `ce_sequence`), as on
+//!   the position relay: the audit row first (once per consumer and event
+//!   id), then the marker and the events held behind it, in order under the
+//!   aggregate's turn, then the park record goes. Interrupted before that,
+//!   it is carried out again from the start (the marker may then appear
+//!   twice, with the same `ce_id`). A later held row that cannot be decoded fails it before
+//!   anything is written.
+//! - Rewind is not built on this path: such a request fails at once with the
+//!   reason (it never waits unclaimed).
 //! - The loop polls every `every` until shutdown; a store error is logged and
 //!   retried at the next poll.
 
@@ -36,13 +45,13 @@ use super::CdcError;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::relay::deliver::{Delivered, Deliverer};
-use crate::relay::requests::{chosen_letters, letter_event};
+use crate::relay::requests::{chosen_letters, discard_of, letter_event, parked_behind, record_discard};
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::{RelayStatus, StatusTx};
 use crate::shutdown::Shutdown;
 use crate::store::cql::reconcile::ReconcileTable;
 use crate::store::cql::CqlStore;
-use crate::store::feed::FeedRow;
+use crate::store::feed::{FeedRow, RawEvent};
 use crate::store::requests::{RelayRequest, RequestKind, RequestStatus};
 use crate::store::DynStore;
 
@@ -123,6 +132,15 @@ impl CdcRequests {
                 Err(e) => return Some(failed(format!("cannot read the parked aggregates: {e}"))),
             },
             RequestKind::ReplayDeadLetters { ids } => return self.replay_letters(ids.as_deref(), shutdown).await,
+            RequestKind::Discard { event_id, reason } => {
+                return match self.discard(event_id, reason, shutdown).await {
+                    Ok(Some((agg, events))) => {
+                        Some((RequestStatus::Done, json!({ "aggregates": 1, "unparked": [agg], "events": events })))
+                    }
+                    Ok(None) => None,
+                    Err(error) => Some(failed(error)),
+                }
+            }
             other => return Some(failed(not_built(other))),
         };
         let (mut unparked, mut events) = (Vec::new(), 0usize);
@@ -154,23 +172,61 @@ impl CdcRequests {
         };
         let from = p.parked.sequence.unwrap_or(1).max(1);
         let _turn = self.sink.exclusive(id).await;
-        let key = crate::store::feed::uuid_key(&id);
-        let rows = self.store.aggregate_rows(&key, None, Some(from), None).await.map_err(|e| e.to_string())?;
-        let mut held = Vec::with_capacity(rows.len());
-        for row in rows {
-            match row {
-                FeedRow::Event(e) => held.push(e),
-                FeedRow::Unreadable(u) => {
-                    return Err(format!(
-                        "event {agg}#{} cannot be decoded from event_store ({}); nothing was published: repair the row, then replay",
-                        u.sequence.unwrap_or_default(),
-                        u.error
-                    ))
-                }
+        let rows = self.held_rows(id, from).await?;
+        let held = readable(agg, rows)?;
+        tracing::info!(aggregate = %agg, from, events = held.len(), "replaying a parked aggregate from event_store");
+        self.publish_and_unpark(id, agg, &held, shutdown).await
+    }
+
+    /// Discards the first held event of a parked aggregate: the audit row,
+    /// a marker in its place, then the events held behind it, then the park
+    /// record goes. `Ok(Some((aggregate, events)))`, `Ok(None)` on shutdown.
+    async fn discard(
+        &self,
+        event_id: &str,
+        reason: &str,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<(String, usize)>, String> {
+        let p = parked_behind(&*self.store, &self.consumer, event_id).await?;
+        let agg = p.aggregate_id.clone();
+        let id = Uuid::parse_str(&agg).map_err(|_| format!("aggregate {agg} is not a UUID"))?;
+        let from = p.sequence.unwrap_or(1).max(1);
+        let _turn = self.sink.exclusive(id).await;
+        let mut rows = self.held_rows(id, from).await?;
+        // The discarded event's own row may be unreadable (that is often why).
+        let first = (rows.first().and_then(|r| r.sequence()) == Some(from)).then(|| rows.remove(0));
+        let held = readable(&agg, rows)?;
+        let (record, marker) = discard_of(&self.consumer, &p, first.as_ref(), event_id, reason);
+        record_discard(&*self.store, &record).await?;
+        match self.deliverer.deliver_marker(&marker, shutdown).await {
+            Delivered::Delivered => self.sink.mark_published(id, marker.sequence).await,
+            Delivered::Shutdown => return Ok(None),
+            Delivered::Fenced => return Err("another instance holds the relay lease".into()),
+            Delivered::Held | Delivered::Parked | Delivered::DeadLettered => {
+                return Err(format!(
+                    "the discard marker of event {event_id} cannot be published; the aggregate stays parked"
+                ))
             }
         }
-        tracing::info!(aggregate = %agg, from, events = held.len(), "replaying a parked aggregate from event_store");
-        for raw in &held {
+        Ok(self.publish_and_unpark(id, &agg, &held, shutdown).await?.map(|n| (agg, n)))
+    }
+
+    /// The rows of `id` from `from` on, in sequence order.
+    async fn held_rows(&self, id: Uuid, from: i64) -> Result<Vec<FeedRow>, String> {
+        let key = crate::store::feed::uuid_key(&id);
+        self.store.aggregate_rows(&key, None, Some(from), None).await.map_err(|e| e.to_string())
+    }
+
+    /// Publishes `held` in order under the aggregate's turn (the caller
+    /// holds it), then removes the park record.
+    async fn publish_and_unpark(
+        &self,
+        id: Uuid,
+        agg: &str,
+        held: &[RawEvent],
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<usize>, String> {
+        for raw in held {
             match self.deliverer.deliver_replayed(raw, shutdown).await {
                 Delivered::Delivered => self.sink.mark_published(id, raw.sequence).await,
                 Delivered::Shutdown => return Ok(None),
@@ -242,6 +298,21 @@ impl CdcRequests {
     }
 }
 
+/// The held rows as events, or the reason nothing may be published: a row
+/// `event_store` cannot decode must be repaired first.
+fn readable(agg: &str, rows: Vec<FeedRow>) -> Result<Vec<RawEvent>, String> {
+    rows.into_iter()
+        .map(|row| match row {
+            FeedRow::Event(e) => Ok(e),
+            FeedRow::Unreadable(u) => Err(format!(
+                "event {agg}#{} cannot be decoded from event_store ({}); nothing was published: repair the row, then replay",
+                u.sequence.unwrap_or_default(),
+                u.error
+            )),
+        })
+        .collect()
+}
+
 fn failed(error: String) -> (RequestStatus, Value) {
     (RequestStatus::Failed, json!({ "error": error }))
 }
@@ -249,11 +320,13 @@ fn failed(error: String) -> (RequestStatus, Value) {
 /// The refusal of a request kind this path does not carry out.
 pub fn not_built(kind: &RequestKind) -> String {
     let what = match kind {
-        RequestKind::Discard { .. } => "dlq discard",
         RequestKind::RewindToPosition { .. } | RequestKind::RewindToTime { .. } => "relay rewind",
-        RequestKind::ReplayAggregate { .. } | RequestKind::ReplayAllParked | RequestKind::ReplayDeadLetters { .. } => {
-            "this request"
-        }
+        RequestKind::ReplayAggregate { .. }
+        | RequestKind::ReplayAllParked
+        | RequestKind::ReplayDeadLetters { .. }
+        | RequestKind::Discard { .. } => "this request",
     };
-    format!("{what} is not available on the Scylla CDC relay (store.backend = cql); only dlq replay is")
+    format!(
+        "{what} is not available on the Scylla CDC relay (store.backend = cql); only dlq replay and dlq discard are"
+    )
 }
