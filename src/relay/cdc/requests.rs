@@ -28,8 +28,8 @@
 //!   id), then the marker and the events held behind it, in order under the
 //!   aggregate's turn, then the park record goes. Interrupted before that,
 //!   it is carried out again from the start (the marker may then appear
-//!   twice, with the same `ce_id`). A later held row that cannot be decoded fails it before
-//!   anything is written.
+//!   twice, with the same `ce_id`). A later held row that cannot be decoded
+//!   fails it before anything is written.
 //! - Rewind is not built on this path: such a request fails at once with the
 //!   reason (it never waits unclaimed).
 //! - The loop polls every `every` until shutdown; a store error is logged and
@@ -198,16 +198,13 @@ impl CdcRequests {
         let held = readable(&agg, rows)?;
         let (record, marker) = discard_of(&self.consumer, &p, first.as_ref(), event_id, reason);
         record_discard(&*self.store, &record).await?;
-        match self.deliverer.deliver_marker(&marker, shutdown).await {
-            Delivered::Delivered => self.sink.mark_published(id, marker.sequence).await,
-            Delivered::Shutdown => return Ok(None),
-            Delivered::Fenced => return Err("another instance holds the relay lease".into()),
-            Delivered::Held | Delivered::Parked | Delivered::DeadLettered => {
-                return Err(format!(
-                    "the discard marker of event {event_id} cannot be published; the aggregate stays parked"
-                ))
-            }
+        let d = self.deliverer.deliver_marker(&marker, shutdown).await;
+        if !confirmed(d, || {
+            format!("the discard marker of event {event_id} cannot be published; the aggregate stays parked")
+        })? {
+            return Ok(None);
         }
+        self.sink.mark_published(id, marker.sequence).await;
         Ok(self.publish_and_unpark(id, &agg, &held, shutdown).await?.map(|n| (agg, n)))
     }
 
@@ -227,17 +224,17 @@ impl CdcRequests {
         shutdown: &mut Shutdown,
     ) -> Result<Option<usize>, String> {
         for raw in held {
-            match self.deliverer.deliver_replayed(raw, shutdown).await {
-                Delivered::Delivered => self.sink.mark_published(id, raw.sequence).await,
-                Delivered::Shutdown => return Ok(None),
-                Delivered::Fenced => return Err("another instance holds the relay lease".into()),
-                Delivered::Held | Delivered::Parked | Delivered::DeadLettered => {
-                    return Err(format!(
-                        "event {} (sequence {}) still cannot be published; the aggregate is parked at it",
-                        raw.event_id, raw.sequence
-                    ))
-                }
+            let d = self.deliverer.deliver_replayed(raw, shutdown).await;
+            let why = || {
+                format!(
+                    "event {} (sequence {}) still cannot be published; the aggregate is parked at it",
+                    raw.event_id, raw.sequence
+                )
+            };
+            if !confirmed(d, why)? {
+                return Ok(None);
             }
+            self.sink.mark_published(id, raw.sequence).await;
         }
         let removed = crate::relay::operator::unpark(&self.store, &self.consumer, agg, self.epoch).await;
         removed.map_err(|e| format!("published {} events but cannot remove the park record: {e}", held.len()))?;
@@ -263,31 +260,27 @@ impl CdcRequests {
         let mut replayed = 0usize;
         for (agg, raw, letter) in items {
             let _turn = self.sink.exclusive(agg).await;
-            match self.deliverer.deliver_replayed(&raw, shutdown).await {
-                Delivered::Delivered => {
-                    self.sink.mark_published(agg, raw.sequence).await;
-                    if let Err(e) = self.store.dlq_remove(letter).await {
-                        tracing::warn!(error = %e, %letter, "replayed dead letter could not be removed; it may be replayed again");
-                    }
-                    self.deliverer.dead_letter_replayed();
-                    replayed += 1;
-                }
-                Delivered::Shutdown => return None,
-                Delivered::Fenced => {
-                    let error = "another instance holds the relay lease";
-                    return Some((RequestStatus::Failed, json!({ "error": error, "replayed": replayed })));
-                }
-                Delivered::Held | Delivered::Parked | Delivered::DeadLettered => {
-                    let error = format!(
-                        "event {} (sequence {}) of dead letter {letter} still cannot be published; the letter stays",
-                        raw.event_id, raw.sequence
-                    );
-                    return Some((
-                        RequestStatus::Failed,
-                        json!({ "id": letter, "error": error, "replayed": replayed, "failed": bad }),
-                    ));
+            let d = self.deliverer.deliver_replayed(&raw, shutdown).await;
+            let why = || {
+                format!(
+                    "event {} (sequence {}) of dead letter {letter} still cannot be published; the letter stays",
+                    raw.event_id, raw.sequence
+                )
+            };
+            match confirmed(d, why) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(error) => {
+                    let result = json!({ "id": letter, "error": error, "replayed": replayed, "failed": bad });
+                    return Some((RequestStatus::Failed, result));
                 }
             }
+            self.sink.mark_published(agg, raw.sequence).await;
+            if let Err(e) = self.store.dlq_remove(letter).await {
+                tracing::warn!(error = %e, %letter, "replayed dead letter could not be removed; it may be replayed again");
+            }
+            self.deliverer.dead_letter_replayed();
+            replayed += 1;
         }
         Some((RequestStatus::Done, json!({ "replayed": replayed, "events": replayed, "failed": bad })))
     }
@@ -295,6 +288,18 @@ impl CdcRequests {
     async fn finish(&self, id: Uuid, status: RequestStatus, result: Value) {
         let backoff = self.deliverer.backoff();
         crate::relay::operator::finish(&self.store, &self.consumer, id, self.epoch, status, result, backoff).await
+    }
+}
+
+/// How one operator-requested publication ended: `Ok(true)` confirmed,
+/// `Ok(false)` on shutdown, `Err` the reason it was not (`not_published`
+/// when it still fails for good).
+fn confirmed(d: Delivered, not_published: impl FnOnce() -> String) -> Result<bool, String> {
+    match d {
+        Delivered::Delivered => Ok(true),
+        Delivered::Shutdown => Ok(false),
+        Delivered::Fenced => Err("another instance holds the relay lease".into()),
+        Delivered::Held | Delivered::Parked | Delivered::DeadLettered => Err(not_published()),
     }
 }
 

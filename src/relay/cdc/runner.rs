@@ -87,19 +87,20 @@ pub async fn run_reader(
     mut shutdown: Shutdown,
 ) -> Result<(), CdcError> {
     let origin = read_origin(&session, &settings.keyspace).await;
+    let (saved_ms, floor_ms) = (saver.oldest_progress_ms(), saver.floor_ms());
     let start = start_point(StartInputs {
         now_ms: now_ms(),
         log_ttl: settings.log_ttl,
         skew: settings.skew,
         origin_ms: origin,
-        saved_ms: saver.oldest_progress_ms(),
-        floor_ms: saver.floor_ms(),
+        saved_ms,
+        floor_ms,
     });
     if start.from == StartFrom::SavedBeyondTtl {
         tracing::error!(consumer = saver.name(), saved_ms = ?start.lost_after_ms, start_ms = start.start_ms,
             "saved CDC progress is older than the CDC log TTL: changes between it and the start may have expired unpublished");
     }
-    tracing::info!(consumer = saver.name(), start_ms = start.start_ms, from = ?start.from, saved_ms = ?saver.oldest_progress_ms(), floor_ms = ?saver.floor_ms(), "CDC reader starting");
+    tracing::info!(consumer = saver.name(), start_ms = start.start_ms, from = ?start.from, saved_ms = ?saved_ms, floor_ms = ?floor_ms, "CDC reader starting");
     let mut position = start.start_ms;
     loop {
         let plan = read_plan(PlanInputs {
