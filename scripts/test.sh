@@ -31,9 +31,22 @@ cargo build --locked --tests --bins
 
 if ! bash scripts/kafka-local.sh status >/dev/null 2>&1; then started+=(kafka); fi
 KAFKA_BROKERS=$(bash scripts/kafka-local.sh start | sed -n 's/^KAFKA_BROKERS=//p' | tail -1)
-if ! bash scripts/cassandra-local.sh status >/dev/null 2>&1; then started+=(cassandra); fi
+# A node this run starts begins empty: every test makes its own keyspace
+# and none drops it, so data kept from earlier runs piles up tables until
+# the node's 1 GB heap runs out (a few runs of `make test` in one checkout).
+# The config and the chosen ports stay; a node already running is left alone.
+wipe_cassandra_data() {
+  rm -rf "$1"/{data,commitlog,saved_caches,hints,cdc_raw}
+}
+if ! bash scripts/cassandra-local.sh status >/dev/null 2>&1; then
+  started+=(cassandra)
+  wipe_cassandra_data "$CASSANDRA_LOCAL_DIR"
+fi
 CASSANDRA_URI=$(bash scripts/cassandra-local.sh start | sed -n 's/^CASSANDRA_URI=//p' | tail -1)
-if ! bash scripts/cassandra-local.sh status --secure >/dev/null 2>&1; then started+=("cassandra --secure"); fi
+if ! bash scripts/cassandra-local.sh status --secure >/dev/null 2>&1; then
+  started+=("cassandra --secure")
+  wipe_cassandra_data "${CASSANDRA_SECURE_DIR:-$CASSANDRA_LOCAL_DIR-secure}"
+fi
 secure_env=$(bash scripts/cassandra-local.sh start --secure | grep -E '^CASSANDRA_SECURE_[A-Z_]+=')
 eval "$secure_env"
 export KAFKA_BROKERS CASSANDRA_URI CASSANDRA_SECURE_URI CASSANDRA_SECURE_CA CASSANDRA_SECURE_USER CASSANDRA_SECURE_PASSWORD
