@@ -239,3 +239,54 @@ async fn while_the_broker_is_down_progress_holds_then_every_event_arrives() {
 /// Hard kills, restarts while the broker is down, a bad row, least privilege.
 #[path = "cdc_adapter/faults.rs"]
 mod faults;
+
+/// An operator's rewind on the running relay (`relay rewind --to-time T`,
+/// here its request row): the request server hands it to the feed's runner,
+/// which stops the reader, lowers every stream published past T and starts
+/// it again. The request is done, every event appended after T arrives a
+/// second time (same ids; first arrivals still in order per aggregate), and
+/// the one appended before T is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs ScyllaDB: make integration-test (SCYLLA_URI)"]
+async fn a_rewind_on_the_running_relay_publishes_again_what_followed_its_time() {
+    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus, RequestStore};
+    let (scylla, brokers) = env();
+    let rig = rig(&scylla, &brokers).await;
+    let running = start(&rig).await;
+    let mut topic = Topic::open(&rig);
+    let before = append(&rig.store, Uuid::now_v7(), 0, 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let to = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut after = Vec::new();
+    for _ in 0..3 {
+        after.extend(append(&rig.store, Uuid::now_v7(), 0, 2).await);
+    }
+    let all = [before.clone(), after.clone()].concat();
+    topic.until(&all, SETTLE * 2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let req = RelayRequest::new("kafka-relay", RequestKind::RewindToTime { time: to }, "test");
+    rig.store.request_submit(&req).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let r = rig.store.request_get(req.id).await.unwrap().unwrap();
+        if matches!(r.status, RequestStatus::Done | RequestStatus::Failed) {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "the rewind is not done after 120 s: {r:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(done.status, RequestStatus::Done, "{:?}", done.result);
+    assert!(done.result.as_ref().unwrap()["streams"].as_u64().unwrap() >= 1, "{:?}", done.result);
+
+    let deadline = std::time::Instant::now() + SETTLE * 2;
+    while !after.iter().all(|e| topic.copies.get(&e.event_id).is_some_and(|n| *n >= 2)) {
+        assert!(std::time::Instant::now() < deadline, "events after the rewind time did not arrive again");
+        topic.read_for(Duration::from_millis(500)).await;
+    }
+    topic.read_for(Duration::from_secs(3)).await;
+    assert!(before.iter().all(|e| topic.copies[&e.event_id] == 1), "the event before T is not sent again");
+    topic.assert_in_order(&all);
+    running.stop().await;
+}

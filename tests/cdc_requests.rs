@@ -14,12 +14,16 @@ use uuid::Uuid;
 
 use outboxd::config::CqlConfig;
 use outboxd::metrics::Metrics;
+use outboxd::relay::cdc::progress::StreamKey;
 use outboxd::relay::cdc::reconciler::{Handled, ReconcilingSink};
-use outboxd::relay::cdc::requests::CdcRequests;
+use outboxd::relay::cdc::requests::{CdcRequests, Rewinder};
+use outboxd::relay::cdc::rewind::{self, rewind_progress, rfc3339};
+use outboxd::relay::cdc::saver::{read_progress, LeaseCheckpointSaver};
 use outboxd::relay::deliver::Deliverer;
 use outboxd::relay::sink::DeadLetterSink;
 use outboxd::relay::{RelayStatus, StatusTx};
 use outboxd::shutdown::Trigger;
+use outboxd::store::cql::progress::generation_floor;
 use outboxd::store::cql::reconcile::ReconcileTable;
 use outboxd::store::cql::CqlStore;
 use outboxd::store::parking::{Parked, ParkingStore};
@@ -27,6 +31,8 @@ use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus, Request
 use outboxd::store::{DeadLetter, DynStore, EventStore};
 
 const RELAY: &str = "kafka-relay";
+const LOG_TTL: Duration = Duration::from_secs(86_400);
+const MIN: i64 = 60_000;
 
 /// A config on the shared broker (one partition, topics created) and a
 /// fresh keyspace on the Cassandra of `CASSANDRA_URI`; `None` (SKIPPED)
@@ -78,19 +84,57 @@ async fn request_server(
         None,
         Arc::new(|| None),
     );
+    let rewind = Rewinder::Saver { saver: progress_saver(store, None).await, log_ttl: LOG_TTL };
     let server = CdcRequests {
         sink: rsink.clone(),
         deliverer: deliverer.clone(),
         store: dyn_store,
         consumer: RELAY.into(),
         epoch: 0,
+        rewind,
     };
     (deliverer, rsink, server)
+}
+
+/// The relay consumer's CDC progress saver (`epoch`: fenced by it).
+async fn progress_saver(store: &Arc<CqlStore>, epoch: Option<i64>) -> Arc<LeaseCheckpointSaver> {
+    LeaseCheckpointSaver::open(store.session(), store.keyspace(), RELAY, epoch, LOG_TTL, None).await.unwrap()
+}
+
+fn stream(b: u8) -> StreamKey {
+    StreamKey(vec![b; 16])
+}
+
+/// Saved progress as a relay leaves it: a generation begun at `generation`,
+/// first read from `lower` (its floor, if later), and `streams` published
+/// up to their times.
+async fn seed_progress(store: &Arc<CqlStore>, generation: i64, lower: i64, streams: &[(u8, i64)]) {
+    let s = progress_saver(store, None).await;
+    s.run_starts(lower);
+    s.start_generation(generation).await.unwrap();
+    for (b, t) in streams {
+        s.record(&stream(*b), *t).unwrap();
+    }
+    s.flush().await.unwrap();
+}
+
+/// The saved time of each of `streams` and the generation's floor.
+async fn saved_times(store: &Arc<CqlStore>, streams: &[u8]) -> (Vec<Option<i64>>, Option<i64>) {
+    let rows = read_progress(&store.session(), store.keyspace(), RELAY).await.unwrap();
+    let time = |b: u8| rows.iter().find(|r| r.stream == stream(b).0).and_then(|r| r.time);
+    (streams.iter().map(|b| time(*b)).collect(), generation_floor(&rows))
 }
 
 /// Runs `outboxd <args>` on the CQL store with no relay running (the CLI
 /// takes the lease and carries the request out) and expects it done.
 async fn cli_request_done(cfg: &outboxd::config::Config, cql: &CqlConfig, args: &[&str]) {
+    let (code, stdout) = cli_request(cfg, cql, args).await;
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("\"status\":\"done\""), "{stdout}");
+}
+
+/// Runs `outboxd <args>` as above: its exit code, stdout and stderr.
+async fn cli_request(cfg: &outboxd::config::Config, cql: &CqlConfig, args: &[&str]) -> (Option<i32>, String) {
     let mut env = config_env(cfg);
     env.push(("OUTBOX_STORE__BACKEND".into(), "cql".into()));
     env.push(("OUTBOX_STORE__CQL__URI".into(), cql.uri.clone()));
@@ -106,9 +150,8 @@ async fn cli_request_done(cfg: &outboxd::config::Config, cql: &CqlConfig, args: 
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("\"status\":\"done\""), "{stdout}");
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), output)
 }
 
 /// A dead letter holding `env`, as the relay writes one.
@@ -131,8 +174,9 @@ fn letter(env: &outboxd::envelope::EventEnvelope) -> DeadLetter {
 
 /// A parked aggregate replayed on request: its held events reach the topic
 /// in order, the park record goes, the reader skips the replayed events when
-/// their rows come; a request this path does not carry out (rewind) fails at
-/// once with the reason instead of waiting unclaimed.
+/// their rows come; a rewind this relay cannot carry out (by position, or
+/// with no progress saved) fails at once with the reason instead of waiting
+/// unclaimed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     let Some(Rig { brokers, cfg, cql, store, _dir }) = Rig::start("CDC relay requests").await else { return };
@@ -160,8 +204,10 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
 
     let replay = RelayRequest::new(RELAY, RequestKind::ReplayAggregate { aggregate_id: a.to_string() }, "test");
     let rewind = RelayRequest::new(RELAY, RequestKind::RewindToTime { time: chrono::Utc::now() }, "test");
+    let by_position = RelayRequest::new(RELAY, RequestKind::RewindToPosition { position: 0 }, "test");
     store.request_submit(&replay).await.unwrap();
     store.request_submit(&rewind).await.unwrap();
+    store.request_submit(&by_position).await.unwrap();
     server.poll(&mut shutdown).await;
 
     let done = store.request_get(replay.id).await.unwrap().unwrap();
@@ -170,11 +216,11 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     let refused = store.request_get(rewind.id).await.unwrap().unwrap();
     assert_eq!(refused.status, RequestStatus::Failed);
     let why = refused.result.unwrap()["error"].as_str().unwrap().to_string();
-    assert!(
-        why.contains("relay rewind is not available on the Scylla CDC relay")
-            && why.ends_with("only dlq replay and dlq discard are"),
-        "{why}"
-    );
+    assert_eq!(why, "the relay has saved no CDC progress yet: nothing to rewind");
+    let refused = store.request_get(by_position.id).await.unwrap().unwrap();
+    assert_eq!(refused.status, RequestStatus::Failed);
+    let why = refused.result.unwrap()["error"].as_str().unwrap().to_string();
+    assert!(why.contains("this relay reads the Scylla CDC log: use --to-time"), "{why}");
 
     let (b, ts) = (brokers.clone(), topics(&cfg));
     let records = tokio::task::spawn_blocking(move || consume_all(&b, &ts, 3, Duration::from_secs(30))).await.unwrap();
@@ -381,4 +427,117 @@ async fn a_discard_replaces_the_poison_event_by_a_marker_and_releases_the_rest()
     assert_eq!(r.status, RequestStatus::Failed);
     let why = r.result.unwrap()["error"].as_str().unwrap().to_string();
     assert!(why.contains(&format!("no parked aggregate is held behind event {poison}")), "{why}");
+}
+
+/// `outboxd relay rewind --to-time T` on the CQL backend with no relay
+/// running: the CLI takes the lease and lowers every stream published past
+/// T, and the generation's floor, to T (a reader started afterwards loads
+/// them); a stream already behind T keeps its progress. A time before the
+/// generation, in the future, or behind no stream is refused with the
+/// reason and changes nothing; so is a rewind by position; and a former
+/// lease holder's rewind is fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rewind_lowers_the_saved_progress_or_is_refused_with_the_reason() {
+    let Some(Rig { cfg, cql, store, .. }) = Rig::start("CDC relay rewind (CLI)").await else { return };
+    let now = chrono::Utc::now().timestamp_millis();
+    let streams = [(1, now - 30 * MIN), (2, now - 20 * MIN), (3, now - 50 * MIN)];
+    seed_progress(&store, now - 120 * MIN, now - 35 * MIN, &streams).await;
+    assert_eq!(saved_times(&store, &[]).await.1, Some(now - 35 * MIN), "the floor, later than T");
+    let to = now - 40 * MIN;
+    let (code, out) = cli_request(&cfg, &cql, &["relay", "rewind", "--to-time", &rfc3339(to)]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("\"status\":\"done\"") && out.contains("\"streams\":2"), "{out}");
+    assert!(out.contains(&format!("\"rewound_to\":\"{}\"", rfc3339(to))), "{out}");
+    assert!(out.contains(&format!("\"rewound_from\":\"{}\"", rfc3339(now - 20 * MIN))), "the newest progress: {out}");
+    let after = saved_times(&store, &[1, 2, 3]).await;
+    assert_eq!(after, (vec![Some(to), Some(to), Some(now - 50 * MIN)], Some(to)));
+    let reader = progress_saver(&store, None).await;
+    assert_eq!(reader.progress().loaded(&stream(2)), Some(to), "a reader started now resumes there");
+    assert_eq!(reader.floor_ms(), Some(to), "so does a stream group without a row");
+
+    for (t, why) in [
+        (now - 180 * MIN, "before the current CDC generation, which began at"),
+        (now + 10 * MIN, "it is in the future"),
+        (to, "no stream has been published past it"),
+    ] {
+        let (code, out) = cli_request(&cfg, &cql, &["relay", "rewind", "--to-time", &rfc3339(t)]).await;
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains(why), "{why}: {out}");
+    }
+    let (code, out) = cli_request(&cfg, &cql, &["relay", "rewind", "--to-position", "0"]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("use --to-time"), "{out}");
+    assert_eq!(saved_times(&store, &[1, 2, 3]).await, after, "a refused rewind changes nothing");
+
+    // The CLI held the lease at epoch >= 1: a saver of epoch 0 is a former holder's.
+    let stale = progress_saver(&store, Some(0)).await;
+    let err = rewind_progress(&stale, now - 55 * MIN, LOG_TTL).await.unwrap_err();
+    assert_eq!(err, "another instance holds the relay lease");
+    assert_eq!(saved_times(&store, &[1, 2, 3]).await, after, "a fenced rewind writes nothing");
+}
+
+/// On a running relay the request server checks the rewind against the
+/// feed's progress, hands it to the feed's runner, and while the reader is
+/// stopped makes the reconciling sink forget what it published, so the
+/// events read again go out again instead of being skipped as re-reads.
+/// The runner's side of the channel needs a Scylla CDC reader; here a task
+/// takes the rewind and does what the runner does between two reader runs
+/// (`runner.rs`: `while_stopped`, then `rewind_progress`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_relays_rewind_goes_to_its_runner_and_its_events_go_out_again() {
+    let Some(Rig { brokers, cfg, store, .. }) = Rig::start("CDC relay rewind (running relay)").await else { return };
+    let a = Uuid::now_v7();
+    let events = order_events(a, 0, 2);
+    store.append(a, 0, events.clone()).await.unwrap();
+    let (deliverer, rsink, mut server) = request_server(&cfg, &store).await;
+    let trigger = Trigger::new();
+    let mut shutdown = trigger.subscribe();
+    for (i, e) in events.iter().enumerate() {
+        let got = rsink.deliver_through(a, i as i64 + 1, Some(e.clone()), None, &mut shutdown).await.unwrap();
+        assert_eq!(got, Handled::Delivered { filled: 0 });
+    }
+    let again = rsink.deliver_through(a, 2, Some(events[1].clone()), None, &mut shutdown).await.unwrap();
+    assert_eq!(again, Handled::Skipped, "a re-read is not sent twice");
+
+    let now = chrono::Utc::now().timestamp_millis();
+    seed_progress(&store, now - 120 * MIN, now - 120 * MIN, &[(1, now - 10 * MIN)]).await;
+    let feed = progress_saver(&store, None).await;
+    let (tx, rx) = rewind::channel();
+    server.rewind = Rewinder::Runner { tx, saver: feed.clone(), log_ttl: LOG_TTL };
+    let runner = tokio::spawn(async move {
+        let rw = rewind::next(&mut Some(rx)).await;
+        (rw.while_stopped)();
+        let _ = rw.done.send(rewind_progress(&feed, rw.to_ms, LOG_TTL).await);
+        rw.to_ms
+    });
+
+    let early = RelayRequest::new(RELAY, RequestKind::RewindToTime { time: chrono::Utc::now() }, "test");
+    store.request_submit(&early).await.unwrap();
+    server.poll(&mut shutdown).await;
+    let r = store.request_get(early.id).await.unwrap().unwrap();
+    assert_eq!(r.status, RequestStatus::Failed, "checked before the reader is stopped");
+    assert!(r.result.unwrap()["error"].as_str().unwrap().contains("no stream has been published past it"));
+
+    let to = chrono::DateTime::from_timestamp_millis(now - 30 * MIN).unwrap();
+    let req = RelayRequest::new(RELAY, RequestKind::RewindToTime { time: to }, "test");
+    store.request_submit(&req).await.unwrap();
+    server.poll(&mut shutdown).await;
+    let r = store.request_get(req.id).await.unwrap().unwrap();
+    assert_eq!(r.status, RequestStatus::Done, "{:?}", r.result);
+    assert_eq!(r.result.as_ref().unwrap()["streams"], 1, "{:?}", r.result);
+    assert_eq!(runner.await.unwrap(), now - 30 * MIN, "the refused rewind never reached the runner");
+    assert_eq!(saved_times(&store, &[1]).await.0, vec![Some(now - 30 * MIN)]);
+    let m = deliverer.metrics();
+    assert_eq!(m.relay_requests.with_label_values(&["rewind"]).get(), 2, "both requests counted");
+    assert_eq!(m.relay_rewinds.get(), 1, "one rewind carried out");
+
+    // The reader reads the aggregate's rows again: they go out again.
+    for (i, e) in events.iter().enumerate() {
+        let got = rsink.deliver_through(a, i as i64 + 1, Some(e.clone()), None, &mut shutdown).await.unwrap();
+        assert_eq!(got, Handled::Delivered { filled: 0 }, "event {} after the rewind", i + 1);
+    }
+    let (b, ts) = (brokers.clone(), topics(&cfg));
+    let records = tokio::task::spawn_blocking(move || consume_all(&b, &ts, 4, Duration::from_secs(30))).await.unwrap();
+    let seqs: Vec<i64> = records.iter().filter(|r| r.key == a.to_string()).map(|r| r.sequence()).collect();
+    assert_eq!(seqs, vec![1, 2, 1, 2], "published, then published again after the rewind");
 }

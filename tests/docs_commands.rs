@@ -156,12 +156,14 @@ fn every_documented_outboxd_command_runs_as_written() {
     assert_eq!(code, Some(0), "{err}");
     // `$C` is a customer id; `<ID>` a dead-letter id, `<AGGREGATE_ID>` a parked
     // aggregate, `<EVENT_ID>` a held event (none exists here: the command must say so,
-    // exit 2 naming what is not parked).
+    // exit 2 naming what is not parked), `<TIME>` a rewind time.
     let samples = [
         ("$C", id.trim().to_string()),
         ("<ID>", uuid::Uuid::now_v7().to_string()),
         ("<AGGREGATE_ID>", uuid::Uuid::now_v7().to_string()),
         ("<EVENT_ID>", uuid::Uuid::now_v7().to_string()),
+        // A CDC rewind's time (this store is SQLite: refused, exit 1, naming --to-position).
+        ("<TIME>", (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339()),
     ];
     let mut failures = Vec::new();
     for shown in all_commands() {

@@ -172,6 +172,11 @@ impl Deliverer {
         &self.status
     }
 
+    /// The relay's metrics (the CDC request server counts its requests there).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn is_parked(&self, agg: &str) -> bool {
         self.parked.lock().unwrap_or_else(|e| e.into_inner()).contains(agg)
     }

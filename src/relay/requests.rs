@@ -225,7 +225,8 @@ impl Run {
     }
 }
 
-fn kind_label(k: &RequestKind) -> &'static str {
+/// The `kind` label of `relay_requests_total`.
+pub(crate) fn kind_label(k: &RequestKind) -> &'static str {
     match k {
         RequestKind::ReplayAggregate { .. } => "replay_aggregate",
         RequestKind::ReplayAllParked => "replay_all_parked",

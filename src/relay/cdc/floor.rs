@@ -22,6 +22,7 @@
 //!   gets the lower bound of the run that reads it now.
 //! - A newer generation's floor is where scylla-cdc reads it from: the
 //!   later of the run's lower bound and the generation's start.
+//! - An operator's rewind lowers it to the rewind time, never raises it.
 //! - [`Floor::dirty`] says when the generation row must be written again.
 
 /// The floor of the current generation (ms since the epoch).
@@ -61,6 +62,12 @@ impl Floor {
 
     pub fn get(&self) -> Option<i64> {
         self.value
+    }
+
+    /// An operator's rewind to `to` (ms): a stream without a row resumes
+    /// no later than there either.
+    pub fn rewind(&mut self, to: i64) {
+        self.value = Some(self.value.map_or(to, |v| v.min(to)));
     }
 
     /// The table does not hold the current value.
@@ -111,5 +118,18 @@ mod tests {
         f.run_starts(9_000);
         f.new_generation(8_000);
         assert_eq!(f.get(), Some(9_000));
+    }
+
+    #[test]
+    fn a_rewind_lowers_the_floor_and_never_raises_it() {
+        let mut f = Floor::loaded(Some(5_000));
+        f.rewind(3_000);
+        assert_eq!((f.get(), f.dirty()), (Some(3_000), true));
+        f.mark_saved(Some(3_000));
+        f.rewind(4_000);
+        assert_eq!((f.get(), f.dirty()), (Some(3_000), false), "a later time leaves it");
+        let mut none = Floor::loaded(None);
+        none.rewind(2_000);
+        assert_eq!((none.get(), none.dirty()), (Some(2_000), true));
     }
 }

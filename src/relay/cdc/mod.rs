@@ -13,7 +13,8 @@
 //! progress resumes), [`start`] (start point, catch-up
 //! plan), [`runner`] (runs scylla-cdc), [`reader`] (a consumer's feed),
 //! [`relay_feed`] (the relay's feed: reconciling sink over the `Deliverer`),
-//! [`reconcile`] + [`reconciler`] (unknown-outcome appends), [`health`]
+//! [`reconcile`] + [`reconciler`] (unknown-outcome appends), [`requests`]
+//! and [`rewind`] (operator requests), [`health`]
 //! (TTL guard, reconciliation verdict), [`watermark`] (exactly-once skip).
 //!
 //! Guarantees (docs/OPERATIONS.md, "Scylla CDC feed"):
@@ -55,6 +56,7 @@ pub mod reconcile;
 pub mod reconciler;
 pub mod relay_feed;
 pub mod requests;
+pub mod rewind;
 pub mod runner;
 pub mod saver;
 pub mod start;

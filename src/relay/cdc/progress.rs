@@ -2,7 +2,7 @@
 //! (pure state; `cdc_saver` persists it).
 //!
 //! Guarantees:
-//! - Progress never goes backwards: [`ProgressState::admit`] keeps, per
+//! - Progress never goes backwards on its own: [`ProgressState::admit`] keeps, per
 //!   stream, the maximum of what was loaded from the table and what scylla-cdc
 //!   reported since. scylla-cdc's stream reader starts its saver from the
 //!   lower time bound it was given and saves that at once for every stream
@@ -26,6 +26,9 @@
 //!   a checkpoint interval after the others has no row when the others' rows
 //!   carry progress: the generation's floor covers it (a restart reads a
 //!   stream without a row from the floor).
+//! - The one way back is an operator's rewind ([`ProgressState::rewind`]):
+//!   every stream and the floor are lowered to the rewind time (none is
+//!   raised), and the lowered values are handed out for writing.
 //! - Only values that moved since the last successful write are handed out
 //!   for persisting ([`ProgressState::dirty`]), so an idle stream costs no
 //!   checkpoint write and a failed write is simply retried with a newer value.
@@ -72,12 +75,17 @@ pub use crate::store::cql::progress::SavedRow;
 struct Entry {
     /// Highest time known to be published up to (loaded or admitted).
     time: i64,
-    /// Highest time known to be in the table (`i64::MIN`: none).
+    /// Highest time known to be in the table (`i64::MIN`: none;
+    /// [`REWRITE`]: a rewind lowered the stream below it).
     saved: i64,
     /// The first time known for the stream in this run: where it would be
     /// read from if the table had no row for it.
     first: i64,
 }
+
+/// `Entry::saved` of a stream a rewind lowered: the table holds a later
+/// time, so the lowered one must be written (as progress, not as a first row).
+const REWRITE: i64 = i64::MIN + 1;
 
 /// The in-memory progress of one consumer's CDC reader.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -207,6 +215,29 @@ impl ProgressState {
         self.generation = Some(generation);
         self.floor.new_generation(generation);
         Some(dropped)
+    }
+
+    /// An operator's rewind to `to` (ms): every stream published past it
+    /// goes back to it, as does the floor (a stream without a row resumes
+    /// there too). Returns how many streams went back; the lowered values
+    /// are [`ProgressState::dirty`] until written.
+    pub fn rewind(&mut self, to: i64) -> usize {
+        let mut moved = 0;
+        for e in self.streams.values_mut().filter(|e| e.time > to) {
+            e.time = to;
+            e.first = e.first.min(to);
+            if e.saved != i64::MIN {
+                e.saved = REWRITE;
+            }
+            moved += 1;
+        }
+        self.floor.rewind(to);
+        moved
+    }
+
+    /// The newest per-stream progress (ms): a rewind to it or later changes nothing.
+    pub fn newest(&self) -> Option<i64> {
+        self.streams.values().map(|e| e.time).max()
     }
 
     /// The stream times not yet in the table: `(stream, time)`, ordered by stream.
@@ -437,6 +468,29 @@ mod tests {
         // Without a generation row every stream row counts.
         let s = ProgressState::from_rows([row(k(1), 100, Some(150)), row(k(2), 200, Some(900))]);
         assert_eq!((s.generation(), s.oldest()), (None, Some(150)));
+    }
+
+    #[test]
+    fn a_rewind_lowers_every_stream_past_it_and_hands_the_values_out_once() {
+        let mut s = ProgressState::from_rows([
+            SavedRow { stream: vec![], generation: Some(100), time: Some(500) },
+            row(k(1), 100, Some(9_000)),
+            row(k(2), 100, Some(4_000)),
+            row(k(3), 100, Some(7_000)),
+        ]);
+        assert_eq!(s.newest(), Some(9_000));
+        assert_eq!(s.rewind(5_000), 2, "streams 1 and 3 were past it; 2 was not");
+        assert_eq!((s.loaded(&k(1)), s.loaded(&k(2)), s.loaded(&k(3))), (Some(5_000), Some(4_000), Some(5_000)));
+        assert_eq!(s.dirty(), vec![(k(1), 5_000), (k(3), 5_000)], "written although below the table's values");
+        assert_eq!(s.floor(), Some(500), "an earlier floor stays");
+        let written = s.dirty();
+        s.mark_saved(&written);
+        assert!(s.dirty().is_empty());
+        assert!(!s.admit(&k(1), 1_000), "the reader's lower bound still never lowers it");
+        assert!(s.admit(&k(1), 6_000), "then it moves on from there");
+        assert_eq!(s.dirty(), vec![(k(1), 6_000)]);
+        s.rewind(300);
+        assert_eq!((s.floor(), s.oldest(), s.generation_dirty()), (Some(300), Some(300), Some((100, Some(300)))));
     }
 
     #[test]

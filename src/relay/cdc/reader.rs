@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::consumer::{EnvelopeSink, SinkConsumerFactory};
+use super::rewind::RewindRx;
 use super::runner::{run_reader, RunnerSettings};
 use super::saver::LeaseCheckpointSaver;
 use super::start::ReadSettings;
@@ -66,6 +67,8 @@ pub struct CdcFeed {
     settings: RunnerSettings,
     saver: Arc<LeaseCheckpointSaver>,
     restarts: Option<IntCounter>,
+    /// Operator rewinds for the runner (the relay's feed only).
+    rewinds: std::sync::Mutex<Option<RewindRx>>,
 }
 
 impl CdcFeed {
@@ -89,7 +92,13 @@ impl CdcFeed {
             spec.legacy_table,
         )
         .await?;
-        Ok(CdcFeed { session, settings: runner_settings(&keyspace, cfg), saver, restarts: None })
+        Ok(CdcFeed {
+            session,
+            settings: runner_settings(&keyspace, cfg),
+            saver,
+            restarts: None,
+            rewinds: std::sync::Mutex::new(None),
+        })
     }
 
     /// The feed's progress (the oldest per-stream progress is the CDC lag).
@@ -103,11 +112,19 @@ impl CdcFeed {
         self
     }
 
+    /// Carries out the rewinds sent on the other end of `rewinds` (one run
+    /// of the feed takes them).
+    pub fn take_rewinds(self, rewinds: RewindRx) -> CdcFeed {
+        *self.rewinds.lock().unwrap() = Some(rewinds);
+        self
+    }
+
     /// Reads the log into `sink` until `shutdown` (see the module doc).
     pub async fn run<S: EnvelopeSink>(&self, sink: Arc<S>, shutdown: Shutdown) -> Result<(), CdcError> {
         let abandon = Trigger::new();
         let factory = Arc::new(SinkConsumerFactory::new(sink, Some(self.saver.clone()), abandon.subscribe()));
         let consumer = self.saver.name().to_string();
+        let rewinds = self.rewinds.lock().unwrap().take();
         tracing::info!(keyspace = %self.settings.keyspace, %consumer, "CDC feed of {}.event_store starting", self.settings.keyspace);
         let res = run_reader(
             self.session.clone(),
@@ -115,6 +132,7 @@ impl CdcFeed {
             factory,
             self.saver.clone(),
             self.restarts.clone(),
+            rewinds,
             shutdown,
         )
         .await;

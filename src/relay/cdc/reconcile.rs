@@ -24,6 +24,7 @@
 //! - No re-send inside one process: an event at or below the last sequence
 //!   this relay published for its aggregate (a window read again after a
 //!   reader restart or a catch-up switch) is skipped.
+//!   An operator's rewind clears that memory ([`ReconcileState::forget_published`]).
 //! - Bounded memory: the "last published" map keeps at most `capacity`
 //!   aggregates (two generations of `capacity / 2`, the older dropped
 //!   whole); forgetting an aggregate only disables the gap check and the
@@ -172,6 +173,12 @@ impl ReconcileState {
         self.rows().map(|p| p.resolved_at_ms).min()
     }
 
+    /// Forgets what this process published (an operator's rewind: the
+    /// events after the rewind time must go out again, not be skipped).
+    pub fn forget_published(&mut self) {
+        self.recent = Recent { capacity: self.recent.capacity, ..Recent::default() };
+    }
+
     /// Aggregates whose last published sequence is remembered.
     pub fn remembered(&self) -> usize {
         self.recent.len()
@@ -229,6 +236,16 @@ mod tests {
         // Pending rows and the gap together, without repeats.
         s.refresh([pending(1, 4, 0)]);
         assert_eq!(s.plan(agg(1), 6), Plan::Deliver { fill: vec![3, 4, 5] });
+    }
+
+    #[test]
+    fn a_rewind_forgets_what_was_published() {
+        let mut s = ReconcileState::new(8);
+        s.published(agg(1), 5);
+        assert_eq!(s.plan(agg(1), 4), Plan::Skip);
+        s.forget_published();
+        assert_eq!(s.remembered(), 0);
+        assert_ne!(s.plan(agg(1), 4), Plan::Skip, "published again after a rewind");
     }
 
     #[test]

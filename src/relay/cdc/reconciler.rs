@@ -140,6 +140,12 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         self.bound
     }
 
+    /// Forgets which events this process published (an operator's rewind,
+    /// while no reader runs): they are sent again when read again.
+    pub fn forget_published(&self) {
+        self.state.lock().unwrap().forget_published();
+    }
+
     fn set_gauge(&self) {
         if let Some(g) = &self.gauge {
             g.set(self.state.lock().unwrap().pending_len() as i64);

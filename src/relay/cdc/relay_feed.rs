@@ -6,7 +6,8 @@
 //! outcome appends published in order, within the bound); `RelayStatus.running`
 //! is true exactly while the feed runs; `RelayStatus.reconciliation` (the
 //! input of the reconciliation verdict) is refreshed every second while it
-//! runs; operator requests are served every second (`requests`); the
+//! runs; operator requests are served every second (`requests`; a rewind
+//! is handed to the feed's runner); the
 //! reconciler, that reporter and the request server stop with the feed.
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use super::reader::{CdcFeed, FeedSpec};
 use super::reconciler::{run_reconciler, ReadThrough, ReconcilingSink};
-use super::requests::{serve_requests, CdcRequests};
+use super::requests::{serve_requests, CdcRequests, Rewinder};
 use super::saver::LeaseCheckpointSaver;
 use super::{CdcError, EnvelopeSink, LEGACY_RELAY_CHECKPOINT_TABLE};
 use crate::config::Config;
@@ -40,9 +41,11 @@ pub async fn run_relay_feed(
     let cdc = &cfg.store.cql.cdc;
     let spec =
         FeedSpec { consumer: &cfg.relay.consumer_name, epoch, legacy_table: Some(LEGACY_RELAY_CHECKPOINT_TABLE) };
+    let (rewinds, rewind_rx) = super::rewind::channel();
     let feed = CdcFeed::open(cql.session(), cql.keyspace(), cdc, spec)
         .await?
-        .count_restarts(metrics.cdc_reader_restarts.with_label_values(&[&cfg.relay.consumer_name]));
+        .count_restarts(metrics.cdc_reader_restarts.with_label_values(&[&cfg.relay.consumer_name]))
+        .take_rewinds(rewind_rx);
     let table = ReconcileTable::open(cql.session(), cql.keyspace()).await?;
     let sink = ReconcilingSink::new(
         deliverer.clone(),
@@ -67,6 +70,7 @@ pub async fn run_relay_feed(
         store: cql.clone() as DynStore,
         consumer: cfg.relay.consumer_name.clone(),
         epoch: epoch.unwrap_or(0),
+        rewind: Rewinder::Runner { tx: rewinds, saver: feed.saver().clone(), log_ttl: cdc.log_ttl() },
     };
     let requests = tokio::spawn(serve_requests(requests, Duration::from_secs(1), stop_reconciler.subscribe()));
     deliverer.status().update(|s| {

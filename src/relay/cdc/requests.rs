@@ -30,8 +30,12 @@
 //!   it is carried out again from the start (the marker may then appear
 //!   twice, with the same `ce_id`). A later held row that cannot be decoded
 //!   fails it before anything is written.
-//! - Rewind is not built on this path: such a request fails at once with the
-//!   reason (it never waits unclaimed).
+//! - `relay rewind --to-time T`: every stream published past T goes back to
+//!   T and the changes after it are published again (`cdc::rewind`: the
+//!   checks, and why it is carried out only while no reader runs). The
+//!   relay's server hands it to the feed's runner; the CLI's writes it on
+//!   the saved progress itself. `--to-position` fails at once with the
+//!   reason (it is the position relay's).
 //! - The loop polls every `every` until shutdown; a store error is logged and
 //!   retried at the next poll.
 
@@ -41,11 +45,13 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::reconciler::ReconcilingSink;
+use super::rewind::{precheck, rewind_progress, RewindTx};
+use super::saver::LeaseCheckpointSaver;
 use super::CdcError;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::relay::deliver::{Delivered, Deliverer};
-use crate::relay::requests::{chosen_letters, discard_of, letter_event, parked_behind, record_discard};
+use crate::relay::requests::{chosen_letters, discard_of, kind_label, letter_event, parked_behind, record_discard};
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::{RelayStatus, StatusTx};
 use crate::shutdown::Shutdown;
@@ -63,6 +69,16 @@ pub struct CdcRequests {
     pub consumer: String,
     /// The relay lease's epoch (0 without a lease, as the position relay).
     pub epoch: i64,
+    pub rewind: Rewinder,
+}
+
+/// Who carries out a rewind (`cdc::rewind`).
+pub enum Rewinder {
+    /// The running feed's runner, between two reader runs; `saver` is its
+    /// progress (checked before the reader is stopped).
+    Runner { tx: RewindTx, saver: Arc<LeaseCheckpointSaver>, log_ttl: Duration },
+    /// No reader runs (the CLI under the lease it took): written on this saver.
+    Saver { saver: Arc<LeaseCheckpointSaver>, log_ttl: Duration },
 }
 
 /// Carries out the open requests once, outside a running relay (the CLI
@@ -82,6 +98,10 @@ pub async fn serve_once(cql: Arc<CqlStore>, cfg: &Config, epoch: i64, mut shutdo
     );
     let table = ReconcileTable::open(cql.session(), cql.keyspace()).await?;
     let cdc = &cfg.store.cql.cdc;
+    let consumer = cfg.relay.consumer_name.clone();
+    let row_ttl = crate::store::cql::cdc_options::progress_row_ttl(cdc.log_ttl());
+    let keyspace = cql.keyspace().to_ascii_lowercase();
+    let saver = LeaseCheckpointSaver::open(cql.session(), &keyspace, &consumer, Some(epoch), row_ttl, None).await?;
     let sink = ReconcilingSink::new(
         deliverer.clone(),
         store.clone(),
@@ -91,7 +111,8 @@ pub async fn serve_once(cql: Arc<CqlStore>, cfg: &Config, epoch: i64, mut shutdo
         None,
         Arc::new(|| None),
     );
-    let server = CdcRequests { sink, deliverer, store, consumer: cfg.relay.consumer_name.clone(), epoch };
+    let rewind = Rewinder::Saver { saver, log_ttl: cdc.log_ttl() };
+    let server = CdcRequests { sink, deliverer, store, consumer, epoch, rewind };
     server.poll(&mut shutdown).await;
     Ok(())
 }
@@ -117,6 +138,7 @@ impl CdcRequests {
             if !crate::relay::operator::claim(&self.store, &r, self.epoch).await {
                 continue;
             }
+            self.deliverer.metrics().relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
             let Some((status, result)) = self.carry_out(&r, shutdown).await else { return };
             self.finish(r.id, status, result).await;
         }
@@ -141,7 +163,11 @@ impl CdcRequests {
                     Err(error) => Some(failed(error)),
                 }
             }
-            other => return Some(failed(not_built(other))),
+            RequestKind::RewindToTime { time } => return self.rewind(time.timestamp_millis()).await,
+            RequestKind::RewindToPosition { .. } => return Some(failed(
+                "--to-position rewinds a position feed (SQLite); this relay reads the Scylla CDC log: use --to-time"
+                    .into(),
+            )),
         };
         let (mut unparked, mut events) = (Vec::new(), 0usize);
         for agg in aggregates {
@@ -160,6 +186,28 @@ impl CdcRequests {
             }
         }
         Some((RequestStatus::Done, json!({ "aggregates": unparked.len(), "unparked": unparked, "events": events })))
+    }
+
+    /// Rewinds the feed to `to_ms`: the outcome, or `None` when the runner
+    /// ended first (shutdown or a lost lease: the request stays claimed).
+    async fn rewind(&self, to_ms: i64) -> Option<(RequestStatus, Value)> {
+        let outcome = match &self.rewind {
+            Rewinder::Runner { tx, saver, log_ttl } => match precheck(saver, to_ms, *log_ttl) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let sink = self.sink.clone();
+                    tx.rewind(to_ms, Box::new(move || sink.forget_published())).await?
+                }
+            },
+            Rewinder::Saver { saver, log_ttl } => rewind_progress(saver, to_ms, *log_ttl).await,
+        };
+        Some(match outcome {
+            Ok(result) => {
+                self.deliverer.metrics().relay_rewinds.inc();
+                (RequestStatus::Done, result)
+            }
+            Err(error) => failed(error),
+        })
     }
 
     /// Replays one parked aggregate: `Ok(Some(events))`, `Ok(None)` on
@@ -320,18 +368,4 @@ fn readable(agg: &str, rows: Vec<FeedRow>) -> Result<Vec<RawEvent>, String> {
 
 fn failed(error: String) -> (RequestStatus, Value) {
     (RequestStatus::Failed, json!({ "error": error }))
-}
-
-/// The refusal of a request kind this path does not carry out.
-pub fn not_built(kind: &RequestKind) -> String {
-    let what = match kind {
-        RequestKind::RewindToPosition { .. } | RequestKind::RewindToTime { .. } => "relay rewind",
-        RequestKind::ReplayAggregate { .. }
-        | RequestKind::ReplayAllParked
-        | RequestKind::ReplayDeadLetters { .. }
-        | RequestKind::Discard { .. } => "this request",
-    };
-    format!(
-        "{what} is not available on the Scylla CDC relay (store.backend = cql); only dlq replay and dlq discard are"
-    )
 }

@@ -23,6 +23,10 @@
 //!   started again from its progress, counted in `restarts`; nothing is
 //!   skipped (progress never passed an unhandled row) and the re-read tail
 //!   is published again (same `ce_id`).
+//! - An operator's rewind ([`super::rewind`]) stops the reader the same way,
+//!   then (unless fenced or shut down meanwhile) writes the rewound progress
+//!   and starts the reader again from it; its outcome goes back to the
+//!   request server. Not counted as a restart.
 
 use prometheus::IntCounter;
 use scylla::client::session::Session;
@@ -31,6 +35,7 @@ use scylla_cdc::log_reader::CDCLogReaderBuilder;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::rewind::{self, rewind_progress, Rewind, RewindRx};
 use super::saver::{run_flusher, Flushed, LeaseCheckpointSaver};
 use super::start::{
     after_run, read_plan, start_point, AfterRun, PlanInputs, ReadPlan, ReadSettings, RunEnd, StartFrom, StartInputs,
@@ -77,13 +82,15 @@ fn ms(d: Duration) -> Duration {
     d.max(Duration::from_millis(1))
 }
 
-/// Runs the reader until shutdown (Ok), a reader failure or fencing (Err).
+/// Runs the reader until shutdown (Ok), a reader failure or fencing (Err);
+/// carries out the rewinds that come through `rewinds`.
 pub async fn run_reader(
     session: Arc<Session>,
     settings: RunnerSettings,
     factory: Arc<dyn ConsumerFactory>,
     saver: Arc<LeaseCheckpointSaver>,
     restarts: Option<IntCounter>,
+    mut rewinds: Option<RewindRx>,
     mut shutdown: Shutdown,
 ) -> Result<(), CdcError> {
     let origin = read_origin(&session, &settings.keyspace).await;
@@ -142,12 +149,13 @@ pub async fn run_reader(
         let flusher = tokio::spawn(run_flusher(saver.clone(), settings.checkpoint_interval, stop_flusher.subscribe()));
         let mut fenced = saver.fenced_watch();
         let probe = saver.clone();
-        // (the reader's result if it ended by itself, how long it stalled)
-        let (finished, stalled) = tokio::select! {
-            r = &mut handle => (Some(r), None),
-            _ = shutdown.recv() => (None, None),
-            _ = fenced.wait_for(Option::is_some) => (Some(Err(anyhow::anyhow!("fenced"))), None),
-            idle = wait_for_stall(settings.stall_restart, move || probe.stall_sample()) => (None, Some(idle)),
+        // (the reader's result if it ended by itself, how long it stalled, a rewind)
+        let (finished, stalled, rewind): (_, _, Option<Rewind>) = tokio::select! {
+            r = &mut handle => (Some(r), None, None),
+            _ = shutdown.recv() => (None, None, None),
+            _ = fenced.wait_for(Option::is_some) => (Some(Err(anyhow::anyhow!("fenced"))), None, None),
+            idle = wait_for_stall(settings.stall_restart, move || probe.stall_sample()) => (None, Some(idle), None),
+            rw = rewind::next(&mut rewinds) => (None, None, Some(rw)),
         };
         let res = match finished {
             Some(r) => r,
@@ -169,7 +177,7 @@ pub async fn run_reader(
             |e: &anyhow::Error| e.chain().any(|c| matches!(c.downcast_ref::<CdcError>(), Some(CdcError::Shutdown)));
         let end = RunEnd {
             fenced: saver.is_fenced() || matches!(flushed, Flushed::Fenced { .. }),
-            stalled: stalled.is_some(),
+            restart: stalled.is_some() || rewind.is_some(),
             shutdown: shutdown.is_shutdown(),
             error: res.as_ref().err().map(shutdown_error),
             until_ms: until,
@@ -184,7 +192,19 @@ pub async fn run_reader(
             AfterRun::Restart => {
                 // The flusher saved the progress as the run ended.
                 if let Err(e) = &res {
-                    tracing::warn!(consumer = saver.name(), error = %format!("{e:#}"), "the stalled CDC reader ended with an error");
+                    tracing::warn!(consumer = saver.name(), error = %format!("{e:#}"), "the stopped CDC reader ended with an error");
+                }
+                if let Some(rw) = rewind {
+                    (rw.while_stopped)();
+                    let outcome = rewind_progress(&saver, rw.to_ms, settings.log_ttl).await;
+                    let _ = rw.done.send(outcome);
+                    position = saver.oldest_progress_ms().unwrap_or(position);
+                    tracing::info!(
+                        consumer = saver.name(),
+                        position_ms = position,
+                        "CDC reader starting again after a rewind request"
+                    );
+                    continue;
                 }
                 if let Some(c) = &restarts {
                     c.inc();

@@ -4,7 +4,8 @@
 //!
 //! Guarantees:
 //! - Never saves a time older than the one loaded (or last saved) for a
-//!   stream ([`ProgressState`]): the lower bound scylla-cdc saves for every
+//!   stream ([`ProgressState`]), except on an operator's rewind
+//!   ([`LeaseCheckpointSaver::rewind`], `cdc::rewind`): the lower bound scylla-cdc saves for every
 //!   stream right after a start is dropped, so a crash at any moment resumes
 //!   from the last real progress.
 //! - Never creates a table (`outboxd schema` does): the relay needs no CREATE
@@ -365,6 +366,14 @@ impl LeaseCheckpointSaver {
 
     pub fn release(&self, stream: &StreamKey) {
         self.state.lock().unwrap().release(stream);
+    }
+
+    /// An operator's rewind to `to` (ms), in memory: streams past it and the
+    /// floor go back to it ([`ProgressState::rewind`]); the next flush
+    /// writes them. Only while no reader runs (one would save its progress
+    /// over it). Returns how many streams went back.
+    pub fn rewind(&self, to: i64) -> usize {
+        self.state.lock().unwrap().rewind(to)
     }
 
     /// A reader run starts from `lower` (ms): the floor of a generation

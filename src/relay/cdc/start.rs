@@ -137,8 +137,9 @@ pub fn read_plan(i: PlanInputs) -> ReadPlan {
 pub struct RunEnd {
     /// The saver was fenced (another instance holds the lease).
     pub fenced: bool,
-    /// The watchdog stopped the run.
-    pub stalled: bool,
+    /// The runner stopped the reader to start it again (the stall
+    /// watchdog, or an operator's rewind).
+    pub restart: bool,
     /// The feed's shutdown was signalled.
     pub shutdown: bool,
     /// The reader's own result: `None` ok, `Some(true)` its error was the
@@ -157,7 +158,8 @@ pub enum AfterRun {
     Stop,
     /// End the feed with the reader's error.
     Fail,
-    /// Start a new run from the saved progress (the watchdog's restart).
+    /// Start a new run from the saved progress (the watchdog's restart, or
+    /// after a rewind).
     Restart,
     /// Every stream was read up to this time (ms): advance, save, plan again.
     CaughtUp(i64),
@@ -166,9 +168,9 @@ pub enum AfterRun {
 pub fn after_run(e: &RunEnd) -> AfterRun {
     match e {
         RunEnd { fenced: true, .. } => AfterRun::Fenced,
-        RunEnd { stalled: true, shutdown: true, .. } => AfterRun::Stop,
+        RunEnd { restart: true, shutdown: true, .. } => AfterRun::Stop,
         // The stopped reader's own error is only logged: it was stuck.
-        RunEnd { stalled: true, .. } => AfterRun::Restart,
+        RunEnd { restart: true, .. } => AfterRun::Restart,
         RunEnd { error: Some(true), .. } => AfterRun::Stop,
         RunEnd { error: Some(false), .. } => AfterRun::Fail,
         RunEnd { until_ms: Some(u), shutdown: false, .. } => AfterRun::CaughtUp(*u),
@@ -324,7 +326,7 @@ mod tests {
 
     #[test]
     fn after_a_run_fencing_comes_first_and_a_stall_restarts_unless_shut_down() {
-        let end = RunEnd { fenced: false, stalled: false, shutdown: false, error: None, until_ms: None };
+        let end = RunEnd { fenced: false, restart: false, shutdown: false, error: None, until_ms: None };
         let with = |f: fn(&mut RunEnd)| {
             let mut e = end.clone();
             f(&mut e);
@@ -351,10 +353,10 @@ mod tests {
         );
         assert_eq!(with(|e| e.error = Some(true)), AfterRun::Stop, "the consumer's shutdown error is a clean end");
         // The watchdog's restart.
-        assert_eq!(with(|e| e.stalled = true), AfterRun::Restart);
+        assert_eq!(with(|e| e.restart = true), AfterRun::Restart);
         assert_eq!(
             with(|e| {
-                e.stalled = true;
+                e.restart = true;
                 e.error = Some(false);
                 e.until_ms = Some(9)
             }),
@@ -363,7 +365,7 @@ mod tests {
         );
         assert_eq!(
             with(|e| {
-                e.stalled = true;
+                e.restart = true;
                 e.shutdown = true
             }),
             AfterRun::Stop,
@@ -371,7 +373,7 @@ mod tests {
         );
         // Fencing wins over everything.
         for f in [
-            |e: &mut RunEnd| e.stalled = true,
+            |e: &mut RunEnd| e.restart = true,
             |e: &mut RunEnd| e.error = Some(false),
             |e: &mut RunEnd| e.until_ms = Some(9),
         ] {

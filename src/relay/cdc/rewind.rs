@@ -1,0 +1,221 @@
+//! An operator's rewind of the Scylla CDC relay (`outboxd relay rewind
+//! --to-time T`, `POST /relay/rewind {"to_time": T}`): every stream
+//! published past T goes back to T, so the changes after T are published
+//! again (same `ce_id`; consumers see duplicates, as after the position
+//! relay's rewind).
+//!
+//! Guarantees:
+//! - Refused with the reason, nothing changed ([`check`]): no progress saved
+//!   yet, T in the future, T older than the CDC log TTL (the log no longer
+//!   holds those changes), T before the current CDC generation began
+//!   (scylla-cdc resumes saved progress in the last saved generation only;
+//!   rewinding into an earlier one is not supported), or T not behind any
+//!   stream's progress (nothing to do).
+//! - Carried out only while no reader of the consumer runs, since a running
+//!   reader would save its progress over the rewind: by the CLI when no
+//!   relay runs ([`rewind_progress`] on a saver it opens under the lease it
+//!   took), or by the relay's runner between two reader runs (a [`Rewind`]
+//!   sent through [`RewindTx`]: the reader is stopped as at shutdown, its
+//!   progress saved, the rewind written, what the process remembers having
+//!   published forgotten, then the reader starts again from the rewound
+//!   progress).
+//! - Written like any progress: fenced by the lease epoch (a former holder's
+//!   rewind is refused), the generation row's floor first, so a stream
+//!   without a row resumes at T too.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+use super::saver::{Flushed, LeaseCheckpointSaver};
+
+/// A rewind for the relay's runner to carry out between two reader runs.
+pub struct Rewind {
+    pub to_ms: i64,
+    /// Run while the reader is stopped, before it starts again (the
+    /// reconciling sink forgets what it published).
+    pub while_stopped: Box<dyn FnOnce() + Send>,
+    /// The request's result (`rewound_from`: the newest progress before,
+    /// `rewound_to`, `streams`: how many went back), or why not.
+    pub done: oneshot::Sender<Result<Value, String>>,
+}
+
+/// The request server's side of the channel to the runner.
+#[derive(Clone)]
+pub struct RewindTx(mpsc::Sender<Rewind>);
+
+/// The runner's side.
+pub type RewindRx = mpsc::Receiver<Rewind>;
+
+/// A channel from the request server to the runner.
+pub fn channel() -> (RewindTx, RewindRx) {
+    let (tx, rx) = mpsc::channel(1);
+    (RewindTx(tx), rx)
+}
+
+impl RewindTx {
+    /// Hands the rewind to the runner and waits for its outcome (`None`:
+    /// the runner ended first, e.g. shutdown or a lost lease).
+    pub async fn rewind(&self, to_ms: i64, while_stopped: Box<dyn FnOnce() + Send>) -> Option<Result<Value, String>> {
+        let (done, outcome) = oneshot::channel();
+        self.0.send(Rewind { to_ms, while_stopped, done }).await.ok()?;
+        outcome.await.ok()
+    }
+}
+
+/// The next rewind, or never when there is no channel (or it closed).
+pub async fn next(rx: &mut Option<RewindRx>) -> Rewind {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(rw) => rw,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+/// What the rewind is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub now_ms: i64,
+    pub log_ttl: Duration,
+    /// The current generation's start (ms), if saved.
+    pub generation_ms: Option<i64>,
+    /// The oldest and newest per-stream progress (ms), if any.
+    pub oldest_ms: Option<i64>,
+    pub newest_ms: Option<i64>,
+}
+
+/// Why a rewind to `to_ms` cannot be carried out, if it cannot.
+pub fn check(to_ms: i64, b: Bounds) -> Result<(), String> {
+    let to = rfc3339(to_ms);
+    let (Some(oldest), Some(newest)) = (b.oldest_ms, b.newest_ms) else {
+        return Err("the relay has saved no CDC progress yet: nothing to rewind".into());
+    };
+    if to_ms > b.now_ms {
+        return Err(format!("cannot rewind to {to}: it is in the future"));
+    }
+    let ttl_floor = b.now_ms.saturating_sub(b.log_ttl.as_millis() as i64);
+    if to_ms < ttl_floor {
+        return Err(format!(
+            "cannot rewind to {to}: it is older than the CDC log TTL ({} s), so the log no longer holds those changes; the earliest time is {}",
+            b.log_ttl.as_secs(),
+            rfc3339(ttl_floor)
+        ));
+    }
+    if let Some(g) = b.generation_ms.filter(|g| to_ms < *g) {
+        return Err(format!(
+            "cannot rewind to {to}: it is before the current CDC generation, which began at {} (rewinding into an earlier generation is not supported); the earliest time is {}",
+            rfc3339(g),
+            rfc3339(g.max(ttl_floor))
+        ));
+    }
+    if to_ms >= newest {
+        return Err(format!(
+            "cannot rewind to {to}: no stream has been published past it (progress is between {} and {})",
+            rfc3339(oldest),
+            rfc3339(newest)
+        ));
+    }
+    Ok(())
+}
+
+/// [`check`] against `saver`'s progress now.
+pub fn precheck(saver: &LeaseCheckpointSaver, to_ms: i64, log_ttl: Duration) -> Result<(), String> {
+    let state = saver.progress();
+    let now_ms = Utc::now().timestamp_millis();
+    let (generation_ms, oldest_ms, newest_ms) = (state.generation(), state.oldest(), state.newest());
+    check(to_ms, Bounds { now_ms, log_ttl, generation_ms, oldest_ms, newest_ms })
+}
+
+/// Checks and writes the rewind on `saver` (no reader of it may run):
+/// the request's result, or why it was not done.
+pub async fn rewind_progress(saver: &LeaseCheckpointSaver, to_ms: i64, log_ttl: Duration) -> Result<Value, String> {
+    precheck(saver, to_ms, log_ttl)?;
+    let state = saver.progress();
+    let streams = saver.rewind(to_ms);
+    match saver.flush().await {
+        Ok(Flushed::Saved(_)) => {}
+        Ok(Flushed::Fenced { .. }) => return Err("another instance holds the relay lease".into()),
+        Err(e) => return Err(format!("cannot write the rewound CDC progress: {e}")),
+    }
+    tracing::warn!(consumer = saver.name(), from_ms = ?state.newest(), to_ms, streams,
+        "CDC progress rewound on an operator's request: the changes after it are published again (same ce_id)");
+    // From: the furthest any stream had been published (the position
+    // relay's checkpoint, in its terms).
+    Ok(json!({
+        "rewound_from": state.newest().map(rfc3339),
+        "rewound_to": rfc3339(to_ms),
+        "streams": streams,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3_600_000;
+
+    fn bounds() -> Bounds {
+        Bounds {
+            now_ms: 100 * H,
+            log_ttl: Duration::from_secs(24 * 3600),
+            generation_ms: Some(90 * H),
+            oldest_ms: Some(98 * H),
+            newest_ms: Some(99 * H),
+        }
+    }
+
+    #[test]
+    fn a_time_behind_some_stream_within_the_generation_and_the_ttl_is_accepted() {
+        assert_eq!(check(95 * H, bounds()), Ok(()));
+        assert_eq!(check(98 * H + 1, bounds()), Ok(()), "between the oldest and the newest progress");
+        assert_eq!(check(90 * H, bounds()), Ok(()), "the generation's own start");
+    }
+
+    #[test]
+    fn each_refusal_names_its_reason() {
+        let err = |to, b| check(to, b).unwrap_err();
+        assert!(err(101 * H, bounds()).contains("in the future"));
+        let old = Bounds { generation_ms: Some(10 * H), ..bounds() };
+        let e = err(70 * H, old);
+        assert!(e.contains("older than the CDC log TTL (86400 s)") && e.contains("1970-01-04T04:00:00.000Z"), "{e}");
+        let e = err(80 * H, bounds());
+        assert!(e.contains("before the current CDC generation, which began at 1970-01-04T18:00:00.000Z"), "{e}");
+        let e = err(99 * H, bounds());
+        assert!(e.contains("no stream has been published past it"), "{e}");
+        let none = Bounds { oldest_ms: None, newest_ms: None, ..bounds() };
+        assert!(err(95 * H, none).contains("no CDC progress yet"));
+    }
+
+    #[test]
+    fn the_runner_side_waits_forever_without_a_channel_and_after_it_closed() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async {
+            let wait = |rx| async move {
+                let mut rx = rx;
+                tokio::time::timeout(Duration::from_millis(20), next(&mut rx)).await.is_err()
+            };
+            assert!(wait(None).await);
+            let (tx, rx) = channel();
+            drop(tx);
+            assert!(wait(Some(rx)).await, "a closed channel is no rewind");
+            let (tx, rx) = channel();
+            let sent = tokio::spawn(async move { tx.rewind(7, Box::new(|| {})).await });
+            let mut rx = Some(rx);
+            let rw = next(&mut rx).await;
+            assert_eq!(rw.to_ms, 7);
+            (rw.while_stopped)();
+            rw.done.send(Ok(json!({ "streams": 1 }))).unwrap();
+            assert_eq!(sent.await.unwrap(), Some(Ok(json!({ "streams": 1 }))));
+        });
+    }
+}
