@@ -473,6 +473,7 @@ async fn a_rewind_lowers_the_saved_progress_or_is_refused_with_the_reason() {
     let stale = progress_saver(&store, Some(0)).await;
     let err = rewind_progress(&stale, now - 55 * MIN, LOG_TTL).await.unwrap_err();
     assert_eq!(err, "another instance holds the relay lease");
+    assert_eq!(stale.progress().loaded(&stream(1)), Some(to), "nor keeps it in memory");
     assert_eq!(saved_times(&store, &[1, 2, 3]).await, after, "a fenced rewind writes nothing");
 }
 

@@ -141,12 +141,15 @@ pub fn precheck(saver: &LeaseCheckpointSaver, to_ms: i64, log_ttl: Duration) -> 
 pub async fn rewind_progress(saver: &LeaseCheckpointSaver, to_ms: i64, log_ttl: Duration) -> Result<Value, String> {
     precheck(saver, to_ms, log_ttl)?;
     let state = saver.progress();
-    let streams = saver.rewind(to_ms);
-    match saver.flush().await {
-        Ok(Flushed::Saved(_)) => {}
-        Ok(Flushed::Fenced { .. }) => return Err("another instance holds the relay lease".into()),
-        Err(e) => return Err(format!("cannot write the rewound CDC progress: {e}")),
-    }
+    let streams = match saver.rewind(to_ms).await {
+        Ok((n, Flushed::Saved(_))) => n,
+        Ok((_, Flushed::Fenced { .. })) => return Err("another instance holds the relay lease".into()),
+        Err(e) => {
+            return Err(format!(
+                "cannot write the rewound CDC progress ({e}): not rewound (rows already written at the time make a restart publish their changes after it again)"
+            ))
+        }
+    };
     tracing::warn!(consumer = saver.name(), from_ms = ?state.newest(), to_ms, streams,
         "CDC progress rewound on an operator's request: the changes after it are published again (same ce_id)");
     // From: the furthest any stream had been published (the position

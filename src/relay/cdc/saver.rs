@@ -368,12 +368,20 @@ impl LeaseCheckpointSaver {
         self.state.lock().unwrap().release(stream);
     }
 
-    /// An operator's rewind to `to` (ms), in memory: streams past it and the
-    /// floor go back to it ([`ProgressState::rewind`]); the next flush
-    /// writes them. Only while no reader runs (one would save its progress
-    /// over it). Returns how many streams went back.
-    pub fn rewind(&self, to: i64) -> usize {
-        self.state.lock().unwrap().rewind(to)
+    /// An operator's rewind to `to` (ms): streams past it and the floor go
+    /// back to it ([`ProgressState::rewind`]) and are written at once. Only
+    /// while no reader runs (one would save its progress over it). Returns
+    /// how many streams went back and the flush; unless that saved, the
+    /// state in memory is as before (a failed write may have left some rows
+    /// at `to`: a restart then re-sends their changes after it, never skips).
+    pub async fn rewind(&self, to: i64) -> Result<(usize, Flushed), StoreError> {
+        let before = self.state.lock().unwrap().clone();
+        let moved = self.state.lock().unwrap().rewind(to);
+        let res = self.flush().await;
+        if !matches!(res, Ok(Flushed::Saved(_))) {
+            *self.state.lock().unwrap() = before;
+        }
+        res.map(|f| (moved, f))
     }
 
     /// A reader run starts from `lower` (ms): the floor of a generation
