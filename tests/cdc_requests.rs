@@ -483,7 +483,7 @@ async fn a_rewind_lowers_the_saved_progress_or_is_refused_with_the_reason() {
 /// events read again go out again instead of being skipped as re-reads.
 /// The runner's side of the channel needs a Scylla CDC reader; here a task
 /// takes the rewind and does what the runner does between two reader runs
-/// (`runner.rs`: `while_stopped`, then `rewind_progress`).
+/// (`Rewind::carry_out`, which the runner calls once its reader stopped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_running_relays_rewind_goes_to_its_runner_and_its_events_go_out_again() {
     let Some(Rig { brokers, cfg, store, .. }) = Rig::start("CDC relay rewind (running relay)").await else { return };
@@ -507,9 +507,9 @@ async fn a_running_relays_rewind_goes_to_its_runner_and_its_events_go_out_again(
     server.rewind = Rewinder::Runner { tx, saver: feed.clone(), log_ttl: LOG_TTL };
     let runner = tokio::spawn(async move {
         let rw = rewind::next(&mut Some(rx)).await;
-        (rw.while_stopped)();
-        let _ = rw.done.send(rewind_progress(&feed, rw.to_ms, LOG_TTL).await);
-        rw.to_ms
+        let to_ms = rw.to_ms;
+        assert!(rw.carry_out(&feed, LOG_TTL).await, "written");
+        to_ms
     });
 
     let early = RelayRequest::new(RELAY, RequestKind::RewindToTime { time: chrono::Utc::now() }, "test");

@@ -16,9 +16,9 @@
 //!   relay runs ([`rewind_progress`] on a saver it opens under the lease it
 //!   took), or by the relay's runner between two reader runs (a [`Rewind`]
 //!   sent through [`RewindTx`]: the reader is stopped as at shutdown, its
-//!   progress saved, the rewind written, what the process remembers having
-//!   published forgotten, then the reader starts again from the rewound
-//!   progress).
+//!   progress saved, the rewind written, then what the process remembers
+//!   having published forgotten, and the reader starts again from the
+//!   rewound progress; a rewind refused or not written forgets nothing).
 //! - Written like any progress: fenced by the lease epoch (a former holder's
 //!   rewind is refused), the generation row's floor first, so a stream
 //!   without a row resumes at T too.
@@ -33,7 +33,7 @@ use super::saver::{Flushed, LeaseCheckpointSaver};
 /// A rewind for the relay's runner to carry out between two reader runs.
 pub struct Rewind {
     pub to_ms: i64,
-    /// Run while the reader is stopped, before it starts again (the
+    /// Run once the rewind is written, before the reader starts again (the
     /// reconciling sink forgets what it published).
     pub while_stopped: Box<dyn FnOnce() + Send>,
     /// The request's result (`rewound_from`: the newest progress before,
@@ -159,6 +159,21 @@ pub async fn rewind_progress(saver: &LeaseCheckpointSaver, to_ms: i64, log_ttl: 
         "rewound_to": rfc3339(to_ms),
         "streams": streams,
     }))
+}
+
+impl Rewind {
+    /// The runner's part, once its reader stopped: writes the rewind on
+    /// `saver`, then (only if written) runs `while_stopped`, and answers.
+    /// True when it was written.
+    pub async fn carry_out(self, saver: &LeaseCheckpointSaver, log_ttl: Duration) -> bool {
+        let outcome = rewind_progress(saver, self.to_ms, log_ttl).await;
+        let written = outcome.is_ok();
+        if written {
+            (self.while_stopped)();
+        }
+        let _ = self.done.send(outcome);
+        written
+    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use scylla_cdc::log_reader::CDCLogReaderBuilder;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::rewind::{self, rewind_progress, Rewind, RewindRx};
+use super::rewind::{self, Rewind, RewindRx};
 use super::saver::{run_flusher, Flushed, LeaseCheckpointSaver};
 use super::start::{
     after_run, read_plan, start_point, AfterRun, PlanInputs, ReadPlan, ReadSettings, RunEnd, StartFrom, StartInputs,
@@ -195,9 +195,7 @@ pub async fn run_reader(
                     tracing::warn!(consumer = saver.name(), error = %format!("{e:#}"), "the stopped CDC reader ended with an error");
                 }
                 if let Some(rw) = rewind {
-                    (rw.while_stopped)();
-                    let outcome = rewind_progress(&saver, rw.to_ms, settings.log_ttl).await;
-                    let _ = rw.done.send(outcome);
+                    rw.carry_out(&saver, settings.log_ttl).await;
                     position = saver.oldest_progress_ms().unwrap_or(position);
                     tracing::info!(
                         consumer = saver.name(),
