@@ -22,9 +22,10 @@
 //!   stream group's progress to the end of a window only after `consume_cdc`
 //!   returned `Ok` for every row of it, and `consume_cdc` returns only once
 //!   the sink handled the row's event durably. The saver writes that
-//!   progress every `checkpoint_interval_ms` and never moves it backwards, so
-//!   a crash re-sends at most the last checkpoint interval plus the window in
-//!   flight (same `ce_id`), and a start never replays back to its lower bound.
+//!   progress every `checkpoint_interval_ms` and never moves it backwards
+//!   (but for an operator's rewind, [`rewind`]), so a crash re-sends at most
+//!   the last checkpoint interval plus the window in flight (same `ce_id`),
+//!   and a start never replays back to its lower bound.
 //! - Order per aggregate: one aggregate is one partition, i.e. one CDC stream
 //!   (per generation); each stream group has one consumer that hands its
 //!   rows over one at a time in log order, each append's rows in sequence
