@@ -3,156 +3,20 @@
 //! requests, park records and the event table are ordinary tables) and the
 //! shared Kafka broker. The reader itself needs ScyllaDB; here the request
 //! server drives the same delivery call and reconciling sink it uses.
-//! Without either server the case prints SKIPPED.
+//! Without either server the case prints SKIPPED. Rewinds: `cdc_rewind.rs`.
 
 mod harness;
 
+use harness::cdc_rig::*;
 use harness::*;
-use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-use outboxd::config::CqlConfig;
-use outboxd::metrics::Metrics;
-use outboxd::relay::cdc::progress::StreamKey;
-use outboxd::relay::cdc::reconciler::{Handled, ReconcilingSink};
-use outboxd::relay::cdc::requests::{CdcRequests, Rewinder};
-use outboxd::relay::cdc::rewind::{self, rewind_progress, rfc3339};
-use outboxd::relay::cdc::saver::{read_progress, LeaseCheckpointSaver};
-use outboxd::relay::deliver::Deliverer;
-use outboxd::relay::sink::DeadLetterSink;
-use outboxd::relay::{RelayStatus, StatusTx};
+use outboxd::relay::cdc::reconciler::Handled;
 use outboxd::shutdown::Trigger;
-use outboxd::store::cql::progress::generation_floor;
-use outboxd::store::cql::reconcile::ReconcileTable;
-use outboxd::store::cql::CqlStore;
 use outboxd::store::parking::{Parked, ParkingStore};
 use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus, RequestStore};
-use outboxd::store::{DeadLetter, DynStore, EventStore};
-
-const RELAY: &str = "kafka-relay";
-const LOG_TTL: Duration = Duration::from_secs(86_400);
-const MIN: i64 = 60_000;
-
-/// A config on the shared broker (one partition, topics created) and a
-/// fresh keyspace on the Cassandra of `CASSANDRA_URI`; `None` (SKIPPED)
-/// without either server.
-struct Rig {
-    brokers: String,
-    cfg: outboxd::config::Config,
-    cql: CqlConfig,
-    store: Arc<CqlStore>,
-    _dir: tempfile::TempDir,
-}
-
-impl Rig {
-    async fn start(what: &str) -> Option<Rig> {
-        let brokers = shared_brokers()?;
-        let Some(uri) = std::env::var("CASSANDRA_URI").ok().filter(|s| !s.is_empty()) else {
-            eprintln!("SKIPPED: {what}: set CASSANDRA_URI (make test does)");
-            return None;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = test_config(&brokers, &dir.path().join("unused.db"));
-        cfg.kafka.partitions = 1;
-        let cql = CqlConfig { uri, keyspace: format!("rq_{}", Uuid::now_v7().simple()), ..CqlConfig::default() };
-        let store = CqlStore::connect(&cql).await.expect("connect");
-        store.migrate().await.expect("schema");
-        let (b, ts) = (brokers.clone(), topics(&cfg));
-        tokio::task::spawn_blocking(move || ts.iter().for_each(|t| create_topic(&b, t, 1, &[]))).await.unwrap();
-        Some(Rig { brokers, cfg, cql, store, _dir: dir })
-    }
-}
-
-/// The request server a CDC relay runs: its delivery call, reconciling sink
-/// and the server over them, at epoch 0 (no lease).
-async fn request_server(
-    cfg: &outboxd::config::Config,
-    store: &Arc<CqlStore>,
-) -> (Arc<Deliverer>, Arc<ReconcilingSink<Deliverer>>, CdcRequests) {
-    let dyn_store = store.clone() as DynStore;
-    let sink: Arc<dyn DeadLetterSink> = Arc::new(dyn_store.clone());
-    let status = StatusTx::new(tokio::sync::watch::channel(RelayStatus::default()).0);
-    let deliverer = Arc::new(Deliverer::new(cfg, dyn_store.clone(), sink, Metrics::new(), status).await.unwrap());
-    let table = ReconcileTable::open(store.session(), store.keyspace()).await.unwrap();
-    let rsink = ReconcilingSink::new(
-        deliverer.clone(),
-        dyn_store.clone(),
-        table,
-        Duration::from_secs(120),
-        1_000,
-        None,
-        Arc::new(|| None),
-    );
-    let rewind = Rewinder::Saver { saver: progress_saver(store, None).await, log_ttl: LOG_TTL };
-    let server = CdcRequests {
-        sink: rsink.clone(),
-        deliverer: deliverer.clone(),
-        store: dyn_store,
-        consumer: RELAY.into(),
-        epoch: 0,
-        rewind,
-    };
-    (deliverer, rsink, server)
-}
-
-/// The relay consumer's CDC progress saver (`epoch`: fenced by it).
-async fn progress_saver(store: &Arc<CqlStore>, epoch: Option<i64>) -> Arc<LeaseCheckpointSaver> {
-    LeaseCheckpointSaver::open(store.session(), store.keyspace(), RELAY, epoch, LOG_TTL, None).await.unwrap()
-}
-
-fn stream(b: u8) -> StreamKey {
-    StreamKey(vec![b; 16])
-}
-
-/// Saved progress as a relay leaves it: a generation begun at `generation`,
-/// first read from `lower` (its floor, if later), and `streams` published
-/// up to their times.
-async fn seed_progress(store: &Arc<CqlStore>, generation: i64, lower: i64, streams: &[(u8, i64)]) {
-    let s = progress_saver(store, None).await;
-    s.run_starts(lower);
-    s.start_generation(generation).await.unwrap();
-    for (b, t) in streams {
-        s.record(&stream(*b), *t).unwrap();
-    }
-    s.flush().await.unwrap();
-}
-
-/// The saved time of each of `streams` and the generation's floor.
-async fn saved_times(store: &Arc<CqlStore>, streams: &[u8]) -> (Vec<Option<i64>>, Option<i64>) {
-    let rows = read_progress(&store.session(), store.keyspace(), RELAY).await.unwrap();
-    let time = |b: u8| rows.iter().find(|r| r.stream == stream(b).0).and_then(|r| r.time);
-    (streams.iter().map(|b| time(*b)).collect(), generation_floor(&rows))
-}
-
-/// Runs `outboxd <args>` on the CQL store with no relay running (the CLI
-/// takes the lease and carries the request out) and expects it done.
-async fn cli_request_done(cfg: &outboxd::config::Config, cql: &CqlConfig, args: &[&str]) {
-    let (code, stdout) = cli_request(cfg, cql, args).await;
-    assert_eq!(code, Some(0), "{stdout}");
-    assert!(stdout.contains("\"status\":\"done\""), "{stdout}");
-}
-
-/// Runs `outboxd <args>` as above: its exit code, stdout and stderr.
-async fn cli_request(cfg: &outboxd::config::Config, cql: &CqlConfig, args: &[&str]) -> (Option<i32>, String) {
-    let mut env = config_env(cfg);
-    env.push(("OUTBOX_STORE__BACKEND".into(), "cql".into()));
-    env.push(("OUTBOX_STORE__CQL__URI".into(), cql.uri.clone()));
-    env.push(("OUTBOX_STORE__CQL__KEYSPACE".into(), cql.keyspace.clone()));
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
-            .args(&args)
-            .envs(env)
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code(), output)
-}
+use outboxd::store::{DeadLetter, EventStore};
 
 /// A dead letter holding `env`, as the relay writes one.
 fn letter(env: &outboxd::envelope::EventEnvelope) -> DeadLetter {
@@ -429,116 +293,78 @@ async fn a_discard_replaces_the_poison_event_by_a_marker_and_releases_the_rest()
     assert!(why.contains(&format!("no parked aggregate is held behind event {poison}")), "{why}");
 }
 
-/// `outboxd relay rewind --to-time T` on the CQL backend with no relay
-/// running: the CLI takes the lease and lowers every stream published past
-/// T, and the generation's floor, to T (a reader started afterwards loads
-/// them); a stream already behind T keeps its progress. A time before the
-/// generation, in the future, or behind no stream is refused with the
-/// reason and changes nothing; so is a rewind by position; and a former
-/// lease holder's rewind is fenced.
+/// The CLI carrying a request out on the CDC relay (no relay running) loses
+/// the relay lease to another instance in the middle of it, while its broker
+/// does not answer: its delivery, retrying, ends with the lease; it neither
+/// withdraws the request nor gives up, but leaves it to the new holder,
+/// which re-claims it and carries it out; and the CLI reports that outcome
+/// (exit 0). The held events reach the topic once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_rewind_lowers_the_saved_progress_or_is_refused_with_the_reason() {
-    let Some(Rig { cfg, cql, store, .. }) = Rig::start("CDC relay rewind (CLI)").await else { return };
-    let now = chrono::Utc::now().timestamp_millis();
-    let streams = [(1, now - 30 * MIN), (2, now - 20 * MIN), (3, now - 50 * MIN)];
-    seed_progress(&store, now - 120 * MIN, now - 35 * MIN, &streams).await;
-    assert_eq!(saved_times(&store, &[]).await.1, Some(now - 35 * MIN), "the floor, later than T");
-    let to = now - 40 * MIN;
-    let (code, out) = cli_request(&cfg, &cql, &["relay", "rewind", "--to-time", &rfc3339(to)]).await;
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("\"status\":\"done\"") && out.contains("\"streams\":2"), "{out}");
-    assert!(out.contains(&format!("\"rewound_to\":\"{}\"", rfc3339(to))), "{out}");
-    assert!(out.contains(&format!("\"rewound_from\":\"{}\"", rfc3339(now - 20 * MIN))), "the newest progress: {out}");
-    let after = saved_times(&store, &[1, 2, 3]).await;
-    assert_eq!(after, (vec![Some(to), Some(to), Some(now - 50 * MIN)], Some(to)));
-    let reader = progress_saver(&store, None).await;
-    assert_eq!(reader.progress().loaded(&stream(2)), Some(to), "a reader started now resumes there");
-    assert_eq!(reader.floor_ms(), Some(to), "so does a stream group without a row");
-
-    for (t, why) in [
-        (now - 180 * MIN, "before the current CDC generation, which began at"),
-        (now + 10 * MIN, "it is in the future"),
-        (to, "no stream has been published past it"),
-    ] {
-        let (code, out) = cli_request(&cfg, &cql, &["relay", "rewind", "--to-time", &rfc3339(t)]).await;
-        assert_eq!(code, Some(1), "{out}");
-        assert!(out.contains(why), "{why}: {out}");
-    }
-    let (code, out) = cli_request(&cfg, &cql, &["relay", "rewind", "--to-position", "0"]).await;
-    assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("use --to-time"), "{out}");
-    assert_eq!(saved_times(&store, &[1, 2, 3]).await, after, "a refused rewind changes nothing");
-
-    // The CLI held the lease at epoch >= 1: a saver of epoch 0 is a former holder's.
-    let stale = progress_saver(&store, Some(0)).await;
-    let err = rewind_progress(&stale, now - 55 * MIN, LOG_TTL).await.unwrap_err();
-    assert_eq!(err, "another instance holds the relay lease");
-    assert_eq!(stale.progress().loaded(&stream(1)), Some(to), "nor keeps it in memory");
-    assert_eq!(saved_times(&store, &[1, 2, 3]).await, after, "a fenced rewind writes nothing");
-}
-
-/// On a running relay the request server checks the rewind against the
-/// feed's progress, hands it to the feed's runner, and while the reader is
-/// stopped makes the reconciling sink forget what it published, so the
-/// events read again go out again instead of being skipped as re-reads.
-/// The runner's side of the channel needs a Scylla CDC reader; here a task
-/// takes the rewind and does what the runner does between two reader runs
-/// (`Rewind::carry_out`, which the runner calls once its reader stopped).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_running_relays_rewind_goes_to_its_runner_and_its_events_go_out_again() {
-    let Some(Rig { brokers, cfg, store, .. }) = Rig::start("CDC relay rewind (running relay)").await else { return };
+async fn the_cli_leaves_a_request_to_the_instance_that_took_its_lease() {
+    use outboxd::store::lease::{Lease, LeaseCas, LeaseStore};
+    let Some(Rig { brokers, cfg, cql, store, .. }) = Rig::start("CDC request: the CLI loses its lease").await else {
+        return;
+    };
     let a = Uuid::now_v7();
-    let events = order_events(a, 0, 2);
+    let events = order_events(a, 0, 3);
     store.append(a, 0, events.clone()).await.unwrap();
-    let (deliverer, rsink, mut server) = request_server(&cfg, &store).await;
+    let park = Parked {
+        consumer: RELAY.into(),
+        aggregate_id: a.to_string(),
+        aggregate_type: Some("order".into()),
+        position: None,
+        sequence: Some(1),
+        event_id: Some(events[0].event_id.to_string()),
+        event_type: Some(events[0].event_type.clone()),
+        error: "message too large (message_size_too_large)".into(),
+        parked_at: chrono::Utc::now(),
+    };
+    store.park(&park).await.unwrap();
+
+    let mut down = cfg.clone();
+    down.kafka.brokers = format!("127.0.0.1:{}", free_port());
+    let args = ["dlq", "replay", "--aggregate", &a.to_string(), "--timeout", "90"];
+    let mut cmd = cli_command(&down, &cql, &args);
+    cmd.env("OUTBOX_RELAY__LEASE_TTL_MS", "3000");
+    let cli = tokio::task::spawn_blocking(move || cmd.output().unwrap());
+
+    // The CLI holds the lease and has claimed the request under it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (lease, request) = loop {
+        let lease = store.lease_get(RELAY).await.unwrap().filter(|l| !l.holder.is_empty());
+        let running = store.requests_open(RELAY, i64::MAX).await.unwrap();
+        if let (Some(l), Some(r)) = (lease, running.into_iter().find(|r| r.status == RequestStatus::Running)) {
+            assert_eq!(r.claimed_epoch, Some(l.epoch), "claimed under the CLI's lease");
+            break (l, r);
+        }
+        assert!(std::time::Instant::now() < deadline, "the CLI never claimed the request");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // Another instance takes the lease over (as after the CLI's TTL ran out).
+    let mut seen = lease;
+    let epoch = loop {
+        let new = Lease { holder: "another-instance".into(), epoch: seen.epoch + 1, counter: 0, ..seen.clone() };
+        if store.lease_cas(&LeaseCas { expected: Some((seen.epoch, seen.counter)), new }).await.unwrap() {
+            break seen.epoch + 1;
+        }
+        seen = store.lease_get(RELAY).await.unwrap().unwrap(); // renewed meanwhile
+    };
+    let taken_at = std::time::Instant::now();
     let trigger = Trigger::new();
-    let mut shutdown = trigger.subscribe();
-    for (i, e) in events.iter().enumerate() {
-        let got = rsink.deliver_through(a, i as i64 + 1, Some(e.clone()), None, &mut shutdown).await.unwrap();
-        assert_eq!(got, Handled::Delivered { filled: 0 });
-    }
-    let again = rsink.deliver_through(a, 2, Some(events[1].clone()), None, &mut shutdown).await.unwrap();
-    assert_eq!(again, Handled::Skipped, "a re-read is not sent twice");
+    outboxd::relay::cdc::requests::serve_once(store.clone(), &cfg, epoch, trigger.subscribe()).await.unwrap();
+    let r = store.request_get(request.id).await.unwrap().unwrap();
+    assert_eq!((r.status, r.claimed_epoch), (RequestStatus::Done, Some(epoch)), "{:?}", r.result);
 
-    let now = chrono::Utc::now().timestamp_millis();
-    seed_progress(&store, now - 120 * MIN, now - 120 * MIN, &[(1, now - 10 * MIN)]).await;
-    let feed = progress_saver(&store, None).await;
-    let (tx, rx) = rewind::channel();
-    server.rewind = Rewinder::Runner { tx, saver: feed.clone(), log_ttl: LOG_TTL };
-    let runner = tokio::spawn(async move {
-        let rw = rewind::next(&mut Some(rx)).await;
-        let to_ms = rw.to_ms;
-        assert!(rw.carry_out(&feed, LOG_TTL).await, "written");
-        to_ms
-    });
-
-    let early = RelayRequest::new(RELAY, RequestKind::RewindToTime { time: chrono::Utc::now() }, "test");
-    store.request_submit(&early).await.unwrap();
-    server.poll(&mut shutdown).await;
-    let r = store.request_get(early.id).await.unwrap().unwrap();
-    assert_eq!(r.status, RequestStatus::Failed, "checked before the reader is stopped");
-    assert!(r.result.unwrap()["error"].as_str().unwrap().contains("no stream has been published past it"));
-
-    let to = chrono::DateTime::from_timestamp_millis(now - 30 * MIN).unwrap();
-    let req = RelayRequest::new(RELAY, RequestKind::RewindToTime { time: to }, "test");
-    store.request_submit(&req).await.unwrap();
-    server.poll(&mut shutdown).await;
-    let r = store.request_get(req.id).await.unwrap().unwrap();
-    assert_eq!(r.status, RequestStatus::Done, "{:?}", r.result);
-    assert_eq!(r.result.as_ref().unwrap()["streams"], 1, "{:?}", r.result);
-    assert_eq!(runner.await.unwrap(), now - 30 * MIN, "the refused rewind never reached the runner");
-    assert_eq!(saved_times(&store, &[1]).await.0, vec![Some(now - 30 * MIN)]);
-    let m = deliverer.metrics();
-    assert_eq!(m.relay_requests.with_label_values(&["rewind"]).get(), 2, "both requests counted");
-    assert_eq!(m.relay_rewinds.get(), 1, "one rewind carried out");
-
-    // The reader reads the aggregate's rows again: they go out again.
-    for (i, e) in events.iter().enumerate() {
-        let got = rsink.deliver_through(a, i as i64 + 1, Some(e.clone()), None, &mut shutdown).await.unwrap();
-        assert_eq!(got, Handled::Delivered { filled: 0 }, "event {} after the rewind", i + 1);
-    }
+    let out = cli.await.unwrap();
+    // Its delivery ended with the lease (a TTL), not at its --timeout.
+    assert!(taken_at.elapsed() < Duration::from_secs(60), "the CLI ran on after losing its lease");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("\"status\":\"done\"") && !said.contains("withdrawn"), "{said}");
     let (b, ts) = (brokers.clone(), topics(&cfg));
-    let records = tokio::task::spawn_blocking(move || consume_all(&b, &ts, 4, Duration::from_secs(30))).await.unwrap();
+    let records = tokio::task::spawn_blocking(move || consume_all(&b, &ts, 3, Duration::from_secs(30))).await.unwrap();
     let seqs: Vec<i64> = records.iter().filter(|r| r.key == a.to_string()).map(|r| r.sequence()).collect();
-    assert_eq!(seqs, vec![1, 2, 1, 2], "published, then published again after the rewind");
+    assert_eq!(seqs, vec![1, 2, 3]);
+    assert!(store.parked(RELAY).await.unwrap().is_empty(), "the park record is gone");
 }

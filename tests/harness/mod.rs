@@ -3,6 +3,7 @@
 //! a concurrent workload. Each test crate includes it with `mod harness;`.
 #![allow(dead_code, unused_imports)]
 
+pub mod cdc_rig;
 pub mod check;
 pub mod config_check;
 pub mod counting;
