@@ -40,11 +40,43 @@ pub fn daemon_config(brokers: &str, dir: &Path) -> Config {
 }
 
 impl Daemon {
-    /// Starts `outboxd run` and waits until /health/ready answers 200.
+    /// Starts `outboxd run` and waits until /health/ready answers 200. A
+    /// port `free_port` picked can be taken (as another process's ephemeral
+    /// port) before the daemon binds it: then it is started again on new
+    /// ports (at most twice), and `cfg`'s listen addresses are the new ones.
     pub fn start(cfg: &Config, extra_env: &[(&str, String)]) -> Daemon {
-        let d = Daemon::spawn(cfg, extra_env);
+        let mut cfg = cfg.clone();
+        for _ in 0..2 {
+            let mut d = Daemon::spawn(&cfg, extra_env);
+            if d.ready_unless_exited(Duration::from_secs(60)) {
+                return d;
+            }
+            if !d.log_text().contains("Address already in use") {
+                panic!("outboxd run exited before it was ready; log:\n{}", d.log_text());
+            }
+            eprintln!("outboxd run could not bind a port picked for it (taken meanwhile); starting it on new ports");
+            cfg.http.listen = format!("127.0.0.1:{}", free_port());
+            cfg.http.admin_listen = format!("127.0.0.1:{}", free_port());
+        }
+        let d = Daemon::spawn(&cfg, extra_env);
         d.wait_ready(Duration::from_secs(60));
         d
+    }
+
+    /// Waits until /health/ready answers 200 (true) or the process exits
+    /// (false); fails after `timeout`.
+    fn ready_unless_exited(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if try_request(self.admin, "GET", "/health/ready", &[], None).is_ok_and(|r| r.status == 200) {
+                return true;
+            }
+            assert!(Instant::now() < deadline, "daemon not ready in {timeout:?}; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Starts `outboxd run` without waiting.
