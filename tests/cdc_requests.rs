@@ -48,17 +48,7 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     let events = order_events(a, 0, 4);
     store.append(a, 0, events.clone()).await.unwrap();
     // Events 1 was published; 2 failed for good and parked the aggregate; 3, 4 were held.
-    let park = Parked {
-        consumer: RELAY.into(),
-        aggregate_id: a.to_string(),
-        aggregate_type: Some("order".into()),
-        position: Some(0),
-        sequence: Some(2),
-        event_id: Some(events[1].event_id.to_string()),
-        event_type: Some(events[1].event_type.clone()),
-        error: "message too large (message_size_too_large)".into(),
-        parked_at: chrono::Utc::now(),
-    };
+    let park = park_record(&events[1], "message too large (message_size_too_large)");
     store.park(&park).await.unwrap();
 
     let (deliverer, rsink, server) = request_server(&cfg, &store).await;
@@ -246,20 +236,7 @@ async fn a_discard_replaces_the_poison_event_by_a_marker_and_releases_the_rest()
     );
     store.session().query_unpaged(q, (e,)).await.unwrap();
     let poison = events[1].event_id.to_string();
-    store
-        .park(&Parked {
-            consumer: RELAY.into(),
-            aggregate_id: e.to_string(),
-            aggregate_type: Some("order".into()),
-            position: Some(0),
-            sequence: Some(2),
-            event_id: Some(poison.clone()),
-            event_type: Some(events[1].event_type.clone()),
-            error: "unreadable: payload is not JSON".into(),
-            parked_at: chrono::Utc::now(),
-        })
-        .await
-        .unwrap();
+    store.park(&park_record(&events[1], "unreadable: payload is not JSON")).await.unwrap();
     cli_request_done(&cfg, &cql, &["dlq", "discard", "--id", &poison, "--reason", "corrupt row, approved by ops"])
         .await;
 
@@ -308,18 +285,7 @@ async fn the_cli_leaves_a_request_to_the_instance_that_took_its_lease() {
     let a = Uuid::now_v7();
     let events = order_events(a, 0, 3);
     store.append(a, 0, events.clone()).await.unwrap();
-    let park = Parked {
-        consumer: RELAY.into(),
-        aggregate_id: a.to_string(),
-        aggregate_type: Some("order".into()),
-        position: None,
-        sequence: Some(1),
-        event_id: Some(events[0].event_id.to_string()),
-        event_type: Some(events[0].event_type.clone()),
-        error: "message too large (message_size_too_large)".into(),
-        parked_at: chrono::Utc::now(),
-    };
-    store.park(&park).await.unwrap();
+    store.park(&park_record(&events[0], "message too large (message_size_too_large)")).await.unwrap();
 
     let mut down = cfg.clone();
     down.kafka.brokers = format!("127.0.0.1:{}", free_port());

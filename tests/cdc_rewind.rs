@@ -24,9 +24,9 @@ use outboxd::store::EventStore;
 /// running: the CLI takes the lease and lowers every stream published past
 /// T, and the generation's floor, to T (a reader started afterwards loads
 /// them); a stream already behind T keeps its progress. A time before the
-/// generation, in the future, or behind no stream is refused with the
-/// reason and changes nothing; so is a rewind by position; and a former
-/// lease holder's rewind is fenced.
+/// generation, in the future, past the CDC log TTL or behind no stream is
+/// refused with the reason and changes nothing; so is a rewind by position;
+/// and a former lease holder's rewind is fenced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rewind_lowers_the_saved_progress_or_is_refused_with_the_reason() {
     let Some(Rig { cfg, cql, store, .. }) = Rig::start("CDC relay rewind (CLI)").await else { return };
@@ -49,6 +49,7 @@ async fn a_rewind_lowers_the_saved_progress_or_is_refused_with_the_reason() {
     for (t, why) in [
         (now - 180 * MIN, "before the current CDC generation, which began at"),
         (now + 10 * MIN, "it is in the future"),
+        (now - 25 * 60 * MIN, "older than the CDC log TTL (86400 s)"),
         (to, "no stream has been published past it"),
     ] {
         let (code, out) = cli_request(&cfg, &cql, &["relay", "rewind", "--to-time", &rfc3339(t)]).await;

@@ -9,6 +9,9 @@
 //!   adds `transactional.id`; its blocking calls run off the async runtime.
 //! - Every message handed over with `send` gets exactly one [`Completion`]
 //!   with the caller's token (delivered, failed, or purged).
+//! - Delivered means the broker gave the record an offset ([`confirmed`]): a
+//!   report librdkafka marks delivered without one is a transient failure,
+//!   so the record is sent again (at worst a duplicate, never a loss).
 //! - The broker is `Reachable` only after a broker answered (a delivery or a
 //!   metadata request), `Unreachable` after librdkafka reports connection
 //!   failures (its error callback) or a failed probe, `Unknown` before.
@@ -141,6 +144,31 @@ impl ClientContext for RelayContext {
     }
 }
 
+/// The `kind` of a delivery reported without an offset.
+pub const UNVERIFIED: &str = "unverified_delivery";
+
+/// What a successful delivery report confirms: `(partition, offset)`, or,
+/// without an offset, a transient failure. librdkafka reports a batch
+/// delivered without an offset when the broker answers
+/// DUPLICATE_SEQUENCE_NUMBER ("previous send succeeded but was not
+/// acknowledged"), without checking that the batch was ever sent before (its
+/// own FIXME, rdkafka_request.c). On a Kafka 4.1 topic created a moment
+/// earlier, a chaos run caught such a batch of three events that the broker
+/// never wrote: the partition's next batch got offset 0, and the three were
+/// lost to the topic. So such a report confirms nothing, and the record is
+/// sent again.
+pub fn confirmed(partition: i32, offset: i64) -> Result<(i32, i64), PublishError> {
+    if offset >= 0 {
+        return Ok((partition, offset));
+    }
+    Err(PublishError::transient(
+        UNVERIFIED,
+        format!(
+            "librdkafka reported the record delivered to partition {partition} without an offset (the broker answered a duplicate sequence number for a batch it may never have written): sending it again"
+        ),
+    ))
+}
+
 impl ProducerContext for RelayContext {
     type DeliveryOpaque = usize;
 
@@ -148,7 +176,7 @@ impl ProducerContext for RelayContext {
         let result = match r {
             Ok(m) => {
                 self.reachable();
-                Ok((m.partition(), m.offset()))
+                confirmed(m.partition(), m.offset())
             }
             Err((e, _)) => Err(PublishError::from_kafka(e)),
         };
@@ -387,6 +415,15 @@ impl TxnError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_without_an_offset_confirms_nothing() {
+        assert_eq!(confirmed(2, 0), Ok((2, 0)));
+        assert_eq!(confirmed(1, 41), Ok((1, 41)));
+        let e = confirmed(1, -1001).unwrap_err(); // RD_KAFKA_OFFSET_INVALID
+        assert!(e.transient && e.kind == UNVERIFIED, "{e:?}");
+        assert!(e.message.contains("partition 1 without an offset"), "{}", e.message);
+    }
 
     /// A TLS handshake that fails is followed by librdkafka's "all brokers
     /// are down": /health must keep the cause, not the summary.

@@ -216,6 +216,10 @@ impl Run {
         let attempts = self.window.attempts(slot);
         if let Some(Item::Event(ev)) = self.window.get(slot) {
             self.relay.metrics.cdc_events_failed.with_label_values(&[&ev.event_type, &e.kind]).inc();
+            if e.kind == crate::relay::producer::UNVERIFIED {
+                // Named so a consumer can explain the copy this may add.
+                tracing::warn!(position = ev.position, error = %e, "unverified delivery");
+            }
         }
         self.relay.status.error(e.message.clone());
         if e.transient {

@@ -19,6 +19,7 @@ use outboxd::relay::{RelayStatus, StatusTx};
 use outboxd::store::cql::progress::generation_floor;
 use outboxd::store::cql::reconcile::ReconcileTable;
 use outboxd::store::cql::CqlStore;
+use outboxd::store::parking::Parked;
 use outboxd::store::{DynStore, EventStore};
 
 use super::{config_env, create_topic, shared_brokers, test_config, topics, RELAY};
@@ -142,4 +143,19 @@ pub async fn cli_request(cfg: &outboxd::config::Config, cql: &CqlConfig, args: &
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
     let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code(), output)
+}
+
+/// The park record the CDC relay writes when `event` failed for good with `error`.
+pub fn park_record(event: &outboxd::envelope::EventEnvelope, error: &str) -> Parked {
+    Parked {
+        consumer: RELAY.into(),
+        aggregate_id: event.aggregate_id.to_string(),
+        aggregate_type: Some(event.aggregate_type.clone()),
+        position: None,
+        sequence: Some(event.sequence),
+        event_id: Some(event.event_id.to_string()),
+        event_type: Some(event.event_type.clone()),
+        error: error.into(),
+        parked_at: chrono::Utc::now(),
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::check::StoredRow;
+use super::check::{StoredRow, Window};
 use super::kafka::Record;
 
 /// The `RUST_LOG` of a daemon whose deliveries may have to be explained, as
@@ -79,6 +79,22 @@ pub fn explain_missing(dir: &Path, missing: &[StoredRow], records: &[Record]) ->
         }
     }
     out.join("\n")
+}
+
+/// A window per event a relay sent again because librdkafka reported it
+/// delivered without an offset (`unverified delivery` in the daemon logs in
+/// `dir`): the broker may have held it after all, so a second copy is
+/// explained.
+pub fn unverified_windows(dir: &Path) -> Vec<Window> {
+    let mut out = Vec::new();
+    for (_, text) in daemon_logs(dir) {
+        for l in text.lines().filter(|l| l.contains("unverified delivery")) {
+            if let Some(p) = number(l, "position") {
+                out.push(Window::new("unverified delivery re-sent", p - 1, p));
+            }
+        }
+    }
+    out
 }
 
 fn daemon_logs(dir: &Path) -> Vec<(String, String)> {

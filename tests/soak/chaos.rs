@@ -50,6 +50,7 @@ fn chaos(delivery: &str) -> Outcome {
     sleep_ms(3000);
     let stats = load.stop();
     assert!(stats.ok() > 200, "the workload kept writing: {}", stats.line());
+    windows.extend(unverified_windows(dir.path()));
     let verdict = settle_and_judge(&kafka.brokers, &cfg, &db, &windows);
     eprintln!("chaos ({delivery}): {kills} kills; {}; {}", stats.line(), verdict.summary());
     d.stop();

@@ -117,6 +117,7 @@ fn soak_two_instances_one_publisher_takeover_zombie_and_restart() {
 
     sleep_ms(2000);
     let stats = load.stop();
+    windows.extend(unverified_windows(dir.path()));
     let v = settle_and_judge(&brokers, &cfg_a, &db, &windows);
     eprintln!("ha soak: {}; {}", stats.line(), v.summary());
     for w in &windows {

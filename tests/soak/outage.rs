@@ -35,6 +35,7 @@ fn soak_broker_outages_longer_than_every_timeout_keep_every_aggregate_in_order()
     sleep_ms(3000);
     let stats = load.stop();
     assert!(stats.ok() > 200, "the workload kept writing: {}", stats.line());
+    windows.extend(unverified_windows(dir.path()));
     let v = settle_and_judge(&kafka.brokers, &cfg, &db, &windows);
     eprintln!("outage soak: {}; {}", stats.line(), v.summary());
     v.assert_sound("after two broker outages");

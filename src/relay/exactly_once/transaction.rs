@@ -3,6 +3,8 @@
 //!
 //! Guarantees: the progress record is the last record of the transaction,
 //! so a committed progress position always covers exactly what committed;
+//! every delivery report is in before the commit, and a transaction holding
+//! a record reported delivered without an offset is aborted, not committed;
 //! a failure is classified (transient, permanent with the failing records,
 //! fenced, fatal) so the caller never re-initialises a fenced producer; an
 //! abort that does not complete ends the term (fatal) instead of leaving
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::{classify, Outcome, Txn};
 use crate::relay::error::PublishError;
 use crate::relay::pipeline::{Item, RelayError};
-use crate::relay::producer::{SendError, TxnErrorKind};
+use crate::relay::producer::{Completion, SendError, TxnErrorKind, UNVERIFIED};
 use crate::relay::progress::{Progress, ReplayMark};
 use crate::relay::window::Fenced;
 use crate::store::StoreError;
@@ -74,6 +76,18 @@ impl Txn {
         // Test hook: a pause here freezes the relay mid-transaction (zombie tests).
         self.relay.pause.hold().await;
         let timeout = Duration::from_millis(self.relay.cfg.transaction_timeout_ms);
+        // Every report before the commit, which cannot be taken back: a record
+        // reported delivered without an offset may not be on the topic
+        // (`producer::confirmed`); then the transaction is carried out again.
+        let reports = self.reports(base, progress_token, timeout).await;
+        if let Some(e) = reports.iter().find_map(|c| c.result.as_ref().err().filter(|e| e.kind == UNVERIFIED)) {
+            tracing::warn!(error = %e, "a record of the transaction is unverified; aborting it to send it again");
+            let message = e.message.clone();
+            if let Some(o) = self.abort(timeout).await {
+                return o;
+            }
+            return Outcome::Transient(message);
+        }
         match self.producer.commit_transaction(timeout).await {
             Ok(()) => {
                 // Every delivery report of a committed transaction is a success: forget them.
@@ -81,7 +95,7 @@ impl Txn {
                 Outcome::Committed
             }
             Err(e) => {
-                let failed = self.failures(base, batch.len());
+                let failed = self.failures(reports, base, batch.len());
                 if matches!(e.kind, TxnErrorKind::Abortable | TxnErrorKind::Retriable) {
                     if let Some(o) = self.abort(timeout).await {
                         return o;
@@ -110,10 +124,30 @@ impl Txn {
         }
     }
 
-    /// Failed records of the transaction that started at `base` (index -> error).
-    fn failures(&mut self, base: usize, n: usize) -> Vec<(usize, PublishError)> {
+    /// The delivery reports of tokens `base..=last` (those of earlier
+    /// transactions are dropped), waiting at most `timeout` for them.
+    async fn reports(&mut self, base: usize, last: usize, timeout: Duration) -> Vec<Completion> {
         let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while out.len() < last + 1 - base {
+            match tokio::time::timeout_at(deadline, self.completions.recv()).await {
+                Ok(Some(c)) if c.token >= base && c.token <= last => out.push(c),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Failed records of the transaction that started at `base` (index ->
+    /// error), from `early` reports and those still queued.
+    fn failures(&mut self, early: Vec<Completion>, base: usize, n: usize) -> Vec<(usize, PublishError)> {
+        let mut out = Vec::new();
+        let mut queued = Vec::new();
         while let Ok(c) = self.completions.try_recv() {
+            queued.push(c);
+        }
+        for c in early.into_iter().chain(queued) {
             if c.token >= base && c.token < base + n {
                 if let Err(e) = c.result {
                     if e.kind != "purge_queue" && e.kind != "purge_inflight" {
