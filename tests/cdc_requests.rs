@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use outboxd::relay::cdc::reconciler::Handled;
 use outboxd::shutdown::Trigger;
-use outboxd::store::parking::{Parked, ParkingStore};
+use outboxd::store::parking::ParkingStore;
 use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus, RequestStore};
 use outboxd::store::{DeadLetter, EventStore};
 
@@ -100,15 +100,7 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     let b = Uuid::now_v7();
     let b_events = order_events(b, 0, 2);
     store.append(b, 0, b_events.clone()).await.unwrap();
-    store
-        .park(&Parked {
-            aggregate_id: b.to_string(),
-            sequence: Some(1),
-            event_id: Some(b_events[0].event_id.to_string()),
-            ..park.clone()
-        })
-        .await
-        .unwrap();
+    store.park(&park_record(&b_events[0], &park.error)).await.unwrap();
     cli_request_done(&cfg, &cql, &["dlq", "replay", "--aggregate", &b.to_string()]).await;
     let (bk, ts) = (brokers.clone(), topics(&cfg));
     let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 5, Duration::from_secs(30))).await.unwrap();
@@ -121,18 +113,8 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     let c = Uuid::now_v7();
     let c_events = order_events(c, 0, 3);
     store.append(c, 0, c_events.clone()).await.unwrap();
-    let q = format!(
-        "UPDATE {}.event_store SET payload = '{{not json' WHERE aggregate_id = ? AND sequence_number = 3",
-        store.keyspace()
-    );
-    store.session().query_unpaged(q, (c,)).await.unwrap();
-    let c_park = Parked {
-        aggregate_id: c.to_string(),
-        sequence: Some(2),
-        event_id: Some(c_events[1].event_id.to_string()),
-        ..park.clone()
-    };
-    store.park(&c_park).await.unwrap();
+    corrupt_payload(&store, c, 3).await;
+    store.park(&park_record(&c_events[1], &park.error)).await.unwrap();
     let bad = RelayRequest::new(RELAY, RequestKind::ReplayAggregate { aggregate_id: c.to_string() }, "test");
     store.request_submit(&bad).await.unwrap();
     server.poll(&mut shutdown).await;
@@ -230,11 +212,7 @@ async fn a_discard_replaces_the_poison_event_by_a_marker_and_releases_the_rest()
     let e = Uuid::now_v7();
     let events = order_events(e, 0, 4);
     store.append(e, 0, events.clone()).await.unwrap();
-    let q = format!(
-        "UPDATE {}.event_store SET payload = '{{not json' WHERE aggregate_id = ? AND sequence_number = 2",
-        store.keyspace()
-    );
-    store.session().query_unpaged(q, (e,)).await.unwrap();
+    corrupt_payload(&store, e, 2).await;
     let poison = events[1].event_id.to_string();
     store.park(&park_record(&events[1], "unreadable: payload is not JSON")).await.unwrap();
     cli_request_done(&cfg, &cql, &["dlq", "discard", "--id", &poison, "--reason", "corrupt row, approved by ops"])

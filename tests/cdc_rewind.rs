@@ -96,7 +96,7 @@ async fn a_running_relays_rewind_goes_to_its_runner_and_its_events_go_out_again(
     seed_progress(&store, now - 120 * MIN, now - 120 * MIN, &[(1, now - 10 * MIN)]).await;
     let feed = progress_saver(&store, None).await;
     let (tx, rx) = rewind::channel();
-    server.rewind = Rewinder::Runner { tx, saver: feed.clone(), log_ttl: LOG_TTL };
+    server.rewind = Rewinder { saver: feed.clone(), log_ttl: LOG_TTL, runner: Some(tx) };
     let runner = tokio::spawn(async move {
         let rw = rewind::next(&mut Some(rx)).await;
         let to_ms = rw.to_ms;

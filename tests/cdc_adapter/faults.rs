@@ -220,7 +220,7 @@ async fn the_relay_runs_as_a_role_with_only_the_documented_grants() {
     outboxd::relay::admin::ensure_topics(&cfg.kafka, &topics, Duration::from_secs(30)).await.unwrap();
     let trigger = outboxd::shutdown::Trigger::new();
     let shutdown = trigger.subscribe();
-    let run = tokio::spawn(async move { feed.run(deliverer, shutdown).await });
+    let run = tokio::spawn(async move { feed.run(deliverer, None, shutdown).await });
     let events = order_events(Uuid::now_v7(), 0, 3);
     raw_append(&admin, &ks, &events).await;
     let mut got = 0;

@@ -77,7 +77,7 @@ pub async fn request_server(
         None,
         Arc::new(|| None),
     );
-    let rewind = Rewinder::Saver { saver: progress_saver(store, None).await, log_ttl: LOG_TTL };
+    let rewind = Rewinder { saver: progress_saver(store, None).await, log_ttl: LOG_TTL, runner: None };
     let server = CdcRequests {
         sink: rsink.clone(),
         deliverer: deliverer.clone(),
@@ -158,4 +158,14 @@ pub fn park_record(event: &outboxd::envelope::EventEnvelope, error: &str) -> Par
         error: error.into(),
         parked_at: chrono::Utc::now(),
     }
+}
+
+/// Makes the stored row of `aggregate`'s event `sequence` one `event_store`
+/// cannot decode (its payload is no longer JSON).
+pub async fn corrupt_payload(store: &CqlStore, aggregate: Uuid, sequence: i64) {
+    let q = format!(
+        "UPDATE {}.event_store SET payload = '{{not json' WHERE aggregate_id = ? AND sequence_number = ?",
+        store.keyspace()
+    );
+    store.session().query_unpaged(q, (aggregate, sequence)).await.unwrap();
 }

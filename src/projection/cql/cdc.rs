@@ -104,7 +104,7 @@ pub async fn run_cdc_projection(
         s.running = true;
         s.updated_at = Utc::now();
     });
-    let res = feed.run(sink, shutdown).await;
+    let res = feed.run(sink, None, shutdown).await;
     status.send_modify(|s| {
         s.running = false;
         if let Err(e) = &res {

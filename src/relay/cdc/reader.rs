@@ -67,8 +67,6 @@ pub struct CdcFeed {
     settings: RunnerSettings,
     saver: Arc<LeaseCheckpointSaver>,
     restarts: Option<IntCounter>,
-    /// Operator rewinds for the runner (the relay's feed only).
-    rewinds: std::sync::Mutex<Option<RewindRx>>,
 }
 
 impl CdcFeed {
@@ -92,13 +90,7 @@ impl CdcFeed {
             spec.legacy_table,
         )
         .await?;
-        Ok(CdcFeed {
-            session,
-            settings: runner_settings(&keyspace, cfg),
-            saver,
-            restarts: None,
-            rewinds: std::sync::Mutex::new(None),
-        })
+        Ok(CdcFeed { session, settings: runner_settings(&keyspace, cfg), saver, restarts: None })
     }
 
     /// The feed's progress (the oldest per-stream progress is the CDC lag).
@@ -112,19 +104,17 @@ impl CdcFeed {
         self
     }
 
-    /// Carries out the rewinds sent on the other end of `rewinds` (one run
-    /// of the feed takes them).
-    pub fn take_rewinds(self, rewinds: RewindRx) -> CdcFeed {
-        *self.rewinds.lock().unwrap() = Some(rewinds);
-        self
-    }
-
-    /// Reads the log into `sink` until `shutdown` (see the module doc).
-    pub async fn run<S: EnvelopeSink>(&self, sink: Arc<S>, shutdown: Shutdown) -> Result<(), CdcError> {
+    /// Reads the log into `sink` until `shutdown` (see the module doc),
+    /// carrying out the operator rewinds sent on `rewinds` (the relay's feed).
+    pub async fn run<S: EnvelopeSink>(
+        &self,
+        sink: Arc<S>,
+        rewinds: Option<RewindRx>,
+        shutdown: Shutdown,
+    ) -> Result<(), CdcError> {
         let abandon = Trigger::new();
         let factory = Arc::new(SinkConsumerFactory::new(sink, Some(self.saver.clone()), abandon.subscribe()));
         let consumer = self.saver.name().to_string();
-        let rewinds = self.rewinds.lock().unwrap().take();
         tracing::info!(keyspace = %self.settings.keyspace, %consumer, "CDC feed of {}.event_store starting", self.settings.keyspace);
         let res = run_reader(
             self.session.clone(),

@@ -44,8 +44,7 @@ pub async fn run_relay_feed(
     let (rewinds, rewind_rx) = super::rewind::channel();
     let feed = CdcFeed::open(cql.session(), cql.keyspace(), cdc, spec)
         .await?
-        .count_restarts(metrics.cdc_reader_restarts.with_label_values(&[&cfg.relay.consumer_name]))
-        .take_rewinds(rewind_rx);
+        .count_restarts(metrics.cdc_reader_restarts.with_label_values(&[&cfg.relay.consumer_name]));
     let table = ReconcileTable::open(cql.session(), cql.keyspace()).await?;
     let sink = ReconcilingSink::new(
         deliverer.clone(),
@@ -70,14 +69,14 @@ pub async fn run_relay_feed(
         store: cql.clone() as DynStore,
         consumer: cfg.relay.consumer_name.clone(),
         epoch: epoch.unwrap_or(0),
-        rewind: Rewinder::Runner { tx: rewinds, saver: feed.saver().clone(), log_ttl: cdc.log_ttl() },
+        rewind: Rewinder { saver: feed.saver().clone(), log_ttl: cdc.log_ttl(), runner: Some(rewinds) },
     };
     let requests = tokio::spawn(serve_requests(requests, Duration::from_secs(1), stop_reconciler.subscribe()));
     deliverer.status().update(|s| {
         s.running = true;
         true
     });
-    let res = feed.run(sink, shutdown).await;
+    let res = feed.run(sink, Some(rewind_rx), shutdown).await;
     deliverer.status().update(|s| {
         s.running = false;
         if let Err(e) = &res {

@@ -72,13 +72,14 @@ pub struct CdcRequests {
     pub rewind: Rewinder,
 }
 
-/// Who carries out a rewind (`cdc::rewind`).
-pub enum Rewinder {
-    /// The running feed's runner, between two reader runs; `saver` is its
-    /// progress (checked before the reader is stopped).
-    Runner { tx: RewindTx, saver: Arc<LeaseCheckpointSaver>, log_ttl: Duration },
-    /// No reader runs (the CLI under the lease it took): written on this saver.
-    Saver { saver: Arc<LeaseCheckpointSaver>, log_ttl: Duration },
+/// How a rewind is carried out (`cdc::rewind`): on `saver`, the relay's
+/// progress, directly when no reader runs (the CLI under the lease it
+/// took), or by the running feed's `runner` between two reader runs (checked
+/// against `saver` before the reader is stopped).
+pub struct Rewinder {
+    pub saver: Arc<LeaseCheckpointSaver>,
+    pub log_ttl: Duration,
+    pub runner: Option<RewindTx>,
 }
 
 /// Carries out the open requests once, outside a running relay (the CLI
@@ -111,7 +112,7 @@ pub async fn serve_once(cql: Arc<CqlStore>, cfg: &Config, epoch: i64, mut shutdo
         None,
         Arc::new(|| None),
     );
-    let rewind = Rewinder::Saver { saver, log_ttl: cdc.log_ttl() };
+    let rewind = Rewinder { saver, log_ttl: cdc.log_ttl(), runner: None };
     let server = CdcRequests { sink, deliverer, store, consumer, epoch, rewind };
     server.poll(&mut shutdown).await;
     Ok(())
@@ -191,15 +192,16 @@ impl CdcRequests {
     /// Rewinds the feed to `to_ms`: the outcome, or `None` when the runner
     /// ended first (shutdown or a lost lease: the request stays claimed).
     async fn rewind(&self, to_ms: i64) -> Option<(RequestStatus, Value)> {
-        let outcome = match &self.rewind {
-            Rewinder::Runner { tx, saver, log_ttl } => match precheck(saver, to_ms, *log_ttl) {
+        let Rewinder { saver, log_ttl, runner } = &self.rewind;
+        let outcome = match runner {
+            None => rewind_progress(saver, to_ms, *log_ttl).await,
+            Some(tx) => match precheck(saver, to_ms, *log_ttl) {
                 Err(e) => Err(e),
-                Ok(()) => {
+                Ok(_) => {
                     let sink = self.sink.clone();
                     tx.rewind(to_ms, Box::new(move || sink.forget_published())).await?
                 }
             },
-            Rewinder::Saver { saver, log_ttl } => rewind_progress(saver, to_ms, *log_ttl).await,
         };
         Some(match outcome {
             Ok(result) => {

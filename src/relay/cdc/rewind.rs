@@ -128,19 +128,19 @@ pub fn check(to_ms: i64, b: Bounds) -> Result<(), String> {
     Ok(())
 }
 
-/// [`check`] against `saver`'s progress now.
-pub fn precheck(saver: &LeaseCheckpointSaver, to_ms: i64, log_ttl: Duration) -> Result<(), String> {
+/// [`check`] against `saver`'s progress now: the bounds it passed.
+pub fn precheck(saver: &LeaseCheckpointSaver, to_ms: i64, log_ttl: Duration) -> Result<Bounds, String> {
     let state = saver.progress();
     let now_ms = Utc::now().timestamp_millis();
     let (generation_ms, oldest_ms, newest_ms) = (state.generation(), state.oldest(), state.newest());
-    check(to_ms, Bounds { now_ms, log_ttl, generation_ms, oldest_ms, newest_ms })
+    let bounds = Bounds { now_ms, log_ttl, generation_ms, oldest_ms, newest_ms };
+    check(to_ms, bounds).map(|()| bounds)
 }
 
 /// Checks and writes the rewind on `saver` (no reader of it may run):
 /// the request's result, or why it was not done.
 pub async fn rewind_progress(saver: &LeaseCheckpointSaver, to_ms: i64, log_ttl: Duration) -> Result<Value, String> {
-    precheck(saver, to_ms, log_ttl)?;
-    let state = saver.progress();
+    let before = precheck(saver, to_ms, log_ttl)?;
     let streams = match saver.rewind(to_ms).await {
         Ok((n, Flushed::Saved(_))) => n,
         Ok((_, Flushed::Fenced { .. })) => return Err("another instance holds the relay lease".into()),
@@ -150,12 +150,12 @@ pub async fn rewind_progress(saver: &LeaseCheckpointSaver, to_ms: i64, log_ttl: 
             ))
         }
     };
-    tracing::warn!(consumer = saver.name(), from_ms = ?state.newest(), to_ms, streams,
+    tracing::warn!(consumer = saver.name(), from_ms = ?before.newest_ms, to_ms, streams,
         "CDC progress rewound on an operator's request: the changes after it are published again (same ce_id)");
     // From: the furthest any stream had been published (the position
     // relay's checkpoint, in its terms).
     Ok(json!({
-        "rewound_from": state.newest().map(rfc3339),
+        "rewound_from": before.newest_ms.map(rfc3339),
         "rewound_to": rfc3339(to_ms),
         "streams": streams,
     }))

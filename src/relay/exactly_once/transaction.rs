@@ -143,10 +143,7 @@ impl Txn {
     /// error), from `early` reports and those still queued.
     fn failures(&mut self, early: Vec<Completion>, base: usize, n: usize) -> Vec<(usize, PublishError)> {
         let mut out = Vec::new();
-        let mut queued = Vec::new();
-        while let Ok(c) = self.completions.try_recv() {
-            queued.push(c);
-        }
+        let queued = std::iter::from_fn(|| self.completions.try_recv().ok());
         for c in early.into_iter().chain(queued) {
             if c.token >= base && c.token < base + n {
                 if let Err(e) = c.result {
