@@ -23,13 +23,15 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[String], timeout: Durati
         .iter()
         .map(|t| NewTopic::new(t, cfg.partitions, TopicReplication::Fixed(cfg.replication_factor)))
         .collect();
-    create(cfg, &new, timeout).await
+    create(cfg, &new, timeout).await.map(|_| ())
 }
 
-/// Creates the exactly-once progress topic (compacted, one partition) where missing.
-pub async fn ensure_progress_topic(cfg: &KafkaConfig, topic: &str, timeout: Duration) -> Result<(), PublishError> {
+/// Creates the exactly-once progress topic (compacted, one partition) where
+/// missing: true when this call created it (so it is compacted, as asked),
+/// false when it existed (and may predate that; see [`progress_topic_problem`]).
+pub async fn ensure_progress_topic(cfg: &KafkaConfig, topic: &str, timeout: Duration) -> Result<bool, PublishError> {
     let t = NewTopic::new(topic, 1, TopicReplication::Fixed(cfg.replication_factor)).set("cleanup.policy", "compact");
-    create(cfg, &[t], timeout).await
+    create(cfg, &[t], timeout).await.map(|created| created == 1)
 }
 
 /// Why an existing progress topic is not what exactly-once mode needs (not
@@ -67,7 +69,8 @@ pub async fn progress_topic_problem(
     }))
 }
 
-async fn create(cfg: &KafkaConfig, topics: &[NewTopic<'_>], timeout: Duration) -> Result<(), PublishError> {
+/// Creates `topics` where missing; returns how many this call created.
+async fn create(cfg: &KafkaConfig, topics: &[NewTopic<'_>], timeout: Duration) -> Result<usize, PublishError> {
     let admin: AdminClient<DefaultClientContext> = producer_config(cfg, &Delivery::AtLeastOnce)
         .create()
         .map_err(|e| PublishError::permanent("config", format!("cannot create Kafka admin client: {e}")))?;
@@ -83,9 +86,11 @@ async fn create(cfg: &KafkaConfig, topics: &[NewTopic<'_>], timeout: Duration) -
             )
         })?
         .map_err(|e| PublishError::from_kafka(&e))?;
+    let mut created = 0;
     for r in results {
         match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(_) => created += 1,
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, RDKafkaErrorCode::InvalidTopic)) => {
                 return Err(PublishError::permanent("invalid_topic", format!("broker refused topic name {t:?}")))
             }
@@ -96,5 +101,5 @@ async fn create(cfg: &KafkaConfig, topics: &[NewTopic<'_>], timeout: Duration) -
             }
         }
     }
-    Ok(())
+    Ok(created)
 }

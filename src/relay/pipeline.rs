@@ -354,15 +354,18 @@ impl Relay {
                     // The progress topic is compacted with one partition (the last record counts).
                     Ok(()) if exactly_once => {
                         let topic = &self.cfg.progress_topic;
+                        // One this call created is compacted as asked (and a broker
+                        // may describe it before its config is visible): only an
+                        // existing one is checked.
                         let made = crate::relay::admin::ensure_progress_topic(k, topic, timeout).await;
-                        if made.is_ok() {
+                        if made == Ok(false) {
                             match crate::relay::admin::progress_topic_problem(k, topic, timeout).await {
                                 Ok(Some(problem)) => tracing::warn!("{problem}"),
                                 Ok(None) => {}
                                 Err(e) => tracing::debug!(error = %e, "cannot describe the progress topic"),
                             }
                         }
-                        made
+                        made.map(|_| ())
                     }
                     other => other,
                 }
