@@ -50,6 +50,7 @@ pub mod batch;
 pub mod columns;
 pub mod consumer;
 pub mod floor;
+pub mod groups;
 pub mod health;
 pub mod progress;
 pub mod reader;

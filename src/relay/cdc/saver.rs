@@ -43,10 +43,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-use super::progress::{ProgressState, SavedRow, StreamKey};
+use super::groups;
+use super::progress::{ProgressState, StreamKey};
 use super::watchdog::{Activity, Sample};
 use crate::shutdown::Shutdown;
 use crate::store::cql::prepare_on;
+use crate::store::cql::progress::read_legacy_progress;
 pub use crate::store::cql::progress::{read_progress, LEASE_TABLE};
 use crate::store::StoreError;
 
@@ -89,6 +91,8 @@ struct Statements {
 /// scylla-cdc progress of one consumer (`name`), kept in its lease partition.
 pub struct LeaseCheckpointSaver {
     session: Arc<Session>,
+    /// The keyspace of the store (and of its CDC log).
+    keyspace: String,
     table: String,
     name: String,
     epoch: Option<i64>,
@@ -102,34 +106,6 @@ pub struct LeaseCheckpointSaver {
     /// The consumers' calls by stream (`watchdog`: a stalled stream group
     /// or a busy consumer).
     activity: Activity,
-}
-
-/// Progress saved by scylla-cdc's `TableBackedCheckpointSaver` in
-/// `keyspace.table` (before outboxd had its own saver): the `[0]` row holds
-/// the generation; the per-stream `generation` column held the reader's
-/// start bound, not the generation, so it is ignored. A stream row older
-/// than the generation is a stream of a finished one (scylla-cdc read every
-/// stream of a generation to its end, below the next one's start, and the
-/// table kept them for days): left out, or it would pass for the oldest
-/// progress. Empty when the table does not exist or cannot be read.
-async fn read_legacy_progress(session: &Session, keyspace: &str, table: &str) -> Vec<SavedRow> {
-    let q = format!("SELECT stream_id, generation, time FROM {keyspace}.{table}");
-    let Ok(res) = session.query_unpaged(q, ()).await else { return Vec::new() };
-    let Ok(rows) = res.into_rows_result() else { return Vec::new() };
-    let Ok(iter) = rows.rows::<(Vec<u8>, Option<CqlTimestamp>, Option<CqlTimestamp>)>() else { return Vec::new() };
-    let mut out: Vec<SavedRow> = iter
-        .flatten()
-        .map(|(stream, generation, time)| match stream.as_slice() {
-            [0] => SavedRow { stream: Vec::new(), generation: generation.map(|g| g.0), time: None },
-            _ => SavedRow { stream, generation: None, time: time.map(|t| t.0) },
-        })
-        .collect();
-    let generation = out.iter().find(|r| r.stream.is_empty()).and_then(|r| r.generation);
-    out.retain(|r| r.stream.is_empty() || generation.is_none_or(|g| r.time.is_some_and(|t| t >= g)));
-    if !out.is_empty() {
-        tracing::info!(%keyspace, table, rows = out.len(), "CDC progress taken over from scylla-cdc's former checkpoint table");
-    }
-    out
 }
 
 /// `[applied]` and `epoch` of a conditional write's answer.
@@ -185,6 +161,7 @@ impl LeaseCheckpointSaver {
         let (fenced, _) = watch::channel(None);
         Ok(Arc::new(LeaseCheckpointSaver {
             session,
+            keyspace: keyspace.to_string(),
             table,
             name: name.to_string(),
             epoch,
@@ -414,8 +391,27 @@ impl LeaseCheckpointSaver {
         }
         match self.save_generation().await? {
             Flushed::Fenced { current_epoch } => Err(fenced_error(&self.name, current_epoch)),
-            Flushed::Saved(_) => Ok(()),
+            Flushed::Saved(_) => {
+                if self.activity.groups_of() != Some(ms) {
+                    self.load_groups(ms).await;
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// The generation's stream groups, for the watchdog (scylla-cdc starts
+    /// its readers only after this returns). Not loaded: the watchdog keeps
+    /// its cautious fallback, reported once per generation.
+    async fn load_groups(&self, ms: i64) {
+        let load = groups::load(&self.session, &self.keyspace, groups::DESCRIPTIONS_TABLE, ms);
+        let err = match tokio::time::timeout(Duration::from_secs(10), load).await {
+            Ok(Ok(g)) => return self.activity.set_groups(ms, g),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 10 s".to_string(),
+        };
+        tracing::warn!(consumer = %self.name, generation_ms = ms, error = %err,
+            "cannot read the CDC generation's stream groups: the stall watchdog will not notice a stream group stuck before its first row while others deliver");
     }
 }
 

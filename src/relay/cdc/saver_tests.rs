@@ -3,6 +3,7 @@
 //! progress never moves backwards, the lease epoch fences writes.
 
 use super::*;
+use crate::relay::cdc::progress::SavedRow;
 use crate::relay::cdc::testkit::{live_store, set_epoch};
 
 const DAY: Duration = Duration::from_secs(86_400);

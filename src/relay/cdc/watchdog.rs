@@ -17,10 +17,12 @@
 //! none in progress (the saver counts a batch of those streams held for the
 //! rest of its rows as one in progress: a restart would only buffer it
 //! again). Calls of other stream groups do not count: one group stuck while
-//! the others deliver is a stall. A stream is known to its consumer only once
-//! it had rows; while none of the oldest streams is, every consumer's calls
-//! count (as if the reader were one group), so a group stuck before reading
-//! any row is noticed only when no group delivers.
+//! the others deliver is a stall. A stream is known to its consumer once it
+//! had rows, or through its group (`groups`: the generation's stream groups,
+//! loaded when it starts), so a group stuck before its first row is a stall
+//! as well. Only while the groups are not known and none of the oldest
+//! streams had rows do every consumer's calls count (as if the reader were
+//! one group): then such a group is noticed only when no group delivers.
 //!
 //! Guarantees: never stalled while a consumer call of the oldest streams is
 //! in progress (however long the broker is out); any progress or finished
@@ -33,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
+use super::groups::Groups;
 use super::progress::StreamKey;
 
 /// One consumer's calls (one stream group): in progress and finished.
@@ -66,34 +69,125 @@ impl Calls {
     }
 }
 
-/// The calls of every consumer of one reader, by the streams they read.
+/// The calls of every consumer of one reader, by the streams they read and
+/// by the stream groups (`groups`) those streams belong to.
 #[derive(Debug, Default)]
 pub struct Activity {
-    by_stream: Mutex<HashMap<StreamKey, Arc<Calls>>>,
+    known: Mutex<Known>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    by_stream: HashMap<StreamKey, Arc<Calls>>,
+    /// The current generation's groups (its start, ms), once loaded.
+    groups: Option<(i64, GroupIndex)>,
+    by_group: HashMap<usize, Arc<Calls>>,
+}
+
+#[derive(Debug)]
+enum GroupIndex {
+    PerStream,
+    Shared(HashMap<StreamKey, usize>),
+}
+
+/// Whose calls count for one stream.
+enum Owner<'a> {
+    Consumer(&'a Arc<Calls>),
+    /// Its group's consumer made no call yet: nothing it waits on.
+    Idle,
+    /// Its group is not known.
+    Unknown,
+}
+
+impl Known {
+    fn group_of(&self, stream: &StreamKey) -> Option<Option<usize>> {
+        match &self.groups {
+            Some((_, GroupIndex::PerStream)) => Some(None),
+            Some((_, GroupIndex::Shared(index))) => index.get(stream).map(|g| Some(*g)),
+            None => None,
+        }
+    }
+
+    fn owner(&self, stream: &StreamKey) -> Owner<'_> {
+        if let Some(calls) = self.by_stream.get(stream) {
+            return Owner::Consumer(calls);
+        }
+        match self.group_of(stream) {
+            Some(Some(g)) => self.by_group.get(&g).map_or(Owner::Idle, Owner::Consumer),
+            Some(None) => Owner::Idle,
+            None => Owner::Unknown,
+        }
+    }
 }
 
 impl Activity {
     /// `calls` (one consumer's) read rows of `stream`. A later consumer of
-    /// the same stream (a restarted reader) replaces the earlier one.
+    /// the same stream (a restarted reader) replaces the earlier one, also
+    /// for the stream's group.
     pub fn reads(&self, stream: &StreamKey, calls: &Arc<Calls>) {
-        self.by_stream.lock().unwrap().insert(stream.clone(), calls.clone());
+        let mut known = self.known.lock().unwrap();
+        if let Some(Some(g)) = known.group_of(stream) {
+            known.by_group.insert(g, calls.clone());
+        }
+        known.by_stream.insert(stream.clone(), calls.clone());
     }
 
-    /// A new generation: its streams are new, the old ones are finished.
+    /// A new generation: its streams and groups are new, the old ones are
+    /// finished.
     pub fn forget_streams(&self) {
-        self.by_stream.lock().unwrap().clear();
+        *self.known.lock().unwrap() = Known::default();
+    }
+
+    /// The groups of the generation started at `generation_ms` (`groups::load`).
+    pub fn set_groups(&self, generation_ms: i64, groups: Groups) {
+        let index = match groups {
+            Groups::PerStream => GroupIndex::PerStream,
+            Groups::Shared(groups) => GroupIndex::Shared(
+                groups
+                    .into_iter()
+                    .enumerate()
+                    .flat_map(|(g, streams)| streams.into_iter().map(move |s| (s, g)))
+                    .collect(),
+            ),
+        };
+        let mut known = self.known.lock().unwrap();
+        let Known { by_stream, by_group, .. } = &mut *known;
+        if let GroupIndex::Shared(index) = &index {
+            for (stream, calls) in by_stream.iter() {
+                if let Some(g) = index.get(stream) {
+                    by_group.insert(*g, calls.clone());
+                }
+            }
+        }
+        known.groups = Some((generation_ms, index));
+    }
+
+    /// The generation whose groups are known, if any.
+    pub fn groups_of(&self) -> Option<i64> {
+        self.known.lock().unwrap().groups.as_ref().map(|(ms, _)| *ms)
     }
 
     /// (calls in progress, calls finished) of the consumers that read
-    /// `streams`, each consumer counted once. When no consumer read any of
-    /// them yet, every consumer's calls: a stream is known to its group's
-    /// consumer only once it had rows, and a group whose streams had none
-    /// must not be called stalled while it waits on its consumer.
+    /// `streams`, each consumer counted once: a stream's own consumer once it
+    /// had rows, else its group's. A stream whose group's consumer made no
+    /// call yet adds nothing (it waits on no consumer). When a stream's group
+    /// is not known (not loaded) and none of `streams` has a known consumer,
+    /// every consumer's calls (also for no streams at all: no progress saved
+    /// yet): a group whose streams had no rows must not be called stalled
+    /// while it might wait on its consumer.
     pub fn sample_of<'a>(&self, streams: impl IntoIterator<Item = &'a StreamKey>) -> (usize, u64) {
-        let map = self.by_stream.lock().unwrap();
-        let mut consumers: Vec<&Arc<Calls>> = streams.into_iter().filter_map(|s| map.get(s)).collect();
-        if consumers.is_empty() {
-            consumers = map.values().collect();
+        let known = self.known.lock().unwrap();
+        let (mut consumers, mut unknown, mut any) = (Vec::new(), false, false);
+        for stream in streams {
+            any = true;
+            match known.owner(stream) {
+                Owner::Consumer(calls) => consumers.push(calls),
+                Owner::Idle => {}
+                Owner::Unknown => unknown = true,
+            }
+        }
+        if consumers.is_empty() && (unknown || !any) {
+            consumers = known.by_stream.values().collect();
         }
         consumers.sort_by_key(|c| Arc::as_ptr(c));
         consumers.dedup_by(|a, b| Arc::ptr_eq(a, b));
@@ -158,153 +252,5 @@ pub async fn wait_for_stall(limit: Duration, probe: impl Fn() -> Sample) -> Dura
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::{Arc, Mutex};
-
-    const LIMIT: Duration = Duration::from_secs(300);
-
-    fn s(oldest: i64, busy: usize, done: u64) -> Sample {
-        Sample { oldest_ms: Some(oldest), busy, done }
-    }
-
-    #[test]
-    fn stalled_only_after_the_limit_without_progress_or_calls() {
-        let t0 = Instant::now();
-        let mut w = StallWatch::new(LIMIT, t0);
-        let at = |secs: u64| t0 + Duration::from_secs(secs);
-        assert_eq!(w.observe(at(0), s(100, 0, 5)), None);
-        assert_eq!(w.observe(at(299), s(100, 0, 5)), None);
-        assert_eq!(w.observe(at(300), s(100, 0, 5)), Some(LIMIT));
-        // Progress moves: counted again from there.
-        assert_eq!(w.observe(at(301), s(101, 0, 5)), None);
-        assert_eq!(w.observe(at(600), s(101, 0, 5)), None);
-        assert_eq!(w.observe(at(601), s(101, 0, 5)), Some(LIMIT));
-        // A finished consumer call counts as movement too.
-        assert_eq!(w.observe(at(602), s(101, 0, 6)), None);
-        assert_eq!(w.observe(at(901), s(101, 0, 6)), None);
-        // No progress ever reported is a stall as well.
-        let mut w = StallWatch::new(LIMIT, t0);
-        let none = Sample { oldest_ms: None, busy: 0, done: 0 };
-        assert_eq!(w.observe(at(0), none), None);
-        assert_eq!(w.observe(at(400), none), Some(Duration::from_secs(400)));
-    }
-
-    #[test]
-    fn a_consumer_call_in_progress_is_never_a_stall() {
-        // A broker outage: the delivery call retries for an hour while the
-        // progress stands still.
-        let t0 = Instant::now();
-        let mut w = StallWatch::new(LIMIT, t0);
-        for secs in (0..3_600).step_by(10) {
-            assert_eq!(w.observe(t0 + Duration::from_secs(secs), s(100, 1, 5)), None, "at {secs} s");
-        }
-        // The call ends (the broker is back) and then nothing moves: a stall
-        // one limit later, not at once.
-        let back = t0 + Duration::from_secs(3_600);
-        assert_eq!(w.observe(back, s(100, 0, 6)), None);
-        assert_eq!(w.observe(back + Duration::from_secs(299), s(100, 0, 6)), None);
-        assert!(w.observe(back + LIMIT, s(100, 0, 6)).is_some());
-    }
-
-    #[test]
-    fn calls_count_in_progress_and_finished() {
-        let a = Calls::default();
-        assert_eq!(a.sample(), (0, 0));
-        let one = a.enter();
-        let two = a.enter();
-        assert_eq!(a.sample(), (2, 0));
-        drop(one);
-        assert_eq!(a.sample(), (1, 1));
-        drop(two);
-        assert_eq!(a.sample(), (0, 2));
-    }
-
-    fn key(b: u8) -> StreamKey {
-        StreamKey(vec![b; 16])
-    }
-
-    #[test]
-    fn activity_is_sampled_by_the_consumers_of_the_given_streams() {
-        let activity = Activity::default();
-        let (g1, g2) = (Arc::new(Calls::default()), Arc::new(Calls::default()));
-        // Group 1 read streams 1 and 2, group 2 stream 3; stream 4 had no rows.
-        activity.reads(&key(1), &g1);
-        activity.reads(&key(2), &g1);
-        activity.reads(&key(3), &g2);
-        drop((g1.enter(), g1.enter(), g2.enter()));
-        let _in_progress = g2.enter();
-        assert_eq!(activity.sample_of([&key(1), &key(2)]), (0, 2), "group 1 counted once");
-        assert_eq!(activity.sample_of([&key(3)]), (1, 1));
-        assert_eq!(activity.sample_of([&key(4), &key(3)]), (1, 1), "only the consumers known to read them");
-        assert_eq!(activity.sample_of([&key(1), &key(3), &key(4)]), (1, 3));
-        // Stream 4's group is not known (it had no rows): every consumer
-        // counts, so a group waiting on its consumer is never a stall.
-        assert_eq!(activity.sample_of([&key(4)]), (1, 3));
-        assert_eq!(activity.sample_of([] as [&StreamKey; 0]), (1, 3));
-        // A restarted reader's consumer takes the stream over.
-        let g3 = Arc::new(Calls::default());
-        activity.reads(&key(3), &g3);
-        assert_eq!(activity.sample_of([&key(3)]), (0, 0));
-        activity.forget_streams();
-        assert_eq!(activity.sample_of([&key(1), &key(2)]), (0, 0), "a new generation: none known");
-    }
-
-    #[test]
-    fn one_group_stuck_while_another_delivers_is_a_stall() {
-        // Stream 1 (group 1) stands at 100 ms: its reader hangs. Group 2
-        // delivers all along, its stream moving ahead.
-        let activity = Activity::default();
-        let (g1, g2) = (Arc::new(Calls::default()), Arc::new(Calls::default()));
-        activity.reads(&key(1), &g1);
-        activity.reads(&key(2), &g2);
-        drop(g1.enter());
-        let t0 = Instant::now();
-        let mut w = StallWatch::new(LIMIT, t0);
-        let sample = || {
-            let (busy, done) = activity.sample_of([&key(1)]);
-            Sample { oldest_ms: Some(100), busy, done }
-        };
-        for secs in (0..300).step_by(10) {
-            drop(g2.enter());
-            assert_eq!(w.observe(t0 + Duration::from_secs(secs), sample()), None, "at {secs} s");
-        }
-        drop(g2.enter());
-        assert_eq!(w.observe(t0 + LIMIT, sample()), Some(LIMIT), "group 2's calls do not hide it");
-        // Group 1 finishes a call (a long catch-up window): movement.
-        drop(g1.enter());
-        assert_eq!(w.observe(t0 + LIMIT + Duration::from_secs(1), sample()), None);
-    }
-
-    #[test]
-    fn ticks_are_a_tenth_of_the_limit_within_bounds() {
-        assert_eq!(tick_of(LIMIT), Duration::from_secs(30));
-        assert_eq!(tick_of(Duration::from_secs(60)), Duration::from_secs(6));
-        assert_eq!(tick_of(Duration::from_secs(5)), Duration::from_secs(1));
-        assert_eq!(tick_of(Duration::from_secs(3_600)), Duration::from_secs(30));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_wait_ends_one_limit_after_the_last_movement() {
-        let progress = Arc::new(Mutex::new(s(100, 0, 0)));
-        let p = progress.clone();
-        let started = Instant::now();
-        let waiter = tokio::spawn(wait_for_stall(LIMIT, move || *p.lock().unwrap()));
-        // Progress moves for 10 minutes, then stops.
-        for i in 1..=20 {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            *progress.lock().unwrap() = s(100 + i, 0, 0);
-        }
-        let idle = waiter.await.unwrap();
-        let ended = Instant::now() - started;
-        assert!(idle >= LIMIT, "{idle:?}");
-        // Stopped at 600 s, noticed within a limit plus two ticks.
-        assert!(ended >= Duration::from_secs(900) && ended <= Duration::from_secs(960), "{ended:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_zero_limit_never_fires() {
-        let r = tokio::time::timeout(Duration::from_secs(86_400), wait_for_stall(Duration::ZERO, || s(1, 0, 0))).await;
-        assert!(r.is_err(), "the watchdog is off");
-    }
-}
+#[path = "watchdog_tests.rs"]
+mod tests;

@@ -1,7 +1,8 @@
 //! CDC progress rows in `relay_leases` (one partition per consumer name:
 //! its lease in static columns, one row per CDC stream, `stream_id = 0x`
-//! holding the last generation and its floor in `time`): reading them, and
-//! the oldest progress.
+//! holding the last generation and its floor in `time`): reading them (and
+//! those scylla-cdc's own saver left in its former table), and the oldest
+//! progress.
 //!
 //! Guarantees:
 //! - [`current_progress`] is the one rule of which rows count: those of the
@@ -52,6 +53,34 @@ pub async fn read_progress(session: &Session, keyspace: &str, name: &str) -> Res
         out.push(SavedRow { stream, generation: generation.map(|t| t.0), time: time.map(|t| t.0) });
     }
     Ok(out)
+}
+
+/// Progress saved by scylla-cdc's `TableBackedCheckpointSaver` in
+/// `keyspace.table` (before outboxd had its own saver): the `[0]` row holds
+/// the generation; the per-stream `generation` column held the reader's
+/// start bound, not the generation, so it is ignored. A stream row older
+/// than the generation is a stream of a finished one (scylla-cdc read every
+/// stream of a generation to its end, below the next one's start, and the
+/// table kept them for days): left out, or it would pass for the oldest
+/// progress. Empty when the table does not exist or cannot be read.
+pub async fn read_legacy_progress(session: &Session, keyspace: &str, table: &str) -> Vec<SavedRow> {
+    let q = format!("SELECT stream_id, generation, time FROM {keyspace}.{table}");
+    let Ok(res) = session.query_unpaged(q, ()).await else { return Vec::new() };
+    let Ok(rows) = res.into_rows_result() else { return Vec::new() };
+    let Ok(iter) = rows.rows::<(Vec<u8>, Option<CqlTimestamp>, Option<CqlTimestamp>)>() else { return Vec::new() };
+    let mut out: Vec<SavedRow> = iter
+        .flatten()
+        .map(|(stream, generation, time)| match stream.as_slice() {
+            [0] => SavedRow { stream: Vec::new(), generation: generation.map(|g| g.0), time: None },
+            _ => SavedRow { stream, generation: None, time: time.map(|t| t.0) },
+        })
+        .collect();
+    let generation = out.iter().find(|r| r.stream.is_empty()).and_then(|r| r.generation);
+    out.retain(|r| r.stream.is_empty() || generation.is_none_or(|g| r.time.is_some_and(|t| t >= g)));
+    if !out.is_empty() {
+        tracing::info!(%keyspace, table, rows = out.len(), "CDC progress taken over from scylla-cdc's former checkpoint table");
+    }
+    out
 }
 
 /// The last generation and the `(stream, time)` rows that count for it.

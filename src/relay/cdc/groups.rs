@@ -1,0 +1,120 @@
+//! The stream groups scylla-cdc reads a generation in, for the stall
+//! watchdog. scylla-cdc starts one reader, and one consumer, per group: the
+//! streams of one vnode (one row of
+//! `system_distributed.cdc_streams_descriptions_v2`), or every stream alone
+//! in a tablets keyspace. Knowing the groups, the watchdog can tell which
+//! consumer a stream belongs to before the stream had any rows.
+//!
+//! Guarantees: the same queries, grouping and read consistency as scylla-cdc
+//! 0.7's generation fetchers (`stream_generations.rs`, `log_reader.rs`), so a
+//! group here is a reader there; a failure is an error for the caller to
+//! report (the watchdog then keeps its cautious fallback), never a guess.
+
+use scylla::client::session::Session;
+use scylla::statement::unprepared::Statement;
+use scylla::statement::Consistency;
+use scylla::value::CqlTimestamp;
+
+use super::progress::StreamKey;
+
+/// Where Scylla describes a vnode generation's streams.
+pub const DESCRIPTIONS_TABLE: &str = "system_distributed.cdc_streams_descriptions_v2";
+
+/// How a generation's streams are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Groups {
+    /// A tablets keyspace: each stream has its own reader and consumer.
+    PerStream,
+    /// A vnode keyspace: the streams of each description row share one.
+    Shared(Vec<Vec<StreamKey>>),
+}
+
+/// True when `keyspace` uses tablets. As scylla-cdc decides it: a keyspace
+/// with `initial_tablets` in `system_schema.scylla_keyspaces`; a server
+/// without that table (an older Scylla, Cassandra) has no tablets.
+pub async fn uses_tablets(session: &Session, keyspace: &str) -> anyhow::Result<bool> {
+    let q = "SELECT initial_tablets FROM system_schema.scylla_keyspaces WHERE keyspace_name = ?";
+    let Ok(res) = session.query_unpaged(q, (keyspace,)).await else { return Ok(false) };
+    let row = res.into_rows_result()?.maybe_first_row::<(Option<i32>,)>()?;
+    Ok(matches!(row, Some((Some(_),))))
+}
+
+/// The groups of the generation that started at `generation_ms`, from
+/// `descriptions` (a table shaped like [`DESCRIPTIONS_TABLE`]) for a vnode
+/// keyspace. No row for that generation is an error: scylla-cdc would start
+/// no reader either.
+pub async fn load(session: &Session, keyspace: &str, descriptions: &str, generation_ms: i64) -> anyhow::Result<Groups> {
+    if uses_tablets(session, keyspace).await? {
+        return Ok(Groups::PerStream);
+    }
+    let mut q = Statement::new(format!("SELECT streams FROM {descriptions} WHERE time = ?"));
+    q.set_page_size(5000);
+    q.set_consistency(distributed_consistency(session).await?);
+    let (mut rows, mut paging) = (Vec::new(), scylla::response::PagingState::start());
+    loop {
+        let (res, next) = session.query_single_page(q.clone(), (CqlTimestamp(generation_ms),), paging).await?;
+        for row in res.into_rows_result()?.rows::<(Vec<Vec<u8>>,)>()? {
+            rows.push(row?.0.into_iter().map(StreamKey).collect());
+        }
+        match next.into_paging_control_flow() {
+            std::ops::ControlFlow::Continue(p) => paging = p,
+            std::ops::ControlFlow::Break(()) => break,
+        }
+    }
+    anyhow::ensure!(!rows.is_empty(), "{descriptions} has no streams for the generation at {generation_ms} ms");
+    Ok(Groups::Shared(rows))
+}
+
+/// scylla-cdc reads the distributed system tables at ONE on a single node
+/// and at QUORUM on a cluster.
+async fn distributed_consistency(session: &Session) -> anyhow::Result<Consistency> {
+    let (peers,) = session
+        .query_unpaged("SELECT COUNT(*) FROM system.peers", ())
+        .await?
+        .into_rows_result()?
+        .first_row::<(i64,)>()?;
+    Ok(if peers == 0 { Consistency::One } else { Consistency::Quorum })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::cdc::testkit::live_store;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_vnode_generation_is_grouped_by_description_row() {
+        let Some(store) = live_store("CDC stream groups").await else { return };
+        let (session, ks) = (&*store.session(), store.keyspace());
+        // The same shape as Scylla's table (scylla-cdc's own tests do the same).
+        let table = format!("{ks}.cdc_streams_descriptions_v2");
+        session
+            .query_unpaged(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {table} (time timestamp, range_end bigint, streams frozen<set<blob>>, \
+                     PRIMARY KEY (time, range_end)) WITH CLUSTERING ORDER BY (range_end ASC)"
+                ),
+                (),
+            )
+            .await
+            .unwrap();
+        let insert = format!("INSERT INTO {table} (time, range_end, streams) VALUES (?, ?, ?)");
+        let k = |b: u8| vec![b; 16];
+        for (generation, end, streams) in
+            [(1_000, -5, vec![k(1), k(2)]), (1_000, 7, vec![k(3)]), (2_000, 7, vec![k(4), k(5), k(6)])]
+        {
+            session.query_unpaged(insert.clone(), (CqlTimestamp(generation), end as i64, streams)).await.unwrap();
+        }
+        assert!(!uses_tablets(session, ks).await.unwrap(), "no scylla_keyspaces: vnodes, as scylla-cdc decides");
+        let key = |b: u8| StreamKey(k(b));
+        assert_eq!(
+            load(session, ks, &table, 1_000).await.unwrap(),
+            Groups::Shared(vec![vec![key(1), key(2)], vec![key(3)]]),
+            "one group per description row, in range order"
+        );
+        assert_eq!(load(session, ks, &table, 2_000).await.unwrap(), Groups::Shared(vec![vec![key(4), key(5), key(6)]]));
+        let none = load(session, ks, &table, 3_000).await.unwrap_err().to_string();
+        assert!(none.contains("no streams for the generation at 3000 ms"), "{none}");
+        let missing = load(session, ks, &format!("{ks}.no_such_table"), 1_000).await;
+        assert!(missing.is_err(), "a missing table is an error, not an empty grouping");
+    }
+}
