@@ -11,12 +11,13 @@
 //!   (`LeaseCheckpointSaver::hold`) until they are. The hold outlives the
 //!   consumer: a batch still buffered when a run ends keeps the stream (and
 //!   a catch-up's advance of every stream) before it, and the next run reads
-//!   it again and releases the hold once it is handled. (A batch without
-//!   its `cdc$end_of_batch` row that is the last of its generation is not
-//!   read again: scylla-cdc moves on to the next generation, the hold goes
-//!   with the old generation's streams, and the saver logs the batch at
-//!   ERROR. Scylla writes that row with every batch: only a damaged log
-//!   lacks it.)
+//!   it again and releases the hold once it is handled.
+//! - A batch without its `cdc$end_of_batch` row (Scylla writes that row
+//!   with every batch: only a damaged log lacks it) is handled as it is,
+//!   with a WARN, once a row of another batch arrives, or, when it is the
+//!   last of its generation, as the next generation starts (`leftover`:
+//!   the dropped consumer leaves it to the saver, which has it handled
+//!   before recording the new generation).
 //! - The rows of one batch (one append) go out in the aggregate's sequence
 //!   order ([`BatchBuffer`]), whatever order Scylla numbered them in.
 //! - Rows that are not event inserts are skipped; a row of `event_store` that
@@ -34,8 +35,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use super::batch::{timeuuid_ms, BatchBuffer, RowMeta};
+use super::batch::{timeuuid_ms, BatchBuffer, Released, RowMeta};
 use super::columns::{envelope_from_cdc_row, CdcColumns};
+use super::leftover::{GenerationEnd, Leftovers};
 use super::progress::StreamKey;
 use super::saver::LeaseCheckpointSaver;
 use super::watchdog::Calls;
@@ -169,31 +171,65 @@ fn item_of(row: &CDCRow<'_>, position: RowPosition) -> (Option<i64>, Item) {
     }
 }
 
+/// One buffered row, handed to `sink`.
+async fn deliver<S: EnvelopeSink>(
+    sink: &S,
+    shutdown: &mut Shutdown,
+    position: RowPosition,
+    item: Item,
+) -> Result<(), CdcError> {
+    if shutdown.is_shutdown() {
+        return Err(CdcError::Shutdown);
+    }
+    match item {
+        Item::Skip => Ok(()),
+        Item::Event(env) => sink.handle_row(env, &position, shutdown).await,
+        Item::Bad(bad) => sink.undecodable(bad, shutdown).await,
+    }
+}
+
+/// A batch released without its `cdc$end_of_batch` row, handled.
+async fn deliver_incomplete<S: EnvelopeSink>(
+    sink: &S,
+    shutdown: &mut Shutdown,
+    batch: Released<(RowPosition, Item)>,
+    why: &str,
+) -> Result<StreamKey, CdcError> {
+    tracing::warn!(stream = %batch.key.stream.hex(), time = %batch.key.time, rows = batch.rows.len(), "CDC batch without its cdc$end_of_batch row ({why}); handling what arrived");
+    for (position, item) in batch.rows {
+        deliver(sink, shutdown, position, item).await?;
+    }
+    Ok(batch.key.stream)
+}
+
+type Rows = (RowPosition, Item);
+
 /// scylla-cdc consumer (one per stream group and generation): buffers each
 /// CDC batch, then hands its events to an [`EnvelopeSink`], one at a time.
 pub struct SinkConsumer<S: EnvelopeSink> {
     sink: Arc<S>,
     saver: Option<Arc<LeaseCheckpointSaver>>,
     shutdown: Shutdown,
-    buffer: BatchBuffer<(RowPosition, Item)>,
+    buffer: BatchBuffer<Rows>,
     /// This consumer's (one stream group's) calls, and the streams it told
     /// the saver's watchdog activity it reads.
     calls: Arc<Calls>,
     streams: HashSet<StreamKey>,
+    /// Where a batch still buffered goes when the consumer is dropped, and
+    /// the saver's reader run it belongs to.
+    leftovers: Arc<Leftovers<Rows>>,
+    run: u64,
+}
+
+impl<S: EnvelopeSink> Drop for SinkConsumer<S> {
+    fn drop(&mut self) {
+        if let Some(batch) = self.buffer.take() {
+            self.leftovers.leave(self.run, batch);
+        }
+    }
 }
 
 impl<S: EnvelopeSink> SinkConsumer<S> {
-    async fn deliver(&mut self, position: RowPosition, item: Item) -> Result<(), CdcError> {
-        if self.shutdown.is_shutdown() {
-            return Err(CdcError::Shutdown);
-        }
-        match item {
-            Item::Skip => Ok(()),
-            Item::Event(env) => self.sink.handle_row(env, &position, &mut self.shutdown).await,
-            Item::Bad(bad) => self.sink.undecodable(bad, &mut self.shutdown).await,
-        }
-    }
-
     fn release_hold(&self, stream: &StreamKey) {
         if let Some(s) = &self.saver {
             s.release(stream);
@@ -227,10 +263,12 @@ impl<S: EnvelopeSink> Consumer for SinkConsumer<S> {
         let mut done_streams = Vec::new();
         for batch in released {
             if !batch.complete {
-                tracing::warn!(stream = %batch.key.stream.hex(), time = %batch.key.time, rows = batch.rows.len(), "CDC batch without its cdc$end_of_batch row; handling what arrived");
+                let why = "another batch began";
+                done_streams.push(deliver_incomplete(&*self.sink, &mut self.shutdown, batch, why).await?);
+                continue;
             }
             for (position, item) in batch.rows {
-                self.deliver(position, item).await?;
+                deliver(&*self.sink, &mut self.shutdown, position, item).await?;
             }
             done_streams.push(batch.key.stream);
         }
@@ -250,13 +288,36 @@ pub struct SinkConsumerFactory<S: EnvelopeSink> {
     sink: Arc<S>,
     saver: Option<Arc<LeaseCheckpointSaver>>,
     shutdown: Shutdown,
+    leftovers: Arc<Leftovers<Rows>>,
 }
 
 impl<S: EnvelopeSink> SinkConsumerFactory<S> {
-    /// `saver`: the reader's checkpoint saver (holds, fencing, generation);
-    /// `None` only in tests that run the consumer alone.
-    pub fn new(sink: Arc<S>, saver: Option<Arc<LeaseCheckpointSaver>>, shutdown: Shutdown) -> Self {
-        SinkConsumerFactory { sink, saver, shutdown }
+    /// `saver`: the reader's checkpoint saver (holds, fencing, generation,
+    /// and the batches a finished generation left: the factory registers
+    /// itself as its [`GenerationEnd`]); `None` only in tests that run the
+    /// consumer alone.
+    pub fn new(sink: Arc<S>, saver: Option<Arc<LeaseCheckpointSaver>>, shutdown: Shutdown) -> Arc<Self> {
+        let factory = Arc::new(SinkConsumerFactory { sink, saver, shutdown, leftovers: Arc::default() });
+        if let Some(saver) = &factory.saver {
+            let hook: Arc<dyn GenerationEnd> = factory.clone();
+            saver.on_generation_end(Arc::downgrade(&hook));
+        }
+        factory
+    }
+}
+
+/// The last batches of the finished generation, handled in the order their
+/// consumers left them (see `leftover`).
+#[async_trait]
+impl<S: EnvelopeSink> GenerationEnd for SinkConsumerFactory<S> {
+    async fn generation_ends(&self, run: u64) -> Result<Vec<StreamKey>, CdcError> {
+        let mut shutdown = self.shutdown.clone();
+        let mut streams = Vec::new();
+        for batch in self.leftovers.take(run) {
+            let why = "the last of its generation";
+            streams.push(deliver_incomplete(&*self.sink, &mut shutdown, batch, why).await?);
+        }
+        Ok(streams)
     }
 }
 
@@ -270,6 +331,8 @@ impl<S: EnvelopeSink> ConsumerFactory for SinkConsumerFactory<S> {
             buffer: BatchBuffer::new(MAX_BATCH_ROWS),
             calls: Arc::default(),
             streams: HashSet::new(),
+            leftovers: self.leftovers.clone(),
+            run: self.saver.as_ref().map_or(0, |s| s.run_id()),
         })
     }
 }

@@ -365,3 +365,60 @@ async fn one_stream_group_stuck_while_another_delivers_is_a_stall() {
         .unwrap();
     assert_eq!(watch.observe(t0 + LIMIT + Duration::from_secs(1), saver.stall_sample()), None);
 }
+
+/// Against Cassandra: the last batch of a generation never got its
+/// `cdc$end_of_batch` row. The consumer is dropped with it buffered (as
+/// scylla-cdc drops a group's consumer at its generation's end), and the
+/// batch is handled as the next generation starts, before it is recorded.
+/// A batch left by a reader run that ended early is not (that run's
+/// successor reads it again); a failed handling leaves the old generation
+/// current, so its tail is read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unterminated_last_batch_of_a_generation_is_handled_as_the_next_starts() {
+    const OTHER: [u8; 16] = [9; 16];
+    let Some(store) = live_store("CDC consumer: the last batch of a generation").await else { return };
+    let saver = relay_saver_in_generation(&store).await;
+    let sink = Arc::new(Recorder::default());
+    let trigger = Trigger::new();
+    saver.run_starts(1_000);
+    let factory = SinkConsumerFactory::new(sink.clone(), Some(saver.clone()), trigger.subscribe());
+    // A run that is stopped early with a batch of OTHER buffered; its
+    // consumer is dropped only after the next run started.
+    let mut early = factory.new_consumer().await;
+    let mut rows = append_rows_on(&OTHER, &order_events(Uuid::now_v7(), 2), timeuuid_at(1_200, 0), |i| i as i32 + 1);
+    rows.pop();
+    for (schema, row) in rows {
+        early.consume_cdc(CDCRow::from_row(row, &schema)).await.unwrap();
+    }
+    saver.run_starts(1_000);
+    drop(early);
+    // This run reads the generation to its end: the last batch of STREAM
+    // lacks its end row (the static row and two of three events arrived).
+    let mut last = factory.new_consumer().await;
+    let mut rows = append_rows(&order_events(Uuid::now_v7(), 3), timeuuid_at(1_500, 0), |i| i as i32 + 1);
+    rows.pop();
+    for (schema, row) in rows {
+        last.consume_cdc(CDCRow::from_row(row, &schema)).await.unwrap();
+    }
+    assert!(sink.sequences().is_empty(), "buffered, waiting for the rest");
+    assert!(saver.progress().is_held(&StreamKey(STREAM.to_vec())), "the stream's progress is held");
+    drop(last);
+    saver.start_generation(2_000).await.unwrap();
+    assert_eq!(sink.sequences(), vec![1, 2], "what arrived of STREAM's batch, in order; nothing of OTHER's");
+    assert_eq!(saver.generation_ms(), Some(2_000));
+    assert!(!saver.progress().is_held(&StreamKey(STREAM.to_vec())));
+
+    // Handling fails (the reader is stopping): the old generation stays.
+    let mut next = factory.new_consumer().await;
+    let mut rows = append_rows(&order_events(Uuid::now_v7(), 2), timeuuid_at(2_500, 0), |i| i as i32 + 1);
+    rows.pop();
+    for (schema, row) in rows {
+        next.consume_cdc(CDCRow::from_row(row, &schema)).await.unwrap();
+    }
+    drop(next);
+    trigger.fire();
+    let err = saver.start_generation(3_000).await.unwrap_err();
+    assert!(format!("{err:#}").contains("shut"), "{err:#}");
+    assert_eq!(saver.generation_ms(), Some(2_000), "not recorded: the tail is read again");
+    assert_eq!(sink.sequences(), vec![1, 2]);
+}

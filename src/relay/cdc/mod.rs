@@ -52,6 +52,7 @@ pub mod consumer;
 pub mod floor;
 pub mod groups;
 pub mod health;
+pub mod leftover;
 pub mod progress;
 pub mod reader;
 pub mod reconcile;

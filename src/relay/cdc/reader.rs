@@ -113,7 +113,7 @@ impl CdcFeed {
         shutdown: Shutdown,
     ) -> Result<(), CdcError> {
         let abandon = Trigger::new();
-        let factory = Arc::new(SinkConsumerFactory::new(sink, Some(self.saver.clone()), abandon.subscribe()));
+        let factory = SinkConsumerFactory::new(sink, Some(self.saver.clone()), abandon.subscribe());
         let consumer = self.saver.name().to_string();
         tracing::info!(keyspace = %self.settings.keyspace, %consumer, "CDC feed of {}.event_store starting", self.settings.keyspace);
         let res = run_reader(

@@ -25,25 +25,23 @@
 //!   partition must not run concurrently anyway (they would contend).
 //! - Rows carry a TTL (derived from the CDC log TTL, `cdc_ttl`), so rows of
 //!   finished generations disappear; live rows are rewritten while they move.
+//! - A new generation is recorded only after the batches the finished one
+//!   left were handled (`saver_generation.rs`: scylla-cdc's adapter and the
+//!   generation start, with the stream groups for the stall watchdog).
 //!
 //! [`flush`]: LeaseCheckpointSaver::flush
 
-use async_trait::async_trait;
 use scylla::client::session::Session;
-use scylla::deserialize::value::DeserializeValue;
-use scylla::deserialize::FrameSlice;
-use scylla::frame::response::result::{ColumnType, NativeType};
 use scylla::response::query_result::QueryResult;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue, Row};
-use scylla_cdc::cdc_types::{GenerationTimestamp, StreamID};
-use scylla_cdc::checkpoints::{CDCCheckpointSaver, Checkpoint};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 
-use super::groups;
+use super::leftover::GenerationEnd;
 use super::progress::{ProgressState, StreamKey};
 use super::watchdog::{Activity, Sample};
 use crate::shutdown::Shutdown;
@@ -55,19 +53,6 @@ use crate::store::StoreError;
 /// Most progress rows written by one batch (keeps a batch ~4 KB, under
 /// Cassandra's 5 KB warning and far under Scylla's limits).
 pub const SAVE_BATCH_ROWS: usize = 64;
-
-/// Milliseconds since the epoch of a scylla-cdc generation.
-pub fn generation_ms(g: &GenerationTimestamp) -> i64 {
-    // Its field is private; `Display` prints the milliseconds.
-    g.to_string().parse().unwrap_or(0)
-}
-
-/// A scylla-cdc generation at `ms` since the epoch.
-pub fn generation_at(ms: i64) -> GenerationTimestamp {
-    let bytes = ms.to_be_bytes();
-    GenerationTimestamp::deserialize(&ColumnType::Native(NativeType::Timestamp), Some(FrameSlice::new_borrowed(&bytes)))
-        .expect("8 bytes always deserialise as a CQL timestamp")
-}
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("{what}: {e}"))
@@ -106,6 +91,10 @@ pub struct LeaseCheckpointSaver {
     /// The consumers' calls by stream (`watchdog`: a stalled stream group
     /// or a busy consumer).
     activity: Activity,
+    /// The reader run (counted by `run_starts`) and what handles the
+    /// batches a finished generation left (`leftover`).
+    run: AtomicU64,
+    generation_end: Mutex<Option<Weak<dyn GenerationEnd>>>,
 }
 
 /// `[applied]` and `epoch` of a conditional write's answer.
@@ -171,6 +160,8 @@ impl LeaseCheckpointSaver {
             flushing: tokio::sync::Mutex::new(()),
             fenced,
             activity: Activity::default(),
+            run: AtomicU64::new(0),
+            generation_end: Mutex::new(None),
         }))
     }
 
@@ -366,6 +357,18 @@ impl LeaseCheckpointSaver {
     /// progress).
     pub fn run_starts(&self, lower: i64) {
         self.state.lock().unwrap().run_starts(lower);
+        self.run.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The current reader run (see `leftover`).
+    pub fn run_id(&self) -> u64 {
+        self.run.load(Ordering::SeqCst)
+    }
+
+    /// `hook` handles what a finished generation's consumers left, before
+    /// the next generation is recorded.
+    pub fn on_generation_end(&self, hook: Weak<dyn GenerationEnd>) {
+        *self.generation_end.lock().unwrap() = Some(hook);
     }
 
     /// The current generation's floor (ms): a restart's lower bound never
@@ -377,68 +380,6 @@ impl LeaseCheckpointSaver {
     /// The current generation (ms), once scylla-cdc started one.
     pub fn generation_ms(&self) -> Option<i64> {
         self.state.lock().unwrap().generation()
-    }
-
-    /// A generation starts: recorded and written at once (if newer).
-    pub async fn start_generation(&self, ms: i64) -> anyhow::Result<()> {
-        let started = self.state.lock().unwrap().start_generation(ms);
-        if let Some(dropped) = started {
-            self.activity.forget_streams();
-            for (stream, time) in dropped {
-                tracing::error!(consumer = %self.name, stream = %stream.hex(), time_ms = time, generation_ms = ms,
-                    "a CDC batch of the finished generation never got its cdc$end_of_batch row: its events were not handled (scylla-cdc does not read a finished generation again); check the CDC log of this stream at that time");
-            }
-        }
-        match self.save_generation().await? {
-            Flushed::Fenced { current_epoch } => Err(fenced_error(&self.name, current_epoch)),
-            Flushed::Saved(_) => {
-                if self.activity.groups_of() != Some(ms) {
-                    self.load_groups(ms).await;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// The generation's stream groups, for the watchdog (scylla-cdc starts
-    /// its readers only after this returns). Not loaded: the watchdog keeps
-    /// its cautious fallback, reported once per generation.
-    async fn load_groups(&self, ms: i64) {
-        let load = groups::load(&self.session, &self.keyspace, groups::DESCRIPTIONS_TABLE, ms);
-        let err = match tokio::time::timeout(Duration::from_secs(10), load).await {
-            Ok(Ok(g)) => return self.activity.set_groups(ms, g),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer within 10 s".to_string(),
-        };
-        tracing::warn!(consumer = %self.name, generation_ms = ms, error = %err,
-            "cannot read the CDC generation's stream groups: the stall watchdog will not notice a stream group stuck before its first row while others deliver");
-    }
-}
-
-/// scylla-cdc's side: a thin adapter over `record` / `start_generation`.
-#[async_trait]
-impl CDCCheckpointSaver for LeaseCheckpointSaver {
-    async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> anyhow::Result<()> {
-        let ms = i64::try_from(checkpoint.timestamp.as_millis()).unwrap_or(i64::MAX);
-        self.record(&StreamKey::of(&checkpoint.stream_id), ms).map(|_| ())
-    }
-
-    /// Written at once: scylla-cdc calls it before starting a generation's readers.
-    async fn save_new_generation(&self, generation: &GenerationTimestamp) -> anyhow::Result<()> {
-        self.start_generation(generation_ms(generation)).await
-    }
-
-    async fn load_last_generation(&self) -> anyhow::Result<Option<GenerationTimestamp>> {
-        Ok(self.state.lock().unwrap().generation().map(generation_at))
-    }
-
-    async fn load_last_checkpoint(&self, stream_id: &StreamID) -> anyhow::Result<Option<Duration>> {
-        Ok(self
-            .state
-            .lock()
-            .unwrap()
-            .loaded(&StreamKey::of(stream_id))
-            .map(|ms| Duration::from_millis(ms.max(0) as u64)))
     }
 }
 
@@ -460,6 +401,10 @@ pub async fn run_flusher(saver: Arc<LeaseCheckpointSaver>, every: Duration, mut 
         }
     }
 }
+
+#[path = "saver_generation.rs"]
+mod generation;
+pub use generation::{generation_at, generation_ms};
 
 #[cfg(test)]
 #[path = "saver_tests.rs"]

@@ -5,6 +5,8 @@
 use super::*;
 use crate::relay::cdc::progress::SavedRow;
 use crate::relay::cdc::testkit::{live_store, set_epoch};
+use scylla_cdc::cdc_types::StreamID;
+use scylla_cdc::checkpoints::CDCCheckpointSaver;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
