@@ -69,6 +69,59 @@ async fn a_rewind_lowers_the_saved_progress_or_is_refused_with_the_reason() {
     assert_eq!(saved_times(&store, &[1, 2, 3]).await, after, "a fenced rewind writes nothing");
 }
 
+/// A rewind to a time before the current CDC generation goes into the
+/// generation in effect then (looked up as scylla-cdc looks it up; here in
+/// a table of the shape of Scylla's `cdc_generation_timestamps`, which
+/// Cassandra does not have): that generation is current again, read from T
+/// (its floor), and the later generation's stream rows are deleted, so
+/// scylla-cdc reads the later generation from its start when it gets there.
+/// A reader started afterwards loads exactly that; a former lease holder's
+/// rewind changes nothing. Without the table (Cassandra's own system
+/// tables) the CLI refuses it with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rewind_into_an_earlier_generation_makes_it_current_from_then() {
+    let Some(Rig { cfg, cql, store, .. }) = Rig::start("CDC relay rewind into an earlier generation").await else {
+        return;
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let (g0, g1) = (now - 300 * MIN, now - 120 * MIN);
+    seed_progress(&store, g1, g1, &[(1, now - 30 * MIN), (2, now - 20 * MIN)]).await;
+    let to = now - 200 * MIN;
+    let (code, out) = cli_request(&cfg, &cql, &["relay", "rewind", "--to-time", &rfc3339(to)]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("before the current CDC generation") && out.contains("cannot be read"), "{out}");
+
+    let (session, ks) = (store.session(), store.keyspace().to_string());
+    let table = format!("{ks}.cdc_generation_timestamps");
+    let create = format!(
+        "CREATE TABLE {table} (key text, time timestamp, expired timestamp, PRIMARY KEY (key, time)) \
+         WITH CLUSTERING ORDER BY (time DESC)"
+    );
+    session.query_unpaged(create, ()).await.unwrap();
+    for t in [now - 500 * MIN, g0, g1] {
+        let insert = format!("INSERT INTO {table} (key, time) VALUES ('timestamps', ?)");
+        session.query_unpaged(insert, (scylla::value::CqlTimestamp(t),)).await.unwrap();
+    }
+    // The CLI took the lease (epoch >= 1): a saver of epoch 0 is a former holder's.
+    let stale = progress_saver(&store, Some(0)).await;
+    let err = rewind::rewind_progress_with(&stale, to, LOG_TTL, &table).await.unwrap_err();
+    assert_eq!(err, "another instance holds the relay lease");
+    assert_eq!(stale.progress().generation(), Some(g1), "nor keeps it in memory");
+    assert_eq!(saved_times(&store, &[1, 2]).await, (vec![Some(now - 30 * MIN), Some(now - 20 * MIN)], Some(g1)));
+
+    let saver = progress_saver(&store, None).await;
+    let done = rewind::rewind_progress_with(&saver, to, LOG_TTL, &table).await.unwrap();
+    assert_eq!(done["streams"], 2, "{done}");
+    assert_eq!(done["generation"], rfc3339(g0), "{done}");
+    assert_eq!(done["rewound_from"], rfc3339(now - 20 * MIN), "{done}");
+    assert_eq!(saved_times(&store, &[1, 2]).await, (vec![None, None], Some(to)), "rows gone, the floor at T");
+    let reader = progress_saver(&store, None).await;
+    assert_eq!((reader.generation_ms(), reader.floor_ms(), reader.oldest_progress_ms()), (Some(g0), Some(to), None));
+    // Nothing of the earlier generation is published again yet: nothing to rewind.
+    let err = rewind::rewind_progress_with(&saver, to, LOG_TTL, &table).await.unwrap_err();
+    assert!(err.contains("no CDC progress yet"), "{err}");
+}
+
 /// On a running relay the request server checks the rewind against the
 /// feed's progress, hands it to the feed's runner, and while the reader is
 /// stopped makes the reconciling sink forget what it published, so the

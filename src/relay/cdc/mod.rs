@@ -50,7 +50,7 @@ pub mod batch;
 pub mod columns;
 pub mod consumer;
 pub mod floor;
-pub mod groups;
+pub mod generations;
 pub mod health;
 pub mod leftover;
 pub mod progress;

@@ -235,6 +235,22 @@ impl ProgressState {
         moved
     }
 
+    /// An operator's rewind to `to` (ms) in `generation`, an earlier one
+    /// (the one in effect at `to`): it is current again, read from `to` (the
+    /// floor: none of its streams has progress), and the later generation's
+    /// streams go (scylla-cdc reads that generation from its start once it
+    /// gets there again). Returns those streams, whose rows must go too; the
+    /// generation row is dirty until written.
+    pub fn rewind_into(&mut self, generation: i64, to: i64) -> Vec<StreamKey> {
+        let mut gone: Vec<StreamKey> = self.streams.drain().map(|(k, _)| k).collect();
+        gone.sort();
+        self.holds.clear();
+        self.generation = Some(generation);
+        self.generation_saved = None;
+        self.floor.rewind(to);
+        gone
+    }
+
     /// The newest per-stream progress (ms): a rewind to it or later changes nothing.
     pub fn newest(&self) -> Option<i64> {
         self.streams.values().map(|e| e.time).max()

@@ -196,6 +196,26 @@ fn a_rewind_lowers_every_stream_past_it_and_hands_the_values_out_once() {
 }
 
 #[test]
+fn a_rewind_into_an_earlier_generation_makes_it_current_from_the_rewind_time() {
+    let mut s = ProgressState::from_rows([
+        SavedRow { stream: vec![], generation: Some(100), time: Some(150) },
+        row(k(2), 100, Some(9_000)),
+        row(k(1), 100, Some(4_000)),
+    ]);
+    s.hold(&k(1), 3_000);
+    assert_eq!(s.rewind_into(40, 60), vec![k(1), k(2)], "the later generation's streams go");
+    assert_eq!((s.generation(), s.floor(), s.oldest(), s.newest()), (Some(40), Some(60), None, None));
+    assert!(!s.is_held(&k(1)));
+    assert_eq!(s.generation_dirty(), Some((40, Some(60))), "the generation row, moved back");
+    s.mark_generation_saved(40, Some(60));
+    assert_eq!(s.generation_dirty(), None);
+    // Read on from there; the later generation starts again at its own start.
+    assert!(s.admit(&k(7), 80));
+    assert_eq!(s.start_generation(100), Some(vec![]));
+    assert_eq!((s.generation(), s.floor(), s.len()), (Some(100), Some(100), 0));
+}
+
+#[test]
 fn stream_keys_round_trip_through_scylla_cdc_stream_ids() {
     let id = scylla_cdc::cdc_types::StreamID::new(vec![0x00, 0xab, 0x10, 0xff]);
     let key = StreamKey::of(&id);

@@ -44,6 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
+use super::generations::TIMESTAMPS_TABLE;
 use super::reconciler::ReconcilingSink;
 use super::rewind::{precheck, rewind_progress, RewindTx};
 use super::saver::LeaseCheckpointSaver;
@@ -195,7 +196,7 @@ impl CdcRequests {
         let Rewinder { saver, log_ttl, runner } = &self.rewind;
         let outcome = match runner {
             None => rewind_progress(saver, to_ms, *log_ttl).await,
-            Some(tx) => match precheck(saver, to_ms, *log_ttl) {
+            Some(tx) => match precheck(saver, to_ms, *log_ttl, TIMESTAMPS_TABLE).await {
                 Err(e) => Err(e),
                 Ok(_) => {
                     let sink = self.sink.clone();

@@ -7,10 +7,14 @@
 //! Guarantees:
 //! - Refused with the reason, nothing changed ([`check`]): no progress saved
 //!   yet, T in the future, T older than the CDC log TTL (the log no longer
-//!   holds those changes), T before the current CDC generation began
-//!   (scylla-cdc resumes saved progress in the last saved generation only;
-//!   rewinding into an earlier one is not supported), or T not behind any
-//!   stream's progress (nothing to do).
+//!   holds those changes), T before the current CDC generation began when
+//!   the generation in effect then cannot be read or none had begun, or T
+//!   not behind any stream's progress (nothing to do).
+//! - T in an earlier generation (looked up as scylla-cdc does,
+//!   `generations::in_effect_at`) goes into it: scylla-cdc resumes only the
+//!   last generation saved, so that one is saved again, read from T, and
+//!   the later generation's rows are deleted (it is read from its start when
+//!   the reader gets there; `LeaseCheckpointSaver::rewind`).
 //! - Carried out only while no reader of the consumer runs, since a running
 //!   reader would save its progress over the rewind: by the CLI when no
 //!   relay runs ([`rewind_progress`] on a saver it opens under the lease it
@@ -28,6 +32,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+use super::generations::{in_effect_at, TIMESTAMPS_TABLE};
 use super::saver::{Flushed, LeaseCheckpointSaver};
 
 /// A rewind for the relay's runner to carry out between two reader runs.
@@ -83,7 +88,7 @@ pub fn rfc3339(ms: i64) -> String {
 }
 
 /// What the rewind is checked against.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Bounds {
     pub now_ms: i64,
     pub log_ttl: Duration,
@@ -92,6 +97,17 @@ pub struct Bounds {
     /// The oldest and newest per-stream progress (ms), if any.
     pub oldest_ms: Option<i64>,
     pub newest_ms: Option<i64>,
+    /// When T is before the current generation: the generation in effect at
+    /// T (`None`: none had begun), or why it cannot be read.
+    pub earlier: Option<Result<Option<i64>, String>>,
+}
+
+impl Bounds {
+    /// The earlier generation a rewind to `to_ms` goes into, if it does.
+    pub fn into_generation(&self, to_ms: i64) -> Option<i64> {
+        self.generation_ms.filter(|g| to_ms < *g)?;
+        self.earlier.clone()?.ok().flatten()
+    }
 }
 
 /// Why a rewind to `to_ms` cannot be carried out, if it cannot.
@@ -112,11 +128,18 @@ pub fn check(to_ms: i64, b: Bounds) -> Result<(), String> {
         ));
     }
     if let Some(g) = b.generation_ms.filter(|g| to_ms < *g) {
-        return Err(format!(
-            "cannot rewind to {to}: it is before the current CDC generation, which began at {} (rewinding into an earlier generation is not supported); the earliest time is {}",
-            rfc3339(g),
-            rfc3339(g.max(ttl_floor))
-        ));
+        let why = match &b.earlier {
+            Some(Ok(Some(_))) => None,
+            Some(Ok(None)) => Some("no earlier generation had begun by then".to_string()),
+            Some(Err(e)) => Some(format!("the generation in effect then cannot be read: {e}")),
+            None => Some("the generation in effect then was not looked up".to_string()),
+        };
+        if let Some(why) = why {
+            return Err(format!(
+                "cannot rewind to {to}: it is before the current CDC generation, which began at {}, and {why}",
+                rfc3339(g)
+            ));
+        }
     }
     if to_ms >= newest {
         return Err(format!(
@@ -128,20 +151,46 @@ pub fn check(to_ms: i64, b: Bounds) -> Result<(), String> {
     Ok(())
 }
 
-/// [`check`] against `saver`'s progress now: the bounds it passed.
-pub fn precheck(saver: &LeaseCheckpointSaver, to_ms: i64, log_ttl: Duration) -> Result<Bounds, String> {
+/// [`check`] against `saver`'s progress now: the bounds it passed. A time
+/// before the current generation is looked up in `timestamps` (Scylla's
+/// [`TIMESTAMPS_TABLE`], or a table of its shape).
+pub async fn precheck(
+    saver: &LeaseCheckpointSaver,
+    to_ms: i64,
+    log_ttl: Duration,
+    timestamps: &str,
+) -> Result<Bounds, String> {
     let state = saver.progress();
     let now_ms = Utc::now().timestamp_millis();
     let (generation_ms, oldest_ms, newest_ms) = (state.generation(), state.oldest(), state.newest());
-    let bounds = Bounds { now_ms, log_ttl, generation_ms, oldest_ms, newest_ms };
-    check(to_ms, bounds).map(|()| bounds)
+    let mut bounds = Bounds { now_ms, log_ttl, generation_ms, oldest_ms, newest_ms, earlier: None };
+    if generation_ms.is_some_and(|g| to_ms < g) && oldest_ms.is_some() {
+        let (session, keyspace) = saver.cql();
+        let lookup = in_effect_at(session, keyspace, timestamps, to_ms);
+        bounds.earlier = Some(match tokio::time::timeout(Duration::from_secs(10), lookup).await {
+            Ok(found) => found.map_err(|e| format!("{e:#}")),
+            Err(_) => Err("no answer within 10 s".into()),
+        });
+    }
+    check(to_ms, bounds.clone()).map(|()| bounds)
 }
 
 /// Checks and writes the rewind on `saver` (no reader of it may run):
 /// the request's result, or why it was not done.
 pub async fn rewind_progress(saver: &LeaseCheckpointSaver, to_ms: i64, log_ttl: Duration) -> Result<Value, String> {
-    let before = precheck(saver, to_ms, log_ttl)?;
-    let streams = match saver.rewind(to_ms).await {
+    rewind_progress_with(saver, to_ms, log_ttl, TIMESTAMPS_TABLE).await
+}
+
+/// [`rewind_progress`], an earlier generation looked up in `timestamps`.
+pub async fn rewind_progress_with(
+    saver: &LeaseCheckpointSaver,
+    to_ms: i64,
+    log_ttl: Duration,
+    timestamps: &str,
+) -> Result<Value, String> {
+    let before = precheck(saver, to_ms, log_ttl, timestamps).await?;
+    let into = before.into_generation(to_ms);
+    let streams = match saver.rewind(to_ms, into).await {
         Ok((n, Flushed::Saved(_))) => n,
         Ok((_, Flushed::Fenced { .. })) => return Err("another instance holds the relay lease".into()),
         Err(e) => {
@@ -150,15 +199,19 @@ pub async fn rewind_progress(saver: &LeaseCheckpointSaver, to_ms: i64, log_ttl: 
             ))
         }
     };
-    tracing::warn!(consumer = saver.name(), from_ms = ?before.newest_ms, to_ms, streams,
+    tracing::warn!(consumer = saver.name(), from_ms = ?before.newest_ms, to_ms, streams, generation_ms = ?into,
         "CDC progress rewound on an operator's request: the changes after it are published again (same ce_id)");
     // From: the furthest any stream had been published (the position
     // relay's checkpoint, in its terms).
-    Ok(json!({
+    let mut result = json!({
         "rewound_from": before.newest_ms.map(rfc3339),
         "rewound_to": rfc3339(to_ms),
         "streams": streams,
-    }))
+    });
+    if let Some(g) = into {
+        result["generation"] = json!(rfc3339(g));
+    }
+    Ok(result)
 }
 
 impl Rewind {
@@ -189,6 +242,7 @@ mod tests {
             generation_ms: Some(90 * H),
             oldest_ms: Some(98 * H),
             newest_ms: Some(99 * H),
+            earlier: None,
         }
     }
 
@@ -200,14 +254,30 @@ mod tests {
     }
 
     #[test]
+    fn a_time_in_an_earlier_generation_goes_into_it() {
+        let b = Bounds { earlier: Some(Ok(Some(70 * H))), ..bounds() };
+        assert_eq!(check(80 * H, b.clone()), Ok(()));
+        assert_eq!(b.into_generation(80 * H), Some(70 * H));
+        assert_eq!(b.into_generation(95 * H), None, "within the current generation");
+        assert_eq!(bounds().into_generation(80 * H), None, "not looked up");
+        let e = check(75 * H, Bounds { log_ttl: Duration::from_secs(20 * 3600), ..b }).unwrap_err();
+        assert!(e.contains("older than the CDC log TTL"), "the TTL still bounds it: {e}");
+    }
+
+    #[test]
     fn each_refusal_names_its_reason() {
         let err = |to, b| check(to, b).unwrap_err();
         assert!(err(101 * H, bounds()).contains("in the future"));
         let old = Bounds { generation_ms: Some(10 * H), ..bounds() };
         let e = err(70 * H, old);
         assert!(e.contains("older than the CDC log TTL (86400 s)") && e.contains("1970-01-04T04:00:00.000Z"), "{e}");
+        let before = "before the current CDC generation, which began at 1970-01-04T18:00:00.000Z, and";
         let e = err(80 * H, bounds());
-        assert!(e.contains("before the current CDC generation, which began at 1970-01-04T18:00:00.000Z"), "{e}");
+        assert!(e.contains(before) && e.contains("not looked up"), "{e}");
+        let e = err(80 * H, Bounds { earlier: Some(Ok(None)), ..bounds() });
+        assert!(e.contains(before) && e.contains("no earlier generation had begun by then"), "{e}");
+        let e = err(80 * H, Bounds { earlier: Some(Err("unconfigured table".into())), ..bounds() });
+        assert!(e.contains("the generation in effect then cannot be read: unconfigured table"), "{e}");
         let e = err(99 * H, bounds());
         assert!(e.contains("no stream has been published past it"), "{e}");
         let none = Bounds { oldest_ms: None, newest_ms: None, ..bounds() };

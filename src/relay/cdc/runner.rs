@@ -109,6 +109,8 @@ pub async fn run_reader(
     }
     tracing::info!(consumer = saver.name(), start_ms = start.start_ms, from = ?start.from, saved_ms = ?saved_ms, floor_ms = ?floor_ms, "CDC reader starting");
     let mut position = start.start_ms;
+    // The lower bound of every run: streams without progress are read from it.
+    let mut lower = start.start_ms;
     loop {
         let plan = read_plan(PlanInputs {
             now_ms: now_ms(),
@@ -123,7 +125,7 @@ pub async fn run_reader(
             ReadPlan::CatchUp { settings: s, until_ms } => (s, Some(until_ms)),
         };
         tracing::info!(consumer = saver.name(), position_ms = position, catch_up_until_ms = ?until, window_ms = read.window.as_millis() as u64, sleep_ms = read.sleep.as_millis() as u64, "CDC reader run");
-        let start_ms = start.start_ms.min(position).max(0) as u64;
+        let start_ms = lower.min(position).max(0) as u64;
         saver.run_starts(start_ms as i64);
         let mut builder = CDCLogReaderBuilder::new()
             .session(session.clone())
@@ -196,7 +198,15 @@ pub async fn run_reader(
                 }
                 if let Some(rw) = rewind {
                     rw.carry_out(&saver, settings.log_ttl).await;
-                    position = saver.oldest_progress_ms().unwrap_or(position);
+                    position = match saver.oldest_progress_ms() {
+                        Some(oldest) => oldest,
+                        // Into an earlier generation: none of its streams has
+                        // progress; all are read from the rewind time (its floor).
+                        None => {
+                            lower = saver.floor_ms().unwrap_or(position);
+                            lower
+                        }
+                    };
                     tracing::info!(
                         consumer = saver.name(),
                         position_ms = position,

@@ -5,7 +5,9 @@
 //! Guarantees:
 //! - Never saves a time older than the one loaded (or last saved) for a
 //!   stream ([`ProgressState`]), except on an operator's rewind
-//!   ([`LeaseCheckpointSaver::rewind`], `cdc::rewind`): the lower bound scylla-cdc saves for every
+//!   ([`LeaseCheckpointSaver::rewind`], `cdc::rewind`; into an earlier
+//!   generation it also moves the generation back and deletes the later
+//!   one's rows): the lower bound scylla-cdc saves for every
 //!   stream right after a start is dropped, so a crash at any moment resumes
 //!   from the last real progress.
 //! - Never creates a table (`outboxd schema` does): the relay needs no CREATE
@@ -71,6 +73,7 @@ pub enum Flushed {
 struct Statements {
     save: PreparedStatement,
     save_generation: PreparedStatement,
+    erase: PreparedStatement,
 }
 
 /// scylla-cdc progress of one consumer (`name`), kept in its lease partition.
@@ -139,6 +142,7 @@ impl LeaseCheckpointSaver {
                 "UPDATE {table} USING TTL ? SET generation = ?, time = ? WHERE name = ? AND stream_id = ?{fence}"
             ))
             .await?,
+            erase: prepare(format!("DELETE FROM {table} WHERE name = ? AND stream_id = ?{fence}")).await?,
         };
         let rows = read_progress(&session, keyspace, name).await?;
         let state = match legacy_table {
@@ -168,6 +172,11 @@ impl LeaseCheckpointSaver {
     /// The consumer name (the lease partition).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The session and the keyspace of the store (and of its CDC log).
+    pub fn cql(&self) -> (&Session, &str) {
+        (&self.session, &self.keyspace)
     }
 
     /// A copy of the in-memory progress.
@@ -336,22 +345,6 @@ impl LeaseCheckpointSaver {
         self.state.lock().unwrap().release(stream);
     }
 
-    /// An operator's rewind to `to` (ms): streams past it and the floor go
-    /// back to it ([`ProgressState::rewind`]) and are written at once. Only
-    /// while no reader runs (one would save its progress over it). Returns
-    /// how many streams went back and the flush; unless that saved, the
-    /// state in memory is as before (a failed write may have left some rows
-    /// at `to`: a restart then re-sends their changes after it, never skips).
-    pub async fn rewind(&self, to: i64) -> Result<(usize, Flushed), StoreError> {
-        let before = self.state.lock().unwrap().clone();
-        let moved = self.state.lock().unwrap().rewind(to);
-        let res = self.flush().await;
-        if !matches!(res, Ok(Flushed::Saved(_))) {
-            *self.state.lock().unwrap() = before;
-        }
-        res.map(|f| (moved, f))
-    }
-
     /// A reader run starts from `lower` (ms): the floor of a generation
     /// that has none yet (written with the generation row, before any
     /// progress).
@@ -404,6 +397,8 @@ pub async fn run_flusher(saver: Arc<LeaseCheckpointSaver>, every: Duration, mut 
 
 #[path = "saver_generation.rs"]
 mod generation;
+#[path = "saver_rewind.rs"]
+mod rewind;
 pub use generation::{generation_at, generation_ms};
 
 #[cfg(test)]

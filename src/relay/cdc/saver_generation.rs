@@ -6,7 +6,8 @@
 //!
 //! Guarantees: a new generation is recorded only after what the finished
 //! one left was handled (an error leaves the old generation current, so it
-//! is read again); a generation is never moved backwards.
+//! is read again); a generation is never moved backwards here (only an
+//! operator's rewind into an earlier one does, `LeaseCheckpointSaver::rewind`).
 
 use async_trait::async_trait;
 use scylla::deserialize::value::DeserializeValue;
@@ -18,7 +19,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use super::{fenced_error, Flushed, LeaseCheckpointSaver};
-use crate::relay::cdc::groups;
+use crate::relay::cdc::generations as groups;
 use crate::relay::cdc::progress::StreamKey;
 
 /// Milliseconds since the epoch of a scylla-cdc generation.

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-use super::groups::Groups;
+use super::generations::Groups;
 use super::progress::StreamKey;
 
 /// One consumer's calls (one stream group): in progress and finished.
@@ -138,7 +138,7 @@ impl Activity {
         *self.known.lock().unwrap() = Known::default();
     }
 
-    /// The groups of the generation started at `generation_ms` (`groups::load`).
+    /// The groups of the generation started at `generation_ms` (`generations::load`).
     pub fn set_groups(&self, generation_ms: i64, groups: Groups) {
         let index = match groups {
             Groups::PerStream => GroupIndex::PerStream,

@@ -1,5 +1,7 @@
-//! The stream groups scylla-cdc reads a generation in, for the stall
-//! watchdog. scylla-cdc starts one reader, and one consumer, per group: the
+//! What Scylla says of the CDC generations, read the way scylla-cdc reads
+//! it: which generation was in effect at a time (an operator's rewind into
+//! an earlier generation), and the stream groups of a generation (the stall
+//! watchdog). scylla-cdc starts one reader, and one consumer, per group: the
 //! streams of one vnode (one row of
 //! `system_distributed.cdc_streams_descriptions_v2`), or every stream alone
 //! in a tablets keyspace. Knowing the groups, the watchdog can tell which
@@ -7,8 +9,10 @@
 //!
 //! Guarantees: the same queries, grouping and read consistency as scylla-cdc
 //! 0.7's generation fetchers (`stream_generations.rs`, `log_reader.rs`), so a
-//! group here is a reader there; a failure is an error for the caller to
-//! report (the watchdog then keeps its cautious fallback), never a guess.
+//! group here is a reader there and a generation here is the one it reads
+//! at that time; a failure is an error for the caller to report (the
+//! watchdog then keeps its cautious fallback, a rewind is refused), never a
+//! guess.
 
 use scylla::client::session::Session;
 use scylla::statement::unprepared::Statement;
@@ -19,6 +23,12 @@ use super::progress::StreamKey;
 
 /// Where Scylla describes a vnode generation's streams.
 pub const DESCRIPTIONS_TABLE: &str = "system_distributed.cdc_streams_descriptions_v2";
+
+/// Where Scylla lists the vnode generations' start times.
+pub const TIMESTAMPS_TABLE: &str = "system_distributed.cdc_generation_timestamps";
+
+/// Where Scylla lists a tablets table's generations.
+const TABLETS_TIMESTAMPS_TABLE: &str = "system.cdc_timestamps";
 
 /// How a generation's streams are read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +73,33 @@ pub async fn load(session: &Session, keyspace: &str, descriptions: &str, generat
     }
     anyhow::ensure!(!rows.is_empty(), "{descriptions} has no streams for the generation at {generation_ms} ms");
     Ok(Groups::Shared(rows))
+}
+
+/// The start (ms) of the generation of `keyspace`'s event table in effect
+/// at `at_ms` (the last one begun at or before it), from `timestamps` (a
+/// table shaped like [`TIMESTAMPS_TABLE`]) for a vnode keyspace; `None`
+/// when none had begun.
+pub async fn in_effect_at(
+    session: &Session,
+    keyspace: &str,
+    timestamps: &str,
+    at_ms: i64,
+) -> anyhow::Result<Option<i64>> {
+    let at = CqlTimestamp(at_ms);
+    let res = if uses_tablets(session, keyspace).await? {
+        let q = format!(
+            "SELECT timestamp FROM {TABLETS_TIMESTAMPS_TABLE} WHERE keyspace_name = ? AND table_name = ? \
+             AND timestamp <= ? ORDER BY timestamp DESC LIMIT 1"
+        );
+        session.query_unpaged(q, (keyspace, super::EVENT_TABLE, at)).await?
+    } else {
+        let mut q = Statement::new(format!(
+            "SELECT time FROM {timestamps} WHERE key = 'timestamps' AND time <= ? ORDER BY time DESC LIMIT 1"
+        ));
+        q.set_consistency(distributed_consistency(session).await?);
+        session.query_unpaged(q, (at,)).await?
+    };
+    Ok(res.into_rows_result()?.maybe_first_row::<(CqlTimestamp,)>()?.map(|(t,)| t.0))
 }
 
 /// scylla-cdc reads the distributed system tables at ONE on a single node
@@ -116,5 +153,33 @@ mod tests {
         assert!(none.contains("no streams for the generation at 3000 ms"), "{none}");
         let missing = load(session, ks, &format!("{ks}.no_such_table"), 1_000).await;
         assert!(missing.is_err(), "a missing table is an error, not an empty grouping");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_generation_in_effect_is_the_last_one_begun_by_then() {
+        let Some(store) = live_store("CDC generation in effect").await else { return };
+        let (session, ks) = (&*store.session(), store.keyspace());
+        // The same shape as Scylla's table (scylla-cdc's own tests do the same).
+        let table = format!("{ks}.cdc_generation_timestamps");
+        session
+            .query_unpaged(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {table} (key text, time timestamp, expired timestamp, \
+                     PRIMARY KEY (key, time)) WITH CLUSTERING ORDER BY (time DESC)"
+                ),
+                (),
+            )
+            .await
+            .unwrap();
+        for t in [1_000i64, 5_000, 9_000] {
+            let insert = format!("INSERT INTO {table} (key, time) VALUES ('timestamps', ?)");
+            session.query_unpaged(insert, (CqlTimestamp(t),)).await.unwrap();
+        }
+        assert_eq!(in_effect_at(session, ks, &table, 999).await.unwrap(), None, "none had begun");
+        assert_eq!(in_effect_at(session, ks, &table, 1_000).await.unwrap(), Some(1_000));
+        assert_eq!(in_effect_at(session, ks, &table, 4_999).await.unwrap(), Some(1_000));
+        assert_eq!(in_effect_at(session, ks, &table, 7_000).await.unwrap(), Some(5_000));
+        assert_eq!(in_effect_at(session, ks, &table, 90_000).await.unwrap(), Some(9_000));
+        assert!(in_effect_at(session, ks, &format!("{ks}.no_such_table"), 7_000).await.is_err());
     }
 }
