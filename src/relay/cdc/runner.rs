@@ -234,3 +234,7 @@ pub async fn run_reader(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;
