@@ -14,6 +14,7 @@
 //! watchdog then keeps its cautious fallback, a rewind is refused), never a
 //! guess.
 
+use futures::StreamExt;
 use scylla::client::session::Session;
 use scylla::statement::unprepared::Statement;
 use scylla::statement::Consistency;
@@ -60,16 +61,10 @@ pub async fn load(session: &Session, keyspace: &str, descriptions: &str, generat
     let mut q = Statement::new(format!("SELECT streams FROM {descriptions} WHERE time = ?"));
     q.set_page_size(5000);
     q.set_consistency(distributed_consistency(session).await?);
-    let (mut rows, mut paging) = (Vec::new(), scylla::response::PagingState::start());
-    loop {
-        let (res, next) = session.query_single_page(q.clone(), (CqlTimestamp(generation_ms),), paging).await?;
-        for row in res.into_rows_result()?.rows::<(Vec<Vec<u8>>,)>()? {
-            rows.push(row?.0.into_iter().map(StreamKey).collect());
-        }
-        match next.into_paging_control_flow() {
-            std::ops::ControlFlow::Continue(p) => paging = p,
-            std::ops::ControlFlow::Break(()) => break,
-        }
+    let mut pages = session.query_iter(q, (CqlTimestamp(generation_ms),)).await?.rows_stream::<(Vec<Vec<u8>>,)>()?;
+    let mut rows = Vec::new();
+    while let Some(row) = pages.next().await {
+        rows.push(row?.0.into_iter().map(StreamKey).collect());
     }
     anyhow::ensure!(!rows.is_empty(), "{descriptions} has no streams for the generation at {generation_ms} ms");
     Ok(Groups::Shared(rows))
@@ -100,6 +95,15 @@ pub async fn in_effect_at(
         session.query_unpaged(q, (at,)).await?
     };
     Ok(res.into_rows_result()?.maybe_first_row::<(CqlTimestamp,)>()?.map(|(t,)| t.0))
+}
+
+/// `read` of Scylla's generation metadata, given 10 s: its result, or why
+/// there is none (the callers report it, never guess).
+pub async fn within_limit<T>(read: impl std::future::Future<Output = anyhow::Result<T>>) -> Result<T, String> {
+    match tokio::time::timeout(std::time::Duration::from_secs(10), read).await {
+        Ok(r) => r.map_err(|e| format!("{e:#}")),
+        Err(_) => Err("no answer within 10 s".into()),
+    }
 }
 
 /// scylla-cdc reads the distributed system tables at ONE on a single node

@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-use super::generations::{in_effect_at, TIMESTAMPS_TABLE};
+use super::generations::{in_effect_at, within_limit, TIMESTAMPS_TABLE};
 use super::saver::{Flushed, LeaseCheckpointSaver};
 
 /// A rewind for the relay's runner to carry out between two reader runs.
@@ -106,12 +106,12 @@ impl Bounds {
     /// The earlier generation a rewind to `to_ms` goes into, if it does.
     pub fn into_generation(&self, to_ms: i64) -> Option<i64> {
         self.generation_ms.filter(|g| to_ms < *g)?;
-        self.earlier.clone()?.ok().flatten()
+        self.earlier.as_ref()?.as_ref().ok().copied().flatten()
     }
 }
 
 /// Why a rewind to `to_ms` cannot be carried out, if it cannot.
-pub fn check(to_ms: i64, b: Bounds) -> Result<(), String> {
+pub fn check(to_ms: i64, b: &Bounds) -> Result<(), String> {
     let to = rfc3339(to_ms);
     let (Some(oldest), Some(newest)) = (b.oldest_ms, b.newest_ms) else {
         return Err("the relay has saved no CDC progress yet: nothing to rewind".into());
@@ -166,13 +166,9 @@ pub async fn precheck(
     let mut bounds = Bounds { now_ms, log_ttl, generation_ms, oldest_ms, newest_ms, earlier: None };
     if generation_ms.is_some_and(|g| to_ms < g) && oldest_ms.is_some() {
         let (session, keyspace) = saver.cql();
-        let lookup = in_effect_at(session, keyspace, timestamps, to_ms);
-        bounds.earlier = Some(match tokio::time::timeout(Duration::from_secs(10), lookup).await {
-            Ok(found) => found.map_err(|e| format!("{e:#}")),
-            Err(_) => Err("no answer within 10 s".into()),
-        });
+        bounds.earlier = Some(within_limit(in_effect_at(session, keyspace, timestamps, to_ms)).await);
     }
-    check(to_ms, bounds.clone()).map(|()| bounds)
+    check(to_ms, &bounds).map(|()| bounds)
 }
 
 /// Checks and writes the rewind on `saver` (no reader of it may run):
@@ -248,25 +244,25 @@ mod tests {
 
     #[test]
     fn a_time_behind_some_stream_within_the_generation_and_the_ttl_is_accepted() {
-        assert_eq!(check(95 * H, bounds()), Ok(()));
-        assert_eq!(check(98 * H + 1, bounds()), Ok(()), "between the oldest and the newest progress");
-        assert_eq!(check(90 * H, bounds()), Ok(()), "the generation's own start");
+        assert_eq!(check(95 * H, &bounds()), Ok(()));
+        assert_eq!(check(98 * H + 1, &bounds()), Ok(()), "between the oldest and the newest progress");
+        assert_eq!(check(90 * H, &bounds()), Ok(()), "the generation's own start");
     }
 
     #[test]
     fn a_time_in_an_earlier_generation_goes_into_it() {
         let b = Bounds { earlier: Some(Ok(Some(70 * H))), ..bounds() };
-        assert_eq!(check(80 * H, b.clone()), Ok(()));
+        assert_eq!(check(80 * H, &b), Ok(()));
         assert_eq!(b.into_generation(80 * H), Some(70 * H));
         assert_eq!(b.into_generation(95 * H), None, "within the current generation");
         assert_eq!(bounds().into_generation(80 * H), None, "not looked up");
-        let e = check(75 * H, Bounds { log_ttl: Duration::from_secs(20 * 3600), ..b }).unwrap_err();
+        let e = check(75 * H, &Bounds { log_ttl: Duration::from_secs(20 * 3600), ..b }).unwrap_err();
         assert!(e.contains("older than the CDC log TTL"), "the TTL still bounds it: {e}");
     }
 
     #[test]
     fn each_refusal_names_its_reason() {
-        let err = |to, b| check(to, b).unwrap_err();
+        let err = |to, b: Bounds| check(to, &b).unwrap_err();
         assert!(err(101 * H, bounds()).contains("in the future"));
         let old = Bounds { generation_ms: Some(10 * H), ..bounds() };
         let e = err(70 * H, old);

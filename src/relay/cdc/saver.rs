@@ -244,6 +244,16 @@ impl LeaseCheckpointSaver {
         }
     }
 
+    /// `n` copies of `stmt` as one batch, logged when fenced (a conditional
+    /// batch on the lease partition).
+    fn batch_of(&self, stmt: &PreparedStatement, n: usize) -> Batch {
+        let mut batch = Batch::new(if self.epoch.is_some() { BatchType::Logged } else { BatchType::Unlogged });
+        for _ in 0..n {
+            batch.append_statement(stmt.clone());
+        }
+        batch
+    }
+
     /// Writes every stream whose progress moved since the last flush. Rows
     /// of a failed flush stay pending; the next flush writes their newest value.
     pub async fn flush(&self) -> Result<Flushed, StoreError> {
@@ -262,10 +272,7 @@ impl LeaseCheckpointSaver {
         };
         let mut written = 0;
         for chunk in dirty.chunks(SAVE_BATCH_ROWS) {
-            let mut batch = Batch::new(if self.epoch.is_some() { BatchType::Logged } else { BatchType::Unlogged });
-            for _ in chunk {
-                batch.append_statement(self.stmts.save.clone());
-            }
+            let batch = self.batch_of(&self.stmts.save, chunk.len());
             let rows = chunk.iter().map(|(stream, time)| {
                 (self.row_ttl_secs, generation, CqlTimestamp(*time), self.name.as_str(), stream.0.as_slice())
             });

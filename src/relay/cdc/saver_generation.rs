@@ -2,7 +2,7 @@
 //! adapter and the start of a generation, which first has the finished
 //! generation's leftover batches handled (`leftover`), then records and
 //! writes the new generation, then reads its stream groups for the stall
-//! watchdog (`groups`).
+//! watchdog (`generations`).
 //!
 //! Guarantees: a new generation is recorded only after what the finished
 //! one left was handled (an error leaves the old generation current, so it
@@ -19,7 +19,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use super::{fenced_error, Flushed, LeaseCheckpointSaver};
-use crate::relay::cdc::generations as groups;
+use crate::relay::cdc::generations;
 use crate::relay::cdc::progress::StreamKey;
 
 /// Milliseconds since the epoch of a scylla-cdc generation.
@@ -68,11 +68,10 @@ impl LeaseCheckpointSaver {
     /// its readers only after this returns). Not loaded: the watchdog keeps
     /// its cautious fallback, reported once per generation.
     async fn load_groups(&self, ms: i64) {
-        let load = groups::load(&self.session, &self.keyspace, groups::DESCRIPTIONS_TABLE, ms);
-        let err = match tokio::time::timeout(Duration::from_secs(10), load).await {
-            Ok(Ok(g)) => return self.activity.set_groups(ms, g),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer within 10 s".to_string(),
+        let load = generations::load(&self.session, &self.keyspace, generations::DESCRIPTIONS_TABLE, ms);
+        let err = match generations::within_limit(load).await {
+            Ok(g) => return self.activity.set_groups(ms, g),
+            Err(e) => e,
         };
         tracing::warn!(consumer = %self.name, generation_ms = ms, error = %err,
             "cannot read the CDC generation's stream groups: the stall watchdog will not notice a stream group stuck before its first row while others deliver");

@@ -8,8 +8,6 @@
 //! into an earlier generation, the generation row is written before the
 //! later generation's rows are deleted.
 
-use scylla::statement::batch::{Batch, BatchType};
-
 use super::{Flushed, LeaseCheckpointSaver, SAVE_BATCH_ROWS};
 use crate::relay::cdc::progress::StreamKey;
 use crate::store::StoreError;
@@ -55,10 +53,7 @@ impl LeaseCheckpointSaver {
             return Ok(f);
         }
         for chunk in streams.chunks(SAVE_BATCH_ROWS) {
-            let mut batch = Batch::new(if self.epoch.is_some() { BatchType::Logged } else { BatchType::Unlogged });
-            for _ in chunk {
-                batch.append_statement(self.stmts.erase.clone());
-            }
+            let batch = self.batch_of(&self.stmts.erase, chunk.len());
             let rows = chunk.iter().map(|s| (self.name.as_str(), s.0.as_slice()));
             let res = match self.epoch {
                 Some(e) => self.session.batch(&batch, rows.map(|r| (r.0, r.1, e)).collect::<Vec<_>>()).await,
