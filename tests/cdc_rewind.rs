@@ -76,8 +76,10 @@ async fn a_rewind_lowers_the_saved_progress_or_is_refused_with_the_reason() {
 /// (its floor), and the later generation's stream rows are deleted, so
 /// scylla-cdc reads the later generation from its start when it gets there.
 /// A reader started afterwards loads exactly that; a former lease holder's
-/// rewind changes nothing. Without the table (Cassandra's own system
-/// tables) the CLI refuses it with the reason.
+/// rewind changes nothing. A second rewind, before any of that generation
+/// is published again, is checked against its floor: within it, the floor
+/// goes back; before it, into the generation before. Without the table
+/// (Cassandra's own system tables) the CLI refuses it with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rewind_into_an_earlier_generation_makes_it_current_from_then() {
     let Some(Rig { cfg, cql, store, .. }) = Rig::start("CDC relay rewind into an earlier generation").await else {
@@ -117,9 +119,24 @@ async fn a_rewind_into_an_earlier_generation_makes_it_current_from_then() {
     assert_eq!(saved_times(&store, &[1, 2]).await, (vec![None, None], Some(to)), "rows gone, the floor at T");
     let reader = progress_saver(&store, None).await;
     assert_eq!((reader.generation_ms(), reader.floor_ms(), reader.oldest_progress_ms()), (Some(g0), Some(to), None));
-    // Nothing of the earlier generation is published again yet: nothing to rewind.
+    // Nothing of the earlier generation is published again yet: a rewind
+    // is checked against its floor (no need to wait for progress).
     let err = rewind::rewind_progress_with(&saver, to, LOG_TTL, &table).await.unwrap_err();
-    assert!(err.contains("no CDC progress yet"), "{err}");
+    assert!(err.contains(&format!("no stream has been published past it (progress is at {})", rfc3339(to))), "{err}");
+    // Further back within it, through the CLI as an operator would: the floor goes back.
+    let to2 = now - 250 * MIN;
+    let (code, out) = cli_request(&cfg, &cql, &["relay", "rewind", "--to-time", &rfc3339(to2)]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("\"streams\":0") && out.contains(&format!("\"rewound_from\":\"{}\"", rfc3339(to))), "{out}");
+    assert!(!out.contains("\"generation\""), "within the generation: {out}");
+    let reader = progress_saver(&store, None).await;
+    assert_eq!((reader.generation_ms(), reader.floor_ms(), reader.oldest_progress_ms()), (Some(g0), Some(to2), None));
+    // And into the generation before it.
+    let to3 = now - 400 * MIN;
+    let done = rewind::rewind_progress_with(&reader, to3, LOG_TTL, &table).await.unwrap();
+    assert_eq!((done["streams"].clone(), done["generation"].clone()), (0.into(), rfc3339(now - 500 * MIN).into()));
+    let reader = progress_saver(&store, None).await;
+    assert_eq!((reader.generation_ms(), reader.floor_ms()), (Some(now - 500 * MIN), Some(to3)));
 }
 
 /// On a running relay the request server checks the rewind against the

@@ -256,6 +256,18 @@ impl ProgressState {
         self.streams.values().map(|e| e.time).max()
     }
 
+    /// The oldest and newest progress a rewind is checked against: the
+    /// streams' ([`ProgressState::oldest`], [`ProgressState::newest`]), or,
+    /// while the current generation has none (right after a rewind into it,
+    /// or before its readers first report), its floor for both: every
+    /// stream is read from there, nothing after it is known published.
+    pub fn rewind_range(&self) -> Option<(i64, i64)> {
+        match (self.oldest(), self.newest()) {
+            (Some(o), Some(n)) => Some((o, n)),
+            _ => self.generation.and(self.floor.get()).map(|f| (f, f)),
+        }
+    }
+
     /// The stream times not yet in the table: `(stream, time)`, ordered by stream.
     ///
     /// While a stream has no row yet, only the streams without one are

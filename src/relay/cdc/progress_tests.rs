@@ -209,10 +209,27 @@ fn a_rewind_into_an_earlier_generation_makes_it_current_from_the_rewind_time() {
     assert_eq!(s.generation_dirty(), Some((40, Some(60))), "the generation row, moved back");
     s.mark_generation_saved(40, Some(60));
     assert_eq!(s.generation_dirty(), None);
+    assert_eq!(s.rewind_range(), Some((60, 60)), "a second rewind is checked against the floor");
+    // A second rewind within it lowers the floor only.
+    let mut again = s.clone();
+    assert_eq!(again.rewind(50), 0);
+    assert_eq!((again.floor(), again.generation_dirty()), (Some(50), Some((40, Some(50)))));
     // Read on from there; the later generation starts again at its own start.
     assert!(s.admit(&k(7), 80));
     assert_eq!(s.start_generation(100), Some(vec![]));
     assert_eq!((s.generation(), s.floor(), s.len()), (Some(100), Some(100), 0));
+}
+
+#[test]
+fn the_rewind_range_is_the_streams_progress_or_else_the_floor() {
+    assert_eq!(ProgressState::default().rewind_range(), None, "nothing saved");
+    let mut s = ProgressState::from_rows([SavedRow { stream: vec![], generation: Some(100), time: Some(150) }]);
+    assert_eq!(s.rewind_range(), Some((150, 150)), "a generation whose readers have not reported yet");
+    s.admit(&k(1), 400);
+    s.admit(&k(2), 300);
+    assert_eq!(s.rewind_range(), Some((300, 400)));
+    let no_floor = ProgressState::from_rows([SavedRow { stream: vec![], generation: Some(100), time: None }]);
+    assert_eq!(no_floor.rewind_range(), None, "a generation row written before floors: nothing known");
 }
 
 #[test]

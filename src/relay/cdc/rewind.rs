@@ -5,6 +5,10 @@
 //! relay's rewind).
 //!
 //! Guarantees:
+//! - Checked against the streams' progress or, while the current generation
+//!   has none (right after a rewind into it), its floor
+//!   (`ProgressState::rewind_range`): a second rewind need not wait for
+//!   progress.
 //! - Refused with the reason, nothing changed ([`check`]): no progress saved
 //!   yet, T in the future, T older than the CDC log TTL (the log no longer
 //!   holds those changes), T before the current CDC generation began when
@@ -142,11 +146,12 @@ pub fn check(to_ms: i64, b: &Bounds) -> Result<(), String> {
         }
     }
     if to_ms >= newest {
-        return Err(format!(
-            "cannot rewind to {to}: no stream has been published past it (progress is between {} and {})",
-            rfc3339(oldest),
-            rfc3339(newest)
-        ));
+        let progress = if oldest == newest {
+            format!("progress is at {}", rfc3339(oldest))
+        } else {
+            format!("progress is between {} and {}", rfc3339(oldest), rfc3339(newest))
+        };
+        return Err(format!("cannot rewind to {to}: no stream has been published past it ({progress})"));
     }
     Ok(())
 }
@@ -162,7 +167,8 @@ pub async fn precheck(
 ) -> Result<Bounds, String> {
     let state = saver.progress();
     let now_ms = Utc::now().timestamp_millis();
-    let (generation_ms, oldest_ms, newest_ms) = (state.generation(), state.oldest(), state.newest());
+    let (generation_ms, range) = (state.generation(), state.rewind_range());
+    let (oldest_ms, newest_ms) = (range.map(|r| r.0), range.map(|r| r.1));
     let mut bounds = Bounds { now_ms, log_ttl, generation_ms, oldest_ms, newest_ms, earlier: None };
     if generation_ms.is_some_and(|g| to_ms < g) && oldest_ms.is_some() {
         let (session, keyspace) = saver.cql();
@@ -275,7 +281,10 @@ mod tests {
         let e = err(80 * H, Bounds { earlier: Some(Err("unconfigured table".into())), ..bounds() });
         assert!(e.contains("the generation in effect then cannot be read: unconfigured table"), "{e}");
         let e = err(99 * H, bounds());
-        assert!(e.contains("no stream has been published past it"), "{e}");
+        assert!(e.contains("no stream has been published past it (progress is between"), "{e}");
+        let at_floor = Bounds { oldest_ms: Some(96 * H), newest_ms: Some(96 * H), ..bounds() };
+        let e = err(96 * H, at_floor);
+        assert!(e.contains("(progress is at 1970-01-05T00:00:00.000Z)"), "{e}");
         let none = Bounds { oldest_ms: None, newest_ms: None, ..bounds() };
         assert!(err(95 * H, none).contains("no CDC progress yet"));
     }
