@@ -4,9 +4,10 @@
 FROM rust:1-bookworm AS builder
 
 # rdkafka builds a bundled librdkafka (and zstd/zlib, and OpenSSL for Kafka
-# over TLS: `ssl-vendored`, which needs perl, part of this image) from source.
+# over TLS: `ssl-vendored`, which needs perl, part of this image) from source;
+# it links the system libcurl (OAuth/OIDC token requests: `curl` feature).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake build-essential pkg-config zlib1g-dev \
+ && apt-get install -y --no-install-recommends cmake build-essential pkg-config zlib1g-dev libcurl4-openssl-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -24,7 +25,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:bookworm-slim
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+ && apt-get install -y --no-install-recommends ca-certificates zlib1g libcurl4 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 outboxd \
  && useradd --system --uid 10001 --gid outboxd --home-dir /data --shell /usr/sbin/nologin outboxd \

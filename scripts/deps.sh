@@ -4,11 +4,13 @@
 # present; says what it installs and why.
 #
 #   dev   (make dev)  a Rust toolchain, Java 17+ and Maven (the local Kafka),
-#                     a C toolchain + cmake (librdkafka), perl (OpenSSL), kcat (optional: shows
+#                     a C toolchain + cmake (librdkafka), perl (OpenSSL), the
+#                     libcurl headers (OAuth/OIDC), kcat (optional: shows
 #                     the published events).
 #   test  (make test, the default)  everything of `dev`, plus sqlite3 (the
 #                     tests read and change the store as an operator would,
-#                     with the sqlite3 command-line tool), curl and jq (the
+#                     with the sqlite3 command-line tool), openssl (the local
+#                     broker's OAuth key and token), curl and jq (the
 #                     docs/HTTP.md walkthroughs run as written), promtool (Debian
 #                     package prometheus: alert rules are checked and unit
 #                     tested), the Python tools that validate and fuzz the HTTP
@@ -32,10 +34,14 @@ command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v perl >/dev/null 2>&1 || need_apt+=(perl) # OpenSSL (rdkafka ssl-vendored) is built with it
+# librdkafka links the system libcurl for OAuth/OIDC (rdkafka `curl`); without
+# its headers the build still succeeds but refuses sasl.oauthbearer.method=oidc.
+pkg-config --exists libcurl 2>/dev/null || need_apt+=(pkg-config libcurl4-openssl-dev)
 if [ "$mode" = test ]; then
   command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
   command -v curl >/dev/null 2>&1 || need_apt+=(curl)
   command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+  command -v openssl >/dev/null 2>&1 || need_apt+=(openssl) # KAFKA_TLS=1 scripts/kafka-local.sh: the OAuth key and token
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
   command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 fi

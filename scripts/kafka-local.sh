@@ -46,8 +46,14 @@
 #     port, with a certificate for 127.0.0.1/localhost signed by a CA made
 #     for this directory (keytool, in tls/). start then also prints
 #     KAFKA_TLS_BROKERS=127.0.0.1:<port>, KAFKA_SASL_BROKERS=127.0.0.1:<port>,
-#     KAFKA_SASL_USER, KAFKA_SASL_PASSWORD and KAFKA_TLS_CA=<dir>/tls/ca.pem
-#     (the CA a client must trust), before the KAFKA_BROKERS line.
+#     KAFKA_SASL_USER, KAFKA_SASL_PASSWORD, KAFKA_TLS_CA=<dir>/tls/ca.pem
+#     (the CA a client must trust) and KAFKA_OAUTH_TOKEN=<dir>/tls/oauth-token,
+#     before the KAFKA_BROKERS line. The SASL_SSL listener also takes
+#     OAUTHBEARER: a JWT signed by the RSA key of tls/jwks.json (made with
+#     openssl for this directory; audience and issuer outboxd-local), such as
+#     the one in KAFKA_OAUTH_TOKEN (re-signed on every start, valid 30 days)
+#     that an OIDC token endpoint hands out; tls/broker.pem and
+#     tls/broker-key.pem let such an endpoint serve HTTPS under the same CA.
 #   * env: prints KAFKA_BROKERS=127.0.0.1:<port> (usable with eval); exit 3 if
 #     this directory has never been started (no port recorded yet).
 #   * start/stop of one directory are serialised with flock, and concurrent
@@ -59,7 +65,7 @@
 #   KAFKA_LOCAL_DIR        instance directory (default $PWD/.local/kafka)
 #   KAFKA_PORT             client port for a fresh directory or to override
 #   KAFKA_CONTROLLER_PORT  controller port, likewise
-#   KAFKA_TLS              1: add the TLS listener (first start of a directory)
+#   KAFKA_TLS              1: add the TLS listeners (first start of a directory)
 #   KAFKA_VERSION          Kafka version (default: <kafka.version> in the pom)
 #   OUTBOXD_CACHE          cache root (default $HOME/.cache/outboxd)
 #   KAFKA_HEAP_OPTS        default "-Xms256m -Xmx512m"
@@ -247,6 +253,36 @@ print_tls() {
   echo "KAFKA_SASL_USER=outboxd"
   echo "KAFKA_SASL_PASSWORD=$(<"$TLS_DIR/scram-password")"
   echo "KAFKA_TLS_CA=$TLS_DIR/ca.pem"
+  echo "KAFKA_OAUTH_TOKEN=$TLS_DIR/oauth-token"
+}
+
+# base64url without padding of stdin (JWT and JWKS encoding).
+b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+
+# The OAuth material of this directory (TLS mode): an RSA key whose public
+# half the broker trusts (tls/jwks.json, read at start), and a JWT signed with
+# it (tls/oauth-token: sub outboxd, aud and iss outboxd-local, valid 30 days,
+# signed anew on every start) for a token endpoint to hand out. The broker's
+# key in PEM (tls/broker-key.pem, with tls/broker.pem) lets such an endpoint
+# serve HTTPS under the same CA.
+make_oauth() {
+  command -v openssl >/dev/null 2>&1 || die "'openssl' not found on PATH: KAFKA_TLS=1 needs it for the OAuth key"
+  ( cd "$TLS_DIR"
+    if [[ ! -f oauth-key.pem || ! -f jwks.json || ! -f broker-key.pem ]]; then
+      openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out oauth-key.pem
+      local n
+      n=$(openssl rsa -in oauth-key.pem -noout -modulus | cut -d= -f2 | perl -ne 'chomp; print pack("H*", $_)' | b64url)
+      printf '{"keys":[{"kty":"RSA","use":"sig","alg":"RS256","kid":"outboxd-local","n":"%s","e":"AQAB"}]}\n' "$n" >jwks.json
+      openssl pkcs12 -in broker.p12 -nocerts -nodes -passin pass:outboxd-local | openssl pkey -out broker-key.pem
+    fi
+    local now header claims
+    now=$(date +%s)
+    header=$(printf '{"alg":"RS256","typ":"JWT","kid":"outboxd-local"}' | b64url)
+    claims=$(printf '{"sub":"outboxd","aud":"outboxd-local","iss":"outboxd-local","iat":%d,"exp":%d,"scope":"kafka"}' \
+      "$now" "$((now + 30 * 86400))" | b64url)
+    printf '%s.%s.%s\n' "$header" "$claims" \
+      "$(printf '%s.%s' "$header" "$claims" | openssl dgst -sha256 -sign oauth-key.pem | b64url)" >oauth-token
+  ) >"$TLS_DIR/oauth.log" 2>&1 || { cat "$TLS_DIR/oauth.log" >&2; die "making the OAuth key failed (log: $TLS_DIR/oauth.log)"; }
 }
 
 # The TLS material of this directory (once): a CA, and the broker's key and
@@ -287,8 +323,13 @@ write_config() {
 ssl.keystore.location=$TLS_DIR/broker.p12
 ssl.keystore.password=outboxd-local
 ssl.key.password=outboxd-local
-sasl.enabled.mechanisms=SCRAM-SHA-512
-listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+sasl.enabled.mechanisms=SCRAM-SHA-512,OAUTHBEARER
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;
+listener.name.sasl_ssl.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler
+listener.name.sasl_ssl.oauthbearer.sasl.oauthbearer.jwks.endpoint.url=file://$TLS_DIR/jwks.json
+listener.name.sasl_ssl.oauthbearer.sasl.oauthbearer.expected.audience=outboxd-local
+listener.name.sasl_ssl.oauthbearer.sasl.oauthbearer.expected.issuer=outboxd-local"
   fi
   cat >"$PROPS" <<EOF
 # Generated by scripts/kafka-local.sh on every start; edits are overwritten.
@@ -385,7 +426,10 @@ launch() {
     fi
   fi
   # shellcheck disable=SC2206 # word splitting of the option strings is intended
-  cmd=(java $heap $perf "${cds[@]}" -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
+  # Kafka 4 reads an OAuth JWKS only from URLs this property allows.
+  local oauth=()
+  [[ -f "$TLS_DIR/jwks.json" ]] && oauth=(-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls="file://$TLS_DIR/jwks.json")
+  cmd=(java $heap $perf "${cds[@]}" "${oauth[@]}" -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
        -Dlog4j2.configurationFile="$LOG4J" ${KAFKA_JVM_OPTS:-} -cp "$LIBS/*" kafka.Kafka "$PROPS")
   # The child shell records its own pid and then execs the JVM (same pid), so
   # the pid file is right whether or not setsid forks. setsid puts the broker in
@@ -495,7 +539,7 @@ cmd_start() {
       echo "$tport" >"$TPORT_FILE"
       echo "$sport" >"$SPORT_FILE"
     fi
-    [[ -z "$tport" ]] || make_tls
+    [[ -z "$tport" ]] || { make_tls; make_oauth; }
 
     write_config "$port" "$cport" "$tport" "$sport"
     format_storage

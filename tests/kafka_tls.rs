@@ -13,6 +13,7 @@
 
 mod harness;
 
+use base64::Engine as _;
 use harness::config_check::outboxd;
 use harness::*;
 use std::path::Path;
@@ -96,6 +97,80 @@ fn the_relay_publishes_over_tls_and_sasl_and_nothing_to_a_broker_it_cannot_trust
     let (_, h) = d.health();
     let shown = format!("{h}{}{}", d.metrics().text, d.log_text());
     assert!(!shown.contains(&wrong) && !shown.contains(&tls.sasl_password), "a password was shown");
+    d.stop();
+}
+
+/// SASL/OAUTHBEARER with OIDC (`sasl.oauthbearer.method = "oidc"`): the
+/// relay takes a token from the token endpoint over HTTPS (trusting it with
+/// `https.ca.location`) with its client id and secret, and the broker
+/// accepts it (a JWT signed by the key of the broker's JWKS, audience and
+/// issuer checked): every event is on the topic. A wrong client secret gets
+/// no token: nothing is published, /health says why, and the secret is never
+/// shown.
+#[test]
+fn the_relay_logs_in_with_an_oidc_token_and_publishes_nothing_without_one() {
+    if harness::shared_brokers().is_none() {
+        return; // prints SKIPPED with the reason
+    }
+    let kafka = PrivateKafka::start_tls();
+    let tls = kafka.tls.clone().expect("KAFKA_TLS=1 start prints the TLS listeners and the CA");
+    let token = std::fs::read_to_string(&tls.oauth_token).unwrap().trim().to_string();
+    let secret = format!("s3cret-{}", Uuid::now_v7().simple());
+    let endpoint = harness::oauth::TokenEndpoint::start(tls.ca.parent().unwrap(), "outboxd-relay", &secret, token);
+    let ca = tls.ca.display().to_string();
+    let oidc = |secret: &str| {
+        [
+            ("security.protocol", "sasl_ssl".to_string()),
+            ("ssl.ca.location", ca.clone()),
+            ("sasl.mechanism", "OAUTHBEARER".to_string()),
+            ("sasl.oauthbearer.method", "oidc".to_string()),
+            ("sasl.oauthbearer.client.id", "outboxd-relay".to_string()),
+            ("sasl.oauthbearer.client.secret", secret.to_string()),
+            ("sasl.oauthbearer.token.endpoint.url", endpoint.url.clone()),
+            ("sasl.oauthbearer.scope", "kafka".to_string()),
+            ("https.ca.location", ca.clone()),
+        ]
+    };
+
+    let (d, _dir) = daemon_with(&tls.sasl_brokers, &oidc(&secret), 5);
+    assert_eq!(caught_up(&d), 10);
+    assert_all_on_topic(&kafka.brokers, &d);
+    d.stop();
+    assert!(endpoint.statuses().contains(&200), "the token came from the endpoint: {:?}", endpoint.statuses());
+    let asked = endpoint.answered.lock().unwrap().clone();
+    assert!(asked.iter().all(|(_, body)| body.contains("scope=kafka")), "{asked:?}");
+
+    let wrong = format!("wrong-{}", Uuid::now_v7().simple());
+    let before = endpoint.statuses().len();
+    let (d, _dir) = daemon_with(&tls.sasl_brokers, &oidc(&wrong), 1);
+    refused_with(&d, "Failed to acquire SASL OAUTHBEARER token");
+    assert!(component(&d.health().1, "kafka").1.contains("invalid_client"), "the endpoint's answer is shown");
+    assert!(endpoint.statuses()[before..].iter().all(|s| *s == 401), "{:?}", endpoint.statuses());
+    let (_, h) = d.health();
+    let shown = format!("{h}{}{}", d.metrics().text, d.log_text());
+    assert!(!shown.contains(&wrong) && !shown.contains(&secret), "a client secret was shown");
+    d.stop();
+
+    // A token whose claims were changed after signing (another subject, the
+    // signature kept): the broker checks it against its JWKS and refuses it.
+    let forged = {
+        let token = std::fs::read_to_string(&tls.oauth_token).unwrap();
+        let parts: Vec<&str> = token.trim().split('.').collect();
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1]).unwrap();
+        let claims = String::from_utf8(claims).unwrap().replace("\"sub\":\"outboxd\"", "\"sub\":\"intruder\"");
+        assert!(claims.contains("intruder"), "{claims}");
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims);
+        format!("{}.{claims}.{}", parts[0], parts[2])
+    };
+    let forger = harness::oauth::TokenEndpoint::start(tls.ca.parent().unwrap(), "outboxd-relay", &secret, forged);
+    let mut extra = oidc(&secret).to_vec();
+    extra
+        .iter_mut()
+        .filter(|(k, _)| *k == "sasl.oauthbearer.token.endpoint.url")
+        .for_each(|kv| kv.1 = forger.url.clone());
+    let (d, _dir) = daemon_with(&tls.sasl_brokers, &extra, 1);
+    refused_with(&d, "invalid_token");
+    assert!(forger.statuses().contains(&200), "the forged token was handed out: {:?}", forger.statuses());
     d.stop();
 }
 

@@ -21,12 +21,12 @@ fn secrets() -> Secrets {
     Secrets {
         cql_password: s("cqlpw"),
         api_token: s("apitoken"),
-        // The secret keys this build's librdkafka supports (not OAuth/OIDC:
-        // refused at load, see below).
+        // The secret keys of librdkafka's SASL and TLS settings.
         extra: vec![
             ("sasl.password", s("saslpw")),
             ("ssl.key.password", s("sslkeypw")),
             ("ssl.keystore.password", s("keystorepw")),
+            ("sasl.oauthbearer.client.secret", s("oidcsecret")),
         ],
     }
 }
@@ -88,19 +88,19 @@ fn outboxd_config_redacts_every_secret() {
     assert_eq!(json["store"]["cql"]["username"], "outboxd");
 }
 
-/// A secret key librdkafka refuses (this build has no OAuth/OIDC: it
-/// needs libcurl) is refused at load in one line naming the key, without
-/// its value; so are TLS settings librdkafka cannot use (a private key that
-/// is not PEM, with its password), without either secret.
+/// A secret key librdkafka refuses (one it does not know: a misspelt
+/// `sasl.oauthbearer.client.secret`) is refused at load in one line naming the key,
+/// without its value; so are TLS settings librdkafka cannot use (a private
+/// key that is not PEM, with its password), without either secret.
 #[test]
 fn a_refused_secret_kafka_key_is_named_not_shown() {
     let dir = tempfile::tempdir().unwrap();
     let secret = format!("oidc-{}", uuid::Uuid::now_v7().simple());
     let cfg = dir.path().join("outboxd.toml");
-    std::fs::write(&cfg, format!("[kafka.extra]\n\"sasl.oauthbearer.client.secret\" = \"{secret}\"\n")).unwrap();
+    std::fs::write(&cfg, format!("[kafka.extra]\n\"sasl.oauthbearer.client.secrett\" = \"{secret}\"\n")).unwrap();
     let (code, out) = run(&["config"], &cfg, dir.path());
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("kafka.extra.\"sasl.oauthbearer.client.secret\"") && out.contains("not shown"), "{out}");
+    assert!(out.contains("kafka.extra.\"sasl.oauthbearer.client.secrett\"") && out.contains("not shown"), "{out}");
     assert_eq!(out.trim().lines().count(), 1, "{out}");
     assert!(!out.contains(&secret), "{out}");
 

@@ -47,6 +47,10 @@ pub struct TlsListeners {
     pub sasl_brokers: String,
     pub sasl_user: String,
     pub sasl_password: String,
+    /// A JWT the broker accepts on the SASL_SSL listener (OAUTHBEARER),
+    /// signed by the key of its JWKS; the CA directory also holds the
+    /// broker's certificate and key for an HTTPS token endpoint.
+    pub oauth_token: std::path::PathBuf,
 }
 
 /// A private Kafka broker in its own directory, stopped on drop.
@@ -85,6 +89,7 @@ impl PrivateKafka {
             sasl_brokers: out["KAFKA_SASL_BROKERS"].clone(),
             sasl_user: out["KAFKA_SASL_USER"].clone(),
             sasl_password: out["KAFKA_SASL_PASSWORD"].clone(),
+            oauth_token: out["KAFKA_OAUTH_TOKEN"].clone().into(),
         });
         let dir = KeptOnFailure::new(dir, "the private broker's data and log");
         PrivateKafka { dir, brokers: out["KAFKA_BROKERS"].clone(), tls, _one_at_a_time: guard }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod kafka;
 pub mod load;
 pub mod metrics;
+pub mod oauth;
 pub mod read_models;
 pub mod sqlite;
 
