@@ -19,17 +19,27 @@ use crate::store::StoreError;
 /// How often a busy relay persists its watermark.
 const PERSIST_EVERY: Duration = Duration::from_millis(200);
 
+/// Fault injection (`OUTBOXD_ABORT_AT`): the process aborts at the first
+/// persist call of a term that has confirmed progress (written or not).
+pub const CRASH_AFTER_PROGRESS: &str = "after_first_progress";
+
 impl Run {
-    /// Persists the watermark (every 200 ms while busy, when idle, or when forced).
+    /// Persists the watermark: the term's first progress at once, then every
+    /// 200 ms while busy, when idle, or when forced. The first at once: a
+    /// relay that dies soon after it took over (a crash loop, a quick second
+    /// failover) still moves the checkpoint past what it delivered, instead
+    /// of every successor publishing the same backlog again.
     pub(super) async fn persist(&mut self, force: bool) {
         let wm = self.window.watermark();
         if wm <= self.checkpoint {
             return;
         }
-        if !force && !self.window.is_empty() && self.last_persist.elapsed() < PERSIST_EVERY {
+        let recent = self.last_persist.is_some_and(|t| t.elapsed() < PERSIST_EVERY);
+        if !force && !self.window.is_empty() && recent {
+            self.relay.pause.crash_point(CRASH_AFTER_PROGRESS);
             return;
         }
-        self.last_persist = Instant::now();
+        self.last_persist = Some(Instant::now());
         match self.relay.write_checkpoint(wm).await {
             Ok(()) => {
                 self.checkpoint = wm;
@@ -38,6 +48,7 @@ impl Run {
                 if self.window.is_empty() {
                     self.relay.status.flush();
                 }
+                self.relay.pause.crash_point(CRASH_AFTER_PROGRESS);
             }
             Err(StoreError::Fenced { .. }) => {
                 tracing::warn!(consumer = %self.relay.name(), position = wm, "checkpoint write refused: another instance holds the relay lease; stepping down");

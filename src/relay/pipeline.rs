@@ -299,7 +299,7 @@ impl Relay {
             solo: None,
             solo_not_before: Instant::now(),
             checkpoint,
-            last_persist: Instant::now(),
+            last_persist: None,
             replays: HashMap::new(),
             request_parts: HashMap::new(),
             letter_slots: HashMap::new(),

@@ -43,7 +43,9 @@ pub(super) struct Run {
     pub(super) solo_not_before: Instant,
     /// Persisted checkpoint.
     pub(super) checkpoint: i64,
-    pub(super) last_persist: Instant,
+    /// The last checkpoint write of this term (none yet: the first
+    /// progress is written at once).
+    pub(super) last_persist: Option<Instant>,
     /// Side-lane replays in progress: (request, aggregate) -> slots still open
     /// (aggregate "" for dead-letter replays).
     pub(super) replays: HashMap<(uuid::Uuid, AggKey), BTreeSet<Slot>>,
