@@ -8,8 +8,11 @@
 //!   event is on the topic (read on the plain listener);
 //! - a daemon that does not trust the broker's CA, or has a wrong password,
 //!   publishes nothing, and /health and the log say why (never the password);
-//! - a CA file that does not exist is refused at load (exit 2, one line
-//!   naming the setting).
+//! - a CA file that does not exist, or an OIDC config without its token
+//!   endpoint, is refused at load (exit 2, one line naming the setting);
+//! - OAuth/OIDC: a token from an HTTPS token endpoint (client credentials)
+//!   that the broker validates; a wrong client secret or a forged token
+//!   publishes nothing.
 
 mod harness;
 
@@ -185,4 +188,26 @@ fn a_ca_file_that_does_not_exist_is_refused_at_load() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("kafka.extra.\"ssl.ca.location\"") && err.contains(&missing), "{err}");
+}
+
+#[test]
+fn an_oidc_config_without_its_token_endpoint_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = format!("s3cret-{}", Uuid::now_v7().simple());
+    let file = extra_config(
+        dir.path(),
+        &[
+            ("security.protocol", "sasl_ssl".to_string()),
+            ("sasl.mechanism", "OAUTHBEARER".to_string()),
+            ("sasl.oauthbearer.method", "oidc".to_string()),
+            ("sasl.oauthbearer.client.id", "outboxd-relay".to_string()),
+            ("sasl.oauthbearer.client.secret", secret.clone()),
+        ],
+    );
+    let out = outboxd(&["config"], &[("OUTBOX_CONFIG".into(), file.display().to_string())], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("sasl.oauthbearer.token.endpoint.url") && err.contains("mandatory"), "{err}");
+    assert!(!err.contains(&secret), "{err}");
 }
