@@ -171,6 +171,16 @@ impl Verdict {
             self.explained_by
         )
     }
+
+    /// Prints each window (`tag: why: unconfirmed window N positions, M
+    /// duplicate copies`): how wide each fault's window was next to what it
+    /// explains.
+    pub fn report_windows(&self, tag: &str, windows: &[Window]) {
+        for w in windows {
+            let dups = self.explained_by.get(&w.why).copied().unwrap_or(0);
+            eprintln!("{tag}: {}: unconfirmed window {} positions, {dups} duplicate copies", w.why, w.hi - w.lo);
+        }
+    }
 }
 /// Checks per-aggregate order on the first copy of every event id; returns
 /// the number of duplicate copies.

@@ -53,6 +53,7 @@ fn chaos(delivery: &str) -> Outcome {
     windows.extend(unverified_windows(dir.path()));
     let verdict = settle_and_judge(&kafka.brokers, &cfg, &db, &windows);
     eprintln!("chaos ({delivery}): {kills} kills; {}; {}", stats.line(), verdict.summary());
+    verdict.report_windows(&format!("chaos ({delivery})"), &windows);
     d.stop();
     Outcome { verdict, kills, _evidence: (kafka, dir) }
 }

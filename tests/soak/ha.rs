@@ -132,10 +132,7 @@ fn soak_two_instances_one_publisher_takeover_zombie_and_restart() {
     windows.extend(unverified_windows(dir.path()));
     let v = settle_and_judge(&brokers, &cfg_a, &db, &windows);
     eprintln!("ha soak: {}; {}", stats.line(), v.summary());
-    for w in &windows {
-        let dups = v.explained_by.get(&w.why).copied().unwrap_or(0);
-        eprintln!("ha soak: {}: unconfirmed window {} positions, {dups} duplicate copies", w.why, w.hi - w.lo);
-    }
+    v.report_windows("ha soak", &windows);
     v.assert_sound("after a kill -9 takeover and a zombie leader");
     watch.assert_monotonic();
 

@@ -38,6 +38,7 @@ fn soak_broker_outages_longer_than_every_timeout_keep_every_aggregate_in_order()
     windows.extend(unverified_windows(dir.path()));
     let v = settle_and_judge(&kafka.brokers, &cfg, &db, &windows);
     eprintln!("outage soak: {}; {}", stats.line(), v.summary());
+    v.report_windows("outage soak", &windows);
     v.assert_sound("after two broker outages");
     assert_eq!(sqlite3(&db, "SELECT COUNT(*) FROM dead_letter_queue").trim(), "0", "nothing dead-lettered");
     assert_eq!(d.metrics().value("dlq_parked_aggregates", &[]), 0.0, "nothing parked");
