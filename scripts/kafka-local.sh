@@ -425,10 +425,10 @@ launch() {
       echo "$archive.tmp.$$" >>"$CDS_PENDING"
     fi
   fi
-  # shellcheck disable=SC2206 # word splitting of the option strings is intended
   # Kafka 4 reads an OAuth JWKS only from URLs this property allows.
   local oauth=()
   [[ -f "$TLS_DIR/jwks.json" ]] && oauth=(-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls="file://$TLS_DIR/jwks.json")
+  # shellcheck disable=SC2206 # word splitting of the option strings is intended
   cmd=(java $heap $perf "${cds[@]}" "${oauth[@]}" -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
        -Dlog4j2.configurationFile="$LOG4J" ${KAFKA_JVM_OPTS:-} -cp "$LIBS/*" kafka.Kafka "$PROPS")
   # The child shell records its own pid and then execs the JVM (same pid), so
