@@ -16,24 +16,27 @@
 //! aborts there, as a `kill -9` at that instant would, to test what the next
 //! start finds.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Default)]
 pub struct PauseHook {
     until: Arc<Mutex<Option<Instant>>>,
-    abort_at: Arc<Mutex<Option<String>>>,
+    /// Set once at start-up: reading it costs no lock, so a crash point on
+    /// the relay's hot path is free while unarmed.
+    abort_at: Arc<OnceLock<String>>,
 }
 
 impl PauseHook {
-    /// Arms the crash point `point` (see `crash_point`).
+    /// Arms the crash point `point` (see `crash_point`); once, at start-up
+    /// (a later call is ignored).
     pub fn abort_at(&self, point: &str) {
-        *self.abort_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(point.to_string());
+        let _ = self.abort_at.set(point.to_string());
     }
 
     /// Aborts the process here when `point` is armed (a test's `kill -9`).
     pub fn crash_point(&self, point: &str) {
-        if self.abort_at.lock().unwrap_or_else(|e| e.into_inner()).as_deref() == Some(point) {
+        if self.abort_at.get().map(String::as_str) == Some(point) {
             tracing::error!(point, "aborting at an armed crash point (fault injection)");
             std::process::abort();
         }
