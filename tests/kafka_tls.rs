@@ -121,7 +121,7 @@ fn the_relay_logs_in_with_an_oidc_token_and_publishes_nothing_without_one() {
     let secret = format!("s3cret-{}", Uuid::now_v7().simple());
     let endpoint = harness::oauth::TokenEndpoint::start(tls.ca.parent().unwrap(), "outboxd-relay", &secret, token);
     let ca = tls.ca.display().to_string();
-    let oidc = |secret: &str| {
+    let oidc = |secret: &str, url: &str| {
         [
             ("security.protocol", "sasl_ssl".to_string()),
             ("ssl.ca.location", ca.clone()),
@@ -129,13 +129,13 @@ fn the_relay_logs_in_with_an_oidc_token_and_publishes_nothing_without_one() {
             ("sasl.oauthbearer.method", "oidc".to_string()),
             ("sasl.oauthbearer.client.id", "outboxd-relay".to_string()),
             ("sasl.oauthbearer.client.secret", secret.to_string()),
-            ("sasl.oauthbearer.token.endpoint.url", endpoint.url.clone()),
+            ("sasl.oauthbearer.token.endpoint.url", url.to_string()),
             ("sasl.oauthbearer.scope", "kafka".to_string()),
             ("https.ca.location", ca.clone()),
         ]
     };
 
-    let (d, _dir) = daemon_with(&tls.sasl_brokers, &oidc(&secret), 5);
+    let (d, _dir) = daemon_with(&tls.sasl_brokers, &oidc(&secret, &endpoint.url), 5);
     assert_eq!(caught_up(&d), 10);
     assert_all_on_topic(&kafka.brokers, &d);
     d.stop();
@@ -145,7 +145,7 @@ fn the_relay_logs_in_with_an_oidc_token_and_publishes_nothing_without_one() {
 
     let wrong = format!("wrong-{}", Uuid::now_v7().simple());
     let before = endpoint.statuses().len();
-    let (d, _dir) = daemon_with(&tls.sasl_brokers, &oidc(&wrong), 1);
+    let (d, _dir) = daemon_with(&tls.sasl_brokers, &oidc(&wrong, &endpoint.url), 1);
     refused_with(&d, "Failed to acquire SASL OAUTHBEARER token");
     assert!(component(&d.health().1, "kafka").1.contains("invalid_client"), "the endpoint's answer is shown");
     assert!(endpoint.statuses()[before..].iter().all(|s| *s == 401), "{:?}", endpoint.statuses());
@@ -166,12 +166,7 @@ fn the_relay_logs_in_with_an_oidc_token_and_publishes_nothing_without_one() {
         format!("{}.{claims}.{}", parts[0], parts[2])
     };
     let forger = harness::oauth::TokenEndpoint::start(tls.ca.parent().unwrap(), "outboxd-relay", &secret, forged);
-    let mut extra = oidc(&secret).to_vec();
-    extra
-        .iter_mut()
-        .filter(|(k, _)| *k == "sasl.oauthbearer.token.endpoint.url")
-        .for_each(|kv| kv.1 = forger.url.clone());
-    let (d, _dir) = daemon_with(&tls.sasl_brokers, &extra, 1);
+    let (d, _dir) = daemon_with(&tls.sasl_brokers, &oidc(&secret, &forger.url), 1);
     refused_with(&d, "invalid_token");
     assert!(forger.statuses().contains(&200), "the forged token was handed out: {:?}", forger.statuses());
     d.stop();
