@@ -1,7 +1,8 @@
 //! Health levels of a real `outboxd run` process against real Kafka: a
 //! broker outage under traffic and while idle (the broker watch's probes),
 //! the store removed under the daemon (/health and the relay's own reads),
-//! and /health, /health/ready and 503s during shutdown.
+//! a standby saying whether it could take over (its producer is made before
+//! its term), and /health, /health/ready and 503s during shutdown.
 
 mod harness;
 
@@ -183,4 +184,66 @@ fn an_idle_daemon_reports_the_broker_as_it_is_without_publishing() {
     eprintln!("broker seen back {:?} after its restart, nothing published", back.elapsed());
     assert_eq!(count_events(&d.cfg.store.path), 0, "nothing was appended, so nothing was published");
     d.stop();
+}
+
+/// The same configuration for a second instance on the same store: its own ports.
+fn another(cfg: &outboxd::config::Config) -> outboxd::config::Config {
+    let mut c = cfg.clone();
+    c.http.listen = format!("127.0.0.1:{}", free_port());
+    c.http.admin_listen = format!("127.0.0.1:{}", free_port());
+    c
+}
+
+/// An at-least-once standby makes its next term's producer before it waits
+/// for the lease: its /health says whether it could publish if it took
+/// over. One whose broker address answers nothing is degraded (and does not
+/// take the lease); a ready one says "broker reachable", and when the
+/// holder stops it takes over and publishes what is appended through it.
+#[test]
+fn a_standby_says_whether_it_could_take_over() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(&brokers, dir.path());
+    let env = [("OUTBOX_HEALTH__INTERVAL_MS", "500".to_string())];
+    let active = Daemon::start(&cfg, &env);
+    eventually(Duration::from_secs(30), "the first instance to lead", || is_leader(&active).then_some(()));
+    create_order(&active, Uuid::now_v7(), "BEFORE-1");
+    caught_up(&active);
+
+    // A standby configured with a broker address nothing listens on.
+    let mut wrong = another(&cfg);
+    wrong.kafka.brokers = format!("127.0.0.1:{}", free_port());
+    let wrong = Daemon::start(&wrong, &env);
+    let (code, h) = eventually(Duration::from_secs(30), "the misconfigured standby to say it cannot publish", || {
+        let (code, h) = wrong.health();
+        (component(&h, "kafka").0 == "degraded").then_some((code, h))
+    });
+    assert_eq!(code, 200, "a degraded standby still answers 200: {h}");
+    assert_eq!(h["relay"]["role"], "standby", "{h}");
+    let (_, detail) = component(&h, "kafka");
+    assert!(detail.starts_with("standby:") && detail.contains("could not publish if it took over"), "{detail}");
+    assert!(detail.contains("broker unreachable"), "{detail}");
+    assert_eq!(component(&h, "cdc_processor").0, "healthy", "standing by is what it should do: {h}");
+    assert_eq!(h["relay"]["delivered"], 0, "{h}");
+    assert!(is_leader(&active) && !is_leader(&wrong), "the lease did not move");
+    wrong.stop();
+
+    // A standby that reaches the broker is ready.
+    let ready = Daemon::start(&another(&cfg), &env);
+    let h = eventually(Duration::from_secs(30), "the standby to reach the broker", || {
+        let (_, h) = ready.health();
+        (component(&h, "kafka").1.ends_with("broker reachable")).then_some(h)
+    });
+    assert_eq!(h["relay"]["role"], "standby", "{h}");
+    assert_eq!(component(&h, "kafka").0, "healthy", "{h}");
+    assert_eq!(h["relay"]["delivered"], 0, "a standby publishes nothing: {h}");
+
+    // The holder stops (releasing the lease): the standby takes over and
+    // publishes what is appended through it, and every stored event is on the topic.
+    active.stop();
+    eventually(Duration::from_secs(30), "the standby to take over", || is_leader(&ready).then_some(()));
+    create_order(&ready, Uuid::now_v7(), "AFTER-1");
+    caught_up(&ready);
+    assert_all_on_topic(&brokers, &ready);
+    ready.stop();
 }

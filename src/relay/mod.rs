@@ -19,7 +19,8 @@
 //! (librdkafka, delivery reports on a channel), `broker_watch` (the broker
 //! state /health reads, probed while unknown or unreachable), `encode`, `pipeline`,
 //! `exactly_once` + `progress`, `parking`, `requests` (operator requests),
-//! `runner` (lease-gated terms), `status`, `deliver` + `cdc` (the Scylla CDC
+//! `runner` (lease-gated terms), `warm` (the next term's producer, connected
+//! while standing by), `status`, `deliver` + `cdc` (the Scylla CDC
 //! feed), `breaker`, `retry`, `error`, `admin` (topics), `sink`, `topics`,
 //! `off_runtime` (rdkafka clients, whose drop blocks, dropped off the runtime).
 
@@ -46,6 +47,7 @@ pub mod runner;
 pub mod sink;
 pub mod status;
 pub mod topics;
+pub mod warm;
 pub mod window;
 
 pub use breaker::{BreakerState, CircuitBreaker};

@@ -34,16 +34,16 @@ use crate::config::{Config, RelayConfig};
 use crate::lease::keeper::LeaseState;
 use crate::metrics::Metrics;
 use crate::relay::breaker::CircuitBreaker;
-use crate::relay::broker_watch::spawn_broker_watch;
 use crate::relay::encode::{Discarded, Encoder};
 use crate::relay::error::PublishError;
 use crate::relay::feed::{FeedHandle, FeedReader};
-use crate::relay::producer::{Delivery, KafkaProducer, SendError};
+use crate::relay::producer::{KafkaProducer, SendError};
 use crate::relay::retry::Backoff;
 use crate::relay::run::Run;
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::StatusTx;
 use crate::relay::topics::all_topics;
+use crate::relay::warm::WarmProducer;
 use crate::relay::window::{AggKey, Fenced, Window};
 use crate::shutdown::Shutdown;
 use crate::store::feed::{FeedRow, RawEvent, Unreadable};
@@ -247,12 +247,17 @@ impl Relay {
         &self.cfg.consumer_name
     }
 
-    /// Runs one term until shutdown, lease loss or rewind.
-    pub async fn run(self, mut shutdown: Shutdown) -> Result<Exit, RelayError> {
+    /// Runs one term until shutdown, lease loss or rewind, on a producer made now.
+    pub async fn run(self, shutdown: Shutdown) -> Result<Exit, RelayError> {
+        let warm = WarmProducer::start(&self.config.kafka, self.status.clone(), shutdown.clone())?;
+        self.run_warm(warm, shutdown).await
+    }
+
+    /// Runs one term on a producer made before it (a standby's, connected
+    /// while it waited for the lease).
+    pub async fn run_warm(self, warm: WarmProducer, mut shutdown: Shutdown) -> Result<Exit, RelayError> {
         let started = Instant::now();
-        let (producer, completions) = KafkaProducer::new(&self.config.kafka, &Delivery::AtLeastOnce)
-            .map_err(|e| RelayError::Config(e.message))?;
-        let broker_watch = spawn_broker_watch(producer.clone(), self.status.clone(), shutdown.clone());
+        let WarmProducer { producer, completions, watch: broker_watch } = warm;
         let Some(checkpoint) = self.initial_checkpoint(&mut shutdown).await else {
             return Ok(Exit::Shutdown);
         };

@@ -64,6 +64,8 @@ fn soak_two_instances_one_publisher_takeover_zombie_and_restart() {
     let (code, h) = standby.health();
     assert_eq!(code, 200, "{h}");
     assert_eq!(component(&h, "cdc_processor").0, "healthy", "a standby is healthy: {h}");
+    let kafka = component(&h, "kafka");
+    assert!(kafka.0 == "healthy" && kafka.1.ends_with("broker reachable"), "a standby's producer is connected: {h}");
     assert!(relay_status(&active)["delivered"].as_u64().unwrap() > 0);
 
     // kill -9 of the active under load: the standby takes over within 3 TTL.

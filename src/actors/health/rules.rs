@@ -6,7 +6,9 @@
 //! - store: probe fails (unreachable, database file gone or replaced) -> Unhealthy.
 //! - kafka: on the active relay: no broker answered yet -> Unknown; broker
 //!   unreachable, breaker open or half-open -> Degraded. A standby does not
-//!   publish: Healthy (it says who does).
+//!   publish: Healthy (it says who does), but Degraded when the broker is
+//!   unreachable from its producer (at-least-once standbys have one, made
+//!   ahead of their term): it could not publish if it took over.
 //! - cdc_processor (the relay): lease not read yet -> Unknown; standby ->
 //!   Healthy; feed reads failing -> Degraded, Unhealthy after
 //!   `health.feed_unhealthy_after_ms`; parked aggregates -> Degraded; lag
@@ -164,10 +166,15 @@ fn kafka_health(relay: &RelayStatus) -> (HealthStatus, String) {
     let err = relay.last_error.clone().unwrap_or_else(|| "no error recorded".into());
     match &relay.role {
         Role::Standby { holder, epoch } => {
-            return (
-                HealthStatus::Healthy,
-                format!("standby: this instance does not publish (active relay {holder}, epoch {epoch})"),
-            )
+            let who = format!("standby: this instance does not publish (active relay {holder}, epoch {epoch})");
+            return match &relay.broker {
+                BrokerState::Unreachable { since, error } => (
+                    HealthStatus::Degraded,
+                    format!("{who}; it could not publish if it took over: broker unreachable since {since}: {error}"),
+                ),
+                BrokerState::Reachable { .. } => (HealthStatus::Healthy, format!("{who}; broker reachable")),
+                BrokerState::Unknown => (HealthStatus::Healthy, who),
+            };
         }
         Role::Unknown => return (HealthStatus::Unknown, "the relay lease has not been read yet".into()),
         Role::Active { .. } | Role::Unfenced => {}

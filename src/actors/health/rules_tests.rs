@@ -232,6 +232,22 @@ fn a_standby_is_healthy_and_says_who_publishes() {
     assert_eq!(v["kafka"].0, HealthStatus::Healthy, "{v:?}");
     assert_eq!(v["cdc_processor"].0, HealthStatus::Healthy, "{v:?}");
     assert!(v["cdc_processor"].1.contains("host-a:1:2"));
+    assert!(!v["kafka"].1.contains("broker"), "nothing is known of the broker yet: {v:?}");
+
+    // Its producer (made ahead of its term) reaches the broker: ready.
+    relay_mut(&mut p).broker = BrokerState::Reachable { since: Utc::now() };
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["kafka"].0, HealthStatus::Healthy, "{v:?}");
+    assert!(v["kafka"].1.ends_with("broker reachable"), "{v:?}");
+
+    // It does not: it could not publish if it took over.
+    let error = "Connect to ipv4#127.0.0.1:9 failed: Connection refused".to_string();
+    relay_mut(&mut p).broker = BrokerState::Unreachable { since: Utc::now(), error: error.clone() };
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["kafka"].0, HealthStatus::Degraded, "{v:?}");
+    assert!(v["kafka"].1.contains("could not publish if it took over") && v["kafka"].1.contains(&error), "{v:?}");
+    assert!(v["kafka"].1.contains("host-a:1:2"), "{v:?}");
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Healthy, "the relay itself stands by as it should: {v:?}");
 }
 
 #[test]
