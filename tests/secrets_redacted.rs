@@ -1,6 +1,6 @@
 //! Secrets never leave the process in clear: the CQL password, the API
-//! token and every `kafka.extra` key that holds one (password, secret,
-//! token: `sasl.password`, ...) are redacted in `outboxd config`, and
+//! token and every `kafka.extra` key that holds one (password, passphrase,
+//! secret, token, private key: `sasl.password`, ...) are redacted in `outboxd config`, and
 //! absent from the output and logs of a failing `outboxd run` and a
 //! failing `outboxd schema` (debug logging on, so a Debug-printed config
 //! would be caught); a secret key librdkafka refuses is named, not shown.
@@ -27,6 +27,9 @@ fn secrets() -> Secrets {
             ("ssl.key.password", s("sslkeypw")),
             ("ssl.keystore.password", s("keystorepw")),
             ("sasl.oauthbearer.client.secret", s("oidcsecret")),
+            // The JWT-bearer grant's key passphrase and inline private key.
+            ("sasl.oauthbearer.assertion.private.key.passphrase", s("assertionpass")),
+            ("sasl.oauthbearer.assertion.private.key.pem", s("assertionkey")),
         ],
     }
 }

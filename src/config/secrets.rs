@@ -2,11 +2,13 @@
 //! environment, and the redacted copy of a configuration.
 //!
 //! Secrets: `store.cql.password`, `http.api_token`, and every key whose name
-//! holds `password`, `secret`, `token` or `credential` (notably the
-//! `kafka.extra` librdkafka keys `sasl.password`, `ssl.key.password`,
-//! `ssl.keystore.password`, `sasl.oauthbearer.client.secret`), plus
-//! `ssl.key.pem` and `sasl.oauthbearer.config` (a private key, a config
-//! string that carries one).
+//! holds `password`, `passphrase`, `secret`, `token` or `credential` (notably
+//! the `kafka.extra` librdkafka keys `sasl.password`, `ssl.key.password`,
+//! `ssl.keystore.password`, `sasl.oauthbearer.client.secret`,
+//! `sasl.oauthbearer.assertion.private.key.passphrase`), plus every
+//! `*key.pem` (`ssl.key.pem`, `sasl.oauthbearer.assertion.private.key.pem`:
+//! private keys) and `sasl.oauthbearer.config` (a config string that
+//! carries one).
 //!
 //! Guarantee: [`Config::redacted`] replaces every secret with [`REDACTED`];
 //! [`Config::secret_values`] lists the values so that log lines and error
@@ -24,7 +26,7 @@ pub const REDACTED: &str = "<redacted>";
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     let last = k.rsplit('.').next().unwrap_or(&k);
-    ["password", "secret", "token", "credential"].iter().any(|w| k.contains(w))
+    ["password", "passphrase", "secret", "token", "credential"].iter().any(|w| k.contains(w))
         || last == "pem" && k.ends_with("key.pem")
         || k.ends_with("sasl.oauthbearer.config")
 }
@@ -91,12 +93,22 @@ mod tests {
             "sasl.oauthbearer.client.secret",
             "ssl.key.pem",
             "sasl.oauthbearer.config",
+            "sasl.oauthbearer.assertion.private.key.passphrase",
+            "sasl.oauthbearer.assertion.private.key.pem",
             "SASL.PASSWORD",
             "aws_credentials",
         ] {
             assert!(is_secret_key(k), "{k}");
         }
-        for k in ["sasl.username", "ssl.certificate.pem", "ssl.ca.location", "store.cql.username", "kafka.brokers"] {
+        for k in [
+            "sasl.username",
+            "ssl.certificate.pem",
+            "ssl.ca.location",
+            "store.cql.username",
+            "kafka.brokers",
+            "sasl.oauthbearer.assertion.private.key.file",
+            "sasl.oauthbearer.assertion.claim.sub",
+        ] {
             assert!(!is_secret_key(k), "{k}");
         }
     }
