@@ -10,9 +10,10 @@
 //!   publishes nothing, and /health and the log say why (never the password);
 //! - a CA file that does not exist, or an OIDC config without its token
 //!   endpoint, is refused at load (exit 2, one line naming the setting);
-//! - OAuth/OIDC: a token from an HTTPS token endpoint (client credentials)
-//!   that the broker validates; a wrong client secret or a forged token
-//!   publishes nothing.
+//! - OAuth/OIDC: a token from an HTTPS token endpoint (client credentials,
+//!   or a JWT-bearer assertion signed with a passphrase-protected key) that
+//!   the broker validates; a wrong client secret, an assertion signed by
+//!   another key or a forged token publishes nothing.
 
 mod harness;
 
@@ -169,6 +170,93 @@ fn the_relay_logs_in_with_an_oidc_token_and_publishes_nothing_without_one() {
     let (d, _dir) = daemon_with(&tls.sasl_brokers, &oidc(&secret, &forger.url), 1);
     refused_with(&d, "invalid_token");
     assert!(forger.statuses().contains(&200), "the forged token was handed out: {:?}", forger.statuses());
+    d.stop();
+}
+
+/// Runs `openssl` with `args` (installed by `make test`, as the script's
+/// TLS mode needs it).
+fn openssl(args: &[&str]) {
+    let out = std::process::Command::new("openssl").args(args).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The JWT-bearer grant (RFC 7523; `sasl.oauthbearer.grant.type =
+/// "urn:ietf:params:oauth:grant-type:jwt-bearer"`): librdkafka signs an
+/// assertion with the relay's private key (here encrypted, opened with
+/// `sasl.oauthbearer.assertion.private.key.passphrase`), the token endpoint
+/// checks it against the relay's public key and hands out the token the
+/// broker accepts: every event is on the topic, and the passphrase is never
+/// shown. An assertion signed by another key gets no token (400
+/// `invalid_grant`): nothing is published and /health says why.
+#[test]
+fn the_relay_logs_in_with_a_jwt_bearer_assertion_and_publishes_nothing_signed_by_another_key() {
+    if harness::shared_brokers().is_none() {
+        return; // prints SKIPPED with the reason
+    }
+    let kafka = PrivateKafka::start_tls();
+    let tls = kafka.tls.clone().expect("KAFKA_TLS=1 start prints the TLS listeners and the CA");
+    let token = std::fs::read_to_string(&tls.oauth_token).unwrap().trim().to_string();
+    let keys = tempfile::tempdir().unwrap();
+    let path = |name: &str| keys.path().join(name).display().to_string();
+    let passphrase = format!("phrase-{}", Uuid::now_v7().simple());
+    let pass = format!("pass:{passphrase}");
+    let rsa = ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
+    openssl(&[&rsa[..], &["-aes-256-cbc", "-pass", &pass, "-out", &path("relay-key.pem")]].concat());
+    openssl(&[&rsa[..], &["-out", &path("other-key.pem")]].concat());
+    let public = path("relay-public.der");
+    openssl(&[
+        "rsa",
+        "-in",
+        &path("relay-key.pem"),
+        "-passin",
+        &pass,
+        "-RSAPublicKey_out",
+        "-outform",
+        "DER",
+        "-out",
+        &public,
+    ]);
+    let endpoint = harness::oauth::TokenEndpoint::start_jwt_bearer(
+        tls.ca.parent().unwrap(),
+        "outboxd-relay",
+        std::fs::read(&public).unwrap(),
+        token,
+    );
+    let ca = tls.ca.display().to_string();
+    let jwt_bearer = |key: &str, passphrase: Option<&str>| {
+        let mut extra = vec![
+            ("security.protocol", "sasl_ssl".to_string()),
+            ("ssl.ca.location", ca.clone()),
+            ("sasl.mechanism", "OAUTHBEARER".to_string()),
+            ("sasl.oauthbearer.method", "oidc".to_string()),
+            ("sasl.oauthbearer.grant.type", "urn:ietf:params:oauth:grant-type:jwt-bearer".to_string()),
+            ("sasl.oauthbearer.token.endpoint.url", endpoint.url.clone()),
+            ("sasl.oauthbearer.assertion.private.key.file", key.to_string()),
+            ("sasl.oauthbearer.assertion.claim.iss", "outboxd-relay".to_string()),
+            ("sasl.oauthbearer.assertion.claim.sub", "outboxd-relay".to_string()),
+            ("sasl.oauthbearer.assertion.claim.aud", endpoint.url.clone()),
+            ("https.ca.location", ca.clone()),
+        ];
+        extra.extend(passphrase.map(|p| ("sasl.oauthbearer.assertion.private.key.passphrase", p.to_string())));
+        extra
+    };
+
+    let (d, _dir) = daemon_with(&tls.sasl_brokers, &jwt_bearer(&path("relay-key.pem"), Some(&passphrase)), 5);
+    assert_eq!(caught_up(&d), 10);
+    assert_all_on_topic(&kafka.brokers, &d);
+    let (_, h) = d.health();
+    let shown = format!("{h}{}{}", d.metrics().text, d.log_text());
+    assert!(!shown.contains(&passphrase), "the key's passphrase was shown");
+    d.stop();
+    let asked = endpoint.answered.lock().unwrap().clone();
+    assert!(asked.iter().any(|(status, _)| *status == 200), "the token came from the endpoint: {asked:?}");
+    assert!(asked.iter().all(|(_, body)| body.contains("grant-type:jwt-bearer&assertion=")), "{asked:?}");
+
+    let before = endpoint.statuses().len();
+    let (d, _dir) = daemon_with(&tls.sasl_brokers, &jwt_bearer(&path("other-key.pem"), None), 1);
+    refused_with(&d, "Failed to acquire SASL OAUTHBEARER token");
+    assert!(component(&d.health().1, "kafka").1.contains("invalid_grant"), "the endpoint's answer is shown");
+    assert!(endpoint.statuses()[before..].iter().all(|s| *s == 400), "{:?}", endpoint.statuses());
     d.stop();
 }
 
