@@ -104,6 +104,30 @@ fn the_relay_publishes_over_tls_and_sasl_and_nothing_to_a_broker_it_cannot_trust
     d.stop();
 }
 
+/// A private TLS broker that takes OAUTHBEARER, its listeners and a token
+/// it accepts; None (SKIPPED printed) without a broker to run tests against.
+fn oauth_broker() -> Option<(PrivateKafka, TlsListeners, String)> {
+    harness::shared_brokers()?;
+    let kafka = PrivateKafka::start_tls();
+    let tls = kafka.tls.clone().expect("KAFKA_TLS=1 start prints the TLS listeners and the CA");
+    let token = std::fs::read_to_string(&tls.oauth_token).unwrap().trim().to_string();
+    Some((kafka, tls, token))
+}
+
+/// The OIDC settings both grants share: SASL_SSL trusting `ca`, OAUTHBEARER
+/// with `sasl.oauthbearer.method = "oidc"`, the token endpoint at `url`
+/// (HTTPS, trusted with the same CA).
+fn oidc_settings(ca: &str, url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("security.protocol", "sasl_ssl".to_string()),
+        ("ssl.ca.location", ca.to_string()),
+        ("sasl.mechanism", "OAUTHBEARER".to_string()),
+        ("sasl.oauthbearer.method", "oidc".to_string()),
+        ("sasl.oauthbearer.token.endpoint.url", url.to_string()),
+        ("https.ca.location", ca.to_string()),
+    ]
+}
+
 /// SASL/OAUTHBEARER with OIDC (`sasl.oauthbearer.method = "oidc"`): the
 /// relay takes a token from the token endpoint over HTTPS (trusting it with
 /// `https.ca.location`) with its client id and secret, and the broker
@@ -113,27 +137,18 @@ fn the_relay_publishes_over_tls_and_sasl_and_nothing_to_a_broker_it_cannot_trust
 /// shown.
 #[test]
 fn the_relay_logs_in_with_an_oidc_token_and_publishes_nothing_without_one() {
-    if harness::shared_brokers().is_none() {
-        return; // prints SKIPPED with the reason
-    }
-    let kafka = PrivateKafka::start_tls();
-    let tls = kafka.tls.clone().expect("KAFKA_TLS=1 start prints the TLS listeners and the CA");
-    let token = std::fs::read_to_string(&tls.oauth_token).unwrap().trim().to_string();
+    let Some((kafka, tls, token)) = oauth_broker() else { return };
     let secret = format!("s3cret-{}", Uuid::now_v7().simple());
     let endpoint = harness::oauth::TokenEndpoint::start(tls.ca.parent().unwrap(), "outboxd-relay", &secret, token);
     let ca = tls.ca.display().to_string();
     let oidc = |secret: &str, url: &str| {
-        [
-            ("security.protocol", "sasl_ssl".to_string()),
-            ("ssl.ca.location", ca.clone()),
-            ("sasl.mechanism", "OAUTHBEARER".to_string()),
-            ("sasl.oauthbearer.method", "oidc".to_string()),
+        let mut extra = oidc_settings(&ca, url);
+        extra.extend([
             ("sasl.oauthbearer.client.id", "outboxd-relay".to_string()),
             ("sasl.oauthbearer.client.secret", secret.to_string()),
-            ("sasl.oauthbearer.token.endpoint.url", url.to_string()),
             ("sasl.oauthbearer.scope", "kafka".to_string()),
-            ("https.ca.location", ca.clone()),
-        ]
+        ]);
+        extra
     };
 
     let (d, _dir) = daemon_with(&tls.sasl_brokers, &oidc(&secret, &endpoint.url), 5);
@@ -190,12 +205,7 @@ fn openssl(args: &[&str]) {
 /// `invalid_grant`): nothing is published and /health says why.
 #[test]
 fn the_relay_logs_in_with_a_jwt_bearer_assertion_and_publishes_nothing_signed_by_another_key() {
-    if harness::shared_brokers().is_none() {
-        return; // prints SKIPPED with the reason
-    }
-    let kafka = PrivateKafka::start_tls();
-    let tls = kafka.tls.clone().expect("KAFKA_TLS=1 start prints the TLS listeners and the CA");
-    let token = std::fs::read_to_string(&tls.oauth_token).unwrap().trim().to_string();
+    let Some((kafka, tls, token)) = oauth_broker() else { return };
     let keys = tempfile::tempdir().unwrap();
     let path = |name: &str| keys.path().join(name).display().to_string();
     let passphrase = format!("phrase-{}", Uuid::now_v7().simple());
@@ -224,19 +234,14 @@ fn the_relay_logs_in_with_a_jwt_bearer_assertion_and_publishes_nothing_signed_by
     );
     let ca = tls.ca.display().to_string();
     let jwt_bearer = |key: &str, passphrase: Option<&str>| {
-        let mut extra = vec![
-            ("security.protocol", "sasl_ssl".to_string()),
-            ("ssl.ca.location", ca.clone()),
-            ("sasl.mechanism", "OAUTHBEARER".to_string()),
-            ("sasl.oauthbearer.method", "oidc".to_string()),
+        let mut extra = oidc_settings(&ca, &endpoint.url);
+        extra.extend([
             ("sasl.oauthbearer.grant.type", "urn:ietf:params:oauth:grant-type:jwt-bearer".to_string()),
-            ("sasl.oauthbearer.token.endpoint.url", endpoint.url.clone()),
             ("sasl.oauthbearer.assertion.private.key.file", key.to_string()),
             ("sasl.oauthbearer.assertion.claim.iss", "outboxd-relay".to_string()),
             ("sasl.oauthbearer.assertion.claim.sub", "outboxd-relay".to_string()),
             ("sasl.oauthbearer.assertion.claim.aud", endpoint.url.clone()),
-            ("https.ca.location", ca.clone()),
-        ];
+        ]);
         extra.extend(passphrase.map(|p| ("sasl.oauthbearer.assertion.private.key.passphrase", p.to_string())));
         extra
     };
