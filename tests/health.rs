@@ -194,17 +194,33 @@ fn another(cfg: &outboxd::config::Config) -> outboxd::config::Config {
     c
 }
 
-/// An at-least-once standby makes its next term's producer before it waits
-/// for the lease: its /health says whether it could publish if it took
-/// over. One whose broker address answers nothing is degraded (and does not
-/// take the lease); a ready one says "broker reachable", and when the
-/// holder stops it takes over and publishes what is appended through it.
+/// A standby makes its next term's producer before it waits for the lease:
+/// its /health says whether it could publish if it took over. One whose
+/// broker address answers nothing is degraded (and does not take the
+/// lease); a ready one says "broker reachable", and when the holder stops
+/// it takes over and publishes what is appended through it.
 #[test]
 fn a_standby_says_whether_it_could_take_over() {
+    standby_case("at-least-once");
+}
+
+/// The same in exactly-once mode: the standby's transactional producer,
+/// made ahead, takes no producer id before its term, so the holder is not
+/// fenced while it stands by (it goes on publishing).
+#[test]
+fn an_exactly_once_standby_says_whether_it_could_take_over() {
+    standby_case("exactly-once");
+}
+
+fn standby_case(delivery: &str) {
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let cfg = daemon_config(&brokers, dir.path());
-    let env = [("OUTBOX_HEALTH__INTERVAL_MS", "500".to_string())];
+    let env = [
+        ("OUTBOX_HEALTH__INTERVAL_MS", "500".to_string()),
+        ("OUTBOX_RELAY__DELIVERY", delivery.to_string()),
+        ("OUTBOX_RELAY__PROGRESS_TOPIC", format!("{}progress", cfg.kafka.topic_prefix)),
+    ];
     let active = Daemon::start(&cfg, &env);
     eventually(Duration::from_secs(30), "the first instance to lead", || is_leader(&active).then_some(()));
     create_order(&active, Uuid::now_v7(), "BEFORE-1");
@@ -228,7 +244,8 @@ fn a_standby_says_whether_it_could_take_over() {
     assert!(is_leader(&active) && !is_leader(&wrong), "the lease did not move");
     wrong.stop();
 
-    // A standby that reaches the broker is ready.
+    // A standby that reaches the broker is ready, and the holder goes on
+    // publishing beside it (exactly-once: not fenced by its producer).
     let ready = Daemon::start(&another(&cfg), &env);
     let h = eventually(Duration::from_secs(30), "the standby to reach the broker", || {
         let (_, h) = ready.health();
@@ -237,6 +254,9 @@ fn a_standby_says_whether_it_could_take_over() {
     assert_eq!(h["relay"]["role"], "standby", "{h}");
     assert_eq!(component(&h, "kafka").0, "healthy", "{h}");
     assert_eq!(h["relay"]["delivered"], 0, "a standby publishes nothing: {h}");
+    create_order(&active, Uuid::now_v7(), "BESIDE-1");
+    caught_up(&active);
+    assert!(is_leader(&active) && !is_leader(&ready), "the lease did not move");
 
     // The holder stops (releasing the lease): the standby takes over and
     // publishes what is appended through it, and every stored event is on the topic.

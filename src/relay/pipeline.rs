@@ -37,7 +37,7 @@ use crate::relay::breaker::CircuitBreaker;
 use crate::relay::encode::{Discarded, Encoder};
 use crate::relay::error::PublishError;
 use crate::relay::feed::{FeedHandle, FeedReader};
-use crate::relay::producer::{KafkaProducer, SendError};
+use crate::relay::producer::{Delivery, KafkaProducer, SendError};
 use crate::relay::retry::Backoff;
 use crate::relay::run::Run;
 use crate::relay::sink::DeadLetterSink;
@@ -249,7 +249,8 @@ impl Relay {
 
     /// Runs one term until shutdown, lease loss or rewind, on a producer made now.
     pub async fn run(self, shutdown: Shutdown) -> Result<Exit, RelayError> {
-        let warm = WarmProducer::start(&self.config.kafka, self.status.clone(), shutdown.clone())?;
+        let warm =
+            WarmProducer::start(&self.config.kafka, &Delivery::AtLeastOnce, self.status.clone(), shutdown.clone())?;
         self.run_warm(warm, shutdown).await
     }
 

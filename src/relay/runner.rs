@@ -10,9 +10,10 @@
 //! - A term that ends because of a rewind, a lost lease or a producer that
 //!   must be recreated is followed by a new term (after re-checking the
 //!   lease); only shutdown or a configuration error ends the runner.
-//! - At-least-once: each term's producer is made before the lease is waited
-//!   for ([`WarmProducer`]): a standby is connected when it takes over, and
-//!   its /health says whether it could publish.
+//! - Each term's producer is made before the lease is waited for
+//!   ([`WarmProducer`]): a standby is connected when it takes over, and its
+//!   /health says whether it could publish (exactly-once: no producer id is
+//!   taken, so no one is fenced, before the term's `init_transactions`).
 //! - The role is published in the relay status at once (`standby`,
 //!   `active`, with the holder and epoch), so /health and the metrics are
 //!   true on every instance.
@@ -23,8 +24,9 @@ use std::time::Duration;
 use crate::config::{Config, DeliveryMode};
 use crate::lease::keeper::{LeaseHandle, LeaseState};
 use crate::metrics::Metrics;
+use crate::relay::exactly_once::transactional;
 use crate::relay::pipeline::{Exit, Fence, Relay, RelayError};
-use crate::relay::producer::BrokerState;
+use crate::relay::producer::Delivery;
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::{Role, StatusTx};
 use crate::relay::warm::WarmProducer;
@@ -48,20 +50,14 @@ impl RelayRunner {
     pub async fn run(self, mut shutdown: Shutdown) -> Result<(), RelayError> {
         let mut fatal_restarts: u32 = 0;
         loop {
-            // At-least-once: the term's producer is made before the lease is
-            // (see `warm`): connected and holding its producer id when the
+            // The term's producer is made before the lease is (see `warm`):
+            // connected (at-least-once: holding its producer id) when the
             // term starts, and /health on a standby reads its broker state.
-            let warm = match self.config.relay.delivery {
-                DeliveryMode::AtLeastOnce => {
-                    Some(WarmProducer::start(&self.config.kafka, self.status.clone(), shutdown.clone())?)
-                }
-                DeliveryMode::ExactlyOnce => {
-                    // No producer before the term (`init_transactions` would
-                    // fence the holder's): nothing is known of the broker.
-                    self.status.broker(&BrokerState::Unknown);
-                    None
-                }
+            let delivery = match self.config.relay.delivery {
+                DeliveryMode::AtLeastOnce => Delivery::AtLeastOnce,
+                DeliveryMode::ExactlyOnce => transactional(&self.config.relay),
             };
+            let warm = WarmProducer::start(&self.config.kafka, &delivery, self.status.clone(), shutdown.clone())?;
             let fence = match &self.lease {
                 None => {
                     self.status.update(|s| {
@@ -82,9 +78,9 @@ impl RelayRunner {
                 Some(f) => relay.with_fence(f),
                 None => relay,
             };
-            let exit = match warm {
-                Some(warm) => relay.run_warm(warm, shutdown.clone()).await,
-                None => relay.run_exactly_once(shutdown.clone()).await,
+            let exit = match self.config.relay.delivery {
+                DeliveryMode::AtLeastOnce => relay.run_warm(warm, shutdown.clone()).await,
+                DeliveryMode::ExactlyOnce => relay.run_exactly_once_warm(warm, shutdown.clone()).await,
             };
             match exit {
                 Ok(Exit::Shutdown) => return Ok(()),

@@ -7,8 +7,8 @@
 //! - kafka: on the active relay: no broker answered yet -> Unknown; broker
 //!   unreachable, breaker open or half-open -> Degraded. A standby does not
 //!   publish: Healthy (it says who does), but Degraded when the broker is
-//!   unreachable from its producer (at-least-once standbys have one, made
-//!   ahead of their term): it could not publish if it took over.
+//!   unreachable from its producer (made ahead of its term): it could not
+//!   publish if it took over.
 //! - cdc_processor (the relay): lease not read yet -> Unknown; standby ->
 //!   Healthy; feed reads failing -> Degraded, Unhealthy after
 //!   `health.feed_unhealthy_after_ms`; parked aggregates -> Degraded; lag

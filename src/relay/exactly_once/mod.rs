@@ -44,13 +44,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::relay::breaker::CircuitBreaker;
-use crate::relay::broker_watch::spawn_broker_watch;
 use crate::relay::encode::Encoder;
 use crate::relay::error::PublishError;
 use crate::relay::pipeline::{Exit, Relay, RelayError, TermFeed};
 use crate::relay::producer::{Completion, Delivery, KafkaProducer, TxnErrorKind};
 use crate::relay::progress;
 use crate::relay::retry::Backoff;
+use crate::relay::warm::WarmProducer;
 use crate::relay::window::AggKey;
 use crate::shutdown::Shutdown;
 
@@ -88,16 +88,34 @@ pub(super) struct Txn {
     /// The replay the last progress record of the former term was part of.
     pub(super) resumed: Option<progress::ReplayMark>,
 }
+/// The `transactional.id` of a consumer's relay: every instance of it uses
+/// the same one, so a new holder's `init_transactions` fences the former.
+pub fn transactional_id(cfg: &crate::config::RelayConfig) -> String {
+    format!("outboxd-{}", cfg.consumer_name)
+}
+
+/// How an exactly-once term's producer delivers.
+pub fn transactional(cfg: &crate::config::RelayConfig) -> Delivery {
+    Delivery::Transactional { id: transactional_id(cfg), timeout_ms: cfg.transaction_timeout_ms }
+}
+
 impl Relay {
-    /// Runs one exactly-once term until shutdown, lease loss or rewind.
-    pub async fn run_exactly_once(self, mut shutdown: Shutdown) -> Result<Exit, RelayError> {
+    /// Runs one exactly-once term until shutdown, lease loss or rewind, on a
+    /// producer made now.
+    pub async fn run_exactly_once(self, shutdown: Shutdown) -> Result<Exit, RelayError> {
+        let delivery = transactional(&self.cfg);
+        let warm = WarmProducer::start(&self.config.kafka, &delivery, self.status.clone(), shutdown.clone())?;
+        self.run_exactly_once_warm(warm, shutdown).await
+    }
+
+    /// Runs one exactly-once term on a transactional producer made before it
+    /// (a standby's: it took no producer id, so it fenced no one, until the
+    /// `init_transactions` below).
+    pub async fn run_exactly_once_warm(self, warm: WarmProducer, mut shutdown: Shutdown) -> Result<Exit, RelayError> {
         let started = Instant::now();
         let k = &self.config.kafka;
-        let id = format!("outboxd-{}", self.cfg.consumer_name);
-        let delivery = Delivery::Transactional { id: id.clone(), timeout_ms: self.cfg.transaction_timeout_ms };
-        let (producer, completions) = KafkaProducer::new(k, &delivery).map_err(|e| RelayError::Config(e.message))?;
+        let WarmProducer { producer, completions, watch: broker_watch } = warm;
         let epoch = self.fence.as_ref().map(|f| f.epoch).unwrap_or(0);
-        let broker_watch = spawn_broker_watch(producer.clone(), self.status.clone(), shutdown.clone());
         self.status.update(|s| {
             s.delivery = "exactly-once";
             true
@@ -164,7 +182,7 @@ impl Relay {
             s.parked_aggregates = parked.len() as u64;
             true
         });
-        tracing::info!(consumer = %self.cfg.consumer_name, transactional_id = %id, position, "exactly-once relay started");
+        tracing::info!(consumer = %self.cfg.consumer_name, transactional_id = %transactional_id(&self.cfg), position, "exactly-once relay started");
         let TermFeed { stop, handle: feed, pages, idle: _idle } = self.open_feed(position);
         let mut t = Txn {
             producer,
