@@ -28,6 +28,7 @@ use crate::lease::keeper::LeaseState;
 use crate::relay::broker_watch::spawn_broker_watch;
 use crate::relay::cdc::run_relay_feed;
 use crate::relay::deliver::Deliverer;
+use crate::relay::producer::BrokerState;
 use crate::relay::runner::RelayRunner;
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::FeedState;
@@ -99,9 +100,12 @@ async fn run_cdc_relay(
                 .with_epoch(epoch);
             // The producer's broker state into the relay status (/health's
             // `kafka`, the drain's "broker takes it"), as on the position feed.
-            let watch = spawn_broker_watch(deliverer.producer().clone(), status, term.clone());
+            let watch = spawn_broker_watch(deliverer.producer().clone(), status.clone(), term.clone());
             let res = run_relay_feed(cql, &deps.cfg, Arc::new(deliverer), &deps.metrics, epoch, term).await;
             drop(watch);
+            // No producer until the next term: what its broker state was is
+            // not known any more (a standby's /health must not show it).
+            status.broker(&BrokerState::Unknown);
             res.map_err(failed)
         }
     })
