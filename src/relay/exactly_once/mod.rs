@@ -88,6 +88,7 @@ pub(super) struct Txn {
     /// The replay the last progress record of the former term was part of.
     pub(super) resumed: Option<progress::ReplayMark>,
 }
+
 /// The `transactional.id` of a consumer's relay: every instance of it uses
 /// the same one, so a new holder's `init_transactions` fences the former.
 pub fn transactional_id(cfg: &crate::config::RelayConfig) -> String {
