@@ -186,14 +186,6 @@ fn an_idle_daemon_reports_the_broker_as_it_is_without_publishing() {
     d.stop();
 }
 
-/// The same configuration for a second instance on the same store: its own ports.
-fn another(cfg: &outboxd::config::Config) -> outboxd::config::Config {
-    let mut c = cfg.clone();
-    c.http.listen = format!("127.0.0.1:{}", free_port());
-    c.http.admin_listen = format!("127.0.0.1:{}", free_port());
-    c
-}
-
 /// A standby makes its next term's producer before it waits for the lease:
 /// its /health says whether it could publish if it took over. One whose
 /// broker address answers nothing is degraded (and does not take the
@@ -227,7 +219,7 @@ fn standby_case(delivery: &str) {
     caught_up(&active);
 
     // A standby configured with a broker address nothing listens on.
-    let mut wrong = another(&cfg);
+    let mut wrong = on_new_ports(&cfg);
     wrong.kafka.brokers = format!("127.0.0.1:{}", free_port());
     let wrong = Daemon::start(&wrong, &env);
     let (code, h) = eventually(Duration::from_secs(30), "the misconfigured standby to say it cannot publish", || {
@@ -246,7 +238,7 @@ fn standby_case(delivery: &str) {
 
     // A standby that reaches the broker is ready, and the holder goes on
     // publishing beside it (exactly-once: not fenced by its producer).
-    let ready = Daemon::start(&another(&cfg), &env);
+    let ready = Daemon::start(&on_new_ports(&cfg), &env);
     let h = eventually(Duration::from_secs(30), "the standby to reach the broker", || {
         let (_, h) = ready.health();
         (component(&h, "kafka").1.ends_with("broker reachable")).then_some(h)

@@ -69,14 +69,6 @@ fn settle_and_judge(brokers: &str, cfg: &Config, db: &Path, windows: &[Window]) 
     verdict
 }
 
-/// A second instance's configuration: the same store and topics, its own ports.
-fn second(cfg: &Config) -> Config {
-    let mut c = cfg.clone();
-    c.http.listen = format!("127.0.0.1:{}", free_port());
-    c.http.admin_listen = format!("127.0.0.1:{}", free_port());
-    c
-}
-
 fn sleep_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }

@@ -33,7 +33,12 @@ pub fn db_in(dir: &Path) -> PathBuf {
 
 /// A test configuration on free ports.
 pub fn daemon_config(brokers: &str, dir: &Path) -> Config {
-    let mut c = test_config(brokers, &db_in(dir));
+    on_new_ports(&test_config(brokers, &db_in(dir)))
+}
+
+/// `cfg` on new free ports: another instance on the same store and topics.
+pub fn on_new_ports(cfg: &Config) -> Config {
+    let mut c = cfg.clone();
     c.http.listen = format!("127.0.0.1:{}", free_port());
     c.http.admin_listen = format!("127.0.0.1:{}", free_port());
     c
@@ -55,8 +60,7 @@ impl Daemon {
                 panic!("outboxd run exited before it was ready; log:\n{}", d.log_text());
             }
             eprintln!("outboxd run could not bind a port picked for it (taken meanwhile); starting it on new ports");
-            cfg.http.listen = format!("127.0.0.1:{}", free_port());
-            cfg.http.admin_listen = format!("127.0.0.1:{}", free_port());
+            cfg = on_new_ports(&cfg);
         }
         let d = Daemon::spawn(&cfg, extra_env);
         d.wait_ready(Duration::from_secs(60));

@@ -15,7 +15,7 @@ fn soak_exactly_once_zombie_paused_mid_transaction_is_fenced() {
     let Some(brokers) = shared_brokers() else { return };
     let dir = kept_on_failure();
     let cfg_a = daemon_config(&brokers, dir.path());
-    let cfg_b = second(&cfg_a);
+    let cfg_b = on_new_ports(&cfg_a);
     let db = cfg_a.store.path.clone();
     let env = soak_env(&cfg_a, "exactly-once");
     let a = Daemon::start(&cfg_a, &env);
