@@ -116,21 +116,7 @@ impl RelayRunner {
         let mut rx = lease.state();
         loop {
             let state = rx.borrow_and_update().clone();
-            let role = match &state {
-                LeaseState::Active { epoch } => Role::Active { epoch: *epoch },
-                LeaseState::Standby { holder, epoch, .. } => Role::Standby { holder: holder.clone(), epoch: *epoch },
-                LeaseState::Unknown | LeaseState::Lost { .. } => Role::Unknown,
-            };
-            self.status.update(|s| {
-                if s.role == role {
-                    return false;
-                }
-                s.role = role.clone();
-                if !matches!(role, Role::Active { .. }) {
-                    s.running = false;
-                }
-                true
-            });
+            self.status.lease_role(&state);
             if let LeaseState::Active { epoch } = state {
                 return Some(Fence { epoch, lease: rx });
             }

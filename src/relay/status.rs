@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+use crate::lease::keeper::LeaseState;
 use crate::relay::breaker::BreakerState;
 use crate::relay::producer::BrokerState;
 
@@ -34,6 +35,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role a state of the relay lease means.
+    pub fn of(lease: &LeaseState) -> Role {
+        match lease {
+            LeaseState::Active { epoch } => Role::Active { epoch: *epoch },
+            LeaseState::Standby { holder, epoch, .. } => Role::Standby { holder: holder.clone(), epoch: *epoch },
+            LeaseState::Unknown | LeaseState::Lost { .. } => Role::Unknown,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Role::Unknown => "unknown",
@@ -150,6 +160,22 @@ impl StatusTx {
         });
     }
 
+    /// Publishes the role a state of the relay lease means, as the relay
+    /// waits for the lease: an instance without it runs no term.
+    pub fn lease_role(&self, lease: &LeaseState) {
+        let role = Role::of(lease);
+        self.update(|s| {
+            if s.role == role {
+                return false;
+            }
+            if !matches!(role, Role::Active { .. }) {
+                s.running = false;
+            }
+            s.role = role;
+            true
+        });
+    }
+
     pub fn feed_ok(&self) {
         self.update(|s| {
             if s.feed == FeedState::Ok {
@@ -248,5 +274,32 @@ impl StatusTx {
                 true
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each lease state publishes its role; losing or never holding the
+    /// lease marks the relay not running, and an unchanged role wakes no one.
+    #[test]
+    fn the_lease_state_sets_the_role_and_a_standby_runs_nothing() {
+        let (tx, mut rx) = watch::channel(RelayStatus::default());
+        let status = StatusTx::new(tx);
+        status.lease_role(&LeaseState::Active { epoch: 3 });
+        assert_eq!(rx.borrow_and_update().role, Role::Active { epoch: 3 });
+        status.update(|s| {
+            s.running = true;
+            true
+        });
+        rx.borrow_and_update();
+        status.lease_role(&LeaseState::Active { epoch: 3 });
+        assert!(!rx.has_changed().unwrap(), "the same role again is no change");
+        status.lease_role(&LeaseState::Lost { epoch: 3 });
+        let s = rx.borrow_and_update().clone();
+        assert_eq!((s.role, s.running), (Role::Unknown, false));
+        status.lease_role(&LeaseState::Standby { holder: "b".into(), epoch: 4, ttl_ms: 3000 });
+        assert_eq!(rx.borrow_and_update().role, Role::Standby { holder: "b".into(), epoch: 4 });
     }
 }
