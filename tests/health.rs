@@ -2,7 +2,7 @@
 //! broker outage under traffic and while idle (the broker watch's probes),
 //! the store removed under the daemon (/health and the relay's own reads),
 //! a standby saying whether it could take over (its producer is made before
-//! its term), and /health, /health/ready and 503s during shutdown.
+//! its term; on the position feed and the Scylla CDC relay), and /health, /health/ready and 503s during shutdown.
 
 mod harness;
 
@@ -258,4 +258,85 @@ fn standby_case(delivery: &str) {
     caught_up(&ready);
     assert_all_on_topic(&brokers, &ready);
     ready.stop();
+}
+
+/// The same on the Scylla CDC relay, at the relay actor's body (`RelayBody`
+/// on the CQL store; `outboxd run` refuses Apache Cassandra, which has no
+/// CDC log, but standing by reads none): while another instance holds the
+/// relay lease, the standby's producer, made before its term, puts its
+/// broker state in the relay status that /health reads (unreachable with a
+/// dead broker address, reachable with the real one). When the lease is
+/// released it takes it and its term starts; on Cassandra the term then
+/// stops at the missing CDC log, which ScyllaDB has (`make integration-test`).
+#[test]
+fn a_cdc_relay_standby_says_whether_it_could_take_over() {
+    use harness::cdc_rig::Rig;
+    use outboxd::actors::{ActorDeps, Leases, RelayBody, TaskBody};
+    use outboxd::relay::producer::BrokerState;
+    use outboxd::relay::{RelayStatus, Role};
+    use outboxd::store::lease::{Lease, LeaseCas, LeaseStore};
+    use std::sync::Arc;
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let Some(rig) = Rig::start("CDC relay standby").await else { return };
+        let other =
+            Lease { name: RELAY.into(), holder: "another-instance".into(), epoch: 1, counter: 0, ttl_ms: 600_000 };
+        assert!(rig.store.lease_cas(&LeaseCas { expected: None, new: other.clone() }).await.unwrap());
+        let dead = format!("127.0.0.1:{}", free_port());
+        for brokers in [dead.as_str(), rig.brokers.as_str()] {
+            let reachable = brokers == rig.brokers;
+            let mut cfg = rig.cfg.clone();
+            cfg.kafka.brokers = brokers.to_string();
+            let trigger = outboxd::shutdown::Trigger::new();
+            let metrics = outboxd::metrics::Metrics::new();
+            let keeper = outboxd::lease::keeper::spawn(
+                rig.store.clone(),
+                RELAY,
+                &format!("standby-{reachable}"),
+                Duration::from_secs(3),
+                metrics.clone(),
+                Default::default(),
+                trigger.subscribe(),
+            );
+            let store: outboxd::store::DynStore = rig.store.clone();
+            let deps = ActorDeps::new(cfg, store.clone(), metrics, tokio::runtime::Handle::current())
+                .with_leases(Leases { relay: Some(keeper), ..Leases::default() })
+                .with_cql(rig.store.clone());
+            let mut status = deps.relay_status.subscribe();
+            let body = RelayBody { sink: Arc::new(store) }.spawn(&deps, trigger.subscribe()).unwrap();
+            let task = tokio::spawn(body);
+            let standing_by = |s: &RelayStatus| {
+                matches!(&s.role, Role::Standby { holder, .. } if holder == "another-instance")
+                    && s.broker.is_reachable() == reachable
+                    && !matches!(s.broker, BrokerState::Unknown)
+            };
+            let waited = tokio::time::timeout(Duration::from_secs(30), async {
+                status.wait_for(standing_by).await.map(|s| s.clone())
+            })
+            .await;
+            let Ok(s) = waited else {
+                panic!("the standby (broker reachable: {reachable}) never said so: {:?}", status.borrow())
+            };
+            let s = s.unwrap();
+            assert!(!s.running && s.delivered == 0, "a standby runs no term: {s:?}");
+            let holder = rig.store.lease_get(RELAY).await.unwrap().unwrap().holder;
+            assert_eq!(holder, "another-instance", "the lease did not move");
+            if !reachable {
+                trigger.fire();
+                let end = tokio::time::timeout(Duration::from_secs(30), task).await.expect("the standby stops");
+                assert!(end.unwrap().is_ok(), "a standby stops cleanly on shutdown");
+                continue;
+            }
+            // Released: the standby takes the lease and starts its term.
+            let released = Lease { holder: String::new(), counter: 1, ..other.clone() };
+            assert!(rig.store.lease_cas(&LeaseCas { expected: Some((1, 0)), new: released }).await.unwrap());
+            let end = tokio::time::timeout(Duration::from_secs(30), task).await.expect("the term starts and stops");
+            let error = end.unwrap().expect_err("Cassandra has no CDC log").to_string();
+            assert!(error.contains("CDC feed needs ScyllaDB"), "{error}");
+            let lease = rig.store.lease_get(RELAY).await.unwrap().unwrap();
+            assert_eq!((lease.holder.as_str(), lease.epoch), ("standby-true", 2), "the standby took the lease");
+            trigger.fire();
+        }
+    });
 }

@@ -9,7 +9,9 @@
 //!   the relay lease.
 //!
 //! It reports the relay's role (active/standby), progress, broker and
-//! breaker state (`RelayStatus`).
+//! breaker state (`RelayStatus`). On both feeds the next term's producer is
+//! made before the lease is waited for (`relay::warm`): a standby is
+//! connected when it takes over, and its broker state is on /health.
 //! Thin body: the relay owns reading, publishing, retries, the breaker and
 //! checkpoints; the shell (`supervision::shell`) owns spawning, watching,
 //! restarts and stopping. The relay resumes from its persisted checkpoint,
@@ -23,15 +25,15 @@ use futures::future::{BoxFuture, FutureExt};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::lease::gate::while_active;
+use crate::lease::gate::while_active_prepared;
 use crate::lease::keeper::LeaseState;
-use crate::relay::broker_watch::spawn_broker_watch;
 use crate::relay::cdc::run_relay_feed;
 use crate::relay::deliver::Deliverer;
-use crate::relay::producer::BrokerState;
+use crate::relay::producer::{BrokerState, Delivery};
 use crate::relay::runner::RelayRunner;
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::FeedState;
+use crate::relay::warm::WarmProducer;
 use crate::relay::{BreakerState, Role, StatusTx};
 use crate::shutdown::Shutdown;
 use crate::store::cql::CqlStore;
@@ -56,18 +58,10 @@ fn failed(e: impl std::fmt::Display) -> TaskError {
     TaskError::Failed(e.to_string())
 }
 
-/// The relay role a lease state means.
-pub fn role_of(s: &LeaseState) -> Role {
-    match s {
-        LeaseState::Active { epoch } => Role::Active { epoch: *epoch },
-        LeaseState::Standby { holder, epoch, .. } => Role::Standby { holder: holder.clone(), epoch: *epoch },
-        LeaseState::Unknown | LeaseState::Lost { .. } => Role::Unknown,
-    }
-}
-
 /// The CQL feed: while this instance holds the relay lease, reads the Scylla
 /// CDC log until the term ends (`relay::cdc::run_relay_feed`: progress
-/// fenced by the term's epoch, graceful stop).
+/// fenced by the term's epoch, graceful stop), publishing through the
+/// producer made while it stood by.
 async fn run_cdc_relay(
     deps: ActorDeps,
     cql: Arc<CqlStore>,
@@ -77,34 +71,40 @@ async fn run_cdc_relay(
     let status = StatusTx::new(deps.relay_status.clone());
     let lease = deps.leases.relay.clone();
     let role_status = status.clone();
-    let on_role = move |s: &LeaseState| {
-        let role = role_of(s);
-        role_status.update(|st| {
-            if st.role == role {
-                return false;
-            }
-            st.role = role;
-            true
-        })
+    let on_role = move |s: &LeaseState| role_status.lease_role(s);
+    // Each term's producer is made before the lease is waited for (as on the
+    // position feed, `relay::warm`): a standby is connected when it takes
+    // over, and its watch puts its broker state on /health meanwhile.
+    let (kafka, warm_status, warm_shutdown) = (deps.cfg.kafka.clone(), status.clone(), shutdown.clone());
+    let prepare = move || {
+        WarmProducer::start(&kafka, &Delivery::AtLeastOnce, warm_status.clone(), warm_shutdown.clone()).map_err(failed)
     };
-    while_active(lease.as_ref(), shutdown, on_role, |epoch, term| {
+    while_active_prepared(lease.as_ref(), shutdown, on_role, prepare, |epoch, warm, term| {
         let (deps, cql, sink, status) = (deps.clone(), cql.clone(), sink.clone(), status.clone());
         async move {
             status.update(|st| {
                 st.role = epoch.map(|epoch| Role::Active { epoch }).unwrap_or(Role::Unfenced);
                 true
             });
-            let deliverer = Deliverer::new(&deps.cfg, deps.store.clone(), sink, deps.metrics.clone(), status.clone())
-                .await
-                .map_err(|e| failed(e.message))?
-                .with_epoch(epoch);
-            // The producer's broker state into the relay status (/health's
-            // `kafka`, the drain's "broker takes it"), as on the position feed.
-            let watch = spawn_broker_watch(deliverer.producer().clone(), status.clone(), term.clone());
+            let WarmProducer { producer, completions, watch } = warm;
+            let store = deps.store.clone();
+            let deliverer = Deliverer::with_producer(
+                &deps.cfg,
+                producer,
+                completions,
+                store,
+                sink,
+                deps.metrics.clone(),
+                status.clone(),
+            )
+            .await
+            .map_err(|e| failed(e.message))?
+            .with_epoch(epoch);
             let res = run_relay_feed(cql, &deps.cfg, Arc::new(deliverer), &deps.metrics, epoch, term).await;
             drop(watch);
-            // No producer until the next term: what its broker state was is
-            // not known any more (a standby's /health must not show it).
+            // This term's producer is gone: its broker state is not known any
+            // more until the next one's watch says (a standby must not show
+            // a former term's state).
             status.broker(&BrokerState::Unknown);
             res.map_err(failed)
         }

@@ -4,7 +4,10 @@
 //! held at `epoch`, and fires `term` (the run's own shutdown) at once when
 //! the keeper withdraws the lease or when `shutdown` fires; after the run
 //! returns it waits for the lease again. Without a lease (`None`) it runs
-//! once, unfenced (single-instance use).
+//! once, unfenced (single-instance use). `while_active_prepared` also makes
+//! each term's resource (`prepare`) before it waits for the lease, so the
+//! term starts with it ready (the Scylla CDC relay's producer); a resource
+//! that cannot be made ends the loop with that error.
 
 use std::future::Future;
 
@@ -14,19 +17,37 @@ use crate::shutdown::{Shutdown, Trigger};
 /// Calls `on_role` with every role change while waiting, and `run` for every term.
 pub async fn while_active<F, Fut, E>(
     lease: Option<&LeaseHandle>,
-    mut shutdown: Shutdown,
-    mut on_role: impl FnMut(&LeaseState),
+    shutdown: Shutdown,
+    on_role: impl FnMut(&LeaseState),
     mut run: F,
 ) -> Result<(), E>
 where
     F: FnMut(Option<i64>, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), E>>,
 {
+    while_active_prepared(lease, shutdown, on_role, || Ok(()), |epoch, (), term| run(epoch, term)).await
+}
+
+/// As [`while_active`], and `prepare` makes each term's resource before the
+/// lease is waited for; `run` gets it with the term. One resource per term:
+/// the next is made when a term has ended (not after shutdown).
+pub async fn while_active_prepared<P, F, Fut, E>(
+    lease: Option<&LeaseHandle>,
+    mut shutdown: Shutdown,
+    mut on_role: impl FnMut(&LeaseState),
+    mut prepare: impl FnMut() -> Result<P, E>,
+    mut run: F,
+) -> Result<(), E>
+where
+    F: FnMut(Option<i64>, P, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
     let Some(lease) = lease else {
-        return run(None, shutdown).await;
+        return run(None, prepare()?, shutdown).await;
     };
     let mut rx = lease.state();
     loop {
+        let ready = prepare()?;
         // Wait for the lease.
         let epoch = loop {
             let state = rx.borrow_and_update().clone();
@@ -51,7 +72,7 @@ where
             }
             term.fire();
         });
-        let res = run(Some(epoch), term_shutdown).await;
+        let res = run(Some(epoch), ready, term_shutdown).await;
         watcher.abort();
         res?;
         if shutdown.is_shutdown() {
@@ -64,3 +85,7 @@ where
         }
     }
 }
+
+#[cfg(test)]
+#[path = "gate_tests.rs"]
+mod tests;

@@ -61,6 +61,12 @@ impl LeaseHandle {
     pub fn current(&self) -> LeaseState {
         self.state.borrow().clone()
     }
+
+    /// A handle following `state` with no keeper (tests drive the state).
+    #[cfg(test)]
+    pub(crate) fn following(state: watch::Receiver<LeaseState>) -> LeaseHandle {
+        LeaseHandle { name: "test".into(), instance: "me".into(), state }
+    }
 }
 
 /// Starts keeping lease `name` for instance `me`. The keeper stops (and releases

@@ -106,6 +106,7 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
+    /// A deliverer with a producer of its own (at-least-once).
     pub async fn new(
         config: &Config,
         store: DynStore,
@@ -114,6 +115,22 @@ impl Deliverer {
         status: StatusTx,
     ) -> Result<Deliverer, PublishError> {
         let (producer, completions) = KafkaProducer::new(&config.kafka, &Delivery::AtLeastOnce)?;
+        Deliverer::with_producer(config, producer, completions, store, sink, metrics, status).await
+    }
+
+    /// A deliverer that publishes through a producer made before it (an
+    /// at-least-once [`WarmProducer`](crate::relay::warm::WarmProducer)'s:
+    /// the CDC relay's standby connects before its term) and routes that
+    /// producer's delivery reports.
+    pub(crate) async fn with_producer(
+        config: &Config,
+        producer: KafkaProducer,
+        completions: mpsc::UnboundedReceiver<Completion>,
+        store: DynStore,
+        sink: Arc<dyn DeadLetterSink>,
+        metrics: Metrics,
+        status: StatusTx,
+    ) -> Result<Deliverer, PublishError> {
         let waiters: Waiters = Arc::default();
         tokio::spawn(route(completions, waiters.clone()));
         let parked = store

@@ -15,7 +15,8 @@
 //!   could not publish if it took over says so.
 //! - Nothing is published before the term: the producer gets records only
 //!   from the term that owns it ([`Relay::run_warm`](super::pipeline::Relay::run_warm),
-//!   `Relay::run_exactly_once_warm`); each term has a fresh one (a term
+//!   `Relay::run_exactly_once_warm`, and on the Scylla CDC relay
+//!   `Deliverer::with_producer`); each term has a fresh one (a term
 //!   ending purges and drops its own).
 
 use tokio::sync::mpsc;

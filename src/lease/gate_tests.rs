@@ -1,0 +1,130 @@
+//! `while_active_prepared` with the lease state driven by the test: each
+//! term's resource is made before the lease is waited for, one per term, the
+//! next after a term ends (not after shutdown), and a resource that cannot
+//! be made ends the loop with its error instead of waiting on without one.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+use super::while_active_prepared;
+use crate::lease::keeper::{LeaseHandle, LeaseState};
+use crate::shutdown::Trigger;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Each term's epoch and the resource it was given.
+type Terms = mpsc::UnboundedReceiver<(Option<i64>, usize)>;
+
+/// Runs the gate over `states`: every prepare counted in `made` (failing
+/// from the `fail_from`-th on), every term's (epoch, resource) sent on the
+/// returned channel; a term lasts until its shutdown.
+fn gate(
+    states: watch::Receiver<LeaseState>,
+    shutdown: &Trigger,
+    made: Arc<AtomicUsize>,
+    fail_from: usize,
+) -> (Terms, tokio::task::JoinHandle<Result<(), String>>) {
+    let (tx, terms) = mpsc::unbounded_channel();
+    let lease = LeaseHandle::following(states);
+    let shutdown = shutdown.subscribe();
+    let task = tokio::spawn(async move {
+        let prepare = || {
+            let n = made.fetch_add(1, Ordering::SeqCst) + 1;
+            if n >= fail_from {
+                return Err(format!("resource {n} cannot be made"));
+            }
+            Ok(n)
+        };
+        while_active_prepared(
+            Some(&lease),
+            shutdown,
+            |_| {},
+            prepare,
+            |epoch, n, mut term| {
+                let tx = tx.clone();
+                async move {
+                    tx.send((epoch, n)).unwrap();
+                    term.recv().await;
+                    Ok(())
+                }
+            },
+        )
+        .await
+    });
+    (terms, task)
+}
+
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}"));
+}
+
+#[tokio::test]
+async fn each_term_gets_a_resource_made_before_the_lease_came() {
+    let (state, states) = watch::channel(LeaseState::Standby { holder: "other".into(), epoch: 1, ttl_ms: 3000 });
+    let shutdown = Trigger::new();
+    let made = Arc::new(AtomicUsize::new(0));
+    let (mut terms, task) = gate(states, &shutdown, made.clone(), usize::MAX);
+
+    until("the first resource is made while standing by", || made.load(Ordering::SeqCst) == 1).await;
+    assert!(terms.try_recv().is_err(), "no term without the lease");
+    state.send(LeaseState::Active { epoch: 2 }).unwrap();
+    assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.unwrap(), Some((Some(2), 1)));
+    assert_eq!(made.load(Ordering::SeqCst), 1, "the term took the resource made before it");
+
+    // The lease goes: the term ends and the next term's resource is made at once.
+    state.send(LeaseState::Lost { epoch: 2 }).unwrap();
+    until("the next resource is made after the term", || made.load(Ordering::SeqCst) == 2).await;
+    assert!(terms.try_recv().is_err(), "no term without the lease");
+    state.send(LeaseState::Active { epoch: 3 }).unwrap();
+    assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.unwrap(), Some((Some(3), 2)));
+
+    // Shutdown ends the term and the loop; nothing more is made.
+    shutdown.fire();
+    assert_eq!(tokio::time::timeout(WAIT, task).await.unwrap().unwrap(), Ok(()));
+    assert_eq!(made.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_resource_that_cannot_be_made_ends_the_loop_with_its_error() {
+    let (state, states) = watch::channel(LeaseState::Active { epoch: 1 });
+    let shutdown = Trigger::new();
+    let made = Arc::new(AtomicUsize::new(0));
+    let (mut terms, task) = gate(states, &shutdown, made.clone(), 2);
+    assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.unwrap(), Some((Some(1), 1)));
+    state.send(LeaseState::Standby { holder: "other".into(), epoch: 2, ttl_ms: 3000 }).unwrap();
+    let end = tokio::time::timeout(WAIT, task).await.expect("the loop ends instead of waiting without a resource");
+    assert_eq!(end.unwrap(), Err("resource 2 cannot be made".to_string()));
+    assert!(terms.try_recv().is_err(), "no term without its resource");
+}
+
+#[tokio::test]
+async fn without_a_lease_one_unfenced_term_runs_with_its_resource() {
+    let shutdown = Trigger::new();
+    let (tx, mut terms) = mpsc::unbounded_channel();
+    let mut made = 0;
+    let end = while_active_prepared(
+        None,
+        shutdown.subscribe(),
+        |_| {},
+        || {
+            made += 1;
+            Ok::<_, String>(made)
+        },
+        |epoch, n, _term| {
+            tx.send((epoch, n)).unwrap();
+            async { Ok(()) }
+        },
+    )
+    .await;
+    assert_eq!(end, Ok(()));
+    assert_eq!(terms.try_recv().unwrap(), (None, 1));
+    assert!(terms.try_recv().is_err(), "one term");
+}
