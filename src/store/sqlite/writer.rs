@@ -166,7 +166,10 @@ fn commit_group(
     mut next: impl FnMut(usize) -> Option<AppendJob>,
     versions: &HashMap<Uuid, i64>,
 ) -> (Vec<AppendJob>, Vec<Result<Appended, StoreError>>) {
-    let mut batch = vec![first];
+    // Sized for a full group of 64 closed-loop callers, so the writer thread
+    // does not regrow it append by append.
+    let mut batch = Vec::with_capacity(64);
+    batch.push(first);
     let fail_all = |batch: Vec<AppendJob>, e: StoreError| {
         let results = batch.iter().map(|_| Err(e.clone())).collect();
         (batch, results)
