@@ -2,7 +2,8 @@
 //! broker outage under traffic and while idle (the broker watch's probes),
 //! the store removed under the daemon (/health and the relay's own reads),
 //! a standby saying whether it could take over (its producer is made before
-//! its term; on the position feed and the Scylla CDC relay), and /health, /health/ready and 503s during shutdown.
+//! its term; on the position feed and the Scylla CDC relay), and /health,
+//! /health/ready and 503s during shutdown.
 
 mod harness;
 

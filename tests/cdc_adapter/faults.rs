@@ -28,12 +28,8 @@ fn daemon(rig: &Rig, dir: &std::path::Path) -> Daemon {
     let mut cfg = daemon_config(&rig.config.kafka.brokers, dir);
     cfg.kafka.topic_prefix = rig.config.kafka.topic_prefix.clone();
     let c = &rig.config.store.cql;
-    let env = [
-        ("OUTBOX_STORE__BACKEND", "cql".to_string()),
-        ("OUTBOX_STORE__CQL__URI", c.uri.clone()),
-        ("OUTBOX_STORE__CQL__KEYSPACE", c.keyspace.clone()),
-        ("OUTBOX_STORE__CQL__CDC__CHECKPOINT_INTERVAL_MS", c.cdc.checkpoint_interval_ms.to_string()),
-    ];
+    let mut env = crate::harness::cdc_rig::cql_env(c).to_vec();
+    env.push(("OUTBOX_STORE__CQL__CDC__CHECKPOINT_INTERVAL_MS", c.cdc.checkpoint_interval_ms.to_string()));
     Daemon::start(&cfg, &env)
 }
 
