@@ -7,9 +7,13 @@
 //! once, unfenced (single-instance use). `while_active_prepared` also makes
 //! each term's resource (`prepare`) before it waits for the lease, so the
 //! term starts with it ready (the Scylla CDC relay's producer); a resource
-//! that cannot be made ends the loop with that error.
+//! that cannot be made ends the loop with that error. `wait_held` is the
+//! wait itself, for a caller that runs its terms its own way (the Kafka
+//! relay's runner).
 
 use std::future::Future;
+
+use tokio::sync::watch;
 
 use super::keeper::{LeaseHandle, LeaseState};
 use crate::shutdown::{Shutdown, Trigger};
@@ -48,17 +52,8 @@ where
     let mut rx = lease.state();
     loop {
         let ready = prepare()?;
-        // Wait for the lease.
-        let epoch = loop {
-            let state = rx.borrow_and_update().clone();
-            on_role(&state);
-            if let Some(e) = state.active_epoch() {
-                break e;
-            }
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { return Ok(()) },
-                _ = shutdown.recv() => return Ok(()),
-            }
+        let Some(epoch) = wait_held(&mut rx, &mut shutdown, &mut on_role).await else {
+            return Ok(());
         };
         // Run one term; end it when the lease goes or shutdown comes.
         let term = Trigger::new();
@@ -82,6 +77,27 @@ where
             // The run ended on its own while still holding the lease: the caller's
             // supervisor decides (an unrequested end is a failure there).
             return Ok(());
+        }
+    }
+}
+
+/// Waits until this instance holds the lease and returns its epoch; calls
+/// `on_role` with every state seen meanwhile. None when shutdown comes or
+/// the keeper is gone (its channel closed).
+pub async fn wait_held(
+    rx: &mut watch::Receiver<LeaseState>,
+    shutdown: &mut Shutdown,
+    mut on_role: impl FnMut(&LeaseState),
+) -> Option<i64> {
+    loop {
+        let state = rx.borrow_and_update().clone();
+        on_role(&state);
+        if let Some(e) = state.active_epoch() {
+            return Some(e);
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return None },
+            _ = shutdown.recv() => return None,
         }
     }
 }

@@ -2,13 +2,15 @@
 //! term's resource is made before the lease is waited for, one per term, the
 //! next after a term ends (not after shutdown), and a resource that cannot
 //! be made ends the loop with its error instead of waiting on without one.
+//! `wait_held` returns the epoch once held, every state seen on the way
+//! reported, and None (never a hang) on shutdown or a keeper gone.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-use super::while_active_prepared;
+use super::{wait_held, while_active_prepared};
 use crate::lease::keeper::{LeaseHandle, LeaseState};
 use crate::shutdown::Trigger;
 
@@ -127,4 +129,44 @@ async fn without_a_lease_one_unfenced_term_runs_with_its_resource() {
     assert_eq!(end, Ok(()));
     assert_eq!(terms.try_recv().unwrap(), (None, 1));
     assert!(terms.try_recv().is_err(), "one term");
+}
+
+#[tokio::test]
+async fn wait_held_reports_each_role_and_ends_on_the_lease_shutdown_or_a_keeper_gone() {
+    // Standby, then held: the epoch, with both states reported.
+    let (state, mut rx) = watch::channel(LeaseState::Unknown);
+    let shutdown = Trigger::new();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let waiter = {
+        let seen = seen.clone();
+        let mut shutdown = shutdown.subscribe();
+        tokio::spawn(async move {
+            let epoch = wait_held(&mut rx, &mut shutdown, |s| seen.lock().unwrap().push(s.clone())).await;
+            (epoch, rx)
+        })
+    };
+    until("the first state is reported", || seen.lock().unwrap().len() == 1).await;
+    state.send(LeaseState::Standby { holder: "other".into(), epoch: 4, ttl_ms: 3000 }).unwrap();
+    until("standby is reported", || seen.lock().unwrap().len() == 2).await;
+    state.send(LeaseState::Active { epoch: 5 }).unwrap();
+    let (epoch, mut rx) = tokio::time::timeout(WAIT, waiter).await.unwrap().unwrap();
+    assert_eq!(epoch, Some(5));
+    let roles: Vec<_> = seen.lock().unwrap().iter().map(|s| s.active_epoch()).collect();
+    assert_eq!(roles, vec![None, None, Some(5)]);
+    assert!(!rx.has_changed().unwrap(), "the returned receiver has seen the state it returned on");
+
+    // Shutdown while standing by: None.
+    state.send(LeaseState::Lost { epoch: 5 }).unwrap();
+    let mut sub = shutdown.subscribe();
+    let waiting = tokio::spawn(async move { wait_held(&mut rx, &mut sub, |_| {}).await });
+    shutdown.fire();
+    assert_eq!(tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap(), None);
+
+    // The keeper gone (its channel closed) while standing by: None, not a hang.
+    let (state, mut rx) = watch::channel(LeaseState::Standby { holder: "other".into(), epoch: 1, ttl_ms: 3000 });
+    let live = Trigger::new();
+    let mut sub = live.subscribe();
+    let waiting = tokio::spawn(async move { wait_held(&mut rx, &mut sub, |_| {}).await });
+    drop(state);
+    assert_eq!(tokio::time::timeout(WAIT, waiting).await.expect("no hang").unwrap(), None);
 }

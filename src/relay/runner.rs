@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, DeliveryMode};
-use crate::lease::keeper::{LeaseHandle, LeaseState};
+use crate::lease::gate::wait_held;
+use crate::lease::keeper::LeaseHandle;
 use crate::metrics::Metrics;
 use crate::relay::exactly_once::transactional;
 use crate::relay::pipeline::{Exit, Fence, Relay, RelayError};
@@ -114,16 +115,7 @@ impl RelayRunner {
     /// Waits until this instance holds the lease; publishes the role meanwhile.
     async fn wait_active(&self, lease: &LeaseHandle, shutdown: &mut Shutdown) -> Option<Fence> {
         let mut rx = lease.state();
-        loop {
-            let state = rx.borrow_and_update().clone();
-            self.status.lease_role(&state);
-            if let LeaseState::Active { epoch } = state {
-                return Some(Fence { epoch, lease: rx });
-            }
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { return None },
-                _ = shutdown.recv() => return None,
-            }
-        }
+        let epoch = wait_held(&mut rx, shutdown, |s| self.status.lease_role(s)).await?;
+        Some(Fence { epoch, lease: rx })
     }
 }
