@@ -10,6 +10,7 @@
 mod harness;
 
 use harness::config_check::outboxd;
+use harness::cql::cql_env;
 use std::path::{Path, PathBuf};
 
 struct Secure {
@@ -43,12 +44,8 @@ fn keyspace() -> String {
 
 /// The environment for one run: CQL backend on the secure node.
 fn env(s: &Secure, ks: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut e = vec![
-        ("OUTBOX_STORE__BACKEND".to_string(), "cql".to_string()),
-        ("OUTBOX_STORE__CQL__URI".into(), s.uri.clone()),
-        ("OUTBOX_STORE__CQL__KEYSPACE".into(), ks.into()),
-        ("OUTBOX_STORE__CQL__REQUEST_TIMEOUT_MS".into(), "20000".into()),
-    ];
+    let mut e: Vec<(String, String)> = cql_env(&s.uri, ks).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    e.push(("OUTBOX_STORE__CQL__REQUEST_TIMEOUT_MS".into(), "20000".into()));
     e.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     e
 }

@@ -135,11 +135,7 @@ pub fn cli_command(cfg: &outboxd::config::Config, cql: &CqlConfig, args: &[&str]
 
 /// The environment that puts `outboxd` on the CQL store of `cql`.
 pub fn cql_env(cql: &CqlConfig) -> [(&'static str, String); 3] {
-    [
-        ("OUTBOX_STORE__BACKEND", "cql".into()),
-        ("OUTBOX_STORE__CQL__URI", cql.uri.clone()),
-        ("OUTBOX_STORE__CQL__KEYSPACE", cql.keyspace.clone()),
-    ]
+    super::cql::cql_env(&cql.uri, &cql.keyspace)
 }
 
 /// Runs `outboxd <args>` as above: its exit code, stdout and stderr.

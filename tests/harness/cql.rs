@@ -1,4 +1,5 @@
-//! CQL helpers: sessions logged in as a role, and the relay role's grants as
+//! CQL helpers: the CQL backend's environment for `outboxd`, sessions
+//! logged in as a role, and the relay role's grants as
 //! docs/OPERATIONS.md lists them (tests run exactly the documented block).
 
 use std::sync::Arc;
@@ -25,6 +26,15 @@ pub fn relay_grants(keyspace: &str, role: &str) -> Vec<String> {
 /// The resource a GRANT statement names (`ks.table`, or `KEYSPACE`).
 pub fn grant_resource(grant: &str) -> String {
     grant.split(" ON ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or_default().to_string()
+}
+
+/// The environment that puts `outboxd` on the CQL store at `uri`, `keyspace`.
+pub fn cql_env(uri: &str, keyspace: &str) -> [(&'static str, String); 3] {
+    [
+        ("OUTBOX_STORE__BACKEND", "cql".into()),
+        ("OUTBOX_STORE__CQL__URI", uri.into()),
+        ("OUTBOX_STORE__CQL__KEYSPACE", keyspace.into()),
+    ]
 }
 
 /// A CQL session logged in as `user`.
