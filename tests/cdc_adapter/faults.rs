@@ -28,7 +28,7 @@ fn daemon(rig: &Rig, dir: &std::path::Path) -> Daemon {
     let mut cfg = daemon_config(&rig.config.kafka.brokers, dir);
     cfg.kafka.topic_prefix = rig.config.kafka.topic_prefix.clone();
     let c = &rig.config.store.cql;
-    let mut env = crate::harness::cdc_rig::cql_env(c).to_vec();
+    let mut env = crate::harness::cql::cql_env(&c.uri, &c.keyspace).to_vec();
     env.push(("OUTBOX_STORE__CQL__CDC__CHECKPOINT_INTERVAL_MS", c.cdc.checkpoint_interval_ms.to_string()));
     Daemon::start(&cfg, &env)
 }

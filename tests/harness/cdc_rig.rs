@@ -129,13 +129,8 @@ pub async fn cli_request_done(cfg: &outboxd::config::Config, cql: &CqlConfig, ar
 /// `outboxd <args>` on the rig's CQL store, as a command to run.
 pub fn cli_command(cfg: &outboxd::config::Config, cql: &CqlConfig, args: &[&str]) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"));
-    cmd.args(args).envs(config_env(cfg)).envs(cql_env(cql)).env("NO_COLOR", "1");
+    cmd.args(args).envs(config_env(cfg)).envs(super::cql::cql_env(&cql.uri, &cql.keyspace)).env("NO_COLOR", "1");
     cmd
-}
-
-/// The environment that puts `outboxd` on the CQL store of `cql`.
-pub fn cql_env(cql: &CqlConfig) -> [(&'static str, String); 3] {
-    super::cql::cql_env(&cql.uri, &cql.keyspace)
 }
 
 /// Runs `outboxd <args>` as above: its exit code, stdout and stderr.
