@@ -366,5 +366,37 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     assert!(r.text().to_lowercase().contains("too large"), "{}", r.text());
     assert_eq!(d.admin("GET", "/dlq").json()["count"], 1, "the dead letter stays");
     assert_eq!(d.metrics().value("dlq_parked_aggregates", &[]), 1.0, "its aggregate is parked");
+
+    // `{"all": true, "wait": false}` writes both of its requests at once (it
+    // used to write only the parked aggregates' and answer 202, so the dead
+    // letters were never replayed): with the limit raised, the relay carries
+    // out the parked aggregate's replay, then the dead letters'.
+    rt.block_on(admin.alter_configs(
+        &[AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "1000000")],
+        &opts,
+    ))
+    .unwrap();
+    let body = br#"{"all": true, "wait": false}"#;
+    let r = request(d.admin, "POST", "/dlq/replay", &[("Content-Type", "application/json")], Some(body));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v = r.json();
+    let both = v["requests"].as_array().unwrap_or_else(|| panic!("both requests: {v}")).clone();
+    let kinds: Vec<&str> = both.iter().map(|q| q["kind"]["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["replay_all_parked", "replay_dead_letters"], "{v}");
+    assert_eq!(v["request"]["id"], both[1]["id"], "the answer's request is the last one");
+    for q in &both {
+        let path = format!("/relay/requests/{}", q["id"].as_str().unwrap());
+        let done = eventually(Duration::from_secs(30), "the request to finish", || {
+            let s = d.admin("GET", &path).json();
+            (!matches!(s["request"]["status"].as_str(), Some("pending" | "running"))).then_some(s)
+        });
+        assert_eq!(done["request"]["status"], "done", "{done}");
+    }
+    assert_eq!(d.admin("GET", "/dlq").json()["count"], 0, "the dead letter was replayed");
+    assert_eq!(d.metrics().value("dlq_parked_aggregates", &[]), 0.0, "nothing is parked");
+    let records = consume_until(&brokers, std::slice::from_ref(&topic), 4, Duration::from_secs(20), |rs| {
+        rs.iter().any(|r| r.key == again)
+    });
+    assert!(records.iter().any(|r| r.key == again), "the second poison event delivered after replay --all");
     d.stop();
 }

@@ -66,6 +66,8 @@ fn bearer_token_protects_the_command_api_and_admin_writes_and_is_never_logged() 
         (Some("done"), Some("replay_dead_letters")),
         "{done}"
     );
+    let both = r.json()["requests"].as_array().map(Vec::len);
+    assert_eq!(both, Some(2), "both requests of the replay are listed: {}", r.text());
     // A rewind names exactly one target; a member given as null still counts (Schemathesis found it).
     let both = br#"{"to_position": 0, "to_time": null}"#;
     let r = request(d.admin, "POST", "/relay/rewind", &[ctype, ("Authorization", &auth)], Some(both));

@@ -293,6 +293,20 @@ async fn fenced_requests(s: DynStore) {
     assert!(s.request_finish(name, rewind.id, 2, RequestStatus::Done, done).await.unwrap());
     let r = s.request_get(rewind.id).await.unwrap().unwrap();
     assert_eq!((r.status, r.claimed_epoch), (RequestStatus::Done, Some(2)));
+
+    // Requests written in the same millisecond come out in id order (v7 ids
+    // increase within a process): `{"all": true}` writes its two at once.
+    let at = chrono::Utc::now();
+    let mut same: Vec<RelayRequest> = (0..4)
+        .map(|_| RelayRequest { created_at: at, ..RelayRequest::new(name, RequestKind::ReplayAllParked, "test") })
+        .collect();
+    for r in same.iter().rev() {
+        s.request_submit(r).await.unwrap();
+    }
+    same.sort_by_key(|r| r.id);
+    let open: Vec<Uuid> = s.requests_open(name, 2).await.unwrap().iter().map(|r| r.id).collect();
+    let tied: Vec<Uuid> = open.into_iter().filter(|id| same.iter().any(|r| r.id == *id)).collect();
+    assert_eq!(tied, same.iter().map(|r| r.id).collect::<Vec<_>>(), "ties by id, whatever the order written");
 }
 
 /// A discard's audit row is written once per (consumer, event id): a

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::actors::{ListDeadLetters, SubmitRequest};
 use crate::relay::operator::{self, Waited};
-use crate::store::requests::{RequestKind, RequestStatus};
+use crate::store::requests::{RelayRequest, RequestKind, RequestStatus};
 
 use super::admin::AdminState;
 use super::errors::ApiError;
@@ -72,9 +72,9 @@ fn wants_wait(body: &Value) -> Result<bool, ApiError> {
     flag(body, "wait", true)
 }
 
-/// Submits `kind` and (if asked) waits for the relay to carry it out.
-async fn submit(st: &AdminState, kind: RequestKind, wait: bool) -> Result<HttpResponse, ApiError> {
-    // A replay or discard of nothing parked is refused here, naming the field.
+/// Writes the request row for `kind`; a replay or discard of nothing parked
+/// is refused here, naming the field, and writes nothing.
+async fn submit_row(st: &AdminState, kind: RequestKind) -> Result<RelayRequest, ApiError> {
     match operator::check_parked(&st.store, &st.consumer, &kind).await {
         Ok(Ok(())) => {}
         Ok(Err(nothing)) => return Err(ApiError::invalid(nothing.field, nothing.message)),
@@ -83,34 +83,81 @@ async fn submit(st: &AdminState, kind: RequestKind, wait: bool) -> Result<HttpRe
             return Err(ApiError::unavailable("the store is unavailable"));
         }
     }
-    let r = st
-        .dlq
+    st.dlq
         .send(SubmitRequest { kind, requested_by: "admin-api".into() })
         .await
         .map_err(|_| ApiError::unavailable("dead-letter actor unavailable"))?
-        .map_err(|e| ApiError::from_actor(e, "relay request"))?;
+        .map_err(|e| ApiError::from_actor(e, "relay request"))
+}
+
+/// Submits `kind` and (if asked) waits for the relay to carry it out.
+async fn submit(st: &AdminState, kind: RequestKind, wait: bool) -> Result<HttpResponse, ApiError> {
+    let r = submit_row(st, kind).await?;
+    answer(st, r, wait, None).await
+}
+
+/// The answer for request `r`: 202 at once without `wait`, else 200 when it
+/// is done, 409 when it failed, 202 when it is not done within [`WAIT`].
+/// `all`, when given, is added as `requests` (the `all: true` replay's two).
+async fn answer(
+    st: &AdminState,
+    r: RelayRequest,
+    wait: bool,
+    all: Option<&[RelayRequest]>,
+) -> Result<HttpResponse, ApiError> {
+    let with_all = |mut body: Value| {
+        if let Some(all) = all {
+            body["requests"] = json!(all);
+        }
+        body
+    };
     if !wait {
-        return Ok(HttpResponse::Accepted().json(json!({ "request": r })));
+        return Ok(HttpResponse::Accepted().json(with_all(json!({ "request": r }))));
     }
     match operator::wait(&st.store, r.id, WAIT, WAIT, |_| {}).await {
         Ok(Waited::Finished(done)) if done.status == RequestStatus::Done => {
-            Ok(HttpResponse::Ok().json(json!({ "request": done })))
+            Ok(HttpResponse::Ok().json(with_all(json!({ "request": done }))))
         }
-        Ok(Waited::Finished(failed)) => Ok(ApiError::new(
-            actix_web::http::StatusCode::CONFLICT,
-            "request_failed",
-            "the relay could not carry out the request; see request.result",
-        )
-        .response_with(&[("request", json!(failed))])),
-        Ok(Waited::Unclaimed(p) | Waited::TimedOut(p)) => Ok(HttpResponse::Accepted().json(json!({
+        Ok(Waited::Finished(failed)) => {
+            let mut extra = vec![("request", json!(failed))];
+            if let Some(all) = all {
+                extra.push(("requests", json!(all)));
+            }
+            Ok(ApiError::new(
+                actix_web::http::StatusCode::CONFLICT,
+                "request_failed",
+                "the relay could not carry out the request; see request.result",
+            )
+            .response_with(&extra))
+        }
+        Ok(Waited::Unclaimed(p) | Waited::TimedOut(p)) => Ok(HttpResponse::Accepted().json(with_all(json!({
             "request": p,
             "message": "not finished yet (is a relay running?); poll GET /relay/requests/{id}",
-        }))),
+        })))),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read back a relay request");
             Err(ApiError::unavailable("the store is unavailable"))
         }
     }
+}
+
+/// `{"all": true}`: two requests, both written before any wait, so a first
+/// one still running at the 202 (or failing) never leaves the dead letters
+/// unrequested. The relay carries out requests one at a time, oldest first
+/// (ties by id, which this process makes increasing): every parked
+/// aggregate, then every dead letter. The answer is the first one's when it
+/// did not finish well, else the second's; `requests` lists both.
+async fn replay_all(st: &AdminState, wait: bool) -> Result<HttpResponse, ApiError> {
+    let parked = submit_row(st, RequestKind::ReplayAllParked).await?;
+    let letters = submit_row(st, RequestKind::ReplayDeadLetters { ids: None }).await?;
+    let both = [parked.clone(), letters.clone()];
+    if wait {
+        let first = answer(st, parked, true, Some(&both)).await?;
+        if first.status() != actix_web::http::StatusCode::OK {
+            return Ok(first);
+        }
+    }
+    answer(st, letters, wait, Some(&both)).await
 }
 
 fn uuid_list(b: &Input<'_>, field: &str) -> Result<Vec<Uuid>, ApiError> {
@@ -146,12 +193,7 @@ pub(super) async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<Value>
     } else if all_parked {
         RequestKind::ReplayAllParked
     } else if all {
-        // Everything: parked aggregates first, then the dead letters.
-        let first = submit(&st, RequestKind::ReplayAllParked, wait).await?;
-        if !first.status().is_success() || first.status() == actix_web::http::StatusCode::ACCEPTED {
-            return Ok(first);
-        }
-        RequestKind::ReplayDeadLetters { ids: None }
+        return replay_all(&st, wait).await;
     } else {
         return Err(ApiError::invalid(
             "aggregate_id",

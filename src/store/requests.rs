@@ -105,7 +105,8 @@ pub trait RequestStore: Send + Sync {
     async fn request_submit(&self, r: &RelayRequest) -> Result<(), StoreError>;
     async fn request_get(&self, id: Uuid) -> Result<Option<RelayRequest>, StoreError>;
     /// Requests of `consumer` to carry out: pending ones, and running ones
-    /// claimed under an epoch older than `epoch` (their executor lost the lease).
+    /// claimed under an epoch older than `epoch` (their executor lost the lease);
+    /// oldest first, ties by id (v7: increasing within the submitting process).
     async fn requests_open(&self, consumer: &str, epoch: i64) -> Result<Vec<RelayRequest>, StoreError>;
     /// Claims `r` (as read by `requests_open`) for the lease holder at `epoch`;
     /// false if someone else did meanwhile, or (`epoch` > 0: a fenced relay)

@@ -284,7 +284,7 @@ impl CqlStore {
                 finished_at: finished,
             });
         }
-        out.sort_by_key(|r| r.created_at);
+        out.sort_by_key(|r| (r.created_at, r.id));
         Ok(out)
     }
 

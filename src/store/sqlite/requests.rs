@@ -64,7 +64,7 @@ pub(super) fn get(c: &Connection, id: Uuid) -> Result<Option<RelayRequest>, Stor
 pub(super) fn open(c: &Connection, consumer: &str, epoch: i64) -> Result<Vec<RelayRequest>, StoreError> {
     let mut st = c
         .prepare_cached(&format!(
-            "SELECT {COLS} FROM relay_requests WHERE consumer = ?1 AND (status = 'pending' OR (status = 'running' AND COALESCE(claimed_epoch, -1) < ?2)) ORDER BY created_at"
+            "SELECT {COLS} FROM relay_requests WHERE consumer = ?1 AND (status = 'pending' OR (status = 'running' AND COALESCE(claimed_epoch, -1) < ?2)) ORDER BY created_at, id"
         ))
         .map_err(unavailable)?;
     let mut rows = st.query(params![consumer, epoch]).map_err(unavailable)?;
