@@ -246,6 +246,42 @@ fn cdc_settings_are_checked() {
     assert!(stderr(&o).contains("store.cql.cdc.log_ttl_seconds = 0"), "{}", stderr(&o));
 }
 
+/// Review findings: values accepted by `outboxd config` that then panicked
+/// (`store.sqlite.busy_timeout_ms` beyond what rusqlite takes, CDC intervals
+/// whose sum overflowed) or failed every producer creation of `outboxd run`
+/// (`kafka.linger_ms` librdkafka refuses) are refused at load: exit 2, one
+/// line naming the key, no panic, no store created.
+#[test]
+fn out_of_range_values_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let run = |cmd: &str, env: &[(&str, &str)], key: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_outboxd"));
+        c.arg("--db").arg(&db).arg(cmd).env_remove("RUST_LOG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{cmd} {env:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{cmd} {env:?}: one line, got {err:?}");
+        assert!(err.contains(key) && !err.contains("panicked"), "{cmd} {env:?}: {err:?} should name {key}");
+    };
+    let busy = [("OUTBOX_STORE__SQLITE__BUSY_TIMEOUT_MS", "3000000000")];
+    run("config", &busy, "store.sqlite.busy_timeout_ms = 3000000000");
+    run("schema", &busy, "store.sqlite.busy_timeout_ms = 3000000000");
+    run("config", &[("OUTBOX_KAFKA__LINGER_MS", "1000000")], "kafka.linger_ms = 1000000");
+    run("config", &[("OUTBOX_KAFKA__LINGER_MS", "20000")], "kafka.linger_ms (20000)");
+    let eos = [("OUTBOX_RELAY__DELIVERY", "exactly-once"), ("OUTBOX_KAFKA__MESSAGE_TIMEOUT_MS", "120000")];
+    run("config", &eos, "relay.transaction_timeout_ms (60000)");
+    let cdc =
+        [("OUTBOX_STORE__BACKEND", "cql"), ("OUTBOX_STORE__CQL__CDC__SAFETY_INTERVAL_MS", "18446744073709551615")];
+    run("config", &cdc, "store.cql.cdc.safety_interval_ms = 18446744073709551615");
+    let cdc = [("OUTBOX_STORE__BACKEND", "cql"), ("OUTBOX_STORE__CQL__CDC__WINDOW_SIZE_MS", "18446744073709551615")];
+    run("config", &cdc, "store.cql.cdc.window_size_ms = 18446744073709551615");
+    assert!(!db.exists(), "a refused configuration creates no store");
+}
+
 /// Black-box review: `outboxd run` that cannot listen (the port is taken)
 /// exits 1 naming the key, and gives back the leases it had taken, so a
 /// replica crash-looping on it never holds off the one that can publish.

@@ -75,6 +75,15 @@ const DEFAULT_STALL_RESTART_MS: u64 = 300_000;
 /// Cassandra's largest TTL (20 years).
 const MAX_TTL_SECONDS: u64 = 630_720_000;
 
+/// Longest value of every `*_ms` key but `stall_restart_ms` (7 days): far
+/// beyond any useful window, sleep or margin, and small enough that no sum
+/// of them overflows.
+const MAX_INTERVAL_MS: u64 = 604_800_000;
+
+/// Longest `stall_restart_ms` (70 days): ten times [`MAX_INTERVAL_MS`], so
+/// never below [`CdcConfig::stall_restart_floor_ms`] of valid settings.
+const MAX_STALL_RESTART_MS: u64 = 10 * MAX_INTERVAL_MS;
+
 impl CdcConfig {
     pub fn log_ttl(&self) -> Duration {
         Duration::from_secs(self.log_ttl_seconds)
@@ -82,7 +91,9 @@ impl CdcConfig {
 
     /// Age after which an unknown-outcome append is published from `event_store`.
     pub fn reconcile_bound(&self) -> Duration {
-        Duration::from_millis(self.safety_interval_ms + self.window_size_ms + self.reconcile_margin_ms)
+        Duration::from_millis(
+            self.safety_interval_ms.saturating_add(self.window_size_ms).saturating_add(self.reconcile_margin_ms),
+        )
     }
 
     /// The stall watchdog's limit (zero: off).
@@ -96,8 +107,9 @@ impl CdcConfig {
     /// moves its progress after every window (a sleep interval apart), and a
     /// reader started at `now` first waits out the safety interval.
     pub fn stall_restart_floor_ms(&self) -> u64 {
-        let sleeps = 10 * self.sleep_interval_ms.max(self.catch_up_sleep_ms);
-        MIN_STALL_RESTART_MS.max(sleeps).max(2 * (self.safety_interval_ms + self.window_size_ms))
+        let sleeps = self.sleep_interval_ms.max(self.catch_up_sleep_ms).saturating_mul(10);
+        let first_wait = self.safety_interval_ms.saturating_add(self.window_size_ms).saturating_mul(2);
+        MIN_STALL_RESTART_MS.max(sleeps).max(first_wait)
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -115,6 +127,25 @@ impl CdcConfig {
                 return err(format!("{key} must be at least 1"));
             }
         }
+        for (key, v) in [
+            ("window_size_ms", self.window_size_ms),
+            ("safety_interval_ms", self.safety_interval_ms),
+            ("clock_skew_allowance_ms", self.clock_skew_allowance_ms),
+            ("sleep_interval_ms", self.sleep_interval_ms),
+            ("checkpoint_interval_ms", self.checkpoint_interval_ms),
+            ("catch_up_threshold_ms", self.catch_up_threshold_ms),
+            ("catch_up_window_ms", self.catch_up_window_ms),
+            ("catch_up_sleep_ms", self.catch_up_sleep_ms),
+            ("reconcile_margin_ms", self.reconcile_margin_ms),
+            ("reconcile_refresh_ms", self.reconcile_refresh_ms),
+        ] {
+            if v > MAX_INTERVAL_MS {
+                return err(format!("{key} = {v}: must be at most {MAX_INTERVAL_MS} (7 days)"));
+            }
+        }
+        if let Some(v) = self.stall_restart_ms.filter(|v| *v > MAX_STALL_RESTART_MS) {
+            return err(format!("stall_restart_ms = {v}: must be at most {MAX_STALL_RESTART_MS} (70 days; 0: never)"));
+        }
         if self.safety_interval_ms < self.clock_skew_allowance_ms {
             return err(format!(
                 "safety_interval_ms ({}) must be at least clock_skew_allowance_ms ({}): rows stamped by a clock that far ahead would be skipped",
@@ -127,7 +158,7 @@ impl CdcConfig {
                 self.log_ttl_seconds
             ));
         }
-        if self.log_ttl_seconds * 1_000 <= self.safety_interval_ms + self.window_size_ms {
+        if self.log_ttl_seconds.saturating_mul(1_000) <= self.safety_interval_ms.saturating_add(self.window_size_ms) {
             return err(format!(
                 "log_ttl_seconds ({}) must exceed safety_interval_ms + window_size_ms: rows would expire before they are read",
                 self.log_ttl_seconds
@@ -205,5 +236,48 @@ mod tests {
             c.stall_restart_ms = Some(300_000)
         })
         .contains("stall_restart_ms = 300000: use 0 (never) or at least 360000"));
+    }
+
+    /// Review finding: `safety_interval_ms + window_size_ms` (and the other
+    /// sums of these keys) overflowed: a panic in debug builds, a wrapped
+    /// sum, and the configuration accepted, in release builds. Every key has
+    /// an upper bound, checked before any sum.
+    #[test]
+    fn huge_values_are_refused_by_name_without_overflow() {
+        type Set = fn(&mut CdcConfig, u64);
+        let keys: [(&str, Set, u64); 11] = [
+            ("window_size_ms", |c, v| c.window_size_ms = v, MAX_INTERVAL_MS),
+            ("safety_interval_ms", |c, v| c.safety_interval_ms = v, MAX_INTERVAL_MS),
+            ("clock_skew_allowance_ms", |c, v| c.clock_skew_allowance_ms = v, MAX_INTERVAL_MS),
+            ("sleep_interval_ms", |c, v| c.sleep_interval_ms = v, MAX_INTERVAL_MS),
+            ("checkpoint_interval_ms", |c, v| c.checkpoint_interval_ms = v, MAX_INTERVAL_MS),
+            ("catch_up_threshold_ms", |c, v| c.catch_up_threshold_ms = v, MAX_INTERVAL_MS),
+            ("catch_up_window_ms", |c, v| c.catch_up_window_ms = v, MAX_INTERVAL_MS),
+            ("catch_up_sleep_ms", |c, v| c.catch_up_sleep_ms = v, MAX_INTERVAL_MS),
+            ("reconcile_margin_ms", |c, v| c.reconcile_margin_ms = v, MAX_INTERVAL_MS),
+            ("reconcile_refresh_ms", |c, v| c.reconcile_refresh_ms = v, MAX_INTERVAL_MS),
+            ("stall_restart_ms", |c, v| c.stall_restart_ms = Some(v), MAX_STALL_RESTART_MS),
+        ];
+        // Every key at its limit at once is valid (a 20-year log outlives the sums).
+        let mut widest = CdcConfig { log_ttl_seconds: MAX_TTL_SECONDS, ..CdcConfig::default() };
+        for (_, set, max) in keys {
+            set(&mut widest, max);
+        }
+        widest.validate().unwrap();
+        assert_eq!(widest.stall_restart_floor_ms(), MAX_STALL_RESTART_MS, "the floor never passes the limit");
+        assert_eq!(widest.reconcile_bound(), Duration::from_millis(3 * MAX_INTERVAL_MS));
+        for (key, set, max) in keys {
+            for v in [max + 1, u64::MAX] {
+                let mut c = widest.clone();
+                set(&mut c, v);
+                let e = c.validate().unwrap_err().to_string();
+                assert!(e.contains(&format!("store.cql.cdc.{key} = {v}: must be at most {max}")), "{e}");
+                // Unchecked settings saturate instead of overflowing.
+                assert!(c.stall_restart_floor_ms() >= MIN_STALL_RESTART_MS && c.reconcile_bound() > Duration::ZERO);
+            }
+        }
+        let worst = CdcConfig { safety_interval_ms: u64::MAX, window_size_ms: u64::MAX, ..CdcConfig::default() };
+        assert_eq!(worst.stall_restart_floor_ms(), u64::MAX);
+        assert_eq!(worst.reconcile_bound(), Duration::from_millis(u64::MAX));
     }
 }

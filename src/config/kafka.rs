@@ -16,6 +16,13 @@ pub const MAX_TOPIC_PREFIX_LEN: usize = 200;
 /// Kafka's longest topic name.
 pub const MAX_TOPIC_LEN: usize = 249;
 
+/// Longest `kafka.linger_ms`: librdkafka refuses a `linger.ms`
+/// (`queue.buffering.max.ms`) above 900 000.
+const MAX_LINGER_MS: u32 = 900_000;
+
+/// Longest `kafka.message_timeout_ms`: librdkafka's `message.timeout.ms` is a C int.
+const MAX_MESSAGE_TIMEOUT_MS: u64 = i32::MAX as u64;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TopicRouting {
@@ -61,9 +68,10 @@ pub struct KafkaConfig {
     pub compression: Compression,
     /// librdkafka `max.in.flight.requests.per.connection` (<= 5 with idempotence).
     pub max_in_flight_requests: u32,
-    /// librdkafka `linger.ms`.
+    /// librdkafka `linger.ms` (0..=900 000, below `message_timeout_ms`).
     pub linger_ms: u32,
-    /// How long one delivery may take before it counts as failed.
+    /// How long one delivery may take before it counts as failed (librdkafka
+    /// `message.timeout.ms`; with exactly-once at most `relay.transaction_timeout_ms`).
     pub message_timeout_ms: u64,
     /// `ce_source` header value.
     pub source: String,
@@ -121,10 +129,47 @@ impl KafkaConfig {
                 self.max_in_flight_requests
             ));
         }
-        if self.message_timeout_ms < 1_000 {
-            return err("kafka.message_timeout_ms must be >= 1000".into());
+        if self.linger_ms > MAX_LINGER_MS {
+            return err(format!(
+                "kafka.linger_ms = {}: must be 0..={MAX_LINGER_MS} (librdkafka's limit of linger.ms, 15 minutes)",
+                self.linger_ms
+            ));
+        }
+        if !(1_000..=MAX_MESSAGE_TIMEOUT_MS).contains(&self.message_timeout_ms) {
+            return err(format!(
+                "kafka.message_timeout_ms = {}: must be 1000..={MAX_MESSAGE_TIMEOUT_MS} (librdkafka's limit of message.timeout.ms)",
+                self.message_timeout_ms
+            ));
+        }
+        if self.message_timeout_ms <= u64::from(self.linger_ms) {
+            return err(format!(
+                "kafka.message_timeout_ms ({}) must be greater than kafka.linger_ms ({}): librdkafka refuses a producer whose messages could time out while they linger",
+                self.message_timeout_ms, self.linger_ms
+            ));
         }
         self.validate_extra()
+    }
+
+    /// `relay.delivery = "exactly-once"`: what librdkafka requires of a
+    /// transactional producer with `transaction.timeout.ms` =
+    /// `transaction_timeout_ms` (`relay.transaction_timeout_ms`), checked at
+    /// load instead of at every producer creation.
+    pub(super) fn validate_transactional(&self, transaction_timeout_ms: u64) -> Result<(), ConfigError> {
+        if self.message_timeout_ms > transaction_timeout_ms {
+            return Err(ConfigError(format!(
+                "kafka.message_timeout_ms ({}) must be <= relay.transaction_timeout_ms ({transaction_timeout_ms}) with relay.delivery = \"exactly-once\": librdkafka refuses a transactional producer whose messages outlive the transaction",
+                self.message_timeout_ms
+            )));
+        }
+        // librdkafka: `socket.timeout.ms` must be set <= `transaction.timeout.ms` + 100.
+        let socket = self.extra.get("socket.timeout.ms").and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(s) = socket.filter(|s| *s > transaction_timeout_ms.saturating_add(100)) {
+            return Err(ConfigError(format!(
+                "kafka.extra.\"socket.timeout.ms\" ({s}) must be <= relay.transaction_timeout_ms + 100 ({}) with relay.delivery = \"exactly-once\" (librdkafka's rule for a transactional producer)",
+                transaction_timeout_ms.saturating_add(100)
+            )));
+        }
+        Ok(())
     }
 
     /// `kafka.extra`: librdkafka must know every key and accept its value
@@ -199,6 +244,10 @@ const RESERVED_LIBRDKAFKA_KEYS: &[(&str, &str)] = &[
     ("linger.ms", "use kafka.linger_ms"),
     ("queue.buffering.max.ms", "use kafka.linger_ms"),
 ];
+
+#[cfg(test)]
+#[path = "kafka_tests.rs"]
+mod tests;
 
 fn legal_topic_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')

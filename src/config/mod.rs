@@ -117,6 +117,9 @@ impl Config {
                 "relay.delivery = \"exactly-once\" is not available with store.backend = \"cql\": the Scylla CDC relay publishes at-least-once (duplicates only of unconfirmed events); set relay.delivery = \"at-least-once\"".into(),
             ));
         }
+        if self.relay.delivery == DeliveryMode::ExactlyOnce {
+            self.kafka.validate_transactional(self.relay.transaction_timeout_ms)?;
+        }
         Ok(())
     }
 }
@@ -239,6 +242,49 @@ mod tests {
         assert!(e.contains("relay.delivery") && e.contains("store.backend = \"cql\""), "{e}");
         c.relay.delivery = DeliveryMode::AtLeastOnce;
         c.validate().unwrap();
+    }
+
+    /// Review findings: values accepted at load that panicked or failed
+    /// later (a SQLite busy timeout rusqlite refuses with a panic, a
+    /// `linger.ms` librdkafka refuses, CDC intervals whose sum overflowed)
+    /// are refused by `Config::load` in one line naming the key.
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Error is large; only in this test
+    fn out_of_range_values_from_the_environment_are_refused_at_load() {
+        figment::Jail::expect_with(|jail| {
+            let cases: &[(&[(&str, &str)], &str)] = &[
+                (&[("OUTBOX_STORE__SQLITE__BUSY_TIMEOUT_MS", "3000000000")], "store.sqlite.busy_timeout_ms"),
+                (&[("OUTBOX_STORE__SQLITE__BUSY_TIMEOUT_MS", "600001")], "store.sqlite.busy_timeout_ms = 600001"),
+                (&[("OUTBOX_KAFKA__LINGER_MS", "900001")], "kafka.linger_ms = 900001"),
+                (&[("OUTBOX_KAFKA__LINGER_MS", "20000")], "must be greater than kafka.linger_ms (20000)"),
+                (
+                    &[("OUTBOX_RELAY__DELIVERY", "exactly-once"), ("OUTBOX_RELAY__TRANSACTION_TIMEOUT_MS", "5000")],
+                    "must be <= relay.transaction_timeout_ms (5000)",
+                ),
+                (
+                    &[
+                        ("OUTBOX_STORE__BACKEND", "cql"),
+                        ("OUTBOX_STORE__CQL__CDC__SAFETY_INTERVAL_MS", "18446744073709551615"),
+                    ],
+                    "store.cql.cdc.safety_interval_ms = 18446744073709551615",
+                ),
+            ];
+            for (vars, needle) in cases {
+                jail.clear_env();
+                for (k, v) in *vars {
+                    jail.set_env(k, v);
+                }
+                let e = Config::load(None).expect_err(needle).to_string();
+                assert!(e.contains(needle) && e.lines().count() == 1, "{vars:?}: {e}");
+            }
+            jail.clear_env();
+            for (k, v) in [("OUTBOX_STORE__SQLITE__BUSY_TIMEOUT_MS", "600000"), ("OUTBOX_KAFKA__LINGER_MS", "9999")] {
+                jail.set_env(k, v);
+            }
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!((c.store.sqlite.busy_timeout_ms, c.kafka.linger_ms), (600_000, 9_999));
+            Ok(())
+        });
     }
 
     #[test]

@@ -60,9 +60,20 @@ impl StoreConfig {
         if self.sqlite.queue_capacity == 0 {
             return Err(ConfigError("store.sqlite.queue_capacity must be >= 1".into()));
         }
+        if self.sqlite.busy_timeout_ms > MAX_BUSY_TIMEOUT_MS {
+            return Err(ConfigError(format!(
+                "store.sqlite.busy_timeout_ms = {}: must be 0..={MAX_BUSY_TIMEOUT_MS} (10 minutes)",
+                self.sqlite.busy_timeout_ms
+            )));
+        }
         Ok(())
     }
 }
+
+/// Longest `store.sqlite.busy_timeout_ms`: 10 minutes, like the longest
+/// `relay.lease_ttl_ms` (SQLite itself takes at most `i32::MAX` ms; beyond
+/// that opening the store would fail, not wait).
+const MAX_BUSY_TIMEOUT_MS: u64 = 600_000;
 
 /// Tuning of the SQLite backend (`[store.sqlite]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -71,7 +82,8 @@ pub struct SqliteOptions {
     /// `full` (fsync every commit; default, nothing acknowledged is lost on
     /// power failure) or `normal` (WAL default; survives process crashes).
     pub synchronous: Synchronous,
-    /// How long a write waits for another process holding the lock.
+    /// How long a write waits for another process holding the lock
+    /// (0..=600 000; 0: not at all).
     pub busy_timeout_ms: u64,
     /// Most appends group-committed in one transaction.
     pub group_commit_max: usize,

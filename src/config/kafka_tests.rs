@@ -1,0 +1,114 @@
+//! Tests of the `[kafka]` checks that stand in for librdkafka's own: the
+//! producer settings `outboxd config` accepts are the ones librdkafka takes.
+
+use crate::config::{Config, DeliveryMode};
+
+/// One combination of the settings librdkafka checks against each other.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    linger_ms: u32,
+    message_timeout_ms: u64,
+    /// `relay.transaction_timeout_ms` with exactly-once; `None`: at-least-once.
+    transaction_timeout_ms: Option<u64>,
+    /// `kafka.extra."socket.timeout.ms"`.
+    socket_timeout_ms: Option<u64>,
+}
+
+fn case(linger_ms: u32, message_timeout_ms: u64, transaction_timeout_ms: Option<u64>) -> Case {
+    Case { linger_ms, message_timeout_ms, transaction_timeout_ms, socket_timeout_ms: None }
+}
+
+fn config(c: Case) -> Config {
+    let mut cfg = Config::default();
+    cfg.kafka.linger_ms = c.linger_ms;
+    cfg.kafka.message_timeout_ms = c.message_timeout_ms;
+    if let Some(t) = c.transaction_timeout_ms {
+        cfg.relay.delivery = DeliveryMode::ExactlyOnce;
+        cfg.relay.transaction_timeout_ms = t;
+    }
+    if let Some(s) = c.socket_timeout_ms {
+        cfg.kafka.extra.insert("socket.timeout.ms".into(), s.to_string());
+    }
+    cfg
+}
+
+/// librdkafka's verdict on the producer the relay builds from `c` (its
+/// settings that take part in these rules), without a broker.
+fn librdkafka_takes(c: Case) -> Result<(), String> {
+    let mut k = rdkafka::ClientConfig::new();
+    k.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", c.linger_ms.to_string())
+        .set("message.timeout.ms", c.message_timeout_ms.to_string());
+    if let Some(t) = c.transaction_timeout_ms {
+        k.set("transactional.id", "outboxd-config-test").set("transaction.timeout.ms", t.to_string());
+    }
+    if let Some(s) = c.socket_timeout_ms {
+        k.set("socket.timeout.ms", s.to_string());
+    }
+    k.create::<rdkafka::producer::BaseProducer>().map(drop).map_err(|e| e.to_string())
+}
+
+/// Review finding: `kafka.linger_ms` was never checked, so a value
+/// librdkafka refuses (above 900 000, or not below the message timeout, or
+/// a message timeout beyond the transaction timeout with exactly-once) was
+/// accepted at load and failed every producer creation of `outboxd run`.
+#[test]
+fn producer_settings_are_refused_at_load_exactly_when_librdkafka_refuses_them() {
+    let max = i32::MAX as u64;
+    let socket = |t: u64, s: u64| Case { socket_timeout_ms: Some(s), ..case(5, 10_000, Some(t)) };
+    let cases = [
+        (case(5, 10_000, None), true),
+        (case(0, 1_000, None), true),
+        (case(9_999, 10_000, None), true),
+        (case(10_000, 10_000, None), false),
+        (case(20_000, 10_000, None), false),
+        (case(899_999, 900_000, None), true),
+        (case(900_000, 900_001, None), true),
+        (case(900_001, 1_000_000, None), false),
+        (case(u32::MAX, max, None), false),
+        (case(5, max, None), true),
+        (case(5, max + 1, None), false),
+        (case(5, 10_000, Some(60_000)), true),
+        (case(5, 60_000, Some(60_000)), true),
+        (case(5, 60_001, Some(60_000)), false),
+        (case(5, 10_000, Some(5_000)), false),
+        (case(5, 1_000, Some(1_000)), true),
+        (socket(60_000, 60_100), true),
+        (socket(60_000, 60_101), false),
+        (socket(5_000, 10_000), false),
+    ];
+    for (c, ok) in cases {
+        let ours = config(c).validate().map_err(|e| e.to_string());
+        let theirs = librdkafka_takes(c);
+        assert_eq!(theirs.is_ok(), ok, "{c:?}: librdkafka says {theirs:?}");
+        assert_eq!(ours.is_ok(), ok, "{c:?}: outboxd says {ours:?}, librdkafka {theirs:?}");
+    }
+}
+
+#[test]
+fn refused_producer_settings_name_their_keys() {
+    let refused = |c: Case| {
+        let e = config(c).validate().unwrap_err().to_string();
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+        e
+    };
+    let e = refused(case(900_001, 1_000_000, None));
+    assert!(e.contains("kafka.linger_ms = 900001: must be 0..=900000"), "{e}");
+    let e = refused(case(20_000, 10_000, None));
+    assert!(e.contains("kafka.message_timeout_ms (10000) must be greater than kafka.linger_ms (20000)"), "{e}");
+    let e = refused(case(5, 3_000_000_000, None));
+    assert!(e.contains("kafka.message_timeout_ms = 3000000000: must be 1000..=2147483647"), "{e}");
+    let e = refused(case(5, 999, None));
+    assert!(e.contains("kafka.message_timeout_ms = 999"), "{e}");
+    let e = refused(case(5, 10_000, Some(5_000)));
+    assert!(
+        e.contains("kafka.message_timeout_ms (10000) must be <= relay.transaction_timeout_ms (5000)")
+            && e.contains("exactly-once"),
+        "{e}"
+    );
+    let e = refused(Case { socket_timeout_ms: Some(70_000), ..case(5, 10_000, Some(60_000)) });
+    assert!(e.contains("kafka.extra.\"socket.timeout.ms\" (70000)"), "{e}");
+    // At-least-once has no transaction: its message timeout is not bounded by one.
+    config(case(5, 120_000, None)).validate().unwrap();
+}
