@@ -37,13 +37,31 @@ pub struct Progress {
 }
 
 /// How far an operator's replay had committed (see `Progress::replay`): the
-/// next term skips those events of that request instead of publishing them
-/// again, then does the store's part of it (the park record or the dead
-/// letters), which a crash right after the commit left undone.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// next term skips those events of that part of that request instead of
+/// publishing them again, then does the store's part of it (the park record
+/// or the dead letters), which a crash right after the commit left undone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplayMark {
     pub request: uuid::Uuid,
     pub through: i64,
+    /// Which part of the request: the replayed aggregate's key, or
+    /// [`LETTERS`]. One request can replay several parked aggregates, whose
+    /// held events interleave in the feed, so a position alone says nothing
+    /// about another part. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
+}
+
+/// `ReplayMark::part` of a dead-letter replay.
+pub const LETTERS: &str = "dead-letters";
+
+impl ReplayMark {
+    /// Whether this mark says how far `part` of `request` committed. A mark
+    /// without a part (an older record) is taken for the first part resumed,
+    /// as it was then.
+    pub fn covers(&self, request: uuid::Uuid, part: &str) -> bool {
+        self.request == request && self.part.as_deref().is_none_or(|p| p == part)
+    }
 }
 
 impl Progress {
@@ -154,11 +172,24 @@ mod tests {
         let text = String::from_utf8(p.to_bytes()).unwrap();
         assert!(!text.contains("cdc") && !text.contains("replay"), "{text}");
         // A record of a replay's transaction, and one written before the field existed.
-        let mark = ReplayMark { request: uuid::Uuid::now_v7(), through: 17 };
-        let p = Progress { replay: Some(mark), ..p };
+        let mark = ReplayMark { request: uuid::Uuid::now_v7(), through: 17, part: Some("agg-1".into()) };
+        let p = Progress { replay: Some(mark.clone()), ..p };
         assert_eq!(serde_json::from_slice::<Progress>(&p.to_bytes()).unwrap().replay, Some(mark));
         let old: Progress =
             serde_json::from_str(r#"{"position":5,"epoch":1,"committed_at":"2026-12-01T00:00:00Z"}"#).unwrap();
         assert_eq!((old.position, old.replay), (5, None));
+    }
+
+    #[test]
+    fn a_replay_mark_covers_only_its_own_part_of_its_own_request() {
+        let (request, other) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let mark = ReplayMark { request, through: 510, part: Some("agg-a".into()) };
+        assert!(mark.covers(request, "agg-a"));
+        assert!(!mark.covers(request, "agg-b"), "another aggregate of the same replay-all");
+        assert!(!mark.covers(request, LETTERS));
+        assert!(!mark.covers(other, "agg-a"));
+        // A record written before `part` existed.
+        let old: ReplayMark = serde_json::from_str(&format!(r#"{{"request":"{request}","through":5}}"#)).unwrap();
+        assert!(old.part.is_none() && old.covers(request, "agg-b") && !old.covers(other, "agg-b"));
     }
 }

@@ -82,9 +82,10 @@ pub(super) struct Txn {
     pub(super) epoch: i64,
     /// The term's shutdown signal, for waits deep inside a batch.
     pub(super) stop: Shutdown,
-    /// The operator request whose events are being replayed now: its id goes
-    /// into every progress record it commits.
-    pub(super) replaying: Option<uuid::Uuid>,
+    /// The operator request, and the part of it (aggregate or dead letters),
+    /// whose events are being replayed now: both go into every progress
+    /// record it commits.
+    pub(super) replaying: Option<(uuid::Uuid, String)>,
     /// The replay the last progress record of the former term was part of.
     pub(super) resumed: Option<progress::ReplayMark>,
 }

@@ -15,10 +15,12 @@
 use super::{Outcome, Txn};
 use crate::relay::parking::count_parked;
 use crate::relay::pipeline::{Exit, Item, RelayError};
+use crate::relay::progress::LETTERS;
 use crate::relay::requests::{plan, Plan, PlanCtx};
 use crate::relay::window::Fenced;
 use crate::shutdown::Shutdown;
 use crate::store::requests::RequestStatus;
+use crate::store::StoreError;
 
 /// The crash point between a replay's commit and the store's part of it (tests).
 pub const CRASH_AFTER_REPLAY: &str = "after_replay_commit";
@@ -46,7 +48,7 @@ impl Txn {
                 // The former term committed this replay and did the store's
                 // part (nothing is parked or left to replay), then stopped
                 // before recording the outcome.
-                Err(e) if self.resumed.is_some_and(|m| m.request == r.id) => {
+                Err(e) if self.resumed.as_ref().is_some_and(|m| m.request == r.id) => {
                     self.resumed = None;
                     tracing::info!(request = %r.id, reason = %e, "a replay the former term carried out; recorded as done");
                     let result = serde_json::json!({ "events": 0, "note": "carried out before a restart" });
@@ -58,6 +60,12 @@ impl Txn {
                     continue;
                 }
             };
+            // The part the former term was in the middle of goes first: once
+            // another part commits, the progress record no longer names it.
+            let mut plans = plans;
+            if let Some(mark) = self.resumed.as_ref().filter(|m| m.request == r.id) {
+                plans.sort_by_key(|p| !mark.covers(r.id, &plan_part(p)));
+            }
             let mut result = serde_json::json!({ "events": 0 });
             let mut status = RequestStatus::Done;
             for p in plans {
@@ -82,7 +90,7 @@ impl Txn {
                     }
                     Plan::Unpark { agg, items } => {
                         self.parked.remove(&agg);
-                        if let Some(exit) = self.publish_replay(r.id, items).await? {
+                        if let Some(exit) = self.publish_replay(r.id, agg.to_string(), items).await? {
                             return Ok(Some(exit));
                         }
                         if self.parked.contains(&agg) {
@@ -92,8 +100,15 @@ impl Txn {
                         }
                         match crate::relay::operator::unpark(&self.relay.store, &consumer, &agg, self.epoch).await {
                             Ok(_) => count_parked(&self.relay.metrics, &self.relay.status, false),
+                            Err(StoreError::Fenced { .. }) => return Ok(Some(Exit::LeaseLost)),
+                            // The term ends here, while the last progress
+                            // record still names this part: the next term
+                            // (same lease: it takes the request over) skips
+                            // the committed events and only removes the record.
                             Err(e) => {
-                                tracing::error!(error = %e, aggregate = %agg, "held events were published but the park record could not be removed")
+                                return Err(RelayError::Store(format!(
+                                "the held events of {agg} were committed but its park record could not be removed: {e}"
+                            )))
                             }
                         }
                     }
@@ -101,7 +116,7 @@ impl Txn {
                         // In feed order, so "committed through a position" is a prefix.
                         items.sort_by_key(|(i, _)| i.position());
                         let (events, ids): (Vec<Item>, Vec<uuid::Uuid>) = items.into_iter().unzip();
-                        if let Some(exit) = self.publish_replay(r.id, events).await? {
+                        if let Some(exit) = self.publish_replay(r.id, LETTERS.to_string(), events).await? {
                             return Ok(Some(exit));
                         }
                         for id in ids {
@@ -109,6 +124,10 @@ impl Txn {
                         }
                     }
                 }
+            }
+            if self.resumed.as_ref().is_some_and(|m| m.request == r.id) {
+                // Its part was finished by the former term (not in the plans).
+                self.resumed = None;
             }
             self.finish(r.id, status, result).await;
         }
@@ -120,10 +139,15 @@ impl Txn {
     /// (the task's shutdown deadline bounds it); a term that stops after a
     /// partial commit leaves the mark in the progress record, and the next
     /// one skips what committed (OPERATIONS.md, "Exactly-once delivery").
-    async fn publish_replay(&mut self, id: uuid::Uuid, mut items: Vec<Item>) -> Result<Option<Exit>, RelayError> {
-        self.skip_committed(id, &mut items);
+    async fn publish_replay(
+        &mut self,
+        id: uuid::Uuid,
+        part: String,
+        mut items: Vec<Item>,
+    ) -> Result<Option<Exit>, RelayError> {
+        self.skip_committed(id, &part, &mut items);
         let mut never = Shutdown::never();
-        self.replaying = Some(id);
+        self.replaying = Some((id, part));
         if let Some(exit) = self.publish(items, self.position, &mut never).await? {
             return Ok(Some(exit));
         }
@@ -132,15 +156,20 @@ impl Txn {
         Ok(None)
     }
 
-    /// Drops from `items` what a former term already committed for request
-    /// `id` (its last progress record said so); used once.
-    fn skip_committed(&mut self, id: uuid::Uuid, items: &mut Vec<Item>) {
-        let Some(mark) = self.resumed.filter(|m| m.request == id) else { return };
-        self.resumed = None;
+    /// Drops from `items` what a former term already committed for `part`
+    /// of request `id` (its last progress record said so); used once. The
+    /// other parts of a replay-all are not touched: their held events
+    /// interleave with this one's in the feed.
+    fn skip_committed(&mut self, id: uuid::Uuid, part: &str, items: &mut Vec<Item>) {
+        if !self.resumed.as_ref().is_some_and(|m| m.covers(id, part)) {
+            return;
+        }
+        let Some(mark) = self.resumed.take() else { return };
         let before = items.len();
         items.retain(|i| i.position() > mark.through);
         tracing::info!(
             request = %id,
+            part,
             through = mark.through,
             skipped = before - items.len(),
             "resuming a replay the former term committed through this position: those events are not published again"
@@ -151,5 +180,14 @@ impl Txn {
     async fn finish(&self, id: uuid::Uuid, status: RequestStatus, result: serde_json::Value) {
         let (store, consumer) = (&self.relay.store, &self.relay.cfg.consumer_name);
         crate::relay::operator::finish(store, consumer, id, self.epoch, status, result, &self.backoff).await
+    }
+}
+
+/// The `ReplayMark::part` a plan's transactions carry ("" for a plan that publishes nothing).
+fn plan_part(p: &Plan) -> String {
+    match p {
+        Plan::Unpark { agg, .. } => agg.to_string(),
+        Plan::Letters { .. } => LETTERS.to_string(),
+        Plan::Rewind { .. } | Plan::Done(_) => String::new(),
     }
 }

@@ -51,9 +51,11 @@ impl Txn {
             sent += 1;
         }
         // In a replay, the record also says how far that replay has committed.
-        let replay = self
-            .replaying
-            .map(|request| ReplayMark { request, through: batch.iter().map(|i| i.position()).max().unwrap_or(0) });
+        let replay = self.replaying.as_ref().map(|(request, part)| ReplayMark {
+            request: *request,
+            through: batch.iter().map(|i| i.position()).max().unwrap_or(0),
+            part: Some(part.clone()),
+        });
         let progress = Progress { position, epoch: self.epoch, committed_at: chrono::Utc::now(), cdc: None, replay };
         let key = self.relay.cfg.consumer_name.clone();
         let progress_token = base + sent;
