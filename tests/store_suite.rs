@@ -294,6 +294,16 @@ async fn fenced_requests(s: DynStore) {
     let r = s.request_get(rewind.id).await.unwrap().unwrap();
     assert_eq!((r.status, r.claimed_epoch), (RequestStatus::Done, Some(2)));
 
+    // A request left running by a former term of the same holder (epoch 2)
+    // is open to the next term at epoch 2, which takes it over.
+    assert!(s.request_claim(&replay, 2).await.unwrap());
+    let left = s.requests_open(name, 2).await.unwrap().into_iter().find(|r| r.id == replay.id);
+    let left = left.expect("a request running at the holder's own epoch is open to its next term");
+    assert_eq!((left.status, left.claimed_epoch), (RequestStatus::Running, Some(2)));
+    assert!(s.request_claim(&left, 2).await.unwrap(), "the next term of the same holder takes it over");
+    assert!(s.request_finish(name, replay.id, 2, RequestStatus::Done, serde_json::json!({})).await.unwrap());
+    assert!(!s.requests_open(name, 2).await.unwrap().iter().any(|r| r.id == replay.id), "done: no longer open");
+
     // Requests written in the same millisecond come out in id order (v7 ids
     // increase within a process): `{"all": true}` writes its two at once.
     let at = chrono::Utc::now();

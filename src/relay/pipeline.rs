@@ -308,6 +308,7 @@ impl Relay {
             last_persist: None,
             replays: HashMap::new(),
             request_parts: HashMap::new(),
+            claimed: Default::default(),
             letter_slots: HashMap::new(),
             value: Vec::with_capacity(4096),
             sent_at: foldhash::HashMap::default(),

@@ -44,12 +44,13 @@ impl Run {
             }
         };
         for r in open {
-            if self.request_parts.contains_key(&r.id) {
+            if self.claimed.contains(&r.id) {
                 continue;
             }
             if !crate::relay::operator::claim(&self.relay.store, &r, self.epoch()).await {
                 continue;
             }
+            self.claimed.insert(r.id);
             self.relay.metrics.relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
             if let Err(e) = self.start(&r).await {
                 self.finish_request(r.id, RequestStatus::Failed, json!({ "error": e })).await;

@@ -51,6 +51,9 @@ pub(super) struct Run {
     pub(super) replays: HashMap<(uuid::Uuid, AggKey), BTreeSet<Slot>>,
     /// Requests in progress -> what is left and what was done.
     pub(super) request_parts: HashMap<uuid::Uuid, super::requests::Progress>,
+    /// Requests this term claimed: never taken over again by it (a request
+    /// left running by a former term of this lease holder is).
+    pub(super) claimed: std::collections::HashSet<uuid::Uuid>,
     /// Dead letters being replayed: slot -> dead letter id.
     pub(super) letter_slots: HashMap<Slot, uuid::Uuid>,
     pub(super) value: Vec<u8>,

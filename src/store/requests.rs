@@ -105,12 +105,16 @@ pub trait RequestStore: Send + Sync {
     async fn request_submit(&self, r: &RelayRequest) -> Result<(), StoreError>;
     async fn request_get(&self, id: Uuid) -> Result<Option<RelayRequest>, StoreError>;
     /// Requests of `consumer` to carry out: pending ones, and running ones
-    /// claimed under an epoch older than `epoch` (their executor lost the lease);
-    /// oldest first, ties by id (v7: increasing within the submitting process).
+    /// claimed under an epoch up to `epoch`: their executor lost the lease,
+    /// or (the same epoch) was a former term of this holder that ended
+    /// before finishing them (terms of one holder run one at a time, so a
+    /// term skips only the requests it claimed itself); oldest first, ties
+    /// by id (v7: increasing within the submitting process).
     async fn requests_open(&self, consumer: &str, epoch: i64) -> Result<Vec<RelayRequest>, StoreError>;
-    /// Claims `r` (as read by `requests_open`) for the lease holder at `epoch`;
-    /// false if someone else did meanwhile, or (`epoch` > 0: a fenced relay)
-    /// if lease `r.consumer` is no longer at `epoch`.
+    /// Claims `r` (as read by `requests_open`) for the lease holder at `epoch`
+    /// (taking it over if it runs under an epoch up to `epoch`); false if
+    /// someone else did meanwhile, or (`epoch` > 0: a fenced relay) if lease
+    /// `r.consumer` is no longer at `epoch`.
     async fn request_claim(&self, r: &RelayRequest, epoch: i64) -> Result<bool, StoreError>;
     /// Records the outcome of a request claimed at `epoch`; false (nothing
     /// written) when it is no longer claimed at `epoch` or (`epoch` > 0) the

@@ -85,6 +85,7 @@ pub async fn request_server(
         consumer: RELAY.into(),
         epoch: 0,
         rewind,
+        claimed: Default::default(),
     };
     (deliverer, rsink, server)
 }

@@ -88,6 +88,9 @@ pub(super) struct Txn {
     pub(super) replaying: Option<(uuid::Uuid, String)>,
     /// The replay the last progress record of the former term was part of.
     pub(super) resumed: Option<progress::ReplayMark>,
+    /// Requests this term claimed: never taken over again by it (a request
+    /// left running by a former term of this lease holder is).
+    pub(super) claimed: std::collections::HashSet<uuid::Uuid>,
 }
 
 /// The `transactional.id` of a consumer's relay: every instance of it uses
@@ -201,6 +204,7 @@ impl Relay {
             stop: shutdown.clone(),
             replaying: None,
             resumed,
+            claimed: Default::default(),
             relay: self,
         };
         let exit = if t.relay.requests_only {

@@ -32,9 +32,10 @@ impl Txn {
         let consumer = self.relay.cfg.consumer_name.clone();
         let Ok(open) = self.relay.store.requests_open(&consumer, self.epoch).await else { return Ok(None) };
         for r in open {
-            if !crate::relay::operator::claim(&self.relay.store, &r, self.epoch).await {
+            if self.claimed.contains(&r.id) || !crate::relay::operator::claim(&self.relay.store, &r, self.epoch).await {
                 continue;
             }
+            self.claimed.insert(r.id);
             let ctx = PlanCtx {
                 store: &*self.relay.store,
                 consumer: &consumer,

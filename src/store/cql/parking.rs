@@ -295,7 +295,7 @@ impl CqlStore {
                 let cql = format!("UPDATE {t} SET status = 'running', claimed_epoch = ? WHERE consumer = ? AND id = ? IF status = 'pending'");
                 self.session.query_unpaged(cql, (epoch, &r.consumer, r.id)).await
             }
-            (RequestStatus::Running, Some(old)) if old < epoch => {
+            (RequestStatus::Running, Some(old)) if old <= epoch => {
                 let cql = format!("UPDATE {t} SET claimed_epoch = ? WHERE consumer = ? AND id = ? IF status = 'running' AND claimed_epoch = ?");
                 self.session.query_unpaged(cql, (epoch, &r.consumer, r.id, old)).await
             }

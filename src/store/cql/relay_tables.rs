@@ -98,7 +98,7 @@ impl RequestStore for CqlStore {
             .into_iter()
             .filter(|r| {
                 r.status == RequestStatus::Pending
-                    || (r.status == RequestStatus::Running && r.claimed_epoch.unwrap_or(-1) < epoch)
+                    || (r.status == RequestStatus::Running && r.claimed_epoch.unwrap_or(-1) <= epoch)
             })
             .collect())
     }

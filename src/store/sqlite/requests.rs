@@ -2,8 +2,9 @@
 //! relay carries out.
 //!
 //! Guarantee: `claim` is one conditional UPDATE (pending, or running under
-//! an older epoch -> running under ours), so a request is carried out by one
-//! lease holder at a time.
+//! an epoch up to ours -> running under ours) fenced by the lease, so a
+//! request is carried out by one lease holder at a time (and by one of its
+//! terms: they run one after another).
 
 use rusqlite::{params, Connection};
 use uuid::Uuid;
@@ -64,7 +65,7 @@ pub(super) fn get(c: &Connection, id: Uuid) -> Result<Option<RelayRequest>, Stor
 pub(super) fn open(c: &Connection, consumer: &str, epoch: i64) -> Result<Vec<RelayRequest>, StoreError> {
     let mut st = c
         .prepare_cached(&format!(
-            "SELECT {COLS} FROM relay_requests WHERE consumer = ?1 AND (status = 'pending' OR (status = 'running' AND COALESCE(claimed_epoch, -1) < ?2)) ORDER BY created_at, id"
+            "SELECT {COLS} FROM relay_requests WHERE consumer = ?1 AND (status = 'pending' OR (status = 'running' AND COALESCE(claimed_epoch, -1) <= ?2)) ORDER BY created_at, id"
         ))
         .map_err(unavailable)?;
     let mut rows = st.query(params![consumer, epoch]).map_err(unavailable)?;
@@ -83,7 +84,7 @@ pub(super) fn claim(c: &Connection, id: Uuid, epoch: i64) -> Result<bool, StoreE
     c.execute(
         &format!(
             "UPDATE relay_requests SET status = 'running', claimed_epoch = ?2
-             WHERE id = ?1 AND (status = 'pending' OR (status = 'running' AND COALESCE(claimed_epoch, -1) < ?2))
+             WHERE id = ?1 AND (status = 'pending' OR (status = 'running' AND COALESCE(claimed_epoch, -1) <= ?2))
              AND {LEASE_AT_EPOCH}"
         ),
         params![id.to_string(), epoch],
