@@ -130,10 +130,15 @@ fn orders_served_from_the_read_model_and_customer_orders_paged() {
         ("limit=", "limit"),
         ("after=not-a-uuid", "after"),
         ("offset=-1", "offset"),
+        // One limit on every backend (CQL emulates offsets up to it).
+        ("offset=10001", "offset"),
+        ("offset=99999999999999999999", "offset"),
         ("page=2", "page"),
     ] {
         assert_bad_param(&d.api("GET", &format!("/customers/{customer}/orders?{q}"), &[], None), field);
     }
+    let r = d.api("GET", &format!("/customers/{customer}/orders?offset=10000"), &[], None);
+    assert_eq!((r.status, r.json()["orders"].as_array().map(Vec::len)), (200, Some(0)), "{}", r.text());
     let r = d.api("GET", "/customers/nope/orders", &[], None);
     assert_eq!((r.status, r.json()["field"].as_str()), (400, Some("id")));
     let r = d.api("POST", &format!("/customers/{customer}/orders"), &[], None);
@@ -145,7 +150,7 @@ fn orders_served_from_the_read_model_and_customer_orders_paged() {
         "{}",
         m.text
     );
-    assert!(m.value("http_requests_total", &[("route", "/customers/:id/orders"), ("status", "400")]) >= 7.0);
+    assert!(m.value("http_requests_total", &[("route", "/customers/:id/orders"), ("status", "400")]) >= 9.0);
     assert!(m.value("http_requests_total", &[("route", "/orders/:id"), ("status", "200")]) >= 2.0);
     let detail = eventually(Duration::from_secs(10), "projections healthy", || {
         let (st, detail) = component(&d.health().1, "projections");

@@ -4,7 +4,7 @@
 //! emails and phone numbers inside its events were validated by the value
 //! objects, so replaying events never meets an invalid customer.
 
-use crate::domain::order::text;
+use crate::domain::order::bounded_text;
 use crate::domain::{decode, Aggregate, DecodeError, DomainError, DomainEvent, Email, PhoneNumber};
 use serde::{Deserialize, Serialize};
 
@@ -93,10 +93,7 @@ impl Aggregate for Customer {
                 if self.registered {
                     return Err(DomainError::CustomerAlreadyExists);
                 }
-                let name = text("name", name)?;
-                if name.chars().count() > MAX_NAME {
-                    return Err(DomainError::TooLong { field: "name", max: MAX_NAME });
-                }
+                let name = bounded_text("name", name, MAX_NAME)?;
                 Ok(vec![CustomerEvent::Registered(CustomerRegistered {
                     name,
                     email: email.clone(),
@@ -179,6 +176,27 @@ mod tests {
             phone: None,
         };
         assert_eq!(Customer::default().handle(&cmd), Err(DomainError::TooLong { field: "name", max: MAX_NAME }));
+    }
+
+    /// Review finding: a name over the free-text limit (500) was refused by
+    /// that check first, saying "at most 500 characters" while the limit
+    /// for a name is 200.
+    #[test]
+    fn a_long_name_is_refused_with_the_name_limit() {
+        for len in [MAX_NAME + 1, crate::domain::order::MAX_TEXT + 1, 10_000] {
+            let cmd =
+                CustomerCommand::Register { name: "n".repeat(len), email: Email::new("a@b.co").unwrap(), phone: None };
+            let e = Customer::default().handle(&cmd).unwrap_err();
+            assert_eq!(e, DomainError::TooLong { field: "name", max: MAX_NAME }, "{len} characters");
+            assert_eq!(e.to_string(), format!("name is too long: at most {MAX_NAME} characters"));
+        }
+        // The limit counts characters (after trimming), not bytes.
+        let cmd = CustomerCommand::Register {
+            name: format!("  {}  ", "é".repeat(MAX_NAME)),
+            email: Email::new("a@b.co").unwrap(),
+            phone: None,
+        };
+        assert!(Customer::default().handle(&cmd).is_ok());
     }
 
     #[test]

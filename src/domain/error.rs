@@ -2,8 +2,10 @@
 //!
 //! Guarantee: each variant names what was wrong in words a person
 //! understands, and `field()` names the input field at fault where there is one,
-//! so the HTTP layer can answer 422 naming it. Infrastructure failures never
-//! appear here (see `store::StoreError`).
+//! so the HTTP layer can answer 422 naming it. A rule about one item of an
+//! order (`Item`) carries that item's index, so the exact path
+//! (`items[2].unit_price.currency`) can be given. Infrastructure failures
+//! never appear here (see `store::StoreError`).
 
 use crate::domain::order::OrderStatus;
 
@@ -33,6 +35,9 @@ pub enum DomainError {
     CurrencyMismatch { first: String, second: String },
     #[error("order total overflows")]
     TotalOverflow,
+    /// `error` is about the item at `index` (0-based) of the command's items.
+    #[error("items[{index}]: {error}")]
+    Item { index: usize, error: Box<DomainError> },
     #[error("cannot {action} an order that is {status}")]
     InvalidTransition { action: &'static str, status: OrderStatus },
     #[error("{field} must not be empty")]
@@ -60,16 +65,19 @@ impl DomainError {
             DomainError::OrderNotFound | DomainError::CustomerNotFound => "not_found",
             DomainError::OrderAlreadyExists | DomainError::CustomerAlreadyExists => "already_exists",
             DomainError::InvalidTransition { .. } => "invalid_state",
+            DomainError::Item { error, .. } => error.kind(),
             _ => "validation",
         }
     }
 
-    /// The input field at fault, if the error is about one.
+    /// The input field at fault, if the error is about one. An item field
+    /// is a template, `items[].quantity`; [`item_index`](Self::item_index)
+    /// says which item, when known.
     pub fn field(&self) -> Option<&'static str> {
         Some(match self {
-            DomainError::EmptyOrder | DomainError::TooManyItems { .. } | DomainError::DuplicateSku { .. } => "items",
+            DomainError::EmptyOrder | DomainError::TooManyItems { .. } => "items",
             DomainError::InvalidQuantity { .. } => "items[].quantity",
-            DomainError::InvalidSku(_) => "items[].sku",
+            DomainError::InvalidSku(_) | DomainError::DuplicateSku { .. } => "items[].sku",
             DomainError::InvalidPrice(_) | DomainError::TotalOverflow => "items[].unit_price.amount_minor",
             DomainError::InvalidCurrency(_)
             | DomainError::UnknownCurrency(_)
@@ -79,8 +87,22 @@ impl DomainError {
             | DomainError::ControlCharacters { field } => field,
             DomainError::InvalidEmail(_) | DomainError::EmailUnchanged => "email",
             DomainError::InvalidPhone(_) => "phone",
+            DomainError::Item { error, .. } => return error.field(),
             _ => return None,
         })
+    }
+
+    /// The index of the item at fault, for an error about one item.
+    pub fn item_index(&self) -> Option<usize> {
+        match self {
+            DomainError::Item { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
+
+    /// `self` as the error of the item at `index`.
+    pub fn at_item(self, index: usize) -> DomainError {
+        DomainError::Item { index, error: Box::new(self) }
     }
 
     pub fn is_not_found(&self) -> bool {

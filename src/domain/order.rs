@@ -263,7 +263,8 @@ impl Aggregate for Order {
     }
 }
 
-/// Checks the order-level rules on items and returns the order total.
+/// Checks the order-level rules on items and returns the order total. An
+/// error about one item is a [`DomainError::Item`] with its index.
 pub fn validate_items(items: &[OrderItem]) -> Result<Money, DomainError> {
     let first = items.first().ok_or(DomainError::EmptyOrder)?;
     if items.len() > MAX_ITEMS {
@@ -271,23 +272,27 @@ pub fn validate_items(items: &[OrderItem]) -> Result<Money, DomainError> {
     }
     let currency = first.unit_price.currency;
     if !super::iso4217::is_iso_4217(currency.as_str()) {
-        return Err(DomainError::UnknownCurrency(currency.to_string()));
+        return Err(DomainError::UnknownCurrency(currency.to_string()).at_item(0));
     }
     let mut seen = HashSet::with_capacity(items.len());
     let mut total: i64 = 0;
-    for item in items {
+    for (i, item) in items.iter().enumerate() {
         // Re-checked here because the fields are public.
-        let item = OrderItem::new(item.sku.clone(), item.quantity as i64, item.unit_price)?;
+        let item = OrderItem::new(item.sku.clone(), item.quantity as i64, item.unit_price).map_err(|e| e.at_item(i))?;
         if item.unit_price.currency != currency {
             return Err(DomainError::CurrencyMismatch {
                 first: currency.to_string(),
                 second: item.unit_price.currency.to_string(),
-            });
+            }
+            .at_item(i));
         }
         if !seen.insert(item.sku.clone()) {
-            return Err(DomainError::DuplicateSku { sku: item.sku.to_string() });
+            return Err(DomainError::DuplicateSku { sku: item.sku.to_string() }.at_item(i));
         }
-        total = item.line_total().and_then(|l| total.checked_add(l)).ok_or(DomainError::TotalOverflow)?;
+        total = item
+            .line_total()
+            .and_then(|l| total.checked_add(l))
+            .ok_or_else(|| DomainError::TotalOverflow.at_item(i))?;
     }
     Ok(Money { amount_minor: total, currency })
 }
@@ -295,6 +300,11 @@ pub fn validate_items(items: &[OrderItem]) -> Result<Money, DomainError> {
 /// Trims a free-text field and enforces non-empty, no control characters
 /// (terminal escapes, bells: whatever the entry point) and `MAX_TEXT`.
 pub(crate) fn text(field: &'static str, s: &str) -> Result<String, DomainError> {
+    bounded_text(field, s, MAX_TEXT)
+}
+
+/// [`text`] with its own length limit `max` (characters, after trimming).
+pub(crate) fn bounded_text(field: &'static str, s: &str, max: usize) -> Result<String, DomainError> {
     let t = s.trim();
     if t.is_empty() {
         return Err(DomainError::Blank { field });
@@ -302,8 +312,8 @@ pub(crate) fn text(field: &'static str, s: &str) -> Result<String, DomainError> 
     if t.chars().any(char::is_control) {
         return Err(DomainError::ControlCharacters { field });
     }
-    if t.chars().count() > MAX_TEXT {
-        return Err(DomainError::TooLong { field, max: MAX_TEXT });
+    if t.chars().count() > max {
+        return Err(DomainError::TooLong { field, max });
     }
     Ok(t.to_string())
 }

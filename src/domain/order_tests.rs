@@ -113,19 +113,63 @@ fn create_rejects_bad_items() {
     assert_eq!(o.handle(&create_with(vec![])), Err(DomainError::EmptyOrder));
     let mut zero = item("A", 1, 1);
     zero.quantity = 0;
-    assert!(matches!(o.handle(&create_with(vec![zero])), Err(DomainError::InvalidQuantity { quantity: 0, .. })));
+    assert_eq!(
+        o.handle(&create_with(vec![zero])),
+        Err(DomainError::InvalidQuantity { sku: "A".into(), quantity: 0 }.at_item(0))
+    );
     assert_eq!(
         o.handle(&create_with(vec![item("A", 1, 1), item("A", 2, 1)])),
-        Err(DomainError::DuplicateSku { sku: "A".into() })
+        Err(DomainError::DuplicateSku { sku: "A".into() }.at_item(1))
     );
     let mut usd = item("B", 1, 1);
     usd.unit_price.currency = Currency::new("USD").unwrap();
-    assert!(matches!(o.handle(&create_with(vec![item("A", 1, 1), usd])), Err(DomainError::CurrencyMismatch { .. })));
+    assert_eq!(
+        o.handle(&create_with(vec![item("A", 1, 1), usd])),
+        Err(DomainError::CurrencyMismatch { first: "EUR".into(), second: "USD".into() }.at_item(1))
+    );
     let many: Vec<_> = (0..=MAX_ITEMS).map(|i| item(&format!("S{i}"), 1, 1)).collect();
     assert!(matches!(o.handle(&create_with(many)), Err(DomainError::TooManyItems { .. })));
     let huge = item("H", u32::MAX as i64, crate::domain::values::MAX_UNIT_PRICE_MINOR);
     let huge2 = item("I", u32::MAX as i64, crate::domain::values::MAX_UNIT_PRICE_MINOR);
-    assert_eq!(o.handle(&create_with(vec![huge, huge2])), Err(DomainError::TotalOverflow));
+    assert_eq!(o.handle(&create_with(vec![huge, huge2])), Err(DomainError::TotalOverflow.at_item(0)));
+}
+
+/// Review finding: an item rule broken by the order as a whole (mixed
+/// currencies, a repeated SKU, an unknown currency, an overflowing total)
+/// did not say which item; the error now carries its index, and the field
+/// stays the template the HTTP layer fills in.
+#[test]
+fn an_item_rule_names_the_offending_item() {
+    let o = Order::default();
+    let create_with = |items| OrderCommand::Create { customer_id: customer(), items };
+    let priced = |sku: &str, currency: &str| {
+        let mut i = item(sku, 1, 1);
+        i.unit_price.currency = Currency::new(currency).unwrap();
+        i
+    };
+    let cases = [
+        (vec![item("A", 1, 1), item("B", 1, 1), priced("C", "USD")], 2, "items[].unit_price.currency"),
+        (vec![item("A", 1, 1), item("B", 1, 1), item("C", 1, 1), item("B", 3, 1)], 3, "items[].sku"),
+        (vec![priced("A", "ZZZ"), priced("B", "ZZZ")], 0, "items[].unit_price.currency"),
+        (vec![item("A", 1, 1), priced("B", "ZZZ")], 1, "items[].unit_price.currency"),
+    ];
+    for (items, index, field) in cases {
+        let e = o.handle(&create_with(items.clone())).unwrap_err();
+        assert_eq!((e.item_index(), e.field(), e.kind()), (Some(index), Some(field), "validation"), "{items:?}: {e}");
+        assert!(e.to_string().starts_with(&format!("items[{index}]: ")), "{e}");
+    }
+    // The sum overflows at the third item (each line fits).
+    let big = |sku: &str| item(sku, 4_000_000, crate::domain::values::MAX_UNIT_PRICE_MINOR);
+    let e = o.handle(&create_with(vec![big("A"), big("B"), big("C")])).unwrap_err();
+    assert_eq!(e, DomainError::TotalOverflow.at_item(2));
+    assert_eq!(e.field(), Some("items[].unit_price.amount_minor"));
+    // The same on a change of items.
+    let created = given(&[create()]);
+    let e = created.handle(&OrderCommand::UpdateItems { items: vec![item("A", 1, 1), item("A", 1, 1)] }).unwrap_err();
+    assert_eq!((e.item_index(), e.field()), (Some(1), Some("items[].sku")));
+    // Order-level errors name no item.
+    assert_eq!(DomainError::EmptyOrder.item_index(), None);
+    assert_eq!(DomainError::TooManyItems { max: 1, got: 2 }.field(), Some("items"));
 }
 
 #[test]
@@ -211,7 +255,7 @@ fn a_currency_outside_iso_4217_is_refused_by_a_command_but_still_decodes() {
     let zzz = crate::domain::Currency::new("ZZZ").unwrap();
     let bad = OrderItem::new(Sku::new("A").unwrap(), 1, Money::new(100, zzz).unwrap()).unwrap();
     let cmd = OrderCommand::Create { customer_id: Uuid::from_u128(1), items: vec![bad.clone()] };
-    assert_eq!(Order::default().handle(&cmd), Err(DomainError::UnknownCurrency("ZZZ".into())));
+    assert_eq!(Order::default().handle(&cmd), Err(DomainError::UnknownCurrency("ZZZ".into()).at_item(0)));
     assert_eq!(DomainError::UnknownCurrency("ZZZ".into()).field(), Some("items[].unit_price.currency"));
     // A stored event with such a code (written before this check) still decodes.
     let json = serde_json::to_value(&bad).unwrap();

@@ -238,7 +238,7 @@ impl From<AppError> for ApiError {
                     _ => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
                 };
                 let err = ApiError::new(status, kind, d.to_string());
-                match d.field() {
+                match domain_field(&d) {
                     Some(f) => err.with_field(f),
                     None => err,
                 }
@@ -272,24 +272,51 @@ impl From<AppError> for ApiError {
     }
 }
 
+/// The exact path of the input a domain error is about: an item field's
+/// template (`items[].sku`) with the item's index filled in (`items[3].sku`).
+fn domain_field(d: &crate::domain::DomainError) -> Option<String> {
+    let f = d.field()?;
+    Some(match d.item_index() {
+        Some(i) => f.replacen("items[]", &format!("items[{i}]"), 1),
+        None => f.to_string(),
+    })
+}
+
+/// 413 `payload_too_large` for a body over `limit` bytes (when known).
+pub fn too_large(limit: Option<usize>) -> ApiError {
+    let detail = match limit {
+        Some(limit) => format!("request body is larger than {limit} bytes"),
+        None => "request body is too large".to_string(),
+    };
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail)
+}
+
+/// A body that could not be read as bytes (`web::Bytes`): over the limit
+/// is a 413, anything else a 400; both problem documents.
+pub fn body_error(err: &actix_web::Error, limit: Option<usize>) -> ApiError {
+    use actix_web::error::PayloadError as P;
+    match err.as_error::<P>() {
+        Some(P::Overflow) => too_large(limit),
+        _ if err.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE => too_large(limit),
+        _ => {
+            tracing::debug!(error = %err, "request body could not be read");
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "the request body could not be read")
+        }
+    }
+}
+
 /// Error handler of `web::JsonConfig`: every body problem as JSON.
 pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     use actix_web::error::{JsonPayloadError as J, PayloadError as P};
     let e = match &err {
-        J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body is larger than {limit} bytes"),
-        ),
+        J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => too_large(Some(*limit)),
         J::ContentType => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as JSON with Content-Type: application/json",
         ),
         J::Deserialize(e) => ApiError::malformed_json(describe_json_error(e)),
-        J::Payload(P::Overflow) => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
-        }
+        J::Payload(P::Overflow) => too_large(None),
         J::Payload(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "the request body could not be read"),
         _ => ApiError::malformed_json("the request body is not valid JSON"),
     };
@@ -363,6 +390,24 @@ mod tests {
         let e = ApiError::from(AppError::Store(StoreError::Unavailable("disk".into())));
         assert_eq!((e.status.as_u16(), e.body.error), (503, "unavailable"));
         assert_eq!(e.error_response().headers().get(header::RETRY_AFTER).unwrap(), "1");
+    }
+
+    /// Review finding: an item rule the domain checks (mixed currencies,
+    /// a repeated SKU, an unknown currency, an overflowing total) named
+    /// `items[].unit_price.currency`, without the item's index.
+    #[test]
+    fn a_domain_item_error_names_the_exact_path() {
+        use crate::domain::DomainError as D;
+        let field = |d: D| ApiError::from(AppError::Domain(d)).body.field;
+        let mixed = D::CurrencyMismatch { first: "EUR".into(), second: "USD".into() };
+        assert_eq!(field(mixed.at_item(2)).as_deref(), Some("items[2].unit_price.currency"));
+        assert_eq!(field(D::DuplicateSku { sku: "A".into() }.at_item(3)).as_deref(), Some("items[3].sku"));
+        assert_eq!(field(D::UnknownCurrency("ZZZ".into()).at_item(0)).as_deref(), Some("items[0].unit_price.currency"));
+        assert_eq!(field(D::TotalOverflow.at_item(1)).as_deref(), Some("items[1].unit_price.amount_minor"));
+        assert_eq!(field(D::EmptyOrder).as_deref(), Some("items"));
+        assert_eq!(field(D::InvalidEmail("x".into())).as_deref(), Some("email"));
+        let e = ApiError::from(AppError::Domain(D::TotalOverflow.at_item(1)));
+        assert_eq!((e.status.as_u16(), e.kind()), (422, "validation"));
     }
 
     /// Review finding: an append whose outcome was unknown answered the

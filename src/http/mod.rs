@@ -102,6 +102,7 @@ pub fn api_app(
         .app_data(web::Data::new(st))
         .app_data(json_config(max_body_bytes))
         .app_data(web::PayloadConfig::new(max_body_bytes))
+        .app_data(input::BodyLimit(max_body_bytes))
         .app_data(web::PathConfig::default().error_handler(errors::path_error))
         .app_data(web::QueryConfig::default().error_handler(errors::query_error))
         .configure(api::routes)

@@ -53,6 +53,11 @@ pub const CONSUMER: &str = "projections";
 pub const MAX_PAGE: usize = 500;
 /// Page size when the caller gives none.
 pub const DEFAULT_PAGE: usize = 50;
+/// Largest `offset` (without cursor) of `orders_by_customer`, on every
+/// backend: the HTTP API refuses more (400 naming `offset`); CQL emulates
+/// the offset by skipping rows and its store refuses more itself. Deeper
+/// pages use the `after` cursor.
+pub const MAX_OFFSET: u64 = 10_000;
 
 /// How far the read models are behind the event stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]

@@ -1,8 +1,9 @@
 //! The Customer routes of the command API, and a customer's orders from the
 //! `orders_by_customer` read model (paged).
 //!
-//! Guarantee: a bad page parameter is a 400 naming it; backends without read
-//! models answer 501 for the orders page.
+//! Guarantee: a bad page parameter is a 400 naming it (an `offset` over
+//! [`MAX_OFFSET`] included, on every backend); backends without read models
+//! answer 501 for the orders page.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -17,19 +18,27 @@ use crate::domain::{Customer, CustomerCommand};
 use crate::http::errors::ApiError;
 use crate::http::input::{self, Input};
 use crate::http::query::Params;
-use crate::projection::{PageRequest, DEFAULT_PAGE, MAX_PAGE};
+use crate::projection::{PageRequest, DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE};
 
 pub(super) fn customer_view(id: Uuid, version: i64, c: &Customer) -> Value {
     json!({"id": id, "version": version, "name": c.name, "email": c.email, "phone": c.phone})
 }
 
 /// Parses `after`, `offset`, `limit` of GET /customers/{id}/orders; any
-/// other, repeated or malformed parameter is a 400 naming it.
+/// other, repeated or malformed parameter is a 400 naming it. `offset` is at
+/// most [`MAX_OFFSET`] whatever the backend: one documented limit, checked
+/// before the store is asked (CQL's store refuses more too).
 pub fn page_request(query: &[(String, String)]) -> Result<PageRequest, ApiError> {
     let q = Params::new(query, &["after", "offset", "limit"])?;
     let after =
         q.parsed::<Uuid>("after", |_| true, "after must be an order id (the next_after of the previous page)")?;
-    let offset = q.parsed::<u64>("offset", |_| true, "offset must be a non-negative integer")?.unwrap_or(0);
+    let offset = q
+        .parsed::<u64>(
+            "offset",
+            |n| *n <= MAX_OFFSET,
+            &format!("offset must be an integer from 0 to {MAX_OFFSET}; page further with the `after` cursor"),
+        )?
+        .unwrap_or(0);
     let limit = q
         .parsed::<usize>(
             "limit",
@@ -127,6 +136,7 @@ mod tests {
             q(&[("offset", "6"), ("limit", "500")]).unwrap(),
             PageRequest { after: None, offset: 6, limit: 500 }
         );
+        assert_eq!(q(&[("offset", "10000")]).unwrap().offset, MAX_OFFSET);
         for (bad, field) in [
             (vec![("limit", "0")], "limit"),
             (vec![("limit", "501")], "limit"),
@@ -134,6 +144,9 @@ mod tests {
             (vec![("limit", "-1")], "limit"),
             (vec![("after", "nope")], "after"),
             (vec![("offset", "-2")], "offset"),
+            (vec![("offset", "10001")], "offset"),
+            (vec![("offset", "18446744073709551615")], "offset"),
+            (vec![("offset", "18446744073709551616")], "offset"),
             (vec![("limit", "2"), ("limit", "3")], "limit"),
             (vec![("colour", "red")], "colour"),
             (vec![("after", "0190a0a0-0000-7000-8000-000000000000"), ("offset", "2")], "offset"),

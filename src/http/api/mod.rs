@@ -5,7 +5,7 @@
 //! | POST /orders | `{customer_id, items, id?}` | 201 order |
 //! | GET /orders/{id} | | 200 order (+ `source`, `projection`) |
 //! | POST /orders/{id}/items | `{items}` | 200 order |
-//! | POST /orders/{id}/confirm | | 200 order |
+//! | POST /orders/{id}/confirm | none, or `{}` | 200 order |
 //! | POST /orders/{id}/ship | `{tracking_number, carrier}` | 200 order |
 //! | POST /orders/{id}/deliver | `{signature}` | 200 order |
 //! | POST /orders/{id}/cancel | `{reason}` | 200 order |
@@ -24,7 +24,8 @@
 //!   read models always read the event stream.
 //! - GET /customers/{id}/orders: a page of `orders_by_customer` (ordered by
 //!   order id): `after=<order uuid>` (keyset cursor, `next_after` of the
-//!   previous page) or `offset=<n>`, `limit=1..=500` (default 50). A bad
+//!   previous page) or `offset=<n>` (at most `projection::MAX_OFFSET`,
+//!   10000, on every backend), `limit=1..=500` (default 50). A bad
 //!   parameter is a 400 naming it. 501 on backends without read models.
 //!
 //! `If-Match: <version>` (quoted or bare) pins the expected version (409 on
@@ -256,7 +257,20 @@ pub(super) fn with_projection(mut resp: HttpResponse, f: Freshness) -> HttpRespo
     resp
 }
 
+/// A read-model query that failed: 503 (retry) when the store is
+/// unavailable, but a query the backend does not offer is no transient
+/// failure: 501 `not_available`, without `Retry-After`, so clients do not
+/// retry it forever. (The HTTP layer refuses known limits first, e.g.
+/// `offset` over `projection::MAX_OFFSET` with a 400.)
 pub(super) fn read_model_unavailable(e: crate::store::StoreError) -> ApiError {
+    if let crate::store::StoreError::Unsupported { .. } = e {
+        tracing::warn!(error = %e, "read-model query not supported");
+        return ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_available",
+            "this query is not supported by the read models of this store backend",
+        );
+    }
     tracing::warn!(error = %e, "read models unavailable");
     ApiError::unavailable("temporarily unavailable; retry shortly")
 }
@@ -279,6 +293,21 @@ mod tests {
         assert!(!m("\"2\"", 3));
         assert!(!m("garbage", 3));
         assert!(!if_none_match(&TestRequest::default().to_http_request(), 3));
+    }
+
+    /// Review finding: a query the CQL store refuses (an offset over its
+    /// limit) answered 503 `unavailable` with Retry-After, so clients
+    /// retried it forever.
+    #[test]
+    fn an_unsupported_read_model_query_is_no_retryable_503() {
+        use crate::store::StoreError;
+        use actix_web::ResponseError;
+        let e = read_model_unavailable(StoreError::Unsupported { backend: "cql", what: "offset 10001".into() });
+        assert_eq!((e.status.as_u16(), e.kind()), (501, "not_available"));
+        assert!(e.error_response().headers().get(header::RETRY_AFTER).is_none());
+        assert!(!e.body.detail.contains("10001"), "store details stay in the log: {}", e.body.detail);
+        let e = read_model_unavailable(StoreError::Unavailable("timeout".into()));
+        assert_eq!((e.status.as_u16(), e.kind()), (503, "unavailable"));
     }
 
     #[test]

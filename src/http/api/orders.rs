@@ -120,10 +120,11 @@ pub(super) async fn confirm(
     st: web::Data<ApiState>,
     req: HttpRequest,
     path: web::Path<String>,
-    body: web::Bytes,
+    body: input::RawBody,
 ) -> Result<HttpResponse, ApiError> {
-    // No fields: an empty body or `{}`; anything else is refused, not ignored.
-    input::no_fields(&body)?;
+    // No fields: an empty body or `{}`; anything else is refused, not ignored
+    // (a body over `http.max_body_bytes` is a 413 problem, see `RawBody`).
+    input::no_fields(&body.0)?;
     order_command(&st, &req, &path, || Ok(OrderCommand::Confirm)).await
 }
 

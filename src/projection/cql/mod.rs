@@ -67,8 +67,9 @@ use crate::store::StoreError;
 pub use apply::{apply_envelopes, CqlApplyOutcome};
 pub use cdc::{run_cdc_projection, CqlProjectionSink, LEGACY_PROJECTION_CHECKPOINT_TABLE, PROJECTION_CONSUMER};
 
-/// Largest `offset` (without cursor) `orders_by_customer` emulates.
-pub const MAX_OFFSET: u64 = 10_000;
+/// Largest `offset` (without cursor) `orders_by_customer` emulates (the
+/// limit of every backend, see [`super::MAX_OFFSET`]).
+pub use super::MAX_OFFSET;
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
