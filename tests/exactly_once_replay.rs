@@ -7,7 +7,9 @@
 //! order; the park record is gone and the request is done, also when the
 //! request replays several parked aggregates. A discard
 //! interrupted the same way publishes its marker once and keeps one audit
-//! row.
+//! row. A crash right after an unreadable row parks its aggregate
+//! (`after_park`) finds the aggregate's earlier event of the same batch
+//! committed, not held behind the park.
 
 mod harness;
 
@@ -165,4 +167,59 @@ fn a_discard_interrupted_after_its_commit_keeps_one_marker_and_one_audit_row() {
     let audit = sqlite3(&db, &format!("SELECT COUNT(*), MIN(reason) FROM discarded_events WHERE event_id = '{held}'"));
     assert_eq!(audit.trim(), "1|re-sent by hand", "one audit row for one discard");
     p.d.stop();
+}
+
+/// A valid first event of an order and a row nobody can decode behind it,
+/// written in one transaction by a foreign tool (so one feed page, one
+/// batch), the process killed right after the park record is written
+/// (`OUTBOXD_ABORT_AT=after_park`). The event before the bad row was
+/// committed first, so the next start has it on the topic once; it used to
+/// be held behind a park record starting after it, published by nobody.
+#[test]
+fn an_unreadable_row_parks_its_aggregate_only_after_the_events_before_it_committed() {
+    let Some(brokers) = harness::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(&brokers, dir.path());
+    let db = cfg.store.path.clone();
+    let env = vec![
+        fault_injection(),
+        ("OUTBOX_RELAY__DELIVERY", "exactly-once".to_string()),
+        ("OUTBOX_RELAY__PROGRESS_TOPIC", format!("{}progress", cfg.kafka.topic_prefix)),
+    ];
+    let mut crashing = env.clone();
+    crashing.push(("OUTBOXD_ABORT_AT", "after_park".to_string()));
+    let mut d = Daemon::start(&cfg, &crashing);
+    let template = create_order(&d, Uuid::now_v7(), "TEMPLATE-1");
+    caught_up(&d);
+    let a = Uuid::now_v7();
+    let cols = "event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, correlation_id, timestamp";
+    sqlite3(
+        &db,
+        &format!(
+            "BEGIN; \
+             INSERT INTO event_store ({cols}) SELECT '{}', aggregate_type, '{a}', 1, event_type, event_version, payload, correlation_id, timestamp \
+               FROM event_store WHERE aggregate_id = '{template}' AND sequence_number = 1; \
+             INSERT INTO event_store ({cols}) VALUES ('{}', 'Order', '{a}', 2, 'OrderConfirmed', 1, '{{not json', '{}', '2026-12-02T00:00:00.000Z'); \
+             COMMIT;",
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7()
+        ),
+    );
+    let status = d.wait_exit(Duration::from_secs(60)).expect("the daemon aborts right after the park");
+    assert!(!status.success(), "{status:?}");
+    assert!(d.log_text().contains("aborting at an armed crash point"), "{}", d.log_text());
+
+    d = Daemon::start(&cfg, &env);
+    eventually(Duration::from_secs(30), "the order parked at its unreadable row", || {
+        let v = d.admin("GET", "/dlq").json();
+        (v["parked_count"] == 1 && v["parked"][0]["aggregate_id"] == a.to_string()).then_some(())
+    });
+    let topic = format!("{}order-events", cfg.kafka.topic_prefix);
+    let records = consume_until(&brokers, std::slice::from_ref(&topic), 3, Duration::from_secs(10), |rs| {
+        rs.iter().any(|r| r.key == a.to_string())
+    });
+    assert_eq!(seqs(&events(&records, a)), vec!["1"], "the event before the unreadable row, once");
+    assert_eq!(seqs(&events(&records, template)), vec!["1"]);
+    d.stop();
 }

@@ -4,8 +4,12 @@
 //!
 //! Guarantees: rows are taken in feed order and never reordered; events of
 //! a parked aggregate never enter a batch; an unreadable row parks its
-//! aggregate durably before any later transaction moves progress past it;
-//! a dead feed reader is restarted from the last row taken.
+//! aggregate durably before any later transaction moves progress past it,
+//! and only after the events before it in the batch committed (a park is
+//! durable at once: a term ending between the two would otherwise leave
+//! the aggregate's earlier, uncommitted events held behind a park record
+//! that starts after them, published by nobody); a dead feed reader is
+//! restarted from the last row taken.
 
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -21,6 +25,9 @@ use crate::store::feed::FeedRow;
 
 /// Store refusals of a park record before the term ends.
 const PARK_ATTEMPTS: u32 = 8;
+
+/// The crash point right after a park record is written (tests).
+pub const CRASH_AFTER_PARK: &str = "after_park";
 
 impl Txn {
     pub(super) async fn main(
@@ -71,6 +78,16 @@ impl Txn {
             while rows.peek().is_some() {
                 let mut batch = Vec::with_capacity(max_events.min(1024));
                 for row in rows.by_ref() {
+                    if matches!(row, FeedRow::Unreadable(_))
+                        && !batch.is_empty()
+                        && !self.parked.contains(row.aggregate_key())
+                    {
+                        // Commit what precedes the row before parking at it.
+                        let before = row.position() - 1;
+                        if let Some(exit) = self.publish(std::mem::take(&mut batch), before, shutdown).await? {
+                            return Ok(exit);
+                        }
+                    }
                     self.last_read = row.position();
                     if let Some(item) = self.admit(row).await? {
                         batch.push(item);
@@ -114,6 +131,7 @@ impl Txn {
                 return Err(RelayError::Store(format!("cannot record the parked aggregate {}: {err}", p.aggregate_id)));
             }
         }
+        self.relay.pause.crash_point(CRASH_AFTER_PARK);
         if self.parked.insert(item.aggregate().clone()) {
             count_parked(&self.relay.metrics, &self.relay.status, true);
         }
