@@ -223,3 +223,61 @@ fn an_unreadable_row_parks_its_aggregate_only_after_the_events_before_it_committ
     assert_eq!(seqs(&events(&records, template)), vec!["1"]);
     d.stop();
 }
+
+/// `outboxd dlq discard` with no relay running, when the relay's progress
+/// is below the discarded event (it was parked as the last event, so no
+/// transaction moved the progress past it). The CLI cannot publish the
+/// marker in the event's place (the feed brings the event again after the
+/// unpark): the next term publishes the marker there from the audit row,
+/// and never the event itself, even with the topic now taking it.
+#[test]
+fn a_discard_carried_out_behind_the_progress_publishes_its_marker_in_place_never_the_event() {
+    let Some(brokers) = harness::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = daemon_config(&brokers, dir.path());
+    cfg.kafka.compression = outboxd::config::Compression::None;
+    let topic = format!("{}order-events", cfg.kafka.topic_prefix);
+    create_topic(&brokers, &topic, cfg.kafka.partitions, &[("max.message.bytes", "6000")]);
+    let env = vec![
+        ("OUTBOX_RELAY__DELIVERY", "exactly-once".to_string()),
+        ("OUTBOX_RELAY__PROGRESS_TOPIC", format!("{}progress", cfg.kafka.topic_prefix)),
+        ("OUTBOX_RELAY__RETRY__INITIAL_BACKOFF_MS", "10".to_string()),
+        ("OUTBOX_RELAY__RETRY__MAX_BACKOFF_MS", "50".to_string()),
+    ];
+    let d = Daemon::start(&cfg, &env);
+    let order = create_order(&d, Uuid::now_v7(), "SMALL-1");
+    caught_up(&d);
+    let r = d.post(&format!("/orders/{order}/items"), &json!({"items": big_items(50, "B")}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(Duration::from_secs(60), "the order to be parked at its ~7 KB event", || {
+        (d.admin("GET", "/dlq").json()["parked_count"] == 1).then_some(())
+    });
+    d.stop();
+
+    let held = sqlite3(
+        &cfg.store.path,
+        &format!("SELECT event_id FROM event_store WHERE aggregate_id = '{order}' AND sequence_number = 2"),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .args(["dlq", "discard", "--id", held.trim(), "--reason", "too large, fixed upstream"])
+        .envs(config_env(&cfg))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The topic would take the event now: only the marker may reach it.
+    alter_topic(&brokers, &topic, "max.message.bytes", "12000");
+    let d = Daemon::start(&cfg, &env);
+    let after = create_order(&d, Uuid::now_v7(), "AFTER-1");
+    caught_up(&d);
+    assert_eq!(d.admin("GET", "/dlq").json()["parked_count"], 0);
+    let records = consume_until(&brokers, std::slice::from_ref(&topic), 3, Duration::from_secs(10), |rs| {
+        rs.iter().any(|r| r.key == after.to_string())
+    });
+    let got = events(&records, order);
+    assert_eq!(seqs(&got), vec!["1", "2"], "the order's first event, then the marker in the second's place: {got:?}");
+    assert_eq!(got[1].1, "outboxd.EventDiscarded", "{got:?}");
+    d.stop();
+}

@@ -30,6 +30,7 @@ pub mod broker_watch;
 pub mod cdc;
 pub mod checkpoint;
 pub mod deliver;
+pub mod discards;
 pub mod encode;
 pub mod error;
 pub mod exactly_once;

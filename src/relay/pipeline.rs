@@ -238,6 +238,15 @@ impl Relay {
         }
     }
 
+    /// The operators' discards of events after `after`, whose markers the
+    /// feed must publish in their place (`relay::discards`); without them
+    /// the term does not start, as without the parked list.
+    pub(super) async fn discards_after(&self, after: i64) -> Result<crate::relay::discards::Discards, RelayError> {
+        crate::relay::discards::Discards::load(&*self.store, self.name(), after)
+            .await
+            .map_err(|e| RelayError::Store(format!("cannot read discarded events: {e}")))
+    }
+
     /// Records a parked aggregate, conditional on the lease epoch when fenced.
     pub(super) async fn park_record(&self, p: &crate::store::parking::Parked) -> Result<(), StoreError> {
         crate::relay::parking::park_at(&self.store, p, self.fence.as_ref().map(|f| f.epoch)).await
@@ -283,6 +292,7 @@ impl Relay {
             parked_read = ?started.elapsed(),
             "relay start steps (time since the term began)"
         );
+        let discards = self.discards_after(checkpoint).await?;
         let mut window = Window::new(checkpoint, self.cfg.max_in_flight);
         window.set_parked(parked.iter().map(|p| AggKey::from(p.parked.aggregate_id.as_str())));
         self.metrics.dlq_parked_aggregates.set(parked.len() as i64);
@@ -309,6 +319,7 @@ impl Relay {
             replays: HashMap::new(),
             request_parts: HashMap::new(),
             claimed: Default::default(),
+            discards,
             letter_slots: HashMap::new(),
             value: Vec::with_capacity(4096),
             sent_at: foldhash::HashMap::default(),

@@ -78,6 +78,7 @@ impl Run {
                     self.finish_request(r.id, RequestStatus::Done, result).await;
                     return Ok(());
                 }
+                Plan::MarkerAhead { position, discarded } => self.discards.insert(position, discarded),
                 Plan::Rewind { position } => {
                     self.finish_request(
                         r.id,
@@ -259,6 +260,10 @@ pub enum Plan {
     Letters { items: Vec<(Item, Uuid)> },
     /// Move the checkpoint back to `position` (re-publish after it).
     Rewind { position: i64 },
+    /// The event at `position` was discarded before this term read it: the
+    /// feed brings it later, and `discarded`'s marker takes its place there
+    /// (`relay::discards`).
+    MarkerAhead { position: i64, discarded: Discarded },
     /// Nothing to publish: finished with this result.
     Done(serde_json::Value),
 }
@@ -342,7 +347,14 @@ async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result
     let first = ctx.store.aggregate_rows(&agg, p.position, p.sequence, p.position).await.map_err(|e| e.to_string())?;
     let (record, discarded) = discard_of(ctx.consumer, &p, first.first(), event_id, reason);
     record_discard(ctx.store, &record).await?;
-    let marker = Item::Marker { position: p.position.unwrap_or(0), discarded };
+    let position = p.position.unwrap_or(0);
+    if ctx.positions && position > ctx.last_pushed {
+        // Not read by this term yet (it restarted below it, or is the CLI's
+        // with no feed): published from here, the event would come again
+        // through the feed after the unpark. Its marker waits for it there.
+        return Ok(vec![Plan::MarkerAhead { position, discarded }, unpark_plan(ctx, &agg, None).await?]);
+    }
+    let marker = Item::Marker { position, discarded };
     Ok(vec![unpark_plan(ctx, &agg, Some(marker)).await?])
 }
 
@@ -390,15 +402,7 @@ pub fn discard_of(
         reason: reason.to_string(),
         discarded_at: now,
     };
-    let discarded = Discarded {
-        event_id: Uuid::parse_str(event_id).unwrap_or_else(|_| crate::store::feed::uuid_of(event_id)),
-        aggregate_type: aggregate_type.unwrap_or_else(|| "order".into()),
-        aggregate_key: crate::store::feed::aggregate_key(&p.aggregate_id),
-        sequence: sequence.unwrap_or(0),
-        event_type: p.event_type.clone().unwrap_or_default(),
-        reason: reason.to_string(),
-        discarded_at: now,
-    };
+    let discarded = crate::relay::discards::marker_of(&record);
     (record, discarded)
 }
 

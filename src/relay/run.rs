@@ -54,6 +54,8 @@ pub(super) struct Run {
     /// Requests this term claimed: never taken over again by it (a request
     /// left running by a former term of this lease holder is).
     pub(super) claimed: std::collections::HashSet<uuid::Uuid>,
+    /// Discarded events ahead of the feed: their markers take their place.
+    pub(super) discards: super::discards::Discards,
     /// Dead letters being replayed: slot -> dead letter id.
     pub(super) letter_slots: HashMap<Slot, uuid::Uuid>,
     pub(super) value: Vec<u8>,
@@ -331,13 +333,10 @@ impl Run {
     fn on_page(&mut self, page: Vec<FeedRow>) {
         let mut held = 0;
         for row in page {
-            let item = match row {
-                FeedRow::Event(e) => Item::Event(e),
-                FeedRow::Unreadable(u) => {
-                    tracing::error!(position = u.position, aggregate = %u.aggregate_key, error = %u.error, "unreadable row in the event store; its aggregate will be parked when its turn comes");
-                    Item::Unreadable(u)
-                }
-            };
+            let item = self.discards.replace(row);
+            if let Item::Unreadable(u) = &item {
+                tracing::error!(position = u.position, aggregate = %u.aggregate_key, error = %u.error, "unreadable row in the event store; its aggregate will be parked when its turn comes");
+            }
             if self.window.push(item) == Pushed::Held {
                 held += 1;
             }

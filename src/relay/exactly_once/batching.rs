@@ -108,13 +108,13 @@ impl Txn {
         if self.parked.contains(row.aggregate_key()) {
             return Ok(None);
         }
-        match row {
-            FeedRow::Event(e) => Ok(Some(Item::Event(e))),
-            FeedRow::Unreadable(u) => {
-                let item = Item::Unreadable(u.clone());
-                self.park(&item, &PublishError::permanent("unreadable", u.error.clone())).await?;
+        match self.discards.replace(row) {
+            Item::Unreadable(u) => {
+                let error = PublishError::permanent("unreadable", u.error.clone());
+                self.park(&Item::Unreadable(u), &error).await?;
                 Ok(None)
             }
+            item => Ok(Some(item)),
         }
     }
 

@@ -91,6 +91,8 @@ pub(super) struct Txn {
     /// Requests this term claimed: never taken over again by it (a request
     /// left running by a former term of this lease holder is).
     pub(super) claimed: std::collections::HashSet<uuid::Uuid>,
+    /// Discarded events ahead of the feed: their markers take their place.
+    pub(super) discards: crate::relay::discards::Discards,
 }
 
 /// The `transactional.id` of a consumer's relay: every instance of it uses
@@ -175,6 +177,7 @@ impl Relay {
             Ok(v) => v.iter().map(|p| AggKey::from(p.parked.aggregate_id.as_str())).collect(),
             Err(e) => return Err(RelayError::Store(format!("cannot read parked aggregates: {e}"))),
         };
+        let discards = self.discards_after(position).await?;
         tracing::debug!(
             topics_checked = ?topics_checked,
             transactions_initialised = ?transactions_initialised,
@@ -205,6 +208,7 @@ impl Relay {
             replaying: None,
             resumed,
             claimed: Default::default(),
+            discards,
             relay: self,
         };
         let exit = if t.relay.requests_only {

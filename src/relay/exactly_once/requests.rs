@@ -72,6 +72,7 @@ impl Txn {
             for p in plans {
                 match p {
                     Plan::Done(v) => result = v,
+                    Plan::MarkerAhead { position, discarded } => self.discards.insert(position, discarded),
                     Plan::Rewind { position } => {
                         // Progress moves back in a transaction of its own; the next term starts there.
                         match self.transaction(&[], position).await {
@@ -189,6 +190,6 @@ fn plan_part(p: &Plan) -> String {
     match p {
         Plan::Unpark { agg, .. } => agg.to_string(),
         Plan::Letters { .. } => LETTERS.to_string(),
-        Plan::Rewind { .. } | Plan::Done(_) => String::new(),
+        Plan::Rewind { .. } | Plan::MarkerAhead { .. } | Plan::Done(_) => String::new(),
     }
 }
