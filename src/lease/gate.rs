@@ -3,7 +3,9 @@
 //! Guarantee: `while_active` starts `run(epoch, term)` only with the lease
 //! held at `epoch`, and fires `term` (the run's own shutdown) at once when
 //! the keeper withdraws the lease or when `shutdown` fires; after the run
-//! returns it waits for the lease again. Without a lease (`None`) it runs
+//! returns it waits for the lease again (also when the lease came back at
+//! the same epoch while the run was finishing: that end was the gate's, not
+//! the run's). Without a lease (`None`) it runs
 //! once, unfenced (single-instance use). `while_active_prepared` also makes
 //! each term's resource (`prepare`) before it waits for the lease, so the
 //! term starts with it ready (the Scylla CDC relay's producer); a resource
@@ -58,6 +60,7 @@ where
         // Run one term; end it when the lease goes or shutdown comes.
         let term = Trigger::new();
         let term_shutdown = term.subscribe();
+        let ended_here = term.subscribe();
         let mut watch = rx.clone();
         let mut outer = shutdown.clone();
         let watcher = tokio::spawn(async move {
@@ -73,7 +76,10 @@ where
         if shutdown.is_shutdown() {
             return Ok(());
         }
-        if matches!(&*rx.borrow(), LeaseState::Active { epoch: e } if *e == epoch) {
+        // A term this gate ended (the lease went) waits for the lease again,
+        // even if it came back at the same epoch while the run was finishing
+        // (a late renewal that still won its compare-and-set).
+        if !ended_here.is_shutdown() && matches!(&*rx.borrow(), LeaseState::Active { epoch: e } if *e == epoch) {
             // The run ended on its own while still holding the lease: the caller's
             // supervisor decides (an unrequested end is a failure there).
             return Ok(());

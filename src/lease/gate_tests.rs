@@ -107,6 +107,47 @@ async fn a_resource_that_cannot_be_made_ends_the_loop_with_its_error() {
     assert!(terms.try_recv().is_err(), "no term without its resource");
 }
 
+/// Review finding: a renewal late enough to publish `Lost`, then winning
+/// its compare-and-set anyway, brings the lease back at the same epoch. A
+/// run still finishing the term the gate ended then returned into
+/// `Active{same epoch}`, which read as "ended on its own": the supervisor
+/// counted a crash (five in a minute stopped the daemon).
+#[tokio::test]
+async fn a_term_the_gate_ended_is_followed_by_another_when_the_lease_returns_at_the_same_epoch() {
+    let (state, states) = watch::channel(LeaseState::Active { epoch: 3 });
+    let shutdown = Trigger::new();
+    let (tx, mut terms) = mpsc::unbounded_channel();
+    let lease = LeaseHandle::following(states.clone());
+    let sub = shutdown.subscribe();
+    let task = tokio::spawn(async move {
+        while_active_prepared(
+            Some(&lease),
+            sub,
+            |_| {},
+            || Ok::<_, String>(()),
+            |epoch, (), mut term| {
+                let (tx, mut states) = (tx.clone(), states.clone());
+                async move {
+                    tx.send(epoch).unwrap();
+                    term.recv().await;
+                    // Still finishing when the lease comes back.
+                    let _ = states.wait_for(|s| s.active_epoch() == Some(3)).await;
+                    Ok(())
+                }
+            },
+        )
+        .await
+    });
+    assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.unwrap(), Some(Some(3)));
+    state.send(LeaseState::Lost { epoch: 3 }).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    state.send(LeaseState::Active { epoch: 3 }).unwrap();
+    assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.expect("a new term").unwrap(), Some(3));
+    assert!(!task.is_finished(), "the gate waits on, it did not hand the end to the supervisor");
+    shutdown.fire();
+    assert_eq!(tokio::time::timeout(WAIT, task).await.unwrap().unwrap(), Ok(()));
+}
+
 #[tokio::test]
 async fn without_a_lease_one_unfenced_term_runs_with_its_resource() {
     let shutdown = Trigger::new();
