@@ -247,6 +247,13 @@ fn standby_case(delivery: &str) {
     assert_eq!(h["relay"]["role"], "standby", "{h}");
     assert_eq!(component(&h, "kafka").0, "healthy", "{h}");
     assert_eq!(h["relay"]["delivered"], 0, "a standby publishes nothing: {h}");
+    // Its projector stands by too (the `projections` lease is the holder's): healthy, saying so.
+    let (st, detail) = eventually(Duration::from_secs(30), "the projector standby on /health", || {
+        let (_, h) = ready.health();
+        let c = component(&h, "projections");
+        c.1.starts_with("standby (active projector").then_some(c)
+    });
+    assert_eq!(st, "healthy", "{detail}");
     create_order(&active, Uuid::now_v7(), "BESIDE-1");
     caught_up(&active);
     assert!(is_leader(&active) && !is_leader(&ready), "the lease did not move");
@@ -258,6 +265,10 @@ fn standby_case(delivery: &str) {
     create_order(&ready, Uuid::now_v7(), "AFTER-1");
     caught_up(&ready);
     assert_all_on_topic(&brokers, &ready);
+    eventually(Duration::from_secs(30), "the new holder's projector to run", || {
+        let (_, h) = ready.health();
+        component(&h, "projections").1.starts_with("projector running").then_some(())
+    });
     ready.stop();
 }
 

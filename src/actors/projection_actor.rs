@@ -21,6 +21,7 @@
 use futures::future::FutureExt;
 
 use crate::lease::gate::while_active;
+use crate::lease::keeper::LeaseState;
 use crate::projection::{DynReadModels, ProjectionStatus, Projector, ProjectorOptions};
 use crate::shutdown::Shutdown;
 
@@ -54,7 +55,7 @@ impl TaskBody for ProjectionBody {
                 while_active(
                     lease.as_ref(),
                     shutdown,
-                    |_| {},
+                    |state| standing_by(&status, state),
                     |_epoch, term| {
                         let projector = Projector::with_status(
                             store.clone(),
@@ -90,7 +91,7 @@ impl TaskBody for ProjectionBody {
             while_active(
                 lease.as_ref(),
                 shutdown,
-                |_| {},
+                |state| standing_by(&status, state),
                 |_epoch, term| {
                     let (cql, cfg, status, metrics) = (cql.clone(), cfg.clone(), status.clone(), metrics.clone());
                     async move {
@@ -104,4 +105,18 @@ impl TaskBody for ProjectionBody {
         }
         .boxed())
     }
+}
+
+/// Records whether another instance holds the `projections` lease (for /health).
+fn standing_by(status: &tokio::sync::watch::Sender<ProjectionStatus>, state: &LeaseState) {
+    let standby = match state {
+        LeaseState::Standby { holder, .. } if holder.is_empty() => Some("none (released)".to_string()),
+        LeaseState::Standby { holder, .. } => Some(holder.clone()),
+        _ => None,
+    };
+    status.send_if_modified(|s| {
+        let changed = s.standby != standby;
+        s.standby = standby;
+        changed
+    });
 }

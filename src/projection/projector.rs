@@ -73,6 +73,10 @@ pub struct ProjectionStatus {
     pub store_ok: bool,
     pub last_error: Option<String>,
     pub updated_at: chrono::DateTime<Utc>,
+    /// Another instance holds the `projections` lease (its holder): this
+    /// one waits for it, as intended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby: Option<String>,
 }
 
 impl Default for ProjectionStatus {
@@ -89,6 +93,7 @@ impl Default for ProjectionStatus {
             store_ok: true,
             last_error: None,
             updated_at: Utc::now(),
+            standby: None,
         }
     }
 }

@@ -29,8 +29,9 @@
 //! - projections: store errors, parked aggregates, lag over
 //!   `health.projection_lag_degraded_events` -> Degraded; restarting or not
 //!   running -> Degraded (starting within [`START_GRACE`]: Unknown); gave up
-//!   or not answering -> Unhealthy. Backends without read models report
-//!   Healthy with "not available".
+//!   or not answering -> Unhealthy. A standby (another instance holds the
+//!   `projections` lease) is Healthy and names the holder. Backends without
+//!   read models report Healthy with "not available".
 //! - overall = the worst component (healthy < unknown < degraded < unhealthy).
 
 use chrono::{DateTime, Utc};
@@ -333,6 +334,8 @@ fn projections_health(p: &Probes, reported: &Reported, lag_degraded_events: i64)
         (HealthStatus::Degraded, format!("{} aggregates' read models parked at an event that cannot be applied (outboxd projections status); {prog}", pr.parked_aggregates))
     } else if lag > lag_degraded_events {
         (HealthStatus::Degraded, format!("lag {lag} events exceeds {lag_degraded_events}; {prog}"))
+    } else if let Some(holder) = &pr.standby {
+        (HealthStatus::Healthy, format!("standby (active projector {holder}); {prog}"))
     } else if !s.running {
         not_running("projector", s.starting_ms, &prog)
     } else {

@@ -296,3 +296,29 @@ fn projection_lag_store_errors_parking_and_lifecycle() {
     assert_eq!(v["projections"].0, HealthStatus::Healthy);
     assert!(v["projections"].1.contains("not available"));
 }
+
+/// Review finding: a projector waiting for the `projections` lease (another
+/// instance projects) counted as not running, so after the start grace
+/// every standby reported itself degraded. It stands by as it should.
+#[test]
+fn a_projection_standby_is_healthy_and_says_who_projects() {
+    use crate::actors::supervision::Progress;
+    let mut status = crate::projection::ProjectionStatus { running: false, ..Default::default() };
+    assert!(!status.running(), "not projecting and not standing by: not running");
+    status.standby = Some("host-b:1:2".into());
+    assert!(status.running(), "a standby runs as intended");
+    let mut p = probes();
+    let task = p.projection.as_mut().unwrap();
+    task.progress = status;
+    task.running = task.progress.running();
+    task.starting_ms = None;
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["projections"].0, HealthStatus::Healthy, "{v:?}");
+    assert!(v["projections"].1.starts_with("standby (active projector host-b:1:2)"), "{v:?}");
+    // Without the standby mark, the same task after the start grace is degraded.
+    let task = p.projection.as_mut().unwrap();
+    task.progress.standby = None;
+    task.running = false;
+    task.starting_ms = Some(60_000);
+    assert_eq!(evaluate(&p, &HashMap::new(), T)["projections"].0, HealthStatus::Degraded);
+}

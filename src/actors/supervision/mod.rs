@@ -70,7 +70,8 @@ impl Progress for crate::relay::RelayStatus {
 
 impl Progress for crate::projection::ProjectionStatus {
     fn running(&self) -> bool {
-        self.running
+        // A standby runs as intended while it waits for the lease.
+        self.running || self.standby.is_some()
     }
     fn set_running(&mut self, running: bool) {
         self.running = running;
