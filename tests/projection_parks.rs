@@ -127,3 +127,40 @@ async fn a_projector_rereads_the_parks_when_another_moves_its_checkpoint() {
     assert_eq!(parks.len(), 1);
     assert_eq!((parks[0].parked.sequence, parks[0].held_events), (Some(2), 2));
 }
+
+/// Review finding: a rebuild reset the rows and the checkpoint, then
+/// removed the parks in a later step. A projector beside it whose
+/// compare-and-set failed on the reset re-read checkpoint 0 and the parks
+/// still there, and held those aggregates' events from position 0 while it
+/// committed past them: lost. The reset now drops the parks with the
+/// checkpoint, in one transaction.
+#[tokio::test]
+async fn the_reset_drops_the_parks_with_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let db = open(&path).await;
+    let svc = service(&db.store);
+    let x = Uuid::now_v7();
+    create_order(&svc, x).await;
+    let mut p = projector(&db, Metrics::new(), 64);
+    p.catch_up().await.unwrap();
+    db.store
+        .park(&outboxd::store::parking::Parked {
+            consumer: CONSUMER.to_string(),
+            aggregate_id: x.to_string(),
+            aggregate_type: Some("order".into()),
+            position: Some(1),
+            sequence: Some(1),
+            event_id: None,
+            event_type: Some("OrderCreated".into()),
+            error: "parked by a projector".into(),
+            parked_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(db.store.parked(CONSUMER).await.unwrap().len(), 1);
+    db.models.reset(CONSUMER).await.unwrap();
+    assert_eq!(db.models.projection_checkpoint(CONSUMER).await.unwrap(), 0);
+    assert!(db.store.parked(CONSUMER).await.unwrap().is_empty(), "no park outlives the reset");
+    assert!(db.models.get_order(x).await.unwrap().is_none());
+}

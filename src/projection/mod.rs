@@ -211,7 +211,11 @@ pub trait ReadModelStore: Send + Sync + 'static {
     /// checkpoint to `batch.to`; returns false (writing nothing) if another
     /// projector moved the checkpoint meanwhile.
     async fn commit_batch(&self, batch: CommitBatch) -> Result<bool, StoreError>;
-    /// Deletes every read-model row and the consumer's checkpoint, atomically.
+    /// Deletes every read-model row and the consumer's checkpoint,
+    /// atomically, and (SQLite: in the same transaction) its parked
+    /// aggregates: a projector running beside a rebuild that re-reads the
+    /// checkpoint must not re-read parks from before the reset with it, or it
+    /// holds those aggregates' events from position 0 and loses them.
     async fn reset(&self, consumer: &str) -> Result<(), StoreError>;
     /// The projection checkpoint ([`CONSUMER`]) and the feed head, read together.
     async fn freshness(&self) -> Result<Freshness, StoreError>;

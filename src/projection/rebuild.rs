@@ -49,6 +49,12 @@ pub async fn rebuild(
     progress: bool,
 ) -> Result<RebuildReport, StoreError> {
     let started = Instant::now();
+    // Parks first, then the rows and the checkpoint (SQLite's reset drops the
+    // parks again with them, in one transaction): a projector whose
+    // compare-and-set fails on the reset re-reads checkpoint 0 with no park
+    // from before it (it would hold those aggregates' events from 0).
+    let mut parking = ProjectionParking::new(CONSUMER);
+    parking.clear(&store).await?;
     models.reset(CONSUMER).await?;
     let head = store.head_position().await?;
     let bar = if progress { indicatif::ProgressBar::new(head.max(0) as u64) } else { indicatif::ProgressBar::hidden() };
@@ -59,8 +65,6 @@ pub async fn rebuild(
     }
     let mut checkpoint = 0;
     let mut events = 0u64;
-    let mut parking = ProjectionParking::new(CONSUMER);
-    parking.clear(&store).await?;
     let mut next: Option<tokio::task::JoinHandle<Result<Vec<FeedRow>, StoreError>>> = None;
     loop {
         let page = match next.take() {

@@ -272,7 +272,10 @@ impl ReadModelStore for SqliteStore {
                 "DELETE FROM order_read_model; DELETE FROM orders_by_customer; DELETE FROM customer_read_model;",
             )
             .map_err(unavailable)?;
-            tx.execute("DELETE FROM checkpoints WHERE consumer = ?1", [consumer]).map_err(unavailable)?;
+            tx.execute("DELETE FROM checkpoints WHERE consumer = ?1", [&consumer]).map_err(unavailable)?;
+            // With the checkpoint: a projector that finds it gone re-reads
+            // checkpoint and parks together, never a park from before.
+            tx.execute("DELETE FROM parked_aggregates WHERE consumer = ?1", [&consumer]).map_err(unavailable)?;
             tx.commit().map_err(unavailable)
         })
         .await
