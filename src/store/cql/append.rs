@@ -103,9 +103,19 @@ pub(super) fn outcome_unknown(e: &ExecutionError) -> bool {
             RequestAttemptError::DbError(db, _) => matches!(
                 db,
                 // CAS write timeouts (contention or Paxos timeouts), commit-phase
-                // write timeouts, and timeouts of the Paxos read phase.
+                // write timeouts, and timeouts of the Paxos read phase; a
+                // replica's failure in either phase (a proposal a quorum
+                // accepted is completed by the next round on the partition:
+                // stored after all), a server error, Cassandra's
+                // CAS_WRITE_UNKNOWN (0x1700), and a rate limit met past the
+                // coordinator (it may have reached a replica).
                 DbError::WriteTimeout { .. }
                     | DbError::ReadTimeout { .. }
+                    | DbError::WriteFailure { .. }
+                    | DbError::ReadFailure { .. }
+                    | DbError::ServerError
+                    | DbError::Other(0x1700)
+                    | DbError::RateLimitReached { rejected_by_coordinator: false, .. }
                     | DbError::Overloaded
                     | DbError::IsBootstrapping
             ),

@@ -17,6 +17,9 @@ enum Inject {
     LostRequest,
     /// The batch is applied; the caller sees a CAS write timeout.
     LostReply,
+    /// The batch is applied; the caller sees a replica's write failure (the
+    /// Paxos commit phase failed on one, the next round completes it).
+    AppliedThenWriteFailure,
 }
 
 /// The driver session, except that queued faults hit the next batches;
@@ -49,6 +52,19 @@ fn cas_timeout() -> ExecutionError {
     ))
 }
 
+fn write_failure() -> ExecutionError {
+    ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+        DbError::WriteFailure {
+            consistency: Consistency::LocalQuorum,
+            received: 1,
+            required: 2,
+            numfailures: 1,
+            write_type: scylla::errors::WriteType::Cas,
+        },
+        "injected CAS write failure".into(),
+    ))
+}
+
 #[async_trait]
 impl BatchExecutor for FaultyBatches {
     async fn execute(
@@ -61,6 +77,7 @@ impl BatchExecutor for FaultyBatches {
         let res = match fault {
             Some(Inject::LostRequest) => Err(cas_timeout()),
             Some(Inject::LostReply) => session.batch(batch, values).await.and(Err(cas_timeout())),
+            Some(Inject::AppliedThenWriteFailure) => session.batch(batch, values).await.and(Err(write_failure())),
             None => session.batch(batch, values).await,
         };
         if res.as_ref().err().is_some_and(outcome_unknown) {
@@ -83,6 +100,20 @@ async fn live() -> Option<(Arc<CqlStore>, Arc<FaultyBatches>)> {
 use crate::envelope::test_events as events;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_failure_after_the_commit_is_resolved_as_success_not_retried_blindly() {
+    // Review finding: a replica's write failure was taken for a definite
+    // failure, so a caller retrying ran the command again on events that
+    // were stored after all.
+    let Some((s, faults)) = live().await else { return };
+    let id = Uuid::now_v7();
+    let ev = events(id, 0, 2);
+    faults.inject([Inject::AppliedThenWriteFailure]);
+    assert_eq!(s.append(id, 0, ev.clone()).await.unwrap().version, 2, "resolved: our events are there");
+    assert_eq!(s.load(id).await.unwrap(), ev, "written exactly once");
+    assert_eq!(faults.unknown_outcomes(), 1, "counted as an unknown outcome");
+}
+
+#[tokio::test]
 async fn cas_timeout_with_lost_reply_is_resolved_as_success() {
     let Some((s, faults)) = live().await else { return };
     let id = Uuid::now_v7();
