@@ -172,16 +172,18 @@ impl SqliteStore {
         let group = opts.group_commit_max.max(1);
         let lease_waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let yield_to = lease_waiting.clone();
+        let file = Arc::new(file);
+        let checked = file.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, n, group, yield_to))
+            .spawn(move || writer_loop(conn, rx, n, group, yield_to, checked))
             .map_err(|e| unavailable(format!("cannot start writer thread: {e}")))?;
         let store = SqliteStore {
             path,
             jobs,
             readers: Arc::new(Mutex::new(vec![reader])),
             notify,
-            file: Arc::new(file),
+            file,
             lease_conn: Arc::new(Mutex::new(lease_conn)),
             lease_waiting,
             faults: Arc::default(),

@@ -1,6 +1,8 @@
 //! The writer thread: every write of the SQLite store, group-committed.
 //!
-//! Guarantee: appends queued together, and those queued while the group's
+//! Guarantee: nothing is appended to a database file that was deleted or
+//! replaced since the store opened it (the append fails, Unavailable).
+//! Appends queued together, and those queued while the group's
 //! rows are being inserted, are committed in one transaction; a
 //! single-event append that fails inserted nothing, a multi-event append runs
 //! inside its own savepoint so a failure part-way rolls back only its rows and
@@ -84,6 +86,7 @@ pub(super) fn writer_loop(
     notify: watch::Sender<i64>,
     group: usize,
     lease_waiting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    file: std::sync::Arc<super::file::DbFile>,
 ) {
     let mut pending: Option<Job> = None;
     // foldhash: the map is probed once per append on the one writer thread.
@@ -103,6 +106,13 @@ pub(super) fn writer_loop(
             }
             Job::Append(a) => a,
         };
+        // A database file deleted or replaced under us still takes commits
+        // in WAL mode (SQLite checks only in rollback-journal mode): they
+        // would go to the old inode, reported durable. One stat per group.
+        if let Err(e) = file.check() {
+            let _ = first.reply.send(Err(e));
+            continue;
+        }
         // A lease write (renewal, fenced checkpoint) waiting for the write
         // lock goes first: SQLite's busy handler is not fair, and back-to-back
         // groups would starve it past its renewal deadline.
@@ -230,9 +240,27 @@ fn commit_group(
     }
     drop(insert);
     if let Err(e) = tx.commit() {
-        return fail_all(batch, unavailable(format!("commit failed: {e}")));
+        return fail_all(batch, commit_failure(e));
     }
     (batch, results)
+}
+
+/// What a failed COMMIT tells the group's callers. Busy, locked, a
+/// constraint or a full disk: SQLite rolled it back, nothing is stored
+/// (Unavailable: retry). Anything else (an I/O error once the WAL frames,
+/// commit frame included, were written, say) may have left the group in the
+/// WAL, replayed at the next open: OutcomeUnknown, so no caller retries a
+/// command blindly.
+pub(super) fn commit_failure(e: rusqlite::Error) -> StoreError {
+    let definite = matches!(&e, rusqlite::Error::SqliteFailure(f, _) if matches!(
+        f.code,
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::ConstraintViolation | ErrorCode::DiskFull
+    ));
+    if definite {
+        unavailable(format!("commit failed: {e}"))
+    } else {
+        StoreError::OutcomeUnknown(format!("commit failed; the appends may or may not be stored: {e}"))
+    }
 }
 
 fn savepoint(conn: &Connection, sql: &str) -> Result<(), StoreError> {

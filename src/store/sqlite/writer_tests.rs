@@ -143,3 +143,65 @@ fn a_savepoint_that_cannot_open_fails_only_its_append() {
     assert!(matches!(results[1], Err(StoreError::Unavailable(_))), "{:?}", results[1]);
     assert_eq!((count(&conn, a), count(&conn, b), count(&conn, c)), (1, 0, 1));
 }
+
+/// Review finding: with the database file deleted or replaced under a
+/// running store, reads refused but appends (creates skip the read) were
+/// committed to the old inode and its leftover WAL and reported durable.
+#[tokio::test]
+async fn no_append_reaches_a_database_file_deleted_or_replaced_under_the_store() {
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::EventStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+    let envelope = |agg: Uuid| EventEnvelope {
+        event_id: Uuid::now_v7(),
+        aggregate_type: "order".into(),
+        aggregate_id: agg,
+        sequence: 1,
+        event_type: "OrderCreated".into(),
+        schema_version: 1,
+        payload: serde_json::json!({}),
+        causation_id: None,
+        correlation_id: Uuid::now_v7(),
+        timestamp: chrono::Utc::now(),
+        trace: None,
+    };
+    let a = Uuid::now_v7();
+    store.append(a, 0, vec![envelope(a)]).await.expect("the file as opened");
+    let moved = dir.path().join("moved.db");
+    std::fs::rename(&path, &moved).unwrap();
+    let b = Uuid::now_v7();
+    let e = store.append(b, 0, vec![envelope(b)]).await.expect_err("the file is gone");
+    assert!(matches!(&e, StoreError::Unavailable(m) if m.contains("gone")), "{e}");
+    // A copy put in its place: another file.
+    std::fs::copy(&moved, &path).unwrap();
+    let e = store.append(b, 0, vec![envelope(b)]).await.expect_err("the file was replaced");
+    assert!(matches!(&e, StoreError::Unavailable(m) if m.contains("replaced")), "{e}");
+    let copy = open(&path);
+    assert_eq!(count(&copy, b), 0, "nothing of b in the new file");
+}
+
+/// Review finding: a COMMIT that failed after its WAL frames were written
+/// (an fsync error) was reported as "unavailable, retry", though the group
+/// may be replayed from the WAL at the next open: a blind retry could apply
+/// a command twice. Only the failures SQLite rolls back are definite.
+#[test]
+fn a_failed_commit_is_an_unknown_outcome_unless_sqlite_rolled_it_back() {
+    let failure = |code: i32| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+    for code in [rusqlite::ffi::SQLITE_IOERR_FSYNC, rusqlite::ffi::SQLITE_IOERR_WRITE, rusqlite::ffi::SQLITE_CORRUPT] {
+        assert!(matches!(commit_failure(failure(code)), StoreError::OutcomeUnknown(_)), "{code}");
+    }
+    for code in [rusqlite::ffi::SQLITE_BUSY, rusqlite::ffi::SQLITE_LOCKED, rusqlite::ffi::SQLITE_FULL] {
+        assert!(matches!(commit_failure(failure(code)), StoreError::Unavailable(_)), "{code}");
+    }
+    // A commit vetoed (here by a hook) is rolled back: nothing stored, retry.
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open(&dir.path().join("w.db"));
+    conn.commit_hook(Some(|| true));
+    let a = Uuid::now_v7();
+    let (_, results) = commit_group(&mut conn, job(a, 0, 1), |_| None, &HashMap::new());
+    assert!(matches!(&results[0], Err(StoreError::Unavailable(m)) if m.contains("commit failed")), "{results:?}");
+    conn.commit_hook(None::<fn() -> bool>);
+    assert_eq!(count(&conn, a), 0);
+}
