@@ -190,7 +190,7 @@ fn bad_configuration_exits_2_naming_the_key() {
 }
 
 /// `OUTBOX_CONFIG` (as docker-compose.yml and README use it) selects the file
-/// and is not mistaken for a configuration key.
+/// and is not mistaken for a configuration key; `--config FILE` selects one too.
 #[test]
 fn outbox_config_variable_selects_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -205,6 +205,18 @@ fn outbox_config_variable_selects_the_file() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["kafka"]["partitions"], 7, "the file named by OUTBOX_CONFIG was read");
+    // `--config FILE` (README, "Configuration") reads it too, and wins over the variable.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, "[kafka]\npartitions = 9\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .args(["--config", other.to_str().unwrap(), "config"])
+        .env("OUTBOX_CONFIG", &cfg)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["kafka"]["partitions"], 9, "the file named by --config was read");
     let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
         .arg("config")
         .env("OUTBOX_CONFIG", dir.path().join("missing.toml"))

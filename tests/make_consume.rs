@@ -93,15 +93,24 @@ fn make_consume_prints_the_records_and_follows_the_delivery_mode() {
         eprintln!("SKIPPED (rpk part): rpk not built; `make rpk` builds it where the Go module proxy serves it");
     }
     let topic_arg = format!("TOPIC={topic}");
+    // `relay.delivery` in the configuration file (README: "or `relay.delivery`
+    // in the configuration file"), no variable.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("eos.toml");
+    std::fs::write(&file, "[relay]\ndelivery = \"exactly-once\"\n").unwrap();
+    let file = file.display().to_string();
     for tool in tools {
         for (delivery, want_aborted, iso) in [
             ("at-least-once", true, "read_uncommitted"),
             ("exactly-once", false, "read_committed"),
             ("", true, "read_uncommitted"),
+            ("file", false, "read_committed"),
         ] {
             let mut env = vec![("KAFKA_BROKERS", brokers.as_str()), ("KAFKA_CLI", tool)];
-            if !delivery.is_empty() {
-                env.push(("OUTBOX_RELAY__DELIVERY", delivery));
+            match delivery {
+                "" => {}
+                "file" => env.push(("OUTBOX_CONFIG", file.as_str())),
+                d => env.push(("OUTBOX_RELAY__DELIVERY", d)),
             }
             let (ok, out, err) = make(&["consume", &topic_arg], &env);
             assert!(ok, "{tool} {delivery}: make consume failed: {err}");
