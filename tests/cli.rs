@@ -196,27 +196,22 @@ fn outbox_config_variable_selects_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("o.toml");
     std::fs::write(&cfg, "[kafka]\npartitions = 7\n").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
-        .arg("config")
-        .env("OUTBOX_CONFIG", &cfg)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(v["kafka"]["partitions"], 7, "the file named by OUTBOX_CONFIG was read");
+    // `outboxd <args>` with OUTBOX_CONFIG=o.toml: its partitions.
+    let partitions = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+            .args(args)
+            .env("OUTBOX_CONFIG", &cfg)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()["kafka"]["partitions"].clone()
+    };
+    assert_eq!(partitions(&["config"]), 7, "the file named by OUTBOX_CONFIG was read");
     // `--config FILE` (README, "Configuration") reads it too, and wins over the variable.
     let other = dir.path().join("other.toml");
     std::fs::write(&other, "[kafka]\npartitions = 9\n").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
-        .args(["--config", other.to_str().unwrap(), "config"])
-        .env("OUTBOX_CONFIG", &cfg)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(v["kafka"]["partitions"], 9, "the file named by --config was read");
+    assert_eq!(partitions(&["--config", other.to_str().unwrap(), "config"]), 9, "the file named by --config was read");
     let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
         .arg("config")
         .env("OUTBOX_CONFIG", dir.path().join("missing.toml"))

@@ -43,14 +43,17 @@ struct Parked {
     other: Uuid,
 }
 
-fn parked_under_an_armed_crash(n: usize) -> Option<Parked> {
-    let brokers = harness::shared_brokers()?;
+/// An exactly-once daemon's config whose order topic refuses events over
+/// 6000 bytes (for good, until a test lets it take 12000): (dir, config,
+/// topic, variables).
+type Setup = (tempfile::TempDir, outboxd::config::Config, String, Vec<(&'static str, String)>);
+
+fn exactly_once_with_a_small_topic(brokers: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = daemon_config(&brokers, dir.path());
+    let mut cfg = daemon_config(brokers, dir.path());
     cfg.kafka.compression = outboxd::config::Compression::None;
-    // Events over 6000 bytes are refused for good until the topic allows 12000.
     let topic = format!("{}order-events", cfg.kafka.topic_prefix);
-    create_topic(&brokers, &topic, cfg.kafka.partitions, &[("max.message.bytes", "6000")]);
+    create_topic(brokers, &topic, cfg.kafka.partitions, &[("max.message.bytes", "6000")]);
     let env = vec![
         fault_injection(),
         ("OUTBOX_RELAY__DELIVERY", "exactly-once".to_string()),
@@ -60,6 +63,12 @@ fn parked_under_an_armed_crash(n: usize) -> Option<Parked> {
         ("OUTBOX_RELAY__RETRY__INITIAL_BACKOFF_MS", "10".to_string()),
         ("OUTBOX_RELAY__RETRY__MAX_BACKOFF_MS", "50".to_string()),
     ];
+    (dir, cfg, topic, env)
+}
+
+fn parked_under_an_armed_crash(n: usize) -> Option<Parked> {
+    let brokers = harness::shared_brokers()?;
+    let (dir, cfg, topic, env) = exactly_once_with_a_small_topic(&brokers);
     let mut crashing = env.clone();
     crashing.push(("OUTBOXD_ABORT_AT", "after_replay_commit".to_string()));
     let d = Daemon::start(&cfg, &crashing);
@@ -233,17 +242,7 @@ fn an_unreadable_row_parks_its_aggregate_only_after_the_events_before_it_committ
 #[test]
 fn a_discard_carried_out_behind_the_progress_publishes_its_marker_in_place_never_the_event() {
     let Some(brokers) = harness::shared_brokers() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = daemon_config(&brokers, dir.path());
-    cfg.kafka.compression = outboxd::config::Compression::None;
-    let topic = format!("{}order-events", cfg.kafka.topic_prefix);
-    create_topic(&brokers, &topic, cfg.kafka.partitions, &[("max.message.bytes", "6000")]);
-    let env = vec![
-        ("OUTBOX_RELAY__DELIVERY", "exactly-once".to_string()),
-        ("OUTBOX_RELAY__PROGRESS_TOPIC", format!("{}progress", cfg.kafka.topic_prefix)),
-        ("OUTBOX_RELAY__RETRY__INITIAL_BACKOFF_MS", "10".to_string()),
-        ("OUTBOX_RELAY__RETRY__MAX_BACKOFF_MS", "50".to_string()),
-    ];
+    let (_dir, cfg, topic, env) = exactly_once_with_a_small_topic(&brokers);
     let d = Daemon::start(&cfg, &env);
     let order = create_order(&d, Uuid::now_v7(), "SMALL-1");
     caught_up(&d);

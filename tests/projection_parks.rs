@@ -16,6 +16,21 @@ use outboxd::metrics::Metrics;
 use outboxd::projection::{self, CONSUMER};
 use outboxd::shutdown::Trigger;
 
+/// The projector's park record of order `x` at (`position`, `sequence`).
+fn park_of(x: Uuid, position: i64, sequence: i64, event_type: &str) -> outboxd::store::parking::Parked {
+    outboxd::store::parking::Parked {
+        consumer: CONSUMER.to_string(),
+        aggregate_id: x.to_string(),
+        aggregate_type: Some("order".into()),
+        position: Some(position),
+        sequence: Some(sequence),
+        event_id: None,
+        event_type: Some(event_type.into()),
+        error: "parked by another projector".into(),
+        parked_at: chrono::Utc::now(),
+    }
+}
+
 /// Places order `x` (its event 1).
 async fn create_order(svc: &outboxd::app::CommandService, x: Uuid) {
     let create = OrderCommand::Create { customer_id: Uuid::from_u128(1), items: sample_items(1, 2) };
@@ -99,20 +114,7 @@ async fn a_projector_rereads_the_parks_when_another_moves_its_checkpoint() {
     // x's event 2; the other projector parks x at it and ends past it.
     svc.execute::<Order>(x, &OrderCommand::Confirm, meta.clone(), None).await.unwrap();
     let parked_at = db.store.head_position().await.unwrap();
-    db.store
-        .park(&outboxd::store::parking::Parked {
-            consumer: CONSUMER.to_string(),
-            aggregate_id: x.to_string(),
-            aggregate_type: Some("order".into()),
-            position: Some(parked_at),
-            sequence: Some(2),
-            event_id: None,
-            event_type: Some("OrderConfirmed".into()),
-            error: "parked by another build".into(),
-            parked_at: chrono::Utc::now(),
-        })
-        .await
-        .unwrap();
+    db.store.park(&park_of(x, parked_at, 2, "OrderConfirmed")).await.unwrap();
     sqlite3(&path, &format!("UPDATE checkpoints SET position = {parked_at} WHERE consumer = '{CONSUMER}'"));
     // x's event 3, then this projector goes on from its own (stale) checkpoint.
     svc.execute::<Order>(x, &OrderCommand::Ship { tracking_number: "T1".into(), carrier: "DHL".into() }, meta, None)
@@ -144,20 +146,7 @@ async fn the_reset_drops_the_parks_with_the_checkpoint() {
     create_order(&svc, x).await;
     let mut p = projector(&db, Metrics::new(), 64);
     p.catch_up().await.unwrap();
-    db.store
-        .park(&outboxd::store::parking::Parked {
-            consumer: CONSUMER.to_string(),
-            aggregate_id: x.to_string(),
-            aggregate_type: Some("order".into()),
-            position: Some(1),
-            sequence: Some(1),
-            event_id: None,
-            event_type: Some("OrderCreated".into()),
-            error: "parked by a projector".into(),
-            parked_at: chrono::Utc::now(),
-        })
-        .await
-        .unwrap();
+    db.store.park(&park_of(x, 1, 1, "OrderCreated")).await.unwrap();
     assert_eq!(db.store.parked(CONSUMER).await.unwrap().len(), 1);
     db.models.reset(CONSUMER).await.unwrap();
     assert_eq!(db.models.projection_checkpoint(CONSUMER).await.unwrap(), 0);

@@ -114,31 +114,22 @@ impl CdcConfig {
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(format!("store.cql.cdc.{m}")));
-        for (key, v) in [
-            ("window_size_ms", self.window_size_ms),
-            ("safety_interval_ms", self.safety_interval_ms),
-            ("sleep_interval_ms", self.sleep_interval_ms),
-            ("checkpoint_interval_ms", self.checkpoint_interval_ms),
-            ("catch_up_window_ms", self.catch_up_window_ms),
-            ("catch_up_sleep_ms", self.catch_up_sleep_ms),
-            ("reconcile_refresh_ms", self.reconcile_refresh_ms),
+        // (key, value, whether 0 is refused): every one at most 7 days.
+        for (key, v, positive) in [
+            ("window_size_ms", self.window_size_ms, true),
+            ("safety_interval_ms", self.safety_interval_ms, true),
+            ("clock_skew_allowance_ms", self.clock_skew_allowance_ms, false),
+            ("sleep_interval_ms", self.sleep_interval_ms, true),
+            ("checkpoint_interval_ms", self.checkpoint_interval_ms, true),
+            ("catch_up_threshold_ms", self.catch_up_threshold_ms, false),
+            ("catch_up_window_ms", self.catch_up_window_ms, true),
+            ("catch_up_sleep_ms", self.catch_up_sleep_ms, true),
+            ("reconcile_margin_ms", self.reconcile_margin_ms, false),
+            ("reconcile_refresh_ms", self.reconcile_refresh_ms, true),
         ] {
-            if v == 0 {
+            if positive && v == 0 {
                 return err(format!("{key} must be at least 1"));
             }
-        }
-        for (key, v) in [
-            ("window_size_ms", self.window_size_ms),
-            ("safety_interval_ms", self.safety_interval_ms),
-            ("clock_skew_allowance_ms", self.clock_skew_allowance_ms),
-            ("sleep_interval_ms", self.sleep_interval_ms),
-            ("checkpoint_interval_ms", self.checkpoint_interval_ms),
-            ("catch_up_threshold_ms", self.catch_up_threshold_ms),
-            ("catch_up_window_ms", self.catch_up_window_ms),
-            ("catch_up_sleep_ms", self.catch_up_sleep_ms),
-            ("reconcile_margin_ms", self.reconcile_margin_ms),
-            ("reconcile_refresh_ms", self.reconcile_refresh_ms),
-        ] {
             if v > MAX_INTERVAL_MS {
                 return err(format!("{key} = {v}: must be at most {MAX_INTERVAL_MS} (7 days)"));
             }
