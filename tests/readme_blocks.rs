@@ -1,7 +1,7 @@
 //! README.md's command blocks run as written (bash) against real Kafka and a
 //! fresh SQLite file: the "Using it" block, with only its build line left
 //! out (`$B` is the test's binary) and `$B run`, which serves until a
-//! signal, given a SIGINT after 5 s; then the "by hand" sqlite3 queries of
+//! signal, given a SIGINT after 10 s; then the "by hand" sqlite3 queries of
 //! "Watching the events" on the same file (its path in place of
 //! `.local/dev/outbox.db`). The outcome is checked on the broker and in the
 //! store, not only the exit codes.
@@ -47,9 +47,9 @@ fn the_using_it_block_and_the_sqlite_queries_run_as_written() {
         if line.starts_with("B=") {
             script.push_str(&format!("B={}\n", env!("CARGO_BIN_EXE_outboxd")));
         } else if line.starts_with("$B run") {
-            // Until SIGINT/SIGTERM: a SIGINT after 5 s (timeout's 124), the daemon relaying meanwhile.
+            // Until SIGINT/SIGTERM: a SIGINT after 10 s (timeout's 124), the daemon relaying meanwhile.
             let command = line.split(" #").next().unwrap().trim_end();
-            script.push_str(&format!("timeout -s INT 5 {command} || [ $? -eq 124 ]\n"));
+            script.push_str(&format!("timeout -s INT 10 {command} || [ $? -eq 124 ]\n"));
         } else {
             script.push_str(line);
             script.push('\n');

@@ -76,6 +76,11 @@ where
         if shutdown.is_shutdown() {
             return Ok(());
         }
+        if rx.has_changed().is_err() {
+            // The keeper is gone (its channel closed): no lease will come;
+            // its last state must not start another term at once.
+            return Ok(());
+        }
         // A term this gate ended (the lease went) waits for the lease again,
         // even if it came back at the same epoch while the run was finishing
         // (a late renewal that still won its compare-and-set).

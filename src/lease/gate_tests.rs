@@ -148,6 +148,23 @@ async fn a_term_the_gate_ended_is_followed_by_another_when_the_lease_returns_at_
     assert_eq!(tokio::time::timeout(WAIT, task).await.unwrap().unwrap(), Ok(()));
 }
 
+/// Review finding: with the keeper gone while its last state was Active,
+/// the gate (ending the term as the lease "went") looped, and `wait_held`
+/// returned the stale epoch at once: terms back to back, a resource each.
+#[tokio::test]
+async fn a_keeper_gone_while_active_ends_the_loop_after_its_term() {
+    let (state, states) = watch::channel(LeaseState::Active { epoch: 5 });
+    let shutdown = Trigger::new();
+    let made = Arc::new(AtomicUsize::new(0));
+    let (mut terms, task) = gate(states, &shutdown, made.clone(), usize::MAX);
+    assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.unwrap(), Some((Some(5), 1)));
+    drop(state);
+    let end = tokio::time::timeout(WAIT, task).await.expect("the loop ends instead of running terms back to back");
+    assert_eq!(end.unwrap(), Ok(()));
+    assert!(made.load(Ordering::SeqCst) <= 2, "no resource per spin: {}", made.load(Ordering::SeqCst));
+    assert!(terms.try_recv().is_err(), "one term");
+}
+
 #[tokio::test]
 async fn without_a_lease_one_unfenced_term_runs_with_its_resource() {
     let shutdown = Trigger::new();

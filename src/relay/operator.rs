@@ -9,6 +9,8 @@
 //!   relay has claimed it yet (none runs: the CLI then carries it out itself
 //!   under the lease, see `cli::relay_ops`), never pretends success.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -49,6 +51,7 @@ pub async fn claim(store: &DynStore, r: &RelayRequest, epoch: i64) -> bool {
 /// store that does not answer (5 tries, `backoff`); a refusal because the
 /// request is no longer claimed at this epoch is final (the new leader
 /// carries it out). The one finish step of the relay's request servers.
+/// False when the store never answered: the outcome is not recorded.
 pub async fn finish(
     store: &DynStore,
     consumer: &str,
@@ -57,22 +60,51 @@ pub async fn finish(
     status: RequestStatus,
     result: serde_json::Value,
     backoff: &crate::relay::retry::Backoff,
-) {
+) -> bool {
     match status {
         RequestStatus::Failed => tracing::warn!(request = %id, %result, "relay request failed"),
         _ => tracing::info!(request = %id, %result, "relay request done"),
     }
     for attempt in 1..=5u32 {
         match store.request_finish(consumer, id, epoch, status, result.clone()).await {
-            Ok(true) => return,
+            Ok(true) => return true,
             Ok(false) => {
                 tracing::warn!(request = %id, epoch, "request outcome not recorded: it is no longer claimed at this relay's lease epoch (the new leader carries it out)");
-                return;
+                return true;
             }
             Err(e) if attempt == 5 => {
                 tracing::error!(error = %e, request = %id, "cannot record the outcome of a relay request")
             }
             Err(_) => tokio::time::sleep(backoff.delay(attempt)).await,
+        }
+    }
+    false
+}
+
+/// Outcomes of requests a relay carried out but could not record (the
+/// store did not answer), kept across its terms: a later term at the same
+/// lease epoch, which takes over the requests left running at it, records
+/// these instead of carrying them out again (a second rewind, a replay
+/// reported failed because its aggregate is no longer parked).
+#[derive(Debug, Clone, Default)]
+pub struct Unsaved(Arc<Mutex<HashMap<Uuid, Outcome>>>);
+
+/// A request's outcome: (the epoch it was carried out at, status, result).
+type Outcome = (i64, RequestStatus, serde_json::Value);
+
+impl Unsaved {
+    pub fn put(&self, id: Uuid, epoch: i64, status: RequestStatus, result: serde_json::Value) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(id, (epoch, status, result));
+        }
+    }
+
+    /// The unrecorded outcome of `id`, carried out at `epoch`, if any.
+    pub fn take(&self, id: Uuid, epoch: i64) -> Option<(RequestStatus, serde_json::Value)> {
+        let mut m = self.0.lock().ok()?;
+        match m.get(&id) {
+            Some((e, ..)) if *e == epoch => m.remove(&id).map(|(_, s, r)| (s, r)),
+            _ => None,
         }
     }
 }
@@ -209,4 +241,23 @@ pub async fn check_parked(
     }
     let message = format!("{wanted:?} is not {what} (see GET /dlq or outboxd dlq list)");
     Ok(Err(NothingParked { field, message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unrecorded outcome is handed to a later term at the same epoch
+    /// (which records it instead of carrying the request out again), once;
+    /// under another epoch the request is the new holder's to carry out.
+    #[test]
+    fn an_unsaved_outcome_goes_to_the_next_term_at_its_epoch_once() {
+        let (u, id) = (Unsaved::default(), Uuid::now_v7());
+        let shared = u.clone();
+        u.put(id, 4, RequestStatus::Done, serde_json::json!({ "rewound_to": 7 }));
+        assert_eq!(shared.take(id, 5), None, "another epoch: not this holder's outcome to record");
+        assert_eq!(shared.take(id, 4), Some((RequestStatus::Done, serde_json::json!({ "rewound_to": 7 }))));
+        assert_eq!(shared.take(id, 4), None, "handed over once");
+        assert_eq!(u.take(Uuid::now_v7(), 4), None);
+    }
 }

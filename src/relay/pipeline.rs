@@ -156,6 +156,8 @@ pub struct Relay {
     /// Carry out the pending operator requests, then stop (no feed reading):
     /// the CLI when no relay runs.
     pub(super) requests_only: bool,
+    /// Request outcomes not recorded yet, shared by the terms of one runner.
+    pub(super) unsaved: crate::relay::operator::Unsaved,
 }
 
 impl Relay {
@@ -171,6 +173,7 @@ impl Relay {
             sink,
             pause: Default::default(),
             requests_only: false,
+            unsaved: Default::default(),
         }
     }
 
@@ -183,6 +186,12 @@ impl Relay {
     /// Test hook: lets the admin API freeze this relay's loop (fault injection only).
     pub fn with_pause(mut self, pause: crate::lease::pause::PauseHook) -> Relay {
         self.pause = pause;
+        self
+    }
+
+    /// Shares `unsaved` (request outcomes not recorded yet) with this term.
+    pub fn with_unsaved(mut self, unsaved: crate::relay::operator::Unsaved) -> Relay {
+        self.unsaved = unsaved;
         self
     }
 

@@ -47,6 +47,11 @@ impl Run {
             if self.claimed.contains(&r.id) {
                 continue;
             }
+            if let Some((status, result)) = self.relay.unsaved.take(r.id, self.epoch()) {
+                // Carried out by a former term at this epoch; only its outcome is missing.
+                self.finish_request(r.id, status, result).await;
+                continue;
+            }
             if !crate::relay::operator::claim(&self.relay.store, &r, self.epoch()).await {
                 continue;
             }
@@ -69,6 +74,7 @@ impl Run {
             last_pushed: self.window.last_pushed(),
             checkpoint: self.checkpoint,
             positions: true,
+            discards: &self.discards,
         };
         let plans = plan(&ctx, r).await?;
         let mut progress = Progress::default();
@@ -223,7 +229,10 @@ impl Run {
 
     pub(super) async fn finish_request(&self, id: Uuid, status: RequestStatus, result: serde_json::Value) {
         let (store, consumer) = (&self.relay.store, &self.relay.cfg.consumer_name);
-        crate::relay::operator::finish(store, consumer, id, self.epoch(), status, result, &self.backoff).await
+        let r = result.clone();
+        if !crate::relay::operator::finish(store, consumer, id, self.epoch(), status, result, &self.backoff).await {
+            self.relay.unsaved.put(id, self.epoch(), status, r);
+        }
     }
 }
 
@@ -279,6 +288,8 @@ pub struct PlanCtx<'a> {
     pub checkpoint: i64,
     /// The feed has positions (SQLite); CDC feeds rewind by time.
     pub positions: bool,
+    /// Discarded events ahead of the feed: a replay publishes their markers too.
+    pub discards: &'a crate::relay::discards::Discards,
 }
 
 /// Turns a request into plans (writing the discard audit row where asked).
@@ -333,10 +344,8 @@ async fn unpark_plan(ctx: &PlanCtx<'_>, agg: &AggKey, first: Option<Item>) -> Re
     let skip = usize::from(first.is_some());
     items.extend(first);
     for row in rows.into_iter().skip(skip) {
-        items.push(match row {
-            FeedRow::Event(e) => Item::Event(e),
-            FeedRow::Unreadable(u) => Item::Unreadable(u),
-        });
+        // A held event an operator discarded goes out as its marker.
+        items.push(ctx.discards.replace(row));
     }
     Ok(Plan::Unpark { agg: agg.clone(), items })
 }

@@ -50,6 +50,7 @@ impl RelayRunner {
     /// Runs until shutdown; Err only for a configuration the relay cannot run with.
     pub async fn run(self, mut shutdown: Shutdown) -> Result<(), RelayError> {
         let mut fatal_restarts: u32 = 0;
+        let unsaved = crate::relay::operator::Unsaved::default();
         loop {
             // The term's producer is made before the lease is (see `warm`):
             // connected (at-least-once: holding its producer id) when the
@@ -74,7 +75,8 @@ impl RelayRunner {
             };
             let relay = Relay::new(self.config.clone(), self.store.clone(), self.metrics.clone(), self.status.clone())
                 .with_sink(self.sink.clone())
-                .with_pause(self.pause.clone());
+                .with_pause(self.pause.clone())
+                .with_unsaved(unsaved.clone());
             let relay = match fence {
                 Some(f) => relay.with_fence(f),
                 None => relay,

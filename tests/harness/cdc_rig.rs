@@ -85,7 +85,6 @@ pub async fn request_server(
         consumer: RELAY.into(),
         epoch: 0,
         rewind,
-        claimed: Default::default(),
     };
     (deliverer, rsink, server)
 }

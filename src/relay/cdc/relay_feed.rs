@@ -70,7 +70,6 @@ pub async fn run_relay_feed(
         consumer: cfg.relay.consumer_name.clone(),
         epoch: epoch.unwrap_or(0),
         rewind: Rewinder { saver: feed.saver().clone(), log_ttl: cdc.log_ttl(), runner: Some(rewinds) },
-        claimed: Default::default(),
     };
     let requests = tokio::spawn(serve_requests(requests, Duration::from_secs(1), stop_reconciler.subscribe()));
     deliverer.status().update(|s| {

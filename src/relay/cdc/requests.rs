@@ -71,9 +71,6 @@ pub struct CdcRequests {
     /// The relay lease's epoch (0 without a lease, as the position relay).
     pub epoch: i64,
     pub rewind: Rewinder,
-    /// Requests this server claimed: never taken over again by it (a
-    /// request left running by a former term of this lease holder is).
-    pub claimed: std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>,
 }
 
 /// How a rewind is carried out (`cdc::rewind`): on `saver`, the relay's
@@ -117,7 +114,7 @@ pub async fn serve_once(cql: Arc<CqlStore>, cfg: &Config, epoch: i64, mut shutdo
         Arc::new(|| None),
     );
     let rewind = Rewinder { saver, log_ttl: cdc.log_ttl(), runner: None };
-    let server = CdcRequests { sink, deliverer, store, consumer, epoch, rewind, claimed: Default::default() };
+    let server = CdcRequests { sink, deliverer, store, consumer, epoch, rewind };
     server.poll(&mut shutdown).await;
     Ok(())
 }
@@ -140,12 +137,12 @@ impl CdcRequests {
             }
         };
         for r in open {
-            let mine = |r: &RelayRequest| self.claimed.lock().map(|c| c.contains(&r.id)).unwrap_or(true);
-            if mine(&r) || !crate::relay::operator::claim(&self.store, &r, self.epoch).await {
+            // One running at this epoch is this holder's: carried out by this
+            // server, or left by a former term of it (then the next lease
+            // holder carries it out; this server has no record of its outcome).
+            let ours = r.status == RequestStatus::Running && r.claimed_epoch == Some(self.epoch);
+            if ours || !crate::relay::operator::claim(&self.store, &r, self.epoch).await {
                 continue;
-            }
-            if let Ok(mut c) = self.claimed.lock() {
-                c.insert(r.id);
             }
             self.deliverer.metrics().relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
             let Some((status, result)) = self.carry_out(&r, shutdown).await else { return };
@@ -345,7 +342,7 @@ impl CdcRequests {
 
     async fn finish(&self, id: Uuid, status: RequestStatus, result: Value) {
         let backoff = self.deliverer.backoff();
-        crate::relay::operator::finish(&self.store, &self.consumer, id, self.epoch, status, result, backoff).await
+        crate::relay::operator::finish(&self.store, &self.consumer, id, self.epoch, status, result, backoff).await;
     }
 }
 

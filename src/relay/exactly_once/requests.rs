@@ -32,7 +32,15 @@ impl Txn {
         let consumer = self.relay.cfg.consumer_name.clone();
         let Ok(open) = self.relay.store.requests_open(&consumer, self.epoch).await else { return Ok(None) };
         for r in open {
-            if self.claimed.contains(&r.id) || !crate::relay::operator::claim(&self.relay.store, &r, self.epoch).await {
+            if self.claimed.contains(&r.id) {
+                continue;
+            }
+            if let Some((status, result)) = self.relay.unsaved.take(r.id, self.epoch) {
+                // Carried out by a former term at this epoch; only its outcome is missing.
+                self.finish(r.id, status, result).await;
+                continue;
+            }
+            if !crate::relay::operator::claim(&self.relay.store, &r, self.epoch).await {
                 continue;
             }
             self.claimed.insert(r.id);
@@ -43,6 +51,7 @@ impl Txn {
                 last_pushed: self.last_read,
                 checkpoint: self.position,
                 positions: true,
+                discards: &self.discards,
             };
             let plans = match plan(&ctx, &r).await {
                 Ok(p) => p,
@@ -181,7 +190,10 @@ impl Txn {
     /// Records a request's outcome at this term's epoch (retried; see `operator::finish`).
     async fn finish(&self, id: uuid::Uuid, status: RequestStatus, result: serde_json::Value) {
         let (store, consumer) = (&self.relay.store, &self.relay.cfg.consumer_name);
-        crate::relay::operator::finish(store, consumer, id, self.epoch, status, result, &self.backoff).await
+        let r = result.clone();
+        if !crate::relay::operator::finish(store, consumer, id, self.epoch, status, result, &self.backoff).await {
+            self.relay.unsaved.put(id, self.epoch, status, r);
+        }
     }
 }
 
