@@ -45,7 +45,7 @@ impl Discards {
 
     /// `row` as the relay publishes it: the marker in place of a discarded event.
     pub fn replace(&self, row: FeedRow) -> Item {
-        if let Some(d) = (!self.0.is_empty()).then(|| self.0.get(&row.position())).flatten() {
+        if let Some(d) = self.0.get(&row.position()) {
             tracing::info!(position = row.position(), event = %d.event_id, "a discarded event from the feed: its marker takes its place");
             return Item::Marker { position: row.position(), discarded: d.clone() };
         }

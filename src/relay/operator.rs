@@ -9,7 +9,7 @@
 //!   relay has claimed it yet (none runs: the CLI then carries it out itself
 //!   under the lease, see `cli::relay_ops`), never pretends success.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -105,6 +105,55 @@ impl Unsaved {
         match m.get(&id) {
             Some((e, ..)) if *e == epoch => m.remove(&id).map(|(_, s, r)| (s, r)),
             _ => None,
+        }
+    }
+}
+
+/// A relay term's side of the operator requests (position feed, both
+/// delivery modes): the ones it claimed (never taken over again by it; one
+/// left running by a former term at this epoch is), and its runner's
+/// outcomes not recorded yet (recorded, never carried out again).
+pub struct TermRequests {
+    store: DynStore,
+    consumer: String,
+    epoch: i64,
+    claimed: HashSet<Uuid>,
+    unsaved: Unsaved,
+}
+
+impl TermRequests {
+    pub fn new(store: DynStore, consumer: &str, epoch: i64, unsaved: Unsaved) -> TermRequests {
+        TermRequests { store, consumer: consumer.to_string(), epoch, claimed: HashSet::new(), unsaved }
+    }
+
+    /// Whether this term carries `r` out now (claimed here, under its epoch);
+    /// an outcome kept from a former term at this epoch is recorded instead.
+    pub async fn take(&mut self, r: &RelayRequest, backoff: &crate::relay::retry::Backoff) -> bool {
+        if self.claimed.contains(&r.id) {
+            return false;
+        }
+        if let Some((status, result)) = self.unsaved.take(r.id, self.epoch) {
+            // Carried out by a former term at this epoch; only its outcome is missing.
+            self.finish(r.id, status, result, backoff).await;
+            return false;
+        }
+        if !claim(&self.store, r, self.epoch).await {
+            return false;
+        }
+        self.claimed.insert(r.id);
+        true
+    }
+
+    /// Records `id`'s outcome ([`finish`]); kept for the next term when the store never answered.
+    pub async fn finish(
+        &self,
+        id: Uuid,
+        status: RequestStatus,
+        result: serde_json::Value,
+        backoff: &crate::relay::retry::Backoff,
+    ) {
+        if !finish(&self.store, &self.consumer, id, self.epoch, status, result.clone(), backoff).await {
+            self.unsaved.put(id, self.epoch, status, result);
         }
     }
 }

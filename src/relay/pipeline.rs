@@ -327,7 +327,12 @@ impl Relay {
             last_persist: None,
             replays: HashMap::new(),
             request_parts: HashMap::new(),
-            claimed: Default::default(),
+            requests: crate::relay::operator::TermRequests::new(
+                self.store.clone(),
+                self.name(),
+                self.fence.as_ref().map_or(0, |f| f.epoch),
+                self.unsaved.clone(),
+            ),
             discards,
             letter_slots: HashMap::new(),
             value: Vec::with_capacity(4096),

@@ -44,18 +44,9 @@ impl Run {
             }
         };
         for r in open {
-            if self.claimed.contains(&r.id) {
+            if !self.requests.take(&r, &self.backoff).await {
                 continue;
             }
-            if let Some((status, result)) = self.relay.unsaved.take(r.id, self.epoch()) {
-                // Carried out by a former term at this epoch; only its outcome is missing.
-                self.finish_request(r.id, status, result).await;
-                continue;
-            }
-            if !crate::relay::operator::claim(&self.relay.store, &r, self.epoch()).await {
-                continue;
-            }
-            self.claimed.insert(r.id);
             self.relay.metrics.relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
             if let Err(e) = self.start(&r).await {
                 self.finish_request(r.id, RequestStatus::Failed, json!({ "error": e })).await;
@@ -228,11 +219,7 @@ impl Run {
     }
 
     pub(super) async fn finish_request(&self, id: Uuid, status: RequestStatus, result: serde_json::Value) {
-        let (store, consumer) = (&self.relay.store, &self.relay.cfg.consumer_name);
-        let r = result.clone();
-        if !crate::relay::operator::finish(store, consumer, id, self.epoch(), status, result, &self.backoff).await {
-            self.relay.unsaved.put(id, self.epoch(), status, r);
-        }
+        self.requests.finish(id, status, result, &self.backoff).await
     }
 }
 

@@ -51,9 +51,8 @@ pub(super) struct Run {
     pub(super) replays: HashMap<(uuid::Uuid, AggKey), BTreeSet<Slot>>,
     /// Requests in progress -> what is left and what was done.
     pub(super) request_parts: HashMap<uuid::Uuid, super::requests::Progress>,
-    /// Requests this term claimed: never taken over again by it (a request
-    /// left running by a former term of this lease holder is).
-    pub(super) claimed: std::collections::HashSet<uuid::Uuid>,
+    /// The operator requests this term claimed, and its runner's unrecorded outcomes.
+    pub(super) requests: super::operator::TermRequests,
     /// Discarded events ahead of the feed: their markers take their place.
     pub(super) discards: super::discards::Discards,
     /// Dead letters being replayed: slot -> dead letter id.

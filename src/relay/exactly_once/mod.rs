@@ -88,9 +88,8 @@ pub(super) struct Txn {
     pub(super) replaying: Option<(uuid::Uuid, String)>,
     /// The replay the last progress record of the former term was part of.
     pub(super) resumed: Option<progress::ReplayMark>,
-    /// Requests this term claimed: never taken over again by it (a request
-    /// left running by a former term of this lease holder is).
-    pub(super) claimed: std::collections::HashSet<uuid::Uuid>,
+    /// The operator requests this term claimed, and its runner's unrecorded outcomes.
+    pub(super) requests: crate::relay::operator::TermRequests,
     /// Discarded events ahead of the feed: their markers take their place.
     pub(super) discards: crate::relay::discards::Discards,
 }
@@ -207,7 +206,12 @@ impl Relay {
             stop: shutdown.clone(),
             replaying: None,
             resumed,
-            claimed: Default::default(),
+            requests: crate::relay::operator::TermRequests::new(
+                self.store.clone(),
+                &self.cfg.consumer_name,
+                epoch,
+                self.unsaved.clone(),
+            ),
             discards,
             relay: self,
         };

@@ -32,18 +32,9 @@ impl Txn {
         let consumer = self.relay.cfg.consumer_name.clone();
         let Ok(open) = self.relay.store.requests_open(&consumer, self.epoch).await else { return Ok(None) };
         for r in open {
-            if self.claimed.contains(&r.id) {
+            if !self.requests.take(&r, &self.backoff).await {
                 continue;
             }
-            if let Some((status, result)) = self.relay.unsaved.take(r.id, self.epoch) {
-                // Carried out by a former term at this epoch; only its outcome is missing.
-                self.finish(r.id, status, result).await;
-                continue;
-            }
-            if !crate::relay::operator::claim(&self.relay.store, &r, self.epoch).await {
-                continue;
-            }
-            self.claimed.insert(r.id);
             let ctx = PlanCtx {
                 store: &*self.relay.store,
                 consumer: &consumer,
@@ -53,7 +44,7 @@ impl Txn {
                 positions: true,
                 discards: &self.discards,
             };
-            let plans = match plan(&ctx, &r).await {
+            let mut plans = match plan(&ctx, &r).await {
                 Ok(p) => p,
                 // The former term committed this replay and did the store's
                 // part (nothing is parked or left to replay), then stopped
@@ -72,13 +63,13 @@ impl Txn {
             };
             // The part the former term was in the middle of goes first: once
             // another part commits, the progress record no longer names it.
-            let mut plans = plans;
             if let Some(mark) = self.resumed.as_ref().filter(|m| m.request == r.id) {
                 plans.sort_by_key(|p| !mark.covers(r.id, &plan_part(p)));
             }
             let mut result = serde_json::json!({ "events": 0 });
             let mut status = RequestStatus::Done;
             for p in plans {
+                let part = plan_part(&p);
                 match p {
                     Plan::Done(v) => result = v,
                     Plan::MarkerAhead { position, discarded } => self.discards.insert(position, discarded),
@@ -101,7 +92,7 @@ impl Txn {
                     }
                     Plan::Unpark { agg, items } => {
                         self.parked.remove(&agg);
-                        if let Some(exit) = self.publish_replay(r.id, agg.to_string(), items).await? {
+                        if let Some(exit) = self.publish_replay(r.id, part, items).await? {
                             return Ok(Some(exit));
                         }
                         if self.parked.contains(&agg) {
@@ -127,7 +118,7 @@ impl Txn {
                         // In feed order, so "committed through a position" is a prefix.
                         items.sort_by_key(|(i, _)| i.position());
                         let (events, ids): (Vec<Item>, Vec<uuid::Uuid>) = items.into_iter().unzip();
-                        if let Some(exit) = self.publish_replay(r.id, LETTERS.to_string(), events).await? {
+                        if let Some(exit) = self.publish_replay(r.id, part, events).await? {
                             return Ok(Some(exit));
                         }
                         for id in ids {
@@ -189,11 +180,7 @@ impl Txn {
 
     /// Records a request's outcome at this term's epoch (retried; see `operator::finish`).
     async fn finish(&self, id: uuid::Uuid, status: RequestStatus, result: serde_json::Value) {
-        let (store, consumer) = (&self.relay.store, &self.relay.cfg.consumer_name);
-        let r = result.clone();
-        if !crate::relay::operator::finish(store, consumer, id, self.epoch, status, result, &self.backoff).await {
-            self.relay.unsaved.put(id, self.epoch, status, r);
-        }
+        self.requests.finish(id, status, result, &self.backoff).await
     }
 }
 
