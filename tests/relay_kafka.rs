@@ -417,3 +417,66 @@ async fn bad_config_exits_2_and_unreachable_broker_degrades_without_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A rewind whose checkpoint write fails is recorded failed and not counted
+/// (it was recorded done and counted before the write, so an operator was
+/// told events would come again that never did); the next rewind, with the
+/// store writable, is done and publishes everything after it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rewind_whose_checkpoint_write_fails_is_reported_failed() {
+    use outboxd::store::faults::CHECKPOINT;
+    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(&brokers, &dir.path().join("s.db"));
+    let store = open(&c).await;
+    let order = uuid::Uuid::now_v7();
+    store.append(order, 0, order_events(order, 0, 3)).await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(3, Duration::from_secs(60)).await;
+    let name = &c.relay.consumer_name;
+    let finished = |id: uuid::Uuid| {
+        let store = store.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                loop {
+                    let r = store.request_get(id).await.unwrap().unwrap();
+                    if matches!(r.status, RequestStatus::Done | RequestStatus::Failed) {
+                        return r;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .expect("the rewind finishes")
+        }
+    };
+
+    store.faults().expect("the SQLite store has the fault seam").fail_next(CHECKPOINT, 1);
+    let rewind = RelayRequest::new(name, RequestKind::RewindToPosition { position: 0 }, "test");
+    store.request_submit(&rewind).await.unwrap();
+    let r = finished(rewind.id).await;
+    assert_eq!(r.status, RequestStatus::Failed, "{:?}", r.result);
+    assert!(r.result.as_ref().unwrap()["error"].as_str().unwrap_or_default().contains("injected"), "{:?}", r.result);
+    assert_eq!(relay.metrics.relay_rewinds.get(), 0, "a rewind that did not happen is not counted");
+    assert_eq!(store.get_checkpoint(name).await.unwrap(), Some(3), "the checkpoint did not move");
+    // The term ended (a runner starts the next one): start another here.
+    relay.stop().await;
+    let mut relay = start_relay(&c, store.clone());
+
+    let rewind = RelayRequest::new(name, RequestKind::RewindToPosition { position: 0 }, "test");
+    store.request_submit(&rewind).await.unwrap();
+    let r = finished(rewind.id).await;
+    assert_eq!(r.status, RequestStatus::Done, "{:?}", r.result);
+    assert_eq!(r.result.as_ref().unwrap()["rewound_to"], 0, "{:?}", r.result);
+    assert_eq!(relay.metrics.relay_rewinds.get(), 1);
+    assert_eq!(store.get_checkpoint(name).await.unwrap(), Some(0), "moved back");
+    relay.stop().await;
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(3, Duration::from_secs(60)).await;
+    // Three events, then the same three again after the rewind, and no more.
+    let records = consume_all(&brokers, &topics(&c), 7, Duration::from_secs(10));
+    let seqs: Vec<&str> = records.iter().map(|r| r.headers["ce_sequence"].as_str()).collect();
+    assert_eq!(seqs, ["1", "2", "3", "1", "2", "3"], "published once, then once again from the rewind");
+    relay.stop().await;
+}

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::relay::pipeline::{Exit, RelayError};
 use crate::relay::producer::Completion;
 use crate::relay::run::{Clock, Run};
+use crate::store::requests::RequestStatus;
 use crate::store::StoreError;
 
 /// How often a busy relay persists its watermark.
@@ -101,15 +102,28 @@ impl Run {
         }
         if let Exit::Rewound(to) = exit {
             // Everything after `to` is published again by the next term (same ce_ids).
+            let request = self.rewind.take();
             return match self.relay.write_checkpoint(to).await {
                 Ok(()) => {
                     self.relay.status.checkpoint(to);
                     self.relay.metrics.relay_checkpoint_position.set(to);
+                    self.relay.metrics.relay_rewinds.inc();
+                    if let Some((id, from)) = request {
+                        let result = serde_json::json!({ "rewound_from": from, "rewound_to": to });
+                        self.finish_request(id, RequestStatus::Done, result).await;
+                    }
                     Ok(exit)
                 }
+                // The request stays running at this epoch: the next leader takes it over.
                 Err(StoreError::Fenced { .. }) => Ok(Exit::LeaseLost),
                 Err(e) => {
                     tracing::error!(error = %e, to, "cannot move the checkpoint back; the rewind did not happen");
+                    if let Some((id, _)) = request {
+                        let result =
+                            serde_json::json!({ "error": format!("the checkpoint could not be moved back: {e}") });
+                        self.finish_request(id, RequestStatus::Failed, result).await;
+                    }
+                    // Nothing was rewound: the next term starts from the persisted checkpoint.
                     Ok(exit)
                 }
             };

@@ -342,6 +342,7 @@ impl Relay {
             processed_by_type: crate::metrics::ByLabel::new(&self.metrics.cdc_events_processed),
             duration_by_type: crate::metrics::ByLabel::new(&self.metrics.cdc_processing_duration),
             exit: None,
+            rewind: None,
             relay: self,
         };
         let exit = run.main(completions, pages, &mut shutdown).await;

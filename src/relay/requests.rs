@@ -12,7 +12,9 @@
 //!   record (`ce_type = outboxd.EventDiscarded`, same `ce_id`, key and
 //!   `ce_sequence`) takes the event's place, then the rest flows.
 //! - A rewind moves the checkpoint back (fenced) after in-flight deliveries
-//!   settled; the next term re-publishes from there (same `ce_id`s).
+//!   settled; the next term re-publishes from there (same `ce_id`s). The
+//!   request is recorded done only once that write succeeded: failed if it
+//!   did not, left to the next leader if the lease moved.
 
 use chrono::Utc;
 use serde_json::json;
@@ -77,13 +79,9 @@ impl Run {
                 }
                 Plan::MarkerAhead { position, discarded } => self.discards.insert(position, discarded),
                 Plan::Rewind { position } => {
-                    self.finish_request(
-                        r.id,
-                        RequestStatus::Done,
-                        json!({ "rewound_from": self.checkpoint, "rewound_to": position }),
-                    )
-                    .await;
-                    self.relay.metrics.relay_rewinds.inc();
+                    // Recorded done (and counted) by `finish` once the
+                    // checkpoint is written back, failed if it cannot be.
+                    self.rewind = Some((r.id, self.checkpoint));
                     tracing::warn!(from = self.checkpoint, to = position, request = %r.id, "rewinding the relay checkpoint on an operator's request");
                     self.exit = Some(Exit::Rewound(position));
                     return Ok(());

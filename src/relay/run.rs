@@ -66,6 +66,9 @@ pub(super) struct Run {
     pub(super) processed_by_type: ByLabel<prometheus::IntCounterVec>,
     pub(super) duration_by_type: ByLabel<prometheus::HistogramVec>,
     pub(super) exit: Option<Exit>,
+    /// The rewind request this term ends for, and the checkpoint it moves
+    /// back from: recorded done only once the checkpoint was written.
+    pub(super) rewind: Option<(uuid::Uuid, i64)>,
 }
 
 impl Run {

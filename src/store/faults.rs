@@ -1,10 +1,13 @@
 //! A fault-injection seam for tests of long-running loops: makes the store's
-//! reads fail for a while, as a store that is briefly unreachable does.
+//! reads fail for a while, as a store that is briefly unreachable does, or
+//! the next few calls of one named write (a relay bookkeeping write the
+//! relay must not report as done when it failed).
 //!
-//! Guarantee: inert unless armed; the daemon arms it only through the admin
-//! route `POST /debug/store?fail_reads_ms=N`, which exists only when
-//! `OUTBOXD_ENABLE_FAULT_INJECTION=1`. Writes are never affected.
+//! Guarantee: inert unless armed; the daemon arms reads only through the
+//! admin route `POST /debug/store?fail_reads_ms=N`, which exists only when
+//! `OUTBOXD_ENABLE_FAULT_INJECTION=1`; named writes only library tests arm.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -13,12 +16,36 @@ use super::StoreError;
 #[derive(Debug, Default)]
 pub struct StoreFaults {
     fail_reads_until: Mutex<Option<Instant>>,
+    fail_writes: Mutex<HashMap<&'static str, u32>>,
 }
+
+/// The writes [`StoreFaults::fail_next`] can fail (SQLite backend).
+/// A relay checkpoint write, fenced or not.
+pub const CHECKPOINT: &str = "checkpoint";
+pub const DLQ_REMOVE: &str = "dlq_remove";
+pub const UNPARK: &str = "unpark";
 
 impl StoreFaults {
     /// Every read fails for `d` from now.
     pub fn fail_reads_for(&self, d: Duration) {
         *self.fail_reads_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + d);
+    }
+
+    /// The next `n` calls of the write `op` fail (before touching the file).
+    pub fn fail_next(&self, op: &'static str, n: u32) {
+        self.fail_writes.lock().unwrap_or_else(|e| e.into_inner()).insert(op, n);
+    }
+
+    /// Err if a failure of `op` is armed (and counts it).
+    pub fn check_write(&self, op: &'static str) -> Result<(), StoreError> {
+        let mut armed = self.fail_writes.lock().unwrap_or_else(|e| e.into_inner());
+        match armed.get_mut(op) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                Err(StoreError::Unavailable(format!("injected {op} failure (fault injection)")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Err while a read failure is armed.

@@ -35,6 +35,7 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn set_checkpoint_fenced(&self, name: &str, epoch: i64, position: i64) -> Result<(), StoreError> {
+        self.faults.check_write(crate::store::faults::CHECKPOINT)?;
         let name = name.to_string();
         self.lease_op(move |c| lease::set_checkpoint_fenced(c, &name, epoch, position)).await
     }
@@ -53,6 +54,7 @@ impl ParkingStore for SqliteStore {
     }
 
     async fn unpark(&self, consumer: &str, aggregate_id: &str) -> Result<bool, StoreError> {
+        self.faults.check_write(crate::store::faults::UNPARK)?;
         let (consumer, aggregate_id) = (consumer.to_string(), aggregate_id.to_string());
         self.write(move |c| parking::unpark(c, &consumer, &aggregate_id)).await
     }
@@ -63,6 +65,7 @@ impl ParkingStore for SqliteStore {
     }
 
     async fn unpark_fenced(&self, consumer: &str, aggregate_id: &str, epoch: i64) -> Result<bool, StoreError> {
+        self.faults.check_write(crate::store::faults::UNPARK)?;
         let (consumer, aggregate_id) = (consumer.to_string(), aggregate_id.to_string());
         self.lease_op(move |c| lease::fenced(c, &consumer, epoch, |tx| parking::unpark(tx, &consumer, &aggregate_id)))
             .await
