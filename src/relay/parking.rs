@@ -10,6 +10,9 @@
 //! - `skip` (the old behaviour): the event goes to `dead_letter_queue` and
 //!   its aggregate moves on; consumers see a gap in `ce_sequence`.
 //!
+//! A replayed dead letter that fails for good again is neither: its letter
+//! stays and the replay fails naming it.
+//!
 //! Guarantee: an event leaves the window as held or skipped only after the
 //! park record / dead letter is durable; if the store refuses, the event
 //! stays failed (the watermark cannot pass it) and the write is retried.
@@ -32,6 +35,9 @@ impl Run {
     /// `slot` failed for good: park its aggregate or skip it, per policy.
     pub(super) async fn give_up(&mut self, slot: Slot, e: PublishError) {
         let Some(item) = self.window.get(slot).cloned() else { return };
+        if let Some(letter) = self.letter_slots.get(&slot).copied() {
+            return self.letter_failed_again(slot, letter, &item, &e).await;
+        }
         let transient = e.transient;
         let policy = if transient { PermanentFailurePolicy::Skip } else { self.relay.cfg.on_permanent_failure };
         let ok = match policy {
@@ -72,6 +78,24 @@ impl Run {
         tracing::error!(aggregate = %p.aggregate_id, position = ?p.position, sequence = ?p.sequence, event_id = ?p.event_id, error = %p.error, held = held.len(), slot,
             "event can never be published as it is; its aggregate is parked from it on (outboxd dlq list / replay --aggregate / discard)");
         true
+    }
+
+    /// A replayed dead letter whose event failed for good again, whatever
+    /// the policy: the letter stays (its error and failure count updated)
+    /// and the requests replaying it fail naming it. Parking its aggregate
+    /// there would hold events long published behind an old one; skipping
+    /// it removed the letter, so the event was on no topic and in no table.
+    async fn letter_failed_again(&mut self, slot: Slot, letter: Uuid, item: &Item, e: &PublishError) {
+        if let Some(again) = dead_letter_of(item, e, self.window.attempts(slot)) {
+            if let Err(err) = self.relay.sink.dead_letter(again).await {
+                tracing::warn!(error = %err, %letter, "cannot update the dead letter's error; it stays as it was");
+            }
+        }
+        self.letter_slots.remove(&slot);
+        self.window.skip(slot);
+        let error = format!("{} ({})", e.message, e.kind);
+        tracing::error!(%letter, error = %error, "a replayed dead letter failed for good again; it stays in dead_letter_queue");
+        self.replay_slot_failed(slot, letter, &error).await;
     }
 
     async fn skip(&mut self, slot: Slot, item: &Item, e: &PublishError) -> bool {

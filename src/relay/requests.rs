@@ -189,6 +189,18 @@ impl Run {
         }
     }
 
+    /// A replayed dead letter's slot failed for good again: the replays
+    /// waiting for it fail, naming the letter (which stays).
+    pub(super) async fn replay_slot_failed(&mut self, slot: Slot, letter: Uuid, error: &str) {
+        let keys: Vec<(Uuid, AggKey)> =
+            self.replays.iter().filter(|(_, slots)| slots.contains(&slot)).map(|(k, _)| k.clone()).collect();
+        for k in keys {
+            self.replays.remove(&k);
+            self.request_parts.remove(&k.0);
+            self.finish_request(k.0, RequestStatus::Failed, json!({ "id": letter, "error": error })).await;
+        }
+    }
+
     fn unparked(&mut self) {
         crate::relay::parking::count_parked(&self.relay.metrics, &self.relay.status, false);
     }
