@@ -18,22 +18,9 @@ use outboxd::store::parking::ParkingStore;
 use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus, RequestStore};
 use outboxd::store::{DeadLetter, EventStore};
 
-/// A dead letter holding `env`, as the relay writes one.
+/// A dead letter holding `env`, as the relay writes one (no positions on CQL).
 fn letter(env: &outboxd::envelope::EventEnvelope) -> DeadLetter {
-    let now = chrono::Utc::now();
-    DeadLetter {
-        id: Uuid::now_v7(),
-        position: None,
-        event_id: env.event_id,
-        aggregate_id: env.aggregate_id,
-        event_type: env.event_type.clone(),
-        payload: serde_json::to_string(env).unwrap(),
-        error_message: "message too large (message_size_too_large)".into(),
-        failure_count: 5,
-        first_failed_at: now,
-        last_failed_at: now,
-        created_at: now,
-    }
+    dead_letter(env, None)
 }
 
 /// A parked aggregate replayed on request: its held events reach the topic

@@ -480,3 +480,68 @@ async fn a_rewind_whose_checkpoint_write_fails_is_reported_failed() {
     assert_eq!(seqs, ["1", "2", "3", "1", "2", "3"], "published once, then once again from the rewind");
     relay.stop().await;
 }
+
+/// Exactly-once: a dead-letter replay whose second letter still cannot be
+/// published commits the first, stops at the second (the letters after it
+/// are not tried), keeps both, and fails naming it; nothing is parked. It
+/// used to park the letter's aggregate at its old position (a later replay
+/// of that aggregate re-published everything after it) and remove every
+/// letter as replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_dead_letter_replay_that_fails_again_keeps_the_letter() {
+    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&brokers, &dir.path().join("s.db"));
+    c.relay.delivery = outboxd::config::DeliveryMode::ExactlyOnce;
+    c.relay.consumer_name = format!("eos-{}", uuid::Uuid::now_v7().simple());
+    c.relay.progress_topic = format!("{}progress", c.kafka.topic_prefix);
+    c.relay.retry.initial_backoff_ms = 10;
+    c.relay.retry.max_backoff_ms = 50;
+    c.kafka.compression = outboxd::config::Compression::None;
+    let topic = format!("{}order-events", c.kafka.topic_prefix);
+    let (b, t) = (brokers.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || create_topic(&b, &t, 3, &[("max.message.bytes", "6000")])).await.unwrap();
+    let store = open(&c).await;
+    // Three orders' events, published before (the checkpoint is past them),
+    // each a dead letter now; the second is over the topic's limit.
+    let mut letters = Vec::new();
+    for (i, big) in [false, true, false].into_iter().enumerate() {
+        let id = uuid::Uuid::now_v7();
+        let mut env = order_events(id, 0, 1).remove(0);
+        if big {
+            env.payload["note"] = serde_json::Value::String("x".repeat(8000));
+        }
+        store.append(id, 0, vec![env.clone()]).await.unwrap();
+        let letter = dead_letter(&env, Some(i as i64 + 1));
+        store.dlq_insert(letter.clone()).await.unwrap();
+        letters.push(letter);
+    }
+    store.set_checkpoint(&c.relay.consumer_name, 3).await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(3, Duration::from_secs(60)).await;
+
+    let replay = RelayRequest::new(&c.relay.consumer_name, RequestKind::ReplayDeadLetters { ids: None }, "test");
+    store.request_submit(&replay).await.unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let r = store.request_get(replay.id).await.unwrap().unwrap();
+            if matches!(r.status, RequestStatus::Done | RequestStatus::Failed) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the replay finishes");
+    assert_eq!(finished.status, RequestStatus::Failed, "{:?}", finished.result);
+    assert_eq!(finished.result.as_ref().unwrap()["id"], letters[1].id.to_string(), "{:?}", finished.result);
+    let mut left: Vec<uuid::Uuid> = store.dlq_list(10).await.unwrap().into_iter().map(|l| l.id).collect();
+    left.sort();
+    assert_eq!(left, vec![letters[1].id, letters[2].id], "the failed letter and the one after it stay");
+    assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty(), "nothing is parked");
+    let events = consume_all(&brokers, std::slice::from_ref(&topic), 2, Duration::from_secs(10));
+    let ids: Vec<String> = events.iter().map(|r| r.event_id()).collect();
+    assert_eq!(ids, vec![letters[0].event_id.to_string()], "only the first letter's event, once");
+    relay.stop().await;
+}

@@ -118,3 +118,21 @@ pub async fn write_concurrently(svc: &CommandService, writers: usize, orders: us
         t.await.unwrap();
     }
 }
+
+/// A dead letter holding `env` at feed `position`, as the relay writes one.
+pub fn dead_letter(env: &outboxd::envelope::EventEnvelope, position: Option<i64>) -> outboxd::store::DeadLetter {
+    let now = chrono::Utc::now();
+    outboxd::store::DeadLetter {
+        id: Uuid::now_v7(),
+        position,
+        event_id: env.event_id,
+        aggregate_id: env.aggregate_id,
+        event_type: env.event_type.clone(),
+        payload: serde_json::to_string(env).unwrap(),
+        error_message: "message too large (message_size_too_large)".into(),
+        failure_count: 5,
+        first_failed_at: now,
+        last_failed_at: now,
+        created_at: now,
+    }
+}

@@ -86,6 +86,9 @@ pub(super) struct Txn {
     /// whose events are being replayed now: both go into every progress
     /// record it commits.
     pub(super) replaying: Option<(uuid::Uuid, String)>,
+    /// A replayed dead letter that failed for good again (its position and
+    /// error): the replay stops there, the letter stays.
+    pub(super) letter_failed: Option<(i64, PublishError)>,
     /// The replay the last progress record of the former term was part of.
     pub(super) resumed: Option<progress::ReplayMark>,
     /// The operator requests this term claimed, and its runner's unrecorded outcomes.
@@ -205,6 +208,7 @@ impl Relay {
             epoch,
             stop: shutdown.clone(),
             replaying: None,
+            letter_failed: None,
             resumed,
             requests: crate::relay::operator::TermRequests::new(
                 self.store.clone(),

@@ -5,7 +5,8 @@
 //! reason is retried as a whole (read_committed consumers saw nothing of
 //! it); on a permanent failure the part before the first suspect commits,
 //! the suspect is resent alone up to `max_attempts` and then parked, and the
-//! rest continues without later events of the parked aggregate.
+//! rest continues without later events of the parked aggregate (a replayed
+//! dead letter is not parked: the replay stops at it, its letter stays).
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use super::{Outcome, Txn};
 use crate::relay::breaker::BreakerState;
 use crate::relay::error::PublishError;
 use crate::relay::pipeline::{Exit, Item, RelayError};
+use crate::relay::progress::LETTERS;
 use crate::relay::window::Fenced;
 use crate::shutdown::Shutdown;
 
@@ -75,6 +77,11 @@ impl Txn {
                     if let Some(exit) = self.solo(suspect.clone(), err, shutdown).await? {
                         return Ok(Some(exit));
                     }
+                    if self.letter_failed.is_some() {
+                        // A dead-letter replay ends at its failed letter: what
+                        // committed stays a prefix (the replay mark says so).
+                        return Ok(None);
+                    }
                     // The rest, without later events of a now parked aggregate.
                     batch = rest.into_iter().filter(|i| !self.parked.contains(i.aggregate())).collect();
                     attempts = 0;
@@ -96,6 +103,11 @@ impl Txn {
         let position = item.position().max(self.position);
         loop {
             if attempts >= self.backoff.max_attempts.max(2) {
+                if self.replaying.as_ref().is_some_and(|(_, part)| part == LETTERS) {
+                    // Not parked: its aggregate's later events went out long ago.
+                    self.letter_failed = Some((item.position(), err));
+                    return Ok(None);
+                }
                 self.park(&item, &err).await?;
                 return Ok(None);
             }

@@ -76,6 +76,11 @@ impl Txn {
                     Plan::Rewind { position } => {
                         // Progress moves back in a transaction of its own; the next term starts there.
                         match self.transaction(&[], position).await {
+                            // The request stays running: the next holder takes it over.
+                            Outcome::Fenced(_) => return Ok(Some(Exit::LeaseLost)),
+                            // Whether it committed is unknown: the next term (a new
+                            // producer, the progress read again) takes it over.
+                            Outcome::Fatal(m) => return Err(RelayError::ProducerFatal(m)),
                             Outcome::Committed => {
                                 let result =
                                     serde_json::json!({ "rewound_from": self.position, "rewound_to": position });
@@ -117,12 +122,31 @@ impl Txn {
                     Plan::Letters { mut items } => {
                         // In feed order, so "committed through a position" is a prefix.
                         items.sort_by_key(|(i, _)| i.position());
-                        let (events, ids): (Vec<Item>, Vec<uuid::Uuid>) = items.into_iter().unzip();
+                        let positions: Vec<(i64, uuid::Uuid)> =
+                            items.iter().map(|(i, id)| (i.position(), *id)).collect();
+                        let events: Vec<Item> = items.into_iter().map(|(i, _)| i).collect();
                         if let Some(exit) = self.publish_replay(r.id, part, events).await? {
                             return Ok(Some(exit));
                         }
-                        for id in ids {
-                            let _ = self.relay.store.dlq_remove(id).await;
+                        // Committed: the letters before a failed one (all without one).
+                        let failed = self.letter_failed.take();
+                        let stop = failed.as_ref().map_or(i64::MAX, |(p, _)| *p);
+                        for &(_, id) in positions.iter().filter(|(p, _)| *p < stop) {
+                            // Removal failed: the term ends while the progress record
+                            // still names this part; the next one skips what committed.
+                            if let Err(e) = self.relay.store.dlq_remove(id).await {
+                                return Err(RelayError::Store(format!(
+                                    "replayed dead letter {id} committed but could not be removed: {e}"
+                                )));
+                            }
+                            self.relay.metrics.dlq_depth.dec();
+                        }
+                        if let Some((p, e)) = failed {
+                            let id = positions.iter().find(|(q, _)| *q == p).map(|(_, id)| *id);
+                            let error = format!("{} ({})", e.message, e.kind);
+                            tracing::error!(letter = ?id, error = %error, "a replayed dead letter failed for good again; it stays in dead_letter_queue");
+                            status = RequestStatus::Failed;
+                            result = serde_json::json!({ "id": id, "error": error });
                         }
                     }
                 }
