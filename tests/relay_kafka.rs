@@ -545,3 +545,38 @@ async fn exactly_once_dead_letter_replay_that_fails_again_keeps_the_letter() {
     assert_eq!(ids, vec![letters[0].event_id.to_string()], "only the first letter's event, once");
     relay.stop().await;
 }
+
+/// Exactly-once, then at-least-once, then exactly-once again on the same
+/// consumer: the third term starts from the store's checkpoint, past its
+/// own last progress record, so what at-least-once published in between is
+/// not published again (it resumed at the stale record and sent it twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_after_a_spell_of_at_least_once_resumes_at_the_checkpoint() {
+    use outboxd::config::DeliveryMode;
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&brokers, &dir.path().join("s.db"));
+    c.relay.delivery = DeliveryMode::ExactlyOnce;
+    c.relay.consumer_name = format!("eos-{}", uuid::Uuid::now_v7().simple());
+    c.relay.progress_topic = format!("{}progress", c.kafka.topic_prefix);
+    let store = open(&c).await;
+    let mut head = 0;
+    for (mode, n) in [(DeliveryMode::ExactlyOnce, 3), (DeliveryMode::AtLeastOnce, 2), (DeliveryMode::ExactlyOnce, 1)] {
+        let id = uuid::Uuid::now_v7();
+        store.append(id, 0, order_events(id, 0, n)).await.unwrap();
+        head += n as i64;
+        c.relay.delivery = mode;
+        let mut relay = start_relay(&c, store.clone());
+        relay.wait_checkpoint(head, Duration::from_secs(60)).await;
+        relay.stop().await;
+    }
+    // Up to 8 records within 5 s: the 2 duplicates would show.
+    let records = consume_all(&brokers, &topics(&c), 8, Duration::from_secs(5));
+    assert_eq!(
+        records.len(),
+        6,
+        "each of the 6 events once: {:?}",
+        records.iter().map(|r| r.event_id()).collect::<Vec<_>>()
+    );
+    assert_eq!(check_order_and_count_dups(&records), 0);
+}

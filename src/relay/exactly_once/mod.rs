@@ -153,11 +153,23 @@ impl Relay {
             }
         }
         let transactions_initialised = started.elapsed();
-        // 2. Where to resume: the last committed progress record, else the store's checkpoint.
+        // 2. Where to resume: the last committed progress record, else the
+        // store's checkpoint; the checkpoint when it is past the record (an
+        // at-least-once relay ran since, or a batch of held events only
+        // moved it): what lies between went out already. Every exactly-once
+        // move back (a rewind) writes the checkpoint before it is done.
         let (position, resumed) = loop {
             match progress::read_last(k, &self.cfg.progress_topic, &self.cfg.consumer_name, Duration::from_secs(30))
                 .await
             {
+                Ok(Some(p)) if store_checkpoint > p.position => {
+                    tracing::info!(
+                        checkpoint = store_checkpoint,
+                        progress = p.position,
+                        "the store's checkpoint is past the last progress record (at-least-once delivery ran since): starting from the checkpoint"
+                    );
+                    break (store_checkpoint, p.replay);
+                }
                 Ok(Some(p)) => break (p.position, p.replay),
                 Ok(None) => {
                     tracing::info!(

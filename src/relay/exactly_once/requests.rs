@@ -82,11 +82,24 @@ impl Txn {
                             // producer, the progress read again) takes it over.
                             Outcome::Fatal(m) => return Err(RelayError::ProducerFatal(m)),
                             Outcome::Committed => {
+                                // The checkpoint too, before it is done: a term
+                                // starts from the checkpoint when it is past the
+                                // progress record. Not written: the request stays
+                                // open and the next term rewinds again (nothing
+                                // was published from the rewound progress yet).
+                                match self.relay.write_checkpoint(position).await {
+                                    Ok(()) => {}
+                                    Err(StoreError::Fenced { .. }) => return Ok(Some(Exit::LeaseLost)),
+                                    Err(e) => {
+                                        return Err(RelayError::Store(format!(
+                                            "the rewind's progress committed but the checkpoint could not be moved back: {e}"
+                                        )))
+                                    }
+                                }
                                 let result =
                                     serde_json::json!({ "rewound_from": self.position, "rewound_to": position });
                                 self.finish(r.id, RequestStatus::Done, result).await;
                                 self.relay.metrics.relay_rewinds.inc();
-                                let _ = self.relay.write_checkpoint(position).await;
                                 return Ok(Some(Exit::Rewound(position)));
                             }
                             _ => {
