@@ -462,7 +462,7 @@ async fn a_rewind_whose_checkpoint_write_fails_is_reported_failed() {
     assert_eq!(store.get_checkpoint(name).await.unwrap(), Some(3), "the checkpoint did not move");
     // The term ended (a runner starts the next one): start another here.
     relay.stop().await;
-    let mut relay = start_relay(&c, store.clone());
+    let relay = start_relay(&c, store.clone());
 
     let rewind = RelayRequest::new(name, RequestKind::RewindToPosition { position: 0 }, "test");
     store.request_submit(&rewind).await.unwrap();

@@ -16,7 +16,7 @@ use super::{Outcome, Txn};
 use crate::relay::parking::count_parked;
 use crate::relay::pipeline::{Exit, Item, RelayError};
 use crate::relay::progress::LETTERS;
-use crate::relay::requests::{plan, Plan, PlanCtx};
+use crate::relay::requests::{already_unparked, plan, Plan, PlanCtx};
 use crate::relay::window::Fenced;
 use crate::shutdown::Shutdown;
 use crate::store::requests::RequestStatus;
@@ -31,6 +31,10 @@ impl Txn {
         self.relay.status.flush();
         let consumer = self.relay.cfg.consumer_name.clone();
         let Ok(open) = self.relay.store.requests_open(&consumer, self.epoch).await else { return Ok(None) };
+        if self.resumed.as_ref().is_some_and(|m| !open.iter().any(|r| r.id == m.request)) {
+            // Its request is finished: the mark need not be carried on.
+            self.resumed = None;
+        }
         for r in open {
             if !self.requests.take(&r, &self.backoff).await {
                 continue;
@@ -48,13 +52,18 @@ impl Txn {
                 Ok(p) => p,
                 // The former term committed this replay and did the store's
                 // part (nothing is parked or left to replay), then stopped
-                // before recording the outcome.
-                Err(e) if self.resumed.as_ref().is_some_and(|m| m.request == r.id) => {
+                // before recording the outcome. Any other error (a store
+                // read that failed) is not that: the request stays open.
+                Err(e) if self.resumed.as_ref().is_some_and(|m| m.request == r.id) && already_unparked(&e) => {
                     self.resumed = None;
                     tracing::info!(request = %r.id, reason = %e, "a replay the former term carried out; recorded as done");
                     let result = serde_json::json!({ "events": 0, "note": "carried out before a restart" });
                     self.finish(r.id, RequestStatus::Done, result).await;
                     continue;
+                }
+                Err(e) if self.resumed.as_ref().is_some_and(|m| m.request == r.id) => {
+                    tracing::warn!(request = %r.id, error = %e, "cannot plan the replay the former term began; the next term tries again");
+                    return Err(RelayError::Store(format!("cannot resume replay {}: {e}", r.id)));
                 }
                 Err(e) => {
                     self.finish(r.id, RequestStatus::Failed, serde_json::json!({ "error": e })).await;

@@ -50,12 +50,17 @@ impl Txn {
             }
             sent += 1;
         }
-        // In a replay, the record also says how far that replay has committed.
-        let replay = self.replaying.as_ref().map(|(request, part)| ReplayMark {
-            request: *request,
-            through: batch.iter().map(|i| i.position()).max().unwrap_or(0),
-            part: Some(part.clone()),
-        });
+        // In a replay, the record also says how far that replay has committed;
+        // outside one, it carries the former term's mark on until that replay
+        // is resumed or found finished (the last record is what counts).
+        let replay = match self.replaying.as_ref() {
+            Some((request, part)) => Some(ReplayMark {
+                request: *request,
+                through: batch.iter().map(|i| i.position()).max().unwrap_or(0),
+                part: Some(part.clone()),
+            }),
+            None => self.resumed.clone(),
+        };
         let progress = Progress { position, epoch: self.epoch, committed_at: chrono::Utc::now(), cdc: None, replay };
         let key = self.relay.cfg.consumer_name.clone();
         let progress_token = base + sent;
