@@ -1,7 +1,8 @@
 //! Parked read models beside other projectors on real SQLite files: a
 //! rebuild that releases a parked aggregate lets a running projector apply
-//! its next events, and a projector whose checkpoint another projector moved
-//! re-reads the park records with it (it holds what the other parked).
+//! its next events, and a projector (or a rebuild) whose checkpoint another
+//! projector moved re-reads the park records with it (it holds what the
+//! other parked).
 
 mod harness;
 
@@ -12,9 +13,11 @@ use uuid::Uuid;
 
 use outboxd::domain::{Order, OrderCommand};
 use outboxd::envelope::Metadata;
+use outboxd::envelope::StoredEvent;
 use outboxd::metrics::Metrics;
-use outboxd::projection::{self, CONSUMER};
+use outboxd::projection::{self, CommitBatch, DynReadModels, PageRequest, ReadModelStore, CONSUMER};
 use outboxd::shutdown::Trigger;
+use outboxd::store::{DynStore, StoreError};
 
 /// The projector's park record of order `x` at (`position`, `sequence`).
 fn park_of(x: Uuid, position: i64, sequence: i64, event_type: &str) -> outboxd::store::parking::Parked {
@@ -152,4 +155,94 @@ async fn the_reset_drops_the_parks_with_the_checkpoint() {
     assert_eq!(db.models.projection_checkpoint(CONSUMER).await.unwrap(), 0);
     assert!(db.store.parked(CONSUMER).await.unwrap().is_empty(), "no park outlives the reset");
     assert!(db.models.get_order(x).await.unwrap().is_none());
+}
+
+/// Read models beside which a projector moves first, right after the
+/// rebuild's reset: it projects x's event 1 (at `p1`), parks x at its event 2
+/// (at `p2`) and commits past it, so the rebuild's first compare-and-set fails.
+struct ProjectorParksFirst {
+    inner: DynReadModels,
+    store: DynStore,
+    x: Uuid,
+    p1: i64,
+    p2: i64,
+}
+
+impl ProjectorParksFirst {
+    async fn project_and_park(&self) -> Result<(), StoreError> {
+        let first = self.store.load(self.x).await?.remove(0);
+        let mut row = None;
+        projection::apply_event(&mut row, StoredEvent { position: self.p1, envelope: first }, "EUR");
+        let batch = |from, to, orders| CommitBatch { consumer: CONSUMER.into(), from, to, orders, customers: vec![] };
+        assert!(self.inner.commit_batch(batch(0, self.p1, row.into_iter().collect())).await?);
+        self.store.park(&park_of(self.x, self.p2, 2, "OrderConfirmed")).await?;
+        assert!(self.inner.commit_batch(batch(self.p1, self.p2, vec![])).await?);
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ReadModelStore for ProjectorParksFirst {
+    async fn projection_checkpoint(&self, consumer: &str) -> Result<i64, StoreError> {
+        self.inner.projection_checkpoint(consumer).await
+    }
+    async fn load_rows(&self, orders: Vec<Uuid>, customers: Vec<Uuid>) -> Result<projection::StoredRows, StoreError> {
+        self.inner.load_rows(orders, customers).await
+    }
+    async fn commit_batch(&self, batch: CommitBatch) -> Result<bool, StoreError> {
+        self.inner.commit_batch(batch).await
+    }
+    async fn reset(&self, consumer: &str) -> Result<(), StoreError> {
+        self.inner.reset(consumer).await?;
+        self.project_and_park().await
+    }
+    async fn freshness(&self) -> Result<projection::Freshness, StoreError> {
+        self.inner.freshness().await
+    }
+    async fn get_order(&self, id: Uuid) -> Result<Option<projection::OrderView>, StoreError> {
+        self.inner.get_order(id).await
+    }
+    async fn get_customer(&self, id: Uuid) -> Result<Option<projection::CustomerView>, StoreError> {
+        self.inner.get_customer(id).await
+    }
+    async fn orders_by_customer(
+        &self,
+        id: Uuid,
+        page: PageRequest,
+    ) -> Result<projection::CustomerOrdersPage, StoreError> {
+        self.inner.orders_by_customer(id, page).await
+    }
+    async fn dump(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.inner.dump().await
+    }
+}
+
+/// Review finding: a rebuild whose compare-and-set lost to a running
+/// projector went on from the projector's checkpoint with its own parking
+/// set, built once at its start. The projector had parked x at event 2, so
+/// the rebuild applied x's event 3 onto x's row at version 1. It now re-reads
+/// the parks with the checkpoint (and a sequence gap never applies either).
+#[tokio::test]
+async fn a_rebuild_that_loses_to_a_projector_rereads_its_parks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir.path().join("s.db")).await;
+    let svc = service(&db.store);
+    let (x, meta) = (Uuid::now_v7(), Metadata::default());
+    create_order(&svc, x).await;
+    let p1 = db.store.head_position().await.unwrap();
+    svc.execute::<Order>(x, &OrderCommand::Confirm, meta.clone(), None).await.unwrap();
+    let p2 = db.store.head_position().await.unwrap();
+    svc.execute::<Order>(x, &OrderCommand::Ship { tracking_number: "T1".into(), carrier: "DHL".into() }, meta, None)
+        .await
+        .unwrap();
+    let head = db.store.head_position().await.unwrap();
+    let models =
+        std::sync::Arc::new(ProjectorParksFirst { inner: db.models.clone(), store: db.store.clone(), x, p1, p2 });
+    let report = projection::rebuild(db.store.clone(), models, "EUR", false).await.unwrap();
+    assert_eq!(report.checkpoint, head);
+    let row = db.models.get_order(x).await.unwrap().unwrap();
+    assert_eq!(row.version, 1, "x stays at the version before its parked event 2, not at 3 with 2 missing");
+    let parks = db.store.parked(CONSUMER).await.unwrap();
+    assert_eq!(parks.len(), 1);
+    assert_eq!((parks[0].parked.sequence, parks[0].held_events), (Some(2), 2));
 }

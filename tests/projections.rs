@@ -1,7 +1,8 @@
 //! Read models on real SQLite files: projection queries and paging, replay
 //! idempotence, projection lag in the metrics, kill -9 of a projector
 //! process under load compared row by row with a rebuild, a rebuild beside a
-//! running projector, a stale row re-derived. Parks beside a rebuild:
+//! running projector, a rebuild beside steady appends (it stops at the head
+//! seen at its start), a stale row re-derived. Parks beside a rebuild:
 //! `tests/projection_parks.rs`; upcasting, snapshots and the file upgrade:
 //! `tests/upcasting.rs`.
 
@@ -11,7 +12,7 @@ use harness::read_models::{fast, open, open_with, projector, service};
 use harness::*;
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -19,7 +20,7 @@ use uuid::Uuid;
 use outboxd::domain::{Order, OrderCommand};
 use outboxd::envelope::Metadata;
 use outboxd::metrics::Metrics;
-use outboxd::projection::{self, PageRequest, CONSUMER};
+use outboxd::projection::{self, CommitBatch, PageRequest, ReadModelStore, CONSUMER};
 use outboxd::shutdown::Trigger;
 
 const CHILD_ENV: &str = "OUTBOXD_PROJECTOR_CHILD_DB";
@@ -347,4 +348,91 @@ async fn a_stale_read_model_row_is_rederived_from_its_events() {
     assert_eq!(v.state, svc.load::<Order>(id).await.unwrap().state);
     let (rebuilt, _) = rebuild_in_copy(&path, dir.path()).await;
     assert_same_rows(&projection::dump_read_models(&*db.models).await.unwrap(), &rebuilt);
+}
+
+// ---- a rebuild beside steady appends ---------------------------------------------
+
+/// Read models that append one more order lifecycle after every commit: the
+/// feed is never empty when the rebuild reads its next page, as beside a
+/// daemon under steady writes. The append waits a moment first, so it lands
+/// after the read of the next page the rebuild started while applying this
+/// one: without the stop at the start head, every page then finds new events.
+struct AppendsOnEveryCommit {
+    inner: projection::DynReadModels,
+    svc: outboxd::app::CommandService,
+    appended: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ReadModelStore for AppendsOnEveryCommit {
+    async fn projection_checkpoint(&self, consumer: &str) -> Result<i64, outboxd::store::StoreError> {
+        self.inner.projection_checkpoint(consumer).await
+    }
+    async fn load_rows(
+        &self,
+        orders: Vec<Uuid>,
+        customers: Vec<Uuid>,
+    ) -> Result<projection::StoredRows, outboxd::store::StoreError> {
+        self.inner.load_rows(orders, customers).await
+    }
+    async fn commit_batch(&self, batch: CommitBatch) -> Result<bool, outboxd::store::StoreError> {
+        let committed = self.inner.commit_batch(batch).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let i = self.appended.fetch_add(1, Ordering::SeqCst);
+        order_lifecycle(&self.svc, 10_000 + i).await;
+        Ok(committed)
+    }
+    async fn reset(&self, consumer: &str) -> Result<(), outboxd::store::StoreError> {
+        self.inner.reset(consumer).await
+    }
+    async fn freshness(&self) -> Result<projection::Freshness, outboxd::store::StoreError> {
+        self.inner.freshness().await
+    }
+    async fn get_order(&self, id: Uuid) -> Result<Option<projection::OrderView>, outboxd::store::StoreError> {
+        self.inner.get_order(id).await
+    }
+    async fn get_customer(&self, id: Uuid) -> Result<Option<projection::CustomerView>, outboxd::store::StoreError> {
+        self.inner.get_customer(id).await
+    }
+    async fn orders_by_customer(
+        &self,
+        id: Uuid,
+        page: PageRequest,
+    ) -> Result<projection::CustomerOrdersPage, outboxd::store::StoreError> {
+        self.inner.orders_by_customer(id, page).await
+    }
+    async fn dump(&self) -> Result<Vec<serde_json::Value>, outboxd::store::StoreError> {
+        self.inner.dump().await
+    }
+}
+
+/// Review finding: the rebuild promised to stop at the head seen at its
+/// start but read until the feed was empty, so beside steady writes it never
+/// returned. Here every commit appends more events; the rebuild still
+/// returns, with everything up to the start head applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_beside_steady_appends_stops_at_the_head_seen_at_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_with(&dir.path().join("s.db"), fast()).await;
+    let svc = service(&db.store);
+    // 3 000 events: the rebuild reads them in more than one page.
+    let orders: Vec<Uuid> = (0..30).map(|_| Uuid::now_v7()).collect();
+    for &id in &orders {
+        db.store.append(id, 0, order_events(id, 0, 100)).await.unwrap();
+    }
+    let start_head = db.store.head_position().await.unwrap();
+    let models = Arc::new(AppendsOnEveryCommit { inner: db.models.clone(), svc, appended: AtomicUsize::new(0) });
+    let rebuild = projection::rebuild(db.store.clone(), models.clone(), "EUR", false);
+    let report = tokio::time::timeout(Duration::from_secs(30), rebuild)
+        .await
+        .expect("the rebuild returns although appends keep arriving")
+        .unwrap();
+    let commits = models.appended.load(Ordering::SeqCst);
+    assert!(commits >= 2, "more than one page, with appends between them ({commits} commits)");
+    assert!(report.checkpoint >= start_head, "{report:?} ends before the start head {start_head}");
+    assert!(report.checkpoint < db.store.head_position().await.unwrap(), "later appends are left to the projector");
+    assert_eq!(db.models.projection_checkpoint(CONSUMER).await.unwrap(), report.checkpoint);
+    for id in orders {
+        assert_eq!(db.models.get_order(id).await.unwrap().expect("projected").version, 100);
+    }
 }

@@ -27,6 +27,9 @@ pub enum DomainError {
     InvalidSku(String),
     #[error("invalid unit price {0}: must be between 0 and 1000000000000 minor units")]
     InvalidPrice(i64),
+    /// An amount (e.g. a stored order total) below 0.
+    #[error("invalid amount {0}: must not be negative")]
+    NegativeAmount(i64),
     #[error("invalid currency {0:?}: expected a three-letter ISO 4217 code such as EUR")]
     InvalidCurrency(String),
     #[error("unknown currency {0:?}: not an ISO 4217 code")]

@@ -261,3 +261,31 @@ fn a_currency_outside_iso_4217_is_refused_by_a_command_but_still_decodes() {
     let json = serde_json::to_value(&bad).unwrap();
     assert_eq!(serde_json::from_value::<OrderItem>(json).unwrap(), bad);
 }
+
+/// Review finding: `Money` and `OrderItem` derived `Deserialize`, so a stored
+/// `OrderCreated` with a negative price, a negative total or a zero quantity
+/// decoded. Each is now a decode error naming the value; a total above one
+/// unit price's limit (a valid order) still decodes.
+#[test]
+fn stored_bodies_with_invalid_values_do_not_decode() {
+    let body = |quantity: i64, price: i64, total: i64| {
+        serde_json::json!({
+            "customer_id": customer(),
+            "items": [{"sku": "A", "quantity": quantity, "unit_price": {"amount_minor": price, "currency": "EUR"}}],
+            "total": {"amount_minor": total, "currency": "EUR"},
+        })
+    };
+    for (q, p, t, what) in [(1, -5, 0, "-5"), (1, 5, -5, "-5"), (0, 5, 0, "quantity")] {
+        let Err(DecodeError::Body { event_type, message }) = OrderEvent::from_payload("OrderCreated", body(q, p, t))
+        else {
+            panic!("quantity {q}, price {p}, total {t} decoded")
+        };
+        assert_eq!(event_type, "OrderCreated");
+        assert!(message.contains(what), "{message}");
+    }
+    let big = crate::domain::values::MAX_UNIT_PRICE_MINOR;
+    let Ok(OrderEvent::Created(e)) = OrderEvent::from_payload("OrderCreated", body(3, big, 3 * big)) else {
+        panic!("a valid order with a large total is refused")
+    };
+    assert_eq!(e.total.amount_minor, 3 * big);
+}

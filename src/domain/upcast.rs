@@ -1,8 +1,13 @@
 //! Upcasting: turns event bodies written by older code into the current schema.
 //!
 //! Guarantee: `upcast` is pure and total over known versions. It is applied
-//! on load and in the relay, so consumers and aggregates only ever see the
-//! current shape; a version newer than this build is refused (not guessed).
+//! where events are decoded on load: the command side (aggregates,
+//! `CommandService`) and the read models (projections), which therefore only
+//! see the current shape; a version newer than this build is refused (not
+//! guessed). The relay does not upcast: it publishes each event as stored
+//! (its `schema_version`, header `ce_dataschemaversion`, and the stored
+//! payload bytes verbatim), so Kafka consumers must accept every schema
+//! version ever written (docs/OPERATIONS.md).
 //!
 //! The chain today has one real step: `OrderCreated` v1 priced items with a
 //! bare `unit_price_minor` and no currency; v2 prices every item as
@@ -85,6 +90,19 @@ mod tests {
         let OrderEvent::Created(e) = OrderEvent::from_payload("OrderCreated", body).unwrap() else { panic!() };
         assert_eq!(e.items[0].unit_price.currency.as_str(), "EUR");
         assert_eq!(e.total.amount_minor, 300);
+    }
+
+    /// The v1 step computes the total from the raw values; a bad price or
+    /// quantity is then refused by the decode (an error, never a panic).
+    #[test]
+    fn v1_bodies_with_invalid_values_are_refused() {
+        for (quantity, price) in [(2, -5), (0, 150), (-1, 150), (2, i64::MAX)] {
+            let v1 = json!({"customer_id": "00000000-0000-0000-0000-000000000007",
+                            "items": [{"sku": "A", "quantity": quantity, "unit_price_minor": price}]});
+            let decoded = upcast("OrderCreated", 1, v1, "EUR")
+                .and_then(|(_, body)| OrderEvent::from_payload("OrderCreated", body));
+            assert!(decoded.is_err(), "quantity {quantity}, price {price}: {decoded:?}");
+        }
     }
 
     #[test]

@@ -85,27 +85,71 @@ impl fmt::Display for Currency {
 }
 
 /// An amount in minor units (cents) of one currency.
+///
+/// Deserialised through [`Money::amount`]: never negative. A unit price
+/// (within an [`OrderItem`]) is further checked by [`Money::new`]; an order
+/// total may be larger than one unit price.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "MoneyFields")]
 pub struct Money {
     pub amount_minor: i64,
     pub currency: Currency,
 }
 
 impl Money {
+    /// A unit price: `0..=MAX_UNIT_PRICE_MINOR` minor units.
     pub fn new(amount_minor: i64, currency: Currency) -> Result<Self, DomainError> {
         if !(0..=MAX_UNIT_PRICE_MINOR).contains(&amount_minor) {
             return Err(DomainError::InvalidPrice(amount_minor));
         }
         Ok(Money { amount_minor, currency })
     }
+
+    /// Any amount that is not negative (an order total: up to `i64::MAX`).
+    pub fn amount(amount_minor: i64, currency: Currency) -> Result<Self, DomainError> {
+        if amount_minor < 0 {
+            return Err(DomainError::NegativeAmount(amount_minor));
+        }
+        Ok(Money { amount_minor, currency })
+    }
 }
 
-/// One line of an order.
+/// `Money`'s wire shape, before validation.
+#[derive(Deserialize)]
+struct MoneyFields {
+    amount_minor: i64,
+    currency: Currency,
+}
+
+impl TryFrom<MoneyFields> for Money {
+    type Error = DomainError;
+    fn try_from(m: MoneyFields) -> Result<Self, Self::Error> {
+        Money::amount(m.amount_minor, m.currency)
+    }
+}
+
+/// One line of an order. Deserialised through [`OrderItem::new`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "OrderItemFields")]
 pub struct OrderItem {
     pub sku: Sku,
     pub quantity: u32,
     pub unit_price: Money,
+}
+
+/// `OrderItem`'s wire shape, before validation.
+#[derive(Deserialize)]
+struct OrderItemFields {
+    sku: Sku,
+    quantity: i64,
+    unit_price: Money,
+}
+
+impl TryFrom<OrderItemFields> for OrderItem {
+    type Error = DomainError;
+    fn try_from(i: OrderItemFields) -> Result<Self, Self::Error> {
+        OrderItem::new(i.sku, i.quantity, i.unit_price)
+    }
 }
 
 impl OrderItem {
@@ -296,6 +340,28 @@ mod tests {
         assert!(serde_json::from_str::<Currency>("\"usd\"").is_err());
         let e: Email = serde_json::from_str("\"a@b.co\"").unwrap();
         assert_eq!(serde_json::to_string(&e).unwrap(), "\"a@b.co\"");
+    }
+
+    /// Review finding: `Money` and `OrderItem` derived `Deserialize`, so a
+    /// stored body with a negative amount or a zero quantity decoded.
+    #[test]
+    fn money_and_items_deserialise_through_their_constructors() {
+        let money = |amount: i64| serde_json::json!({"amount_minor": amount, "currency": "EUR"});
+        let item = |quantity: i64, amount: i64| serde_json::json!({"sku": "A", "quantity": quantity, "unit_price": money(amount)});
+        let err = serde_json::from_value::<Money>(money(-5)).unwrap_err().to_string();
+        assert!(err.contains("-5"), "{err}");
+        assert!(serde_json::from_value::<Money>(serde_json::json!({"amount_minor": 1, "currency": "eur"})).is_err());
+        for (q, a) in [(0, 100), (-1, 100), (u32::MAX as i64 + 1, 100), (1, -5), (1, MAX_UNIT_PRICE_MINOR + 1)] {
+            assert!(serde_json::from_value::<OrderItem>(item(q, a)).is_err(), "quantity {q}, price {a} decoded");
+        }
+        // Valid values keep their wire format, and a total may exceed one unit price.
+        let eur = Currency::new("EUR").unwrap();
+        let ok = OrderItem::new(Sku::new("A").unwrap(), 2, Money::new(150, eur).unwrap()).unwrap();
+        assert_eq!(serde_json::to_value(&ok).unwrap(), item(2, 150));
+        assert_eq!(serde_json::from_value::<OrderItem>(item(2, 150)).unwrap(), ok);
+        let total = Money::amount(3 * MAX_UNIT_PRICE_MINOR, eur).unwrap();
+        assert_eq!(serde_json::to_value(total).unwrap(), money(3 * MAX_UNIT_PRICE_MINOR));
+        assert_eq!(serde_json::from_value::<Money>(money(3 * MAX_UNIT_PRICE_MINOR)).unwrap(), total);
     }
 
     #[test]

@@ -3,7 +3,12 @@
 //! Guarantee: the read models and the projection checkpoint are reset, then
 //! every event of the feed up to the head seen at the start is applied in
 //! batches through the same apply step as the projector (`page::apply_page`),
-//! so a rebuild gives the same rows as a projector that never stopped.
+//! so a rebuild gives the same rows as a projector that never stopped. It
+//! returns once its checkpoint reaches that head (events appended meanwhile
+//! are left to the projector), so it ends beside a daemon under steady writes.
+//! A running projector may win a batch's compare-and-set: the rebuild then
+//! goes on from the projector's checkpoint with the park records re-read
+//! (what the projector parked stays held), as `Projector::step` does.
 
 use std::time::Instant;
 
@@ -38,7 +43,8 @@ impl std::fmt::Display for RebuildReport {
 const REBUILD_BATCH: usize = 2_000;
 
 /// Clears the read models and the projection checkpoint, then re-applies the
-/// whole feed from event 0 (a progress bar on stderr when `progress`).
+/// feed from event 0 up to the head at the start (a progress bar on stderr
+/// when `progress`); the report's checkpoint is at or past that head.
 ///
 /// Safe while a projector runs (both compare-and-set the checkpoint; the
 /// rows end the same), but faster with the daemon stopped.
@@ -66,16 +72,22 @@ pub async fn rebuild(
     let mut checkpoint = 0;
     let mut events = 0u64;
     let mut next: Option<tokio::task::JoinHandle<Result<Vec<FeedRow>, StoreError>>> = None;
-    loop {
+    // Up to the head seen at the start, not until the feed is empty: beside
+    // steady writes that would never end.
+    while checkpoint < head {
+        // Re-reads the park records while any is held (and after `invalidate`).
+        parking.load(&store).await?;
         let page = match next.take() {
             Some(h) => h.await.map_err(|e| StoreError::Unavailable(format!("feed read task failed: {e}")))??,
             None => store.read_feed(checkpoint, REBUILD_BATCH).await?,
         };
         let Some(to) = page.last().map(FeedRow::position) else { break };
         let n = page.len() as u64;
-        // Read the next page while this one is applied.
-        let s = store.clone();
-        next = Some(tokio::spawn(async move { s.read_feed(to, REBUILD_BATCH).await }));
+        if to < head {
+            // Read the next page while this one is applied.
+            let s = store.clone();
+            next = Some(tokio::spawn(async move { s.read_feed(to, REBUILD_BATCH).await }));
+        }
         let sorted = parking.sort(&store, page).await?;
         let out = apply_page(&store, &*models, CONSUMER, checkpoint, to, sorted.events, default_currency, &mut parking)
             .await?;
@@ -83,10 +95,14 @@ pub async fn rebuild(
             checkpoint = to;
             events += n;
         } else {
-            // A running projector got there first; continue from its checkpoint.
+            // A running projector got there first: continue from its
+            // checkpoint, with its parks (it may have parked an aggregate in
+            // the events it committed; applying that aggregate's later events
+            // would leave its row with an event missing).
             if let Some(h) = next.take() {
                 h.abort();
             }
+            parking.invalidate();
             checkpoint = models.projection_checkpoint(CONSUMER).await?;
         }
         if checkpoint as u64 > bar.length().unwrap_or(0) {
