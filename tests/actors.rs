@@ -403,5 +403,16 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
         rs.iter().any(|r| r.key == again)
     });
     assert!(records.iter().any(|r| r.key == again), "the second poison event delivered after replay --all");
+
+    // `dlq_depth` is the store's count, whoever wrote the letter (another
+    // instance, a tool): it counted only this instance's own letters.
+    let letter = dead_letter(&order_events(Uuid::now_v7(), 0, 1)[0], None);
+    rt.block_on(async {
+        let store = outboxd::store::sqlite::SqliteStore::open(&cfg.store.path, cfg.store.sqlite.clone()).await.unwrap();
+        outboxd::store::EventStore::dlq_insert(&*store, letter).await.unwrap();
+    });
+    eventually(Duration::from_secs(20), "dlq_depth to count a letter written by another process", || {
+        (d.metrics().value("dlq_depth", &[]) == 1.0).then_some(())
+    });
     d.stop();
 }

@@ -213,6 +213,7 @@ fn poison_inside_a_stream_is_held_then_replayed_or_discarded_in_order() {
         &serde_json::json!({"event_id": third.trim(), "reason": "bad import, re-sent by hand"}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(d.metrics().value("relay_discards_total", &[]), 1.0, "the discard is counted (it never was)");
 
     let records = consume_until(&brokers, std::slice::from_ref(&topic), 1, Duration::from_secs(20), |rs| {
         sequences(rs, replayed).len() == 5

@@ -208,10 +208,27 @@ pub fn prime_metrics(m: &Metrics, cfg: &Config) {
     for a in [ActorName::Order, ActorName::Cdc, ActorName::Projection] {
         m.actor_restarts.with_label_values(&[a.as_str()]);
     }
+    // Unknown until the first check: 0 would claim healthy before anything was looked at.
     for c in health::COMPONENTS.into_iter().chain(["system"]) {
-        m.actor_health_status.with_label_values(&[c]);
+        m.actor_health_status.with_label_values(&[c]).set(health::HealthStatus::Unknown.gauge());
     }
     for t in crate::relay::topics::topic_names(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix) {
         m.messages_sent.with_label_values(&[&t]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Before the first check every component reads unknown (3), not
+    /// healthy (0): the series existed at 0 from the first scrape.
+    #[test]
+    fn health_gauges_start_unknown() {
+        let m = Metrics::new();
+        prime_metrics(&m, &Config::default());
+        for c in health::COMPONENTS.into_iter().chain(["system"]) {
+            assert_eq!(m.actor_health_status.with_label_values(&[c]).get(), 3, "{c}");
+        }
     }
 }

@@ -133,6 +133,17 @@ impl CircuitBreaker {
     }
 }
 
+/// A breaker lives for one relay term: when the term ends (lease lost,
+/// shutdown, restart) the gauge reads closed again, so an instance that no
+/// longer publishes does not keep exporting its last term's open breaker.
+impl Drop for CircuitBreaker {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.circuit_breaker_state.set(BreakerState::Closed.gauge());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +188,19 @@ mod tests {
         assert_eq!(m.circuit_breaker_state.get(), 0);
         assert_eq!(m.circuit_breaker_transitions.with_label_values(&["closed", "open"]).get(), 1);
         assert_eq!(m.circuit_breaker_transitions.with_label_values(&["half_open", "closed"]).get(), 1);
+    }
+
+    /// Review finding: a standby kept exporting its last term's open breaker.
+    #[test]
+    fn the_gauge_reads_closed_once_the_terms_breaker_is_gone() {
+        let mut b = cb();
+        let m = b.metrics.clone().unwrap();
+        for _ in 0..5 {
+            b.record_failure(Instant::now());
+        }
+        assert_eq!(m.circuit_breaker_state.get(), BreakerState::Open.gauge());
+        drop(b);
+        assert_eq!(m.circuit_breaker_state.get(), BreakerState::Closed.gauge());
     }
 
     #[test]

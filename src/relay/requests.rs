@@ -62,6 +62,7 @@ impl Run {
     async fn start(&mut self, r: &RelayRequest) -> Result<(), String> {
         let ctx = PlanCtx {
             store: &*self.relay.store,
+            metrics: &self.relay.metrics,
             consumer: &self.relay.cfg.consumer_name,
             parked: self.window.parked().cloned().collect(),
             last_pushed: self.window.last_pushed(),
@@ -277,6 +278,8 @@ pub enum Plan {
 /// What a plan needs to know about the running relay.
 pub struct PlanCtx<'a> {
     pub store: &'a dyn crate::store::Store,
+    /// `relay_discards_total` counts the audit rows a discard writes.
+    pub metrics: &'a crate::metrics::Metrics,
     pub consumer: &'a str,
     /// Aggregates parked right now (in the relay's memory).
     pub parked: Vec<AggKey>,
@@ -364,7 +367,7 @@ async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result
     let agg = crate::store::feed::aggregate_key(&p.aggregate_id);
     let first = ctx.store.aggregate_rows(&agg, p.position, p.sequence, p.position).await.map_err(|e| e.to_string())?;
     let (record, discarded) = discard_of(ctx.consumer, &p, first.first(), event_id, reason);
-    record_discard(ctx.store, &record).await?;
+    record_discard(ctx.store, ctx.metrics, &record).await?;
     let position = p.position.unwrap_or(0);
     if ctx.positions && position > ctx.last_pushed {
         // Not read by this term yet (it restarted below it, or is the CLI's
@@ -425,8 +428,13 @@ pub fn discard_of(
 }
 
 /// Writes a discard's audit row (once per consumer and event id).
-pub async fn record_discard(store: &dyn crate::store::Store, record: &DiscardRecord) -> Result<(), String> {
+pub async fn record_discard(
+    store: &dyn crate::store::Store,
+    metrics: &crate::metrics::Metrics,
+    record: &DiscardRecord,
+) -> Result<(), String> {
     store.record_discard(record).await.map_err(|e| format!("cannot write the discard audit row: {e}"))?;
+    metrics.relay_discards.inc();
     tracing::warn!(event_id = %record.event_id, aggregate = %record.aggregate_id, reason = %record.reason, "event discarded on an operator's decision; a marker record takes its place");
     Ok(())
 }

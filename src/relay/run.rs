@@ -202,6 +202,10 @@ impl Run {
                 self.breaker.record_success(at.mono);
                 self.suspects.remove(&c.token);
                 self.resent_alone.remove(&c.token);
+                // Delivered after at least one failed attempt.
+                if self.window.attempts(c.token) > 0 {
+                    self.relay.metrics.retry_success.with_label_values(&["publish"]).inc();
+                }
                 if let Some(item) = self.window.confirm(c.token) {
                     // Where the broker says it put each event: the soak tests
                     // turn this on to explain a record they miss.

@@ -81,10 +81,13 @@ impl RelayRunner {
                 Some(f) => relay.with_fence(f),
                 None => relay,
             };
+            let term_started = std::time::Instant::now();
             let exit = match self.config.relay.delivery {
                 DeliveryMode::AtLeastOnce => relay.run_warm(warm, shutdown.clone()).await,
                 DeliveryMode::ExactlyOnce => relay.run_exactly_once_warm(warm, shutdown.clone()).await,
             };
+            // The term's breaker is gone with it (its gauge reads closed again).
+            self.status.breaker(crate::relay::breaker::BreakerState::Closed);
             match exit {
                 Ok(Exit::Shutdown) => return Ok(()),
                 Ok(Exit::LeaseLost) => {
@@ -97,7 +100,9 @@ impl RelayRunner {
                     tracing::info!(to, "relay rewound; starting a new term from the rewound checkpoint")
                 }
                 Err(e @ (RelayError::ProducerFatal(_) | RelayError::Store(_))) => {
-                    fatal_restarts += 1;
+                    // Failures in a row back off longer; a term that ran a
+                    // while first starts the count again (it never went down).
+                    fatal_restarts = next_restarts(fatal_restarts, term_started.elapsed());
                     let e = e.to_string();
                     tracing::error!(error = %e, restarts = fatal_restarts, "relay term failed; re-checking the lease and starting a new term");
                     self.status.error(e);
@@ -119,5 +124,30 @@ impl RelayRunner {
         let mut rx = lease.state();
         let epoch = wait_held(&mut rx, shutdown, |s| self.status.lease_role(s)).await?;
         Some(Fence { epoch, lease: rx })
+    }
+}
+
+/// Consecutive term failures: `previous + 1`, or 1 when the failed term ran
+/// at least a minute (failures days apart are not a crash loop).
+fn next_restarts(previous: u32, term_ran: Duration) -> u32 {
+    if term_ran >= Duration::from_secs(60) {
+        1
+    } else {
+        previous.saturating_add(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding: the count never went down, so after six failures
+    /// spread over days every failure stopped publishing for 12.8 s.
+    #[test]
+    fn a_term_that_ran_a_while_starts_the_failure_count_again() {
+        assert_eq!(next_restarts(0, Duration::from_millis(50)), 1);
+        assert_eq!(next_restarts(6, Duration::from_millis(50)), 7);
+        assert_eq!(next_restarts(6, Duration::from_secs(3600)), 1);
+        assert_eq!(next_restarts(u32::MAX, Duration::ZERO), u32::MAX);
     }
 }

@@ -37,7 +37,7 @@ use std::time::Duration;
 use crate::relay::RelayStatus;
 
 use super::report::{ComponentHealth, HealthReport, HealthStatus, Lag};
-use super::rules::{evaluate, lag_seconds, Probes, Reported, Thresholds};
+use super::rules::{evaluate, lag_seconds, relay_lag_gauges, Probes, Reported, Thresholds};
 use crate::actors::dlq_actor::CountDeadLetters;
 use crate::actors::messages::{ActorError, ActorName, ComponentEvent, InjectFailure, Lifecycle, Ping, StopActor};
 use crate::actors::supervision::GetTaskStatus;
@@ -243,27 +243,27 @@ impl HealthCheckActor {
             seconds: lag_seconds(&b, probes.now),
         };
         let relay_lag = probes.relay_backlog.map(lag);
-        if let Some(l) = &relay_lag {
-            if let Some(e) = l.events {
-                m.relay_lag_events.with_label_values(&[role]).set(e);
-            }
-            m.relay_lag_seconds.with_label_values(&[role]).set(l.seconds);
-            if let Some(c) = l.checkpoint {
-                m.relay_checkpoint_position.set(c);
-            }
+        let t = Thresholds::from_config(&self.deps.cfg);
+        let (events, seconds) = relay_lag_gauges(probes.relay_backlog.as_ref(), probes.cdc_ttl, probes.now, &t);
+        if let Some(e) = events {
+            m.relay_lag_events.with_label_values(&[role]).set(e);
+        }
+        if let Some(s) = seconds {
+            m.relay_lag_seconds.with_label_values(&[role]).set(s);
+        }
+        if let Some(c) = relay_lag.as_ref().and_then(|l| l.checkpoint) {
+            m.relay_checkpoint_position.set(c);
         }
         if let Some(n) = probes.parked {
             m.dlq_parked_aggregates.set(n as i64);
         }
+        // The store's count on every instance (the relay's own increments
+        // only saw what this instance did; a standby kept its start value).
+        if let Some(n) = probes.dlq_depth {
+            m.dlq_depth.set(n as i64);
+        }
         if self.deps.cql.as_ref().is_some_and(|c| c.cdc_enabled()) {
             m.cdc_log_ttl_seconds.set(self.deps.cfg.store.cql.cdc.log_ttl_seconds as i64);
-        }
-        if let Some((age, _)) = probes.cdc_ttl {
-            // The CDC feed has no positions: its lag is the age of its oldest
-            // per-stream progress (the TTL guard's input).
-            if relay_lag.is_none() {
-                m.relay_lag_seconds.with_label_values(&[role]).set(age.as_secs_f64());
-            }
         }
         let projection_lag = probes.projection_backlog.map(lag);
         if let Some(l) = &projection_lag {

@@ -146,6 +146,27 @@ fn lifecycle_health(actor: ActorName, l: Option<Lifecycle>, reported: &Reported)
 }
 
 /// The lag of a backlog in seconds at `now` (0 when nothing is unpublished).
+/// The relay's `relay_lag_events` and `relay_lag_seconds` from the store's
+/// backlog and, on a CDC feed, the age of its oldest progress: the larger
+/// of the oldest held event's age and that age past a caught-up reader's
+/// delay (so a caught-up reader reads 0, a stalled one its real lag). A
+/// feed without positions counts only held events: none is 0, not unknown.
+pub fn relay_lag_gauges(
+    backlog: Option<&Backlog>,
+    cdc_ttl: Option<(Duration, Duration)>,
+    now: DateTime<Utc>,
+    t: &Thresholds,
+) -> (Option<i64>, Option<f64>) {
+    let events = backlog.and_then(|b| b.events.or(b.head.is_none().then_some(0)));
+    let held = backlog.map(|b| lag_seconds(b, now));
+    let cdc = cdc_ttl.map(|(age, _)| age.saturating_sub(t.cdc_reader_delay).as_secs_f64());
+    let seconds = match (held, cdc) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    (events, seconds)
+}
+
 pub fn lag_seconds(b: &Backlog, now: DateTime<Utc>) -> f64 {
     match b.oldest {
         Some(t) => ((now - t).num_milliseconds().max(0) as f64) / 1000.0,

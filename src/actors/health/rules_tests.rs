@@ -322,3 +322,30 @@ fn a_projection_standby_is_healthy_and_says_who_projects() {
     task.starting_ms = Some(60_000);
     assert_eq!(evaluate(&p, &HashMap::new(), T)["projections"].0, HealthStatus::Degraded);
 }
+
+/// `relay_lag_seconds` on a CDC feed is its progress age past a caught-up
+/// reader's delay (it read 0 whatever that age: the CQL backlog's `oldest`
+/// is None with nothing parked), the larger of it and a held event's age;
+/// a position-less feed with nothing held has 0 events, not none.
+#[test]
+fn relay_lag_gauges_count_the_cdc_progress_age() {
+    let now = Utc::now();
+    let cql = Backlog { checkpoint: None, head: None, events: None, oldest: None };
+    let cdc = |secs| Some((Duration::from_secs(secs), Duration::from_secs(86_400)));
+    assert_eq!(relay_lag_gauges(Some(&cql), cdc(7_200), now, &T), (Some(0), Some(7_200.0 - 66.0)));
+    assert_eq!(relay_lag_gauges(Some(&cql), cdc(30), now, &T), (Some(0), Some(0.0)), "caught up");
+    assert_eq!(relay_lag_gauges(None, cdc(7_200), now, &T), (None, Some(7_134.0)), "backlog unread");
+    let held = Backlog { events: Some(4), oldest: Some(now - chrono::Duration::seconds(9_000)), ..cql };
+    assert_eq!(relay_lag_gauges(Some(&held), cdc(100), now, &T), (Some(4), Some(9_000.0)));
+    // SQLite: positions, no CDC age.
+    let sqlite = Backlog {
+        checkpoint: Some(5),
+        head: Some(8),
+        events: Some(3),
+        oldest: Some(now - chrono::Duration::seconds(2)),
+    };
+    assert_eq!(relay_lag_gauges(Some(&sqlite), None, now, &T), (Some(3), Some(2.0)));
+    let unstarted = Backlog { checkpoint: None, head: Some(8), events: None, oldest: None };
+    assert_eq!(relay_lag_gauges(Some(&unstarted), None, now, &T), (None, Some(0.0)));
+    assert_eq!(relay_lag_gauges(None, None, now, &T), (None, None));
+}

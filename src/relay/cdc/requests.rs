@@ -252,7 +252,7 @@ impl CdcRequests {
         let first = (rows.first().and_then(|r| r.sequence()) == Some(from)).then(|| rows.remove(0));
         let held = readable(&agg, rows)?;
         let (record, marker) = discard_of(&self.consumer, &p, first.as_ref(), event_id, reason);
-        record_discard(&*self.store, &record).await?;
+        record_discard(&*self.store, self.deliverer.metrics(), &record).await?;
         let d = self.deliverer.deliver_marker(&marker, shutdown).await;
         if !confirmed(d, || {
             format!("the discard marker of event {event_id} cannot be published; the aggregate stays parked")

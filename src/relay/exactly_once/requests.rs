@@ -41,6 +41,7 @@ impl Txn {
             }
             let ctx = PlanCtx {
                 store: &*self.relay.store,
+                metrics: &self.relay.metrics,
                 consumer: &consumer,
                 parked: self.parked.iter().cloned().collect(),
                 last_pushed: self.last_read,

@@ -125,7 +125,10 @@ impl Txn {
     /// transaction (after the lease is re-checked).
     async fn abort(&mut self, timeout: Duration) -> Option<Outcome> {
         match self.producer.abort_transaction(timeout).await {
-            Ok(()) => None,
+            Ok(()) => {
+                self.relay.metrics.relay_transactions.with_label_values(&["aborted"]).inc();
+                None
+            }
             Err(a) if a.kind == TxnErrorKind::Fenced => Some(classify(a.kind, a.message)),
             Err(a) => Some(Outcome::Fatal(format!("the transaction could not be aborted: {}", a.message))),
         }
