@@ -53,6 +53,11 @@ pub enum DaemonError {
 pub struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
+    /// SIGINT too: `ctrl_c()` registers its handler only when first polled,
+    /// so a Ctrl-C during startup took the default action (killed, the
+    /// lease held until its TTL ran out).
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -60,7 +65,7 @@ impl Signals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            Signals { term: signal(SignalKind::terminate()).ok() }
+            Signals { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
         }
         #[cfg(not(unix))]
         Signals {}
@@ -70,17 +75,17 @@ impl Signals {
     pub async fn recv(&mut self) {
         #[cfg(unix)]
         {
-            let term = async {
-                match self.term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
+            async fn one(s: Option<&mut tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
                     }
                     None => std::future::pending::<()>().await,
                 }
-            };
+            }
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term => {},
+                _ = one(self.int.as_mut()) => {},
+                _ = one(self.term.as_mut()) => {},
             }
         }
         #[cfg(not(unix))]
