@@ -303,7 +303,11 @@ impl Relay {
         );
         let discards = self.discards_after(checkpoint).await?;
         let mut window = Window::new(checkpoint, self.cfg.max_in_flight);
-        window.set_parked(parked.iter().map(|p| AggKey::from(p.parked.aggregate_id.as_str())));
+        window.set_parked(
+            parked
+                .iter()
+                .map(|p| (AggKey::from(p.parked.aggregate_id.as_str()), p.parked.position.unwrap_or(i64::MIN))),
+        );
         self.metrics.dlq_parked_aggregates.set(parked.len() as i64);
         self.status.update(|s| {
             s.running = true;

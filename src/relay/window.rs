@@ -12,8 +12,9 @@
 //! - Watermark: `watermark()` is the highest position p such that every
 //!   event with position <= p that was pushed is done (confirmed, skipped, or
 //!   held behind a durable park record). It never decreases.
-//! - Parked aggregates: events of a parked aggregate are held (dropped from
-//!   the window, counted) as they arrive; `unpark` re-opens the aggregate
+//! - Parked aggregates: events of a parked aggregate from its park position
+//!   on are held (dropped from the window, counted) as they arrive; earlier
+//!   ones (read again after a rewind) flow; `unpark` re-opens the aggregate
 //!   with the events to replay first, on a side lane that does not hold the
 //!   watermark back (they are below it and still covered by the park record
 //!   until the replay completes).
@@ -22,7 +23,7 @@
 //! Its maps hash with foldhash (per-process random seed): SipHash was a
 //! visible part of the per-event cost.
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashMapExt};
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -122,7 +123,10 @@ pub struct Window<T: Fenced> {
     ready: BTreeSet<(i64, Slot)>,
     /// Main-lane open positions (side-lane replays excluded).
     open_positions: BTreeSet<i64>,
-    parked: HashSet<AggKey>,
+    /// Parked aggregates -> the feed position they are parked from: their
+    /// events from there on are held, earlier ones (a rewind reads them
+    /// again) flow.
+    parked: HashMap<AggKey, i64>,
     last_pushed: i64,
     in_flight: usize,
 }
@@ -137,7 +141,7 @@ impl<T: Fenced> Window<T> {
             lanes: HashMap::new(),
             ready: BTreeSet::new(),
             open_positions: BTreeSet::new(),
-            parked: HashSet::new(),
+            parked: HashMap::new(),
             last_pushed: checkpoint,
             in_flight: 0,
         }
@@ -167,15 +171,16 @@ impl<T: Fenced> Window<T> {
     }
 
     pub fn is_parked(&self, agg: &str) -> bool {
-        self.parked.contains(agg)
+        self.parked.contains_key(agg)
     }
 
     pub fn parked(&self) -> impl Iterator<Item = &AggKey> {
-        self.parked.iter()
+        self.parked.keys()
     }
 
-    /// Marks aggregates parked (loaded from the store at start).
-    pub fn set_parked(&mut self, aggs: impl IntoIterator<Item = AggKey>) {
+    /// Marks aggregates parked from a feed position on (loaded from the
+    /// store at start; `i64::MIN` when the record has no position).
+    pub fn set_parked(&mut self, aggs: impl IntoIterator<Item = (AggKey, i64)>) {
         self.parked.extend(aggs);
     }
 
@@ -184,7 +189,7 @@ impl<T: Fenced> Window<T> {
         let pos = item.position();
         debug_assert!(pos > self.last_pushed, "feed positions increase: {pos} after {}", self.last_pushed);
         self.last_pushed = self.last_pushed.max(pos);
-        if self.parked.contains(item.aggregate()) {
+        if self.parked.get(item.aggregate()).is_some_and(|from| pos >= *from) {
             return Pushed::Held;
         }
         self.open_positions.insert(pos);
@@ -349,7 +354,7 @@ impl<T: Fenced> Window<T> {
     /// held as they arrive; earlier ones still flow. The caller must have made
     /// the park durable first.
     pub fn park(&mut self, agg: &AggKey, at: i64) -> Vec<T> {
-        self.parked.insert(agg.clone());
+        self.parked.insert(agg.clone(), at);
         let Some(lane) = self.lanes.remove(agg) else { return Vec::new() };
         let mut keep: Option<Lane> = None;
         let mut drop = Vec::new();

@@ -80,7 +80,7 @@ impl Txn {
                 for row in rows.by_ref() {
                     if matches!(row, FeedRow::Unreadable(_))
                         && !batch.is_empty()
-                        && !self.parked.contains(row.aggregate_key())
+                        && !self.parked.contains_key(row.aggregate_key())
                     {
                         // Commit what precedes the row before parking at it.
                         let before = row.position() - 1;
@@ -105,7 +105,7 @@ impl Txn {
 
     /// A feed row into the batch, or held (parked aggregate; an unreadable row parks its aggregate now).
     async fn admit(&mut self, row: FeedRow) -> Result<Option<Item>, RelayError> {
-        if self.parked.contains(row.aggregate_key()) {
+        if self.parked.get(row.aggregate_key()).is_some_and(|from| row.position() >= *from) {
             return Ok(None);
         }
         match self.discards.replace(row) {
@@ -132,7 +132,7 @@ impl Txn {
             }
         }
         self.relay.pause.crash_point(CRASH_AFTER_PARK);
-        if self.parked.insert(item.aggregate().clone()) {
+        if self.parked.insert(item.aggregate().clone(), item.position()).is_none() {
             count_parked(&self.relay.metrics, &self.relay.status, true);
         }
         tracing::error!(aggregate = %p.aggregate_id, position = ?p.position, error = %p.error, "event can never be published as it is; its aggregate is parked from it on");

@@ -39,7 +39,7 @@ mod publish;
 mod requests;
 mod transaction;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -72,7 +72,9 @@ pub(super) struct Txn {
     pub(super) encoder: Encoder,
     pub(super) breaker: CircuitBreaker,
     pub(super) backoff: Backoff,
-    pub(super) parked: HashSet<AggKey>,
+    /// Parked aggregates -> the feed position they are parked from (events
+    /// before it, read again after a rewind, are published).
+    pub(super) parked: HashMap<AggKey, i64>,
     /// Feed position covered by the last committed transaction (or park records).
     pub(super) position: i64,
     /// Last feed position taken from the reader.
@@ -187,8 +189,11 @@ impl Relay {
                 }
             }
         };
-        let parked: HashSet<AggKey> = match self.store.parked(&self.cfg.consumer_name).await {
-            Ok(v) => v.iter().map(|p| AggKey::from(p.parked.aggregate_id.as_str())).collect(),
+        let parked: HashMap<AggKey, i64> = match self.store.parked(&self.cfg.consumer_name).await {
+            Ok(v) => v
+                .iter()
+                .map(|p| (AggKey::from(p.parked.aggregate_id.as_str()), p.parked.position.unwrap_or(i64::MIN)))
+                .collect(),
             Err(e) => return Err(RelayError::Store(format!("cannot read parked aggregates: {e}"))),
         };
         let discards = self.discards_after(position).await?;

@@ -83,7 +83,7 @@ impl Txn {
                         return Ok(None);
                     }
                     // The rest, without later events of a now parked aggregate.
-                    batch = rest.into_iter().filter(|i| !self.parked.contains(i.aggregate())).collect();
+                    batch = rest.into_iter().filter(|i| !self.parked.contains_key(i.aggregate())).collect();
                     attempts = 0;
                 }
             }

@@ -43,7 +43,7 @@ impl Txn {
                 store: &*self.relay.store,
                 metrics: &self.relay.metrics,
                 consumer: &consumer,
-                parked: self.parked.iter().cloned().collect(),
+                parked: self.parked.keys().cloned().collect(),
                 last_pushed: self.last_read,
                 checkpoint: self.position,
                 positions: true,
@@ -123,7 +123,7 @@ impl Txn {
                         if let Some(exit) = self.publish_replay(r.id, part, items).await? {
                             return Ok(Some(exit));
                         }
-                        if self.parked.contains(&agg) {
+                        if self.parked.contains_key(&agg) {
                             status = RequestStatus::Failed;
                             result = serde_json::json!({ "aggregate_id": agg.to_string(), "error": "an event failed again; parked again" });
                             continue;
