@@ -63,10 +63,17 @@ fn a_request_the_cli_gives_up_on_is_withdrawn_and_never_carried_out_later() {
     assert_eq!(r[1].0, "failed");
     assert!(r[1].1.contains("cancelled: not done within the CLI's --timeout (2s)"), "{r:?}");
 
-    // 3. Kafka back: the next request is carried out; the withdrawn ones stay failed.
+    // 3. Kafka back: the next request is carried out (the checkpoint moves
+    // back: the CLI's own term recorded the rewind done without moving it);
+    // the withdrawn ones stay failed.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("INSERT OR REPLACE INTO checkpoints (consumer, position, updated_at) VALUES ('kafka-relay', 5, '2026-12-06T00:00:00Z')", [])
+        .unwrap();
     let (code, out, err) = cli(&up, &["relay", "rewind", "--to-position", "0"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(r#""status":"done""#), "{out}");
+    assert_eq!(checkpoint(&db, "kafka-relay"), 0, "the checkpoint moved back");
     let r = rows(&db);
     assert_eq!(r.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), vec!["failed", "failed", "done"], "{r:?}");
 

@@ -580,3 +580,103 @@ async fn exactly_once_after_a_spell_of_at_least_once_resumes_at_the_checkpoint()
     );
     assert_eq!(check_order_and_count_dups(&records), 0);
 }
+
+/// A parked aggregate's events before its park position are published when
+/// the relay reads them (from a checkpoint below it: a rewind, a topic
+/// rebuilt from 0); they were held like the later ones, so the rebuilt
+/// topic never had them and no replay brought them back. Both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_before_a_park_position_are_published_when_read_again() {
+    use outboxd::config::DeliveryMode;
+    let Some(brokers) = shared_brokers() else { return };
+    for mode in [DeliveryMode::AtLeastOnce, DeliveryMode::ExactlyOnce] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config(&brokers, &dir.path().join("s.db"));
+        c.relay.delivery = mode;
+        c.relay.consumer_name = format!("park-{}", uuid::Uuid::now_v7().simple());
+        c.relay.progress_topic = format!("{}progress", c.kafka.topic_prefix);
+        let store = open(&c).await;
+        let (parked, free) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        store.append(parked, 0, order_events(parked, 0, 3)).await.unwrap();
+        store.append(free, 0, order_events(free, 0, 2)).await.unwrap();
+        store
+            .park(&outboxd::store::parking::Parked {
+                consumer: c.relay.consumer_name.clone(),
+                aggregate_id: parked.to_string(),
+                aggregate_type: Some("Order".into()),
+                position: Some(3),
+                sequence: Some(3),
+                event_id: None,
+                event_type: None,
+                error: "parked at its third event by the test".into(),
+                parked_at: chrono::Utc::now(),
+            })
+            .await
+            .unwrap();
+        let mut relay = start_relay(&c, store.clone());
+        relay.wait_checkpoint(5, Duration::from_secs(60)).await;
+        // Up to 6 records within 5 s: the held third event would show.
+        let records = consume_all(&brokers, &topics(&c), 6, Duration::from_secs(5));
+        let seqs = |agg: uuid::Uuid| -> Vec<String> {
+            records.iter().filter(|r| r.key == agg.to_string()).map(|r| r.headers["ce_sequence"].clone()).collect()
+        };
+        assert_eq!(seqs(parked), ["1", "2"], "{mode:?}: the events before the park position, not the parked one");
+        assert_eq!(seqs(free), ["1", "2"], "{mode:?}");
+        relay.stop().await;
+    }
+}
+
+/// A replay whose held events were published but whose park record cannot
+/// be removed is reported failed (it was reported done, and the aggregate
+/// was parked again at the next start with nothing said).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_whose_park_record_stays_is_reported_failed() {
+    use outboxd::store::faults::UNPARK;
+    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(&brokers, &dir.path().join("s.db"));
+    let store = open(&c).await;
+    let order = uuid::Uuid::now_v7();
+    store.append(order, 0, order_events(order, 0, 2)).await.unwrap();
+    store
+        .park(&outboxd::store::parking::Parked {
+            consumer: c.relay.consumer_name.clone(),
+            aggregate_id: order.to_string(),
+            aggregate_type: Some("Order".into()),
+            position: Some(2),
+            sequence: Some(2),
+            event_id: None,
+            event_type: None,
+            error: "parked by the test".into(),
+            parked_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(2, Duration::from_secs(60)).await;
+    // Every attempt of the unpark fails (it is retried 5 times).
+    store.faults().expect("the SQLite store has the fault seam").fail_next(UNPARK, 5);
+    let replay = RelayRequest::new(
+        &c.relay.consumer_name,
+        RequestKind::ReplayAggregate { aggregate_id: order.to_string() },
+        "test",
+    );
+    store.request_submit(&replay).await.unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let r = store.request_get(replay.id).await.unwrap().unwrap();
+            if matches!(r.status, RequestStatus::Done | RequestStatus::Failed) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the replay finishes");
+    assert_eq!(finished.status, RequestStatus::Failed, "{:?}", finished.result);
+    let why = finished.result.as_ref().unwrap()["error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("park record could not be removed"), "{why}");
+    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 1, "the record is still there");
+    relay.stop().await;
+}

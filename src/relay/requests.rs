@@ -144,8 +144,21 @@ impl Run {
             if !agg.is_empty() {
                 match self.unpark(&agg).await {
                     Ok(_) => self.unparked(),
+                    // The request stays running: the next holder takes it over.
+                    Err(StoreError::Fenced { .. }) => {
+                        self.request_parts.remove(&request);
+                        self.producer.purge();
+                        self.exit = Some(Exit::LeaseLost);
+                        continue;
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, aggregate = %agg, "held events were published but the park record could not be removed; a later replay re-sends them");
+                        self.request_parts.remove(&request);
+                        let error =
+                            format!("the held events were published but the park record could not be removed: {e}");
+                        let result = json!({ "aggregate_id": agg.to_string(), "error": error });
+                        self.finish_request(request, RequestStatus::Failed, result).await;
+                        continue;
                     }
                 }
             }

@@ -129,7 +129,9 @@ impl Run {
                     self.relay.status.flush();
                     self.poll_requests().await;
                     if self.relay.requests_only && self.request_parts.is_empty() && self.window.is_empty() {
-                        return self.finish(Exit::Shutdown, &mut completions).await;
+                        // A rewind ends the term through `finish`, which moves the checkpoint back.
+                        let exit = self.exit.take().unwrap_or(Exit::Shutdown);
+                        return self.finish(exit, &mut completions).await;
                     }
                     if let Some(f) = self.producer.fatal_error() {
                         self.producer.purge();
