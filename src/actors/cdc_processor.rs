@@ -81,6 +81,7 @@ async fn run_cdc_relay(
     };
     while_active_prepared(lease.as_ref(), shutdown, on_role, prepare, |epoch, warm, term| {
         let (deps, cql, sink, status) = (deps.clone(), cql.clone(), sink.clone(), status.clone());
+        let lease_rx = lease.as_ref().map(|l| l.state());
         async move {
             status.update(|st| {
                 st.role = epoch.map(|epoch| Role::Active { epoch }).unwrap_or(Role::Unfenced);
@@ -99,7 +100,8 @@ async fn run_cdc_relay(
             )
             .await
             .map_err(|e| failed(e.message))?
-            .with_epoch(epoch);
+            .with_epoch(epoch)
+            .with_lease(lease_rx);
             let res = run_relay_feed(cql, &deps.cfg, Arc::new(deliverer), &deps.metrics, epoch, term).await;
             drop(watch);
             // This term's producer is gone: its broker state is not known any

@@ -103,6 +103,9 @@ pub struct Deliverer {
     status: StatusTx,
     /// The relay lease's epoch: park records are written under it.
     epoch: Option<i64>,
+    /// The lease's state: nothing is sent once it is no longer held at
+    /// `epoch` (the reader may still hand over rows from its window).
+    lease: Option<tokio::sync::watch::Receiver<crate::lease::keeper::LeaseState>>,
 }
 
 impl Deliverer {
@@ -157,6 +160,7 @@ impl Deliverer {
             metrics,
             status,
             epoch: None,
+            lease: None,
         })
     }
 
@@ -167,8 +171,24 @@ impl Deliverer {
         self
     }
 
+    /// Sends stop as soon as the lease is not held at this deliverer's epoch
+    /// any more (`Delivered::Fenced`): a term that lost it used to publish
+    /// what its reader still handed over until the reader stopped, seconds
+    /// after a standby took over.
+    pub fn with_lease(mut self, lease: Option<tokio::sync::watch::Receiver<crate::lease::keeper::LeaseState>>) -> Self {
+        self.lease = lease;
+        self
+    }
+
     pub fn epoch(&self) -> Option<i64> {
         self.epoch
+    }
+
+    fn lease_gone(&self) -> bool {
+        match (&self.lease, self.epoch) {
+            (Some(rx), Some(epoch)) => rx.borrow().active_epoch() != Some(epoch),
+            _ => false,
+        }
     }
 
     /// The retry schedule of this relay (`relay.retry`).
@@ -227,6 +247,9 @@ impl Deliverer {
     async fn publish(&self, out: Out<'_>, shutdown: &mut Shutdown) -> Delivered {
         let mut attempts: u32 = 0;
         loop {
+            if self.lease_gone() {
+                return Delivered::Fenced;
+            }
             // Wait while the breaker is open.
             loop {
                 let now = Instant::now();

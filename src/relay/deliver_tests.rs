@@ -109,3 +109,42 @@ async fn a_park_at_a_stale_epoch_is_refused_and_stops_the_reader() {
     assert!(store.parked(&config.relay.consumer_name).await.unwrap().is_empty(), "no park record from a zombie");
     assert!(!d.is_parked(&bad.to_string()));
 }
+
+/// Review finding: a CDC term that lost its lease kept publishing what its
+/// reader still handed over (its window, up to the reader's stop grace)
+/// after a standby took over. Nothing is sent once the lease is not held at
+/// the deliverer's epoch; no broker is needed to see it (a send would wait
+/// for one that does not answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_sent_once_the_lease_is_not_held_at_its_epoch() {
+    use crate::lease::keeper::LeaseState;
+    let Some((d, _store, _config)) = deliverer("deliver: lease gone", PermanentFailurePolicy::ParkAggregate).await
+    else {
+        return;
+    };
+    let (tx, rx) = tokio::sync::watch::channel(LeaseState::Active { epoch: 4 });
+    let d = d.with_epoch(Some(4)).with_lease(Some(rx));
+    let env = crate::envelope::EventEnvelope {
+        event_id: Uuid::now_v7(),
+        aggregate_type: "order".into(),
+        aggregate_id: Uuid::now_v7(),
+        sequence: 1,
+        event_type: "OrderCreated".into(),
+        schema_version: 2,
+        payload: serde_json::json!({}),
+        causation_id: None,
+        correlation_id: Uuid::now_v7(),
+        timestamp: chrono::Utc::now(),
+        trace: None,
+    };
+    let raw = RawEvent::from_envelope(&env, 0).unwrap();
+    let trigger = Trigger::new();
+    let mut shutdown = trigger.subscribe();
+    for gone in [LeaseState::Lost { epoch: 4 }, LeaseState::Active { epoch: 5 }] {
+        tx.send(gone.clone()).unwrap();
+        let d = tokio::time::timeout(std::time::Duration::from_secs(10), d.deliver(&raw, &mut shutdown))
+            .await
+            .unwrap_or_else(|_| panic!("{gone:?}: the deliverer tried to send"));
+        assert!(matches!(d, Delivered::Fenced), "{gone:?}: {d:?}");
+    }
+}
