@@ -680,3 +680,50 @@ async fn a_replay_whose_park_record_stays_is_reported_failed() {
     assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 1, "the record is still there");
     relay.stop().await;
 }
+
+/// The discard marker of an unreadable customer row goes to
+/// `customer-events`, where its aggregate's other events are (the park
+/// record had no aggregate type, and the marker defaulted to `order`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_marker_of_a_discarded_unreadable_row_goes_to_its_aggregates_topic() {
+    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(&brokers, &dir.path().join("s.db"));
+    let store = open(&c).await;
+    let (customer, event) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    rusqlite::Connection::open(&c.store.path)
+        .unwrap()
+        .execute(
+            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, correlation_id, timestamp) \
+             VALUES (?1, 'customer', ?2, 1, 'CustomerRegistered', 1, '{not json', ?3, '2026-12-06T00:00:00.000Z')",
+            (event.to_string(), customer.to_string(), uuid::Uuid::now_v7().to_string()),
+        )
+        .unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(1, Duration::from_secs(60)).await;
+    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 1, "parked at its unreadable row");
+    let discard = RelayRequest::new(
+        &c.relay.consumer_name,
+        RequestKind::Discard { event_id: event.to_string(), reason: "written by a broken tool".into() },
+        "test",
+    );
+    store.request_submit(&discard).await.unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let r = store.request_get(discard.id).await.unwrap().unwrap();
+            if matches!(r.status, RequestStatus::Done | RequestStatus::Failed) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the discard finishes");
+    assert_eq!(finished.status, RequestStatus::Done, "{:?}", finished.result);
+    let records = consume_all(&brokers, &topics(&c), 2, Duration::from_secs(5));
+    let found: Vec<(&str, &str)> = records.iter().map(|r| (r.topic.as_str(), r.headers["ce_type"].as_str())).collect();
+    let topic = format!("{}customer-events", c.kafka.topic_prefix);
+    assert_eq!(found, vec![(topic.as_str(), "outboxd.EventDiscarded")], "one marker, on the customer topic");
+    relay.stop().await;
+}

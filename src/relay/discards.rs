@@ -97,6 +97,7 @@ mod tests {
             sequence: Some(2),
             event_id: Some(Uuid::now_v7().to_string()),
             event_type: Some("OrderItemsUpdated".into()),
+            aggregate_type: Some("order".into()),
             error: "payload is not JSON".into(),
         })
     }

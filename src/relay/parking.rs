@@ -180,7 +180,7 @@ pub fn parked_record(consumer: &str, item: &Item, e: &PublishError) -> Parked {
         Item::Unreadable(u) => Parked {
             consumer,
             aggregate_id: u.aggregate_key.to_string(),
-            aggregate_type: None,
+            aggregate_type: u.aggregate_type.clone(),
             position: Some(u.position),
             sequence: u.sequence,
             event_id: u.event_id.clone(),

@@ -63,6 +63,9 @@ pub struct Unreadable {
     /// The event id column as stored, if any.
     pub event_id: Option<String>,
     pub event_type: Option<String>,
+    /// The aggregate type column as stored, if any (where the marker of a
+    /// discard of this row goes).
+    pub aggregate_type: Option<String>,
     pub error: String,
 }
 

@@ -121,6 +121,7 @@ impl EnvelopeSink for Deliverer {
             sequence: row.sequence,
             event_id: row.event_id.map(|e| e.to_string()),
             event_type: None,
+            aggregate_type: None,
             error: row.error.to_string(),
         };
         settled(self.give_up_unreadable(unreadable, shutdown).await, self)

@@ -109,6 +109,7 @@ impl EventRow {
                 sequence: Some(sequence),
                 event_id: event_id.map(|u| u.to_string()),
                 event_type: self.event_type.clone(),
+                aggregate_type: self.aggregate_type.clone(),
                 error,
             })
         };

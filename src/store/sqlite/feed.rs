@@ -54,6 +54,7 @@ pub(super) fn feed_row(r: &Row<'_>) -> FeedRow {
             sequence: int(col(4)),
             event_id: text(col(1)),
             event_type: text(col(5)),
+            aggregate_type: text(col(2)),
             error,
         }),
     }
