@@ -24,6 +24,13 @@ fn topics(c: &Config) -> Vec<String> {
     topic_names(c.kafka.per_event_type(), &c.kafka.topic_prefix)
 }
 
+/// Exactly-once delivery under a consumer and progress topic of its own.
+fn exactly_once(c: &mut Config) {
+    c.relay.delivery = outboxd::config::DeliveryMode::ExactlyOnce;
+    c.relay.consumer_name = format!("eos-{}", uuid::Uuid::now_v7().simple());
+    c.relay.progress_topic = format!("{}progress", c.kafka.topic_prefix);
+}
+
 async fn open(c: &Config) -> DynStore {
     SqliteStore::open(&c.store.path, c.store.sqlite.clone()).await.unwrap()
 }
@@ -198,20 +205,7 @@ async fn a_term_that_cannot_read_the_parked_list_publishes_nothing() {
     let (parked, free) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     store.append(parked, 0, order_events(parked, 0, 3)).await.unwrap();
     store.append(free, 0, order_events(free, 0, 2)).await.unwrap();
-    store
-        .park(&outboxd::store::parking::Parked {
-            consumer: c.relay.consumer_name.clone(),
-            aggregate_id: parked.to_string(),
-            aggregate_type: Some("Order".into()),
-            position: Some(1),
-            sequence: Some(1),
-            event_id: None,
-            event_type: None,
-            error: "parked by the test".into(),
-            parked_at: chrono::Utc::now(),
-        })
-        .await
-        .unwrap();
+    store.park(&order_parked_at(&c.relay.consumer_name, parked, 1)).await.unwrap();
 
     let (relay, mut status) = Relay::standalone(&c, store.clone(), Metrics::new());
     let trigger = Trigger::new();
@@ -248,9 +242,7 @@ async fn exactly_once_replay_that_fails_again_keeps_the_progress() {
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut c = test_config(&brokers, &dir.path().join("s.db"));
-    c.relay.delivery = outboxd::config::DeliveryMode::ExactlyOnce;
-    c.relay.consumer_name = format!("eos-{}", uuid::Uuid::now_v7().simple());
-    c.relay.progress_topic = format!("{}progress", c.kafka.topic_prefix);
+    exactly_once(&mut c);
     c.relay.retry.initial_backoff_ms = 10;
     c.relay.retry.max_backoff_ms = 50;
     c.kafka.compression = outboxd::config::Compression::None;
@@ -302,17 +294,7 @@ async fn exactly_once_replay_that_fails_again_keeps_the_progress() {
         "test",
     );
     store.request_submit(&replay).await.unwrap();
-    let finished = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let r = store.request_get(replay.id).await.unwrap().unwrap();
-            if matches!(r.status, RequestStatus::Done | RequestStatus::Failed) {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the replay finishes");
+    let finished = request_finished(&store, replay.id).await;
     assert_eq!(finished.status, RequestStatus::Failed, "the third event failed again: {:?}", finished.result);
     assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 1, "parked again, at its third event");
 
@@ -435,27 +417,11 @@ async fn a_rewind_whose_checkpoint_write_fails_is_reported_failed() {
     let mut relay = start_relay(&c, store.clone());
     relay.wait_checkpoint(3, Duration::from_secs(60)).await;
     let name = &c.relay.consumer_name;
-    let finished = |id: uuid::Uuid| {
-        let store = store.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(60), async {
-                loop {
-                    let r = store.request_get(id).await.unwrap().unwrap();
-                    if matches!(r.status, RequestStatus::Done | RequestStatus::Failed) {
-                        return r;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            })
-            .await
-            .expect("the rewind finishes")
-        }
-    };
 
     store.faults().expect("the SQLite store has the fault seam").fail_next(CHECKPOINT, 1);
     let rewind = RelayRequest::new(name, RequestKind::RewindToPosition { position: 0 }, "test");
     store.request_submit(&rewind).await.unwrap();
-    let r = finished(rewind.id).await;
+    let r = request_finished(&store, rewind.id).await;
     assert_eq!(r.status, RequestStatus::Failed, "{:?}", r.result);
     assert!(r.result.as_ref().unwrap()["error"].as_str().unwrap_or_default().contains("injected"), "{:?}", r.result);
     assert_eq!(relay.metrics.relay_rewinds.get(), 0, "a rewind that did not happen is not counted");
@@ -466,7 +432,7 @@ async fn a_rewind_whose_checkpoint_write_fails_is_reported_failed() {
 
     let rewind = RelayRequest::new(name, RequestKind::RewindToPosition { position: 0 }, "test");
     store.request_submit(&rewind).await.unwrap();
-    let r = finished(rewind.id).await;
+    let r = request_finished(&store, rewind.id).await;
     assert_eq!(r.status, RequestStatus::Done, "{:?}", r.result);
     assert_eq!(r.result.as_ref().unwrap()["rewound_to"], 0, "{:?}", r.result);
     assert_eq!(relay.metrics.relay_rewinds.get(), 1);
@@ -493,9 +459,7 @@ async fn exactly_once_dead_letter_replay_that_fails_again_keeps_the_letter() {
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut c = test_config(&brokers, &dir.path().join("s.db"));
-    c.relay.delivery = outboxd::config::DeliveryMode::ExactlyOnce;
-    c.relay.consumer_name = format!("eos-{}", uuid::Uuid::now_v7().simple());
-    c.relay.progress_topic = format!("{}progress", c.kafka.topic_prefix);
+    exactly_once(&mut c);
     c.relay.retry.initial_backoff_ms = 10;
     c.relay.retry.max_backoff_ms = 50;
     c.kafka.compression = outboxd::config::Compression::None;
@@ -523,17 +487,7 @@ async fn exactly_once_dead_letter_replay_that_fails_again_keeps_the_letter() {
 
     let replay = RelayRequest::new(&c.relay.consumer_name, RequestKind::ReplayDeadLetters { ids: None }, "test");
     store.request_submit(&replay).await.unwrap();
-    let finished = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let r = store.request_get(replay.id).await.unwrap().unwrap();
-            if matches!(r.status, RequestStatus::Done | RequestStatus::Failed) {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the replay finishes");
+    let finished = request_finished(&store, replay.id).await;
     assert_eq!(finished.status, RequestStatus::Failed, "{:?}", finished.result);
     assert_eq!(finished.result.as_ref().unwrap()["id"], letters[1].id.to_string(), "{:?}", finished.result);
     let mut left: Vec<uuid::Uuid> = store.dlq_list(10).await.unwrap().into_iter().map(|l| l.id).collect();
@@ -556,9 +510,7 @@ async fn exactly_once_after_a_spell_of_at_least_once_resumes_at_the_checkpoint()
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut c = test_config(&brokers, &dir.path().join("s.db"));
-    c.relay.delivery = DeliveryMode::ExactlyOnce;
-    c.relay.consumer_name = format!("eos-{}", uuid::Uuid::now_v7().simple());
-    c.relay.progress_topic = format!("{}progress", c.kafka.topic_prefix);
+    exactly_once(&mut c);
     let store = open(&c).await;
     let mut head = 0;
     for (mode, n) in [(DeliveryMode::ExactlyOnce, 3), (DeliveryMode::AtLeastOnce, 2), (DeliveryMode::ExactlyOnce, 1)] {
@@ -599,20 +551,7 @@ async fn events_before_a_park_position_are_published_when_read_again() {
         let (parked, free) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
         store.append(parked, 0, order_events(parked, 0, 3)).await.unwrap();
         store.append(free, 0, order_events(free, 0, 2)).await.unwrap();
-        store
-            .park(&outboxd::store::parking::Parked {
-                consumer: c.relay.consumer_name.clone(),
-                aggregate_id: parked.to_string(),
-                aggregate_type: Some("Order".into()),
-                position: Some(3),
-                sequence: Some(3),
-                event_id: None,
-                event_type: None,
-                error: "parked at its third event by the test".into(),
-                parked_at: chrono::Utc::now(),
-            })
-            .await
-            .unwrap();
+        store.park(&order_parked_at(&c.relay.consumer_name, parked, 3)).await.unwrap();
         let mut relay = start_relay(&c, store.clone());
         relay.wait_checkpoint(5, Duration::from_secs(60)).await;
         // Up to 6 records within 5 s: the held third event would show.
@@ -639,20 +578,7 @@ async fn a_replay_whose_park_record_stays_is_reported_failed() {
     let store = open(&c).await;
     let order = uuid::Uuid::now_v7();
     store.append(order, 0, order_events(order, 0, 2)).await.unwrap();
-    store
-        .park(&outboxd::store::parking::Parked {
-            consumer: c.relay.consumer_name.clone(),
-            aggregate_id: order.to_string(),
-            aggregate_type: Some("Order".into()),
-            position: Some(2),
-            sequence: Some(2),
-            event_id: None,
-            event_type: None,
-            error: "parked by the test".into(),
-            parked_at: chrono::Utc::now(),
-        })
-        .await
-        .unwrap();
+    store.park(&order_parked_at(&c.relay.consumer_name, order, 2)).await.unwrap();
     let mut relay = start_relay(&c, store.clone());
     relay.wait_checkpoint(2, Duration::from_secs(60)).await;
     // Every attempt of the unpark fails (it is retried 5 times).
@@ -663,17 +589,7 @@ async fn a_replay_whose_park_record_stays_is_reported_failed() {
         "test",
     );
     store.request_submit(&replay).await.unwrap();
-    let finished = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let r = store.request_get(replay.id).await.unwrap().unwrap();
-            if matches!(r.status, RequestStatus::Done | RequestStatus::Failed) {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the replay finishes");
+    let finished = request_finished(&store, replay.id).await;
     assert_eq!(finished.status, RequestStatus::Failed, "{:?}", finished.result);
     let why = finished.result.as_ref().unwrap()["error"].as_str().unwrap_or_default().to_string();
     assert!(why.contains("park record could not be removed"), "{why}");
@@ -709,17 +625,7 @@ async fn the_marker_of_a_discarded_unreadable_row_goes_to_its_aggregates_topic()
         "test",
     );
     store.request_submit(&discard).await.unwrap();
-    let finished = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let r = store.request_get(discard.id).await.unwrap().unwrap();
-            if matches!(r.status, RequestStatus::Done | RequestStatus::Failed) {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the discard finishes");
+    let finished = request_finished(&store, discard.id).await;
     assert_eq!(finished.status, RequestStatus::Done, "{:?}", finished.result);
     let records = consume_all(&brokers, &topics(&c), 2, Duration::from_secs(5));
     let found: Vec<(&str, &str)> = records.iter().map(|r| (r.topic.as_str(), r.headers["ce_type"].as_str())).collect();

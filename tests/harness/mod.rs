@@ -19,6 +19,7 @@ pub mod load;
 pub mod metrics;
 pub mod oauth;
 pub mod read_models;
+pub mod requests;
 pub mod sqlite;
 
 pub use check::*;
@@ -33,6 +34,7 @@ pub use http::*;
 pub use kafka::*;
 pub use load::*;
 pub use metrics::*;
+pub use requests::*;
 pub use sqlite::*;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,40 @@
+//! Relay requests and park records as a library test writes them and waits
+//! for them through the store (the relay under test carries them out).
+
+use std::time::Duration;
+use uuid::Uuid;
+
+use outboxd::store::parking::Parked;
+use outboxd::store::requests::{RelayRequest, RequestStatus};
+use outboxd::store::DynStore;
+
+/// Request `id` once it is done or failed (panics after 60 s).
+pub async fn request_finished(store: &DynStore, id: Uuid) -> RelayRequest {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let r = store.request_get(id).await.unwrap().expect("the request row");
+            if matches!(r.status, RequestStatus::Done | RequestStatus::Failed) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("request {id} not finished after 60 s"))
+}
+
+/// The park record of order `aggregate` at feed `position` (its sequence
+/// the same), as a relay writes one.
+pub fn order_parked_at(consumer: &str, aggregate: Uuid, position: i64) -> Parked {
+    Parked {
+        consumer: consumer.to_string(),
+        aggregate_id: aggregate.to_string(),
+        aggregate_type: Some("Order".into()),
+        position: Some(position),
+        sequence: Some(position),
+        event_id: None,
+        event_type: None,
+        error: "parked by the test".into(),
+        parked_at: chrono::Utc::now(),
+    }
+}
