@@ -633,3 +633,38 @@ async fn the_marker_of_a_discarded_unreadable_row_goes_to_its_aggregates_topic()
     assert_eq!(found, vec![(topic.as_str(), "outboxd.EventDiscarded")], "one marker, on the customer topic");
     relay.stop().await;
 }
+
+/// Exactly-once: a batch split around an event refused for good keeps a
+/// parked aggregate's events before its park position (read again after a
+/// rewind); the split filtered the rest by aggregate alone and dropped them
+/// while the progress moved past.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_split_keeps_events_before_a_park_position() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&brokers, &dir.path().join("s.db"));
+    exactly_once(&mut c);
+    c.relay.retry.initial_backoff_ms = 10;
+    c.relay.retry.max_backoff_ms = 50;
+    c.kafka.compression = outboxd::config::Compression::None;
+    let topic = format!("{}order-events", c.kafka.topic_prefix);
+    let (b, t) = (brokers.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || create_topic(&b, &t, 3, &[("max.message.bytes", "6000")])).await.unwrap();
+    let store = open(&c).await;
+    let (big, parked) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let mut env = order_events(big, 0, 1).remove(0);
+    env.payload["note"] = serde_json::Value::String("x".repeat(8000));
+    store.append(big, 0, vec![env]).await.unwrap(); // position 1, over the topic's limit
+    store.append(parked, 0, order_events(parked, 0, 3)).await.unwrap(); // positions 2-4
+    store.park(&order_parked_at(&c.relay.consumer_name, parked, 4)).await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(4, Duration::from_secs(60)).await;
+    let records = consume_all(&brokers, std::slice::from_ref(&topic), 4, Duration::from_secs(5));
+    let seqs = |agg: uuid::Uuid| -> Vec<String> {
+        records.iter().filter(|r| r.key == agg.to_string()).map(|r| r.headers["ce_sequence"].clone()).collect()
+    };
+    assert_eq!(seqs(parked), ["1", "2"], "the events before the park position, once");
+    assert!(seqs(big).is_empty());
+    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 2, "the big one parked too");
+    relay.stop().await;
+}

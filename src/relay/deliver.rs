@@ -172,7 +172,7 @@ impl Deliverer {
     }
 
     /// Sends stop as soon as the lease is not held at this deliverer's epoch
-    /// any more (`Delivered::Fenced`): a term that lost it used to publish
+    /// any more (`Delivered::Shutdown`): a term that lost it used to publish
     /// what its reader still handed over until the reader stopped, seconds
     /// after a standby took over.
     pub fn with_lease(mut self, lease: Option<tokio::sync::watch::Receiver<crate::lease::keeper::LeaseState>>) -> Self {
@@ -248,7 +248,10 @@ impl Deliverer {
         let mut attempts: u32 = 0;
         loop {
             if self.lease_gone() {
-                return Delivered::Fenced;
+                // Nothing more is sent; the reader stops as on shutdown (the
+                // term ends and this instance stands by, a request stays
+                // claimed for the next leader) rather than failing.
+                return Delivered::Shutdown;
             }
             // Wait while the breaker is open.
             loop {

@@ -145,6 +145,6 @@ async fn nothing_is_sent_once_the_lease_is_not_held_at_its_epoch() {
         let d = tokio::time::timeout(std::time::Duration::from_secs(10), d.deliver(&raw, &mut shutdown))
             .await
             .unwrap_or_else(|_| panic!("{gone:?}: the deliverer tried to send"));
-        assert!(matches!(d, Delivered::Fenced), "{gone:?}: {d:?}");
+        assert!(matches!(d, Delivered::Shutdown), "{gone:?}: {d:?}");
     }
 }

@@ -342,25 +342,13 @@ pub async fn plan(ctx: &PlanCtx<'_>, r: &RelayRequest) -> Result<Vec<Plan>, Stri
     }
 }
 
-/// Why a replay of an aggregate has nothing to do: it is not parked (in
-/// the relay's memory), or its park record is gone. A term resuming a
-/// replay its former term committed takes these, and only these, to mean
-/// that term also did the store's part.
-pub(crate) const NOT_PARKED: &str = "is not parked";
-pub(crate) const NO_PARK_RECORD: &str = "has no park record";
-
-/// True when plan error `e` says the aggregate was already unparked.
-pub(crate) fn already_unparked(e: &str) -> bool {
-    e.ends_with(NOT_PARKED) || e.ends_with(NO_PARK_RECORD)
-}
-
 async fn unpark_plan(ctx: &PlanCtx<'_>, agg: &AggKey, first: Option<Item>) -> Result<Plan, String> {
     if !ctx.parked.contains(agg) {
-        return Err(format!("aggregate {agg} {NOT_PARKED}"));
+        return Err(format!("aggregate {agg} is not parked"));
     }
     let parked = ctx.store.parked(ctx.consumer).await.map_err(|e| e.to_string())?;
     let Some(p) = parked.into_iter().find(|p| *p.parked.aggregate_id == **agg) else {
-        return Err(format!("aggregate {agg} {NO_PARK_RECORD}"));
+        return Err(format!("aggregate {agg} has no park record"));
     };
     let up_to = ctx.positions.then_some(ctx.last_pushed);
     let rows =

@@ -73,6 +73,10 @@ impl Txn {
                         {
                             return Ok(Some(exit));
                         }
+                        if self.letter_failed.is_some() {
+                            // A letter of the prefix failed for good: the replay ends there.
+                            return Ok(None);
+                        }
                     }
                     if let Some(exit) = self.solo(suspect.clone(), err, shutdown).await? {
                         return Ok(Some(exit));
@@ -82,8 +86,12 @@ impl Txn {
                         // committed stays a prefix (the replay mark says so).
                         return Ok(None);
                     }
-                    // The rest, without later events of a now parked aggregate.
-                    batch = rest.into_iter().filter(|i| !self.parked.contains_key(i.aggregate())).collect();
+                    // The rest, without the events of a parked aggregate from its
+                    // park position on (earlier ones, read again after a rewind, go).
+                    batch = rest
+                        .into_iter()
+                        .filter(|i| self.parked.get(i.aggregate()).is_none_or(|from| i.position() < *from))
+                        .collect();
                     attempts = 0;
                 }
             }

@@ -16,7 +16,7 @@ use super::{Outcome, Txn};
 use crate::relay::parking::count_parked;
 use crate::relay::pipeline::{Exit, Item, RelayError};
 use crate::relay::progress::LETTERS;
-use crate::relay::requests::{already_unparked, plan, Plan, PlanCtx};
+use crate::relay::requests::{plan, Plan, PlanCtx};
 use crate::relay::window::Fenced;
 use crate::shutdown::Shutdown;
 use crate::store::requests::RequestStatus;
@@ -53,18 +53,15 @@ impl Txn {
                 Ok(p) => p,
                 // The former term committed this replay and did the store's
                 // part (nothing is parked or left to replay), then stopped
-                // before recording the outcome. Any other error (a store
-                // read that failed) is not that: the request stays open.
-                Err(e) if self.resumed.as_ref().is_some_and(|m| m.request == r.id) && already_unparked(&e) => {
+                // before recording the outcome. (Ending the term instead, on
+                // an error that is not that, fails every later term the same
+                // way: a dead letter already removed, a discard carried out.)
+                Err(e) if self.resumed.as_ref().is_some_and(|m| m.request == r.id) => {
                     self.resumed = None;
                     tracing::info!(request = %r.id, reason = %e, "a replay the former term carried out; recorded as done");
                     let result = serde_json::json!({ "events": 0, "note": "carried out before a restart" });
                     self.finish(r.id, RequestStatus::Done, result).await;
                     continue;
-                }
-                Err(e) if self.resumed.as_ref().is_some_and(|m| m.request == r.id) => {
-                    tracing::warn!(request = %r.id, error = %e, "cannot plan the replay the former term began; the next term tries again");
-                    return Err(RelayError::Store(format!("cannot resume replay {}: {e}", r.id)));
                 }
                 Err(e) => {
                     self.finish(r.id, RequestStatus::Failed, serde_json::json!({ "error": e })).await;
