@@ -31,6 +31,21 @@ fn exactly_once(c: &mut Config) {
     c.relay.progress_topic = format!("{}progress", c.kafka.topic_prefix);
 }
 
+/// Exactly-once with quick retries, no compression, and an order topic that
+/// refuses records over 6000 bytes: (config, that topic, the store).
+async fn exactly_once_small_topic(brokers: &str, dir: &std::path::Path) -> (Config, String, DynStore) {
+    let mut c = test_config(brokers, &dir.join("s.db"));
+    exactly_once(&mut c);
+    c.relay.retry.initial_backoff_ms = 10;
+    c.relay.retry.max_backoff_ms = 50;
+    c.kafka.compression = outboxd::config::Compression::None;
+    let topic = format!("{}order-events", c.kafka.topic_prefix);
+    let (b, t) = (brokers.to_string(), topic.clone());
+    tokio::task::spawn_blocking(move || create_topic(&b, &t, 3, &[("max.message.bytes", "6000")])).await.unwrap();
+    let store = open(&c).await;
+    (c, topic, store)
+}
+
 async fn open(c: &Config) -> DynStore {
     SqliteStore::open(&c.store.path, c.store.sqlite.clone()).await.unwrap()
 }
@@ -241,15 +256,7 @@ async fn exactly_once_replay_that_fails_again_keeps_the_progress() {
     use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = test_config(&brokers, &dir.path().join("s.db"));
-    exactly_once(&mut c);
-    c.relay.retry.initial_backoff_ms = 10;
-    c.relay.retry.max_backoff_ms = 50;
-    c.kafka.compression = outboxd::config::Compression::None;
-    let topic = format!("{}order-events", c.kafka.topic_prefix);
-    let (b, t) = (brokers.clone(), topic.clone());
-    tokio::task::spawn_blocking(move || create_topic(&b, &t, 3, &[("max.message.bytes", "6000")])).await.unwrap();
-    let store = open(&c).await;
+    let (c, topic, store) = exactly_once_small_topic(&brokers, dir.path()).await;
     let svc = CommandService::new(store.clone(), ServiceOptions::default());
     let eur = Currency::new("EUR").unwrap();
     let items = |n: usize, tag: &str| -> Vec<OrderItem> {
@@ -458,15 +465,7 @@ async fn exactly_once_dead_letter_replay_that_fails_again_keeps_the_letter() {
     use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = test_config(&brokers, &dir.path().join("s.db"));
-    exactly_once(&mut c);
-    c.relay.retry.initial_backoff_ms = 10;
-    c.relay.retry.max_backoff_ms = 50;
-    c.kafka.compression = outboxd::config::Compression::None;
-    let topic = format!("{}order-events", c.kafka.topic_prefix);
-    let (b, t) = (brokers.clone(), topic.clone());
-    tokio::task::spawn_blocking(move || create_topic(&b, &t, 3, &[("max.message.bytes", "6000")])).await.unwrap();
-    let store = open(&c).await;
+    let (c, topic, store) = exactly_once_small_topic(&brokers, dir.path()).await;
     // Three orders' events, published before (the checkpoint is past them),
     // each a dead letter now; the second is over the topic's limit.
     let mut letters = Vec::new();
@@ -642,15 +641,7 @@ async fn the_marker_of_a_discarded_unreadable_row_goes_to_its_aggregates_topic()
 async fn exactly_once_split_keeps_events_before_a_park_position() {
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = test_config(&brokers, &dir.path().join("s.db"));
-    exactly_once(&mut c);
-    c.relay.retry.initial_backoff_ms = 10;
-    c.relay.retry.max_backoff_ms = 50;
-    c.kafka.compression = outboxd::config::Compression::None;
-    let topic = format!("{}order-events", c.kafka.topic_prefix);
-    let (b, t) = (brokers.clone(), topic.clone());
-    tokio::task::spawn_blocking(move || create_topic(&b, &t, 3, &[("max.message.bytes", "6000")])).await.unwrap();
-    let store = open(&c).await;
+    let (c, topic, store) = exactly_once_small_topic(&brokers, dir.path()).await;
     let (big, parked) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let mut env = order_events(big, 0, 1).remove(0);
     env.payload["note"] = serde_json::Value::String("x".repeat(8000));
