@@ -153,11 +153,9 @@ impl Run {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, aggregate = %agg, "held events were published but the park record could not be removed; a later replay re-sends them");
-                        self.request_parts.remove(&request);
                         let error =
                             format!("the held events were published but the park record could not be removed: {e}");
-                        let result = json!({ "aggregate_id": agg.to_string(), "error": error });
-                        self.finish_request(request, RequestStatus::Failed, result).await;
+                        self.fail_request(request, json!({ "aggregate_id": agg.to_string(), "error": error })).await;
                         continue;
                     }
                 }
@@ -168,51 +166,52 @@ impl Run {
 
     /// A replayed aggregate was parked again: its replay fails.
     pub(super) async fn replay_failed(&mut self, agg: &AggKey, error: &str) {
-        let keys: Vec<(Uuid, AggKey)> = self.replays.keys().filter(|(_, a)| a == agg).cloned().collect();
-        for k in keys {
-            self.replays.remove(&k);
-            let request = k.0;
-            self.request_parts.remove(&request);
-            self.finish_request(
-                request,
-                RequestStatus::Failed,
-                json!({ "aggregate_id": agg.to_string(), "error": error }),
-            )
-            .await;
-        }
+        let result = json!({ "aggregate_id": agg.to_string(), "error": error });
+        self.fail_replays(|(_, a), _| a == agg, result).await;
     }
 
     /// Replays waiting for slots the window no longer holds (parked with
-    /// their aggregate: a replayed dead letter that failed for good again)
+    /// their aggregate: a dead letter of an aggregate parked meanwhile)
     /// can never finish: they fail with `error`, their dead letters stay.
     pub(super) async fn replays_gone(&mut self, error: &str) {
         let window = &self.window;
+        self.letter_slots.retain(|s, _| window.get(*s).is_some());
         let gone: Vec<(Uuid, AggKey)> = self
             .replays
             .iter()
             .filter(|(_, slots)| slots.iter().any(|s| window.get(*s).is_none()))
             .map(|(k, _)| k.clone())
             .collect();
-        self.letter_slots.retain(|s, _| window.get(*s).is_some());
-        for k in gone {
-            self.replays.remove(&k);
-            let request = k.0;
-            self.request_parts.remove(&request);
+        for (request, _) in &gone {
             tracing::warn!(%request, error, "a replayed event failed for good again and was parked; the request failed");
-            self.finish_request(request, RequestStatus::Failed, json!({ "error": error })).await;
         }
+        self.fail_replays(|k, _| gone.contains(k), json!({ "error": error })).await;
     }
 
     /// A replayed dead letter's slot failed for good again: the replays
     /// waiting for it fail, naming the letter (which stays).
     pub(super) async fn replay_slot_failed(&mut self, slot: Slot, letter: Uuid, error: &str) {
-        let keys: Vec<(Uuid, AggKey)> =
-            self.replays.iter().filter(|(_, slots)| slots.contains(&slot)).map(|(k, _)| k.clone()).collect();
-        for k in keys {
+        self.fail_replays(|_, slots| slots.contains(&slot), json!({ "id": letter, "error": error })).await;
+    }
+
+    /// Fails every replay in progress that `which` picks, with `result`.
+    async fn fail_replays(
+        &mut self,
+        which: impl Fn(&(Uuid, AggKey), &BTreeSet<Slot>) -> bool,
+        result: serde_json::Value,
+    ) {
+        let picked: Vec<(Uuid, AggKey)> =
+            self.replays.iter().filter(|(k, slots)| which(k, slots)).map(|(k, _)| k.clone()).collect();
+        for k in picked {
             self.replays.remove(&k);
-            self.request_parts.remove(&k.0);
-            self.finish_request(k.0, RequestStatus::Failed, json!({ "id": letter, "error": error })).await;
+            self.fail_request(k.0, result.clone()).await;
         }
+    }
+
+    /// Request `id` failed with `result`: what is left of it is dropped.
+    async fn fail_request(&mut self, id: Uuid, result: serde_json::Value) {
+        self.request_parts.remove(&id);
+        self.finish_request(id, RequestStatus::Failed, result).await;
     }
 
     fn unparked(&mut self) {

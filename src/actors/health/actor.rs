@@ -226,7 +226,7 @@ impl HealthCheckActor {
     }
 
     /// Sets the lag gauges from the store's view (under this instance's role).
-    fn lag_metrics(&mut self, probes: &Probes) -> (Option<Lag>, Option<Lag>) {
+    fn lag_metrics(&mut self, probes: &Probes, t: &Thresholds) -> (Option<Lag>, Option<Lag>) {
         let m = &self.deps.metrics;
         let relay = probes.cdc.as_ref().map(|c| &c.progress).unwrap_or(&probes.relay);
         let role = relay.role.label();
@@ -243,8 +243,7 @@ impl HealthCheckActor {
             seconds: lag_seconds(&b, probes.now),
         };
         let relay_lag = probes.relay_backlog.map(lag);
-        let t = Thresholds::from_config(&self.deps.cfg);
-        let (events, seconds) = relay_lag_gauges(probes.relay_backlog.as_ref(), probes.cdc_ttl, probes.now, &t);
+        let (events, seconds) = relay_lag_gauges(probes.relay_backlog.as_ref(), probes.cdc_ttl, probes.now, t);
         if let Some(e) = events {
             m.relay_lag_events.with_label_values(&[role]).set(e);
         }
@@ -276,8 +275,9 @@ impl HealthCheckActor {
     }
 
     fn publish(&mut self, probes: &mut Probes) {
-        let (relay_lag, projection_lag) = self.lag_metrics(probes);
-        let verdict = evaluate(probes, &self.reported, Thresholds::from_config(&self.deps.cfg));
+        let thresholds = Thresholds::from_config(&self.deps.cfg);
+        let (relay_lag, projection_lag) = self.lag_metrics(probes, &thresholds);
+        let verdict = evaluate(probes, &self.reported, thresholds);
         let now = Utc::now();
         let metrics = &self.deps.metrics;
         let components: BTreeMap<String, ComponentHealth> = verdict

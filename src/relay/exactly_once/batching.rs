@@ -103,9 +103,16 @@ impl Txn {
         }
     }
 
+    /// Whether the event of `agg` at `position` is held: its aggregate is
+    /// parked from there or before (earlier events, read again after a
+    /// rewind, are published).
+    pub(super) fn holds(&self, agg: &str, position: i64) -> bool {
+        self.parked.get(agg).is_some_and(|from| position >= *from)
+    }
+
     /// A feed row into the batch, or held (parked aggregate; an unreadable row parks its aggregate now).
     async fn admit(&mut self, row: FeedRow) -> Result<Option<Item>, RelayError> {
-        if self.parked.get(row.aggregate_key()).is_some_and(|from| row.position() >= *from) {
+        if self.holds(row.aggregate_key(), row.position()) {
             return Ok(None);
         }
         match self.discards.replace(row) {

@@ -88,10 +88,7 @@ impl Txn {
                     }
                     // The rest, without the events of a parked aggregate from its
                     // park position on (earlier ones, read again after a rewind, go).
-                    batch = rest
-                        .into_iter()
-                        .filter(|i| self.parked.get(i.aggregate()).is_none_or(|from| i.position() < *from))
-                        .collect();
+                    batch = rest.into_iter().filter(|i| !self.holds(i.aggregate(), i.position())).collect();
                     attempts = 0;
                 }
             }
