@@ -148,9 +148,11 @@ impl TaskBody for RelayBody {
             if !status.borrow().running {
                 return;
             }
-            let Ok(Ok(head)) = tokio::time::timeout(catch_up, store.head_position()).await else { return };
-            let caught_up = tokio::time::timeout(
-                catch_up,
+            // One budget for reading the head and waiting for the relay.
+            let until = tokio::time::Instant::now() + catch_up;
+            let Ok(Ok(head)) = tokio::time::timeout_at(until, store.head_position()).await else { return };
+            let caught_up = tokio::time::timeout_at(
+                until,
                 status.wait_for(|s| {
                     s.checkpoint.unwrap_or(0) >= head
                         || !s.running

@@ -13,7 +13,7 @@
 //! Guarantees: at most one task per actor at a time; every end of a task is
 //! either asked for (`StopActor`, a restart) or treated as a failure; a
 //! `StopActor` runs the body's drain before the shutdown signal and aborts
-//! the task only after the deadline.
+//! the task at the deadline, one budget for drain and wait together.
 
 use actix::prelude::*;
 use std::time::{Duration, Instant};
@@ -43,6 +43,7 @@ struct TaskRun {
     spawned: Instant,
 }
 
+/// A supervised actor: one [`TaskBody`]'s task under actix supervision.
 pub struct SupervisedTask<B: TaskBody> {
     deps: ActorDeps,
     body: B,
@@ -258,20 +259,23 @@ impl<B: TaskBody> Handler<StopActor> for SupervisedTask<B> {
     type Result = ResponseActFuture<Self, ()>;
 
     /// Drains (the body's hook), fires the task's shutdown signal, waits for
-    /// the task until the deadline and aborts it after.
+    /// the task and aborts it at the deadline. The deadline is one budget for
+    /// all of it: a drain that overruns is cut off there, and the wait gets
+    /// what the drain left (not a second full deadline).
     fn handle(&mut self, msg: StopActor, _ctx: &mut Context<Self>) -> Self::Result {
         self.deps.received(B::INFO.actor);
         self.stopping = true;
+        let until = tokio::time::Instant::now() + msg.deadline;
         let run = self.run.take();
         let previous = self.previous.take();
         let drain = run.as_ref().map(|_| self.body.drain(&self.deps, msg.deadline));
         let wait = async move {
             if let Some(run) = run {
                 if let Some(drain) = drain {
-                    drain.await;
+                    let _ = tokio::time::timeout_at(until, drain).await;
                 }
                 run.trigger.fire();
-                if tokio::time::timeout(msg.deadline, gone(run.gone)).await.is_err() {
+                if tokio::time::timeout_at(until, gone(run.gone)).await.is_err() {
                     tracing::warn!(actor = %B::INFO.actor, "{} did not stop within {:?}; aborting it ({})", B::INFO.task, msg.deadline, B::INFO.on_abort);
                     run.abort.abort();
                 }
@@ -328,3 +332,7 @@ impl<B: TaskBody> Handler<Ping> for SupervisedTask<B> {
         MessageResult(self.lifecycle)
     }
 }
+
+#[cfg(test)]
+#[path = "shell_tests.rs"]
+mod tests;

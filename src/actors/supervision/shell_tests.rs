@@ -1,0 +1,142 @@
+//! Tests of the supervised-task shell's stop: the `StopActor` deadline is
+//! one budget for the body's drain and the wait for its task together.
+//!
+//! They run on a paused tokio clock (the actix system and the task share one
+//! current-thread runtime), so the durations asserted are virtual and exact,
+//! not wall-clock timings.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::future::{BoxFuture, FutureExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::SupervisedTask;
+use crate::actors::messages::{ActorName, ChildGaveUp, ComponentEvent, Lifecycle, Ping, StopActor};
+use crate::actors::supervision::{Progress, TaskBody, TaskError, TaskFuture, TaskInfo};
+use crate::actors::ActorDeps;
+use crate::config::Config;
+use crate::shutdown::Shutdown;
+
+#[derive(Clone, Default, serde::Serialize)]
+struct Status {
+    running: bool,
+}
+
+impl Progress for Status {
+    fn running(&self) -> bool {
+        self.running
+    }
+    fn set_running(&mut self, running: bool) {
+        self.running = running;
+    }
+}
+
+/// A task that never ends by itself after its signal (it must be aborted)
+/// and a drain that takes `drain_factor` times the deadline it is given.
+struct Stubborn {
+    drain_factor: u32,
+    status: watch::Sender<Status>,
+}
+
+impl TaskBody for Stubborn {
+    const INFO: TaskInfo = TaskInfo { actor: ActorName::Projection, task: "stubborn", on_abort: "nothing" };
+    type Status = Status;
+
+    fn spawn(&mut self, _deps: &ActorDeps, mut shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
+        let status = self.status.clone();
+        Ok(async move {
+            status.send_modify(|s| s.running = true);
+            shutdown.recv().await;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(())
+        }
+        .boxed())
+    }
+
+    fn drain(&self, _deps: &ActorDeps, deadline: Duration) -> BoxFuture<'static, ()> {
+        tokio::time::sleep(deadline * self.drain_factor).boxed()
+    }
+}
+
+/// Hears the shell's reports (parent and health check) and drops them.
+struct Sink;
+
+impl Actor for Sink {
+    type Context = Context<Self>;
+}
+
+impl Handler<ChildGaveUp> for Sink {
+    type Result = ();
+    fn handle(&mut self, _msg: ChildGaveUp, _ctx: &mut Context<Self>) {}
+}
+
+impl Handler<ComponentEvent> for Sink {
+    type Result = ();
+    fn handle(&mut self, _msg: ComponentEvent, _ctx: &mut Context<Self>) {}
+}
+
+/// How long (virtual time) a `StopActor { deadline }` takes to answer for a
+/// body whose drain takes `drain_factor` deadlines, and whether the task's
+/// status still says running afterwards.
+fn stop_takes(drain_factor: u32, deadline: Duration) -> (Duration, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let system = System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
+    });
+    system.block_on(async move {
+        let cfg = Config::default();
+        let store = crate::store::sqlite::SqliteStore::open(dir.path().join("shell.db"), cfg.store.sqlite.clone())
+            .await
+            .unwrap();
+        let deps = ActorDeps::new(cfg, store, crate::metrics::Metrics::new(), tokio::runtime::Handle::current());
+        let (status, status_rx) = watch::channel(Status::default());
+        let sink = Sink.start();
+        let body = Stubborn { drain_factor, status: status.clone() };
+        let addr = SupervisedTask::new(deps, body, status, sink.clone().recipient(), sink.recipient()).start();
+        let mut running = status_rx.clone();
+        running.wait_for(|s| s.running).await.unwrap();
+        assert_eq!(addr.send(Ping).await.unwrap(), Lifecycle::Running);
+        let t0 = Instant::now();
+        addr.send(StopActor { deadline }).await.unwrap();
+        let took = t0.elapsed();
+        let still_running = status_rx.borrow().running;
+        (took, still_running)
+    })
+}
+
+/// The stop answered at the deadline (virtual clock: timers fire on the
+/// millisecond), not before and not a second deadline later.
+fn answered_at_deadline(took: Duration, deadline: Duration) {
+    assert!(
+        took >= deadline && took < deadline + Duration::from_millis(10),
+        "the stop answered after {took:?}, the deadline was {deadline:?}"
+    );
+}
+
+/// A drain that uses its whole deadline leaves the task nothing: it is
+/// aborted at the deadline, not one more deadline later.
+#[test]
+fn drain_and_wait_share_one_deadline() {
+    let deadline = Duration::from_secs(20);
+    let (took, running) = stop_takes(1, deadline);
+    answered_at_deadline(took, deadline);
+    assert!(!running, "the shell clears the running flag when it stops");
+}
+
+/// A drain that ignores its deadline is cut off at it.
+#[test]
+fn an_overrunning_drain_is_cut_off_at_the_deadline() {
+    let deadline = Duration::from_secs(5);
+    let (took, _) = stop_takes(10, deadline);
+    answered_at_deadline(took, deadline);
+}
+
+/// Without a drain the task gets the whole deadline, then is aborted.
+#[test]
+fn a_task_that_ignores_its_signal_is_aborted_at_the_deadline() {
+    let deadline = Duration::from_secs(3);
+    let (took, _) = stop_takes(0, deadline);
+    answered_at_deadline(took, deadline);
+}
