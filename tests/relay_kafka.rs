@@ -12,87 +12,16 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use outboxd::app::{CommandService, ServiceOptions};
-use outboxd::config::Config;
 use outboxd::metrics::Metrics;
-use outboxd::relay::topics::topic_names;
 use outboxd::relay::Relay;
 use outboxd::shutdown::Trigger;
-use outboxd::store::sqlite::SqliteStore;
-use outboxd::store::DynStore;
-
-fn topics(c: &Config) -> Vec<String> {
-    topic_names(c.kafka.per_event_type(), &c.kafka.topic_prefix)
-}
-
-/// Exactly-once delivery under a consumer and progress topic of its own.
-fn exactly_once(c: &mut Config) {
-    c.relay.delivery = outboxd::config::DeliveryMode::ExactlyOnce;
-    c.relay.consumer_name = format!("eos-{}", uuid::Uuid::now_v7().simple());
-    c.relay.progress_topic = format!("{}progress", c.kafka.topic_prefix);
-}
-
-/// Exactly-once with quick retries, no compression, and an order topic that
-/// refuses records over 6000 bytes: (config, that topic, the store).
-async fn exactly_once_small_topic(brokers: &str, dir: &std::path::Path) -> (Config, String, DynStore) {
-    let mut c = test_config(brokers, &dir.join("s.db"));
-    exactly_once(&mut c);
-    c.relay.retry.initial_backoff_ms = 10;
-    c.relay.retry.max_backoff_ms = 50;
-    c.kafka.compression = outboxd::config::Compression::None;
-    let topic = format!("{}order-events", c.kafka.topic_prefix);
-    let (b, t) = (brokers.to_string(), topic.clone());
-    tokio::task::spawn_blocking(move || create_topic(&b, &t, 3, &[("max.message.bytes", "6000")])).await.unwrap();
-    let store = open(&c).await;
-    (c, topic, store)
-}
-
-async fn open(c: &Config) -> DynStore {
-    SqliteStore::open(&c.store.path, c.store.sqlite.clone()).await.unwrap()
-}
-
-struct RunningRelay {
-    trigger: Trigger,
-    task: tokio::task::JoinHandle<()>,
-    metrics: Metrics,
-    status: tokio::sync::watch::Receiver<outboxd::relay::RelayStatus>,
-}
-
-fn start_relay(c: &Config, store: DynStore) -> RunningRelay {
-    let metrics = Metrics::new();
-    let (relay, status) = Relay::standalone(c, store, metrics.clone());
-    let trigger = Trigger::new();
-    let sd = trigger.subscribe();
-    let exactly_once = c.relay.delivery == outboxd::config::DeliveryMode::ExactlyOnce;
-    let task = tokio::spawn(async move {
-        if exactly_once {
-            relay.run_exactly_once(sd).await.unwrap();
-        } else {
-            relay.run(sd).await.unwrap();
-        }
-    });
-    RunningRelay { trigger, task, metrics, status }
-}
-
-impl RunningRelay {
-    async fn stop(mut self) {
-        self.trigger.fire();
-        self.task.await.unwrap();
-        self.trigger.wait_drained().await;
-    }
-    async fn wait_checkpoint(&mut self, position: i64, timeout: Duration) {
-        let ok = tokio::time::timeout(timeout, self.status.wait_for(|s| s.checkpoint.unwrap_or(0) >= position))
-            .await
-            .is_ok();
-        assert!(ok, "relay did not reach position {position} in {timeout:?}: {:?}", *self.status.borrow());
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn round_trip_order_headers_and_exactly_once_per_event_id() {
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let c = test_config(&brokers, &dir.path().join("s.db"));
-    let store = open(&c).await;
+    let store = open_store(&c).await;
     let mut relay = start_relay(&c, store.clone());
     let svc = CommandService::new(store.clone(), ServiceOptions::default());
     // 300 orders through their lifecycles + 40 customers, 16 at a time.
@@ -157,7 +86,7 @@ async fn exactly_once_round_trip_to_read_committed_consumers() {
     c.relay.consumer_name = format!("eos-{}", uuid::Uuid::now_v7().simple());
     c.relay.progress_topic = format!("{}progress", c.kafka.topic_prefix);
     c.relay.transaction_max_events = 50;
-    let store = open(&c).await;
+    let store = open_store(&c).await;
     let mut relay = start_relay(&c, store.clone());
     let svc = CommandService::new(store.clone(), ServiceOptions::default());
     write_concurrently(&svc, 8, 80, 0).await;
@@ -193,7 +122,7 @@ async fn per_event_type_routing_reproduces_seed_topics() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = test_config(&brokers, &dir.path().join("s.db"));
     c.kafka.topic_routing = outboxd::config::TopicRouting::PerEventType;
-    let store = open(&c).await;
+    let store = open_store(&c).await;
     let mut relay = start_relay(&c, store.clone());
     let svc = CommandService::new(store.clone(), ServiceOptions::default());
     order_lifecycle(&svc, 0).await; // created, updated x4
@@ -216,7 +145,7 @@ async fn a_term_that_cannot_read_the_parked_list_publishes_nothing() {
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let c = test_config(&brokers, &dir.path().join("s.db"));
-    let store = open(&c).await;
+    let store = open_store(&c).await;
     let (parked, free) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     store.append(parked, 0, order_events(parked, 0, 3)).await.unwrap();
     store.append(free, 0, order_events(free, 0, 2)).await.unwrap();
@@ -241,82 +170,6 @@ async fn a_term_that_cannot_read_the_parked_list_publishes_nothing() {
     let records = consume_all(&brokers, &topics(&c), 5, Duration::from_secs(5));
     let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
     assert_eq!(keys, vec![free.to_string(); 2], "only the free aggregate's 2 events are published");
-    relay.stop().await;
-}
-
-/// Exactly-once: an operator replay whose second event still cannot be
-/// published commits the first alone, parks the aggregate again, and never
-/// moves the committed progress back (the replayed events' positions are in
-/// the past; a regressed progress made the next term re-publish everything
-/// after them to read_committed consumers).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn exactly_once_replay_that_fails_again_keeps_the_progress() {
-    use outboxd::domain::{Currency, Money, Order, OrderCommand, OrderItem, Sku};
-    use outboxd::envelope::Metadata;
-    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
-    let Some(brokers) = shared_brokers() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let (c, topic, store) = exactly_once_small_topic(&brokers, dir.path()).await;
-    let svc = CommandService::new(store.clone(), ServiceOptions::default());
-    let eur = Currency::new("EUR").unwrap();
-    let items = |n: usize, tag: &str| -> Vec<OrderItem> {
-        (0..n)
-            .map(|k| {
-                OrderItem::new(
-                    Sku::new(format!("{tag}-{k:03}-{}", "X".repeat(54))).unwrap(),
-                    1,
-                    Money::new(1, eur).unwrap(),
-                )
-                .unwrap()
-            })
-            .collect()
-    };
-    let order = uuid::Uuid::now_v7();
-    let run = |cmd: OrderCommand| {
-        let svc = svc.clone();
-        async move { svc.execute::<Order>(order, &cmd, Metadata::default(), None).await.unwrap() }
-    };
-    run(OrderCommand::Create { customer_id: uuid::Uuid::now_v7(), items: items(1, "A") }).await;
-    run(OrderCommand::UpdateItems { items: items(50, "B") }).await; // ~7 KB: over 6000, under 12000
-    run(OrderCommand::UpdateItems { items: items(100, "C") }).await; // ~14 KB: over both
-    let other = uuid::Uuid::now_v7();
-    svc.execute::<Order>(
-        other,
-        &OrderCommand::Create { customer_id: other, items: items(1, "D") },
-        Metadata::default(),
-        None,
-    )
-    .await
-    .unwrap();
-    let head = store.head_position().await.unwrap();
-    let mut relay = start_relay(&c, store.clone());
-    relay.wait_checkpoint(head, Duration::from_secs(60)).await;
-    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 1, "parked at its second event");
-
-    let (b, t) = (brokers.clone(), topic.clone());
-    tokio::task::spawn_blocking(move || alter_topic(&b, &t, "max.message.bytes", "12000")).await.unwrap();
-    let replay = RelayRequest::new(
-        &c.relay.consumer_name,
-        RequestKind::ReplayAggregate { aggregate_id: order.to_string() },
-        "test",
-    );
-    store.request_submit(&replay).await.unwrap();
-    let finished = request_finished(&store, replay.id).await;
-    assert_eq!(finished.status, RequestStatus::Failed, "the third event failed again: {:?}", finished.result);
-    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 1, "parked again, at its third event");
-
-    let records =
-        consume_until(&brokers, std::slice::from_ref(&c.relay.progress_topic), 1, Duration::from_secs(5), |_| false);
-    let last = records.iter().rev().find(|r| r.key == c.relay.consumer_name).expect("a progress record");
-    assert!(
-        last.value["position"].as_i64().unwrap() >= head,
-        "the committed progress never went back: {:?}",
-        last.value
-    );
-    let events = consume_all(&brokers, std::slice::from_ref(&topic), 3, Duration::from_secs(10));
-    let seqs: Vec<&str> =
-        events.iter().filter(|r| r.key == order.to_string()).map(|r| r.headers["ce_sequence"].as_str()).collect();
-    assert_eq!(seqs, vec!["1", "2"], "the order's first event, then the replayed second one");
     relay.stop().await;
 }
 
@@ -418,7 +271,7 @@ async fn a_rewind_whose_checkpoint_write_fails_is_reported_failed() {
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let c = test_config(&brokers, &dir.path().join("s.db"));
-    let store = open(&c).await;
+    let store = open_store(&c).await;
     let order = uuid::Uuid::now_v7();
     store.append(order, 0, order_events(order, 0, 3)).await.unwrap();
     let mut relay = start_relay(&c, store.clone());
@@ -454,51 +307,6 @@ async fn a_rewind_whose_checkpoint_write_fails_is_reported_failed() {
     relay.stop().await;
 }
 
-/// Exactly-once: a dead-letter replay whose second letter still cannot be
-/// published commits the first, stops at the second (the letters after it
-/// are not tried), keeps both, and fails naming it; nothing is parked. It
-/// used to park the letter's aggregate at its old position (a later replay
-/// of that aggregate re-published everything after it) and remove every
-/// letter as replayed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn exactly_once_dead_letter_replay_that_fails_again_keeps_the_letter() {
-    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
-    let Some(brokers) = shared_brokers() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let (c, topic, store) = exactly_once_small_topic(&brokers, dir.path()).await;
-    // Three orders' events, published before (the checkpoint is past them),
-    // each a dead letter now; the second is over the topic's limit.
-    let mut letters = Vec::new();
-    for (i, big) in [false, true, false].into_iter().enumerate() {
-        let id = uuid::Uuid::now_v7();
-        let mut env = order_events(id, 0, 1).remove(0);
-        if big {
-            env.payload["note"] = serde_json::Value::String("x".repeat(8000));
-        }
-        store.append(id, 0, vec![env.clone()]).await.unwrap();
-        let letter = dead_letter(&env, Some(i as i64 + 1));
-        store.dlq_insert(letter.clone()).await.unwrap();
-        letters.push(letter);
-    }
-    store.set_checkpoint(&c.relay.consumer_name, 3).await.unwrap();
-    let mut relay = start_relay(&c, store.clone());
-    relay.wait_checkpoint(3, Duration::from_secs(60)).await;
-
-    let replay = RelayRequest::new(&c.relay.consumer_name, RequestKind::ReplayDeadLetters { ids: None }, "test");
-    store.request_submit(&replay).await.unwrap();
-    let finished = request_finished(&store, replay.id).await;
-    assert_eq!(finished.status, RequestStatus::Failed, "{:?}", finished.result);
-    assert_eq!(finished.result.as_ref().unwrap()["id"], letters[1].id.to_string(), "{:?}", finished.result);
-    let mut left: Vec<uuid::Uuid> = store.dlq_list(10).await.unwrap().into_iter().map(|l| l.id).collect();
-    left.sort();
-    assert_eq!(left, vec![letters[1].id, letters[2].id], "the failed letter and the one after it stay");
-    assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty(), "nothing is parked");
-    let events = consume_all(&brokers, std::slice::from_ref(&topic), 2, Duration::from_secs(10));
-    let ids: Vec<String> = events.iter().map(|r| r.event_id()).collect();
-    assert_eq!(ids, vec![letters[0].event_id.to_string()], "only the first letter's event, once");
-    relay.stop().await;
-}
-
 /// Exactly-once, then at-least-once, then exactly-once again on the same
 /// consumer: the third term starts from the store's checkpoint, past its
 /// own last progress record, so what at-least-once published in between is
@@ -510,7 +318,7 @@ async fn exactly_once_after_a_spell_of_at_least_once_resumes_at_the_checkpoint()
     let dir = tempfile::tempdir().unwrap();
     let mut c = test_config(&brokers, &dir.path().join("s.db"));
     exactly_once(&mut c);
-    let store = open(&c).await;
+    let store = open_store(&c).await;
     let mut head = 0;
     for (mode, n) in [(DeliveryMode::ExactlyOnce, 3), (DeliveryMode::AtLeastOnce, 2), (DeliveryMode::ExactlyOnce, 1)] {
         let id = uuid::Uuid::now_v7();
@@ -546,7 +354,7 @@ async fn events_before_a_park_position_are_published_when_read_again() {
         c.relay.delivery = mode;
         c.relay.consumer_name = format!("park-{}", uuid::Uuid::now_v7().simple());
         c.relay.progress_topic = format!("{}progress", c.kafka.topic_prefix);
-        let store = open(&c).await;
+        let store = open_store(&c).await;
         let (parked, free) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
         store.append(parked, 0, order_events(parked, 0, 3)).await.unwrap();
         store.append(free, 0, order_events(free, 0, 2)).await.unwrap();
@@ -574,7 +382,7 @@ async fn a_replay_whose_park_record_stays_is_reported_failed() {
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let c = test_config(&brokers, &dir.path().join("s.db"));
-    let store = open(&c).await;
+    let store = open_store(&c).await;
     let order = uuid::Uuid::now_v7();
     store.append(order, 0, order_events(order, 0, 2)).await.unwrap();
     store.park(&order_parked_at(&c.relay.consumer_name, order, 2)).await.unwrap();
@@ -605,7 +413,7 @@ async fn the_marker_of_a_discarded_unreadable_row_goes_to_its_aggregates_topic()
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let c = test_config(&brokers, &dir.path().join("s.db"));
-    let store = open(&c).await;
+    let store = open_store(&c).await;
     let (customer, event) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     rusqlite::Connection::open(&c.store.path)
         .unwrap()
@@ -630,32 +438,5 @@ async fn the_marker_of_a_discarded_unreadable_row_goes_to_its_aggregates_topic()
     let found: Vec<(&str, &str)> = records.iter().map(|r| (r.topic.as_str(), r.headers["ce_type"].as_str())).collect();
     let topic = format!("{}customer-events", c.kafka.topic_prefix);
     assert_eq!(found, vec![(topic.as_str(), "outboxd.EventDiscarded")], "one marker, on the customer topic");
-    relay.stop().await;
-}
-
-/// Exactly-once: a batch split around an event refused for good keeps a
-/// parked aggregate's events before its park position (read again after a
-/// rewind); the split filtered the rest by aggregate alone and dropped them
-/// while the progress moved past.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn exactly_once_split_keeps_events_before_a_park_position() {
-    let Some(brokers) = shared_brokers() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let (c, topic, store) = exactly_once_small_topic(&brokers, dir.path()).await;
-    let (big, parked) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    let mut env = order_events(big, 0, 1).remove(0);
-    env.payload["note"] = serde_json::Value::String("x".repeat(8000));
-    store.append(big, 0, vec![env]).await.unwrap(); // position 1, over the topic's limit
-    store.append(parked, 0, order_events(parked, 0, 3)).await.unwrap(); // positions 2-4
-    store.park(&order_parked_at(&c.relay.consumer_name, parked, 4)).await.unwrap();
-    let mut relay = start_relay(&c, store.clone());
-    relay.wait_checkpoint(4, Duration::from_secs(60)).await;
-    let records = consume_all(&brokers, std::slice::from_ref(&topic), 4, Duration::from_secs(5));
-    let seqs = |agg: uuid::Uuid| -> Vec<String> {
-        records.iter().filter(|r| r.key == agg.to_string()).map(|r| r.headers["ce_sequence"].clone()).collect()
-    };
-    assert_eq!(seqs(parked), ["1", "2"], "the events before the park position, once");
-    assert!(seqs(big).is_empty());
-    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 2, "the big one parked too");
     relay.stop().await;
 }

@@ -18,7 +18,8 @@
 //! Files: `feed` (reader task), `window` (fence + watermark), `producer`
 //! (librdkafka, delivery reports on a channel), `broker_watch` (the broker
 //! state /health reads, probed while unknown or unreachable), `encode`, `pipeline`,
-//! `exactly_once` + `progress`, `parking`, `requests` (operator requests),
+//! `exactly_once` + `progress`, `parking`, `requests` (operator requests) +
+//! `plan` (what a request takes),
 //! `runner` (lease-gated terms), `warm` (the next term's producer, connected
 //! while standing by), `status`, `deliver` + `cdc` (the Scylla CDC
 //! feed), `breaker`, `retry`, `error`, `admin` (topics), `sink`, `topics`,
@@ -39,6 +40,7 @@ pub mod off_runtime;
 pub mod operator;
 pub mod parking;
 pub mod pipeline;
+pub mod plan;
 pub mod producer;
 pub mod progress;
 pub mod requests;

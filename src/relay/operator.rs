@@ -144,6 +144,12 @@ impl TermRequests {
         true
     }
 
+    /// Lets `id` be taken again later in this term (it stays claimed in the
+    /// store at this term's epoch, which a claim at the same epoch renews).
+    pub fn release(&mut self, id: Uuid) {
+        self.claimed.remove(&id);
+    }
+
     /// Records `id`'s outcome ([`finish`]); kept for the next term when the store never answered.
     pub async fn finish(
         &self,

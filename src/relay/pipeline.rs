@@ -141,6 +141,10 @@ pub enum RelayError {
     /// term starts (after backoff, re-checking the lease) from the checkpoint.
     #[error("store unavailable to the relay: {0}")]
     Store(String),
+    /// An operator request cannot be carried out as asked (not parked, no
+    /// such dead letters, a rewind out of range): it fails with this.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// One relay term: from the persisted checkpoint until shutdown, lease loss or rewind.

@@ -16,17 +16,14 @@
 //!   request is recorded done only once that write succeeded: failed if it
 //!   did not, left to the next leader if the lease moved.
 
-use chrono::Utc;
 use serde_json::json;
 use std::collections::BTreeSet;
 use uuid::Uuid;
 
-use crate::relay::encode::Discarded;
-use crate::relay::pipeline::{Exit, Item};
+use crate::relay::pipeline::Exit;
+use crate::relay::plan::{plan, Plan, PlanCtx};
 use crate::relay::run::Run;
 use crate::relay::window::{AggKey, Slot};
-use crate::store::feed::{FeedRow, RawEvent};
-use crate::store::parking::DiscardRecord;
 use crate::store::requests::{RelayRequest, RequestKind, RequestStatus};
 use crate::store::StoreError;
 
@@ -70,7 +67,7 @@ impl Run {
             positions: true,
             discards: &self.discards,
         };
-        let plans = plan(&ctx, r).await?;
+        let plans = plan(&ctx, r).await.map_err(|e| e.to_string())?;
         let mut progress = Progress::default();
         for p in plans {
             match p {
@@ -267,216 +264,4 @@ pub struct Progress {
     pub events: usize,
     /// Aggregates unparked so far.
     pub aggregates: Vec<String>,
-}
-
-/// What carrying out a request takes, independent of how the relay publishes.
-#[derive(Debug)]
-pub enum Plan {
-    /// Publish `items` in order (the held events of parked `agg`, a discard
-    /// marker first where one replaces the poison event), then unpark `agg`.
-    Unpark { agg: AggKey, items: Vec<Item> },
-    /// Publish these dead letters, then delete each confirmed one.
-    Letters { items: Vec<(Item, Uuid)> },
-    /// Move the checkpoint back to `position` (re-publish after it).
-    Rewind { position: i64 },
-    /// The event at `position` was discarded before this term read it: the
-    /// feed brings it later, and `discarded`'s marker takes its place there
-    /// (`relay::discards`).
-    MarkerAhead { position: i64, discarded: Discarded },
-    /// Nothing to publish: finished with this result.
-    Done(serde_json::Value),
-}
-
-/// What a plan needs to know about the running relay.
-pub struct PlanCtx<'a> {
-    pub store: &'a dyn crate::store::Store,
-    /// `relay_discards_total` counts the audit rows a discard writes.
-    pub metrics: &'a crate::metrics::Metrics,
-    pub consumer: &'a str,
-    /// Aggregates parked right now (in the relay's memory).
-    pub parked: Vec<AggKey>,
-    /// Held events up to this feed position are replayed; later ones come through the feed.
-    pub last_pushed: i64,
-    pub checkpoint: i64,
-    /// The feed has positions (SQLite); CDC feeds rewind by time.
-    pub positions: bool,
-    /// Discarded events ahead of the feed: a replay publishes their markers too.
-    pub discards: &'a crate::relay::discards::Discards,
-}
-
-/// Turns a request into plans (writing the discard audit row where asked).
-pub async fn plan(ctx: &PlanCtx<'_>, r: &RelayRequest) -> Result<Vec<Plan>, String> {
-    match &r.kind {
-        RequestKind::ReplayAggregate { aggregate_id } => {
-            let key = crate::store::feed::aggregate_key(aggregate_id);
-            Ok(vec![unpark_plan(ctx, &key, None).await?])
-        }
-        RequestKind::ReplayAllParked => {
-            let mut plans = Vec::new();
-            for agg in &ctx.parked {
-                plans.push(unpark_plan(ctx, agg, None).await?);
-            }
-            if plans.is_empty() {
-                plans.push(Plan::Done(json!({ "replayed_aggregates": 0 })));
-            }
-            Ok(plans)
-        }
-        RequestKind::Discard { event_id, reason } => discard_plan(ctx, event_id, reason).await,
-        RequestKind::ReplayDeadLetters { ids } => letters_plan(ctx, ids.as_deref()).await,
-        RequestKind::RewindToPosition { position } => {
-            if !ctx.positions {
-                return Err("--to-position rewinds a position feed (SQLite); this relay reads the Scylla CDC log: use --to-time".into());
-            }
-            if *position < 0 || *position > ctx.checkpoint {
-                return Err(format!(
-                    "cannot rewind to position {position}: it must be between 0 and the checkpoint {}",
-                    ctx.checkpoint
-                ));
-            }
-            Ok(vec![Plan::Rewind { position: *position }])
-        }
-        RequestKind::RewindToTime { .. } => {
-            Err("--to-time rewinds a CDC feed (CQL backend); this relay reads feed positions: use --to-position".into())
-        }
-    }
-}
-
-async fn unpark_plan(ctx: &PlanCtx<'_>, agg: &AggKey, first: Option<Item>) -> Result<Plan, String> {
-    if !ctx.parked.contains(agg) {
-        return Err(format!("aggregate {agg} is not parked"));
-    }
-    let parked = ctx.store.parked(ctx.consumer).await.map_err(|e| e.to_string())?;
-    let Some(p) = parked.into_iter().find(|p| *p.parked.aggregate_id == **agg) else {
-        return Err(format!("aggregate {agg} has no park record"));
-    };
-    let up_to = ctx.positions.then_some(ctx.last_pushed);
-    let rows =
-        ctx.store.aggregate_rows(agg, p.parked.position, p.parked.sequence, up_to).await.map_err(|e| e.to_string())?;
-    let mut items: Vec<Item> = Vec::with_capacity(rows.len() + 1);
-    let skip = usize::from(first.is_some());
-    items.extend(first);
-    for row in rows.into_iter().skip(skip) {
-        // A held event an operator discarded goes out as its marker.
-        items.push(ctx.discards.replace(row));
-    }
-    Ok(Plan::Unpark { agg: agg.clone(), items })
-}
-
-async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result<Vec<Plan>, String> {
-    let p = parked_behind(ctx.store, ctx.consumer, event_id).await?;
-    let agg = crate::store::feed::aggregate_key(&p.aggregate_id);
-    let first = ctx.store.aggregate_rows(&agg, p.position, p.sequence, p.position).await.map_err(|e| e.to_string())?;
-    let (record, discarded) = discard_of(ctx.consumer, &p, first.first(), event_id, reason);
-    record_discard(ctx.store, ctx.metrics, &record).await?;
-    let position = p.position.unwrap_or(0);
-    if ctx.positions && position > ctx.last_pushed {
-        // Not read by this term yet (it restarted below it, or is the CLI's
-        // with no feed): published from here, the event would come again
-        // through the feed after the unpark. Its marker waits for it there.
-        return Ok(vec![Plan::MarkerAhead { position, discarded }, unpark_plan(ctx, &agg, None).await?]);
-    }
-    let marker = Item::Marker { position, discarded };
-    Ok(vec![unpark_plan(ctx, &agg, Some(marker)).await?])
-}
-
-/// The park record of the aggregate held behind `event_id` (its first held
-/// event), or the reason a discard of it cannot be.
-pub async fn parked_behind(
-    store: &dyn crate::store::Store,
-    consumer: &str,
-    event_id: &str,
-) -> Result<crate::store::parking::Parked, String> {
-    let parked = store.parked(consumer).await.map_err(|e| e.to_string())?;
-    parked.into_iter().map(|p| p.parked).find(|p| p.event_id.as_deref() == Some(event_id)).ok_or_else(|| {
-        format!(
-            "no parked aggregate is held behind event {event_id} (outboxd dlq list shows the first held event of each)"
-        )
-    })
-}
-
-/// The audit row and the marker of discarding `event_id`, the first held
-/// event of `p` (`first`: its row, when it could be read).
-pub fn discard_of(
-    consumer: &str,
-    p: &crate::store::parking::Parked,
-    first: Option<&FeedRow>,
-    event_id: &str,
-    reason: &str,
-) -> (DiscardRecord, Discarded) {
-    let (payload, sequence, aggregate_type) = match first {
-        Some(FeedRow::Event(e)) => {
-            (Some(e.payload.get().to_string()), Some(e.sequence), Some(e.aggregate_type.clone()))
-        }
-        _ => (None, p.sequence, p.aggregate_type.clone()),
-    };
-    let now = Utc::now();
-    let record = DiscardRecord {
-        consumer: consumer.to_string(),
-        event_id: event_id.to_string(),
-        aggregate_id: p.aggregate_id.clone(),
-        aggregate_type: aggregate_type.clone(),
-        sequence,
-        position: p.position,
-        event_type: p.event_type.clone(),
-        payload,
-        error: p.error.clone(),
-        reason: reason.to_string(),
-        discarded_at: now,
-    };
-    let discarded = crate::relay::discards::marker_of(&record);
-    (record, discarded)
-}
-
-/// Writes a discard's audit row (once per consumer and event id).
-pub async fn record_discard(
-    store: &dyn crate::store::Store,
-    metrics: &crate::metrics::Metrics,
-    record: &DiscardRecord,
-) -> Result<(), String> {
-    store.record_discard(record).await.map_err(|e| format!("cannot write the discard audit row: {e}"))?;
-    metrics.relay_discards.inc();
-    tracing::warn!(event_id = %record.event_id, aggregate = %record.aggregate_id, reason = %record.reason, "event discarded on an operator's decision; a marker record takes its place");
-    Ok(())
-}
-
-/// The dead letters a replay request names (`ids`), or all of them; an
-/// error when some of the named ones do not exist.
-pub async fn chosen_letters(
-    store: &dyn crate::store::Store,
-    ids: Option<&[Uuid]>,
-) -> Result<Vec<crate::store::DeadLetter>, String> {
-    let letters = store.dlq_list(100_000).await.map_err(|e| e.to_string())?;
-    let chosen: Vec<_> = match ids {
-        Some(ids) => letters.into_iter().filter(|l| ids.contains(&l.id)).collect(),
-        None => letters,
-    };
-    if ids.is_some_and(|ids| chosen.len() != ids.len()) {
-        return Err("some of the given dead letters do not exist".into());
-    }
-    Ok(chosen)
-}
-
-/// The event a dead letter holds, or the `{id, error}` entry reported for a
-/// letter whose stored payload is not a valid event (it is not published).
-pub fn letter_event(l: &crate::store::DeadLetter) -> Result<RawEvent, serde_json::Value> {
-    serde_json::from_str::<crate::envelope::EventEnvelope>(&l.payload)
-        .map_err(|e| e.to_string())
-        .and_then(|env| RawEvent::from_envelope(&env, l.position.unwrap_or(0)).map_err(|e| e.to_string()))
-        .map_err(|e| json!({ "id": l.id, "error": format!("stored payload is not a valid event: {e}") }))
-}
-
-async fn letters_plan(ctx: &PlanCtx<'_>, ids: Option<&[Uuid]>) -> Result<Vec<Plan>, String> {
-    let chosen = chosen_letters(ctx.store, ids).await?;
-    let mut items = Vec::new();
-    let mut bad = Vec::new();
-    for l in &chosen {
-        match letter_event(l) {
-            Ok(raw) => items.push((Item::Event(raw), l.id)),
-            Err(e) => bad.push(e),
-        }
-    }
-    if items.is_empty() {
-        return Ok(vec![Plan::Done(json!({ "replayed": 0, "failed": bad }))]);
-    }
-    Ok(vec![Plan::Letters { items }])
 }

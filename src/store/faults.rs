@@ -1,11 +1,12 @@
 //! A fault-injection seam for tests of long-running loops: makes the store's
 //! reads fail for a while, as a store that is briefly unreachable does, or
-//! the next few calls of one named write (a relay bookkeeping write the
-//! relay must not report as done when it failed).
+//! the next few calls of one named operation (a relay bookkeeping write the
+//! relay must not report as done when it failed, a read a resumed replay
+//! must not take for "carried out already").
 //!
 //! Guarantee: inert unless armed; the daemon arms reads only through the
 //! admin route `POST /debug/store?fail_reads_ms=N`, which exists only when
-//! `OUTBOXD_ENABLE_FAULT_INJECTION=1`; named writes only library tests arm.
+//! `OUTBOXD_ENABLE_FAULT_INJECTION=1`; named operations only library tests arm.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,11 +20,13 @@ pub struct StoreFaults {
     fail_writes: Mutex<HashMap<&'static str, u32>>,
 }
 
-/// The writes [`StoreFaults::fail_next`] can fail (SQLite backend).
+/// The operations [`StoreFaults::fail_next`] can fail (SQLite backend).
 /// A relay checkpoint write, fenced or not.
 pub const CHECKPOINT: &str = "checkpoint";
 pub const DLQ_REMOVE: &str = "dlq_remove";
 pub const UNPARK: &str = "unpark";
+/// The read of an aggregate's held rows (a replay's or a discard's plan).
+pub const AGGREGATE_ROWS: &str = "aggregate_rows";
 
 impl StoreFaults {
     /// Every read fails for `d` from now.
@@ -31,13 +34,18 @@ impl StoreFaults {
         *self.fail_reads_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + d);
     }
 
-    /// The next `n` calls of the write `op` fail (before touching the file).
+    /// The next `n` calls of the operation `op` fail (before touching the file).
     pub fn fail_next(&self, op: &'static str, n: u32) {
         self.fail_writes.lock().unwrap_or_else(|e| e.into_inner()).insert(op, n);
     }
 
+    /// How many failures of `op` are still armed (tests check theirs fired).
+    pub fn armed(&self, op: &'static str) -> u32 {
+        self.fail_writes.lock().unwrap_or_else(|e| e.into_inner()).get(op).copied().unwrap_or(0)
+    }
+
     /// Err if a failure of `op` is armed (and counts it).
-    pub fn check_write(&self, op: &'static str) -> Result<(), StoreError> {
+    pub fn check_named(&self, op: &'static str) -> Result<(), StoreError> {
         let mut armed = self.fail_writes.lock().unwrap_or_else(|e| e.into_inner());
         match armed.get_mut(op) {
             Some(n) if *n > 0 => {

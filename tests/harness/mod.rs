@@ -19,6 +19,7 @@ pub mod load;
 pub mod metrics;
 pub mod oauth;
 pub mod read_models;
+pub mod relay;
 pub mod requests;
 pub mod sqlite;
 
@@ -34,6 +35,7 @@ pub use http::*;
 pub use kafka::*;
 pub use load::*;
 pub use metrics::*;
+pub use relay::*;
 pub use requests::*;
 pub use sqlite::*;
 

@@ -52,7 +52,8 @@ use super::CdcError;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::relay::deliver::{Delivered, Deliverer};
-use crate::relay::requests::{chosen_letters, discard_of, kind_label, letter_event, parked_behind, record_discard};
+use crate::relay::plan::{chosen_letters, discard_of, letter_event, parked_behind, record_discard};
+use crate::relay::requests::kind_label;
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::{RelayStatus, StatusTx};
 use crate::shutdown::Shutdown;
@@ -242,7 +243,7 @@ impl CdcRequests {
         reason: &str,
         shutdown: &mut Shutdown,
     ) -> Result<Option<(String, usize)>, String> {
-        let p = parked_behind(&*self.store, &self.consumer, event_id).await?;
+        let p = parked_behind(&*self.store, &self.consumer, event_id).await.map_err(|e| e.to_string())?;
         let agg = p.aggregate_id.clone();
         let id = Uuid::parse_str(&agg).map_err(|_| format!("aggregate {agg} is not a UUID"))?;
         let from = p.sequence.unwrap_or(1).max(1);
@@ -252,7 +253,7 @@ impl CdcRequests {
         let first = (rows.first().and_then(|r| r.sequence()) == Some(from)).then(|| rows.remove(0));
         let held = readable(&agg, rows)?;
         let (record, marker) = discard_of(&self.consumer, &p, first.as_ref(), event_id, reason);
-        record_discard(&*self.store, self.deliverer.metrics(), &record).await?;
+        record_discard(&*self.store, self.deliverer.metrics(), &record).await.map_err(|e| e.to_string())?;
         let d = self.deliverer.deliver_marker(&marker, shutdown).await;
         if !confirmed(d, || {
             format!("the discard marker of event {event_id} cannot be published; the aggregate stays parked")
@@ -302,7 +303,7 @@ impl CdcRequests {
     async fn replay_letters(&self, ids: Option<&[Uuid]>, shutdown: &mut Shutdown) -> Option<(RequestStatus, Value)> {
         let chosen = match chosen_letters(&*self.store, ids).await {
             Ok(c) => c,
-            Err(e) => return Some(failed(e)),
+            Err(e) => return Some(failed(e.to_string())),
         };
         let (mut items, mut bad) = (Vec::new(), Vec::new());
         for l in &chosen {

@@ -15,8 +15,8 @@
 use super::{Outcome, Txn};
 use crate::relay::parking::count_parked;
 use crate::relay::pipeline::{Exit, Item, RelayError};
+use crate::relay::plan::{plan, Plan, PlanCtx};
 use crate::relay::progress::LETTERS;
-use crate::relay::requests::{plan, Plan, PlanCtx};
 use crate::relay::window::Fenced;
 use crate::shutdown::Shutdown;
 use crate::store::requests::RequestStatus;
@@ -49,14 +49,24 @@ impl Txn {
                 positions: true,
                 discards: &self.discards,
             };
+            let resuming = self.resumed.as_ref().is_some_and(|m| m.request == r.id);
             let mut plans = match plan(&ctx, &r).await {
                 Ok(p) => p,
+                // The store did not answer: whether the former term did the
+                // store's part of this replay is unknown. It stays claimed
+                // and is taken again at the next round; the requests after
+                // it wait (their progress records would drop its mark).
+                Err(RelayError::Store(e)) if resuming => {
+                    tracing::warn!(request = %r.id, error = %e, "cannot plan the replay being resumed; trying again after the next batch");
+                    self.requests.release(r.id);
+                    return Ok(None);
+                }
                 // The former term committed this replay and did the store's
                 // part (nothing is parked or left to replay), then stopped
                 // before recording the outcome. (Ending the term instead, on
-                // an error that is not that, fails every later term the same
+                // a refusal that is not that, fails every later term the same
                 // way: a dead letter already removed, a discard carried out.)
-                Err(e) if self.resumed.as_ref().is_some_and(|m| m.request == r.id) => {
+                Err(e) if resuming => {
                     self.resumed = None;
                     tracing::info!(request = %r.id, reason = %e, "a replay the former term carried out; recorded as done");
                     let result = serde_json::json!({ "events": 0, "note": "carried out before a restart" });
@@ -64,7 +74,7 @@ impl Txn {
                     continue;
                 }
                 Err(e) => {
-                    self.finish(r.id, RequestStatus::Failed, serde_json::json!({ "error": e })).await;
+                    self.finish(r.id, RequestStatus::Failed, serde_json::json!({ "error": e.to_string() })).await;
                     continue;
                 }
             };

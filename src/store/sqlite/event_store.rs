@@ -170,7 +170,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn set_checkpoint(&self, consumer: &str, position: i64) -> Result<(), StoreError> {
-        self.faults.check_write(crate::store::faults::CHECKPOINT)?;
+        self.faults.check_named(crate::store::faults::CHECKPOINT)?;
         let consumer = consumer.to_string();
         self.write(move |c| super::lease::upsert_checkpoint(c, &consumer, position)).await
     }
@@ -184,7 +184,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn dlq_remove(&self, id: Uuid) -> Result<bool, StoreError> {
-        self.faults.check_write(crate::store::faults::DLQ_REMOVE)?;
+        self.faults.check_named(crate::store::faults::DLQ_REMOVE)?;
         self.write(move |c| dlq::remove(c, id)).await
     }
 

@@ -35,7 +35,7 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn set_checkpoint_fenced(&self, name: &str, epoch: i64, position: i64) -> Result<(), StoreError> {
-        self.faults.check_write(crate::store::faults::CHECKPOINT)?;
+        self.faults.check_named(crate::store::faults::CHECKPOINT)?;
         let name = name.to_string();
         self.lease_op(move |c| lease::set_checkpoint_fenced(c, &name, epoch, position)).await
     }
@@ -54,7 +54,7 @@ impl ParkingStore for SqliteStore {
     }
 
     async fn unpark(&self, consumer: &str, aggregate_id: &str) -> Result<bool, StoreError> {
-        self.faults.check_write(crate::store::faults::UNPARK)?;
+        self.faults.check_named(crate::store::faults::UNPARK)?;
         let (consumer, aggregate_id) = (consumer.to_string(), aggregate_id.to_string());
         self.write(move |c| parking::unpark(c, &consumer, &aggregate_id)).await
     }
@@ -65,7 +65,7 @@ impl ParkingStore for SqliteStore {
     }
 
     async fn unpark_fenced(&self, consumer: &str, aggregate_id: &str, epoch: i64) -> Result<bool, StoreError> {
-        self.faults.check_write(crate::store::faults::UNPARK)?;
+        self.faults.check_named(crate::store::faults::UNPARK)?;
         let (consumer, aggregate_id) = (consumer.to_string(), aggregate_id.to_string());
         self.lease_op(move |c| lease::fenced(c, &consumer, epoch, |tx| parking::unpark(tx, &consumer, &aggregate_id)))
             .await
@@ -78,6 +78,7 @@ impl ParkingStore for SqliteStore {
         from_sequence: Option<i64>,
         up_to_position: Option<i64>,
     ) -> Result<Vec<FeedRow>, StoreError> {
+        self.faults.check_named(crate::store::faults::AGGREGATE_ROWS)?;
         let aggregate_id = aggregate_id.to_string();
         self.read(move |c| parking::aggregate_rows(c, &aggregate_id, from_position, from_sequence, up_to_position))
             .await

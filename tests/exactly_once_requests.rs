@@ -1,0 +1,216 @@
+//! Exactly-once operator requests carried out by the relay library against
+//! a real Kafka broker: a replay or a dead-letter replay that fails again,
+//! a batch split around a park position, and a replay resumed by the next
+//! term after the former one committed it but could not remove the park
+//! record. Every test uses its own topics (prefix), consumer and database
+//! file; the daemon-level crash tests are in tests/exactly_once_replay.rs.
+
+mod harness;
+
+use harness::*;
+use std::time::Duration;
+
+use outboxd::app::{CommandService, ServiceOptions};
+use outboxd::relay::pipeline::RelayError;
+
+/// Exactly-once: an operator replay whose second event still cannot be
+/// published commits the first alone, parks the aggregate again, and never
+/// moves the committed progress back (the replayed events' positions are in
+/// the past; a regressed progress made the next term re-publish everything
+/// after them to read_committed consumers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_replay_that_fails_again_keeps_the_progress() {
+    use outboxd::domain::{Currency, Money, Order, OrderCommand, OrderItem, Sku};
+    use outboxd::envelope::Metadata;
+    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (c, topic, store) = exactly_once_small_topic(&brokers, dir.path()).await;
+    let svc = CommandService::new(store.clone(), ServiceOptions::default());
+    let eur = Currency::new("EUR").unwrap();
+    let items = |n: usize, tag: &str| -> Vec<OrderItem> {
+        (0..n)
+            .map(|k| {
+                OrderItem::new(
+                    Sku::new(format!("{tag}-{k:03}-{}", "X".repeat(54))).unwrap(),
+                    1,
+                    Money::new(1, eur).unwrap(),
+                )
+                .unwrap()
+            })
+            .collect()
+    };
+    let order = uuid::Uuid::now_v7();
+    let run = |cmd: OrderCommand| {
+        let svc = svc.clone();
+        async move { svc.execute::<Order>(order, &cmd, Metadata::default(), None).await.unwrap() }
+    };
+    run(OrderCommand::Create { customer_id: uuid::Uuid::now_v7(), items: items(1, "A") }).await;
+    run(OrderCommand::UpdateItems { items: items(50, "B") }).await; // ~7 KB: over 6000, under 12000
+    run(OrderCommand::UpdateItems { items: items(100, "C") }).await; // ~14 KB: over both
+    let other = uuid::Uuid::now_v7();
+    svc.execute::<Order>(
+        other,
+        &OrderCommand::Create { customer_id: other, items: items(1, "D") },
+        Metadata::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let head = store.head_position().await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(head, Duration::from_secs(60)).await;
+    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 1, "parked at its second event");
+
+    let (b, t) = (brokers.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || alter_topic(&b, &t, "max.message.bytes", "12000")).await.unwrap();
+    let replay = RelayRequest::new(
+        &c.relay.consumer_name,
+        RequestKind::ReplayAggregate { aggregate_id: order.to_string() },
+        "test",
+    );
+    store.request_submit(&replay).await.unwrap();
+    let finished = request_finished(&store, replay.id).await;
+    assert_eq!(finished.status, RequestStatus::Failed, "the third event failed again: {:?}", finished.result);
+    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 1, "parked again, at its third event");
+
+    let records =
+        consume_until(&brokers, std::slice::from_ref(&c.relay.progress_topic), 1, Duration::from_secs(5), |_| false);
+    let last = records.iter().rev().find(|r| r.key == c.relay.consumer_name).expect("a progress record");
+    assert!(
+        last.value["position"].as_i64().unwrap() >= head,
+        "the committed progress never went back: {:?}",
+        last.value
+    );
+    let events = consume_all(&brokers, std::slice::from_ref(&topic), 3, Duration::from_secs(10));
+    let seqs: Vec<&str> =
+        events.iter().filter(|r| r.key == order.to_string()).map(|r| r.headers["ce_sequence"].as_str()).collect();
+    assert_eq!(seqs, vec!["1", "2"], "the order's first event, then the replayed second one");
+    relay.stop().await;
+}
+
+/// Exactly-once: a dead-letter replay whose second letter still cannot be
+/// published commits the first, stops at the second (the letters after it
+/// are not tried), keeps both, and fails naming it; nothing is parked. It
+/// used to park the letter's aggregate at its old position (a later replay
+/// of that aggregate re-published everything after it) and remove every
+/// letter as replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_dead_letter_replay_that_fails_again_keeps_the_letter() {
+    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (c, topic, store) = exactly_once_small_topic(&brokers, dir.path()).await;
+    // Three orders' events, published before (the checkpoint is past them),
+    // each a dead letter now; the second is over the topic's limit.
+    let mut letters = Vec::new();
+    for (i, big) in [false, true, false].into_iter().enumerate() {
+        let id = uuid::Uuid::now_v7();
+        let mut env = order_events(id, 0, 1).remove(0);
+        if big {
+            env.payload["note"] = serde_json::Value::String("x".repeat(8000));
+        }
+        store.append(id, 0, vec![env.clone()]).await.unwrap();
+        let letter = dead_letter(&env, Some(i as i64 + 1));
+        store.dlq_insert(letter.clone()).await.unwrap();
+        letters.push(letter);
+    }
+    store.set_checkpoint(&c.relay.consumer_name, 3).await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(3, Duration::from_secs(60)).await;
+
+    let replay = RelayRequest::new(&c.relay.consumer_name, RequestKind::ReplayDeadLetters { ids: None }, "test");
+    store.request_submit(&replay).await.unwrap();
+    let finished = request_finished(&store, replay.id).await;
+    assert_eq!(finished.status, RequestStatus::Failed, "{:?}", finished.result);
+    assert_eq!(finished.result.as_ref().unwrap()["id"], letters[1].id.to_string(), "{:?}", finished.result);
+    let mut left: Vec<uuid::Uuid> = store.dlq_list(10).await.unwrap().into_iter().map(|l| l.id).collect();
+    left.sort();
+    assert_eq!(left, vec![letters[1].id, letters[2].id], "the failed letter and the one after it stay");
+    assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty(), "nothing is parked");
+    let events = consume_all(&brokers, std::slice::from_ref(&topic), 2, Duration::from_secs(10));
+    let ids: Vec<String> = events.iter().map(|r| r.event_id()).collect();
+    assert_eq!(ids, vec![letters[0].event_id.to_string()], "only the first letter's event, once");
+    relay.stop().await;
+}
+
+/// Exactly-once: a batch split around an event refused for good keeps a
+/// parked aggregate's events before its park position (read again after a
+/// rewind); the split filtered the rest by aggregate alone and dropped them
+/// while the progress moved past.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_split_keeps_events_before_a_park_position() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (c, topic, store) = exactly_once_small_topic(&brokers, dir.path()).await;
+    let (big, parked) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let mut env = order_events(big, 0, 1).remove(0);
+    env.payload["note"] = serde_json::Value::String("x".repeat(8000));
+    store.append(big, 0, vec![env]).await.unwrap(); // position 1, over the topic's limit
+    store.append(parked, 0, order_events(parked, 0, 3)).await.unwrap(); // positions 2-4
+    store.park(&order_parked_at(&c.relay.consumer_name, parked, 4)).await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(4, Duration::from_secs(60)).await;
+    let records = consume_all(&brokers, std::slice::from_ref(&topic), 4, Duration::from_secs(5));
+    let seqs = |agg: uuid::Uuid| -> Vec<String> {
+        records.iter().filter(|r| r.key == agg.to_string()).map(|r| r.headers["ce_sequence"].clone()).collect()
+    };
+    assert_eq!(seqs(parked), ["1", "2"], "the events before the park position, once");
+    assert!(seqs(big).is_empty());
+    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 2, "the big one parked too");
+    relay.stop().await;
+}
+
+/// Exactly-once: a replay resumed by the next term (the former one
+/// committed the held events, then could not remove the park record), whose
+/// first read of the held rows fails. The request is taken again at the
+/// next round and finishes: done, the record gone, each event once. It was
+/// recorded done at once ("carried out before a restart") with the record
+/// left: the aggregate held for good, and the replay an operator would ask
+/// for next published its events a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resumed_replay_whose_store_read_fails_is_taken_again_not_recorded_done() {
+    use outboxd::store::faults::{AGGREGATE_ROWS, UNPARK};
+    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&brokers, &dir.path().join("s.db"));
+    exactly_once(&mut c);
+    c.relay.retry.initial_backoff_ms = 10;
+    c.relay.retry.max_backoff_ms = 50;
+    let store = open_store(&c).await;
+    let faults = store.faults().expect("the SQLite store has the fault seam");
+    let (order, other) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    store.append(order, 0, order_events(order, 0, 3)).await.unwrap(); // positions 1-3
+    store.park(&order_parked_at(&c.relay.consumer_name, order, 2)).await.unwrap();
+    store.append(other, 0, order_events(other, 0, 1)).await.unwrap(); // position 4
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(4, Duration::from_secs(60)).await;
+
+    // The first term commits the held events, then every try of the unpark fails: it ends.
+    faults.fail_next(UNPARK, 5);
+    let replay = RelayRequest::new(
+        &c.relay.consumer_name,
+        RequestKind::ReplayAggregate { aggregate_id: order.to_string() },
+        "test",
+    );
+    store.request_submit(&replay).await.unwrap();
+    let end = relay.ended(Duration::from_secs(60)).await;
+    assert!(matches!(&end, Err(RelayError::Store(m)) if m.contains("park record could not be removed")), "{end:?}");
+
+    // The next term resumes it; its first read of the held rows fails.
+    faults.fail_next(AGGREGATE_ROWS, 1);
+    let relay = start_relay(&c, store.clone());
+    let finished = request_finished(&store, replay.id).await;
+    assert_eq!(faults.armed(AGGREGATE_ROWS), 0, "the read failed once, as armed");
+    assert_eq!(finished.status, RequestStatus::Done, "{:?}", finished.result);
+    assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty(), "the park record is gone");
+    // Up to 6 records within 5 s: a second copy would show.
+    let records = consume_all(&brokers, &topics(&c), 6, Duration::from_secs(5));
+    let seqs = |agg: uuid::Uuid| -> Vec<String> {
+        records.iter().filter(|r| r.key == agg.to_string()).map(|r| r.headers["ce_sequence"].clone()).collect()
+    };
+    assert_eq!(seqs(order), ["1", "2", "3"], "each event of the replayed order once, in order");
+    assert_eq!(seqs(other), ["1"]);
+    relay.stop().await;
+}
