@@ -135,7 +135,7 @@ async fn dead_letters_are_replayed_and_removed_once_confirmed() {
     for l in [&a3, &broken, &a2, &b1] {
         store.dlq_insert(l.clone()).await.unwrap();
     }
-    let (_, _, server) = request_server(&cfg, &store).await;
+    let (deliverer, _, server) = request_server(&cfg, &store).await;
     let trigger = Trigger::new();
     let mut shutdown = trigger.subscribe();
     let replay = RelayRequest::new(RELAY, RequestKind::ReplayDeadLetters { ids: None }, "test");
@@ -174,7 +174,7 @@ async fn dead_letters_are_replayed_and_removed_once_confirmed() {
     let d = Uuid::now_v7();
     let mut huge = order_events(d, 0, 1).remove(0);
     huge.payload = serde_json::json!({ "blob": "x".repeat(1_100_000) });
-    let stuck = letter(&huge);
+    let stuck = DeadLetter { error_message: "the first failure".into(), ..letter(&huge) };
     store.dlq_insert(stuck.clone()).await.unwrap();
     let again = RelayRequest::new(RELAY, RequestKind::ReplayDeadLetters { ids: Some(vec![stuck.id]) }, "test");
     store.request_submit(&again).await.unwrap();
@@ -183,7 +183,14 @@ async fn dead_letters_are_replayed_and_removed_once_confirmed() {
     assert_eq!(r.status, RequestStatus::Failed, "{:?}", r.result);
     let result = r.result.unwrap();
     assert_eq!(result["id"], stuck.id.to_string(), "{result}");
-    assert!(store.dlq_list(10).await.unwrap().iter().any(|l| l.id == stuck.id), "the letter stays");
+    let left = store.dlq_list(10).await.unwrap();
+    let kept = left.iter().find(|l| l.id == stuck.id).expect("the letter stays");
+    assert!(kept.failure_count > stuck.failure_count, "its failures counted: {}", kept.failure_count);
+    assert_ne!(kept.error_message, stuck.error_message, "its error is the new one");
+    // Whatever the policy (park here), its aggregate is not parked: its
+    // later events went out long ago and would be held behind an old one.
+    assert!(store.parked(RELAY).await.unwrap().is_empty(), "nothing parked");
+    assert!(!deliverer.is_parked(&d.to_string()));
 }
 
 /// `dlq discard` on the CDC relay: the first held event of a parked

@@ -55,6 +55,17 @@ pub enum Delivered {
 
 type Waiters = Arc<Mutex<HashMap<usize, oneshot::Sender<Result<(i32, i64), PublishError>>>>>;
 
+/// How sending one record ended, before anything is recorded for it.
+enum Sent {
+    Done(Delivered),
+    /// Failed for good after `attempts`; `policy` says what a delivery records.
+    ForGood {
+        err: PublishError,
+        policy: PermanentFailurePolicy,
+        attempts: u32,
+    },
+}
+
 /// What one delivery publishes: an event, or the marker of a discarded one.
 #[derive(Clone, Copy)]
 enum Out<'a> {
@@ -244,14 +255,41 @@ impl Deliverer {
         self.publish(Out::Marker(d), shutdown).await
     }
 
+    /// A replayed dead letter's event: a failure for good is returned, the
+    /// letter's error and failure count updated, whatever the policy says
+    /// (parking its aggregate would hold events long published behind an old
+    /// one; a new letter would duplicate it).
+    pub async fn deliver_letter(&self, e: &RawEvent, shutdown: &mut Shutdown) -> Result<Delivered, PublishError> {
+        match self.send_retrying(Out::Event(e), shutdown).await {
+            Sent::Done(d) => Ok(d),
+            Sent::ForGood { err, attempts, .. } => {
+                if let Some(again) = dead_letter_of(&Item::Event(e.clone()), &err, attempts) {
+                    if let Err(x) = self.sink.dead_letter(again).await {
+                        tracing::warn!(error = %x, event_id = %e.event_id, "cannot update the dead letter's error; it stays as it was");
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
     async fn publish(&self, out: Out<'_>, shutdown: &mut Shutdown) -> Delivered {
+        match self.send_retrying(out, shutdown).await {
+            Sent::Done(d) => d,
+            Sent::ForGood { err, policy, attempts } => self.give_up(&out.item(), err, policy, attempts, shutdown).await,
+        }
+    }
+
+    /// Sends `out` with retry and breaker until it is confirmed, stopped, or
+    /// failed for good (then the caller decides what is recorded).
+    async fn send_retrying(&self, out: Out<'_>, shutdown: &mut Shutdown) -> Sent {
         let mut attempts: u32 = 0;
         loop {
             if self.lease_gone() {
                 // Nothing more is sent; the reader stops as on shutdown (the
                 // term ends and this instance stands by, a request stays
                 // claimed for the next leader) rather than failing.
-                return Delivered::Shutdown;
+                return Sent::Done(Delivered::Shutdown);
             }
             // Wait while the breaker is open.
             loop {
@@ -261,7 +299,7 @@ impl Deliverer {
                 }
                 let wait = self.breaker(|b| b.remaining_open(now)).max(std::time::Duration::from_millis(10));
                 if !shutdown.sleep(wait).await {
-                    return Delivered::Shutdown;
+                    return Sent::Done(Delivered::Shutdown);
                 }
             }
             if attempts > 0 {
@@ -269,7 +307,7 @@ impl Deliverer {
             }
             let res = tokio::select! {
                 r = self.send_and_wait(out) => r,
-                _ = shutdown.recv() => return Delivered::Shutdown,
+                _ = shutdown.recv() => return Sent::Done(Delivered::Shutdown),
             };
             match res {
                 Ok(_) => {
@@ -285,7 +323,7 @@ impl Deliverer {
                         self.metrics.event_end_to_end_latency.observe(e2e);
                     }
                     self.status.delivered(1);
-                    return Delivered::Delivered;
+                    return Sent::Done(Delivered::Delivered);
                 }
                 Err(err) => {
                     attempts += 1;
@@ -300,15 +338,14 @@ impl Deliverer {
                             tracing::warn!(event_id = %out.event_id(), error = %err, "event still failing after {attempts} attempts with a transient error; retrying behind the breaker");
                         }
                         if attempts >= max && self.dlq_on_transient_exhaustion {
-                            let item = out.item();
-                            return self.give_up(&item, err, PermanentFailurePolicy::Skip, attempts, shutdown).await;
+                            return Sent::ForGood { err, policy: PermanentFailurePolicy::Skip, attempts };
                         }
                     } else if attempts >= max {
                         self.metrics.retry_failure.with_label_values(&["publish"]).inc();
-                        return self.give_up(&out.item(), err, self.policy, attempts, shutdown).await;
+                        return Sent::ForGood { err, policy: self.policy, attempts };
                     }
                     if !shutdown.sleep(self.backoff.delay(attempts)).await {
-                        return Delivered::Shutdown;
+                        return Sent::Done(Delivered::Shutdown);
                     }
                 }
             }

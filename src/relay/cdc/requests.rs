@@ -18,8 +18,10 @@
 //!   published again through the same delivery call, the letters of one
 //!   aggregate in sequence order, each while the aggregate's turn is held;
 //!   a letter is removed only once the broker confirmed its event. A letter
-//!   whose event fails for good again stays, and the request fails naming
-//!   it (what was confirmed before stays confirmed and removed); a letter
+//!   whose event fails for good again stays (its error and failure count
+//!   updated), whatever `relay.on_permanent_failure` says: its aggregate is
+//!   not parked; the request fails naming it (what was confirmed before
+//!   stays confirmed and removed, the letters after it are not tried); a letter
 //!   whose stored payload is not an event is reported and left alone.
 //! - `dlq discard --id EVENT --reason ...`: the first held event of a
 //!   parked aggregate (whose row may be unreadable) is replaced by a marker
@@ -316,14 +318,14 @@ impl CdcRequests {
         let mut replayed = 0usize;
         for (agg, raw, letter) in items {
             let _turn = self.sink.exclusive(agg).await;
-            let d = self.deliverer.deliver_replayed(&raw, shutdown).await;
-            let why = || {
+            let d = self.deliverer.deliver_letter(&raw, shutdown).await.map_err(|e| {
                 format!(
-                    "event {} (sequence {}) of dead letter {letter} still cannot be published; the letter stays",
-                    raw.event_id, raw.sequence
+                    "event {} (sequence {}) of dead letter {letter} still cannot be published: {} ({}); the letter stays",
+                    raw.event_id, raw.sequence, e.message, e.kind
                 )
-            };
-            match confirmed(d, why) {
+            });
+            // Sent or stopped (a letter's failure for good is the Err above).
+            match d.and_then(|d| confirmed(d, || format!("dead letter {letter}: {d:?}"))) {
                 Ok(true) => {}
                 Ok(false) => return None,
                 Err(error) => {
