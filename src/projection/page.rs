@@ -3,7 +3,9 @@
 //!
 //! Guarantee: the rows a page touches are loaded, every event is applied with
 //! the pure `model::apply_event` (duplicates and out-of-order events change
-//! nothing), and rows plus the checkpoint move `from -> to` in one
+//! nothing) after the events before it (a row that lacks some, because a
+//! rebuild reset the read models under this batch, gets them from the store
+//! first), and rows plus the checkpoint move `from -> to` in one
 //! `commit_batch`, which refuses (nothing written) when another projector
 //! moved the checkpoint first. An event that cannot be applied parks its
 //! aggregate (`parking`) before that commit; later events of a parked
@@ -55,11 +57,8 @@ pub(crate) async fn decode_row<A: Aggregate>(
     }
     tracing::warn!(%id, state_schema = stored.state_schema, "read-model row has an older or unreadable state; re-deriving it from its events");
     let mut row: Option<Row<A>> = None;
-    for env in store.load(id).await? {
-        if env.sequence > stored.version {
-            break;
-        }
-        apply_event(&mut row, StoredEvent { position: stored.last_position, envelope: env }, currency);
+    if let Some(error) = replay_into(store, &mut row, id, stored.version, stored.last_position, currency).await? {
+        tracing::warn!(%id, %error, "an event of the re-derived row cannot be applied; the row stops before it");
     }
     Ok(row.map(|mut r| {
         r.version = stored.version;
@@ -68,6 +67,56 @@ pub(crate) async fn decode_row<A: Aggregate>(
         r.updated_at = stored.updated_at;
         r
     }))
+}
+
+/// Applies the stored events of `id` after `row`'s version up to `through`
+/// (at feed `position`) to `row`; `Some(error)` when one cannot be applied
+/// (the row then stops before it).
+async fn replay_into<A: Aggregate>(
+    store: &dyn EventStore,
+    row: &mut Option<Row<A>>,
+    id: Uuid,
+    through: i64,
+    position: i64,
+    currency: &str,
+) -> Result<Option<String>, StoreError> {
+    let after = row.as_ref().map_or(0, |r| r.version);
+    for env in store.load(id).await? {
+        if env.sequence <= after {
+            continue;
+        }
+        if env.sequence > through {
+            break;
+        }
+        if let Applied::Skipped(error) = apply_event(row, StoredEvent { position, envelope: env }, currency) {
+            return Ok(Some(error));
+        }
+    }
+    Ok(None)
+}
+
+/// Applies `ev` to `row`, first filling a gap before it from the store: the
+/// row may lack earlier events when another writer of the read models (a
+/// rebuild resetting them) raced this batch's load; applied alone, the event
+/// would leave a row that looks current but has lost the events before it.
+/// An earlier event that cannot be applied skips `ev` too (row unchanged).
+async fn apply_in_order<A: Aggregate>(
+    store: &dyn EventStore,
+    row: &mut Option<Row<A>>,
+    ev: StoredEvent,
+    currency: &str,
+) -> Result<Applied, StoreError> {
+    let (id, sequence) = (ev.envelope.aggregate_id, ev.envelope.sequence);
+    let version = row.as_ref().map_or(0, |r| r.version);
+    if sequence > version + 1 {
+        tracing::warn!(aggregate_id = %id, sequence, version, "projection: events missing before this one; re-reading them from the store");
+        let before = row.clone();
+        if let Some(error) = replay_into(store, row, id, sequence - 1, ev.position, currency).await? {
+            *row = before;
+            return Ok(Applied::Skipped(format!("an earlier event of this aggregate cannot be applied: {error}")));
+        }
+    }
+    Ok(apply_event(row, ev, currency))
 }
 
 /// Applies one feed page (read after `from`) and commits rows + checkpoint.
@@ -124,7 +173,7 @@ pub(crate) async fn apply_page(
         let applied = match ev.envelope.aggregate_type.as_str() {
             Order::TYPE => {
                 let row = orders.entry(id).or_default();
-                let r = apply_event(row, ev, currency);
+                let r = apply_in_order(store.as_ref(), row, ev, currency).await?;
                 if row.is_some() && r != Applied::Duplicate {
                     dirty_orders.insert(id);
                 }
@@ -132,7 +181,7 @@ pub(crate) async fn apply_page(
             }
             Customer::TYPE => {
                 let row = customers.entry(id).or_default();
-                let r = apply_event(row, ev, currency);
+                let r = apply_in_order(store.as_ref(), row, ev, currency).await?;
                 if row.is_some() && r != Applied::Duplicate {
                     dirty_customers.insert(id);
                 }
