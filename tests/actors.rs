@@ -324,7 +324,17 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     ))
     .unwrap();
     let id = letter["id"].as_str().unwrap();
-    let body = format!(r#"{{"ids": ["{id}"]}}"#);
+    // An id that names no dead letter: 422 naming it, nothing written (it
+    // was written and failed later, or was reported as "do not exist").
+    let requests = || sqlite3(&cfg.store.path, "SELECT COUNT(*) FROM relay_requests");
+    let requests_before = requests();
+    let unknown = Uuid::now_v7();
+    let body = format!(r#"{{"ids": ["{id}", "{unknown}"]}}"#);
+    let r = request(d.admin, "POST", "/dlq/replay", &[("Content-Type", "application/json")], Some(body.as_bytes()));
+    assert_eq!((r.status, r.json()["field"].as_str()), (422, Some("ids[1]")), "{}", r.text());
+    assert_eq!(requests(), requests_before, "no request written");
+    // The same id twice names one letter (it failed as "do not exist").
+    let body = format!(r#"{{"ids": ["{id}", "{id}"]}}"#);
     let r = request(d.admin, "POST", "/dlq/replay", &[("Content-Type", "application/json")], Some(body.as_bytes()));
     assert_eq!(r.status, 200, "the running relay carried the replay out: {}", r.text());
     assert_eq!(r.json()["request"]["status"], "done", "{}", r.text());

@@ -142,9 +142,15 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("is not a SQLite database"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(&text).unwrap(), "not a database\n");
+    // A directory: exit 2 too (it was "store unavailable", the retryable 1).
+    let o = outboxd(dir.path(), &["events"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
     // Read-only commands on a path with no store: exit 2, nothing created.
     let missing = dir.path().join("typo").join("s.db");
-    for args in [&["events"][..], &["leases"], &["dlq", "list"], &["projections", "status"]] {
+    let some = uuid::Uuid::now_v7().to_string();
+    let shows: [&[&str]; 2] = [&["order", "show", &some], &["customer", "show", &some]];
+    for args in [&["events"][..], &["leases"], &["dlq", "list"], &["projections", "status"]].into_iter().chain(shows) {
         let o = outboxd(&missing, args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains("no store there"), "{args:?}: {}", stderr(&o));

@@ -9,13 +9,13 @@ use outboxd::app::AppError;
 use outboxd::config::Config;
 use outboxd::domain::{Customer, CustomerCommand, Email, PhoneNumber};
 
-use super::{meta, open, service, Failure};
+use super::{meta, open, open_existing, service, Failure};
 use crate::CustomerCmd;
 
 pub async fn run(cfg: &Config, c: CustomerCmd) -> Result<u8, Failure> {
     let (id, cmd, m) = match c {
         CustomerCmd::Show { id } => {
-            let svc = service(cfg, open(cfg).await?);
+            let svc = service(cfg, open_existing(cfg).await?);
             let loaded = svc.load::<Customer>(id).await?;
             if loaded.version == 0 {
                 return Err(Failure::from(AppError::Domain(outboxd::domain::DomainError::CustomerNotFound))

@@ -10,7 +10,7 @@ use outboxd::app::AppError;
 use outboxd::config::Config;
 use outboxd::domain::{Currency, Money, Order, OrderCommand, OrderItem, Sku};
 
-use super::{meta, open, service, BadInput, Failure};
+use super::{meta, open, open_existing, service, BadInput, Failure};
 use crate::OrderCmd;
 
 /// Parses `SKU:QUANTITY:UNIT_PRICE_MINOR` items.
@@ -39,7 +39,7 @@ pub async fn run(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
     // Validate the input before touching the store.
     let (id, cmd, m) = match c {
         OrderCmd::Show { id } => {
-            let svc = service(cfg, open(cfg).await?);
+            let svc = service(cfg, open_existing(cfg).await?);
             let loaded = svc.load::<Order>(id).await?;
             if loaded.version == 0 {
                 return Err(Failure::from(AppError::Domain(outboxd::domain::DomainError::OrderNotFound))

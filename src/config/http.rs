@@ -40,16 +40,17 @@ impl HttpConfig {
                 return err(format!("{k} = {v:?}: expected ip:port, e.g. 127.0.0.1:8080"));
             }
         }
-        if self
-            .listen
-            .parse::<std::net::SocketAddr>()
-            .ok()
-            .is_some_and(|a| a.port() != 0 && self.admin_listen.parse::<std::net::SocketAddr>().ok() == Some(a))
+        if let (Ok(a), Ok(b)) =
+            (self.listen.parse::<std::net::SocketAddr>(), self.admin_listen.parse::<std::net::SocketAddr>())
         {
-            return err(format!(
-                "http.admin_listen = {:?}: the same address as http.listen; the two servers need their own",
-                self.admin_listen
-            ));
+            // The same port on the same address, or on a wildcard and any other address: one bind fails.
+            let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+            if a.port() != 0 && a.port() == b.port() && overlap {
+                return err(format!(
+                    "http.admin_listen = {:?}: the same port as http.listen = {:?}; the two servers need their own",
+                    self.admin_listen, self.listen
+                ));
+            }
         }
         if self.workers == 0 {
             return err("http.workers must be >= 1".into());
@@ -60,6 +61,10 @@ impl HttpConfig {
         if let Some(t) = &self.api_token {
             if t.len() < 16 {
                 return err("http.api_token must be at least 16 characters".into());
+            }
+            // What a client can send in `Authorization: Bearer <token>` (the header is trimmed).
+            if !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return err("http.api_token must be printable ASCII without spaces or newlines (a trailing newline from a secret file?): no request could match it".into());
             }
         }
         Ok(())

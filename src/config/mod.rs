@@ -31,7 +31,7 @@ pub use http::HttpConfig;
 pub use kafka::{
     validate_topic, validate_topic_prefix, Compression, KafkaConfig, TopicRouting, MAX_TOPIC_LEN, MAX_TOPIC_PREFIX_LEN,
 };
-pub use relay::{BreakerConfig, DeliveryMode, PermanentFailurePolicy, RelayConfig, RetryConfig};
+pub use relay::{BreakerConfig, DeliveryMode, PermanentFailurePolicy, RelayConfig, RetryConfig, PROJECTION_CONSUMER};
 pub use secrets::{is_secret_key, scrub, REDACTED};
 pub use service::{HealthConfig, ServiceConfig, SupervisionConfig};
 pub use store::{
@@ -181,6 +181,40 @@ mod tests {
         c.validate().unwrap();
         c.kafka.topic_prefix.push('p');
         assert!(c.validate().unwrap_err().to_string().contains("kafka.topic_prefix"));
+    }
+
+    /// Review findings: values no run could work with, refused by name at
+    /// load (they failed later, or silently misbehaved).
+    #[test]
+    fn values_that_could_never_work_are_refused_by_name() {
+        let refused = |f: &dyn Fn(&mut Config), key: &str| {
+            let mut c = Config::default();
+            f(&mut c);
+            let e = c.validate().expect_err(key).to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        };
+        // The projection's checkpoint, lease and parks would be the relay's.
+        refused(&|c| c.relay.consumer_name = "projections".into(), "relay.consumer_name");
+        // No request could send these (the header is trimmed and ASCII).
+        refused(&|c| c.http.api_token = Some("0123456789abcdef\n".into()), "http.api_token");
+        refused(&|c| c.http.api_token = Some("0123456789 abcdef".into()), "http.api_token");
+        refused(&|c| c.http.api_token = Some("0123456789abcdéf".into()), "http.api_token");
+        // Lag 0 "exceeded" it: the relay was always Degraded.
+        refused(&|c| c.health.lag_degraded_events = -1, "health.lag_degraded_events");
+        // One of the two binds fails at start.
+        refused(
+            &|c| {
+                c.http.listen = "0.0.0.0:8080".into();
+                c.http.admin_listen = "127.0.0.1:8080".into();
+            },
+            "http.admin_listen",
+        );
+        let mut c = Config::default();
+        c.http.listen = "127.0.0.1:8080".into();
+        c.http.admin_listen = "127.0.0.2:8080".into();
+        c.validate().expect("the same port on two addresses binds");
+        c.http.api_token = Some("0123456789abcdef-_.~+/=".into());
+        c.validate().expect("a printable token");
     }
 
     /// Black-box review: values that were accepted at load and then

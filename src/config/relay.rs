@@ -126,6 +126,10 @@ impl Default for RelayConfig {
     }
 }
 
+/// The read models' consumer name (`projection::CONSUMER`): a relay under
+/// it would share their checkpoint, lease and park records.
+pub const PROJECTION_CONSUMER: &str = "projections";
+
 impl RelayConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: &str| Err(ConfigError(m.into()));
@@ -134,6 +138,9 @@ impl RelayConfig {
         }
         if self.consumer_name.trim().is_empty() {
             return err("relay.consumer_name must not be empty");
+        }
+        if self.consumer_name == PROJECTION_CONSUMER {
+            return err("relay.consumer_name = \"projections\": the read-model projection's name (its checkpoint, lease and parks); choose another");
         }
         let r = &self.retry;
         if r.max_attempts == 0

@@ -41,6 +41,11 @@ impl HealthConfig {
         if self.interval_ms < 100 {
             return Err(ConfigError("health.interval_ms must be >= 100".into()));
         }
+        if self.lag_degraded_events < 1 {
+            return Err(ConfigError(
+                "health.lag_degraded_events must be >= 1 (some lag is normal while events are being published)".into(),
+            ));
+        }
         if self.projection_lag_degraded_events < 1 {
             return Err(ConfigError(
                 "health.projection_lag_degraded_events must be >= 1 (some lag is normal while events are being applied)"

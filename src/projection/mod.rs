@@ -47,8 +47,9 @@ use uuid::Uuid;
 use crate::domain::{Customer, Order, OrderItem};
 use crate::store::{DynStore, StoreError};
 
-/// The projection's consumer name (its row in `checkpoints`).
-pub const CONSUMER: &str = "projections";
+/// The projection's consumer name (its row in `checkpoints`); no relay may
+/// take it (`relay.consumer_name` is refused).
+pub const CONSUMER: &str = crate::config::PROJECTION_CONSUMER;
 /// Largest page `orders_by_customer` returns.
 pub const MAX_PAGE: usize = 500;
 /// Page size when the caller gives none.

@@ -267,13 +267,14 @@ pub fn is_withdrawn(r: &RelayRequest) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct NothingParked {
-    pub field: &'static str,
+    pub field: String,
     pub message: String,
 }
 
 /// Checks, before a request is written, that a replay of one aggregate or
-/// a discard names something parked for `consumer` (the relay checks again
-/// when it carries the request out); other kinds pass.
+/// a discard names something parked for `consumer`, and a replay of named
+/// dead letters names existing ones (the relay checks again when it carries
+/// the request out); other kinds pass.
 pub async fn check_parked(
     store: &DynStore,
     consumer: &str,
@@ -289,13 +290,19 @@ pub async fn check_parked(
                 p.event_id.as_deref() == Some(w)
             })
         }
+        RequestKind::ReplayDeadLetters { ids: Some(ids) } => {
+            let letters: HashSet<Uuid> = store.dlq_list(100_000).await?.into_iter().map(|l| l.id).collect();
+            let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| !letters.contains(id)) else { return Ok(Ok(())) };
+            let message = format!("{id} is not a dead letter (see GET /dlq or outboxd dlq list)");
+            return Ok(Err(NothingParked { field: format!("ids[{i}]"), message }));
+        }
         _ => return Ok(Ok(())),
     };
     if store.parked(consumer).await?.iter().any(|p| names(&p.parked, wanted)) {
         return Ok(Ok(()));
     }
     let message = format!("{wanted:?} is not {what} (see GET /dlq or outboxd dlq list)");
-    Ok(Err(NothingParked { field, message }))
+    Ok(Err(NothingParked { field: field.to_string(), message }))
 }
 
 #[cfg(test)]

@@ -63,6 +63,9 @@ pub struct PlanCtx<'a> {
     pub positions: bool,
     /// Discarded events ahead of the feed: a replay publishes their markers too.
     pub discards: &'a crate::relay::discards::Discards,
+    /// The request is a replay a former term committed in part (exactly
+    /// once): the named dead letters it removed are gone, not an error.
+    pub resuming: bool,
 }
 
 /// Turns a request into plans (writing the discard audit row where asked).
@@ -207,13 +210,16 @@ pub async fn record_discard(
 pub async fn chosen_letters(
     store: &dyn crate::store::Store,
     ids: Option<&[Uuid]>,
+    missing_ok: bool,
 ) -> Result<Vec<crate::store::DeadLetter>, RelayError> {
     let letters = store.dlq_list(100_000).await.map_err(unanswered)?;
     let chosen: Vec<_> = match ids {
         Some(ids) => letters.into_iter().filter(|l| ids.contains(&l.id)).collect(),
         None => letters,
     };
-    if ids.is_some_and(|ids| chosen.len() != ids.len()) {
+    // The same id twice names one letter.
+    if !missing_ok && ids.is_some_and(|ids| chosen.len() != ids.iter().collect::<std::collections::HashSet<_>>().len())
+    {
         return Err(refused("some of the given dead letters do not exist"));
     }
     Ok(chosen)
@@ -229,7 +235,7 @@ pub fn letter_event(l: &crate::store::DeadLetter) -> Result<RawEvent, serde_json
 }
 
 async fn letters_plan(ctx: &PlanCtx<'_>, ids: Option<&[Uuid]>) -> Result<Vec<Plan>, RelayError> {
-    let chosen = chosen_letters(ctx.store, ids).await?;
+    let chosen = chosen_letters(ctx.store, ids, ctx.resuming).await?;
     let mut items = Vec::new();
     let mut bad = Vec::new();
     for l in &chosen {

@@ -66,6 +66,7 @@ impl Run {
             checkpoint: self.checkpoint,
             positions: true,
             discards: &self.discards,
+            resuming: false,
         };
         let plans = plan(&ctx, r).await.map_err(|e| e.to_string())?;
         let mut progress = Progress::default();

@@ -303,7 +303,7 @@ impl CdcRequests {
     /// Publishes dead letters again (see the module guarantees); `None` on
     /// shutdown (the letters not confirmed yet stay).
     async fn replay_letters(&self, ids: Option<&[Uuid]>, shutdown: &mut Shutdown) -> Option<(RequestStatus, Value)> {
-        let chosen = match chosen_letters(&*self.store, ids).await {
+        let chosen = match chosen_letters(&*self.store, ids, false).await {
             Ok(c) => c,
             Err(e) => return Some(failed(e.to_string())),
         };

@@ -38,6 +38,7 @@ impl Txn {
     ) -> Result<Exit, RelayError> {
         let mut lost = self.relay.fence.clone();
         let mut requests = tokio::time::interval(Duration::from_millis(self.relay.cfg.poll_interval_ms.max(100)));
+        requests.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let max_events = self.relay.cfg.transaction_max_events.max(1);
         let max_wait = Duration::from_millis(self.relay.cfg.transaction_max_ms.max(1));
         loop {
@@ -49,6 +50,14 @@ impl Txn {
                     self.producer.purge();
                     return Ok(Exit::LeaseLost);
                 }
+                // Before the pages: under a backlog or steady writes a page
+                // is always ready, and requests waited until the feed was idle.
+                _ = requests.tick() => {
+                    if let Some(exit) = self.requests().await? {
+                        return Ok(exit);
+                    }
+                    continue;
+                }
                 page = pages.recv() => match page {
                     Some(p) => p,
                     None => {
@@ -57,12 +66,6 @@ impl Txn {
                         continue;
                     }
                 },
-                _ = requests.tick() => {
-                    if let Some(exit) = self.requests().await? {
-                        return Ok(exit);
-                    }
-                    continue;
-                }
             };
             // Gather more while it is ready, up to the batch limits.
             let started = Instant::now();

@@ -39,6 +39,7 @@ impl Txn {
             if !self.requests.take(&r, &self.backoff).await {
                 continue;
             }
+            let resuming = self.resumed.as_ref().is_some_and(|m| m.request == r.id);
             let ctx = PlanCtx {
                 store: &*self.relay.store,
                 metrics: &self.relay.metrics,
@@ -48,8 +49,8 @@ impl Txn {
                 checkpoint: self.position,
                 positions: true,
                 discards: &self.discards,
+                resuming,
             };
-            let resuming = self.resumed.as_ref().is_some_and(|m| m.request == r.id);
             let mut plans = match plan(&ctx, &r).await {
                 Ok(p) => p,
                 // The store did not answer: whether the former term did the

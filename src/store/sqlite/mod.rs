@@ -119,6 +119,13 @@ fn open_conn(path: &Path, opts: &SqliteOptions, read_only: bool) -> Result<Conne
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
+    if path.is_dir() {
+        // Not retryable either: the path names a directory.
+        return Err(StoreError::Unsupported {
+            backend: "sqlite",
+            what: format!("{} is a directory, not a SQLite database file (store.path)", path.display()),
+        });
+    }
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(Duration::from_millis(opts.busy_timeout_ms)).map_err(unavailable)?;
