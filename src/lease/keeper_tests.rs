@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -25,6 +25,10 @@ struct Hanging {
     hang: AtomicBool,
     calls: AtomicUsize,
     fail_cas: AtomicUsize,
+    /// Reads hang when they start this long after the last write that
+    /// succeeded began (`renewed`).
+    hang_reads_after: Mutex<Option<Duration>>,
+    renewed: Mutex<Option<Instant>>,
 }
 
 impl Hanging {
@@ -40,9 +44,15 @@ impl Hanging {
 impl LeaseStore for Hanging {
     async fn lease_get(&self, _: &str) -> Result<Option<Lease>, StoreError> {
         self.gate().await;
+        let after = *self.hang_reads_after.lock().unwrap();
+        let renewed = *self.renewed.lock().unwrap();
+        if after.zip(renewed).is_some_and(|(after, renewed)| renewed.elapsed() >= after) {
+            std::future::pending::<()>().await;
+        }
         Ok(self.row.lock().unwrap().clone())
     }
     async fn lease_cas(&self, cas: &LeaseCas) -> Result<bool, StoreError> {
+        let began = Instant::now();
         self.gate().await;
         if self.fail_cas.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             return Err(StoreError::Unavailable("database is locked".into()));
@@ -52,6 +62,7 @@ impl LeaseStore for Hanging {
             return Ok(false);
         }
         *row = Some(cas.new.clone());
+        *self.renewed.lock().unwrap() = Some(began);
         Ok(true)
     }
     async fn lease_list(&self) -> Result<Vec<LeaseInfo>, StoreError> {
@@ -109,5 +120,24 @@ async fn one_failed_renewal_is_retried_before_the_deadline_and_the_holder_stays_
     let (now_epoch, after) = counter();
     assert_eq!(now_epoch, epoch, "same epoch: no takeover, no re-election");
     assert!(after >= before + 3, "renewals went on: counter {before} -> {after}");
+    stop.fire();
+}
+
+/// Renewals fail, and the read of the cycle that starts at the renewal
+/// deadline hangs: the loss is published at the deadline (2 s after the
+/// last renewal began, TTL 3 s), not once that read gave up a `renew_every`
+/// later: the holder published Active past the TTL a standby waits.
+#[tokio::test]
+async fn the_loss_is_published_at_the_deadline_when_the_next_read_hangs() {
+    let (store, stop, _handle, mut rx) = active_keeper(Duration::from_millis(3000)).await;
+    *store.hang_reads_after.lock().unwrap() = Some(Duration::from_millis(2000));
+    store.fail_cas.store(1_000, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(6), rx.wait_for(|s| matches!(s, LeaseState::Lost { .. })))
+        .await
+        .expect("the loss is published")
+        .unwrap();
+    let renewed = store.renewed.lock().unwrap().expect("renewed once at least");
+    let late = renewed.elapsed();
+    assert!(late < Duration::from_millis(2500), "Lost published {late:?} after the last renewal began (deadline 2 s)");
     stop.fire();
 }
