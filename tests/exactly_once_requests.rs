@@ -317,3 +317,47 @@ async fn exactly_once_requests_are_carried_out_under_steady_writes() {
     assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty());
     relay.stop().await;
 }
+
+/// Exactly-once, the CLI's requests-only term (no daemon running): the
+/// replay committed the held events, then the park record could not be
+/// removed and the term failed. The CLI's withdrawal leaves the request
+/// open, and the next relay term resumes it: each event once. Withdrawn, it
+/// was failed "cancelled", the mark dropped, and the replay an operator
+/// submitted again published the held events a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cli_replay_that_committed_is_left_open_for_the_next_term() {
+    use outboxd::relay::operator;
+    use outboxd::store::faults::UNPARK;
+    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&brokers, &dir.path().join("s.db"));
+    exactly_once(&mut c);
+    let store = open_store(&c).await;
+    let order = uuid::Uuid::now_v7();
+    store.append(order, 0, order_events(order, 0, 3)).await.unwrap();
+    store.park(&order_parked_at(&c.relay.consumer_name, order, 2)).await.unwrap();
+    store.set_checkpoint(&c.relay.consumer_name, 3).await.unwrap();
+    let kind = RequestKind::ReplayAggregate { aggregate_id: order.to_string() };
+    let replay = RelayRequest::new(&c.relay.consumer_name, kind, "cli@test");
+    store.request_submit(&replay).await.unwrap();
+
+    // The CLI's term: commits events 2 and 3, then every unpark fails.
+    store.faults().expect("the SQLite store has the fault seam").fail_next(UNPARK, 5);
+    let (relay, _status) = outboxd::relay::Relay::standalone(&c, store.clone(), outboxd::metrics::Metrics::new());
+    let end = relay.requests_only().run_exactly_once(outboxd::shutdown::Shutdown::never()).await;
+    assert!(matches!(&end, Err(RelayError::Store(_))), "{end:?}");
+    let why = "the CLI could not carry it out";
+    let left = operator::withdraw(&store, replay.id, Some(0), why, true).await.unwrap();
+    assert_eq!(left.status, RequestStatus::Running, "left open: {:?}", left.result);
+
+    let relay = start_relay(&c, store.clone());
+    let finished = request_finished(&store, replay.id).await;
+    assert_eq!(finished.status, RequestStatus::Done, "{:?}", finished.result);
+    assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty());
+    // Up to 4 records within 5 s: a second copy would show.
+    let records = consume_all(&brokers, &topics(&c), 4, Duration::from_secs(5));
+    let seqs: Vec<&str> = records.iter().map(|r| r.headers["ce_sequence"].as_str()).collect();
+    assert_eq!(seqs, ["2", "3"], "the held events once (event 1 went out before the park)");
+    relay.stop().await;
+}

@@ -96,7 +96,8 @@ pub async fn request(
             let ended = run_here(cfg, store.clone(), r.id, max_wait, interrupted.clone()).await?;
             if let Some((left, code)) = ended {
                 bar.finish_and_clear();
-                return Ok(gave_up(&left, if code == INTERRUPTED { "interrupted" } else { "out of time" }, code));
+                let how = if code == INTERRUPTED { "interrupted" } else { "out of time" };
+                return Ok(gave_up(&left, how, code, exactly_once(cfg)));
             }
             // Done here, or (a relay started meanwhile) by that relay.
             let waited =
@@ -131,8 +132,9 @@ async fn wait_unless_interrupted(
         w = operator::wait(store, id, unclaimed_after, max_wait, on_change) => Ok(Ok(w?)),
         _ = interrupted.recv() => {
             bar.finish_and_clear();
-            let left = operator::withdraw(store, id, None, "the CLI was interrupted").await?;
-            Ok(Err(gave_up(&left, "interrupted", INTERRUPTED)))
+            // Not claimed here (`held` None): a claimed request is the relay's.
+            let left = operator::withdraw(store, id, None, "the CLI was interrupted", false).await?;
+            Ok(Err(gave_up(&left, "interrupted", INTERRUPTED, false)))
         }
     }
 }
@@ -158,8 +160,18 @@ fn outcome(done: &RelayRequest) -> Option<u8> {
 /// Reports what became of a request the CLI gave up on (`how`:
 /// interrupted, out of time); the exit code (`code`, or the outcome's when
 /// it finished just before).
-fn gave_up(left: &RelayRequest, how: &str, code: u8) -> u8 {
+fn exactly_once(cfg: &Config) -> bool {
+    cfg.relay.delivery == DeliveryMode::ExactlyOnce
+}
+
+/// Reports a request the CLI gave up on (`claimed_here`: its own
+/// exactly-once term had claimed it, so it stays open).
+fn gave_up(left: &RelayRequest, how: &str, code: u8, claimed_here: bool) -> u8 {
     match left.status {
+        RequestStatus::Running if claimed_here => eprintln!(
+            "{how}: request {} stays open: exactly-once, its replay may have committed part of its events, which only its own resumption skips; the next relay term (outboxd run) carries it to its end; see GET /relay/requests/{}",
+            left.id, left.id
+        ),
         RequestStatus::Pending | RequestStatus::Running => eprintln!(
             "{how}: request {} is {} on the active relay, which carries it out; see GET /relay/requests/{}",
             left.id,
@@ -286,7 +298,7 @@ async fn run_here(
         (Ok(()), None) => None,
     };
     let withdrawn = match why {
-        Some(why) => Some(operator::withdraw(&store, id, epoch, &why).await),
+        Some(why) => Some(operator::withdraw(&store, id, epoch, &why, exactly_once(cfg)).await),
         None => None,
     };
     stop.fire();

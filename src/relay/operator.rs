@@ -232,15 +232,25 @@ pub async fn wait(
 /// `held` = the caller's own lease epoch, its relay term stopped) one
 /// claimed at that epoch. It is recorded `failed` with `{"error":
 /// "cancelled: <why>"}`. A request another executor claimed meanwhile is
-/// left to it. Returns the row as it ends up, to report truthfully.
-pub async fn withdraw(store: &DynStore, id: Uuid, held: Option<i64>, why: &str) -> Result<RelayRequest, StoreError> {
+/// left to it. With `exactly_once`, a claimed one stays open too: its
+/// replay may have committed part of its events, which only the request's
+/// own resumption by the next relay term skips (withdrawn, it would be
+/// submitted again and publish them twice). Returns the row as it ends up,
+/// to report truthfully.
+pub async fn withdraw(
+    store: &DynStore,
+    id: Uuid,
+    held: Option<i64>,
+    why: &str,
+    exactly_once: bool,
+) -> Result<RelayRequest, StoreError> {
     let get =
         || async { store.request_get(id).await?.ok_or_else(|| StoreError::NotFound(format!("relay request {id}"))) };
     let r = get().await?;
     let epoch = held.unwrap_or(0);
     let ours = match r.status {
         RequestStatus::Pending => store.request_claim(&r, epoch).await?,
-        RequestStatus::Running => held.is_some() && r.claimed_epoch == held,
+        RequestStatus::Running => !exactly_once && held.is_some() && r.claimed_epoch == held,
         RequestStatus::Done | RequestStatus::Failed => false,
     };
     if ours {
