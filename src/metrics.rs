@@ -8,6 +8,8 @@
 //! time; Linux) and, once the daemon knows its store,
 //! `outboxd_build_info{version, backend} 1`.
 
+use std::cell::RefCell;
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -19,9 +21,14 @@ pub const SEED_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]
 pub const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
+/// Registered by [`Metrics::set_build_info`], once the store is known.
+const BUILD_INFO: &str = "outboxd_build_info";
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
+    /// The names registered by `new` (see [`Metrics::catalogue`]).
+    catalogue: std::sync::Arc<[String]>,
     pub cdc_events_processed: IntCounterVec,
     pub cdc_events_failed: IntCounterVec,
     pub cdc_processing_duration: HistogramVec,
@@ -64,7 +71,9 @@ pub struct Metrics {
     pub cdc_reader_restarts: IntCounterVec,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+/// Registers `c` in `r` and notes its names in `names` (the catalogue).
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, names: &RefCell<Vec<String>>, c: T) -> T {
+    names.borrow_mut().extend(c.desc().iter().map(|d| d.fq_name.clone()));
     r.register(Box::new(c.clone())).expect("metric names are unique and valid");
     c
 }
@@ -72,18 +81,23 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
+        let names = RefCell::new(Vec::new());
         #[cfg(target_os = "linux")]
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("process metrics register once");
         let cv = |name: &str, help: &str, labels: &[&str]| {
-            reg(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"))
+            reg(&r, &names, IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"))
         };
-        let g = |name: &str, help: &str| reg(&r, IntGauge::new(name, help).expect("valid gauge"));
+        let g = |name: &str, help: &str| reg(&r, &names, IntGauge::new(name, help).expect("valid gauge"));
         let gv = |name: &str, help: &str, labels: &[&str]| {
-            reg(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"))
+            reg(&r, &names, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"))
         };
         let h = |name: &str, help: &str, b: &[f64]| {
-            reg(&r, Histogram::with_opts(HistogramOpts::new(name, help).buckets(b.to_vec())).expect("valid histogram"))
+            reg(
+                &r,
+                &names,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(b.to_vec())).expect("valid histogram"),
+            )
         };
         Metrics {
             cdc_events_processed: cv(
@@ -96,8 +110,7 @@ impl Metrics {
                 "Failed publish attempts of events",
                 &["event_type", "error_kind"],
             ),
-            cdc_processing_duration: reg(
-                &r,
+            cdc_processing_duration: reg(&r, &names,
                 HistogramVec::new(
                     HistogramOpts::new("cdc_processing_duration_seconds", "Time from publish to broker confirmation")
                         .buckets(SEED_BUCKETS.to_vec()),
@@ -108,7 +121,7 @@ impl Metrics {
             retry_attempts: cv("retry_attempts_total", "Retries of failed operations", &["operation"]),
             retry_success: cv("retry_success_total", "Operations that succeeded after retrying", &["operation"]),
             retry_failure: cv("retry_failure_total", "Operations that failed after all retries", &["operation"]),
-            dlq_messages: g_counter(&r, "dlq_messages_total", "Events moved to the dead-letter queue"),
+            dlq_messages: g_counter(&r, &names, "dlq_messages_total", "Events moved to the dead-letter queue"),
             dlq_messages_by_event_type: cv(
                 "dlq_messages_by_event_type_total",
                 "Events moved to the dead-letter queue by event type",
@@ -124,8 +137,7 @@ impl Metrics {
                 "Circuit breaker state changes",
                 &["from", "to"],
             ),
-            actor_health_status: reg(
-                &r,
+            actor_health_status: reg(&r, &names,
                 IntGaugeVec::new(
                     Opts::new("actor_health_status", "Component health: 0 healthy, 1 degraded, 2 unhealthy"),
                     &["component"],
@@ -136,26 +148,25 @@ impl Metrics {
             messages_sent: cv("messages_sent_total", "Messages handed to the Kafka producer", &["topic"]),
             messages_received: cv("messages_received_total", "Messages received by actors", &["actor"]),
             relay_lag_events: gv("relay_lag_events", "Events committed to the store but not yet confirmed by the broker (held events of parked aggregates included)", &["role"]),
-            relay_lag_seconds: reg(
-                &r,
+            relay_lag_seconds: reg(&r, &names,
                 GaugeVec::new(Opts::new("relay_lag_seconds", "Age of the oldest event not yet confirmed by the broker (0 when caught up)"), &["role"]).expect("valid gauge"),
             ),
             relay_checkpoint_position: g("relay_checkpoint_position", "Feed position of the relay's persisted checkpoint"),
-            relay_feed_errors: g_counter(&r, "relay_feed_errors_total", "Failed reads of the store feed by the relay"),
+            relay_feed_errors: g_counter(&r, &names, "relay_feed_errors_total", "Failed reads of the store feed by the relay"),
             dlq_parked_aggregates: g("dlq_parked_aggregates", "Aggregates whose delivery is held behind an event that can never be published"),
             relay_leader: gv("relay_leader", "1 when this instance holds the lease of the consumer (publishes), 0 otherwise", &["consumer"]),
             relay_lease_epoch: gv("relay_lease_epoch", "Epoch of the consumer's lease as this instance last saw it", &["consumer"]),
             relay_lease_takeovers: cv("relay_lease_takeovers_total", "Leases this instance took over from another holder", &["consumer"]),
             relay_requests: cv("relay_requests_total", "Operator requests (replay, discard, rewind) carried out by this relay", &["kind"]),
-            relay_rewinds: g_counter(&r, "relay_rewinds_total", "Checkpoint rewinds carried out on an operator's request"),
-            relay_discards: g_counter(&r, "relay_discards_total", "Events discarded on an operator's decision (audit rows written)"),
+            relay_rewinds: g_counter(&r, &names, "relay_rewinds_total", "Checkpoint rewinds carried out on an operator's request"),
+            relay_discards: g_counter(&r, &names, "relay_discards_total", "Events discarded on an operator's decision (audit rows written)"),
             relay_transactions: cv("relay_transactions_total", "Kafka transactions of the exactly-once relay by outcome", &["outcome"]),
             cdc_log_ttl_seconds: g("cdc_log_ttl_seconds", "TTL of the Scylla CDC log (0: the store has no CDC log)"),
             event_end_to_end_latency: h("event_end_to_end_latency_seconds", "Time from event timestamp (append) to broker acknowledgement", LATENCY_BUCKETS),
             store_append_duration: h("store_append_duration_seconds", "Duration of event store appends", LATENCY_BUCKETS),
             http_requests: cv("http_requests_total", "HTTP requests by route and status", &["route", "status"]),
             projection_lag_events: g("projection_lag_events", "Events not yet applied to the read models"),
-            projection_lag_seconds: reg(&r, Gauge::new("projection_lag_seconds", "Age of the oldest event not yet applied to the read models (0 when caught up)").expect("valid gauge")),
+            projection_lag_seconds: reg(&r, &names, Gauge::new("projection_lag_seconds", "Age of the oldest event not yet applied to the read models (0 when caught up)").expect("valid gauge")),
             projection_checkpoint_position: g("projection_checkpoint_position", "Feed position of the projection checkpoint"),
             cdc_unreconciled_appends: g(
                 "cdc_unreconciled_appends",
@@ -167,7 +178,14 @@ impl Metrics {
                 &["consumer"],
             ),
             registry: r,
+            catalogue: names.into_inner().into(),
         }
+    }
+
+    /// Every metric name this process can expose (`process_*` aside), the
+    /// families without series yet included: what OPERATIONS.md lists.
+    pub fn catalogue(&self) -> Vec<String> {
+        self.catalogue.iter().cloned().chain([BUILD_INFO.to_string()]).collect()
     }
 
     /// `outboxd_build_info{version, backend} 1`: which build serves which
@@ -175,8 +193,9 @@ impl Metrics {
     pub fn set_build_info(&self, backend: &str) {
         let g = reg(
             &self.registry,
+            &RefCell::default(),
             IntGaugeVec::new(
-                Opts::new("outboxd_build_info", "Build and store backend of this process (always 1)"),
+                Opts::new(BUILD_INFO, "Build and store backend of this process (always 1)"),
                 &["version", "backend"],
             )
             .expect("valid gauge"),
@@ -192,8 +211,8 @@ impl Metrics {
     }
 }
 
-fn g_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    reg(r, IntCounter::new(name, help).expect("valid counter"))
+fn g_counter(r: &Registry, names: &RefCell<Vec<String>>, name: &str, help: &str) -> IntCounter {
+    reg(r, names, IntCounter::new(name, help).expect("valid counter"))
 }
 
 impl Default for Metrics {
@@ -259,5 +278,34 @@ mod by_label_tests {
         sent.get("b").inc();
         assert_eq!(m.messages_sent.with_label_values(&["a"]).get(), 2);
         assert_eq!(m.messages_sent.with_label_values(&["b"]).get(), 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The metric table of OPERATIONS.md ("### Metrics") lists exactly what
+    /// the catalogue registers: a metric added, renamed or dropped on one
+    /// side only fails here.
+    #[test]
+    fn the_documented_metric_table_is_the_catalogue() {
+        let doc = include_str!("../docs/OPERATIONS.md");
+        let from = doc.find("### Metrics").expect("OPERATIONS.md has a Metrics section");
+        let section = &doc[from..];
+        // Up to the next heading.
+        let section = &section[..section[3..].find("\n#").map_or(section.len(), |i| i + 3)];
+        let documented: BTreeSet<String> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .map(str::to_string)
+            .collect();
+        let registered: BTreeSet<String> = Metrics::new().catalogue().into_iter().collect();
+        let undocumented: Vec<_> = registered.difference(&documented).collect();
+        let unregistered: Vec<_> = documented.difference(&registered).collect();
+        assert!(undocumented.is_empty(), "registered, missing from OPERATIONS.md's table: {undocumented:?}");
+        assert!(unregistered.is_empty(), "in OPERATIONS.md's table, not registered: {unregistered:?}");
     }
 }

@@ -3,7 +3,8 @@
 //! the store removed under the daemon (/health and the relay's own reads),
 //! a standby saying whether it could take over (its producer is made before
 //! its term; on the position feed and the Scylla CDC relay), and /health,
-//! /health/ready and 503s during shutdown.
+//! /health/ready and 503s during shutdown. The /health example of
+//! OPERATIONS.md is checked against the live answer in the same state.
 
 mod harness;
 
@@ -57,7 +58,13 @@ fn health_degrades_while_the_broker_is_down_and_recovers_then_shutdown_answers_5
         assert_eq!(status, 200);
         (h["relay"]["breaker"] == "open").then_some(())
     });
-    assert_eq!(component(&d.health().1, "kafka").0, "degraded");
+    let h = d.health().1;
+    assert_eq!(component(&h, "kafka").0, "degraded");
+    // The documented /health (OPERATIONS.md shows this state): every field it shows is sent.
+    let shown = docs::json_example("docs/OPERATIONS.md", "### Health");
+    let missing = docs::keys_missing(&shown, &h, "");
+    assert!(missing.is_empty(), "OPERATIONS.md's /health example shows fields /health lacks: {missing:?}\n{h}");
+    assert_eq!(h["relay"]["broker"]["state"], "unreachable", "{h}");
     assert_eq!(d.metrics().value("circuit_breaker_state", &[]), 1.0);
 
     kafka.restart();

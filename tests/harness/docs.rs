@@ -20,3 +20,27 @@ pub fn fenced_blocks(text: &str, lang: &str) -> Vec<(usize, String)> {
     }
     out
 }
+
+/// The key paths of `shown` (a documented JSON example; `"..."` keys stand
+/// for more) that `live` lacks: a documented field the code does not send.
+pub fn keys_missing(shown: &serde_json::Value, live: &serde_json::Value, at: &str) -> Vec<String> {
+    let (Some(shown), Some(live)) = (shown.as_object(), live.as_object()) else { return vec![] };
+    let mut missing = Vec::new();
+    for (k, v) in shown.iter().filter(|(k, _)| k.as_str() != "...") {
+        let path = format!("{at}.{k}");
+        match live.get(k) {
+            None => missing.push(path),
+            Some(l) => missing.extend(keys_missing(v, l, &path)),
+        }
+    }
+    missing
+}
+
+/// The ```` ```json ```` block that follows `heading` in `doc` (a path under
+/// the repository), parsed.
+pub fn json_example(doc: &str, heading: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(super::repo_root().join(doc)).unwrap();
+    let from = text.find(heading).unwrap_or_else(|| panic!("{doc}: no {heading:?}"));
+    let (_, block) = fenced_blocks(&text[from..], "json").into_iter().next().expect("a json block after the heading");
+    serde_json::from_str(&block).unwrap_or_else(|e| panic!("{doc}, {heading}: the example is not JSON: {e}"))
+}
