@@ -94,7 +94,26 @@ impl Config {
         for (key, value) in env().iter().filter(|(k, _)| is_secret_key(k.as_str())) {
             fig = fig.merge(Serialized::default(key.as_str(), value));
         }
-        let cfg: Config = fig.extract().map_err(config_error)?;
+        // Any other text key given a number or a boolean by a variable
+        // (`OUTBOX_RELAY__INSTANCE_ID=1`): the text as written, as in TOML
+        // with quotes. Each key once; anything else is the error.
+        let vars: Vec<(String, String)> = env().iter().map(|(k, v)| (k.as_str().to_string(), v)).collect();
+        let mut as_text = std::collections::HashSet::new();
+        let cfg: Config = loop {
+            let e = match fig.extract::<Config>() {
+                Ok(cfg) => break cfg,
+                Err(e) => e,
+            };
+            let key = e.path.join(".");
+            let wants_text =
+                matches!(&e.kind, figment::error::Kind::InvalidType(_, expected) if expected.contains("string"));
+            match vars.iter().find(|(k, _)| k.eq_ignore_ascii_case(&key)) {
+                Some((var_key, value)) if wants_text && as_text.insert(key.clone()) => {
+                    fig = fig.merge(Serialized::default(var_key, value));
+                }
+                _ => return Err(config_error(e)),
+            }
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -349,6 +368,19 @@ mod tests {
     #[allow(clippy::result_large_err)] // figment::Error is large; only in this test
     fn secrets_from_the_environment_are_taken_as_written() {
         figment::Jail::expect_with(|jail| {
+            // Text keys given numbers or booleans by variables: the text as written.
+            jail.set_env("OUTBOX_RELAY__INSTANCE_ID", "1");
+            jail.set_env("OUTBOX_RELAY__CONSUMER_NAME", "42");
+            jail.set_env("OUTBOX_KAFKA__TOPIC_PREFIX", "true");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.relay.instance_id.as_deref(), Some("1"));
+            assert_eq!(c.relay.consumer_name, "42");
+            assert_eq!(c.kafka.topic_prefix, "true");
+            // A number key given text stays an error naming it.
+            jail.set_env("OUTBOX_KAFKA__PARTITIONS", "many");
+            let e = Config::load(None).unwrap_err().to_string();
+            assert!(e.to_lowercase().contains("partitions"), "{e}");
+            jail.clear_env();
             // figment alone would read these as the numbers 123 and 1234567890123456.
             jail.set_env("OUTBOX_STORE__CQL__USERNAME", "svc");
             jail.set_env("OUTBOX_STORE__CQL__PASSWORD", "000123");
