@@ -242,6 +242,64 @@ async fn an_undecodable_event_stops_its_row_and_parks_the_aggregate() {
     assert!(store.get_order(other).await.unwrap().is_some());
 }
 
+/// Review finding: an `event_store` row that cannot be read (its payload is
+/// not JSON) stopped the CDC projection's reader on every restart (the
+/// sink had no `undecodable`), and a later event of its aggregate failed
+/// the gap fill with a codec error, retried for ever. The aggregate is
+/// parked at the row and the rest goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_event_store_row_parks_its_aggregate_and_the_reader_goes_on() {
+    use outboxd::projection::cql::CqlProjectionSink;
+    use outboxd::relay::cdc::{CdcError, EnvelopeSink, UndecodableRow};
+    use outboxd::store::parking::ParkingStore;
+    let Some(store) = cassandra("unreadable row parks").await else { return };
+    let svc = service(&store);
+    let donor = order_lifecycle(&svc, 3).await;
+    let x = Uuid::now_v7();
+    let evs: Vec<EventEnvelope> = store.load(donor).await.unwrap()[..3]
+        .iter()
+        .map(|e| EventEnvelope { aggregate_id: x, event_id: Uuid::now_v7(), ..e.clone() })
+        .collect();
+    store.append(x, 0, vec![evs[0].clone()]).await.unwrap();
+    store
+        .session()
+        .query_unpaged(
+            format!(
+                "INSERT INTO {}.event_store (aggregate_id, sequence_number, version, event_id, aggregate_type, event_type, event_version, payload, causation_id, correlation_id, timestamp)
+                 VALUES (?, 2, 2, ?, 'order', 'OrderItemsUpdated', 2, 'not json', null, ?, ?)",
+                store.keyspace()
+            ),
+            (x, evs[1].event_id, Uuid::now_v7(), now_millis()),
+        )
+        .await
+        .unwrap();
+    store.append(x, 2, vec![evs[2].clone()]).await.unwrap();
+    let other = order_lifecycle(&svc, 4).await;
+    apply_envelopes(&store, vec![evs[0].clone()], "EUR").await.unwrap();
+
+    // The reader meets the unreadable row: parked, not a stop.
+    let (status, _) = tokio::sync::watch::channel(Default::default());
+    let sink = CqlProjectionSink::new(store.clone(), "EUR".into(), status);
+    let row = UndecodableRow {
+        aggregate_id: Some(x),
+        sequence: Some(2),
+        event_id: Some(evs[1].event_id),
+        position: None,
+        error: CdcError::Payload { row: format!("{x}#2"), error: "payload is not JSON".into() },
+    };
+    let mut never = outboxd::shutdown::Shutdown::never();
+    sink.undecodable(row, &mut never).await.expect("parked, the reader goes on");
+    // Event 3 arrives: the gap fill meets the row and stops there.
+    let out = apply_envelopes(&store, vec![evs[2].clone()], "EUR").await.expect("not a codec error retried for ever");
+    assert_eq!(out.skipped, 1, "{out:?}");
+    assert_eq!(store.get_order(x).await.unwrap().unwrap().version, 1, "the row does not pass the unreadable event");
+    let parked = store.parked(outboxd::projection::CONSUMER).await.unwrap();
+    assert!(!parked.is_empty() && parked.iter().all(|p| p.parked.aggregate_id == x.to_string()), "{parked:?}");
+    assert!(parked.iter().any(|p| p.parked.sequence == Some(2)), "{parked:?}");
+    apply_envelopes(&store, store.load(other).await.unwrap(), "EUR").await.unwrap();
+    assert!(store.get_order(other).await.unwrap().is_some(), "other aggregates keep projecting");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_batch_moves_the_checkpoint_only_from_where_it_was() {
     let Some(store) = cassandra("commit_batch checkpoint CAS").await else { return };

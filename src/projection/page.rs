@@ -111,9 +111,18 @@ async fn apply_in_order<A: Aggregate>(
     if sequence > version + 1 {
         tracing::warn!(aggregate_id = %id, sequence, version, "projection: events missing before this one; re-reading them from the store");
         let before = row.clone();
-        if let Some(error) = replay_into(store, row, id, sequence - 1, ev.position, currency).await? {
+        let error = match replay_into(store, row, id, sequence - 1, ev.position, currency).await {
+            Ok(None) => None,
+            Ok(Some(error)) => Some(format!("an earlier event of this aggregate cannot be applied: {error}")),
+            // A row of the store that cannot be read: the same every time.
+            Err(StoreError::Codec(error)) => {
+                Some(format!("an earlier event of this aggregate cannot be read: {error}"))
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(error) = error {
             *row = before;
-            return Ok(Applied::Skipped(format!("an earlier event of this aggregate cannot be applied: {error}")));
+            return Ok(Applied::Skipped(error));
         }
     }
     Ok(apply_event(row, ev, currency))

@@ -67,7 +67,19 @@ async fn project<A: Aggregate>(
         if env.sequence > version + 1 {
             // Earlier events of this aggregate were not seen (yet): take them
             // from the event store, so the state never skips an event.
-            for missing in store.load_after(id, version).await? {
+            let earlier = match store.load_after(id, version).await {
+                Ok(events) => events,
+                // An earlier row that cannot be read stops the aggregate
+                // there (retried, it failed the same way for ever).
+                Err(StoreError::Codec(error)) => {
+                    let at = ParkKey { sequence: version + 1, ..ParkKey::of(&env) };
+                    park(store, at, &format!("an earlier event cannot be read: {error}")).await?;
+                    out.skipped += 1;
+                    return Ok(dirty.then_some(row).flatten());
+                }
+                Err(e) => return Err(e),
+            };
+            for missing in earlier {
                 if missing.sequence >= env.sequence {
                     break;
                 }

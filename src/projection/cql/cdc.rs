@@ -15,10 +15,14 @@ use tokio::sync::watch;
 
 use super::apply::apply_envelopes;
 use crate::envelope::EventEnvelope;
+use crate::projection::parking::record;
 use crate::projection::ProjectionStatus;
-use crate::relay::cdc::{CdcError, CdcFeed, EnvelopeSink, FeedSpec};
+use crate::projection::CONSUMER;
+use crate::relay::cdc::{CdcError, CdcFeed, EnvelopeSink, FeedSpec, UndecodableRow};
 use crate::shutdown::Shutdown;
 use crate::store::cql::CqlStore;
+use crate::store::parking::ParkingStore;
+use crate::store::StoreError;
 
 /// The projection's consumer name: its partition of `relay_leases` (CDC
 /// progress, and its lease).
@@ -40,8 +44,59 @@ impl CqlProjectionSink {
     }
 }
 
+impl CqlProjectionSink {
+    /// Parks `row`'s aggregate at it (consumer `projections`), retrying the
+    /// store as `handle` does.
+    async fn park_unreadable(&self, aggregate: uuid::Uuid, row: &UndecodableRow) -> Result<(), StoreError> {
+        let p = record(
+            CONSUMER,
+            &aggregate.to_string(),
+            None,
+            row.sequence,
+            row.event_id.map(|e| e.to_string()),
+            None,
+            format!("the event_store row cannot be read: {}", row.error),
+        );
+        self.store.park(&p).await
+    }
+}
+
 #[async_trait]
 impl EnvelopeSink for CqlProjectionSink {
+    /// The aggregate is parked at the row (its read-model row stays at the
+    /// version before it; `apply_envelopes` stops at it too, through the
+    /// gap fill, when a later event comes) and the reader goes on, as the
+    /// SQLite projector parks an unreadable row. It stopped the reader, on
+    /// every restart. Only a row without an aggregate id stops it.
+    async fn undecodable(&self, row: UndecodableRow, shutdown: &mut Shutdown) -> Result<(), CdcError> {
+        let Some(aggregate) = row.aggregate_id else {
+            tracing::error!(error = %row.error, "CDC row of event_store without an aggregate id; stopping the projection's reader");
+            return Err(row.error);
+        };
+        let mut attempt: u32 = 0;
+        loop {
+            match self.park_unreadable(aggregate, &row).await {
+                Ok(()) => {
+                    tracing::error!(%aggregate, sequence = ?row.sequence, error = %row.error, "projection: an event_store row cannot be read; its aggregate is parked there");
+                    self.status.send_modify(|s| {
+                        s.skipped += 1;
+                        s.updated_at = Utc::now();
+                    });
+                    return Ok(());
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, %aggregate, "CQL projection: cannot park an unreadable row yet; retrying");
+                    let delay = Duration::from_millis((50u64 << attempt.min(6)).min(5_000));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.recv() => return Err(CdcError::Shutdown),
+                    }
+                }
+            }
+        }
+    }
+
     async fn handle(&self, env: EventEnvelope, shutdown: &mut Shutdown) -> Result<(), CdcError> {
         let at = env.timestamp;
         let mut attempt: u32 = 0;
