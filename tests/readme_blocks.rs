@@ -3,8 +3,10 @@
 //! out (`$B` is the test's binary) and `$B run`, which serves until a
 //! signal, given a SIGINT after 10 s; then the "by hand" sqlite3 queries of
 //! "Watching the events" on the same file (its path in place of
-//! `.local/dev/outbox.db`). The outcome is checked on the broker and in the
-//! store, not only the exit codes.
+//! `.local/dev/outbox.db`), OPERATIONS.md's read-model query, and the kcat
+//! lines of both (the test's broker and topic in place of `<port>` and
+//! `order-events`, `-e` to stop at the topic's end). The outcome is checked
+//! on the broker and in the store, not only the exit codes.
 
 mod harness;
 
@@ -84,4 +86,35 @@ fn the_using_it_block_and_the_sqlite_queries_run_as_written() {
     assert!(ok, "the sqlite3 queries fail:\n{out}");
     assert!(out.contains(&format!("|{order}|5|OrderDelivered")), "the event_store query lists the order:\n{out}");
     assert!(out.contains("kafka-relay|"), "the checkpoints query lists the relay's:\n{out}");
+    // OPERATIONS.md's read-model query, on the same file.
+    let ops = std::fs::read_to_string(repo_root().join("docs/OPERATIONS.md")).unwrap();
+    let rm: Vec<String> = ops
+        .lines()
+        .filter(|l| l.starts_with("sqlite3 data/outbox.db"))
+        .map(|l| l.replace("data/outbox.db", &cfg.store.path.display().to_string()))
+        .collect();
+    assert_eq!(rm.len(), 1, "{rm:?}");
+    let (ok, out) = bash(&rm[0], &cfg);
+    assert!(ok, "the read-model query fails:\n{out}");
+    assert!(out.contains(&format!("{order}|delivered|")), "the read-model query lists the order:\n{out}");
+
+    // The kcat lines of README.md and OPERATIONS.md on this broker and the
+    // test's topic, up to the end of the topic (`-e`; as written they follow it).
+    let kcat: Vec<String> = std::fs::read_to_string(repo_root().join("README.md"))
+        .unwrap()
+        .lines()
+        .chain(ops.lines())
+        .filter(|l| l.starts_with("kcat "))
+        .map(|l| {
+            l.replace("127.0.0.1:<port>", &brokers)
+                .replace("-t order-events", &format!("-e -t {}order-events", cfg.kafka.topic_prefix))
+        })
+        .collect();
+    assert_eq!(kcat.len(), 2, "{kcat:?}");
+    for line in &kcat {
+        assert!(!line.contains('<'), "a placeholder left: {line}");
+        let (ok, out) = bash(&format!("timeout 60 {line}"), &cfg);
+        assert!(ok, "`{line}` fails:\n{out}");
+        assert!(out.contains(&format!("key={order}")) && out.contains("ce_id="), "`{line}` shows the records:\n{out}");
+    }
 }
