@@ -6,7 +6,8 @@
 //! `volumes` entry), and `outboxd config` must accept them and show every
 //! value of the file and of the environment; `outboxd schema --dry-run`
 //! (the schema job's command, without connecting) must print the DDL for
-//! the configured keyspace.
+//! the configured keyspace; the replicas' healthcheck command runs against
+//! a real daemon's admin port.
 //!
 //! This is the test whose absence let `OUTBOX_CONFIG` break the stack (it was
 //! read as a config key and refused, so the schema job exited 2).
@@ -163,5 +164,44 @@ fn every_outboxd_service_config_is_accepted_as_written() {
         let ks = cfg["store"]["cql"]["keyspace"].as_str().unwrap();
         assert!(ddl.contains(&format!("CREATE KEYSPACE IF NOT EXISTS {ks}")), "{}: {ddl}", s.name);
         assert!(ddl.contains(&format!("CREATE TABLE IF NOT EXISTS {ks}.event_store")), "{}: {ddl}", s.name);
+    }
+}
+
+/// The outboxd services' healthcheck, run as compose runs it (`CMD bash -c
+/// ...`) against a real daemon's admin port in place of the container's
+/// 9090: healthy once the daemon is ready, unhealthy once it is gone.
+#[test]
+fn the_healthcheck_passes_on_a_ready_daemon_and_fails_without_one() {
+    let Some(brokers) = harness::shared_brokers() else { return };
+    let doc = compose();
+    let checks: Vec<Vec<String>> = outboxd_services(&doc)
+        .iter()
+        .filter_map(|s| doc["services"][s.name.as_str()].get("healthcheck"))
+        .map(|h| h["test"].as_sequence().expect("test is a CMD list").iter().map(scalar).collect())
+        .collect();
+    assert!(checks.len() >= 2, "both replicas have a healthcheck: {checks:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = harness::daemon_config(&brokers, dir.path());
+    let d = harness::Daemon::start(&cfg, &[]);
+    harness::eventually(std::time::Duration::from_secs(30), "the daemon to be ready", || {
+        (d.admin("GET", "/health/ready").status == 200).then_some(())
+    });
+    let admin = d.admin;
+    let run = |test: &[String]| {
+        assert_eq!(test[0], "CMD", "{test:?}");
+        let args: Vec<String> = test[2..]
+            .iter()
+            .map(|a| a.replace("127.0.0.1/9090", &format!("{}/{}", admin.ip(), admin.port())))
+            .collect();
+        assert!(args.iter().any(|a| a.contains(&admin.port().to_string())), "the check names port 9090: {test:?}");
+        let st = std::process::Command::new(&test[1]).args(&args).status().expect("bash runs");
+        st.success()
+    };
+    for test in &checks {
+        assert!(run(test), "the healthcheck fails on a ready daemon: {test:?}");
+    }
+    d.stop();
+    for test in &checks {
+        assert!(!run(test), "the healthcheck passes with no daemon: {test:?}");
     }
 }
