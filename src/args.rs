@@ -12,6 +12,11 @@ pub fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A rate of at least 1 per second (`bench relay --rate 500,10000`).
+pub fn rate(s: &str) -> Result<u64, String> {
+    at_least_one(s).map(|n| n as u64)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -19,5 +24,6 @@ mod tests {
         assert_eq!(super::at_least_one("3"), Ok(3));
         assert_eq!(super::at_least_one("0").unwrap_err(), "must be 1 or more");
         assert!(super::at_least_one("-1").unwrap_err().starts_with("expected a whole number"));
+        assert_eq!(super::rate("0").unwrap_err(), "must be 1 or more");
     }
 }

@@ -73,7 +73,7 @@ pub enum BenchCmd {
         size: usize,
         /// Events per second for the latency phase (comma-separated list;
         /// a later `--rate` replaces an earlier one, like every other flag).
-        #[arg(long, value_delimiter = ',', default_value = "500,10000", action = clap::ArgAction::Set)]
+        #[arg(long, value_delimiter = ',', default_value = "500,10000", action = clap::ArgAction::Set, value_parser = crate::args::rate)]
         rate: Vec<u64>,
         /// Seconds of the latency phase.
         #[arg(long, default_value_t = 10, value_parser = crate::args::at_least_one)]
