@@ -22,7 +22,7 @@ use outboxd::relay::pipeline::RelayError;
 async fn exactly_once_replay_that_fails_again_keeps_the_progress() {
     use outboxd::domain::{Currency, Money, Order, OrderCommand, OrderItem, Sku};
     use outboxd::envelope::Metadata;
-    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    use outboxd::store::requests::RequestStatus;
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (c, topic, store) = exactly_once_small_topic(&brokers, dir.path()).await;
@@ -64,11 +64,7 @@ async fn exactly_once_replay_that_fails_again_keeps_the_progress() {
 
     let (b, t) = (brokers.clone(), topic.clone());
     tokio::task::spawn_blocking(move || alter_topic(&b, &t, "max.message.bytes", "12000")).await.unwrap();
-    let replay = RelayRequest::new(
-        &c.relay.consumer_name,
-        RequestKind::ReplayAggregate { aggregate_id: order.to_string() },
-        "test",
-    );
+    let replay = replay_of(&c.relay.consumer_name, order);
     store.request_submit(&replay).await.unwrap();
     let finished = request_finished(&store, replay.id).await;
     assert_eq!(finished.status, RequestStatus::Failed, "the third event failed again: {:?}", finished.result);
@@ -152,9 +148,7 @@ async fn exactly_once_split_keeps_events_before_a_park_position() {
     let mut relay = start_relay(&c, store.clone());
     relay.wait_checkpoint(4, Duration::from_secs(60)).await;
     let records = consume_all(&brokers, std::slice::from_ref(&topic), 4, Duration::from_secs(5));
-    let seqs = |agg: uuid::Uuid| -> Vec<String> {
-        records.iter().filter(|r| r.key == agg.to_string()).map(|r| r.headers["ce_sequence"].clone()).collect()
-    };
+    let seqs = |agg: uuid::Uuid| sequences_of(&records, agg);
     assert_eq!(seqs(parked), ["1", "2"], "the events before the park position, once");
     assert!(seqs(big).is_empty());
     assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 2, "the big one parked too");
@@ -171,14 +165,10 @@ async fn exactly_once_split_keeps_events_before_a_park_position() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_resumed_replay_whose_store_read_fails_is_taken_again_not_recorded_done() {
     use outboxd::store::faults::{AGGREGATE_ROWS, UNPARK};
-    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    use outboxd::store::requests::RequestStatus;
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = test_config(&brokers, &dir.path().join("s.db"));
-    exactly_once(&mut c);
-    c.relay.retry.initial_backoff_ms = 10;
-    c.relay.retry.max_backoff_ms = 50;
-    let store = open_store(&c).await;
+    let (c, store) = exactly_once_quick(&brokers, dir.path()).await;
     let faults = store.faults().expect("the SQLite store has the fault seam");
     let (order, other) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     store.append(order, 0, order_events(order, 0, 3)).await.unwrap(); // positions 1-3
@@ -189,11 +179,7 @@ async fn a_resumed_replay_whose_store_read_fails_is_taken_again_not_recorded_don
 
     // The first term commits the held events, then every try of the unpark fails: it ends.
     faults.fail_next(UNPARK, 5);
-    let replay = RelayRequest::new(
-        &c.relay.consumer_name,
-        RequestKind::ReplayAggregate { aggregate_id: order.to_string() },
-        "test",
-    );
+    let replay = replay_of(&c.relay.consumer_name, order);
     store.request_submit(&replay).await.unwrap();
     let end = relay.ended(Duration::from_secs(60)).await;
     assert!(matches!(&end, Err(RelayError::Store(m)) if m.contains("park record could not be removed")), "{end:?}");
@@ -207,9 +193,7 @@ async fn a_resumed_replay_whose_store_read_fails_is_taken_again_not_recorded_don
     assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty(), "the park record is gone");
     // Up to 6 records within 5 s: a second copy would show.
     let records = consume_all(&brokers, &topics(&c), 6, Duration::from_secs(5));
-    let seqs = |agg: uuid::Uuid| -> Vec<String> {
-        records.iter().filter(|r| r.key == agg.to_string()).map(|r| r.headers["ce_sequence"].clone()).collect()
-    };
+    let seqs = |agg: uuid::Uuid| sequences_of(&records, agg);
     assert_eq!(seqs(order), ["1", "2", "3"], "each event of the replayed order once, in order");
     assert_eq!(seqs(other), ["1"]);
     relay.stop().await;
@@ -228,11 +212,7 @@ async fn a_resumed_replay_of_named_dead_letters_removes_the_ones_left() {
     use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = test_config(&brokers, &dir.path().join("s.db"));
-    exactly_once(&mut c);
-    c.relay.retry.initial_backoff_ms = 10;
-    c.relay.retry.max_backoff_ms = 50;
-    let store = open_store(&c).await;
+    let (c, store) = exactly_once_quick(&brokers, dir.path()).await;
     let faults = store.faults().expect("the SQLite store has the fault seam");
     let mut letters = Vec::new();
     for position in 1..=2 {
@@ -276,7 +256,7 @@ async fn a_resumed_replay_of_named_dead_letters_removes_the_ones_left() {
 /// catch-up included).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_once_requests_are_carried_out_under_steady_writes() {
-    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    use outboxd::store::requests::RequestStatus;
     use std::sync::atomic::{AtomicBool, Ordering};
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -303,11 +283,7 @@ async fn exactly_once_requests_are_carried_out_under_steady_writes() {
         })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let replay = RelayRequest::new(
-        &c.relay.consumer_name,
-        RequestKind::ReplayAggregate { aggregate_id: order.to_string() },
-        "test",
-    );
+    let replay = replay_of(&c.relay.consumer_name, order);
     store.request_submit(&replay).await.unwrap();
     let finished = request_finished(&store, replay.id).await;
     assert!(!writer.is_finished(), "carried out while the writes went on, not after them");

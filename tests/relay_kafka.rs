@@ -363,9 +363,7 @@ async fn events_before_a_park_position_are_published_when_read_again() {
         relay.wait_checkpoint(5, Duration::from_secs(60)).await;
         // Up to 6 records within 5 s: the held third event would show.
         let records = consume_all(&brokers, &topics(&c), 6, Duration::from_secs(5));
-        let seqs = |agg: uuid::Uuid| -> Vec<String> {
-            records.iter().filter(|r| r.key == agg.to_string()).map(|r| r.headers["ce_sequence"].clone()).collect()
-        };
+        let seqs = |agg: uuid::Uuid| sequences_of(&records, agg);
         assert_eq!(seqs(parked), ["1", "2"], "{mode:?}: the events before the park position, not the parked one");
         assert_eq!(seqs(free), ["1", "2"], "{mode:?}");
         relay.stop().await;
@@ -378,7 +376,7 @@ async fn events_before_a_park_position_are_published_when_read_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replay_whose_park_record_stays_is_reported_failed() {
     use outboxd::store::faults::UNPARK;
-    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    use outboxd::store::requests::RequestStatus;
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let c = test_config(&brokers, &dir.path().join("s.db"));
@@ -390,11 +388,7 @@ async fn a_replay_whose_park_record_stays_is_reported_failed() {
     relay.wait_checkpoint(2, Duration::from_secs(60)).await;
     // Every attempt of the unpark fails (it is retried 5 times).
     store.faults().expect("the SQLite store has the fault seam").fail_next(UNPARK, 5);
-    let replay = RelayRequest::new(
-        &c.relay.consumer_name,
-        RequestKind::ReplayAggregate { aggregate_id: order.to_string() },
-        "test",
-    );
+    let replay = replay_of(&c.relay.consumer_name, order);
     store.request_submit(&replay).await.unwrap();
     let finished = request_finished(&store, replay.id).await;
     assert_eq!(finished.status, RequestStatus::Failed, "{:?}", finished.result);

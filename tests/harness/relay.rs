@@ -21,6 +21,27 @@ pub fn exactly_once(c: &mut Config) {
     c.relay.progress_topic = format!("{}progress", c.kafka.topic_prefix);
 }
 
+/// Exactly-once with quick retries (10-50 ms) on a store in `dir`: (config, the store).
+pub async fn exactly_once_quick(brokers: &str, dir: &std::path::Path) -> (Config, DynStore) {
+    let mut c = test_config(brokers, &dir.join("s.db"));
+    exactly_once(&mut c);
+    c.relay.retry.initial_backoff_ms = 10;
+    c.relay.retry.max_backoff_ms = 50;
+    let store = open_store(&c).await;
+    (c, store)
+}
+
+/// The `ce_sequence` headers of `agg`'s records, in topic order.
+pub fn sequences_of(records: &[super::Record], agg: uuid::Uuid) -> Vec<String> {
+    records.iter().filter(|r| r.key == agg.to_string()).map(|r| r.headers["ce_sequence"].clone()).collect()
+}
+
+/// A request to replay parked aggregate `agg` for `consumer`.
+pub fn replay_of(consumer: &str, agg: uuid::Uuid) -> outboxd::store::requests::RelayRequest {
+    use outboxd::store::requests::{RelayRequest, RequestKind};
+    RelayRequest::new(consumer, RequestKind::ReplayAggregate { aggregate_id: agg.to_string() }, "test")
+}
+
 /// Exactly-once with quick retries, no compression, and an order topic that
 /// refuses records over 6000 bytes: (config, that topic, the store).
 pub async fn exactly_once_small_topic(brokers: &str, dir: &std::path::Path) -> (Config, String, DynStore) {
