@@ -260,9 +260,7 @@ async fn exactly_once_requests_are_carried_out_under_steady_writes() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = test_config(&brokers, &dir.path().join("s.db"));
-    exactly_once(&mut c);
-    let store = open_store(&c).await;
+    let (c, store) = exactly_once_quick(&brokers, dir.path()).await;
     let order = uuid::Uuid::now_v7();
     store.append(order, 0, order_events(order, 0, 2)).await.unwrap();
     store.park(&order_parked_at(&c.relay.consumer_name, order, 2)).await.unwrap();
@@ -307,9 +305,7 @@ async fn a_cli_replay_that_committed_is_left_open_for_the_next_term() {
     use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = test_config(&brokers, &dir.path().join("s.db"));
-    exactly_once(&mut c);
-    let store = open_store(&c).await;
+    let (c, store) = exactly_once_quick(&brokers, dir.path()).await;
     let order = uuid::Uuid::now_v7();
     store.append(order, 0, order_events(order, 0, 3)).await.unwrap();
     store.park(&order_parked_at(&c.relay.consumer_name, order, 2)).await.unwrap();

@@ -316,9 +316,7 @@ async fn exactly_once_after_a_spell_of_at_least_once_resumes_at_the_checkpoint()
     use outboxd::config::DeliveryMode;
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = test_config(&brokers, &dir.path().join("s.db"));
-    exactly_once(&mut c);
-    let store = open_store(&c).await;
+    let (mut c, store) = exactly_once_quick(&brokers, dir.path()).await;
     let mut head = 0;
     for (mode, n) in [(DeliveryMode::ExactlyOnce, 3), (DeliveryMode::AtLeastOnce, 2), (DeliveryMode::ExactlyOnce, 1)] {
         let id = uuid::Uuid::now_v7();
