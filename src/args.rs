@@ -12,6 +12,14 @@ pub fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// How many rows a listing shows: 1 to 100 000 (what a store reads at once).
+pub fn list_limit(s: &str) -> Result<usize, String> {
+    match at_least_one(s)? {
+        n if n > 100_000 => Err("must be 100000 or less".into()),
+        n => Ok(n),
+    }
+}
+
 /// A rate of at least 1 per second (`bench relay --rate 500,10000`).
 pub fn rate(s: &str) -> Result<u64, String> {
     at_least_one(s).map(|n| n as u64)
@@ -25,5 +33,7 @@ mod tests {
         assert_eq!(super::at_least_one("0").unwrap_err(), "must be 1 or more");
         assert!(super::at_least_one("-1").unwrap_err().starts_with("expected a whole number"));
         assert_eq!(super::rate("0").unwrap_err(), "must be 1 or more");
+        assert_eq!(super::list_limit("100000"), Ok(100_000));
+        assert_eq!(super::list_limit("100001").unwrap_err(), "must be 100000 or less");
     }
 }

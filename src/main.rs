@@ -232,8 +232,8 @@ enum CustomerCmd {
 pub enum DlqCmd {
     /// List parked aggregates (first held event, error, held events) and dead letters as JSON lines.
     List {
-        /// At most this many dead letters (1 or more; every parked aggregate is listed).
-        #[arg(long, default_value_t = 100, value_parser = outboxd::args::at_least_one)]
+        /// At most this many dead letters (1 to 100000; every parked aggregate is listed).
+        #[arg(long, default_value_t = 100, value_parser = outboxd::args::list_limit)]
         limit: usize,
     },
     /// Publish a parked aggregate's held events in order and unpark it (--aggregate), a dead

@@ -163,6 +163,8 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("newer than this build"), "{}", stderr(&o));
     refused(&db, &["events", "--limit", "abc"], 2, "--limit");
+    // Over what the store reads at once: it listed 100000 without a word.
+    refused(&db, &["dlq", "list", "--limit", "100001"], 2, "--limit");
     // A rate of 0 ran at 1 event/s without a word.
     refused(&db, &["bench", "relay", "--rate", "500,0"], 2, "--rate");
 }
