@@ -194,7 +194,8 @@ fn the_healthcheck_passes_on_a_ready_daemon_and_fails_without_one() {
             .map(|a| a.replace("127.0.0.1/9090", &format!("{}/{}", admin.ip(), admin.port())))
             .collect();
         assert!(args.iter().any(|a| a.contains(&admin.port().to_string())), "the check names port 9090: {test:?}");
-        let st = std::process::Command::new(&test[1]).args(&args).status().expect("bash runs");
+        // compose's `timeout: 5s`: a check that hangs fails.
+        let st = std::process::Command::new("timeout").arg("5").arg(&test[1]).args(&args).status().expect("bash runs");
         st.success()
     };
     for test in &checks {

@@ -295,7 +295,10 @@ async fn an_unreadable_event_store_row_parks_its_aggregate_and_the_reader_goes_o
     assert_eq!(store.get_order(x).await.unwrap().unwrap().version, 1, "the row does not pass the unreadable event");
     let parked = store.parked(outboxd::projection::CONSUMER).await.unwrap();
     assert!(!parked.is_empty() && parked.iter().all(|p| p.parked.aggregate_id == x.to_string()), "{parked:?}");
-    assert!(parked.iter().any(|p| p.parked.sequence == Some(2)), "{parked:?}");
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let p = &parked[0].parked;
+    assert_eq!(p.sequence, Some(2), "at the unreadable row: {p:?}");
+    assert_eq!(p.event_id, Some(evs[1].event_id.to_string()), "naming its event, not the later one: {p:?}");
     apply_envelopes(&store, store.load(other).await.unwrap(), "EUR").await.unwrap();
     assert!(store.get_order(other).await.unwrap().is_some(), "other aggregates keep projecting");
 }

@@ -94,10 +94,12 @@ pub async fn request(
         Waited::Unclaimed(_) => {
             bar.set_message("no relay is running: carrying the request out here under the relay lease");
             let ended = run_here(cfg, store.clone(), r.id, max_wait, interrupted.clone()).await?;
-            if let Some((left, code)) = ended {
+            if let Some((left, code, held)) = ended {
                 bar.finish_and_clear();
                 let how = if code == INTERRUPTED { "interrupted" } else { "out of time" };
-                return Ok(gave_up(&left, how, code, exactly_once(cfg)));
+                // Still claimed by this CLI's own exactly-once term: left open.
+                let claimed_here = exactly_once(cfg) && held.is_some() && left.claimed_epoch == held;
+                return Ok(gave_up(&left, how, code, claimed_here));
             }
             // Done here, or (a relay started meanwhile) by that relay.
             let waited =
@@ -191,14 +193,15 @@ fn gave_up(left: &RelayRequest, how: &str, code: u8, claimed_here: bool) -> u8 {
 /// The term ends when request `id` is done, the lease is lost, `max_wait`
 /// has passed or `interrupted` fires; in the last two cases the request is
 /// withdrawn under the lease (before it is released) and the row is
-/// returned with the exit code (1 out of time, 130 interrupted).
+/// returned with the exit code (1 out of time, 130 interrupted) and the
+/// lease epoch this CLI held (None: it never held it).
 async fn run_here(
     cfg: &Config,
     store: DynStore,
     id: uuid::Uuid,
     max_wait: Duration,
     mut interrupted: Shutdown,
-) -> Result<Option<(RelayRequest, u8)>, Failure> {
+) -> Result<Option<(RelayRequest, u8, Option<i64>)>, Failure> {
     let consumer = cfg.relay.consumer_name.clone();
     let ttl = Duration::from_millis(cfg.relay.lease_ttl_ms);
     let mut stop = Trigger::new();
@@ -304,5 +307,5 @@ async fn run_here(
     stop.fire();
     let _ = tokio::time::timeout(Duration::from_secs(3), stop.wait_drained()).await;
     res?;
-    Ok(withdrawn.transpose()?.map(|row| (row, gave_up_code.unwrap_or(1))))
+    Ok(withdrawn.transpose()?.map(|row| (row, gave_up_code.unwrap_or(1), epoch)))
 }

@@ -43,8 +43,13 @@ impl HttpConfig {
         if let (Ok(a), Ok(b)) =
             (self.listen.parse::<std::net::SocketAddr>(), self.admin_listen.parse::<std::net::SocketAddr>())
         {
-            // The same port on the same address, or on a wildcard and any other address: one bind fails.
-            let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+            // The same port on the same address, or on a wildcard and another
+            // address of its family (`[::]` takes IPv4 too): one bind fails.
+            let dual = |x: &std::net::SocketAddr| x.is_ipv6() && x.ip().is_unspecified();
+            let overlap = a.ip() == b.ip()
+                || dual(&a)
+                || dual(&b)
+                || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified()));
             if a.port() != 0 && a.port() == b.port() && overlap {
                 return err(format!(
                     "http.admin_listen = {:?}: the same port as http.listen = {:?}; the two servers need their own",
@@ -62,9 +67,10 @@ impl HttpConfig {
             if t.len() < 16 {
                 return err("http.api_token must be at least 16 characters".into());
             }
-            // What a client can send in `Authorization: Bearer <token>` (the header is trimmed).
-            if !t.bytes().all(|b| b.is_ascii_graphic()) {
-                return err("http.api_token must be printable ASCII without spaces or newlines (a trailing newline from a secret file?): no request could match it".into());
+            // What a client can send in `Authorization: Bearer <token>` (the
+            // header is trimmed; inner spaces survive).
+            if t.as_str() != t.trim() || !t.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+                return err("http.api_token must be printable ASCII, without spaces at either end or newlines (a trailing newline from a secret file?): no request could match it".into());
             }
         }
         Ok(())

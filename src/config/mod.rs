@@ -216,7 +216,7 @@ mod tests {
         refused(&|c| c.relay.consumer_name = "projections".into(), "relay.consumer_name");
         // No request could send these (the header is trimmed and ASCII).
         refused(&|c| c.http.api_token = Some("0123456789abcdef\n".into()), "http.api_token");
-        refused(&|c| c.http.api_token = Some("0123456789 abcdef".into()), "http.api_token");
+        refused(&|c| c.http.api_token = Some(" 0123456789abcdef".into()), "http.api_token");
         refused(&|c| c.http.api_token = Some("0123456789abcdéf".into()), "http.api_token");
         // Lag 0 "exceeded" it: the relay was always Degraded.
         refused(&|c| c.health.lag_degraded_events = -1, "health.lag_degraded_events");
@@ -234,6 +234,11 @@ mod tests {
         c.validate().expect("the same port on two addresses binds");
         c.http.api_token = Some("0123456789abcdef-_.~+/=".into());
         c.validate().expect("a printable token");
+        c.http.api_token = Some("0123456789 abcdef".into());
+        c.validate().expect("an inner space is sent and matched");
+        c.http.listen = "0.0.0.0:8080".into();
+        c.http.admin_listen = "[::1]:8080".into();
+        c.validate().expect("an IPv4 wildcard and an IPv6 address bind side by side");
     }
 
     /// Black-box review: values that were accepted at load and then

@@ -57,11 +57,16 @@ pub(crate) async fn decode_row<A: Aggregate>(
     }
     tracing::warn!(%id, state_schema = stored.state_schema, "read-model row has an older or unreadable state; re-deriving it from its events");
     let mut row: Option<Row<A>> = None;
-    if let Some(error) = replay_into(store, &mut row, id, stored.version, stored.last_position, currency).await? {
-        tracing::warn!(%id, %error, "an event of the re-derived row cannot be applied; the row stops before it");
+    let stopped = replay_into(store, &mut row, id, stored.version, stored.last_position, currency).await?;
+    if let Some(e) = &stopped {
+        // The row keeps the version it reached: the next event meets the
+        // gap and parks the aggregate at that event.
+        tracing::warn!(%id, sequence = e.sequence, error = %e.error, "the re-derived row stops before an event");
     }
     Ok(row.map(|mut r| {
-        r.version = stored.version;
+        if stopped.is_none() {
+            r.version = stored.version;
+        }
         r.last_position = stored.last_position;
         r.created_at = stored.created_at;
         r.updated_at = stored.updated_at;
@@ -69,9 +74,18 @@ pub(crate) async fn decode_row<A: Aggregate>(
     }))
 }
 
+/// The earlier event that stopped a gap fill or a re-derivation: it cannot
+/// be applied, or its row cannot be read (then its id and type are unknown).
+pub(crate) struct Earlier {
+    pub sequence: i64,
+    pub event_id: Option<Uuid>,
+    pub event_type: Option<String>,
+    pub error: String,
+}
+
 /// Applies the stored events of `id` after `row`'s version up to `through`
-/// (at feed `position`) to `row`; `Some(error)` when one cannot be applied
-/// (the row then stops before it).
+/// (at feed `position`) to `row`; `Some` names the event that cannot be
+/// applied or read (the row then stops before it).
 async fn replay_into<A: Aggregate>(
     store: &dyn EventStore,
     row: &mut Option<Row<A>>,
@@ -79,17 +93,28 @@ async fn replay_into<A: Aggregate>(
     through: i64,
     position: i64,
     currency: &str,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<Earlier>, StoreError> {
     let after = row.as_ref().map_or(0, |r| r.version);
-    for env in store.load(id).await? {
+    let events = match store.load(id).await {
+        Ok(events) => events,
+        // A row of the store that cannot be read: the same every time.
+        Err(StoreError::Codec(error)) => {
+            let error = format!("an earlier event of this aggregate cannot be read: {error}");
+            return Ok(Some(Earlier { sequence: after + 1, event_id: None, event_type: None, error }));
+        }
+        Err(e) => return Err(e),
+    };
+    for env in events {
         if env.sequence <= after {
             continue;
         }
         if env.sequence > through {
             break;
         }
+        let (sequence, event_id, event_type) = (env.sequence, env.event_id, env.event_type.clone());
         if let Applied::Skipped(error) = apply_event(row, StoredEvent { position, envelope: env }, currency) {
-            return Ok(Some(error));
+            let error = format!("an earlier event of this aggregate cannot be applied: {error}");
+            return Ok(Some(Earlier { sequence, event_id: Some(event_id), event_type: Some(event_type), error }));
         }
     }
     Ok(None)
@@ -99,33 +124,25 @@ async fn replay_into<A: Aggregate>(
 /// row may lack earlier events when another writer of the read models (a
 /// rebuild resetting them) raced this batch's load; applied alone, the event
 /// would leave a row that looks current but has lost the events before it.
-/// An earlier event that cannot be applied skips `ev` too (row unchanged).
+/// An earlier event that cannot be applied or read stops the aggregate
+/// there: `Err` names it, the row unchanged.
 async fn apply_in_order<A: Aggregate>(
     store: &dyn EventStore,
     row: &mut Option<Row<A>>,
     ev: StoredEvent,
     currency: &str,
-) -> Result<Applied, StoreError> {
+) -> Result<Result<Applied, Earlier>, StoreError> {
     let (id, sequence) = (ev.envelope.aggregate_id, ev.envelope.sequence);
     let version = row.as_ref().map_or(0, |r| r.version);
     if sequence > version + 1 {
         tracing::warn!(aggregate_id = %id, sequence, version, "projection: events missing before this one; re-reading them from the store");
         let before = row.clone();
-        let error = match replay_into(store, row, id, sequence - 1, ev.position, currency).await {
-            Ok(None) => None,
-            Ok(Some(error)) => Some(format!("an earlier event of this aggregate cannot be applied: {error}")),
-            // A row of the store that cannot be read: the same every time.
-            Err(StoreError::Codec(error)) => {
-                Some(format!("an earlier event of this aggregate cannot be read: {error}"))
-            }
-            Err(e) => return Err(e),
-        };
-        if let Some(error) = error {
+        if let Some(earlier) = replay_into(store, row, id, sequence - 1, ev.position, currency).await? {
             *row = before;
-            return Ok(Applied::Skipped(error));
+            return Ok(Err(earlier));
         }
     }
-    Ok(apply_event(row, ev, currency))
+    Ok(Ok(apply_event(row, ev, currency)))
 }
 
 /// Applies one feed page (read after `from`) and commits rows + checkpoint.
@@ -179,10 +196,12 @@ pub(crate) async fn apply_page(
             continue;
         }
         let key = EventKey::of(&ev);
+        let mut earlier = None;
         let applied = match ev.envelope.aggregate_type.as_str() {
             Order::TYPE => {
                 let row = orders.entry(id).or_default();
                 let r = apply_in_order(store.as_ref(), row, ev, currency).await?;
+                let r = stop_at(r, &mut earlier);
                 if row.is_some() && r != Applied::Duplicate {
                     dirty_orders.insert(id);
                 }
@@ -191,6 +210,7 @@ pub(crate) async fn apply_page(
             Customer::TYPE => {
                 let row = customers.entry(id).or_default();
                 let r = apply_in_order(store.as_ref(), row, ev, currency).await?;
+                let r = stop_at(r, &mut earlier);
                 if row.is_some() && r != Applied::Duplicate {
                     dirty_customers.insert(id);
                 }
@@ -203,8 +223,12 @@ pub(crate) async fn apply_page(
             Applied::Applied => out.applied += 1,
             Applied::Duplicate => out.duplicates += 1,
             Applied::Skipped(error) => {
-                // Durable before the checkpoint moves past it (commit below).
-                parking.park_event(store, &key, &error).await?;
+                // Durable before the checkpoint moves past it (commit below):
+                // at the earlier event that stopped it, if one did.
+                match earlier {
+                    Some(e) => parking.park_earlier(store, &key, e).await?,
+                    None => parking.park_event(store, &key, &error).await?,
+                }
                 out.skipped += 1;
             }
         }
@@ -218,4 +242,17 @@ pub(crate) async fn apply_page(
     };
     out.committed = models.commit_batch(batch).await?;
     Ok(out)
+}
+
+/// `apply_in_order`'s outcome as an [`Applied`]; an earlier event that
+/// stopped it goes to `earlier` (where the aggregate parks).
+fn stop_at(r: Result<Applied, Earlier>, earlier: &mut Option<Earlier>) -> Applied {
+    match r {
+        Ok(applied) => applied,
+        Err(e) => {
+            let error = e.error.clone();
+            *earlier = Some(e);
+            Applied::Skipped(error)
+        }
+    }
 }

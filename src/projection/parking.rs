@@ -170,6 +170,26 @@ impl ProjectionParking {
         self.park(store, p).await
     }
 
+    /// Parks `ev`'s aggregate at the earlier event that stopped it (`ev`'s
+    /// position: the events from there on are held).
+    pub(crate) async fn park_earlier(
+        &mut self,
+        store: &DynStore,
+        ev: &EventKey,
+        e: crate::projection::page::Earlier,
+    ) -> Result<(), StoreError> {
+        let p = record(
+            &self.consumer,
+            &ev.aggregate_id.to_string(),
+            Some(ev.position),
+            Some(e.sequence),
+            e.event_id.map(|id| id.to_string()),
+            e.event_type,
+            e.error,
+        );
+        self.park(store, p).await
+    }
+
     async fn park(&mut self, store: &DynStore, p: Parked) -> Result<(), StoreError> {
         store.park(&p).await?;
         tracing::error!(aggregate = %p.aggregate_id, position = ?p.position, sequence = ?p.sequence, error = %p.error,

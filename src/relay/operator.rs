@@ -119,11 +119,21 @@ pub struct TermRequests {
     epoch: i64,
     claimed: HashSet<Uuid>,
     unsaved: Unsaved,
+    /// Released by [`TermRequests::release`] and how often: taken again
+    /// later, counted once in `relay_requests_total`.
+    released: HashMap<Uuid, u32>,
 }
 
 impl TermRequests {
     pub fn new(store: DynStore, consumer: &str, epoch: i64, unsaved: Unsaved) -> TermRequests {
-        TermRequests { store, consumer: consumer.to_string(), epoch, claimed: HashSet::new(), unsaved }
+        TermRequests {
+            store,
+            consumer: consumer.to_string(),
+            epoch,
+            claimed: HashSet::new(),
+            unsaved,
+            released: HashMap::new(),
+        }
     }
 
     /// Whether this term carries `r` out now (claimed here, under its epoch);
@@ -145,9 +155,18 @@ impl TermRequests {
     }
 
     /// Lets `id` be taken again later in this term (it stays claimed in the
-    /// store at this term's epoch, which a claim at the same epoch renews).
-    pub fn release(&mut self, id: Uuid) {
+    /// store at this term's epoch, which a claim at the same epoch renews);
+    /// how many times it was released so far, this one included.
+    pub fn release(&mut self, id: Uuid) -> u32 {
         self.claimed.remove(&id);
+        let n = self.released.entry(id).or_default();
+        *n += 1;
+        *n
+    }
+
+    /// `id` was taken before in this term and released (not a new request).
+    pub fn was_released(&self, id: Uuid) -> bool {
+        self.released.contains_key(&id)
     }
 
     /// Records `id`'s outcome ([`finish`]); kept for the next term when the store never answered.

@@ -281,7 +281,7 @@ impl<B: TaskBody> Handler<StopActor> for SupervisedTask<B> {
                 }
             }
             if let Some(p) = previous {
-                let _ = tokio::time::timeout(Duration::from_secs(5), gone(p)).await;
+                let _ = tokio::time::timeout_at(until, gone(p)).await;
             }
         };
         Box::pin(actix::fut::wrap_future::<_, Self>(wait).map(|_, act, _| {

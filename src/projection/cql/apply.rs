@@ -71,9 +71,16 @@ async fn project<A: Aggregate>(
                 Ok(events) => events,
                 // An earlier row that cannot be read stops the aggregate
                 // there (retried, it failed the same way for ever).
+                // The reader parked it at that row when it met it; if not
+                // (yet), park here, at the sequence after the row's version,
+                // naming no event (that row's id and type are unreadable).
                 Err(StoreError::Codec(error)) => {
-                    let at = ParkKey { sequence: version + 1, ..ParkKey::of(&env) };
-                    park(store, at, &format!("an earlier event cannot be read: {error}")).await?;
+                    let agg = id.to_string();
+                    if !store.parked(CONSUMER).await?.iter().any(|p| p.parked.aggregate_id == agg) {
+                        let at =
+                            ParkKey { sequence: version + 1, event_id: None, event_type: None, ..ParkKey::of(&env) };
+                        park(store, at, &format!("an earlier event cannot be read: {error}")).await?;
+                    }
                     out.skipped += 1;
                     return Ok(dirty.then_some(row).flatten());
                 }
@@ -120,8 +127,8 @@ struct ParkKey {
     aggregate_id: Uuid,
     aggregate_type: String,
     sequence: i64,
-    event_id: Uuid,
-    event_type: String,
+    event_id: Option<Uuid>,
+    event_type: Option<String>,
 }
 
 impl ParkKey {
@@ -130,8 +137,8 @@ impl ParkKey {
             aggregate_id: e.aggregate_id,
             aggregate_type: e.aggregate_type.clone(),
             sequence: e.sequence,
-            event_id: e.event_id,
-            event_type: e.event_type.clone(),
+            event_id: Some(e.event_id),
+            event_type: Some(e.event_type.clone()),
         }
     }
 }
@@ -143,7 +150,7 @@ impl ParkKey {
 async fn park(store: &CqlStore, k: ParkKey, error: &str) -> Result<(), StoreError> {
     let agg = k.aggregate_id.to_string();
     let mut p =
-        record(CONSUMER, &agg, None, Some(k.sequence), Some(k.event_id.to_string()), Some(k.event_type), error.into());
+        record(CONSUMER, &agg, None, Some(k.sequence), k.event_id.map(|e| e.to_string()), k.event_type, error.into());
     p.aggregate_type = Some(k.aggregate_type);
     store.park(&p).await?;
     tracing::error!(aggregate = %p.aggregate_id, sequence = k.sequence, error, "projection: event cannot be applied; the aggregate's read-model row stays at the version before it");

@@ -56,6 +56,9 @@ impl Txn {
                     if let Some(exit) = self.requests().await? {
                         return Ok(exit);
                     }
+                    // A full interval from now: a slow round must not leave
+                    // the next tick due at once, ahead of the pages.
+                    requests.reset();
                     continue;
                 }
                 page = pages.recv() => match page {

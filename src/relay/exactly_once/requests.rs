@@ -17,6 +17,7 @@ use crate::relay::parking::count_parked;
 use crate::relay::pipeline::{Exit, Item, RelayError};
 use crate::relay::plan::{plan, Plan, PlanCtx};
 use crate::relay::progress::LETTERS;
+use crate::relay::requests::kind_label;
 use crate::relay::window::Fenced;
 use crate::shutdown::Shutdown;
 use crate::store::requests::RequestStatus;
@@ -24,6 +25,10 @@ use crate::store::StoreError;
 
 /// The crash point between a replay's commit and the store's part of it (tests).
 pub const CRASH_AFTER_REPLAY: &str = "after_replay_commit";
+
+/// Rounds of requests a term tries to plan a resumed replay whose store
+/// reads fail before it ends with the error.
+const RESUME_PLAN_TRIES: u32 = 5;
 
 impl Txn {
     /// Carries out operator requests between batches.
@@ -38,6 +43,9 @@ impl Txn {
         for r in open {
             if !self.requests.take(&r, &self.backoff).await {
                 continue;
+            }
+            if !self.requests.was_released(r.id) {
+                self.relay.metrics.relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
             }
             let resuming = self.resumed.as_ref().is_some_and(|m| m.request == r.id);
             let ctx = PlanCtx {
@@ -55,11 +63,19 @@ impl Txn {
                 Ok(p) => p,
                 // The store did not answer: whether the former term did the
                 // store's part of this replay is unknown. It stays claimed
-                // and is taken again at the next round; the requests after
-                // it wait (their progress records would drop its mark).
+                // and is taken again at the next round of requests; the
+                // requests after it wait (their progress records would drop
+                // its mark). After a few rounds (and at once for the CLI's
+                // single round) the term ends with the error: the runner's
+                // backoff applies, /health shows it, the next term resumes it.
                 Err(RelayError::Store(e)) if resuming => {
-                    tracing::warn!(request = %r.id, error = %e, "cannot plan the replay being resumed; trying again after the next batch");
-                    self.requests.release(r.id);
+                    let why = format!("cannot plan the replay being resumed (request {}): {e}", r.id);
+                    self.relay.status.error(why.clone());
+                    let tries = self.requests.release(r.id);
+                    if self.relay.requests_only || tries >= RESUME_PLAN_TRIES {
+                        return Err(RelayError::Store(why));
+                    }
+                    tracing::warn!(request = %r.id, error = %e, tries, "cannot plan the replay being resumed; trying again at the next round of requests");
                     return Ok(None);
                 }
                 // The former term committed this replay and did the store's
