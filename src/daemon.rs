@@ -236,20 +236,32 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
         }
     }
     let exited = match exited {
-        Some(r) => r,
+        Some(r) => Some(r),
         None => match tokio::time::timeout(deadline + Duration::from_secs(2), &mut exit_rx).await {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::warn!(deadline_ms = deadline.as_millis() as u64, "shutdown did not finish within the deadline; exiting (unconfirmed events are re-sent after restart)");
-                return Ok(0);
-            }
+            Ok(r) => Some(r),
+            Err(_) => None,
         },
     };
-    let code = exited.map_err(|_| DaemonError::Other("the actor system thread stopped unexpectedly".into()))?;
-    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    // Every way out releases the leases (a standby takes over at once, not after a TTL).
+    let code = match exited {
+        Some(Ok(code)) => {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            Ok(code)
+        }
+        Some(Err(_)) => Err(DaemonError::Other("the actor system thread stopped unexpectedly".into())),
+        None => {
+            tracing::warn!(
+                deadline_ms = deadline.as_millis() as u64,
+                "shutdown did not finish within the deadline; exiting (unconfirmed events are re-sent after restart)"
+            );
+            Ok(0)
+        }
+    };
     release_leases(lease_stop).await;
-    tracing::info!(exit_code = code, "outboxd stopped");
-    Ok(code)
+    if let Ok(code) = &code {
+        tracing::info!(exit_code = code, "outboxd stopped");
+    }
+    code
 }
 
 /// Stops the lease keepers; each releases its lease if it holds it, so a

@@ -426,3 +426,35 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     });
     d.stop();
 }
+
+/// SIGTERM with connections held open on both servers (an idle keep-alive
+/// client, a request whose body never comes): the daemon exits 0 and gives
+/// its relay lease back (holder cleared). (The servers now stop together,
+/// and the fallback exit past the deadline releases the leases too; this
+/// case does not reach that fallback, which needs a stop that overruns.)
+#[test]
+fn sigterm_with_connections_held_open_exits_0_and_releases_the_lease() {
+    use std::io::Write;
+    let Some(brokers) = harness::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(&brokers, dir.path());
+    let mut d = Daemon::start(&cfg, &[("OUTBOX_SHUTDOWN_DEADLINE_MS", "3000".to_string())]);
+    create_order(&d, Uuid::now_v7(), "HELD-1");
+    let held = sqlite3(&cfg.store.path, "SELECT holder FROM relay_leases WHERE name = 'kafka-relay'");
+    assert!(!held.trim().is_empty(), "the relay lease is held: {held:?}");
+    let mut open = Vec::new();
+    for (addr, req) in [
+        (d.api, "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"),
+        (d.admin, "GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ] {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        open.push(s);
+    }
+    d.sigterm();
+    let status = d.wait_exit(Duration::from_secs(20)).expect("the daemon exits");
+    assert_eq!(status.code(), Some(0), "{}", d.log_text());
+    let holder = sqlite3(&cfg.store.path, "SELECT holder FROM relay_leases WHERE name = 'kafka-relay'");
+    assert!(holder.trim().is_empty(), "the relay lease is given back at exit: holder {holder:?}\n{}", d.log_text());
+    drop(open);
+}

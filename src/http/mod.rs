@@ -189,10 +189,10 @@ pub struct Servers {
 }
 
 impl Servers {
-    /// Stops accepting connections and lets in-flight requests finish.
+    /// Stops accepting connections and lets in-flight requests finish, both
+    /// servers at once (each within its shutdown timeout: one grace, not two).
     pub async fn stop(&self) {
-        self.api.stop(true).await;
-        self.admin.stop(true).await;
+        tokio::join!(self.api.stop(true), self.admin.stop(true));
     }
 }
 
