@@ -237,10 +237,7 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     }
     let exited = match exited {
         Some(r) => Some(r),
-        None => match tokio::time::timeout(deadline + Duration::from_secs(2), &mut exit_rx).await {
-            Ok(r) => Some(r),
-            Err(_) => None,
-        },
+        None => tokio::time::timeout(deadline + Duration::from_secs(2), &mut exit_rx).await.ok(),
     };
     // Every way out releases the leases (a standby takes over at once, not after a TTL).
     let code = match exited {
