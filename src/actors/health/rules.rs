@@ -237,7 +237,11 @@ fn relay_health(p: &Probes, task: &TaskStatus<RelayStatus>, t: Thresholds) -> (H
         Role::Standby { holder, epoch } => {
             return (HealthStatus::Healthy, format!("standby (active relay {holder}, epoch {epoch}); {prog}"))
         }
-        Role::Unknown => return (HealthStatus::Unknown, format!("waiting for the relay lease to be read; {prog}")),
+        // Not read yet, or lost (the store refused or did not answer the
+        // renewal): the checks below still apply (a growing lag, a CDC log
+        // about to expire), and a relay that stays without a term turns
+        // Degraded after the start grace.
+        Role::Unknown => "the relay lease is not held (not read yet, or lost)".to_string(),
         Role::Active { epoch } => format!("active, epoch {epoch}"),
         Role::Unfenced => "active".to_string(),
     };

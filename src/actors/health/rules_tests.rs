@@ -349,3 +349,35 @@ fn relay_lag_gauges_count_the_cdc_progress_age() {
     assert_eq!(relay_lag_gauges(Some(&unstarted), None, now, &T), (None, Some(0.0)));
     assert_eq!(relay_lag_gauges(None, None, now, &T), (None, None));
 }
+
+/// Review finding: a relay whose lease was lost (the store refused or did
+/// not answer the renewal) reported Unknown, "waiting for the relay lease to
+/// be read", for ever, skipping the lag and CDC-log TTL checks: nothing was
+/// published and /health said 200 unknown while the log neared expiry.
+#[test]
+fn a_lost_lease_still_meets_the_lag_and_ttl_rules_and_degrades() {
+    use crate::lease::keeper::LeaseState;
+    let lost = |p: &mut Probes| {
+        let task = p.cdc.as_mut().unwrap();
+        task.progress.role = Role::of(&LeaseState::Lost { epoch: 3 });
+        task.progress.running = false;
+        task.running = false;
+        task.starting_ms = Some(120_000);
+    };
+    let mut p = probes();
+    lost(&mut p);
+    let ttl = Duration::from_secs(1000);
+    p.cdc_ttl = Some((Duration::from_secs(900), ttl));
+    let v = evaluate(&p, &HashMap::new(), Thresholds { lag_degraded_seconds: 10_000, ..T });
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Unhealthy, "{}", v["cdc_processor"].1);
+    let mut p = probes();
+    lost(&mut p);
+    p.relay_backlog = Some(Backlog { checkpoint: Some(10), head: Some(1_000), events: Some(990), oldest: None });
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded, "{}", v["cdc_processor"].1);
+    // No lag, no log: still Degraded once the start grace is over (no term).
+    let mut p = probes();
+    lost(&mut p);
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded, "{}", v["cdc_processor"].1);
+}
