@@ -283,6 +283,11 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async_main(cli));
+    // Blocking work still running (a Kafka transaction call its aborted term
+    // left on the blocking pool, up to transaction_timeout_ms) must not hold
+    // the exit past the shutdown deadline: dropping the runtime waits for it
+    // without bound. What it leaves open, the next term's init_transactions aborts.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
