@@ -283,18 +283,19 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async_main(cli));
+    let code = match result {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("error: {}", cli::redact::clean(&format!("{:#}", f.err).replace('\n', " ")));
+            f.code
+        }
+    };
     // Blocking work still running (a Kafka transaction call its aborted term
     // left on the blocking pool, up to transaction_timeout_ms) must not hold
     // the exit past the shutdown deadline: dropping the runtime waits for it
     // without bound. What it leaves open, the next term's init_transactions aborts.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(f) => {
-            eprintln!("error: {}", cli::redact::clean(&format!("{:#}", f.err).replace('\n', " ")));
-            ExitCode::from(f.code)
-        }
-    }
+    ExitCode::from(code)
 }
 
 fn init_tracing(format: LogFormat, level: &str) {

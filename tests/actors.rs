@@ -440,8 +440,10 @@ fn sigterm_with_connections_held_open_exits_0_and_releases_the_lease() {
     let cfg = daemon_config(&brokers, dir.path());
     let mut d = Daemon::start(&cfg, &[("OUTBOX_SHUTDOWN_DEADLINE_MS", "3000".to_string())]);
     create_order(&d, Uuid::now_v7(), "HELD-1");
-    let held = sqlite3(&cfg.store.path, "SELECT holder FROM relay_leases WHERE name = 'kafka-relay'");
-    assert!(!held.trim().is_empty(), "the relay lease is held: {held:?}");
+    eventually(Duration::from_secs(30), "the relay lease to be held", || {
+        let held = sqlite3(&cfg.store.path, "SELECT holder FROM relay_leases WHERE name = 'kafka-relay'");
+        (!held.trim().is_empty()).then_some(())
+    });
     let mut open = Vec::new();
     for (addr, req) in [
         (d.api, "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"),

@@ -192,7 +192,8 @@ fn gave_up(left: &RelayRequest, how: &str, code: u8, claimed_here: bool) -> u8 {
 /// expire) and runs one requests-only relay term under it, then releases it.
 /// The term ends when request `id` is done, the lease is lost, `max_wait`
 /// has passed or `interrupted` fires; in the last two cases the request is
-/// withdrawn under the lease (before it is released) and the row is
+/// withdrawn under the lease (before it is released; in exactly-once mode
+/// one this term began stays open, `operator::withdraw`) and the row is
 /// returned with the exit code (1 out of time, 130 interrupted) and the
 /// lease epoch this CLI held (None: it never held it).
 async fn run_here(
@@ -306,6 +307,14 @@ async fn run_here(
     };
     stop.fire();
     let _ = tokio::time::timeout(Duration::from_secs(3), stop.wait_drained()).await;
+    if let (Err(_), Some(Ok(row))) = (&res, &withdrawn) {
+        if exactly_once(cfg) && row.status == RequestStatus::Running && epoch.is_some() && row.claimed_epoch == epoch {
+            eprintln!(
+                "request {} stays open: exactly-once, its replay may have committed part of its events; the next relay term (outboxd run) carries it to its end",
+                row.id
+            );
+        }
+    }
     res?;
     Ok(withdrawn.transpose()?.map(|row| (row, gave_up_code.unwrap_or(1), epoch)))
 }

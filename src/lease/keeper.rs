@@ -8,8 +8,10 @@
 //!   call is raced against that deadline), or at once when a read shows a
 //!   newer epoch.
 //! - On shutdown an active holder releases the lease (holder cleared, same
-//!   epoch) after the relay has stopped, so a standby takes over at once
-//!   instead of after a TTL; a crash leaves at most one TTL without a leader.
+//!   epoch), so a standby takes over at once instead of after a TTL; it
+//!   publishes `Lost` first, so a relay still running (a shutdown past its
+//!   deadline) stops before that; a crash leaves at most one TTL without a
+//!   leader.
 //! - Never blocks the append path (the stores keep lease writes off it).
 
 use std::sync::Arc;
@@ -240,6 +242,9 @@ impl Keeper {
         if self.machine.is_active(Instant::now()).is_none() {
             return;
         }
+        // Whatever still watches the lease (a relay that outlived a shutdown
+        // past its deadline) stops before a standby can take it over.
+        self.tx.send_replace(LeaseState::Lost { epoch });
         let name = self.machine.name.clone();
         let cas = LeaseCas {
             expected: Some((epoch, counter)),

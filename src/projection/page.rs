@@ -19,7 +19,8 @@ use super::parking::{EventKey, ProjectionParking};
 use super::{CommitBatch, ReadModelStore, StoredRow};
 use crate::domain::{Aggregate, Customer, Order};
 use crate::envelope::StoredEvent;
-use crate::store::{DynStore, EventStore, StoreError};
+use crate::store::feed::FeedRow;
+use crate::store::{DynStore, Store, StoreError};
 
 /// Counts of one applied batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,7 +39,7 @@ pub(crate) struct BatchOutcome {
 /// re-derived from its events up to its version instead (None when the store
 /// has none of them). Shared by both backends' projections.
 pub(crate) async fn decode_row<A: Aggregate>(
-    store: &dyn EventStore,
+    store: &dyn Store,
     id: Uuid,
     stored: StoredRow,
     currency: &str,
@@ -87,7 +88,7 @@ pub(crate) struct Earlier {
 /// (at feed `position`) to `row`; `Some` names the event that cannot be
 /// applied or read (the row then stops before it).
 async fn replay_into<A: Aggregate>(
-    store: &dyn EventStore,
+    store: &dyn Store,
     row: &mut Option<Row<A>>,
     id: Uuid,
     through: i64,
@@ -95,23 +96,31 @@ async fn replay_into<A: Aggregate>(
     currency: &str,
 ) -> Result<Option<Earlier>, StoreError> {
     let after = row.as_ref().map_or(0, |r| r.version);
-    let events = match store.load(id).await {
-        Ok(events) => events,
-        // A row of the store that cannot be read: the same every time.
-        Err(StoreError::Codec(error)) => {
-            let error = format!("an earlier event of this aggregate cannot be read: {error}");
-            return Ok(Some(Earlier { sequence: after + 1, event_id: None, event_type: None, error }));
-        }
-        Err(e) => return Err(e),
-    };
-    for env in events {
-        if env.sequence <= after {
+    // Row by row (an unreadable row names itself; one after `through` does
+    // not stop the events before it).
+    let key = crate::store::feed::uuid_key(&id);
+    for r in store.aggregate_rows(&key, None, Some(after + 1), None).await? {
+        let (sequence, env) = match r {
+            FeedRow::Event(e) => (e.sequence, e.to_envelope().map_err(|x| (e.event_id.to_string(), x.to_string()))),
+            FeedRow::Unreadable(u) => {
+                (u.sequence.unwrap_or(after + 1), Err((u.event_id.unwrap_or_default(), u.error.clone())))
+            }
+        };
+        if sequence <= after {
             continue;
         }
-        if env.sequence > through {
+        if sequence > through {
             break;
         }
-        let (sequence, event_id, event_type) = (env.sequence, env.event_id, env.event_type.clone());
+        let env = match env {
+            Ok(env) => env,
+            Err((event_id, error)) => {
+                let error = format!("an earlier event of this aggregate cannot be read: {error}");
+                let event_id = Uuid::parse_str(&event_id).ok();
+                return Ok(Some(Earlier { sequence, event_id, event_type: None, error }));
+            }
+        };
+        let (event_id, event_type) = (env.event_id, env.event_type.clone());
         if let Applied::Skipped(error) = apply_event(row, StoredEvent { position, envelope: env }, currency) {
             let error = format!("an earlier event of this aggregate cannot be applied: {error}");
             return Ok(Some(Earlier { sequence, event_id: Some(event_id), event_type: Some(event_type), error }));
@@ -127,7 +136,7 @@ async fn replay_into<A: Aggregate>(
 /// An earlier event that cannot be applied or read stops the aggregate
 /// there: `Err` names it, the row unchanged.
 async fn apply_in_order<A: Aggregate>(
-    store: &dyn EventStore,
+    store: &dyn Store,
     row: &mut Option<Row<A>>,
     ev: StoredEvent,
     currency: &str,

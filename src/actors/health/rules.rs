@@ -9,7 +9,9 @@
 //!   publish: Healthy (it says who does), but Degraded when the broker is
 //!   unreachable from its producer (made ahead of its term): it could not
 //!   publish if it took over.
-//! - cdc_processor (the relay): lease not read yet -> Unknown; standby ->
+//! - cdc_processor (the relay): lease not held (not read yet, or lost) ->
+//!   the lag, parked, feed and TTL rules, then Unknown within the start
+//!   grace and Degraded after it; standby ->
 //!   Healthy; feed reads failing -> Degraded, Unhealthy after
 //!   `health.feed_unhealthy_after_ms`; parked aggregates -> Degraded; lag
 //!   over `health.lag_degraded_events` or `health.lag_degraded_seconds` ->
@@ -201,7 +203,12 @@ fn kafka_health(relay: &RelayStatus) -> (HealthStatus, String) {
                 BrokerState::Unknown => (HealthStatus::Healthy, who),
             };
         }
-        Role::Unknown => return (HealthStatus::Unknown, "the relay lease has not been read yet".into()),
+        Role::Unknown => {
+            return (
+                HealthStatus::Unknown,
+                "the relay lease is not held (not read yet, or lost): no producer in use".into(),
+            )
+        }
         Role::Active { .. } | Role::Unfenced => {}
     }
     match (&relay.broker, relay.breaker) {
@@ -299,6 +306,7 @@ fn relay_health(p: &Probes, task: &TaskStatus<RelayStatus>, t: Thresholds) -> (H
         );
     }
     if !task.running {
+        let prog = if relay.role == Role::Unknown { format!("{who}; {prog}") } else { prog };
         return not_running("relay", task.starting_ms, &prog);
     }
     if relay.feed == FeedState::Unknown {

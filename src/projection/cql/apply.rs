@@ -23,8 +23,9 @@ use crate::projection::page::decode_row;
 use crate::projection::parking::record;
 use crate::projection::{StoredRow, CONSUMER};
 use crate::store::cql::CqlStore;
+use crate::store::feed::FeedRow;
 use crate::store::parking::ParkingStore;
-use crate::store::{EventStore, StoreError};
+use crate::store::StoreError;
 
 /// What [`apply_envelopes`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,12 +54,9 @@ async fn project<A: Aggregate>(
     out: &mut CqlApplyOutcome,
 ) -> Result<Option<Row<A>>, StoreError> {
     let mut row: Option<Row<A>> = match stored {
-        Some(s) => {
-            let (version, last_position) = (s.version, s.last_position);
-            let (created_at, updated_at) = (s.created_at, s.updated_at);
-            let row = decode_row::<A>(store, id, s, currency).await?;
-            Some(row.unwrap_or(Row { id, state: A::default(), version, last_position, created_at, updated_at }))
-        }
+        // A row that cannot be re-derived (its events unreadable) starts from
+        // no row: the gap fill below meets what stopped it and parks.
+        Some(s) => decode_row::<A>(store, id, s, currency).await?,
         None => None,
     };
     let mut dirty = false;
@@ -67,25 +65,37 @@ async fn project<A: Aggregate>(
         if env.sequence > version + 1 {
             // Earlier events of this aggregate were not seen (yet): take them
             // from the event store, so the state never skips an event.
-            let earlier = match store.load_after(id, version).await {
-                Ok(events) => events,
-                // An earlier row that cannot be read stops the aggregate
-                // there (retried, it failed the same way for ever).
-                // The reader parked it at that row when it met it; if not
-                // (yet), park here, at the sequence after the row's version,
-                // naming no event (that row's id and type are unreadable).
-                Err(StoreError::Codec(error)) => {
-                    let agg = id.to_string();
-                    if !store.parked(CONSUMER).await?.iter().any(|p| p.parked.aggregate_id == agg) {
-                        let at =
-                            ParkKey { sequence: version + 1, event_id: None, event_type: None, ..ParkKey::of(&env) };
-                        park(store, at, &format!("an earlier event cannot be read: {error}")).await?;
-                    }
-                    out.skipped += 1;
-                    return Ok(dirty.then_some(row).flatten());
+            // Row by row: an unreadable one names itself (one after this
+            // event does not stop the events before it).
+            let mut earlier = Vec::new();
+            let key = crate::store::feed::uuid_key(&id);
+            for r in store.aggregate_rows(&key, None, Some(version + 1), None).await? {
+                let (sequence, readable) = match r {
+                    FeedRow::Event(e) => (e.sequence, e.to_envelope().map_err(|x| (Some(e.event_id), x.to_string()))),
+                    FeedRow::Unreadable(u) => (
+                        u.sequence.unwrap_or(version + 1),
+                        Err((u.event_id.as_deref().and_then(|e| Uuid::parse_str(e).ok()), u.error.clone())),
+                    ),
+                };
+                if sequence >= env.sequence {
+                    break;
                 }
-                Err(e) => return Err(e),
-            };
+                match readable {
+                    Ok(e) => earlier.push(e),
+                    // Stops the aggregate there (retried, it failed the same
+                    // way for ever). The reader parked it at that row when it
+                    // met it: that record stays; if none, park here.
+                    Err((event_id, error)) => {
+                        let agg = id.to_string();
+                        if !store.parked(CONSUMER).await?.iter().any(|p| p.parked.aggregate_id == agg) {
+                            let at = ParkKey { sequence, event_id, event_type: None, ..ParkKey::of(&env) };
+                            park(store, at, &format!("an earlier event cannot be read: {error}")).await?;
+                        }
+                        out.skipped += 1;
+                        return Ok(dirty.then_some(row).flatten());
+                    }
+                }
+            }
             for missing in earlier {
                 if missing.sequence >= env.sequence {
                     break;

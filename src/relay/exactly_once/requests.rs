@@ -35,7 +35,14 @@ impl Txn {
     pub(super) async fn requests(&mut self) -> Result<Option<Exit>, RelayError> {
         self.relay.status.flush();
         let consumer = self.relay.cfg.consumer_name.clone();
-        let Ok(open) = self.relay.store.requests_open(&consumer, self.epoch).await else { return Ok(None) };
+        let open = match self.relay.store.requests_open(&consumer, self.epoch).await {
+            Ok(open) => open,
+            // The CLI's single round must not end as if it were done.
+            Err(e) if self.relay.requests_only => {
+                return Err(RelayError::Store(format!("cannot read the relay requests: {e}")))
+            }
+            Err(_) => return Ok(None),
+        };
         if self.resumed.as_ref().is_some_and(|m| !open.iter().any(|r| r.id == m.request)) {
             // Its request is finished: the mark need not be carried on.
             self.resumed = None;
