@@ -234,10 +234,19 @@ where
             .spawn(async move { svc.execute::<A>(msg.id, &msg.command, msg.meta, msg.expected_version).await });
         Box::pin(async move {
             let _guard = guard;
-            task.await
-                .unwrap_or_else(|e| Err(AppError::Store(StoreError::Unavailable(format!("command task failed: {e}")))))
+            task.await.unwrap_or_else(|e| Err(task_failed(e)))
         })
     }
+}
+
+/// A command task that did not finish (cancelled at shutdown, or panicked)
+/// may have appended first (its snapshot, its observer run after): the
+/// outcome is unknown, not a retryable unavailability. Told to retry, a
+/// client re-ran a command that had been stored and applied it twice.
+fn task_failed(e: tokio::task::JoinError) -> AppError {
+    AppError::Store(StoreError::OutcomeUnknown(format!(
+        "the command task did not finish ({e}); it may have been stored: reload the resource and compare its version"
+    )))
 }
 
 impl<A: Aggregate> Handler<LoadAggregate<A>> for OrderActor {
@@ -307,5 +316,21 @@ impl Handler<Ping> for OrderActor {
 
     fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(self.lifecycle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding: a command task that panicked or was cancelled after
+    /// its append was answered 503 `unavailable` with `Retry-After`; the
+    /// client retried a stored command and applied it twice.
+    #[tokio::test]
+    async fn a_command_task_that_did_not_finish_is_an_unknown_outcome() {
+        let e = tokio::spawn(async { panic!("after the append") }).await.unwrap_err();
+        let err = task_failed(e);
+        // (The API answers it 503 `outcome_unknown`, without Retry-After.)
+        assert!(matches!(err, AppError::Store(StoreError::OutcomeUnknown(_))), "{err:?}");
     }
 }
