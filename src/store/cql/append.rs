@@ -248,7 +248,17 @@ impl CqlStore {
             if attempt > 0 {
                 tokio::time::sleep(backoff(attempt)).await;
             }
-            match self.try_append(s, aggregate_id, expected_version, &events).await? {
+            let tried = match self.try_append(s, aggregate_id, expected_version, &events).await {
+                Ok(tried) => tried,
+                // After an unknown outcome, an answer that cannot be read
+                // leaves it unknown (it is no proof of anything either way).
+                Err(e) if uncertain.is_some() => {
+                    uncertain = Some(e.to_string());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match tried {
                 Attempt::Applied => return Ok(done),
                 Attempt::Rejected(actual) => {
                     if uncertain.is_some() && actual >= done.version {
