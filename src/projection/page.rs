@@ -18,7 +18,7 @@ use super::model::{apply_event, Applied, Row};
 use super::parking::{EventKey, ProjectionParking};
 use super::{CommitBatch, ReadModelStore, StoredRow};
 use crate::domain::{Aggregate, Customer, Order};
-use crate::envelope::StoredEvent;
+use crate::envelope::{EventEnvelope, StoredEvent};
 use crate::store::feed::FeedRow;
 use crate::store::{DynStore, Store, StoreError};
 
@@ -84,6 +84,43 @@ pub(crate) struct Earlier {
     pub error: String,
 }
 
+/// The stored events of `id` from sequence `from` up to `through`, read row
+/// by row (one backend call, both backends): the readable ones before the
+/// first row that cannot be read, and that row (its sequence, its id when
+/// readable) if there is one. A row after `through` stops nothing.
+pub(crate) async fn rows_through(
+    store: &dyn Store,
+    id: Uuid,
+    from: i64,
+    through: i64,
+) -> Result<(Vec<EventEnvelope>, Option<Earlier>), StoreError> {
+    let mut events = Vec::new();
+    let key = crate::store::feed::uuid_key(&id);
+    for r in store.aggregate_rows(&key, None, Some(from), None).await? {
+        let (sequence, env) = match r {
+            FeedRow::Event(e) => (e.sequence, e.to_envelope().map_err(|x| (Some(e.event_id), x.to_string()))),
+            FeedRow::Unreadable(u) => (
+                u.sequence.unwrap_or(from),
+                Err((u.event_id.as_deref().and_then(|e| Uuid::parse_str(e).ok()), u.error.clone())),
+            ),
+        };
+        if sequence < from {
+            continue;
+        }
+        if sequence > through {
+            break;
+        }
+        match env {
+            Ok(env) => events.push(env),
+            Err((event_id, error)) => {
+                let error = format!("an earlier event of this aggregate cannot be read: {error}");
+                return Ok((events, Some(Earlier { sequence, event_id, event_type: None, error })));
+            }
+        }
+    }
+    Ok((events, None))
+}
+
 /// Applies the stored events of `id` after `row`'s version up to `through`
 /// (at feed `position`) to `row`; `Some` names the event that cannot be
 /// applied or read (the row then stops before it).
@@ -96,35 +133,16 @@ async fn replay_into<A: Aggregate>(
     currency: &str,
 ) -> Result<Option<Earlier>, StoreError> {
     let after = row.as_ref().map_or(0, |r| r.version);
-    // Row by row (an unreadable row names itself; one after `through` does
-    // not stop the events before it).
-    let key = crate::store::feed::uuid_key(&id);
-    for r in store.aggregate_rows(&key, None, Some(after + 1), None).await? {
-        let (sequence, env) = match r {
-            FeedRow::Event(e) => (e.sequence, e.to_envelope().map_err(|x| (e.event_id.to_string(), x.to_string()))),
-            FeedRow::Unreadable(u) => {
-                (u.sequence.unwrap_or(after + 1), Err((u.event_id.unwrap_or_default(), u.error.clone())))
-            }
-        };
-        if sequence <= after {
-            continue;
-        }
-        if sequence > through {
-            break;
-        }
-        let env = match env {
-            Ok(env) => env,
-            Err((event_id, error)) => {
-                let error = format!("an earlier event of this aggregate cannot be read: {error}");
-                let event_id = Uuid::parse_str(&event_id).ok();
-                return Ok(Some(Earlier { sequence, event_id, event_type: None, error }));
-            }
-        };
-        let (event_id, event_type) = (env.event_id, env.event_type.clone());
+    let (events, unreadable) = rows_through(store, id, after + 1, through).await?;
+    for env in events {
+        let (sequence, event_id, event_type) = (env.sequence, env.event_id, env.event_type.clone());
         if let Applied::Skipped(error) = apply_event(row, StoredEvent { position, envelope: env }, currency) {
             let error = format!("an earlier event of this aggregate cannot be applied: {error}");
             return Ok(Some(Earlier { sequence, event_id: Some(event_id), event_type: Some(event_type), error }));
         }
+    }
+    if unreadable.is_some() {
+        return Ok(unreadable);
     }
     Ok(None)
 }

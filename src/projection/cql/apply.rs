@@ -19,11 +19,10 @@ use super::{codec, load_stored, stmts, unavailable, Stmts};
 use crate::domain::{Aggregate, Customer, Order};
 use crate::envelope::{EventEnvelope, StoredEvent};
 use crate::projection::model::{apply_event, Applied, OrderColumns, Row};
-use crate::projection::page::decode_row;
+use crate::projection::page::{decode_row, rows_through};
 use crate::projection::parking::record;
 use crate::projection::{StoredRow, CONSUMER};
 use crate::store::cql::CqlStore;
-use crate::store::feed::FeedRow;
 use crate::store::parking::ParkingStore;
 use crate::store::StoreError;
 
@@ -65,41 +64,21 @@ async fn project<A: Aggregate>(
         if env.sequence > version + 1 {
             // Earlier events of this aggregate were not seen (yet): take them
             // from the event store, so the state never skips an event.
-            // Row by row: an unreadable one names itself (one after this
-            // event does not stop the events before it).
-            let mut earlier = Vec::new();
-            let key = crate::store::feed::uuid_key(&id);
-            for r in store.aggregate_rows(&key, None, Some(version + 1), None).await? {
-                let (sequence, readable) = match r {
-                    FeedRow::Event(e) => (e.sequence, e.to_envelope().map_err(|x| (Some(e.event_id), x.to_string()))),
-                    FeedRow::Unreadable(u) => (
-                        u.sequence.unwrap_or(version + 1),
-                        Err((u.event_id.as_deref().and_then(|e| Uuid::parse_str(e).ok()), u.error.clone())),
-                    ),
-                };
-                if sequence >= env.sequence {
-                    break;
+            let (earlier, unreadable) = rows_through(store, id, version + 1, env.sequence - 1).await?;
+            // A row that cannot be read stops the aggregate there (retried,
+            // it failed the same way for ever). The reader parked it at that
+            // row when it met it: that record stays; if none, park here.
+            if let Some(e) = unreadable {
+                let agg = id.to_string();
+                if !store.parked(CONSUMER).await?.iter().any(|p| p.parked.aggregate_id == agg) {
+                    let at =
+                        ParkKey { sequence: e.sequence, event_id: e.event_id, event_type: None, ..ParkKey::of(&env) };
+                    park(store, at, &e.error).await?;
                 }
-                match readable {
-                    Ok(e) => earlier.push(e),
-                    // Stops the aggregate there (retried, it failed the same
-                    // way for ever). The reader parked it at that row when it
-                    // met it: that record stays; if none, park here.
-                    Err((event_id, error)) => {
-                        let agg = id.to_string();
-                        if !store.parked(CONSUMER).await?.iter().any(|p| p.parked.aggregate_id == agg) {
-                            let at = ParkKey { sequence, event_id, event_type: None, ..ParkKey::of(&env) };
-                            park(store, at, &format!("an earlier event cannot be read: {error}")).await?;
-                        }
-                        out.skipped += 1;
-                        return Ok(dirty.then_some(row).flatten());
-                    }
-                }
+                out.skipped += 1;
+                return Ok(dirty.then_some(row).flatten());
             }
             for missing in earlier {
-                if missing.sequence >= env.sequence {
-                    break;
-                }
                 let key = ParkKey::of(&missing);
                 match apply_event(&mut row, stored_event(missing), currency) {
                     Applied::Applied => {
