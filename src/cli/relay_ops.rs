@@ -97,9 +97,7 @@ pub async fn request(
             if let Some((left, code, held)) = ended {
                 bar.finish_and_clear();
                 let how = if code == INTERRUPTED { "interrupted" } else { "out of time" };
-                // Still claimed by this CLI's own exactly-once term: left open.
-                let claimed_here = exactly_once(cfg) && held.is_some() && left.claimed_epoch == held;
-                return Ok(gave_up(&left, how, code, claimed_here));
+                return Ok(gave_up(&left, how, code, left_open(cfg, &left, held)));
             }
             // Done here, or (a relay started meanwhile) by that relay.
             let waited =
@@ -159,21 +157,30 @@ fn outcome(done: &RelayRequest) -> Option<u8> {
     }
 }
 
-/// Reports what became of a request the CLI gave up on (`how`:
-/// interrupted, out of time); the exit code (`code`, or the outcome's when
-/// it finished just before).
 fn exactly_once(cfg: &Config) -> bool {
     cfg.relay.delivery == DeliveryMode::ExactlyOnce
 }
 
-/// Reports a request the CLI gave up on (`claimed_here`: its own
-/// exactly-once term had claimed it, so it stays open).
-fn gave_up(left: &RelayRequest, how: &str, code: u8, claimed_here: bool) -> u8 {
+/// Whether `row` is an exactly-once request this CLI's own term (at lease
+/// epoch `held`) began: the CLI leaves it open (`operator::withdraw`).
+fn left_open(cfg: &Config, row: &RelayRequest, held: Option<i64>) -> bool {
+    exactly_once(cfg) && row.status == RequestStatus::Running && held.is_some() && row.claimed_epoch == held
+}
+
+/// Says that `row` stays open (see [`left_open`]); `how` leads the line.
+fn say_left_open(how: &str, row: &RelayRequest) {
+    eprintln!(
+        "{how}request {} stays open: exactly-once, its replay may have committed part of its events, which only its own resumption skips; the next relay term (outboxd run) carries it to its end; see GET /relay/requests/{}",
+        row.id, row.id
+    );
+}
+
+/// Reports what became of a request the CLI gave up on (`how`:
+/// interrupted, out of time; `left_open`: see [`left_open`]); the exit code
+/// (`code`, or the outcome's when it finished just before).
+fn gave_up(left: &RelayRequest, how: &str, code: u8, left_open: bool) -> u8 {
     match left.status {
-        RequestStatus::Running if claimed_here => eprintln!(
-            "{how}: request {} stays open: exactly-once, its replay may have committed part of its events, which only its own resumption skips; the next relay term (outboxd run) carries it to its end; see GET /relay/requests/{}",
-            left.id, left.id
-        ),
+        _ if left_open => say_left_open(&format!("{how}: "), left),
         RequestStatus::Pending | RequestStatus::Running => eprintln!(
             "{how}: request {} is {} on the active relay, which carries it out; see GET /relay/requests/{}",
             left.id,
@@ -308,11 +315,8 @@ async fn run_here(
     stop.fire();
     let _ = tokio::time::timeout(Duration::from_secs(3), stop.wait_drained()).await;
     if let (Err(_), Some(Ok(row))) = (&res, &withdrawn) {
-        if exactly_once(cfg) && row.status == RequestStatus::Running && epoch.is_some() && row.claimed_epoch == epoch {
-            eprintln!(
-                "request {} stays open: exactly-once, its replay may have committed part of its events; the next relay term (outboxd run) carries it to its end",
-                row.id
-            );
+        if left_open(cfg, row, epoch) {
+            say_left_open("", row);
         }
     }
     res?;
