@@ -179,6 +179,14 @@ fn valid_cql_ident(s: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The default config changed by `f` is refused, naming `key`.
+    fn refused(f: &dyn Fn(&mut Config), key: &str) {
+        let mut c = Config::default();
+        f(&mut c);
+        let e = c.validate().expect_err(key).to_string();
+        assert!(e.contains(key), "{key}: {e}");
+    }
+
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
@@ -206,12 +214,6 @@ mod tests {
     /// load (they failed later, or silently misbehaved).
     #[test]
     fn values_that_could_never_work_are_refused_by_name() {
-        let refused = |f: &dyn Fn(&mut Config), key: &str| {
-            let mut c = Config::default();
-            f(&mut c);
-            let e = c.validate().expect_err(key).to_string();
-            assert!(e.contains(key), "{key}: {e}");
-        };
         // The projection's checkpoint, lease and parks would be the relay's.
         refused(&|c| c.relay.consumer_name = "projections".into(), "relay.consumer_name");
         // No request could send these (the header is trimmed and ASCII).
@@ -245,12 +247,6 @@ mod tests {
     /// worked around (or failed) at run time are refused by name.
     #[test]
     fn zero_and_unknown_values_are_refused_at_load() {
-        let refused = |f: &dyn Fn(&mut Config), key: &str| {
-            let mut c = Config::default();
-            f(&mut c);
-            let e = c.validate().expect_err(key).to_string();
-            assert!(e.contains(key), "{key}: {e}");
-        };
         refused(&|c| c.http.workers = 0, "http.workers");
         refused(&|c| c.store.sqlite.queue_capacity = 0, "store.sqlite.queue_capacity");
         refused(&|c| c.store.sqlite.group_commit_max = 0, "store.sqlite.group_commit_max");

@@ -151,7 +151,9 @@ impl Keeper {
     }
 
     /// Runs `f` unless the renewal deadline passes first (then publishes the
-    /// loss); a deadline already past is published before `f` starts.
+    /// loss); a deadline already past is published before `f` starts (woken
+    /// at the deadline, a cycle's store calls, bounded by `renew_every` alone
+    /// then, could hold the stale Active past the TTL a standby waits).
     async fn bounded<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
         self.publish(Instant::now());
         let limit = self.machine.timing.renew_every.max(Duration::from_millis(50));
@@ -217,11 +219,6 @@ impl Keeper {
                 break;
             }
             self.pause.hold().await;
-            // Woken at the renewal deadline: the loss is published now, not
-            // after this cycle's store calls (bounded by `renew_every` alone
-            // once the deadline has passed, they could hold the stale Active
-            // past the TTL a standby waits).
-            self.publish(Instant::now());
             let answered = self.cycle(&name).await;
             self.publish(Instant::now());
             // Sleep until the next renewal/read (sooner after a failure), but

@@ -42,11 +42,8 @@ impl CqlProjectionSink {
     pub fn new(store: Arc<CqlStore>, currency: String, status: watch::Sender<ProjectionStatus>) -> Self {
         CqlProjectionSink { store, currency, status }
     }
-}
 
-impl CqlProjectionSink {
-    /// Parks `row`'s aggregate at it (consumer `projections`), retrying the
-    /// store as `handle` does.
+    /// Parks `row`'s aggregate at it (consumer `projections`).
     async fn park_unreadable(&self, aggregate: uuid::Uuid, row: &UndecodableRow) -> Result<(), StoreError> {
         let p = record(
             CONSUMER,
@@ -87,11 +84,7 @@ impl EnvelopeSink for CqlProjectionSink {
                 Err(e) => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, %aggregate, "CQL projection: cannot park an unreadable row yet; retrying");
-                    let delay = Duration::from_millis((50u64 << attempt.min(6)).min(5_000));
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.recv() => return Err(CdcError::Shutdown),
-                    }
+                    retry_wait(attempt, shutdown).await?;
                 }
             }
         }
@@ -124,14 +117,20 @@ impl EnvelopeSink for CqlProjectionSink {
                         s.last_error = Some(e.to_string());
                         s.updated_at = Utc::now();
                     });
-                    let delay = Duration::from_millis((50u64 << attempt.min(6)).min(5_000));
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.recv() => return Err(CdcError::Shutdown),
-                    }
+                    retry_wait(attempt, shutdown).await?;
                 }
             }
         }
+    }
+}
+
+/// Waits before try `attempt + 1` of a store write that failed (0.1 s,
+/// doubling, at most 5 s); `Err` on shutdown.
+async fn retry_wait(attempt: u32, shutdown: &mut Shutdown) -> Result<(), CdcError> {
+    let delay = Duration::from_millis((50u64 << attempt.min(6)).min(5_000));
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => Ok(()),
+        _ = shutdown.recv() => Err(CdcError::Shutdown),
     }
 }
 
