@@ -26,16 +26,16 @@ use crate::metrics::Metrics;
 use crate::relay::breaker::{BreakerState, CircuitBreaker};
 use crate::relay::encode::{Discarded, Encoder, DISCARDED_TYPE};
 use crate::relay::error::PublishError;
-use crate::relay::parking::{count_parked, dead_letter_of, park_at, parked_record};
+use crate::relay::parking::{count_parked, dead_letter_of};
 use crate::relay::pipeline::Item;
 use crate::relay::producer::{Completion, Delivery, KafkaProducer, SendError};
 use crate::relay::retry::Backoff;
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::StatusTx;
-use crate::relay::window::{AggKey, Fenced};
+use crate::relay::window::AggKey;
 use crate::shutdown::Shutdown;
-use crate::store::feed::{RawEvent, Unreadable};
-use crate::store::{DynStore, StoreError};
+use crate::store::feed::RawEvent;
+use crate::store::DynStore;
 
 /// How one delivery ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,85 +389,6 @@ impl Deliverer {
         rx.await.unwrap_or_else(|_| Err(PublishError::transient("canceled", "the delivery report was lost")))
     }
 
-    /// A log row that is not a readable event: parked or dead-lettered under
-    /// the permanent-failure policy (held when its aggregate is parked), as
-    /// the position feed does, so one bad row never stops the relay.
-    pub async fn give_up_unreadable(&self, row: Unreadable, shutdown: &mut Shutdown) -> Delivered {
-        if self.is_parked(&row.aggregate_key) {
-            return Delivered::Held;
-        }
-        let err = PublishError::permanent("unreadable", row.error.clone());
-        let event_type = row.event_type.as_deref().unwrap_or("unknown");
-        self.metrics.cdc_events_failed.with_label_values(&[event_type, &err.kind]).inc();
-        self.give_up(&Item::Unreadable(row), err, self.policy, 1, shutdown).await
-    }
-
-    async fn give_up(
-        &self,
-        item: &Item,
-        err: PublishError,
-        policy: PermanentFailurePolicy,
-        attempts: u32,
-        shutdown: &mut Shutdown,
-    ) -> Delivered {
-        let (event_id, event_type, sequence) = match item {
-            Item::Event(e) => (e.event_id.to_string(), e.event_type.clone(), Some(e.sequence)),
-            Item::Unreadable(u) => {
-                (u.event_id.clone().unwrap_or_default(), u.event_type.clone().unwrap_or_default(), u.sequence)
-            }
-            Item::Marker { discarded, .. } => {
-                (discarded.event_id.to_string(), discarded.event_type.clone(), Some(discarded.sequence))
-            }
-        };
-        let aggregate = item.aggregate().clone();
-        let mut tries = 0;
-        loop {
-            let res = match policy {
-                PermanentFailurePolicy::ParkAggregate => {
-                    park_at(&self.store, &parked_record(&self.consumer, item, &err), self.epoch).await
-                }
-                PermanentFailurePolicy::Skip => match dead_letter_of(item, &err, attempts) {
-                    Some(l) => self.sink.dead_letter(l).await,
-                    None => Ok(()),
-                },
-            };
-            match res {
-                Ok(()) => break,
-                Err(StoreError::Fenced { name, epoch, current }) => {
-                    tracing::warn!(%name, epoch, ?current, "park record refused: another instance holds the relay lease; stopping");
-                    return Delivered::Fenced;
-                }
-                Err(store_err) => {
-                    tries += 1;
-                    tracing::warn!(error = %store_err, "cannot record the failed event durably yet; retrying");
-                    if !shutdown.sleep(self.backoff.delay(tries.min(10))).await {
-                        return Delivered::Shutdown;
-                    }
-                }
-            }
-        }
-        match policy {
-            PermanentFailurePolicy::ParkAggregate => {
-                if self.parked.lock().unwrap_or_else(|p| p.into_inner()).insert(aggregate.clone()) {
-                    count_parked(&self.metrics, &self.status, true);
-                }
-                tracing::error!(%event_id, %aggregate, ?sequence, error = %err, "event can never be published as it is; its aggregate is parked from it on");
-                Delivered::Parked
-            }
-            PermanentFailurePolicy::Skip => {
-                self.metrics.dlq_messages.inc();
-                self.metrics.dlq_messages_by_event_type.with_label_values(&[&event_type]).inc();
-                self.metrics.dlq_depth.inc();
-                self.status.update(|s| {
-                    s.dead_lettered += 1;
-                    true
-                });
-                tracing::error!(%event_id, %aggregate, ?sequence, error = %err, "event can never be published as it is; moved to dead_letter_queue");
-                Delivered::DeadLettered
-            }
-        }
-    }
-
     /// A dead letter was replayed and removed: one fewer in `dlq_depth`.
     pub fn dead_letter_replayed(&self) {
         self.metrics.dlq_depth.dec();
@@ -494,6 +415,9 @@ async fn route(mut completions: mpsc::UnboundedReceiver<Completion>, waiters: Wa
         }
     }
 }
+
+#[path = "deliver_give_up.rs"]
+mod give_up;
 
 #[cfg(test)]
 #[path = "deliver_tests.rs"]
