@@ -10,8 +10,9 @@
 //!   unreachable from its producer (made ahead of its term): it could not
 //!   publish if it took over.
 //! - cdc_processor (the relay): lease not held (not read yet, or lost) ->
-//!   the lag, parked, feed and TTL rules, then Unknown within the start
-//!   grace and Degraded after it; standby ->
+//!   the feed, TTL and parked rules, then Unknown within the start grace
+//!   (the lag may be the active relay's: this task may be a standby that
+//!   has not read the lease yet) and the lag rules and Degraded after it; standby ->
 //!   Healthy; feed reads failing -> Degraded, Unhealthy after
 //!   `health.feed_unhealthy_after_ms`; parked aggregates -> Degraded; lag
 //!   over `health.lag_degraded_events` or `health.lag_degraded_seconds` ->
@@ -278,6 +279,17 @@ fn relay_health(p: &Probes, task: &TaskStatus<RelayStatus>, t: Thresholds) -> (H
             HealthStatus::Degraded,
             format!("{parked} aggregates parked behind events that cannot be published (outboxd dlq list); {prog}"),
         );
+    }
+    // A task that has not read the lease yet, within the start grace, may be
+    // a standby: the lag below is the active relay's (a standby reports
+    // Healthy once it knows), and a starting active relay has a backlog to
+    // drain by nature. Unknown "starting" until the first read; the grace
+    // bounds it.
+    let first_read_pending = relay.role == Role::Unknown
+        && !task.running
+        && task.starting_ms.is_some_and(|ms| Duration::from_millis(ms) < START_GRACE);
+    if first_read_pending {
+        return not_running("relay", task.starting_ms, &format!("{who}; {prog}"));
     }
     if lag_events > t.relay_lag_degraded_events {
         return (

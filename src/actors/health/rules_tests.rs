@@ -381,3 +381,39 @@ fn a_lost_lease_still_meets_the_lag_and_ttl_rules_and_degrades() {
     let v = evaluate(&p, &HashMap::new(), T);
     assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded, "{}", v["cdc_processor"].1);
 }
+
+/// A standby that has not read the lease yet (role unknown, task starting)
+/// saw the active relay's lag in the store and reported Degraded until its
+/// first read: within the start grace it is Unknown "starting"; past the
+/// grace the lag rules apply again (a relay that never gets a term).
+#[test]
+fn a_relay_before_its_first_lease_read_does_not_claim_the_active_relays_lag() {
+    let starting = |p: &mut Probes, ms: u64| {
+        let task = p.cdc.as_mut().unwrap();
+        task.progress.role = Role::Unknown;
+        task.progress.running = false;
+        task.progress.feed = FeedState::Unknown;
+        task.running = false;
+        task.starting_ms = Some(ms);
+    };
+    let mut p = probes();
+    starting(&mut p, 200);
+    p.relay_backlog = Some(Backlog { checkpoint: Some(10), head: Some(1_000), events: Some(990), oldest: None });
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Unknown, "{}", v["cdc_processor"].1);
+    assert!(
+        v["cdc_processor"].1.contains("starting") && v["cdc_processor"].1.contains("not held"),
+        "{}",
+        v["cdc_processor"].1
+    );
+    starting(&mut p, START_GRACE.as_millis() as u64 + 1);
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded, "{}", v["cdc_processor"].1);
+    assert!(v["cdc_processor"].1.contains("lag 990 events"), "{}", v["cdc_processor"].1);
+    // The CDC log's TTL is not waived by the grace.
+    let mut p = probes();
+    starting(&mut p, 200);
+    p.cdc_ttl = Some((Duration::from_secs(900), Duration::from_secs(1000)));
+    let v = evaluate(&p, &HashMap::new(), Thresholds { lag_degraded_seconds: 10_000, ..T });
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Unhealthy, "{}", v["cdc_processor"].1);
+}
