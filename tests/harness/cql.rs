@@ -42,3 +42,25 @@ pub async fn cql_login(uri: &str, user: &str, password: &str) -> Arc<Session> {
     let session = SessionBuilder::new().known_node(uri).user(user, password).build().await;
     Arc::new(session.unwrap_or_else(|e| panic!("connect to {uri} as {user}: {e}")))
 }
+
+/// The CQL server the tests use (`CASSANDRA_URI`, else `SCYLLA_URI`), or
+/// `None` after printing why `what` is skipped.
+pub fn cql_uri_or_skip(what: &str) -> Option<String> {
+    let uri =
+        std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).filter(|s| !s.is_empty());
+    if uri.is_none() {
+        eprintln!("SKIPPED: {what}: set CASSANDRA_URI (make test starts Cassandra) or SCYLLA_URI");
+    }
+    uri
+}
+
+/// A migrated CQL store in a keyspace of its own (`<prefix>_<uuid>`), and a
+/// plain session on the same server (for the faults a test makes itself).
+pub async fn fresh_cql_store(uri: &str, prefix: &str) -> (Arc<outboxd::store::cql::CqlStore>, String, Arc<Session>) {
+    let keyspace = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
+    let cfg = outboxd::config::CqlConfig { uri: uri.into(), keyspace: keyspace.clone(), ..Default::default() };
+    let store = outboxd::store::cql::CqlStore::connect(&cfg).await.expect("connect to CQL");
+    outboxd::store::EventStore::migrate(&*store).await.expect("create keyspace and tables");
+    let session = SessionBuilder::new().known_node(uri).build().await.expect("a plain session");
+    (store, keyspace, Arc::new(session))
+}

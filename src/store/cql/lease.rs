@@ -26,7 +26,7 @@ use crate::store::StoreError;
 type LeaseRow = (Option<String>, Option<i64>, Option<i64>, Option<i64>);
 
 impl CqlStore {
-    fn serial_read(&self, cql: String) -> Statement {
+    pub(super) fn serial_read(&self, cql: String) -> Statement {
         let mut st = Statement::new(cql);
         st.set_consistency(match self.serial {
             SerialConsistency::Serial => Consistency::Serial,

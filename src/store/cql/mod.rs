@@ -55,6 +55,7 @@ mod parking;
 pub mod progress;
 pub mod reconcile;
 mod relay_tables;
+mod requests;
 mod rows;
 pub mod schema;
 pub mod security;

@@ -1,11 +1,14 @@
 //! CQL parking (`parked_aggregates`, partition per relay consumer) and the
-//! `discarded_events` audit table; relay requests (`relay_requests`,
-//! partition per consumer).
+//! `discarded_events` audit table.
 //!
-//! Guarantees: park rows are upserts (one per aggregate and consumer); the
-//! held count comes from `event_store` itself (rows from the parked
-//! sequence on); a request is claimed with a compare-and-set on its status
-//! and epoch, so one lease holder carries it out.
+//! Guarantees: a park row is one per aggregate and consumer, written like
+//! SQLite's upsert (a new row, or the failed event of an existing one, its
+//! first `parked_at` kept); every write to it is a lightweight transaction,
+//! as its delete is: plain and conditional writes to the same cells are
+//! ordered by different clocks (a Paxos ballot against a write timestamp),
+//! so a park written just after an unpark could otherwise be hidden by it.
+//! The held count comes from `event_store` itself (rows from the parked
+//! sequence on).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -14,8 +17,11 @@ use super::rows::lwt_answer;
 use super::{codec, exec_err, CqlStore};
 use crate::store::feed::FeedRow;
 use crate::store::parking::{DiscardRecord, Parked, ParkedInfo};
-use crate::store::requests::{RelayRequest, RequestStatus};
 use crate::store::StoreError;
+
+/// Insert-or-update rounds before a park gives up (each loses only to a
+/// concurrent unpark of the same row).
+const PARK_ATTEMPTS: usize = 4;
 
 type ParkRow = (
     String,
@@ -31,28 +37,54 @@ type ParkRow = (
 
 impl CqlStore {
     pub(super) async fn park_row(&self, p: &Parked) -> Result<(), StoreError> {
-        let cql = format!(
-            "INSERT INTO {} (consumer, aggregate_id, aggregate_type, position, sequence_number, event_id, event_type, error, parked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            self.t("parked_aggregates")
+        let t = self.t("parked_aggregates");
+        let insert = format!(
+            "INSERT INTO {t} (consumer, aggregate_id, aggregate_type, position, sequence_number, event_id, event_type, error, parked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
         );
-        self.session
-            .query_unpaged(
-                cql,
-                (
-                    &p.consumer,
-                    &p.aggregate_id,
-                    &p.aggregate_type,
-                    p.position,
-                    p.sequence,
-                    &p.event_id,
-                    &p.event_type,
-                    &p.error,
-                    p.parked_at,
-                ),
-            )
-            .await
-            .map_err(|e| exec_err("write parked aggregate", e))?;
-        Ok(())
+        let update = format!(
+            "UPDATE {t} SET position = ?, sequence_number = ?, event_id = ?, event_type = ?, error = ? WHERE consumer = ? AND aggregate_id = ? IF EXISTS"
+        );
+        // Insert, or update the row that exists; a delete in between sends
+        // the loop round again. An unknown outcome is an error the caller
+        // retries: both writes are idempotent.
+        for _ in 0..PARK_ATTEMPTS {
+            let res = self
+                .session
+                .query_unpaged(
+                    insert.clone(),
+                    (
+                        &p.consumer,
+                        &p.aggregate_id,
+                        &p.aggregate_type,
+                        p.position,
+                        p.sequence,
+                        &p.event_id,
+                        &p.event_type,
+                        &p.error,
+                        p.parked_at,
+                    ),
+                )
+                .await
+                .map_err(|e| exec_err("write parked aggregate", e))?;
+            if lwt_answer(res, "aggregate_id")?.0 {
+                return Ok(());
+            }
+            let res = self
+                .session
+                .query_unpaged(
+                    update.clone(),
+                    (p.position, p.sequence, &p.event_id, &p.event_type, &p.error, &p.consumer, &p.aggregate_id),
+                )
+                .await
+                .map_err(|e| exec_err("update parked aggregate", e))?;
+            if lwt_answer(res, "aggregate_id")?.0 {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "park {}: its row was deleted and re-created {PARK_ATTEMPTS} times while writing",
+            p.aggregate_id
+        )))
     }
 
     pub(super) async fn parked_rows(&self, consumer: &str) -> Result<Vec<ParkedInfo>, StoreError> {
@@ -212,118 +244,5 @@ impl CqlStore {
         out.sort_by_key(|d| std::cmp::Reverse(d.discarded_at));
         out.truncate(limit.clamp(1, 100_000));
         Ok(out)
-    }
-
-    pub(super) async fn request_insert(&self, r: &RelayRequest) -> Result<(), StoreError> {
-        let kind = serde_json::to_string(&r.kind).map_err(codec)?;
-        let cql = format!(
-            "INSERT INTO {} (consumer, id, kind, status, requested_by, created_at, claimed_epoch, result, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            self.t("relay_requests")
-        );
-        let result = r.result.as_ref().map(|v| v.to_string());
-        self.session
-            .query_unpaged(
-                cql,
-                (
-                    &r.consumer,
-                    r.id,
-                    kind,
-                    r.status.as_str(),
-                    &r.requested_by,
-                    r.created_at,
-                    r.claimed_epoch,
-                    result,
-                    r.finished_at,
-                ),
-            )
-            .await
-            .map_err(|e| exec_err("write relay request", e))?;
-        Ok(())
-    }
-
-    pub(super) async fn requests_of(
-        &self,
-        consumer: Option<&str>,
-        id: Option<Uuid>,
-    ) -> Result<Vec<RelayRequest>, StoreError> {
-        let t = self.t("relay_requests");
-        let cols = "consumer, id, kind, status, requested_by, created_at, claimed_epoch, result, finished_at";
-        let res = match (consumer, id) {
-            (Some(c), _) => {
-                self.session.query_unpaged(format!("SELECT {cols} FROM {t} WHERE consumer = ?"), (c,)).await
-            }
-            (None, Some(id)) => {
-                self.session.query_unpaged(format!("SELECT {cols} FROM {t} WHERE id = ? ALLOW FILTERING"), (id,)).await
-            }
-            (None, None) => self.session.query_unpaged(format!("SELECT {cols} FROM {t}"), ()).await,
-        }
-        .map_err(|e| exec_err("read relay requests", e))?;
-        type Row = (
-            String,
-            Uuid,
-            String,
-            String,
-            Option<String>,
-            Option<DateTime<Utc>>,
-            Option<i64>,
-            Option<String>,
-            Option<DateTime<Utc>>,
-        );
-        let mut out = Vec::new();
-        for r in res.into_rows_result().map_err(codec)?.rows::<Row>().map_err(codec)? {
-            let (consumer, id, kind, status, by, created, epoch, result, finished) = r.map_err(codec)?;
-            out.push(RelayRequest {
-                id,
-                consumer,
-                kind: serde_json::from_str(&kind).map_err(|e| codec(format!("request kind: {e}")))?,
-                status: RequestStatus::parse(&status).ok_or_else(|| codec(format!("request status {status:?}")))?,
-                requested_by: by.unwrap_or_default(),
-                created_at: created.unwrap_or_else(Utc::now),
-                claimed_epoch: epoch,
-                result: result.map(|s| serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s))),
-                finished_at: finished,
-            });
-        }
-        out.sort_by_key(|r| (r.created_at, r.id));
-        Ok(out)
-    }
-
-    pub(super) async fn request_cas(&self, r: &RelayRequest, epoch: i64) -> Result<bool, StoreError> {
-        let t = self.t("relay_requests");
-        let res = match (r.status, r.claimed_epoch) {
-            (RequestStatus::Pending, _) => {
-                let cql = format!("UPDATE {t} SET status = 'running', claimed_epoch = ? WHERE consumer = ? AND id = ? IF status = 'pending'");
-                self.session.query_unpaged(cql, (epoch, &r.consumer, r.id)).await
-            }
-            (RequestStatus::Running, Some(old)) if old <= epoch => {
-                let cql = format!("UPDATE {t} SET claimed_epoch = ? WHERE consumer = ? AND id = ? IF status = 'running' AND claimed_epoch = ?");
-                self.session.query_unpaged(cql, (epoch, &r.consumer, r.id, old)).await
-            }
-            _ => return Ok(false),
-        }
-        .map_err(|e| exec_err("claim relay request", e))?;
-        Ok(lwt_answer(res, "status")?.0)
-    }
-
-    /// Records the outcome if the request is still running under `epoch`.
-    pub(super) async fn request_done(
-        &self,
-        consumer: &str,
-        id: Uuid,
-        epoch: i64,
-        status: RequestStatus,
-        result: &serde_json::Value,
-    ) -> Result<bool, StoreError> {
-        // An LWT like the claim (never mix plain and conditional writes on the same cells).
-        let cql = format!(
-            "UPDATE {} SET status = ?, result = ?, finished_at = ? WHERE consumer = ? AND id = ? IF status = 'running' AND claimed_epoch = ?",
-            self.t("relay_requests")
-        );
-        let res = self
-            .session
-            .query_unpaged(cql, (status.as_str(), result.to_string(), Utc::now(), consumer, id, epoch))
-            .await
-            .map_err(|e| exec_err("finish relay request", e))?;
-        Ok(lwt_answer(res, "status")?.0)
     }
 }

@@ -2,12 +2,14 @@
 //! `RequestStore` for [`CqlStore`] (CQL in `lease` and `parking`).
 //!
 //! Guarantee: every lease and request-claim write is a lightweight
-//! transaction, unknown outcomes resolved by SERIAL reads (see `lease`);
-//! park rows are plain upserts keyed by (consumer, aggregate). A fenced park
+//! transaction, unknown outcomes resolved by SERIAL reads (see `lease` and
+//! `requests`); park rows are conditional upserts keyed by (consumer,
+//! aggregate) (see `parking`). A fenced park
 //! or unpark first reads the lease SERIAL and writes only at the caller's
 //! epoch: the park rows live outside the lease partition, so the check and
 //! the write are two steps (on SQLite they are one transaction). Request
-//! claims and outcomes are checked the same way.
+//! claims and outcomes are checked the same way; a lease that cannot be read
+//! is an error the caller retries, never a refusal.
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -104,7 +106,7 @@ impl RequestStore for CqlStore {
     }
 
     async fn request_claim(&self, r: &RelayRequest, epoch: i64) -> Result<bool, StoreError> {
-        if epoch > 0 && self.fence_check(&r.consumer, epoch).await.is_err() {
+        if epoch > 0 && !fenced_ok(self.fence_check(&r.consumer, epoch).await)? {
             return Ok(false);
         }
         self.request_cas(r, epoch).await
@@ -118,9 +120,21 @@ impl RequestStore for CqlStore {
         status: RequestStatus,
         result: serde_json::Value,
     ) -> Result<bool, StoreError> {
-        if epoch > 0 && self.fence_check(consumer, epoch).await.is_err() {
+        if epoch > 0 && !fenced_ok(self.fence_check(consumer, epoch).await)? {
             return Ok(false);
         }
         self.request_done(consumer, id, epoch, status, &result).await
+    }
+}
+
+/// A fence check's answer for a request write: `Ok(false)` when another
+/// epoch holds the lease (the write is refused, for good), an error when the
+/// lease could not be read (the caller retries: "refused" would end a
+/// request's outcome for good on a passing timeout).
+fn fenced_ok(check: Result<(), StoreError>) -> Result<bool, StoreError> {
+    match check {
+        Ok(()) => Ok(true),
+        Err(StoreError::Fenced { .. }) => Ok(false),
+        Err(e) => Err(e),
     }
 }

@@ -1,0 +1,173 @@
+//! CQL relay requests (`relay_requests`, partition per consumer): the
+//! operator's rewinds, replays and discards, carried out by the lease holder.
+//!
+//! Guarantees: every write to a request row is a lightweight transaction
+//! (submit `IF NOT EXISTS`, claim and outcome conditioned on status and
+//! epoch), so one lease holder carries a request out and plain and
+//! conditional writes never race on its cells; a write whose outcome is
+//! unknown (timeout, broken connection) is resolved by a SERIAL read before
+//! answering, like the lease's: a claim that landed is reported claimed.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::append::outcome_unknown;
+use super::rows::lwt_answer;
+use super::{codec, exec_err, CqlStore};
+use crate::store::requests::{RelayRequest, RequestStatus};
+use crate::store::StoreError;
+
+impl CqlStore {
+    /// Writes a new request (`IF NOT EXISTS`: every write to a request row
+    /// is conditional). An unknown outcome is resolved by a SERIAL read:
+    /// written iff the row with this id now exists.
+    pub(super) async fn request_insert(&self, r: &RelayRequest) -> Result<(), StoreError> {
+        let kind = serde_json::to_string(&r.kind).map_err(codec)?;
+        let cql = format!(
+            "INSERT INTO {} (consumer, id, kind, status, requested_by, created_at, claimed_epoch, result, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+            self.t("relay_requests")
+        );
+        let result = r.result.as_ref().map(|v| v.to_string());
+        let values = (
+            &r.consumer,
+            r.id,
+            kind,
+            r.status.as_str(),
+            &r.requested_by,
+            r.created_at,
+            r.claimed_epoch,
+            result,
+            r.finished_at,
+        );
+        match self.session.query_unpaged(cql, values).await {
+            Ok(res) => match lwt_answer(res, "id")?.0 {
+                true => Ok(()),
+                false => Err(StoreError::InvalidAppend(format!("relay request {} exists already", r.id))),
+            },
+            Err(e) if outcome_unknown(&e) => match self.request_row(&r.consumer, r.id).await? {
+                Some(_) => Ok(()),
+                None => Err(exec_err("write relay request", e)),
+            },
+            Err(e) => Err(exec_err("write relay request", e)),
+        }
+    }
+
+    /// One request's (status, claimed epoch), read SERIAL: the read also
+    /// finishes a Paxos round in progress on it, so what it returns is what
+    /// an unknown-outcome write left.
+    pub(super) async fn request_row(
+        &self,
+        consumer: &str,
+        id: Uuid,
+    ) -> Result<Option<(String, Option<i64>)>, StoreError> {
+        let st = self.serial_read(format!(
+            "SELECT status, claimed_epoch FROM {} WHERE consumer = ? AND id = ?",
+            self.t("relay_requests")
+        ));
+        let res =
+            self.session.query_unpaged(st, (consumer, id)).await.map_err(|e| exec_err("read relay request", e))?;
+        res.into_rows_result().map_err(codec)?.maybe_first_row::<(String, Option<i64>)>().map_err(codec)
+    }
+
+    pub(super) async fn requests_of(
+        &self,
+        consumer: Option<&str>,
+        id: Option<Uuid>,
+    ) -> Result<Vec<RelayRequest>, StoreError> {
+        let t = self.t("relay_requests");
+        let cols = "consumer, id, kind, status, requested_by, created_at, claimed_epoch, result, finished_at";
+        let res = match (consumer, id) {
+            (Some(c), _) => {
+                self.session.query_unpaged(format!("SELECT {cols} FROM {t} WHERE consumer = ?"), (c,)).await
+            }
+            (None, Some(id)) => {
+                self.session.query_unpaged(format!("SELECT {cols} FROM {t} WHERE id = ? ALLOW FILTERING"), (id,)).await
+            }
+            (None, None) => self.session.query_unpaged(format!("SELECT {cols} FROM {t}"), ()).await,
+        }
+        .map_err(|e| exec_err("read relay requests", e))?;
+        type Row = (
+            String,
+            Uuid,
+            String,
+            String,
+            Option<String>,
+            Option<DateTime<Utc>>,
+            Option<i64>,
+            Option<String>,
+            Option<DateTime<Utc>>,
+        );
+        let mut out = Vec::new();
+        for r in res.into_rows_result().map_err(codec)?.rows::<Row>().map_err(codec)? {
+            let (consumer, id, kind, status, by, created, epoch, result, finished) = r.map_err(codec)?;
+            out.push(RelayRequest {
+                id,
+                consumer,
+                kind: serde_json::from_str(&kind).map_err(|e| codec(format!("request kind: {e}")))?,
+                status: RequestStatus::parse(&status).ok_or_else(|| codec(format!("request status {status:?}")))?,
+                requested_by: by.unwrap_or_default(),
+                created_at: created.unwrap_or_else(Utc::now),
+                claimed_epoch: epoch,
+                result: result.map(|s| serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s))),
+                finished_at: finished,
+            });
+        }
+        out.sort_by_key(|r| (r.created_at, r.id));
+        Ok(out)
+    }
+
+    pub(super) async fn request_cas(&self, r: &RelayRequest, epoch: i64) -> Result<bool, StoreError> {
+        let t = self.t("relay_requests");
+        let res = match (r.status, r.claimed_epoch) {
+            (RequestStatus::Pending, _) => {
+                let cql = format!("UPDATE {t} SET status = 'running', claimed_epoch = ? WHERE consumer = ? AND id = ? IF status = 'pending'");
+                self.session.query_unpaged(cql, (epoch, &r.consumer, r.id)).await
+            }
+            (RequestStatus::Running, Some(old)) if old <= epoch => {
+                let cql = format!("UPDATE {t} SET claimed_epoch = ? WHERE consumer = ? AND id = ? IF status = 'running' AND claimed_epoch = ?");
+                self.session.query_unpaged(cql, (epoch, &r.consumer, r.id, old)).await
+            }
+            _ => return Ok(false),
+        };
+        match res {
+            Ok(res) => Ok(lwt_answer(res, "status")?.0),
+            // Claimed iff it runs under our epoch now: a claim that landed
+            // but answered "unknown" would otherwise look like this holder's
+            // own request and never be carried out in this term.
+            Err(e) if outcome_unknown(&e) => Ok(self
+                .request_row(&r.consumer, r.id)
+                .await?
+                .is_some_and(|(status, claimed)| status == "running" && claimed == Some(epoch))),
+            Err(e) => Err(exec_err("claim relay request", e)),
+        }
+    }
+
+    /// Records the outcome if the request is still running under `epoch`.
+    pub(super) async fn request_done(
+        &self,
+        consumer: &str,
+        id: Uuid,
+        epoch: i64,
+        status: RequestStatus,
+        result: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        // An LWT like the claim (never mix plain and conditional writes on the same cells).
+        let cql = format!(
+            "UPDATE {} SET status = ?, result = ?, finished_at = ? WHERE consumer = ? AND id = ? IF status = 'running' AND claimed_epoch = ?",
+            self.t("relay_requests")
+        );
+        match self
+            .session
+            .query_unpaged(cql, (status.as_str(), result.to_string(), Utc::now(), consumer, id, epoch))
+            .await
+        {
+            Ok(res) => Ok(lwt_answer(res, "status")?.0),
+            // Recorded iff the row carries this outcome under our epoch now.
+            Err(e) if outcome_unknown(&e) => Ok(self
+                .request_row(consumer, id)
+                .await?
+                .is_some_and(|(now, claimed)| now == status.as_str() && claimed == Some(epoch))),
+            Err(e) => Err(exec_err("finish relay request", e)),
+        }
+    }
+}

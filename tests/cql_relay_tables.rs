@@ -1,0 +1,102 @@
+//! The relay's coordination tables on the CQL store, against a real server
+//! (Apache Cassandra in `make test`; ScyllaDB in `make integration-test`):
+//! what the shared store suite cannot show because only CQL splits a fenced
+//! write into a lease read and a conditional write, and only CQL orders
+//! plain and conditional writes by different clocks. Without a server the
+//! cases print `SKIPPED: ...`. Each test uses its own keyspace.
+
+mod harness;
+use harness::cql::{cql_uri_or_skip, fresh_cql_store};
+use uuid::Uuid;
+
+use outboxd::store::lease::{Lease, LeaseCas, LeaseStore};
+use outboxd::store::parking::{Parked, ParkingStore};
+use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus, RequestStore};
+use outboxd::store::StoreError;
+
+const NAME: &str = "kafka-relay";
+
+fn lease(epoch: i64) -> Lease {
+    Lease { name: NAME.into(), holder: "a".into(), epoch, counter: 0, ttl_ms: 3000 }
+}
+
+/// Review finding: a claim or an outcome whose lease read failed (a
+/// timeout) was answered "refused" (`Ok(false)`), which the relay takes as
+/// final: the outcome of a request it carried out was never recorded, and
+/// the next leader carried the request out again. A lease that cannot be
+/// read is an error now (the caller retries); a moved lease is still a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_cannot_be_read_fails_request_writes_instead_of_refusing_them() {
+    let Some(uri) = cql_uri_or_skip("CQL request writes when the lease cannot be read") else { return };
+    let (s, keyspace, session) = fresh_cql_store(&uri, "rt").await;
+    assert!(s.lease_cas(&LeaseCas { expected: None, new: lease(1) }).await.unwrap());
+    let running = RelayRequest::new(NAME, RequestKind::ReplayAllParked, "test");
+    let pending = RelayRequest::new(NAME, RequestKind::RewindToPosition { position: 3 }, "test");
+    s.request_submit(&running).await.unwrap();
+    s.request_submit(&pending).await.unwrap();
+    assert!(s.request_claim(&running, 1).await.unwrap());
+
+    session.query_unpaged(format!("DROP TABLE {keyspace}.relay_leases"), ()).await.unwrap();
+    let done = s.request_finish(NAME, running.id, 1, RequestStatus::Done, serde_json::json!({})).await;
+    assert!(matches!(done, Err(StoreError::Unavailable(_))), "an error to retry, not a refusal: {done:?}");
+    let claim = s.request_claim(&pending, 1).await;
+    assert!(matches!(claim, Err(StoreError::Unavailable(_))), "an error to retry, not a refusal: {claim:?}");
+    let r = s.request_get(running.id).await.unwrap().unwrap();
+    assert_eq!((r.status, r.claimed_epoch), (RequestStatus::Running, Some(1)), "nothing recorded");
+    let r = s.request_get(pending.id).await.unwrap().unwrap();
+    assert_eq!(r.status, RequestStatus::Pending, "not claimed");
+}
+
+/// A park row is written like SQLite's upsert, with conditional writes only
+/// (its delete is one): parking again updates the failed event and keeps the
+/// first `parked_at`; a park after an unpark creates the row again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn park_rows_are_conditional_upserts_that_keep_the_first_parked_at() {
+    let Some(uri) = cql_uri_or_skip("CQL park rows") else { return };
+    let (s, _keyspace, _session) = fresh_cql_store(&uri, "rt").await;
+    let agg = Uuid::now_v7().to_string();
+    let first = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let park = |sequence: i64, at: chrono::DateTime<chrono::Utc>| Parked {
+        consumer: NAME.into(),
+        aggregate_id: agg.clone(),
+        aggregate_type: Some("Order".into()),
+        position: None,
+        sequence: Some(sequence),
+        event_id: Some(Uuid::now_v7().to_string()),
+        event_type: Some("OrderConfirmed".into()),
+        error: format!("refused at {sequence}"),
+        parked_at: at,
+    };
+    let row = || async {
+        let rows = s.parked(NAME).await.unwrap();
+        assert_eq!(rows.len(), 1, "one row per aggregate and consumer: {rows:?}");
+        rows[0].parked.clone()
+    };
+    s.park(&park(2, first)).await.unwrap();
+    s.park(&park(4, chrono::Utc::now())).await.unwrap();
+    let p = row().await;
+    assert_eq!((p.sequence, p.error.as_str()), (Some(4), "refused at 4"), "the failed event is the latest");
+    assert_eq!(p.parked_at.timestamp_millis(), first.timestamp_millis(), "parked since the first time");
+    assert!(s.unpark(NAME, &agg).await.unwrap());
+    assert!(s.parked(NAME).await.unwrap().is_empty());
+    let again = chrono::Utc::now();
+    s.park(&park(6, again)).await.unwrap();
+    let p = row().await;
+    assert_eq!((p.sequence, p.parked_at.timestamp_millis()), (Some(6), again.timestamp_millis()));
+}
+
+/// A request is written once (`IF NOT EXISTS`): a second submit of the same
+/// id is refused and leaves the first as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_is_written_once() {
+    let Some(uri) = cql_uri_or_skip("CQL request submit") else { return };
+    let (s, _keyspace, _session) = fresh_cql_store(&uri, "rt").await;
+    assert!(s.lease_cas(&LeaseCas { expected: None, new: lease(1) }).await.unwrap());
+    let r = RelayRequest::new(NAME, RequestKind::ReplayAllParked, "first");
+    s.request_submit(&r).await.unwrap();
+    assert!(s.request_claim(&r, 1).await.unwrap());
+    let again = RelayRequest { requested_by: "second".into(), ..r.clone() };
+    assert!(s.request_submit(&again).await.is_err(), "the id exists");
+    let now = s.request_get(r.id).await.unwrap().unwrap();
+    assert_eq!((now.status, now.claimed_epoch, now.requested_by.as_str()), (RequestStatus::Running, Some(1), "first"));
+}
