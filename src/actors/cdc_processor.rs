@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use crate::lease::gate::while_active_prepared;
 use crate::lease::keeper::LeaseState;
-use crate::relay::cdc::run_relay_feed;
+use crate::relay::cdc::{run_relay_feed, CdcError};
 use crate::relay::deliver::Deliverer;
 use crate::relay::producer::{BrokerState, Delivery};
 use crate::relay::runner::RelayRunner;
@@ -82,6 +82,8 @@ async fn run_cdc_relay(
     while_active_prepared(lease.as_ref(), shutdown, on_role, prepare, |epoch, warm, term| {
         let (deps, cql, sink, status) = (deps.clone(), cql.clone(), sink.clone(), status.clone());
         let lease_rx = lease.as_ref().map(|l| l.state());
+        let lease_after = lease.as_ref().map(|l| l.state());
+        let fenced_wait = Duration::from_millis(deps.cfg.relay.lease_ttl_ms.saturating_mul(2));
         async move {
             status.update(|st| {
                 st.role = epoch.map(|epoch| Role::Active { epoch }).unwrap_or(Role::Unfenced);
@@ -102,7 +104,22 @@ async fn run_cdc_relay(
             .map_err(|e| failed(e.message))?
             .with_epoch(epoch)
             .with_lease(lease_rx);
+            let mut ended = term.clone();
             let res = run_relay_feed(cql, &deps.cfg, Arc::new(deliverer), &deps.metrics, epoch, term).await;
+            if let (Err(CdcError::Fenced { .. }), Some(mut rx)) = (&res, lease_after.clone()) {
+                // The store refused a write fenced by this epoch: another
+                // instance took the lease over. Our keeper learns it at its
+                // next renewal; waiting for that (bounded) lets the gate end
+                // the term as a failover, not report a crash.
+                let gone = rx.wait_for(|s| s.active_epoch() != epoch);
+                let _ = tokio::time::timeout(fenced_wait, async {
+                    tokio::select! {
+                        _ = gone => {}
+                        _ = ended.recv() => {}
+                    }
+                })
+                .await;
+            }
             drop(watch);
             // This term's producer is gone: its broker state is not known any
             // more until the next one's watch says (a standby must not show

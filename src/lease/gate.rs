@@ -5,7 +5,8 @@
 //! the keeper withdraws the lease or when `shutdown` fires; after the run
 //! returns it waits for the lease again (also when the lease came back at
 //! the same epoch while the run was finishing: that end was the gate's, not
-//! the run's). Without a lease (`None`) it runs
+//! the run's; and a run that fails after the gate ended its term for the
+//! lease's loss is logged, not handed on: a failover, not a crash). Without a lease (`None`) it runs
 //! once, unfenced (single-instance use). `while_active_prepared` also makes
 //! each term's resource (`prepare`) before it waits for the lease, so the
 //! term starts with it ready (the Scylla CDC relay's producer); a resource
@@ -30,6 +31,7 @@ pub async fn while_active<F, Fut, E>(
 where
     F: FnMut(Option<i64>, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     while_active_prepared(lease, shutdown, on_role, || Ok(()), |epoch, (), term| run(epoch, term)).await
 }
@@ -47,6 +49,7 @@ pub async fn while_active_prepared<P, F, Fut, E>(
 where
     F: FnMut(Option<i64>, P, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let Some(lease) = lease else {
         return run(None, prepare()?, shutdown).await;
@@ -72,9 +75,17 @@ where
         });
         let res = run(Some(epoch), ready, term_shutdown).await;
         watcher.abort();
-        res?;
         if shutdown.is_shutdown() {
-            return Ok(());
+            return res;
+        }
+        if let Err(e) = res {
+            if !ended_here.is_shutdown() {
+                return Err(e);
+            }
+            // The gate ended this term because the lease went: a run that
+            // then fails its last fenced write (another instance holds the
+            // lease now) ended as a failover does, not as a crash.
+            tracing::warn!(error = %e, epoch, "a term ended by the lease's loss returned an error; standing by");
         }
         if rx.has_changed().is_err() {
             // The keeper is gone (its channel closed): no lease will come;
@@ -94,7 +105,7 @@ where
 
 /// Waits until this instance holds the lease and returns its epoch; calls
 /// `on_role` with every state seen meanwhile. None when shutdown comes or
-/// the keeper is gone (its channel closed).
+/// the keeper is gone (its channel closed, whatever it said last).
 pub async fn wait_held(
     rx: &mut watch::Receiver<LeaseState>,
     shutdown: &mut Shutdown,
@@ -103,6 +114,10 @@ pub async fn wait_held(
     loop {
         let state = rx.borrow_and_update().clone();
         on_role(&state);
+        if rx.has_changed().is_err() {
+            // The keeper is gone: its last state (even Active) is stale.
+            return None;
+        }
         if let Some(e) = state.active_epoch() {
             return Some(e);
         }

@@ -228,3 +228,58 @@ async fn wait_held_reports_each_role_and_ends_on_the_lease_shutdown_or_a_keeper_
     drop(state);
     assert_eq!(tokio::time::timeout(WAIT, waiting).await.expect("no hang").unwrap(), None);
 }
+
+/// Review finding: on the CQL feed a term that the gate ended because the
+/// lease went fails its last fenced write (the new holder's epoch refuses
+/// it) and returned that error: the gate handed it to the supervisor as a
+/// crash, a failover spending the restart budget. Now it stands by; a term
+/// that fails on its own, lease still held, is still the supervisor's.
+#[tokio::test]
+async fn a_term_failing_after_the_lease_went_is_a_failover_not_a_crash() {
+    let (state, states) = watch::channel(LeaseState::Active { epoch: 3 });
+    let shutdown = Trigger::new();
+    let (tx, mut terms) = mpsc::unbounded_channel();
+    let lease = LeaseHandle::following(states);
+    let sub = shutdown.subscribe();
+    let task = tokio::spawn(async move {
+        while_active_prepared(
+            Some(&lease),
+            sub,
+            |_| {},
+            || Ok::<_, String>(()),
+            |epoch, (), mut term| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(epoch).unwrap();
+                    if epoch == Some(7) {
+                        return Err("the term's own failure".to_string());
+                    }
+                    term.recv().await;
+                    Err(format!("fenced: epoch {epoch:?} refused"))
+                }
+            },
+        )
+        .await
+    });
+    assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.unwrap(), Some(Some(3)));
+    state.send(LeaseState::Standby { holder: "other".into(), epoch: 4, ttl_ms: 3000 }).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!task.is_finished(), "standing by, not ended with the term's error");
+    state.send(LeaseState::Active { epoch: 7 }).unwrap();
+    assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.unwrap(), Some(Some(7)));
+    let end = tokio::time::timeout(WAIT, task).await.expect("a term's own failure ends the loop").unwrap();
+    assert_eq!(end, Err("the term's own failure".to_string()));
+}
+
+/// Review finding: with the keeper gone while its last state was Active,
+/// `wait_held` returned that stale epoch at once: the position-feed runner
+/// started term after term, a producer each, with no lease behind them.
+#[tokio::test]
+async fn wait_held_with_the_keeper_gone_while_active_is_none() {
+    let (state, mut rx) = watch::channel(LeaseState::Active { epoch: 5 });
+    drop(state);
+    let live = Trigger::new();
+    let mut sub = live.subscribe();
+    let got = tokio::time::timeout(WAIT, wait_held(&mut rx, &mut sub, |_| {})).await.expect("no hang");
+    assert_eq!(got, None);
+}

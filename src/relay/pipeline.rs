@@ -145,6 +145,10 @@ pub enum RelayError {
     /// such dead letters, a rewind out of range): it fails with this.
     #[error("{0}")]
     Refused(String),
+    /// The lease keeper stopped (it never does unless it failed): this
+    /// instance cannot tell whether it holds the lease, so it must not publish.
+    #[error("the lease keeper stopped: this instance can no longer tell whether it holds the relay lease")]
+    LeaseKeeperGone,
 }
 
 /// One relay term: from the persisted checkpoint until shutdown, lease loss or rewind.

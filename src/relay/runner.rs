@@ -70,7 +70,10 @@ impl RelayRunner {
                 }
                 Some(l) => match self.wait_active(l, &mut shutdown).await {
                     Some(f) => Some(f),
-                    None => return Ok(()),
+                    None if shutdown.is_shutdown() => return Ok(()),
+                    // Not a term without a keeper: the supervisor restarts
+                    // (and, past its budget, stops the daemon).
+                    None => return Err(RelayError::LeaseKeeperGone),
                 },
             };
             let relay = Relay::new(self.config.clone(), self.store.clone(), self.metrics.clone(), self.status.clone())
