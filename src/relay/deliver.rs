@@ -337,7 +337,9 @@ impl Deliverer {
                             self.metrics.retry_failure.with_label_values(&["publish"]).inc();
                             tracing::warn!(event_id = %out.event_id(), error = %err, "event still failing after {attempts} attempts with a transient error; retrying behind the breaker");
                         }
-                        if attempts >= max && self.dlq_on_transient_exhaustion {
+                        // A discard marker has no dead letter to become:
+                        // it retries behind the breaker whatever the setting.
+                        if attempts >= max && self.dlq_on_transient_exhaustion && !matches!(out, Out::Marker(_)) {
                             return Sent::ForGood { err, policy: PermanentFailurePolicy::Skip, attempts };
                         }
                     } else if attempts >= max {

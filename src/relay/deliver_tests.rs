@@ -148,3 +148,44 @@ async fn nothing_is_sent_once_the_lease_is_not_held_at_its_epoch() {
         assert!(matches!(d, Delivered::Shutdown), "{gone:?}: {d:?}");
     }
 }
+
+/// Review finding: under `relay.dlq_on_transient_exhaustion` a discard
+/// marker whose sends kept failing transiently was given up like an event,
+/// but a marker has no dead letter to become: it vanished (a sequence gap
+/// on the topic) while `dlq_messages_total` counted one. It retries behind
+/// the breaker now, until the broker is back or shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_is_never_given_up_on_transient_exhaustion() {
+    let Some(store) = live_store("a discard marker under dlq_on_transient_exhaustion").await else { return };
+    let store = store as DynStore;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut config = Config::default();
+    config.kafka.brokers = format!("127.0.0.1:{port}"); // nothing listens: every send times out
+    config.kafka.message_timeout_ms = 200;
+    config.relay.dlq_on_transient_exhaustion = true;
+    config.relay.retry.max_attempts = 2;
+    config.relay.retry.initial_backoff_ms = 10;
+    config.relay.retry.max_backoff_ms = 20;
+    config.relay.breaker.failure_threshold = 1_000;
+    let metrics = Metrics::new();
+    let status = StatusTx::new(tokio::sync::watch::channel(crate::relay::RelayStatus::default()).0);
+    let d = Deliverer::new(&config, store.clone(), Arc::new(store.clone()), metrics.clone(), status).await.unwrap();
+    let marker = Discarded {
+        event_id: Uuid::now_v7(),
+        aggregate_type: "order".into(),
+        aggregate_key: Uuid::now_v7().to_string().into(),
+        sequence: 2,
+        event_type: "ItemsAdded".into(),
+        reason: "test".into(),
+        discarded_at: chrono::Utc::now(),
+    };
+    let stop = Trigger::new();
+    let mut shutdown = stop.subscribe();
+    let sending = tokio::spawn(async move { d.deliver_marker(&marker, &mut shutdown).await });
+    // Ten times the two attempts' timeouts and backoffs: given up by now if it ever would be.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(!sending.is_finished(), "the marker is still being retried");
+    stop.fire();
+    assert_eq!(sending.await.unwrap(), Delivered::Shutdown);
+    assert_eq!(metrics.dlq_messages.get(), 0, "nothing was dead-lettered");
+}

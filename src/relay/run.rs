@@ -246,7 +246,11 @@ impl Run {
                 self.relay.metrics.retry_failure.with_label_values(&["publish"]).inc();
                 tracing::warn!(slot, error = %e, "event still failing after {attempts} attempts with a transient error; retrying behind the breaker until the broker recovers");
             }
-            if attempts >= max && self.relay.cfg.dlq_on_transient_exhaustion {
+            // A discard marker has no dead letter to become: skipping it
+            // would leave a sequence gap on the topic with no trace, so it
+            // retries behind the breaker whatever the setting.
+            let marker = matches!(self.window.get(slot), Some(Item::Marker { .. }));
+            if attempts >= max && self.relay.cfg.dlq_on_transient_exhaustion && !marker {
                 self.give_up(slot, e).await;
                 return;
             }
