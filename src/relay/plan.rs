@@ -2,7 +2,8 @@
 //! publishes (at-least-once, exactly-once; the CDC relay shares the
 //! dead-letter and discard steps): which held events a replay publishes,
 //! which dead letters, where a rewind goes; a discard writes its audit row
-//! here, before anything is published.
+//! here, before anything is published and after every check passed (a
+//! refused discard leaves no row).
 //!
 //! Guarantee: an error says whether the request was refused as asked
 //! ([`RelayError::Refused`]: not parked, no such letters, a rewind out of
@@ -130,16 +131,21 @@ async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result
     let agg = crate::store::feed::aggregate_key(&p.aggregate_id);
     let first = ctx.store.aggregate_rows(&agg, p.position, p.sequence, p.position).await.map_err(unanswered)?;
     let (record, discarded) = discard_of(ctx.consumer, &p, first.first(), event_id, reason);
-    record_discard(ctx.store, ctx.metrics, &record).await?;
     let position = p.position.unwrap_or(0);
-    if ctx.positions && position > ctx.last_pushed {
+    // Every check and read first, the audit row last: a discard refused (or
+    // failing on the store) leaves no audit row behind that a later rewind
+    // would publish as a marker in place of an event that was delivered.
+    let plans = if ctx.positions && position > ctx.last_pushed {
         // Not read by this term yet (it restarted below it, or is the CLI's
         // with no feed): published from here, the event would come again
         // through the feed after the unpark. Its marker waits for it there.
-        return Ok(vec![Plan::MarkerAhead { position, discarded }, unpark_plan(ctx, &agg, None).await?]);
-    }
-    let marker = Item::Marker { position, discarded };
-    Ok(vec![unpark_plan(ctx, &agg, Some(marker)).await?])
+        let unpark = unpark_plan(ctx, &agg, None).await?;
+        vec![Plan::MarkerAhead { position, discarded }, unpark]
+    } else {
+        vec![unpark_plan(ctx, &agg, Some(Item::Marker { position, discarded })).await?]
+    };
+    record_discard(ctx.store, ctx.metrics, &record).await?;
+    Ok(plans)
 }
 
 /// The park record of the aggregate held behind `event_id` (its first held
@@ -249,3 +255,7 @@ async fn letters_plan(ctx: &PlanCtx<'_>, ids: Option<&[Uuid]>) -> Result<Vec<Pla
     }
     Ok(vec![Plan::Letters { items }])
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;
