@@ -332,11 +332,14 @@ async fn actor_system(
     let _ = bound.send(Ok(Bound { api: servers.api_addr, admin: servers.admin_addr }));
 
     let code = tokio::select! {
+        // The system's own end first: its code (70: a child gave up) stands
+        // over a signal that arrives at the same time.
+        biased;
+        code = &mut exit_rx => code.unwrap_or(1),
         _ = stop => {
             deps.intake.close();
             coordinator.send(ShutdownSystem { reason: "signal".into(), exit_code: 0 }).await.unwrap_or(0)
         }
-        code = &mut exit_rx => code.unwrap_or(1),
     };
     servers.stop().await;
     code

@@ -82,6 +82,8 @@ pub struct CoordinatorActor {
     projection: Option<Addr<ProjectionActor>>,
     exit: Option<oneshot::Sender<u8>>,
     shutting_down: Option<u8>,
+    /// The exit code once the shutdown sequence has finished.
+    finished: Option<u8>,
     done: Vec<oneshot::Sender<u8>>,
 }
 
@@ -96,6 +98,7 @@ impl CoordinatorActor {
             projection: None,
             exit: Some(exit),
             shutting_down: None,
+            finished: None,
             done: Vec::new(),
         }
     }
@@ -209,6 +212,7 @@ impl CoordinatorActor {
         };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(seq).map(move |_, act, _| {
             tracing::info!(exit_code, "actor system stopped");
+            act.finished = Some(exit_code);
             if let Some(tx) = act.exit.take() {
                 let _ = tx.send(exit_code);
             }
@@ -303,6 +307,11 @@ impl Handler<ShutdownSystem> for CoordinatorActor {
 
     fn handle(&mut self, msg: ShutdownSystem, ctx: &mut Context<Self>) -> Self::Result {
         self.deps.received(NAME);
+        if let Some(code) = self.finished {
+            // Already stopped (a child gave up): nobody would answer a new
+            // waiter; the first shutdown's code stands.
+            return Box::pin(async move { code });
+        }
         let (tx, rx) = oneshot::channel();
         self.done.push(tx);
         self.begin_shutdown(msg.reason, msg.exit_code, ctx);
@@ -351,3 +360,7 @@ impl Handler<InjectFailureInto> for CoordinatorActor {
         )
     }
 }
+
+#[cfg(test)]
+#[path = "coordinator_tests.rs"]
+mod tests;
