@@ -13,8 +13,7 @@ fn a_shutdown_request_after_the_system_stopped_gets_the_first_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     let system = System::new();
     system.block_on(async move {
-        let mut cfg = Config::default();
-        cfg.shutdown_deadline_ms = 2_000;
+        let mut cfg = Config { shutdown_deadline_ms: 2_000, ..Config::default() };
         cfg.store.path = dir.path().join("coordinator.db");
         let store = crate::store::sqlite::SqliteStore::open(&cfg.store.path, cfg.store.sqlite.clone()).await.unwrap();
         let deps = ActorDeps::new(cfg, store, crate::metrics::Metrics::new(), tokio::runtime::Handle::current());
