@@ -255,7 +255,7 @@ impl Keeper {
         };
         match tokio::time::timeout(Duration::from_secs(2), self.store.lease_cas(&cas)).await {
             Ok(Ok(true)) => tracing::info!(lease = %name, epoch, "lease released"),
-            Ok(Ok(false)) => {}
+            Ok(Ok(false)) => self.release_refused(cas).await,
             Ok(Err(e)) => {
                 tracing::warn!(lease = %name, error = %e, "cannot release the lease; a standby takes over after the TTL")
             }
@@ -264,5 +264,28 @@ impl Keeper {
         self.machine.view = View::Unknown;
         self.metrics.relay_leader.with_label_values(&[&name]).set(0);
         let _ = self.tx.send(LeaseState::Lost { epoch });
+    }
+
+    /// A refused release: a renewal that applied with its reply lost left
+    /// our counter behind the row. Re-read it once (bounded) and release
+    /// what is still ours at this epoch; say so when it is not ours.
+    async fn release_refused(&self, mut cas: LeaseCas) {
+        let name = cas.new.name.clone();
+        let epoch = cas.new.epoch;
+        let row = tokio::time::timeout(Duration::from_secs(1), self.store.lease_get(&name)).await;
+        let Ok(Ok(Some(row))) = row else {
+            tracing::warn!(lease = %name, "lease release refused and the lease cannot be re-read; a standby takes over after the TTL");
+            return;
+        };
+        if row.holder != self.machine.me || row.epoch != epoch {
+            tracing::info!(lease = %name, holder = %row.holder, epoch = row.epoch, "lease not released: it is no longer ours");
+            return;
+        }
+        cas.expected = Some((epoch, row.counter));
+        cas.new.counter = row.counter + 1;
+        match tokio::time::timeout(Duration::from_secs(1), self.store.lease_cas(&cas)).await {
+            Ok(Ok(true)) => tracing::info!(lease = %name, epoch, "lease released (after re-reading its counter)"),
+            _ => tracing::warn!(lease = %name, "cannot release the lease; a standby takes over after the TTL"),
+        }
     }
 }

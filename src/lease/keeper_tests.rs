@@ -1,7 +1,8 @@
 //! The keeper's error paths against a store that stops answering: the loss
 //! is published at the renewal deadline, and the loop keeps its pace (a
 //! deadline in the past once turned it into a busy spin); one failed renewal
-//! is retried soon enough that the holder keeps the lease.
+//! is retried soon enough that the holder keeps the lease; a release after a
+//! renewal whose reply was lost still gives the lease back.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,10 @@ struct Hanging {
     /// succeeded began (`renewed`).
     hang_reads_after: Mutex<Option<Duration>>,
     renewed: Mutex<Option<Instant>>,
+    /// The next `lost_reply` writes apply, then answer an error 100 ms
+    /// later (the reply was lost); `applied` is notified when one applied.
+    lost_reply: AtomicUsize,
+    applied: tokio::sync::Notify,
 }
 
 impl Hanging {
@@ -57,12 +62,19 @@ impl LeaseStore for Hanging {
         if self.fail_cas.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             return Err(StoreError::Unavailable("database is locked".into()));
         }
-        let mut row = self.row.lock().unwrap();
-        if row.as_ref().map(|r| (r.epoch, r.counter)) != cas.expected {
-            return Ok(false);
+        {
+            let mut row = self.row.lock().unwrap();
+            if row.as_ref().map(|r| (r.epoch, r.counter)) != cas.expected {
+                return Ok(false);
+            }
+            *row = Some(cas.new.clone());
         }
-        *row = Some(cas.new.clone());
         *self.renewed.lock().unwrap() = Some(began);
+        if self.lost_reply.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            self.applied.notify_one();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return Err(StoreError::Unavailable("the reply was lost".into()));
+        }
         Ok(true)
     }
     async fn lease_list(&self) -> Result<Vec<LeaseInfo>, StoreError> {
@@ -140,4 +152,20 @@ async fn the_loss_is_published_at_the_deadline_when_the_next_read_hangs() {
     let late = renewed.elapsed();
     assert!(late < Duration::from_millis(2500), "Lost published {late:?} after the last renewal began (deadline 2 s)");
     stop.fire();
+}
+
+/// Review finding: a renewal that applied but whose reply was lost leaves
+/// the keeper's counter one behind the row; a shutdown before the next read
+/// then released with the stale counter, was refused, said nothing, and the
+/// standby waited a whole TTL. The release now re-reads a refused row and
+/// releases what is still its own.
+#[tokio::test]
+async fn a_release_after_a_renewal_whose_reply_was_lost_still_gives_the_lease_back() {
+    let (store, mut stop, _handle, _rx) = active_keeper(Duration::from_millis(3000)).await;
+    store.lost_reply.store(1, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(5), store.applied.notified()).await.expect("a renewal applied");
+    stop.fire();
+    tokio::time::timeout(Duration::from_secs(5), stop.wait_drained()).await.expect("the keeper stops");
+    let row = store.row.lock().unwrap().clone().unwrap();
+    assert_eq!(row.holder, "", "released: {row:?}");
 }
