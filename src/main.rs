@@ -66,8 +66,8 @@ enum Cmd {
         /// Print events with position greater than this.
         #[arg(long, default_value_t = 0)]
         after: i64,
-        /// At most this many events (1 or more).
-        #[arg(long, default_value_t = 100, value_parser = outboxd::args::at_least_one)]
+        /// At most this many events (1 to 100000).
+        #[arg(long, default_value_t = 100, value_parser = outboxd::args::list_limit)]
         limit: usize,
     },
     /// Run the daemon: relay, command API and admin server, until SIGINT/SIGTERM.
@@ -136,8 +136,8 @@ struct Meta {
     /// Correlation id to stamp on the events (default: a new one).
     #[arg(long)]
     correlation_id: Option<Uuid>,
-    /// Fail with a conflict unless the aggregate is at this version.
-    #[arg(long)]
+    /// Fail with a conflict unless the aggregate is at this version (0 or more).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
     expected_version: Option<i64>,
 }
 
@@ -162,10 +162,12 @@ enum OrderCmd {
     /// Replace the items of a created (unconfirmed) order.
     UpdateItems {
         id: Uuid,
+        /// An item as SKU:QUANTITY:UNIT_PRICE_MINOR (repeatable), e.g. BOOK-1:3:1999.
         #[arg(long = "item", required = true)]
         items: Vec<String>,
-        #[arg(long, default_value = "EUR")]
-        currency: String,
+        /// Currency of every price (an ISO 4217 code); default: the order's current currency.
+        #[arg(long)]
+        currency: Option<String>,
         #[command(flatten)]
         meta: Meta,
     },

@@ -390,3 +390,119 @@ fn an_interrupted_bench_stops_its_daemon_child_and_removes_its_files() {
     assert_eq!(code, Some(130), "the bench ended on the signal by itself");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the bench's directory is removed");
 }
+
+/// Creates a store with a customer and one order of `currency`; returns (customer, order).
+fn store_with_order(db: &Path, currency: &str) -> (String, String) {
+    assert!(outboxd(db, &["schema"]).status.success());
+    let c = stdout(&outboxd(db, &["customer", "register", "--name", "Ada", "--email", "ada@example.com"]));
+    let o = outboxd(db, &["order", "create", "--customer", &c, "--item", "A:1:100", "--currency", currency]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    (c, stdout(&o))
+}
+
+fn order_total(db: &Path, id: &str) -> serde_json::Value {
+    let show = outboxd(db, &["order", "show", id]);
+    assert!(show.status.success(), "{}", stderr(&show));
+    serde_json::from_str::<serde_json::Value>(&stdout(&show)).unwrap()["state"]["total"].clone()
+}
+
+/// Review finding: `order update-items` without `--currency` priced the new
+/// items in EUR, silently switching a USD order to EUR. Without the flag the
+/// order keeps its currency; with it, the flag's currency is used (as
+/// `PUT /orders/{id}/items` takes the currency its items name).
+#[test]
+fn update_items_without_currency_keeps_the_orders_currency() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let (_, order) = store_with_order(&db, "USD");
+    let o = outboxd(&db, &["order", "update-items", &order, "--item", "B:2:150"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(order_total(&db, &order), serde_json::json!({"amount_minor": 300, "currency": "USD"}));
+    let o = outboxd(&db, &["order", "update-items", &order, "--item", "B:2:150", "--currency", "JPY"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(order_total(&db, &order), serde_json::json!({"amount_minor": 300, "currency": "JPY"}));
+    // Without --currency, an order that does not exist is refused as before,
+    // and bad items are refused before the order is read.
+    let unknown = "0190a3c2-0000-7000-8000-000000000000";
+    refused(&db, &["order", "update-items", unknown, "--item", "B:1:1"], 2, "order does not exist");
+    refused(&db, &["order", "update-items", &order, "--item", "B:0:1"], 2, "quantity must be greater than 0");
+}
+
+/// Review finding: `dlq discard --reason` counted bytes (`éé` passed as 4)
+/// and took control characters that `POST /dlq/discard` refuses; both use
+/// one rule now, and the flag is named.
+#[test]
+fn dlq_discard_reason_is_checked_as_the_http_api_checks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    assert!(outboxd(&db, &["schema"]).status.success());
+    let id = uuid::Uuid::now_v7().to_string();
+    for reason in ["éé", "  ab  ", "fixed\u{1b}[31m upstream", "fixed upstream\n", "bell\u{7}bell"] {
+        refused(&db, &["dlq", "discard", "--id", &id, "--reason", reason, "--timeout", "1"], 2, "--reason");
+    }
+}
+
+/// Review finding: `events --limit` above 100000 was capped without a word;
+/// it is refused like `dlq list --limit`.
+#[test]
+fn events_limit_above_the_store_read_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    assert!(outboxd(&db, &["schema"]).status.success());
+    refused(&db, &["events", "--limit", "100001"], 2, "--limit");
+    refused(&db, &["events", "--limit", "18446744073709551615"], 2, "--limit");
+    assert!(outboxd(&db, &["events", "--limit", "100000"]).status.success());
+}
+
+/// Review finding: a negative `--expected-version` was taken and reported as
+/// a version conflict (exit 3); it is bad input (exit 2) naming the flag.
+#[test]
+fn negative_expected_version_is_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let (c, order) = store_with_order(&db, "EUR");
+    refused(&db, &["order", "confirm", &order, "--expected-version=-1"], 2, "--expected-version");
+    refused(&db, &["order", "cancel", &order, "--reason", "r", "--expected-version=-5"], 2, "--expected-version");
+    refused(
+        &db,
+        &["customer", "change-email", &c, "--email", "b@b.co", "--expected-version=-1"],
+        2,
+        "--expected-version",
+    );
+    // 0 and the current version are still taken.
+    let o = outboxd(&db, &["order", "confirm", &order, "--expected-version", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = outboxd(&db, &["order", "create", "--customer", &c, "--item", "A:1:1", "--expected-version", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Review finding: every order/customer command but `show` opened the store
+/// for writing, so `confirm` on a mistyped `--db` created the file and its
+/// directories (and then said the order does not exist). Only a create or
+/// register makes a store.
+#[test]
+fn commands_that_are_not_creates_never_create_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo").join("s.db");
+    let id = uuid::Uuid::now_v7().to_string();
+    let commands: [&[&str]; 7] = [
+        &["order", "confirm", &id],
+        &["order", "update-items", &id, "--item", "A:1:1"],
+        &["order", "update-items", &id, "--item", "A:1:1", "--currency", "EUR"],
+        &["order", "ship", &id, "--tracking-number", "T", "--carrier", "DHL"],
+        &["order", "deliver", &id, "--signature", "S"],
+        &["order", "cancel", &id, "--reason", "r"],
+        &["customer", "change-email", &id, "--email", "a@b.co"],
+    ];
+    for args in commands {
+        let o = outboxd(&missing, args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("no store there") && err.lines().count() == 1, "{args:?}: {err}");
+        assert!(!missing.parent().unwrap().exists(), "{args:?} created {}", missing.display());
+    }
+    // A create still makes the store where it is told to.
+    let c = outboxd(&missing, &["customer", "register", "--name", "A", "--email", "a@b.co"]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    assert!(missing.exists());
+}

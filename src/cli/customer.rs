@@ -39,7 +39,10 @@ pub async fn run(cfg: &Config, c: CustomerCmd) -> Result<u8, Failure> {
         }
     };
     let is_create = matches!(cmd, CustomerCommand::Register { .. });
-    let svc = service(cfg, open(cfg).await?);
+    // Only a register may make a new store: any other command on a mistyped
+    // path is refused (exit 2) without creating the file or its directories.
+    let store = if is_create { open(cfg).await? } else { open_existing(cfg).await? };
+    let svc = service(cfg, store);
     let out = svc
         .execute::<Customer>(id, &cmd, meta(&m), m.expected_version)
         .await

@@ -64,8 +64,9 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             Ok(code)
         }
         DlqCmd::Discard { id, reason, wait } => {
-            if reason.trim().len() < 3 {
-                return Err(BadInput("--reason: say why the event is discarded (kept in the audit row)".into()).into());
+            // The same rule as POST /dlq/discard.
+            if let Err(why) = outboxd::http::relay_ops::check_discard_reason(&reason) {
+                return Err(BadInput(format!("--reason: {why}")).into());
             }
             relay_ops::request(cfg, RequestKind::Discard { event_id: id, reason }, None, wait.duration()).await
         }

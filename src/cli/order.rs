@@ -2,7 +2,8 @@
 //!
 //! Guarantee: items are parsed and validated before the store is opened;
 //! a refused command changes nothing (exit 2), a pinned version that is
-//! stale is a conflict (exit 3).
+//! stale is a conflict (exit 3). Only `create` makes a store; `update-items`
+//! without `--currency` keeps the order's currency.
 
 use uuid::Uuid;
 
@@ -16,6 +17,11 @@ use crate::OrderCmd;
 /// Parses `SKU:QUANTITY:UNIT_PRICE_MINOR` items.
 fn parse_items(raw: &[String], currency: &str) -> Result<Vec<OrderItem>, Failure> {
     let currency = Currency::new(currency)?;
+    parse_items_in(raw, currency)
+}
+
+/// [`parse_items`] with every price in `currency`.
+fn parse_items_in(raw: &[String], currency: Currency) -> Result<Vec<OrderItem>, Failure> {
     raw.iter()
         .map(|s| {
             let parts: Vec<&str> = s.split(':').collect();
@@ -33,6 +39,25 @@ fn parse_items(raw: &[String], currency: &str) -> Result<Vec<OrderItem>, Failure
             Ok(OrderItem::new(Sku::new(sku)?, qty, Money::new(price, currency)?)?)
         })
         .collect()
+}
+
+/// `update-items` without `--currency`: the items in the order's current
+/// currency (never a silent default that would switch it). The items are
+/// checked before the store is opened; an order that does not exist is
+/// refused as the command would be (exit 2), and the store is not created.
+async fn items_in_order_currency(cfg: &Config, id: Uuid, raw: &[String]) -> Result<Vec<OrderItem>, Failure> {
+    // Checked in a stand-in currency (no rule of an item depends on it), then repriced below.
+    let checked = parse_items_in(raw, Currency::new("EUR")?)?;
+    let svc = service(cfg, open_existing(cfg).await?);
+    let loaded = svc.load::<Order>(id).await.map_err(|e| Failure::from(e).context(format!("order {id}")))?;
+    let current =
+        loaded.state.total.map(|t| t.currency).or_else(|| loaded.state.items.first().map(|i| i.unit_price.currency));
+    let Some(currency) = current else {
+        return Err(
+            Failure::from(AppError::Domain(outboxd::domain::DomainError::OrderNotFound)).context(format!("order {id}"))
+        );
+    };
+    Ok(checked.into_iter().map(|i| OrderItem { unit_price: Money { currency, ..i.unit_price }, ..i }).collect())
 }
 
 pub async fn run(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
@@ -59,7 +84,11 @@ pub async fn run(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
             (id.unwrap_or_else(Uuid::now_v7), OrderCommand::Create { customer_id: customer, items }, m)
         }
         OrderCmd::UpdateItems { id, items, currency, meta: m } => {
-            (id, OrderCommand::UpdateItems { items: parse_items(&items, &currency)? }, m)
+            let items = match currency {
+                Some(c) => parse_items(&items, &c)?,
+                None => items_in_order_currency(cfg, id, &items).await?,
+            };
+            (id, OrderCommand::UpdateItems { items }, m)
         }
         OrderCmd::Confirm { id, meta: m } => (id, OrderCommand::Confirm, m),
         OrderCmd::Ship { id, tracking_number, carrier, meta: m } => {
@@ -69,7 +98,10 @@ pub async fn run(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
         OrderCmd::Cancel { id, reason, meta: m } => (id, OrderCommand::Cancel { reason }, m),
     };
     let is_create = matches!(cmd, OrderCommand::Create { .. });
-    let svc = service(cfg, open(cfg).await?);
+    // Only a create may make a new store: any other command on a mistyped
+    // path is refused (exit 2) without creating the file or its directories.
+    let store = if is_create { open(cfg).await? } else { open_existing(cfg).await? };
+    let svc = service(cfg, store);
     let out = svc
         .execute::<Order>(id, &cmd, meta(&m), m.expected_version)
         .await

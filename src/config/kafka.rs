@@ -233,6 +233,10 @@ const RESERVED_LIBRDKAFKA_KEYS: &[(&str, &str)] = &[
     ("acks", "the relay always waits for acks=all (an event is confirmed only once replicated)"),
     ("request.required.acks", "the relay always waits for acks=all (an event is confirmed only once replicated)"),
     ("transactional.id", "set by the relay for relay.delivery = \"exactly-once\""),
+    (
+        "transaction.timeout.ms",
+        "use relay.transaction_timeout_ms (checked against kafka.message_timeout_ms with relay.delivery = \"exactly-once\")",
+    ),
     ("bootstrap.servers", "use kafka.brokers"),
     ("metadata.broker.list", "use kafka.brokers"),
     ("max.in.flight.requests.per.connection", "use kafka.max_in_flight_requests"),

@@ -112,3 +112,20 @@ fn refused_producer_settings_name_their_keys() {
     // At-least-once has no transaction: its message timeout is not bounded by one.
     config(case(5, 120_000, None)).validate().unwrap();
 }
+
+/// Review finding: `kafka.extra."transaction.timeout.ms"` was applied after
+/// the relay set `transaction.timeout.ms` from `relay.transaction_timeout_ms`,
+/// so it bypassed the exactly-once check of `kafka.message_timeout_ms`
+/// against the transaction timeout. It is refused, pointing at the key to use.
+#[test]
+fn extra_transaction_timeout_is_refused_pointing_at_the_relay_key() {
+    for delivery in [DeliveryMode::ExactlyOnce, DeliveryMode::AtLeastOnce] {
+        let mut cfg = config(case(5, 10_000, Some(60_000)));
+        cfg.relay.delivery = delivery;
+        cfg.kafka.extra.insert("transaction.timeout.ms".into(), "5000".into());
+        let e = cfg.validate().unwrap_err().to_string();
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+        assert!(e.contains("kafka.extra.\"transaction.timeout.ms\": not settable here"), "{e}");
+        assert!(e.contains("use relay.transaction_timeout_ms"), "{e}");
+    }
+}

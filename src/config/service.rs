@@ -72,12 +72,23 @@ impl Default for ServiceConfig {
 
 impl ServiceConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        crate::domain::Currency::new(&self.default_currency).map_err(|_| {
-            ConfigError(format!("service.default_currency {:?}: expected a code like EUR", self.default_currency))
-        })?;
+        // The same two checks a command's currency gets: the shape, then the
+        // ISO 4217 list (`domain::iso4217`).
+        let known = crate::domain::Currency::new(&self.default_currency).is_ok()
+            && crate::domain::iso4217::is_iso_4217(&self.default_currency);
+        if !known {
+            return Err(ConfigError(format!(
+                "service.default_currency {:?}: expected an ISO 4217 code like EUR",
+                self.default_currency
+            )));
+        }
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "service_tests.rs"]
+mod tests;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

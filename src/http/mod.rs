@@ -137,9 +137,12 @@ pub fn api_app(
         .wrap_fn(count(metrics.http_requests.clone()))
 }
 
-/// The admin server as an actix-web `App`.
+/// The admin server as an actix-web `App`; its routes that read a body
+/// (`/dlq/replay`, `/dlq/discard`, `/relay/rewind`) take up to
+/// `max_body_bytes` (`http.max_body_bytes`, as the command API does).
 pub fn admin_app(
     st: AdminState,
+    max_body_bytes: usize,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
@@ -154,7 +157,9 @@ pub fn admin_app(
     let token = st.token.clone();
     App::new()
         .app_data(web::Data::new(st))
-        .app_data(json_config(64 * 1024))
+        .app_data(json_config(max_body_bytes))
+        .app_data(web::PayloadConfig::new(max_body_bytes))
+        .app_data(input::BodyLimit(max_body_bytes))
         .app_data(web::PathConfig::default().error_handler(errors::path_error))
         .app_data(web::QueryConfig::default().error_handler(errors::query_error))
         .configure(move |c| admin::routes(c, fault_injection))
@@ -219,7 +224,7 @@ pub fn start(
         .map_err(|e| bind_error("http.listen", &cfg.listen, e))?;
     let api_addr =
         api_server.addrs().first().copied().ok_or_else(|| std::io::Error::other("http.listen bound no address"))?;
-    let admin_server = HttpServer::new(move || admin_app(admin.clone()))
+    let admin_server = HttpServer::new(move || admin_app(admin.clone(), max_body))
         .workers(1)
         .disable_signals()
         .shutdown_timeout(grace)

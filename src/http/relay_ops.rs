@@ -35,6 +35,24 @@ use super::query::Params;
 /// How long a write route waits for the relay before answering 202.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Shortest discard reason, in characters after trimming.
+const MIN_DISCARD_REASON: usize = 3;
+
+/// The rule for a discard's reason (kept in the audit row), shared by
+/// `POST /dlq/discard` and `outboxd dlq discard --reason`: no control
+/// characters (terminal escapes reach operators' logs) and at least
+/// [`MIN_DISCARD_REASON`] characters (not bytes) after trimming. `Err` says
+/// what is wrong, without the field's name (each entry point adds its own).
+pub fn check_discard_reason(reason: &str) -> Result<(), &'static str> {
+    if reason.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    if reason.trim().chars().count() < MIN_DISCARD_REASON {
+        return Err("say why the event is discarded (kept in the audit row)");
+    }
+    Ok(())
+}
+
 pub(super) async fn dlq_list(
     st: web::Data<AdminState>,
     q: web::Query<Vec<(String, String)>>,
@@ -207,9 +225,7 @@ pub(super) async fn dlq_discard(st: web::Data<AdminState>, body: web::Json<Value
     let b = Input::body(&body, &["event_id", "reason", "wait"])?;
     let event_id = b.string("event_id")?;
     let reason = b.string("reason")?;
-    if reason.trim().chars().count() < 3 {
-        return Err(ApiError::invalid("reason", "say why the event is discarded (kept in the audit row)"));
-    }
+    check_discard_reason(&reason).map_err(|why| ApiError::invalid("reason", why))?;
     submit(&st, RequestKind::Discard { event_id, reason }, wants_wait(&body)?).await
 }
 
