@@ -86,7 +86,9 @@ case "$cmd" in
       exec "${RPK[@]}" "${args[@]}"
     fi
     args=(-b "$KAFKA_BROKERS" -C -t "$topic" -o beginning -q -f '%t %p %o %k %s\n' -X "isolation.level=$iso")
-    [ "${FOLLOW:-0}" = 1 ] || args+=(-e)
+    # Following, each record is written at once (-u: kcat's stdout is
+    # otherwise block-buffered into a pipe, e.g. `make consume ... | grep`).
+    if [ "${FOLLOW:-0}" = 1 ]; then args+=(-u); else args+=(-e); fi
     [ "$count" -gt 0 ] && args+=(-c "$count")
     exec "$KCAT" "${args[@]}"
     ;;

@@ -143,3 +143,50 @@ fn make_consume_without_topic_is_a_clear_error() {
     assert!(!ok);
     assert!(err.contains("TOPIC is required"), "{err}");
 }
+
+/// `make consume TOPIC=... FOLLOW=1` (README) prints what the topic holds,
+/// then keeps reading: a record produced afterwards is printed too, until
+/// the operator stops it (here: SIGTERM to its process group).
+#[test]
+fn make_consume_follow_prints_records_produced_later() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let Some(brokers) = harness::shared_brokers() else { return };
+    let mut tools = vec!["kcat"];
+    if rpk_available() {
+        tools.push("rpk");
+    }
+    for tool in tools {
+        let topic = format!("make-follow-{}", uuid::Uuid::now_v7().simple());
+        harness::create_topic(&brokers, &topic, 1, &[]);
+        kcat_produce(&brokers, &topic, "order-1:{\"n\":1}\n");
+        let mut child = Command::new("make")
+            .args(["--no-print-directory", "consume", &format!("TOPIC={topic}"), "FOLLOW=1"])
+            .current_dir(harness::repo_root())
+            .env("KAFKA_BROKERS", &brokers)
+            .env("KAFKA_CLI", tool)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("make runs");
+        let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let first = rx.recv_timeout(Duration::from_secs(60)).expect("the record already there is printed");
+        assert_eq!(first, format!("{topic} 0 0 order-1 {{\"n\":1}}"), "{tool}");
+        // Still running after the end of the topic; a new record is printed.
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(child.try_wait().unwrap().is_none(), "{tool}: FOLLOW=1 keeps reading past the end");
+        kcat_produce(&brokers, &topic, "order-2:{\"n\":2}\n");
+        let later = rx.recv_timeout(Duration::from_secs(60)).expect("a record produced later is printed");
+        assert_eq!(later, format!("{topic} 0 1 order-2 {{\"n\":2}}"), "{tool}");
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+        let _ = child.wait();
+    }
+}
