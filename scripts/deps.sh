@@ -68,11 +68,14 @@ fi
 
 [ "$mode" = test ] || exit 0
 
-# Python tools for the HTTP API checks (PyPI): the OpenAPI document is
-# validated by openapi-spec-validator, the running daemon fuzzed by schemathesis.
+# Python tools (PyPI): for the HTTP API checks the OpenAPI document is
+# validated by openapi-spec-validator, the running daemon fuzzed by
+# schemathesis; cqlsh reads the CQL store.
 py_missing=()
 command -v openapi-spec-validator >/dev/null 2>&1 || py_missing+=(openapi-spec-validator)
 command -v schemathesis >/dev/null 2>&1 || command -v st >/dev/null 2>&1 || py_missing+=(schemathesis)
+# cqlsh (`make cqlsh` without Docker, and tests/make_cqlsh.rs).
+command -v cqlsh >/dev/null 2>&1 || py_missing+=(scylla-cqlsh)
 if [ ${#py_missing[@]} -gt 0 ]; then
   note "installing ${py_missing[*]} (pip)"
   pip_flags=(-q --disable-pip-version-check)
