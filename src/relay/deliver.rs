@@ -14,6 +14,10 @@
 //!   stream whose rows arrive one at a time; a failed event is retried
 //!   before its stream moves on, so nothing later of its aggregate overtakes
 //!   it (the same fence the position feed gets from its window).
+//! - A record the broker refuses for good is re-sent alone (nothing else of
+//!   this deliverer queued or in flight) before it is given up: a record
+//!   batch refused as a whole for another stream's record does not park or
+//!   dead-letter its neighbours.
 //! - Safe to share between the stream consumers (`Arc<Deliverer>`).
 
 use std::collections::{HashMap, HashSet};
@@ -117,6 +121,10 @@ pub struct Deliverer {
     /// The lease's state: nothing is sent once it is no longer held at
     /// `epoch` (the reader may still hand over rows from its window).
     lease: Option<tokio::sync::watch::Receiver<crate::lease::keeper::LeaseState>>,
+    /// Sends hold it shared while they hand a record to the producer; a
+    /// record refused for good is re-sent holding it alone, once nothing
+    /// else is in flight (see `send_alone`).
+    solo: tokio::sync::RwLock<()>,
 }
 
 impl Deliverer {
@@ -172,6 +180,7 @@ impl Deliverer {
             status,
             epoch: None,
             lease: None,
+            solo: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -282,8 +291,17 @@ impl Deliverer {
 
     /// Sends `out` with retry and breaker until it is confirmed, stopped, or
     /// failed for good (then the caller decides what is recorded).
+    ///
+    /// A record refused for good (`MessageSizeTooLarge`, ...) may only share
+    /// a record batch the broker refused as a whole with the bad one (two
+    /// streams' records for one partition): after its first such refusal
+    /// every attempt is sent alone, and it is given up only after a refusal
+    /// seen alone, `max_attempts` refusals in all (transient failures do not
+    /// count), as the position feed's `solo` resend does.
     async fn send_retrying(&self, out: Out<'_>, shutdown: &mut Shutdown) -> Sent {
         let mut attempts: u32 = 0;
+        let mut refused: u32 = 0;
+        let mut refused_alone = false;
         loop {
             if self.lease_gone() {
                 // Nothing more is sent; the reader stops as on shutdown (the
@@ -305,8 +323,9 @@ impl Deliverer {
             if attempts > 0 {
                 self.metrics.retry_attempts.with_label_values(&["publish"]).inc();
             }
+            let alone = refused > 0;
             let res = tokio::select! {
-                r = self.send_and_wait(out) => r,
+                r = self.send_and_wait(out, alone) => r,
                 _ = shutdown.recv() => return Sent::Done(Delivered::Shutdown),
             };
             match res {
@@ -342,9 +361,13 @@ impl Deliverer {
                         if attempts >= max && self.dlq_on_transient_exhaustion && !matches!(out, Out::Marker(_)) {
                             return Sent::ForGood { err, policy: PermanentFailurePolicy::Skip, attempts };
                         }
-                    } else if attempts >= max {
-                        self.metrics.retry_failure.with_label_values(&["publish"]).inc();
-                        return Sent::ForGood { err, policy: self.policy, attempts };
+                    } else {
+                        refused += 1;
+                        refused_alone |= alone;
+                        if refused_alone && refused >= max {
+                            self.metrics.retry_failure.with_label_values(&["publish"]).inc();
+                            return Sent::ForGood { err, policy: self.policy, attempts };
+                        }
                     }
                     if !shutdown.sleep(self.backoff.delay(attempts)).await {
                         return Sent::Done(Delivered::Shutdown);
@@ -354,7 +377,10 @@ impl Deliverer {
         }
     }
 
-    async fn send_and_wait(&self, out: Out<'_>) -> Result<(i32, i64), PublishError> {
+    /// Hands `out` to the producer and waits for its delivery report;
+    /// `alone`: once no other record of this deliverer is queued or in
+    /// flight, and with none handed over until its report came.
+    async fn send_and_wait(&self, out: Out<'_>, alone: bool) -> Result<(i32, i64), PublishError> {
         let token = {
             let mut n = self.next.lock().unwrap_or_else(|p| p.into_inner());
             *n += 1;
@@ -377,6 +403,19 @@ impl Deliverer {
                 }
             }
         };
+        // Shared while handing over (others may send meanwhile), or alone
+        // until the report came.
+        let (mut shared, mut exclusive) = (None, None);
+        if alone {
+            exclusive = Some(self.solo.write().await);
+            // Whatever others handed over before is delivered or failed first
+            // (bounded by `message.timeout.ms`).
+            while self.producer.in_flight() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        } else {
+            shared = Some(self.solo.read().await);
+        }
         loop {
             match self.producer.send(&topic, key, &value, headers.clone(), at.timestamp_millis(), token) {
                 Ok(()) => break,
@@ -387,8 +426,12 @@ impl Deliverer {
                 }
             }
         }
+        drop(shared.take());
         self.metrics.messages_sent.with_label_values(&[&*topic]).inc();
-        rx.await.unwrap_or_else(|_| Err(PublishError::transient("canceled", "the delivery report was lost")))
+        let report =
+            rx.await.unwrap_or_else(|_| Err(PublishError::transient("canceled", "the delivery report was lost")));
+        drop(exclusive.take());
+        report
     }
 
     /// A dead letter was replayed and removed: one fewer in `dlq_depth`.

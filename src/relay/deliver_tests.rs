@@ -1,7 +1,9 @@
 //! The delivery call's handling of a CDC row that cannot be decoded, against
 //! a real CQL store (Cassandra stands in): parked or dead-lettered under the
-//! policy, never a stop of the reader. No broker is contacted: nothing of
-//! these rows, nor of a parked aggregate, reaches a send.
+//! policy, never a stop of the reader (no broker is contacted: nothing of
+//! these rows, nor of a parked aggregate, reaches a send); a discard marker
+//! never given up on transient failures; a record refused with its batch
+//! re-sent alone (real Kafka).
 
 use super::*;
 use crate::config::Config;
@@ -188,4 +190,97 @@ async fn a_marker_is_never_given_up_on_transient_exhaustion() {
     stop.fire();
     assert_eq!(sending.await.unwrap(), Delivered::Shutdown);
     assert_eq!(metrics.dlq_messages.get(), 0, "nothing was dead-lettered");
+}
+
+/// One event of aggregate `agg` (sequence 1) whose payload is `pad` bytes of
+/// incompressible text.
+fn event_of(agg: Uuid, pad: usize) -> RawEvent {
+    let mut text = String::new();
+    while text.len() < pad {
+        text.push_str(&Uuid::new_v4().simple().to_string());
+    }
+    RawEvent {
+        position: 0,
+        event_id: Uuid::now_v7(),
+        aggregate_type: "order".into(),
+        aggregate_id: agg,
+        aggregate_key: agg.to_string().into(),
+        sequence: 1,
+        event_type: "OrderPlaced".into(),
+        schema_version: 1,
+        payload: serde_json::value::RawValue::from_string(serde_json::json!({ "pad": text }).to_string()).unwrap(),
+        causation_id: None,
+        correlation_id: Uuid::now_v7(),
+        timestamp: chrono::Utc::now(),
+        trace: None,
+    }
+}
+
+/// Review finding: two CDC streams' records for one partition share a
+/// record batch; the broker refuses the batch as a whole for the one that is
+/// too large, and the shared deliverer gave both up after their attempts:
+/// an innocent aggregate parked (or, under `skip`, dead-lettered and later
+/// replayed after its successors). A refused record is re-sent alone now,
+/// and only one refused alone is given up. Real Kafka (a topic whose
+/// `max.message.bytes` the large record exceeds) and a real CQL store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_refused_with_its_batch_is_resent_alone_and_only_the_bad_one_is_parked() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let Some(brokers) = std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()) else {
+        eprintln!("SKIPPED: a batch refused as a whole: set KAFKA_BROKERS (make test starts Kafka)");
+        return;
+    };
+    let Some(store) = live_store("a batch refused as a whole").await else { return };
+    let store = store as DynStore;
+    let mut config = Config::default();
+    config.kafka.brokers = brokers.clone();
+    config.kafka.topic_prefix = format!("solo{}.", Uuid::now_v7().simple());
+    config.kafka.linger_ms = 200; // both records in one batch
+    config.relay.on_permanent_failure = PermanentFailurePolicy::ParkAggregate;
+    config.relay.retry.initial_backoff_ms = 10;
+    config.relay.retry.max_backoff_ms = 50;
+    let topic = crate::relay::topics::topic_for(false, &config.kafka.topic_prefix, "order", "OrderPlaced");
+    let admin: AdminClient<_> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("admin client");
+    let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "4096");
+    let made = admin.create_topics([&new], &AdminOptions::new()).await.expect("create topic");
+    assert!(made.iter().all(Result::is_ok), "{made:?}");
+
+    let status = StatusTx::new(tokio::sync::watch::channel(crate::relay::RelayStatus::default()).0);
+    let d = Arc::new(
+        Deliverer::new(&config, store.clone(), Arc::new(store.clone()), Metrics::new(), status).await.unwrap(),
+    );
+    let (bad, good) = (event_of(Uuid::now_v7(), 12_000), event_of(Uuid::now_v7(), 10));
+    let stop = Trigger::new();
+    let send = |e: RawEvent| {
+        let (d, mut shutdown) = (d.clone(), stop.subscribe());
+        tokio::spawn(async move { d.deliver(&e, &mut shutdown).await })
+    };
+    let (b, g) = (send(bad.clone()), send(good.clone()));
+    let deadline = std::time::Duration::from_secs(60);
+    let g = tokio::time::timeout(deadline, g).await.expect("the good one ends").unwrap();
+    let b = tokio::time::timeout(deadline, b).await.expect("the bad one ends").unwrap();
+    assert_eq!((g, b), (Delivered::Delivered, Delivered::Parked), "only the record refused alone is given up");
+    let parked: Vec<String> =
+        store.parked(&config.relay.consumer_name).await.unwrap().into_iter().map(|p| p.parked.aggregate_id).collect();
+    assert_eq!(parked, vec![bad.aggregate_id.to_string()]);
+
+    // On the topic: the good event, not the bad one.
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("solo-{}", Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let until = std::time::Instant::now() + deadline;
+    let mut keys = Vec::new();
+    while keys.is_empty() && std::time::Instant::now() < until {
+        if let Some(Ok(m)) = consumer.poll(std::time::Duration::from_millis(500)) {
+            keys.push(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());
+        }
+    }
+    assert_eq!(keys, vec![good.aggregate_id.to_string()]);
 }
