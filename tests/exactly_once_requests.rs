@@ -1,5 +1,6 @@
 //! Exactly-once operator requests carried out by the relay library against
-//! a real Kafka broker: a replay or a dead-letter replay that fails again,
+//! a real Kafka broker: a replay (also at least once, for the parked count)
+//! or a dead-letter replay that fails again,
 //! a batch split around a park position, and a replay resumed by the next
 //! term after the former one committed it but could not remove the park
 //! record. Every test uses its own topics (prefix), consumer and database
@@ -18,14 +19,27 @@ use outboxd::relay::pipeline::RelayError;
 /// moves the committed progress back (the replayed events' positions are in
 /// the past; a regressed progress made the next term re-publish everything
 /// after them to read_committed consumers).
+///
+/// Both modes: the aggregate parked again counts once in the relay's status
+/// (/health `relay.parked_aggregates`) and `dlq_parked_aggregates` (review
+/// finding: it counted twice, the replay's unpark never having been counted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_once_replay_that_fails_again_keeps_the_progress() {
+    replay_that_fails_again(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_least_once_replay_that_fails_again_counts_the_aggregate_once() {
+    replay_that_fails_again(false).await;
+}
+
+async fn replay_that_fails_again(eos: bool) {
     use outboxd::domain::{Currency, Money, Order, OrderCommand, OrderItem, Sku};
     use outboxd::envelope::Metadata;
     use outboxd::store::requests::RequestStatus;
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (c, topic, store) = exactly_once_small_topic(&brokers, dir.path()).await;
+    let (c, topic, store) = small_topic(&brokers, dir.path(), eos).await;
     let svc = CommandService::new(store.clone(), ServiceOptions::default());
     let eur = Currency::new("EUR").unwrap();
     let items = |n: usize, tag: &str| -> Vec<OrderItem> {
@@ -69,6 +83,13 @@ async fn exactly_once_replay_that_fails_again_keeps_the_progress() {
     let finished = request_finished(&store, replay.id).await;
     assert_eq!(finished.status, RequestStatus::Failed, "the third event failed again: {:?}", finished.result);
     assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 1, "parked again, at its third event");
+    let counted = tokio::time::timeout(Duration::from_secs(10), relay.status.wait_for(|s| s.parked_aggregates == 1));
+    assert!(counted.await.is_ok(), "one aggregate parked in the status: {:?}", *relay.status.borrow());
+    assert_eq!(relay.status.borrow().parked_aggregates, 1);
+    assert_eq!(relay.metrics.dlq_parked_aggregates.get(), 1, "dlq_parked_aggregates");
+    if !eos {
+        return;
+    }
 
     let records =
         consume_until(&brokers, std::slice::from_ref(&c.relay.progress_topic), 1, Duration::from_secs(5), |_| false);

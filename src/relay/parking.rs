@@ -65,7 +65,10 @@ impl Run {
             return false;
         }
         let agg = crate::relay::window::Fenced::aggregate(item).clone();
-        let newly = !self.window.is_parked(&agg);
+        // A replay in progress left it counted (its park record stands until
+        // the replay ends): parked again, it is not counted twice.
+        let replaying = self.replays.keys().any(|(_, a)| *a == agg);
+        let newly = !self.window.is_parked(&agg) && !replaying;
         let held = self.window.park(&agg, p.position.unwrap_or(i64::MIN));
         self.retries.retain(|(_, s)| self.window.get(*s).is_some());
         self.suspects.retain(|s, _| self.window.get(*s).is_some());

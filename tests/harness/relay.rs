@@ -45,8 +45,15 @@ pub fn replay_of(consumer: &str, agg: uuid::Uuid) -> outboxd::store::requests::R
 /// Exactly-once with quick retries, no compression, and an order topic that
 /// refuses records over 6000 bytes: (config, that topic, the store).
 pub async fn exactly_once_small_topic(brokers: &str, dir: &std::path::Path) -> (Config, String, DynStore) {
+    small_topic(brokers, dir, true).await
+}
+
+/// [`exactly_once_small_topic`], or the same at least once (`eos` false).
+pub async fn small_topic(brokers: &str, dir: &std::path::Path, eos: bool) -> (Config, String, DynStore) {
     let mut c = test_config(brokers, &dir.join("s.db"));
-    exactly_once(&mut c);
+    if eos {
+        exactly_once(&mut c);
+    }
     c.relay.retry.initial_backoff_ms = 10;
     c.relay.retry.max_backoff_ms = 50;
     c.kafka.compression = outboxd::config::Compression::None;

@@ -155,6 +155,8 @@ impl Txn {
                             return Ok(Some(exit));
                         }
                         if self.parked.contains_key(&agg) {
+                            // Counted before the replay and again by its park.
+                            count_parked(&self.relay.metrics, &self.relay.status, false);
                             status = RequestStatus::Failed;
                             result = serde_json::json!({ "aggregate_id": agg.to_string(), "error": "an event failed again; parked again" });
                             continue;
