@@ -100,3 +100,88 @@ async fn a_request_id_is_written_once() {
     let now = s.request_get(r.id).await.unwrap().unwrap();
     assert_eq!((now.status, now.claimed_epoch, now.requested_by.as_str()), (RequestStatus::Running, Some(1), "first"));
 }
+
+/// Review finding: a fenced park, unpark, claim or outcome read the lease
+/// and then wrote in a second statement (the rows live outside the lease
+/// partition), so a holder that stalled between the two could change what
+/// the next term holds: unpark its park record (its held events then lost
+/// on the next restart), park behind its back, claim a request it already
+/// carries out. Each term now raises a fence in those partitions before it
+/// reads them, and every fenced write is conditioned on it. Here the next
+/// term raised the fence while the lease row still names the old epoch (the
+/// old holder's lease check passes, as in the stall): its writes are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_an_older_term_are_refused_once_the_next_term_raised_its_fence() {
+    let Some(uri) = cql_uri_or_skip("CQL fenced writes after the next term began") else { return };
+    let (s, _keyspace, _session) = fresh_cql_store(&uri, "rt").await;
+    assert!(s.lease_cas(&LeaseCas { expected: None, new: lease(1) }).await.unwrap());
+    let agg = Uuid::now_v7().to_string();
+    let park = |agg: &str| Parked {
+        consumer: NAME.into(),
+        aggregate_id: agg.into(),
+        aggregate_type: Some("Order".into()),
+        position: None,
+        sequence: Some(2),
+        event_id: Some(Uuid::now_v7().to_string()),
+        event_type: Some("OrderConfirmed".into()),
+        error: "refused by the broker".into(),
+        parked_at: chrono::Utc::now(),
+    };
+    s.fence_term(NAME, 1).await.unwrap();
+    s.park_fenced(&park(&agg), 1).await.unwrap();
+    let claimed = RelayRequest::new(NAME, RequestKind::ReplayAllParked, "test");
+    let pending = RelayRequest::new(NAME, RequestKind::RewindToPosition { position: 1 }, "test");
+    s.request_submit(&claimed).await.unwrap();
+    s.request_submit(&pending).await.unwrap();
+    assert!(s.request_claim(&claimed, 1).await.unwrap());
+
+    // The next term (epoch 2) begins: it raises the fence before reading.
+    s.fence_term(NAME, 2).await.unwrap();
+    let refused = |r: Result<bool, StoreError>| matches!(r, Err(StoreError::Fenced { epoch: 1, current: Some(2), .. }));
+    let r = s.unpark_fenced(NAME, &agg, 1).await;
+    assert!(refused(r.clone()), "the old term's unpark: {r:?}");
+    let r = s.park_fenced(&park(&Uuid::now_v7().to_string()), 1).await;
+    assert!(matches!(r, Err(StoreError::Fenced { epoch: 1, current: Some(2), .. })), "the old term's park: {r:?}");
+    assert!(!s.request_claim(&pending, 1).await.unwrap(), "the old term's claim is refused");
+    let done = s.request_finish(NAME, claimed.id, 1, RequestStatus::Done, serde_json::json!({})).await.unwrap();
+    assert!(!done, "the old term's outcome is refused");
+    let parked: Vec<String> = s.parked(NAME).await.unwrap().into_iter().map(|p| p.parked.aggregate_id).collect();
+    assert_eq!(parked, vec![agg.clone()], "nothing changed");
+    assert_eq!(s.request_get(pending.id).await.unwrap().unwrap().status, RequestStatus::Pending);
+
+    // The new holder writes at its epoch; a fence never goes down.
+    assert!(s.lease_cas(&LeaseCas { expected: Some((1, 0)), new: lease(2) }).await.unwrap());
+    assert!(s.request_claim(&pending, 2).await.unwrap());
+    assert!(s.unpark_fenced(NAME, &agg, 2).await.unwrap());
+    assert!(!s.unpark_fenced(NAME, &agg, 2).await.unwrap(), "gone: false, not an error");
+    let r = s.fence_term(NAME, 1).await;
+    assert!(matches!(r, Err(StoreError::Fenced { epoch: 1, current: Some(2), .. })), "{r:?}");
+}
+
+/// A keyspace made before the fence existed gets its columns from
+/// `outboxd schema` (migrate), and fenced writes work on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_adds_the_fence_to_tables_made_before_it() {
+    let Some(uri) = cql_uri_or_skip("CQL fence columns added by migrate") else { return };
+    let (s, keyspace, session) = fresh_cql_store(&uri, "rt").await;
+    for table in ["parked_aggregates", "relay_requests"] {
+        session.query_unpaged(format!("ALTER TABLE {keyspace}.{table} DROP fence_epoch"), ()).await.unwrap();
+    }
+    outboxd::store::EventStore::migrate(&*s).await.unwrap();
+    s.fence_term(NAME, 3).await.unwrap();
+    assert!(s.lease_cas(&LeaseCas { expected: None, new: lease(3) }).await.unwrap());
+    let agg = Uuid::now_v7().to_string();
+    let p = Parked {
+        consumer: NAME.into(),
+        aggregate_id: agg.clone(),
+        aggregate_type: None,
+        position: None,
+        sequence: Some(1),
+        event_id: None,
+        event_type: None,
+        error: "x".into(),
+        parked_at: chrono::Utc::now(),
+    };
+    s.park_fenced(&p, 3).await.unwrap();
+    assert!(s.unpark_fenced(NAME, &agg, 3).await.unwrap());
+}

@@ -37,6 +37,7 @@ use crate::relay::warm::WarmProducer;
 use crate::relay::{BreakerState, Role, StatusTx};
 use crate::shutdown::Shutdown;
 use crate::store::cql::CqlStore;
+use crate::store::StoreError;
 
 use super::messages::ActorName;
 use super::supervision::{SupervisedTask, TaskBody, TaskError, TaskFuture, TaskInfo};
@@ -90,22 +91,35 @@ async fn run_cdc_relay(
                 true
             });
             let WarmProducer { producer, completions, watch } = warm;
-            let store = deps.store.clone();
-            let deliverer = Deliverer::with_producer(
-                &deps.cfg,
-                producer,
-                completions,
-                store,
-                sink,
-                deps.metrics.clone(),
-                status.clone(),
-            )
-            .await
-            .map_err(|e| failed(e.message))?
-            .with_epoch(epoch)
-            .with_lease(lease_rx);
+            let consumer = deps.cfg.relay.consumer_name.clone();
             let mut ended = term.clone();
-            let res = run_relay_feed(cql, &deps.cfg, Arc::new(deliverer), &deps.metrics, epoch, term).await;
+            // Before anything of this term reads the park rows or requests:
+            // a former holder's late fenced write is refused from here on.
+            let fence = match epoch {
+                Some(e) => deps.store.fence_term(&consumer, e).await,
+                None => Ok(()),
+            };
+            let res = match fence {
+                Err(StoreError::Fenced { .. }) => Err(CdcError::Fenced { consumer }),
+                Err(e) => return Err(failed(format!("cannot fence the relay's park rows and requests: {e}"))),
+                Ok(()) => {
+                    let store = deps.store.clone();
+                    let deliverer = Deliverer::with_producer(
+                        &deps.cfg,
+                        producer,
+                        completions,
+                        store,
+                        sink,
+                        deps.metrics.clone(),
+                        status.clone(),
+                    )
+                    .await
+                    .map_err(|e| failed(e.message))?
+                    .with_epoch(epoch)
+                    .with_lease(lease_rx);
+                    run_relay_feed(cql, &deps.cfg, Arc::new(deliverer), &deps.metrics, epoch, term).await
+                }
+            };
             if let (Err(CdcError::Fenced { .. }), Some(mut rx)) = (&res, lease_after.clone()) {
                 // The store refused a write fenced by this epoch: another
                 // instance took the lease over. Our keeper learns it at its

@@ -78,6 +78,14 @@ pub trait ParkingStore: Send + Sync {
     async fn park_fenced(&self, p: &Parked, epoch: i64) -> Result<(), StoreError>;
     /// `unpark`, only while lease `consumer` is at `epoch` (`Fenced` otherwise).
     async fn unpark_fenced(&self, consumer: &str, aggregate_id: &str, epoch: i64) -> Result<bool, StoreError>;
+    /// A new term at `epoch` of `consumer`'s relay, before it reads the park
+    /// rows and requests: from here on their fenced writes of an older
+    /// epoch are refused (`Fenced`), even one whose lease check passed
+    /// before this term began. SQLite checks the lease in the fenced write's
+    /// own transaction: nothing to do there.
+    async fn fence_term(&self, _consumer: &str, _epoch: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Rows of one aggregate from `from_position` (or, without positions,
     /// from `from_sequence`) up to `up_to_position` (inclusive; `None`: all), in order.
     async fn aggregate_rows(

@@ -50,6 +50,7 @@ pub mod append;
 pub mod cdc_options;
 pub mod connect;
 mod dlq;
+mod fence;
 mod lease;
 mod parking;
 pub mod progress;

@@ -23,9 +23,11 @@ use crate::store::StoreError;
 /// concurrent unpark of the same row).
 const PARK_ATTEMPTS: usize = 4;
 
+/// `aggregate_id` is None on the partition's static-only row (its fence,
+/// see `fence`, with no park row).
 type ParkRow = (
     String,
-    String,
+    Option<String>,
     Option<String>,
     Option<i64>,
     Option<i64>,
@@ -98,6 +100,7 @@ impl CqlStore {
         for r in res.into_rows_result().map_err(codec)?.rows::<ParkRow>().map_err(codec)? {
             let (consumer, aggregate_id, aggregate_type, position, sequence, event_id, event_type, error, parked_at) =
                 r.map_err(codec)?;
+            let Some(aggregate_id) = aggregate_id else { continue };
             let held = self.held_count(&aggregate_id, sequence.unwrap_or(0)).await?;
             out.push(ParkedInfo {
                 parked: Parked {

@@ -4,12 +4,13 @@
 //! Guarantee: every lease and request-claim write is a lightweight
 //! transaction, unknown outcomes resolved by SERIAL reads (see `lease` and
 //! `requests`); park rows are conditional upserts keyed by (consumer,
-//! aggregate) (see `parking`). A fenced park
-//! or unpark first reads the lease SERIAL and writes only at the caller's
-//! epoch: the park rows live outside the lease partition, so the check and
-//! the write are two steps (on SQLite they are one transaction). Request
-//! claims and outcomes are checked the same way; a lease that cannot be read
-//! is an error the caller retries, never a refusal.
+//! aggregate) (see `parking`). A fenced park, unpark, request claim or
+//! outcome first reads the lease SERIAL (a moved lease is refused with its
+//! epoch), then writes on condition of its partition's fence (see `fence`):
+//! the park rows and requests live outside the lease partition, so the
+//! fence in their own partition, raised by every term before it reads them,
+//! is what refuses a write that lands after the next term began. A lease
+//! that cannot be read is an error the caller retries, never a refusal.
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -56,12 +57,17 @@ impl ParkingStore for CqlStore {
 
     async fn park_fenced(&self, p: &Parked, epoch: i64) -> Result<(), StoreError> {
         self.fence_check(&p.consumer, epoch).await?;
-        self.park_row(p).await
+        self.park_row_fenced(p, epoch).await
     }
 
     async fn unpark_fenced(&self, consumer: &str, aggregate_id: &str, epoch: i64) -> Result<bool, StoreError> {
         self.fence_check(consumer, epoch).await?;
-        self.unpark_row(consumer, aggregate_id).await
+        self.unpark_row_fenced(consumer, aggregate_id, epoch).await
+    }
+
+    async fn fence_term(&self, consumer: &str, epoch: i64) -> Result<(), StoreError> {
+        self.raise_fence("parked_aggregates", consumer, epoch).await?;
+        self.raise_fence("relay_requests", consumer, epoch).await
     }
 
     async fn aggregate_rows(
@@ -106,7 +112,10 @@ impl RequestStore for CqlStore {
     }
 
     async fn request_claim(&self, r: &RelayRequest, epoch: i64) -> Result<bool, StoreError> {
-        if epoch > 0 && !fenced_ok(self.fence_check(&r.consumer, epoch).await)? {
+        if epoch > 0
+            && !(fenced_ok(self.fence_check(&r.consumer, epoch).await)?
+                && fenced_ok(self.raise_fence("relay_requests", &r.consumer, epoch).await)?)
+        {
             return Ok(false);
         }
         self.request_cas(r, epoch).await
@@ -120,7 +129,10 @@ impl RequestStore for CqlStore {
         status: RequestStatus,
         result: serde_json::Value,
     ) -> Result<bool, StoreError> {
-        if epoch > 0 && !fenced_ok(self.fence_check(consumer, epoch).await)? {
+        if epoch > 0
+            && !(fenced_ok(self.fence_check(consumer, epoch).await)?
+                && fenced_ok(self.raise_fence("relay_requests", consumer, epoch).await)?)
+        {
             return Ok(false);
         }
         self.request_done(consumer, id, epoch, status, &result).await

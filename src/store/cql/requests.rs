@@ -3,13 +3,16 @@
 //!
 //! Guarantees: every write to a request row is a lightweight transaction
 //! (submit `IF NOT EXISTS`, claim and outcome conditioned on status and
-//! epoch), so one lease holder carries a request out and plain and
-//! conditional writes never race on its cells; a write whose outcome is
+//! epoch, and under a lease on the partition's fence: see `fence`), so one
+//! lease holder carries a request out and plain and conditional writes
+//! never race on its cells; a write whose outcome is
 //! unknown (timeout, broken connection) is resolved by a SERIAL read before
 //! answering, like the lease's: a claim that landed is reported claimed.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
+
+use scylla::value::{CqlTimestamp, CqlValue};
 
 use super::append::outcome_unknown;
 use super::rows::lwt_answer;
@@ -86,11 +89,13 @@ impl CqlStore {
             (None, None) => self.session.query_unpaged(format!("SELECT {cols} FROM {t}"), ()).await,
         }
         .map_err(|e| exec_err("read relay requests", e))?;
+        // `id` (and `kind`, `status`) are None on a partition's static-only
+        // row (its fence, see `fence`, with no request).
         type Row = (
             String,
-            Uuid,
-            String,
-            String,
+            Option<Uuid>,
+            Option<String>,
+            Option<String>,
             Option<String>,
             Option<DateTime<Utc>>,
             Option<i64>,
@@ -100,6 +105,7 @@ impl CqlStore {
         let mut out = Vec::new();
         for r in res.into_rows_result().map_err(codec)?.rows::<Row>().map_err(codec)? {
             let (consumer, id, kind, status, by, created, epoch, result, finished) = r.map_err(codec)?;
+            let (Some(id), Some(kind), Some(status)) = (id, kind, status) else { continue };
             out.push(RelayRequest {
                 id,
                 consumer,
@@ -116,16 +122,27 @@ impl CqlStore {
         Ok(out)
     }
 
+    /// Claims `r` for `epoch`; with `epoch > 0` also on condition the
+    /// partition's fence is `epoch` (raised by the caller: see `fence`).
     pub(super) async fn request_cas(&self, r: &RelayRequest, epoch: i64) -> Result<bool, StoreError> {
         let t = self.t("relay_requests");
+        let (fence, fence_value) = fence_condition(epoch);
+        let key = [Some(CqlValue::Text(r.consumer.clone())), Some(CqlValue::Uuid(r.id))];
         let res = match (r.status, r.claimed_epoch) {
             (RequestStatus::Pending, _) => {
-                let cql = format!("UPDATE {t} SET status = 'running', claimed_epoch = ? WHERE consumer = ? AND id = ? IF status = 'pending'");
-                self.session.query_unpaged(cql, (epoch, &r.consumer, r.id)).await
+                let cql = format!("UPDATE {t} SET status = 'running', claimed_epoch = ? WHERE consumer = ? AND id = ? IF status = 'pending'{fence}");
+                let v: Vec<_> = [Some(CqlValue::BigInt(epoch))].into_iter().chain(key).chain(fence_value).collect();
+                self.session.query_unpaged(cql, v).await
             }
             (RequestStatus::Running, Some(old)) if old <= epoch => {
-                let cql = format!("UPDATE {t} SET claimed_epoch = ? WHERE consumer = ? AND id = ? IF status = 'running' AND claimed_epoch = ?");
-                self.session.query_unpaged(cql, (epoch, &r.consumer, r.id, old)).await
+                let cql = format!("UPDATE {t} SET claimed_epoch = ? WHERE consumer = ? AND id = ? IF status = 'running' AND claimed_epoch = ?{fence}");
+                let v: Vec<_> = [Some(CqlValue::BigInt(epoch))]
+                    .into_iter()
+                    .chain(key)
+                    .chain([Some(CqlValue::BigInt(old))])
+                    .chain(fence_value)
+                    .collect();
+                self.session.query_unpaged(cql, v).await
             }
             _ => return Ok(false),
         };
@@ -152,15 +169,23 @@ impl CqlStore {
         result: &serde_json::Value,
     ) -> Result<bool, StoreError> {
         // An LWT like the claim (never mix plain and conditional writes on the same cells).
+        let (fence, fence_value) = fence_condition(epoch);
         let cql = format!(
-            "UPDATE {} SET status = ?, result = ?, finished_at = ? WHERE consumer = ? AND id = ? IF status = 'running' AND claimed_epoch = ?",
+            "UPDATE {} SET status = ?, result = ?, finished_at = ? WHERE consumer = ? AND id = ? IF status = 'running' AND claimed_epoch = ?{fence}",
             self.t("relay_requests")
         );
-        match self
-            .session
-            .query_unpaged(cql, (status.as_str(), result.to_string(), Utc::now(), consumer, id, epoch))
-            .await
-        {
+        let v: Vec<Option<CqlValue>> = [
+            Some(CqlValue::Text(status.as_str().to_string())),
+            Some(CqlValue::Text(result.to_string())),
+            Some(CqlValue::Timestamp(CqlTimestamp(Utc::now().timestamp_millis()))),
+            Some(CqlValue::Text(consumer.to_string())),
+            Some(CqlValue::Uuid(id)),
+            Some(CqlValue::BigInt(epoch)),
+        ]
+        .into_iter()
+        .chain(fence_value)
+        .collect();
+        match self.session.query_unpaged(cql, v).await {
             Ok(res) => Ok(lwt_answer(res, "status")?.0),
             // Recorded iff the row carries this outcome under our epoch now.
             Err(e) if outcome_unknown(&e) => Ok(self
@@ -169,5 +194,15 @@ impl CqlStore {
                 .is_some_and(|(now, claimed)| now == status.as_str() && claimed == Some(epoch))),
             Err(e) => Err(exec_err("finish relay request", e)),
         }
+    }
+}
+
+/// The fence part of a claim's or an outcome's condition: with a lease
+/// (`epoch > 0`) the partition's fence must be `epoch` (see `fence`).
+fn fence_condition(epoch: i64) -> (&'static str, Option<Option<CqlValue>>) {
+    if epoch > 0 {
+        (" AND fence_epoch = ?", Some(Some(CqlValue::BigInt(epoch))))
+    } else {
+        ("", None)
     }
 }

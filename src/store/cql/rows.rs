@@ -21,13 +21,21 @@ use crate::store::{DeadLetter, StoreError};
 
 /// `[applied]` and the named column of the first row of an LWT answer.
 pub(super) fn lwt_answer(res: QueryResult, column: &str) -> Result<(bool, Option<CqlValue>), StoreError> {
+    let (applied, mut values) = lwt_answer_of(res, &[column])?;
+    Ok((applied, values.pop().flatten()))
+}
+
+/// `[applied]` and the named columns of the first row of an LWT answer (a
+/// refused write answers the current values of its condition's columns;
+/// `None` for a column the answer lacks or that is null).
+pub(super) fn lwt_answer_of(res: QueryResult, columns: &[&str]) -> Result<(bool, Vec<Option<CqlValue>>), StoreError> {
     let rows = res.into_rows_result().map_err(|e| codec(format!("conditional write returned no rows: {e}")))?;
     let specs = rows.column_specs();
     let applied_idx = specs
         .get_by_name("[applied]")
         .map(|(i, _)| i)
         .ok_or_else(|| codec("conditional write answer has no [applied] column"))?;
-    let col_idx = specs.get_by_name(column).map(|(i, _)| i);
+    let idx: Vec<Option<usize>> = columns.iter().map(|c| specs.get_by_name(c).map(|(i, _)| i)).collect();
     let mut it = rows.rows::<Row>().map_err(codec)?;
     let Some(first) = it.next() else { return Err(codec("conditional write answer has no row")) };
     let mut first = first.map_err(codec)?;
@@ -35,8 +43,8 @@ pub(super) fn lwt_answer(res: QueryResult, column: &str) -> Result<(bool, Option
         Some(CqlValue::Boolean(b)) => b,
         other => return Err(codec(format!("[applied] is not a boolean: {other:?}"))),
     };
-    let value = col_idx.and_then(|i| first.columns.get_mut(i).and_then(Option::take));
-    Ok((applied, value))
+    let values = idx.into_iter().map(|i| i.and_then(|i| first.columns.get_mut(i).and_then(Option::take))).collect();
+    Ok((applied, values))
 }
 
 pub(super) fn as_bigint(v: Option<CqlValue>) -> Result<Option<i64>, StoreError> {

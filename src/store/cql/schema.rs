@@ -157,8 +157,13 @@ impl CqlStore {
             self.ddl(&stmt).await?;
         }
         // Columns added after a table was first created (schema upgrades).
-        for (col, ty) in [("trace_parent", "text"), ("trace_state", "text")] {
-            let cql = format!("ALTER TABLE {} ADD {col} {ty}", self.t("event_store"));
+        for (table, col, ty) in [
+            ("event_store", "trace_parent", "text"),
+            ("event_store", "trace_state", "text"),
+            ("parked_aggregates", "fence_epoch", "bigint static"),
+            ("relay_requests", "fence_epoch", "bigint static"),
+        ] {
+            let cql = format!("ALTER TABLE {} ADD {col} {ty}", self.t(table));
             if let Err(e) = self.ddl(&cql).await {
                 let m = e.to_string().to_lowercase();
                 if !(m.contains("already exist")
