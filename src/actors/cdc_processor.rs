@@ -83,7 +83,7 @@ async fn run_cdc_relay(
     while_active_prepared(lease.as_ref(), shutdown, on_role, prepare, |epoch, warm, term| {
         let (deps, cql, sink, status) = (deps.clone(), cql.clone(), sink.clone(), status.clone());
         let lease_rx = lease.as_ref().map(|l| l.state());
-        let lease_after = lease.as_ref().map(|l| l.state());
+        let lease_held = lease.is_some();
         let fenced_wait = Duration::from_millis(deps.cfg.relay.lease_ttl_ms.saturating_mul(2));
         async move {
             status.update(|st| {
@@ -120,19 +120,14 @@ async fn run_cdc_relay(
                     run_relay_feed(cql, &deps.cfg, Arc::new(deliverer), &deps.metrics, epoch, term).await
                 }
             };
-            if let (Err(CdcError::Fenced { .. }), Some(mut rx)) = (&res, lease_after.clone()) {
+            if matches!(res, Err(CdcError::Fenced { .. })) && lease_held {
                 // The store refused a write fenced by this epoch: another
                 // instance took the lease over. Our keeper learns it at its
-                // next renewal; waiting for that (bounded) lets the gate end
-                // the term as a failover, not report a crash.
-                let gone = rx.wait_for(|s| s.active_epoch() != epoch);
-                let _ = tokio::time::timeout(fenced_wait, async {
-                    tokio::select! {
-                        _ = gone => {}
-                        _ = ended.recv() => {}
-                    }
-                })
-                .await;
+                // next renewal and the gate then ends the term; waiting for
+                // that end itself (bounded; not for the lease state, which
+                // can change before the gate fired the term) lets the gate
+                // see a failover, not a crash.
+                let _ = tokio::time::timeout(fenced_wait, ended.recv()).await;
             }
             drop(watch);
             // This term's producer is gone: its broker state is not known any

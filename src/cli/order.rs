@@ -45,7 +45,9 @@ fn parse_items_in(raw: &[String], currency: Currency) -> Result<Vec<OrderItem>, 
 /// currency (never a silent default that would switch it). The items are
 /// checked before the store is opened; an order that does not exist is
 /// refused as the command would be (exit 2), and the store is not created.
-async fn items_in_order_currency(cfg: &Config, id: Uuid, raw: &[String]) -> Result<Vec<OrderItem>, Failure> {
+/// Also returns the version read: the update is pinned to it, so an order
+/// whose currency changed in between is a conflict (exit 3), not repriced.
+async fn items_in_order_currency(cfg: &Config, id: Uuid, raw: &[String]) -> Result<(Vec<OrderItem>, i64), Failure> {
     // Checked in a stand-in currency (no rule of an item depends on it), then repriced below.
     let checked = parse_items_in(raw, Currency::new("EUR")?)?;
     let svc = service(cfg, open_existing(cfg).await?);
@@ -57,7 +59,9 @@ async fn items_in_order_currency(cfg: &Config, id: Uuid, raw: &[String]) -> Resu
             Failure::from(AppError::Domain(outboxd::domain::DomainError::OrderNotFound)).context(format!("order {id}"))
         );
     };
-    Ok(checked.into_iter().map(|i| OrderItem { unit_price: Money { currency, ..i.unit_price }, ..i }).collect())
+    let items =
+        checked.into_iter().map(|i| OrderItem { unit_price: Money { currency, ..i.unit_price }, ..i }).collect();
+    Ok((items, loaded.version))
 }
 
 pub async fn run(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
@@ -83,10 +87,14 @@ pub async fn run(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
             let items = parse_items(&items, &currency)?;
             (id.unwrap_or_else(Uuid::now_v7), OrderCommand::Create { customer_id: customer, items }, m)
         }
-        OrderCmd::UpdateItems { id, items, currency, meta: m } => {
+        OrderCmd::UpdateItems { id, items, currency, meta: mut m } => {
             let items = match currency {
                 Some(c) => parse_items(&items, &c)?,
-                None => items_in_order_currency(cfg, id, &items).await?,
+                None => {
+                    let (items, read_at) = items_in_order_currency(cfg, id, &items).await?;
+                    m.expected_version = m.expected_version.or(Some(read_at));
+                    items
+                }
             };
             (id, OrderCommand::UpdateItems { items }, m)
         }

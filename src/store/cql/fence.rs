@@ -79,6 +79,12 @@ impl CqlStore {
     /// one, its first `parked_at` kept) on condition the fence is `epoch`.
     pub(super) async fn park_row_fenced(&self, p: &Parked, epoch: i64) -> Result<(), StoreError> {
         self.raise_fence("parked_aggregates", &p.consumer, epoch).await?;
+        self.park_row_if_fence(p, epoch).await
+    }
+
+    /// The write of [`Self::park_row_fenced`], on condition the fence is
+    /// `epoch` (a term raised it past meanwhile: `Fenced`).
+    async fn park_row_if_fence(&self, p: &Parked, epoch: i64) -> Result<(), StoreError> {
         let t = self.t("parked_aggregates");
         let mut exists = false;
         for _ in 0..ROUNDS {
@@ -126,6 +132,11 @@ impl CqlStore {
         epoch: i64,
     ) -> Result<bool, StoreError> {
         self.raise_fence("parked_aggregates", consumer, epoch).await?;
+        self.unpark_row_if_fence(consumer, aggregate_id, epoch).await
+    }
+
+    /// The delete of [`Self::unpark_row_fenced`], on condition the fence is `epoch`.
+    async fn unpark_row_if_fence(&self, consumer: &str, aggregate_id: &str, epoch: i64) -> Result<bool, StoreError> {
         let cql = format!(
             "DELETE FROM {} WHERE consumer = ? AND aggregate_id = ? IF fence_epoch = ? AND parked_at != null",
             self.t("parked_aggregates")
@@ -146,3 +157,7 @@ impl CqlStore {
         Ok(false)
     }
 }
+
+#[cfg(test)]
+#[path = "fence_tests.rs"]
+mod tests;
