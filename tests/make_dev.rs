@@ -66,7 +66,8 @@ impl Drop for Worktree {
 }
 
 fn alive(pid: &str) -> bool {
-    Command::new("kill").args(["-0", pid.trim()]).status().is_ok_and(|s| s.success())
+    let probe = Command::new("kill").args(["-0", pid.trim()]).stderr(std::process::Stdio::null()).status();
+    probe.is_ok_and(|s| s.success())
 }
 
 #[test]

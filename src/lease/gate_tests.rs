@@ -58,6 +58,36 @@ fn gate(
     (terms, task)
 }
 
+/// Runs the gate with `run(epoch, term, states)` as each term (no
+/// resource); each term's epoch is sent on the returned channel first.
+fn gate_with<F, Fut>(
+    states: watch::Receiver<LeaseState>,
+    shutdown: &Trigger,
+    run: F,
+) -> (mpsc::UnboundedReceiver<Option<i64>>, tokio::task::JoinHandle<Result<(), String>>)
+where
+    F: Fn(Option<i64>, crate::shutdown::Shutdown, watch::Receiver<LeaseState>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let (tx, terms) = mpsc::unbounded_channel();
+    let lease = LeaseHandle::following(states.clone());
+    let sub = shutdown.subscribe();
+    let task = tokio::spawn(async move {
+        while_active_prepared(
+            Some(&lease),
+            sub,
+            |_| {},
+            || Ok::<_, String>(()),
+            |epoch, (), term| {
+                tx.send(epoch).unwrap();
+                run(epoch, term, states.clone())
+            },
+        )
+        .await
+    });
+    (terms, task)
+}
+
 async fn until(what: &str, cond: impl Fn() -> bool) {
     tokio::time::timeout(WAIT, async {
         while !cond() {
@@ -116,27 +146,11 @@ async fn a_resource_that_cannot_be_made_ends_the_loop_with_its_error() {
 async fn a_term_the_gate_ended_is_followed_by_another_when_the_lease_returns_at_the_same_epoch() {
     let (state, states) = watch::channel(LeaseState::Active { epoch: 3 });
     let shutdown = Trigger::new();
-    let (tx, mut terms) = mpsc::unbounded_channel();
-    let lease = LeaseHandle::following(states.clone());
-    let sub = shutdown.subscribe();
-    let task = tokio::spawn(async move {
-        while_active_prepared(
-            Some(&lease),
-            sub,
-            |_| {},
-            || Ok::<_, String>(()),
-            |epoch, (), mut term| {
-                let (tx, mut states) = (tx.clone(), states.clone());
-                async move {
-                    tx.send(epoch).unwrap();
-                    term.recv().await;
-                    // Still finishing when the lease comes back.
-                    let _ = states.wait_for(|s| s.active_epoch() == Some(3)).await;
-                    Ok(())
-                }
-            },
-        )
-        .await
+    let (mut terms, task) = gate_with(states, &shutdown, |_, mut term, mut states| async move {
+        term.recv().await;
+        // Still finishing when the lease comes back.
+        let _ = states.wait_for(|s| s.active_epoch() == Some(3)).await;
+        Ok(())
     });
     assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.unwrap(), Some(Some(3)));
     state.send(LeaseState::Lost { epoch: 3 }).unwrap();
@@ -238,28 +252,12 @@ async fn wait_held_reports_each_role_and_ends_on_the_lease_shutdown_or_a_keeper_
 async fn a_term_failing_after_the_lease_went_is_a_failover_not_a_crash() {
     let (state, states) = watch::channel(LeaseState::Active { epoch: 3 });
     let shutdown = Trigger::new();
-    let (tx, mut terms) = mpsc::unbounded_channel();
-    let lease = LeaseHandle::following(states);
-    let sub = shutdown.subscribe();
-    let task = tokio::spawn(async move {
-        while_active_prepared(
-            Some(&lease),
-            sub,
-            |_| {},
-            || Ok::<_, String>(()),
-            |epoch, (), mut term| {
-                let tx = tx.clone();
-                async move {
-                    tx.send(epoch).unwrap();
-                    if epoch == Some(7) {
-                        return Err("the term's own failure".to_string());
-                    }
-                    term.recv().await;
-                    Err(format!("fenced: epoch {epoch:?} refused"))
-                }
-            },
-        )
-        .await
+    let (mut terms, task) = gate_with(states, &shutdown, |epoch, mut term, _| async move {
+        if epoch == Some(7) {
+            return Err("the term's own failure".to_string());
+        }
+        term.recv().await;
+        Err(format!("fenced: epoch {epoch:?} refused"))
     });
     assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.unwrap(), Some(Some(3)));
     state.send(LeaseState::Standby { holder: "other".into(), epoch: 4, ttl_ms: 3000 }).unwrap();
