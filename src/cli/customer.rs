@@ -9,7 +9,7 @@ use outboxd::app::AppError;
 use outboxd::config::Config;
 use outboxd::domain::{Customer, CustomerCommand, Email, PhoneNumber};
 
-use super::{meta, open, open_existing, service, Failure};
+use super::{meta, open_existing, open_for, service, Failure};
 use crate::CustomerCmd;
 
 pub async fn run(cfg: &Config, c: CustomerCmd) -> Result<u8, Failure> {
@@ -39,10 +39,7 @@ pub async fn run(cfg: &Config, c: CustomerCmd) -> Result<u8, Failure> {
         }
     };
     let is_create = matches!(cmd, CustomerCommand::Register { .. });
-    // Only a register may make a new store: any other command on a mistyped
-    // path is refused (exit 2) without creating the file or its directories.
-    let store = if is_create { open(cfg).await? } else { open_existing(cfg).await? };
-    let svc = service(cfg, store);
+    let svc = service(cfg, open_for(cfg, is_create).await?);
     let out = svc
         .execute::<Customer>(id, &cmd, meta(&m), m.expected_version)
         .await

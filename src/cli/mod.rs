@@ -76,12 +76,23 @@ pub async fn open_existing(cfg: &Config) -> Result<DynStore, Failure> {
     let path = &cfg.store.path;
     if cfg.store.backend == outboxd::config::Backend::Sqlite && !path.exists() {
         return Err(BadInput(format!(
-            "store.path {}: no store there (a write command or `outboxd schema` creates one)",
+            "store.path {}: no store there (a create or register command, or `outboxd schema`, creates one)",
             path.display()
         ))
         .into());
     }
     open(cfg).await
+}
+
+/// Opens the store for a command: only one that creates an aggregate
+/// (`creates`) may make a new store; any other is refused on a mistyped
+/// path (exit 2) without creating the file or its directories.
+pub async fn open_for(cfg: &Config, creates: bool) -> Result<DynStore, Failure> {
+    if creates {
+        open(cfg).await
+    } else {
+        open_existing(cfg).await
+    }
 }
 
 pub fn service(cfg: &Config, store: DynStore) -> CommandService {

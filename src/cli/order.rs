@@ -11,7 +11,7 @@ use outboxd::app::AppError;
 use outboxd::config::Config;
 use outboxd::domain::{Currency, Money, Order, OrderCommand, OrderItem, Sku};
 
-use super::{meta, open, open_existing, service, BadInput, Failure};
+use super::{meta, open_existing, open_for, service, BadInput, Failure};
 use crate::OrderCmd;
 
 /// Parses `SKU:QUANTITY:UNIT_PRICE_MINOR` items.
@@ -106,10 +106,7 @@ pub async fn run(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
         OrderCmd::Cancel { id, reason, meta: m } => (id, OrderCommand::Cancel { reason }, m),
     };
     let is_create = matches!(cmd, OrderCommand::Create { .. });
-    // Only a create may make a new store: any other command on a mistyped
-    // path is refused (exit 2) without creating the file or its directories.
-    let store = if is_create { open(cfg).await? } else { open_existing(cfg).await? };
-    let svc = service(cfg, store);
+    let svc = service(cfg, open_for(cfg, is_create).await?);
     let out = svc
         .execute::<Order>(id, &cmd, meta(&m), m.expected_version)
         .await

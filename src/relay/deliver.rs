@@ -123,7 +123,7 @@ pub struct Deliverer {
     lease: Option<tokio::sync::watch::Receiver<crate::lease::keeper::LeaseState>>,
     /// Sends hold it shared while they hand a record to the producer; a
     /// record refused for good is re-sent holding it alone, once nothing
-    /// else is in flight (see `send_alone`).
+    /// else is in flight (see `send_and_wait`).
     solo: tokio::sync::RwLock<()>,
 }
 
@@ -301,7 +301,6 @@ impl Deliverer {
     async fn send_retrying(&self, out: Out<'_>, shutdown: &mut Shutdown) -> Sent {
         let mut attempts: u32 = 0;
         let mut refused: u32 = 0;
-        let mut refused_alone = false;
         loop {
             if self.lease_gone() {
                 // Nothing more is sent; the reader stops as on shutdown (the
@@ -363,8 +362,9 @@ impl Deliverer {
                         }
                     } else {
                         refused += 1;
-                        refused_alone |= alone;
-                        if refused_alone && refused >= max {
+                        // Every attempt after the first refusal is alone: a
+                        // second refusal is one seen alone.
+                        if refused >= max.max(2) {
                             self.metrics.retry_failure.with_label_values(&["publish"]).inc();
                             return Sent::ForGood { err, policy: self.policy, attempts };
                         }
@@ -409,10 +409,8 @@ impl Deliverer {
         if alone {
             exclusive = Some(self.solo.write().await);
             // Whatever others handed over before is delivered or failed first
-            // (bounded by `message.timeout.ms`).
-            while self.producer.in_flight() > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-            }
+            // (librdkafka bounds that by `message.timeout.ms`).
+            self.producer.wait_idle(std::time::Duration::MAX).await;
         } else {
             shared = Some(self.solo.read().await);
         }

@@ -306,9 +306,15 @@ impl KafkaProducer {
         self.blocking(move |p| p.flush(timeout)).await
     }
 
-    /// Messages queued or in flight.
-    pub fn in_flight(&self) -> i32 {
-        self.inner.in_flight_count()
+    /// Waits, without blocking, until no message is queued or in flight (each
+    /// is delivered or failed within `message.timeout.ms`), or `timeout` passed.
+    pub async fn wait_idle(&self, timeout: Duration) {
+        let idle = async {
+            while self.inner.in_flight_count() > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, idle).await;
     }
 
     /// The fatal error of an idempotent/transactional producer, if it hit one

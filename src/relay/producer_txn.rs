@@ -31,10 +31,7 @@ impl KafkaProducer {
     /// at 500 ev/s). So the outstanding records are awaited here, without
     /// blocking, and the flush inside the commit finds none.
     pub async fn commit_transaction(&self, timeout: Duration) -> Result<(), TxnError> {
-        let deadline = std::time::Instant::now() + timeout;
-        while self.inner.in_flight_count() > 0 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        self.wait_idle(timeout).await;
         self.txn(move |p| p.commit_transaction(timeout)).await
     }
 
