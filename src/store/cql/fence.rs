@@ -2,8 +2,9 @@
 //! write itself: each of their partitions (one per consumer) carries a
 //! static `fence_epoch`, the newest term that wrote there. A term raises it
 //! before it reads the park rows or requests (`ParkingStore::fence_term`),
-//! and every fenced write is a lightweight transaction conditioned on
-//! `fence_epoch = <its epoch>`.
+//! and every fenced write (`parking`, `requests`) is a lightweight
+//! transaction conditioned on `fence_epoch = <its epoch>` (`fence_condition`,
+//! a refusal read by `check_fence`).
 //!
 //! Guarantee: a relay whose lease moved on cannot change what the next term
 //! holds, even when its lease check passed just before a stall and its write
@@ -11,35 +12,31 @@
 //! a check and a write were two steps): the next term raised the fence
 //! first, so the late write's condition fails. The fence never goes down.
 
-use scylla::value::{CqlTimestamp, CqlValue};
+use scylla::value::CqlValue;
 
 use super::rows::{as_bigint, lwt_answer_of};
 use super::{exec_err, CqlStore};
 use crate::store::parking::Parked;
 use crate::store::StoreError;
 
-/// Rounds of a fenced write before it gives up (each lost only to a
-/// concurrent change of the same row or fence).
+/// Rounds of raising a fence before it gives up (each lost only to a
+/// concurrent raise).
 const ROUNDS: usize = 6;
 
-fn text(s: &str) -> Option<CqlValue> {
+pub(super) fn text(s: &str) -> Option<CqlValue> {
     Some(CqlValue::Text(s.to_string()))
 }
 
-fn opt_text(s: &Option<String>) -> Option<CqlValue> {
+pub(super) fn opt_text(s: &Option<String>) -> Option<CqlValue> {
     s.as_ref().map(|s| CqlValue::Text(s.clone()))
 }
 
-fn big(n: Option<i64>) -> Option<CqlValue> {
+pub(super) fn big(n: Option<i64>) -> Option<CqlValue> {
     n.map(CqlValue::BigInt)
 }
 
 fn fenced(consumer: &str, epoch: i64, current: Option<i64>) -> StoreError {
     StoreError::Fenced { name: consumer.to_string(), epoch, current }
-}
-
-fn busy(what: &str, consumer: &str) -> StoreError {
-    StoreError::Unavailable(format!("{what} for {consumer}: the row kept changing under {ROUNDS} conditional writes"))
 }
 
 impl CqlStore {
@@ -72,59 +69,19 @@ impl CqlStore {
                 _ => {}
             }
         }
-        Err(busy(&format!("raising the fence of {table}"), consumer))
+        Err(StoreError::Unavailable(format!(
+            "raising the fence of {table} for {consumer}: it kept changing under {ROUNDS} conditional writes"
+        )))
     }
 
-    /// Writes park row `p` (a new row, or the failed event of the existing
-    /// one, its first `parked_at` kept) on condition the fence is `epoch`.
+    /// Writes park row `p` on condition the fence is `epoch` (raised first).
     pub(super) async fn park_row_fenced(&self, p: &Parked, epoch: i64) -> Result<(), StoreError> {
         self.raise_fence("parked_aggregates", &p.consumer, epoch).await?;
-        self.park_row_if_fence(p, epoch).await
-    }
-
-    /// The write of [`Self::park_row_fenced`], on condition the fence is
-    /// `epoch` (a term raised it past meanwhile: `Fenced`).
-    async fn park_row_if_fence(&self, p: &Parked, epoch: i64) -> Result<(), StoreError> {
-        let t = self.t("parked_aggregates");
-        let mut exists = false;
-        for _ in 0..ROUNDS {
-            let (cql, mut v) = if exists {
-                (
-                    format!("UPDATE {t} SET position = ?, sequence_number = ?, event_id = ?, event_type = ?, error = ? WHERE consumer = ? AND aggregate_id = ? IF fence_epoch = ? AND parked_at != null"),
-                    vec![big(p.position), big(p.sequence), opt_text(&p.event_id), opt_text(&p.event_type), text(&p.error)],
-                )
-            } else {
-                let at = Some(CqlValue::Timestamp(CqlTimestamp(p.parked_at.timestamp_millis())));
-                (
-                    format!("UPDATE {t} SET aggregate_type = ?, position = ?, sequence_number = ?, event_id = ?, event_type = ?, error = ?, parked_at = ? WHERE consumer = ? AND aggregate_id = ? IF fence_epoch = ? AND parked_at = null"),
-                    vec![
-                        opt_text(&p.aggregate_type),
-                        big(p.position),
-                        big(p.sequence),
-                        opt_text(&p.event_id),
-                        opt_text(&p.event_type),
-                        text(&p.error),
-                        at,
-                    ],
-                )
-            };
-            v.extend([text(&p.consumer), text(&p.aggregate_id), big(Some(epoch))]);
-            let res = self.session.query_unpaged(cql, v).await.map_err(|e| exec_err("write parked aggregate", e))?;
-            let (applied, now) = lwt_answer_of(res, &["fence_epoch", "parked_at"])?;
-            if applied {
-                return Ok(());
-            }
-            let fence = as_bigint(now[0].clone())?;
-            if fence != Some(epoch) {
-                return Err(fenced(&p.consumer, epoch, fence));
-            }
-            exists = now[1].is_some();
-        }
-        Err(busy(&format!("park {}", p.aggregate_id), &p.consumer))
+        self.park_row_if(p, Some(epoch)).await
     }
 
     /// Deletes `consumer`'s park row of `aggregate_id` on condition the
-    /// fence is `epoch`; false when there was none.
+    /// fence is `epoch` (raised first); false when there was none.
     pub(super) async fn unpark_row_fenced(
         &self,
         consumer: &str,
@@ -132,30 +89,29 @@ impl CqlStore {
         epoch: i64,
     ) -> Result<bool, StoreError> {
         self.raise_fence("parked_aggregates", consumer, epoch).await?;
-        self.unpark_row_if_fence(consumer, aggregate_id, epoch).await
+        self.unpark_row_if(consumer, aggregate_id, Some(epoch)).await
     }
+}
 
-    /// The delete of [`Self::unpark_row_fenced`], on condition the fence is `epoch`.
-    async fn unpark_row_if_fence(&self, consumer: &str, aggregate_id: &str, epoch: i64) -> Result<bool, StoreError> {
-        let cql = format!(
-            "DELETE FROM {} WHERE consumer = ? AND aggregate_id = ? IF fence_epoch = ? AND parked_at != null",
-            self.t("parked_aggregates")
-        );
-        let res = self
-            .session
-            .query_unpaged(cql, (consumer, aggregate_id, epoch))
-            .await
-            .map_err(|e| exec_err("delete parked aggregate", e))?;
-        let (applied, now) = lwt_answer_of(res, &["fence_epoch"])?;
-        if applied {
-            return Ok(true);
-        }
-        let fence = as_bigint(now[0].clone())?;
-        if fence != Some(epoch) {
-            return Err(fenced(consumer, epoch, fence));
-        }
-        Ok(false)
+/// The fence part of a write's condition: with `Some(epoch)` the
+/// partition's fence must be `epoch` (its value bound last).
+pub(super) fn fence_condition(fence: Option<i64>) -> (&'static str, Option<Option<CqlValue>>) {
+    match fence {
+        Some(epoch) => (" AND fence_epoch = ?", Some(big(Some(epoch)))),
+        None => ("", None),
     }
+}
+
+/// A refused conditional write under `fence`: `Fenced` when the fence it
+/// answered (`answered`) is not that epoch; otherwise the refusal was the
+/// row's (the caller decides).
+pub(super) fn check_fence(consumer: &str, fence: Option<i64>, answered: Option<CqlValue>) -> Result<(), StoreError> {
+    let Some(epoch) = fence else { return Ok(()) };
+    let current = as_bigint(answered)?;
+    if current != Some(epoch) {
+        return Err(fenced(consumer, epoch, current));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ async fn each_fenced_write_is_refused_by_its_own_condition() {
     let c = "kafka-relay";
     let agg = Uuid::now_v7().to_string();
     s.raise_fence("parked_aggregates", c, 1).await.unwrap();
-    s.park_row_if_fence(&parked(&agg), 1).await.unwrap();
+    s.park_row_if(&parked(&agg), Some(1)).await.unwrap();
     let r = RelayRequest::new(c, RequestKind::ReplayAllParked, "test");
     s.request_insert(&r).await.unwrap();
     s.raise_fence("relay_requests", c, 1).await.unwrap();
@@ -51,11 +51,11 @@ async fn each_fenced_write_is_refused_by_its_own_condition() {
     s.raise_fence("parked_aggregates", c, 2).await.unwrap();
     s.raise_fence("relay_requests", c, 2).await.unwrap();
     let fenced = |e: &StoreError| matches!(e, StoreError::Fenced { epoch: 1, current: Some(2), .. });
-    let e = s.park_row_if_fence(&parked(&agg), 1).await.unwrap_err();
+    let e = s.park_row_if(&parked(&agg), Some(1)).await.unwrap_err();
     assert!(fenced(&e), "update of an existing row: {e:?}");
-    let e = s.park_row_if_fence(&parked(&Uuid::now_v7().to_string()), 1).await.unwrap_err();
+    let e = s.park_row_if(&parked(&Uuid::now_v7().to_string()), Some(1)).await.unwrap_err();
     assert!(fenced(&e), "insert of a new row: {e:?}");
-    let e = s.unpark_row_if_fence(c, &agg, 1).await.unwrap_err();
+    let e = s.unpark_row_if(c, &agg, Some(1)).await.unwrap_err();
     assert!(fenced(&e), "delete: {e:?}");
     let other = RelayRequest::new(c, RequestKind::ReplayAllParked, "test");
     s.request_insert(&other).await.unwrap();
@@ -65,6 +65,6 @@ async fn each_fenced_write_is_refused_by_its_own_condition() {
     // Nothing changed; the new epoch writes.
     let rows = s.parked_rows(c).await.unwrap();
     assert_eq!(rows.iter().map(|p| p.parked.aggregate_id.as_str()).collect::<Vec<_>>(), vec![agg.as_str()]);
-    assert!(s.unpark_row_if_fence(c, &agg, 2).await.unwrap());
+    assert!(s.unpark_row_if(c, &agg, Some(2)).await.unwrap());
     assert!(s.request_cas(&other, 2).await.unwrap());
 }

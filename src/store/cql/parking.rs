@@ -13,15 +13,18 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::rows::lwt_answer;
+use scylla::value::{CqlTimestamp, CqlValue};
+
+use super::fence::{big, check_fence, fence_condition, opt_text, text};
+use super::rows::lwt_answer_of;
 use super::{codec, exec_err, CqlStore};
 use crate::store::feed::FeedRow;
 use crate::store::parking::{DiscardRecord, Parked, ParkedInfo};
 use crate::store::StoreError;
 
-/// Insert-or-update rounds before a park gives up (each loses only to a
-/// concurrent unpark of the same row).
-const PARK_ATTEMPTS: usize = 4;
+/// Conditional writes before a park gives up (each loses only to a
+/// concurrent unpark or park of the same row).
+const PARK_ROUNDS: usize = 8;
 
 /// `aggregate_id` is None on the partition's static-only row (its fence,
 /// see `fence`, with no park row).
@@ -39,52 +42,52 @@ type ParkRow = (
 
 impl CqlStore {
     pub(super) async fn park_row(&self, p: &Parked) -> Result<(), StoreError> {
+        self.park_row_if(p, None).await
+    }
+
+    /// Writes park row `p`: a new row (`parked_at = null`), or the failed
+    /// event of the existing one (its first `parked_at` kept), each round
+    /// choosing by what the last refused write answered; with `fence`, only
+    /// while the partition's fence is at that epoch (`Fenced` otherwise, see
+    /// `fence`). An unknown outcome is an error the caller retries: both
+    /// writes are idempotent.
+    pub(super) async fn park_row_if(&self, p: &Parked, fence: Option<i64>) -> Result<(), StoreError> {
         let t = self.t("parked_aggregates");
-        let insert = format!(
-            "INSERT INTO {t} (consumer, aggregate_id, aggregate_type, position, sequence_number, event_id, event_type, error, parked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
-        );
-        let update = format!(
-            "UPDATE {t} SET position = ?, sequence_number = ?, event_id = ?, event_type = ?, error = ? WHERE consumer = ? AND aggregate_id = ? IF EXISTS"
-        );
-        // Insert, or update the row that exists; a delete in between sends
-        // the loop round again. An unknown outcome is an error the caller
-        // retries: both writes are idempotent.
-        for _ in 0..PARK_ATTEMPTS {
-            let res = self
-                .session
-                .query_unpaged(
-                    insert.clone(),
-                    (
-                        &p.consumer,
-                        &p.aggregate_id,
-                        &p.aggregate_type,
-                        p.position,
-                        p.sequence,
-                        &p.event_id,
-                        &p.event_type,
-                        &p.error,
-                        p.parked_at,
-                    ),
+        let (fence_cond, fence_value) = fence_condition(fence);
+        let mut exists = false;
+        for _ in 0..PARK_ROUNDS {
+            let (cql, mut v) = if exists {
+                (
+                    format!("UPDATE {t} SET position = ?, sequence_number = ?, event_id = ?, event_type = ?, error = ? WHERE consumer = ? AND aggregate_id = ? IF parked_at != null{fence_cond}"),
+                    vec![big(p.position), big(p.sequence), opt_text(&p.event_id), opt_text(&p.event_type), text(&p.error)],
                 )
-                .await
-                .map_err(|e| exec_err("write parked aggregate", e))?;
-            if lwt_answer(res, "aggregate_id")?.0 {
+            } else {
+                let at = Some(CqlValue::Timestamp(CqlTimestamp(p.parked_at.timestamp_millis())));
+                (
+                    format!("UPDATE {t} SET aggregate_type = ?, position = ?, sequence_number = ?, event_id = ?, event_type = ?, error = ?, parked_at = ? WHERE consumer = ? AND aggregate_id = ? IF parked_at = null{fence_cond}"),
+                    vec![
+                        opt_text(&p.aggregate_type),
+                        big(p.position),
+                        big(p.sequence),
+                        opt_text(&p.event_id),
+                        opt_text(&p.event_type),
+                        text(&p.error),
+                        at,
+                    ],
+                )
+            };
+            v.extend([text(&p.consumer), text(&p.aggregate_id)]);
+            v.extend(fence_value.clone());
+            let res = self.session.query_unpaged(cql, v).await.map_err(|e| exec_err("write parked aggregate", e))?;
+            let (applied, now) = lwt_answer_of(res, &["parked_at", "fence_epoch"])?;
+            if applied {
                 return Ok(());
             }
-            let res = self
-                .session
-                .query_unpaged(
-                    update.clone(),
-                    (p.position, p.sequence, &p.event_id, &p.event_type, &p.error, &p.consumer, &p.aggregate_id),
-                )
-                .await
-                .map_err(|e| exec_err("update parked aggregate", e))?;
-            if lwt_answer(res, "aggregate_id")?.0 {
-                return Ok(());
-            }
+            check_fence(&p.consumer, fence, now[1].clone())?;
+            exists = now[0].is_some();
         }
         Err(StoreError::Unavailable(format!(
-            "park {}: its row was deleted and re-created {PARK_ATTEMPTS} times while writing",
+            "park {}: its row was deleted and re-created under {PARK_ROUNDS} conditional writes",
             p.aggregate_id
         )))
     }
@@ -132,14 +135,29 @@ impl CqlStore {
     }
 
     pub(super) async fn unpark_row(&self, consumer: &str, aggregate_id: &str) -> Result<bool, StoreError> {
-        let cql =
-            format!("DELETE FROM {} WHERE consumer = ? AND aggregate_id = ? IF EXISTS", self.t("parked_aggregates"));
-        let res = self
-            .session
-            .query_unpaged(cql, (consumer, aggregate_id))
-            .await
-            .map_err(|e| exec_err("delete parked aggregate", e))?;
-        Ok(lwt_answer(res, "aggregate_id")?.0)
+        self.unpark_row_if(consumer, aggregate_id, None).await
+    }
+
+    /// Deletes `consumer`'s park row of `aggregate_id`; false when there was
+    /// none. With `fence`, only while the partition's fence is at that epoch.
+    pub(super) async fn unpark_row_if(
+        &self,
+        consumer: &str,
+        aggregate_id: &str,
+        fence: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let (fence_cond, fence_value) = fence_condition(fence);
+        let cql = format!(
+            "DELETE FROM {} WHERE consumer = ? AND aggregate_id = ? IF parked_at != null{fence_cond}",
+            self.t("parked_aggregates")
+        );
+        let v: Vec<_> = [text(consumer), text(aggregate_id)].into_iter().chain(fence_value).collect();
+        let res = self.session.query_unpaged(cql, v).await.map_err(|e| exec_err("delete parked aggregate", e))?;
+        let (applied, now) = lwt_answer_of(res, &["fence_epoch"])?;
+        if !applied {
+            check_fence(consumer, fence, now[0].clone())?;
+        }
+        Ok(applied)
     }
 
     /// One aggregate's rows from `from_sequence` on (CQL has no positions), in sequence order.

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use scylla::value::{CqlTimestamp, CqlValue};
 
 use super::append::outcome_unknown;
+use super::fence::fence_condition;
 use super::rows::lwt_answer;
 use super::{codec, exec_err, CqlStore};
 use crate::store::requests::{RelayRequest, RequestStatus};
@@ -126,7 +127,7 @@ impl CqlStore {
     /// partition's fence is `epoch` (raised by the caller: see `fence`).
     pub(super) async fn request_cas(&self, r: &RelayRequest, epoch: i64) -> Result<bool, StoreError> {
         let t = self.t("relay_requests");
-        let (fence, fence_value) = fence_condition(epoch);
+        let (fence, fence_value) = fence_condition((epoch > 0).then_some(epoch));
         let key = [Some(CqlValue::Text(r.consumer.clone())), Some(CqlValue::Uuid(r.id))];
         let res = match (r.status, r.claimed_epoch) {
             (RequestStatus::Pending, _) => {
@@ -169,7 +170,7 @@ impl CqlStore {
         result: &serde_json::Value,
     ) -> Result<bool, StoreError> {
         // An LWT like the claim (never mix plain and conditional writes on the same cells).
-        let (fence, fence_value) = fence_condition(epoch);
+        let (fence, fence_value) = fence_condition((epoch > 0).then_some(epoch));
         let cql = format!(
             "UPDATE {} SET status = ?, result = ?, finished_at = ? WHERE consumer = ? AND id = ? IF status = 'running' AND claimed_epoch = ?{fence}",
             self.t("relay_requests")
@@ -194,15 +195,5 @@ impl CqlStore {
                 .is_some_and(|(now, claimed)| now == status.as_str() && claimed == Some(epoch))),
             Err(e) => Err(exec_err("finish relay request", e)),
         }
-    }
-}
-
-/// The fence part of a claim's or an outcome's condition: with a lease
-/// (`epoch > 0`) the partition's fence must be `epoch` (see `fence`).
-fn fence_condition(epoch: i64) -> (&'static str, Option<Option<CqlValue>>) {
-    if epoch > 0 {
-        (" AND fence_epoch = ?", Some(Some(CqlValue::BigInt(epoch))))
-    } else {
-        ("", None)
     }
 }
