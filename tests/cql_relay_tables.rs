@@ -16,6 +16,21 @@ use outboxd::store::StoreError;
 
 const NAME: &str = "kafka-relay";
 
+/// The park row of `agg` at `sequence`, parked at `at`.
+fn parked(agg: &str, sequence: i64, at: chrono::DateTime<chrono::Utc>) -> Parked {
+    Parked {
+        consumer: NAME.into(),
+        aggregate_id: agg.into(),
+        aggregate_type: Some("Order".into()),
+        position: None,
+        sequence: Some(sequence),
+        event_id: Some(Uuid::now_v7().to_string()),
+        event_type: Some("OrderConfirmed".into()),
+        error: format!("refused at {sequence}"),
+        parked_at: at,
+    }
+}
+
 fn lease(epoch: i64) -> Lease {
     Lease { name: NAME.into(), holder: "a".into(), epoch, counter: 0, ttl_ms: 3000 }
 }
@@ -56,17 +71,7 @@ async fn park_rows_are_conditional_upserts_that_keep_the_first_parked_at() {
     let (s, _keyspace, _session) = fresh_cql_store(&uri, "rt").await;
     let agg = Uuid::now_v7().to_string();
     let first = chrono::Utc::now() - chrono::Duration::minutes(5);
-    let park = |sequence: i64, at: chrono::DateTime<chrono::Utc>| Parked {
-        consumer: NAME.into(),
-        aggregate_id: agg.clone(),
-        aggregate_type: Some("Order".into()),
-        position: None,
-        sequence: Some(sequence),
-        event_id: Some(Uuid::now_v7().to_string()),
-        event_type: Some("OrderConfirmed".into()),
-        error: format!("refused at {sequence}"),
-        parked_at: at,
-    };
+    let park = |sequence: i64, at: chrono::DateTime<chrono::Utc>| parked(&agg, sequence, at);
     let row = || async {
         let rows = s.parked(NAME).await.unwrap();
         assert_eq!(rows.len(), 1, "one row per aggregate and consumer: {rows:?}");
@@ -116,17 +121,7 @@ async fn writes_of_an_older_term_are_refused_once_the_next_term_raised_its_fence
     let (s, _keyspace, _session) = fresh_cql_store(&uri, "rt").await;
     assert!(s.lease_cas(&LeaseCas { expected: None, new: lease(1) }).await.unwrap());
     let agg = Uuid::now_v7().to_string();
-    let park = |agg: &str| Parked {
-        consumer: NAME.into(),
-        aggregate_id: agg.into(),
-        aggregate_type: Some("Order".into()),
-        position: None,
-        sequence: Some(2),
-        event_id: Some(Uuid::now_v7().to_string()),
-        event_type: Some("OrderConfirmed".into()),
-        error: "refused by the broker".into(),
-        parked_at: chrono::Utc::now(),
-    };
+    let park = |agg: &str| parked(agg, 2, chrono::Utc::now());
     s.fence_term(NAME, 1).await.unwrap();
     s.park_fenced(&park(&agg), 1).await.unwrap();
     let claimed = RelayRequest::new(NAME, RequestKind::ReplayAllParked, "test");
@@ -171,17 +166,6 @@ async fn migrate_adds_the_fence_to_tables_made_before_it() {
     s.fence_term(NAME, 3).await.unwrap();
     assert!(s.lease_cas(&LeaseCas { expected: None, new: lease(3) }).await.unwrap());
     let agg = Uuid::now_v7().to_string();
-    let p = Parked {
-        consumer: NAME.into(),
-        aggregate_id: agg.clone(),
-        aggregate_type: None,
-        position: None,
-        sequence: Some(1),
-        event_id: None,
-        event_type: None,
-        error: "x".into(),
-        parked_at: chrono::Utc::now(),
-    };
-    s.park_fenced(&p, 3).await.unwrap();
+    s.park_fenced(&parked(&agg, 1, chrono::Utc::now()), 3).await.unwrap();
     assert!(s.unpark_fenced(NAME, &agg, 3).await.unwrap());
 }
