@@ -78,7 +78,7 @@ pub(super) async fn register_customer(
 ) -> Result<HttpResponse, ApiError> {
     if_match(&req)?;
     let b = Input::body(&body, &["id", "name", "email", "phone"])?;
-    let id = super::orders::create_id(&body, &b)?;
+    let id = super::create_id(&body, &b)?;
     let name = b.string("name")?;
     let email = input::email(&b)?;
     let phone = input::phone(&b)?;

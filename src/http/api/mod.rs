@@ -181,6 +181,17 @@ pub(super) fn respond_read(req: &HttpRequest, version: i64, body: Value) -> Http
     respond(StatusCode::OK, version, None, body)
 }
 
+/// The optional `id` of a create (order or customer): absent, a new UUID
+/// v7; present, a UUID string. An explicit `null` is refused (422 naming
+/// `id`) like any other value that is not a string: docs/openapi.json types
+/// it `string`, not nullable.
+pub(super) fn create_id(body: &Value, b: &crate::http::input::Input<'_>) -> Result<Uuid, ApiError> {
+    if body.get("id").is_some_and(Value::is_null) {
+        return Err(ApiError::invalid(b.path("id"), format!("{} must be a UUID string, not null", b.path("id"))));
+    }
+    Ok(b.opt_uuid("id")?.unwrap_or_else(Uuid::now_v7))
+}
+
 /// On a create: an id that another aggregate (an order's id given for a
 /// customer, ...) already uses is taken, 409 `already_exists`, not a 404.
 pub(super) fn id_taken(e: ApiError, id: Uuid) -> ApiError {

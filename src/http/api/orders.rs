@@ -30,17 +30,6 @@ pub(super) fn order_view(id: Uuid, version: i64, o: &Order) -> Value {
     })
 }
 
-/// The optional `id` of a create (order or customer): absent, a new UUID
-/// v7; present, a UUID string. An explicit `null` is refused (422 naming
-/// `id`) like any other value that is not a string: docs/openapi.json types
-/// it `string`, not nullable.
-pub(super) fn create_id(body: &Value, b: &Input<'_>) -> Result<Uuid, ApiError> {
-    if body.get("id").is_some_and(Value::is_null) {
-        return Err(ApiError::invalid(b.path("id"), format!("{} must be a UUID string, not null", b.path("id"))));
-    }
-    Ok(b.opt_uuid("id")?.unwrap_or_else(Uuid::now_v7))
-}
-
 pub(super) async fn create_order(
     st: web::Data<ApiState>,
     req: HttpRequest,
@@ -48,7 +37,7 @@ pub(super) async fn create_order(
 ) -> Result<HttpResponse, ApiError> {
     if_match(&req)?;
     let b = Input::body(&body, &["id", "customer_id", "items"])?;
-    let id = create_id(&body, &b)?;
+    let id = super::create_id(&body, &b)?;
     let customer_id = b.uuid("customer_id")?;
     let items = input::items(&b)?;
     let out = execute::<Order>(&st, &req, id, OrderCommand::Create { customer_id, items })
