@@ -8,7 +8,7 @@
 
 mod harness;
 
-use harness::read_models::{fast, open, open_with, projector, service};
+use harness::read_models::{fast, hooked, open, open_with, projector, service, ModelsHook};
 use harness::*;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -20,7 +20,7 @@ use uuid::Uuid;
 use outboxd::domain::{Order, OrderCommand};
 use outboxd::envelope::Metadata;
 use outboxd::metrics::Metrics;
-use outboxd::projection::{self, CommitBatch, PageRequest, ReadModelStore, CONSUMER};
+use outboxd::projection::{self, CommitBatch, PageRequest, CONSUMER};
 use outboxd::shutdown::Trigger;
 
 const CHILD_ENV: &str = "OUTBOXD_PROJECTOR_CHILD_DB";
@@ -358,51 +358,22 @@ async fn a_stale_read_model_row_is_rederived_from_its_events() {
 /// after the read of the next page the rebuild started while applying this
 /// one: without the stop at the start head, every page then finds new events.
 struct AppendsOnEveryCommit {
-    inner: projection::DynReadModels,
     svc: outboxd::app::CommandService,
     appended: AtomicUsize,
 }
 
 #[async_trait::async_trait]
-impl ReadModelStore for AppendsOnEveryCommit {
-    async fn projection_checkpoint(&self, consumer: &str) -> Result<i64, outboxd::store::StoreError> {
-        self.inner.projection_checkpoint(consumer).await
-    }
-    async fn load_rows(
+impl ModelsHook for AppendsOnEveryCommit {
+    async fn commit_batch(
         &self,
-        orders: Vec<Uuid>,
-        customers: Vec<Uuid>,
-    ) -> Result<projection::StoredRows, outboxd::store::StoreError> {
-        self.inner.load_rows(orders, customers).await
-    }
-    async fn commit_batch(&self, batch: CommitBatch) -> Result<bool, outboxd::store::StoreError> {
-        let committed = self.inner.commit_batch(batch).await?;
+        inner: &projection::DynReadModels,
+        batch: CommitBatch,
+    ) -> Result<bool, outboxd::store::StoreError> {
+        let committed = inner.commit_batch(batch).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let i = self.appended.fetch_add(1, Ordering::SeqCst);
         order_lifecycle(&self.svc, 10_000 + i).await;
         Ok(committed)
-    }
-    async fn reset(&self, consumer: &str) -> Result<(), outboxd::store::StoreError> {
-        self.inner.reset(consumer).await
-    }
-    async fn freshness(&self) -> Result<projection::Freshness, outboxd::store::StoreError> {
-        self.inner.freshness().await
-    }
-    async fn get_order(&self, id: Uuid) -> Result<Option<projection::OrderView>, outboxd::store::StoreError> {
-        self.inner.get_order(id).await
-    }
-    async fn get_customer(&self, id: Uuid) -> Result<Option<projection::CustomerView>, outboxd::store::StoreError> {
-        self.inner.get_customer(id).await
-    }
-    async fn orders_by_customer(
-        &self,
-        id: Uuid,
-        page: PageRequest,
-    ) -> Result<projection::CustomerOrdersPage, outboxd::store::StoreError> {
-        self.inner.orders_by_customer(id, page).await
-    }
-    async fn dump(&self) -> Result<Vec<serde_json::Value>, outboxd::store::StoreError> {
-        self.inner.dump().await
     }
 }
 
@@ -421,13 +392,13 @@ async fn a_rebuild_beside_steady_appends_stops_at_the_head_seen_at_its_start() {
         db.store.append(id, 0, order_events(id, 0, 100)).await.unwrap();
     }
     let start_head = db.store.head_position().await.unwrap();
-    let models = Arc::new(AppendsOnEveryCommit { inner: db.models.clone(), svc, appended: AtomicUsize::new(0) });
+    let models = hooked(&db.models, AppendsOnEveryCommit { svc, appended: AtomicUsize::new(0) });
     let rebuild = projection::rebuild(db.store.clone(), models.clone(), "EUR", false);
     let report = tokio::time::timeout(Duration::from_secs(30), rebuild)
         .await
         .expect("the rebuild returns although appends keep arriving")
         .unwrap();
-    let commits = models.appended.load(Ordering::SeqCst);
+    let commits = models.hook.appended.load(Ordering::SeqCst);
     assert!(commits >= 2, "more than one page, with appends between them ({commits} commits)");
     assert!(report.checkpoint >= start_head, "{report:?} ends before the start head {start_head}");
     assert!(report.checkpoint < db.store.head_position().await.unwrap(), "later appends are left to the projector");

@@ -218,7 +218,7 @@ pub(crate) async fn apply_page(
     let (mut dirty_orders, mut dirty_customers) = (HashSet::new(), HashSet::new());
     for ev in page {
         let id = ev.envelope.aggregate_id;
-        if parking.is_parked(&id.to_string()) {
+        if parking.holds(&id.to_string(), ev.position) {
             out.held += 1;
             continue;
         }

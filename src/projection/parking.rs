@@ -7,7 +7,9 @@
 //!   consumer name) is durable before the checkpoint moves past the event;
 //!   the aggregate's rows stay at the last version applied before it, and
 //!   none of its later events is applied (a row never reflects a state with
-//!   an event missing).
+//!   an event missing). Its events before the park position are applied
+//!   (held only from there on), whether they share the page with the event
+//!   or are read again after a commit that failed.
 //! - Every other aggregate keeps being projected.
 //! - Visible: `outboxd projections status`, /health (`projections`
 //!   component Degraded while anything is parked); a rebuild starts over
@@ -15,7 +17,7 @@
 //!   running meanwhile re-reads the park records before each page while it
 //!   holds any, so it never holds an aggregate the rebuild released.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::envelope::StoredEvent;
@@ -23,11 +25,12 @@ use crate::store::feed::FeedRow;
 use crate::store::parking::Parked;
 use crate::store::{DynStore, StoreError};
 
-/// The projection's parked aggregates.
+/// The projection's parked aggregates, each with the feed position its
+/// hold starts at (`i64::MIN`: a record without one holds every event).
 #[derive(Debug, Default)]
 pub struct ProjectionParking {
     consumer: String,
-    parked: HashSet<Arc<str>>,
+    parked: HashMap<Arc<str>, i64>,
     loaded: bool,
 }
 
@@ -65,15 +68,17 @@ pub struct Sorted {
 
 impl ProjectionParking {
     pub fn new(consumer: &str) -> ProjectionParking {
-        ProjectionParking { consumer: consumer.to_string(), parked: HashSet::new(), loaded: false }
+        ProjectionParking { consumer: consumer.to_string(), parked: HashMap::new(), loaded: false }
     }
 
     pub fn count(&self) -> usize {
         self.parked.len()
     }
 
-    pub fn is_parked(&self, agg: &str) -> bool {
-        self.parked.contains(agg)
+    /// Whether the event of `agg` at feed `position` is held: the
+    /// aggregate is parked at that position or before it.
+    pub fn holds(&self, agg: &str, position: i64) -> bool {
+        self.parked.get(agg).is_some_and(|from| position >= *from)
     }
 
     /// Loads the parked set: once per projector run while nothing is
@@ -89,7 +94,7 @@ impl ProjectionParking {
                 .parked(&self.consumer)
                 .await?
                 .into_iter()
-                .map(|p| Arc::from(p.parked.aggregate_id.as_str()))
+                .map(|p| (Arc::from(p.parked.aggregate_id.as_str()), p.parked.position.unwrap_or(i64::MIN)))
                 .collect();
             self.loaded = true;
         }
@@ -117,7 +122,7 @@ impl ProjectionParking {
     pub async fn sort(&mut self, store: &DynStore, rows: Vec<FeedRow>) -> Result<Sorted, StoreError> {
         let mut out = Sorted::default();
         for row in rows {
-            if self.parked.contains(&**row.aggregate_key()) {
+            if self.holds(row.aggregate_key(), row.position()) {
                 out.held += 1;
                 continue;
             }
@@ -194,7 +199,8 @@ impl ProjectionParking {
         store.park(&p).await?;
         tracing::error!(aggregate = %p.aggregate_id, position = ?p.position, sequence = ?p.sequence, error = %p.error,
             "projection: event cannot be applied; the aggregate's read-model rows are parked at the version before it");
-        self.parked.insert(Arc::from(p.aggregate_id.as_str()));
+        let from = p.position.unwrap_or(i64::MIN);
+        self.parked.entry(Arc::from(p.aggregate_id.as_str())).and_modify(|f| *f = (*f).min(from)).or_insert(from);
         Ok(())
     }
 }
