@@ -285,14 +285,17 @@ impl Relay {
     pub async fn run_warm(self, warm: WarmProducer, mut shutdown: Shutdown) -> Result<Exit, RelayError> {
         let started = Instant::now();
         let WarmProducer { producer, completions, watch: broker_watch } = warm;
-        let Some(checkpoint) = self.initial_checkpoint(&mut shutdown).await else {
-            return Ok(Exit::Shutdown);
+        let Some(checkpoint) = unless_lease_lost(&self.fence, self.initial_checkpoint(&mut shutdown)).await else {
+            return Ok(Exit::LeaseLost);
         };
+        let Some(checkpoint) = checkpoint else { return Ok(Exit::Shutdown) };
         self.status.checkpoint(checkpoint);
         self.metrics.relay_checkpoint_position.set(checkpoint);
         let checkpoint_read = started.elapsed();
-        if !self.ensure_topics(&mut shutdown).await {
-            return Ok(Exit::Shutdown);
+        match unless_lease_lost(&self.fence, self.ensure_topics(&mut shutdown)).await {
+            None => return Ok(Exit::LeaseLost),
+            Some(false) => return Ok(Exit::Shutdown),
+            Some(true) => {}
         }
         let topics_checked = started.elapsed();
         // Without the parked list the window would publish a parked
@@ -437,6 +440,22 @@ impl Relay {
                 }
             }
         }
+    }
+}
+
+/// `step`, unless the lease of `fence` is lost first (None): a term's start
+/// (checkpoint read, topics, `init_transactions`) retries for as long as the
+/// store or the broker is away, and a lease lost meanwhile must end it before
+/// it acts (an `init_transactions` would fence the new holder).
+pub(super) async fn unless_lease_lost<T>(
+    fence: &Option<Fence>,
+    step: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let mut fence = fence.clone();
+    tokio::select! {
+        biased;
+        _ = lease_lost(&mut fence) => None,
+        t = step => Some(t),
     }
 }
 

@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 use crate::relay::breaker::CircuitBreaker;
 use crate::relay::encode::Encoder;
 use crate::relay::error::PublishError;
-use crate::relay::pipeline::{Exit, Relay, RelayError, TermFeed};
+use crate::relay::pipeline::{unless_lease_lost, Exit, Relay, RelayError, TermFeed};
 use crate::relay::producer::{Completion, Delivery, KafkaProducer, TxnErrorKind};
 use crate::relay::progress;
 use crate::relay::retry::Backoff;
@@ -131,28 +131,44 @@ impl Relay {
             s.delivery = "exactly-once";
             true
         });
-        let Some(store_checkpoint) = self.initial_checkpoint(&mut shutdown).await else { return Ok(Exit::Shutdown) };
+        // A lease lost while the start retries ends the term before it
+        // acts: above all before `init_transactions`, which would fence the
+        // instance that holds it now.
+        let Some(store_checkpoint) = unless_lease_lost(&self.fence, self.initial_checkpoint(&mut shutdown)).await
+        else {
+            return Ok(Exit::LeaseLost);
+        };
+        let Some(store_checkpoint) = store_checkpoint else { return Ok(Exit::Shutdown) };
         self.status.checkpoint(store_checkpoint);
-        if !self.ensure_topics(&mut shutdown).await {
-            return Ok(Exit::Shutdown);
+        match unless_lease_lost(&self.fence, self.ensure_topics(&mut shutdown)).await {
+            None => return Ok(Exit::LeaseLost),
+            Some(false) => return Ok(Exit::Shutdown),
+            Some(true) => {}
         }
         let topics_checked = started.elapsed();
         // 1. Fence former holders; their open transaction is aborted by the broker.
-        let mut attempt = 0;
-        loop {
-            match producer.init_transactions(Duration::from_secs(30)).await {
-                Ok(()) => break,
-                Err(e) if e.kind == TxnErrorKind::Retriable => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "init_transactions failed; retrying");
-                    self.status.error(e.message.clone());
-                    if !shutdown.sleep(Backoff::new(&self.cfg.retry).delay(attempt.min(10))).await {
-                        return Ok(Exit::Shutdown);
+        let init = async {
+            let mut attempt = 0;
+            loop {
+                match producer.init_transactions(Duration::from_secs(30)).await {
+                    Ok(()) => return None,
+                    Err(e) if e.kind == TxnErrorKind::Retriable => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "init_transactions failed; retrying");
+                        self.status.error(e.message.clone());
+                        if !shutdown.sleep(Backoff::new(&self.cfg.retry).delay(attempt.min(10))).await {
+                            return Some(Ok(Exit::Shutdown));
+                        }
                     }
+                    Err(e) if e.kind == TxnErrorKind::Fenced => return Some(Ok(Exit::LeaseLost)),
+                    Err(e) => return Some(Err(RelayError::ProducerFatal(e.message))),
                 }
-                Err(e) if e.kind == TxnErrorKind::Fenced => return Ok(Exit::LeaseLost),
-                Err(e) => return Err(RelayError::ProducerFatal(e.message)),
             }
+        };
+        match unless_lease_lost(&self.fence, init).await {
+            None => return Ok(Exit::LeaseLost),
+            Some(Some(end)) => return end,
+            Some(None) => {}
         }
         let transactions_initialised = started.elapsed();
         // 2. Where to resume: the last committed progress record, else the
