@@ -12,6 +12,10 @@
 //! - Before event `s` of aggregate A: the pending `(A, k < s)` and the gap
 //!   behind A's last published event are published first, from the event
 //!   table, in sequence order ([`Plan`]).
+//! - The pending rows are loaded before the feed reads its first row
+//!   ([`ReconcilingSink::load_pending`]); one first seen behind a later
+//!   published event of its aggregate is published late, never deleted
+//!   unpublished.
 //! - A pending row is deleted only after its event was published; one older
 //!   than the bound, and behind the reader's published progress (the
 //!   [`ReadThrough`] probe), is published by [`run_reconciler`] (refresh every
@@ -200,6 +204,10 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
                 self.mark_published(aggregate, sequence).await;
                 None
             }
+            Plan::Late => {
+                tracing::warn!(%aggregate, sequence, "an unknown-outcome append found pending behind a later published event of its aggregate: publishing it late (a copy if it went out unseen)");
+                Some(Vec::new())
+            }
             Plan::Deliver { fill } => Some(fill),
         }
     }
@@ -239,7 +247,10 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         let row = self.state.lock().unwrap().published(aggregate, sequence);
         if row.is_some() {
             match self.table.confirm(aggregate, sequence).await {
-                Ok(()) => tracing::info!(%aggregate, sequence, "unknown-outcome append confirmed published"),
+                Ok(()) => {
+                    self.state.lock().unwrap().confirmed(aggregate, sequence);
+                    tracing::info!(%aggregate, sequence, "unknown-outcome append confirmed published")
+                }
                 // The next refresh deletes it (it is remembered as published).
                 Err(e) => {
                     tracing::warn!(%aggregate, sequence, error = %e, "cannot delete a confirmed reconciliation row; retrying at the next refresh")
@@ -299,10 +310,30 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         };
         for p in confirmable {
             self.table.confirm(p.aggregate_id, p.sequence).await?;
-            self.state.lock().unwrap().forget(p.aggregate_id, p.sequence);
+            self.state.lock().unwrap().confirmed(p.aggregate_id, p.sequence);
         }
         self.set_gauge();
         Ok(self.state.lock().unwrap().pending_len())
+    }
+
+    /// The first [`Self::refresh`], retried with backoff until it works:
+    /// the feed reads no row before the pending set is loaded (an event
+    /// published before would pass its aggregate's pending earlier one).
+    /// False on shutdown.
+    pub async fn load_pending(&self, shutdown: &mut Shutdown) -> bool {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.refresh().await {
+                Ok(_) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciliation: cannot load append_reconciliation before reading the CDC log; retrying");
+                    if !shutdown.sleep(delay).await {
+                        return false;
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// Publishes every pending row older than the bound that the reader

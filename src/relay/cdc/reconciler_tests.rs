@@ -315,3 +315,43 @@ async fn an_overdue_undecodable_append_is_parked_and_confirmed() {
     assert_eq!(rig.recorder.of(a), vec![-1]);
     assert!(rig.table.list().await.unwrap().is_empty());
 }
+
+/// Review finding: a restarted relay read A#2's row before its first
+/// refresh (5 s later) loaded the pending A#1; that refresh then deleted A#1
+/// as published (it was behind A's last published sequence): lost. The
+/// pending set is now loaded before the feed reads, and a row first seen
+/// behind a published event is published late, never deleted unpublished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_row_found_after_a_later_event_went_out_is_published_late_not_deleted() {
+    let Some(mut rig) = rig("reconciliation: found late").await else { return };
+    let a = Uuid::now_v7();
+    let ev = append(&rig, a, 0, 2).await;
+    rig.table.record(a, &[(1, ev[0].event_id)], Utc::now()).await.unwrap();
+    // No refresh yet: A#2 goes out alone.
+    rig.sink.handle(ev[1].clone(), &mut rig.shutdown).await.unwrap();
+    assert_eq!(rig.recorder.of(a), vec![2]);
+    assert_eq!(rig.sink.refresh().await.unwrap(), 1, "A#1 stays pending, not deleted");
+    assert_eq!(rig.table.list().await.unwrap().len(), 1);
+    // The reconciler's next round publishes it at once (no bound to wait).
+    rig.read.store(i64::MIN, Ordering::SeqCst);
+    assert_eq!(rig.sink.reconcile_overdue(&mut rig.shutdown).await.unwrap(), 1);
+    assert_eq!(rig.recorder.of(a), vec![2, 1], "late, not lost");
+    assert!(rig.table.list().await.unwrap().is_empty(), "confirmed once published");
+    // Its CDC row read again is not sent again.
+    rig.sink.handle(ev[0].clone(), &mut rig.shutdown).await.unwrap();
+    assert_eq!(rig.recorder.of(a), vec![2, 1]);
+}
+
+/// The pending set is loaded before the feed's first row: a restarted
+/// relay publishes A#1 (pending) before A#2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_rows_are_loaded_before_the_first_row() {
+    let Some(mut rig) = rig("reconciliation: load first").await else { return };
+    let a = Uuid::now_v7();
+    let ev = append(&rig, a, 0, 2).await;
+    rig.table.record(a, &[(1, ev[0].event_id)], Utc::now()).await.unwrap();
+    assert!(rig.sink.load_pending(&mut rig.shutdown.clone()).await);
+    rig.sink.handle(ev[1].clone(), &mut rig.shutdown).await.unwrap();
+    assert_eq!(rig.recorder.of(a), vec![1, 2]);
+    assert!(rig.table.list().await.unwrap().is_empty());
+}

@@ -55,6 +55,9 @@ pub async fn run_relay_feed(
         Some(metrics.cdc_unreconciled_appends.clone()),
         read_through(feed.saver().clone(), cdc.clock_skew_allowance_ms),
     );
+    if !sink.load_pending(&mut shutdown.clone()).await {
+        return Ok(());
+    }
     let stop_reconciler = Trigger::new();
     let reconciler = tokio::spawn(run_reconciler(
         sink.clone(),
