@@ -31,8 +31,9 @@ lint:
 	@bash scripts/lint.sh
 
 ## schema: create/upgrade the store's tables (idempotent); OUTBOX_* selects the backend
+## (DB is store.path, unused with cql: `--db` would be refused there)
 schema:
-	$(CARGO) run --quiet --locked -- --db $(DB) schema
+	OUTBOX_STORE__PATH=$(DB) $(CARGO) run --quiet --locked -- schema
 
 ## deps: install what `make test` needs (scripts/deps.sh test; `make dev` runs deps.sh dev)
 deps:

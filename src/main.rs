@@ -31,7 +31,7 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, short, global = true, env = "OUTBOX_CONFIG")]
     config: Option<PathBuf>,
-    /// Override store.path (SQLite database file).
+    /// Override store.path (SQLite database file; refused with store.backend = "cql").
     #[arg(long, global = true)]
     db: Option<PathBuf>,
     /// Log format on stderr.
@@ -126,8 +126,9 @@ pub struct Wait {
 }
 
 impl Wait {
-    pub fn duration(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.timeout as u64)
+    /// The end of `--timeout` from now: one for the whole command.
+    pub fn deadline(&self) -> cli::relay_ops::Deadline {
+        cli::relay_ops::Deadline::after(std::time::Duration::from_secs(self.timeout as u64))
     }
 }
 
@@ -314,6 +315,13 @@ fn load_config(cli: &Cli) -> Result<Config, Failure> {
     let mut cfg = Config::load(cli.config.as_deref())?;
     cli::redact::set_secrets(cfg.secret_values());
     if let Some(db) = &cli.db {
+        // It would name a file nothing opens: the command would act on the cluster.
+        if cfg.store.backend == outboxd::config::Backend::Cql {
+            return Err(cli::BadInput(
+                "--db applies to the sqlite store only, and store.backend = \"cql\": leave --db out".into(),
+            )
+            .into());
+        }
         cfg.store.path = db.clone();
         cfg.validate()?;
     }
@@ -331,7 +339,7 @@ async fn async_main(cli: Cli) -> Result<u8, Failure> {
         Cmd::Run => Ok(outboxd::daemon::run(cfg).await?),
         Cmd::Dlq(c) => cli::dlq::run(&cfg, c).await,
         Cmd::Relay(RelayCmd::Rewind { to_position, to_time, wait }) => {
-            cli::relay::rewind(&cfg, to_position, to_time, wait.duration()).await
+            cli::relay::rewind(&cfg, to_position, to_time, wait.deadline()).await
         }
         Cmd::Leases => cli::relay::leases(&cfg).await,
         Cmd::Bench(b) => {

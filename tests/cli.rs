@@ -1,7 +1,7 @@
 //! The CLI as users run it: the order lifecycle, and bad input (invalid
-//! email, zero quantity, unknown id, malformed arguments, bad config, a
-//! store file that is not one or is newer) giving one clear line, a
-//! non-zero exit and an unchanged store.
+//! email, zero quantity, unknown id, malformed arguments, a store file that
+//! is not one or is newer, `--db` with the CQL store) giving one clear line,
+//! a non-zero exit and an unchanged store. Bad configuration: tests/cli_config.rs.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -138,14 +138,17 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     // (not the retryable 1), the file untouched.
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "not a database\n").unwrap();
-    let o = outboxd(&text, &["events"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("is not a SQLite database"), "{}", stderr(&o));
-    assert_eq!(std::fs::read_to_string(&text).unwrap(), "not a database\n");
-    // A directory: exit 2 too (it was "store unavailable", the retryable 1).
-    let o = outboxd(dir.path(), &["events"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+    // `run` too (it exited 1: the store's error came wrapped in the daemon's).
+    for cmd in ["events", "run"] {
+        let o = outboxd(&text, &[cmd]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
+        assert!(stderr(&o).contains("is not a SQLite database"), "{cmd}: {}", stderr(&o));
+        assert_eq!(std::fs::read_to_string(&text).unwrap(), "not a database\n");
+        // A directory: exit 2 too (it was "store unavailable", the retryable 1).
+        let o = outboxd(dir.path(), &[cmd]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
+        assert!(stderr(&o).contains("is a directory"), "{cmd}: {}", stderr(&o));
+    }
     // Read-only commands on a path with no store: exit 2, nothing created.
     let missing = dir.path().join("typo").join("s.db");
     let some = uuid::Uuid::now_v7().to_string();
@@ -167,136 +170,6 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     refused(&db, &["dlq", "list", "--limit", "100001"], 2, "--limit");
     // A rate of 0 ran at 1 event/s without a word.
     refused(&db, &["bench", "relay", "--rate", "500,0"], 2, "--rate");
-}
-
-#[test]
-fn bad_configuration_exits_2_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
-        .arg("--db")
-        .arg(&db)
-        .arg("events")
-        .env("OUTBOX_RELAY__BATCH_SIZE", "lots")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).to_lowercase().contains("batch_size"), "{}", stderr(&o));
-    let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "[kafka]\nbrokerz = \"x:1\"\n").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--config").arg(&cfg).arg("events").output().unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("brokerz"), "{}", stderr(&o));
-    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
-        .args(["--config", "/nonexistent/outboxd.toml", "events"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
-    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--config").arg(dir.path()).arg("events").output().unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("is not a file"), "{}", stderr(&o));
-    assert!(!db.exists(), "a refused configuration creates no store");
-}
-
-/// `OUTBOX_CONFIG` (as docker-compose.yml and README use it) selects the file
-/// and is not mistaken for a configuration key; `--config FILE` selects one too.
-#[test]
-fn outbox_config_variable_selects_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("o.toml");
-    std::fs::write(&cfg, "[kafka]\npartitions = 7\n").unwrap();
-    // `outboxd <args>` with OUTBOX_CONFIG=o.toml: its partitions.
-    let partitions = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
-            .args(args)
-            .env("OUTBOX_CONFIG", &cfg)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()["kafka"]["partitions"].clone()
-    };
-    assert_eq!(partitions(&["config"]), 7, "the file named by OUTBOX_CONFIG was read");
-    // `--config FILE` (README, "Configuration") reads it too, and wins over the variable.
-    let other = dir.path().join("other.toml");
-    std::fs::write(&other, "[kafka]\npartitions = 9\n").unwrap();
-    assert_eq!(partitions(&["--config", other.to_str().unwrap(), "config"]), 9, "the file named by --config was read");
-    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
-        .arg("config")
-        .env("OUTBOX_CONFIG", dir.path().join("missing.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
-}
-
-/// The CDC settings of the compose file are valid, and `outboxd config`
-/// refuses a safety interval below the clock-skew allowance (docs/OPERATIONS.md,
-/// "Safety interval and clock skew") or a CDC log TTL of 0, in one line, exit 2.
-#[test]
-fn cdc_settings_are_checked() {
-    let compose = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/outboxd.docker.toml");
-    let run = |env: &[(&str, &str)]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_outboxd"));
-        c.arg("config").env("OUTBOX_CONFIG", compose).env_remove("RUST_LOG");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().unwrap()
-    };
-    let o = run(&[]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(v["store"]["cql"]["cdc"]["safety_interval_ms"], 30_000);
-    assert_eq!(v["store"]["cql"]["cdc"]["log_ttl_seconds"], 86_400);
-    let o = run(&[("OUTBOX_STORE__CQL__CDC__SAFETY_INTERVAL_MS", "5000")]);
-    assert_eq!(o.status.code(), Some(2));
-    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("store.cql.cdc.safety_interval_ms (5000) must be at least clock_skew_allowance_ms"),
-        "{}",
-        stderr(&o)
-    );
-    let o = run(&[("OUTBOX_STORE__CQL__CDC__LOG_TTL_SECONDS", "0")]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("store.cql.cdc.log_ttl_seconds = 0"), "{}", stderr(&o));
-}
-
-/// Review findings: values accepted by `outboxd config` that then panicked
-/// (`store.sqlite.busy_timeout_ms` beyond what rusqlite takes, CDC intervals
-/// whose sum overflowed) or failed every producer creation of `outboxd run`
-/// (`kafka.linger_ms` librdkafka refuses) are refused at load: exit 2, one
-/// line naming the key, no panic, no store created.
-#[test]
-fn out_of_range_values_are_refused_at_load() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let run = |cmd: &str, env: &[(&str, &str)], key: &str| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_outboxd"));
-        c.arg("--db").arg(&db).arg(cmd).env_remove("RUST_LOG");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let o = c.output().unwrap();
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(2), "{cmd} {env:?}: {err}");
-        assert_eq!(err.lines().count(), 1, "{cmd} {env:?}: one line, got {err:?}");
-        assert!(err.contains(key) && !err.contains("panicked"), "{cmd} {env:?}: {err:?} should name {key}");
-    };
-    let busy = [("OUTBOX_STORE__SQLITE__BUSY_TIMEOUT_MS", "3000000000")];
-    run("config", &busy, "store.sqlite.busy_timeout_ms = 3000000000");
-    run("schema", &busy, "store.sqlite.busy_timeout_ms = 3000000000");
-    run("config", &[("OUTBOX_KAFKA__LINGER_MS", "1000000")], "kafka.linger_ms = 1000000");
-    run("config", &[("OUTBOX_KAFKA__LINGER_MS", "20000")], "kafka.linger_ms (20000)");
-    let eos = [("OUTBOX_RELAY__DELIVERY", "exactly-once"), ("OUTBOX_KAFKA__MESSAGE_TIMEOUT_MS", "120000")];
-    run("config", &eos, "relay.transaction_timeout_ms (60000)");
-    let cdc =
-        [("OUTBOX_STORE__BACKEND", "cql"), ("OUTBOX_STORE__CQL__CDC__SAFETY_INTERVAL_MS", "18446744073709551615")];
-    run("config", &cdc, "store.cql.cdc.safety_interval_ms = 18446744073709551615");
-    let cdc = [("OUTBOX_STORE__BACKEND", "cql"), ("OUTBOX_STORE__CQL__CDC__WINDOW_SIZE_MS", "18446744073709551615")];
-    run("config", &cdc, "store.cql.cdc.window_size_ms = 18446744073709551615");
-    assert!(!db.exists(), "a refused configuration creates no store");
 }
 
 /// Black-box review: `outboxd run` that cannot listen (the port is taken)
@@ -505,4 +378,32 @@ fn commands_that_are_not_creates_never_create_a_store() {
     let c = outboxd(&missing, &["customer", "register", "--name", "A", "--email", "a@b.co"]);
     assert!(c.status.success(), "{}", stderr(&c));
     assert!(missing.exists());
+}
+
+/// Review finding: `--db` with `store.backend = "cql"` was ignored without a
+/// word (the command acted on the cluster). It is refused before anything
+/// connects: one line, exit 2, no file created.
+#[test]
+fn db_is_refused_with_the_cql_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    for cmd in ["config", "schema", "events"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+            .arg("--db")
+            .arg(&db)
+            .arg(cmd)
+            .env("OUTBOX_STORE__BACKEND", "cql")
+            // Nothing listens there: a command that connected would fail differently (exit 1).
+            .env("OUTBOX_STORE__CQL__URI", "127.0.0.1:1")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {err}");
+        assert!(
+            err.starts_with("error: --db applies to the sqlite store only") && err.lines().count() == 1,
+            "{cmd}: {err}"
+        );
+    }
+    assert!(!db.exists());
 }

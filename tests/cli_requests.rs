@@ -4,13 +4,14 @@
 //! (recorded failed, "cancelled: ...") before the lease is released, so no
 //! relay carries it out later; the next request, with Kafka back, is done.
 //! One that names nothing parked is refused before it is written.
+//! `dlq replay --all`'s two requests share one `--timeout`.
 
 mod harness;
 
 use harness::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn rows(db: &Path) -> Vec<(String, String)> {
     let out = sqlite3(db, "SELECT status || '|' || COALESCE(result, '') FROM relay_requests ORDER BY created_at");
@@ -90,4 +91,28 @@ fn a_request_the_cli_gives_up_on_is_withdrawn_and_never_carried_out_later() {
         assert!(err.contains(needle) && err.trim().lines().count() == 1, "{args:?}: {err}");
     }
     assert_eq!(rows(&db).len(), 3, "nothing written");
+}
+
+/// Review finding: `dlq replay --all` gave each of its two requests the
+/// whole `--timeout`: out of time on the first (Kafka unreachable), it
+/// waited as long again on the second. One deadline covers both: the first
+/// is withdrawn when it passes, the second is never submitted.
+#[test]
+fn dlq_replay_all_waits_at_most_its_timeout_for_both_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    // Nothing listens there: the CLI's relay term retries until it gives up.
+    let down = test_config(&format!("127.0.0.1:{}", free_port()), &db);
+    assert_eq!(cli(&down, &["schema"]).0, 0);
+    let started = Instant::now();
+    let (code, _, err) = cli(&down, &["dlq", "replay", "--all", "--no-progress", "--timeout", "3"]);
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("out of time: request") && err.contains("withdrawn"), "{err}");
+    assert!(err.contains("--timeout (3s) ran out before the dead letters' replay was submitted"), "{err}");
+    let r = rows(&db);
+    assert_eq!(r.len(), 1, "only the first request was written: {r:?}");
+    assert!(r[0].1.contains("cancelled: not done within the CLI's --timeout (3s)"), "{r:?}");
+    // 3 s, and the lease's release: not twice that.
+    assert!(took < Duration::from_secs(6), "took {took:?}");
 }

@@ -72,6 +72,12 @@ fn bearer_token_protects_the_command_api_and_admin_writes_and_is_never_logged() 
     let both = br#"{"to_position": 0, "to_time": null}"#;
     let r = request(d.admin, "POST", "/relay/rewind", &[ctype, ("Authorization", &auth)], Some(both));
     assert_eq!(assert_error(&r, 422, "validation")["field"], "to_position");
+    // An empty `ids` names nothing: 422 naming it, nothing written (the request was written and did nothing).
+    let requests = || sqlite3(&d.cfg.store.path, "SELECT COUNT(*) FROM relay_requests");
+    let before = requests();
+    let r = request(d.admin, "POST", "/dlq/replay", &[ctype, ("Authorization", &auth)], Some(br#"{"ids": []}"#));
+    assert_eq!(assert_error(&r, 422, "validation")["field"], "ids");
+    assert_eq!(requests(), before, "no request written");
     let cfg_out = std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
         .arg("config")
         .env("OUTBOX_HTTP__API_TOKEN", &token)

@@ -80,6 +80,41 @@ fn every_if_match_operation_documents_and_answers_412() {
     d.stop();
 }
 
+/// Review finding: the discard `reason` pattern (`^\s*\S.+\S\s*$`) admitted
+/// control characters that `POST /dlq/discard` refuses with 422. The
+/// pattern and the handler's rule (`check_discard_reason`, shared with
+/// `outboxd dlq discard`) agree on every sample.
+#[test]
+fn the_discard_reason_pattern_agrees_with_the_handler() {
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(doc_path()).unwrap()).unwrap();
+    let pattern = doc["components"]["schemas"]["DiscardRequest"]["properties"]["reason"]["pattern"].as_str().unwrap();
+    let re = regex::Regex::new(pattern).unwrap();
+    let samples = [
+        "bad row",
+        "abc",
+        "  abc  ",
+        "ab",
+        " a b ",
+        "   ",
+        "",
+        "éé",
+        "ééé",
+        "a\u{2028}b",
+        "bad\u{1b}[31m row",
+        "tab\there",
+        "new\nline",
+        "trailing newline\n",
+        "x\u{7f}yz",
+        "x\u{85}yz",
+        "x\u{9f}yz",
+        "\u{0}abc",
+    ];
+    for s in samples {
+        let handler = outboxd::http::relay_ops::check_discard_reason(s).is_ok();
+        assert_eq!(re.is_match(s), handler, "{s:?}: the pattern says {}, the handler {handler}", re.is_match(s));
+    }
+}
+
 #[test]
 fn openapi_spec_validator_accepts_the_description() {
     if !have("openapi-spec-validator") {

@@ -29,6 +29,8 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             Ok(0)
         }
         DlqCmd::Replay { aggregate, id, all, no_progress, wait } => {
+            // One --timeout for the command: `--all`'s second request gets what the first left.
+            let deadline = wait.deadline();
             let kinds = match (aggregate, id, all) {
                 (Some(a), None, false) => vec![RequestKind::ReplayAggregate { aggregate_id: a }],
                 (None, Some(id), false) => vec![RequestKind::ReplayDeadLetters { ids: Some(vec![id]) }],
@@ -46,9 +48,17 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             let held: u64 = parked.iter().map(|p| p.held_events).sum();
             let letters = store.dlq_count().await?;
             let mut code = 0;
-            for kind in kinds {
+            for (i, kind) in kinds.into_iter().enumerate() {
+                if i > 0 && deadline.left().is_zero() {
+                    eprintln!(
+                        "replay --all: --timeout ({:?}) ran out before the dead letters' replay was submitted; run it again",
+                        deadline.total()
+                    );
+                    code = code.max(1);
+                    break;
+                }
                 let bar = (!no_progress).then(|| progress_bar(&kind, parked.len(), held, letters));
-                code = code.max(relay_ops::request(cfg, kind, bar, wait.duration()).await?);
+                code = code.max(relay_ops::request(cfg, kind, bar, deadline).await?);
                 if code == relay_ops::INTERRUPTED {
                     break;
                 }
@@ -68,7 +78,7 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             if let Err(why) = outboxd::http::relay_ops::check_discard_reason(&reason) {
                 return Err(BadInput(format!("--reason: {why}")).into());
             }
-            relay_ops::request(cfg, RequestKind::Discard { event_id: id, reason }, None, wait.duration()).await
+            relay_ops::request(cfg, RequestKind::Discard { event_id: id, reason }, None, wait.deadline()).await
         }
     }
 }

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use outboxd::app::{AppError, CommandService, ServiceOptions};
 use outboxd::config::Config;
+use outboxd::daemon::DaemonError;
 use outboxd::envelope::Metadata;
 use outboxd::store::{DynStore, StoreError};
 
@@ -39,6 +40,8 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             Some(AppError::Domain(_)) | Some(AppError::Decode(_)) => 2,
             Some(AppError::Store(e)) if refused(e) => 2,
             _ if err.downcast_ref::<StoreError>().is_some_and(refused) => 2,
+            // `outboxd run` fails with the store's error inside its own.
+            _ if matches!(err.downcast_ref::<DaemonError>(), Some(DaemonError::Store(e)) if refused(e)) => 2,
             Some(AppError::Conflict { .. }) => 3,
             _ if err.downcast_ref::<outboxd::config::ConfigError>().is_some() => 2,
             _ if err.downcast_ref::<outboxd::domain::DomainError>().is_some() => 2,

@@ -16,7 +16,7 @@ pub async fn rewind(
     cfg: &Config,
     to_position: Option<i64>,
     to_time: Option<String>,
-    timeout: std::time::Duration,
+    deadline: relay_ops::Deadline,
 ) -> Result<u8, Failure> {
     let kind = match (to_position, to_time) {
         (Some(p), None) if p >= 0 => RequestKind::RewindToPosition { position: p },
@@ -31,7 +31,7 @@ pub async fn rewind(
             return Err(BadInput("say where to rewind to: --to-position N (SQLite) or --to-time T (CQL)".into()).into())
         }
     };
-    relay_ops::request(cfg, kind, None, timeout).await
+    relay_ops::request(cfg, kind, None, deadline).await
 }
 
 pub async fn leases(cfg: &Config) -> Result<u8, Failure> {

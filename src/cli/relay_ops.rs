@@ -10,13 +10,15 @@
 //!   fenced like a relay, then releases it.
 //! - It waits with visible progress, at most `--timeout`, and prints the
 //!   outcome; exit 0 when done, 1 when the request failed or is not done
-//!   by then, 130 on SIGINT/SIGTERM.
+//!   by then, 130 on SIGINT/SIGTERM. One [`Deadline`] covers the whole
+//!   command: each step (and each request of `dlq replay --all`) waits
+//!   only for what is left of it.
 //! - A request it gives up on while carrying it out here (or that is still
 //!   pending when it is interrupted) is withdrawn, under the lease, before
 //!   the lease is released: no relay carries it out at a later start.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use outboxd::config::{Backend, Config, DeliveryMode};
 use outboxd::lease::keeper::{self, LeaseState};
@@ -36,11 +38,44 @@ pub const DEFAULT_WAIT_SECS: usize = 600;
 /// Exit code after SIGINT/SIGTERM (128 + SIGINT, the shell's convention).
 pub const INTERRUPTED: u8 = 130;
 
+/// The end of a command's `--timeout`, shared by everything it waits for.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: Instant,
+    total: Duration,
+}
+
+impl Deadline {
+    /// `total` from now.
+    pub fn after(total: Duration) -> Deadline {
+        Deadline::from(Instant::now(), total)
+    }
+
+    fn from(start: Instant, total: Duration) -> Deadline {
+        Deadline { at: start + total, total }
+    }
+
+    /// What is left at `now` (zero once it passed).
+    fn left_at(&self, now: Instant) -> Duration {
+        self.at.saturating_duration_since(now)
+    }
+
+    /// What is left of it.
+    pub fn left(&self) -> Duration {
+        self.left_at(Instant::now())
+    }
+
+    /// The whole `--timeout`, for messages.
+    pub fn total(&self) -> Duration {
+        self.total
+    }
+}
+
 fn who() -> String {
     format!("cli@{}", outboxd::daemon::instance_id(&Config::default()))
 }
 
-/// Submits `kind`, waits for it at most `max_wait` (carrying it out here
+/// Submits `kind`, waits for it until `deadline` (carrying it out here
 /// when no relay runs), prints the outcome. Interrupted (SIGINT/SIGTERM),
 /// or out of time while carrying it out here, it withdraws the request so
 /// that no relay carries it out later, and says so (exit 130 / 1).
@@ -48,8 +83,9 @@ pub async fn request(
     cfg: &Config,
     kind: RequestKind,
     progress: Option<indicatif::ProgressBar>,
-    max_wait: Duration,
+    deadline: Deadline,
 ) -> Result<u8, Failure> {
+    let max_wait = deadline.total();
     let interrupt = Trigger::new();
     let mut interrupted = interrupt.subscribe();
     let mut signals = outboxd::daemon::Signals::install();
@@ -72,19 +108,25 @@ pub async fn request(
     let unclaimed_after =
         if lease.as_ref().is_none_or(|l| l.holder.is_empty()) { Duration::ZERO } else { ttl + Duration::from_secs(2) };
     let on_change = |req: &RelayRequest| bar.set_message(format!("request {}: {}", req.id, req.status.as_str()));
-    let waited =
-        match wait_unless_interrupted(&store, r.id, (unclaimed_after, max_wait), on_change, &mut interrupted, &bar)
-            .await?
-        {
-            Ok(w) => w,
-            Err(code) => return Ok(code),
-        };
+    let waited = match wait_unless_interrupted(
+        &store,
+        r.id,
+        (unclaimed_after, deadline.left()),
+        on_change,
+        &mut interrupted,
+        &bar,
+    )
+    .await?
+    {
+        Ok(w) => w,
+        Err(code) => return Ok(code),
+    };
     let done = match waited {
         Waited::Finished(done) => done,
         Waited::TimedOut(p) => {
             bar.finish_and_clear();
             eprintln!(
-                "request {} is still {} on the relay after {max_wait:?}; see GET /relay/requests/{}",
+                "request {} is still {} on the relay when --timeout ({max_wait:?}) ran out; see GET /relay/requests/{}",
                 p.id,
                 p.status.as_str(),
                 p.id
@@ -93,21 +135,21 @@ pub async fn request(
         }
         Waited::Unclaimed(_) => {
             bar.set_message("no relay is running: carrying the request out here under the relay lease");
-            let ended = run_here(cfg, store.clone(), r.id, max_wait, interrupted.clone()).await?;
+            let ended = run_here(cfg, store.clone(), r.id, deadline, interrupted.clone()).await?;
             if let Some((left, code, held)) = ended {
                 bar.finish_and_clear();
                 let how = if code == INTERRUPTED { "interrupted" } else { "out of time" };
                 return Ok(gave_up(&left, how, code, left_open(cfg, &left, held)));
             }
             // Done here, or (a relay started meanwhile) by that relay.
-            let waited =
-                wait_unless_interrupted(&store, r.id, (max_wait, max_wait), on_change, &mut interrupted, &bar).await?;
+            let left = deadline.left();
+            let waited = wait_unless_interrupted(&store, r.id, (left, left), on_change, &mut interrupted, &bar).await?;
             match waited {
                 Err(code) => return Ok(code),
                 Ok(Waited::Finished(d)) => d,
                 Ok(Waited::Unclaimed(d) | Waited::TimedOut(d)) => {
                     bar.finish_and_clear();
-                    eprintln!("request {} is still {} after {max_wait:?}", d.id, d.status.as_str());
+                    eprintln!("request {} is still {} when --timeout ({max_wait:?}) ran out", d.id, d.status.as_str());
                     return Ok(1);
                 }
             }
@@ -197,7 +239,7 @@ fn gave_up(left: &RelayRequest, how: &str, code: u8, left_open: bool) -> u8 {
 
 /// Takes the relay lease (waiting at most a few TTLs for a stale holder to
 /// expire) and runs one requests-only relay term under it, then releases it.
-/// The term ends when request `id` is done, the lease is lost, `max_wait`
+/// The term ends when request `id` is done, the lease is lost, `deadline`
 /// has passed or `interrupted` fires; in the last two cases the request is
 /// withdrawn under the lease (before it is released; in exactly-once mode
 /// one this term began stays open, `operator::withdraw`) and the row is
@@ -207,9 +249,10 @@ async fn run_here(
     cfg: &Config,
     store: DynStore,
     id: uuid::Uuid,
-    max_wait: Duration,
+    deadline: Deadline,
     mut interrupted: Shutdown,
 ) -> Result<Option<(RelayRequest, u8, Option<i64>)>, Failure> {
+    let max_wait = deadline.total();
     let consumer = cfg.relay.consumer_name.clone();
     let ttl = Duration::from_millis(cfg.relay.lease_ttl_ms);
     let mut stop = Trigger::new();
@@ -220,9 +263,9 @@ async fn run_here(
     // Fired at the deadline or on a signal (first one wins): ends the term.
     let stop_term = Trigger::new();
     let end_term = stop_term.subscribe();
-    let deadline = tokio::spawn(async move {
+    let timer = tokio::spawn(async move {
         let code = tokio::select! {
-            _ = tokio::time::sleep(max_wait) => 1,
+            _ = tokio::time::sleep(deadline.left()) => 1,
             _ = interrupted.recv() => INTERRUPTED,
         };
         stop_term.fire();
@@ -297,9 +340,9 @@ async fn run_here(
     // Gave up (deadline or signal), or the term failed: withdraw the request
     // while the lease is still held, so no later relay carries it out.
     let gave_up_code = if end_term.is_shutdown() {
-        Some(deadline.await.unwrap_or(1))
+        Some(timer.await.unwrap_or(1))
     } else {
-        deadline.abort();
+        timer.abort();
         None
     };
     let why = match (&res, gave_up_code) {
@@ -321,4 +364,22 @@ async fn run_here(
     }
     res?;
     Ok(withdrawn.transpose()?.map(|row| (row, gave_up_code.unwrap_or(1), epoch)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding: `dlq replay --all` gave each of its two requests the
+    /// whole `--timeout`. The second gets what the first left, none once it passed.
+    #[test]
+    fn requests_share_one_deadline() {
+        let start = Instant::now();
+        let d = Deadline::from(start, Duration::from_secs(10));
+        assert_eq!(d.left_at(start), Duration::from_secs(10));
+        // The first request took 7 s: 3 s are left for the second.
+        assert_eq!(d.left_at(start + Duration::from_secs(7)), Duration::from_secs(3));
+        assert_eq!(d.left_at(start + Duration::from_secs(12)), Duration::ZERO);
+        assert_eq!(d.total(), Duration::from_secs(10), "messages name the whole --timeout");
+    }
 }

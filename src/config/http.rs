@@ -17,8 +17,13 @@ pub struct HttpConfig {
     /// When set, the command API requires `Authorization: Bearer <token>`.
     pub api_token: Option<String>,
     pub max_body_bytes: usize,
+    /// Worker threads of the command API (1..=512: actix-server's most).
     pub workers: usize,
 }
+
+/// Most `http.workers`: actix-server asserts `workers <= 512` (its
+/// `MAX_WORKERS`) and would panic at startup beyond it.
+const MAX_WORKERS: usize = 512;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -57,8 +62,8 @@ impl HttpConfig {
                 ));
             }
         }
-        if self.workers == 0 {
-            return err("http.workers must be >= 1".into());
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            return err(format!("http.workers = {}: must be 1..={MAX_WORKERS} (actix-server's most)", self.workers));
         }
         if self.max_body_bytes < 1024 {
             return err("http.max_body_bytes must be >= 1024".into());

@@ -2,7 +2,7 @@
 //!
 //! Guarantee: plain option types with their defaults and the checks of their
 //! own keys, including Kafka's topic-name rule for `topic_prefix`; which
-//! topic an event goes to is decided by `relay::topics`.
+//! topic an event goes to is decided by `config::topics`.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +10,7 @@ use super::{validate_hosts, ConfigError};
 
 /// Longest `kafka.topic_prefix`. Every topic name is the prefix plus one of
 /// the routing's fixed suffixes (at most 49 characters, checked by the tests
-/// of `relay::topics`), so a valid prefix always gives valid topic names.
+/// of `config::topics`), so a valid prefix always gives valid topic names.
 pub const MAX_TOPIC_PREFIX_LEN: usize = 200;
 
 /// Kafka's longest topic name.
@@ -98,7 +98,7 @@ impl Default for KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// True for the seeds' per-event-type topics (`relay::topics` takes this flag).
+    /// True for the seeds' per-event-type topics (`config::topics` takes this flag).
     pub fn per_event_type(&self) -> bool {
         self.topic_routing == TopicRouting::PerEventType
     }

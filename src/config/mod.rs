@@ -9,9 +9,11 @@
 //!
 //! One file per section ([`store`] with [`cdc`], [`kafka`], [`relay`], [`http`],
 //! [`service`]); each owns its option types, defaults and key checks, and the
-//! types are re-exported here (`crate::config::KafkaConfig`, ...). This layer
-//! holds plain option types only: it imports nothing but the domain (to check
-//! `service.default_currency`).
+//! types are re-exported here (`crate::config::KafkaConfig`, ...). [`topics`]
+//! names the event topics (re-exported by `relay::topics`), so that
+//! `relay.progress_topic` can be checked against them. This layer holds plain
+//! option types only: it imports nothing but the domain (to check
+//! `service.default_currency`, and for the event types of the topic names).
 
 mod cdc;
 mod http;
@@ -20,6 +22,7 @@ mod relay;
 mod secrets;
 mod service;
 mod store;
+pub mod topics;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -139,6 +142,7 @@ impl Config {
         if self.relay.delivery == DeliveryMode::ExactlyOnce {
             self.kafka.validate_transactional(self.relay.transaction_timeout_ms)?;
         }
+        topics::validate_progress_topic(&self.kafka, &self.relay)?;
         Ok(())
     }
 }
@@ -174,6 +178,9 @@ fn valid_cql_ident(s: &str) -> bool {
         && s.starts_with(|c: char| c.is_ascii_alphabetic())
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
+
+#[cfg(test)]
+mod limits_tests;
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,7 @@ pub struct RetryConfig {
     pub max_attempts: u32,
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
+    /// Growth of the backoff per retry: a finite number >= 1.
     pub multiplier: f64,
 }
 
@@ -143,12 +144,17 @@ impl RelayConfig {
             return err("relay.consumer_name = \"projections\": the read-model projection's name (its checkpoint, lease and parks); choose another");
         }
         let r = &self.retry;
-        if r.max_attempts == 0
-            || r.initial_backoff_ms == 0
-            || r.multiplier < 1.0
-            || r.max_backoff_ms < r.initial_backoff_ms
-        {
-            return err("relay.retry: max_attempts >= 1, initial_backoff_ms >= 1, multiplier >= 1, max_backoff_ms >= initial_backoff_ms");
+        if r.max_attempts == 0 || r.initial_backoff_ms == 0 || r.max_backoff_ms < r.initial_backoff_ms {
+            return err(
+                "relay.retry: max_attempts >= 1, initial_backoff_ms >= 1, max_backoff_ms >= initial_backoff_ms",
+            );
+        }
+        // Not `multiplier < 1.0` alone: NaN compares false with everything.
+        if !r.multiplier.is_finite() || r.multiplier < 1.0 {
+            return Err(ConfigError(format!(
+                "relay.retry.multiplier = {}: must be a finite number >= 1",
+                r.multiplier
+            )));
         }
         if !(1_000..=600_000).contains(&self.lease_ttl_ms) {
             return err("relay.lease_ttl_ms must be between 1000 and 600000");

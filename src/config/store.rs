@@ -57,8 +57,11 @@ impl StoreConfig {
         if self.sqlite.group_commit_max == 0 {
             return Err(ConfigError("store.sqlite.group_commit_max must be >= 1".into()));
         }
-        if self.sqlite.queue_capacity == 0 {
-            return Err(ConfigError("store.sqlite.queue_capacity must be >= 1".into()));
+        if !(1..=MAX_QUEUE_CAPACITY).contains(&self.sqlite.queue_capacity) {
+            return Err(ConfigError(format!(
+                "store.sqlite.queue_capacity = {}: must be 1..={MAX_QUEUE_CAPACITY}",
+                self.sqlite.queue_capacity
+            )));
         }
         if self.sqlite.busy_timeout_ms > MAX_BUSY_TIMEOUT_MS {
             return Err(ConfigError(format!(
@@ -75,6 +78,11 @@ impl StoreConfig {
 /// that opening the store would fail, not wait).
 const MAX_BUSY_TIMEOUT_MS: u64 = 600_000;
 
+/// Most `store.sqlite.queue_capacity`: far beyond any useful backlog of
+/// appends waiting for the one writer (tokio's channel panics past
+/// `usize::MAX >> 3`).
+const MAX_QUEUE_CAPACITY: usize = 1_000_000;
+
 /// Tuning of the SQLite backend (`[store.sqlite]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -87,7 +95,8 @@ pub struct SqliteOptions {
     pub busy_timeout_ms: u64,
     /// Most appends group-committed in one transaction.
     pub group_commit_max: usize,
-    /// Bound of the writer queue.
+    /// Bound of the writer queue: appends waiting for the writer thread
+    /// (1..=1 000 000).
     pub queue_capacity: usize,
 }
 

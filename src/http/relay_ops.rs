@@ -207,7 +207,12 @@ pub(super) async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<Value>
         let agg = b.string("aggregate_id")?;
         RequestKind::ReplayAggregate { aggregate_id: agg }
     } else if given("ids") {
-        RequestKind::ReplayDeadLetters { ids: Some(uuid_list(&b, "ids")?) }
+        let ids = uuid_list(&b, "ids")?;
+        // A request that names nothing would be written and do nothing.
+        if ids.is_empty() {
+            return Err(ApiError::invalid("ids", "must name at least one dead letter (see GET /dlq)"));
+        }
+        RequestKind::ReplayDeadLetters { ids: Some(ids) }
     } else if all_parked {
         RequestKind::ReplayAllParked
     } else if all {

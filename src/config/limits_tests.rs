@@ -1,0 +1,100 @@
+//! Review findings: values `Config::load` accepted that then panicked at
+//! startup (`http.workers` over actix-server's 512, a
+//! `store.sqlite.queue_capacity` beyond what tokio's channel takes), passed
+//! a check as NaN (`relay.retry.multiplier`), or mixed the relay's progress
+//! records into an event topic (`relay.progress_topic`). Each is refused at
+//! load, in one line naming the key.
+
+use std::path::Path;
+
+use super::topics::SEED_TOPICS;
+use super::{Config, DeliveryMode, TopicRouting};
+
+/// The default config changed by `f` is refused in one line containing `needle`.
+fn refused(f: &dyn Fn(&mut Config), needle: &str) {
+    let mut c = Config::default();
+    f(&mut c);
+    let e = c.validate().expect_err(needle).to_string();
+    assert!(e.contains(needle) && e.lines().count() == 1, "{needle}: {e}");
+}
+
+/// The default config changed by `f` is valid.
+fn accepted(f: &dyn Fn(&mut Config)) {
+    let mut c = Config::default();
+    f(&mut c);
+    c.validate().unwrap();
+}
+
+#[test]
+fn http_workers_beyond_actix_servers_most_are_refused() {
+    refused(&|c| c.http.workers = 513, "http.workers = 513: must be 1..=512");
+    refused(&|c| c.http.workers = usize::MAX, "http.workers");
+    accepted(&|c| c.http.workers = 512);
+}
+
+#[test]
+fn the_sqlite_writer_queue_has_an_upper_bound() {
+    refused(&|c| c.store.sqlite.queue_capacity = 1_000_001, "store.sqlite.queue_capacity = 1000001");
+    refused(&|c| c.store.sqlite.queue_capacity = usize::MAX, "store.sqlite.queue_capacity");
+    accepted(&|c| c.store.sqlite.queue_capacity = 1_000_000);
+}
+
+#[test]
+fn the_retry_multiplier_is_a_finite_number_of_at_least_one() {
+    for m in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.5, -1.0] {
+        refused(&|c| c.relay.retry.multiplier = m, "relay.retry.multiplier");
+    }
+    accepted(&|c| c.relay.retry.multiplier = 1.0);
+    accepted(&|c| c.relay.retry.multiplier = 1e300);
+}
+
+/// In either delivery mode (see `topics::validate_progress_topic`).
+#[test]
+fn the_progress_topic_is_none_of_the_event_topics() {
+    for delivery in [DeliveryMode::AtLeastOnce, DeliveryMode::ExactlyOnce] {
+        for topic in ["order-events", "customer-events"] {
+            refused(
+                &|c| (c.relay.delivery = delivery, c.relay.progress_topic = topic.into()).1,
+                &format!("relay.progress_topic = {topic:?}"),
+            );
+        }
+        let prefixed = |c: &mut Config| {
+            c.relay.delivery = delivery;
+            c.kafka.topic_prefix = "prod.".into();
+        };
+        refused(&|c| (prefixed(c), c.relay.progress_topic = "prod.order-events".into()).1, "relay.progress_topic");
+        accepted(&|c| (prefixed(c), c.relay.progress_topic = "order-events".into()).1);
+        let seeds = |c: &mut Config| {
+            c.relay.delivery = delivery;
+            c.kafka.topic_routing = TopicRouting::PerEventType;
+        };
+        for topic in SEED_TOPICS {
+            refused(&|c| (seeds(c), c.relay.progress_topic = topic.into()).1, "relay.progress_topic");
+        }
+        accepted(&|c| (seeds(c), c.relay.progress_topic = "order-events".into()).1);
+    }
+}
+
+/// The same from the environment and a file, through `Config::load`.
+#[test]
+#[allow(clippy::result_large_err)] // figment::Error is large; only in this test
+fn they_are_refused_by_load() {
+    figment::Jail::expect_with(|jail| {
+        let cases: &[(&str, &str, &str)] = &[
+            ("OUTBOX_HTTP__WORKERS", "513", "http.workers = 513"),
+            ("OUTBOX_STORE__SQLITE__QUEUE_CAPACITY", "18446744073709551615", "store.sqlite.queue_capacity"),
+            ("OUTBOX_RELAY__PROGRESS_TOPIC", "order-events", "relay.progress_topic"),
+        ];
+        for (var, value, needle) in cases {
+            jail.clear_env();
+            jail.set_env(var, value);
+            let e = Config::load(None).expect_err(needle).to_string();
+            assert!(e.contains(needle) && e.lines().count() == 1, "{var}={value}: {e}");
+        }
+        jail.clear_env();
+        jail.create_file("nan.toml", "[relay.retry]\nmultiplier = nan\n")?;
+        let e = Config::load(Some(Path::new("nan.toml"))).expect_err("nan").to_string();
+        assert!(e.contains("relay.retry.multiplier = NaN"), "{e}");
+        Ok(())
+    });
+}

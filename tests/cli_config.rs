@@ -1,0 +1,174 @@
+//! The configuration as `outboxd` loads it: a bad value, an unknown key or
+//! a missing file is refused before anything is opened, in one line naming
+//! the key, exit 2, and creates no store; `OUTBOX_CONFIG` and `--config`
+//! select the file.
+
+use std::process::{Command, Output};
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_string()
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("--db")
+        .arg(&db)
+        .arg("events")
+        .env("OUTBOX_RELAY__BATCH_SIZE", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).to_lowercase().contains("batch_size"), "{}", stderr(&o));
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[kafka]\nbrokerz = \"x:1\"\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--config").arg(&cfg).arg("events").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("brokerz"), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .args(["--config", "/nonexistent/outboxd.toml", "events"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--config").arg(dir.path()).arg("events").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("is not a file"), "{}", stderr(&o));
+    assert!(!db.exists(), "a refused configuration creates no store");
+}
+
+/// `OUTBOX_CONFIG` (as docker-compose.yml and README use it) selects the file
+/// and is not mistaken for a configuration key; `--config FILE` selects one too.
+#[test]
+fn outbox_config_variable_selects_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("o.toml");
+    std::fs::write(&cfg, "[kafka]\npartitions = 7\n").unwrap();
+    // `outboxd <args>` with OUTBOX_CONFIG=o.toml: its partitions.
+    let partitions = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+            .args(args)
+            .env("OUTBOX_CONFIG", &cfg)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()["kafka"]["partitions"].clone()
+    };
+    assert_eq!(partitions(&["config"]), 7, "the file named by OUTBOX_CONFIG was read");
+    // `--config FILE` (README, "Configuration") reads it too, and wins over the variable.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, "[kafka]\npartitions = 9\n").unwrap();
+    assert_eq!(partitions(&["--config", other.to_str().unwrap(), "config"]), 9, "the file named by --config was read");
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("config")
+        .env("OUTBOX_CONFIG", dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+}
+
+/// The CDC settings of the compose file are valid, and `outboxd config`
+/// refuses a safety interval below the clock-skew allowance (docs/OPERATIONS.md,
+/// "Safety interval and clock skew") or a CDC log TTL of 0, in one line, exit 2.
+#[test]
+fn cdc_settings_are_checked() {
+    let compose = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/outboxd.docker.toml");
+    let run = |env: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_outboxd"));
+        c.arg("config").env("OUTBOX_CONFIG", compose).env_remove("RUST_LOG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["store"]["cql"]["cdc"]["safety_interval_ms"], 30_000);
+    assert_eq!(v["store"]["cql"]["cdc"]["log_ttl_seconds"], 86_400);
+    let o = run(&[("OUTBOX_STORE__CQL__CDC__SAFETY_INTERVAL_MS", "5000")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("store.cql.cdc.safety_interval_ms (5000) must be at least clock_skew_allowance_ms"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[("OUTBOX_STORE__CQL__CDC__LOG_TTL_SECONDS", "0")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("store.cql.cdc.log_ttl_seconds = 0"), "{}", stderr(&o));
+}
+
+/// Review findings: values accepted by `outboxd config` that then panicked
+/// (`store.sqlite.busy_timeout_ms` beyond what rusqlite takes, CDC intervals
+/// whose sum overflowed) or failed every producer creation of `outboxd run`
+/// (`kafka.linger_ms` librdkafka refuses) are refused at load: exit 2, one
+/// line naming the key, no panic, no store created.
+#[test]
+fn out_of_range_values_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let run = |cmd: &str, env: &[(&str, &str)], key: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_outboxd"));
+        c.arg("--db").arg(&db).arg(cmd).env_remove("RUST_LOG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{cmd} {env:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{cmd} {env:?}: one line, got {err:?}");
+        assert!(err.contains(key) && !err.contains("panicked"), "{cmd} {env:?}: {err:?} should name {key}");
+    };
+    let busy = [("OUTBOX_STORE__SQLITE__BUSY_TIMEOUT_MS", "3000000000")];
+    run("config", &busy, "store.sqlite.busy_timeout_ms = 3000000000");
+    run("schema", &busy, "store.sqlite.busy_timeout_ms = 3000000000");
+    run("config", &[("OUTBOX_KAFKA__LINGER_MS", "1000000")], "kafka.linger_ms = 1000000");
+    run("config", &[("OUTBOX_KAFKA__LINGER_MS", "20000")], "kafka.linger_ms (20000)");
+    let eos = [("OUTBOX_RELAY__DELIVERY", "exactly-once"), ("OUTBOX_KAFKA__MESSAGE_TIMEOUT_MS", "120000")];
+    run("config", &eos, "relay.transaction_timeout_ms (60000)");
+    let cdc =
+        [("OUTBOX_STORE__BACKEND", "cql"), ("OUTBOX_STORE__CQL__CDC__SAFETY_INTERVAL_MS", "18446744073709551615")];
+    run("config", &cdc, "store.cql.cdc.safety_interval_ms = 18446744073709551615");
+    let cdc = [("OUTBOX_STORE__BACKEND", "cql"), ("OUTBOX_STORE__CQL__CDC__WINDOW_SIZE_MS", "18446744073709551615")];
+    run("config", &cdc, "store.cql.cdc.window_size_ms = 18446744073709551615");
+    // `run` panicked in actix-server ("Workers must not exceed 512"), exit 101.
+    let workers = [
+        ("OUTBOX_HTTP__WORKERS", "513"),
+        ("OUTBOX_HTTP__LISTEN", "127.0.0.1:0"),
+        ("OUTBOX_HTTP__ADMIN_LISTEN", "127.0.0.1:0"),
+        ("OUTBOX_KAFKA__BROKERS", "127.0.0.1:1"),
+    ];
+    run("run", &workers, "http.workers = 513");
+    // The store's writer queue panicked in tokio ("more than MAX_PERMITS permits").
+    let queue = [("OUTBOX_STORE__SQLITE__QUEUE_CAPACITY", "18446744073709551615")];
+    run("schema", &queue, "store.sqlite.queue_capacity = 18446744073709551615");
+    // Progress records would be published into an event topic.
+    run("config", &[("OUTBOX_RELAY__PROGRESS_TOPIC", "order-events")], "relay.progress_topic = \"order-events\"");
+    let seeds = [("OUTBOX_KAFKA__TOPIC_ROUTING", "per-event-type"), ("OUTBOX_RELAY__PROGRESS_TOPIC", "OrderCreated")];
+    run("config", &seeds, "relay.progress_topic = \"OrderCreated\"");
+    assert!(!db.exists(), "a refused configuration creates no store");
+}
+
+/// Review finding: `relay.retry.multiplier = nan` (TOML has nan and inf)
+/// passed `multiplier < 1.0` and `outboxd config` printed it as null.
+#[test]
+fn a_retry_multiplier_that_is_not_a_finite_number_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for value in ["nan", "inf", "-nan", "0.5"] {
+        let file = dir.path().join("retry.toml");
+        std::fs::write(&file, format!("[relay.retry]\nmultiplier = {value}\n")).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--config").arg(&file).arg("config").output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{value}: {err}");
+        assert!(err.contains("relay.retry.multiplier") && err.lines().count() == 1, "{value}: {err}");
+    }
+}
