@@ -19,18 +19,21 @@
 //!   reconciler) while its pending row is known confirms that row, which is
 //!   then deleted; only such a row is ever deleted (a delete that failed is
 //!   retried at the next refresh).
-//! - No loss behind the last published event: a pending row first seen
-//!   below the last sequence this relay published for its aggregate (the
-//!   row was recorded, or the pending set loaded, after a later event went
-//!   out) may never have been published: the reconciler publishes it at its
-//!   next round, out of order but not lost (a copy, if it had gone out).
+//! - No loss behind the first published event: this process remembers the
+//!   first and last sequence it published per aggregate (every one between
+//!   went out: gaps are filled). A pending row first seen inside that range
+//!   was published (confirmed, deleted); one below it (the row was
+//!   recorded, or the pending set loaded, only after a later event went out)
+//!   never was here: the reconciler publishes it at its next round, out of
+//!   order but not lost (a copy if an earlier run had published it).
 //! - Bounded time: a pending row older than the bound (safety interval +
 //!   window + margin) is published by the reconciler and deleted, once the
 //!   reader has published every row stamped before the append was resolved
 //!   (so the aggregate's earlier events, committed before it, went first).
 //! - No re-send inside one process: an event at or below the last sequence
 //!   this relay published for its aggregate (a window read again after a
-//!   reader restart or a catch-up switch) is skipped.
+//!   reader restart or a catch-up switch) is skipped, except a pending one
+//!   below the range it passed (above: published late, once).
 //!   An operator's rewind clears that memory ([`ReconcileState::forget_published`]).
 //! - Bounded memory: the "last published" map keeps at most `capacity`
 //!   aggregates (two generations of `capacity / 2`, the older dropped
@@ -54,25 +57,39 @@ pub enum Plan {
     Deliver { fill: Vec<i64> },
 }
 
-/// "Last published sequence" per aggregate, bounded.
+/// Per aggregate, bounded: the first sequence this process published and
+/// the last. Every sequence between them went out (a gap behind the last is
+/// filled before the next), so a pending row in that range was published.
 #[derive(Debug, Clone, Default)]
 struct Recent {
-    current: HashMap<Uuid, i64>,
-    previous: HashMap<Uuid, i64>,
+    current: HashMap<Uuid, (i64, i64)>,
+    previous: HashMap<Uuid, (i64, i64)>,
     capacity: usize,
 }
 
 impl Recent {
+    /// The last published sequence.
     fn get(&self, a: &Uuid) -> Option<i64> {
+        self.range(a).map(|(_, last)| last)
+    }
+
+    fn range(&self, a: &Uuid) -> Option<(i64, i64)> {
         self.current.get(a).or_else(|| self.previous.get(a)).copied()
     }
 
+    /// Whether `seq` of `a` is in the range this process passed.
+    fn passed(&self, a: &Uuid, seq: i64) -> bool {
+        self.range(a).is_some_and(|(first, last)| first <= seq && seq <= last)
+    }
+
     fn set(&mut self, a: Uuid, seq: i64) {
-        let seq = self.get(&a).map_or(seq, |s| s.max(seq));
+        // A late publish below the range does not extend it (what lies
+        // between it and the range may not have gone out).
+        let range = self.range(&a).map_or((seq, seq), |(first, last)| (first, last.max(seq)));
         if !self.current.contains_key(&a) && self.current.len() >= self.capacity / 2 {
             self.previous = std::mem::take(&mut self.current);
         }
-        self.current.insert(a, seq);
+        self.current.insert(a, range);
     }
 
     fn len(&self) -> usize {
@@ -86,9 +103,10 @@ impl Recent {
 pub struct ReconcileState {
     pending: BTreeMap<Uuid, BTreeMap<i64, PendingAppend>>,
     recent: Recent,
-    /// Rows published while pending whose delete has not succeeded yet.
+    /// Rows published while pending: kept until a refresh no longer lists
+    /// them (a list read before their delete must not make them pending).
     unconfirmed: HashSet<(Uuid, i64)>,
-    /// Rows of the last refresh that are in `unconfirmed`: delete them.
+    /// Rows of the last refresh that were published: delete them.
     confirmable: Vec<PendingAppend>,
 }
 
@@ -104,12 +122,14 @@ impl ReconcileState {
     }
 
     /// The table's rows replace the pending set (rows deleted elsewhere go);
-    /// those published already while pending become [`Self::confirmable`].
+    /// those published already (while pending, or in the range this process
+    /// passed) become [`Self::confirmable`].
     pub fn refresh(&mut self, rows: impl IntoIterator<Item = PendingAppend>) {
         self.pending.clear();
         self.confirmable.clear();
         for r in rows {
-            if self.unconfirmed.contains(&(r.aggregate_id, r.sequence)) {
+            let key = (r.aggregate_id, r.sequence);
+            if self.unconfirmed.contains(&key) || self.recent.passed(&r.aggregate_id, r.sequence) {
                 self.confirmable.push(r);
             } else {
                 self.pending.entry(r.aggregate_id).or_default().insert(r.sequence, r);
@@ -124,7 +144,8 @@ impl ReconcileState {
         let last = self.recent.get(&aggregate);
         if last.is_some_and(|l| sequence <= l) {
             let pending = self.pending.get(&aggregate).is_some_and(|p| p.contains_key(&sequence));
-            return if pending { Plan::Late } else { Plan::Skip };
+            let late = pending && !self.recent.passed(&aggregate, sequence);
+            return if late { Plan::Late } else { Plan::Skip };
         }
         let mut fill: Vec<i64> = self
             .pending
@@ -140,8 +161,7 @@ impl ReconcileState {
     }
 
     /// `(aggregate, sequence)` was published. Returns its pending row, if
-    /// any: the caller deletes it from the table (confirmed), then calls
-    /// [`Self::confirmed`].
+    /// any: the caller deletes it from the table (confirmed).
     pub fn published(&mut self, aggregate: Uuid, sequence: i64) -> Option<PendingAppend> {
         self.recent.set(aggregate, sequence);
         let rows = self.pending.get_mut(&aggregate)?;
@@ -153,11 +173,6 @@ impl ReconcileState {
             self.unconfirmed.insert((aggregate, sequence));
         }
         row
-    }
-
-    /// The row of a published `(aggregate, sequence)` is deleted.
-    pub fn confirmed(&mut self, aggregate: Uuid, sequence: i64) {
-        self.unconfirmed.remove(&(aggregate, sequence));
     }
 
     /// Rows of the last refresh that this process published while they were
@@ -184,6 +199,7 @@ impl ReconcileState {
     pub fn overdue(&self, now_ms: i64, bound_ms: i64, read_through_ms: Option<i64>) -> Vec<PendingAppend> {
         self.rows()
             .filter(|p| {
+                // Below what this process passed: never published here.
                 let behind = self.recent.get(&p.aggregate_id).is_some_and(|l| p.sequence <= l);
                 let due = now_ms.saturating_sub(p.resolved_at_ms) > bound_ms
                     && read_through_ms.is_some_and(|read| read > p.resolved_at_ms);
@@ -194,7 +210,6 @@ impl ReconcileState {
 
     /// Drops a pending row (deleted from the table).
     pub fn forget(&mut self, aggregate: Uuid, sequence: i64) {
-        self.confirmed(aggregate, sequence);
         if let Some(rows) = self.pending.get_mut(&aggregate) {
             rows.remove(&sequence);
             if rows.is_empty() {
@@ -298,8 +313,13 @@ mod tests {
         s.published(agg(1), 5);
         assert_eq!(s.plan(agg(1), 5), Plan::Skip);
         assert_eq!(s.plan(agg(1), 1), Plan::Skip);
-        // A row published while pending, whose delete failed: deleted at
-        // the next refresh, never published again.
+        // A row in the range this process passed (5 only here): published,
+        // deleted at the refresh that finds it.
+        s.refresh([pending(1, 5, 0)]);
+        assert_eq!(s.confirmable(), vec![pending(1, 5, 0)]);
+        assert_eq!(s.pending_len(), 0);
+        // A row published while pending, its delete failed or raced by a
+        // list read before it: deleted at a refresh, never published again.
         s.refresh([pending(1, 6, 0)]);
         assert_eq!(s.published(agg(1), 6), Some(pending(1, 6, 0)));
         s.refresh([pending(1, 6, 0)]);
@@ -326,6 +346,13 @@ mod tests {
         assert_eq!(s.plan(agg(1), 5), Plan::Late);
         assert_eq!(s.published(agg(1), 5), Some(pending(1, 5, 1_000)));
         assert_eq!(s.plan(agg(1), 5), Plan::Skip, "once published, its row read again is skipped");
+        // A list read before its delete (a refresh racing the publish) does
+        // not make it pending again: deleted, not published twice.
+        s.refresh([pending(1, 5, 1_000)]);
+        assert_eq!((s.confirmable(), s.pending_len()), (vec![pending(1, 5, 1_000)], 0));
+        // 4 was not published either: the range stays 6..=6.
+        s.refresh([pending(1, 4, 1_000)]);
+        assert_eq!(s.plan(agg(1), 4), Plan::Late);
     }
 
     #[test]

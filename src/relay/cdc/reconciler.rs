@@ -177,6 +177,39 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         }
     }
 
+    /// [`Self::load_stored`], with every sequence of `fill` in it: one
+    /// missing (a read that did not see it yet, at a low consistency) is
+    /// read again, and after 5 reads the delivery fails (the reader reads
+    /// the window again) rather than publish past it: the sequences between
+    /// the first and the last an aggregate published count as published.
+    async fn load_complete(
+        &self,
+        aggregate: Uuid,
+        after: i64,
+        fill: &[i64],
+        shutdown: &mut Shutdown,
+    ) -> Result<Vec<Stored>, CdcError> {
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1.. {
+            let stored = self.load_stored(aggregate, after, shutdown).await?;
+            let missing: Vec<i64> = fill.iter().copied().filter(|k| !stored.iter().any(|s| s.key().1 == *k)).collect();
+            if missing.is_empty() {
+                return Ok(stored);
+            }
+            if attempt >= 5 {
+                return Err(CdcError::Store(StoreError::Unavailable(format!(
+                    "events {missing:?} of {aggregate} are not in event_store yet, a later one is: not publishing past them"
+                ))));
+            }
+            tracing::warn!(%aggregate, ?missing, attempt, "reconciliation: earlier events not read yet; reading again");
+            if !shutdown.sleep(delay).await {
+                return Err(CdcError::Shutdown);
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+        unreachable!("the loop returns")
+    }
+
     /// Hands one stored event to the inner sink (an undecodable one to its
     /// `undecodable`: parked or dead-lettered) and marks it passed.
     async fn pass_stored(&self, stored: Stored, shutdown: &mut Shutdown) -> Result<(), CdcError> {
@@ -205,7 +238,7 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
                 None
             }
             Plan::Late => {
-                tracing::warn!(%aggregate, sequence, "an unknown-outcome append found pending behind a later published event of its aggregate: publishing it late (a copy if it went out unseen)");
+                tracing::warn!(%aggregate, sequence, "an unknown-outcome append found pending below the events of its aggregate this relay published: publishing it late (a copy if an earlier run published it)");
                 Some(Vec::new())
             }
             Plan::Deliver { fill } => Some(fill),
@@ -228,7 +261,7 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         }
         let from = fill.first().copied().unwrap_or(sequence).min(sequence) - 1;
         let mut target = None;
-        for stored in self.load_stored(aggregate, from, shutdown).await? {
+        for stored in self.load_complete(aggregate, from, fill, shutdown).await? {
             let s = stored.key().1;
             if fill.contains(&s) {
                 tracing::info!(%aggregate, sequence = s, before = sequence, "publishing an event whose CDC row was not seen (unknown-outcome append or late row) before a later one");
@@ -247,10 +280,7 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         let row = self.state.lock().unwrap().published(aggregate, sequence);
         if row.is_some() {
             match self.table.confirm(aggregate, sequence).await {
-                Ok(()) => {
-                    self.state.lock().unwrap().confirmed(aggregate, sequence);
-                    tracing::info!(%aggregate, sequence, "unknown-outcome append confirmed published")
-                }
+                Ok(()) => tracing::info!(%aggregate, sequence, "unknown-outcome append confirmed published"),
                 // The next refresh deletes it (it is remembered as published).
                 Err(e) => {
                     tracing::warn!(%aggregate, sequence, error = %e, "cannot delete a confirmed reconciliation row; retrying at the next refresh")
@@ -310,7 +340,6 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         };
         for p in confirmable {
             self.table.confirm(p.aggregate_id, p.sequence).await?;
-            self.state.lock().unwrap().confirmed(p.aggregate_id, p.sequence);
         }
         self.set_gauge();
         Ok(self.state.lock().unwrap().pending_len())

@@ -355,3 +355,27 @@ async fn the_pending_rows_are_loaded_before_the_first_row() {
     assert_eq!(rig.recorder.of(a), vec![1, 2]);
     assert!(rig.table.list().await.unwrap().is_empty());
 }
+
+/// Review finding: a fill whose read missed an earlier sequence (a read at a
+/// low consistency that has not seen it yet) published the later event past
+/// it, and the missing one then counted as published. The delivery fails
+/// instead (the reader reads the window again), the later event held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_that_misses_an_earlier_event_fails_instead_of_passing_it() {
+    let Some(mut rig) = rig("reconciliation: fill misses a row").await else { return };
+    let a = Uuid::now_v7();
+    let ev = append(&rig, a, 0, 3).await;
+    rig.sink.handle(ev[0].clone(), &mut rig.shutdown).await.unwrap();
+    // A#2 not visible to the read (deleted here to stand for a stale replica).
+    rig.store
+        .session()
+        .query_unpaged(
+            format!("DELETE FROM {}.event_store WHERE aggregate_id = ? AND sequence_number = 2", rig.store.keyspace()),
+            (a,),
+        )
+        .await
+        .unwrap();
+    let out = rig.sink.handle(ev[2].clone(), &mut rig.shutdown).await;
+    assert!(matches!(out, Err(CdcError::Store(_))), "{out:?}");
+    assert_eq!(rig.recorder.of(a), vec![1], "A#3 not published past the missing A#2");
+}
