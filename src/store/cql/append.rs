@@ -103,13 +103,16 @@ pub(super) fn outcome_unknown(e: &ExecutionError) -> bool {
             RequestAttemptError::DbError(db, _) => matches!(
                 db,
                 // CAS write timeouts (contention or Paxos timeouts), commit-phase
-                // write timeouts, and timeouts of the Paxos read phase; a
+                // write timeouts, and timeouts of the Paxos read phase; too
+                // few live replicas, which the commit phase can answer after a
+                // quorum accepted the proposal (see `retry`); a
                 // replica's failure in either phase (a proposal a quorum
                 // accepted is completed by the next round on the partition:
                 // stored after all), a server error, Cassandra's
                 // CAS_WRITE_UNKNOWN (0x1700), and a rate limit met past the
                 // coordinator (it may have reached a replica).
                 DbError::WriteTimeout { .. }
+                    | DbError::Unavailable { .. }
                     | DbError::ReadTimeout { .. }
                     | DbError::WriteFailure { .. }
                     | DbError::ReadFailure { .. }

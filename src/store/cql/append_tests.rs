@@ -20,6 +20,9 @@ enum Inject {
     /// The batch is applied; the caller sees a replica's write failure (the
     /// Paxos commit phase failed on one, the next round completes it).
     AppliedThenWriteFailure,
+    /// The batch is applied; the caller sees `Unavailable` (the commit
+    /// phase found too few live replicas after a quorum accepted).
+    AppliedThenUnavailable,
 }
 
 /// The driver session, except that queued faults hit the next batches;
@@ -65,6 +68,13 @@ fn write_failure() -> ExecutionError {
     ))
 }
 
+fn unavailable() -> ExecutionError {
+    ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+        DbError::Unavailable { consistency: Consistency::LocalQuorum, required: 2, alive: 1 },
+        "injected unavailable after the accept".into(),
+    ))
+}
+
 #[async_trait]
 impl BatchExecutor for FaultyBatches {
     async fn execute(
@@ -78,6 +88,7 @@ impl BatchExecutor for FaultyBatches {
             Some(Inject::LostRequest) => Err(cas_timeout()),
             Some(Inject::LostReply) => session.batch(batch, values).await.and(Err(cas_timeout())),
             Some(Inject::AppliedThenWriteFailure) => session.batch(batch, values).await.and(Err(write_failure())),
+            Some(Inject::AppliedThenUnavailable) => session.batch(batch, values).await.and(Err(unavailable())),
             None => session.batch(batch, values).await,
         };
         if res.as_ref().err().is_some_and(outcome_unknown) {
@@ -111,6 +122,23 @@ async fn a_write_failure_after_the_commit_is_resolved_as_success_not_retried_bli
     assert_eq!(s.append(id, 0, ev.clone()).await.unwrap().version, 2, "resolved: our events are there");
     assert_eq!(s.load(id).await.unwrap(), ev, "written exactly once");
     assert_eq!(faults.unknown_outcomes(), 1, "counted as an unknown outcome");
+}
+
+/// Review finding: `Unavailable` was taken for a definite failure (a 503 the
+/// client retries), though Cassandra's commit phase can answer it after a
+/// quorum accepted: the command ran again on events stored after all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_after_the_accept_is_resolved_as_success() {
+    let Some((s, faults)) = live().await else { return };
+    let id = Uuid::now_v7();
+    let ev = events(id, 0, 2);
+    faults.inject([Inject::AppliedThenUnavailable]);
+    assert_eq!(s.append(id, 0, ev.clone()).await.unwrap().version, 2, "resolved: our events are there");
+    assert_eq!(s.load(id).await.unwrap(), ev, "written exactly once");
+    assert_eq!(faults.unknown_outcomes(), 1, "counted as an unknown outcome");
+    let table = crate::store::cql::reconcile::ReconcileTable::open(s.session(), s.keyspace()).await.unwrap();
+    let recorded = table.list().await.unwrap().into_iter().filter(|p| p.aggregate_id == id).count();
+    assert_eq!(recorded, 2, "both events recorded for reconciliation");
 }
 
 #[tokio::test]

@@ -80,7 +80,8 @@ impl CqlStore {
         let mut profile = ExecutionProfile::builder()
             .consistency(consistency)
             .serial_consistency(Some(serial))
-            .request_timeout(Some(timeout));
+            .request_timeout(Some(timeout))
+            .retry_policy(std::sync::Arc::new(super::retry::NoBlindRetry));
         if let Some(dc) = &cfg.local_dc {
             // Token-aware within the local DC first; no silent failover to
             // remote DCs (LOCAL_* consistencies would not hold there).

@@ -57,6 +57,7 @@ pub mod progress;
 pub mod reconcile;
 mod relay_tables;
 mod requests;
+mod retry;
 mod rows;
 pub mod schema;
 pub mod security;
