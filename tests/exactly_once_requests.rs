@@ -1,7 +1,8 @@
 //! Exactly-once operator requests carried out by the relay library against
 //! a real Kafka broker: a replay (also at least once, for the parked count)
 //! or a dead-letter replay that fails again,
-//! a batch split around a park position, and a replay resumed by the next
+//! a batch split around a park position (also in a dead-letter replay), and
+//! a replay resumed by the next
 //! term after the former one committed it but could not remove the park
 //! record. Every test uses its own topics (prefix), consumer and database
 //! file; the daemon-level crash tests are in tests/exactly_once_replay.rs.
@@ -148,6 +149,63 @@ async fn exactly_once_dead_letter_replay_that_fails_again_keeps_the_letter() {
     let events = consume_all(&brokers, std::slice::from_ref(&topic), 2, Duration::from_secs(10));
     let ids: Vec<String> = events.iter().map(|r| r.event_id()).collect();
     assert_eq!(ids, vec![letters[0].event_id.to_string()], "only the first letter's event, once");
+    relay.stop().await;
+}
+
+/// Exactly-once, review finding: a dead-letter replay whose transaction
+/// was refused as a whole (two letters over the topic's limit together, each
+/// under it alone) committed the first alone, then dropped the rest of the
+/// batch that belongs to a parked aggregate, as feed traffic is, yet
+/// removed every chosen letter: that letter's event was on no topic and in
+/// no table. Letters go whatever the parks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_letter_replay_split_publishes_a_parked_aggregates_letter() {
+    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&brokers, &dir.path().join("s.db"));
+    exactly_once(&mut c);
+    c.relay.retry.initial_backoff_ms = 10;
+    c.relay.retry.max_backoff_ms = 50;
+    c.kafka.compression = outboxd::config::Compression::None;
+    // One partition: both letters in one record batch, over the limit together.
+    let topic = format!("{}order-events", c.kafka.topic_prefix);
+    let (b, t) = (brokers.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || create_topic(&b, &t, 1, &[("max.message.bytes", "6000")])).await.unwrap();
+    let store = open_store(&c).await;
+    let (x, y) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let mut ex = order_events(x, 0, 1).remove(0);
+    ex.payload["note"] = serde_json::Value::String("x".repeat(3500));
+    store.append(x, 0, vec![ex.clone()]).await.unwrap(); // position 1
+    let mut ey = order_events(y, 0, 2);
+    ey[1].payload["note"] = serde_json::Value::String("y".repeat(3500));
+    store.append(y, 0, ey.clone()).await.unwrap(); // positions 2, 3
+    store.park(&order_parked_at(&c.relay.consumer_name, y, 2)).await.unwrap();
+    let letters = [dead_letter(&ex, Some(1)), dead_letter(&ey[1], Some(3))];
+    for l in &letters {
+        store.dlq_insert(l.clone()).await.unwrap();
+    }
+    store.set_checkpoint(&c.relay.consumer_name, 3).await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(3, Duration::from_secs(60)).await;
+
+    let replay = RelayRequest::new(&c.relay.consumer_name, RequestKind::ReplayDeadLetters { ids: None }, "test");
+    store.request_submit(&replay).await.unwrap();
+    let finished = request_finished(&store, replay.id).await;
+    assert_eq!(finished.status, RequestStatus::Done, "{:?}", finished.result);
+    let left = store.dlq_list(10).await.unwrap();
+    let records = consume_all(&brokers, std::slice::from_ref(&topic), 2, Duration::from_secs(10));
+    let ids: Vec<String> = records.iter().map(|r| r.event_id()).collect();
+    // Each letter is on the topic once, or still a dead letter: never neither.
+    for l in &letters {
+        let published = ids.iter().filter(|id| **id == l.event_id.to_string()).count();
+        let kept = left.iter().any(|k| k.id == l.id);
+        assert!(
+            published == 1 || (published == 0 && kept),
+            "letter {}: published {published}, kept {kept}",
+            l.event_id
+        );
+    }
     relay.stop().await;
 }
 

@@ -79,8 +79,10 @@ impl TxnError {
     pub fn from_kafka(e: &KafkaError) -> TxnError {
         let message = e.to_string();
         let kind = match e {
+            // librdkafka reports the broker's fencing as its own `__FENCED`.
             KafkaError::Transaction(t)
-                if t.code() == RDKafkaErrorCode::ProducerFenced
+                if t.code() == RDKafkaErrorCode::Fenced
+                    || t.code() == RDKafkaErrorCode::ProducerFenced
                     || t.code() == RDKafkaErrorCode::InvalidProducerEpoch =>
             {
                 TxnErrorKind::Fenced

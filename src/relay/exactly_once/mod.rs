@@ -147,10 +147,18 @@ impl Relay {
         }
         let topics_checked = started.elapsed();
         // 1. Fence former holders; their open transaction is aborted by the broker.
+        // Each attempt ends within a third of the lease TTL: a call cannot
+        // be cancelled once made, and one made just before this instance's
+        // lease deadline then ends before a standby may take over (a full
+        // TTL after the last renewal), never fencing the new holder.
+        let attempt_timeout = match &self.fence {
+            Some(_) => Duration::from_millis((self.cfg.lease_ttl_ms / 3).clamp(1_000, 30_000)),
+            None => Duration::from_secs(30),
+        };
         let init = async {
             let mut attempt = 0;
             loop {
-                match producer.init_transactions(Duration::from_secs(30)).await {
+                match producer.init_transactions(attempt_timeout).await {
                     Ok(()) => return None,
                     Err(e) if e.kind == TxnErrorKind::Retriable => {
                         attempt += 1;

@@ -88,7 +88,11 @@ impl Txn {
                     }
                     // The rest, without the events of a parked aggregate from its
                     // park position on (earlier ones, read again after a rewind, go).
-                    batch = rest.into_iter().filter(|i| !self.holds(i.aggregate(), i.position())).collect();
+                    // Dead letters are not feed traffic: each goes whatever
+                    // the parks (every chosen letter is removed once the
+                    // replay committed; one dropped here was lost).
+                    let letters = self.replaying.as_ref().is_some_and(|(_, part)| part == LETTERS);
+                    batch = rest.into_iter().filter(|i| letters || !self.holds(i.aggregate(), i.position())).collect();
                     attempts = 0;
                 }
             }
