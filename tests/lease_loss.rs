@@ -1,7 +1,9 @@
-//! A relay term that loses its lease while its start retries (the store
-//! cannot be read) ends there, against a real broker: an exactly-once term
-//! must not go on to `init_transactions`, which would fence the instance
-//! that holds the lease now and abort its open transaction.
+//! A relay term that loses its lease acts no more, against a real broker:
+//! one that loses it while its start retries (the store cannot be read)
+//! ends there (an exactly-once term must not go on to `init_transactions`,
+//! which would fence the instance that holds the lease now and abort its
+//! open transaction); one whose park write is refused (fenced) sends
+//! nothing after it.
 
 mod harness;
 
@@ -64,4 +66,45 @@ async fn an_exactly_once_term_that_loses_its_lease_while_starting_does_not_fence
     assert!(committed.is_ok(), "B was not fenced by A: {committed:?}");
     let records = consume_all(&brokers, &[topic], 1, Duration::from_secs(10));
     assert_eq!(records.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), vec!["k"], "B's record is committed");
+}
+
+/// Review finding: a park refused because another instance holds the lease
+/// purged the producer and marked the term ended, but the pump went on
+/// sending every ready event of other aggregates after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_term_whose_park_is_refused_sends_nothing_after_it() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&brokers, &dir.path().join("s.db"));
+    // No linger: a record handed over goes out at once (the term's final
+    // purge would otherwise take it back).
+    c.kafka.linger_ms = 0;
+    let store = open_store(&c).await;
+    // Position 1: a row no build can read (its turn parks its aggregate);
+    // then 20 events of other orders, ready in the same pump.
+    rusqlite::Connection::open(&c.store.path)
+        .unwrap()
+        .execute(
+            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, correlation_id, timestamp) \
+             VALUES (?1, 'order', ?2, 1, 'OrderCreated', 1, '{not json', ?3, '2026-12-06T00:00:00.000Z')",
+            (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string()),
+        )
+        .unwrap();
+    for _ in 0..20 {
+        let id = uuid::Uuid::now_v7();
+        store.append(id, 0, order_events(id, 0, 1)).await.unwrap();
+    }
+    // The term runs at epoch 5; the store's lease row says otherwise (none):
+    // its fenced writes are refused.
+    let (_lease, rx) = tokio::sync::watch::channel(LeaseState::Active { epoch: 5 });
+    let (relay, _status) = Relay::standalone(&c, store.clone(), Metrics::new());
+    let relay = relay.with_fence(Fence { epoch: 5, lease: rx });
+    let trigger = Trigger::new();
+    let exit = tokio::time::timeout(Duration::from_secs(60), relay.run(trigger.subscribe()))
+        .await
+        .expect("the term ends by itself");
+    assert_eq!(exit.unwrap(), Exit::LeaseLost);
+    assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty(), "the park was refused");
+    let records = consume_all(&brokers, &topics(&c), 20, Duration::from_secs(5));
+    assert!(records.is_empty(), "nothing published after the refusal: {} records", records.len());
 }

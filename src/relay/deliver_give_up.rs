@@ -85,6 +85,11 @@ impl Deliverer {
                 tracing::error!(%event_id, %aggregate, ?sequence, error = %err, "event can never be published as it is; its aggregate is parked from it on");
                 Delivered::Parked
             }
+            // A marker has no dead letter to become (none was written).
+            PermanentFailurePolicy::Skip if matches!(item, Item::Marker { .. }) => {
+                tracing::error!(%event_id, %aggregate, ?sequence, error = %err, "the marker of a discarded event can never be published; skipped (the discard audit row has the event)");
+                Delivered::DeadLettered
+            }
             PermanentFailurePolicy::Skip => {
                 self.metrics.dlq_messages.inc();
                 self.metrics.dlq_messages_by_event_type.with_label_values(&[&event_type]).inc();

@@ -192,6 +192,34 @@ async fn a_marker_is_never_given_up_on_transient_exhaustion() {
     assert_eq!(metrics.dlq_messages.get(), 0, "nothing was dead-lettered");
 }
 
+/// Review finding: under policy `skip`, a marker refused for good was
+/// counted as dead-lettered (`dlq_messages_total`, `dlq_depth`, the status)
+/// although no dead letter was written (a marker has none to become).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_given_up_under_skip_is_not_counted_as_a_dead_letter() {
+    let Some((d, store, _)) = deliverer("deliver: a marker under skip", PermanentFailurePolicy::Skip).await else {
+        return;
+    };
+    let marker = Discarded {
+        event_id: Uuid::now_v7(),
+        aggregate_type: "order".into(),
+        aggregate_key: Uuid::now_v7().to_string().into(),
+        sequence: 2,
+        event_type: "ItemsAdded".into(),
+        reason: "test".into(),
+        discarded_at: chrono::Utc::now(),
+    };
+    let trigger = Trigger::new();
+    let mut shutdown = trigger.subscribe();
+    let err = PublishError::permanent("MessageSizeTooLarge", "refused");
+    let out = d
+        .give_up(&Item::Marker { position: 0, discarded: marker }, err, PermanentFailurePolicy::Skip, 2, &mut shutdown)
+        .await;
+    assert_eq!(out, Delivered::DeadLettered);
+    assert_eq!((d.metrics.dlq_messages.get(), d.metrics.dlq_depth.get()), (0, 0), "nothing was dead-lettered");
+    assert_eq!(store.dlq_count().await.unwrap(), 0);
+}
+
 /// One event of aggregate `agg` (sequence 1) whose payload is `pad` bytes of
 /// incompressible text.
 fn event_of(agg: Uuid, pad: usize) -> RawEvent {

@@ -162,7 +162,8 @@ impl Run {
             BreakerState::Open => 0,
         };
         let mut sent = 0;
-        while sent < limit {
+        // A refused (fenced) park ends the term: nothing more is sent.
+        while sent < limit && self.exit.is_none() {
             let Some((slot, item)) = self.window.take_ready() else { break };
             if let Item::Unreadable(u) = item {
                 // Its turn came (everything before it in its aggregate is done): park it.
