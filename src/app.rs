@@ -125,7 +125,17 @@ impl CommandService {
         let mut state = A::default();
         let mut version = 0;
         let events = if self.opts.snapshot_every > 0 {
-            let (snapshot, after) = self.store.load_from_snapshot(id).await?;
+            let (snapshot, after) = match self.store.load_from_snapshot(id).await {
+                Ok(loaded) => loaded,
+                // A snapshot row that cannot be read is ignored like one of
+                // an older shape: every event is loaded (an event that
+                // cannot be decoded fails that load as before).
+                Err(StoreError::Codec(e)) => {
+                    tracing::warn!(aggregate_id = %id, error = %e, "cannot read the snapshot or the events after it; loading every event");
+                    (None, self.store.load_after(id, 0).await?)
+                }
+                Err(e) => return Err(e.into()),
+            };
             match snapshot {
                 // No snapshot: `after` holds every event.
                 None => after,

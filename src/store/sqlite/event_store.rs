@@ -66,7 +66,13 @@ fn snapshot_of(c: &Connection, aggregate_id: Uuid) -> Result<Option<Snapshot>, S
             })
             .optional()
         })
-        .map_err(unavailable)?;
+        .map_err(|e| match e {
+            // A row of the wrong shape is a data problem, not an outage.
+            rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => codec(format!("snapshot of {aggregate_id}: {e}")),
+            e => unavailable(e),
+        })?;
     let Some((aggregate_type, version, state_schema, state, created_at)) = row else { return Ok(None) };
     Ok(Some(Snapshot {
         aggregate_id,

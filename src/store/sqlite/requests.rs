@@ -1,7 +1,8 @@
 //! SQLite relay requests (`relay_requests`): operator requests the active
 //! relay carries out.
 //!
-//! Guarantee: `claim` is one conditional UPDATE (pending, or running under
+//! Guarantees: a row this build cannot read is skipped by `open` (logged),
+//! never blocking the requests after it; `claim` is one conditional UPDATE (pending, or running under
 //! an epoch up to ours -> running under ours) fenced by the lease, so a
 //! request is carried out by one lease holder at a time (and by one of its
 //! terms: they run one after another).
@@ -71,7 +72,16 @@ pub(super) fn open(c: &Connection, consumer: &str, epoch: i64) -> Result<Vec<Rel
     let mut rows = st.query(params![consumer, epoch]).map_err(unavailable)?;
     let mut out = Vec::new();
     while let Some(r) = rows.next().map_err(unavailable)? {
-        out.push(row(r)?);
+        match row(r) {
+            Ok(req) => out.push(req),
+            // One row this build cannot read (a kind from a newer build) is
+            // left for a build that can; it never blocks the others.
+            Err(StoreError::Codec(e)) => {
+                let id: Option<String> = r.get(0).ok();
+                tracing::warn!(id = ?id, %consumer, error = %e, "relay request this build cannot read; left as it is");
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(out)
 }
