@@ -209,6 +209,35 @@ async fn exactly_once_letter_replay_split_publishes_a_parked_aggregates_letter()
     relay.stop().await;
 }
 
+/// Exactly-once, review finding: a replay sent every held event in one
+/// transaction (a large backlog outlasted `transaction.timeout.ms`: the
+/// broker aborted it, every term again). It keeps to
+/// `relay.transaction_max_events`, each event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_replay_keeps_to_the_transaction_size() {
+    use outboxd::store::requests::RequestStatus;
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, store) = exactly_once_quick(&brokers, dir.path()).await;
+    c.relay.transaction_max_events = 10;
+    let agg = uuid::Uuid::now_v7();
+    store.append(agg, 0, order_events(agg, 0, 25)).await.unwrap();
+    store.park(&order_parked_at(&c.relay.consumer_name, agg, 1)).await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(25, Duration::from_secs(60)).await;
+    let committed = |r: &RunningRelay| r.metrics.relay_transactions.with_label_values(&["committed"]).get();
+    let before = committed(&relay);
+    let replay = replay_of(&c.relay.consumer_name, agg);
+    store.request_submit(&replay).await.unwrap();
+    let finished = request_finished(&store, replay.id).await;
+    assert_eq!(finished.status, RequestStatus::Done, "{:?}", finished.result);
+    let records = consume_all(&brokers, &topics(&c), 25, Duration::from_secs(10));
+    let expected: Vec<String> = (1..=25).map(|s| s.to_string()).collect();
+    assert_eq!(sequences_of(&records, agg), expected, "each held event once, in order");
+    assert!(committed(&relay) - before >= 3, "25 events in transactions of at most 10");
+    relay.stop().await;
+}
+
 /// Exactly-once: a batch split around an event refused for good keeps a
 /// parked aggregate's events before its park position (read again after a
 /// rewind); the split filtered the rest by aggregate alone and dropped them

@@ -229,9 +229,27 @@ impl Txn {
     ) -> Result<Option<Exit>, RelayError> {
         self.skip_committed(id, &part, &mut items);
         let mut never = Shutdown::never();
+        let letters = part == LETTERS;
         self.replaying = Some((id, part));
-        if let Some(exit) = self.publish(items, self.position, &mut never).await? {
-            return Ok(Some(exit));
+        // In transactions of at most `transaction_max_events`, as the feed's
+        // (one of a large backlog would outlast `transaction.timeout.ms`):
+        // each chunk is a prefix, like a split's, and its progress record
+        // marks it committed.
+        let max = self.relay.cfg.transaction_max_events.max(1);
+        let mut rest = items.into_iter().peekable();
+        // Once at least (nothing left to publish still commits its mark).
+        let mut once = true;
+        while std::mem::take(&mut once) || rest.peek().is_some() {
+            // After a re-park (or a failed letter) in an earlier chunk, as
+            // within one: the parked aggregate's later events stay held.
+            let chunk: Vec<Item> =
+                rest.by_ref().filter(|i| letters || !self.holds(i.aggregate(), i.position())).take(max).collect();
+            if let Some(exit) = self.publish(chunk, self.position, &mut never).await? {
+                return Ok(Some(exit));
+            }
+            if self.letter_failed.is_some() {
+                break;
+            }
         }
         self.replaying = None;
         self.relay.pause.crash_point(CRASH_AFTER_REPLAY);
