@@ -115,7 +115,7 @@ async fn replay_that_fails_again(eos: bool) {
 /// letter as replayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_once_dead_letter_replay_that_fails_again_keeps_the_letter() {
-    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    use outboxd::store::requests::RequestStatus;
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (c, topic, store) = exactly_once_small_topic(&brokers, dir.path()).await;
@@ -137,9 +137,7 @@ async fn exactly_once_dead_letter_replay_that_fails_again_keeps_the_letter() {
     let mut relay = start_relay(&c, store.clone());
     relay.wait_checkpoint(3, Duration::from_secs(60)).await;
 
-    let replay = RelayRequest::new(&c.relay.consumer_name, RequestKind::ReplayDeadLetters { ids: None }, "test");
-    store.request_submit(&replay).await.unwrap();
-    let finished = request_finished(&store, replay.id).await;
+    let finished = replay_all_letters(&store, &c.relay.consumer_name).await;
     assert_eq!(finished.status, RequestStatus::Failed, "{:?}", finished.result);
     assert_eq!(finished.result.as_ref().unwrap()["id"], letters[1].id.to_string(), "{:?}", finished.result);
     let mut left: Vec<uuid::Uuid> = store.dlq_list(10).await.unwrap().into_iter().map(|l| l.id).collect();
@@ -160,19 +158,11 @@ async fn exactly_once_dead_letter_replay_that_fails_again_keeps_the_letter() {
 /// no table. Letters go whatever the parks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exactly_once_letter_replay_split_publishes_a_parked_aggregates_letter() {
-    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    use outboxd::store::requests::RequestStatus;
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = test_config(&brokers, &dir.path().join("s.db"));
-    exactly_once(&mut c);
-    c.relay.retry.initial_backoff_ms = 10;
-    c.relay.retry.max_backoff_ms = 50;
-    c.kafka.compression = outboxd::config::Compression::None;
     // One partition: both letters in one record batch, over the limit together.
-    let topic = format!("{}order-events", c.kafka.topic_prefix);
-    let (b, t) = (brokers.clone(), topic.clone());
-    tokio::task::spawn_blocking(move || create_topic(&b, &t, 1, &[("max.message.bytes", "6000")])).await.unwrap();
-    let store = open_store(&c).await;
+    let (c, topic, store) = small_topic_with(&brokers, dir.path(), true, 1).await;
     let (x, y) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let mut ex = order_events(x, 0, 1).remove(0);
     ex.payload["note"] = serde_json::Value::String("x".repeat(3500));
@@ -189,9 +179,7 @@ async fn exactly_once_letter_replay_split_publishes_a_parked_aggregates_letter()
     let mut relay = start_relay(&c, store.clone());
     relay.wait_checkpoint(3, Duration::from_secs(60)).await;
 
-    let replay = RelayRequest::new(&c.relay.consumer_name, RequestKind::ReplayDeadLetters { ids: None }, "test");
-    store.request_submit(&replay).await.unwrap();
-    let finished = request_finished(&store, replay.id).await;
+    let finished = replay_all_letters(&store, &c.relay.consumer_name).await;
     assert_eq!(finished.status, RequestStatus::Done, "{:?}", finished.result);
     let left = store.dlq_list(10).await.unwrap();
     let records = consume_all(&brokers, std::slice::from_ref(&topic), 2, Duration::from_secs(10));

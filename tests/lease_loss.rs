@@ -82,14 +82,7 @@ async fn a_term_whose_park_is_refused_sends_nothing_after_it() {
     let store = open_store(&c).await;
     // Position 1: a row no build can read (its turn parks its aggregate);
     // then 20 events of other orders, ready in the same pump.
-    rusqlite::Connection::open(&c.store.path)
-        .unwrap()
-        .execute(
-            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, correlation_id, timestamp) \
-             VALUES (?1, 'order', ?2, 1, 'OrderCreated', 1, '{not json', ?3, '2026-12-06T00:00:00.000Z')",
-            (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string()),
-        )
-        .unwrap();
+    insert_unreadable(&c.store.path, "order", uuid::Uuid::now_v7(), 1);
     for _ in 0..20 {
         let id = uuid::Uuid::now_v7();
         store.append(id, 0, order_events(id, 0, 1)).await.unwrap();

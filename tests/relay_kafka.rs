@@ -406,15 +406,7 @@ async fn the_marker_of_a_discarded_unreadable_row_goes_to_its_aggregates_topic()
     let dir = tempfile::tempdir().unwrap();
     let c = test_config(&brokers, &dir.path().join("s.db"));
     let store = open_store(&c).await;
-    let (customer, event) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    rusqlite::Connection::open(&c.store.path)
-        .unwrap()
-        .execute(
-            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, correlation_id, timestamp) \
-             VALUES (?1, 'customer', ?2, 1, 'CustomerRegistered', 1, '{not json', ?3, '2026-12-06T00:00:00.000Z')",
-            (event.to_string(), customer.to_string(), uuid::Uuid::now_v7().to_string()),
-        )
-        .unwrap();
+    let event = insert_unreadable(&c.store.path, "customer", uuid::Uuid::now_v7(), 1);
     let mut relay = start_relay(&c, store.clone());
     relay.wait_checkpoint(1, Duration::from_secs(60)).await;
     assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 1, "parked at its unreadable row");

@@ -43,15 +43,8 @@ async fn an_outage_dead_letters_events_but_never_a_discard_marker() {
     let consumer = c.relay.consumer_name.clone();
 
     // 1. The broker is up: an unreadable row parks its order (position 1).
-    let (poisoned, event) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    rusqlite::Connection::open(&c.store.path)
-        .unwrap()
-        .execute(
-            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, correlation_id, timestamp) \
-             VALUES (?1, 'order', ?2, 1, 'OrderCreated', 1, '{not json', ?3, '2026-12-06T00:00:00.000Z')",
-            (event.to_string(), poisoned.to_string(), uuid::Uuid::now_v7().to_string()),
-        )
-        .unwrap();
+    let poisoned = uuid::Uuid::now_v7();
+    let event = insert_unreadable(&c.store.path, "order", poisoned, 1);
     let mut relay = start_relay(&c, store.clone());
     relay.wait_checkpoint(1, Duration::from_secs(60)).await;
     assert_eq!(store.parked(&consumer).await.unwrap().len(), 1, "parked at its unreadable row");

@@ -151,6 +151,19 @@ async fn nothing_is_sent_once_the_lease_is_not_held_at_its_epoch() {
     }
 }
 
+/// The marker of a discarded event 2 of a new order.
+fn marker() -> Discarded {
+    Discarded {
+        event_id: Uuid::now_v7(),
+        aggregate_type: "order".into(),
+        aggregate_key: Uuid::now_v7().to_string().into(),
+        sequence: 2,
+        event_type: "ItemsAdded".into(),
+        reason: "test".into(),
+        discarded_at: chrono::Utc::now(),
+    }
+}
+
 /// Review finding: under `relay.dlq_on_transient_exhaustion` a discard
 /// marker whose sends kept failing transiently was given up like an event,
 /// but a marker has no dead letter to become: it vanished (a sequence gap
@@ -172,15 +185,7 @@ async fn a_marker_is_never_given_up_on_transient_exhaustion() {
     let metrics = Metrics::new();
     let status = StatusTx::new(tokio::sync::watch::channel(crate::relay::RelayStatus::default()).0);
     let d = Deliverer::new(&config, store.clone(), Arc::new(store.clone()), metrics.clone(), status).await.unwrap();
-    let marker = Discarded {
-        event_id: Uuid::now_v7(),
-        aggregate_type: "order".into(),
-        aggregate_key: Uuid::now_v7().to_string().into(),
-        sequence: 2,
-        event_type: "ItemsAdded".into(),
-        reason: "test".into(),
-        discarded_at: chrono::Utc::now(),
-    };
+    let marker = marker();
     let stop = Trigger::new();
     let mut shutdown = stop.subscribe();
     let sending = tokio::spawn(async move { d.deliver_marker(&marker, &mut shutdown).await });
@@ -200,15 +205,7 @@ async fn a_marker_given_up_under_skip_is_not_counted_as_a_dead_letter() {
     let Some((d, store, _)) = deliverer("deliver: a marker under skip", PermanentFailurePolicy::Skip).await else {
         return;
     };
-    let marker = Discarded {
-        event_id: Uuid::now_v7(),
-        aggregate_type: "order".into(),
-        aggregate_key: Uuid::now_v7().to_string().into(),
-        sequence: 2,
-        event_type: "ItemsAdded".into(),
-        reason: "test".into(),
-        discarded_at: chrono::Utc::now(),
-    };
+    let marker = marker();
     let trigger = Trigger::new();
     let mut shutdown = trigger.subscribe();
     let err = PublishError::permanent("MessageSizeTooLarge", "refused");

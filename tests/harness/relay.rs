@@ -50,6 +50,16 @@ pub async fn exactly_once_small_topic(brokers: &str, dir: &std::path::Path) -> (
 
 /// [`exactly_once_small_topic`], or the same at least once (`eos` false).
 pub async fn small_topic(brokers: &str, dir: &std::path::Path, eos: bool) -> (Config, String, DynStore) {
+    small_topic_with(brokers, dir, eos, 3).await
+}
+
+/// [`small_topic`] whose order topic has `partitions`.
+pub async fn small_topic_with(
+    brokers: &str,
+    dir: &std::path::Path,
+    eos: bool,
+    partitions: i32,
+) -> (Config, String, DynStore) {
     let mut c = test_config(brokers, &dir.join("s.db"));
     if eos {
         exactly_once(&mut c);
@@ -59,7 +69,9 @@ pub async fn small_topic(brokers: &str, dir: &std::path::Path, eos: bool) -> (Co
     c.kafka.compression = outboxd::config::Compression::None;
     let topic = format!("{}order-events", c.kafka.topic_prefix);
     let (b, t) = (brokers.to_string(), topic.clone());
-    tokio::task::spawn_blocking(move || create_topic(&b, &t, 3, &[("max.message.bytes", "6000")])).await.unwrap();
+    tokio::task::spawn_blocking(move || create_topic(&b, &t, partitions, &[("max.message.bytes", "6000")]))
+        .await
+        .unwrap();
     let store = open_store(&c).await;
     (c, topic, store)
 }

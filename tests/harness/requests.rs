@@ -23,6 +23,14 @@ pub async fn request_finished(store: &DynStore, id: Uuid) -> RelayRequest {
     .unwrap_or_else(|_| panic!("request {id} not finished after 60 s"))
 }
 
+/// Asks `consumer`'s relay to replay every dead letter; the request once finished.
+pub async fn replay_all_letters(store: &DynStore, consumer: &str) -> RelayRequest {
+    use outboxd::store::requests::RequestKind;
+    let replay = RelayRequest::new(consumer, RequestKind::ReplayDeadLetters { ids: None }, "test");
+    store.request_submit(&replay).await.unwrap();
+    request_finished(store, replay.id).await
+}
+
 /// The park record of order `aggregate` at feed `position` (its sequence
 /// the same), as a relay writes one.
 pub fn order_parked_at(consumer: &str, aggregate: Uuid, position: i64) -> Parked {

@@ -1,5 +1,5 @@
 //! The SQLite store as an outside tool sees it: read-only connections that
-//! never take the writer's lock.
+//! never take the writer's lock, and rows a foreign tool writes.
 
 use std::path::Path;
 
@@ -55,4 +55,21 @@ pub fn sqlite3(db: &Path, sql: &str) -> String {
         .expect("the sqlite3 tool is installed (make deps installs it)");
     assert!(out.status.success(), "sqlite3 {sql}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Writes event `sequence` of `aggregate` (`aggregate_type`: `order` or
+/// `customer`) as a row no build can read (its payload is not JSON), as a
+/// foreign tool might; returns its event id.
+pub fn insert_unreadable(db: &Path, aggregate_type: &str, aggregate: uuid::Uuid, sequence: i64) -> uuid::Uuid {
+    let event = uuid::Uuid::now_v7();
+    let event_type = if aggregate_type == "customer" { "CustomerRegistered" } else { "OrderCreated" };
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute(
+            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, correlation_id, timestamp) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, '{not json', ?6, '2026-12-06T00:00:00.000Z')",
+            (event.to_string(), aggregate_type, aggregate.to_string(), sequence, event_type, uuid::Uuid::now_v7().to_string()),
+        )
+        .unwrap();
+    event
 }
