@@ -83,9 +83,15 @@ impl Recent {
     }
 
     fn set(&mut self, a: Uuid, seq: i64) {
-        // A late publish below the range does not extend it (what lies
-        // between it and the range may not have gone out).
-        let range = self.range(&a).map_or((seq, seq), |(first, last)| (first, last.max(seq)));
+        // A late publish below the range does not extend it, and a jump past
+        // `last + 1` (a publish without the gap fill: pending rows only, a
+        // replayed dead letter) starts a new one: what lies between may not
+        // have gone out.
+        let range = match self.range(&a) {
+            Some((first, last)) if seq <= last + 1 => (first, last.max(seq)),
+            Some((first, last)) if seq < first => (first, last),
+            _ => (seq, seq),
+        };
         if !self.current.contains_key(&a) && self.current.len() >= self.capacity / 2 {
             self.previous = std::mem::take(&mut self.current);
         }
@@ -328,6 +334,25 @@ mod tests {
         assert!(s.overdue(1_000_000, 10, Some(1_000_000)).is_empty());
         s.refresh([]);
         assert!(s.confirmable().is_empty());
+    }
+
+    /// Review finding: the range grew over a jump (pending A#1 filled
+    /// before A#4, with A#2 and A#3 not published here), and A#3 recorded
+    /// afterwards was deleted as published. A jump starts a new range.
+    #[test]
+    fn a_jump_past_the_last_published_sequence_starts_a_new_range() {
+        let mut s = ReconcileState::new(100);
+        s.refresh([pending(1, 1, 0)]);
+        assert_eq!(s.plan(agg(1), 4), Plan::Deliver { fill: vec![1] });
+        s.published(agg(1), 1);
+        s.published(agg(1), 4);
+        s.refresh([pending(1, 3, 0)]);
+        assert!(s.confirmable().is_empty(), "A#3 never went out here");
+        assert_eq!(s.plan(agg(1), 3), Plan::Late);
+        // Contiguous publishes still grow it.
+        s.published(agg(1), 5);
+        s.refresh([pending(1, 5, 0)]);
+        assert_eq!(s.confirmable(), vec![pending(1, 5, 0)]);
     }
 
     /// Review finding: the pending set is loaded by a refresh; a row first

@@ -377,10 +377,16 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         let mut done = 0;
         for p in overdue {
             tracing::warn!(aggregate = %p.aggregate_id, sequence = p.sequence, event_id = %p.event_id, "unknown-outcome append not seen in the CDC log within the bound; publishing it from event_store");
-            if let Handled::Delivered { .. } =
-                self.deliver_through(p.aggregate_id, p.sequence, None, None, shutdown).await?
-            {
-                done += 1;
+            // One that cannot go out yet (an earlier event not readable)
+            // does not hold up the others of the round.
+            match self.deliver_through(p.aggregate_id, p.sequence, None, None, shutdown).await {
+                Ok(Handled::Delivered { .. }) => done += 1,
+                Ok(_) => {}
+                Err(CdcError::Shutdown) => return Err(CdcError::Shutdown),
+                Err(CdcError::Store(e)) => {
+                    tracing::warn!(aggregate = %p.aggregate_id, sequence = p.sequence, error = %e, "reconciliation: cannot publish this one yet; the next round tries again")
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(done)

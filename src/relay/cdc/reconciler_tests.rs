@@ -379,3 +379,30 @@ async fn a_fill_that_misses_an_earlier_event_fails_instead_of_passing_it() {
     assert!(matches!(out, Err(CdcError::Store(_))), "{out:?}");
     assert_eq!(rig.recorder.of(a), vec![1], "A#3 not published past the missing A#2");
 }
+
+/// Review finding: an overdue row that could not go out (an earlier event
+/// of its aggregate not readable) ended the reconciler's round: the overdue
+/// rows of other aggregates waited behind it. They go on now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_row_that_cannot_go_out_does_not_hold_up_the_others() {
+    let Some(mut rig) = rig("reconciliation: a stuck overdue row").await else { return };
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let ea = append(&rig, a, 0, 3).await;
+    let eb = append(&rig, b, 0, 2).await;
+    rig.sink.handle(ea[0].clone(), &mut rig.shutdown).await.unwrap();
+    rig.sink.handle(eb[0].clone(), &mut rig.shutdown).await.unwrap();
+    rig.store
+        .session()
+        .query_unpaged(
+            format!("DELETE FROM {}.event_store WHERE aggregate_id = ? AND sequence_number = 2", rig.store.keyspace()),
+            (a,),
+        )
+        .await
+        .unwrap();
+    let old = Utc::now() - chrono::Duration::minutes(10);
+    rig.table.record(a, &[(3, ea[2].event_id)], old).await.unwrap();
+    rig.table.record(b, &[(2, eb[1].event_id)], old).await.unwrap();
+    rig.sink.refresh().await.unwrap();
+    assert_eq!(rig.sink.reconcile_overdue(&mut rig.shutdown).await.unwrap(), 1, "B#2 went out");
+    assert_eq!((rig.recorder.of(a), rig.recorder.of(b)), (vec![1], vec![1, 2]));
+}
