@@ -9,8 +9,9 @@
 //!   version; when the condition fails, the LWT answer carries the current
 //!   `version`, which becomes `StoreError::Conflict { actual }` (0 when null).
 //! - Unknown outcomes are resolved, never guessed: a CAS write timeout (or a
-//!   client timeout / broken connection) means the batch may or may not have
-//!   been applied. The append then re-proposes the *same* batch (safe: the
+//!   client timeout / broken connection, or `Unavailable`, which the commit
+//!   phase can answer after a quorum accepted) means the batch may or may
+//!   not have been applied. The append then re-proposes the *same* batch (safe: the
 //!   condition lets at most one of the attempts apply, and Paxos never
 //!   completes a proposal older than a later commit). If the re-proposal
 //!   fails its condition, the row at `expected + 1` is read with SERIAL
@@ -93,6 +94,16 @@ enum Attempt {
     Failed(Box<ExecutionError>),
 }
 
+/// Too few live replicas: the commit phase can answer it after a quorum
+/// accepted the proposal (the next round completes it; see `retry`), so an
+/// append resolves it like a timeout. The lease and request writes keep it a
+/// plain error their callers retry: a SERIAL read that finds their row
+/// unchanged would answer "refused" (a holder stepping down, a request left
+/// to the next leader) for a write that never happened.
+pub(super) fn unavailable_after_accept(e: &ExecutionError) -> bool {
+    matches!(e, ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Unavailable { .. }, _)))
+}
+
 /// True when an error leaves the outcome of a (conditional) write unknown:
 /// the request may have reached the coordinator and been applied.
 pub(super) fn outcome_unknown(e: &ExecutionError) -> bool {
@@ -103,16 +114,13 @@ pub(super) fn outcome_unknown(e: &ExecutionError) -> bool {
             RequestAttemptError::DbError(db, _) => matches!(
                 db,
                 // CAS write timeouts (contention or Paxos timeouts), commit-phase
-                // write timeouts, and timeouts of the Paxos read phase; too
-                // few live replicas, which the commit phase can answer after a
-                // quorum accepted the proposal (see `retry`); a
+                // write timeouts, and timeouts of the Paxos read phase; a
                 // replica's failure in either phase (a proposal a quorum
                 // accepted is completed by the next round on the partition:
                 // stored after all), a server error, Cassandra's
                 // CAS_WRITE_UNKNOWN (0x1700), and a rate limit met past the
                 // coordinator (it may have reached a replica).
                 DbError::WriteTimeout { .. }
-                    | DbError::Unavailable { .. }
                     | DbError::ReadTimeout { .. }
                     | DbError::WriteFailure { .. }
                     | DbError::ReadFailure { .. }
@@ -282,7 +290,7 @@ impl CqlStore {
                     }
                     return Err(conflict(actual));
                 }
-                Attempt::Failed(e) if outcome_unknown(&e) => {
+                Attempt::Failed(e) if outcome_unknown(&e) || unavailable_after_accept(&e) => {
                     tracing::debug!(%aggregate_id, expected_version, attempt, error = %e, "conditional append outcome unknown; re-proposing");
                     uncertain = Some(e.to_string());
                 }

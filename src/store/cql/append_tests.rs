@@ -91,7 +91,7 @@ impl BatchExecutor for FaultyBatches {
             Some(Inject::AppliedThenUnavailable) => session.batch(batch, values).await.and(Err(unavailable())),
             None => session.batch(batch, values).await,
         };
-        if res.as_ref().err().is_some_and(outcome_unknown) {
+        if res.as_ref().err().is_some_and(|e| outcome_unknown(e) || unavailable_after_accept(e)) {
             self.unknown.fetch_add(1, Ordering::Relaxed);
         }
         res

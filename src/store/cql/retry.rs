@@ -8,7 +8,9 @@
 //! found too few live replicas; the next Paxos round completes it), and the
 //! blind retry then finds its own write and answers "not applied": an
 //! append reported as a conflict, its command run again. Not retried, the
-//! store sees the first answer and resolves it (`append::outcome_unknown`).
+//! store sees the first answer: an append resolves it
+//! (`append::unavailable_after_accept`); the other conditional writes
+//! return it as an error their callers retry.
 //!
 //! Guarantee: reads and other idempotent requests keep the default retries;
 //! no non-idempotent request is retried on `Unavailable`.
