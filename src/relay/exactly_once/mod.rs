@@ -147,10 +147,12 @@ impl Relay {
         }
         let topics_checked = started.elapsed();
         // 1. Fence former holders; their open transaction is aborted by the broker.
-        // Each attempt ends within a third of the lease TTL: a call cannot
-        // be cancelled once made, and one made just before this instance's
-        // lease deadline then ends before a standby may take over (a full
-        // TTL after the last renewal), never fencing the new holder.
+        // Each attempt waits at most a third of the lease TTL, so a lease
+        // lost meanwhile is seen between attempts soon. (librdkafka goes on
+        // with a timed-out InitProducerId in the background: a call made
+        // just before this instance's lease deadline may still fence a new
+        // holder once; that holder's term then ends and a new one starts,
+        // nothing lost or duplicated.)
         let attempt_timeout = match &self.fence {
             Some(_) => Duration::from_millis((self.cfg.lease_ttl_ms / 3).clamp(1_000, 30_000)),
             None => Duration::from_secs(30),
