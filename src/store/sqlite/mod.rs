@@ -233,33 +233,53 @@ impl SqliteStore {
         .map_err(unavailable)?
     }
 
-    /// Runs `f` on the lease connection (off the async runtime, not through the writer queue).
+    /// Runs `f` on the lease connection (off the async runtime, not through
+    /// the writer queue); never on a database file deleted or replaced
+    /// under the store (a renewal there would hold a lease no one sees).
     pub(crate) async fn lease_op<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (conn, waiting) = (self.lease_conn.clone(), self.lease_waiting.clone());
+        let (conn, waiting, file) = (self.lease_conn.clone(), self.lease_waiting.clone(), self.file.clone());
         tokio::task::spawn_blocking(move || {
-            use std::sync::atomic::Ordering::SeqCst;
-            waiting.fetch_add(1, SeqCst);
-            let r = conn.lock().map_err(unavailable).and_then(|mut c| f(&mut c));
-            waiting.fetch_sub(1, SeqCst);
-            r
+            file.check()?;
+            let _waiting = LeaseWaiting::enter(waiting);
+            conn.lock().map_err(unavailable).and_then(|mut c| f(&mut c))
         })
         .await
         .map_err(unavailable)?
     }
 
-    /// Runs `f` on the writer thread's connection, between append groups.
+    /// Runs `f` on the writer thread's connection, between append groups
+    /// (not on a file deleted or replaced under the store).
     pub(crate) async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
+        let file = self.file.clone();
+        // As appends: never to a file deleted or replaced under the store.
         let job = Job::Exec(Box::new(move |c| {
-            let _ = tx.send(f(c));
+            let _ = tx.send(file.check().and_then(|()| f(c)));
         }));
         self.jobs.send(job).await.map_err(|_| unavailable("sqlite writer thread has stopped"))?;
         rx.await.map_err(|_| unavailable("sqlite writer thread has stopped"))?
+    }
+}
+
+/// A lease write waiting for, or holding, the write lock (the append
+/// writer yields to it); counted out however the write ends.
+struct LeaseWaiting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl LeaseWaiting {
+    fn enter(n: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> LeaseWaiting {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        LeaseWaiting(n)
+    }
+}
+
+impl Drop for LeaseWaiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }

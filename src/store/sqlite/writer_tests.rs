@@ -180,6 +180,31 @@ async fn no_append_reaches_a_database_file_deleted_or_replaced_under_the_store()
     assert!(matches!(&e, StoreError::Unavailable(m) if m.contains("replaced")), "{e}");
     let copy = open(&path);
     assert_eq!(count(&copy, b), 0, "nothing of b in the new file");
+    // Review finding: the other writes still went to the old file: a lease
+    // renewal there held a lease no instance on the new file sees, a
+    // checkpoint or a park "durable" where nothing reads it.
+    use crate::store::lease::{Lease, LeaseCas, LeaseStore};
+    use crate::store::parking::ParkingStore;
+    let lease = Lease { name: "kafka-relay".into(), holder: "a".into(), epoch: 1, counter: 0, ttl_ms: 3000 };
+    let refused = |r: Result<(), StoreError>, what: &str| {
+        assert!(matches!(&r, Err(StoreError::Unavailable(m)) if m.contains("replaced")), "{what}: {r:?}");
+    };
+    refused(store.lease_cas(&LeaseCas { expected: None, new: lease }).await.map(|_| ()), "lease");
+    refused(store.set_checkpoint("kafka-relay", 1).await, "checkpoint");
+    let p = crate::store::parking::Parked {
+        consumer: "kafka-relay".into(),
+        aggregate_id: b.to_string(),
+        aggregate_type: None,
+        position: Some(1),
+        sequence: Some(1),
+        event_id: None,
+        event_type: None,
+        error: "test".into(),
+        parked_at: chrono::Utc::now(),
+    };
+    refused(store.park(&p).await, "park");
+    let rows: i64 = copy.query_row("SELECT COUNT(*) FROM relay_leases", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 0, "no lease in the new file either");
 }
 
 /// Review finding: a COMMIT that failed after its WAL frames were written
