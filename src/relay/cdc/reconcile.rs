@@ -112,8 +112,6 @@ pub struct ReconcileState {
     /// Rows published while pending: kept until a refresh no longer lists
     /// them (a list read before their delete must not make them pending).
     unconfirmed: HashSet<(Uuid, i64)>,
-    /// Rows of the last refresh that were published: delete them.
-    confirmable: Vec<PendingAppend>,
 }
 
 impl ReconcileState {
@@ -123,26 +121,26 @@ impl ReconcileState {
             pending: BTreeMap::new(),
             recent: Recent { capacity: capacity.max(2), ..Recent::default() },
             unconfirmed: HashSet::new(),
-            confirmable: Vec::new(),
         }
     }
 
-    /// The table's rows replace the pending set (rows deleted elsewhere go);
-    /// those published already (while pending, or in the range this process
-    /// passed) become [`Self::confirmable`].
-    pub fn refresh(&mut self, rows: impl IntoIterator<Item = PendingAppend>) {
+    /// The table's rows replace the pending set (rows deleted elsewhere go).
+    /// Returns those this process published already (while they were
+    /// pending, their delete failed or raced this list; or in the range it
+    /// passed): delete them, publish nothing.
+    pub fn refresh(&mut self, rows: impl IntoIterator<Item = PendingAppend>) -> Vec<PendingAppend> {
         self.pending.clear();
-        self.confirmable.clear();
+        let mut confirmable = Vec::new();
         for r in rows {
             let key = (r.aggregate_id, r.sequence);
             if self.unconfirmed.contains(&key) || self.recent.passed(&r.aggregate_id, r.sequence) {
-                self.confirmable.push(r);
+                confirmable.push(r);
             } else {
                 self.pending.entry(r.aggregate_id).or_default().insert(r.sequence, r);
             }
         }
-        let still = &self.confirmable;
-        self.unconfirmed.retain(|k| still.iter().any(|r| (r.aggregate_id, r.sequence) == *k));
+        self.unconfirmed.retain(|k| confirmable.iter().any(|r| (r.aggregate_id, r.sequence) == *k));
+        confirmable
     }
 
     /// The plan for event `sequence` of `aggregate`.
@@ -179,13 +177,6 @@ impl ReconcileState {
             self.unconfirmed.insert((aggregate, sequence));
         }
         row
-    }
-
-    /// Rows of the last refresh that this process published while they were
-    /// pending (their delete failed, or raced the refresh): delete them,
-    /// publish nothing.
-    pub fn confirmable(&self) -> Vec<PendingAppend> {
-        self.confirmable.clone()
     }
 
     /// Pending rows resolved more than `bound_ms` before `now_ms`, not
@@ -321,19 +312,16 @@ mod tests {
         assert_eq!(s.plan(agg(1), 1), Plan::Skip);
         // A row in the range this process passed (5 only here): published,
         // deleted at the refresh that finds it.
-        s.refresh([pending(1, 5, 0)]);
-        assert_eq!(s.confirmable(), vec![pending(1, 5, 0)]);
+        assert_eq!(s.refresh([pending(1, 5, 0)]), vec![pending(1, 5, 0)]);
         assert_eq!(s.pending_len(), 0);
         // A row published while pending, its delete failed or raced by a
         // list read before it: deleted at a refresh, never published again.
         s.refresh([pending(1, 6, 0)]);
         assert_eq!(s.published(agg(1), 6), Some(pending(1, 6, 0)));
-        s.refresh([pending(1, 6, 0)]);
-        assert_eq!(s.confirmable(), vec![pending(1, 6, 0)]);
+        assert_eq!(s.refresh([pending(1, 6, 0)]), vec![pending(1, 6, 0)]);
         assert_eq!(s.pending_len(), 0);
         assert!(s.overdue(1_000_000, 10, Some(1_000_000)).is_empty());
-        s.refresh([]);
-        assert!(s.confirmable().is_empty());
+        assert!(s.refresh([]).is_empty());
     }
 
     /// Review finding: the range grew over a jump (pending A#1 filled
@@ -346,13 +334,11 @@ mod tests {
         assert_eq!(s.plan(agg(1), 4), Plan::Deliver { fill: vec![1] });
         s.published(agg(1), 1);
         s.published(agg(1), 4);
-        s.refresh([pending(1, 3, 0)]);
-        assert!(s.confirmable().is_empty(), "A#3 never went out here");
+        assert!(s.refresh([pending(1, 3, 0)]).is_empty(), "A#3 never went out here");
         assert_eq!(s.plan(agg(1), 3), Plan::Late);
         // Contiguous publishes still grow it.
         s.published(agg(1), 5);
-        s.refresh([pending(1, 5, 0)]);
-        assert_eq!(s.confirmable(), vec![pending(1, 5, 0)]);
+        assert_eq!(s.refresh([pending(1, 5, 0)]), vec![pending(1, 5, 0)]);
     }
 
     /// Review finding: the pending set is loaded by a refresh; a row first
@@ -365,16 +351,15 @@ mod tests {
         let mut s = ReconcileState::new(100);
         assert_eq!(s.plan(agg(1), 6), Plan::Deliver { fill: vec![] });
         s.published(agg(1), 6);
-        s.refresh([pending(1, 5, 1_000)]);
-        assert!(s.confirmable().is_empty(), "never published: not deleted");
+        assert!(s.refresh([pending(1, 5, 1_000)]).is_empty(), "never published: not deleted");
         assert_eq!(s.overdue(1_001, 120_000, None), vec![pending(1, 5, 1_000)], "due at once");
         assert_eq!(s.plan(agg(1), 5), Plan::Late);
         assert_eq!(s.published(agg(1), 5), Some(pending(1, 5, 1_000)));
         assert_eq!(s.plan(agg(1), 5), Plan::Skip, "once published, its row read again is skipped");
         // A list read before its delete (a refresh racing the publish) does
         // not make it pending again: deleted, not published twice.
-        s.refresh([pending(1, 5, 1_000)]);
-        assert_eq!((s.confirmable(), s.pending_len()), (vec![pending(1, 5, 1_000)], 0));
+        assert_eq!(s.refresh([pending(1, 5, 1_000)]), vec![pending(1, 5, 1_000)]);
+        assert_eq!(s.pending_len(), 0);
         // 4 was not published either: the range stays 6..=6.
         s.refresh([pending(1, 4, 1_000)]);
         assert_eq!(s.plan(agg(1), 4), Plan::Late);

@@ -158,56 +158,50 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
 
     /// What `event_store` holds for `aggregate` after sequence `after`, row
     /// by row: a row that cannot be decoded is returned as such, never fails
-    /// the events around it (a fill before or after it still works).
-    async fn load_stored(&self, aggregate: Uuid, after: i64, shutdown: &mut Shutdown) -> Result<Vec<Stored>, CdcError> {
-        let key = crate::store::feed::uuid_key(&aggregate);
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.store.aggregate_rows(&key, None, Some(after + 1), None).await {
-                Ok(rows) => return Ok(rows.into_iter().filter_map(|r| Stored::of(aggregate, r)).collect()),
-                Err(StoreError::Unavailable(e)) => {
-                    tracing::warn!(%aggregate, error = %e, "reconciliation: cannot load events; retrying");
-                    if !shutdown.sleep(delay).await {
-                        return Err(CdcError::Shutdown);
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(CdcError::Store(e)),
-            }
-        }
-    }
-
-    /// [`Self::load_stored`], with every sequence of `fill` in it: one
-    /// missing (a read that did not see it yet, at a low consistency) is
-    /// read again, and after 5 reads the delivery fails (the reader reads
-    /// the window again) rather than publish past it: the sequences between
-    /// the first and the last an aggregate published count as published.
-    async fn load_complete(
+    /// the events around it (a fill before or after it still works). A read
+    /// that fails transiently is retried until it works (or shutdown). Every
+    /// sequence of `fill` must be in it: one missing (a read that did not
+    /// see it yet, at a low consistency) is read again, and after 5 such
+    /// reads the delivery fails (the reader reads the window again) rather
+    /// than publish past it: the sequences between the first and the last
+    /// an aggregate published count as published.
+    async fn load_stored(
         &self,
         aggregate: Uuid,
         after: i64,
         fill: &[i64],
         shutdown: &mut Shutdown,
     ) -> Result<Vec<Stored>, CdcError> {
+        let key = crate::store::feed::uuid_key(&aggregate);
         let mut delay = Duration::from_millis(100);
-        for attempt in 1.. {
-            let stored = self.load_stored(aggregate, after, shutdown).await?;
-            let missing: Vec<i64> = fill.iter().copied().filter(|k| !stored.iter().any(|s| s.key().1 == *k)).collect();
-            if missing.is_empty() {
-                return Ok(stored);
+        let mut short_reads = 0;
+        loop {
+            match self.store.aggregate_rows(&key, None, Some(after + 1), None).await {
+                Ok(rows) => {
+                    let stored: Vec<Stored> = rows.into_iter().filter_map(|r| Stored::of(aggregate, r)).collect();
+                    let missing: Vec<i64> =
+                        fill.iter().copied().filter(|k| !stored.iter().any(|s| s.key().1 == *k)).collect();
+                    if missing.is_empty() {
+                        return Ok(stored);
+                    }
+                    short_reads += 1;
+                    if short_reads >= 5 {
+                        return Err(CdcError::Store(StoreError::Unavailable(format!(
+                            "events {missing:?} of {aggregate} are not in event_store yet, a later one is: not publishing past them"
+                        ))));
+                    }
+                    tracing::warn!(%aggregate, ?missing, short_reads, "reconciliation: earlier events not read yet; reading again");
+                }
+                Err(StoreError::Unavailable(e)) => {
+                    tracing::warn!(%aggregate, error = %e, "reconciliation: cannot load events; retrying");
+                }
+                Err(e) => return Err(CdcError::Store(e)),
             }
-            if attempt >= 5 {
-                return Err(CdcError::Store(StoreError::Unavailable(format!(
-                    "events {missing:?} of {aggregate} are not in event_store yet, a later one is: not publishing past them"
-                ))));
-            }
-            tracing::warn!(%aggregate, ?missing, attempt, "reconciliation: earlier events not read yet; reading again");
             if !shutdown.sleep(delay).await {
                 return Err(CdcError::Shutdown);
             }
-            delay = (delay * 2).min(Duration::from_secs(2));
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
-        unreachable!("the loop returns")
     }
 
     /// Hands one stored event to the inner sink (an undecodable one to its
@@ -261,7 +255,7 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         }
         let from = fill.first().copied().unwrap_or(sequence).min(sequence) - 1;
         let mut target = None;
-        for stored in self.load_complete(aggregate, from, fill, shutdown).await? {
+        for stored in self.load_stored(aggregate, from, fill, shutdown).await? {
             let s = stored.key().1;
             if fill.contains(&s) {
                 tracing::info!(%aggregate, sequence = s, before = sequence, "publishing an event whose CDC row was not seen (unknown-outcome append or late row) before a later one");
@@ -333,11 +327,7 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
     /// Reloads the pending rows and deletes those already published.
     pub async fn refresh(&self) -> Result<usize, StoreError> {
         let rows = self.table.list().await?;
-        let confirmable = {
-            let mut s = self.state.lock().unwrap();
-            s.refresh(rows);
-            s.confirmable()
-        };
+        let confirmable = self.state.lock().unwrap().refresh(rows);
         for p in confirmable {
             self.table.confirm(p.aggregate_id, p.sequence).await?;
         }

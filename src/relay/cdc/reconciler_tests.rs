@@ -72,6 +72,13 @@ async fn rig(what: &str) -> Option<Rig> {
     Some(Rig { store, table, sink, recorder, gauge, read, _trigger: trigger, shutdown })
 }
 
+/// Deletes event `sequence` of `id` from `event_store`: a read no longer
+/// finds it (as a stale replica would not).
+async fn hide(rig: &Rig, id: Uuid, sequence: i64) {
+    let q = format!("DELETE FROM {}.event_store WHERE aggregate_id = ? AND sequence_number = ?", rig.store.keyspace());
+    rig.store.session().query_unpaged(q, (id, sequence)).await.unwrap();
+}
+
 async fn append(rig: &Rig, id: Uuid, from: i64, n: usize) -> Vec<EventEnvelope> {
     let ev = events(id, from, n);
     rig.store.append(id, from, ev.clone()).await.unwrap();
@@ -367,14 +374,7 @@ async fn a_fill_that_misses_an_earlier_event_fails_instead_of_passing_it() {
     let ev = append(&rig, a, 0, 3).await;
     rig.sink.handle(ev[0].clone(), &mut rig.shutdown).await.unwrap();
     // A#2 not visible to the read (deleted here to stand for a stale replica).
-    rig.store
-        .session()
-        .query_unpaged(
-            format!("DELETE FROM {}.event_store WHERE aggregate_id = ? AND sequence_number = 2", rig.store.keyspace()),
-            (a,),
-        )
-        .await
-        .unwrap();
+    hide(&rig, a, 2).await;
     let out = rig.sink.handle(ev[2].clone(), &mut rig.shutdown).await;
     assert!(matches!(out, Err(CdcError::Store(_))), "{out:?}");
     assert_eq!(rig.recorder.of(a), vec![1], "A#3 not published past the missing A#2");
@@ -391,14 +391,7 @@ async fn an_overdue_row_that_cannot_go_out_does_not_hold_up_the_others() {
     let eb = append(&rig, b, 0, 2).await;
     rig.sink.handle(ea[0].clone(), &mut rig.shutdown).await.unwrap();
     rig.sink.handle(eb[0].clone(), &mut rig.shutdown).await.unwrap();
-    rig.store
-        .session()
-        .query_unpaged(
-            format!("DELETE FROM {}.event_store WHERE aggregate_id = ? AND sequence_number = 2", rig.store.keyspace()),
-            (a,),
-        )
-        .await
-        .unwrap();
+    hide(&rig, a, 2).await;
     let old = Utc::now() - chrono::Duration::minutes(10);
     rig.table.record(a, &[(3, ea[2].event_id)], old).await.unwrap();
     rig.table.record(b, &[(2, eb[1].event_id)], old).await.unwrap();
