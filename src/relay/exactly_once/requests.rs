@@ -238,8 +238,7 @@ impl Txn {
         let max = self.relay.cfg.transaction_max_events.max(1);
         let mut rest = items.into_iter().peekable();
         // Once at least (nothing left to publish still commits its mark).
-        let mut once = true;
-        while std::mem::take(&mut once) || rest.peek().is_some() {
+        loop {
             // After a re-park (or a failed letter) in an earlier chunk, as
             // within one: the parked aggregate's later events stay held.
             let chunk: Vec<Item> =
@@ -247,7 +246,7 @@ impl Txn {
             if let Some(exit) = self.publish(chunk, self.position, &mut never).await? {
                 return Ok(Some(exit));
             }
-            if self.letter_failed.is_some() {
+            if self.letter_failed.is_some() || rest.peek().is_none() {
                 break;
             }
         }
