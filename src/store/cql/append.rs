@@ -101,7 +101,7 @@ enum Attempt {
 /// unchanged would answer "refused" (a holder stepping down, a request left
 /// to the next leader) for a write that never happened.
 pub(super) fn unavailable_after_accept(e: &ExecutionError) -> bool {
-    matches!(e, ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Unavailable { .. }, _)))
+    matches!(e, ExecutionError::LastAttemptError(a) if super::retry::unavailable(a))
 }
 
 /// True when an error leaves the outcome of a (conditional) write unknown:

@@ -32,7 +32,13 @@ struct NoBlindRetrySession(DefaultRetrySession);
 /// A request not marked idempotent that failed with `Unavailable`: its
 /// outcome is the caller's to resolve, never a blind second send.
 fn never_again(is_idempotent: bool, error: &RequestAttemptError) -> bool {
-    !is_idempotent && matches!(error, RequestAttemptError::DbError(DbError::Unavailable { .. }, _))
+    !is_idempotent && unavailable(error)
+}
+
+/// Too few live replicas for the consistency asked (a conditional write
+/// may have been accepted by a quorum before it).
+pub(super) fn unavailable(error: &RequestAttemptError) -> bool {
+    matches!(error, RequestAttemptError::DbError(DbError::Unavailable { .. }, _))
 }
 
 impl RetrySession for NoBlindRetrySession {
