@@ -64,6 +64,14 @@ pub struct ErrorBody {
     pub field: Option<String>,
 }
 
+/// The resource a create tried to write (`outcome_unknown` on a create
+/// whose id the server chose: the client reloads it there).
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub id: String,
+    pub location: String,
+}
+
 #[derive(Serialize)]
 struct Problem<'a> {
     #[serde(rename = "type")]
@@ -74,6 +82,8 @@ struct Problem<'a> {
     error: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
@@ -82,12 +92,20 @@ pub struct ApiError {
     pub body: ErrorBody,
     /// The `Allow` header of a 405.
     pub allow: Option<&'static str>,
+    /// `id` in the body and the `Location` header: the resource a failed
+    /// create tried to write (boxed: errors stay small).
+    pub resource: Option<Box<Resource>>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> ApiError {
         debug_assert!(KINDS.iter().any(|(k, _)| *k == kind), "problem kind {kind} missing from KINDS");
-        ApiError { status, body: ErrorBody { error: kind, detail: detail.into(), field: None }, allow: None }
+        ApiError {
+            status,
+            body: ErrorBody { error: kind, detail: detail.into(), field: None },
+            allow: None,
+            resource: None,
+        }
     }
 
     /// 405 for a route that supports only `allow` (e.g. "GET").
@@ -114,6 +132,7 @@ impl ApiError {
             detail: &self.body.detail,
             error: self.body.error,
             field: self.body.field.as_deref(),
+            id: self.resource.as_deref().map(|r| r.id.as_str()),
         }
     }
 
@@ -138,6 +157,13 @@ impl ApiError {
 
     pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
         self.body.field = Some(field.into());
+        self
+    }
+
+    /// Names the resource a create tried to write: `id` in the body and
+    /// `Location` (so an `outcome_unknown` create can be checked with a GET).
+    pub fn with_resource(mut self, id: impl Into<String>, location: impl Into<String>) -> ApiError {
+        self.resource = Some(Box::new(Resource { id: id.into(), location: location.into() }));
         self
     }
 
@@ -222,6 +248,9 @@ impl ResponseError for ApiError {
         }
         if let Some(allow) = self.allow {
             b.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+        }
+        if let Some(location) = self.resource.as_deref().and_then(|r| HeaderValue::from_str(&r.location).ok()) {
+            b.insert_header((header::LOCATION, location));
         }
         b.content_type(PROBLEM_JSON).body(self.problem_json())
     }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{
-    execute, id_taken, if_match, load, path_id, read_model_unavailable, respond, respond_read, with_projection,
+    create_failed, execute, if_match, load, path_id, read_model_unavailable, respond, respond_read, with_projection,
     ApiState,
 };
 use crate::domain::{Customer, CustomerCommand};
@@ -84,7 +84,7 @@ pub(super) async fn register_customer(
     let phone = input::phone(&b)?;
     let out = execute::<Customer>(&st, &req, id, CustomerCommand::Register { name, email, phone })
         .await
-        .map_err(|e| id_taken(e, id))?;
+        .map_err(|e| create_failed(e, "/customers", id))?;
     Ok(respond(
         StatusCode::CREATED,
         out.version,

@@ -192,17 +192,21 @@ pub(super) fn create_id(body: &Value, b: &crate::http::input::Input<'_>) -> Resu
     Ok(b.opt_uuid("id")?.unwrap_or_else(Uuid::now_v7))
 }
 
-/// On a create: an id that another aggregate (an order's id given for a
-/// customer, ...) already uses is taken, 409 `already_exists`, not a 404.
-pub(super) fn id_taken(e: ApiError, id: Uuid) -> ApiError {
-    if e.kind() == "not_found" {
-        return ApiError::new(
+/// A create's failure: an id that another aggregate (an order's id given
+/// for a customer, ...) already uses is taken, 409 `already_exists`, not a
+/// 404; an `outcome_unknown` names the resource it tried to write (`id`,
+/// `Location` = `collection/id`): with an id the server chose, the client
+/// has no other way to reload it before deciding to retry.
+pub(super) fn create_failed(e: ApiError, collection: &str, id: Uuid) -> ApiError {
+    match e.kind() {
+        "not_found" => ApiError::new(
             StatusCode::CONFLICT,
             "already_exists",
             format!("id {id} is already used by another aggregate"),
-        );
+        ),
+        "outcome_unknown" => e.with_resource(id.to_string(), format!("{collection}/{id}")),
+        _ => e,
     }
-    e
 }
 
 pub(super) async fn execute<A>(
@@ -319,6 +323,31 @@ mod tests {
         assert!(!e.body.detail.contains("10001"), "store details stay in the log: {}", e.body.detail);
         let e = read_model_unavailable(StoreError::Unavailable("timeout".into()));
         assert_eq!((e.status.as_u16(), e.kind()), (503, "unavailable"));
+    }
+
+    /// Review finding: a create without `id` whose append ended
+    /// `outcome_unknown` did not say which id it had tried (the server chose
+    /// it), so the client could not reload it as the answer tells it to, and
+    /// a retry created a second order for one purchase.
+    #[test]
+    fn an_unknown_create_names_the_resource_it_tried() {
+        use crate::app::AppError;
+        use crate::store::StoreError;
+        use actix_web::ResponseError;
+        let id = Uuid::now_v7();
+        let unknown = ApiError::from(AppError::Store(StoreError::OutcomeUnknown("commit failed".into())));
+        let e = create_failed(unknown, "/orders", id);
+        let resp = e.error_response();
+        assert_eq!(resp.status().as_u16(), 503);
+        let location = resp.headers().get(header::LOCATION).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(location, Some(format!("/orders/{id}")));
+        let body: serde_json::Value = serde_json::from_str(&e.problem_json()).unwrap();
+        assert_eq!((body["error"].as_str(), body["id"].as_str()), (Some("outcome_unknown"), Some(&*id.to_string())));
+        // Other failures name nothing; a taken id is a 409.
+        let e = create_failed(ApiError::unavailable("x"), "/orders", id);
+        assert!(e.error_response().headers().get(header::LOCATION).is_none());
+        assert!(serde_json::from_str::<serde_json::Value>(&e.problem_json()).unwrap().get("id").is_none());
+        assert_eq!(create_failed(ApiError::not_found("x"), "/customers", id).kind(), "already_exists");
     }
 
     #[test]

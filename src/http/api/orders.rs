@@ -10,7 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{execute, id_taken, if_match, load, path_id, respond, respond_read, with_projection, ApiState};
+use super::{create_failed, execute, if_match, load, path_id, respond, respond_read, with_projection, ApiState};
 use crate::domain::{Order, OrderCommand};
 use crate::http::errors::ApiError;
 use crate::http::input::{self, Input};
@@ -42,7 +42,7 @@ pub(super) async fn create_order(
     let items = input::items(&b)?;
     let out = execute::<Order>(&st, &req, id, OrderCommand::Create { customer_id, items })
         .await
-        .map_err(|e| id_taken(e, id))?;
+        .map_err(|e| create_failed(e, "/orders", id))?;
     Ok(respond(
         StatusCode::CREATED,
         out.version,
