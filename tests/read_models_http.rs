@@ -346,14 +346,29 @@ fn health_degrades_over_the_projection_lag_threshold_and_reads_fall_back_to_even
     // An order already projected is still served from the read model.
     let r = get_order(&d, first);
     assert_eq!((r.json()["source"].as_str(), r.header("x-projection-lag").as_deref()), (Some("read_model"), Some("3")));
+    // Review finding: changed since it was projected, its row was served
+    // at the old version, and a client holding that version got a 304.
+    let r = d.api("POST", &format!("/orders/{first}/confirm"), &[], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = d.api("GET", &format!("/orders/{first}"), &[("If-None-Match", "\"1\"")], None);
+    assert_eq!(r.status, 200, "not 304: version 1 is no longer current: {}", r.text());
+    let o = r.json();
+    assert_eq!(
+        (o["source"].as_str(), o["version"].as_i64(), o["status"].as_str()),
+        (Some("events"), Some(2), Some("confirmed")),
+        "{o}"
+    );
+    assert_eq!((r.header("etag").as_deref(), r.header("x-projection-lag").as_deref()), (Some("\"2\""), Some("4")));
+    let r = d.api("GET", &format!("/orders/{first}"), &[("If-None-Match", "\"2\"")], None);
+    assert_eq!(r.status, 304);
     // /health: Degraded with the lag; /metrics: the lag.
-    let h = eventually(Duration::from_secs(5), "projections degraded with lag 3", || {
+    let h = eventually(Duration::from_secs(5), "projections degraded with lag 4", || {
         let (code, h) = d.health();
         let (st, detail) = component(&h, "projections");
-        (code == 200 && st == "degraded" && detail.contains("lag 3 events")).then_some(h)
+        (code == 200 && st == "degraded" && detail.contains("lag 4 events")).then_some(h)
     });
     assert_eq!(h["status"], "degraded", "{h}");
-    assert_eq!(d.metrics().value("projection_lag_events", &[]), 3.0);
+    assert_eq!(d.metrics().value("projection_lag_events", &[]), 4.0);
     assert_eq!(d.metrics().value("actor_health_status", &[("component", "projections")]), 1.0);
 
     // After the backoff the projector catches up: healthy, lag 0, read model.
@@ -363,6 +378,8 @@ fn health_degrades_over_the_projection_lag_threshold_and_reads_fall_back_to_even
     });
     let r = get_order(&d, ids[2]);
     assert_eq!((r.json()["source"].as_str(), r.header("x-projection-lag").as_deref()), (Some("read_model"), Some("0")));
+    let r = get_order(&d, first);
+    assert_eq!((r.json()["source"].as_str(), r.json()["version"].as_i64()), (Some("read_model"), Some(2)));
     assert_eq!(restarts(&d, "projection_actor"), 1.0);
     d.stop();
 }

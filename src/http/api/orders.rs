@@ -1,5 +1,6 @@
 //! The Order routes of the command API: commands through the OrderActor,
-//! GET from the read model when it has the order (else the event stream).
+//! GET from the read model when it has the order at its current version
+//! (else the event stream).
 //!
 //! Guarantee: a command's response is the state the command produced, with
 //! its version as ETag; GET says where it read from (`source`) and how far
@@ -60,6 +61,10 @@ pub(super) async fn get_order(
     let mut freshness = None;
     if let Some(models) = &st.read_models {
         match models.get_order(id).await {
+            // A row behind the stream (newer events not projected yet) would
+            // answer an old version, its ETag and a 304 for it: the event
+            // stream answers instead, with the lag.
+            Ok(Some(v)) if v.stream_version > v.version => freshness = Some(v.projection),
             Ok(Some(v)) => {
                 let mut body = order_view(id, v.version, &v.state);
                 body["source"] = json!("read_model");
