@@ -110,7 +110,8 @@ impl RelayRunner {
                     tracing::error!(error = %e, restarts = fatal_restarts, "relay term failed; re-checking the lease and starting a new term");
                     self.status.error(e);
                     let wait = Duration::from_millis(200u64.saturating_mul(1 << fatal_restarts.min(6)));
-                    if !shutdown.sleep(wait).await {
+                    let lease = self.lease.as_ref().map(LeaseHandle::state);
+                    if !pause_between_terms(wait, lease, &self.status, &mut shutdown).await {
                         return Ok(());
                     }
                 }
@@ -130,6 +131,32 @@ impl RelayRunner {
     }
 }
 
+/// Waits `wait` between a failed term and the next (false on shutdown),
+/// publishing the role as the lease changes meanwhile: a lease lost or
+/// taken over during the wait (up to 12.8 s) no longer leaves /health
+/// saying "active" beside the new holder. A keeper gone meanwhile leaves
+/// the plain wait (the next `wait_active` reports it).
+async fn pause_between_terms(
+    wait: Duration,
+    lease: Option<tokio::sync::watch::Receiver<crate::lease::keeper::LeaseState>>,
+    status: &StatusTx,
+    shutdown: &mut Shutdown,
+) -> bool {
+    let Some(mut rx) = lease else { return shutdown.sleep(wait).await };
+    status.lease_role(&rx.borrow_and_update());
+    let sleep = shutdown.sleep(wait);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            alive = &mut sleep => return alive,
+            changed = rx.changed() => match changed {
+                Ok(()) => status.lease_role(&rx.borrow_and_update()),
+                Err(_) => return (&mut sleep).await,
+            },
+        }
+    }
+}
+
 /// Consecutive term failures: `previous + 1`, or 1 when the failed term ran
 /// at least a minute (failures days apart are not a crash loop).
 fn next_restarts(previous: u32, term_ran: Duration) -> u32 {
@@ -143,6 +170,46 @@ fn next_restarts(previous: u32, term_ran: Duration) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::keeper::LeaseState;
+    use crate::relay::status::RelayStatus;
+
+    /// Review finding: the wait after a failed term did not watch the
+    /// lease, so an instance whose lease was taken over meanwhile still
+    /// said "active, epoch N" beside the new holder for up to 12.8 s.
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_after_a_failed_term_publishes_the_role() {
+        let (status_tx, status_rx) = tokio::sync::watch::channel(RelayStatus::default());
+        let status = StatusTx::new(status_tx);
+        let (lease_tx, lease_rx) = tokio::sync::watch::channel(LeaseState::Active { epoch: 3 });
+        let trigger = crate::shutdown::Trigger::new();
+        let mut shutdown = trigger.subscribe();
+        let waiting = tokio::spawn({
+            let status = status.clone();
+            async move { pause_between_terms(Duration::from_secs(10), Some(lease_rx), &status, &mut shutdown).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(status_rx.borrow().role, Role::Active { epoch: 3 });
+        lease_tx.send(LeaseState::Standby { holder: "b".into(), epoch: 4, ttl_ms: 3000 }).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(status_rx.borrow().role, Role::Standby { holder: "b".into(), epoch: 4 }, "during the wait");
+        // The keeper gone: the wait still ends when it is due.
+        drop(lease_tx);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiting.is_finished(), "not before its 10 s");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(waiting.await.unwrap(), "the wait ended, not a shutdown");
+
+        // Shutdown during the wait ends it at once.
+        let (_lease_tx, lease_rx) = tokio::sync::watch::channel(LeaseState::Active { epoch: 5 });
+        let mut shutdown = trigger.subscribe();
+        let waiting = tokio::spawn({
+            let status = status.clone();
+            async move { pause_between_terms(Duration::from_secs(10), Some(lease_rx), &status, &mut shutdown).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        trigger.fire();
+        assert!(!waiting.await.unwrap(), "shutdown");
+    }
 
     /// Review finding: the count never went down, so after six failures
     /// spread over days every failure stopped publishing for 12.8 s.

@@ -171,7 +171,25 @@ impl StatusTx {
             if !matches!(role, Role::Active { .. }) {
                 s.running = false;
             }
+            // What the feed did belongs to the former role's term: a new
+            // term has not read it yet (an old failure would report a term
+            // held up elsewhere, e.g. creating topics, as a store outage).
+            s.feed = FeedState::Unknown;
             s.role = role;
+            true
+        });
+    }
+
+    /// A CDC term's feed runs (`true`) or ended. The CDC reader has no
+    /// read-by-read state: running, its feed reads (its progress is
+    /// watched by the CDC age rules); its errors end the term.
+    pub fn cdc_feed_running(&self, running: bool, error: Option<String>) {
+        self.update(|s| {
+            s.running = running;
+            s.feed = if running { FeedState::Ok } else { FeedState::Unknown };
+            if let Some(e) = error {
+                s.last_error = Some(e);
+            }
             true
         });
     }
@@ -301,5 +319,41 @@ mod tests {
         assert_eq!((s.role, s.running), (Role::Unknown, false));
         status.lease_role(&LeaseState::Standby { holder: "b".into(), epoch: 4, ttl_ms: 3000 });
         assert_eq!(rx.borrow_and_update().role, Role::Standby { holder: "b".into(), epoch: 4 });
+    }
+
+    /// Review finding: a feed failure of a former term stayed in the
+    /// status, so the next term reported the store unreadable (Unhealthy)
+    /// until its first read, however long its start took.
+    #[test]
+    fn a_new_role_forgets_the_former_terms_feed_failure() {
+        let (tx, rx) = watch::channel(RelayStatus::default());
+        let status = StatusTx::new(tx);
+        status.lease_role(&LeaseState::Active { epoch: 3 });
+        status.feed_failed("disk I/O error".into());
+        status.lease_role(&LeaseState::Active { epoch: 3 });
+        assert!(matches!(rx.borrow().feed, FeedState::Failing { .. }), "the same term still fails");
+        status.lease_role(&LeaseState::Lost { epoch: 3 });
+        assert_eq!(rx.borrow().feed, FeedState::Unknown);
+        status.feed_failed("disk I/O error".into());
+        status.lease_role(&LeaseState::Active { epoch: 5 });
+        assert_eq!(rx.borrow().feed, FeedState::Unknown, "the new term has not read yet");
+    }
+
+    /// Review finding: a CDC term never reported its feed (only the
+    /// position feed did), so an active CDC relay read "relay starting"
+    /// (Unknown) on /health for as long as it ran.
+    #[test]
+    fn a_running_cdc_term_reports_its_feed() {
+        let (tx, rx) = watch::channel(RelayStatus::default());
+        let status = StatusTx::new(tx);
+        status.lease_role(&LeaseState::Active { epoch: 2 });
+        status.cdc_feed_running(true, None);
+        assert_eq!((rx.borrow().running, rx.borrow().feed.clone()), (true, FeedState::Ok));
+        status.cdc_feed_running(false, Some("cdc reader failed".into()));
+        let s = rx.borrow().clone();
+        assert_eq!(
+            (s.running, s.feed, s.last_error.as_deref()),
+            (false, FeedState::Unknown, Some("cdc reader failed"))
+        );
     }
 }

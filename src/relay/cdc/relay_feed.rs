@@ -75,18 +75,9 @@ pub async fn run_relay_feed(
         rewind: Rewinder { saver: feed.saver().clone(), log_ttl: cdc.log_ttl(), runner: Some(rewinds) },
     };
     let requests = tokio::spawn(serve_requests(requests, Duration::from_secs(1), stop_reconciler.subscribe()));
-    deliverer.status().update(|s| {
-        s.running = true;
-        true
-    });
+    deliverer.status().cdc_feed_running(true, None);
     let res = feed.run(sink, Some(rewind_rx), shutdown).await;
-    deliverer.status().update(|s| {
-        s.running = false;
-        if let Err(e) = &res {
-            s.last_error = Some(e.to_string());
-        }
-        true
-    });
+    deliverer.status().cdc_feed_running(false, res.as_ref().err().map(|e| e.to_string()));
     stop_reconciler.fire();
     let _ = reconciler.await;
     let _ = reporter.await;
