@@ -143,7 +143,8 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
         );
     }
     // One lease keeper per consumer name; they outlive actor restarts and
-    // release their leases after the actor system stopped.
+    // release their leases once the actors stopped (before the HTTP
+    // servers finish their grace).
     let instance = instance_id(&cfg);
     let lease_stop = crate::shutdown::Trigger::new();
     let ttl = Duration::from_millis(cfg.relay.lease_ttl_ms);
@@ -191,10 +192,12 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     let (bound_tx, bound_rx) = oneshot::channel::<Result<Bound, String>>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (exit_tx, mut exit_rx) = oneshot::channel::<u8>();
+    let (stopped_tx, mut actors_stopped) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("actix-system".into())
         .spawn(move || {
-            let code = actix::System::new().block_on(actor_system(deps, fault_injection, bound_tx, stop_rx));
+            let code =
+                actix::System::new().block_on(actor_system(deps, fault_injection, bound_tx, stop_rx, stopped_tx));
             let _ = exit_tx.send(code);
         })
         .map_err(|e| DaemonError::Other(format!("cannot start the actor system thread: {e}")))?;
@@ -235,9 +238,21 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
             let _ = tx.send(());
         }
     }
+    let mut lease_stop = Some(lease_stop);
     let exited = match exited {
         Some(r) => Some(r),
-        None => tokio::time::timeout(deadline + Duration::from_secs(2), &mut exit_rx).await.ok(),
+        None => {
+            let until = tokio::time::Instant::now() + deadline + Duration::from_secs(2);
+            // The actors (the relay among them) have stopped: the leases go
+            // now, not after the HTTP servers' grace (an admin request
+            // waiting for the relay may hold them for its whole wait).
+            if tokio::time::timeout_at(until, &mut actors_stopped).await.is_ok() {
+                if let Some(stop) = lease_stop.take() {
+                    release_leases(stop).await;
+                }
+            }
+            tokio::time::timeout_at(until, &mut exit_rx).await.ok()
+        }
     };
     // Every way out releases the leases (a standby takes over at once, not after a TTL).
     let code = match exited {
@@ -254,7 +269,9 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
             Ok(0)
         }
     };
-    release_leases(lease_stop).await;
+    if let Some(stop) = lease_stop {
+        release_leases(stop).await;
+    }
     if let Ok(code) = &code {
         tracing::info!(exit_code = code, "outboxd stopped");
     }
@@ -292,6 +309,7 @@ async fn actor_system(
     fault_injection: bool,
     bound: oneshot::Sender<Result<Bound, String>>,
     stop: oneshot::Receiver<()>,
+    actors_stopped: oneshot::Sender<()>,
 ) -> u8 {
     let (exit_tx, mut exit_rx) = oneshot::channel::<u8>();
     let coordinator = crate::actors::start_system(deps.clone(), exit_tx);
@@ -341,6 +359,7 @@ async fn actor_system(
             coordinator.send(ShutdownSystem { reason: "signal".into(), exit_code: 0 }).await.unwrap_or(0)
         }
     };
+    let _ = actors_stopped.send(());
     servers.stop().await;
     code
 }

@@ -460,3 +460,41 @@ fn sigterm_with_connections_held_open_exits_0_and_releases_the_lease() {
     assert!(holder.trim().is_empty(), "the relay lease is given back at exit: holder {holder:?}\n{}", d.log_text());
     drop(open);
 }
+
+/// Review finding: the leases were released only after the HTTP servers
+/// finished their grace, so an admin request waiting for the relay (30 s by
+/// default) held the relay lease through shutdown long after the relay had
+/// stopped: no instance published meanwhile, and an orchestrator's SIGKILL
+/// at its own grace left the lease for a whole TTL. Now it is given back
+/// as soon as the actors stopped, while that request is still open.
+#[test]
+fn sigterm_gives_the_lease_back_while_an_admin_request_still_waits() {
+    let Some(_) = harness::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: the relay's term never starts, so the rewind
+    // below stays pending and its route waits its whole 30 s.
+    let cfg = daemon_config(&format!("127.0.0.1:{}", free_port()), dir.path());
+    let mut d = Daemon::start(&cfg, &[("OUTBOX_SHUTDOWN_DEADLINE_MS", "20000".to_string())]);
+    let holder = || sqlite3(&cfg.store.path, "SELECT holder FROM relay_leases WHERE name = 'kafka-relay'");
+    eventually(Duration::from_secs(30), "the relay lease to be held", || (!holder().trim().is_empty()).then_some(()));
+    let admin = d.admin;
+    let waiting = std::thread::spawn(move || {
+        harness::try_request(
+            admin,
+            "POST",
+            "/relay/rewind",
+            &[("Content-Type", "application/json")],
+            Some(br#"{"to_position": 0}"#),
+        )
+    });
+    eventually(Duration::from_secs(10), "the rewind request to be stored", || {
+        let n = sqlite3(&cfg.store.path, "SELECT count(*) FROM relay_requests");
+        (n.trim() == "1").then_some(())
+    });
+    d.sigterm();
+    eventually(Duration::from_secs(15), "the relay lease given back", || holder().trim().is_empty().then_some(()));
+    assert!(!waiting.is_finished(), "given back while the admin request still waits:\n{}", d.log_text());
+    let status = d.wait_exit(Duration::from_secs(40)).expect("the daemon exits");
+    assert_eq!(status.code(), Some(0), "{}", d.log_text());
+    let _ = waiting.join();
+}
