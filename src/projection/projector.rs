@@ -60,8 +60,11 @@ pub struct ProjectionStatus {
     pub checkpoint: i64,
     /// Highest committed feed position last seen.
     pub head: i64,
-    /// `head - checkpoint`.
+    /// `head - checkpoint` (events; 0 on CQL, where no head is known).
     pub lag: i64,
+    /// CQL: the age of the last applied event, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<i64>,
     /// Events applied since start.
     pub applied: u64,
     /// Events seen again (sequence <= row version) and ignored.
@@ -86,6 +89,7 @@ impl Default for ProjectionStatus {
             checkpoint: 0,
             head: 0,
             lag: 0,
+            lag_ms: None,
             applied: 0,
             duplicates: 0,
             skipped: 0,

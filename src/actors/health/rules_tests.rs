@@ -417,3 +417,22 @@ fn a_relay_before_its_first_lease_read_does_not_claim_the_active_relays_lag() {
     let v = evaluate(&p, &HashMap::new(), Thresholds { lag_degraded_seconds: 10_000, ..T });
     assert_eq!(v["cdc_processor"].0, HealthStatus::Unhealthy, "{}", v["cdc_processor"].1);
 }
+
+/// Review finding: the CQL projection put the applied event's age in ms
+/// where the rules read a lag in events, so every Scylla deployment
+/// (events 30 s old at least, behind the CDC safety interval) read
+/// "lag 30000 events exceeds 10000": Degraded for ever, even idle.
+#[test]
+fn a_cql_projection_is_not_degraded_by_the_age_of_its_events() {
+    use crate::projection::cql::apply::CqlApplyOutcome;
+    use crate::projection::cql::cdc::record_applied;
+    let mut p = probes();
+    p.projection_backlog = Some(Backlog { checkpoint: None, head: None, events: None, oldest: None });
+    let now = Utc::now();
+    let pr = &mut p.projection.as_mut().unwrap().progress;
+    let one = CqlApplyOutcome { applied: 1, ..Default::default() };
+    record_applied(pr, &one, now - chrono::Duration::seconds(30), now);
+    assert_eq!(pr.lag_ms, Some(30_000));
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["projections"].0, HealthStatus::Healthy, "{}", v["projections"].1);
+}

@@ -8,12 +8,12 @@
 //! shutdown); after a crash the unsaved tail is applied again as duplicates.
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use super::apply::apply_envelopes;
+use super::apply::{apply_envelopes, CqlApplyOutcome};
 use crate::envelope::EventEnvelope;
 use crate::projection::parking::record;
 use crate::projection::ProjectionStatus;
@@ -96,17 +96,7 @@ impl EnvelopeSink for CqlProjectionSink {
         loop {
             match apply_envelopes(&self.store, vec![env.clone()], &self.currency).await {
                 Ok(o) => {
-                    self.status.send_modify(|s| {
-                        s.applied += o.applied + o.gap_filled;
-                        s.duplicates += o.duplicates;
-                        s.skipped += o.skipped;
-                        s.store_ok = true;
-                        s.last_error = None;
-                        // No global head on CQL: lag is the applied event's age in ms.
-                        s.checkpoint = s.checkpoint.max(at.timestamp_millis());
-                        s.lag = (Utc::now() - at).num_milliseconds().max(0);
-                        s.updated_at = Utc::now();
-                    });
+                    self.status.send_modify(|s| record_applied(s, &o, at, Utc::now()));
                     return Ok(());
                 }
                 Err(e) => {
@@ -167,4 +157,20 @@ pub async fn run_cdc_projection(
         s.updated_at = Utc::now();
     });
     res
+}
+
+/// What applying one event (stamped `at`) tells the projection status. No
+/// global head on CQL: `lag` (events) stays 0, unknown; the applied
+/// event's age goes to `lag_ms` (the health rules compare `lag` with an
+/// event count: an age there read as 30 000 "events" behind).
+pub fn record_applied(s: &mut ProjectionStatus, o: &CqlApplyOutcome, at: DateTime<Utc>, now: DateTime<Utc>) {
+    s.applied += o.applied + o.gap_filled;
+    s.duplicates += o.duplicates;
+    s.skipped += o.skipped;
+    s.store_ok = true;
+    s.last_error = None;
+    s.checkpoint = s.checkpoint.max(at.timestamp_millis());
+    s.lag = 0;
+    s.lag_ms = Some((now - at).num_milliseconds().max(0));
+    s.updated_at = now;
 }

@@ -39,8 +39,8 @@
 //! - `freshness`: no global head on CQL. `checkpoint` is the projection's
 //!   watermark in ms since the epoch (every CDC stream is projected up to
 //!   that time; the oldest progress of `projections` in `relay_leases`), `head` and
-//!   `lag_events` are 0 (unknown). The time lag is in `ProjectionStatus.lag`
-//!   (ms) while the CDC projection runs.
+//!   `lag_events` are 0 (unknown). The time lag is in `ProjectionStatus.lag_ms`
+//!   while the CDC projection runs (`lag`, in events, stays 0).
 //! - `reset` truncates the three tables and deletes the checkpoint rows
 //!   (`checkpoints`, the projection's CDC progress rows in `relay_leases`
 //!   and its former scylla-cdc table), so the CDC projection starts over.
