@@ -2,7 +2,8 @@
 //! rebuild that releases a parked aggregate lets a running projector apply
 //! its next events, and a projector (or a rebuild) whose checkpoint another
 //! projector moved re-reads the park records with it (it holds what the
-//! other parked).
+//! other parked); an idle projector notices a rebuild that stopped short of
+//! its checkpoint, and reports the parks it finds at start.
 
 mod harness;
 
@@ -257,4 +258,57 @@ async fn a_page_read_again_after_a_failed_commit_applies_the_events_before_a_par
     assert_eq!(row.map(|r| r.version), Some(1), "x's event 1 applied, its event 2 parked");
     let parks = db.store.parked(CONSUMER).await.unwrap();
     assert_eq!((parks.len(), parks[0].parked.sequence), (1, Some(2)));
+}
+
+/// Review finding: a projector caught up and idle kept its cached
+/// checkpoint while a rebuild beside it reset the read models and stopped
+/// short of it (interrupted): no batch of its own failed a compare-and-set,
+/// so the read models stayed partial, its status saying lag 0, until the
+/// next append. Idle, it now compares the stored checkpoint.
+#[tokio::test]
+async fn an_idle_projector_finishes_a_rebuild_that_stopped_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir.path().join("s.db")).await;
+    let svc = service(&db.store);
+    let orders: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for x in &orders {
+        create_order(&svc, *x).await;
+    }
+    let mut p = projector(&db, Metrics::new(), 64);
+    p.catch_up().await.unwrap();
+    let head = db.store.head_position().await.unwrap();
+    // The interrupted rebuild: rows and checkpoint reset, nothing re-applied.
+    db.models.reset(CONSUMER).await.unwrap();
+    assert!(db.models.get_order(orders[0]).await.unwrap().is_none());
+    p.catch_up().await.unwrap();
+    assert_eq!(db.models.projection_checkpoint(CONSUMER).await.unwrap(), head);
+    for x in &orders {
+        assert_eq!(db.models.get_order(*x).await.unwrap().map(|o| o.version), Some(1), "order {x} projected again");
+    }
+    assert_eq!((p.status().borrow().checkpoint, p.status().borrow().lag), (head, 0));
+}
+
+/// Review finding: the projector counted its parks only after a committed
+/// batch, so one started (after a restart) with an aggregate parked and no
+/// new event reported none: /health healthy while a read model was held.
+#[tokio::test]
+async fn a_projector_reports_the_parks_it_finds_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir.path().join("s.db")).await;
+    let svc = service(&db.store);
+    let x = Uuid::now_v7();
+    create_order(&svc, x).await;
+    let mut first = projector(&db, Metrics::new(), 64);
+    first.catch_up().await.unwrap();
+    let head = db.store.head_position().await.unwrap();
+    db.store.park(&park_of(x, head + 1, 2, "OrderConfirmed")).await.unwrap();
+    // A new projector (a restart), nothing new in the feed.
+    let mut p = projector(&db, Metrics::new(), 64);
+    assert_eq!(p.step().await.unwrap(), 0);
+    assert_eq!(p.status().borrow().parked_aggregates, 1);
+    // Released (a rebuild, an operator): counted away as well.
+    db.store.unpark(CONSUMER, &x.to_string()).await.unwrap();
+    p.step().await.unwrap();
+    // (The parked set is read again only while something is parked.)
+    assert_eq!(p.status().borrow().parked_aggregates, 0);
 }

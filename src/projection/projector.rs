@@ -174,8 +174,22 @@ impl Projector {
             w.borrow_and_update();
         }
         self.parking.load(&self.store).await?;
+        // What is parked, from the first load on (not only after a batch:
+        // parks found at start, or cleared by a rebuild, count at once).
+        let parked = self.parking.count() as u64;
+        self.status.send_if_modified(|s| std::mem::replace(&mut s.parked_aggregates, parked) != parked);
         let rows = self.store.read_feed(from, self.opts.batch_size.max(1)).await?;
         if rows.is_empty() {
+            // Idle: no batch of ours fails a compare-and-set, so a checkpoint
+            // moved by someone else (a rebuild that reset the read models
+            // and stopped short of this one) would go unseen until the next
+            // append, the read models partial meanwhile: compare it.
+            let stored = self.models.projection_checkpoint(&self.opts.consumer).await?;
+            if stored != from {
+                tracing::info!(consumer = %self.opts.consumer, from, stored, "projection checkpoint moved by another projector (a rebuild?); re-reading it");
+                self.checkpoint = None;
+                return Box::pin(self.step()).await;
+            }
             self.refresh(from, false, true).await;
             return Ok(0);
         }
