@@ -82,6 +82,10 @@ fn parked_under_an_armed_crash(n: usize) -> Option<Parked> {
     eventually(Duration::from_secs(60), "the orders to be parked at their ~7 KB event", || {
         (d.admin("GET", "/dlq").json()["parked_count"] == n).then_some(())
     });
+    // `limit` bounds the parked list too (it listed every parked aggregate);
+    // parked_count still counts them all.
+    let v = d.admin("GET", "/dlq?limit=1").json();
+    assert_eq!((v["parked"].as_array().map(Vec::len), v["parked_count"].as_u64()), (Some(1), Some(n as u64)), "{v}");
     alter_topic(&brokers, &topic, "max.message.bytes", "12000");
     Some(Parked { brokers, _dir: dir, cfg, env, topic, d, order: orders[0], orders, other })
 }

@@ -28,7 +28,8 @@ use super::ActorDeps;
 #[rtype(result = "Result<(), StoreError>")]
 pub struct WriteDeadLetter(pub DeadLetter);
 
-/// Dead letters (policy `skip`) and parked aggregates (policy `park-aggregate`).
+/// Dead letters (policy `skip`) and parked aggregates (policy
+/// `park-aggregate`), at most `limit` of each.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "Result<DlqView, StoreError>")]
 pub struct ListDeadLetters {
@@ -37,7 +38,10 @@ pub struct ListDeadLetters {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DlqView {
+    /// The first `limit` parked aggregates (oldest park first).
     pub parked: Vec<ParkedInfo>,
+    /// How many are parked in all.
+    pub parked_total: usize,
     pub dead_letters: Vec<DeadLetter>,
 }
 
@@ -111,9 +115,12 @@ impl Handler<ListDeadLetters> for DlqActor {
         let store = self.deps.store.clone();
         let consumer = self.deps.cfg.relay.consumer_name.clone();
         Box::pin(async move {
-            let parked = store.parked(&consumer).await?;
-            let dead_letters = store.dlq_list(msg.limit.clamp(1, 10_000)).await?;
-            Ok(DlqView { parked, dead_letters })
+            let limit = msg.limit.clamp(1, 10_000);
+            let mut parked = store.parked(&consumer).await?;
+            let parked_total = parked.len();
+            parked.truncate(limit);
+            let dead_letters = store.dlq_list(limit).await?;
+            Ok(DlqView { parked, parked_total, dead_letters })
         })
     }
 }

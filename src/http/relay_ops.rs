@@ -72,7 +72,7 @@ pub(super) async fn dlq_list(
     Ok(HttpResponse::Ok().json(json!({
         "count": view.dead_letters.len(),
         "dead_letters": view.dead_letters,
-        "parked_count": view.parked.len(),
+        "parked_count": view.parked_total,
         "parked": view.parked,
     })))
 }
