@@ -88,13 +88,15 @@ impl From<&crate::config::ServiceConfig> for ServiceOptions {
 }
 
 /// Observes store appends (for metrics); the HTTP/actor layer plugs one in.
+/// Every attempt is observed, whatever its result: the slowest appends (a
+/// compare-and-set that timed out, a conflict) are the ones that matter.
 pub trait AppendObserver: Send + Sync {
-    fn appended(&self, seconds: f64, events: &[EventEnvelope]);
+    fn append_took(&self, seconds: f64, events: &[EventEnvelope]);
 }
 
 /// The Prometheus catalogue observes appends as `store_append_duration_seconds`.
 impl AppendObserver for crate::metrics::Metrics {
-    fn appended(&self, seconds: f64, _events: &[EventEnvelope]) {
+    fn append_took(&self, seconds: f64, _events: &[EventEnvelope]) {
         self.store_append_duration.observe(seconds);
     }
 }
@@ -220,11 +222,12 @@ impl CommandService {
                 state.apply(e);
             }
             let started = Instant::now();
-            match self.store.append(id, loaded.version, envs.clone()).await {
+            let result = self.store.append(id, loaded.version, envs.clone()).await;
+            if let Some(o) = &self.observer {
+                o.append_took(started.elapsed().as_secs_f64(), &envs);
+            }
+            match result {
                 Ok(appended) => {
-                    if let Some(o) = &self.observer {
-                        o.appended(started.elapsed().as_secs_f64(), &envs);
-                    }
                     self.maybe_snapshot::<A>(id, loaded.version, appended.version, &state).await;
                     return Ok(Outcome {
                         state,

@@ -163,7 +163,7 @@ impl Metrics {
             relay_transactions: cv("relay_transactions_total", "Kafka transactions of the exactly-once relay by outcome", &["outcome"]),
             cdc_log_ttl_seconds: g("cdc_log_ttl_seconds", "TTL of the Scylla CDC log (0: the store has no CDC log)"),
             event_end_to_end_latency: h("event_end_to_end_latency_seconds", "Time from event timestamp (append) to broker acknowledgement", LATENCY_BUCKETS),
-            store_append_duration: h("store_append_duration_seconds", "Duration of event store appends", LATENCY_BUCKETS),
+            store_append_duration: h("store_append_duration_seconds", "Duration of event store appends (every attempt, whatever its result)", LATENCY_BUCKETS),
             http_requests: cv("http_requests_total", "HTTP requests by route and status", &["route", "status"]),
             projection_lag_events: g("projection_lag_events", "Events not yet applied to the read models"),
             projection_lag_seconds: reg(&r, &names, Gauge::new("projection_lag_seconds", "Age of the oldest event not yet applied to the read models (0 when caught up)").expect("valid gauge")),

@@ -97,3 +97,21 @@ async fn concurrent_creates_of_one_id_register_it_once() {
         assert_eq!(store.load_after(id, 0).await.unwrap().len(), 1, "{id}: one event");
     }
 }
+
+/// Review finding: `store_append_duration_seconds` observed only the appends
+/// that succeeded, so the slow ones (a conflict, a compare-and-set that
+/// timed out) never showed. A create of a taken id is refused by its
+/// append's compare-and-set: that attempt is observed too.
+#[tokio::test]
+async fn every_append_attempt_is_observed_whatever_its_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_counting, store) = counting_store(dir.path()).await;
+    let metrics = outboxd::metrics::Metrics::new();
+    let svc = CommandService::new(store, ServiceOptions::default()).with_observer(Arc::new(metrics.clone()));
+    let id = Uuid::now_v7();
+    svc.execute::<Customer>(id, &register("first"), Metadata::default(), None).await.unwrap();
+    assert_eq!(metrics.store_append_duration.get_sample_count(), 1);
+    let again = svc.execute::<Customer>(id, &register("second"), Metadata::default(), None).await;
+    assert!(matches!(again, Err(AppError::Domain(DomainError::CustomerAlreadyExists))), "{again:?}");
+    assert_eq!(metrics.store_append_duration.get_sample_count(), 2, "the refused append is observed");
+}
