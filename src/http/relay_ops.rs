@@ -20,7 +20,7 @@
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::actors::{ListDeadLetters, SubmitRequest};
@@ -111,16 +111,17 @@ async fn submit_row(st: &AdminState, kind: RequestKind) -> Result<RelayRequest, 
 /// Submits `kind` and (if asked) waits for the relay to carry it out.
 async fn submit(st: &AdminState, kind: RequestKind, wait: bool) -> Result<HttpResponse, ApiError> {
     let r = submit_row(st, kind).await?;
-    answer(st, r, wait, None).await
+    answer(st, r, wait.then(|| Instant::now() + WAIT), None).await
 }
 
-/// The answer for request `r`: 202 at once without `wait`, else 200 when it
-/// is done, 409 when it failed, 202 when it is not done within [`WAIT`].
+/// The answer for request `r`: 202 at once without a deadline, else 200
+/// when it is done, 409 when it failed, 202 when it is not done by
+/// `deadline` ([`WAIT`] after the request came, for every request it wrote).
 /// `all`, when given, is added as `requests` (the `all: true` replay's two).
 async fn answer(
     st: &AdminState,
     r: RelayRequest,
-    wait: bool,
+    deadline: Option<Instant>,
     all: Option<&[RelayRequest]>,
 ) -> Result<HttpResponse, ApiError> {
     let with_all = |mut body: Value| {
@@ -129,10 +130,11 @@ async fn answer(
         }
         body
     };
-    if !wait {
+    let Some(deadline) = deadline else {
         return Ok(HttpResponse::Accepted().json(with_all(json!({ "request": r }))));
-    }
-    match operator::wait(&st.store, r.id, WAIT, WAIT, |_| {}).await {
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    match operator::wait(&st.store, r.id, left, left, |_| {}).await {
         Ok(Waited::Finished(done)) if done.status == RequestStatus::Done => {
             Ok(HttpResponse::Ok().json(with_all(json!({ "request": done }))))
         }
@@ -164,18 +166,20 @@ async fn answer(
 /// unrequested. The relay carries out requests one at a time, oldest first
 /// (ties by id, which this process makes increasing): every parked
 /// aggregate, then every dead letter. The answer is the first one's when it
-/// did not finish well, else the second's; `requests` lists both.
+/// did not finish well, else the second's (without `wait`, the second's:
+/// it finishes last); `requests` lists both. Both share one [`WAIT`].
 async fn replay_all(st: &AdminState, wait: bool) -> Result<HttpResponse, ApiError> {
+    let deadline = wait.then(|| Instant::now() + WAIT);
     let parked = submit_row(st, RequestKind::ReplayAllParked).await?;
     let letters = submit_row(st, RequestKind::ReplayDeadLetters { ids: None }).await?;
     let both = [parked.clone(), letters.clone()];
-    if wait {
-        let first = answer(st, parked, true, Some(&both)).await?;
+    if deadline.is_some() {
+        let first = answer(st, parked, deadline, Some(&both)).await?;
         if first.status() != actix_web::http::StatusCode::OK {
             return Ok(first);
         }
     }
-    answer(st, letters, wait, Some(&both)).await
+    answer(st, letters, deadline, Some(&both)).await
 }
 
 fn uuid_list(b: &Input<'_>, field: &str) -> Result<Vec<Uuid>, ApiError> {
