@@ -119,8 +119,9 @@ enum RelayCmd {
 /// How long an operator request waits (`dlq replay`, `dlq discard`, `relay rewind`).
 #[derive(Args)]
 pub struct Wait {
-    /// Seconds to wait for the outcome. When no relay runs and this process carries the
-    /// request out, it is withdrawn at that point (and on SIGINT/SIGTERM), never left for later.
+    /// Seconds to wait for the outcome. A request no relay has claimed by then, or one this
+    /// process carries out itself (no relay runs), is withdrawn at that point (and on
+    /// SIGINT/SIGTERM), never left for later (exactly-once: one it began stays open).
     #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = outboxd::args::at_least_one)]
     timeout: usize,
 }

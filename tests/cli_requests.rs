@@ -3,7 +3,9 @@
 //! SIGINT or past its `--timeout` while Kafka is unreachable, is withdrawn
 //! (recorded failed, "cancelled: ...") before the lease is released, so no
 //! relay carries it out later; the next request, with Kafka back, is done.
-//! One that names nothing parked is refused before it is written.
+//! One still pending when its `--timeout` runs out beside a lease whose
+//! holder died is withdrawn too. One that names nothing parked is refused
+//! before it is written.
 //! `dlq replay --all`'s two requests share one `--timeout`.
 
 mod harness;
@@ -91,6 +93,33 @@ fn a_request_the_cli_gives_up_on_is_withdrawn_and_never_carried_out_later() {
         assert!(err.contains(needle) && err.trim().lines().count() == 1, "{args:?}: {err}");
     }
     assert_eq!(rows(&db).len(), 3, "nothing written");
+}
+
+/// Review finding: a request still pending when `--timeout` ran out was
+/// left pending when the lease row named a holder (a daemon killed -9,
+/// its lease not expired): no relay claimed it, the CLI exited 1, and the
+/// next `outboxd run`, maybe days later, rewound (or discarded) what the
+/// operator had given up on. It is withdrawn, as on an interrupt.
+#[test]
+fn a_request_no_relay_claims_within_the_timeout_is_withdrawn() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let cfg = test_config(&brokers, &db);
+    assert_eq!(cli(&cfg, &["schema"]).0, 0);
+    // A holder that died a moment ago: its lease runs for another 10 s.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    sqlite3(
+        &db,
+        &format!("INSERT INTO relay_leases (name, holder, epoch, counter, ttl_ms, renewed_at) VALUES ('kafka-relay', 'dead:1:1', 1, 1, 10000, '{now}')"),
+    );
+    let (code, _, err) = cli(&cfg, &["relay", "rewind", "--to-position", "0", "--timeout", "2"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("out of time: request") && err.contains("withdrawn"), "{err}");
+    let r = rows(&db);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, "failed", "{r:?}");
+    assert!(r[0].1.contains("cancelled: not done within the CLI's --timeout (2s)"), "{r:?}");
 }
 
 /// Review finding: `dlq replay --all` gave each of its two requests the

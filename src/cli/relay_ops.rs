@@ -125,13 +125,7 @@ pub async fn request(
         Waited::Finished(done) => done,
         Waited::TimedOut(p) => {
             bar.finish_and_clear();
-            eprintln!(
-                "request {} is still {} on the relay when --timeout ({max_wait:?}) ran out; see GET /relay/requests/{}",
-                p.id,
-                p.status.as_str(),
-                p.id
-            );
-            return Ok(1);
+            return out_of_time(&store, &p, max_wait).await;
         }
         Waited::Unclaimed(_) => {
             bar.set_message("no relay is running: carrying the request out here under the relay lease");
@@ -149,14 +143,33 @@ pub async fn request(
                 Ok(Waited::Finished(d)) => d,
                 Ok(Waited::Unclaimed(d) | Waited::TimedOut(d)) => {
                     bar.finish_and_clear();
-                    eprintln!("request {} is still {} when --timeout ({max_wait:?}) ran out", d.id, d.status.as_str());
-                    return Ok(1);
+                    return out_of_time(&store, &d, max_wait).await;
                 }
             }
         }
     };
     bar.finish_and_clear();
     Ok(outcome(&done).unwrap_or(1))
+}
+
+/// `--timeout` ran out while request `p` waited on a relay. Still pending,
+/// no relay claimed it (a live one claims within a second; one whose
+/// holder died, its lease not expired yet, never does): it is withdrawn as
+/// on an interrupt, else the next `outboxd run`, maybe days later, would
+/// carry out what the operator gave up on. A claimed one is its relay's.
+async fn out_of_time(store: &DynStore, p: &RelayRequest, max_wait: Duration) -> Result<u8, Failure> {
+    if p.status == RequestStatus::Pending {
+        let why = format!("not done within the CLI's --timeout ({max_wait:?})");
+        let left = operator::withdraw(store, p.id, None, &why, false).await?;
+        return Ok(gave_up(&left, "out of time", 1, false));
+    }
+    eprintln!(
+        "request {} is still {} on the relay when --timeout ({max_wait:?}) ran out; see GET /relay/requests/{}",
+        p.id,
+        p.status.as_str(),
+        p.id
+    );
+    Ok(1)
 }
 
 /// `operator::wait` (`limits`: unclaimed after, timeout), unless a signal
