@@ -119,6 +119,37 @@ fn a_refused_secret_kafka_key_is_named_not_shown() {
     assert!(out.contains("ssl.key.pem") && out.contains("refused by librdkafka"), "{out}");
     assert_eq!(out.trim().lines().count(), 1, "{out}");
     assert!(!out.contains(&key) && !out.contains(&password), "{out}");
+
+    // Review finding: a key librdkafka does not know, misspelt past every
+    // secret keyword (`sasl.pasword`), had its value shown.
+    std::fs::write(&cfg, format!("[kafka.extra]\n\"sasl.pasword\" = \"{secret}\"\n")).unwrap();
+    let (code, out) = run(&["config"], &cfg, dir.path());
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("kafka.extra.\"sasl.pasword\"") && out.contains("refused by librdkafka"), "{out}");
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+    assert!(!out.contains(&secret), "{out}");
+}
+
+/// Review finding: a TOML syntax error quoted the offending line, so a
+/// secret on it (an invalid escape in a password, an unquoted token)
+/// reached the terminal and the logs.
+#[test]
+fn a_config_file_that_does_not_parse_is_refused_without_its_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("outboxd.toml");
+    let secret = format!("hunter{}", uuid::Uuid::now_v7().simple());
+    for text in [
+        format!("[store.cql]\npassword = \"p\\s{secret}\"\n"),
+        format!("[http]\napi_token = {secret}\n"),
+        format!("[http]\napi_token = \"{secret}\"\napi_token = \"{secret}\"\n"),
+    ] {
+        std::fs::write(&cfg, &text).unwrap();
+        let (code, out) = run(&["config"], &cfg, dir.path());
+        assert_eq!(code, Some(2), "{text}: {out}");
+        assert!(out.contains("TOML parse error at line"), "says where: {out}");
+        assert_eq!(out.trim().lines().count(), 1, "{out}");
+        assert!(!out.contains(&secret), "{text}: {out}");
+    }
 }
 
 #[test]

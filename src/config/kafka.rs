@@ -185,12 +185,16 @@ impl KafkaConfig {
             c.set(key, value);
             if let Err(e) = c.create_native_config() {
                 // librdkafka's own text, without the value (`e` quotes it: it may be a secret).
-                let why = match &e {
-                    rdkafka::error::KafkaError::ClientConfig(_, desc, _, _) => desc.clone(),
-                    other => format!("{:?}", other.rdkafka_error_code()),
+                let (why, unknown) = match &e {
+                    rdkafka::error::KafkaError::ClientConfig(res, desc, _, _) => {
+                        (desc.clone(), *res == rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN)
+                    }
+                    other => (format!("{:?}", other.rdkafka_error_code()), true),
                 };
-                let shown = if super::secrets::is_secret_key(key) {
-                    "(a secret: not shown)".into()
+                // A key librdkafka does not know may be a misspelt secret
+                // (`sasl.pasword`): its value is never shown either.
+                let shown = if unknown || super::secrets::is_secret_key(key) {
+                    "(not shown: a secret, or a key librdkafka does not know)".into()
                 } else {
                     format!("{value:?}")
                 };

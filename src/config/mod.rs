@@ -148,13 +148,22 @@ impl Config {
 }
 
 /// figment's message, unless it is about a secret: then only the key (the
-/// message would quote the value).
+/// message would quote the value). A file that does not parse is named
+/// with its line and column, never its text: the parser quotes the line
+/// (`2 | password = "..."`), whatever secret is on it.
 fn config_error(e: figment::Error) -> ConfigError {
     let key = e.path.join(".");
     if is_secret_key(&key) {
         return ConfigError(format!("{key}: invalid value (a secret: not shown); give it as a string"));
     }
-    ConfigError(e.to_string().replace('\n', "; "))
+    ConfigError(without_source_lines(&e.to_string()))
+}
+
+/// `message` on one line, without the source excerpt lines (`  |`, `2 | ...`).
+fn without_source_lines(message: &str) -> String {
+    let excerpt =
+        |l: &str| l.trim_start().trim_start_matches(|c: char| c.is_ascii_digit()).trim_start().starts_with('|');
+    message.lines().filter(|l| !excerpt(l)).map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
 fn validate_hosts(key: &str, list: &str) -> Result<(), ConfigError> {
