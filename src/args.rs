@@ -12,6 +12,15 @@ pub fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A duration in seconds (`--timeout`, `bench --seconds`): 1 to 31 536 000
+/// (a year); more would overflow the clock's deadline (a panic, exit 101).
+pub fn seconds(s: &str) -> Result<usize, String> {
+    match at_least_one(s)? {
+        n if n > 31_536_000 => Err("must be 31536000 (a year) or less".into()),
+        n => Ok(n),
+    }
+}
+
 /// How many rows a listing shows: 1 to 100 000 (what a store reads at once).
 pub fn list_limit(s: &str) -> Result<usize, String> {
     match at_least_one(s)? {

@@ -122,7 +122,7 @@ pub struct Wait {
     /// Seconds to wait for the outcome. A request no relay has claimed by then, or one this
     /// process carries out itself (no relay runs), is withdrawn at that point (and on
     /// SIGINT/SIGTERM), never left for later (exactly-once: one it began stays open).
-    #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = outboxd::args::at_least_one)]
+    #[arg(long, default_value_t = cli::relay_ops::DEFAULT_WAIT_SECS, value_parser = outboxd::args::seconds)]
     timeout: usize,
 }
 

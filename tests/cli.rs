@@ -153,7 +153,10 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     let missing = dir.path().join("typo").join("s.db");
     let some = uuid::Uuid::now_v7().to_string();
     let shows: [&[&str]; 2] = [&["order", "show", &some], &["customer", "show", &some]];
-    for args in [&["events"][..], &["leases"], &["dlq", "list"], &["projections", "status"]].into_iter().chain(shows) {
+    // (`projections rebuild` created an empty store there and exited 0.)
+    let read_only = [&["events"][..], &["leases"], &["dlq", "list"], &["projections", "status"]];
+    let rebuild: [&[&str]; 1] = [&["projections", "rebuild", "--no-progress"]];
+    for args in read_only.into_iter().chain(shows).chain(rebuild) {
         let o = outboxd(&missing, args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains("no store there"), "{args:?}: {}", stderr(&o));
@@ -166,6 +169,8 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("newer than this build"), "{}", stderr(&o));
     refused(&db, &["events", "--limit", "abc"], 2, "--limit");
+    // (It parsed, then overflowed the deadline: a panic, exit 101.)
+    refused(&db, &["relay", "rewind", "--to-position", "0", "--timeout", "10000000000000000000"], 2, "--timeout");
     // Over what the store reads at once: it listed 100000 without a word.
     refused(&db, &["dlq", "list", "--limit", "100001"], 2, "--limit");
     // A rate of 0 ran at 1 event/s without a word.

@@ -76,7 +76,7 @@ pub enum BenchCmd {
         #[arg(long, value_delimiter = ',', default_value = "500,10000", action = clap::ArgAction::Set, value_parser = crate::args::rate)]
         rate: Vec<u64>,
         /// Seconds of the latency phase.
-        #[arg(long, default_value_t = 10, value_parser = crate::args::at_least_one)]
+        #[arg(long, default_value_t = 10, value_parser = crate::args::seconds)]
         seconds: usize,
     },
     /// The command API under concurrent clients (a real `outboxd run` child

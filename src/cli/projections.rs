@@ -2,7 +2,8 @@
 //! from event 0 (SQLite store).
 //!
 //! Guarantee: on the CQL backend it refuses (exit 2) and says why: there the
-//! daemon's CDC projection builds the read models.
+//! daemon's CDC projection builds the read models; on a path with no store
+//! it refuses (exit 2) and creates nothing.
 
 use anyhow::Context;
 
@@ -16,6 +17,14 @@ pub async fn rebuild(cfg: &Config, no_progress: bool) -> Result<u8, Failure> {
             "on the CQL backend the read models are built by the daemon's CDC projection (from the CDC log, 24 h TTL); rebuild is for the sqlite store".into(),
         )
         .into());
+    }
+    // A mistyped path is refused, never created (a new empty store would
+    // "rebuild" 0 events and exit 0).
+    let existing = cfg.store.path.exists();
+    if !existing {
+        return Err(
+            BadInput(format!("store.path {}: no store there; nothing to rebuild", cfg.store.path.display())).into()
+        );
     }
     let (store, models) = outboxd::projection::open_stores(cfg).await.context("cannot open the store")?;
     let models =
