@@ -216,7 +216,8 @@ pub trait ReadModelStore: Send + Sync + 'static {
     /// atomically, and (SQLite: in the same transaction) its parked
     /// aggregates: a projector running beside a rebuild that re-reads the
     /// checkpoint must not re-read parks from before the reset with it, or it
-    /// holds those aggregates' events from position 0 and loses them.
+    /// holds those aggregates' events from position 0 and loses them. (CQL
+    /// keeps its park records: no command resets its read models.)
     async fn reset(&self, consumer: &str) -> Result<(), StoreError>;
     /// The projection checkpoint ([`CONSUMER`]) and the feed head, read together.
     async fn freshness(&self) -> Result<Freshness, StoreError>;

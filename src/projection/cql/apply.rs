@@ -135,7 +135,7 @@ impl ParkKey {
 /// An event this build cannot apply stops its aggregate: the row stays at
 /// the version before it (every later call meets the same event through the
 /// gap fill and stops there again), and a park record under the projection's
-/// consumer makes it visible (`outboxd dlq list`), as on SQLite.
+/// consumer makes it visible (`outboxd projections status`), as on SQLite.
 async fn park(store: &CqlStore, k: ParkKey, error: &str) -> Result<(), StoreError> {
     let agg = k.aggregate_id.to_string();
     let mut p =
