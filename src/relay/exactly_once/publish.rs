@@ -4,7 +4,9 @@
 //! Guarantees: events commit in feed order; a batch aborted for a transient
 //! reason is retried as a whole (read_committed consumers saw nothing of
 //! it); on a permanent failure the part before the first suspect commits,
-//! the suspect is resent alone up to `max_attempts` and then parked, and the
+//! the suspect is resent alone up to `max_attempts` and then parked (a
+//! transient failure of a resend retries behind the breaker; only a
+//! refusal parks), and the
 //! rest continues without later events of the parked aggregate (a replayed
 //! dead letter is not parked: the replay stops at it, its letter stays).
 
@@ -99,19 +101,21 @@ impl Txn {
         }
     }
 
-    /// Resends a suspect alone (at least once) until it commits or has failed
-    /// `max_attempts` times in all (then parks it). The progress it commits
-    /// never goes behind the committed one.
+    /// Resends a suspect alone (at least once) until it commits, or fails
+    /// for good once `max_attempts` are used (then parks it; see
+    /// [`SoloCount`]: a transient failure retries behind the breaker, as the
+    /// batch does, never parks). The progress it commits never goes behind
+    /// the committed one.
     async fn solo(
         &mut self,
         item: Item,
         mut err: PublishError,
         shutdown: &mut Shutdown,
     ) -> Result<Option<Exit>, RelayError> {
-        let mut attempts = 1;
+        let mut count = SoloCount::new();
         let position = item.position().max(self.position);
         loop {
-            if attempts >= self.backoff.max_attempts.max(2) {
+            if count.exhausted(self.backoff.max_attempts) {
                 if self.replaying.as_ref().is_some_and(|(_, part)| part == LETTERS) {
                     // Not parked: its aggregate's later events went out long ago.
                     self.letter_failed = Some((item.position(), err));
@@ -120,18 +124,30 @@ impl Txn {
                 self.park(&item, &err).await?;
                 return Ok(None);
             }
-            if !shutdown.sleep(self.backoff.delay(attempts)).await {
+            if !shutdown.sleep(self.backoff.delay(count.attempts)).await {
                 return Ok(Some(Exit::Shutdown));
             }
-            attempts += 1;
+            self.wait_for_breaker(shutdown).await;
+            if shutdown.is_shutdown() {
+                return Ok(Some(Exit::Shutdown));
+            }
             let started = Instant::now();
             match self.transaction(std::slice::from_ref(&item), position).await {
                 Outcome::Committed => {
                     self.committed(std::slice::from_ref(&item), position, started).await?;
                     return Ok(None);
                 }
-                Outcome::Permanent(mut f) => err = f.swap_remove(0).1,
-                Outcome::Transient(m) => tracing::warn!(error = %m, "transaction of a single event aborted; retrying"),
+                Outcome::Permanent(mut f) => {
+                    err = f.swap_remove(0).1;
+                    count.failed(true);
+                }
+                Outcome::Transient(m) => {
+                    tracing::warn!(error = %m, "transaction of a single event aborted; retrying behind the breaker");
+                    self.breaker.record_failure(Instant::now());
+                    self.relay.status.breaker(self.breaker.state(Instant::now()));
+                    self.relay.status.error(m);
+                    count.failed(false);
+                }
                 Outcome::Fenced(_) => return Ok(Some(Exit::LeaseLost)),
                 Outcome::Fatal(m) => return Err(RelayError::ProducerFatal(m)),
             }
@@ -149,5 +165,57 @@ impl Txn {
                 return;
             }
         }
+    }
+}
+
+/// The attempts of a solo resend (the batch's permanent failure is the
+/// first). It is exhausted only when its last failure was permanent and
+/// `max_attempts` (at least 2: it is always resent alone once) are used,
+/// transient ones included, as on the at-least-once path: a broker outage
+/// during the resends retries (behind the breaker), it never parks a
+/// suspect whose last word was not a refusal.
+#[derive(Debug, Clone, Copy)]
+struct SoloCount {
+    attempts: u32,
+    last_permanent: bool,
+}
+
+impl SoloCount {
+    fn new() -> SoloCount {
+        SoloCount { attempts: 1, last_permanent: true }
+    }
+
+    fn failed(&mut self, permanent: bool) {
+        self.attempts += 1;
+        self.last_permanent = permanent;
+    }
+
+    fn exhausted(&self, max_attempts: u32) -> bool {
+        self.last_permanent && self.attempts >= max_attempts.max(2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SoloCount;
+
+    /// Review finding: transient failures of the solo resends counted
+    /// toward parking, so a broker outage during them parked a suspect
+    /// (refused once) after `max_attempts`, on an outage, not a refusal.
+    #[test]
+    fn only_a_refusal_exhausts_a_solo_resend() {
+        let mut c = SoloCount::new();
+        assert!(!c.exhausted(3), "resent alone at least once");
+        c.failed(true);
+        assert!(!c.exhausted(3));
+        for _ in 0..20 {
+            c.failed(false);
+            assert!(!c.exhausted(3), "an outage retries");
+        }
+        c.failed(true);
+        assert!(c.exhausted(3), "refused again, attempts used: parked");
+        let mut c = SoloCount::new();
+        c.failed(true);
+        assert!(c.exhausted(1), "max 1 still resends alone once");
     }
 }
