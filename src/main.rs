@@ -173,11 +173,13 @@ enum OrderCmd {
         #[command(flatten)]
         meta: Meta,
     },
+    /// Confirm a created order (OrderConfirmed).
     Confirm {
         id: Uuid,
         #[command(flatten)]
         meta: Meta,
     },
+    /// Ship a confirmed order (OrderShipped).
     Ship {
         id: Uuid,
         #[arg(long)]
@@ -187,6 +189,7 @@ enum OrderCmd {
         #[command(flatten)]
         meta: Meta,
     },
+    /// Record a shipped order's delivery (OrderDelivered).
     Deliver {
         id: Uuid,
         #[arg(long)]
@@ -194,6 +197,7 @@ enum OrderCmd {
         #[command(flatten)]
         meta: Meta,
     },
+    /// Cancel a created or confirmed order (OrderCancelled).
     Cancel {
         id: Uuid,
         #[arg(long)]
@@ -220,6 +224,7 @@ enum CustomerCmd {
         #[command(flatten)]
         meta: Meta,
     },
+    /// Change a customer's email (CustomerEmailChanged).
     ChangeEmail {
         id: Uuid,
         #[arg(long)]
@@ -227,9 +232,8 @@ enum CustomerCmd {
         #[command(flatten)]
         meta: Meta,
     },
-    Show {
-        id: Uuid,
-    },
+    /// Print state and events of one customer as JSON.
+    Show { id: Uuid },
 }
 
 #[derive(Subcommand)]
