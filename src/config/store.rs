@@ -181,20 +181,24 @@ fn yes() -> bool {
 
 /// Parses `store.cql.consistency` (any case): the one reading of the key,
 /// used when the configuration is loaded and when the store connects.
+/// Only a quorum or more: the relay decides on what it reads (the parked
+/// aggregates at a term's start, requests, leases), and a read below a
+/// quorum can miss a row a compare-and-set committed (a park it would then
+/// publish past, out of order); `any` cannot read at all.
 pub fn parse_consistency(s: &str) -> Result<Consistency, ConfigError> {
     Ok(match s.trim().to_ascii_lowercase().as_str() {
-        "any" => Consistency::Any,
-        "one" => Consistency::One,
-        "two" => Consistency::Two,
-        "three" => Consistency::Three,
         "quorum" => Consistency::Quorum,
         "all" => Consistency::All,
         "local_quorum" => Consistency::LocalQuorum,
         "each_quorum" => Consistency::EachQuorum,
-        "local_one" => Consistency::LocalOne,
+        low @ ("any" | "one" | "two" | "three" | "local_one") => {
+            return Err(ConfigError(format!(
+                "store.cql.consistency = {low:?}: below a quorum, a read can miss what a compare-and-set committed (a parked aggregate, a lease); use local_quorum, quorum, each_quorum or all"
+            )))
+        }
         _ => {
             return Err(ConfigError(format!(
-                "store.cql.consistency = {s:?}: expected one of any, one, two, three, quorum, all, local_quorum, each_quorum, local_one"
+                "store.cql.consistency = {s:?}: expected one of local_quorum, quorum, each_quorum, all"
             )))
         }
     })

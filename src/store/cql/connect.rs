@@ -197,7 +197,12 @@ mod tests {
     #[test]
     fn consistency_strings() {
         assert_eq!(parse_consistency("LOCAL_QUORUM").unwrap(), Consistency::LocalQuorum);
-        assert_eq!(parse_consistency("one").unwrap(), Consistency::One);
+        assert_eq!(parse_consistency("quorum").unwrap(), Consistency::Quorum);
+        // Review finding: `any` (reads fail) and levels below a quorum (a
+        // read can miss a committed park row) were accepted.
+        for low in ["any", "one", "ONE", "two", "three", "local_one"] {
+            assert!(parse_consistency(low).unwrap_err().to_string().contains("below a quorum"), "{low}");
+        }
         assert!(parse_consistency("most").unwrap_err().to_string().contains("store.cql.consistency"));
         assert_eq!(parse_serial_consistency("local_serial").unwrap(), SerialConsistency::LocalSerial);
         assert_eq!(parse_serial_consistency("SERIAL").unwrap(), SerialConsistency::Serial);
