@@ -1,7 +1,8 @@
 //! Exactly-once operator requests carried out by the relay library against
 //! a real Kafka broker: a replay (also at least once, for the parked count)
 //! or a dead-letter replay that fails again,
-//! a batch split around a park position (also in a dead-letter replay), and
+//! a batch split around a park position (also in a dead-letter replay; its
+//! progress never moved to a letter's own position), and
 //! a replay resumed by the next
 //! term after the former one committed it but could not remove the park
 //! record. Every test uses its own topics (prefix), consumer and database
@@ -427,5 +428,62 @@ async fn a_cli_replay_that_committed_is_left_open_for_the_next_term() {
     let records = consume_all(&brokers, &topics(&c), 4, Duration::from_secs(5));
     let seqs: Vec<&str> = records.iter().map(|r| r.headers["ce_sequence"].as_str()).collect();
     assert_eq!(seqs, ["2", "3"], "the held events once (event 1 went out before the park)");
+    relay.stop().await;
+}
+
+/// Exactly-once, review finding: a dead-letter replay split around a
+/// refused letter committed its prefix with the progress just below the
+/// refused letter's own position (a letter is not feed traffic: its
+/// position can be ahead of this consumer's progress, after a rewind or for
+/// another consumer's letter). A term that ended there, as the CLI's
+/// requests-only term does, left the checkpoint past feed events never
+/// published: the next relay started after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_letter_replay_never_moves_the_progress_past_the_feed() {
+    use outboxd::relay::Relay;
+    use outboxd::store::requests::RequestStatus;
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (c, topic, store) = exactly_once_small_topic(&brokers, dir.path()).await;
+    // Ten orders' events, none published yet (positions 1..10).
+    let mut stored = Vec::new();
+    for _ in 0..10 {
+        let id = uuid::Uuid::now_v7();
+        let env = order_events(id, 0, 1).remove(0);
+        store.append(id, 0, vec![env.clone()]).await.unwrap();
+        stored.push(env.event_id.to_string());
+    }
+    // Two letters from positions 8 and 9 (another consumer's), the second
+    // over the topic's limit.
+    let mut letters = Vec::new();
+    for (big, position) in [(false, 8), (true, 9)] {
+        let mut env = order_events(uuid::Uuid::now_v7(), 0, 1).remove(0);
+        if big {
+            env.payload["note"] = serde_json::Value::String("x".repeat(8000));
+        }
+        let letter = dead_letter(&env, Some(position));
+        store.dlq_insert(letter.clone()).await.unwrap();
+        letters.push(letter);
+    }
+    // The replay carried out by a requests-only term (the CLI's, no relay running).
+    let (relay, _) = Relay::standalone(&c, store.clone(), outboxd::metrics::Metrics::new());
+    let trigger = outboxd::shutdown::Trigger::new();
+    let term = tokio::spawn(relay.requests_only().run_exactly_once(trigger.subscribe()));
+    let finished = replay_all_letters(&store, &c.relay.consumer_name).await;
+    assert_eq!(finished.status, RequestStatus::Failed, "the big letter is refused again: {:?}", finished.result);
+    trigger.fire();
+    term.await.unwrap().unwrap();
+    let checkpoint = store.get_checkpoint(&c.relay.consumer_name).await.unwrap().unwrap_or(0);
+    assert_eq!(checkpoint, 0, "no feed event was published");
+
+    // The relay: every feed event, once.
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(10, Duration::from_secs(60)).await;
+    let records = consume_all(&brokers, std::slice::from_ref(&topic), 11, Duration::from_secs(15));
+    let ids: Vec<String> = records.iter().map(|r| r.event_id()).collect();
+    for (i, id) in stored.iter().enumerate() {
+        assert_eq!(ids.iter().filter(|x| *x == id).count(), 1, "position {}: once: {ids:?}", i + 1);
+    }
+    assert_eq!(ids.iter().filter(|x| **x == letters[0].event_id.to_string()).count(), 1, "the good letter, once");
     relay.stop().await;
 }

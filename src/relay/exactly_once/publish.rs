@@ -69,8 +69,12 @@ impl Txn {
                     batch.truncate(k);
                     if !batch.is_empty() {
                         // Never behind the committed progress (a replayed
-                        // event's position is in the past).
-                        let before = (suspect.position() - 1).max(self.position);
+                        // event's position is in the past), and in a replay
+                        // never an item's own: a dead letter's position can
+                        // be ahead of this feed (a rewind, another
+                        // consumer's letter), and a progress there would
+                        // skip feed events never published.
+                        let before = self.progress_for(&suspect);
                         if let Some(exit) = Box::pin(self.publish(std::mem::take(&mut batch), before, shutdown)).await?
                         {
                             return Ok(Some(exit));
@@ -113,7 +117,7 @@ impl Txn {
         shutdown: &mut Shutdown,
     ) -> Result<Option<Exit>, RelayError> {
         let mut count = SoloCount::new();
-        let position = item.position().max(self.position);
+        let position = if self.replaying.is_some() { self.position } else { item.position().max(self.position) };
         loop {
             if count.exhausted(self.backoff.max_attempts) {
                 if self.replaying.as_ref().is_some_and(|(_, part)| part == LETTERS) {
@@ -151,6 +155,16 @@ impl Txn {
                 Outcome::Fenced(_) => return Ok(Some(Exit::LeaseLost)),
                 Outcome::Fatal(m) => return Err(RelayError::ProducerFatal(m)),
             }
+        }
+    }
+
+    /// The progress of a prefix committed before `suspect`: just below it
+    /// on the feed; in a replay the committed progress as it is.
+    fn progress_for(&self, suspect: &Item) -> i64 {
+        if self.replaying.is_some() {
+            self.position
+        } else {
+            (suspect.position() - 1).max(self.position)
         }
     }
 
