@@ -149,8 +149,18 @@ impl Txn {
                     tracing::warn!(error = %m, "transaction of a single event aborted; retrying behind the breaker");
                     self.breaker.record_failure(Instant::now());
                     self.relay.status.breaker(self.breaker.state(Instant::now()));
-                    self.relay.status.error(m);
+                    self.relay.status.error(m.clone());
                     count.failed(false);
+                    if count.stuck(self.backoff.max_attempts) {
+                        // One event alone keeps aborting: the producer itself
+                        // may be stuck (after a refused record librdkafka
+                        // can wait for an epoch bump its abort never gives:
+                        // "skipped sequence numbers"). A new term's producer
+                        // starts clean; the runner backs off between terms.
+                        return Err(RelayError::ProducerFatal(format!(
+                            "a single event's transaction keeps aborting ({m}); recreating the producer"
+                        )));
+                    }
                 }
                 Outcome::Fenced(_) => return Ok(Some(Exit::LeaseLost)),
                 Outcome::Fatal(m) => return Err(RelayError::ProducerFatal(m)),
@@ -188,24 +198,32 @@ impl Txn {
 /// transient ones included, as on the at-least-once path: a broker outage
 /// during the resends retries (behind the breaker), it never parks a
 /// suspect whose last word was not a refusal.
+/// Transient failures in a row, `max_attempts` of them, say the producer
+/// is stuck ([`SoloCount::stuck`]): the term ends to make a new one.
 #[derive(Debug, Clone, Copy)]
 struct SoloCount {
     attempts: u32,
     last_permanent: bool,
+    transient_in_a_row: u32,
 }
 
 impl SoloCount {
     fn new() -> SoloCount {
-        SoloCount { attempts: 1, last_permanent: true }
+        SoloCount { attempts: 1, last_permanent: true, transient_in_a_row: 0 }
     }
 
     fn failed(&mut self, permanent: bool) {
         self.attempts += 1;
         self.last_permanent = permanent;
+        self.transient_in_a_row = if permanent { 0 } else { self.transient_in_a_row + 1 };
     }
 
     fn exhausted(&self, max_attempts: u32) -> bool {
         self.last_permanent && self.attempts >= max_attempts.max(2)
+    }
+
+    fn stuck(&self, max_attempts: u32) -> bool {
+        self.transient_in_a_row >= max_attempts.max(2)
     }
 }
 
@@ -222,12 +240,15 @@ mod tests {
         assert!(!c.exhausted(3), "resent alone at least once");
         c.failed(true);
         assert!(!c.exhausted(3));
-        for _ in 0..20 {
+        for _ in 0..2 {
             c.failed(false);
             assert!(!c.exhausted(3), "an outage retries");
+            assert!(!c.stuck(3));
         }
+        c.failed(false);
+        assert!(!c.exhausted(3) && c.stuck(3), "three in a row: the producer is made again, nothing parked");
         c.failed(true);
-        assert!(c.exhausted(3), "refused again, attempts used: parked");
+        assert!(c.exhausted(3) && !c.stuck(3), "refused again, attempts used: parked");
         let mut c = SoloCount::new();
         c.failed(true);
         assert!(c.exhausted(1), "max 1 still resends alone once");

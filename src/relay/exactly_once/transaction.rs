@@ -40,11 +40,13 @@ impl Txn {
                         if let Some(o) = self.abort(Duration::from_secs(30)).await {
                             return o;
                         }
-                        return if e.transient {
-                            Outcome::Transient(e.message)
-                        } else {
-                            Outcome::Permanent(vec![(i, e)])
-                        };
+                        if e.transient {
+                            if let Some(refused) = self.refused_before(base, sent).await {
+                                return refused;
+                            }
+                            return Outcome::Transient(e.message);
+                        }
+                        return Outcome::Permanent(vec![(i, e)]);
                     }
                 }
             }
@@ -77,6 +79,9 @@ impl Txn {
         if let Err(e) = progress_sent {
             if let Some(o) = self.abort(Duration::from_secs(30)).await {
                 return o;
+            }
+            if let Some(refused) = self.refused_before(base, sent).await {
+                return refused;
             }
             return Outcome::Transient(format!("cannot send the progress record: {e:?}"));
         }
@@ -132,6 +137,23 @@ impl Txn {
             Err(a) if a.kind == TxnErrorKind::Fenced => Some(classify(a.kind, a.message)),
             Err(a) => Some(Outcome::Fatal(format!("the transaction could not be aborted: {}", a.message))),
         }
+    }
+
+    /// After an aborted transaction whose send failed: the records of the
+    /// `sent` handed over before it that the broker refused for good, as
+    /// `Permanent`. A refusal (a record over the topic's limit) puts the
+    /// transaction in an abortable state, and the next send then fails
+    /// with an error that looks transient (`__STATE`): taken as such, the
+    /// whole batch was retried for ever, losing the same race each time.
+    /// Every record's report comes once the abort purged the rest.
+    async fn refused_before(&mut self, base: usize, sent: usize) -> Option<Outcome> {
+        if sent == 0 {
+            return None;
+        }
+        let reports = self.reports(base, base + sent - 1, Duration::from_secs(5)).await;
+        let refused: Vec<(usize, PublishError)> =
+            self.failures(reports, base, sent).into_iter().filter(|(_, e)| !e.transient).collect();
+        (!refused.is_empty()).then_some(Outcome::Permanent(refused))
     }
 
     /// The delivery reports of tokens `base..=last` (those of earlier
