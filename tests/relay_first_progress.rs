@@ -4,7 +4,9 @@
 //! what it delivered, so its successor does not publish that backlog again.
 //! Against the shared Kafka broker; the daemon is aborted at an armed crash
 //! point (`OUTBOXD_ABORT_AT=after_first_progress`: the first persist call of
-//! the term that finds confirmed progress, whether it wrote or not).
+//! the term that finds confirmed progress, whether it wrote or not). An
+//! exactly-once term never takes a progress topic that answers with an
+//! error for one without a record.
 
 mod harness;
 
@@ -61,4 +63,25 @@ fn a_relay_that_dies_right_after_its_first_deliveries_has_moved_the_checkpoint()
     assert_eq!(caught_up(&d), stored_head);
     assert_all_on_topic(&brokers, &d);
     d.stop();
+}
+
+/// Review finding: the progress topic answering with an error (unknown,
+/// leader not available, not authorised: no partitions) was read as "no
+/// progress record", so an exactly-once term started from the store's
+/// checkpoint, which trails the progress, and published committed batches
+/// again. It is no answer: the term retries the read.
+#[tokio::test]
+async fn a_progress_topic_that_answers_with_an_error_is_no_answer() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(&brokers, &dir.path().join("s.db"));
+    let missing = format!("{}never-created-progress", c.kafka.topic_prefix);
+    let read = outboxd::relay::progress::read_last(&c.kafka, &missing, "eos-x", Duration::from_secs(5)).await;
+    assert!(read.as_ref().is_err_and(|e| e.transient), "{read:?}");
+    // An existing topic without a record of this consumer is no record.
+    let topic = format!("{}progress", c.kafka.topic_prefix);
+    let (b, t) = (brokers.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || create_topic(&b, &t, 1, &[])).await.unwrap();
+    let read = outboxd::relay::progress::read_last(&c.kafka, &topic, "eos-x", Duration::from_secs(5)).await;
+    assert!(matches!(read, Ok(None)), "{read:?}");
 }

@@ -104,9 +104,19 @@ fn read_blocking(
     // Closing it takes tens of ms that the relay's start need not wait for.
     let reader = DropOffRuntime::new(reader);
     let md = reader.fetch_metadata(Some(topic), timeout).map_err(|e| PublishError::from_kafka(&e))?;
-    let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0) as i32;
+    // The term made sure the topic exists: an error for it (unknown topic,
+    // leader not available, not authorised), or no partitions, is no
+    // answer. Read as "no record", the term started from the store's
+    // checkpoint, which trails the progress, and published committed
+    // batches again to read_committed consumers.
+    let t =
+        md.topics().first().ok_or_else(|| PublishError::transient("metadata", format!("no metadata for {topic}")))?;
+    if let Some(e) = t.error() {
+        return Err(PublishError::transient("metadata", format!("progress topic {topic}: {e:?}")));
+    }
+    let partitions = t.partitions().len() as i32;
     if partitions == 0 {
-        return Ok(None);
+        return Err(PublishError::transient("metadata", format!("progress topic {topic} has no partitions")));
     }
     let mut tpl = TopicPartitionList::new();
     let mut ends = Vec::new();
