@@ -164,6 +164,52 @@ fn a_replay_of_all_parked_interrupted_after_one_aggregate_loses_and_repeats_noth
     p.d.stop();
 }
 
+/// Review finding: the next term served its open requests oldest first
+/// by `created_at`; one stamped earlier than the replay being resumed (a
+/// second host's clock behind) went first, its progress record dropped the
+/// resumed replay's mark, and after a second crash right after that
+/// commit the replay published its committed events again. The replay being
+/// resumed goes first.
+#[test]
+fn a_resumed_replay_goes_before_a_request_stamped_earlier() {
+    let Some(mut p) = parked_under_an_armed_crash(2) else { return };
+    let r = p.d.admin_post("/dlq/replay", &json!({"aggregate_id": p.orders[0], "wait": false}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let first = r.json()["request"]["id"].as_str().unwrap().to_string();
+    let status = p.d.wait_exit(Duration::from_secs(60)).expect("the daemon aborts right after the commit");
+    assert!(!status.success(), "{status:?}");
+    // The second order's replay, stamped an hour before the first one.
+    let consumer = p.env.iter().find(|(k, _)| *k == "OUTBOX_RELAY__CONSUMER_NAME").unwrap().1.clone();
+    let second = replay_of(&consumer, p.orders[1]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async { open_store(&p.cfg).await.request_submit(&second).await.unwrap() });
+    let earlier = (second.created_at - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    sqlite3(
+        &p.cfg.store.path,
+        &format!("UPDATE relay_requests SET created_at = '{earlier}' WHERE id = '{}'", second.id),
+    );
+
+    // A second start that crashes after its first replay commit, then a third.
+    let mut crashing = p.env.clone();
+    crashing.push(("OUTBOXD_ABORT_AT", "after_replay_commit".to_string()));
+    p.d = Daemon::start(&p.cfg, &crashing);
+    let status = p.d.wait_exit(Duration::from_secs(60)).expect("the second start aborts after a replay commit");
+    assert!(!status.success(), "{status:?}");
+    p.d = Daemon::start(&p.cfg, &p.env);
+    for id in [first, second.id.to_string()] {
+        let done = eventually(Duration::from_secs(60), "the requests to finish", || {
+            let v = p.d.admin("GET", &format!("/relay/requests/{id}")).json()["request"].clone();
+            matches!(v["status"].as_str(), Some("done" | "failed")).then_some(v)
+        });
+        assert_eq!(done["status"], "done", "{done}");
+    }
+    let records = p.topic();
+    for order in &p.orders {
+        assert_eq!(seqs(&events(&records, *order)), vec!["1", "2"], "order {order}: each event once, in order");
+    }
+    p.d.stop();
+}
+
 #[test]
 fn a_discard_interrupted_after_its_commit_keeps_one_marker_and_one_audit_row() {
     let Some(mut p) = parked_under_an_armed_crash(1) else { return };

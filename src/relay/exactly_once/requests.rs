@@ -35,7 +35,7 @@ impl Txn {
     pub(super) async fn requests(&mut self) -> Result<Option<Exit>, RelayError> {
         self.relay.status.flush();
         let consumer = self.relay.cfg.consumer_name.clone();
-        let open = match self.relay.store.requests_open(&consumer, self.epoch).await {
+        let mut open = match self.relay.store.requests_open(&consumer, self.epoch).await {
             Ok(open) => open,
             // The CLI's single round must not end as if it were done.
             Err(e) if self.relay.requests_only => {
@@ -47,8 +47,19 @@ impl Txn {
             // Its request is finished: the mark need not be carried on.
             self.resumed = None;
         }
+        // The replay being resumed goes first, and nothing goes before it is
+        // taken: another request's progress record would drop its mark (a
+        // crash right after that commit, and the replay published what it
+        // had committed again). Oldest first by `created_at` is not enough:
+        // another host's clock may stamp a later request earlier.
+        if let Some(m) = &self.resumed {
+            open.sort_by_key(|r| r.id != m.request);
+        }
         for r in open {
             if !self.requests.take(&r, &self.backoff).await {
+                if self.resumed.as_ref().is_some_and(|m| m.request == r.id) {
+                    return Ok(None); // taken again at the next round
+                }
                 continue;
             }
             if !self.requests.was_released(r.id) {
