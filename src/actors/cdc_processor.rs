@@ -171,8 +171,7 @@ where
                 failures += 1;
                 tracing::warn!(actor = %ActorName::Cdc, error = %e, failures, "cannot fence the relay's park rows and requests yet; retrying");
                 status.error(format!("cannot fence the relay's park rows and requests: {e}"));
-                let wait = Duration::from_millis(200u64.saturating_mul(1 << failures.min(6)));
-                if !term.sleep(wait).await {
+                if !term.sleep(crate::relay::runner::term_backoff(failures)).await {
                     return None;
                 }
             }

@@ -109,7 +109,7 @@ impl RelayRunner {
                     let e = e.to_string();
                     tracing::error!(error = %e, restarts = fatal_restarts, "relay term failed; re-checking the lease and starting a new term");
                     self.status.error(e);
-                    let wait = Duration::from_millis(200u64.saturating_mul(1 << fatal_restarts.min(6)));
+                    let wait = term_backoff(fatal_restarts);
                     let lease = self.lease.as_ref().map(LeaseHandle::state);
                     if !pause_between_terms(wait, lease, &self.status, &mut shutdown).await {
                         return Ok(());
@@ -129,6 +129,12 @@ impl RelayRunner {
         let epoch = wait_held(&mut rx, shutdown, |s| self.status.lease_role(s)).await?;
         Some(Fence { epoch, lease: rx })
     }
+}
+
+/// The wait after `failures` failed terms (or term starts) in a row: 200 ms
+/// doubling, 12.8 s at most.
+pub fn term_backoff(failures: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << failures.min(6)))
 }
 
 /// Waits `wait` between a failed term and the next (false on shutdown),
