@@ -1,7 +1,7 @@
 //! The configuration as `outboxd` loads it: a bad value, an unknown key or
 //! a missing file is refused before anything is opened, in one line naming
 //! the key, exit 2, and creates no store; `OUTBOX_CONFIG` and `--config`
-//! select the file.
+//! select the file. A CQL keyspace at another replication factor is reported.
 
 use std::process::{Command, Output};
 
@@ -171,4 +171,37 @@ fn a_retry_multiplier_that_is_not_a_finite_number_is_refused() {
         assert_eq!(o.status.code(), Some(2), "{value}: {err}");
         assert!(err.contains("relay.retry.multiplier") && err.lines().count() == 1, "{value}: {err}");
     }
+}
+
+/// Review finding: `CREATE KEYSPACE IF NOT EXISTS` kept a keyspace created
+/// at another replication factor silently (the default 1, then 3 set for
+/// production). `outboxd schema` says so. Against the local Cassandra.
+#[test]
+fn a_keyspace_at_another_replication_factor_is_reported() {
+    let Some(uri) = std::env::var("CASSANDRA_URI").ok().filter(|u| !u.is_empty()) else {
+        eprintln!("SKIPPED: replication factor check: set CASSANDRA_URI (make test starts Cassandra)");
+        return;
+    };
+    let keyspace = format!("rf{}", uuid::Uuid::now_v7().simple());
+    let schema = |rf: &str| {
+        Command::new(env!("CARGO_BIN_EXE_outboxd"))
+            .arg("schema")
+            .env("NO_COLOR", "1")
+            .env("OUTBOX_STORE__BACKEND", "cql")
+            .env("OUTBOX_STORE__CQL__URI", &uri)
+            .env("OUTBOX_STORE__CQL__KEYSPACE", &keyspace)
+            .env("OUTBOX_STORE__CQL__REPLICATION_FACTOR", rf)
+            .output()
+            .unwrap()
+    };
+    let o = schema("1");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("replication_factor"), "{}", stderr(&o));
+    let o = schema("3");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the keyspace has replication_factor 1, store.cql.replication_factor is 3"),
+        "{}",
+        stderr(&o)
+    );
 }

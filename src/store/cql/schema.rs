@@ -156,6 +156,7 @@ impl CqlStore {
         for stmt in schema_statements(&self.keyspace, self.replication_factor, want_cdc, self.log_ttl_seconds) {
             self.ddl(&stmt).await?;
         }
+        self.warn_replication_drift().await;
         // Columns added after a table was first created (schema upgrades).
         for (table, col, ty) in [
             ("event_store", "trace_parent", "text"),
@@ -210,6 +211,21 @@ impl CqlStore {
 }
 
 impl CqlStore {
+    /// `CREATE KEYSPACE IF NOT EXISTS` never alters an existing keyspace:
+    /// one created at another `store.cql.replication_factor` (the default
+    /// 1, before production settings) would keep it silently. Said at
+    /// every migrate (`outboxd schema`, `outboxd run`).
+    async fn warn_replication_drift(&self) {
+        let q = "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?";
+        let Ok(res) = self.session.query_unpaged(q, (&self.keyspace,)).await else { return };
+        let map = res.into_rows_result().ok().and_then(|r| {
+            r.maybe_first_row::<(std::collections::BTreeMap<String, String>,)>().ok().flatten().map(|(m,)| m)
+        });
+        if let Some(why) = map.and_then(|m| replication_drift(&m, self.replication_factor)) {
+            tracing::warn!(keyspace = %self.keyspace, "{why}");
+        }
+    }
+
     /// How the CDC options of `event_store` on the server differ from the
     /// wanted ones (`system_schema.scylla_tables.cdc`). When they cannot be
     /// read, "unknown", so that migrate sets them.
@@ -228,9 +244,40 @@ impl CqlStore {
     }
 }
 
+/// Why keyspace replication `m` (as `system_schema.keyspaces` has it) is
+/// not `replication_factor` with SimpleStrategy, or None. Another strategy
+/// (NetworkTopologyStrategy, created by hand) is the operator's choice.
+pub fn replication_drift(m: &std::collections::BTreeMap<String, String>, replication_factor: u32) -> Option<String> {
+    let class = m.get("class").map(String::as_str).unwrap_or_default();
+    if !class.ends_with("SimpleStrategy") {
+        return None;
+    }
+    let current = m.get("replication_factor")?;
+    (current.trim() != replication_factor.to_string()).then(|| {
+        format!(
+            "the keyspace has replication_factor {current}, store.cql.replication_factor is {replication_factor}: an existing keyspace is never altered (ALTER KEYSPACE it, then run a repair)"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review finding: a keyspace created at replication factor 1 stayed so
+    /// silently when the setting said 3.
+    #[test]
+    fn a_keyspace_at_another_replication_factor_is_reported() {
+        let m = |class: &str, rf: &str| {
+            [("class".to_string(), class.to_string()), ("replication_factor".to_string(), rf.to_string())]
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let simple = "org.apache.cassandra.locator.SimpleStrategy";
+        assert!(replication_drift(&m(simple, "1"), 3).is_some_and(|w| w.contains("replication_factor 1")));
+        assert_eq!(replication_drift(&m(simple, "3"), 3), None);
+        assert_eq!(replication_drift(&m("org.apache.cassandra.locator.NetworkTopologyStrategy", "1"), 3), None);
+    }
 
     #[test]
     fn schema_substitutes_keyspace_rf_and_cdc() {
