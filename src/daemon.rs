@@ -225,10 +225,20 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     // Either a signal arrives, or the actor system shuts itself down (a
     // supervised actor exhausted its restart budget).
     let mut exited = None;
+    let mut lease_stop = Some(lease_stop);
     if !signalled {
         tokio::select! {
             _ = signals.recv() => signalled = true,
             r = &mut exit_rx => exited = Some(r),
+            _ = &mut actors_stopped => {
+                // The system stopped itself (a child used up its restart
+                // budget): its actors are down, the leases go now, not
+                // after the HTTP servers' grace.
+                if let Some(stop) = lease_stop.take() {
+                    release_leases(stop).await;
+                }
+                exited = Some((&mut exit_rx).await);
+            }
         }
     }
     if signalled {
@@ -238,7 +248,6 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
             let _ = tx.send(());
         }
     }
-    let mut lease_stop = Some(lease_stop);
     let exited = match exited {
         Some(r) => Some(r),
         None => {

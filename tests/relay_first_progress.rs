@@ -82,6 +82,16 @@ async fn a_progress_topic_that_answers_with_an_error_is_no_answer() {
     let topic = format!("{}progress", c.kafka.topic_prefix);
     let (b, t) = (brokers.clone(), topic.clone());
     tokio::task::spawn_blocking(move || create_topic(&b, &t, 1, &[])).await.unwrap();
-    let read = outboxd::relay::progress::read_last(&c.kafka, &topic, "eos-x", Duration::from_secs(5)).await;
+    // (Right after its creation the topic may still have no leader: an
+    // error, retried, as the relay does.)
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let read = loop {
+        match outboxd::relay::progress::read_last(&c.kafka, &topic, "eos-x", Duration::from_secs(5)).await {
+            Err(e) if e.transient && std::time::Instant::now() < end => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            read => break read,
+        }
+    };
     assert!(matches!(read, Ok(None)), "{read:?}");
 }

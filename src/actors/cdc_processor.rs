@@ -101,7 +101,13 @@ async fn run_cdc_relay(
                     let fenced = |e: &StoreError| matches!(e, StoreError::Fenced { .. });
                     match retry_in_term(fencing, fenced, &mut term.clone(), &status).await {
                         Some(r) => r,
-                        None => return Ok(()), // the term ended (the lease went, or shutdown)
+                        None => {
+                            // The term ended (the lease went, or shutdown): its
+                            // producer's broker state goes with it, as below.
+                            drop(watch);
+                            status.broker(&BrokerState::Unknown);
+                            return Ok(());
+                        }
                     }
                 }
                 None => Ok(()),

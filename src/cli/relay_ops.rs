@@ -153,7 +153,7 @@ pub async fn request(
 }
 
 /// `--timeout` ran out while request `p` waited on a relay. Still pending,
-/// no relay claimed it (a live one claims within a second; one whose
+/// no relay claimed it (a live one usually claims within a second; one whose
 /// holder died, its lease not expired yet, never does): it is withdrawn as
 /// on an interrupt, else the next `outboxd run`, maybe days later, would
 /// carry out what the operator gave up on. A claimed one is its relay's.

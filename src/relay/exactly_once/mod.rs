@@ -186,32 +186,50 @@ impl Relay {
         // at-least-once relay ran since, or a batch of held events only
         // moved it): what lies between went out already. Every exactly-once
         // move back (a rewind) writes the checkpoint before it is done.
-        let (position, resumed) = loop {
-            match progress::read_last(k, &self.cfg.progress_topic, &self.cfg.consumer_name, Duration::from_secs(30))
-                .await
-            {
-                Ok(Some(p)) if store_checkpoint > p.position => {
+        // Under the lease, as the steps before: a read that keeps failing
+        // (a topic deleted, not authorised) must not hold a lease that a
+        // standby could use; /health says why the term does not start.
+        let read = async {
+            let mut failures: u32 = 0;
+            loop {
+                match progress::read_last(k, &self.cfg.progress_topic, &self.cfg.consumer_name, Duration::from_secs(30))
+                    .await
+                {
+                    Ok(last) => return Some(last),
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(error = %e, failures, "cannot read the progress topic; retrying");
+                        self.status.error(format!("cannot read the progress topic {}: {e}", self.cfg.progress_topic));
+                        if !shutdown.sleep(crate::relay::runner::term_backoff(failures)).await {
+                            return None;
+                        }
+                    }
+                }
+            }
+        };
+        let last = match unless_lease_lost(&self.fence, read).await {
+            None => return Ok(Exit::LeaseLost),
+            Some(None) => return Ok(Exit::Shutdown),
+            Some(Some(last)) => last,
+        };
+        let (position, resumed) = {
+            match last {
+                Some(p) if store_checkpoint > p.position => {
                     tracing::info!(
                         checkpoint = store_checkpoint,
                         progress = p.position,
                         "the store's checkpoint is past the last progress record (at-least-once delivery ran since): starting from the checkpoint"
                     );
-                    break (store_checkpoint, p.replay);
+                    (store_checkpoint, p.replay)
                 }
-                Ok(Some(p)) => break (p.position, p.replay),
-                Ok(None) => {
+                Some(p) => (p.position, p.replay),
+                None => {
                     tracing::info!(
                         checkpoint = store_checkpoint,
                         "no progress record on {}: starting from the store's checkpoint",
                         self.cfg.progress_topic
                     );
-                    break (store_checkpoint, None);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the progress topic; retrying");
-                    if !shutdown.sleep(Duration::from_secs(1)).await {
-                        return Ok(Exit::Shutdown);
-                    }
+                    (store_checkpoint, None)
                 }
             }
         };

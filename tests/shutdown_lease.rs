@@ -1,0 +1,71 @@
+//! A daemon gives its relay lease back as soon as its actors have stopped,
+//! not after the HTTP servers' grace: an admin request waiting for the relay
+//! (30 s by default) no longer holds the lease through shutdown, whether a
+//! signal stopped the daemon or an actor used up its restart budget (exit
+//! 70). Meanwhile no instance published, and an orchestrator's SIGKILL at
+//! its own grace left the lease for a whole TTL.
+
+mod harness;
+
+use harness::*;
+use std::time::Duration;
+
+/// A daemon whose relay never starts a term (nothing listens on its broker
+/// address), holding the relay lease, with a rewind request waiting on its
+/// admin server: (daemon, the lease holder's reader, the waiting client).
+fn holding_with_a_waiting_request(
+    dir: &std::path::Path,
+    env: &[(&'static str, String)],
+) -> (Daemon, impl Fn() -> String, std::thread::JoinHandle<std::io::Result<Resp>>) {
+    let cfg = daemon_config(&format!("127.0.0.1:{}", free_port()), dir);
+    let d = Daemon::start(&cfg, env);
+    let db = cfg.store.path.clone();
+    let holder = move || sqlite3(&db, "SELECT holder FROM relay_leases WHERE name = 'kafka-relay'");
+    eventually(Duration::from_secs(30), "the relay lease to be held", || (!holder().trim().is_empty()).then_some(()));
+    let admin = d.admin;
+    let waiting = std::thread::spawn(move || {
+        let json = [("Content-Type", "application/json")];
+        try_request(admin, "POST", "/relay/rewind", &json, Some(br#"{"to_position": 0}"#))
+    });
+    eventually(Duration::from_secs(10), "the rewind request to be stored", || {
+        (sqlite3(&cfg.store.path, "SELECT count(*) FROM relay_requests").trim() == "1").then_some(())
+    });
+    (d, holder, waiting)
+}
+
+#[test]
+fn sigterm_gives_the_lease_back_while_an_admin_request_still_waits() {
+    let Some(_) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("OUTBOX_SHUTDOWN_DEADLINE_MS", "20000".to_string())];
+    let (mut d, holder, waiting) = holding_with_a_waiting_request(dir.path(), &env);
+    d.sigterm();
+    eventually(Duration::from_secs(15), "the relay lease given back", || holder().trim().is_empty().then_some(()));
+    assert!(!waiting.is_finished(), "given back while the admin request still waits:\n{}", d.log_text());
+    let status = d.wait_exit(Duration::from_secs(40)).expect("the daemon exits");
+    assert_eq!(status.code(), Some(0), "{}", d.log_text());
+    let _ = waiting.join();
+}
+
+/// Review finding (a last read of the fix above): a daemon that stopped
+/// itself (a child used up its restart budget) still released its leases
+/// only after the HTTP servers' grace.
+#[test]
+fn an_exhausted_restart_budget_gives_the_lease_back_while_an_admin_request_still_waits() {
+    let Some(_) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        fault_injection(),
+        ("OUTBOX_SHUTDOWN_DEADLINE_MS", "20000".to_string()),
+        ("OUTBOX_SUPERVISION__MAX_RESTARTS", "2".to_string()),
+    ];
+    let (mut d, holder, waiting) = holding_with_a_waiting_request(dir.path(), &env);
+    for _ in 0..3 {
+        d.inject("order_actor", "stop");
+    }
+    eventually(Duration::from_secs(15), "the relay lease given back", || holder().trim().is_empty().then_some(()));
+    assert!(!waiting.is_finished(), "given back while the admin request still waits:\n{}", d.log_text());
+    let status = d.wait_exit(Duration::from_secs(40)).expect("the daemon exits");
+    assert_eq!(status.code(), Some(70), "{}", d.log_text());
+    let _ = waiting.join();
+}
