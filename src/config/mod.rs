@@ -271,6 +271,7 @@ mod tests {
         refused(&|c| c.http.admin_listen = c.http.listen.clone(), "http.admin_listen");
         let cql = |c: &mut Config| c.store.backend = Backend::Cql;
         refused(&|c| (cql(c), c.store.cql.consistency = "bogus".into()).1, "store.cql.consistency");
+        refused(&|c| (cql(c), c.store.cql.consistency = "local_one".into()).1, "below a quorum");
         refused(&|c| (cql(c), c.store.cql.serial_consistency = "one".into()).1, "store.cql.serial_consistency");
         refused(&|c| (cql(c), c.store.cql.replication_factor = 0).1, "store.cql.replication_factor");
         refused(&|c| (cql(c), c.store.cql.page_size = 0).1, "store.cql.page_size");
@@ -288,7 +289,7 @@ mod tests {
         // Case differs from the parser's, same level; a known key passes; port 0 twice is two ports.
         let mut c = Config::default();
         c.store.backend = Backend::Cql;
-        c.store.cql.consistency = "LOCAL_ONE".into();
+        c.store.cql.consistency = "LOCAL_QUORUM".into();
         c.kafka.extra.insert("queue.buffering.max.messages".into(), "20000".into());
         c.kafka.extra.insert("sasl.password".into(), "x".into());
         c.http.listen = "127.0.0.1:0".into();
