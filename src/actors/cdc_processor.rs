@@ -30,7 +30,7 @@ use crate::lease::keeper::LeaseState;
 use crate::relay::cdc::{run_relay_feed, CdcError};
 use crate::relay::deliver::Deliverer;
 use crate::relay::producer::{BrokerState, Delivery};
-use crate::relay::runner::RelayRunner;
+use crate::relay::runner::{retry_in_term, RelayRunner};
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::FeedState;
 use crate::relay::warm::WarmProducer;
@@ -99,7 +99,8 @@ async fn run_cdc_relay(
                 Some(e) => {
                     let fencing = || deps.store.fence_term(&consumer, e);
                     let fenced = |e: &StoreError| matches!(e, StoreError::Fenced { .. });
-                    match retry_in_term(fencing, fenced, &mut term.clone(), &status).await {
+                    let what = "fence the relay's park rows and requests";
+                    match retry_in_term(fencing, fenced, what, &mut term.clone(), &status).await {
                         Some(r) => r,
                         None => {
                             // The term ended (the lease went, or shutdown): its
@@ -151,39 +152,6 @@ async fn run_cdc_relay(
         }
     })
     .await
-}
-
-/// Runs `op` until it succeeds, fails for good (`permanent`), or `term`
-/// ends (None). A store error at a term's start (Scylla unavailable for a
-/// moment) is retried here, with backoff (200 ms doubling, 12.8 s at most,
-/// as the position feed's runner waits between failed terms), not handed
-/// to the supervisor: failing fast, it used up the restart budget (5 in
-/// 60 s) in about six seconds, before the lease could even expire, and
-/// stopped the daemon (exit 70).
-async fn retry_in_term<T, F, Fut>(
-    mut op: F,
-    permanent: impl Fn(&StoreError) -> bool,
-    term: &mut Shutdown,
-    status: &StatusTx,
-) -> Option<Result<T, StoreError>>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut failures: u32 = 0;
-    loop {
-        match op().await {
-            Err(e) if !permanent(&e) => {
-                failures += 1;
-                tracing::warn!(actor = %ActorName::Cdc, error = %e, failures, "cannot fence the relay's park rows and requests yet; retrying");
-                status.error(format!("cannot fence the relay's park rows and requests: {e}"));
-                if !term.sleep(crate::relay::runner::term_backoff(failures)).await {
-                    return None;
-                }
-            }
-            done => return Some(done),
-        }
-    }
 }
 
 impl TaskBody for RelayBody {
@@ -241,56 +209,5 @@ impl TaskBody for RelayBody {
             }
         }
         .boxed()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::relay::RelayStatus;
-
-    /// Review finding: a store error at a CDC term's start went to the
-    /// supervisor, whose budget it used up in seconds (exit 70) while the
-    /// lease was still held. It is retried within the term, until it
-    /// succeeds, is refused for good (fenced), or the term ends.
-    #[tokio::test(start_paused = true)]
-    async fn a_store_error_at_term_start_is_retried_within_the_term() {
-        let (tx, rx) = tokio::sync::watch::channel(RelayStatus::default());
-        let status = StatusTx::new(tx);
-        let trigger = crate::shutdown::Trigger::new();
-        let calls = std::sync::atomic::AtomicU32::new(0);
-        let fenced = |e: &StoreError| matches!(e, StoreError::Fenced { .. });
-        let op = || async {
-            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
-                0..8 => Err(StoreError::Unavailable("no quorum".into())),
-                _ => Ok(7),
-            }
-        };
-        let r = retry_in_term(op, fenced, &mut trigger.subscribe(), &status).await;
-        assert!(matches!(r, Some(Ok(7))), "{r:?}");
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 9, "eight failures retried");
-        assert!(rx.borrow().last_error.as_deref().unwrap_or_default().contains("no quorum"));
-
-        // Fenced: no retry.
-        let r = retry_in_term(
-            || async { Err::<(), _>(StoreError::Fenced { name: "kafka-relay".into(), epoch: 2, current: Some(3) }) },
-            fenced,
-            &mut trigger.subscribe(),
-            &status,
-        )
-        .await;
-        assert!(matches!(r, Some(Err(StoreError::Fenced { .. }))), "{r:?}");
-
-        // The term ends while it retries: None.
-        let mut term = trigger.subscribe();
-        let retrying = tokio::spawn(async move {
-            let status = status;
-            retry_in_term(|| async { Err::<(), _>(StoreError::Unavailable("down".into())) }, fenced, &mut term, &status)
-                .await
-        });
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        assert!(!retrying.is_finished());
-        trigger.fire();
-        assert!(retrying.await.unwrap().is_none());
     }
 }

@@ -137,6 +137,40 @@ pub fn term_backoff(failures: u32) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << failures.min(6)))
 }
 
+/// Runs `op` until it succeeds, fails for good (`permanent`), or `term`
+/// ends (None). A step of a term's start that fails for a moment (the
+/// store or the broker unavailable) is retried in the term, with
+/// [`term_backoff`], each failure said on /health (`cannot <what>`): handed
+/// to a supervisor it would use up the restart budget in seconds (fast
+/// failures, exit 70); read as an answer it would start the term wrong.
+pub async fn retry_in_term<T, E, F, Fut>(
+    mut op: F,
+    permanent: impl Fn(&E) -> bool,
+    what: &str,
+    term: &mut Shutdown,
+    status: &StatusTx,
+) -> Option<Result<T, E>>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut failures: u32 = 0;
+    loop {
+        match op().await {
+            Err(e) if !permanent(&e) => {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "cannot {what} yet; retrying");
+                status.error(format!("cannot {what}: {e}"));
+                if !term.sleep(term_backoff(failures)).await {
+                    return None;
+                }
+            }
+            done => return Some(done),
+        }
+    }
+}
+
 /// Waits `wait` between a failed term and the next (false on shutdown),
 /// publishing the role as the lease changes meanwhile: a lease lost or
 /// taken over during the wait (up to 12.8 s) no longer leaves /health
@@ -178,6 +212,59 @@ mod tests {
     use super::*;
     use crate::lease::keeper::LeaseState;
     use crate::relay::status::RelayStatus;
+    use crate::store::StoreError;
+
+    /// Review finding: a store error at a CDC term's start went to the
+    /// supervisor, whose budget it used up in seconds (exit 70) while the
+    /// lease was still held. It is retried within the term, until it
+    /// succeeds, is refused for good (fenced), or the term ends.
+    #[tokio::test(start_paused = true)]
+    async fn a_store_error_at_term_start_is_retried_within_the_term() {
+        let (tx, rx) = tokio::sync::watch::channel(RelayStatus::default());
+        let status = StatusTx::new(tx);
+        let trigger = crate::shutdown::Trigger::new();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let fenced = |e: &StoreError| matches!(e, StoreError::Fenced { .. });
+        let op = || async {
+            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0..8 => Err(StoreError::Unavailable("no quorum".into())),
+                _ => Ok(7),
+            }
+        };
+        let r = retry_in_term(op, fenced, "fence", &mut trigger.subscribe(), &status).await;
+        assert!(matches!(r, Some(Ok(7))), "{r:?}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 9, "eight failures retried");
+        assert!(rx.borrow().last_error.as_deref().unwrap_or_default().contains("no quorum"));
+
+        // Fenced: no retry.
+        let r = retry_in_term(
+            || async { Err::<(), _>(StoreError::Fenced { name: "kafka-relay".into(), epoch: 2, current: Some(3) }) },
+            fenced,
+            "fence",
+            &mut trigger.subscribe(),
+            &status,
+        )
+        .await;
+        assert!(matches!(r, Some(Err(StoreError::Fenced { .. }))), "{r:?}");
+
+        // The term ends while it retries: None.
+        let mut term = trigger.subscribe();
+        let retrying = tokio::spawn(async move {
+            let status = status;
+            retry_in_term(
+                || async { Err::<(), _>(StoreError::Unavailable("down".into())) },
+                fenced,
+                "fence",
+                &mut term,
+                &status,
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!retrying.is_finished());
+        trigger.fire();
+        assert!(retrying.await.unwrap().is_none());
+    }
 
     /// Review finding: the wait after a failed term did not watch the
     /// lease, so an instance whose lease was taken over meanwhile still

@@ -50,6 +50,7 @@ use crate::relay::pipeline::{unless_lease_lost, Exit, Relay, RelayError, TermFee
 use crate::relay::producer::{Completion, Delivery, KafkaProducer, TxnErrorKind};
 use crate::relay::progress;
 use crate::relay::retry::Backoff;
+use crate::relay::runner::retry_in_term;
 use crate::relay::warm::WarmProducer;
 use crate::relay::window::AggKey;
 use crate::shutdown::Shutdown;
@@ -189,48 +190,34 @@ impl Relay {
         // Under the lease, as the steps before: a read that keeps failing
         // (a topic deleted, not authorised) must not hold a lease that a
         // standby could use; /health says why the term does not start.
-        let read = async {
-            let mut failures: u32 = 0;
-            loop {
-                match progress::read_last(k, &self.cfg.progress_topic, &self.cfg.consumer_name, Duration::from_secs(30))
-                    .await
-                {
-                    Ok(last) => return Some(last),
-                    Err(e) => {
-                        failures += 1;
-                        tracing::warn!(error = %e, failures, "cannot read the progress topic; retrying");
-                        self.status.error(format!("cannot read the progress topic {}: {e}", self.cfg.progress_topic));
-                        if !shutdown.sleep(crate::relay::runner::term_backoff(failures)).await {
-                            return None;
-                        }
-                    }
-                }
-            }
-        };
-        let last = match unless_lease_lost(&self.fence, read).await {
+        let read =
+            || progress::read_last(k, &self.cfg.progress_topic, &self.cfg.consumer_name, Duration::from_secs(30));
+        let what = format!("read the progress topic {}", self.cfg.progress_topic);
+        let retried = retry_in_term(read, |_| false, &what, &mut shutdown, &self.status);
+        let last = match unless_lease_lost(&self.fence, retried).await {
             None => return Ok(Exit::LeaseLost),
             Some(None) => return Ok(Exit::Shutdown),
-            Some(Some(last)) => last,
+            // (Every error is retried: none comes back.)
+            Some(Some(Err(e))) => return Err(RelayError::ProducerFatal(e.to_string())),
+            Some(Some(Ok(last))) => last,
         };
-        let (position, resumed) = {
-            match last {
-                Some(p) if store_checkpoint > p.position => {
-                    tracing::info!(
+        let (position, resumed) = match last {
+            Some(p) if store_checkpoint > p.position => {
+                tracing::info!(
                         checkpoint = store_checkpoint,
                         progress = p.position,
                         "the store's checkpoint is past the last progress record (at-least-once delivery ran since): starting from the checkpoint"
                     );
-                    (store_checkpoint, p.replay)
-                }
-                Some(p) => (p.position, p.replay),
-                None => {
-                    tracing::info!(
-                        checkpoint = store_checkpoint,
-                        "no progress record on {}: starting from the store's checkpoint",
-                        self.cfg.progress_topic
-                    );
-                    (store_checkpoint, None)
-                }
+                (store_checkpoint, p.replay)
+            }
+            Some(p) => (p.position, p.replay),
+            None => {
+                tracing::info!(
+                    checkpoint = store_checkpoint,
+                    "no progress record on {}: starting from the store's checkpoint",
+                    self.cfg.progress_topic
+                );
+                (store_checkpoint, None)
             }
         };
         let parked: HashMap<AggKey, i64> = match self.store.parked(&self.cfg.consumer_name).await {

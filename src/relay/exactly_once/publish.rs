@@ -52,9 +52,7 @@ impl Txn {
                 Outcome::Fatal(m) => return Err(RelayError::ProducerFatal(m)),
                 Outcome::Transient(m) => {
                     attempts += 1;
-                    self.breaker.record_failure(Instant::now());
-                    self.relay.status.breaker(self.breaker.state(Instant::now()));
-                    self.relay.status.error(m.clone());
+                    self.aborted(&m);
                     tracing::warn!(error = %m, attempts, events = batch.len(), "transaction aborted; retrying the batch in order");
                     if !shutdown.sleep(self.backoff.delay(attempts)).await {
                         return Ok(Some(Exit::Shutdown));
@@ -74,7 +72,7 @@ impl Txn {
                         // be ahead of this feed (a rewind, another
                         // consumer's letter), and a progress there would
                         // skip feed events never published.
-                        let before = self.progress_for(&suspect);
+                        let before = self.progress_at(suspect.position() - 1);
                         if let Some(exit) = Box::pin(self.publish(std::mem::take(&mut batch), before, shutdown)).await?
                         {
                             return Ok(Some(exit));
@@ -117,7 +115,7 @@ impl Txn {
         shutdown: &mut Shutdown,
     ) -> Result<Option<Exit>, RelayError> {
         let mut count = SoloCount::new();
-        let position = if self.replaying.is_some() { self.position } else { item.position().max(self.position) };
+        let position = self.progress_at(item.position());
         loop {
             if count.exhausted(self.backoff.max_attempts) {
                 if self.replaying.as_ref().is_some_and(|(_, part)| part == LETTERS) {
@@ -147,9 +145,7 @@ impl Txn {
                 }
                 Outcome::Transient(m) => {
                     tracing::warn!(error = %m, "transaction of a single event aborted; retrying behind the breaker");
-                    self.breaker.record_failure(Instant::now());
-                    self.relay.status.breaker(self.breaker.state(Instant::now()));
-                    self.relay.status.error(m.clone());
+                    self.aborted(&m);
                     count.failed(false);
                     if count.stuck(self.backoff.max_attempts) {
                         // One event alone keeps aborting: the producer itself
@@ -168,14 +164,23 @@ impl Txn {
         }
     }
 
-    /// The progress of a prefix committed before `suspect`: just below it
-    /// on the feed; in a replay the committed progress as it is.
-    fn progress_for(&self, suspect: &Item) -> i64 {
+    /// The progress a transaction of the feed through `position` commits:
+    /// never behind the committed one; in a replay the committed one as it
+    /// is (a dead letter's position can be ahead of this feed).
+    fn progress_at(&self, position: i64) -> i64 {
         if self.replaying.is_some() {
             self.position
         } else {
-            (suspect.position() - 1).max(self.position)
+            position.max(self.position)
         }
+    }
+
+    /// A transaction aborted for a transient reason: the breaker counts
+    /// it, and /health shows the breaker and the reason.
+    fn aborted(&mut self, reason: &str) {
+        self.breaker.record_failure(Instant::now());
+        self.relay.status.breaker(self.breaker.state(Instant::now()));
+        self.relay.status.error(reason.to_string());
     }
 
     async fn wait_for_breaker(&mut self, shutdown: &mut Shutdown) {
