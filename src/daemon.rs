@@ -178,6 +178,8 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
         }),
     };
     tracing::info!(%instance, lease_ttl_ms = cfg.relay.lease_ttl_ms, "instance id in the lease table");
+    // Released once, by whichever way out comes first.
+    let mut lease_stop = Some(lease_stop);
     let mut deps = ActorDeps::new(cfg, store, metrics, tokio::runtime::Handle::current()).with_leases(leases);
     deps.relay_pause = relay_pause;
     if let Some(c) = cql {
@@ -212,11 +214,11 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
             // instance that can publish for a TTL each time.
             Ok(Err(e)) => {
                 let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-                release_leases(lease_stop).await;
+                release_leases(&mut lease_stop).await;
                 return Err(DaemonError::Other(e));
             }
             Err(_) => {
-                release_leases(lease_stop).await;
+                release_leases(&mut lease_stop).await;
                 return Err(DaemonError::Other("the actor system stopped during startup".into()));
             }
         },
@@ -225,7 +227,6 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     // Either a signal arrives, or the actor system shuts itself down (a
     // supervised actor exhausted its restart budget).
     let mut exited = None;
-    let mut lease_stop = Some(lease_stop);
     if !signalled {
         tokio::select! {
             _ = signals.recv() => signalled = true,
@@ -234,9 +235,7 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
                 // The system stopped itself (a child used up its restart
                 // budget): its actors are down, the leases go now, not
                 // after the HTTP servers' grace.
-                if let Some(stop) = lease_stop.take() {
-                    release_leases(stop).await;
-                }
+                release_leases(&mut lease_stop).await;
                 exited = Some((&mut exit_rx).await);
             }
         }
@@ -256,9 +255,7 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
             // now, not after the HTTP servers' grace (an admin request
             // waiting for the relay may hold them for its whole wait).
             if tokio::time::timeout_at(until, &mut actors_stopped).await.is_ok() {
-                if let Some(stop) = lease_stop.take() {
-                    release_leases(stop).await;
-                }
+                release_leases(&mut lease_stop).await;
             }
             tokio::time::timeout_at(until, &mut exit_rx).await.ok()
         }
@@ -278,18 +275,18 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
             Ok(0)
         }
     };
-    if let Some(stop) = lease_stop {
-        release_leases(stop).await;
-    }
+    release_leases(&mut lease_stop).await;
     if let Ok(code) = &code {
         tracing::info!(exit_code = code, "outboxd stopped");
     }
     code
 }
 
-/// Stops the lease keepers; each releases its lease if it holds it, so a
-/// standby takes over at once instead of after a TTL.
-async fn release_leases(mut stop: crate::shutdown::Trigger) {
+/// Stops the lease keepers (once: later calls find `stop` taken); each
+/// releases its lease if it holds it, so a standby takes over at once
+/// instead of after a TTL.
+async fn release_leases(stop: &mut Option<crate::shutdown::Trigger>) {
+    let Some(mut stop) = stop.take() else { return };
     stop.fire();
     if tokio::time::timeout(Duration::from_secs(3), stop.wait_drained()).await.is_err() {
         tracing::warn!("lease keepers did not stop in time; standbys take over after the lease TTL");
