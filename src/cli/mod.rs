@@ -76,6 +76,12 @@ pub async fn open(cfg: &Config) -> Result<DynStore, Failure> {
 /// it): a SQLite file that does not exist is an error (a mistyped path would
 /// otherwise read as an empty store, and be created), exit 2.
 pub async fn open_existing(cfg: &Config) -> Result<DynStore, Failure> {
+    refuse_missing(cfg)?;
+    open(cfg).await
+}
+
+/// A SQLite path with no store there is refused (exit 2), never created.
+pub fn refuse_missing(cfg: &Config) -> Result<(), Failure> {
     let path = &cfg.store.path;
     if cfg.store.backend == outboxd::config::Backend::Sqlite && !path.exists() {
         return Err(BadInput(format!(
@@ -84,7 +90,7 @@ pub async fn open_existing(cfg: &Config) -> Result<DynStore, Failure> {
         ))
         .into());
     }
-    open(cfg).await
+    Ok(())
 }
 
 /// Opens the store for a command: only one that creates an aggregate

@@ -20,12 +20,7 @@ pub async fn rebuild(cfg: &Config, no_progress: bool) -> Result<u8, Failure> {
     }
     // A mistyped path is refused, never created (a new empty store would
     // "rebuild" 0 events and exit 0).
-    let existing = cfg.store.path.exists();
-    if !existing {
-        return Err(
-            BadInput(format!("store.path {}: no store there; nothing to rebuild", cfg.store.path.display())).into()
-        );
-    }
+    super::refuse_missing(cfg)?;
     let (store, models) = outboxd::projection::open_stores(cfg).await.context("cannot open the store")?;
     let models =
         models.ok_or_else(|| BadInput("read models need the sqlite store (store.backend = \"sqlite\")".into()))?;
