@@ -37,10 +37,14 @@ pub fn daemon_config(brokers: &str, dir: &Path) -> Config {
 }
 
 /// `cfg` on new free ports: another instance on the same store and topics.
+/// Two ports: the system may hand the one just released out again, and a
+/// configuration with the same port twice is refused.
 pub fn on_new_ports(cfg: &Config) -> Config {
     let mut c = cfg.clone();
-    c.http.listen = format!("127.0.0.1:{}", free_port());
-    c.http.admin_listen = format!("127.0.0.1:{}", free_port());
+    let api = free_port();
+    let admin = std::iter::repeat_with(free_port).find(|p| *p != api).expect("a second free port");
+    c.http.listen = format!("127.0.0.1:{api}");
+    c.http.admin_listen = format!("127.0.0.1:{admin}");
     c
 }
 
