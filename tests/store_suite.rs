@@ -412,6 +412,27 @@ async fn sqlite_reopen_finds_every_committed_event() {
     assert_eq!(s.head_position().await.unwrap(), *positions.last().unwrap());
 }
 
+/// A commit through another connection to the same file (another process:
+/// a standby instance, the CLI) wakes this store's feed subscriber, not only
+/// its own appends.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_subscriber_wakes_on_another_connections_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let ours = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+    let theirs = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+    let mut rx = ours.subscribe().expect("sqlite notifies commits");
+    rx.borrow_and_update();
+    // Give the watcher thread its first reading before the other commit.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let id = Uuid::now_v7();
+    theirs.append(id, 0, order_events(id, 0, 1)).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), rx.changed())
+        .await
+        .expect("no wake-up for another connection's commit")
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_feed_is_commit_order_and_pages() {
     let (s, _g) = sqlite().await.unwrap();

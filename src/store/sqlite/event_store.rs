@@ -147,8 +147,7 @@ impl EventStore for SqliteStore {
 
     fn subscribe(&self) -> Option<watch::Receiver<i64>> {
         // Other processes' commits too (a standby instance, the CLI).
-        self.watcher
-            .get_or_init(|| super::watch_changes::Watcher::start(&self.path, self.notify.clone()).unwrap_or_default());
+        self.watcher.get_or_init(|| super::watch_changes::Watcher::start(&self.path, self.notify.clone()));
         Some(self.notify.subscribe())
     }
 
