@@ -138,13 +138,16 @@ impl TermRequests {
 
     /// Whether this term carries `r` out now (claimed here, under its epoch);
     /// an outcome kept from a former term at this epoch is recorded instead.
+    /// An outcome not recorded yet (the store did not answer at the time)
+    /// is recorded now, by this term or a later one at its epoch: the
+    /// request is never carried out again, nor left running for good.
     pub async fn take(&mut self, r: &RelayRequest, backoff: &crate::relay::retry::Backoff) -> bool {
-        if self.claimed.contains(&r.id) {
+        if let Some((status, result)) = self.unsaved.take(r.id, self.epoch) {
+            // Carried out at this epoch; only its outcome is missing.
+            self.finish(r.id, status, result, backoff).await;
             return false;
         }
-        if let Some((status, result)) = self.unsaved.take(r.id, self.epoch) {
-            // Carried out by a former term at this epoch; only its outcome is missing.
-            self.finish(r.id, status, result, backoff).await;
+        if self.claimed.contains(&r.id) {
             return false;
         }
         if !claim(&self.store, r, self.epoch).await {
@@ -350,5 +353,28 @@ mod tests {
         assert_eq!(shared.take(id, 4), Some((RequestStatus::Done, serde_json::json!({ "rewound_to": 7 }))));
         assert_eq!(shared.take(id, 4), None, "handed over once");
         assert_eq!(u.take(Uuid::now_v7(), 4), None);
+    }
+
+    /// A request carried out by this term whose outcome the store did not
+    /// take is recorded at this term's next poll (not left running until
+    /// the term ends), and never carried out again.
+    #[tokio::test]
+    async fn an_unrecorded_outcome_is_recorded_at_the_same_terms_next_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: DynStore =
+            crate::store::sqlite::SqliteStore::open(dir.path().join("s.db"), Default::default()).await.unwrap();
+        let backoff = crate::relay::retry::Backoff::new(&Default::default());
+        let r = submit(&store, "relay", RequestKind::RewindToPosition { position: 0 }, "test").await.unwrap();
+        let unsaved = Unsaved::default();
+        let mut term = TermRequests::new(store.clone(), "relay", 0, unsaved.clone());
+        assert!(term.take(&r, &backoff).await, "claimed");
+        // Carried out; the store did not take its outcome then.
+        unsaved.put(r.id, 0, RequestStatus::Done, serde_json::json!({ "rewound_to": 0 }));
+        let open = store.requests_open("relay", 0).await.unwrap();
+        assert_eq!(open.len(), 1);
+        assert!(!term.take(&open[0], &backoff).await, "not carried out again");
+        let row = store.request_get(r.id).await.unwrap().unwrap();
+        assert_eq!(row.status, RequestStatus::Done);
+        assert_eq!(row.result, Some(serde_json::json!({ "rewound_to": 0 })));
     }
 }
