@@ -38,7 +38,7 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     let park = park_record(&events[1], "message too large (message_size_too_large)");
     store.park(&park).await.unwrap();
 
-    let (deliverer, rsink, server) = request_server(&cfg, &store).await;
+    let (deliverer, rsink, mut server) = request_server(&cfg, &store).await;
     assert!(deliverer.is_parked(&a.to_string()));
     let trigger = Trigger::new();
     let mut shutdown = trigger.subscribe();
@@ -135,7 +135,7 @@ async fn dead_letters_are_replayed_and_removed_once_confirmed() {
     for l in [&a3, &broken, &a2, &b1] {
         store.dlq_insert(l.clone()).await.unwrap();
     }
-    let (deliverer, _, server) = request_server(&cfg, &store).await;
+    let (deliverer, _, mut server) = request_server(&cfg, &store).await;
     let trigger = Trigger::new();
     let mut shutdown = trigger.subscribe();
     let replay = RelayRequest::new(RELAY, RequestKind::ReplayDeadLetters { ids: None }, "test");
@@ -229,7 +229,7 @@ async fn a_discard_replaces_the_poison_event_by_a_marker_and_releases_the_rest()
     );
 
     // Nothing is held behind that event any more.
-    let (_, _, server) = request_server(&cfg, &store).await;
+    let (_, _, mut server) = request_server(&cfg, &store).await;
     let trigger = Trigger::new();
     let mut shutdown = trigger.subscribe();
     let again =
@@ -240,6 +240,26 @@ async fn a_discard_replaces_the_poison_event_by_a_marker_and_releases_the_rest()
     assert_eq!(r.status, RequestStatus::Failed);
     let why = r.result.unwrap()["error"].as_str().unwrap().to_string();
     assert!(why.contains(&format!("no parked aggregate is held behind event {poison}")), "{why}");
+}
+
+/// A request already running under this server's epoch (its claim landed
+/// but the answer was lost, or a former server at this epoch stopped) is
+/// claimed again and carried out at the next poll, not left running until
+/// the lease moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_running_at_this_epoch_is_carried_out() {
+    let Some(Rig { cfg, store, .. }) = Rig::start("CDC request left running at this epoch").await else { return };
+    let (_, _, mut server) = request_server(&cfg, &store).await;
+    let trigger = Trigger::new();
+    let mut shutdown = trigger.subscribe();
+    let r = RelayRequest::new(RELAY, RequestKind::RewindToPosition { position: 0 }, "test");
+    store.request_submit(&r).await.unwrap();
+    assert!(store.request_claim(&r, 0).await.unwrap(), "the claim landed; its server never heard");
+    server.poll(&mut shutdown).await;
+    let row = store.request_get(r.id).await.unwrap().unwrap();
+    assert_eq!(row.status, RequestStatus::Failed, "{:?}", row.result);
+    let why = row.result.unwrap()["error"].as_str().unwrap().to_string();
+    assert!(why.starts_with("--to-position rewinds a position feed"), "{why}");
 }
 
 /// The CLI carrying a request out on the CDC relay (no relay running) loses

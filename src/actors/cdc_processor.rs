@@ -80,8 +80,11 @@ async fn run_cdc_relay(
     let prepare = move || {
         WarmProducer::start(&kafka, &Delivery::AtLeastOnce, warm_status.clone(), warm_shutdown.clone()).map_err(failed)
     };
+    // Request outcomes a term could not record, for the next term at its epoch.
+    let unsaved = crate::relay::operator::Unsaved::default();
     while_active_prepared(lease.as_ref(), shutdown, on_role, prepare, |epoch, warm, term| {
         let (deps, cql, sink, status) = (deps.clone(), cql.clone(), sink.clone(), status.clone());
+        let unsaved = unsaved.clone();
         let lease_rx = lease.as_ref().map(|l| l.state());
         let lease_held = lease.is_some();
         let fenced_wait = Duration::from_millis(deps.cfg.relay.lease_ttl_ms.saturating_mul(2));
@@ -131,7 +134,7 @@ async fn run_cdc_relay(
                     .map_err(|e| failed(e.message))?
                     .with_epoch(epoch)
                     .with_lease(lease_rx);
-                    run_relay_feed(cql, &deps.cfg, Arc::new(deliverer), &deps.metrics, epoch, term).await
+                    run_relay_feed(cql, &deps.cfg, Arc::new(deliverer), &deps.metrics, epoch, unsaved, term).await
                 }
             };
             if matches!(res, Err(CdcError::Fenced { .. })) && lease_held {

@@ -111,7 +111,9 @@ pub async fn start(rig: &Rig) -> Running {
     );
     let trigger = Trigger::new();
     let (store, cfg, shutdown) = (rig.store.clone(), rig.config.clone(), trigger.subscribe());
-    let handle = tokio::spawn(async move { run_relay_feed(store, &cfg, deliverer, &metrics, None, shutdown).await });
+    let handle = tokio::spawn(async move {
+        run_relay_feed(store, &cfg, deliverer, &metrics, None, Default::default(), shutdown).await
+    });
     Running { handle, trigger, status }
 }
 

@@ -11,7 +11,7 @@ use outboxd::config::CqlConfig;
 use outboxd::metrics::Metrics;
 use outboxd::relay::cdc::progress::StreamKey;
 use outboxd::relay::cdc::reconciler::ReconcilingSink;
-use outboxd::relay::cdc::requests::{CdcRequests, Rewinder};
+use outboxd::relay::cdc::requests::{CdcRequestParts, CdcRequests, Rewinder};
 use outboxd::relay::cdc::saver::{read_progress, LeaseCheckpointSaver};
 use outboxd::relay::deliver::Deliverer;
 use outboxd::relay::sink::DeadLetterSink;
@@ -78,14 +78,15 @@ pub async fn request_server(
         Arc::new(|| None),
     );
     let rewind = Rewinder { saver: progress_saver(store, None).await, log_ttl: LOG_TTL, runner: None };
-    let server = CdcRequests {
+    let server = CdcRequests::new(CdcRequestParts {
         sink: rsink.clone(),
         deliverer: deliverer.clone(),
         store: dyn_store,
         consumer: RELAY.into(),
         epoch: 0,
         rewind,
-    };
+        unsaved: Default::default(),
+    });
     (deliverer, rsink, server)
 }
 

@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use super::reader::{CdcFeed, FeedSpec};
 use super::reconciler::{run_reconciler, ReadThrough, ReconcilingSink};
-use super::requests::{serve_requests, CdcRequests, Rewinder};
+use super::requests::{serve_requests, CdcRequestParts, CdcRequests, Rewinder};
 use super::saver::LeaseCheckpointSaver;
 use super::{CdcError, EnvelopeSink, LEGACY_RELAY_CHECKPOINT_TABLE};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::relay::deliver::Deliverer;
+use crate::relay::operator::Unsaved;
 use crate::relay::status::Reconciliation;
 use crate::relay::StatusTx;
 use crate::shutdown::{Shutdown, Trigger};
@@ -29,13 +30,15 @@ use crate::store::cql::CqlStore;
 use crate::store::DynStore;
 
 /// Runs the relay on the CDC log until `shutdown` (Ok) or a failure.
-/// `epoch`: the relay lease's epoch, fencing its progress writes.
+/// `epoch`: the relay lease's epoch, fencing its progress writes;
+/// `unsaved`: request outcomes the store did not take, kept across terms.
 pub async fn run_relay_feed(
     cql: Arc<CqlStore>,
     cfg: &Config,
     deliverer: Arc<Deliverer>,
     metrics: &Metrics,
     epoch: Option<i64>,
+    unsaved: Unsaved,
     shutdown: Shutdown,
 ) -> Result<(), CdcError> {
     let cdc = &cfg.store.cql.cdc;
@@ -66,14 +69,15 @@ pub async fn run_relay_feed(
     ));
     let reporter =
         tokio::spawn(report_reconciliation(sink.clone(), deliverer.status().clone(), stop_reconciler.subscribe()));
-    let requests = CdcRequests {
+    let requests = CdcRequests::new(CdcRequestParts {
         sink: sink.clone(),
         deliverer: deliverer.clone(),
         store: cql.clone() as DynStore,
         consumer: cfg.relay.consumer_name.clone(),
         epoch: epoch.unwrap_or(0),
         rewind: Rewinder { saver: feed.saver().clone(), log_ttl: cdc.log_ttl(), runner: Some(rewinds) },
-    };
+        unsaved,
+    });
     let requests = tokio::spawn(serve_requests(requests, Duration::from_secs(1), stop_reconciler.subscribe()));
     deliverer.status().cdc_feed_running(true, None);
     let res = feed.run(sink, Some(rewind_rx), shutdown).await;

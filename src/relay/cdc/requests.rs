@@ -54,6 +54,7 @@ use super::CdcError;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::relay::deliver::{Delivered, Deliverer};
+use crate::relay::operator::{TermRequests, Unsaved};
 use crate::relay::plan::{chosen_letters, discard_of, letter_event, parked_behind, record_discard};
 use crate::relay::requests::kind_label;
 use crate::relay::sink::DeadLetterSink;
@@ -67,6 +68,21 @@ use crate::store::DynStore;
 
 /// What the request server needs.
 pub struct CdcRequests {
+    sink: Arc<ReconcilingSink<Deliverer>>,
+    deliverer: Arc<Deliverer>,
+    store: DynStore,
+    consumer: String,
+    /// The relay lease's epoch (0 without a lease, as the position relay).
+    epoch: i64,
+    /// How a rewind is carried out (replaceable: tests hand it a runner).
+    pub rewind: Rewinder,
+    /// The requests this server claimed, and the outcomes of this epoch's
+    /// former servers not recorded yet (as the position relay's term).
+    requests: TermRequests,
+}
+
+/// What a [`CdcRequests`] server is made of.
+pub struct CdcRequestParts {
     pub sink: Arc<ReconcilingSink<Deliverer>>,
     pub deliverer: Arc<Deliverer>,
     pub store: DynStore,
@@ -74,6 +90,23 @@ pub struct CdcRequests {
     /// The relay lease's epoch (0 without a lease, as the position relay).
     pub epoch: i64,
     pub rewind: Rewinder,
+    /// Outcomes the store did not take, kept across this epoch's terms.
+    pub unsaved: Unsaved,
+}
+
+impl CdcRequests {
+    pub fn new(p: CdcRequestParts) -> CdcRequests {
+        let requests = TermRequests::new(p.store.clone(), &p.consumer, p.epoch, p.unsaved);
+        CdcRequests {
+            sink: p.sink,
+            deliverer: p.deliverer,
+            store: p.store,
+            consumer: p.consumer,
+            epoch: p.epoch,
+            rewind: p.rewind,
+            requests,
+        }
+    }
 }
 
 /// How a rewind is carried out (`cdc::rewind`): on `saver`, the relay's
@@ -117,21 +150,25 @@ pub async fn serve_once(cql: Arc<CqlStore>, cfg: &Config, epoch: i64, mut shutdo
         Arc::new(|| None),
     );
     let rewind = Rewinder { saver, log_ttl: cdc.log_ttl(), runner: None };
-    let server = CdcRequests { sink, deliverer, store, consumer, epoch, rewind };
+    let unsaved = Unsaved::default();
+    let mut server = CdcRequests::new(CdcRequestParts { sink, deliverer, store, consumer, epoch, rewind, unsaved });
     server.poll(&mut shutdown).await;
     Ok(())
 }
 
 /// Serves requests every `every` until shutdown.
-pub async fn serve_requests(r: CdcRequests, every: Duration, mut shutdown: Shutdown) {
+pub async fn serve_requests(mut r: CdcRequests, every: Duration, mut shutdown: Shutdown) {
     while shutdown.sleep(every).await {
         r.poll(&mut shutdown).await;
     }
 }
 
 impl CdcRequests {
-    /// Claims and carries out the open requests once.
-    pub async fn poll(&self, shutdown: &mut Shutdown) {
+    /// Claims and carries out the open requests once. One left running at
+    /// this epoch by a former server (its claim landed but was not
+    /// confirmed, or the server stopped) is claimed again and carried out;
+    /// one whose outcome that server could not record gets it recorded.
+    pub async fn poll(&mut self, shutdown: &mut Shutdown) {
         let open = match self.store.requests_open(&self.consumer, self.epoch).await {
             Ok(v) => v,
             Err(e) => {
@@ -140,16 +177,12 @@ impl CdcRequests {
             }
         };
         for r in open {
-            // One running at this epoch is this holder's: carried out by this
-            // server, or left by a former term of it (then the next lease
-            // holder carries it out; this server has no record of its outcome).
-            let ours = r.status == RequestStatus::Running && r.claimed_epoch == Some(self.epoch);
-            if ours || !crate::relay::operator::claim(&self.store, &r, self.epoch).await {
+            if !self.requests.take(&r, self.deliverer.backoff()).await {
                 continue;
             }
             self.deliverer.metrics().relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
             let Some((status, result)) = self.carry_out(&r, shutdown).await else { return };
-            self.finish(r.id, status, result).await;
+            self.requests.finish(r.id, status, result, self.deliverer.backoff()).await;
         }
     }
 
@@ -341,11 +374,6 @@ impl CdcRequests {
             replayed += 1;
         }
         Some((RequestStatus::Done, json!({ "replayed": replayed, "events": replayed, "failed": bad })))
-    }
-
-    async fn finish(&self, id: Uuid, status: RequestStatus, result: Value) {
-        let backoff = self.deliverer.backoff();
-        crate::relay::operator::finish(&self.store, &self.consumer, id, self.epoch, status, result, backoff).await;
     }
 }
 
