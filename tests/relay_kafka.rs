@@ -424,3 +424,39 @@ async fn the_marker_of_a_discarded_unreadable_row_goes_to_its_aggregates_topic()
     assert_eq!(found, vec![(topic.as_str(), "outboxd.EventDiscarded")], "one marker, on the customer topic");
     relay.stop().await;
 }
+
+/// A record whose time the topic refuses (outside
+/// `message.timestamp.after.max.ms`: INVALID_TIMESTAMP, which no retry
+/// heals) parks its aggregate at that event; the other aggregates flow and
+/// the checkpoint passes it. It was taken for transient: retried for ever,
+/// holding the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_time_the_topic_refuses_parks_its_aggregate() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (c, topic, store) = small_topic(&brokers, dir.path(), false).await;
+    let (b, t) = (brokers.clone(), topic.clone());
+    tokio::task::spawn_blocking(move || alter_topic(&b, &t, "message.timestamp.after.max.ms", "60000")).await.unwrap();
+    let ahead = uuid::Uuid::now_v7();
+    let mut events = order_events(ahead, 0, 2);
+    events[1].timestamp = events[1].timestamp + chrono::Duration::hours(2);
+    store.append(ahead, 0, events).await.unwrap();
+    let other = uuid::Uuid::now_v7();
+    store.append(other, 0, order_events(other, 0, 2)).await.unwrap();
+    let head = store.head_position().await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(head, Duration::from_secs(60)).await;
+    let parked = store.parked(&c.relay.consumer_name).await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(
+        (parked[0].parked.aggregate_id.as_str(), parked[0].parked.sequence),
+        (ahead.to_string().as_str(), Some(2))
+    );
+    let records = consume_all(&brokers, std::slice::from_ref(&topic), 3, Duration::from_secs(5));
+    let seqs = |id: uuid::Uuid| -> Vec<String> {
+        records.iter().filter(|r| r.key == id.to_string()).map(|r| r.headers["ce_sequence"].clone()).collect()
+    };
+    assert_eq!(seqs(ahead), vec!["1"], "its events before the refused one");
+    assert_eq!(seqs(other), vec!["1", "2"], "the other aggregate complete");
+    relay.stop().await;
+}

@@ -15,10 +15,22 @@ pub trait IsTransient {
     fn is_transient(&self) -> bool;
 }
 
-/// Broker or client error codes that no retry can fix for this message.
+/// Broker or client error codes that no retry can fix for this message:
+/// too large, malformed, or a timestamp outside the topic's
+/// `message.timestamp.before/after.max.ms` (the event's own time, which a
+/// retry does not change).
 pub fn is_permanent_code(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;
-    matches!(code, MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord | BadMessage)
+    matches!(
+        code,
+        MessageSizeTooLarge
+            | InvalidMessageSize
+            | InvalidMessage
+            | InvalidRecord
+            | BadMessage
+            | InvalidTimestamp
+            | MessageBatchTooLarge
+    )
 }
 
 impl IsTransient for KafkaError {
@@ -74,6 +86,8 @@ mod tests {
     fn classification() {
         assert!(!KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge).is_transient());
         assert!(!KafkaError::MessageProduction(RDKafkaErrorCode::InvalidRecord).is_transient());
+        assert!(!KafkaError::MessageProduction(RDKafkaErrorCode::InvalidTimestamp).is_transient());
+        assert!(!KafkaError::MessageProduction(RDKafkaErrorCode::MessageBatchTooLarge).is_transient());
         assert!(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut).is_transient());
         assert!(KafkaError::MessageProduction(RDKafkaErrorCode::BrokerTransportFailure).is_transient());
         assert!(KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition).is_transient());
