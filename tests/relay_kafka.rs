@@ -439,7 +439,7 @@ async fn a_record_time_the_topic_refuses_parks_its_aggregate() {
     tokio::task::spawn_blocking(move || alter_topic(&b, &t, "message.timestamp.after.max.ms", "60000")).await.unwrap();
     let ahead = uuid::Uuid::now_v7();
     let mut events = order_events(ahead, 0, 2);
-    events[1].timestamp = events[1].timestamp + chrono::Duration::hours(2);
+    events[1].timestamp += chrono::Duration::hours(2);
     store.append(ahead, 0, events).await.unwrap();
     let other = uuid::Uuid::now_v7();
     store.append(other, 0, order_events(other, 0, 2)).await.unwrap();
