@@ -126,10 +126,14 @@ impl Run {
     /// A confirmed (or skipped) slot: advance the replays waiting for it.
     pub(super) async fn replay_progress(&mut self, slot: Slot) {
         if let Some(letter) = self.letter_slots.remove(&slot) {
-            if let Err(e) = self.relay.store.dlq_remove(letter).await {
-                tracing::warn!(error = %e, %letter, "replayed dead letter could not be removed; it may be replayed again");
+            match self.relay.store.dlq_remove(letter).await {
+                // The gauge follows the table: only a removed letter leaves it.
+                Ok(true) => self.relay.metrics.dlq_depth.dec(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, %letter, "replayed dead letter could not be removed; it may be replayed again")
+                }
             }
-            self.relay.metrics.dlq_depth.dec();
         }
         let done: Vec<(Uuid, AggKey)> = self
             .replays

@@ -367,10 +367,13 @@ impl CdcRequests {
                 }
             }
             self.sink.mark_published(agg, raw.sequence).await;
-            if let Err(e) = self.store.dlq_remove(letter).await {
-                tracing::warn!(error = %e, %letter, "replayed dead letter could not be removed; it may be replayed again");
+            match self.store.dlq_remove(letter).await {
+                Ok(true) => self.deliverer.dead_letter_replayed(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, %letter, "replayed dead letter could not be removed; it may be replayed again")
+                }
             }
-            self.deliverer.dead_letter_replayed();
             replayed += 1;
         }
         Some((RequestStatus::Done, json!({ "replayed": replayed, "events": replayed, "failed": bad })))

@@ -201,12 +201,15 @@ impl Txn {
                         for &(_, id) in positions.iter().filter(|(p, _)| *p < stop) {
                             // Removal failed: the term ends while the progress record
                             // still names this part; the next one skips what committed.
-                            if let Err(e) = self.relay.store.dlq_remove(id).await {
-                                return Err(RelayError::Store(format!(
-                                    "replayed dead letter {id} committed but could not be removed: {e}"
-                                )));
+                            match self.relay.store.dlq_remove(id).await {
+                                Ok(true) => self.relay.metrics.dlq_depth.dec(),
+                                Ok(false) => {}
+                                Err(e) => {
+                                    return Err(RelayError::Store(format!(
+                                        "replayed dead letter {id} committed but could not be removed: {e}"
+                                    )))
+                                }
                             }
-                            self.relay.metrics.dlq_depth.dec();
                         }
                         if let Some((p, e)) = failed {
                             let id = positions.iter().find(|(q, _)| *q == p).map(|(_, id)| *id);
