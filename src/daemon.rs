@@ -260,7 +260,7 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
             tokio::time::timeout_at(until, &mut exit_rx).await.ok()
         }
     };
-    // Every way out releases the leases (a standby takes over at once, not after a TTL).
+    // Every way out releases the leases (a standby takes over at its next read, not after a TTL).
     let code = match exited {
         Some(Ok(code)) => {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -283,7 +283,7 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
 }
 
 /// Stops the lease keepers (once: later calls find `stop` taken); each
-/// releases its lease if it holds it, so a standby takes over at once
+/// releases its lease if it holds it, so a standby takes over at its next read
 /// instead of after a TTL.
 async fn release_leases(stop: &mut Option<crate::shutdown::Trigger>) {
     let Some(mut stop) = stop.take() else { return };

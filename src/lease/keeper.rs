@@ -8,10 +8,13 @@
 //!   call is raced against that deadline), or at once when a read shows a
 //!   newer epoch.
 //! - On shutdown an active holder releases the lease (holder cleared, same
-//!   epoch), so a standby takes over at once instead of after a TTL; it
+//!   epoch), so a standby takes over at its next read (every TTL/3)
+//!   instead of after a TTL; it
 //!   publishes `Lost` first, so a relay still running (a shutdown past its
 //!   deadline) stops before that; a crash leaves at most one TTL without a
 //!   leader.
+//! - A write that failed or did not answer and is read back as written is
+//!   adopted (`Machine::unanswered`): no TTL spent standing by on our own row.
 //! - Never blocks the append path (the stores keep lease writes off it).
 
 use std::sync::Arc;
@@ -203,10 +206,12 @@ impl Keeper {
             }
             Some(Err(e)) => {
                 tracing::warn!(lease = %name, error = %e, "lease write failed; retrying");
+                self.machine.unanswered(cas, sent);
                 false
             }
             None => {
                 tracing::warn!(lease = %name, "lease write did not answer before the renewal deadline");
+                self.machine.unanswered(cas, sent);
                 false
             }
         }

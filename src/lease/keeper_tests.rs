@@ -169,3 +169,26 @@ async fn a_release_after_a_renewal_whose_reply_was_lost_still_gives_the_lease_ba
     let row = store.row.lock().unwrap().clone().unwrap();
     assert_eq!(row.holder, "", "released: {row:?}");
 }
+
+/// The creation write applies but its reply is lost: the next read shows
+/// this keeper's own row, which it adopts (epoch 1). It took the row for
+/// another holder's, waited a whole TTL on it, and took itself over at
+/// epoch 2 (counted as a takeover, `standby` of itself meanwhile).
+#[tokio::test]
+async fn a_creation_whose_reply_was_lost_is_adopted_not_taken_over() {
+    let store = Arc::new(Hanging::default());
+    store.lost_reply.store(1, Ordering::SeqCst);
+    let stop = Trigger::new();
+    let metrics = Metrics::new();
+    let ttl = Duration::from_millis(3000);
+    let handle = spawn(store.clone(), "relay", "me", ttl, metrics.clone(), PauseHook::default(), stop.subscribe());
+    let mut rx = handle.state();
+    let active = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.active_epoch().is_some()))
+        .await
+        .expect("the keeper becomes active")
+        .unwrap()
+        .active_epoch();
+    assert_eq!(active, Some(1), "its own row adopted, not taken over");
+    assert_eq!(metrics.relay_lease_takeovers.with_label_values(&["relay"]).get(), 0);
+    stop.fire();
+}

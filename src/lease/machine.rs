@@ -14,6 +14,10 @@
 //!   over (the margin covers clock-rate drift between the hosts).
 //! - A holder that stops cleanly releases the lease (holder cleared, same
 //!   epoch): a standby may take a released lease at once.
+//! - A write that did not answer is remembered with its send time: read
+//!   back exactly (ours: only this instance writes its name), it counts as
+//!   applied then, so a takeover or renewal whose reply was lost does not
+//!   make the instance wait a TTL on its own row.
 //! - An epoch only grows; every checkpoint write is conditional on it (see
 //!   the stores), so a former holder can never move a checkpoint.
 
@@ -63,11 +67,16 @@ pub struct Machine {
     pub me: String,
     pub timing: Timing,
     pub view: View,
+    /// Writes sent that did not answer (oldest first), with their send times.
+    unanswered: Vec<(LeaseCas, Instant)>,
 }
+
+/// Unanswered writes remembered (older ones are forgotten).
+const UNANSWERED_KEPT: usize = 8;
 
 impl Machine {
     pub fn new(name: impl Into<String>, me: impl Into<String>, timing: Timing) -> Machine {
-        Machine { name: name.into(), me: me.into(), timing, view: View::Unknown }
+        Machine { name: name.into(), me: me.into(), timing, view: View::Unknown, unanswered: Vec::new() }
     }
 
     /// True while this instance may act as the leader at `now`.
@@ -95,6 +104,11 @@ impl Machine {
         let Some(row) = read else {
             return Step::Write(LeaseCas { expected: None, new: self.row(1, 0) });
         };
+        // A write of ours that landed unanswered: applied when it was sent
+        // (the earliest such send, if the same row was sent twice).
+        if let Some((cas, sent)) = self.unanswered.iter().find(|(c, _)| same(&c.new, row)).cloned() {
+            self.applied(&cas, sent);
+        }
         if let View::Active { epoch, counter, .. } = self.view {
             if row.holder == self.me && row.epoch == epoch {
                 // Ours (the counter may be ahead if a renewal's reply was lost).
@@ -131,6 +145,16 @@ impl Machine {
     /// The write `cas`, sent at `sent`, was applied.
     pub fn applied(&mut self, cas: &LeaseCas, sent: Instant) {
         self.view = View::Active { epoch: cas.new.epoch, counter: cas.new.counter, renewed: sent };
+        self.unanswered.clear();
+    }
+
+    /// The write `cas`, sent at `sent`, failed or did not answer: it may
+    /// have been applied all the same (`decide` adopts it if read back).
+    pub fn unanswered(&mut self, cas: LeaseCas, sent: Instant) {
+        if self.unanswered.len() == UNANSWERED_KEPT {
+            self.unanswered.remove(0);
+        }
+        self.unanswered.push((cas, sent));
     }
 
     /// The write was not applied (the row changed): forget what we believed; the next read decides.
@@ -234,6 +258,46 @@ mod tests {
         // Our renewal to counter 1 was applied but the reply was lost: the row says 1.
         let r = write(a.decide(Some(&lease("a", 1, 1)), t0 + a.pause()));
         assert_eq!((r.expected, r.new.counter), (Some((1, 1)), 2));
+    }
+
+    /// A renewal applied late: the retry sent meanwhile lost to it, and the
+    /// row read next is the late one. It is ours: renewed at once, not
+    /// watched for a TTL as another holder's.
+    #[test]
+    fn a_renewal_that_landed_unanswered_is_adopted_after_a_rejection() {
+        let t0 = Instant::now();
+        let mut a = m("a");
+        let c = write(a.decide(None, t0));
+        a.applied(&c, t0);
+        let t1 = t0 + a.pause();
+        let late = write(a.decide(Some(&c.new), t1)); // (1,0) -> (1,1): no answer
+        a.unanswered(late, t1);
+        let t2 = t1 + a.retry_pause();
+        let retry = write(a.decide(Some(&c.new), t2)); // read before the late write landed
+        assert_eq!(retry.new.counter, 1);
+        a.rejected(t2); // the late one landed first
+        let r = write(a.decide(Some(&lease("a", 1, 1)), t2 + a.retry_pause()));
+        assert_eq!((r.expected, r.new.epoch, r.new.counter), (Some((1, 1)), 1, 2));
+        assert_eq!(a.is_active(t2), Some(1), "active from the late write's send time");
+        assert_eq!(a.is_active(t1 + TTL * 2 / 3), None, "and only until its deadline");
+    }
+
+    /// A takeover (or creation) that landed unanswered: the next read shows
+    /// our own row, which is ours at once; another holder's row that merely
+    /// resembles it is not.
+    #[test]
+    fn a_takeover_that_landed_unanswered_is_ours_at_once() {
+        let t0 = Instant::now();
+        let mut b = m("b");
+        let c = write(b.decide(Some(&lease("", 3, 9)), t0));
+        b.unanswered(c.clone(), t0);
+        assert_eq!(b.decide(Some(&lease("x", 4, 0)), t0 + b.retry_pause()), Step::Wait, "someone else's row");
+        let mut b2 = m("b");
+        let c2 = write(b2.decide(Some(&lease("", 3, 9)), t0));
+        b2.unanswered(c2.clone(), t0);
+        let r = write(b2.decide(Some(&c2.new), t0 + b2.retry_pause()));
+        assert_eq!((r.expected, r.new.epoch, r.new.counter), (Some((4, 0)), 4, 1));
+        assert_eq!(b2.is_active(t0 + b2.retry_pause()), Some(4));
     }
 
     #[test]
