@@ -242,6 +242,41 @@ async fn a_discard_replaces_the_poison_event_by_a_marker_and_releases_the_rest()
     assert!(why.contains(&format!("no parked aggregate is held behind event {poison}")), "{why}");
 }
 
+/// A discard interrupted after its audit row (the marker never confirmed,
+/// the request withdrawn): the aggregate stays parked at the event. A later
+/// replay of the aggregate publishes the marker in the event's place, then
+/// the held events; it published the discarded event as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_after_an_interrupted_discard_publishes_the_marker() {
+    let Some(Rig { brokers, cfg, store, .. }) = Rig::start("CDC replay after an interrupted discard").await else {
+        return;
+    };
+    let e = Uuid::now_v7();
+    let events = order_events(e, 0, 3);
+    store.append(e, 0, events.clone()).await.unwrap();
+    let p = park_record(&events[1], "message too large (message_size_too_large)");
+    store.park(&p).await.unwrap();
+    let (record, _) = outboxd::relay::plan::discard_of(RELAY, &p, None, &events[1].event_id.to_string(), "bad");
+    store.record_discard(&record).await.unwrap();
+
+    let (_, _, mut server) = request_server(&cfg, &store).await;
+    let trigger = Trigger::new();
+    let replay = RelayRequest::new(RELAY, RequestKind::ReplayAggregate { aggregate_id: e.to_string() }, "test");
+    store.request_submit(&replay).await.unwrap();
+    server.poll(&mut trigger.subscribe()).await;
+    let done = store.request_get(replay.id).await.unwrap().unwrap();
+    assert_eq!(done.status, RequestStatus::Done, "{:?}", done.result);
+
+    let (bk, ts) = (brokers.clone(), topics(&cfg));
+    let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 2, Duration::from_secs(10))).await.unwrap();
+    let mine: Vec<_> = records.iter().filter(|r| r.key == e.to_string()).collect();
+    let types: Vec<(i64, &str)> = mine.iter().map(|r| (r.sequence(), r.headers["ce_type"].as_str())).collect();
+    assert_eq!(types.len(), 2, "{types:?}");
+    assert_eq!(types[0], (2, "outboxd.EventDiscarded"), "the marker, not the discarded event");
+    assert_eq!(types[1].0, 3);
+    assert!(store.parked(RELAY).await.unwrap().is_empty(), "the park record is gone");
+}
+
 /// A request already running under this server's epoch (its claim landed
 /// but the answer was lost, or a former server at this epoch stopped) is
 /// claimed again and carried out at the next poll, not left running until

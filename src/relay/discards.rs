@@ -1,14 +1,16 @@
-//! Discarded events ahead of the relay's feed: an operator's discard of an
+//! Discarded events the relay may read again: an operator's discard of an
 //! event this term has not read yet (the relay restarted below it, the CLI
 //! carried the discard out with no relay running, or a rewind went back
-//! before it). The feed brings the event itself later; its marker must take
-//! its place there.
+//! before it), whose marker must take its place when the feed brings it;
+//! or one behind the checkpoint whose discard was interrupted after its
+//! audit row, which a later replay of its still-parked aggregate reads.
 //!
 //! Guarantee: a feed row whose event an operator discarded is never
 //! published as it is: the relay publishes the discard's marker record in
 //! its place, in feed order (`outboxd.EventDiscarded`, same `ce_id`, key and
-//! `ce_sequence`). The audit rows (`discarded_events`) are read at the start
-//! of every term, so this holds across restarts and rewinds.
+//! `ce_sequence`), from the feed or in a replay. The audit rows
+//! (`discarded_events`) are read at the start of every term, so this holds
+//! across restarts, rewinds and interrupted discards.
 
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -27,13 +29,16 @@ const LOAD_LIMIT: usize = 100_000;
 pub struct Discards(BTreeMap<i64, Discarded>);
 
 impl Discards {
-    /// The discards of `consumer` at positions after `after` (where the term starts reading).
-    pub async fn load(store: &dyn Store, consumer: &str, after: i64) -> Result<Discards, StoreError> {
+    /// The discards of `consumer`, wherever the term starts reading: one
+    /// behind its checkpoint still replaces its event in a later replay of
+    /// the aggregate (a discard interrupted after its audit row, its
+    /// aggregate still parked at that event).
+    pub async fn load(store: &dyn Store, consumer: &str) -> Result<Discards, StoreError> {
         let rows = store.discards(LOAD_LIMIT).await?;
         Ok(Discards(
             rows.iter()
                 .filter(|d| d.consumer == consumer)
-                .filter_map(|d| d.position.filter(|p| *p > after).map(|p| (p, marker_of(d))))
+                .filter_map(|d| d.position.map(|p| (p, marker_of(d))))
                 .collect(),
         ))
     }
@@ -119,5 +124,24 @@ mod tests {
         assert!(matches!(ds.replace(unreadable(8)), Item::Unreadable(_)));
         // Read again (a respawned feed reader): the marker again.
         assert!(matches!(ds.replace(unreadable(7)), Item::Marker { .. }));
+    }
+
+    /// A discard behind the term's checkpoint (interrupted after its audit
+    /// row: the aggregate is still parked at the event) is loaded too: a
+    /// replay of the aggregate reads the event again and must publish the
+    /// marker. Only the discards after the checkpoint were loaded, and the
+    /// replay published the discarded event as it was.
+    #[tokio::test]
+    async fn a_discard_behind_the_checkpoint_still_replaces_its_event() {
+        use crate::store::parking::ParkingStore;
+        use crate::store::EventStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(dir.path().join("s.db"), Default::default()).await.unwrap();
+        store.record_discard(&record("relay", Some(5))).await.unwrap();
+        store.record_discard(&record("other-relay", Some(6))).await.unwrap();
+        store.set_checkpoint("relay", 10).await.unwrap();
+        let ds = Discards::load(&*store, "relay").await.unwrap();
+        assert!(matches!(ds.replace(unreadable(5)), Item::Marker { position: 5, .. }));
+        assert!(matches!(ds.replace(unreadable(6)), Item::Unreadable(_)), "another consumer's discard");
     }
 }

@@ -255,11 +255,11 @@ impl Relay {
         }
     }
 
-    /// The operators' discards of events after `after`, whose markers the
-    /// feed must publish in their place (`relay::discards`); without them
-    /// the term does not start, as without the parked list.
-    pub(super) async fn discards_after(&self, after: i64) -> Result<crate::relay::discards::Discards, RelayError> {
-        crate::relay::discards::Discards::load(&*self.store, self.name(), after)
+    /// The operators' discards, whose markers the feed (or a replay) must
+    /// publish in their events' place (`relay::discards`); without them the
+    /// term does not start, as without the parked list.
+    pub(super) async fn discards(&self) -> Result<crate::relay::discards::Discards, RelayError> {
+        crate::relay::discards::Discards::load(&*self.store, self.name())
             .await
             .map_err(|e| RelayError::Store(format!("cannot read discarded events: {e}")))
     }
@@ -312,7 +312,7 @@ impl Relay {
             parked_read = ?started.elapsed(),
             "relay start steps (time since the term began)"
         );
-        let discards = self.discards_after(checkpoint).await?;
+        let discards = self.discards().await?;
         let mut window = Window::new(checkpoint, self.cfg.max_in_flight);
         window.set_parked(
             parked

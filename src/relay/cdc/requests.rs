@@ -13,7 +13,9 @@
 //!   aggregate again at that event and the request fails naming it. A held
 //!   row that `event_store` cannot decode either fails the request before
 //!   anything is published, naming the row: it must be repaired first, or
-//!   the event discarded when it is the first held one.
+//!   the event discarded when it is the first held one. A first held event
+//!   whose discard was interrupted after its audit row goes out as its
+//!   marker, never as it is.
 //! - `dlq replay --id` / `--all` (dead letters): each letter's event is
 //!   published again through the same delivery call, the letters of one
 //!   aggregate in sequence order, each while the aggregate's turn is held;
@@ -263,10 +265,37 @@ impl CdcRequests {
         };
         let from = p.parked.sequence.unwrap_or(1).max(1);
         let _turn = self.sink.exclusive(id).await;
-        let rows = self.held_rows(id, from).await?;
+        let mut rows = self.held_rows(id, from).await?;
+        // A discard of the first held event interrupted after its audit row:
+        // its marker goes out in the event's place, never the event.
+        let discarded = self.discard_of_first(&p.parked).await?;
+        if discarded.is_some() && rows.first().and_then(|r| r.sequence()) == Some(from) {
+            rows.remove(0);
+        }
         let held = readable(agg, rows)?;
         tracing::info!(aggregate = %agg, from, events = held.len(), "replaying a parked aggregate from event_store");
+        if let Some(d) = discarded {
+            let marker = crate::relay::discards::marker_of(&d);
+            let delivered = self.deliverer.deliver_marker(&marker, shutdown).await;
+            if !confirmed(delivered, || {
+                format!("the discard marker of event {} cannot be published; the aggregate stays parked", d.event_id)
+            })? {
+                return Ok(None);
+            }
+            self.sink.mark_published(id, marker.sequence).await;
+        }
         self.publish_and_unpark(id, agg, &held, shutdown).await
+    }
+
+    /// The audit row of a discard of `p`'s first held event, if one was
+    /// written (the discard did not finish: the aggregate is still parked).
+    async fn discard_of_first(
+        &self,
+        p: &crate::store::parking::Parked,
+    ) -> Result<Option<crate::store::parking::DiscardRecord>, String> {
+        let Some(event_id) = p.event_id.as_deref() else { return Ok(None) };
+        let audit = self.store.discards(100_000).await.map_err(|e| format!("cannot read the discarded events: {e}"))?;
+        Ok(audit.into_iter().find(|d| d.consumer == self.consumer && d.event_id == event_id))
     }
 
     /// Discards the first held event of a parked aggregate: the audit row,

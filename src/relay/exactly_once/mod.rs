@@ -227,7 +227,7 @@ impl Relay {
                 .collect(),
             Err(e) => return Err(RelayError::Store(format!("cannot read parked aggregates: {e}"))),
         };
-        let discards = self.discards_after(position).await?;
+        let discards = self.discards().await?;
         tracing::debug!(
             topics_checked = ?topics_checked,
             transactions_initialised = ?transactions_initialised,
