@@ -2,8 +2,8 @@
 //! one that loses it while its start retries (the store cannot be read)
 //! ends there (an exactly-once term must not go on to `init_transactions`,
 //! which would fence the instance that holds the lease now and abort its
-//! open transaction); one whose park write is refused (fenced) sends
-//! nothing after it.
+//! open transaction); one whose park write is refused (fenced), or whose
+//! lease went while its loop was held, sends nothing after it.
 
 mod harness;
 
@@ -100,4 +100,53 @@ async fn a_term_whose_park_is_refused_sends_nothing_after_it() {
     assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty(), "the park was refused");
     let records = consume_all(&brokers, &topics(&c), 20, Duration::from_secs(5));
     assert!(records.is_empty(), "nothing published after the refusal: {} records", records.len());
+}
+
+/// Review finding: the pump sent the ready events without looking at the
+/// lease; only the loop's wait noticed its loss, after them. The lease goes
+/// while the loop is held (an injected pause, as a long GC pause) with a
+/// page of 20 events of other orders in the window: none is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_term_whose_lease_went_during_a_pause_sends_nothing_after_it() {
+    use outboxd::lease::pause::PauseHook;
+    use outboxd::store::lease::{Lease, LeaseCas};
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&brokers, &dir.path().join("s.db"));
+    c.kafka.linger_ms = 0;
+    // No request tick while the test runs: the page alone wakes the loop.
+    c.relay.poll_interval_ms = 60_000;
+    let store = open_store(&c).await;
+    let name = c.relay.consumer_name.clone();
+    let lease = Lease { name: name.clone(), holder: "me".into(), epoch: 5, counter: 0, ttl_ms: 60_000 };
+    assert!(store.lease_cas(&LeaseCas { expected: None, new: lease }).await.unwrap());
+    let first = uuid::Uuid::now_v7();
+    store.append(first, 0, order_events(first, 0, 1)).await.unwrap();
+    let (lease_tx, rx) = tokio::sync::watch::channel(LeaseState::Active { epoch: 5 });
+    let pause = PauseHook::default();
+    let metrics = Metrics::new();
+    let (relay, _status) = Relay::standalone(&c, store.clone(), metrics.clone());
+    let relay = relay.with_fence(Fence { epoch: 5, lease: rx }).with_pause(pause.clone());
+    let trigger = Trigger::new();
+    let term = tokio::spawn(relay.run(trigger.subscribe()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.get_checkpoint(&name).await.unwrap().unwrap_or(0) < 1 {
+        assert!(std::time::Instant::now() < deadline, "the first event was never confirmed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // the loop waits again
+    pause.pause_for(Duration::from_millis(1500));
+    for _ in 0..20 {
+        let id = uuid::Uuid::now_v7();
+        store.append(id, 0, order_events(id, 0, 1)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lease_tx.send_replace(LeaseState::Lost { epoch: 5 });
+    let exit = tokio::time::timeout(Duration::from_secs(30), term).await.expect("the term ends").unwrap();
+    assert_eq!(exit.unwrap(), Exit::LeaseLost);
+    let topic = format!("{}order-events", c.kafka.topic_prefix);
+    assert_eq!(metrics.messages_sent.with_label_values(&[&topic]).get(), 1, "handed to the producer after the loss");
+    let records = consume_all(&brokers, &topics(&c), 21, Duration::from_secs(5));
+    let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, vec![first.to_string().as_str()], "nothing sent after the loss");
 }

@@ -120,6 +120,15 @@ pub struct Fence {
     pub lease: watch::Receiver<LeaseState>,
 }
 
+impl Fence {
+    /// Whether the keeper still says this term's epoch is active: looked at
+    /// before anything is handed to the producer (the loop's wait notices a
+    /// loss only after the pump ran).
+    pub fn held(&self) -> bool {
+        self.lease.borrow().active_epoch() == Some(self.epoch)
+    }
+}
+
 /// Why a relay term ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {

@@ -147,8 +147,17 @@ impl Run {
         (self.breaker.state(now) == BreakerState::Open).then(|| now + self.breaker.remaining_open(now))
     }
 
-    /// Sends what may go now.
+    /// Whether this term may still hand events to the producer: unfenced,
+    /// or its lease still active (a loss noticed at the loop's wait ends it).
+    fn lease_held(&self) -> bool {
+        self.relay.fence.as_ref().is_none_or(|f| f.held())
+    }
+
+    /// Sends what may go now (nothing once the lease went).
     async fn pump(&mut self) {
+        if !self.lease_held() {
+            return;
+        }
         if !self.suspects.is_empty() {
             self.solo_step().await;
             return;
@@ -163,7 +172,7 @@ impl Run {
         };
         let mut sent = 0;
         // A refused (fenced) park ends the term: nothing more is sent.
-        while sent < limit && self.exit.is_none() {
+        while sent < limit && self.exit.is_none() && self.lease_held() {
             let Some((slot, item)) = self.window.take_ready() else { break };
             if let Item::Unreadable(u) = item {
                 // Its turn came (everything before it in its aggregate is done): park it.
@@ -283,7 +292,7 @@ impl Run {
     /// [`Run::failed`] like any other: a transient one is retried after its
     /// backoff, never given up here.
     async fn solo_step(&mut self) {
-        while self.solo.is_none() && self.window.in_flight() == 0 {
+        while self.solo.is_none() && self.window.in_flight() == 0 && self.lease_held() {
             let Some((&slot, err)) = self.suspects.iter().next() else { return };
             let err = err.clone();
             let unreadable = matches!(self.window.get(slot), Some(Item::Unreadable(_)));
