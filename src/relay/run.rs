@@ -37,7 +37,8 @@ pub(super) struct Run {
     pub(super) retries: BTreeSet<(Instant, Slot)>,
     /// Permanent failures awaiting a solo resend: slot -> last error.
     pub(super) suspects: BTreeMap<Slot, PublishError>,
-    /// Suspects already sent alone at least once: only those may be given up.
+    /// Suspects whose last attempt was a solo resend not answered by a
+    /// transient failure: only those may be given up.
     pub(super) resent_alone: BTreeSet<Slot>,
     pub(super) solo: Option<Slot>,
     pub(super) solo_not_before: Instant,
@@ -251,6 +252,9 @@ impl Run {
             self.breaker.record_failure(Instant::now());
             self.relay.status.breaker(self.breaker.state(Instant::now()));
             self.suspects.remove(&slot);
+            // A solo resend that failed transiently showed nothing about the
+            // record: a later refusal needs another one before a give-up.
+            self.resent_alone.remove(&slot);
             let max = self.backoff.max_attempts;
             if attempts == max {
                 self.relay.metrics.retry_failure.with_label_values(&["publish"]).inc();
