@@ -6,8 +6,10 @@
 //! Guarantees:
 //! - `deliver` returns `Delivered` only after the broker confirmed the
 //!   event; `Parked` / `DeadLettered` only after the park record / dead
-//!   letter is durable; `Held` for an event of an aggregate parked earlier
-//!   (held durably by that park record). Transient failures never end a
+//!   letter is durable; `Held` for an event of an aggregate parked earlier,
+//!   at or after the event it was parked at (held durably by that park
+//!   record; one before it, read again after a rewind, is published again,
+//!   as the position feed does). Transient failures never end a
 //!   delivery: they retry behind the breaker until the broker is back (or
 //!   shutdown), so the CDC progress cannot pass an unconfirmed event.
 //! - Order per aggregate: one aggregate is one partition key, i.e. one CDC
@@ -20,7 +22,7 @@
 //!   dead-letter its neighbours.
 //! - Safe to share between the stream consumers (`Arc<Deliverer>`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -113,7 +115,9 @@ pub struct Deliverer {
     consumer: String,
     policy: PermanentFailurePolicy,
     dlq_on_transient_exhaustion: bool,
-    parked: Mutex<HashSet<AggKey>>,
+    /// Parked aggregates -> the sequence their park record holds from (its
+    /// events before it went out before the park: a rewind re-publishes them).
+    parked: Mutex<HashMap<AggKey, i64>>,
     metrics: Metrics,
     status: StatusTx,
     /// The relay lease's epoch: park records are written under it.
@@ -160,8 +164,8 @@ impl Deliverer {
             .await
             .map_err(|e| PublishError::transient("store", format!("cannot read parked aggregates: {e}")))?
             .into_iter()
-            .map(|p| AggKey::from(p.parked.aggregate_id.as_str()))
-            .collect::<HashSet<_>>();
+            .map(|p| (AggKey::from(p.parked.aggregate_id.as_str()), held_from(p.parked.sequence)))
+            .collect::<HashMap<_, _>>();
         metrics.dlq_parked_aggregates.set(parked.len() as i64);
         Ok(Deliverer {
             producer,
@@ -235,7 +239,14 @@ impl Deliverer {
     }
 
     pub fn is_parked(&self, agg: &str) -> bool {
-        self.parked.lock().unwrap_or_else(|e| e.into_inner()).contains(agg)
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).contains_key(agg)
+    }
+
+    /// Whether the event `sequence` of `agg` is held by its park record (at
+    /// or after the event it holds from; an unknown sequence is held).
+    pub fn holds(&self, agg: &str, sequence: Option<i64>) -> bool {
+        let parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        parked.get(agg).is_some_and(|from| sequence.is_none_or(|s| s >= *from))
     }
 
     fn breaker<T>(&self, f: impl FnOnce(&mut CircuitBreaker) -> T) -> T {
@@ -244,7 +255,7 @@ impl Deliverer {
 
     /// Publishes `e` and waits for its fate (see the module doc).
     pub async fn deliver(&self, e: &RawEvent, shutdown: &mut Shutdown) -> Delivered {
-        if self.is_parked(&e.aggregate_key) {
+        if self.holds(&e.aggregate_key, Some(e.sequence)) {
             return Delivered::Held;
         }
         self.publish(Out::Event(e), shutdown).await
@@ -439,7 +450,7 @@ impl Deliverer {
 
     /// Marks an aggregate unparked (after a replay through this deliverer).
     pub fn unparked(&self, agg: &str) {
-        if self.parked.lock().unwrap_or_else(|p| p.into_inner()).remove(agg) {
+        if self.parked.lock().unwrap_or_else(|p| p.into_inner()).remove(agg).is_some() {
             count_parked(&self.metrics, &self.status, false);
         }
     }
@@ -465,3 +476,8 @@ mod give_up;
 #[cfg(test)]
 #[path = "deliver_tests.rs"]
 mod tests;
+
+/// The first sequence a park record holds (all of them when it names none).
+pub(super) fn held_from(sequence: Option<i64>) -> i64 {
+    sequence.unwrap_or(i64::MIN)
+}

@@ -24,7 +24,7 @@ impl Deliverer {
     /// the permanent-failure policy (held when its aggregate is parked), as
     /// the position feed does, so one bad row never stops the relay.
     pub async fn give_up_unreadable(&self, row: Unreadable, shutdown: &mut Shutdown) -> Delivered {
-        if self.is_parked(&row.aggregate_key) {
+        if self.holds(&row.aggregate_key, row.sequence) {
             return Delivered::Held;
         }
         let err = PublishError::permanent("unreadable", row.error.clone());
@@ -79,7 +79,8 @@ impl Deliverer {
         }
         match policy {
             PermanentFailurePolicy::ParkAggregate => {
-                if self.parked.lock().unwrap_or_else(|p| p.into_inner()).insert(aggregate.clone()) {
+                let from = super::held_from(sequence);
+                if self.parked.lock().unwrap_or_else(|p| p.into_inner()).insert(aggregate.clone(), from).is_none() {
                     count_parked(&self.metrics, &self.status, true);
                 }
                 tracing::error!(%event_id, %aggregate, ?sequence, error = %err, "event can never be published as it is; its aggregate is parked from it on");

@@ -60,6 +60,35 @@ async fn an_undecodable_row_parks_its_aggregate_and_holds_its_later_events() {
     assert_eq!(store.dlq_count().await.unwrap(), 0);
 }
 
+/// Review finding: the park set held every event of a parked aggregate,
+/// so after a rewind its events from before the park point (published
+/// before it) were held, not published again, and the progress passed
+/// them. Only the events from the park point on are held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_aggregates_events_before_its_park_point_are_published_again() {
+    let Some((d, _store, _config)) =
+        deliverer("deliver: before the park point", PermanentFailurePolicy::ParkAggregate).await
+    else {
+        return;
+    };
+    let trigger = Trigger::new();
+    let mut shutdown = trigger.subscribe();
+    let a = Uuid::now_v7();
+    d.undecodable(bad_row(a, 5), &mut shutdown).await.expect("parked at 5");
+    let raw = |e: &crate::envelope::EventEnvelope| RawEvent::from_envelope(e, 0).unwrap();
+    let after = events(a, 5, 1).remove(0);
+    assert_eq!(d.deliver(&raw(&after), &mut shutdown).await, Delivered::Held, "after the park point: held");
+    let before = events(a, 2, 1).remove(0);
+    // No broker here: a delivery retries until shutdown, which is what
+    // shows it was attempted (a held event returns at once).
+    let fire = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        trigger.fire();
+    });
+    assert_eq!(d.deliver(&raw(&before), &mut shutdown).await, Delivered::Shutdown, "before it: published");
+    fire.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_skip_an_undecodable_row_is_dead_lettered() {
     let Some((d, store, config)) = deliverer("deliver: undecodable skips", PermanentFailurePolicy::Skip).await else {
