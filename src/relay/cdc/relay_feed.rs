@@ -6,7 +6,7 @@
 //! outcome appends published in order, within the bound); `RelayStatus.running`
 //! is true exactly while the feed runs; `RelayStatus.reconciliation` (the
 //! input of the reconciliation verdict) is refreshed every second while it
-//! runs; operator requests are served every second (`requests`; a rewind
+//! runs, with the delivered count; operator requests are served every second (`requests`; a rewind
 //! is handed to the feed's runner); the
 //! reconciler, that reporter and the request server stop with the feed.
 
@@ -109,6 +109,9 @@ pub fn reconciliation((pending, oldest): (usize, Option<Duration>), bound: Durat
 /// `RelayStatus.reconciliation`.
 async fn report_reconciliation<S: EnvelopeSink>(sink: Arc<ReconcilingSink<S>>, status: StatusTx, mut stop: Shutdown) {
     loop {
+        // Deliveries counted since the last fold (`StatusTx::delivered`
+        // publishes at most every 50 ms): the last ones of a burst too.
+        status.flush();
         let now = reconciliation(sink.pending(), sink.bound());
         status.update(|s| {
             let changed = s.reconciliation.as_ref() != Some(&now);
