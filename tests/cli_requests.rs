@@ -145,3 +145,39 @@ fn dlq_replay_all_waits_at_most_its_timeout_for_both_requests() {
     // 3 s, and the lease's release: not twice that.
     assert!(took < Duration::from_secs(6), "took {took:?}");
 }
+
+/// Review finding: the CLI's own relay term (no relay running) can end
+/// before reaching its request: here an older rewind, left running by a
+/// relay that died, is taken over first and ends the term (a rewind moves
+/// the checkpoint back at the term's end). The CLI then waited its whole
+/// `--timeout` on its pending request with no relay, and withdrew it. It
+/// runs another term while its request is still pending.
+#[test]
+fn the_cli_carries_its_request_out_after_a_term_an_older_request_ended() {
+    use outboxd::store::requests::{RelayRequest, RequestKind};
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let cfg = test_config(&brokers, &db);
+    let order = uuid::Uuid::now_v7();
+    let consumer = cfg.relay.consumer_name.clone();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = open_store(&cfg).await;
+        let events = order_events(order, 0, 2);
+        store.append(order, 0, events.clone()).await.unwrap();
+        let mut parked = order_parked_at(&consumer, order, 2);
+        parked.aggregate_type = Some(events[1].aggregate_type.clone());
+        store.park(&parked).await.unwrap();
+        store.set_checkpoint(&consumer, 2).await.unwrap();
+        let rewind = RelayRequest::new(&consumer, RequestKind::RewindToPosition { position: 1 }, "a dead relay");
+        store.request_submit(&rewind).await.unwrap();
+        assert!(store.request_claim(&rewind, 1).await.unwrap(), "left running by the relay at epoch 1");
+    });
+    let (code, out, err) =
+        cli(&cfg, &["dlq", "replay", "--aggregate", &order.to_string(), "--no-progress", "--timeout", "30"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let r = rows(&db);
+    assert_eq!(r.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["done", "done"], "{r:?}");
+    let parked = sqlite3(&db, "SELECT COUNT(*) FROM parked_aggregates");
+    assert_eq!(parked.trim(), "0", "the aggregate was replayed");
+}

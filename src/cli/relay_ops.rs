@@ -129,7 +129,17 @@ pub async fn request(
         }
         Waited::Unclaimed(_) => {
             bar.set_message("no relay is running: carrying the request out here under the relay lease");
-            let ended = run_here(cfg, store.clone(), r.id, deadline, interrupted.clone()).await?;
+            let ended = loop {
+                let ended = run_here(cfg, store.clone(), r.id, deadline, interrupted.clone()).await?;
+                // A term can end before it reached this request (an older
+                // one ended it: a rewind, taken over from a relay that died;
+                // or the requests could not be read): another one, while
+                // the request still waits and no relay took it meanwhile.
+                if ended.is_some() || !still_unclaimed(&store, &consumer, r.id, &deadline).await? {
+                    break ended;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
             if let Some((left, code, held)) = ended {
                 bar.finish_and_clear();
                 let how = if code == INTERRUPTED { "interrupted" } else { "out of time" };
@@ -150,6 +160,21 @@ pub async fn request(
     };
     bar.finish_and_clear();
     Ok(outcome(&done).unwrap_or(1))
+}
+
+/// Whether request `id` of `consumer` still waits for this CLI: pending,
+/// time left, and no relay holds the lease (one that does carries it out).
+async fn still_unclaimed(
+    store: &DynStore,
+    consumer: &str,
+    id: uuid::Uuid,
+    deadline: &Deadline,
+) -> Result<bool, Failure> {
+    if deadline.left().is_zero() {
+        return Ok(false);
+    }
+    let pending = store.request_get(id).await?.is_some_and(|r| r.status == RequestStatus::Pending);
+    Ok(pending && store.lease_get(consumer).await?.is_none_or(|l| l.holder.is_empty()))
 }
 
 /// `--timeout` ran out while request `p` waited on a relay. Still pending,
