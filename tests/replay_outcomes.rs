@@ -90,3 +90,102 @@ async fn a_replay_after_an_interrupted_discard_publishes_the_marker() {
     assert!(store.parked(&consumer).await.unwrap().is_empty(), "unparked");
     relay.stop().await;
 }
+
+/// Two dead letters (events of the feed the checkpoint passed), as a
+/// relay's skip policy leaves them; `empty`: the second one's payload is
+/// empty (an unreadable row's letter, not an event).
+async fn two_letters(store: &outboxd::store::DynStore, empty: bool) -> Vec<outboxd::store::DeadLetter> {
+    let mut letters = Vec::new();
+    for position in 1..=2 {
+        let id = uuid::Uuid::now_v7();
+        let env = order_events(id, 0, 1).remove(0);
+        store.append(id, 0, vec![env.clone()]).await.unwrap();
+        let mut letter = dead_letter(&env, Some(position));
+        if empty && position == 2 {
+            letter.payload = String::new();
+        }
+        store.dlq_insert(letter.clone()).await.unwrap();
+        letters.push(letter);
+    }
+    letters
+}
+
+/// A replay of every dead letter, one of which is not an event: the other
+/// is published and removed, the request is done and its result names the
+/// one left (`failed`); it said nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_letter_that_is_not_an_event_is_named_in_the_result() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(&brokers, &dir.path().join("s.db"));
+    let store = open_store(&c).await;
+    let letters = two_letters(&store, true).await;
+    store.set_checkpoint(&c.relay.consumer_name, 2).await.unwrap();
+    let relay = start_relay(&c, store.clone());
+    let replay = RelayRequest::new(&c.relay.consumer_name, RequestKind::ReplayDeadLetters { ids: None }, "t");
+    store.request_submit(&replay).await.unwrap();
+    let finished = request_finished(&store, replay.id).await;
+    assert_eq!(finished.status, RequestStatus::Done, "{:?}", finished.result);
+    let result = finished.result.unwrap();
+    assert_eq!(result["failed"][0]["id"], letters[1].id.to_string(), "{result}");
+    let left: Vec<uuid::Uuid> = store.dlq_list(10).await.unwrap().into_iter().map(|l| l.id).collect();
+    assert_eq!(left, vec![letters[1].id], "only the one that is not an event stays");
+    relay.stop().await;
+}
+
+/// A replay of named dead letters taken over from a former executor that
+/// replayed and removed the first one: the second is replayed and the
+/// request done. It failed, "some of the given dead letters do not exist",
+/// leaving the second letter unreplayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_taken_over_replay_of_named_letters_finishes_the_rest() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(&brokers, &dir.path().join("s.db"));
+    let store = open_store(&c).await;
+    let letters = two_letters(&store, false).await;
+    store.set_checkpoint(&c.relay.consumer_name, 2).await.unwrap();
+    let ids = letters.iter().map(|l| l.id).collect();
+    let replay = RelayRequest::new(&c.relay.consumer_name, RequestKind::ReplayDeadLetters { ids: Some(ids) }, "t");
+    store.request_submit(&replay).await.unwrap();
+    assert!(store.request_claim(&replay, 0).await.unwrap(), "claimed by the former executor");
+    assert!(store.dlq_remove(letters[0].id).await.unwrap(), "which replayed the first letter");
+    let relay = start_relay(&c, store.clone());
+    let finished = request_finished(&store, replay.id).await;
+    assert_eq!(finished.status, RequestStatus::Done, "{:?}", finished.result);
+    assert_eq!(store.dlq_count().await.unwrap(), 0, "the second letter was replayed and removed");
+    let records = consume_all(&brokers, &topics(&c), 1, Duration::from_secs(10));
+    assert_eq!(records.iter().map(|r| r.event_id()).collect::<Vec<_>>(), vec![letters[1].event_id.to_string()]);
+    relay.stop().await;
+}
+
+/// A replay of an aggregate parked ahead of the relay's feed (nothing held
+/// to publish from here: its events come through the feed) unparks it and
+/// says so; the result read "aggregates": 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_that_only_unparks_names_the_aggregate() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(&brokers, &dir.path().join("s.db"));
+    let store = open_store(&c).await;
+    let order = uuid::Uuid::now_v7();
+    let events = order_events(order, 0, 2);
+    store.append(order, 0, events.clone()).await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(2, Duration::from_secs(60)).await;
+    // Parked at a position the feed has not read yet.
+    let mut parked = order_parked_at(&c.relay.consumer_name, order, 3);
+    parked.aggregate_type = Some(events[1].aggregate_type.clone());
+    store.park(&parked).await.unwrap();
+    relay.stop().await;
+    let relay = start_relay(&c, store.clone());
+    let replay = replay_of(&c.relay.consumer_name, order);
+    store.request_submit(&replay).await.unwrap();
+    let finished = request_finished(&store, replay.id).await;
+    assert_eq!(finished.status, RequestStatus::Done, "{:?}", finished.result);
+    let result = finished.result.unwrap();
+    assert_eq!(result["aggregates"], 1, "{result}");
+    assert_eq!(result["unparked"][0], order.to_string(), "{result}");
+    assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty());
+    relay.stop().await;
+}

@@ -37,8 +37,10 @@ pub enum Plan {
     /// Publish `items` in order (the held events of parked `agg`, a discard
     /// marker first where one replaces the poison event), then unpark `agg`.
     Unpark { agg: AggKey, items: Vec<Item> },
-    /// Publish these dead letters, then delete each confirmed one.
-    Letters { items: Vec<(Item, Uuid)> },
+    /// Publish these dead letters, then delete each confirmed one; `bad`:
+    /// the `{id, error}` of chosen letters whose payload is not an event
+    /// (not published, left alone, reported in the result's `failed`).
+    Letters { items: Vec<(Item, Uuid)>, bad: Vec<serde_json::Value> },
     /// Move the checkpoint back to `position` (re-publish after it).
     Rewind { position: i64 },
     /// The event at `position` was discarded before this term read it: the
@@ -64,8 +66,8 @@ pub struct PlanCtx<'a> {
     pub positions: bool,
     /// Discarded events ahead of the feed: a replay publishes their markers too.
     pub discards: &'a crate::relay::discards::Discards,
-    /// The request is a replay a former term committed in part (exactly
-    /// once): the named dead letters it removed are gone, not an error.
+    /// The request is a replay a former term (or executor) carried out in
+    /// part: the named dead letters it removed are gone, not an error.
     pub resuming: bool,
 }
 
@@ -253,7 +255,7 @@ async fn letters_plan(ctx: &PlanCtx<'_>, ids: Option<&[Uuid]>) -> Result<Vec<Pla
     if items.is_empty() {
         return Ok(vec![Plan::Done(json!({ "replayed": 0, "failed": bad }))]);
     }
-    Ok(vec![Plan::Letters { items }])
+    Ok(vec![Plan::Letters { items, bad }])
 }
 
 #[cfg(test)]

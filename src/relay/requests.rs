@@ -66,7 +66,9 @@ impl Run {
             checkpoint: self.checkpoint,
             positions: true,
             discards: &self.discards,
-            resuming: false,
+            // Taken over (running already): its former executor may have
+            // replayed and removed some of the letters it names.
+            resuming: r.status == RequestStatus::Running,
         };
         let plans = plan(&ctx, r).await.map_err(|e| e.to_string())?;
         let mut progress = Progress::default();
@@ -90,6 +92,7 @@ impl Run {
                         self.unpark(&agg).await.map_err(|e| e.to_string())?;
                         self.window.unpark(&agg, Vec::new());
                         self.unparked();
+                        progress.aggregates.push(agg.to_string());
                         continue;
                     }
                     tracing::info!(request = %r.id, aggregate = %agg, events = items.len(), "replaying a parked aggregate");
@@ -98,7 +101,8 @@ impl Run {
                     self.replays.insert((r.id, agg), slots);
                     progress.parts += 1;
                 }
-                Plan::Letters { items } => {
+                Plan::Letters { items, bad } => {
+                    progress.failed.extend(bad);
                     let mut slots = BTreeSet::new();
                     for (item, letter) in items {
                         let agg = crate::relay::window::Fenced::aggregate(&item).clone();
@@ -116,7 +120,7 @@ impl Run {
             }
         }
         if progress.parts == 0 {
-            self.finish_request(r.id, RequestStatus::Done, json!({ "aggregates": 0, "events": 0 })).await;
+            self.finish_request(r.id, RequestStatus::Done, progress.result()).await;
         } else {
             self.request_parts.insert(r.id, progress);
         }
@@ -228,12 +232,7 @@ impl Run {
         }
         if p.parts == 0 {
             let p = self.request_parts.remove(&request).unwrap_or_default();
-            self.finish_request(
-                request,
-                RequestStatus::Done,
-                json!({ "aggregates": p.aggregates.len(), "unparked": p.aggregates, "events": p.events }),
-            )
-            .await;
+            self.finish_request(request, RequestStatus::Done, p.result()).await;
         }
     }
 
@@ -269,4 +268,17 @@ pub struct Progress {
     pub events: usize,
     /// Aggregates unparked so far.
     pub aggregates: Vec<String>,
+    /// Dead letters chosen but not published (`{id, error}`: not an event).
+    pub failed: Vec<serde_json::Value>,
+}
+
+impl Progress {
+    /// The result of a request carried out to its end.
+    pub fn result(&self) -> serde_json::Value {
+        let mut r = json!({ "aggregates": self.aggregates.len(), "unparked": self.aggregates, "events": self.events });
+        if !self.failed.is_empty() {
+            r["failed"] = json!(self.failed);
+        }
+        r
+    }
 }

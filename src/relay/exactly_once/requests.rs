@@ -186,7 +186,10 @@ impl Txn {
                             }
                         }
                     }
-                    Plan::Letters { mut items } => {
+                    Plan::Letters { mut items, bad } => {
+                        if !bad.is_empty() {
+                            result["failed"] = serde_json::json!(bad);
+                        }
                         // In feed order, so "committed through a position" is a prefix.
                         items.sort_by_key(|(i, _)| i.position());
                         let positions: Vec<(i64, uuid::Uuid)> =
