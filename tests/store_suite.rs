@@ -177,6 +177,10 @@ async fn dead_letters(s: DynStore) {
     let listed = s.dlq_list(10).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].failure_count, 10);
+    // By id: the named one (once, however often named), none for an unknown id.
+    let got = s.dlq_get(&[Uuid::now_v7(), letter.id, letter.id]).await.unwrap();
+    assert_eq!(got, listed);
+    assert!(s.dlq_get(&[Uuid::now_v7()]).await.unwrap().is_empty());
     assert!(s.dlq_remove(listed[0].id).await.unwrap());
     assert!(!s.dlq_remove(listed[0].id).await.unwrap());
     assert_eq!(s.dlq_count().await.unwrap(), 0);

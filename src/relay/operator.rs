@@ -323,7 +323,7 @@ pub async fn check_parked(
             })
         }
         RequestKind::ReplayDeadLetters { ids: Some(ids) } => {
-            let letters: HashSet<Uuid> = store.dlq_list(100_000).await?.into_iter().map(|l| l.id).collect();
+            let letters: HashSet<Uuid> = store.dlq_get(ids).await?.into_iter().map(|l| l.id).collect();
             let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| !letters.contains(id)) else { return Ok(Ok(())) };
             let message = format!("{id} is not a dead letter (see GET /dlq or outboxd dlq list)");
             return Ok(Err(NothingParked { field: format!("ids[{i}]"), message }));

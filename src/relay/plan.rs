@@ -220,11 +220,15 @@ pub async fn chosen_letters(
     ids: Option<&[Uuid]>,
     missing_ok: bool,
 ) -> Result<Vec<crate::store::DeadLetter>, RelayError> {
-    let letters = store.dlq_list(100_000).await.map_err(unanswered)?;
-    let chosen: Vec<_> = match ids {
-        Some(ids) => letters.into_iter().filter(|l| ids.contains(&l.id)).collect(),
-        None => letters,
+    // Named ones by id (the queue may be long, its payloads large); all of
+    // them oldest first, at most 100 000 per request.
+    let mut chosen = match ids {
+        Some(ids) => store.dlq_get(ids).await.map_err(unanswered)?,
+        None => store.dlq_list(100_000).await.map_err(unanswered)?,
     };
+    // In the queue's order (as listed), whatever order they were named in:
+    // an aggregate's letters go out in the order they failed.
+    chosen.sort_by_key(|l| (l.created_at, l.position, l.id));
     // The same id twice names one letter.
     if !missing_ok && ids.is_some_and(|ids| chosen.len() != ids.iter().collect::<std::collections::HashSet<_>>().len())
     {

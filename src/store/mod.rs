@@ -178,6 +178,9 @@ pub trait EventStore: Send + Sync + 'static {
     /// `failure_count` and `last_failed_at` instead of adding a row.
     async fn dlq_insert(&self, letter: DeadLetter) -> Result<(), StoreError>;
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+    /// The dead letters with these ids (one read each, whatever the queue's
+    /// size); ids that name none are left out.
+    async fn dlq_get(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError>;
     async fn dlq_remove(&self, id: Uuid) -> Result<bool, StoreError>;
     async fn dlq_count(&self) -> Result<u64, StoreError>;
 

@@ -57,6 +57,9 @@ impl EventStore for CountingStore {
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         self.inner.dlq_list(limit).await
     }
+    async fn dlq_get(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError> {
+        self.inner.dlq_get(ids).await
+    }
     async fn dlq_remove(&self, id: Uuid) -> Result<bool, StoreError> {
         self.inner.dlq_remove(id).await
     }

@@ -268,6 +268,10 @@ impl EventStore for CqlStore {
         self.list_letters(limit).await
     }
 
+    async fn dlq_get(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError> {
+        self.get_letters(ids).await
+    }
+
     async fn dlq_remove(&self, id: Uuid) -> Result<bool, StoreError> {
         self.remove_letter(id).await
     }

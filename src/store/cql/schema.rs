@@ -62,6 +62,7 @@ pub(super) struct Statements {
     pub(super) dlq_failure_count: PreparedStatement,
     pub(super) dlq_bump: PreparedStatement,
     pub(super) dlq_list: PreparedStatement,
+    pub(super) dlq_get: PreparedStatement,
     pub(super) dlq_event_of: PreparedStatement,
     pub(super) dlq_delete: PreparedStatement,
     pub(super) dlq_unclaim: PreparedStatement,
@@ -124,6 +125,7 @@ impl CqlStore {
                 .prepare(format!("UPDATE {dlq} SET failure_count = ?, error_message = ?, last_failed_at = ? WHERE id = ? IF failure_count = ?"))
                 .await?,
             dlq_list,
+            dlq_get: self.prepare(format!("SELECT {LETTER_COLS} FROM {dlq} WHERE id = ?")).await?,
             dlq_event_of: self.prepare(format!("SELECT event_id FROM {dlq} WHERE id = ?")).await?,
             dlq_delete: self.prepare(format!("DELETE FROM {dlq} WHERE id = ? IF EXISTS")).await?,
             dlq_unclaim: self.prepare(format!("DELETE FROM {dle} WHERE event_id = ? IF id = ?")).await?,

@@ -69,6 +69,24 @@ pub(super) fn list(c: &Connection, limit: usize) -> Result<Vec<DeadLetter>, Stor
     Ok(out)
 }
 
+/// The letters with these ids (by primary key), in the order given; the
+/// same id twice is one letter.
+pub(super) fn get(c: &Connection, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError> {
+    let sql = format!("SELECT {LETTER_COLS} FROM dead_letter_queue WHERE id = ?1");
+    let mut stmt = c.prepare_cached(&sql).map_err(unavailable)?;
+    let mut out: Vec<DeadLetter> = Vec::new();
+    for id in ids {
+        if out.iter().any(|l| l.id == *id) {
+            continue;
+        }
+        let mut rows = stmt.query([id.to_string()]).map_err(unavailable)?;
+        if let Some(r) = rows.next().map_err(unavailable)? {
+            out.push(row_to_letter(r)?);
+        }
+    }
+    Ok(out)
+}
+
 /// Removes one dead letter; false when there was none with `id`.
 pub(super) fn remove(c: &Connection, id: Uuid) -> Result<bool, StoreError> {
     c.execute("DELETE FROM dead_letter_queue WHERE id = ?1", [id.to_string()]).map(|n| n > 0).map_err(unavailable)

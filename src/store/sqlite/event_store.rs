@@ -188,6 +188,11 @@ impl EventStore for SqliteStore {
         self.read(move |c| dlq::list(c, limit)).await
     }
 
+    async fn dlq_get(&self, ids: &[Uuid]) -> Result<Vec<DeadLetter>, StoreError> {
+        let ids = ids.to_vec();
+        self.read(move |c| dlq::get(c, &ids)).await
+    }
+
     async fn dlq_remove(&self, id: Uuid) -> Result<bool, StoreError> {
         self.faults.check_named(crate::store::faults::DLQ_REMOVE)?;
         self.write(move |c| dlq::remove(c, id)).await
