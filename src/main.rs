@@ -347,7 +347,9 @@ async fn async_main(cli: Cli) -> Result<u8, Failure> {
             cli::relay::rewind(&cfg, to_position, to_time, wait.deadline()).await
         }
         Cmd::Leases => cli::relay::leases(&cfg).await,
-        Cmd::Bench(b) => {
+        Cmd::Bench(mut b) => {
+            // Its `outboxd run` children read the same file.
+            b.config_file = cli.config.clone();
             // SIGINT/SIGTERM drops the benchmark: its `outboxd run` child is
             // killed and its directories removed (dropped), never left behind.
             let mut signals = outboxd::daemon::Signals::install();

@@ -165,3 +165,32 @@ fn every_documented_bench_command_runs_and_prints_its_figures_as_json() {
     }
     assert!(ran >= 4, "the SQLite-only benchmarks always run");
 }
+
+/// `outboxd -c FILE bench backlog`: the `outboxd run` child reads the same
+/// file. Here it names the relay consumer, whose checkpoint the bench
+/// watches; the child ran on the defaults and the bench waited for progress
+/// that never came.
+#[test]
+fn a_bench_daemon_child_reads_the_benchs_config_file() {
+    let Some(brokers) = harness::kafka::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("outboxd.toml");
+    std::fs::write(
+        &file,
+        format!("[kafka]\nbrokers = \"{brokers}\"\n\n[relay]\nconsumer_name = \"bench-from-file\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("-c")
+        .arg(&file)
+        .args(["bench", "backlog"])
+        .args(small("backlog"))
+        .arg("--json")
+        .env("RUST_LOG", "warn")
+        .env_remove("OUTBOX_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    check("backlog", &v);
+}

@@ -51,6 +51,7 @@ async fn seed(store: &DynStore, n: usize, size: usize) -> anyhow::Result<()> {
 pub async fn run(
     r: &mut Report,
     base: &Config,
+    config_file: Option<&std::path::Path>,
     n: usize,
     size: usize,
     dir: Option<std::path::PathBuf>,
@@ -69,7 +70,7 @@ pub async fn run(
         base.kafka.brokers
     ));
     let consumer = base.relay.consumer_name.clone();
-    let daemon = Daemon::start(&db, &base.kafka.brokers).await?;
+    let daemon = Daemon::start(&db, &base.kafka.brokers, config_file).await?;
     let start = Instant::now();
     let (mut samples, mut last, mut last_move) = (Vec::new(), 0i64, Instant::now());
     loop {

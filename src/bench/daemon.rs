@@ -58,10 +58,15 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `outboxd run` on the SQLite file `db`, relaying to `brokers`
-    /// under a fresh topic prefix, and waits until it is live.
-    pub async fn start(db: &Path, brokers: &str) -> anyhow::Result<Daemon> {
+    /// under a fresh topic prefix, and waits until it is live; `config`: the
+    /// bench's `--config` file, read by the child too (these settings win).
+    pub async fn start(db: &Path, brokers: &str, config: Option<&Path>) -> anyhow::Result<Daemon> {
         let (api, admin) = (free_port()?, free_port()?);
-        let child = tokio::process::Command::new(std::env::current_exe()?)
+        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+        if let Some(file) = config {
+            cmd.env("OUTBOX_CONFIG", file);
+        }
+        let child = cmd
             .arg("run")
             .env("OUTBOX_STORE__PATH", db)
             .env("OUTBOX_KAFKA__BROKERS", brokers)

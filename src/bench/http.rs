@@ -25,12 +25,13 @@ use crate::store::sqlite::SqliteStore;
 /// latencies in us, how the daemon stopped).
 async fn api_pass(
     base: &Config,
+    config_file: Option<&std::path::Path>,
     dir: &std::path::Path,
     round: usize,
     clients: usize,
     per_client: usize,
 ) -> anyhow::Result<(f64, usize, Vec<u64>, String)> {
-    let daemon = Daemon::start(&dir.join(format!("http-{round}.db")), &base.kafka.brokers).await?;
+    let daemon = Daemon::start(&dir.join(format!("http-{round}.db")), &base.kafka.brokers, config_file).await?;
     let api = daemon.api;
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -128,14 +129,22 @@ async fn bare_pass(
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
-pub async fn run(r: &mut Report, base: &Config, clients: usize, per_client: usize) -> anyhow::Result<()> {
+pub async fn run(
+    r: &mut Report,
+    base: &Config,
+    config_file: Option<&std::path::Path>,
+    clients: usize,
+    per_client: usize,
+) -> anyhow::Result<()> {
     let dir = super::tempdir(None)?;
     let total = clients * per_client;
     r.say(format!("bench http: {clients} keep-alive clients x {per_client} POST /orders = {total} requests per round (a fresh daemon with relay to {} each round), 3 interleaved rounds with the bare append", base.kafka.brokers));
     let (mut api, mut service, mut bare, mut hist, mut created, mut placed, mut stops) =
         (vec![], vec![], vec![], hdrhistogram::Histogram::<u64>::new(3)?, 0, 0, vec![]);
     for round in 1..=3 {
-        let (rate, ok, lat, stopped) = api_pass(base, &dir, round, clients, per_client).await?;
+        let (rate, ok, lat, stopped) = api_pass(base, config_file, &dir, round, clients, per_client).await?;
+        // A rate of refusals (401 without the token, 503) is no measurement.
+        anyhow::ensure!(ok == total, "round {round}: {ok}/{total} requests answered 201 Created; the rate would count refusals (is http.api_token set?)");
         api.push(rate);
         created += ok;
         for l in lat {
@@ -143,6 +152,7 @@ pub async fn run(r: &mut Report, base: &Config, clients: usize, per_client: usiz
         }
         stops.push(stopped);
         let (rate, ok) = service_pass(base, &dir, round, clients, per_client).await?;
+        anyhow::ensure!(ok == total, "round {round}: {ok}/{total} orders placed through the command service");
         service.push(rate);
         placed += ok;
         bare.push(bare_pass(base, &dir, round, clients, total).await?);

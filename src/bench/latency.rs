@@ -64,6 +64,8 @@ pub async fn e2e(
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let total = (rate * seconds) as usize;
     let (s2, st) = (sent.clone(), store.clone());
+    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failed2 = failed.clone();
     let producer_task = tokio::spawn(async move {
         let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
@@ -73,9 +75,11 @@ pub async fn e2e(
             let Ok(slot) = slots.clone().acquire_owned().await else { break };
             let e = event(size);
             s2.lock().map(|mut m| m.insert(e.event_id.to_string(), Instant::now())).ok();
-            let st = st.clone();
+            let (st, failed) = (st.clone(), failed2.clone());
             tokio::spawn(async move {
-                let _ = st.append(e.aggregate_id, 0, vec![e]).await;
+                if st.append(e.aggregate_id, 0, vec![e]).await.is_err() {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 drop(slot);
             });
         }
@@ -96,6 +100,16 @@ pub async fn e2e(
     anyhow::ensure!(
         !hist.is_empty(),
         "no appended event was read back from {topic} within {} s: the latency consumer cannot read the topic",
+        seconds + 30
+    );
+    // Quantiles over the events that arrived would leave out the slowest
+    // (late or lost) ones: every appended event must be read back.
+    let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
+    anyhow::ensure!(failed == 0, "{failed}/{total} appends failed: the latency would leave them out");
+    anyhow::ensure!(
+        hist.len() as usize == total,
+        "{}/{total} appended events were read back from {topic} within {} s: the latency would leave the others out",
+        hist.len(),
         seconds + 30
     );
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;

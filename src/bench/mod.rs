@@ -37,6 +37,9 @@ pub struct BenchArgs {
     pub json: bool,
     #[command(subcommand)]
     pub cmd: BenchCmd,
+    /// The `--config` file, handed to the `outboxd run` children (set by main).
+    #[arg(skip)]
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -140,8 +143,13 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
             relay::run(&mut r, cfg, events, size, &rate, seconds as u64).await?
         }
         BenchCmd::Cql { events, concurrency } => cql::cql_bench(&mut r, cfg, events, concurrency).await?,
-        BenchCmd::Http { clients, requests_per_client } => http::run(&mut r, cfg, clients, requests_per_client).await?,
-        BenchCmd::Backlog { events, size, dir } => backlog::run(&mut r, cfg, events, size, dir).await?,
+        BenchCmd::Http { clients, requests_per_client } => {
+            let file = args.config_file.as_deref();
+            http::run(&mut r, cfg, file, clients, requests_per_client).await?
+        }
+        BenchCmd::Backlog { events, size, dir } => {
+            backlog::run(&mut r, cfg, args.config_file.as_deref(), events, size, dir).await?
+        }
         BenchCmd::Snapshots { events, dir } => {
             let d = tempdir(dir)?;
             let s = crate::projection::bench::bench_snapshots(&d, events).await?;
