@@ -133,6 +133,35 @@ async fn a_letter_that_is_not_an_event_is_named_in_the_result() {
     relay.stop().await;
 }
 
+/// The same, when the replay fails (the event of the other letter is still
+/// too large for its topic): the result names that letter (`id`) and still
+/// lists the one that is not an event under `failed` (both delivery modes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_letter_replay_still_names_the_letters_that_are_not_events() {
+    for eos in [false, true] {
+        let Some(brokers) = shared_brokers() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _topic, store) = small_topic(&brokers, dir.path(), eos).await;
+        let mut letters = two_letters(&store, true).await;
+        // The first letter's event is over the topic's max.message.bytes (6000).
+        let mut env: outboxd::envelope::EventEnvelope = serde_json::from_str(&letters[0].payload).unwrap();
+        env.payload["pad"] = serde_json::json!("x".repeat(10_000));
+        letters[0].payload = serde_json::to_string(&env).unwrap();
+        store.dlq_remove(letters[0].id).await.unwrap();
+        store.dlq_insert(letters[0].clone()).await.unwrap();
+        store.set_checkpoint(&c.relay.consumer_name, 2).await.unwrap();
+        let relay = start_relay(&c, store.clone());
+        let replay = RelayRequest::new(&c.relay.consumer_name, RequestKind::ReplayDeadLetters { ids: None }, "t");
+        store.request_submit(&replay).await.unwrap();
+        let finished = request_finished(&store, replay.id).await;
+        assert_eq!(finished.status, RequestStatus::Failed, "eos {eos}: {:?}", finished.result);
+        let result = finished.result.unwrap();
+        assert_eq!(result["id"], letters[0].id.to_string(), "eos {eos}: {result}");
+        assert_eq!(result["failed"][0]["id"], letters[1].id.to_string(), "eos {eos}: {result}");
+        relay.stop().await;
+    }
+}
+
 /// A replay of named dead letters taken over from a former executor that
 /// replayed and removed the first one: the second is replayed and the
 /// request done. It failed, "some of the given dead letters do not exist",

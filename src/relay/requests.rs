@@ -215,8 +215,14 @@ impl Run {
     }
 
     /// Request `id` failed with `result`: what is left of it is dropped.
-    async fn fail_request(&mut self, id: Uuid, result: serde_json::Value) {
-        self.request_parts.remove(&id);
+    /// Fails request `id` with `result`, plus the letters it could not
+    /// publish for not being events (`failed`), which stay named whatever
+    /// ends the request.
+    async fn fail_request(&mut self, id: Uuid, mut result: serde_json::Value) {
+        let progress = self.request_parts.remove(&id);
+        if let Some(p) = progress.filter(|p| !p.failed.is_empty()) {
+            result["failed"] = json!(p.failed);
+        }
         self.finish_request(id, RequestStatus::Failed, result).await;
     }
 

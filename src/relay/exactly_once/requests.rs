@@ -219,7 +219,11 @@ impl Txn {
                             let error = format!("{} ({})", e.message, e.kind);
                             tracing::error!(letter = ?id, error = %error, "a replayed dead letter failed for good again; it stays in dead_letter_queue");
                             status = RequestStatus::Failed;
+                            let failed = result.get("failed").cloned();
                             result = serde_json::json!({ "id": id, "error": error });
+                            if let Some(f) = failed {
+                                result["failed"] = f;
+                            }
                         }
                     }
                 }
