@@ -133,7 +133,7 @@ struct Pass {
     running_rate: f64,
     start_ms: f64,
     trigger: Trigger,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), crate::relay::pipeline::RelayError>>,
 }
 
 /// A relay of `mode` under its own consumer name (so it reads the store from
@@ -150,15 +150,32 @@ async fn relay_pass(cfg: &Config, store: &DynStore, consumer: &str, mode: Delive
     let head = store.head_position().await?;
     let start = Instant::now();
     let task = tokio::spawn(async move {
-        let _ = match mode {
-            DeliveryMode::AtLeastOnce => relay.run(sd).await,
-            DeliveryMode::ExactlyOnce => relay.run_exactly_once(sd).await,
-        };
+        match mode {
+            DeliveryMode::AtLeastOnce => relay.run(sd).await.map(|_| ()),
+            DeliveryMode::ExactlyOnce => relay.run_exactly_once(sd).await.map(|_| ()),
+        }
     });
-    status.wait_for(|s| s.running || s.checkpoint.unwrap_or(0) >= head).await?;
-    let running = Instant::now();
-    status.wait_for(|s| s.checkpoint.unwrap_or(0) >= head).await?;
-    let end = Instant::now();
+    let caught_up = async {
+        status.wait_for(|s| s.running || s.checkpoint.unwrap_or(0) >= head).await?;
+        let running = Instant::now();
+        status.wait_for(|s| s.checkpoint.unwrap_or(0) >= head).await?;
+        anyhow::Ok((running, Instant::now()))
+    };
+    let Ok((running, end)) = caught_up.await else {
+        // The status closes when the relay ends: say why it did.
+        let ended = task.await?;
+        anyhow::bail!("the {mode:?} relay {consumer} stopped before it caught up: {ended:?}");
+    };
+    // A checkpoint also passes parked and dead-lettered events: a rate
+    // counts only events the broker took.
+    let s = status.borrow().clone();
+    anyhow::ensure!(
+        s.parked_aggregates == 0 && s.dead_lettered == 0,
+        "the {mode:?} relay {consumer} did not publish every event: {} aggregates parked, {} dead-lettered ({:?})",
+        s.parked_aggregates,
+        s.dead_lettered,
+        s.last_error
+    );
     Ok(Pass {
         rate: head as f64 / (end - start).as_secs_f64(),
         running_rate: head as f64 / (end - running).as_secs_f64(),
@@ -168,7 +185,7 @@ async fn relay_pass(cfg: &Config, store: &DynStore, consumer: &str, mode: Delive
     })
 }
 
-async fn stop(trigger: Trigger, task: tokio::task::JoinHandle<()>) {
+async fn stop(trigger: Trigger, task: tokio::task::JoinHandle<Result<(), crate::relay::pipeline::RelayError>>) {
     trigger.fire();
     let _ = task.await;
 }
