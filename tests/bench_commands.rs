@@ -194,3 +194,24 @@ fn a_bench_daemon_child_reads_the_benchs_config_file() {
     let v: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
     check("backlog", &v);
 }
+
+/// `bench relay` with `kafka.topic_routing = "per-event-type"`: the
+/// baseline gets topics of its own (it wrote into the relay's, whose names
+/// have no `-events` to replace) and the latency consumer reads the topic
+/// the bench's events go to (it read another and waited out its deadline).
+#[test]
+fn bench_relay_runs_with_per_event_type_topics() {
+    let Some(brokers) = harness::kafka::shared_brokers() else { return };
+    let out = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .args(["bench", "relay"])
+        .args(small("relay"))
+        .arg("--json")
+        .env("OUTBOX_KAFKA__BROKERS", &brokers)
+        .env("OUTBOX_KAFKA__TOPIC_ROUTING", "per-event-type")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    check("relay", &v);
+}

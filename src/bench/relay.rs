@@ -71,8 +71,14 @@ fn hot_events(n: usize, size: usize) -> Vec<EventEnvelope> {
         .collect()
 }
 
+/// The baseline's topics: the relay's names under their own prefix (with
+/// either `kafka.topic_routing`), never the relay's topics themselves.
+fn baseline_prefix(cfg: &Config) -> String {
+    format!("{}baseline.", cfg.kafka.topic_prefix)
+}
+
 /// The same records as the relay sends (same encoder), for the bare producer,
-/// on `-baseline` topics.
+/// on the baseline's topics.
 fn baseline_records(cfg: &Config, events: &[EventEnvelope]) -> Vec<(String, String, Vec<u8>, OwnedHeaders)> {
     let mut encoder = Encoder::from_config(&cfg.kafka);
     events
@@ -82,7 +88,7 @@ fn baseline_records(cfg: &Config, events: &[EventEnvelope]) -> Vec<(String, Stri
             let mut value = Vec::new();
             encoder.value(&raw, &mut value);
             (
-                topic_of(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix, e).replace("-events", "-baseline"),
+                topic_of(cfg.kafka.per_event_type(), &baseline_prefix(cfg), e),
                 e.aggregate_id.to_string(),
                 value,
                 encoder.headers(&raw),
@@ -227,7 +233,9 @@ pub async fn run(
 
     // Topics exist before anything is timed.
     let topics: Vec<String> = topic_names(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix);
-    let base_topics: Vec<String> = topics.iter().map(|t| t.replace("-events", "-baseline")).collect();
+    let base_topics: Vec<String> = topic_names(cfg.kafka.per_event_type(), &baseline_prefix(&cfg));
+    // Where the relay puts the bench's events (the latency consumer's topic).
+    let bench_topic = topic_of(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix, &event(size));
     for t in [&topics, &base_topics] {
         crate::relay::admin::ensure_topics(&cfg.kafka, t, Duration::from_secs(30))
             .await
@@ -293,7 +301,7 @@ pub async fn run(
             phases.push((format!("{}@{rate} via standby", mode.as_str()), rate, standby));
         }
         for (name, rate, via) in phases {
-            let l = super::latency::e2e(&cfg, &via, &topics[1], size, rate, seconds, event).await;
+            let l = super::latency::e2e(&cfg, &via, &bench_topic, size, rate, seconds, event).await;
             let l = match l {
                 Ok(l) => l,
                 Err(e) => {
