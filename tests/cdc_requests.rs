@@ -277,6 +277,34 @@ async fn a_replay_after_an_interrupted_discard_publishes_the_marker() {
     assert!(store.parked(RELAY).await.unwrap().is_empty(), "the park record is gone");
 }
 
+/// A replay of named dead letters taken over from an executor that
+/// replayed and removed the first one: the second is replayed and the
+/// request done (it failed, "some of the given dead letters do not exist").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_taken_over_replay_of_named_letters_finishes_the_rest() {
+    let Some(Rig { brokers, cfg, store, .. }) = Rig::start("CDC taken-over letter replay").await else { return };
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let (a1, b1) = (order_events(a, 0, 1), order_events(b, 0, 1));
+    store.append(a, 0, a1.clone()).await.unwrap();
+    store.append(b, 0, b1.clone()).await.unwrap();
+    let (la, lb) = (letter(&a1[0]), letter(&b1[0]));
+    store.dlq_insert(la.clone()).await.unwrap();
+    store.dlq_insert(lb.clone()).await.unwrap();
+    let replay = RelayRequest::new(RELAY, RequestKind::ReplayDeadLetters { ids: Some(vec![la.id, lb.id]) }, "t");
+    store.request_submit(&replay).await.unwrap();
+    assert!(store.request_claim(&replay, 0).await.unwrap(), "claimed by the former executor");
+    assert!(store.dlq_remove(la.id).await.unwrap(), "which replayed the first letter");
+    let (_, _, mut server) = request_server(&cfg, &store).await;
+    let trigger = Trigger::new();
+    server.poll(&mut trigger.subscribe()).await;
+    let done = store.request_get(replay.id).await.unwrap().unwrap();
+    assert_eq!(done.status, RequestStatus::Done, "{:?}", done.result);
+    assert_eq!(store.dlq_count().await.unwrap(), 0, "the second letter was replayed and removed");
+    let (bk, ts) = (brokers.clone(), topics(&cfg));
+    let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 1, Duration::from_secs(10))).await.unwrap();
+    assert_eq!(records.iter().map(|r| r.event_id()).collect::<Vec<_>>(), vec![lb.event_id.to_string()]);
+}
+
 /// A request already running under this server's epoch (its claim landed
 /// but the answer was lost, or a former server at this epoch stopped) is
 /// claimed again and carried out at the next poll, not left running until

@@ -179,7 +179,7 @@ impl CdcRequests {
             }
         };
         for r in open {
-            if !self.requests.take(&r, self.deliverer.backoff()).await {
+            if !self.requests.take(&r).await {
                 continue;
             }
             self.deliverer.metrics().relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
@@ -197,7 +197,12 @@ impl CdcRequests {
                 Ok(p) => p.into_iter().map(|p| p.parked.aggregate_id).collect(),
                 Err(e) => return Some(failed(format!("cannot read the parked aggregates: {e}"))),
             },
-            RequestKind::ReplayDeadLetters { ids } => return self.replay_letters(ids.as_deref(), shutdown).await,
+            RequestKind::ReplayDeadLetters { ids } => {
+                // Taken over (running already): its former executor may have
+                // replayed and removed some of the letters it names.
+                let resuming = r.status == RequestStatus::Running;
+                return self.replay_letters(ids.as_deref(), resuming, shutdown).await;
+            }
             RequestKind::Discard { event_id, reason } => {
                 return match self.discard(event_id, reason, shutdown).await {
                     Ok(Some((agg, events))) => {
@@ -364,8 +369,13 @@ impl CdcRequests {
 
     /// Publishes dead letters again (see the module guarantees); `None` on
     /// shutdown (the letters not confirmed yet stay).
-    async fn replay_letters(&self, ids: Option<&[Uuid]>, shutdown: &mut Shutdown) -> Option<(RequestStatus, Value)> {
-        let chosen = match chosen_letters(&*self.store, ids, false).await {
+    async fn replay_letters(
+        &self,
+        ids: Option<&[Uuid]>,
+        resuming: bool,
+        shutdown: &mut Shutdown,
+    ) -> Option<(RequestStatus, Value)> {
+        let chosen = match chosen_letters(&*self.store, ids, resuming).await {
             Ok(c) => c,
             Err(e) => return Some(failed(e.to_string())),
         };
