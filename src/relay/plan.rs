@@ -43,9 +43,9 @@ pub enum Plan {
     Letters { items: Vec<(Item, Uuid)>, bad: Vec<serde_json::Value> },
     /// Move the checkpoint back to `position` (re-publish after it).
     Rewind { position: i64 },
-    /// The event at `position` was discarded before this term read it: the
-    /// feed brings it later, and `discarded`'s marker takes its place there
-    /// (`relay::discards`).
+    /// The event at `position` was discarded: `discarded`'s marker takes its
+    /// place wherever this term reads it again (the feed brings it later, or
+    /// a later replay of its aggregate; `relay::discards`).
     MarkerAhead { position: i64, discarded: Discarded },
     /// Nothing to publish: finished with this result.
     Done(serde_json::Value),
@@ -64,7 +64,7 @@ pub struct PlanCtx<'a> {
     pub checkpoint: i64,
     /// The feed has positions (SQLite); CDC feeds rewind by time.
     pub positions: bool,
-    /// Discarded events ahead of the feed: a replay publishes their markers too.
+    /// The operators' discarded events: a replay publishes their markers too.
     pub discards: &'a crate::relay::discards::Discards,
     /// The request is a replay a former term (or executor) carried out in
     /// part: the named dead letters it removed are gone, not an error.
@@ -144,7 +144,11 @@ async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result
         let unpark = unpark_plan(ctx, &agg, None).await?;
         vec![Plan::MarkerAhead { position, discarded }, unpark]
     } else {
-        vec![unpark_plan(ctx, &agg, Some(Item::Marker { position, discarded })).await?]
+        // Its marker first; and known to the term's discards, so a later
+        // replay in this term (the marker parked again) sends it again,
+        // never the event.
+        let marker = Item::Marker { position, discarded: discarded.clone() };
+        vec![Plan::MarkerAhead { position, discarded }, unpark_plan(ctx, &agg, Some(marker)).await?]
     };
     record_discard(ctx.store, ctx.metrics, &record).await?;
     Ok(plans)

@@ -43,7 +43,7 @@ impl Run {
             }
         };
         for r in open {
-            if !self.requests.take(&r, &self.backoff).await {
+            if !self.requests.take(&r).await {
                 continue;
             }
             self.relay.metrics.relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
@@ -214,10 +214,9 @@ impl Run {
         }
     }
 
-    /// Request `id` failed with `result`: what is left of it is dropped.
-    /// Fails request `id` with `result`, plus the letters it could not
-    /// publish for not being events (`failed`), which stay named whatever
-    /// ends the request.
+    /// Request `id` failed with `result` (what is left of it is dropped),
+    /// plus the letters it could not publish for not being events
+    /// (`failed`), which stay named whatever ends the request.
     async fn fail_request(&mut self, id: Uuid, mut result: serde_json::Value) {
         let progress = self.request_parts.remove(&id);
         if let Some(p) = progress.filter(|p| !p.failed.is_empty()) {
