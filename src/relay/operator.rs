@@ -141,10 +141,18 @@ impl TermRequests {
     /// An outcome not recorded yet (the store did not answer at the time)
     /// is recorded now, by this term or a later one at its epoch: the
     /// request is never carried out again, nor left running for good.
-    pub async fn take(&mut self, r: &RelayRequest, backoff: &crate::relay::retry::Backoff) -> bool {
+    pub async fn take(&mut self, r: &RelayRequest) -> bool {
         if let Some((status, result)) = self.unsaved.take(r.id, self.epoch) {
-            // Carried out at this epoch; only its outcome is missing.
-            self.finish(r.id, status, result, backoff).await;
+            // Carried out at this epoch; only its outcome is missing: one
+            // try per poll (the store did not answer five before; retrying
+            // them at every poll would hold the relay's loop each time).
+            match self.store.request_finish(&self.consumer, r.id, self.epoch, status, result.clone()).await {
+                Ok(_) => tracing::info!(request = %r.id, "request outcome recorded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, request = %r.id, "cannot record a request outcome yet; trying again at the next poll");
+                    self.unsaved.put(r.id, self.epoch, status, result);
+                }
+            }
             return false;
         }
         if self.claimed.contains(&r.id) {
@@ -363,16 +371,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: DynStore =
             crate::store::sqlite::SqliteStore::open(dir.path().join("s.db"), Default::default()).await.unwrap();
-        let backoff = crate::relay::retry::Backoff::new(&Default::default());
         let r = submit(&store, "relay", RequestKind::RewindToPosition { position: 0 }, "test").await.unwrap();
         let unsaved = Unsaved::default();
         let mut term = TermRequests::new(store.clone(), "relay", 0, unsaved.clone());
-        assert!(term.take(&r, &backoff).await, "claimed");
+        assert!(term.take(&r).await, "claimed");
         // Carried out; the store did not take its outcome then.
         unsaved.put(r.id, 0, RequestStatus::Done, serde_json::json!({ "rewound_to": 0 }));
         let open = store.requests_open("relay", 0).await.unwrap();
         assert_eq!(open.len(), 1);
-        assert!(!term.take(&open[0], &backoff).await, "not carried out again");
+        assert!(!term.take(&open[0]).await, "not carried out again");
         let row = store.request_get(r.id).await.unwrap().unwrap();
         assert_eq!(row.status, RequestStatus::Done);
         assert_eq!(row.result, Some(serde_json::json!({ "rewound_to": 0 })));

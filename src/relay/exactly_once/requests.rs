@@ -56,7 +56,7 @@ impl Txn {
             open.sort_by_key(|r| r.id != m.request);
         }
         for r in open {
-            if !self.requests.take(&r, &self.backoff).await {
+            if !self.requests.take(&r).await {
                 if self.resumed.as_ref().is_some_and(|m| m.request == r.id) {
                     return Ok(None); // taken again at the next round
                 }
