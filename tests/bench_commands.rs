@@ -98,6 +98,8 @@ fn check(bench: &str, v: &Value) {
         }
         "cql" => {
             positive(v, "store/ratio/median");
+            assert_eq!(v["store"]["samples"].as_array().unwrap().len(), 3, "3 rounds: {v}");
+            assert_eq!(v["raw"]["samples"].as_array().unwrap().len(), 3, "3 rounds: {v}");
         }
         "http" => {
             positive(v, "api/ratio/median");
@@ -214,4 +216,24 @@ fn bench_relay_runs_with_per_event_type_topics() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
     check("relay", &v);
+}
+
+/// `bench http` against a daemon that requires a bearer token (here set by
+/// `OUTBOX_HTTP__API_TOKEN`, which its child inherits): the bench's clients
+/// send it, and every order is created.
+#[test]
+fn bench_http_sends_the_api_token() {
+    let Some(brokers) = harness::kafka::shared_brokers() else { return };
+    let out = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .args(["bench", "http"])
+        .args(small("http"))
+        .arg("--json")
+        .env("OUTBOX_KAFKA__BROKERS", &brokers)
+        .env("OUTBOX_HTTP__API_TOKEN", "bench-token-0123456789abcdef0123456789")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    check("http", &v);
 }

@@ -427,14 +427,18 @@ async fn sqlite_subscriber_wakes_on_another_connections_commit() {
     let theirs = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
     let mut rx = ours.subscribe().expect("sqlite notifies commits");
     rx.borrow_and_update();
-    // Give the watcher thread its first reading before the other commit.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let id = Uuid::now_v7();
-    theirs.append(id, 0, order_events(id, 0, 1)).await.unwrap();
-    tokio::time::timeout(std::time::Duration::from_secs(10), rx.changed())
-        .await
-        .expect("no wake-up for another connection's commit")
-        .unwrap();
+    // A commit every 200 ms (the first may land before the watcher's first
+    // reading) until one wakes the subscriber, for at most 10 s.
+    let woken = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let id = Uuid::now_v7();
+            theirs.append(id, 0, order_events(id, 0, 1)).await.unwrap();
+            if tokio::time::timeout(std::time::Duration::from_millis(200), rx.changed()).await.is_ok() {
+                return;
+            }
+        }
+    });
+    woken.await.expect("no wake-up for another connection's commits");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,15 +15,18 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// One HTTP/1.1 request on a keep-alive connection; returns the status and body.
+/// One HTTP/1.1 request on a keep-alive connection (with `token` as its
+/// bearer token, if any); returns the status and body.
 pub async fn request(
     conn: &mut BufReader<TcpStream>,
     method: &str,
     path: &str,
     body: &str,
+    token: Option<&str>,
 ) -> anyhow::Result<(u16, Vec<u8>)> {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: bench\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     conn.get_mut().write_all(req.as_bytes()).await?;
@@ -68,6 +71,8 @@ impl Daemon {
         }
         let child = cmd
             .arg("run")
+            // The bench's own SQLite file, whatever backend the file names.
+            .env("OUTBOX_STORE__BACKEND", "sqlite")
             .env("OUTBOX_STORE__PATH", db)
             .env("OUTBOX_KAFKA__BROKERS", brokers)
             .env("OUTBOX_KAFKA__TOPIC_PREFIX", format!("bench{}.", Uuid::now_v7().simple()))
@@ -81,7 +86,7 @@ impl Daemon {
         loop {
             if let Ok(s) = TcpStream::connect(("127.0.0.1", admin)).await {
                 let mut c = BufReader::new(s);
-                if request(&mut c, "GET", "/health/live", "").await.is_ok_and(|(s, _)| s == 200) {
+                if request(&mut c, "GET", "/health/live", "", None).await.is_ok_and(|(s, _)| s == 200) {
                     return Ok(d);
                 }
             }

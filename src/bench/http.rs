@@ -36,6 +36,8 @@ async fn api_pass(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
+        // The daemon's token (config file or OUTBOX_HTTP__API_TOKEN), if set.
+        let token = base.http.api_token.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = BufReader::new(TcpStream::connect(("127.0.0.1", api)).await?);
             let mut lat = Vec::with_capacity(per_client);
@@ -46,7 +48,7 @@ async fn api_pass(
                     Uuid::from_u128(c as u128)
                 );
                 let t = Instant::now();
-                let (status, _) = request(&mut conn, "POST", "/orders", &body).await?;
+                let (status, _) = request(&mut conn, "POST", "/orders", &body, token.as_deref()).await?;
                 lat.push(t.elapsed().as_micros().max(1) as u64);
                 ok += usize::from(status == 201);
             }
@@ -144,7 +146,10 @@ pub async fn run(
     for round in 1..=3 {
         let (rate, ok, lat, stopped) = api_pass(base, config_file, &dir, round, clients, per_client).await?;
         // A rate of refusals (401 without the token, 503) is no measurement.
-        anyhow::ensure!(ok == total, "round {round}: {ok}/{total} requests answered 201 Created; the rate would count refusals (is http.api_token set?)");
+        anyhow::ensure!(
+            ok == total,
+            "round {round}: {ok}/{total} requests answered 201 Created; the rate would count refusals"
+        );
         api.push(rate);
         created += ok;
         for l in lat {

@@ -92,7 +92,8 @@ pub async fn e2e(
         let id = m.headers().and_then(|h| {
             h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).to_string()))
         });
-        if let Some(t0) = id.and_then(|id| sent.lock().ok().and_then(|m| m.get(&id).copied())) {
+        // Removed once read: a duplicate is not counted as another event.
+        if let Some(t0) = id.and_then(|id| sent.lock().ok().and_then(|mut m| m.remove(&id))) {
             hist.record(t0.elapsed().as_micros() as u64)?;
         }
     }
