@@ -146,6 +146,11 @@ struct Pass {
 /// 0): until its checkpoint reaches the head.
 async fn relay_pass(cfg: &Config, store: &DynStore, consumer: &str, mode: DeliveryMode) -> anyhow::Result<Pass> {
     let mut cfg = cfg.clone();
+    // Unique to this run (its topic prefix's id): the exactly-once
+    // transactional id derives from it, and another bench on the same
+    // broker under the same name would fence this one.
+    let run = cfg.kafka.topic_prefix.trim_start_matches("bench").trim_end_matches('.').to_string();
+    let consumer = &format!("{consumer}-{run}");
     cfg.relay.consumer_name = consumer.to_string();
     cfg.relay.delivery = mode;
     cfg.relay.progress_topic = format!("{}{consumer}.progress", cfg.kafka.topic_prefix);
