@@ -182,19 +182,7 @@ fn a_bench_daemon_child_reads_the_benchs_config_file() {
         format!("[kafka]\nbrokers = \"{brokers}\"\n\n[relay]\nconsumer_name = \"bench-from-file\"\n"),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_outboxd"))
-        .arg("-c")
-        .arg(&file)
-        .args(["bench", "backlog"])
-        .args(small("backlog"))
-        .arg("--json")
-        .env("RUST_LOG", "warn")
-        .env_remove("OUTBOX_CONFIG")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
-    check("backlog", &v);
+    run_small(&["-c".as_ref(), file.as_os_str()], "backlog", &[]);
 }
 
 /// `bench relay` with `kafka.topic_routing = "per-event-type"`: the
@@ -204,18 +192,8 @@ fn a_bench_daemon_child_reads_the_benchs_config_file() {
 #[test]
 fn bench_relay_runs_with_per_event_type_topics() {
     let Some(brokers) = harness::kafka::shared_brokers() else { return };
-    let out = Command::new(env!("CARGO_BIN_EXE_outboxd"))
-        .args(["bench", "relay"])
-        .args(small("relay"))
-        .arg("--json")
-        .env("OUTBOX_KAFKA__BROKERS", &brokers)
-        .env("OUTBOX_KAFKA__TOPIC_ROUTING", "per-event-type")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
-    check("relay", &v);
+    let env = [("OUTBOX_KAFKA__BROKERS", brokers.as_str()), ("OUTBOX_KAFKA__TOPIC_ROUTING", "per-event-type")];
+    run_small(&[], "relay", &env);
 }
 
 /// `bench http` against a daemon that requires a bearer token (here set by
@@ -224,16 +202,20 @@ fn bench_relay_runs_with_per_event_type_topics() {
 #[test]
 fn bench_http_sends_the_api_token() {
     let Some(brokers) = harness::kafka::shared_brokers() else { return };
-    let out = Command::new(env!("CARGO_BIN_EXE_outboxd"))
-        .args(["bench", "http"])
-        .args(small("http"))
-        .arg("--json")
-        .env("OUTBOX_KAFKA__BROKERS", &brokers)
-        .env("OUTBOX_HTTP__API_TOKEN", "bench-token-0123456789abcdef0123456789")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let token = "bench-token-0123456789abcdef0123456789";
+    run_small(&[], "http", &[("OUTBOX_KAFKA__BROKERS", brokers.as_str()), ("OUTBOX_HTTP__API_TOKEN", token)]);
+}
+
+/// Runs `outboxd <pre...> bench <bench>` small with `--json` and `env`;
+/// checks it succeeded and printed its figures.
+fn run_small(pre: &[&std::ffi::OsStr], bench: &str, env: &[(&str, &str)]) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outboxd"));
+    cmd.args(pre).args(["bench", bench]).args(small(bench)).arg("--json").env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.env_remove("OUTBOX_CONFIG").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
-    check("http", &v);
+    check(bench, &v);
 }

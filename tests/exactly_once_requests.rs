@@ -311,15 +311,7 @@ async fn a_resumed_replay_of_named_dead_letters_removes_the_ones_left() {
     let dir = tempfile::tempdir().unwrap();
     let (c, store) = exactly_once_quick(&brokers, dir.path()).await;
     let faults = store.faults().expect("the SQLite store has the fault seam");
-    let mut letters = Vec::new();
-    for position in 1..=2 {
-        let id = uuid::Uuid::now_v7();
-        let env = order_events(id, 0, 1).remove(0);
-        store.append(id, 0, vec![env.clone()]).await.unwrap();
-        let letter = dead_letter(&env, Some(position));
-        store.dlq_insert(letter.clone()).await.unwrap();
-        letters.push(letter);
-    }
+    let letters = seeded_letters(&store, false).await;
     // Published before (the checkpoint is past them), dead letters now.
     store.set_checkpoint(&c.relay.consumer_name, 2).await.unwrap();
     let relay = start_relay(&c, store.clone());

@@ -22,15 +22,7 @@ async fn a_letter_whose_removal_failed_stays_counted() {
     let c = test_config(&brokers, &dir.path().join("s.db"));
     let store = open_store(&c).await;
     let faults = store.faults().expect("the SQLite store has the fault seam");
-    let mut ids = Vec::new();
-    for position in 1..=2 {
-        let id = uuid::Uuid::now_v7();
-        let env = order_events(id, 0, 1).remove(0);
-        store.append(id, 0, vec![env.clone()]).await.unwrap();
-        let letter = dead_letter(&env, Some(position));
-        store.dlq_insert(letter.clone()).await.unwrap();
-        ids.push(letter.id);
-    }
+    let ids = seeded_letters(&store, false).await.into_iter().map(|l| l.id).collect();
     // Published before (the checkpoint is past them), dead letters now.
     store.set_checkpoint(&c.relay.consumer_name, 2).await.unwrap();
     let relay = start_relay(&c, store.clone());
@@ -91,25 +83,6 @@ async fn a_replay_after_an_interrupted_discard_publishes_the_marker() {
     relay.stop().await;
 }
 
-/// Two dead letters (events of the feed the checkpoint passed), as a
-/// relay's skip policy leaves them; `empty`: the second one's payload is
-/// empty (an unreadable row's letter, not an event).
-async fn two_letters(store: &outboxd::store::DynStore, empty: bool) -> Vec<outboxd::store::DeadLetter> {
-    let mut letters = Vec::new();
-    for position in 1..=2 {
-        let id = uuid::Uuid::now_v7();
-        let env = order_events(id, 0, 1).remove(0);
-        store.append(id, 0, vec![env.clone()]).await.unwrap();
-        let mut letter = dead_letter(&env, Some(position));
-        if empty && position == 2 {
-            letter.payload = String::new();
-        }
-        store.dlq_insert(letter.clone()).await.unwrap();
-        letters.push(letter);
-    }
-    letters
-}
-
 /// A replay of every dead letter, one of which is not an event: the other
 /// is published and removed, the request is done and its result names the
 /// one left (`failed`); it said nothing of it.
@@ -119,7 +92,7 @@ async fn a_letter_that_is_not_an_event_is_named_in_the_result() {
     let dir = tempfile::tempdir().unwrap();
     let c = test_config(&brokers, &dir.path().join("s.db"));
     let store = open_store(&c).await;
-    let letters = two_letters(&store, true).await;
+    let letters = seeded_letters(&store, true).await;
     store.set_checkpoint(&c.relay.consumer_name, 2).await.unwrap();
     let relay = start_relay(&c, store.clone());
     let replay = RelayRequest::new(&c.relay.consumer_name, RequestKind::ReplayDeadLetters { ids: None }, "t");
@@ -142,7 +115,7 @@ async fn a_failed_letter_replay_still_names_the_letters_that_are_not_events() {
         let Some(brokers) = shared_brokers() else { return };
         let dir = tempfile::tempdir().unwrap();
         let (c, _topic, store) = small_topic(&brokers, dir.path(), eos).await;
-        let mut letters = two_letters(&store, true).await;
+        let mut letters = seeded_letters(&store, true).await;
         // The first letter's event is over the topic's max.message.bytes (6000).
         let mut env: outboxd::envelope::EventEnvelope = serde_json::from_str(&letters[0].payload).unwrap();
         env.payload["pad"] = serde_json::json!("x".repeat(10_000));
@@ -172,7 +145,7 @@ async fn a_taken_over_replay_of_named_letters_finishes_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let c = test_config(&brokers, &dir.path().join("s.db"));
     let store = open_store(&c).await;
-    let letters = two_letters(&store, false).await;
+    let letters = seeded_letters(&store, false).await;
     store.set_checkpoint(&c.relay.consumer_name, 2).await.unwrap();
     let ids = letters.iter().map(|l| l.id).collect();
     let replay = RelayRequest::new(&c.relay.consumer_name, RequestKind::ReplayDeadLetters { ids: Some(ids) }, "t");

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use outboxd::store::parking::Parked;
 use outboxd::store::requests::{RelayRequest, RequestStatus};
-use outboxd::store::DynStore;
+use outboxd::store::{DynStore, EventStore};
 
 /// Request `id` once it is done or failed (panics after 60 s).
 pub async fn request_finished(store: &DynStore, id: Uuid) -> RelayRequest {
@@ -45,4 +45,23 @@ pub fn order_parked_at(consumer: &str, aggregate: Uuid, position: i64) -> Parked
         error: "parked by the test".into(),
         parked_at: chrono::Utc::now(),
     }
+}
+
+/// Two dead letters of events at positions 1 and 2 (one append each), as a
+/// relay's `skip` policy leaves them; `empty`: the second one's payload is
+/// empty (an unreadable row's letter, not an event).
+pub async fn seeded_letters(store: &DynStore, empty: bool) -> Vec<outboxd::store::DeadLetter> {
+    let mut letters = Vec::new();
+    for position in 1..=2 {
+        let id = Uuid::now_v7();
+        let env = super::order_events(id, 0, 1).remove(0);
+        store.append(id, 0, vec![env.clone()]).await.unwrap();
+        let mut letter = super::dead_letter(&env, Some(position));
+        if empty && position == 2 {
+            letter.payload = String::new();
+        }
+        store.dlq_insert(letter.clone()).await.unwrap();
+        letters.push(letter);
+    }
+    letters
 }
