@@ -443,11 +443,6 @@ impl Deliverer {
         report
     }
 
-    /// A dead letter was replayed and removed: one fewer in `dlq_depth`.
-    pub fn dead_letter_replayed(&self) {
-        self.metrics.dlq_depth.dec();
-    }
-
     /// Marks an aggregate unparked (after a replay through this deliverer).
     pub fn unparked(&self, agg: &str) {
         if self.parked.lock().unwrap_or_else(|p| p.into_inner()).remove(agg).is_some() {

@@ -147,7 +147,10 @@ impl TermRequests {
             // try per poll (the store did not answer five before; retrying
             // them at every poll would hold the relay's loop each time).
             match self.store.request_finish(&self.consumer, r.id, self.epoch, status, result.clone()).await {
-                Ok(_) => tracing::info!(request = %r.id, "request outcome recorded"),
+                Ok(true) => tracing::info!(request = %r.id, "request outcome recorded"),
+                Ok(false) => {
+                    tracing::warn!(request = %r.id, epoch = self.epoch, "request outcome not recorded: it is no longer claimed at this relay's lease epoch (the new leader carries it out)")
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, request = %r.id, "cannot record a request outcome yet; trying again at the next poll");
                     self.unsaved.put(r.id, self.epoch, status, result);
@@ -192,6 +195,17 @@ impl TermRequests {
             self.unsaved.put(id, self.epoch, status, result);
         }
     }
+}
+
+/// Removes dead letter `id` once its event was published again; only a
+/// letter actually removed leaves `dlq_depth` (the gauge follows the
+/// table). The one removal step of every dead-letter replay (position
+/// feed, exactly-once, CDC); what a store error means is the caller's.
+pub async fn remove_replayed(store: &DynStore, metrics: &crate::metrics::Metrics, id: Uuid) -> Result<(), StoreError> {
+    if store.dlq_remove(id).await? {
+        metrics.dlq_depth.dec();
+    }
+    Ok(())
 }
 
 /// Removes `aggregate`'s park record for `consumer`, fenced at lease

@@ -130,13 +130,9 @@ impl Run {
     /// A confirmed (or skipped) slot: advance the replays waiting for it.
     pub(super) async fn replay_progress(&mut self, slot: Slot) {
         if let Some(letter) = self.letter_slots.remove(&slot) {
-            match self.relay.store.dlq_remove(letter).await {
-                // The gauge follows the table: only a removed letter leaves it.
-                Ok(true) => self.relay.metrics.dlq_depth.dec(),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, %letter, "replayed dead letter could not be removed; it may be replayed again")
-                }
+            let removed = crate::relay::operator::remove_replayed(&self.relay.store, &self.relay.metrics, letter).await;
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, %letter, "replayed dead letter could not be removed; it may be replayed again");
             }
         }
         let done: Vec<(Uuid, AggKey)> = self

@@ -406,12 +406,9 @@ impl CdcRequests {
                 }
             }
             self.sink.mark_published(agg, raw.sequence).await;
-            match self.store.dlq_remove(letter).await {
-                Ok(true) => self.deliverer.dead_letter_replayed(),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, %letter, "replayed dead letter could not be removed; it may be replayed again")
-                }
+            let removed = crate::relay::operator::remove_replayed(&self.store, self.deliverer.metrics(), letter).await;
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, %letter, "replayed dead letter could not be removed; it may be replayed again");
             }
             replayed += 1;
         }

@@ -204,14 +204,11 @@ impl Txn {
                         for &(_, id) in positions.iter().filter(|(p, _)| *p < stop) {
                             // Removal failed: the term ends while the progress record
                             // still names this part; the next one skips what committed.
-                            match self.relay.store.dlq_remove(id).await {
-                                Ok(true) => self.relay.metrics.dlq_depth.dec(),
-                                Ok(false) => {}
-                                Err(e) => {
-                                    return Err(RelayError::Store(format!(
-                                        "replayed dead letter {id} committed but could not be removed: {e}"
-                                    )))
-                                }
+                            let (store, metrics) = (&self.relay.store, &self.relay.metrics);
+                            if let Err(e) = crate::relay::operator::remove_replayed(store, metrics, id).await {
+                                return Err(RelayError::Store(format!(
+                                    "replayed dead letter {id} committed but could not be removed: {e}"
+                                )));
                             }
                         }
                         if let Some((p, e)) = failed {
