@@ -54,36 +54,25 @@ pub(super) async fn cql_bench(r: &mut super::Report, cfg: &Config, n: usize, con
         let (mut raws, mut stores) = (Vec::new(), Vec::new());
         for _ in 0..3 {
             let events = sample_events(n.div_ceil(per_agg), per_agg);
-            let raw_work = split(&fresh_ids(&events));
-            let start = Instant::now();
-            let mut tasks = Vec::new();
-            for work in raw_work {
+            let secs = timed(split(&fresh_ids(&events)), |work| {
                 let (session, insert) = (session.clone(), insert.clone());
-                tasks.push(tokio::spawn(async move { raw_inserts(&session, &insert, work).await }));
-            }
-            for t in tasks {
-                t.await??;
-            }
-            raws.push(total as f64 / start.elapsed().as_secs_f64());
-
-            let store_work = split(&events);
-            let start = Instant::now();
-            let mut tasks = Vec::new();
-            for work in store_work {
+                async move { raw_inserts(&session, &insert, work).await }
+            })
+            .await?;
+            raws.push(total as f64 / secs);
+            let secs = timed(split(&events), |work| {
                 let s: crate::store::DynStore = store.clone();
-                tasks.push(tokio::spawn(async move {
+                async move {
                     for agg in work {
                         for (i, e) in agg.into_iter().enumerate() {
                             s.append(e.aggregate_id, i as i64, vec![e]).await?;
                         }
                     }
                     anyhow::Ok(())
-                }));
-            }
-            for t in tasks {
-                t.await??;
-            }
-            stores.push(total as f64 / start.elapsed().as_secs_f64());
+                }
+            })
+            .await?;
+            stores.push(total as f64 / secs);
         }
         anyhow::Ok((raws, stores))
     };
@@ -95,6 +84,21 @@ pub(super) async fn cql_bench(r: &mut super::Report, cfg: &Config, n: usize, con
     r.rates("store", "store append (LWT batch + CAS)", "events/s", &stores, Some(&raws));
     r.say("(goal: store >= 0.7x of raw)");
     Ok(())
+}
+
+/// Seconds until every worker (`f` of each work list, spawned together)
+/// has finished; the first error fails the pass.
+async fn timed<W, F, Fut>(works: Vec<W>, f: F) -> anyhow::Result<f64>
+where
+    F: Fn(W) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let start = Instant::now();
+    let tasks: Vec<_> = works.into_iter().map(|w| tokio::spawn(f(w))).collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// Copies of `events` under new aggregate ids (the baseline's rows).
