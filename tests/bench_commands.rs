@@ -157,6 +157,7 @@ fn every_documented_bench_command_runs_and_prints_its_figures_as_json() {
         let v: Value = serde_json::from_str(stdout.trim())
             .unwrap_or_else(|e| panic!("`{line} --json`: stdout is not one JSON object ({e}): {stdout}"));
         check(bench, &v);
+        deleted_its_topics(brokers.as_deref(), bench, &v);
         if bench == "append" {
             // A documented --raw-batch takes effect (256 when not given).
             let want = words.windows(2).find(|w| w[0] == "--raw-batch").map_or("256", |w| w[1]);
@@ -218,4 +219,30 @@ fn run_small(pre: &[&std::ffi::OsStr], bench: &str, env: &[(&str, &str)]) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
     check(bench, &v);
+    deleted_its_topics(harness::kafka::shared_brokers().as_deref(), bench, &v);
+}
+
+/// The Kafka benchmarks delete the topics they created (a fresh
+/// `bench<uuid>.` prefix each): the report names them, and the cluster no
+/// longer lists any of them (deletion is asynchronous: waited up to 30 s).
+/// They were left behind, events and all, after every run.
+fn deleted_its_topics(brokers: Option<&str>, bench: &str, v: &Value) {
+    if !["relay", "http", "backlog"].contains(&bench) {
+        return;
+    }
+    let deleted: Vec<String> = serde_json::from_value(v["topics_deleted"].clone())
+        .unwrap_or_else(|e| panic!("bench {bench}: topics_deleted ({e}) in {v}"));
+    assert!(!deleted.is_empty(), "bench {bench} created topics and names them: {v}");
+    assert!(deleted.iter().all(|t| t.starts_with("bench")), "only its own topics: {deleted:?}");
+    let brokers = brokers.expect("a Kafka bench ran, so brokers are known");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let listed = harness::kafka::topic_list(brokers);
+        let left: Vec<&String> = deleted.iter().filter(|t| listed.contains(*t)).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < until, "bench {bench}: topics still on the cluster after 30 s: {left:?}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }

@@ -70,7 +70,7 @@ pub async fn run(
         base.kafka.brokers
     ));
     let consumer = base.relay.consumer_name.clone();
-    let daemon = Daemon::start(&db, &base.kafka.brokers, config_file).await?;
+    let daemon = Daemon::start(&db, &base.kafka, config_file).await?;
     let start = Instant::now();
     let (mut samples, mut last, mut last_move) = (Vec::new(), 0i64, Instant::now());
     loop {
@@ -115,6 +115,7 @@ pub async fn run(
     r.set("vm_hwm_mb", mb(hwm));
     r.set("vm_rss_max_mb", mb(max_rss));
     r.set("rss_by_progress", at);
+    r.set("topics_deleted", &stopped.topics_deleted);
     drop(store);
     Ok(())
 }

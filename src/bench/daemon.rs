@@ -3,9 +3,12 @@
 //! until `/health/live` answers, stopped with SIGTERM; plain HTTP/1.1 on a
 //! keep-alive connection; the child's memory read from /proc.
 //!
-//! Guarantee: the child is killed when dropped (never left running).
+//! Guarantee: the child is killed when dropped (never left running); its
+//! topics (a fresh `bench<uuid>.` prefix) are deleted when it is stopped.
 
 use std::path::Path;
+
+use crate::config::KafkaConfig;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -57,14 +60,37 @@ pub async fn request(
 pub struct Daemon {
     child: tokio::process::Child,
     pub api: u16,
+    /// The bench's Kafka settings under the child's own topic prefix.
+    kafka: KafkaConfig,
+}
+
+/// How a child ended, and the topics of its prefix deleted after it.
+#[derive(Debug, serde::Serialize)]
+pub struct Stopped {
+    pub how: String,
+    pub topics_deleted: Vec<String>,
+    /// Why its topics could not be deleted (they are left on the brokers).
+    pub cleanup_error: Option<String>,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.cleanup_error {
+            None => write!(f, "{}; its {} topics deleted", self.how, self.topics_deleted.len()),
+            Some(e) => write!(f, "{}; its topics were not deleted: {e}", self.how),
+        }
+    }
 }
 
 impl Daemon {
-    /// Starts `outboxd run` on the SQLite file `db`, relaying to `brokers`
-    /// under a fresh topic prefix, and waits until it is live; `config`: the
-    /// bench's `--config` file, read by the child too (these settings win).
-    pub async fn start(db: &Path, brokers: &str, config: Option<&Path>) -> anyhow::Result<Daemon> {
+    /// Starts `outboxd run` on the SQLite file `db`, relaying to `kafka`'s
+    /// brokers under a fresh topic prefix, and waits until it is live;
+    /// `config`: the bench's `--config` file, read by the child too (these
+    /// settings win).
+    pub async fn start(db: &Path, kafka: &KafkaConfig, config: Option<&Path>) -> anyhow::Result<Daemon> {
         let (api, admin) = (free_port()?, free_port()?);
+        let mut kafka = kafka.clone();
+        kafka.topic_prefix = format!("bench{}.", Uuid::now_v7().simple());
         let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
         if let Some(file) = config {
             cmd.env("OUTBOX_CONFIG", file);
@@ -74,14 +100,14 @@ impl Daemon {
             // The bench's own SQLite file, whatever backend the file names.
             .env("OUTBOX_STORE__BACKEND", "sqlite")
             .env("OUTBOX_STORE__PATH", db)
-            .env("OUTBOX_KAFKA__BROKERS", brokers)
-            .env("OUTBOX_KAFKA__TOPIC_PREFIX", format!("bench{}.", Uuid::now_v7().simple()))
+            .env("OUTBOX_KAFKA__BROKERS", &kafka.brokers)
+            .env("OUTBOX_KAFKA__TOPIC_PREFIX", &kafka.topic_prefix)
             .env("OUTBOX_HTTP__LISTEN", format!("127.0.0.1:{api}"))
             .env("OUTBOX_HTTP__ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
             .env("RUST_LOG", "warn")
             .kill_on_drop(true)
             .spawn()?;
-        let d = Daemon { child, api };
+        let d = Daemon { child, api, kafka };
         let up = Instant::now();
         loop {
             if let Ok(s) = TcpStream::connect(("127.0.0.1", admin)).await {
@@ -104,14 +130,24 @@ impl Daemon {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
     }
 
-    /// SIGTERM, then waits up to 30 s; returns how it ended, for the report.
-    pub async fn stop(mut self) -> String {
+    /// SIGTERM, then waits up to 30 s (killed after); then deletes the
+    /// topics of its prefix. Returns how it ended, for the report.
+    pub async fn stop(mut self) -> Stopped {
         if let Some(pid) = self.child.id() {
             let _ = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
         }
-        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+        let how = match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
             Ok(Ok(s)) => format!("daemon stopped by SIGTERM: {s}"),
-            _ => "daemon did not stop within 30 s".into(),
+            _ => {
+                // Its topics are deleted next: it must not write to them any more.
+                let _ = self.child.kill().await;
+                "daemon did not stop within 30 s (killed)".into()
+            }
+        };
+        let p = &self.kafka.topic_prefix;
+        match crate::relay::admin::delete_prefixed(&self.kafka, p, Duration::from_secs(30)).await {
+            Ok(topics_deleted) => Stopped { how, topics_deleted, cleanup_error: None },
+            Err(e) => Stopped { how, topics_deleted: vec![], cleanup_error: Some(format!("{p}*: {}", e.message)) },
         }
     }
 }

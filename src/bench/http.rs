@@ -12,7 +12,7 @@ use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
-use super::daemon::{request, Daemon};
+use super::daemon::{request, Daemon, Stopped};
 use super::Report;
 use crate::app::{CommandService, ServiceOptions};
 use crate::config::Config;
@@ -30,8 +30,8 @@ async fn api_pass(
     round: usize,
     clients: usize,
     per_client: usize,
-) -> anyhow::Result<(f64, usize, Vec<u64>, String)> {
-    let daemon = Daemon::start(&dir.join(format!("http-{round}.db")), &base.kafka.brokers, config_file).await?;
+) -> anyhow::Result<(f64, usize, Vec<u64>, Stopped)> {
+    let daemon = Daemon::start(&dir.join(format!("http-{round}.db")), &base.kafka, config_file).await?;
     let api = daemon.api;
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -176,6 +176,7 @@ pub async fn run(
     for s in &stops {
         r.say(s);
     }
-    r.set("daemon_stops", stops);
+    r.set("topics_deleted", stops.iter().flat_map(|s| s.topics_deleted.clone()).collect::<Vec<_>>());
+    r.set("daemon_stops", stops.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     Ok(())
 }

@@ -210,6 +210,8 @@ async fn seeded(cfg: &Config, dir: &std::path::Path, name: &str, events: &[Event
     Ok(store)
 }
 
+/// The relay bench under a fresh topic prefix `bench<uuid>.`, whose topics
+/// (event, baseline and progress topics) are deleted at its end, measured or not.
 pub async fn run(
     r: &mut Report,
     base: &Config,
@@ -222,6 +224,27 @@ pub async fn run(
     let mut cfg = base.clone();
     cfg.store.path = dir.join("relay.db");
     cfg.kafka.topic_prefix = format!("bench{}.", Uuid::now_v7().simple());
+    let measured = measure(r, &cfg, &dir, n, size, rates, seconds).await;
+    let p = &cfg.kafka.topic_prefix;
+    match crate::relay::admin::delete_prefixed(&cfg.kafka, p, Duration::from_secs(30)).await {
+        Ok(deleted) => {
+            r.say(format!("deleted the bench's {} topics ({p}*)", deleted.len()));
+            r.set("topics_deleted", deleted);
+        }
+        Err(e) => r.say(format!("the bench's topics {p}* were not deleted: {}", e.message)),
+    }
+    measured
+}
+
+async fn measure(
+    r: &mut Report,
+    cfg: &Config,
+    dir: &std::path::Path,
+    n: usize,
+    size: usize,
+    rates: &[u64],
+    seconds: u64,
+) -> anyhow::Result<()> {
     let sample = serde_json::to_vec(&event(size))?.len();
     let hot_n = (n / 10).max(1);
     r.say(format!(
@@ -233,12 +256,12 @@ pub async fn run(
     r.set("event_bytes", sample);
     let events: Vec<EventEnvelope> = (0..n).map(|_| event(size)).collect();
     let hot = hot_events(hot_n, size);
-    let store = seeded(&cfg, &dir, "relay.db", &events).await?;
-    let hot_store = seeded(&cfg, &dir, "hot.db", &hot).await?;
+    let store = seeded(cfg, dir, "relay.db", &events).await?;
+    let hot_store = seeded(cfg, dir, "hot.db", &hot).await?;
 
     // Topics exist before anything is timed.
     let topics: Vec<String> = topic_names(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix);
-    let base_topics: Vec<String> = topic_names(cfg.kafka.per_event_type(), &baseline_prefix(&cfg));
+    let base_topics: Vec<String> = topic_names(cfg.kafka.per_event_type(), &baseline_prefix(cfg));
     // Where the relay puts the bench's events (the latency consumer's topic).
     let bench_topic = topic_of(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix, &event(size));
     for t in [&topics, &base_topics] {
@@ -247,11 +270,11 @@ pub async fn run(
             .map_err(|e| anyhow::anyhow!(e.message))?;
     }
     let producer: FutureProducer = producer_config(&cfg.kafka, &Delivery::AtLeastOnce).create()?;
-    let (records, hot_records) = (baseline_records(&cfg, &events), baseline_records(&cfg, &hot));
+    let (records, hot_records) = (baseline_records(cfg, &events), baseline_records(cfg, &hot));
 
     // Warm-up (untimed): the first pass meets a cold broker.
     bare_pass(&producer, &records).await?;
-    let warm = relay_pass(&cfg, &store, "bench-warmup", DeliveryMode::AtLeastOnce).await?;
+    let warm = relay_pass(cfg, &store, "bench-warmup", DeliveryMode::AtLeastOnce).await?;
     stop(warm.trigger, warm.task).await;
 
     let (mut bare, mut alo, mut eos, mut bare_hot, mut relay_hot) = (vec![], vec![], vec![], vec![], vec![]);
@@ -264,19 +287,19 @@ pub async fn run(
         bare.push(bare_pass(&producer, &records).await?);
         cpu_bare.push(cpu.per_item(records.len()));
         let cpu = CpuMeter::start();
-        let p = relay_pass(&cfg, &store, &format!("bench-alo-{round}"), DeliveryMode::AtLeastOnce).await?;
+        let p = relay_pass(cfg, &store, &format!("bench-alo-{round}"), DeliveryMode::AtLeastOnce).await?;
         cpu_alo.push(cpu.per_item(n));
         stop(p.trigger, p.task).await;
         alo.push(p.rate);
         alo_running.push(p.running_rate);
         alo_start.push(p.start_ms);
         let cpu = CpuMeter::start();
-        let p = relay_pass(&cfg, &store, &format!("bench-eos-{round}"), DeliveryMode::ExactlyOnce).await?;
+        let p = relay_pass(cfg, &store, &format!("bench-eos-{round}"), DeliveryMode::ExactlyOnce).await?;
         cpu_eos.push(cpu.per_item(n));
         stop(p.trigger, p.task).await;
         eos.push(p.rate);
         bare_hot.push(bare_pass(&producer, &hot_records).await?);
-        let p = relay_pass(&cfg, &hot_store, &format!("bench-hot-{round}"), DeliveryMode::AtLeastOnce).await?;
+        let p = relay_pass(cfg, &hot_store, &format!("bench-hot-{round}"), DeliveryMode::AtLeastOnce).await?;
         stop(p.trigger, p.task).await;
         relay_hot.push(p.rate);
     }
@@ -295,7 +318,7 @@ pub async fn run(
     let mut e2e = serde_json::Map::new();
     for mode in [DeliveryMode::AtLeastOnce, DeliveryMode::ExactlyOnce] {
         let Pass { trigger: t, task, .. } =
-            relay_pass(&cfg, &store, &format!("bench-e2e-{}", mode.as_str()), mode).await?;
+            relay_pass(cfg, &store, &format!("bench-e2e-{}", mode.as_str()), mode).await?;
         let mut phases: Vec<(String, u64, DynStore)> =
             rates.iter().map(|&rate| (format!("{}@{rate}", mode.as_str()), rate, store.clone())).collect();
         if mode == DeliveryMode::AtLeastOnce {
@@ -306,7 +329,7 @@ pub async fn run(
             phases.push((format!("{}@{rate} via standby", mode.as_str()), rate, standby));
         }
         for (name, rate, via) in phases {
-            let l = super::latency::e2e(&cfg, &via, &bench_topic, size, rate, seconds, event).await;
+            let l = super::latency::e2e(cfg, &via, &bench_topic, size, rate, seconds, event).await;
             let l = match l {
                 Ok(l) => l,
                 Err(e) => {

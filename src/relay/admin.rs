@@ -1,5 +1,6 @@
 //! Topic administration for the relay: creates the event topics (and the
-//! exactly-once progress topic) that are missing.
+//! exactly-once progress topic) that are missing; deletes the topics of a
+//! prefix a caller generated (the bench's own, at its end).
 //!
 //! Guarantees: an existing topic is left as it is (partitions and configs
 //! are the operator's); a refused topic name is a permanent error naming
@@ -67,6 +68,51 @@ pub async fn progress_topic_problem(
             cfg.brokers
         )
     }))
+}
+
+/// Deletes every topic whose name starts with `prefix`; returns their
+/// names. Only for a prefix the caller generated for itself (the bench's
+/// `bench<uuid>.`): an empty prefix, which would name every topic, is refused.
+pub async fn delete_prefixed(cfg: &KafkaConfig, prefix: &str, timeout: Duration) -> Result<Vec<String>, PublishError> {
+    if prefix.is_empty() {
+        return Err(PublishError::permanent("config", "refusing to delete topics of an empty prefix"));
+    }
+    let admin: AdminClient<DefaultClientContext> = producer_config(cfg, &Delivery::AtLeastOnce)
+        .create()
+        .map_err(|e| PublishError::permanent("config", format!("cannot create Kafka admin client: {e}")))?;
+    // Metadata is a blocking call: on the blocking pool, admin client and all.
+    let (admin, listed) = tokio::task::spawn_blocking(move || {
+        let listed = admin
+            .inner()
+            .fetch_metadata(None, timeout)
+            .map(|md| md.topics().iter().map(|t| t.name().to_string()).collect::<Vec<_>>());
+        (admin, listed)
+    })
+    .await
+    .map_err(|e| PublishError::transient("join", e.to_string()))?;
+    let admin = DropOffRuntime::new(admin);
+    let names: Vec<String> =
+        listed.map_err(|e| PublishError::from_kafka(&e))?.into_iter().filter(|t| t.starts_with(prefix)).collect();
+    if names.is_empty() {
+        return Ok(names);
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+    let results = tokio::time::timeout(timeout + Duration::from_secs(1), admin.delete_topics(&refs, &opts))
+        .await
+        .map_err(|_| PublishError::transient("timeout", format!("broker did not delete {prefix}* within {timeout:?}")))?
+        .map_err(|e| PublishError::from_kafka(&e))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((t, code)) => {
+                let mut e = PublishError::from_kafka(&KafkaError::AdminOp(code));
+                e.message = format!("deleting topic {t}: {}", e.message);
+                return Err(e);
+            }
+        }
+    }
+    Ok(names)
 }
 
 /// Creates `topics` where missing; returns how many this call created.

@@ -316,3 +316,10 @@ pub async fn topic_config(brokers: &str, topic: &str) -> (usize, HashMap<String,
     let entries = resource.entries.into_iter().filter_map(|e| e.value.map(|v| (e.name, v))).collect();
     (partitions, entries)
 }
+
+/// The names of every topic the cluster lists now.
+pub fn topic_list(brokers: &str) -> std::collections::HashSet<String> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let md = c.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    md.topics().iter().map(|t| t.name().to_string()).collect()
+}
