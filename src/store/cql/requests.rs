@@ -194,12 +194,56 @@ impl CqlStore {
         .collect();
         match self.session.query_unpaged(cql, v).await {
             Ok(res) => Ok(lwt_answer(res, "status")?.0),
-            // Recorded iff the row carries this outcome under our epoch now.
-            Err(e) if outcome_unknown(&e) => Ok(self
-                .request_row(consumer, id)
-                .await?
-                .is_some_and(|(now, claimed)| now == status.as_str() && claimed == Some(epoch))),
+            Err(e) if outcome_unknown(&e) => {
+                done_after_unknown(self.request_row(consumer, id).await?, id, epoch, status)
+            }
             Err(e) => Err(exec_err("finish relay request", e)),
         }
+    }
+}
+
+/// What an outcome write whose answer was lost did, from the row a SERIAL
+/// read found after it (which also finished its Paxos round, if any):
+/// recorded iff the row carries `status` under `epoch`; still running under
+/// `epoch` means it did not land, which is no refusal (false would tell the
+/// relay the new leader carries the request out, and it would be carried
+/// out again at this epoch): an error, so the caller tries again or keeps
+/// the outcome to record later; anything else is a refusal.
+fn done_after_unknown(
+    row: Option<(String, Option<i64>)>,
+    id: Uuid,
+    epoch: i64,
+    status: RequestStatus,
+) -> Result<bool, StoreError> {
+    match row {
+        Some((now, Some(e))) if e == epoch && now == status.as_str() => Ok(true),
+        Some((now, Some(e))) if e == epoch && now == RequestStatus::Running.as_str() => {
+            Err(StoreError::Unavailable(format!(
+                "the outcome of relay request {id} was not recorded (the write's answer was lost and it did not land)"
+            )))
+        }
+        _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding: a lost outcome write that did not land (the row still
+    /// running under this epoch) answered false, "no longer claimed": the
+    /// relay dropped the outcome and a later term at the same epoch carried
+    /// the request out again (a second rewind).
+    #[test]
+    fn a_lost_outcome_write_that_did_not_land_is_an_error_not_a_refusal() {
+        let (id, done) = (Uuid::now_v7(), RequestStatus::Done);
+        let row = |s: &str, e: Option<i64>| Some((s.to_string(), e));
+        assert!(matches!(done_after_unknown(row("running", Some(3)), id, 3, done), Err(StoreError::Unavailable(_))));
+        assert!(done_after_unknown(row("done", Some(3)), id, 3, done).unwrap(), "landed");
+        // Taken over (a later epoch) or finished otherwise: a refusal.
+        assert!(!done_after_unknown(row("running", Some(4)), id, 3, done).unwrap());
+        assert!(!done_after_unknown(row("failed", Some(3)), id, 3, done).unwrap());
+        assert!(!done_after_unknown(row("pending", None), id, 3, done).unwrap());
+        assert!(!done_after_unknown(None, id, 3, done).unwrap());
     }
 }
