@@ -323,7 +323,7 @@ fn a_cdc_relay_standby_says_whether_it_could_take_over() {
                 .with_leases(Leases { relay: Some(keeper), ..Leases::default() })
                 .with_cql(rig.store.clone());
             let mut status = deps.relay_status.subscribe();
-            let body = RelayBody { sink: Arc::new(store) }.spawn(&deps, trigger.subscribe()).unwrap();
+            let body = RelayBody::new(Arc::new(store)).spawn(&deps, trigger.subscribe()).unwrap();
             let task = tokio::spawn(body);
             let standing_by = |s: &RelayStatus| {
                 matches!(&s.role, Role::Standby { holder, .. } if holder == "another-instance")

@@ -54,3 +54,91 @@ fn a_request_left_running_by_a_former_term_is_taken_over_at_least_once() {
 fn a_request_left_running_by_a_former_term_is_taken_over_exactly_once() {
     orphan_is_taken_over("exactly-once");
 }
+
+/// A rewind carried out whose outcome the store would not take (five tries
+/// by the request server, then one at each poll), then the relay actor
+/// restarts (its task ended; the lease keeper, which outlives restarts,
+/// keeps the epoch): the restarted relay records the kept outcome instead
+/// of carrying the request out again. Each spawn made its own empty
+/// `Unsaved`, so the request, still running at that epoch, was claimed and
+/// the whole feed re-published a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outcome_kept_across_a_relay_restart_is_recorded_not_carried_out_again() {
+    use outboxd::actors::{ActorDeps, Leases, RelayBody, TaskBody};
+    use outboxd::store::faults::REQUEST_FINISH;
+    use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
+    use outboxd::store::sqlite::SqliteStore;
+    use outboxd::store::DynStore;
+    use std::sync::Arc;
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(&brokers, &dir.path().join("s.db"));
+    let consumer = c.relay.consumer_name.clone();
+    let sqlite = SqliteStore::open(&c.store.path, c.store.sqlite.clone()).await.unwrap();
+    let store: DynStore = sqlite.clone();
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    store.append(a, 0, order_events(a, 0, 2)).await.unwrap();
+    store.append(b, 0, order_events(b, 0, 1)).await.unwrap();
+    let trigger = outboxd::shutdown::Trigger::new();
+    let metrics = outboxd::metrics::Metrics::new();
+    let keeper = outboxd::lease::keeper::spawn(
+        sqlite.clone(),
+        &consumer,
+        "restarting-instance",
+        Duration::from_secs(30),
+        metrics.clone(),
+        Default::default(),
+        trigger.subscribe(),
+    );
+    let deps = ActorDeps::new(c.clone(), store.clone(), metrics.clone(), tokio::runtime::Handle::current())
+        .with_leases(Leases { relay: Some(keeper), ..Leases::default() });
+    let mut body = RelayBody::new(Arc::new(store.clone()));
+    let task = tokio::spawn(body.spawn(&deps, trigger.subscribe()).unwrap());
+    let caught_up = || async {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while store.get_checkpoint(&consumer).await.unwrap().unwrap_or(0) < 3 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the relay reaches the head");
+    };
+    caught_up().await;
+    let faults = store.faults().expect("the SQLite store has the fault seam");
+    // Refused until the restart: five tries by the request server, then one
+    // per poll by the terms after the rewind's.
+    faults.fail_next(REQUEST_FINISH, 1_000);
+    let rewind = RelayRequest::new(&consumer, RequestKind::RewindToPosition { position: 0 }, "test");
+    store.request_submit(&rewind).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while faults.armed(REQUEST_FINISH) > 1_000 - 6 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the rewind was carried out and its outcome refused six times");
+    // Re-published (an abort before would re-send the unconfirmed ones).
+    caught_up().await;
+    // The actor restarts: the task ends, the body spawns the next one.
+    task.abort();
+    let _ = task.await;
+    faults.fail_next(REQUEST_FINISH, 0);
+    let row = store.request_get(rewind.id).await.unwrap().unwrap();
+    assert_eq!(row.status, RequestStatus::Running, "not recorded before the restart: {row:?}");
+    let task = tokio::spawn(body.spawn(&deps, trigger.subscribe()).unwrap());
+    let finished = request_finished(&store, rewind.id).await;
+    assert_eq!(finished.status, RequestStatus::Done, "{:?}", finished.result);
+    assert_eq!(finished.claimed_epoch, row.claimed_epoch, "recorded at the same epoch");
+    caught_up().await;
+    // Each event on the topic twice: its first delivery and the one rewind.
+    let records = consume_all(&brokers, &topics(&c), usize::MAX, Duration::from_secs(8));
+    let mut copies = std::collections::HashMap::<String, usize>::new();
+    for r in &records {
+        *copies.entry(r.event_id()).or_default() += 1;
+    }
+    assert_eq!(copies.len(), 3, "{copies:?}");
+    assert!(copies.values().all(|n| *n == 2), "one rewind, not two: {copies:?}");
+    assert_eq!(metrics.relay_rewinds.get(), 1, "carried out once");
+    trigger.fire();
+    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+}

@@ -29,6 +29,7 @@ use crate::lease::gate::while_active_prepared;
 use crate::lease::keeper::LeaseState;
 use crate::relay::cdc::{run_relay_feed, CdcError};
 use crate::relay::deliver::Deliverer;
+use crate::relay::operator::Unsaved;
 use crate::relay::producer::{BrokerState, Delivery};
 use crate::relay::runner::{retry_in_term, RelayRunner};
 use crate::relay::sink::DeadLetterSink;
@@ -53,6 +54,21 @@ pub type CdcStreamProcessor = SupervisedTask<RelayBody>;
 /// letters going to `sink` (the DlqActor's [`super::DlqSink`]).
 pub struct RelayBody {
     pub sink: Arc<dyn DeadLetterSink>,
+    /// Request outcomes a term could not record, kept across the actor's
+    /// restarts (the lease keeper outlives them, so the next term can run at
+    /// the same epoch and must record these, not carry them out again).
+    unsaved: Unsaved,
+}
+
+impl RelayBody {
+    pub fn new(sink: Arc<dyn DeadLetterSink>) -> RelayBody {
+        RelayBody { sink, unsaved: Unsaved::default() }
+    }
+
+    /// The outcomes kept across restarts (each spawn's relay gets this one).
+    pub fn unsaved(&self) -> &Unsaved {
+        &self.unsaved
+    }
 }
 
 fn failed(e: impl std::fmt::Display) -> TaskError {
@@ -67,6 +83,7 @@ async fn run_cdc_relay(
     deps: ActorDeps,
     cql: Arc<CqlStore>,
     sink: Arc<dyn DeadLetterSink>,
+    unsaved: Unsaved,
     shutdown: Shutdown,
 ) -> Result<(), TaskError> {
     let status = StatusTx::new(deps.relay_status.clone());
@@ -80,8 +97,6 @@ async fn run_cdc_relay(
     let prepare = move || {
         WarmProducer::start(&kafka, &Delivery::AtLeastOnce, warm_status.clone(), warm_shutdown.clone()).map_err(failed)
     };
-    // Request outcomes a term could not record, for the next term at its epoch.
-    let unsaved = crate::relay::operator::Unsaved::default();
     while_active_prepared(lease.as_ref(), shutdown, on_role, prepare, |epoch, warm, term| {
         let (deps, cql, sink, status) = (deps.clone(), cql.clone(), sink.clone(), status.clone());
         let unsaved = unsaved.clone();
@@ -174,10 +189,11 @@ impl TaskBody for RelayBody {
                 sink: self.sink.clone(),
                 lease: deps.leases.relay.clone(),
                 pause: deps.relay_pause.clone(),
+                unsaved: self.unsaved.clone(),
             };
             return Ok(async move { runner.run(shutdown).await.map_err(failed) }.boxed());
         };
-        Ok(run_cdc_relay(deps.clone(), cql, self.sink.clone(), shutdown).boxed())
+        Ok(run_cdc_relay(deps.clone(), cql, self.sink.clone(), self.unsaved.clone(), shutdown).boxed())
     }
 
     /// Publish what was committed before the signal, as long as the broker

@@ -119,7 +119,7 @@ impl CoordinatorActor {
         let (d, p, h) = (deps.clone(), me.clone().recipient(), health.clone().recipient());
         let cdc = actix::Supervisor::start(move |_| {
             let status = d.relay_status.clone();
-            SupervisedTask::new(d, RelayBody { sink }, status, p, h)
+            SupervisedTask::new(d, RelayBody::new(sink), status, p, h)
         });
         // 5. Projections: only where the backend has read models.
         let projection = match deps.read_models.clone() {

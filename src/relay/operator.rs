@@ -82,7 +82,8 @@ pub async fn finish(
 }
 
 /// Outcomes of requests a relay carried out but could not record (the
-/// store did not answer), kept across its terms: a later term at the same
+/// store did not answer), kept across its terms and (held by the relay
+/// actor's body) its restarts: a later term at the same
 /// lease epoch, which takes over the requests left running at it, records
 /// these instead of carrying them out again (a second rewind, a replay
 /// reported failed because its aggregate is no longer parked).

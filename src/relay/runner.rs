@@ -26,6 +26,7 @@ use crate::lease::gate::wait_held;
 use crate::lease::keeper::LeaseHandle;
 use crate::metrics::Metrics;
 use crate::relay::exactly_once::transactional;
+use crate::relay::operator::Unsaved;
 use crate::relay::pipeline::{Exit, Fence, Relay, RelayError};
 use crate::relay::producer::Delivery;
 use crate::relay::sink::DeadLetterSink;
@@ -44,13 +45,15 @@ pub struct RelayRunner {
     /// None: run unfenced (one instance only: library use and benchmarks).
     pub lease: Option<LeaseHandle>,
     pub pause: crate::lease::pause::PauseHook,
+    /// Request outcomes a term could not record, for a later term at the
+    /// same epoch: kept by the caller across runners (the actor's restarts).
+    pub unsaved: Unsaved,
 }
 
 impl RelayRunner {
     /// Runs until shutdown; Err only for a configuration the relay cannot run with.
     pub async fn run(self, mut shutdown: Shutdown) -> Result<(), RelayError> {
         let mut fatal_restarts: u32 = 0;
-        let unsaved = crate::relay::operator::Unsaved::default();
         loop {
             // The term's producer is made before the lease is (see `warm`):
             // connected (at-least-once: holding its producer id) when the
@@ -79,7 +82,7 @@ impl RelayRunner {
             let relay = Relay::new(self.config.clone(), self.store.clone(), self.metrics.clone(), self.status.clone())
                 .with_sink(self.sink.clone())
                 .with_pause(self.pause.clone())
-                .with_unsaved(unsaved.clone());
+                .with_unsaved(self.unsaved.clone());
             let relay = match fence {
                 Some(f) => relay.with_fence(f),
                 None => relay,

@@ -27,6 +27,8 @@ pub const DLQ_REMOVE: &str = "dlq_remove";
 pub const UNPARK: &str = "unpark";
 /// The read of an aggregate's held rows (a replay's or a discard's plan).
 pub const AGGREGATE_ROWS: &str = "aggregate_rows";
+/// The write of a relay request's outcome.
+pub const REQUEST_FINISH: &str = "request_finish";
 
 impl StoreFaults {
     /// Every read fails for `d` from now.

@@ -123,6 +123,7 @@ impl RequestStore for SqliteStore {
         status: RequestStatus,
         result: serde_json::Value,
     ) -> Result<bool, StoreError> {
+        self.faults.check_named(crate::store::faults::REQUEST_FINISH)?;
         self.write(move |c| requests::finish(c, id, epoch, status, &result)).await
     }
 }
