@@ -1,8 +1,9 @@
 //! The command API's operator side on a real `outboxd run` process (real
 //! SQLite store, real Kafka from `KAFKA_BROKERS`): bearer tokens on the
 //! command API and the admin write routes (never logged), correlation ids
-//! and trace context from the request to the Kafka headers, and a
-//! restarting OrderActor answering 503 problems until it is back.
+//! and trace context from the request to the Kafka headers, a restarting
+//! OrderActor answering 503 problems until it is back, and an admin request
+//! whose read-back fails answered with its outcome, never "retry".
 
 mod harness;
 
@@ -208,5 +209,31 @@ fn restarting_order_actor_answers_503_json_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
     assert_error(&d.admin("POST", "/debug/fail/order_actor"), 404, "not_found");
+    d.stop();
+}
+
+/// `POST /relay/rewind` while the store's reads fail for a while (longer
+/// than the relay's poll and backoffs, shorter than the route's wait): the
+/// request row is written, so the route keeps reading it back and answers
+/// with its outcome. It answered 503 with `Retry-After` and no request id,
+/// and a client retrying as told wrote a second rewind: the range went to
+/// Kafka twice.
+#[test]
+fn a_rewind_whose_read_back_fails_for_a_while_is_answered_not_refused() {
+    let Some(brokers) = harness::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[fault_injection()]);
+    create_order(&d, Uuid::now_v7(), "RB-1");
+    caught_up(&d);
+    let r = d.admin("POST", "/debug/store?fail_reads_ms=3000");
+    assert_eq!(r.status, 202, "{}", r.text());
+    let r = d.admin_post("/relay/rewind", &json!({ "to_position": 0 }));
+    assert_eq!(r.status, 200, "the rewind's outcome, read back once the store answers: {}", r.text());
+    assert_eq!(r.header("retry-after"), None);
+    let v = r.json();
+    assert_eq!(v["request"]["status"], "done", "{v}");
+    let rows = sqlite3(&d.cfg.store.path, "SELECT count(*) FROM relay_requests");
+    assert_eq!(rows.trim(), "1", "one rewind written");
+    assert_eq!(d.metrics().value("relay_rewinds_total", &[]), 1.0, "carried out once");
     d.stop();
 }

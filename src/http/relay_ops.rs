@@ -133,8 +133,20 @@ async fn answer(
     let Some(deadline) = deadline else {
         return Ok(HttpResponse::Accepted().json(with_all(json!({ "request": r }))));
     };
-    let left = deadline.saturating_duration_since(Instant::now());
-    match operator::wait(&st.store, r.id, left, left, |_| {}).await {
+    // The row is written: a store that does not answer now is no reason to
+    // tell the client to submit again (a second rewind would re-publish the
+    // range twice). Read again until the deadline, then answer 202 naming it.
+    let waited = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match operator::wait(&st.store, r.id, left, left, |_| {}).await {
+            Err(e) if !left.is_zero() => {
+                tracing::warn!(error = %e, request = %r.id, "cannot read back a relay request; trying again");
+                tokio::time::sleep(Duration::from_millis(200).min(left)).await;
+            }
+            other => break other,
+        }
+    };
+    match waited {
         Ok(Waited::Finished(done)) if done.status == RequestStatus::Done => {
             Ok(HttpResponse::Ok().json(with_all(json!({ "request": done }))))
         }
@@ -155,8 +167,11 @@ async fn answer(
             "message": "not finished yet (is a relay running?); poll GET /relay/requests/{id}",
         })))),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read back a relay request");
-            Err(ApiError::unavailable("the store is unavailable"))
+            tracing::warn!(error = %e, request = %r.id, "cannot read back a relay request");
+            Ok(HttpResponse::Accepted().json(with_all(json!({
+                "request": r,
+                "message": "written; its progress could not be read back (the store did not answer); poll GET /relay/requests/{id}",
+            }))))
         }
     }
 }
@@ -168,6 +183,9 @@ async fn answer(
 /// aggregate, then every dead letter. The answer is the first one's when it
 /// did not finish well, else the second's (without `wait`, the second's:
 /// it finishes last); `requests` lists both. Both share one [`WAIT`].
+/// When only the first could be written the answer is an error to retry:
+/// a second replay of every parked aggregate finds what the first left,
+/// nothing once it ran.
 async fn replay_all(st: &AdminState, wait: bool) -> Result<HttpResponse, ApiError> {
     let deadline = wait.then(|| Instant::now() + WAIT);
     let parked = submit_row(st, RequestKind::ReplayAllParked).await?;
