@@ -278,7 +278,7 @@ async fn an_unreadable_event_store_row_parks_its_aggregate_and_the_reader_goes_o
     apply_envelopes(&store, vec![evs[0].clone()], "EUR").await.unwrap();
 
     // The reader meets the unreadable row: parked, not a stop.
-    let (status, _) = tokio::sync::watch::channel(Default::default());
+    let (status, seen) = tokio::sync::watch::channel(outboxd::projection::ProjectionStatus::default());
     let sink = CqlProjectionSink::new(store.clone(), "EUR".into(), status);
     let row = UndecodableRow {
         aggregate_id: Some(x),
@@ -289,6 +289,8 @@ async fn an_unreadable_event_store_row_parks_its_aggregate_and_the_reader_goes_o
     };
     let mut never = outboxd::shutdown::Shutdown::never();
     sink.undecodable(row, &mut never).await.expect("parked, the reader goes on");
+    // On the status /health reads (it said nothing: `projections` stayed healthy).
+    assert_eq!(seen.borrow().parked_aggregates, 1, "{:?}", *seen.borrow());
     // Event 3 arrives: the gap fill meets the row and stops there.
     let out = apply_envelopes(&store, vec![evs[2].clone()], "EUR").await.expect("not a codec error retried for ever");
     assert_eq!(out.skipped, 1, "{out:?}");

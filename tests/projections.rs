@@ -169,6 +169,33 @@ async fn projection_lag_appears_in_metrics_and_status() {
     assert!(!status.borrow().running);
 }
 
+/// A status left failing by a former run (the supervising actor keeps one
+/// channel across its restarts and lease terms): the next run's first step
+/// that reads the store clears it, on an idle store too. Only a failure of
+/// the same run was cleared, so /health said "projector cannot read or
+/// write the store" until the next event was appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_former_runs_store_error_is_cleared_by_the_next_runs_first_good_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_with(&dir.path().join("s.db"), fast()).await;
+    let failing = projection::ProjectionStatus {
+        store_ok: false,
+        last_error: Some("disk I/O error".into()),
+        ..Default::default()
+    };
+    let (status, mut seen) = tokio::sync::watch::channel(failing);
+    let opts = projection::ProjectorOptions { poll_interval: Duration::from_millis(20), ..Default::default() };
+    let p = projection::Projector::with_status(db.store.clone(), db.models.clone(), Metrics::new(), opts, status);
+    let trigger = Trigger::new();
+    let task = tokio::spawn(p.run(trigger.subscribe()));
+    tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|s| s.store_ok))
+        .await
+        .expect("the idle store answered: store_ok again")
+        .unwrap();
+    trigger.fire();
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops on shutdown").unwrap();
+}
+
 // ---- kill -9 of a projector process under load --------------------------------
 
 /// Not a test on its own: returns at once unless `OUTBOXD_PROJECTOR_CHILD_DB`

@@ -107,7 +107,10 @@ impl TaskBody for ProjectionBody {
     }
 }
 
-/// Records whether another instance holds the `projections` lease (for /health).
+/// Records whether another instance holds the `projections` lease (for
+/// /health). A standby projects nothing: its last term's store error and
+/// parked count are dropped (the active instance reports its own; they
+/// kept a standby Degraded for good).
 fn standing_by(status: &tokio::sync::watch::Sender<ProjectionStatus>, state: &LeaseState) {
     let standby = match state {
         LeaseState::Standby { holder, .. } if holder.is_empty() => Some("none (released)".to_string()),
@@ -116,7 +119,32 @@ fn standing_by(status: &tokio::sync::watch::Sender<ProjectionStatus>, state: &Le
     };
     status.send_if_modified(|s| {
         let changed = s.standby != standby;
+        if changed && standby.is_some() {
+            s.store_ok = true;
+            s.last_error = None;
+            s.parked_aggregates = 0;
+        }
         s.standby = standby;
         changed
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_drops_its_former_terms_store_error_and_parks() {
+        let failing = ProjectionStatus {
+            store_ok: false,
+            last_error: Some("disk I/O error".into()),
+            parked_aggregates: 2,
+            ..Default::default()
+        };
+        let (tx, rx) = tokio::sync::watch::channel(failing);
+        standing_by(&tx, &LeaseState::Standby { holder: "host-b:1:2".into(), epoch: 3, ttl_ms: 30_000 });
+        let s = rx.borrow().clone();
+        assert!(s.store_ok && s.last_error.is_none() && s.parked_aggregates == 0, "{s:?}");
+        assert_eq!(s.standby.as_deref(), Some("host-b:1:2"));
+    }
 }

@@ -272,10 +272,17 @@ impl Projector {
             }
             match self.step().await {
                 Ok(n) => {
-                    if failures > 0 {
-                        failures = 0;
-                        self.update(|s| s.store_ok = true);
-                    }
+                    failures = 0;
+                    // Also a former run's failure (the status outlives runs,
+                    // terms and restarts; an idle store has no batch to clear it).
+                    self.status.send_if_modified(|s| {
+                        let was_failing = !s.store_ok;
+                        if was_failing {
+                            s.store_ok = true;
+                            s.updated_at = Utc::now();
+                        }
+                        was_failing
+                    });
                     if n > 0 {
                         continue;
                     }
