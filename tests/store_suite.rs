@@ -356,6 +356,35 @@ async fn discard_audit_row_once(s: DynStore) {
     );
 }
 
+/// The backlog's age is the commit time of the oldest held event, not when
+/// its aggregate was parked (CQL gave the park time: a relay an hour behind
+/// when it parked reported an hour less lag).
+async fn backlog_age_is_the_oldest_held_events_commit_time(s: DynStore) {
+    use outboxd::store::parking::Parked;
+    let consumer = format!("age-{}", Uuid::now_v7().simple());
+    let agg = Uuid::now_v7();
+    let committed = chrono::Utc::now() - chrono::Duration::hours(1);
+    let mut e = order_events(agg, 0, 1).remove(0);
+    e.timestamp = committed;
+    s.append(agg, 0, vec![e.clone()]).await.unwrap();
+    let position = s.head_position().await.ok();
+    s.park(&Parked {
+        consumer: consumer.clone(),
+        aggregate_id: agg.to_string(),
+        aggregate_type: Some("Order".into()),
+        position,
+        sequence: Some(1),
+        event_id: Some(e.event_id.to_string()),
+        event_type: Some(e.event_type.clone()),
+        error: "refused by the broker".into(),
+        parked_at: chrono::Utc::now(),
+    })
+    .await
+    .unwrap();
+    let oldest = s.backlog(&consumer).await.unwrap().oldest.expect("a held event");
+    assert_eq!(oldest.timestamp_millis(), committed.timestamp_millis(), "commit time, not park time");
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
@@ -380,6 +409,7 @@ macro_rules! suite {
             case!(fenced_parking);
             case!(fenced_requests);
             case!(discard_audit_row_once);
+            case!(backlog_age_is_the_oldest_held_events_commit_time);
         }
     };
 }

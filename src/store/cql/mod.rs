@@ -209,11 +209,12 @@ impl EventStore for CqlStore {
     }
 
     /// No positions on CQL: only the held events of parked aggregates are
-    /// countable here (the CDC lag in time comes from the CDC progress).
+    /// countable here (the CDC lag in time comes from the CDC progress);
+    /// `oldest` is the commit time of the oldest held event, as on SQLite.
     async fn backlog(&self, consumer: &str) -> Result<Backlog, StoreError> {
-        let parked = self.parked_rows(consumer).await?;
-        let held: u64 = parked.iter().map(|p| p.held_events).sum();
-        let oldest = parked.iter().map(|p| p.parked.parked_at).min();
+        let parked = self.parked_rows_held(consumer).await?;
+        let held: u64 = parked.iter().map(|(p, _)| p.held_events).sum();
+        let oldest = parked.iter().filter_map(|(_, t)| *t).min();
         Ok(Backlog { checkpoint: None, head: None, events: (held > 0).then_some(held as i64), oldest })
     }
 

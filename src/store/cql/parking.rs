@@ -93,6 +93,14 @@ impl CqlStore {
     }
 
     pub(super) async fn parked_rows(&self, consumer: &str) -> Result<Vec<ParkedInfo>, StoreError> {
+        Ok(self.parked_rows_held(consumer).await?.into_iter().map(|(p, _)| p).collect())
+    }
+
+    /// [`Self::parked_rows`], each with the commit time of its oldest held event.
+    pub(super) async fn parked_rows_held(
+        &self,
+        consumer: &str,
+    ) -> Result<Vec<(ParkedInfo, Option<DateTime<Utc>>)>, StoreError> {
         let cql = format!(
             "SELECT consumer, aggregate_id, aggregate_type, position, sequence_number, event_id, event_type, error, parked_at FROM {} WHERE consumer = ?",
             self.t("parked_aggregates")
@@ -104,34 +112,43 @@ impl CqlStore {
             let (consumer, aggregate_id, aggregate_type, position, sequence, event_id, event_type, error, parked_at) =
                 r.map_err(codec)?;
             let Some(aggregate_id) = aggregate_id else { continue };
-            let held = self.held_count(&aggregate_id, sequence.unwrap_or(0)).await?;
-            out.push(ParkedInfo {
-                parked: Parked {
-                    consumer,
-                    aggregate_id,
-                    aggregate_type,
-                    position,
-                    sequence,
-                    event_id,
-                    event_type,
-                    error: error.unwrap_or_default(),
-                    parked_at: parked_at.unwrap_or_else(Utc::now),
+            let (held, oldest) = self.held(&aggregate_id, sequence.unwrap_or(0)).await?;
+            out.push((
+                ParkedInfo {
+                    parked: Parked {
+                        consumer,
+                        aggregate_id,
+                        aggregate_type,
+                        position,
+                        sequence,
+                        event_id,
+                        event_type,
+                        error: error.unwrap_or_default(),
+                        parked_at: parked_at.unwrap_or_else(Utc::now),
+                    },
+                    held_events: held,
                 },
-                held_events: held,
-            });
+                oldest,
+            ));
         }
-        out.sort_by_key(|p| p.parked.parked_at);
+        out.sort_by_key(|(p, _)| p.parked.parked_at);
         Ok(out)
     }
 
-    async fn held_count(&self, aggregate_id: &str, from_sequence: i64) -> Result<u64, StoreError> {
-        let Ok(id) = Uuid::parse_str(aggregate_id) else { return Ok(0) };
-        let cql =
-            format!("SELECT COUNT(*) FROM {} WHERE aggregate_id = ? AND sequence_number >= ?", self.t("event_store"));
+    /// How many events of `aggregate_id` from `from_sequence` on are held,
+    /// and the commit time of the oldest of them (the backlog's age: the
+    /// time it was parked is later, by as long as the relay was behind).
+    async fn held(&self, aggregate_id: &str, from_sequence: i64) -> Result<(u64, Option<DateTime<Utc>>), StoreError> {
+        let Ok(id) = Uuid::parse_str(aggregate_id) else { return Ok((0, None)) };
+        let cql = format!(
+            "SELECT COUNT(*), MIN(timestamp) FROM {} WHERE aggregate_id = ? AND sequence_number >= ?",
+            self.t("event_store")
+        );
         let res =
             self.session.query_unpaged(cql, (id, from_sequence)).await.map_err(|e| exec_err("count held events", e))?;
-        let (n,) = res.into_rows_result().map_err(codec)?.first_row::<(i64,)>().map_err(codec)?;
-        Ok(n.max(0) as u64)
+        let (n, oldest) =
+            res.into_rows_result().map_err(codec)?.first_row::<(i64, Option<DateTime<Utc>>)>().map_err(codec)?;
+        Ok((n.max(0) as u64, oldest))
     }
 
     pub(super) async fn unpark_row(&self, consumer: &str, aggregate_id: &str) -> Result<bool, StoreError> {
