@@ -37,7 +37,7 @@ use std::time::Duration;
 use crate::relay::RelayStatus;
 
 use super::report::{ComponentHealth, HealthReport, HealthStatus, Lag};
-use super::rules::{evaluate, lag_seconds, relay_lag_gauges, Probes, Reported, Thresholds};
+use super::rules::{evaluate, lag_gauges, lag_seconds, projection_lag_seconds, Probes, Reported, Thresholds};
 use crate::actors::dlq_actor::CountDeadLetters;
 use crate::actors::messages::{ActorError, ActorName, ComponentEvent, InjectFailure, Lifecycle, Ping, StopActor};
 use crate::actors::supervision::GetTaskStatus;
@@ -156,7 +156,19 @@ impl HealthCheckActor {
                         .map(|at| ((Utc::now() - at).to_std().unwrap_or_default(), log_ttl)),
                     None => None,
                 };
-                (relay_backlog, parked, projection_backlog, cdc_ttl)
+                // The CDC projection's own progress (the backlog knows only its parks).
+                let projection_cdc_age = match &cql {
+                    Some(cql) if projection_enabled => {
+                        tokio::time::timeout(t, cql.cdc_oldest_progress(crate::projection::cql::PROJECTION_CONSUMER))
+                            .await
+                            .ok()
+                            .and_then(|r| r.ok())
+                            .flatten()
+                            .map(|at| (Utc::now() - at).to_std().unwrap_or_default())
+                    }
+                    _ => None,
+                };
+                (relay_backlog, parked, projection_backlog, cdc_ttl, projection_cdc_age)
             };
             let store_probe = async {
                 match tokio::time::timeout(t, store.probe()).await {
@@ -197,8 +209,14 @@ impl HealthCheckActor {
                     None => None,
                 }
             };
-            let (store, order, cdc, (dlq, dlq_depth), projection, (relay_backlog, parked, projection_backlog, cdc_ttl)) =
-                tokio::join!(store_probe, order_probe, cdc_probe, dlq_probe, projection_probe, backlogs);
+            let (
+                store,
+                order,
+                cdc,
+                (dlq, dlq_depth),
+                projection,
+                (relay_backlog, parked, projection_backlog, cdc_ttl, projection_cdc_age),
+            ) = tokio::join!(store_probe, order_probe, cdc_probe, dlq_probe, projection_probe, backlogs);
             Probes {
                 now: Utc::now(),
                 store,
@@ -213,6 +231,7 @@ impl HealthCheckActor {
                 projection_enabled,
                 projection,
                 projection_backlog,
+                projection_cdc_age,
             }
         };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(fut).map(|mut probes, act, ctx| {
@@ -243,7 +262,7 @@ impl HealthCheckActor {
             seconds: lag_seconds(&b, probes.now),
         };
         let relay_lag = probes.relay_backlog.map(lag);
-        let (events, seconds) = relay_lag_gauges(probes.relay_backlog.as_ref(), probes.cdc_ttl, probes.now, t);
+        let (events, seconds) = lag_gauges(probes.relay_backlog.as_ref(), probes.cdc_ttl, probes.now, t);
         if let Some(e) = events {
             m.relay_lag_events.with_label_values(&[role]).set(e);
         }
@@ -269,7 +288,9 @@ impl HealthCheckActor {
             if let Some(e) = l.events {
                 m.projection_lag_events.set(e);
             }
-            m.projection_lag_seconds.set(l.seconds);
+        }
+        if let Some(s) = projection_lag_seconds(probes, t) {
+            m.projection_lag_seconds.set(s);
         }
         (relay_lag, projection_lag)
     }

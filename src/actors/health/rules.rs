@@ -75,6 +75,8 @@ pub struct Probes {
     /// The ProjectionActor's answer (None: it did not answer).
     pub projection: Option<TaskStatus<ProjectionStatus>>,
     pub projection_backlog: Option<Backlog>,
+    /// CDC projection: age of its oldest per-stream progress (None elsewhere).
+    pub projection_cdc_age: Option<Duration>,
 }
 
 /// How long a freshly spawned relay or projector task may take to say it
@@ -154,7 +156,7 @@ fn lifecycle_health(actor: ActorName, l: Option<Lifecycle>, reported: &Reported)
 /// of the oldest held event's age and that age past a caught-up reader's
 /// delay (so a caught-up reader reads 0, a stalled one its real lag). A
 /// feed without positions counts only held events: none is 0, not unknown.
-pub fn relay_lag_gauges(
+pub fn lag_gauges(
     backlog: Option<&Backlog>,
     cdc_ttl: Option<(Duration, Duration)>,
     now: DateTime<Utc>,
@@ -168,6 +170,13 @@ pub fn relay_lag_gauges(
         (a, b) => a.or(b),
     };
     (events, seconds)
+}
+
+/// `projection_lag_seconds`: the age of its held events and, for the CDC
+/// projection, of its progress past a caught-up reader's delay (the CQL
+/// backlog knows only parks: it read 0 with the reader hours behind).
+pub fn projection_lag_seconds(p: &Probes, t: &Thresholds) -> Option<f64> {
+    lag_gauges(p.projection_backlog.as_ref(), p.projection_cdc_age.map(|a| (a, Duration::ZERO)), p.now, t).1
 }
 
 pub fn lag_seconds(b: &Backlog, now: DateTime<Utc>) -> f64 {

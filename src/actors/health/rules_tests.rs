@@ -34,6 +34,7 @@ fn probes() -> Probes {
         relay_backlog: Some(Backlog { checkpoint: Some(10), head: Some(10), events: Some(0), oldest: None }),
         parked: Some(0),
         cdc_ttl: None,
+        projection_cdc_age: None,
         projection_enabled: true,
         projection: Some(TaskStatus {
             lifecycle: Lifecycle::Running,
@@ -328,15 +329,15 @@ fn a_projection_standby_is_healthy_and_says_who_projects() {
 /// is None with nothing parked), the larger of it and a held event's age;
 /// a position-less feed with nothing held has 0 events, not none.
 #[test]
-fn relay_lag_gauges_count_the_cdc_progress_age() {
+fn lag_gauges_count_the_cdc_progress_age() {
     let now = Utc::now();
     let cql = Backlog { checkpoint: None, head: None, events: None, oldest: None };
     let cdc = |secs| Some((Duration::from_secs(secs), Duration::from_secs(86_400)));
-    assert_eq!(relay_lag_gauges(Some(&cql), cdc(7_200), now, &T), (Some(0), Some(7_200.0 - 66.0)));
-    assert_eq!(relay_lag_gauges(Some(&cql), cdc(30), now, &T), (Some(0), Some(0.0)), "caught up");
-    assert_eq!(relay_lag_gauges(None, cdc(7_200), now, &T), (None, Some(7_134.0)), "backlog unread");
+    assert_eq!(lag_gauges(Some(&cql), cdc(7_200), now, &T), (Some(0), Some(7_200.0 - 66.0)));
+    assert_eq!(lag_gauges(Some(&cql), cdc(30), now, &T), (Some(0), Some(0.0)), "caught up");
+    assert_eq!(lag_gauges(None, cdc(7_200), now, &T), (None, Some(7_134.0)), "backlog unread");
     let held = Backlog { events: Some(4), oldest: Some(now - chrono::Duration::seconds(9_000)), ..cql };
-    assert_eq!(relay_lag_gauges(Some(&held), cdc(100), now, &T), (Some(4), Some(9_000.0)));
+    assert_eq!(lag_gauges(Some(&held), cdc(100), now, &T), (Some(4), Some(9_000.0)));
     // SQLite: positions, no CDC age.
     let sqlite = Backlog {
         checkpoint: Some(5),
@@ -344,10 +345,10 @@ fn relay_lag_gauges_count_the_cdc_progress_age() {
         events: Some(3),
         oldest: Some(now - chrono::Duration::seconds(2)),
     };
-    assert_eq!(relay_lag_gauges(Some(&sqlite), None, now, &T), (Some(3), Some(2.0)));
+    assert_eq!(lag_gauges(Some(&sqlite), None, now, &T), (Some(3), Some(2.0)));
     let unstarted = Backlog { checkpoint: None, head: Some(8), events: None, oldest: None };
-    assert_eq!(relay_lag_gauges(Some(&unstarted), None, now, &T), (None, Some(0.0)));
-    assert_eq!(relay_lag_gauges(None, None, now, &T), (None, None));
+    assert_eq!(lag_gauges(Some(&unstarted), None, now, &T), (None, Some(0.0)));
+    assert_eq!(lag_gauges(None, None, now, &T), (None, None));
 }
 
 /// Review finding: a relay whose lease was lost (the store refused or did
@@ -435,4 +436,24 @@ fn a_cql_projection_is_not_degraded_by_the_age_of_its_events() {
     assert_eq!(pr.lag_ms, Some(30_000));
     let v = evaluate(&p, &HashMap::new(), T);
     assert_eq!(v["projections"].0, HealthStatus::Healthy, "{}", v["projections"].1);
+}
+
+/// `projection_lag_seconds` on the CDC projection is its progress age past a
+/// caught-up reader's delay (it read the backlog only: 0 with no parks,
+/// whatever the reader's age), the larger of it and a held event's age; on
+/// SQLite (no CDC age) the backlog's.
+#[test]
+fn projection_lag_seconds_counts_the_cdc_projections_progress_age() {
+    let mut p = probes();
+    let now = p.now;
+    p.projection_backlog = Some(Backlog { checkpoint: None, head: None, events: None, oldest: None });
+    p.projection_cdc_age = Some(Duration::from_secs(7_200));
+    assert_eq!(projection_lag_seconds(&p, &T), Some(7_200.0 - 66.0));
+    p.projection_cdc_age = Some(Duration::from_secs(30));
+    assert_eq!(projection_lag_seconds(&p, &T), Some(0.0), "caught up");
+    p.projection_backlog =
+        Some(Backlog { events: Some(2), oldest: Some(now - chrono::Duration::seconds(9_000)), ..Backlog::default() });
+    assert_eq!(projection_lag_seconds(&p, &T), Some(9_000.0), "a held event older than the progress");
+    p.projection_cdc_age = None;
+    assert_eq!(projection_lag_seconds(&p, &T), Some(9_000.0), "SQLite: the backlog's age");
 }
