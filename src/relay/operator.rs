@@ -24,7 +24,7 @@ pub async fn submit(
     kind: RequestKind,
     requested_by: &str,
 ) -> Result<RelayRequest, StoreError> {
-    let r = RelayRequest::new(consumer, kind, requested_by);
+    let r = RelayRequest::new(consumer, kind.canonical(), requested_by);
     store.request_submit(&r).await?;
     Ok(r)
 }
@@ -336,6 +336,8 @@ pub async fn check_parked(
     kind: &RequestKind,
 ) -> Result<Result<(), NothingParked>, StoreError> {
     type Names = fn(&crate::store::parking::Parked, &str) -> bool;
+    // As `submit` writes it (an id in upper case names what it names in lower).
+    let kind = &kind.clone().canonical();
     let (field, wanted, what, names): (_, _, _, Names) = match kind {
         RequestKind::ReplayAggregate { aggregate_id } => {
             ("aggregate_id", aggregate_id, "a parked aggregate", |p, w| p.aggregate_id == w)
@@ -398,5 +400,41 @@ mod tests {
         let row = store.request_get(r.id).await.unwrap().unwrap();
         assert_eq!(row.status, RequestStatus::Done);
         assert_eq!(row.result, Some(serde_json::json!({ "rewound_to": 0 })));
+    }
+
+    /// Review finding: park records hold ids as the store writes them
+    /// (lower case), and the pre-check compared the id as typed: an
+    /// aggregate id in upper case, or with blanks around it, was "not a
+    /// parked aggregate" (422) though it was parked. Checked and written
+    /// canonical now.
+    #[tokio::test]
+    async fn an_aggregate_id_in_upper_case_names_its_parked_aggregate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: DynStore =
+            crate::store::sqlite::SqliteStore::open(dir.path().join("s.db"), Default::default()).await.unwrap();
+        let agg = Uuid::now_v7();
+        let mut parked = crate::store::parking::Parked {
+            consumer: "relay".into(),
+            aggregate_id: agg.to_string(),
+            aggregate_type: Some("Order".into()),
+            position: Some(1),
+            sequence: Some(1),
+            event_id: Some(Uuid::now_v7().to_string()),
+            event_type: None,
+            error: "refused by the broker".into(),
+            parked_at: chrono::Utc::now(),
+        };
+        store.park(&parked).await.unwrap();
+        let typed = format!(" {} ", agg.to_string().to_uppercase());
+        let kind = RequestKind::ReplayAggregate { aggregate_id: typed };
+        assert_eq!(check_parked(&store, "relay", &kind).await.unwrap(), Ok(()));
+        let r = submit(&store, "relay", kind, "test").await.unwrap();
+        assert_eq!(r.kind, RequestKind::ReplayAggregate { aggregate_id: agg.to_string() }, "written canonical");
+        let event = parked.event_id.take().unwrap();
+        let kind = RequestKind::Discard { event_id: event.to_uppercase(), reason: "bad".into() };
+        assert_eq!(check_parked(&store, "relay", &kind).await.unwrap(), Ok(()), "an event id too");
+        // Not an id: compared as typed (and refused, naming the field).
+        let kind = RequestKind::ReplayAggregate { aggregate_id: "order-7".into() };
+        assert_eq!(check_parked(&store, "relay", &kind).await.unwrap().unwrap_err().field, "aggregate_id");
     }
 }

@@ -36,6 +36,26 @@ pub enum RequestKind {
     RewindToTime { time: DateTime<Utc> },
 }
 
+impl RequestKind {
+    /// The kind with the aggregate or event id it names written as the
+    /// store writes ids (a UUID lower-case and hyphenated, surrounding
+    /// blanks dropped): park records compare them as text, so an id typed
+    /// in upper case named nothing parked.
+    pub fn canonical(self) -> RequestKind {
+        let id = |raw: String| match Uuid::parse_str(raw.trim()) {
+            Ok(u) => u.to_string(),
+            Err(_) => raw,
+        };
+        match self {
+            RequestKind::ReplayAggregate { aggregate_id } => {
+                RequestKind::ReplayAggregate { aggregate_id: id(aggregate_id) }
+            }
+            RequestKind::Discard { event_id, reason } => RequestKind::Discard { event_id: id(event_id), reason },
+            other => other,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestStatus {
