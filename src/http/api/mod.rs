@@ -275,7 +275,7 @@ pub(super) fn with_projection(mut resp: HttpResponse, f: Freshness) -> HttpRespo
 /// A read-model query that failed: 503 (retry) when the store is
 /// unavailable, but a query the backend does not offer is no transient
 /// failure: 501 `not_available`, without `Retry-After`, so clients do not
-/// retry it forever. (The HTTP layer refuses known limits first, e.g.
+/// retry it forever; nor is a row that cannot be decoded: 500 `internal`. (The HTTP layer refuses known limits first, e.g.
 /// `offset` over `projection::MAX_OFFSET` with a 400.)
 pub(super) fn read_model_unavailable(e: crate::store::StoreError) -> ApiError {
     if let crate::store::StoreError::Unsupported { .. } = e {
@@ -285,6 +285,12 @@ pub(super) fn read_model_unavailable(e: crate::store::StoreError) -> ApiError {
             "not_available",
             "this query is not supported by the read models of this store backend",
         );
+    }
+    if let crate::store::StoreError::Codec(_) = e {
+        // A row that cannot be decoded stays so: no Retry-After (a client
+        // would retry it forever); the detail stays in the log.
+        tracing::error!(error = %e, "read-model row cannot be decoded");
+        return ApiError::internal();
     }
     tracing::warn!(error = %e, "read models unavailable");
     ApiError::unavailable("temporarily unavailable; retry shortly")
@@ -323,6 +329,11 @@ mod tests {
         assert!(!e.body.detail.contains("10001"), "store details stay in the log: {}", e.body.detail);
         let e = read_model_unavailable(StoreError::Unavailable("timeout".into()));
         assert_eq!((e.status.as_u16(), e.kind()), (503, "unavailable"));
+        // Review finding: an undecodable row was a 503 "retry" too.
+        let e = read_model_unavailable(StoreError::Codec("created_at: not a timestamp".into()));
+        assert_eq!((e.status.as_u16(), e.kind()), (500, "internal"));
+        assert!(e.error_response().headers().get(header::RETRY_AFTER).is_none());
+        assert!(!e.body.detail.contains("created_at"), "store details stay in the log: {}", e.body.detail);
     }
 
     /// Review finding: a create without `id` whose append ended
