@@ -509,6 +509,11 @@ fn admin_routes_take_bodies_up_to_the_configured_limit() {
         let v = assert_error(&d.admin_post(path, &over), 413, "payload_too_large");
         assert!(v["detail"].as_str().unwrap().contains(&format!("{limit} bytes")), "{path}: {v}");
     }
+    // Two selectors: the 422 names the second one given (it named
+    // `aggregate_id` whatever the body held).
+    let v =
+        assert_error(&d.admin_post("/dlq/replay", &json!({"ids": [Uuid::now_v7()], "all": true})), 422, "validation");
+    assert_eq!(v["field"], "all", "{v}");
     d.stop();
 }
 

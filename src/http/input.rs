@@ -15,6 +15,16 @@ use crate::domain::{Currency, DomainError, Email, Money, OrderItem, PhoneNumber,
 
 use super::errors::ApiError;
 
+/// The whole number `v` is, as JSON Schema's `integer` reads one: an
+/// integer literal in i64, or a number with a decimal point or exponent
+/// whose value is whole (`1.0`, `1e2`: what clients that serialise floats
+/// send) up to 2^53, where a float still holds every whole number exactly.
+pub(super) fn whole_number(v: &Value) -> Option<i64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let n = v.as_number()?;
+    n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() <= EXACT).map(|f| f as i64))
+}
+
 /// One JSON object being read, with its path for error messages.
 pub struct Input<'a> {
     map: &'a Map<String, Value>,
@@ -101,10 +111,13 @@ impl<'a> Input<'a> {
     pub fn int(&self, key: &str) -> Result<i64, ApiError> {
         let v = self.required(key)?;
         match v {
-            Value::Number(n) => n.as_i64().ok_or_else(|| {
+            Value::Number(_) => whole_number(v).ok_or_else(|| {
                 ApiError::invalid(
                     self.path(key),
-                    format!("{} must be a whole number between -2^63 and 2^63-1", self.path(key)),
+                    format!(
+                        "{} must be a whole number between -2^63 and 2^63-1 (2^53 when written with a decimal point or exponent)",
+                        self.path(key)
+                    ),
                 )
             }),
             other => Err(self.wrong(key, "a whole number", other)),
@@ -318,6 +331,24 @@ mod tests {
         assert_eq!((e.status.as_u16(), e.body.field.as_deref()), (422, Some("$")));
         let e = no_fields(b"{\"x\"").unwrap_err();
         assert_eq!((e.status.as_u16(), e.kind()), (400, "malformed_json"));
+    }
+
+    /// Review finding: `1.0` (what clients that serialise floats send, and
+    /// what JSON Schema's `integer` in our OpenAPI 3.1 description accepts)
+    /// was refused as "not a whole number between -2^63 and 2^63-1".
+    #[test]
+    fn whole_numbers_written_with_a_decimal_point_or_exponent_are_taken() {
+        let item = |q: Value| json!({"items": [{"sku": "A", "quantity": q, "unit_price": {"amount_minor": 1999.0, "currency": "EUR"}}]});
+        for q in [json!(2), json!(2.0), json!(2e0), serde_json::from_str::<Value>("0.2e1").unwrap()] {
+            let got = items(&Input::body(&item(q.clone()), &["items"]).unwrap()).unwrap();
+            assert_eq!(got[0].quantity, 2, "{q}");
+        }
+        for q in [json!(1.5), json!(1e300), json!(-0.5), json!(9_007_199_254_740_994.0)] {
+            let e = items(&Input::body(&item(q.clone()), &["items"]).unwrap()).unwrap_err();
+            assert_eq!(e.body.field.as_deref(), Some("items[0].quantity"), "{q}");
+        }
+        assert_eq!(whole_number(&json!(100.0)), Some(100));
+        assert_eq!(whole_number(&json!("100")), None);
     }
 
     #[test]

@@ -218,12 +218,14 @@ pub(super) async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<Value>
     let given = |k: &str| body.get(k).is_some();
     // Exactly one selector: a body that names two would silently do one of them.
     let (all_parked, all) = (flag(&body, "all_parked", false)?, flag(&body, "all", false)?);
-    let selected = [given("aggregate_id"), given("ids"), all_parked, all].iter().filter(|s| **s).count();
-    if selected > 1 {
-        return Err(ApiError::invalid(
-            "aggregate_id",
-            "give exactly one of aggregate_id, ids, all_parked: true or all: true",
-        ));
+    let selected: Vec<&str> =
+        [("aggregate_id", given("aggregate_id")), ("ids", given("ids")), ("all_parked", all_parked), ("all", all)]
+            .into_iter()
+            .filter_map(|(name, on)| on.then_some(name))
+            .collect();
+    if let [_, second, ..] = selected[..] {
+        // The field at fault is the second one given (the body names it).
+        return Err(ApiError::invalid(second, "give exactly one of aggregate_id, ids, all_parked: true or all: true"));
     }
     let kind = if given("aggregate_id") {
         let agg = b.string("aggregate_id")?;
@@ -260,7 +262,7 @@ pub(super) async fn relay_rewind(st: web::Data<AdminState>, body: web::Json<Valu
     let _ = Input::body(&body, &["to_position", "to_time", "wait"])?;
     // A member that is present counts, even as null: `{"to_position": 0, "to_time": null}` names both.
     let kind = match (body.get("to_position"), body.get("to_time")) {
-        (Some(p), None) => match p.as_i64() {
+        (Some(p), None) => match super::input::whole_number(p) {
             Some(n) if n >= 0 => RequestKind::RewindToPosition { position: n },
             _ => return Err(ApiError::invalid("to_position", "must be a non-negative feed position")),
         },
