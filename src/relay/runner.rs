@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use crate::config::{Config, DeliveryMode};
 use crate::lease::gate::wait_held;
-use crate::lease::keeper::LeaseHandle;
+use crate::lease::keeper::{LeaseHandle, LeaseState};
 use crate::metrics::Metrics;
 use crate::relay::exactly_once::transactional;
 use crate::relay::operator::Unsaved;
@@ -83,6 +83,7 @@ impl RelayRunner {
                 .with_sink(self.sink.clone())
                 .with_pause(self.pause.clone())
                 .with_unsaved(self.unsaved.clone());
+            let term_epoch = fence.as_ref().map(|f| f.epoch);
             let relay = match fence {
                 Some(f) => relay.with_fence(f),
                 None => relay,
@@ -97,9 +98,26 @@ impl RelayRunner {
             match exit {
                 Ok(Exit::Shutdown) => return Ok(()),
                 Ok(Exit::LeaseLost) => {
-                    tracing::warn!("relay term ended: the lease is gone; standing by");
-                    if self.lease.is_none() {
-                        return Ok(());
+                    let Some(lease) = &self.lease else { return Ok(()) };
+                    let state = lease.state().borrow().clone();
+                    if fenced_while_held(&state, term_epoch) {
+                        // The store or the broker fenced the term while our
+                        // keeper still holds that epoch: the next term would
+                        // start at once under it, and be fenced again (two
+                        // instances sharing a consumer name on different
+                        // stores fence each other's transactional producer
+                        // for ever). Backed off as a failed term; the keeper
+                        // learns of a takeover meanwhile.
+                        fatal_restarts = next_restarts(fatal_restarts, term_started.elapsed());
+                        let e = format!("relay term fenced (by the store or the broker) while this instance's lease is still at epoch {}: another instance publishes as consumer {} (relay.consumer_name must be distinct per store)", term_epoch.unwrap_or_default(), self.config.relay.consumer_name);
+                        tracing::error!(restarts = fatal_restarts, "{e}");
+                        self.status.error(e);
+                        let wait = term_backoff(fatal_restarts);
+                        if !pause_between_terms(wait, Some(lease.state()), &self.status, &mut shutdown).await {
+                            return Ok(());
+                        }
+                    } else {
+                        tracing::warn!("relay term ended: the lease is gone; standing by");
                     }
                 }
                 Ok(Exit::Rewound(to)) => {
@@ -202,6 +220,13 @@ async fn pause_between_terms(
 
 /// Consecutive term failures: `previous + 1`, or 1 when the failed term ran
 /// at least a minute (failures days apart are not a crash loop).
+/// Whether a term that ended with its lease lost ended while the keeper
+/// still holds the term's epoch (fenced by the store or the broker, not by
+/// the keeper): the next term would start at once under the same epoch.
+fn fenced_while_held(state: &LeaseState, term_epoch: Option<i64>) -> bool {
+    term_epoch.is_some() && state.active_epoch() == term_epoch
+}
+
 fn next_restarts(previous: u32, term_ran: Duration) -> u32 {
     if term_ran >= Duration::from_secs(60) {
         1
@@ -213,9 +238,23 @@ fn next_restarts(previous: u32, term_ran: Duration) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::keeper::LeaseState;
+
     use crate::relay::status::RelayStatus;
     use crate::store::StoreError;
+
+    /// Review finding: a term fenced by the store or the broker while the
+    /// keeper still held its epoch was followed by the next term at once,
+    /// under the same epoch, fenced again: a loop without backoff.
+    #[test]
+    fn a_term_fenced_while_its_epoch_is_held_is_told_from_a_lost_lease() {
+        let active = |epoch| LeaseState::Active { epoch };
+        assert!(fenced_while_held(&active(5), Some(5)), "the keeper still holds it: fenced elsewhere");
+        assert!(!fenced_while_held(&active(6), Some(5)), "a new epoch: a new term");
+        let standby = LeaseState::Standby { holder: "b".into(), epoch: 6, ttl_ms: 3_000 };
+        assert!(!fenced_while_held(&standby, Some(5)), "the keeper lost it: stand by");
+        assert!(!fenced_while_held(&LeaseState::Lost { epoch: 5 }, Some(5)));
+        assert!(!fenced_while_held(&active(5), None), "unfenced relay");
+    }
 
     /// Review finding: a store error at a CDC term's start went to the
     /// supervisor, whose budget it used up in seconds (exit 70) while the
