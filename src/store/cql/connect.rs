@@ -160,9 +160,23 @@ fn meta_stmt(cql: &str) -> Statement {
 async fn detect_scylla(session: &Session) -> Result<bool, String> {
     match session.query_unpaged(meta_stmt("SELECT key FROM system.scylla_local LIMIT 1"), ()).await {
         Ok(_) => Ok(true),
-        Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Unauthorized, _))) => Ok(true),
-        Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(_, _))) => Ok(false),
+        Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(e, msg))) => scylla_from_refusal(&e, &msg),
         Err(e) => Err(format!("cannot query the server: {e}")),
+    }
+}
+
+/// What a refused read of `system.scylla_local` says: only "no such table"
+/// (Invalid) is Cassandra. Any other refusal (overloaded, a timeout, a
+/// server error) says nothing: taken for Cassandra, `migrate` made the
+/// tables without CDC on a ScyllaDB node that was only busy.
+fn scylla_from_refusal(e: &DbError, msg: &str) -> Result<bool, String> {
+    match e {
+        DbError::Unauthorized => Ok(true),
+        DbError::Invalid => Ok(false),
+        _ if msg.to_lowercase().contains("unconfigured table") => Ok(false),
+        other => {
+            Err(format!("cannot tell ScyllaDB from Apache Cassandra: the server refused the check ({other}: {msg})"))
+        }
     }
 }
 
@@ -207,6 +221,20 @@ mod tests {
         assert_eq!(parse_serial_consistency("local_serial").unwrap(), SerialConsistency::LocalSerial);
         assert_eq!(parse_serial_consistency("SERIAL").unwrap(), SerialConsistency::Serial);
         assert!(parse_serial_consistency("quorum").unwrap_err().to_string().contains("serial_consistency"));
+    }
+
+    /// Review finding: any refusal of the check (Overloaded, a timeout)
+    /// read as "Apache Cassandra", so a busy ScyllaDB node got its tables
+    /// made without CDC and the daemon refused to start ("not ScyllaDB").
+    #[test]
+    fn only_no_such_table_says_cassandra() {
+        assert_eq!(scylla_from_refusal(&DbError::Invalid, "unconfigured table scylla_local"), Ok(false));
+        assert_eq!(scylla_from_refusal(&DbError::Unauthorized, "no SELECT permission"), Ok(true));
+        assert_eq!(scylla_from_refusal(&DbError::SyntaxError, "unconfigured table scylla_local"), Ok(false));
+        for busy in [DbError::Overloaded, DbError::ServerError, DbError::IsBootstrapping, DbError::TruncateError] {
+            let e = scylla_from_refusal(&busy, "try later").unwrap_err();
+            assert!(e.contains("cannot tell ScyllaDB from Apache Cassandra"), "{e}");
+        }
     }
 
     #[tokio::test]
