@@ -80,7 +80,10 @@ fn required<T>(v: Option<T>, col: &str, row: &EventRow) -> Result<T, StoreError>
 impl EventRow {
     /// None for the static-only row of a partition (no event).
     pub(super) fn into_envelope(self) -> Result<Option<EventEnvelope>, StoreError> {
-        let (Some(event_id), Some(sequence)) = (self.event_id, self.sequence_number) else { return Ok(None) };
+        let Some(sequence) = self.sequence_number else { return Ok(None) };
+        // A row with a sequence is an event: a missing id is a broken row
+        // (loaded one version low it made every append a conflict).
+        let event_id = required(self.event_id, "event_id", &self)?;
         let payload: String = required(self.payload.clone(), "payload", &self)?;
         Ok(Some(EventEnvelope {
             event_id,
@@ -208,5 +211,41 @@ impl CqlStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(event_id: Option<Uuid>, sequence: Option<i64>) -> EventRow {
+        EventRow {
+            event_id,
+            aggregate_type: Some("order".into()),
+            aggregate_id: Uuid::now_v7(),
+            sequence_number: sequence,
+            event_type: Some("OrderPlaced".into()),
+            event_version: Some(1),
+            payload: Some("{}".into()),
+            causation_id: None,
+            correlation_id: Some(Uuid::now_v7()),
+            timestamp: Some(Utc::now()),
+            trace_parent: None,
+            trace_state: None,
+        }
+    }
+
+    /// Review finding: a row with a sequence but no event id vanished from
+    /// `load` (taken for the static-only row), so the aggregate loaded one
+    /// version low and every append was a conflict; it is a codec error
+    /// naming the column, like any other missing one.
+    #[test]
+    fn only_a_row_without_a_sequence_is_the_static_row() {
+        assert!(row(None, None).into_envelope().unwrap().is_none(), "the static-only row");
+        match row(None, Some(2)).into_envelope() {
+            Err(StoreError::Codec(m)) => assert!(m.contains("null event_id"), "{m}"),
+            other => panic!("a broken event row: {other:?}"),
+        }
+        assert_eq!(row(Some(Uuid::now_v7()), Some(2)).into_envelope().unwrap().unwrap().sequence, 2);
     }
 }
