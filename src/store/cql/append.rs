@@ -92,6 +92,9 @@ enum Attempt {
     /// The condition failed; the aggregate's current version.
     Rejected(i64),
     Failed(Box<ExecutionError>),
+    /// The server answered, but the answer cannot be read: the batch may
+    /// have been applied (resolved like an unknown outcome).
+    Unreadable(StoreError),
 }
 
 /// Too few live replicas: the commit phase can answer it after a quorum
@@ -111,6 +114,12 @@ pub(super) fn outcome_unknown(e: &ExecutionError) -> bool {
         ExecutionError::RequestTimeout(_) => true,
         ExecutionError::LastAttemptError(a) => match a {
             RequestAttemptError::BrokenConnectionError(_) => true,
+            // Sent, and answered with something the driver cannot read:
+            // the write may have been applied.
+            RequestAttemptError::CqlResultParseError(_)
+            | RequestAttemptError::CqlErrorParseError(_)
+            | RequestAttemptError::BodyExtensionsParseError(_)
+            | RequestAttemptError::UnexpectedResponse(_) => true,
             RequestAttemptError::DbError(db, _) => matches!(
                 db,
                 // CAS write timeouts (contention or Paxos timeouts), commit-phase
@@ -192,9 +201,11 @@ impl CqlStore {
             Ok(r) => r,
             Err(e) => return Ok(Attempt::Failed(Box::new(e))),
         };
-        Ok(match lwt_answer(res, "version")? {
-            (true, _) => Attempt::Applied,
-            (false, v) => Attempt::Rejected(as_bigint(v)?.unwrap_or(0)),
+        let answer = lwt_answer(res, "version").and_then(|(applied, v)| Ok((applied, as_bigint(v)?)));
+        Ok(match answer {
+            Ok((true, _)) => Attempt::Applied,
+            Ok((false, v)) => Attempt::Rejected(v.unwrap_or(0)),
+            Err(e) => Attempt::Unreadable(e),
         })
     }
 
@@ -289,6 +300,10 @@ impl CqlStore {
                         }
                     }
                     return Err(conflict(actual));
+                }
+                Attempt::Unreadable(e) => {
+                    tracing::warn!(%aggregate_id, expected_version, attempt, error = %e, "conditional append answered unreadably; re-proposing to learn its outcome");
+                    uncertain = Some(e.to_string());
                 }
                 Attempt::Failed(e) if outcome_unknown(&e) || unavailable_after_accept(&e) => {
                     tracing::debug!(%aggregate_id, expected_version, attempt, error = %e, "conditional append outcome unknown; re-proposing");

@@ -23,6 +23,10 @@ enum Inject {
     /// The batch is applied; the caller sees `Unavailable` (the commit
     /// phase found too few live replicas after a quorum accepted).
     AppliedThenUnavailable,
+    /// The batch is applied; the caller sees a response the driver cannot read.
+    AppliedThenUnexpectedResponse,
+    /// The batch is applied; the caller gets an answer without `[applied]`.
+    AppliedThenOddAnswer,
 }
 
 /// The driver session, except that queued faults hit the next batches;
@@ -89,6 +93,15 @@ impl BatchExecutor for FaultyBatches {
             Some(Inject::LostReply) => session.batch(batch, values).await.and(Err(cas_timeout())),
             Some(Inject::AppliedThenWriteFailure) => session.batch(batch, values).await.and(Err(write_failure())),
             Some(Inject::AppliedThenUnavailable) => session.batch(batch, values).await.and(Err(unavailable())),
+            Some(Inject::AppliedThenUnexpectedResponse) => {
+                session.batch(batch, values).await.and(Err(ExecutionError::LastAttemptError(
+                    RequestAttemptError::UnexpectedResponse(scylla::errors::CqlResponseKind::Ready),
+                )))
+            }
+            Some(Inject::AppliedThenOddAnswer) => {
+                session.batch(batch, values).await?;
+                session.query_unpaged("SELECT release_version FROM system.local", ()).await
+            }
             None => session.batch(batch, values).await,
         };
         if res.as_ref().err().is_some_and(|e| outcome_unknown(e) || unavailable_after_accept(e)) {
@@ -139,6 +152,22 @@ async fn unavailable_after_the_accept_is_resolved_as_success() {
     let table = crate::store::cql::reconcile::ReconcileTable::open(s.session(), s.keyspace()).await.unwrap();
     let recorded = table.list().await.unwrap().into_iter().filter(|p| p.aggregate_id == id).count();
     assert_eq!(recorded, 2, "both events recorded for reconciliation");
+}
+
+/// Review finding: an applied batch whose response the driver could not
+/// read (an unexpected response, or an answer without `[applied]`) failed
+/// the append on the first attempt (Unavailable, which callers retry; a
+/// Codec error): retried, the command ran again on stored events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applied_append_answered_unreadably_is_resolved_as_success() {
+    let Some((s, faults)) = live().await else { return };
+    for fault in [Inject::AppliedThenUnexpectedResponse, Inject::AppliedThenOddAnswer] {
+        let id = Uuid::now_v7();
+        let ev = events(id, 0, 2);
+        faults.inject([fault]);
+        assert_eq!(s.append(id, 0, ev.clone()).await.unwrap().version, 2, "resolved: our events are there");
+        assert_eq!(s.load(id).await.unwrap(), ev, "written exactly once");
+    }
 }
 
 #[tokio::test]
