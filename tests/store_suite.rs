@@ -385,6 +385,20 @@ async fn backlog_age_is_the_oldest_held_events_commit_time(s: DynStore) {
     assert_eq!(oldest.timestamp_millis(), committed.timestamp_millis(), "commit time, not park time");
 }
 
+/// A request read by (consumer, id), as the waiting admin routes and CLI
+/// read it (CQL: one row of the consumer's partition; it scanned every
+/// consumer's with ALLOW FILTERING, ten times a second per waiting client).
+async fn request_read_by_consumer_and_id(s: DynStore) {
+    use outboxd::store::requests::{RelayRequest, RequestKind};
+    let consumer = format!("reqs-{}", Uuid::now_v7().simple());
+    let r = RelayRequest::new(&consumer, RequestKind::ReplayAllParked, "test");
+    s.request_submit(&r).await.unwrap();
+    let got = s.request_get_of(&consumer, r.id).await.unwrap().expect("the row");
+    assert_eq!((got.id, got.kind), (r.id, RequestKind::ReplayAllParked));
+    assert!(s.request_get_of("another-consumer", r.id).await.unwrap().is_none(), "not another consumer's");
+    assert!(s.request_get_of(&consumer, Uuid::now_v7()).await.unwrap().is_none());
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
@@ -410,6 +424,7 @@ macro_rules! suite {
             case!(fenced_requests);
             case!(discard_audit_row_once);
             case!(backlog_age_is_the_oldest_held_events_commit_time);
+            case!(request_read_by_consumer_and_id);
         }
     };
 }

@@ -110,7 +110,7 @@ pub async fn request(
     let on_change = |req: &RelayRequest| bar.set_message(format!("request {}: {}", req.id, req.status.as_str()));
     let waited = match wait_unless_interrupted(
         &store,
-        r.id,
+        (&consumer, r.id),
         (unclaimed_after, deadline.left()),
         on_change,
         &mut interrupted,
@@ -147,7 +147,9 @@ pub async fn request(
             }
             // Done here, or (a relay started meanwhile) by that relay.
             let left = deadline.left();
-            let waited = wait_unless_interrupted(&store, r.id, (left, left), on_change, &mut interrupted, &bar).await?;
+            let waited =
+                wait_unless_interrupted(&store, (&consumer, r.id), (left, left), on_change, &mut interrupted, &bar)
+                    .await?;
             match waited {
                 Err(code) => return Ok(code),
                 Ok(Waited::Finished(d)) => d,
@@ -202,14 +204,14 @@ async fn out_of_time(store: &DynStore, p: &RelayRequest, max_wait: Duration) -> 
 /// then the request is withdrawn and reported, and `Err` holds the exit code.
 async fn wait_unless_interrupted(
     store: &DynStore,
-    id: uuid::Uuid,
+    (consumer, id): (&str, uuid::Uuid),
     (unclaimed_after, max_wait): (Duration, Duration),
     on_change: impl FnMut(&RelayRequest),
     interrupted: &mut Shutdown,
     bar: &indicatif::ProgressBar,
 ) -> Result<Result<Waited, u8>, Failure> {
     tokio::select! {
-        w = operator::wait(store, id, unclaimed_after, max_wait, on_change) => Ok(Ok(w?)),
+        w = operator::wait(store, consumer, id, unclaimed_after, max_wait, on_change) => Ok(Ok(w?)),
         _ = interrupted.recv() => {
             bar.finish_and_clear();
             // Not claimed here (`held` None): a claimed request is the relay's.

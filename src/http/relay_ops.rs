@@ -138,7 +138,7 @@ async fn answer(
     // range twice). Read again until the deadline, then answer 202 naming it.
     let waited = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match operator::wait(&st.store, r.id, left, left, |_| {}).await {
+        match operator::wait(&st.store, &r.consumer, r.id, left, left, |_| {}).await {
             Err(e) if !left.is_zero() => {
                 tracing::warn!(error = %e, request = %r.id, "cannot read back a relay request; trying again");
                 tokio::time::sleep(Duration::from_millis(200).min(left)).await;

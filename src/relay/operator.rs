@@ -248,6 +248,7 @@ pub enum Waited {
 /// Polls request `id` until it finishes; `on_change` sees each new status.
 pub async fn wait(
     store: &DynStore,
+    consumer: &str,
     id: Uuid,
     unclaimed_after: Duration,
     timeout: Duration,
@@ -256,7 +257,7 @@ pub async fn wait(
     let started = Instant::now();
     let mut last: Option<RequestStatus> = None;
     loop {
-        let Some(r) = store.request_get(id).await? else {
+        let Some(r) = store.request_get_of(consumer, id).await? else {
             return Err(StoreError::NotFound(format!("relay request {id}")));
         };
         if last != Some(r.status) {

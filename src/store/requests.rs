@@ -124,6 +124,12 @@ impl RelayRequest {
 pub trait RequestStore: Send + Sync {
     async fn request_submit(&self, r: &RelayRequest) -> Result<(), StoreError>;
     async fn request_get(&self, id: Uuid) -> Result<Option<RelayRequest>, StoreError>;
+    /// `request_get` of a request the caller knows the consumer of (on
+    /// CQL one row of its partition, not a scan of every consumer's; the
+    /// admin routes and the CLI poll it while they wait).
+    async fn request_get_of(&self, consumer: &str, id: Uuid) -> Result<Option<RelayRequest>, StoreError> {
+        Ok(self.request_get(id).await?.filter(|r| r.consumer == consumer))
+    }
     /// Requests of `consumer` to carry out: pending ones, and running ones
     /// claimed under an epoch up to `epoch`: their executor lost the lease,
     /// or (the same epoch) was a former term of this holder that ended

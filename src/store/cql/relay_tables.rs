@@ -99,6 +99,10 @@ impl RequestStore for CqlStore {
         Ok(self.requests_of(None, Some(id)).await?.into_iter().next())
     }
 
+    async fn request_get_of(&self, consumer: &str, id: Uuid) -> Result<Option<RelayRequest>, StoreError> {
+        Ok(self.requests_of(Some(consumer), Some(id)).await?.into_iter().next())
+    }
+
     async fn requests_open(&self, consumer: &str, epoch: i64) -> Result<Vec<RelayRequest>, StoreError> {
         Ok(self
             .requests_of(Some(consumer), None)

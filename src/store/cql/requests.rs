@@ -81,7 +81,11 @@ impl CqlStore {
         let t = self.t("relay_requests");
         let cols = "consumer, id, kind, status, requested_by, created_at, claimed_epoch, result, finished_at";
         let res = match (consumer, id) {
-            (Some(c), _) => {
+            (Some(c), Some(id)) => {
+                let cql = format!("SELECT {cols} FROM {t} WHERE consumer = ? AND id = ?");
+                self.session.query_unpaged(cql, (c, id)).await
+            }
+            (Some(c), None) => {
                 self.session.query_unpaged(format!("SELECT {cols} FROM {t} WHERE consumer = ?"), (c,)).await
             }
             (None, Some(id)) => {
