@@ -154,6 +154,13 @@ async fn relay_pass(cfg: &Config, store: &DynStore, consumer: &str, mode: Delive
     cfg.relay.consumer_name = consumer.to_string();
     cfg.relay.delivery = mode;
     cfg.relay.progress_topic = format!("{}{consumer}.progress", cfg.kafka.topic_prefix);
+    if mode == DeliveryMode::ExactlyOnce {
+        // Made before the clock starts, as the event topics are: a deployed
+        // relay creates it once, not at every start this pass times.
+        crate::relay::admin::ensure_progress_topic(&cfg.kafka, &cfg.relay.progress_topic, Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+    }
     let (tx, mut status) = tokio::sync::watch::channel(crate::relay::RelayStatus::default());
     let relay = Relay::new(Arc::new(cfg), store.clone(), Metrics::new(), crate::relay::StatusTx::new(tx));
     let trigger = Trigger::new();
