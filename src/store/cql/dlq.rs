@@ -16,21 +16,21 @@ use crate::store::{DeadLetter, StoreError};
 impl CqlStore {
     pub(super) async fn insert_letter(&self, l: DeadLetter) -> Result<(), StoreError> {
         let s = self.stmts().await?;
-        let claim = self
-            .session
-            .execute_unpaged(&s.dlq_claim, (l.event_id, l.id))
-            .await
-            .map_err(|e| exec_err("dead letter lookup", e))?;
-        let (claimed, existing) = lwt_answer(claim, "id")?;
-        let id = if claimed {
-            l.id
-        } else {
-            match existing {
-                Some(CqlValue::Uuid(u)) => u,
-                other => return Err(codec(format!("dead_letter_by_event.id is not a uuid: {other:?}"))),
-            }
-        };
         for _ in 0..MAX_CAS_ROUNDS {
+            let claim = self
+                .session
+                .execute_unpaged(&s.dlq_claim, (l.event_id, l.id))
+                .await
+                .map_err(|e| exec_err("dead letter lookup", e))?;
+            let (claimed, existing) = lwt_answer(claim, "id")?;
+            let id = if claimed {
+                l.id
+            } else {
+                match existing {
+                    Some(CqlValue::Uuid(u)) => u,
+                    other => return Err(codec(format!("dead_letter_by_event.id is not a uuid: {other:?}"))),
+                }
+            };
             let current = self
                 .session
                 .execute_unpaged(&s.dlq_failure_count, (id,))
@@ -40,13 +40,29 @@ impl CqlStore {
                 current.into_rows_result().map_err(codec)?.maybe_first_row::<(Option<i32>,)>().map_err(codec)?;
             match current {
                 None => {
-                    // First failure (or the row was removed / never written): a fresh row under `id`.
+                    // No row under the mapped id: a first failure, or a row
+                    // removed (its mapping goes next) or never written (a
+                    // writer that died). A row is only ever written under a
+                    // mapping this call owns: a stale mapping is taken over
+                    // first (`IF id = <old>`), so a removal's unclaim, which
+                    // is conditioned on the old id, cannot orphan the new row
+                    // and leave a second letter for the event's next failure.
+                    if !claimed {
+                        let res = self
+                            .session
+                            .execute_unpaged(&s.dlq_reclaim, (l.id, l.event_id, id))
+                            .await
+                            .map_err(|e| exec_err("dead letter lookup", e))?;
+                        if !lwt_answer(res, "id")?.0 {
+                            continue;
+                        }
+                    }
                     let res = self
                         .session
                         .execute_unpaged(
                             &s.dlq_insert,
                             (
-                                id,
+                                l.id,
                                 l.position,
                                 l.event_id,
                                 l.aggregate_id,
@@ -139,5 +155,59 @@ impl CqlStore {
             self.session.execute_unpaged(&s.dlq_count, ()).await.map_err(|e| exec_err("count dead letters", e))?;
         let (n,) = res.into_rows_result().map_err(codec)?.first_row::<(i64,)>().map_err(codec)?;
         Ok(n.max(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CqlConfig;
+    use crate::store::EventStore;
+    use chrono::Utc;
+
+    fn letter(event_id: Uuid, aggregate_id: Uuid) -> DeadLetter {
+        let now = Utc::now();
+        DeadLetter {
+            id: Uuid::now_v7(),
+            position: None,
+            event_id,
+            aggregate_id,
+            event_type: "OrderPlaced".into(),
+            payload: "{}".into(),
+            error_message: "refused by the broker".into(),
+            failure_count: 1,
+            first_failed_at: now,
+            last_failed_at: now,
+            created_at: now,
+        }
+    }
+
+    /// Review finding: a removal (row deleted, then the event's mapping
+    /// unclaimed `IF id = X`) interleaved with a new failure of the event
+    /// (row X missing: written again under X) orphaned that row, and the
+    /// event's next failure started a second letter. The removal's steps run
+    /// here one by one around the failures.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failure_during_a_removal_leaves_one_letter_per_event() {
+        let Some(uri) = crate::store::cql::connect::test_server_uri("CQL DLQ removal race") else { return };
+        let cfg = CqlConfig { uri, keyspace: format!("d_{}", Uuid::now_v7().simple()), ..CqlConfig::default() };
+        let store = CqlStore::connect(&cfg).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let (event, agg) = (Uuid::now_v7(), Uuid::now_v7());
+        let first = letter(event, agg);
+        store.insert_letter(first.clone()).await.unwrap();
+        let s = store.stmts().await.unwrap();
+        // The removal of the first letter, step one: its row goes.
+        store.session.execute_unpaged(&s.dlq_delete, (first.id,)).await.unwrap();
+        // The event fails again meanwhile.
+        store.insert_letter(letter(event, agg)).await.unwrap();
+        // The removal, step two: the mapping of the removed letter.
+        store.session.execute_unpaged(&s.dlq_unclaim, (event, first.id)).await.unwrap();
+        // And once more later.
+        store.insert_letter(letter(event, agg)).await.unwrap();
+        let letters: Vec<_> = store.dlq_list(100).await.unwrap().into_iter().filter(|l| l.event_id == event).collect();
+        assert_eq!(letters.len(), 1, "one letter per event: {letters:?}");
+        assert_eq!(letters[0].failure_count, 2, "the two later failures, counted on it");
+        let _ = store.session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", cfg.keyspace), ()).await;
     }
 }

@@ -66,6 +66,7 @@ pub(super) struct Statements {
     pub(super) dlq_event_of: PreparedStatement,
     pub(super) dlq_delete: PreparedStatement,
     pub(super) dlq_unclaim: PreparedStatement,
+    pub(super) dlq_reclaim: PreparedStatement,
     pub(super) dlq_count: PreparedStatement,
     pub(super) snap_insert: PreparedStatement,
     pub(super) snap_update: PreparedStatement,
@@ -129,6 +130,7 @@ impl CqlStore {
             dlq_event_of: self.prepare(format!("SELECT event_id FROM {dlq} WHERE id = ?")).await?,
             dlq_delete: self.prepare(format!("DELETE FROM {dlq} WHERE id = ? IF EXISTS")).await?,
             dlq_unclaim: self.prepare(format!("DELETE FROM {dle} WHERE event_id = ? IF id = ?")).await?,
+            dlq_reclaim: self.prepare(format!("UPDATE {dle} SET id = ? WHERE event_id = ? IF id = ?")).await?,
             dlq_count: self.prepare(format!("SELECT COUNT(*) FROM {dlq}")).await?,
             snap_insert: self
                 .prepare(format!("INSERT INTO {sn} (aggregate_id, aggregate_type, version, state_schema, state, created_at) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"))
