@@ -84,6 +84,12 @@ impl RelayRunner {
                 .with_pause(self.pause.clone())
                 .with_unsaved(self.unsaved.clone());
             let term_epoch = fence.as_ref().map(|f| f.epoch);
+            // The keeper's state as the term starts (seen): a change during
+            // the term tells a withdrawn lease from a fence elsewhere.
+            let mut term_lease = self.lease.as_ref().map(LeaseHandle::state);
+            if let Some(rx) = term_lease.as_mut() {
+                rx.borrow_and_update();
+            }
             let relay = match fence {
                 Some(f) => relay.with_fence(f),
                 None => relay,
@@ -100,7 +106,8 @@ impl RelayRunner {
                 Ok(Exit::LeaseLost) => {
                     let Some(lease) = &self.lease else { return Ok(()) };
                     let state = lease.state().borrow().clone();
-                    if fenced_while_held(&state, term_epoch) {
+                    let changed = term_lease.as_ref().is_none_or(|rx| rx.has_changed().unwrap_or(true));
+                    if fenced_while_held(&state, term_epoch, changed) {
                         // The store or the broker fenced the term while our
                         // keeper still holds that epoch: the next term would
                         // start at once under it, and be fenced again (two
@@ -218,15 +225,18 @@ async fn pause_between_terms(
     }
 }
 
-/// Consecutive term failures: `previous + 1`, or 1 when the failed term ran
-/// at least a minute (failures days apart are not a crash loop).
 /// Whether a term that ended with its lease lost ended while the keeper
-/// still holds the term's epoch (fenced by the store or the broker, not by
-/// the keeper): the next term would start at once under the same epoch.
-fn fenced_while_held(state: &LeaseState, term_epoch: Option<i64>) -> bool {
-    term_epoch.is_some() && state.active_epoch() == term_epoch
+/// held the term's epoch all along (`changed`: whether the keeper's state
+/// changed during the term): fenced by the store or the broker, not by the
+/// keeper, so the next term would start at once under the same epoch. A
+/// keeper that withdrew the lease and got it back (a renewal that missed
+/// its deadline, then landed) changed its state: not fenced.
+fn fenced_while_held(state: &LeaseState, term_epoch: Option<i64>, changed: bool) -> bool {
+    !changed && term_epoch.is_some() && state.active_epoch() == term_epoch
 }
 
+/// Consecutive term failures: `previous + 1`, or 1 when the failed term ran
+/// at least a minute (failures days apart are not a crash loop).
 fn next_restarts(previous: u32, term_ran: Duration) -> u32 {
     if term_ran >= Duration::from_secs(60) {
         1
@@ -248,12 +258,15 @@ mod tests {
     #[test]
     fn a_term_fenced_while_its_epoch_is_held_is_told_from_a_lost_lease() {
         let active = |epoch| LeaseState::Active { epoch };
-        assert!(fenced_while_held(&active(5), Some(5)), "the keeper still holds it: fenced elsewhere");
-        assert!(!fenced_while_held(&active(6), Some(5)), "a new epoch: a new term");
+        assert!(fenced_while_held(&active(5), Some(5), false), "the keeper held it all along: fenced elsewhere");
+        // Last-read finding: a keeper that withdrew the lease (a late
+        // renewal) and got it back at the same epoch is no fence elsewhere.
+        assert!(!fenced_while_held(&active(5), Some(5), true), "withdrawn and regained meanwhile");
+        assert!(!fenced_while_held(&active(6), Some(5), false), "a new epoch: a new term");
         let standby = LeaseState::Standby { holder: "b".into(), epoch: 6, ttl_ms: 3_000 };
-        assert!(!fenced_while_held(&standby, Some(5)), "the keeper lost it: stand by");
-        assert!(!fenced_while_held(&LeaseState::Lost { epoch: 5 }, Some(5)));
-        assert!(!fenced_while_held(&active(5), None), "unfenced relay");
+        assert!(!fenced_while_held(&standby, Some(5), false), "the keeper lost it: stand by");
+        assert!(!fenced_while_held(&LeaseState::Lost { epoch: 5 }, Some(5), false));
+        assert!(!fenced_while_held(&active(5), None, false), "unfenced relay");
     }
 
     /// Review finding: a store error at a CDC term's start went to the
