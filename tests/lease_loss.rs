@@ -150,3 +150,45 @@ async fn a_term_whose_lease_went_during_a_pause_sends_nothing_after_it() {
     let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
     assert_eq!(keys, vec![first.to_string().as_str()], "nothing sent after the loss");
 }
+
+/// An exactly-once term whose store checkpoint is refused as fenced (the
+/// lease moved to another instance in the store, this term's keeper has not
+/// noticed yet) steps down at that commit. It purged a producer with no
+/// transaction open and went on committing until the keeper noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exactly_once_term_whose_checkpoint_is_fenced_steps_down() {
+    use outboxd::store::lease::{Lease, LeaseCas};
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&brokers, &dir.path().join("s.db"));
+    exactly_once(&mut c);
+    let store = open_store(&c).await;
+    let name = c.relay.consumer_name.clone();
+    let lease = |epoch: i64, holder: &str| Lease {
+        name: name.clone(),
+        holder: holder.into(),
+        epoch,
+        counter: 0,
+        ttl_ms: 60_000,
+    };
+    assert!(store.lease_cas(&LeaseCas { expected: None, new: lease(5, "a") }).await.unwrap());
+    let first = uuid::Uuid::now_v7();
+    store.append(first, 0, order_events(first, 0, 1)).await.unwrap();
+    let (_keeper, rx) = tokio::sync::watch::channel(LeaseState::Active { epoch: 5 });
+    let (relay, mut status) = Relay::standalone(&c, store.clone(), Metrics::new());
+    let relay = relay.with_fence(Fence { epoch: 5, lease: rx });
+    let trigger = Trigger::new();
+    let term = tokio::spawn(relay.run_exactly_once(trigger.subscribe()));
+    tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.checkpoint == Some(1)))
+        .await
+        .expect("the term commits the first event")
+        .unwrap();
+    // "b" takes the lease over in the store; this term's keeper still says active.
+    assert!(store.lease_cas(&LeaseCas { expected: Some((5, 0)), new: lease(6, "b") }).await.unwrap());
+    let next = uuid::Uuid::now_v7();
+    store.append(next, 0, order_events(next, 0, 1)).await.unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(30), term).await.expect("the term steps down").unwrap();
+    assert_eq!(exit.unwrap(), Exit::LeaseLost);
+    assert_eq!(store.get_checkpoint(&name).await.unwrap(), Some(1), "its fenced checkpoint was not written");
+    trigger.fire();
+}

@@ -460,3 +460,30 @@ async fn a_record_time_the_topic_refuses_parks_its_aggregate() {
     assert_eq!(seqs(other), vec!["1", "2"], "the other aggregate complete");
     relay.stop().await;
 }
+
+/// Exactly-once with a producer queue just large enough for a transaction's
+/// events: the progress record meets a full queue and waits for room, as
+/// the events do. It aborted the whole transaction instead (and retried it,
+/// to meet the same full queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exactly_once_progress_record_waits_out_a_full_producer_queue() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&brokers, &dir.path().join("s.db"));
+    exactly_once(&mut c);
+    c.relay.transaction_max_events = 50;
+    c.kafka.extra.insert("queue.buffering.max.messages".into(), "50".into());
+    let store = open_store(&c).await;
+    for _ in 0..10 {
+        let id = uuid::Uuid::now_v7();
+        store.append(id, 0, order_events(id, 0, 50)).await.unwrap();
+    }
+    let head = store.head_position().await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(head, Duration::from_secs(120)).await;
+    let aborted = relay.metrics.relay_transactions.with_label_values(&["aborted"]).get();
+    assert_eq!(aborted, 0, "no transaction thrown away for a full queue");
+    let records = consume_all(&brokers, &topics(&c), head as usize, Duration::from_secs(30));
+    assert_eq!(records.len() as i64, head, "every event once");
+    relay.stop().await;
+}

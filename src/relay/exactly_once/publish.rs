@@ -24,9 +24,25 @@ impl Txn {
     /// Commits `batch` (in order) with progress `position`, splitting around permanent failures.
     pub(super) async fn publish(
         &mut self,
+        batch: Vec<Item>,
+        position: i64,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<Exit>, RelayError> {
+        self.publish_after(batch, position, shutdown, false).await
+    }
+
+    /// `publish`; `refused`: a record was refused earlier in this call.
+    /// After a refusal, transient aborts in a row are bounded as the solo
+    /// path's are (`SoloCount::stuck`): the producer itself may be stuck
+    /// waiting for an epoch bump its abort never gives, and only a new
+    /// term's producer starts clean. Without the bound the prefix before a
+    /// refused record was retried for ever.
+    async fn publish_after(
+        &mut self,
         mut batch: Vec<Item>,
         position: i64,
         shutdown: &mut Shutdown,
+        mut refused: bool,
     ) -> Result<Option<Exit>, RelayError> {
         let mut attempts: u32 = 0;
         loop {
@@ -36,15 +52,11 @@ impl Txn {
             }
             if batch.is_empty() {
                 // Only held events: nothing to commit; the store checkpoint still moves.
-                self.committed(&[], position, Instant::now()).await?;
-                return Ok(None);
+                return self.committed(&[], position, Instant::now()).await;
             }
             let started = Instant::now();
             match self.transaction(&batch, position).await {
-                Outcome::Committed => {
-                    self.committed(&batch, position, started).await?;
-                    return Ok(None);
-                }
+                Outcome::Committed => return self.committed(&batch, position, started).await,
                 Outcome::Fenced(m) => {
                     tracing::warn!(error = %m, "producer fenced: another relay took over; stepping down");
                     return Ok(Some(Exit::LeaseLost));
@@ -53,12 +65,18 @@ impl Txn {
                 Outcome::Transient(m) => {
                     attempts += 1;
                     self.aborted(&m);
+                    if refused && attempts >= self.backoff.max_attempts.max(1) {
+                        return Err(RelayError::ProducerFatal(format!(
+                            "transactions keep aborting after a refused record ({m}); recreating the producer"
+                        )));
+                    }
                     tracing::warn!(error = %m, attempts, events = batch.len(), "transaction aborted; retrying the batch in order");
                     if !shutdown.sleep(self.backoff.delay(attempts)).await {
                         return Ok(Some(Exit::Shutdown));
                     }
                 }
                 Outcome::Permanent(mut failed) => {
+                    refused = true;
                     failed.sort_by_key(|(i, _)| *i);
                     let (k, err) = failed.swap_remove(0);
                     // Commit what precedes the first suspect, then try it alone.
@@ -73,8 +91,8 @@ impl Txn {
                         // consumer's letter), and a progress there would
                         // skip feed events never published.
                         let before = self.progress_at(suspect.position() - 1);
-                        if let Some(exit) = Box::pin(self.publish(std::mem::take(&mut batch), before, shutdown)).await?
-                        {
+                        let prefix = std::mem::take(&mut batch);
+                        if let Some(exit) = Box::pin(self.publish_after(prefix, before, shutdown, true)).await? {
                             return Ok(Some(exit));
                         }
                         if self.letter_failed.is_some() {
@@ -135,10 +153,7 @@ impl Txn {
             }
             let started = Instant::now();
             match self.transaction(std::slice::from_ref(&item), position).await {
-                Outcome::Committed => {
-                    self.committed(std::slice::from_ref(&item), position, started).await?;
-                    return Ok(None);
-                }
+                Outcome::Committed => return self.committed(std::slice::from_ref(&item), position, started).await,
                 Outcome::Permanent(mut f) => {
                     err = f.swap_remove(0).1;
                     count.failed(true);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::{classify, Outcome, Txn};
 use crate::relay::error::PublishError;
-use crate::relay::pipeline::{Item, RelayError};
+use crate::relay::pipeline::{Exit, Item, RelayError};
 use crate::relay::producer::{Completion, SendError, TxnErrorKind, UNVERIFIED};
 use crate::relay::progress::{Progress, ReplayMark};
 use crate::relay::window::Fenced;
@@ -67,14 +67,21 @@ impl Txn {
         let key = self.relay.cfg.consumer_name.clone();
         let progress_token = base + sent;
         let bytes = progress.to_bytes();
-        let progress_sent = self.producer.send(
-            &self.relay.cfg.progress_topic,
-            &key,
-            &bytes,
-            rdkafka::message::OwnedHeaders::new(),
-            progress.committed_at.timestamp_millis(),
-            progress_token,
-        );
+        // A full queue waits as the batch's records do (the last event can
+        // take the last free slot; aborting then threw the transaction away).
+        let progress_sent = loop {
+            match self.producer.send(
+                &self.relay.cfg.progress_topic,
+                &key,
+                &bytes,
+                rdkafka::message::OwnedHeaders::new(),
+                progress.committed_at.timestamp_millis(),
+                progress_token,
+            ) {
+                Err(SendError::QueueFull) => tokio::time::sleep(Duration::from_millis(2)).await,
+                other => break other,
+            }
+        };
         self.next_token = progress_token + 1;
         if let Err(e) = progress_sent {
             if let Some(o) = self.abort(Duration::from_secs(30)).await {
@@ -188,12 +195,16 @@ impl Txn {
         out
     }
 
+    /// What follows a committed transaction (or a batch with nothing to
+    /// commit): metrics, status, the store checkpoint. `Some(LeaseLost)`
+    /// when the store refused the checkpoint as fenced: another instance
+    /// holds the lease, and this term steps down.
     pub(super) async fn committed(
         &mut self,
         batch: &[Item],
         position: i64,
         started: Instant,
-    ) -> Result<(), RelayError> {
+    ) -> Result<Option<Exit>, RelayError> {
         let took = started.elapsed().as_secs_f64();
         self.breaker.record_success(Instant::now());
         self.relay.status.breaker(self.breaker.state(Instant::now()));
@@ -214,10 +225,15 @@ impl Txn {
                 self.relay.status.checkpoint(self.position);
                 self.relay.metrics.relay_checkpoint_position.set(self.position);
             }
-            // Kafka already refuses a fenced producer; the store says the same: step down.
-            Err(StoreError::Fenced { .. }) => self.producer.purge(),
+            // Kafka refuses a fenced producer at its next transaction; the
+            // store says so already: step down now (it went on committing).
+            Err(StoreError::Fenced { .. }) => {
+                tracing::warn!("store checkpoint fenced: another relay took over; stepping down");
+                self.producer.purge();
+                return Ok(Some(Exit::LeaseLost));
+            }
             Err(e) => tracing::warn!(error = %e, "cannot write the store checkpoint (progress is safe in Kafka)"),
         }
-        Ok(())
+        Ok(None)
     }
 }
