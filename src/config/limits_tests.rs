@@ -98,3 +98,29 @@ fn they_are_refused_by_load() {
         Ok(())
     });
 }
+
+/// Review finding: exactly-once always parks an event it cannot publish and
+/// retries transient failures behind the breaker, so `skip` and
+/// `dlq_on_transient_exhaustion` were silently ignored there.
+#[test]
+fn dead_letter_settings_exactly_once_would_ignore_are_refused() {
+    use super::relay::PermanentFailurePolicy;
+    let eos = |c: &mut Config| c.relay.delivery = DeliveryMode::ExactlyOnce;
+    refused(
+        &|c| {
+            eos(c);
+            c.relay.on_permanent_failure = PermanentFailurePolicy::Skip;
+        },
+        "relay.on_permanent_failure = \"skip\" needs relay.delivery = \"at-least-once\"",
+    );
+    refused(
+        &|c| {
+            eos(c);
+            c.relay.dlq_on_transient_exhaustion = true;
+        },
+        "relay.dlq_on_transient_exhaustion = true needs relay.delivery",
+    );
+    accepted(&|c| c.relay.on_permanent_failure = PermanentFailurePolicy::Skip);
+    accepted(&|c| c.relay.dlq_on_transient_exhaustion = true);
+    accepted(&eos);
+}

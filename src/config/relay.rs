@@ -164,6 +164,16 @@ impl RelayConfig {
                 return err("relay.instance_id must be 1-200 characters");
             }
         }
+        if self.delivery == DeliveryMode::ExactlyOnce {
+            // Exactly-once parks the aggregate of an event it cannot publish
+            // (publish.rs, `park`): a setting it would ignore is refused.
+            if self.on_permanent_failure == PermanentFailurePolicy::Skip {
+                return err("relay.on_permanent_failure = \"skip\" needs relay.delivery = \"at-least-once\": exactly-once parks the aggregate of an event it cannot publish");
+            }
+            if self.dlq_on_transient_exhaustion {
+                return err("relay.dlq_on_transient_exhaustion = true needs relay.delivery = \"at-least-once\": exactly-once retries a transient failure behind the breaker");
+            }
+        }
         if self.transaction_max_events == 0 || self.transaction_max_ms == 0 {
             return err("relay.transaction_max_events and relay.transaction_max_ms must be > 0");
         }
