@@ -90,15 +90,17 @@ fn read_blocking(
     timeout: Duration,
 ) -> Result<Option<Progress>, PublishError> {
     let mut c = ClientConfig::new();
+    // Security settings apply to the reader too; its own settings come
+    // after them: an extra `isolation.level` read uncommitted records, and
+    // a relay resumed from an aborted transaction's progress lost events.
+    for (k, v) in kafka.client_extra() {
+        c.set(k, v);
+    }
     c.set("bootstrap.servers", &kafka.brokers)
         .set("group.id", format!("outboxd-progress-reader-{}", uuid::Uuid::now_v7()))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
-    // Security settings apply to the reader too.
-    for (k, v) in kafka.client_extra() {
-        c.set(k, v);
-    }
     let reader: BaseConsumer =
         c.create().map_err(|e| PublishError::permanent("config", format!("cannot create the progress reader: {e}")))?;
     // Closing it takes tens of ms that the relay's start need not wait for.
@@ -132,7 +134,10 @@ fn read_blocking(
     }
     reader.assign(&tpl).map_err(|e| PublishError::from_kafka(&e))?;
     let deadline = Instant::now() + timeout;
-    let mut last: Option<Progress> = None;
+    // The last record of each partition (a topic made with several, or
+    // repartitioned, can hold the key's records on more than one: compaction
+    // keeps an old one there for good); the latest of them wins.
+    let mut last: std::collections::HashMap<i32, Progress> = std::collections::HashMap::new();
     loop {
         // Done when every partition's position reached its end (control records count).
         let position = reader.position().ok();
@@ -144,7 +149,7 @@ fn read_blocking(
                 .is_some_and(|o| o >= *high)
         });
         if done {
-            return Ok(last);
+            return Ok(latest(last.into_values()));
         }
         if Instant::now() >= deadline {
             return Err(PublishError::transient(
@@ -155,7 +160,9 @@ fn read_blocking(
         match reader.poll(Duration::from_millis(200)) {
             Some(Ok(m)) if m.key() == Some(consumer.as_bytes()) => {
                 match m.payload().map(serde_json::from_slice::<Progress>) {
-                    Some(Ok(p)) => last = Some(p),
+                    Some(Ok(p)) => {
+                        last.insert(m.partition(), p);
+                    }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, offset = m.offset(), "unreadable progress record; ignored")
                     }
@@ -169,9 +176,33 @@ fn read_blocking(
     }
 }
 
+/// The latest of the last records of several partitions: the highest
+/// writer epoch, then the latest commit (the same epoch's records are
+/// written in order by one producer).
+fn latest(records: impl Iterator<Item = Progress>) -> Option<Progress> {
+    records.max_by_key(|p| (p.epoch, p.committed_at, p.position))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review finding: the last record read of any partition won, in the
+    /// arbitrary order partitions are polled: a stale record left on
+    /// another partition (a progress topic made with several, or
+    /// repartitioned) could win, and the relay resumed from the wrong place.
+    #[test]
+    fn the_latest_record_of_every_partition_wins() {
+        let at = |s| chrono::DateTime::from_timestamp(s, 0).unwrap();
+        let p = |position, epoch, s| Progress { position, epoch, committed_at: at(s), cdc: None, replay: None };
+        let old = p(900, 2, 1_000);
+        let new = p(1_200, 3, 900);
+        assert_eq!(latest([old.clone(), new.clone()].into_iter()), Some(new.clone()), "a later epoch wins");
+        assert_eq!(latest([new.clone(), old.clone()].into_iter()), Some(new.clone()), "in any order");
+        let later = p(1_300, 3, 950);
+        assert_eq!(latest([later.clone(), new].into_iter()), Some(later), "same epoch: the later commit");
+        assert_eq!(latest(std::iter::empty()), None);
+    }
 
     #[test]
     fn progress_round_trips_as_json() {
