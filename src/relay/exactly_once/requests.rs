@@ -255,7 +255,10 @@ impl Txn {
         // marks it committed.
         let max = self.relay.cfg.transaction_max_events.max(1);
         let mut rest = items.into_iter().peekable();
-        // Once at least (nothing left to publish still commits its mark).
+        // Once at least. An empty chunk commits nothing (no transaction, no
+        // mark): a term that stops after the store's part of such a request
+        // (the unpark) and before its outcome leaves it to be planned again,
+        // which then finds nothing parked and reports it failed.
         loop {
             // After a re-park (or a failed letter) in an earlier chunk, as
             // within one: the parked aggregate's later events stay held.
