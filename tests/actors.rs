@@ -253,7 +253,7 @@ fn sigterm_during_http_load_exits_0_and_loses_no_committed_event() {
 /// default policy, it is parked and the request fails. The default policy
 /// parks the aggregate instead of dead-lettering: see tests/ordered_delivery.rs.
 fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
-    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::config::ClientConfig;
     let Some(brokers) = harness::shared_brokers() else { return };
@@ -318,11 +318,7 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     );
 
     // Raise the limit, then replay through the admin API.
-    rt.block_on(admin.alter_configs(
-        &[AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "1000000")],
-        &opts,
-    ))
-    .unwrap();
+    alter_topic(&brokers, &topic, "max.message.bytes", "1000000");
     let id = letter["id"].as_str().unwrap();
     // An id that names no dead letter: 422 naming it, nothing written (it
     // was written and failed later, or was reported as "do not exist").
@@ -353,13 +349,7 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     // stays, whatever the policy; its aggregate is not parked (that held
     // its later events behind an old one; under `skip` the letter was
     // deleted, the event on no topic and in no table).
-    rt.block_on(
-        admin.alter_configs(
-            &[AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "6000")],
-            &opts,
-        ),
-    )
-    .unwrap();
+    alter_topic(&brokers, &topic, "max.message.bytes", "6000");
     let r = d.post("/orders", &json!({"customer_id": Uuid::now_v7(), "items": items}));
     assert_eq!(r.status, 201, "{}", r.text());
     let again = r.json()["id"].as_str().unwrap().to_string();
@@ -386,11 +376,7 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     // used to write only the parked aggregates' and answer 202, so the dead
     // letters were never replayed): with the limit raised, the relay carries
     // out the parked aggregate's replay, then the dead letters'.
-    rt.block_on(admin.alter_configs(
-        &[AlterConfig::new(ResourceSpecifier::Topic(&topic)).set("max.message.bytes", "1000000")],
-        &opts,
-    ))
-    .unwrap();
+    alter_topic(&brokers, &topic, "max.message.bytes", "1000000");
     let body = br#"{"all": true, "wait": false}"#;
     let r = request(d.admin, "POST", "/dlq/replay", &[("Content-Type", "application/json")], Some(body));
     assert_eq!(r.status, 202, "{}", r.text());

@@ -273,7 +273,10 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32, configs: &[(&st
     }
 }
 
-/// Sets one topic-level config (e.g. raises `max.message.bytes`).
+/// Sets one topic-level config (e.g. raises `max.message.bytes`), and
+/// returns once the broker reports it in effect: the change is applied
+/// asynchronously, and a record sent right after the call was still judged
+/// by the old value (a flake: an oversized event accepted).
 pub fn alter_topic(brokers: &str, topic: &str, key: &str, value: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
     use rdkafka::client::DefaultClientContext;
@@ -285,6 +288,13 @@ pub fn alter_topic(brokers: &str, topic: &str, key: &str, value: &str) {
     for r in rt.block_on(admin.alter_configs(&[alter], &opts)).unwrap() {
         r.unwrap_or_else(|(t, e)| panic!("alter topic {t:?}: {e}"));
     }
+    let until = Instant::now() + Duration::from_secs(30);
+    while rt.block_on(topic_config(brokers, topic)).1.get(key).map(String::as_str) != Some(value) {
+        assert!(Instant::now() < until, "topic {topic}: {key} = {value} not in effect after 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The metadata the broker describes from, then its log's copy of it.
+    std::thread::sleep(Duration::from_millis(500));
 }
 
 /// Copies of each key's records in first-arrival order: key -> [(ce_sequence, ce_type)].
