@@ -64,11 +64,6 @@ impl RelayBody {
     pub fn new(sink: Arc<dyn DeadLetterSink>) -> RelayBody {
         RelayBody { sink, unsaved: Unsaved::default() }
     }
-
-    /// The outcomes kept across restarts (each spawn's relay gets this one).
-    pub fn unsaved(&self) -> &Unsaved {
-        &self.unsaved
-    }
 }
 
 fn failed(e: impl std::fmt::Display) -> TaskError {

@@ -42,10 +42,7 @@ impl RequestKind {
     /// blanks dropped): park records compare them as text, so an id typed
     /// in upper case named nothing parked.
     pub fn canonical(self) -> RequestKind {
-        let id = |raw: String| match Uuid::parse_str(raw.trim()) {
-            Ok(u) => u.to_string(),
-            Err(_) => raw,
-        };
+        let id = |raw: String| super::feed::aggregate_key(&raw).to_string();
         match self {
             RequestKind::ReplayAggregate { aggregate_id } => {
                 RequestKind::ReplayAggregate { aggregate_id: id(aggregate_id) }
