@@ -115,12 +115,8 @@ impl RelayRunner {
                         // stores fence each other's transactional producer
                         // for ever). Backed off as a failed term; the keeper
                         // learns of a takeover meanwhile.
-                        fatal_restarts = next_restarts(fatal_restarts, term_started.elapsed());
                         let e = format!("relay term fenced (by the store or the broker) while this instance's lease is still at epoch {}: another instance publishes as consumer {} (relay.consumer_name must be distinct per store)", term_epoch.unwrap_or_default(), self.config.relay.consumer_name);
-                        tracing::error!(restarts = fatal_restarts, "{e}");
-                        self.status.error(e);
-                        let wait = term_backoff(fatal_restarts);
-                        if !pause_between_terms(wait, Some(lease.state()), &self.status, &mut shutdown).await {
+                        if !self.after_failed_term(&mut fatal_restarts, term_started, e, &mut shutdown).await {
                             return Ok(());
                         }
                     } else {
@@ -131,15 +127,7 @@ impl RelayRunner {
                     tracing::info!(to, "relay rewound; starting a new term from the rewound checkpoint")
                 }
                 Err(e @ (RelayError::ProducerFatal(_) | RelayError::Store(_))) => {
-                    // Failures in a row back off longer; a term that ran a
-                    // while first starts the count again (it never went down).
-                    fatal_restarts = next_restarts(fatal_restarts, term_started.elapsed());
-                    let e = e.to_string();
-                    tracing::error!(error = %e, restarts = fatal_restarts, "relay term failed; re-checking the lease and starting a new term");
-                    self.status.error(e);
-                    let wait = term_backoff(fatal_restarts);
-                    let lease = self.lease.as_ref().map(LeaseHandle::state);
-                    if !pause_between_terms(wait, lease, &self.status, &mut shutdown).await {
+                    if !self.after_failed_term(&mut fatal_restarts, term_started, e.to_string(), &mut shutdown).await {
                         return Ok(());
                     }
                 }
@@ -149,6 +137,23 @@ impl RelayRunner {
                 return Ok(());
             }
         }
+    }
+
+    /// After a failed term: says why (log, /health) and backs off before
+    /// the next (false on shutdown). Failures in a row back off longer; a
+    /// term that ran a while first starts the count again (it never went down).
+    async fn after_failed_term(
+        &self,
+        restarts: &mut u32,
+        term_started: std::time::Instant,
+        error: String,
+        shutdown: &mut Shutdown,
+    ) -> bool {
+        *restarts = next_restarts(*restarts, term_started.elapsed());
+        tracing::error!(error = %error, restarts = *restarts, "relay term failed; re-checking the lease and starting a new term");
+        self.status.error(error);
+        let lease = self.lease.as_ref().map(LeaseHandle::state);
+        pause_between_terms(term_backoff(*restarts), lease, &self.status, shutdown).await
     }
 
     /// Waits until this instance holds the lease; publishes the role meanwhile.
