@@ -34,7 +34,7 @@ use crate::relay::encode::{Discarded, Encoder, DISCARDED_TYPE};
 use crate::relay::error::PublishError;
 use crate::relay::parking::{count_parked, dead_letter_of};
 use crate::relay::pipeline::Item;
-use crate::relay::producer::{Completion, Delivery, KafkaProducer, SendError};
+use crate::relay::producer::{when_room, Completion, Delivery, KafkaProducer};
 use crate::relay::retry::Backoff;
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::StatusTx;
@@ -425,15 +425,13 @@ impl Deliverer {
         } else {
             shared = Some(self.solo.read().await);
         }
-        loop {
-            match self.producer.send(&topic, key, &value, headers.clone(), at.timestamp_millis(), token) {
-                Ok(()) => break,
-                Err(SendError::QueueFull) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
-                Err(SendError::Failed(err)) => {
-                    self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
-                    return Err(err);
-                }
-            }
+        let pause = std::time::Duration::from_millis(5);
+        let queued =
+            when_room(pause, || self.producer.send(&topic, key, &value, headers.clone(), at.timestamp_millis(), token))
+                .await;
+        if let Err(err) = queued {
+            self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
+            return Err(err);
         }
         drop(shared.take());
         self.metrics.messages_sent.with_label_values(&[&*topic]).inc();

@@ -225,6 +225,18 @@ pub enum SendError {
     Failed(PublishError),
 }
 
+/// Runs `send` until librdkafka's queue takes the record (a full queue:
+/// waits `pause`, then tries again); a send that failed is its error.
+pub async fn when_room<T>(pause: Duration, mut send: impl FnMut() -> Result<T, SendError>) -> Result<T, PublishError> {
+    loop {
+        match send() {
+            Ok(t) => return Ok(t),
+            Err(SendError::QueueFull) => tokio::time::sleep(pause).await,
+            Err(SendError::Failed(e)) => return Err(e),
+        }
+    }
+}
+
 /// The producer, shareable (`Arc`) between the relay loop and blocking calls.
 #[derive(Clone)]
 pub struct KafkaProducer {

@@ -16,10 +16,13 @@ use std::time::{Duration, Instant};
 use super::{classify, Outcome, Txn};
 use crate::relay::error::PublishError;
 use crate::relay::pipeline::{Exit, Item, RelayError};
-use crate::relay::producer::{Completion, SendError, TxnErrorKind, UNVERIFIED};
+use crate::relay::producer::{when_room, Completion, TxnErrorKind, UNVERIFIED};
 use crate::relay::progress::{Progress, ReplayMark};
 use crate::relay::window::Fenced;
 use crate::store::StoreError;
+
+/// How long a send waits for room in a full producer queue before trying again.
+const ROOM_PAUSE: Duration = Duration::from_millis(2);
 
 impl Txn {
     /// One transaction: the records of `batch` and a progress record at `position`.
@@ -31,24 +34,20 @@ impl Txn {
         let mut sent = 0usize;
         for (i, item) in batch.iter().enumerate() {
             let token = base + i;
-            loop {
-                match item.send_with(&mut self.encoder, &mut self.value, &self.producer, token).map(|_| ()) {
-                    Ok(()) => break,
-                    Err(SendError::QueueFull) => tokio::time::sleep(Duration::from_millis(2)).await,
-                    Err(SendError::Failed(e)) => {
-                        self.next_token = base + batch.len() + 1;
-                        if let Some(o) = self.abort(Duration::from_secs(30)).await {
-                            return o;
-                        }
-                        if e.transient {
-                            if let Some(refused) = self.refused_before(base, sent).await {
-                                return refused;
-                            }
-                            return Outcome::Transient(e.message);
-                        }
-                        return Outcome::Permanent(vec![(i, e)]);
-                    }
+            let (encoder, value, producer) = (&mut self.encoder, &mut self.value, &self.producer);
+            let queued = when_room(ROOM_PAUSE, || item.send_with(encoder, value, producer, token).map(|_| ())).await;
+            if let Err(e) = queued {
+                self.next_token = base + batch.len() + 1;
+                if let Some(o) = self.abort(Duration::from_secs(30)).await {
+                    return o;
                 }
+                if e.transient {
+                    if let Some(refused) = self.refused_before(base, sent).await {
+                        return refused;
+                    }
+                    return Outcome::Transient(e.message);
+                }
+                return Outcome::Permanent(vec![(i, e)]);
             }
             sent += 1;
         }
@@ -69,19 +68,12 @@ impl Txn {
         let bytes = progress.to_bytes();
         // A full queue waits as the batch's records do (the last event can
         // take the last free slot; aborting then threw the transaction away).
-        let progress_sent = loop {
-            match self.producer.send(
-                &self.relay.cfg.progress_topic,
-                &key,
-                &bytes,
-                rdkafka::message::OwnedHeaders::new(),
-                progress.committed_at.timestamp_millis(),
-                progress_token,
-            ) {
-                Err(SendError::QueueFull) => tokio::time::sleep(Duration::from_millis(2)).await,
-                other => break other,
-            }
-        };
+        let topic = &self.relay.cfg.progress_topic;
+        let at = progress.committed_at.timestamp_millis();
+        let progress_sent = when_room(ROOM_PAUSE, || {
+            self.producer.send(topic, &key, &bytes, rdkafka::message::OwnedHeaders::new(), at, progress_token)
+        })
+        .await;
         self.next_token = progress_token + 1;
         if let Err(e) = progress_sent {
             if let Some(o) = self.abort(Duration::from_secs(30)).await {
