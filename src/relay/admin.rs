@@ -18,6 +18,13 @@ use crate::relay::error::PublishError;
 use crate::relay::off_runtime::DropOffRuntime;
 use crate::relay::producer::{producer_config, Delivery};
 
+/// An admin client with the relay's connection settings (security included).
+fn admin_client(cfg: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, PublishError> {
+    producer_config(cfg, &Delivery::AtLeastOnce)
+        .create()
+        .map_err(|e| PublishError::permanent("config", format!("cannot create Kafka admin client: {e}")))
+}
+
 /// Creates `topics` (with the configured partitions) where missing.
 pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[String], timeout: Duration) -> Result<(), PublishError> {
     let new: Vec<NewTopic> = topics
@@ -45,9 +52,7 @@ pub async fn progress_topic_problem(
     timeout: Duration,
 ) -> Result<Option<String>, PublishError> {
     use rdkafka::admin::ResourceSpecifier;
-    let admin: AdminClient<DefaultClientContext> = producer_config(cfg, &Delivery::AtLeastOnce)
-        .create()
-        .map_err(|e| PublishError::permanent("config", format!("cannot create Kafka admin client: {e}")))?;
+    let admin = admin_client(cfg)?;
     let admin = DropOffRuntime::new(admin);
     let opts = AdminOptions::new().request_timeout(Some(timeout));
     let described = tokio::time::timeout(
@@ -77,9 +82,7 @@ pub async fn delete_prefixed(cfg: &KafkaConfig, prefix: &str, timeout: Duration)
     if prefix.is_empty() {
         return Err(PublishError::permanent("config", "refusing to delete topics of an empty prefix"));
     }
-    let admin: AdminClient<DefaultClientContext> = producer_config(cfg, &Delivery::AtLeastOnce)
-        .create()
-        .map_err(|e| PublishError::permanent("config", format!("cannot create Kafka admin client: {e}")))?;
+    let admin = admin_client(cfg)?;
     // Metadata is a blocking call: on the blocking pool, admin client and all.
     let (admin, listed) = tokio::task::spawn_blocking(move || {
         let listed = admin
@@ -117,9 +120,7 @@ pub async fn delete_prefixed(cfg: &KafkaConfig, prefix: &str, timeout: Duration)
 
 /// Creates `topics` where missing; returns how many this call created.
 async fn create(cfg: &KafkaConfig, topics: &[NewTopic<'_>], timeout: Duration) -> Result<usize, PublishError> {
-    let admin: AdminClient<DefaultClientContext> = producer_config(cfg, &Delivery::AtLeastOnce)
-        .create()
-        .map_err(|e| PublishError::permanent("config", format!("cannot create Kafka admin client: {e}")))?;
+    let admin = admin_client(cfg)?;
     // Its drop joins a polling thread (up to 100 ms): not on this worker.
     let admin = DropOffRuntime::new(admin);
     let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
