@@ -87,6 +87,13 @@ pub struct HealthCheckActor {
     lag_role: Option<&'static str>,
 }
 
+/// How old `consumer`'s oldest saved CDC progress is (CQL only; None when
+/// there is none or the store did not answer within `t`).
+async fn cdc_progress_age(cql: Option<&crate::store::cql::CqlStore>, consumer: &str, t: Duration) -> Option<Duration> {
+    let at = tokio::time::timeout(t, cql?.cdc_oldest_progress(consumer)).await.ok()?.ok()??;
+    Some((Utc::now() - at).to_std().unwrap_or_default())
+}
+
 impl HealthCheckActor {
     pub fn new(deps: ActorDeps) -> HealthCheckActor {
         HealthCheckActor {
@@ -147,26 +154,11 @@ impl HealthCheckActor {
                 };
                 // CQL: the relay's oldest per-stream CDC progress, from the
                 // table, so it is known whatever state or instance the relay is in.
-                let cdc_ttl = match &cql {
-                    Some(cql) => tokio::time::timeout(t, cql.cdc_oldest_progress(&consumer))
-                        .await
-                        .ok()
-                        .and_then(|r| r.ok())
-                        .flatten()
-                        .map(|at| ((Utc::now() - at).to_std().unwrap_or_default(), log_ttl)),
-                    None => None,
-                };
+                let cdc_ttl = cdc_progress_age(cql.as_deref(), &consumer, t).await.map(|age| (age, log_ttl));
                 // The CDC projection's own progress (the backlog knows only its parks).
-                let projection_cdc_age = match &cql {
-                    Some(cql) if projection_enabled => {
-                        tokio::time::timeout(t, cql.cdc_oldest_progress(crate::projection::cql::PROJECTION_CONSUMER))
-                            .await
-                            .ok()
-                            .and_then(|r| r.ok())
-                            .flatten()
-                            .map(|at| (Utc::now() - at).to_std().unwrap_or_default())
-                    }
-                    _ => None,
+                let projection_cdc_age = match projection_enabled {
+                    true => cdc_progress_age(cql.as_deref(), crate::projection::cql::PROJECTION_CONSUMER, t).await,
+                    false => None,
                 };
                 (relay_backlog, parked, projection_backlog, cdc_ttl, projection_cdc_age)
             };
