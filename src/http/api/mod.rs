@@ -275,8 +275,9 @@ pub(super) fn with_projection(mut resp: HttpResponse, f: Freshness) -> HttpRespo
 /// A read-model query that failed: 503 (retry) when the store is
 /// unavailable, but a query the backend does not offer is no transient
 /// failure: 501 `not_available`, without `Retry-After`, so clients do not
-/// retry it forever; nor is a row that cannot be decoded: 500 `internal`. (The HTTP layer refuses known limits first, e.g.
-/// `offset` over `projection::MAX_OFFSET` with a 400.)
+/// retry it forever; nor is a row that cannot be decoded: 500 `internal`.
+/// (The HTTP layer refuses known limits first, e.g. `offset` over
+/// `projection::MAX_OFFSET` with a 400.)
 pub(super) fn read_model_unavailable(e: crate::store::StoreError) -> ApiError {
     if let crate::store::StoreError::Unsupported { .. } = e {
         tracing::warn!(error = %e, "read-model query not supported");
