@@ -139,7 +139,7 @@ impl Metrics {
             ),
             actor_health_status: reg(&r, &names,
                 IntGaugeVec::new(
-                    Opts::new("actor_health_status", "Component health: 0 healthy, 1 degraded, 2 unhealthy"),
+                    Opts::new("actor_health_status", "Component health: 0 healthy, 1 degraded, 2 unhealthy, 3 unknown"),
                     &["component"],
                 )
                 .expect("valid gauge"),

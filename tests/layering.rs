@@ -180,3 +180,29 @@ fn the_checker_sees_what_it_should() {
     assert!(!allowed("store", "relay") && !allowed("config", "relay") && !allowed("metrics", "app"));
     assert!(!allowed("relay", "projection"), "projection builds on relay::cdc, not the other way");
 }
+
+/// The file map in docs/ARCHITECTURE.md ("Inside `src/`") names every file
+/// of the library's module folders (its tests, `mod.rs` and test kits aside),
+/// so the map cannot drift from the tree.
+#[test]
+fn architecture_names_every_source_file() {
+    let doc = std::fs::read_to_string(src().join("../docs/ARCHITECTURE.md")).unwrap();
+    let start = doc.find("Inside `src/`").expect("the file map in docs/ARCHITECTURE.md");
+    let block: String = doc[start..].split("```").nth(1).expect("the file map's code block").to_string();
+    let words: BTreeSet<&str> =
+        block.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).collect();
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut missing = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(src()).unwrap();
+        let top = rel.components().next().unwrap().as_os_str().to_string_lossy().to_string();
+        let stem = f.file_stem().unwrap().to_string_lossy().to_string();
+        let in_folder = rel.components().count() > 1;
+        let skip = stem == "mod" || stem.ends_with("_tests") || stem == "testkit" || top == "cli";
+        if in_folder && !skip && !words.contains(stem.as_str()) {
+            missing.push(rel.display().to_string());
+        }
+    }
+    assert!(missing.is_empty(), "docs/ARCHITECTURE.md's file map does not name: {missing:?}");
+}
