@@ -31,13 +31,27 @@ pub const TIMESTAMPS_TABLE: &str = "system_distributed.cdc_generation_timestamps
 /// Where Scylla lists a tablets table's generations.
 const TABLETS_TIMESTAMPS_TABLE: &str = "system.cdc_timestamps";
 
+/// Where Scylla lists a tablets table's streams.
+const TABLETS_STREAMS_TABLE: &str = "system.cdc_streams";
+
 /// How a generation's streams are read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Groups {
-    /// A tablets keyspace: each stream has its own reader and consumer.
-    PerStream,
+    /// A tablets keyspace: each of these streams has its own reader and consumer.
+    PerStream(Vec<StreamKey>),
     /// A vnode keyspace: the streams of each description row share one.
     Shared(Vec<Vec<StreamKey>>),
+}
+
+impl Groups {
+    /// Every stream of the generation (a reader reports each when it starts).
+    pub fn streams(&self) -> impl Iterator<Item = &StreamKey> {
+        let (one, shared): (&[StreamKey], &[Vec<StreamKey>]) = match self {
+            Groups::PerStream(s) => (s, &[]),
+            Groups::Shared(g) => (&[], g),
+        };
+        one.iter().chain(shared.iter().flatten())
+    }
 }
 
 /// True when `keyspace` uses tablets. As scylla-cdc decides it: a keyspace
@@ -56,7 +70,8 @@ pub async fn uses_tablets(session: &Session, keyspace: &str) -> anyhow::Result<b
 /// no reader either.
 pub async fn load(session: &Session, keyspace: &str, descriptions: &str, generation_ms: i64) -> anyhow::Result<Groups> {
     if uses_tablets(session, keyspace).await? {
-        return Ok(Groups::PerStream);
+        let streams = tablet_streams(session, TABLETS_STREAMS_TABLE, keyspace, generation_ms).await?;
+        return Ok(Groups::PerStream(streams));
     }
     let mut q = Statement::new(format!("SELECT streams FROM {descriptions} WHERE time = ?"));
     q.set_page_size(5000);
@@ -68,6 +83,52 @@ pub async fn load(session: &Session, keyspace: &str, descriptions: &str, generat
     }
     anyhow::ensure!(!rows.is_empty(), "{descriptions} has no streams for the generation at {generation_ms} ms");
     Ok(Groups::Shared(rows))
+}
+
+/// The streams of a tablets table's generation that started at
+/// `generation_ms`, from `streams` (a table shaped like `system.cdc_streams`),
+/// as scylla-cdc's tablets fetcher reads them (`stream_state` 0, current).
+/// None is an error: scylla-cdc would start no reader either.
+pub async fn tablet_streams(
+    session: &Session,
+    streams: &str,
+    keyspace: &str,
+    generation_ms: i64,
+) -> anyhow::Result<Vec<StreamKey>> {
+    let mut q = Statement::new(format!(
+        "SELECT stream_id FROM {streams} WHERE keyspace_name = ? AND table_name = ? AND timestamp = ? AND stream_state = ?"
+    ));
+    q.set_page_size(5000);
+    let values = (keyspace, super::EVENT_TABLE, CqlTimestamp(generation_ms), 0i8);
+    let mut pages = session.query_iter(q, values).await?.rows_stream::<(Vec<u8>,)>()?;
+    let mut out = Vec::new();
+    while let Some(row) = pages.next().await {
+        out.push(StreamKey(row?.0));
+    }
+    anyhow::ensure!(!out.is_empty(), "{streams} has no current streams for the generation at {generation_ms} ms");
+    Ok(out)
+}
+
+/// The start (ms) of the first generation of `keyspace`'s event table
+/// (`None`: none yet), from `timestamps` (a table shaped like
+/// [`TIMESTAMPS_TABLE`]) for a vnode keyspace. scylla-cdc, given a start
+/// before every generation, begins with the newest one and never reads the
+/// earlier ones (`fetch_generations_continuously`): a first start is raised
+/// to this.
+pub async fn first(session: &Session, keyspace: &str, timestamps: &str) -> anyhow::Result<Option<i64>> {
+    let res = if uses_tablets(session, keyspace).await? {
+        let q = format!(
+            "SELECT timestamp FROM {TABLETS_TIMESTAMPS_TABLE} WHERE keyspace_name = ? AND table_name = ? \
+             ORDER BY timestamp ASC LIMIT 1"
+        );
+        session.query_unpaged(q, (keyspace, super::EVENT_TABLE)).await?
+    } else {
+        let mut q =
+            Statement::new(format!("SELECT time FROM {timestamps} WHERE key = 'timestamps' ORDER BY time ASC LIMIT 1"));
+        q.set_consistency(distributed_consistency(session).await?);
+        session.query_unpaged(q, ()).await?
+    };
+    Ok(res.into_rows_result()?.maybe_first_row::<(CqlTimestamp,)>()?.map(|(t,)| t.0))
 }
 
 /// The start (ms) of the generation of `keyspace`'s event table in effect
@@ -185,5 +246,52 @@ mod tests {
         assert_eq!(in_effect_at(session, ks, &table, 7_000).await.unwrap(), Some(5_000));
         assert_eq!(in_effect_at(session, ks, &table, 90_000).await.unwrap(), Some(9_000));
         assert!(in_effect_at(session, ks, &format!("{ks}.no_such_table"), 7_000).await.is_err());
+        assert_eq!(first(session, ks, &table).await.unwrap(), Some(1_000), "the oldest, though clustered newest first");
+        assert!(first(session, ks, &format!("{ks}.no_such_table")).await.is_err());
+        session.query_unpaged(format!("TRUNCATE {table}"), ()).await.unwrap();
+        assert_eq!(first(session, ks, &table).await.unwrap(), None, "no generation yet");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_tablets_generation_lists_its_current_streams() {
+        let Some(store) = live_store("CDC tablets streams").await else { return };
+        let (session, ks) = (&*store.session(), store.keyspace());
+        // The same shape as Scylla's `system.cdc_streams` (scylla-cdc's own tests do the same).
+        let table = format!("{ks}.cdc_streams");
+        session
+            .query_unpaged(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {table} (keyspace_name text, table_name text, timestamp timestamp, \
+                     stream_state tinyint, stream_id blob, \
+                     PRIMARY KEY ((keyspace_name, table_name), timestamp, stream_state, stream_id)) \
+                     WITH CLUSTERING ORDER BY (timestamp ASC, stream_state ASC, stream_id ASC)"
+                ),
+                (),
+            )
+            .await
+            .unwrap();
+        let insert = format!(
+            "INSERT INTO {table} (keyspace_name, table_name, timestamp, stream_state, stream_id) VALUES (?, ?, ?, ?, ?)"
+        );
+        let k = |b: u8| vec![b; 16];
+        let event_table = crate::relay::cdc::EVENT_TABLE;
+        for (t, generation, state, stream) in [
+            (event_table, 1_000i64, 0i8, k(1)),
+            (event_table, 1_000, 0, k(2)),
+            (event_table, 1_000, 2, k(3)), // opened, not current
+            (event_table, 2_000, 0, k(4)),
+            ("other_table", 1_000, 0, k(5)),
+        ] {
+            session.query_unpaged(insert.clone(), (ks, t, CqlTimestamp(generation), state, stream)).await.unwrap();
+        }
+        let key = |b: u8| StreamKey(k(b));
+        assert_eq!(tablet_streams(session, &table, ks, 1_000).await.unwrap(), vec![key(1), key(2)]);
+        assert_eq!(tablet_streams(session, &table, ks, 2_000).await.unwrap(), vec![key(4)]);
+        let none = tablet_streams(session, &table, ks, 3_000).await.unwrap_err().to_string();
+        assert!(none.contains("no current streams for the generation at 3000 ms"), "{none}");
+        let groups = Groups::PerStream(vec![key(1), key(2)]);
+        assert_eq!(groups.streams().cloned().collect::<Vec<_>>(), vec![key(1), key(2)]);
+        let groups = Groups::Shared(vec![vec![key(1)], vec![key(2), key(3)]]);
+        assert_eq!(groups.streams().count(), 3);
     }
 }

@@ -303,6 +303,26 @@ impl ProgressState {
         self.streams.values().map(|e| e.time).min()
     }
 
+    /// Every CDC row of the current generation stamped before this (ms) has
+    /// been published. [`ProgressState::oldest`] only counts the streams
+    /// known here; a stream group whose reader has not reported yet (its
+    /// statement preparation late at a generation's start, or one without
+    /// rows after a restart) is read from the floor: until `all_known` (every
+    /// stream of the generation has an entry, `Activity::every_stream`), the
+    /// floor bounds it. `None`: nothing is known yet.
+    pub fn read_through(&self, all_known: bool) -> Option<i64> {
+        match (self.oldest(), self.generation.and(self.floor.get())) {
+            (oldest, _) if all_known => oldest,
+            (Some(o), Some(f)) => Some(o.min(f)),
+            (_, floor) => floor,
+        }
+    }
+
+    /// True when `stream` has an entry (loaded or reported).
+    pub fn knows(&self, stream: &StreamKey) -> bool {
+        self.streams.contains_key(stream)
+    }
+
     /// The oldest progress and the streams at it (the ones the stall
     /// watchdog looks at).
     pub fn oldest_streams(&self) -> (Option<i64>, Vec<&StreamKey>) {

@@ -242,3 +242,30 @@ fn stream_keys_round_trip_through_scylla_cdc_stream_ids() {
     assert_eq!(StreamKey::from_hex("abc"), None);
     assert_eq!(StreamKey::from_hex("zz"), None);
 }
+
+#[test]
+fn a_stream_group_that_has_not_reported_bounds_the_read_through_point_at_the_floor() {
+    // After a crash: the generation (200) was first read from 1 000; stream
+    // 1's group saved 9 000 000, stream 2's group (its reader late) none.
+    let mut s = ProgressState::from_rows([row(StreamKey(vec![]), 200, Some(1_000)), row(k(1), 200, Some(9_000_000))]);
+    assert_eq!(s.oldest(), Some(9_000_000), "the oldest known progress ignores stream 2");
+    assert!(s.knows(&k(1)) && !s.knows(&k(2)));
+    assert_eq!(
+        s.read_through(false),
+        Some(1_000),
+        "stream 2 is read from the floor: nothing after it is known published"
+    );
+    assert_eq!(s.read_through(true), Some(9_000_000));
+    // Stream 2's reader reports (at its lower bound, then progress).
+    s.admit(&k(2), 1_000);
+    s.admit(&k(2), 8_000_000);
+    assert_eq!(s.read_through(true), Some(8_000_000));
+    // A new generation: nothing reported yet, its floor bounds it.
+    s.start_generation(10_000_000);
+    assert_eq!(s.read_through(false), Some(10_000_000));
+    s.admit(&k(3), 10_500_000);
+    assert_eq!(s.read_through(false), Some(10_000_000), "stream 3 alone says nothing of the others");
+    assert_eq!(s.read_through(true), Some(10_500_000));
+    // Nothing known at all.
+    assert_eq!(ProgressState::default().read_through(false), None);
+}

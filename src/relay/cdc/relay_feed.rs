@@ -90,10 +90,11 @@ pub async fn run_relay_feed(
 }
 
 /// Every CDC row stamped before this (ms) has been published: the feed's
-/// oldest per-stream progress less the clock skew allowance (the rows'
-/// timestamps come from the database nodes, `resolved_at` from the writer).
+/// oldest per-stream progress once every stream of the generation reported
+/// (its floor before), less the clock skew allowance (the rows' timestamps
+/// come from the database nodes, `resolved_at` from the writer).
 fn read_through(saver: Arc<LeaseCheckpointSaver>, skew_ms: u64) -> ReadThrough {
-    Arc::new(move || saver.oldest_progress_ms().map(|p| p.saturating_sub(skew_ms as i64)))
+    Arc::new(move || saver.read_through_ms().map(|p| p.saturating_sub(skew_ms as i64)))
 }
 
 /// The reconciliation state as the relay status shows it.

@@ -78,6 +78,23 @@ pub async fn read_origin(session: &Session, keyspace: &str) -> Option<i64> {
     }
 }
 
+/// The start of the table's first CDC generation, read when no generation
+/// was saved (with one, scylla-cdc starts no earlier than it). Unreadable:
+/// warned, and the start is not raised (`start::start_point`).
+async fn first_generation(session: &Session, keyspace: &str, saver: &LeaseCheckpointSaver) -> Option<i64> {
+    if saver.progress().generation().is_some() {
+        return None;
+    }
+    let read = super::generations::first(session, keyspace, super::generations::TIMESTAMPS_TABLE);
+    match super::generations::within_limit(read).await {
+        Ok(first) => first,
+        Err(e) => {
+            tracing::warn!(consumer = saver.name(), error = %e, "cannot read the first CDC generation: a start before it would make scylla-cdc read only the newest generation");
+            None
+        }
+    }
+}
+
 fn ms(d: Duration) -> Duration {
     d.max(Duration::from_millis(1))
 }
@@ -95,6 +112,7 @@ pub async fn run_reader(
 ) -> Result<(), CdcError> {
     let origin = read_origin(&session, &settings.keyspace).await;
     let (saved_ms, floor_ms) = (saver.oldest_progress_ms(), saver.floor_ms());
+    let first_generation_ms = first_generation(&session, &settings.keyspace, &saver).await;
     let start = start_point(StartInputs {
         now_ms: now_ms(),
         log_ttl: settings.log_ttl,
@@ -102,6 +120,7 @@ pub async fn run_reader(
         origin_ms: origin,
         saved_ms,
         floor_ms,
+        first_generation_ms,
     });
     if start.from == StartFrom::SavedBeyondTtl {
         tracing::error!(consumer = saver.name(), saved_ms = ?start.lost_after_ms, start_ms = start.start_ms,

@@ -98,6 +98,9 @@ pub struct LeaseCheckpointSaver {
     /// batches a finished generation left (`leftover`).
     run: AtomicU64,
     generation_end: Mutex<Option<Weak<dyn GenerationEnd>>>,
+    /// When the stream groups were last read (`saver_generation`): a failed
+    /// read is tried again, at most once a minute.
+    groups_read_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// `[applied]` and `epoch` of a conditional write's answer.
@@ -166,6 +169,7 @@ impl LeaseCheckpointSaver {
             activity: Activity::default(),
             run: AtomicU64::new(0),
             generation_end: Mutex::new(None),
+            groups_read_at: Mutex::new(None),
         }))
     }
 
@@ -189,6 +193,17 @@ impl LeaseCheckpointSaver {
     /// the CDC log TTL guard.
     pub fn oldest_progress_ms(&self) -> Option<i64> {
         self.state.lock().unwrap().oldest()
+    }
+
+    /// Every CDC row stamped before this (ms) has been published (the
+    /// reconciler's bound): the oldest progress once every stream of the
+    /// generation has reported, the generation's floor before
+    /// ([`ProgressState::read_through`]).
+    pub fn read_through_ms(&self) -> Option<i64> {
+        let state = self.state.lock().unwrap();
+        let all_known =
+            state.generation().and_then(|g| self.activity.every_stream(g, |s| state.knows(s))).unwrap_or(false);
+        state.read_through(all_known)
     }
 
     /// The consumers' calls by stream, for the stall watchdog.
@@ -396,6 +411,7 @@ pub async fn run_flusher(saver: Arc<LeaseCheckpointSaver>, every: Duration, mut 
                 tracing::warn!(consumer = %saver.name(), error = %e, "saving CDC progress failed; retrying at the next checkpoint interval")
             }
         }
+        saver.read_groups_again().await;
         if !more {
             return last;
         }

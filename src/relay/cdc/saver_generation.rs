@@ -64,17 +64,31 @@ impl LeaseCheckpointSaver {
         }
     }
 
-    /// The generation's stream groups, for the watchdog (scylla-cdc starts
-    /// its readers only after this returns). Not loaded: the watchdog keeps
-    /// its cautious fallback, reported once per generation.
+    /// The current generation's stream groups when they are not known (a
+    /// failed read, or a rewind into an earlier generation), at most once a
+    /// minute: until then the watchdog keeps its fallback and the
+    /// reconciler's read-through point stays at the generation's floor.
+    pub async fn read_groups_again(&self) {
+        let Some(ms) = self.state.lock().unwrap().generation() else { return };
+        let recent = self.groups_read_at.lock().unwrap().is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+        if self.activity.groups_of() != Some(ms) && !recent {
+            self.load_groups(ms).await;
+        }
+    }
+
+    /// The generation's stream groups, for the watchdog and the
+    /// reconciler's read-through point (scylla-cdc starts its readers only
+    /// after this returns). Not loaded: the watchdog keeps its cautious
+    /// fallback and the read-through point the floor, reported once per try.
     async fn load_groups(&self, ms: i64) {
+        *self.groups_read_at.lock().unwrap() = Some(std::time::Instant::now());
         let load = generations::load(&self.session, &self.keyspace, generations::DESCRIPTIONS_TABLE, ms);
         let err = match generations::within_limit(load).await {
             Ok(g) => return self.activity.set_groups(ms, g),
             Err(e) => e,
         };
         tracing::warn!(consumer = %self.name, generation_ms = ms, error = %err,
-            "cannot read the CDC generation's stream groups: the stall watchdog will not notice a stream group stuck before its first row while others deliver");
+            "cannot read the CDC generation's stream groups (tried again in a minute): the stall watchdog will not notice a stream group stuck before its first row while others deliver, and appends of unknown outcome whose CDC rows were not seen wait for the groups to be read before the reconciler publishes them");
     }
 }
 

@@ -250,6 +250,10 @@ async fn the_ttl_guard_reads_the_oldest_saved_progress() {
     let behind = now - 13 * 3_600_000;
     let s = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, None).await.unwrap();
     s.start_generation(behind - 60_000).await.unwrap();
+    // The generation row alone (a relay stopped before its streams' first
+    // save): its floor, not "not known yet" (Healthy) while the log expires.
+    let floor = store.cdc_oldest_progress("kafka-relay").await.unwrap().map(|t| t.timestamp_millis());
+    assert_eq!(floor, Some(behind - 60_000));
     s.record(&key(1), behind).unwrap();
     s.record(&key(2), now - 1_000).unwrap();
     s.flush().await.unwrap();
@@ -295,6 +299,8 @@ async fn a_stream_group_that_never_saved_resumes_from_the_generation_floor() {
 
     let run2 = LeaseCheckpointSaver::open(session.clone(), &ks, "kafka-relay", None, DAY, None).await.unwrap();
     assert_eq!((run2.oldest_progress_ms(), run2.floor_ms()), (Some(90_000), Some(10_000)));
+    // The reconciler must not take 90 s as read: stream 3 has not reported.
+    assert_eq!(run2.read_through_ms(), Some(10_000), "a stream group without rows bounds it at the floor");
     let start = start_point(StartInputs {
         now_ms: 100_000,
         log_ttl: DAY,
@@ -302,6 +308,7 @@ async fn a_stream_group_that_never_saved_resumes_from_the_generation_floor() {
         origin_ms: Some(1_000),
         saved_ms: run2.oldest_progress_ms(),
         floor_ms: run2.floor_ms(),
+        first_generation_ms: Some(5_000),
     });
     assert_eq!(start.start_ms, 10_000, "stream 3 is read from where the generation was first read");
     // scylla-cdc raises the bound of groups with rows to their own progress.
@@ -314,6 +321,11 @@ async fn a_stream_group_that_never_saved_resumes_from_the_generation_floor() {
     run2.flush().await.unwrap();
     let rows = read_progress(&session, &ks, "kafka-relay").await.unwrap();
     assert_eq!(generation_row_floor(&rows), Some(10_000));
+    run2.record(&key(3), 95_000).unwrap();
+    assert_eq!(run2.read_through_ms(), Some(10_000), "the groups are not known (no Scylla tables here): the floor");
+    let groups = crate::relay::cdc::generations::Groups::Shared(vec![vec![key(1), key(2)], vec![key(3)]]);
+    run2.activity().set_groups(5_000, groups);
+    assert_eq!(run2.read_through_ms(), Some(90_000), "every stream of the generation reported: the oldest progress");
 
     // A generation row written before the floor existed (time null): the
     // next run's lower bound becomes the floor, written before progress.

@@ -16,6 +16,12 @@
 //!   first `outboxd schema`, with the clock-skew allowance for the clock of
 //!   whoever ran it), never before the TTL floor: events appended before the
 //!   first relay start are published.
+//! - The start is never before the table's first CDC generation: given a
+//!   start before every generation, scylla-cdc 0.7 begins with the newest
+//!   one and never reads the earlier ones (`fetch_generations_continuously`
+//!   falls back to `get_latest_generation`), so a first start on a cluster
+//!   younger than the TTL, or a table whose generations changed before the
+//!   relay first ran, would skip whole generations.
 //! - Catch-up without the per-window sleep: scylla-cdc sleeps
 //!   `sleep_interval` after every window, so a backlog of B read in windows
 //!   of W costs `B / W` sleeps. When the measured lag exceeds the threshold
@@ -71,9 +77,19 @@ pub struct StartInputs {
     pub saved_ms: Option<i64>,
     /// The generation's floor: where a stream without a row resumes.
     pub floor_ms: Option<i64>,
+    /// The start of the table's first CDC generation, if known.
+    pub first_generation_ms: Option<i64>,
 }
 
 pub fn start_point(i: StartInputs) -> StartPoint {
+    let mut p = start_in_log(i);
+    // Nothing is logged before the first generation, and scylla-cdc, given
+    // a start before every generation, reads only the newest one.
+    p.start_ms = p.start_ms.max(i.first_generation_ms.unwrap_or(i64::MIN));
+    p
+}
+
+fn start_in_log(i: StartInputs) -> StartPoint {
     let floor = i.now_ms.saturating_sub(ms(i.log_ttl)).saturating_sub(ms(i.skew));
     let resume = match (i.saved_ms, i.floor_ms) {
         (Some(saved), Some(f)) => Some(saved.min(f)),
@@ -229,7 +245,30 @@ mod tests {
     const SKEW: Duration = Duration::from_secs(60);
 
     fn inputs(saved: Option<i64>, origin: Option<i64>) -> StartInputs {
-        StartInputs { now_ms: 100 * H, log_ttl: DAY, skew: SKEW, origin_ms: origin, saved_ms: saved, floor_ms: None }
+        StartInputs {
+            now_ms: 100 * H,
+            log_ttl: DAY,
+            skew: SKEW,
+            origin_ms: origin,
+            saved_ms: saved,
+            floor_ms: None,
+            first_generation_ms: None,
+        }
+    }
+
+    #[test]
+    fn the_start_is_never_before_the_first_generation() {
+        let first = |saved, origin, g| start_point(StartInputs { first_generation_ms: g, ..inputs(saved, origin) });
+        // A cluster 10 h old, no origin: the TTL floor (76 h) is before its
+        // first generation (90 h); scylla-cdc would begin with the newest.
+        let p = first(None, None, Some(90 * H));
+        assert_eq!(p, StartPoint { start_ms: 90 * H, from: StartFrom::TtlFloor, lost_after_ms: None });
+        // The origin less the skew before the table's first generation.
+        assert_eq!(first(None, Some(99 * H), Some(99 * H - 1_000)).start_ms, 99 * H - 1_000);
+        // A generation older than the start changes nothing.
+        assert_eq!(first(None, Some(99 * H), Some(50 * H)).start_ms, 99 * H - 60_000);
+        assert_eq!(first(Some(98 * H), None, Some(50 * H)).start_ms, 98 * H);
+        assert_eq!(first(None, None, None).start_ms, 76 * H - 60_000, "not known: unchanged");
     }
 
     #[test]

@@ -81,6 +81,8 @@ struct Known {
     by_stream: HashMap<StreamKey, Arc<Calls>>,
     /// The current generation's groups (its start, ms), once loaded.
     groups: Option<(i64, GroupIndex)>,
+    /// Every stream of those groups.
+    all: Vec<StreamKey>,
     by_group: HashMap<usize, Arc<Calls>>,
 }
 
@@ -140,8 +142,9 @@ impl Activity {
 
     /// The groups of the generation started at `generation_ms` (`generations::load`).
     pub fn set_groups(&self, generation_ms: i64, groups: Groups) {
+        let all: Vec<StreamKey> = groups.streams().cloned().collect();
         let index = match groups {
-            Groups::PerStream => GroupIndex::PerStream,
+            Groups::PerStream(_) => GroupIndex::PerStream,
             Groups::Shared(groups) => GroupIndex::Shared(
                 groups
                     .into_iter()
@@ -160,6 +163,17 @@ impl Activity {
             }
         }
         known.groups = Some((generation_ms, index));
+        known.all = all;
+    }
+
+    /// Whether `reported` holds for every stream of the generation started
+    /// at `generation_ms`; `None` while its groups are not loaded.
+    pub fn every_stream(&self, generation_ms: i64, reported: impl Fn(&StreamKey) -> bool) -> Option<bool> {
+        let known = self.known.lock().unwrap();
+        match &known.groups {
+            Some((g, _)) if *g == generation_ms => Some(known.all.iter().all(reported)),
+            _ => None,
+        }
     }
 
     /// The generation whose groups are known, if any.

@@ -120,7 +120,7 @@ fn a_known_group_answers_for_its_streams_without_rows() {
     // Tablets: every stream is its own group.
     activity.forget_streams();
     assert_eq!(activity.groups_of(), None);
-    activity.set_groups(8, Groups::PerStream);
+    activity.set_groups(8, Groups::PerStream(vec![key(1), key(2)]));
     activity.reads(&key(1), &g1);
     assert_eq!(activity.sample_of([&key(1)]), (1, 0));
     assert_eq!(activity.sample_of([&key(2)]), (0, 0), "its own consumer never called");
@@ -210,4 +210,30 @@ async fn the_wait_ends_one_limit_after_the_last_movement() {
 async fn a_zero_limit_never_fires() {
     let r = tokio::time::timeout(Duration::from_secs(86_400), wait_for_stall(Duration::ZERO, || s(1, 0, 0))).await;
     assert!(r.is_err(), "the watchdog is off");
+}
+
+#[test]
+fn every_stream_is_answered_only_for_the_generation_whose_groups_are_loaded() {
+    let activity = Activity::default();
+    assert_eq!(
+        activity.every_stream(7, |s: &StreamKey| [1, 2, 3].iter().any(|b| *s == key(*b))),
+        None,
+        "groups not loaded"
+    );
+    activity.set_groups(7, Groups::Shared(vec![vec![key(1), key(2)], vec![key(3)]]));
+    assert_eq!(
+        activity.every_stream(7, |s: &StreamKey| [1, 2].iter().any(|b| *s == key(*b))),
+        Some(false),
+        "group 2 (stream 3) has not reported"
+    );
+    assert_eq!(activity.every_stream(7, |s: &StreamKey| [1, 2, 3].iter().any(|b| *s == key(*b))), Some(true));
+    assert_eq!(
+        activity.every_stream(8, |s: &StreamKey| [1, 2, 3].iter().any(|b| *s == key(*b))),
+        None,
+        "another generation"
+    );
+    activity.forget_streams();
+    activity.set_groups(8, Groups::PerStream(vec![key(4), key(5)]));
+    assert_eq!(activity.every_stream(8, |s: &StreamKey| [4].iter().any(|b| *s == key(*b))), Some(false));
+    assert_eq!(activity.every_stream(8, |s: &StreamKey| [4, 5].iter().any(|b| *s == key(*b))), Some(true));
 }

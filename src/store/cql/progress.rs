@@ -101,14 +101,23 @@ pub fn generation_floor(rows: &[SavedRow]) -> Option<i64> {
     rows.iter().find(|r| r.stream.is_empty()).and_then(|r| r.time)
 }
 
+/// The oldest progress the rows say (ms): the oldest stream row of the last
+/// generation or, while that generation has none yet (a relay that wrote
+/// the generation row and stopped before its streams' first save), the
+/// generation's floor: its streams are read from there.
+pub fn oldest_progress(rows: &[SavedRow]) -> Option<i64> {
+    let (generation, streams) = current_progress(rows);
+    let oldest = streams.into_iter().map(|(_, t)| t).min();
+    oldest.or_else(|| generation.and(generation_floor(rows)))
+}
+
 impl CqlStore {
     /// The oldest per-stream CDC progress of `consumer` (its current
-    /// generation): every change before it has been published. `None` when
-    /// the consumer never saved progress.
+    /// generation, [`oldest_progress`]): every change before it has been
+    /// published. `None` when the consumer never saved progress.
     pub async fn cdc_oldest_progress(&self, consumer: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         let rows = read_progress(&self.session, &self.keyspace, consumer).await?;
-        let oldest = current_progress(&rows).1.into_iter().map(|(_, t)| t).min();
-        Ok(oldest.and_then(DateTime::from_timestamp_millis))
+        Ok(oldest_progress(&rows).and_then(DateTime::from_timestamp_millis))
     }
 }
 
@@ -118,6 +127,19 @@ mod tests {
 
     fn row(stream: &[u8], generation: Option<i64>, time: Option<i64>) -> SavedRow {
         SavedRow { stream: stream.to_vec(), generation, time }
+    }
+
+    #[test]
+    fn a_generation_without_stream_rows_is_as_old_as_its_floor() {
+        // The generation row (200, floor 150) was written, the relay stopped
+        // before its streams' first save: the rows of generation 100 do not count.
+        let rows = vec![row(&[], Some(200), Some(150)), row(&[1], Some(100), Some(120))];
+        assert_eq!(oldest_progress(&rows), Some(150));
+        let rows =
+            vec![row(&[], Some(200), Some(150)), row(&[2], Some(200), Some(900)), row(&[3], Some(200), Some(800))];
+        assert_eq!(oldest_progress(&rows), Some(800), "stream rows: the oldest of them");
+        assert_eq!(oldest_progress(&[row(&[], Some(200), None)]), None, "no floor written: not known");
+        assert_eq!(oldest_progress(&[]), None);
     }
 
     #[test]
