@@ -221,7 +221,7 @@ impl LeaseCheckpointSaver {
         let (oldest_ms, streams) = state.oldest_streams();
         let held = streams.iter().filter(|s| state.is_held(s)).count();
         let (busy, done) = self.activity.sample_of(streams);
-        Sample { oldest_ms, busy: busy + held, done }
+        Sample { oldest_ms, busy: busy + held, done, all: self.activity.sample_all() }
     }
 
     /// True once a write was refused because another instance holds the lease.

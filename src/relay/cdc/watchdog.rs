@@ -25,7 +25,10 @@
 //! one group): then such a group is noticed only when no group delivers.
 //!
 //! Guarantees: never stalled while a consumer call of the oldest streams is
-//! in progress (however long the broker is out); any progress or finished
+//! in progress (however long the broker is out), nor while a call of any
+//! group is in progress and no consumer finished one since the last sample
+//! (the oldest streams' group done with its last window while another's
+//! delivery waits on the broker); any progress or finished
 //! call of those streams starts the count again; the decision is pure
 //! (`observe`) and [`wait_for_stall`] only samples it every `tick`.
 
@@ -181,6 +184,12 @@ impl Activity {
         self.known.lock().unwrap().groups.as_ref().map(|(ms, _)| *ms)
     }
 
+    /// (calls in progress, calls finished) of every consumer known.
+    pub fn sample_all(&self) -> (usize, u64) {
+        let known = self.known.lock().unwrap();
+        total(known.by_stream.values().chain(known.by_group.values()).collect())
+    }
+
     /// (calls in progress, calls finished) of the consumers that read
     /// `streams`, each consumer counted once: a stream's own consumer once it
     /// had rows, else its group's. A stream whose group's consumer made no
@@ -203,19 +212,26 @@ impl Activity {
         if consumers.is_empty() && (unknown || !any) {
             consumers = known.by_stream.values().collect();
         }
-        consumers.sort_by_key(|c| Arc::as_ptr(c));
-        consumers.dedup_by(|a, b| Arc::ptr_eq(a, b));
-        consumers.iter().map(|c| c.sample()).fold((0, 0), |(b, d), (cb, cd)| (b + cb, d + cd))
+        total(consumers)
     }
 }
 
-/// What the watchdog samples: the oldest progress (ms) and the activity of
-/// the consumers of the streams at that progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// (calls in progress, calls finished) of `consumers`, each counted once.
+fn total(mut consumers: Vec<&Arc<Calls>>) -> (usize, u64) {
+    consumers.sort_by_key(|c| Arc::as_ptr(c));
+    consumers.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    consumers.iter().map(|c| c.sample()).fold((0, 0), |(b, d), (cb, cd)| (b + cb, d + cd))
+}
+
+/// What the watchdog samples: the oldest progress (ms), the activity of
+/// the consumers of the streams at that progress, and that of every
+/// consumer of the run (`all`: calls in progress, calls finished).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sample {
     pub oldest_ms: Option<i64>,
     pub busy: usize,
     pub done: u64,
+    pub all: (usize, u64),
 }
 
 /// The stall decision over successive samples.
@@ -223,18 +239,28 @@ pub struct Sample {
 pub struct StallWatch {
     limit: Duration,
     last: Option<(Option<i64>, u64)>,
+    /// Calls finished by every consumer at the last sample.
+    all_done: Option<u64>,
     since: Instant,
 }
 
 impl StallWatch {
     pub fn new(limit: Duration, now: Instant) -> StallWatch {
-        StallWatch { limit, last: None, since: now }
+        StallWatch { limit, last: None, all_done: None, since: now }
     }
 
-    /// How long nothing has moved, once that is at least `limit`.
+    /// How long nothing has moved, once that is at least `limit`. A call in
+    /// progress anywhere while no consumer finished one since the last
+    /// sample is the reader waiting on its consumer (a broker outage: the
+    /// delivery call retries), even when the oldest streams' own consumer is
+    /// done (a group that finished its last window of a catch-up run or of
+    /// a generation, its progress frozen, while another group's delivery
+    /// waits for the broker): a restart would only abandon that delivery.
     pub fn observe(&mut self, now: Instant, s: Sample) -> Option<Duration> {
         let seen = (s.oldest_ms, s.done);
-        if s.busy > 0 || self.last != Some(seen) {
+        let waiting = s.all.0 > 0 && self.all_done == Some(s.all.1);
+        self.all_done = Some(s.all.1);
+        if s.busy > 0 || waiting || self.last != Some(seen) {
             self.last = Some(seen);
             self.since = now;
             return None;

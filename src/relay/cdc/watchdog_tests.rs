@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 const LIMIT: Duration = Duration::from_secs(300);
 
 fn s(oldest: i64, busy: usize, done: u64) -> Sample {
-    Sample { oldest_ms: Some(oldest), busy, done }
+    Sample { oldest_ms: Some(oldest), busy, done, ..Sample::default() }
 }
 
 #[test]
@@ -28,7 +28,7 @@ fn stalled_only_after_the_limit_without_progress_or_calls() {
     assert_eq!(w.observe(at(901), s(101, 0, 6)), None);
     // No progress ever reported is a stall as well.
     let mut w = StallWatch::new(LIMIT, t0);
-    let none = Sample { oldest_ms: None, busy: 0, done: 0 };
+    let none = Sample::default();
     assert_eq!(w.observe(at(0), none), None);
     assert_eq!(w.observe(at(400), none), Some(Duration::from_secs(400)));
 }
@@ -48,6 +48,43 @@ fn a_consumer_call_in_progress_is_never_a_stall() {
     assert_eq!(w.observe(back, s(100, 0, 6)), None);
     assert_eq!(w.observe(back + Duration::from_secs(299), s(100, 0, 6)), None);
     assert!(w.observe(back + LIMIT, s(100, 0, 6)).is_some());
+}
+
+#[test]
+fn a_finished_group_at_the_oldest_progress_while_another_waits_on_the_broker_is_no_stall() {
+    // End of a catch-up run: group A (the oldest progress, frozen) finished
+    // its last window; group B's delivery retries through a broker outage.
+    let activity = Activity::default();
+    let (a, b) = (Arc::new(Calls::default()), Arc::new(Calls::default()));
+    activity.reads(&key(1), &a);
+    activity.reads(&key(2), &b);
+    drop(a.enter());
+    let _delivering = b.enter();
+    let sample = || {
+        let (busy, done) = activity.sample_of([&key(1)]);
+        Sample { oldest_ms: Some(100), busy, done, all: activity.sample_all() }
+    };
+    assert_eq!((sample().busy, sample().done, sample().all), (0, 1, (1, 1)));
+    let t0 = Instant::now();
+    let mut w = StallWatch::new(LIMIT, t0);
+    for secs in (0..3_600).step_by(30) {
+        assert_eq!(w.observe(t0 + Duration::from_secs(secs), sample()), None, "at {secs} s");
+    }
+    // Other groups delivering (calls finish) while the oldest group's
+    // reader is stuck: a stall, however busy they are at each sample.
+    let mut w = StallWatch::new(LIMIT, t0);
+    let mut stalled = None;
+    for secs in (0..=600).step_by(30) {
+        drop(b.enter());
+        stalled = stalled.or(w.observe(t0 + Duration::from_secs(secs), sample()));
+    }
+    assert!(stalled.is_some(), "a group stuck while the others deliver is restarted");
+    // Every group finished and nothing in progress (scylla-cdc's hang at the
+    // end of a catch-up run): a stall.
+    drop(_delivering);
+    let mut w = StallWatch::new(LIMIT, t0);
+    assert_eq!(w.observe(t0, sample()), None);
+    assert!(w.observe(t0 + LIMIT, sample()).is_some());
 }
 
 #[test]
@@ -137,7 +174,7 @@ fn a_group_stuck_before_its_first_row_while_others_deliver_is_a_stall() {
     let mut w = StallWatch::new(LIMIT, t0);
     let sample = || {
         let (busy, done) = activity.sample_of([&key(1), &key(2)]);
-        Sample { oldest_ms: Some(100), busy, done }
+        Sample { oldest_ms: Some(100), busy, done, ..Sample::default() }
     };
     for secs in (0..300).step_by(10) {
         drop(g2.enter());
@@ -167,7 +204,7 @@ fn one_group_stuck_while_another_delivers_is_a_stall() {
     let mut w = StallWatch::new(LIMIT, t0);
     let sample = || {
         let (busy, done) = activity.sample_of([&key(1)]);
-        Sample { oldest_ms: Some(100), busy, done }
+        Sample { oldest_ms: Some(100), busy, done, ..Sample::default() }
     };
     for secs in (0..300).step_by(10) {
         drop(g2.enter());
