@@ -36,7 +36,8 @@ command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v perl >/dev/null 2>&1 || need_apt+=(perl) # OpenSSL (rdkafka ssl-vendored) is built with it
 # librdkafka links the system libcurl for OAuth/OIDC (rdkafka `curl`); without
 # its headers the build still succeeds but refuses sasl.oauthbearer.method=oidc.
-pkg-config --exists libcurl 2>/dev/null || need_apt+=(pkg-config libcurl4-openssl-dev)
+curl_headers=1
+pkg-config --exists libcurl 2>/dev/null || { curl_headers=0; need_apt+=(pkg-config libcurl4-openssl-dev); }
 if [ "$mode" = test ]; then
   command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
   command -v curl >/dev/null 2>&1 || need_apt+=(curl)
@@ -56,6 +57,12 @@ if [ ${#need_apt[@]} -gt 0 ] || [ "$optional_kcat" = 1 ]; then
     if [ ${#need_apt[@]} -gt 0 ]; then
       note "installing ${need_apt[*]}"
       apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    fi
+    # A librdkafka built before the headers were there has no OAuth/OIDC,
+    # and cargo does not rebuild it by itself: have it rebuilt.
+    if [ "$curl_headers" = 0 ] && pkg-config --exists libcurl 2>/dev/null; then
+      note "libcurl headers installed: rdkafka-sys is rebuilt with them (OAuth/OIDC)"
+      cargo clean --quiet --manifest-path "$(dirname "$0")/../Cargo.toml" -p rdkafka-sys >/dev/null 2>&1 || true
     fi
     if [ "$optional_kcat" = 1 ]; then
       timeout 300 apt-get install -y -qq kcat >/dev/null 2>&1 && note "installed kcat" || note "kcat not installed (optional)"

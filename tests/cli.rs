@@ -269,6 +269,27 @@ fn an_interrupted_bench_stops_its_daemon_child_and_removes_its_files() {
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the bench's directory is removed");
 }
 
+/// Review finding: `customer show` printed no events, though its help and
+/// docs/CLI.md say "state and events" (as `order show` prints them).
+#[test]
+fn customer_show_prints_state_and_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    assert!(outboxd(&db, &["schema"]).status.success());
+    let c = outboxd(&db, &["customer", "register", "--name", "Ada", "--email", "ada@example.com"]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    let id = stdout(&c);
+    let o = outboxd(&db, &["customer", "change-email", &id, "--email", "ada@example.org"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let show = outboxd(&db, &["customer", "show", &id]);
+    assert!(show.status.success(), "{}", stderr(&show));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    assert_eq!(v["version"], 2);
+    let events = v["events"].as_array().unwrap_or_else(|| panic!("no events: {v}"));
+    let types: Vec<_> = events.iter().map(|e| e["event_type"].as_str().unwrap_or_default()).collect();
+    assert_eq!(types, ["CustomerRegistered", "CustomerEmailChanged"], "{v}");
+}
+
 /// Creates a store with a customer and one order of `currency`; returns (customer, order).
 fn store_with_order(db: &Path, currency: &str) -> (String, String) {
     assert!(outboxd(db, &["schema"]).status.success());

@@ -21,10 +21,11 @@ pub async fn run(cfg: &Config, c: CustomerCmd) -> Result<u8, Failure> {
                 return Err(Failure::from(AppError::Domain(outboxd::domain::DomainError::CustomerNotFound))
                     .context(format!("customer {id}")));
             }
+            let events = svc.store().load(id).await?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(
-                    &serde_json::json!({"id": id, "version": loaded.version, "state": loaded.state})
+                    &serde_json::json!({"id": id, "version": loaded.version, "state": loaded.state, "events": events})
                 )?
             );
             return Ok(0);

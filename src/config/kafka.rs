@@ -201,35 +201,73 @@ impl KafkaConfig {
                 return Err(ConfigError(format!("kafka.extra.{key:?} = {shown}: refused by librdkafka: {why}")));
             }
         }
-        self.validate_security()
+        self.validate_producer()
     }
 
-    /// TLS and SASL settings are checked together as librdkafka starts a
-    /// client with them (it loads the CA, certificate and key files then),
-    /// with no broker to connect to: a missing CA file or a key its password
-    /// does not open is refused at load, not at the first publish.
-    fn validate_security(&self) -> Result<(), ConfigError> {
+    /// The producer the relay builds (`relay::producer::producer_config`:
+    /// [`KafkaConfig::producer_settings`], then every `kafka.extra` setting)
+    /// is started here, with no broker to connect to, so that librdkafka
+    /// checks the settings together as it will at `outboxd run`: an extra
+    /// that contradicts the idempotent producer (`retries = "0"`), or a
+    /// missing CA file or a key its password does not open (loaded as the
+    /// client starts), is refused at load, not at the first publish.
+    fn validate_producer(&self) -> Result<(), ConfigError> {
         let security = |k: &str| k.starts_with("ssl.") || k.starts_with("sasl.") || k == "security.protocol";
-        if !self.extra.keys().any(|k| security(k)) {
-            return Ok(());
-        }
-        // A file librdkafka would load, named plainly when it is not there.
-        for (k, v) in self.extra.iter().filter(|(k, v)| k.ends_with(".location") && v.as_str() != "probe") {
-            if let Err(e) = std::fs::metadata(v) {
-                return Err(ConfigError(format!("kafka.extra.{k:?} = {v:?}: cannot read it: {e}")));
+        if self.extra.keys().any(|k| security(k)) {
+            // A file librdkafka would load, named plainly when it is not there.
+            for (k, v) in self.extra.iter().filter(|(k, v)| k.ends_with(".location") && v.as_str() != "probe") {
+                if let Err(e) = std::fs::metadata(v) {
+                    return Err(ConfigError(format!("kafka.extra.{k:?} = {v:?}: cannot read it: {e}")));
+                }
             }
         }
         let mut c = rdkafka::ClientConfig::new();
+        for (k, v) in self.producer_settings() {
+            c.set(k, v);
+        }
         for (k, v) in &self.extra {
             c.set(k, v);
         }
         match c.create::<rdkafka::producer::BaseProducer>() {
             Ok(_) => Ok(()),
-            // librdkafka's text names the setting and the file, never a value.
-            Err(e) => Err(ConfigError(format!("kafka.extra: the TLS/SASL settings are refused by librdkafka: {e}"))),
+            Err(e) => {
+                // librdkafka's text names the settings (and files), not their
+                // values; a secret is scrubbed all the same.
+                let secrets: Vec<String> =
+                    self.extra.iter().filter(|(k, _)| super::is_secret_key(k)).map(|(_, v)| v.clone()).collect();
+                let why = super::scrub(&e.to_string(), &secrets).replace(['\n', '\r'], " ");
+                Err(ConfigError(format!(
+                    "kafka.extra: refused by librdkafka with the relay's producer settings (idempotent, acks=all, the kafka.* keys): {why}"
+                )))
+            }
         }
     }
+
+    /// The librdkafka settings the relay's producer always has
+    /// (`relay::producer::producer_config` sets them, then `kafka.extra`,
+    /// which may not set any of the reserved ones), without
+    /// `bootstrap.servers` and `client.id`: one list, so what `outboxd
+    /// config` checks is what `outboxd run` starts.
+    pub fn producer_settings(&self) -> [(&'static str, String); 10] {
+        [
+            ("enable.idempotence", "true".into()),
+            ("acks", "all".into()),
+            ("max.in.flight.requests.per.connection", self.max_in_flight_requests.to_string()),
+            ("compression.type", self.compression.as_str().into()),
+            ("linger.ms", self.linger_ms.to_string()),
+            ("message.timeout.ms", self.message_timeout_ms.to_string()),
+            ("queue.buffering.max.messages", QUEUE_MAX_MESSAGES.to_string()),
+            ("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string()),
+            ("socket.connection.setup.timeout.ms", "5000".into()),
+            ("reconnect.backoff.max.ms", "1000".into()),
+        ]
+    }
 }
+
+/// Default cap of librdkafka's local queue (messages); the relay's window is smaller.
+pub const QUEUE_MAX_MESSAGES: usize = 100_000;
+/// Default cap of librdkafka's local queue (KiB): 64 MiB.
+pub const QUEUE_MAX_KBYTES: usize = 65_536;
 
 /// librdkafka keys `kafka.extra` may not set, and why.
 const RESERVED_LIBRDKAFKA_KEYS: &[(&str, &str)] = &[
@@ -251,6 +289,10 @@ const RESERVED_LIBRDKAFKA_KEYS: &[(&str, &str)] = &[
     ("compression.codec", "use kafka.compression"),
     ("linger.ms", "use kafka.linger_ms"),
     ("queue.buffering.max.ms", "use kafka.linger_ms"),
+    (
+        "partitioner",
+        "the relay keeps librdkafka's default (consistent_random: a key always maps to the same partition); another partitioner scatters an aggregate's events (random) or moves its key to another partition (murmur2, fnv1a, ...), breaking per-aggregate order",
+    ),
 ];
 
 #[cfg(test)]

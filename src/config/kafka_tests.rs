@@ -129,3 +129,27 @@ fn extra_transaction_timeout_is_refused_pointing_at_the_relay_key() {
         assert!(e.contains("use relay.transaction_timeout_ms"), "{e}");
     }
 }
+
+/// Review finding: `kafka.extra` was checked key by key, so a setting the
+/// relay's producer refuses together with its own (`retries = "0"` with the
+/// idempotence it always enables) passed `outboxd config` and failed every
+/// producer creation of `outboxd run`. It is refused at load, naming
+/// `kafka.extra` with librdkafka's reason, never a secret's value.
+#[test]
+#[allow(clippy::result_large_err)] // figment::Error is large; only in this test
+fn extras_the_relays_producer_refuses_are_refused_at_load() {
+    figment::Jail::expect_with(|jail| {
+        let secret = "sasl-secret-0123456789";
+        jail.create_file(
+            "o.toml",
+            &format!("[kafka.extra]\nretries = \"0\"\n\"sasl.username\" = \"svc\"\n\"sasl.password\" = \"{secret}\"\n"),
+        )?;
+        let e = Config::load(Some(std::path::Path::new("o.toml"))).expect_err("retries = 0").to_string();
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+        assert!(e.contains("kafka.extra") && e.contains("`retries` must be set >= 1"), "{e}");
+        assert!(!e.contains(secret), "{e}");
+        jail.create_file("ok.toml", "[kafka.extra]\nretries = \"3\"\n")?;
+        Config::load(Some(std::path::Path::new("ok.toml"))).map_err(|e| e.to_string())?;
+        Ok(())
+    });
+}

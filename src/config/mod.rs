@@ -33,6 +33,7 @@ pub use cdc::CdcConfig;
 pub use http::HttpConfig;
 pub use kafka::{
     validate_topic, validate_topic_prefix, Compression, KafkaConfig, TopicRouting, MAX_TOPIC_LEN, MAX_TOPIC_PREFIX_LEN,
+    QUEUE_MAX_KBYTES, QUEUE_MAX_MESSAGES,
 };
 pub use relay::{BreakerConfig, DeliveryMode, PermanentFailurePolicy, RelayConfig, RetryConfig, PROJECTION_CONSUMER};
 pub use secrets::{is_secret_key, scrub, REDACTED};
@@ -147,13 +148,17 @@ impl Config {
     }
 }
 
-/// figment's message, unless it is about a secret: then only the key (the
-/// message would quote the value). A file that does not parse is named
-/// with its line and column, never its text: the parser quotes the line
+/// figment's message, unless it is about a secret and may quote its value
+/// (a wrong type or value): then only the key. An unknown, missing or
+/// duplicate key is figment's message whatever its name: that names keys,
+/// never a value. A file that does not parse is named with its line and
+/// column, never its text: the parser quotes the line
 /// (`2 | password = "..."`), whatever secret is on it.
 fn config_error(e: figment::Error) -> ConfigError {
+    use figment::error::Kind;
     let key = e.path.join(".");
-    if is_secret_key(&key) {
+    let names_keys_only = matches!(e.kind, Kind::UnknownField(..) | Kind::MissingField(_) | Kind::DuplicateField(_));
+    if is_secret_key(&key) && !names_keys_only {
         return ConfigError(format!("{key}: invalid value (a secret: not shown); give it as a string"));
     }
     ConfigError(without_source_lines(&e.to_string()))
@@ -285,7 +290,12 @@ mod tests {
         refused(&extra("enable.idempotence", "false"), "always idempotent");
         refused(&extra("acks", "0"), "acks=all");
         refused(&extra("linger.ms", "50"), "use kafka.linger_ms");
+        refused(&extra("partitioner", "random"), "kafka.extra.\"partitioner\": not settable here");
         refused(&extra("socket.timeout.ms", "soon"), "kafka.extra.\"socket.timeout.ms\"");
+        // Each valid alone, refused by the producer the relay builds with it.
+        refused(&extra("retries", "0"), "kafka.extra: refused by librdkafka");
+        refused(&extra("retries", "0"), "`retries` must be set >= 1");
+        refused(&extra("reconnect.backoff.ms", "5000"), "`reconnect.backoff.max.ms` must be >=");
         // Case differs from the parser's, same level; a known key passes; port 0 twice is two ports.
         let mut c = Config::default();
         c.store.backend = Backend::Cql;

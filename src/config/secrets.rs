@@ -113,6 +113,31 @@ mod tests {
         }
     }
 
+    /// Review finding: an unknown key whose name looks like a secret
+    /// (`"sasl.password"` directly under `[kafka]`, `api-token` for
+    /// `api_token`) was reported as an invalid secret value ("give it as a
+    /// string") instead of an unknown key; it is figment's "unknown field",
+    /// which names the key, not the value.
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Error is large; only in this test
+    fn an_unknown_key_named_like_a_secret_is_an_unknown_key() {
+        figment::Jail::expect_with(|jail| {
+            let value = "not-shown-0123456789";
+            for (file, key) in [("[kafka]\n\"sasl.password\"", "sasl.password"), ("[http]\napi-token", "api-token")] {
+                jail.create_file("u.toml", &format!("{file} = \"{value}\"\n"))?;
+                let e = Config::load(Some(std::path::Path::new("u.toml"))).expect_err(key).to_string();
+                assert!(e.contains("unknown field") && e.contains(key), "{key}: {e}");
+                assert!(!e.contains(value) && !e.contains("give it as a string"), "{key}: {e}");
+                assert_eq!(e.lines().count(), 1, "{key}: {e}");
+            }
+            // A secret given the wrong type still names only the key.
+            jail.create_file("t.toml", &format!("[http]\napi_token = [\"{value}\"]\n"))?;
+            let e = Config::load(Some(std::path::Path::new("t.toml"))).expect_err("type").to_string();
+            assert!(e.contains("http.api_token") && e.contains("not shown") && !e.contains(value), "{e}");
+            Ok(())
+        });
+    }
+
     #[test]
     fn redacted_and_scrubbed() {
         let mut c = Config::default();

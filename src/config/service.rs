@@ -46,6 +46,18 @@ impl HealthConfig {
                 "health.lag_degraded_events must be >= 1 (some lag is normal while events are being published)".into(),
             ));
         }
+        if self.lag_degraded_seconds < 1 {
+            return Err(ConfigError(
+                "health.lag_degraded_seconds must be >= 1 (at 0 every unpublished event is too old: the relay is always Degraded)"
+                    .into(),
+            ));
+        }
+        if self.feed_unhealthy_after_ms < 1_000 {
+            return Err(ConfigError(format!(
+                "health.feed_unhealthy_after_ms = {}: must be >= 1000 (the relay retries a failed feed read; below that one transient error makes it Unhealthy)",
+                self.feed_unhealthy_after_ms
+            )));
+        }
         if self.projection_lag_degraded_events < 1 {
             return Err(ConfigError(
                 "health.projection_lag_degraded_events must be >= 1 (some lag is normal while events are being applied)"

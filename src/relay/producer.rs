@@ -34,10 +34,7 @@ use crate::config::KafkaConfig;
 use crate::relay::error::PublishError;
 use crate::relay::off_runtime::DropOffRuntime;
 
-/// Default cap of librdkafka's local queue (messages); the relay's window is smaller.
-pub const QUEUE_MAX_MESSAGES: usize = 100_000;
-/// Default cap of librdkafka's local queue (KiB): 64 MiB.
-pub const QUEUE_MAX_KBYTES: usize = 65_536;
+pub use crate::config::{QUEUE_MAX_KBYTES, QUEUE_MAX_MESSAGES};
 
 /// `retry.backoff.ms` of the transactional producer (see `producer_config`).
 pub const TXN_RETRY_BACKOFF_MS: u64 = 5;
@@ -188,18 +185,11 @@ impl ProducerContext for RelayContext {
 /// The librdkafka settings of the relay's producer (the bench baseline uses the same).
 pub fn producer_config(cfg: &KafkaConfig, delivery: &Delivery) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("max.in.flight.requests.per.connection", cfg.max_in_flight_requests.to_string())
-        .set("compression.type", cfg.compression.as_str())
-        .set("linger.ms", cfg.linger_ms.to_string())
-        .set("message.timeout.ms", cfg.message_timeout_ms.to_string())
-        .set("queue.buffering.max.messages", QUEUE_MAX_MESSAGES.to_string())
-        .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string())
-        .set("socket.connection.setup.timeout.ms", "5000")
-        .set("reconnect.backoff.max.ms", "1000")
-        .set("client.id", "outboxd-relay");
+    c.set("bootstrap.servers", &cfg.brokers).set("client.id", "outboxd-relay");
+    // The same settings `outboxd config` checks the extras against.
+    for (k, v) in cfg.producer_settings() {
+        c.set(k, v);
+    }
     if let Delivery::Transactional { id, timeout_ms } = delivery {
         c.set("transactional.id", id).set("transaction.timeout.ms", timeout_ms.to_string());
         // A transaction begun right after a commit meets CONCURRENT_TRANSACTIONS

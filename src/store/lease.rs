@@ -4,8 +4,12 @@
 //! Guarantees every backend gives (tested on SQLite and Cassandra):
 //! - `lease_cas` writes the new row only if the current row is exactly the
 //!   expected one (`None`: no row yet), atomically; it answers whether it
-//!   wrote. An outcome the backend cannot know at first (a CQL timeout) is
-//!   resolved before answering, never guessed.
+//!   wrote. An outcome the backend cannot know at first is never guessed:
+//!   CQL resolves a timed-out compare-and-set before answering; SQLite
+//!   answers `StoreError::OutcomeUnknown` for a COMMIT that failed after its
+//!   WAL write (an fsync error: it may be replayed at the next open), as for
+//!   `set_checkpoint_fenced`. The lease keeper takes any failed write as
+//!   possibly applied (adopted if read back).
 //! - `set_checkpoint_fenced` moves the named checkpoint only while the
 //!   lease's epoch is the caller's, in the same atomic step; otherwise it
 //!   fails with `StoreError::Fenced` and writes nothing. A former holder can

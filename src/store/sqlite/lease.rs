@@ -9,10 +9,18 @@
 //!   through the group-commit writer queue: a renewal does not wait behind
 //!   a burst of appends, and a store that stays locked makes the renewal
 //!   fail fast (the holder then steps down at its deadline).
+//! - A COMMIT that failed is classified as the writer's are
+//!   (`writer::commit_failure_of`): rolled back by SQLite (busy, locked,
+//!   constraint, full disk) is `Unavailable`, nothing written; anything else
+//!   (an fsync error after the WAL frames were written) is `OutcomeUnknown`,
+//!   never guessed as not written. Every caller treats a failed lease write
+//!   as possibly applied (the keeper adopts it if read back); checkpoint,
+//!   park and unpark writes are idempotent and written again.
 
 use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use super::writer::commit_failure_of;
 use super::{parse_ts, ts, unavailable};
 use crate::store::lease::{Lease, LeaseCas, LeaseInfo};
 use crate::store::StoreError;
@@ -44,7 +52,7 @@ pub(super) fn cas(c: &mut Connection, cas: &LeaseCas) -> Result<bool, StoreError
         params![n.name, n.holder, n.epoch, n.counter, n.ttl_ms, ts(&Utc::now())],
     )
     .map_err(unavailable)?;
-    tx.commit().map_err(unavailable)?;
+    tx.commit().map_err(commit_failed)?;
     Ok(true)
 }
 
@@ -89,8 +97,13 @@ pub(super) fn fenced<T>(
         return Err(StoreError::Fenced { name: name.to_string(), epoch, current });
     }
     let out = f(&tx)?;
-    tx.commit().map_err(unavailable)?;
+    tx.commit().map_err(commit_failed)?;
     Ok(out)
+}
+
+/// What a failed COMMIT of a lease or fenced write tells the caller.
+fn commit_failed(e: rusqlite::Error) -> StoreError {
+    commit_failure_of("the lease or fenced write", e)
 }
 
 /// Sets checkpoint `name` to `position` if lease `name` is at `epoch`.
@@ -112,4 +125,54 @@ pub(super) fn upsert_checkpoint(c: &Connection, consumer: &str, position: i64) -
     )
     .map(|_| ())
     .map_err(unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::lease::Lease;
+
+    fn open(path: &std::path::Path) -> Connection {
+        let mut c = Connection::open(path).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        crate::store::sqlite::schema::migrate_conn(&mut c).unwrap();
+        c
+    }
+
+    fn take(name: &str) -> LeaseCas {
+        LeaseCas {
+            expected: None,
+            new: Lease { name: name.into(), holder: "a".into(), epoch: 1, counter: 0, ttl_ms: 9_000 },
+        }
+    }
+
+    /// Review finding: a failed COMMIT of a lease write or a fenced
+    /// checkpoint was always "unavailable" (not written), though one that
+    /// failed after its WAL frames were written (an fsync error) may be
+    /// replayed at the next open; the lease doc promises an unknown
+    /// outcome is never guessed.
+    #[test]
+    fn a_failed_commit_is_unknown_unless_sqlite_rolled_it_back() {
+        let failure = |code: i32| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        for code in [rusqlite::ffi::SQLITE_IOERR_FSYNC, rusqlite::ffi::SQLITE_IOERR_WRITE] {
+            let e = commit_failed(failure(code));
+            assert!(matches!(&e, StoreError::OutcomeUnknown(m) if m.contains("lease")), "{code}: {e:?}");
+        }
+        for code in [rusqlite::ffi::SQLITE_BUSY, rusqlite::ffi::SQLITE_FULL] {
+            assert!(matches!(commit_failed(failure(code)), StoreError::Unavailable(_)), "{code}");
+        }
+        // A COMMIT SQLite rolled back (vetoed here by a hook): Unavailable, nothing written.
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = open(&dir.path().join("l.db"));
+        c.commit_hook(Some(|| true));
+        assert!(matches!(cas(&mut c, &take("relay")), Err(StoreError::Unavailable(m)) if m.contains("commit failed")));
+        let fenced = set_checkpoint_fenced(&mut c, "relay", 1, 5);
+        assert!(matches!(fenced, Err(StoreError::Fenced { .. })), "{fenced:?}");
+        c.commit_hook(None::<fn() -> bool>);
+        assert_eq!(get(&c, "relay").unwrap(), None);
+        assert!(cas(&mut c, &take("relay")).unwrap());
+        c.commit_hook(Some(|| true));
+        let fenced = set_checkpoint_fenced(&mut c, "relay", 1, 5);
+        assert!(matches!(&fenced, Err(StoreError::Unavailable(m)) if m.contains("commit failed")), "{fenced:?}");
+    }
 }

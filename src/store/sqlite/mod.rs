@@ -16,8 +16,10 @@
 //!   neighbours. Reads run on
 //!   `spawn_blocking` with a small pool of WAL reader connections; a read
 //!   fails (`Unavailable`) once the database file at `path` is gone or was
-//!   replaced, instead of serving a file nobody writes to any more (writes
-//!   already fail then: SQLite refuses to write a moved file).
+//!   replaced, instead of serving a file nobody writes to any more. So does
+//!   every write: in WAL mode SQLite still commits to the old inode, reported
+//!   durable, so the writer thread and the lease connection check the file
+//!   first ([`file::DbFile::check`]).
 //! - Schema version 2 adds the read-model tables maintained by
 //!   `crate::projection` (a v1 file is upgraded in place on open); they are
 //!   written through the same writer thread, batch and checkpoint in one
@@ -66,6 +68,9 @@ use writer::{writer_loop, Job};
 
 pub struct SqliteStore {
     path: PathBuf,
+    /// The options every connection is opened with (a reader the pool
+    /// opens later too: `busy_timeout_ms`).
+    opts: SqliteOptions,
     jobs: mpsc::Sender<Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
     notify: watch::Sender<i64>,
@@ -187,6 +192,7 @@ impl SqliteStore {
             .map_err(|e| unavailable(format!("cannot start writer thread: {e}")))?;
         let store = SqliteStore {
             path,
+            opts,
             jobs,
             readers: Arc::new(Mutex::new(vec![reader])),
             notify,
@@ -209,7 +215,7 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let pool = self.readers.clone();
-        let path = self.path.clone();
+        let (path, opts) = (self.path.clone(), self.opts.clone());
         self.faults.check_read()?;
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || {
@@ -219,7 +225,7 @@ impl SqliteStore {
             let conn = pool.lock().map_err(unavailable)?.pop();
             let conn = match conn {
                 Some(c) => c,
-                None => open_conn(&path, &SqliteOptions::default(), true)?,
+                None => open_conn(&path, &opts, true)?,
             };
             let out = f(&conn);
             if let Ok(mut p) = pool.lock() {
@@ -281,5 +287,40 @@ impl LeaseWaiting {
 impl Drop for LeaseWaiting {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding: a reader the pool opened beyond the first got
+    /// `SqliteOptions::default()` (a 5 s busy timeout), not the configured
+    /// options.
+    #[tokio::test]
+    async fn readers_opened_later_take_the_configured_busy_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SqliteOptions { busy_timeout_ms: 0, ..SqliteOptions::default() };
+        let store = SqliteStore::open(dir.path().join("r.db"), opts).await.unwrap();
+        let timeout =
+            |c: &Connection| c.query_row("PRAGMA busy_timeout", [], |r| r.get::<_, i64>(0)).map_err(unavailable);
+        // The first read holds the pooled reader while the second runs: the second opens its own.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let s = store.clone();
+        let first = tokio::spawn(async move {
+            s.read(move |c| {
+                held_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                timeout(c)
+            })
+            .await
+        });
+        tokio::task::spawn_blocking(move || held_rx.recv().unwrap()).await.unwrap();
+        let second = store.read(timeout).await;
+        go_tx.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), 0, "the reader opened with the store");
+        assert_eq!(second.unwrap(), 0, "a reader the pool opened later");
+        assert_eq!(store.readers.lock().unwrap().len(), 2);
     }
 }

@@ -252,6 +252,12 @@ fn commit_group(
 /// WAL, replayed at the next open: OutcomeUnknown, so no caller retries a
 /// command blindly.
 pub(super) fn commit_failure(e: rusqlite::Error) -> StoreError {
+    commit_failure_of("the appends", e)
+}
+
+/// [`commit_failure`] of any write transaction: `what` names what may or
+/// may not be stored (the lease connection's writes use it too).
+pub(super) fn commit_failure_of(what: &str, e: rusqlite::Error) -> StoreError {
     let definite = matches!(&e, rusqlite::Error::SqliteFailure(f, _) if matches!(
         f.code,
         ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::ConstraintViolation | ErrorCode::DiskFull
@@ -259,7 +265,7 @@ pub(super) fn commit_failure(e: rusqlite::Error) -> StoreError {
     if definite {
         unavailable(format!("commit failed: {e}"))
     } else {
-        StoreError::OutcomeUnknown(format!("commit failed; the appends may or may not be stored: {e}"))
+        StoreError::OutcomeUnknown(format!("commit failed; {what} may or may not be stored: {e}"))
     }
 }
 
