@@ -107,6 +107,17 @@ pub struct ReconcilingSink<S: EnvelopeSink> {
     read_through: ReadThrough,
 }
 
+/// A sink ends with its term (or its feed's run): an instance that no
+/// longer relays does not keep exporting the pending rows it last saw (the
+/// next holder counts them).
+impl<S: EnvelopeSink> Drop for ReconcilingSink<S> {
+    fn drop(&mut self) {
+        if let Some(g) = &self.gauge {
+            g.set(0);
+        }
+    }
+}
+
 impl<S: EnvelopeSink> ReconcilingSink<S> {
     /// `bound`: age after which a pending row is published by the
     /// reconciler (once `read_through` has passed it); `capacity`: aggregates

@@ -72,6 +72,21 @@ async fn rig(what: &str) -> Option<Rig> {
     Some(Rig { store, table, sink, recorder, gauge, read, _trigger: trigger, shutdown })
 }
 
+/// A feed's run (a term) ends: its sink goes, and with it the pending rows
+/// it exported (the next holder counts its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gauge_of_an_ended_run_is_zero() {
+    let Some(rig) = rig("reconciliation: gauge at the end of a run").await else { return };
+    let a = Uuid::now_v7();
+    let ev = append(&rig, a, 0, 2).await;
+    rig.table.record(a, &[(2, ev[1].event_id)], Utc::now()).await.unwrap();
+    assert_eq!(rig.sink.refresh().await.unwrap(), 1);
+    assert_eq!(rig.gauge.get(), 1);
+    let Rig { sink, gauge, .. } = rig;
+    drop(sink);
+    assert_eq!(gauge.get(), 0);
+}
+
 /// Deletes event `sequence` of `id` from `event_store`: a read no longer
 /// finds it (as a stale replica would not).
 async fn hide(rig: &Rig, id: Uuid, sequence: i64) {

@@ -86,6 +86,8 @@ pub async fn run_relay_feed(
     let _ = reconciler.await;
     let _ = reporter.await;
     let _ = requests.await;
+    // The next run (or the next holder) reports its own.
+    deliverer.status().update(|s| s.reconciliation.take().is_some());
     res
 }
 

@@ -12,7 +12,7 @@ use super::unavailable;
 use crate::store::StoreError;
 
 /// Current schema version (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// DDL of schema version 1; also shipped for `sqlite3` users in docs.
 pub const SCHEMA_V1: &str = r#"
@@ -163,8 +163,30 @@ CREATE TABLE IF NOT EXISTS relay_requests (
 CREATE INDEX IF NOT EXISTS relay_requests_open ON relay_requests (consumer, status);
 "#;
 
+/// DDL of schema version 4: `event_store.aggregate_id` only in the form
+/// outboxd writes and queries it by (a lower-case hyphenated UUID). The feed
+/// reads any UUID form, but every lookup of an aggregate's rows (a load, a
+/// parked aggregate's replay) compares the text: a row written as
+/// `0190ABCD-...` or `{...}` by another writer, or edited so by hand, would
+/// be missed. Rows already stored are left as they are (a replay that does
+/// not find its parked event refuses, naming the row).
+pub const SCHEMA_V4: &str = r#"
+CREATE TRIGGER IF NOT EXISTS event_store_aggregate_id_insert
+BEFORE INSERT ON event_store
+WHEN NEW.aggregate_id NOT GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
+BEGIN
+    SELECT RAISE(ABORT, 'event_store.aggregate_id must be a lower-case hyphenated UUID');
+END;
+CREATE TRIGGER IF NOT EXISTS event_store_aggregate_id_update
+BEFORE UPDATE OF aggregate_id ON event_store
+WHEN NEW.aggregate_id NOT GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
+BEGIN
+    SELECT RAISE(ABORT, 'event_store.aggregate_id must be a lower-case hyphenated UUID');
+END;
+"#;
+
 /// Every migration step: (version it brings the file to, its DDL).
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+pub const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3), (4, SCHEMA_V4)];
 
 pub(crate) fn migrate_conn(conn: &mut Connection) -> Result<(), StoreError> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
@@ -190,4 +212,53 @@ pub(crate) fn migrate_conn(conn: &mut Connection) -> Result<(), StoreError> {
         tx.commit().map_err(unavailable)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INSERT: &str = "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, \
+        event_version, payload, correlation_id, timestamp) VALUES (?1, 'Order', ?2, 1, 'OrderCreated', 1, '{}', ?1, '2026-01-01T00:00:00Z')";
+
+    fn insert(c: &Connection, event_id: &str, aggregate_id: &str) -> rusqlite::Result<usize> {
+        c.execute(INSERT, [event_id, aggregate_id])
+    }
+
+    #[test]
+    fn aggregate_ids_are_stored_only_in_the_form_they_are_looked_up_by() {
+        let mut c = Connection::open_in_memory().unwrap();
+        // A file of version 3 holding a row another writer stored upper-case.
+        for (_, ddl) in &MIGRATIONS[..3] {
+            c.execute_batch(ddl).unwrap();
+        }
+        c.execute_batch("PRAGMA user_version = 3").unwrap();
+        let upper = "0190ABCD-0000-7000-8000-000000000001";
+        insert(&c, "e0", upper).unwrap();
+        migrate_conn(&mut c).unwrap();
+        let kept: String = c.query_row("SELECT aggregate_id FROM event_store", [], |r| r.get(0)).unwrap();
+        assert_eq!(kept, upper, "the upgrade rewrites no stored row");
+
+        let canonical = "0190abcd-0000-7000-8000-000000000002";
+        insert(&c, "e1", canonical).unwrap();
+        for other in [
+            "0190ABCD-0000-7000-8000-000000000003",
+            "{0190abcd-0000-7000-8000-000000000003}",
+            "0190abcd000070008000000000000003",
+            " 0190abcd-0000-7000-8000-000000000003",
+            "0190abcd-0000-7000-8000-00000000000g",
+        ] {
+            let e = insert(&c, "e2", other).unwrap_err().to_string();
+            assert!(e.contains("lower-case hyphenated UUID"), "{other}: {e}");
+            let e = c
+                .execute("UPDATE event_store SET aggregate_id = ?1 WHERE event_id = 'e1'", [other])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("lower-case hyphenated UUID"), "{other}: {e}");
+        }
+        let n: i64 = c.query_row("SELECT COUNT(*) FROM event_store", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 2);
+        // Other columns of a stored row can still be edited by hand.
+        c.execute("UPDATE event_store SET payload = '{\"a\":1}' WHERE event_id = 'e0'", []).unwrap();
+    }
 }
