@@ -14,7 +14,9 @@
 //!   `shutdown_deadline_ms` (past it, with a warning: whatever was not
 //!   confirmed is re-sent after restart, nothing committed is lost).
 //! - When a supervised actor exhausts its restart budget the same shutdown
-//!   runs and `run` returns `Ok(EXIT_RESTART_BUDGET)` (70).
+//!   runs and `run` returns `Ok(EXIT_RESTART_BUDGET)` (70), within the same
+//!   deadline; a signal meanwhile, or HTTP servers that outlast the deadline
+//!   after the actors stopped, do not change the code (`wait_for_exit`).
 //! - A port that cannot be bound is an error naming the config key.
 //! - Read models (SQLite; CQL when the server has Scylla CDC): a supervised
 //!   ProjectionActor keeps them up to date; GET /orders/{id} and
@@ -24,6 +26,7 @@
 //!   without a CDC log on `event_store` (Apache Cassandra) is refused at
 //!   startup: nothing would ever be published.
 
+use std::future::Future;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -193,8 +196,8 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
 
     let (bound_tx, bound_rx) = oneshot::channel::<Result<Bound, String>>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let (exit_tx, mut exit_rx) = oneshot::channel::<u8>();
-    let (stopped_tx, mut actors_stopped) = oneshot::channel::<()>();
+    let (exit_tx, exit_rx) = oneshot::channel::<u8>();
+    let (stopped_tx, actors_stopped) = oneshot::channel::<u8>();
     let thread = std::thread::Builder::new()
         .name("actix-system".into())
         .spawn(move || {
@@ -204,7 +207,6 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
         })
         .map_err(|e| DaemonError::Other(format!("cannot start the actor system thread: {e}")))?;
 
-    let mut stop_tx = Some(stop_tx);
     let mut signalled = false;
     tokio::select! {
         r = bound_rx => match r {
@@ -226,53 +228,36 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     }
     // Either a signal arrives, or the actor system shuts itself down (a
     // supervised actor exhausted its restart budget).
-    let mut exited = None;
-    if !signalled {
-        tokio::select! {
-            _ = signals.recv() => signalled = true,
-            r = &mut exit_rx => exited = Some(r),
-            _ = &mut actors_stopped => {
-                // The system stopped itself (a child used up its restart
-                // budget): its actors are down, the leases go now, not
-                // after the HTTP servers' grace.
-                release_leases(&mut lease_stop).await;
-                exited = Some((&mut exit_rx).await);
-            }
-        }
-    }
-    if signalled {
+    let channels = Channels { exit: exit_rx, actors_stopped, stop: stop_tx };
+    let on_signal = || {
         intake.close();
         tracing::info!("shutdown signal received");
-        if let Some(tx) = stop_tx.take() {
-            let _ = tx.send(());
-        }
-    }
-    let exited = match exited {
-        Some(r) => Some(r),
-        None => {
-            let until = tokio::time::Instant::now() + deadline + Duration::from_secs(2);
-            // The actors (the relay among them) have stopped: the leases go
-            // now, not after the HTTP servers' grace (an admin request
-            // waiting for the relay may hold them for its whole wait).
-            if tokio::time::timeout_at(until, &mut actors_stopped).await.is_ok() {
-                release_leases(&mut lease_stop).await;
-            }
-            tokio::time::timeout_at(until, &mut exit_rx).await.ok()
-        }
     };
+    let grace = deadline + Duration::from_secs(2);
+    let exited = wait_for_exit(channels, signals.recv(), signalled, grace, on_signal, &mut lease_stop).await;
     // Every way out releases the leases (a standby takes over at its next read, not after a TTL).
     let code = match exited {
-        Some(Ok(code)) => {
+        Exit::Code(code) => {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
             Ok(code)
         }
-        Some(Err(_)) => Err(DaemonError::Other("the actor system thread stopped unexpectedly".into())),
-        None => {
-            tracing::warn!(
-                deadline_ms = deadline.as_millis() as u64,
-                "shutdown did not finish within the deadline; exiting (unconfirmed events are re-sent after restart)"
-            );
-            Ok(0)
+        Exit::Lost => Err(DaemonError::Other("the actor system thread stopped unexpectedly".into())),
+        Exit::TimedOut(known) => {
+            let deadline_ms = deadline.as_millis() as u64;
+            match known {
+                // The actors stopped cleanly (their code stands); the HTTP
+                // servers' grace (a waiting admin request) outlasted it.
+                Some(code) => tracing::warn!(
+                    deadline_ms,
+                    exit_code = code,
+                    "the actors stopped but the HTTP servers did not within the deadline; exiting"
+                ),
+                None => tracing::warn!(
+                    deadline_ms,
+                    "shutdown did not finish within the deadline; exiting (unconfirmed events are re-sent after restart)"
+                ),
+            }
+            Ok(exited.exit_code().unwrap_or(0))
         }
     };
     release_leases(&mut lease_stop).await;
@@ -280,6 +265,97 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
         tracing::info!(exit_code = code, "outboxd stopped");
     }
     code
+}
+
+// The end of `run`: a signal or the actor system's own shutdown, then the
+// actor thread's code. The code the actors stopped with (70: a child
+// exhausted its restart budget, even with a signal meanwhile) stands also
+// when the HTTP servers outlast the deadline; every wait after the shutdown
+// started ends by `grace`; the leases go as soon as the actors stopped.
+
+/// The channels between `run` and the actor system thread.
+struct Channels {
+    /// The thread's exit code, sent once the servers have stopped too.
+    pub exit: oneshot::Receiver<u8>,
+    /// The actors' exit code, sent once they have stopped (before the servers).
+    pub actors_stopped: oneshot::Receiver<u8>,
+    /// Asks the actor system to shut down (on a signal).
+    pub stop: oneshot::Sender<()>,
+}
+
+/// How the wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// The actor thread returned this code (join it).
+    Code(u8),
+    /// The actor thread ended without a code (it panicked).
+    Lost,
+    /// The deadline passed first; the actors' code if they had stopped.
+    TimedOut(Option<u8>),
+}
+
+impl Exit {
+    /// The process exit code (`None`: the actor thread was lost). Past the
+    /// deadline it is the code the actors stopped with, else 0 (a signal).
+    pub fn exit_code(self) -> Option<u8> {
+        match self {
+            Exit::Code(c) => Some(c),
+            Exit::Lost => None,
+            Exit::TimedOut(known) => Some(known.unwrap_or(0)),
+        }
+    }
+}
+
+/// Waits for `signal` (unless `signalled` already) or the actor system's
+/// own shutdown, then for its exit code; `on_signal` runs when the signal is
+/// taken (before the stop request). Every wait after the shutdown started
+/// ends by `grace` after it started.
+async fn wait_for_exit(
+    ch: Channels,
+    signal: impl Future<Output = ()>,
+    mut signalled: bool,
+    grace: Duration,
+    on_signal: impl FnOnce(),
+    lease_stop: &mut Option<crate::shutdown::Trigger>,
+) -> Exit {
+    let Channels { mut exit, mut actors_stopped, stop } = ch;
+    if !signalled {
+        tokio::select! {
+            _ = signal => signalled = true,
+            r = &mut exit => return r.map_or(Exit::Lost, Exit::Code),
+            r = &mut actors_stopped => {
+                // The system stopped itself (a child used up its restart
+                // budget): its actors are down, the leases go now, not
+                // after the HTTP servers' grace.
+                release_leases(lease_stop).await;
+                let until = tokio::time::Instant::now() + grace;
+                return finish(until, &mut exit, r.ok()).await;
+            }
+        }
+    }
+    debug_assert!(signalled);
+    on_signal();
+    let _ = stop.send(());
+    let until = tokio::time::Instant::now() + grace;
+    // The actors (the relay among them) have stopped: the leases go now,
+    // not after the HTTP servers' grace (an admin request waiting for the
+    // relay may hold them for its whole wait).
+    let known = match tokio::time::timeout_at(until, &mut actors_stopped).await {
+        Ok(r) => {
+            release_leases(lease_stop).await;
+            r.ok()
+        }
+        Err(_) => None,
+    };
+    finish(until, &mut exit, known).await
+}
+
+/// The actor thread's code by `until`, else what the actors stopped with.
+async fn finish(until: tokio::time::Instant, exit: &mut oneshot::Receiver<u8>, known: Option<u8>) -> Exit {
+    match tokio::time::timeout_at(until, exit).await {
+        Ok(r) => r.map_or(Exit::Lost, Exit::Code),
+        Err(_) => Exit::TimedOut(known),
+    }
 }
 
 /// Stops the lease keepers (once: later calls find `stop` taken); each
@@ -315,7 +391,7 @@ async fn actor_system(
     fault_injection: bool,
     bound: oneshot::Sender<Result<Bound, String>>,
     stop: oneshot::Receiver<()>,
-    actors_stopped: oneshot::Sender<()>,
+    actors_stopped: oneshot::Sender<u8>,
 ) -> u8 {
     let (exit_tx, mut exit_rx) = oneshot::channel::<u8>();
     let coordinator = crate::actors::start_system(deps.clone(), exit_tx);
@@ -365,7 +441,13 @@ async fn actor_system(
             coordinator.send(ShutdownSystem { reason: "signal".into(), exit_code: 0 }).await.unwrap_or(0)
         }
     };
-    let _ = actors_stopped.send(());
+    // The code goes with it: past the deadline (the servers' grace) the
+    // process still exits with it.
+    let _ = actors_stopped.send(code);
     servers.stop().await;
     code
 }
+
+#[cfg(test)]
+#[path = "daemon/exit_tests.rs"]
+mod tests;
