@@ -89,6 +89,60 @@ fn write_int(out: &mut Vec<u8>, n: i64) {
     write_digits(out, n.unsigned_abs(), 1);
 }
 
+/// Writes the envelope JSON of `e` into `out` (cleared first): the record
+/// value, and the payload of its dead letter. The stored payload text is
+/// spliced in verbatim (key order, number spelling, spacing kept).
+pub fn envelope_json(e: &RawEvent, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(e.payload.get().len() + 400);
+    out.extend_from_slice(b"{\"event_id\":\"");
+    write_uuid(out, &e.event_id);
+    out.extend_from_slice(b"\",\"aggregate_type\":");
+    write_str(out, &e.aggregate_type);
+    out.extend_from_slice(b",\"aggregate_id\":\"");
+    write_uuid(out, &e.aggregate_id);
+    out.extend_from_slice(b"\",\"sequence\":");
+    write_int(out, e.sequence);
+    out.extend_from_slice(b",\"event_type\":");
+    write_str(out, &e.event_type);
+    out.extend_from_slice(b",\"schema_version\":");
+    write_int(out, e.schema_version as i64);
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(e.payload.get().as_bytes());
+    out.extend_from_slice(b",\"causation_id\":");
+    match &e.causation_id {
+        Some(c) => {
+            out.push(b'"');
+            write_uuid(out, c);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"correlation_id\":\"");
+    write_uuid(out, &e.correlation_id);
+    out.extend_from_slice(b"\",\"timestamp\":\"");
+    write_time(out, &e.timestamp);
+    out.push(b'"');
+    if let Some(t) = &e.trace {
+        out.extend_from_slice(b",\"trace\":{\"traceparent\":");
+        write_str(out, &t.traceparent);
+        if let Some(s) = &t.tracestate {
+            out.extend_from_slice(b",\"tracestate\":");
+            write_str(out, s);
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
+}
+
+/// [`envelope_json`] as text.
+pub fn envelope_text(e: &RawEvent) -> String {
+    let mut out = Vec::new();
+    envelope_json(e, &mut out);
+    // Every piece written is UTF-8 (JSON text, digits, ASCII punctuation).
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 impl Encoder {
     pub fn new(routing: TopicRouting, prefix: &str, source: &str) -> Encoder {
         Encoder {
@@ -127,46 +181,7 @@ impl Encoder {
 
     /// Writes the record value (the envelope JSON) of `e` into `out` (cleared first).
     pub fn value(&self, e: &RawEvent, out: &mut Vec<u8>) {
-        out.clear();
-        out.reserve(e.payload.get().len() + 400);
-        out.extend_from_slice(b"{\"event_id\":\"");
-        write_uuid(out, &e.event_id);
-        out.extend_from_slice(b"\",\"aggregate_type\":");
-        write_str(out, &e.aggregate_type);
-        out.extend_from_slice(b",\"aggregate_id\":\"");
-        write_uuid(out, &e.aggregate_id);
-        out.extend_from_slice(b"\",\"sequence\":");
-        write_int(out, e.sequence);
-        out.extend_from_slice(b",\"event_type\":");
-        write_str(out, &e.event_type);
-        out.extend_from_slice(b",\"schema_version\":");
-        write_int(out, e.schema_version as i64);
-        out.extend_from_slice(b",\"payload\":");
-        out.extend_from_slice(e.payload.get().as_bytes());
-        out.extend_from_slice(b",\"causation_id\":");
-        match &e.causation_id {
-            Some(c) => {
-                out.push(b'"');
-                write_uuid(out, c);
-                out.push(b'"');
-            }
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"correlation_id\":\"");
-        write_uuid(out, &e.correlation_id);
-        out.extend_from_slice(b"\",\"timestamp\":\"");
-        write_time(out, &e.timestamp);
-        out.push(b'"');
-        if let Some(t) = &e.trace {
-            out.extend_from_slice(b",\"trace\":{\"traceparent\":");
-            write_str(out, &t.traceparent);
-            if let Some(s) = &t.tracestate {
-                out.extend_from_slice(b",\"tracestate\":");
-                write_str(out, s);
-            }
-            out.push(b'}');
-        }
-        out.push(b'}');
+        envelope_json(e, out);
     }
 
     /// The record headers of `e`.

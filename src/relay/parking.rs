@@ -27,7 +27,7 @@ use crate::relay::error::PublishError;
 use crate::relay::pipeline::{Exit, Item};
 use crate::relay::run::Run;
 use crate::relay::status::StatusTx;
-use crate::relay::window::Slot;
+use crate::relay::window::{Slot, Window};
 use crate::store::parking::Parked;
 use crate::store::{DeadLetter, DynStore, StoreError};
 
@@ -45,7 +45,7 @@ impl Run {
             PermanentFailurePolicy::Skip => self.skip(slot, &item, &e).await,
         };
         if !ok {
-            // Not durable yet: keep it failed and try again after a backoff.
+            // Not durable yet (or not failed: see `skip`): keep it a suspect and try again after a backoff.
             self.suspects.insert(slot, e);
             self.solo_not_before = Instant::now() + self.backoff.delay(3);
         }
@@ -102,11 +102,24 @@ impl Run {
     }
 
     async fn skip(&mut self, slot: Slot, item: &Item, e: &PublishError) -> bool {
-        let Some(letter) = dead_letter_of(item, e, self.window.attempts(slot)) else {
-            // A marker that cannot be published: nothing to keep, the discard audit row has the event.
-            self.window.skip(slot);
-            self.replay_progress(slot).await;
-            return true;
+        let letter = match skip_letter(&self.window, slot, item, e) {
+            Skip::NotFailed => {
+                // Not a failed head (a resend refused by a full queue left it
+                // ready): `Window::skip` would leave it to be published, so no
+                // dead letter; it stays a suspect for a solo resend.
+                tracing::warn!(
+                    slot,
+                    "not skipping an event whose last delivery did not fail; resending it alone first"
+                );
+                return false;
+            }
+            Skip::Marker => {
+                // A marker that cannot be published: nothing to keep, the discard audit row has the event.
+                self.window.skip(slot);
+                self.replay_progress(slot).await;
+                return true;
+            }
+            Skip::Letter(letter) => letter,
         };
         let (position, event_id, event_type) = (letter.position, letter.event_id, letter.event_type.clone());
         if let Err(err) = self.relay.sink.dead_letter(letter).await {
@@ -125,6 +138,27 @@ impl Run {
         tracing::error!(?position, %event_id, %event_type, error = %e, "event can never be published as it is; moved to dead_letter_queue (relay.on_permanent_failure = skip)");
         self.replay_progress(slot).await;
         true
+    }
+}
+
+/// What skipping `slot` (holding `item`) takes.
+#[derive(Debug)]
+enum Skip {
+    /// `slot` is not a failed head: it cannot be skipped, nothing is written.
+    NotFailed,
+    /// A discard marker: skipped with no dead letter.
+    Marker,
+    /// Written first, then the slot is skipped.
+    Letter(DeadLetter),
+}
+
+fn skip_letter(window: &Window<Item>, slot: Slot, item: &Item, e: &PublishError) -> Skip {
+    if !window.is_failed(slot) {
+        return Skip::NotFailed;
+    }
+    match dead_letter_of(item, e, window.attempts(slot)) {
+        Some(letter) => Skip::Letter(letter),
+        None => Skip::Marker,
     }
 }
 
@@ -199,11 +233,10 @@ pub fn dead_letter_of(item: &Item, e: &PublishError, attempts: u32) -> Option<De
     let now = Utc::now();
     let (event_id, aggregate_id, event_type, payload, position) = match item {
         Item::Event(ev) => {
-            let payload = ev
-                .to_envelope()
-                .ok()
-                .and_then(|env| serde_json::to_string(&env).ok())
-                .unwrap_or_else(|| ev.payload.get().to_string());
+            // The envelope with the stored payload text spliced in, as the
+            // record would have been published: never parsed and re-encoded
+            // (key order, big numbers kept; `plan::letter_event` reads it back).
+            let payload = crate::relay::encode::envelope_text(ev);
             (ev.event_id, ev.aggregate_id, ev.event_type.clone(), payload, Some(ev.position))
         }
         Item::Marker { .. } => return None,
@@ -230,4 +263,32 @@ pub fn dead_letter_of(item: &Item, e: &PublishError, attempts: u32) -> Option<De
         last_failed_at: now,
         created_at: now,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::feed::RawEvent;
+
+    /// Review finding: give-up under policy `skip` of a slot that was not
+    /// failed (a solo resend refused by a full queue left it ready) wrote the
+    /// dead letter, then `Window::skip` did nothing: the event was both
+    /// dead-lettered and published later.
+    #[test]
+    fn skipping_a_slot_that_is_not_failed_writes_no_dead_letter() {
+        let env = crate::envelope::test_events(Uuid::now_v7(), 0, 1).remove(0);
+        let item = Item::Event(RawEvent::from_envelope(&env, 1).unwrap());
+        let e = PublishError::permanent("MessageSizeTooLarge", "too large");
+        let mut w = Window::new(0, 10);
+        w.push(item.clone());
+        let (slot, _) = w.take_ready().unwrap();
+        assert!(matches!(skip_letter(&w, slot, &item, &e), Skip::NotFailed), "in flight");
+        assert!(w.requeue(slot), "the queue was full");
+        assert!(matches!(skip_letter(&w, slot, &item, &e), Skip::NotFailed), "ready");
+        assert!(w.skip(slot).is_none(), "and the window would not skip it");
+        assert!(w.take(slot).is_some() && w.fail(slot));
+        let Skip::Letter(letter) = skip_letter(&w, slot, &item, &e) else { panic!("a failed head is dead-lettered") };
+        assert_eq!((letter.event_id, letter.failure_count), (env.event_id, 1));
+        assert!(w.skip(slot).is_some());
+    }
 }

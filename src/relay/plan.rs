@@ -241,13 +241,46 @@ pub async fn chosen_letters(
     Ok(chosen)
 }
 
+/// A dead letter's stored envelope (the serde form of
+/// [`crate::envelope::EventEnvelope`], as letters were and are written) with
+/// its payload kept as the stored text: a replay publishes the event's
+/// payload bytes as the event store held them.
+#[derive(serde::Deserialize)]
+struct LetterEnvelope {
+    event_id: Uuid,
+    aggregate_type: String,
+    aggregate_id: Uuid,
+    sequence: i64,
+    event_type: String,
+    schema_version: i32,
+    payload: Box<serde_json::value::RawValue>,
+    causation_id: Option<Uuid>,
+    correlation_id: Uuid,
+    timestamp: chrono::DateTime<Utc>,
+    #[serde(default)]
+    trace: Option<crate::envelope::TraceContext>,
+}
+
 /// The event a dead letter holds, or the `{id, error}` entry reported for a
 /// letter whose stored payload is not a valid event (it is not published).
 pub fn letter_event(l: &crate::store::DeadLetter) -> Result<RawEvent, serde_json::Value> {
-    serde_json::from_str::<crate::envelope::EventEnvelope>(&l.payload)
-        .map_err(|e| e.to_string())
-        .and_then(|env| RawEvent::from_envelope(&env, l.position.unwrap_or(0)).map_err(|e| e.to_string()))
-        .map_err(|e| json!({ "id": l.id, "error": format!("stored payload is not a valid event: {e}") }))
+    let env = serde_json::from_str::<LetterEnvelope>(&l.payload)
+        .map_err(|e| json!({ "id": l.id, "error": format!("stored payload is not a valid event: {e}") }))?;
+    Ok(RawEvent {
+        position: l.position.unwrap_or(0),
+        event_id: env.event_id,
+        aggregate_type: env.aggregate_type,
+        aggregate_id: env.aggregate_id,
+        aggregate_key: crate::store::feed::uuid_key(&env.aggregate_id),
+        sequence: env.sequence,
+        event_type: env.event_type,
+        schema_version: env.schema_version,
+        payload: env.payload,
+        causation_id: env.causation_id,
+        correlation_id: env.correlation_id,
+        timestamp: env.timestamp,
+        trace: env.trace,
+    })
 }
 
 async fn letters_plan(ctx: &PlanCtx<'_>, ids: Option<&[Uuid]>) -> Result<Vec<Plan>, RelayError> {

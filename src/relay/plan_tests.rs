@@ -1,6 +1,7 @@
 //! `plan` against a real SQLite store: a discard that is refused writes no
 //! audit row (a later rewind would publish that row's marker in place of an
-//! event that was delivered).
+//! event that was delivered); and dead letters read back as the event that
+//! failed, its payload byte for byte.
 
 use super::*;
 use crate::relay::discards::Discards;
@@ -53,4 +54,45 @@ async fn a_refused_discard_leaves_no_audit_row() {
     assert!(matches!(err, RelayError::Refused(ref m) if m.contains("not parked")), "{err:?}");
     assert!(store.discards(100).await.unwrap().is_empty(), "no audit row for a refused discard");
     assert_eq!(metrics.relay_discards.get(), 0);
+}
+
+/// A dead letter of an event whose payload is `payload` (stored text).
+fn letter_of(payload: &str) -> (RawEvent, crate::store::DeadLetter) {
+    let env = crate::envelope::test_events(Uuid::now_v7(), 0, 1).remove(0);
+    let mut raw = RawEvent::from_envelope(&env, 7).unwrap();
+    raw.payload = crate::store::feed::raw_json(payload.to_string()).unwrap();
+    let e = crate::relay::error::PublishError::permanent("MessageSizeTooLarge", "too large");
+    let letter = crate::relay::parking::dead_letter_of(&Item::Event(raw.clone()), &e, 3).unwrap();
+    (raw, letter)
+}
+
+/// Review finding: the dead letter held the envelope parsed and re-encoded
+/// (keys sorted, a big integer turned into a float), and a number outside
+/// f64's range made it the bare payload, which no replay could read. The
+/// letter now holds the stored payload text, and a replay reads it back
+/// byte for byte: the event it publishes is the event that failed.
+#[test]
+fn a_dead_letter_keeps_the_stored_payload_bytes() {
+    for stored in [r#"{"z":1,"n":12345678901234567890123}"#, r#"{ "z": 1e400, "a" : [1.50, -0] }"#] {
+        let (raw, letter) = letter_of(stored);
+        let back = letter_event(&letter).unwrap_or_else(|e| panic!("{stored}: {e}"));
+        assert_eq!(back.payload.get(), stored);
+        assert_eq!(back, raw, "the whole event round-trips");
+        // As published: the same record value as the original event.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        crate::relay::encode::envelope_json(&raw, &mut a);
+        crate::relay::encode::envelope_json(&back, &mut b);
+        assert_eq!(a, b);
+    }
+}
+
+/// Letters written before (the envelope's serde form) still replay.
+#[test]
+fn an_older_dead_letter_still_reads() {
+    let (raw, mut letter) = letter_of(r#"{"a":"x","n":[1,2]}"#);
+    letter.payload = serde_json::to_string(&raw.to_envelope().unwrap()).unwrap();
+    assert_eq!(letter_event(&letter).unwrap(), raw);
+    letter.payload = r#"{"a":"x"}"#.into();
+    let err = letter_event(&letter).unwrap_err();
+    assert!(err["error"].as_str().unwrap().contains("not a valid event"), "{err}");
 }

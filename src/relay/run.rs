@@ -21,7 +21,7 @@ use crate::relay::feed::FeedHandle;
 use crate::relay::pipeline::{lease_lost, Exit, Item, Relay, RelayError};
 use crate::relay::producer::{Completion, KafkaProducer, SendError};
 use crate::relay::retry::Backoff;
-use crate::relay::window::{AggKey, Pushed, Slot, Window};
+use crate::relay::window::{AggKey, Fenced, Pushed, Slot, Window};
 use crate::shutdown::Shutdown;
 use crate::store::feed::FeedRow;
 
@@ -300,8 +300,7 @@ impl Run {
             let Some((&slot, err)) = self.suspects.iter().next() else { return };
             let err = err.clone();
             let unreadable = matches!(self.window.get(slot), Some(Item::Unreadable(_)));
-            let exhausted =
-                self.window.attempts(slot) >= self.backoff.max_attempts && self.resent_alone.contains(&slot);
+            let exhausted = exhausted(&self.window, &self.resent_alone, slot, self.backoff.max_attempts);
             if unreadable || exhausted {
                 if Instant::now() < self.solo_not_before {
                     return;
@@ -321,15 +320,16 @@ impl Run {
                 continue;
             }
             self.relay.metrics.retry_attempts.with_label_values(&["publish"]).inc();
-            self.resent_alone.insert(slot);
+            let newly = self.resent_alone.insert(slot);
             match self.send(slot) {
                 Ok(()) => {
                     self.solo = Some(slot);
                     self.solo_not_before = Instant::now() + self.backoff.delay(self.window.attempts(slot) + 1);
                 }
                 Err(SendError::QueueFull) => {
-                    self.window.requeue(slot);
-                    self.window.fail(slot);
+                    // Nothing was attempted: the resend happens again shortly.
+                    solo_refused(&mut self.window, &mut self.resent_alone, slot, newly);
+                    self.solo_not_before = Instant::now() + self.backoff.delay(1);
                     return;
                 }
                 Err(SendError::Failed(e)) => {
@@ -373,6 +373,24 @@ impl Run {
     }
 }
 
+/// Whether suspect `slot` may be given up: it failed `max` times in all
+/// and its last attempt was a solo resend (`resent_alone`).
+fn exhausted<T: Fenced>(window: &Window<T>, resent_alone: &BTreeSet<Slot>, slot: Slot, max: u32) -> bool {
+    window.attempts(slot) >= max && resent_alone.contains(&slot)
+}
+
+/// A solo resend of `slot` (taken, in flight) that the producer's queue
+/// refused: nothing was attempted, so the slot goes back to failed (still a
+/// suspect for the solo path, its attempts unchanged) without the
+/// resent-alone mark this attempt set (`newly`); a give-up still needs a
+/// solo resend that failed.
+fn solo_refused<T: Fenced>(window: &mut Window<T>, resent_alone: &mut BTreeSet<Slot>, slot: Slot, newly: bool) {
+    window.unsend(slot);
+    if newly {
+        resent_alone.remove(&slot);
+    }
+}
+
 /// One reading of both clocks, shared by the delivery reports handled together.
 #[derive(Clone, Copy)]
 pub(super) struct Clock {
@@ -390,5 +408,52 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Ev(i64, AggKey);
+
+    impl Fenced for Ev {
+        fn position(&self) -> i64 {
+            self.0
+        }
+        fn aggregate(&self) -> &AggKey {
+            &self.1
+        }
+    }
+
+    /// Review finding: a solo resend refused by a full producer queue left
+    /// the slot marked resent alone (and `Window::fail` of the requeued,
+    /// ready slot did nothing), so the next solo step gave it up without
+    /// the confirming resend (under `skip`, dead-lettered it while it stayed
+    /// ready to be published).
+    #[test]
+    fn a_solo_resend_refused_by_a_full_queue_does_not_count() {
+        let max = 1;
+        let mut w = Window::new(0, 10);
+        w.push(Ev(1, "a".into()));
+        let (slot, _) = w.take_ready().unwrap();
+        assert!(w.fail(slot), "refused by the broker: a suspect");
+        let mut resent_alone = BTreeSet::new();
+        assert!(!exhausted(&w, &resent_alone, slot, max), "not resent alone yet");
+        // The solo step: retry, take, mark, and the producer's queue is full.
+        assert!(w.retry(slot));
+        assert!(w.take(slot).is_some());
+        let newly = resent_alone.insert(slot);
+        solo_refused(&mut w, &mut resent_alone, slot, newly);
+        assert_eq!(w.state(slot), Some(crate::relay::window::State::Failed), "only the solo path sends it again");
+        assert!(w.take_ready().is_none(), "never in a batch");
+        assert_eq!((w.attempts(slot), w.in_flight()), (1, 0));
+        assert!(!exhausted(&w, &resent_alone, slot, max), "no solo resend happened: not given up");
+        // The next solo step resends it; refused again, it may be given up.
+        assert!(w.retry(slot));
+        assert!(w.take(slot).is_some());
+        resent_alone.insert(slot);
+        assert!(w.fail(slot));
+        assert!(exhausted(&w, &resent_alone, slot, max));
     }
 }

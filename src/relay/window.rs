@@ -295,6 +295,20 @@ impl<T: Fenced> Window<T> {
         }
     }
 
+    /// A failed slot taken again whose send the producer's queue refused:
+    /// back to failed as it was (nothing was attempted, its attempts stay),
+    /// so only the solo path sends it again, never a batch.
+    pub fn unsend(&mut self, slot: Slot) -> bool {
+        match self.entries.get_mut(&slot) {
+            Some(e) if e.state == State::InFlight => {
+                e.state = State::Failed;
+                self.in_flight -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Failed slots, oldest position first.
     pub fn failed(&self) -> Vec<Slot> {
         let mut v: Vec<(i64, Slot)> = self
