@@ -118,6 +118,19 @@ async fn unpark_plan(ctx: &PlanCtx<'_>, agg: &AggKey, first: Option<Item>) -> Re
     };
     let up_to = ctx.positions.then_some(ctx.last_pushed);
     let rows = ctx.store.aggregate_rows(agg, p.parked.position, p.parked.sequence, up_to).await.map_err(unanswered)?;
+    // The parked event itself must be among them (rows are never deleted):
+    // a lookup that misses it (a row whose aggregate_id is not stored the
+    // way it is looked up, written before the store refused that) would
+    // unpark with its held events unpublished. Refused, the park stays.
+    if let Some(parked_at) = p.parked.position.filter(|at| ctx.positions && *at <= ctx.last_pushed) {
+        if rows.first().map(FeedRow::position) != Some(parked_at) {
+            return Err(refused(format!(
+                "the parked event of aggregate {agg} (feed position {parked_at}) is not found under that aggregate id: \
+                 its stored aggregate_id is not the lower-case hyphenated UUID; correct it (event_store.aggregate_id \
+                 of that position and of the aggregate's later rows), then replay again"
+            )));
+        }
+    }
     let mut items: Vec<Item> = Vec::with_capacity(rows.len() + 1);
     let skip = usize::from(first.is_some());
     items.extend(first);

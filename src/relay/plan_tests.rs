@@ -96,3 +96,62 @@ fn an_older_dead_letter_still_reads() {
     let err = letter_event(&letter).unwrap_err();
     assert!(err["error"].as_str().unwrap().contains("not a valid event"), "{err}");
 }
+
+/// Review finding: a parked aggregate whose rows were stored with a
+/// non-canonical aggregate_id (upper-case, by another writer before schema
+/// version 4 refused it) was not found by the replay's lookup: the park
+/// record went and its held events were never published. Now refused, the
+/// park stays; a canonical one replays.
+#[tokio::test]
+async fn a_replay_that_does_not_find_its_parked_event_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.db");
+    let store = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+    let (upper, lower) = (Uuid::now_v7(), Uuid::now_v7());
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("DROP TRIGGER event_store_aggregate_id_insert").unwrap();
+        for (n, id) in [upper.to_string().to_uppercase(), lower.to_string()].into_iter().enumerate() {
+            c.execute(
+                "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, \
+                 event_version, payload, correlation_id, timestamp) VALUES (?1, 'order', ?2, 1, 'OrderPlaced', 1, '{}', ?1, ?3)",
+                rusqlite::params![Uuid::now_v7().to_string(), id, format!("2026-12-06T00:00:0{n}.000Z")],
+            )
+            .unwrap();
+        }
+    }
+    for (position, agg) in [(1, upper), (2, lower)] {
+        let parked = Parked {
+            consumer: "kafka-relay".into(),
+            aggregate_id: agg.to_string(),
+            aggregate_type: Some("order".into()),
+            position: Some(position),
+            sequence: Some(1),
+            event_id: None,
+            event_type: Some("OrderPlaced".into()),
+            error: "refused by the broker".into(),
+            parked_at: Utc::now(),
+        };
+        store.park(&parked).await.unwrap();
+    }
+    let (metrics, discards) = (crate::metrics::Metrics::new(), Discards::default());
+    let ctx = PlanCtx {
+        store: &*store,
+        metrics: &metrics,
+        consumer: "kafka-relay",
+        parked: vec![AggKey::from(upper.to_string()), AggKey::from(lower.to_string())],
+        last_pushed: 2,
+        checkpoint: 2,
+        positions: true,
+        discards: &discards,
+        resuming: false,
+    };
+    let replay = |id: Uuid| {
+        RelayRequest::new("kafka-relay", RequestKind::ReplayAggregate { aggregate_id: id.to_string() }, "test")
+    };
+    let err = plan(&ctx, &replay(upper)).await.unwrap_err();
+    assert!(matches!(err, RelayError::Refused(ref m) if m.contains("not found under that aggregate id")), "{err:?}");
+    assert_eq!(store.parked("kafka-relay").await.unwrap().len(), 2, "the park record stays");
+    let plans = plan(&ctx, &replay(lower)).await.unwrap();
+    assert!(matches!(&plans[..], [Plan::Unpark { items, .. }] if items.len() == 1), "{plans:?}");
+}
