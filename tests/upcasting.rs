@@ -241,7 +241,7 @@ async fn a_v1_database_file_is_upgraded_to_the_current_schema() {
     let c = rusqlite::Connection::open(&path).unwrap();
     let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(v, outboxd::store::sqlite::SCHEMA_VERSION);
-    assert_eq!(v, 3);
+    assert_eq!(v, 4);
     for t in [
         "order_read_model",
         "orders_by_customer",

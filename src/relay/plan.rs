@@ -81,7 +81,16 @@ pub async fn plan(ctx: &PlanCtx<'_>, r: &RelayRequest) -> Result<Vec<Plan>, Rela
         RequestKind::ReplayAllParked => {
             let mut plans = Vec::new();
             for agg in &ctx.parked {
-                plans.push(unpark_plan(ctx, agg, None).await?);
+                match unpark_plan(ctx, agg, None).await {
+                    Ok(p) => plans.push(p),
+                    // One aggregate that cannot be replayed (its park stays)
+                    // does not hold the others back: named in the result.
+                    Err(RelayError::Refused(why)) => plans.push(Plan::Letters {
+                        items: Vec::new(),
+                        bad: vec![json!({ "aggregate_id": agg.to_string(), "error": why })],
+                    }),
+                    Err(e) => return Err(e),
+                }
             }
             if plans.is_empty() {
                 plans.push(Plan::Done(json!({ "replayed_aggregates": 0 })));

@@ -154,4 +154,12 @@ async fn a_replay_that_does_not_find_its_parked_event_is_refused() {
     assert_eq!(store.parked("kafka-relay").await.unwrap().len(), 2, "the park record stays");
     let plans = plan(&ctx, &replay(lower)).await.unwrap();
     assert!(matches!(&plans[..], [Plan::Unpark { items, .. }] if items.len() == 1), "{plans:?}");
+    // Replaying every parked aggregate: the other one is not held back.
+    let all = RelayRequest::new("kafka-relay", RequestKind::ReplayAllParked, "test");
+    let plans = plan(&ctx, &all).await.unwrap();
+    assert!(
+        matches!(&plans[..], [Plan::Letters { items, bad }, Plan::Unpark { .. }]
+            if items.is_empty() && bad[0]["aggregate_id"] == upper.to_string()),
+        "{plans:?}"
+    );
 }

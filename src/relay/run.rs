@@ -319,9 +319,12 @@ impl Run {
                 self.suspects.remove(&slot);
                 continue;
             }
-            self.relay.metrics.retry_attempts.with_label_values(&["publish"]).inc();
             let newly = self.resent_alone.insert(slot);
-            match self.send(slot) {
+            let sent = self.send(slot);
+            if !matches!(sent, Err(SendError::QueueFull)) {
+                self.relay.metrics.retry_attempts.with_label_values(&["publish"]).inc();
+            }
+            match sent {
                 Ok(()) => {
                     self.solo = Some(slot);
                     self.solo_not_before = Instant::now() + self.backoff.delay(self.window.attempts(slot) + 1);

@@ -47,7 +47,9 @@ use crate::store::{DynStore, StoreError};
 const STRIPES: usize = 1024;
 
 /// Up to when (ms) every CDC row has been published, if known: the feed's
-/// oldest per-stream progress less the clock skew allowance.
+/// oldest per-stream progress once every stream of the generation has
+/// reported (its floor before, `LeaseCheckpointSaver::read_through_ms`),
+/// less the clock skew allowance.
 pub type ReadThrough = Arc<dyn Fn() -> Option<i64> + Send + Sync>;
 
 /// What happened to one event.

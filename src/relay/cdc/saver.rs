@@ -188,9 +188,11 @@ impl LeaseCheckpointSaver {
         self.state.lock().unwrap().clone()
     }
 
-    /// The oldest per-stream progress of the current generation (ms): every
-    /// change before it has been published. Drives `relay_lag_seconds` and
-    /// the CDC log TTL guard.
+    /// The oldest progress of the current generation's streams known here
+    /// (ms): every change of those streams before it has been published; a
+    /// stream group that has not reported yet is not counted
+    /// ([`LeaseCheckpointSaver::read_through_ms`] bounds it). Drives the
+    /// reader's start point and the position of its runs.
     pub fn oldest_progress_ms(&self) -> Option<i64> {
         self.state.lock().unwrap().oldest()
     }
@@ -411,10 +413,10 @@ pub async fn run_flusher(saver: Arc<LeaseCheckpointSaver>, every: Duration, mut 
                 tracing::warn!(consumer = %saver.name(), error = %e, "saving CDC progress failed; retrying at the next checkpoint interval")
             }
         }
-        saver.read_groups_again().await;
         if !more {
             return last;
         }
+        saver.read_groups_again().await;
     }
 }
 

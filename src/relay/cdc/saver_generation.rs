@@ -84,7 +84,10 @@ impl LeaseCheckpointSaver {
         *self.groups_read_at.lock().unwrap() = Some(std::time::Instant::now());
         let load = generations::load(&self.session, &self.keyspace, generations::DESCRIPTIONS_TABLE, ms);
         let err = match generations::within_limit(load).await {
-            Ok(g) => return self.activity.set_groups(ms, g),
+            // Not if a newer generation started meanwhile (its own read
+            // set its groups; a retry's answer for the older one is stale).
+            Ok(g) if self.state.lock().unwrap().generation() == Some(ms) => return self.activity.set_groups(ms, g),
+            Ok(_) => return,
             Err(e) => e,
         };
         tracing::warn!(consumer = %self.name, generation_ms = ms, error = %err,

@@ -113,8 +113,10 @@ pub fn oldest_progress(rows: &[SavedRow]) -> Option<i64> {
 
 impl CqlStore {
     /// The oldest per-stream CDC progress of `consumer` (its current
-    /// generation, [`oldest_progress`]): every change before it has been
-    /// published. `None` when the consumer never saved progress.
+    /// generation, [`oldest_progress`]): every change of the streams with
+    /// rows before it has been published (a stream group that never saved
+    /// is read from the generation's floor). `None` when the consumer never
+    /// saved progress.
     pub async fn cdc_oldest_progress(&self, consumer: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         let rows = read_progress(&self.session, &self.keyspace, consumer).await?;
         Ok(oldest_progress(&rows).and_then(DateTime::from_timestamp_millis))

@@ -29,6 +29,8 @@
 //!   aggregates, discards, operator requests, and the trace context of each
 //!   event. Lease operations use their own connection with a short busy
 //!   timeout, never the writer queue.
+//! - Schema version 4 adds triggers that refuse an `event_store.aggregate_id`
+//!   not in the form every lookup uses (a lower-case hyphenated UUID).
 //! - `subscribe` wakes on this process's commits at once and on other
 //!   processes' commits within `CHANGE_POLL` (`PRAGMA data_version`).
 //!

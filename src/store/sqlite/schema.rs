@@ -260,5 +260,13 @@ mod tests {
         assert_eq!(n, 2);
         // Other columns of a stored row can still be edited by hand.
         c.execute("UPDATE event_store SET payload = '{\"a\":1}' WHERE event_id = 'e0'", []).unwrap();
+
+        // The rollback docs/OPERATIONS.md gives (as written there), then the upgrade again.
+        let rollback = "DROP TRIGGER event_store_aggregate_id_insert;\nDROP TRIGGER event_store_aggregate_id_update; PRAGMA user_version = 3;";
+        assert!(include_str!("../../../docs/OPERATIONS.md").contains(rollback), "the documented rollback");
+        c.execute_batch(rollback).unwrap();
+        insert(&c, "e3", "0190ABCD-0000-7000-8000-000000000004").unwrap();
+        migrate_conn(&mut c).unwrap();
+        assert!(insert(&c, "e4", "0190ABCD-0000-7000-8000-000000000005").is_err(), "version 4 again");
     }
 }
