@@ -13,8 +13,11 @@ use uuid::Uuid;
 
 use crate::domain::{upcast, Aggregate, DecodeError, DomainEvent};
 
+/// `P`: the payload's form, parsed JSON (the default, what the domain works
+/// with) or the stored text kept as it is (`Box<RawValue>`: a dead letter
+/// read back for replay, `relay::plan::letter_event`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventEnvelope {
+pub struct EventEnvelope<P = serde_json::Value> {
     /// Time-ordered (v7) unique id; the consumer's deduplication key (`ce_id`).
     pub event_id: Uuid,
     /// `order` or `customer`; selects the topic.
@@ -25,7 +28,7 @@ pub struct EventEnvelope {
     pub event_type: String,
     /// Schema version of `payload` for `event_type`.
     pub schema_version: i32,
-    pub payload: serde_json::Value,
+    pub payload: P,
     pub causation_id: Option<Uuid>,
     pub correlation_id: Uuid,
     /// RFC 3339 in UTC, always with milliseconds (`2026-11-25T13:20:29.900Z`).

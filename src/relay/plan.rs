@@ -263,25 +263,10 @@ pub async fn chosen_letters(
     Ok(chosen)
 }
 
-/// A dead letter's stored envelope (the serde form of
-/// [`crate::envelope::EventEnvelope`], as letters were and are written) with
+/// A dead letter's stored envelope (as letters were and are written) with
 /// its payload kept as the stored text: a replay publishes the event's
 /// payload bytes as the event store held them.
-#[derive(serde::Deserialize)]
-struct LetterEnvelope {
-    event_id: Uuid,
-    aggregate_type: String,
-    aggregate_id: Uuid,
-    sequence: i64,
-    event_type: String,
-    schema_version: i32,
-    payload: Box<serde_json::value::RawValue>,
-    causation_id: Option<Uuid>,
-    correlation_id: Uuid,
-    timestamp: chrono::DateTime<Utc>,
-    #[serde(default)]
-    trace: Option<crate::envelope::TraceContext>,
-}
+type LetterEnvelope = crate::envelope::EventEnvelope<Box<serde_json::value::RawValue>>;
 
 /// The event a dead letter holds, or the `{id, error}` entry reported for a
 /// letter whose stored payload is not a valid event (it is not published).
