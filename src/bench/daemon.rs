@@ -14,8 +14,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Two free ports, distinct: both are held while the second is chosen (one
+/// at a time, the kernel may hand out the same port twice).
+fn free_ports() -> anyhow::Result<(u16, u16)> {
+    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
 /// One HTTP/1.1 request on a keep-alive connection (with `token` as its
@@ -88,7 +92,7 @@ impl Daemon {
     /// `config`: the bench's `--config` file, read by the child too (these
     /// settings win).
     pub async fn start(db: &Path, kafka: &KafkaConfig, config: Option<&Path>) -> anyhow::Result<Daemon> {
-        let (api, admin) = (free_port()?, free_port()?);
+        let (api, admin) = free_ports()?;
         let mut kafka = kafka.clone();
         kafka.topic_prefix = format!("bench{}.", Uuid::now_v7().simple());
         let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
