@@ -116,19 +116,7 @@ pub async fn tablet_streams(
 /// earlier ones (`fetch_generations_continuously`): a first start is raised
 /// to this.
 pub async fn first(session: &Session, keyspace: &str, timestamps: &str) -> anyhow::Result<Option<i64>> {
-    let res = if uses_tablets(session, keyspace).await? {
-        let q = format!(
-            "SELECT timestamp FROM {TABLETS_TIMESTAMPS_TABLE} WHERE keyspace_name = ? AND table_name = ? \
-             ORDER BY timestamp ASC LIMIT 1"
-        );
-        session.query_unpaged(q, (keyspace, super::EVENT_TABLE)).await?
-    } else {
-        let mut q =
-            Statement::new(format!("SELECT time FROM {timestamps} WHERE key = 'timestamps' ORDER BY time ASC LIMIT 1"));
-        q.set_consistency(distributed_consistency(session).await?);
-        session.query_unpaged(q, ()).await?
-    };
-    Ok(res.into_rows_result()?.maybe_first_row::<(CqlTimestamp,)>()?.map(|(t,)| t.0))
+    generation_start(session, keyspace, timestamps, i64::MAX, Pick::Oldest).await
 }
 
 /// The start (ms) of the generation of `keyspace`'s event table in effect
@@ -141,16 +129,36 @@ pub async fn in_effect_at(
     timestamps: &str,
     at_ms: i64,
 ) -> anyhow::Result<Option<i64>> {
-    let at = CqlTimestamp(at_ms);
+    generation_start(session, keyspace, timestamps, at_ms, Pick::Newest).await
+}
+
+/// Which of the generations begun by a time [`generation_start`] answers.
+#[derive(Clone, Copy)]
+enum Pick {
+    Oldest,
+    Newest,
+}
+
+/// The start (ms) of the oldest or newest generation of `keyspace`'s event
+/// table begun at or before `at_ms`, read as scylla-cdc reads them (tablets:
+/// `system.cdc_timestamps`; vnodes: `timestamps` at its consistency).
+async fn generation_start(
+    session: &Session,
+    keyspace: &str,
+    timestamps: &str,
+    at_ms: i64,
+    pick: Pick,
+) -> anyhow::Result<Option<i64>> {
+    let (at, order) = (CqlTimestamp(at_ms), if matches!(pick, Pick::Oldest) { "ASC" } else { "DESC" });
     let res = if uses_tablets(session, keyspace).await? {
         let q = format!(
             "SELECT timestamp FROM {TABLETS_TIMESTAMPS_TABLE} WHERE keyspace_name = ? AND table_name = ? \
-             AND timestamp <= ? ORDER BY timestamp DESC LIMIT 1"
+             AND timestamp <= ? ORDER BY timestamp {order} LIMIT 1"
         );
         session.query_unpaged(q, (keyspace, super::EVENT_TABLE, at)).await?
     } else {
         let mut q = Statement::new(format!(
-            "SELECT time FROM {timestamps} WHERE key = 'timestamps' AND time <= ? ORDER BY time DESC LIMIT 1"
+            "SELECT time FROM {timestamps} WHERE key = 'timestamps' AND time <= ? ORDER BY time {order} LIMIT 1"
         ));
         q.set_consistency(distributed_consistency(session).await?);
         session.query_unpaged(q, (at,)).await?

@@ -82,7 +82,7 @@ pub async fn read_origin(session: &Session, keyspace: &str) -> Option<i64> {
 /// was saved (with one, scylla-cdc starts no earlier than it). Unreadable:
 /// warned, and the start is not raised (`start::start_point`).
 async fn first_generation(session: &Session, keyspace: &str, saver: &LeaseCheckpointSaver) -> Option<i64> {
-    if saver.progress().generation().is_some() {
+    if saver.generation_ms().is_some() {
         return None;
     }
     let read = super::generations::first(session, keyspace, super::generations::TIMESTAMPS_TABLE);
