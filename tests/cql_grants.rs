@@ -16,11 +16,13 @@ use scylla::client::session::Session;
 use std::time::Duration;
 use uuid::Uuid;
 
+use outboxd::config::CqlConfig;
 use outboxd::relay::cdc::progress::StreamKey;
 use outboxd::relay::cdc::runner::read_origin;
 use outboxd::relay::cdc::saver::{Flushed, LeaseCheckpointSaver};
 use outboxd::store::cql::reconcile::ReconcileTable;
-use outboxd::store::cql::{cdc_log_exists, schema_statements};
+use outboxd::store::cql::{cdc_log_exists, schema_statements, CqlStore};
+use outboxd::store::EventStore;
 
 struct Secure {
     uri: String,
@@ -53,6 +55,24 @@ async fn table_exists(admin: &Session, qualified: &str) -> bool {
     res.into_rows_result().unwrap().rows_num() > 0
 }
 
+/// Grants `role` exactly the documented relay grants on `ks` (those on
+/// tables this server has); returns the resources granted.
+async fn grant_documented(admin: &Session, ks: &str, role: &str) -> Vec<String> {
+    let mut granted = Vec::new();
+    let all = harness::relay_grants(ks, role);
+    assert!(all.len() >= 18, "the documented list: {all:#?}");
+    for g in all {
+        let resource = harness::grant_resource(&g);
+        if resource.starts_with("KEYSPACE") || table_exists(admin, &resource).await {
+            admin.query_unpaged(g.clone(), ()).await.unwrap_or_else(|e| panic!("{g}: {e}"));
+            granted.push(resource);
+        } else {
+            eprintln!("not on this server (Scylla only): {g}");
+        }
+    }
+    granted
+}
+
 fn unauthorized(e: &dyn std::fmt::Display) -> bool {
     let s = e.to_string();
     s.contains("Unauthorized") || s.contains("has no CREATE permission") || s.contains("permission")
@@ -69,18 +89,7 @@ async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
     admin.await_schema_agreement().await.unwrap();
     let role = format!("relay_{}", Uuid::now_v7().simple());
     admin.query_unpaged(format!("CREATE ROLE {role} WITH PASSWORD = 'relay-pw' AND LOGIN = true"), ()).await.unwrap();
-    let mut granted = Vec::new();
-    let all = harness::relay_grants(&ks, &role);
-    assert!(all.len() >= 18, "the documented list: {all:#?}");
-    for g in all {
-        let resource = harness::grant_resource(&g);
-        if resource.starts_with("KEYSPACE") || table_exists(&admin, &resource).await {
-            admin.query_unpaged(g.clone(), ()).await.unwrap_or_else(|e| panic!("{g}: {e}"));
-            granted.push(resource);
-        } else {
-            eprintln!("not on this server (Scylla only): {g}");
-        }
-    }
+    let granted = grant_documented(&admin, &ks, &role).await;
     for t in [
         "relay_leases",
         "append_reconciliation",
@@ -175,5 +184,45 @@ async fn the_relay_runs_with_exactly_the_documented_grants_and_no_create() {
         .await
         .unwrap_err();
     assert!(unauthorized(&err), "{err}");
+    admin.query_unpaged(format!("DROP ROLE {role}"), ()).await.unwrap();
+}
+
+/// Review finding: `outboxd run` migrates at start, and `CREATE KEYSPACE IF
+/// NOT EXISTS` is refused to a role without CREATE even when the keyspace
+/// exists: under the documented grants (the relay's, plus what `run` adds
+/// for the command API) the daemon could not start. A schema in place now
+/// needs no statement; a missing one fails naming `outboxd schema`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_under_the_documented_role_migrates_without_schema_statements() {
+    let Some(sec) = secure() else { return };
+    let admin = harness::cql_login(&sec.uri, &sec.user, &sec.password).await;
+    let ks = format!("g_{}", Uuid::now_v7().simple());
+    let cfg = |keyspace: &str, user: &str, password: &str| CqlConfig {
+        uri: sec.uri.clone(),
+        keyspace: keyspace.into(),
+        username: Some(user.into()),
+        password: Some(password.into()),
+        ..CqlConfig::default()
+    };
+    // `outboxd schema`, as the admin role.
+    CqlStore::connect(&cfg(&ks, &sec.user, &sec.password)).await.unwrap().migrate().await.expect("admin migrate");
+    let role = format!("run_{}", Uuid::now_v7().simple());
+    admin.query_unpaged(format!("CREATE ROLE {role} WITH PASSWORD = 'run-pw' AND LOGIN = true"), ()).await.unwrap();
+    grant_documented(&admin, &ks, &role).await;
+    // What `run` adds for the command API (docs/OPERATIONS.md, below the list).
+    for t in ["event_store", "snapshots"] {
+        admin.query_unpaged(format!("GRANT MODIFY ON {ks}.{t} TO {role}"), ()).await.unwrap();
+        admin.query_unpaged(format!("GRANT SELECT ON {ks}.{t} TO {role}"), ()).await.unwrap();
+    }
+    let store = CqlStore::connect(&cfg(&ks, &role, "run-pw")).await.expect("connect as the run role");
+    store.migrate().await.expect("a schema in place needs no CREATE or ALTER");
+    let a = Uuid::now_v7();
+    let ev = harness::order_events(a, 0, 2);
+    store.append(a, 0, ev.clone()).await.expect("append as the run role");
+    assert_eq!(store.load(a).await.unwrap(), ev);
+    // A keyspace without the schema: refused, naming the way out.
+    let empty = format!("g_{}", Uuid::now_v7().simple());
+    let err = CqlStore::connect(&cfg(&empty, &role, "run-pw")).await.unwrap().migrate().await.unwrap_err();
+    assert!(err.to_string().contains("outboxd schema"), "{err}");
     admin.query_unpaged(format!("DROP ROLE {role}"), ()).await.unwrap();
 }

@@ -4,7 +4,8 @@
 //! configured keyspace and replication factor).
 //!
 //! Files: [`connect`] (session, server detection), [`schema`] (DDL,
-//! migration, prepared statements), [`append`] (the conditional append and
+//! migration, prepared statements), [`schema_check`] (whether the schema is
+//! in place already: then `migrate` runs no DDL), [`append`] (the conditional append and
 //! its unknown-outcome resolution, behind the [`BatchExecutor`] seam), `rows`
 //! (row decoding), `dlq`, `snapshot`.
 //!
@@ -60,6 +61,7 @@ mod requests;
 mod retry;
 mod rows;
 pub mod schema;
+pub mod schema_check;
 pub mod security;
 mod snapshot;
 

@@ -14,8 +14,10 @@ use scylla::statement::{Consistency, SerialConsistency, Statement};
 
 use super::cdc_options::{cdc_options_cql, options_drift, DEFAULT_LOG_TTL_SECS};
 use super::rows::{EVENT_COLS, LETTER_COLS};
+use super::schema_check::UPGRADE_COLUMNS;
 use super::{exec_err, unavailable, CqlStore, CDC_ORIGIN_CHECKPOINT};
 use crate::store::StoreError;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 
 /// The DDL for cqlsh users (keyspace `outbox`); `migrate` runs the same text.
 pub const SCHEMA_CQL: &str = include_str!("schema.cql");
@@ -147,27 +149,38 @@ impl CqlStore {
         // data requests on a busy cluster, so not bound by request_timeout_ms.
         let mut st = Statement::new(cql);
         st.set_request_timeout(Some(std::time::Duration::from_secs(60)));
-        self.session
-            .query_unpaged(st, ())
-            .await
-            .map(|_| ())
-            .map_err(|e| exec_err(&format!("schema statement failed: {cql}"), e))
+        self.session.query_unpaged(st, ()).await.map(|_| ()).map_err(|e| {
+            let denied =
+                matches!(&e, ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Unauthorized, _)));
+            let hint = if denied {
+                " (this role may not change the schema: run `outboxd schema` once as a role that may, then start again)"
+            } else {
+                ""
+            };
+            exec_err(&format!("schema statement failed{hint}: {cql}"), e)
+        })
     }
 
-    /// `EventStore::migrate`.
+    /// `EventStore::migrate`. A schema already in place (`schema_check`)
+    /// needs no statement at all: `outboxd run` under a role without CREATE
+    /// or ALTER starts once `outboxd schema` ran as an admin role.
     pub(super) async fn migrate_schema(&self) -> Result<(), StoreError> {
+        match self.schema_gap().await {
+            None => {
+                tracing::debug!(keyspace = %self.keyspace, "schema in place; no schema statement needed");
+                self.warn_replication_drift().await;
+                self.stmts().await?;
+                return Ok(());
+            }
+            Some(gap) => tracing::info!(keyspace = %self.keyspace, missing = %gap, "creating or upgrading the schema"),
+        }
         let want_cdc = self.scylla;
         for stmt in schema_statements(&self.keyspace, self.replication_factor, want_cdc, self.log_ttl_seconds) {
             self.ddl(&stmt).await?;
         }
         self.warn_replication_drift().await;
         // Columns added after a table was first created (schema upgrades).
-        for (table, col, ty) in [
-            ("event_store", "trace_parent", "text"),
-            ("event_store", "trace_state", "text"),
-            ("parked_aggregates", "fence_epoch", "bigint static"),
-            ("relay_requests", "fence_epoch", "bigint static"),
-        ] {
+        for (table, col, ty) in UPGRADE_COLUMNS {
             let cql = format!("ALTER TABLE {} ADD {col} {ty}", self.t(table));
             if let Err(e) = self.ddl(&cql).await {
                 let m = e.to_string().to_lowercase();
@@ -233,7 +246,7 @@ impl CqlStore {
     /// How the CDC options of `event_store` on the server differ from the
     /// wanted ones (`system_schema.scylla_tables.cdc`). When they cannot be
     /// read, "unknown", so that migrate sets them.
-    async fn cdc_options_drift(&self) -> Vec<String> {
+    pub(super) async fn cdc_options_drift(&self) -> Vec<String> {
         let q = "SELECT cdc FROM system_schema.scylla_tables WHERE keyspace_name = ? AND table_name = 'event_store'";
         let current = match self.session.query_unpaged(q, (&self.keyspace,)).await {
             Ok(res) => res.into_rows_result().ok().and_then(|r| {
