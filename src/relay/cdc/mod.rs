@@ -13,7 +13,7 @@
 //! progress resumes), [`start`] (start point, catch-up
 //! plan), [`runner`] (runs scylla-cdc), [`reader`] (a consumer's feed),
 //! [`relay_feed`] (the relay's feed: reconciling sink over the `Deliverer`),
-//! [`reconcile`] + [`reconciler`] (unknown-outcome appends), [`requests`]
+//! [`reconcile`] + [`reconciler`] + `stored` (unknown-outcome appends), [`requests`]
 //! and [`rewind`] (operator requests), [`health`]
 //! (TTL guard, reconciliation verdict), [`watermark`] (exactly-once skip).
 //!
@@ -63,6 +63,7 @@ pub mod rewind;
 pub mod runner;
 pub mod saver;
 pub mod start;
+mod stored;
 #[cfg(test)]
 pub(crate) mod testkit;
 pub mod watchdog;

@@ -6,7 +6,9 @@
 //! ballot's time, possibly into windows the reader has already passed
 //! (behind the safety interval). The CQL store records every such append it
 //! resolves as applied (`append_reconciliation`: aggregate, sequence, event
-//! id, resolved_at) before the append returns Ok. The relay then:
+//! id, resolved_at) before the append returns Ok, and every one whose
+//! outcome stays unknown before its `OutcomeUnknown` returns (it may land
+//! later). The relay then:
 //!
 //! Guarantees:
 //! - Order per aggregate at first arrival: before publishing event `s` of
@@ -30,6 +32,10 @@
 //!   window + margin) is published by the reconciler and deleted, once the
 //!   reader has published every row stamped before the append was resolved
 //!   (so the aggregate's earlier events, committed before it, went first).
+//!   One whose sequence holds another event (its append never landed) is
+//!   deleted with nothing published; one whose event is not stored (yet) is
+//!   kept and checked every round, but no longer counts as overdue
+//!   ([`ReconcileState::oldest_resolved_at_ms`]).
 //! - No re-send inside one process: an event at or below the last sequence
 //!   this relay published for its aggregate (a window read again after a
 //!   reader restart or a catch-up switch) is skipped, except a pending one
@@ -112,6 +118,11 @@ pub struct ReconcileState {
     /// Rows published while pending: kept until a refresh no longer lists
     /// them (a list read before their delete must not make them pending).
     unconfirmed: HashSet<(Uuid, i64)>,
+    /// Pending rows whose event the reconciler found missing from
+    /// `event_store`: an append whose outcome stayed unknown and that has not
+    /// landed (it may, until another append takes its sequence). Still
+    /// checked every round, but not "unreconciled past the bound".
+    not_stored: HashSet<(Uuid, i64)>,
 }
 
 impl ReconcileState {
@@ -121,6 +132,7 @@ impl ReconcileState {
             pending: BTreeMap::new(),
             recent: Recent { capacity: capacity.max(2), ..Recent::default() },
             unconfirmed: HashSet::new(),
+            not_stored: HashSet::new(),
         }
     }
 
@@ -140,6 +152,8 @@ impl ReconcileState {
             }
         }
         self.unconfirmed.retain(|k| confirmable.iter().any(|r| (r.aggregate_id, r.sequence) == *k));
+        let pending = &self.pending;
+        self.not_stored.retain(|(a, s)| pending.get(a).is_some_and(|rows| rows.contains_key(s)));
         confirmable
     }
 
@@ -168,6 +182,7 @@ impl ReconcileState {
     /// any: the caller deletes it from the table (confirmed).
     pub fn published(&mut self, aggregate: Uuid, sequence: i64) -> Option<PendingAppend> {
         self.recent.set(aggregate, sequence);
+        self.not_stored.remove(&(aggregate, sequence));
         let rows = self.pending.get_mut(&aggregate)?;
         let row = rows.remove(&sequence);
         if rows.is_empty() {
@@ -207,6 +222,7 @@ impl ReconcileState {
 
     /// Drops a pending row (deleted from the table).
     pub fn forget(&mut self, aggregate: Uuid, sequence: i64) {
+        self.not_stored.remove(&(aggregate, sequence));
         if let Some(rows) = self.pending.get_mut(&aggregate) {
             rows.remove(&sequence);
             if rows.is_empty() {
@@ -224,9 +240,22 @@ impl ReconcileState {
         self.pending.values().map(BTreeMap::len).sum()
     }
 
-    /// When the oldest pending row was resolved (ms), if any.
+    /// When the oldest pending row was resolved (ms), if any; rows whose
+    /// event is not stored (yet) do not count: nothing can be published.
     pub fn oldest_resolved_at_ms(&self) -> Option<i64> {
-        self.rows().map(|p| p.resolved_at_ms).min()
+        self.rows().filter(|p| !self.not_stored.contains(&(p.aggregate_id, p.sequence))).map(|p| p.resolved_at_ms).min()
+    }
+
+    /// Whether the reconciler found no event for this pending row.
+    pub fn is_not_stored(&self, aggregate: Uuid, sequence: i64) -> bool {
+        self.not_stored.contains(&(aggregate, sequence))
+    }
+
+    /// The reconciler found no event at `(aggregate, sequence)` of a pending
+    /// row. True the first time (since it was last listed as stored).
+    pub fn mark_not_stored(&mut self, aggregate: Uuid, sequence: i64) -> bool {
+        let pending = self.pending.get(&aggregate).is_some_and(|rows| rows.contains_key(&sequence));
+        pending && self.not_stored.insert((aggregate, sequence))
     }
 
     /// Forgets what this process published (an operator's rewind: the

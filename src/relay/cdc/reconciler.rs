@@ -37,11 +37,11 @@ use uuid::Uuid;
 
 use super::consumer::{RowPosition, UndecodableRow};
 use super::reconcile::{PendingAppend, Plan, ReconcileState};
+use super::stored::{Source, Stored};
 use super::{CdcError, EnvelopeSink};
 use crate::envelope::EventEnvelope;
 use crate::shutdown::Shutdown;
 use crate::store::cql::reconcile::ReconcileTable;
-use crate::store::feed::FeedRow;
 use crate::store::{DynStore, StoreError};
 
 const STRIPES: usize = 1024;
@@ -60,42 +60,12 @@ pub enum Handled {
     Delivered { filled: usize },
     /// Already published by this process: not sent again.
     Skipped,
-    /// A pending row whose event is not in the event table (kept, logged).
+    /// A pending row whose event is not in the event table (kept, logged
+    /// once): an append whose outcome stayed unknown and has not landed.
     Missing,
-}
-
-/// One event of `event_store` as the reconciler finds it.
-enum Stored {
-    Event(EventEnvelope),
-    Undecodable(UndecodableRow),
-}
-
-impl Stored {
-    /// `None` for a row without a sequence (not an event).
-    fn of(aggregate: Uuid, row: FeedRow) -> Option<Stored> {
-        let (sequence, event_id, error) = match row {
-            FeedRow::Event(e) => match e.to_envelope() {
-                Ok(env) => return Some(Stored::Event(env)),
-                Err(err) => (e.sequence, Some(e.event_id), err.to_string()),
-            },
-            FeedRow::Unreadable(u) => (u.sequence?, u.event_id.and_then(|id| Uuid::parse_str(&id).ok()), u.error),
-        };
-        Some(Stored::Undecodable(UndecodableRow {
-            aggregate_id: Some(aggregate),
-            sequence: Some(sequence),
-            event_id,
-            position: None,
-            error: CdcError::Payload { row: format!("{aggregate}#{sequence}"), error },
-        }))
-    }
-
-    /// Aggregate and sequence (an undecodable one is always built with both).
-    fn key(&self) -> (Uuid, i64) {
-        match self {
-            Stored::Event(e) => (e.aggregate_id, e.sequence),
-            Stored::Undecodable(r) => (r.aggregate_id.unwrap_or_default(), r.sequence.unwrap_or_default()),
-        }
-    }
+    /// A pending row whose sequence holds another event: its append never
+    /// landed and never can (the row is dropped, nothing published).
+    Superseded,
 }
 
 pub struct ReconcilingSink<S: EnvelopeSink> {
@@ -315,17 +285,47 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         at: Option<&RowPosition>,
         shutdown: &mut Shutdown,
     ) -> Result<Handled, CdcError> {
+        let source = match env {
+            Some(env) => Source::Row(Box::new(env)),
+            None => Source::Table { expect: None },
+        };
+        self.deliver(aggregate, sequence, source, at, shutdown).await
+    }
+
+    async fn deliver(
+        &self,
+        aggregate: Uuid,
+        sequence: i64,
+        source: Source,
+        at: Option<&RowPosition>,
+        shutdown: &mut Shutdown,
+    ) -> Result<Handled, CdcError> {
         let _one = self.exclusive(aggregate).await;
         let Some(fill) = self.fill_plan(aggregate, sequence).await else { return Ok(Handled::Skipped) };
-        let loaded = self.fill(aggregate, sequence, &fill, env.is_none(), shutdown).await?;
-        let env = match (env, loaded) {
-            (Some(env), _) | (None, Some(Stored::Event(env))) => env,
-            (None, Some(bad @ Stored::Undecodable(_))) => {
+        let from_table = matches!(source, Source::Table { .. });
+        let loaded = self.fill(aggregate, sequence, &fill, from_table, shutdown).await?;
+        let env = match (source, loaded) {
+            (Source::Row(env), _) => *env,
+            (Source::Table { expect: Some(id) }, Some(other)) if other.event_id().is_some_and(|o| o != id) => {
+                tracing::info!(%aggregate, sequence, pending_event = %id, stored_event = ?other.event_id(),
+                    "an unknown-outcome append never landed: another event holds its sequence; dropping its reconciliation row");
+                self.state.lock().unwrap().forget(aggregate, sequence);
+                if let Err(e) = self.table.confirm(aggregate, sequence).await {
+                    tracing::warn!(%aggregate, sequence, error = %e, "cannot delete a superseded reconciliation row; the next round tries again");
+                }
+                self.set_gauge();
+                return Ok(Handled::Superseded);
+            }
+            (Source::Table { .. }, Some(Stored::Event(env))) => env,
+            (Source::Table { .. }, Some(bad @ Stored::Undecodable(_))) => {
                 self.pass_stored(bad, shutdown).await?;
                 return Ok(Handled::Delivered { filled: fill.len() });
             }
-            (None, None) => {
-                tracing::error!(%aggregate, sequence, "reconciliation row names an event that is not in event_store; keeping the row");
+            (Source::Table { .. }, None) => {
+                if self.state.lock().unwrap().mark_not_stored(aggregate, sequence) {
+                    tracing::warn!(%aggregate, sequence,
+                        "reconciliation row names an event that is not in event_store: an append whose outcome stayed unknown and has not landed (it may, until another append takes this sequence), or a read below quorum; keeping the row and checking it every round");
+                }
                 return Ok(Handled::Missing);
             }
         };
@@ -379,10 +379,13 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         );
         let mut done = 0;
         for p in overdue {
-            tracing::warn!(aggregate = %p.aggregate_id, sequence = p.sequence, event_id = %p.event_id, "unknown-outcome append not seen in the CDC log within the bound; publishing it from event_store");
+            if !self.state.lock().unwrap().is_not_stored(p.aggregate_id, p.sequence) {
+                tracing::warn!(aggregate = %p.aggregate_id, sequence = p.sequence, event_id = %p.event_id, "unknown-outcome append not seen in the CDC log within the bound; publishing it from event_store");
+            }
             // One that cannot go out yet (an earlier event not readable)
             // does not hold up the others of the round.
-            match self.deliver_through(p.aggregate_id, p.sequence, None, None, shutdown).await {
+            let source = Source::Table { expect: Some(p.event_id) };
+            match self.deliver(p.aggregate_id, p.sequence, source, None, shutdown).await {
                 Ok(Handled::Delivered { .. }) => done += 1,
                 Ok(_) => {}
                 Err(CdcError::Shutdown) => return Err(CdcError::Shutdown),

@@ -194,14 +194,50 @@ async fn a_gap_behind_the_last_published_event_is_filled_from_the_store() {
     );
 }
 
+/// Review finding: an append whose outcome stayed unknown had no row, so
+/// if it landed later (completed by the aggregate's next write, with the old
+/// ballot's time) its CDC row could lie behind the reader, never published.
+/// Its row now names an event that may not be stored yet: kept, checked every
+/// round, not "overdue" for /health, and published once the event lands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_naming_a_missing_event_is_kept() {
+async fn a_row_naming_a_missing_event_is_kept_and_published_once_it_lands() {
     let Some(mut rig) = rig("reconciliation: missing").await else { return };
-    let ghost = Uuid::now_v7();
-    rig.table.record(ghost, &[(1, Uuid::now_v7())], Utc::now() - chrono::Duration::minutes(10)).await.unwrap();
+    let a = Uuid::now_v7();
+    let ev = events(a, 0, 1);
+    rig.table.record(a, &[(1, ev[0].event_id)], Utc::now() - chrono::Duration::minutes(10)).await.unwrap();
     rig.sink.refresh().await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(rig.sink.reconcile_overdue(&mut rig.shutdown).await.unwrap(), 0);
+        assert_eq!(rig.table.list().await.unwrap().len(), 1, "kept: it may still land");
+        assert_eq!(rig.sink.pending(), (1, None), "pending, but nothing to publish: not overdue for /health");
+    }
+    rig.sink.refresh().await.unwrap();
+    assert_eq!(rig.sink.pending(), (1, None), "a refresh keeps knowing it is not stored");
+    // It lands late (completed by the aggregate's next conditional write).
+    rig.store.append(a, 0, ev.clone()).await.unwrap();
+    assert_eq!(rig.sink.reconcile_overdue(&mut rig.shutdown).await.unwrap(), 1);
+    assert_eq!(rig.recorder.of(a), vec![1]);
+    assert!(rig.table.list().await.unwrap().is_empty(), "confirmed");
+    assert_eq!(rig.gauge.get(), 0);
+}
+
+/// An unknown-outcome append that never landed: another append took its
+/// sequence. Its row is dropped and nothing is published for it (the other
+/// event goes out through its own CDC row, not as a copy from here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_whose_sequence_another_event_holds_is_dropped_unpublished() {
+    let Some(mut rig) = rig("reconciliation: superseded").await else { return };
+    let a = Uuid::now_v7();
+    append(&rig, a, 0, 2).await;
+    let lost = Uuid::now_v7();
+    rig.table.record(a, &[(2, lost)], Utc::now() - chrono::Duration::minutes(10)).await.unwrap();
+    rig.sink.refresh().await.unwrap();
+    assert_eq!(rig.gauge.get(), 1);
     assert_eq!(rig.sink.reconcile_overdue(&mut rig.shutdown).await.unwrap(), 0);
-    assert_eq!(rig.table.list().await.unwrap().len(), 1, "kept: health stays Degraded until someone looks");
+    assert_eq!(rig.recorder.of(a), Vec::<i64>::new(), "the other event at #2 is not published from here");
+    assert!(rig.table.list().await.unwrap().is_empty(), "the row is dropped");
+    assert_eq!(rig.gauge.get(), 0);
+    assert_eq!(rig.sink.pending(), (0, None));
 }
 
 /// Review finding: the clock bound alone let the reconciler publish A#2

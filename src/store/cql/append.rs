@@ -20,6 +20,11 @@
 //!   the outcome is still unknown, the error is `OutcomeUnknown` (never
 //!   success, never the retryable `Unavailable`: a blind retry could write
 //!   the command twice).
+//! - An append whose outcome stays unknown is recorded there too before its
+//!   `OutcomeUnknown` returns (tried twice): it may land later (the
+//!   aggregate's next conditional write completes an accepted proposal, with
+//!   the original ballot's time), and the relay publishes it then, or drops
+//!   the rows once another append holds its sequences.
 //! - An append resolved as applied after an unknown outcome is recorded in
 //!   `append_reconciliation` (one row per event) before it returns Ok: its
 //!   CDC rows may carry the original ballot's time and land behind the
@@ -221,12 +226,16 @@ impl CqlStore {
         Ok(row.and_then(|r| r.0))
     }
 
-    /// Records an append resolved as applied after an unknown outcome (see
-    /// the module doc); retried a few times, then logged as an error.
-    async fn record_resolved(&self, aggregate_id: Uuid, events: &[EventEnvelope]) {
+    /// Records an append whose outcome was unknown (see the module doc):
+    /// `applied` when it was resolved as applied (tried a few times), else
+    /// one that stayed unknown (tried twice: its caller waits for its
+    /// error, and the relay drops the rows if the sequence goes to another
+    /// append). A record that cannot be written is logged as an error.
+    async fn record_pending(&self, aggregate_id: Uuid, events: &[EventEnvelope], applied: bool) {
         let rows: Vec<(i64, Uuid)> = events.iter().map(|e| (e.sequence, e.event_id)).collect();
+        let attempts = if applied { RECORD_ATTEMPTS } else { 2 };
         let mut last = None;
-        for attempt in 0..RECORD_ATTEMPTS {
+        for attempt in 0..attempts {
             if attempt > 0 {
                 tokio::time::sleep(backoff(attempt + 2)).await;
             }
@@ -242,16 +251,26 @@ impl CqlStore {
                 }
             };
             match table.record(aggregate_id, &rows, chrono::Utc::now()).await {
-                Ok(()) => {
+                Ok(()) if applied => {
                     tracing::info!(%aggregate_id, events = rows.len(), "append with an unknown outcome resolved as applied; recorded for reconciliation");
+                    return;
+                }
+                Ok(()) => {
+                    tracing::info!(%aggregate_id, events = rows.len(), "append outcome still unknown; recorded for reconciliation in case it lands later");
                     return;
                 }
                 Err(e) => last = Some(e),
             }
         }
         let sequences: Vec<i64> = rows.iter().map(|(s, _)| *s).collect();
-        tracing::error!(%aggregate_id, ?sequences, error = %last.map(|e| e.to_string()).unwrap_or_default(),
-            "append applied after an unknown outcome, but its reconciliation record could not be written: if its CDC rows landed behind the relay's reading position, the relay publishes them only when a later event of this aggregate fills the gap");
+        let error = last.map(|e| e.to_string()).unwrap_or_default();
+        if applied {
+            tracing::error!(%aggregate_id, ?sequences, %error,
+                "append applied after an unknown outcome, but its reconciliation record could not be written: if its CDC rows landed behind the relay's reading position, the relay publishes them only when a later event of this aggregate fills the gap");
+        } else {
+            tracing::error!(%aggregate_id, ?sequences, %error,
+                "append outcome unknown, and its reconciliation record could not be written: if it lands later (completed by the aggregate's next write), its CDC rows may lie behind the relay's reading position and are published only when a later event of this aggregate fills the gap");
+        }
     }
 
     /// `EventStore::append` (see the module doc).
@@ -288,7 +307,7 @@ impl CqlStore {
                         match self.event_id_at(s, aggregate_id, expected_version + 1).await {
                             Ok(id) if id == Some(events[0].event_id) => {
                                 tracing::debug!(%aggregate_id, expected_version, "append with an unknown outcome had been applied");
-                                self.record_resolved(aggregate_id, &events).await;
+                                self.record_pending(aggregate_id, &events, true).await;
                                 return Ok(done);
                             }
                             Ok(_) => {}
@@ -322,7 +341,7 @@ impl CqlStore {
         // the events are provably there.
         if let Ok(Some(id)) = self.event_id_at(s, aggregate_id, expected_version + 1).await {
             if id == events[0].event_id {
-                self.record_resolved(aggregate_id, &events).await;
+                self.record_pending(aggregate_id, &events, true).await;
                 return Ok(done);
             }
             let actual = match self.load_after(aggregate_id, expected_version).await {
@@ -331,6 +350,10 @@ impl CqlStore {
             };
             return Err(conflict(actual));
         }
+        // It may still land: a proposal a replica accepted is completed by
+        // the aggregate's next conditional write (or SERIAL read), with the
+        // original ballot's time, so its CDC rows may lie behind the relay.
+        self.record_pending(aggregate_id, &events, false).await;
         Err(StoreError::OutcomeUnknown(format!(
             "append to aggregate {aggregate_id} at version {expected_version}: outcome unknown after {MAX_APPEND_ATTEMPTS} attempts (the events may or may not have been written; reload the aggregate): {}",
             uncertain.unwrap_or_default()

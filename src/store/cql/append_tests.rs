@@ -268,9 +268,18 @@ async fn outcome_unknown_on_every_attempt_is_never_success() {
     let Some((s, faults)) = live().await else { return };
     let id = Uuid::now_v7();
     faults.inject(std::iter::repeat_n(Inject::LostRequest, MAX_APPEND_ATTEMPTS as usize));
-    let err = s.append(id, 0, events(id, 0, 1)).await.unwrap_err();
+    let ev = events(id, 0, 2);
+    let err = s.append(id, 0, ev.clone()).await.unwrap_err();
     assert!(matches!(err, StoreError::OutcomeUnknown(ref m) if m.contains("outcome unknown")), "{err:?}");
     assert!(s.load(id).await.unwrap().is_empty());
+    // Review finding: it may still land (the aggregate's next conditional
+    // write completes an accepted proposal, with the old ballot's time), so
+    // it is on record for the relay's reconciliation, one row per event.
+    let table = ReconcileTable::open(s.session(), s.keyspace()).await.unwrap();
+    let mut pending: Vec<(Uuid, i64, Uuid)> =
+        table.list().await.unwrap().into_iter().map(|p| (p.aggregate_id, p.sequence, p.event_id)).collect();
+    pending.sort();
+    assert_eq!(pending, vec![(id, 1, ev[0].event_id), (id, 2, ev[1].event_id)]);
 }
 
 /// Heavy LWT contention (real CAS timeouts happen here): per round exactly

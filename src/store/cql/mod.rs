@@ -26,7 +26,9 @@
 //!   fails its condition, the row at `expected + 1` is read with SERIAL
 //!   consistency: our `event_id` there means an earlier attempt landed
 //!   (success), anything else is a `Conflict`. If the attempts run out while
-//!   the outcome is still unknown, the error is `Unavailable` (never success).
+//!   the outcome is still unknown, the error is `OutcomeUnknown` (never
+//!   success), and the events are recorded in `append_reconciliation` in
+//!   case they land later (`append`).
 //! - Sequence numbers are the clustering key, gap-free because each append
 //!   moves `version` from `expected` to `expected + n` and writes exactly the
 //!   rows `expected + 1 ..= expected + n`.

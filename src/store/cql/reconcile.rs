@@ -1,11 +1,14 @@
 //! `append_reconciliation`: appends whose compare-and-set outcome was
-//! unknown and which the CQL store then resolved as applied.
+//! unknown and which the CQL store then resolved as applied, or which it
+//! could not resolve (they may land later).
 //!
 //! Guarantees:
 //! - The store writes the rows of an append (one per event) before that
-//!   append returns Ok, so every event whose CDC row may land in a window the
-//!   reader has passed is on record while the caller still waits.
-//! - The relay deletes a row only after the event was published (confirmed).
+//!   append returns (Ok, or `OutcomeUnknown`), so every event whose CDC row
+//!   may land in a window the reader has passed is on record while the
+//!   caller still waits.
+//! - The relay deletes a row only after the event was published (confirmed),
+//!   or once another event holds its sequence (the append never landed).
 //! - Plain single-partition writes (one aggregate = one partition), no LWT.
 
 use chrono::{DateTime, Utc};
