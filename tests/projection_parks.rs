@@ -179,7 +179,14 @@ impl ModelsHook for ProjectorParksFirst {
         let first = self.store.load(self.x).await?.remove(0);
         let mut row = None;
         projection::apply_event(&mut row, StoredEvent { position: self.p1, envelope: first }, "EUR");
-        let batch = |from, to, orders| CommitBatch { consumer: CONSUMER.into(), from, to, orders, customers: vec![] };
+        let batch = |from, to, orders| CommitBatch {
+            consumer: CONSUMER.into(),
+            from,
+            to,
+            orders,
+            customers: vec![],
+            parks: vec![],
+        };
         assert!(inner.commit_batch(batch(0, self.p1, row.into_iter().collect())).await?);
         self.store.park(&park_of(self.x, self.p2, 2, "OrderConfirmed")).await?;
         assert!(inner.commit_batch(batch(self.p1, self.p2, vec![])).await?);

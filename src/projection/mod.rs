@@ -190,7 +190,9 @@ pub struct StoredRows {
     pub customers: std::collections::HashMap<Uuid, StoredRow>,
 }
 
-/// One batch to commit: changed rows plus the checkpoint move `from -> to`.
+/// One batch to commit: changed rows plus the checkpoint move `from -> to`,
+/// and the park records of the aggregates the batch stopped (written with
+/// the checkpoint move, or not at all).
 #[derive(Debug, Clone)]
 pub struct CommitBatch {
     pub consumer: String,
@@ -198,6 +200,7 @@ pub struct CommitBatch {
     pub to: i64,
     pub orders: Vec<OrderRow>,
     pub customers: Vec<CustomerRow>,
+    pub parks: Vec<crate::store::parking::Parked>,
 }
 
 /// Storage of the read models. Implemented by `SqliteStore` and `CqlStore`.
@@ -208,9 +211,11 @@ pub trait ReadModelStore: Send + Sync + 'static {
     /// Current rows of these aggregates.
     async fn load_rows(&self, orders: Vec<Uuid>, customers: Vec<Uuid>) -> Result<StoredRows, StoreError>;
     /// In one transaction: if the checkpoint of `batch.consumer` is still
-    /// `batch.from`, upserts the rows (never to a lower version) and sets the
-    /// checkpoint to `batch.to`; returns false (writing nothing) if another
-    /// projector moved the checkpoint meanwhile.
+    /// `batch.from`, writes the park records, upserts the rows (never to a
+    /// lower version) and sets the checkpoint to `batch.to`; returns false
+    /// (writing nothing, parks included) if another projector moved the
+    /// checkpoint meanwhile. (CQL, no transaction: the parks, then the rows,
+    /// then the checkpoint's compare-and-set.)
     async fn commit_batch(&self, batch: CommitBatch) -> Result<bool, StoreError>;
     /// Deletes every read-model row and the consumer's checkpoint,
     /// atomically, and (SQLite: in the same transaction) its parked

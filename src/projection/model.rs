@@ -62,6 +62,9 @@ pub fn apply_event<A: Aggregate>(row: &mut Option<Row<A>>, ev: StoredEvent, defa
     if sequence != prev + 1 {
         // The SQLite feed is commit ordered and sequences are gap free, so this
         // only happens if earlier events of this aggregate were never seen.
+        // The projections never get here: they fill a gap from the store
+        // first and park the aggregate when the fill comes back short
+        // (`page::replay_into`, `cql::apply`).
         tracing::warn!(aggregate_id = %id, sequence, version = prev, "projection: sequence gap");
     }
     let decoded = envelope.upcast(default_currency).and_then(|e| e.decode::<A::Event>());

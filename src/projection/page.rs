@@ -5,11 +5,12 @@
 //! the pure `model::apply_event` (duplicates and out-of-order events change
 //! nothing) after the events before it (a row that lacks some, because a
 //! rebuild reset the read models under this batch, gets them from the store
-//! first), and rows plus the checkpoint move `from -> to` in one
+//! first; a fill the store answers short stops the aggregate like an event
+//! it cannot read), and rows plus the checkpoint move `from -> to` in one
 //! `commit_batch`, which refuses (nothing written) when another projector
 //! moved the checkpoint first. An event that cannot be applied parks its
-//! aggregate (`parking`) before that commit; later events of a parked
-//! aggregate are held, not applied.
+//! aggregate (`parking`) in that commit (no park from a commit that loses);
+//! later events of a parked aggregate are held, not applied.
 
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
@@ -35,9 +36,13 @@ pub(crate) struct BatchOutcome {
     pub held: u64,
 }
 
-/// Decodes a stored row; a row of an older state shape (or unreadable) is
-/// re-derived from its events up to its version instead (None when the store
-/// has none of them). Shared by both backends' projections.
+/// Decodes a stored row; a row of an older state shape (or unreadable:
+/// its state, or its timestamps, see `sqlite::load_stored`) is re-derived
+/// from its events up to its version instead, timestamps included (None
+/// when the store has none of them; a row that stops short of its version,
+/// at an event that cannot be applied or read or is missing, keeps the
+/// version it reached: the next event meets the gap and parks). Shared by
+/// both backends' projections.
 pub(crate) async fn decode_row<A: Aggregate>(
     store: &dyn Store,
     id: Uuid,
@@ -64,13 +69,10 @@ pub(crate) async fn decode_row<A: Aggregate>(
         // gap and parks the aggregate at that event.
         tracing::warn!(%id, sequence = e.sequence, error = %e.error, "the re-derived row stops before an event");
     }
+    // Timestamps are the re-derived ones (a function of the events, equal
+    // to a readable row's): the stored ones may be what was unreadable.
     Ok(row.map(|mut r| {
-        if stopped.is_none() {
-            r.version = stored.version;
-        }
         r.last_position = stored.last_position;
-        r.created_at = stored.created_at;
-        r.updated_at = stored.updated_at;
         r
     }))
 }
@@ -123,7 +125,9 @@ pub(crate) async fn rows_through(
 
 /// Applies the stored events of `id` after `row`'s version up to `through`
 /// (at feed `position`) to `row`; `Some` names the event that cannot be
-/// applied or read (the row then stops before it).
+/// applied or read, or the first one the store did not return (the fill is
+/// checked for completeness: `None` means the row reached `through`, every
+/// event in order); the row then stops before it.
 async fn replay_into<A: Aggregate>(
     store: &dyn Store,
     row: &mut Option<Row<A>>,
@@ -136,6 +140,10 @@ async fn replay_into<A: Aggregate>(
     let (events, unreadable) = rows_through(store, id, after + 1, through).await?;
     for env in events {
         let (sequence, event_id, event_type) = (env.sequence, env.event_id, env.event_type.clone());
+        let next = row.as_ref().map_or(0, |r| r.version) + 1;
+        if sequence != next {
+            return Ok(Some(missing(next)));
+        }
         if let Applied::Skipped(error) = apply_event(row, StoredEvent { position, envelope: env }, currency) {
             let error = format!("an earlier event of this aggregate cannot be applied: {error}");
             return Ok(Some(Earlier { sequence, event_id: Some(event_id), event_type: Some(event_type), error }));
@@ -144,15 +152,36 @@ async fn replay_into<A: Aggregate>(
     if unreadable.is_some() {
         return Ok(unreadable);
     }
+    // The store returned fewer events than the fill needs (a row deleted
+    // or rewritten by hand, ids stored in another spelling): the fill is
+    // short, and the next event applied to this row would skip some.
+    let reached = row.as_ref().map_or(0, |r| r.version);
+    if reached < through {
+        return Ok(Some(missing(reached + 1)));
+    }
     Ok(None)
+}
+
+/// An event a gap fill needs that the store did not return (`sequence`):
+/// the aggregate stops (parks) before it, as at an event it cannot read.
+pub(crate) fn missing(sequence: i64) -> Earlier {
+    Earlier {
+        sequence,
+        event_id: None,
+        event_type: None,
+        error: format!(
+            "event {sequence} of this aggregate is missing from the event store (a gap fill came back short)"
+        ),
+    }
 }
 
 /// Applies `ev` to `row`, first filling a gap before it from the store: the
 /// row may lack earlier events when another writer of the read models (a
 /// rebuild resetting them) raced this batch's load; applied alone, the event
 /// would leave a row that looks current but has lost the events before it.
-/// An earlier event that cannot be applied or read stops the aggregate
-/// there: `Err` names it, the row unchanged.
+/// An earlier event that cannot be applied or read, or that the store does
+/// not return (a short fill), stops the aggregate there: `Err` names it, the
+/// row unchanged (never `ev` applied to a row that lacks some events).
 async fn apply_in_order<A: Aggregate>(
     store: &dyn Store,
     row: &mut Option<Row<A>>,
@@ -250,8 +279,8 @@ pub(crate) async fn apply_page(
             Applied::Applied => out.applied += 1,
             Applied::Duplicate => out.duplicates += 1,
             Applied::Skipped(error) => {
-                // Durable before the checkpoint moves past it (commit below):
-                // at the earlier event that stopped it, if one did.
+                // Written with the checkpoint move past it (the commit below,
+                // not if it loses): at the earlier event that stopped it, if one did.
                 match earlier {
                     Some(e) => parking.park_earlier(store, &key, e).await?,
                     None => parking.park_event(store, &key, &error).await?,
@@ -266,6 +295,8 @@ pub(crate) async fn apply_page(
         to,
         orders: dirty_orders.into_iter().filter_map(|id| orders.remove(&id).flatten()).collect(),
         customers: dirty_customers.into_iter().filter_map(|id| customers.remove(&id).flatten()).collect(),
+        // This page's parks (and its unreadable rows', from `parking.sort`).
+        parks: parking.take_pending(),
     };
     out.committed = models.commit_batch(batch).await?;
     Ok(out)

@@ -4,7 +4,11 @@
 //!
 //! Guarantees:
 //! - The park record (`parked_aggregates`, consumer = the projection's
-//!   consumer name) is durable before the checkpoint moves past the event;
+//!   consumer name) is written in the batch's `commit_batch`, with the
+//!   checkpoint move past the event (SQLite: one transaction; CQL: before
+//!   the checkpoint's compare-and-set), never by a batch whose
+//!   compare-and-set loses: a projector (an older build, say) that cannot
+//!   apply an event a rebuild beside it applies leaves no park behind;
 //!   the aggregate's rows stay at the last version applied before it, and
 //!   none of its later events is applied (a row never reflects a state with
 //!   an event missing). Its events before the park position are applied
@@ -32,6 +36,9 @@ pub struct ProjectionParking {
     consumer: String,
     parked: HashMap<Arc<str>, i64>,
     loaded: bool,
+    /// Parks of the page being applied, not written yet: they go into its
+    /// `CommitBatch` (`take_pending`).
+    pending: Vec<Parked>,
 }
 
 /// What identifies an event for a park record.
@@ -68,7 +75,7 @@ pub struct Sorted {
 
 impl ProjectionParking {
     pub fn new(consumer: &str) -> ProjectionParking {
-        ProjectionParking { consumer: consumer.to_string(), parked: HashMap::new(), loaded: false }
+        ProjectionParking { consumer: consumer.to_string(), parked: HashMap::new(), loaded: false, pending: Vec::new() }
     }
 
     pub fn count(&self) -> usize {
@@ -88,8 +95,11 @@ impl ProjectionParking {
     /// the rebuild ends at the very checkpoint this projector holds (its
     /// compare-and-set then passes). With nothing parked, nothing is held,
     /// so the common path reads nothing.
+    /// Parks of a page whose commit never came (an error) are dropped with
+    /// the set they were in: the page is read again and parks again.
     pub async fn load(&mut self, store: &DynStore) -> Result<(), StoreError> {
         if !self.loaded || !self.parked.is_empty() {
+            self.pending.clear();
             self.parked = store
                 .parked(&self.consumer)
                 .await?
@@ -107,18 +117,27 @@ impl ProjectionParking {
         self.loaded = false;
     }
 
+    /// The parks of the page being applied, for its `CommitBatch` (written
+    /// only if its compare-and-set passes; if it loses, the caller
+    /// `invalidate`s and the set is read again from the store).
+    pub fn take_pending(&mut self) -> Vec<Parked> {
+        std::mem::take(&mut self.pending)
+    }
+
     /// Forgets the parked set (after a reset of the read models).
     pub async fn clear(&mut self, store: &DynStore) -> Result<(), StoreError> {
         for p in store.parked(&self.consumer).await? {
             store.unpark(&self.consumer, &p.parked.aggregate_id).await?;
         }
         self.parked.clear();
+        self.pending.clear();
         self.loaded = true;
         Ok(())
     }
 
     /// Splits a feed page: held rows, unreadable rows (their aggregates are
-    /// parked, durably, here), events to apply.
+    /// parked here, the record written with the page's commit), events to
+    /// apply.
     pub async fn sort(&mut self, store: &DynStore, rows: Vec<FeedRow>) -> Result<Sorted, StoreError> {
         let mut out = Sorted::default();
         for row in rows {
@@ -195,12 +214,14 @@ impl ProjectionParking {
         self.park(store, p).await
     }
 
-    async fn park(&mut self, store: &DynStore, p: Parked) -> Result<(), StoreError> {
-        store.park(&p).await?;
+    /// Holds the aggregate from `p`'s position on, and keeps `p` for the
+    /// page's commit (`take_pending`).
+    async fn park(&mut self, _store: &DynStore, p: Parked) -> Result<(), StoreError> {
         tracing::error!(aggregate = %p.aggregate_id, position = ?p.position, sequence = ?p.sequence, error = %p.error,
             "projection: event cannot be applied; the aggregate's read-model rows are parked at the version before it");
         let from = p.position.unwrap_or(i64::MIN);
         self.parked.entry(Arc::from(p.aggregate_id.as_str())).and_modify(|f| *f = (*f).min(from)).or_insert(from);
+        self.pending.push(p);
         Ok(())
     }
 }

@@ -112,6 +112,8 @@ pub struct Projector {
     checkpoint: Option<i64>,
     head: i64,
     last_head_check: Option<Instant>,
+    /// Checkpoint and time of the last gauge update (`set_gauges`).
+    gauges_at: Option<(i64, Instant)>,
     wake: Option<watch::Receiver<i64>>,
     parking: ProjectionParking,
 }
@@ -141,6 +143,7 @@ impl Projector {
             checkpoint: None,
             head: 0,
             last_head_check: None,
+            gauges_at: None,
             wake,
         }
     }
@@ -246,8 +249,7 @@ impl Projector {
         }
         self.head = self.head.max(notified).max(checkpoint);
         let (head, lag) = (self.head, self.head - checkpoint);
-        self.metrics.projection_checkpoint_position.set(checkpoint);
-        self.metrics.projection_lag_events.set(lag);
+        self.set_gauges(checkpoint, lag).await;
         self.status.send_if_modified(|s| {
             let changed = s.checkpoint != checkpoint || s.head != head || s.lag != lag;
             s.checkpoint = checkpoint;
@@ -258,6 +260,36 @@ impl Projector {
             }
             changed
         });
+    }
+
+    /// `projection_lag_events` and `projection_checkpoint_position` from the
+    /// store's backlog of the projection (`EventStore::backlog`: head -
+    /// persisted checkpoint + events held behind parks), the reading the
+    /// health actor writes to the same gauges on every check (on every
+    /// instance, a standby too): one definition, so the gauges never jump
+    /// between two. With no aggregate parked that is `head - checkpoint`
+    /// (no read); else read when the checkpoint moved, and at most every
+    /// 250 ms otherwise; a failed read leaves them as they are.
+    async fn set_gauges(&mut self, checkpoint: i64, lag: i64) {
+        if self.parking.count() == 0 {
+            // Nothing held: the backlog is `head - checkpoint`, known here
+            // (no store read per batch on the common path).
+            self.metrics.projection_checkpoint_position.set(checkpoint);
+            self.metrics.projection_lag_events.set(lag);
+            self.gauges_at = None;
+            return;
+        }
+        let due = self.gauges_at.is_none_or(|(at, t)| at != checkpoint || t.elapsed() >= Duration::from_millis(250));
+        if !due {
+            return;
+        }
+        if let Ok(b) = self.store.backlog(&self.opts.consumer).await {
+            if let Some(c) = b.checkpoint {
+                self.metrics.projection_checkpoint_position.set(c);
+            }
+            self.metrics.projection_lag_events.set(b.events.unwrap_or(0));
+            self.gauges_at = Some((checkpoint, Instant::now()));
+        }
     }
 
     /// Runs until `shutdown`. A batch being committed when the signal comes

@@ -9,6 +9,11 @@
 //! A running projector may win a batch's compare-and-set: the rebuild then
 //! goes on from the projector's checkpoint with the park records re-read
 //! (what the projector parked stays held), as `Projector::step` does.
+//! A projector's park is written in its batch's commit, so one whose batch
+//! loses to the rebuild (an older build that cannot apply an event the
+//! rebuild applies) leaves no park behind; a batch such a projector wins
+//! parks for good, hence: stop or upgrade an older daemon before
+//! rebuilding with a newer build (docs/OPERATIONS.md, "Read models").
 
 use std::time::Instant;
 
@@ -46,8 +51,8 @@ const REBUILD_BATCH: usize = 2_000;
 /// feed from event 0 up to the head at the start (a progress bar on stderr
 /// when `progress`); the report's checkpoint is at or past that head.
 ///
-/// Safe while a projector runs (both compare-and-set the checkpoint; the
-/// rows end the same), but faster with the daemon stopped.
+/// Safe while a projector of the same build runs (both compare-and-set the
+/// checkpoint; the rows end the same), but faster with the daemon stopped.
 pub async fn rebuild(
     store: DynStore,
     models: DynReadModels,

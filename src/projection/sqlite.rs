@@ -2,7 +2,8 @@
 //!
 //! Rows are encoded on the caller's task; the writer thread only runs the
 //! SQL: one IMMEDIATE transaction per batch that checks the checkpoint,
-//! upserts the rows (never to a lower version) and moves the checkpoint.
+//! writes the batch's park records, upserts the rows (never to a lower
+//! version) and moves the checkpoint.
 //! Queries run in one read transaction each, so a row and the checkpoint
 //! reported with it come from the same snapshot.
 
@@ -87,6 +88,15 @@ fn freshness_of(c: &Connection) -> Result<Freshness, StoreError> {
     Ok(Freshness::new(checkpoint, head))
 }
 
+/// `state_schema` of a stored row whose state or timestamps cannot be read:
+/// no build's shape, so `page::decode_row` re-derives it from its events.
+const UNREADABLE_ROW: i32 = i32::MIN;
+
+/// The rows of `ids`. A row whose `state`, `state_schema` or timestamps
+/// cannot be read (a non-text state, a `created_at` that is no timestamp)
+/// is returned as [`UNREADABLE_ROW`], re-derived from its events by the
+/// caller, never an error: failing the load would fail every batch that
+/// touches the row, on every retry, and stall every aggregate.
 fn load_stored(c: &Connection, sql: &str, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredRow>, StoreError> {
     let mut st = c.prepare_cached(sql).map_err(unavailable)?;
     let mut out = HashMap::with_capacity(ids.len());
@@ -96,27 +106,33 @@ fn load_stored(c: &Connection, sql: &str, ids: &[Uuid]) -> Result<HashMap<Uuid, 
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
-                    r.get::<_, i32>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
+                    r.get::<_, i32>(2).ok(),
+                    r.get::<_, String>(3).ok(),
+                    r.get::<_, String>(4).ok().and_then(|t| parse_ts(&t).ok()),
+                    r.get::<_, String>(5).ok().and_then(|t| parse_ts(&t).ok()),
                 ))
             })
             .optional()
             .map_err(unavailable)?;
-        if let Some((version, last_position, state_schema, state, created, updated)) = row {
-            out.insert(
-                *id,
+        let Some((version, last_position, state_schema, state, created, updated)) = row else { continue };
+        let stored = match (state_schema, state, created, updated) {
+            (Some(state_schema), Some(state), Some(created_at), Some(updated_at)) => {
+                StoredRow { version, last_position, state_schema, state, created_at, updated_at }
+            }
+            _ => {
+                tracing::warn!(%id, version, "read-model row cannot be read (state or timestamps); it is re-derived from its events");
+                let epoch = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
                 StoredRow {
                     version,
                     last_position,
-                    state_schema,
-                    state,
-                    created_at: parse_ts(&created)?,
-                    updated_at: parse_ts(&updated)?,
-                },
-            );
-        }
+                    state_schema: UNREADABLE_ROW,
+                    state: String::new(),
+                    created_at: epoch,
+                    updated_at: epoch,
+                }
+            }
+        };
+        out.insert(*id, stored);
     }
     Ok(out)
 }
@@ -178,12 +194,15 @@ impl ReadModelStore for SqliteStore {
     async fn commit_batch(&self, batch: CommitBatch) -> Result<bool, StoreError> {
         let orders = batch.orders.iter().map(order_params).collect::<Result<Vec<_>, _>>()?;
         let customers = batch.customers.iter().map(customer_params).collect::<Result<Vec<_>, _>>()?;
-        let (consumer, from, to) = (batch.consumer, batch.from, batch.to);
+        let (consumer, from, to, parks) = (batch.consumer, batch.from, batch.to, batch.parks);
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(format!("cannot begin projection transaction: {e}")))?;
             let current = checkpoint_of(&tx, &consumer)?;
             if current != from {
                 return Ok(false); // dropped: rolled back, nothing written
+            }
+            for p in &parks {
+                crate::store::sqlite::parking::park(&tx, p)?;
             }
             {
                 let mut up = tx

@@ -18,7 +18,9 @@
 //! Metrics it owns: `relay_lag_events{role}`, `relay_lag_seconds{role}`
 //! (role = this instance's relay role, so a standby's gauges never raise an
 //! active-relay alert), `relay_checkpoint_position` (persisted),
-//! `projection_lag_events`, `projection_lag_seconds`, `dlq_parked_aggregates`,
+//! `projection_lag_events` and `projection_checkpoint_position` (persisted;
+//! the projector writes both from the same backlog reading),
+//! `projection_lag_seconds`, `dlq_parked_aggregates`,
 //! `cdc_log_ttl_seconds` (CQL with a CDC log); on the CDC feed, which has no
 //! positions, `relay_lag_seconds` is now − the oldest per-stream progress.
 //!
@@ -275,10 +277,16 @@ impl HealthCheckActor {
         if self.deps.cql.as_ref().is_some_and(|c| c.cdc_enabled()) {
             m.cdc_log_ttl_seconds.set(self.deps.cfg.store.cql.cdc.log_ttl_seconds as i64);
         }
+        // The projector writes these gauges from the same reading
+        // (`EventStore::backlog`, held events included); here on every
+        // instance, so a standby's follow the active projector's checkpoint.
+        // CQL: `events` is None while nothing is held (its lag in events is
+        // unknown, reported 0), so a manual unpark brings the gauge to 0.
         let projection_lag = probes.projection_backlog.map(lag);
         if let Some(l) = &projection_lag {
-            if let Some(e) = l.events {
-                m.projection_lag_events.set(e);
+            m.projection_lag_events.set(l.events.unwrap_or(0));
+            if let Some(c) = l.checkpoint {
+                m.projection_checkpoint_position.set(c);
             }
         }
         if let Some(s) = projection_lag_seconds(probes, t) {

@@ -3,7 +3,8 @@
 //!
 //! Guarantee: idempotent and order-insensitive per aggregate: events at or
 //! below a row's version change nothing, a gap is filled from the event store
-//! first, and every row is written `USING TIMESTAMP <version>`, so the
+//! first (a fill the store answers short parks the aggregate at the first
+//! sequence it lacks), and every row is written `USING TIMESTAMP <version>`, so the
 //! highest version wins whatever the arrival order. A row never reflects a
 //! state with an event missing: an event this build cannot apply stops its
 //! aggregate at the version before it and parks it (`parked_aggregates`,
@@ -19,7 +20,7 @@ use super::{codec, load_stored, stmts, unavailable, Stmts};
 use crate::domain::{Aggregate, Customer, Order};
 use crate::envelope::{EventEnvelope, StoredEvent};
 use crate::projection::model::{apply_event, Applied, OrderColumns, Row};
-use crate::projection::page::{decode_row, rows_through};
+use crate::projection::page::{decode_row, missing, rows_through};
 use crate::projection::parking::record;
 use crate::projection::{StoredRow, CONSUMER};
 use crate::store::cql::CqlStore;
@@ -78,9 +79,16 @@ async fn project<A: Aggregate>(
                 out.skipped += 1;
                 return Ok(dirty.then_some(row).flatten());
             }
-            for missing in earlier {
-                let key = ParkKey::of(&missing);
-                match apply_event(&mut row, stored_event(missing), currency) {
+            for ev in earlier {
+                // The fill must come back whole: a sequence the store did not
+                // return stops the aggregate there (applying the next one
+                // would leave a row that looks current with an event missing).
+                let next = row.as_ref().map_or(0, |r| r.version) + 1;
+                if ev.sequence != next {
+                    break;
+                }
+                let key = ParkKey::of(&ev);
+                match apply_event(&mut row, stored_event(ev), currency) {
                     Applied::Applied => {
                         out.gap_filled += 1;
                         dirty = true;
@@ -92,6 +100,14 @@ async fn project<A: Aggregate>(
                         return Ok(dirty.then_some(row).flatten());
                     }
                 }
+            }
+            let reached = row.as_ref().map_or(0, |r| r.version);
+            if reached != env.sequence - 1 {
+                let gap = missing(reached + 1);
+                let at = ParkKey { sequence: gap.sequence, event_id: None, event_type: None, ..ParkKey::of(&env) };
+                park(store, at, &gap.error).await?;
+                out.skipped += 1;
+                return Ok(dirty.then_some(row).flatten());
             }
         }
         let key = ParkKey::of(&env);

@@ -6,6 +6,9 @@
 //! Guarantee: the reader's progress moves past an event only once its rows
 //! were written (store failures are retried with backoff until they land or
 //! shutdown); after a crash the unsaved tail is applied again as duplicates.
+//! The parked count on the status (`/health`) is read at each term's start,
+//! after each park and every `health.interval_ms` while the reader runs
+//! ([`refresh_parked_every`]), so a manual unpark clears it.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -135,6 +138,29 @@ async fn refresh_parked(store: &CqlStore, status: &watch::Sender<ProjectionStatu
     }
 }
 
+/// Counts the projection's parked aggregates onto `status` every `every`
+/// (first after one interval), until the task is aborted: a park removed
+/// by hand (its `parked_aggregates` row, see docs/OPERATIONS.md) leaves
+/// `/health` within one interval while the reader runs (otherwise only at
+/// the next term's start or the next park).
+pub async fn refresh_parked_every(store: Arc<CqlStore>, status: watch::Sender<ProjectionStatus>, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        refresh_parked(&store, &status).await;
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Waits before try `attempt + 1` of a store write that failed (0.1 s,
 /// doubling, at most 5 s); `Err` on shutdown.
 async fn retry_wait(attempt: u32, shutdown: &mut Shutdown) -> Result<(), CdcError> {
@@ -174,6 +200,12 @@ pub async fn run_cdc_projection(
         s.updated_at = Utc::now();
     });
     refresh_parked(&cql, &status).await;
+    // Parks change beside the reader too (an operator's manual unpark, a
+    // park written elsewhere): counted again every health interval, so
+    // /health follows them without waiting for a skipped event or a new term.
+    let every = Duration::from_millis(cfg.health.interval_ms.max(100));
+    // Stopped with this term, also when the term's future is dropped.
+    let _recount = AbortOnDrop(tokio::spawn(refresh_parked_every(cql.clone(), status.clone(), every)));
     let res = feed.run(sink, None, shutdown).await;
     status.send_modify(|s| {
         s.running = false;

@@ -152,6 +152,9 @@ impl ReadModelStore for CqlStore {
         if self.projection_checkpoint(&batch.consumer).await? != batch.from {
             return Ok(false);
         }
+        for p in &batch.parks {
+            crate::store::parking::ParkingStore::park(self, p).await?;
+        }
         for o in &batch.orders {
             write_order(self, &st, o).await?;
         }

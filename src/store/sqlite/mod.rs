@@ -45,7 +45,7 @@ mod event_store;
 mod feed;
 pub mod file;
 mod lease;
-mod parking;
+pub(crate) mod parking;
 mod relay_tables;
 mod requests;
 pub mod schema;

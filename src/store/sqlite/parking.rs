@@ -14,7 +14,7 @@ use crate::store::feed::FeedRow;
 use crate::store::parking::{DiscardRecord, Parked, ParkedInfo};
 use crate::store::{Backlog, StoreError};
 
-pub(super) fn park(c: &Connection, p: &Parked) -> Result<(), StoreError> {
+pub(crate) fn park(c: &Connection, p: &Parked) -> Result<(), StoreError> {
     c.execute(
         "INSERT INTO parked_aggregates (consumer, aggregate_id, aggregate_type, position, sequence_number, event_id, event_type, error, parked_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
