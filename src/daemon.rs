@@ -417,6 +417,7 @@ async fn actor_system(
         consumer: deps.cfg.relay.consumer_name.clone(),
         instance: deps.leases.relay.as_ref().map(|l| l.instance.clone()).unwrap_or_default(),
         relay_pause: deps.relay_pause.clone(),
+        health_stale_after: crate::actors::HealthReport::stale_after(deps.cfg.health.interval_ms),
         fault_injection,
         token: deps.cfg.http.api_token.as_deref().map(Into::into),
     };

@@ -115,6 +115,80 @@ fn the_discard_reason_pattern_agrees_with_the_handler() {
     }
 }
 
+/// Review finding: the email pattern applied to the raw string while the
+/// server trims first (`" a@b.co "` was refused by the schema and created
+/// by the server). The pattern of both bodies that take an email agrees
+/// with the handler (`http::input::email`: no control characters, then
+/// `Email::new`, which trims) on every sample; the length limits of the
+/// trimmed text fields are no raw `maxLength` either.
+#[test]
+fn the_email_pattern_and_text_limits_describe_what_the_server_accepts() {
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(doc_path()).unwrap()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let samples = [
+        "a@b.co",
+        " a@b.co ",
+        "\u{a0}ada@Example.COM\u{3000}",
+        "a@b.co\u{2028}",
+        "a@b.co\t",
+        "\na@b.co",
+        "\u{feff}a@b.co",
+        "\u{85}a@b.co",
+        "a b@c.co",
+        "a@b",
+        "",
+        "   ",
+        "a.b+c@sub.example.org",
+        ".a@b.co",
+    ];
+    for body in ["RegisterCustomer", "ChangeEmail"] {
+        let email = &schemas[body]["properties"]["email"];
+        assert!(email.get("maxLength").is_none(), "{body}.email: a raw maxLength refuses what the server trims");
+        let re = regex::Regex::new(email["pattern"].as_str().unwrap()).unwrap();
+        for s in samples {
+            let handler = !s.chars().any(char::is_control) && outboxd::domain::Email::new(s).is_ok();
+            assert_eq!(
+                re.is_match(s),
+                handler,
+                "{body}: {s:?}: the pattern says {}, the handler {handler}",
+                re.is_match(s)
+            );
+        }
+    }
+    for (body, field) in [("RegisterCustomer", "name"), ("Ship", "carrier"), ("Cancel", "reason")] {
+        let f = &schemas[body]["properties"][field];
+        assert!(f.get("maxLength").is_none(), "{body}.{field}: the limit counts the trimmed text, not the raw string");
+        assert!(
+            f["description"].as_str().unwrap().contains("after surrounding whitespace is trimmed"),
+            "{body}.{field}"
+        );
+    }
+}
+
+/// Review finding: the operations that read an aggregate's events (every
+/// command, GET /orders/{id}, GET /customers/{id}) can answer 500
+/// `internal` (an event that cannot be decoded or encoded), but documented
+/// none; every POST documents the 415 a `Content-Encoding` gets.
+#[test]
+fn operations_that_read_events_document_500_and_posts_415() {
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(doc_path()).unwrap()).unwrap();
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let tags = op["tags"].as_array().unwrap();
+            if !tags.iter().any(|t| t == "orders" || t == "customers") || path.ends_with("/orders") && method == "get" {
+                continue;
+            }
+            checked += 1;
+            assert_eq!(op["responses"]["500"]["$ref"], "#/components/responses/Internal", "{method} {path}");
+            if method == "post" {
+                assert!(op["responses"].get("415").is_some(), "{method} {path} documents no 415");
+            }
+        }
+    }
+    assert_eq!(checked, 10);
+}
+
 #[test]
 fn openapi_spec_validator_accepts_the_description() {
     if !have("openapi-spec-validator") {

@@ -103,7 +103,9 @@ impl Aggregate for Customer {
             CustomerCommand::ChangeEmail { email } => {
                 let Some(old) = &self.email else { return Err(DomainError::CustomerNotFound) };
                 if old == email {
-                    return Err(DomainError::EmailUnchanged);
+                    // Idempotent, like an identical UpdateItems: a retry after
+                    // a lost response is answered with the current state.
+                    return Ok(vec![]);
                 }
                 Ok(vec![CustomerEvent::EmailChanged(CustomerEmailChanged {
                     old_email: old.clone(),
@@ -215,7 +217,8 @@ mod tests {
                 new_email: Email::new("ada@lovelace.org").unwrap()
             })]
         );
-        assert_eq!(c.handle(&change("ada@example.com")), Err(DomainError::EmailUnchanged));
+        // The current email again is a no-op (no event), not a refusal.
+        assert_eq!(c.handle(&change("ada@example.com")), Ok(vec![]));
         let after = given(&[register(), change("ada@lovelace.org")]);
         assert_eq!(after.email.unwrap().as_str(), "ada@lovelace.org");
     }

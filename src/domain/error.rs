@@ -57,8 +57,6 @@ pub enum DomainError {
     CustomerAlreadyExists,
     #[error("customer does not exist")]
     CustomerNotFound,
-    #[error("the new email is the same as the current one")]
-    EmailUnchanged,
 }
 
 impl DomainError {
@@ -88,7 +86,7 @@ impl DomainError {
             DomainError::Blank { field }
             | DomainError::TooLong { field, .. }
             | DomainError::ControlCharacters { field } => field,
-            DomainError::InvalidEmail(_) | DomainError::EmailUnchanged => "email",
+            DomainError::InvalidEmail(_) => "email",
             DomainError::InvalidPhone(_) => "phone",
             DomainError::Item { error, .. } => return error.field(),
             _ => return None,

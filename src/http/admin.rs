@@ -2,10 +2,11 @@
 //!
 //! - GET /metrics: Prometheus text format 0.0.4 (`Metrics::encode`).
 //! - GET /health: the HealthCheckActor's last report; 200 when Healthy or
-//!   Degraded, 503 when Unhealthy.
+//!   Degraded, 503 when Unhealthy or stale (older than
+//!   `HealthReport::stale_after`: the actor stopped publishing).
 //! - GET /health/live: 200 while the process serves requests.
 //! - GET /health/ready: 200 when not shutting down and the store was
-//!   reachable at the last check, else 503.
+//!   reachable at the last check, and that check is not stale, else 503.
 //! - GET /dlq, POST /dlq/replay, POST /dlq/discard, POST /relay/rewind,
 //!   GET /relay/requests/{id}, GET /leases: the relay's operator routes
 //!   (`http::relay_ops`). With `http.api_token` set, every POST route
@@ -26,8 +27,10 @@
 use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::actors::{
@@ -55,6 +58,9 @@ pub struct AdminState {
     /// This instance's id in the lease table.
     pub instance: String,
     pub relay_pause: PauseHook,
+    /// A health report older than this answers 503 (`HealthReport::stale_after`
+    /// of `health.interval_ms`).
+    pub health_stale_after: Duration,
     pub fault_injection: bool,
     /// `http.api_token`: required on the write routes when set; never logged.
     pub token: Option<Arc<str>>,
@@ -66,9 +72,22 @@ async fn metrics(st: web::Data<AdminState>) -> HttpResponse {
 
 async fn health(st: web::Data<AdminState>) -> HttpResponse {
     let report = st.health.borrow().clone();
-    let status =
+    health_response(&report, Utc::now(), st.health_stale_after)
+}
+
+/// GET /health for `report` at `now`: 503 when Unhealthy, or when the report
+/// is older than `max_age` (`HealthReport::fresh`: the health check actor
+/// stopped publishing; the body then says `"stale": true` and why), else 200.
+pub fn health_response(report: &HealthReport, now: DateTime<Utc>, max_age: Duration) -> HttpResponse {
+    let mut body = serde_json::to_value(report).unwrap_or_default();
+    let mut status =
         if report.status == HealthStatus::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-    HttpResponse::build(status).json(report)
+    if let Err(reason) = report.fresh(now, max_age) {
+        status = StatusCode::SERVICE_UNAVAILABLE;
+        body["stale"] = json!(true);
+        body["stale_reason"] = json!(reason);
+    }
+    HttpResponse::build(status).json(body)
 }
 
 async fn live() -> HttpResponse {
@@ -77,7 +96,14 @@ async fn live() -> HttpResponse {
 
 async fn ready(st: web::Data<AdminState>) -> HttpResponse {
     let report = st.health.borrow().clone();
-    match report.ready() {
+    ready_response(&report, Utc::now(), st.health_stale_after)
+}
+
+/// GET /health/ready for `report` at `now`: 200 when `HealthReport::ready`
+/// and the report is no older than `max_age`, else 503 `not_ready` naming
+/// the reason (a stale report's says "stale: ...").
+pub fn ready_response(report: &HealthReport, now: DateTime<Utc>, max_age: Duration) -> HttpResponse {
+    match report.ready().and_then(|()| report.fresh(now, max_age)) {
         Ok(()) => HttpResponse::Ok().json(json!({"ready": true, "status": report.status})),
         Err(reason) => {
             // A problem document, plus `"ready": false` for simple probes.
@@ -126,5 +152,45 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
         cfg.service(routes::post("/debug/fail/{actor}", debug_fail))
             .service(routes::post("/debug/store", relay_ops::debug_store))
             .service(routes::post("/debug/pause/relay", relay_ops::debug_pause));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::HealthReport;
+
+    fn body(r: HttpResponse) -> serde_json::Value {
+        let bytes = actix_web::body::to_bytes(r.into_body());
+        let bytes = futures::executor::block_on(bytes).ok().unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// Review finding: /health and /health/ready served the last report
+    /// whatever its age: a stalled health actor left them 200 healthy.
+    #[test]
+    fn a_stale_report_answers_503() {
+        let bound = Duration::from_secs(60);
+        let now = Utc::now();
+        let mut report = HealthReport::starting();
+        report.status = HealthStatus::Healthy;
+        for c in report.components.values_mut() {
+            c.status = HealthStatus::Healthy;
+        }
+        report.checked_at = Some(now - chrono::Duration::seconds(5));
+        assert_eq!(health_response(&report, now, bound).status(), StatusCode::OK);
+        assert_eq!(ready_response(&report, now, bound).status(), StatusCode::OK);
+        // Published once, long ago, and never again.
+        report.checked_at = Some(now - chrono::Duration::seconds(600));
+        let r = health_response(&report, now, bound);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let b = body(r);
+        assert_eq!((b["status"].as_str(), b["stale"].as_bool()), (Some("healthy"), Some(true)), "{b}");
+        assert!(b["stale_reason"].as_str().unwrap().starts_with("stale:"), "{b}");
+        let r = ready_response(&report, now, bound);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let b = body(r);
+        assert_eq!((b["error"].as_str(), b["ready"].as_bool()), (Some("not_ready"), Some(false)), "{b}");
+        assert!(b["detail"].as_str().unwrap().starts_with("stale:"), "{b}");
     }
 }

@@ -329,9 +329,26 @@ pub fn body_error(err: &actix_web::Error, limit: Option<usize>) -> ApiError {
         _ if err.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE => too_large(limit),
         _ => {
             tracing::debug!(error = %err, "request body could not be read");
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "the request body could not be read")
+            unreadable_body()
         }
     }
+}
+
+/// 400 `bad_request` for a body that could not be read (a broken chunked
+/// encoding, a connection lost mid-body): `field` is `$`, the whole body,
+/// as for a body that is not a JSON object.
+pub fn unreadable_body() -> ApiError {
+    ApiError::bad_request("$", "the request body could not be read")
+}
+
+/// 415 `unsupported_media_type` for a body that is not JSON.
+pub fn not_json() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the body as JSON with Content-Type: application/json",
+    )
+    .with_field("Content-Type")
 }
 
 /// Error handler of `web::JsonConfig`: every body problem as JSON.
@@ -339,14 +356,10 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -
     use actix_web::error::{JsonPayloadError as J, PayloadError as P};
     let e = match &err {
         J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => too_large(Some(*limit)),
-        J::ContentType => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as JSON with Content-Type: application/json",
-        ),
+        J::ContentType => not_json(),
         J::Deserialize(e) => ApiError::malformed_json(describe_json_error(e)),
         J::Payload(P::Overflow) => too_large(None),
-        J::Payload(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "the request body could not be read"),
+        J::Payload(_) => unreadable_body(),
         _ => ApiError::malformed_json("the request body is not valid JSON"),
     };
     e.into()
@@ -437,6 +450,21 @@ mod tests {
         assert_eq!(field(D::InvalidEmail("x".into())).as_deref(), Some("email"));
         let e = ApiError::from(AppError::Domain(D::TotalOverflow.at_item(1)));
         assert_eq!((e.status.as_u16(), e.kind()), (422, "validation"));
+    }
+
+    /// Review finding: a 415 for a wrong Content-Type and a 400 for a body
+    /// that could not be read named no field.
+    #[test]
+    fn body_level_errors_name_their_field() {
+        use actix_web::error::{JsonPayloadError as J, PayloadError as P};
+        use actix_web::test::TestRequest;
+        let req = TestRequest::default().to_http_request();
+        let field = |e: actix_web::Error| {
+            let e = e.as_error::<ApiError>().unwrap().clone();
+            (e.status.as_u16(), e.body.field)
+        };
+        assert_eq!(field(json_error(J::ContentType, &req)), (415, Some("Content-Type".into())));
+        assert_eq!(field(json_error(J::Payload(P::Incomplete(None)), &req)), (400, Some("$".into())));
     }
 
     /// Review finding: an append whose outcome was unknown answered the

@@ -226,6 +226,35 @@ impl FromRequest for RawBody {
     }
 }
 
+/// Refuses a request whose body is content-coded (`Content-Encoding` other
+/// than `identity`; GET and HEAD are not checked): 415
+/// `unsupported_media_type` naming `Content-Encoding`.
+/// The servers never decode a body (actix-web is built without its
+/// compression features), and `http.max_body_bytes` bounds the bytes that
+/// arrive, so a compressed body could only be misread; refusing it up front
+/// says why.
+pub fn content_encoding(req: &HttpRequest) -> Result<(), ApiError> {
+    // GET and HEAD carry no body (and their routes read none).
+    if matches!(*req.method(), actix_web::http::Method::GET | actix_web::http::Method::HEAD) {
+        return Ok(());
+    }
+    let refused = || {
+        ApiError::new(
+            actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request bodies must not be compressed: send no Content-Encoding (or Content-Encoding: identity)",
+        )
+        .with_field("Content-Encoding")
+    };
+    for v in req.headers().get_all(actix_web::http::header::CONTENT_ENCODING) {
+        let v = v.to_str().map_err(|_| refused())?;
+        if !v.split(',').map(str::trim).all(|c| c.is_empty() || c.eq_ignore_ascii_case("identity")) {
+            return Err(refused());
+        }
+    }
+    Ok(())
+}
+
 /// The body of a command that takes no fields: empty, or a JSON object
 /// with none (`{}`); malformed JSON is the 400 `malformed_json` every
 /// other body gets (`errors::json_error`), any field a 422 naming it.
@@ -318,6 +347,26 @@ mod tests {
         let v: Value = serde_json::from_slice(&test::read_body(r).await).unwrap();
         assert_eq!((v["error"].as_str(), v["status"].as_u64()), (Some("payload_too_large"), Some(413)), "{v}");
         assert_eq!(v["detail"], "request body is larger than 16 bytes");
+    }
+
+    /// Review finding: a body with `Content-Encoding: gzip` was decompressed
+    /// (the body limit applied to the compressed size: a decompression bomb);
+    /// it is refused, naming the header.
+    #[test]
+    fn a_content_coded_body_is_refused_naming_the_header() {
+        use actix_web::http::header::CONTENT_ENCODING;
+        use actix_web::test::TestRequest;
+        let coded =
+            |v: &str| content_encoding(&TestRequest::post().insert_header((CONTENT_ENCODING, v)).to_http_request());
+        for bad in ["gzip", "deflate", "br", "zstd", "identity, gzip", "x-gzip"] {
+            let e = coded(bad).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.body.field.as_deref()), (415, Some("Content-Encoding")), "{bad}");
+        }
+        assert!(coded("identity").is_ok());
+        assert!(coded("Identity").is_ok());
+        assert!(content_encoding(&TestRequest::post().to_http_request()).is_ok());
+        let get = TestRequest::get().insert_header((CONTENT_ENCODING, "gzip")).to_http_request();
+        assert!(content_encoding(&get).is_ok(), "a GET has no body to refuse");
     }
 
     #[test]

@@ -174,6 +174,8 @@ pub fn admin_app(
             } else {
                 Ok(())
             };
+            // As on the command API: a compressed body is refused, never decoded.
+            let checked = checked.and_then(|()| input::content_encoding(req.request()));
             match checked {
                 Ok(()) => Either::Left(srv.call(req).map(|r| r.map(|r| r.map_into_left_body()))),
                 Err(e) => {

@@ -13,6 +13,9 @@ use crate::relay::RelayStatus;
 /// The components /health reports, in order.
 pub const COMPONENTS: [&str; 6] = ["store", "kafka", "cdc_processor", "order_actor", "dlq_actor", "projections"];
 
+/// The least [`HealthReport::stale_after`]: a report this recent is never stale.
+pub const MIN_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A component's state; ordered from best to worst (the overall status is
 /// the worst component). `Unknown`: not known yet, never reported healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -107,6 +110,33 @@ impl HealthReport {
         }
     }
 
+    /// How old a report may get before /health and /health/ready stop
+    /// trusting it: 6 check intervals (one check may take several probe
+    /// timeouts of `health.interval_ms` each when the store hangs), at least
+    /// [`MIN_STALE_AFTER`].
+    pub fn stale_after(interval_ms: u64) -> std::time::Duration {
+        std::time::Duration::from_millis(interval_ms.saturating_mul(6)).max(MIN_STALE_AFTER)
+    }
+
+    /// `Err(reason)` when the last check finished more than `max_age` before
+    /// `now`: the health check actor stopped publishing (stalled, stopped),
+    /// so the report no longer says anything about the process. Before the
+    /// first check (`checked_at` None) a report is not stale: `ready` says
+    /// it is starting.
+    pub fn fresh(&self, now: DateTime<Utc>, max_age: std::time::Duration) -> Result<(), String> {
+        let Some(at) = self.checked_at else { return Ok(()) };
+        let age = (now - at).to_std().unwrap_or_default();
+        if age > max_age {
+            return Err(format!(
+                "stale: the last health check finished {}s ago (at {}), over the {}s bound; the health check actor is not reporting",
+                age.as_secs(),
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                max_age.as_secs()
+            ));
+        }
+        Ok(())
+    }
+
     pub fn component(&self, name: &str) -> Option<&ComponentHealth> {
         self.components.get(name)
     }
@@ -143,5 +173,22 @@ mod tests {
         r.components.get_mut("store").unwrap().status = HealthStatus::Healthy;
         r.shutting_down = true;
         assert!(r.ready().is_err());
+    }
+
+    /// Review finding: a report was served whatever its age, so a stalled
+    /// health actor left /health saying 200 healthy forever.
+    #[test]
+    fn a_report_older_than_the_bound_is_stale() {
+        use std::time::Duration;
+        assert_eq!(HealthReport::stale_after(10_000), Duration::from_secs(60));
+        assert_eq!(HealthReport::stale_after(100), MIN_STALE_AFTER);
+        let now = Utc::now();
+        let mut r = HealthReport::starting();
+        assert!(r.fresh(now, Duration::from_secs(30)).is_ok(), "before the first check: starting, not stale");
+        r.checked_at = Some(now - chrono::Duration::seconds(29));
+        assert!(r.fresh(now, Duration::from_secs(30)).is_ok());
+        r.checked_at = Some(now - chrono::Duration::seconds(31));
+        let why = r.fresh(now, Duration::from_secs(30)).unwrap_err();
+        assert!(why.starts_with("stale:") && why.contains("31s ago"), "{why}");
     }
 }

@@ -21,15 +21,21 @@
 //!   version. An order whose events are not projected yet (or a read-model
 //!   error) falls back to the event stream (`CommandService::load`,
 //!   `"source": "events"`); 404 only when neither has it. Backends without
-//!   read models always read the event stream.
+//!   read models always read the event stream. A parked order (an event
+//!   this build cannot decode; the row stays at the version before it)
+//!   cannot be read from the stream either: its row answers, as of its
+//!   version, with `"stale": true` and `stale_reason`.
 //! - GET /customers/{id}/orders: a page of `orders_by_customer` (ordered by
 //!   order id): `after=<order uuid>` (keyset cursor, `next_after` of the
 //!   previous page) or `offset=<n>` (at most `projection::MAX_OFFSET`,
 //!   10000, on every backend), `limit=1..=500` (default 50). A bad
 //!   parameter is a 400 naming it. 501 on backends without read models.
 //!
-//! `If-Match: <version>` (quoted or bare) pins the expected version (409 on
-//! mismatch). `X-Correlation-Id` (a UUID) is accepted or generated, stamped
+//! `If-Match: <version>` (quoted or bare) pins the expected version (412
+//! `precondition_failed` on mismatch; 409 `version_conflict` is for a
+//! concurrent change without `If-Match`). A body with a `Content-Encoding`
+//! other than `identity` is refused before it is read (415 naming
+//! `Content-Encoding`: bodies are never decompressed). `X-Correlation-Id` (a UUID) is accepted or generated, stamped
 //! on every event of the command (and so on the Kafka `ce_correlationid`
 //! header) and echoed in the response. Responses carry `ETag: "<version>"`.
 //! Handlers are thin: read the request, send one message to the OrderActor,
@@ -79,8 +85,8 @@ pub struct ApiState {
 
 pub struct CorrelationId(pub Uuid);
 
-/// Checks every request before routing: bearer token, intake open,
-/// correlation id. Returns the correlation id, or the error and the
+/// Checks every request before routing: bearer token, correlation id, no
+/// `Content-Encoding` (other than `identity`), intake open. Returns the correlation id, or the error and the
 /// correlation id to echo (if one was valid).
 pub fn gate(st: &ApiState, req: &HttpRequest) -> Result<Uuid, (ApiError, Option<Uuid>)> {
     // The API description is public (it holds no data).
@@ -94,6 +100,9 @@ pub fn gate(st: &ApiState, req: &HttpRequest) -> Result<Uuid, (ApiError, Option<
             None => return Err((ApiError::bad_request("X-Correlation-Id", "X-Correlation-Id must be a UUID"), None)),
         },
     };
+    // Before any extractor reads the body: a compressed body is refused (415
+    // naming Content-Encoding), never decoded.
+    super::input::content_encoding(req).map_err(|e| (e, Some(cid)))?;
     if !st.intake.is_open() {
         return Err((ApiError::shutting_down(), Some(cid)));
     }
@@ -241,11 +250,21 @@ where
     OrderActor: Handler<LoadAggregate<A>>,
     <OrderActor as actix::Actor>::Context: ToEnvelope<OrderActor, LoadAggregate<A>>,
 {
+    load_outcome(st, id).await?.map_err(ApiError::from)
+}
+
+/// [`load`] with the application's error kept (the actor's unavailability
+/// is the outer error): a GET can answer an undecodable event otherwise.
+pub(super) async fn load_outcome<A>(st: &ApiState, id: Uuid) -> Result<Result<Loaded<A>, AppError>, ApiError>
+where
+    A: Aggregate,
+    OrderActor: Handler<LoadAggregate<A>>,
+    <OrderActor as actix::Actor>::Context: ToEnvelope<OrderActor, LoadAggregate<A>>,
+{
     st.order
         .send(LoadAggregate::<A>::new(id))
         .await
-        .map_err(|_| ApiError::unavailable("temporarily unavailable; retry shortly"))?
-        .map_err(ApiError::from)
+        .map_err(|_| ApiError::unavailable("temporarily unavailable; retry shortly"))
 }
 
 /// Registers the routes: a GET route also serves HEAD, and every route

@@ -1,6 +1,7 @@
 //! The Order routes of the command API: commands through the OrderActor,
 //! GET from the read model when it has the order at its current version
-//! (else the event stream).
+//! (else the event stream; a parked order's row, marked stale, when the
+//! stream has an event this build cannot decode).
 //!
 //! Guarantee: a command's response is the state the command produced, with
 //! its version as ETag; GET says where it read from (`source`) and how far
@@ -11,10 +12,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{create_failed, execute, if_match, load, path_id, respond, respond_read, with_projection, ApiState};
+use super::{
+    create_failed, execute, if_match, load_outcome, path_id, respond, respond_read, with_projection, ApiState,
+};
+use crate::app::AppError;
 use crate::domain::{Order, OrderCommand};
 use crate::http::errors::ApiError;
 use crate::http::input::{self, Input};
+use crate::projection::OrderView;
 
 pub(super) fn order_view(id: Uuid, version: i64, o: &Order) -> Value {
     json!({
@@ -29,6 +34,22 @@ pub(super) fn order_view(id: Uuid, version: i64, o: &Order) -> Value {
         "signature": o.signature,
         "cancel_reason": o.cancel_reason,
     })
+}
+
+/// The read-model row's body: the order plus `source`, `stream_version`,
+/// timestamps and the projection's freshness.
+fn row_body(id: Uuid, v: &OrderView) -> Value {
+    let mut body = order_view(id, v.version, &v.state);
+    body["source"] = json!("read_model");
+    body["stream_version"] = json!(v.stream_version);
+    body["created_at"] = json!(v.created_at);
+    body["updated_at"] = json!(v.updated_at);
+    body["projection"] = json!(v.projection);
+    body
+}
+
+fn row_response(req: &HttpRequest, v: &OrderView, body: Value) -> HttpResponse {
+    with_projection(respond_read(req, v.version, body), v.projection)
 }
 
 pub(super) async fn create_order(
@@ -59,27 +80,40 @@ pub(super) async fn get_order(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&path)?;
     let mut freshness = None;
+    let mut behind = None;
     if let Some(models) = &st.read_models {
         match models.get_order(id).await {
             // A row behind the stream (newer events not projected yet) would
             // answer an old version, its ETag and a 304 for it: the event
             // stream answers instead, with the lag.
-            Ok(Some(v)) if v.stream_version > v.version => freshness = Some(v.projection),
-            Ok(Some(v)) => {
-                let mut body = order_view(id, v.version, &v.state);
-                body["source"] = json!("read_model");
-                body["stream_version"] = json!(v.stream_version);
-                body["created_at"] = json!(v.created_at);
-                body["updated_at"] = json!(v.updated_at);
-                body["projection"] = json!(v.projection);
-                return Ok(with_projection(respond_read(&req, v.version, body), v.projection));
+            Ok(Some(v)) if v.stream_version > v.version => {
+                freshness = Some(v.projection);
+                behind = Some(v);
             }
+            Ok(Some(v)) => return Ok(row_response(&req, &v, row_body(id, &v))),
             // Not projected yet: the event stream may have it.
             Ok(None) => freshness = models.freshness().await.ok(),
             Err(e) => tracing::warn!(error = %e, order_id = %id, "read model unavailable; reading the event stream"),
         }
     }
-    let l = load::<Order>(&st, id).await?;
+    let l = match load_outcome::<Order>(&st, id).await? {
+        Ok(l) => l,
+        // A parked order: the event after the row's version cannot be
+        // decoded by this build, so the stream cannot answer either; the row
+        // does, as of its version, marked stale (not a 500).
+        Err(AppError::Decode(e)) if behind.is_some() => {
+            let v = behind.expect("checked");
+            tracing::warn!(error = %e, order_id = %id, version = v.version, "order has an undecodable event; serving its read-model row, marked stale");
+            let mut body = row_body(id, &v);
+            body["stale"] = json!(true);
+            body["stale_reason"] = json!(format!(
+                "an event of the order after version {} cannot be decoded by this build (written by a newer build, or damaged); its read model stays at version {} of {}: see `outboxd projections status`",
+                v.version, v.version, v.stream_version
+            ));
+            return Ok(row_response(&req, &v, body));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if l.version == 0 {
         return Err(ApiError::not_found(format!("order {id} does not exist")));
     }
