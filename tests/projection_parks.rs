@@ -55,14 +55,7 @@ async fn a_rebuild_releases_a_parked_aggregate_for_a_running_projector() {
     let (x, meta) = (Uuid::now_v7(), Metadata::default());
     create_order(&svc, x).await;
     // Event 2 of x is a row no build can read (written by hand).
-    sqlite3(
-        &path,
-        &format!(
-            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, correlation_id, timestamp) \
-             SELECT '{}', aggregate_type, '{x}', 2, event_type, event_version, '{{not json', correlation_id, timestamp FROM event_store WHERE aggregate_id = '{y}' AND sequence_number = 2",
-            Uuid::now_v7()
-        ),
-    );
+    copy_event(&path, y, x, 2, Some("{not json"));
     let p = projector(&db, Metrics::new(), 25);
     let mut status = p.status();
     let trigger = Trigger::new();

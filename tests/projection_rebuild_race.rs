@@ -112,14 +112,7 @@ async fn a_park_from_a_batch_that_loses_to_a_rebuild_is_not_written() {
     let mut projector = Projector::new(db.store.clone(), db.models.clone(), Metrics::new(), opts);
     projector.catch_up().await.unwrap();
     // x's event 2, a row this projector cannot read.
-    sqlite3(
-        &path,
-        &format!(
-            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, correlation_id, timestamp) \
-             SELECT '{}', aggregate_type, '{x}', 2, event_type, event_version, '{{not json', correlation_id, timestamp FROM event_store WHERE aggregate_id = '{y}' AND sequence_number = 2",
-            Uuid::now_v7()
-        ),
-    );
+    copy_event(&path, y, x, 2, Some("{not json"));
     let repair = format!(
         "UPDATE event_store SET payload = (SELECT payload FROM event_store WHERE aggregate_id = '{y}' AND sequence_number = 2) WHERE aggregate_id = '{x}' AND sequence_number = 2"
     );

@@ -73,3 +73,18 @@ pub fn insert_unreadable(db: &Path, aggregate_type: &str, aggregate: uuid::Uuid,
         .unwrap();
     event
 }
+
+/// Copies event `sequence` of `from` as event `sequence` of `to` (a new
+/// event id, the same type, version and time), its payload replaced by
+/// `payload` when given (`Some("{not json")`: a row no build can read).
+pub fn copy_event(db: &Path, from: uuid::Uuid, to: uuid::Uuid, sequence: i64, payload: Option<&str>) {
+    let payload = payload.map_or("payload".to_string(), |p| format!("'{}'", p.replace('\'', "''")));
+    sqlite3(
+        db,
+        &format!(
+            "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, correlation_id, timestamp) \
+             SELECT '{}', aggregate_type, '{to}', {sequence}, event_type, event_version, {payload}, correlation_id, timestamp FROM event_store WHERE aggregate_id = '{from}' AND sequence_number = {sequence}",
+            uuid::Uuid::now_v7()
+        ),
+    );
+}
