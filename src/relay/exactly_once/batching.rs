@@ -132,7 +132,14 @@ impl Txn {
     }
 
     /// Durably parks the aggregate of `item` (retrying the store until it answers).
+    /// An aggregate parked already at or before `item` stays parked from
+    /// there: its park never moves forward past an event not published (a
+    /// replay, which may park again further on, unparks it in memory first).
     pub(super) async fn park(&mut self, item: &Item, e: &PublishError) -> Result<(), RelayError> {
+        if let Some(from) = self.parked.get(item.aggregate()).filter(|from| **from <= item.position()) {
+            tracing::warn!(aggregate = %item.aggregate(), from, position = item.position(), error = %e.message, "event of an aggregate parked already at an earlier event: held, the park stays where it is");
+            return Ok(());
+        }
         let p = parked_record(&self.relay.cfg.consumer_name, item, e);
         let mut attempt = 0;
         while let Err(err) = self.relay.park_record(&p).await {

@@ -14,7 +14,9 @@
 //!   read_committed consumers). A permanent failure inside a batch is found
 //!   by committing the part before it and resending the suspect alone; it is
 //!   then parked (durable in the store before any transaction moves progress
-//!   past it) and the rest commits.
+//!   past it) and the rest commits. A suspect whose aggregate that part
+//!   parked at an earlier event is held, never parked: a park never moves
+//!   forward past an event not published.
 //! - Fenced (another producer with our id initialised): stop at once, never
 //!   re-initialise blindly; the supervisor re-checks the lease first.
 //! - Batches close at `relay.transaction_max_events` or
@@ -92,6 +94,9 @@ pub(super) struct Txn {
     /// A replayed dead letter that failed for good again (its position and
     /// error): the replay stops there, the letter stays.
     pub(super) letter_failed: Option<(i64, PublishError)>,
+    /// Events (and markers) the request being carried out committed so far
+    /// (its result's `events`).
+    pub(super) replayed: usize,
     /// The replay the last progress record of the former term was part of.
     pub(super) resumed: Option<progress::ReplayMark>,
     /// The operator requests this term claimed, and its runner's unrecorded outcomes.
@@ -257,6 +262,7 @@ impl Relay {
             stop: shutdown.clone(),
             replaying: None,
             letter_failed: None,
+            replayed: 0,
             resumed,
             requests: crate::relay::operator::TermRequests::new(
                 self.store.clone(),

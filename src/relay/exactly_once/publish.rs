@@ -4,7 +4,9 @@
 //! Guarantees: events commit in feed order; a batch aborted for a transient
 //! reason is retried as a whole (read_committed consumers saw nothing of
 //! it); on a permanent failure the part before the first suspect commits,
-//! the suspect is resent alone up to `max_attempts` and then parked (a
+//! the suspect (unless that part parked its aggregate at an earlier event:
+//! then it is held, the park stays there) is resent alone up to
+//! `max_attempts` and then parked (a
 //! transient failure of a resend retries behind the breaker; only a
 //! refusal parks), and the
 //! rest continues without later events of the parked aggregate (a replayed
@@ -100,8 +102,16 @@ impl Txn {
                             return Ok(None);
                         }
                     }
-                    if let Some(exit) = self.solo(suspect.clone(), err, shutdown).await? {
-                        return Ok(Some(exit));
+                    // Committing the prefix may have parked the suspect's
+                    // aggregate at an earlier event (refused on its own):
+                    // the suspect is then held, never resent or parked (its
+                    // park would move the earlier one forward, past an event
+                    // never published).
+                    let letters = self.replaying.as_ref().is_some_and(|(_, part)| part == LETTERS);
+                    if letters || !self.holds(suspect.aggregate(), suspect.position()) {
+                        if let Some(exit) = self.solo(suspect.clone(), err, shutdown).await? {
+                            return Ok(Some(exit));
+                        }
                     }
                     if self.letter_failed.is_some() {
                         // A dead-letter replay ends at its failed letter: what
@@ -113,7 +123,6 @@ impl Txn {
                     // Dead letters are not feed traffic: each goes whatever
                     // the parks (every chosen letter is removed once the
                     // replay committed; one dropped here was lost).
-                    let letters = self.replaying.as_ref().is_some_and(|(_, part)| part == LETTERS);
                     batch = rest.into_iter().filter(|i| letters || !self.holds(i.aggregate(), i.position())).collect();
                     attempts = 0;
                 }

@@ -120,6 +120,9 @@ impl Txn {
             }
             let mut result = serde_json::json!({ "events": 0 });
             let mut status = RequestStatus::Done;
+            // The letters (or aggregates) it could not replay, whatever ends it.
+            let mut failed: Vec<serde_json::Value> = Vec::new();
+            self.replayed = 0;
             for p in plans {
                 let part = plan_part(&p);
                 match p {
@@ -187,9 +190,7 @@ impl Txn {
                         }
                     }
                     Plan::Letters { mut items, bad } => {
-                        if !bad.is_empty() {
-                            result["failed"] = serde_json::json!(bad);
-                        }
+                        failed.extend(bad);
                         // In feed order, so "committed through a position" is a prefix.
                         items.sort_by_key(|(i, _)| i.position());
                         let positions: Vec<(i64, uuid::Uuid)> =
@@ -199,8 +200,8 @@ impl Txn {
                             return Ok(Some(exit));
                         }
                         // Committed: the letters before a failed one (all without one).
-                        let failed = self.letter_failed.take();
-                        let stop = failed.as_ref().map_or(i64::MAX, |(p, _)| *p);
+                        let letter_failed = self.letter_failed.take();
+                        let stop = letter_failed.as_ref().map_or(i64::MAX, |(p, _)| *p);
                         for &(_, id) in positions.iter().filter(|(p, _)| *p < stop) {
                             // Removal failed: the term ends while the progress record
                             // still names this part; the next one skips what committed.
@@ -211,16 +212,12 @@ impl Txn {
                                 )));
                             }
                         }
-                        if let Some((p, e)) = failed {
+                        if let Some((p, e)) = letter_failed {
                             let id = positions.iter().find(|(q, _)| *q == p).map(|(_, id)| *id);
                             let error = format!("{} ({})", e.message, e.kind);
                             tracing::error!(letter = ?id, error = %error, "a replayed dead letter failed for good again; it stays in dead_letter_queue");
                             status = RequestStatus::Failed;
-                            let failed = result.get("failed").cloned();
                             result = serde_json::json!({ "id": id, "error": error });
-                            if let Some(f) = failed {
-                                result["failed"] = f;
-                            }
                         }
                     }
                 }
@@ -229,6 +226,7 @@ impl Txn {
                 // Its part was finished by the former term (not in the plans).
                 self.resumed = None;
             }
+            let result = outcome(result, status, self.replayed, failed);
             self.finish(r.id, status, result).await;
         }
         Ok(None)
@@ -302,11 +300,55 @@ impl Txn {
     }
 }
 
+/// A request's recorded result: on a finished replay, `events` is what
+/// this term committed for it (as the at-least-once relay reports it);
+/// every letter or aggregate it could not replay is named in `failed`,
+/// whatever ended it (a part parked again, a letter failed again).
+fn outcome(
+    mut result: serde_json::Value,
+    status: RequestStatus,
+    events: usize,
+    failed: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    if status == RequestStatus::Done && result.get("events").is_some() {
+        result["events"] = serde_json::json!(events);
+    }
+    if !failed.is_empty() && result.is_object() {
+        result["failed"] = serde_json::json!(failed);
+    }
+    result
+}
+
 /// The `ReplayMark::part` a plan's transactions carry ("" for a plan that publishes nothing).
 fn plan_part(p: &Plan) -> String {
     match p {
         Plan::Unpark { agg, .. } => agg.to_string(),
         Plan::Letters { .. } => LETTERS.to_string(),
         Plan::Rewind { .. } | Plan::MarkerAhead { .. } | Plan::Done(_) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outcome;
+    use crate::store::requests::RequestStatus;
+    use serde_json::json;
+
+    /// Review findings: the result said `{"events": 0}` whatever the replay
+    /// committed; a replay-all kept only the last aggregate it could not
+    /// replay (`failed` assigned, not extended), and one parked again
+    /// dropped the list.
+    #[test]
+    fn a_result_counts_the_events_and_names_every_failure() {
+        let bad = vec![json!({ "aggregate_id": "a" }), json!({ "aggregate_id": "b" })];
+        let done = outcome(json!({ "events": 0 }), RequestStatus::Done, 3, bad.clone());
+        assert_eq!(done, json!({ "events": 3, "failed": bad }));
+        let again = json!({ "aggregate_id": "c", "error": "an event failed again; parked again" });
+        let failed = outcome(again.clone(), RequestStatus::Failed, 1, bad.clone());
+        assert_eq!(failed["failed"], json!(bad), "{failed}");
+        assert_eq!(failed["aggregate_id"], "c");
+        assert!(failed.get("events").is_none(), "a failed replay's result is its error, as at least once");
+        let nothing = outcome(json!({ "replayed_aggregates": 0 }), RequestStatus::Done, 0, Vec::new());
+        assert_eq!(nothing, json!({ "replayed_aggregates": 0 }));
     }
 }

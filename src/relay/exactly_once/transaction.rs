@@ -8,8 +8,13 @@
 //! a failure is classified (transient, permanent with the failing records,
 //! fenced, fatal) so the caller never re-initialises a fenced producer; an
 //! abort that does not complete ends the term (fatal) instead of leaving
-//! every later transaction refused; the store checkpoint follows a commit
-//! (fenced), never precedes it.
+//! every later transaction refused; a commit that fails with a retriable
+//! error (a timeout: it goes on in the background) is called again until a
+//! deadline, never aborted (only an error that requires it aborts), and
+//! one still unfinished then ends the term (its outcome unknown, the batch
+//! is not retried); the store checkpoint follows a commit (fenced), never
+//! precedes it; `relay_transactions_total{outcome="committed"}` counts
+//! Kafka transactions, not batches of held events only.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +28,34 @@ use crate::store::StoreError;
 
 /// How long a send waits for room in a full producer queue before trying again.
 const ROOM_PAUSE: Duration = Duration::from_millis(2);
+
+/// The least time a `commit_transaction` call called again is given.
+const COMMIT_RETRY_MIN: Duration = Duration::from_secs(1);
+
+/// The pause before a `commit_transaction` is called again.
+const COMMIT_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// What follows a failed `commit_transaction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterCommit {
+    /// Call it again: the commit is still in progress (`__TIMED_OUT`).
+    Retry,
+    /// The transaction must be aborted (a record refused, an abortable error).
+    Abort,
+    /// Nothing more to call: fenced, fatal, or retriable with no time left.
+    End,
+}
+
+/// The decision after a failed commit of `kind` (`time_left`: before the
+/// retry deadline). Only an error that requires it aborts: an abort while
+/// a timed-out commit is still in progress fails (`__CONFLICT`).
+fn after_commit_error(kind: TxnErrorKind, time_left: bool) -> AfterCommit {
+    match kind {
+        TxnErrorKind::Retriable if time_left => AfterCommit::Retry,
+        TxnErrorKind::Abortable => AfterCommit::Abort,
+        TxnErrorKind::Retriable | TxnErrorKind::Fenced | TxnErrorKind::Fatal => AfterCommit::End,
+    }
+}
 
 impl Txn {
     /// One transaction: the records of `batch` and a progress record at `position`.
@@ -41,13 +74,20 @@ impl Txn {
                 if let Some(o) = self.abort(Duration::from_secs(30)).await {
                     return o;
                 }
+                // A record sent before may have been refused by the broker
+                // meanwhile: the earliest refusal is the suspect (the
+                // caller commits what precedes it), on both branches.
+                let refused = self.refused_before(base, sent).await;
                 if e.transient {
-                    if let Some(refused) = self.refused_before(base, sent).await {
-                        return refused;
-                    }
-                    return Outcome::Transient(e.message);
+                    return refused.unwrap_or(Outcome::Transient(e.message));
                 }
-                return Outcome::Permanent(vec![(i, e)]);
+                return match refused {
+                    Some(Outcome::Permanent(mut before)) => {
+                        before.push((i, e));
+                        Outcome::Permanent(before)
+                    }
+                    _ => Outcome::Permanent(vec![(i, e)]),
+                };
             }
             sent += 1;
         }
@@ -99,7 +139,7 @@ impl Txn {
             }
             return Outcome::Transient(message);
         }
-        match self.producer.commit_transaction(timeout).await {
+        match self.commit(timeout).await {
             Ok(()) => {
                 // Every delivery report of a committed transaction is a success: forget them.
                 while self.completions.try_recv().is_ok() {}
@@ -107,17 +147,52 @@ impl Txn {
             }
             Err(e) => {
                 let failed = self.failures(reports, base, batch.len());
-                if matches!(e.kind, TxnErrorKind::Abortable | TxnErrorKind::Retriable) {
-                    if let Some(o) = self.abort(timeout).await {
-                        return o;
+                match after_commit_error(e.kind, false) {
+                    AfterCommit::Abort => {
+                        if let Some(o) = self.abort(timeout).await {
+                            return o;
+                        }
+                        let permanent: Vec<(usize, PublishError)> =
+                            failed.into_iter().filter(|(_, e)| !e.transient).collect();
+                        if !permanent.is_empty() {
+                            return Outcome::Permanent(permanent);
+                        }
+                        classify(e.kind, e.message)
                     }
+                    // Still retriable at the deadline: the commit may go on
+                    // (librdkafka refuses an abort then); whether it
+                    // committed is unknown, so the batch is not retried: a
+                    // new term's producer settles it, and resumes from the
+                    // progress that committed.
+                    _ if e.kind == TxnErrorKind::Retriable => Outcome::Fatal(format!(
+                        "the transaction's commit did not complete in time (outcome unknown): {}",
+                        e.message
+                    )),
+                    _ => classify(e.kind, e.message),
                 }
-                let permanent: Vec<(usize, PublishError)> = failed.into_iter().filter(|(_, e)| !e.transient).collect();
-                if !permanent.is_empty() && matches!(e.kind, TxnErrorKind::Abortable | TxnErrorKind::Retriable) {
-                    return Outcome::Permanent(permanent);
-                }
-                classify(e.kind, e.message)
             }
+        }
+    }
+
+    /// `commit_transaction`, called again on a retriable error (a timeout:
+    /// the commit goes on in the background and is resumed by the next
+    /// call; an abort then fails, the commit being in progress) until
+    /// `timeout` after the first failure; the last error otherwise.
+    async fn commit(&mut self, timeout: Duration) -> Result<(), crate::relay::producer::TxnError> {
+        let mut deadline = None;
+        loop {
+            let call = deadline.map_or(timeout, |d: Instant| d.saturating_duration_since(Instant::now()));
+            let e = match self.producer.commit_transaction(call.max(COMMIT_RETRY_MIN)).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+            if after_commit_error(e.kind, Instant::now() < deadline) != AfterCommit::Retry {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "commit_transaction failed with a retriable error; calling it again");
+            self.relay.status.error(format!("transaction commit: {}", e.message));
+            tokio::time::sleep(COMMIT_RETRY_PAUSE).await;
         }
     }
 
@@ -200,7 +275,10 @@ impl Txn {
         let took = started.elapsed().as_secs_f64();
         self.breaker.record_success(Instant::now());
         self.relay.status.breaker(self.breaker.state(Instant::now()));
-        self.relay.metrics.relay_transactions.with_label_values(&["committed"]).inc();
+        if !batch.is_empty() {
+            // (An empty batch had no Kafka transaction.)
+            self.relay.metrics.relay_transactions.with_label_values(&["committed"]).inc();
+        }
         let m = &self.relay.metrics;
         for item in batch {
             if let Item::Event(e) = item {
@@ -211,6 +289,9 @@ impl Txn {
             }
         }
         self.relay.status.delivered(batch.len() as u64);
+        if self.replaying.is_some() {
+            self.replayed += batch.len();
+        }
         self.position = self.position.max(position);
         match self.relay.write_checkpoint(self.position).await {
             Ok(()) => {
@@ -227,5 +308,27 @@ impl Txn {
             Err(e) => tracing::warn!(error = %e, "cannot write the store checkpoint (progress is safe in Kafka)"),
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{after_commit_error, AfterCommit};
+    use crate::relay::producer::TxnErrorKind;
+
+    /// Review finding: a commit that timed out (retriable; it goes on in
+    /// the background) was answered with an abort, which librdkafka refuses
+    /// while the commit is in progress (`__CONFLICT`): the term ended as
+    /// fatal. It is called again until the deadline; only an error that
+    /// requires it aborts.
+    #[test]
+    fn a_retriable_commit_is_called_again_never_aborted() {
+        assert_eq!(after_commit_error(TxnErrorKind::Retriable, true), AfterCommit::Retry);
+        assert_eq!(after_commit_error(TxnErrorKind::Retriable, false), AfterCommit::End, "no time left");
+        assert_eq!(after_commit_error(TxnErrorKind::Abortable, true), AfterCommit::Abort);
+        assert_eq!(after_commit_error(TxnErrorKind::Abortable, false), AfterCommit::Abort);
+        for k in [TxnErrorKind::Fenced, TxnErrorKind::Fatal] {
+            assert_eq!(after_commit_error(k, true), AfterCommit::End, "{k:?}");
+        }
     }
 }
