@@ -32,9 +32,11 @@
 //!   window + margin) is published by the reconciler and deleted, once the
 //!   reader has published every row stamped before the append was resolved
 //!   (so the aggregate's earlier events, committed before it, went first).
-//!   One whose sequence holds another event (its append never landed) is
-//!   deleted with nothing published; one whose event is not stored (yet) is
-//!   kept and checked every round, but no longer counts as overdue
+//!   The event that holds the sequence is what goes out, even another
+//!   append's (the row of an append that never landed may have replaced
+//!   that append's row: a copy rather than a loss). One whose event is not
+//!   stored (yet) is kept and checked every round (an unresolved append's
+//!   row expires after 7 days), but does not count as overdue
 //!   ([`ReconcileState::oldest_resolved_at_ms`]).
 //! - No re-send inside one process: an event at or below the last sequence
 //!   this relay published for its aggregate (a window read again after a

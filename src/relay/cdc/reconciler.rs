@@ -37,7 +37,7 @@ use uuid::Uuid;
 
 use super::consumer::{RowPosition, UndecodableRow};
 use super::reconcile::{PendingAppend, Plan, ReconcileState};
-use super::stored::{Source, Stored};
+use super::stored::Stored;
 use super::{CdcError, EnvelopeSink};
 use crate::envelope::EventEnvelope;
 use crate::shutdown::Shutdown;
@@ -63,9 +63,6 @@ pub enum Handled {
     /// A pending row whose event is not in the event table (kept, logged
     /// once): an append whose outcome stayed unknown and has not landed.
     Missing,
-    /// A pending row whose sequence holds another event: its append never
-    /// landed and never can (the row is dropped, nothing published).
-    Superseded,
 }
 
 pub struct ReconcilingSink<S: EnvelopeSink> {
@@ -285,46 +282,22 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
         at: Option<&RowPosition>,
         shutdown: &mut Shutdown,
     ) -> Result<Handled, CdcError> {
-        let source = match env {
-            Some(env) => Source::Row(Box::new(env)),
-            None => Source::Table { expect: None },
-        };
-        self.deliver(aggregate, sequence, source, at, shutdown).await
-    }
-
-    async fn deliver(
-        &self,
-        aggregate: Uuid,
-        sequence: i64,
-        source: Source,
-        at: Option<&RowPosition>,
-        shutdown: &mut Shutdown,
-    ) -> Result<Handled, CdcError> {
         let _one = self.exclusive(aggregate).await;
         let Some(fill) = self.fill_plan(aggregate, sequence).await else { return Ok(Handled::Skipped) };
-        let from_table = matches!(source, Source::Table { .. });
-        let loaded = self.fill(aggregate, sequence, &fill, from_table, shutdown).await?;
-        let env = match (source, loaded) {
-            (Source::Row(env), _) => *env,
-            (Source::Table { expect: Some(id) }, Some(other)) if other.event_id().is_some_and(|o| o != id) => {
-                tracing::info!(%aggregate, sequence, pending_event = %id, stored_event = ?other.event_id(),
-                    "an unknown-outcome append never landed: another event holds its sequence; dropping its reconciliation row");
-                self.state.lock().unwrap().forget(aggregate, sequence);
-                if let Err(e) = self.table.confirm(aggregate, sequence).await {
-                    tracing::warn!(%aggregate, sequence, error = %e, "cannot delete a superseded reconciliation row; the next round tries again");
-                }
-                self.set_gauge();
-                return Ok(Handled::Superseded);
-            }
-            (Source::Table { .. }, Some(Stored::Event(env))) => env,
-            (Source::Table { .. }, Some(bad @ Stored::Undecodable(_))) => {
+        let loaded = self.fill(aggregate, sequence, &fill, env.is_none(), shutdown).await?;
+        // Whatever event holds the sequence is published, even when it is
+        // not the one the pending row names (an append that never landed:
+        // its row may have replaced the row of the append that did).
+        let env = match (env, loaded) {
+            (Some(env), _) | (None, Some(Stored::Event(env))) => env,
+            (None, Some(bad @ Stored::Undecodable(_))) => {
                 self.pass_stored(bad, shutdown).await?;
                 return Ok(Handled::Delivered { filled: fill.len() });
             }
-            (Source::Table { .. }, None) => {
+            (None, None) => {
                 if self.state.lock().unwrap().mark_not_stored(aggregate, sequence) {
                     tracing::warn!(%aggregate, sequence,
-                        "reconciliation row names an event that is not in event_store: an append whose outcome stayed unknown and has not landed (it may, until another append takes this sequence), or a read below quorum; keeping the row and checking it every round");
+                        "reconciliation row names an event that is not in event_store: an append whose outcome stayed unknown and has not landed (it may, until another append takes this sequence or the row expires), or a read below quorum; keeping the row and checking it every round");
                 }
                 return Ok(Handled::Missing);
             }
@@ -384,8 +357,7 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
             }
             // One that cannot go out yet (an earlier event not readable)
             // does not hold up the others of the round.
-            let source = Source::Table { expect: Some(p.event_id) };
-            match self.deliver(p.aggregate_id, p.sequence, source, None, shutdown).await {
+            match self.deliver_through(p.aggregate_id, p.sequence, None, None, shutdown).await {
                 Ok(Handled::Delivered { .. }) => done += 1,
                 Ok(_) => {}
                 Err(CdcError::Shutdown) => return Err(CdcError::Shutdown),

@@ -1,5 +1,5 @@
-//! The event the reconciler delivers, and where it comes from: its CDC row,
-//! or `event_store` itself (decoded, or handed on as undecodable).
+//! An event of `event_store` as the reconciler finds it: decoded, or
+//! handed on as undecodable.
 //!
 //! Guarantee: a row of `event_store` becomes a [`Stored`] that always
 //! carries its aggregate and sequence, so an undecodable one keeps its place
@@ -11,15 +11,6 @@ use super::consumer::UndecodableRow;
 use super::CdcError;
 use crate::envelope::EventEnvelope;
 use crate::store::feed::FeedRow;
-
-/// Where the event to deliver comes from.
-pub(super) enum Source {
-    /// Its CDC row (or a caller) carries it.
-    Row(Box<EventEnvelope>),
-    /// Loaded from `event_store`; `expect`: the event id a pending row names
-    /// (another event at that sequence supersedes the row).
-    Table { expect: Option<Uuid> },
-}
 
 /// One event of `event_store` as the reconciler finds it.
 pub(super) enum Stored {
@@ -44,14 +35,6 @@ impl Stored {
             position: None,
             error: CdcError::Payload { row: format!("{aggregate}#{sequence}"), error },
         }))
-    }
-
-    /// Its event id, when known.
-    pub(super) fn event_id(&self) -> Option<Uuid> {
-        match self {
-            Stored::Event(e) => Some(e.event_id),
-            Stored::Undecodable(r) => r.event_id,
-        }
     }
 
     /// Aggregate and sequence (an undecodable one is always built with both).

@@ -21,10 +21,10 @@
 //!   success, never the retryable `Unavailable`: a blind retry could write
 //!   the command twice).
 //! - An append whose outcome stays unknown is recorded there too before its
-//!   `OutcomeUnknown` returns (tried twice): it may land later (the
-//!   aggregate's next conditional write completes an accepted proposal, with
-//!   the original ballot's time), and the relay publishes it then, or drops
-//!   the rows once another append holds its sequences.
+//!   `OutcomeUnknown` returns (tried twice; rows expiring after 7 days): it
+//!   may land later (the aggregate's next conditional write completes an
+//!   accepted proposal, with the original ballot's time), and the relay
+//!   publishes it then, or publishes whatever event took its sequences.
 //! - An append resolved as applied after an unknown outcome is recorded in
 //!   `append_reconciliation` (one row per event) before it returns Ok: its
 //!   CDC rows may carry the original ballot's time and land behind the
@@ -250,7 +250,13 @@ impl CqlStore {
                     continue;
                 }
             };
-            match table.record(aggregate_id, &rows, chrono::Utc::now()).await {
+            let now = chrono::Utc::now();
+            let written = if applied {
+                table.record(aggregate_id, &rows, now).await
+            } else {
+                table.record_unresolved(aggregate_id, &rows, now).await
+            };
+            match written {
                 Ok(()) if applied => {
                     tracing::info!(%aggregate_id, events = rows.len(), "append with an unknown outcome resolved as applied; recorded for reconciliation");
                     return;

@@ -201,6 +201,14 @@ async fn cas_timeout_with_lost_reply_is_resolved_as_success() {
     pending.sort();
     let want: Vec<(i64, Uuid)> = ev.iter().chain(&more).map(|e| (e.sequence, e.event_id)).collect();
     assert_eq!(pending, want);
+    assert_eq!(row_ttls(&s, id).await, vec![None; 3], "resolved as applied: kept until published");
+}
+
+/// `TTL(event_id)` of each `append_reconciliation` row of `id`.
+async fn row_ttls(s: &CqlStore, id: Uuid) -> Vec<Option<i32>> {
+    let q = format!("SELECT TTL(event_id) FROM {}.append_reconciliation WHERE aggregate_id = ?", s.keyspace());
+    let res = s.session().query_unpaged(q, (id,)).await.unwrap().into_rows_result().unwrap();
+    res.rows::<(Option<i32>,)>().unwrap().map(|r| r.unwrap().0).collect()
 }
 
 /// The path the module doc promises: a reconciliation record that cannot
@@ -280,6 +288,11 @@ async fn outcome_unknown_on_every_attempt_is_never_success() {
         table.list().await.unwrap().into_iter().map(|p| (p.aggregate_id, p.sequence, p.event_id)).collect();
     pending.sort();
     assert_eq!(pending, vec![(id, 1, ev[0].event_id), (id, 2, ev[1].event_id)]);
+    // Rows that expire (one that never lands is not kept for ever).
+    let week = crate::store::cql::reconcile::UNRESOLVED_TTL.as_secs() as i32;
+    for ttl in row_ttls(&s, id).await {
+        assert!(ttl.is_some_and(|t| t > week - 600 && t <= week), "{ttl:?}");
+    }
 }
 
 /// Heavy LWT contention (real CAS timeouts happen here): per round exactly

@@ -7,9 +7,12 @@
 //!   append returns (Ok, or `OutcomeUnknown`), so every event whose CDC row
 //!   may land in a window the reader has passed is on record while the
 //!   caller still waits.
-//! - The relay deletes a row only after the event was published (confirmed),
-//!   or once another event holds its sequence (the append never landed).
-//! - Plain single-partition writes (one aggregate = one partition), no LWT.
+//! - The relay deletes a row only after the event at its sequence was
+//!   published (confirmed): its own, or the one of another append that
+//!   took the sequence (the row may have replaced that append's row).
+//! - Plain single-partition writes (one aggregate = one partition), no LWT;
+//!   the rows of an append whose outcome stayed unknown expire after
+//!   [`UNRESOLVED_TTL`] (7 days), the others only when deleted.
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -23,6 +26,11 @@ use super::prepare_on;
 use crate::store::StoreError;
 
 pub const RECONCILIATION_TABLE: &str = "append_reconciliation";
+
+/// How long the row of an append whose outcome stayed unknown is kept: it
+/// lands, if ever, when the aggregate's next conditional write (or SERIAL
+/// read) completes its accepted proposal, in practice the client's retry.
+pub const UNRESOLVED_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// One row of `append_reconciliation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +60,7 @@ impl ReconcileTable {
         let table = format!("{keyspace}.{RECONCILIATION_TABLE}");
         let prepare = |cql: String| prepare_on(&session, cql, &table);
         let insert = prepare(format!(
-            "INSERT INTO {table} (aggregate_id, sequence_number, event_id, resolved_at) VALUES (?, ?, ?, ?)"
+            "INSERT INTO {table} (aggregate_id, sequence_number, event_id, resolved_at) VALUES (?, ?, ?, ?) USING TTL ?"
         ))
         .await?;
         let mut delete = prepare(format!("DELETE FROM {table} WHERE aggregate_id = ? AND sequence_number = ?")).await?;
@@ -71,6 +79,29 @@ impl ReconcileTable {
         events: &[(i64, Uuid)],
         resolved_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        self.write(aggregate, events, resolved_at, 0).await
+    }
+
+    /// Records the events of an append whose outcome stayed unknown: rows
+    /// that expire after [`UNRESOLVED_TTL`] (one that never lands, say a
+    /// create its client gave up on, is not kept and read for ever).
+    pub async fn record_unresolved(
+        &self,
+        aggregate: Uuid,
+        events: &[(i64, Uuid)],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.write(aggregate, events, at, UNRESOLVED_TTL.as_secs() as i32).await
+    }
+
+    /// The rows, with a TTL in seconds (0: none).
+    async fn write(
+        &self,
+        aggregate: Uuid,
+        events: &[(i64, Uuid)],
+        resolved_at: DateTime<Utc>,
+        ttl: i32,
+    ) -> Result<(), StoreError> {
         let mut batch = Batch::new(BatchType::Unlogged);
         // The record must land even under a tight configured request
         // timeout: an append that was applied waits for it.
@@ -78,7 +109,7 @@ impl ReconcileTable {
         for _ in events {
             batch.append_statement(self.insert.clone());
         }
-        let values: Vec<_> = events.iter().map(|(seq, id)| (aggregate, *seq, *id, resolved_at)).collect();
+        let values: Vec<_> = events.iter().map(|(seq, id)| (aggregate, *seq, *id, resolved_at, ttl)).collect();
         self.session
             .batch(&batch, values)
             .await
