@@ -5,10 +5,11 @@
 //! Guarantees:
 //! - The park record (`parked_aggregates`, consumer = the projection's
 //!   consumer name) is written in the batch's `commit_batch`, with the
-//!   checkpoint move past the event (SQLite: one transaction; CQL: before
-//!   the checkpoint's compare-and-set), never by a batch whose
-//!   compare-and-set loses: a projector (an older build, say) that cannot
-//!   apply an event a rebuild beside it applies leaves no park behind;
+//!   checkpoint move past the event. SQLite: one transaction, so never by a
+//!   batch whose compare-and-set loses: a projector (an older build, say)
+//!   that cannot apply an event a rebuild beside it applies leaves no park
+//!   behind. CQL: written before the checkpoint's compare-and-set, so a
+//!   batch that loses it can leave its parks (CQL has no rebuild command);
 //!   the aggregate's rows stay at the last version applied before it, and
 //!   none of its later events is applied (a row never reflects a state with
 //!   an event missing). Its events before the park position are applied

@@ -112,8 +112,8 @@ pub struct Projector {
     checkpoint: Option<i64>,
     head: i64,
     last_head_check: Option<Instant>,
-    /// Checkpoint and time of the last gauge update (`set_gauges`).
-    gauges_at: Option<(i64, Instant)>,
+    /// When the gauges were last read from the store (`set_gauges`).
+    gauges_at: Option<Instant>,
     wake: Option<watch::Receiver<i64>>,
     parking: ProjectionParking,
 }
@@ -268,8 +268,8 @@ impl Projector {
     /// health actor writes to the same gauges on every check (on every
     /// instance, a standby too): one definition, so the gauges never jump
     /// between two. With no aggregate parked that is `head - checkpoint`
-    /// (no read); else read when the checkpoint moved, and at most every
-    /// 250 ms otherwise; a failed read leaves them as they are.
+    /// (no read); else read at most every 250 ms (the health check writes
+    /// it too); a failed read leaves them as they are.
     async fn set_gauges(&mut self, checkpoint: i64, lag: i64) {
         if self.parking.count() == 0 {
             // Nothing held: the backlog is `head - checkpoint`, known here
@@ -279,7 +279,7 @@ impl Projector {
             self.gauges_at = None;
             return;
         }
-        let due = self.gauges_at.is_none_or(|(at, t)| at != checkpoint || t.elapsed() >= Duration::from_millis(250));
+        let due = self.gauges_at.is_none_or(|t| t.elapsed() >= Duration::from_millis(250));
         if !due {
             return;
         }
@@ -288,7 +288,7 @@ impl Projector {
                 self.metrics.projection_checkpoint_position.set(c);
             }
             self.metrics.projection_lag_events.set(b.events.unwrap_or(0));
-            self.gauges_at = Some((checkpoint, Instant::now()));
+            self.gauges_at = Some(Instant::now());
         }
     }
 
