@@ -5,7 +5,8 @@
 //! `message.max.bytes`) parks the aggregate at its first event, never the
 //! second; a page of held events only is not counted as a transaction; the
 //! operator's replay then publishes every held event once, in order, and
-//! reports how many it committed. Own topics (prefix), consumer and store.
+//! reports how many it committed; a replay of every parked aggregate names
+//! each one parked again. Own topics (prefix), consumer and store.
 
 mod harness;
 
@@ -91,4 +92,43 @@ async fn a_later_refusal_never_moves_the_park_forward() {
     assert_eq!(sequences_of(&records, b), ["1", "2", "3", "4"], "B's events once each, in order (read_committed)");
     assert_eq!(sequences_of(&records, a), ["1"]);
     assert_eq!(sequences_of(&records, d), ["1"]);
+}
+
+/// Review finding: an exactly-once replay of every parked aggregate goes on
+/// past one parked again, but its result named only the last of them. Two
+/// aggregates whose first events the broker still refuses are both parked
+/// again, and the failed request names both under `failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_of_all_names_every_aggregate_parked_again() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _topic, store) = exactly_once_small_topic(&brokers, dir.path()).await;
+    let (b, e) = (Uuid::now_v7(), Uuid::now_v7());
+    for agg in [b, e] {
+        store.append(agg, 0, vec![padded(agg, 1, 10_000)]).await.unwrap();
+        store.append(agg, 1, vec![padded(agg, 2, 0)]).await.unwrap();
+    }
+    let head = store.head_position().await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(head, Duration::from_secs(60)).await;
+    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 2);
+
+    // The limits stay: both are refused again.
+    use outboxd::store::requests::{RelayRequest, RequestKind};
+    let replay = RelayRequest::new(&c.relay.consumer_name, RequestKind::ReplayAllParked, "test");
+    store.request_submit(&replay).await.unwrap();
+    let finished = request_finished(&store, replay.id).await;
+    assert_eq!(finished.status, RequestStatus::Failed, "{:?}", finished.result);
+    let result = finished.result.expect("a result");
+    let named: Vec<String> = result["failed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a failed list: {result}"))
+        .iter()
+        .filter_map(|f| f["aggregate_id"].as_str().map(String::from))
+        .collect();
+    for agg in [b, e] {
+        assert!(named.contains(&agg.to_string()), "{agg} named in {result}");
+    }
+    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 2, "both parked again");
+    relay.stop().await;
 }

@@ -173,6 +173,9 @@ impl Txn {
                             count_parked(&self.relay.metrics, &self.relay.status, false);
                             status = RequestStatus::Failed;
                             result = serde_json::json!({ "aggregate_id": agg.to_string(), "error": "an event failed again; parked again" });
+                            // The replay goes on with the other parts: each
+                            // one parked again is named in `failed`.
+                            failed.push(result.clone());
                             continue;
                         }
                         match crate::relay::operator::unpark(&self.relay.store, &consumer, &agg, self.epoch).await {
@@ -218,6 +221,7 @@ impl Txn {
                             tracing::error!(letter = ?id, error = %error, "a replayed dead letter failed for good again; it stays in dead_letter_queue");
                             status = RequestStatus::Failed;
                             result = serde_json::json!({ "id": id, "error": error });
+                            failed.push(result.clone());
                         }
                     }
                 }
