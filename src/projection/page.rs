@@ -282,8 +282,8 @@ pub(crate) async fn apply_page(
                 // Written with the checkpoint move past it (the commit below,
                 // not if it loses): at the earlier event that stopped it, if one did.
                 match earlier {
-                    Some(e) => parking.park_earlier(store, &key, e).await?,
-                    None => parking.park_event(store, &key, &error).await?,
+                    Some(e) => parking.park_earlier(&key, e),
+                    None => parking.park_event(&key, &error),
                 }
                 out.skipped += 1;
             }

@@ -139,7 +139,7 @@ impl ProjectionParking {
     /// Splits a feed page: held rows, unreadable rows (their aggregates are
     /// parked here, the record written with the page's commit), events to
     /// apply.
-    pub async fn sort(&mut self, store: &DynStore, rows: Vec<FeedRow>) -> Result<Sorted, StoreError> {
+    pub fn sort(&mut self, rows: Vec<FeedRow>) -> Sorted {
         let mut out = Sorted::default();
         for row in rows {
             if self.holds(row.aggregate_key(), row.position()) {
@@ -159,7 +159,7 @@ impl ProjectionParking {
                             Some(e.event_type.clone()),
                             err.to_string(),
                         );
-                        self.park(store, p).await?;
+                        self.park(p);
                         out.held += 1;
                     }
                 },
@@ -173,16 +173,16 @@ impl ProjectionParking {
                         u.event_type.clone(),
                         u.error.clone(),
                     );
-                    self.park(store, p).await?;
+                    self.park(p);
                     out.held += 1;
                 }
             }
         }
-        Ok(out)
+        out
     }
 
     /// Parks the aggregate of an event that cannot be applied (`error`).
-    pub async fn park_event(&mut self, store: &DynStore, ev: &EventKey, error: &str) -> Result<(), StoreError> {
+    pub fn park_event(&mut self, ev: &EventKey, error: &str) {
         let p = record(
             &self.consumer,
             &ev.aggregate_id.to_string(),
@@ -192,17 +192,12 @@ impl ProjectionParking {
             Some(ev.event_type.clone()),
             error.to_string(),
         );
-        self.park(store, p).await
+        self.park(p)
     }
 
     /// Parks `ev`'s aggregate at the earlier event that stopped it (`ev`'s
     /// position: the events from there on are held).
-    pub(crate) async fn park_earlier(
-        &mut self,
-        store: &DynStore,
-        ev: &EventKey,
-        e: crate::projection::page::Earlier,
-    ) -> Result<(), StoreError> {
+    pub(crate) fn park_earlier(&mut self, ev: &EventKey, e: crate::projection::page::Earlier) {
         let p = record(
             &self.consumer,
             &ev.aggregate_id.to_string(),
@@ -212,18 +207,17 @@ impl ProjectionParking {
             e.event_type,
             e.error,
         );
-        self.park(store, p).await
+        self.park(p)
     }
 
     /// Holds the aggregate from `p`'s position on, and keeps `p` for the
     /// page's commit (`take_pending`).
-    async fn park(&mut self, _store: &DynStore, p: Parked) -> Result<(), StoreError> {
+    fn park(&mut self, p: Parked) {
         tracing::error!(aggregate = %p.aggregate_id, position = ?p.position, sequence = ?p.sequence, error = %p.error,
             "projection: event cannot be applied; the aggregate's read-model rows are parked at the version before it");
         let from = p.position.unwrap_or(i64::MIN);
         self.parked.entry(Arc::from(p.aggregate_id.as_str())).and_modify(|f| *f = (*f).min(from)).or_insert(from);
         self.pending.push(p);
-        Ok(())
     }
 }
 

@@ -93,7 +93,7 @@ pub async fn rebuild(
             let s = store.clone();
             next = Some(tokio::spawn(async move { s.read_feed(to, REBUILD_BATCH).await }));
         }
-        let sorted = parking.sort(&store, page).await?;
+        let sorted = parking.sort(page);
         let out = apply_page(&store, &*models, CONSUMER, checkpoint, to, sorted.events, default_currency, &mut parking)
             .await?;
         if out.committed {
