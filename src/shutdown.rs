@@ -2,7 +2,9 @@
 //!
 //! Guarantee: `Trigger::fire` is observed by every `Shutdown` clone, even one
 //! created after the signal; tasks finish their in-flight work and drop
-//! their `Shutdown`, and `Trigger::wait_drained` tells when all have.
+//! their `Shutdown`, and `Trigger::wait_drained` tells when all have. A task
+//! tied to its owner's lifetime instead ([`AbortOnDrop`]) stops when the
+//! owner drops its handle, by whatever path the owner ends.
 
 use tokio::sync::{mpsc, watch};
 
@@ -72,5 +74,23 @@ impl Shutdown {
             _ = tokio::time::sleep(d) => !self.is_shutdown(),
             _ = self.recv() => false,
         }
+    }
+}
+
+/// A spawned task that is aborted when this handle is dropped: a helper task
+/// of a term (a watch, a periodic recount) never outlives the term, whether
+/// it ends by shutdown, an error, or its future being dropped.
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Spawns `task` on the current runtime.
+    pub fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> AbortOnDrop {
+        AbortOnDrop(tokio::spawn(task))
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

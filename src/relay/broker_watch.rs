@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::relay::producer::{BrokerState, KafkaProducer};
 use crate::relay::status::StatusTx;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{AbortOnDrop, Shutdown};
 
 /// Between two probes while no broker is known to answer.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -26,18 +26,12 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The running watch; dropping it stops the watch.
-pub(crate) struct BrokerWatch(tokio::task::JoinHandle<()>);
-
-impl Drop for BrokerWatch {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+pub(crate) type BrokerWatch = AbortOnDrop;
 
 /// Starts the watch; it ends on shutdown, when the producer is gone, or when
 /// the returned handle is dropped.
 pub(crate) fn spawn_broker_watch(producer: KafkaProducer, status: StatusTx, mut shutdown: Shutdown) -> BrokerWatch {
-    BrokerWatch(tokio::spawn(async move {
+    AbortOnDrop::spawn(async move {
         let mut b = producer.broker();
         loop {
             let state = b.borrow_and_update().clone();
@@ -56,7 +50,7 @@ pub(crate) fn spawn_broker_watch(producer: KafkaProducer, status: StatusTx, mut 
                 _ = probe_after(probe_in) => { let _ = producer.probe(PROBE_TIMEOUT).await; }
             }
         }
-    }))
+    })
 }
 
 async fn probe_after(delay: Option<Duration>) {

@@ -22,7 +22,7 @@ use crate::projection::parking::record;
 use crate::projection::ProjectionStatus;
 use crate::projection::CONSUMER;
 use crate::relay::cdc::{CdcError, CdcFeed, EnvelopeSink, FeedSpec, UndecodableRow};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{AbortOnDrop, Shutdown};
 use crate::store::cql::CqlStore;
 use crate::store::parking::ParkingStore;
 use crate::store::StoreError;
@@ -152,15 +152,6 @@ pub async fn refresh_parked_every(store: Arc<CqlStore>, status: watch::Sender<Pr
     }
 }
 
-/// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Waits before try `attempt + 1` of a store write that failed (0.1 s,
 /// doubling, at most 5 s); `Err` on shutdown.
 async fn retry_wait(attempt: u32, shutdown: &mut Shutdown) -> Result<(), CdcError> {
@@ -205,7 +196,7 @@ pub async fn run_cdc_projection(
     // /health follows them without waiting for a skipped event or a new term.
     let every = Duration::from_millis(cfg.health.interval_ms.max(100));
     // Stopped with this term, also when the term's future is dropped.
-    let _recount = AbortOnDrop(tokio::spawn(refresh_parked_every(cql.clone(), status.clone(), every)));
+    let _recount = AbortOnDrop::spawn(refresh_parked_every(cql.clone(), status.clone(), every));
     let res = feed.run(sink, None, shutdown).await;
     status.send_modify(|s| {
         s.running = false;
