@@ -188,6 +188,16 @@ impl Metrics {
         self.catalogue.iter().cloned().chain([BUILD_INFO.to_string()]).collect()
     }
 
+    /// `projection_lag_events` (held events included; unknown counts 0) and
+    /// `projection_checkpoint_position` (when known) from the projection's
+    /// backlog: the projector and the health check write them alike.
+    pub fn set_projection_backlog(&self, events: Option<i64>, checkpoint: Option<i64>) {
+        self.projection_lag_events.set(events.unwrap_or(0));
+        if let Some(c) = checkpoint {
+            self.projection_checkpoint_position.set(c);
+        }
+    }
+
     /// `outboxd_build_info{version, backend} 1`: which build serves which
     /// store backend (`sqlite`, `cql`). Call once per process.
     pub fn set_build_info(&self, backend: &str) {

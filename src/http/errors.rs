@@ -179,6 +179,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message).with_field(field)
     }
 
+    /// 415: the body's form is refused (`field`: the header that says it).
+    pub fn unsupported_media_type(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", message).with_field(field)
+    }
+
     /// 422: a field is missing, has the wrong type or breaks a rule.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", message).with_field(field)
@@ -341,22 +346,15 @@ pub fn unreadable_body() -> ApiError {
     ApiError::bad_request("$", "the request body could not be read")
 }
 
-/// 415 `unsupported_media_type` for a body that is not JSON.
-pub fn not_json() -> ApiError {
-    ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        "send the body as JSON with Content-Type: application/json",
-    )
-    .with_field("Content-Type")
-}
-
 /// Error handler of `web::JsonConfig`: every body problem as JSON.
 pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     use actix_web::error::{JsonPayloadError as J, PayloadError as P};
     let e = match &err {
         J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => too_large(Some(*limit)),
-        J::ContentType => not_json(),
+        J::ContentType => ApiError::unsupported_media_type(
+            "Content-Type",
+            "send the body as JSON with Content-Type: application/json",
+        ),
         J::Deserialize(e) => ApiError::malformed_json(describe_json_error(e)),
         J::Payload(P::Overflow) => too_large(None),
         J::Payload(_) => unreadable_body(),

@@ -239,12 +239,10 @@ pub fn content_encoding(req: &HttpRequest) -> Result<(), ApiError> {
         return Ok(());
     }
     let refused = || {
-        ApiError::new(
-            actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+        ApiError::unsupported_media_type(
+            "Content-Encoding",
             "request bodies must not be compressed: send no Content-Encoding (or Content-Encoding: identity)",
         )
-        .with_field("Content-Encoding")
     };
     for v in req.headers().get_all(actix_web::http::header::CONTENT_ENCODING) {
         let v = v.to_str().map_err(|_| refused())?;

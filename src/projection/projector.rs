@@ -198,7 +198,7 @@ impl Projector {
         }
         let n = rows.len();
         let to = rows.last().map(FeedRow::position).unwrap_or(from);
-        let sorted = self.parking.sort(&self.store, rows).await?;
+        let sorted = self.parking.sort(rows);
         let mut out = apply_page(
             &self.store,
             &*self.models,
@@ -274,8 +274,7 @@ impl Projector {
         if self.parking.count() == 0 {
             // Nothing held: the backlog is `head - checkpoint`, known here
             // (no store read per batch on the common path).
-            self.metrics.projection_checkpoint_position.set(checkpoint);
-            self.metrics.projection_lag_events.set(lag);
+            self.metrics.set_projection_backlog(Some(lag), Some(checkpoint));
             self.gauges_at = None;
             return;
         }
@@ -284,10 +283,7 @@ impl Projector {
             return;
         }
         if let Ok(b) = self.store.backlog(&self.opts.consumer).await {
-            if let Some(c) = b.checkpoint {
-                self.metrics.projection_checkpoint_position.set(c);
-            }
-            self.metrics.projection_lag_events.set(b.events.unwrap_or(0));
+            self.metrics.set_projection_backlog(b.events, b.checkpoint);
             self.gauges_at = Some(Instant::now());
         }
     }

@@ -284,10 +284,7 @@ impl HealthCheckActor {
         // unknown, reported 0), so a manual unpark brings the gauge to 0.
         let projection_lag = probes.projection_backlog.map(lag);
         if let Some(l) = &projection_lag {
-            m.projection_lag_events.set(l.events.unwrap_or(0));
-            if let Some(c) = l.checkpoint {
-                m.projection_checkpoint_position.set(c);
-            }
+            m.set_projection_backlog(l.events, l.checkpoint);
         }
         if let Some(s) = projection_lag_seconds(probes, t) {
             m.projection_lag_seconds.set(s);
