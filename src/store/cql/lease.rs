@@ -26,12 +26,18 @@ use crate::store::StoreError;
 type LeaseRow = (Option<String>, Option<i64>, Option<i64>, Option<i64>);
 
 impl CqlStore {
-    pub(super) fn serial_read(&self, cql: String) -> Statement {
-        let mut st = Statement::new(cql);
-        st.set_consistency(match self.serial {
+    /// The consistency of a read that must see every decided LWT: the
+    /// configured serial level (SERIAL or LOCAL_SERIAL).
+    pub(super) fn serial_consistency(&self) -> Consistency {
+        match self.serial {
             SerialConsistency::Serial => Consistency::Serial,
             SerialConsistency::LocalSerial => Consistency::LocalSerial,
-        });
+        }
+    }
+
+    pub(super) fn serial_read(&self, cql: String) -> Statement {
+        let mut st = Statement::new(cql);
+        st.set_consistency(self.serial_consistency());
         st.set_is_idempotent(true);
         st
     }

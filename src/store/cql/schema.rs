@@ -10,7 +10,7 @@
 
 use chrono::Utc;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::{Consistency, SerialConsistency, Statement};
+use scylla::statement::Statement;
 
 use super::cdc_options::{cdc_options_cql, options_drift, DEFAULT_LOG_TTL_SECS};
 use super::rows::{EVENT_COLS, LETTER_COLS};
@@ -62,11 +62,13 @@ pub(super) struct Statements {
     pub(super) dlq_claim: PreparedStatement,
     pub(super) dlq_insert: PreparedStatement,
     pub(super) dlq_failure_count: PreparedStatement,
+    pub(super) dlq_mapping: PreparedStatement,
     pub(super) dlq_bump: PreparedStatement,
     pub(super) dlq_list: PreparedStatement,
     pub(super) dlq_get: PreparedStatement,
     pub(super) dlq_event_of: PreparedStatement,
     pub(super) dlq_delete: PreparedStatement,
+    pub(super) dlq_fold: PreparedStatement,
     pub(super) dlq_unclaim: PreparedStatement,
     pub(super) dlq_reclaim: PreparedStatement,
     pub(super) dlq_count: PreparedStatement,
@@ -102,10 +104,13 @@ impl CqlStore {
         load_after.set_is_idempotent(true);
         let mut event_id_at =
             self.prepare(format!("SELECT event_id FROM {es} WHERE aggregate_id = ? AND sequence_number = ?")).await?;
-        event_id_at.set_consistency(match self.serial {
-            SerialConsistency::Serial => Consistency::Serial,
-            SerialConsistency::LocalSerial => Consistency::LocalSerial,
-        });
+        event_id_at.set_consistency(self.serial_consistency());
+        // The DLQ's settle reads (see dlq.rs) must see every LWT decided so
+        // far, including one still in flight: SERIAL reads complete it.
+        let mut dlq_failure_count = self.prepare(format!("SELECT failure_count FROM {dlq} WHERE id = ?")).await?;
+        dlq_failure_count.set_consistency(self.serial_consistency());
+        let mut dlq_mapping = self.prepare(format!("SELECT id FROM {dle} WHERE event_id = ?")).await?;
+        dlq_mapping.set_consistency(self.serial_consistency());
         let mut dlq_list = self.prepare(format!("SELECT {LETTER_COLS} FROM {dlq}")).await?;
         dlq_list.set_page_size(self.page_size);
         Ok(Statements {
@@ -123,7 +128,8 @@ impl CqlStore {
             set_checkpoint: self.prepare(format!("INSERT INTO {cp} (consumer, position, updated_at) VALUES (?, ?, ?)")).await?,
             dlq_claim: self.prepare(format!("INSERT INTO {dle} (event_id, id) VALUES (?, ?) IF NOT EXISTS")).await?,
             dlq_insert: self.prepare(format!("INSERT INTO {dlq} ({LETTER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")).await?,
-            dlq_failure_count: self.prepare(format!("SELECT failure_count FROM {dlq} WHERE id = ?")).await?,
+            dlq_failure_count,
+            dlq_mapping,
             dlq_bump: self
                 .prepare(format!("UPDATE {dlq} SET failure_count = ?, error_message = ?, last_failed_at = ? WHERE id = ? IF failure_count = ?"))
                 .await?,
@@ -131,6 +137,7 @@ impl CqlStore {
             dlq_get: self.prepare(format!("SELECT {LETTER_COLS} FROM {dlq} WHERE id = ?")).await?,
             dlq_event_of: self.prepare(format!("SELECT event_id FROM {dlq} WHERE id = ?")).await?,
             dlq_delete: self.prepare(format!("DELETE FROM {dlq} WHERE id = ? IF EXISTS")).await?,
+            dlq_fold: self.prepare(format!("DELETE FROM {dlq} WHERE id = ? IF failure_count = ?")).await?,
             dlq_unclaim: self.prepare(format!("DELETE FROM {dle} WHERE event_id = ? IF id = ?")).await?,
             dlq_reclaim: self.prepare(format!("UPDATE {dle} SET id = ? WHERE event_id = ? IF id = ?")).await?,
             dlq_count: self.prepare(format!("SELECT COUNT(*) FROM {dlq}")).await?,
