@@ -32,7 +32,7 @@ async fn an_exactly_once_term_that_loses_its_lease_while_starting_does_not_fence
     // A's term starts at epoch 5 while the store cannot be read: it retries
     // its checkpoint read.
     store.faults().expect("the SQLite store has the fault seam").fail_reads_for(Duration::from_secs(6));
-    let (lease, rx) = tokio::sync::watch::channel(LeaseState::Active { epoch: 5 });
+    let (lease, rx) = tokio::sync::watch::channel(LeaseState::active(5));
     let (relay, _status) = Relay::standalone(&c, store.clone(), Metrics::new());
     let relay = relay.with_fence(Fence { epoch: 5, lease: rx });
     let trigger = Trigger::new();
@@ -89,7 +89,7 @@ async fn a_term_whose_park_is_refused_sends_nothing_after_it() {
     }
     // The term runs at epoch 5; the store's lease row says otherwise (none):
     // its fenced writes are refused.
-    let (_lease, rx) = tokio::sync::watch::channel(LeaseState::Active { epoch: 5 });
+    let (_lease, rx) = tokio::sync::watch::channel(LeaseState::active(5));
     let (relay, _status) = Relay::standalone(&c, store.clone(), Metrics::new());
     let relay = relay.with_fence(Fence { epoch: 5, lease: rx });
     let trigger = Trigger::new();
@@ -122,7 +122,7 @@ async fn a_term_whose_lease_went_during_a_pause_sends_nothing_after_it() {
     assert!(store.lease_cas(&LeaseCas { expected: None, new: lease }).await.unwrap());
     let first = uuid::Uuid::now_v7();
     store.append(first, 0, order_events(first, 0, 1)).await.unwrap();
-    let (lease_tx, rx) = tokio::sync::watch::channel(LeaseState::Active { epoch: 5 });
+    let (lease_tx, rx) = tokio::sync::watch::channel(LeaseState::active(5));
     let pause = PauseHook::default();
     let metrics = Metrics::new();
     let (relay, _status) = Relay::standalone(&c, store.clone(), metrics.clone());
@@ -174,7 +174,7 @@ async fn an_exactly_once_term_whose_checkpoint_is_fenced_steps_down() {
     assert!(store.lease_cas(&LeaseCas { expected: None, new: lease(5, "a") }).await.unwrap());
     let first = uuid::Uuid::now_v7();
     store.append(first, 0, order_events(first, 0, 1)).await.unwrap();
-    let (_keeper, rx) = tokio::sync::watch::channel(LeaseState::Active { epoch: 5 });
+    let (_keeper, rx) = tokio::sync::watch::channel(LeaseState::active(5));
     let (relay, mut status) = Relay::standalone(&c, store.clone(), Metrics::new());
     let relay = relay.with_fence(Fence { epoch: 5, lease: rx });
     let trigger = Trigger::new();

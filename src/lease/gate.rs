@@ -95,7 +95,7 @@ where
         // A term this gate ended (the lease went) waits for the lease again,
         // even if it came back at the same epoch while the run was finishing
         // (a late renewal that still won its compare-and-set).
-        if !ended_here.is_shutdown() && matches!(&*rx.borrow(), LeaseState::Active { epoch: e } if *e == epoch) {
+        if !ended_here.is_shutdown() && rx.borrow().active_epoch() == Some(epoch) {
             // The run ended on its own while still holding the lease: the caller's
             // supervisor decides (an unrequested end is a failure there).
             return Ok(());

@@ -107,7 +107,7 @@ async fn each_term_gets_a_resource_made_before_the_lease_came() {
 
     until("the first resource is made while standing by", || made.load(Ordering::SeqCst) == 1).await;
     assert!(terms.try_recv().is_err(), "no term without the lease");
-    state.send(LeaseState::Active { epoch: 2 }).unwrap();
+    state.send(LeaseState::active(2)).unwrap();
     assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.unwrap(), Some((Some(2), 1)));
     assert_eq!(made.load(Ordering::SeqCst), 1, "the term took the resource made before it");
 
@@ -115,7 +115,7 @@ async fn each_term_gets_a_resource_made_before_the_lease_came() {
     state.send(LeaseState::Lost { epoch: 2 }).unwrap();
     until("the next resource is made after the term", || made.load(Ordering::SeqCst) == 2).await;
     assert!(terms.try_recv().is_err(), "no term without the lease");
-    state.send(LeaseState::Active { epoch: 3 }).unwrap();
+    state.send(LeaseState::active(3)).unwrap();
     assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.unwrap(), Some((Some(3), 2)));
 
     // Shutdown ends the term and the loop; nothing more is made.
@@ -126,7 +126,7 @@ async fn each_term_gets_a_resource_made_before_the_lease_came() {
 
 #[tokio::test]
 async fn a_resource_that_cannot_be_made_ends_the_loop_with_its_error() {
-    let (state, states) = watch::channel(LeaseState::Active { epoch: 1 });
+    let (state, states) = watch::channel(LeaseState::active(1));
     let shutdown = Trigger::new();
     let made = Arc::new(AtomicUsize::new(0));
     let (mut terms, task) = gate(states, &shutdown, made.clone(), 2);
@@ -144,7 +144,7 @@ async fn a_resource_that_cannot_be_made_ends_the_loop_with_its_error() {
 /// counted a crash (five in a minute stopped the daemon).
 #[tokio::test]
 async fn a_term_the_gate_ended_is_followed_by_another_when_the_lease_returns_at_the_same_epoch() {
-    let (state, states) = watch::channel(LeaseState::Active { epoch: 3 });
+    let (state, states) = watch::channel(LeaseState::active(3));
     let shutdown = Trigger::new();
     let (mut terms, task) = gate_with(states, &shutdown, |_, mut term, mut states| async move {
         term.recv().await;
@@ -155,7 +155,7 @@ async fn a_term_the_gate_ended_is_followed_by_another_when_the_lease_returns_at_
     assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.unwrap(), Some(Some(3)));
     state.send(LeaseState::Lost { epoch: 3 }).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    state.send(LeaseState::Active { epoch: 3 }).unwrap();
+    state.send(LeaseState::active(3)).unwrap();
     assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.expect("a new term").unwrap(), Some(3));
     assert!(!task.is_finished(), "the gate waits on, it did not hand the end to the supervisor");
     shutdown.fire();
@@ -167,7 +167,7 @@ async fn a_term_the_gate_ended_is_followed_by_another_when_the_lease_returns_at_
 /// returned the stale epoch at once: terms back to back, a resource each.
 #[tokio::test]
 async fn a_keeper_gone_while_active_ends_the_loop_after_its_term() {
-    let (state, states) = watch::channel(LeaseState::Active { epoch: 5 });
+    let (state, states) = watch::channel(LeaseState::active(5));
     let shutdown = Trigger::new();
     let made = Arc::new(AtomicUsize::new(0));
     let (mut terms, task) = gate(states, &shutdown, made.clone(), usize::MAX);
@@ -220,7 +220,7 @@ async fn wait_held_reports_each_role_and_ends_on_the_lease_shutdown_or_a_keeper_
     until("the first state is reported", || seen.lock().unwrap().len() == 1).await;
     state.send(LeaseState::Standby { holder: "other".into(), epoch: 4, ttl_ms: 3000 }).unwrap();
     until("standby is reported", || seen.lock().unwrap().len() == 2).await;
-    state.send(LeaseState::Active { epoch: 5 }).unwrap();
+    state.send(LeaseState::active(5)).unwrap();
     let (epoch, mut rx) = tokio::time::timeout(WAIT, waiter).await.unwrap().unwrap();
     assert_eq!(epoch, Some(5));
     let roles: Vec<_> = seen.lock().unwrap().iter().map(|s| s.active_epoch()).collect();
@@ -250,7 +250,7 @@ async fn wait_held_reports_each_role_and_ends_on_the_lease_shutdown_or_a_keeper_
 /// that fails on its own, lease still held, is still the supervisor's.
 #[tokio::test]
 async fn a_term_failing_after_the_lease_went_is_a_failover_not_a_crash() {
-    let (state, states) = watch::channel(LeaseState::Active { epoch: 3 });
+    let (state, states) = watch::channel(LeaseState::active(3));
     let shutdown = Trigger::new();
     let (mut terms, task) = gate_with(states, &shutdown, |epoch, mut term, _| async move {
         if epoch == Some(7) {
@@ -263,7 +263,7 @@ async fn a_term_failing_after_the_lease_went_is_a_failover_not_a_crash() {
     state.send(LeaseState::Standby { holder: "other".into(), epoch: 4, ttl_ms: 3000 }).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!task.is_finished(), "standing by, not ended with the term's error");
-    state.send(LeaseState::Active { epoch: 7 }).unwrap();
+    state.send(LeaseState::active(7)).unwrap();
     assert_eq!(tokio::time::timeout(WAIT, terms.recv()).await.unwrap(), Some(Some(7)));
     let end = tokio::time::timeout(WAIT, task).await.expect("a term's own failure ends the loop").unwrap();
     assert_eq!(end, Err("the term's own failure".to_string()));
@@ -274,7 +274,7 @@ async fn a_term_failing_after_the_lease_went_is_a_failover_not_a_crash() {
 /// started term after term, a producer each, with no lease behind them.
 #[tokio::test]
 async fn wait_held_with_the_keeper_gone_while_active_is_none() {
-    let (state, mut rx) = watch::channel(LeaseState::Active { epoch: 5 });
+    let (state, mut rx) = watch::channel(LeaseState::active(5));
     drop(state);
     let live = Trigger::new();
     let mut sub = live.subscribe();

@@ -28,23 +28,57 @@ use crate::shutdown::Shutdown;
 use crate::store::lease::{Lease, LeaseCas, LeaseStore};
 
 /// This instance's role for one consumer name.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum LeaseState {
     /// Not read yet.
     Unknown,
     /// Another instance holds it (holder may be empty: released, about to be taken).
     Standby { holder: String, epoch: i64, ttl_ms: i64 },
-    /// We hold it.
-    Active { epoch: i64 },
+    /// We hold it, until `until` on this instance's monotonic clock unless
+    /// the keeper renews it (`None`: no deadline, a state driven by a test).
+    Active {
+        epoch: i64,
+        #[serde(skip)]
+        until: Option<Instant>,
+    },
     /// We held it and lost it (taken over, or not renewed in time).
     Lost { epoch: i64 },
 }
 
+/// Equal roles: the deadline of an `Active` is not part of the role (a
+/// renewal moves it without waking anyone).
+impl PartialEq for LeaseState {
+    fn eq(&self, other: &Self) -> bool {
+        use LeaseState::*;
+        match (self, other) {
+            (Unknown, Unknown) => true,
+            (Standby { holder: h, epoch: e, ttl_ms: t }, Standby { holder, epoch, ttl_ms }) => {
+                (h, e, t) == (holder, epoch, ttl_ms)
+            }
+            (Active { epoch: e, .. }, Active { epoch, .. }) | (Lost { epoch: e }, Lost { epoch }) => e == epoch,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for LeaseState {}
+
 impl LeaseState {
+    /// Active at `epoch` with no deadline (a state driven by a test or a
+    /// caller that checks the lease itself).
+    pub fn active(epoch: i64) -> LeaseState {
+        LeaseState::Active { epoch, until: None }
+    }
+
+    /// The epoch held now: `Active` and its deadline still ahead on this
+    /// instance's clock. Checked by everything that acts as the leader, so
+    /// a process frozen past its deadline (a VM pause, a stopped process)
+    /// acts on nothing when it wakes, even before its keeper has run and
+    /// published the loss.
     pub fn active_epoch(&self) -> Option<i64> {
         match self {
-            LeaseState::Active { epoch } => Some(*epoch),
+            LeaseState::Active { epoch, until } if until.is_none_or(|u| Instant::now() < u) => Some(*epoch),
             _ => None,
         }
     }
@@ -104,27 +138,30 @@ struct Keeper {
 impl Keeper {
     fn publish(&self, now: Instant) {
         let state = match (&self.machine.view, self.machine.is_active(now)) {
-            (_, Some(epoch)) => LeaseState::Active { epoch },
+            (_, Some(epoch)) => LeaseState::Active { epoch, until: self.machine.held_until() },
             (View::Active { epoch, .. }, None) => LeaseState::Lost { epoch: *epoch },
             (View::Standby { row, .. }, None) => {
                 LeaseState::Standby { holder: row.holder.clone(), epoch: row.epoch, ttl_ms: row.ttl_ms }
             }
             (View::Unknown, None) => match &*self.tx.borrow() {
-                LeaseState::Active { epoch } | LeaseState::Lost { epoch } => LeaseState::Lost { epoch: *epoch },
+                LeaseState::Active { epoch, .. } | LeaseState::Lost { epoch } => LeaseState::Lost { epoch: *epoch },
                 _ => LeaseState::Unknown,
             },
         };
         let name = self.machine.name.as_str();
         self.metrics.relay_leader.with_label_values(&[name]).set(i64::from(state.active_epoch().is_some()));
-        if let LeaseState::Active { epoch } | LeaseState::Standby { epoch, .. } = &state {
+        if let LeaseState::Active { epoch, .. } | LeaseState::Standby { epoch, .. } = &state {
             self.metrics.relay_lease_epoch.with_label_values(&[name]).set(*epoch);
         }
         self.tx.send_if_modified(|s| {
             if *s == state {
+                // A renewal: the new deadline, visible to every reader
+                // without waking them.
+                *s = state;
                 return false;
             }
             match &state {
-                LeaseState::Active { epoch } => {
+                LeaseState::Active { epoch, .. } => {
                     tracing::info!(lease = %name, epoch, "this instance holds the lease (active)")
                 }
                 LeaseState::Standby { holder, epoch, .. } => {

@@ -87,12 +87,42 @@ impl LeaseStore for Hanging {
 
 /// A keeper over a fresh `Hanging` store, once it holds the lease.
 async fn active_keeper(ttl: Duration) -> (Arc<Hanging>, Trigger, LeaseHandle, watch::Receiver<LeaseState>) {
+    active_keeper_with(ttl, PauseHook::default()).await
+}
+
+async fn active_keeper_with(
+    ttl: Duration,
+    pause: PauseHook,
+) -> (Arc<Hanging>, Trigger, LeaseHandle, watch::Receiver<LeaseState>) {
     let store = Arc::new(Hanging::default());
     let stop = Trigger::new();
-    let handle = spawn(store.clone(), "relay", "me", ttl, Metrics::new(), PauseHook::default(), stop.subscribe());
+    let handle = spawn(store.clone(), "relay", "me", ttl, Metrics::new(), pause, stop.subscribe());
     let mut rx = handle.state();
     tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.active_epoch().is_some())).await.unwrap().unwrap();
     (store, stop, handle, rx)
+}
+
+/// Review finding: a process frozen past its renewal deadline (a VM pause)
+/// woke with the keeper's last `Active` still on the channel; a relay polled
+/// before the keeper handed new events to the producer while a standby had
+/// taken over. The state itself now answers "not held" past its deadline,
+/// before the keeper has run again.
+#[tokio::test]
+async fn a_keeper_frozen_past_its_deadline_leaves_a_state_that_is_not_held() {
+    let pause = PauseHook::default();
+    let (_store, stop, handle, _rx) = active_keeper_with(Duration::from_millis(1500), pause.clone()).await;
+    let epoch = handle.current().active_epoch().expect("active");
+    pause.pause_for(Duration::from_secs(4));
+    // The deadline (2/3 TTL = 1 s after the last renewal) passes while the
+    // keeper sleeps: nothing was published since.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert!(
+        matches!(handle.current(), LeaseState::Active { epoch: e, .. } if e == epoch),
+        "the frozen keeper published nothing: {:?}",
+        handle.current()
+    );
+    assert_eq!(handle.current().active_epoch(), None, "past its deadline, the held state is not held");
+    stop.fire();
 }
 
 #[tokio::test]

@@ -80,6 +80,15 @@ impl Machine {
     }
 
     /// True while this instance may act as the leader at `now`.
+    /// The instant this instance's hold ends unless renewed (the renewal
+    /// deadline of the last applied write), while active.
+    pub fn held_until(&self) -> Option<Instant> {
+        match &self.view {
+            View::Active { renewed, .. } => Some(*renewed + self.timing.renew_deadline),
+            _ => None,
+        }
+    }
+
     pub fn is_active(&self, now: Instant) -> Option<i64> {
         match &self.view {
             View::Active { epoch, renewed, .. }

@@ -153,7 +153,7 @@ async fn nothing_is_sent_once_the_lease_is_not_held_at_its_epoch() {
     else {
         return;
     };
-    let (tx, rx) = tokio::sync::watch::channel(LeaseState::Active { epoch: 4 });
+    let (tx, rx) = tokio::sync::watch::channel(LeaseState::active(4));
     let d = d.with_epoch(Some(4)).with_lease(Some(rx));
     let env = crate::envelope::EventEnvelope {
         event_id: Uuid::now_v7(),
@@ -171,7 +171,7 @@ async fn nothing_is_sent_once_the_lease_is_not_held_at_its_epoch() {
     let raw = RawEvent::from_envelope(&env, 0).unwrap();
     let trigger = Trigger::new();
     let mut shutdown = trigger.subscribe();
-    for gone in [LeaseState::Lost { epoch: 4 }, LeaseState::Active { epoch: 5 }] {
+    for gone in [LeaseState::Lost { epoch: 4 }, LeaseState::active(5)] {
         tx.send(gone.clone()).unwrap();
         let d = tokio::time::timeout(std::time::Duration::from_secs(10), d.deliver(&raw, &mut shutdown))
             .await

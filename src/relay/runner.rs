@@ -262,7 +262,7 @@ mod tests {
     /// under the same epoch, fenced again: a loop without backoff.
     #[test]
     fn a_term_fenced_while_its_epoch_is_held_is_told_from_a_lost_lease() {
-        let active = |epoch| LeaseState::Active { epoch };
+        let active = LeaseState::active;
         assert!(fenced_while_held(&active(5), Some(5), false), "the keeper held it all along: fenced elsewhere");
         // Last-read finding: a keeper that withdrew the lease (a late
         // renewal) and got it back at the same epoch is no fence elsewhere.
@@ -333,7 +333,7 @@ mod tests {
     async fn the_wait_after_a_failed_term_publishes_the_role() {
         let (status_tx, status_rx) = tokio::sync::watch::channel(RelayStatus::default());
         let status = StatusTx::new(status_tx);
-        let (lease_tx, lease_rx) = tokio::sync::watch::channel(LeaseState::Active { epoch: 3 });
+        let (lease_tx, lease_rx) = tokio::sync::watch::channel(LeaseState::active(3));
         let trigger = crate::shutdown::Trigger::new();
         let mut shutdown = trigger.subscribe();
         let waiting = tokio::spawn({
@@ -353,7 +353,7 @@ mod tests {
         assert!(waiting.await.unwrap(), "the wait ended, not a shutdown");
 
         // Shutdown during the wait ends it at once.
-        let (_lease_tx, lease_rx) = tokio::sync::watch::channel(LeaseState::Active { epoch: 5 });
+        let (_lease_tx, lease_rx) = tokio::sync::watch::channel(LeaseState::active(5));
         let mut shutdown = trigger.subscribe();
         let waiting = tokio::spawn({
             let status = status.clone();

@@ -38,7 +38,7 @@ impl Role {
     /// The role a state of the relay lease means.
     pub fn of(lease: &LeaseState) -> Role {
         match lease {
-            LeaseState::Active { epoch } => Role::Active { epoch: *epoch },
+            LeaseState::Active { epoch, .. } => Role::Active { epoch: *epoch },
             LeaseState::Standby { holder, epoch, .. } => Role::Standby { holder: holder.clone(), epoch: *epoch },
             LeaseState::Unknown | LeaseState::Lost { .. } => Role::Unknown,
         }
@@ -305,14 +305,14 @@ mod tests {
     fn the_lease_state_sets_the_role_and_a_standby_runs_nothing() {
         let (tx, mut rx) = watch::channel(RelayStatus::default());
         let status = StatusTx::new(tx);
-        status.lease_role(&LeaseState::Active { epoch: 3 });
+        status.lease_role(&LeaseState::active(3));
         assert_eq!(rx.borrow_and_update().role, Role::Active { epoch: 3 });
         status.update(|s| {
             s.running = true;
             true
         });
         rx.borrow_and_update();
-        status.lease_role(&LeaseState::Active { epoch: 3 });
+        status.lease_role(&LeaseState::active(3));
         assert!(!rx.has_changed().unwrap(), "the same role again is no change");
         status.lease_role(&LeaseState::Lost { epoch: 3 });
         let s = rx.borrow_and_update().clone();
@@ -328,14 +328,14 @@ mod tests {
     fn a_new_role_forgets_the_former_terms_feed_failure() {
         let (tx, rx) = watch::channel(RelayStatus::default());
         let status = StatusTx::new(tx);
-        status.lease_role(&LeaseState::Active { epoch: 3 });
+        status.lease_role(&LeaseState::active(3));
         status.feed_failed("disk I/O error".into());
-        status.lease_role(&LeaseState::Active { epoch: 3 });
+        status.lease_role(&LeaseState::active(3));
         assert!(matches!(rx.borrow().feed, FeedState::Failing { .. }), "the same term still fails");
         status.lease_role(&LeaseState::Lost { epoch: 3 });
         assert_eq!(rx.borrow().feed, FeedState::Unknown);
         status.feed_failed("disk I/O error".into());
-        status.lease_role(&LeaseState::Active { epoch: 5 });
+        status.lease_role(&LeaseState::active(5));
         assert_eq!(rx.borrow().feed, FeedState::Unknown, "the new term has not read yet");
     }
 
@@ -346,7 +346,7 @@ mod tests {
     fn a_running_cdc_term_reports_its_feed() {
         let (tx, rx) = watch::channel(RelayStatus::default());
         let status = StatusTx::new(tx);
-        status.lease_role(&LeaseState::Active { epoch: 2 });
+        status.lease_role(&LeaseState::active(2));
         status.cdc_feed_running(true, None);
         assert_eq!((rx.borrow().running, rx.borrow().feed.clone()), (true, FeedState::Ok));
         status.cdc_feed_running(false, Some("cdc reader failed".into()));
