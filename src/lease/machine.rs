@@ -19,7 +19,11 @@
 //!   applied then, so a takeover or renewal whose reply was lost does not
 //!   make the instance wait a TTL on its own row.
 //! - An epoch only grows; every checkpoint write is conditional on it (see
-//!   the stores), so a former holder can never move a checkpoint.
+//!   the stores), so a former holder can never move a checkpoint. A row that
+//!   disappears (deleted by hand) after one was read is treated like a row
+//!   nobody renews: the holder steps down at once, and it is created again
+//!   only after one TTL of absence, at the highest epoch read + 1. Only an
+//!   instance that never read a row creates epoch 1 at once.
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +73,10 @@ pub struct Machine {
     pub view: View,
     /// Writes sent that did not answer (oldest first), with their send times.
     unanswered: Vec<(LeaseCas, Instant)>,
+    /// The highest epoch read or written so far (0: no row seen yet).
+    highest_epoch: i64,
+    /// Since when the row has been missing, after one was seen.
+    missing_since: Option<Instant>,
 }
 
 /// Unanswered writes remembered (older ones are forgotten).
@@ -76,7 +84,15 @@ const UNANSWERED_KEPT: usize = 8;
 
 impl Machine {
     pub fn new(name: impl Into<String>, me: impl Into<String>, timing: Timing) -> Machine {
-        Machine { name: name.into(), me: me.into(), timing, view: View::Unknown, unanswered: Vec::new() }
+        Machine {
+            name: name.into(),
+            me: me.into(),
+            timing,
+            view: View::Unknown,
+            unanswered: Vec::new(),
+            highest_epoch: 0,
+            missing_since: None,
+        }
     }
 
     /// True while this instance may act as the leader at `now`.
@@ -110,9 +126,9 @@ impl Machine {
 
     /// Decides what to do with the row just read (`None`: no row yet).
     pub fn decide(&mut self, read: Option<&Lease>, now: Instant) -> Step {
-        let Some(row) = read else {
-            return Step::Write(LeaseCas { expected: None, new: self.row(1, 0) });
-        };
+        let Some(row) = read else { return self.decide_missing(now) };
+        self.missing_since = None;
+        self.highest_epoch = self.highest_epoch.max(row.epoch);
         // A write of ours that landed unanswered: applied when it was sent
         // (the earliest such send, if the same row was sent twice).
         if let Some((cas, sent)) = self.unanswered.iter().find(|(c, _)| same(&c.new, row)).cloned() {
@@ -151,8 +167,30 @@ impl Machine {
         }
     }
 
+    /// No row. The first ever: created at once (epoch 1). One that was
+    /// there and went: whoever held it may still act until its deadline, and
+    /// a fence that never goes down (CQL) refuses a lower epoch: created
+    /// after one TTL of absence, above every epoch seen.
+    fn decide_missing(&mut self, now: Instant) -> Step {
+        if self.highest_epoch == 0 {
+            return Step::Write(LeaseCas { expected: None, new: self.row(1, 0) });
+        }
+        if matches!(self.view, View::Active { .. }) {
+            // Our row is gone: nothing to renew; stop acting at once.
+            self.view = View::Unknown;
+        }
+        let since = *self.missing_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= self.timing.ttl {
+            Step::Write(LeaseCas { expected: None, new: self.row(self.highest_epoch + 1, 0) })
+        } else {
+            Step::Wait
+        }
+    }
+
     /// The write `cas`, sent at `sent`, was applied.
     pub fn applied(&mut self, cas: &LeaseCas, sent: Instant) {
+        self.highest_epoch = self.highest_epoch.max(cas.new.epoch);
+        self.missing_since = None;
         self.view = View::Active { epoch: cas.new.epoch, counter: cas.new.counter, renewed: sent };
         self.unanswered.clear();
     }
@@ -244,6 +282,37 @@ mod tests {
         let c = write(b.decide(Some(&renewed), t0 + TTL * 2));
         assert_eq!(c.expected, Some((4, 18)));
         assert_eq!((c.new.holder.as_str(), c.new.epoch, c.new.counter), ("b", 5, 0));
+    }
+
+    /// Review finding: a deleted row was re-created at epoch 1 at once by
+    /// whoever read it next (a standby, or the holder itself), while the
+    /// holder could still act, and below a CQL fence that never goes down.
+    #[test]
+    fn a_row_that_disappears_is_created_again_after_a_ttl_above_every_epoch_seen() {
+        let t0 = Instant::now();
+        let mut b = m("b");
+        assert_eq!(b.decide(Some(&lease("a", 7, 3)), t0), Step::Wait);
+        assert_eq!(b.decide(None, t0 + TTL / 3), Step::Wait, "a standby waits on a missing row");
+        assert_eq!(b.decide(None, t0 + TTL / 3 + TTL - Duration::from_millis(1)), Step::Wait);
+        let c = write(b.decide(None, t0 + TTL / 3 + TTL));
+        assert_eq!((c.expected, c.new.holder.as_str(), c.new.epoch), (None, "b", 8));
+
+        let mut a = m("a");
+        let c = write(a.decide(None, t0));
+        assert_eq!(c.new.epoch, 1, "the first row ever: at once");
+        a.applied(&c, t0);
+        let r = write(a.decide(Some(&c.new), t0 + a.pause()));
+        a.applied(&r, t0 + a.pause());
+        assert_eq!(a.decide(None, t0 + a.pause() * 2), Step::Wait, "the holder of a deleted row waits too");
+        assert_eq!(a.is_active(t0 + a.pause() * 2), None, "and stops acting at once");
+        let c = write(a.decide(None, t0 + a.pause() * 2 + TTL));
+        assert_eq!(c.new.epoch, 2, "above its own epoch");
+        // The row back meanwhile (someone else's): the absence clock resets.
+        let mut d = m("d");
+        assert_eq!(d.decide(Some(&lease("a", 3, 0)), t0), Step::Wait);
+        assert_eq!(d.decide(None, t0 + TTL / 3), Step::Wait);
+        assert_eq!(d.decide(Some(&lease("e", 4, 0)), t0 + TTL), Step::Wait);
+        assert_eq!(d.decide(None, t0 + TTL + TTL / 3), Step::Wait, "absent again: a new TTL from here");
     }
 
     #[test]
