@@ -80,10 +80,17 @@ impl CqlStore {
         match res {
             Ok(r) => Ok(lwt_answer(r, "epoch")?.0),
             Err(e) if outcome_unknown(&e) => {
-                // Resolve: a SERIAL read finishes any round in progress; applied iff the row is ours now.
+                // Resolve: a SERIAL read finishes any round in progress; the
+                // row ours now means applied. Not ours does not mean "not
+                // applied": a proposal accepted by a minority can still be
+                // completed by a later round. Unknown, then: the keeper
+                // remembers the write and adopts it if it is read back.
                 tracing::debug!(lease = %n.name, error = %e, "lease write outcome unknown; resolving with a serial read");
                 let now = self.lease_read(&n.name).await?;
-                Ok(now.as_ref().is_some_and(|l| l.holder == n.holder && l.epoch == n.epoch && l.counter == n.counter))
+                if now.as_ref().is_some_and(|l| l.holder == n.holder && l.epoch == n.epoch && l.counter == n.counter) {
+                    return Ok(true);
+                }
+                Err(StoreError::OutcomeUnknown(format!("lease write of {}: {e} (not visible yet)", n.name)))
             }
             Err(e) => Err(exec_err("write lease", e)),
         }
