@@ -127,7 +127,8 @@ async fn raw_inserts(
     for agg in work {
         for e in agg {
             let payload = serde_json::to_string(&e.payload)?;
-            session
+            let event_id = e.event_id;
+            let res = session
                 .execute_unpaged(
                     insert,
                     (
@@ -144,6 +145,8 @@ async fn raw_inserts(
                     ),
                 )
                 .await?;
+            // Counted only if written: a refused insert is a bench failure.
+            anyhow::ensure!(crate::store::cql::lwt_applied(res)?, "raw insert of event {event_id} was not applied");
         }
     }
     Ok(())

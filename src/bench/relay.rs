@@ -136,6 +136,8 @@ async fn bare_pass(
 /// (caught up) with its stop trigger.
 struct Pass {
     rate: f64,
+    /// CPU per event of this process over the timed span (spawn -> caught up).
+    cpu: f64,
     running_rate: f64,
     start_ms: f64,
     trigger: Trigger,
@@ -166,7 +168,7 @@ async fn relay_pass(cfg: &Config, store: &DynStore, consumer: &str, mode: Delive
     let trigger = Trigger::new();
     let sd = trigger.subscribe();
     let head = store.head_position().await?;
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), CpuMeter::start());
     let task = tokio::spawn(async move {
         match mode {
             DeliveryMode::AtLeastOnce => relay.run(sd).await.map(|_| ()),
@@ -196,6 +198,7 @@ async fn relay_pass(cfg: &Config, store: &DynStore, consumer: &str, mode: Delive
     );
     Ok(Pass {
         rate: head as f64 / (end - start).as_secs_f64(),
+        cpu: cpu.per_item(head.max(0) as usize),
         running_rate: head as f64 / (end - running).as_secs_f64(),
         start_ms: (running - start).as_secs_f64() * 1e3,
         trigger,
@@ -203,9 +206,13 @@ async fn relay_pass(cfg: &Config, store: &DynStore, consumer: &str, mode: Delive
     })
 }
 
+/// Ends a pass, and lets its producer's teardown (dropped off the runtime:
+/// a purge, a flush of up to 500 ms, a thread joined) finish before the next
+/// timed pass, so it is charged to neither.
 async fn stop(trigger: Trigger, task: tokio::task::JoinHandle<Result<(), crate::relay::pipeline::RelayError>>) {
     trigger.fire();
     let _ = task.await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
 }
 
 /// Stores `events` one append each in a fresh SQLite file `name` under `dir`.
@@ -279,10 +286,13 @@ async fn measure(
     let producer: FutureProducer = producer_config(&cfg.kafka, &Delivery::AtLeastOnce).create()?;
     let (records, hot_records) = (baseline_records(cfg, &events), baseline_records(cfg, &hot));
 
-    // Warm-up (untimed): the first pass meets a cold broker.
+    // Warm-up (untimed): the first pass meets a cold broker (and, for
+    // exactly-once, a transaction coordinator not loaded yet).
     bare_pass(&producer, &records).await?;
-    let warm = relay_pass(cfg, &store, "bench-warmup", DeliveryMode::AtLeastOnce).await?;
-    stop(warm.trigger, warm.task).await;
+    for (name, mode) in [("bench-warmup", DeliveryMode::AtLeastOnce), ("bench-warmup-eos", DeliveryMode::ExactlyOnce)] {
+        let warm = relay_pass(cfg, &store, name, mode).await?;
+        stop(warm.trigger, warm.task).await;
+    }
 
     let (mut bare, mut alo, mut eos, mut bare_hot, mut relay_hot) = (vec![], vec![], vec![], vec![], vec![]);
     // The at-least-once relay timed from its report of running, and that start.
@@ -293,16 +303,14 @@ async fn measure(
         let cpu = CpuMeter::start();
         bare.push(bare_pass(&producer, &records).await?);
         cpu_bare.push(cpu.per_item(records.len()));
-        let cpu = CpuMeter::start();
         let p = relay_pass(cfg, &store, &format!("bench-alo-{round}"), DeliveryMode::AtLeastOnce).await?;
-        cpu_alo.push(cpu.per_item(n));
+        cpu_alo.push(p.cpu);
         stop(p.trigger, p.task).await;
         alo.push(p.rate);
         alo_running.push(p.running_rate);
         alo_start.push(p.start_ms);
-        let cpu = CpuMeter::start();
         let p = relay_pass(cfg, &store, &format!("bench-eos-{round}"), DeliveryMode::ExactlyOnce).await?;
-        cpu_eos.push(cpu.per_item(n));
+        cpu_eos.push(p.cpu);
         stop(p.trigger, p.task).await;
         eos.push(p.rate);
         bare_hot.push(bare_pass(&producer, &hot_records).await?);

@@ -17,19 +17,26 @@ pub struct Spread {
 }
 
 impl Spread {
+    /// The spread of the finite samples (a clock that could not be read
+    /// gives NaN: left out, never a min or max); an even count's median is
+    /// the mean of the two middle ones. No finite sample: all NaN.
     pub fn of(samples: &[f64]) -> Spread {
-        let mut v = samples.to_vec();
+        let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
         v.sort_by(|a, b| a.total_cmp(b));
-        if v.is_empty() {
+        let n = v.len();
+        if n == 0 {
             return Spread { median: f64::NAN, min: f64::NAN, max: f64::NAN };
         }
-        Spread { median: v[v.len() / 2], min: v[0], max: v[v.len() - 1] }
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        Spread { median, min: v[0], max: v[n - 1] }
     }
 }
 
 /// Ratios per round (`num[i] / den[i]`, never median over median): their
-/// spread and the JSON figure {median, min, max, samples}.
+/// spread and the JSON figure {median, min, max, samples}. The two series
+/// are rounds of one run: of one length (checked, a bench bug otherwise).
 fn per_round(num: &[f64], den: &[f64]) -> (Spread, Value) {
+    assert_eq!(num.len(), den.len(), "a ratio per round needs as many rounds on both sides");
     let samples: Vec<f64> = num.iter().zip(den).map(|(n, d)| n / d).collect();
     let r = Spread::of(&samples);
     (r, json!({ "median": r.median, "min": r.min, "max": r.max, "samples": samples }))
@@ -132,6 +139,16 @@ mod tests {
     fn spread_is_median_min_max() {
         assert_eq!(Spread::of(&[3.0, 1.0, 2.0]), Spread { median: 2.0, min: 1.0, max: 3.0 });
         assert!(Spread::of(&[]).median.is_nan());
+    }
+
+    /// Review finding: an even count took the upper middle sample, and a
+    /// NaN (a CPU clock that could not be read) sorted above everything and
+    /// became the max or the median.
+    #[test]
+    fn an_even_count_takes_the_middle_mean_and_nan_is_left_out() {
+        assert_eq!(Spread::of(&[4.0, 1.0, 3.0, 2.0]), Spread { median: 2.5, min: 1.0, max: 4.0 });
+        assert_eq!(Spread::of(&[3.0, f64::NAN, 1.0, 2.0]), Spread { median: 2.0, min: 1.0, max: 3.0 });
+        assert!(Spread::of(&[f64::NAN]).max.is_nan());
     }
 
     #[test]

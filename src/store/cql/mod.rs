@@ -80,6 +80,7 @@ use uuid::Uuid;
 
 pub use append::{BatchExecutor, BatchValues, SessionBatches};
 pub use connect::{cdc_log_exists, parse_consistency, parse_serial_consistency};
+pub use rows::lwt_applied;
 pub use schema::{schema_statements, SCHEMA_CQL};
 
 use super::{Appended, Backlog, DeadLetter, EventStore, Snapshot, StoreError, StoreProbe};

@@ -25,6 +25,12 @@ pub(super) fn lwt_answer(res: QueryResult, column: &str) -> Result<(bool, Option
     Ok((applied, values.pop().flatten()))
 }
 
+/// `[applied]` of an LWT answer (for a caller outside the store: the bench's
+/// raw baseline counts only inserts that were applied).
+pub fn lwt_applied(res: QueryResult) -> Result<bool, StoreError> {
+    Ok(lwt_answer_of(res, &[])?.0)
+}
+
 /// `[applied]` and the named columns of the first row of an LWT answer (a
 /// refused write answers the current values of its condition's columns;
 /// `None` for a column the answer lacks or that is null).
