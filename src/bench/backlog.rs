@@ -70,8 +70,10 @@ pub async fn run(
         base.kafka.brokers
     ));
     let consumer = base.relay.consumer_name.clone();
-    let daemon = Daemon::start(&db, &base.kafka, config_file).await?;
+    // Timed from the spawn: the relay drains while the child still starts
+    // (before its /health/live answers), and those events count.
     let start = Instant::now();
+    let daemon = Daemon::start(&db, &base.kafka, config_file).await?;
     let (mut samples, mut last, mut last_move) = (Vec::new(), 0i64, Instant::now());
     loop {
         let pos = store.get_checkpoint(&consumer).await?.unwrap_or(0);
