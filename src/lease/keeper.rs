@@ -9,10 +9,11 @@
 //!   newer epoch.
 //! - On shutdown an active holder releases the lease (holder cleared, same
 //!   epoch), so a standby takes over at its next read (every TTL/3)
-//!   instead of after a TTL; it
-//!   publishes `Lost` first, so a relay still running (a shutdown past its
-//!   deadline) stops before that; a crash leaves at most one TTL without a
-//!   leader.
+//!   instead of after a TTL; it publishes `Lost` first, so a relay still
+//!   running (a shutdown past its deadline) hands nothing new to its
+//!   producer from then on (what it handed over before may still be retried
+//!   while it drains: the unconfirmed window). A crash leaves about one TTL
+//!   without a leader (at most TTL + TTL/3: a standby reads every TTL/3).
 //! - A write that failed or did not answer and is read back as written is
 //!   adopted (`Machine::unanswered`): no TTL spent standing by on our own row.
 //! - Never blocks the append path (the stores keep lease writes off it).
