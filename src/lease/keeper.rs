@@ -278,7 +278,15 @@ impl Keeper {
 
     /// Gives the lease up (holder cleared, same epoch and counter + 1) so a standby need not wait a TTL.
     async fn release(&mut self) {
-        let View::Active { epoch, counter, .. } = self.machine.view else { return };
+        let View::Active { epoch, counter, .. } = self.machine.view else {
+            // Not holding it, as far as we know: a takeover or creation sent
+            // without an answer may have landed all the same (our row, in
+            // no one's hands once we stop): given back if read back as ours.
+            if let Some(sent) = self.machine.last_unanswered().cloned() {
+                self.release_refused(Self::release_of(&sent.new)).await;
+            }
+            return;
+        };
         if self.machine.is_active(Instant::now()).is_none() {
             return;
         }
@@ -286,16 +294,13 @@ impl Keeper {
         // past its deadline) stops before a standby can take it over.
         self.tx.send_replace(LeaseState::Lost { epoch });
         let name = self.machine.name.clone();
-        let cas = LeaseCas {
-            expected: Some((epoch, counter)),
-            new: Lease {
-                name: name.clone(),
-                holder: String::new(),
-                epoch,
-                counter: counter + 1,
-                ttl_ms: self.machine.timing.ttl.as_millis() as i64,
-            },
-        };
+        let cas = Self::release_of(&Lease {
+            name: name.clone(),
+            holder: self.machine.me.clone(),
+            epoch,
+            counter,
+            ttl_ms: self.machine.timing.ttl.as_millis() as i64,
+        });
         match tokio::time::timeout(Duration::from_secs(2), self.store.lease_cas(&cas)).await {
             Ok(Ok(true)) => tracing::info!(lease = %name, epoch, "lease released"),
             Ok(Ok(false)) => self.release_refused(cas).await,
@@ -307,6 +312,14 @@ impl Keeper {
         self.machine.view = View::Unknown;
         self.metrics.relay_leader.with_label_values(&[&name]).set(0);
         let _ = self.tx.send(LeaseState::Lost { epoch });
+    }
+
+    /// The release of `held`: holder cleared, same epoch, counter + 1.
+    fn release_of(held: &Lease) -> LeaseCas {
+        LeaseCas {
+            expected: Some((held.epoch, held.counter)),
+            new: Lease { holder: String::new(), counter: held.counter + 1, ..held.clone() },
+        }
     }
 
     /// A refused release: a renewal that applied with its reply lost left

@@ -200,6 +200,32 @@ async fn a_release_after_a_renewal_whose_reply_was_lost_still_gives_the_lease_ba
     assert_eq!(row.holder, "", "released: {row:?}");
 }
 
+/// Review finding: a takeover or creation whose reply was lost, then a
+/// shutdown before the next read adopted it: the keeper, not active as far
+/// as it knew, released nothing, and the row named a stopped process for a
+/// whole TTL. It reads the row back and releases it.
+#[tokio::test]
+async fn a_shutdown_after_a_creation_whose_reply_was_lost_gives_the_lease_back() {
+    let store = Arc::new(Hanging::default());
+    store.lost_reply.store(1, Ordering::SeqCst);
+    let mut stop = Trigger::new();
+    let handle = spawn(
+        store.clone(),
+        "relay",
+        "me",
+        Duration::from_millis(3000),
+        Metrics::new(),
+        PauseHook::default(),
+        stop.subscribe(),
+    );
+    tokio::time::timeout(Duration::from_secs(5), store.applied.notified()).await.expect("the creation applied");
+    stop.fire();
+    tokio::time::timeout(Duration::from_secs(5), stop.wait_drained()).await.expect("the keeper stops");
+    assert_eq!(handle.current().active_epoch(), None, "never published active");
+    let row = store.row.lock().unwrap().clone().unwrap();
+    assert_eq!((row.holder.as_str(), row.epoch), ("", 1), "released: {row:?}");
+}
+
 /// The creation write applies but its reply is lost: the next read shows
 /// this keeper's own row, which it adopts (epoch 1). It took the row for
 /// another holder's, waited a whole TTL on it, and took itself over at

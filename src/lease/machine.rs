@@ -204,6 +204,11 @@ impl Machine {
         self.unanswered.push((cas, sent));
     }
 
+    /// The last write sent that has not answered (it may have landed).
+    pub fn last_unanswered(&self) -> Option<&LeaseCas> {
+        self.unanswered.last().map(|(cas, _)| cas)
+    }
+
     /// The write was not applied (the row changed): forget what we believed; the next read decides.
     pub fn rejected(&mut self, now: Instant) {
         if matches!(self.view, View::Active { .. }) {
