@@ -7,7 +7,10 @@
 //! - poison inside a stream (event 3 of 5 over the topic's limit): 1, 2 on
 //!   the topic, 3-5 held; `dlq replay --aggregate` (CLI) delivers 3, 4, 5 in
 //!   order through the running relay; `POST /dlq/discard` (admin API)
-//!   publishes a marker in 3's place, then 4, 5, and keeps an audit row.
+//!   publishes a marker in 3's place, then 4, 5, and keeps an audit row;
+//! - the checker itself, on synthetic records: it fails on a missing id, a
+//!   reorder at first arrival, an unknown id, a copy with another key or
+//!   sequence, and a duplicate beyond one per covering window.
 //!
 //! The long faults (outage, kill -9 chaos) are in tests/soak.rs.
 
@@ -268,4 +271,124 @@ fn the_delivery_log_says_where_the_broker_put_each_event() {
     let lost = explain_missing(dir.path(), &stored[..1], &[]);
     assert!(lost.contains(&place) && lost.contains("the consumer read there: nothing"), "{lost}");
     d.stop();
+}
+
+/// The checker itself on synthetic records (no broker): it fails on each
+/// fault it exists to catch, and the duplicate cap holds per window.
+mod judge {
+    use super::harness::{Record, StoredRow, Verdict, Window};
+    use std::collections::HashMap;
+
+    const A: &str = "0190a0a0-0000-7000-8000-00000000000a";
+    const B: &str = "0190a0a0-0000-7000-8000-00000000000b";
+
+    /// Positions 1..=4: A seq 1, B seq 1, A seq 2, B seq 2.
+    fn stored() -> Vec<StoredRow> {
+        [(A, 1), (B, 1), (A, 2), (B, 2)]
+            .iter()
+            .enumerate()
+            .map(|(i, (agg, seq))| StoredRow {
+                position: i as i64 + 1,
+                event_id: format!("e{}", i + 1),
+                aggregate_id: agg.to_string(),
+                sequence: *seq,
+            })
+            .collect()
+    }
+
+    /// Records in partition order: (event id, key, ce_sequence); one partition per key.
+    fn records(copies: &[(&str, &str, i64)]) -> Vec<Record> {
+        let mut offsets: HashMap<&str, i64> = HashMap::new();
+        copies
+            .iter()
+            .map(|(id, key, seq)| {
+                let offset = offsets.entry(key).or_default();
+                *offset += 1;
+                let headers = [("ce_id", id.to_string()), ("ce_sequence", seq.to_string())];
+                Record {
+                    topic: "t".into(),
+                    partition: i32::from(*key == B),
+                    offset: *offset,
+                    key: key.to_string(),
+                    headers: headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                    value: serde_json::Value::Null,
+                    raw: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
+    const ALL: [(&str, &str, i64); 4] = [("e1", A, 1), ("e2", B, 1), ("e3", A, 2), ("e4", B, 2)];
+
+    fn judge(copies: &[(&str, &str, i64)], windows: &[Window]) -> Verdict {
+        Verdict::judge(&records(copies), &stored(), |_| false, windows)
+    }
+
+    /// `assert_sound` panics, naming `what`.
+    fn fails(v: &Verdict, what: &str) {
+        let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| v.assert_sound("synthetic")));
+        let msg = panic.expect_err("the verdict is unsound");
+        let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains(what), "{what:?} not in {msg:?}");
+    }
+
+    #[test]
+    fn a_complete_topic_in_order_is_sound() {
+        let v = judge(&ALL, &[]);
+        v.assert_sound("synthetic");
+        assert_eq!((v.delivered, v.duplicate_copies()), (4, 0));
+    }
+
+    #[test]
+    fn a_missing_id_fails() {
+        let v = judge(&[ALL[0], ALL[1], ALL[2]], &[]);
+        assert_eq!(v.missing.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(), ["e4"]);
+        fails(&v, "missing from the topic");
+    }
+
+    #[test]
+    fn a_reorder_at_first_arrival_fails() {
+        // A's seq 2 sits before its seq 1 in its partition.
+        let v = judge(&[ALL[2], ALL[0], ALL[1], ALL[3]], &[]);
+        assert!(!v.order_violations.is_empty(), "{}", v.summary());
+        fails(&v, "order violations at first arrival");
+    }
+
+    #[test]
+    fn an_unknown_id_fails() {
+        let v = judge(&[ALL[0], ALL[1], ALL[2], ALL[3], ("never-stored", A, 3)], &[]);
+        assert_eq!(v.unknown, ["never-stored"]);
+        fails(&v, "were never stored");
+    }
+
+    #[test]
+    fn a_duplicate_outside_every_window_fails() {
+        // e3 (position 3) twice; the window covers positions 1 and 2 only.
+        let v = judge(&[ALL[0], ALL[1], ALL[2], ALL[2], ALL[3]], &[Window::new("kill 1", 0, 2)]);
+        assert_eq!(v.duplicate_copies(), 1);
+        fails(&v, "duplicates outside every window");
+    }
+
+    #[test]
+    fn a_window_explains_one_extra_copy_per_position() {
+        let once = [ALL[0], ALL[1], ALL[2], ALL[2], ALL[3]];
+        let v = judge(&once, &[Window::new("kill 1", 2, 4)]);
+        v.assert_sound("one extra copy, one window");
+        // A third copy needs a second window covering position 3.
+        let twice = [ALL[0], ALL[1], ALL[2], ALL[2], ALL[2], ALL[3]];
+        let v = judge(&twice, &[Window::new("kill 1", 2, 4)]);
+        fails(&v, "extra copy 2, 1 windows cover it");
+        let v = judge(&twice, &[Window::new("kill 1", 2, 4), Window::new("kill 2", 0, 3)]);
+        v.assert_sound("two extra copies, two windows");
+        assert_eq!(v.explained_by.values().copied().collect::<Vec<_>>(), [1, 1], "{}", v.summary());
+    }
+
+    #[test]
+    fn a_copy_with_another_key_or_sequence_fails() {
+        // e3 is A's seq 2: under B's key, or carrying seq 1, it is not the stored event.
+        let v = judge(&[ALL[0], ALL[1], ("e3", B, 2), ALL[3]], &[]);
+        fails(&v, "another key or ce_sequence");
+        let v = judge(&[ALL[0], ALL[1], ("e3", A, 1), ALL[3]], &[]);
+        fails(&v, "ce_sequence 1, stored 2");
+    }
 }

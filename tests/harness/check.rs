@@ -1,7 +1,10 @@
 //! The independent consumer's verdict on a topic: every stored event id is
-//! there, the first arrival of each aggregate's events is in sequence order
-//! with no gap, and every duplicate copy is explained by a named window of
-//! feed positions (the unconfirmed window at a kill, an outage's re-sends).
+//! there, every copy carries its stored row's key (the aggregate) and
+//! `ce_sequence`, the first arrival of each aggregate's events is in
+//! sequence order with no gap, and every duplicate copy is explained by a
+//! named window of feed positions (the unconfirmed window at a kill, an
+//! outage's re-sends): each window explains at most one extra copy of each
+//! position it covers.
 //!
 //! It compares the topic with the store (the source of truth), never with
 //! what the test thinks it wrote: a request whose outcome the client did not
@@ -35,7 +38,8 @@ pub fn stored_rows(db: &Path) -> Vec<StoredRow> {
     .collect()
 }
 
-/// A range of feed positions `(lo, hi]` whose events may legitimately arrive twice.
+/// A range of feed positions `(lo, hi]` whose events may legitimately arrive
+/// once more each: a position covered by `n` windows may arrive `1 + n` times.
 #[derive(Debug, Clone)]
 pub struct Window {
     pub why: String,
@@ -61,11 +65,15 @@ pub struct Verdict {
     pub missing: Vec<StoredRow>,
     /// Ids on the topic that were never stored.
     pub unknown: Vec<String>,
+    /// Copies whose key or `ce_sequence` is not their stored row's:
+    /// "id (position p): key k, stored aggregate a".
+    pub mismatched: Vec<String>,
     /// First arrivals out of sequence order or after a gap: "key: seq a then b".
     pub order_violations: Vec<String>,
     /// Extra copies: event id -> copies beyond the first.
     pub duplicates: BTreeMap<String, usize>,
-    /// Extra copies no window explains: "id (position p)".
+    /// Extra copies no window explains (beyond one per covering window):
+    /// "id (position p): extra copy n, k windows cover it".
     pub unexplained: Vec<String>,
     /// How many extra copies each window explained.
     pub explained_by: BTreeMap<String, usize>,
@@ -96,11 +104,28 @@ impl Verdict {
                 v.unknown.push(id);
                 continue;
             };
+            let (key, stored_key) = (r.key.as_str(), aggregate_key(&row.aggregate_id));
+            if key != stored_key {
+                v.mismatched
+                    .push(format!("{id} (position {}): key {key:?}, stored aggregate {stored_key}", row.position));
+            }
+            if r.sequence() != row.sequence {
+                let got = r.headers.get("ce_sequence").map_or("none", String::as_str);
+                v.mismatched
+                    .push(format!("{id} (position {}): ce_sequence {got}, stored {}", row.position, row.sequence));
+            }
             if !seen.insert(id.clone()) {
-                *v.duplicates.entry(id.clone()).or_default() += 1;
-                match windows.iter().find(|w| w.covers(row.position)) {
+                let extra = v.duplicates.entry(id.clone()).or_default();
+                *extra += 1;
+                // The n-th extra copy needs an n-th window covering its position.
+                let covering: Vec<&Window> = windows.iter().filter(|w| w.covers(row.position)).collect();
+                match covering.get(*extra - 1) {
                     Some(w) => *v.explained_by.entry(w.why.clone()).or_default() += 1,
-                    None => v.unexplained.push(format!("{id} (position {})", row.position)),
+                    None => v.unexplained.push(format!(
+                        "{id} (position {}): extra copy {extra}, {} windows cover it",
+                        row.position,
+                        covering.len()
+                    )),
                 }
                 continue;
             }
@@ -129,7 +154,8 @@ impl Verdict {
         self.duplicates.values().sum()
     }
 
-    /// Every stored id present, order at first arrival, nothing unknown, every duplicate explained.
+    /// Every stored id present, nothing unknown, every copy with its row's
+    /// key and sequence, order at first arrival, every duplicate explained.
     pub fn assert_sound(&self, context: &str) {
         let show = |v: &[String]| v.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
         assert!(
@@ -144,6 +170,12 @@ impl Verdict {
             "{context}: {} records were never stored: {}",
             self.unknown.len(),
             show(&self.unknown)
+        );
+        assert!(
+            self.mismatched.is_empty(),
+            "{context}: {} records carry another key or ce_sequence than their stored row: {}",
+            self.mismatched.len(),
+            show(&self.mismatched)
         );
         assert!(
             self.order_violations.is_empty(),
@@ -161,10 +193,11 @@ impl Verdict {
 
     pub fn summary(&self) -> String {
         format!(
-            "{} delivered, {} missing, {} never stored, {} order violations, {} duplicate copies ({} explained: {:?})",
+            "{} delivered, {} missing, {} never stored, {} key/sequence mismatches, {} order violations, {} duplicate copies ({} explained: {:?})",
             self.delivered,
             self.missing.len(),
             self.unknown.len(),
+            self.mismatched.len(),
             self.order_violations.len(),
             self.duplicate_copies(),
             self.explained_by.values().sum::<usize>(),
@@ -182,6 +215,12 @@ impl Verdict {
         }
     }
 }
+/// The record key the relay gives an aggregate id column: the UUID's
+/// lower-case hyphenated form when it parses, the raw text otherwise.
+fn aggregate_key(raw: &str) -> String {
+    uuid::Uuid::parse_str(raw.trim()).map(|u| u.hyphenated().to_string()).unwrap_or_else(|_| raw.to_string())
+}
+
 /// Checks per-aggregate order on the first copy of every event id; returns
 /// the number of duplicate copies.
 pub fn check_order_and_count_dups(records: &[Record]) -> usize {

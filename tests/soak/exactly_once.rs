@@ -14,7 +14,7 @@ use std::time::Instant;
 fn soak_exactly_once_zombie_paused_mid_transaction_is_fenced() {
     let Some(brokers) = shared_brokers() else { return };
     let dir = kept_on_failure();
-    let cfg_a = daemon_config(&brokers, dir.path());
+    let cfg_a = soak_config(&brokers, dir.path());
     let cfg_b = on_new_ports(&cfg_a);
     let db = cfg_a.store.path.clone();
     let env = soak_env(&cfg_a, "exactly-once");
@@ -31,7 +31,11 @@ fn soak_exactly_once_zombie_paused_mid_transaction_is_fenced() {
     eventually(Duration::from_secs(20), "the leader to commit transactions", || (commits(leader) > 0.0).then_some(()));
     sleep_ms(1000);
 
-    let r = leader.admin("POST", &format!("/debug/pause/relay?ms={}", 3 * TTL_MS));
+    // The pause (3 TTL, 9 s) outlasts the transaction timeout, the message
+    // timeout and every other timeout of the zombie's path.
+    const PAUSE_MS: u64 = 3 * TTL_MS;
+    const _: () = assert!(PAUSE_MS > 2 * LONGEST_TIMEOUT_MS);
+    let r = leader.admin("POST", &format!("/debug/pause/relay?ms={PAUSE_MS}"));
     assert_eq!(r.status, 202, "{}", r.text());
     let paused_at = Instant::now();
     eventually(3 * ttl, "the standby to take over", || is_leader(standby).then_some(()));
@@ -59,7 +63,7 @@ fn soak_exactly_once_zombie_paused_mid_transaction_is_fenced() {
 fn soak_migration_from_at_least_once_to_exactly_once_repeats_only_the_last_window() {
     let Some(brokers) = shared_brokers() else { return };
     let dir = kept_on_failure();
-    let cfg = daemon_config(&brokers, dir.path());
+    let cfg = soak_config(&brokers, dir.path());
     let db = cfg.store.path.clone();
     let mut d = Daemon::start(&cfg, &soak_env(&cfg, "at-least-once"));
     let load = Load::start(vec![d.api], LoadSpec::default());
@@ -77,11 +81,14 @@ fn soak_migration_from_at_least_once_to_exactly_once_repeats_only_the_last_windo
 }
 
 /// Review item with no reproducing test until now: a transaction whose
-/// commit fails in a broker outage and whose abort cannot complete either.
+/// commit fails in a broker outage and whose abort cannot complete either
+/// (since the commit is called again until its deadline instead of aborted,
+/// a commit still unfinished then ends the term the same way).
 /// The relay is paused just before its commit (records sent), the broker is
 /// stopped, and the outage outlasts the commit's and the abort's timeouts
-/// (the transaction timeout, 3 s) while 16 writers continue: the term ends
-/// as fatal instead of leaving librdkafka refusing every later transaction,
+/// (the transaction timeout, 3 s, the soak's longest) and the breaker's
+/// open time while 16 writers continue: the term ends as fatal instead of
+/// leaving librdkafka refusing every later transaction,
 /// a new term's `init_transactions` (retried until the broker is back)
 /// settles the open transaction, and a read_committed consumer sees every
 /// stored event exactly once, in order.
@@ -89,11 +96,9 @@ fn soak_migration_from_at_least_once_to_exactly_once_repeats_only_the_last_windo
 fn soak_exactly_once_abort_that_cannot_complete_ends_the_term_without_loss() {
     let kafka = PrivateKafka::start();
     let dir = kept_on_failure();
-    let mut cfg = daemon_config(&kafka.brokers, dir.path());
-    cfg.kafka.message_timeout_ms = 2000;
+    let cfg = soak_config(&kafka.brokers, dir.path());
     let db = cfg.store.path.clone();
-    let mut env = soak_env(&cfg, "exactly-once");
-    env.push(("OUTBOX_RELAY__TRANSACTION_TIMEOUT_MS", "3000".into()));
+    let env = soak_env(&cfg, "exactly-once");
     let d = Daemon::start(&cfg, &env);
     let load = Load::start(vec![d.api], LoadSpec::default());
     let commits = |d: &Daemon| d.metrics().value("relay_transactions_total", &[("outcome", "committed")]);
@@ -103,14 +108,24 @@ fn soak_exactly_once_abort_that_cannot_complete_ends_the_term_without_loss() {
     let r = d.admin("POST", "/debug/pause/relay?ms=2000");
     assert_eq!(r.status, 202, "{}", r.text());
     kafka.stop();
-    // 4x the transaction timeout: the commit and then the abort time out.
-    sleep_ms(12_000);
+    // 4x the transaction timeout (the longest timeout of the path, 12x the
+    // breaker's open time): the commit and then the abort time out.
+    const OUTAGE_MS: u64 = 4 * TRANSACTION_TIMEOUT_MS;
+    const _: () = assert!(OUTAGE_MS > 2 * LONGEST_TIMEOUT_MS);
+    sleep_ms(OUTAGE_MS);
     let log = d.log_text();
     assert!(log.contains("paused (fault injection)"), "the pause happened");
+    // The commit times out (retriable, called again until its deadline:
+    // its outcome unknown, never aborted then), or fails otherwise and the
+    // abort cannot complete: either ends the term.
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("relay term failed")).collect();
     assert!(
-        log.contains("the transaction could not be aborted"),
-        "the abort could not complete and ended the term: {}",
-        log.lines().filter(|l| l.contains("relay term failed")).take(3).collect::<Vec<_>>().join("\n")
+        failed.iter().any(|l| {
+            l.contains("the transaction's commit did not complete in time (outcome unknown)")
+                || l.contains("the transaction could not be aborted")
+        }),
+        "the commit or the abort could not complete and ended the term: {}",
+        failed.iter().take(3).copied().collect::<Vec<_>>().join("\n")
     );
     kafka.restart();
     eventually(Duration::from_secs(60), "the relay to commit again after the outage", || {

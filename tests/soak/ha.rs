@@ -43,7 +43,7 @@ fn relay_status(d: &Daemon) -> serde_json::Value {
 fn soak_two_instances_one_publisher_takeover_zombie_and_restart() {
     let Some(brokers) = shared_brokers() else { return };
     let dir = kept_on_failure();
-    let cfg_a = daemon_config(&brokers, dir.path());
+    let cfg_a = soak_config(&brokers, dir.path());
     let cfg_b = on_new_ports(&cfg_a);
     let db = cfg_a.store.path.clone();
     let env = soak_env(&cfg_a, "at-least-once");
