@@ -1,9 +1,12 @@
 //! SQLite-only properties of the store suite (`tests/store_suite.rs`):
 //! a reopened file finds every committed event, a subscriber wakes on
-//! another connection's commit, the feed is commit order and pages, and two
-//! instances on one file never both win an append.
+//! another connection's commit, the feed is commit order and pages, two
+//! instances on one file never both win an append, a path the process can't
+//! write or create is refused at open as a configuration error (never an
+//! outage), and a payload that is not UTF-8 is an unreadable row.
 
 use super::*;
+use outboxd::store::feed::FeedRow;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_reopen_finds_every_committed_event() {
@@ -97,4 +100,118 @@ async fn sqlite_two_instances_on_one_file_never_both_win() {
     }
     let seqs: Vec<i64> = a.load(id).await.unwrap().iter().map(|e| e.sequence).collect();
     assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
+}
+
+/// `open` refused `path` as a configuration problem naming it (permanent:
+/// the CLI exits 2), not as an outage to retry.
+fn assert_refused(res: Result<std::sync::Arc<SqliteStore>, StoreError>, path: &std::path::Path, why: &str) {
+    match res {
+        Err(StoreError::Unsupported { what, .. }) => {
+            assert!(what.contains(&path.display().to_string()), "{why}: names the path: {what}");
+            assert!(what.contains("store.path"), "{why}: names the setting: {what}");
+        }
+        Err(e) => panic!("{why}: a permanent error expected, got {e:?}"),
+        Ok(_) => panic!("{why}: opened"),
+    }
+}
+
+/// Review finding: a database file this process may not write (a restored
+/// backup owned by root, mode 0444) was opened read-only by SQLite without
+/// a word; every write then failed as "unavailable", retried forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_a_file_this_process_cannot_write_is_refused_at_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    // A current store with one event, written by a connection of its own
+    // (a store opened in this process would share its descriptor with the
+    // next open of the file: SQLite reuses a closed connection's).
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL").unwrap();
+        for (_, ddl) in outboxd::store::sqlite::schema::MIGRATIONS {
+            c.execute_batch(ddl).unwrap();
+        }
+        c.execute_batch(&format!("PRAGMA user_version = {}", outboxd::store::sqlite::SCHEMA_VERSION)).unwrap();
+        insert_raw(&c, Uuid::now_v7(), b"{}");
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    if std::fs::OpenOptions::new().write(true).open(&path).is_ok() {
+        eprintln!("SKIPPED: sqlite_a_file_this_process_cannot_write_is_refused_at_open: a 0444 file is writable here (running as root?)");
+        return;
+    }
+    assert_refused(SqliteStore::open(&path, SqliteOptions::default()).await, &path, "a 0444 file");
+    // Its directory read-only too (no journal can be created there).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    let res = SqliteStore::open(&path, SqliteOptions::default()).await;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_refused(res, &path, "a 0444 file in a 0555 directory");
+    // Writable again: it opens, every event still there.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let s = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+    assert!(matches!(&s.read_feed(0, 10).await.unwrap()[..], [FeedRow::Event(_)]));
+}
+
+/// Inserts one event row of `aggregate` with `payload` as a BLOB, as
+/// another writer would; returns its event id.
+fn insert_raw(c: &rusqlite::Connection, aggregate: Uuid, payload: &[u8]) -> String {
+    let event_id = Uuid::now_v7().to_string();
+    c.execute(
+        "INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, correlation_id, timestamp)
+         VALUES (?1, 'order', ?2, 1, 'OrderCreated', 1, ?3, ?1, '2026-01-01T00:00:00.000Z')",
+        rusqlite::params![event_id, aggregate.to_string(), payload],
+    )
+    .unwrap();
+    event_id
+}
+
+/// Review finding: a path whose directory cannot be created, or that SQLite
+/// cannot open at all, was an outage ("unavailable"), retried forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_a_path_that_cannot_be_created_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteOptions::default;
+    // A directory nobody can create (not even root).
+    let under_proc = std::path::Path::new("/proc/outboxd-nope/x.db");
+    assert_refused(
+        SqliteStore::open(under_proc, opts()).await,
+        under_proc.parent().unwrap(),
+        "a directory under /proc",
+    );
+    // A regular file where the directory should be.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let under_file = file.join("x.db");
+    assert_refused(SqliteStore::open(&under_file, opts()).await, &file, "a file in the way");
+    // The directory is there, the file can't be opened (SQLITE_CANTOPEN): a name too long.
+    let long = dir.path().join(format!("{}.db", "x".repeat(300)));
+    assert_refused(SqliteStore::open(&long, opts()).await, &long, "a name too long");
+    assert!(!long.exists() && std::fs::read_dir(dir.path()).unwrap().count() == 1, "nothing was created");
+}
+
+/// Review finding: a BLOB payload that is not UTF-8 (another writer's row)
+/// was decoded lossily (U+FFFD) and published as an event, not byte for
+/// byte; it is an unreadable row (the relay parks its aggregate).
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_a_payload_that_is_not_utf8_is_an_unreadable_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let s = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+    let (good, bad) = (Uuid::now_v7(), Uuid::now_v7());
+    s.append(good, 0, order_events(good, 0, 1)).await.unwrap();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let event_id = insert_raw(&c, bad, b"{\"a\":\"\x80\xff\"}");
+    drop(c);
+    let feed = s.read_feed(0, 10).await.unwrap();
+    assert_eq!(feed.len(), 2);
+    assert!(matches!(&feed[0], FeedRow::Event(_)), "{:?}", feed[0]);
+    match &feed[1] {
+        FeedRow::Unreadable(u) => {
+            assert!(u.error.contains("payload") && u.error.contains("UTF-8"), "{}", u.error);
+            assert_eq!(&*u.aggregate_key, bad.to_string().as_str());
+            assert_eq!((u.sequence, u.event_id.as_deref()), (Some(1), Some(event_id.as_str())));
+        }
+        other => panic!("published as an event: {other:?}"),
+    }
 }

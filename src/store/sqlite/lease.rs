@@ -20,8 +20,8 @@
 use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::writer::commit_failure_of;
-use super::{parse_ts, ts, unavailable};
+use super::writer::{begin_failure, commit_failure_of};
+use super::{parse_ts, read_failure, ts, unavailable, write_failure};
 use crate::store::lease::{Lease, LeaseCas, LeaseInfo};
 use crate::store::StoreError;
 
@@ -30,17 +30,17 @@ pub(super) fn get(c: &Connection, name: &str) -> Result<Option<Lease>, StoreErro
         Ok(Lease { name: r.get(0)?, holder: r.get(1)?, epoch: r.get(2)?, counter: r.get(3)?, ttl_ms: r.get(4)? })
     })
     .optional()
-    .map_err(unavailable)
+    .map_err(read_failure)
 }
 
 pub(super) fn cas(c: &mut Connection, cas: &LeaseCas) -> Result<bool, StoreError> {
-    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+    let tx = begin(c)?;
     let current: Option<(i64, i64)> = tx
         .query_row("SELECT epoch, counter FROM relay_leases WHERE name = ?1", [&cas.new.name], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()
-        .map_err(unavailable)?;
+        .map_err(read_failure)?;
     if current != cas.expected {
         return Ok(false);
     }
@@ -51,7 +51,7 @@ pub(super) fn cas(c: &mut Connection, cas: &LeaseCas) -> Result<bool, StoreError
             ttl_ms = excluded.ttl_ms, renewed_at = excluded.renewed_at",
         params![n.name, n.holder, n.epoch, n.counter, n.ttl_ms, ts(&Utc::now())],
     )
-    .map_err(unavailable)?;
+    .map_err(|e| write_failure(&tx, e))?;
     tx.commit().map_err(commit_failed)?;
     Ok(true)
 }
@@ -74,7 +74,7 @@ pub(super) fn list(c: &Connection) -> Result<Vec<LeaseInfo>, StoreError> {
         .map_err(unavailable)?;
     let mut out = Vec::new();
     for row in rows {
-        let (lease, renewed, position) = row.map_err(unavailable)?;
+        let (lease, renewed, position) = row.map_err(read_failure)?;
         out.push(LeaseInfo { lease, renewed_at: parse_ts(&renewed).ok(), position });
     }
     Ok(out)
@@ -88,17 +88,23 @@ pub(super) fn fenced<T>(
     epoch: i64,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+    let tx = begin(c)?;
     let current: Option<i64> = tx
         .query_row("SELECT epoch FROM relay_leases WHERE name = ?1", [name], |r| r.get(0))
         .optional()
-        .map_err(unavailable)?;
+        .map_err(read_failure)?;
     if current != Some(epoch) {
         return Err(StoreError::Fenced { name: name.to_string(), epoch, current });
     }
     let out = f(&tx)?;
     tx.commit().map_err(commit_failed)?;
     Ok(out)
+}
+
+/// `BEGIN IMMEDIATE` on the lease connection (a read-only file is permanent).
+fn begin(c: &mut Connection) -> Result<rusqlite::Transaction<'_>, StoreError> {
+    let path = c.path().map(str::to_owned);
+    c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| begin_failure(path.as_deref(), e))
 }
 
 /// What a failed COMMIT of a lease or fenced write tells the caller.
@@ -124,7 +130,7 @@ pub(super) fn upsert_checkpoint(c: &Connection, consumer: &str, position: i64) -
         params![consumer, position, ts(&Utc::now())],
     )
     .map(|_| ())
-    .map_err(unavailable)
+    .map_err(|e| write_failure(c, e))
 }
 
 #[cfg(test)]
@@ -174,5 +180,22 @@ mod tests {
         c.commit_hook(Some(|| true));
         let fenced = set_checkpoint_fenced(&mut c, "relay", 1, 5);
         assert!(matches!(&fenced, Err(StoreError::Unavailable(m)) if m.contains("commit failed")), "{fenced:?}");
+    }
+
+    /// Review finding: a lease row whose column holds the wrong type (a
+    /// hand edit, a foreign writer) was reported `Unavailable`, retried
+    /// forever; it is a stored row that cannot be decoded (`Codec`).
+    #[test]
+    fn a_lease_column_of_the_wrong_type_is_a_codec_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = open(&dir.path().join("l.db"));
+        assert!(cas(&mut c, &take("relay")).unwrap());
+        c.execute("UPDATE relay_leases SET epoch = 'one'", []).unwrap();
+        assert!(matches!(get(&c, "relay"), Err(StoreError::Codec(_))), "{:?}", get(&c, "relay"));
+        assert!(matches!(list(&c), Err(StoreError::Codec(_))), "{:?}", list(&c));
+        let e = cas(&mut c, &take("relay"));
+        assert!(matches!(e, Err(StoreError::Codec(_))), "{e:?}");
+        let e = set_checkpoint_fenced(&mut c, "relay", 1, 5);
+        assert!(matches!(e, Err(StoreError::Codec(_))), "{e:?}");
     }
 }

@@ -20,6 +20,11 @@
 //!   every write: in WAL mode SQLite still commits to the old inode, reported
 //!   durable, so the writer thread and the lease connection check the file
 //!   first ([`file::DbFile::check`]).
+//! - A file this process may not write (SQLite would open it read-only,
+//!   and every write would fail as if the store were down), a directory
+//!   that cannot be created and a path SQLite cannot open are refused at
+//!   open as `Unsupported` (a configuration problem, exit 2), never as
+//!   `Unavailable`. A `write` closure that panics fails only its caller.
 //! - Schema version 2 adds the read-model tables maintained by
 //!   `crate::projection` (a v1 file is upgraded in place on open); they are
 //!   written through the same writer thread, batch and checkpoint in one
@@ -120,6 +125,78 @@ pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|e| codec(format!("bad uuid {s:?}: {e}")))
 }
 
+/// The permanent error for a database file (or its directory) this process
+/// may not write: a configuration problem, not an outage.
+fn not_writable(path: &Path) -> StoreError {
+    StoreError::Unsupported {
+        backend: "sqlite",
+        what: format!("{} is not writable by this process (store.path)", path.display()),
+    }
+}
+
+/// A failed open: SQLite's CANTOPEN (the file or its directory cannot be
+/// created or opened at all: a missing or unwritable directory, a path under
+/// `/proc`) is permanent, anything else (busy, out of memory) may pass.
+fn cannot_open(path: &Path, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::CannotOpen) => StoreError::Unsupported {
+            backend: "sqlite",
+            what: format!("cannot open {} (store.path): {e}", path.display()),
+        },
+        _ => unavailable(format!("cannot open {}: {e}", path.display())),
+    }
+}
+
+/// A failed write: SQLite refusing to write a read-only database (or one in
+/// a read-only directory) is permanent, as [`not_writable`] at open;
+/// anything else is `Unavailable`. A moved file (`SQLITE_READONLY_DBMOVED`)
+/// stays `Unavailable`, as every deleted or replaced file does
+/// ([`file::DbFile::check`]).
+pub(crate) fn write_failure(c: &Connection, e: rusqlite::Error) -> StoreError {
+    write_failure_at(c.path(), e)
+}
+
+/// [`write_failure`] of a connection at `path` (`Connection::path`).
+pub(crate) fn write_failure_at(path: Option<&str>, e: rusqlite::Error) -> StoreError {
+    const READONLY_DIRECTORY: i32 = rusqlite::ffi::SQLITE_READONLY | (6 << 8);
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_READONLY || f.extended_code == READONLY_DIRECTORY =>
+        {
+            not_writable(Path::new(path.unwrap_or("the database file")))
+        }
+        _ => unavailable(e),
+    }
+}
+
+/// A failed read: a column holding a value of the wrong type (a foreign
+/// writer's, or a hand edit's) is a stored row that cannot be decoded
+/// (`Codec`, permanent: retrying reads the same row); anything else is
+/// `Unavailable`.
+pub(crate) fn read_failure(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => codec(e),
+        e => unavailable(e),
+    }
+}
+
+/// A directory of `store.path` that cannot be created: permanent when the
+/// path itself is wrong (no permission, a read-only file system, a file in
+/// the way, a path under `/proc`); anything else (a full disk, an I/O
+/// error) may pass.
+fn cannot_create_dir(dir: &Path, e: std::io::Error) -> StoreError {
+    use std::io::ErrorKind::*;
+    let what = format!("cannot create {}: {e}", dir.display());
+    match e.kind() {
+        PermissionDenied | NotFound | ReadOnlyFilesystem | NotADirectory | AlreadyExists | InvalidFilename => {
+            StoreError::Unsupported { backend: "sqlite", what: format!("{what} (store.path)") }
+        }
+        _ => unavailable(what),
+    }
+}
+
 fn open_conn(path: &Path, opts: &SqliteOptions, read_only: bool) -> Result<Connection, StoreError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -133,8 +210,13 @@ fn open_conn(path: &Path, opts: &SqliteOptions, read_only: bool) -> Result<Conne
             what: format!("{} is a directory, not a SQLite database file (store.path)", path.display()),
         });
     }
-    let conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| cannot_open(path, e))?;
+    // SQLite opens a file this process may not write (a restored backup
+    // owned by another user, mode 0444) read-only without a word: every
+    // write would then fail, looking like an outage, for the process's life.
+    if !read_only && conn.is_readonly("main").map_err(unavailable)? {
+        return Err(not_writable(path));
+    }
     conn.busy_timeout(Duration::from_millis(opts.busy_timeout_ms)).map_err(unavailable)?;
     if !read_only {
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(|e| {
@@ -164,8 +246,7 @@ impl SqliteStore {
         let (p, o) = (path.clone(), opts.clone());
         let (conn, head, lease_conn, reader, file) = tokio::task::spawn_blocking(move || {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|e| cannot_create_dir(dir, e))?;
             }
             let mut conn = open_conn(&p, &o, false)?;
             migrate_conn(&mut conn)?;
@@ -227,7 +308,13 @@ impl SqliteStore {
             let conn = pool.lock().map_err(unavailable)?.pop();
             let conn = match conn {
                 Some(c) => c,
-                None => open_conn(&path, &opts, true)?,
+                // The file opened at startup and is still the same one
+                // (checked above): failing to open another reader now is the
+                // process's resources (descriptors), not the path.
+                None => open_conn(&path, &opts, true).map_err(|e| match e {
+                    StoreError::Unsupported { what, .. } => unavailable(what),
+                    e => e,
+                })?,
             };
             let out = f(&conn);
             if let Ok(mut p) = pool.lock() {
@@ -267,8 +354,11 @@ impl SqliteStore {
         let (tx, rx) = oneshot::channel();
         let file = self.file.clone();
         // As appends: never to a file deleted or replaced under the store.
+        // A panic in `f` is this caller's error; the writer thread goes on
+        // (and rolls back a transaction `f` left open).
         let job = Job::Exec(Box::new(move |c| {
-            let _ = tx.send(file.check().and_then(|()| f(c)));
+            let run = std::panic::AssertUnwindSafe(|| file.check().and_then(|()| f(c)));
+            let _ = tx.send(std::panic::catch_unwind(run).unwrap_or_else(|p| Err(writer::exec_panicked(p))));
         }));
         self.jobs.send(job).await.map_err(|_| unavailable("sqlite writer thread has stopped"))?;
         rx.await.map_err(|_| unavailable("sqlite writer thread has stopped"))?

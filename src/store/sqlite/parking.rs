@@ -9,7 +9,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::feed::FEED_COLS;
-use super::{parse_ts, ts, unavailable};
+use super::{parse_ts, read_failure, ts, unavailable, write_failure};
 use crate::store::feed::FeedRow;
 use crate::store::parking::{DiscardRecord, Parked, ParkedInfo};
 use crate::store::{Backlog, StoreError};
@@ -25,7 +25,7 @@ pub(crate) fn park(c: &Connection, p: &Parked) -> Result<(), StoreError> {
         params![p.consumer, p.aggregate_id, p.aggregate_type, p.position, p.sequence, p.event_id, p.event_type, p.error, ts(&p.parked_at)],
     )
     .map(|_| ())
-    .map_err(unavailable)
+    .map_err(|e| write_failure(c, e))
 }
 
 pub(super) fn parked(c: &Connection, consumer: &str) -> Result<Vec<ParkedInfo>, StoreError> {
@@ -55,7 +55,7 @@ pub(super) fn parked(c: &Connection, consumer: &str) -> Result<Vec<ParkedInfo>, 
     let mut out = Vec::new();
     for row in rows {
         let (consumer, aggregate_id, aggregate_type, position, sequence, event_id, event_type, error, parked_at, held) =
-            row.map_err(unavailable)?;
+            row.map_err(read_failure)?;
         out.push(ParkedInfo {
             parked: Parked {
                 consumer,
@@ -80,7 +80,7 @@ pub(super) fn unpark(c: &Connection, consumer: &str, aggregate_id: &str) -> Resu
         params![consumer, aggregate_id],
     )
     .map(|n| n > 0)
-    .map_err(unavailable)
+    .map_err(|e| write_failure(c, e))
 }
 
 /// One aggregate's rows from `from_position` (inclusive) up to `up_to` (inclusive), in position order.
@@ -113,7 +113,7 @@ pub(super) fn record_discard(c: &Connection, d: &DiscardRecord) -> Result<(), St
         params![d.consumer, d.event_id, d.aggregate_id, d.aggregate_type, d.sequence, d.position, d.event_type, d.payload, d.error, d.reason, ts(&d.discarded_at)],
     )
     .map(|_| ())
-    .map_err(unavailable)
+    .map_err(|e| write_failure(c, e))
 }
 
 pub(super) fn discards(c: &Connection, limit: usize) -> Result<Vec<DiscardRecord>, StoreError> {
@@ -145,7 +145,7 @@ pub(super) fn discards(c: &Connection, limit: usize) -> Result<Vec<DiscardRecord
         .map_err(unavailable)?;
     let mut out = Vec::new();
     for row in rows {
-        let (mut d, at) = row.map_err(unavailable)?;
+        let (mut d, at) = row.map_err(read_failure)?;
         d.discarded_at = parse_ts(&at)?;
         out.push(d);
     }
@@ -158,10 +158,10 @@ pub(super) fn backlog(c: &Connection, consumer: &str) -> Result<Backlog, StoreEr
     let checkpoint: Option<i64> = c
         .query_row("SELECT position FROM checkpoints WHERE consumer = ?1", [consumer], |r| r.get(0))
         .optional()
-        .map_err(unavailable)?;
+        .map_err(read_failure)?;
     let cp = checkpoint.unwrap_or(0);
     let head: i64 =
-        c.query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0)).map_err(unavailable)?;
+        c.query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0)).map_err(read_failure)?;
     let (held, held_oldest): (i64, Option<String>) = c
         .query_row(
             "SELECT COUNT(*), MIN(e.timestamp) FROM parked_aggregates p JOIN event_store e
@@ -170,13 +170,13 @@ pub(super) fn backlog(c: &Connection, consumer: &str) -> Result<Backlog, StoreEr
             params![consumer, cp],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .map_err(unavailable)?;
+        .map_err(read_failure)?;
     let next: Option<String> = c
         .query_row("SELECT timestamp FROM event_store WHERE position > ?1 ORDER BY position LIMIT 1", [cp], |r| {
             r.get(0)
         })
         .optional()
-        .map_err(unavailable)?;
+        .map_err(read_failure)?;
     let oldest = [next, held_oldest].into_iter().flatten().filter_map(|t| parse_ts(&t).ok()).min();
     Ok(Backlog { checkpoint, head: Some(head), events: Some((head - cp).max(0) + held), oldest })
 }

@@ -4,7 +4,9 @@
 //! [`SCHEMA_VERSION`] one step at a time, each step in its own IMMEDIATE
 //! transaction that re-reads the version under the write lock (two processes
 //! opening the same file at once both end at the current version); a file of
-//! a newer version is refused, never downgraded.
+//! a newer version is refused, never downgraded. A step runs again on a file
+//! whose `user_version` was set back (its added columns are skipped when
+//! present).
 
 use rusqlite::Connection;
 
@@ -206,12 +208,42 @@ pub(crate) fn migrate_conn(conn: &mut Connection) -> Result<(), StoreError> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(unavailable)?;
         let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
         if now < target {
-            tx.execute_batch(ddl).map_err(unavailable)?;
+            tx.execute_batch(&pending_ddl(&tx, ddl)?).map_err(unavailable)?;
             tx.execute_batch(&format!("PRAGMA user_version = {target}")).map_err(unavailable)?;
         }
         tx.commit().map_err(unavailable)?;
     }
     Ok(())
+}
+
+/// `ddl` without its `ALTER TABLE t ADD COLUMN c ...` lines whose column is
+/// already there (SQLite has no `ADD COLUMN IF NOT EXISTS`), so a step runs
+/// again on a file whose `user_version` was set back (a rollback by hand, a
+/// restored header) instead of failing on "duplicate column name". Every
+/// other statement of a step is `IF NOT EXISTS` already.
+fn pending_ddl(c: &Connection, ddl: &str) -> Result<String, StoreError> {
+    let mut out = String::with_capacity(ddl.len());
+    for line in ddl.lines() {
+        if let Some((table, column)) = added_column(line) {
+            let n: i64 = c
+                .query_row("SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2", [table, column], |r| r.get(0))
+                .map_err(unavailable)?;
+            if n > 0 {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// (table, column) of a one-line `ALTER TABLE t ADD COLUMN c ...;`.
+fn added_column(line: &str) -> Option<(&str, &str)> {
+    let rest = line.trim().strip_prefix("ALTER TABLE ")?;
+    let (table, rest) = rest.split_once(' ')?;
+    let column = rest.trim_start().strip_prefix("ADD COLUMN ")?.split_whitespace().next()?;
+    Some((table, column.trim_end_matches(';')))
 }
 
 #[cfg(test)]
@@ -268,5 +300,44 @@ mod tests {
         insert(&c, "e3", "0190ABCD-0000-7000-8000-000000000004").unwrap();
         migrate_conn(&mut c).unwrap();
         assert!(insert(&c, "e4", "0190ABCD-0000-7000-8000-000000000005").is_err(), "version 4 again");
+    }
+
+    /// Review finding: the v3 step's `ALTER TABLE ... ADD COLUMN` failed
+    /// ("duplicate column name") on a file whose columns were there but
+    /// whose `user_version` said 2, so the file could not be opened.
+    #[test]
+    fn a_step_runs_again_on_a_file_set_back_to_an_older_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut c = Connection::open(&path).unwrap();
+        migrate_conn(&mut c).unwrap();
+        insert(&c, "e0", "0190abcd-0000-7000-8000-000000000001").unwrap();
+        c.execute("UPDATE event_store SET trace_parent = 'tp' WHERE event_id = 'e0'", []).unwrap();
+        c.execute_batch("PRAGMA user_version = 2").unwrap();
+        drop(c);
+        let mut c = Connection::open(&path).unwrap();
+        migrate_conn(&mut c).unwrap();
+        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let row: (String, Option<String>, i64) = c
+            .query_row("SELECT event_id, trace_parent, (SELECT COUNT(*) FROM event_store) FROM event_store", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(row, ("e0".to_string(), Some("tp".to_string()), 1), "the stored row is intact");
+        // Both v3 columns once each, and a v2 file still gets them.
+        let cols: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('event_store') WHERE name IN ('trace_parent', 'trace_state')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(cols, 2);
+        assert_eq!(
+            added_column("ALTER TABLE event_store ADD COLUMN trace_state TEXT;"),
+            Some(("event_store", "trace_state"))
+        );
+        assert_eq!(added_column("CREATE TABLE IF NOT EXISTS x (a TEXT);"), None);
     }
 }

@@ -12,14 +12,16 @@
 //! can never both win the same version. Feed readers are woken before callers
 //! get their answer. Rows arrive encoded (`Row`, built by the caller), so
 //! the single writer thread spends its time on SQL only while callers
-//! encode the next group in parallel.
+//! encode the next group in parallel. An exec job that panics fails its
+//! caller (`OutcomeUnknown`), its open transaction is rolled back, and the
+//! writer thread goes on.
 
 use foldhash::{HashMap, HashMapExt};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use super::{codec, ts, unavailable};
+use super::{codec, ts, unavailable, write_failure, write_failure_at};
 use crate::envelope::EventEnvelope;
 use crate::store::{Appended, StoreError};
 
@@ -101,7 +103,11 @@ pub(super) fn writer_loop(
         };
         let first = match job {
             Job::Exec(f) => {
-                f(&mut conn);
+                // A panicking job must not take the one writer thread (and
+                // every later write) with it: its caller is answered by the
+                // job itself (`SqliteStore::write`), or sees its reply dropped.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut conn)));
+                end_open_transaction(&conn);
                 continue;
             }
             Job::Append(a) => a,
@@ -164,6 +170,30 @@ pub(super) fn writer_loop(
     }
 }
 
+/// Rolls back a transaction an exec job left open (it panicked, or returned
+/// without committing a `BEGIN` of its own): the next group would otherwise
+/// commit it as part of its own. A `rusqlite::Transaction` rolls back when
+/// dropped, unwinding included; this catches the rest.
+fn end_open_transaction(conn: &Connection) {
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+}
+
+/// What the caller of a panicking exec job is told: the job's rows may or
+/// may not be stored (one written outside a transaction, or committed
+/// before the panic, stays), so it is no outage to retry blindly.
+pub(super) fn exec_panicked(payload: Box<dyn std::any::Any + Send>) -> StoreError {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".into());
+    StoreError::OutcomeUnknown(format!(
+        "a store write panicked ({msg}); an open transaction was rolled back, anything it committed stays"
+    ))
+}
+
 /// One transaction for the whole group: `first`, then every append `next`
 /// hands over (it is asked with the group's size so far, after each append
 /// is inserted) until it returns `None`. A single-event append that fails
@@ -184,9 +214,10 @@ fn commit_group(
         let results = batch.iter().map(|_| Err(e.clone())).collect();
         (batch, results)
     };
+    let path = conn.path().map(str::to_owned);
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(t) => t,
-        Err(e) => return fail_all(batch, unavailable(format!("cannot begin write transaction: {e}"))),
+        Err(e) => return fail_all(batch, begin_failure(path.as_deref(), e)),
     };
     let mut results = Vec::with_capacity(64);
     // One statement for the whole group (a cache lookup per append hashes the SQL text).
@@ -243,6 +274,15 @@ fn commit_group(
         return fail_all(batch, commit_failure(e));
     }
     (batch, results)
+}
+
+/// A write transaction that cannot begin: as [`write_failure`] (a read-only
+/// file is permanent), otherwise `Unavailable`.
+pub(super) fn begin_failure(path: Option<&str>, e: rusqlite::Error) -> StoreError {
+    match write_failure_at(path, e) {
+        StoreError::Unavailable(m) => unavailable(format!("cannot begin write transaction: {m}")),
+        permanent => permanent,
+    }
 }
 
 /// What a failed COMMIT tells the group's callers. Busy, locked, a
@@ -332,7 +372,7 @@ fn append_rows(
                 }
                 return Err(StoreError::InvalidAppend(format!("constraint violated: {m}")));
             }
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => return Err(write_failure(conn, e)),
         }
     }
     Ok(Appended { version: job.expected + job.events.len() as i64, last_position: Some(last) })

@@ -230,3 +230,80 @@ fn a_failed_commit_is_an_unknown_outcome_unless_sqlite_rolled_it_back() {
     conn.commit_hook(None::<fn() -> bool>);
     assert_eq!(count(&conn, a), 0);
 }
+
+/// Review finding: a panic inside a write closure killed the one writer
+/// thread; every later write failed for the life of the process. Now the
+/// caller gets an error, the transaction it left open is rolled back, and
+/// the writer goes on.
+#[tokio::test]
+async fn a_panicking_write_fails_its_caller_and_the_writer_goes_on() {
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::EventStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("p.db"), SqliteOptions::default()).await.unwrap();
+    let insert = "INSERT INTO checkpoints (consumer, position, updated_at) VALUES ('c', 1, 'now')";
+    // A panic inside a rusqlite transaction, and one after a BEGIN of its own.
+    let e = store
+        .write(move |c| -> Result<(), StoreError> {
+            let tx = c.transaction().map_err(super::unavailable)?;
+            tx.execute(insert, []).map_err(super::unavailable)?;
+            panic!("boom in a transaction")
+        })
+        .await
+        .expect_err("the panic is the caller's error");
+    assert!(matches!(&e, StoreError::OutcomeUnknown(m) if m.contains("boom in a transaction")), "{e:?}");
+    let e = store
+        .write(move |c| -> Result<(), StoreError> {
+            c.execute_batch("BEGIN").map_err(super::unavailable)?;
+            c.execute(insert, []).map_err(super::unavailable)?;
+            panic!("{}", String::from("boom after BEGIN"))
+        })
+        .await
+        .expect_err("the panic is the caller's error");
+    assert!(matches!(&e, StoreError::OutcomeUnknown(m) if m.contains("boom after BEGIN")), "{e:?}");
+    // The writer thread still takes appends, and commits none of the rows
+    // the panicking closures wrote.
+    let a = Uuid::now_v7();
+    let envelope = EventEnvelope {
+        event_id: Uuid::now_v7(),
+        aggregate_type: "order".into(),
+        aggregate_id: a,
+        sequence: 1,
+        event_type: "OrderCreated".into(),
+        schema_version: 1,
+        payload: serde_json::json!({}),
+        causation_id: None,
+        correlation_id: Uuid::now_v7(),
+        timestamp: chrono::Utc::now(),
+        trace: None,
+    };
+    let appended = store.append(a, 0, vec![envelope]).await.expect("the writer thread is alive");
+    assert_eq!(appended.version, 1);
+    assert_eq!(store.load(a).await.unwrap().len(), 1);
+    let checkpoints: i64 = store
+        .read(|c| c.query_row("SELECT COUNT(*) FROM checkpoints", [], |r| r.get(0)).map_err(super::unavailable))
+        .await
+        .unwrap();
+    assert_eq!(checkpoints, 0, "no row of a panicked write was committed");
+}
+
+/// Review finding: an append to a database SQLite opened read-only failed
+/// as "unavailable" (SQLITE_READONLY), retried forever; the file is not
+/// writable by this process, a configuration problem (`Unsupported`).
+#[test]
+fn an_append_sqlite_refuses_as_read_only_is_a_permanent_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ro.db");
+    drop(open(&path));
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let mut ro = Connection::open_with_flags(&path, flags).unwrap();
+    let (_, results) = commit_group(&mut ro, job(Uuid::now_v7(), 0, 1), |_| None, &HashMap::new());
+    match &results[..] {
+        [Err(StoreError::Unsupported { what, .. })] => {
+            assert!(what.contains("ro.db") && what.contains("not writable"), "{what}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let moved = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY_DBMOVED), None);
+    assert!(matches!(write_failure(&ro, moved), StoreError::Unavailable(_)), "a moved file stays Unavailable");
+}
