@@ -17,7 +17,9 @@
 //!   runs and `run` returns `Ok(EXIT_RESTART_BUDGET)` (70), within the same
 //!   deadline; a signal meanwhile, or HTTP servers that outlast the deadline
 //!   after the actors stopped, do not change the code (`wait_for_exit`).
-//! - A port that cannot be bound is an error naming the config key.
+//! - A port that cannot be bound is an error naming the config key:
+//!   [`DaemonError::Listen`] when the operator must change the address
+//!   (taken, not an address of this host, not permitted: the CLI exits 2).
 //! - Read models (SQLite; CQL when the server has Scylla CDC): a supervised
 //!   ProjectionActor keeps them up to date; GET /orders/{id} and
 //!   GET /customers/{id}/orders read them.
@@ -47,8 +49,24 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Relay(#[from] crate::relay::pipeline::RelayError),
+    /// `http.listen` or `http.admin_listen` cannot be bound as configured
+    /// (the address is taken, not this host's, or not permitted).
+    #[error("{0}")]
+    Listen(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl DaemonError {
+    /// A failed bind: [`DaemonError::Listen`] when the address itself is at
+    /// fault, otherwise [`DaemonError::Other`].
+    fn bind(e: &std::io::Error) -> DaemonError {
+        use std::io::ErrorKind::{AddrInUse, AddrNotAvailable, PermissionDenied};
+        match e.kind() {
+            AddrInUse | AddrNotAvailable | PermissionDenied => DaemonError::Listen(e.to_string()),
+            _ => DaemonError::Other(e.to_string()),
+        }
+    }
 }
 
 /// SIGINT/SIGTERM, registered as soon as it is created (before any slow
@@ -194,7 +212,7 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     }
     let intake = deps.intake.clone();
 
-    let (bound_tx, bound_rx) = oneshot::channel::<Result<Bound, String>>();
+    let (bound_tx, bound_rx) = oneshot::channel::<Result<Bound, DaemonError>>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (exit_tx, exit_rx) = oneshot::channel::<u8>();
     let (stopped_tx, actors_stopped) = oneshot::channel::<u8>();
@@ -217,7 +235,7 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
             Ok(Err(e)) => {
                 let _ = tokio::task::spawn_blocking(move || thread.join()).await;
                 release_leases(&mut lease_stop).await;
-                return Err(DaemonError::Other(e));
+                return Err(e);
             }
             Err(_) => {
                 release_leases(&mut lease_stop).await;
@@ -389,7 +407,7 @@ pub fn instance_id(cfg: &Config) -> String {
 async fn actor_system(
     deps: ActorDeps,
     fault_injection: bool,
-    bound: oneshot::Sender<Result<Bound, String>>,
+    bound: oneshot::Sender<Result<Bound, DaemonError>>,
     stop: oneshot::Receiver<()>,
     actors_stopped: oneshot::Sender<u8>,
 ) -> u8 {
@@ -398,7 +416,7 @@ async fn actor_system(
     let (order, dlq) = match (coordinator.send(GetOrderActor).await, coordinator.send(GetDlqActor).await) {
         (Ok(Some(o)), Ok(Some(d))) => (o, d),
         _ => {
-            let _ = bound.send(Err("the actor system did not start".into()));
+            let _ = bound.send(Err(DaemonError::Other("the actor system did not start".into())));
             return 1;
         }
     };
@@ -425,7 +443,7 @@ async fn actor_system(
         match crate::http::start(&deps.cfg.http, deps.cfg.shutdown_deadline_ms, api, admin, deps.metrics.clone()) {
             Ok(s) => s,
             Err(e) => {
-                let _ = bound.send(Err(e.to_string()));
+                let _ = bound.send(Err(DaemonError::bind(&e)));
                 let _ = coordinator.send(ShutdownSystem { reason: "startup failed".into(), exit_code: 1 }).await;
                 return 1;
             }

@@ -63,8 +63,8 @@ enum Cmd {
     Customer(CustomerCmd),
     /// Print the event feed (global commit order) as JSON lines.
     Events {
-        /// Print events with position greater than this.
-        #[arg(long, default_value_t = 0)]
+        /// Print events with position greater than this (0 or more).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(0..))]
         after: i64,
         /// At most this many events (1 to 100000).
         #[arg(long, default_value_t = 100, value_parser = outboxd::args::list_limit)]
@@ -106,7 +106,7 @@ enum RelayCmd {
     /// Re-publish everything after an earlier point (the same ce_ids), on an operator's decision.
     Rewind {
         /// Feed position to rewind to (SQLite store).
-        #[arg(long, conflicts_with = "to_time")]
+        #[arg(long, conflicts_with = "to_time", allow_negative_numbers = true)]
         to_position: Option<i64>,
         /// Time to rewind to, RFC 3339 (CQL store, within the CDC log TTL).
         #[arg(long)]
@@ -139,7 +139,7 @@ struct Meta {
     #[arg(long)]
     correlation_id: Option<Uuid>,
     /// Fail with a conflict unless the aggregate is at this version (0 or more).
-    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(0..))]
     expected_version: Option<i64>,
 }
 
@@ -348,6 +348,16 @@ async fn async_main(cli: Cli) -> Result<u8, Failure> {
         }
         Cmd::Leases => cli::relay::leases(&cfg).await,
         Cmd::Bench(mut b) => {
+            if let outboxd::bench::BenchCmd::Append { aggregates, events_per_aggregate, .. } = &b.cmd {
+                // Each flag is capped; their product is what is allocated.
+                if aggregates.saturating_mul(*events_per_aggregate) > outboxd::args::MAX_COUNT {
+                    return Err(cli::BadInput(format!(
+                        "'--events-per-aggregate <N>' times '--aggregates <N>' must be {} or less (got {events_per_aggregate} x {aggregates})",
+                        outboxd::args::MAX_COUNT
+                    ))
+                    .into());
+                }
+            }
             // Its `outboxd run` children read the same file.
             b.config_file = cli.config.clone();
             // SIGINT/SIGTERM drops the benchmark: its `outboxd run` child is
@@ -374,6 +384,13 @@ fn usage_error(e: clap::Error) -> ExitCode {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
         e.exit();
+    }
+    // `OUTBOX_CONFIG=` (set, but empty) is what clap reports as `--config`
+    // given no value (even with `--config FILE`): name the variable.
+    let config_var_empty = std::env::var_os("OUTBOX_CONFIG").is_some_and(|v| v.is_empty());
+    if config_var_empty && e.kind() == ErrorKind::InvalidValue && e.to_string().contains("'--config ") {
+        eprintln!("error: OUTBOX_CONFIG is set but empty: name a TOML configuration file, or unset it (try '--help')");
+        return ExitCode::from(2);
     }
     let text = e.to_string();
     let parts: Vec<&str> = text

@@ -246,3 +246,48 @@ fn deleted_its_topics(brokers: Option<&str>, bench: &str, v: &Value) {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
+
+/// `outboxd bench <args>` is refused before anything runs: exit 2, one
+/// line naming `flag` and its upper bound, no panic.
+fn refused(args: &[&str], flag: &str) {
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("bench").args(args).env_remove("RUST_LOG").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: one line, got {err:?}");
+    assert!(err.contains(&format!("'{flag} <")) && err.contains("or less"), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+}
+
+/// Review finding: huge counts panicked (`bench append` multiplied them
+/// past `usize::MAX`; `bench snapshots --events`, `bench rebuild --orders`).
+/// Every count has an upper bound: refused naming the flag.
+#[test]
+fn huge_counts_are_refused_naming_the_flag() {
+    let max = u64::MAX.to_string();
+    let cases: [(&[&str], &str); 10] = [
+        (&["append", "--aggregates", &max, "--events-per-aggregate", "2"], "--aggregates"),
+        (&["append", "--aggregates", "2", "--events-per-aggregate", &max], "--events-per-aggregate"),
+        (&["append", "--concurrency", "100000001"], "--concurrency"),
+        (&["append", "--aggregates", "100000000", "--events-per-aggregate", "2"], "--events-per-aggregate"),
+        (&["relay", "--events", &max], "--events"),
+        (&["snapshots", "--events", &max], "--events"),
+        (&["rebuild", "--orders", &max], "--orders"),
+        (&["cql", "--events", &max], "--events"),
+        (&["http", "--clients", &max], "--clients"),
+        (&["http", "--requests-per-client", &max], "--requests-per-client"),
+    ];
+    for (args, flag) in cases {
+        refused(args, flag);
+    }
+}
+
+/// Review finding: `bench relay --size 18446744073709551615` overflowed a
+/// capacity (a panic): `--size` is 1 byte to 1 MiB.
+#[test]
+fn huge_event_sizes_are_refused_naming_the_flag() {
+    let max = u64::MAX.to_string();
+    refused(&["relay", "--events", "1", "--size", &max], "--size");
+    refused(&["relay", "--events", "1", "--size", "1048577"], "--size");
+    refused(&["backlog", "--events", "1", "--size", &max], "--size");
+}

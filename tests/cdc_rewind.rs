@@ -57,7 +57,7 @@ async fn a_rewind_lowers_the_saved_progress_or_is_refused_with_the_reason() {
         assert!(out.contains(why), "{why}: {out}");
     }
     let (code, out) = cli_request(&cfg, &cql, &["relay", "rewind", "--to-position", "0"]).await;
-    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(code, Some(2), "refused by the CLI at once, naming the flag: {out}");
     assert!(out.contains("use --to-time"), "{out}");
     assert_eq!(saved_times(&store, &[1, 2, 3]).await, after, "a refused rewind changes nothing");
 

@@ -178,7 +178,7 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
 }
 
 /// Black-box review: `outboxd run` that cannot listen (the port is taken)
-/// exits 1 naming the key, and gives back the leases it had taken, so a
+/// exits 2 (the configuration must change) naming the key, and gives back the leases it had taken, so a
 /// replica crash-looping on it never holds off the one that can publish.
 /// (Whether a lease is taken before the bind fails is a race: the run is
 /// repeated until one was, and every run must leave no lease held.)
@@ -200,7 +200,7 @@ fn a_daemon_that_cannot_listen_gives_its_leases_back() {
             .output()
             .unwrap();
         let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert_eq!(o.status.code(), Some(2), "{err}");
         // (librdkafka's threads may still log after it.)
         assert!(err.lines().any(|l| l.starts_with("error: cannot listen on http.listen")), "{err}");
         let held = rusqlite::Connection::open(&db)
@@ -432,4 +432,47 @@ fn db_is_refused_with_the_cql_store() {
         );
     }
     assert!(!db.exists());
+}
+
+/// Review findings: a rewind this backend's relay cannot carry out waited
+/// for `--timeout`, then exit 1; negative numbers got clap's "unexpected
+/// argument". Each is bad input: exit 2 at once, one line naming the flag.
+#[test]
+fn rewinds_this_backend_cannot_do_and_negative_numbers_are_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    assert!(outboxd(&db, &["schema"]).status.success());
+    let start = std::time::Instant::now();
+    let at = ["relay", "rewind", "--to-time", "2026-01-01T00:00:00Z", "--timeout", "20"];
+    refused(&db, &at, 2, "--to-time does not apply to store.backend = \"sqlite\"");
+    assert!(start.elapsed() < std::time::Duration::from_secs(10), "refused at once, not after --timeout");
+    refused(&db, &["relay", "rewind", "--to-position", "-1"], 2, "--to-position -1: must be a feed position >= 0");
+    refused(&db, &["events", "--after", "-5"], 2, "'--after <AFTER>': -5 is not in 0..");
+    refused(
+        &db,
+        &["order", "confirm", &uuid::Uuid::now_v7().to_string(), "--expected-version", "-1"],
+        2,
+        "-1 is not in 0..",
+    );
+    // The CQL store's relay rewinds to a time: refused before any connection.
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .args(["relay", "rewind", "--to-position", "0", "--timeout", "20"])
+        .env("OUTBOX_STORE__BACKEND", "cql")
+        .env("OUTBOX_STORE__CQL__URI", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err, "error: --to-position does not apply to store.backend = \"cql\" (its relay cannot rewind that way): use --to-time T");
+}
+
+/// Review finding: a store path that cannot be created (`/proc/nope/x.db`)
+/// exited 1, as if the store were down; it is bad input, exit 2, one line
+/// naming the path. (The store reports it as `StoreError::Unsupported`,
+/// which the CLI maps to 2.)
+#[test]
+fn a_store_path_that_cannot_be_created_is_bad_input() {
+    let o = outboxd(Path::new("/proc/nope/x.db"), &["schema"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("/proc/nope") && stderr(&o).lines().count() == 1, "{}", stderr(&o));
 }

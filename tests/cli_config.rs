@@ -1,7 +1,10 @@
 //! The configuration as `outboxd` loads it: a bad value, an unknown key or
 //! a missing file is refused before anything is opened, in one line naming
 //! the key, exit 2, and creates no store; `OUTBOX_CONFIG` and `--config`
-//! select the file. A CQL keyspace at another replication factor is reported.
+//! select the file; an `OUTBOX_*` variable figment would drop or misread is
+//! refused naming the variable. A listen address `outboxd run` cannot bind
+//! is a configuration error (exit 2). A CQL keyspace at another replication
+//! factor is reported.
 
 use std::process::{Command, Output};
 
@@ -73,6 +76,13 @@ fn outbox_config_variable_selects_the_file() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    // Set but empty: named as the variable (clap named `--config`), with or without `--config`.
+    for args in [&["config"][..], &["--config", other.to_str().unwrap(), "config"]] {
+        let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).args(args).env("OUTBOX_CONFIG", "").output().unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        assert!(stderr(&o).starts_with("error: OUTBOX_CONFIG is set but empty"), "{}", stderr(&o));
+        assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    }
 }
 
 /// The CDC settings of the compose file are valid, and `outboxd config`
@@ -204,4 +214,122 @@ fn a_keyspace_at_another_replication_factor_is_reported() {
         "{}",
         stderr(&o)
     );
+}
+
+/// Review finding (security): figment drops a variable whose key has an
+/// empty part without a word, so `OUTBOX_HTTP__API_TOKEN__=...` ran the API
+/// without a token (exit 0). Each is refused: exit 2, one line naming the
+/// variable. A variable with a key that does not exist names the variable,
+/// not a line of the source.
+#[test]
+fn variables_figment_would_drop_or_misread_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let run = |var: &str, value: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+            .arg("--db")
+            .arg(&db)
+            .arg("config")
+            .env(var, value)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{var}: {err}");
+        assert_eq!(err.lines().count(), 1, "{var}: one line, got {err:?}");
+        assert!(err.contains(&format!("environment variable {var}:")), "{var}: {err}");
+        assert!(!err.contains("src/") && !err.contains(value), "{var}: {err}");
+        err
+    };
+    let token = "0123456789abcdef-secret";
+    for var in [
+        "OUTBOX_HTTP__API_TOKEN__",
+        "OUTBOX_HTTP____API_TOKEN",
+        "OUTBOX_HTTP__API_TOKEN.",
+        "OUTBOX_HTTP__.API_TOKEN",
+        "OUTBOX___HTTP__API_TOKEN",
+        "outbox_http__api_token__",
+        "OUTBOX_CONFIG__",
+    ] {
+        let err = run(var, token);
+        assert!(err.contains("empty part"), "{var}: {err}");
+    }
+    run("OUTBOX_KAFKA____BROKERS", "10.0.0.1:9092");
+    let err = run("OUTBOX__HTTP__API_TOKEN", token);
+    assert!(err.contains("unknown field") && err.contains("`_http`"), "{err}");
+    run("OUTBOX_HTTP__NOPE", "yes");
+    // The same key spelt right is taken.
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("--db")
+        .arg(&db)
+        .arg("config")
+        .env("OUTBOX_HTTP__API_TOKEN", token)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_ne!(v["http"]["api_token"], serde_json::Value::Null, "the token is set");
+}
+
+/// Review findings: `kafka.extra."topic.partitioner"` (librdkafka's topic
+/// property behind the `topic.` prefix) passed the reserved-key check; a
+/// replication factor above librdkafka's 10 000 and a `relay.batch_size`
+/// above one feed read were accepted. Each is refused, naming the key.
+#[test]
+fn reserved_and_out_of_range_settings_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("o.toml");
+    std::fs::write(&file, "[kafka.extra]\n\"topic.partitioner\" = \"random\"\n").unwrap();
+    let run = |env: &[(&str, &str)], config: Option<&std::path::Path>, needle: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_outboxd"));
+        c.arg("config").env_remove("RUST_LOG").env_remove("OUTBOX_CONFIG");
+        if let Some(f) = config {
+            c.arg("--config").arg(f);
+        }
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{needle}: {err}");
+        assert_eq!(err.lines().count(), 1, "{needle}: {err}");
+        assert!(err.contains(needle), "{needle}: {err}");
+    };
+    run(&[], Some(&file), "kafka.extra.\"topic.partitioner\": not settable here");
+    run(&[("OUTBOX_KAFKA__REPLICATION_FACTOR", "100000")], None, "kafka.replication_factor = 100000");
+    run(&[("OUTBOX_RELAY__BATCH_SIZE", "100001")], None, "relay.batch_size = 100001");
+}
+
+/// Review finding: an address `outboxd run` cannot listen on (not one of
+/// this host's: 192.0.2.1 is TEST-NET; or taken) exited 1, as if the
+/// infrastructure had failed. The configuration must change: exit 2, one
+/// error line naming the key, for `http.listen` and `http.admin_listen`.
+#[test]
+fn an_address_that_cannot_be_listened_on_is_a_configuration_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cases = [
+        ("192.0.2.1:8080", "127.0.0.1:0", "cannot listen on http.listen = 192.0.2.1:8080"),
+        ("127.0.0.1:0", "192.0.2.1:9090", "cannot listen on http.admin_listen = 192.0.2.1:9090"),
+        ("127.0.0.1:0", taken.as_str(), "cannot listen on http.admin_listen"),
+    ];
+    for (listen, admin, needle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+            .args(["--db", db.to_str().unwrap(), "run"])
+            .env("OUTBOX_HTTP__LISTEN", listen)
+            .env("OUTBOX_HTTP__ADMIN_LISTEN", admin)
+            .env("OUTBOX_KAFKA__BROKERS", format!("127.0.0.1:{nobody}"))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{listen} {admin}: {err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(errors[0].starts_with(&format!("error: {needle}")), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }

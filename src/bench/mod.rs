@@ -72,7 +72,7 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 100_000, value_parser = crate::args::at_least_one)]
         events: usize,
         /// Approximate size of each event's JSON in bytes.
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, default_value_t = 1024, value_parser = crate::args::event_size)]
         size: usize,
         /// Events per second for the latency phase (comma-separated list;
         /// a later `--rate` replaces an earlier one, like every other flag).
@@ -98,7 +98,7 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 1_000_000, value_parser = crate::args::at_least_one)]
         events: usize,
         /// Approximate size of each event's JSON in bytes.
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, default_value_t = 1024, value_parser = crate::args::event_size)]
         size: usize,
         #[arg(long)]
         dir: Option<std::path::PathBuf>,

@@ -42,6 +42,8 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             _ if err.downcast_ref::<StoreError>().is_some_and(refused) => 2,
             // `outboxd run` fails with the store's error inside its own.
             _ if matches!(err.downcast_ref::<DaemonError>(), Some(DaemonError::Store(e)) if refused(e)) => 2,
+            // An address `outboxd run` cannot listen on: the configuration must change.
+            _ if matches!(err.downcast_ref::<DaemonError>(), Some(DaemonError::Listen(_))) => 2,
             Some(AppError::Conflict { .. }) => 3,
             _ if err.downcast_ref::<outboxd::config::ConfigError>().is_some() => 2,
             _ if err.downcast_ref::<outboxd::domain::DomainError>().is_some() => 2,

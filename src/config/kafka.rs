@@ -120,8 +120,9 @@ impl KafkaConfig {
         if !(1..=10_000).contains(&self.partitions) {
             return err(format!("kafka.partitions = {}: must be 1..=10000", self.partitions));
         }
-        if self.replication_factor < 1 {
-            return err("kafka.replication_factor must be >= 1".into());
+        // librdkafka refuses a topic creation with more than 10 000 replicas.
+        if !(1..=10_000).contains(&self.replication_factor) {
+            return err(format!("kafka.replication_factor = {}: must be 1..=10000", self.replication_factor));
         }
         if !(1..=5).contains(&self.max_in_flight_requests) {
             return err(format!(
@@ -178,7 +179,7 @@ impl KafkaConfig {
     /// `kafka.*` key.
     fn validate_extra(&self) -> Result<(), ConfigError> {
         for (key, value) in &self.extra {
-            if let Some((_, why)) = RESERVED_LIBRDKAFKA_KEYS.iter().find(|(k, _)| k == key) {
+            if let Some(why) = reserved(key) {
                 return Err(ConfigError(format!("kafka.extra.{key:?}: not settable here: {why}")));
             }
             let mut c = rdkafka::ClientConfig::new();
@@ -269,7 +270,19 @@ pub const QUEUE_MAX_MESSAGES: usize = 100_000;
 /// Default cap of librdkafka's local queue (KiB): 64 MiB.
 pub const QUEUE_MAX_KBYTES: usize = 65_536;
 
-/// librdkafka keys `kafka.extra` may not set, and why.
+/// Why `kafka.extra` may not set `key`, if it is reserved. librdkafka takes
+/// an unknown global property named `topic.<p>` as the topic property `<p>`
+/// (`topic.partitioner`, `topic.acks`, `topic.message.timeout.ms`): the key
+/// is looked up as written and without that prefix, or it would set a
+/// reserved setting past this check (and `topic.acks` against `acks` in
+/// whatever order the producer applied them).
+fn reserved(key: &str) -> Option<&'static str> {
+    let lookup = |name: &str| RESERVED_LIBRDKAFKA_KEYS.iter().find(|(k, _)| *k == name).map(|(_, why)| *why);
+    lookup(key).or_else(|| key.strip_prefix("topic.").and_then(lookup))
+}
+
+/// librdkafka keys `kafka.extra` may not set (with or without the `topic.`
+/// prefix), and why: each setting and every alias librdkafka has for it.
 const RESERVED_LIBRDKAFKA_KEYS: &[(&str, &str)] = &[
     ("enable.idempotence", "the relay's producer is always idempotent (per-aggregate order, no duplicates on retry)"),
     ("acks", "the relay always waits for acks=all (an event is confirmed only once replicated)"),

@@ -153,3 +153,41 @@ fn extras_the_relays_producer_refuses_are_refused_at_load() {
         Ok(())
     });
 }
+
+/// Review finding: librdkafka takes an unknown global property `topic.<p>`
+/// as the topic property `<p>`, so `topic.partitioner`, `topic.acks`, ...
+/// set a reserved setting past the exact-name check (and `topic.acks`
+/// against `acks` in whatever order they were applied). Each is refused
+/// by its own name, as the key without the prefix is; a global property
+/// that really is named `topic.*` still passes.
+#[test]
+fn reserved_keys_behind_the_topic_prefix_are_refused() {
+    let cases = [
+        ("topic.partitioner", "random", "per-aggregate order"),
+        ("topic.acks", "0", "acks=all"),
+        ("topic.request.required.acks", "1", "acks=all"),
+        ("topic.message.timeout.ms", "5000", "use kafka.message_timeout_ms"),
+        ("topic.delivery.timeout.ms", "5000", "use kafka.message_timeout_ms"),
+        ("topic.compression.type", "none", "use kafka.compression"),
+        ("topic.compression.codec", "none", "use kafka.compression"),
+    ];
+    for (key, value, why) in cases {
+        // librdkafka itself takes it: nothing but this check stands in the way.
+        let mut k = rdkafka::ClientConfig::new();
+        k.set(key, value);
+        k.create_native_config().unwrap_or_else(|e| panic!("{key}: librdkafka refuses it: {e}"));
+        let mut cfg = Config::default();
+        cfg.kafka.extra.insert(key.into(), value.into());
+        let e = cfg.validate().expect_err(key).to_string();
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+        assert!(e.contains(&format!("kafka.extra.{key:?}: not settable here")), "{key}: {e}");
+        assert!(e.contains(why), "{key}: {e}");
+        // The same setting without the prefix: refused alike.
+        let mut cfg = Config::default();
+        cfg.kafka.extra.insert(key.trim_start_matches("topic.").into(), value.into());
+        assert!(cfg.validate().is_err(), "{key} without the prefix");
+    }
+    let mut cfg = Config::default();
+    cfg.kafka.extra.insert("topic.metadata.refresh.interval.ms".into(), "60000".into());
+    cfg.validate().expect("a global property named topic.*");
+}

@@ -124,3 +124,27 @@ fn dead_letter_settings_exactly_once_would_ignore_are_refused() {
     accepted(&|c| c.relay.dlq_on_transient_exhaustion = true);
     accepted(&eos);
 }
+
+/// Review findings: a `kafka.replication_factor` above librdkafka's 10 000
+/// was accepted and failed at topic creation; a `relay.batch_size` above
+/// what one feed read returns was silently clamped. Both are refused.
+#[test]
+fn replication_factor_and_batch_size_have_upper_bounds() {
+    refused(&|c| c.kafka.replication_factor = 10_001, "kafka.replication_factor = 10001: must be 1..=10000");
+    refused(&|c| c.kafka.replication_factor = 0, "kafka.replication_factor = 0");
+    accepted(&|c| c.kafka.replication_factor = 10_000);
+    refused(&|c| c.relay.batch_size = 100_001, "relay.batch_size = 100001: must be 1..=100000");
+    refused(&|c| c.relay.batch_size = usize::MAX, "relay.batch_size");
+    accepted(&|c| c.relay.batch_size = 100_000);
+}
+
+/// Review finding: at a 1000 ms TTL one busy SQLite renewal (250 ms busy
+/// timeout + a retry a quarter interval later) reached the renewal
+/// deadline and the holder stepped down for nothing.
+#[test]
+fn the_lease_ttl_leaves_room_for_one_busy_renewal() {
+    refused(&|c| c.relay.lease_ttl_ms = 1_000, "relay.lease_ttl_ms must be between 3000 and 600000");
+    refused(&|c| c.relay.lease_ttl_ms = 2_999, "relay.lease_ttl_ms");
+    accepted(&|c| c.relay.lease_ttl_ms = 3_000);
+    refused(&|c| c.relay.lease_ttl_ms = 600_001, "relay.lease_ttl_ms");
+}

@@ -11,11 +11,13 @@
 //! [`service`]); each owns its option types, defaults and key checks, and the
 //! types are re-exported here (`crate::config::KafkaConfig`, ...). [`topics`]
 //! names the event topics (re-exported by `relay::topics`), so that
-//! `relay.progress_topic` can be checked against them. This layer holds plain
+//! `relay.progress_topic` can be checked against them. [`env`] checks the
+//! `OUTBOX_*` variable names figment would drop. This layer holds plain
 //! option types only: it imports nothing but the domain (to check
 //! `service.default_currency`, and for the event types of the topic names).
 
 mod cdc;
+mod env;
 mod http;
 mod kafka;
 mod relay;
@@ -91,8 +93,10 @@ impl Config {
             }
             fig = fig.merge(Toml::file(f));
         }
+        // A variable figment would drop (an empty part in its key) is refused by name.
+        env::check_vars()?;
         // `OUTBOX_CONFIG` names the file (read by the CLI as `--config`); it is not a key.
-        let env = || Env::prefixed("OUTBOX_").ignore(&[CONFIG_FILE_VAR_KEY]).split("__");
+        let env = || Env::prefixed(env::PREFIX).ignore(&[CONFIG_FILE_VAR_KEY]).split("__");
         fig = fig.merge(env());
         // Secrets exactly as written: figment would parse `000123` as the number 123.
         for (key, value) in env().iter().filter(|(k, _)| is_secret_key(k.as_str())) {
@@ -160,6 +164,14 @@ fn config_error(e: figment::Error) -> ConfigError {
     let names_keys_only = matches!(e.kind, Kind::UnknownField(..) | Kind::MissingField(_) | Kind::DuplicateField(_));
     if is_secret_key(&key) && !names_keys_only {
         return ConfigError(format!("{key}: invalid value (a secret: not shown); give it as a string"));
+    }
+    // From a variable (read by figment, or taken as written by `load`): named
+    // by the variable, not by figment's source (a line of this file).
+    let from_file = e.metadata.as_ref().is_some_and(|m| matches!(m.source, Some(figment::Source::File(_))));
+    if !from_file {
+        if let Some(var) = env::variable_for(&e.path) {
+            return ConfigError(format!("environment variable {var}: {}", e.kind));
+        }
     }
     ConfigError(without_source_lines(&e.to_string()))
 }

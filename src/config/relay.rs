@@ -91,7 +91,10 @@ pub struct RelayConfig {
     pub on_permanent_failure: PermanentFailurePolicy,
     /// This instance's id in the lease table (default: host, pid and start time).
     pub instance_id: Option<String>,
-    /// Lease time-to-live; the holder renews every third of it.
+    /// Lease time-to-live; the holder renews every third of it. At least
+    /// 3000 ms: a renewal that waits out SQLite's lease busy timeout
+    /// (250 ms) and is retried a quarter of the interval later must still
+    /// land well before the renewal deadline (2/3 TTL).
     pub lease_ttl_ms: u64,
     /// Exactly-once: most events per transaction.
     pub transaction_max_events: usize,
@@ -127,6 +130,10 @@ impl Default for RelayConfig {
     }
 }
 
+/// Largest `relay.batch_size`: the most events one feed read returns
+/// (the SQLite store's `read_feed` reads at most 100 000 per query).
+const MAX_BATCH_SIZE: usize = 100_000;
+
 /// The read models' consumer name (`projection::CONSUMER`): a relay under
 /// it would share their checkpoint, lease and park records.
 pub const PROJECTION_CONSUMER: &str = "projections";
@@ -136,6 +143,12 @@ impl RelayConfig {
         let err = |m: &str| Err(ConfigError(m.into()));
         if self.batch_size == 0 || self.max_in_flight == 0 || self.poll_interval_ms == 0 {
             return err("relay.batch_size, relay.max_in_flight and relay.poll_interval_ms must be > 0");
+        }
+        if self.batch_size > MAX_BATCH_SIZE {
+            return Err(ConfigError(format!(
+                "relay.batch_size = {}: must be 1..={MAX_BATCH_SIZE} (the most events the store reads at once)",
+                self.batch_size
+            )));
         }
         if self.consumer_name.trim().is_empty() {
             return err("relay.consumer_name must not be empty");
@@ -156,8 +169,8 @@ impl RelayConfig {
                 r.multiplier
             )));
         }
-        if !(1_000..=600_000).contains(&self.lease_ttl_ms) {
-            return err("relay.lease_ttl_ms must be between 1000 and 600000");
+        if !(3_000..=600_000).contains(&self.lease_ttl_ms) {
+            return err("relay.lease_ttl_ms must be between 3000 and 600000");
         }
         if let Some(id) = &self.instance_id {
             if id.trim().is_empty() || id.len() > 200 {
