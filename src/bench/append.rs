@@ -10,7 +10,7 @@ use super::cpu::CpuMeter;
 use super::{sample_events, tempdir, Report};
 use crate::config::Config;
 use crate::envelope::EventEnvelope;
-use crate::store::sqlite::{SqliteStore, SCHEMA_V1};
+use crate::store::sqlite::{SqliteStore, SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4};
 
 /// Raw rusqlite INSERTs of the same rows in transactions of `batch`; events/s.
 /// Like the store's callers, the loop owns its events and frees each one
@@ -27,17 +27,23 @@ async fn raw_pass(
         let c = rusqlite::Connection::open(&path)?;
         c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
         c.execute_batch(&format!("PRAGMA synchronous={};", if sync == crate::store::sqlite::Synchronous::Full { "FULL" } else { "NORMAL" }))?;
-        c.execute_batch(SCHEMA_V1)?;
+        // The store's table as the store has it (every step: v3's trace
+        // columns, v4's per-row id check), so both sides write the same rows
+        // into the same table.
+        for ddl in [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4] {
+            c.execute_batch(ddl)?;
+        }
         let total: usize = rows.iter().map(Vec::len).sum();
         let (start, cpu) = (Instant::now(), CpuMeter::start());
-        let mut st = c.prepare_cached("INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, causation_id, correlation_id, timestamp) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)")?;
+        let mut st = c.prepare_cached("INSERT INTO event_store (event_id, aggregate_type, aggregate_id, sequence_number, event_type, event_version, payload, causation_id, correlation_id, timestamp, trace_parent, trace_state) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)")?;
         let mut in_tx = 0;
         for e in rows.into_iter().flatten() {
             if in_tx == 0 {
                 c.execute_batch("BEGIN")?;
             }
             st.execute(rusqlite::params![e.event_id.to_string(), e.aggregate_type, e.aggregate_id.to_string(), e.sequence, e.event_type, e.schema_version,
-                serde_json::to_string(&e.payload)?, e.causation_id.map(|c| c.to_string()), e.correlation_id.to_string(), crate::store::sqlite::ts(&e.timestamp)])?;
+                serde_json::to_string(&e.payload)?, e.causation_id.map(|c| c.to_string()), e.correlation_id.to_string(), crate::store::sqlite::ts(&e.timestamp),
+                e.trace.as_ref().map(|t| t.traceparent.clone()), e.trace.as_ref().and_then(|t| t.tracestate.clone())])?;
             in_tx += 1;
             if in_tx == batch.max(1) {
                 c.execute_batch("COMMIT")?;
