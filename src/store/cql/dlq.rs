@@ -72,27 +72,7 @@ impl CqlStore {
                             continue;
                         }
                     }
-                    let res = self
-                        .session
-                        .execute_unpaged(
-                            &s.dlq_insert,
-                            (
-                                l.id,
-                                l.position,
-                                l.event_id,
-                                l.aggregate_id,
-                                &l.event_type,
-                                &l.payload,
-                                &l.error_message,
-                                l.failure_count,
-                                l.first_failed_at,
-                                l.last_failed_at,
-                                l.created_at,
-                            ),
-                        )
-                        .await
-                        .map_err(|e| exec_err("write dead letter", e))?;
-                    if lwt_answer(res, "id")?.0 {
+                    if self.write_row(&l).await? {
                         return self.settle(l.event_id, l.id, (!claimed).then_some(id)).await;
                     }
                 }
@@ -112,6 +92,27 @@ impl CqlStore {
             }
         }
         Err(unavailable(format!("dead letter of event {}: too much contention updating failure_count", l.event_id)))
+    }
+
+    /// The letter's row written if no row has its id (an LWT); whether it was.
+    pub(super) async fn write_row(&self, l: &DeadLetter) -> Result<bool, StoreError> {
+        let s = self.stmts().await?;
+        let values = (
+            l.id,
+            l.position,
+            l.event_id,
+            l.aggregate_id,
+            &l.event_type,
+            &l.payload,
+            &l.error_message,
+            l.failure_count,
+            l.first_failed_at,
+            l.last_failed_at,
+            l.created_at,
+        );
+        let res =
+            self.session.execute_unpaged(&s.dlq_insert, values).await.map_err(|e| exec_err("write dead letter", e))?;
+        Ok(lwt_answer(res, "id")?.0)
     }
 
     /// After a row was written under `mine`: the two writers of a first

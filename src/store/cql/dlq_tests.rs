@@ -48,22 +48,7 @@ async fn claim(store: &CqlStore, l: &DeadLetter) {
 
 /// One step of a racing writer: its row written.
 async fn write_row(store: &CqlStore, l: &DeadLetter) {
-    let s = store.stmts().await.unwrap();
-    let values = (
-        l.id,
-        l.position,
-        l.event_id,
-        l.aggregate_id,
-        &l.event_type,
-        &l.payload,
-        &l.error_message,
-        l.failure_count,
-        l.first_failed_at,
-        l.last_failed_at,
-        l.created_at,
-    );
-    let res = store.session.execute_unpaged(&s.dlq_insert, values).await.unwrap();
-    assert!(lwt_answer(res, "id").unwrap().0, "a new row");
+    assert!(store.write_row(l).await.unwrap(), "a new row");
 }
 
 /// Writer A's settle, and the orphan it returns folded in as `insert_letter`
