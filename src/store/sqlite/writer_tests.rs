@@ -37,6 +37,23 @@ fn job(aggregate_id: Uuid, expected: i64, n: i64) -> AppendJob {
     AppendJob { aggregate_id, aggregate_key: aggregate_id.to_string(), expected, events, reply }
 }
 
+/// The first event of a new order `agg`.
+fn created(agg: Uuid) -> EventEnvelope {
+    EventEnvelope {
+        event_id: Uuid::now_v7(),
+        aggregate_type: "order".into(),
+        aggregate_id: agg,
+        sequence: 1,
+        event_type: "OrderCreated".into(),
+        schema_version: 1,
+        payload: serde_json::json!({}),
+        causation_id: None,
+        correlation_id: Uuid::now_v7(),
+        timestamp: chrono::Utc::now(),
+        trace: None,
+    }
+}
+
 fn count(conn: &Connection, agg: Uuid) -> i64 {
     conn.query_row("SELECT COUNT(*) FROM event_store WHERE aggregate_id = ?1", [agg.to_string()], |r| r.get(0)).unwrap()
 }
@@ -154,19 +171,7 @@ async fn no_append_reaches_a_database_file_deleted_or_replaced_under_the_store()
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
     let store = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
-    let envelope = |agg: Uuid| EventEnvelope {
-        event_id: Uuid::now_v7(),
-        aggregate_type: "order".into(),
-        aggregate_id: agg,
-        sequence: 1,
-        event_type: "OrderCreated".into(),
-        schema_version: 1,
-        payload: serde_json::json!({}),
-        causation_id: None,
-        correlation_id: Uuid::now_v7(),
-        timestamp: chrono::Utc::now(),
-        trace: None,
-    };
+    let envelope = created;
     let a = Uuid::now_v7();
     store.append(a, 0, vec![envelope(a)]).await.expect("the file as opened");
     let moved = dir.path().join("moved.db");
@@ -264,19 +269,7 @@ async fn a_panicking_write_fails_its_caller_and_the_writer_goes_on() {
     // The writer thread still takes appends, and commits none of the rows
     // the panicking closures wrote.
     let a = Uuid::now_v7();
-    let envelope = EventEnvelope {
-        event_id: Uuid::now_v7(),
-        aggregate_type: "order".into(),
-        aggregate_id: a,
-        sequence: 1,
-        event_type: "OrderCreated".into(),
-        schema_version: 1,
-        payload: serde_json::json!({}),
-        causation_id: None,
-        correlation_id: Uuid::now_v7(),
-        timestamp: chrono::Utc::now(),
-        trace: None,
-    };
+    let envelope = created(a);
     let appended = store.append(a, 0, vec![envelope]).await.expect("the writer thread is alive");
     assert_eq!(appended.version, 1);
     assert_eq!(store.load(a).await.unwrap().len(), 1);
