@@ -39,7 +39,7 @@ pub use kafka::{
 };
 pub use relay::{BreakerConfig, DeliveryMode, PermanentFailurePolicy, RelayConfig, RetryConfig, PROJECTION_CONSUMER};
 pub use secrets::{is_secret_key, scrub, REDACTED};
-pub use service::{HealthConfig, ServiceConfig, SupervisionConfig};
+pub use service::{HealthConfig, ServiceConfig, SupervisionConfig, MAX_RESTART_BACKOFF};
 pub use store::{
     parse_consistency, parse_serial_consistency, Backend, CqlConfig, CqlTls, SqliteOptions, StoreConfig, Synchronous,
 };

@@ -4,9 +4,14 @@
 //! Guarantee: plain option types with their defaults and the checks of their
 //! own keys.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+
+/// Longest backoff between two restarts of a supervised actor.
+pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -118,13 +123,41 @@ impl Default for SupervisionConfig {
 }
 
 impl SupervisionConfig {
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.max_restarts == 0 {
             return Err(ConfigError("supervision.max_restarts must be >= 1".into()));
         }
         if self.restart_window_ms == 0 {
             return Err(ConfigError("supervision.restart_window_ms must be >= 1".into()));
         }
+        // A task that fails at once restarts after each backoff: unless its
+        // `max_restarts` backoffs fit in the window, its early restarts leave
+        // the window before the budget is used up, and it loops for ever
+        // instead of the daemon exiting 70.
+        let window = Duration::from_millis(self.restart_window_ms);
+        let mut crash_loop = Duration::ZERO;
+        for n in 1..=self.max_restarts {
+            crash_loop += self.restart_delay(n);
+            if crash_loop >= window {
+                return Err(ConfigError(format!(
+                    "supervision.restart_window_ms = {} is too short for max_restarts = {} with restart_backoff_ms = {}: \
+                     {} restarts of a task that fails at once take {} ms or more (the backoff doubles, at most 10 s), \
+                     so the budget would never run out; make the window longer or the backoff shorter",
+                    self.restart_window_ms,
+                    self.max_restarts,
+                    self.restart_backoff_ms,
+                    self.max_restarts,
+                    crash_loop.as_millis()
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// Backoff before restart number `n` (1-based): `restart_backoff_ms *
+    /// 2^(n-1)`, at most [`MAX_RESTART_BACKOFF`].
+    pub fn restart_delay(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
+        Duration::from_millis(self.restart_backoff_ms).saturating_mul(factor).min(MAX_RESTART_BACKOFF)
     }
 }

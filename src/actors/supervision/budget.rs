@@ -14,14 +14,10 @@ use crate::metrics::Metrics;
 
 use crate::actors::messages::ActorName;
 
-/// Longest backoff between two restarts.
-pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(10);
-
 #[derive(Debug, Clone)]
 pub struct RestartBudget {
-    max_restarts: u32,
+    cfg: SupervisionConfig,
     window: Duration,
-    backoff: Duration,
     restarts: VecDeque<Instant>,
     total: u64,
 }
@@ -29,9 +25,8 @@ pub struct RestartBudget {
 impl RestartBudget {
     pub fn new(cfg: &SupervisionConfig) -> RestartBudget {
         RestartBudget {
-            max_restarts: cfg.max_restarts,
+            cfg: cfg.clone(),
             window: Duration::from_millis(cfg.restart_window_ms),
-            backoff: Duration::from_millis(cfg.restart_backoff_ms),
             restarts: VecDeque::new(),
             total: 0,
         }
@@ -49,7 +44,7 @@ impl RestartBudget {
     pub fn record(&mut self, now: Instant) -> Result<u32, u32> {
         self.expire(now);
         let used = self.restarts.len() as u32;
-        if used >= self.max_restarts {
+        if used >= self.cfg.max_restarts {
             return Err(used);
         }
         self.restarts.push_back(now);
@@ -70,8 +65,7 @@ impl RestartBudget {
 
     /// Backoff before restart number `n` (1-based): base * 2^(n-1), capped.
     pub fn delay(&self, n: u32) -> Duration {
-        let factor = 1u32.checked_shl(n.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
-        self.backoff.saturating_mul(factor).min(MAX_RESTART_BACKOFF)
+        self.cfg.restart_delay(n)
     }
 }
 
@@ -137,7 +131,35 @@ mod tests {
         assert_eq!(b.delay(1), Duration::from_millis(100));
         assert_eq!(b.delay(2), Duration::from_millis(200));
         assert_eq!(b.delay(4), Duration::from_millis(800));
-        assert_eq!(b.delay(60), MAX_RESTART_BACKOFF);
+        assert_eq!(b.delay(60), crate::config::MAX_RESTART_BACKOFF);
         assert_eq!(b.delay(0), Duration::from_millis(100));
+    }
+
+    /// Review finding: with `max_restarts = 5`, a 10 s window and a 2 s
+    /// backoff, a task failing at once restarted at 0, 2, 6, 14 s... and its
+    /// early restarts left the window: the budget never ran out, the daemon
+    /// never exited 70. Such a budget is refused at load; every accepted one
+    /// runs out for a task that fails at once.
+    #[test]
+    fn every_accepted_budget_runs_out_for_a_task_that_fails_at_once() {
+        let looping = SupervisionConfig { max_restarts: 5, restart_window_ms: 10_000, restart_backoff_ms: 2_000 };
+        assert!(looping.validate().is_err(), "refused at load");
+        for cfg in [
+            SupervisionConfig::default(),
+            SupervisionConfig { max_restarts: 3, restart_window_ms: 1_000, restart_backoff_ms: 100 },
+            SupervisionConfig { max_restarts: 6, restart_window_ms: 60_001, restart_backoff_ms: 10_000 },
+        ] {
+            cfg.validate().expect("accepted");
+            let mut b = RestartBudget::new(&cfg);
+            let mut now = Instant::now();
+            let gave_up = (0..1000).find_map(|_| match b.record(now) {
+                Ok(n) => {
+                    now += b.delay(n);
+                    None
+                }
+                Err(n) => Some(n),
+            });
+            assert_eq!(gave_up, Some(cfg.max_restarts), "{cfg:?}");
+        }
     }
 }

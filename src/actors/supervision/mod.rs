@@ -31,7 +31,7 @@ use crate::shutdown::Shutdown;
 use super::messages::{ActorName, Lifecycle};
 use super::ActorDeps;
 
-pub use budget::{record_restart, Restart, RestartBudget, MAX_RESTART_BACKOFF};
+pub use budget::{record_restart, Restart, RestartBudget};
 pub use shell::SupervisedTask;
 
 /// Why a task body could not run.
