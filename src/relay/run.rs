@@ -9,6 +9,7 @@
 //! is never overtaken by a later one of its aggregate; a permanent failure
 //! is confirmed by a solo resend before its aggregate is parked or skipped.
 
+use futures::FutureExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -87,6 +88,16 @@ impl Run {
             if let Some(exit) = self.exit.take() {
                 return self.finish(exit, &mut completions).await;
             }
+            // The timers first, on every turn: under a steady stream of
+            // reports and pages (a backlog draining) the biased select below
+            // would never reach their branches, and a retry past its backoff
+            // or an operator's request would wait for the drain to end.
+            self.due_retries();
+            if requests.tick().now_or_never().is_some() {
+                if let Some(end) = self.requests_turn(&mut completions).await {
+                    return end;
+                }
+            }
             self.pump().await;
             self.persist(false).await;
             if let Some(exit) = self.exit.take() {
@@ -127,20 +138,32 @@ impl Run {
                 },
                 _ = sleep_until(wake_at), if wake_at.is_some() => self.due_retries(),
                 _ = requests.tick() => {
-                    self.relay.status.flush();
-                    self.poll_requests().await;
-                    if self.relay.requests_only && self.request_parts.is_empty() && self.window.is_empty() {
-                        // A rewind ends the term through `finish`, which moves the checkpoint back.
-                        let exit = self.exit.take().unwrap_or(Exit::Shutdown);
-                        return self.finish(exit, &mut completions).await;
-                    }
-                    if let Some(f) = self.producer.fatal_error() {
-                        self.producer.purge();
-                        return Err(RelayError::ProducerFatal(f));
+                    if let Some(end) = self.requests_turn(&mut completions).await {
+                        return end;
                     }
                 }
             }
         }
+    }
+
+    /// Every `poll_interval`: the status published, operator requests
+    /// polled, a producer's fatal error noticed; `Some` ends the term.
+    async fn requests_turn(
+        &mut self,
+        completions: &mut mpsc::UnboundedReceiver<Completion>,
+    ) -> Option<Result<Exit, RelayError>> {
+        self.relay.status.flush();
+        self.poll_requests().await;
+        if self.relay.requests_only && self.request_parts.is_empty() && self.window.is_empty() {
+            // A rewind ends the term through `finish`, which moves the checkpoint back.
+            let exit = self.exit.take().unwrap_or(Exit::Shutdown);
+            return Some(self.finish(exit, completions).await);
+        }
+        if let Some(f) = self.producer.fatal_error() {
+            self.producer.purge();
+            return Some(Err(RelayError::ProducerFatal(f)));
+        }
+        None
     }
 
     fn breaker_wait(&mut self) -> Option<Instant> {
