@@ -198,3 +198,35 @@ async fn an_exactly_once_term_whose_checkpoint_is_fenced_steps_down() {
     assert_eq!(store.get_checkpoint(&name).await.unwrap(), Some(1), "its fenced checkpoint was not written");
     trigger.fire();
 }
+
+/// Review finding: a replay whose aggregate had nothing held to publish
+/// (its park record past what the term had read) unparked it with a fenced
+/// write; refused (the lease had gone), the request was finished as failed
+/// at once, and the term went on. It now ends the term like any refused
+/// write: the request stays running for the next holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_unpark_at_a_request_start_ends_the_term_and_leaves_the_request_running() {
+    use outboxd::store::requests::RequestStatus;
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(&brokers, &dir.path().join("s.db"));
+    let store = open_store(&c).await;
+    let consumer = c.relay.consumer_name.clone();
+    let order = uuid::Uuid::now_v7();
+    store.park(&order_parked_at(&consumer, order, 100)).await.unwrap();
+    // The term runs at epoch 5; the store has no lease row: fenced writes
+    // are refused.
+    let (_lease, rx) = tokio::sync::watch::channel(LeaseState::active(5));
+    let (relay, _status) = Relay::standalone(&c, store.clone(), Metrics::new());
+    let relay = relay.with_fence(Fence { epoch: 5, lease: rx });
+    let replay = replay_of(&consumer, order);
+    store.request_submit(&replay).await.unwrap();
+    let trigger = Trigger::new();
+    let exit = tokio::time::timeout(Duration::from_secs(60), relay.run(trigger.subscribe()))
+        .await
+        .expect("the term ends by itself");
+    assert_eq!(exit.unwrap(), Exit::LeaseLost);
+    let r = store.request_get(replay.id).await.unwrap().expect("the request");
+    assert_eq!(r.status, RequestStatus::Running, "left for the next holder: {:?}", r.result);
+    assert_eq!(store.parked(&consumer).await.unwrap().len(), 1, "still parked");
+}

@@ -89,7 +89,18 @@ impl Run {
                 }
                 Plan::Unpark { agg, items } => {
                     if items.is_empty() {
-                        self.unpark(&agg).await.map_err(|e| e.to_string())?;
+                        match self.unpark(&agg).await {
+                            Ok(_) => {}
+                            // Not this term's any more: the request stays
+                            // running, the next holder takes it over (as a
+                            // replay's own unpark does).
+                            Err(StoreError::Fenced { .. }) => {
+                                self.producer.purge();
+                                self.exit = Some(Exit::LeaseLost);
+                                return Ok(());
+                            }
+                            Err(e) => return Err(e.to_string()),
+                        }
                         self.window.unpark(&agg, Vec::new());
                         self.unparked();
                         progress.aggregates.push(agg.to_string());
