@@ -9,7 +9,9 @@
 //!
 //! Shutdown sequence (each step bounded by `shutdown_deadline_ms` overall):
 //! 1. close intake (the command API answers 503) and mark /health;
-//! 2. let the OrderActor finish the commands it already accepted;
+//! 2. let the OrderActor finish the commands it already accepted (within
+//!    half the deadline; the projector's stop gets half of what is left, so
+//!    the relay keeps a share: [`ShutdownBudget`]);
 //! 3. stop the children in reverse start order: the projector (the batch
 //!    being committed finishes), CDC (the relay stops
 //!    reading, settles in-flight deliveries, persists its checkpoint),
@@ -71,6 +73,40 @@ pub struct ShutdownSystem {
 pub struct InjectFailureInto {
     pub actor: ActorName,
     pub mode: FailureMode,
+}
+
+/// How the shutdown deadline is shared: the commands already accepted get
+/// at most half of it, and the projector at most half of what is left, so
+/// the relay (which settles in-flight deliveries and persists its
+/// checkpoint) keeps a share however slow the steps before it are (a store
+/// write-locked by a backup holds commands up to the busy timeout). Every
+/// step gets at least 100 ms.
+#[derive(Debug, Clone, Copy)]
+struct ShutdownBudget {
+    deadline: Duration,
+    started: Instant,
+}
+
+impl ShutdownBudget {
+    const FLOOR: Duration = Duration::from_millis(100);
+
+    fn new(deadline: Duration, started: Instant) -> ShutdownBudget {
+        ShutdownBudget { deadline, started }
+    }
+
+    fn remaining(&self, now: Instant) -> Duration {
+        self.deadline.saturating_sub(now.saturating_duration_since(self.started)).max(Self::FLOOR)
+    }
+
+    /// The command drain's share.
+    fn drain(&self, now: Instant) -> Duration {
+        self.remaining(now).min(self.deadline / 2).max(Self::FLOOR)
+    }
+
+    /// The share of a step before the relay's stop: half of what is left.
+    fn before_relay(&self, now: Instant) -> Duration {
+        (self.remaining(now) / 2).max(Self::FLOOR)
+    }
 }
 
 pub struct CoordinatorActor {
@@ -161,9 +197,8 @@ impl CoordinatorActor {
         self.shutting_down = Some(exit_code);
         tracing::info!(%reason, exit_code, "shutting down the actor system");
         self.deps.intake.close();
-        let deadline = Duration::from_millis(self.deps.cfg.shutdown_deadline_ms);
-        let started = Instant::now();
-        let remaining = move || deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+        let budget = ShutdownBudget::new(Duration::from_millis(self.deps.cfg.shutdown_deadline_ms), Instant::now());
+        let remaining = move || budget.remaining(Instant::now());
         let (health, dlq, order, cdc, projection) =
             (self.health.clone(), self.dlq.clone(), self.order.clone(), self.cdc.clone(), self.projection.clone());
         let seq = async move {
@@ -171,7 +206,8 @@ impl CoordinatorActor {
                 let _ = h.send(MarkShuttingDown).await;
             }
             if let Some(o) = &order {
-                match tokio::time::timeout(remaining(), o.send(DrainCommands { deadline: remaining() })).await {
+                let drain = budget.drain(Instant::now());
+                match tokio::time::timeout(drain, o.send(DrainCommands { deadline: drain })).await {
                     Ok(Ok(0)) => tracing::info!("in-flight commands finished"),
                     Ok(Ok(n)) => tracing::warn!(still_running = n, "commands still running at the deadline"),
                     _ => tracing::warn!("order actor did not drain in time"),
@@ -179,9 +215,10 @@ impl CoordinatorActor {
             }
             // Reverse start order: Projection, CDC, Order, DLQ, Health.
             if let Some(p) = &projection {
+                let share = budget.before_relay(Instant::now());
                 if tokio::time::timeout(
-                    remaining(),
-                    p.send(StopActor { deadline: remaining().saturating_sub(Duration::from_millis(50)) }),
+                    share,
+                    p.send(StopActor { deadline: share.saturating_sub(Duration::from_millis(50)) }),
                 )
                 .await
                 .is_err()
