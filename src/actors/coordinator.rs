@@ -11,7 +11,7 @@
 //! 1. close intake (the command API answers 503) and mark /health;
 //! 2. let the OrderActor finish the commands it already accepted (within
 //!    half the deadline; the projector's stop gets half of what is left, so
-//!    the relay keeps a share: [`ShutdownBudget`]);
+//!    the relay keeps a share: `ShutdownBudget`);
 //! 3. stop the children in reverse start order: the projector (the batch
 //!    being committed finishes), CDC (the relay stops
 //!    reading, settles in-flight deliveries, persists its checkpoint),
