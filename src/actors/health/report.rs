@@ -121,14 +121,21 @@ impl HealthReport {
     /// `Err(reason)` when the last check finished more than `max_age` before
     /// `now`: the health check actor stopped publishing (stalled, stopped),
     /// so the report no longer says anything about the process. Before the
-    /// first check (`checked_at` None) a report is not stale: `ready` says
-    /// it is starting.
+    /// first check the age counts from the starting report's creation (a
+    /// health actor that died before its first report is not "starting"
+    /// for ever).
     pub fn fresh(&self, now: DateTime<Utc>, max_age: std::time::Duration) -> Result<(), String> {
-        let Some(at) = self.checked_at else { return Ok(()) };
+        let (at, what) = match self.checked_at {
+            Some(at) => (at, "the last health check finished"),
+            None => match self.components.values().map(|c| c.last_check).min() {
+                Some(created) => (created, "no health check has finished since the start"),
+                None => return Ok(()),
+            },
+        };
         let age = (now - at).to_std().unwrap_or_default();
         if age > max_age {
             return Err(format!(
-                "stale: the last health check finished {}s ago (at {}), over the {}s bound; the health check actor is not reporting",
+                "stale: {what} {}s ago (at {}), over the {}s bound; the health check actor is not reporting",
                 age.as_secs(),
                 at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 max_age.as_secs()
@@ -190,5 +197,17 @@ mod tests {
         r.checked_at = Some(now - chrono::Duration::seconds(31));
         let why = r.fresh(now, Duration::from_secs(30)).unwrap_err();
         assert!(why.starts_with("stale:") && why.contains("31s ago"), "{why}");
+    }
+
+    /// Review finding: a starting report was never stale, so a health actor
+    /// that died before its first report left /health answering "unknown"
+    /// (200) for ever.
+    #[test]
+    fn a_starting_report_goes_stale_too() {
+        use std::time::Duration;
+        let r = HealthReport::starting();
+        let later = Utc::now() + chrono::Duration::minutes(10);
+        let why = r.fresh(later, Duration::from_secs(60)).unwrap_err();
+        assert!(why.starts_with("stale: no health check has finished since the start"), "{why}");
     }
 }
