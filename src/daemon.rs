@@ -233,7 +233,13 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
             // once: a process that crash-loops on it must not hold off the
             // instance that can publish for a TTL each time.
             Ok(Err(e)) => {
-                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                // Bounded like every other wait here: the thread's runtime
+                // waits for its blocking tasks (a read on a hung file
+                // system) when it ends, and the start's error must not.
+                let joined = tokio::task::spawn_blocking(move || thread.join());
+                if tokio::time::timeout(Duration::from_secs(5), joined).await.is_err() {
+                    tracing::warn!("the actor system thread did not end within 5 s of a failed start; exiting anyway");
+                }
                 release_leases(&mut lease_stop).await;
                 return Err(e);
             }
