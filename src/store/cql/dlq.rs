@@ -18,25 +18,38 @@ use crate::store::{DeadLetter, StoreError};
 
 impl CqlStore {
     pub(super) async fn insert_letter(&self, l: DeadLetter) -> Result<(), StoreError> {
-        // A write can leave an orphan (see `settle`): its count is folded
-        // into the event's letter, which may itself race; bounded like the
-        // CAS rounds.
-        let mut pending = Some(l);
-        for _ in 0..MAX_CAS_ROUNDS {
-            let Some(l) = pending.take() else { return Ok(()) };
-            pending = self.insert_once(l).await?;
-        }
-        match pending {
-            None => Ok(()),
-            Some(l) => {
-                Err(unavailable(format!("dead letter of event {}: too much contention folding letters", l.event_id)))
+        // An error before this failure is stored is the caller's to retry.
+        // Once it is stored, nothing may make the caller record it again:
+        // folding orphans (see `settle`) only moves counts already stored,
+        // and a fold that fails puts the orphan back (a second letter for
+        // the event, its count kept) rather than losing it.
+        let mut pending = self.insert_once(l).await?;
+        let mut rounds = 0;
+        while let Some(orphan) = pending.pop() {
+            rounds += 1;
+            let folded = if rounds > MAX_CAS_ROUNDS {
+                Err(unavailable("too much contention folding letters"))
+            } else {
+                self.insert_once(orphan.clone()).await
+            };
+            match folded {
+                Ok(more) => pending.extend(more),
+                Err(e) => {
+                    tracing::warn!(event_id = %orphan.event_id, error = %e, "cannot fold a dead letter into its event's letter; kept as a letter of its own");
+                    if let Err(e) = self.write_row(&orphan).await {
+                        tracing::error!(event_id = %orphan.event_id, failures = orphan.failure_count, error = %e, "a folded dead letter could not be put back; its failure count is lost");
+                    }
+                }
             }
         }
+        Ok(())
     }
 
-    /// One failure recorded on the event's letter; `Some` is an orphaned
-    /// letter taken out of the table whose count still has to be added.
-    async fn insert_once(&self, l: DeadLetter) -> Result<Option<DeadLetter>, StoreError> {
+    /// One failure recorded on the event's letter; what it returns are
+    /// orphaned letters taken out of the table whose counts still have to
+    /// be added (a failed check after the write leaves them for the next
+    /// writer: never an error once the failure is stored).
+    async fn insert_once(&self, l: DeadLetter) -> Result<Vec<DeadLetter>, StoreError> {
         let s = self.stmts().await?;
         for _ in 0..MAX_CAS_ROUNDS {
             let claim = self
@@ -73,7 +86,10 @@ impl CqlStore {
                         }
                     }
                     if self.write_row(&l).await? {
-                        return self.settle(l.event_id, l.id, (!claimed).then_some(id)).await;
+                        return Ok(self.settle(l.event_id, l.id, (!claimed).then_some(id)).await.unwrap_or_else(|e| {
+                            tracing::warn!(event_id = %l.event_id, error = %e, "dead letter written; checking it against racing writers failed");
+                            Vec::new()
+                        }));
                     }
                 }
                 Some(count) => {
@@ -86,7 +102,7 @@ impl CqlStore {
                         .await
                         .map_err(|e| exec_err("update dead letter", e))?;
                     if lwt_answer(res, "failure_count")?.0 {
-                        return Ok(None);
+                        return Ok(Vec::new());
                     }
                 }
             }
@@ -115,23 +131,26 @@ impl CqlStore {
         Ok(lwt_answer(res, "id")?.0)
     }
 
-    /// After a row was written under `mine`: the two writers of a first
-    /// failure race. Writer A claims the mapping (event -> A) and is about to
-    /// write row A; writer B finds the mapping with no row, takes it over
-    /// (-> B) and writes row B; A's row lands late, orphaned. Whichever of
-    /// the two checks below runs second sees the orphan (SERIAL reads; A's
-    /// check follows its write, B's check follows its takeover): A finds the
+    /// After a row was written under `mine`: writers of a first failure
+    /// race. Writer A claims the mapping (event -> A) and is about to write
+    /// row A; writer B finds the mapping with no row, takes it over (-> B)
+    /// and writes row B; A's row lands late, orphaned. Whichever of the two
+    /// checks below runs second sees the orphan (SERIAL reads; A's check
+    /// follows its write, B's check follows its takeover): A finds the
     /// mapping no longer its own, B finds the row it displaced written after
-    /// all. The orphan is taken out and returned to be counted on the
-    /// event's letter. `displaced` is the mapping this write took over.
+    /// all. A taker checks both (a third writer may have taken the mapping
+    /// over from it before its own row landed). The orphans are taken out
+    /// and returned to be counted on the event's letter. `displaced` is the
+    /// mapping this write took over.
     pub(super) async fn settle(
         &self,
         event_id: Uuid,
         mine: Uuid,
         displaced: Option<Uuid>,
-    ) -> Result<Option<DeadLetter>, StoreError> {
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut orphans = Vec::new();
         if let Some(old) = displaced {
-            return self.take_orphan(old).await;
+            orphans.extend(self.take_orphan(old).await?);
         }
         let s = self.stmts().await?;
         let res = self
@@ -140,10 +159,10 @@ impl CqlStore {
             .await
             .map_err(|e| exec_err("dead letter lookup", e))?;
         let mapped = res.into_rows_result().map_err(codec)?.maybe_first_row::<(Option<Uuid>,)>().map_err(codec)?;
-        if mapped == Some((Some(mine),)) {
-            return Ok(None);
+        if mapped != Some((Some(mine),)) {
+            orphans.extend(self.take_orphan(mine).await?);
         }
-        self.take_orphan(mine).await
+        Ok(orphans)
     }
 
     /// The letter `id` deleted (if it is there) and returned with the

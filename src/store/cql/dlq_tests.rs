@@ -54,7 +54,7 @@ async fn write_row(store: &CqlStore, l: &DeadLetter) {
 /// Writer A's settle, and the orphan it returns folded in as `insert_letter`
 /// does it.
 async fn settle_and_fold(store: &CqlStore, l: &DeadLetter, displaced: Option<Uuid>) {
-    if let Some(orphan) = store.settle(l.event_id, l.id, displaced).await.unwrap() {
+    for orphan in store.settle(l.event_id, l.id, displaced).await.unwrap() {
         store.insert_letter(orphan).await.unwrap();
     }
 }
@@ -98,7 +98,7 @@ async fn a_displaced_row_written_after_all_is_folded_by_the_taker() {
     claim(&store, &a).await;
     // B read row A: none (before A's write). A writes and settles: still its mapping.
     write_row(&store, &a).await;
-    assert!(store.settle(event, a.id, None).await.unwrap().is_none(), "A's mapping is its own");
+    assert!(store.settle(event, a.id, None).await.unwrap().is_empty(), "A's mapping is its own");
     // B takes the mapping over (`IF id = A`), writes its row, settles.
     let s = store.stmts().await.unwrap();
     let res = store.session.execute_unpaged(&s.dlq_reclaim, (b.id, event, a.id)).await.unwrap();
@@ -134,5 +134,32 @@ async fn a_failure_during_a_removal_leaves_one_letter_per_event() {
     let letters = letters_of(&store, event).await;
     assert_eq!(letters.len(), 1, "one letter per event: {letters:?}");
     assert_eq!(letters[0].failure_count, 2, "the two later failures, counted on it");
+    drop_keyspace(&store, &keyspace).await;
+}
+
+/// Last-read finding: three writers. A claims and never writes; B takes the
+/// mapping over and is slow to write; C takes it over from B, writes and
+/// settles (row B not there yet); row B lands. B's check of the row it
+/// displaced (A's) found nothing, and row B stayed an orphan. A taker now
+/// also checks that the mapping is still its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taker_whose_mapping_was_taken_over_in_turn_folds_its_own_row() {
+    let Some((store, keyspace)) = fresh_store("CQL DLQ first-write race (three writers)").await else { return };
+    let (event, agg) = (Uuid::now_v7(), Uuid::now_v7());
+    let (a, b) = (letter(event, agg), letter(event, agg));
+    claim(&store, &a).await;
+    let s = store.stmts().await.unwrap();
+    // B takes A's mapping over (no row A), and is slow to write.
+    let res = store.session.execute_unpaged(&s.dlq_reclaim, (b.id, event, a.id)).await.unwrap();
+    assert!(lwt_answer(res, "id").unwrap().0, "B's takeover");
+    // C, whole: finds no row B, takes the mapping over, writes, settles.
+    let c = letter(event, agg);
+    store.insert_letter(c.clone()).await.unwrap();
+    // Row B lands; B settles.
+    write_row(&store, &b).await;
+    settle_and_fold(&store, &b, Some(a.id)).await;
+    let letters = letters_of(&store, event).await;
+    assert_eq!(letters.len(), 1, "one letter per event: {letters:?}");
+    assert_eq!((letters[0].id, letters[0].failure_count), (c.id, 2), "B's failure counted on C's letter");
     drop_keyspace(&store, &keyspace).await;
 }
