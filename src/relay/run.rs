@@ -97,6 +97,11 @@ impl Run {
                 if let Some(end) = self.requests_turn(&mut completions).await {
                     return end;
                 }
+                // A request may end the term (a rewind, a refused write):
+                // nothing more is sent or persisted in it.
+                if let Some(exit) = self.exit.take() {
+                    return self.finish(exit, &mut completions).await;
+                }
             }
             self.pump().await;
             self.persist(false).await;
