@@ -13,6 +13,10 @@ use super::ConfigError;
 /// Longest backoff between two restarts of a supervised actor.
 pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(10);
 
+/// How long a failing task is counted to run before it fails, when the
+/// restart budget is checked against its window.
+const START_ALLOWANCE: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
@@ -130,26 +134,28 @@ impl SupervisionConfig {
         if self.restart_window_ms == 0 {
             return Err(ConfigError("supervision.restart_window_ms must be >= 1".into()));
         }
-        // A task that fails at once restarts after each backoff: unless its
-        // `max_restarts` backoffs fit in the window, its early restarts leave
-        // the window before the budget is used up, and it loops for ever
-        // instead of the daemon exiting 70.
+        // A task that fails soon after it starts restarts after each
+        // backoff: unless its `max_restarts` backoffs, and a second of start
+        // each, fit in the window, its early restarts leave the window before
+        // the budget is used up, and it loops for ever instead of the daemon
+        // exiting 70. (Past 64 restarts every backoff is at its 10 s cap.)
         let window = Duration::from_millis(self.restart_window_ms);
-        let mut crash_loop = Duration::ZERO;
-        for n in 1..=self.max_restarts {
-            crash_loop += self.restart_delay(n);
-            if crash_loop >= window {
-                return Err(ConfigError(format!(
-                    "supervision.restart_window_ms = {} is too short for max_restarts = {} with restart_backoff_ms = {}: \
-                     {} restarts of a task that fails at once take {} ms or more (the backoff doubles, at most 10 s), \
-                     so the budget would never run out; make the window longer or the backoff shorter",
-                    self.restart_window_ms,
-                    self.max_restarts,
-                    self.restart_backoff_ms,
-                    self.max_restarts,
-                    crash_loop.as_millis()
-                )));
-            }
+        let counted = self.max_restarts.min(64);
+        let mut crash_loop: Duration = (1..=counted).map(|n| self.restart_delay(n) + START_ALLOWANCE).sum();
+        crash_loop = crash_loop.saturating_add(
+            (MAX_RESTART_BACKOFF + START_ALLOWANCE).saturating_mul(self.max_restarts.saturating_sub(counted)),
+        );
+        if crash_loop >= window {
+            return Err(ConfigError(format!(
+                "supervision.restart_window_ms = {} is too short for max_restarts = {} with restart_backoff_ms = {}: \
+                 {} restarts of a task that fails within a second of its start take {} ms or more (the backoff \
+                 doubles, at most 10 s), so the budget would never run out; make the window longer or the backoff shorter",
+                self.restart_window_ms,
+                self.max_restarts,
+                self.restart_backoff_ms,
+                self.max_restarts,
+                crash_loop.as_millis()
+            )));
         }
         Ok(())
     }

@@ -144,10 +144,16 @@ mod tests {
     fn every_accepted_budget_runs_out_for_a_task_that_fails_at_once() {
         let looping = SupervisionConfig { max_restarts: 5, restart_window_ms: 10_000, restart_backoff_ms: 2_000 };
         assert!(looping.validate().is_err(), "refused at load");
+        // No slack: only a task failing in no time would use it up.
+        let tight = SupervisionConfig { max_restarts: 6, restart_window_ms: 60_001, restart_backoff_ms: 10_000 };
+        assert!(tight.validate().is_err(), "a second of start per restart is counted");
+        // A huge count is checked in closed form, not looped over.
+        let huge = SupervisionConfig { max_restarts: u32::MAX, restart_window_ms: 60_000, restart_backoff_ms: 0 };
+        assert!(huge.validate().is_err());
         for cfg in [
             SupervisionConfig::default(),
-            SupervisionConfig { max_restarts: 3, restart_window_ms: 1_000, restart_backoff_ms: 100 },
-            SupervisionConfig { max_restarts: 6, restart_window_ms: 60_001, restart_backoff_ms: 10_000 },
+            SupervisionConfig { max_restarts: 3, restart_window_ms: 4_000, restart_backoff_ms: 100 },
+            SupervisionConfig { max_restarts: 5, restart_window_ms: 55_001, restart_backoff_ms: 10_000 },
         ] {
             cfg.validate().expect("accepted");
             let mut b = RestartBudget::new(&cfg);
