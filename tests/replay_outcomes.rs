@@ -224,8 +224,8 @@ async fn a_request_is_served_while_a_backlog_drains() {
     let request = RelayRequest::new(&consumer, RequestKind::ReplayDeadLetters { ids: Some(vec![]) }, "t");
     store.request_submit(&request).await.unwrap();
     let finished = request_finished(&store, request.id).await;
-    // Events the broker confirmed by then (the checkpoint is persisted less
-    // often: it says little about how far the drain went).
+    // Events handed to the producer by then (the checkpoint is persisted
+    // less often: it says little about how far the drain went).
     use prometheus::core::Collector;
     let sent: f64 = relay
         .metrics

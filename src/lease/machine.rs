@@ -95,7 +95,6 @@ impl Machine {
         }
     }
 
-    /// True while this instance may act as the leader at `now`.
     /// The instant this instance's hold ends unless renewed (the renewal
     /// deadline of the last applied write), while active.
     pub fn held_until(&self) -> Option<Instant> {
@@ -105,6 +104,7 @@ impl Machine {
         }
     }
 
+    /// The epoch held at `now`: active and before the renewal deadline.
     pub fn is_active(&self, now: Instant) -> Option<i64> {
         match &self.view {
             View::Active { epoch, renewed, .. }

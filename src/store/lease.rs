@@ -5,7 +5,8 @@
 //! - `lease_cas` writes the new row only if the current row is exactly the
 //!   expected one (`None`: no row yet), atomically; it answers whether it
 //!   wrote. An outcome the backend cannot know at first is never guessed:
-//!   CQL resolves a timed-out compare-and-set before answering; SQLite
+//!   CQL answers a timed-out compare-and-set applied when a SERIAL read
+//!   shows it, `StoreError::OutcomeUnknown` otherwise; SQLite
 //!   answers `StoreError::OutcomeUnknown` for a COMMIT that failed after its
 //!   WAL write (an fsync error: it may be replayed at the next open), as for
 //!   `set_checkpoint_fenced`. The lease keeper takes any failed write as

@@ -8,9 +8,11 @@
 //! - Every write is a lightweight transaction (`IF epoch = null` /
 //!   `IF epoch = ? AND counter = ?`), reads are SERIAL: two instances can
 //!   never both win an epoch, and a reader sees the last committed lease.
-//! - An LWT whose outcome is unknown (timeout, broken connection) is resolved
+//! - An LWT whose outcome is unknown (timeout, broken connection) is checked
 //!   by a SERIAL read before answering (which also finishes any Paxos round
-//!   in progress): applied iff the row now is exactly what we wrote.
+//!   in progress): applied if the row now is exactly what we wrote, else
+//!   `OutcomeUnknown` (a proposal a minority accepted may still be completed
+//!   later; the keeper adopts the write if it reads it back).
 //! - `set_checkpoint_fenced` is `UPDATE ... SET position = ? IF epoch = ?`.
 
 use chrono::{DateTime, Utc};

@@ -95,7 +95,7 @@ pub struct SqliteStore {
 }
 
 /// Busy timeout of the lease connection: under the shortest renew interval
-/// (`relay.lease_ttl_ms` >= 1000, renewed every TTL/3 >= 333 ms), so a busy
+/// (`relay.lease_ttl_ms` >= 3000, renewed every TTL/3 >= 1000 ms), so a busy
 /// file fails one attempt, which the keeper retries sooner, instead of
 /// holding the renewal past its turn.
 const LEASE_BUSY_TIMEOUT: Duration = Duration::from_millis(250);
