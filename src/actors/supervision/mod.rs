@@ -56,6 +56,10 @@ pub trait Progress: Clone + Send + serde::Serialize + 'static {
     fn running(&self) -> bool;
     /// Cleared by the shell when no task runs any more (restart, stop).
     fn set_running(&mut self, running: bool);
+    /// Before a new task starts: forget what the previous one said about
+    /// its role and its connections (a new relay has not read the lease nor
+    /// reached the broker yet), keep the history (checkpoint, counters).
+    fn new_task(&mut self);
 }
 
 impl Progress for crate::relay::RelayStatus {
@@ -66,6 +70,12 @@ impl Progress for crate::relay::RelayStatus {
     fn set_running(&mut self, running: bool) {
         self.running = running;
     }
+    fn new_task(&mut self) {
+        self.running = false;
+        self.role = crate::relay::Role::Unknown;
+        self.broker = crate::relay::producer::BrokerState::Unknown;
+        self.feed = crate::relay::status::FeedState::Unknown;
+    }
 }
 
 impl Progress for crate::projection::ProjectionStatus {
@@ -75,6 +85,10 @@ impl Progress for crate::projection::ProjectionStatus {
     }
     fn set_running(&mut self, running: bool) {
         self.running = running;
+    }
+    fn new_task(&mut self) {
+        self.running = false;
+        self.standby = None;
     }
 }
 

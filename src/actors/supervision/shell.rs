@@ -129,6 +129,10 @@ impl<B: TaskBody> SupervisedTask<B> {
         if self.stopping || matches!(self.lifecycle, Lifecycle::GaveUp | Lifecycle::Stopped) || self.run.is_some() {
             return;
         }
+        // The previous task is gone (`run` is None): what it said about its
+        // role no longer holds (a restarted standby looked running, with a
+        // broker "reachable" by a producer that no longer exists).
+        self.status.send_modify(|s| s.new_task());
         let trigger = Trigger::new();
         let task = match self.body.spawn(&self.deps, trigger.subscribe()) {
             Ok(task) => task,

@@ -1,5 +1,6 @@
 //! Tests of the supervised-task shell's stop: the `StopActor` deadline is
-//! one budget for the body's drain and the wait for its task together.
+//! one budget for the body's drain and the wait for its task together; and
+//! of a restart: a new task does not inherit what the old one said.
 //!
 //! They run on a paused tokio clock (the actix system and the task share one
 //! current-thread runtime), so the durations asserted are virtual and exact,
@@ -22,14 +23,20 @@ use crate::shutdown::Shutdown;
 #[derive(Clone, Default, serde::Serialize)]
 struct Status {
     running: bool,
+    /// Waits for another instance, as intended (counts as running).
+    standby: bool,
 }
 
 impl Progress for Status {
     fn running(&self) -> bool {
-        self.running
+        self.running || self.standby
     }
     fn set_running(&mut self, running: bool) {
         self.running = running;
+    }
+    fn new_task(&mut self) {
+        self.running = false;
+        self.standby = false;
     }
 }
 
@@ -139,4 +146,63 @@ fn a_task_that_ignores_its_signal_is_aborted_at_the_deadline() {
     let deadline = Duration::from_secs(3);
     let (took, _) = stop_takes(0, deadline);
     answered_at_deadline(took, deadline);
+}
+
+/// A first task that says it is a standby, then fails; the next one says
+/// nothing (it has not read its lease yet).
+struct StandbyThenSilent {
+    spawned: u32,
+    status: watch::Sender<Status>,
+}
+
+impl TaskBody for StandbyThenSilent {
+    const INFO: TaskInfo = TaskInfo { actor: ActorName::Projection, task: "standby", on_abort: "nothing" };
+    type Status = Status;
+
+    fn spawn(&mut self, _deps: &ActorDeps, _shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
+        self.spawned += 1;
+        let (first, status) = (self.spawned == 1, self.status.clone());
+        Ok(async move {
+            if first {
+                status.send_modify(|s| s.standby = true);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return Err(TaskError::Failed("lost its store".into()));
+            }
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+        .boxed())
+    }
+}
+
+/// Review finding: a restarted standby's new task looked running (the old
+/// task's standby role stayed on the channel) before it had read its lease,
+/// so /health said "standby" and the start grace never applied.
+#[test]
+fn a_restarted_task_does_not_inherit_the_old_tasks_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let system = System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
+    });
+    system.block_on(async move {
+        let cfg = Config::default();
+        let store = crate::store::sqlite::SqliteStore::open(dir.path().join("shell.db"), cfg.store.sqlite.clone())
+            .await
+            .unwrap();
+        let deps = ActorDeps::new(cfg, store, crate::metrics::Metrics::new(), tokio::runtime::Handle::current());
+        let (status, status_rx) = watch::channel(Status::default());
+        let sink = Sink.start();
+        let body = StandbyThenSilent { spawned: 0, status: status.clone() };
+        // Under a supervisor, as the coordinator starts it: a failure restarts it.
+        let addr = actix::Supervisor::start(move |_| {
+            SupervisedTask::new(deps, body, status, sink.clone().recipient(), sink.recipient())
+        });
+        status_rx.clone().wait_for(|s| s.standby).await.unwrap();
+        // The first task fails after 1 s; the restart comes after its backoff.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let st = addr.send(super::super::GetTaskStatus::<Status>::new()).await.unwrap();
+        assert_eq!(st.restarts_in_window, 1, "restarted once");
+        assert!(!st.running, "the new task has said nothing: not running");
+        assert!(st.starting_ms.is_some(), "it is starting");
+    });
 }
