@@ -84,10 +84,9 @@ impl Handler<ComponentEvent> for Sink {
     fn handle(&mut self, _msg: ComponentEvent, _ctx: &mut Context<Self>) {}
 }
 
-/// How long (virtual time) a `StopActor { deadline }` takes to answer for a
-/// body whose drain takes `drain_factor` deadlines, and whether the task's
-/// status still says running afterwards.
-fn stop_takes(drain_factor: u32, deadline: Duration) -> (Duration, bool) {
+/// Runs `test` in an actix system on a paused current-thread tokio clock,
+/// with the actors' dependencies over a fresh SQLite store.
+fn on_paused_clock<T, F: std::future::Future<Output = T>>(test: impl FnOnce(ActorDeps) -> F) -> T {
     let dir = tempfile::tempdir().unwrap();
     let system = System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
@@ -98,6 +97,15 @@ fn stop_takes(drain_factor: u32, deadline: Duration) -> (Duration, bool) {
             .await
             .unwrap();
         let deps = ActorDeps::new(cfg, store, crate::metrics::Metrics::new(), tokio::runtime::Handle::current());
+        test(deps).await
+    })
+}
+
+/// How long (virtual time) a `StopActor { deadline }` takes to answer for a
+/// body whose drain takes `drain_factor` deadlines, and whether the task's
+/// status still says running afterwards.
+fn stop_takes(drain_factor: u32, deadline: Duration) -> (Duration, bool) {
+    on_paused_clock(|deps| async move {
         let (status, status_rx) = watch::channel(Status::default());
         let sink = Sink.start();
         let body = Stubborn { drain_factor, status: status.clone() };
@@ -180,16 +188,7 @@ impl TaskBody for StandbyThenSilent {
 /// so /health said "standby" and the start grace never applied.
 #[test]
 fn a_restarted_task_does_not_inherit_the_old_tasks_role() {
-    let dir = tempfile::tempdir().unwrap();
-    let system = System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
-    });
-    system.block_on(async move {
-        let cfg = Config::default();
-        let store = crate::store::sqlite::SqliteStore::open(dir.path().join("shell.db"), cfg.store.sqlite.clone())
-            .await
-            .unwrap();
-        let deps = ActorDeps::new(cfg, store, crate::metrics::Metrics::new(), tokio::runtime::Handle::current());
+    on_paused_clock(|deps| async move {
         let (status, status_rx) = watch::channel(Status::default());
         let sink = Sink.start();
         let body = StandbyThenSilent { spawned: 0, status: status.clone() };
