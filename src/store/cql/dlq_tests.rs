@@ -46,6 +46,14 @@ async fn claim(store: &CqlStore, l: &DeadLetter) {
     assert!(lwt_answer(res, "id").unwrap().0, "the mapping is free");
 }
 
+/// One step of a racing writer: `to` takes over the mapping `from` holds
+/// (`IF id = from`: it found no row under it).
+async fn take_over(store: &CqlStore, from: &DeadLetter, to: &DeadLetter) {
+    let s = store.stmts().await.unwrap();
+    let res = store.session.execute_unpaged(&s.dlq_reclaim, (to.id, to.event_id, from.id)).await.unwrap();
+    assert!(lwt_answer(res, "id").unwrap().0, "the takeover");
+}
+
 /// One step of a racing writer: its row written.
 async fn write_row(store: &CqlStore, l: &DeadLetter) {
     assert!(store.write_row(l).await.unwrap(), "a new row");
@@ -100,9 +108,7 @@ async fn a_displaced_row_written_after_all_is_folded_by_the_taker() {
     write_row(&store, &a).await;
     assert!(store.settle(event, a.id, None).await.unwrap().is_empty(), "A's mapping is its own");
     // B takes the mapping over (`IF id = A`), writes its row, settles.
-    let s = store.stmts().await.unwrap();
-    let res = store.session.execute_unpaged(&s.dlq_reclaim, (b.id, event, a.id)).await.unwrap();
-    assert!(lwt_answer(res, "id").unwrap().0, "B's takeover");
+    take_over(&store, &a, &b).await;
     write_row(&store, &b).await;
     settle_and_fold(&store, &b, Some(a.id)).await;
     let letters = letters_of(&store, event).await;
@@ -148,10 +154,8 @@ async fn a_taker_whose_mapping_was_taken_over_in_turn_folds_its_own_row() {
     let (event, agg) = (Uuid::now_v7(), Uuid::now_v7());
     let (a, b) = (letter(event, agg), letter(event, agg));
     claim(&store, &a).await;
-    let s = store.stmts().await.unwrap();
     // B takes A's mapping over (no row A), and is slow to write.
-    let res = store.session.execute_unpaged(&s.dlq_reclaim, (b.id, event, a.id)).await.unwrap();
-    assert!(lwt_answer(res, "id").unwrap().0, "B's takeover");
+    take_over(&store, &a, &b).await;
     // C, whole: finds no row B, takes the mapping over, writes, settles.
     let c = letter(event, agg);
     store.insert_letter(c.clone()).await.unwrap();
