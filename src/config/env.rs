@@ -14,8 +14,12 @@ use super::ConfigError;
 /// it: in any case).
 pub(super) const PREFIX: &str = "OUTBOX_";
 
-/// The variable that names the config file, not a key.
+/// The variable that names the config file (`--config`), not a key.
 const CONFIG_FILE_VAR: &str = "OUTBOX_CONFIG";
+
+/// [`CONFIG_FILE_VAR`] as figment names it (prefix off, lowercased), for
+/// its `ignore`: it would otherwise read it as a top-level key `config`.
+pub(super) const CONFIG_FILE_KEY: &str = "config";
 
 /// The configuration variables in the environment: (name, key path as
 /// figment reads it, lowercased and split on `__` and `.`).
@@ -58,4 +62,14 @@ pub(super) fn variable_for(path: &[String]) -> Option<String> {
     vars.into_iter()
         .find(|(_, key)| key.len() >= path.len() && key.iter().zip(path).all(|(k, p)| k.eq_ignore_ascii_case(p)))
         .map(|(name, _)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_file_key_is_the_variable_as_figment_names_it() {
+        assert!(format!("{PREFIX}{CONFIG_FILE_KEY}").eq_ignore_ascii_case(CONFIG_FILE_VAR));
+    }
 }

@@ -44,10 +44,6 @@ pub use store::{
     parse_consistency, parse_serial_consistency, Backend, CqlConfig, CqlTls, SqliteOptions, StoreConfig, Synchronous,
 };
 
-/// `OUTBOX_CONFIG` without its prefix: the variable that names the config
-/// file. figment would otherwise read it as a top-level key `config`.
-const CONFIG_FILE_VAR_KEY: &str = "config";
-
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
@@ -96,7 +92,7 @@ impl Config {
         // A variable figment would drop (an empty part in its key) is refused by name.
         env::check_vars()?;
         // `OUTBOX_CONFIG` names the file (read by the CLI as `--config`); it is not a key.
-        let env = || Env::prefixed(env::PREFIX).ignore(&[CONFIG_FILE_VAR_KEY]).split("__");
+        let env = || Env::prefixed(env::PREFIX).ignore(&[env::CONFIG_FILE_KEY]).split("__");
         fig = fig.merge(env());
         // Secrets exactly as written: figment would parse `000123` as the number 123.
         for (key, value) in env().iter().filter(|(k, _)| is_secret_key(k.as_str())) {
