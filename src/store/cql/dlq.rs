@@ -3,12 +3,15 @@
 //! Guarantee: one dead letter per event: `dead_letter_by_event` (event_id ->
 //! id, written with `IF NOT EXISTS`) finds the existing row of an event; its
 //! `failure_count` is bumped with a compare-and-set (`IF failure_count = ?`),
-//! so concurrent failures of one event add up exactly. Two first failures
+//! so concurrent failures of one event add up exactly (the letter keeps the
+//! earliest first failure and the latest last one, with its message, in
+//! whatever order they are counted). Two first failures
 //! racing (one writer's row landing after the other took the mapping over)
 //! can leave an orphan row for a moment; the writers' SERIAL checks after
 //! their writes find it and fold its count into the event's letter. All DLQ
 //! writes are LWTs (never mixed with plain writes on the same cells).
 
+use chrono::{DateTime, Utc};
 use scylla::value::CqlValue;
 use uuid::Uuid;
 
@@ -66,7 +69,7 @@ impl CqlStore {
                     other => return Err(codec(format!("dead_letter_by_event.id is not a uuid: {other:?}"))),
                 }
             };
-            match self.failure_count(id).await? {
+            match self.letter_serial(id).await? {
                 None => {
                     // No row under the mapped id: a first failure, or a row
                     // removed (its mapping goes next) or not written yet (a
@@ -92,12 +95,14 @@ impl CqlStore {
                         }));
                     }
                 }
-                Some(count) => {
+                Some(row) => {
+                    let count = row.failure_count;
+                    let (error, first, last) = merged_times(&row, &l);
                     let res = self
                         .session
                         .execute_unpaged(
                             &s.dlq_bump,
-                            (count.unwrap_or(0) + l.failure_count, &l.error_message, l.last_failed_at, id, count),
+                            (count.unwrap_or(0) + l.failure_count, error, first, last, id, count),
                         )
                         .await
                         .map_err(|e| exec_err("update dead letter", e))?;
@@ -170,8 +175,9 @@ impl CqlStore {
     async fn take_orphan(&self, id: Uuid) -> Result<Option<DeadLetter>, StoreError> {
         let s = self.stmts().await?;
         for _ in 0..MAX_CAS_ROUNDS {
-            let Some(count) = self.failure_count(id).await? else { return Ok(None) };
-            let Some(letter) = self.get_letters(&[id]).await?.pop() else { return Ok(None) };
+            let Some(row) = self.letter_serial(id).await? else { return Ok(None) };
+            let count = row.failure_count;
+            let letter = row.into_letter()?;
             let res = self
                 .session
                 .execute_unpaged(&s.dlq_fold, (id, count))
@@ -185,16 +191,11 @@ impl CqlStore {
         Err(unavailable(format!("dead letter {id}: too much contention folding it")))
     }
 
-    /// `None`: no row; `Some(None)`: a row without a count (written by hand).
-    async fn failure_count(&self, id: Uuid) -> Result<Option<Option<i32>>, StoreError> {
+    /// The letter `id` read SERIAL (every LWT on it decided first); `None`:
+    /// no row. Its `failure_count` is null on a row written by hand.
+    async fn letter_serial(&self, id: Uuid) -> Result<Option<LetterRow>, StoreError> {
         let s = self.stmts().await?;
-        let res = self
-            .session
-            .execute_unpaged(&s.dlq_failure_count, (id,))
-            .await
-            .map_err(|e| exec_err("read dead letter", e))?;
-        let row = res.into_rows_result().map_err(codec)?.maybe_first_row::<(Option<i32>,)>().map_err(codec)?;
-        Ok(row.map(|(c,)| c))
+        Ok(self.select_rows::<LetterRow>(&s.dlq_serial_get, (id,), "read dead letter").await?.pop())
     }
 
     pub(super) async fn list_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
@@ -253,6 +254,18 @@ impl CqlStore {
             self.session.execute_unpaged(&s.dlq_count, ()).await.map_err(|e| exec_err("count dead letters", e))?;
         let (n,) = res.into_rows_result().map_err(codec)?.first_row::<(i64,)>().map_err(codec)?;
         Ok(n.max(0) as u64)
+    }
+}
+
+/// What a failure `l` counted on the stored letter `row` leaves in its
+/// message and times: the earlier first failure, the later last one and
+/// that one's message. A folded orphan is older than the letter it joins:
+/// its times must not move the letter's back.
+fn merged_times<'a>(row: &'a LetterRow, l: &'a DeadLetter) -> (&'a str, DateTime<Utc>, DateTime<Utc>) {
+    let first = row.first_failed_at.map_or(l.first_failed_at, |f| f.min(l.first_failed_at));
+    match row.last_failed_at {
+        Some(last) if last > l.last_failed_at => (row.error_message.as_deref().unwrap_or_default(), first, last),
+        _ => (l.error_message.as_str(), first, l.last_failed_at),
     }
 }
 

@@ -167,3 +167,40 @@ async fn a_taker_whose_mapping_was_taken_over_in_turn_folds_its_own_row() {
     assert_eq!((letters[0].id, letters[0].failure_count), (c.id, 2), "B's failure counted on C's letter");
     drop_keyspace(&store, &keyspace).await;
 }
+
+/// Last read's finding: folding an orphan (an older failure) into the
+/// event's letter set the letter's `last_failed_at` and message to the
+/// orphan's, moving them back in time, and left `first_failed_at` at the
+/// later of the two. The letter keeps the earliest first failure and the
+/// latest last one with its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_failure_folded_in_keeps_the_letters_latest_time_and_message() {
+    let Some((store, keyspace)) = fresh_store("CQL DLQ fold keeps the times").await else { return };
+    let (event, agg) = (Uuid::now_v7(), Uuid::now_v7());
+    let newer = DeadLetter { error_message: "the newest failure".into(), ..letter(event, agg) };
+    let t = newer.first_failed_at;
+    let older = DeadLetter {
+        error_message: "an older failure".into(),
+        first_failed_at: t - chrono::Duration::minutes(10),
+        last_failed_at: t - chrono::Duration::minutes(5),
+        ..letter(event, agg)
+    };
+    store.insert_letter(newer.clone()).await.unwrap();
+    store.insert_letter(older.clone()).await.unwrap();
+    let letters = letters_of(&store, event).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let l = &letters[0];
+    assert_eq!(l.failure_count, 2);
+    let ms = |d: chrono::DateTime<Utc>| d.timestamp_millis();
+    assert_eq!(ms(l.first_failed_at), ms(older.first_failed_at), "the earliest first failure");
+    assert_eq!(ms(l.last_failed_at), ms(newer.last_failed_at), "the latest last failure");
+    assert_eq!(l.error_message, "the newest failure", "the latest failure's message");
+    // A later failure moves the last time and the message forward.
+    let later = DeadLetter { error_message: "later still".into(), ..letter(event, agg) };
+    store.insert_letter(later.clone()).await.unwrap();
+    let l = letters_of(&store, event).await.remove(0);
+    assert_eq!((l.failure_count, l.error_message.as_str()), (3, "later still"));
+    assert_eq!(ms(l.last_failed_at), ms(later.last_failed_at));
+    assert_eq!(ms(l.first_failed_at), ms(older.first_failed_at));
+    drop_keyspace(&store, &keyspace).await;
+}

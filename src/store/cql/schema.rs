@@ -61,7 +61,8 @@ pub(super) struct Statements {
     pub(super) set_checkpoint: PreparedStatement,
     pub(super) dlq_claim: PreparedStatement,
     pub(super) dlq_insert: PreparedStatement,
-    pub(super) dlq_failure_count: PreparedStatement,
+    /// The whole letter, read SERIAL (the DLQ's compare-and-set reads).
+    pub(super) dlq_serial_get: PreparedStatement,
     pub(super) dlq_mapping: PreparedStatement,
     pub(super) dlq_bump: PreparedStatement,
     pub(super) dlq_list: PreparedStatement,
@@ -107,8 +108,8 @@ impl CqlStore {
         event_id_at.set_consistency(self.serial_consistency());
         // The DLQ's settle reads (see dlq.rs) must see every LWT decided so
         // far, including one still in flight: SERIAL reads complete it.
-        let mut dlq_failure_count = self.prepare(format!("SELECT failure_count FROM {dlq} WHERE id = ?")).await?;
-        dlq_failure_count.set_consistency(self.serial_consistency());
+        let mut dlq_serial_get = self.prepare(format!("SELECT {LETTER_COLS} FROM {dlq} WHERE id = ?")).await?;
+        dlq_serial_get.set_consistency(self.serial_consistency());
         let mut dlq_mapping = self.prepare(format!("SELECT id FROM {dle} WHERE event_id = ?")).await?;
         dlq_mapping.set_consistency(self.serial_consistency());
         let mut dlq_list = self.prepare(format!("SELECT {LETTER_COLS} FROM {dlq}")).await?;
@@ -128,10 +129,10 @@ impl CqlStore {
             set_checkpoint: self.prepare(format!("INSERT INTO {cp} (consumer, position, updated_at) VALUES (?, ?, ?)")).await?,
             dlq_claim: self.prepare(format!("INSERT INTO {dle} (event_id, id) VALUES (?, ?) IF NOT EXISTS")).await?,
             dlq_insert: self.prepare(format!("INSERT INTO {dlq} ({LETTER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")).await?,
-            dlq_failure_count,
+            dlq_serial_get,
             dlq_mapping,
             dlq_bump: self
-                .prepare(format!("UPDATE {dlq} SET failure_count = ?, error_message = ?, last_failed_at = ? WHERE id = ? IF failure_count = ?"))
+                .prepare(format!("UPDATE {dlq} SET failure_count = ?, error_message = ?, first_failed_at = ?, last_failed_at = ? WHERE id = ? IF failure_count = ?"))
                 .await?,
             dlq_list,
             dlq_get: self.prepare(format!("SELECT {LETTER_COLS} FROM {dlq} WHERE id = ?")).await?,
