@@ -2,8 +2,8 @@
 //!
 //! Bodies are parsed as raw JSON first (syntax errors are 400), then read
 //! field by field into value objects, so a wrong type, a missing field, an
-//! unknown field or a value a constructor refuses is a 422 that names the
-//! field, e.g. `items[2].unit_price.currency`.
+//! unknown field, a key given twice in one object or a value a constructor
+//! refuses is a 422 that names the field, e.g. `items[2].unit_price.currency`.
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::domain::{Currency, DomainError, Email, Money, OrderItem, PhoneNumber, Sku};
 
 use super::errors::ApiError;
+use super::json_body::JsonBody;
 
 /// The whole number `v` is, as JSON Schema's `integer` reads one: an
 /// integer literal in i64, or a number with a decimal point or exponent
@@ -43,7 +44,9 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 impl<'a> Input<'a> {
-    /// The request body: must be an object with only `allowed` keys.
+    /// The request body: must be an object with only `allowed` keys. (A
+    /// handler reads a [`JsonBody`] with [`Input::request`], which also
+    /// refuses a key given twice.)
     pub fn body(v: &'a Value, allowed: &[&str]) -> Result<Input<'a>, ApiError> {
         match v {
             Value::Object(map) => Input::checked(map, String::new(), allowed),
@@ -53,6 +56,17 @@ impl<'a> Input<'a> {
                 format!("the body must be a JSON object, not {}", kind_of(other)),
             )
             .with_field("$")),
+        }
+    }
+
+    /// A request body ([`JsonBody`]): [`Input::body`], and no key given
+    /// twice in one object (serde_json would keep the last silently): a 422
+    /// naming the first repeated key, e.g. `items[0].sku`.
+    pub fn request(body: &'a JsonBody, allowed: &[&str]) -> Result<Input<'a>, ApiError> {
+        let input = Input::body(body, allowed)?;
+        match body.duplicate() {
+            Some(path) => Err(ApiError::invalid(path, format!("{path} is given more than once"))),
+            None => Ok(input),
         }
     }
 
@@ -260,9 +274,9 @@ pub fn no_fields(body: &[u8]) -> Result<(), ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    let v: Value =
+    let v: JsonBody =
         serde_json::from_slice(body).map_err(|e| ApiError::malformed_json(super::errors::describe_json_error(&e)))?;
-    Input::body(&v, &[]).map(|_| ())
+    Input::request(&v, &[]).map(|_| ())
 }
 
 #[cfg(test)]

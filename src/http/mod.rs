@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod errors;
 pub mod input;
+pub mod json_body;
 pub mod openapi;
 pub mod query;
 pub mod relay_ops;
@@ -254,6 +255,9 @@ pub fn start(
     tracing::info!(addr = %admin_addr, "admin server listening on http://{admin_addr} (/metrics, /health)");
     Ok(servers)
 }
+
+#[cfg(test)]
+mod app_tests;
 
 #[cfg(test)]
 mod tests {

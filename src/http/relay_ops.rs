@@ -10,7 +10,7 @@
 //! - GET /relay/requests/{id}: a request's status and result.
 //! - GET /leases: every lease (holder, epoch, renewals, checkpoint).
 //! - POST /debug/store?fail_reads_ms=N, POST /debug/pause/relay?ms=N: fault
-//!   injection (only with `OUTBOXD_ENABLE_FAULT_INJECTION=1`).
+//!   injection (only with `OUTBOXD_ENABLE_FAULT_INJECTION=1`; N at most a day).
 //!
 //! Guarantee: a write route never publishes itself: it writes a request row
 //! (through the DlqActor) that the instance holding the relay lease carries
@@ -30,6 +30,7 @@ use crate::store::requests::{RelayRequest, RequestKind, RequestStatus};
 use super::admin::AdminState;
 use super::errors::ApiError;
 use super::input::Input;
+use super::json_body::JsonBody;
 use super::query::Params;
 
 /// How long a write route waits for the relay before answering 202.
@@ -212,8 +213,8 @@ fn uuid_list(b: &Input<'_>, field: &str) -> Result<Vec<Uuid>, ApiError> {
         .collect()
 }
 
-pub(super) async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
-    let b = Input::body(&body, &["ids", "all", "aggregate_id", "all_parked", "wait"])?;
+pub(super) async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<JsonBody>) -> Result<HttpResponse, ApiError> {
+    let b = Input::request(&body, &["ids", "all", "aggregate_id", "all_parked", "wait"])?;
     let wait = wants_wait(&body)?;
     let given = |k: &str| body.get(k).is_some();
     // Exactly one selector: a body that names two would silently do one of them.
@@ -250,16 +251,22 @@ pub(super) async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<Value>
     submit(&st, kind, wait).await
 }
 
-pub(super) async fn dlq_discard(st: web::Data<AdminState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
-    let b = Input::body(&body, &["event_id", "reason", "wait"])?;
+pub(super) async fn dlq_discard(
+    st: web::Data<AdminState>,
+    body: web::Json<JsonBody>,
+) -> Result<HttpResponse, ApiError> {
+    let b = Input::request(&body, &["event_id", "reason", "wait"])?;
     let event_id = b.string("event_id")?;
     let reason = b.string("reason")?;
     check_discard_reason(&reason).map_err(|why| ApiError::invalid("reason", why))?;
     submit(&st, RequestKind::Discard { event_id, reason }, wants_wait(&body)?).await
 }
 
-pub(super) async fn relay_rewind(st: web::Data<AdminState>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
-    let _ = Input::body(&body, &["to_position", "to_time", "wait"])?;
+pub(super) async fn relay_rewind(
+    st: web::Data<AdminState>,
+    body: web::Json<JsonBody>,
+) -> Result<HttpResponse, ApiError> {
+    let _ = Input::request(&body, &["to_position", "to_time", "wait"])?;
     // A member that is present counts, even as null: `{"to_position": 0, "to_time": null}` names both.
     let kind = match (body.get("to_position"), body.get("to_time")) {
         (Some(p), None) => match super::input::whole_number(p) {
@@ -300,13 +307,27 @@ pub(super) async fn leases(st: web::Data<AdminState>) -> Result<HttpResponse, Ap
     }
 }
 
+/// Longest fault a test route arms: a day, in milliseconds.
+const MAX_FAULT_MS: u64 = 86_400_000;
+
+/// The one query parameter `name` of a fault-injection route: 0 to
+/// [`MAX_FAULT_MS`] milliseconds (a larger one would overflow the deadline
+/// `Instant::now() + ms`, a panic), else a 400 naming it; `missing` when absent.
+fn fault_ms(q: &[(String, String)], name: &str, missing: &str) -> Result<u64, ApiError> {
+    Params::new(q, &[name])?
+        .parsed::<u64>(
+            name,
+            |n| *n <= MAX_FAULT_MS,
+            &format!("{name} must be an integer from 0 to {MAX_FAULT_MS} (milliseconds)"),
+        )?
+        .ok_or_else(|| ApiError::bad_request(name, missing))
+}
+
 pub(super) async fn debug_store(
     st: web::Data<AdminState>,
     q: web::Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
-    let ms = Params::new(&q, &["fail_reads_ms"])?
-        .parsed::<u64>("fail_reads_ms", |_| true, "fail_reads_ms must be a non-negative integer (milliseconds)")?
-        .ok_or_else(|| ApiError::bad_request("fail_reads_ms", "say how long reads fail: ?fail_reads_ms=N"))?;
+    let ms = fault_ms(&q, "fail_reads_ms", "say how long reads fail: ?fail_reads_ms=N")?;
     let faults =
         st.store.faults().ok_or_else(|| ApiError::not_found("this store backend has no fault-injection seam"))?;
     faults.fail_reads_for(Duration::from_millis(ms));
@@ -317,9 +338,31 @@ pub(super) async fn debug_pause(
     st: web::Data<AdminState>,
     q: web::Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
-    let ms = Params::new(&q, &["ms"])?
-        .parsed::<u64>("ms", |_| true, "ms must be a non-negative integer (milliseconds)")?
-        .ok_or_else(|| ApiError::bad_request("ms", "say how long the relay loop freezes: ?ms=N"))?;
+    let ms = fault_ms(&q, "ms", "say how long the relay loop freezes: ?ms=N")?;
     st.relay_pause.pause_for(Duration::from_millis(ms));
     Ok(HttpResponse::Accepted().json(json!({ "paused_ms": ms })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding: `POST /debug/pause/relay?ms=18446744073709551615` (and
+    /// `/debug/store?fail_reads_ms=` the same) armed `Instant::now() + ms`,
+    /// which overflows: the handler panicked instead of answering 400.
+    #[test]
+    fn a_fault_longer_than_a_day_is_a_400_not_a_panic() {
+        let q = |v: &str| vec![("ms".to_string(), v.to_string())];
+        for bad in [u64::MAX.to_string(), (MAX_FAULT_MS + 1).to_string(), "-1".into(), "x".into()] {
+            let e = fault_ms(&q(&bad), "ms", "say how long").unwrap_err();
+            assert_eq!((e.status.as_u16(), e.body.field.as_deref()), (400, Some("ms")), "{bad}");
+        }
+        assert_eq!(fault_ms(&[], "ms", "say how long").unwrap_err().body.field.as_deref(), Some("ms"));
+        // Whatever is accepted arms both hooks without overflowing.
+        for ok in ["0", "250", &MAX_FAULT_MS.to_string()] {
+            let ms = fault_ms(&q(ok), "ms", "say how long").unwrap();
+            crate::lease::pause::PauseHook::default().pause_for(Duration::from_millis(ms));
+            crate::store::faults::StoreFaults::default().fail_reads_for(Duration::from_millis(ms));
+        }
+    }
 }

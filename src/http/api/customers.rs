@@ -17,6 +17,7 @@ use super::{
 use crate::domain::{Customer, CustomerCommand};
 use crate::http::errors::ApiError;
 use crate::http::input::{self, Input};
+use crate::http::json_body::JsonBody;
 use crate::http::query::Params;
 use crate::projection::{PageRequest, DEFAULT_PAGE, MAX_OFFSET, MAX_PAGE};
 
@@ -74,10 +75,10 @@ pub(super) async fn customer_orders(
 pub(super) async fn register_customer(
     st: web::Data<ApiState>,
     req: HttpRequest,
-    body: web::Json<Value>,
+    body: web::Json<JsonBody>,
 ) -> Result<HttpResponse, ApiError> {
     if_match(&req)?;
-    let b = Input::body(&body, &["id", "name", "email", "phone"])?;
+    let b = Input::request(&body, &["id", "name", "email", "phone"])?;
     let id = super::create_id(&body, &b)?;
     let name = b.string("name")?;
     let email = input::email(&b)?;
@@ -110,11 +111,11 @@ pub(super) async fn change_email(
     st: web::Data<ApiState>,
     req: HttpRequest,
     path: web::Path<String>,
-    body: web::Json<Value>,
+    body: web::Json<JsonBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&path)?;
     if_match(&req)?;
-    let b = Input::body(&body, &["email"])?;
+    let b = Input::request(&body, &["email"])?;
     let email = input::email(&b)?;
     let out = execute::<Customer>(&st, &req, id, CustomerCommand::ChangeEmail { email }).await?;
     Ok(respond(StatusCode::OK, out.version, None, customer_view(id, out.version, &out.state)))

@@ -19,6 +19,7 @@ use crate::app::AppError;
 use crate::domain::{Order, OrderCommand};
 use crate::http::errors::ApiError;
 use crate::http::input::{self, Input};
+use crate::http::json_body::JsonBody;
 use crate::projection::OrderView;
 
 pub(super) fn order_view(id: Uuid, version: i64, o: &Order) -> Value {
@@ -55,10 +56,10 @@ fn row_response(req: &HttpRequest, v: &OrderView, body: Value) -> HttpResponse {
 pub(super) async fn create_order(
     st: web::Data<ApiState>,
     req: HttpRequest,
-    body: web::Json<Value>,
+    body: web::Json<JsonBody>,
 ) -> Result<HttpResponse, ApiError> {
     if_match(&req)?;
-    let b = Input::body(&body, &["id", "customer_id", "items"])?;
+    let b = Input::request(&body, &["id", "customer_id", "items"])?;
     let id = super::create_id(&body, &b)?;
     let customer_id = b.uuid("customer_id")?;
     let items = input::items(&b)?;
@@ -146,10 +147,10 @@ pub(super) async fn update_items(
     st: web::Data<ApiState>,
     req: HttpRequest,
     path: web::Path<String>,
-    body: web::Json<Value>,
+    body: web::Json<JsonBody>,
 ) -> Result<HttpResponse, ApiError> {
     order_command(&st, &req, &path, || {
-        let b = Input::body(&body, &["items"])?;
+        let b = Input::request(&body, &["items"])?;
         Ok(OrderCommand::UpdateItems { items: input::items(&b)? })
     })
     .await
@@ -171,10 +172,10 @@ pub(super) async fn ship(
     st: web::Data<ApiState>,
     req: HttpRequest,
     path: web::Path<String>,
-    body: web::Json<Value>,
+    body: web::Json<JsonBody>,
 ) -> Result<HttpResponse, ApiError> {
     order_command(&st, &req, &path, || {
-        let b = Input::body(&body, &["tracking_number", "carrier"])?;
+        let b = Input::request(&body, &["tracking_number", "carrier"])?;
         Ok(OrderCommand::Ship { tracking_number: b.string("tracking_number")?, carrier: b.string("carrier")? })
     })
     .await
@@ -184,10 +185,10 @@ pub(super) async fn deliver(
     st: web::Data<ApiState>,
     req: HttpRequest,
     path: web::Path<String>,
-    body: web::Json<Value>,
+    body: web::Json<JsonBody>,
 ) -> Result<HttpResponse, ApiError> {
     order_command(&st, &req, &path, || {
-        let b = Input::body(&body, &["signature"])?;
+        let b = Input::request(&body, &["signature"])?;
         Ok(OrderCommand::Deliver { signature: b.string("signature")? })
     })
     .await
@@ -197,10 +198,10 @@ pub(super) async fn cancel(
     st: web::Data<ApiState>,
     req: HttpRequest,
     path: web::Path<String>,
-    body: web::Json<Value>,
+    body: web::Json<JsonBody>,
 ) -> Result<HttpResponse, ApiError> {
     order_command(&st, &req, &path, || {
-        let b = Input::body(&body, &["reason"])?;
+        let b = Input::request(&body, &["reason"])?;
         Ok(OrderCommand::Cancel { reason: b.string("reason")? })
     })
     .await
