@@ -17,7 +17,7 @@ export CASSANDRA_LOCAL_DIR := $(CASSANDRA_DIR)
 dev:
 	@bash scripts/dev.sh
 
-## test: fmt + clippy, install what is missing, start Kafka and Cassandra, run every test, stop them;
+## test: fmt + clippy + shellcheck, install what is missing, start Kafka and Cassandra, run every test, stop them;
 ## ends with every skipped test and its reason and "N passed, N failed, N skipped"
 test: deps
 	@bash scripts/test.sh
@@ -26,7 +26,7 @@ test: deps
 unit-test:
 	$(CARGO) test --lib --locked
 
-## lint: formatting (rustfmt.toml) and clippy, both fatal; `make test` runs the same checks first
+## lint: formatting (rustfmt.toml), clippy and shellcheck (the scripts), all fatal; `make test` runs the same checks first
 lint:
 	@bash scripts/lint.sh
 

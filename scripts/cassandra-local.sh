@@ -308,11 +308,13 @@ make_tls() {
   if command -v openssl >/dev/null 2>&1; then
     # Client certificate for the mutual-TLS variant: key made by openssl so
     # the Rust client can read it as PEM (keytool cannot export keys).
-    openssl req -new -newkey rsa:2048 -nodes -subj "/CN=outboxd-test-client" \
-      -keyout "$TLS_DIR/client.key" -out "$TLS_DIR/client.csr" >/dev/null 2>&1 \
-      && kt "$TLS_DIR/ca.p12" -gencert -alias ca -rfc -validity 3650 -infile "$TLS_DIR/client.csr" \
-           -outfile "$TLS_DIR/client.pem" -ext KU:c=digitalSignature -ext EKU=clientAuth >/dev/null 2>&1 \
-      || { log "warning: no client certificate made (openssl/keytool failed)"; rm -f "$TLS_DIR"/client.*; }
+    if ! { openssl req -new -newkey rsa:2048 -nodes -subj "/CN=outboxd-test-client" \
+             -keyout "$TLS_DIR/client.key" -out "$TLS_DIR/client.csr" >/dev/null 2>&1 \
+           && kt "$TLS_DIR/ca.p12" -gencert -alias ca -rfc -validity 3650 -infile "$TLS_DIR/client.csr" \
+                -outfile "$TLS_DIR/client.pem" -ext KU:c=digitalSignature -ext EKU=clientAuth >/dev/null 2>&1; }; then
+      log "warning: no client certificate made (openssl/keytool failed)"
+      rm -f "$TLS_DIR"/client.*
+    fi
     rm -f "$TLS_DIR/client.csr"
   fi
   rm -f "$TLS_DIR/node.csr"

@@ -13,7 +13,8 @@
 #                     broker's OAuth key and token), curl and jq (the
 #                     docs/HTTP.md walkthroughs run as written), promtool (Debian
 #                     package prometheus: alert rules are checked and unit
-#                     tested), the Python tools that validate and fuzz the HTTP
+#                     tested), shellcheck (`make lint` checks the
+#                     scripts), the Python tools that validate and fuzz the HTTP
 #                     API (openapi-spec-validator, schemathesis), and, where a
 #                     docker client without the compose plugin exists and Go is
 #                     present, the compose plugin built from its Go module so
@@ -44,6 +45,7 @@ if [ "$mode" = test ]; then
   command -v jq >/dev/null 2>&1 || need_apt+=(jq)
   command -v openssl >/dev/null 2>&1 || need_apt+=(openssl) # KAFKA_TLS=1 scripts/kafka-local.sh: the OAuth key and token
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+  command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck) # make lint: the scripts
   command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 fi
 optional_kcat=0
@@ -65,7 +67,11 @@ if [ ${#need_apt[@]} -gt 0 ] || [ "$optional_kcat" = 1 ]; then
       cargo clean --quiet --manifest-path "$(dirname "$0")/../Cargo.toml" -p rdkafka-sys >/dev/null 2>&1 || true
     fi
     if [ "$optional_kcat" = 1 ]; then
-      timeout 300 apt-get install -y -qq kcat >/dev/null 2>&1 && note "installed kcat" || note "kcat not installed (optional)"
+      if timeout 300 apt-get install -y -qq kcat >/dev/null 2>&1; then
+        note "installed kcat"
+      else
+        note "kcat not installed (optional)"
+      fi
     fi
   elif [ ${#need_apt[@]} -gt 0 ]; then
     note "please install: ${need_apt[*]}"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # lint.sh - `make lint` (and the first step of `make test`): fails on code
-# that `cargo fmt` would change (rustfmt.toml) and on any clippy warning.
+# that `cargo fmt` would change (rustfmt.toml), on any clippy warning, and on
+# any shellcheck finding in the scripts (scripts/*.sh, .ci/run). Where the
+# tool is missing (`make test` installs it: scripts/deps.sh) that step says
+# SKIPPED with the reason instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "lint: cargo fmt --check"
@@ -10,3 +13,9 @@ if ! cargo fmt --all --check; then
 fi
 echo "lint: cargo clippy --all-targets --locked -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+if command -v shellcheck >/dev/null 2>&1; then
+  echo "lint: shellcheck scripts/*.sh .ci/run"
+  shellcheck scripts/*.sh .ci/run
+else
+  echo "lint: SKIPPED shellcheck: not installed (Debian \`shellcheck\`; \`make test\` installs it)"
+fi

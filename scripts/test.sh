@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 export KAFKA_LOCAL_DIR CASSANDRA_LOCAL_DIR
 
 started=()   # "script [args]" of each server this run started
+# shellcheck disable=SC2317 # run by the EXIT trap below
 cleanup() {
   local s
   for s in "${started[@]}"; do
