@@ -314,7 +314,14 @@ impl<S: EnvelopeSink> GenerationEnd for SinkConsumerFactory<S> {
     async fn generation_ends(&self, run: u64) -> Result<Vec<StreamKey>, CdcError> {
         let mut shutdown = self.shutdown.clone();
         let mut streams = Vec::new();
+        // Its consumer is gone: these deliveries are the stream's calls now
+        // (a broker outage meanwhile is no stall for the watchdog).
+        let calls: Arc<Calls> = Arc::default();
         for batch in self.leftovers.take(run) {
+            if let Some(s) = &self.saver {
+                s.activity().reads(&batch.key.stream, &calls);
+            }
+            let _busy = calls.enter();
             let why = "the last of its generation";
             streams.push(deliver_incomplete(&*self.sink, &mut shutdown, batch, why).await?);
         }

@@ -282,8 +282,10 @@ async fn relay_saver_in_generation(store: &crate::store::cql::CqlStore) -> Arc<L
 }
 
 /// Against Cassandra: a consumer call waiting on its sink, and a batch held
-/// for the rest of its rows, are activity the stall watchdog sees (never a
-/// stall, however long they last); a finished call counts as movement.
+/// for a row its window did not bring, are activity the stall watchdog sees
+/// (never a stall, however long they last); a batch held while its window
+/// is still being read is not (its reader may be stuck on the next page); a
+/// finished call counts as movement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
     use crate::relay::cdc::watchdog::StallWatch;
@@ -299,13 +301,16 @@ async fn a_call_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
     let (schema, row) = rows.next().unwrap();
     consumer.consume_cdc(CDCRow::from_row(row, &schema)).await.unwrap(); // the static row
     let before = saver.stall_sample();
-    assert_eq!((before.busy, before.done), (1, 1), "its batch is held, waiting for the rest");
+    assert_eq!((before.busy, before.done), (0, 1), "held, its window still being read: no activity");
+    saver.record(&StreamKey(STREAM.to_vec()), 9_000).unwrap(); // the window ended without the rest
+    let before = saver.stall_sample();
+    assert_eq!((before.busy, before.oldest_ms), (1, Some(5_000)), "its batch is held, waiting for the rest");
     let (schema, row) = rows.next().unwrap();
     let call = consumer.consume_cdc(CDCRow::from_row(row, &schema));
     tokio::pin!(call);
     assert!(tokio::time::timeout(Duration::from_millis(200), &mut call).await.is_err(), "waits on the sink");
     let waiting = saver.stall_sample();
-    assert_eq!((waiting.busy, waiting.oldest_ms), (2, Some(500)), "a call in progress and the hold");
+    assert_eq!((waiting.busy, waiting.oldest_ms), (2, Some(5_000)), "a call in progress and the hold");
     let t0 = tokio::time::Instant::now();
     let mut watch = StallWatch::new(Duration::from_secs(300), t0);
     for hour in [0, 1, 2] {
@@ -316,6 +321,42 @@ async fn a_call_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
     let after = saver.stall_sample();
     assert_eq!((after.busy, after.done), (0, 2), "finished and released: counted as movement");
     assert_eq!(watch.observe(t0 + Duration::from_secs(3 * 3_600 + 1), after), None);
+}
+
+/// Against Cassandra: the last batch of a generation, handed over as the
+/// next one starts, is delivered after its consumer is gone; while that
+/// delivery waits on the broker it is a call in progress of its stream (its
+/// hold alone no longer counts: the reader did not report past its window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_delivery_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
+    let Some(store) = live_store("CDC consumer: a leftover delivery for the stall watchdog").await else { return };
+    let saver = relay_saver_in_generation(&store).await;
+    saver.record(&StreamKey(STREAM.to_vec()), 500).unwrap();
+    let sink = Arc::new(Gated(tokio::sync::Semaphore::new(0)));
+    let trigger = Trigger::new();
+    let factory = SinkConsumerFactory::new(sink.clone(), Some(saver.clone()), trigger.subscribe());
+    let mut consumer = factory.new_consumer().await;
+    let mut rows = append_rows(&order_events(Uuid::now_v7(), 2), timeuuid_at(5_000, 0), |i| i as i32 + 1);
+    rows.pop(); // its cdc$end_of_batch row never comes
+    for (schema, row) in rows {
+        consumer.consume_cdc(CDCRow::from_row(row, &schema)).await.unwrap();
+    }
+    drop(consumer); // the generation was read to its end
+    assert_eq!(saver.stall_sample().busy, 0, "nothing in progress yet");
+    let ending = saver.clone();
+    let next = tokio::spawn(async move { ending.start_generation(2_000).await });
+    let mut busy = 0;
+    for _ in 0..50 {
+        busy = saver.stall_sample().busy;
+        if busy > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(busy, 1, "the leftover's delivery waits on the sink: a call in progress");
+    sink.0.add_permits(2);
+    next.await.unwrap().unwrap();
+    assert_eq!(saver.generation_ms(), Some(2_000));
 }
 
 /// Against Cassandra: two stream groups (scylla-cdc gives each its own

@@ -33,7 +33,7 @@
 //!   for persisting ([`ProgressState::dirty`]), so an idle stream costs no
 //!   checkpoint write and a failed write is simply retried with a newer value.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::floor::Floor;
 use crate::store::cql::progress::{current_progress, generation_floor};
@@ -96,6 +96,9 @@ pub struct ProgressState {
     streams: HashMap<StreamKey, Entry>,
     /// Streams whose consumer holds rows it has not finished, from this time on.
     holds: HashMap<StreamKey, i64>,
+    /// Held streams scylla-cdc reported read past their hold since it was
+    /// set (the held batch's window ended without its last row).
+    read_past: HashSet<StreamKey>,
     /// Where a stream without a row resumes (kept in the generation row).
     floor: Floor,
 }
@@ -111,7 +114,14 @@ impl ProgressState {
         let streams =
             current.into_iter().map(|(k, t)| (StreamKey(k.to_vec()), Entry { time: t, saved: t, first: t })).collect();
         let floor = Floor::loaded(generation.and(generation_floor(&rows)));
-        ProgressState { generation, generation_saved: generation, streams, holds: HashMap::new(), floor }
+        ProgressState {
+            generation,
+            generation_saved: generation,
+            streams,
+            holds: HashMap::new(),
+            read_past: HashSet::new(),
+            floor,
+        }
     }
 
     /// Nothing of this state is in the table yet (it was taken from
@@ -146,8 +156,10 @@ impl ProgressState {
     }
 
     /// A reader run starts from `lower` (ms); see [`Floor::run_starts`].
+    /// The new run has read past no hold yet.
     pub fn run_starts(&mut self, lower: i64) {
         self.floor.run_starts(lower);
+        self.read_past.clear();
     }
 
     /// The current generation's floor (ms), once known.
@@ -165,6 +177,9 @@ impl ProgressState {
     /// a hold). Returns false (and changes nothing) when that is not ahead of
     /// what is known.
     pub fn admit(&mut self, stream: &StreamKey, time: i64) -> bool {
+        if self.holds.get(stream).is_some_and(|h| time > *h) {
+            self.read_past.insert(stream.clone());
+        }
         let time = self.holds.get(stream).map_or(time, |h| time.min(*h));
         match self.streams.get_mut(stream) {
             Some(e) if e.time >= time => false,
@@ -190,11 +205,13 @@ impl ProgressState {
     /// finished (a buffered batch): progress must not pass `time`.
     pub fn hold(&mut self, stream: &StreamKey, time: i64) {
         self.holds.insert(stream.clone(), time);
+        self.read_past.remove(stream);
     }
 
     /// The hold of `stream` is over.
     pub fn release(&mut self, stream: &StreamKey) {
         self.holds.remove(stream);
+        self.read_past.remove(stream);
     }
 
     /// A generation starts. Returns `None` for one that is not newer than
@@ -210,6 +227,7 @@ impl ProgressState {
         if self.generation.is_some() {
             self.streams.clear();
             dropped = self.holds.drain().collect();
+            self.read_past.clear();
             dropped.sort();
         }
         self.generation = Some(generation);
@@ -245,6 +263,7 @@ impl ProgressState {
         let mut gone: Vec<StreamKey> = self.streams.drain().map(|(k, _)| k).collect();
         gone.sort();
         self.holds.clear();
+        self.read_past.clear();
         self.generation = Some(generation);
         self.generation_saved = None;
         self.floor.rewind(to);
@@ -333,6 +352,16 @@ impl ProgressState {
     /// True while the consumer of `stream` holds a batch.
     pub fn is_held(&self, stream: &StreamKey) -> bool {
         self.holds.contains_key(stream)
+    }
+
+    /// True while `stream` is held and scylla-cdc has read past the hold
+    /// (in this run, since the hold was set): the held batch's window ended
+    /// without its last row, so the batch waits for a row the log does not
+    /// have, not for the reader. A batch held while its window is still
+    /// being read (the rest of its rows on a page not fetched yet) is not:
+    /// a reader stuck on that page is a stall like any other.
+    pub fn held_past(&self, stream: &StreamKey) -> bool {
+        self.holds.contains_key(stream) && self.read_past.contains(stream)
     }
 
     /// Number of streams tracked.

@@ -135,6 +135,40 @@ fn progress_never_passes_a_hold() {
     assert_eq!((s.loaded(&k(1)), s.loaded(&k(2))), (Some(700), Some(650)));
 }
 
+/// Review finding: the stall watchdog counted every held batch as a call
+/// in progress. A window's rows come in pages, and a page boundary falls
+/// inside an append's batch more often than not; a reader stuck fetching
+/// the next page (a Scylla that no longer answers, which scylla-cdc retries
+/// forever) thus held its stream and was never restarted. Only a batch the
+/// reader read past (its window ended without the rest: a damaged log, a
+/// restart would buffer it again) counts now, and only within the run.
+#[test]
+fn a_hold_counts_for_the_watchdog_only_once_the_reader_read_past_it() {
+    let mut s = ProgressState::default();
+    s.start_generation(1);
+    s.admit(&k(1), 100);
+    s.hold(&k(1), 150); // buffered; the rest of its rows on the next page
+    assert!(s.is_held(&k(1)) && !s.held_past(&k(1)), "its window is still being read");
+    s.admit(&k(1), 150);
+    assert!(!s.held_past(&k(1)), "a report up to the hold is not past it");
+    assert!(!s.admit(&k(1), 500), "held at 150"); // the window ended without the batch's last row
+    assert_eq!(s.loaded(&k(1)), Some(150));
+    assert!(s.held_past(&k(1)), "waits for a row the log does not have");
+    assert!(!s.held_past(&k(2)), "other streams are not held");
+    // The next run reads it again: not past it until its window ends again.
+    s.run_starts(100);
+    assert!(s.is_held(&k(1)) && !s.held_past(&k(1)));
+    s.admit(&k(1), 600);
+    assert!(s.held_past(&k(1)));
+    s.hold(&k(1), 150); // buffered again by the new run's consumer
+    assert!(!s.held_past(&k(1)));
+    s.admit(&k(1), 700);
+    s.release(&k(1));
+    assert!(!s.held_past(&k(1)) && !s.is_held(&k(1)));
+    s.hold(&k(1), 800);
+    assert!(!s.held_past(&k(1)), "a new hold starts unread past");
+}
+
 #[test]
 fn newer_generation_drops_the_finished_streams() {
     let mut s = ProgressState::default();

@@ -43,6 +43,11 @@
 //!   reader restart or a catch-up switch) is skipped, except a pending one
 //!   below the range it passed (above: published late, once).
 //!   An operator's rewind clears that memory ([`ReconcileState::forget_published`]).
+//!   A dead letter an operator replays (out of the feed's order) confirms
+//!   its pending row but moves that range only when it lies in it or right
+//!   after it ([`ReconcileState::replayed`]): the aggregate's next event
+//!   does not fill back to an old letter, nor are the feed's events below a
+//!   letter ahead of it skipped.
 //! - Bounded memory: the "last published" map keeps at most `capacity`
 //!   aggregates (two generations of `capacity / 2`, the older dropped
 //!   whole); forgetting an aggregate only disables the gap check and the
@@ -92,9 +97,8 @@ impl Recent {
 
     fn set(&mut self, a: Uuid, seq: i64) {
         // A late publish below the range does not extend it, and a jump past
-        // `last + 1` (a publish without the gap fill: pending rows only, a
-        // replayed dead letter) starts a new one: what lies between may not
-        // have gone out.
+        // `last + 1` (a publish without the gap fill: pending rows only)
+        // starts a new one: what lies between may not have gone out.
         let range = match self.range(&a) {
             Some((first, last)) if seq <= last + 1 => (first, last.max(seq)),
             Some((first, last)) if seq < first => (first, last),
@@ -184,6 +188,31 @@ impl ReconcileState {
     /// any: the caller deletes it from the table (confirmed).
     pub fn published(&mut self, aggregate: Uuid, sequence: i64) -> Option<PendingAppend> {
         self.recent.set(aggregate, sequence);
+        self.not_stored.remove(&(aggregate, sequence));
+        let rows = self.pending.get_mut(&aggregate)?;
+        let row = rows.remove(&sequence);
+        if rows.is_empty() {
+            self.pending.remove(&aggregate);
+        }
+        if row.is_some() {
+            self.unconfirmed.insert((aggregate, sequence));
+        }
+        row
+    }
+
+    /// `(aggregate, sequence)` was published again outside the feed's order
+    /// (an operator's replay of a dead letter, which may be far behind or
+    /// ahead of what this process published of the aggregate). Its pending
+    /// row, if any, is returned (confirmed), as by [`Self::published`]; the
+    /// range this process passed moves only when the letter lies in it or
+    /// right after it. Else the next event of the aggregate would fill
+    /// everything between the letter and it from the event table (an old
+    /// letter: a burst of copies), or the feed's events below a letter ahead
+    /// of it would be skipped as already published.
+    pub fn replayed(&mut self, aggregate: Uuid, sequence: i64) -> Option<PendingAppend> {
+        if self.recent.get(&aggregate).is_some_and(|last| sequence <= last + 1) {
+            return self.published(aggregate, sequence);
+        }
         self.not_stored.remove(&(aggregate, sequence));
         let rows = self.pending.get_mut(&aggregate)?;
         let row = rows.remove(&sequence);
@@ -333,6 +362,29 @@ mod tests {
         s.forget_published();
         assert_eq!(s.remembered(), 0);
         assert_ne!(s.plan(agg(1), 4), Plan::Skip, "published again after a rewind");
+    }
+
+    /// Review finding: a replayed dead letter went through `published`. An
+    /// old letter (A#3) of an aggregate this process had not published
+    /// started its range at 3, so A#51 from the feed filled 4..50 from the
+    /// event table (47 copies); a letter ahead of the feed (A#20 while the
+    /// feed is at A#10, after a rewind) made A#11..19 "already published".
+    #[test]
+    fn a_replayed_dead_letter_outside_the_feeds_order_neither_fills_nor_skips() {
+        let mut s = ReconcileState::new(100);
+        s.refresh([pending(1, 3, 0)]);
+        assert_eq!(s.replayed(agg(1), 3), Some(pending(1, 3, 0)), "its pending row is confirmed");
+        assert_eq!(s.plan(agg(1), 51), Plan::Deliver { fill: vec![] }, "no fill of 4..50");
+        s.published(agg(2), 10);
+        assert_eq!(s.replayed(agg(2), 20), None);
+        assert_eq!(s.plan(agg(2), 11), Plan::Deliver { fill: vec![] }, "the feed's next event goes out");
+        // In the range, or right after it: as published.
+        s.published(agg(2), 11);
+        s.replayed(agg(2), 12);
+        assert_eq!(s.plan(agg(2), 12), Plan::Skip);
+        assert_eq!(s.plan(agg(2), 5), Plan::Skip);
+        assert_eq!(s.replayed(agg(2), 5), None);
+        assert_eq!(s.plan(agg(2), 13), Plan::Deliver { fill: vec![] });
     }
 
     #[test]

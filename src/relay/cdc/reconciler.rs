@@ -252,6 +252,19 @@ impl<S: EnvelopeSink> ReconcilingSink<S> {
     /// pending reconciliation row is confirmed.
     pub async fn mark_published(&self, aggregate: Uuid, sequence: i64) {
         let row = self.state.lock().unwrap().published(aggregate, sequence);
+        self.confirmed(row, aggregate, sequence).await;
+    }
+
+    /// Records that a dead letter's event `(aggregate, sequence)` was
+    /// published again by an operator's replay, outside the feed's order
+    /// ([`ReconcileState::replayed`]): its pending row is confirmed.
+    pub async fn mark_replayed(&self, aggregate: Uuid, sequence: i64) {
+        let row = self.state.lock().unwrap().replayed(aggregate, sequence);
+        self.confirmed(row, aggregate, sequence).await;
+    }
+
+    /// Deletes the reconciliation row of a published event, if it had one.
+    async fn confirmed(&self, row: Option<PendingAppend>, aggregate: Uuid, sequence: i64) {
         if row.is_some() {
             match self.table.confirm(aggregate, sequence).await {
                 Ok(()) => tracing::info!(%aggregate, sequence, "unknown-outcome append confirmed published"),

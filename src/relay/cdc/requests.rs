@@ -405,7 +405,7 @@ impl CdcRequests {
                     return Some((RequestStatus::Failed, result));
                 }
             }
-            self.sink.mark_published(agg, raw.sequence).await;
+            self.sink.mark_replayed(agg, raw.sequence).await;
             let removed = crate::relay::operator::remove_replayed(&self.store, self.deliverer.metrics(), letter).await;
             if let Err(e) = removed {
                 tracing::warn!(error = %e, %letter, "replayed dead letter could not be removed; it may be replayed again");

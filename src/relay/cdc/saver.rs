@@ -215,13 +215,15 @@ impl LeaseCheckpointSaver {
 
     /// What the stall watchdog samples: the oldest progress and the
     /// activity of the consumers of the streams at it (other stream groups'
-    /// calls do not hide a stuck one). A batch of those streams held for
-    /// the rest of its rows counts as a call in progress: a restart would
-    /// only buffer it again.
+    /// calls do not hide a stuck one). A batch of those streams held for a
+    /// row its window did not bring (the reader read past it,
+    /// [`ProgressState::held_past`]) counts as a call in progress: a
+    /// restart would only buffer it again. One held while its window is
+    /// still being read does not: its reader may be stuck on the next page.
     pub fn stall_sample(&self) -> Sample {
         let state = self.state.lock().unwrap();
         let (oldest_ms, streams) = state.oldest_streams();
-        let held = streams.iter().filter(|s| state.is_held(s)).count();
+        let held = streams.iter().filter(|s| state.held_past(s)).count();
         let (busy, done) = self.activity.sample_of(streams);
         Sample { oldest_ms, busy: busy + held, done, all: self.activity.sample_all() }
     }

@@ -14,9 +14,11 @@
 //! stream to the consumer that read rows of it. [`StallWatch`] calls the
 //! reader stalled once, for `limit`, the oldest progress has not moved and
 //! the consumers of the streams at that progress finished no call and have
-//! none in progress (the saver counts a batch of those streams held for the
-//! rest of its rows as one in progress: a restart would only buffer it
-//! again). Calls of other stream groups do not count: one group stuck while
+//! none in progress (the saver counts a batch of those streams held for a
+//! row its window did not bring, the reader having read past it, as one in
+//! progress: a restart would only buffer it again; a batch whose window is
+//! still being read does not count, its reader may be stuck on the next
+//! page). Calls of other stream groups do not count: one group stuck while
 //! the others deliver is a stall. A stream is known to its consumer once it
 //! had rows, or through its group (`groups`: the generation's stream groups,
 //! loaded when it starts), so a group stuck before its first row is a stall

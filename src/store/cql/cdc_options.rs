@@ -54,14 +54,20 @@ pub fn options_drift(current: &BTreeMap<String, String>, ttl_secs: u64) -> Vec<S
         .collect()
 }
 
+/// The longest TTL Scylla (and Cassandra) accept: 20 years. A write with a
+/// longer one is refused ("ttl is too large").
+pub const MAX_ROW_TTL_SECS: u64 = 630_720_000;
+
 /// TTL of the relay's CDC progress rows: 7 x the log TTL (7 days at the
-/// default, scylla-cdc's own default). A progress row must outlive every log
-/// row it points into; the margin lets a relay that was stopped for longer
-/// than the log TTL still find its progress and report the gap
-/// (`StartFrom::SavedBeyondTtl`) instead of silently starting at the floor.
-/// Rows of finished generations expire with it.
+/// default, scylla-cdc's own default), at most [`MAX_ROW_TTL_SECS`]. A
+/// progress row must outlive every log row it points into; the margin lets
+/// a relay that was stopped for longer than the log TTL still find its
+/// progress and report the gap (`StartFrom::SavedBeyondTtl`) instead of
+/// silently starting at the floor. Rows of finished generations expire with
+/// it. The cap keeps every progress write acceptable to the server, whatever
+/// log TTL the config accepts (up to that same maximum).
 pub fn progress_row_ttl(log_ttl: Duration) -> Duration {
-    log_ttl.saturating_mul(7).max(Duration::from_secs(3_600))
+    log_ttl.saturating_mul(7).max(Duration::from_secs(3_600)).min(Duration::from_secs(MAX_ROW_TTL_SECS))
 }
 
 #[cfg(test)]
@@ -106,5 +112,24 @@ mod tests {
     fn progress_rows_outlive_the_log() {
         assert_eq!(progress_row_ttl(Duration::from_secs(86_400)), Duration::from_secs(7 * 86_400));
         assert_eq!(progress_row_ttl(Duration::from_secs(60)), Duration::from_secs(3_600));
+    }
+
+    /// Review finding: a log TTL above a seventh of the server's maximum
+    /// (`store.cql.cdc.log_ttl_seconds` accepts up to 630 720 000) gave
+    /// progress rows a TTL Scylla refuses ("ttl is too large"): every
+    /// progress write, the generation row's included, failed, so the reader
+    /// failed at its first generation and never saved progress.
+    #[test]
+    fn progress_rows_never_ask_for_more_than_the_servers_maximum_ttl() {
+        let max = Duration::from_secs(MAX_ROW_TTL_SECS);
+        for log_ttl in [MAX_ROW_TTL_SECS / 7 + 1, 100_000_000, MAX_ROW_TTL_SECS] {
+            let ttl = progress_row_ttl(Duration::from_secs(log_ttl));
+            assert!(ttl <= max, "log TTL {log_ttl} s: progress rows {ttl:?}");
+            assert!(ttl >= Duration::from_secs(log_ttl), "still outlives the log");
+        }
+        assert_eq!(
+            progress_row_ttl(Duration::from_secs(MAX_ROW_TTL_SECS / 7)),
+            Duration::from_secs(MAX_ROW_TTL_SECS / 7 * 7)
+        );
     }
 }
