@@ -188,16 +188,7 @@ impl ReconcileState {
     /// any: the caller deletes it from the table (confirmed).
     pub fn published(&mut self, aggregate: Uuid, sequence: i64) -> Option<PendingAppend> {
         self.recent.set(aggregate, sequence);
-        self.not_stored.remove(&(aggregate, sequence));
-        let rows = self.pending.get_mut(&aggregate)?;
-        let row = rows.remove(&sequence);
-        if rows.is_empty() {
-            self.pending.remove(&aggregate);
-        }
-        if row.is_some() {
-            self.unconfirmed.insert((aggregate, sequence));
-        }
-        row
+        self.take_pending(aggregate, sequence)
     }
 
     /// `(aggregate, sequence)` was published again outside the feed's order
@@ -213,6 +204,12 @@ impl ReconcileState {
         if self.recent.get(&aggregate).is_some_and(|last| sequence <= last + 1) {
             return self.published(aggregate, sequence);
         }
+        self.take_pending(aggregate, sequence)
+    }
+
+    /// The pending row of a published `(aggregate, sequence)`, taken out
+    /// (kept as unconfirmed until the caller deletes it from the table).
+    fn take_pending(&mut self, aggregate: Uuid, sequence: i64) -> Option<PendingAppend> {
         self.not_stored.remove(&(aggregate, sequence));
         let rows = self.pending.get_mut(&aggregate)?;
         let row = rows.remove(&sequence);
