@@ -281,6 +281,19 @@ async fn relay_saver_in_generation(store: &crate::store::cql::CqlStore) -> Arc<L
     saver
 }
 
+/// The relay's saver (one stream at 0.5 s) and a consumer factory whose
+/// deliveries wait on the returned sink (and the factory's shutdown trigger).
+async fn gated_relay(
+    store: &crate::store::cql::CqlStore,
+) -> (Arc<LeaseCheckpointSaver>, Arc<Gated>, Arc<SinkConsumerFactory<Gated>>, Trigger) {
+    let saver = relay_saver_in_generation(store).await;
+    saver.record(&StreamKey(STREAM.to_vec()), 500).unwrap();
+    let sink = Arc::new(Gated(tokio::sync::Semaphore::new(0)));
+    let trigger = Trigger::new();
+    let factory = SinkConsumerFactory::new(sink.clone(), Some(saver.clone()), trigger.subscribe());
+    (saver, sink, factory, trigger)
+}
+
 /// Against Cassandra: a consumer call waiting on its sink, and a batch held
 /// for a row its window did not bring, are activity the stall watchdog sees
 /// (never a stall, however long they last); a batch held while its window
@@ -290,11 +303,7 @@ async fn relay_saver_in_generation(store: &crate::store::cql::CqlStore) -> Arc<L
 async fn a_call_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
     use crate::relay::cdc::watchdog::StallWatch;
     let Some(store) = live_store("CDC consumer: activity for the stall watchdog").await else { return };
-    let saver = relay_saver_in_generation(&store).await;
-    saver.record(&StreamKey(STREAM.to_vec()), 500).unwrap();
-    let sink = Arc::new(Gated(tokio::sync::Semaphore::new(0)));
-    let trigger = Trigger::new();
-    let factory = SinkConsumerFactory::new(sink.clone(), Some(saver.clone()), trigger.subscribe());
+    let (saver, sink, factory, _trigger) = gated_relay(&store).await;
     let mut consumer = factory.new_consumer().await;
     let events = order_events(Uuid::now_v7(), 1);
     let mut rows = append_rows(&events, timeuuid_at(5_000, 0), |_| 1).into_iter();
@@ -330,11 +339,7 @@ async fn a_call_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leftover_delivery_waiting_on_the_sink_is_busy_for_the_stall_watchdog() {
     let Some(store) = live_store("CDC consumer: a leftover delivery for the stall watchdog").await else { return };
-    let saver = relay_saver_in_generation(&store).await;
-    saver.record(&StreamKey(STREAM.to_vec()), 500).unwrap();
-    let sink = Arc::new(Gated(tokio::sync::Semaphore::new(0)));
-    let trigger = Trigger::new();
-    let factory = SinkConsumerFactory::new(sink.clone(), Some(saver.clone()), trigger.subscribe());
+    let (saver, sink, factory, _trigger) = gated_relay(&store).await;
     let mut consumer = factory.new_consumer().await;
     let mut rows = append_rows(&order_events(Uuid::now_v7(), 2), timeuuid_at(5_000, 0), |i| i as i32 + 1);
     rows.pop(); // its cdc$end_of_batch row never comes
