@@ -165,6 +165,43 @@ fn the_email_pattern_and_text_limits_describe_what_the_server_accepts() {
     }
 }
 
+/// Review finding: the phone pattern refused numbers the server takes
+/// (`+ 49 ...`, `+(49) ...`, a trailing tab): a client validating against
+/// the document would reject valid input. The pattern may be looser than
+/// the server (it does not count digits), never stricter.
+#[test]
+fn the_phone_pattern_never_refuses_what_the_server_accepts() {
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(doc_path()).unwrap()).unwrap();
+    let phone = &doc["components"]["schemas"]["RegisterCustomer"]["properties"]["phone"];
+    let re = regex::Regex::new(phone["pattern"].as_str().unwrap()).unwrap();
+    let samples = [
+        "+44 20 7946 0958",
+        " +44 20 7946 0958 ",
+        "+ 49 30 1234567",
+        "+(49) 30-123.4567",
+        "+4930123456\t",
+        "\u{a0}+4930123456",
+        "+0 30 1234567",
+        "+ 0 30 1234567",
+        "4930123456",
+        "+49 30 123 456x",
+        "+49\t30123456",
+        "",
+        "+",
+    ];
+    let mut accepted = 0;
+    for s in samples {
+        let server = outboxd::domain::PhoneNumber::new(s).is_ok();
+        let pattern = re.is_match(s);
+        assert!(!server || pattern, "{s:?}: the server accepts it, the pattern refuses it");
+        if !pattern {
+            assert!(!server, "{s:?}");
+        }
+        accepted += usize::from(server);
+    }
+    assert_eq!(accepted, 6, "the samples the server takes");
+}
+
 /// Review finding: the operations that read an aggregate's events (every
 /// command, GET /orders/{id}, GET /customers/{id}) can answer 500
 /// `internal` (an event that cannot be decoded or encoded), but documented
