@@ -1,8 +1,8 @@
 //! The SQLite projection on rows it cannot trust, on real SQLite files: a
 //! gap fill the store answers short parks the aggregate (its row is never
-//! advanced past a missing event), a read-model row whose timestamps or
-//! state cannot be read is re-derived from its events (never stalling the
-//! other aggregates), and the projector's lag gauges read the same backlog
+//! advanced past a missing event), a read-model row whose timestamps,
+//! state or version cannot be read is re-derived from its events (never
+//! stalling the other aggregates), and the projector's lag gauges read the same backlog
 //! as /health (events held behind a park included).
 
 mod harness;
@@ -161,4 +161,48 @@ async fn the_projectors_lag_gauge_counts_held_events_as_health_does() {
     assert_eq!(metrics.projection_lag_events.get(), 2, "the held events, as /health counts them");
     assert_eq!(metrics.projection_checkpoint_position.get(), head);
     assert_eq!(p.status().borrow().parked_aggregates, 1);
+}
+
+/// Review finding: a read-model row whose `version` (or `last_position`) is
+/// not an integer (written by hand, or by a foreign tool) failed loading the
+/// rows of every batch that touched it, like the unreadable timestamps and
+/// states above: the projector retried the same batch for ever and no
+/// aggregate moved. Such a row is now re-derived from all its events and
+/// rewritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_with_an_unreadable_version_is_rederived_and_the_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let db = open_with(&path, fast()).await;
+    let svc = service(&db.store);
+    let meta = Metadata::default();
+    let (bad_version, bad_position, fine) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for x in [bad_version, bad_position, fine] {
+        let create = OrderCommand::Create { customer_id: Uuid::from_u128(5), items: sample_items(3, 2) };
+        svc.execute::<Order>(x, &create, meta.clone(), None).await.unwrap();
+    }
+    let mut p = projector(&db, Metrics::new(), 50);
+    p.catch_up().await.unwrap();
+    sqlite3(
+        &path,
+        &format!(
+            "UPDATE order_read_model SET version = 'one' WHERE order_id = '{bad_version}';
+             UPDATE order_read_model SET last_position = 'x' WHERE order_id = '{bad_position}';"
+        ),
+    );
+    for x in [bad_version, bad_position, fine] {
+        svc.execute::<Order>(x, &OrderCommand::Confirm, meta.clone(), None).await.unwrap();
+    }
+    p.catch_up().await.expect("the projector is not stopped by one row");
+
+    let head = db.store.head_position().await.unwrap();
+    assert_eq!(db.models.projection_checkpoint(CONSUMER).await.unwrap(), head);
+    for x in [fine, bad_version, bad_position] {
+        let r = db.models.get_order(x).await.unwrap().unwrap();
+        assert_eq!((r.version, r.status.as_str(), r.item_count), (2, "confirmed", 2), "{x}");
+        assert_eq!(r.state, svc.load::<Order>(x).await.unwrap().state);
+    }
+    let by_customer = db.models.orders_by_customer(Uuid::from_u128(5), Default::default()).await.unwrap();
+    assert!(by_customer.orders.iter().all(|o| o.status == "confirmed"), "{by_customer:?}");
+    assert!(db.store.parked(CONSUMER).await.unwrap().is_empty());
 }

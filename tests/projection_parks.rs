@@ -3,7 +3,8 @@
 //! its next events, and a projector (or a rebuild) whose checkpoint another
 //! projector moved re-reads the park records with it (it holds what the
 //! other parked); an idle projector notices a rebuild that stopped short of
-//! its checkpoint, and reports the parks it finds at start.
+//! its checkpoint, and reports the parks it finds at start; a rebuild
+//! interrupted before its reset leaves the parks in place.
 
 mod harness;
 
@@ -311,4 +312,50 @@ async fn a_projector_reports_the_parks_it_finds_at_start() {
     p.step().await.unwrap();
     // (The parked set is read again only while something is parked.)
     assert_eq!(p.status().borrow().parked_aggregates, 0);
+}
+
+/// Read models whose reset fails (the rebuild is interrupted there: a
+/// write lock it could not take, a signal).
+struct ResetFails;
+
+#[async_trait::async_trait]
+impl ModelsHook for ResetFails {
+    async fn reset(&self, _inner: &DynReadModels, _consumer: &str) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("injected: the reset fails".into()))
+    }
+}
+
+/// Review finding: a rebuild removed the projection's park records one by
+/// one before its reset (which drops them itself, with the rows and the
+/// checkpoint, in one transaction). Interrupted between the two, it left
+/// x's row at the version before its parked event and the checkpoint past
+/// its held events with no park: `projections status` and /health showed
+/// nothing parked, and x's read model stayed behind for good (a delivered
+/// order gets no later event to meet the gap).
+#[tokio::test]
+async fn a_rebuild_interrupted_before_its_reset_keeps_the_parks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let db = open(&path).await;
+    let svc = service(&db.store);
+    let x = Uuid::now_v7();
+    create_order(&svc, x).await;
+    svc.execute::<Order>(x, &OrderCommand::Confirm, Metadata::default(), None).await.unwrap();
+    // Event 2 from a newer build: a version this one cannot read.
+    sqlite3(
+        &path,
+        &format!("UPDATE event_store SET event_version = 99 WHERE aggregate_id = '{x}' AND sequence_number = 2"),
+    );
+    let mut p = projector(&db, Metrics::new(), 64);
+    p.catch_up().await.unwrap();
+    assert_eq!(db.store.parked(CONSUMER).await.unwrap().len(), 1, "x parked at its event 2");
+
+    let models = hooked(&db.models, ResetFails);
+    assert!(projection::rebuild(db.store.clone(), models, "EUR", false).await.is_err(), "the injected failure");
+    let parks = db.store.parked(CONSUMER).await.unwrap();
+    assert_eq!(parks.len(), 1, "the park stays while the rows and the checkpoint stay");
+    assert_eq!((parks[0].parked.sequence, parks[0].held_events), (Some(2), 1));
+    let mut again = projector(&db, Metrics::new(), 64);
+    again.step().await.unwrap();
+    assert_eq!(again.status().borrow().parked_aggregates, 1, "a projector (re)started after it still reports x");
 }

@@ -18,7 +18,8 @@
 //! - Every other aggregate keeps being projected.
 //! - Visible: `outboxd projections status`, /health (`projections`
 //!   component Degraded while anything is parked); a rebuild starts over
-//!   (it clears the parks of the projection with the rows), and a projector
+//!   (its reset drops the parks of the projection with the rows and the
+//!   checkpoint, in one transaction), and a projector
 //!   running meanwhile re-reads the park records before each page while it
 //!   holds any, so it never holds an aggregate the rebuild released.
 
@@ -123,17 +124,6 @@ impl ProjectionParking {
     /// `invalidate`s and the set is read again from the store).
     pub fn take_pending(&mut self) -> Vec<Parked> {
         std::mem::take(&mut self.pending)
-    }
-
-    /// Forgets the parked set (after a reset of the read models).
-    pub async fn clear(&mut self, store: &DynStore) -> Result<(), StoreError> {
-        for p in store.parked(&self.consumer).await? {
-            store.unpark(&self.consumer, &p.parked.aggregate_id).await?;
-        }
-        self.parked.clear();
-        self.pending.clear();
-        self.loaded = true;
-        Ok(())
     }
 
     /// Splits a feed page: held rows, unreadable rows (their aggregates are

@@ -60,13 +60,15 @@ pub async fn rebuild(
     progress: bool,
 ) -> Result<RebuildReport, StoreError> {
     let started = Instant::now();
-    // Parks first, then the rows and the checkpoint (SQLite's reset drops the
-    // parks again with them, in one transaction): a projector whose
-    // compare-and-set fails on the reset re-reads checkpoint 0 with no park
-    // from before it (it would hold those aggregates' events from 0).
-    let mut parking = ProjectionParking::new(CONSUMER);
-    parking.clear(&store).await?;
+    // The reset drops the parks with the rows and the checkpoint, in one
+    // transaction: a projector whose compare-and-set fails on it re-reads
+    // checkpoint 0 with no park from before it (it would hold those
+    // aggregates' events from 0), and a rebuild interrupted before it
+    // leaves every park with the rows it holds (removed first, the held
+    // aggregates' rows stayed behind with nothing parked). The parked set
+    // is read after the reset (the first `load`).
     models.reset(CONSUMER).await?;
+    let mut parking = ProjectionParking::new(CONSUMER);
     let head = store.head_position().await?;
     let bar = if progress { indicatif::ProgressBar::new(head.max(0) as u64) } else { indicatif::ProgressBar::hidden() };
     if let Ok(style) = indicatif::ProgressStyle::with_template(

@@ -3,7 +3,8 @@
 //! Rows are encoded on the caller's task; the writer thread only runs the
 //! SQL: one IMMEDIATE transaction per batch that checks the checkpoint,
 //! writes the batch's park records, upserts the rows (never to a lower
-//! version) and moves the checkpoint.
+//! version; a stored row whose version is no integer is replaced) and moves
+//! the checkpoint.
 //! Queries run in one read transaction each, so a row and the checkpoint
 //! reported with it come from the same snapshot.
 
@@ -92,11 +93,14 @@ fn freshness_of(c: &Connection) -> Result<Freshness, StoreError> {
 /// no build's shape, so `page::decode_row` re-derives it from its events.
 const UNREADABLE_ROW: i32 = i32::MIN;
 
-/// The rows of `ids`. A row whose `state`, `state_schema` or timestamps
-/// cannot be read (a non-text state, a `created_at` that is no timestamp)
-/// is returned as [`UNREADABLE_ROW`], re-derived from its events by the
-/// caller, never an error: failing the load would fail every batch that
-/// touches the row, on every retry, and stall every aggregate.
+/// The rows of `ids`. A row whose `state`, `state_schema`, `last_position`
+/// or timestamps cannot be read (a non-text state, a `created_at` that is
+/// no timestamp) is returned as [`UNREADABLE_ROW`], re-derived from its
+/// events by the caller, never an error: failing the load would fail every
+/// batch that touches the row, on every retry, and stall every aggregate.
+/// A row whose `version` is no integer is left out (as if absent): the
+/// caller re-derives it from all its events and the upsert replaces it
+/// (see `commit_batch`).
 fn load_stored(c: &Connection, sql: &str, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredRow>, StoreError> {
     let mut st = c.prepare_cached(sql).map_err(unavailable)?;
     let mut out = HashMap::with_capacity(ids.len());
@@ -104,8 +108,8 @@ fn load_stored(c: &Connection, sql: &str, ids: &[Uuid]) -> Result<HashMap<Uuid, 
         let row = st
             .query_row([id.to_string()], |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(0).ok(),
+                    r.get::<_, i64>(1).ok(),
                     r.get::<_, i32>(2).ok(),
                     r.get::<_, String>(3).ok(),
                     r.get::<_, String>(4).ok().and_then(|t| parse_ts(&t).ok()),
@@ -115,16 +119,20 @@ fn load_stored(c: &Connection, sql: &str, ids: &[Uuid]) -> Result<HashMap<Uuid, 
             .optional()
             .map_err(unavailable)?;
         let Some((version, last_position, state_schema, state, created, updated)) = row else { continue };
-        let stored = match (state_schema, state, created, updated) {
-            (Some(state_schema), Some(state), Some(created_at), Some(updated_at)) => {
+        let Some(version) = version else {
+            tracing::warn!(%id, "read-model row has no integer version; it is re-derived from all its events");
+            continue;
+        };
+        let stored = match (last_position, state_schema, state, created, updated) {
+            (Some(last_position), Some(state_schema), Some(state), Some(created_at), Some(updated_at)) => {
                 StoredRow { version, last_position, state_schema, state, created_at, updated_at }
             }
-            _ => {
-                tracing::warn!(%id, version, "read-model row cannot be read (state or timestamps); it is re-derived from its events");
+            (last_position, ..) => {
+                tracing::warn!(%id, version, "read-model row cannot be read (state, position or timestamps); it is re-derived from its events");
                 let epoch = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
                 StoredRow {
                     version,
-                    last_position,
+                    last_position: last_position.unwrap_or(0),
                     state_schema: UNREADABLE_ROW,
                     state: String::new(),
                     created_at: epoch,
@@ -216,7 +224,7 @@ impl ReadModelStore for SqliteStore {
                             tracking_number = excluded.tracking_number, carrier = excluded.carrier, cancel_reason = excluded.cancel_reason,
                             created_at = excluded.created_at, updated_at = excluded.updated_at, version = excluded.version,
                             last_position = excluded.last_position, state_schema = excluded.state_schema, state = excluded.state
-                         WHERE excluded.version > order_read_model.version",
+                         WHERE excluded.version > order_read_model.version OR typeof(order_read_model.version) <> 'integer'",
                     )
                     .map_err(unavailable)?;
                 let mut by_customer = tx
@@ -263,7 +271,7 @@ impl ReadModelStore for SqliteStore {
                             name = excluded.name, email = excluded.email, phone = excluded.phone, created_at = excluded.created_at,
                             updated_at = excluded.updated_at, version = excluded.version, last_position = excluded.last_position,
                             state_schema = excluded.state_schema, state = excluded.state
-                         WHERE excluded.version > customer_read_model.version",
+                         WHERE excluded.version > customer_read_model.version OR typeof(customer_read_model.version) <> 'integer'",
                     )
                     .map_err(unavailable)?;
                 for p in &customers {
