@@ -153,9 +153,9 @@ pub async fn refresh_parked_every(store: Arc<CqlStore>, status: watch::Sender<Pr
 }
 
 /// Waits before try `attempt + 1` of a store write that failed (0.1 s,
-/// doubling, at most 5 s); `Err` on shutdown.
+/// doubling, at most 3.2 s); `Err` on shutdown.
 async fn retry_wait(attempt: u32, shutdown: &mut Shutdown) -> Result<(), CdcError> {
-    let delay = Duration::from_millis((50u64 << attempt.min(6)).min(5_000));
+    let delay = Duration::from_millis(50u64 << attempt.clamp(1, 6));
     tokio::select! {
         _ = tokio::time::sleep(delay) => Ok(()),
         _ = shutdown.recv() => Err(CdcError::Shutdown),
