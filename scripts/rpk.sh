@@ -32,7 +32,9 @@ trap 'rm -rf "$tmp"' EXIT
 # Outside any module: `go mod download` resolves the version and fills the
 # module cache. The build then runs inside the module's own directory, which
 # honours its replace directives (go install pkg@version refuses those).
-json=$(cd "$tmp" && go mod download -json "$MODULE@$VERSION" 2>/dev/null) || json=""
+# A version the proxy does not serve exits non-zero with an "Error" field on
+# stdout: kept (the assignment holds what was captured), for the reason below.
+json=$(cd "$tmp" && go mod download -json "$MODULE@$VERSION" 2>/dev/null) || true
 field() { python3 -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1], ""))' "$1" <<<"$json" 2>/dev/null || true; }
 dir=$(field Dir)
 if [ -z "$dir" ]; then

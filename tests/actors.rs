@@ -176,8 +176,12 @@ fn metrics_parse_list_the_catalogue_and_move_when_events_flow() {
     assert_eq!(after.value("circuit_breaker_state", &[]), 0.0);
     assert_eq!(after.value("actor_health_status", &[("component", "system")]), 0.0);
     // The page as Prometheus' own lint reads it, with every family filled.
-    if let Err(findings) = harness::metrics::promtool_findings(&after.text) {
-        panic!("{findings}\n{}", after.text);
+    match harness::metrics::promtool_findings(&after.text) {
+        Ok(true) => {}
+        Ok(false) => eprintln!(
+            "SKIPPED: promtool check metrics: promtool not installed (Debian `prometheus`; make test installs it)"
+        ),
+        Err(findings) => panic!("{findings}\n{}", after.text),
     }
     d.stop();
 }

@@ -72,8 +72,9 @@ const MIN_STALL_RESTART_MS: u64 = 60_000;
 /// The stall restart limit when unset (ms), unless the floor is higher.
 const DEFAULT_STALL_RESTART_MS: u64 = 300_000;
 
-/// Cassandra's largest TTL (20 years).
-const MAX_TTL_SECONDS: u64 = 630_720_000;
+/// Cassandra's (and Scylla's) largest TTL (20 years): the widest log TTL,
+/// and the cap of the relay's progress rows' TTL.
+pub const MAX_TTL_SECONDS: u64 = 630_720_000;
 
 /// Longest value of every `*_ms` key but `stall_restart_ms` (7 days): far
 /// beyond any useful window, sleep or margin, and small enough that no sum

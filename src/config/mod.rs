@@ -31,7 +31,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-pub use cdc::CdcConfig;
+pub use cdc::{CdcConfig, MAX_TTL_SECONDS};
 pub use http::HttpConfig;
 pub use kafka::{
     validate_topic, validate_topic_prefix, Compression, KafkaConfig, TopicRouting, MAX_TOPIC_LEN, MAX_TOPIC_PREFIX_LEN,

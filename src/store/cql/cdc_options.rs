@@ -55,8 +55,8 @@ pub fn options_drift(current: &BTreeMap<String, String>, ttl_secs: u64) -> Vec<S
 }
 
 /// The longest TTL Scylla (and Cassandra) accept: 20 years. A write with a
-/// longer one is refused ("ttl is too large").
-pub const MAX_ROW_TTL_SECS: u64 = 630_720_000;
+/// longer one is refused ("ttl is too large"). The config's widest log TTL.
+pub const MAX_ROW_TTL_SECS: u64 = crate::config::MAX_TTL_SECONDS;
 
 /// TTL of the relay's CDC progress rows: 7 x the log TTL (7 days at the
 /// default, scylla-cdc's own default), at most [`MAX_ROW_TTL_SECS`]. A
