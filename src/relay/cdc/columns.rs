@@ -90,8 +90,9 @@ impl<'a, C: CdcColumns + ?Sized> Cols<'a, C> {
 
 /// Builds the envelope of one event-row insert from its column values.
 /// `Ok(None)` for a row without an event (the static-only row that sets
-/// `version`); an error when a column is missing, null or of the wrong type,
-/// or the payload is not JSON.
+/// `version`, which has no `sequence_number`); an error when a column of a
+/// row with a sequence is missing, null (`event_id` included) or of the
+/// wrong type, or the payload is not JSON.
 pub fn envelope_from_columns<C: CdcColumns + ?Sized>(cols: &C) -> Result<Option<EventEnvelope>, CdcError> {
     for c in EVENT_COLUMNS {
         if cols.column(c).is_none() {
@@ -107,10 +108,9 @@ pub fn envelope_from_columns<C: CdcColumns + ?Sized>(cols: &C) -> Result<Option<
         Some(other) => return Err(c.wrong("sequence_number", "bigint", other)),
     };
     c.row = format!("{aggregate_id}#{sequence}");
-    let event_id = match c.opt("event_id")? {
-        None => return Ok(None), // a partial update of an event row, not an insert
-        Some(v) => c.uuid("event_id", v)?,
-    };
+    // An event row without its id is damaged (every append writes one):
+    // an error naming it, never a silent skip of the event.
+    let event_id = c.uuid("event_id", c.req("event_id")?)?;
     let schema_version = match c.req("event_version")? {
         CqlValue::Int(n) => *n,
         other => return Err(c.wrong("event_version", "int", other)),
@@ -229,6 +229,18 @@ mod tests {
         let mut m = map_of(columns_of(&e));
         m.insert("payload".into(), Some(CqlValue::Text("{not json".into())));
         assert!(matches!(envelope_from_columns(&m), Err(CdcError::Payload { .. })));
+
+        // An event row (it has a sequence) without its id is damaged: an
+        // error naming it, so it is parked in its turn, never skipped.
+        let mut m = map_of(columns_of(&e));
+        m.insert("event_id".into(), None);
+        let err = envelope_from_columns(&m).unwrap_err();
+        assert!(matches!(err, CdcError::NullColumn { column: "event_id", .. }), "{err:?}");
+        assert!(err.to_string().contains(&format!("{}#3", e.aggregate_id)), "{err}");
+        let mut cols = columns_of(&e);
+        cols[3].2 = None;
+        let err = with_cdc_row(OperationType::RowInsert, cols, |r| envelope_from_cdc_row(r).unwrap_err());
+        assert!(matches!(err, CdcError::NullColumn { column: "event_id", .. }), "{err:?}");
 
         let mut m = map_of(columns_of(&e));
         m.insert("event_version".into(), Some(CqlValue::Text("2".into())));

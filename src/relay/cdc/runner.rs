@@ -4,7 +4,8 @@
 //! Guarantees:
 //! - Reading starts at the saved progress ([`start_point`]): never at a
 //!   later `cdc:origin`, never before the TTL floor; a gap beyond the TTL is
-//!   logged as possibly lost.
+//!   logged as possibly lost. Without a saved generation, not before the
+//!   table's first CDC generation, read until it answers (until shutdown).
 //! - While behind by more than the threshold, the reader runs with the
 //!   catch-up settings up to `now - safety_interval` (scylla-cdc's
 //!   `end_timestamp`, fixed at build time, so it cannot race the first
@@ -15,7 +16,8 @@
 //! - Shutdown stops the reader gracefully (it finishes its window) within
 //!   `stop_grace`, else abandons it; unsaved progress is re-read after a
 //!   restart (duplicates, never loss). A fenced saver ends the run at once
-//!   with `CdcError::Fenced` (the reader is cancelled, nothing more is saved).
+//!   with `CdcError::Fenced` (the reader is cancelled, nothing more is saved),
+//!   as does a reader stopped by its sink's `CdcError::Fenced`.
 //! - A reader whose oldest progress stands still for `stall_restart` while
 //!   the consumer of those streams is idle (`watchdog`: never during a
 //!   broker outage, when the delivery call itself waits; other stream
@@ -78,20 +80,87 @@ pub async fn read_origin(session: &Session, keyspace: &str) -> Option<i64> {
     }
 }
 
-/// The start of the table's first CDC generation, read when no generation
-/// was saved (with one, scylla-cdc starts no earlier than it). Unreadable:
-/// warned, and the start is not raised (`start::start_point`).
-async fn first_generation(session: &Session, keyspace: &str, saver: &LeaseCheckpointSaver) -> Option<i64> {
+/// Pause between two reads of the first CDC generation that failed.
+const FIRST_GENERATION_RETRY: Duration = Duration::from_secs(5);
+
+/// The start of the table's first CDC generation (`Some(None)`: none yet),
+/// read when no generation was saved (with one, scylla-cdc starts no earlier
+/// than it); `None` when shutdown came first. A failed read is retried until
+/// it answers: a start left before every generation would make scylla-cdc
+/// read only the newest one and skip the earlier ones' events, and
+/// scylla-cdc reads the same table, so it could not start meanwhile either.
+async fn first_generation(
+    session: &Session,
+    keyspace: &str,
+    saver: &LeaseCheckpointSaver,
+    shutdown: &mut Shutdown,
+) -> Option<Option<i64>> {
     if saver.generation_ms().is_some() {
-        return None;
+        return Some(None);
     }
-    let read = super::generations::first(session, keyspace, super::generations::TIMESTAMPS_TABLE);
-    match super::generations::within_limit(read).await {
-        Ok(first) => first,
-        Err(e) => {
-            tracing::warn!(consumer = saver.name(), error = %e, "cannot read the first CDC generation: a start before it would make scylla-cdc read only the newest generation");
-            None
+    let read = || {
+        super::generations::within_limit(super::generations::first(
+            session,
+            keyspace,
+            super::generations::TIMESTAMPS_TABLE,
+        ))
+    };
+    read_until_answered(read, FIRST_GENERATION_RETRY, shutdown, saver.name()).await
+}
+
+/// `read` until it answers, `retry` apart, each failure warned; `None` when
+/// `shutdown` came first.
+async fn read_until_answered<T, F, Fut>(
+    mut read: F,
+    retry: Duration,
+    shutdown: &mut Shutdown,
+    consumer: &str,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    loop {
+        let answer = tokio::select! {
+            a = read() => a,
+            _ = shutdown.recv() => return None,
+        };
+        match answer {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::warn!(consumer, error = %e, retry_s = retry.as_secs_f64(), "cannot read the first CDC generation; the reader waits for it (a start before it would make scylla-cdc read only the newest generation)");
+                if !shutdown.sleep(retry).await {
+                    return None;
+                }
+            }
         }
+    }
+}
+
+/// True when the reader's error `e` carries a [`CdcError`] that `is`.
+fn carries(e: &anyhow::Error, is: fn(&CdcError) -> bool) -> bool {
+    e.chain().any(|c| c.downcast_ref::<CdcError>().is_some_and(is))
+}
+
+/// How a reader run ended. Fenced also when the reader's own error is the
+/// sink's `CdcError::Fenced` (a park or dead-letter write refused at this
+/// epoch: another instance holds the lease) before the saver had a write
+/// refused: a takeover, not a reader failure.
+fn run_end(
+    res: &anyhow::Result<()>,
+    saver_fenced: bool,
+    flushed: Flushed,
+    restart: bool,
+    shutdown: bool,
+    until_ms: Option<i64>,
+) -> RunEnd {
+    let error_fenced = res.as_ref().err().is_some_and(|e| carries(e, |c| matches!(c, CdcError::Fenced { .. })));
+    RunEnd {
+        fenced: saver_fenced || matches!(flushed, Flushed::Fenced { .. }) || error_fenced,
+        restart,
+        shutdown,
+        error: res.as_ref().err().map(|e| carries(e, |c| matches!(c, CdcError::Shutdown))),
+        until_ms,
     }
 }
 
@@ -112,7 +181,9 @@ pub async fn run_reader(
 ) -> Result<(), CdcError> {
     let origin = read_origin(&session, &settings.keyspace).await;
     let (saved_ms, floor_ms) = (saver.oldest_progress_ms(), saver.floor_ms());
-    let first_generation_ms = first_generation(&session, &settings.keyspace, &saver).await;
+    let Some(first_generation_ms) = first_generation(&session, &settings.keyspace, &saver, &mut shutdown).await else {
+        return Ok(());
+    };
     let start = start_point(StartInputs {
         now_ms: now_ms(),
         log_ttl: settings.log_ttl,
@@ -194,15 +265,8 @@ pub async fn run_reader(
         drop(handle); // cancels an abandoned reader and its stream tasks
         stop_flusher.fire();
         let flushed = flusher.await.unwrap_or(Flushed::Saved(0));
-        let shutdown_error =
-            |e: &anyhow::Error| e.chain().any(|c| matches!(c.downcast_ref::<CdcError>(), Some(CdcError::Shutdown)));
-        let end = RunEnd {
-            fenced: saver.is_fenced() || matches!(flushed, Flushed::Fenced { .. }),
-            restart: stalled.is_some() || rewind.is_some(),
-            shutdown: shutdown.is_shutdown(),
-            error: res.as_ref().err().map(shutdown_error),
-            until_ms: until,
-        };
+        let restart = stalled.is_some() || rewind.is_some();
+        let end = run_end(&res, saver.is_fenced(), flushed, restart, shutdown.is_shutdown(), until);
         match after_run(&end) {
             AfterRun::Fenced => return Err(CdcError::Fenced { consumer: saver.name().to_string() }),
             AfterRun::Stop => return Ok(()),
