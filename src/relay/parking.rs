@@ -228,6 +228,19 @@ pub fn parked_record(consumer: &str, item: &Item, e: &PublishError) -> Parked {
     }
 }
 
+/// The event id a dead letter of an unreadable row without a readable
+/// `event_id` goes under: one per row, stable across retries. From its
+/// feed position (SQLite); a CDC row has none (0), so from its aggregate
+/// and sequence, else every such row would share one letter.
+fn unreadable_id(u: &crate::store::feed::Unreadable) -> Uuid {
+    let of = crate::store::feed::uuid_of;
+    match (u.position, u.sequence) {
+        (p, _) if p > 0 => of(&format!("outboxd-position-{p}")),
+        (_, Some(seq)) => of(&format!("outboxd-row-{}#{seq}", u.aggregate_key)),
+        (p, None) => of(&format!("outboxd-position-{p}-{}", u.aggregate_key)),
+    }
+}
+
 /// The dead letter of `item` (policy "skip"); None for a discard marker.
 pub fn dead_letter_of(item: &Item, e: &PublishError, attempts: u32) -> Option<DeadLetter> {
     let now = Utc::now();
@@ -241,11 +254,7 @@ pub fn dead_letter_of(item: &Item, e: &PublishError, attempts: u32) -> Option<De
         }
         Item::Marker { .. } => return None,
         Item::Unreadable(u) => {
-            let id = u
-                .event_id
-                .as_deref()
-                .and_then(|s| Uuid::parse_str(s).ok())
-                .unwrap_or_else(|| crate::store::feed::uuid_of(&format!("outboxd-position-{}", u.position)));
+            let id = u.event_id.as_deref().and_then(|s| Uuid::parse_str(s).ok()).unwrap_or_else(|| unreadable_id(u));
             let agg = Uuid::parse_str(&u.aggregate_key).unwrap_or(Uuid::nil());
             (id, agg, u.event_type.clone().unwrap_or_default(), String::new(), Some(u.position))
         }
@@ -290,5 +299,34 @@ mod tests {
         let Skip::Letter(letter) = skip_letter(&w, slot, &item, &e) else { panic!("a failed head is dead-lettered") };
         assert_eq!((letter.event_id, letter.failure_count), (env.event_id, 1));
         assert!(w.skip(slot).is_some());
+    }
+
+    /// Review finding: a CDC row that cannot be read and has no readable
+    /// `event_id` got its dead letter's event id from its feed position,
+    /// which is 0 for every CDC row: under policy `skip` all such rows
+    /// shared one letter (the second only bumped the first's count; its
+    /// aggregate was recorded nowhere).
+    #[test]
+    fn unreadable_cdc_rows_get_a_letter_each() {
+        let row = |agg: Uuid, seq: i64, position: i64| {
+            Item::Unreadable(crate::store::feed::Unreadable {
+                position,
+                aggregate_key: agg.to_string().into(),
+                sequence: Some(seq),
+                event_id: None,
+                event_type: None,
+                aggregate_type: None,
+                error: "null event_id".into(),
+            })
+        };
+        let e = PublishError::permanent("Unreadable", "cannot read the row");
+        let id = |item: &Item| dead_letter_of(item, &e, 1).unwrap().event_id;
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_ne!(id(&row(a, 3, 0)), id(&row(b, 7, 0)), "two CDC rows, two letters");
+        assert_ne!(id(&row(a, 3, 0)), id(&row(a, 4, 0)));
+        assert_eq!(id(&row(a, 3, 0)), id(&row(a, 3, 0)), "the same row, the same letter, on every retry");
+        // The feed's rows keep their position-based ids (letters already stored).
+        assert_eq!(id(&row(a, 3, 42)), crate::store::feed::uuid_of("outboxd-position-42"));
+        assert_ne!(id(&row(a, 3, 42)), id(&row(a, 3, 43)));
     }
 }

@@ -111,10 +111,9 @@ pub async fn tablet_streams(
 
 /// The start (ms) of the first generation of `keyspace`'s event table
 /// (`None`: none yet), from `timestamps` (a table shaped like
-/// [`TIMESTAMPS_TABLE`]) for a vnode keyspace. scylla-cdc, given a start
-/// before every generation, begins with the newest one and never reads the
-/// earlier ones (`fetch_generations_continuously`): a first start is raised
-/// to this.
+/// [`TIMESTAMPS_TABLE`]) for a vnode keyspace: a first start is raised to
+/// this (nothing is logged before it; see `start` for what scylla-cdc does
+/// with an earlier start).
 pub async fn first(session: &Session, keyspace: &str, timestamps: &str) -> anyhow::Result<Option<i64>> {
     generation_start(session, keyspace, timestamps, i64::MAX, Pick::Oldest).await
 }

@@ -4,8 +4,7 @@
 //! Guarantees:
 //! - Reading starts at the saved progress ([`start_point`]): never at a
 //!   later `cdc:origin`, never before the TTL floor; a gap beyond the TTL is
-//!   logged as possibly lost. Without a saved generation, not before the
-//!   table's first CDC generation, read until it answers (until shutdown).
+//!   logged as possibly lost.
 //! - While behind by more than the threshold, the reader runs with the
 //!   catch-up settings up to `now - safety_interval` (scylla-cdc's
 //!   `end_timestamp`, fixed at build time, so it cannot race the first
@@ -16,8 +15,9 @@
 //! - Shutdown stops the reader gracefully (it finishes its window) within
 //!   `stop_grace`, else abandons it; unsaved progress is re-read after a
 //!   restart (duplicates, never loss). A fenced saver ends the run at once
-//!   with `CdcError::Fenced` (the reader is cancelled, nothing more is saved),
-//!   as does a reader stopped by its sink's `CdcError::Fenced`.
+//!   with `CdcError::Fenced` (the reader is cancelled, nothing more is saved);
+//!   a reader stopped by its sink's `CdcError::Fenced` ends it the same way
+//!   (the final flush may still save progress, never past an unhandled row).
 //! - A reader whose oldest progress stands still for `stall_restart` while
 //!   the consumer of those streams is idle (`watchdog`: never during a
 //!   broker outage, when the delivery call itself waits; other stream
@@ -80,59 +80,21 @@ pub async fn read_origin(session: &Session, keyspace: &str) -> Option<i64> {
     }
 }
 
-/// Pause between two reads of the first CDC generation that failed.
-const FIRST_GENERATION_RETRY: Duration = Duration::from_secs(5);
-
-/// The start of the table's first CDC generation (`Some(None)`: none yet),
-/// read when no generation was saved (with one, scylla-cdc starts no earlier
-/// than it); `None` when shutdown came first. A failed read is retried until
-/// it answers: a start left before every generation would make scylla-cdc
-/// read only the newest one and skip the earlier ones' events, and
-/// scylla-cdc reads the same table, so it could not start meanwhile either.
-async fn first_generation(
-    session: &Session,
-    keyspace: &str,
-    saver: &LeaseCheckpointSaver,
-    shutdown: &mut Shutdown,
-) -> Option<Option<i64>> {
+/// The start of the table's first CDC generation, read when no generation
+/// was saved (with one, scylla-cdc starts no earlier than it). Unreadable:
+/// warned, and the start is not raised (`start::start_point`): scylla-cdc
+/// then begins at its oldest generation itself (see `start`), so nothing is
+/// skipped.
+async fn first_generation(session: &Session, keyspace: &str, saver: &LeaseCheckpointSaver) -> Option<i64> {
     if saver.generation_ms().is_some() {
-        return Some(None);
+        return None;
     }
-    let read = || {
-        super::generations::within_limit(super::generations::first(
-            session,
-            keyspace,
-            super::generations::TIMESTAMPS_TABLE,
-        ))
-    };
-    read_until_answered(read, FIRST_GENERATION_RETRY, shutdown, saver.name()).await
-}
-
-/// `read` until it answers, `retry` apart, each failure warned; `None` when
-/// `shutdown` came first.
-async fn read_until_answered<T, F, Fut>(
-    mut read: F,
-    retry: Duration,
-    shutdown: &mut Shutdown,
-    consumer: &str,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    loop {
-        let answer = tokio::select! {
-            a = read() => a,
-            _ = shutdown.recv() => return None,
-        };
-        match answer {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                tracing::warn!(consumer, error = %e, retry_s = retry.as_secs_f64(), "cannot read the first CDC generation; the reader waits for it (a start before it would make scylla-cdc read only the newest generation)");
-                if !shutdown.sleep(retry).await {
-                    return None;
-                }
-            }
+    let read = super::generations::first(session, keyspace, super::generations::TIMESTAMPS_TABLE);
+    match super::generations::within_limit(read).await {
+        Ok(first) => first,
+        Err(e) => {
+            tracing::warn!(consumer = saver.name(), error = %e, "cannot read the first CDC generation; starting where the saved progress says (scylla-cdc begins at its oldest generation)");
+            None
         }
     }
 }
@@ -181,9 +143,7 @@ pub async fn run_reader(
 ) -> Result<(), CdcError> {
     let origin = read_origin(&session, &settings.keyspace).await;
     let (saved_ms, floor_ms) = (saver.oldest_progress_ms(), saver.floor_ms());
-    let Some(first_generation_ms) = first_generation(&session, &settings.keyspace, &saver, &mut shutdown).await else {
-        return Ok(());
-    };
+    let first_generation_ms = first_generation(&session, &settings.keyspace, &saver).await;
     let start = start_point(StartInputs {
         now_ms: now_ms(),
         log_ttl: settings.log_ttl,

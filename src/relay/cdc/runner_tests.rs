@@ -3,8 +3,8 @@
 //! scylla-cdc's generation fetcher retries its failing query forever and the
 //! reader waits for a first generation that never comes (a Scylla that does
 //! not answer its queries). The stall watchdog restarts it, counts each
-//! restart, and shutdown still ends the runner afterwards. And the first
-//! CDC generation is read until it answers, never skipped on a failed read.
+//! restart, and shutdown still ends the runner afterwards. And a reader
+//! stopped by its sink's fencing ends the feed as fenced.
 
 use super::*;
 use crate::envelope::EventEnvelope;
@@ -31,9 +31,6 @@ async fn a_reader_stuck_inside_scylla_cdc_is_restarted_and_shutdown_still_ends_t
     let day = Duration::from_secs(86_400);
     let saver =
         LeaseCheckpointSaver::open(store.session(), store.keyspace(), "kafka-relay", None, day, None).await.unwrap();
-    // A saved generation: the runner does not wait for the first one (which
-    // Cassandra, without CDC generation tables, can never answer).
-    saver.start_generation(now_ms() - 1_000).await.unwrap();
     let ms = Duration::from_millis;
     let read = ReadSettings { window: ms(500), sleep: ms(100) };
     // Below the configuration's floor (60 s), so the test takes seconds.
@@ -73,40 +70,6 @@ async fn a_reader_stuck_inside_scylla_cdc_is_restarted_and_shutdown_still_ends_t
     assert!(matches!(ended, Ok(Ok(Ok(())))), "shutdown ends the runner after its restarts: {ended:?}");
     assert_eq!(sink.0.load(Ordering::SeqCst), 0);
     assert_eq!(saver.oldest_progress_ms(), None, "no progress invented");
-}
-
-/// A failed read of the first CDC generation is retried until it answers:
-/// a start left before every generation would make scylla-cdc read only the
-/// newest one (the earlier generations' events skipped).
-#[tokio::test(start_paused = true)]
-async fn the_first_generation_is_read_until_it_answers_or_shutdown() {
-    let tries = AtomicUsize::new(0);
-    let read = || {
-        let n = tries.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if n < 2 {
-                Err(format!("no answer within 10 s ({n})"))
-            } else {
-                Ok(Some(4_000i64))
-            }
-        }
-    };
-    let never = Trigger::new();
-    let got = read_until_answered(read, Duration::from_secs(5), &mut never.subscribe(), "kafka-relay").await;
-    assert_eq!(got, Some(Some(4_000)), "the start is raised to the first generation, not left before it");
-    assert_eq!(tries.load(Ordering::SeqCst), 3);
-
-    // Shutdown ends the wait (the runner then stops cleanly).
-    let stop = Trigger::new();
-    let mut shutdown = stop.subscribe();
-    let failing = || async { Err::<Option<i64>, _>("unavailable".to_string()) };
-    let waiting = tokio::spawn(async move {
-        read_until_answered(failing, Duration::from_secs(5), &mut shutdown, "kafka-relay").await
-    });
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    assert!(!waiting.is_finished(), "still waiting for an answer");
-    stop.fire();
-    assert_eq!(waiting.await.unwrap(), None);
 }
 
 /// A reader stopped by its sink's `CdcError::Fenced` (the relay's park or

@@ -16,12 +16,13 @@
 //!   first `outboxd schema`, with the clock-skew allowance for the clock of
 //!   whoever ran it), never before the TTL floor: events appended before the
 //!   first relay start are published.
-//! - The start is never before the table's first CDC generation: given a
-//!   start before every generation, scylla-cdc 0.7 begins with the newest
-//!   one and never reads the earlier ones (`fetch_generations_continuously`
-//!   falls back to `get_latest_generation`), so a first start on a cluster
-//!   younger than the TTL, or a table whose generations changed before the
-//!   relay first ran, would skip whole generations.
+//! - A known first CDC generation raises the start to it (nothing is logged
+//!   before it). Given a start before every generation, scylla-cdc 0.7's
+//!   `fetch_generations_continuously` falls back to `get_latest_generation`,
+//!   which despite its name takes the last row of the generation table,
+//!   clustered newest first: the oldest generation (its own
+//!   `test_get_generations_continuously` expects that), so an unknown first
+//!   generation skips nothing either.
 //! - Catch-up without the per-window sleep: scylla-cdc sleeps
 //!   `sleep_interval` after every window, so a backlog of B read in windows
 //!   of W costs `B / W` sleeps. When the measured lag exceeds the threshold
@@ -83,8 +84,7 @@ pub struct StartInputs {
 
 pub fn start_point(i: StartInputs) -> StartPoint {
     let mut p = start_in_log(i);
-    // Nothing is logged before the first generation, and scylla-cdc, given
-    // a start before every generation, reads only the newest one.
+    // Nothing is logged before the first generation.
     p.start_ms = p.start_ms.max(i.first_generation_ms.unwrap_or(i64::MIN));
     p
 }
