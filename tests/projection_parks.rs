@@ -230,6 +230,20 @@ impl ModelsHook for FirstCommitFails {
     }
 }
 
+/// An order x, created and confirmed, whose event 2 comes from a newer
+/// build (a version this one cannot read).
+async fn order_with_unreadable_event_2(db: &harness::read_models::Db, path: &std::path::Path) -> Uuid {
+    let svc = service(&db.store);
+    let x = Uuid::now_v7();
+    create_order(&svc, x).await;
+    svc.execute::<Order>(x, &OrderCommand::Confirm, Metadata::default(), None).await.unwrap();
+    sqlite3(
+        path,
+        &format!("UPDATE event_store SET event_version = 99 WHERE aggregate_id = '{x}' AND sequence_number = 2"),
+    );
+    x
+}
+
 /// Review finding: the park record of x's undecodable event 2 is written
 /// before the page commits; when that commit failed, the page read again
 /// found x parked and held its event 1 too, though it is before the park:
@@ -239,15 +253,7 @@ async fn a_page_read_again_after_a_failed_commit_applies_the_events_before_a_par
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
     let db = open(&path).await;
-    let svc = service(&db.store);
-    let x = Uuid::now_v7();
-    create_order(&svc, x).await;
-    svc.execute::<Order>(x, &OrderCommand::Confirm, Metadata::default(), None).await.unwrap();
-    // Event 2 from a newer build: a version this one cannot read.
-    sqlite3(
-        &path,
-        &format!("UPDATE event_store SET event_version = 99 WHERE aggregate_id = '{x}' AND sequence_number = 2"),
-    );
+    let x = order_with_unreadable_event_2(&db, &path).await;
     let models = hooked(&db.models, FirstCommitFails(true.into()));
     let opts = outboxd::projection::ProjectorOptions { batch_size: 64, ..Default::default() };
     let mut p = outboxd::projection::Projector::new(db.store.clone(), models, Metrics::new(), opts);
@@ -337,15 +343,7 @@ async fn a_rebuild_interrupted_before_its_reset_keeps_the_parks() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
     let db = open(&path).await;
-    let svc = service(&db.store);
-    let x = Uuid::now_v7();
-    create_order(&svc, x).await;
-    svc.execute::<Order>(x, &OrderCommand::Confirm, Metadata::default(), None).await.unwrap();
-    // Event 2 from a newer build: a version this one cannot read.
-    sqlite3(
-        &path,
-        &format!("UPDATE event_store SET event_version = 99 WHERE aggregate_id = '{x}' AND sequence_number = 2"),
-    );
+    order_with_unreadable_event_2(&db, &path).await;
     let mut p = projector(&db, Metrics::new(), 64);
     p.catch_up().await.unwrap();
     assert_eq!(db.store.parked(CONSUMER).await.unwrap().len(), 1, "x parked at its event 2");
