@@ -53,8 +53,7 @@ impl Run {
             }
             Err(StoreError::Fenced { .. }) => {
                 tracing::warn!(consumer = %self.relay.name(), position = wm, "checkpoint write refused: another instance holds the relay lease; stepping down");
-                self.producer.purge();
-                self.exit = Some(Exit::LeaseLost);
+                self.step_down();
             }
             Err(e) => {
                 tracing::warn!(error = %e, position = wm, "cannot persist the relay checkpoint; will retry");

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::config::PermanentFailurePolicy;
 use crate::metrics::Metrics;
 use crate::relay::error::PublishError;
-use crate::relay::pipeline::{Exit, Item};
+use crate::relay::pipeline::Item;
 use crate::relay::run::Run;
 use crate::relay::status::StatusTx;
 use crate::relay::window::{Slot, Window};
@@ -56,8 +56,7 @@ impl Run {
         if let Err(err) = self.relay.park_record(&p).await {
             if matches!(err, StoreError::Fenced { .. }) {
                 tracing::warn!(aggregate = %p.aggregate_id, "park refused: another instance holds the relay lease; stepping down");
-                self.producer.purge();
-                self.exit = Some(Exit::LeaseLost);
+                self.step_down();
                 return false;
             }
             tracing::warn!(error = %err, aggregate = %p.aggregate_id, "cannot record the parked aggregate yet; retrying");

@@ -95,8 +95,7 @@ impl Run {
                             // running, the next holder takes it over (as a
                             // replay's own unpark does).
                             Err(StoreError::Fenced { .. }) => {
-                                self.producer.purge();
-                                self.exit = Some(Exit::LeaseLost);
+                                self.step_down();
                                 return Ok(());
                             }
                             Err(e) => return Err(e.to_string()),
@@ -160,8 +159,7 @@ impl Run {
                     // The request stays running: the next holder takes it over.
                     Err(StoreError::Fenced { .. }) => {
                         self.request_parts.remove(&request);
-                        self.producer.purge();
-                        self.exit = Some(Exit::LeaseLost);
+                        self.step_down();
                         continue;
                     }
                     Err(e) => {

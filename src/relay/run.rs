@@ -171,6 +171,13 @@ impl Run {
         None
     }
 
+    /// Another instance holds the relay lease (a fenced write): what is
+    /// not sent yet is dropped and the term ends as `LeaseLost`.
+    pub(super) fn step_down(&mut self) {
+        self.producer.purge();
+        self.exit = Some(Exit::LeaseLost);
+    }
+
     fn breaker_wait(&mut self) -> Option<Instant> {
         let now = Instant::now();
         (self.breaker.state(now) == BreakerState::Open).then(|| now + self.breaker.remaining_open(now))
