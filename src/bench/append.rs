@@ -10,7 +10,7 @@ use super::cpu::CpuMeter;
 use super::{sample_events, tempdir, Report};
 use crate::config::Config;
 use crate::envelope::EventEnvelope;
-use crate::store::sqlite::{SqliteStore, SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4};
+use crate::store::sqlite::{SqliteStore, MIGRATIONS};
 
 /// Raw rusqlite INSERTs of the same rows in transactions of `batch`; events/s.
 /// Like the store's callers, the loop owns its events and frees each one
@@ -30,7 +30,7 @@ async fn raw_pass(
         // The store's table as the store has it (every step: v3's trace
         // columns, v4's per-row id check), so both sides write the same rows
         // into the same table.
-        for ddl in [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4] {
+        for (_, ddl) in MIGRATIONS {
             c.execute_batch(ddl)?;
         }
         let total: usize = rows.iter().map(Vec::len).sum();

@@ -66,7 +66,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 pub use crate::config::{SqliteOptions, Synchronous};
-pub use schema::{SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_VERSION};
+pub use schema::{MIGRATIONS, SCHEMA_V1, SCHEMA_VERSION};
 
 use crate::store::StoreError;
 use file::DbFile;
