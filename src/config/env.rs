@@ -23,8 +23,9 @@ pub(super) const CONFIG_FILE_KEY: &str = "config";
 
 /// The configuration variables in the environment: (name, key path as
 /// figment reads it, lowercased and split on `__` and `.`).
+/// Sorted by name, so the first one found is the same on every run.
 fn config_vars() -> Vec<(String, Vec<String>)> {
-    std::env::vars_os()
+    let mut vars: Vec<(String, Vec<String>)> = std::env::vars_os()
         .filter_map(|(name, _)| {
             let name = name.to_string_lossy().into_owned();
             let trimmed = name.trim();
@@ -35,15 +36,15 @@ fn config_vars() -> Vec<(String, Vec<String>)> {
             let key = trimmed[PREFIX.len()..].trim().replace("__", ".").to_ascii_lowercase();
             Some((name, key.split('.').map(str::to_string).collect()))
         })
-        .collect()
+        .collect();
+    vars.sort();
+    vars
 }
 
 /// Refuses a configuration variable whose key has an empty part: figment
 /// would drop it silently.
 pub(super) fn check_vars() -> Result<(), ConfigError> {
-    let mut vars = config_vars();
-    vars.sort();
-    match vars.into_iter().find(|(_, path)| path.iter().any(String::is_empty)) {
+    match config_vars().into_iter().find(|(_, path)| path.iter().any(String::is_empty)) {
         None => Ok(()),
         Some((name, _)) => Err(ConfigError(format!(
             "environment variable {name}: not a configuration key (an empty part: a key is OUTBOX_ then its \
@@ -57,9 +58,8 @@ pub(super) fn variable_for(path: &[String]) -> Option<String> {
     if path.is_empty() {
         return None;
     }
-    let mut vars = config_vars();
-    vars.sort();
-    vars.into_iter()
+    config_vars()
+        .into_iter()
         .find(|(_, key)| key.len() >= path.len() && key.iter().zip(path).all(|(k, p)| k.eq_ignore_ascii_case(p)))
         .map(|(name, _)| name)
 }
