@@ -24,8 +24,9 @@
 //!   its task still runs); an unknown-outcome append
 //!   unreconciled past its bound -> Degraded (`reconcile_health`);
 //!   restarting -> Degraded; gave up or not answering -> Unhealthy. A task
-//!   spawned less than [`START_GRACE`] ago that has not said it runs yet
-//!   (producer, lease, first read) -> Unknown "starting"; past it -> Degraded.
+//!   that has not said it runs for less than [`START_GRACE`] (since its
+//!   spawn, or since it stopped running: a standby that took the lease
+//!   over starts a term) -> Unknown "starting"; past it -> Degraded.
 //!   The lag is the store's (`Backlog`): head - persisted checkpoint + held
 //!   events, whatever state the relay is in.
 //! - order_actor / dlq_actor: restarting -> Degraded; gave up or not answering -> Unhealthy.
@@ -89,12 +90,11 @@ pub const START_GRACE: Duration = Duration::from_secs(30);
 fn not_running(what: &str, starting_ms: Option<u64>, prog: &str) -> (HealthStatus, String) {
     match starting_ms {
         Some(ms) if Duration::from_millis(ms) < START_GRACE => {
-            (HealthStatus::Unknown, format!("{what} starting (task spawned {ms} ms ago, not running yet); {prog}"))
+            (HealthStatus::Unknown, format!("{what} starting (not running for {ms} ms yet); {prog}"))
         }
-        Some(ms) => (
-            HealthStatus::Degraded,
-            format!("{what} not running (task spawned {} s ago and still starting); {prog}", ms / 1000),
-        ),
+        Some(ms) => {
+            (HealthStatus::Degraded, format!("{what} not running (still starting after {} s); {prog}", ms / 1000))
+        }
         None => (HealthStatus::Degraded, format!("{what} not running; {prog}")),
     }
 }

@@ -200,11 +200,11 @@ fn a_task_still_starting_is_unknown_within_the_grace_then_degraded() {
     (task.running, task.starting_ms) = (false, Some(130));
     let v = evaluate(&p, &HashMap::new(), T);
     assert_eq!(v["cdc_processor"].0, HealthStatus::Unknown, "{v:?}");
-    assert!(v["cdc_processor"].1.starts_with("relay starting (task spawned 130 ms ago"), "{v:?}");
+    assert!(v["cdc_processor"].1.starts_with("relay starting (not running for 130 ms yet)"), "{v:?}");
     p.cdc.as_mut().unwrap().starting_ms = Some(START_GRACE.as_millis() as u64 + 5_000);
     let v = evaluate(&p, &HashMap::new(), T);
     assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded, "{v:?}");
-    assert!(v["cdc_processor"].1.starts_with("relay not running (task spawned 35 s ago"), "{v:?}");
+    assert!(v["cdc_processor"].1.starts_with("relay not running (still starting after 35 s)"), "{v:?}");
     // No task alive at all (between restarts): not running, Degraded.
     p.cdc.as_mut().unwrap().starting_ms = None;
     let v = evaluate(&p, &HashMap::new(), T);

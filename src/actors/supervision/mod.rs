@@ -130,8 +130,9 @@ pub struct TaskStatus<S> {
     pub restarts_in_window: u32,
     /// A task is alive and says it is running.
     pub running: bool,
-    /// A task is alive but has not said it runs yet: milliseconds since it
-    /// was spawned (None when it runs, or when no task is alive).
+    /// A task is alive but does not say it runs: milliseconds since it was
+    /// spawned or, if it ran before, since a status query first found it
+    /// not running (None when it runs, or when no task is alive).
     pub starting_ms: Option<u64>,
     pub progress: S,
 }

@@ -40,7 +40,11 @@ struct TaskRun {
     gone: watch::Receiver<()>,
     /// Makes the task panic (failure injection).
     panic: Option<oneshot::Sender<()>>,
-    spawned: Instant,
+    /// Since when the task has not said it runs, as of the last status
+    /// query: its spawn, or the first query that found it no longer
+    /// running (a standby that took the lease over and starts its term).
+    /// `tokio` time, so tests on a paused clock see it move.
+    idle_since: Option<tokio::time::Instant>,
 }
 
 /// A supervised actor: one [`TaskBody`]'s task under actix supervision.
@@ -162,8 +166,14 @@ impl<B: TaskBody> SupervisedTask<B> {
             }
         });
         let abort = handle.abort_handle();
-        self.run =
-            Some(TaskRun { generation, trigger, abort, gone: gone_rx, panic: Some(panic_tx), spawned: Instant::now() });
+        self.run = Some(TaskRun {
+            generation,
+            trigger,
+            abort,
+            gone: gone_rx,
+            panic: Some(panic_tx),
+            idle_since: Some(tokio::time::Instant::now()),
+        });
         let restarted = matches!(self.lifecycle, Lifecycle::Restarting { .. });
         self.lifecycle = Lifecycle::Running;
         let detail = if restarted {
@@ -245,9 +255,18 @@ impl<B: TaskBody> Handler<GetTaskStatus<B::Status>> for SupervisedTask<B> {
 
     fn handle(&mut self, _msg: GetTaskStatus<B::Status>, _ctx: &mut Context<Self>) -> Self::Result {
         let progress = self.status.borrow().clone();
-        let starting_ms = match &self.run {
-            Some(run) if !progress.running() => Some(run.spawned.elapsed().as_millis() as u64),
-            _ => None,
+        // Counted from the spawn or from when the task stopped saying it
+        // runs, not from the spawn alone: a standby spawned hours ago that
+        // takes the lease over is starting its term, not hours late.
+        let starting_ms = match &mut self.run {
+            Some(run) if !progress.running() => {
+                Some(run.idle_since.get_or_insert_with(tokio::time::Instant::now).elapsed().as_millis() as u64)
+            }
+            Some(run) => {
+                run.idle_since = None;
+                None
+            }
+            None => None,
         };
         MessageResult(TaskStatus {
             lifecycle: self.lifecycle,

@@ -1,6 +1,7 @@
 //! Tests of the supervised-task shell's stop: the `StopActor` deadline is
-//! one budget for the body's drain and the wait for its task together; and
-//! of a restart: a new task does not inherit what the old one said.
+//! one budget for the body's drain and the wait for its task together; of
+//! a restart: a new task does not inherit what the old one said; and of the
+//! start count /health's grace reads (`starting_ms`).
 //!
 //! They run on a paused tokio clock (the actix system and the task share one
 //! current-thread runtime), so the durations asserted are virtual and exact,
@@ -203,5 +204,42 @@ fn a_restarted_task_does_not_inherit_the_old_tasks_role() {
         assert_eq!(st.restarts_in_window, 1, "restarted once");
         assert!(!st.running, "the new task has said nothing: not running");
         assert!(st.starting_ms.is_some(), "it is starting");
+    });
+}
+
+/// A task whose status the test writes: it runs until aborted.
+struct Puppet;
+
+impl TaskBody for Puppet {
+    const INFO: TaskInfo = TaskInfo { actor: ActorName::Projection, task: "puppet", on_abort: "nothing" };
+    type Status = Status;
+
+    fn spawn(&mut self, _deps: &ActorDeps, _shutdown: Shutdown) -> Result<TaskFuture, TaskError> {
+        Ok(std::future::pending::<Result<(), TaskError>>().boxed())
+    }
+}
+
+/// Review finding: a standby spawned an hour ago that takes the lease over
+/// and starts its term was reported "spawned 3600 s ago and still
+/// starting" (Degraded at once); its start is counted from when it stopped
+/// saying it runs, so it gets the start grace like a fresh task.
+#[test]
+fn a_task_that_stops_running_counts_its_start_from_then_not_from_its_spawn() {
+    on_paused_clock(|deps| async move {
+        let (status, _rx) = watch::channel(Status::default());
+        let sink = Sink.start();
+        let addr =
+            SupervisedTask::new(deps, Puppet, status.clone(), sink.clone().recipient(), sink.recipient()).start();
+        let ask = || addr.send(super::super::GetTaskStatus::<Status>::new());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(ask().await.unwrap().starting_ms, Some(2_000), "a fresh task: counted from its spawn");
+        status.send_modify(|s| s.standby = true);
+        assert_eq!(ask().await.unwrap().starting_ms, None, "a standby runs as intended");
+        tokio::time::sleep(Duration::from_secs(3_600)).await;
+        // The lease is taken over: no longer a standby, not running yet.
+        status.send_modify(|s| s.standby = false);
+        assert_eq!(ask().await.unwrap().starting_ms, Some(0), "counted from now, not from the spawn an hour ago");
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        assert_eq!(ask().await.unwrap().starting_ms, Some(40_000), "a term that never starts still leaves the grace");
     });
 }
