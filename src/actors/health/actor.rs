@@ -38,8 +38,9 @@ use std::time::Duration;
 
 use crate::relay::RelayStatus;
 
+use super::lag::{cdc_progress_age, lag_label, lag_seconds, projection_lag_seconds, relay_lag_gauges};
 use super::report::{ComponentHealth, HealthReport, HealthStatus, Lag};
-use super::rules::{evaluate, lag_gauges, lag_seconds, projection_lag_seconds, Probes, Reported, Thresholds};
+use super::rules::{evaluate, Probes, Reported, Thresholds};
 use crate::actors::dlq_actor::CountDeadLetters;
 use crate::actors::messages::{ActorError, ActorName, ComponentEvent, InjectFailure, Lifecycle, Ping, StopActor};
 use crate::actors::supervision::GetTaskStatus;
@@ -87,13 +88,6 @@ pub struct HealthCheckActor {
     interval: Option<SpawnHandle>,
     /// The role label the lag gauges were last set under.
     lag_role: Option<&'static str>,
-}
-
-/// How old `consumer`'s oldest saved CDC progress is (CQL only; None when
-/// there is none or the store did not answer within `t`).
-async fn cdc_progress_age(cql: Option<&crate::store::cql::CqlStore>, consumer: &str, t: Duration) -> Option<Duration> {
-    let at = tokio::time::timeout(t, cql?.cdc_oldest_progress(consumer)).await.ok()?.ok()??;
-    Some((Utc::now() - at).to_std().unwrap_or_default())
 }
 
 impl HealthCheckActor {
@@ -156,13 +150,13 @@ impl HealthCheckActor {
                 };
                 // CQL: the relay's oldest per-stream CDC progress, from the
                 // table, so it is known whatever state or instance the relay is in.
-                let cdc_ttl = cdc_progress_age(cql.as_deref(), &consumer, t).await.map(|age| (age, log_ttl));
+                let relay_cdc = cdc_progress_age(cql.as_deref(), &consumer, t).await;
                 // The CDC projection's own progress (the backlog knows only its parks).
-                let projection_cdc_age = match projection_enabled {
+                let projection_cdc = match projection_enabled {
                     true => cdc_progress_age(cql.as_deref(), crate::projection::cql::PROJECTION_CONSUMER, t).await,
-                    false => None,
+                    false => (None, None),
                 };
-                (relay_backlog, parked, projection_backlog, cdc_ttl, projection_cdc_age)
+                (relay_backlog, parked, projection_backlog, relay_cdc, projection_cdc)
             };
             let store_probe = async {
                 match tokio::time::timeout(t, store.probe()).await {
@@ -209,8 +203,9 @@ impl HealthCheckActor {
                 cdc,
                 (dlq, dlq_depth),
                 projection,
-                (relay_backlog, parked, projection_backlog, cdc_ttl, projection_cdc_age),
+                (relay_backlog, parked, projection_backlog, (relay_cdc_age, cdc_unreadable), projection_cdc),
             ) = tokio::join!(store_probe, order_probe, cdc_probe, dlq_probe, projection_probe, backlogs);
+            let cdc_log_ttl = cql.as_ref().map(|_| log_ttl);
             Probes {
                 now: Utc::now(),
                 store,
@@ -221,11 +216,14 @@ impl HealthCheckActor {
                 relay,
                 relay_backlog,
                 parked,
-                cdc_ttl,
+                cdc_ttl: relay_cdc_age.zip(cdc_log_ttl),
+                cdc_unreadable,
+                cdc_log_ttl,
                 projection_enabled,
                 projection,
                 projection_backlog,
-                projection_cdc_age,
+                projection_cdc_age: projection_cdc.0,
+                projection_cdc_unreadable: projection_cdc.1,
             }
         };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(fut).map(|mut probes, act, ctx| {
@@ -242,7 +240,7 @@ impl HealthCheckActor {
     fn lag_metrics(&mut self, probes: &Probes, t: &Thresholds) -> (Option<Lag>, Option<Lag>) {
         let m = &self.deps.metrics;
         let relay = probes.cdc.as_ref().map(|c| &c.progress).unwrap_or(&probes.relay);
-        let role = relay.role.label();
+        let role = lag_label(relay.role.label(), self.lag_role);
         if let Some(old) = self.lag_role.filter(|r| *r != role) {
             let _ = m.relay_lag_events.remove_label_values(&[old]);
             let _ = m.relay_lag_seconds.remove_label_values(&[old]);
@@ -256,7 +254,7 @@ impl HealthCheckActor {
             seconds: lag_seconds(&b, probes.now),
         };
         let relay_lag = probes.relay_backlog.map(lag);
-        let (events, seconds) = lag_gauges(probes.relay_backlog.as_ref(), probes.cdc_ttl, probes.now, t);
+        let (events, seconds) = relay_lag_gauges(probes, t);
         if let Some(e) = events {
             m.relay_lag_events.with_label_values(&[role]).set(e);
         }

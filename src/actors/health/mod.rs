@@ -3,9 +3,11 @@
 //!
 //! - [`report`]: what /health returns (read by the HTTP layer);
 //! - [`rules`]: the pure rules, probes -> verdict per component;
+//! - [`lag`]: the lag gauges' figures from the same probes;
 //! - [`actor`]: the HealthCheckActor that probes, evaluates and publishes.
 
 pub mod actor;
+pub mod lag;
 pub mod report;
 pub mod rules;
 

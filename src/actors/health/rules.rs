@@ -49,6 +49,8 @@ use crate::relay::status::FeedState;
 use crate::relay::{BreakerState, RelayStatus, Role};
 use crate::store::Backlog;
 
+use super::lag::lag_seconds;
+
 use super::report::HealthStatus;
 use crate::actors::messages::{ActorName, Lifecycle};
 use crate::actors::supervision::TaskStatus;
@@ -71,6 +73,11 @@ pub struct Probes {
     pub parked: Option<u64>,
     /// CDC feeds: age of the oldest unpublished change and the CDC log TTL.
     pub cdc_ttl: Option<(Duration, Duration)>,
+    /// CDC feeds: why the relay's CDC progress could not be read (its age,
+    /// hence the lag and the TTL guard, are unknown this check).
+    pub cdc_unreadable: Option<String>,
+    /// CDC feeds: the CDC log TTL (None on a feed without one).
+    pub cdc_log_ttl: Option<Duration>,
     /// Whether the backend has read models (a ProjectionActor was started).
     pub projection_enabled: bool,
     /// The ProjectionActor's answer (None: it did not answer).
@@ -78,6 +85,8 @@ pub struct Probes {
     pub projection_backlog: Option<Backlog>,
     /// CDC projection: age of its oldest per-stream progress (None elsewhere).
     pub projection_cdc_age: Option<Duration>,
+    /// CDC projection: why its progress could not be read.
+    pub projection_cdc_unreadable: Option<String>,
 }
 
 /// How long a freshly spawned relay or projector task may take to say it
@@ -147,42 +156,6 @@ fn lifecycle_health(actor: ActorName, l: Option<Lifecycle>, reported: &Reported)
         Some(Lifecycle::Running) => {
             (HealthStatus::Healthy, if note.is_empty() { "running".into() } else { format!("running; {note}") })
         }
-    }
-}
-
-/// The lag of a backlog in seconds at `now` (0 when nothing is unpublished).
-/// The relay's `relay_lag_events` and `relay_lag_seconds` from the store's
-/// backlog and, on a CDC feed, the age of its oldest progress: the larger
-/// of the oldest held event's age and that age past a caught-up reader's
-/// delay (so a caught-up reader reads 0, a stalled one its real lag). A
-/// feed without positions counts only held events: none is 0, not unknown.
-pub fn lag_gauges(
-    backlog: Option<&Backlog>,
-    cdc_ttl: Option<(Duration, Duration)>,
-    now: DateTime<Utc>,
-    t: &Thresholds,
-) -> (Option<i64>, Option<f64>) {
-    let events = backlog.and_then(|b| b.events.or(b.head.is_none().then_some(0)));
-    let held = backlog.map(|b| lag_seconds(b, now));
-    let cdc = cdc_ttl.map(|(age, _)| age.saturating_sub(t.cdc_reader_delay).as_secs_f64());
-    let seconds = match (held, cdc) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
-    (events, seconds)
-}
-
-/// `projection_lag_seconds`: the age of its held events and, for the CDC
-/// projection, of its progress past a caught-up reader's delay (the CQL
-/// backlog knows only parks: it read 0 with the reader hours behind).
-pub fn projection_lag_seconds(p: &Probes, t: &Thresholds) -> Option<f64> {
-    lag_gauges(p.projection_backlog.as_ref(), p.projection_cdc_age.map(|a| (a, Duration::ZERO)), p.now, t).1
-}
-
-pub fn lag_seconds(b: &Backlog, now: DateTime<Utc>) -> f64 {
-    match b.oldest {
-        Some(t) => ((now - t).num_milliseconds().max(0) as f64) / 1000.0,
-        None => 0.0,
     }
 }
 
@@ -276,6 +249,9 @@ fn relay_health(p: &Probes, task: &TaskStatus<RelayStatus>, t: Thresholds) -> (H
             return (status_of(v), format!("{detail}; {prog}"));
         }
     }
+    if let Some(e) = &p.cdc_unreadable {
+        return (HealthStatus::Degraded, format!("{}; {prog}", unreadable_progress("relay", e)));
+    }
     if let Some(r) = &relay.reconciliation {
         let age = r.oldest_pending_ms.map(Duration::from_millis);
         let (v, detail) = reconcile_health(r.pending, age, Duration::from_millis(r.bound_ms));
@@ -361,11 +337,47 @@ pub fn evaluate(p: &Probes, reported: &Reported, t: Thresholds) -> BTreeMap<&'st
         detail = format!("{detail}; {n} dead letters");
     }
     out.insert("dlq_actor", (st, detail));
-    out.insert("projections", projections_health(p, reported, t.projection_lag_degraded_events));
+    out.insert("projections", projections_health(p, reported, &t));
     out
 }
 
-fn projections_health(p: &Probes, reported: &Reported, lag_degraded_events: i64) -> (HealthStatus, String) {
+/// The detail of a CDC reader whose saved progress could not be read.
+fn unreadable_progress(reader: &str, error: &str) -> String {
+    format!("the {reader}'s CDC progress could not be read ({error}): its lag and the CDC log TTL guard are unknown")
+}
+
+/// The CDC projection's reader, from the age of its oldest saved progress:
+/// near the CDC log's TTL its changes expire unapplied (Degraded at 50 %,
+/// Unhealthy at 80 %, as the relay's); past a caught-up reader's delay by
+/// more than `health.lag_degraded_seconds` it is behind (Degraded); an
+/// unread progress is Degraded. None: nothing to report.
+fn projection_cdc_health(p: &Probes, t: &Thresholds) -> Option<(HealthStatus, String)> {
+    if let Some(e) = &p.projection_cdc_unreadable {
+        return Some((HealthStatus::Degraded, unreadable_progress("projector", e)));
+    }
+    let age = p.projection_cdc_age?;
+    if let Some(ttl) = p.cdc_log_ttl {
+        let (v, detail) = ttl_health(Some(age), ttl);
+        if v != Verdict::Healthy {
+            return Some((status_of(v), format!("projection: {detail}")));
+        }
+    }
+    let over = age.saturating_sub(t.cdc_reader_delay).as_secs();
+    (over > t.lag_degraded_seconds).then(|| {
+        (
+            HealthStatus::Degraded,
+            format!(
+                "the projector's oldest CDC progress is {} s old, {over} s over a caught-up reader's {} s (limit {} s): the read models are behind",
+                age.as_secs(),
+                t.cdc_reader_delay.as_secs(),
+                t.lag_degraded_seconds
+            ),
+        )
+    })
+}
+
+fn projections_health(p: &Probes, reported: &Reported, t: &Thresholds) -> (HealthStatus, String) {
+    let lag_degraded_events = t.projection_lag_degraded_events;
     if !p.projection_enabled {
         return (HealthStatus::Healthy, "read models are not available on this backend".into());
     }
@@ -384,6 +396,8 @@ fn projections_health(p: &Probes, reported: &Reported, lag_degraded_events: i64)
     if !pr.store_ok {
         let err = pr.last_error.clone().unwrap_or_else(|| "no error recorded".into());
         (HealthStatus::Degraded, format!("projector cannot read or write the store: {err}; {prog}"))
+    } else if let Some((st, detail)) = projection_cdc_health(p, t) {
+        (st, format!("{detail}; {prog}"))
     } else if pr.parked_aggregates > 0 {
         (HealthStatus::Degraded, format!("{} aggregates' read models parked at an event that cannot be applied (outboxd projections status); {prog}", pr.parked_aggregates))
     } else if lag > lag_degraded_events {

@@ -1,6 +1,7 @@
 //! Unit tests of the health rules (`rules.rs`): every state, including the
 //! ones that must never be reported healthy.
 
+use super::super::lag::{lag_gauges, lag_label, projection_lag_seconds, relay_lag_gauges};
 use super::super::report::COMPONENTS;
 use super::*;
 
@@ -34,7 +35,10 @@ fn probes() -> Probes {
         relay_backlog: Some(Backlog { checkpoint: Some(10), head: Some(10), events: Some(0), oldest: None }),
         parked: Some(0),
         cdc_ttl: None,
+        cdc_unreadable: None,
+        cdc_log_ttl: None,
         projection_cdc_age: None,
+        projection_cdc_unreadable: None,
         projection_enabled: true,
         projection: Some(TaskStatus {
             lifecycle: Lifecycle::Running,
@@ -456,4 +460,71 @@ fn projection_lag_seconds_counts_the_cdc_projections_progress_age() {
     assert_eq!(projection_lag_seconds(&p, &T), Some(9_000.0), "a held event older than the progress");
     p.projection_cdc_age = None;
     assert_eq!(projection_lag_seconds(&p, &T), Some(9_000.0), "SQLite: the backlog's age");
+}
+
+/// Review finding: on CQL one failed read of the CDC progress (a timeout
+/// on a loaded cluster) made the relay's lag 0 (the held events' age) and
+/// skipped the TTL and "not progressing" rules: /health said "relay
+/// running" with the reader 20 h behind, and every such check reset the lag
+/// alerts' `for`. Now it is Degraded, and the gauge keeps its last value.
+#[test]
+fn an_unread_cdc_progress_degrades_and_leaves_the_lag_gauge_alone() {
+    let mut p = probes();
+    p.relay_backlog = Some(Backlog { checkpoint: None, head: None, events: None, oldest: None });
+    p.cdc_log_ttl = Some(Duration::from_secs(86_400));
+    p.cdc_ttl = Some((Duration::from_secs(72_000), Duration::from_secs(86_400)));
+    assert_eq!(relay_lag_gauges(&p, &T).1, Some(72_000.0 - 66.0));
+    p.cdc_ttl = None;
+    p.cdc_unreadable = Some("no answer within 5s".into());
+    assert_eq!(relay_lag_gauges(&p, &T), (Some(0), None), "unknown seconds, not 0");
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded, "{}", v["cdc_processor"].1);
+    assert!(v["cdc_processor"].1.contains("could not be read (no answer within 5s)"), "{}", v["cdc_processor"].1);
+    p.cdc_unreadable = None;
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert_eq!(v["cdc_processor"].0, HealthStatus::Healthy, "none saved yet: {}", v["cdc_processor"].1);
+}
+
+/// Review finding: the CDC projection's reader had no health rule: hours
+/// behind, or its changes about to expire from the CDC log, /health still
+/// said "projector running". It now meets the relay's rules: the TTL guard
+/// (Degraded at 50 %, Unhealthy at 80 %), the lag past a caught-up
+/// reader's delay, and an unread progress.
+#[test]
+fn a_cdc_projection_behind_or_near_the_log_ttl_is_not_healthy() {
+    let at = |age: u64, unreadable: Option<&str>| {
+        let mut p = probes();
+        p.projection_backlog = Some(Backlog { checkpoint: None, head: None, events: None, oldest: None });
+        p.cdc_log_ttl = Some(Duration::from_secs(86_400));
+        p.projection_cdc_age = Some(Duration::from_secs(age)).filter(|_| unreadable.is_none());
+        p.projection_cdc_unreadable = unreadable.map(Into::into);
+        let v = evaluate(&p, &HashMap::new(), T);
+        (v["projections"].clone(), projection_lag_seconds(&p, &T))
+    };
+    assert_eq!(at(30, None).0 .0, HealthStatus::Healthy, "caught up");
+    assert_eq!(at(66 + 60, None).0 .0, HealthStatus::Healthy, "at the limit");
+    let ((st, detail), _) = at(66 + 61, None);
+    assert_eq!(st, HealthStatus::Degraded, "{detail}");
+    assert!(detail.contains("the read models are behind"), "{detail}");
+    let ((st, detail), _) = at(50_000, None);
+    assert_eq!(st, HealthStatus::Degraded, "{detail}");
+    assert!(detail.contains("of the CDC log TTL"), "{detail}");
+    assert_eq!(at(70_000, None).0 .0, HealthStatus::Unhealthy);
+    let ((st, detail), lag) = at(0, Some("no answer within 5s"));
+    assert_eq!(st, HealthStatus::Degraded, "{detail}");
+    assert!(detail.contains("projector's CDC progress could not be read"), "{detail}");
+    assert_eq!(lag, None, "the gauge keeps its last value");
+}
+
+/// Review finding: a relay restart (a new task has not read the lease yet)
+/// moved the lag gauges from `role="active"` to `role="unknown"` for a
+/// check, resetting the `for` of the alerts on `role="active"`. An unknown
+/// role keeps the last known role's label; a known one replaces it.
+#[test]
+fn the_lag_gauges_keep_their_role_label_while_the_role_is_unknown() {
+    assert_eq!(lag_label("unknown", Some("active")), "active");
+    assert_eq!(lag_label("unknown", Some("standby")), "standby");
+    assert_eq!(lag_label("unknown", None), "unknown", "nothing known yet");
+    assert_eq!(lag_label("standby", Some("active")), "standby");
+    assert_eq!(lag_label("active", Some("unknown")), "active");
 }
