@@ -148,3 +148,34 @@ fn the_lease_ttl_leaves_room_for_one_busy_renewal() {
     accepted(&|c| c.relay.lease_ttl_ms = 3_000);
     refused(&|c| c.relay.lease_ttl_ms = 600_001, "relay.lease_ttl_ms");
 }
+
+/// Review finding: for several datacenters the docs said "use `serial`"
+/// and left reads at `local_quorum`, which can miss a park or lease that a
+/// compare-and-set committed in another datacenter (LWT commits get no
+/// hints): the pair is refused; `serial` with `quorum` (or `all`) is the
+/// multi-datacenter setting. Checked only where the CQL store is used.
+#[test]
+fn serial_compare_and_set_needs_quorum_reads() {
+    use super::store::Backend;
+    let cql = |c: &mut Config| {
+        c.store.backend = Backend::Cql;
+        c.store.cql.serial_consistency = "serial".into();
+    };
+    refused(&|c| cql(c), "store.cql.serial_consistency = \"serial\" (instances in several datacenters) needs store.cql.consistency = quorum or all");
+    accepted(&|c| {
+        cql(c);
+        c.store.cql.consistency = "quorum".into();
+    });
+    accepted(&|c| {
+        cql(c);
+        c.store.cql.consistency = "ALL".into();
+    });
+    accepted(&|c| c.store.backend = Backend::Cql);
+    refused(
+        &|c| {
+            c.store.backend = Backend::Cql;
+            c.store.cql.consistency = "each_quorum".into();
+        },
+        "ScyllaDB refuses reads at EACH_QUORUM",
+    );
+}

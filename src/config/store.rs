@@ -184,21 +184,27 @@ fn yes() -> bool {
 /// Only a quorum or more: the relay decides on what it reads (the parked
 /// aggregates at a term's start, requests, leases), and a read below a
 /// quorum can miss a row a compare-and-set committed (a park it would then
-/// publish past, out of order); `any` cannot read at all.
+/// publish past, out of order); `any` cannot read at all. `each_quorum`
+/// is refused too: ScyllaDB takes it for writes only, so every read (the
+/// store's and scylla-cdc's) would fail.
 pub fn parse_consistency(s: &str) -> Result<Consistency, ConfigError> {
     Ok(match s.trim().to_ascii_lowercase().as_str() {
         "quorum" => Consistency::Quorum,
         "all" => Consistency::All,
         "local_quorum" => Consistency::LocalQuorum,
-        "each_quorum" => Consistency::EachQuorum,
         low @ ("any" | "one" | "two" | "three" | "local_one") => {
             return Err(ConfigError(format!(
-                "store.cql.consistency = {low:?}: below a quorum, a read can miss what a compare-and-set committed (a parked aggregate, a lease); use local_quorum, quorum, each_quorum or all"
+                "store.cql.consistency = {low:?}: below a quorum, a read can miss what a compare-and-set committed (a parked aggregate, a lease); use local_quorum, quorum or all"
             )))
+        }
+        "each_quorum" => {
+            return Err(ConfigError(
+                "store.cql.consistency = \"each_quorum\": ScyllaDB refuses reads at EACH_QUORUM (writes only) and this setting serves reads too; use quorum for several datacenters".into(),
+            ))
         }
         _ => {
             return Err(ConfigError(format!(
-                "store.cql.consistency = {s:?}: expected one of local_quorum, quorum, each_quorum, all"
+                "store.cql.consistency = {s:?}: expected one of local_quorum, quorum, all"
             )))
         }
     })
@@ -215,8 +221,17 @@ pub fn parse_serial_consistency(s: &str) -> Result<SerialConsistency, ConfigErro
 
 impl CqlConfig {
     fn validate_numbers(&self) -> Result<(), ConfigError> {
-        parse_consistency(&self.consistency)?;
-        parse_serial_consistency(&self.serial_consistency)?;
+        let reads = parse_consistency(&self.consistency)?;
+        let serial = parse_serial_consistency(&self.serial_consistency)?;
+        // `serial` decides compare-and-sets across datacenters; a read in one
+        // of them then needs a global quorum to see them: at local_quorum it
+        // can miss a park, lease or request committed in another one (a
+        // leader there parked an aggregate this one would publish past).
+        if serial == SerialConsistency::Serial && reads == Consistency::LocalQuorum {
+            return Err(ConfigError(
+                "store.cql.serial_consistency = \"serial\" (instances in several datacenters) needs store.cql.consistency = quorum or all: a local_quorum read can miss what a compare-and-set committed in another datacenter".into(),
+            ));
+        }
         if self.replication_factor == 0 {
             return Err(ConfigError("store.cql.replication_factor must be >= 1".into()));
         }

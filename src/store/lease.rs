@@ -14,7 +14,11 @@
 //! - `set_checkpoint_fenced` moves the named checkpoint only while the
 //!   lease's epoch is the caller's, in the same atomic step; otherwise it
 //!   fails with `StoreError::Fenced` and writes nothing. A former holder can
-//!   therefore never move a checkpoint after a takeover.
+//!   therefore never move a checkpoint after a takeover. One exception,
+//!   CQL: a write whose outcome was unknown, resolved by a SERIAL read after
+//!   a takeover, answers `Fenced` though it may have applied before the
+//!   takeover (the read cannot tell); the position it wrote is one the
+//!   caller had confirmed, and `Fenced` ends its term all the same.
 //! - Lease operations never wait behind the append path (SQLite: their own
 //!   connection with a short busy timeout, not the group-commit queue).
 

@@ -218,6 +218,9 @@ mod tests {
             assert!(parse_consistency(low).unwrap_err().to_string().contains("below a quorum"), "{low}");
         }
         assert!(parse_consistency("most").unwrap_err().to_string().contains("store.cql.consistency"));
+        // Review finding: ScyllaDB refuses reads at EACH_QUORUM (writes
+        // only), and this level serves every read.
+        assert!(parse_consistency("EACH_QUORUM").unwrap_err().to_string().contains("ScyllaDB refuses reads"));
         assert_eq!(parse_serial_consistency("local_serial").unwrap(), SerialConsistency::LocalSerial);
         assert_eq!(parse_serial_consistency("SERIAL").unwrap(), SerialConsistency::Serial);
         assert!(parse_serial_consistency("quorum").unwrap_err().to_string().contains("serial_consistency"));
