@@ -286,8 +286,13 @@ async fn a_rewind_whose_checkpoint_write_fails_is_reported_failed() {
     assert!(r.result.as_ref().unwrap()["error"].as_str().unwrap_or_default().contains("injected"), "{:?}", r.result);
     assert_eq!(relay.metrics.relay_rewinds.get(), 0, "a rewind that did not happen is not counted");
     assert_eq!(store.get_checkpoint(name).await.unwrap(), Some(3), "the checkpoint did not move");
-    // The term ended (a runner starts the next one): start another here.
-    relay.stop().await;
+    // The term ended as a failed one (a runner backs off and starts the
+    // next), not as "rewound" (the runner logged a rewind that did not happen).
+    let end = relay.ended(Duration::from_secs(30)).await;
+    assert!(
+        matches!(&end, Err(outboxd::relay::pipeline::RelayError::Store(e)) if e.contains("the rewind to position 0 did not happen")),
+        "{end:?}"
+    );
     let relay = start_relay(&c, store.clone());
 
     let rewind = RelayRequest::new(name, RequestKind::RewindToPosition { position: 0 }, "test");

@@ -122,8 +122,18 @@ impl Run {
                             serde_json::json!({ "error": format!("the checkpoint could not be moved back: {e}") });
                         self.finish_request(id, RequestStatus::Failed, result).await;
                     }
-                    // Nothing was rewound: the next term starts from the persisted checkpoint.
-                    Ok(exit)
+                    // Nothing was rewound: the deliveries confirmed meanwhile
+                    // are persisted if the store takes it, and the term ends
+                    // as a failed one (not "rewound": the runner would log a
+                    // rewind that did not happen), the next starting from the
+                    // persisted checkpoint.
+                    self.persist(true).await;
+                    if self.exit.take() == Some(Exit::LeaseLost) {
+                        return Ok(Exit::LeaseLost);
+                    }
+                    Err(RelayError::Store(format!(
+                        "the rewind to position {to} did not happen: the checkpoint could not be moved back: {e}"
+                    )))
                 }
             };
         }

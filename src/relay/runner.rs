@@ -115,7 +115,7 @@ impl RelayRunner {
                         // stores fence each other's transactional producer
                         // for ever). Backed off as a failed term; the keeper
                         // learns of a takeover meanwhile.
-                        let e = format!("relay term fenced (by the store or the broker) while this instance's lease is still at epoch {}: another instance publishes as consumer {} (relay.consumer_name must be distinct per store)", term_epoch.unwrap_or_default(), self.config.relay.consumer_name);
+                        let e = format!("relay term fenced (by the store or the broker) while this instance's lease is still at epoch {}: another instance publishes as consumer {} (relay.consumer_name must be distinct per store), or, with exactly-once, the broker aborted a transaction that outlived relay.transaction_timeout_ms (a slow broker)", term_epoch.unwrap_or_default(), self.config.relay.consumer_name);
                         if !self.after_failed_term(&mut fatal_restarts, term_started, e, &mut shutdown).await {
                             return Ok(());
                         }
