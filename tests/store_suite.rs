@@ -247,6 +247,8 @@ async fn fenced_parking(s: DynStore) {
         s.parked(name).await.unwrap().into_iter().map(|p| p.parked.aggregate_id).collect::<Vec<_>>()
     };
     assert_eq!(parked(s.clone()).await, vec![agg.clone()]);
+    // What the projector reads before every page: the same parks, no counts.
+    assert_eq!(s.parked_positions(name).await.unwrap(), vec![(agg.clone(), Some(1))]);
 
     // "b" takes the lease over: epoch 2.
     assert!(s.lease_cas(&LeaseCas { expected: Some((1, 0)), new: lease(2, "b") }).await.unwrap());
@@ -261,6 +263,7 @@ async fn fenced_parking(s: DynStore) {
     assert_eq!(parked(s.clone()).await, vec![agg.clone()], "nothing changed");
     assert!(s.unpark_fenced(name, &agg, 2).await.unwrap(), "the holder unparks");
     assert!(parked(s.clone()).await.is_empty());
+    assert!(s.parked_positions(name).await.unwrap().is_empty());
 }
 
 /// Operator requests are claimed and finished only at the lease's epoch: a

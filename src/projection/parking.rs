@@ -103,10 +103,10 @@ impl ProjectionParking {
         if !self.loaded || !self.parked.is_empty() {
             self.pending.clear();
             self.parked = store
-                .parked(&self.consumer)
+                .parked_positions(&self.consumer)
                 .await?
                 .into_iter()
-                .map(|p| (Arc::from(p.parked.aggregate_id.as_str()), p.parked.position.unwrap_or(i64::MIN)))
+                .map(|(agg, position)| (Arc::from(agg.as_str()), position.unwrap_or(i64::MIN)))
                 .collect();
             self.loaded = true;
         }

@@ -399,6 +399,7 @@ impl Deliverer {
         };
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().unwrap_or_else(|p| p.into_inner()).insert(token, tx);
+        let mut waiter = Waiter { waiters: &self.waiters, token, handed_over: false };
         let (topic, headers, value, key, at) = {
             let mut enc = self.encoder.lock().unwrap_or_else(|p| p.into_inner());
             match out {
@@ -429,10 +430,9 @@ impl Deliverer {
         let queued =
             when_room(pause, || self.producer.send(&topic, key, &value, headers.clone(), at.timestamp_millis(), token))
                 .await;
-        if let Err(err) = queued {
-            self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
-            return Err(err);
-        }
+        queued?;
+        // Handed over: its delivery report removes the waiter.
+        waiter.handed_over = true;
         drop(shared.take());
         self.metrics.messages_sent.with_label_values(&[&*topic]).inc();
         let report =
@@ -450,6 +450,24 @@ impl Deliverer {
 
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker(|b| b.state(Instant::now()))
+    }
+}
+
+/// A delivery call's waiter entry, removed when the call ends before its
+/// record was handed over (a refusal, or the call dropped while it waited
+/// its turn: a term that ended); a handed-over record's entry is removed by
+/// its delivery report.
+struct Waiter<'a> {
+    waiters: &'a Waiters,
+    token: usize,
+    handed_over: bool,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.token);
+        }
     }
 }
 

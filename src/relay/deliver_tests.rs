@@ -338,3 +338,20 @@ async fn a_record_refused_with_its_batch_is_resent_alone_and_only_the_bad_one_is
     }
     assert_eq!(keys, vec![good.aggregate_id.to_string()]);
 }
+
+/// Review finding: a delivery call dropped before its record was handed
+/// over (its term ended while it waited its turn behind a record sent
+/// alone) left its waiter entry behind for good; the entry goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_dropped_before_its_record_was_handed_over_leaves_no_waiter() {
+    let Some((d, _store, _config)) = deliverer("deliver: dropped call", PermanentFailurePolicy::ParkAggregate).await
+    else {
+        return;
+    };
+    let ev = RawEvent::from_envelope(&events(Uuid::now_v7(), 0, 1).remove(0), 1).unwrap();
+    let turn = d.solo.write().await; // another record is being delivered alone
+    let call = d.send_and_wait(Out::Event(&ev), false);
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(200), call).await.is_err(), "it waits its turn");
+    drop(turn);
+    assert!(d.waiters.lock().unwrap().is_empty(), "the dropped call's waiter is gone");
+}

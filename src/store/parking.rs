@@ -71,6 +71,13 @@ pub trait ParkingStore: Send + Sync {
     async fn park(&self, p: &Parked) -> Result<(), StoreError>;
     /// Parked aggregates of `consumer` with their held counts.
     async fn parked(&self, consumer: &str) -> Result<Vec<ParkedInfo>, StoreError>;
+    /// Only which aggregates of `consumer` are parked, and at which feed
+    /// position (None: a backend without positions): what a hot loop needs
+    /// (the projector reads it before every page while anything is parked),
+    /// without the held counts `parked` computes per park.
+    async fn parked_positions(&self, consumer: &str) -> Result<Vec<(String, Option<i64>)>, StoreError> {
+        Ok(self.parked(consumer).await?.into_iter().map(|p| (p.parked.aggregate_id, p.parked.position)).collect())
+    }
     /// Removes the park record; `false` if there was none.
     async fn unpark(&self, consumer: &str, aggregate_id: &str) -> Result<bool, StoreError>;
     /// `park`, only while lease `p.consumer` is at `epoch` (`Fenced` otherwise):

@@ -182,6 +182,28 @@ mod tests {
         assert!(matches!(&fenced, Err(StoreError::Unavailable(m)) if m.contains("commit failed")), "{fenced:?}");
     }
 
+    /// Review finding: a panic on the lease connection poisoned its lock,
+    /// and every lease write after it failed for the process's life (the
+    /// relay and projector standing by for good, the store "healthy"). It
+    /// is answered as an unknown outcome, its open transaction rolled back,
+    /// and the next lease write goes through.
+    #[tokio::test]
+    async fn a_panic_on_the_lease_connection_does_not_disable_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::default().store.sqlite;
+        let store = crate::store::sqlite::SqliteStore::open(dir.path().join("p.db"), cfg).await.unwrap();
+        let r = store
+            .lease_op(|c| -> Result<(), StoreError> {
+                c.execute_batch("BEGIN IMMEDIATE; DELETE FROM relay_leases;").unwrap();
+                panic!("injected lease-op panic")
+            })
+            .await;
+        assert!(matches!(&r, Err(StoreError::OutcomeUnknown(m)) if m.contains("injected lease-op panic")), "{r:?}");
+        let taken = store.lease_op(|c| cas(c, &take("relay"))).await;
+        assert_eq!(taken.unwrap(), true, "the next lease write goes through");
+        assert_eq!(store.lease_op(|c| get(c, "relay")).await.unwrap().map(|l| l.epoch), Some(1));
+    }
+
     /// Review finding: a lease row whose column holds the wrong type (a
     /// hand edit, a foreign writer) was reported `Unavailable`, retried
     /// forever; it is a stored row that cannot be decoded (`Codec`).

@@ -331,6 +331,11 @@ impl SqliteStore {
     /// Runs `f` on the lease connection (off the async runtime, not through
     /// the writer queue); never on a database file deleted or replaced
     /// under the store (a renewal there would hold a lease no one sees).
+    /// An `f` that panics is answered `OutcomeUnknown` (it may have
+    /// committed first) after the transaction it left open is rolled back,
+    /// and does not disable the connection (a poisoned lock refused every
+    /// lease write for the process's life, the relay and projector
+    /// standing by for good).
     pub(crate) async fn lease_op<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -339,7 +344,16 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || {
             file.check()?;
             let _waiting = LeaseWaiting::enter(waiting);
-            conn.lock().map_err(unavailable).and_then(|mut c| f(&mut c))
+            let mut c = conn.lock().unwrap_or_else(|poisoned| {
+                let c = poisoned.into_inner();
+                writer::end_open_transaction(&c);
+                conn.clear_poison();
+                c
+            });
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut c))).unwrap_or_else(|payload| {
+                writer::end_open_transaction(&c);
+                Err(writer::exec_panicked(payload))
+            })
         })
         .await
         .map_err(unavailable)?

@@ -28,6 +28,18 @@ pub(crate) fn park(c: &Connection, p: &Parked) -> Result<(), StoreError> {
     .map_err(|e| write_failure(c, e))
 }
 
+/// The parked aggregates of `consumer` and their positions: no held count
+/// (a count per park is an index probe each, read before every projector
+/// page while anything is parked).
+pub(super) fn parked_positions(c: &Connection, consumer: &str) -> Result<Vec<(String, Option<i64>)>, StoreError> {
+    let mut st = c
+        .prepare_cached("SELECT aggregate_id, position FROM parked_aggregates WHERE consumer = ?1")
+        .map_err(unavailable)?;
+    let rows =
+        st.query_map([consumer], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))).map_err(unavailable)?;
+    rows.map(|r| r.map_err(read_failure)).collect()
+}
+
 pub(super) fn parked(c: &Connection, consumer: &str) -> Result<Vec<ParkedInfo>, StoreError> {
     let mut st = c
         .prepare_cached(

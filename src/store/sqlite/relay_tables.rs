@@ -53,6 +53,11 @@ impl ParkingStore for SqliteStore {
         self.read(move |c| parking::parked(c, &consumer)).await
     }
 
+    async fn parked_positions(&self, consumer: &str) -> Result<Vec<(String, Option<i64>)>, StoreError> {
+        let consumer = consumer.to_string();
+        self.read(move |c| parking::parked_positions(c, &consumer)).await
+    }
+
     async fn unpark(&self, consumer: &str, aggregate_id: &str) -> Result<bool, StoreError> {
         self.faults.check_named(crate::store::faults::UNPARK)?;
         let (consumer, aggregate_id) = (consumer.to_string(), aggregate_id.to_string());

@@ -174,7 +174,7 @@ pub(super) fn writer_loop(
 /// without committing a `BEGIN` of its own): the next group would otherwise
 /// commit it as part of its own. A `rusqlite::Transaction` rolls back when
 /// dropped, unwinding included; this catches the rest.
-fn end_open_transaction(conn: &Connection) {
+pub(super) fn end_open_transaction(conn: &Connection) {
     if !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
     }
