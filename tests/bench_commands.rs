@@ -56,22 +56,58 @@ fn positive(v: &Value, path: &str) -> f64 {
     n
 }
 
+/// The series `key` of `v` has one sample per round: 3.
+fn three_rounds(v: &Value, key: &str) {
+    let n = v[key]["samples"].as_array().unwrap_or_else(|| panic!("{key}/samples missing in {v}")).len();
+    assert_eq!(n, 3, "{key}: 3 rounds: {v}");
+}
+
+/// A setting the human lines print, present in the JSON as a string.
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+/// Each daemon stopped by SIGTERM and its own topics deleted: one whose
+/// cleanup failed cannot hide behind the others' deleted topics.
+fn stopped_cleanly(stop: &Value, v: &Value) {
+    assert!(text(stop, "how").starts_with("daemon stopped by SIGTERM"), "{stop} in {v}");
+    assert!(stop["cleanup_error"].is_null(), "its topics were not deleted: {stop} in {v}");
+    let deleted = stop["topics_deleted"].as_array().unwrap_or_else(|| panic!("topics_deleted in {stop}"));
+    assert!(!deleted.is_empty(), "each daemon deletes the topics it created: {stop} in {v}");
+}
+
 fn check(bench: &str, v: &Value) {
     assert_eq!(v["bench"], bench, "{v}");
     match bench {
         "append" => {
             positive(v, "raw/median");
             positive(v, "store/ratio/median");
-            assert_eq!(v["store"]["samples"].as_array().unwrap().len(), 3, "3 rounds: {v}");
+            for k in ["raw", "store", "store_renewing", "cpu_raw", "cpu_store"] {
+                three_rounds(v, k);
+            }
             positive(v, "store_renewing/ratio/median");
             positive(v, "lease_renewals");
             positive(v, "cpu_raw/median");
             positive(v, "cpu_store/ratio/median");
+            assert!(["full", "normal"].contains(&text(v, "synchronous")), "{v}");
+            positive(v, "warmup_events");
         }
         "relay" => {
             for k in ["bare", "relay_at_least_once", "relay_exactly_once", "bare_hot", "relay_hot"] {
                 positive(v, &format!("{k}/median"));
+                three_rounds(v, k);
             }
+            for k in [
+                "relay_at_least_once_running",
+                "relay_start_ms",
+                "cpu_bare",
+                "cpu_relay_at_least_once",
+                "cpu_relay_exactly_once",
+            ] {
+                three_rounds(v, k);
+            }
+            assert!(!text(v, "compression").is_empty(), "{v}");
+            positive(v, "hot_events");
             positive(v, "relay_at_least_once/ratio/min");
             // The same passes timed from the relay's report of running, and that start.
             positive(v, "relay_at_least_once_running/ratio/median");
@@ -95,24 +131,43 @@ fn check(bench: &str, v: &Value) {
         }
         "rebuild" => {
             positive(v, "rebuild/events_per_sec");
+            // What the text prints beside the rebuild's report.
+            positive(v, "rebuild/read_model_rows");
+            positive(v, "rebuild/us_per_event");
+            assert_eq!(v["rebuild"]["appended"], v["rebuild"]["events"], "{v}");
+            assert!(v["rebuild"]["synchronous"].is_string(), "{v}");
         }
         "cql" => {
             positive(v, "store/ratio/median");
-            assert_eq!(v["store"]["samples"].as_array().unwrap().len(), 3, "3 rounds: {v}");
-            assert_eq!(v["raw"]["samples"].as_array().unwrap().len(), 3, "3 rounds: {v}");
+            three_rounds(v, "store");
+            three_rounds(v, "raw");
+            positive(v, "events");
+            positive(v, "concurrency");
+            positive(v, "warmup_events");
         }
         "http" => {
             positive(v, "api/ratio/median");
             positive(v, "service/ratio/median");
             positive(v, "api_over_service/median");
+            for k in ["api", "service", "bare", "api_over_service"] {
+                three_rounds(v, k);
+            }
             positive(v, "latency_ms/p99");
+            positive(v, "warmup_requests");
             assert_eq!(v["created"], v["requests"], "every POST /orders created: {v}");
             assert_eq!(v["service_created"], v["requests"], "every in-process order created: {v}");
+            let stops = v["daemon_stops"].as_array().unwrap_or_else(|| panic!("daemon_stops missing in {v}"));
+            assert_eq!(stops.len(), 3, "one daemon per round: {v}");
+            for stop in stops {
+                stopped_cleanly(stop, v);
+            }
         }
         "backlog" => {
             assert_eq!(v["events"], 3000, "{v}");
             positive(v, "vm_hwm_mb");
+            positive(v, "seed_seconds");
             assert_eq!(v["rss_by_progress"].as_array().unwrap().len(), 10, "{v}");
+            stopped_cleanly(&v["daemon_stop"], v);
         }
         _ => unreachable!(),
     }
@@ -162,6 +217,9 @@ fn every_documented_bench_command_runs_and_prints_its_figures_as_json() {
             // A documented --raw-batch takes effect (256 when not given).
             let want = words.windows(2).find(|w| w[0] == "--raw-batch").map_or("256", |w| w[1]);
             assert_eq!(v["raw_batch"].to_string(), want, "`{line}`: {v}");
+            // So does a documented `synchronous` (full when not given).
+            let sync = if line.contains("SYNCHRONOUS=normal") { "normal" } else { "full" };
+            assert_eq!(v["synchronous"], sync, "`{line}`: {v}");
         }
         eprintln!("ran `{line}` (small, --json): {v}");
         ran += 1;

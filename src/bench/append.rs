@@ -1,6 +1,9 @@
 //! `bench append`: the SQLite store's append against a raw batched INSERT of
 //! the same rows (`--raw-batch` rows per commit), same machine, same run:
-//! 3 interleaved rounds (raw, store) on fresh files, median with min/max.
+//! an untimed warm-up of both sides, then 3 interleaved rounds (raw, store,
+//! store with a lease renewed) on fresh files, median with min/max. Each
+//! store pass waits for its writer thread to close its connection (SQLite's
+//! final checkpoint) before the next pass starts.
 //!
 //! Guarantee: only measures and prints.
 
@@ -89,7 +92,8 @@ async fn store_pass(
     renewing: bool,
 ) -> anyhow::Result<(f64, u64, f64)> {
     let total: usize = events.iter().map(Vec::len).sum();
-    let store: crate::store::DynStore = SqliteStore::open(path, cfg.store.sqlite.clone()).await?;
+    let sqlite = SqliteStore::open(path, cfg.store.sqlite.clone()).await?;
+    let store: crate::store::DynStore = sqlite.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let renewer = renewing.then(|| tokio::spawn(renew_lease(store.clone(), stopped)));
     let mut per_worker: Vec<Vec<Vec<EventEnvelope>>> = (0..concurrency.max(1)).map(|_| Vec::new()).collect();
@@ -120,8 +124,16 @@ async fn store_pass(
     };
     let stored = store.head_position().await?;
     anyhow::ensure!(stored as usize == total, "store holds {stored} events, expected {total}");
+    // Its writer's close (the final checkpoint's fsyncs) ends before the next pass starts.
+    drop(store);
+    super::close(sqlite).await?;
     Ok((rate, renewals, cpu))
 }
+
+/// Events of the untimed warm-up of each side (same shape as the rounds,
+/// at most `--aggregates` of them): the first database work of the process
+/// (page cache, allocator, file system) is in neither side's figures.
+const WARMUP_EVENTS: usize = 3_000;
 
 /// What `bench append` runs: `n` aggregates of `k` events, `concurrency`
 /// appenders, the raw baseline committing `raw_batch` rows at a time.
@@ -141,10 +153,21 @@ pub(super) async fn bench_append(
     let Shape { n, k, concurrency, raw_batch } = shape;
     let tmp = tempdir(dir)?;
     let total = n * k;
-    r.say(format!("bench append: {n} aggregates x {k} events = {total} events, one append per event, {concurrency} concurrent appenders, raw baseline {raw_batch} rows per commit, synchronous={:?}; 3 interleaved rounds", cfg.store.sqlite.synchronous));
+    let sync = cfg.store.sqlite.synchronous;
+    let warm_k = k.min(WARMUP_EVENTS);
+    let warm_n = (WARMUP_EVENTS / warm_k).clamp(1, n);
+    r.say(format!("bench append: {n} aggregates x {k} events = {total} events, one append per event, {concurrency} concurrent appenders, raw baseline {raw_batch} rows per commit, synchronous={}; a warm-up of {} events each side, then 3 interleaved rounds", sync.pragma().to_lowercase(), warm_n * warm_k));
+    r.set("aggregates", n);
+    r.set("events_per_aggregate", k);
     r.set("events", total);
     r.set("concurrency", concurrency);
     r.set("raw_batch", raw_batch);
+    r.set("synchronous", sync);
+    r.set("warmup_events", warm_n * warm_k);
+    // Warm-up (untimed), both sides on files of their own.
+    let warm = sample_events(warm_n, warm_k);
+    raw_pass(cfg, tmp.join("warm-raw.db"), warm.clone(), raw_batch).await?;
+    store_pass(cfg, tmp.join("warm-store.db"), warm, concurrency, false).await?;
     let (mut raw, mut store, mut renewing, mut renewals) = (vec![], vec![], vec![], 0);
     // CPU per event of each pass (this process: callers, writer thread, raw loop).
     let (mut cpu_raw, mut cpu_store) = (vec![], vec![]);

@@ -64,11 +64,14 @@ pub async fn run(
     let t = Instant::now();
     seed(&store, n, size).await?;
     let head = store.head_position().await?;
+    let seeded = t.elapsed().as_secs_f64();
     r.say(format!(
-        "bench backlog: {head} events of ~{size} bytes seeded in {:.1} s; a real `outboxd run` (relay to {}, projections on) drains them",
-        t.elapsed().as_secs_f64(),
+        "bench backlog: {head} events of ~{size} bytes seeded in {seeded:.1} s; a real `outboxd run` (relay to {}, projections on) drains them",
         base.kafka.brokers
     ));
+    r.set("size", size);
+    r.set("seed_seconds", seeded);
+    r.set("brokers", &base.kafka.brokers);
     let consumer = base.relay.consumer_name.clone();
     // Timed from the spawn: the relay drains while the child still starts
     // (before its /health/live answers), and those events count.
@@ -118,6 +121,7 @@ pub async fn run(
     r.set("vm_rss_max_mb", mb(max_rss));
     r.set("rss_by_progress", at);
     r.set("topics_deleted", &stopped.topics_deleted);
+    r.set("daemon_stop", &stopped);
     drop(store);
     Ok(())
 }

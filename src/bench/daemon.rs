@@ -1,7 +1,8 @@
 //! A real `outboxd run` child for the benchmarks that measure the daemon
 //! (`http`, `backlog`): spawned from this binary on free ports, waited for
-//! until `/health/live` answers, stopped with SIGTERM; plain HTTP/1.1 on a
-//! keep-alive connection; the child's memory read from /proc.
+//! until `/health/live` answers (and, on request, until /health reports its
+//! relay running), stopped with SIGTERM; plain HTTP/1.1 on a keep-alive
+//! connection; the child's memory read from /proc.
 //!
 //! Guarantee: the child is killed when dropped (never left running); its
 //! topics (a fresh `bench<uuid>.` prefix) are deleted when it is stopped.
@@ -64,6 +65,8 @@ pub async fn request(
 pub struct Daemon {
     child: tokio::process::Child,
     pub api: u16,
+    /// Its admin server (/health).
+    admin: u16,
     /// The bench's Kafka settings under the child's own topic prefix.
     kafka: KafkaConfig,
 }
@@ -111,7 +114,7 @@ impl Daemon {
             .env("RUST_LOG", "warn")
             .kill_on_drop(true)
             .spawn()?;
-        let d = Daemon { child, api, kafka };
+        let d = Daemon { child, api, admin, kafka };
         let up = Instant::now();
         loop {
             if let Ok(s) = TcpStream::connect(("127.0.0.1", admin)).await {
@@ -122,6 +125,32 @@ impl Daemon {
             }
             anyhow::ensure!(up.elapsed() < Duration::from_secs(30), "daemon did not come up");
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits, up to `within`, until the child's /health reports its relay
+    /// running (`relay.running`: lease read, topics created, feed opened;
+    /// the health check reruns at once when that changes), so a pass timed
+    /// next does not share the machine with the relay's start.
+    pub async fn relay_running(&self, within: Duration) -> anyhow::Result<()> {
+        let up = Instant::now();
+        let mut last = String::from("no answer");
+        loop {
+            if let Ok(s) = TcpStream::connect(("127.0.0.1", self.admin)).await {
+                if let Ok((_, body)) = request(&mut BufReader::new(s), "GET", "/health", "", None).await {
+                    let health: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if health["relay"]["running"] == true {
+                        return Ok(());
+                    }
+                    last = health["components"]["cdc_processor"]["detail"].to_string();
+                }
+            }
+            anyhow::ensure!(
+                up.elapsed() < within,
+                "the daemon's relay did not report running within {} s (last: {last})",
+                within.as_secs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

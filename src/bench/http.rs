@@ -4,10 +4,14 @@
 //! append: no HTTP, no actor, no relay, no read models), and the bare store
 //! append rate with the same concurrency, 3 interleaved rounds in one run.
 //! The middle subject splits the gap between the API and bare appends into
-//! the command path and everything the daemon does around it.
+//! the command path and everything the daemon does around it. Each daemon
+//! is timed once /health reports its relay running and its clients have
+//! sent untimed requests; the in-process sides are warmed up before round
+//! 1, and each waits for its store's writer thread to end (SQLite's final
+//! checkpoint) before the next pass starts.
 //!
 //! Guarantee: only measures and prints.
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use uuid::Uuid;
@@ -20,9 +24,43 @@ use crate::domain::{Currency, Money, Order, OrderCommand, OrderItem, Sku};
 use crate::envelope::Metadata;
 use crate::store::sqlite::SqliteStore;
 
-/// One pass of the command API: a fresh daemon, `clients` keep-alive
-/// clients posting `per_client` orders each; returns (requests/s, created,
-/// latencies in us, how the daemon stopped).
+/// Untimed POST /orders before each timed pass of the command API, spread
+/// over its clients, on the connections that pass then times; and the size
+/// of the in-process sides' warm-up before round 1.
+const WARMUP_REQUESTS: usize = 256;
+
+/// How long a fresh daemon may take until /health reports its relay running.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// `n` POST /orders of client `c` on `conn`, SKUs tagged `tag`; returns the
+/// latencies in us and how many were answered 201 Created.
+async fn post_orders(
+    conn: &mut BufReader<TcpStream>,
+    token: Option<&str>,
+    c: usize,
+    tag: &str,
+    n: usize,
+) -> anyhow::Result<(Vec<u64>, usize)> {
+    let mut lat = Vec::with_capacity(n);
+    let mut ok = 0usize;
+    for i in 0..n {
+        let body = format!(
+            r#"{{"customer_id":"{}","items":[{{"sku":"SKU-{tag}{c}-{i}","quantity":2,"unit_price":{{"amount_minor":1999,"currency":"EUR"}}}}]}}"#,
+            Uuid::from_u128(c as u128)
+        );
+        let t = Instant::now();
+        let (status, _) = request(conn, "POST", "/orders", &body, token).await?;
+        lat.push(t.elapsed().as_micros().max(1) as u64);
+        ok += usize::from(status == 201);
+    }
+    Ok((lat, ok))
+}
+
+/// One pass of the command API: a fresh daemon, waited for until its relay
+/// runs, `clients` keep-alive clients warmed up, then posting `per_client`
+/// orders each (timed); returns (requests/s, created, latencies in us, how
+/// the daemon stopped). The daemon is stopped (its topics deleted) however
+/// the pass ends.
 async fn api_pass(
     base: &Config,
     config_file: Option<&std::path::Path>,
@@ -32,28 +70,44 @@ async fn api_pass(
     per_client: usize,
 ) -> anyhow::Result<(f64, usize, Vec<u64>, Stopped)> {
     let daemon = Daemon::start(&dir.join(format!("http-{round}.db")), &base.kafka, config_file).await?;
-    let api = daemon.api;
+    // The daemon's token (config file or OUTBOX_HTTP__API_TOKEN), if set.
+    let timed = drive(&daemon, base.http.api_token.clone(), clients, per_client).await;
+    let stopped = daemon.stop().await;
+    match timed {
+        Ok((rate, created, lat)) => Ok((rate, created, lat, stopped)),
+        Err(e) => Err(e.context(format!("round {round}: {stopped}"))),
+    }
+}
+
+/// `api_pass` on a started daemon: its relay running, `WARMUP_REQUESTS`
+/// untimed requests over the clients' connections, then the timed ones.
+async fn drive(
+    daemon: &Daemon,
+    token: Option<String>,
+    clients: usize,
+    per_client: usize,
+) -> anyhow::Result<(f64, usize, Vec<u64>)> {
+    daemon.relay_running(READY_WITHIN).await?;
+    let (api, warm) = (daemon.api, WARMUP_REQUESTS.div_ceil(clients));
+    let mut warming = Vec::new();
+    for c in 0..clients {
+        let token = token.clone();
+        warming.push(tokio::spawn(async move {
+            let mut conn = BufReader::new(TcpStream::connect(("127.0.0.1", api)).await?);
+            let (_, ok) = post_orders(&mut conn, token.as_deref(), c, "w", warm).await?;
+            anyhow::ensure!(ok == warm, "warm-up: {ok}/{warm} requests answered 201 Created");
+            anyhow::Ok(conn)
+        }));
+    }
+    let mut conns = Vec::new();
+    for t in warming {
+        conns.push(t.await??);
+    }
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..clients {
-        // The daemon's token (config file or OUTBOX_HTTP__API_TOKEN), if set.
-        let token = base.http.api_token.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = BufReader::new(TcpStream::connect(("127.0.0.1", api)).await?);
-            let mut lat = Vec::with_capacity(per_client);
-            let mut ok = 0usize;
-            for i in 0..per_client {
-                let body = format!(
-                    r#"{{"customer_id":"{}","items":[{{"sku":"SKU-{c}-{i}","quantity":2,"unit_price":{{"amount_minor":1999,"currency":"EUR"}}}}]}}"#,
-                    Uuid::from_u128(c as u128)
-                );
-                let t = Instant::now();
-                let (status, _) = request(&mut conn, "POST", "/orders", &body, token.as_deref()).await?;
-                lat.push(t.elapsed().as_micros().max(1) as u64);
-                ok += usize::from(status == 201);
-            }
-            anyhow::Ok((lat, ok))
-        }));
+    for (c, mut conn) in conns.into_iter().enumerate() {
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move { post_orders(&mut conn, token.as_deref(), c, "", per_client).await }));
     }
     let (mut all, mut created) = (Vec::new(), 0);
     for t in tasks {
@@ -62,7 +116,7 @@ async fn api_pass(
         all.extend(lat);
     }
     let rate = (clients * per_client) as f64 / start.elapsed().as_secs_f64();
-    Ok((rate, created, all, daemon.stop().await))
+    Ok((rate, created, all))
 }
 
 /// The orders of `api_pass` placed through `CommandService::execute` on a
@@ -74,9 +128,8 @@ async fn service_pass(
     clients: usize,
     per_client: usize,
 ) -> anyhow::Result<(f64, usize)> {
-    let store: crate::store::DynEvents =
-        SqliteStore::open(dir.join(format!("service-{round}.db")), base.store.sqlite.clone()).await?;
-    let svc = CommandService::new(store, ServiceOptions::from(&base.service));
+    let store = SqliteStore::open(dir.join(format!("service-{round}.db")), base.store.sqlite.clone()).await?;
+    let svc = CommandService::new(store.clone(), ServiceOptions::from(&base.service));
     let eur = Currency::new("EUR")?;
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -97,7 +150,11 @@ async fn service_pass(
     for t in tasks {
         created += t.await??;
     }
-    Ok(((clients * per_client) as f64 / start.elapsed().as_secs_f64(), created))
+    let rate = (clients * per_client) as f64 / start.elapsed().as_secs_f64();
+    // Its writer's close (the final checkpoint) ends before the next pass.
+    drop(svc);
+    super::close(store).await?;
+    Ok((rate, created))
 }
 
 /// The bare store append rate at the same concurrency (same event shape), fresh file.
@@ -128,7 +185,9 @@ async fn bare_pass(
     for t in tasks {
         t.await??;
     }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    super::close(store).await?;
+    Ok(rate)
 }
 
 pub async fn run(
@@ -140,7 +199,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let dir = super::tempdir(None)?;
     let total = clients * per_client;
-    r.say(format!("bench http: {clients} keep-alive clients x {per_client} POST /orders = {total} requests per round (a fresh daemon with relay to {} each round), 3 interleaved rounds with the bare append", base.kafka.brokers));
+    let warm = WARMUP_REQUESTS.div_ceil(clients) * clients;
+    r.say(format!("bench http: {clients} keep-alive clients x {per_client} POST /orders = {total} requests per round (a fresh daemon with relay to {} each round, timed once its relay runs and {warm} untimed requests warmed its clients up), 3 interleaved rounds with the command service in process and the bare append (both warmed up with {warm} before round 1)", base.kafka.brokers));
+    r.set("clients", clients);
+    r.set("requests_per_client", per_client);
+    r.set("brokers", &base.kafka.brokers);
+    r.set("warmup_requests", warm);
+    // Warm-up (untimed) of the in-process sides: the process's first
+    // SQLite work is in neither's figures (each daemon warms up its own).
+    let (_, ok) = service_pass(base, &dir, 0, clients, warm / clients).await?;
+    anyhow::ensure!(ok == warm, "warm-up: {ok}/{warm} orders placed through the command service");
+    bare_pass(base, &dir, 0, clients, warm).await?;
     let (mut api, mut service, mut bare, mut hist, mut created, mut placed, mut stops) =
         (vec![], vec![], vec![], hdrhistogram::Histogram::<u64>::new(3)?, 0, 0, vec![]);
     for round in 1..=3 {
@@ -177,6 +246,7 @@ pub async fn run(
         r.say(s);
     }
     r.set("topics_deleted", stops.iter().flat_map(|s| s.topics_deleted.clone()).collect::<Vec<_>>());
-    r.set("daemon_stops", stops.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    // Each daemon's own: how it ended, its topics deleted, or why not.
+    r.set("daemon_stops", &stops);
     Ok(())
 }

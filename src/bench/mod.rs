@@ -198,6 +198,16 @@ pub fn sample_events(n: usize, k: usize) -> Vec<Vec<EventEnvelope>> {
         .collect()
 }
 
+/// Closes a pass's store and waits for its writer thread's end (its
+/// connection's close: SQLite's final checkpoint, fsyncs included), so that
+/// work is not left running into the next timed pass. Every other handle of
+/// the store must be dropped first.
+pub(crate) async fn close(store: std::sync::Arc<crate::store::sqlite::SqliteStore>) -> anyhow::Result<()> {
+    let store = std::sync::Arc::into_inner(store)
+        .ok_or_else(|| anyhow::anyhow!("a bench store is still in use when its pass ends"))?;
+    Ok(store.close().await?)
+}
+
 /// A benchmark's own directory, removed when dropped: at the end, on an
 /// error, or when SIGINT/SIGTERM drops the benchmark (`main`).
 pub(crate) struct BenchDir(std::path::PathBuf);

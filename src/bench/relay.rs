@@ -245,7 +245,10 @@ pub async fn run(
             r.say(format!("deleted the bench's {} topics ({p}*)", deleted.len()));
             r.set("topics_deleted", deleted);
         }
-        Err(e) => r.say(format!("the bench's topics {p}* were not deleted: {}", e.message)),
+        Err(e) => {
+            r.say(format!("the bench's topics {p}* were not deleted: {}", e.message));
+            r.set("topics_cleanup_error", format!("{p}*: {}", e.message));
+        }
     }
     measured
 }
@@ -268,6 +271,9 @@ async fn measure(
     ));
     r.set("events", n);
     r.set("event_bytes", sample);
+    r.set("hot_events", hot_n);
+    r.set("brokers", &cfg.kafka.brokers);
+    r.set("compression", cfg.kafka.compression.as_str());
     let events: Vec<EventEnvelope> = (0..n).map(|_| event(size)).collect();
     let hot = hot_events(hot_n, size);
     let store = seeded(cfg, dir, "relay.db", &events).await?;
@@ -361,6 +367,7 @@ async fn measure(
         stop(t, task).await;
     }
     r.set("e2e", e2e);
+    r.set("e2e_seconds", seconds);
     Ok(())
 }
 

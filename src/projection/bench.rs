@@ -177,10 +177,26 @@ pub async fn bench_snapshots(dir: &Path, events: usize) -> anyhow::Result<Snapsh
     measure_snapshots(dir, events, 100, 7).await
 }
 
+/// The figures of `outboxd bench rebuild` (its JSON `rebuild`): the
+/// rebuild's report and what the text prints beside it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RebuildBench {
+    pub orders: usize,
+    /// Events appended before the rebuild.
+    pub appended: usize,
+    pub synchronous: Synchronous,
+    #[serde(flatten)]
+    pub report: RebuildReport,
+    /// Rows in the read models after the rebuild.
+    pub read_model_rows: usize,
+    /// The rebuild's wall-clock time per event read, in microseconds.
+    pub us_per_event: f64,
+}
+
 /// `outboxd bench rebuild`: `orders` full order lifecycles (5 events each)
 /// across 1 000 customers, then a read-model rebuild from event 0; returns
 /// the report to print and the rebuild's figures.
-pub async fn bench_rebuild(dir: &Path, orders: usize) -> anyhow::Result<(String, RebuildReport)> {
+pub async fn bench_rebuild(dir: &Path, orders: usize) -> anyhow::Result<(String, RebuildBench)> {
     let store = SqliteStore::open(fresh_db(dir, "rebuild.db")?, fast_opts()).await?;
     let eur = Currency::new("EUR")?;
     let at = now_millis();
@@ -230,9 +246,11 @@ pub async fn bench_rebuild(dir: &Path, orders: usize) -> anyhow::Result<(String,
     let models: super::DynReadModels = store.clone();
     let report = super::rebuild(store.clone(), models.clone(), "EUR", false).await?;
     let rows = models.dump().await?.len();
+    let us_per_event = report.seconds * 1e6 / (report.events.max(1) as f64);
+    let synchronous = fast_opts().synchronous;
     let text = format!(
-        "bench rebuild: {orders} orders, {total} events (SQLite, synchronous=normal)\n  {report}\n  {rows} read-model rows; {:.1} us per event",
-        report.seconds * 1e6 / (report.events.max(1) as f64)
+        "bench rebuild: {orders} orders, {total} events (SQLite, synchronous={})\n  {report}\n  {rows} read-model rows; {us_per_event:.1} us per event",
+        synchronous.pragma().to_lowercase()
     );
-    Ok((text, report))
+    Ok((text, RebuildBench { orders, appended: total, synchronous, report, read_model_rows: rows, us_per_event }))
 }

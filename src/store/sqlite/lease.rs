@@ -200,7 +200,7 @@ mod tests {
             .await;
         assert!(matches!(&r, Err(StoreError::OutcomeUnknown(m)) if m.contains("injected lease-op panic")), "{r:?}");
         let taken = store.lease_op(|c| cas(c, &take("relay"))).await;
-        assert_eq!(taken.unwrap(), true, "the next lease write goes through");
+        assert!(taken.unwrap(), "the next lease write goes through");
         assert_eq!(store.lease_op(|c| get(c, "relay")).await.unwrap().map(|l| l.epoch), Some(1));
     }
 

@@ -38,6 +38,9 @@
 //!   not in the form every lookup uses (a lower-case hyphenated UUID).
 //! - `subscribe` wakes on this process's commits at once and on other
 //!   processes' commits within `CHANGE_POLL` (`PRAGMA data_version`).
+//! - Dropping the store ends its writer thread in the background (its
+//!   connection's close, SQLite's final checkpoint, included);
+//!   `SqliteStore::close` waits for that end instead.
 //!
 //! Files: [`schema`] (DDL, upgrade), `writer` (the writer thread, group
 //! commit), `event_store` (the trait), `feed` (row-by-row decoding), `dlq`
@@ -92,6 +95,9 @@ pub struct SqliteStore {
     faults: Arc<crate::store::StoreFaults>,
     /// Watches other processes' commits once someone subscribed.
     watcher: std::sync::OnceLock<watch_changes::Watcher>,
+    /// The writer thread, joined only by [`SqliteStore::close`] (a store
+    /// dropped instead leaves it to end on its own).
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Busy timeout of the lease connection: under the shortest renew interval
@@ -269,7 +275,7 @@ impl SqliteStore {
         let yield_to = lease_waiting.clone();
         let file = Arc::new(file);
         let checked = file.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, n, group, yield_to, checked))
             .map_err(|e| unavailable(format!("cannot start writer thread: {e}")))?;
@@ -284,8 +290,29 @@ impl SqliteStore {
             lease_waiting,
             faults: Arc::default(),
             watcher: std::sync::OnceLock::new(),
+            writer: Some(writer),
         };
         Ok(Arc::new(store))
+    }
+
+    /// Closes the store's connections (the readers' and the lease one here,
+    /// the writer's on its thread) and returns once its writer thread has
+    /// ended: SQLite's final WAL checkpoint (and its fsyncs), run by whichever
+    /// writable connection closes last, is done by then. Dropping the store
+    /// may leave that to the writer thread in the background; this is for
+    /// callers that must not overlap it with what they do next (the
+    /// benchmarks, between timed passes). Every other handle of the store
+    /// must be gone (`Arc::into_inner`). Runs off the async runtime.
+    pub async fn close(mut self) -> Result<(), StoreError> {
+        let writer = self.writer.take();
+        tokio::task::spawn_blocking(move || {
+            // The queue's sender goes with the store: the writer thread
+            // finishes its queue, closes its connection and ends.
+            drop(self);
+            writer.map_or(Ok(()), |w| w.join()).map_err(|_| unavailable("the sqlite writer thread panicked"))
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     pub fn path(&self) -> &Path {
@@ -428,5 +455,22 @@ mod tests {
         assert_eq!(first.await.unwrap().unwrap(), 0, "the reader opened with the store");
         assert_eq!(second.unwrap(), 0, "a reader the pool opened later");
         assert_eq!(store.readers.lock().unwrap().len(), 2);
+    }
+
+    /// `close` returns once the last connection is closed: SQLite's final
+    /// checkpoint has run and removed the WAL file (a dropped store leaves
+    /// that to its writer thread, in the background).
+    #[tokio::test]
+    async fn close_returns_after_the_final_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = SqliteStore::open(&path, SqliteOptions::default()).await.unwrap();
+        let rows = "CREATE TABLE closing (x); INSERT INTO closing VALUES (1), (2);";
+        store.write(move |c| c.execute_batch(rows).map_err(unavailable)).await.unwrap();
+        let wal = dir.path().join("c.db-wal");
+        assert!(wal.exists(), "the rows went to the WAL");
+        let Ok(store) = Arc::try_unwrap(store) else { panic!("one handle") };
+        store.close().await.unwrap();
+        assert!(!wal.exists(), "the WAL was checkpointed and removed before close returned");
     }
 }
