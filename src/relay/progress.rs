@@ -6,7 +6,10 @@
 //! Guarantee: after `init_transactions` (which aborts a former holder's open
 //! transaction), `read_last` returns the position of the last committed
 //! transaction of this consumer: exactly the events up to it are visible to
-//! read_committed consumers, none after it.
+//! read_committed consumers, none after it. A read that keeps advancing is
+//! never cut off, however long the topic: its bound is a stall (no step
+//! forward for that long), not the whole read, so a retried read does not
+//! fail for ever at the same place.
 
 use chrono::{DateTime, Utc};
 use rdkafka::config::ClientConfig;
@@ -71,14 +74,23 @@ impl Progress {
 }
 
 /// Reads the progress topic read_committed to its end; the last record of `consumer`.
+///
+/// `stall` bounds every wait that brings nothing: the metadata and
+/// watermark requests each, and the read, which fails only when its
+/// position moved on no partition for `stall` (broker gone, an open
+/// transaction of another writer holding the read_committed end back). A
+/// read that keeps moving goes on to the end however long it takes in
+/// all: under a total bound, a topic that takes longer than it to read
+/// (an old uncompacted one, a slow link) failed every attempt from offset
+/// 0 again, and the term never started.
 pub async fn read_last(
     kafka: &KafkaConfig,
     topic: &str,
     consumer: &str,
-    timeout: Duration,
+    stall: Duration,
 ) -> Result<Option<Progress>, PublishError> {
     let (kafka, topic, consumer) = (kafka.clone(), topic.to_string(), consumer.to_string());
-    tokio::task::spawn_blocking(move || read_blocking(&kafka, &topic, &consumer, timeout))
+    tokio::task::spawn_blocking(move || read_blocking(&kafka, &topic, &consumer, stall))
         .await
         .map_err(|e| PublishError::transient("join", e.to_string()))?
 }
@@ -87,7 +99,7 @@ fn read_blocking(
     kafka: &KafkaConfig,
     topic: &str,
     consumer: &str,
-    timeout: Duration,
+    stall: Duration,
 ) -> Result<Option<Progress>, PublishError> {
     let mut c = ClientConfig::new();
     // Security settings apply to the reader too; its own settings come
@@ -105,7 +117,7 @@ fn read_blocking(
         c.create().map_err(|e| PublishError::permanent("config", format!("cannot create the progress reader: {e}")))?;
     // Closing it takes tens of ms that the relay's start need not wait for.
     let reader = DropOffRuntime::new(reader);
-    let md = reader.fetch_metadata(Some(topic), timeout).map_err(|e| PublishError::from_kafka(&e))?;
+    let md = reader.fetch_metadata(Some(topic), stall).map_err(|e| PublishError::from_kafka(&e))?;
     // The term made sure the topic exists: an error for it (unknown topic,
     // leader not available, not authorised), or no partitions, is no
     // answer. Read as "no record", the term started from the store's
@@ -123,7 +135,7 @@ fn read_blocking(
     let mut tpl = TopicPartitionList::new();
     let mut ends = Vec::new();
     for p in 0..partitions {
-        let (low, high) = reader.fetch_watermarks(topic, p, timeout).map_err(|e| PublishError::from_kafka(&e))?;
+        let (low, high) = reader.fetch_watermarks(topic, p, stall).map_err(|e| PublishError::from_kafka(&e))?;
         if high > low {
             tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(|e| PublishError::from_kafka(&e))?;
             ends.push((p, high));
@@ -133,7 +145,7 @@ fn read_blocking(
         return Ok(None);
     }
     reader.assign(&tpl).map_err(|e| PublishError::from_kafka(&e))?;
-    let deadline = Instant::now() + timeout;
+    let mut watch = Stall::new(ends.len(), stall, Instant::now());
     // The last record of each partition (a topic made with several, or
     // repartitioned, can hold the key's records on more than one: compaction
     // keeps an old one there for good); the latest of them wins.
@@ -141,23 +153,26 @@ fn read_blocking(
     loop {
         // Done when every partition's position reached its end (control records count).
         let position = reader.position().ok();
-        let done = ends.iter().all(|(p, high)| {
-            position
-                .as_ref()
-                .and_then(|pos| pos.find_partition(topic, *p))
-                .and_then(|e| e.offset().to_raw())
-                .is_some_and(|o| o >= *high)
-        });
-        if done {
+        let offsets: Vec<i64> = ends
+            .iter()
+            .map(|(p, _)| {
+                position
+                    .as_ref()
+                    .and_then(|pos| pos.find_partition(topic, *p))
+                    .and_then(|e| e.offset().to_raw())
+                    .unwrap_or(-1)
+            })
+            .collect();
+        if ends.iter().zip(&offsets).all(|((_, high), o)| o >= high) {
             return Ok(latest(last.into_values()));
         }
-        if Instant::now() >= deadline {
+        if watch.stalled(&offsets, Instant::now()) {
             return Err(PublishError::transient(
                 "timeout",
-                format!("could not read the progress topic {topic} to its end within {timeout:?}"),
+                format!("the read of the progress topic {topic} stood still for {stall:?} before its end"),
             ));
         }
-        match reader.poll(Duration::from_millis(200)) {
+        match reader.poll(Duration::from_millis(200).min(stall)) {
             Some(Ok(m)) if m.key() == Some(consumer.as_bytes()) => {
                 match m.payload().map(serde_json::from_slice::<Progress>) {
                     Some(Ok(p)) => {
@@ -173,6 +188,33 @@ fn read_blocking(
             Some(Err(e)) => tracing::debug!(error = %e, "progress reader"),
             None => {}
         }
+    }
+}
+
+/// Whether a read stands still: no partition's position moved forward for
+/// `bound` (since the read began, or since the last move).
+struct Stall {
+    bound: Duration,
+    seen: Vec<i64>,
+    moved_at: Instant,
+}
+
+impl Stall {
+    fn new(partitions: usize, bound: Duration, now: Instant) -> Stall {
+        // -1: no position yet (librdkafka's placeholders are negative too).
+        Stall { bound, seen: vec![-1; partitions], moved_at: now }
+    }
+
+    /// Takes the partitions' positions at `now`: true when none moved
+    /// forward for `bound`.
+    fn stalled(&mut self, positions: &[i64], now: Instant) -> bool {
+        for (seen, &p) in self.seen.iter_mut().zip(positions) {
+            if p > *seen {
+                *seen = p;
+                self.moved_at = now;
+            }
+        }
+        now.saturating_duration_since(self.moved_at) >= self.bound
     }
 }
 
@@ -202,6 +244,29 @@ mod tests {
         let later = p(1_300, 3, 950);
         assert_eq!(latest([later.clone(), new].into_iter()), Some(later), "same epoch: the later commit");
         assert_eq!(latest(std::iter::empty()), None);
+    }
+
+    /// Review finding: the bound was a deadline for the whole read, so a
+    /// topic that took longer than it to read (every attempt from offset 0
+    /// again) failed for ever. Only standing still fails a read.
+    #[test]
+    fn only_a_read_that_stands_still_is_stalled() {
+        let t0 = Instant::now();
+        let s = |ms| t0 + Duration::from_millis(ms);
+        let mut w = Stall::new(2, Duration::from_millis(100), t0);
+        assert!(!w.stalled(&[-1001, -1001], s(50)), "no position yet, within the bound");
+        assert!(w.stalled(&[-1001, -1001], s(100)), "nothing fetched for the bound");
+        let mut w = Stall::new(2, Duration::from_millis(100), t0);
+        // Moving on one partition or the other, for far longer than the bound in all.
+        for i in 1..=50 {
+            let at = s(i * 90);
+            let moved = if i % 2 == 0 { [i as i64, 0] } else { [i as i64 - 1, i as i64] };
+            assert!(!w.stalled(&moved, at), "moved at step {i}");
+        }
+        let last = [50, 49];
+        assert!(!w.stalled(&last, s(4_550)));
+        assert!(w.stalled(&last, s(4_600)), "then still for the bound");
+        assert!(w.stalled(&[49, 49], s(4_700)), "a position going back is no move");
     }
 
     #[test]

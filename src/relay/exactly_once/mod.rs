@@ -23,7 +23,11 @@
 //!   `relay.transaction_max_ms`, or as soon as the feed has nothing more
 //!   ready, so latency stays low at low load and batches grow under load.
 //! - The store's checkpoint is still written after each commit (fenced), for
-//!   /health, the lag metrics and the tools that read it.
+//!   /health, the lag metrics and the tools that read it, and at the start
+//!   of a term when it trails the progress resumed from (its write after
+//!   the last commit was lost).
+//! - The progress read at the start fails only when it stands still for
+//!   `PROGRESS_STALL`; one that keeps moving is never cut off.
 //! - A store that refuses to record a park ends the term after a bounded
 //!   retry (nothing was committed past the event); the runner starts a new
 //!   term after re-checking the lease.
@@ -68,6 +72,10 @@ pub(super) enum Outcome {
     Fatal(String),
 }
 
+/// How long the read of the progress topic at a term's start may stand
+/// still (no position moved) before the attempt fails and is retried.
+const PROGRESS_STALL: Duration = Duration::from_secs(30);
+
 pub(super) struct Txn {
     pub(super) relay: Relay,
     pub(super) producer: KafkaProducer,
@@ -103,6 +111,8 @@ pub(super) struct Txn {
     pub(super) requests: crate::relay::operator::TermRequests,
     /// Discarded events ahead of the feed: their markers take their place.
     pub(super) discards: crate::relay::discards::Discards,
+    /// `messages_sent_total` by topic (records of the batches handed to the producer).
+    pub(super) sent_by_topic: crate::metrics::ByLabel<prometheus::IntCounterVec>,
 }
 
 /// The `transactional.id` of a consumer's relay: every instance of it uses
@@ -146,6 +156,7 @@ impl Relay {
         };
         let Some(store_checkpoint) = store_checkpoint else { return Ok(Exit::Shutdown) };
         self.status.checkpoint(store_checkpoint);
+        self.metrics.relay_checkpoint_position.set(store_checkpoint);
         match unless_lease_lost(&self.fence, self.ensure_topics(&mut shutdown)).await {
             None => return Ok(Exit::LeaseLost),
             Some(false) => return Ok(Exit::Shutdown),
@@ -194,9 +205,10 @@ impl Relay {
         // move back (a rewind) writes the checkpoint before it is done.
         // Under the lease, as the steps before: a read that keeps failing
         // (a topic deleted, not authorised) must not hold a lease that a
-        // standby could use; /health says why the term does not start.
-        let read =
-            || progress::read_last(k, &self.cfg.progress_topic, &self.cfg.consumer_name, Duration::from_secs(30));
+        // standby could use; /health says why the term does not start. A
+        // read fails only when it stands still for `PROGRESS_STALL`: one
+        // that keeps moving is never cut off, however long the topic.
+        let read = || progress::read_last(k, &self.cfg.progress_topic, &self.cfg.consumer_name, PROGRESS_STALL);
         let what = format!("read the progress topic {}", self.cfg.progress_topic);
         let retried = retry_in_term(read, |_| false, &what, &mut shutdown, &self.status);
         let last = match unless_lease_lost(&self.fence, retried).await {
@@ -225,6 +237,31 @@ impl Relay {
                 (store_checkpoint, None)
             }
         };
+        // The store's checkpoint catches up with the progress resumed from:
+        // a commit whose checkpoint write was lost (a crash right after it,
+        // a store error, an unknown-outcome commit that landed) otherwise
+        // left the lag, the checkpoint gauge and /health counting published
+        // events until the next commit, and a switch to at-least-once
+        // published them again. Fenced, as after a commit.
+        if position > store_checkpoint {
+            match self.write_checkpoint(position).await {
+                Ok(()) => {
+                    tracing::info!(
+                        checkpoint = store_checkpoint,
+                        progress = position,
+                        "the store's checkpoint trailed the committed progress: moved up to it"
+                    );
+                    self.status.checkpoint(position);
+                    self.metrics.relay_checkpoint_position.set(position);
+                }
+                Err(crate::store::StoreError::Fenced { .. }) => {
+                    tracing::warn!("store checkpoint fenced: another relay took over; stepping down");
+                    return Ok(Exit::LeaseLost);
+                }
+                // The next commit writes it; nothing is lost meanwhile.
+                Err(e) => tracing::warn!(error = %e, "cannot move the store checkpoint up to the committed progress"),
+            }
+        }
         let parked: HashMap<AggKey, i64> = match self.store.parked(&self.cfg.consumer_name).await {
             Ok(v) => v
                 .iter()
@@ -271,6 +308,7 @@ impl Relay {
                 self.unsaved.clone(),
             ),
             discards,
+            sent_by_topic: crate::metrics::ByLabel::new(&self.metrics.messages_sent),
             relay: self,
         };
         let exit = if t.relay.requests_only {

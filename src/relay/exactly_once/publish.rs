@@ -11,6 +11,10 @@
 //! refusal parks), and the
 //! rest continues without later events of the parked aggregate (a replayed
 //! dead letter is not parked: the replay stops at it, its letter stays).
+//! The retry counters count records as the at-least-once path does: each
+//! one sent again after its transaction aborted, or resent alone
+//! (`retry_attempts_total`), committed after that (`retry_success_total`),
+//! still failing after `max_attempts` (`retry_failure_total`).
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +51,10 @@ impl Txn {
         mut refused: bool,
     ) -> Result<Option<Exit>, RelayError> {
         let mut attempts: u32 = 0;
+        // Whether the batch's records are sent again (a transaction that
+        // held them aborted): a prefix before a refused record, or a batch
+        // after a transient abort. The retry counters count them per record.
+        let mut again = refused;
         loop {
             self.wait_for_breaker(shutdown).await;
             if shutdown.is_shutdown() {
@@ -57,8 +65,16 @@ impl Txn {
                 return self.committed(&[], position, Instant::now()).await;
             }
             let started = Instant::now();
+            if again {
+                self.count_retry(Retry::Attempt, batch.len());
+            }
             match self.transaction(&batch, position).await {
-                Outcome::Committed => return self.committed(&batch, position, started).await,
+                Outcome::Committed => {
+                    if again {
+                        self.count_retry(Retry::Success, batch.len());
+                    }
+                    return self.committed(&batch, position, started).await;
+                }
                 Outcome::Fenced(m) => {
                     tracing::warn!(error = %m, "producer fenced: another relay took over; stepping down");
                     return Ok(Some(Exit::LeaseLost));
@@ -66,7 +82,12 @@ impl Txn {
                 Outcome::Fatal(m) => return Err(RelayError::ProducerFatal(m)),
                 Outcome::Transient(m) => {
                     attempts += 1;
+                    again = true;
                     self.aborted(&m);
+                    if attempts == self.backoff.max_attempts.max(1) {
+                        // Still failing after max_attempts (once, as at least once).
+                        self.count_retry(Retry::Failure, batch.len());
+                    }
                     if refused && attempts >= self.backoff.max_attempts.max(1) {
                         return Err(RelayError::ProducerFatal(format!(
                             "transactions keep aborting after a refused record ({m}); recreating the producer"
@@ -125,6 +146,7 @@ impl Txn {
                     // replay committed; one dropped here was lost).
                     batch = rest.into_iter().filter(|i| letters || !self.holds(i.aggregate(), i.position())).collect();
                     attempts = 0;
+                    again = false;
                 }
             }
         }
@@ -145,6 +167,7 @@ impl Txn {
         let position = self.progress_at(item.position());
         loop {
             if count.exhausted(self.backoff.max_attempts) {
+                self.count_retry(Retry::Failure, 1);
                 if self.replaying.as_ref().is_some_and(|(_, part)| part == LETTERS) {
                     // Not parked: its aggregate's later events went out long ago.
                     self.letter_failed = Some((item.position(), err));
@@ -161,8 +184,13 @@ impl Txn {
                 return Ok(Some(Exit::Shutdown));
             }
             let started = Instant::now();
+            // Each resend alone is a retry, as on the at-least-once path.
+            self.count_retry(Retry::Attempt, 1);
             match self.transaction(std::slice::from_ref(&item), position).await {
-                Outcome::Committed => return self.committed(std::slice::from_ref(&item), position, started).await,
+                Outcome::Committed => {
+                    self.count_retry(Retry::Success, 1);
+                    return self.committed(std::slice::from_ref(&item), position, started).await;
+                }
                 Outcome::Permanent(mut f) => {
                     err = f.swap_remove(0).1;
                     count.failed(true);
@@ -172,6 +200,7 @@ impl Txn {
                     self.aborted(&m);
                     count.failed(false);
                     if count.stuck(self.backoff.max_attempts) {
+                        self.count_retry(Retry::Failure, 1);
                         // One event alone keeps aborting: the producer itself
                         // may be stuck (after a refused record librdkafka
                         // can wait for an epoch bump its abort never gives:
@@ -199,6 +228,17 @@ impl Txn {
         }
     }
 
+    /// `n` records in `retry_{attempts,success,failure}_total{operation="publish"}`.
+    fn count_retry(&self, what: Retry, n: usize) {
+        let m = &self.relay.metrics;
+        let family = match what {
+            Retry::Attempt => &m.retry_attempts,
+            Retry::Success => &m.retry_success,
+            Retry::Failure => &m.retry_failure,
+        };
+        family.with_label_values(&["publish"]).inc_by(n as u64);
+    }
+
     /// A transaction aborted for a transient reason: the breaker counts
     /// it, and /health shows the breaker and the reason.
     fn aborted(&mut self, reason: &str) {
@@ -219,6 +259,15 @@ impl Txn {
             }
         }
     }
+}
+
+/// Which retry counter a record goes to: sent again, committed after
+/// being sent again, still failing after `relay.retry.max_attempts`.
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    Attempt,
+    Success,
+    Failure,
 }
 
 /// The attempts of a solo resend (the batch's permanent failure is the

@@ -14,7 +14,11 @@
 //! one still unfinished then ends the term (its outcome unknown, the batch
 //! is not retried); the store checkpoint follows a commit (fenced), never
 //! precedes it; `relay_transactions_total{outcome="committed"}` counts
-//! Kafka transactions, not batches of held events only.
+//! Kafka transactions, not batches of held events only;
+//! `messages_sent_total` counts every record of the batch handed to the
+//! producer (aborted transactions' too, not the progress record), and
+//! `cdc_events_failed_total` every event refused at its send or reported
+//! failed, once.
 
 use std::time::{Duration, Instant};
 
@@ -68,28 +72,34 @@ impl Txn {
         for (i, item) in batch.iter().enumerate() {
             let token = base + i;
             let (encoder, value, producer) = (&mut self.encoder, &mut self.value, &self.producer);
-            let queued = when_room(ROOM_PAUSE, || item.send_with(encoder, value, producer, token).map(|_| ())).await;
-            if let Err(e) = queued {
-                self.next_token = base + batch.len() + 1;
-                if let Some(o) = self.abort(Duration::from_secs(30)).await {
-                    return o;
+            let queued = when_room(ROOM_PAUSE, || item.send_with(encoder, value, producer, token)).await;
+            let e = match queued {
+                Ok(topic) => {
+                    self.sent_by_topic.get(&topic).inc();
+                    sent += 1;
+                    continue;
                 }
-                // A record sent before may have been refused by the broker
-                // meanwhile: the earliest refusal is the suspect (the
-                // caller commits what precedes it), on both branches.
-                let refused = self.refused_before(base, sent).await;
-                if e.transient {
-                    return refused.unwrap_or(Outcome::Transient(e.message));
-                }
-                return match refused {
-                    Some(Outcome::Permanent(mut before)) => {
-                        before.push((i, e));
-                        Outcome::Permanent(before)
-                    }
-                    _ => Outcome::Permanent(vec![(i, e)]),
-                };
+                Err(e) => e,
+            };
+            self.count_failed(item, &e);
+            self.next_token = base + batch.len() + 1;
+            if let Some(o) = self.abort(Duration::from_secs(30)).await {
+                return o;
             }
-            sent += 1;
+            // A record sent before may have been refused by the broker
+            // meanwhile: the earliest refusal is the suspect (the
+            // caller commits what precedes it), on both branches.
+            let refused = self.refused_before(batch, base, sent).await;
+            if e.transient {
+                return refused.unwrap_or(Outcome::Transient(e.message));
+            }
+            return match refused {
+                Some(Outcome::Permanent(mut before)) => {
+                    before.push((i, e));
+                    Outcome::Permanent(before)
+                }
+                _ => Outcome::Permanent(vec![(i, e)]),
+            };
         }
         // In a replay, the record also says how far that replay has committed;
         // outside one, it carries the former term's mark on until that replay
@@ -119,7 +129,7 @@ impl Txn {
             if let Some(o) = self.abort(Duration::from_secs(30)).await {
                 return o;
             }
-            if let Some(refused) = self.refused_before(base, sent).await {
+            if let Some(refused) = self.refused_before(batch, base, sent).await {
                 return refused;
             }
             return Outcome::Transient(format!("cannot send the progress record: {e:?}"));
@@ -134,6 +144,8 @@ impl Txn {
         if let Some(e) = reports.iter().find_map(|c| c.result.as_ref().err().filter(|e| e.kind == UNVERIFIED)) {
             tracing::warn!(error = %e, "a record of the transaction is unverified; aborting it to send it again");
             let message = e.message.clone();
+            // Counted as failed attempts, as the at-least-once relay counts them.
+            self.failures(batch, reports, base, batch.len());
             if let Some(o) = self.abort(timeout).await {
                 return o;
             }
@@ -146,7 +158,7 @@ impl Txn {
                 Outcome::Committed
             }
             Err(e) => {
-                let failed = self.failures(reports, base, batch.len());
+                let failed = self.failures(batch, reports, base, batch.len());
                 match after_commit_error(e.kind, false) {
                     AfterCommit::Abort => {
                         if let Some(o) = self.abort(timeout).await {
@@ -220,13 +232,13 @@ impl Txn {
     /// with an error that looks transient (`__STATE`): taken as such, the
     /// whole batch was retried for ever, losing the same race each time.
     /// Every record's report comes once the abort purged the rest.
-    async fn refused_before(&mut self, base: usize, sent: usize) -> Option<Outcome> {
+    async fn refused_before(&mut self, batch: &[Item], base: usize, sent: usize) -> Option<Outcome> {
         if sent == 0 {
             return None;
         }
         let reports = self.reports(base, base + sent - 1, Duration::from_secs(5)).await;
         let refused: Vec<(usize, PublishError)> =
-            self.failures(reports, base, sent).into_iter().filter(|(_, e)| !e.transient).collect();
+            self.failures(batch, reports, base, sent).into_iter().filter(|(_, e)| !e.transient).collect();
         (!refused.is_empty()).then_some(Outcome::Permanent(refused))
     }
 
@@ -245,11 +257,19 @@ impl Txn {
         out
     }
 
-    /// Failed records of the transaction that started at `base` (index ->
-    /// error), from `early` reports and those still queued.
-    fn failures(&mut self, early: Vec<Completion>, base: usize, n: usize) -> Vec<(usize, PublishError)> {
+    /// Failed records among the first `n` of `batch`, the transaction that
+    /// started at `base` (index -> error), from `early` reports and those
+    /// still queued; each counted once in `cdc_events_failed_total` (the
+    /// reports are taken here, never seen again).
+    fn failures(
+        &mut self,
+        batch: &[Item],
+        early: Vec<Completion>,
+        base: usize,
+        n: usize,
+    ) -> Vec<(usize, PublishError)> {
         let mut out = Vec::new();
-        let queued = std::iter::from_fn(|| self.completions.try_recv().ok());
+        let queued: Vec<Completion> = std::iter::from_fn(|| self.completions.try_recv().ok()).collect();
         for c in early.into_iter().chain(queued) {
             if c.token >= base && c.token < base + n {
                 if let Err(e) = c.result {
@@ -259,7 +279,21 @@ impl Txn {
                 }
             }
         }
+        for (i, e) in &out {
+            if let Some(item) = batch.get(*i) {
+                self.count_failed(item, e);
+            }
+        }
         out
+    }
+
+    /// A failed publish attempt of `item` in `cdc_events_failed_total`, as
+    /// the at-least-once relay counts one (events: the metric is by event
+    /// type; a discard marker is not counted there either).
+    fn count_failed(&self, item: &Item, e: &PublishError) {
+        if let Item::Event(ev) = item {
+            self.relay.metrics.cdc_events_failed.with_label_values(&[&ev.event_type, &e.kind]).inc();
+        }
     }
 
     /// What follows a committed transaction (or a batch with nothing to
