@@ -290,11 +290,27 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let log_format = cli.log_format;
     let result = rt.block_on(async_main(cli));
     let code = match result {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("error: {}", cli::redact::clean(&format!("{:#}", f.err).replace('\n', " ")));
+            let message = cli::redact::clean(&format!("{:#}", f.err).replace('\n', " "));
+            match log_format {
+                LogFormat::Text => eprintln!("error: {message}"),
+                // One JSON line like the log's own (a JSON log pipeline
+                // would choke on a plain-text last line).
+                LogFormat::Json => eprintln!(
+                    "{}",
+                    serde_json::json!({
+                        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                        "level": "ERROR",
+                        "message": message,
+                        "exit_code": f.code,
+                        "target": "outboxd",
+                    })
+                ),
+            }
             f.code
         }
     };
@@ -309,7 +325,14 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},rdkafka=warn,librdkafka=warn")));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| cli::redact::ScrubbingStderr);
+    // Colours only for a terminal that wants them: log files and
+    // `docker logs` got raw escape codes.
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(|| cli::redact::ScrubbingStderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().flatten_event(true).init(),

@@ -6,7 +6,8 @@
 //! One still pending when its `--timeout` runs out beside a lease whose
 //! holder died is withdrawn too. One that names nothing parked is refused
 //! before it is written.
-//! `dlq replay --all`'s two requests share one `--timeout`.
+//! `dlq replay --all`'s two requests share one `--timeout`. A replay done
+//! without replaying all it chose exits 1 and names what it left.
 
 mod harness;
 
@@ -180,4 +181,27 @@ fn the_cli_carries_its_request_out_after_a_term_an_older_request_ended() {
     assert_eq!(r.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["done", "done"], "{r:?}");
     let parked = sqlite3(&db, "SELECT COUNT(*) FROM parked_aggregates");
     assert_eq!(parked.trim(), "0", "the aggregate was replayed");
+}
+
+/// Review finding: `dlq replay --id` of a dead letter whose stored payload
+/// is not an event was recorded done having replayed nothing, and the CLI
+/// printed "done" and exited 0. It exits 1, stderr naming the letter.
+#[test]
+fn a_replay_done_without_replaying_its_letter_exits_1_and_names_it() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let cfg = test_config(&brokers, &db);
+    let letters = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = open_store(&cfg).await;
+        seeded_letters(&store, true).await
+    });
+    let broken = letters[1].id.to_string();
+    let (code, out, err) = cli(&cfg, &["dlq", "replay", "--id", &broken, "--no-progress", "--timeout", "30"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let done: serde_json::Value = serde_json::from_str(out.trim()).expect("the outcome on stdout is JSON");
+    assert_eq!(done["status"], "done", "{done}");
+    assert!(err.contains("done, but not all of it: 1 not replayed") && err.contains(&broken), "{err}");
+    let (code, out, err) = cli(&cfg, &["dlq", "replay", "--id", &letters[0].id.to_string(), "--no-progress"]);
+    assert_eq!(code, 0, "the good letter is replayed: {out}{err}");
 }

@@ -75,9 +75,15 @@ fn bearer_token_protects_the_command_api_and_admin_writes_and_is_never_logged() 
     let both = br#"{"to_position": 0, "to_time": null}"#;
     let r = request(d.admin, "POST", "/relay/rewind", &[ctype, ("Authorization", &auth)], Some(both));
     assert_eq!(assert_error(&r, 422, "validation")["field"], "to_position");
-    // An empty `ids` names nothing: 422 naming it, nothing written (the request was written and did nothing).
     let requests = || sqlite3(&d.cfg.store.path, "SELECT COUNT(*) FROM relay_requests");
     let before = requests();
+    // Review finding: a rewind by time on SQLite (whose relay rewinds by
+    // position) was written (202) and failed later: 422 naming it, nothing written.
+    let by_time = br#"{"to_time": "2026-12-07T08:00:00Z", "wait": false}"#;
+    let r = request(d.admin, "POST", "/relay/rewind", &[ctype, ("Authorization", &auth)], Some(by_time));
+    assert_eq!(assert_error(&r, 422, "validation")["field"], "to_time");
+    assert_eq!(requests(), before, "no request written");
+    // An empty `ids` names nothing: 422 naming it, nothing written (the request was written and did nothing).
     let r = request(d.admin, "POST", "/dlq/replay", &[ctype, ("Authorization", &auth)], Some(br#"{"ids": []}"#));
     assert_eq!(assert_error(&r, 422, "validation")["field"], "ids");
     assert_eq!(requests(), before, "no request written");

@@ -8,6 +8,6 @@ use outboxd::config::Config;
 use super::Failure;
 
 pub fn print(cfg: &Config) -> Result<u8, Failure> {
-    println!("{}", serde_json::to_string_pretty(&cfg.redacted())?);
+    out!("{}", serde_json::to_string_pretty(&cfg.redacted())?);
     Ok(0)
 }

@@ -22,7 +22,7 @@ pub async fn run(cfg: &Config, c: CustomerCmd) -> Result<u8, Failure> {
                     .context(format!("customer {id}")));
             }
             let events = svc.store().load(id).await?;
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(
                     &serde_json::json!({"id": id, "version": loaded.version, "state": loaded.state, "events": events})
@@ -46,9 +46,9 @@ pub async fn run(cfg: &Config, c: CustomerCmd) -> Result<u8, Failure> {
         .await
         .map_err(|e| Failure::from(e).context(format!("customer {id}")))?;
     if is_create {
-        println!("{id}");
+        out!("{id}");
     } else {
-        println!("customer {id}: version {}", out.version);
+        out!("customer {id}: version {}", out.version);
     }
     Ok(0)
 }

@@ -19,12 +19,12 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             for p in store.parked(&cfg.relay.consumer_name).await? {
                 let mut v = serde_json::to_value(&p)?;
                 v["kind"] = "parked".into();
-                println!("{v}");
+                out!("{v}");
             }
             for l in store.dlq_list(limit).await? {
                 let mut v = serde_json::to_value(&l)?;
                 v["kind"] = "dead_letter".into();
-                println!("{v}");
+                out!("{v}");
             }
             Ok(0)
         }

@@ -6,6 +6,9 @@
 //! input (arguments, configuration, a command the domain refuses, unknown
 //! id), 3 version conflict. Input is validated before the store is touched.
 
+#[macro_use]
+pub mod stdout;
+
 pub mod config;
 pub mod customer;
 pub mod dlq;

@@ -75,7 +75,7 @@ pub async fn run(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
                     .context(format!("order {id}")));
             }
             let events = svc.store().load(id).await?;
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(
                     &serde_json::json!({"id": id, "version": loaded.version, "state": loaded.state, "events": events})
@@ -112,9 +112,9 @@ pub async fn run(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
         .await
         .map_err(|e| Failure::from(e).context(format!("order {id}")))?;
     if is_create {
-        println!("{id}");
+        out!("{id}");
     } else {
-        println!("order {id}: {} (version {})", out.state.status, out.version);
+        out!("order {id}: {} (version {})", out.state.status, out.version);
     }
     Ok(0)
 }

@@ -25,7 +25,7 @@ pub async fn rebuild(cfg: &Config, no_progress: bool) -> Result<u8, Failure> {
     let models =
         models.ok_or_else(|| BadInput("read models need the sqlite store (store.backend = \"sqlite\")".into()))?;
     let report = outboxd::projection::rebuild(store, models, &cfg.service.default_currency, !no_progress).await?;
-    println!("{report}");
+    out!("{report}");
     Ok(0)
 }
 
@@ -37,7 +37,7 @@ pub async fn status(cfg: &Config) -> Result<u8, Failure> {
     let parked = store.parked(consumer).await?;
     let lag_seconds =
         backlog.oldest.map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0).unwrap_or(0.0);
-    println!(
+    out!(
         "{}",
         serde_json::json!({
             "consumer": consumer,

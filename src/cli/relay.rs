@@ -56,7 +56,7 @@ fn refuse_other_backend(cfg: &Config, kind: &RequestKind) -> Result<(), Failure>
 pub async fn leases(cfg: &Config) -> Result<u8, Failure> {
     let store = open_existing(cfg).await?;
     for l in store.lease_list().await? {
-        println!("{}", serde_json::to_string(&l)?);
+        out!("{}", serde_json::to_string(&l)?);
     }
     Ok(0)
 }

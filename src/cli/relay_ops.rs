@@ -226,17 +226,50 @@ fn outcome(done: &RelayRequest) -> Option<u8> {
     let result = done.result.clone().unwrap_or(serde_json::Value::Null);
     match done.status {
         RequestStatus::Done => {
-            println!("{}", serde_json::json!({ "request": done.id, "status": "done", "result": result }));
-            Some(0)
+            out!("{}", serde_json::json!({ "request": done.id, "status": "done", "result": result }));
+            // Done, but some of what it chose did not go out (a dead letter
+            // that is not an event, an aggregate the relay refused, its
+            // park kept): the command did not do what was asked.
+            match not_done(&result) {
+                Some(what) => {
+                    eprintln!(
+                        "error: request {} done, but not all of it: {what}; see GET /relay/requests/{}",
+                        done.id, done.id
+                    );
+                    Some(1)
+                }
+                None => Some(0),
+            }
         }
         RequestStatus::Failed => {
             let why =
                 result.get("error").and_then(|v| v.as_str()).map(str::to_string).unwrap_or_else(|| result.to_string());
-            eprintln!("error: request {} failed: {why}", done.id);
+            let which = result.get("id").map(|id| format!(" (dead letter {})", id.as_str().unwrap_or(&id.to_string())));
+            let partly = not_done(&result).map(|w| format!("; also {w}")).unwrap_or_default();
+            eprintln!(
+                "error: request {} failed{}: {why}{partly}; see GET /relay/requests/{}",
+                done.id,
+                which.unwrap_or_default(),
+                done.id
+            );
             Some(1)
         }
         RequestStatus::Pending | RequestStatus::Running => None,
     }
+}
+
+/// What a request's result says it could not carry out (its `failed`
+/// list: `{id, error}` of dead letters, or aggregates), in one line.
+fn not_done(result: &serde_json::Value) -> Option<String> {
+    let failed = result.get("failed")?.as_array().filter(|f| !f.is_empty())?;
+    let each: Vec<String> = failed
+        .iter()
+        .map(|f| match (f.get("id").or_else(|| f.get("aggregate_id")), f.get("error")) {
+            (Some(id), Some(e)) => format!("{} ({})", id.as_str().unwrap_or(&id.to_string()), e.as_str().unwrap_or(&e.to_string())),
+            _ => f.to_string(),
+        })
+        .collect();
+    Some(format!("{} not replayed: {}", failed.len(), each.join(", ")))
 }
 
 fn exactly_once(cfg: &Config) -> bool {

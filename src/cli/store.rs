@@ -15,12 +15,12 @@ use super::{open_existing, Failure};
 /// it would run for the configured backend and connects to nothing.
 pub async fn schema(cfg: &Config, dry_run: bool) -> Result<u8, Failure> {
     if dry_run {
-        print!("{}", outboxd::store::schema_ddl(cfg));
+        super::stdout::out_raw(&outboxd::store::schema_ddl(cfg));
         return Ok(0);
     }
     let store = outboxd::store::open(cfg).await.context("cannot open the store")?;
     store.migrate().await?;
-    println!("schema of the {} store is up to date", store.backend());
+    out!("schema of the {} store is up to date", store.backend());
     Ok(0)
 }
 
@@ -31,9 +31,9 @@ pub async fn events(cfg: &Config, after: i64, limit: usize) -> Result<u8, Failur
         match row {
             FeedRow::Event(e) => {
                 let envelope = e.to_envelope()?;
-                println!("{}", serde_json::to_string(&StoredEvent { position: e.position, envelope })?);
+                out!("{}", serde_json::to_string(&StoredEvent { position: e.position, envelope })?);
             }
-            FeedRow::Unreadable(u) => println!(
+            FeedRow::Unreadable(u) => out!(
                 "{}",
                 serde_json::json!({ "position": u.position, "unreadable": {
                     "aggregate_id": &*u.aggregate_key, "sequence": u.sequence, "event_id": u.event_id, "event_type": u.event_type, "error": u.error } })

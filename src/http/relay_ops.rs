@@ -279,6 +279,23 @@ pub(super) async fn relay_rewind(
         },
         _ => return Err(ApiError::invalid("to_position", "give exactly one of to_position or to_time")),
     };
+    // A rewind this backend's relay cannot carry out is refused here, as the
+    // CLI refuses it, not written to fail (or wait unclaimed) later.
+    match (&kind, st.store.backend()) {
+        (RequestKind::RewindToPosition { .. }, "cql") => {
+            return Err(ApiError::invalid(
+                "to_position",
+                "the CQL store's CDC relay has no feed positions: rewind with to_time",
+            ))
+        }
+        (RequestKind::RewindToTime { .. }, "sqlite") => {
+            return Err(ApiError::invalid(
+                "to_time",
+                "the SQLite store's relay rewinds by feed position: rewind with to_position",
+            ))
+        }
+        _ => {}
+    }
     submit(&st, kind, wants_wait(&body)?).await
 }
 
