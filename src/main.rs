@@ -329,10 +329,8 @@ fn init_tracing(format: LogFormat, level: &str) {
     // `docker logs` got raw escape codes.
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(|| cli::redact::ScrubbingStderr);
+    let b =
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(|| cli::redact::ScrubbingStderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().flatten_event(true).init(),

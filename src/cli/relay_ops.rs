@@ -265,7 +265,9 @@ fn not_done(result: &serde_json::Value) -> Option<String> {
     let each: Vec<String> = failed
         .iter()
         .map(|f| match (f.get("id").or_else(|| f.get("aggregate_id")), f.get("error")) {
-            (Some(id), Some(e)) => format!("{} ({})", id.as_str().unwrap_or(&id.to_string()), e.as_str().unwrap_or(&e.to_string())),
+            (Some(id), Some(e)) => {
+                format!("{} ({})", id.as_str().unwrap_or(&id.to_string()), e.as_str().unwrap_or(&e.to_string()))
+            }
             _ => f.to_string(),
         })
         .collect();
