@@ -88,6 +88,8 @@ pub struct HealthCheckActor {
     interval: Option<SpawnHandle>,
     /// The role label the lag gauges were last set under.
     lag_role: Option<&'static str>,
+    /// Since when the relay's role has been unknown (None: it is known).
+    role_unknown_since: Option<std::time::Instant>,
 }
 
 impl HealthCheckActor {
@@ -104,6 +106,7 @@ impl HealthCheckActor {
             stopped: false,
             interval: None,
             lag_role: None,
+            role_unknown_since: None,
         }
     }
 
@@ -240,7 +243,15 @@ impl HealthCheckActor {
     fn lag_metrics(&mut self, probes: &Probes, t: &Thresholds) -> (Option<Lag>, Option<Lag>) {
         let m = &self.deps.metrics;
         let relay = probes.cdc.as_ref().map(|c| &c.progress).unwrap_or(&probes.relay);
-        let role = lag_label(relay.role.label(), self.lag_role);
+        let current = relay.role.label();
+        let unknown_since = match current {
+            "unknown" => *self.role_unknown_since.get_or_insert_with(std::time::Instant::now),
+            _ => {
+                self.role_unknown_since = None;
+                std::time::Instant::now()
+            }
+        };
+        let role = lag_label(current, self.lag_role, unknown_since.elapsed());
         if let Some(old) = self.lag_role.filter(|r| *r != role) {
             let _ = m.relay_lag_events.remove_label_values(&[old]);
             let _ = m.relay_lag_seconds.remove_label_values(&[old]);

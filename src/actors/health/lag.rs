@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
-use super::rules::{Probes, Thresholds};
+use super::rules::{Probes, Thresholds, START_GRACE};
 use crate::store::Backlog;
 
 /// How old `consumer`'s oldest saved CDC progress is (CQL only; None when
@@ -62,12 +62,14 @@ pub fn relay_lag_gauges(p: &Probes, t: &Thresholds) -> (Option<i64>, Option<f64>
 
 /// The role label the lag gauges go under: the relay's, except that a
 /// relay whose role is unknown again (a restarted task that has not read
-/// the lease yet, a missed renewal) keeps the last known role's series
-/// until it knows: moving them to `role="unknown"` for a check would reset
-/// the `for` of every alert on `role="active"` while the lag still grows.
-pub fn lag_label(current: &'static str, last: Option<&'static str>) -> &'static str {
+/// the lease yet, a missed renewal) keeps the last known role's series for
+/// up to [`START_GRACE`] (`unknown_for`): moving them to `role="unknown"`
+/// for a check would reset the `for` of every alert on `role="active"`
+/// while the lag still grows. A role unknown for longer (a lease that
+/// stays lost) is reported as such: this instance no longer publishes.
+pub fn lag_label(current: &'static str, last: Option<&'static str>, unknown_for: Duration) -> &'static str {
     match last {
-        Some(last) if current == "unknown" => last,
+        Some(last) if current == "unknown" && unknown_for < START_GRACE => last,
         _ => current,
     }
 }
@@ -90,3 +92,7 @@ pub fn lag_seconds(b: &Backlog, now: DateTime<Utc>) -> f64 {
         None => 0.0,
     }
 }
+
+#[cfg(test)]
+#[path = "lag_tests.rs"]
+mod tests;

@@ -25,8 +25,8 @@
 //!   unreconciled past its bound -> Degraded (`reconcile_health`);
 //!   restarting -> Degraded; gave up or not answering -> Unhealthy. A task
 //!   that has not said it runs for less than [`START_GRACE`] (since its
-//!   spawn, or since it stopped running: a standby that took the lease
-//!   over starts a term) -> Unknown "starting"; past it -> Degraded.
+//!   spawn, or since its takeover for a standby that took the lease over)
+//!   -> Unknown "starting"; past it -> Degraded.
 //!   The lag is the store's (`Backlog`): head - persisted checkpoint + held
 //!   events, whatever state the relay is in.
 //! - order_actor / dlq_actor: restarting -> Degraded; gave up or not answering -> Unhealthy.
@@ -413,4 +413,4 @@ fn projections_health(p: &Probes, reported: &Reported, t: &Thresholds) -> (Healt
 
 #[cfg(test)]
 #[path = "rules_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -1,7 +1,7 @@
 //! Unit tests of the health rules (`rules.rs`): every state, including the
 //! ones that must never be reported healthy.
 
-use super::super::lag::{lag_gauges, lag_label, projection_lag_seconds, relay_lag_gauges};
+use super::super::lag::{projection_lag_seconds, relay_lag_gauges};
 use super::super::report::COMPONENTS;
 use super::*;
 
@@ -16,7 +16,7 @@ fn active() -> RelayStatus {
     }
 }
 
-fn probes() -> Probes {
+pub(crate) fn probes() -> Probes {
     let relay = active();
     Probes {
         now: Utc::now(),
@@ -51,7 +51,7 @@ fn probes() -> Probes {
     }
 }
 
-const T: Thresholds = Thresholds {
+pub(crate) const T: Thresholds = Thresholds {
     relay_lag_degraded_events: 100,
     projection_lag_degraded_events: 100,
     lag_degraded_seconds: 60,
@@ -328,33 +328,6 @@ fn a_projection_standby_is_healthy_and_says_who_projects() {
     assert_eq!(evaluate(&p, &HashMap::new(), T)["projections"].0, HealthStatus::Degraded);
 }
 
-/// `relay_lag_seconds` on a CDC feed is its progress age past a caught-up
-/// reader's delay (it read 0 whatever that age: the CQL backlog's `oldest`
-/// is None with nothing parked), the larger of it and a held event's age;
-/// a position-less feed with nothing held has 0 events, not none.
-#[test]
-fn lag_gauges_count_the_cdc_progress_age() {
-    let now = Utc::now();
-    let cql = Backlog { checkpoint: None, head: None, events: None, oldest: None };
-    let cdc = |secs| Some((Duration::from_secs(secs), Duration::from_secs(86_400)));
-    assert_eq!(lag_gauges(Some(&cql), cdc(7_200), now, &T), (Some(0), Some(7_200.0 - 66.0)));
-    assert_eq!(lag_gauges(Some(&cql), cdc(30), now, &T), (Some(0), Some(0.0)), "caught up");
-    assert_eq!(lag_gauges(None, cdc(7_200), now, &T), (None, Some(7_134.0)), "backlog unread");
-    let held = Backlog { events: Some(4), oldest: Some(now - chrono::Duration::seconds(9_000)), ..cql };
-    assert_eq!(lag_gauges(Some(&held), cdc(100), now, &T), (Some(4), Some(9_000.0)));
-    // SQLite: positions, no CDC age.
-    let sqlite = Backlog {
-        checkpoint: Some(5),
-        head: Some(8),
-        events: Some(3),
-        oldest: Some(now - chrono::Duration::seconds(2)),
-    };
-    assert_eq!(lag_gauges(Some(&sqlite), None, now, &T), (Some(3), Some(2.0)));
-    let unstarted = Backlog { checkpoint: None, head: Some(8), events: None, oldest: None };
-    assert_eq!(lag_gauges(Some(&unstarted), None, now, &T), (None, Some(0.0)));
-    assert_eq!(lag_gauges(None, None, now, &T), (None, None));
-}
-
 /// Review finding: a relay whose lease was lost (the store refused or did
 /// not answer the renewal) reported Unknown, "waiting for the relay lease to
 /// be read", for ever, skipping the lag and CDC-log TTL checks: nothing was
@@ -442,26 +415,6 @@ fn a_cql_projection_is_not_degraded_by_the_age_of_its_events() {
     assert_eq!(v["projections"].0, HealthStatus::Healthy, "{}", v["projections"].1);
 }
 
-/// `projection_lag_seconds` on the CDC projection is its progress age past a
-/// caught-up reader's delay (it read the backlog only: 0 with no parks,
-/// whatever the reader's age), the larger of it and a held event's age; on
-/// SQLite (no CDC age) the backlog's.
-#[test]
-fn projection_lag_seconds_counts_the_cdc_projections_progress_age() {
-    let mut p = probes();
-    let now = p.now;
-    p.projection_backlog = Some(Backlog { checkpoint: None, head: None, events: None, oldest: None });
-    p.projection_cdc_age = Some(Duration::from_secs(7_200));
-    assert_eq!(projection_lag_seconds(&p, &T), Some(7_200.0 - 66.0));
-    p.projection_cdc_age = Some(Duration::from_secs(30));
-    assert_eq!(projection_lag_seconds(&p, &T), Some(0.0), "caught up");
-    p.projection_backlog =
-        Some(Backlog { events: Some(2), oldest: Some(now - chrono::Duration::seconds(9_000)), ..Backlog::default() });
-    assert_eq!(projection_lag_seconds(&p, &T), Some(9_000.0), "a held event older than the progress");
-    p.projection_cdc_age = None;
-    assert_eq!(projection_lag_seconds(&p, &T), Some(9_000.0), "SQLite: the backlog's age");
-}
-
 /// Review finding: on CQL one failed read of the CDC progress (a timeout
 /// on a loaded cluster) made the relay's lag 0 (the held events' age) and
 /// skipped the TTL and "not progressing" rules: /health said "relay
@@ -514,17 +467,4 @@ fn a_cdc_projection_behind_or_near_the_log_ttl_is_not_healthy() {
     assert_eq!(st, HealthStatus::Degraded, "{detail}");
     assert!(detail.contains("projector's CDC progress could not be read"), "{detail}");
     assert_eq!(lag, None, "the gauge keeps its last value");
-}
-
-/// Review finding: a relay restart (a new task has not read the lease yet)
-/// moved the lag gauges from `role="active"` to `role="unknown"` for a
-/// check, resetting the `for` of the alerts on `role="active"`. An unknown
-/// role keeps the last known role's label; a known one replaces it.
-#[test]
-fn the_lag_gauges_keep_their_role_label_while_the_role_is_unknown() {
-    assert_eq!(lag_label("unknown", Some("active")), "active");
-    assert_eq!(lag_label("unknown", Some("standby")), "standby");
-    assert_eq!(lag_label("unknown", None), "unknown", "nothing known yet");
-    assert_eq!(lag_label("standby", Some("active")), "standby");
-    assert_eq!(lag_label("active", Some("unknown")), "active");
 }

@@ -54,6 +54,8 @@ pub type TaskFuture = BoxFuture<'static, Result<(), TaskError>>;
 pub trait Progress: Clone + Send + serde::Serialize + 'static {
     /// The task says it is running (reading its feed).
     fn running(&self) -> bool;
+    /// The task waits for another instance's lease (counts as running).
+    fn standby(&self) -> bool;
     /// Cleared by the shell when no task runs any more (restart, stop).
     fn set_running(&mut self, running: bool);
     /// Before a new task starts: forget what the previous one said about
@@ -65,7 +67,10 @@ pub trait Progress: Clone + Send + serde::Serialize + 'static {
 impl Progress for crate::relay::RelayStatus {
     fn running(&self) -> bool {
         // A standby runs as intended while it waits for the lease.
-        self.running || matches!(self.role, crate::relay::Role::Standby { .. })
+        self.running || self.standby()
+    }
+    fn standby(&self) -> bool {
+        matches!(self.role, crate::relay::Role::Standby { .. })
     }
     fn set_running(&mut self, running: bool) {
         self.running = running;
@@ -82,6 +87,9 @@ impl Progress for crate::projection::ProjectionStatus {
     fn running(&self) -> bool {
         // A standby runs as intended while it waits for the lease.
         self.running || self.standby.is_some()
+    }
+    fn standby(&self) -> bool {
+        self.standby.is_some()
     }
     fn set_running(&mut self, running: bool) {
         self.running = running;
@@ -131,8 +139,9 @@ pub struct TaskStatus<S> {
     /// A task is alive and says it is running.
     pub running: bool,
     /// A task is alive but does not say it runs: milliseconds since it was
-    /// spawned or, if it ran before, since a status query first found it
-    /// not running (None when it runs, or when no task is alive).
+    /// spawned or, for a standby that took the lease over, since a status
+    /// query first found it no longer a standby (None when it runs, or when
+    /// no task is alive).
     pub starting_ms: Option<u64>,
     pub progress: S,
 }

@@ -40,11 +40,14 @@ struct TaskRun {
     gone: watch::Receiver<()>,
     /// Makes the task panic (failure injection).
     panic: Option<oneshot::Sender<()>>,
-    /// Since when the task has not said it runs, as of the last status
-    /// query: its spawn, or the first query that found it no longer
-    /// running (a standby that took the lease over and starts its term).
-    /// `tokio` time, so tests on a paused clock see it move.
-    idle_since: Option<tokio::time::Instant>,
+    /// `tokio` time, so tests on a paused clock see the counts move.
+    spawned: tokio::time::Instant,
+    /// A standby that took the lease over: since the first status query
+    /// that found it no longer a standby and not running yet (it starts its
+    /// term). Its start grace counts from there, not from its spawn.
+    took_over: Option<tokio::time::Instant>,
+    /// The last status query found it a standby.
+    was_standby: bool,
 }
 
 /// A supervised actor: one [`TaskBody`]'s task under actix supervision.
@@ -172,7 +175,9 @@ impl<B: TaskBody> SupervisedTask<B> {
             abort,
             gone: gone_rx,
             panic: Some(panic_tx),
-            idle_since: Some(tokio::time::Instant::now()),
+            spawned: tokio::time::Instant::now(),
+            took_over: None,
+            was_standby: false,
         });
         let restarted = matches!(self.lifecycle, Lifecycle::Restarting { .. });
         self.lifecycle = Lifecycle::Running;
@@ -255,15 +260,21 @@ impl<B: TaskBody> Handler<GetTaskStatus<B::Status>> for SupervisedTask<B> {
 
     fn handle(&mut self, _msg: GetTaskStatus<B::Status>, _ctx: &mut Context<Self>) -> Self::Result {
         let progress = self.status.borrow().clone();
-        // Counted from the spawn or from when the task stopped saying it
-        // runs, not from the spawn alone: a standby spawned hours ago that
-        // takes the lease over is starting its term, not hours late.
+        // Counted from the spawn, except for a standby that took the lease
+        // over: spawned hours ago, it is starting its term, not hours late.
+        // A task that ran as active and stopped (a lost lease, a failed
+        // term) gets no new grace: its lag and "not running" apply at once.
         let starting_ms = match &mut self.run {
             Some(run) if !progress.running() => {
-                Some(run.idle_since.get_or_insert_with(tokio::time::Instant::now).elapsed().as_millis() as u64)
+                if run.was_standby && run.took_over.is_none() {
+                    run.took_over = Some(tokio::time::Instant::now());
+                }
+                run.was_standby = false;
+                Some(run.took_over.unwrap_or(run.spawned).elapsed().as_millis() as u64)
             }
             Some(run) => {
-                run.idle_since = None;
+                run.took_over = None;
+                run.was_standby = progress.standby();
                 None
             }
             None => None,

@@ -32,6 +32,9 @@ impl Progress for Status {
     fn running(&self) -> bool {
         self.running || self.standby
     }
+    fn standby(&self) -> bool {
+        self.standby
+    }
     fn set_running(&mut self, running: bool) {
         self.running = running;
     }
@@ -221,10 +224,11 @@ impl TaskBody for Puppet {
 
 /// Review finding: a standby spawned an hour ago that takes the lease over
 /// and starts its term was reported "spawned 3600 s ago and still
-/// starting" (Degraded at once); its start is counted from when it stopped
-/// saying it runs, so it gets the start grace like a fresh task.
+/// starting" (Degraded at once); its start is counted from its takeover, so
+/// it gets the start grace like a fresh task. An active task that stops
+/// running gets no such grace (last-read finding: a lost lease hid its lag).
 #[test]
-fn a_task_that_stops_running_counts_its_start_from_then_not_from_its_spawn() {
+fn a_standby_that_takes_over_counts_its_start_from_the_takeover_not_from_its_spawn() {
     on_paused_clock(|deps| async move {
         let (status, _rx) = watch::channel(Status::default());
         let sink = Sink.start();
@@ -241,5 +245,11 @@ fn a_task_that_stops_running_counts_its_start_from_then_not_from_its_spawn() {
         assert_eq!(ask().await.unwrap().starting_ms, Some(0), "counted from now, not from the spawn an hour ago");
         tokio::time::sleep(Duration::from_secs(40)).await;
         assert_eq!(ask().await.unwrap().starting_ms, Some(40_000), "a term that never starts still leaves the grace");
+        // Its term runs, then stops (a lost lease, a failed term): no new
+        // grace, the count is the task's own since its spawn.
+        status.send_modify(|s| s.running = true);
+        assert_eq!(ask().await.unwrap().starting_ms, None, "running");
+        status.send_modify(|s| s.running = false);
+        assert_eq!(ask().await.unwrap().starting_ms, Some(3_642_000), "not running again: counted from the spawn");
     });
 }

@@ -70,7 +70,9 @@ impl Txn {
             }
             match self.transaction(&batch, position).await {
                 Outcome::Committed => {
-                    if again {
+                    // Not after `Failure` was counted for the same records
+                    // (one outcome per retried record, as at-least-once).
+                    if again && attempts < self.backoff.max_attempts.max(1) {
                         self.count_retry(Retry::Success, batch.len());
                     }
                     return self.committed(&batch, position, started).await;
@@ -146,7 +148,8 @@ impl Txn {
                     // replay committed; one dropped here was lost).
                     batch = rest.into_iter().filter(|i| letters || !self.holds(i.aggregate(), i.position())).collect();
                     attempts = 0;
-                    again = false;
+                    // The rest was in the aborted transaction too: sent again.
+                    again = true;
                 }
             }
         }

@@ -291,6 +291,11 @@ impl Txn {
     /// the at-least-once relay counts one (events: the metric is by event
     /// type; a discard marker is not counted there either).
     fn count_failed(&self, item: &Item, e: &PublishError) {
+        // A record our own abort purged did not fail (at-least-once ignores
+        // purge reports the same way): only refusals and failed deliveries count.
+        if matches!(e.kind.as_str(), "purge_queue" | "purge_inflight") {
+            return;
+        }
         if let Item::Event(ev) = item {
             self.relay.metrics.cdc_events_failed.with_label_values(&[&ev.event_type, &e.kind]).inc();
         }

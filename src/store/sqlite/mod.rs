@@ -302,7 +302,10 @@ impl SqliteStore {
     /// may leave that to the writer thread in the background; this is for
     /// callers that must not overlap it with what they do next (the
     /// benchmarks, between timed passes). Every other handle of the store
-    /// must be gone (`Arc::into_inner`). Runs off the async runtime.
+    /// must be gone (`Arc::into_inner`). Runs off the async runtime. Not
+    /// joined: the change watcher of a store that was `subscribe`d (its
+    /// read-only connection ends at its next poll, so the final checkpoint
+    /// may then be left to the next open; the benchmarks do not subscribe).
     pub async fn close(mut self) -> Result<(), StoreError> {
         let writer = self.writer.take();
         tokio::task::spawn_blocking(move || {
