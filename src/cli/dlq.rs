@@ -48,6 +48,8 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             let held: u64 = parked.iter().map(|p| p.held_events).sum();
             let letters = store.dlq_count().await?;
             let mut code = 0;
+            // One listener for both requests of `--all`.
+            let interrupt = relay_ops::Interrupt::install();
             for (i, kind) in kinds.into_iter().enumerate() {
                 if i > 0 && deadline.left().is_zero() {
                     eprintln!(
@@ -58,7 +60,7 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
                     break;
                 }
                 let bar = (!no_progress).then(|| progress_bar(&kind, parked.len(), held, letters));
-                code = code.max(relay_ops::request(cfg, kind, bar, deadline).await?);
+                code = code.max(relay_ops::request(cfg, kind, bar, deadline, &interrupt).await?);
                 if code == relay_ops::INTERRUPTED {
                     break;
                 }
@@ -78,7 +80,14 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             if let Err(why) = outboxd::http::relay_ops::check_discard_reason(&reason) {
                 return Err(BadInput(format!("--reason: {why}")).into());
             }
-            relay_ops::request(cfg, RequestKind::Discard { event_id: id, reason }, None, wait.deadline()).await
+            relay_ops::request(
+                cfg,
+                RequestKind::Discard { event_id: id, reason },
+                None,
+                wait.deadline(),
+                &relay_ops::Interrupt::install(),
+            )
+            .await
         }
     }
 }

@@ -32,7 +32,7 @@ pub async fn rewind(
         }
     };
     refuse_other_backend(cfg, &kind)?;
-    relay_ops::request(cfg, kind, None, deadline).await
+    relay_ops::request(cfg, kind, None, deadline, &relay_ops::Interrupt::install()).await
 }
 
 /// A rewind the configured backend's relay cannot carry out (a feed

@@ -71,6 +71,25 @@ impl Deadline {
     }
 }
 
+/// SIGINT/SIGTERM, listened for once per command: a signal between two
+/// of its requests (`dlq replay --all`) is not lost between two listeners.
+pub struct Interrupt(Shutdown);
+
+impl Interrupt {
+    /// Installs the signal handlers (they keep a signal from ending the
+    /// process: the command withdraws its request and reports it).
+    pub fn install() -> Interrupt {
+        let trigger = Trigger::new();
+        let interrupted = trigger.subscribe();
+        let mut signals = outboxd::daemon::Signals::install();
+        tokio::spawn(async move {
+            signals.recv().await;
+            trigger.fire();
+        });
+        Interrupt(interrupted)
+    }
+}
+
 fn who() -> String {
     format!("cli@{}", outboxd::daemon::instance_id(&Config::default()))
 }
@@ -84,15 +103,16 @@ pub async fn request(
     kind: RequestKind,
     progress: Option<indicatif::ProgressBar>,
     deadline: Deadline,
+    interrupt: &Interrupt,
 ) -> Result<u8, Failure> {
     let max_wait = deadline.total();
-    let interrupt = Trigger::new();
-    let mut interrupted = interrupt.subscribe();
-    let mut signals = outboxd::daemon::Signals::install();
-    tokio::spawn(async move {
-        signals.recv().await;
-        interrupt.fire();
-    });
+    let mut interrupted = interrupt.0.clone();
+    if interrupted.is_shutdown() {
+        // Between two requests of one command (`dlq replay --all`): the
+        // next one is not submitted.
+        eprintln!("interrupted: request not submitted");
+        return Ok(INTERRUPTED);
+    }
     let store = open_existing(cfg).await?;
     let consumer = cfg.relay.consumer_name.clone();
     if let Err(nothing) = operator::check_parked(&store, &consumer, &kind).await? {
