@@ -51,10 +51,13 @@ cassandra-secure:
 
 ## stop: stop the local servers and the dev daemon started by `make dev`
 stop:
-	@if [ -f $(LOCAL)/outboxd.pid ]; then kill $$(cat $(LOCAL)/outboxd.pid) 2>/dev/null || true; rm -f $(LOCAL)/outboxd.pid; fi
-	@bash scripts/kafka-local.sh stop
-	@bash scripts/cassandra-local.sh stop
-	@bash scripts/cassandra-local.sh stop --secure
+	@if [ -f $(LOCAL)/outboxd.pid ]; then \
+	  pid=$$(cat $(LOCAL)/outboxd.pid); \
+	  if grep -qa outboxd /proc/$$pid/cmdline 2>/dev/null; then kill $$pid 2>/dev/null || true; fi; \
+	  rm -f $(LOCAL)/outboxd.pid; fi
+	@rc=0; bash scripts/kafka-local.sh stop || rc=1; \
+	  bash scripts/cassandra-local.sh stop || rc=1; \
+	  bash scripts/cassandra-local.sh stop --secure || rc=1; exit $$rc
 
 metrics:
 	@curl -sf http://127.0.0.1:9090/metrics | grep -v '^#' | grep -E 'cdc_|relay_|dlq_|circuit_|retry_|actor_|event_end' || echo "daemon not running? start it with make dev"

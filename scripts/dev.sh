@@ -63,12 +63,31 @@ export OUTBOX_KAFKA__BROKERS="$KAFKA_BROKERS"
 export OUTBOX_RELAY__POLL_INTERVAL_MS=100
 step "creating the tables (outboxd schema)"
 "$BIN" schema
-if [ -f .local/outboxd.pid ] && kill -0 "$(cat .local/outboxd.pid)" 2>/dev/null; then
+# The recorded pid is ours only while it runs outboxd (a pid reused after a
+# reboot is some other process).
+ours() { [ -f .local/outboxd.pid ] && grep -qa outboxd "/proc/$(cat .local/outboxd.pid)/cmdline" 2>/dev/null; }
+if ours; then
   echo "dev: outboxd already running (pid $(cat .local/outboxd.pid))"
 else
   nohup "$BIN" run >.local/outboxd.log 2>&1 &
   echo $! >.local/outboxd.pid
-  sleep 1
+  # Ready when its admin server answers; a daemon that exits (a port taken,
+  # a bad setting) is reported with its log, not as running.
+  for _ in $(seq 1 300); do
+    if ! ours; then
+      tail -20 .local/outboxd.log >&2
+      echo "dev: outboxd run exited (log .local/outboxd.log, above)" >&2
+      rm -f .local/outboxd.pid
+      exit 1
+    fi
+    curl -sf -o /dev/null http://127.0.0.1:9090/health/live && break
+    sleep 0.1
+  done
+  curl -sf -o /dev/null http://127.0.0.1:9090/health/live || {
+    tail -20 .local/outboxd.log >&2
+    echo "dev: outboxd run did not answer on http://127.0.0.1:9090/health/live within 30 s (log .local/outboxd.log)" >&2
+    exit 1
+  }
   echo "dev: outboxd run started (pid $(cat .local/outboxd.pid), log .local/outboxd.log)"
 fi
 step "running the demo orders"

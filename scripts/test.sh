@@ -37,7 +37,9 @@ KAFKA_BROKERS=$(bash scripts/kafka-local.sh start | sed -n 's/^KAFKA_BROKERS=//p
 # the node's 1 GB heap runs out (a few runs of `make test` in one checkout).
 # The config and the chosen ports stay; a node already running is left alone.
 wipe_cassandra_data() {
-  rm -rf "$1"/{data,commitlog,saved_caches,hints,cdc_raw}
+  # superuser-ready too: the wiped node makes the role again, and its
+  # readiness must wait for that (scripts/cassandra-local.sh).
+  rm -rf "$1"/{data,commitlog,saved_caches,hints,cdc_raw,superuser-ready}
 }
 if ! bash scripts/cassandra-local.sh status >/dev/null 2>&1; then
   started+=(cassandra)

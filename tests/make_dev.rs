@@ -5,7 +5,8 @@
 //! store and daemon), so the suite's servers are never touched. An
 //! independent consumer then finds every stored event on the topics, in
 //! order per aggregate, and `make stop` stops the daemon and the Kafka that
-//! `make dev` started. With a Docker engine `make dev` would start the
+//! `make dev` started; a second `make dev` whose daemon cannot listen (its
+//! port taken) fails with the daemon's log. With a Docker engine `make dev` would start the
 //! compose stack instead (`make integration-test`'s ground): SKIPPED here.
 //!
 //! The build inside shares this suite's target directory (only the
@@ -145,4 +146,17 @@ fn soak_make_dev_runs_the_demo_and_make_stop_stops_it() {
         .status()
         .unwrap();
     assert!(!status.success(), "make stop stopped the worktree's Kafka");
+
+    // Review finding: a daemon that exited at once (here: its API port
+    // taken) was still reported "started", and make dev exited 0. It now
+    // fails, showing the daemon's log.
+    let taken = std::net::TcpListener::bind("127.0.0.1:8080");
+    if taken.is_err() {
+        eprintln!("SKIPPED: make dev with its port taken: 127.0.0.1:8080 is in use by something else here");
+        return;
+    }
+    let (ok, out) = make(&wt.dir, "dev");
+    assert!(!ok, "make dev with the API port taken succeeded:\n{out}");
+    assert!(out.contains("dev: outboxd run exited") && out.contains("http.listen"), "{out}");
+    assert!(!wt.dir.join(".local/outboxd.pid").exists(), "no pid of a daemon that is gone");
 }
