@@ -130,6 +130,34 @@ fn a_refused_secret_kafka_key_is_named_not_shown() {
     assert!(!out.contains(&secret), "{out}");
 }
 
+/// Review finding: a value given to a table that holds secrets (all of
+/// `kafka.extra` as one string or a broken inline table, the way SASL
+/// settings reach it from the environment) was quoted whole in the error,
+/// the password in it too. The error names the variable or key, not the value.
+#[test]
+fn a_bad_value_of_a_table_holding_secrets_is_not_quoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = format!("hunter{}", uuid::Uuid::now_v7().simple());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("config")
+        .current_dir(dir.path())
+        .env_remove("OUTBOX_CONFIG")
+        .env("OUTBOX_KAFKA__EXTRA", format!("{{\"sasl.password\"=\"{secret}\""))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("OUTBOX_KAFKA__EXTRA") && err.contains("not shown"), "{err}");
+    assert!(!err.contains(&secret), "{err}");
+    let cfg = dir.path().join("outboxd.toml");
+    std::fs::write(&cfg, format!("[kafka]\nextra = \"sasl.password={secret}\"\n")).unwrap();
+    let (code, out) = run(&["config"], &cfg, dir.path());
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("kafka.extra") && out.contains("not shown"), "{out}");
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+    assert!(!out.contains(&secret), "{out}");
+}
+
 /// Review finding: a TOML syntax error quoted the offending line, so a
 /// secret on it (an invalid escape in a password, an unquoted token)
 /// reached the terminal and the logs.

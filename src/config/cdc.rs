@@ -113,6 +113,15 @@ impl CdcConfig {
         MIN_STALL_RESTART_MS.max(sleeps).max(first_wait)
     }
 
+    /// How old a caught-up reader's saved progress may be (ms): safety
+    /// interval + window + sleep + checkpoint interval. Each is bounded at
+    /// load; saturating all the same (a sum never panics).
+    pub fn caught_up_delay_ms(&self) -> u64 {
+        [self.window_size_ms, self.sleep_interval_ms, self.checkpoint_interval_ms]
+            .into_iter()
+            .fold(self.safety_interval_ms, u64::saturating_add)
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(format!("store.cql.cdc.{m}")));
         // (key, value, whether 0 is refused): every one at most 7 days.
@@ -156,6 +165,27 @@ impl CdcConfig {
                 self.log_ttl_seconds
             ));
         }
+        // scylla-cdc reads at most a window, then sleeps: a sleep as long as
+        // the window falls behind the log for good, and rows expire unread.
+        for (sleep, window, sleep_key, window_key) in [
+            (self.sleep_interval_ms, self.window_size_ms, "sleep_interval_ms", "window_size_ms"),
+            (self.catch_up_sleep_ms, self.catch_up_window_ms, "catch_up_sleep_ms", "catch_up_window_ms"),
+        ] {
+            if sleep >= window {
+                return err(format!(
+                    "{sleep_key} ({sleep}) must be less than {window_key} ({window}): a reader that sleeps as long as it reads falls further behind the log every round"
+                ));
+            }
+        }
+        // A caught-up reader's progress is this old: at half the TTL the
+        // TTL guard says Degraded, for good.
+        let delay = self.caught_up_delay_ms();
+        if delay.saturating_mul(2) >= self.log_ttl_seconds.saturating_mul(1_000) {
+            return err(format!(
+                "log_ttl_seconds ({}) must be more than twice a caught-up reader's delay (safety_interval_ms + window_size_ms + sleep_interval_ms + checkpoint_interval_ms = {delay} ms): its progress would always be past half the TTL, and /health Degraded",
+                self.log_ttl_seconds
+            ));
+        }
         let floor = self.stall_restart_floor_ms();
         if let Some(v) = self.stall_restart_ms.filter(|v| *v != 0 && *v < floor) {
             return err(format!(
@@ -195,6 +225,21 @@ mod tests {
         assert!(bad(|c| c.log_ttl_seconds = 59).contains("log_ttl_seconds"));
         assert!(bad(|c| c.log_ttl_seconds = 60).contains("must exceed safety_interval_ms + window_size_ms"));
         assert!(bad(|c| c.catch_up_sleep_ms = 0).contains("store.cql.cdc.catch_up_sleep_ms must be at least 1"));
+        // Review finding: settings that can never keep up were accepted.
+        assert!(bad(|c| c.sleep_interval_ms = 30_000)
+            .contains("store.cql.cdc.sleep_interval_ms (30000) must be less than window_size_ms (30000)"));
+        assert!(bad(|c| c.catch_up_sleep_ms = 300_000).contains("catch_up_sleep_ms (300000) must be less than"));
+        assert!(bad(|c| {
+            c.checkpoint_interval_ms = 7_200_000;
+            c.log_ttl_seconds = 3_600;
+        })
+        .contains("must be more than twice a caught-up reader's delay"));
+        assert!(bad(|c| c.log_ttl_seconds = 132).contains("66000 ms"), "the defaults' delay is 66 s");
+        let mut ok = CdcConfig { log_ttl_seconds: 133, ..CdcConfig::default() };
+        ok.validate().unwrap();
+        ok.sleep_interval_ms = 29_999;
+        ok.log_ttl_seconds = 3_600;
+        ok.validate().unwrap();
         assert!(bad(|c| c.reconcile_remember_aggregates = 0).contains("reconcile_remember_aggregates"));
         assert!(bad(|c| c.stall_restart_ms = Some(119_999))
             .contains("store.cql.cdc.stall_restart_ms = 119999: use 0 (never) or at least 120000"));
@@ -250,13 +295,17 @@ mod tests {
             ("reconcile_refresh_ms", |c, v| c.reconcile_refresh_ms = v, MAX_INTERVAL_MS),
             ("stall_restart_ms", |c, v| c.stall_restart_ms = Some(v), MAX_STALL_RESTART_MS),
         ];
-        // Every key at its limit at once is valid (a 20-year log outlives the sums).
+        // Every key at its limit at once is valid (a 20-year log outlives the
+        // sums), the sleeps just under their windows (a reader that sleeps
+        // as long as it reads is refused).
         let mut widest = CdcConfig { log_ttl_seconds: MAX_TTL_SECONDS, ..CdcConfig::default() };
         for (_, set, max) in keys {
             set(&mut widest, max);
         }
+        widest.sleep_interval_ms = MAX_INTERVAL_MS - 1;
+        widest.catch_up_sleep_ms = MAX_INTERVAL_MS - 1;
         widest.validate().unwrap();
-        assert_eq!(widest.stall_restart_floor_ms(), MAX_STALL_RESTART_MS, "the floor never passes the limit");
+        assert!(widest.stall_restart_floor_ms() <= MAX_STALL_RESTART_MS, "the floor never passes the limit");
         assert_eq!(widest.reconcile_bound(), Duration::from_millis(3 * MAX_INTERVAL_MS));
         for (key, set, max) in keys {
             for v in [max + 1, u64::MAX] {

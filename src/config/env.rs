@@ -44,6 +44,16 @@ fn config_vars() -> Vec<(String, Vec<String>)> {
 /// Refuses a configuration variable whose key has an empty part: figment
 /// would drop it silently.
 pub(super) fn check_vars() -> Result<(), ConfigError> {
+    // The file variable is read by its exact name only (the command line's
+    // `-c`/`OUTBOX_CONFIG`): another spelling named no file, silently.
+    if let Some(name) = std::env::vars_os()
+        .map(|(n, _)| n.to_string_lossy().into_owned())
+        .find(|n| n.trim().eq_ignore_ascii_case(CONFIG_FILE_VAR) && n != CONFIG_FILE_VAR)
+    {
+        return Err(ConfigError(format!(
+            "environment variable {name}: the configuration file is named by {CONFIG_FILE_VAR}, in upper case; this spelling is not read"
+        )));
+    }
     match config_vars().into_iter().find(|(_, path)| path.iter().any(String::is_empty)) {
         None => Ok(()),
         Some((name, _)) => Err(ConfigError(format!(

@@ -222,6 +222,18 @@ impl KafkaConfig {
                 }
             }
         }
+        // librdkafka refuses (QUEUE_FULL) a record larger than the local
+        // queue even when the queue is empty: the relay would retry it first
+        // for ever, every event behind it held. The queue must hold one
+        // record of the largest size the producer sends.
+        let number = |k: &str| self.extra.get(k).and_then(|v| v.trim().parse::<u64>().ok());
+        let max_message = number("message.max.bytes").unwrap_or(1_000_000);
+        if let Some(kbytes) = number("queue.buffering.max.kbytes").filter(|kb| kb.saturating_mul(1024) < max_message) {
+            return Err(ConfigError(format!(
+                "kafka.extra.\"queue.buffering.max.kbytes\" = {kbytes}: must hold one record of message.max.bytes ({max_message} bytes): at least {} (a larger record is never queued, and every event behind it waits)",
+                max_message.div_ceil(1024)
+            )));
+        }
         let mut c = rdkafka::ClientConfig::new();
         for (k, v) in self.producer_settings() {
             c.set(k, v);

@@ -91,6 +91,13 @@ fn they_are_refused_by_load() {
             let e = Config::load(None).expect_err(needle).to_string();
             assert!(e.contains(needle) && e.lines().count() == 1, "{var}={value}: {e}");
         }
+        // Review finding: `outbox_config` (any other spelling of the file
+        // variable) named no file and was silently ignored.
+        jail.clear_env();
+        jail.create_file("p.toml", "[kafka]\npartitions = 9\n")?;
+        jail.set_env("outbox_config", "p.toml");
+        let e = Config::load(None).expect_err("outbox_config").to_string();
+        assert!(e.contains("environment variable outbox_config") && e.contains("OUTBOX_CONFIG"), "{e}");
         jail.clear_env();
         jail.create_file("nan.toml", "[relay.retry]\nmultiplier = nan\n")?;
         let e = Config::load(Some(Path::new("nan.toml"))).expect_err("nan").to_string();
@@ -178,4 +185,44 @@ fn serial_compare_and_set_needs_quorum_reads() {
         },
         "ScyllaDB refuses reads at EACH_QUORUM",
     );
+}
+
+/// Review finding: `kafka.extra."queue.buffering.max.kbytes" = "1"` was
+/// accepted; librdkafka then refuses every record over 1 KiB as
+/// QUEUE_FULL even with an empty queue, and the relay retried the first
+/// such event for ever, every event behind it held. The queue must hold
+/// one record of `message.max.bytes`.
+#[test]
+fn the_local_queue_must_hold_one_record_of_the_largest_size() {
+    let extra = |pairs: &'static [(&'static str, &'static str)]| {
+        move |c: &mut Config| {
+            for (k, v) in pairs {
+                c.kafka.extra.insert((*k).into(), (*v).into());
+            }
+        }
+    };
+    refused(
+        &extra(&[("queue.buffering.max.kbytes", "1")]),
+        "kafka.extra.\"queue.buffering.max.kbytes\" = 1: must hold one record of message.max.bytes (1000000 bytes): at least 977",
+    );
+    accepted(&extra(&[("queue.buffering.max.kbytes", "977")]));
+    refused(&extra(&[("queue.buffering.max.kbytes", "977"), ("message.max.bytes", "2000000")]), "at least 1954");
+    accepted(&extra(&[("queue.buffering.max.kbytes", "64"), ("message.max.bytes", "65536")]));
+}
+
+/// Review findings: a retry backoff as long as `health.feed_unhealthy_after_ms`
+/// made one failed store read an Unhealthy /health; a negative
+/// `service.snapshot_every` silently turned snapshots off.
+#[test]
+fn backoff_under_the_feed_threshold_and_no_negative_snapshot_interval() {
+    refused(
+        &|c| {
+            c.relay.retry.initial_backoff_ms = 120_000;
+            c.relay.retry.max_backoff_ms = 120_000;
+        },
+        "relay.retry.max_backoff_ms (120000) must be less than health.feed_unhealthy_after_ms (60000)",
+    );
+    accepted(&|c| c.relay.retry.max_backoff_ms = 59_999);
+    refused(&|c| c.service.snapshot_every = -5, "service.snapshot_every = -5: must be >= 0");
+    accepted(&|c| c.service.snapshot_every = 0);
 }

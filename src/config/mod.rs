@@ -131,6 +131,15 @@ impl Config {
         self.health.validate()?;
         self.service.validate()?;
         self.supervision.validate()?;
+        // The feed reader waits the retry backoff between failed reads: one
+        // failed read must not outlast the time after which /health calls
+        // the relay Unhealthy (an orchestrator may restart it for that).
+        if self.relay.retry.max_backoff_ms >= self.health.feed_unhealthy_after_ms {
+            return Err(ConfigError(format!(
+                "relay.retry.max_backoff_ms ({}) must be less than health.feed_unhealthy_after_ms ({}): the feed reader waits that long between failed reads, so one failure would make /health Unhealthy",
+                self.relay.retry.max_backoff_ms, self.health.feed_unhealthy_after_ms
+            )));
+        }
         if self.shutdown_deadline_ms == 0 {
             return Err(ConfigError("shutdown_deadline_ms must be >= 1 (in-flight deliveries get that long)".into()));
         }
@@ -164,10 +173,21 @@ fn config_error(e: figment::Error) -> ConfigError {
     // From a variable (read by figment, or taken as written by `load`): named
     // by the variable, not by figment's source (a line of this file).
     let from_file = e.metadata.as_ref().is_some_and(|m| matches!(m.source, Some(figment::Source::File(_))));
-    if !from_file {
-        if let Some(var) = env::variable_for(&e.path) {
-            return ConfigError(format!("environment variable {var}: {}", e.kind));
+    let var = (!from_file).then(|| env::variable_for(&e.path)).flatten();
+    // A value given to a table that holds secrets (`kafka.extra` as one
+    // string, `OUTBOX_HTTP='{api_token=...'`) is quoted whole by figment,
+    // the secret in it too: shown without the value.
+    // (A file that does not parse is a message whose quoted line is dropped below.)
+    if let Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) = &e.kind {
+        if secrets::mentions_secret(&e.kind.to_string()) {
+            let name = var.map(|v| format!("environment variable {v}")).unwrap_or(key);
+            return ConfigError(format!(
+                "{name}: invalid value, expected {expected} (not shown: it holds a secret's name)"
+            ));
         }
+    }
+    if let Some(var) = var {
+        return ConfigError(format!("environment variable {var}: {}", e.kind));
     }
     ConfigError(without_source_lines(&e.to_string()))
 }

@@ -31,6 +31,13 @@ pub fn is_secret_key(key: &str) -> bool {
         || k.ends_with("sasl.oauthbearer.config")
 }
 
+/// Whether free text (a value quoted in an error) names a secret key: it
+/// may hold that secret's value next to it.
+pub fn mentions_secret(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    ["password", "passphrase", "secret", "token", "credential", "key.pem", "oauthbearer"].iter().any(|w| t.contains(w))
+}
+
 /// Secrets shorter than this are not scrubbed from free text (too likely to
 /// match innocent text); they are still redacted in `outboxd config`.
 pub const MIN_SCRUB_LEN: usize = 4;

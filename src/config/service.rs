@@ -93,6 +93,12 @@ impl Default for ServiceConfig {
 
 impl ServiceConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.snapshot_every < 0 {
+            return Err(ConfigError(format!(
+                "service.snapshot_every = {}: must be >= 0 (0: no snapshots)",
+                self.snapshot_every
+            )));
+        }
         // The same two checks a command's currency gets: the shape, then the
         // ISO 4217 list (`domain::iso4217`).
         let known = crate::domain::Currency::new(&self.default_currency).is_ok()

@@ -124,10 +124,7 @@ pub struct Thresholds {
 impl Thresholds {
     pub fn from_config(cfg: &crate::config::Config) -> Thresholds {
         let (h, c) = (&cfg.health, &cfg.store.cql.cdc);
-        // Each is bounded at load; saturating all the same (a sum never panics).
-        let delay = [c.window_size_ms, c.sleep_interval_ms, c.checkpoint_interval_ms]
-            .into_iter()
-            .fold(c.safety_interval_ms, u64::saturating_add);
+        let delay = c.caught_up_delay_ms();
         Thresholds {
             relay_lag_degraded_events: h.lag_degraded_events,
             projection_lag_degraded_events: h.projection_lag_degraded_events,
