@@ -171,6 +171,15 @@ impl CommandService {
         }
         for env in events {
             let seq = env.sequence;
+            // Sequences are gap-free (each append is a compare-and-set at the
+            // next one); a missing event (a row deleted by hand) would
+            // decide, and append on, a state that never was.
+            if seq != version + 1 {
+                return Err(AppError::Store(StoreError::Codec(format!(
+                    "the event stream of {id} is damaged: event {} is missing (the next stored one is {seq}); nothing is decided on it",
+                    version + 1
+                ))));
+            }
             let env = env.upcast(&self.opts.default_currency)?;
             state.apply(&env.decode::<A::Event>()?);
             version = seq;

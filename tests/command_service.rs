@@ -1,7 +1,8 @@
 //! The command service on a real SQLite store: a creating command is decided
 //! without reading the stream (the append's compare-and-set at version 0 is
 //! its existence check), and a taken id is still refused exactly as before,
-//! with nothing appended.
+//! with nothing appended. A stream with an event missing (deleted by hand)
+//! is refused, never decided on.
 
 mod harness;
 
@@ -114,4 +115,32 @@ async fn every_append_attempt_is_observed_whatever_its_result() {
     let again = svc.execute::<Customer>(id, &register("second"), Metadata::default(), None).await;
     assert!(matches!(again, Err(AppError::Domain(DomainError::CustomerAlreadyExists))), "{again:?}");
     assert_eq!(metrics.store_append_duration.get_sample_count(), 2, "the refused append is observed");
+}
+
+/// Review finding: with an event deleted by hand, loading skipped the gap:
+/// GET answered the order at version 3 without event 2, and a command
+/// decided (and appended) on that state. The load refuses the stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_with_a_missing_event_is_refused_not_decided_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_counting, store) = counting_store(dir.path()).await;
+    let svc = CommandService::new(store.clone(), ServiceOptions { snapshot_every: 0, ..ServiceOptions::default() });
+    let id = Uuid::now_v7();
+    let create = OrderCommand::Create { customer_id: Uuid::now_v7(), items: sample_items(1, 2) };
+    svc.execute::<Order>(id, &create, Metadata::default(), None).await.unwrap();
+    for n in [3, 4] {
+        let update = OrderCommand::UpdateItems { items: sample_items(2, n) };
+        let out = svc.execute::<Order>(id, &update, Metadata::default(), None).await.unwrap();
+        assert_eq!(out.version, n as i64 - 1);
+    }
+    let db = rusqlite::Connection::open(dir.path().join("commands.db")).unwrap();
+    db.execute("DELETE FROM event_store WHERE aggregate_id = ?1 AND sequence_number = 2", [id.to_string()]).unwrap();
+    let e = svc.load::<Order>(id).await.map(|l| l.version).unwrap_err();
+    assert!(matches!(&e, AppError::Store(StoreError::Codec(m)) if m.contains("event 2 is missing")), "{e:?}");
+    let refused = svc.execute::<Order>(id, &OrderCommand::Confirm, Metadata::default(), None).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let rows: i64 = db
+        .query_row("SELECT COUNT(*) FROM event_store WHERE aggregate_id = ?1", [id.to_string()], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 2, "nothing appended on the damaged stream");
 }

@@ -21,6 +21,7 @@ use crate::http::errors::ApiError;
 use crate::http::input::{self, Input};
 use crate::http::json_body::JsonBody;
 use crate::projection::OrderView;
+use crate::store::StoreError;
 
 pub(super) fn order_view(id: Uuid, version: i64, o: &Order) -> Value {
     json!({
@@ -100,15 +101,16 @@ pub(super) async fn get_order(
     let l = match load_outcome::<Order>(&st, id).await? {
         Ok(l) => l,
         // A parked order: the event after the row's version cannot be
-        // decoded by this build, so the stream cannot answer either; the row
-        // does, as of its version, marked stale (not a 500).
-        Err(AppError::Decode(e)) if behind.is_some() => {
+        // decoded by this build, or its stored row cannot be read at all
+        // (not JSON, a column missing), so the stream cannot answer either;
+        // the row does, as of its version, marked stale (not a 500).
+        Err(e @ (AppError::Decode(_) | AppError::Store(StoreError::Codec(_)))) if behind.is_some() => {
             let v = behind.expect("checked");
-            tracing::warn!(error = %e, order_id = %id, version = v.version, "order has an undecodable event; serving its read-model row, marked stale");
+            tracing::warn!(error = %e, order_id = %id, version = v.version, "order has an event this build cannot read; serving its read-model row, marked stale");
             let mut body = row_body(id, &v);
             body["stale"] = json!(true);
             body["stale_reason"] = json!(format!(
-                "an event of the order after version {} cannot be decoded by this build (written by a newer build, or damaged); its read model stays at version {} of {}: see `outboxd projections status`",
+                "an event of the order after version {} cannot be decoded or read by this build (written by a newer build, or damaged); its read model stays at version {} of {}: see `outboxd projections status`",
                 v.version, v.version, v.stream_version
             ));
             return Ok(row_response(&req, &v, body));
