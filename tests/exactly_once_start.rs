@@ -150,7 +150,7 @@ async fn a_progress_read_that_stands_still_fails_within_its_bound() {
         async move { timed_read(&k, &topic, &consumer, stall).await }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let hung = Hung::start(&kafka);
+    let hung = kafka.hang();
     let hung_at = Instant::now();
     let (r, elapsed) = read.await.unwrap();
     let after = hung_at.elapsed();
@@ -164,31 +164,6 @@ async fn a_progress_read_that_stands_still_fails_within_its_bound() {
     let (r, elapsed) = timed_read(&gone, &topic, &consumer, stall).await;
     assert!(r.is_err(), "no broker: {r:?}");
     assert!(elapsed < stall + Duration::from_secs(60), "failed after {elapsed:?}, bound {stall:?}");
-}
-
-/// A broker stopped (SIGSTOP) until this is dropped (SIGCONT), as in tests/soak/outage.rs.
-struct Hung(String);
-
-impl Hung {
-    fn start(kafka: &PrivateKafka) -> Hung {
-        // scripts/kafka-local.sh records the broker JVM's pid in its directory.
-        let pid = std::fs::read_to_string(kafka.dir.path().join("kafka.pid")).expect("the broker's pid file");
-        let pid = pid.trim().to_string();
-        assert!(pid.parse::<u32>().is_ok(), "a pid: {pid:?}");
-        signal(&pid, "STOP");
-        Hung(pid)
-    }
-}
-
-impl Drop for Hung {
-    fn drop(&mut self) {
-        signal(&self.0, "CONT");
-    }
-}
-
-fn signal(pid: &str, sig: &str) {
-    let ok = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid).status().is_ok_and(|s| s.success());
-    assert!(ok || std::thread::panicking(), "kill -{sig} {pid}");
 }
 
 /// Review finding: a term resumed from the committed progress but left the

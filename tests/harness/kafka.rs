@@ -101,6 +101,31 @@ impl PrivateKafka {
         let b = kafka_script(self.dir.path(), "start").expect("Kafka restarts");
         assert_eq!(b, self.brokers, "restart keeps the address");
     }
+
+    /// Hangs the broker (SIGSTOP: connections open, requests unanswered)
+    /// until the returned guard is dropped (SIGCONT), panicking or not.
+    pub fn hang(&self) -> Hung {
+        // scripts/kafka-local.sh records the broker JVM's pid in its directory.
+        let pid = std::fs::read_to_string(self.dir.path().join("kafka.pid")).expect("the broker's pid file");
+        let pid = pid.trim().to_string();
+        assert!(pid.parse::<u32>().is_ok(), "a pid: {pid:?}");
+        signal(&pid, "STOP");
+        Hung(pid)
+    }
+}
+
+/// A hung private broker ([`PrivateKafka::hang`]), resumed on drop.
+pub struct Hung(String);
+
+impl Drop for Hung {
+    fn drop(&mut self) {
+        signal(&self.0, "CONT");
+    }
+}
+
+fn signal(pid: &str, sig: &str) {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid).status().is_ok_and(|s| s.success());
+    assert!(ok || std::thread::panicking(), "kill -{sig} {pid}");
 }
 
 impl Drop for PrivateKafka {

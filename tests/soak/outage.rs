@@ -6,36 +6,10 @@
 //! gauges say so, and after each outage it resumes in order by itself.
 
 use super::*;
-use std::process::Command;
 
 /// How long each outage lasts: over twice the longest timeout of the path.
 const OUTAGE_MS: u64 = 8000;
 const _: () = assert!(OUTAGE_MS > 2 * LONGEST_TIMEOUT_MS);
-
-/// A hung broker: its process stopped (SIGSTOP) until this is dropped (SIGCONT).
-struct Hung(String);
-
-impl Hung {
-    fn start(kafka: &PrivateKafka) -> Hung {
-        // scripts/kafka-local.sh records the broker JVM's pid in its directory.
-        let pid = std::fs::read_to_string(kafka.dir.path().join("kafka.pid")).expect("the broker's pid file");
-        let pid = pid.trim().to_string();
-        assert!(pid.parse::<u32>().is_ok(), "a pid: {pid:?}");
-        signal(&pid, "STOP");
-        Hung(pid)
-    }
-}
-
-impl Drop for Hung {
-    fn drop(&mut self) {
-        signal(&self.0, "CONT");
-    }
-}
-
-fn signal(pid: &str, sig: &str) {
-    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid).status().is_ok_and(|s| s.success());
-    assert!(ok || std::thread::panicking(), "kill -{sig} {pid}");
-}
 
 #[test]
 fn soak_broker_outages_longer_than_every_timeout_keep_every_aggregate_in_order() {
@@ -50,7 +24,7 @@ fn soak_broker_outages_longer_than_every_timeout_keep_every_aggregate_in_order()
         sleep_ms(4000);
         let lo = checkpoint(&db, RELAY);
         // Rounds 1 and 3: stopped; round 2: hung, between two clean outages.
-        let hung = (round == 2).then(|| Hung::start(&kafka));
+        let hung = (round == 2).then(|| kafka.hang());
         if hung.is_none() {
             kafka.stop();
         }
