@@ -305,6 +305,45 @@ async fn an_unreadable_event_store_row_parks_its_aggregate_and_the_reader_goes_o
     assert!(store.get_order(other).await.unwrap().is_some(), "other aggregates keep projecting");
 }
 
+/// Review finding: a gap fill that met an unreadable row applied none of the
+/// readable events before it, so an order whose first event seen came after
+/// the row (older history past the CDC TTL) had no row and no customer
+/// entry at all. They are applied, and the aggregate parks at the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_fill_applies_the_events_before_an_unreadable_row_then_parks() {
+    use outboxd::store::parking::ParkingStore;
+    let Some(store) = cassandra("fill up to an unreadable row").await else { return };
+    let donor = order_lifecycle(&service(&store), 6).await;
+    let x = Uuid::now_v7();
+    let evs: Vec<EventEnvelope> = store.load(donor).await.unwrap()[..4]
+        .iter()
+        .map(|e| EventEnvelope { aggregate_id: x, event_id: Uuid::now_v7(), ..e.clone() })
+        .collect();
+    store.append(x, 0, evs[..2].to_vec()).await.unwrap();
+    let insert = format!(
+        "INSERT INTO {}.event_store (aggregate_id, sequence_number, version, event_id, aggregate_type, event_type, event_version, payload, causation_id, correlation_id, timestamp)
+         VALUES (?, 3, 3, ?, 'order', ?, 2, 'not json', null, ?, ?)",
+        store.keyspace()
+    );
+    let values = (x, evs[2].event_id, evs[2].event_type.clone(), Uuid::now_v7(), now_millis());
+    store.session().query_unpaged(insert, values).await.unwrap();
+    store.append(x, 3, vec![evs[3].clone()]).await.unwrap();
+
+    // Only event 4 reaches the empty read model: the fill reads 1..3.
+    let out = apply_envelopes(&store, vec![evs[3].clone()], "EUR").await.unwrap();
+    assert_eq!((out.gap_filled, out.applied, out.skipped, out.rows_written), (2, 0, 1, 1), "{out:?}");
+    let row = store.get_order(x).await.unwrap().expect("the events before the unreadable row are applied");
+    assert_eq!((row.version, row.item_count), (2, 3), "up to the version before the row");
+    let customer = row.customer_id.expect("a customer");
+    let page = store.orders_by_customer(customer, PageRequest::first(10)).await.unwrap();
+    assert_eq!(page.orders.iter().map(|o| o.order_id).collect::<Vec<_>>(), vec![x], "its customer-index entry");
+    let parked = store.parked(outboxd::projection::CONSUMER).await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let p = &parked[0].parked;
+    assert_eq!((p.aggregate_id.clone(), p.sequence), (x.to_string(), Some(3)), "parked at the unreadable row");
+    assert_eq!(p.event_id, Some(evs[2].event_id.to_string()), "{p:?}");
+}
+
 /// Review finding: the gap fill was never checked for completeness: with
 /// event 2 missing from the store (deleted by hand here), event 3 was
 /// applied onto the row at version 1, which then looked current. The

@@ -249,6 +249,20 @@ async fn fenced_parking(s: DynStore) {
     assert_eq!(parked(s.clone()).await, vec![agg.clone()]);
     // What the projector reads before every page: the same parks, no counts.
     assert_eq!(s.parked_positions(name).await.unwrap(), vec![(agg.clone(), Some(1))]);
+    // The same aggregates and positions as `parked` (CQL reads only the park
+    // rows for them, not `parked`'s held count per park), also without one.
+    let second = Parked { position: None, sequence: Some(3), ..park(Uuid::now_v7().to_string()) };
+    s.park_fenced(&second, 1).await.unwrap();
+    let mut positions = s.parked_positions(name).await.unwrap();
+    let mut of_parked: Vec<_> =
+        s.parked(name).await.unwrap().into_iter().map(|p| (p.parked.aggregate_id, p.parked.position)).collect();
+    positions.sort();
+    of_parked.sort();
+    assert_eq!(positions, of_parked);
+    let mut expected = vec![(agg.clone(), Some(1)), (second.aggregate_id.clone(), None)];
+    expected.sort();
+    assert_eq!(positions, expected);
+    assert!(s.unpark_fenced(name, &second.aggregate_id, 1).await.unwrap());
 
     // "b" takes the lease over: epoch 2.
     assert!(s.lease_cas(&LeaseCas { expected: Some((1, 0)), new: lease(2, "b") }).await.unwrap());

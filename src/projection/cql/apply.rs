@@ -4,7 +4,8 @@
 //! Guarantee: idempotent and order-insensitive per aggregate: events at or
 //! below a row's version change nothing, a gap is filled from the event store
 //! first (a fill the store answers short parks the aggregate at the first
-//! sequence it lacks), and every row is written `USING TIMESTAMP <version>`, so the
+//! sequence it lacks, a row it cannot read at that row, each after applying
+//! the events before it), and every row is written `USING TIMESTAMP <version>`, so the
 //! highest version wins whatever the arrival order. A row never reflects a
 //! state with an event missing: an event this build cannot apply stops its
 //! aggregate at the version before it and parks it (`parked_aggregates`,
@@ -20,7 +21,7 @@ use super::{codec, load_stored, stmts, unavailable, Stmts};
 use crate::domain::{Aggregate, Customer, Order};
 use crate::envelope::{EventEnvelope, StoredEvent};
 use crate::projection::model::{apply_event, Applied, OrderColumns, Row};
-use crate::projection::page::{decode_row, missing, rows_through};
+use crate::projection::page::{decode_row, missing, rows_through, Earlier};
 use crate::projection::parking::record;
 use crate::projection::{StoredRow, CONSUMER};
 use crate::store::cql::CqlStore;
@@ -66,19 +67,9 @@ async fn project<A: Aggregate>(
             // Earlier events of this aggregate were not seen (yet): take them
             // from the event store, so the state never skips an event.
             let (earlier, unreadable) = rows_through(store, id, version + 1, env.sequence - 1).await?;
-            // A row that cannot be read stops the aggregate there (retried,
-            // it failed the same way for ever). The reader parked it at that
-            // row when it met it: that record stays; if none, park here.
-            if let Some(e) = unreadable {
-                let agg = id.to_string();
-                if !store.parked(CONSUMER).await?.iter().any(|p| p.parked.aggregate_id == agg) {
-                    let at =
-                        ParkKey { sequence: e.sequence, event_id: e.event_id, event_type: None, ..ParkKey::of(&env) };
-                    park(store, at, &e.error).await?;
-                }
-                out.skipped += 1;
-                return Ok(dirty.then_some(row).flatten());
-            }
+            // The readable events before a row that cannot be read are
+            // applied too: the row stops at the version before the first
+            // event it cannot take, however the fill stops.
             for ev in earlier {
                 // The fill must come back whole: a sequence the store did not
                 // return stops the aggregate there (applying the next one
@@ -102,10 +93,8 @@ async fn project<A: Aggregate>(
                 }
             }
             let reached = row.as_ref().map_or(0, |r| r.version);
-            if reached != env.sequence - 1 {
-                let gap = missing(reached + 1);
-                let at = ParkKey { sequence: gap.sequence, event_id: None, event_type: None, ..ParkKey::of(&env) };
-                park(store, at, &gap.error).await?;
+            if unreadable.is_some() || reached != env.sequence - 1 {
+                stop_fill(store, &env, reached, unreadable).await?;
                 out.skipped += 1;
                 return Ok(dirty.then_some(row).flatten());
             }
@@ -125,6 +114,33 @@ async fn project<A: Aggregate>(
         }
     }
     Ok(if dirty { row } else { None })
+}
+
+/// Parks the aggregate of `env` where its gap fill stopped, the row at
+/// version `reached`: at the row that cannot be read when it is the next
+/// one (retried, it fails the same way for ever; the reader parked it there
+/// when it met it: that record stays, if none it is written here), else at
+/// the first sequence the store did not return.
+async fn stop_fill(
+    store: &CqlStore,
+    env: &EventEnvelope,
+    reached: i64,
+    unreadable: Option<Earlier>,
+) -> Result<(), StoreError> {
+    match unreadable {
+        Some(e) if e.sequence <= reached + 1 => {
+            if store.is_parked(CONSUMER, &env.aggregate_id.to_string()).await? {
+                return Ok(());
+            }
+            let at = ParkKey { sequence: e.sequence, event_id: e.event_id, event_type: None, ..ParkKey::of(env) };
+            park(store, at, &e.error).await
+        }
+        _ => {
+            let gap = missing(reached + 1);
+            let at = ParkKey { sequence: gap.sequence, event_id: None, event_type: None, ..ParkKey::of(env) };
+            park(store, at, &gap.error).await
+        }
+    }
 }
 
 /// What a park record names of the event that stopped an aggregate.

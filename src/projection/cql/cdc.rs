@@ -8,7 +8,8 @@
 //! shutdown); after a crash the unsaved tail is applied again as duplicates.
 //! The parked count on the status (`/health`) is read at each term's start,
 //! after each park and every `health.interval_ms` while the reader runs
-//! ([`refresh_parked_every`]), so a manual unpark clears it.
+//! ([`refresh_parked_every`]), so a manual unpark clears it; each count is
+//! one read of the park rows, however many there are.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -123,9 +124,12 @@ impl EnvelopeSink for CqlProjectionSink {
 
 /// Puts the number of aggregates parked for the projection on its status
 /// (`/health` says `projections` Degraded while there are any, as on
-/// SQLite); a count that fails leaves the last one (logged).
+/// SQLite); a count that fails leaves the last one (logged). One read of
+/// the park rows (`parked_positions`), whatever their number: `parked`
+/// would count each park's held events, a query per park, after every
+/// skipped event.
 async fn refresh_parked(store: &CqlStore, status: &watch::Sender<ProjectionStatus>) {
-    match store.parked(CONSUMER).await {
+    match store.parked_positions(CONSUMER).await {
         Ok(parked) => {
             let n = parked.len() as u64;
             status.send_if_modified(|s| {

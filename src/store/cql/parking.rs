@@ -8,7 +8,8 @@
 //! ordered by different clocks (a Paxos ballot against a write timestamp),
 //! so a park written just after an unpark could otherwise be hidden by it.
 //! The held count comes from `event_store` itself (rows from the parked
-//! sequence on).
+//! sequence on): a query per park, so what only needs which aggregates are
+//! parked reads the park rows alone (`parked_position_rows`, `is_parked`).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -94,6 +95,44 @@ impl CqlStore {
 
     pub(super) async fn parked_rows(&self, consumer: &str) -> Result<Vec<ParkedInfo>, StoreError> {
         Ok(self.parked_rows_held(consumer).await?.into_iter().map(|(p, _)| p).collect())
+    }
+
+    /// Which aggregates `consumer` has parked and at which feed position, in
+    /// `parked_rows`' order (oldest park first): one read of the park rows,
+    /// no held counts (those cost a query on `event_store` per park).
+    pub(super) async fn parked_position_rows(&self, consumer: &str) -> Result<Vec<(String, Option<i64>)>, StoreError> {
+        let cql =
+            format!("SELECT aggregate_id, position, parked_at FROM {} WHERE consumer = ?", self.t("parked_aggregates"));
+        let res =
+            self.session.query_unpaged(cql, (consumer,)).await.map_err(|e| exec_err("list parked aggregates", e))?;
+        type Row = (Option<String>, Option<i64>, Option<DateTime<Utc>>);
+        let mut out = Vec::new();
+        for r in res.into_rows_result().map_err(codec)?.rows::<Row>().map_err(codec)? {
+            // The partition's static-only row (its fence) is no park.
+            if let (Some(aggregate_id), position, parked_at) = r.map_err(codec)? {
+                out.push((aggregate_id, position, parked_at));
+            }
+        }
+        out.sort_by_key(|(_, _, at)| *at);
+        Ok(out.into_iter().map(|(a, p, _)| (a, p)).collect())
+    }
+
+    /// Whether `consumer` has parked `aggregate_id`: one single-row read.
+    pub(crate) async fn is_parked(&self, consumer: &str, aggregate_id: &str) -> Result<bool, StoreError> {
+        let cql =
+            format!("SELECT aggregate_id FROM {} WHERE consumer = ? AND aggregate_id = ?", self.t("parked_aggregates"));
+        let res = self
+            .session
+            .query_unpaged(cql, (consumer, aggregate_id))
+            .await
+            .map_err(|e| exec_err("read parked aggregate", e))?;
+        let rows = res.into_rows_result().map_err(codec)?;
+        for r in rows.rows::<(Option<String>,)>().map_err(codec)? {
+            if r.map_err(codec)?.0.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// [`Self::parked_rows`], each with the commit time of its oldest held event.

@@ -51,6 +51,11 @@ impl ParkingStore for CqlStore {
         self.parked_rows(consumer).await
     }
 
+    /// One read of the park rows, without `parked`'s held count per park.
+    async fn parked_positions(&self, consumer: &str) -> Result<Vec<(String, Option<i64>)>, StoreError> {
+        self.parked_position_rows(consumer).await
+    }
+
     async fn unpark(&self, consumer: &str, aggregate_id: &str) -> Result<bool, StoreError> {
         self.unpark_row(consumer, aggregate_id).await
     }
