@@ -53,7 +53,7 @@ cassandra-secure:
 stop:
 	@if [ -f $(LOCAL)/outboxd.pid ]; then \
 	  pid=$$(cat $(LOCAL)/outboxd.pid); \
-	  if grep -qa outboxd /proc/$$pid/cmdline 2>/dev/null; then kill $$pid 2>/dev/null || true; fi; \
+	  if tr '\0' '\n' </proc/$$pid/cmdline 2>/dev/null | head -1 | grep -q '/outboxd$$'; then kill $$pid 2>/dev/null || true; fi; \
 	  rm -f $(LOCAL)/outboxd.pid; fi
 	@rc=0; bash scripts/kafka-local.sh stop || rc=1; \
 	  bash scripts/cassandra-local.sh stop || rc=1; \

@@ -39,10 +39,9 @@ command -v perl >/dev/null 2>&1 || need_apt+=(perl) # OpenSSL (rdkafka ssl-vendo
 # its headers the build still succeeds but refuses sasl.oauthbearer.method=oidc.
 curl_headers=1
 pkg-config --exists libcurl 2>/dev/null || { curl_headers=0; need_apt+=(pkg-config libcurl4-openssl-dev); }
-# curl: `make dev` waits for the daemon's /health/live with it.
-command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ "$mode" = test ]; then
   command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+  command -v curl >/dev/null 2>&1 || need_apt+=(curl)
   command -v jq >/dev/null 2>&1 || need_apt+=(jq)
   command -v openssl >/dev/null 2>&1 || need_apt+=(openssl) # KAFKA_TLS=1 scripts/kafka-local.sh: the OAuth key and token
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)

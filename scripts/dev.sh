@@ -64,30 +64,33 @@ export OUTBOX_RELAY__POLL_INTERVAL_MS=100
 step "creating the tables (outboxd schema)"
 "$BIN" schema
 # The recorded pid is ours only while it runs outboxd (a pid reused after a
-# reboot is some other process).
-ours() { [ -f .local/outboxd.pid ] && grep -qa outboxd "/proc/$(cat .local/outboxd.pid)/cmdline" 2>/dev/null; }
+# reboot is some other process): argv[0] is the binary.
+ours() { [ -f .local/outboxd.pid ] && tr '\0' '\n' <"/proc/$(cat .local/outboxd.pid)/cmdline" 2>/dev/null | head -1 | grep -q '/outboxd$'; }
 if ours; then
   echo "dev: outboxd already running (pid $(cat .local/outboxd.pid))"
 else
   nohup "$BIN" run >.local/outboxd.log 2>&1 &
-  echo $! >.local/outboxd.pid
-  # Ready when its admin server answers; a daemon that exits (a port taken,
-  # a bad setting) is reported with its log, not as running.
+  pid=$!
+  echo "$pid" >.local/outboxd.pid
+  # Ready when it says both servers listen (its own log: another process
+  # answering on the port would not do); a daemon that exits first (a port
+  # taken, a bad setting) is reported with its log, not as running.
+  ready=0
   for _ in $(seq 1 300); do
-    if ! ours; then
+    if ! kill -0 "$pid" 2>/dev/null; then
       tail -20 .local/outboxd.log >&2
       echo "dev: outboxd run exited (log .local/outboxd.log, above)" >&2
       rm -f .local/outboxd.pid
       exit 1
     fi
-    curl -sf -o /dev/null http://127.0.0.1:9090/health/live && break
+    if grep -q "admin server listening on" .local/outboxd.log; then ready=1; break; fi
     sleep 0.1
   done
-  curl -sf -o /dev/null http://127.0.0.1:9090/health/live || {
+  if [ "$ready" != 1 ]; then
     tail -20 .local/outboxd.log >&2
-    echo "dev: outboxd run did not answer on http://127.0.0.1:9090/health/live within 30 s (log .local/outboxd.log)" >&2
+    echo "dev: outboxd run did not say it listens within 30 s (log .local/outboxd.log)" >&2
     exit 1
-  }
+  fi
   echo "dev: outboxd run started (pid $(cat .local/outboxd.pid), log .local/outboxd.log)"
 fi
 step "running the demo orders"

@@ -33,6 +33,10 @@ pub enum AppError {
     /// Refused before it ran: the process is shutting down (nothing written).
     #[error("the service is shutting down")]
     ShuttingDown,
+    /// The aggregate's stream has an event missing (a row deleted by hand):
+    /// nothing is decided on it.
+    #[error("{0}")]
+    DamagedStream(String),
 }
 
 impl From<StoreError> for AppError {
@@ -175,10 +179,10 @@ impl CommandService {
             // next one); a missing event (a row deleted by hand) would
             // decide, and append on, a state that never was.
             if seq != version + 1 {
-                return Err(AppError::Store(StoreError::Codec(format!(
+                return Err(AppError::DamagedStream(format!(
                     "the event stream of {id} is damaged: event {} is missing (the next stored one is {seq}); nothing is decided on it",
                     version + 1
-                ))));
+                )));
             }
             let env = env.upcast(&self.opts.default_currency)?;
             state.apply(&env.decode::<A::Event>()?);

@@ -136,7 +136,7 @@ async fn a_stream_with_a_missing_event_is_refused_not_decided_on() {
     let db = rusqlite::Connection::open(dir.path().join("commands.db")).unwrap();
     db.execute("DELETE FROM event_store WHERE aggregate_id = ?1 AND sequence_number = 2", [id.to_string()]).unwrap();
     let e = svc.load::<Order>(id).await.map(|l| l.version).unwrap_err();
-    assert!(matches!(&e, AppError::Store(StoreError::Codec(m)) if m.contains("event 2 is missing")), "{e:?}");
+    assert!(matches!(&e, AppError::DamagedStream(m) if m.contains("event 2 is missing")), "{e:?}");
     let refused = svc.execute::<Order>(id, &OrderCommand::Confirm, Metadata::default(), None).await;
     assert!(refused.is_err(), "{refused:?}");
     let rows: i64 = db

@@ -113,7 +113,8 @@ impl CqlStore {
                 out.push((aggregate_id, position, parked_at));
             }
         }
-        out.sort_by_key(|(_, _, at)| *at);
+        // A park without its time sorts last, as `parked_rows_held` takes it as now.
+        out.sort_by_key(|(_, _, at)| at.unwrap_or(DateTime::<Utc>::MAX_UTC));
         Ok(out.into_iter().map(|(a, p, _)| (a, p)).collect())
     }
 
