@@ -244,14 +244,14 @@ impl HealthCheckActor {
         let m = &self.deps.metrics;
         let relay = probes.cdc.as_ref().map(|c| &c.progress).unwrap_or(&probes.relay);
         let current = relay.role.label();
-        let unknown_since = match current {
-            "unknown" => *self.role_unknown_since.get_or_insert_with(std::time::Instant::now),
+        let unknown_for = match current {
+            "unknown" => self.role_unknown_since.get_or_insert_with(std::time::Instant::now).elapsed(),
             _ => {
                 self.role_unknown_since = None;
-                std::time::Instant::now()
+                Duration::ZERO
             }
         };
-        let role = lag_label(current, self.lag_role, unknown_since.elapsed());
+        let role = lag_label(current, self.lag_role, unknown_for);
         if let Some(old) = self.lag_role.filter(|r| *r != role) {
             let _ = m.relay_lag_events.remove_label_values(&[old]);
             let _ = m.relay_lag_seconds.remove_label_values(&[old]);

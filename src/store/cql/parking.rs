@@ -101,21 +101,7 @@ impl CqlStore {
     /// `parked_rows`' order (oldest park first): one read of the park rows,
     /// no held counts (those cost a query on `event_store` per park).
     pub(super) async fn parked_position_rows(&self, consumer: &str) -> Result<Vec<(String, Option<i64>)>, StoreError> {
-        let cql =
-            format!("SELECT aggregate_id, position, parked_at FROM {} WHERE consumer = ?", self.t("parked_aggregates"));
-        let res =
-            self.session.query_unpaged(cql, (consumer,)).await.map_err(|e| exec_err("list parked aggregates", e))?;
-        type Row = (Option<String>, Option<i64>, Option<DateTime<Utc>>);
-        let mut out = Vec::new();
-        for r in res.into_rows_result().map_err(codec)?.rows::<Row>().map_err(codec)? {
-            // The partition's static-only row (its fence) is no park.
-            if let (Some(aggregate_id), position, parked_at) = r.map_err(codec)? {
-                out.push((aggregate_id, position, parked_at));
-            }
-        }
-        // A park without its time sorts last, as `parked_rows_held` takes it as now.
-        out.sort_by_key(|(_, _, at)| at.unwrap_or(DateTime::<Utc>::MAX_UTC));
-        Ok(out.into_iter().map(|(a, p, _)| (a, p)).collect())
+        Ok(self.park_rows(consumer).await?.into_iter().map(|p| (p.aggregate_id, p.position)).collect())
     }
 
     /// Whether `consumer` has parked `aggregate_id`: one single-row read.
@@ -141,6 +127,17 @@ impl CqlStore {
         &self,
         consumer: &str,
     ) -> Result<Vec<(ParkedInfo, Option<DateTime<Utc>>)>, StoreError> {
+        let mut out = Vec::new();
+        for parked in self.park_rows(consumer).await? {
+            let (held, oldest) = self.held(&parked.aggregate_id, parked.sequence.unwrap_or(0)).await?;
+            out.push((ParkedInfo { parked, held_events: held }, oldest));
+        }
+        Ok(out)
+    }
+
+    /// The park rows of `consumer`, oldest park first (a row without its
+    /// time taken as parked now); one read of the partition.
+    async fn park_rows(&self, consumer: &str) -> Result<Vec<Parked>, StoreError> {
         let cql = format!(
             "SELECT consumer, aggregate_id, aggregate_type, position, sequence_number, event_id, event_type, error, parked_at FROM {} WHERE consumer = ?",
             self.t("parked_aggregates")
@@ -151,27 +148,21 @@ impl CqlStore {
         for r in res.into_rows_result().map_err(codec)?.rows::<ParkRow>().map_err(codec)? {
             let (consumer, aggregate_id, aggregate_type, position, sequence, event_id, event_type, error, parked_at) =
                 r.map_err(codec)?;
+            // The partition's static-only row (its fence) is no park.
             let Some(aggregate_id) = aggregate_id else { continue };
-            let (held, oldest) = self.held(&aggregate_id, sequence.unwrap_or(0)).await?;
-            out.push((
-                ParkedInfo {
-                    parked: Parked {
-                        consumer,
-                        aggregate_id,
-                        aggregate_type,
-                        position,
-                        sequence,
-                        event_id,
-                        event_type,
-                        error: error.unwrap_or_default(),
-                        parked_at: parked_at.unwrap_or_else(Utc::now),
-                    },
-                    held_events: held,
-                },
-                oldest,
-            ));
+            out.push(Parked {
+                consumer,
+                aggregate_id,
+                aggregate_type,
+                position,
+                sequence,
+                event_id,
+                event_type,
+                error: error.unwrap_or_default(),
+                parked_at: parked_at.unwrap_or_else(Utc::now),
+            });
         }
-        out.sort_by_key(|(p, _)| p.parked.parked_at);
+        out.sort_by_key(|p| p.parked_at);
         Ok(out)
     }
 
