@@ -219,7 +219,7 @@ impl HealthCheckActor {
                 relay,
                 relay_backlog,
                 parked,
-                cdc_ttl: relay_cdc_age.zip(cdc_log_ttl),
+                cdc_age: relay_cdc_age,
                 cdc_unreadable,
                 cdc_log_ttl,
                 projection_enabled,

@@ -37,13 +37,13 @@ pub async fn cdc_progress_age(
 /// feed without positions counts only held events: none is 0, not unknown.
 pub fn lag_gauges(
     backlog: Option<&Backlog>,
-    cdc_ttl: Option<(Duration, Duration)>,
+    cdc_age: Option<Duration>,
     now: DateTime<Utc>,
     t: &Thresholds,
 ) -> (Option<i64>, Option<f64>) {
     let events = backlog.and_then(|b| b.events.or(b.head.is_none().then_some(0)));
     let held = backlog.map(|b| lag_seconds(b, now));
-    let cdc = cdc_ttl.map(|(age, _)| age.saturating_sub(t.cdc_reader_delay).as_secs_f64());
+    let cdc = cdc_age.map(|age| age.saturating_sub(t.cdc_reader_delay).as_secs_f64());
     let seconds = match (held, cdc) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
@@ -56,7 +56,7 @@ pub fn lag_gauges(
 /// would read 0 with the reader hours behind, resetting the lag alerts'
 /// `for`; the gauge keeps its last value instead).
 pub fn relay_lag_gauges(p: &Probes, t: &Thresholds) -> (Option<i64>, Option<f64>) {
-    let (events, seconds) = lag_gauges(p.relay_backlog.as_ref(), p.cdc_ttl, p.now, t);
+    let (events, seconds) = lag_gauges(p.relay_backlog.as_ref(), p.cdc_age, p.now, t);
     (events, seconds.filter(|_| p.cdc_unreadable.is_none()))
 }
 
@@ -82,7 +82,7 @@ pub fn projection_lag_seconds(p: &Probes, t: &Thresholds) -> Option<f64> {
     if p.projection_cdc_unreadable.is_some() {
         return None;
     }
-    lag_gauges(p.projection_backlog.as_ref(), p.projection_cdc_age.map(|a| (a, Duration::ZERO)), p.now, t).1
+    lag_gauges(p.projection_backlog.as_ref(), p.projection_cdc_age, p.now, t).1
 }
 
 /// The lag of a backlog in seconds at `now` (0 when nothing is unpublished).

@@ -71,8 +71,9 @@ pub struct Probes {
     pub relay_backlog: Option<Backlog>,
     /// Parked aggregates of the relay consumer, from the store.
     pub parked: Option<u64>,
-    /// CDC feeds: age of the oldest unpublished change and the CDC log TTL.
-    pub cdc_ttl: Option<(Duration, Duration)>,
+    /// CDC feeds: age of the relay's oldest unpublished change (None: not a
+    /// CDC feed, or its progress could not be read: `cdc_unreadable`).
+    pub cdc_age: Option<Duration>,
     /// CDC feeds: why the relay's CDC progress could not be read (its age,
     /// hence the lag and the TTL guard, are unknown this check).
     pub cdc_unreadable: Option<String>,
@@ -240,7 +241,7 @@ fn relay_health(p: &Probes, task: &TaskStatus<RelayStatus>, t: Thresholds) -> (H
             format!("relay cannot read the store feed since {since} ({errors} failed reads): {error}; {prog}"),
         );
     }
-    if let Some((age, ttl)) = p.cdc_ttl {
+    if let (Some(age), Some(ttl)) = (p.cdc_age, p.cdc_log_ttl) {
         let (v, detail) = ttl_health(Some(age), ttl);
         if v != Verdict::Healthy {
             return (status_of(v), format!("{detail}; {prog}"));
@@ -279,7 +280,7 @@ fn relay_health(p: &Probes, task: &TaskStatus<RelayStatus>, t: Thresholds) -> (H
             format!("lag {lag_events} events exceeds {}; {prog}", t.relay_lag_degraded_events),
         );
     }
-    if let Some((age, _)) = p.cdc_ttl {
+    if let Some(age) = p.cdc_age {
         let over = age.saturating_sub(t.cdc_reader_delay).as_secs();
         if over > t.lag_degraded_seconds {
             return (

@@ -34,7 +34,7 @@ pub(crate) fn probes() -> Probes {
         relay,
         relay_backlog: Some(Backlog { checkpoint: Some(10), head: Some(10), events: Some(0), oldest: None }),
         parked: Some(0),
-        cdc_ttl: None,
+        cdc_age: None,
         cdc_unreadable: None,
         cdc_log_ttl: None,
         projection_cdc_age: None,
@@ -151,11 +151,14 @@ fn cdc_log_ttl_guard() {
     let mut p = probes();
     let lenient = Thresholds { lag_degraded_seconds: 10_000, ..T }; // the TTL rule alone
     let evaluate = |p: &Probes, r: &Reported, _: Thresholds| evaluate(p, r, lenient);
-    p.cdc_ttl = Some((Duration::from_secs(499), ttl));
+    p.cdc_age = Some(Duration::from_secs(499));
+    p.cdc_log_ttl = Some(ttl);
     assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Healthy);
-    p.cdc_ttl = Some((Duration::from_secs(500), ttl));
+    p.cdc_age = Some(Duration::from_secs(500));
+    p.cdc_log_ttl = Some(ttl);
     assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Degraded);
-    p.cdc_ttl = Some((Duration::from_secs(800), ttl));
+    p.cdc_age = Some(Duration::from_secs(800));
+    p.cdc_log_ttl = Some(ttl);
     let v = evaluate(&p, &HashMap::new(), T);
     assert_eq!(v["cdc_processor"].0, HealthStatus::Unhealthy);
     assert!(v["cdc_processor"].1.contains("CDC log TTL"));
@@ -169,9 +172,11 @@ fn cdc_log_ttl_guard() {
 fn a_cdc_reader_that_stops_progressing_degrades_past_the_lag_limit() {
     let ttl = Duration::from_secs(86_400);
     let mut p = probes();
-    p.cdc_ttl = Some((Duration::from_secs(66 + 60), ttl));
+    p.cdc_age = Some(Duration::from_secs(66 + 60));
+    p.cdc_log_ttl = Some(ttl);
     assert_eq!(evaluate(&p, &HashMap::new(), T)["cdc_processor"].0, HealthStatus::Healthy, "caught up");
-    p.cdc_ttl = Some((Duration::from_secs(66 + 61), ttl));
+    p.cdc_age = Some(Duration::from_secs(66 + 61));
+    p.cdc_log_ttl = Some(ttl);
     let v = evaluate(&p, &HashMap::new(), T);
     assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded);
     assert!(v["cdc_processor"].1.contains("not progressing"), "{}", v["cdc_processor"].1);
@@ -345,7 +350,8 @@ fn a_lost_lease_still_meets_the_lag_and_ttl_rules_and_degrades() {
     let mut p = probes();
     lost(&mut p);
     let ttl = Duration::from_secs(1000);
-    p.cdc_ttl = Some((Duration::from_secs(900), ttl));
+    p.cdc_age = Some(Duration::from_secs(900));
+    p.cdc_log_ttl = Some(ttl);
     let v = evaluate(&p, &HashMap::new(), Thresholds { lag_degraded_seconds: 10_000, ..T });
     assert_eq!(v["cdc_processor"].0, HealthStatus::Unhealthy, "{}", v["cdc_processor"].1);
     let mut p = probes();
@@ -391,7 +397,8 @@ fn a_relay_before_its_first_lease_read_does_not_claim_the_active_relays_lag() {
     // The CDC log's TTL is not waived by the grace.
     let mut p = probes();
     starting(&mut p, 200);
-    p.cdc_ttl = Some((Duration::from_secs(900), Duration::from_secs(1000)));
+    p.cdc_age = Some(Duration::from_secs(900));
+    p.cdc_log_ttl = Some(Duration::from_secs(1000));
     let v = evaluate(&p, &HashMap::new(), Thresholds { lag_degraded_seconds: 10_000, ..T });
     assert_eq!(v["cdc_processor"].0, HealthStatus::Unhealthy, "{}", v["cdc_processor"].1);
 }
@@ -425,9 +432,9 @@ fn an_unread_cdc_progress_degrades_and_leaves_the_lag_gauge_alone() {
     let mut p = probes();
     p.relay_backlog = Some(Backlog { checkpoint: None, head: None, events: None, oldest: None });
     p.cdc_log_ttl = Some(Duration::from_secs(86_400));
-    p.cdc_ttl = Some((Duration::from_secs(72_000), Duration::from_secs(86_400)));
+    p.cdc_age = Some(Duration::from_secs(72_000));
     assert_eq!(relay_lag_gauges(&p, &T).1, Some(72_000.0 - 66.0));
-    p.cdc_ttl = None;
+    p.cdc_age = None;
     p.cdc_unreadable = Some("no answer within 5s".into());
     assert_eq!(relay_lag_gauges(&p, &T), (Some(0), None), "unknown seconds, not 0");
     let v = evaluate(&p, &HashMap::new(), T);
