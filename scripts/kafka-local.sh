@@ -59,7 +59,12 @@
 #   * start/stop of one directory are serialised with flock, and concurrent
 #     first downloads into the cache are too.
 #   * Exit 2 when java (17+) is missing, or mvn is missing and the jars are not
-#     cached yet.
+#     cached yet, or KAFKA_OWNER_PID is not a process id.
+#   * KAFKA_OWNER_PID (start): the broker is stopped (as by `stop`) within
+#     about a second of that process ending, unless the directory is gone by
+#     then. A test binary killed before its cleanup ran (Ctrl-C in `make
+#     test`, a timeout) leaves no broker behind; the watcher is a detached
+#     shell whose pid is in owner-watch.pid, one per directory.
 #
 # Environment
 #   KAFKA_LOCAL_DIR        instance directory (default $PWD/.local/kafka)
@@ -73,6 +78,7 @@
 #   KAFKA_JVM_OPTS         extra JVM options
 #   KAFKA_CDS              0 disables the class-data-sharing archive
 #   KAFKA_START_TIMEOUT    seconds to wait for readiness (default 90)
+#   KAFKA_OWNER_PID        stop the broker once this process is gone (start)
 
 set -euo pipefail
 
@@ -461,6 +467,28 @@ wait_ready() {
   return 2
 }
 
+# watch_owner: with KAFKA_OWNER_PID, a detached shell (own session, no fds
+# of ours: it must not hold the directory's lock) that runs `stop` once that
+# process is gone, or just ends if the directory was removed (stopped and
+# cleaned up by its owner). One per directory: a restart keeps the first.
+watch_owner() {
+  local owner=${KAFKA_OWNER_PID:-} w
+  [[ -n "$owner" ]] || return 0
+  w=$(cat "$DIR/owner-watch.pid" 2>/dev/null || true)
+  if [[ "$w" =~ ^[0-9]+$ ]] && kill -0 "$w" 2>/dev/null; then return 0; fi
+  local launcher=()
+  command -v setsid >/dev/null 2>&1 && launcher=(setsid)
+  # shellcheck disable=SC2016 # expanded by the child shell
+  "${launcher[@]}" bash -c '
+    for fd in /proc/$$/fd/*; do fd=${fd##*/}; (( fd > 2 )) && { eval "exec $fd>&-"; } 2>/dev/null; done
+    echo $$ >"$2/owner-watch.pid"
+    while kill -0 "$1" 2>/dev/null && [[ -d "$2" ]]; do sleep 1; done
+    [[ -d "$2" ]] || exit 0
+    echo "owner $1 is gone: stopping the broker"
+    KAFKA_LOCAL_DIR="$2" exec bash "$0" stop' "$SCRIPT_DIR/kafka-local.sh" "$owner" "$DIR" \
+    </dev/null >>"$DIR/owner-watch.log" 2>&1 &
+}
+
 show_log_tail() { # last 40 log lines, then the first errors (often the cause)
   echo "---- last 40 lines of $LOG ----" >&2
   tail -n 40 "$LOG" >&2 || true
@@ -502,6 +530,10 @@ settle_cds() {
 
 cmd_start() {
   require_java
+  if [[ -n "${KAFKA_OWNER_PID:-}" && ! "$KAFKA_OWNER_PID" =~ ^[1-9][0-9]*$ ]]; then
+    echo "kafka-local: KAFKA_OWNER_PID must be a process id, got '$KAFKA_OWNER_PID'" >&2
+    exit 2
+  fi
   lock 9 "$DIR/.lock"
   local port cport tport sport
   if running_pid >/dev/null; then
@@ -511,6 +543,7 @@ cmd_start() {
       die "broker in $DIR is running but not ready"
     fi
     note "already running (pid $(<"$PID_FILE")) in $DIR"
+    watch_owner
     print_tls
     echo "KAFKA_BROKERS=127.0.0.1:$port"
     return 0
@@ -548,6 +581,7 @@ cmd_start() {
     wait_ready "$port" || rc=$?
     if ((rc == 0)); then
       note "started Kafka $KAFKA_VERSION (pid $(<"$PID_FILE")) in $DIR"
+      watch_owner
       print_tls
       echo "KAFKA_BROKERS=127.0.0.1:$port"
       return 0

@@ -36,6 +36,11 @@ pub fn shared_brokers() -> Option<String> {
 /// the 2 cores, and the script only serialises starts of the same directory.
 static ONE_PRIVATE_BROKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The private-broker slot, for a test that runs the script itself.
+pub fn private_broker_slot() -> std::sync::MutexGuard<'static, ()> {
+    ONE_PRIVATE_BROKER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The TLS listeners of a broker started with `KAFKA_TLS=1`.
 #[derive(Debug, Clone)]
 pub struct TlsListeners {
@@ -81,7 +86,7 @@ impl PrivateKafka {
 
     fn start_with(dir: tempfile::TempDir, tls: bool) -> PrivateKafka {
         // A test that panicked while holding it only poisons the lock.
-        let guard = ONE_PRIVATE_BROKER.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = private_broker_slot();
         let out = kafka_script_out(dir.path(), "start", tls).unwrap_or_else(|e| panic!("private Kafka starts: {e}"));
         let tls = out.get("KAFKA_TLS_BROKERS").map(|b| TlsListeners {
             brokers: b.clone(),
@@ -142,6 +147,9 @@ fn kafka_script(dir: &Path, action: &str) -> Result<String, String> {
 fn kafka_script_out(dir: &Path, action: &str, tls: bool) -> Result<HashMap<String, String>, String> {
     let mut cmd = Command::new("bash");
     cmd.arg(repo_root().join("scripts/kafka-local.sh")).arg(action).env("KAFKA_LOCAL_DIR", dir);
+    // A test binary killed before its drops ran (Ctrl-C, a timeout) leaves
+    // no broker behind: the script stops it once this process is gone.
+    cmd.env("KAFKA_OWNER_PID", std::process::id().to_string());
     if tls {
         cmd.env("KAFKA_TLS", "1");
     }
