@@ -453,6 +453,23 @@ fn problems_name_the_exact_item_the_real_limit_and_confirm_413s_as_json() {
     );
     assert_eq!(v["field"], "items[1].sku", "{v}");
 
+    // docs/HTTP.md's error example is the answer to what it describes.
+    let shown = harness::docs::json_example("docs/HTTP.md", "### Errors");
+    let r = d.post("/orders", &json!({"customer_id": c, "items": [line("BOOK-1", 0, 100, "EUR")]}));
+    assert_eq!(assert_error(&r, 422, "validation"), shown);
+    // A quantity over the limit is told the limit, not "greater than 0".
+    let v = assert_error(
+        &d.post("/orders", &json!({"customer_id": c, "items": [line("A", 1 << 32, 1, "EUR")]})),
+        422,
+        "validation",
+    );
+    assert_eq!(v["field"], "items[0].quantity", "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("between 1 and 4294967295, got 4294967296"), "{v}");
+    // A name of zero-width characters only is blank.
+    let v =
+        assert_error(&d.post("/customers", &json!({"name": "\u{200b}\u{feff}", "email": "a@b.co"})), 422, "validation");
+    assert_eq!(v["field"], "name", "{v}");
+
     for len in [201, 501, 5000] {
         let r = d.post("/customers", &json!({"name": "n".repeat(len), "email": "a@b.co"}));
         let v = assert_error(&r, 422, "validation");

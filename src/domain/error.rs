@@ -19,7 +19,7 @@ pub enum DomainError {
     EmptyOrder,
     #[error("an order may have at most {max} items, got {got}")]
     TooManyItems { max: usize, got: usize },
-    #[error("item `{sku}`: quantity must be greater than 0, got {quantity}")]
+    #[error("item `{sku}`: quantity must be between 1 and 4294967295, got {quantity}")]
     InvalidQuantity { sku: String, quantity: i64 },
     #[error("item `{sku}` appears more than once")]
     DuplicateSku { sku: String },

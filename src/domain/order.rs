@@ -306,7 +306,7 @@ pub(crate) fn text(field: &'static str, s: &str) -> Result<String, DomainError> 
 /// [`text`] with its own length limit `max` (characters, after trimming).
 pub(crate) fn bounded_text(field: &'static str, s: &str, max: usize) -> Result<String, DomainError> {
     let t = s.trim();
-    if t.is_empty() {
+    if t.chars().all(invisible) {
         return Err(DomainError::Blank { field });
     }
     if t.chars().any(char::is_control) {
@@ -316,6 +316,16 @@ pub(crate) fn bounded_text(field: &'static str, s: &str, max: usize) -> Result<S
         return Err(DomainError::TooLong { field, max });
     }
     Ok(t.to_string())
+}
+
+/// Whitespace, or a format character that shows nothing on its own (zero
+/// widths, joiners, bidi marks, soft hyphen, byte-order mark): a text made
+/// only of these reads as empty wherever it is shown.
+fn invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}' | '\u{FFA0}')
 }
 
 #[cfg(test)]

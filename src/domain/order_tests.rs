@@ -194,6 +194,13 @@ fn text_fields_are_required_and_bounded() {
     assert_eq!(confirmed.handle(&escape), Err(DomainError::ControlCharacters { field: "tracking_number" }));
     let bell = OrderCommand::Ship { tracking_number: "T1".into(), carrier: "D\u{7}HL".into() };
     assert_eq!(confirmed.handle(&bell), Err(DomainError::ControlCharacters { field: "carrier" }));
+    // Review finding: a text of zero-width or byte-order marks only is blank
+    // (it is stored and shown as nothing); one visible character is enough.
+    for invisible in ["\u{200b}", " \u{feff} ", "\u{200d}\u{2060}\u{00ad}", "\u{202e}\u{200f}"] {
+        let cancel = OrderCommand::Cancel { reason: invisible.into() };
+        assert_eq!(confirmed.handle(&cancel), Err(DomainError::Blank { field: "reason" }), "{invisible:?}");
+    }
+    assert!(confirmed.handle(&OrderCommand::Cancel { reason: "\u{200b}x".into() }).is_ok());
     let long = OrderCommand::Cancel { reason: "x".repeat(MAX_TEXT + 1) };
     assert_eq!(confirmed.handle(&long), Err(DomainError::TooLong { field: "reason", max: MAX_TEXT }));
     let shipped = given(&[create(), OrderCommand::Confirm, ship()]);
@@ -246,7 +253,7 @@ fn messages_read_well() {
     assert_eq!(e.to_string(), "cannot ship an order that is created");
     assert_eq!(
         DomainError::InvalidQuantity { sku: "A".into(), quantity: 0 }.to_string(),
-        "item `A`: quantity must be greater than 0, got 0"
+        "item `A`: quantity must be between 1 and 4294967295, got 0"
     );
 }
 

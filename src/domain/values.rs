@@ -153,7 +153,7 @@ impl TryFrom<OrderItemFields> for OrderItem {
 }
 
 impl OrderItem {
-    /// Validates quantity (> 0) and price; `sku` and `currency` are already valid.
+    /// Validates quantity (1 to `u32::MAX`) and price; `sku` and `currency` are already valid.
     pub fn new(sku: Sku, quantity: i64, unit_price: Money) -> Result<Self, DomainError> {
         if quantity <= 0 || quantity > u32::MAX as i64 {
             return Err(DomainError::InvalidQuantity { sku: sku.0, quantity });
