@@ -377,6 +377,41 @@ async fn a_stale_read_model_row_is_rederived_from_its_events() {
     assert_same_rows(&projection::dump_read_models(&*db.models).await.unwrap(), &rebuilt);
 }
 
+/// Review finding: a row an older build wrote in another state shape, not
+/// touched by an event since the upgrade, was served by `GET /orders/{id}`
+/// as current (its columns read as this build's, `source: read_model`). It
+/// now reads as absent, so the events answer; the next event re-derives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_of_another_state_schema_reads_as_absent_until_rederived() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let db = open(&path).await;
+    let svc = service(&db.store);
+    let id = Uuid::now_v7();
+    let eur = outboxd::domain::Currency::new("EUR").unwrap();
+    let sku = outboxd::domain::Sku::new("A").unwrap();
+    let item = outboxd::domain::OrderItem::new(sku, 2, outboxd::domain::Money::new(150, eur).unwrap()).unwrap();
+    let create = OrderCommand::Create { customer_id: Uuid::from_u128(5), items: vec![item] };
+    svc.execute::<Order>(id, &create, Metadata::default(), None).await.unwrap();
+    let mut p = projector(&db, Metrics::new(), 10);
+    p.catch_up().await.unwrap();
+    assert!(db.models.get_order(id).await.unwrap().is_some());
+    // An older build's row: readable state, columns that meant something else.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let n = c
+        .execute(
+            "UPDATE order_read_model SET state_schema = 0, status = 'old-shape' WHERE order_id = ?1",
+            [id.to_string()],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    assert!(db.models.get_order(id).await.unwrap().is_none(), "another shape is not served");
+    svc.execute::<Order>(id, &OrderCommand::Confirm, Metadata::default(), None).await.unwrap();
+    p.catch_up().await.unwrap();
+    let v = db.models.get_order(id).await.unwrap().expect("re-derived in this build's shape");
+    assert_eq!((v.status.as_str(), v.version), ("confirmed", 2));
+}
+
 // ---- a rebuild beside steady appends ---------------------------------------------
 
 /// Read models that append one more order lifecycle after every commit: the

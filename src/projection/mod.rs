@@ -226,7 +226,11 @@ pub trait ReadModelStore: Send + Sync + 'static {
     async fn reset(&self, consumer: &str) -> Result<(), StoreError>;
     /// The projection checkpoint ([`CONSUMER`]) and the feed head, read together.
     async fn freshness(&self) -> Result<Freshness, StoreError>;
+    /// A row written in another `state_schema` than this build's (an older
+    /// build's, not yet touched by an event since the upgrade) reads as
+    /// absent: its columns may mean something else, so the events answer.
     async fn get_order(&self, order_id: Uuid) -> Result<Option<OrderView>, StoreError>;
+    /// As [`ReadModels::get_order`], for customers.
     async fn get_customer(&self, customer_id: Uuid) -> Result<Option<CustomerView>, StoreError>;
     async fn orders_by_customer(&self, customer_id: Uuid, page: PageRequest) -> Result<CustomerOrdersPage, StoreError>;
     /// Every read-model row as JSON (`{"table": .., "key": .., columns..}`),

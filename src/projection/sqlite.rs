@@ -323,7 +323,7 @@ impl ReadModelStore for SqliteStore {
             let row = tx
                 .prepare_cached(
                     "SELECT customer_id, status, total_minor, currency, item_count, tracking_number, carrier, cancel_reason,
-                            created_at, updated_at, version, last_position, state
+                            created_at, updated_at, version, last_position, state, state_schema
                      FROM order_read_model WHERE order_id = ?1",
                 )
                 .and_then(|mut s| {
@@ -338,14 +338,18 @@ impl ReadModelStore for SqliteStore {
                             r.get::<_, Option<String>>(6)?,
                             r.get::<_, Option<String>>(7)?,
                             (r.get::<_, String>(8)?, r.get::<_, String>(9)?, r.get::<_, i64>(10)?, r.get::<_, i64>(11)?, r.get::<_, String>(12)?),
+                            r.get::<_, i64>(13)?,
                         ))
                     })
                     .optional()
                 })
                 .map_err(unavailable)?;
-            let Some((customer_id, status, total_minor, currency, item_count, tracking_number, carrier, cancel_reason, (created, updated, version, last_position, state))) = row else {
+            let Some((customer_id, status, total_minor, currency, item_count, tracking_number, carrier, cancel_reason, (created, updated, version, last_position, state), schema)) = row else {
                 return Ok(None);
             };
+            if schema != i64::from(Order::STATE_SCHEMA) {
+                return Ok(None); // another build's shape: the events answer
+            }
             let state: Order = serde_json::from_str(&state).map_err(|e| codec(format!("order_read_model state of {order_id} (rebuild the read models): {e}")))?;
             let stream_version: i64 = tx
                 .prepare_cached("SELECT COALESCE(MAX(sequence_number), 0) FROM event_store WHERE aggregate_id = ?1")
@@ -378,7 +382,7 @@ impl ReadModelStore for SqliteStore {
         self.read(move |c| {
             let tx = c.unchecked_transaction().map_err(unavailable)?;
             let row = tx
-                .prepare_cached("SELECT name, email, phone, created_at, updated_at, version, last_position, state FROM customer_read_model WHERE customer_id = ?1")
+                .prepare_cached("SELECT name, email, phone, created_at, updated_at, version, last_position, state, state_schema FROM customer_read_model WHERE customer_id = ?1")
                 .and_then(|mut s| {
                     s.query_row([customer_id.to_string()], |r| {
                         Ok((
@@ -390,12 +394,16 @@ impl ReadModelStore for SqliteStore {
                             r.get::<_, i64>(5)?,
                             r.get::<_, i64>(6)?,
                             r.get::<_, String>(7)?,
+                            r.get::<_, i64>(8)?,
                         ))
                     })
                     .optional()
                 })
                 .map_err(unavailable)?;
-            let Some((name, email, phone, created, updated, version, last_position, state)) = row else { return Ok(None) };
+            let Some((name, email, phone, created, updated, version, last_position, state, schema)) = row else { return Ok(None) };
+            if schema != i64::from(Customer::STATE_SCHEMA) {
+                return Ok(None); // another build's shape: the events answer
+            }
             Ok(Some(CustomerView {
                 customer_id,
                 name,
