@@ -35,7 +35,7 @@ fn documented() -> Vec<String> {
 fn small(bench: &str) -> &'static [&'static str] {
     match bench {
         "append" => &["--aggregates", "300", "--events-per-aggregate", "2", "--concurrency", "8"],
-        "relay" => &["--events", "300", "--seconds", "1", "--rate", "200,1000"],
+        "relay" => &["--events", "300", "--size", "512", "--seconds", "1", "--rate", "200,1000"],
         "snapshots" => &["--events", "300"],
         "rebuild" => &["--orders", "200"],
         "cql" => &["--events", "60", "--concurrency", "4"],
@@ -241,7 +241,7 @@ fn a_bench_daemon_child_reads_the_benchs_config_file() {
         format!("[kafka]\nbrokers = \"{brokers}\"\n\n[relay]\nconsumer_name = \"bench-from-file\"\n"),
     )
     .unwrap();
-    run_small(&["-c".as_ref(), file.as_os_str()], "backlog", &[]);
+    run_small(&["-c".as_ref(), file.as_os_str()], "backlog", &[], &[]);
 }
 
 /// `bench relay` with `kafka.topic_routing = "per-event-type"`: the
@@ -252,7 +252,7 @@ fn a_bench_daemon_child_reads_the_benchs_config_file() {
 fn bench_relay_runs_with_per_event_type_topics() {
     let Some(brokers) = harness::kafka::shared_brokers() else { return };
     let env = [("OUTBOX_KAFKA__BROKERS", brokers.as_str()), ("OUTBOX_KAFKA__TOPIC_ROUTING", "per-event-type")];
-    run_small(&[], "relay", &env);
+    run_small(&[], "relay", &env, &[]);
 }
 
 /// `bench http` against a daemon that requires a bearer token (here set by
@@ -262,14 +262,36 @@ fn bench_relay_runs_with_per_event_type_topics() {
 fn bench_http_sends_the_api_token() {
     let Some(brokers) = harness::kafka::shared_brokers() else { return };
     let token = "bench-token-0123456789abcdef0123456789";
-    run_small(&[], "http", &[("OUTBOX_KAFKA__BROKERS", brokers.as_str()), ("OUTBOX_HTTP__API_TOKEN", token)]);
+    run_small(&[], "http", &[("OUTBOX_KAFKA__BROKERS", brokers.as_str()), ("OUTBOX_HTTP__API_TOKEN", token)], &[]);
 }
 
-/// Runs `outboxd <pre...> bench <bench>` small with `--json` and `env`;
-/// checks it succeeded and printed its figures.
-fn run_small(pre: &[&std::ffi::OsStr], bench: &str, env: &[(&str, &str)]) {
+/// `--dir` (docs/CLI.md: append, backlog, snapshots, rebuild) is where a
+/// bench keeps its databases: a directory it creates if missing, its own
+/// files removed at the end.
+#[test]
+fn bench_dir_holds_the_bench_files_and_is_left_empty() {
+    let brokers = harness::kafka::shared_brokers();
+    let tmp = tempfile::tempdir().unwrap();
+    for bench in ["append", "snapshots", "rebuild", "backlog"] {
+        let env: Vec<(&str, &str)> = match (bench, brokers.as_deref()) {
+            ("backlog", None) => continue, // shared_brokers printed SKIPPED
+            ("backlog", Some(b)) => vec![("OUTBOX_KAFKA__BROKERS", b)],
+            _ => vec![],
+        };
+        let base = tmp.path().join(bench).join("not-yet");
+        run_small(&[], bench, &env, &["--dir".as_ref(), base.as_os_str()]);
+        let left: Vec<_> = std::fs::read_dir(&base)
+            .unwrap_or_else(|e| panic!("bench {bench} --dir {}: not made ({e})", base.display()))
+            .collect();
+        assert!(left.is_empty(), "bench {bench} removed its files: {left:?}");
+    }
+}
+
+/// Runs `outboxd <pre...> bench <bench>` small with `--json`, `extra` and
+/// `env`; checks it succeeded and printed its figures.
+fn run_small(pre: &[&std::ffi::OsStr], bench: &str, env: &[(&str, &str)], extra: &[&std::ffi::OsStr]) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_outboxd"));
-    cmd.args(pre).args(["bench", bench]).args(small(bench)).arg("--json").env("RUST_LOG", "warn");
+    cmd.args(pre).args(["bench", bench]).args(small(bench)).args(extra).arg("--json").env("RUST_LOG", "warn");
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -75,6 +75,48 @@ fn order_lifecycle_through_the_cli() {
     refused(&db, &["order", "cancel", &id, "--reason", "late", "--expected-version", "2"], 3, "conflict");
 }
 
+/// `--correlation-id` (docs/CLI.md, every command that writes) is stamped on
+/// the events the command writes; without it each command gets its own; a
+/// value that is not a UUID is bad input.
+#[test]
+fn correlation_id_is_stamped_on_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let corr = "0190f0e0-0000-7000-8000-00000000c0de";
+    let c = outboxd(
+        &db,
+        &["customer", "register", "--name", "Ada", "--email", "ada@example.com", "--correlation-id", corr],
+    );
+    assert!(c.status.success(), "{}", stderr(&c));
+    let customer = stdout(&c);
+    let o = outboxd(&db, &["order", "create", "--customer", &customer, "--item", "A:1:100", "--correlation-id", corr]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o);
+    assert!(outboxd(&db, &["order", "confirm", &id]).status.success());
+    let o = outboxd(&db, &["events", "--after", "0"]);
+    let seen: Vec<(String, String)> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["envelope"]["event_type"].as_str().unwrap().to_string(),
+                v["envelope"]["correlation_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!((seen[0].0.as_str(), seen[0].1.as_str()), ("CustomerRegistered", corr));
+    assert_eq!((seen[1].0.as_str(), seen[1].1.as_str()), ("OrderCreated", corr));
+    assert_eq!(seen[2].0, "OrderConfirmed");
+    assert_ne!(seen[2].1, corr, "a command without the flag gets its own");
+    refused(
+        &db,
+        &["order", "confirm", &id, "--correlation-id", "nope"],
+        2,
+        "invalid value 'nope' for '--correlation-id",
+    );
+}
+
 #[test]
 fn bad_input_is_one_clear_line_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
