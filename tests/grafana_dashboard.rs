@@ -2,7 +2,8 @@
 //! fed by the outboxd scrape job, every metric selector of every panel
 //! filtered by it, and a panel that shows which instance holds the relay
 //! lease (`relay_leader`). With two replicas a panel that ignores the
-//! selector would silently mix both instances' figures.
+//! selector would silently mix both instances' figures. Every metric the
+//! dashboard and deploy/prometheus/alerts.yml query is one outboxd registers.
 
 mod harness;
 
@@ -159,4 +160,46 @@ fn a_panel_shows_the_active_relay() {
         .expect("a panel on relay_leader");
     let mappings = p["fieldConfig"]["defaults"]["mappings"].to_string();
     assert!(mappings.contains("active") && mappings.contains("standby"), "{mappings}");
+}
+
+/// Every metric the alert rules and the dashboard query is one outboxd
+/// registers (a histogram by its `_bucket`/`_sum`/`_count` series), or
+/// Prometheus's own `up`: promtool's rule tests feed made-up series, so a
+/// metric renamed in the code left its alert silently never firing.
+#[test]
+fn every_metric_the_alerts_and_the_dashboard_query_is_registered() {
+    let registered = outboxd::metrics::Metrics::new().catalogue();
+    let known = |name: &str| {
+        name == "up"
+            || registered.iter().any(|r| {
+                r == name || ["_bucket", "_sum", "_count"].iter().any(|s| name.strip_suffix(s) == Some(r.as_str()))
+            })
+    };
+    let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(harness::repo_root().join("deploy/prometheus/alerts.yml")).unwrap(),
+    )
+    .unwrap();
+    let mut exprs: Vec<(String, String)> = Vec::new();
+    for g in rules["groups"].as_sequence().expect("groups") {
+        for r in g["rules"].as_sequence().expect("rules") {
+            let name = r["alert"].as_str().or(r["record"].as_str()).unwrap_or("?").to_string();
+            exprs.push((format!("alerts.yml {name}"), r["expr"].as_str().expect("expr").to_string()));
+        }
+    }
+    assert!(exprs.len() >= 10, "the alert rules were read: {exprs:?}");
+    let d = dashboard();
+    for p in panels(&d) {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            if let Some(e) = t["expr"].as_str() {
+                exprs.push((format!("dashboard panel {}", p["title"]), e.to_string()));
+            }
+        }
+    }
+    let unknown: Vec<String> = exprs
+        .iter()
+        .flat_map(|(at, e)| metric_selectors(e).into_iter().map(move |(m, _)| (at, m)))
+        .filter(|(_, m)| !known(m))
+        .map(|(at, m)| format!("{at}: {m}"))
+        .collect();
+    assert!(unknown.is_empty(), "queried but never registered: {unknown:#?}");
 }
