@@ -296,7 +296,8 @@ impl ReadModelStore for SqliteStore {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
             tx.execute_batch(
-                "DELETE FROM order_read_model; DELETE FROM orders_by_customer; DELETE FROM customer_read_model;",
+                "DELETE FROM order_read_model; DELETE FROM orders_by_customer; DELETE FROM customer_read_model;
+                 DELETE FROM customer_order_counts;",
             )
             .map_err(unavailable)?;
             tx.execute("DELETE FROM checkpoints WHERE consumer = ?1", [&consumer]).map_err(unavailable)?;
@@ -425,10 +426,12 @@ impl ReadModelStore for SqliteStore {
         self.read(move |c| {
             let tx = c.unchecked_transaction().map_err(unavailable)?;
             let cust = customer_id.to_string();
+            // Kept by triggers (schema version 5): one row, not a count of them all.
             let total: i64 = tx
-                .prepare_cached("SELECT COUNT(*) FROM orders_by_customer WHERE customer_id = ?1")
-                .and_then(|mut s| s.query_row([&cust], |r| r.get(0)))
-                .map_err(unavailable)?;
+                .prepare_cached("SELECT orders FROM customer_order_counts WHERE customer_id = ?1")
+                .and_then(|mut s| s.query_row([&cust], |r| r.get(0)).optional())
+                .map_err(unavailable)?
+                .unwrap_or(0);
             const COLS: &str = "order_id, status, total_minor, currency, created_at, updated_at";
             let fetch = (limit + 1) as i64;
             let (sql, after, offset) = match page.after {
@@ -466,6 +469,7 @@ impl ReadModelStore for SqliteStore {
             dump_table(&tx, "customer_read_model", "customer_id", &mut out)?;
             dump_table(&tx, "order_read_model", "order_id", &mut out)?;
             dump_table(&tx, "orders_by_customer", "customer_id, order_id", &mut out)?;
+            dump_table(&tx, "customer_order_counts", "customer_id", &mut out)?;
             out.sort_by(|a, b| (a["table"].as_str(), a["key"].as_str()).cmp(&(b["table"].as_str(), b["key"].as_str())));
             Ok(out)
         })

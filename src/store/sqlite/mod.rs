@@ -36,6 +36,8 @@
 //!   timeout, never the writer queue.
 //! - Schema version 4 adds triggers that refuse an `event_store.aggregate_id`
 //!   not in the form every lookup uses (a lower-case hyphenated UUID).
+//! - Schema version 5 adds `customer_order_counts`, kept by triggers on
+//!   `orders_by_customer` (a customer's order count without counting rows).
 //! - `subscribe` wakes on this process's commits at once and on other
 //!   processes' commits within `CHANGE_POLL` (`PRAGMA data_version`).
 //! - Dropping the store ends its writer thread in the background (its

@@ -14,7 +14,7 @@ use super::unavailable;
 use crate::store::StoreError;
 
 /// Current schema version (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// DDL of schema version 1; also shipped for `sqlite3` users in docs.
 pub const SCHEMA_V1: &str = r#"
@@ -187,8 +187,43 @@ BEGIN
 END;
 "#;
 
+/// DDL of schema version 5: each customer's number of orders in
+/// `orders_by_customer`, kept by triggers on every insert, delete and move
+/// of a row there (whoever writes it), and counted once from the rows a file
+/// already has. `GET /customers/{id}/orders` reads its `total` here instead
+/// of counting every order of the customer on every page.
+pub const SCHEMA_V5: &str = r#"
+CREATE TABLE IF NOT EXISTS customer_order_counts (
+    customer_id TEXT    PRIMARY KEY,
+    orders      INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS orders_by_customer_count_insert
+AFTER INSERT ON orders_by_customer
+BEGIN
+    INSERT INTO customer_order_counts (customer_id, orders) VALUES (NEW.customer_id, 1)
+    ON CONFLICT (customer_id) DO UPDATE SET orders = orders + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS orders_by_customer_count_delete
+AFTER DELETE ON orders_by_customer
+BEGIN
+    UPDATE customer_order_counts SET orders = orders - 1 WHERE customer_id = OLD.customer_id;
+END;
+CREATE TRIGGER IF NOT EXISTS orders_by_customer_count_move
+AFTER UPDATE OF customer_id ON orders_by_customer
+WHEN NEW.customer_id IS NOT OLD.customer_id
+BEGIN
+    UPDATE customer_order_counts SET orders = orders - 1 WHERE customer_id = OLD.customer_id;
+    INSERT INTO customer_order_counts (customer_id, orders) VALUES (NEW.customer_id, 1)
+    ON CONFLICT (customer_id) DO UPDATE SET orders = orders + 1;
+END;
+DELETE FROM customer_order_counts;
+INSERT INTO customer_order_counts (customer_id, orders)
+    SELECT customer_id, COUNT(*) FROM orders_by_customer GROUP BY customer_id;
+"#;
+
 /// Every migration step: (version it brings the file to, its DDL).
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3), (4, SCHEMA_V4)];
+pub const MIGRATIONS: &[(i64, &str)] =
+    &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3), (4, SCHEMA_V4), (5, SCHEMA_V5)];
 
 pub(crate) fn migrate_conn(conn: &mut Connection) -> Result<(), StoreError> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
@@ -300,6 +335,59 @@ mod tests {
         insert(&c, "e3", "0190ABCD-0000-7000-8000-000000000004").unwrap();
         migrate_conn(&mut c).unwrap();
         assert!(insert(&c, "e4", "0190ABCD-0000-7000-8000-000000000005").is_err(), "version 4 again");
+    }
+
+    fn order_row(c: &Connection, customer: &str, order: &str) -> rusqlite::Result<usize> {
+        c.execute(
+            "INSERT INTO orders_by_customer (customer_id, order_id, status, created_at, updated_at)
+             VALUES (?1, ?2, 'created', 't', 't')
+             ON CONFLICT (customer_id, order_id) DO UPDATE SET status = 'confirmed'",
+            [customer, order],
+        )
+    }
+
+    fn order_counts(c: &Connection) -> Vec<(String, i64)> {
+        let mut st =
+            c.prepare("SELECT customer_id, orders FROM customer_order_counts WHERE orders <> 0 ORDER BY 1").unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+    }
+
+    /// Review finding: `GET /customers/{id}/orders` counted all of a
+    /// customer's rows for `total` on every page. Version 5 keeps the count
+    /// by triggers: counted once on the upgrade, then moved by every insert
+    /// (not by an upsert that updates), delete and change of customer; a
+    /// step run again counts again, not twice; the documented rollback works.
+    #[test]
+    fn customer_order_counts_follow_the_rows_from_the_upgrade_on() {
+        let mut c = Connection::open_in_memory().unwrap();
+        for (_, ddl) in &MIGRATIONS[..4] {
+            c.execute_batch(ddl).unwrap();
+        }
+        c.execute_batch("PRAGMA user_version = 4").unwrap();
+        for o in ["o0", "o1", "o2"] {
+            order_row(&c, "a", o).unwrap();
+        }
+        order_row(&c, "b", "o9").unwrap();
+        migrate_conn(&mut c).unwrap();
+        let s = |v: &[(&str, i64)]| v.iter().map(|(k, n)| (k.to_string(), *n)).collect::<Vec<_>>();
+        assert_eq!(order_counts(&c), s(&[("a", 3), ("b", 1)]), "counted on the upgrade");
+        order_row(&c, "b", "o10").unwrap();
+        order_row(&c, "b", "o10").unwrap(); // an update, not a second order
+        c.execute("DELETE FROM orders_by_customer WHERE order_id = 'o0'", []).unwrap();
+        c.execute("UPDATE orders_by_customer SET customer_id = 'c' WHERE order_id = 'o1'", []).unwrap();
+        c.execute("UPDATE orders_by_customer SET status = 'x', customer_id = 'a' WHERE order_id = 'o2'", []).unwrap();
+        let want = s(&[("a", 1), ("b", 2), ("c", 1)]);
+        assert_eq!(order_counts(&c), want);
+        c.execute_batch("PRAGMA user_version = 4").unwrap();
+        migrate_conn(&mut c).unwrap();
+        assert_eq!(order_counts(&c), want, "a step run again counts again, not twice");
+
+        let rollback = "DROP TRIGGER orders_by_customer_count_insert;\nDROP TRIGGER orders_by_customer_count_delete; DROP TRIGGER orders_by_customer_count_move;\nDROP TABLE customer_order_counts; PRAGMA user_version = 4;";
+        assert!(include_str!("../../../docs/OPERATIONS.md").contains(rollback), "the documented rollback");
+        c.execute_batch(rollback).unwrap();
+        order_row(&c, "d", "o20").unwrap();
+        migrate_conn(&mut c).unwrap();
+        assert_eq!(order_counts(&c), s(&[("a", 1), ("b", 2), ("c", 1), ("d", 1)]), "upgraded again");
     }
 
     /// Review finding: the v3 step's `ALTER TABLE ... ADD COLUMN` failed
