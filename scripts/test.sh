@@ -25,7 +25,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Formatting and clippy first: unformatted code or a clippy warning fails the run.
-bash scripts/lint.sh
+make --no-print-directory lint
 
 # Build first so the servers don't compete with the compiler for the 2 cores.
 cargo build --locked --tests --bins

@@ -8,7 +8,8 @@
 //! `<...>` placeholder fails the test until it is given a sample here.
 //! Every ```toml block of README.md and docs/*.md is given to
 //! `outboxd config` as the `OUTBOX_CONFIG` file exactly as written, and
-//! each of its values must show in the effective configuration.
+//! each of its values must show in the effective configuration. A line
+//! that shows the variables on `outboxd run` also starts the daemon with them.
 
 mod harness;
 
@@ -135,4 +136,42 @@ fn every_documented_toml_configuration_is_accepted_as_written() {
         harness::config_check::assert_file_taken(&file, &cfg, &[], at);
     }
     eprintln!("{} documented TOML configurations accepted as written", blocks.len());
+}
+
+/// A documented `OUTBOX_...=value ... outboxd run` line (the README's
+/// configuration example) starts the daemon with exactly those variables;
+/// the test adds only a store path and ports of its own, which the line
+/// does not set. It serves `/health/live` (its broker unreachable or not)
+/// and stops on SIGTERM with exit 0.
+#[test]
+fn documented_run_lines_start_the_daemon() {
+    let mut ran = 0;
+    for doc in documents() {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let examples = examples_in(line);
+            if examples.is_empty() || !line.contains("outboxd run") {
+                continue;
+            }
+            let at = format!("{}:{}", rel(&doc), n + 1);
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = harness::daemon_config("127.0.0.1:9", dir.path());
+            let env: Vec<(&str, String)> = examples.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            assert!(
+                env.iter()
+                    .all(|(k, _)| !["OUTBOX_STORE__PATH", "OUTBOX_HTTP__LISTEN", "OUTBOX_HTTP__ADMIN_LISTEN"]
+                        .contains(k)),
+                "{at}: the test gives the daemon its own store and ports"
+            );
+            let mut d = harness::Daemon::spawn(&cfg, &env);
+            harness::eventually(std::time::Duration::from_secs(60), &format!("{at}: /health/live"), || {
+                assert!(d.alive(), "{at}: `{line}` exited; log:\n{}", d.log_text());
+                harness::try_request(d.admin, "GET", "/health/live", &[], None).ok().filter(|r| r.status == 200)
+            });
+            eprintln!("{at}: `outboxd run` with {env:?} serves /health/live");
+            d.stop();
+            ran += 1;
+        }
+    }
+    assert!(ran >= 1, "README.md shows an `outboxd run` line with variables");
 }
