@@ -401,7 +401,9 @@ fn parked_order_served_stale(event_version: i64, payload: &str) {
     let Some(brokers) = harness::shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
-    let x = create_order(&d, Uuid::now_v7(), "PARKED-1");
+    let c = Uuid::now_v7();
+    let x = create_order(&d, c, "PARKED-1");
+    let fine = create_order(&d, c, "FINE-1");
     projected(&d);
     rusqlite::Connection::open(&d.cfg.store.path)
         .unwrap()
@@ -428,6 +430,14 @@ fn parked_order_served_stale(event_version: i64, payload: &str) {
     assert!(o["stale_reason"].as_str().unwrap().contains("after version 1"), "{o}");
     assert_eq!(r.header("etag").as_deref(), Some("\"1\""));
     assert!(r.header("x-projection-lag").is_some());
+    // Review finding: the customer's list showed the parked order as if
+    // current. It is marked there too; the other order is not.
+    let page = d.api("GET", &format!("/customers/{c}/orders"), &[], None);
+    assert_eq!(page.status, 200, "{}", page.text());
+    let orders = page.json()["orders"].as_array().unwrap().clone();
+    let entry = |id: Uuid| orders.iter().find(|o| o["order_id"] == id.to_string()).cloned().unwrap();
+    assert_eq!((entry(x)["status"].as_str(), entry(x)["stale"].as_bool()), (Some("created"), Some(true)), "{orders:?}");
+    assert!(entry(fine).get("stale").is_none(), "{orders:?}");
     d.stop();
 }
 

@@ -157,6 +157,11 @@ pub struct CustomerOrder {
     pub currency: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The order's read model is parked (an event this build cannot apply
+    /// or read): this row is as of the version before it. Serialised only
+    /// when true, as `GET /orders/{id}` marks the same order.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
 }
 
 /// A page of a customer's orders.

@@ -432,11 +432,15 @@ impl ReadModelStore for SqliteStore {
                 .and_then(|mut s| s.query_row([&cust], |r| r.get(0)).optional())
                 .map_err(unavailable)?
                 .unwrap_or(0);
-            const COLS: &str = "order_id, status, total_minor, currency, created_at, updated_at";
+            // `stale`: parked by the projector (the row is as of the version before the park).
+            let cols = format!(
+                "order_id, status, total_minor, currency, created_at, updated_at,
+                 EXISTS (SELECT 1 FROM parked_aggregates p WHERE p.consumer = '{CONSUMER}' AND p.aggregate_id = order_id)"
+            );
             let fetch = (limit + 1) as i64;
             let (sql, after, offset) = match page.after {
-                Some(a) => (format!("SELECT {COLS} FROM orders_by_customer WHERE customer_id = ?1 AND order_id > ?2 ORDER BY order_id LIMIT ?3"), a.to_string(), 0i64),
-                None => (format!("SELECT {COLS} FROM orders_by_customer WHERE customer_id = ?1 AND order_id > ?2 ORDER BY order_id LIMIT ?3 OFFSET ?4"), String::new(), page.offset.min(i64::MAX as u64) as i64),
+                Some(a) => (format!("SELECT {cols} FROM orders_by_customer WHERE customer_id = ?1 AND order_id > ?2 ORDER BY order_id LIMIT ?3"), a.to_string(), 0i64),
+                None => (format!("SELECT {cols} FROM orders_by_customer WHERE customer_id = ?1 AND order_id > ?2 ORDER BY order_id LIMIT ?3 OFFSET ?4"), String::new(), page.offset.min(i64::MAX as u64) as i64),
             };
             let mut st = tx.prepare_cached(&sql).map_err(unavailable)?;
             let mut rows = if page.after.is_some() { st.query(params![cust, after, fetch]) } else { st.query(params![cust, after, fetch, offset]) }.map_err(unavailable)?;
@@ -450,6 +454,7 @@ impl ReadModelStore for SqliteStore {
                     currency: r.get(3).map_err(codec)?,
                     created_at: parse_ts(&g(4)?)?,
                     updated_at: parse_ts(&g(5)?)?,
+                    stale: r.get(6).map_err(codec)?,
                 });
             }
             drop(rows);

@@ -369,11 +369,18 @@ impl ReadModelStore for CqlStore {
                 currency,
                 created_at: created.ok_or_else(|| missing("created_at"))?,
                 updated_at: updated.ok_or_else(|| missing("updated_at"))?,
+                stale: false,
             });
         }
         let more = orders.len() > limit;
         orders.truncate(limit);
         let next_after = if more { orders.last().map(|o| o.order_id) } else { None };
+        // Parks are few (one read of them all, not one per row).
+        let parked = crate::store::parking::ParkingStore::parked_positions(self, crate::projection::CONSUMER).await?;
+        for o in &mut orders {
+            let id = o.order_id.to_string();
+            o.stale = parked.iter().any(|(a, _)| *a == id);
+        }
         Ok(CustomerOrdersPage {
             customer_id,
             orders,
