@@ -48,6 +48,17 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             let held: u64 = parked.iter().map(|p| p.held_events).sum();
             let letters = store.dlq_count().await?;
             let mut code = 0;
+            // `--all` with nothing of a kind: that request is not submitted
+            // (it had nothing to do, and without a relay it would wait for
+            // the lease and the broker to say so).
+            let kinds: Vec<RequestKind> = kinds
+                .into_iter()
+                .filter(|k| match k {
+                    RequestKind::ReplayAllParked => !parked.is_empty(),
+                    RequestKind::ReplayDeadLetters { ids: None } => letters > 0,
+                    _ => true,
+                })
+                .collect();
             // One listener for both requests of `--all`.
             let interrupt = relay_ops::Interrupt::install();
             for (i, kind) in kinds.into_iter().enumerate() {

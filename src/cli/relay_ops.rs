@@ -381,6 +381,8 @@ async fn run_here(
         e = take => e.ok().flatten(),
         _ = gave.recv() => None,
     };
+    // The term's relay status: why a replay carried out here did not finish.
+    let (status_tx, status) = tokio::sync::watch::channel(Default::default());
     let res = match epoch {
         None if end_term.is_shutdown() => Ok(()),
         None => {
@@ -421,8 +423,7 @@ async fn run_here(
             res
         }
         Some(epoch) => {
-            let (tx, _) = tokio::sync::watch::channel(Default::default());
-            let relay = Relay::new(Arc::new(cfg.clone()), store.clone(), Metrics::new(), StatusTx::new(tx))
+            let relay = Relay::new(Arc::new(cfg.clone()), store.clone(), Metrics::new(), StatusTx::new(status_tx))
                 .with_fence(Fence { epoch, lease: handle.state() })
                 .requests_only();
             let res = match cfg.relay.delivery {
@@ -446,6 +447,10 @@ async fn run_here(
         (Err(e), None) => Some(format!("the CLI could not carry it out: {:#}", e.err)),
         (Ok(()), None) => None,
     };
+    // (The CQL request server reports no broker state here.)
+    if gave_up_code == Some(1) && epoch.is_some() && cfg.store.backend != Backend::Cql {
+        unreachable_broker_note(cfg, &status.borrow());
+    }
     let withdrawn = match why {
         Some(why) => Some(operator::withdraw(&store, id, epoch, &why, exactly_once(cfg)).await),
         None => None,
@@ -459,6 +464,21 @@ async fn run_here(
     }
     res?;
     Ok(withdrawn.transpose()?.map(|row| (row, gave_up_code.unwrap_or(1), epoch)))
+}
+
+/// Out of time carrying a request out here: when this process never
+/// reached the brokers, says so (the request only said "withdrawn").
+fn unreachable_broker_note(cfg: &Config, status: &outboxd::relay::status::RelayStatus) {
+    use outboxd::relay::producer::BrokerState;
+    let why = match &status.broker {
+        BrokerState::Reachable { .. } => return,
+        BrokerState::Unreachable { error, .. } => error.clone(),
+        BrokerState::Unknown => "no broker answered".to_string(),
+    };
+    eprintln!(
+        "this process could not publish to kafka.brokers ({}): {why}; check that they are reachable from this host, or run the request where `outboxd run` runs",
+        cfg.kafka.brokers
+    );
 }
 
 #[cfg(test)]
