@@ -118,21 +118,17 @@ async fn submit(st: &AdminState, kind: RequestKind, wait: bool) -> Result<HttpRe
 /// The answer for request `r`: 202 at once without a deadline, else 200
 /// when it is done, 409 when it failed, 202 when it is not done by
 /// `deadline` ([`WAIT`] after the request came, for every request it wrote).
-/// `all`, when given, is added as `requests` (the `all: true` replay's two).
+/// `all`, when given, is added as `requests` (the `all: true` replay's two),
+/// each as the store has it when the answer is made (not as written).
 async fn answer(
     st: &AdminState,
     r: RelayRequest,
     deadline: Option<Instant>,
     all: Option<&[RelayRequest]>,
 ) -> Result<HttpResponse, ApiError> {
-    let with_all = |mut body: Value| {
-        if let Some(all) = all {
-            body["requests"] = json!(all);
-        }
-        body
-    };
     let Some(deadline) = deadline else {
-        return Ok(HttpResponse::Accepted().json(with_all(json!({ "request": r }))));
+        let all = as_stored(st, all).await;
+        return Ok(HttpResponse::Accepted().json(with_all(json!({ "request": r }), &all)));
     };
     // The row is written: a store that does not answer now is no reason to
     // tell the client to submit again (a second rewind would re-publish the
@@ -147,9 +143,10 @@ async fn answer(
             other => break other,
         }
     };
+    let all = as_stored(st, all).await;
     match waited {
         Ok(Waited::Finished(done)) if done.status == RequestStatus::Done => {
-            Ok(HttpResponse::Ok().json(with_all(json!({ "request": done }))))
+            Ok(HttpResponse::Ok().json(with_all(json!({ "request": done }), &all)))
         }
         Ok(Waited::Finished(failed)) => {
             let mut extra = vec![("request", json!(failed))];
@@ -163,18 +160,40 @@ async fn answer(
             )
             .response_with(&extra))
         }
-        Ok(Waited::Unclaimed(p) | Waited::TimedOut(p)) => Ok(HttpResponse::Accepted().json(with_all(json!({
-            "request": p,
-            "message": "not finished yet (is a relay running?); poll GET /relay/requests/{id}",
-        })))),
+        Ok(Waited::Unclaimed(p) | Waited::TimedOut(p)) => Ok(HttpResponse::Accepted().json(with_all(
+            json!({
+                "request": p,
+                "message": "not finished yet (is a relay running?); poll GET /relay/requests/{id}",
+            }),
+            &all,
+        ))),
         Err(e) => {
             tracing::warn!(error = %e, request = %r.id, "cannot read back a relay request");
-            Ok(HttpResponse::Accepted().json(with_all(json!({
-                "request": r,
-                "message": "written; its progress could not be read back (the store did not answer); poll GET /relay/requests/{id}",
-            }))))
+            Ok(HttpResponse::Accepted().json(with_all(
+                json!({
+                    "request": r,
+                    "message": "written; its progress could not be read back (the store did not answer); poll GET /relay/requests/{id}",
+                }),
+                &all,
+            )))
         }
     }
+}
+
+/// `all` re-read from the store (a row it cannot read now stays as given).
+async fn as_stored(st: &AdminState, all: Option<&[RelayRequest]>) -> Option<Vec<RelayRequest>> {
+    let mut out = Vec::new();
+    for r in all? {
+        out.push(st.store.request_get(r.id).await.ok().flatten().unwrap_or_else(|| r.clone()));
+    }
+    Some(out)
+}
+
+fn with_all(mut body: Value, all: &Option<Vec<RelayRequest>>) -> Value {
+    if let Some(all) = all {
+        body["requests"] = json!(all);
+    }
+    body
 }
 
 /// `{"all": true}`: two requests, both written before any wait, so a first
