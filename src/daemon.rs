@@ -131,6 +131,9 @@ fn fault_injection_enabled() -> bool {
 /// process exit code.
 pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
     let mut signals = Signals::install();
+    // A port taken (or not this host's) ends the start before the store,
+    // the actors or the leases are touched; the servers bind again below.
+    crate::http::check_listen(&cfg.http).map_err(|e| DaemonError::bind(&e))?;
     let (store, cql, mut read_models) = match cfg.store.backend {
         // The store and its read models: one SQLite instance (one writer).
         Backend::Sqlite => {
@@ -449,9 +452,13 @@ async fn actor_system(
         match crate::http::start(&deps.cfg.http, deps.cfg.shutdown_deadline_ms, api, admin, deps.metrics.clone()) {
             Ok(s) => s,
             Err(e) => {
-                let _ = bound.send(Err(DaemonError::bind(&e)));
-                let _ = coordinator.send(ShutdownSystem { reason: "startup failed".into(), exit_code: 1 }).await;
-                return 1;
+                // Taken between the check at the start and now.
+                let e = DaemonError::bind(&e);
+                let code = if matches!(e, DaemonError::Listen(_)) { 2 } else { 1 };
+                let reason = format!("startup failed: {e}");
+                let _ = bound.send(Err(e));
+                let _ = coordinator.send(ShutdownSystem { reason, exit_code: code }).await;
+                return code;
             }
         };
     let _ = bound.send(Ok(Bound { api: servers.api_addr, admin: servers.admin_addr }));

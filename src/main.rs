@@ -296,21 +296,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(f) => {
             let message = cli::redact::clean(&format!("{:#}", f.err).replace('\n', " "));
-            match log_format {
-                LogFormat::Text => eprintln!("error: {message}"),
-                // One JSON line like the log's own (a JSON log pipeline
-                // would choke on a plain-text last line).
-                LogFormat::Json => eprintln!(
-                    "{}",
-                    serde_json::json!({
-                        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                        "level": "ERROR",
-                        "message": message,
-                        "exit_code": f.code,
-                        "target": "outboxd",
-                    })
-                ),
-            }
+            final_error(log_format, &message, f.code);
             f.code
         }
     };
@@ -320,6 +306,32 @@ fn main() -> ExitCode {
     // without bound. What it leaves open, the next term's init_transactions aborts.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     ExitCode::from(code)
+}
+
+/// The last line of a failed command: `error: ...`, or with `--log-format
+/// json` one JSON line like the log's own (a JSON log pipeline would choke
+/// on a plain-text last line).
+fn final_error(format: LogFormat, message: &str, code: u8) {
+    match format {
+        LogFormat::Text => eprintln!("error: {message}"),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": "ERROR",
+                "message": message,
+                "exit_code": code,
+                "target": "outboxd",
+            })
+        ),
+    }
+}
+
+/// `--log-format json` among the arguments clap could not parse (their
+/// error line follows it too).
+fn json_asked(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let args: Vec<std::ffi::OsString> = args.collect();
+    args.windows(2).any(|w| w[0] == "--log-format" && w[1] == "json") || args.iter().any(|a| a == "--log-format=json")
 }
 
 fn init_tracing(format: LogFormat, level: &str) {
@@ -410,7 +422,12 @@ fn usage_error(e: clap::Error) -> ExitCode {
     // given no value (even with `--config FILE`): name the variable.
     let config_var_empty = std::env::var_os("OUTBOX_CONFIG").is_some_and(|v| v.is_empty());
     if config_var_empty && e.kind() == ErrorKind::InvalidValue && e.to_string().contains("'--config ") {
-        eprintln!("error: OUTBOX_CONFIG is set but empty: name a TOML configuration file, or unset it (try '--help')");
+        let format = if json_asked(std::env::args_os()) { LogFormat::Json } else { LogFormat::Text };
+        final_error(
+            format,
+            "OUTBOX_CONFIG is set but empty: name a TOML configuration file, or unset it (try '--help')",
+            2,
+        );
         return ExitCode::from(2);
     }
     let text = e.to_string();
@@ -419,6 +436,17 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
         .collect();
-    eprintln!("{} (try '--help')", parts.join("; "));
+    // "...not provided:" then one line per argument: a list after the colon.
+    let mut message = String::new();
+    for p in &parts {
+        if !message.is_empty() {
+            message.push_str(if message.ends_with(':') { " " } else { "; " });
+        }
+        message.push_str(p);
+    }
+    let message = format!("{message} (try '--help')");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    let format = if json_asked(std::env::args_os()) { LogFormat::Json } else { LogFormat::Text };
+    final_error(format, message, 2);
     ExitCode::from(2)
 }

@@ -54,7 +54,9 @@ fn stderr_has_no_colour_codes_off_a_terminal_and_json_logs_end_in_json() {
         }
         c.output().unwrap()
     };
-    // A daemon that logs at info, then exits 2 on a port it cannot take.
+    // A daemon on a port it cannot take exits 2 before it touches anything
+    // (walkthrough finding: it opened the store, started its actors and
+    // took its leases first, and logged exit_code=1).
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let env = [
@@ -66,6 +68,30 @@ fn stderr_has_no_colour_codes_off_a_terminal_and_json_logs_end_in_json() {
     let out = run(&["run"], &env);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("cannot listen on http.listen = {addr}")), "{err}");
+    assert!(!db.exists(), "the store was not opened: {err}");
+    assert!(!err.contains('\x1b'), "no escape codes off a terminal: {err:?}");
+    // A daemon that logs at info (stderr to a file, as under a supervisor).
+    let log = dir.path().join("run.log");
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let env = [
+        ("OUTBOX_STORE__PATH", db.to_str().unwrap()),
+        ("OUTBOX_HTTP__LISTEN", api.as_str()),
+        ("OUTBOX_HTTP__ADMIN_LISTEN", "127.0.0.1:0"),
+        ("OUTBOX_KAFKA__BROKERS", "127.0.0.1:1"),
+    ];
+    let mut c = Command::new(env!("CARGO_BIN_EXE_outboxd"));
+    c.arg("run").env_remove("RUST_LOG").env_remove("NO_COLOR").stderr(std::fs::File::create(&log).unwrap());
+    let mut child = c.envs(env).spawn().unwrap();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !text().contains("admin server listening") {
+        assert!(std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none(), "{}", text());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", text());
+    let err = text();
     assert!(err.contains("INFO"), "it logged: {err}");
     assert!(!err.contains('\x1b'), "no escape codes off a terminal: {err:?}");
     let out = run(&["--log-format", "json", "run"], &[("OUTBOX_KAFKA__PARTITIONS", "x")]);
@@ -75,4 +101,17 @@ fn stderr_has_no_colour_codes_off_a_terminal_and_json_logs_end_in_json() {
     assert_eq!(last["level"], "ERROR", "{last}");
     assert_eq!(last["exit_code"], 2, "{last}");
     assert!(last["message"].as_str().unwrap().contains("OUTBOX_KAFKA__PARTITIONS"), "{last}");
+    // Argument errors too (walkthrough finding: they stayed plain text).
+    let out = run(&["--log-format", "json", "order", "confirm", "nope"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let last: serde_json::Value = serde_json::from_str(err.trim()).expect("one JSON line");
+    assert_eq!((last["level"].as_str(), last["exit_code"].as_i64()), (Some("ERROR"), Some(2)), "{last}");
+    assert!(last["message"].as_str().unwrap().starts_with("invalid value 'nope' for '<ID>'"), "{last}");
+    // A missing argument is one sentence (it read "...not provided:; --item").
+    let out = run(&["order", "create", "--customer", "0190f0e0-0000-7000-8000-000000000001"], &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: the following required arguments were not provided: --item <ITEMS> (try '--help')"
+    );
 }

@@ -208,6 +208,33 @@ fn bind_error(key: &str, addr: &str, e: std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("cannot listen on {key} = {addr}: {e}"))
 }
 
+/// Whether both listen addresses can be bound now (each bound and released
+/// at once; like the servers' bind, one of a name's addresses is enough):
+/// checked before the daemon starts its actors and takes leases, so a taken
+/// port ends the start before anything else began.
+pub fn check_listen(cfg: &HttpConfig) -> std::io::Result<()> {
+    use std::net::ToSocketAddrs;
+    let mut held = Vec::new();
+    for (key, addr) in [("http.listen", &cfg.listen), ("http.admin_listen", &cfg.admin_listen)] {
+        let mut last = None;
+        let mut bound = false;
+        for a in addr.to_socket_addrs().map_err(|e| bind_error(key, addr, e))? {
+            match std::net::TcpListener::bind(a) {
+                Ok(l) => {
+                    held.push(l);
+                    bound = true;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        if !bound {
+            let e = last.unwrap_or_else(|| std::io::Error::other("the name resolved to no address"));
+            return Err(bind_error(key, addr, e));
+        }
+    }
+    Ok(())
+}
+
 /// Binds both servers and spawns them on the current actix system. Must be
 /// called inside an actix `System`.
 pub fn start(
