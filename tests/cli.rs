@@ -138,6 +138,23 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
         "quantity must be between 1 and 4294967295, got 0",
     );
     refused(&db, &["order", "create", "--customer", &c, "--item", "BOOK:-1:1999"], 2, "quantity");
+    // Walkthrough finding: a refused create named the id it made up ("order
+    // 01a2...: items[1]: ..."), as if it were stored, and the item by its
+    // JSON path. It names the `--item` (or `--currency`) as given.
+    for (args, line) in [
+        (
+            vec!["order", "create", "--customer", &c, "--item", "A:1:1", "--item", "A:2:1"],
+            "error: --item \"A:2:1\": item `A` appears more than once",
+        ),
+        (
+            vec!["order", "create", "--customer", &c, "--item", "A:1:1", "--currency", "XYZ"],
+            "error: --currency: unknown currency \"XYZ\": not an ISO 4217 code",
+        ),
+        (vec!["customer", "register", "--name", " ", "--email", "a@b.co"], "error: name must not be empty"),
+    ] {
+        refused(&db, &args, 2, line);
+        assert_eq!(stderr(&outboxd(&db, &args)), line);
+    }
     refused(&db, &["order", "create", "--customer", &c, "--item", "BOOK:two:1999"], 2, "not a whole number");
     refused(&db, &["order", "create", "--customer", &c, "--item", "BOOK:1"], 2, "SKU:QUANTITY:UNIT_PRICE_MINOR");
     refused(

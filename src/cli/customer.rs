@@ -13,6 +13,8 @@ use super::{meta, open_existing, open_for, service, Failure};
 use crate::CustomerCmd;
 
 pub async fn run(cfg: &Config, c: CustomerCmd) -> Result<u8, Failure> {
+    // An id this command made up names nothing stored: a refusal omits it.
+    let generated_id = matches!(&c, CustomerCmd::Register { id: None, .. });
     let (id, cmd, m) = match c {
         CustomerCmd::Show { id } => {
             let svc = service(cfg, open_existing(cfg).await?);
@@ -41,10 +43,13 @@ pub async fn run(cfg: &Config, c: CustomerCmd) -> Result<u8, Failure> {
     };
     let is_create = matches!(cmd, CustomerCommand::Register { .. });
     let svc = service(cfg, open_for(cfg, is_create).await?);
-    let out = svc
-        .execute::<Customer>(id, &cmd, meta(&m), m.expected_version)
-        .await
-        .map_err(|e| Failure::from(e).context(format!("customer {id}")))?;
+    let out = svc.execute::<Customer>(id, &cmd, meta(&m), m.expected_version).await.map_err(|e| {
+        if generated_id {
+            Failure::from(e)
+        } else {
+            Failure::from(e).context(format!("customer {id}"))
+        }
+    })?;
     if is_create {
         out!("{id}");
     } else {

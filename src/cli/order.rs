@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use outboxd::app::AppError;
 use outboxd::config::Config;
-use outboxd::domain::{Currency, Money, Order, OrderCommand, OrderItem, Sku};
+use outboxd::domain::{Currency, DomainError, Money, Order, OrderCommand, OrderItem, Sku};
 
 use super::{meta, open_existing, open_for, service, BadInput, Failure};
 use crate::OrderCmd;
@@ -65,6 +65,13 @@ async fn items_in_order_currency(cfg: &Config, id: Uuid, raw: &[String]) -> Resu
 }
 
 pub async fn run(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
+    // The `--item` values as given: a rule about one item names it by them.
+    let raw_items = match &c {
+        OrderCmd::Create { items, .. } | OrderCmd::UpdateItems { items, .. } => items.clone(),
+        _ => Vec::new(),
+    };
+    // An id this command made up names nothing stored: a refusal omits it.
+    let generated_id = matches!(&c, OrderCmd::Create { id: None, .. });
     // Validate the input before touching the store.
     let (id, cmd, m) = match c {
         OrderCmd::Show { id } => {
@@ -107,10 +114,19 @@ pub async fn run(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
     };
     let is_create = matches!(cmd, OrderCommand::Create { .. });
     let svc = service(cfg, open_for(cfg, is_create).await?);
-    let out = svc
-        .execute::<Order>(id, &cmd, meta(&m), m.expected_version)
-        .await
-        .map_err(|e| Failure::from(e).context(format!("order {id}")))?;
+    let out = svc.execute::<Order>(id, &cmd, meta(&m), m.expected_version).await.map_err(|e| match e {
+        // The CLI's currency is `--currency`'s, for every item.
+        AppError::Domain(DomainError::Item { error, .. })
+            if matches!(*error, DomainError::UnknownCurrency(_) | DomainError::InvalidCurrency(_)) =>
+        {
+            Failure::from(BadInput(format!("--currency: {error}")))
+        }
+        AppError::Domain(DomainError::Item { index, error }) if index < raw_items.len() => {
+            Failure::from(BadInput(format!("--item {:?}: {error}", raw_items[index])))
+        }
+        e if generated_id => Failure::from(e),
+        e => Failure::from(e).context(format!("order {id}")),
+    })?;
     if is_create {
         out!("{id}");
     } else {
