@@ -19,7 +19,9 @@
 //!   after the actors stopped, do not change the code (`wait_for_exit`).
 //! - A port that cannot be bound is an error naming the config key:
 //!   [`DaemonError::Listen`] when the operator must change the address
-//!   (taken, not an address of this host, not permitted: the CLI exits 2).
+//!   (taken, not an address of this host, not permitted: the CLI exits 2),
+//!   found before the store, the actors or the leases are touched.
+//! - An active relay that stops with events unpublished says how many.
 //! - Read models (SQLite; CQL when the server has Scylla CDC): a supervised
 //!   ProjectionActor keeps them up to date; GET /orders/{id} and
 //!   GET /customers/{id}/orders read them.
@@ -65,53 +67,6 @@ impl DaemonError {
         match e.kind() {
             AddrInUse | AddrNotAvailable | PermissionDenied => DaemonError::Listen(e.to_string()),
             _ => DaemonError::Other(e.to_string()),
-        }
-    }
-}
-
-/// SIGINT/SIGTERM, registered as soon as it is created (before any slow
-/// startup work), so an early signal is never lost.
-pub struct Signals {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-    /// SIGINT too: `ctrl_c()` registers its handler only when first polled,
-    /// so a Ctrl-C during startup took the default action (killed, the
-    /// lease held until its TTL ran out).
-    #[cfg(unix)]
-    int: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    pub fn install() -> Signals {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            Signals { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
-        }
-        #[cfg(not(unix))]
-        Signals {}
-    }
-
-    /// Waits for SIGINT or SIGTERM.
-    pub async fn recv(&mut self) {
-        #[cfg(unix)]
-        {
-            async fn one(s: Option<&mut tokio::signal::unix::Signal>) {
-                match s {
-                    Some(s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            }
-            tokio::select! {
-                _ = one(self.int.as_mut()) => {},
-                _ = one(self.term.as_mut()) => {},
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }
@@ -202,6 +157,21 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
         }),
     };
     tracing::info!(%instance, lease_ttl_ms = cfg.relay.lease_ttl_ms, "instance id in the lease table");
+    // What the stop reports: whether the relay held its lease when the
+    // leases were let go (their release itself reads as lost), its backlog.
+    let active_at_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(mut rx) = leases.relay.as_ref().map(|h| h.state()) {
+        let (flag, stopping) = (active_at_stop.clone(), lease_stop.subscribe());
+        tokio::spawn(async move {
+            while !stopping.is_shutdown() {
+                flag.store(rx.borrow_and_update().active_epoch().is_some(), std::sync::atomic::Ordering::SeqCst);
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let (report_store, consumer) = (store.clone(), cfg.relay.consumer_name.clone());
     // Released once, by whichever way out comes first.
     let mut lease_stop = Some(lease_stop);
     let mut deps = ActorDeps::new(cfg, store, metrics, tokio::runtime::Handle::current()).with_leases(leases);
@@ -288,10 +258,29 @@ pub async fn run(cfg: Config) -> Result<u8, DaemonError> {
         }
     };
     release_leases(&mut lease_stop).await;
+    if active_at_stop.load(std::sync::atomic::Ordering::SeqCst) {
+        report_unpublished(&report_store, &consumer).await;
+    }
     if let Ok(code) = &code {
         tracing::info!(exit_code = code, "outboxd stopped");
     }
     code
+}
+
+/// The active relay's stop with events still unpublished (the broker down,
+/// a backlog not drained): a warning with the count, so the log says what
+/// the next active relay has to publish. Bounded: a store that does not
+/// answer delays no exit.
+async fn report_unpublished(store: &crate::store::DynStore, consumer: &str) {
+    match tokio::time::timeout(Duration::from_secs(2), store.backlog(consumer)).await {
+        Ok(Ok(b)) if b.events.is_some_and(|n| n > 0) => tracing::warn!(
+            unpublished = b.events,
+            checkpoint = b.checkpoint,
+            head = b.head,
+            "stopping with events not yet published; the next active relay publishes them"
+        ),
+        _ => {}
+    }
 }
 
 // The end of `run`: a signal or the actor system's own shutdown, then the
@@ -479,6 +468,10 @@ async fn actor_system(
     servers.stop().await;
     code
 }
+
+#[path = "daemon/signals.rs"]
+mod signals;
+pub use signals::Signals;
 
 #[cfg(test)]
 #[path = "daemon/exit_tests.rs"]

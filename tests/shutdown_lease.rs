@@ -69,3 +69,27 @@ fn an_exhausted_restart_budget_gives_the_lease_back_while_an_admin_request_still
     assert_eq!(status.code(), Some(70), "{}", d.log_text());
     let _ = waiting.join();
 }
+
+/// Walkthrough finding: an active relay stopped with its broker down and
+/// events unpublished, and the log said nothing of them. It warns with the
+/// count (a standby, whose backlog is not its own, does not).
+#[test]
+fn an_active_relay_stopping_with_events_unpublished_says_how_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(&format!("127.0.0.1:{}", free_port()), dir.path());
+    let d = Daemon::start(&cfg, &[]);
+    let db = cfg.store.path.clone();
+    let holder = || sqlite3(&db, "SELECT holder FROM relay_leases WHERE name = 'kafka-relay'");
+    eventually(Duration::from_secs(30), "the relay lease to be held", || (!holder().trim().is_empty()).then_some(()));
+    let c = uuid::Uuid::now_v7();
+    for sku in ["A", "B"] {
+        create_order(&d, c, sku);
+    }
+    let log = d.log.clone();
+    d.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warn = text.lines().find(|l| l.contains("stopping with events not yet published")).unwrap_or_else(|| {
+        panic!("no warning of the unpublished events; log:\n{text}");
+    });
+    assert!(warn.contains("WARN") && warn.contains("unpublished=2"), "{warn}");
+}
