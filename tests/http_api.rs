@@ -499,6 +499,8 @@ fn problems_name_the_exact_item_the_real_limit_and_confirm_413s_as_json() {
     assert_eq!(v["field"], "$", "{v}");
     let v = assert_error(&d.api("POST", &confirm, &[], Some(b"{\"x\": 1}")), 422, "validation");
     assert_eq!(v["field"], "x", "{v}");
+    // It said "expected one of: " and nothing after.
+    assert_eq!(v["detail"], "unknown field `x`; this body takes no fields (send none, or `{}`)", "{v}");
     assert_error(&d.api("POST", &confirm, &[], Some(b"nope")), 400, "malformed_json");
     // Nothing of the above was written; an empty body or `{}` confirms.
     assert_eq!(count_events(&d.cfg.store.path), 1);

@@ -337,6 +337,14 @@ fn admin_routes_take_bodies_up_to_the_configured_limit() {
     let v =
         assert_error(&d.admin_post("/dlq/replay", &json!({"ids": [Uuid::now_v7()], "all": true})), 422, "validation");
     assert_eq!(v["field"], "all", "{v}");
+    // Walkthrough findings: a body naming no target was blamed on
+    // `aggregate_id`; a short discard reason was told to "say why" (it had).
+    let v = assert_error(&d.admin_post("/dlq/replay", &json!({})), 422, "validation");
+    assert_eq!(v["field"], "$", "{v}");
+    let short = json!({"event_id": Uuid::now_v7(), "reason": "ab"});
+    let v = assert_error(&d.admin_post("/dlq/discard", &short), 422, "validation");
+    assert_eq!(v["field"], "reason", "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("at least 3 characters"), "{v}");
     d.stop();
 }
 

@@ -74,10 +74,11 @@ impl<'a> Input<'a> {
         let input = Input { map, prefix };
         if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
             let shown: String = k.chars().filter(|c| !c.is_control()).take(40).collect();
-            return Err(ApiError::invalid(
-                input.path(&shown),
-                format!("unknown field `{shown}`; expected one of: {}", allowed.join(", ")),
-            ));
+            let expected = match allowed {
+                [] => "this body takes no fields (send none, or `{}`)".to_string(),
+                _ => format!("expected one of: {}", allowed.join(", ")),
+            };
+            return Err(ApiError::invalid(input.path(&shown), format!("unknown field `{shown}`; {expected}")));
         }
         Ok(input)
     }

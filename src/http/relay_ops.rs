@@ -45,11 +45,13 @@ const MIN_DISCARD_REASON: usize = 3;
 /// [`MIN_DISCARD_REASON`] characters (not bytes) after trimming. `Err` says
 /// what is wrong, without the field's name (each entry point adds its own).
 pub fn check_discard_reason(reason: &str) -> Result<(), &'static str> {
+    // The message's "3" is MIN_DISCARD_REASON (a &'static str cannot format it).
+    const _: () = assert!(MIN_DISCARD_REASON == 3);
     if reason.chars().any(char::is_control) {
         return Err("must not contain control characters");
     }
     if reason.trim().chars().count() < MIN_DISCARD_REASON {
-        return Err("say why the event is discarded (kept in the audit row)");
+        return Err("at least 3 characters: say why the event is discarded (kept in the audit row)");
     }
     Ok(())
 }
@@ -263,7 +265,7 @@ pub(super) async fn dlq_replay(st: web::Data<AdminState>, body: web::Json<JsonBo
         return replay_all(&st, wait).await;
     } else {
         return Err(ApiError::invalid(
-            "aggregate_id",
+            "$",
             "say what to replay: {\"aggregate_id\": ID}, {\"all_parked\": true}, {\"ids\": [...]} or {\"all\": true}",
         ));
     };
