@@ -215,11 +215,46 @@ pub fn prime_metrics(m: &Metrics, cfg: &Config) {
     for t in crate::relay::topics::topic_names(cfg.kafka.per_event_type(), &cfg.kafka.topic_prefix) {
         m.messages_sent.with_label_values(&[&t]);
     }
+    for k in crate::relay::requests::KIND_LABELS {
+        m.relay_requests.with_label_values(&[k]);
+    }
+    for consumer in [cfg.relay.consumer_name.as_str(), crate::projection::CONSUMER] {
+        m.relay_lease_takeovers.with_label_values(&[consumer]);
+    }
+    if cfg.relay.delivery == crate::config::DeliveryMode::ExactlyOnce {
+        for outcome in ["committed", "aborted"] {
+            m.relay_transactions.with_label_values(&[outcome]);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Walkthrough finding: operator requests, lease takeovers and (in
+    /// exactly-once mode) transactions had no series until their first
+    /// count, so a dashboard's `rate()` showed "no data", not 0.
+    #[test]
+    fn request_takeover_and_transaction_series_exist_at_zero() {
+        let mut cfg = Config::default();
+        cfg.relay.delivery = crate::config::DeliveryMode::ExactlyOnce;
+        let m = Metrics::new();
+        prime_metrics(&m, &cfg);
+        let text = m.encode();
+        for k in crate::relay::requests::KIND_LABELS {
+            assert!(text.contains(&format!("relay_requests_total{{kind=\"{k}\"}} 0")), "{k}");
+        }
+        for c in [cfg.relay.consumer_name.as_str(), crate::projection::CONSUMER] {
+            assert!(text.contains(&format!("relay_lease_takeovers_total{{consumer=\"{c}\"}} 0")), "{c}");
+        }
+        for o in ["committed", "aborted"] {
+            assert!(text.contains(&format!("relay_transactions_total{{outcome=\"{o}\"}} 0")), "{o}");
+        }
+        let m = Metrics::new();
+        prime_metrics(&m, &Config::default());
+        assert!(!m.encode().contains("relay_transactions_total{"), "at-least-once has no transactions");
+    }
 
     /// Before the first check every component reads unknown (3), not
     /// healthy (0): the series existed at 0 from the first scrape.

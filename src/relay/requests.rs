@@ -258,6 +258,10 @@ impl Run {
 }
 
 /// The `kind` label of `relay_requests_total`.
+/// Every value [`kind_label`] gives (the `kind` label of `relay_requests_total`).
+pub const KIND_LABELS: [&str; 5] =
+    ["replay_aggregate", "replay_all_parked", "discard", "replay_dead_letters", "rewind"];
+
 pub(crate) fn kind_label(k: &RequestKind) -> &'static str {
     match k {
         RequestKind::ReplayAggregate { .. } => "replay_aggregate",
@@ -290,5 +294,25 @@ impl Progress {
             r["failed"] = json!(self.failed);
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The series `prime_metrics` creates at 0 are every label a request can count under.
+    #[test]
+    fn kind_labels_are_every_kind() {
+        let kinds = [
+            RequestKind::ReplayAggregate { aggregate_id: String::new() },
+            RequestKind::ReplayAllParked,
+            RequestKind::Discard { event_id: String::new(), reason: String::new() },
+            RequestKind::ReplayDeadLetters { ids: None },
+            RequestKind::RewindToPosition { position: 0 },
+            RequestKind::RewindToTime { time: chrono::Utc::now() },
+        ];
+        let labels: std::collections::BTreeSet<&str> = kinds.iter().map(kind_label).collect();
+        assert_eq!(labels, KIND_LABELS.into_iter().collect());
     }
 }
