@@ -28,12 +28,33 @@ fn bad_configuration_exits_2_naming_the_key() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).to_lowercase().contains("batch_size"), "{}", stderr(&o));
+    // Walkthrough finding: "invalid type: found string "lots", expected u64"
+    // (a Rust type) and keys as "default.kafka.bogus" (figment's profile):
+    // now in the words of the configuration.
+    assert_eq!(
+        stderr(&o),
+        "error: invalid configuration: environment variable OUTBOX_RELAY__BATCH_SIZE (relay.batch_size): expected an integer, found string \"lots\""
+    );
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[kafka]\nbrokerz = \"x:1\"\n").unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--config").arg(&cfg).arg("events").output().unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("brokerz"), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("error: invalid configuration: unknown key `kafka.brokerz`; expected one of: brokers, "),
+        "{err}"
+    );
+    assert!(err.ends_with(&format!("(in {})", cfg.display())), "{err}");
+    std::fs::write(&cfg, "[kafka]\npartitions = \"x\"\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--config").arg(&cfg).arg("events").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "error: invalid configuration: kafka.partitions: expected an integer, found string \"x\" (in {})",
+            cfg.display()
+        )
+    );
     let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
         .args(["--config", "/nonexistent/outboxd.toml", "events"])
         .output()
@@ -256,7 +277,7 @@ fn variables_figment_would_drop_or_misread_are_refused_by_name() {
     }
     run("OUTBOX_KAFKA____BROKERS", "10.0.0.1:9092");
     let err = run("OUTBOX__HTTP__API_TOKEN", token);
-    assert!(err.contains("unknown field") && err.contains("`_http`"), "{err}");
+    assert!(err.contains("unknown key `_http`; expected one of: store, kafka"), "{err}");
     run("OUTBOX_HTTP__NOPE", "yes");
     // The same key spelt right is taken.
     let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))

@@ -187,9 +187,48 @@ fn config_error(e: figment::Error) -> ConfigError {
         }
     }
     if let Some(var) = var {
-        return ConfigError(format!("environment variable {var}: {}", e.kind));
+        let what = match plain(&e.kind, &key) {
+            Some(w) if w.starts_with(&format!("{key}: ")) => format!("({key}){}", &w[key.len()..]),
+            Some(w) => format!(": {w}"),
+            None => format!(": {}", e.kind),
+        };
+        return ConfigError(format!("environment variable {var}{}", what.replacen("(", " (", 1)));
     }
-    ConfigError(without_source_lines(&e.to_string()))
+    let file = e.metadata.as_ref().and_then(|m| match &m.source {
+        Some(figment::Source::File(p)) => Some(p.display().to_string()),
+        _ => None,
+    });
+    match (plain(&e.kind, &key), file) {
+        (Some(what), Some(file)) => ConfigError(format!("{what} (in {file})")),
+        (Some(what), None) => ConfigError(what),
+        _ => ConfigError(without_source_lines(&e.to_string())),
+    }
+}
+
+/// An unknown key or a wrong type in this file's words: the key as the
+/// configuration spells it (`kafka.bogus`, not figment's profile-prefixed
+/// `default.kafka.bogus`) and the type as a person says it ("an integer",
+/// not "i32"). None: another kind, left as figment says it.
+fn plain(kind: &figment::error::Kind, key: &str) -> Option<String> {
+    use figment::error::Kind;
+    match kind {
+        Kind::UnknownField(_, []) => Some(format!("unknown key `{key}`: this table takes no keys")),
+        Kind::UnknownField(_, expected) => {
+            Some(format!("unknown key `{key}`; expected one of: {}", expected.join(", ")))
+        }
+        Kind::InvalidType(actual, expected) => {
+            let expected = match expected.as_str() {
+                "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => {
+                    "an integer"
+                }
+                "f32" | "f64" => "a number",
+                t if t.starts_with("struct ") || t == "a map" => "a table",
+                other => other,
+            };
+            Some(format!("{key}: expected {expected}, found {actual}"))
+        }
+        _ => None,
+    }
 }
 
 /// `message` on one line, without the source excerpt lines (`  |`, `2 | ...`).

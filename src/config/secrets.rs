@@ -133,7 +133,7 @@ mod tests {
             for (file, key) in [("[kafka]\n\"sasl.password\"", "sasl.password"), ("[http]\napi-token", "api-token")] {
                 jail.create_file("u.toml", &format!("{file} = \"{value}\"\n"))?;
                 let e = Config::load(Some(std::path::Path::new("u.toml"))).expect_err(key).to_string();
-                assert!(e.contains("unknown field") && e.contains(key), "{key}: {e}");
+                assert!(e.contains("unknown key") && e.contains(key), "{key}: {e}");
                 assert!(!e.contains(value) && !e.contains("give it as a string"), "{key}: {e}");
                 assert_eq!(e.lines().count(), 1, "{key}: {e}");
             }
