@@ -1,7 +1,8 @@
 //! The actor system of a real `outboxd run` process against real Kafka:
 //! supervision (restart, restart budget), the metric catalogue, SIGTERM
 //! under load and dead letters through the DlqActor (health levels:
-//! `tests/health.rs`).
+//! `tests/health.rs`); two harness self-tests: a metric missing from
+//! /metrics is no 0, and a load writer's panic fails the load's stop.
 //! Failure injection: `OUTBOXD_ENABLE_FAULT_INJECTION=1` enables
 //! `POST /debug/fail/{actor}` on the admin server.
 
@@ -172,9 +173,10 @@ fn metrics_parse_list_the_catalogue_and_move_when_events_flow() {
     grew("relay_checkpoint_position", &[], 11.0);
     grew("http_requests_total", &[("route", "/orders"), ("status", "201")], 5.0);
     grew("http_requests_total", &[("route", "/orders/:id/confirm"), ("status", "200")], 5.0);
-    assert_eq!(after.value("relay_lag_events", &[]), 0.0);
-    assert_eq!(after.value("circuit_breaker_state", &[]), 0.0);
-    assert_eq!(after.value("actor_health_status", &[("component", "system")]), 0.0);
+    // `sample`: a 0 from a series on the page, not from a missing one.
+    assert_eq!(after.sample("relay_lag_events", &[("role", "active")]), 0.0);
+    assert_eq!(after.sample("circuit_breaker_state", &[]), 0.0);
+    assert_eq!(after.sample("actor_health_status", &[("component", "system")]), 0.0);
     // The page as Prometheus' own lint reads it, with every family filled.
     match harness::metrics::promtool_findings(&after.text) {
         Ok(true) => {}
@@ -184,6 +186,35 @@ fn metrics_parse_list_the_catalogue_and_move_when_events_flow() {
         Err(findings) => panic!("{findings}\n{}", after.text),
     }
     d.stop();
+}
+
+/// The harness reads a 0 only from a series on the page (`Metrics::sample`):
+/// `value` sums no series to 0, so an "equals 0" passed for a missing metric.
+#[test]
+fn a_metric_missing_from_the_page_is_not_a_zero() {
+    let m = Metrics::parse("# TYPE dlq_depth gauge\ndlq_depth 0\n");
+    assert_eq!(m.sample("dlq_depth", &[]), 0.0);
+    assert_eq!(m.value("dlq_parked_aggregates", &[]), 0.0, "value() reads a missing metric as 0");
+    let missing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.sample("dlq_parked_aggregates", &[])));
+    assert!(missing.is_err(), "sample() panics on a missing metric");
+    let other = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.sample("dlq_depth", &[("role", "x")])));
+    assert!(other.is_err(), "and on a metric without the labels asked for");
+}
+
+/// The soak workload's stop fails when a writer panicked (the panic was
+/// ignored); writers stopped by the flag, refused at every request, do not.
+#[test]
+fn a_load_writer_that_panicked_fails_the_stop() {
+    let closed: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let load = Load::start(vec![closed], LoadSpec { writers: 2, ..LoadSpec::default() });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(load.stop().ok(), 0, "refused requests only");
+    // No target at all: each writer panics at its first pick (`w % 0`).
+    let load = Load::start(Vec::new(), LoadSpec { writers: 2, ..LoadSpec::default() });
+    let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load.stop()));
+    let msg = stop.expect_err("stop() reports the panic");
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("a load writer panicked"), "{msg}");
 }
 
 #[test]
@@ -348,7 +379,7 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     assert_eq!(r.json()["request"]["status"], "done", "{}", r.text());
     assert_eq!(r.json()["request"]["result"]["events"], 1, "{}", r.text());
     assert_eq!(d.admin("GET", "/dlq").json()["count"], 0);
-    assert_eq!(d.metrics().value("dlq_depth", &[]), 0.0);
+    assert_eq!(d.metrics().sample("dlq_depth", &[]), 0.0);
     let records = consume_until(&brokers, std::slice::from_ref(&topic), 3, Duration::from_secs(20), |rs| {
         rs.iter().any(|r| r.key == poison)
     });
@@ -382,7 +413,7 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
     let list = d.admin("GET", "/dlq").json();
     assert_eq!(list["count"], 1, "the dead letter stays: {list}");
     assert_eq!(list["dead_letters"][0]["id"], id, "the same letter: {list}");
-    assert_eq!(d.metrics().value("dlq_parked_aggregates", &[]), 0.0, "its aggregate is not parked");
+    assert_eq!(d.metrics().sample("dlq_parked_aggregates", &[]), 0.0, "its aggregate is not parked");
 
     // `{"all": true, "wait": false}` writes both of its requests at once (it
     // used to write only the parked aggregates' and answer 202, so the dead
@@ -406,7 +437,7 @@ fn dead_letters_go_through_the_dlq_actor_and_replay_from_the_admin_api() {
         assert_eq!(done["request"]["status"], "done", "{done}");
     }
     assert_eq!(d.admin("GET", "/dlq").json()["count"], 0, "the dead letter was replayed");
-    assert_eq!(d.metrics().value("dlq_parked_aggregates", &[]), 0.0, "nothing is parked");
+    assert_eq!(d.metrics().sample("dlq_parked_aggregates", &[]), 0.0, "nothing is parked");
     let records = consume_until(&brokers, std::slice::from_ref(&topic), 4, Duration::from_secs(20), |rs| {
         rs.iter().any(|r| r.key == again)
     });

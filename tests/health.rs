@@ -36,7 +36,7 @@ fn health_degrades_while_the_broker_is_down_and_recovers_then_shutdown_answers_5
         (200, Some("healthy"), "healthy"),
         "{h}"
     );
-    assert_eq!(d.metrics().value("actor_health_status", &[("component", "kafka")]), 0.0);
+    assert_eq!(d.metrics().sample("actor_health_status", &[("component", "kafka")]), 0.0);
 
     kafka.stop();
     let down = Instant::now();

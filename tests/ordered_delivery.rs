@@ -10,7 +10,10 @@
 //!   publishes a marker in 3's place, then 4, 5, and keeps an audit row;
 //! - the checker itself, on synthetic records: it fails on a missing id, a
 //!   reorder at first arrival, an unknown id, a copy with another key or
-//!   sequence, and a duplicate beyond one per covering window.
+//!   sequence, a key in two partitions, and a duplicate beyond one per
+//!   covering window; the checkpoint its windows start at is read or the
+//!   test stops (a read error is no checkpoint 0); the consumer of exact
+//!   counts reads to the end, a late second copy included.
 //!
 //! The long faults (outage, kill -9 chaos) are in tests/soak.rs.
 
@@ -244,7 +247,7 @@ fn poison_inside_a_stream_is_held_then_replayed_or_discarded_in_order() {
     assert_eq!(code, 0);
     assert!(!out.contains("\"parked\""), "nothing parked any more: {out}");
     eventually(Duration::from_secs(5), "the parked gauge to return to 0", || {
-        (d.metrics().value("dlq_parked_aggregates", &[]) == 0.0).then_some(())
+        (d.metrics().sample("dlq_parked_aggregates", &[]) == 0.0).then_some(())
     });
     Verdict::judge(&records, &stored_rows(&db), |_| false, &[]).assert_sound("after replay and discard");
     d.stop();
@@ -273,10 +276,53 @@ fn the_delivery_log_says_where_the_broker_put_each_event() {
     d.stop();
 }
 
+/// The read behind every exact count: up to each partition's end when
+/// asked, so a copy sent after the originals is read too (`consume_all`,
+/// stopping at the expected count, never saw it).
+#[test]
+fn reading_to_the_end_finds_a_copy_sent_after_the_originals() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let Some(brokers) = shared_brokers() else { return };
+    let topic = format!("t{}.late-copy", Uuid::now_v7().simple());
+    create_topic(&brokers, &topic, 2, &[]); // one key: the other partition stays empty
+    let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    for id in ["e1", "e2", "e1"] {
+        let headers = OwnedHeaders::new().insert(Header { key: "ce_id", value: Some(id) });
+        producer.send(BaseRecord::to(&topic).key("k").payload("{}").headers(headers)).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let topics = [topic];
+    assert_eq!(consume_all(&brokers, &topics, 2, Duration::from_secs(10)).len(), 2, "stops at the count asked for");
+    let ids: Vec<String> =
+        consume_to_end(&brokers, &topics, Duration::from_secs(10)).iter().map(|r| r.event_id()).collect();
+    assert_eq!(ids, ["e1", "e2", "e1"], "every record up to the end, the late copy included");
+}
+
+/// The checkpoint every "unconfirmed since the checkpoint" window starts
+/// at: 0 for no row, a panic for a store it cannot read (read as 0, the
+/// window covered every position and explained every duplicate).
+#[test]
+fn a_checkpoint_that_cannot_be_read_is_not_a_checkpoint_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    sqlite3(
+        &db,
+        "CREATE TABLE checkpoints (consumer TEXT PRIMARY KEY, position INTEGER NOT NULL, updated_at TEXT NOT NULL)",
+    );
+    assert_eq!(checkpoint(&db, RELAY), 0, "no row yet");
+    sqlite3(&db, &format!("INSERT INTO checkpoints VALUES ('{RELAY}', 7, '2026-12-06T00:00:00.000Z')"));
+    assert_eq!(checkpoint(&db, RELAY), 7);
+    let other = dir.path().join("other.db");
+    sqlite3(&other, "CREATE TABLE unrelated (x)");
+    let read = std::panic::catch_unwind(|| checkpoint(&other, RELAY));
+    assert!(read.is_err(), "a store without a checkpoints table is an error, not checkpoint 0");
+}
+
 /// The checker itself on synthetic records (no broker): it fails on each
 /// fault it exists to catch, and the duplicate cap holds per window.
 mod judge {
-    use super::harness::{Record, StoredRow, Verdict, Window};
+    use super::harness::{check_order_and_count_dups, Record, StoredRow, Verdict, Window};
     use std::collections::HashMap;
 
     const A: &str = "0190a0a0-0000-7000-8000-00000000000a";
@@ -337,6 +383,30 @@ mod judge {
         let v = judge(&ALL, &[]);
         v.assert_sound("synthetic");
         assert_eq!((v.delivered, v.duplicate_copies()), (4, 0));
+        assert_eq!(check_order_and_count_dups(&records(&ALL)), 0);
+    }
+
+    /// A's seq 2 in partition 2, its seq 1 in partition 0: each partition is
+    /// in order, yet a consumer may read seq 2 first.
+    fn split_key() -> Vec<Record> {
+        let mut split = records(&ALL);
+        assert_eq!((split[2].key.as_str(), split[2].partition), (A, 0));
+        split[2].partition = 2;
+        split
+    }
+
+    #[test]
+    fn a_key_in_two_partitions_fails() {
+        let v = Verdict::judge(&split_key(), &stored(), |_| false, &[]);
+        assert!(v.order_violations.is_empty() && v.mismatched.is_empty(), "only the split: {}", v.summary());
+        assert_eq!(v.split_keys.len(), 1, "{}", v.summary());
+        fails(&v, &format!("key {A} in partitions t[0] and t[2]"));
+    }
+
+    #[test]
+    #[should_panic(expected = "in partitions t[0] and t[2]")]
+    fn the_order_check_fails_on_a_key_in_two_partitions() {
+        check_order_and_count_dups(&split_key());
     }
 
     #[test]

@@ -121,7 +121,9 @@ async fn an_outcome_kept_across_a_relay_restart_is_recorded_not_carried_out_agai
     caught_up().await;
     // The actor restarts: the task ends, the body spawns the next one.
     task.abort();
-    let _ = task.await;
+    if let Err(e) = task.await {
+        assert!(e.is_cancelled(), "the relay task panicked before the restart: {e}");
+    }
     faults.fail_next(REQUEST_FINISH, 0);
     let row = store.request_get(rewind.id).await.unwrap().unwrap();
     assert_eq!(row.status, RequestStatus::Running, "not recorded before the restart: {row:?}");
@@ -140,5 +142,6 @@ async fn an_outcome_kept_across_a_relay_restart_is_recorded_not_carried_out_agai
     assert!(copies.values().all(|n| *n == 2), "one rewind, not two: {copies:?}");
     assert_eq!(metrics.relay_rewinds.get(), 1, "carried out once");
     trigger.fire();
-    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    let end = tokio::time::timeout(Duration::from_secs(30), task).await.expect("the relay task ends at shutdown");
+    end.expect("the relay task did not panic").expect("the relay term ends cleanly at shutdown");
 }

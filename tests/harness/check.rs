@@ -1,7 +1,8 @@
 //! The independent consumer's verdict on a topic: every stored event id is
 //! there, every copy carries its stored row's key (the aggregate) and
-//! `ce_sequence`, the first arrival of each aggregate's events is in
-//! sequence order with no gap, and every duplicate copy is explained by a
+//! `ce_sequence`, each key stays in one partition (Kafka orders a partition,
+//! not a key split over two), the first arrival of each aggregate's events is
+//! in sequence order with no gap, and every duplicate copy is explained by a
 //! named window of feed positions (the unconfirmed window at a kill, an
 //! outage's re-sends): each window explains at most one extra copy of each
 //! position it covers.
@@ -70,6 +71,9 @@ pub struct Verdict {
     pub mismatched: Vec<String>,
     /// First arrivals out of sequence order or after a gap: "key: seq a then b".
     pub order_violations: Vec<String>,
+    /// Keys found in more than one partition (a consumer may read them out
+    /// of order): "key k in partitions t[p] and t[q] (offset o)".
+    pub split_keys: Vec<String>,
     /// Extra copies: event id -> copies beyond the first.
     pub duplicates: BTreeMap<String, usize>,
     /// Extra copies no window explains (beyond one per covering window):
@@ -98,7 +102,11 @@ impl Verdict {
         sorted.sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
         let mut seen: HashSet<String> = HashSet::new();
         let mut last_seq: HashMap<String, i64> = HashMap::new();
+        let mut home = Homes::default();
         for r in sorted {
+            if let Some(split) = home.check(r) {
+                v.split_keys.push(split);
+            }
             let id = r.event_id();
             let Some(row) = by_id.get(id.as_str()) else {
                 v.unknown.push(id);
@@ -178,6 +186,12 @@ impl Verdict {
             show(&self.mismatched)
         );
         assert!(
+            self.split_keys.is_empty(),
+            "{context}: {} records of a key in another partition than its first: {}",
+            self.split_keys.len(),
+            show(&self.split_keys)
+        );
+        assert!(
             self.order_violations.is_empty(),
             "{context}: {} order violations at first arrival: {}",
             self.order_violations.len(),
@@ -193,11 +207,12 @@ impl Verdict {
 
     pub fn summary(&self) -> String {
         format!(
-            "{} delivered, {} missing, {} never stored, {} key/sequence mismatches, {} order violations, {} duplicate copies ({} explained: {:?})",
+            "{} delivered, {} missing, {} never stored, {} key/sequence mismatches, {} keys split over partitions, {} order violations, {} duplicate copies ({} explained: {:?})",
             self.delivered,
             self.missing.len(),
             self.unknown.len(),
             self.mismatched.len(),
+            self.split_keys.len(),
             self.order_violations.len(),
             self.duplicate_copies(),
             self.explained_by.values().sum::<usize>(),
@@ -221,16 +236,37 @@ fn aggregate_key(raw: &str) -> String {
     uuid::Uuid::parse_str(raw.trim()).map(|u| u.hyphenated().to_string()).unwrap_or_else(|_| raw.to_string())
 }
 
-/// Checks per-aggregate order on the first copy of every event id; returns
-/// the number of duplicate copies.
+/// The (topic, partition) where each key was first seen.
+#[derive(Default)]
+struct Homes(HashMap<String, (String, i32)>);
+
+impl Homes {
+    /// Remembers `r`'s partition as its key's home, or says where else the key was.
+    fn check(&mut self, r: &Record) -> Option<String> {
+        let (topic, partition) = self.0.entry(r.key.clone()).or_insert_with(|| (r.topic.clone(), r.partition));
+        (*topic != r.topic || *partition != r.partition).then(|| {
+            format!(
+                "key {} in partitions {topic}[{partition}] and {}[{}] (offset {})",
+                r.key, r.topic, r.partition, r.offset
+            )
+        })
+    }
+}
+
+/// Checks that each key stays in one partition and per-aggregate order on
+/// the first copy of every event id; returns the number of duplicate copies.
 pub fn check_order_and_count_dups(records: &[Record]) -> usize {
     let mut seen = std::collections::HashSet::new();
     let mut last: HashMap<String, i64> = HashMap::new();
+    let mut home = Homes::default();
     let mut dups = 0;
     // Kafka orders within a partition; one aggregate lives in one partition.
     let mut by_part: Vec<&Record> = records.iter().collect();
     by_part.sort_by_key(|r| (r.topic.clone(), r.partition, r.offset));
     for r in by_part {
+        if let Some(split) = home.check(r) {
+            panic!("{split}: one aggregate must live in one partition");
+        }
         if !seen.insert(r.event_id()) {
             dups += 1;
             continue;

@@ -1,5 +1,6 @@
 //! Real Kafka for tests: the shared broker of `make test`, private brokers a
-//! test may stop and start, and a read_committed consumer of whole topics.
+//! test may stop and start, and a read_committed consumer of whole topics (up
+//! to a count, a condition, or the end each partition had when asked).
 //!
 //! Brokers are real Apache Kafka started by `scripts/kafka-local.sh`:
 //! `make test` starts a shared one and exports `KAFKA_BROKERS`; tests that
@@ -188,7 +189,9 @@ impl Record {
 }
 
 /// Reads every partition of `topics` from the beginning until `want` records
-/// arrived or `timeout` passed.
+/// arrived or `timeout` passed. It stops at `want`: to assert a count or
+/// "exactly once", read with [`consume_to_end`] (or ask for more than the
+/// expected count and let the timeout end the read).
 pub fn consume_all(brokers: &str, topics: &[String], want: usize, timeout: Duration) -> Vec<Record> {
     let deadline = Instant::now() + timeout;
     consume(brokers, topics, deadline, 1, |out, _| out.len() >= want || Instant::now() >= deadline)
@@ -211,6 +214,57 @@ pub fn consume_until(
     })
 }
 
+/// Reads every partition of `topics` from the beginning up to the end each
+/// had when called (read_committed: its last stable offset), whatever
+/// arrives first: call it once the relay has caught up, and a copy re-sent
+/// after the originals is read too (a count or "exactly once" checked on
+/// [`consume_all`] stops at the expected count and never sees it). Panics
+/// naming the partitions short of their end when `timeout` passes first.
+pub fn consume_to_end(brokers: &str, topics: &[String], timeout: Duration) -> Vec<Record> {
+    let deadline = Instant::now() + timeout;
+    let consumer = read_committed_consumer(brokers);
+    let tpl = from_the_beginning(&consumer, topics, deadline);
+    // The ends, taken before reading: what was there when the test asked.
+    let ends: Vec<(String, i32, i64)> = tpl
+        .elements()
+        .iter()
+        .filter_map(|e| {
+            let (low, high) = consumer
+                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+                .unwrap_or_else(|err| panic!("watermarks of {}[{}]: {err}", e.topic(), e.partition()));
+            (high > low).then(|| (e.topic().to_string(), e.partition(), high))
+        })
+        .collect();
+    consumer.assign(&tpl).unwrap();
+    // Partitions whose position is short of its end (the position passes
+    // transaction markers too, which are never returned as records).
+    let short = || -> Vec<String> {
+        let positions = consumer.position().unwrap();
+        ends.iter()
+            .filter_map(|(t, p, end)| {
+                let at = match positions.find_partition(t, *p).map(|e| e.offset()) {
+                    Some(rdkafka::Offset::Offset(o)) => o,
+                    _ => 0,
+                };
+                (at < *end).then(|| format!("{t}[{p}] at {at} of {end}"))
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push(record_of(&m)),
+            Some(Err(e)) => eprintln!("consumer error: {e}"),
+            None => {}
+        }
+        let left = short();
+        if left.is_empty() {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "not read to the end after {timeout:?}: {}", left.join(", "));
+    }
+}
+
 /// The consumer loop: `stop(records, last_arrival)` is asked when a poll
 /// comes back empty and after every `every` records.
 fn consume(
@@ -220,17 +274,46 @@ fn consume(
     every: usize,
     stop: impl Fn(&[Record], Instant) -> bool,
 ) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer = read_committed_consumer(brokers);
+    consumer.assign(&from_the_beginning(&consumer, topics, deadline)).unwrap();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                out.push(record_of(&m));
+                last = Instant::now();
+                if out.len() % every == 0 && stop(&out, last) {
+                    return out;
+                }
+            }
+            Some(Err(e)) => eprintln!("consumer error: {e}"),
+            None => {
+                if stop(&out, last) {
+                    return out;
+                }
+            }
+        }
+    }
+}
+
+/// A consumer of its own group that commits nothing and reads committed records only.
+fn read_committed_consumer(brokers: &str) -> BaseConsumer {
+    ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-{}", Uuid::now_v7()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .create()
-        .unwrap();
+        .unwrap()
+}
+
+/// Every partition of `topics` from its beginning; waits for each topic to
+/// exist (to learn its partitions) until `deadline`.
+fn from_the_beginning(consumer: &BaseConsumer, topics: &[String], deadline: Instant) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for t in topics {
-        // Wait for the topic to exist to learn its partitions.
         loop {
             let md = consumer.fetch_metadata(Some(t), Duration::from_secs(5)).unwrap();
             let parts = md.topics().first().map(|m| m.partitions().len()).unwrap_or(0);
@@ -244,42 +327,24 @@ fn consume(
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let mut last = Instant::now();
-    loop {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let mut headers = HashMap::new();
-                if let Some(h) = m.headers() {
-                    for hd in h.iter() {
-                        headers.insert(
-                            hd.key.to_string(),
-                            String::from_utf8_lossy(hd.value.unwrap_or_default()).to_string(),
-                        );
-                    }
-                }
-                out.push(Record {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).to_string(),
-                    headers,
-                    value: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(serde_json::Value::Null),
-                    raw: m.payload().unwrap_or_default().to_vec(),
-                });
-                last = Instant::now();
-                if out.len() % every == 0 && stop(&out, last) {
-                    return out;
-                }
-            }
-            Some(Err(e)) => eprintln!("consumer error: {e}"),
-            None => {
-                if stop(&out, last) {
-                    return out;
-                }
-            }
+    tpl
+}
+
+fn record_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    let mut headers = HashMap::new();
+    if let Some(h) = m.headers() {
+        for hd in h.iter() {
+            headers.insert(hd.key.to_string(), String::from_utf8_lossy(hd.value.unwrap_or_default()).to_string());
         }
+    }
+    Record {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: String::from_utf8_lossy(m.key().unwrap_or_default()).to_string(),
+        headers,
+        value: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(serde_json::Value::Null),
+        raw: m.payload().unwrap_or_default().to_vec(),
     }
 }
 

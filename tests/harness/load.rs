@@ -97,12 +97,23 @@ impl Load {
         Load { stop, threads, stats, last_unexpected }
     }
 
-    /// Stops the writers and waits for them.
+    /// Stops the writers and waits for them; panics if one of them panicked
+    /// (a writer stopped by the flag returns normally).
     pub fn stop(self) -> Arc<LoadStats> {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
+        // Every writer is joined before a panic is reported: none is left running.
+        let panics: Vec<String> = self
+            .threads
+            .into_iter()
+            .filter_map(|t| t.join().err())
+            .map(|p| {
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "(no message)".into())
+            })
+            .collect();
+        assert!(panics.is_empty(), "a load writer panicked: {panics:?}");
         let unexpected = self.stats.unexpected.load(Ordering::Relaxed);
         assert_eq!(unexpected, 0, "unexpected answers: {:?}", self.last_unexpected.lock().unwrap());
         self.stats

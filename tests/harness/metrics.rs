@@ -19,12 +19,11 @@ impl Metrics {
     }
 
     /// Sum of the samples of `name` whose labels include all of `labels`
-    /// (histograms: their count).
+    /// (histograms: their count); 0 when none matches, so `value(..) == 0.0`
+    /// also holds for a metric missing from the page: assert a 0 with
+    /// [`Metrics::sample`].
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        self.matching(name, labels)
             .map(|s| match &s.value {
                 prometheus_parse::Value::Counter(v)
                 | prometheus_parse::Value::Gauge(v)
@@ -33,6 +32,27 @@ impl Metrics {
                 prometheus_parse::Value::Summary(_) => 0.0,
             })
             .sum()
+    }
+
+    /// As [`Metrics::value`], but panics when no series of `name` has all of
+    /// `labels`: a missing metric is not a 0.
+    pub fn sample(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        if self.matching(name, labels).next().is_none() {
+            let family: Vec<&str> = self.text.lines().filter(|l| l.starts_with(name)).collect();
+            panic!("no series {name}{labels:?} on /metrics; the page's lines of {name}: {family:?}");
+        }
+        self.value(name, labels)
+    }
+
+    fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a prometheus_parse::Sample> + 'a {
+        self.scrape
+            .samples
+            .iter()
+            .filter(move |s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
     }
 }
 

@@ -16,9 +16,19 @@ pub fn stored_events(db: &Path) -> Vec<(String, String, String)> {
     st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
 }
 
+/// `consumer`'s persisted checkpoint: 0 when it has none yet (no row).
+/// Any other error panics: read as 0, it made every "unconfirmed since the
+/// checkpoint" window start at 0 and explain every duplicate.
 pub fn checkpoint(db: &Path, consumer: &str) -> i64 {
-    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    c.query_row("SELECT position FROM checkpoints WHERE consumer = ?1", [consumer], |r| r.get(0)).unwrap_or(0)
+    use rusqlite::OptionalExtension;
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap_or_else(|e| panic!("open {} to read the checkpoint of {consumer}: {e}", db.display()));
+    // A writer's lock (WAL recovery after a kill -9) is waited out, not an error.
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    c.query_row("SELECT position FROM checkpoints WHERE consumer = ?1", [consumer], |r| r.get(0))
+        .optional()
+        .unwrap_or_else(|e| panic!("read the checkpoint of {consumer} in {}: {e}", db.display()))
+        .unwrap_or(0)
 }
 
 /// The highest feed position (0 when empty).
