@@ -1,11 +1,13 @@
 //! Exactly-once against real Kafka: a leader paused mid-transaction (relay
 //! and lease keeper frozen, records sent, commit not yet called) while the
-//! standby takes over; the broker fences the zombie's commit, none of its
-//! records become visible to read_committed consumers, and it steps down
-//! without fencing the new leader. A transaction whose commit and abort time
+//! standby takes over, twice in one run (each instance is the zombie once);
+//! the broker fences the zombie's producer, none of its records become
+//! visible to read_committed consumers, and it steps down without fencing
+//! the new leader. A transaction whose commit and abort time
 //! out in a broker outage ends the term, and the next one settles it. And a
 //! store that ran at-least-once moves to exactly-once without loss or
-//! repeats beyond its last unconfirmed window.
+//! repeats beyond its last unconfirmed window, and a kill in exactly-once
+//! mode after it repeats nothing.
 
 use super::*;
 use std::time::Instant;
@@ -22,42 +24,58 @@ fn soak_exactly_once_zombie_paused_mid_transaction_is_fenced() {
     let b = Daemon::start(&cfg_b, &env);
     let load = Load::start(vec![a.api, b.api], LoadSpec::default());
     let ttl = Duration::from_millis(TTL_MS);
-    let (leader, standby) = eventually(3 * ttl, "an active relay", || match (is_leader(&a), is_leader(&b)) {
-        (true, false) => Some((&a, &b)),
-        (false, true) => Some((&b, &a)),
-        _ => None,
-    });
     let commits = |d: &Daemon| d.metrics().value("relay_transactions_total", &[("outcome", "committed")]);
-    eventually(Duration::from_secs(20), "the leader to commit transactions", || (commits(leader) > 0.0).then_some(()));
-    sleep_ms(1000);
+    // Two faults in one run: the leader is paused and fenced, then the new
+    // leader the same way, so the first zombie, back as a standby, takes over.
+    for round in 1..=2 {
+        let (leader, standby) = eventually(3 * ttl, "an active relay", || match (is_leader(&a), is_leader(&b)) {
+            (true, false) => Some((&a, &b)),
+            (false, true) => Some((&b, &a)),
+            _ => None,
+        });
+        let before = commits(leader);
+        eventually(Duration::from_secs(20), "the leader to commit transactions", || {
+            (commits(leader) > before).then_some(())
+        });
+        sleep_ms(1000);
 
-    // The pause (3 TTL, 9 s) outlasts the transaction timeout, the message
-    // timeout and every other timeout of the zombie's path.
-    const PAUSE_MS: u64 = 3 * TTL_MS;
-    const _: () = assert!(PAUSE_MS > 2 * LONGEST_TIMEOUT_MS);
-    let r = leader.admin("POST", &format!("/debug/pause/relay?ms={PAUSE_MS}"));
-    assert_eq!(r.status, 202, "{}", r.text());
-    let paused_at = Instant::now();
-    eventually(3 * ttl, "the standby to take over", || is_leader(standby).then_some(()));
-    let resume = (paused_at + 3 * ttl).saturating_duration_since(Instant::now());
-    std::thread::sleep(resume + ttl);
-    assert!(!is_leader(leader), "the zombie stepped down");
-    assert!(is_leader(standby), "the zombie did not fence the new leader");
-    let log = leader.log_text();
-    assert!(log.contains("paused (fault injection)"), "the pause happened");
-    assert!(log.to_lowercase().contains("fenc"), "the zombie's commit failed as fenced");
-    let before = commits(standby);
-    sleep_ms(2000);
-    assert!(commits(standby) > before, "the new leader keeps committing");
+        // The pause (3 TTL, 9 s) outlasts the transaction timeout, the message
+        // timeout and every other timeout of the zombie's path.
+        const PAUSE_MS: u64 = 3 * TTL_MS;
+        const _: () = assert!(PAUSE_MS > 2 * LONGEST_TIMEOUT_MS);
+        let fenced_before = leader.log_text().matches(FENCED).count();
+        let r = leader.admin("POST", &format!("/debug/pause/relay?ms={PAUSE_MS}"));
+        assert_eq!(r.status, 202, "{}", r.text());
+        let paused_at = Instant::now();
+        let zombie_commits = commits(leader);
+        eventually(3 * ttl, "the standby to take over", || is_leader(standby).then_some(()));
+        let resume = (paused_at + 3 * ttl).saturating_duration_since(Instant::now());
+        std::thread::sleep(resume + ttl);
+        assert!(!is_leader(leader), "round {round}: the zombie stepped down");
+        assert!(is_leader(standby), "round {round}: the zombie did not fence the new leader");
+        let log = leader.log_text();
+        assert!(log.contains("paused (fault injection)"), "the pause happened");
+        // The broker fenced the zombie's producer (not only the store's
+        // checkpoint fence, whose line also says "fenced").
+        assert!(log.matches(FENCED).count() > fenced_before, "round {round}: the zombie's producer was fenced");
+        assert_eq!(commits(leader), zombie_commits, "round {round}: the zombie committed nothing after its pause");
+        let before = commits(standby);
+        sleep_ms(2000);
+        assert!(commits(standby) > before, "round {round}: the new leader keeps committing");
+    }
 
     let stats = load.stop();
+    assert!(stats.ok() > 200, "the writers kept writing: {}", stats.line());
     let v = settle_and_judge(&brokers, &cfg_a, &db, &[]);
     eprintln!("exactly-once zombie: {}; {}", stats.line(), v.summary());
-    v.assert_sound("after a zombie paused mid-transaction");
-    assert_eq!(v.duplicate_copies(), 0, "nothing of the zombie's transaction is visible: {}", v.summary());
+    v.assert_sound("after two zombies paused mid-transaction");
+    assert_eq!(v.duplicate_copies(), 0, "nothing of the zombies' transactions is visible: {}", v.summary());
     a.stop();
     b.stop();
 }
+
+/// What the exactly-once relay logs when the broker fenced its producer.
+const FENCED: &str = "producer fenced: another relay took over";
 
 #[test]
 fn soak_migration_from_at_least_once_to_exactly_once_repeats_only_the_last_window() {
@@ -70,12 +88,20 @@ fn soak_migration_from_at_least_once_to_exactly_once_repeats_only_the_last_windo
     sleep_ms(4000);
     kill9(&mut d);
     let last = unconfirmed_window(&db, "last at-least-once window");
-    let d = Daemon::start(&cfg, &soak_env(&cfg, "exactly-once"));
+    assert!(last.lo > 0, "the at-least-once relay delivered before the kill: {last:?}");
+    assert!(last.hi > last.lo, "events were unconfirmed at the kill (the window is what is repeated): {last:?}");
+    // A second fault: the exactly-once daemon is killed too, mid-load, and
+    // restarted; an aborted transaction repeats nothing.
+    let mut d = Daemon::start(&cfg, &soak_env(&cfg, "exactly-once"));
     sleep_ms(4000);
+    kill9(&mut d);
+    let d = Daemon::start(&cfg, &soak_env(&cfg, "exactly-once"));
+    sleep_ms(3000);
     let stats = load.stop();
+    assert!(stats.ok() > 200, "the writers kept writing: {}", stats.line());
     let v = settle_and_judge(&brokers, &cfg, &db, &[last]);
     eprintln!("migration: {}; {}", stats.line(), v.summary());
-    v.assert_sound("after switching to exactly-once");
+    v.assert_sound("after switching to exactly-once and a kill in it");
     assert!(d.metrics().value("relay_transactions_total", &[("outcome", "committed")]) > 0.0);
     d.stop();
 }
