@@ -61,7 +61,7 @@ enum Cmd {
     /// Customer commands and queries.
     #[command(subcommand)]
     Customer(CustomerCmd),
-    /// Print the event feed (global commit order) as JSON lines.
+    /// Print the event feed (global commit order) as JSON lines, 100 by default (a full page names the next).
     Events {
         /// Print events with position greater than this (0 or more).
         #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(0..))]
@@ -147,6 +147,7 @@ struct Meta {
 enum OrderCmd {
     /// Create an order; prints its id.
     Create {
+        /// The customer's id (a UUID; the customer need not be registered).
         #[arg(long)]
         customer: Uuid,
         /// An item as SKU:QUANTITY:UNIT_PRICE_MINOR (repeatable), e.g. BOOK-1:2:1999.
@@ -182,8 +183,10 @@ enum OrderCmd {
     /// Ship a confirmed order (OrderShipped).
     Ship {
         id: Uuid,
+        /// The carrier's tracking number.
         #[arg(long)]
         tracking_number: String,
+        /// The carrier, e.g. DHL.
         #[arg(long)]
         carrier: String,
         #[command(flatten)]
@@ -192,6 +195,7 @@ enum OrderCmd {
     /// Record a shipped order's delivery (OrderDelivered).
     Deliver {
         id: Uuid,
+        /// Who signed for the delivery.
         #[arg(long)]
         signature: String,
         #[command(flatten)]
@@ -200,6 +204,7 @@ enum OrderCmd {
     /// Cancel a created or confirmed order (OrderCancelled).
     Cancel {
         id: Uuid,
+        /// Why the order is cancelled.
         #[arg(long)]
         reason: String,
         #[command(flatten)]
@@ -213,12 +218,16 @@ enum OrderCmd {
 enum CustomerCmd {
     /// Register a customer; prints its id.
     Register {
+        /// The customer's name (at most 200 characters).
         #[arg(long)]
         name: String,
+        /// An email address, e.g. ada@example.com.
         #[arg(long)]
         email: String,
+        /// A phone number in international format, e.g. +4915112345678.
         #[arg(long)]
         phone: Option<String>,
+        /// Use this customer id instead of a new one.
         #[arg(long)]
         id: Option<Uuid>,
         #[command(flatten)]
@@ -227,6 +236,7 @@ enum CustomerCmd {
     /// Change a customer's email (CustomerEmailChanged).
     ChangeEmail {
         id: Uuid,
+        /// The new email address.
         #[arg(long)]
         email: String,
         #[command(flatten)]

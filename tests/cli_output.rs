@@ -115,3 +115,29 @@ fn stderr_has_no_colour_codes_off_a_terminal_and_json_logs_end_in_json() {
         "error: the following required arguments were not provided: --item <ITEMS> (try '--help')"
     );
 }
+
+/// Walkthrough findings: `schema` on a new file said the schema was "up to
+/// date" (it had created the store), and `events` stopped at its default
+/// 100 without a word. Now `schema` says what it did and where, and a full
+/// page says on stderr where the next one starts (stdout stays JSON lines).
+#[test]
+fn schema_says_what_it_did_and_a_full_events_page_names_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--db").arg(&db).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        (String::from_utf8_lossy(&o.stdout).trim().to_string(), String::from_utf8_lossy(&o.stderr).trim().to_string())
+    };
+    let version = outboxd::store::sqlite::SCHEMA_VERSION;
+    assert_eq!(run(&["schema"]).0, format!("created the sqlite store {} (schema version {version})", db.display()));
+    assert_eq!(run(&["schema"]).0, format!("the sqlite store {} is at schema version {version}", db.display()));
+    for _ in 0..3 {
+        run(&["customer", "register", "--name", "Ada", "--email", "ada@example.com"]);
+    }
+    let (out, err) = run(&["events", "--limit", "2"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert_eq!(err, "--limit 2 reached; the next events: outboxd events --after 2");
+    let (out, err) = run(&["events", "--after", "2", "--limit", "2"]);
+    assert_eq!((out.lines().count(), err.as_str()), (1, ""), "the last page says nothing more");
+}

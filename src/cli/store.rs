@@ -18,16 +18,30 @@ pub async fn schema(cfg: &Config, dry_run: bool) -> Result<u8, Failure> {
         super::stdout::out_raw(&outboxd::store::schema_ddl(cfg));
         return Ok(0);
     }
+    let sqlite = cfg.store.backend == outboxd::config::Backend::Sqlite;
+    let existed = cfg.store.path.exists();
     let store = outboxd::store::open(cfg).await.context("cannot open the store")?;
     store.migrate().await?;
-    out!("schema of the {} store is up to date", store.backend());
+    if sqlite {
+        let (path, version) = (cfg.store.path.display(), outboxd::store::sqlite::SCHEMA_VERSION);
+        match existed {
+            true => out!("the sqlite store {path} is at schema version {version}"),
+            false => out!("created the sqlite store {path} (schema version {version})"),
+        }
+    } else {
+        out!("the tables of keyspace {} are up to date", cfg.store.cql.keyspace);
+    }
     Ok(0)
 }
 
-/// Prints the feed after `after`, at most `limit` events, as JSON lines.
+/// Prints the feed after `after`, at most `limit` events, as JSON lines;
+/// a full page says on stderr where the next one starts.
 pub async fn events(cfg: &Config, after: i64, limit: usize) -> Result<u8, Failure> {
     let store = open_existing(cfg).await?;
-    for row in store.read_feed(after, limit).await? {
+    let rows = store.read_feed(after, limit).await?;
+    let last = rows.last().map(FeedRow::position);
+    let full = rows.len() == limit;
+    for row in rows {
         match row {
             FeedRow::Event(e) => {
                 let envelope = e.to_envelope()?;
@@ -39,6 +53,9 @@ pub async fn events(cfg: &Config, after: i64, limit: usize) -> Result<u8, Failur
                     "aggregate_id": &*u.aggregate_key, "sequence": u.sequence, "event_id": u.event_id, "event_type": u.event_type, "error": u.error } })
             ),
         }
+    }
+    if let (true, Some(last)) = (full, last) {
+        eprintln!("--limit {limit} reached; the next events: outboxd events --after {last}");
     }
     Ok(0)
 }
