@@ -332,7 +332,13 @@ impl HealthCheckActor {
             let before = previous.components.get(name).map(|p| p.status);
             if previous.checked_at.is_some() && !shutting_down && before != Some(c.status) {
                 match c.status {
-                    HealthStatus::Healthy => tracing::info!(component = %name, "component healthy again: {}", c.detail),
+                    // "Again" only after a degraded or unhealthy check, not after "unknown" (a start).
+                    HealthStatus::Healthy
+                        if matches!(before, Some(HealthStatus::Degraded | HealthStatus::Unhealthy)) =>
+                    {
+                        tracing::info!(component = %name, "component healthy again: {}", c.detail)
+                    }
+                    HealthStatus::Healthy => tracing::info!(component = %name, "component healthy: {}", c.detail),
                     HealthStatus::Degraded => tracing::warn!(component = %name, "component degraded: {}", c.detail),
                     HealthStatus::Unhealthy => tracing::error!(component = %name, "component unhealthy: {}", c.detail),
                     HealthStatus::Unknown => tracing::info!(component = %name, "component state unknown: {}", c.detail),

@@ -170,6 +170,11 @@ fn progress(b: Option<&Backlog>, now: DateTime<Utc>) -> String {
     }
 }
 
+/// A time in a detail as the report's own fields give it (RFC 3339, ms).
+fn rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 fn kafka_health(relay: &RelayStatus) -> (HealthStatus, String) {
     let err = relay.last_error.clone().unwrap_or_else(|| "no error recorded".into());
     match &relay.role {
@@ -178,7 +183,10 @@ fn kafka_health(relay: &RelayStatus) -> (HealthStatus, String) {
             return match &relay.broker {
                 BrokerState::Unreachable { since, error } => (
                     HealthStatus::Degraded,
-                    format!("{who}; it could not publish if it took over: broker unreachable since {since}: {error}"),
+                    format!(
+                        "{who}; it could not publish if it took over: broker unreachable since {}: {error}",
+                        rfc3339(since)
+                    ),
                 ),
                 BrokerState::Reachable { .. } => (HealthStatus::Healthy, format!("{who}; broker reachable")),
                 BrokerState::Unknown => (HealthStatus::Healthy, who),
@@ -196,7 +204,7 @@ fn kafka_health(relay: &RelayStatus) -> (HealthStatus, String) {
         (BrokerState::Unknown, _) => (HealthStatus::Unknown, "no broker has answered yet".into()),
         (BrokerState::Unreachable { since, error }, b) => (
             HealthStatus::Degraded,
-            format!("broker unreachable since {since}: {error}; circuit breaker {}", b.as_str()),
+            format!("broker unreachable since {}: {error}; circuit breaker {}", rfc3339(since), b.as_str()),
         ),
         (_, BreakerState::Open) => (HealthStatus::Degraded, format!("circuit breaker open; last error: {err}")),
         (_, BreakerState::HalfOpen) => (HealthStatus::Degraded, "circuit breaker half-open: probing the broker".into()),
@@ -238,7 +246,10 @@ fn relay_health(p: &Probes, task: &TaskStatus<RelayStatus>, t: Thresholds) -> (H
         let st = if failing_for >= t.feed_unhealthy_after { HealthStatus::Unhealthy } else { HealthStatus::Degraded };
         return (
             st,
-            format!("relay cannot read the store feed since {since} ({errors} failed reads): {error}; {prog}"),
+            format!(
+                "relay cannot read the store feed since {} ({errors} failed reads): {error}; {prog}",
+                rfc3339(since)
+            ),
         );
     }
     if let (Some(age), Some(ttl)) = (p.cdc_age, p.cdc_log_ttl) {

@@ -97,10 +97,16 @@ fn nothing_known_is_never_healthy() {
 #[test]
 fn broker_breaker_and_lag_degrade() {
     let mut p = probes();
-    relay_mut(&mut p).broker = BrokerState::Unreachable { since: Utc::now(), error: "connection refused".into() };
+    let since = "2026-12-07T11:29:32.759532726Z".parse().unwrap();
+    relay_mut(&mut p).broker = BrokerState::Unreachable { since, error: "connection refused".into() };
     let v = evaluate(&p, &HashMap::new(), T);
     assert_eq!(v["kafka"].0, HealthStatus::Degraded);
-    assert!(v["kafka"].1.contains("connection refused"), "{}", v["kafka"].1);
+    // The time as the report's fields give it (it read "2026-12-07 11:29:32.759532726 UTC").
+    assert!(
+        v["kafka"].1.contains("broker unreachable since 2026-12-07T11:29:32.759Z: connection refused"),
+        "{}",
+        v["kafka"].1
+    );
     let mut p = probes();
     relay_mut(&mut p).breaker = BreakerState::Open;
     assert_eq!(evaluate(&p, &HashMap::new(), T)["kafka"].0, HealthStatus::Degraded);
