@@ -337,30 +337,29 @@ async fn rebuild_while_a_projector_runs_still_equals_a_rebuild() {
     assert_same_rows(&live, &rebuilt);
 }
 
+/// A store at `path` with one order (2 x `A` at 150 EUR) created and
+/// projected: the store, its command service, the order's id, the projector.
+async fn one_projected_order(
+    path: &Path,
+) -> (harness::read_models::Db, outboxd::app::CommandService, Uuid, projection::Projector) {
+    let db = open(path).await;
+    let svc = service(&db.store);
+    let id = Uuid::now_v7();
+    let eur = outboxd::domain::Currency::new("EUR").unwrap();
+    let sku = outboxd::domain::Sku::new("A").unwrap();
+    let item = outboxd::domain::OrderItem::new(sku, 2, outboxd::domain::Money::new(150, eur).unwrap()).unwrap();
+    let create = OrderCommand::Create { customer_id: Uuid::from_u128(5), items: vec![item] };
+    svc.execute::<Order>(id, &create, Metadata::default(), None).await.unwrap();
+    let mut p = projector(&db, Metrics::new(), 10);
+    p.catch_up().await.unwrap();
+    (db, svc, id, p)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stale_read_model_row_is_rederived_from_its_events() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
-    let db = open(&path).await;
-    let svc = service(&db.store);
-    let id = Uuid::now_v7();
-    let eur = outboxd::domain::Currency::new("EUR").unwrap();
-    let item = outboxd::domain::OrderItem::new(
-        outboxd::domain::Sku::new("A").unwrap(),
-        2,
-        outboxd::domain::Money::new(150, eur).unwrap(),
-    )
-    .unwrap();
-    svc.execute::<Order>(
-        id,
-        &OrderCommand::Create { customer_id: Uuid::from_u128(5), items: vec![item] },
-        Metadata::default(),
-        None,
-    )
-    .await
-    .unwrap();
-    let mut p = projector(&db, Metrics::new(), 10);
-    p.catch_up().await.unwrap();
+    let (db, svc, id, mut p) = one_projected_order(&path).await;
     // Simulate a row written by an older build: older state shape, unreadable state.
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute(
@@ -385,16 +384,7 @@ async fn a_stale_read_model_row_is_rederived_from_its_events() {
 async fn a_row_of_another_state_schema_reads_as_absent_until_rederived() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
-    let db = open(&path).await;
-    let svc = service(&db.store);
-    let id = Uuid::now_v7();
-    let eur = outboxd::domain::Currency::new("EUR").unwrap();
-    let sku = outboxd::domain::Sku::new("A").unwrap();
-    let item = outboxd::domain::OrderItem::new(sku, 2, outboxd::domain::Money::new(150, eur).unwrap()).unwrap();
-    let create = OrderCommand::Create { customer_id: Uuid::from_u128(5), items: vec![item] };
-    svc.execute::<Order>(id, &create, Metadata::default(), None).await.unwrap();
-    let mut p = projector(&db, Metrics::new(), 10);
-    p.catch_up().await.unwrap();
+    let (db, svc, id, mut p) = one_projected_order(&path).await;
     assert!(db.models.get_order(id).await.unwrap().is_some());
     // An older build's row: readable state, columns that meant something else.
     let c = rusqlite::Connection::open(&path).unwrap();
