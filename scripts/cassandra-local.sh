@@ -139,10 +139,21 @@ find_java() {
   fi
 }
 
+# Maven over the network: checksums must match (-C: a corrupt download
+# fails instead of being cached), and a stalled transfer fails after 60 s
+# and is retried (the defaults wait up to 30 min per request).
+MVN_NET=(-C -Dmaven.wagon.rto=60000 -Dmaven.wagon.http.retryHandler.count=3
+  -Daether.connector.requestTimeout=60000 -Daether.connector.connectTimeout=20000)
+
+# The marker holds this hash: a changed pom (a dependency added) fetches again.
+pom_hash() { { echo "$CASSANDRA_VERSION"; cat "$POM"; } | sha256sum | cut -d' ' -f1; }
+
+cache_complete() {
+  [[ -f "$MARKER" && "$(cat "$MARKER")" == "$(pom_hash)" ]] && compgen -G "$LIB/cassandra-all-$CASSANDRA_VERSION.jar" >/dev/null
+}
+
 fetch_jars() {
-  if [[ -f "$MARKER" ]] && compgen -G "$LIB/cassandra-all-$CASSANDRA_VERSION.jar" >/dev/null; then
-    return 0
-  fi
+  cache_complete && return 0
   command -v mvn >/dev/null 2>&1 \
     || die 2 "mvn not found: install Maven (apt-get install maven) to fetch cassandra-all $CASSANDRA_VERSION"
   [[ -f "$POM" ]] || die 2 "missing $POM"
@@ -150,13 +161,13 @@ fetch_jars() {
   # Serialize concurrent fetches into the same cache.
   exec 8>"$CACHE/.fetch.lock"
   flock 8
-  if [[ -f "$MARKER" ]] && compgen -G "$LIB/cassandra-all-$CASSANDRA_VERSION.jar" >/dev/null; then
+  if cache_complete; then
     exec 8>&-
     return 0
   fi
   log "fetching cassandra-all $CASSANDRA_VERSION and dependencies into $LIB (one-time)"
   rm -rf "$LIB.tmp"
-  if ! mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
+  if ! mvn -q -B "${MVN_NET[@]}" -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
         -Dcassandra.version="$CASSANDRA_VERSION" \
         -DoutputDirectory="$LIB.tmp" >"$CACHE/fetch.log" 2>&1; then
     tail -n 40 "$CACHE/fetch.log" >&2 || true
@@ -167,7 +178,7 @@ fetch_jars() {
     || die 1 "maven did not produce cassandra-all-$CASSANDRA_VERSION.jar"
   rm -rf "$LIB"
   mv "$LIB.tmp" "$LIB"
-  date -u +%FT%TZ >"$MARKER"
+  pom_hash >"$MARKER"
   exec 8>&-
 }
 

@@ -145,6 +145,12 @@ require_java() {
   fi
 }
 
+# Maven over the network: checksums must match (-C: a corrupt download
+# fails instead of being cached), and a stalled transfer fails after 60 s
+# and is retried (the defaults wait up to 30 min per request).
+MVN_NET=(-C -Dmaven.wagon.rto=60000 -Dmaven.wagon.http.retryHandler.count=3
+  -Daether.connector.requestTimeout=60000 -Daether.connector.connectTimeout=20000)
+
 pom_hash() { { echo "$KAFKA_VERSION"; cat "$POM"; } | sha256sum | cut -d' ' -f1; }
 
 cache_complete() { [[ -f "$MARKER" && "$(cat "$MARKER")" == "$(pom_hash)" && -d "$LIBS" ]]; }
@@ -161,7 +167,7 @@ fetch_jars() {
   note "fetching Kafka $KAFKA_VERSION jars from Maven Central into $LIBS"
   local tmp="$CACHE/libs.tmp.$$"
   rm -rf "$tmp"
-  if ! mvn -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
+  if ! mvn -B "${MVN_NET[@]}" -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
         -Dkafka.version="$KAFKA_VERSION" -DoutputDirectory="$tmp" >"$CACHE/mvn.log" 2>&1; then
     tail -n 40 "$CACHE/mvn.log" >&2
     rm -rf "$tmp"
