@@ -105,6 +105,16 @@ fn compose_file_has_two_outboxd_replicas_and_a_schema_job() {
     }
     let ids: Vec<_> = services.iter().filter_map(|s| s.env.get("OUTBOX_RELAY__INSTANCE_ID")).collect();
     assert_eq!(ids, ["outboxd-1", "outboxd-2"], "each replica names itself");
+    // Operator walkthrough: Docker's default 10 s before SIGKILL cut the
+    // daemon's graceful stop (up to shutdown_deadline_ms, default 30 s) short.
+    let doc = compose();
+    let deadline_s = outboxd::config::Config::default().shutdown_deadline_ms / 1000;
+    for name in ["outboxd-1", "outboxd-2"] {
+        let grace = scalar(&doc["services"][name]["stop_grace_period"]);
+        let secs: u64 =
+            grace.strip_suffix('s').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{name}: {grace:?}"));
+        assert!(secs > deadline_s, "{name}: stop_grace_period {grace} outlasts the {deadline_s} s shutdown deadline");
+    }
 }
 
 #[test]
