@@ -313,6 +313,12 @@ fn relay_health(p: &Probes, task: &TaskStatus<RelayStatus>, t: Thresholds) -> (H
     }
     if !task.running {
         let prog = if relay.role == Role::Unknown { format!("{who}; {prog}") } else { prog };
+        // Why it has not started (topics cannot be created: the broker is
+        // away, ...): the cause was only in the log.
+        let prog = match &relay.last_error {
+            Some(e) => format!("{prog}; last error: {e}"),
+            None => prog,
+        };
         return not_running("relay", task.starting_ms, &prog);
     }
     if relay.feed == FeedState::Unknown {

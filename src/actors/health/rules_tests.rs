@@ -220,6 +220,11 @@ fn a_task_still_starting_is_unknown_within_the_grace_then_degraded() {
     let v = evaluate(&p, &HashMap::new(), T);
     assert_eq!(v["cdc_processor"].0, HealthStatus::Degraded, "{v:?}");
     assert!(v["cdc_processor"].1.starts_with("relay not running (still starting after 35 s)"), "{v:?}");
+    // Operator walkthrough: why it is still starting was only in the log.
+    relay_mut(&mut p).last_error = Some("topic creation: broker transport failure".into());
+    let v = evaluate(&p, &HashMap::new(), T);
+    assert!(v["cdc_processor"].1.ends_with("; last error: topic creation: broker transport failure"), "{v:?}");
+    relay_mut(&mut p).last_error = None;
     // No task alive at all (between restarts): not running, Degraded.
     p.cdc.as_mut().unwrap().starting_ms = None;
     let v = evaluate(&p, &HashMap::new(), T);
