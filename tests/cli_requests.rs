@@ -246,3 +246,21 @@ fn a_replay_done_without_replaying_its_letter_exits_1_and_names_it() {
     let (code, out, err) = cli(&cfg, &["dlq", "replay", "--id", &letters[0].id.to_string(), "--no-progress"]);
     assert_eq!(code, 0, "the good letter is replayed: {out}{err}");
 }
+
+/// Operator walkthrough: `relay rewind --to-position` past the last stored
+/// event wrote a request the relay then failed ("must be between 0 and the
+/// checkpoint"). It is refused before anything is written, exit 2.
+#[test]
+fn a_rewind_past_the_last_event_is_refused_before_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let down = test_config(&format!("127.0.0.1:{}", free_port()), &db);
+    assert_eq!(cli(&down, &["customer", "register", "--name", "Ada", "--email", "ada@example.com"]).0, 0);
+    let (code, _, err) = cli(&down, &["relay", "rewind", "--to-position", "2", "--timeout", "30"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--to-position 2: beyond the last event in the store (position 1)"),
+        "{err}"
+    );
+    assert!(rows(&db).is_empty(), "no request written: {:?}", rows(&db));
+}

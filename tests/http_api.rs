@@ -508,3 +508,20 @@ fn problems_name_the_exact_item_the_real_limit_and_confirm_413s_as_json() {
     assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("confirmed")), "{}", r.text());
     d.stop();
 }
+
+/// Operator walkthrough: `POST /relay/rewind {"to_position": N}` past the
+/// last stored event wrote a request the relay then failed. It is a 422
+/// naming `to_position`, and nothing is written.
+#[test]
+fn a_rewind_past_the_last_event_is_a_422() {
+    let Some(brokers) = harness::shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&daemon_config(&brokers, dir.path()), &[]);
+    create_order(&d, Uuid::now_v7(), "A");
+    let v = assert_error(&d.admin_post("/relay/rewind", &json!({"to_position": 5})), 422, "validation");
+    assert_eq!(v["field"], "to_position", "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("beyond the last event in the store (position 1)"), "{v}");
+    let written = sqlite3(&d.cfg.store.path, "SELECT COUNT(*) FROM relay_requests");
+    assert_eq!(written.trim(), "0");
+    d.stop();
+}

@@ -32,6 +32,18 @@ pub async fn rewind(
         }
     };
     refuse_other_backend(cfg, &kind)?;
+    // Past the last stored event there is nothing to go back to: refused
+    // here, not as a failed request (the relay checks against its own
+    // checkpoint, which it alone knows up to date).
+    if let RequestKind::RewindToPosition { position } = kind {
+        let head = open_existing(cfg).await?.head_position().await?;
+        if position > head {
+            return Err(BadInput(format!(
+                "--to-position {position}: beyond the last event in the store (position {head}); a rewind goes back to a position already published"
+            ))
+            .into());
+        }
+    }
     relay_ops::request(cfg, kind, None, deadline, &relay_ops::Interrupt::install()).await
 }
 

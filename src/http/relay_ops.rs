@@ -317,6 +317,20 @@ pub(super) async fn relay_rewind(
         }
         _ => {}
     }
+    // Past the last stored event there is nothing to go back to (as the CLI
+    // refuses it): a 422 now, not a request that fails later.
+    if let RequestKind::RewindToPosition { position } = kind {
+        let head = st.store.head_position().await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot read the feed head");
+            ApiError::unavailable("the store is unavailable")
+        })?;
+        if position > head {
+            return Err(ApiError::invalid(
+                "to_position",
+                format!("beyond the last event in the store (position {head}); a rewind goes back to a position already published"),
+            ));
+        }
+    }
     submit(&st, kind, wants_wait(&body)?).await
 }
 
