@@ -140,4 +140,7 @@ fn schema_says_what_it_did_and_a_full_events_page_names_the_next() {
     assert_eq!(err, "--limit 2 reached; the next events: outboxd events --after 2");
     let (out, err) = run(&["events", "--after", "2", "--limit", "2"]);
     assert_eq!((out.lines().count(), err.as_str()), (1, ""), "the last page says nothing more");
+    // Operator walkthrough: an empty `dlq list` printed nothing at all.
+    let (out, err) = run(&["dlq", "list"]);
+    assert_eq!((out.as_str(), err.as_str()), ("", "0 parked aggregates, 0 dead letters"));
 }

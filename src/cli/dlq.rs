@@ -16,16 +16,24 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
     match c {
         DlqCmd::List { limit } => {
             let store = open_existing(cfg).await?;
-            for p in store.parked(&cfg.relay.consumer_name).await? {
+            let parked = store.parked(&cfg.relay.consumer_name).await?;
+            let letters = store.dlq_list(limit).await?;
+            let (n_parked, n_letters) = (parked.len(), letters.len());
+            for p in parked {
                 let mut v = serde_json::to_value(&p)?;
                 v["kind"] = "parked".into();
                 out!("{v}");
             }
-            for l in store.dlq_list(limit).await? {
+            for l in letters {
                 let mut v = serde_json::to_value(&l)?;
                 v["kind"] = "dead_letter".into();
                 out!("{v}");
             }
+            // On stderr (stdout stays JSON lines): an empty list reads as one,
+            // not as a command that printed nothing.
+            let all = store.dlq_count().await?;
+            let shown = if all as usize > n_letters { format!(" ({n_letters} shown: --limit)") } else { String::new() };
+            eprintln!("{n_parked} parked aggregates, {all} dead letters{shown}");
             Ok(0)
         }
         DlqCmd::Replay { aggregate, id, all, no_progress, wait } => {
