@@ -63,8 +63,11 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     let why = refused.result.unwrap()["error"].as_str().unwrap().to_string();
     assert!(why.contains("this relay reads the Scylla CDC log: use --to-time"), "{why}");
 
+    // Each read here follows a finished request (what it published was
+    // confirmed): it goes to the topics' ends, so a copy published after the
+    // originals shows in the sequences.
     let (b, ts) = (brokers.clone(), topics(&cfg));
-    let records = tokio::task::spawn_blocking(move || consume_all(&b, &ts, 3, Duration::from_secs(30))).await.unwrap();
+    let records = tokio::task::spawn_blocking(move || consume_to_end(&b, &ts, Duration::from_secs(30))).await.unwrap();
     let seqs: Vec<i64> = records.iter().filter(|r| r.key == a.to_string()).map(|r| r.sequence()).collect();
     assert_eq!(seqs, vec![2, 3, 4], "the held events, in order");
     assert!(store.parked(RELAY).await.unwrap().is_empty(), "the park record is gone");
@@ -90,7 +93,7 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     store.park(&park_record(&b_events[0], &park.error)).await.unwrap();
     cli_request_done(&cfg, &cql, &["dlq", "replay", "--aggregate", &b.to_string()]).await;
     let (bk, ts) = (brokers.clone(), topics(&cfg));
-    let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 5, Duration::from_secs(30))).await.unwrap();
+    let records = tokio::task::spawn_blocking(move || consume_to_end(&bk, &ts, Duration::from_secs(30))).await.unwrap();
     let seqs: Vec<i64> = records.iter().filter(|r| r.key == b.to_string()).map(|r| r.sequence()).collect();
     assert_eq!(seqs, vec![1, 2]);
     assert!(store.parked(RELAY).await.unwrap().is_empty());
@@ -110,7 +113,7 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     let why = r.result.unwrap()["error"].as_str().unwrap().to_string();
     assert!(why.contains(&format!("event {c}#3 cannot be decoded")) && why.contains("repair the row"), "{why}");
     let (bk, ts) = (brokers.clone(), topics(&cfg));
-    let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 6, Duration::from_secs(5))).await.unwrap();
+    let records = tokio::task::spawn_blocking(move || consume_to_end(&bk, &ts, Duration::from_secs(30))).await.unwrap();
     assert!(records.iter().all(|r| r.key != c.to_string()), "nothing of c was published");
     assert_eq!(store.parked(RELAY).await.unwrap().len(), 1, "c stays parked");
 }
@@ -147,7 +150,7 @@ async fn dead_letters_are_replayed_and_removed_once_confirmed() {
     assert_eq!(result["replayed"], 3, "{result}");
     assert_eq!(result["failed"][0]["id"], broken.id.to_string(), "{result}");
     let (bk, ts) = (brokers.clone(), topics(&cfg));
-    let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 3, Duration::from_secs(30))).await.unwrap();
+    let records = tokio::task::spawn_blocking(move || consume_to_end(&bk, &ts, Duration::from_secs(30))).await.unwrap();
     let seqs = |k: Uuid| records.iter().filter(|r| r.key == k.to_string()).map(|r| r.sequence()).collect::<Vec<_>>();
     assert_eq!((seqs(a), seqs(b)), (vec![2, 3], vec![1]), "in sequence order per aggregate");
     let left: Vec<Uuid> = store.dlq_list(10).await.unwrap().into_iter().map(|l| l.id).collect();
@@ -164,7 +167,7 @@ async fn dead_letters_are_replayed_and_removed_once_confirmed() {
     store.dlq_remove(broken.id).await.unwrap();
     cli_request_done(&cfg, &cql, &["dlq", "replay", "--all"]).await;
     let (bk, ts) = (brokers.clone(), topics(&cfg));
-    let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 5, Duration::from_secs(30))).await.unwrap();
+    let records = tokio::task::spawn_blocking(move || consume_to_end(&bk, &ts, Duration::from_secs(30))).await.unwrap();
     let c_seqs: Vec<i64> = records.iter().filter(|r| r.key == c.to_string()).map(|r| r.sequence()).collect();
     assert_eq!(c_seqs, vec![1, 2]);
     assert_eq!(store.dlq_count().await.unwrap(), 0);
@@ -213,7 +216,7 @@ async fn a_discard_replaces_the_poison_event_by_a_marker_and_releases_the_rest()
         .await;
 
     let (bk, ts) = (brokers.clone(), topics(&cfg));
-    let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 3, Duration::from_secs(30))).await.unwrap();
+    let records = tokio::task::spawn_blocking(move || consume_to_end(&bk, &ts, Duration::from_secs(30))).await.unwrap();
     let mine: Vec<_> = records.iter().filter(|r| r.key == e.to_string()).collect();
     let seqs: Vec<i64> = mine.iter().map(|r| r.sequence()).collect();
     assert_eq!(seqs, vec![2, 3, 4], "the marker in the poison event's place, then the held events");
@@ -268,7 +271,7 @@ async fn a_replay_after_an_interrupted_discard_publishes_the_marker() {
     assert_eq!(done.status, RequestStatus::Done, "{:?}", done.result);
 
     let (bk, ts) = (brokers.clone(), topics(&cfg));
-    let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 2, Duration::from_secs(10))).await.unwrap();
+    let records = tokio::task::spawn_blocking(move || consume_to_end(&bk, &ts, Duration::from_secs(10))).await.unwrap();
     let mine: Vec<_> = records.iter().filter(|r| r.key == e.to_string()).collect();
     let types: Vec<(i64, &str)> = mine.iter().map(|r| (r.sequence(), r.headers["ce_type"].as_str())).collect();
     assert_eq!(types.len(), 2, "{types:?}");
@@ -301,7 +304,7 @@ async fn a_taken_over_replay_of_named_letters_finishes_the_rest() {
     assert_eq!(done.status, RequestStatus::Done, "{:?}", done.result);
     assert_eq!(store.dlq_count().await.unwrap(), 0, "the second letter was replayed and removed");
     let (bk, ts) = (brokers.clone(), topics(&cfg));
-    let records = tokio::task::spawn_blocking(move || consume_all(&bk, &ts, 1, Duration::from_secs(10))).await.unwrap();
+    let records = tokio::task::spawn_blocking(move || consume_to_end(&bk, &ts, Duration::from_secs(10))).await.unwrap();
     assert_eq!(records.iter().map(|r| r.event_id()).collect::<Vec<_>>(), vec![lb.event_id.to_string()]);
 }
 
@@ -384,7 +387,7 @@ async fn the_cli_leaves_a_request_to_the_instance_that_took_its_lease() {
     assert_eq!(out.status.code(), Some(0), "{said}");
     assert!(said.contains("\"status\":\"done\"") && !said.contains("withdrawn"), "{said}");
     let (b, ts) = (brokers.clone(), topics(&cfg));
-    let records = tokio::task::spawn_blocking(move || consume_all(&b, &ts, 3, Duration::from_secs(30))).await.unwrap();
+    let records = tokio::task::spawn_blocking(move || consume_to_end(&b, &ts, Duration::from_secs(30))).await.unwrap();
     let seqs: Vec<i64> = records.iter().filter(|r| r.key == a.to_string()).map(|r| r.sequence()).collect();
     assert_eq!(seqs, vec![1, 2, 3]);
     assert!(store.parked(RELAY).await.unwrap().is_empty(), "the park record is gone");

@@ -258,9 +258,6 @@ fn a_rewind_past_the_last_event_is_refused_before_it_is_written() {
     assert_eq!(cli(&down, &["customer", "register", "--name", "Ada", "--email", "ada@example.com"]).0, 0);
     let (code, _, err) = cli(&down, &["relay", "rewind", "--to-position", "2", "--timeout", "30"]);
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("--to-position 2: beyond the last event in the store (position 1)"),
-        "{err}"
-    );
+    assert!(err.contains("--to-position 2: beyond the last event in the store (position 1)"), "{err}");
     assert!(rows(&db).is_empty(), "no request written: {:?}", rows(&db));
 }

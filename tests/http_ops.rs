@@ -183,16 +183,17 @@ fn correlation_id_and_trace_context_are_stored_and_reach_the_kafka_headers() {
         stored.iter().any(|(_, agg, c)| agg == &customer && c == &cid),
         "stored with the correlation id: {stored:?}"
     );
+    // Both events confirmed, then each topic read to its end.
+    caught_up(&d);
     let topic = format!("{}customer-events", d.cfg.kafka.topic_prefix);
-    let records = harness::consume_all(&brokers, &[topic], 1, Duration::from_secs(30));
+    let records = harness::consume_to_end(&brokers, &[topic], Duration::from_secs(30));
     let rec = records.iter().find(|r| r.key == customer).expect("customer event on the topic");
     assert_eq!(rec.headers.get("ce_correlationid"), Some(&cid), "{:?}", rec.headers);
     assert_eq!(rec.headers.get("traceparent").map(String::as_str), Some(traceparent), "{:?}", rec.headers);
     assert_eq!(rec.headers.get("tracestate").map(String::as_str), Some(tracestate), "{:?}", rec.headers);
-    let orders = harness::consume_all(
+    let orders = harness::consume_to_end(
         &brokers,
         &[format!("{}order-events", d.cfg.kafka.topic_prefix)],
-        1,
         Duration::from_secs(30),
     );
     assert_eq!(orders[0].headers.get("ce_correlationid"), Some(&generated));

@@ -18,6 +18,7 @@ pub mod redact;
 pub mod relay;
 pub mod relay_ops;
 pub mod store;
+pub mod wait;
 
 use anyhow::Context;
 use uuid::Uuid;

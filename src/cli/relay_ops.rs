@@ -18,7 +18,7 @@
 //!   the lease is released: no relay carries it out at a later start.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use outboxd::config::{Backend, Config, DeliveryMode};
 use outboxd::lease::keeper::{self, LeaseState};
@@ -30,6 +30,7 @@ use outboxd::shutdown::{Shutdown, Trigger};
 use outboxd::store::requests::{RelayRequest, RequestKind, RequestStatus};
 use outboxd::store::DynStore;
 
+pub use super::wait::{Deadline, Interrupt};
 use super::{open_existing, BadInput, Failure};
 
 /// The default of `--timeout`: how long the CLI waits for a request.
@@ -37,58 +38,6 @@ pub const DEFAULT_WAIT_SECS: usize = 600;
 
 /// Exit code after SIGINT/SIGTERM (128 + SIGINT, the shell's convention).
 pub const INTERRUPTED: u8 = 130;
-
-/// The end of a command's `--timeout`, shared by everything it waits for.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline {
-    at: Instant,
-    total: Duration,
-}
-
-impl Deadline {
-    /// `total` from now.
-    pub fn after(total: Duration) -> Deadline {
-        Deadline::from(Instant::now(), total)
-    }
-
-    fn from(start: Instant, total: Duration) -> Deadline {
-        Deadline { at: start + total, total }
-    }
-
-    /// What is left at `now` (zero once it passed).
-    fn left_at(&self, now: Instant) -> Duration {
-        self.at.saturating_duration_since(now)
-    }
-
-    /// What is left of it.
-    pub fn left(&self) -> Duration {
-        self.left_at(Instant::now())
-    }
-
-    /// The whole `--timeout`, for messages.
-    pub fn total(&self) -> Duration {
-        self.total
-    }
-}
-
-/// SIGINT/SIGTERM, listened for once per command: a signal between two
-/// of its requests (`dlq replay --all`) is not lost between two listeners.
-pub struct Interrupt(Shutdown);
-
-impl Interrupt {
-    /// Installs the signal handlers (they keep a signal from ending the
-    /// process: the command withdraws its request and reports it).
-    pub fn install() -> Interrupt {
-        let trigger = Trigger::new();
-        let interrupted = trigger.subscribe();
-        let mut signals = outboxd::daemon::Signals::install();
-        tokio::spawn(async move {
-            signals.recv().await;
-            trigger.fire();
-        });
-        Interrupt(interrupted)
-    }
-}
 
 fn who() -> String {
     format!("cli@{}", outboxd::daemon::instance_id(&Config::default()))
@@ -479,22 +428,4 @@ fn unreachable_broker_note(cfg: &Config, status: &outboxd::relay::status::RelayS
         "this process could not publish to kafka.brokers ({}): {why}; check that they are reachable from this host, or run the request where `outboxd run` runs",
         cfg.kafka.brokers
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Review finding: `dlq replay --all` gave each of its two requests the
-    /// whole `--timeout`. The second gets what the first left, none once it passed.
-    #[test]
-    fn requests_share_one_deadline() {
-        let start = Instant::now();
-        let d = Deadline::from(start, Duration::from_secs(10));
-        assert_eq!(d.left_at(start), Duration::from_secs(10));
-        // The first request took 7 s: 3 s are left for the second.
-        assert_eq!(d.left_at(start + Duration::from_secs(7)), Duration::from_secs(3));
-        assert_eq!(d.left_at(start + Duration::from_secs(12)), Duration::ZERO);
-        assert_eq!(d.total(), Duration::from_secs(10), "messages name the whole --timeout");
-    }
 }

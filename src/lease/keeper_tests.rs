@@ -3,9 +3,16 @@
 //! deadline in the past once turned it into a busy spin); one failed renewal
 //! is retried soon enough that the holder keeps the lease; a release after a
 //! renewal whose reply was lost still gives the lease back.
+//!
+//! The keeper's deadlines are on `std::time::Instant` (this instance's
+//! monotonic clock), which tokio's paused clock does not move: these run on
+//! the real clock, and assert the order of events (which call the keeper
+//! gave up, whether the loss was out by then) or a lower bound on the time
+//! between calls (a timer never fires early), never an upper bound on
+//! elapsed time, which a slow machine breaks.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -24,7 +31,13 @@ use tokio::sync::watch;
 struct Hanging {
     row: Mutex<Option<Lease>>,
     hang: AtomicBool,
-    calls: AtomicUsize,
+    /// When each call began, in order.
+    starts: Mutex<Vec<Instant>>,
+    /// Each call that never answered and was given up (dropped) by the
+    /// keeper: whether its loss was published by then.
+    given_up: Mutex<Vec<bool>>,
+    /// The keeper's state channel, once it runs.
+    keeper: OnceLock<watch::Receiver<LeaseState>>,
     fail_cas: AtomicUsize,
     /// Reads hang when they start this long after the last write that
     /// succeeded began (`renewed`).
@@ -38,10 +51,30 @@ struct Hanging {
 
 impl Hanging {
     async fn gate(&self) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.starts.lock().unwrap().push(Instant::now());
         if self.hang.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
+            self.never_answer().await;
         }
+    }
+
+    /// A call that never answers; when the keeper gives it up, whether the
+    /// loss was out by then is recorded (`given_up`).
+    async fn never_answer(&self) {
+        let _recorded_when_given_up = Unanswered(self);
+        std::future::pending::<()>().await;
+    }
+
+    fn calls(&self) -> usize {
+        self.starts.lock().unwrap().len()
+    }
+}
+
+struct Unanswered<'a>(&'a Hanging);
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let lost = self.0.keeper.get().is_some_and(|rx| matches!(*rx.borrow(), LeaseState::Lost { .. }));
+        self.0.given_up.lock().unwrap().push(lost);
     }
 }
 
@@ -52,7 +85,7 @@ impl LeaseStore for Hanging {
         let after = *self.hang_reads_after.lock().unwrap();
         let renewed = *self.renewed.lock().unwrap();
         if after.zip(renewed).is_some_and(|(after, renewed)| renewed.elapsed() >= after) {
-            std::future::pending::<()>().await;
+            self.never_answer().await;
         }
         Ok(self.row.lock().unwrap().clone())
     }
@@ -97,6 +130,7 @@ async fn active_keeper_with(
     let store = Arc::new(Hanging::default());
     let stop = Trigger::new();
     let handle = spawn(store.clone(), "relay", "me", ttl, Metrics::new(), pause, stop.subscribe());
+    store.keeper.set(handle.state()).unwrap();
     let mut rx = handle.state();
     tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.active_epoch().is_some())).await.unwrap().unwrap();
     (store, stop, handle, rx)
@@ -125,25 +159,52 @@ async fn a_keeper_frozen_past_its_deadline_leaves_a_state_that_is_not_held() {
     stop.fire();
 }
 
+/// TTL 1.5 s: renewals every 500 ms, deadline 1 s after the last one. The
+/// store hangs while the keeper sleeps after a renewal: its next call (the
+/// read at 500 ms) never answers, and the keeper gives it up at its deadline
+/// and publishes the loss; then it goes on calling at its pace.
 #[tokio::test]
 async fn a_store_that_stops_answering_loses_the_lease_at_the_deadline_without_spinning() {
     let ttl = Duration::from_millis(1500);
-    let (store, stop, _handle, mut rx) = active_keeper(ttl).await;
+    let renew_every = ttl / 3;
+    let (store, stop, handle, mut rx) = active_keeper(ttl).await;
 
+    // The keeper just published Active and sleeps (one thread: it has not
+    // run since): every call from its next one on hangs.
     store.hang.store(true, Ordering::Relaxed);
-    let hung_at = std::time::Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| matches!(s, LeaseState::Lost { .. })))
-        .await
-        .expect("the loss is published")
-        .unwrap();
-    assert!(hung_at.elapsed() <= ttl, "published by the renewal deadline (< TTL), took {:?}", hung_at.elapsed());
+    let hung_from = store.calls();
+    let renewed = store.renewed.lock().unwrap().expect("the write that made it active");
+    // A TTL after that write began, a standby may take over: the loss is out
+    // before. Checked by order, not by a duration: the keeper's deadline
+    // timer is due a third of the TTL before this one and fires first,
+    // however late both fire.
+    tokio::select! {
+        biased;
+        lost = rx.wait_for(|s| matches!(s, LeaseState::Lost { .. })) => { lost.unwrap(); }
+        _ = tokio::time::sleep_until((renewed + ttl).into()) => {
+            panic!("{:?} a TTL after the last renewal began: a standby may take over", handle.current())
+        }
+    }
+    // No call answered: the loss came from the keeper's deadline, not from
+    // an answer it waited for, and before a second call (a late loss).
+    assert_eq!(store.calls() - hung_from, 1, "calls since the store hung, at the loss");
 
-    // Two more seconds of a silent store: calls keep the renew pace (500 ms), no spin.
-    let before = store.calls.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let calls = store.calls.load(Ordering::Relaxed) - before;
-    assert!(calls <= 8, "{calls} store calls in 2 s: the keeper spins");
-    assert!(calls >= 1, "the keeper keeps trying");
+    // It keeps trying, at its pace: each call that does not answer holds it
+    // `renew_every` before the next starts, so calls two apart start at
+    // least `renew_every` apart however slow the machine (a timer never
+    // fires early). The spin made hundreds of thousands of calls a second.
+    let from = store.calls();
+    let three_more = async {
+        while store.calls() < from + 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), three_more).await.expect("the keeper keeps trying");
+    let starts = store.starts.lock().unwrap()[from..].to_vec();
+    for w in starts.windows(3) {
+        let apart = w[2].duration_since(w[0]);
+        assert!(apart >= renew_every, "calls two apart started {apart:?} apart (< {renew_every:?}): the keeper spins");
+    }
     stop.fire();
 }
 
@@ -168,19 +229,26 @@ async fn one_failed_renewal_is_retried_before_the_deadline_and_the_holder_stays_
 /// Renewals fail, and the read of the cycle that starts at the renewal
 /// deadline hangs: the loss is published at the deadline (2 s after the
 /// last renewal began, TTL 3 s), not once that read gave up a `renew_every`
-/// later: the holder published Active past the TTL a standby waits.
+/// later: the holder published Active past the TTL a standby waits. Checked
+/// by order: the keeper gives up the read that hangs only after the loss is
+/// out (it gave it up with Active still published, then published Lost).
 #[tokio::test]
 async fn the_loss_is_published_at_the_deadline_when_the_next_read_hangs() {
     let (store, stop, _handle, mut rx) = active_keeper(Duration::from_millis(3000)).await;
     *store.hang_reads_after.lock().unwrap() = Some(Duration::from_millis(2000));
     store.fail_cas.store(1_000, Ordering::SeqCst);
-    tokio::time::timeout(Duration::from_secs(6), rx.wait_for(|s| matches!(s, LeaseState::Lost { .. })))
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| matches!(s, LeaseState::Lost { .. })))
         .await
         .expect("the loss is published")
         .unwrap();
-    let renewed = store.renewed.lock().unwrap().expect("renewed once at least");
-    let late = renewed.elapsed();
-    assert!(late < Duration::from_millis(2500), "Lost published {late:?} after the last renewal began (deadline 2 s)");
+    let a_read_given_up = async {
+        while store.given_up.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), a_read_given_up).await.expect("the keeper gives up the hung read");
+    let given_up = store.given_up.lock().unwrap().clone();
+    assert!(given_up.iter().all(|lost| *lost), "a hung read given up before the loss was out: {given_up:?}");
     stop.fire();
 }
 
