@@ -480,19 +480,26 @@ wait_ready() {
 watch_owner() {
   local owner=${KAFKA_OWNER_PID:-} w
   [[ -n "$owner" ]] || return 0
+  # A live watcher of this directory (its command line names it: a stale
+  # pid now used by another process does not count).
   w=$(cat "$DIR/owner-watch.pid" 2>/dev/null || true)
-  if [[ "$w" =~ ^[0-9]+$ ]] && kill -0 "$w" 2>/dev/null; then return 0; fi
+  if [[ "$w" =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$w/cmdline" 2>/dev/null | grep -qF -- "kafka-local.sh $owner $DIR"; then
+    return 0
+  fi
   local launcher=()
   command -v setsid >/dev/null 2>&1 && launcher=(setsid)
   # shellcheck disable=SC2016 # expanded by the child shell
   "${launcher[@]}" bash -c '
     for fd in /proc/$$/fd/*; do fd=${fd##*/}; (( fd > 2 )) && { eval "exec $fd>&-"; } 2>/dev/null; done
-    echo $$ >"$2/owner-watch.pid"
     while kill -0 "$1" 2>/dev/null && [[ -d "$2" ]]; do sleep 1; done
     [[ -d "$2" ]] || exit 0
     echo "owner $1 is gone: stopping the broker"
     KAFKA_LOCAL_DIR="$2" exec bash "$0" stop' "$SCRIPT_DIR/kafka-local.sh" "$owner" "$DIR" \
     </dev/null >>"$DIR/owner-watch.log" 2>&1 &
+  # Written here, before this start returns (the lock on the directory is
+  # still held): a start right after it finds the watcher. A background
+  # child is no group leader, so setsid runs in place: $! is the watcher.
+  echo $! >"$DIR/owner-watch.pid"
 }
 
 show_log_tail() { # last 40 log lines, then the first errors (often the cause)

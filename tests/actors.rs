@@ -188,35 +188,6 @@ fn metrics_parse_list_the_catalogue_and_move_when_events_flow() {
     d.stop();
 }
 
-/// The harness reads a 0 only from a series on the page (`Metrics::sample`):
-/// `value` sums no series to 0, so an "equals 0" passed for a missing metric.
-#[test]
-fn a_metric_missing_from_the_page_is_not_a_zero() {
-    let m = Metrics::parse("# TYPE dlq_depth gauge\ndlq_depth 0\n");
-    assert_eq!(m.sample("dlq_depth", &[]), 0.0);
-    assert_eq!(m.value("dlq_parked_aggregates", &[]), 0.0, "value() reads a missing metric as 0");
-    let missing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.sample("dlq_parked_aggregates", &[])));
-    assert!(missing.is_err(), "sample() panics on a missing metric");
-    let other = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.sample("dlq_depth", &[("role", "x")])));
-    assert!(other.is_err(), "and on a metric without the labels asked for");
-}
-
-/// The soak workload's stop fails when a writer panicked (the panic was
-/// ignored); writers stopped by the flag, refused at every request, do not.
-#[test]
-fn a_load_writer_that_panicked_fails_the_stop() {
-    let closed: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let load = Load::start(vec![closed], LoadSpec { writers: 2, ..LoadSpec::default() });
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(load.stop().ok(), 0, "refused requests only");
-    // No target at all: each writer panics at its first pick (`w % 0`).
-    let load = Load::start(Vec::new(), LoadSpec { writers: 2, ..LoadSpec::default() });
-    let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load.stop()));
-    let msg = stop.expect_err("stop() reports the panic");
-    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(msg.contains("a load writer panicked"), "{msg}");
-}
-
 #[test]
 fn sigterm_during_http_load_exits_0_and_loses_no_committed_event() {
     let Some(brokers) = harness::shared_brokers() else { return };

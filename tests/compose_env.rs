@@ -113,7 +113,11 @@ fn compose_file_has_two_outboxd_replicas_and_a_schema_job() {
         let grace = scalar(&doc["services"][name]["stop_grace_period"]);
         let secs: u64 =
             grace.strip_suffix('s').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{name}: {grace:?}"));
-        assert!(secs > deadline_s, "{name}: stop_grace_period {grace} outlasts the {deadline_s} s shutdown deadline");
+        // The deadline, then at most about 6 s (docs/OPERATIONS.md, Shutdown).
+        assert!(
+            secs >= deadline_s + 6,
+            "{name}: stop_grace_period {grace} outlasts the {deadline_s} s deadline and its tail"
+        );
     }
 }
 

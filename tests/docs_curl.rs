@@ -110,12 +110,13 @@ fn the_admin_walkthrough_runs_as_written_with_the_token() {
     assert!(out.contains("outboxd_build_info"), "metrics:\n{out}");
     assert!(out.lines().filter(|l| *l == "200").count() == 2, "live and ready answer 200:\n{out}");
     assert!(out.contains("\"parked_count\"") && out.contains("\"leases\""), "dlq and leases:\n{out}");
-    // Nothing is parked and the feed is short: the aggregate replay and the
-    // discard are refused before a request is written (422, naming the
-    // field), the rewind to 1200 by the relay (request_failed); replay all
-    // is done; an unknown request is 404.
-    assert_eq!(out.matches("\"error\":\"request_failed\"").count(), 1, "{out}");
+    // Nothing is parked and the feed is short: the aggregate replay, the
+    // discard and the rewind to 1200 (past the last event) are refused
+    // before a request is written (422, naming the field); replay all is
+    // done; an unknown request is 404.
+    assert_eq!(out.matches("\"error\":\"request_failed\"").count(), 0, "{out}");
     assert!(out.contains("\"field\":\"aggregate_id\"") && out.contains("\"field\":\"event_id\""), "{out}");
+    assert!(out.contains("\"field\":\"to_position\"") && out.contains("beyond the last event in the store"), "{out}");
     assert!(out.contains("is not a parked aggregate"), "{out}");
     assert!(out.contains("\"status\":\"done\""), "replay all is carried out:\n{out}");
     assert!(out.contains(&format!("relay request {request} does not exist")), "{out}");

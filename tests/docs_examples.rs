@@ -139,9 +139,10 @@ fn every_documented_toml_configuration_is_accepted_as_written() {
 }
 
 /// A documented `OUTBOX_...=value ... outboxd run` line (the README's
-/// configuration example) starts the daemon with exactly those variables;
-/// the test adds only a store path and ports of its own, which the line
-/// does not set. It serves `/health/live` (its broker unreachable or not)
+/// configuration example) starts the daemon with those variables. The test
+/// harness's own settings come first (a store path, ports, topic prefix,
+/// short timeouts: keys the line does not set), the line's variables last,
+/// so they win. It serves `/health/live` (its broker unreachable or not)
 /// and stops on SIGTERM with exit 0.
 #[test]
 fn documented_run_lines_start_the_daemon() {

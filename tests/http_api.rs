@@ -216,10 +216,6 @@ fn order_json(customer: Uuid, item: Value) -> Vec<u8> {
     serde_json::to_vec(&json!({"customer_id": customer, "items": [item]})).unwrap()
 }
 
-fn item(sku: Value, qty: Value, amount: Value, currency: Value) -> Value {
-    json!({"sku": sku, "quantity": qty, "unit_price": {"amount_minor": amount, "currency": currency}})
-}
-
 #[test]
 fn malformed_and_hostile_requests_get_4xx_json_and_change_nothing() {
     let Some(brokers) = harness::shared_brokers() else { return };

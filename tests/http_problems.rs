@@ -8,12 +8,8 @@
 mod harness;
 
 use harness::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use uuid::Uuid;
-
-fn item(sku: Value, qty: Value, amount: Value, currency: Value) -> Value {
-    json!({"sku": sku, "quantity": qty, "unit_price": {"amount_minor": amount, "currency": currency}})
-}
 
 /// Review findings: a rule the domain checks across items named
 /// `items[].unit_price.currency` without the index; a name over 500

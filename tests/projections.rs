@@ -379,13 +379,14 @@ async fn a_stale_read_model_row_is_rederived_from_its_events() {
 /// Review finding: a row an older build wrote in another state shape, not
 /// touched by an event since the upgrade, was served by `GET /orders/{id}`
 /// as current (its columns read as this build's, `source: read_model`). It
-/// now reads as absent, so the events answer; the next event re-derives it.
+/// now comes marked as not of this build's shape (the events answer); the
+/// next event re-derives it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_row_of_another_state_schema_reads_as_absent_until_rederived() {
+async fn a_row_of_another_state_schema_is_marked_until_rederived() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
     let (db, svc, id, mut p) = one_projected_order(&path).await;
-    assert!(db.models.get_order(id).await.unwrap().is_some());
+    assert!(db.models.get_order(id).await.unwrap().unwrap().current_shape);
     // An older build's row: readable state, columns that meant something else.
     let c = rusqlite::Connection::open(&path).unwrap();
     let n = c
@@ -395,11 +396,12 @@ async fn a_row_of_another_state_schema_reads_as_absent_until_rederived() {
         )
         .unwrap();
     assert_eq!(n, 1);
-    assert!(db.models.get_order(id).await.unwrap().is_none(), "another shape is not served");
+    let old = db.models.get_order(id).await.unwrap().unwrap();
+    assert!(!old.current_shape, "another shape is marked, not served as current");
     svc.execute::<Order>(id, &OrderCommand::Confirm, Metadata::default(), None).await.unwrap();
     p.catch_up().await.unwrap();
-    let v = db.models.get_order(id).await.unwrap().expect("re-derived in this build's shape");
-    assert_eq!((v.status.as_str(), v.version), ("confirmed", 2));
+    let v = db.models.get_order(id).await.unwrap().unwrap();
+    assert_eq!((v.status.as_str(), v.version, v.current_shape), ("confirmed", 2, true), "re-derived");
 }
 
 // ---- a rebuild beside steady appends ---------------------------------------------

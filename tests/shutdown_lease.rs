@@ -81,10 +81,20 @@ fn an_active_relay_stopping_with_events_unpublished_says_how_many() {
     let db = cfg.store.path.clone();
     let holder = || sqlite3(&db, "SELECT holder FROM relay_leases WHERE name = 'kafka-relay'");
     eventually(Duration::from_secs(30), "the relay lease to be held", || (!holder().trim().is_empty()).then_some(()));
+    // A standby on the same store: its stop says nothing of a backlog that
+    // is not its own.
+    let standby = Daemon::start(&on_new_ports(&cfg), &[]);
     let c = uuid::Uuid::now_v7();
     for sku in ["A", "B"] {
         create_order(&d, c, sku);
     }
+    let standby_log = standby.log.clone();
+    eventually(Duration::from_secs(30), "the second instance to see itself standby", || {
+        standby.log_text().contains("another instance holds the lease (standby)").then_some(())
+    });
+    standby.stop();
+    let text = std::fs::read_to_string(&standby_log).unwrap();
+    assert!(!text.contains("stopping with events not yet published"), "a standby does not warn: {text}");
     let log = d.log.clone();
     d.stop();
     let text = std::fs::read_to_string(&log).unwrap();

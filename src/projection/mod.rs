@@ -103,6 +103,12 @@ pub struct OrderView {
     /// The full state (for the API's usual order body).
     pub state: Order,
     pub projection: Freshness,
+    /// Written in this build's state shape (`state_schema`). A row of
+    /// another (an older build's, untouched since the upgrade) is not served
+    /// as current: the events answer, and the row only if they cannot be
+    /// read (a parked order, marked stale).
+    #[serde(skip)]
+    pub current_shape: bool,
 }
 
 /// One row of `customer_read_model`.
@@ -232,10 +238,11 @@ pub trait ReadModelStore: Send + Sync + 'static {
     /// The projection checkpoint ([`CONSUMER`]) and the feed head, read together.
     async fn freshness(&self) -> Result<Freshness, StoreError>;
     /// A row written in another `state_schema` than this build's (an older
-    /// build's, not yet touched by an event since the upgrade) reads as
-    /// absent: its columns may mean something else, so the events answer.
+    /// build's, not yet touched by an event since the upgrade) comes with
+    /// `current_shape` false: its columns may mean something else, so the
+    /// events answer (the row only when they cannot be read).
     async fn get_order(&self, order_id: Uuid) -> Result<Option<OrderView>, StoreError>;
-    /// As [`ReadModels::get_order`], for customers.
+    /// A customer row of another `state_schema` reads as absent (the events answer).
     async fn get_customer(&self, customer_id: Uuid) -> Result<Option<CustomerView>, StoreError>;
     async fn orders_by_customer(&self, customer_id: Uuid, page: PageRequest) -> Result<CustomerOrdersPage, StoreError>;
     /// Every read-model row as JSON (`{"table": .., "key": .., columns..}`),

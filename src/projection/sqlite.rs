@@ -348,9 +348,6 @@ impl ReadModelStore for SqliteStore {
             let Some((customer_id, status, total_minor, currency, item_count, tracking_number, carrier, cancel_reason, (created, updated, version, last_position, state), schema)) = row else {
                 return Ok(None);
             };
-            if schema != i64::from(Order::STATE_SCHEMA) {
-                return Ok(None); // another build's shape: the events answer
-            }
             let state: Order = serde_json::from_str(&state).map_err(|e| codec(format!("order_read_model state of {order_id} (rebuild the read models): {e}")))?;
             let stream_version: i64 = tx
                 .prepare_cached("SELECT COALESCE(MAX(sequence_number), 0) FROM event_store WHERE aggregate_id = ?1")
@@ -374,6 +371,7 @@ impl ReadModelStore for SqliteStore {
                 stream_version,
                 state,
                 projection: freshness_of(&tx)?,
+                current_shape: schema == i64::from(Order::STATE_SCHEMA),
             }))
         })
         .await

@@ -257,11 +257,11 @@ impl Run {
     }
 }
 
-/// The `kind` label of `relay_requests_total`.
 /// Every value [`kind_label`] gives (the `kind` label of `relay_requests_total`).
 pub const KIND_LABELS: [&str; 5] =
     ["replay_aggregate", "replay_all_parked", "discard", "replay_dead_letters", "rewind"];
 
+/// The `kind` label of `relay_requests_total`.
 pub(crate) fn kind_label(k: &RequestKind) -> &'static str {
     match k {
         RequestKind::ReplayAggregate { .. } => "replay_aggregate",
@@ -304,6 +304,15 @@ mod tests {
     /// The series `prime_metrics` creates at 0 are every label a request can count under.
     #[test]
     fn kind_labels_are_every_kind() {
+        // A new kind fails to compile here until it has a sample below.
+        let _every_kind_has_a_sample = |k: RequestKind| match k {
+            RequestKind::ReplayAggregate { .. }
+            | RequestKind::ReplayAllParked
+            | RequestKind::Discard { .. }
+            | RequestKind::ReplayDeadLetters { .. }
+            | RequestKind::RewindToPosition { .. }
+            | RequestKind::RewindToTime { .. } => (),
+        };
         let kinds = [
             RequestKind::ReplayAggregate { aggregate_id: String::new() },
             RequestKind::ReplayAllParked,

@@ -162,3 +162,14 @@ pub fn assert_error(r: &Resp, status: u16, kind: &str) -> serde_json::Value {
     assert!(v["detail"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     v
 }
+
+/// One order item as the command API takes it (any JSON in each place, so
+/// a test can put a wrong type there).
+pub fn item(
+    sku: serde_json::Value,
+    qty: serde_json::Value,
+    amount: serde_json::Value,
+    currency: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({"sku": sku, "quantity": qty, "unit_price": {"amount_minor": amount, "currency": currency}})
+}

@@ -47,14 +47,17 @@ fn soak_exactly_once_zombie_paused_mid_transaction_is_fenced() {
         let r = leader.admin("POST", &format!("/debug/pause/relay?ms={PAUSE_MS}"));
         assert_eq!(r.status, 202, "{}", r.text());
         let paused_at = Instant::now();
-        let zombie_commits = commits(leader);
         eventually(3 * ttl, "the standby to take over", || is_leader(standby).then_some(()));
+        // Counted from the takeover on: the 202 comes before the relay
+        // reaches its pause point, and a commit may finish on the way there
+        // (a TTL ago); one after the takeover would be the zombie's.
+        let zombie_commits = commits(leader);
         let resume = (paused_at + 3 * ttl).saturating_duration_since(Instant::now());
         std::thread::sleep(resume + ttl);
         assert!(!is_leader(leader), "round {round}: the zombie stepped down");
         assert!(is_leader(standby), "round {round}: the zombie did not fence the new leader");
         let log = leader.log_text();
-        assert!(log.contains("paused (fault injection)"), "the pause happened");
+        assert!(log.contains(PAUSED), "the pause happened");
         // The broker fenced the zombie's producer (not only the store's
         // checkpoint fence, whose line also says "fenced").
         assert!(log.matches(FENCED).count() > fenced_before, "round {round}: the zombie's producer was fenced");
@@ -76,6 +79,8 @@ fn soak_exactly_once_zombie_paused_mid_transaction_is_fenced() {
 
 /// What the exactly-once relay logs when the broker fenced its producer.
 const FENCED: &str = "producer fenced: another relay took over";
+/// What a relay logs when a fault-injection pause takes hold.
+const PAUSED: &str = "paused (fault injection)";
 
 #[test]
 fn soak_migration_from_at_least_once_to_exactly_once_repeats_only_the_last_window() {

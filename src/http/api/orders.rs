@@ -87,8 +87,9 @@ pub(super) async fn get_order(
         match models.get_order(id).await {
             // A row behind the stream (newer events not projected yet) would
             // answer an old version, its ETag and a 304 for it: the event
-            // stream answers instead, with the lag.
-            Ok(Some(v)) if v.stream_version > v.version => {
+            // stream answers instead, with the lag. So it does for a row in
+            // another build's state shape.
+            Ok(Some(v)) if v.stream_version > v.version || !v.current_shape => {
                 freshness = Some(v.projection);
                 behind = Some(v);
             }
@@ -109,10 +110,17 @@ pub(super) async fn get_order(
             tracing::warn!(error = %e, order_id = %id, version = v.version, "order has an event this build cannot read; serving its read-model row, marked stale");
             let mut body = row_body(id, &v);
             body["stale"] = json!(true);
-            body["stale_reason"] = json!(format!(
-                "an event of the order after version {} cannot be decoded or read by this build (written by a newer build, or damaged); its read model stays at version {} of {}: see `outboxd projections status`",
-                v.version, v.version, v.stream_version
-            ));
+            body["stale_reason"] = json!(if v.stream_version > v.version {
+                format!(
+                    "an event of the order after version {} cannot be decoded or read by this build (written by a newer build, or damaged); its read model stays at version {} of {}: see `outboxd projections status`",
+                    v.version, v.version, v.stream_version
+                )
+            } else {
+                format!(
+                    "the order's events cannot be decoded or read by this build, and its read model (version {}) was written in another build's state shape: see `outboxd projections status`",
+                    v.version
+                )
+            });
             return Ok(row_response(&req, &v, body));
         }
         Err(e) => return Err(e.into()),
