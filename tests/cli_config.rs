@@ -324,7 +324,8 @@ fn reserved_and_out_of_range_settings_are_refused_naming_the_key() {
 /// Review finding: an address `outboxd run` cannot listen on (not one of
 /// this host's: 192.0.2.1 is TEST-NET; or taken) exited 1, as if the
 /// infrastructure had failed. The configuration must change: exit 2, one
-/// error line naming the key, for `http.listen` and `http.admin_listen`.
+/// error line naming the key, for `http.listen` and `http.admin_listen`,
+/// before anything else starts (no store, no actors, no lease).
 #[test]
 fn an_address_that_cannot_be_listened_on_is_a_configuration_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -352,5 +353,8 @@ fn an_address_that_cannot_be_listened_on_is_a_configuration_error() {
         assert_eq!(errors.len(), 1, "{err}");
         assert!(errors[0].starts_with(&format!("error: {needle}")), "{err}");
         assert!(!err.contains("panicked"), "{err}");
+        // Found before the store is opened, the actors started or a lease
+        // taken (a taken port touched all three, then gave the leases back).
+        assert!(!db.exists(), "{listen} {admin}: the store was not opened: {err}");
     }
 }

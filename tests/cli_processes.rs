@@ -1,59 +1,8 @@
-//! The CLI's long-running commands as processes: `outboxd run` on a port
-//! it cannot take exits 2 before it opens the store, starts actors or takes
-//! a lease; SIGTERM to `outboxd bench` stops the `outboxd run` child it
-//! started and removes its directory (exit 130).
+//! The CLI's long-running commands as processes: SIGTERM to `outboxd bench`
+//! stops the `outboxd run` child it started and removes its directory (exit
+//! 130). (`outboxd run` on an address it cannot take: tests/cli_config.rs.)
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn outboxd(db: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_outboxd")).arg("--db").arg(db).args(args).env_remove("RUST_LOG").output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).trim().to_string()
-}
-
-/// Black-box review: `outboxd run` that cannot listen (the port is taken)
-/// exits 2 (the configuration must change) naming the key, and never holds
-/// a lease for it, so a replica crash-looping on it never holds off the one
-/// that can publish. (It used to take its leases, then give them back when
-/// the bind failed; the ports are now checked before the leases, the
-/// actors or the store are touched.)
-#[test]
-fn a_daemon_that_cannot_listen_takes_no_lease() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
-    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    assert!(outboxd(&db, &["schema"]).status.success());
-    for (listen, admin, key) in [
-        (format!("127.0.0.1:{port}"), "127.0.0.1:0".to_string(), "http.listen"),
-        ("127.0.0.1:0".to_string(), format!("127.0.0.1:{port}"), "http.admin_listen"),
-    ] {
-        let o = Command::new(env!("CARGO_BIN_EXE_outboxd"))
-            .args(["--db", db.to_str().unwrap(), "run"])
-            .env("OUTBOX_HTTP__LISTEN", listen)
-            .env("OUTBOX_HTTP__ADMIN_LISTEN", admin)
-            .env("OUTBOX_KAFKA__BROKERS", format!("127.0.0.1:{nobody}"))
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(2), "{err}");
-        assert_eq!(
-            err,
-            format!("error: cannot listen on {key} = 127.0.0.1:{port}: Address already in use (os error 98)")
-        );
-        let leases = rusqlite::Connection::open(&db)
-            .unwrap()
-            .query_row("SELECT COUNT(*) FROM relay_leases", [], |r| r.get::<_, i64>(0))
-            .unwrap();
-        assert_eq!(leases, 0, "no lease was ever taken: {err}");
-    }
-    drop(taken);
-}
+use std::process::Command;
 
 /// Black-box review: SIGTERM to `outboxd bench http` left its `outboxd run`
 /// child running and its directory behind. Now the benchmark is dropped on
