@@ -8,6 +8,7 @@
 use chrono::{DateTime, Utc};
 
 use outboxd::config::{Backend, Config};
+use outboxd::relay::operator;
 use outboxd::store::requests::RequestKind;
 
 use super::{open_existing, relay_ops, BadInput, Failure};
@@ -32,16 +33,10 @@ pub async fn rewind(
         }
     };
     refuse_other_backend(cfg, &kind)?;
-    // Past the last stored event there is nothing to go back to: refused
-    // here, not as a failed request (the relay checks against its own
-    // checkpoint, which it alone knows up to date).
+    // Past the last stored event: refused here, not as a failed request.
     if let RequestKind::RewindToPosition { position } = kind {
-        let head = open_existing(cfg).await?.head_position().await?;
-        if position > head {
-            return Err(BadInput(format!(
-                "--to-position {position}: beyond the last event in the store (position {head}); a rewind goes back to a position already published"
-            ))
-            .into());
+        if let Some(why) = operator::rewind_past_head(&open_existing(cfg).await?, position).await? {
+            return Err(BadInput(format!("--to-position {position}: {why}")).into());
         }
     }
     relay_ops::request(cfg, kind, None, deadline, &relay_ops::Interrupt::install()).await

@@ -321,18 +321,10 @@ pub(super) async fn relay_rewind(
     // refuses it): a 422 now, not a request that fails later. A head that
     // cannot be read skips this check (the relay makes its own).
     if let RequestKind::RewindToPosition { position } = kind {
-        let head = match st.store.head_position().await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the feed head; the relay checks the rewind's position");
-                i64::MAX
-            }
-        };
-        if position > head {
-            return Err(ApiError::invalid(
-                "to_position",
-                format!("beyond the last event in the store (position {head}); a rewind goes back to a position already published"),
-            ));
+        match operator::rewind_past_head(&st.store, position).await {
+            Ok(Some(why)) => return Err(ApiError::invalid("to_position", why)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the feed head; the relay checks the rewind's position"),
         }
     }
     submit(&st, kind, wants_wait(&body)?).await

@@ -363,6 +363,19 @@ pub async fn check_parked(
     Ok(Err(NothingParked { field: field.to_string(), message }))
 }
 
+/// Why a rewind to feed `position` has nothing to go back to (it is past
+/// the last stored event), checked before the request is written by the
+/// CLI and the admin API alike; None: it may go (the relay checks it
+/// against its own checkpoint, which it alone knows up to date).
+pub async fn rewind_past_head(store: &DynStore, position: i64) -> Result<Option<String>, StoreError> {
+    let head = store.head_position().await?;
+    Ok((position > head).then(|| {
+        format!(
+            "beyond the last event in the store (position {head}); a rewind goes back to a position already published"
+        )
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
