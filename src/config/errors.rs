@@ -34,36 +34,46 @@ pub(super) fn config_error(e: figment::Error) -> ConfigError {
             ));
         }
     }
+    let plain = plain(&e.kind, &key);
     if let Some(var) = var {
-        // "OUTBOX_X (x): expected ..." when the message starts with the key it sets.
-        let what = match plain(&e.kind, &key) {
-            Some(w) if w.starts_with(&format!("{key}: ")) => format!(" ({key}){}", &w[key.len()..]),
-            Some(w) => format!(": {w}"),
-            None => format!(": {}", e.kind),
-        };
-        return ConfigError(format!("environment variable {var}{what}"));
+        return ConfigError(match plain {
+            Some(Plain::Unknown(what)) => format!("environment variable {var}: {what}"),
+            Some(Plain::Type(what)) => format!("environment variable {var} ({key}): {what}"),
+            None => format!("environment variable {var}: {}", e.kind),
+        });
     }
     let file = e.metadata.as_ref().and_then(|m| match &m.source {
         Some(figment::Source::File(p)) => Some(p.display().to_string()),
         _ => None,
     });
-    match (plain(&e.kind, &key), file) {
-        (Some(what), Some(file)) => ConfigError(format!("{what} (in {file})")),
-        (Some(what), None) => ConfigError(what),
-        _ => ConfigError(without_source_lines(&e.to_string())),
-    }
+    let what = match plain {
+        Some(Plain::Unknown(what)) => what,
+        Some(Plain::Type(what)) => format!("{key}: {what}"),
+        None => return ConfigError(without_source_lines(&e.to_string())),
+    };
+    ConfigError(match file {
+        Some(file) => format!("{what} (in {file})"),
+        None => what,
+    })
 }
 
-/// An unknown key or a wrong type in this file's words: the key as the
-/// configuration spells it (`kafka.bogus`, not figment's profile-prefixed
-/// `default.kafka.bogus`) and the type as a person says it ("an integer",
-/// not "i32"). None: another kind, left as figment says it.
-fn plain(kind: &figment::error::Kind, key: &str) -> Option<String> {
+/// An unknown key or a wrong type in this file's words.
+enum Plain {
+    /// Names the key itself, as the configuration spells it (`kafka.bogus`,
+    /// not figment's profile-prefixed `default.kafka.bogus`).
+    Unknown(String),
+    /// The type as a person says it ("an integer", not "i32"), without the
+    /// key (each caller names it its way).
+    Type(String),
+}
+
+/// None: another kind, left as figment says it.
+fn plain(kind: &figment::error::Kind, key: &str) -> Option<Plain> {
     use figment::error::Kind;
     match kind {
-        Kind::UnknownField(_, []) => Some(format!("unknown key `{key}`: this table takes no keys")),
+        Kind::UnknownField(_, []) => Some(Plain::Unknown(format!("unknown key `{key}`: this table takes no keys"))),
         Kind::UnknownField(_, expected) => {
-            Some(format!("unknown key `{key}`; expected one of: {}", expected.join(", ")))
+            Some(Plain::Unknown(format!("unknown key `{key}`; expected one of: {}", expected.join(", "))))
         }
         Kind::InvalidType(actual, expected) => {
             let expected = match expected.as_str() {
@@ -74,7 +84,7 @@ fn plain(kind: &figment::error::Kind, key: &str) -> Option<String> {
                 t if t.starts_with("struct ") || t == "a map" => "a table",
                 other => other,
             };
-            Some(format!("{key}: expected {expected}, found {actual}"))
+            Some(Plain::Type(format!("expected {expected}, found {actual}")))
         }
         _ => None,
     }
