@@ -31,7 +31,8 @@ pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
             }
             // On stderr (stdout stays JSON lines): an empty list reads as one,
             // not as a command that printed nothing.
-            let all = store.dlq_count().await?;
+            // Counted only when the page is full: a shorter page is all of them.
+            let all = if n_letters < limit { n_letters as u64 } else { store.dlq_count().await? };
             let shown = if all as usize > n_letters { format!(" ({n_letters} shown: --limit)") } else { String::new() };
             eprintln!("{n_parked} parked aggregates, {all} dead letters{shown}");
             Ok(0)
