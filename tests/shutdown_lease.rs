@@ -3,7 +3,8 @@
 //! (30 s by default) no longer holds the lease through shutdown, whether a
 //! signal stopped the daemon or an actor used up its restart budget (exit
 //! 70). Meanwhile no instance published, and an orchestrator's SIGKILL at
-//! its own grace left the lease for a whole TTL.
+//! its own grace left the lease for a whole TTL. A standby taking a
+//! released lease says so at INFO; one taking a lapsed lease warns.
 
 mod harness;
 
@@ -102,4 +103,54 @@ fn an_active_relay_stopping_with_events_unpublished_says_how_many() {
         panic!("no warning of the unpublished events; log:\n{text}");
     });
     assert!(warn.contains("WARN") && warn.contains("unpublished=2"), "{warn}");
+}
+
+/// Review finding: a standby that took over a lease its holder released on
+/// a clean stop logged the WARN of a failed holder, so a rolling restart
+/// looked like an incident. A release is told at INFO; a holder that
+/// stopped renewing (killed) still warns, naming it.
+#[test]
+fn a_released_lease_is_taken_over_quietly_and_a_lapsed_one_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = daemon_config(&format!("127.0.0.1:{}", free_port()), dir.path());
+    let ttl = [("OUTBOX_RELAY__LEASE_TTL_MS", "3000".to_string())];
+    let first = Daemon::start(&cfg, &ttl);
+    let db = cfg.store.path.clone();
+    let holder = || sqlite3(&db, "SELECT holder FROM relay_leases WHERE name = 'kafka-relay'").trim().to_string();
+    eventually(Duration::from_secs(30), "the relay lease to be held", || (!holder().is_empty()).then_some(()));
+    let first_holder = holder();
+    let mut second = Daemon::start(&on_new_ports(&cfg), &ttl);
+    eventually(Duration::from_secs(30), "the second instance to see itself standby", || {
+        second.log_text().contains("another instance holds the lease (standby)").then_some(())
+    });
+    first.stop();
+    eventually(Duration::from_secs(30), "the second instance to take the released lease", || {
+        let h = holder();
+        (!h.is_empty() && h != first_holder).then_some(())
+    });
+    let second_holder = holder();
+    let taken = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("took the lease over") && l.contains("kafka-relay"))
+            .map(str::to_string)
+            .collect()
+    };
+    let lines = taken(&second.log_text());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("INFO") && lines[0].contains("its holder released it"), "{}", lines[0]);
+
+    // Now the holder is killed: its lease lapses after a TTL, and the
+    // instance that takes it warns and names it.
+    let third = Daemon::start(&on_new_ports(&cfg), &ttl);
+    eventually(Duration::from_secs(30), "the third instance to see itself standby", || {
+        third.log_text().contains("another instance holds the lease (standby)").then_some(())
+    });
+    second.child.kill().unwrap();
+    let _ = second.child.wait();
+    eventually(Duration::from_secs(30), "the third instance to take the lapsed lease", || {
+        taken(&third.log_text()).into_iter().next()
+    });
+    let line = taken(&third.log_text()).remove(0);
+    assert!(line.contains("WARN") && line.contains("stopped renewing") && line.contains(&second_holder), "{line}");
+    third.stop();
 }

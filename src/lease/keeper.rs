@@ -226,6 +226,7 @@ impl Keeper {
                 return false;
             }
         };
+        let previous = row.as_ref().map(|r| r.holder.clone()).unwrap_or_default();
         let Step::Write(mut cas) = self.machine.decide(row.as_ref(), Instant::now()) else { return true };
         let sent = Instant::now();
         cas.new.holder = self.machine.me.clone();
@@ -233,7 +234,14 @@ impl Keeper {
             Some(Ok(true)) => {
                 if was_standby_epoch.is_some() && cas.expected.is_some() {
                     self.metrics.relay_lease_takeovers.with_label_values(&[name]).inc();
-                    tracing::warn!(lease = %name, epoch = cas.new.epoch, "took the lease over");
+                    // A holder that stopped cleanly cleared its name: a
+                    // handover, not a failure. A lapsed holder is the
+                    // failure an operator must hear about.
+                    if previous.is_empty() {
+                        tracing::info!(lease = %name, epoch = cas.new.epoch, "took the lease over (its holder released it)");
+                    } else {
+                        tracing::warn!(lease = %name, epoch = cas.new.epoch, %previous, "took the lease over: its holder stopped renewing it");
+                    }
                 }
                 self.machine.applied(&cas, sent);
                 true
