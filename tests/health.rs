@@ -170,11 +170,19 @@ fn an_idle_daemon_reports_the_broker_as_it_is_without_publishing() {
         (component(&h, "kafka"), h["status"].as_str().unwrap_or_default().to_string(), h)
     };
     // Every component of an idle daemon becomes healthy, the broker included.
-    let ((_, detail), _, _) = eventually(Duration::from_secs(30), "an idle daemon to be healthy", || {
+    let ((_, detail), _, h) = eventually(Duration::from_secs(30), "an idle daemon to be healthy", || {
         let (k, overall, h) = kafka_health(&d);
         (k.0 == "healthy" && overall == "healthy").then_some((k, overall, h))
     });
     assert!(detail.contains("broker reachable"), "{detail}");
+    // Nothing ever checkpointed: the relay and the store's view agree on 0
+    // (the store's view said null while the relay said 0).
+    assert_eq!(
+        (&h["relay"]["checkpoint"], &h["relay_lag"]["checkpoint"]),
+        (&serde_json::json!(0), &serde_json::json!(0)),
+        "{h}"
+    );
+    assert_eq!(h["projection_lag"]["checkpoint"], serde_json::json!(0), "{h}");
 
     kafka.stop();
     let ((_, detail), _, _) = eventually(Duration::from_secs(60), "the idle daemon to see the broker gone", || {

@@ -213,7 +213,8 @@ pub type DynEvents = Arc<dyn EventStore>;
 /// How far one consumer is behind the store (see [`EventStore::backlog`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Backlog {
-    /// Persisted checkpoint (None: the consumer never wrote one).
+    /// Persisted checkpoint (SQLite: 0 for a consumer that never wrote one,
+    /// where it starts; None: the backend has no positions).
     pub checkpoint: Option<i64>,
     /// Head feed position (None: the backend has no positions).
     pub head: Option<i64>,

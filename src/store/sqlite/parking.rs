@@ -167,11 +167,11 @@ pub(super) fn discards(c: &Connection, limit: usize) -> Result<Vec<DiscardRecord
 /// How far `consumer` is behind: events after its checkpoint plus the held
 /// events of its parked aggregates at or before it, and the oldest commit time among them.
 pub(super) fn backlog(c: &Connection, consumer: &str) -> Result<Backlog, StoreError> {
-    let checkpoint: Option<i64> = c
+    let cp: i64 = c
         .query_row("SELECT position FROM checkpoints WHERE consumer = ?1", [consumer], |r| r.get(0))
         .optional()
-        .map_err(read_failure)?;
-    let cp = checkpoint.unwrap_or(0);
+        .map_err(read_failure)?
+        .unwrap_or(0);
     let head: i64 =
         c.query_row("SELECT COALESCE(MAX(position), 0) FROM event_store", [], |r| r.get(0)).map_err(read_failure)?;
     let (held, held_oldest): (i64, Option<String>) = c
@@ -190,5 +190,7 @@ pub(super) fn backlog(c: &Connection, consumer: &str) -> Result<Backlog, StoreEr
         .optional()
         .map_err(read_failure)?;
     let oldest = [next, held_oldest].into_iter().flatten().filter_map(|t| parse_ts(&t).ok()).min();
-    Ok(Backlog { checkpoint, head: Some(head), events: Some((head - cp).max(0) + held), oldest })
+    // A consumer that never wrote a checkpoint starts at 0: reported as the
+    // relay and projector report it (`checkpoint: 0`, not null).
+    Ok(Backlog { checkpoint: Some(cp), head: Some(head), events: Some((head - cp).max(0) + held), oldest })
 }
