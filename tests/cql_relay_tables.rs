@@ -3,7 +3,8 @@
 //! what the shared store suite cannot show because only CQL splits a fenced
 //! write into a lease read and a conditional write, and only CQL orders
 //! plain and conditional writes by different clocks. Without a server the
-//! cases print `SKIPPED: ...`. Each test uses its own keyspace.
+//! cases print `SKIPPED: ...`. Each test uses its own keyspace. The
+//! highest fence is the floor of a lease created anew.
 
 mod harness;
 use harness::cql::{cql_uri_or_skip, fresh_cql_store};
@@ -168,4 +169,23 @@ async fn migrate_adds_the_fence_to_tables_made_before_it() {
     let agg = Uuid::now_v7().to_string();
     s.park_fenced(&parked(&agg, 1, chrono::Utc::now()), 3).await.unwrap();
     assert!(s.unpark_fenced(NAME, &agg, 3).await.unwrap());
+}
+
+/// Review finding: a lease row deleted while every instance was stopped
+/// was created again at epoch 1 under fences at a higher epoch, and every
+/// fenced write of its terms was refused. The store names the highest
+/// fence (`lease_epoch_floor`), which the keeper creates a missing row above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epoch_floor_is_the_highest_fence_the_terms_raised() {
+    let Some(uri) = cql_uri_or_skip("CQL lease epoch floor") else { return };
+    let (s, _keyspace, _session) = fresh_cql_store(&uri, "rt").await;
+    assert_eq!(s.lease_epoch_floor(NAME).await.unwrap(), 0, "no term ever fenced: no floor");
+    s.fence_term(NAME, 7).await.unwrap();
+    assert_eq!(s.lease_epoch_floor(NAME).await.unwrap(), 7);
+    assert_eq!(s.lease_epoch_floor("projections").await.unwrap(), 0, "per consumer");
+    // A term at epoch 1 (the row created anew below the floor) is refused;
+    // one above it is not.
+    assert!(matches!(s.fence_term(NAME, 1).await, Err(StoreError::Fenced { epoch: 1, current: Some(7), .. })));
+    s.fence_term(NAME, 8).await.unwrap();
+    assert_eq!(s.lease_epoch_floor(NAME).await.unwrap(), 8);
 }

@@ -122,7 +122,7 @@ pub fn spawn(
 ) -> LeaseHandle {
     let (tx, rx) = watch::channel(LeaseState::Unknown);
     let machine = Machine::new(name, me, Timing::from_ttl(ttl));
-    let keeper = Keeper { store, machine, tx, metrics, pause };
+    let keeper = Keeper { store, machine, tx, metrics, pause, floor_read: false };
     tokio::spawn(keeper.run(shutdown));
     LeaseHandle { name: name.to_string(), instance: me.to_string(), state: rx }
 }
@@ -132,6 +132,8 @@ struct Keeper {
     machine: Machine,
     tx: watch::Sender<LeaseState>,
     metrics: Metrics,
+    /// The store's epoch floor was read (once, the first time no row was seen).
+    floor_read: bool,
     /// Test hook: frozen together with the relay (a zombie leader).
     pause: PauseHook,
 }
@@ -226,6 +228,25 @@ impl Keeper {
                 return false;
             }
         };
+        if row.is_none() && self.machine.knows_no_epoch() && !self.floor_read {
+            match self.bounded(self.store.lease_epoch_floor(name)).await {
+                Some(Ok(floor)) => {
+                    if floor > 0 {
+                        tracing::warn!(lease = %name, floor, "no lease row, but terms up to epoch {floor} fenced this consumer's tables: creating it above that after one TTL");
+                    }
+                    self.machine.epoch_floor(floor);
+                    self.floor_read = true;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(lease = %name, error = %e, "cannot read the lease's epoch floor; retrying");
+                    return false;
+                }
+                None => {
+                    tracing::warn!(lease = %name, "the lease's epoch floor did not answer before the renewal deadline");
+                    return false;
+                }
+            }
+        }
         let previous = row.as_ref().map(|r| r.holder.clone()).unwrap_or_default();
         let Step::Write(mut cas) = self.machine.decide(row.as_ref(), Instant::now()) else { return true };
         let sent = Instant::now();

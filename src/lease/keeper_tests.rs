@@ -47,6 +47,8 @@ struct Hanging {
     /// later (the reply was lost); `applied` is notified when one applied.
     lost_reply: AtomicUsize,
     applied: tokio::sync::Notify,
+    /// What `lease_epoch_floor` answers (the CQL fences' highest epoch).
+    floor: std::sync::atomic::AtomicI64,
 }
 
 impl Hanging {
@@ -115,6 +117,10 @@ impl LeaseStore for Hanging {
     }
     async fn set_checkpoint_fenced(&self, _: &str, _: i64, _: i64) -> Result<(), StoreError> {
         Ok(())
+    }
+    async fn lease_epoch_floor(&self, _: &str) -> Result<i64, StoreError> {
+        self.gate().await;
+        Ok(self.floor.load(Ordering::SeqCst))
     }
 }
 
@@ -314,5 +320,37 @@ async fn a_creation_whose_reply_was_lost_is_adopted_not_taken_over() {
         .active_epoch();
     assert_eq!(active, Some(1), "its own row adopted, not taken over");
     assert_eq!(metrics.relay_lease_takeovers.with_label_values(&["relay"]).get(), 0);
+    stop.fire();
+}
+
+/// Review finding (CQL): with the lease row deleted while every instance
+/// was stopped, the first to start created epoch 1 under fences the
+/// earlier terms had raised to 7; every fenced write of its terms was
+/// refused, and the relay held the lease and never published. A keeper
+/// that finds no row reads the store's epoch floor first: it creates the
+/// row above it, and only after one TTL (a term of that epoch may still act).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_row_is_created_above_the_stores_fences_after_a_ttl() {
+    let ttl = Duration::from_millis(600);
+    let store = Arc::new(Hanging::default());
+    store.floor.store(7, Ordering::SeqCst);
+    let stop = Trigger::new();
+    let began = Instant::now();
+    let handle = spawn(store.clone(), "relay", "me", ttl, Metrics::new(), PauseHook::default(), stop.subscribe());
+    let mut rx = handle.state();
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.active_epoch().is_some())).await.unwrap().unwrap();
+    assert_eq!(rx.borrow().active_epoch(), Some(8));
+    assert!(began.elapsed() >= ttl, "created before a TTL of absence: {:?}", began.elapsed());
+    assert_eq!(store.row.lock().unwrap().as_ref().map(|r| r.epoch), Some(8));
+    stop.fire();
+}
+
+/// With no fence anywhere (a fresh store, SQLite), the first row is still
+/// created at once, at epoch 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_store_without_fences_gets_epoch_one() {
+    let (store, stop, _handle, rx) = active_keeper(Duration::from_secs(30)).await;
+    assert_eq!(rx.borrow().active_epoch(), Some(1));
+    assert_eq!(store.row.lock().unwrap().as_ref().map(|r| r.epoch), Some(1));
     stop.fire();
 }

@@ -23,7 +23,8 @@
 //!   disappears (deleted by hand) after one was read is treated like a row
 //!   nobody renews: the holder steps down at once, and it is created again
 //!   only after one TTL of absence, at the highest epoch read + 1. Only an
-//!   instance that never read a row creates epoch 1 at once.
+//!   instance that never read a row and whose store names no earlier epoch
+//!   (`epoch_floor`: the CQL fences) creates epoch 1 at once.
 
 use std::time::{Duration, Instant};
 
@@ -93,6 +94,19 @@ impl Machine {
             highest_epoch: 0,
             missing_since: None,
         }
+    }
+
+    /// No row seen yet: a missing row is the first ever only if no fence
+    /// outside it says otherwise (`LeaseStore::lease_epoch_floor`).
+    pub fn knows_no_epoch(&self) -> bool {
+        self.highest_epoch == 0
+    }
+
+    /// Terms up to `floor` existed (their fences say so): a missing row is
+    /// one that went, created after a TTL above `floor` (a term that still
+    /// acts may hold it; a lower epoch would be refused by every fence).
+    pub fn epoch_floor(&mut self, floor: i64) {
+        self.highest_epoch = self.highest_epoch.max(floor);
     }
 
     /// The instant this instance's hold ends unless renewed (the renewal
@@ -167,7 +181,7 @@ impl Machine {
         }
     }
 
-    /// No row. The first ever: created at once (epoch 1). One that was
+    /// No row. The first ever (no epoch read, no floor): created at once (epoch 1). One that was
     /// there and went: whoever held it may still act until its deadline, and
     /// a fence that never goes down (CQL) refuses a lower epoch: created
     /// after one TTL of absence, above every epoch seen.

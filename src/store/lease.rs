@@ -69,4 +69,11 @@ pub trait LeaseStore: Send + Sync {
     async fn lease_list(&self) -> Result<Vec<LeaseInfo>, StoreError>;
     /// Sets checkpoint `name` to `position` if lease `name` is at `epoch`.
     async fn set_checkpoint_fenced(&self, name: &str, epoch: i64, position: i64) -> Result<(), StoreError>;
+    /// The highest epoch any term of lease `name` left in a fence outside
+    /// the lease row (0: none). A lease created anew (its row deleted)
+    /// must start above it, or every fenced write of its terms is refused.
+    /// SQLite fences by the lease row itself: 0.
+    async fn lease_epoch_floor(&self, _name: &str) -> Result<i64, StoreError> {
+        Ok(0)
+    }
 }

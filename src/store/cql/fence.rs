@@ -15,7 +15,7 @@
 use scylla::value::CqlValue;
 
 use super::rows::{as_bigint, lwt_answer_of};
-use super::{exec_err, CqlStore};
+use super::{codec, exec_err, CqlStore};
 use crate::store::parking::Parked;
 use crate::store::StoreError;
 
@@ -72,6 +72,23 @@ impl CqlStore {
         Err(StoreError::Unavailable(format!(
             "raising the fence of {table} for {consumer}: it kept changing under {ROUNDS} conditional writes"
         )))
+    }
+
+    /// The highest fence `consumer`'s terms raised (0: none): a lease
+    /// created anew must start above it (`LeaseStore::lease_epoch_floor`).
+    pub(super) async fn fence_floor(&self, consumer: &str) -> Result<i64, StoreError> {
+        let mut floor = 0;
+        for table in ["parked_aggregates", "relay_requests"] {
+            let st = self.serial_read(format!("SELECT fence_epoch FROM {} WHERE consumer = ? LIMIT 1", self.t(table)));
+            let res = self
+                .session
+                .query_unpaged(st, (consumer,))
+                .await
+                .map_err(|e| exec_err(&format!("read the fence of {table}"), e))?;
+            let row = res.into_rows_result().map_err(codec)?.maybe_first_row::<(Option<i64>,)>().map_err(codec)?;
+            floor = floor.max(row.and_then(|(e,)| e).unwrap_or(0));
+        }
+        Ok(floor)
     }
 
     /// Writes park row `p` on condition the fence is `epoch` (raised first).

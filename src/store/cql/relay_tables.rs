@@ -39,6 +39,10 @@ impl LeaseStore for CqlStore {
     async fn set_checkpoint_fenced(&self, name: &str, epoch: i64, position: i64) -> Result<(), StoreError> {
         self.checkpoint_fenced(name, epoch, position).await
     }
+
+    async fn lease_epoch_floor(&self, name: &str) -> Result<i64, StoreError> {
+        self.fence_floor(name).await
+    }
 }
 
 #[async_trait]
