@@ -2,7 +2,7 @@
 //!
 //! Closed --(failure_threshold consecutive failures)--> Open
 //! Open --(open_timeout elapsed)--> HalfOpen
-//! HalfOpen --(success_threshold successes)--> Closed
+//! HalfOpen --(success_threshold successes, or one with nothing else to send)--> Closed
 //! HalfOpen --(any failure)--> Open
 //!
 //! Guarantee: the state machine is deterministic given the instants passed
@@ -92,6 +92,17 @@ impl CircuitBreaker {
                 }
             }
             BreakerState::Open => {}
+        }
+    }
+
+    /// A success; `idle`: nothing else waits to be sent. A half-open
+    /// breaker then closes at once: with no traffic left to probe with it
+    /// would stay half-open (and /health would say "probing") until more
+    /// events came, hours on a quiet system.
+    pub fn record_success_idle(&mut self, now: Instant, idle: bool) {
+        self.record_success(now);
+        if idle && self.state == BreakerState::HalfOpen {
+            self.transition(BreakerState::Closed, now);
         }
     }
 
@@ -216,5 +227,30 @@ mod tests {
         assert_eq!(b.state(later), BreakerState::Open);
         assert_eq!(b.state(later + Duration::from_secs(29)), BreakerState::Open);
         assert_eq!(b.state(later + Duration::from_secs(30)), BreakerState::HalfOpen);
+    }
+
+    /// Review finding: a half-open breaker whose probe was the last event to
+    /// send stayed half-open (/health: "probing the broker") until two more
+    /// events came. A success with nothing else to send closes it; with
+    /// more to send the threshold still counts.
+    #[test]
+    fn a_half_open_probe_with_nothing_else_to_send_closes_it() {
+        let mut b = cb();
+        let t = Instant::now();
+        for _ in 0..5 {
+            b.record_failure(t);
+        }
+        let later = t + Duration::from_secs(30);
+        b.record_success_idle(later, false);
+        assert_eq!(b.state(later), BreakerState::HalfOpen, "more to send: one success is not enough");
+        b.record_success_idle(later, true);
+        assert_eq!(b.state(later), BreakerState::Closed);
+        // Closed, an idle success changes nothing.
+        b.record_success_idle(later, true);
+        assert_eq!(b.state(later), BreakerState::Closed);
+        assert_eq!(
+            b.metrics.as_ref().unwrap().circuit_breaker_transitions.with_label_values(&["half_open", "closed"]).get(),
+            1
+        );
     }
 }

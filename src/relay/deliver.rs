@@ -34,7 +34,7 @@ use crate::relay::encode::{Discarded, Encoder, DISCARDED_TYPE};
 use crate::relay::error::PublishError;
 use crate::relay::parking::{count_parked, dead_letter_of};
 use crate::relay::pipeline::Item;
-use crate::relay::producer::{when_room, Completion, Delivery, KafkaProducer};
+use crate::relay::producer::{when_room, Completion, Delivery, KafkaProducer, SendError};
 use crate::relay::retry::Backoff;
 use crate::relay::sink::DeadLetterSink;
 use crate::relay::status::StatusTx;
@@ -340,7 +340,8 @@ impl Deliverer {
             };
             match res {
                 Ok(_) => {
-                    self.breaker(|b| b.record_success(Instant::now()));
+                    let idle = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+                    self.breaker(|b| b.record_success_idle(Instant::now(), idle));
                     self.status.breaker(self.breaker(|b| b.state(Instant::now())));
                     if attempts > 0 {
                         self.metrics.retry_success.with_label_values(&["publish"]).inc();
@@ -354,6 +355,8 @@ impl Deliverer {
                     self.status.delivered(1);
                     return Sent::Done(Delivered::Delivered);
                 }
+                // Not handed over: the lease went while it waited its turn.
+                Err(_) if self.lease_gone() => return Sent::Done(Delivered::Shutdown),
                 Err(err) => {
                     attempts += 1;
                     self.metrics.cdc_events_failed.with_label_values(&[out.event_type(), &err.kind]).inc();
@@ -427,10 +430,13 @@ impl Deliverer {
             shared = Some(self.solo.read().await);
         }
         let pause = std::time::Duration::from_millis(5);
-        let queued =
-            when_room(pause, || self.producer.send(&topic, key, &value, headers.clone(), at.timestamp_millis(), token))
-                .await;
-        queued?;
+        // The lease is checked again at the hand-over itself: the breaker's
+        // wait, the solo lock and a full queue all come after the loop's check.
+        when_room(pause, || match self.lease_gone() {
+            true => Err(SendError::Failed(PublishError::transient("lease_lost", "the relay lease is no longer held"))),
+            false => self.producer.send(&topic, key, &value, headers.clone(), at.timestamp_millis(), token),
+        })
+        .await?;
         // Handed over: its delivery report removes the waiter.
         waiter.handed_over = true;
         drop(shared.take());
@@ -453,33 +459,9 @@ impl Deliverer {
     }
 }
 
-/// A delivery call's waiter entry, removed when the call ends before its
-/// record was handed over (a refusal, or the call dropped while it waited
-/// its turn: a term that ended); a handed-over record's entry is removed by
-/// its delivery report.
-struct Waiter<'a> {
-    waiters: &'a Waiters,
-    token: usize,
-    handed_over: bool,
-}
-
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        if !self.handed_over {
-            self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.token);
-        }
-    }
-}
-
-/// Hands each delivery report to the caller waiting for it.
-async fn route(mut completions: mpsc::UnboundedReceiver<Completion>, waiters: Waiters) {
-    while let Some(c) = completions.recv().await {
-        let w = waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.token);
-        if let Some(tx) = w {
-            let _ = tx.send(c.result);
-        }
-    }
-}
+#[path = "deliver_route.rs"]
+mod route;
+use route::{route, Waiter};
 
 #[path = "deliver_give_up.rs"]
 mod give_up;

@@ -355,3 +355,40 @@ async fn a_call_dropped_before_its_record_was_handed_over_leaves_no_waiter() {
     drop(turn);
     assert!(d.waiters.lock().unwrap().is_empty(), "the dropped call's waiter is gone");
 }
+
+/// Review finding: the deliverer checked the lease once per attempt, before
+/// the breaker's wait; a lease lost during that wait (or the solo lock, or a
+/// full queue) still handed the record to the producer. It is checked again
+/// at the hand-over: nothing reaches the producer once the lease is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lost_while_the_breaker_is_open_hands_nothing_over() {
+    use crate::lease::keeper::LeaseState;
+    let Some(store) = live_store("deliver: lease lost behind the breaker").await else { return };
+    let store = store as DynStore;
+    let mut config = Config::default();
+    config.relay.breaker.open_timeout_ms = 400;
+    let status = StatusTx::new(tokio::sync::watch::channel(crate::relay::RelayStatus::default()).0);
+    let metrics = Metrics::new();
+    let d = Deliverer::new(&config, store.clone(), Arc::new(store.clone()), metrics.clone(), status).await.unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(LeaseState::active(4));
+    let d = d.with_epoch(Some(4)).with_lease(Some(rx));
+    let now = std::time::Instant::now();
+    for _ in 0..config.relay.breaker.failure_threshold {
+        d.breaker(|b| b.record_failure(now));
+    }
+    assert_eq!(d.breaker_state(), BreakerState::Open);
+    let e = RawEvent::from_envelope(&events(Uuid::now_v7(), 0, 1).remove(0), 0).unwrap();
+    let trigger = Trigger::new();
+    let mut shutdown = trigger.subscribe();
+    let lose = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tx.send(LeaseState::Lost { epoch: 4 }).unwrap();
+    };
+    let (delivered, ()) =
+        tokio::join!(tokio::time::timeout(std::time::Duration::from_secs(20), d.deliver(&e, &mut shutdown)), lose);
+    assert!(matches!(delivered, Ok(Delivered::Shutdown)), "{delivered:?}");
+    use prometheus::core::Collector;
+    let sent: u64 =
+        metrics.messages_sent.collect()[0].get_metric().iter().map(|m| m.get_counter().get_value() as u64).sum();
+    assert_eq!(sent, 0, "a record was handed to the producer after the lease was lost");
+}

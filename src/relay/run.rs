@@ -247,7 +247,7 @@ impl Run {
         }
         match c.result {
             Ok((partition, offset)) => {
-                self.breaker.record_success(at.mono);
+                self.breaker.record_success_idle(at.mono, self.window.len() <= 1);
                 self.suspects.remove(&c.token);
                 self.resent_alone.remove(&c.token);
                 // Delivered after at least one failed attempt.

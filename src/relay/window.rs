@@ -161,6 +161,11 @@ impl<T: Fenced> Window<T> {
         self.in_flight
     }
 
+    /// Events open (main and side lane).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Nothing open at all (main or side lane).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
