@@ -316,9 +316,9 @@ impl Keeper {
             }
             return;
         };
-        if self.machine.is_active(Instant::now()).is_none() {
-            return;
-        }
+        // Past its renewal deadline (renewals failing) it is still given
+        // back: the release is a compare-and-set on our (epoch, counter), so
+        // it lands only if no one took the lease over meanwhile.
         // Whatever still watches the lease (a relay that outlived a shutdown
         // past its deadline) stops before a standby can take it over.
         self.tx.send_replace(LeaseState::Lost { epoch });

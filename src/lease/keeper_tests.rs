@@ -354,3 +354,23 @@ async fn a_fresh_store_without_fences_gets_epoch_one() {
     assert_eq!(store.row.lock().unwrap().as_ref().map(|r| r.epoch), Some(1));
     stop.fire();
 }
+
+/// Review finding: a holder whose renewals were failing when it stopped
+/// (past its renewal deadline) skipped the release, and the standby waited
+/// a whole TTL. The release is a compare-and-set on its own row: still
+/// tried, and it lands when no one took the lease over.
+#[tokio::test]
+async fn a_holder_past_its_deadline_still_gives_the_lease_back_on_shutdown() {
+    let (store, mut stop, handle, mut rx) = active_keeper(Duration::from_millis(3000)).await;
+    // Every read from now on hangs: no renewal, the loss at the deadline.
+    *store.hang_reads_after.lock().unwrap() = Some(Duration::ZERO);
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| matches!(s, LeaseState::Lost { .. })))
+        .await
+        .expect("the loss at the deadline")
+        .unwrap();
+    stop.fire();
+    tokio::time::timeout(Duration::from_secs(10), stop.wait_drained()).await.expect("the keeper stops");
+    assert_eq!(handle.current().active_epoch(), None);
+    let row = store.row.lock().unwrap().clone().unwrap();
+    assert_eq!(row.holder, "", "released: {row:?}");
+}
