@@ -3,7 +3,12 @@
 //! Closed --(failure_threshold consecutive failures)--> Open
 //! Open --(open_timeout elapsed)--> HalfOpen
 //! HalfOpen --(success_threshold successes, or one with nothing else to send)--> Closed
-//! HalfOpen --(any failure)--> Open
+//! HalfOpen --(a probe fails: a send made since it went half-open)--> Open
+//! Open --(the broker seen unreachable, then reachable again)--> HalfOpen
+//!
+//! The last edge: an outage is seen end to end by the broker watch (its
+//! metadata probes), so the relay probes as soon as the broker answers
+//! again instead of waiting out `open_timeout_ms` (30 s by default).
 //!
 //! Guarantee: the state machine is deterministic given the instants passed
 //! in, so it is unit-tested without sleeping; every transition is counted in
@@ -46,13 +51,25 @@ pub struct CircuitBreaker {
     failures: u32,
     successes: u32,
     opened_at: Option<Instant>,
+    /// While open: the broker was seen unreachable.
+    seen_down: bool,
+    /// When it last went half-open: sends made before are not probes.
+    half_open_at: Option<Instant>,
     metrics: Option<Metrics>,
 }
 
 impl CircuitBreaker {
     pub fn new(cfg: BreakerConfig, metrics: Option<Metrics>) -> Self {
-        let b =
-            CircuitBreaker { cfg, state: BreakerState::Closed, failures: 0, successes: 0, opened_at: None, metrics };
+        let b = CircuitBreaker {
+            cfg,
+            state: BreakerState::Closed,
+            failures: 0,
+            successes: 0,
+            opened_at: None,
+            seen_down: false,
+            half_open_at: None,
+            metrics,
+        };
         if let Some(m) = &b.metrics {
             m.circuit_breaker_state.set(0);
         }
@@ -106,6 +123,37 @@ impl CircuitBreaker {
         }
     }
 
+    /// What the broker watch says of the broker now. An open breaker that
+    /// saw it unreachable and now sees it reachable goes half-open at once:
+    /// the outage is over as far as anyone can tell, and one probe says
+    /// whether it is. Only that change counts, so a broker that answers
+    /// metadata but refuses records (the breaker opened while it was
+    /// reachable) still waits out the open timeout.
+    pub fn broker_seen(&mut self, now: Instant, reachable: bool) {
+        if self.state(now) != BreakerState::Open {
+            return;
+        }
+        if !reachable {
+            self.seen_down = true;
+        } else if self.seen_down {
+            tracing::info!("the broker answers again: probing it before the breaker's open timeout");
+            self.transition(BreakerState::HalfOpen, now);
+        }
+    }
+
+    /// The failure of a send made at `sent` (None: not known). Half-open,
+    /// a send made before it went half-open is no probe: its failure (a
+    /// record that timed out in the producer's queue during the outage,
+    /// reported after the broker came back) says nothing of the broker now,
+    /// and reopening on it would wait out another open timeout.
+    pub fn record_failure_of(&mut self, now: Instant, sent: Option<Instant>) {
+        let stale = sent.zip(self.half_open_at).is_some_and(|(s, h)| s < h);
+        if stale && self.state(now) == BreakerState::HalfOpen {
+            return;
+        }
+        self.record_failure(now);
+    }
+
     pub fn record_failure(&mut self, now: Instant) {
         match self.state(now) {
             BreakerState::Closed => {
@@ -131,7 +179,9 @@ impl CircuitBreaker {
         self.state = to;
         self.failures = 0;
         self.successes = 0;
+        self.seen_down = false;
         self.opened_at = (to == BreakerState::Open).then_some(now);
+        self.half_open_at = (to == BreakerState::HalfOpen).then_some(now);
         match to {
             BreakerState::Open => tracing::warn!(from = from.as_str(), "circuit breaker opened: pausing the relay"),
             BreakerState::HalfOpen => tracing::info!("circuit breaker half-open: probing the broker"),
@@ -252,5 +302,60 @@ mod tests {
             b.metrics.as_ref().unwrap().circuit_breaker_transitions.with_label_values(&["half_open", "closed"]).get(),
             1
         );
+    }
+
+    /// Known gap closed: after an outage the relay waited out the whole
+    /// open timeout (30 s) even when the broker had answered for a while.
+    /// Seen down, then up, while open: half-open at once. Up all along (it
+    /// refuses records while reachable): the timeout stands.
+    #[test]
+    fn an_open_breaker_probes_once_the_broker_it_saw_down_answers_again() {
+        let mut b = cb();
+        let t = Instant::now();
+        for _ in 0..5 {
+            b.record_failure(t);
+        }
+        b.broker_seen(t, true);
+        assert_eq!(b.state(t), BreakerState::Open, "never seen down: the timeout stands");
+        b.broker_seen(t, false);
+        b.broker_seen(t, false);
+        assert_eq!(b.state(t), BreakerState::Open);
+        b.broker_seen(t + Duration::from_secs(1), true);
+        assert_eq!(b.state(t + Duration::from_secs(1)), BreakerState::HalfOpen);
+        // A failed probe opens it again, and it forgets what it saw.
+        b.record_failure(t + Duration::from_secs(2));
+        assert_eq!(b.state(t + Duration::from_secs(2)), BreakerState::Open);
+        b.broker_seen(t + Duration::from_secs(2), true);
+        assert_eq!(b.state(t + Duration::from_secs(2)), BreakerState::Open, "not seen down since it reopened");
+        // Closed, nothing it sees changes it.
+        let mut c = cb();
+        c.broker_seen(t, false);
+        c.broker_seen(t, true);
+        assert_eq!(c.state(t), BreakerState::Closed);
+    }
+
+    /// Found by tests/broker_return.rs: the broker back, the breaker went
+    /// half-open, and a record queued during the outage timed out a moment
+    /// later: that failure reopened it, for another whole open timeout.
+    /// Only a send made since it went half-open is a probe.
+    #[test]
+    fn a_failure_of_a_send_older_than_half_open_does_not_reopen_it() {
+        let mut b = cb();
+        let t = Instant::now();
+        for _ in 0..5 {
+            b.record_failure(t);
+        }
+        let half = t + Duration::from_secs(30);
+        assert_eq!(b.state(half), BreakerState::HalfOpen);
+        b.record_failure_of(half + Duration::from_millis(400), Some(t + Duration::from_secs(1)));
+        assert_eq!(b.state(half + Duration::from_millis(400)), BreakerState::HalfOpen, "a stale failure");
+        b.record_failure_of(half + Duration::from_millis(500), Some(half + Duration::from_millis(100)));
+        assert_eq!(b.state(half + Duration::from_millis(500)), BreakerState::Open, "a probe's failure");
+        // Closed, an old send's failure counts as any other.
+        let mut c = cb();
+        for _ in 0..5 {
+            c.record_failure_of(t, Some(t - Duration::from_secs(1)));
+        }
+        assert_eq!(c.state(t), BreakerState::Open);
     }
 }

@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, PermanentFailurePolicy};
@@ -319,13 +319,20 @@ impl Deliverer {
                 // claimed for the next leader) rather than failing.
                 return Sent::Done(Delivered::Shutdown);
             }
-            // Wait while the breaker is open.
+            // Wait while the breaker is open (looking at the broker watch
+            // every 500 ms: a broker seen down and answering again is probed).
             loop {
                 let now = Instant::now();
-                if self.breaker(|b| b.allows(now)) {
+                let reachable = self.producer.broker().borrow().is_reachable();
+                if self.breaker(|b| {
+                    b.broker_seen(now, reachable);
+                    b.allows(now)
+                }) {
                     break;
                 }
-                let wait = self.breaker(|b| b.remaining_open(now)).max(std::time::Duration::from_millis(10));
+                let wait = self
+                    .breaker(|b| b.remaining_open(now))
+                    .clamp(Duration::from_millis(10), Duration::from_millis(500));
                 if !shutdown.sleep(wait).await {
                     return Sent::Done(Delivered::Shutdown);
                 }
@@ -334,6 +341,7 @@ impl Deliverer {
                 self.metrics.retry_attempts.with_label_values(&["publish"]).inc();
             }
             let alone = refused > 0;
+            let sent = Instant::now();
             let res = tokio::select! {
                 r = self.send_and_wait(out, alone) => r,
                 _ = shutdown.recv() => return Sent::Done(Delivered::Shutdown),
@@ -363,7 +371,7 @@ impl Deliverer {
                     self.status.error(err.message.clone());
                     let max = self.backoff.max_attempts;
                     if err.transient {
-                        self.breaker(|b| b.record_failure(Instant::now()));
+                        self.breaker(|b| b.record_failure_of(Instant::now(), Some(sent)));
                         self.status.breaker(self.breaker(|b| b.state(Instant::now())));
                         if attempts == max {
                             self.metrics.retry_failure.with_label_values(&["publish"]).inc();
