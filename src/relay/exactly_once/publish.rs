@@ -250,13 +250,17 @@ impl Txn {
         self.relay.status.error(reason.to_string());
     }
 
+    /// Waits while the breaker is open, looking at the broker watch every
+    /// 500 ms: a broker seen down and answering again is probed at once.
     async fn wait_for_breaker(&mut self, shutdown: &mut Shutdown) {
         loop {
             let now = Instant::now();
+            let reachable = self.producer.broker().borrow().is_reachable();
+            self.breaker.broker_seen(now, reachable);
             if self.breaker.state(now) != BreakerState::Open {
                 return;
             }
-            let wait = self.breaker.remaining_open(now).max(Duration::from_millis(10));
+            let wait = self.breaker.remaining_open(now).clamp(Duration::from_millis(10), Duration::from_millis(500));
             if !shutdown.sleep(wait).await {
                 return;
             }
