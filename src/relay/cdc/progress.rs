@@ -28,7 +28,9 @@
 //!   stream without a row from the floor).
 //! - The one way back is an operator's rewind ([`ProgressState::rewind`]):
 //!   every stream and the floor are lowered to the rewind time (none is
-//!   raised), and the lowered values are handed out for writing.
+//!   raised), and the lowered values are handed out for writing. After a
+//!   failed one the state is as before, its generation row to be written
+//!   again ([`ProgressState::after_failed_rewind`]).
 //! - Only values that moved since the last successful write are handed out
 //!   for persisting ([`ProgressState::dirty`]), so an idle stream costs no
 //!   checkpoint write and a failed write is simply retried with a newer value.
@@ -268,6 +270,18 @@ impl ProgressState {
         self.generation_saved = None;
         self.floor.rewind(to);
         gone
+    }
+
+    /// This state (as it was before an operator's rewind) again, once the
+    /// rewind's write failed: the generation row is dirty, as that write may
+    /// have reached the table with the rewound generation or floor (written
+    /// first, then the rest failed; or it timed out but was applied). Left
+    /// marked saved, the table could keep an earlier generation a restart
+    /// reads again whole. Stream rows are not written again (one a failed
+    /// write left rewound only makes a restart publish again).
+    pub fn after_failed_rewind(mut self) -> ProgressState {
+        self.generation_saved = None;
+        self
     }
 
     /// The newest per-stream progress (ms): a rewind to it or later changes nothing.

@@ -254,6 +254,31 @@ fn a_rewind_into_an_earlier_generation_makes_it_current_from_the_rewind_time() {
     assert_eq!((s.generation(), s.floor(), s.len()), (Some(100), Some(100), 0));
 }
 
+/// A rewind from generation 100 into 40 whose write failed after the
+/// generation row (40, floor 60) reached the table (the later generation's
+/// rows not deleted, or the row's conditional write timed out but applied):
+/// the state goes back to 100, and the next flush must write 100's row
+/// again, or a restart reads 40 from 60, then 100 from its start.
+#[test]
+fn a_failed_rewind_into_an_earlier_generation_writes_the_generation_row_again() {
+    let mut s = ProgressState::from_rows([
+        SavedRow { stream: vec![], generation: Some(100), time: Some(150) },
+        row(k(1), 100, Some(4_000)),
+    ]);
+    assert_eq!(s.generation_dirty(), None);
+    let before = s.clone();
+    s.rewind_into(40, 60);
+    s.mark_generation_saved(40, Some(60)); // the flush wrote it; deleting stream 1's row then failed
+    let mut s = before.clone().after_failed_rewind();
+    assert_eq!((s.generation(), s.loaded(&k(1))), (Some(100), Some(4_000)), "in memory as before");
+    assert_eq!(s.generation_dirty(), Some((100, Some(150))), "the table may hold generation 40");
+    assert!(s.dirty().is_empty(), "the stream rows were not touched: not written again");
+    s.mark_generation_saved(100, Some(150));
+    assert_eq!(s.generation_dirty(), None);
+    // A write that timed out (not marked saved) is written again the same way.
+    assert_eq!(before.after_failed_rewind().generation_dirty(), Some((100, Some(150))));
+}
+
 #[test]
 fn the_rewind_range_is_the_streams_progress_or_else_the_floor() {
     assert_eq!(ProgressState::default().rewind_range(), None, "nothing saved");

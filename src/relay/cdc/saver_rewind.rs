@@ -4,7 +4,9 @@
 //!
 //! Guarantees: written whole or reported as not done, with the state in
 //! memory as before (rows a failed write left rewound only make a restart
-//! publish their changes again, never skip any); fenced like every write;
+//! publish their changes again, never skip any) but for its generation row,
+//! which the next flush writes again (the failed write may have moved it
+//! back to the earlier generation); fenced like every write;
 //! into an earlier generation, the generation row is written before the
 //! later generation's rows are deleted.
 
@@ -21,7 +23,8 @@ impl LeaseCheckpointSaver {
     /// it). Returns how many streams went back (or went) and the write;
     /// unless that saved, the state in memory is as before (a failed write
     /// may have left some rows rewound: a restart then re-sends their
-    /// changes after it, never skips).
+    /// changes after it, never skips), its generation row written again by
+    /// the next flush ([`ProgressState::after_failed_rewind`]).
     pub async fn rewind(&self, to: i64, into: Option<i64>) -> Result<(usize, Flushed), StoreError> {
         let before = self.state.lock().unwrap().clone();
         let (moved, gone) = match into {
@@ -40,7 +43,9 @@ impl LeaseCheckpointSaver {
             res = self.erase(&gone).await;
         }
         if !matches!(res, Ok(Flushed::Saved(_))) {
-            *self.state.lock().unwrap() = before;
+            // The generation row may already say the rewound generation and
+            // floor: the next flush writes it again from `before`.
+            *self.state.lock().unwrap() = before.after_failed_rewind();
         }
         res.map(|f| (moved, f))
     }
