@@ -201,13 +201,16 @@ impl Run {
         if !self.lease_held() {
             return;
         }
-        if !self.suspects.is_empty() {
-            self.solo_step().await;
-            return;
-        }
         let now = Instant::now();
         let state = self.breaker.state(now);
         self.relay.status.breaker(state);
+        if !self.suspects.is_empty() {
+            // A resend alone is a send too: none while the breaker is open.
+            if state != BreakerState::Open {
+                self.solo_step().await;
+            }
+            return;
+        }
         let limit = match state {
             BreakerState::Closed => usize::MAX,
             BreakerState::HalfOpen => usize::from(self.window.in_flight() == 0),
