@@ -312,6 +312,8 @@ impl Deliverer {
     async fn send_retrying(&self, out: Out<'_>, shutdown: &mut Shutdown) -> Sent {
         let mut attempts: u32 = 0;
         let mut refused: u32 = 0;
+        // Counted in `retry_failure_total` already (once per event).
+        let mut counted = false;
         loop {
             if self.lease_gone() {
                 // Nothing more is sent; the reader stops as on shutdown (the
@@ -374,6 +376,7 @@ impl Deliverer {
                         self.breaker(|b| b.record_failure_of(Instant::now(), Some(sent)));
                         self.status.breaker(self.breaker(|b| b.state(Instant::now())));
                         if attempts == max {
+                            counted = true;
                             self.metrics.retry_failure.with_label_values(&["publish"]).inc();
                             tracing::warn!(event_id = %out.event_id(), error = %err, "event still failing after {attempts} attempts with a transient error; retrying behind the breaker");
                         }
@@ -387,7 +390,9 @@ impl Deliverer {
                         // Every attempt after the first refusal is alone: a
                         // second refusal is one seen alone.
                         if refused >= max.max(2) {
-                            self.metrics.retry_failure.with_label_values(&["publish"]).inc();
+                            if !counted {
+                                self.metrics.retry_failure.with_label_values(&["publish"]).inc();
+                            }
                             return Sent::ForGood { err, policy: self.policy, attempts };
                         }
                     }

@@ -361,6 +361,7 @@ impl Relay {
             letter_slots: HashMap::new(),
             value: Vec::with_capacity(4096),
             sent_at: foldhash::HashMap::default(),
+            over_max: BTreeSet::new(),
             feed,
             sent_by_topic: crate::metrics::ByLabel::new(&self.metrics.messages_sent),
             processed_by_type: crate::metrics::ByLabel::new(&self.metrics.cdc_events_processed),

@@ -62,6 +62,9 @@ pub(super) struct Run {
     pub(super) value: Vec<u8>,
     /// When each in-flight slot was handed to the producer.
     pub(super) sent_at: foldhash::HashMap<Slot, Instant>,
+    /// Slots already counted in `retry_failure_total` (transient failures
+    /// reached `max_attempts`): a later give-up does not count them again.
+    pub(super) over_max: BTreeSet<Slot>,
     pub(super) feed: FeedHandle,
     /// Cached metric handles (by topic, by event type) for the per-event path.
     pub(super) sent_by_topic: ByLabel<prometheus::IntCounterVec>,
@@ -301,7 +304,7 @@ impl Run {
             // record: a later refusal needs another one before a give-up.
             self.resent_alone.remove(&slot);
             let max = self.backoff.max_attempts;
-            if attempts == max {
+            if attempts == max && self.over_max.insert(slot) {
                 self.relay.metrics.retry_failure.with_label_values(&["publish"]).inc();
                 tracing::warn!(slot, error = %e, "event still failing after {attempts} attempts with a transient error; retrying behind the breaker until the broker recovers");
             }
@@ -352,7 +355,9 @@ impl Run {
                 }
                 self.suspects.remove(&slot);
                 self.resent_alone.remove(&slot);
-                self.relay.metrics.retry_failure.with_label_values(&["publish"]).inc();
+                if !self.over_max.remove(&slot) {
+                    self.relay.metrics.retry_failure.with_label_values(&["publish"]).inc();
+                }
                 self.give_up(slot, err).await;
                 continue;
             }
@@ -392,6 +397,7 @@ impl Run {
     /// send -> confirmed and end-to-end latencies).
     pub(super) async fn confirmed(&mut self, slot: Slot, item: Item, at: Clock) {
         let sent = self.sent_at.remove(&slot);
+        self.over_max.remove(&slot);
         if let Item::Event(e) = &item {
             self.processed_by_type.get(&e.event_type).inc();
             if let Some(t) = sent {
