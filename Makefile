@@ -50,12 +50,16 @@ cassandra-secure:
 	@bash scripts/cassandra-local.sh start --secure
 
 ## stop: stop the local servers and the dev daemon started by `make dev`
+## (waits up to 45 s for the daemon to exit, so its ports are free afterwards)
 stop:
-	@if [ -f $(LOCAL)/outboxd.pid ]; then \
+	@rc=0; if [ -f $(LOCAL)/outboxd.pid ]; then \
 	  pid=$$(cat $(LOCAL)/outboxd.pid); \
-	  if tr '\0' '\n' </proc/$$pid/cmdline 2>/dev/null | head -1 | grep -q '/outboxd$$'; then kill $$pid 2>/dev/null || true; fi; \
-	  rm -f $(LOCAL)/outboxd.pid; fi
-	@rc=0; bash scripts/kafka-local.sh stop || rc=1; \
+	  ours() { tr '\0' '\n' 2>/dev/null </proc/$$pid/cmdline | head -1 | grep -q '/outboxd$$'; }; \
+	  if ours; then kill $$pid 2>/dev/null || true; \
+	    end=$$((SECONDS + 45)); while ours && [ $$SECONDS -lt $$end ]; do sleep 0.1; done; \
+	    if ours; then echo "stop: outboxd (pid $$pid) still running 45 s after SIGTERM; its pid file is kept" >&2; rc=1; fi; fi; \
+	  [ $$rc = 1 ] || rm -f $(LOCAL)/outboxd.pid; fi; \
+	bash scripts/kafka-local.sh stop || rc=1; \
 	  bash scripts/cassandra-local.sh stop || rc=1; \
 	  bash scripts/cassandra-local.sh stop --secure || rc=1; exit $$rc
 
@@ -80,7 +84,8 @@ rpk:
 
 cqlsh:
 	@if docker info >/dev/null 2>&1; then docker compose exec scylla cqlsh -k outbox; \
-	 else command -v cqlsh >/dev/null 2>&1 || pip install -q scylla-cqlsh; \
+	 else command -v cqlsh >/dev/null 2>&1 || python3 -m pip install -q scylla-cqlsh 2>/dev/null \
+	   || python3 -m pip install -q --break-system-packages scylla-cqlsh; \
 	 eval "$$(bash scripts/cassandra-local.sh env)"; cqlsh $${CASSANDRA_URI%:*} $${CASSANDRA_URI#*:} -k outbox; fi
 
 ## integration-test: the ScyllaDB-only tests (scylla-cdc end to end) against docker-compose's ScyllaDB

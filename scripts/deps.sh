@@ -3,11 +3,13 @@
 # missing on a fresh Debian machine. Idempotent and quiet when everything is
 # present; says what it installs and why.
 #
-#   dev   (make dev)  a Rust toolchain, Java 17+ and Maven (the local Kafka),
-#                     a C toolchain + cmake (librdkafka), perl (OpenSSL), the
-#                     libcurl headers (OAuth/OIDC), kcat (optional: shows
-#                     the published events).
-#   test  (make test, the default)  everything of `dev`, plus sqlite3 (the
+#   dev   (make dev)  Java 17+ and Maven (the local Kafka), a C toolchain +
+#                     cmake (librdkafka), perl (OpenSSL), the libcurl headers
+#                     (OAuth/OIDC), curl (the daemon's readiness), kcat
+#                     (optional: shows the published events). Rust itself is
+#                     not installed here: cargo must be on PATH (rustup).
+#   test  (make test, the default)  everything of `dev`, plus rustfmt and
+#                     clippy (`rustup component add`, for `make lint`), sqlite3 (the
 #                     tests read and change the store as an operator would,
 #                     with the sqlite3 command-line tool), openssl (the local
 #                     broker's OAuth key and token), curl and jq (the
@@ -28,7 +30,17 @@ mode=${1:-test}
 case "$mode" in dev|test) ;; *) echo "usage: $0 [dev|test]" >&2; exit 64 ;; esac
 note() { echo "deps: $*" >&2; }
 
-command -v cargo >/dev/null 2>&1 || { note "cargo missing: install Rust from your distribution or rustup"; exit 2; }
+command -v cargo >/dev/null 2>&1 || { note "cargo missing: install Rust first: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh"; exit 2; }
+# make lint (the first step of make test) runs cargo fmt and cargo clippy.
+if [ "$mode" = test ] && ! { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1; then
+  if command -v rustup >/dev/null 2>&1; then
+    note "installing rustfmt and clippy (rustup component add)"
+    rustup component add rustfmt clippy >/dev/null 2>&1 || { note "rustup component add rustfmt clippy failed: run it by hand"; exit 2; }
+  else
+    note "cargo fmt / cargo clippy missing and no rustup: install rustfmt and clippy for your Rust toolchain"
+    exit 2
+  fi
+fi
 need_apt=()
 command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
@@ -39,9 +51,9 @@ command -v perl >/dev/null 2>&1 || need_apt+=(perl) # OpenSSL (rdkafka ssl-vendo
 # its headers the build still succeeds but refuses sasl.oauthbearer.method=oidc.
 curl_headers=1
 pkg-config --exists libcurl 2>/dev/null || { curl_headers=0; need_apt+=(pkg-config libcurl4-openssl-dev); }
+command -v curl >/dev/null 2>&1 || need_apt+=(curl) # dev.sh: is the daemon's admin server up
 if [ "$mode" = test ]; then
   command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
-  command -v curl >/dev/null 2>&1 || need_apt+=(curl)
   command -v jq >/dev/null 2>&1 || need_apt+=(jq)
   command -v openssl >/dev/null 2>&1 || need_apt+=(openssl) # KAFKA_TLS=1 scripts/kafka-local.sh: the OAuth key and token
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
@@ -58,7 +70,30 @@ if [ ${#need_apt[@]} -gt 0 ] || [ "$optional_kcat" = 1 ]; then
     timeout 300 apt-get update -qq >/dev/null 2>&1 || true
     if [ ${#need_apt[@]} -gt 0 ]; then
       note "installing ${need_apt[*]}"
+      # prometheus is installed only for promtool: its service must not
+      # start (it would take :9090, outboxd's admin port). policy-rc.d
+      # exiting 101 forbids starting services during this install; an
+      # existing one is put back afterwards, whatever happens.
+      policy=/usr/sbin/policy-rc.d policy_saved=""
+      # shellcheck disable=SC2317 # run by the trap
+      restore_policy() {
+        if [ -n "$policy_saved" ]; then mv -f "$policy_saved" "$policy"; else rm -f "$policy"; fi
+      }
+      if [ -e "$policy" ]; then policy_saved=$(mktemp); cp -p "$policy" "$policy_saved"; fi
+      trap restore_policy EXIT
+      trap 'exit 130' INT TERM HUP
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
       apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+      restore_policy
+      trap - EXIT INT TERM HUP
+      # The package still enables the unit (started at the next boot):
+      # disable it, and stop it should it run.
+      if [[ " ${need_apt[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1 \
+         && { systemctl is-enabled --quiet prometheus 2>/dev/null || systemctl is-active --quiet prometheus 2>/dev/null; }; then
+        note "prometheus.service (installed only for promtool) would take :9090, outboxd's admin port: systemctl disable --now prometheus"
+        systemctl disable --now prometheus >/dev/null 2>&1 || systemctl disable prometheus >/dev/null 2>&1 \
+          || note "could not disable prometheus.service: run systemctl disable --now prometheus"
+      fi
     fi
     # A librdkafka built before the headers were there has no OAuth/OIDC,
     # and cargo does not rebuild it by itself: have it rebuilt.

@@ -72,18 +72,21 @@ else
   nohup "$BIN" run >.local/outboxd.log 2>&1 &
   pid=$!
   echo "$pid" >.local/outboxd.pid
-  # Ready when it says both servers listen (its own log: another process
-  # answering on the port would not do); a daemon that exits first (a port
-  # taken, a bad setting) is reported with its log, not as running.
+  # Ready when its admin server (http.admin_listen, 127.0.0.1:9090 unless
+  # OUTBOX_HTTP__ADMIN_LISTEN says otherwise) answers /health/live: not its
+  # log, whose INFO lines RUST_LOG=warn hides. A daemon that exits first (a
+  # port taken, a bad setting) is reported with its log, not as running.
+  admin=${OUTBOX_HTTP__ADMIN_LISTEN:-127.0.0.1:9090}
   ready=0
-  for _ in $(seq 1 300); do
+  deadline=$((SECONDS + 30))
+  while [ "$SECONDS" -lt "$deadline" ]; do
     if ! kill -0 "$pid" 2>/dev/null; then
       tail -20 .local/outboxd.log >&2
       echo "dev: outboxd run exited (log .local/outboxd.log, above)" >&2
       rm -f .local/outboxd.pid
       exit 1
     fi
-    if grep -q "admin server listening on" .local/outboxd.log; then ready=1; break; fi
+    if curl -gsf -o /dev/null --max-time 1 "http://$admin/health/live"; then ready=1; break; fi
     sleep 0.1
   done
   if [ "$ready" != 1 ]; then

@@ -53,8 +53,10 @@ delivery() {
   local bin=${OUTBOXD:-} t=${CARGO_TARGET_DIR:-target}
   [ -n "$bin" ] || for b in "$t/debug/outboxd" "$t/release/outboxd"; do [ -x "$b" ] && { bin=$b; break; }; done
   [ -n "$bin" ] || bin=$(command -v outboxd || true)
-  if [ -n "$bin" ] && command -v python3 >/dev/null 2>&1; then
-    "$bin" config 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("relay", {}).get("delivery", ""))' 2>/dev/null || true
+  # `outboxd config` prints pretty JSON (2 spaces a level): the "delivery"
+  # member of the top-level "relay" object, nothing when there is none.
+  if [ -n "$bin" ]; then
+    { "$bin" config 2>/dev/null || true; } | sed -n '/^  "relay": {$/,/^  }/ s/^    "delivery": "\([^"]*\)",\{0,1\}$/\1/p'
   fi
 }
 
