@@ -6,6 +6,8 @@
 //! is a configuration error (exit 2). A CQL keyspace at another replication
 //! factor is reported.
 
+mod harness;
+
 use std::process::{Command, Output};
 
 fn stdout(o: &Output) -> String {
@@ -210,7 +212,7 @@ fn a_retry_multiplier_that_is_not_a_finite_number_is_refused() {
 #[test]
 fn a_keyspace_at_another_replication_factor_is_reported() {
     let Some(uri) = std::env::var("CASSANDRA_URI").ok().filter(|u| !u.is_empty()) else {
-        eprintln!("SKIPPED: replication factor check: set CASSANDRA_URI (make test starts Cassandra)");
+        crate::harness::skipped(true, "replication factor check: set CASSANDRA_URI (make test starts Cassandra)");
         return;
     };
     let keyspace = format!("rf{}", uuid::Uuid::now_v7().simple());

@@ -33,7 +33,7 @@ struct Secure {
 fn secure() -> Option<Secure> {
     let get = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
     let Some(uri) = get("CASSANDRA_SECURE_URI") else {
-        eprintln!("SKIPPED: least-privilege grants test: set CASSANDRA_SECURE_URI (scripts/cassandra-local.sh start --secure; make test exports it)");
+        crate::harness::skipped(true, "least-privilege grants test: set CASSANDRA_SECURE_URI (scripts/cassandra-local.sh start --secure; make test exports it)");
         return None;
     };
     Some(Secure {

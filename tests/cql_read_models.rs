@@ -32,7 +32,10 @@ async fn cassandra(what: &str) -> Option<Arc<CqlStore>> {
     let uri =
         std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).filter(|s| !s.is_empty());
     let Some(uri) = uri else {
-        eprintln!("SKIPPED: {what}: set CASSANDRA_URI (or SCYLLA_URI) to run the CQL read-model tests");
+        crate::harness::skipped(
+            true,
+            &format!("{what}: set CASSANDRA_URI (or SCYLLA_URI) to run the CQL read-model tests"),
+        );
         return None;
     };
     Some(connect(uri).await)

@@ -24,7 +24,7 @@ struct Secure {
 fn secure() -> Option<Secure> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let Some(uri) = var("CASSANDRA_SECURE_URI") else {
-        eprintln!("SKIPPED: needs the secured Cassandra of `make test` (scripts/cassandra-local.sh start --secure exports CASSANDRA_SECURE_URI)");
+        crate::harness::skipped(true, "needs the secured Cassandra of `make test` (scripts/cassandra-local.sh start --secure exports CASSANDRA_SECURE_URI)");
         return None;
     };
     Some(Secure {
@@ -100,8 +100,9 @@ fn password_and_tls_with_the_ca_work_end_to_end() {
 fn a_client_certificate_is_presented_when_configured() {
     let Some(s) = secure() else { return };
     let Some((cert, key)) = &s.client else {
-        eprintln!(
-            "SKIPPED: the secure node has no client certificate (cassandra-local.sh makes one when openssl is on PATH)"
+        crate::harness::skipped(
+            true,
+            "the secure node has no client certificate (cassandra-local.sh makes one when openssl is on PATH)",
         );
         return;
     };

@@ -48,7 +48,10 @@ fn bash(script: &str, env: &[(&str, &str)]) -> (bool, String) {
 fn tools_present() -> bool {
     let missing: Vec<_> = ["curl", "jq"].into_iter().filter(|t| !have(t)).collect();
     if !missing.is_empty() {
-        eprintln!("SKIPPED: {missing:?} not installed (make test installs them: scripts/deps.sh test)");
+        crate::harness::skipped(
+            true,
+            &format!("{missing:?} not installed (make test installs them: scripts/deps.sh test)"),
+        );
     }
     missing.is_empty()
 }

@@ -90,7 +90,7 @@ fn make_consume_prints_the_records_and_follows_the_delivery_mode() {
     if rpk_available() {
         tools.push("rpk");
     } else {
-        eprintln!("SKIPPED (rpk part): rpk not built; `make rpk` builds it where the Go module proxy serves it");
+        crate::harness::skipped(false, "rpk not built; `make rpk` builds it where the Go module proxy serves it");
     }
     let topic_arg = format!("TOPIC={topic}");
     // `relay.delivery` in the configuration file (README: "or `relay.delivery`

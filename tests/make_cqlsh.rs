@@ -12,12 +12,16 @@ use std::process::{Command, Stdio};
 #[test]
 fn make_cqlsh_reads_the_outbox_keyspace_of_the_local_cassandra() {
     if Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: make cqlsh: a Docker engine answers, so it would open the compose stack's ScyllaDB");
+        crate::harness::skipped(
+            true,
+            "make cqlsh: a Docker engine answers, so it would open the compose stack's ScyllaDB",
+        );
         return;
     }
     let (Ok(uri), Ok(_dir)) = (std::env::var("CASSANDRA_URI"), std::env::var("CASSANDRA_LOCAL_DIR")) else {
-        eprintln!(
-            "SKIPPED: make cqlsh: CASSANDRA_URI and CASSANDRA_LOCAL_DIR name the local Cassandra (make test sets both)"
+        crate::harness::skipped(
+            true,
+            "make cqlsh: CASSANDRA_URI and CASSANDRA_LOCAL_DIR name the local Cassandra (make test sets both)",
         );
         return;
     };

@@ -75,7 +75,17 @@ fn alive(pid: &str) -> bool {
 #[test]
 fn soak_make_dev_runs_the_demo_and_make_stop_stops_it() {
     if Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: make dev: a Docker engine answers, so make dev would start the compose stack (make integration-test covers it)");
+        crate::harness::skipped(true, "make dev: a Docker engine answers, so make dev would start the compose stack (make integration-test covers it)");
+        return;
+    }
+    // Review finding: with the developer's own `make dev` daemon running
+    // (the README's order: `make dev`, then `make test`), the worktree's
+    // daemon found its default ports taken and this test failed.
+    let taken: Vec<_> =
+        ["127.0.0.1:8080", "127.0.0.1:9090"].into_iter().filter(|a| std::net::TcpListener::bind(a).is_err()).collect();
+    if !taken.is_empty() {
+        let why = format!("make dev: its default ports {taken:?} are in use here (a `make dev` daemon still running? `make stop` stops it)");
+        crate::harness::skipped(true, &why);
         return;
     }
     // A fixed path: the worktree's crate compiles to the same artifacts
@@ -160,7 +170,7 @@ fn soak_make_dev_runs_the_demo_and_make_stop_stops_it() {
     // fails, showing the daemon's log.
     let taken = std::net::TcpListener::bind("127.0.0.1:8080");
     if taken.is_err() {
-        eprintln!("SKIPPED: make dev with its port taken: 127.0.0.1:8080 is in use by something else here");
+        crate::harness::skipped(false, "make dev with its port taken: 127.0.0.1:8080 is in use by something else here");
         return;
     }
     let (ok, out) = make(&wt.dir, "dev");

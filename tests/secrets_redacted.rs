@@ -197,7 +197,7 @@ fn a_failing_schema_and_run_do_not_print_secrets() {
 #[test]
 fn a_wrong_password_against_the_secure_node_does_not_print_it() {
     let Ok(uri) = std::env::var("CASSANDRA_SECURE_URI") else {
-        eprintln!("SKIPPED: needs CASSANDRA_SECURE_URI (make test starts the secure Cassandra)");
+        crate::harness::skipped(true, "needs CASSANDRA_SECURE_URI (make test starts the secure Cassandra)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

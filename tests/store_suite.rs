@@ -28,7 +28,7 @@ pub fn cql_uri() -> Option<String> {
 
 async fn cql() -> Option<(DynStore, Box<dyn std::any::Any + Send>)> {
     let Some(uri) = cql_uri() else {
-        eprintln!("SKIPPED: CQL store case: set CASSANDRA_URI (make test starts Cassandra) or SCYLLA_URI");
+        crate::harness::skipped(true, "CQL store case: set CASSANDRA_URI (make test starts Cassandra) or SCYLLA_URI");
         return None;
     };
     let cfg = CqlConfig { uri, keyspace: format!("t_{}", Uuid::now_v7().simple()), ..CqlConfig::default() };

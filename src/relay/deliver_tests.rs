@@ -283,7 +283,9 @@ async fn a_record_refused_with_its_batch_is_resent_alone_and_only_the_bad_one_is
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::Message;
     let Some(brokers) = std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()) else {
-        eprintln!("SKIPPED: a batch refused as a whole: set KAFKA_BROKERS (make test starts Kafka)");
+        crate::store::cql::connect::test_skipped(
+            "a batch refused as a whole: set KAFKA_BROKERS (make test starts Kafka)",
+        );
         return;
     };
     let Some(store) = live_store("a batch refused as a whole").await else { return };

@@ -42,7 +42,7 @@ impl Rig {
     pub async fn start(what: &str) -> Option<Rig> {
         let brokers = shared_brokers()?;
         let Some(uri) = std::env::var("CASSANDRA_URI").ok().filter(|s| !s.is_empty()) else {
-            eprintln!("SKIPPED: {what}: set CASSANDRA_URI (make test does)");
+            super::skipped(true, &format!("{what}: set CASSANDRA_URI (make test does)"));
             return None;
         };
         let dir = tempfile::tempdir().unwrap();

@@ -49,7 +49,7 @@ pub fn cql_uri_or_skip(what: &str) -> Option<String> {
     let uri =
         std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).filter(|s| !s.is_empty());
     if uri.is_none() {
-        eprintln!("SKIPPED: {what}: set CASSANDRA_URI (make test starts Cassandra) or SCYLLA_URI");
+        super::skipped(true, &format!("{what}: set CASSANDRA_URI (make test starts Cassandra) or SCYLLA_URI"));
     }
     uri
 }

@@ -26,7 +26,10 @@ pub fn shared_brokers() -> Option<String> {
     match std::env::var("KAFKA_BROKERS") {
         Ok(b) if !b.is_empty() => Some(b),
         _ => {
-            eprintln!("SKIPPED: needs a real Kafka broker; run `make test` or set KAFKA_BROKERS (scripts/kafka-local.sh start)");
+            super::skipped(
+                true,
+                "needs a real Kafka broker; run `make test` or set KAFKA_BROKERS (scripts/kafka-local.sh start)",
+            );
             None
         }
     }

@@ -44,6 +44,28 @@ use uuid::Uuid;
 
 use outboxd::config::Config;
 
+/// A skip at run time: the `SKIPPED: reason` line on stderr (libtest shows
+/// it only for a failing test), and, when `OUTBOXD_SKIP_LOG` names a file
+/// (`make test` sets it), one line `<test>\t<whole|part>\t<reason>` there,
+/// so the run's summary counts the test as skipped (`whole`: it did nothing
+/// else) or lists the part it skipped (`part`), never as plainly passed.
+pub fn skipped(whole: bool, reason: &str) {
+    eprintln!("SKIPPED{}: {reason}", if whole { "" } else { " (part)" });
+    if let Some(path) = std::env::var_os("OUTBOXD_SKIP_LOG").filter(|p| !p.is_empty()) {
+        if let Err(e) = record_skip(Path::new(&path), whole, reason) {
+            eprintln!("cannot record the skip in {}: {e}", Path::new(&path).display());
+        }
+    }
+}
+
+/// Appends the skip line of the running test (its thread's name) to `path`.
+pub fn record_skip(path: &Path, whole: bool, reason: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!("{test}\t{}\t{}\n", if whole { "whole" } else { "part" }, reason.replace(['\t', '\n'], " "));
+    std::fs::OpenOptions::new().create(true).append(true).open(path)?.write_all(line.as_bytes())
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

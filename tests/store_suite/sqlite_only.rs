@@ -137,7 +137,7 @@ async fn sqlite_a_file_this_process_cannot_write_is_refused_at_open() {
     }
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
     if std::fs::OpenOptions::new().write(true).open(&path).is_ok() {
-        eprintln!("SKIPPED: sqlite_a_file_this_process_cannot_write_is_refused_at_open: a 0444 file is writable here (running as root?)");
+        crate::harness::skipped(true, "sqlite_a_file_this_process_cannot_write_is_refused_at_open: a 0444 file is writable here (running as root?)");
         return;
     }
     assert_refused(SqliteStore::open(&path, SqliteOptions::default()).await, &path, "a 0444 file");

@@ -199,9 +199,25 @@ pub(crate) fn test_server_uri(what: &str) -> Option<String> {
     let uri =
         std::env::var("CASSANDRA_URI").ok().or_else(|| std::env::var("SCYLLA_URI").ok()).filter(|s| !s.is_empty());
     if uri.is_none() {
-        eprintln!("SKIPPED: {what}: set CASSANDRA_URI (make test starts one) or SCYLLA_URI");
+        test_skipped(&format!("{what}: set CASSANDRA_URI (make test starts one) or SCYLLA_URI"));
     }
     uri
+}
+
+/// Tests: a skip at run time, as tests/harness's `skipped(true, ..)`: the
+/// SKIPPED line, and one line `<test>\twhole\t<reason>` in the file
+/// `OUTBOXD_SKIP_LOG` names (`make test` sets it) for the run's summary.
+#[cfg(test)]
+pub(crate) fn test_skipped(reason: &str) {
+    use std::io::Write;
+    eprintln!("SKIPPED: {reason}");
+    let Some(path) = std::env::var_os("OUTBOXD_SKIP_LOG").filter(|p| !p.is_empty()) else { return };
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!("{test}\twhole\t{}\n", reason.replace(['\t', '\n'], " "));
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+    if let Err(e) = file.and_then(|mut f| f.write_all(line.as_bytes())) {
+        eprintln!("cannot record the skip in {}: {e}", std::path::Path::new(&path).display());
+    }
 }
 
 #[cfg(test)]
