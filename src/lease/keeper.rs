@@ -210,6 +210,27 @@ impl Keeper {
         }
     }
 
+    /// A read of `what`, bounded by the renewal deadline; `None` (logged)
+    /// when the store failed or did not answer.
+    async fn answered<T>(
+        &self,
+        name: &str,
+        what: &str,
+        read: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+    ) -> Option<T> {
+        match self.bounded(read).await {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => {
+                tracing::warn!(lease = %name, error = %e, "cannot read {what}; retrying");
+                None
+            }
+            None => {
+                tracing::warn!(lease = %name, "{what} did not answer before the renewal deadline");
+                None
+            }
+        }
+    }
+
     /// One read of the lease and the write the machine decides on it, if
     /// any; false when the store failed or did not answer (retried sooner).
     async fn cycle(&mut self, name: &str) -> bool {
@@ -217,35 +238,15 @@ impl Keeper {
             View::Standby { row, .. } => Some(row.epoch),
             _ => None,
         };
-        let row = match self.bounded(self.store.lease_get(name)).await {
-            Some(Ok(row)) => row,
-            Some(Err(e)) => {
-                tracing::warn!(lease = %name, error = %e, "cannot read the lease; retrying");
-                return false;
-            }
-            None => {
-                tracing::warn!(lease = %name, "lease read did not answer before the renewal deadline");
-                return false;
-            }
-        };
+        let Some(row) = self.answered(name, "the lease", self.store.lease_get(name)).await else { return false };
         if row.is_none() && self.machine.knows_no_epoch() && !self.floor_read {
-            match self.bounded(self.store.lease_epoch_floor(name)).await {
-                Some(Ok(floor)) => {
-                    if floor > 0 {
-                        tracing::warn!(lease = %name, floor, "no lease row, but terms up to epoch {floor} fenced this consumer's tables: creating it above that after one TTL");
-                    }
-                    self.machine.epoch_floor(floor);
-                    self.floor_read = true;
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(lease = %name, error = %e, "cannot read the lease's epoch floor; retrying");
-                    return false;
-                }
-                None => {
-                    tracing::warn!(lease = %name, "the lease's epoch floor did not answer before the renewal deadline");
-                    return false;
-                }
+            let what = "the lease's epoch floor";
+            let Some(floor) = self.answered(name, what, self.store.lease_epoch_floor(name)).await else { return false };
+            if floor > 0 {
+                tracing::warn!(lease = %name, floor, "no lease row, but terms up to epoch {floor} fenced this consumer's tables: creating it above that after one TTL");
             }
+            self.machine.epoch_floor(floor);
+            self.floor_read = true;
         }
         let previous = row.as_ref().map(|r| r.holder.clone()).unwrap_or_default();
         let Step::Write(mut cas) = self.machine.decide(row.as_ref(), Instant::now()) else { return true };

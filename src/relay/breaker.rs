@@ -213,6 +213,15 @@ mod tests {
         CircuitBreaker::new(BreakerConfig::default(), Some(Metrics::new()))
     }
 
+    /// A breaker opened at `t` by five failures.
+    fn opened(t: Instant) -> CircuitBreaker {
+        let mut b = cb();
+        for _ in 0..5 {
+            b.record_failure(t);
+        }
+        b
+    }
+
     #[test]
     fn opens_after_five_consecutive_failures() {
         let mut b = cb();
@@ -233,11 +242,8 @@ mod tests {
 
     #[test]
     fn half_open_after_timeout_closes_after_three_successes() {
-        let mut b = cb();
         let t = Instant::now();
-        for _ in 0..5 {
-            b.record_failure(t);
-        }
+        let mut b = opened(t);
         let later = t + Duration::from_secs(30);
         assert_eq!(b.state(later), BreakerState::HalfOpen);
         b.record_success(later);
@@ -266,11 +272,8 @@ mod tests {
 
     #[test]
     fn any_half_open_failure_reopens() {
-        let mut b = cb();
         let t = Instant::now();
-        for _ in 0..5 {
-            b.record_failure(t);
-        }
+        let mut b = opened(t);
         let later = t + Duration::from_secs(31);
         b.record_success(later);
         b.record_failure(later);
@@ -285,11 +288,8 @@ mod tests {
     /// more to send the threshold still counts.
     #[test]
     fn a_half_open_probe_with_nothing_else_to_send_closes_it() {
-        let mut b = cb();
         let t = Instant::now();
-        for _ in 0..5 {
-            b.record_failure(t);
-        }
+        let mut b = opened(t);
         let later = t + Duration::from_secs(30);
         b.record_success_idle(later, false);
         assert_eq!(b.state(later), BreakerState::HalfOpen, "more to send: one success is not enough");
@@ -310,11 +310,8 @@ mod tests {
     /// refuses records while reachable): the timeout stands.
     #[test]
     fn an_open_breaker_probes_once_the_broker_it_saw_down_answers_again() {
-        let mut b = cb();
         let t = Instant::now();
-        for _ in 0..5 {
-            b.record_failure(t);
-        }
+        let mut b = opened(t);
         b.broker_seen(t, true);
         assert_eq!(b.state(t), BreakerState::Open, "never seen down: the timeout stands");
         b.broker_seen(t, false);
@@ -340,11 +337,8 @@ mod tests {
     /// Only a send made since it went half-open is a probe.
     #[test]
     fn a_failure_of_a_send_older_than_half_open_does_not_reopen_it() {
-        let mut b = cb();
         let t = Instant::now();
-        for _ in 0..5 {
-            b.record_failure(t);
-        }
+        let mut b = opened(t);
         let half = t + Duration::from_secs(30);
         assert_eq!(b.state(half), BreakerState::HalfOpen);
         b.record_failure_of(half + Duration::from_millis(400), Some(t + Duration::from_secs(1)));
