@@ -55,6 +55,12 @@ pub struct CircuitBreaker {
     seen_down: bool,
     /// When it last went half-open: sends made before are not probes.
     half_open_at: Option<Instant>,
+    /// This half-open came from the broker watch, not the open timeout.
+    early: bool,
+    /// Since it last closed, a half-open from the broker watch failed: it
+    /// waits out the open timeout from now on (a broker whose state flaps,
+    /// one of several down, is not probed every few seconds).
+    early_failed: bool,
     metrics: Option<Metrics>,
 }
 
@@ -68,6 +74,8 @@ impl CircuitBreaker {
             opened_at: None,
             seen_down: false,
             half_open_at: None,
+            early: false,
+            early_failed: false,
             metrics,
         };
         if let Some(m) = &b.metrics {
@@ -135,9 +143,10 @@ impl CircuitBreaker {
         }
         if !reachable {
             self.seen_down = true;
-        } else if self.seen_down {
+        } else if self.seen_down && !self.early_failed {
             tracing::info!("the broker answers again: probing it before the breaker's open timeout");
             self.transition(BreakerState::HalfOpen, now);
+            self.early = true;
         }
     }
 
@@ -177,6 +186,13 @@ impl CircuitBreaker {
             return;
         }
         self.state = to;
+        // An early probe that failed: the open timeout only, until closed.
+        self.early_failed = match to {
+            BreakerState::Closed => false,
+            BreakerState::Open => self.early_failed || (from == BreakerState::HalfOpen && self.early),
+            BreakerState::HalfOpen => self.early_failed,
+        };
+        self.early = false;
         self.failures = 0;
         self.successes = 0;
         self.seen_down = false;
@@ -324,6 +340,22 @@ mod tests {
         assert_eq!(b.state(t + Duration::from_secs(2)), BreakerState::Open);
         b.broker_seen(t + Duration::from_secs(2), true);
         assert_eq!(b.state(t + Duration::from_secs(2)), BreakerState::Open, "not seen down since it reopened");
+        // Its early probe failed: seen down and up again (a flapping state,
+        // one broker of several down), it waits out the open timeout.
+        b.broker_seen(t + Duration::from_secs(3), false);
+        b.broker_seen(t + Duration::from_secs(4), true);
+        assert_eq!(b.state(t + Duration::from_secs(4)), BreakerState::Open, "one early probe per outage");
+        let half = t + Duration::from_secs(32);
+        assert_eq!(b.state(half), BreakerState::HalfOpen, "the open timeout still ends it");
+        b.record_success_idle(half, true);
+        assert_eq!(b.state(half), BreakerState::Closed);
+        // Closed again, the next outage gets its early probe.
+        for _ in 0..5 {
+            b.record_failure(half);
+        }
+        b.broker_seen(half, false);
+        b.broker_seen(half, true);
+        assert_eq!(b.state(half), BreakerState::HalfOpen);
         // Closed, nothing it sees changes it.
         let mut c = cb();
         c.broker_seen(t, false);

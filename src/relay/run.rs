@@ -113,8 +113,13 @@ impl Run {
             }
             let next_retry = self.retries.first().map(|(t, _)| *t);
             let breaker_wait = self.breaker_wait();
-            let solo_wait = (!self.suspects.is_empty() && self.solo.is_none() && self.window.in_flight() == 0)
-                .then_some(self.solo_not_before);
+            // No solo resend while the breaker is open (its wait is the
+            // breaker's): a past `solo_not_before` would wake the loop at once, every turn.
+            let solo_wait = (!self.suspects.is_empty()
+                && self.solo.is_none()
+                && self.window.in_flight() == 0
+                && breaker_wait.is_none())
+            .then_some(self.solo_not_before);
             let wake_at = [next_retry, breaker_wait, solo_wait].into_iter().flatten().min();
             let room = self.window.has_room() && self.suspects.is_empty();
             tokio::select! {
