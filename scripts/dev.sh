@@ -69,13 +69,16 @@ ours() { [ -f .local/outboxd.pid ] && tr '\0' '\n' <"/proc/$(cat .local/outboxd.
 if ours; then
   echo "dev: outboxd already running (pid $(cat .local/outboxd.pid))"
 else
-  nohup "$BIN" run >.local/outboxd.log 2>&1 &
+  # Its servers' "listening" lines at INFO whatever RUST_LOG says (a user's
+  # RUST_LOG=warn hid them and the wait below timed out).
+  RUST_LOG="${RUST_LOG:-info},outboxd::http=info" nohup "$BIN" run >.local/outboxd.log 2>&1 &
   pid=$!
   echo "$pid" >.local/outboxd.pid
-  # Ready when its admin server (http.admin_listen, 127.0.0.1:9090 unless
-  # OUTBOX_HTTP__ADMIN_LISTEN says otherwise) answers /health/live: not its
-  # log, whose INFO lines RUST_LOG=warn hides. A daemon that exits first (a
-  # port taken, a bad setting) is reported with its log, not as running.
+  # Ready when its own log says the admin server listens (another process
+  # answering on the port would not do) and that server answers /health/live
+  # (http.admin_listen: 127.0.0.1:9090 unless OUTBOX_HTTP__ADMIN_LISTEN says
+  # otherwise). A daemon that exits first (a port taken, a bad setting) is
+  # reported with its log, not as running.
   admin=${OUTBOX_HTTP__ADMIN_LISTEN:-127.0.0.1:9090}
   ready=0
   deadline=$((SECONDS + 30))
@@ -86,7 +89,11 @@ else
       rm -f .local/outboxd.pid
       exit 1
     fi
-    if curl -gsf -o /dev/null --max-time 1 "http://$admin/health/live"; then ready=1; break; fi
+    if grep -q "admin server listening on" .local/outboxd.log \
+      && curl -gsf -o /dev/null --max-time 1 "http://$admin/health/live"; then
+      ready=1
+      break
+    fi
     sleep 0.1
   done
   if [ "$ready" != 1 ]; then

@@ -51,6 +51,11 @@ awk -v skips="$skips" '
     name = $0; sub(/^test /, "", name); sub(/ \.\.\. ok$/, "", name)
     ok[name] = 1
   }
+  # --nocapture (the soak group): "test NAME ... " then the output of the test,
+  # and "ok" on a line of its own when it passed.
+  /^test .* \.\.\. / { running = $0; sub(/^test /, "", running); sub(/ \.\.\. .*$/, "", running) }
+  /^ok$/ { if (running != "") ok[running] = 1 }
+  /^FAILED$/ { if (running != "") failed[++nf] = running }
   /^test .* \.\.\. FAILED$/ {
     name = $0; sub(/^test /, "", name); sub(/ \.\.\. FAILED$/, "", name)
     failed[++nf] = name

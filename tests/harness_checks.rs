@@ -77,4 +77,19 @@ fn a_test_skipped_at_run_time_is_counted_skipped_by_the_summary() {
         "SKIPPED: needs_kafka: set KAFKA_BROKERS\nPARTLY SKIPPED: has_a_part: rpk not built\n2 passed, 0 failed, 1 skipped\n",
         "{out}"
     );
+    // The soak group runs with --nocapture: a test's output comes between
+    // "test NAME ... " and its "ok" (or "FAILED") on a line of its own.
+    std::fs::write(
+        &log,
+        "test needs_kafka ... SKIPPED: set KAFKA_BROKERS\nok\ntest broken ... figures\nFAILED\ntest result: FAILED. 1 passed; 1 failed; 0 ignored\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/test-summary.sh"))
+        .args([&log, &skips])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.starts_with("SKIPPED: needs_kafka: set KAFKA_BROKERS\n"), "{out}");
+    assert!(out.contains("FAILED: broken\n") && out.ends_with("0 passed, 1 failed, 1 skipped\n"), "{out}");
 }

@@ -4,7 +4,8 @@
 //! Open --(open_timeout elapsed)--> HalfOpen
 //! HalfOpen --(success_threshold successes, or one with nothing else to send)--> Closed
 //! HalfOpen --(a probe fails: a send made since it went half-open)--> Open
-//! Open --(the broker seen unreachable, then reachable again)--> HalfOpen
+//! Open --(the broker seen unreachable, then reachable again; once per
+//!       outage: not after such an early probe failed, until Closed)--> HalfOpen
 //!
 //! The last edge: an outage is seen end to end by the broker watch (its
 //! metadata probes), so the relay probes as soon as the broker answers

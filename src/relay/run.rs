@@ -319,6 +319,9 @@ impl Run {
             let marker = matches!(self.window.get(slot), Some(Item::Marker { .. }));
             if attempts >= max && self.relay.cfg.dlq_on_transient_exhaustion && !marker {
                 self.give_up(slot, e).await;
+                if !self.suspects.contains_key(&slot) {
+                    self.over_max.remove(&slot);
+                }
                 return;
             }
             let due = Instant::now() + self.backoff.delay(attempts);
@@ -360,10 +363,12 @@ impl Run {
                 }
                 self.suspects.remove(&slot);
                 self.resent_alone.remove(&slot);
-                if !self.over_max.remove(&slot) {
+                self.give_up(slot, err).await;
+                // Counted once, when given up for good (a park or dead
+                // letter not written yet makes it a suspect again).
+                if !self.suspects.contains_key(&slot) && !self.over_max.remove(&slot) {
                     self.relay.metrics.retry_failure.with_label_values(&["publish"]).inc();
                 }
-                self.give_up(slot, err).await;
                 continue;
             }
             if Instant::now() < self.solo_not_before {
