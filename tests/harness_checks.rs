@@ -60,18 +60,17 @@ fn a_test_skipped_at_run_time_is_counted_skipped_by_the_summary() {
     record("has_a_part", false, "rpk not built");
     let lines = std::fs::read_to_string(&skips).unwrap();
     assert!(lines.starts_with("needs_kafka\twhole\tset KAFKA_BROKERS\n"), "{lines}");
-    let log = dir.path().join("log");
-    std::fs::write(
-        &log,
+    // The summary of a cargo test output `log` with these skips.
+    let summary = |log: &str| {
+        let path = dir.path().join("log");
+        std::fs::write(&path, log).unwrap();
+        let script = repo_root().join("scripts/test-summary.sh");
+        let out = std::process::Command::new("bash").arg(script).args([&path, &skips]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let out = summary(
         "test has_a_part ... ok\ntest needs_kafka ... ok\ntest other ... ok\ntest result: ok. 3 passed; 0 failed; 0 ignored\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new("bash")
-        .arg(repo_root().join("scripts/test-summary.sh"))
-        .args([&log, &skips])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    );
     assert_eq!(
         out,
         "SKIPPED: needs_kafka: set KAFKA_BROKERS\nPARTLY SKIPPED: has_a_part: rpk not built\n2 passed, 0 failed, 1 skipped\n",
@@ -79,17 +78,9 @@ fn a_test_skipped_at_run_time_is_counted_skipped_by_the_summary() {
     );
     // The soak group runs with --nocapture: a test's output comes between
     // "test NAME ... " and its "ok" (or "FAILED") on a line of its own.
-    std::fs::write(
-        &log,
+    let out = summary(
         "test needs_kafka ... SKIPPED: set KAFKA_BROKERS\nok\ntest broken ... figures\nFAILED\ntest result: FAILED. 1 passed; 1 failed; 0 ignored\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new("bash")
-        .arg(repo_root().join("scripts/test-summary.sh"))
-        .args([&log, &skips])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    );
     assert!(out.starts_with("SKIPPED: needs_kafka: set KAFKA_BROKERS\n"), "{out}");
     assert!(out.contains("FAILED: broken\n") && out.ends_with("0 passed, 1 failed, 1 skipped\n"), "{out}");
 }
