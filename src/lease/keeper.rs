@@ -248,8 +248,8 @@ impl Keeper {
             self.machine.epoch_floor(floor);
             self.floor_read = true;
         }
-        let previous = row.as_ref().map(|r| r.holder.clone()).unwrap_or_default();
         let Step::Write(mut cas) = self.machine.decide(row.as_ref(), Instant::now()) else { return true };
+        let previous = row.as_ref().map(|r| r.holder.clone()).unwrap_or_default();
         let sent = Instant::now();
         cas.new.holder = self.machine.me.clone();
         match self.bounded(self.store.lease_cas(&cas)).await {

@@ -9,16 +9,21 @@
 //!
 //! The last edge: an outage is seen end to end by the broker watch (its
 //! metadata probes), so the relay probes as soon as the broker answers
-//! again instead of waiting out `open_timeout_ms` (30 s by default).
+//! again instead of waiting out `open_timeout_ms` (30 s by default). A
+//! breaker given the producer's broker state ([`CircuitBreaker::watching`])
+//! reads it itself whenever its state is asked while open, so every relay
+//! gets the edge from the same place; callers wait [`CircuitBreaker::open_wait`].
 //!
 //! Guarantee: the state machine is deterministic given the instants passed
 //! in, so it is unit-tested without sleeping; every transition is counted in
 //! `circuit_breaker_transitions_total` and mirrored in `circuit_breaker_state`.
 
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 use crate::config::BreakerConfig;
 use crate::metrics::Metrics;
+use crate::relay::producer::BrokerState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,8 +67,13 @@ pub struct CircuitBreaker {
     /// waits out the open timeout from now on (a broker whose state flaps,
     /// one of several down, is not probed every few seconds).
     early_failed: bool,
+    /// The producer's broker state (the broker watch), when given.
+    broker: Option<watch::Receiver<BrokerState>>,
     metrics: Option<Metrics>,
 }
+
+/// How often an open breaker watching the broker is asked again.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
 
 impl CircuitBreaker {
     pub fn new(cfg: BreakerConfig, metrics: Option<Metrics>) -> Self {
@@ -77,6 +87,7 @@ impl CircuitBreaker {
             half_open_at: None,
             early: false,
             early_failed: false,
+            broker: None,
             metrics,
         };
         if let Some(m) = &b.metrics {
@@ -85,14 +96,35 @@ impl CircuitBreaker {
         b
     }
 
-    /// Current state, moving Open -> HalfOpen when the timeout has passed.
+    /// This breaker reads the producer's broker state while open (the
+    /// broker seen down, then answering again: half-open at once).
+    pub fn watching(mut self, broker: watch::Receiver<BrokerState>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Current state, moving Open -> HalfOpen when the timeout has passed,
+    /// or when the broker watched was seen down and answers again.
     pub fn state(&mut self, now: Instant) -> BreakerState {
+        if self.state == BreakerState::Open {
+            if let Some(reachable) = self.broker.as_ref().map(|b| b.borrow().is_reachable()) {
+                self.broker_seen(now, reachable);
+            }
+        }
         if self.state == BreakerState::Open
             && self.opened_at.is_some_and(|t| now.duration_since(t) >= self.open_timeout())
         {
             self.transition(BreakerState::HalfOpen, now);
         }
         self.state
+    }
+
+    /// How long a caller waits before asking an open breaker again: until
+    /// its open timeout ends, at most [`WATCH_EVERY`] while it watches the
+    /// broker (at least 10 ms).
+    pub fn open_wait(&self, now: Instant) -> Duration {
+        let most = if self.broker.is_some() { WATCH_EVERY } else { Duration::MAX };
+        self.remaining_open(now).clamp(Duration::from_millis(10), most)
     }
 
     /// Whether a call may go through now.
@@ -132,16 +164,13 @@ impl CircuitBreaker {
         }
     }
 
-    /// What the broker watch says of the broker now. An open breaker that
+    /// What the broker watch says of the broker now, while open. One that
     /// saw it unreachable and now sees it reachable goes half-open at once:
     /// the outage is over as far as anyone can tell, and one probe says
     /// whether it is. Only that change counts, so a broker that answers
     /// metadata but refuses records (the breaker opened while it was
     /// reachable) still waits out the open timeout.
-    pub fn broker_seen(&mut self, now: Instant, reachable: bool) {
-        if self.state(now) != BreakerState::Open {
-            return;
-        }
+    fn broker_seen(&mut self, now: Instant, reachable: bool) {
         if !reachable {
             self.seen_down = true;
         } else if self.seen_down && !self.early_failed {
@@ -323,44 +352,50 @@ mod tests {
 
     /// Known gap closed: after an outage the relay waited out the whole
     /// open timeout (30 s) even when the broker had answered for a while.
-    /// Seen down, then up, while open: half-open at once. Up all along (it
-    /// refuses records while reachable): the timeout stands.
+    /// Watching the broker: seen down, then up, while open: half-open at
+    /// once. Up all along (it refuses records while reachable): the timeout
+    /// stands. One such early probe per outage.
     #[test]
     fn an_open_breaker_probes_once_the_broker_it_saw_down_answers_again() {
+        let (tx, rx) = watch::channel(BrokerState::Unknown);
+        let up = || BrokerState::Reachable { since: chrono::Utc::now() };
+        let down = || BrokerState::Unreachable { since: chrono::Utc::now(), error: "refused".into() };
         let t = Instant::now();
-        let mut b = opened(t);
-        b.broker_seen(t, true);
+        let s = |n: u64| t + Duration::from_secs(n);
+        let mut b = opened(t).watching(rx.clone());
+        assert_eq!(b.open_wait(t), Duration::from_millis(500), "watching: asked again every 500 ms");
+        assert_eq!(opened(t).open_wait(t), Duration::from_secs(30), "not watching: the open timeout");
+        tx.send_replace(up());
         assert_eq!(b.state(t), BreakerState::Open, "never seen down: the timeout stands");
-        b.broker_seen(t, false);
-        b.broker_seen(t, false);
+        tx.send_replace(down());
         assert_eq!(b.state(t), BreakerState::Open);
-        b.broker_seen(t + Duration::from_secs(1), true);
-        assert_eq!(b.state(t + Duration::from_secs(1)), BreakerState::HalfOpen);
+        tx.send_replace(up());
+        assert_eq!(b.state(s(1)), BreakerState::HalfOpen);
         // A failed probe opens it again, and it forgets what it saw.
-        b.record_failure(t + Duration::from_secs(2));
-        assert_eq!(b.state(t + Duration::from_secs(2)), BreakerState::Open);
-        b.broker_seen(t + Duration::from_secs(2), true);
-        assert_eq!(b.state(t + Duration::from_secs(2)), BreakerState::Open, "not seen down since it reopened");
+        b.record_failure(s(2));
+        assert_eq!(b.state(s(2)), BreakerState::Open, "not seen down since it reopened");
         // Its early probe failed: seen down and up again (a flapping state,
         // one broker of several down), it waits out the open timeout.
-        b.broker_seen(t + Duration::from_secs(3), false);
-        b.broker_seen(t + Duration::from_secs(4), true);
-        assert_eq!(b.state(t + Duration::from_secs(4)), BreakerState::Open, "one early probe per outage");
-        let half = t + Duration::from_secs(32);
-        assert_eq!(b.state(half), BreakerState::HalfOpen, "the open timeout still ends it");
-        b.record_success_idle(half, true);
-        assert_eq!(b.state(half), BreakerState::Closed);
+        tx.send_replace(down());
+        assert_eq!(b.state(s(3)), BreakerState::Open);
+        tx.send_replace(up());
+        assert_eq!(b.state(s(4)), BreakerState::Open, "one early probe per outage");
+        assert_eq!(b.state(s(32)), BreakerState::HalfOpen, "the open timeout still ends it");
+        b.record_success_idle(s(32), true);
+        assert_eq!(b.state(s(32)), BreakerState::Closed);
         // Closed again, the next outage gets its early probe.
         for _ in 0..5 {
-            b.record_failure(half);
+            b.record_failure(s(32));
         }
-        b.broker_seen(half, false);
-        b.broker_seen(half, true);
-        assert_eq!(b.state(half), BreakerState::HalfOpen);
+        tx.send_replace(down());
+        assert_eq!(b.state(s(32)), BreakerState::Open);
+        tx.send_replace(up());
+        assert_eq!(b.state(s(32)), BreakerState::HalfOpen);
         // Closed, nothing it sees changes it.
-        let mut c = cb();
-        c.broker_seen(t, false);
-        c.broker_seen(t, true);
+        let mut c = cb().watching(rx);
+        tx.send_replace(down());
+        assert_eq!(c.state(t), BreakerState::Closed);
+        tx.send_replace(up());
         assert_eq!(c.state(t), BreakerState::Closed);
     }
 

@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, PermanentFailurePolicy};
@@ -167,12 +167,14 @@ impl Deliverer {
             .map(|p| (AggKey::from(p.parked.aggregate_id.as_str()), held_from(p.parked.sequence)))
             .collect::<HashMap<_, _>>();
         metrics.dlq_parked_aggregates.set(parked.len() as i64);
+        let breaker =
+            CircuitBreaker::new(config.relay.breaker.clone(), Some(metrics.clone())).watching(producer.broker());
         Ok(Deliverer {
             producer,
             waiters,
             next: Mutex::new(1),
             encoder: Mutex::new(Encoder::from_config(&config.kafka)),
-            breaker: Mutex::new(CircuitBreaker::new(config.relay.breaker.clone(), Some(metrics.clone()))),
+            breaker: Mutex::new(breaker),
             backoff: Backoff::new(&config.relay.retry),
             store,
             sink,
@@ -321,20 +323,14 @@ impl Deliverer {
                 // claimed for the next leader) rather than failing.
                 return Sent::Done(Delivered::Shutdown);
             }
-            // Wait while the breaker is open (looking at the broker watch
-            // every 500 ms: a broker seen down and answering again is probed).
+            // Wait while the breaker is open (it watches the broker: a
+            // broker seen down and answering again is probed at once).
             loop {
                 let now = Instant::now();
-                let reachable = self.producer.broker().borrow().is_reachable();
-                if self.breaker(|b| {
-                    b.broker_seen(now, reachable);
-                    b.allows(now)
-                }) {
+                if self.breaker(|b| b.allows(now)) {
                     break;
                 }
-                let wait = self
-                    .breaker(|b| b.remaining_open(now))
-                    .clamp(Duration::from_millis(10), Duration::from_millis(500));
+                let wait = self.breaker(|b| b.open_wait(now));
                 if !shutdown.sleep(wait).await {
                     return Sent::Done(Delivered::Shutdown);
                 }

@@ -336,11 +336,13 @@ impl Relay {
         });
         let TermFeed { stop: feed_stop, handle: feed, pages, idle: idle_tx } = self.open_feed(checkpoint);
         tracing::info!(consumer = %self.name(), checkpoint, parked = parked.len(), fenced = self.fence.is_some(), "relay started");
+        let breaker =
+            CircuitBreaker::new(self.cfg.breaker.clone(), Some(self.metrics.clone())).watching(producer.broker());
         let mut run = Run {
             producer,
             encoder: Encoder::from_config(&self.config.kafka),
             window,
-            breaker: CircuitBreaker::new(self.cfg.breaker.clone(), Some(self.metrics.clone())),
+            breaker,
             backoff: Backoff::new(&self.cfg.retry),
             retries: BTreeSet::new(),
             suspects: BTreeMap::new(),

@@ -186,16 +186,11 @@ impl Run {
         self.exit = Some(Exit::LeaseLost);
     }
 
-    /// Until an open breaker lets a probe through; the broker watch's view
-    /// first (a broker seen down and answering again is probed at once, at
-    /// the next turn: `poll_interval` at most).
+    /// When to ask an open breaker again (it watches the broker: a broker
+    /// seen down and answering again is probed at the next turn).
     fn breaker_wait(&mut self) -> Option<Instant> {
         let now = Instant::now();
-        if self.breaker.state(now) == BreakerState::Open {
-            let reachable = self.producer.broker().borrow().is_reachable();
-            self.breaker.broker_seen(now, reachable);
-        }
-        (self.breaker.state(now) == BreakerState::Open).then(|| now + self.breaker.remaining_open(now))
+        (self.breaker.state(now) == BreakerState::Open).then(|| now + self.breaker.open_wait(now))
     }
 
     /// Whether this term may still hand events to the producer: unfenced,

@@ -284,11 +284,13 @@ impl Relay {
         });
         tracing::info!(consumer = %self.cfg.consumer_name, transactional_id = %transactional_id(&self.cfg), position, "exactly-once relay started");
         let TermFeed { stop, handle: feed, pages, idle: _idle } = self.open_feed(position);
+        let breaker =
+            CircuitBreaker::new(self.cfg.breaker.clone(), Some(self.metrics.clone())).watching(producer.broker());
         let mut t = Txn {
             producer,
             completions,
             encoder: Encoder::from_config(k),
-            breaker: CircuitBreaker::new(self.cfg.breaker.clone(), Some(self.metrics.clone())),
+            breaker,
             backoff: Backoff::new(&self.cfg.retry),
             parked,
             position,

@@ -16,7 +16,7 @@
 //! (`retry_attempts_total`), committed after that (`retry_success_total`),
 //! still failing after `max_attempts` (`retry_failure_total`).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{Outcome, Txn};
 use crate::relay::breaker::BreakerState;
@@ -250,17 +250,15 @@ impl Txn {
         self.relay.status.error(reason.to_string());
     }
 
-    /// Waits while the breaker is open, looking at the broker watch every
-    /// 500 ms: a broker seen down and answering again is probed at once.
+    /// Waits while the breaker is open (it watches the broker: a broker
+    /// seen down and answering again is probed at once).
     async fn wait_for_breaker(&mut self, shutdown: &mut Shutdown) {
         loop {
             let now = Instant::now();
-            let reachable = self.producer.broker().borrow().is_reachable();
-            self.breaker.broker_seen(now, reachable);
             if self.breaker.state(now) != BreakerState::Open {
                 return;
             }
-            let wait = self.breaker.remaining_open(now).clamp(Duration::from_millis(10), Duration::from_millis(500));
+            let wait = self.breaker.open_wait(now);
             if !shutdown.sleep(wait).await {
                 return;
             }
