@@ -204,6 +204,14 @@ fn poison_inside_a_stream_is_held_then_replayed_or_discarded_in_order() {
         assert!(p["error"].as_str().unwrap().to_lowercase().contains("too large"), "{p}");
     }
     assert_eq!(sqlite3(&db, "SELECT COUNT(*) FROM dead_letter_queue").trim(), "0", "nothing is dead-lettered");
+    // Each poison event was resent alone and then given up once: one count
+    // each, however many attempts it took.
+    let publish = [("operation", "publish")];
+    eventually(Duration::from_secs(5), "retry_failure_total 2", || {
+        (d.metrics().sample("retry_failure_total", &publish) == 2.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.metrics().sample("retry_failure_total", &publish), 2.0, "one per event given up, not more");
 
     // Replay through the running relay (the CLI writes a request row and waits).
     alter_topic(&brokers, &topic, "max.message.bytes", "1000000");
