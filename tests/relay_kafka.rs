@@ -374,10 +374,12 @@ async fn events_before_a_park_position_are_published_when_read_again() {
 }
 
 /// A replay whose held events were published but whose park record cannot
-/// be removed is reported failed (it was reported done, and the aggregate
-/// was parked again at the next start with nothing said).
+/// be removed keeps retrying the removal (the window already lets the
+/// aggregate's events flow) and finishes done once it lands. It was failed
+/// at once, the record left: later replays were refused ("not parked"),
+/// and the next start parked the aggregate again, holding its new events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_replay_whose_park_record_stays_is_reported_failed() {
+async fn a_replay_whose_park_record_removal_fails_finishes_once_it_is_removed() {
     use outboxd::store::faults::UNPARK;
     use outboxd::store::requests::RequestStatus;
     let Some(brokers) = shared_brokers() else { return };
@@ -389,16 +391,70 @@ async fn a_replay_whose_park_record_stays_is_reported_failed() {
     store.park(&order_parked_at(&c.relay.consumer_name, order, 2)).await.unwrap();
     let mut relay = start_relay(&c, store.clone());
     relay.wait_checkpoint(2, Duration::from_secs(60)).await;
-    // Every attempt of the unpark fails (it is retried 5 times).
-    store.faults().expect("the SQLite store has the fault seam").fail_next(UNPARK, 5);
+    // The replay's own five attempts fail, then four retries at the polls.
+    let faults = store.faults().expect("the SQLite store has the fault seam");
+    faults.fail_next(UNPARK, 9);
     let replay = replay_of(&c.relay.consumer_name, order);
     store.request_submit(&replay).await.unwrap();
+    wait_for("the first retries", || faults.armed(UNPARK) <= 2).await;
+    let now = store.request_get(replay.id).await.unwrap().unwrap();
+    assert_eq!(now.status, RequestStatus::Running, "not finished while the record stays: {:?}", now.result);
     let finished = request_finished(&store, replay.id).await;
-    assert_eq!(finished.status, RequestStatus::Failed, "{:?}", finished.result);
-    let why = finished.result.as_ref().unwrap()["error"].as_str().unwrap_or_default().to_string();
-    assert!(why.contains("park record could not be removed"), "{why}");
-    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 1, "the record is still there");
+    assert_eq!(finished.status, RequestStatus::Done, "{:?}", finished.result);
+    assert_eq!(faults.armed(UNPARK), 0);
+    assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty(), "the record is gone");
+    store.append(order, 2, order_events(order, 2, 1)).await.unwrap();
+    relay.wait_checkpoint(3, Duration::from_secs(60)).await;
+    let records = consume_to_end(&brokers, &topics(&c), Duration::from_secs(30));
+    assert_eq!(sequences_of(&records, order), ["1", "2", "3"]);
     relay.stop().await;
+}
+
+/// The same removal failing until the relay stops: the request stays
+/// running, and the next start (the record still there, the aggregate
+/// parked again) takes it over, publishes the held event again and the one
+/// appended meanwhile in order, and removes the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_park_record_left_by_a_stopped_relay_is_removed_by_the_next_term() {
+    use outboxd::store::faults::UNPARK;
+    use outboxd::store::requests::RequestStatus;
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(&brokers, &dir.path().join("s.db"));
+    let store = open_store(&c).await;
+    let order = uuid::Uuid::now_v7();
+    store.append(order, 0, order_events(order, 0, 2)).await.unwrap();
+    store.park(&order_parked_at(&c.relay.consumer_name, order, 2)).await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(2, Duration::from_secs(60)).await;
+    let faults = store.faults().expect("the SQLite store has the fault seam");
+    faults.fail_next(UNPARK, 1_000);
+    let replay = replay_of(&c.relay.consumer_name, order);
+    store.request_submit(&replay).await.unwrap();
+    wait_for("retries at the polls", || faults.armed(UNPARK) <= 990).await;
+    relay.stop().await;
+    let now = store.request_get(replay.id).await.unwrap().unwrap();
+    assert_eq!(now.status, RequestStatus::Running, "left to the next term: {:?}", now.result);
+    assert_eq!(store.parked(&c.relay.consumer_name).await.unwrap().len(), 1);
+    faults.fail_next(UNPARK, 0);
+    store.append(order, 2, order_events(order, 2, 1)).await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    let finished = request_finished(&store, replay.id).await;
+    assert_eq!(finished.status, RequestStatus::Done, "{:?}", finished.result);
+    assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty(), "the record is gone");
+    relay.wait_checkpoint(3, Duration::from_secs(60)).await;
+    let records = consume_to_end(&brokers, &topics(&c), Duration::from_secs(30));
+    // 2 once per replay (the first term's, then the taken-over one's), 3 after it.
+    assert_eq!(sequences_of(&records, order), ["1", "2", "2", "3"]);
+    relay.stop().await;
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}: not after 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The discard marker of an unreadable customer row goes to

@@ -370,6 +370,7 @@ impl Relay {
             duration_by_type: crate::metrics::ByLabel::new(&self.metrics.cdc_processing_duration),
             exit: None,
             rewind: None,
+            unpark_later: Vec::new(),
             relay: self,
         };
         let exit = run.main(completions, pages, &mut shutdown).await;

@@ -7,7 +7,10 @@
 //! - A parked aggregate's held events are published in sequence order, then
 //!   its later events; it is unparked (store row deleted) only after every
 //!   held event was confirmed. If one fails for good again, it is parked
-//!   again at that event and the request fails with the error.
+//!   again at that event and the request fails with the error. A park
+//!   record that cannot be removed then is tried again at every request
+//!   poll; the request is done once it goes (a term ending first leaves it
+//!   open with the record: the next holder replays again).
 //! - A discard writes its audit row before anything is published; the marker
 //!   record (`ce_type = outboxd.EventDiscarded`, same `ce_id`, key and
 //!   `ce_sequence`) takes the event's place, then the rest flows.
@@ -163,15 +166,44 @@ impl Run {
                         continue;
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, aggregate = %agg, "held events were published but the park record could not be removed; a later replay re-sends them");
-                        let error =
-                            format!("the held events were published but the park record could not be removed: {e}");
-                        self.fail_request(request, json!({ "aggregate_id": agg.to_string(), "error": error })).await;
+                        // The window already lets its events flow while the
+                        // store still says parked: the removal is retried every
+                        // request turn and the request finishes once it lands
+                        // (a term that ends first leaves it running: the next
+                        // holder replays the held events again, then removes it).
+                        tracing::error!(error = %e, aggregate = %agg, %request, "held events were published but the park record could not be removed; retrying at every request poll");
+                        self.unpark_later.push((request, agg));
                         continue;
                     }
                 }
             }
             self.part_done(request, &agg).await;
+        }
+    }
+
+    /// Park records whose removal failed after their replay: one attempt
+    /// each per request turn; the replay's part is done once it lands.
+    pub(super) async fn retry_unparks(&mut self) {
+        for (request, agg) in std::mem::take(&mut self.unpark_later) {
+            let res = match self.epoch() {
+                0 => self.relay.store.unpark(&self.relay.cfg.consumer_name, &agg).await,
+                e => self.relay.store.unpark_fenced(&self.relay.cfg.consumer_name, &agg, e).await,
+            };
+            match res {
+                Ok(_) => {
+                    tracing::info!(aggregate = %agg, %request, "park record removed after its replay");
+                    self.unparked();
+                    self.part_done(request, &agg).await;
+                }
+                Err(StoreError::Fenced { .. }) => {
+                    self.request_parts.remove(&request);
+                    self.step_down();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, aggregate = %agg, %request, "the park record still cannot be removed; retrying");
+                    self.unpark_later.push((request, agg));
+                }
+            }
         }
     }
 

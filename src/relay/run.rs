@@ -74,6 +74,8 @@ pub(super) struct Run {
     /// The rewind request this term ends for, and the checkpoint it moves
     /// back from: recorded done only once the checkpoint was written.
     pub(super) rewind: Option<(uuid::Uuid, i64)>,
+    /// Replayed aggregates whose park record is still to be removed: (request, aggregate).
+    pub(super) unpark_later: Vec<(uuid::Uuid, AggKey)>,
 }
 
 impl Run {
@@ -166,6 +168,10 @@ impl Run {
         completions: &mut mpsc::UnboundedReceiver<Completion>,
     ) -> Option<Result<Exit, RelayError>> {
         self.relay.status.flush();
+        self.retry_unparks().await;
+        if self.exit.is_some() {
+            return None;
+        }
         self.poll_requests().await;
         if self.relay.requests_only && self.request_parts.is_empty() && self.window.is_empty() {
             // A rewind ends the term through `finish`, which moves the checkpoint back.
