@@ -3,7 +3,9 @@
 //! ends there (an exactly-once term must not go on to `init_transactions`,
 //! which would fence the instance that holds the lease now and abort its
 //! open transaction); one whose park write is refused (fenced), or whose
-//! lease went while its loop was held, sends nothing after it.
+//! lease went while its loop was held, sends nothing after it; an
+//! exactly-once term behind an open breaker (the broker away) ends at the
+//! lease's loss.
 
 mod harness;
 
@@ -235,4 +237,89 @@ async fn a_refused_unpark_at_a_request_start_ends_the_term_and_leaves_the_reques
     let r = store.request_get(replay.id).await.unwrap().expect("the request");
     assert_eq!(r.status, RequestStatus::Running, "left for the next holder: {:?}", r.result);
     assert_eq!(store.parked(&consumer).await.unwrap().len(), 1, "still parked");
+}
+
+/// Review finding: the exactly-once twin of the park test above retried
+/// the refused (fenced) park 8 times, then ended the term as a store
+/// failure (an error on /health, a restart counted) instead of stepping
+/// down as the at-least-once term does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exactly_once_term_whose_park_is_refused_steps_down() {
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&brokers, &dir.path().join("s.db"));
+    exactly_once(&mut c);
+    let store = open_store(&c).await;
+    insert_unreadable(&c.store.path, "order", uuid::Uuid::now_v7(), 1);
+    for _ in 0..20 {
+        let id = uuid::Uuid::now_v7();
+        store.append(id, 0, order_events(id, 0, 1)).await.unwrap();
+    }
+    // Epoch 5 here; the store has no lease row: its fenced writes are refused.
+    let (_lease, rx) = tokio::sync::watch::channel(LeaseState::active(5));
+    let (relay, _status) = Relay::standalone(&c, store.clone(), Metrics::new());
+    let relay = relay.with_fence(Fence { epoch: 5, lease: rx });
+    let trigger = Trigger::new();
+    let exit = tokio::time::timeout(Duration::from_secs(60), relay.run_exactly_once(trigger.subscribe()))
+        .await
+        .expect("the term ends by itself");
+    assert_eq!(exit.unwrap(), Exit::LeaseLost);
+    assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty(), "the park was refused");
+    let records = consume_to_end(&brokers, &topics(&c), Duration::from_secs(5));
+    assert!(records.is_empty(), "nothing committed after the refusal: {} records", records.len());
+}
+
+/// Review finding: an exactly-once term waiting behind an open breaker
+/// (the broker away, its watch never seeing it back: a 10-minute open
+/// timeout) listened for shutdown only, so a lease lost meanwhile went
+/// unseen until the broker returned, and then it began a transaction
+/// after the takeover. It now ends at the loss, with writes going on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exactly_once_term_behind_an_open_breaker_sees_its_lease_go() {
+    use outboxd::relay::breaker::BreakerState;
+    use outboxd::store::lease::{Lease, LeaseCas};
+    let kafka = PrivateKafka::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(&kafka.brokers, &dir.path().join("s.db"));
+    exactly_once(&mut c);
+    c.kafka.message_timeout_ms = 2_000;
+    c.relay.breaker.failure_threshold = 1;
+    c.relay.breaker.open_timeout_ms = 600_000;
+    let store = open_store(&c).await;
+    let lease = Lease { name: c.relay.consumer_name.clone(), holder: "a".into(), epoch: 5, counter: 0, ttl_ms: 60_000 };
+    assert!(store.lease_cas(&LeaseCas { expected: None, new: lease }).await.unwrap());
+    let (keeper, rx) = tokio::sync::watch::channel(LeaseState::active(5));
+    let (relay, mut status) = Relay::standalone(&c, store.clone(), Metrics::new());
+    let relay = relay.with_fence(Fence { epoch: 5, lease: rx });
+    let trigger = Trigger::new();
+    let term = tokio::spawn(relay.run_exactly_once(trigger.subscribe()));
+    tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.running))
+        .await
+        .expect("the term starts")
+        .unwrap();
+    kafka.stop();
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                let id = uuid::Uuid::now_v7();
+                store.append(id, 0, order_events(id, 0, 1)).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(90), status.wait_for(|s| s.breaker == BreakerState::Open))
+        .await
+        .expect("the breaker opens with the broker away")
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!term.is_finished(), "still waiting behind the breaker");
+    keeper.send(LeaseState::Standby { holder: "b".into(), epoch: 6, ttl_ms: 10_000 }).unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), term)
+        .await
+        .expect("the term ends at the lease's loss, the broker still away")
+        .unwrap();
+    assert_eq!(exit.unwrap(), Exit::LeaseLost);
+    writer.abort();
+    trigger.fire();
 }

@@ -158,6 +158,11 @@ pub enum RelayError {
     /// instance cannot tell whether it holds the lease, so it must not publish.
     #[error("the lease keeper stopped: this instance can no longer tell whether it holds the relay lease")]
     LeaseKeeperGone,
+    /// A fenced store write was refused deep inside a term (an
+    /// exactly-once park): another instance holds the lease. The term ends
+    /// as [`Exit::LeaseLost`], never reported as a failure.
+    #[error("a fenced store write was refused: another instance holds the relay lease")]
+    Fenced,
 }
 
 /// One relay term: from the persisted checkpoint until shutdown, lease loss or rewind.

@@ -143,6 +143,9 @@ impl Txn {
         let p = parked_record(&self.relay.cfg.consumer_name, item, e);
         let mut attempt = 0;
         while let Err(err) = self.relay.park_record(&p).await {
+            if matches!(err, crate::store::StoreError::Fenced { .. }) {
+                return Err(RelayError::Fenced);
+            }
             attempt += 1;
             tracing::warn!(error = %err, aggregate = %p.aggregate_id, attempt, "cannot record the parked aggregate yet; retrying");
             self.relay.status.error(format!("cannot record a parked aggregate: {err}"));

@@ -318,6 +318,14 @@ impl Relay {
         } else {
             t.main(pages, &feed, &mut shutdown).await
         };
+        // A park refused as fenced ends the term as the lease's loss.
+        let exit = match exit {
+            Err(RelayError::Fenced) => {
+                tracing::warn!("parked aggregate fenced: another relay took over; stepping down");
+                Ok(Exit::LeaseLost)
+            }
+            other => other,
+        };
         stop.fire();
         drop(broker_watch);
         t.relay.status.update(|s| {

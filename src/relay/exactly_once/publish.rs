@@ -56,9 +56,8 @@ impl Txn {
         // after a transient abort. The retry counters count them per record.
         let mut again = refused;
         loop {
-            self.wait_for_breaker(shutdown).await;
-            if shutdown.is_shutdown() {
-                return Ok(Some(Exit::Shutdown));
+            if let Some(exit) = self.wait_for_breaker(shutdown).await {
+                return Ok(Some(exit));
             }
             if batch.is_empty() {
                 // Only held events: nothing to commit; the store checkpoint still moves.
@@ -96,8 +95,8 @@ impl Txn {
                         )));
                     }
                     tracing::warn!(error = %m, attempts, events = batch.len(), "transaction aborted; retrying the batch in order");
-                    if !shutdown.sleep(self.backoff.delay(attempts)).await {
-                        return Ok(Some(Exit::Shutdown));
+                    if let Some(exit) = self.idle(self.backoff.delay(attempts), shutdown).await {
+                        return Ok(Some(exit));
                     }
                 }
                 Outcome::Permanent(mut failed) => {
@@ -179,12 +178,11 @@ impl Txn {
                 self.park(&item, &err).await?;
                 return Ok(None);
             }
-            if !shutdown.sleep(self.backoff.delay(count.attempts)).await {
-                return Ok(Some(Exit::Shutdown));
+            if let Some(exit) = self.idle(self.backoff.delay(count.attempts), shutdown).await {
+                return Ok(Some(exit));
             }
-            self.wait_for_breaker(shutdown).await;
-            if shutdown.is_shutdown() {
-                return Ok(Some(Exit::Shutdown));
+            if let Some(exit) = self.wait_for_breaker(shutdown).await {
+                return Ok(Some(exit));
             }
             let started = Instant::now();
             // Each resend alone is a retry, as on the at-least-once path.
@@ -252,16 +250,32 @@ impl Txn {
 
     /// Waits while the breaker is open (it watches the broker: a broker
     /// seen down and answering again is probed at once).
-    async fn wait_for_breaker(&mut self, shutdown: &mut Shutdown) {
+    async fn wait_for_breaker(&mut self, shutdown: &mut Shutdown) -> Option<Exit> {
         loop {
             let now = Instant::now();
             if self.breaker.state(now) != BreakerState::Open {
-                return;
+                if shutdown.is_shutdown() {
+                    return Some(Exit::Shutdown);
+                }
+                // Nothing is handed to the producer once the lease went
+                // (a loss during the wait, or before it).
+                return self.relay.fence.as_ref().is_some_and(|f| !f.held()).then_some(Exit::LeaseLost);
             }
             let wait = self.breaker.open_wait(now);
-            if !shutdown.sleep(wait).await {
-                return;
+            if let Some(exit) = self.idle(wait, shutdown).await {
+                return Some(exit);
             }
+        }
+    }
+
+    /// Waits `d`, unless shutdown or the lease's loss comes first (then
+    /// the exit): a term behind an open breaker or a backoff (the broker
+    /// away for longer than the lease TTL) must still see a takeover.
+    async fn idle(&self, d: std::time::Duration, shutdown: &mut Shutdown) -> Option<Exit> {
+        match crate::relay::pipeline::unless_lease_lost(&self.relay.fence, shutdown.sleep(d)).await {
+            None => Some(Exit::LeaseLost),
+            Some(false) => Some(Exit::Shutdown),
+            Some(true) => None,
         }
     }
 }
