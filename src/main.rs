@@ -424,11 +424,15 @@ async fn async_main(cli: Cli) -> Result<u8, Failure> {
 /// A command-line error as one line on stderr, exit 2 (help and version as clap prints them).
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         e.exit();
+    }
+    let format = if json_asked(std::env::args_os()) { LogFormat::Json } else { LogFormat::Text };
+    if matches!(e.kind(), ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand) {
+        // clap prints the whole help for the first (exit 2; the second when
+        // a flag was given): one line instead, naming the subcommands.
+        final_error(format, &missing_subcommand(std::env::args().skip(1)), 2);
+        return ExitCode::from(2);
     }
     // `OUTBOX_CONFIG=` (set, but empty) is what clap reports as `--config`
     // given no value (even with `--config FILE`): name the variable.
@@ -458,7 +462,24 @@ fn usage_error(e: clap::Error) -> ExitCode {
     }
     let message = format!("{message} (try '--help')");
     let message = message.strip_prefix("error: ").unwrap_or(&message);
-    let format = if json_asked(std::env::args_os()) { LogFormat::Json } else { LogFormat::Text };
     final_error(format, message, 2);
     ExitCode::from(2)
+}
+
+/// "'outboxd order' requires a subcommand: ..." for the deepest command
+/// `args` name (other words, flags and their values, are passed over).
+fn missing_subcommand(args: impl Iterator<Item = String>) -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut path = vec!["outboxd".to_string()];
+    for a in args {
+        if let Some(sub) = cmd.find_subcommand(&a).cloned() {
+            path.push(a);
+            cmd = sub;
+        }
+    }
+    let names: Vec<&str> =
+        cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help").map(|s| s.get_name()).collect();
+    let path = path.join(" ");
+    format!("'{path}' requires a subcommand: {} (try '{path} --help')", names.join(", "))
 }

@@ -453,3 +453,27 @@ fn a_store_path_that_cannot_be_created_is_bad_input() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("/proc/nope") && stderr(&o).lines().count() == 1, "{}", stderr(&o));
 }
+
+/// Review finding: a command group without its subcommand (`outboxd order`)
+/// printed the whole help (15 lines) on stderr, and with `--log-format
+/// json` its last line was not JSON: one line naming the subcommands now,
+/// exit 2, with or without `OUTBOX_CONFIG`.
+#[test]
+fn a_command_group_without_its_subcommand_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    assert!(outboxd(&db, &["schema"]).status.success());
+    refused(&db, &["order"], 2, "'outboxd order' requires a subcommand: create, update-items, confirm,");
+    refused(&db, &["dlq"], 2, "'outboxd dlq' requires a subcommand: list, replay, discard (try 'outboxd dlq --help')");
+    refused(&db, &[], 2, "'outboxd' requires a subcommand: schema, order,");
+    let bare = Command::new(env!("CARGO_BIN_EXE_outboxd")).env_remove("OUTBOX_CONFIG").output().unwrap();
+    assert_eq!((bare.status.code(), stderr(&bare).lines().count()), (Some(2), 1), "{}", stderr(&bare));
+    let json = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .args(["--log-format", "json", "relay"])
+        .env_remove("OUTBOX_CONFIG")
+        .output()
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_str(&stderr(&json)).expect("one JSON line");
+    assert_eq!(line["exit_code"], 2);
+    assert!(line["message"].as_str().unwrap().starts_with("'outboxd relay' requires a subcommand: rewind"), "{line}");
+}
