@@ -429,6 +429,7 @@ async fn commit_batch_moves_the_checkpoint_only_from_where_it_was() {
         orders: vec![],
         customers: vec![],
         parks: vec![],
+        held_by: vec![],
     };
     assert_eq!(store.projection_checkpoint("projections").await.unwrap(), 0);
     assert!(store.commit_batch(batch(0, 5)).await.unwrap());

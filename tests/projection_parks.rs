@@ -180,6 +180,7 @@ impl ModelsHook for ProjectorParksFirst {
             orders,
             customers: vec![],
             parks: vec![],
+            held_by: vec![],
         };
         assert!(inner.commit_batch(batch(0, self.p1, row.into_iter().collect())).await?);
         self.store.park(&park_of(self.x, self.p2, 2, "OrderConfirmed")).await?;

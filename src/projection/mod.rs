@@ -212,6 +212,11 @@ pub struct CommitBatch {
     pub orders: Vec<OrderRow>,
     pub customers: Vec<CustomerRow>,
     pub parks: Vec<crate::store::parking::Parked>,
+    /// Aggregates whose events the batch held because of a park record
+    /// read before it: SQLite commits only if each record is still there
+    /// (a rebuild's reset removes them; the batch is then read again, as
+    /// after a lost compare-and-set). CQL has no reset and ignores it.
+    pub held_by: Vec<String>,
 }
 
 /// Storage of the read models. Implemented by `SqliteStore` and `CqlStore`.
@@ -222,7 +227,8 @@ pub trait ReadModelStore: Send + Sync + 'static {
     /// Current rows of these aggregates.
     async fn load_rows(&self, orders: Vec<Uuid>, customers: Vec<Uuid>) -> Result<StoredRows, StoreError>;
     /// In one transaction: if the checkpoint of `batch.consumer` is still
-    /// `batch.from`, writes the park records, upserts the rows (never to a
+    /// `batch.from` (and, SQLite, every park record of `batch.held_by` is
+    /// still there), writes the park records, upserts the rows (never to a
     /// lower version) and sets the checkpoint to `batch.to`; returns false
     /// (writing nothing, parks included) if another projector moved the
     /// checkpoint meanwhile. (CQL, no transaction: the parks, then the rows,

@@ -247,7 +247,7 @@ pub(crate) async fn apply_page(
     let (mut dirty_orders, mut dirty_customers) = (HashSet::new(), HashSet::new());
     for ev in page {
         let id = ev.envelope.aggregate_id;
-        if parking.holds(&id.to_string(), ev.position) {
+        if parking.hold(&id.to_string(), ev.position) {
             out.held += 1;
             continue;
         }
@@ -297,6 +297,7 @@ pub(crate) async fn apply_page(
         customers: dirty_customers.into_iter().filter_map(|id| customers.remove(&id).flatten()).collect(),
         // This page's parks (and its unreadable rows', from `parking.sort`).
         parks: parking.take_pending(),
+        held_by: parking.take_relied(),
     };
     out.committed = models.commit_batch(batch).await?;
     Ok(out)

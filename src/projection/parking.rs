@@ -21,9 +21,11 @@
 //!   (its reset drops the parks of the projection with the rows and the
 //!   checkpoint, in one transaction), and a projector
 //!   running meanwhile re-reads the park records before each page while it
-//!   holds any, so it never holds an aggregate the rebuild released.
+//!   holds any, so it never holds an aggregate the rebuild released; a page
+//!   that held events on a park removed between that read and its commit
+//!   does not commit (SQLite: checked in its transaction) and is read again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::envelope::StoredEvent;
@@ -41,6 +43,12 @@ pub struct ProjectionParking {
     /// Parks of the page being applied, not written yet: they go into its
     /// `CommitBatch` (`take_pending`).
     pending: Vec<Parked>,
+    /// The aggregates whose park records were read from the store by the
+    /// last `load`.
+    stored: HashSet<Arc<str>>,
+    /// Those of them the page being applied held events of: its commit
+    /// passes only if their records are still there (`take_relied`).
+    relied: HashSet<Arc<str>>,
 }
 
 /// What identifies an event for a park record.
@@ -77,7 +85,14 @@ pub struct Sorted {
 
 impl ProjectionParking {
     pub fn new(consumer: &str) -> ProjectionParking {
-        ProjectionParking { consumer: consumer.to_string(), parked: HashMap::new(), loaded: false, pending: Vec::new() }
+        ProjectionParking {
+            consumer: consumer.to_string(),
+            parked: HashMap::new(),
+            loaded: false,
+            pending: Vec::new(),
+            stored: HashSet::new(),
+            relied: HashSet::new(),
+        }
     }
 
     pub fn count(&self) -> usize {
@@ -88,6 +103,26 @@ impl ProjectionParking {
     /// aggregate is parked at that position or before it.
     pub fn holds(&self, agg: &str, position: i64) -> bool {
         self.parked.get(agg).is_some_and(|from| position >= *from)
+    }
+
+    /// [`Self::holds`], remembering an aggregate held on the strength of a
+    /// stored park record for the page's commit ([`Self::take_relied`]).
+    pub fn hold(&mut self, agg: &str, position: i64) -> bool {
+        if !self.holds(agg, position) {
+            return false;
+        }
+        if let Some(k) = self.stored.get(agg) {
+            self.relied.insert(k.clone());
+        }
+        true
+    }
+
+    /// The aggregates the page held events of because of a stored park
+    /// record: a rebuild's reset (or an operator) may remove one between
+    /// this page's `load` and its commit, which must then not pass (the
+    /// held events would be skipped for good with no park left).
+    pub fn take_relied(&mut self) -> Vec<String> {
+        self.relied.drain().map(|a| a.to_string()).collect()
     }
 
     /// Loads the parked set: once per projector run while nothing is
@@ -102,12 +137,14 @@ impl ProjectionParking {
     pub async fn load(&mut self, store: &DynStore) -> Result<(), StoreError> {
         if !self.loaded || !self.parked.is_empty() {
             self.pending.clear();
+            self.relied.clear();
             self.parked = store
                 .parked_positions(&self.consumer)
                 .await?
                 .into_iter()
                 .map(|(agg, position)| (Arc::from(agg.as_str()), position.unwrap_or(i64::MIN)))
                 .collect();
+            self.stored = self.parked.keys().cloned().collect();
             self.loaded = true;
         }
         Ok(())
@@ -132,7 +169,7 @@ impl ProjectionParking {
     pub fn sort(&mut self, rows: Vec<FeedRow>) -> Sorted {
         let mut out = Sorted::default();
         for row in rows {
-            if self.holds(row.aggregate_key(), row.position()) {
+            if self.hold(row.aggregate_key(), row.position()) {
                 out.held += 1;
                 continue;
             }

@@ -202,12 +202,23 @@ impl ReadModelStore for SqliteStore {
     async fn commit_batch(&self, batch: CommitBatch) -> Result<bool, StoreError> {
         let orders = batch.orders.iter().map(order_params).collect::<Result<Vec<_>, _>>()?;
         let customers = batch.customers.iter().map(customer_params).collect::<Result<Vec<_>, _>>()?;
-        let (consumer, from, to, parks) = (batch.consumer, batch.from, batch.to, batch.parks);
+        let (consumer, from, to, parks, held_by) = (batch.consumer, batch.from, batch.to, batch.parks, batch.held_by);
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| unavailable(format!("cannot begin projection transaction: {e}")))?;
             let current = checkpoint_of(&tx, &consumer)?;
             if current != from {
                 return Ok(false); // dropped: rolled back, nothing written
+            }
+            // Held on the strength of a park a reset removed since: the
+            // held events would be skipped for good (the same outcome).
+            for agg in &held_by {
+                let there: bool = tx
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM parked_aggregates WHERE consumer = ?1 AND aggregate_id = ?2)")
+                    .and_then(|mut s| s.query_row(params![consumer, agg], |r| r.get(0)))
+                    .map_err(unavailable)?;
+                if !there {
+                    return Ok(false);
+                }
             }
             for p in &parks {
                 crate::store::sqlite::parking::park(&tx, p)?;
