@@ -116,6 +116,30 @@ async fn a_parked_aggregate_is_replayed_and_other_requests_are_refused() {
     let records = tokio::task::spawn_blocking(move || consume_to_end(&bk, &ts, Duration::from_secs(30))).await.unwrap();
     assert!(records.iter().all(|r| r.key != c.to_string()), "nothing of c was published");
     assert_eq!(store.parked(RELAY).await.unwrap().len(), 1, "c stays parked");
+
+    // Review finding: a replay of every parked aggregate stopped at the
+    // first one it could not replay (c, parked first), so d, parked after
+    // it and replayable, was never tried, at every retry. d goes out now,
+    // and c is named under `failed` (it stays parked), as on the position relay.
+    let d = Uuid::now_v7();
+    let d_events = order_events(d, 0, 2);
+    store.append(d, 0, d_events.clone()).await.unwrap();
+    store.park(&park_record(&d_events[0], &park.error)).await.unwrap();
+    let all = RelayRequest::new(RELAY, RequestKind::ReplayAllParked, "test");
+    store.request_submit(&all).await.unwrap();
+    server.poll(&mut shutdown).await;
+    let r = store.request_get(all.id).await.unwrap().unwrap();
+    assert_eq!(r.status, RequestStatus::Done, "{:?}", r.result);
+    let result = r.result.unwrap();
+    assert_eq!(result["unparked"], serde_json::json!([d.to_string()]), "{result}");
+    assert_eq!(result["failed"][0]["aggregate_id"], c.to_string(), "{result}");
+    assert!(result["failed"][0]["error"].as_str().unwrap().contains("cannot be decoded"), "{result}");
+    let (bk, ts) = (brokers.clone(), topics(&cfg));
+    let records = tokio::task::spawn_blocking(move || consume_to_end(&bk, &ts, Duration::from_secs(30))).await.unwrap();
+    let seqs: Vec<i64> = records.iter().filter(|r| r.key == d.to_string()).map(|r| r.sequence()).collect();
+    assert_eq!(seqs, vec![1, 2]);
+    let parked: Vec<String> = store.parked(RELAY).await.unwrap().into_iter().map(|p| p.parked.aggregate_id).collect();
+    assert_eq!(parked, vec![c.to_string()], "c alone stays parked");
 }
 
 /// Dead letters replayed on the CDC relay: each letter's event reaches the

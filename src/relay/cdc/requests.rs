@@ -218,7 +218,8 @@ impl CdcRequests {
                     .into(),
             )),
         };
-        let (mut unparked, mut events) = (Vec::new(), 0usize);
+        let all = matches!(r.kind, RequestKind::ReplayAllParked);
+        let (mut unparked, mut events, mut bad) = (Vec::new(), 0usize, Vec::new());
         for agg in aggregates {
             match self.replay(&agg, shutdown).await {
                 Ok(Some(n)) => {
@@ -226,6 +227,10 @@ impl CdcRequests {
                     events += n;
                 }
                 Ok(None) => return None,
+                // Of every parked aggregate, one that cannot be replayed (it
+                // stays parked) does not hold the others back, as on the
+                // position relay: named under `failed`.
+                Err(error) if all => bad.push(json!({ "aggregate_id": agg, "error": error })),
                 Err(error) => {
                     return Some((
                         RequestStatus::Failed,
@@ -234,7 +239,11 @@ impl CdcRequests {
                 }
             }
         }
-        Some((RequestStatus::Done, json!({ "aggregates": unparked.len(), "unparked": unparked, "events": events })))
+        let mut result = json!({ "aggregates": unparked.len(), "unparked": unparked, "events": events });
+        if !bad.is_empty() {
+            result["failed"] = json!(bad);
+        }
+        Some((RequestStatus::Done, result))
     }
 
     /// Rewinds the feed to `to_ms`: the outcome, or `None` when the runner
