@@ -350,6 +350,23 @@ async fn a_request_running_at_this_epoch_is_carried_out() {
     assert_eq!(row.status, RequestStatus::Failed, "{:?}", row.result);
     let why = row.result.unwrap()["error"].as_str().unwrap().to_string();
     assert!(why.starts_with("--to-position rewinds a position feed"), "{why}");
+    // Review finding: a replay or discard whose former executor removed the
+    // park record and stopped before recording the outcome was failed for
+    // work that was done ("not parked"): recorded done.
+    let gone = Uuid::now_v7().to_string();
+    let kinds = [
+        RequestKind::ReplayAggregate { aggregate_id: gone },
+        RequestKind::Discard { event_id: Uuid::now_v7().to_string(), reason: "bad import".into() },
+    ];
+    for kind in kinds {
+        let r = RelayRequest::new(RELAY, kind, "test");
+        store.request_submit(&r).await.unwrap();
+        assert!(store.request_claim(&r, 0).await.unwrap());
+        server.poll(&mut shutdown).await;
+        let row = store.request_get(r.id).await.unwrap().unwrap();
+        assert_eq!(row.status, RequestStatus::Done, "{:?}", row.result);
+        assert_eq!(row.result.unwrap()["note"], "carried out before a restart");
+    }
 }
 
 /// The CLI carrying a request out on the CDC relay (no relay running) loses

@@ -176,6 +176,22 @@ async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result
     Ok(plans)
 }
 
+/// Whether a taken-over replay or discard (`r`, running already) finds
+/// its goal reached: the aggregate is not parked any more (a replay), no
+/// parked aggregate is held behind the event (a discard). A store that
+/// cannot be read says no: the plan then fails or retries as usual.
+pub async fn carried_out_before(ctx: &PlanCtx<'_>, r: &RelayRequest) -> bool {
+    match &r.kind {
+        RequestKind::ReplayAggregate { aggregate_id } => {
+            !ctx.parked.contains(&crate::store::feed::aggregate_key(aggregate_id))
+        }
+        RequestKind::Discard { event_id, .. } => {
+            matches!(parked_behind(ctx.store, ctx.consumer, event_id).await, Err(RelayError::Refused(_)))
+        }
+        _ => false,
+    }
+}
+
 /// The park record of the aggregate held behind `event_id` (its first held
 /// event), or the reason a discard of it cannot be.
 pub async fn parked_behind(

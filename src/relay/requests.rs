@@ -73,6 +73,14 @@ impl Run {
             // replayed and removed some of the letters it names.
             resuming: r.status == RequestStatus::Running,
         };
+        if ctx.resuming && crate::relay::plan::carried_out_before(&ctx, r).await {
+            // Its former executor did the store's part (the park record is
+            // gone) and stopped before recording the outcome.
+            tracing::info!(request = %r.id, "a request its former executor carried out; recorded as done");
+            let result = json!({ "events": 0, "note": "carried out before a restart" });
+            self.finish_request(r.id, RequestStatus::Done, result).await;
+            return Ok(());
+        }
         let plans = plan(&ctx, r).await.map_err(|e| e.to_string())?;
         let mut progress = Progress::default();
         for p in plans {

@@ -191,6 +191,12 @@ impl CdcRequests {
     /// The outcome, or `None` on shutdown (the request stays claimed; the
     /// next leader re-claims it).
     async fn carry_out(&self, r: &RelayRequest, shutdown: &mut Shutdown) -> Option<(RequestStatus, Value)> {
+        if r.status == RequestStatus::Running && self.carried_out_before(&r.kind).await {
+            // Its former executor did the store's part (the park record is
+            // gone) and stopped before recording the outcome.
+            tracing::info!(request = %r.id, "a request its former executor carried out; recorded as done");
+            return Some((RequestStatus::Done, json!({ "events": 0, "note": "carried out before a restart" })));
+        }
         let aggregates: Vec<String> = match &r.kind {
             RequestKind::ReplayAggregate { aggregate_id } => vec![aggregate_id.clone()],
             RequestKind::ReplayAllParked => match self.store.parked(&self.consumer).await {
@@ -244,6 +250,27 @@ impl CdcRequests {
             result["failed"] = json!(bad);
         }
         Some((RequestStatus::Done, result))
+    }
+
+    /// Whether a taken-over replay or discard finds its goal reached: no
+    /// park record of the aggregate, or none held behind the event (a store
+    /// that cannot be read says no: it is carried out as usual).
+    async fn carried_out_before(&self, kind: &RequestKind) -> bool {
+        let gone = |parked: Vec<crate::store::parking::ParkedInfo>| match kind {
+            RequestKind::ReplayAggregate { aggregate_id } => {
+                parked.iter().all(|p| p.parked.aggregate_id != *aggregate_id)
+            }
+            RequestKind::Discard { event_id, .. } => {
+                parked.iter().all(|p| p.parked.event_id.as_deref() != Some(event_id.as_str()))
+            }
+            _ => false,
+        };
+        match kind {
+            RequestKind::ReplayAggregate { .. } | RequestKind::Discard { .. } => {
+                self.store.parked(&self.consumer).await.is_ok_and(gone)
+            }
+            _ => false,
+        }
     }
 
     /// Rewinds the feed to `to_ms`: the outcome, or `None` when the runner

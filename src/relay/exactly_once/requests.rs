@@ -77,6 +77,15 @@ impl Txn {
                 discards: &self.discards,
                 resuming,
             };
+            if r.status == RequestStatus::Running && !resuming && crate::relay::plan::carried_out_before(&ctx, &r).await
+            {
+                // Taken over without a mark: its former executor did the
+                // store's part and stopped before recording the outcome.
+                tracing::info!(request = %r.id, "a request its former executor carried out; recorded as done");
+                let result = serde_json::json!({ "events": 0, "note": "carried out before a restart" });
+                self.finish(r.id, RequestStatus::Done, result).await;
+                continue;
+            }
             let mut plans = match plan(&ctx, &r).await {
                 Ok(p) => p,
                 // The store did not answer: whether the former term did the
