@@ -312,7 +312,12 @@ impl Txn {
         started: Instant,
     ) -> Result<Option<Exit>, RelayError> {
         let took = started.elapsed().as_secs_f64();
-        self.breaker.record_success(Instant::now());
+        // Only a transaction the broker committed tells the breaker anything
+        // (a batch of held events alone never reached it: counted, it could
+        // close a half-open breaker with the broker untested).
+        if !batch.is_empty() {
+            self.breaker.record_success(Instant::now());
+        }
         self.relay.status.breaker(self.breaker.state(Instant::now()));
         if !batch.is_empty() {
             // (An empty batch had no Kafka transaction.)
