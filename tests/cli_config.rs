@@ -360,3 +360,46 @@ fn an_address_that_cannot_be_listened_on_is_a_configuration_error() {
         assert!(!db.exists(), "{listen} {admin}: the store was not opened: {err}");
     }
 }
+
+/// Review finding: a librdkafka property could not be set by a variable of
+/// its own (figment split `OUTBOX_KAFKA__EXTRA__SASL__PASSWORD` into
+/// `sasl` -> `password`: "expected a string, found map"), only by the whole
+/// table as one TOML value; and two spellings of one key (case, `.` for
+/// `__`) were both taken silently, whichever the environment listed last.
+#[test]
+fn a_kafka_property_has_a_variable_of_its_own_and_a_key_one_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |vars: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_outboxd"));
+        c.arg("config").current_dir(dir.path()).env_remove("OUTBOX_CONFIG");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let o = config(&[
+        ("OUTBOX_KAFKA__EXTRA__QUEUE__BUFFERING__MAX__MESSAGES", "20000"),
+        ("OUTBOX_KAFKA__EXTRA__SASL__PASSWORD", "hunter2"),
+        ("OUTBOX_KAFKA__EXTRA", r#"{"batch.num.messages"="7000"}"#),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let extra = &shown["kafka"]["extra"];
+    assert_eq!(extra["queue.buffering.max.messages"], "20000", "{extra}");
+    assert_eq!(extra["sasl.password"], "<redacted>", "{extra}");
+    assert_eq!(extra["batch.num.messages"], "7000", "the whole-table form still merges: {extra}");
+    // librdkafka checks it as any extra.
+    let o = config(&[("OUTBOX_KAFKA__EXTRA__NO__SUCH__PROPERTY", "1")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("kafka.extra.\"no.such.property\""), "{}", stderr(&o));
+    for (a, b) in [
+        ("OUTBOX_KAFKA__BROKERS", "outbox_kafka__brokers"),
+        ("OUTBOX_KAFKA__EXTRA__SASL__PASSWORD", "OUTBOX_KAFKA__EXTRA__SASL.PASSWORD"),
+    ] {
+        let o = config(&[(a, "x:1"), (b, "y:2")]);
+        assert_eq!(o.status.code(), Some(2), "{a} and {b}");
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(a) && err.contains(b) && err.ends_with("keep one"), "{err}");
+    }
+}

@@ -6,7 +6,10 @@
 //! either a configuration key or an error naming the variable. figment skips
 //! a variable whose key has an empty part (`OUTBOX_HTTP__API_TOKEN__`,
 //! `OUTBOX_HTTP____API_TOKEN`, `OUTBOX_HTTP__API_TOKEN.`) without a word: the
-//! value would be lost (an API token: the API would run without one).
+//! value would be lost (an API token: the API would run without one). Two
+//! variables for one key (another case, `.` for `__`) are refused naming
+//! both (figment kept whichever came last). `OUTBOX_KAFKA__EXTRA__<P>`
+//! sets one librdkafka property `p` whole (`__` read as `.`).
 
 use super::ConfigError;
 
@@ -54,13 +57,51 @@ pub(super) fn check_vars() -> Result<(), ConfigError> {
             "environment variable {name}: the configuration file is named by {CONFIG_FILE_VAR}, in upper case; this spelling is not read"
         )));
     }
-    match config_vars().into_iter().find(|(_, path)| path.iter().any(String::is_empty)) {
-        None => Ok(()),
-        Some((name, _)) => Err(ConfigError(format!(
+    let vars = config_vars();
+    if let Some((name, _)) = vars.iter().find(|(_, path)| path.iter().any(String::is_empty)) {
+        return Err(ConfigError(format!(
             "environment variable {name}: not a configuration key (an empty part: a key is OUTBOX_ then its \
              section and name joined with __, e.g. OUTBOX_HTTP__API_TOKEN; no leading, trailing or doubled __ or .)"
-        ))),
+        )));
     }
+    // Two spellings of one key (case, `.` for `__`): figment keeps whichever
+    // the environment lists last, without a word.
+    for (i, (name, path)) in vars.iter().enumerate() {
+        if let Some((other, _)) = vars[i + 1..].iter().find(|(_, p)| p == path) {
+            return Err(ConfigError(format!(
+                "environment variables {name} and {other} both set {}: keep one",
+                path.join(".")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether figment's key for a variable (prefix off, in any case, its
+/// parts joined by `__` or `.`) is one librdkafka property of
+/// `kafka.extra` (`KAFKA__EXTRA__SASL__PASSWORD`): read by
+/// [`extra_properties`], never by figment (which would nest it).
+pub(super) fn is_extra_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase().replace("__", ".");
+    k.strip_prefix("kafka.extra.").is_some_and(|rest| !rest.is_empty())
+}
+
+/// `OUTBOX_KAFKA__EXTRA__<PROPERTY>` variables: (librdkafka property, value
+/// as written). The property is the rest of the name, lowercased, its
+/// parts joined by `.` (`SASL__PASSWORD` and `SASL.PASSWORD` are
+/// `sasl.password`): librdkafka's names are lowercase, and `.` is not
+/// allowed in a shell's variable names.
+pub(super) fn extra_properties() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for (name, path) in config_vars() {
+        if path.len() < 3 || path[0] != "kafka" || path[1] != "extra" {
+            continue;
+        }
+        let value = std::env::var(&name)
+            .map_err(|_| ConfigError(format!("environment variable {name}: its value is not UTF-8")))?;
+        out.push((path[2..].join("."), value));
+    }
+    Ok(out)
 }
 
 /// The variable that set `path` (or a key below it), if one did.

@@ -93,8 +93,19 @@ impl Config {
         // A variable figment would drop (an empty part in its key) is refused by name.
         env::check_vars()?;
         // `OUTBOX_CONFIG` names the file (read by the CLI as `--config`); it is not a key.
-        let env = || Env::prefixed(env::PREFIX).ignore(&[env::CONFIG_FILE_KEY]).split("__");
+        let env = || {
+            Env::prefixed(env::PREFIX)
+                .ignore(&[env::CONFIG_FILE_KEY])
+                .filter(|k| !env::is_extra_property(k.as_str()))
+                .split("__")
+        };
         fig = fig.merge(env());
+        // One librdkafka property per variable (`OUTBOX_KAFKA__EXTRA__SASL__PASSWORD`):
+        // its dotted name kept whole (figment would nest `sasl` -> `password`).
+        let extra: std::collections::BTreeMap<String, String> = env::extra_properties()?.into_iter().collect();
+        if !extra.is_empty() {
+            fig = fig.merge(Serialized::default("kafka.extra", extra));
+        }
         // Secrets exactly as written: figment would parse `000123` as the number 123.
         for (key, value) in env().iter().filter(|(k, _)| is_secret_key(k.as_str())) {
             fig = fig.merge(Serialized::default(key.as_str(), value));
