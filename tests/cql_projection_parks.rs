@@ -166,3 +166,29 @@ async fn a_gap_fill_keeps_the_readers_park_at_an_unreadable_row() {
     assert_eq!((p.parked.error.as_str(), p.parked.event_id.as_deref()), ("the reader's", Some("e2")));
     assert_eq!(store.get_order(z).await.unwrap().map(|r| r.version), Some(1));
 }
+
+/// Review finding: a park written by another build (an older one that
+/// could not apply y's event 2, during a rolling upgrade) was never removed
+/// once this build applied y past it (the gap fill applies the event), so
+/// the customer's orders page kept marking y stale and /health said
+/// Degraded for a current row. It goes once the row is written past it;
+/// one that the row has not passed yet stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_park_this_build_applied_past_is_removed() {
+    let Some(uri) = cql_uri_or_skip("CQL projection park applied past") else { return };
+    let (store, _keyspace, _session) = fresh_cql_store(&uri, "pp").await;
+    let (y, z) = (Uuid::now_v7(), Uuid::now_v7());
+    let (ys, zs) = (order_events(y, 0, 3), order_events(z, 0, 3));
+    store.append(y, 0, ys.clone()).await.unwrap();
+    store.append(z, 0, zs.clone()).await.unwrap();
+    store.park(&park_of(y, 2)).await.unwrap();
+    store.park(&park_of(z, 3)).await.unwrap();
+    // y's event 3 arrives: the gap fill applies 1 and 2, then 3.
+    let out =
+        outboxd::projection::cql::apply_envelopes(&store, vec![ys[2].clone(), zs[1].clone()], "EUR").await.unwrap();
+    assert_eq!(out.rows_written, 2, "{out:?}");
+    assert_eq!(store.get_order(y).await.unwrap().map(|r| r.version), Some(3));
+    assert_eq!(store.get_order(z).await.unwrap().map(|r| r.version), Some(2));
+    let parked: Vec<String> = store.parked_positions(CONSUMER).await.unwrap().into_iter().map(|(a, _)| a).collect();
+    assert_eq!(parked, vec![z.to_string()], "y's park is gone; z's (at 3, the row at 2) stays");
+}

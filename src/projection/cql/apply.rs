@@ -9,7 +9,8 @@
 //! highest version wins whatever the arrival order. A row never reflects a
 //! state with an event missing: an event this build cannot apply stops its
 //! aggregate at the version before it and parks it (`parked_aggregates`,
-//! consumer `projections`).
+//! consumer `projections`); a park the row is written past (another build
+//! parked it, this one applied the event) is removed.
 
 use chrono::{DateTime, Utc};
 use scylla::statement::batch::{Batch, BatchType};
@@ -199,6 +200,7 @@ pub async fn apply_envelopes(
     }
     let st = stmts(store).await?;
     let mut out = CqlApplyOutcome::default();
+    let mut parks = Parks::default();
     for (id, ty, mut evs) in groups {
         evs.sort_by_key(|e| e.sequence);
         match ty.as_str() {
@@ -207,6 +209,7 @@ pub async fn apply_envelopes(
                 if let Some(row) = project::<Order>(store, id, stored, evs, currency, &mut out).await? {
                     write_order(store, &st, &row).await?;
                     out.rows_written += 1;
+                    parks.applied_past(store, id, row.version).await?;
                 }
             }
             Customer::TYPE => {
@@ -214,6 +217,7 @@ pub async fn apply_envelopes(
                 if let Some(row) = project::<Customer>(store, id, stored, evs, currency, &mut out).await? {
                     write_customer(store, &st, &row).await?;
                     out.rows_written += 1;
+                    parks.applied_past(store, id, row.version).await?;
                 }
             }
             // An aggregate type without a read model.
@@ -221,6 +225,31 @@ pub async fn apply_envelopes(
         }
     }
     Ok(out)
+}
+
+/// The projection's park rows, read once per call when a row was written:
+/// a park this build applied past (another build's, that could not apply
+/// the event this one did) is removed, or the aggregate's read model would
+/// be flagged stale (`stale: true`, `/health` Degraded) while current.
+#[derive(Default)]
+struct Parks(Option<HashMap<String, Option<i64>>>);
+
+impl Parks {
+    async fn applied_past(&mut self, store: &CqlStore, id: Uuid, version: i64) -> Result<(), StoreError> {
+        if self.0.is_none() {
+            self.0 = Some(store.park_sequences(CONSUMER).await?);
+        }
+        let parks = self.0.as_mut().expect("read above");
+        let key = id.to_string();
+        if let Some(Some(from)) = parks.get(&key).copied() {
+            if version >= from {
+                store.unpark(CONSUMER, &key).await?;
+                parks.remove(&key);
+                tracing::info!(aggregate = %key, sequence = from, version, "projection: the parked event is applied now; park removed");
+            }
+        }
+        Ok(())
+    }
 }
 
 pub(super) async fn write_order(store: &CqlStore, st: &Stmts, r: &Row<Order>) -> Result<(), StoreError> {

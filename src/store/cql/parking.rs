@@ -122,6 +122,15 @@ impl CqlStore {
         Ok(false)
     }
 
+    /// The sequence each park row of `consumer` holds from (None: all of
+    /// them), by aggregate id; one read of the partition.
+    pub(crate) async fn park_sequences(
+        &self,
+        consumer: &str,
+    ) -> Result<std::collections::HashMap<String, Option<i64>>, StoreError> {
+        Ok(self.park_rows(consumer).await?.into_iter().map(|p| (p.aggregate_id, p.sequence)).collect())
+    }
+
     /// [`Self::parked_rows`], each with the commit time of its oldest held event.
     pub(super) async fn parked_rows_held(
         &self,
