@@ -34,7 +34,7 @@ impl Txn {
         position: i64,
         shutdown: &mut Shutdown,
     ) -> Result<Option<Exit>, RelayError> {
-        self.publish_after(batch, position, shutdown, false).await
+        self.publish_after(batch, position, shutdown, false, false).await
     }
 
     /// `publish`; `refused`: a record was refused earlier in this call.
@@ -49,6 +49,7 @@ impl Txn {
         position: i64,
         shutdown: &mut Shutdown,
         mut refused: bool,
+        mut counted: bool,
     ) -> Result<Option<Exit>, RelayError> {
         let mut attempts: u32 = 0;
         // Whether the batch's records are sent again (a transaction that
@@ -70,8 +71,9 @@ impl Txn {
             match self.transaction(&batch, position).await {
                 Outcome::Committed => {
                     // Not after `Failure` was counted for the same records
-                    // (one outcome per retried record, as at-least-once).
-                    if again && attempts < self.backoff.max_attempts.max(1) {
+                    // (one outcome per retried record, as at-least-once),
+                    // in this call or in the batch they were split from.
+                    if again && !counted {
                         self.count_retry(Retry::Success, batch.len());
                     }
                     return self.committed(&batch, position, started).await;
@@ -85,9 +87,10 @@ impl Txn {
                     attempts += 1;
                     again = true;
                     self.aborted(&m);
-                    if attempts == self.backoff.max_attempts.max(1) {
+                    if attempts == self.backoff.max_attempts.max(1) && !counted {
                         // Still failing after max_attempts (once, as at least once).
                         self.count_retry(Retry::Failure, batch.len());
+                        counted = true;
                     }
                     if refused && attempts >= self.backoff.max_attempts.max(1) {
                         return Err(RelayError::ProducerFatal(format!(
@@ -116,7 +119,9 @@ impl Txn {
                         // skip feed events never published.
                         let before = self.progress_at(suspect.position() - 1);
                         let prefix = std::mem::take(&mut batch);
-                        if let Some(exit) = Box::pin(self.publish_after(prefix, before, shutdown, true)).await? {
+                        if let Some(exit) =
+                            Box::pin(self.publish_after(prefix, before, shutdown, true, counted)).await?
+                        {
                             return Ok(Some(exit));
                         }
                         if self.letter_failed.is_some() {
@@ -131,7 +136,7 @@ impl Txn {
                     // never published).
                     let letters = self.replaying.as_ref().is_some_and(|(_, part)| part == LETTERS);
                     if letters || !self.holds(suspect.aggregate(), suspect.position()) {
-                        if let Some(exit) = self.solo(suspect.clone(), err, shutdown).await? {
+                        if let Some(exit) = self.solo(suspect.clone(), err, shutdown, counted).await? {
                             return Ok(Some(exit));
                         }
                     }
@@ -164,12 +169,17 @@ impl Txn {
         item: Item,
         mut err: PublishError,
         shutdown: &mut Shutdown,
+        counted: bool,
     ) -> Result<Option<Exit>, RelayError> {
         let mut count = SoloCount::new();
+        // Its outcome is counted once: not again when its batch's failure was.
+        let outcome = |what| (!counted).then_some(what);
         let position = self.progress_at(item.position());
         loop {
             if count.exhausted(self.backoff.max_attempts) {
-                self.count_retry(Retry::Failure, 1);
+                if let Some(w) = outcome(Retry::Failure) {
+                    self.count_retry(w, 1);
+                }
                 if self.replaying.as_ref().is_some_and(|(_, part)| part == LETTERS) {
                     // Not parked: its aggregate's later events went out long ago.
                     self.letter_failed = Some((item.position(), err));
@@ -189,7 +199,9 @@ impl Txn {
             self.count_retry(Retry::Attempt, 1);
             match self.transaction(std::slice::from_ref(&item), position).await {
                 Outcome::Committed => {
-                    self.count_retry(Retry::Success, 1);
+                    if let Some(w) = outcome(Retry::Success) {
+                        self.count_retry(w, 1);
+                    }
                     return self.committed(std::slice::from_ref(&item), position, started).await;
                 }
                 Outcome::Permanent(mut f) => {
@@ -201,7 +213,9 @@ impl Txn {
                     self.aborted(&m);
                     count.failed(false);
                     if count.stuck(self.backoff.max_attempts) {
-                        self.count_retry(Retry::Failure, 1);
+                        if let Some(w) = outcome(Retry::Failure) {
+                            self.count_retry(w, 1);
+                        }
                         // One event alone keeps aborting: the producer itself
                         // may be stuck (after a refused record librdkafka
                         // can wait for an epoch bump its abort never gives:
