@@ -430,6 +430,12 @@ fn parked_order_served_stale(event_version: i64, payload: &str) {
     assert!(o["stale_reason"].as_str().unwrap().contains("after version 1"), "{o}");
     assert_eq!(r.header("etag").as_deref(), Some("\"1\""));
     assert!(r.header("x-projection-lag").is_some());
+    // Review finding: a client holding version 1 was told 304 (not
+    // modified), nothing saying the stream went past it. A stale answer is
+    // always the whole body.
+    let r = d.api("GET", &format!("/orders/{x}"), &[("If-None-Match", "\"1\"")], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["stale"].as_bool(), Some(true));
     // Last read: a parked order whose row is also of another build's state
     // shape answered an error (the row read as absent, the events cannot be
     // decoded). It is the row, marked stale, as before.

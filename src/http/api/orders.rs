@@ -121,7 +121,9 @@ pub(super) async fn get_order(
                     v.version
                 )
             });
-            return Ok(row_response(&req, &v, body));
+            // Never a 304: a client holding this version would not learn
+            // that the stream went past it.
+            return Ok(with_projection(respond(StatusCode::OK, v.version, None, body), v.projection));
         }
         Err(e) => return Err(e.into()),
     };
