@@ -477,3 +477,49 @@ fn a_command_group_without_its_subcommand_is_one_line() {
     assert_eq!(line["exit_code"], 2);
     assert!(line["message"].as_str().unwrap().starts_with("'outboxd relay' requires a subcommand: rewind"), "{line}");
 }
+
+/// Review finding: every CLI command, the ones that only read too,
+/// migrated the file: `outboxd events` of a newer build against a store
+/// an older daemon still used upgraded it, and that daemon was refused at
+/// its next start ("newer than this build"). A read-only command now
+/// refuses an older file (exit 2, one line) and leaves its version alone;
+/// `outboxd schema` upgrades it.
+#[test]
+fn a_command_that_only_reads_never_upgrades_the_store() {
+    use outboxd::store::sqlite::schema::{MIGRATIONS, SCHEMA_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("v4.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(())).unwrap();
+        for (v, ddl) in MIGRATIONS.iter().filter(|(v, _)| *v < SCHEMA_VERSION) {
+            c.execute_batch(ddl).unwrap();
+            c.execute_batch(&format!("PRAGMA user_version = {v}")).unwrap();
+        }
+    }
+    let version = || -> i64 {
+        rusqlite::Connection::open(&db).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(version(), SCHEMA_VERSION - 1);
+    let id = uuid::Uuid::now_v7().to_string();
+    let reads: [&[&str]; 6] = [
+        &["events"],
+        &["leases"],
+        &["dlq", "list"],
+        &["projections", "status"],
+        &["order", "show", &id],
+        &["customer", "show", &id],
+    ];
+    for args in reads {
+        let o = outboxd(&db, args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("older than this build") && err.contains("outboxd schema"), "{args:?}: {err}");
+        assert_eq!(version(), SCHEMA_VERSION - 1, "{args:?} upgraded the file");
+    }
+    assert!(outboxd(&db, &["schema"]).status.success());
+    assert_eq!(version(), SCHEMA_VERSION);
+    let o = outboxd(&db, &["events"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -9,7 +9,7 @@ use outboxd::app::AppError;
 use outboxd::config::Config;
 use outboxd::domain::{Customer, CustomerCommand, Email, PhoneNumber};
 
-use super::{meta, open_existing, open_for, service, Failure};
+use super::{meta, open_for, service, Failure};
 use crate::CustomerCmd;
 
 pub async fn run(cfg: &Config, c: CustomerCmd) -> Result<u8, Failure> {
@@ -17,7 +17,7 @@ pub async fn run(cfg: &Config, c: CustomerCmd) -> Result<u8, Failure> {
     let generated_id = matches!(&c, CustomerCmd::Register { id: None, .. });
     let (id, cmd, m) = match c {
         CustomerCmd::Show { id } => {
-            let svc = service(cfg, open_existing(cfg).await?);
+            let svc = service(cfg, super::open_to_read(cfg).await?);
             let loaded = svc.load::<Customer>(id).await?;
             if loaded.version == 0 {
                 return Err(Failure::from(AppError::Domain(outboxd::domain::DomainError::CustomerNotFound))

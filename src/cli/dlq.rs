@@ -15,7 +15,7 @@ use crate::DlqCmd;
 pub async fn run(cfg: &Config, c: DlqCmd) -> Result<u8, Failure> {
     match c {
         DlqCmd::List { limit } => {
-            let store = open_existing(cfg).await?;
+            let store = super::open_to_read(cfg).await?;
             let parked = store.parked(&cfg.relay.consumer_name).await?;
             let letters = store.dlq_list(limit).await?;
             let (n_parked, n_letters) = (parked.len(), letters.len());

@@ -86,6 +86,27 @@ pub async fn open_existing(cfg: &Config) -> Result<DynStore, Failure> {
     open(cfg).await
 }
 
+/// Opens an existing store for a command that only reads: a SQLite file at
+/// an older schema version is refused (exit 2), never upgraded. Opening
+/// migrates, and an older daemon using the file would be refused at its
+/// next start ("newer than this build") because someone listed its events.
+pub async fn open_to_read(cfg: &Config) -> Result<DynStore, Failure> {
+    refuse_missing(cfg)?;
+    if cfg.store.backend == outboxd::config::Backend::Sqlite {
+        use outboxd::store::sqlite::schema::{version_of, SCHEMA_VERSION};
+        let path = &cfg.store.path;
+        // A file that cannot be read this way gets `open`'s own error.
+        if let Some(v) = version_of(path).ok().filter(|v| *v < SCHEMA_VERSION) {
+            return Err(BadInput(format!(
+                "store.path {}: schema version {v}, older than this build's ({SCHEMA_VERSION}); a command that only reads does not upgrade it (a daemon of the build that wrote it may still use it): read it with that build, or upgrade it with `outboxd schema`",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    open(cfg).await
+}
+
 /// A SQLite path with no store there is refused (exit 2), never created.
 pub fn refuse_missing(cfg: &Config) -> Result<(), Failure> {
     let path = &cfg.store.path;

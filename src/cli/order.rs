@@ -75,7 +75,7 @@ pub async fn run(cfg: &Config, c: OrderCmd) -> Result<u8, Failure> {
     // Validate the input before touching the store.
     let (id, cmd, m) = match c {
         OrderCmd::Show { id } => {
-            let svc = service(cfg, open_existing(cfg).await?);
+            let svc = service(cfg, super::open_to_read(cfg).await?);
             let loaded = svc.load::<Order>(id).await?;
             if loaded.version == 0 {
                 return Err(Failure::from(AppError::Domain(outboxd::domain::DomainError::OrderNotFound))

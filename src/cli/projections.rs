@@ -31,7 +31,7 @@ pub async fn rebuild(cfg: &Config, no_progress: bool) -> Result<u8, Failure> {
 
 /// `outboxd projections status`: checkpoint, head, lag and parked aggregates of the read models.
 pub async fn status(cfg: &Config) -> Result<u8, Failure> {
-    let store = super::open_existing(cfg).await?;
+    let store = super::open_to_read(cfg).await?;
     let consumer = outboxd::projection::CONSUMER;
     let backlog = store.backlog(consumer).await?;
     let parked = store.parked(consumer).await?;

@@ -61,7 +61,7 @@ fn refuse_other_backend(cfg: &Config, kind: &RequestKind) -> Result<(), Failure>
 }
 
 pub async fn leases(cfg: &Config) -> Result<u8, Failure> {
-    let store = open_existing(cfg).await?;
+    let store = super::open_to_read(cfg).await?;
     for l in store.lease_list().await? {
         out!("{}", serde_json::to_string(&l)?);
     }

@@ -9,7 +9,7 @@ use outboxd::config::Config;
 use outboxd::envelope::StoredEvent;
 use outboxd::store::feed::FeedRow;
 
-use super::{open_existing, Failure};
+use super::Failure;
 
 /// Creates or upgrades the store's tables; with `dry_run`, prints the DDL
 /// it would run for the configured backend and connects to nothing.
@@ -37,7 +37,7 @@ pub async fn schema(cfg: &Config, dry_run: bool) -> Result<u8, Failure> {
 /// Prints the feed after `after`, at most `limit` events, as JSON lines;
 /// a full page says on stderr where the next one starts.
 pub async fn events(cfg: &Config, after: i64, limit: usize) -> Result<u8, Failure> {
-    let store = open_existing(cfg).await?;
+    let store = super::open_to_read(cfg).await?;
     let rows = store.read_feed(after, limit).await?;
     let last = rows.last().map(FeedRow::position);
     let full = rows.len() == limit;

@@ -225,6 +225,13 @@ INSERT INTO customer_order_counts (customer_id, orders)
 pub const MIGRATIONS: &[(i64, &str)] =
     &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3), (4, SCHEMA_V4), (5, SCHEMA_V5)];
 
+/// The schema version of the file at `path`, read without writing to it
+/// (a read-only connection: no migration, no journal mode change).
+pub fn version_of(path: &std::path::Path) -> Result<i64, StoreError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(unavailable)?;
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)
+}
+
 pub(crate) fn migrate_conn(conn: &mut Connection) -> Result<(), StoreError> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(unavailable)?;
     if v > SCHEMA_VERSION {
