@@ -7,7 +7,8 @@
 //!   is the lease's.
 //! - These run on their own connection with a short busy timeout, never
 //!   through the group-commit writer queue: a renewal does not wait behind
-//!   a burst of appends, and a store that stays locked makes the renewal
+//!   a burst of appends or other writes (the writer yields the lock to it
+//!   before each group and each exec job), and a store that stays locked makes the renewal
 //!   fail fast (the holder then steps down at its deadline).
 //! - A COMMIT that failed is classified as the writer's are
 //!   (`writer::commit_failure_of`): rolled back by SQLite (busy, locked,
@@ -202,6 +203,54 @@ mod tests {
         let taken = store.lease_op(|c| cas(c, &take("relay"))).await;
         assert!(taken.unwrap(), "the next lease write goes through");
         assert_eq!(store.lease_op(|c| get(c, "relay")).await.unwrap().map(|l| l.epoch), Some(1));
+    }
+
+    /// Review finding: the writer yielded to a waiting lease write only
+    /// before an append group; exec jobs (read-model batches, parks,
+    /// requests) ran back to back and starved a renewal past its 250 ms
+    /// busy timeout. Here each exec job holds the write lock 40 ms, queued
+    /// without a gap for 2 s; every renewal meanwhile lands.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lease_write_goes_before_back_to_back_exec_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::default().store.sqlite;
+        let store = crate::store::sqlite::SqliteStore::open(dir.path().join("y.db"), cfg).await.unwrap();
+        assert!(store.lease_op(|c| cas(c, &take("relay"))).await.unwrap());
+        let busy = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                let mut jobs = Vec::new();
+                while std::time::Instant::now() < until {
+                    let s = store.clone();
+                    jobs.push(tokio::spawn(async move {
+                        s.write(|c| {
+                            c.execute_batch("BEGIN IMMEDIATE; DELETE FROM checkpoints WHERE consumer = 'none';")
+                                .map_err(unavailable)?;
+                            std::thread::sleep(std::time::Duration::from_millis(40));
+                            c.execute_batch("COMMIT").map_err(unavailable)
+                        })
+                        .await
+                    }));
+                    // Keep the queue full: the next job is there before this one ends.
+                    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                }
+                for j in jobs {
+                    j.await.unwrap().unwrap();
+                }
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        for counter in 0..10 {
+            let renew = LeaseCas {
+                expected: Some((1, counter)),
+                new: Lease { name: "relay".into(), holder: "a".into(), epoch: 1, counter: counter + 1, ttl_ms: 9_000 },
+            };
+            let r = store.lease_op(move |c| cas(c, &renew)).await;
+            assert!(matches!(r, Ok(true)), "renewal {counter}: {r:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        busy.await.unwrap();
     }
 
     /// Review finding: a lease row whose column holds the wrong type (a

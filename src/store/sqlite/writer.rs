@@ -101,6 +101,14 @@ pub(super) fn writer_loop(
                 None => return, // every handle dropped: finish
             },
         };
+        // A lease write (renewal, fenced checkpoint) waiting for the write
+        // lock goes first: SQLite's busy handler is not fair, and back-to-back
+        // groups or exec jobs (read-model batches, parks, requests) would
+        // starve it past its renewal deadline.
+        let held = std::time::Instant::now();
+        while lease_waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 && held.elapsed() < LEASE_YIELD_MAX {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let first = match job {
             Job::Exec(f) => {
                 // A panicking job must not take the one writer thread (and
@@ -118,13 +126,6 @@ pub(super) fn writer_loop(
         if let Err(e) = file.check() {
             let _ = first.reply.send(Err(e));
             continue;
-        }
-        // A lease write (renewal, fenced checkpoint) waiting for the write
-        // lock goes first: SQLite's busy handler is not fair, and back-to-back
-        // groups would starve it past its renewal deadline.
-        let held = std::time::Instant::now();
-        while lease_waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 && held.elapsed() < LEASE_YIELD_MAX {
-            std::thread::sleep(std::time::Duration::from_millis(1));
         }
         // The group stays open while appends keep arriving: rows queued while
         // the writer inserts the previous ones join this commit instead of
