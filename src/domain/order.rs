@@ -319,13 +319,15 @@ pub(crate) fn bounded_text(field: &'static str, s: &str, max: usize) -> Result<S
 }
 
 /// Whitespace, or a format character that shows nothing on its own (zero
-/// widths, joiners, bidi marks, soft hyphen, byte-order mark): a text made
+/// widths, joiners, bidi marks, soft hyphen, byte-order mark, the braille
+/// blank, musical formatting, tag characters and variation selectors): a text made
 /// only of these reads as empty wherever it is shown.
 fn invisible(c: char) -> bool {
     c.is_whitespace()
         || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{180B}'..='\u{180F}'
             | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FEFF}' | '\u{FFA0}')
+            | '\u{FEFF}' | '\u{FFA0}' | '\u{2800}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E007F}'
+            | '\u{E0100}'..='\u{E01EF}')
 }
 
 #[cfg(test)]

@@ -196,7 +196,9 @@ fn text_fields_are_required_and_bounded() {
     assert_eq!(confirmed.handle(&bell), Err(DomainError::ControlCharacters { field: "carrier" }));
     // Review finding: a text of zero-width or byte-order marks only is blank
     // (it is stored and shown as nothing); one visible character is enough.
-    for invisible in ["\u{200b}", " \u{feff} ", "\u{200d}\u{2060}\u{00ad}", "\u{202e}\u{200f}"] {
+    for invisible in
+        ["\u{200b}", " \u{feff} ", "\u{200d}\u{2060}\u{00ad}", "\u{202e}\u{200f}", "\u{e0020}", "\u{2800}", "\u{e0100}"]
+    {
         let cancel = OrderCommand::Cancel { reason: invisible.into() };
         assert_eq!(confirmed.handle(&cancel), Err(DomainError::Blank { field: "reason" }), "{invisible:?}");
     }
