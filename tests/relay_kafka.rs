@@ -391,14 +391,16 @@ async fn a_replay_whose_park_record_removal_fails_finishes_once_it_is_removed() 
     store.park(&order_parked_at(&c.relay.consumer_name, order, 2)).await.unwrap();
     let mut relay = start_relay(&c, store.clone());
     relay.wait_checkpoint(2, Duration::from_secs(60)).await;
-    // The replay's own five attempts fail, then four retries at the polls.
+    // The replay's own five attempts fail, then the retries at the polls,
+    // until the store answers again.
     let faults = store.faults().expect("the SQLite store has the fault seam");
-    faults.fail_next(UNPARK, 9);
+    faults.fail_next(UNPARK, 1_000);
     let replay = replay_of(&c.relay.consumer_name, order);
     store.request_submit(&replay).await.unwrap();
-    wait_for("the first retries", || faults.armed(UNPARK) <= 2).await;
+    wait_for("the first retries", || faults.armed(UNPARK) <= 993).await;
     let now = store.request_get(replay.id).await.unwrap().unwrap();
     assert_eq!(now.status, RequestStatus::Running, "not finished while the record stays: {:?}", now.result);
+    faults.fail_next(UNPARK, 0);
     let finished = request_finished(&store, replay.id).await;
     assert_eq!(finished.status, RequestStatus::Done, "{:?}", finished.result);
     assert_eq!(faults.armed(UNPARK), 0);
@@ -407,6 +409,44 @@ async fn a_replay_whose_park_record_removal_fails_finishes_once_it_is_removed() 
     relay.wait_checkpoint(3, Duration::from_secs(60)).await;
     let records = consume_to_end(&brokers, &topics(&c), Duration::from_secs(30));
     assert_eq!(sequences_of(&records, order), ["1", "2", "3"]);
+    relay.stop().await;
+}
+
+/// Last read: the removal pending (the store failing), a later event of
+/// the aggregate fails for good and parks it again, which overwrites the
+/// park record; the retried removal deleted that new park (its events
+/// then held in memory only, skipped for good after a restart). The
+/// replay fails with the new error instead, and the new park stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_whose_aggregate_is_parked_again_keeps_the_new_park() {
+    use outboxd::store::faults::UNPARK;
+    use outboxd::store::requests::RequestStatus;
+    let Some(brokers) = shared_brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _topic, store) = small_topic(&brokers, dir.path(), false).await;
+    let order = uuid::Uuid::now_v7();
+    store.append(order, 0, order_events(order, 0, 2)).await.unwrap();
+    store.park(&order_parked_at(&c.relay.consumer_name, order, 2)).await.unwrap();
+    let mut relay = start_relay(&c, store.clone());
+    relay.wait_checkpoint(2, Duration::from_secs(60)).await;
+    let faults = store.faults().expect("the SQLite store has the fault seam");
+    faults.fail_next(UNPARK, 1_000);
+    let replay = replay_of(&c.relay.consumer_name, order);
+    store.request_submit(&replay).await.unwrap();
+    wait_for("the first retries", || faults.armed(UNPARK) <= 993).await;
+    // Event 3, larger than the topic takes: parked again at it.
+    let mut big = order_events(order, 2, 1);
+    big[0].payload = serde_json::json!({ "note": "x".repeat(20_000) });
+    store.append(order, 2, big).await.unwrap();
+    let finished = request_finished(&store, replay.id).await;
+    assert_eq!(finished.status, RequestStatus::Failed, "{:?}", finished.result);
+    let why = finished.result.as_ref().unwrap()["error"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("parked again"), "{why}");
+    faults.fail_next(UNPARK, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let parks = store.parked(&c.relay.consumer_name).await.unwrap();
+    assert_eq!(parks.len(), 1, "the new park stays: {parks:?}");
+    assert_eq!(parks[0].parked.sequence, Some(3), "{parks:?}");
     relay.stop().await;
 }
 

@@ -74,6 +74,7 @@ impl Run {
         self.resent_alone.retain(|s| self.window.get(*s).is_some());
         self.replay_failed(&agg, &p.error).await;
         self.replays_gone(&p.error).await;
+        self.parked_again(&agg, &p.error).await;
         if newly {
             count_parked(&self.relay.metrics, &self.relay.status, true);
         }

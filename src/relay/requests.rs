@@ -189,10 +189,29 @@ impl Run {
         }
     }
 
+    /// `agg` was parked again (a later event failed for good) while its
+    /// replayed park record's removal was pending: that record now holds
+    /// the new park and must stay. The replay fails with the new error.
+    pub(super) async fn parked_again(&mut self, agg: &AggKey, error: &str) {
+        let (again, pending): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.unpark_later).into_iter().partition(|(_, a)| a == agg);
+        self.unpark_later = pending;
+        for (request, agg) in again {
+            let result =
+                json!({ "aggregate_id": agg.to_string(), "error": format!("parked again at a later event: {error}") });
+            self.fail_request(request, result).await;
+        }
+    }
+
     /// Park records whose removal failed after their replay: one attempt
     /// each per request turn; the replay's part is done once it lands.
     pub(super) async fn retry_unparks(&mut self) {
         for (request, agg) in std::mem::take(&mut self.unpark_later) {
+            if self.window.is_parked(&agg) {
+                // Parked again (`parked_again` failed its request): the
+                // record is the new park's.
+                continue;
+            }
             let res = match self.epoch() {
                 0 => self.relay.store.unpark(&self.relay.cfg.consumer_name, &agg).await,
                 e => self.relay.store.unpark_fenced(&self.relay.cfg.consumer_name, &agg, e).await,
