@@ -354,9 +354,24 @@ async fn a_request_running_at_this_epoch_is_carried_out() {
     // park record and stopped before recording the outcome was failed for
     // work that was done ("not parked"): recorded done.
     let gone = Uuid::now_v7().to_string();
+    let discarded = order_events(Uuid::now_v7(), 0, 1).remove(0);
+    let audit = outboxd::store::parking::DiscardRecord {
+        consumer: RELAY.into(),
+        event_id: discarded.event_id.to_string(),
+        aggregate_id: discarded.aggregate_id.to_string(),
+        aggregate_type: Some("order".into()),
+        sequence: Some(1),
+        position: None,
+        event_type: Some(discarded.event_type.clone()),
+        payload: None,
+        error: "too large".into(),
+        reason: "bad import".into(),
+        discarded_at: chrono::Utc::now(),
+    };
+    store.record_discard(&audit).await.unwrap();
     let kinds = [
         RequestKind::ReplayAggregate { aggregate_id: gone },
-        RequestKind::Discard { event_id: Uuid::now_v7().to_string(), reason: "bad import".into() },
+        RequestKind::Discard { event_id: discarded.event_id.to_string(), reason: "bad import".into() },
     ];
     for kind in kinds {
         let r = RelayRequest::new(RELAY, kind, "test");
@@ -367,6 +382,17 @@ async fn a_request_running_at_this_epoch_is_carried_out() {
         assert_eq!(row.status, RequestStatus::Done, "{:?}", row.result);
         assert_eq!(row.result.unwrap()["note"], "carried out before a restart");
     }
+    // A discard with no audit row never was: carried out now, it fails (nothing parked behind it).
+    let never = RelayRequest::new(
+        RELAY,
+        RequestKind::Discard { event_id: Uuid::now_v7().to_string(), reason: "bad import".into() },
+        "test",
+    );
+    store.request_submit(&never).await.unwrap();
+    assert!(store.request_claim(&never, 0).await.unwrap());
+    server.poll(&mut shutdown).await;
+    let row = store.request_get(never.id).await.unwrap().unwrap();
+    assert_eq!(row.status, RequestStatus::Failed, "{:?}", row.result);
 }
 
 /// The CLI carrying a request out on the CDC relay (no relay running) loses

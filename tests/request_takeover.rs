@@ -55,8 +55,25 @@ fn orphan_is_taken_over(delivery: &str) {
         (&"done".into(), &"carried out before a restart".into()),
         "{done}"
     );
-    let done = orphan(&format!(r#"{{"kind":"discard","event_id":"{}","reason":"bad import"}}"#, Uuid::now_v7()));
-    assert_eq!(done["status"], "done", "{done}");
+    // A discard counts as carried out only with its audit row written (and
+    // nothing parked behind its event); without one it never was: failed.
+    let never = orphan(&format!(r#"{{"kind":"discard","event_id":"{}","reason":"bad import"}}"#, Uuid::now_v7()));
+    assert_eq!(never["status"], "failed", "{never}");
+    let discarded = Uuid::now_v7();
+    sqlite3(
+        db,
+        &format!(
+            "INSERT INTO discarded_events (consumer, event_id, aggregate_id, error, reason, discarded_at) \
+             VALUES ('{consumer}', '{discarded}', '{}', 'too large', 'bad import', '2026-12-07T00:00:00.000Z')",
+            Uuid::now_v7()
+        ),
+    );
+    let done = orphan(&format!(r#"{{"kind":"discard","event_id":"{discarded}","reason":"bad import"}}"#));
+    assert_eq!(
+        (&done["status"], &done["result"]["note"]),
+        (&"done".into(), &"carried out before a restart".into()),
+        "{done}"
+    );
     d.stop();
 }
 

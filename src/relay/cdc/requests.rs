@@ -253,7 +253,8 @@ impl CdcRequests {
     }
 
     /// Whether a taken-over replay or discard finds its goal reached: no
-    /// park record of the aggregate, or none held behind the event (a store
+    /// park record of the aggregate, or the discard's audit row written and
+    /// no park held behind the event (a store
     /// that cannot be read says no: it is carried out as usual).
     async fn carried_out_before(&self, kind: &RequestKind) -> bool {
         let gone = |parked: Vec<crate::store::parking::ParkedInfo>| match kind {
@@ -266,8 +267,10 @@ impl CdcRequests {
             _ => false,
         };
         match kind {
-            RequestKind::ReplayAggregate { .. } | RequestKind::Discard { .. } => {
-                self.store.parked(&self.consumer).await.is_ok_and(gone)
+            RequestKind::ReplayAggregate { .. } => self.store.parked(&self.consumer).await.is_ok_and(gone),
+            RequestKind::Discard { event_id, .. } => {
+                crate::relay::plan::discard_recorded(&*self.store, &self.consumer, event_id).await
+                    && self.store.parked(&self.consumer).await.is_ok_and(gone)
             }
             _ => false,
         }
