@@ -191,4 +191,21 @@ async fn a_park_this_build_applied_past_is_removed() {
     assert_eq!(store.get_order(z).await.unwrap().map(|r| r.version), Some(2));
     let parked: Vec<String> = store.parked_positions(CONSUMER).await.unwrap().into_iter().map(|(a, _)| a).collect();
     assert_eq!(parked, vec![z.to_string()], "y's park is gone; z's (at 3, the row at 2) stays");
+
+    // Last read: the park rows are read once per call. w, parked at 2 by
+    // another build, is applied through 2 and stopped again at its
+    // unreadable row 3 in a call whose first row (v's) read them: its park
+    // was removed on the strength of the sequence read before (2), the row
+    // left behind with no park. An aggregate parked in the call keeps it.
+    let (v, w) = (Uuid::now_v7(), Uuid::now_v7());
+    let (vs, ws) = (order_events(v, 0, 1), order_events(w, 0, 4));
+    store.append(v, 0, vs.clone()).await.unwrap();
+    store.append(w, 0, ws[..2].to_vec()).await.unwrap();
+    unreadable_row(&store, w, 3).await;
+    store.append(w, 3, ws[3..].to_vec()).await.unwrap();
+    store.park(&park_of(w, 2)).await.unwrap();
+    outboxd::projection::cql::apply_envelopes(&store, vec![vs[0].clone(), ws[3].clone()], "EUR").await.unwrap();
+    assert_eq!(store.get_order(w).await.unwrap().map(|r| r.version), Some(2), "applied up to the unreadable row");
+    let parked: Vec<String> = store.parked_positions(CONSUMER).await.unwrap().into_iter().map(|(a, _)| a).collect();
+    assert!(parked.contains(&w.to_string()), "w stays parked: {parked:?}");
 }

@@ -206,18 +206,26 @@ pub async fn apply_envelopes(
         match ty.as_str() {
             Order::TYPE => {
                 let stored = load_stored(store, &st.load_order, id).await?;
+                let skipped = out.skipped;
                 if let Some(row) = project::<Order>(store, id, stored, evs, currency, &mut out).await? {
                     write_order(store, &st, &row).await?;
                     out.rows_written += 1;
-                    parks.applied_past(store, id, row.version).await?;
+                    // Parked (again) in this call: the row stops before it.
+                    if out.skipped == skipped {
+                        parks.applied_past(store, id, row.version).await?;
+                    }
                 }
             }
             Customer::TYPE => {
                 let stored = load_stored(store, &st.load_customer, id).await?;
+                let skipped = out.skipped;
                 if let Some(row) = project::<Customer>(store, id, stored, evs, currency, &mut out).await? {
                     write_customer(store, &st, &row).await?;
                     out.rows_written += 1;
-                    parks.applied_past(store, id, row.version).await?;
+                    // Parked (again) in this call: the row stops before it.
+                    if out.skipped == skipped {
+                        parks.applied_past(store, id, row.version).await?;
+                    }
                 }
             }
             // An aggregate type without a read model.
