@@ -55,7 +55,7 @@ use super::saver::LeaseCheckpointSaver;
 use super::CdcError;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::relay::deliver::{Delivered, Deliverer};
+use crate::relay::deliver::Deliverer;
 use crate::relay::operator::{TermRequests, Unsaved};
 use crate::relay::plan::{chosen_letters, discard_of, letter_event, parked_behind, record_discard};
 use crate::relay::requests::kind_label;
@@ -235,13 +235,15 @@ impl CdcRequests {
                 Ok(None) => return None,
                 // Of every parked aggregate, one that cannot be replayed (it
                 // stays parked) does not hold the others back, as on the
-                // position relay: named under `failed`.
-                Err(error) if all => bad.push(json!({ "aggregate_id": agg, "error": error })),
-                Err(error) => {
+                // position relay: named under `failed`. The store or the
+                // lease failing ends the request.
+                Err(NotReplayed::Refused(error)) if all => bad.push(json!({ "aggregate_id": agg, "error": error })),
+                Err(e) => {
+                    let error = String::from(e);
                     return Some((
                         RequestStatus::Failed,
                         json!({ "aggregate_id": agg, "error": error, "unparked": unparked }),
-                    ))
+                    ));
                 }
             }
         }
@@ -300,12 +302,13 @@ impl CdcRequests {
     }
 
     /// Replays one parked aggregate: `Ok(Some(events))`, `Ok(None)` on
-    /// shutdown, `Err(reason)` when it cannot be (it stays parked).
-    async fn replay(&self, agg: &str, shutdown: &mut Shutdown) -> Result<Option<usize>, String> {
-        let id = Uuid::parse_str(agg).map_err(|_| format!("aggregate {agg} is not a UUID"))?;
+    /// shutdown, `Err` when it cannot be (it stays parked): refused for
+    /// this aggregate alone, or stopped by the store or the lease.
+    async fn replay(&self, agg: &str, shutdown: &mut Shutdown) -> Result<Option<usize>, NotReplayed> {
+        let id = Uuid::parse_str(agg).map_err(|_| NotReplayed::Refused(format!("aggregate {agg} is not a UUID")))?;
         let parked = self.store.parked(&self.consumer).await.map_err(|e| e.to_string())?;
         let Some(p) = parked.into_iter().find(|p| p.parked.aggregate_id == agg) else {
-            return Err(format!("aggregate {agg} is not parked"));
+            return Err(NotReplayed::Refused(format!("aggregate {agg} is not parked")));
         };
         let from = p.parked.sequence.unwrap_or(1).max(1);
         let _turn = self.sink.exclusive(id).await;
@@ -316,7 +319,7 @@ impl CdcRequests {
         if discarded.is_some() && rows.first().and_then(|r| r.sequence()) == Some(from) {
             rows.remove(0);
         }
-        let held = readable(agg, rows)?;
+        let held = readable(agg, rows).map_err(NotReplayed::Refused)?;
         tracing::info!(aggregate = %agg, from, events = held.len(), "replaying a parked aggregate from event_store");
         if let Some(d) = discarded {
             let marker = crate::relay::discards::marker_of(&d);
@@ -386,7 +389,7 @@ impl CdcRequests {
         agg: &str,
         held: &[RawEvent],
         shutdown: &mut Shutdown,
-    ) -> Result<Option<usize>, String> {
+    ) -> Result<Option<usize>, NotReplayed> {
         for raw in held {
             let d = self.deliverer.deliver_replayed(raw, shutdown).await;
             let why = || {
@@ -436,7 +439,7 @@ impl CdcRequests {
                 )
             });
             // Sent or stopped (a letter's failure for good is the Err above).
-            match d.and_then(|d| confirmed(d, || format!("dead letter {letter}: {d:?}"))) {
+            match d.and_then(|d| confirmed(d, || format!("dead letter {letter}: {d:?}")).map_err(String::from)) {
                 Ok(true) => {}
                 Ok(false) => return None,
                 Err(error) => {
@@ -455,33 +458,6 @@ impl CdcRequests {
     }
 }
 
-/// How one operator-requested publication ended: `Ok(true)` confirmed,
-/// `Ok(false)` on shutdown, `Err` the reason it was not (`not_published`
-/// when it still fails for good).
-fn confirmed(d: Delivered, not_published: impl FnOnce() -> String) -> Result<bool, String> {
-    match d {
-        Delivered::Delivered => Ok(true),
-        Delivered::Shutdown => Ok(false),
-        Delivered::Fenced => Err("another instance holds the relay lease".into()),
-        Delivered::Held | Delivered::Parked | Delivered::DeadLettered => Err(not_published()),
-    }
-}
-
-/// The held rows as events, or the reason nothing may be published: a row
-/// `event_store` cannot decode must be repaired first.
-fn readable(agg: &str, rows: Vec<FeedRow>) -> Result<Vec<RawEvent>, String> {
-    rows.into_iter()
-        .map(|row| match row {
-            FeedRow::Event(e) => Ok(e),
-            FeedRow::Unreadable(u) => Err(format!(
-                "event {agg}#{} cannot be decoded from event_store ({}); nothing was published: repair the row, then replay",
-                u.sequence.unwrap_or_default(),
-                u.error
-            )),
-        })
-        .collect()
-}
-
-fn failed(error: String) -> (RequestStatus, Value) {
-    (RequestStatus::Failed, json!({ "error": error }))
-}
+#[path = "requests_outcome.rs"]
+mod outcome;
+use outcome::{confirmed, failed, readable, NotReplayed};
