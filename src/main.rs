@@ -431,7 +431,11 @@ fn usage_error(e: clap::Error) -> ExitCode {
     if matches!(e.kind(), ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand) {
         // clap prints the whole help for the first (exit 2; the second when
         // a flag was given): one line instead, naming the subcommands.
-        final_error(format, &missing_subcommand(std::env::args().skip(1)), 2);
+        final_error(
+            format,
+            &missing_subcommand(std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned())),
+            2,
+        );
         return ExitCode::from(2);
     }
     // `OUTBOX_CONFIG=` (set, but empty) is what clap reports as `--config`

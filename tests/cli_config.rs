@@ -380,12 +380,12 @@ fn a_kafka_property_has_a_variable_of_its_own_and_a_key_one_variable() {
     let o = config(&[
         ("OUTBOX_KAFKA__EXTRA__QUEUE__BUFFERING__MAX__MESSAGES", "20000"),
         ("OUTBOX_KAFKA__EXTRA__SASL__PASSWORD", "hunter2"),
-        ("OUTBOX_KAFKA__EXTRA", r#"{"batch.num.messages"="7000"}"#),
+        ("OUTBOX_KAFKA__EXTRA", r#"{"batch.num.messages"="7000","queue.buffering.max.messages"="1000"}"#),
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let shown: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let extra = &shown["kafka"]["extra"];
-    assert_eq!(extra["queue.buffering.max.messages"], "20000", "{extra}");
+    assert_eq!(extra["queue.buffering.max.messages"], "20000", "the property's own variable wins: {extra}");
     assert_eq!(extra["sasl.password"], "<redacted>", "{extra}");
     assert_eq!(extra["batch.num.messages"], "7000", "the whole-table form still merges: {extra}");
     // librdkafka checks it as any extra.

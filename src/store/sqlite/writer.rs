@@ -79,7 +79,7 @@ pub(super) enum Job {
 /// (a stale entry makes the insert collide, which re-reads the real version).
 const VERSION_CACHE_MAX: usize = 200_000;
 
-/// Longest the writer holds back an append group for waiting lease writes.
+/// Longest the writer holds back an append group or an exec job for waiting lease writes.
 const LEASE_YIELD_MAX: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub(super) fn writer_loop(
