@@ -447,6 +447,9 @@ async fn a_replay_whose_aggregate_is_parked_again_keeps_the_new_park() {
     let parks = store.parked(&c.relay.consumer_name).await.unwrap();
     assert_eq!(parks.len(), 1, "the new park stays: {parks:?}");
     assert_eq!(parks[0].parked.sequence, Some(3), "{parks:?}");
+    // Counted once: it was still counted while its removal was pending.
+    assert_eq!(relay.status.borrow().parked_aggregates, 1, "{:?}", *relay.status.borrow());
+    assert_eq!(relay.metrics.dlq_parked_aggregates.get(), 1);
     relay.stop().await;
 }
 

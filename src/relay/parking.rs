@@ -65,8 +65,9 @@ impl Run {
         }
         let agg = crate::relay::window::Fenced::aggregate(item).clone();
         // A replay in progress left it counted (its park record stands until
-        // the replay ends): parked again, it is not counted twice.
-        let replaying = self.replays.keys().any(|(_, a)| *a == agg);
+        // the replay ends, or until its pending removal lands): parked
+        // again, it is not counted twice.
+        let replaying = self.replays.keys().any(|(_, a)| *a == agg) || self.unpark_later.iter().any(|(_, a)| *a == agg);
         let newly = !self.window.is_parked(&agg) && !replaying;
         let held = self.window.park(&agg, p.position.unwrap_or(i64::MIN));
         self.retries.retain(|(_, s)| self.window.get(*s).is_some());

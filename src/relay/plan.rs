@@ -179,28 +179,31 @@ async fn discard_plan(ctx: &PlanCtx<'_>, event_id: &str, reason: &str) -> Result
 /// Whether a taken-over replay or discard (`r`, running already) finds
 /// its goal reached: the aggregate is not parked any more (a replay: it was
 /// when the request was written, which checks), or the discard's audit row
-/// is written and no parked aggregate is held behind the event. A store
-/// that cannot be read says no: the plan then fails or retries as usual.
-pub async fn carried_out_before(ctx: &PlanCtx<'_>, r: &RelayRequest) -> bool {
+/// is written and no parked aggregate is held behind the event. An error:
+/// the store cannot tell now (the caller takes the request again later).
+pub async fn carried_out_before(ctx: &PlanCtx<'_>, r: &RelayRequest) -> Result<bool, StoreError> {
     match &r.kind {
         RequestKind::ReplayAggregate { aggregate_id } => {
-            !ctx.parked.contains(&crate::store::feed::aggregate_key(aggregate_id))
+            Ok(!ctx.parked.contains(&crate::store::feed::aggregate_key(aggregate_id)))
         }
-        RequestKind::Discard { event_id, .. } => {
-            discard_recorded(ctx.store, ctx.consumer, event_id).await
-                && matches!(parked_behind(ctx.store, ctx.consumer, event_id).await, Err(RelayError::Refused(_)))
-        }
-        _ => false,
+        RequestKind::Discard { event_id, .. } => match parked_behind(ctx.store, ctx.consumer, event_id).await {
+            Ok(_) => Ok(false),
+            Err(RelayError::Refused(_)) => discard_recorded(ctx.store, ctx.consumer, event_id).await,
+            Err(e) => Err(StoreError::Unavailable(e.to_string())),
+        },
+        _ => Ok(false),
     }
 }
 
 /// Whether the audit row of a discard of `event_id` by `consumer` is
-/// written (false when the store cannot say).
-pub async fn discard_recorded(store: &dyn crate::store::Store, consumer: &str, event_id: &str) -> bool {
-    store
-        .discards(100_000)
-        .await
-        .is_ok_and(|ds| ds.iter().any(|d| d.consumer == consumer && d.event_id.eq_ignore_ascii_case(event_id)))
+/// written (the newest rows first: a recent one is within the limit).
+pub async fn discard_recorded(
+    store: &dyn crate::store::Store,
+    consumer: &str,
+    event_id: &str,
+) -> Result<bool, StoreError> {
+    let ds = store.discards(100_000).await?;
+    Ok(ds.iter().any(|d| d.consumer == consumer && d.event_id.eq_ignore_ascii_case(event_id)))
 }
 
 /// The park record of the aggregate held behind `event_id` (its first held

@@ -73,13 +73,24 @@ impl Run {
             // replayed and removed some of the letters it names.
             resuming: r.status == RequestStatus::Running,
         };
-        if ctx.resuming && crate::relay::plan::carried_out_before(&ctx, r).await {
-            // Its former executor did the store's part (the park record is
-            // gone) and stopped before recording the outcome.
-            tracing::info!(request = %r.id, "a request its former executor carried out; recorded as done");
-            let result = json!({ "events": 0, "note": "carried out before a restart" });
-            self.finish_request(r.id, RequestStatus::Done, result).await;
-            return Ok(());
+        if ctx.resuming {
+            match crate::relay::plan::carried_out_before(&ctx, r).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    // Its former executor did the store's part (the park
+                    // record is gone) and stopped before recording the outcome.
+                    tracing::info!(request = %r.id, "a request its former executor carried out; recorded as done");
+                    let result = json!({ "events": 0, "note": "carried out before a restart" });
+                    self.finish_request(r.id, RequestStatus::Done, result).await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Whether it was carried out is unknown: taken again at the next poll.
+                    tracing::warn!(request = %r.id, error = %e, "cannot tell whether a taken-over request was carried out; trying again at the next poll");
+                    self.requests.release(r.id);
+                    return Ok(());
+                }
+            }
         }
         let plans = plan(&ctx, r).await.map_err(|e| e.to_string())?;
         let mut progress = Progress::default();
@@ -208,8 +219,10 @@ impl Run {
     pub(super) async fn retry_unparks(&mut self) {
         for (request, agg) in std::mem::take(&mut self.unpark_later) {
             if self.window.is_parked(&agg) {
-                // Parked again (`parked_again` failed its request): the
-                // record is the new park's.
+                // Parked again (`parked_again` fails its request first): the
+                // record is the new park's and stays.
+                let error = "parked again at a later event before its park record was removed";
+                self.fail_request(request, json!({ "aggregate_id": agg.to_string(), "error": error })).await;
                 continue;
             }
             let res = match self.epoch() {
@@ -282,8 +295,9 @@ impl Run {
     /// plus the letters it could not publish for not being events
     /// (`failed`), which stay named whatever ends the request.
     async fn fail_request(&mut self, id: Uuid, mut result: serde_json::Value) {
-        let progress = self.request_parts.remove(&id);
-        if let Some(p) = progress.filter(|p| !p.failed.is_empty()) {
+        // Finished already (another of its aggregates failed first): once.
+        let Some(p) = self.request_parts.remove(&id) else { return };
+        if !p.failed.is_empty() {
             result["failed"] = json!(p.failed);
         }
         self.finish_request(id, RequestStatus::Failed, result).await;

@@ -183,6 +183,24 @@ impl CdcRequests {
                 continue;
             }
             self.deliverer.metrics().relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
+            if r.status == RequestStatus::Running {
+                match self.carried_out_before(&r.kind).await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        // Its former executor did the store's part (the park
+                        // record is gone) and stopped before recording the outcome.
+                        tracing::info!(request = %r.id, "a request its former executor carried out; recorded as done");
+                        let result = json!({ "events": 0, "note": "carried out before a restart" });
+                        self.requests.finish(r.id, RequestStatus::Done, result, self.deliverer.backoff()).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(request = %r.id, error = %e, "cannot tell whether a taken-over request was carried out; trying again at the next poll");
+                        self.requests.release(r.id);
+                        continue;
+                    }
+                }
+            }
             let Some((status, result)) = self.carry_out(&r, shutdown).await else { return };
             self.requests.finish(r.id, status, result, self.deliverer.backoff()).await;
         }
@@ -191,12 +209,6 @@ impl CdcRequests {
     /// The outcome, or `None` on shutdown (the request stays claimed; the
     /// next leader re-claims it).
     async fn carry_out(&self, r: &RelayRequest, shutdown: &mut Shutdown) -> Option<(RequestStatus, Value)> {
-        if r.status == RequestStatus::Running && self.carried_out_before(&r.kind).await {
-            // Its former executor did the store's part (the park record is
-            // gone) and stopped before recording the outcome.
-            tracing::info!(request = %r.id, "a request its former executor carried out; recorded as done");
-            return Some((RequestStatus::Done, json!({ "events": 0, "note": "carried out before a restart" })));
-        }
         let aggregates: Vec<String> = match &r.kind {
             RequestKind::ReplayAggregate { aggregate_id } => vec![aggregate_id.clone()],
             RequestKind::ReplayAllParked => match self.store.parked(&self.consumer).await {
@@ -240,10 +252,11 @@ impl CdcRequests {
                 Err(NotReplayed::Refused(error)) if all => bad.push(json!({ "aggregate_id": agg, "error": error })),
                 Err(e) => {
                     let error = String::from(e);
-                    return Some((
-                        RequestStatus::Failed,
-                        json!({ "aggregate_id": agg, "error": error, "unparked": unparked }),
-                    ));
+                    let mut result = json!({ "aggregate_id": agg, "error": error, "unparked": unparked });
+                    if !bad.is_empty() {
+                        result["failed"] = json!(bad);
+                    }
+                    return Some((RequestStatus::Failed, result));
                 }
             }
         }
@@ -256,9 +269,8 @@ impl CdcRequests {
 
     /// Whether a taken-over replay or discard finds its goal reached: no
     /// park record of the aggregate, or the discard's audit row written and
-    /// no park held behind the event (a store
-    /// that cannot be read says no: it is carried out as usual).
-    async fn carried_out_before(&self, kind: &RequestKind) -> bool {
+    /// no park held behind the event; an error: the store cannot tell now.
+    async fn carried_out_before(&self, kind: &RequestKind) -> Result<bool, crate::store::StoreError> {
         let gone = |parked: Vec<crate::store::parking::ParkedInfo>| match kind {
             RequestKind::ReplayAggregate { aggregate_id } => {
                 parked.iter().all(|p| p.parked.aggregate_id != *aggregate_id)
@@ -268,14 +280,14 @@ impl CdcRequests {
             }
             _ => false,
         };
-        match kind {
-            RequestKind::ReplayAggregate { .. } => self.store.parked(&self.consumer).await.is_ok_and(gone),
+        Ok(match kind {
+            RequestKind::ReplayAggregate { .. } => gone(self.store.parked(&self.consumer).await?),
             RequestKind::Discard { event_id, .. } => {
-                crate::relay::plan::discard_recorded(&*self.store, &self.consumer, event_id).await
-                    && self.store.parked(&self.consumer).await.is_ok_and(gone)
+                gone(self.store.parked(&self.consumer).await?)
+                    && crate::relay::plan::discard_recorded(&*self.store, &self.consumer, event_id).await?
             }
             _ => false,
-        }
+        })
     }
 
     /// Rewinds the feed to `to_ms`: the outcome, or `None` when the runner

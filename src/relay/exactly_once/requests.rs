@@ -77,8 +77,17 @@ impl Txn {
                 discards: &self.discards,
                 resuming,
             };
-            if r.status == RequestStatus::Running && !resuming && crate::relay::plan::carried_out_before(&ctx, &r).await
-            {
+            let before = match r.status == RequestStatus::Running && !resuming {
+                true => crate::relay::plan::carried_out_before(&ctx, &r).await,
+                false => Ok(false),
+            };
+            if let Err(e) = &before {
+                // Whether it was carried out is unknown: taken again at the next round.
+                tracing::warn!(request = %r.id, error = %e, "cannot tell whether a taken-over request was carried out; trying again at the next round");
+                self.requests.release(r.id);
+                continue;
+            }
+            if before.unwrap_or(false) {
                 // Taken over without a mark: its former executor did the
                 // store's part and stopped before recording the outcome.
                 tracing::info!(request = %r.id, "a request its former executor carried out; recorded as done");
