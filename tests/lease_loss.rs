@@ -83,29 +83,7 @@ async fn an_exactly_once_term_that_loses_its_lease_while_starting_does_not_fence
 async fn a_term_whose_park_is_refused_sends_nothing_after_it() {
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = test_config(&brokers, &dir.path().join("s.db"));
-    // No linger: a record handed over goes out at once (the term's final
-    // purge would otherwise take it back).
-    c.kafka.linger_ms = 0;
-    let store = open_store(&c).await;
-    // Position 1: a row no build can read (its turn parks its aggregate);
-    // then 20 events of other orders, ready in the same pump.
-    insert_unreadable(&c.store.path, "order", uuid::Uuid::now_v7(), 1);
-    for _ in 0..20 {
-        let id = uuid::Uuid::now_v7();
-        store.append(id, 0, order_events(id, 0, 1)).await.unwrap();
-    }
-    // The term runs at epoch 5; the store's lease row says otherwise (none):
-    // its fenced writes are refused.
-    let (_lease, rx) = tokio::sync::watch::channel(LeaseState::active(5));
-    let (relay, _status) = Relay::standalone(&c, store.clone(), Metrics::new());
-    let relay = relay.with_fence(Fence { epoch: 5, lease: rx });
-    let trigger = Trigger::new();
-    let exit = tokio::time::timeout(Duration::from_secs(60), relay.run(trigger.subscribe()))
-        .await
-        .expect("the term ends by itself");
-    assert_eq!(exit.unwrap(), Exit::LeaseLost);
-    assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty(), "the park was refused");
+    let (c, _store) = term_whose_park_is_refused(&brokers, dir.path(), false).await;
     // Nothing was confirmed to read up to: whatever arrives within 5 s (the
     // 20 asked for are more than the 0 expected, so the read never stops at
     // the expected count; any record fails).
@@ -247,24 +225,7 @@ async fn a_refused_unpark_at_a_request_start_ends_the_term_and_leaves_the_reques
 async fn an_exactly_once_term_whose_park_is_refused_steps_down() {
     let Some(brokers) = shared_brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = test_config(&brokers, &dir.path().join("s.db"));
-    exactly_once(&mut c);
-    let store = open_store(&c).await;
-    insert_unreadable(&c.store.path, "order", uuid::Uuid::now_v7(), 1);
-    for _ in 0..20 {
-        let id = uuid::Uuid::now_v7();
-        store.append(id, 0, order_events(id, 0, 1)).await.unwrap();
-    }
-    // Epoch 5 here; the store has no lease row: its fenced writes are refused.
-    let (_lease, rx) = tokio::sync::watch::channel(LeaseState::active(5));
-    let (relay, _status) = Relay::standalone(&c, store.clone(), Metrics::new());
-    let relay = relay.with_fence(Fence { epoch: 5, lease: rx });
-    let trigger = Trigger::new();
-    let exit = tokio::time::timeout(Duration::from_secs(60), relay.run_exactly_once(trigger.subscribe()))
-        .await
-        .expect("the term ends by itself");
-    assert_eq!(exit.unwrap(), Exit::LeaseLost);
-    assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty(), "the park was refused");
+    let (c, _store) = term_whose_park_is_refused(&brokers, dir.path(), true).await;
     let records = consume_to_end(&brokers, &topics(&c), Duration::from_secs(5));
     assert!(records.is_empty(), "nothing committed after the refusal: {} records", records.len());
 }
@@ -322,4 +283,42 @@ async fn an_exactly_once_term_behind_an_open_breaker_sees_its_lease_go() {
     assert_eq!(exit.unwrap(), Exit::LeaseLost);
     writer.abort();
     trigger.fire();
+}
+
+/// A term at epoch 5 whose store has no lease row (its fenced writes are
+/// refused) over a row no build can read at position 1 (its turn parks its
+/// aggregate) and 20 events of other orders ready behind it: run to its
+/// end, which must be `LeaseLost` with the park refused.
+async fn term_whose_park_is_refused(
+    brokers: &str,
+    dir: &std::path::Path,
+    eos: bool,
+) -> (outboxd::config::Config, outboxd::store::DynStore) {
+    let mut c = test_config(brokers, &dir.join("s.db"));
+    // No linger: a record handed over goes out at once (the term's final
+    // purge would otherwise take it back).
+    c.kafka.linger_ms = 0;
+    if eos {
+        exactly_once(&mut c);
+    }
+    let store = open_store(&c).await;
+    insert_unreadable(&c.store.path, "order", uuid::Uuid::now_v7(), 1);
+    for _ in 0..20 {
+        let id = uuid::Uuid::now_v7();
+        store.append(id, 0, order_events(id, 0, 1)).await.unwrap();
+    }
+    let (_lease, rx) = tokio::sync::watch::channel(LeaseState::active(5));
+    let (relay, _status) = Relay::standalone(&c, store.clone(), Metrics::new());
+    let relay = relay.with_fence(Fence { epoch: 5, lease: rx });
+    let trigger = Trigger::new();
+    let term = async {
+        match eos {
+            true => relay.run_exactly_once(trigger.subscribe()).await,
+            false => relay.run(trigger.subscribe()).await,
+        }
+    };
+    let exit = tokio::time::timeout(Duration::from_secs(60), term).await.expect("the term ends by itself");
+    assert_eq!(exit.unwrap(), Exit::LeaseLost);
+    assert!(store.parked(&c.relay.consumer_name).await.unwrap().is_empty(), "the park was refused");
+    (c, store)
 }
