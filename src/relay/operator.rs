@@ -218,11 +218,7 @@ pub async fn remove_replayed(store: &DynStore, metrics: &crate::metrics::Metrics
 pub async fn unpark(store: &DynStore, consumer: &str, aggregate: &str, epoch: i64) -> Result<bool, StoreError> {
     let mut attempt = 1u32;
     loop {
-        let res = match epoch {
-            0 => store.unpark(consumer, aggregate).await,
-            e => store.unpark_fenced(consumer, aggregate, e).await,
-        };
-        match res {
+        match unpark_once(store, consumer, aggregate, epoch).await {
             Err(e @ StoreError::Fenced { .. }) => return Err(e),
             Err(e) if attempt < 5 => {
                 tracing::warn!(error = %e, %aggregate, attempt, "cannot remove a park record; retrying");
@@ -231,6 +227,14 @@ pub async fn unpark(store: &DynStore, consumer: &str, aggregate: &str, epoch: i6
             }
             other => return other,
         }
+    }
+}
+
+/// One attempt of [`unpark`]: fenced at `epoch` (0: unfenced).
+pub async fn unpark_once(store: &DynStore, consumer: &str, aggregate: &str, epoch: i64) -> Result<bool, StoreError> {
+    match epoch {
+        0 => store.unpark(consumer, aggregate).await,
+        e => store.unpark_fenced(consumer, aggregate, e).await,
     }
 }
 

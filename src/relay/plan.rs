@@ -186,24 +186,33 @@ pub async fn carried_out_before(ctx: &PlanCtx<'_>, r: &RelayRequest) -> Result<b
         RequestKind::ReplayAggregate { aggregate_id } => {
             Ok(!ctx.parked.contains(&crate::store::feed::aggregate_key(aggregate_id)))
         }
-        RequestKind::Discard { event_id, .. } => match parked_behind(ctx.store, ctx.consumer, event_id).await {
-            Ok(_) => Ok(false),
-            Err(RelayError::Refused(_)) => discard_recorded(ctx.store, ctx.consumer, event_id).await,
-            Err(e) => Err(StoreError::Unavailable(e.to_string())),
-        },
+        RequestKind::Discard { event_id, .. } => discard_carried_out(ctx.store, ctx.consumer, event_id).await,
         _ => Ok(false),
     }
 }
 
-/// Whether the audit row of a discard of `event_id` by `consumer` is
-/// written (the newest rows first: a recent one is within the limit).
-pub async fn discard_recorded(
+/// Whether a discard of `event_id` by `consumer` was carried out: nothing
+/// is parked behind the event and its audit row is written (the newest
+/// rows first: a recent one is within the limit). Both relays ask it of a
+/// taken-over discard.
+pub async fn discard_carried_out(
     store: &dyn crate::store::Store,
     consumer: &str,
     event_id: &str,
 ) -> Result<bool, StoreError> {
-    let ds = store.discards(100_000).await?;
-    Ok(ds.iter().any(|d| d.consumer == consumer && d.event_id.eq_ignore_ascii_case(event_id)))
+    match parked_behind(store, consumer, event_id).await {
+        Ok(_) => Ok(false),
+        Err(RelayError::Refused(_)) => {
+            let ds = store.discards(100_000).await?;
+            Ok(ds.iter().any(|d| d.consumer == consumer && d.event_id.eq_ignore_ascii_case(event_id)))
+        }
+        Err(e) => Err(StoreError::Unavailable(e.to_string())),
+    }
+}
+
+/// The outcome of a taken-over request whose goal holds already.
+pub fn carried_out_result() -> serde_json::Value {
+    serde_json::json!({ "events": 0, "note": "carried out before a restart" })
 }
 
 /// The park record of the aggregate held behind `event_id` (its first held

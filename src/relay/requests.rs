@@ -80,7 +80,7 @@ impl Run {
                     // Its former executor did the store's part (the park
                     // record is gone) and stopped before recording the outcome.
                     tracing::info!(request = %r.id, "a request its former executor carried out; recorded as done");
-                    let result = json!({ "events": 0, "note": "carried out before a restart" });
+                    let result = crate::relay::plan::carried_out_result();
                     self.finish_request(r.id, RequestStatus::Done, result).await;
                     return Ok(());
                 }
@@ -225,11 +225,8 @@ impl Run {
                 self.fail_request(request, json!({ "aggregate_id": agg.to_string(), "error": error })).await;
                 continue;
             }
-            let res = match self.epoch() {
-                0 => self.relay.store.unpark(&self.relay.cfg.consumer_name, &agg).await,
-                e => self.relay.store.unpark_fenced(&self.relay.cfg.consumer_name, &agg, e).await,
-            };
-            match res {
+            let (store, consumer) = (&self.relay.store, &self.relay.cfg.consumer_name);
+            match crate::relay::operator::unpark_once(store, consumer, &agg, self.epoch()).await {
                 Ok(_) => {
                     tracing::info!(aggregate = %agg, %request, "park record removed after its replay");
                     self.unparked();

@@ -203,33 +203,35 @@ pub async fn apply_envelopes(
     let mut parks = Parks::default();
     for (id, ty, mut evs) in groups {
         evs.sort_by_key(|e| e.sequence);
-        match ty.as_str() {
+        let skipped = out.skipped;
+        // The version of the row written, if one was.
+        let written = match ty.as_str() {
             Order::TYPE => {
                 let stored = load_stored(store, &st.load_order, id).await?;
-                let skipped = out.skipped;
-                if let Some(row) = project::<Order>(store, id, stored, evs, currency, &mut out).await? {
-                    write_order(store, &st, &row).await?;
-                    out.rows_written += 1;
-                    // Parked (again) in this call: the row stops before it.
-                    if out.skipped == skipped {
-                        parks.applied_past(store, id, row.version).await?;
-                    }
+                match project::<Order>(store, id, stored, evs, currency, &mut out).await? {
+                    Some(row) => write_order(store, &st, &row).await.map(|()| Some(row.version))?,
+                    None => None,
                 }
             }
             Customer::TYPE => {
                 let stored = load_stored(store, &st.load_customer, id).await?;
-                let skipped = out.skipped;
-                if let Some(row) = project::<Customer>(store, id, stored, evs, currency, &mut out).await? {
-                    write_customer(store, &st, &row).await?;
-                    out.rows_written += 1;
-                    // Parked (again) in this call: the row stops before it.
-                    if out.skipped == skipped {
-                        parks.applied_past(store, id, row.version).await?;
-                    }
+                match project::<Customer>(store, id, stored, evs, currency, &mut out).await? {
+                    Some(row) => write_customer(store, &st, &row).await.map(|()| Some(row.version))?,
+                    None => None,
                 }
             }
             // An aggregate type without a read model.
-            _ => out.duplicates += evs.len() as u64,
+            _ => {
+                out.duplicates += evs.len() as u64;
+                None
+            }
+        };
+        if let Some(version) = written {
+            out.rows_written += 1;
+            // Parked (again) in this call: the row stops before it.
+            if out.skipped == skipped {
+                parks.applied_past(store, id, version).await?;
+            }
         }
     }
     Ok(out)

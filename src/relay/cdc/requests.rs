@@ -190,7 +190,7 @@ impl CdcRequests {
                         // Its former executor did the store's part (the park
                         // record is gone) and stopped before recording the outcome.
                         tracing::info!(request = %r.id, "a request its former executor carried out; recorded as done");
-                        let result = json!({ "events": 0, "note": "carried out before a restart" });
+                        let result = crate::relay::plan::carried_out_result();
                         self.requests.finish(r.id, RequestStatus::Done, result, self.deliverer.backoff()).await;
                         continue;
                     }
@@ -271,23 +271,16 @@ impl CdcRequests {
     /// park record of the aggregate, or the discard's audit row written and
     /// no park held behind the event; an error: the store cannot tell now.
     async fn carried_out_before(&self, kind: &RequestKind) -> Result<bool, crate::store::StoreError> {
-        let gone = |parked: Vec<crate::store::parking::ParkedInfo>| match kind {
+        match kind {
             RequestKind::ReplayAggregate { aggregate_id } => {
-                parked.iter().all(|p| p.parked.aggregate_id != *aggregate_id)
+                let parked = self.store.parked(&self.consumer).await?;
+                Ok(parked.iter().all(|p| p.parked.aggregate_id != *aggregate_id))
             }
             RequestKind::Discard { event_id, .. } => {
-                parked.iter().all(|p| p.parked.event_id.as_deref() != Some(event_id.as_str()))
+                crate::relay::plan::discard_carried_out(&*self.store, &self.consumer, event_id).await
             }
-            _ => false,
-        };
-        Ok(match kind {
-            RequestKind::ReplayAggregate { .. } => gone(self.store.parked(&self.consumer).await?),
-            RequestKind::Discard { event_id, .. } => {
-                gone(self.store.parked(&self.consumer).await?)
-                    && crate::relay::plan::discard_recorded(&*self.store, &self.consumer, event_id).await?
-            }
-            _ => false,
-        })
+            _ => Ok(false),
+        }
     }
 
     /// Rewinds the feed to `to_ms`: the outcome, or `None` when the runner

@@ -171,14 +171,14 @@ impl Txn {
         shutdown: &mut Shutdown,
         counted: bool,
     ) -> Result<Option<Exit>, RelayError> {
+        // Its outcome is counted once: not again when its batch's failure
+        // was (`counted`).
         let mut count = SoloCount::new();
-        // Its outcome is counted once: not again when its batch's failure was.
-        let outcome = |what| (!counted).then_some(what);
         let position = self.progress_at(item.position());
         loop {
             if count.exhausted(self.backoff.max_attempts) {
-                if let Some(w) = outcome(Retry::Failure) {
-                    self.count_retry(w, 1);
+                if !counted {
+                    self.count_retry(Retry::Failure, 1);
                 }
                 if self.replaying.as_ref().is_some_and(|(_, part)| part == LETTERS) {
                     // Not parked: its aggregate's later events went out long ago.
@@ -199,8 +199,8 @@ impl Txn {
             self.count_retry(Retry::Attempt, 1);
             match self.transaction(std::slice::from_ref(&item), position).await {
                 Outcome::Committed => {
-                    if let Some(w) = outcome(Retry::Success) {
-                        self.count_retry(w, 1);
+                    if !counted {
+                        self.count_retry(Retry::Success, 1);
                     }
                     return self.committed(std::slice::from_ref(&item), position, started).await;
                 }
@@ -213,8 +213,8 @@ impl Txn {
                     self.aborted(&m);
                     count.failed(false);
                     if count.stuck(self.backoff.max_attempts) {
-                        if let Some(w) = outcome(Retry::Failure) {
-                            self.count_retry(w, 1);
+                        if !counted {
+                            self.count_retry(Retry::Failure, 1);
                         }
                         // One event alone keeps aborting: the producer itself
                         // may be stuck (after a refused record librdkafka

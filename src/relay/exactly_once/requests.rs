@@ -91,7 +91,7 @@ impl Txn {
                 // Taken over without a mark: its former executor did the
                 // store's part and stopped before recording the outcome.
                 tracing::info!(request = %r.id, "a request its former executor carried out; recorded as done");
-                let result = serde_json::json!({ "events": 0, "note": "carried out before a restart" });
+                let result = crate::relay::plan::carried_out_result();
                 self.finish(r.id, RequestStatus::Done, result).await;
                 continue;
             }
@@ -122,7 +122,7 @@ impl Txn {
                 Err(e) if resuming => {
                     self.resumed = None;
                     tracing::info!(request = %r.id, reason = %e, "a replay the former term carried out; recorded as done");
-                    let result = serde_json::json!({ "events": 0, "note": "carried out before a restart" });
+                    let result = crate::relay::plan::carried_out_result();
                     self.finish(r.id, RequestStatus::Done, result).await;
                     continue;
                 }
