@@ -4,12 +4,19 @@
 //! Open --(open_timeout elapsed)--> HalfOpen
 //! HalfOpen --(success_threshold successes, or one with nothing else to send)--> Closed
 //! HalfOpen --(a probe fails: a send made since it went half-open)--> Open
-//! Open --(the broker seen unreachable, then reachable again; once per
-//!       outage: not after such an early probe failed, until Closed)--> HalfOpen
+//! Open --(the broker seen unreachable, then reachable again)--> HalfOpen
+//! Open --(after such an early probe failed: the broker reachable, 2 s
+//!       since, doubling with each early probe that fails)--> HalfOpen
 //!
-//! The last edge: an outage is seen end to end by the broker watch (its
+//! The last edges: an outage is seen end to end by the broker watch (its
 //! metadata probes), so the relay probes as soon as the broker answers
-//! again instead of waiting out `open_timeout_ms` (30 s by default). A
+//! again instead of waiting out `open_timeout_ms` (30 s by default). The
+//! first transaction after an outage can fail on the producer's own state
+//! (an exactly-once producer's "skipped sequence numbers", its queued
+//! records timed out), so a failed early probe is tried again after a
+//! backoff (2 s, 4 s, 8 s ...; the open timeout ends the wait whichever
+//! comes first), not only at the open timeout: a broker whose state flaps
+//! (one of several down) is still not probed every few seconds. A
 //! breaker given the producer's broker state ([`CircuitBreaker::watching`])
 //! reads it itself whenever its state is asked while open, so every relay
 //! gets the edge from the same place; callers wait [`CircuitBreaker::open_wait`].
@@ -63,10 +70,9 @@ pub struct CircuitBreaker {
     half_open_at: Option<Instant>,
     /// This half-open came from the broker watch, not the open timeout.
     early: bool,
-    /// Since it last closed, a half-open from the broker watch failed: it
-    /// waits out the open timeout from now on (a broker whose state flaps,
-    /// one of several down, is not probed every few seconds).
-    early_failed: bool,
+    /// Half-opens from the broker watch that failed since it last closed:
+    /// the next waits [`EARLY_RETRY`] doubled once fewer than this.
+    early_failures: u32,
     /// The producer's broker state (the broker watch), when given.
     broker: Option<watch::Receiver<BrokerState>>,
     metrics: Option<Metrics>,
@@ -74,6 +80,10 @@ pub struct CircuitBreaker {
 
 /// How often an open breaker watching the broker is asked again.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// The wait, while open, after the first early probe that failed before
+/// the next (the broker reachable); doubled after each further one.
+const EARLY_RETRY: Duration = Duration::from_secs(2);
 
 impl CircuitBreaker {
     pub fn new(cfg: BreakerConfig, metrics: Option<Metrics>) -> Self {
@@ -86,7 +96,7 @@ impl CircuitBreaker {
             seen_down: false,
             half_open_at: None,
             early: false,
-            early_failed: false,
+            early_failures: 0,
             broker: None,
             metrics,
         };
@@ -169,15 +179,33 @@ impl CircuitBreaker {
     /// the outage is over as far as anyone can tell, and one probe says
     /// whether it is. Only that change counts, so a broker that answers
     /// metadata but refuses records (the breaker opened while it was
-    /// reachable) still waits out the open timeout.
+    /// reachable) still waits out the open timeout. After an early probe
+    /// failed, the broker reachable is probed again once the backoff since
+    /// it reopened has passed ([`CircuitBreaker::early_backoff`]).
     fn broker_seen(&mut self, now: Instant, reachable: bool) {
         if !reachable {
             self.seen_down = true;
-        } else if self.seen_down && !self.early_failed {
-            tracing::info!("the broker answers again: probing it before the breaker's open timeout");
+            return;
+        }
+        let due = match self.early_failures {
+            0 => self.seen_down,
+            _ => self.opened_at.is_some_and(|t| now.duration_since(t) >= self.early_backoff()),
+        };
+        if due {
+            tracing::info!(
+                failed_early_probes = self.early_failures,
+                "the broker answers again: probing it before the breaker's open timeout"
+            );
             self.transition(BreakerState::HalfOpen, now);
             self.early = true;
         }
+    }
+
+    /// The wait after the last of `early_failures` failed early probes:
+    /// 2 s, 4 s, 8 s ..., never past the open timeout.
+    fn early_backoff(&self) -> Duration {
+        let doublings = self.early_failures.saturating_sub(1).min(16);
+        EARLY_RETRY.saturating_mul(1 << doublings).min(self.open_timeout())
     }
 
     /// The failure of a send made at `sent` (None: not known). Half-open,
@@ -216,11 +244,11 @@ impl CircuitBreaker {
             return;
         }
         self.state = to;
-        // An early probe that failed: the open timeout only, until closed.
-        self.early_failed = match to {
-            BreakerState::Closed => false,
-            BreakerState::Open => self.early_failed || (from == BreakerState::HalfOpen && self.early),
-            BreakerState::HalfOpen => self.early_failed,
+        // Early probes that failed, until closed: each doubles the next wait.
+        self.early_failures = match to {
+            BreakerState::Closed => 0,
+            BreakerState::Open if from == BreakerState::HalfOpen && self.early => self.early_failures + 1,
+            _ => self.early_failures,
         };
         self.early = false;
         self.failures = 0;
@@ -354,7 +382,11 @@ mod tests {
     /// open timeout (30 s) even when the broker had answered for a while.
     /// Watching the broker: seen down, then up, while open: half-open at
     /// once. Up all along (it refuses records while reachable): the timeout
-    /// stands. One such early probe per outage.
+    /// stands. An early probe that failed is tried again after 2 s, 4 s,
+    /// 8 s ... while the broker answers (found by tests/broker_return.rs:
+    /// an exactly-once relay's first transaction after the outage failed on
+    /// "skipped sequence numbers", and it then waited out a 10-minute open
+    /// timeout with the broker back).
     #[test]
     fn an_open_breaker_probes_once_the_broker_it_saw_down_answers_again() {
         let (tx, rx) = watch::channel(BrokerState::Unknown);
@@ -371,26 +403,42 @@ mod tests {
         assert_eq!(b.state(t), BreakerState::Open);
         tx.send_replace(up());
         assert_eq!(b.state(s(1)), BreakerState::HalfOpen);
-        // A failed probe opens it again, and it forgets what it saw.
+        // A failed early probe opens it again; the broker answering, the
+        // next comes 2 s later, then 4 s, then 8 s after each failure.
         b.record_failure(s(2));
-        assert_eq!(b.state(s(2)), BreakerState::Open, "not seen down since it reopened");
-        // Its early probe failed: seen down and up again (a flapping state,
-        // one broker of several down), it waits out the open timeout.
+        assert_eq!(b.state(s(3)), BreakerState::Open, "backing off");
+        assert_eq!(b.open_wait(s(3)), Duration::from_millis(500), "asked again every 500 ms");
+        assert_eq!(b.state(s(4)), BreakerState::HalfOpen, "2 s after the first failed early probe");
+        b.record_failure(s(4));
+        assert_eq!(b.state(s(7)), BreakerState::Open, "4 s after the second");
+        assert_eq!(b.state(s(8)), BreakerState::HalfOpen);
+        b.record_failure(s(8));
+        // Unreachable when its backoff ends: it waits for the broker.
         tx.send_replace(down());
-        assert_eq!(b.state(s(3)), BreakerState::Open);
+        assert_eq!(b.state(s(20)), BreakerState::Open, "the broker away");
         tx.send_replace(up());
-        assert_eq!(b.state(s(4)), BreakerState::Open, "one early probe per outage");
-        assert_eq!(b.state(s(32)), BreakerState::HalfOpen, "the open timeout still ends it");
-        b.record_success_idle(s(32), true);
-        assert_eq!(b.state(s(32)), BreakerState::Closed);
-        // Closed again, the next outage gets its early probe.
+        assert_eq!(b.state(s(20)), BreakerState::HalfOpen, "back, and 8 s have passed");
+        b.record_failure(s(20));
+        assert_eq!(b.state(s(35)), BreakerState::Open, "16 s after the fourth");
+        assert_eq!(b.state(s(36)), BreakerState::HalfOpen);
+        b.record_failure(s(36));
+        // The fifth would wait 32 s: the 30 s open timeout ends it first.
+        assert_eq!(b.state(s(65)), BreakerState::Open);
+        assert_eq!(b.state(s(66)), BreakerState::HalfOpen, "the open timeout bounds the backoff");
+        b.record_success_idle(s(66), true);
+        assert_eq!(b.state(s(66)), BreakerState::Closed);
+        // Closed again, the count starts over: the next outage's early
+        // probe comes as soon as the broker answers, its retry 2 s later.
         for _ in 0..5 {
-            b.record_failure(s(32));
+            b.record_failure(s(70));
         }
         tx.send_replace(down());
-        assert_eq!(b.state(s(32)), BreakerState::Open);
+        assert_eq!(b.state(s(70)), BreakerState::Open);
         tx.send_replace(up());
-        assert_eq!(b.state(s(32)), BreakerState::HalfOpen);
+        assert_eq!(b.state(s(70)), BreakerState::HalfOpen);
+        b.record_failure(s(70));
+        assert_eq!(b.state(s(71)), BreakerState::Open);
+        assert_eq!(b.state(s(72)), BreakerState::HalfOpen);
         // Closed, nothing it sees changes it.
         let mut c = cb().watching(rx);
         tx.send_replace(down());
