@@ -29,6 +29,9 @@ pub const UNPARK: &str = "unpark";
 pub const AGGREGATE_ROWS: &str = "aggregate_rows";
 /// The write of a relay request's outcome.
 pub const REQUEST_FINISH: &str = "request_finish";
+/// The SQLite writer thread panics at its next append (its end: what
+/// callers and the health check see of a writer that died).
+pub const WRITER_DIES: &str = "writer_dies";
 
 impl StoreFaults {
     /// Every read fails for `d` from now.

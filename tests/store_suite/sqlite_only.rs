@@ -3,7 +3,8 @@
 //! another connection's commit, the feed is commit order and pages, two
 //! instances on one file never both win an append, a path the process can't
 //! write or create is refused at open as a configuration error (never an
-//! outage), and a payload that is not UTF-8 is an unreadable row.
+//! outage), a payload that is not UTF-8 is an unreadable row, and a writer
+//! thread that died fails the health probe.
 
 use super::*;
 use outboxd::store::feed::FeedRow;
@@ -214,4 +215,28 @@ async fn sqlite_a_payload_that_is_not_utf8_is_an_unreadable_row() {
         }
         other => panic!("published as an event: {other:?}"),
     }
+}
+
+/// Review finding: a writer thread that died (a panic on it) left every
+/// write failing while the health probe, which reads, still said "up".
+/// The append it took is answered `OutcomeUnknown` (it may have committed
+/// before the thread died), later writes are refused, reads go on, and the
+/// probe fails naming the writer.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_a_dead_writer_thread_fails_the_probe() {
+    use outboxd::store::faults::WRITER_DIES;
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path().join("store.db"), SqliteOptions::default()).await.unwrap();
+    let id = Uuid::now_v7();
+    s.append(id, 0, order_events(id, 0, 1)).await.unwrap();
+    assert_eq!(s.probe().await.unwrap().head, Some(1), "the control: a live writer passes the probe");
+    s.faults().unwrap().fail_next(WRITER_DIES, 1);
+    let other = Uuid::now_v7();
+    let died = s.append(other, 0, order_events(other, 0, 1)).await;
+    assert!(matches!(died, Err(StoreError::OutcomeUnknown(_))), "{died:?}");
+    let later = s.append(other, 0, order_events(other, 0, 1)).await;
+    assert!(matches!(&later, Err(StoreError::Unavailable(m)) if m.contains("writer thread has stopped")), "{later:?}");
+    assert_eq!(s.load(id).await.unwrap().len(), 1, "reads go on");
+    let probe = s.probe().await;
+    assert!(matches!(&probe, Err(StoreError::Unavailable(m)) if m.contains("writer thread has stopped")), "{probe:?}");
 }

@@ -111,7 +111,14 @@ impl EventStore for SqliteStore {
             reply,
         });
         self.jobs.send(job).await.map_err(|_| unavailable("sqlite writer thread has stopped"))?;
-        rx.await.map_err(|_| unavailable("sqlite writer thread has stopped"))?
+        // Taken by the writer, then no answer: it died somewhere between
+        // taking the append and replying, before or after its commit.
+        rx.await.map_err(|_| {
+            StoreError::OutcomeUnknown(
+                "the sqlite writer thread stopped before answering: the events may or may not be stored; reload the aggregate"
+                    .into(),
+            )
+        })?
     }
 
     async fn load_after(&self, aggregate_id: Uuid, after_sequence: i64) -> Result<Vec<EventEnvelope>, StoreError> {
@@ -155,9 +162,15 @@ impl EventStore for SqliteStore {
         Some(self.faults.clone())
     }
 
-    /// The head position, and that the database file at `path` is still the
-    /// file this store opened (`file::DbFile::check`: a stat, never an open).
+    /// That the writer thread runs, the head position, and that the database
+    /// file at `path` is still the file this store opened (`file::DbFile::check`: a stat, never an open).
     async fn probe(&self) -> Result<StoreProbe, StoreError> {
+        // Reads go on without the writer thread; every write fails after it.
+        if self.jobs.is_closed() {
+            return Err(unavailable(
+                "the sqlite writer thread has stopped: every write fails until the process restarts",
+            ));
+        }
         let head = self.head_position().await?;
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || file.check()).await.map_err(unavailable)??;

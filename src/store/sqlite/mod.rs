@@ -283,9 +283,11 @@ impl SqliteStore {
         let yield_to = lease_waiting.clone();
         let file = Arc::new(file);
         let checked = file.clone();
+        let faults: Arc<crate::store::faults::StoreFaults> = Arc::default();
+        let injected = faults.clone();
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, n, group, yield_to, checked))
+            .spawn(move || writer_loop(conn, rx, n, group, yield_to, checked, injected))
             .map_err(|e| unavailable(format!("cannot start writer thread: {e}")))?;
         let store = SqliteStore {
             path,
@@ -296,7 +298,7 @@ impl SqliteStore {
             file,
             lease_conn: Arc::new(Mutex::new(lease_conn)),
             lease_waiting,
-            faults: Arc::default(),
+            faults,
             watcher: std::sync::OnceLock::new(),
             writer: Some(writer),
         };

@@ -89,6 +89,7 @@ pub(super) fn writer_loop(
     group: usize,
     lease_waiting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     file: std::sync::Arc<super::file::DbFile>,
+    faults: std::sync::Arc<crate::store::faults::StoreFaults>,
 ) {
     let mut pending: Option<Job> = None;
     // foldhash: the map is probed once per append on the one writer thread.
@@ -120,6 +121,9 @@ pub(super) fn writer_loop(
             }
             Job::Append(a) => a,
         };
+        if faults.check_named(crate::store::faults::WRITER_DIES).is_err() {
+            panic!("injected: the sqlite writer thread dies (fault injection)");
+        }
         // A database file deleted or replaced under us still takes commits
         // in WAL mode (SQLite checks only in rollback-journal mode): they
         // would go to the old inode, reported durable. One stat per group.
