@@ -341,7 +341,8 @@ async fn fenced_requests(s: DynStore) {
 }
 
 /// A discard's audit row is written once per (consumer, event id): a
-/// discard carried out again after a crash keeps the first row.
+/// discard carried out again after a crash keeps the first row; it is
+/// found by (consumer, event id).
 async fn discard_audit_row_once(s: DynStore) {
     use outboxd::store::parking::DiscardRecord;
     let event_id = Uuid::now_v7().to_string();
@@ -371,6 +372,11 @@ async fn discard_audit_row_once(s: DynStore) {
         mine.contains(&("kafka-relay", "first")) && mine.contains(&("kafka-relay-2", "another consumer")),
         "{mine:?}"
     );
+    // Looked up by consumer and event id (a taken-over discard asks it).
+    assert!(s.discard_recorded("kafka-relay", &event_id).await.unwrap());
+    assert!(s.discard_recorded("kafka-relay-2", &event_id).await.unwrap());
+    assert!(!s.discard_recorded("kafka-relay-3", &event_id).await.unwrap(), "another consumer's discard");
+    assert!(!s.discard_recorded("kafka-relay", &Uuid::now_v7().to_string()).await.unwrap(), "another event");
 }
 
 /// The backlog's age is the commit time of the oldest held event, not when

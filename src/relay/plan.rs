@@ -192,9 +192,9 @@ pub async fn carried_out_before(ctx: &PlanCtx<'_>, r: &RelayRequest) -> Result<b
 }
 
 /// Whether a discard of `event_id` by `consumer` was carried out: nothing
-/// is parked behind the event and its audit row is written (the newest
-/// rows first: a recent one is within the limit). Both relays ask it of a
-/// taken-over discard.
+/// is parked behind the event and its audit row is written (looked up by
+/// consumer and event id, however many discards came before). Both relays
+/// ask it of a taken-over discard.
 pub async fn discard_carried_out(
     store: &dyn crate::store::Store,
     consumer: &str,
@@ -202,10 +202,7 @@ pub async fn discard_carried_out(
 ) -> Result<bool, StoreError> {
     match parked_behind(store, consumer, event_id).await {
         Ok(_) => Ok(false),
-        Err(RelayError::Refused(_)) => {
-            let ds = store.discards(100_000).await?;
-            Ok(ds.iter().any(|d| d.consumer == consumer && d.event_id.eq_ignore_ascii_case(event_id)))
-        }
+        Err(RelayError::Refused(_)) => store.discard_recorded(consumer, &event_id.to_ascii_lowercase()).await,
         Err(e) => Err(StoreError::Unavailable(e.to_string())),
     }
 }

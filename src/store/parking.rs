@@ -106,4 +106,7 @@ pub trait ParkingStore: Send + Sync {
     /// discard carried out again after a crash keeps its first row.
     async fn record_discard(&self, d: &DiscardRecord) -> Result<(), StoreError>;
     async fn discards(&self, limit: usize) -> Result<Vec<DiscardRecord>, StoreError>;
+    /// Whether the audit row of `consumer`'s discard of `event_id` (as
+    /// stored: lowercase hyphenated) exists, however many discards there are.
+    async fn discard_recorded(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError>;
 }

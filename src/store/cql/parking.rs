@@ -230,19 +230,7 @@ impl CqlStore {
     /// Writes the audit row unless one for (consumer, event id) exists (one
     /// partition per consumer; discards are rare, so the filtered read is small).
     pub(super) async fn discard_row(&self, d: &DiscardRecord) -> Result<(), StoreError> {
-        let exists = format!(
-            "SELECT event_id FROM {} WHERE consumer = ? AND event_id = ? LIMIT 1 ALLOW FILTERING",
-            self.t("discarded_events")
-        );
-        let found = self
-            .session
-            .query_unpaged(exists, (&d.consumer, &d.event_id))
-            .await
-            .map_err(|e| exec_err("read discard audit rows", e))?
-            .into_rows_result()
-            .map_err(codec)?
-            .rows_num();
-        if found > 0 {
+        if self.discard_exists(&d.consumer, &d.event_id).await? {
             return Ok(());
         }
         let cql = format!(
@@ -269,6 +257,23 @@ impl CqlStore {
             .await
             .map_err(|e| exec_err("write discard audit row", e))?;
         Ok(())
+    }
+
+    /// Whether the audit row for (consumer, event id) exists.
+    pub(super) async fn discard_exists(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError> {
+        let exists = format!(
+            "SELECT event_id FROM {} WHERE consumer = ? AND event_id = ? LIMIT 1 ALLOW FILTERING",
+            self.t("discarded_events")
+        );
+        let found = self
+            .session
+            .query_unpaged(exists, (consumer, event_id))
+            .await
+            .map_err(|e| exec_err("read discard audit rows", e))?
+            .into_rows_result()
+            .map_err(codec)?
+            .rows_num();
+        Ok(found > 0)
     }
 
     pub(super) async fn discard_rows(&self, limit: usize) -> Result<Vec<DiscardRecord>, StoreError> {

@@ -96,6 +96,10 @@ impl ParkingStore for CqlStore {
     async fn discards(&self, limit: usize) -> Result<Vec<DiscardRecord>, StoreError> {
         self.discard_rows(limit).await
     }
+
+    async fn discard_recorded(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError> {
+        self.discard_exists(consumer, event_id).await
+    }
 }
 
 #[async_trait]

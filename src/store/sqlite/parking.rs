@@ -128,6 +128,16 @@ pub(super) fn record_discard(c: &Connection, d: &DiscardRecord) -> Result<(), St
     .map_err(|e| write_failure(c, e))
 }
 
+/// Whether `consumer`'s discard of `event_id` has its audit row.
+pub(super) fn discard_recorded(c: &Connection, consumer: &str, event_id: &str) -> Result<bool, StoreError> {
+    c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM discarded_events WHERE consumer = ?1 AND event_id = ?2)",
+        params![consumer, event_id],
+        |r| r.get(0),
+    )
+    .map_err(unavailable)
+}
+
 pub(super) fn discards(c: &Connection, limit: usize) -> Result<Vec<DiscardRecord>, StoreError> {
     let mut st = c
         .prepare(

@@ -97,6 +97,11 @@ impl ParkingStore for SqliteStore {
     async fn discards(&self, limit: usize) -> Result<Vec<DiscardRecord>, StoreError> {
         self.read(move |c| parking::discards(c, limit)).await
     }
+
+    async fn discard_recorded(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError> {
+        let (consumer, event_id) = (consumer.to_string(), event_id.to_string());
+        self.read(move |c| parking::discard_recorded(c, &consumer, &event_id)).await
+    }
 }
 
 #[async_trait]
