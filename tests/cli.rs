@@ -163,6 +163,11 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
         2,
         "invalid currency",
     );
+    // A trailing newline (a shell's `$(cat file)` keeps none, a quoted one
+    // does) is refused as the HTTP API refuses it, not trimmed away.
+    refused(&db, &["customer", "register", "--name", "X", "--email", "x@y.co\n"], 2, "invalid email address");
+    refused(&db, &["customer", "register", "--name", "X\n", "--email", "x@y.co"], 2, "name must not contain control");
+    refused(&db, &["order", "cancel", &order, "--reason", "gone\n"], 2, "reason must not contain control");
     refused(&db, &["order", "confirm", "0190a3c2-0000-7000-8000-000000000000"], 2, "order does not exist");
     refused(&db, &["order", "show", "0190a3c2-0000-7000-8000-000000000000"], 2, "order does not exist");
     refused(

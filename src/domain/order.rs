@@ -298,19 +298,21 @@ pub fn validate_items(items: &[OrderItem]) -> Result<Money, DomainError> {
 }
 
 /// Trims a free-text field and enforces non-empty, no control characters
-/// (terminal escapes, bells: whatever the entry point) and `MAX_TEXT`.
+/// (terminal escapes, bells, a trailing newline: anywhere in the text as
+/// given, whatever the entry point, so the CLI and the HTTP API refuse the
+/// same texts) and `MAX_TEXT`.
 pub(crate) fn text(field: &'static str, s: &str) -> Result<String, DomainError> {
     bounded_text(field, s, MAX_TEXT)
 }
 
 /// [`text`] with its own length limit `max` (characters, after trimming).
 pub(crate) fn bounded_text(field: &'static str, s: &str, max: usize) -> Result<String, DomainError> {
+    if s.chars().any(char::is_control) {
+        return Err(DomainError::ControlCharacters { field });
+    }
     let t = s.trim();
     if t.chars().all(invisible) {
         return Err(DomainError::Blank { field });
-    }
-    if t.chars().any(char::is_control) {
-        return Err(DomainError::ControlCharacters { field });
     }
     if t.chars().count() > max {
         return Err(DomainError::TooLong { field, max });

@@ -194,6 +194,13 @@ fn text_fields_are_required_and_bounded() {
     assert_eq!(confirmed.handle(&escape), Err(DomainError::ControlCharacters { field: "tracking_number" }));
     let bell = OrderCommand::Ship { tracking_number: "T1".into(), carrier: "D\u{7}HL".into() };
     assert_eq!(confirmed.handle(&bell), Err(DomainError::ControlCharacters { field: "carrier" }));
+    // Review finding: the trim came first, so the CLI took "DHL\n" (a
+    // shell's trailing newline) that the HTTP API refuses: a control
+    // character is refused wherever it stands, before the trim.
+    for edge in ["DHL\n", "\tDHL", "\r\nDHL"] {
+        let ship = OrderCommand::Ship { tracking_number: "T1".into(), carrier: edge.into() };
+        assert_eq!(confirmed.handle(&ship), Err(DomainError::ControlCharacters { field: "carrier" }), "{edge:?}");
+    }
     // Review finding: a text of zero-width or byte-order marks only is blank
     // (it is stored and shown as nothing); one visible character is enough.
     for invisible in

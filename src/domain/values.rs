@@ -174,9 +174,14 @@ pub struct Email(String);
 
 impl Email {
     pub fn new(s: &str) -> Result<Self, DomainError> {
+        // A control character anywhere (a trailing newline too) is refused
+        // before the trim, as every text field is (`order::text`).
+        if s.chars().any(char::is_control) {
+            return Err(DomainError::InvalidEmail(truncate(s)));
+        }
         let s = s.trim();
         let bad = || DomainError::InvalidEmail(truncate(s));
-        if s.len() > 254 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if s.len() > 254 || s.chars().any(char::is_whitespace) {
             return Err(bad());
         }
         let (local, domain) = s.rsplit_once('@').ok_or_else(bad)?;
@@ -239,6 +244,9 @@ pub struct PhoneNumber(String);
 impl PhoneNumber {
     pub fn new(s: &str) -> Result<Self, DomainError> {
         let bad = || DomainError::InvalidPhone(truncate(s));
+        if s.chars().any(char::is_control) {
+            return Err(bad());
+        }
         let t = s.trim();
         let rest = t.strip_prefix('+').ok_or_else(bad)?;
         let mut digits = String::with_capacity(16);
@@ -303,6 +311,8 @@ mod tests {
             ".a@b.co",
             "a..b@c.de",
             "ä@b.co\n",
+            "a@b.co\n",
+            "\ta@b.co",
         ] {
             assert!(matches!(Email::new(bad), Err(DomainError::InvalidEmail(_))), "{bad:?} accepted");
         }
@@ -312,7 +322,9 @@ mod tests {
     #[test]
     fn phones() {
         assert_eq!(PhoneNumber::new("+49 151 1234-5678").unwrap().as_str(), "+4915112345678");
-        for bad in ["", "4915112345678", "+12", "+0123456789", "+1234567890123456", "+49abc12345678"] {
+        for bad in
+            ["", "4915112345678", "+12", "+0123456789", "+1234567890123456", "+49abc12345678", "+4915112345678\n"]
+        {
             assert!(PhoneNumber::new(bad).is_err(), "{bad:?} accepted");
         }
     }
