@@ -77,6 +77,20 @@ fn every_endpoint_with_versions_etags_and_route_metrics() {
     assert_eq!(o["total"], json!({"amount_minor": 3998, "currency": "EUR"}));
     assert_eq!(r.header("location").unwrap(), format!("/orders/{oid}"));
     assert_error(&d.post("/orders", &body), 409, "already_exists");
+    // `If-Match: *` on a create asks for an existing resource: a taken id
+    // is still 409; a free one is 412 with nothing written; "0" on a taken one 412.
+    let create_if = |b: &serde_json::Value, m: &str| {
+        let b = serde_json::to_vec(b).unwrap();
+        d.api("POST", "/orders", &[("Content-Type", "application/json"), ("If-Match", m)], Some(&b))
+    };
+    assert_error(&create_if(&body, "*"), 409, "already_exists");
+    assert_error(&create_if(&body, "\"0\""), 412, "precondition_failed");
+    let mut free = body.clone();
+    let free_id = Uuid::now_v7();
+    free["id"] = json!(free_id);
+    let v = assert_error(&create_if(&free, "*"), 412, "precondition_failed");
+    assert_eq!(v["field"], "If-Match");
+    assert_error(&d.api("GET", &format!("/orders/{free_id}"), &[], None), 404, "not_found");
     // The order's id is taken for any aggregate: not a customer's 404.
     assert_error(&d.post("/customers", &json!({"id": oid, "name": "X", "email": "x@y.co"})), 409, "already_exists");
     let r = d.api("GET", &format!("/orders/{oid}"), &[], None);

@@ -119,3 +119,25 @@ async fn a_body_is_read_as_written() {
     // The control: the inner body itself passes the HTTP layer.
     assert_eq!(call("POST", "/orders", &[JSON], &inner).await.0, 503);
 }
+
+/// Review finding: ids were read with `Uuid::parse_str`, which also takes
+/// 32 bare digits, braces and `urn:uuid:`, while the API describes
+/// `format: uuid` (the hyphenated text): a path, a body field and the
+/// correlation header now take that form only, in either case.
+#[actix_web::test]
+async fn an_id_is_taken_in_its_described_form_only() {
+    let loose = ["0192d3a45b6c7d8e9f00112233445566".to_string(), format!("{{{ID}}}"), format!("urn:uuid:{ID}")];
+    for form in [ID.to_string(), ID.to_uppercase()].iter().chain(&loose) {
+        let ok = !loose.contains(form);
+        let (status, v) = call("POST", &format!("/orders/{form}/confirm"), &[], "").await;
+        let want = if ok { (503, None) } else { (400, Some("id")) };
+        assert_eq!((status, v["field"].as_str()), want, "path {form}: {v}");
+        let body = format!(r#"{{"customer_id": "{form}", "items": [{}]}}"#, item("A"));
+        let (status, v) = call("POST", "/orders", &[JSON], &body).await;
+        let want = if ok { (503, None) } else { (422, Some("customer_id")) };
+        assert_eq!((status, v["field"].as_str()), want, "body {form}: {v}");
+        let (status, v) = call("GET", "/openapi.json", &[("X-Correlation-Id", form)], "").await;
+        let want = if ok { (200, None) } else { (400, Some("X-Correlation-Id")) };
+        assert_eq!((status, v["field"].as_str()), want, "header {form}: {v}");
+    }
+}

@@ -26,6 +26,16 @@ pub(super) fn whole_number(v: &Value) -> Option<i64> {
     n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() <= EXACT).map(|f| f as i64))
 }
 
+/// A UUID in the one form the API describes (`format: uuid`, RFC 9562's
+/// 36-character hyphenated text, either case); the other spellings
+/// `Uuid::parse_str` takes (32 bare digits, braces, `urn:uuid:`) are refused.
+pub(super) fn uuid_text(s: &str) -> Option<Uuid> {
+    if s.len() != 36 {
+        return None;
+    }
+    Uuid::parse_str(s).ok()
+}
+
 /// One JSON object being read, with its path for error messages.
 pub struct Input<'a> {
     map: &'a Map<String, Value>,
@@ -142,7 +152,7 @@ impl<'a> Input<'a> {
     pub fn uuid(&self, key: &str) -> Result<Uuid, ApiError> {
         let v = self.required(key)?;
         let s = v.as_str().ok_or_else(|| self.wrong(key, "a UUID string", v))?;
-        Uuid::parse_str(s).map_err(|_| {
+        uuid_text(s).ok_or_else(|| {
             ApiError::invalid(
                 self.path(key),
                 format!("{} must be a UUID such as 0192d3a4-5b6c-7d8e-9f00-112233445566", self.path(key)),

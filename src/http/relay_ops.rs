@@ -228,7 +228,7 @@ fn uuid_list(b: &Input<'_>, field: &str) -> Result<Vec<Uuid>, ApiError> {
         .enumerate()
         .map(|(i, v)| {
             v.as_str()
-                .and_then(|s| Uuid::parse_str(s).ok())
+                .and_then(super::input::uuid_text)
                 .ok_or_else(|| ApiError::invalid(format!("{field}[{i}]"), "must be a UUID"))
         })
         .collect()
@@ -334,7 +334,8 @@ pub(super) async fn request_status(
     st: web::Data<AdminState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = Uuid::parse_str(&path).map_err(|_| ApiError::bad_request("id", "the id in the path must be a UUID"))?;
+    let id = super::input::uuid_text(&path)
+        .ok_or_else(|| ApiError::bad_request("id", "the id in the path must be a UUID"))?;
     match st.store.request_get(id).await {
         Ok(Some(r)) => Ok(HttpResponse::Ok().json(json!({ "request": r }))),
         Ok(None) => Err(ApiError::not_found(format!("relay request {id} does not exist"))),

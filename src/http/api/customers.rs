@@ -80,6 +80,7 @@ pub(super) async fn register_customer(
     if_match(&req)?;
     let b = Input::request(&body, &["id", "name", "email", "phone"])?;
     let id = super::create_id(&body, &b)?;
+    super::create_precondition::<Customer>(&st, &req, id, "/customers").await?;
     let name = b.string("name")?;
     let email = input::email(&b)?;
     let phone = input::phone(&b)?;

@@ -33,7 +33,8 @@
 //!
 //! `If-Match: <version>` (quoted or bare) pins the expected version (412
 //! `precondition_failed` on mismatch; 409 `version_conflict` is for a
-//! concurrent change without `If-Match`). A body with a `Content-Encoding`
+//! concurrent change without `If-Match`; `*` on a create: 412 when the id
+//! is free, see [`create_precondition`]). A body with a `Content-Encoding`
 //! other than `identity` is refused before it is read (415 naming
 //! `Content-Encoding`: bodies are never decompressed). `X-Correlation-Id` (a UUID) is accepted or generated, stamped
 //! on every event of the command (and so on the Kafka `ce_correlationid`
@@ -95,7 +96,7 @@ pub fn gate(st: &ApiState, req: &HttpRequest) -> Result<Uuid, (ApiError, Option<
     }
     let cid = match req.headers().get(CORRELATION_HEADER) {
         None => Uuid::now_v7(),
-        Some(v) => match v.to_str().ok().and_then(|s| Uuid::parse_str(s.trim()).ok()) {
+        Some(v) => match v.to_str().ok().and_then(|s| super::input::uuid_text(s.trim())) {
             Some(id) => id,
             None => return Err((ApiError::bad_request("X-Correlation-Id", "X-Correlation-Id must be a UUID"), None)),
         },
@@ -169,7 +170,7 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
 }
 
 pub(super) fn path_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::bad_request("id", "the id in the path must be a UUID"))
+    super::input::uuid_text(raw).ok_or_else(|| ApiError::bad_request("id", "the id in the path must be a UUID"))
 }
 
 pub(super) fn respond(status: StatusCode, version: i64, location: Option<String>, body: Value) -> HttpResponse {
@@ -231,6 +232,36 @@ pub(super) fn create_failed(e: ApiError, collection: &str, id: Uuid) -> ApiError
         "outcome_unknown" => e.with_resource(id.to_string(), format!("{collection}/{id}")),
         _ => e,
     }
+}
+
+/// A create's `If-Match`. `*` asks that the resource exist (RFC 9110
+/// 13.1.1), which a create cannot make true: 412 when the id is free, with
+/// nothing written. A taken id goes on to its 409 `already_exists` (a
+/// precondition is not evaluated when the answer without it is not a 2xx,
+/// 13.2.1); a version goes to the command as on any other change (`"0"`:
+/// the id must be free, 412 otherwise).
+pub(super) async fn create_precondition<A>(
+    st: &ApiState,
+    req: &HttpRequest,
+    id: Uuid,
+    collection: &str,
+) -> Result<(), ApiError>
+where
+    A: Aggregate,
+    OrderActor: Handler<LoadAggregate<A>>,
+    <OrderActor as actix::Actor>::Context: ToEnvelope<OrderActor, LoadAggregate<A>>,
+{
+    if if_match(req)?.is_some() || req.headers().get(header::IF_MATCH).is_none() {
+        return Ok(());
+    }
+    // `If-Match: *` (the only valid form that reads as no version).
+    let l = load::<A>(st, id).await.map_err(|e| create_failed(e, collection, id))?;
+    if l.version > 0 {
+        return Ok(());
+    }
+    Err(ApiError::precondition_failed(format!(
+        "If-Match: * asks for an existing resource, and {collection}/{id} does not exist; a create sends no If-Match, or If-Match: \"0\""
+    )))
 }
 
 pub(super) async fn execute<A>(

@@ -62,6 +62,7 @@ pub(super) async fn create_order(
     if_match(&req)?;
     let b = Input::request(&body, &["id", "customer_id", "items"])?;
     let id = super::create_id(&body, &b)?;
+    super::create_precondition::<Order>(&st, &req, id, "/orders").await?;
     let customer_id = b.uuid("customer_id")?;
     let items = input::items(&b)?;
     let out = execute::<Order>(&st, &req, id, OrderCommand::Create { customer_id, items })
