@@ -220,8 +220,8 @@ async fn sqlite_a_payload_that_is_not_utf8_is_an_unreadable_row() {
 /// Review finding: a writer thread that died (a panic on it) left every
 /// write failing while the health probe, which reads, still said "up".
 /// The append it took is answered `OutcomeUnknown` (it may have committed
-/// before the thread died), later writes are refused, reads go on, and the
-/// probe fails naming the writer.
+/// before the thread died), as is one queued behind it; later writes are
+/// refused, reads go on, and the probe fails naming the writer.
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_a_dead_writer_thread_fails_the_probe() {
     use outboxd::store::faults::WRITER_DIES;
@@ -234,8 +234,14 @@ async fn sqlite_a_dead_writer_thread_fails_the_probe() {
     let other = Uuid::now_v7();
     let died = s.append(other, 0, order_events(other, 0, 1)).await;
     assert!(matches!(died, Err(StoreError::OutcomeUnknown(_))), "{died:?}");
+    // Refused, or (sent while the dying thread still held its queue)
+    // dropped unanswered with the queue: never stored, but unknown to it.
     let later = s.append(other, 0, order_events(other, 0, 1)).await;
-    assert!(matches!(&later, Err(StoreError::Unavailable(m)) if m.contains("writer thread has stopped")), "{later:?}");
+    assert!(
+        matches!(&later, Err(StoreError::Unavailable(m) | StoreError::OutcomeUnknown(m)) if m.contains("writer thread")),
+        "{later:?}"
+    );
+    assert_eq!(s.load(other).await.unwrap().len(), 0, "nothing of the dead writer's appends stored");
     assert_eq!(s.load(id).await.unwrap().len(), 1, "reads go on");
     let probe = s.probe().await;
     assert!(matches!(&probe, Err(StoreError::Unavailable(m)) if m.contains("writer thread has stopped")), "{probe:?}");
