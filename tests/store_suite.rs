@@ -372,11 +372,25 @@ async fn discard_audit_row_once(s: DynStore) {
         mine.contains(&("kafka-relay", "first")) && mine.contains(&("kafka-relay-2", "another consumer")),
         "{mine:?}"
     );
-    // Looked up by consumer and event id (a taken-over discard asks it).
-    assert!(s.discard_recorded("kafka-relay", &event_id).await.unwrap());
-    assert!(s.discard_recorded("kafka-relay-2", &event_id).await.unwrap());
-    assert!(!s.discard_recorded("kafka-relay-3", &event_id).await.unwrap(), "another consumer's discard");
-    assert!(!s.discard_recorded("kafka-relay", &Uuid::now_v7().to_string()).await.unwrap(), "another event");
+    // Read by consumer (a term's start), and by consumer and event id (a
+    // taken-over discard), whatever other consumers' rows there are.
+    let mut earlier = row("an earlier event");
+    earlier.event_id = Uuid::now_v7().to_string();
+    earlier.discarded_at -= chrono::Duration::seconds(5);
+    s.record_discard(&earlier).await.unwrap();
+    let of = |consumer: &'static str, event: Option<String>| {
+        let s = s.clone();
+        async move {
+            let rows = s.discards_of(consumer, event.as_deref()).await.unwrap();
+            rows.into_iter().map(|d| (d.consumer, d.reason)).collect::<Vec<_>>()
+        }
+    };
+    let mine = |reason: &str| ("kafka-relay".to_string(), reason.to_string());
+    assert_eq!(of("kafka-relay", None).await, vec![mine("first"), mine("an earlier event")], "newest first");
+    assert_eq!(of("kafka-relay", Some(event_id.clone())).await, vec![mine("first")]);
+    assert_eq!(of("kafka-relay-2", Some(event_id.clone())).await.len(), 1);
+    assert!(of("kafka-relay-3", Some(event_id.clone())).await.is_empty(), "another consumer's discard");
+    assert!(of("kafka-relay", Some(Uuid::now_v7().to_string())).await.is_empty(), "another event");
 }
 
 /// The backlog's age is the commit time of the oldest held event, not when

@@ -21,9 +21,6 @@ use crate::store::feed::FeedRow;
 use crate::store::parking::DiscardRecord;
 use crate::store::{Store, StoreError};
 
-/// Audit rows read at a term's start (discards are rare operator actions).
-const LOAD_LIMIT: usize = 100_000;
-
 /// Feed position -> the marker that replaces the event there.
 #[derive(Debug, Default)]
 pub struct Discards(BTreeMap<i64, Discarded>);
@@ -32,15 +29,11 @@ impl Discards {
     /// The discards of `consumer`, wherever the term starts reading: one
     /// behind its checkpoint still replaces its event in a later replay of
     /// the aggregate (a discard interrupted after its audit row, its
-    /// aggregate still parked at that event).
+    /// aggregate still parked at that event). Every one of them, however
+    /// many discards there are (audit rows are rare operator actions).
     pub async fn load(store: &dyn Store, consumer: &str) -> Result<Discards, StoreError> {
-        let rows = store.discards(LOAD_LIMIT).await?;
-        Ok(Discards(
-            rows.iter()
-                .filter(|d| d.consumer == consumer)
-                .filter_map(|d| d.position.map(|p| (p, marker_of(d))))
-                .collect(),
-        ))
+        let rows = store.discards_of(consumer, None).await?;
+        Ok(Discards(rows.iter().filter_map(|d| d.position.map(|p| (p, marker_of(d)))).collect()))
     }
 
     /// The event at `position` was discarded (by this term, before the feed brought it).

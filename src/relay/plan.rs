@@ -202,7 +202,8 @@ pub async fn discard_carried_out(
 ) -> Result<bool, StoreError> {
     match parked_behind(store, consumer, event_id).await {
         Ok(_) => Ok(false),
-        Err(RelayError::Refused(_)) => store.discard_recorded(consumer, &event_id.to_ascii_lowercase()).await,
+        // The audit row names the event as the request does (it wrote it).
+        Err(RelayError::Refused(_)) => Ok(!store.discards_of(consumer, Some(event_id)).await?.is_empty()),
         Err(e) => Err(StoreError::Unavailable(e.to_string())),
     }
 }

@@ -106,7 +106,8 @@ pub trait ParkingStore: Send + Sync {
     /// discard carried out again after a crash keeps its first row.
     async fn record_discard(&self, d: &DiscardRecord) -> Result<(), StoreError>;
     async fn discards(&self, limit: usize) -> Result<Vec<DiscardRecord>, StoreError>;
-    /// Whether the audit row of `consumer`'s discard of `event_id` (as
-    /// stored: lowercase hyphenated) exists, however many discards there are.
-    async fn discard_recorded(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError>;
+    /// Every audit row of `consumer` (only that of `event_id`, as the
+    /// discard request wrote it, when given), newest first, however many
+    /// discards there are (of this consumer or others).
+    async fn discards_of(&self, consumer: &str, event_id: Option<&str>) -> Result<Vec<DiscardRecord>, StoreError>;
 }

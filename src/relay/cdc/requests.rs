@@ -346,8 +346,12 @@ impl CdcRequests {
         p: &crate::store::parking::Parked,
     ) -> Result<Option<crate::store::parking::DiscardRecord>, String> {
         let Some(event_id) = p.event_id.as_deref() else { return Ok(None) };
-        let audit = self.store.discards(100_000).await.map_err(|e| format!("cannot read the discarded events: {e}"))?;
-        Ok(audit.into_iter().find(|d| d.consumer == self.consumer && d.event_id == event_id))
+        let audit = self
+            .store
+            .discards_of(&self.consumer, Some(event_id))
+            .await
+            .map_err(|e| format!("cannot read the discarded events: {e}"))?;
+        Ok(audit.into_iter().next())
     }
 
     /// Discards the first held event of a parked aggregate: the audit row,

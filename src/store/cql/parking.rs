@@ -260,7 +260,7 @@ impl CqlStore {
     }
 
     /// Whether the audit row for (consumer, event id) exists.
-    pub(super) async fn discard_exists(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError> {
+    async fn discard_exists(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError> {
         let exists = format!(
             "SELECT event_id FROM {} WHERE consumer = ? AND event_id = ? LIMIT 1 ALLOW FILTERING",
             self.t("discarded_events")
@@ -277,55 +277,75 @@ impl CqlStore {
     }
 
     pub(super) async fn discard_rows(&self, limit: usize) -> Result<Vec<DiscardRecord>, StoreError> {
-        let cql = format!(
-            "SELECT consumer, discarded_at, event_id, aggregate_id, aggregate_type, sequence_number, position, event_type, payload, error, reason FROM {}",
-            self.t("discarded_events")
-        );
+        let cql = format!("SELECT {DISCARD_COLUMNS} FROM {}", self.t("discarded_events"));
         let res = self.session.query_unpaged(cql, ()).await.map_err(|e| exec_err("list discards", e))?;
-        type Row = (
-            String,
-            DateTime<Utc>,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-            Option<i64>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-        );
-        let mut out = Vec::new();
-        for r in res.into_rows_result().map_err(codec)?.rows::<Row>().map_err(codec)? {
-            let (
-                consumer,
-                discarded_at,
-                event_id,
-                aggregate_id,
-                aggregate_type,
-                sequence,
-                position,
-                event_type,
-                payload,
-                error,
-                reason,
-            ) = r.map_err(codec)?;
-            out.push(DiscardRecord {
-                consumer,
-                event_id,
-                aggregate_id: aggregate_id.unwrap_or_default(),
-                aggregate_type,
-                sequence,
-                position,
-                event_type,
-                payload,
-                error: error.unwrap_or_default(),
-                reason: reason.unwrap_or_default(),
-                discarded_at,
-            });
-        }
-        out.sort_by_key(|d| std::cmp::Reverse(d.discarded_at));
+        let mut out = discard_records(res)?;
         out.truncate(limit.clamp(1, 100_000));
         Ok(out)
     }
+
+    /// Every audit row of `consumer` (one partition), of `event_id` alone
+    /// when given, newest first.
+    pub(super) async fn consumer_discard_rows(
+        &self,
+        consumer: &str,
+        event_id: Option<&str>,
+    ) -> Result<Vec<DiscardRecord>, StoreError> {
+        let cql = format!("SELECT {DISCARD_COLUMNS} FROM {} WHERE consumer = ?", self.t("discarded_events"));
+        let res = self.session.query_unpaged(cql, (consumer,)).await.map_err(|e| exec_err("list discards", e))?;
+        let mut out = discard_records(res)?;
+        out.retain(|d| event_id.is_none_or(|e| d.event_id == e));
+        Ok(out)
+    }
+}
+
+const DISCARD_COLUMNS: &str =
+    "consumer, discarded_at, event_id, aggregate_id, aggregate_type, sequence_number, position, event_type, payload, error, reason";
+
+/// The rows of a [`DISCARD_COLUMNS`] query, newest first.
+fn discard_records(res: scylla::response::query_result::QueryResult) -> Result<Vec<DiscardRecord>, StoreError> {
+    type Row = (
+        String,
+        DateTime<Utc>,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let mut out = Vec::new();
+    for r in res.into_rows_result().map_err(codec)?.rows::<Row>().map_err(codec)? {
+        let (
+            consumer,
+            discarded_at,
+            event_id,
+            aggregate_id,
+            aggregate_type,
+            sequence,
+            position,
+            event_type,
+            payload,
+            error,
+            reason,
+        ) = r.map_err(codec)?;
+        out.push(DiscardRecord {
+            consumer,
+            event_id,
+            aggregate_id: aggregate_id.unwrap_or_default(),
+            aggregate_type,
+            sequence,
+            position,
+            event_type,
+            payload,
+            error: error.unwrap_or_default(),
+            reason: reason.unwrap_or_default(),
+            discarded_at,
+        });
+    }
+    out.sort_by_key(|d| std::cmp::Reverse(d.discarded_at));
+    Ok(out)
 }

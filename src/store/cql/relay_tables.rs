@@ -97,8 +97,8 @@ impl ParkingStore for CqlStore {
         self.discard_rows(limit).await
     }
 
-    async fn discard_recorded(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError> {
-        self.discard_exists(consumer, event_id).await
+    async fn discards_of(&self, consumer: &str, event_id: Option<&str>) -> Result<Vec<DiscardRecord>, StoreError> {
+        self.consumer_discard_rows(consumer, event_id).await
     }
 }
 

@@ -128,25 +128,30 @@ pub(super) fn record_discard(c: &Connection, d: &DiscardRecord) -> Result<(), St
     .map_err(|e| write_failure(c, e))
 }
 
-/// Whether `consumer`'s discard of `event_id` has its audit row.
-pub(super) fn discard_recorded(c: &Connection, consumer: &str, event_id: &str) -> Result<bool, StoreError> {
-    c.query_row(
-        "SELECT EXISTS (SELECT 1 FROM discarded_events WHERE consumer = ?1 AND event_id = ?2)",
-        params![consumer, event_id],
-        |r| r.get(0),
-    )
-    .map_err(unavailable)
-}
+const DISCARD_COLUMNS: &str = "consumer, event_id, aggregate_id, aggregate_type, sequence_number, position, event_type, payload, error, reason, discarded_at";
 
 pub(super) fn discards(c: &Connection, limit: usize) -> Result<Vec<DiscardRecord>, StoreError> {
-    let mut st = c
-        .prepare(
-            "SELECT consumer, event_id, aggregate_id, aggregate_type, sequence_number, position, event_type, payload, error, reason, discarded_at
-             FROM discarded_events ORDER BY discarded_at DESC LIMIT ?1",
-        )
-        .map_err(unavailable)?;
+    let sql = format!("SELECT {DISCARD_COLUMNS} FROM discarded_events ORDER BY discarded_at DESC LIMIT ?1");
+    discard_rows(c, &sql, params![limit.clamp(1, 100_000) as i64])
+}
+
+/// Every audit row of `consumer` (of `event_id` alone when given), newest first.
+pub(super) fn discards_of(
+    c: &Connection,
+    consumer: &str,
+    event_id: Option<&str>,
+) -> Result<Vec<DiscardRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {DISCARD_COLUMNS} FROM discarded_events WHERE consumer = ?1 AND (?2 IS NULL OR event_id = ?2)
+         ORDER BY discarded_at DESC, id DESC"
+    );
+    discard_rows(c, &sql, params![consumer, event_id])
+}
+
+fn discard_rows(c: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Vec<DiscardRecord>, StoreError> {
+    let mut st = c.prepare(sql).map_err(unavailable)?;
     let rows = st
-        .query_map([limit.clamp(1, 100_000) as i64], |r| {
+        .query_map(p, |r| {
             Ok((
                 DiscardRecord {
                     consumer: r.get(0)?,

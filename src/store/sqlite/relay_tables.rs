@@ -98,9 +98,9 @@ impl ParkingStore for SqliteStore {
         self.read(move |c| parking::discards(c, limit)).await
     }
 
-    async fn discard_recorded(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError> {
-        let (consumer, event_id) = (consumer.to_string(), event_id.to_string());
-        self.read(move |c| parking::discard_recorded(c, &consumer, &event_id)).await
+    async fn discards_of(&self, consumer: &str, event_id: Option<&str>) -> Result<Vec<DiscardRecord>, StoreError> {
+        let (consumer, event_id) = (consumer.to_string(), event_id.map(str::to_string));
+        self.read(move |c| parking::discards_of(c, &consumer, event_id.as_deref())).await
     }
 }
 
