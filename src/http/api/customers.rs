@@ -31,8 +31,13 @@ pub(super) fn customer_view(id: Uuid, version: i64, c: &Customer) -> Value {
 /// before the store is asked (CQL's store refuses more too).
 pub fn page_request(query: &[(String, String)]) -> Result<PageRequest, ApiError> {
     let q = Params::new(query, &["after", "offset", "limit"])?;
-    let after =
-        q.parsed::<Uuid>("after", |_| true, "after must be an order id (the next_after of the previous page)")?;
+    let after = q
+        .parsed::<String>(
+            "after",
+            |s| crate::http::input::uuid_text(s).is_some(),
+            "after must be an order id (the next_after of the previous page)",
+        )?
+        .and_then(|s| crate::http::input::uuid_text(&s));
     let offset = q
         .parsed::<u64>(
             "offset",
@@ -134,6 +139,8 @@ mod tests {
         assert_eq!(q(&[]).unwrap(), PageRequest { after: None, offset: 0, limit: DEFAULT_PAGE });
         let id = Uuid::now_v7();
         assert_eq!(q(&[("after", &id.to_string()), ("limit", "3")]).unwrap(), PageRequest::after(id, 3));
+        let upper = id.to_string().to_uppercase();
+        assert_eq!(q(&[("after", &upper)]).unwrap().after, Some(id), "either case");
         assert_eq!(
             q(&[("offset", "6"), ("limit", "500")]).unwrap(),
             PageRequest { after: None, offset: 6, limit: 500 }
@@ -145,6 +152,9 @@ mod tests {
             (vec![("limit", "ten")], "limit"),
             (vec![("limit", "-1")], "limit"),
             (vec![("after", "nope")], "after"),
+            (vec![("after", "0190a0a0000070008000000000000000")], "after"),
+            (vec![("after", "{0190a0a0-0000-7000-8000-000000000000}")], "after"),
+            (vec![("after", "urn:uuid:0190a0a0-0000-7000-8000-000000000000")], "after"),
             (vec![("offset", "-2")], "offset"),
             (vec![("offset", "10001")], "offset"),
             (vec![("offset", "18446744073709551615")], "offset"),
