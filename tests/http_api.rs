@@ -91,6 +91,17 @@ fn every_endpoint_with_versions_etags_and_route_metrics() {
     let v = assert_error(&create_if(&free, "*"), 412, "precondition_failed");
     assert_eq!(v["field"], "If-Match");
     assert_error(&d.api("GET", &format!("/orders/{free_id}"), &[], None), 404, "not_found");
+    // The same on POST /customers, with no id in the body (the server's
+    // own is free), and with an id another kind of aggregate has (409).
+    let register = |b: serde_json::Value| {
+        let b = serde_json::to_vec(&b).unwrap();
+        d.api("POST", "/customers", &[("Content-Type", "application/json"), ("If-Match", "*")], Some(&b))
+    };
+    assert_error(&register(json!({"name": "N", "email": "n@b.co"})), 412, "precondition_failed");
+    assert_error(&register(json!({"id": oid, "name": "N", "email": "n@b.co"})), 409, "already_exists");
+    let mut customer_id = body.clone();
+    customer_id["id"] = json!(cid);
+    assert_error(&create_if(&customer_id, "*"), 409, "already_exists");
     // The order's id is taken for any aggregate: not a customer's 404.
     assert_error(&d.post("/customers", &json!({"id": oid, "name": "X", "email": "x@y.co"})), 409, "already_exists");
     let r = d.api("GET", &format!("/orders/{oid}"), &[], None);
