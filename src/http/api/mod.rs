@@ -239,7 +239,8 @@ pub(super) fn create_failed(e: ApiError, collection: &str, id: Uuid) -> ApiError
 /// nothing written. A taken id goes on to its 409 `already_exists` (a
 /// precondition is not evaluated when the answer without it is not a 2xx,
 /// 13.2.1); a version goes to the command as on any other change (`"0"`:
-/// the id must be free, 412 otherwise).
+/// the id must be free: 412 when an aggregate of this kind has it, 409
+/// when another kind does).
 pub(super) async fn create_precondition<A>(
     st: &ApiState,
     req: &HttpRequest,

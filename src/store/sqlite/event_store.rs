@@ -111,8 +111,8 @@ impl EventStore for SqliteStore {
             reply,
         });
         self.jobs.send(job).await.map_err(|_| unavailable("sqlite writer thread has stopped"))?;
-        // Taken by the writer, then no answer: it died somewhere between
-        // taking the append and replying, before or after its commit.
+        // Queued, then no answer: the writer died with it taken (before or
+        // after its commit) or still in the queue that went with the thread.
         rx.await.map_err(|_| {
             StoreError::OutcomeUnknown(
                 "the sqlite writer thread stopped before answering: the events may or may not be stored; reload the aggregate"
