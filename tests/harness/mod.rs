@@ -5,6 +5,7 @@
 
 pub mod cdc_rig;
 pub mod check;
+pub mod cli_db;
 pub mod config_check;
 pub mod counting;
 pub mod cql;
