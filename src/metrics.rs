@@ -157,7 +157,7 @@ impl Metrics {
             relay_leader: gv("relay_leader", "1 when this instance holds the lease of the consumer (publishes), 0 otherwise", &["consumer"]),
             relay_lease_epoch: gv("relay_lease_epoch", "Epoch of the consumer's lease as this instance last saw it", &["consumer"]),
             relay_lease_takeovers: cv("relay_lease_takeovers_total", "Leases this instance took over from another holder", &["consumer"]),
-            relay_requests: cv("relay_requests_total", "Operator requests (replay, discard, rewind) carried out by this relay", &["kind"]),
+            relay_requests: cv("relay_requests_total", "Operator requests (replay, discard, rewind) this relay started (one taken over running is not counted again)", &["kind"]),
             relay_rewinds: g_counter(&r, &names, "relay_rewinds_total", "Checkpoint rewinds carried out on an operator's request"),
             relay_discards: g_counter(&r, &names, "relay_discards_total", "Events discarded on an operator's decision (audit rows written)"),
             relay_transactions: cv("relay_transactions_total", "Kafka transactions of the exactly-once relay by outcome", &["outcome"]),

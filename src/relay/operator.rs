@@ -17,6 +17,14 @@ use uuid::Uuid;
 use crate::store::requests::{RelayRequest, RequestKind, RequestStatus};
 use crate::store::{DynStore, StoreError};
 
+/// Whether taking `r` starts it, which `relay_requests_total` counts: a
+/// request already `running` was started, and counted, by whoever claimed
+/// it first (this term before a release, a former term, another instance
+/// before a takeover), so a sum over instances counts each request once.
+pub fn starts_anew(r: &RelayRequest) -> bool {
+    r.status != RequestStatus::Running
+}
+
 /// Writes a request for `consumer`'s relay; returns it (with its id).
 pub async fn submit(
     store: &DynStore,
@@ -120,8 +128,8 @@ pub struct TermRequests {
     epoch: i64,
     claimed: HashSet<Uuid>,
     unsaved: Unsaved,
-    /// Released by [`TermRequests::release`] and how often: taken again
-    /// later, counted once in `relay_requests_total`.
+    /// Released by [`TermRequests::release`] and how often (taken again
+    /// later; a resumed replay's planning is bounded by it).
     released: HashMap<Uuid, u32>,
 }
 
@@ -177,11 +185,6 @@ impl TermRequests {
         let n = self.released.entry(id).or_default();
         *n += 1;
         *n
-    }
-
-    /// `id` was taken before in this term and released (not a new request).
-    pub fn was_released(&self, id: Uuid) -> bool {
-        self.released.contains_key(&id)
     }
 
     /// Records `id`'s outcome ([`finish`]); kept for the next term when the store never answered.

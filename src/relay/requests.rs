@@ -49,7 +49,9 @@ impl Run {
             if !self.requests.take(&r).await {
                 continue;
             }
-            self.relay.metrics.relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
+            if crate::relay::operator::starts_anew(&r) {
+                self.relay.metrics.relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
+            }
             if let Err(e) = self.start(&r).await {
                 self.finish_request(r.id, RequestStatus::Failed, json!({ "error": e })).await;
             }

@@ -182,7 +182,9 @@ impl CdcRequests {
             if !self.requests.take(&r).await {
                 continue;
             }
-            self.deliverer.metrics().relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
+            if crate::relay::operator::starts_anew(&r) {
+                self.deliverer.metrics().relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
+            }
             if r.status == RequestStatus::Running {
                 match self.carried_out_before(&r.kind).await {
                     Ok(false) => {}

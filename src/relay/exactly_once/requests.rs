@@ -62,7 +62,7 @@ impl Txn {
                 }
                 continue;
             }
-            if !self.requests.was_released(r.id) {
+            if crate::relay::operator::starts_anew(&r) {
                 self.relay.metrics.relay_requests.with_label_values(&[kind_label(&r.kind)]).inc();
             }
             let resuming = self.resumed.as_ref().is_some_and(|m| m.request == r.id);
