@@ -9,6 +9,7 @@
 #[macro_use]
 pub mod stdout;
 
+pub mod commands;
 pub mod config;
 pub mod customer;
 pub mod dlq;
