@@ -377,8 +377,12 @@ pub(super) async fn debug_store(
     q: web::Query<Vec<(String, String)>>,
 ) -> Result<HttpResponse, ApiError> {
     let ms = fault_ms(&q, "fail_reads_ms", "say how long reads fail: ?fail_reads_ms=N")?;
-    let faults =
-        st.store.faults().ok_or_else(|| ApiError::not_found("this store backend has no fault-injection seam"))?;
+    // The CQL store fails named operations only (library tests), never its reads.
+    let faults = st
+        .store
+        .faults()
+        .filter(|f| f.fails_reads())
+        .ok_or_else(|| ApiError::not_found("this store backend has no fault-injection seam for its reads"))?;
     faults.fail_reads_for(Duration::from_millis(ms));
     Ok(HttpResponse::Accepted().json(json!({ "fail_reads_ms": ms })))
 }

@@ -4,9 +4,14 @@
 //! relay must not report as done when it failed, a read a resumed replay
 //! must not take for "carried out already").
 //!
+//! Both backends check the named operations at the start of the
+//! corresponding methods, before touching the file or the cluster; only
+//! SQLite fails its reads (the CQL store's seam is [`StoreFaults::named_only`]).
+//!
 //! Guarantee: inert unless armed; the daemon arms reads only through the
 //! admin route `POST /debug/store?fail_reads_ms=N`, which exists only when
-//! `OUTBOXD_ENABLE_FAULT_INJECTION=1`; named operations only library tests arm.
+//! `OUTBOXD_ENABLE_FAULT_INJECTION=1` (and answers 404 on a store that does
+//! not fail its reads); named operations only library tests arm.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,9 +23,12 @@ use super::StoreError;
 pub struct StoreFaults {
     fail_reads_until: Mutex<Option<Instant>>,
     fail_writes: Mutex<HashMap<&'static str, u32>>,
+    /// The backend never calls [`StoreFaults::check_read`] (CQL).
+    named_only: bool,
 }
 
-/// The operations [`StoreFaults::fail_next`] can fail (SQLite backend).
+/// The operations [`StoreFaults::fail_next`] can fail (both backends, SQLite
+/// and CQL, except [`WRITER_DIES`]: SQLite alone).
 /// A relay checkpoint write, fenced or not.
 pub const CHECKPOINT: &str = "checkpoint";
 pub const DLQ_REMOVE: &str = "dlq_remove";
@@ -34,12 +42,24 @@ pub const REQUEST_FINISH: &str = "request_finish";
 pub const WRITER_DIES: &str = "writer_dies";
 
 impl StoreFaults {
-    /// Every read fails for `d` from now.
+    /// The seam of a backend that fails the named operations only, never
+    /// its reads (CQL): [`StoreFaults::fails_reads`] says so.
+    pub fn named_only() -> StoreFaults {
+        StoreFaults { named_only: true, ..StoreFaults::default() }
+    }
+
+    /// Whether arming [`StoreFaults::fail_reads_for`] fails this backend's reads.
+    pub fn fails_reads(&self) -> bool {
+        !self.named_only
+    }
+
+    /// Every read fails for `d` from now (a backend that [`StoreFaults::fails_reads`]).
     pub fn fail_reads_for(&self, d: Duration) {
         *self.fail_reads_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + d);
     }
 
-    /// The next `n` calls of the operation `op` fail (before touching the file).
+    /// The next `n` calls of the operation `op` fail (before touching the
+    /// file or the cluster).
     pub fn fail_next(&self, op: &'static str, n: u32) {
         self.fail_writes.lock().unwrap_or_else(|e| e.into_inner()).insert(op, n);
     }

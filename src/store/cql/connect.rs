@@ -118,6 +118,7 @@ impl CqlStore {
             stmts: OnceCell::new(),
             reconcile: OnceCell::new(),
             batches,
+            faults: Arc::new(crate::store::StoreFaults::named_only()),
         };
         store.refresh_cdc_flag().await?;
         Ok(Arc::new(store))

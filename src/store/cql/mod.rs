@@ -83,6 +83,7 @@ pub use connect::{cdc_log_exists, parse_consistency, parse_serial_consistency};
 pub use rows::lwt_applied;
 pub use schema::{schema_statements, SCHEMA_CQL};
 
+use super::faults::{self, StoreFaults};
 use super::{Appended, Backlog, DeadLetter, EventStore, Snapshot, StoreError, StoreProbe};
 use crate::envelope::EventEnvelope;
 use crate::store::feed::FeedRow;
@@ -138,6 +139,8 @@ pub struct CqlStore {
     reconcile: OnceCell<reconcile::ReconcileTable>,
     /// Sends the appends' conditional batches (the session, or a test's faults).
     batches: Arc<dyn BatchExecutor>,
+    /// The named operations a test fails (`store::faults`; inert unless armed).
+    faults: Arc<StoreFaults>,
 }
 
 impl CqlStore {
@@ -257,7 +260,12 @@ impl EventStore for CqlStore {
         Ok(row.and_then(|r| r.0))
     }
 
+    fn faults(&self) -> Option<Arc<StoreFaults>> {
+        Some(self.faults.clone())
+    }
+
     async fn set_checkpoint(&self, consumer: &str, position: i64) -> Result<(), StoreError> {
+        self.faults.check_named(faults::CHECKPOINT)?;
         let s = self.stmts().await?;
         self.session
             .execute_unpaged(&s.set_checkpoint, (consumer, position, Utc::now()))
@@ -279,6 +287,7 @@ impl EventStore for CqlStore {
     }
 
     async fn dlq_remove(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.faults.check_named(faults::DLQ_REMOVE)?;
         self.remove_letter(id).await
     }
 

@@ -11,6 +11,8 @@
 //! fence in their own partition, raised by every term before it reads them,
 //! is what refuses a write that lands after the next term began. A lease
 //! that cannot be read is an error the caller retries, never a refusal.
+//! The named operations of `store::faults` (checkpoint, unpark, aggregate
+//! rows, request outcome) fail here, before the cluster, when a test armed them.
 
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -20,7 +22,7 @@ use crate::store::feed::FeedRow;
 use crate::store::lease::{Lease, LeaseCas, LeaseInfo, LeaseStore};
 use crate::store::parking::{DiscardRecord, Parked, ParkedInfo, ParkingStore};
 use crate::store::requests::{RelayRequest, RequestStatus, RequestStore};
-use crate::store::StoreError;
+use crate::store::{faults, StoreError};
 
 #[async_trait]
 impl LeaseStore for CqlStore {
@@ -37,6 +39,7 @@ impl LeaseStore for CqlStore {
     }
 
     async fn set_checkpoint_fenced(&self, name: &str, epoch: i64, position: i64) -> Result<(), StoreError> {
+        self.faults.check_named(faults::CHECKPOINT)?;
         self.checkpoint_fenced(name, epoch, position).await
     }
 
@@ -61,6 +64,7 @@ impl ParkingStore for CqlStore {
     }
 
     async fn unpark(&self, consumer: &str, aggregate_id: &str) -> Result<bool, StoreError> {
+        self.faults.check_named(faults::UNPARK)?;
         self.unpark_row(consumer, aggregate_id).await
     }
 
@@ -70,6 +74,7 @@ impl ParkingStore for CqlStore {
     }
 
     async fn unpark_fenced(&self, consumer: &str, aggregate_id: &str, epoch: i64) -> Result<bool, StoreError> {
+        self.faults.check_named(faults::UNPARK)?;
         self.fence_check(consumer, epoch).await?;
         self.unpark_row_fenced(consumer, aggregate_id, epoch).await
     }
@@ -86,6 +91,7 @@ impl ParkingStore for CqlStore {
         from_sequence: Option<i64>,
         _up_to_position: Option<i64>,
     ) -> Result<Vec<FeedRow>, StoreError> {
+        self.faults.check_named(faults::AGGREGATE_ROWS)?;
         self.rows_of(aggregate_id, from_sequence).await
     }
 
@@ -146,6 +152,7 @@ impl RequestStore for CqlStore {
         status: RequestStatus,
         result: serde_json::Value,
     ) -> Result<bool, StoreError> {
+        self.faults.check_named(faults::REQUEST_FINISH)?;
         if epoch > 0
             && !(fenced_ok(self.fence_check(consumer, epoch).await)?
                 && fenced_ok(self.raise_fence("relay_requests", consumer, epoch).await)?)
