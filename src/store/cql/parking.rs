@@ -230,7 +230,7 @@ impl CqlStore {
     /// Writes the audit row unless one for (consumer, event id) exists (one
     /// partition per consumer; discards are rare, so the filtered read is small).
     pub(super) async fn discard_row(&self, d: &DiscardRecord) -> Result<(), StoreError> {
-        if self.discard_exists(&d.consumer, &d.event_id).await? {
+        if !self.consumer_discard_rows(&d.consumer, Some(&d.event_id)).await?.is_empty() {
             return Ok(());
         }
         let cql = format!(
@@ -259,23 +259,6 @@ impl CqlStore {
         Ok(())
     }
 
-    /// Whether the audit row for (consumer, event id) exists.
-    async fn discard_exists(&self, consumer: &str, event_id: &str) -> Result<bool, StoreError> {
-        let exists = format!(
-            "SELECT event_id FROM {} WHERE consumer = ? AND event_id = ? LIMIT 1 ALLOW FILTERING",
-            self.t("discarded_events")
-        );
-        let found = self
-            .session
-            .query_unpaged(exists, (consumer, event_id))
-            .await
-            .map_err(|e| exec_err("read discard audit rows", e))?
-            .into_rows_result()
-            .map_err(codec)?
-            .rows_num();
-        Ok(found > 0)
-    }
-
     pub(super) async fn discard_rows(&self, limit: usize) -> Result<Vec<DiscardRecord>, StoreError> {
         let cql = format!("SELECT {DISCARD_COLUMNS} FROM {}", self.t("discarded_events"));
         let res = self.session.query_unpaged(cql, ()).await.map_err(|e| exec_err("list discards", e))?;
@@ -291,11 +274,22 @@ impl CqlStore {
         consumer: &str,
         event_id: Option<&str>,
     ) -> Result<Vec<DiscardRecord>, StoreError> {
-        let cql = format!("SELECT {DISCARD_COLUMNS} FROM {} WHERE consumer = ?", self.t("discarded_events"));
-        let res = self.session.query_unpaged(cql, (consumer,)).await.map_err(|e| exec_err("list discards", e))?;
-        let mut out = discard_records(res)?;
-        out.retain(|d| event_id.is_none_or(|e| d.event_id == e));
-        Ok(out)
+        let t = self.t("discarded_events");
+        // The event id is a clustering column after `discarded_at`: filtered
+        // by the server within the consumer's one partition.
+        let res = match event_id {
+            None => {
+                self.session
+                    .query_unpaged(format!("SELECT {DISCARD_COLUMNS} FROM {t} WHERE consumer = ?"), (consumer,))
+                    .await
+            }
+            Some(e) => {
+                let cql =
+                    format!("SELECT {DISCARD_COLUMNS} FROM {t} WHERE consumer = ? AND event_id = ? ALLOW FILTERING");
+                self.session.query_unpaged(cql, (consumer, e)).await
+            }
+        };
+        discard_records(res.map_err(|e| exec_err("read discard audit rows", e))?)
     }
 }
 
