@@ -58,6 +58,18 @@ pub fn event_size(s: &str) -> Result<usize, String> {
     bounded(s, MAX_EVENT_SIZE)
 }
 
+/// A UUID in its canonical 36-character hyphenated form (either case), the
+/// one the HTTP API takes (`format: uuid`): the other spellings
+/// `Uuid::parse_str` accepts (32 bare digits, braces, `urn:uuid:`) are
+/// refused, so an id is written the same way everywhere it is shown.
+pub fn uuid(s: &str) -> Result<uuid::Uuid, String> {
+    const FORM: &str = "expected a UUID as 36 characters, 8-4-4-4-12 hex digits with hyphens (e.g. 0191f5a6-8f4e-7c3b-9a1d-2b3c4d5e6f70)";
+    if s.len() != 36 {
+        return Err(FORM.into());
+    }
+    uuid::Uuid::parse_str(s).map_err(|e| format!("{FORM}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -68,6 +80,19 @@ mod tests {
         assert_eq!(super::rate("0").unwrap_err(), "must be 1 or more");
         assert_eq!(super::list_limit("100000"), Ok(100_000));
         assert_eq!(super::list_limit("100001").unwrap_err(), "must be 100000 or less");
+    }
+
+    /// The CLI takes ids only as the API does: 36 characters, hyphenated.
+    #[test]
+    fn uuids_in_the_one_hyphenated_form() {
+        let id = "0191f5a6-8f4e-7c3b-9a1d-2b3c4d5e6f70";
+        assert_eq!(super::uuid(id).unwrap().to_string(), id);
+        assert_eq!(super::uuid(&id.to_uppercase()).unwrap().to_string(), id);
+        for loose in [id.replace('-', ""), format!("{{{id}}}"), format!("urn:uuid:{id}"), "".into()] {
+            assert!(super::uuid(&loose).unwrap_err().starts_with("expected a UUID as 36 characters"), "{loose}");
+        }
+        let bad = "0191f5a6-8f4e-7c3b-9a1d-2b3c4d5e6f7g";
+        assert!(super::uuid(bad).unwrap_err().contains("invalid character"), "{:?}", super::uuid(bad));
     }
 
     /// Review finding: `bench append --aggregates 18446744073709551615

@@ -125,6 +125,20 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
         refused(&db, &args, 2, line);
         assert_eq!(stderr(&db_cli(&db, &args)), line);
     }
+    // Ids as the API takes them (36 characters, hyphenated): the spellings
+    // `Uuid::parse_str` would also take are refused, positional or flag.
+    let bare = order.replace('-', "");
+    let braced = format!("{{{order}}}");
+    let urn = format!("urn:uuid:{c}");
+    for args in [
+        vec!["order", "confirm", bare.as_str()],
+        vec!["order", "show", braced.as_str()],
+        vec!["order", "create", "--customer", urn.as_str(), "--item", "A:1:1"],
+        vec!["customer", "show", bare.as_str()],
+    ] {
+        refused(&db, &args, 2, "expected a UUID as 36 characters, 8-4-4-4-12 hex digits with hyphens");
+    }
+    assert!(db_cli(&db, &["order", "show", &order.to_uppercase()]).status.success(), "either case");
     refused(&db, &["order", "create", "--customer", &c, "--item", "BOOK:two:1999"], 2, "not a whole number");
     refused(&db, &["order", "create", "--customer", &c, "--item", "BOOK:1"], 2, "SKU:QUANTITY:UNIT_PRICE_MINOR");
     refused(

@@ -11,7 +11,7 @@ use crate::Wait;
 #[derive(Args)]
 pub struct Meta {
     /// Correlation id to stamp on the events (default: a new one).
-    #[arg(long)]
+    #[arg(long, value_parser = outboxd::args::uuid)]
     pub correlation_id: Option<Uuid>,
     /// Fail with a conflict unless the aggregate is at this version (0 or more).
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(0..))]
@@ -23,7 +23,7 @@ pub enum OrderCmd {
     /// Create an order; prints its id.
     Create {
         /// The customer's id (a UUID; the customer need not be registered).
-        #[arg(long)]
+        #[arg(long, value_parser = outboxd::args::uuid)]
         customer: Uuid,
         /// An item as SKU:QUANTITY:UNIT_PRICE_MINOR (repeatable), e.g. BOOK-1:2:1999.
         #[arg(long = "item", required = true)]
@@ -32,13 +32,14 @@ pub enum OrderCmd {
         #[arg(long, default_value = "EUR")]
         currency: String,
         /// Use this order id instead of a new one.
-        #[arg(long)]
+        #[arg(long, value_parser = outboxd::args::uuid)]
         id: Option<Uuid>,
         #[command(flatten)]
         meta: Meta,
     },
     /// Replace the items of a created (unconfirmed) order.
     UpdateItems {
+        #[arg(value_parser = outboxd::args::uuid)]
         id: Uuid,
         /// An item as SKU:QUANTITY:UNIT_PRICE_MINOR (repeatable), e.g. BOOK-1:3:1999.
         #[arg(long = "item", required = true)]
@@ -51,12 +52,14 @@ pub enum OrderCmd {
     },
     /// Confirm a created order (OrderConfirmed).
     Confirm {
+        #[arg(value_parser = outboxd::args::uuid)]
         id: Uuid,
         #[command(flatten)]
         meta: Meta,
     },
     /// Ship a confirmed order (OrderShipped).
     Ship {
+        #[arg(value_parser = outboxd::args::uuid)]
         id: Uuid,
         /// The carrier's tracking number.
         #[arg(long)]
@@ -69,6 +72,7 @@ pub enum OrderCmd {
     },
     /// Record a shipped order's delivery (OrderDelivered).
     Deliver {
+        #[arg(value_parser = outboxd::args::uuid)]
         id: Uuid,
         /// Who signed for the delivery.
         #[arg(long)]
@@ -78,6 +82,7 @@ pub enum OrderCmd {
     },
     /// Cancel a created or confirmed order (OrderCancelled).
     Cancel {
+        #[arg(value_parser = outboxd::args::uuid)]
         id: Uuid,
         /// Why the order is cancelled.
         #[arg(long)]
@@ -86,7 +91,10 @@ pub enum OrderCmd {
         meta: Meta,
     },
     /// Print state and events of one order as JSON.
-    Show { id: Uuid },
+    Show {
+        #[arg(value_parser = outboxd::args::uuid)]
+        id: Uuid,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,13 +111,14 @@ pub enum CustomerCmd {
         #[arg(long)]
         phone: Option<String>,
         /// Use this customer id instead of a new one.
-        #[arg(long)]
+        #[arg(long, value_parser = outboxd::args::uuid)]
         id: Option<Uuid>,
         #[command(flatten)]
         meta: Meta,
     },
     /// Change a customer's email (CustomerEmailChanged).
     ChangeEmail {
+        #[arg(value_parser = outboxd::args::uuid)]
         id: Uuid,
         /// The new email address.
         #[arg(long)]
@@ -118,7 +127,10 @@ pub enum CustomerCmd {
         meta: Meta,
     },
     /// Print state and events of one customer as JSON.
-    Show { id: Uuid },
+    Show {
+        #[arg(value_parser = outboxd::args::uuid)]
+        id: Uuid,
+    },
 }
 
 #[derive(Subcommand)]
@@ -134,7 +146,7 @@ pub enum DlqCmd {
     Replay {
         #[arg(long, conflicts_with_all = ["id", "all"])]
         aggregate: Option<String>,
-        #[arg(long, conflicts_with = "all")]
+        #[arg(long, conflicts_with = "all", value_parser = outboxd::args::uuid)]
         id: Option<Uuid>,
         #[arg(long)]
         all: bool,
