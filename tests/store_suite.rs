@@ -173,10 +173,22 @@ async fn dead_letters(s: DynStore) {
     assert_eq!(s.dlq_count().await.unwrap(), 1);
     // The same event failing again bumps the count instead of adding a row.
     let again = DeadLetter { id: Uuid::now_v7(), failure_count: 5, ..letter.clone() };
-    s.dlq_insert(again).await.unwrap();
+    s.dlq_insert(again.clone()).await.unwrap();
     let listed = s.dlq_list(10).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].failure_count, 10);
+    // A letter written again (the relay's retry after a write whose outcome
+    // it could not know) counts once: the first one and the last one added.
+    s.dlq_insert(letter.clone()).await.unwrap();
+    s.dlq_insert(again.clone()).await.unwrap();
+    let listed = s.dlq_list(10).await.unwrap();
+    assert_eq!((listed.len(), listed[0].failure_count), (1, 10), "{listed:?}");
+    assert_eq!(listed[0].id, letter.id, "the row keeps its first letter's id");
+    let third = DeadLetter { id: Uuid::now_v7(), failure_count: 2, ..letter.clone() };
+    s.dlq_insert(third.clone()).await.unwrap();
+    s.dlq_insert(third).await.unwrap();
+    let listed = s.dlq_list(10).await.unwrap();
+    assert_eq!(listed[0].failure_count, 12);
     // By id: the named one (once, however often named), none for an unknown id.
     let got = s.dlq_get(&[Uuid::now_v7(), letter.id, letter.id]).await.unwrap();
     assert_eq!(got, listed);

@@ -51,14 +51,20 @@ impl Deliverer {
             }
         };
         let aggregate = item.aggregate().clone();
+        // Built once: a write retried after an error whose outcome is
+        // unknown is the same letter, which the store counts once.
+        let letter = match policy {
+            PermanentFailurePolicy::Skip => dead_letter_of(item, &err, attempts),
+            PermanentFailurePolicy::ParkAggregate => None,
+        };
         let mut tries = 0;
         loop {
             let res = match policy {
                 PermanentFailurePolicy::ParkAggregate => {
                     park_at(&self.store, &parked_record(&self.consumer, item, &err), self.epoch).await
                 }
-                PermanentFailurePolicy::Skip => match dead_letter_of(item, &err, attempts) {
-                    Some(l) => self.sink.dead_letter(l).await,
+                PermanentFailurePolicy::Skip => match &letter {
+                    Some(l) => self.sink.dead_letter(l.clone()).await,
                     None => Ok(()),
                 },
             };

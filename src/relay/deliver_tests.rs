@@ -246,6 +246,26 @@ async fn a_marker_given_up_under_skip_is_not_counted_as_a_dead_letter() {
     assert_eq!(store.dlq_count().await.unwrap(), 0);
 }
 
+/// A dead-letter write stored but answered with an error (its outcome
+/// unknown) is retried with the same letter, which the CQL store counts
+/// once: the row says one failure, not three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_retried_after_lost_replies_counts_once() {
+    let Some((d, store, _)) = deliverer("deliver: a dead letter retried", PermanentFailurePolicy::Skip).await else {
+        return;
+    };
+    let faults = store.faults().expect("the CQL store has a fault seam");
+    faults.fail_next(crate::store::faults::DLQ_INSERT_REPLY_LOST, 2);
+    let trigger = Trigger::new();
+    let mut shutdown = trigger.subscribe();
+    let bad = Uuid::now_v7();
+    d.undecodable(bad_row(bad, 1), &mut shutdown).await.expect("dead-lettered, not a stop");
+    assert_eq!(faults.armed(crate::store::faults::DLQ_INSERT_REPLY_LOST), 0, "both replies were lost");
+    let letters = store.dlq_list(10).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!((letters[0].aggregate_id, letters[0].failure_count), (bad, 1), "{letters:?}");
+}
+
 /// One event of aggregate `agg` (sequence 1) whose payload is `pad` bytes of
 /// incompressible text.
 fn event_of(agg: Uuid, pad: usize) -> RawEvent {

@@ -73,6 +73,7 @@ impl Run {
         self.retries.retain(|(_, s)| self.window.get(*s).is_some());
         self.suspects.retain(|s, _| self.window.get(*s).is_some());
         self.resent_alone.retain(|s| self.window.get(*s).is_some());
+        self.unwritten_letters.retain(|s, _| self.window.get(*s).is_some());
         self.replay_failed(&agg, &p.error).await;
         self.replays_gone(&p.error).await;
         self.parked_again(&agg, &p.error).await;
@@ -120,13 +121,24 @@ impl Run {
                 self.replay_progress(slot).await;
                 return true;
             }
-            Skip::Letter(letter) => letter,
+            Skip::Letter(mut letter) => {
+                // A write that failed may have been stored after all (its
+                // outcome unknown): the retry goes under the same letter
+                // id, which the store counts once.
+                if let Some(id) = self.unwritten_letters.get(&slot) {
+                    letter.id = *id;
+                }
+                letter
+            }
         };
-        let (position, event_id, event_type) = (letter.position, letter.event_id, letter.event_type.clone());
+        let (position, event_id, event_type, id) =
+            (letter.position, letter.event_id, letter.event_type.clone(), letter.id);
         if let Err(err) = self.relay.sink.dead_letter(letter).await {
             tracing::warn!(error = %err, "cannot write the dead letter yet; retrying");
+            self.unwritten_letters.insert(slot, id);
             return false;
         }
+        self.unwritten_letters.remove(&slot);
         self.window.skip(slot);
         let m = &self.relay.metrics;
         m.dlq_messages.inc();

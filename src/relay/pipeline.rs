@@ -366,6 +366,7 @@ impl Relay {
             ),
             discards,
             letter_slots: HashMap::new(),
+            unwritten_letters: HashMap::new(),
             value: Vec::with_capacity(4096),
             sent_at: foldhash::HashMap::default(),
             over_max: BTreeSet::new(),

@@ -59,6 +59,8 @@ pub(super) struct Run {
     pub(super) discards: super::discards::Discards,
     /// Dead letters being replayed: slot -> dead letter id.
     pub(super) letter_slots: HashMap<Slot, uuid::Uuid>,
+    /// Skipped slots whose dead-letter write failed: slot -> the letter id its retry reuses.
+    pub(super) unwritten_letters: HashMap<Slot, uuid::Uuid>,
     pub(super) value: Vec<u8>,
     /// When each in-flight slot was handed to the producer.
     pub(super) sent_at: foldhash::HashMap<Slot, Instant>,

@@ -5,7 +5,8 @@
 //! must not take for "carried out already").
 //!
 //! Both backends check the named operations at the start of the
-//! corresponding methods, before touching the file or the cluster; only
+//! corresponding methods, before touching the file or the cluster (but
+//! [`DLQ_INSERT_REPLY_LOST`], checked once the write is stored); only
 //! SQLite fails its reads (the CQL store's seam is [`StoreFaults::named_only`]).
 //!
 //! Guarantee: inert unless armed; the daemon arms reads only through the
@@ -37,6 +38,10 @@ pub const UNPARK: &str = "unpark";
 pub const AGGREGATE_ROWS: &str = "aggregate_rows";
 /// The write of a relay request's outcome.
 pub const REQUEST_FINISH: &str = "request_finish";
+/// A dead-letter write is stored, then reported as failed with its outcome
+/// unknown (`StoreError::OutcomeUnknown`: a commit or an LWT whose answer
+/// was lost), so the caller retries a write that already happened.
+pub const DLQ_INSERT_REPLY_LOST: &str = "dlq_insert_reply_lost";
 /// The SQLite writer thread panics at its next append (its end: what
 /// callers and the health check see of a writer that died).
 pub const WRITER_DIES: &str = "writer_dies";
@@ -79,6 +84,12 @@ impl StoreFaults {
             }
             _ => Ok(()),
         }
+    }
+
+    /// [`StoreFaults::check_named`] of a write already stored: its error
+    /// says the outcome is unknown.
+    pub fn check_stored(&self, op: &'static str) -> Result<(), StoreError> {
+        self.check_named(op).map_err(|e| StoreError::OutcomeUnknown(format!("{e}: stored, reply lost")))
     }
 
     /// Err while a read failure is armed.

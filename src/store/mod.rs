@@ -175,7 +175,10 @@ pub trait EventStore: Send + Sync + 'static {
     async fn set_checkpoint(&self, consumer: &str, position: i64) -> Result<(), StoreError>;
 
     /// Records a dead letter; a second failure of the same event bumps
-    /// `failure_count` and `last_failed_at` instead of adding a row.
+    /// `failure_count` and `last_failed_at` instead of adding a row. The
+    /// same letter (`letter.id`) written again, a retry after an error that
+    /// left the outcome unknown, counts once: the row remembers the first
+    /// letter (its id) and the last one added to it.
     async fn dlq_insert(&self, letter: DeadLetter) -> Result<(), StoreError>;
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
     /// The dead letters with these ids (one read each, whatever the queue's

@@ -5,7 +5,9 @@
 //! `failure_count` is bumped with a compare-and-set (`IF failure_count = ?`),
 //! so concurrent failures of one event add up exactly (the letter keeps the
 //! earliest first failure and the latest last one, with its message, in
-//! whatever order they are counted). Two first failures
+//! whatever order they are counted); a letter written again (its `id` is
+//! the row's, or the row's `last_letter`: a retry after an LWT whose
+//! outcome was unknown) is not counted twice. Two first failures
 //! racing (one writer's row landing after the other took the mapping over)
 //! can leave an orphan row for a moment; the writers' SERIAL checks after
 //! their writes find it and fold its count into the event's letter. All DLQ
@@ -95,6 +97,13 @@ impl CqlStore {
                         }));
                     }
                 }
+                Some(row) if row.id == l.id => {
+                    // This letter is the row (written again after an
+                    // unknown outcome): its failures are counted; only the
+                    // racing-writer check of the first write may be owed.
+                    return Ok(self.settle(l.event_id, l.id, None).await.unwrap_or_default());
+                }
+                Some(row) if row.last_letter == Some(l.id) => return Ok(Vec::new()), // added already
                 Some(row) => {
                     let count = row.failure_count;
                     let (error, first, last) = merged_times(&row, &l);
@@ -102,7 +111,7 @@ impl CqlStore {
                         .session
                         .execute_unpaged(
                             &s.dlq_bump,
-                            (count.unwrap_or(0) + l.failure_count, error, first, last, id, count),
+                            (count.unwrap_or(0) + l.failure_count, error, first, last, l.id, id, count),
                         )
                         .await
                         .map_err(|e| exec_err("update dead letter", e))?;
@@ -130,6 +139,7 @@ impl CqlStore {
             l.first_failed_at,
             l.last_failed_at,
             l.created_at,
+            l.id,
         );
         let res =
             self.session.execute_unpaged(&s.dlq_insert, values).await.map_err(|e| exec_err("write dead letter", e))?;

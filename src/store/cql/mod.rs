@@ -275,7 +275,8 @@ impl EventStore for CqlStore {
     }
 
     async fn dlq_insert(&self, letter: DeadLetter) -> Result<(), StoreError> {
-        self.insert_letter(letter).await
+        self.insert_letter(letter).await?;
+        self.faults.check_stored(faults::DLQ_INSERT_REPLY_LOST)
     }
 
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {

@@ -168,9 +168,12 @@ pub(super) struct LetterRow {
     pub(super) first_failed_at: Option<DateTime<Utc>>,
     pub(super) last_failed_at: Option<DateTime<Utc>>,
     pub(super) created_at: Option<DateTime<Utc>>,
+    /// The last letter whose failures were added to this row (a letter
+    /// written again after an unknown outcome is not added twice).
+    pub(super) last_letter: Option<Uuid>,
 }
 
-pub(super) const LETTER_COLS: &str = "id, position, event_id, aggregate_id, event_type, payload, error_message, failure_count, first_failed_at, last_failed_at, created_at";
+pub(super) const LETTER_COLS: &str = "id, position, event_id, aggregate_id, event_type, payload, error_message, failure_count, first_failed_at, last_failed_at, created_at, last_letter";
 
 impl LetterRow {
     pub(super) fn into_letter(self) -> Result<DeadLetter, StoreError> {

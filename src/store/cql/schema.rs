@@ -128,11 +128,11 @@ impl CqlStore {
             get_checkpoint: self.prepare(format!("SELECT position FROM {cp} WHERE consumer = ?")).await?,
             set_checkpoint: self.prepare(format!("INSERT INTO {cp} (consumer, position, updated_at) VALUES (?, ?, ?)")).await?,
             dlq_claim: self.prepare(format!("INSERT INTO {dle} (event_id, id) VALUES (?, ?) IF NOT EXISTS")).await?,
-            dlq_insert: self.prepare(format!("INSERT INTO {dlq} ({LETTER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")).await?,
+            dlq_insert: self.prepare(format!("INSERT INTO {dlq} ({LETTER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")).await?,
             dlq_serial_get,
             dlq_mapping,
             dlq_bump: self
-                .prepare(format!("UPDATE {dlq} SET failure_count = ?, error_message = ?, first_failed_at = ?, last_failed_at = ? WHERE id = ? IF failure_count = ?"))
+                .prepare(format!("UPDATE {dlq} SET failure_count = ?, error_message = ?, first_failed_at = ?, last_failed_at = ?, last_letter = ? WHERE id = ? IF failure_count = ?"))
                 .await?,
             dlq_list,
             dlq_get: self.prepare(format!("SELECT {LETTER_COLS} FROM {dlq} WHERE id = ?")).await?,

@@ -17,11 +17,12 @@ use super::{CqlStore, CDC_ORIGIN_CHECKPOINT};
 
 /// Columns added after their table was first created (schema upgrades):
 /// `migrate` adds each one with `ALTER TABLE ... ADD` when it is missing.
-pub(super) const UPGRADE_COLUMNS: [(&str, &str, &str); 4] = [
+pub(super) const UPGRADE_COLUMNS: [(&str, &str, &str); 5] = [
     ("event_store", "trace_parent", "text"),
     ("event_store", "trace_state", "text"),
     ("parked_aggregates", "fence_epoch", "bigint static"),
     ("relay_requests", "fence_epoch", "bigint static"),
+    ("dead_letter_queue", "last_letter", "uuid"),
 ];
 
 /// The table names `statements` create (`CREATE TABLE IF NOT EXISTS ks.t (`).

@@ -4,7 +4,9 @@
 //!
 //! Guarantee: one row per event (`event_id` is UNIQUE): a second failure of
 //! the same event bumps `failure_count` and `last_failed_at` instead of
-//! adding a row. Listing is ordered by `created_at`, then feed position.
+//! adding a row; a letter written again (its `id` is the row's, or the last
+//! one added: a retry after a commit whose outcome was unknown) changes
+//! nothing. Listing is ordered by `created_at`, then feed position.
 
 use rusqlite::{params, Connection};
 use uuid::Uuid;
@@ -31,14 +33,17 @@ fn row_to_letter(r: &rusqlite::Row<'_>) -> Result<DeadLetter, StoreError> {
     })
 }
 
-/// Records `l`, or adds its failures to the existing row of the same event.
+/// Records `l`, or adds its failures to the existing row of the same event
+/// unless `l` is that row's first letter or the last one added to it.
 pub(super) fn insert(c: &Connection, l: &DeadLetter) -> Result<(), StoreError> {
     let sql = format!(
-        "INSERT INTO dead_letter_queue ({LETTER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+        "INSERT INTO dead_letter_queue ({LETTER_COLS}, last_letter_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?1)
          ON CONFLICT (event_id) DO UPDATE SET
             failure_count = dead_letter_queue.failure_count + excluded.failure_count,
             error_message = excluded.error_message,
-            last_failed_at = excluded.last_failed_at"
+            last_failed_at = excluded.last_failed_at,
+            last_letter_id = excluded.last_letter_id
+         WHERE excluded.id != dead_letter_queue.id AND excluded.id IS NOT dead_letter_queue.last_letter_id"
     );
     let values = params![
         l.id.to_string(),

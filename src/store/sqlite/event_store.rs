@@ -194,7 +194,8 @@ impl EventStore for SqliteStore {
     }
 
     async fn dlq_insert(&self, letter: DeadLetter) -> Result<(), StoreError> {
-        self.write(move |c| dlq::insert(c, &letter)).await
+        self.write(move |c| dlq::insert(c, &letter)).await?;
+        self.faults.check_stored(crate::store::faults::DLQ_INSERT_REPLY_LOST)
     }
 
     async fn dlq_list(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {

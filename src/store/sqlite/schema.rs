@@ -14,7 +14,7 @@ use super::unavailable;
 use crate::store::StoreError;
 
 /// Current schema version (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// DDL of schema version 1; also shipped for `sqlite3` users in docs.
 pub const SCHEMA_V1: &str = r#"
@@ -221,9 +221,15 @@ INSERT INTO customer_order_counts (customer_id, orders)
     SELECT customer_id, COUNT(*) FROM orders_by_customer GROUP BY customer_id;
 "#;
 
+/// DDL of schema version 6: the last dead letter added to a row
+/// (`dlq::insert` counts a letter written again once).
+pub const SCHEMA_V6: &str = r#"
+ALTER TABLE dead_letter_queue ADD COLUMN last_letter_id TEXT;
+"#;
+
 /// Every migration step: (version it brings the file to, its DDL).
 pub const MIGRATIONS: &[(i64, &str)] =
-    &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3), (4, SCHEMA_V4), (5, SCHEMA_V5)];
+    &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3), (4, SCHEMA_V4), (5, SCHEMA_V5), (6, SCHEMA_V6)];
 
 /// The schema version of the file at `path`, read without writing to it
 /// (a read-only connection: no migration, no journal mode change).
@@ -395,6 +401,32 @@ mod tests {
         order_row(&c, "d", "o20").unwrap();
         migrate_conn(&mut c).unwrap();
         assert_eq!(order_counts(&c), s(&[("a", 1), ("b", 2), ("c", 1), ("d", 1)]), "upgraded again");
+    }
+
+    /// Version 6 adds `dead_letter_queue.last_letter_id`; the documented
+    /// rollback drops it and a file rolled back upgrades again, its letters kept.
+    #[test]
+    fn the_last_letter_column_comes_and_goes() {
+        let mut c = Connection::open_in_memory().unwrap();
+        migrate_conn(&mut c).unwrap();
+        let letter = |id: &str| {
+            c.execute("INSERT INTO dead_letter_queue (id, event_id, aggregate_id, event_type, payload, error_message, failure_count, first_failed_at, last_failed_at, created_at) VALUES (?1, ?1, 'a', 't', '', 'e', 1, 't0', 't0', 't0')", [id]).unwrap();
+        };
+        let cols = |c: &Connection| -> Vec<String> {
+            let mut st = c.prepare("SELECT name FROM pragma_table_info('dead_letter_queue')").unwrap();
+            st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        letter("l1");
+        assert!(cols(&c).contains(&"last_letter_id".to_string()));
+        let rollback = "ALTER TABLE dead_letter_queue DROP COLUMN last_letter_id; PRAGMA user_version = 5;";
+        assert!(include_str!("../../../docs/OPERATIONS.md").contains(rollback), "the documented rollback");
+        c.execute_batch(rollback).unwrap();
+        assert!(!cols(&c).contains(&"last_letter_id".to_string()));
+        letter("l2");
+        migrate_conn(&mut c).unwrap();
+        assert!(cols(&c).contains(&"last_letter_id".to_string()), "upgraded again");
+        let n: i64 = c.query_row("SELECT COUNT(*) FROM dead_letter_queue", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 2, "the letters kept");
     }
 
     /// Review finding: the v3 step's `ALTER TABLE ... ADD COLUMN` failed
