@@ -101,7 +101,10 @@ impl CqlStore {
                     // This letter is the row (written again after an
                     // unknown outcome): its failures are counted; only the
                     // racing-writer check of the first write may be owed.
-                    return Ok(self.settle(l.event_id, l.id, None).await.unwrap_or_default());
+                    return Ok(self.settle(l.event_id, l.id, None).await.unwrap_or_else(|e| {
+                        tracing::warn!(event_id = %l.event_id, error = %e, "dead letter written before; checking it against racing writers failed");
+                        Vec::new()
+                    }));
                 }
                 Some(row) if row.last_letter == Some(l.id) => return Ok(Vec::new()), // added already
                 Some(row) => {
