@@ -132,6 +132,18 @@ fn schema_says_what_it_did_and_a_full_events_page_names_the_next() {
     let version = outboxd::store::sqlite::SCHEMA_VERSION;
     assert_eq!(run(&["schema"]).0, format!("created the sqlite store {} (schema version {version})", db.display()));
     assert_eq!(run(&["schema"]).0, format!("the sqlite store {} is at schema version {version}", db.display()));
+    // A file of the version before: upgraded, and said so.
+    let before = version - 1;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(&format!(
+            "ALTER TABLE dead_letter_queue DROP COLUMN last_letter_id; PRAGMA user_version = {before};"
+        ))
+        .unwrap();
+    assert_eq!(
+        run(&["schema"]).0,
+        format!("upgraded the sqlite store {} from schema version {before} to {version}", db.display())
+    );
     for _ in 0..3 {
         run(&["customer", "register", "--name", "Ada", "--email", "ada@example.com"]);
     }

@@ -19,14 +19,22 @@ pub async fn schema(cfg: &Config, dry_run: bool) -> Result<u8, Failure> {
         return Ok(0);
     }
     let sqlite = cfg.store.backend == outboxd::config::Backend::Sqlite;
-    let existed = cfg.store.path.exists();
+    // The version before (0: no file, or an empty one); a file that cannot
+    // be read is reported by the open below.
+    let before = match sqlite && cfg.store.path.exists() {
+        true => outboxd::store::sqlite::schema::version_of(&cfg.store.path).unwrap_or(0),
+        false => 0,
+    };
     let store = outboxd::store::open(cfg).await.context("cannot open the store")?;
     store.migrate().await?;
     if sqlite {
         let (path, version) = (cfg.store.path.display(), outboxd::store::sqlite::SCHEMA_VERSION);
-        match existed {
-            true => out!("the sqlite store {path} is at schema version {version}"),
-            false => out!("created the sqlite store {path} (schema version {version})"),
+        match before {
+            0 => out!("created the sqlite store {path} (schema version {version})"),
+            old if old < version => {
+                out!("upgraded the sqlite store {path} from schema version {old} to {version}")
+            }
+            _ => out!("the sqlite store {path} is at schema version {version}"),
         }
     } else {
         out!("the tables of keyspace {} are up to date", cfg.store.cql.keyspace);
