@@ -243,7 +243,15 @@ async fn a_v1_database_file_is_upgraded_to_the_current_schema() {
     let c = rusqlite::Connection::open(&path).unwrap();
     let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(v, outboxd::store::sqlite::SCHEMA_VERSION);
-    assert_eq!(v, 5);
+    assert_eq!(v, 6);
+    let n: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('dead_letter_queue') WHERE name = 'last_letter_id'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1, "v6: dead_letter_queue.last_letter_id");
     for t in [
         "order_read_model",
         "orders_by_customer",
