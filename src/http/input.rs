@@ -29,11 +29,9 @@ pub(super) fn whole_number(v: &Value) -> Option<i64> {
 /// A UUID in the one form the API describes (`format: uuid`, RFC 9562's
 /// 36-character hyphenated text, either case); the other spellings
 /// `Uuid::parse_str` takes (32 bare digits, braces, `urn:uuid:`) are refused.
+/// One definition with the CLI's (`args::uuid`).
 pub(super) fn uuid_text(s: &str) -> Option<Uuid> {
-    if s.len() != 36 {
-        return None;
-    }
-    Uuid::parse_str(s).ok()
+    crate::args::uuid(s).ok()
 }
 
 /// One JSON object being read, with its path for error messages.
